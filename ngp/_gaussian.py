@@ -1,0 +1,182 @@
+"""Gaussian expectations of activation products.
+
+Three numerical paths, all in float64 when x64 is enabled:
+
+* :func:`expect_1d`: ``E[f(sqrt(k) x)]`` by Gauss-Hermite quadrature with ``m`` nodes.
+* :func:`pair_matrix`: ``<f(z_a) g(z_b)>`` for *all* pairs of a kernel matrix at once,
+  by the Mehler (Hermite) expansion
+  ``<f(z_a) g(z_b)> = sum_k c_k^f(a) c_k^g(b) rho_ab^k``, where ``c_k^f(a)`` are the
+  orthonormal Hermite coefficients of ``x -> f(sqrt(K_aa) x)`` and
+  ``rho_ab = K_ab / sqrt(K_aa K_bb)``. Cost ``O(N m k + N^2 k)`` instead of
+  ``O(N^2 m^2)`` for a 2-D rule. Diagonal entries use the 1-D rule.
+* :func:`pair_gh`: elementwise 2-D Gauss-Hermite on the 2x2 block (Cholesky
+  parametrisation), an independent cross-check of the Mehler path.
+
+Accuracy (float64, measured in ``tests/test_gaussian.py`` against scipy adaptive
+quadrature): for tanh, gelu, swish, softplus, sigmoid the automatic orders
+(:func:`auto_orders`) give 1e-10 relative or better at any correlation
+``|rho| <= 1`` for variances up to ``K ~ 36``; beyond that a warning says that digits
+are lost (standardise the inputs).
+Kinked functions (relu-like callables) converge only algebraically; named
+piecewise-linear activations use closed forms instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.special import roots_hermitenorm
+
+__all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "pair_matrix", "pair_gh"]
+
+#: Smallest number of Hermite terms in the Mehler series.
+MEHLER_TERMS = 200
+#: Smallest number of 1-D Gauss-Hermite nodes (diagonals, Hermite coefficients).
+NODES_1D = 500
+#: Largest automatic orders; beyond the variance they cover a warning is issued.
+MAX_TERMS, MAX_NODES = 3000, 6000
+#: Largest variance for which the automatic orders reach ~1e-12 for tanh-like activations.
+K_ACCURATE = (MAX_TERMS - 100) / 80.0
+
+
+def auto_orders(kmax: float) -> tuple[int, int]:
+    """Mehler terms and 1-D nodes for variances up to ``kmax``.
+
+    ``f(sqrt(K) x)`` sharpens as ``K`` grows (tanh approaches a step), so both the
+    Hermite tail and the 1-D rule need more points: ``terms ~ 80 K + 100``,
+    ``nodes ~ 100 K + terms`` (measured for tanh: relative error ~1e-12 at K <= 10).
+    """
+    kmax = float(kmax) if np.isfinite(kmax) else float(K_ACCURATE)
+    terms = int(min(MAX_TERMS, max(MEHLER_TERMS, 80 * kmax + 100)))
+    nodes = int(min(MAX_NODES, max(NODES_1D, 100 * kmax + terms)))
+    if kmax > K_ACCURATE:
+        warnings.warn(
+            f"ngp: a pre-activation variance reaches {kmax:.3g}; the Mehler series and 1-D rule are capped "
+            f"at {terms} terms / {nodes} nodes and lose digits beyond K ~ {K_ACCURATE:.0f}. "
+            "Standardise the inputs or lower C_W/C_b.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return terms, nodes
+
+
+@functools.lru_cache(maxsize=64)
+def _gh_numpy(m: int) -> tuple[np.ndarray, np.ndarray]:
+    x, w = roots_hermitenorm(m)
+    w = w / w.sum()  # probability weights of N(0, 1)
+    return x, w
+
+
+def gauss_hermite(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and probability weights of the ``m``-point rule for ``N(0, 1)``.
+
+    ``sum(w * f(x))`` approximates ``E[f(X)]``, ``X ~ N(0, 1)``; exact for
+    polynomials of degree ``< 2m``.
+    """
+    if int(m) < 1:
+        raise ValueError(f"gauss_hermite: number of nodes must be >= 1, got {m}")
+    return _gh_numpy(int(m))
+
+
+def expect_1d(f, k, *, nodes: int = NODES_1D):
+    """``E[f(sqrt(k) X)]`` for ``X ~ N(0,1)``, elementwise over the array ``k`` (``k >= 0``)."""
+    x, w = gauss_hermite(nodes)
+    k = jnp.asarray(k)
+    z = jnp.sqrt(jnp.maximum(k, 0.0))[..., None] * x
+    return jnp.sum(w * f(z), axis=-1)
+
+
+@functools.lru_cache(maxsize=16)
+def _hermite_functions(terms: int, nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``psi[k, i] = sqrt(w_i) h_k(x_i)`` (orthonormal Hermite), by stable recurrence."""
+    x, w = gauss_hermite(nodes)
+    sw = np.sqrt(w)
+    psi = np.empty((terms + 1, nodes))
+    psi[0] = sw
+    if terms >= 1:
+        psi[1] = x * sw
+    for k in range(1, terms):
+        psi[k + 1] = (x * psi[k] - np.sqrt(k) * psi[k - 1]) / np.sqrt(k + 1)
+    return psi, sw
+
+
+def hermite_coefficients(f, k, *, terms: int = MEHLER_TERMS, nodes: int = NODES_1D):
+    """Orthonormal Hermite coefficients of ``x -> f(sqrt(k) x)``.
+
+    Args:
+        f: elementwise function.
+        k: array of variances, shape ``(...)``.
+
+    Returns:
+        Array ``(..., terms + 1)`` with ``c_j = E[f(sqrt(k) X) He_j(X)] / sqrt(j!)``.
+    """
+    x, _ = gauss_hermite(nodes)
+    psi, sw = _hermite_functions(terms, nodes)
+    k = jnp.asarray(k)
+    z = jnp.sqrt(jnp.maximum(k, 0.0))[..., None] * x
+    return (f(z) * sw) @ psi.T
+
+
+def _correlation(K):
+    d = jnp.sqrt(jnp.maximum(jnp.diagonal(K), 0.0))
+    denom = d[:, None] * d[None, :]
+    ok = denom > 0
+    rho = jnp.where(ok, K / jnp.where(ok, denom, 1.0), 0.0)
+    return jnp.clip(rho, -1.0, 1.0)
+
+
+def pair_matrix(f, g, K, *, terms: int | None = None, nodes: int | None = None, diag=None):
+    """``M[a, b] = <f(z_a) g(z_b)>`` over ``z ~ N(0, K)`` for all pairs (Mehler series).
+
+    Args:
+        f, g: elementwise functions.
+        K: ``(N, N)`` symmetric positive semi-definite kernel.
+        terms, nodes: Mehler series length and 1-D rule size; ``None`` chooses them
+            from the largest variance (:func:`auto_orders`).
+        diag: optional elementwise function ``h`` with ``h(z) = f(z) g(z)`` used for
+            the diagonal (defaults to ``f(z) g(z)``), integrated by the 1-D rule.
+
+    Returns:
+        ``(N, N)`` array. Not symmetric unless ``f is g``.
+    """
+    K = jnp.asarray(K)
+    kd = jnp.diagonal(K)
+    if terms is None or nodes is None:
+        t_auto, n_auto = auto_orders(float(jnp.max(kd)))
+        terms = t_auto if terms is None else terms
+        nodes = n_auto if nodes is None else nodes
+    cf = hermite_coefficients(f, kd, terms=terms, nodes=nodes)
+    cg = cf if g is f else hermite_coefficients(g, kd, terms=terms, nodes=nodes)
+    rho = _correlation(K)
+    # Horner in rho: sum_k (c_k^f c_k^g^T) * rho^k, highest order first.
+    def step(acc, c):
+        return acc * rho + c[0][:, None] * c[1][None, :], None
+
+    acc, _ = jax.lax.scan(step, jnp.zeros_like(K), (cf.T[::-1], cg.T[::-1]))
+    h = diag if diag is not None else (lambda z: f(z) * g(z))
+    n = K.shape[0]
+    return acc.at[jnp.arange(n), jnp.arange(n)].set(expect_1d(h, kd, nodes=nodes))
+
+
+def pair_gh(f, g, kaa, kbb, kab, *, nodes: int = 80):
+    """``<f(z_a) g(z_b)>`` by a 2-D ``nodes x nodes`` Gauss-Hermite rule (elementwise).
+
+    Cholesky parametrisation ``z_a = sqrt(kaa) x``, ``z_b = (kab/sqrt(kaa)) x +
+    sqrt(kbb - kab^2/kaa) y``. Independent of the Mehler path; used to cross-check it.
+    """
+    x, w = gauss_hermite(nodes)
+    kaa, kbb, kab = jnp.broadcast_arrays(*map(jnp.asarray, (kaa, kbb, kab)))
+    l11 = jnp.sqrt(jnp.maximum(kaa, 0.0))
+    safe = jnp.where(l11 > 0, l11, 1.0)
+    l21 = jnp.where(l11 > 0, kab / safe, 0.0)
+    l22 = jnp.sqrt(jnp.maximum(kbb - l21 * l21, 0.0))
+    xa = x[:, None]
+    xb = x[None, :]
+    za = l11[..., None, None] * xa
+    zb = l21[..., None, None] * xa + l22[..., None, None] * xb
+    ww = w[:, None] * w[None, :]
+    return jnp.sum(ww * f(za) * g(zb), axis=(-2, -1))

@@ -1,0 +1,56 @@
+"""Infinite-width (NNGP) kernel recursion of an MLP (THEORY.md section 1).
+
+``K^(1) = C_b + C_W X X^T / n0`` and ``K^(l+1) = C_b + C_W <s(z_a) s(z_b)>_{K^(l)}``,
+with the hyperparameters of the layer being produced.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ._activations import Activation
+from ._gaussian import pair_gh, pair_matrix
+
+__all__ = ["METHODS", "first_layer_kernel", "two_point_matrix", "kernel_map"]
+
+#: Ways of computing two-point expectations: closed form where known (``"auto"``),
+#: the Mehler series (``"mehler"``), or a dense 2-D Gauss-Hermite rule (``"quadrature"``).
+METHODS = ("auto", "closed", "mehler", "quadrature")
+
+
+def first_layer_kernel(X, C_W: float, C_b: float):
+    """``K^(1) = C_b + C_W X X^T / n0`` for inputs ``X`` of shape ``(N, n0)``."""
+    X = jnp.asarray(X)
+    return C_b + C_W * (X @ X.T) / X.shape[1]
+
+
+def two_point_matrix(act: Activation, K, *, method: str = "auto", terms: int | None = None,
+                     nodes: int | None = None, quad_nodes: int = 80):
+    """``<s(z_a) s(z_b)>_K`` for all pairs ``(a, b)``; shape ``(N, N)``.
+
+    Args:
+        act: the activation.
+        K: ``(N, N)`` kernel.
+        method: one of :data:`METHODS`. ``"closed"`` raises if ``act`` has no closed form.
+        terms, nodes: Mehler series length and 1-D rule size (``"mehler"``); ``None``
+            picks them from the largest variance (see ``ngp._gaussian.auto_orders``).
+        quad_nodes: nodes per dimension of the 2-D rule (``"quadrature"``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    K = jnp.asarray(K)
+    kd = jnp.diagonal(K)
+    if method in ("auto", "closed") and act.two_point is not None:
+        E = act.two_point(kd[:, None], kd[None, :], K)
+    elif method == "closed":
+        raise ValueError(f"method: activation {act.name!r} has no closed-form two-point function")
+    elif method == "quadrature":
+        E = pair_gh(act.fn, act.fn, kd[:, None], kd[None, :], K, nodes=quad_nodes)
+    else:
+        E = pair_matrix(act.fn, act.fn, K, terms=terms, nodes=nodes)
+    return 0.5 * (E + E.T)
+
+
+def kernel_map(act: Activation, K, C_W: float, C_b: float, **options):
+    """One layer of the infinite-width recursion: ``C_b + C_W <s s>_K``."""
+    return C_b + C_W * two_point_matrix(act, K, **options)

@@ -1,0 +1,47 @@
+"""Small built-in data sets (shipped with the package; nothing is downloaded)."""
+
+from __future__ import annotations
+
+import importlib.resources
+
+import numpy as np
+
+__all__ = ["load_terrain", "synthetic_1d", "standardize"]
+
+
+def load_terrain() -> tuple[np.ndarray, np.ndarray]:
+    """Real terrain elevations: 572 points of the Jacksboro fault DEM (USGS, via matplotlib's samples).
+
+    Returns:
+        ``X`` of shape ``(572, 2)`` (longitude, latitude in degrees) and ``y`` of shape
+        ``(572,)`` (elevation in metres).
+    """
+    text = importlib.resources.files("ngp").joinpath("data/jacksboro_elevation.csv").read_text()
+    rows = [line for line in text.splitlines() if line and not line.startswith("#")]
+    data = np.array([[float(v) for v in line.split(",")] for line in rows[1:]])
+    return data[:, :2], data[:, 2]
+
+
+def synthetic_1d(n: int = 8, *, noise: float = 0.01, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 1-D toy regression problem: ``y = sin(2x) + 0.3 x`` plus Gaussian noise of variance ``noise``.
+
+    Returns ``X`` of shape ``(n, 1)`` on ``[-2, 2]`` and ``y`` of shape ``(n,)``.
+    """
+    rng = np.random.default_rng(seed)
+    X = np.sort(rng.uniform(-2, 2, size=n))[:, None]
+    y = np.sin(2 * X[:, 0]) + 0.3 * X[:, 0] + np.sqrt(noise) * rng.normal(size=n)
+    return X, y
+
+
+def standardize(train: np.ndarray, *others: np.ndarray):
+    """Centre and scale columns by the training mean and standard deviation.
+
+    Returns the transformed ``train`` followed by the transformed ``others``, and the
+    ``(mean, std)`` used.
+    """
+    train = np.asarray(train, dtype=float)
+    mu = train.mean(axis=0)
+    sd = train.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    out = [(train - mu) / sd] + [(np.asarray(o, dtype=float) - mu) / sd for o in others]
+    return (*out, (mu, sd))

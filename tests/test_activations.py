@@ -1,0 +1,58 @@
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ngp
+
+
+def test_named_activations_evaluate():
+    x = jnp.linspace(-2, 2, 5)
+    expected = {
+        "linear": np.asarray(x),
+        "relu": np.maximum(np.asarray(x), 0),
+        "tanh": np.tanh(np.asarray(x)),
+        "sin": np.sin(np.asarray(x)),
+    }
+    for name, ref in expected.items():
+        np.testing.assert_allclose(ngp.activation(name)(x), ref, rtol=1e-14)
+    leaky = ngp.activation("leaky_relu", slope=0.2)
+    np.testing.assert_allclose(leaky(x), np.where(x > 0, x, 0.2 * x))
+    assert leaky.relu_slopes == (1.0, 0.2)
+    for name in ngp.ACTIVATIONS:
+        assert np.all(np.isfinite(np.asarray(ngp.activation(name)(x))))
+
+
+def test_gelu_is_exact():
+    from scipy.special import ndtr
+
+    x = np.linspace(-3, 3, 7)
+    np.testing.assert_allclose(ngp.activation("gelu")(jnp.asarray(x)), x * ndtr(x), rtol=1e-14)
+
+
+def test_unknown_name_lists_choices():
+    with pytest.raises(ValueError, match="unknown activation 'tanhh'.*relu"):
+        ngp.activation("tanhh")
+    with pytest.raises(ValueError, match="activation"):
+        ngp.MLP(2, 8, activation="nope")
+
+
+def test_bad_activation_types():
+    with pytest.raises(TypeError, match="activation"):
+        ngp.activation(3.0)
+    with pytest.raises(ValueError, match="slope"):
+        ngp.activation("leaky_relu", slope=float("nan"))
+    with pytest.raises(ValueError, match="elementwise"):
+        ngp.activation(lambda x: jnp.sum(x))
+
+
+def test_kinked_callable_is_rejected_unless_declared():
+    with pytest.raises(ValueError, match="piecewise linear"):
+        ngp.activation(lambda x: jnp.maximum(x, 0))
+    act = ngp.activation(lambda x: jnp.maximum(x, 0), smooth=False, name="myrelu")
+    assert act.name == "myrelu" and not act.smooth
+
+
+def test_callable_derivatives():
+    act = ngp.activation(lambda x: jnp.sin(2 * x))
+    x = jnp.linspace(-1, 1, 4)
+    np.testing.assert_allclose(act.derivative(2)(x), -4 * np.sin(2 * np.asarray(x)), rtol=1e-12)

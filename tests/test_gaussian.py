@@ -1,0 +1,111 @@
+"""Two-point Gaussian expectations: closed forms, Mehler series and 2-D quadrature
+against independent adaptive quadrature (scipy)."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ngp
+from ngp._gaussian import gauss_hermite, hermite_coefficients, pair_gh, pair_matrix
+from ngp._kernel import two_point_matrix
+
+from ._reference import erf_smoothed, gauss_pair, relu_smoothed
+
+BLOCKS = [(1.0, 1.5, 0.9), (0.4, 2.0, -0.5), (2.5, 2.5, 2.4999), (1.2, 0.7, 0.0), (3.0, 2.0, 1.5)]
+
+
+@pytest.mark.parametrize("kaa,kbb,kab", BLOCKS)
+def test_relu_closed_form_against_adaptive_quadrature(kaa, kbb, kab):
+    act = ngp.activation("relu")
+    ref = gauss_pair(lambda z: max(z, 0.0), kaa, kbb, kab, smoothed=relu_smoothed)
+    got = float(act.two_point(kaa, kbb, kab))
+    assert abs(got - ref) <= 1e-10 * abs(ref)
+
+
+@pytest.mark.parametrize("kaa,kbb,kab", BLOCKS)
+def test_erf_closed_form_against_adaptive_quadrature(kaa, kbb, kab):
+    import math
+
+    act = ngp.activation("erf")
+    ref = gauss_pair(math.erf, kaa, kbb, kab, smoothed=erf_smoothed)
+    got = float(act.two_point(kaa, kbb, kab))
+    assert abs(got - ref) <= 1e-10 * max(abs(ref), 1e-3)
+
+
+@pytest.mark.parametrize("name", ["erf", "sin", "linear"])
+def test_mehler_and_quadrature_match_closed_forms(name):
+    act = ngp.activation(name)
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(6, 4))
+    K = A @ A.T / 4 + 0.1
+    K = jnp.asarray(K)
+    closed = two_point_matrix(act, K, method="closed")
+    mehler = two_point_matrix(act, K, method="mehler")
+    quad = two_point_matrix(act, K, method="quadrature", quad_nodes=120)
+    scale = float(jnp.max(jnp.abs(closed)))
+    assert float(jnp.max(jnp.abs(mehler - closed))) <= 1e-10 * scale
+    assert float(jnp.max(jnp.abs(quad - closed))) <= 1e-10 * scale
+
+
+def test_relu_quadrature_paths_converge_to_closed_form():
+    # Kinks make the numerical paths converge only algebraically (documented); they
+    # must approach the closed form as the order grows.
+    act = ngp.activation("relu")
+    K = jnp.asarray([[1.0, 0.6, -0.3], [0.6, 1.4, 0.2], [-0.3, 0.2, 0.8]])
+    closed = two_point_matrix(act, K)
+    errs = [
+        float(jnp.max(jnp.abs(two_point_matrix(act, K, method="mehler", terms=t, nodes=2 * t + 100) - closed)))
+        for t in (50, 200, 400)
+    ]
+    assert errs[0] > errs[1] > errs[2]
+    assert errs[2] < 1e-3
+
+
+SCALAR = {  # independent scalar implementations for the scipy reference
+    "tanh": math.tanh,
+    "gelu": lambda z: z * 0.5 * math.erfc(-z / math.sqrt(2)),
+    "swish": lambda z: z / (1 + math.exp(-z)) if z > -700 else 0.0,
+    "softplus": lambda z: max(z, 0.0) + math.log1p(math.exp(-abs(z))),
+    "sigmoid": lambda z: 1 / (1 + math.exp(-z)) if z > -700 else 0.0,
+}
+
+
+@pytest.mark.parametrize("name", ["tanh", "gelu", "swish", "softplus", "sigmoid"])
+@pytest.mark.parametrize(
+    "kaa,kbb,kab", [(1.0, 1.5, 0.9), (0.4, 2.0, -0.5), (2.5, 2.5, 2.4999), (9.0, 8.0, 8.4852), (9.0, 9.0, 9.0)]
+)
+def test_smooth_activations_to_1e_10(name, kaa, kbb, kab):
+    act = ngp.activation(name)
+    f = SCALAR[name]
+    ref = gauss_pair(f, kaa, kbb, kab)
+    K = jnp.asarray([[kaa, kab], [kab, kbb]])
+    got = float(two_point_matrix(act, K)[0, 1])
+    got_diag = float(two_point_matrix(act, K)[0, 0])
+    ref_diag = gauss_pair(f, kaa, kaa, kaa)
+    assert abs(got - ref) <= 1e-10 * max(abs(ref), 1e-2), (got, ref)
+    assert abs(got_diag - ref_diag) <= 1e-10 * abs(ref_diag)
+
+
+def test_gauss_hermite_weights_and_moments():
+    x, w = gauss_hermite(30)
+    assert abs(w.sum() - 1) < 1e-14
+    assert abs(np.sum(w * x**4) - 3) < 1e-12
+    with pytest.raises(ValueError, match="nodes"):
+        gauss_hermite(0)
+
+
+def test_hermite_coefficients_of_polynomial():
+    # z^3 with z = sqrt(k) x:  k^{3/2} (He_3 + 3 He_1) -> c_1 = 3 k^{3/2}, c_3 = sqrt(6) k^{3/2}
+    c = hermite_coefficients(lambda z: z**3, jnp.asarray([2.0]), terms=6, nodes=20)
+    k32 = 2.0**1.5
+    np.testing.assert_allclose(np.asarray(c)[0], [0, 3 * k32, 0, np.sqrt(6) * k32, 0, 0, 0], atol=1e-12)
+
+
+def test_pair_gh_matches_mehler_for_mixed_functions():
+    K = jnp.asarray([[1.0, 0.3], [0.3, 0.5]])
+    f, g = jnp.tanh, jnp.sin
+    m = pair_matrix(f, g, K)
+    q = pair_gh(f, g, 1.0, 0.5, 0.3, nodes=150)
+    assert abs(float(m[0, 1]) - float(q)) < 1e-12

@@ -1,0 +1,83 @@
+"""Infinite-width kernels: exact recursions and Monte Carlo of actual random networks."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ngp
+
+RNG = np.random.default_rng(7)
+X3 = RNG.normal(size=(4, 3))
+
+
+def test_first_layer_and_deep_linear_closed_form():
+    net = ngp.MLP(4, 16, activation="linear", C_W=[1.3, 0.8, 1.1, 0.9], C_b=[0.1, 0.2, 0.0, 0.3])
+    prior = net.prior(X3)
+    K = 0.1 + 1.3 * X3 @ X3.T / 3
+    np.testing.assert_allclose(prior.kernels[0], K, rtol=1e-14)
+    for cw, cb, Kl in zip([0.8, 1.1, 0.9], [0.2, 0.0, 0.3], prior.kernels[1:]):
+        K = cb + cw * K
+        np.testing.assert_allclose(Kl, K, rtol=1e-13)
+    np.testing.assert_allclose(prior.K, K, rtol=1e-13)
+
+
+def test_relu_angle_recursion():
+    # THEORY 7.4: cos theta' = [sin theta + (pi - theta) cos theta] / pi, norms preserved at C_W = 2.
+    X = np.array([[1.0, 0.0], [np.cos(1.0), np.sin(1.0)]]) * np.sqrt(2.0)
+    net = ngp.MLP(6, 32, activation="relu", C_W=2.0, C_b=0.0)
+    prior = net.prior(X)
+    theta = 1.0
+    for Kl in prior.kernels[1:]:
+        theta = np.arccos((np.sin(theta) + (np.pi - theta) * np.cos(theta)) / np.pi)
+        np.testing.assert_allclose(np.diag(Kl), [2.0, 2.0], rtol=1e-14)
+        np.testing.assert_allclose(Kl[0, 1] / 2.0, np.cos(theta), rtol=1e-13)
+
+
+def test_depth_one_is_first_layer():
+    net = ngp.MLP(1, activation="tanh", C_W=2.0, C_b=0.5)
+    np.testing.assert_allclose(net.prior(X3).K, 0.5 + 2 * X3 @ X3.T / 3)
+
+
+def test_methods_agree_on_a_deep_network():
+    net = ngp.MLP(5, 8, activation="erf", C_W=1.7, C_b=0.2)
+    a = net.prior(X3).K
+    b = net.prior(X3, method="mehler").K
+    c = net.prior(X3, method="quadrature", quad_nodes=100).K
+    assert float(jnp.max(jnp.abs(a - b))) < 1e-12
+    assert float(jnp.max(jnp.abs(a - c))) < 1e-12
+
+
+def _check_mc(net, X, samples, method, seed):
+    prior = net.prior(X)
+    s = ngp.sample_networks(net, X, samples, seed=seed, method=method)
+    mean = s.metric.mean(0)
+    se = s.metric.std(0, ddof=1) / np.sqrt(samples)
+    diff = np.abs(mean - np.asarray(prior.K))
+    if net.depth == 1:  # the metric is the deterministic first-layer kernel
+        assert diff.max() < 1e-12
+        se = np.ones_like(se)
+    z = diff / se
+    # output samples too (noisier): E[z_i z_i] over neurons
+    zz = np.einsum("sai,sbi->sab", s.outputs, s.outputs) / net.out_dim
+    z2 = np.abs(zz.mean(0) - np.asarray(prior.K)) / (zz.std(0, ddof=1) / np.sqrt(samples))
+    return z.max(), z2.max()
+
+
+@pytest.mark.parametrize(
+    "activation,depth",
+    [("tanh", 4), ("relu", 3), ("gelu", 2), ("custom", 4), ("tanh", 1)],
+)
+def test_kernel_against_actual_weights(activation, depth):
+    # Real weight matrices of width 1024; the 1/n bias K1/n ~ 1e-4 is far below 4 s.e.
+    act = (lambda x: jnp.sin(x) + 0.3 * jnp.tanh(2 * x)) if activation == "custom" else activation
+    net = ngp.MLP(depth, 1024, activation=act, C_W=1.5, C_b=0.1, out_dim=2)
+    zmax, z2max = _check_mc(net, X3, 96, "weights", seed=depth)
+    assert zmax < 4.5 and z2max < 4.5
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "gelu", "swish", "erf"])
+@pytest.mark.parametrize("depth", [2, 4])
+def test_kernel_against_conditional_sampler(activation, depth):
+    net = ngp.MLP(depth, 2048, activation=activation, C_W=[1.2, 1.8, 1.5, 1.0][:depth], C_b=0.05)
+    zmax, _ = _check_mc(net, X3, 1500, "conditional", seed=11 * depth)
+    assert zmax < 4.5

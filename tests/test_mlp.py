@@ -1,0 +1,79 @@
+"""Network description and bad-input handling."""
+
+import numpy as np
+import pytest
+
+import ngp
+
+
+def test_widths_and_per_layer_hyperparameters():
+    net = ngp.MLP(depth=3, width=[8, 4], activation="relu", C_W=[1.0, 2.0, 1.5], C_b=0.1, out_dim=2)
+    assert net.widths == (8, 4) and net.n_last == 4
+    assert net.C_W == (1.0, 2.0, 1.5) and net.C_b == (0.1, 0.1, 0.1)
+    assert "MLP(depth=3" in repr(net)
+    assert ngp.MLP(1).widths == () and ngp.MLP(1).n_last is None
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(depth=0, width=4), ValueError, "depth"),
+        (dict(depth=2.5, width=4), TypeError, "depth"),
+        (dict(depth=3, width=0), ValueError, "width"),
+        (dict(depth=3, width=[4]), ValueError, "width"),
+        (dict(depth=3, width=[4, -1]), ValueError, r"width\[1\]"),
+        (dict(depth=3, width=4.5), TypeError, "width"),
+        (dict(depth=3), ValueError, "width"),
+        (dict(depth=2, width=4, C_W=0.0), ValueError, "C_W"),
+        (dict(depth=2, width=4, C_W=-1.0), ValueError, "C_W"),
+        (dict(depth=2, width=4, C_b=-0.1), ValueError, "C_b"),
+        (dict(depth=2, width=4, C_b=float("nan")), ValueError, "C_b"),
+        (dict(depth=2, width=4, C_W=[1.0]), ValueError, "C_W"),
+        (dict(depth=2, width=4, C_W=[1.0, -2.0]), ValueError, r"C_W\[1\]"),
+        (dict(depth=2, width=4, out_dim=0), ValueError, "out_dim"),
+        (dict(depth=2, width=4, activation="swishh"), ValueError, "activation"),
+    ],
+)
+def test_bad_network_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        ngp.MLP(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "X,match",
+    [
+        (np.zeros(3), r"X: expected shape \(N, n0\)"),
+        (np.zeros((0, 3)), "X: expected at least one"),
+        (np.array([[1.0, np.inf]]), "X: contains non-finite"),
+        ([["a", "b"]], "X"),
+    ],
+)
+def test_bad_inputs(X, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ngp.MLP(2, 4).prior(X)
+
+
+def test_in_dim_is_checked():
+    with pytest.raises(ValueError, match="in_dim"):
+        ngp.MLP(2, 4, in_dim=3).prior(np.zeros((2, 2)))
+
+
+def test_float32_warns():
+    import jax
+
+    jax.config.update("jax_enable_x64", False)
+    try:
+        with pytest.warns(RuntimeWarning, match="float32"):
+            ngp.MLP(2, 4).prior(np.ones((2, 2)))
+    finally:
+        jax.config.update("jax_enable_x64", True)
+
+
+def test_sampler_arguments():
+    net = ngp.MLP(2, 4)
+    with pytest.raises(ValueError, match="method"):
+        ngp.sample_networks(net, np.ones((2, 2)), 4, method="magic")
+    with pytest.raises(ValueError, match="num_samples"):
+        ngp.sample_networks(net, np.ones((2, 2)), 0)
+    s = ngp.sample_networks(ngp.MLP(3, [5, 6], out_dim=2), np.ones((3, 2)), 7, batch_size=3)
+    assert s.outputs.shape == (7, 3, 2) and s.metric.shape == (7, 3, 3)
