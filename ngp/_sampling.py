@@ -114,7 +114,10 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     check_x64("sampling networks")
     Xa = jnp.asarray(as_inputs(X, "X", in_dim=net.in_dim))
-    one = _make_sampler(net, Xa.shape[1], method)
+    # Other architectures (e.g. ngp.ResMLP) provide their own single-network sampler
+    # ``one(key, X) -> (outputs (N, out_dim), metric (N, N))``.
+    maker = getattr(net, "_make_sampler", None)
+    one = maker(Xa.shape[1], method) if maker is not None else _make_sampler(net, Xa.shape[1], method)
     batched = jax.jit(jax.vmap(one, in_axes=(0, None)))
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), int(num_samples))
     outs, mets = [], []
