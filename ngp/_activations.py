@@ -15,6 +15,7 @@ callables) are integrated numerically (see :mod:`ngp._gaussian`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -72,11 +73,15 @@ class Activation:
         return self.relu_slopes is not None
 
     def derivative(self, order: int) -> Callable:
-        """Elementwise ``order``-th derivative of ``fn`` (by autodiff)."""
-        f = self.fn
-        for _ in range(order):
-            f = _elementwise_grad(f)
-        return f
+        """Elementwise ``order``-th derivative of ``fn`` (by autodiff; cached, so jit caches hit)."""
+        return _derivative(self, int(order))
+
+
+@functools.lru_cache(maxsize=256)
+def _derivative(act: "Activation", order: int) -> Callable:
+    if order == 0:
+        return act.fn
+    return _elementwise_grad(_derivative(act, order - 1))
 
 
 def _elementwise_grad(f):
@@ -207,7 +212,7 @@ def activation(spec: str | Callable | Activation, /, **params) -> Activation:
             if not (isinstance(slope, (int, float)) and math.isfinite(slope)):
                 raise ValueError(f"activation: leaky_relu slope must be a finite number, got {slope!r}")
         try:
-            return _FACTORIES[key](**params)
+            return _named(key, tuple(sorted(params.items())))
         except TypeError as exc:
             raise ValueError(f"activation: bad parameters {params} for {spec!r}") from exc
     if callable(spec):
@@ -221,6 +226,12 @@ def activation(spec: str | Callable | Activation, /, **params) -> Activation:
     raise TypeError(
         f"activation: expected a name, a callable or an Activation, got {type(spec).__name__}"
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _named(key: str, params: tuple) -> Activation:
+    # One object per (name, parameters): compiled expectation kernels are cached on it.
+    return _FACTORIES[key](**dict(params))
 
 
 def _check_callable(act: Activation) -> None:

@@ -149,17 +149,29 @@ def pair_matrix(f, g, K, *, terms: int | None = None, nodes: int | None = None, 
         t_auto, n_auto = auto_orders(float(jnp.max(kd)))
         terms = t_auto if terms is None else terms
         nodes = n_auto if nodes is None else nodes
+    return _pair_matrix_jit(f, g, diag, int(terms), int(nodes), K)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _pair_matrix_jit(f, g, diag, terms, nodes, K):
+    kd = jnp.diagonal(K)
     cf = hermite_coefficients(f, kd, terms=terms, nodes=nodes)
     cg = cf if g is f else hermite_coefficients(g, kd, terms=terms, nodes=nodes)
     rho = _correlation(K)
+
     # Horner in rho: sum_k (c_k^f c_k^g^T) * rho^k, highest order first.
     def step(acc, c):
         return acc * rho + c[0][:, None] * c[1][None, :], None
 
     acc, _ = jax.lax.scan(step, jnp.zeros_like(K), (cf.T[::-1], cg.T[::-1]))
-    h = diag if diag is not None else (lambda z: f(z) * g(z))
+    h = diag if diag is not None else _Product(f, g)
     n = K.shape[0]
     return acc.at[jnp.arange(n), jnp.arange(n)].set(expect_1d(h, kd, nodes=nodes))
+
+
+@functools.lru_cache(maxsize=256)
+def _Product(f, g):
+    return lambda z: f(z) * g(z)
 
 
 def pair_gh(f, g, kaa, kbb, kab, *, nodes: int = 80):
