@@ -1,0 +1,739 @@
+"""Criticality, universality classes and depth asymptotics of single-input kernels (THEORY.md §6, §8).
+
+For one input the infinite-width kernel obeys ``K^(l+1) = C_b + C_W g(K^(l))`` with
+``g(K) = <sigma(z)^2>_K`` (``z ~ N(0, K)``). The susceptibilities [PDLT §5.1] are
+
+* ``chi_par(K)  = C_W g'(K) = (C_W / K) <sigma sigma' z>_K = (C_W / 2K^2) <sigma^2 (z^2 - K)>_K``,
+* ``chi_perp(K) = C_W <sigma'(z)^2>_K``,
+
+and ``(C_b, C_W)`` is *critical* when the fixed point ``K* = C_b + C_W g(K*)`` has
+``chi_par(K*) = chi_perp(K*) = 1``. Public functions:
+
+* :func:`susceptibilities` -- ``(chi_par, chi_perp)`` at any ``K > 0`` (arrays broadcast).
+* :func:`critical_point` -- the critical ``(C_b, C_W, K*)`` and universality class of an
+  activation (:class:`CriticalPoint`); never raises for activations without one.
+* :func:`depth_flow` -- the single-input, equal-width leading-order recursion of ``K``, the
+  NLO metric ``K1`` and the four-point vertex ``V`` through depth (:class:`DepthFlow`).
+* :func:`asymptotic_law` -- the large-depth law of the class (:class:`AsymptoticLaw`).
+* :func:`residual_susceptibilities`, :func:`residual_vertex_growth` -- residual MLPs (§8).
+
+Numerics. Every Gaussian average is a 1-D Gauss-Hermite rule in ``x = z / sqrt(K)`` with
+``m = 160 K + 300`` nodes (rounded up to a fixed ladder, at most 20000): relative error
+``~1e-12`` or better for tanh, erf, sigmoid, softplus, GELU and SWISH at ``K <= 100``
+(measured against adaptive ``scipy.integrate.quad``); beyond ``K ~ 123`` a warning says that
+digits are lost. ``chi_par`` and ``g''`` use the derivative-free Hermite forms
+``g' = <sigma^2 He_2(x)> / 2K`` and ``g'' = <sigma^2 He_4(x)> / 4K^2`` (they converge faster
+than the forms with ``sigma'``, and are right for kinked activations); ``chi_perp`` needs
+``sigma'`` (autodiff). The scale-invariant family ``a_+ z Theta(z) + a_- z Theta(-z)``
+(``act.relu_slopes``: relu, leaky relu, linear) uses closed forms: ``g = A_2 K``,
+``<sigma'^2> = A_2``, ``<sigma^4> = 3 A_4 K^2`` with ``A_p = (a_+^p + a_-^p) / 2``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+import warnings
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.optimize import brentq
+
+from ._activations import Activation, activation as _make_activation
+from ._gaussian import gauss_hermite
+from ._validate import nonneg_float, positive_float
+
+__all__ = [
+    "CLASSES",
+    "CriticalPoint",
+    "DepthFlow",
+    "AsymptoticLaw",
+    "susceptibilities",
+    "critical_point",
+    "depth_flow",
+    "asymptotic_law",
+    "residual_susceptibilities",
+    "residual_vertex_growth",
+]
+
+#: Universality classes returned in :attr:`CriticalPoint.universality_class`.
+CLASSES = ("scale-invariant", "K*=0", "half-stable", "none")
+
+#: Gauss-Hermite node ladder (``m = 160 K + 300`` rounded up to the next rung); few rungs,
+#: one batch shape and a cache keyed on the activation keep XLA compilations few.
+_LADDER = (300, 600, 1200, 2400, 4800, 9600, 20000)
+_NODES_PER_K, _NODES_MIN = 160, 300
+#: Fixed batch of variances per compiled call (shorter batches are padded).
+_BATCH = 16
+#: Largest variance for which the rule still reaches ~1e-12 for tanh-like activations.
+K_ACCURATE = (_LADDER[-1] - _NODES_MIN) / _NODES_PER_K
+
+#: Default search range of the half-stable fixed point, and its log-spaced grid size.
+K_SEARCH = (1e-2, 100.0)
+_SEARCH_POINTS = 241
+
+
+# ----------------------------------------------------------------------------- validation
+def _act(spec) -> Activation:
+    try:
+        return _make_activation(spec)
+    except ValueError as exc:
+        raise ValueError(f"activation: {exc}") from exc
+
+
+def _as_variance(K, name: str = "K") -> np.ndarray:
+    try:
+        arr = np.asarray(K, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name}: expected a positive number or array, got {K!r}") from exc
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: must be finite, got {K!r}")
+    if np.any(arr <= 0):
+        raise ValueError(f"{name}: the pre-activation variance must be > 0, got min {float(np.min(arr))}")
+    return arr
+
+
+def _as_depth(depth, name: str = "depth") -> int:
+    if isinstance(depth, bool) or not isinstance(depth, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name}: expected a positive integer (number of layers), got {depth!r}")
+    if depth < 1:
+        raise ValueError(f"{name}: must be >= 1, got {depth}")
+    return int(depth)
+
+
+def _real(value, name: str) -> float:
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: expected a real number, got {value!r}")
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name}: expected a real number, got {value!r}") from exc
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: must be finite, got {value}")
+    return value
+
+
+# ----------------------------------------------------------------------------- Gaussian moments
+def _nodes(kmax: float) -> int:
+    need = _NODES_PER_K * float(kmax) + _NODES_MIN
+    for m in _LADDER:
+        if m >= need:
+            return m
+    return _LADDER[-1]
+
+
+@functools.lru_cache(maxsize=32)
+def _rule(m: int) -> tuple[np.ndarray, np.ndarray]:
+    x, w = gauss_hermite(m)
+    keep = w > 0  # far-tail weights underflow; dropping them avoids inf * 0
+    return x[keep], w[keep]
+
+
+def _moment_core(act: Activation, m: int) -> Callable:
+    """Pure ``K (B,) -> (g, g', g'', <sigma^4>, <sigma'^2>)``, each ``(B,)``, with ``m`` nodes."""
+    x_np, w_np = _rule(m)
+    x, w = jnp.asarray(x_np), jnp.asarray(w_np)
+    he2 = jnp.asarray(x_np * x_np - 1.0)
+    he4 = jnp.asarray(x_np**4 - 6.0 * x_np * x_np + 3.0)
+    d1 = act.derivative(1)
+
+    def moments(K):
+        z = jnp.sqrt(K)[:, None] * x
+        s2 = act.fn(z) ** 2
+        g = s2 @ w
+        g1 = (s2 * he2) @ w / (2.0 * K)
+        g2 = (s2 * he4) @ w / (4.0 * K * K)
+        s4 = (s2 * s2) @ w
+        sp2 = d1(z) ** 2 @ w
+        return g, g1, g2, s4, sp2
+
+    return moments
+
+
+class _Keyed:
+    """Hashable wrapper of an activation for the compilation caches.
+
+    Two activations share compiled code when they have the same name, smoothness and
+    function: the same code object with equal closure values and defaults (so every
+    ``ngp.activation("swish")`` hits the same cache entry), or the same function object.
+    """
+
+    __slots__ = ("act", "key")
+
+    def __init__(self, act: Activation):
+        self.act = act
+        fn = act.fn
+        code = getattr(fn, "__code__", None)
+        key = (act.name, act.smooth, fn)
+        if code is not None:
+            try:
+                cells = tuple(c.cell_contents for c in (fn.__closure__ or ()))
+                candidate = (act.name, act.smooth, code, cells, fn.__defaults__)
+                hash(candidate)
+                key = candidate
+            except (TypeError, ValueError):  # unhashable closure values, empty cells
+                pass
+        self.key = key
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Keyed) and self.key == other.key
+
+
+@functools.lru_cache(maxsize=128)
+def _moment_jit(keyed: _Keyed, m: int) -> Callable:
+    return jax.jit(_moment_core(keyed.act, m))
+
+
+def _moment_fn(act: Activation, m: int) -> Callable:
+    return _moment_jit(_Keyed(act), m)
+
+
+def _moments(act: Activation, K: np.ndarray, *, nodes: int | None = None) -> dict[str, np.ndarray]:
+    """Single-input Gaussian averages at variances ``K`` (any shape, ``K > 0``).
+
+    Returns a dict of arrays shaped like ``K``: ``g = <s^2>``, ``g1 = g'(K)``,
+    ``g2 = g''(K)``, ``s4 = <s^4>``, ``sp2 = <s'^2>``.
+    """
+    K = np.asarray(K, dtype=float)
+    if act.relu_slopes is not None:
+        ap, am = act.relu_slopes
+        A2, A4 = 0.5 * (ap**2 + am**2), 0.5 * (ap**4 + am**4)
+        return {
+            "g": A2 * K,
+            "g1": np.full_like(K, A2),
+            "g2": np.zeros_like(K),
+            "s4": 3.0 * A4 * K * K,
+            "sp2": np.full_like(K, A2),
+        }
+    flat = K.reshape(-1)
+    if flat.size and float(np.max(flat)) > K_ACCURATE:
+        warnings.warn(
+            f"ngp.criticality: a variance reaches K = {float(np.max(flat)):.4g} > {K_ACCURATE:.0f}; the "
+            f"Gauss-Hermite rule is capped at {_LADDER[-1]} nodes and loses digits there.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    keys = ("g", "g1", "g2", "s4", "sp2")
+    out = {k: np.empty_like(flat) for k in keys}
+    # One rung for the whole array (the one its largest variance needs): one compilation.
+    m = int(nodes) if nodes is not None else (_nodes(float(np.max(flat))) if flat.size else _NODES_MIN)
+    if flat.size:
+        idx = np.arange(flat.size)
+        fn = _moment_fn(act, m)
+        for start in range(0, len(idx), _BATCH):
+            part = idx[start:start + _BATCH]
+            Kb = np.ones(_BATCH)  # one batch shape per rung: one compilation
+            Kb[: len(part)] = flat[part]
+            vals = fn(jnp.asarray(Kb))
+            for key, v in zip(keys, vals):
+                out[key][part] = np.asarray(v)[: len(part)]
+    res = {k: v.reshape(K.shape) for k, v in out.items()}
+    if not all(np.all(np.isfinite(v)) for v in res.values()):
+        raise FloatingPointError(
+            f"ngp.criticality: Gaussian averages of {act.name!r} are not finite at these variances "
+            "(the activation overflows)"
+        )
+    return res
+
+
+def _scalar_or_array(a: np.ndarray):
+    a = np.asarray(a, dtype=float)
+    return float(a) if a.ndim == 0 else a
+
+
+# ----------------------------------------------------------------------------- susceptibilities
+def susceptibilities(activation, K, *, C_W: float = 1.0, C_b: float = 0.0):
+    """Parallel and perpendicular susceptibilities of one layer at kernel ``K`` (THEORY §6).
+
+    ``chi_par = C_W g'(K)`` with ``g(K) = <sigma^2>_K``, ``chi_perp = C_W <sigma'^2>_K``;
+    both are independent of ``C_b`` (accepted for symmetry with the kernel map, validated).
+
+    Args:
+        activation: a name from ``ngp.ACTIVATIONS``, an :class:`ngp.Activation` or a callable.
+        K: pre-activation variance(s) ``> 0``, scalar or array of any shape.
+        C_W: weight variance ``> 0``.
+        C_b: bias variance ``>= 0`` (does not enter).
+
+    Returns:
+        ``(chi_par, chi_perp)``: floats for scalar ``K``, else arrays shaped like ``K``.
+        Relative accuracy ~1e-12 for ``K <= 100`` (closed forms for the relu family).
+    """
+    act = _act(activation)
+    C_W = positive_float(C_W, "C_W")
+    nonneg_float(C_b, "C_b")
+    m = _moments(act, _as_variance(K))
+    return _scalar_or_array(C_W * m["g1"]), _scalar_or_array(C_W * m["sp2"])
+
+
+def residual_susceptibilities(activation, K, *, C_W: float = 1.0, C_b: float = 0.0, gamma: float, xi: float):
+    """Susceptibilities of one residual block ``z' = gamma z + xi [b + W sigma(z)]`` (THEORY §8).
+
+    The block's kernel map is ``K' = gamma^2 K + xi^2 (C_b + C_W g(K))``, hence
+    ``chi_res = gamma^2 + xi^2 chi`` for both directions. A residual network is critical when
+    ``chi_res_par = chi_res_perp = 1`` at its fixed point, e.g. a critical block
+    (:func:`critical_point`) with ``gamma^2 + xi^2 = 1`` and ``C_b = 0``.
+
+    Args:
+        activation, K, C_W, C_b: as in :func:`susceptibilities`.
+        gamma: skip-connection weight (real).
+        xi: block weight (real).
+
+    Returns:
+        ``(chi_res_par, chi_res_perp)`` shaped like ``K``.
+    """
+    gamma, xi = _real(gamma, "gamma"), _real(xi, "xi")
+    cp, cq = susceptibilities(activation, K, C_W=C_W, C_b=C_b)
+    return (_scalar_or_array(gamma**2 + xi**2 * np.asarray(cp)),
+            _scalar_or_array(gamma**2 + xi**2 * np.asarray(cq)))
+
+
+def residual_vertex_growth(*, gamma: float, xi: float, C_W: float = 1.0) -> float:
+    """Per-block growth of ``V / K^2`` for **linear** residual blocks, one input, ``C_b = 0``.
+
+    A block ``z' = gamma z + xi W z`` maps ``K -> s K`` with ``s = gamma^2 + xi^2 C_W`` and, at
+    leading order in ``1/n`` (equal widths),
+    ``V' / K'^2 = V / K^2 + 2 r (2 - r)`` with ``r = xi^2 C_W / s`` the fraction of the kernel
+    refreshed by the block. A plain linear layer (``r = 1``) adds 2; a block with
+    ``gamma^2 + xi^2 = 1``, ``C_W = 1`` adds ``2 xi^4 + 4 gamma^2 xi^2 = 2 xi^2 (2 - xi^2)``
+    (THEORY §8). So skip connections stretch the useful depth: ``L`` residual blocks
+    accumulate the finite-width vertex of ``L r (2 - r)`` plain layers, i.e. the depth-to-width
+    ratio that controls the ``1/n`` corrections shrinks by ``r (2 - r) ~ 2 xi^2`` for small
+    ``xi``. The exact finite-width law behind it (tested by Monte Carlo) is
+    ``E[G'^2] / E[G']^2 = (E[G^2] / E[G]^2) (1 + 2 r (2 - r) / n)`` for the empirical
+    second moment ``G`` of a layer.
+
+    For nonlinear blocks no such statement is made: the leading-order residual ``V``
+    recursion does not close beyond the first block (THEORY §8), so this function is
+    deliberately limited to linear blocks.
+
+    Args:
+        gamma: skip weight; xi: block weight (not both zero); C_W: block weight variance ``> 0``.
+
+    Returns:
+        The increment of ``V / K^2`` per residual block.
+    """
+    gamma, xi = _real(gamma, "gamma"), _real(xi, "xi")
+    C_W = positive_float(C_W, "C_W")
+    s = gamma**2 + xi**2 * C_W
+    if s == 0:
+        raise ValueError("gamma, xi: the block maps every kernel to 0 (gamma = xi = 0)")
+    r = xi**2 * C_W / s
+    return 2.0 * r * (2.0 - r)
+
+
+# ----------------------------------------------------------------------------- critical point
+@dataclasses.dataclass(frozen=True)
+class CriticalPoint:
+    """The critical initialisation of an activation and its universality class (THEORY §6).
+
+    Attributes:
+        activation: name of the activation.
+        universality_class: one of :data:`CLASSES`: ``"scale-invariant"``, ``"K*=0"``,
+            ``"half-stable"`` or ``"none"``.
+        exists: whether a critical ``(C_b, C_W)`` was found.
+        reason: one sentence saying why (the class's defining property, or why there is none).
+        C_b, C_W: critical bias and weight variances (``None`` if none exists).
+        K_star: fixed-point kernel ``K*``; ``0.0`` for the ``K*=0`` class, ``None`` for the
+            scale-invariant class (every ``K`` is a fixed point: the line is marginal) and when
+            none exists.
+        chi_parallel, chi_perp: susceptibilities at the point (the ``K -> 0`` limit, 1, for
+            ``K*=0``); ``None`` if none exists.
+        taylor: ``(sigma(0), sigma'(0), sigma''(0), sigma'''(0))`` by autodiff, ``None`` for the
+            relu family and kinked callables.
+        a1, b1: ``a1 = s3/s1 + 3/4 (s2/s1)^2``, ``b1 = s3/s1 + (s2/s1)^2`` (need ``s1 != 0``):
+            ``chi_par ~ 1 + 2 a1 K``, ``chi_perp ~ 1 + b1 K`` near ``K = 0``.
+        p_perp: ``b1 / a1``, perpendicular perturbations decay as ``l^(-p_perp)`` (``K*=0`` class).
+        vertex_slope: slope ``A`` of the marginal law ``V / K^2 ~ A (l - 1)``:
+            ``3 A_4 / A_2^2 - 1`` (scale-invariant, exact at leading order) or
+            ``A* = C_W^2 Var_{K*}(sigma^2) / K*^2`` (half-stable, practical depths).
+        f2: ``f''(K*)`` of the single-input map ``f(K) = C_b + C_W g(K)`` (half-stable).
+        stable_side: ``"below"`` or ``"above"``: the side from which the half-stable fixed
+            point attracts (``Delta_{l+1} = Delta_l + f2 Delta_l^2 / 2``).
+        search_range: ``(K_min, K_max)`` searched for a half-stable point (``None`` if not searched).
+    """
+
+    activation: str
+    universality_class: str
+    exists: bool
+    reason: str
+    C_b: float | None = None
+    C_W: float | None = None
+    K_star: float | None = None
+    chi_parallel: float | None = None
+    chi_perp: float | None = None
+    taylor: tuple[float, float, float, float] | None = None
+    a1: float | None = None
+    b1: float | None = None
+    p_perp: float | None = None
+    vertex_slope: float | None = None
+    f2: float | None = None
+    stable_side: str | None = None
+    search_range: tuple[float, float] | None = None
+
+
+@functools.lru_cache(maxsize=64)
+def _taylor_keyed(keyed: _Keyed) -> tuple[float, float, float, float]:
+    derivs = [keyed.act.derivative(k) for k in range(4)]
+    vals = jax.jit(lambda z: jnp.stack([d(z) for d in derivs]))(jnp.zeros((1,)))
+    return tuple(float(v) for v in np.asarray(vals)[:, 0])
+
+
+def _taylor(act: Activation) -> tuple[float, float, float, float]:
+    """``(sigma(0), sigma'(0), sigma''(0), sigma'''(0))`` by autodiff."""
+    return _taylor_keyed(_Keyed(act))
+
+
+def _half_stable_roots(act: Activation, k_range: tuple[float, float]) -> list[float]:
+    """Roots of ``g'(K) = <s'^2>_K`` (i.e. ``chi_par = chi_perp``) on a log grid of ``k_range``."""
+
+    def h(K):
+        m = _moments(act, np.atleast_1d(np.asarray(K, dtype=float)))
+        return m["g1"] / m["sp2"] - 1.0
+
+    grid = np.geomspace(k_range[0], k_range[1], _SEARCH_POINTS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        m = _moments(act, grid, nodes=_nodes(k_range[1]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vals = m["g1"] / m["sp2"] - 1.0
+    roots = []
+    for i in range(len(grid) - 1):
+        a, b = vals[i], vals[i + 1]
+        if not (np.isfinite(a) and np.isfinite(b)):
+            continue
+        if a == 0.0:
+            roots.append(float(grid[i]))
+        elif a * b < 0:
+            roots.append(brentq(lambda k: float(h(k)[0]), grid[i], grid[i + 1], xtol=1e-15, rtol=4 * np.finfo(float).eps,
+                                maxiter=200))
+    return roots
+
+
+def critical_point(activation, *, K_range: tuple[float, float] = K_SEARCH) -> CriticalPoint:
+    """Critical initialisation ``(C_b, C_W)``, fixed point ``K*`` and universality class.
+
+    Classification (THEORY §6):
+
+    1. scale-invariant family (``act.relu_slopes`` set: relu, leaky relu, linear):
+       ``C_b = 0``, ``C_W = 1 / A_2``, ``A_2 = (a_+^2 + a_-^2) / 2``; every ``K`` is a fixed point.
+    2. smooth with ``sigma(0) = 0``, ``sigma'(0) != 0`` and ``a1 < 0`` (tanh, sin, erf): ``K* = 0``,
+       ``C_b = 0``, ``C_W = 1 / sigma'(0)^2``; ``K^(l) ~ 1 / ((-a1) l)``.
+    3. otherwise: a *half-stable* point is searched, the roots of ``chi_par(K) = chi_perp(K)``
+       (``g'(K) = <sigma'^2>_K``, independent of ``C_W``) on a 241-point log grid of
+       ``K_range`` (default ``[0.01, 100]``) refined by Brent's method to machine precision,
+       then ``C_W = 1 / <sigma'^2>_{K*}`` and ``C_b = K* - C_W g(K*)``, accepted if ``C_b >= 0``
+       (GELU, SWISH). If several are accepted the smallest ``K*`` is returned.
+    4. else ``"none"`` (sigmoid, softplus, monomials ``z^p`` with ``p >= 2``) with the reason.
+
+    Args:
+        activation: a name, :class:`ngp.Activation` or JAX-traceable callable.
+        K_range: ``(K_min, K_max)``, ``0 < K_min < K_max``, searched in step 3 (accuracy
+            ~1e-12 up to ``K ~ 100``; a warning is issued beyond ``K ~ 123``).
+
+    Returns:
+        :class:`CriticalPoint`. Never raises for activations without a critical point.
+    """
+    act = _act(activation)
+    try:
+        k_lo, k_hi = (float(v) for v in K_range)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"K_range: expected (K_min, K_max), got {K_range!r}") from exc
+    if not (0 < k_lo < k_hi < math.inf):
+        raise ValueError(f"K_range: expected 0 < K_min < K_max < inf, got {K_range!r}")
+    name = act.name
+
+    if act.relu_slopes is not None:
+        ap, am = act.relu_slopes
+        A2, A4 = 0.5 * (ap**2 + am**2), 0.5 * (ap**4 + am**4)
+        if A2 == 0:
+            return CriticalPoint(name, "none", False, "the activation is identically zero (a_+ = a_- = 0)")
+        return CriticalPoint(
+            name, "scale-invariant", True,
+            "scale-invariant (a_+ z Theta(z) + a_- z Theta(-z)): chi_par = chi_perp = C_W A_2 at every K, "
+            "critical at C_b = 0, C_W = 1/A_2; every K is a fixed point (marginal), V/K^2 grows by "
+            "3 A_4/A_2^2 - 1 per layer",
+            C_b=0.0, C_W=1.0 / A2, K_star=None, chi_parallel=1.0, chi_perp=1.0,
+            vertex_slope=3.0 * A4 / A2**2 - 1.0,
+        )
+
+    notes = []
+    taylor = a1 = b1 = p_perp = None
+    if act.smooth:
+        taylor = _taylor(act)
+        s0, s1, s2, s3 = taylor
+        if s1 != 0:
+            a1 = s3 / s1 + 0.75 * (s2 / s1) ** 2
+            b1 = s3 / s1 + (s2 / s1) ** 2
+            p_perp = b1 / a1 if a1 != 0 else None
+        if abs(s0) < 1e-300 and s1 != 0 and a1 < 0:
+            return CriticalPoint(
+                name, "K*=0", True,
+                f"sigma(0) = 0, sigma'(0) = {s1:.6g} != 0 and a1 = {a1:.6g} < 0: at C_b = 0, "
+                "C_W = 1/sigma'(0)^2 the kernel flows to K* = 0 as 1/((-a1) l) with chi -> 1",
+                C_b=0.0, C_W=1.0 / s1**2, K_star=0.0, chi_parallel=1.0, chi_perp=1.0,
+                taylor=taylor, a1=a1, b1=b1, p_perp=p_perp,
+            )
+        if s0 != 0:
+            notes.append(f"sigma(0) = {s0:.6g} != 0, so K = 0 is not a fixed point")
+        elif s1 == 0:
+            notes.append("sigma(0) = sigma'(0) = 0 (e.g. a monomial z^p, p >= 2): chi -> 0 at K = 0")
+        elif a1 >= 0:
+            notes.append(f"sigma(0) = 0 but a1 = {a1:.6g} >= 0, so K* = 0 is not attractive")
+    else:
+        notes.append("kinked callable (smooth=False): no Taylor classification, quadrature-only accuracy")
+
+    roots = _half_stable_roots(act, (k_lo, k_hi))
+    rejected = []
+    for K_star in roots:
+        m = _moments(act, np.array([K_star]))
+        g, g1, g2, s4, sp2 = (float(m[k][0]) for k in ("g", "g1", "g2", "s4", "sp2"))
+        C_W = 1.0 / sp2
+        C_b = K_star - C_W * g
+        if C_b < 0:
+            if C_b > -1e-12 * K_star:
+                C_b = 0.0
+            else:
+                rejected.append((K_star, C_b))
+                continue
+        f2 = C_W * g2
+        return CriticalPoint(
+            name, "half-stable", True,
+            f"chi_par = chi_perp = 1 at the fixed point K* = {K_star:.12g} (C_b = {C_b:.6g} >= 0) with "
+            f"f''(K*) = {f2:.3g} != 0: attracting from {'below' if f2 > 0 else 'above'} only, marginal "
+            "at practical depths",
+            C_b=C_b, C_W=C_W, K_star=K_star, chi_parallel=C_W * g1, chi_perp=C_W * sp2,
+            taylor=taylor, a1=a1, b1=b1, p_perp=p_perp,
+            vertex_slope=C_W**2 * (s4 - g * g) / K_star**2, f2=f2,
+            stable_side="below" if f2 > 0 else "above", search_range=(k_lo, k_hi),
+        )
+    if rejected:
+        notes.append(
+            "chi_par = chi_perp only at K = "
+            + ", ".join(f"{k:.6g} (needs C_b = {cb:.3g} < 0)" for k, cb in rejected)
+        )
+    else:
+        notes.append(f"chi_par(K) = chi_perp(K) has no root for K in [{k_lo:g}, {k_hi:g}]")
+    return CriticalPoint(
+        name, "none", False, "no critical point: " + "; ".join(notes),
+        taylor=taylor, a1=a1, b1=b1, p_perp=p_perp, search_range=(k_lo, k_hi),
+    )
+
+
+# ----------------------------------------------------------------------------- depth flow
+@dataclasses.dataclass(frozen=True)
+class DepthFlow:
+    """Single-input, equal-width leading-order flow through depth (THEORY §2-3, §6).
+
+    All arrays have shape ``(depth,)``; entry ``l - 1`` belongs to layer ``l``.
+
+    Attributes:
+        layers: ``1 .. depth``.
+        K: infinite-width kernel ``K^(l)``.
+        K1: NLO metric ``G^{1}(l)`` (the ``1/n`` correction to ``E[z^2]`` is ``K1 / n``).
+        V: four-point vertex ``V^(l)`` (connected ``E[z_i^2 z_j^2] = V / n``, ``i != j``).
+        chi_parallel, chi_perp: susceptibilities of the map *out of* layer ``l``, at ``K^(l)``.
+        C_W, C_b: the hyperparameters used (every layer but the first, which is ``K0``).
+    """
+
+    layers: np.ndarray
+    K: np.ndarray
+    K1: np.ndarray
+    V: np.ndarray
+    chi_parallel: np.ndarray
+    chi_perp: np.ndarray
+    C_W: float
+    C_b: float
+
+    @property
+    def V_over_K2(self) -> np.ndarray:
+        """Normalised vertex ``V / K^2`` (``n`` times the excess kurtosis-like ratio)."""
+        return self.V / self.K**2
+
+    @property
+    def K1_over_K(self) -> np.ndarray:
+        """``K1 / K``: relative ``1/n`` shift of the two-point function (times ``n``)."""
+        return self.K1 / self.K
+
+
+def depth_flow(activation, *, C_W: float, C_b: float, K0: float, depth: int) -> DepthFlow:
+    """Iterate the single-input leading-order recursions with equal widths (THEORY §6).
+
+    ``K^(1) = K0``, ``V^(1) = K1^(1) = 0`` and, for ``l = 1 .. depth - 1``,
+
+    * ``K^(l+1) = C_b + C_W g(K)``,
+    * ``V^(l+1) = C_W^2 Var_K(sigma^2) + chi_par(K)^2 V^(l)``,
+    * ``K1^(l+1) = chi_par(K) K1^(l) + (C_W / 2) g''(K) V^(l)``,
+
+    all at ``K = K^(l)``. These are §2-3 with one input and ``n_l = n_{l-1}``.
+
+    Args:
+        activation: name, :class:`ngp.Activation` or callable.
+        C_W: weight variance ``> 0`` (layers ``2 .. depth``).
+        C_b: bias variance ``>= 0``.
+        K0: first-layer kernel ``K^(1) = C_b^(1) + C_W^(1) |x|^2 / n0`` (``> 0``).
+        depth: number of layers ``>= 1``.
+
+    Returns:
+        :class:`DepthFlow`. If ``K`` overflows the remaining layers are ``nan`` (with a warning).
+    """
+    act = _act(activation)
+    C_W = positive_float(C_W, "C_W")
+    C_b = nonneg_float(C_b, "C_b")
+    K0 = float(_as_variance(K0, "K0"))
+    depth = _as_depth(depth)
+    if act.relu_slopes is not None:
+        K, V, K1, cpar, cperp = _flow_closed(act, C_W, C_b, K0, depth)
+    else:
+        K, V, K1, cpar, cperp = _flow_quadrature(act, C_W, C_b, K0, depth)
+    bad = ~(np.isfinite(K) & (K > 0) & np.isfinite(V) & np.isfinite(cperp))
+    if np.any(bad):
+        first = int(np.argmax(bad))
+        warnings.warn(f"depth_flow: the kernel or its averages left the finite range at layer {first + 1} "
+                      f"(K = {K[first]:.4g}); layers >= {first + 1} are nan", RuntimeWarning, stacklevel=2)
+        for arr in (K, V, K1, cpar, cperp):
+            arr[first:] = np.nan
+    elif np.max(K) > K_ACCURATE:
+        warnings.warn(f"depth_flow: the kernel reaches K = {np.max(K):.4g} > {K_ACCURATE:.0f}; the quadrature "
+                      "loses digits there", RuntimeWarning, stacklevel=2)
+    return DepthFlow(np.arange(1, depth + 1), K, K1, V, cpar, cperp, C_W, C_b)
+
+
+def _flow_closed(act, C_W, C_b, K0, depth):
+    """Relu family: ``g = A_2 K``, ``Var(sigma^2) = (3 A_4 - A_2^2) K^2``, ``g'' = 0``."""
+    ap, am = act.relu_slopes
+    A2, A4 = 0.5 * (ap**2 + am**2), 0.5 * (ap**4 + am**4)
+    K, V, K1 = np.empty(depth), np.empty(depth), np.empty(depth)
+    K[0], V[0], K1[0] = K0, 0.0, 0.0
+    cpar = C_W * A2
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i in range(depth - 1):
+            K[i + 1] = C_b + C_W * A2 * K[i]
+            V[i + 1] = C_W**2 * (3 * A4 - A2**2) * K[i] ** 2 + cpar**2 * V[i]
+            K1[i + 1] = cpar * K1[i]
+    return K, V, K1, np.full(depth, cpar), np.full(depth, cpar)
+
+
+#: Layers per compiled scan of the quadrature depth flow.
+_CHUNK = 512
+
+
+def _flow_fn(act: Activation, m: int) -> Callable:
+    return _flow_jit(_Keyed(act), m)
+
+
+@functools.lru_cache(maxsize=32)
+def _flow_jit(keyed: _Keyed, m: int) -> Callable:
+    moments = _moment_core(keyed.act, m)
+
+    def step(carry, _):
+        K, V, K1, C_W, C_b = carry
+        g, g1, g2, s4, sp2 = (v[0] for v in moments(K[None]))
+        cpar, cperp = C_W * g1, C_W * sp2
+        nxt = (C_b + C_W * g, C_W**2 * (s4 - g * g) + cpar**2 * V, cpar * K1 + 0.5 * C_W * g2 * V, C_W, C_b)
+        return nxt, jnp.stack([K, V, K1, cpar, cperp])
+
+    @jax.jit
+    def run(state):
+        carry, out = jax.lax.scan(step, state, None, length=_CHUNK)
+        return carry, out
+
+    return run
+
+
+def _flow_quadrature(act, C_W, C_b, K0, depth):
+    """Smooth activations: compiled scans of ``_CHUNK`` layers; the node count follows ``max K``."""
+    state = tuple(jnp.asarray(v, dtype=float) for v in (K0, 0.0, 0.0, C_W, C_b))
+    chunks = []
+    done = 0
+    while done < depth:
+        m = _nodes(float(state[0]))
+        while True:
+            carry, out = _flow_fn(act, m)(state)
+            out = np.asarray(out).T
+            ks = out[0][np.isfinite(out[0])]
+            m_need = _nodes(float(np.max(ks))) if ks.size else m
+            if m_need <= m:
+                break
+            m = m_need
+        chunks.append(out)
+        state = carry
+        done += _CHUNK
+        if not np.all(np.isfinite(out[0])):
+            break
+    out = np.concatenate(chunks, axis=1)
+    res = np.full((5, depth), np.nan)
+    n = min(depth, out.shape[1])
+    res[:, :n] = out[:, :n]
+    return res[0], res[1], res[2], res[3], res[4]
+
+
+# ----------------------------------------------------------------------------- asymptotic laws
+@dataclasses.dataclass(frozen=True)
+class AsymptoticLaw:
+    """Large-depth law of a universality class, evaluated at the given layers.
+
+    Attributes:
+        layers: layer indices ``l`` (shape ``(D,)``).
+        K: predicted kernel ``K^(l)`` (``nan`` where the law does not fix it).
+        V_over_K2: predicted normalised vertex ``V^(l) / K^(l)^2`` (equal widths).
+        description: the law in words.
+    """
+
+    layers: np.ndarray
+    K: np.ndarray
+    V_over_K2: np.ndarray
+    description: str
+
+
+def asymptotic_law(point: CriticalPoint, depth, *, K0: float | None = None) -> AsymptoticLaw:
+    """The depth law of ``point``'s universality class (THEORY §6).
+
+    * scale-invariant: ``K^(l) = K^(1)`` (``K0``; ``nan`` if not given) and
+      ``V / K^2 = (3 A_4 / A_2^2 - 1)(l - 1)``, exact at leading order for every ``l``.
+    * ``K*=0``: ``K^(l) ~ 1 / ((-a1) l)`` and ``V / K^2 ~ (2/3) l`` (universal; corrections
+      ``O(log l / l)``, so only reached at ``l ~ 10^3 - 10^4``).
+    * half-stable: marginal at practical depths, ``K^(l) ~ K*`` and
+      ``V / K^2 ~ A* (l - 1)`` (``A* = point.vertex_slope``). The true ``1/l`` asymptotics
+      (``V ~ (A*/5) l K*^2``) set in only at ``l >~ 10^4 - 10^5`` because ``f''(K*)`` is tiny.
+
+    Args:
+        point: a :class:`CriticalPoint` with ``exists=True``.
+        depth: an int ``D`` (layers ``1 .. D``) or an array of layer indices ``>= 1``.
+        K0: first-layer kernel for the scale-invariant class.
+
+    Raises:
+        ValueError: ``point`` has no critical point, or bad ``depth``.
+    """
+    if not isinstance(point, CriticalPoint):
+        raise TypeError(f"point: expected a CriticalPoint (from critical_point), got {type(point).__name__}")
+    if not point.exists:
+        raise ValueError(f"point: {point.activation!r} has no critical point ({point.reason})")
+    if isinstance(depth, (numbers.Integral, np.integer)) and not isinstance(depth, bool):
+        layers = np.arange(1, _as_depth(depth) + 1, dtype=float)
+    else:
+        layers = np.asarray(depth, dtype=float).reshape(-1)
+        if layers.size == 0 or not np.all(np.isfinite(layers)) or np.any(layers < 1):
+            raise ValueError(f"depth: expected an int >= 1 or layer indices >= 1, got {depth!r}")
+    cls = point.universality_class
+    if cls == "scale-invariant":
+        k0 = np.nan if K0 is None else float(_as_variance(K0, "K0"))
+        K = np.full_like(layers, k0)
+        v = point.vertex_slope * (layers - 1)
+        desc = f"scale-invariant: K constant, V/K^2 = {point.vertex_slope:.10g} (l - 1) exactly"
+    elif cls == "K*=0":
+        K = 1.0 / (-point.a1 * layers)
+        v = 2.0 / 3.0 * layers
+        desc = f"K*=0: K ~ 1/({-point.a1:.6g} l), V/K^2 ~ (2/3) l"
+    else:
+        K = np.full_like(layers, point.K_star)
+        v = point.vertex_slope * (layers - 1)
+        desc = (f"half-stable: marginal at practical depths, K ~ K* = {point.K_star:.6g}, "
+                f"V/K^2 ~ {point.vertex_slope:.5g} (l - 1); 1/l asymptotics only at l >~ 1e4")
+    return AsymptoticLaw(layers, K, v, desc)

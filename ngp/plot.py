@@ -1,0 +1,274 @@
+"""Plots: depth flow of the finite-width cumulants and (C_b, C_W) phase diagrams.
+
+matplotlib is imported inside the functions only, so ``import ngp.plot`` works without it
+(install the ``plots`` extra to draw). Every function accepts ``ax=`` (an existing Axes, or
+a sequence of them where several panels are drawn) and returns the matplotlib ``Figure``.
+
+* :func:`plot_flow` -- ``K``, ``K1/K`` and ``V/(n K^2)`` against the layer index for several
+  initialisations (THEORY §6: the normalised vertex grows linearly with depth at
+  criticality and exponentially off it).
+* :func:`plot_phase_diagram` -- ``chi_perp`` (or ``K``) after many layers over a
+  ``(C_b, C_W)`` grid, the ``chi_perp = 1`` line and the critical point.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["plot_flow", "plot_phase_diagram"]
+
+#: Quantities :func:`plot_flow` can draw.
+FLOW_QUANTITIES = ("K", "K1/K", "V/(nK^2)")
+
+
+def _pyplot():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("ngp.plot needs matplotlib: pip install 'ngp[plots]'") from exc
+    return plt
+
+
+def _axes(ax, count: int, *, figsize):
+    """``(fig, [ax...])``: new axes, or the given ones (one Axes or a sequence of ``count``)."""
+    plt = _pyplot()
+    if ax is None:
+        fig, axes = plt.subplots(1, count, figsize=figsize, squeeze=False)
+        return fig, list(axes[0])
+    axes = list(ax) if isinstance(ax, (list, tuple, np.ndarray)) else [ax]
+    if len(axes) != count:
+        raise ValueError(f"ax: expected {count} Axes (one per panel), got {len(axes)}")
+    return axes[0].figure, axes
+
+
+# ----------------------------------------------------------------------------- flow
+def _pick(arr, index: int) -> np.ndarray:
+    """Per-layer scalars from per-layer scalars, ``(L, N, N)`` or ``(L, N, N, N, N)`` arrays."""
+    a = np.asarray(arr, dtype=float)
+    if a.ndim == 1:
+        return a
+    return a[(slice(None),) + (index,) * (a.ndim - 1)]
+
+
+def _flow_entry(item, index: int) -> dict:
+    """Normalise a Prior, a DepthFlow or a dict to per-layer arrays K, K1, V, n and a label."""
+    if isinstance(item, dict):
+        if "K" not in item:
+            raise ValueError("flows: a dict entry needs at least 'K' (per-layer values)")
+        K = _pick(item["K"], index)
+        out = {"K": K, "label": item.get("label")}
+        for key in ("K1", "V"):
+            out[key] = None if item.get(key) is None else _pick(item[key], index)
+        n = item.get("n")
+        out["n"] = None if n is None else np.broadcast_to(np.asarray(n, dtype=float), K.shape).copy()
+        return out
+    from .criticality import DepthFlow
+
+    if isinstance(item, DepthFlow):
+        return {"K": np.asarray(item.K), "K1": np.asarray(item.K1), "V": np.asarray(item.V), "n": None,
+                "label": f"C_W={item.C_W:.4g}, C_b={item.C_b:.4g}"}
+    try:
+        layers = item.layers
+    except AttributeError:
+        layers = None
+    except NotImplementedError as exc:
+        raise ValueError(f"flows: {type(item).__name__} has no finite-width layers: {exc}") from exc
+    if layers is not None:
+        K = np.array([np.asarray(L.K)[index, index] for L in layers], dtype=float)
+        K1 = np.array([np.asarray(L.K1)[index, index] for L in layers], dtype=float)
+        V = np.array([np.asarray(L.V)[index, index, index, index] for L in layers], dtype=float)
+        n = np.array([np.nan if L.n is None else float(L.n) for L in layers])
+        net = getattr(item, "net", None)
+        label = None
+        if net is not None:
+            cw, cb = net.C_W[-1], net.C_b[-1]
+            label = f"{net.activation.name}, C_W={cw:.4g}, C_b={cb:.4g}"
+        return {"K": K, "K1": K1, "V": V, "n": n, "label": label}
+    raise TypeError(
+        f"flows: expected ngp Prior objects (with .layers), DepthFlow results or dicts of per-layer arrays, "
+        f"got {type(item).__name__}"
+    )
+
+
+def plot_flow(flows, *, labels: Sequence[str] | None = None, width: int | None = None, input_index: int = 0,
+              quantities: Sequence[str] = FLOW_QUANTITIES, logy: bool = False, ax=None):
+    """Flow of ``K``, ``K1/K`` and ``V/(n K^2)`` with depth for several initialisations.
+
+    Args:
+        flows: a sequence of (or a single) ngp ``Prior`` objects with per-layer cumulants
+            (``prior.layers``; each layer has ``.K``, ``.K1``, ``.V`` and the feeding width
+            ``.n``), :class:`ngp.criticality.DepthFlow` results, or dicts with per-layer arrays
+            ``"K"`` and optionally ``"K1"``, ``"V"``, ``"n"`` (scalar or per layer), ``"label"``.
+            Arrays may be per-layer scalars ``(L,)`` (one input) or ``(L, N, N)`` /
+            ``(L, N, N, N, N)``, from which input ``input_index`` is taken.
+        labels: legend labels, one per flow (default: from the objects).
+        width: ``n`` for entries that do not carry their widths (DepthFlow, dicts without
+            ``"n"``). If some entry has no width at all the third panel shows ``V/K^2``.
+        input_index: which input's diagonal entry to draw.
+        quantities: a subset of ``("K", "K1/K", "V/(nK^2)")`` (one panel each).
+        logy: logarithmic y axes.
+        ax: one Axes per quantity (a single Axes when one quantity is drawn), or ``None``.
+
+    Returns:
+        matplotlib ``Figure``.
+    """
+    if not isinstance(flows, (list, tuple)):
+        flows = [flows]
+    flows = list(flows)
+    if not flows:
+        raise ValueError("flows: expected at least one flow")
+    quantities = tuple(quantities)
+    bad = [q for q in quantities if q not in FLOW_QUANTITIES]
+    if bad or not quantities:
+        raise ValueError(f"quantities: expected a non-empty subset of {FLOW_QUANTITIES}, got {quantities}")
+    if labels is not None and len(labels) != len(flows):
+        raise ValueError(f"labels: expected {len(flows)} labels (one per flow), got {len(labels)}")
+    if width is not None and (int(width) != width or width < 1):
+        raise ValueError(f"width: expected a positive integer, got {width!r}")
+    entries = [_flow_entry(f, int(input_index)) for f in flows]
+    for e in entries:
+        if e["n"] is None and width is not None:
+            e["n"] = np.full(e["K"].shape, float(width))
+        if e["n"] is not None:
+            e["n"] = np.where(np.arange(len(e["K"])) == 0, np.nan, e["n"])  # layer 1 carries no 1/n
+    per_n = all(e["n"] is not None for e in entries)
+    fig, axes = _axes(ax, len(quantities), figsize=(4.2 * len(quantities), 3.4))
+    for i, e in enumerate(entries):
+        label = labels[i] if labels is not None else (e["label"] or f"flow {i + 1}")
+        layers = np.arange(1, len(e["K"]) + 1)
+        for axis, q in zip(axes, quantities):
+            if q == "K":
+                y = e["K"]
+            elif q == "K1/K":
+                if e["K1"] is None:
+                    continue
+                y = e["K1"] / e["K"]
+            else:
+                if e["V"] is None:
+                    continue
+                y = e["V"] / e["K"] ** 2
+                if per_n:
+                    with np.errstate(invalid="ignore"):
+                        y = np.where(np.isnan(e["n"]), 0.0, y / e["n"])
+            axis.plot(layers, y, marker="o" if len(layers) <= 30 else None, ms=3, label=label)
+    titles = {"K": "kernel $K^{(\\ell)}$", "K1/K": "$K_1/K$ (coefficient of $1/n$)",
+              "V/(nK^2)": "$V/(nK^2)$" if per_n else "$V/K^2$ (times $1/n$)"}
+    for axis, q in zip(axes, quantities):
+        axis.set_xlabel("layer $\\ell$")
+        axis.set_title(titles[q])
+        if logy:
+            axis.set_yscale("log" if q != "K1/K" else "symlog")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- phase diagram
+#: Gauss-Hermite nodes for the phase diagram (plot accuracy, not 1e-12).
+_PHASE_NODES = 400
+#: Kernels are clipped here while iterating (larger means "diverged" in the picture).
+_PHASE_K_MAX = 100.0
+
+
+def plot_phase_diagram(activation, *, C_b: tuple[float, float] = (0.0, 1.0), C_W: tuple[float, float] = (0.5, 3.0),
+                       resolution: int = 41, depth: int = 64, K0: float = 1.0, quantity: str = "chi_perp",
+                       ax=None):
+    """``(C_b, C_W)`` phase diagram of a single-input network, with the critical point marked.
+
+    Each grid point iterates ``K^(l+1) = C_b + C_W g(K^(l))`` from ``K^(1) = K0`` for ``depth``
+    layers (kernels are clipped at 100; 400 Gauss-Hermite nodes: picture accuracy) and colours
+    the result by ``chi_perp`` at the final kernel (``quantity="chi_perp"``, diverging colours
+    centred on 1: ordered < 1 < chaotic) or by ``log10 K`` (``quantity="K"``). The
+    ``chi_perp = 1`` contour is drawn, and the critical point from
+    :func:`ngp.criticality.critical_point` is marked (a star) when it exists.
+
+    Args:
+        activation: name, :class:`ngp.Activation` or callable.
+        C_b: ``(min, max)`` bias-variance range, ``0 <= min < max``.
+        C_W: ``(min, max)`` weight-variance range, ``0 < min < max``.
+        resolution: grid points per axis (``>= 2``).
+        depth: number of layers iterated (``>= 1``).
+        K0: first-layer kernel ``> 0``.
+        quantity: ``"chi_perp"`` or ``"K"``.
+        ax: an Axes or ``None``.
+
+    Returns:
+        matplotlib ``Figure``.
+    """
+    from . import criticality as cr
+
+    act = cr._act(activation)
+    cb_lo, cb_hi = _range(C_b, "C_b", lower=0.0, strict=False)
+    cw_lo, cw_hi = _range(C_W, "C_W", lower=0.0, strict=True)
+    if isinstance(resolution, bool) or int(resolution) != resolution or resolution < 2:
+        raise ValueError(f"resolution: expected an integer >= 2, got {resolution!r}")
+    depth = cr._as_depth(depth)
+    K0 = float(cr._as_variance(K0, "K0"))
+    if quantity not in ("chi_perp", "K"):
+        raise ValueError(f"quantity: expected 'chi_perp' or 'K', got {quantity!r}")
+    plt = _pyplot()
+    from matplotlib.colors import TwoSlopeNorm
+
+    cbs = np.linspace(cb_lo, cb_hi, int(resolution))
+    cws = np.linspace(cw_lo, cw_hi, int(resolution))
+    CB, CW = np.meshgrid(cbs, cws)  # rows: C_W, columns: C_b
+    K = np.full(CB.shape, K0)
+    diverged = np.zeros(CB.shape, dtype=bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(depth - 1):
+            g = cr._moments(act, K, nodes=_PHASE_NODES)["g"]
+            K = CB + CW * g
+            diverged |= ~np.isfinite(K) | (K >= _PHASE_K_MAX)
+            K = np.clip(np.nan_to_num(K, nan=_PHASE_K_MAX, posinf=_PHASE_K_MAX), 1e-12, _PHASE_K_MAX)
+        chi_perp = CW * cr._moments(act, K, nodes=_PHASE_NODES)["sp2"]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    else:
+        fig = ax.figure
+    if quantity == "chi_perp":
+        vals = np.clip(chi_perp, 1e-3, None)
+        vmin, vmax = float(np.min(vals)), float(np.max(vals))
+        norm = TwoSlopeNorm(vcenter=1.0, vmin=min(vmin, 0.999), vmax=max(vmax, 1.001))
+        mesh = ax.pcolormesh(CB, CW, vals, cmap="RdBu_r", norm=norm, shading="auto")
+        label = f"$\\chi_\\perp$ after {depth} layers"
+    else:
+        mesh = ax.pcolormesh(CB, CW, np.log10(K), cmap="viridis", shading="auto")
+        label = f"$\\log_{{10}} K$ after {depth} layers"
+    fig.colorbar(mesh, ax=ax, label=label)
+    if np.nanmin(chi_perp) < 1 < np.nanmax(chi_perp):
+        ax.contour(CB, CW, chi_perp, levels=[1.0], colors="k", linewidths=1.0)
+    if np.any(diverged):
+        ax.contourf(CB, CW, diverged.astype(float), levels=[0.5, 1.5], colors="none", hatches=["//"])
+    point = cr.critical_point(act)
+    title = f"{act.name}: "
+    if point.exists:
+        ax.plot([point.C_b], [point.C_W], marker="*", ms=14, color="gold", mec="k",
+                label=f"critical ({point.universality_class})", linestyle="none")
+        ax.legend(loc="upper right", fontsize="small")
+        title += f"critical $(C_b, C_W) = ({point.C_b:.4g}, {point.C_W:.4g})$"
+    else:
+        title += "no critical point"
+    ax.set_xlim(cb_lo, cb_hi)
+    ax.set_ylim(cw_lo, cw_hi)
+    ax.set_xlabel("$C_b$")
+    ax.set_ylabel("$C_W$")
+    ax.set_title(title, fontsize="medium")
+    return fig
+
+
+def _range(value, name: str, *, lower: float, strict: bool) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name}: expected a (min, max) pair, got {value!r}") from exc
+    ok = math.isfinite(lo) and math.isfinite(hi) and lo < hi and (lo > lower if strict else lo >= lower)
+    if not ok:
+        rel = ">" if strict else ">="
+        raise ValueError(f"{name}: expected finite (min, max) with min < max and min {rel} {lower}, got {value!r}")
+    return lo, hi

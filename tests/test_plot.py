@@ -1,0 +1,116 @@
+"""Plots render (Agg backend) and validate their arguments."""
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+matplotlib = pytest.importorskip("matplotlib")
+matplotlib.use("Agg")
+
+import ngp  # noqa: E402
+from ngp import _resmlp, plot  # noqa: E402
+from ngp import criticality as cr  # noqa: E402
+
+
+def _saved(fig, path):
+    fig.savefig(path, dpi=60)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path.exists() and path.stat().st_size > 5_000
+
+
+def test_plot_flow_of_depth_flows_and_dicts(tmp_path):
+    flows = [cr.depth_flow("tanh", C_W=cw, C_b=0.0, K0=1.0, depth=20) for cw in (0.9, 1.0, 1.1)]
+    fig = plot.plot_flow(flows, width=64)
+    assert len(fig.axes) == 3
+    # the third panel shows V/(n K^2) for the critical tanh flow
+    line = fig.axes[2].lines[1]
+    np.testing.assert_allclose(line.get_ydata(), flows[1].V_over_K2 / 64)
+    assert _saved(fig, tmp_path / "flow.png")
+    # dicts with (L, N, N) / (L, N, N, N, N) arrays and per-layer widths; no width -> V/K^2
+    L, N = 5, 2
+    K = np.stack([np.eye(N) * (1 + l) for l in range(L)])
+    V = np.zeros((L, N, N, N, N))
+    V[:, 1, 1, 1, 1] = np.arange(L) * 3.0
+    d = {"K": K, "K1": 0.1 * K, "V": V, "n": 8, "label": "dict"}
+    fig = plot.plot_flow([d], input_index=1)
+    l = np.arange(L)
+    np.testing.assert_allclose(fig.axes[2].lines[0].get_ydata(), 3.0 * l / (1 + l) ** 2 / 8)
+    np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), 0.1)
+    assert _saved(fig, tmp_path / "flow_dict.png")
+
+
+def test_plot_flow_of_priors(tmp_path):
+    x = np.array([[1.0, -0.5]])
+    priors = [ngp.MLP(8, 512, activation="relu", C_W=cw, C_b=0.0).prior(x) for cw in (1.8, 2.0, 2.2)]
+    fig = plot.plot_flow(priors)
+    crit = priors[1].layers
+    expected = [0.0] + [lay.V[0, 0, 0, 0] / (lay.n * lay.K[0, 0] ** 2) for lay in crit[1:]]
+    np.testing.assert_allclose(fig.axes[2].lines[1].get_ydata(), expected, rtol=1e-12)
+    np.testing.assert_allclose(expected, 5 * np.arange(8) / 512, rtol=1e-12)  # critical relu: 5(l-1)/n
+    assert "C_W=2" in fig.axes[0].get_legend().get_texts()[1].get_text()
+    assert _saved(fig, tmp_path / "flow_priors.png")
+
+
+def test_plot_flow_into_given_axes(tmp_path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    flow = cr.depth_flow("relu", C_W=2.0, C_b=0.0, K0=1.0, depth=10)
+    out = plot.plot_flow(flow, quantities=["V/(nK^2)"], ax=ax)
+    assert out is fig
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), 5.0 * np.arange(10))  # no width: V/K^2
+    assert _saved(fig, tmp_path / "relu.png")
+    with pytest.raises(ValueError, match="ax: expected 3 Axes"):
+        plot.plot_flow(flow, ax=ax)
+
+
+def test_plot_phase_diagram(tmp_path):
+    fig = plot.plot_phase_diagram("tanh", resolution=15, depth=20)
+    ax = fig.axes[0]
+    star = [ln for ln in ax.lines if ln.get_marker() == "*"]
+    assert len(star) == 1 and tuple(star[0].get_xydata()[0]) == (0.0, 1.0)
+    assert _saved(fig, tmp_path / "phase_tanh.png")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    out = plot.plot_phase_diagram("relu", C_b=(0.0, 0.5), C_W=(1.0, 3.0), resolution=12, depth=10,
+                                  quantity="K", ax=ax)
+    assert out is fig and _saved(fig, tmp_path / "phase_relu.png")
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: plot.plot_flow([]), "flows"),
+        (lambda: plot.plot_flow([{"V": [0.0]}]), "'K'"),
+        (lambda: plot.plot_flow([object()]), "flows"),
+        (lambda: plot.plot_flow([{"K": [1.0, 1.0]}], quantities=["chi"]), "quantities"),
+        (lambda: plot.plot_flow([{"K": [1.0]}], labels=["a", "b"]), "labels"),
+        (lambda: plot.plot_phase_diagram("tanh", C_W=(0.0, 2.0)), "C_W"),
+        (lambda: plot.plot_phase_diagram("tanh", C_b=(1.0, 0.5)), "C_b"),
+        (lambda: plot.plot_phase_diagram("tanh", resolution=1), "resolution"),
+        (lambda: plot.plot_phase_diagram("tanh", quantity="V"), "quantity"),
+        (lambda: plot.plot_phase_diagram("tanhh"), "activation"),
+    ],
+)
+def test_bad_plot_arguments(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+def test_residual_prior_has_no_flow_to_plot():
+    prior = _resmlp.ResMLP(3, 8, gamma=0.8, xi=0.6).prior(np.ones((1, 2)))
+    with pytest.raises(ValueError, match="finite-width"):
+        plot.plot_flow(prior)
+
+
+def test_module_imports_without_matplotlib():
+    code = "import sys; sys.modules['matplotlib'] = None; import ngp.plot, ngp.criticality; print('ok')"
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
