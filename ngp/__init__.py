@@ -16,6 +16,7 @@ Public API (see the docs for the conventions, THEORY sections 0-1):
 from ._activations import ACTIVATIONS, Activation, activation
 from ._gp import GPPosterior, gp_posterior
 from ._mlp import MLP
+from ._model_selection import EvidenceGrid, evidence_grid
 from . import criticality, plot
 from ._posterior import FiniteWidthPosterior, posterior
 from ._prior import Layer, Prior
@@ -36,6 +37,8 @@ __all__ = [
     "Prior",
     "Layer",
     "posterior",
+    "evidence_grid",
+    "EvidenceGrid",
     "FiniteWidthPosterior",
     "GPPosterior",
     "NetworkSamples",

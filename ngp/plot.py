@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["plot_flow", "plot_phase_diagram"]
+__all__ = ["plot_flow", "plot_phase_diagram", "plot_posterior"]
 
 #: Quantities :func:`plot_flow` can draw.
 FLOW_QUANTITIES = ("K", "K1/K", "V/(nK^2)")
@@ -272,3 +272,47 @@ def _range(value, name: str, *, lower: float, strict: bool) -> tuple[float, floa
         rel = ">" if strict else ">="
         raise ValueError(f"{name}: expected finite (min, max) with min < max and min {rel} {lower}, got {value!r}")
     return lo, hi
+
+
+# ----------------------------------------------------------------------------- posterior bands
+def plot_posterior(X_test, posteriors, *, labels: Sequence[str] | None = None, output: int = 0,
+                   X_train=None, Y_train=None, truth=None, ax=None, figsize=(6.5, 4.0)):
+    """Posterior bands (mean ± 2 sd) of one output neuron over 1-D test inputs.
+
+    Args:
+        X_test: ``(N_test, 1)`` or ``(N_test,)`` test inputs (the x axis).
+        posteriors: a posterior (``.mean``, ``.var`` of shape ``(N_test, out_dim)``; e.g.
+            :func:`ngp.gp_posterior`, :func:`ngp.posterior`, the reference solvers) or a list of them.
+        labels: legend labels, one per posterior.
+        output: which output neuron to draw.
+        X_train, Y_train: training data to overlay.
+        truth: optional ``(x, y)`` of a reference curve (e.g. importance-sampling means).
+        ax: an existing Axes.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    x = np.asarray(X_test, dtype=float).reshape(len(X_test), -1)[:, 0]
+    posts = posteriors if isinstance(posteriors, (list, tuple)) else [posteriors]
+    if labels is None:
+        labels = [type(p).__name__ for p in posts]
+    if len(labels) != len(posts):
+        raise ValueError(f"labels: expected {len(posts)} labels, got {len(labels)}")
+    fig, (axis,) = _axes(ax, 1, figsize=figsize)
+    order = np.argsort(x)
+    for post, label in zip(posts, labels):
+        m = np.asarray(post.mean)[:, output][order]
+        s = np.sqrt(np.clip(np.asarray(post.var)[:, output][order], 0.0, None))
+        (line,) = axis.plot(x[order], m, label=f"{label} mean")
+        axis.fill_between(x[order], m - 2 * s, m + 2 * s, color=line.get_color(), alpha=0.18, label=f"{label} ±2σ")
+    if truth is not None:
+        axis.plot(np.asarray(truth[0]).ravel(), np.asarray(truth[1]).ravel(), "k--", lw=1, label="reference")
+    if X_train is not None and Y_train is not None:
+        yt = np.asarray(Y_train, dtype=float)
+        yt = yt[:, output] if yt.ndim == 2 else yt
+        axis.plot(np.asarray(X_train, dtype=float).reshape(len(yt), -1)[:, 0], yt, "ko", ms=5, label="data")
+    axis.set_xlabel("x")
+    axis.set_ylabel(f"output {output}")
+    axis.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return fig
