@@ -17,7 +17,7 @@ from ._activations import ACTIVATIONS, Activation, activation
 from ._gp import GPPosterior, gp_posterior
 from ._mlp import MLP
 from ._model_selection import EvidenceGrid, evidence_grid
-from . import criticality, plot
+from . import criticality, datasets, plot, reference
 from ._posterior import FiniteWidthPosterior, posterior
 from ._prior import Layer, Prior
 from ._resmlp import ResMLP, ResPrior
@@ -34,6 +34,8 @@ __all__ = [
     "ResPrior",
     "criticality",
     "plot",
+    "reference",
+    "datasets",
     "Prior",
     "Layer",
     "posterior",

@@ -84,7 +84,8 @@ def gauss_hermite(m: int) -> tuple[np.ndarray, np.ndarray]:
 
 def expect_1d(f, k, *, nodes: int = NODES_1D):
     """``E[f(sqrt(k) X)]`` for ``X ~ N(0,1)``, elementwise over the array ``k`` (``k >= 0``)."""
-    x, w = gauss_hermite(nodes)
+    dt = jnp.result_type(float)
+    x, w = (jnp.asarray(a, dtype=dt) for a in gauss_hermite(nodes))
     k = jnp.asarray(k)
     z = jnp.sqrt(jnp.maximum(k, 0.0))[..., None] * x
     return jnp.sum(w * f(z), axis=-1)
@@ -114,8 +115,10 @@ def hermite_coefficients(f, k, *, terms: int = MEHLER_TERMS, nodes: int = NODES_
     Returns:
         Array ``(..., terms + 1)`` with ``c_j = E[f(sqrt(k) X) He_j(X)] / sqrt(j!)``.
     """
+    dt = jnp.result_type(float)  # float32 unless x64 is enabled
     x, _ = gauss_hermite(nodes)
     psi, sw = _hermite_functions(terms, nodes)
+    x, psi, sw = (jnp.asarray(a, dtype=dt) for a in (x, psi, sw))
     k = jnp.asarray(k)
     z = jnp.sqrt(jnp.maximum(k, 0.0))[..., None] * x
     return (f(z) * sw) @ psi.T

@@ -6,6 +6,9 @@ with the hyperparameters of the layer being produced.
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 
 from ._activations import Activation
@@ -41,13 +44,20 @@ def two_point_matrix(act: Activation, K, *, method: str = "auto", terms: int | N
     K = jnp.asarray(K)
     kd = jnp.diagonal(K)
     if method in ("auto", "closed") and act.two_point is not None:
-        E = act.two_point(kd[:, None], kd[None, :], K)
+        return _closed_matrix(act, K)
     elif method == "closed":
         raise ValueError(f"method: activation {act.name!r} has no closed-form two-point function")
     elif method == "quadrature":
         E = pair_gh(act.fn, act.fn, kd[:, None], kd[None, :], K, nodes=quad_nodes)
     else:
         E = pair_matrix(act.fn, act.fn, K, terms=terms, nodes=nodes)
+    return 0.5 * (E + E.T)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _closed_matrix(act: Activation, K):
+    kd = jnp.diagonal(K)
+    E = act.two_point(kd[:, None], kd[None, :], K)
     return 0.5 * (E + E.T)
 
 

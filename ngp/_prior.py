@@ -104,8 +104,11 @@ class Prior:
         self.options = dict(options)
         # Work on distinct inputs only: duplicates give identical rows and would make the
         # four-point blocks singular; results are expanded back.
-        self._Xu, self._inverse = np.unique(self.X, axis=0, return_inverse=True)
-        self._inverse = np.asarray(self._inverse).reshape(-1)
+        Xu, inverse = np.unique(self.X, axis=0, return_inverse=True)
+        if Xu.shape[0] == self.X.shape[0]:  # no duplicates: keep the user's order, no re-indexing
+            Xu, inverse = self.X, np.arange(self.X.shape[0])
+        self._Xu, self._inverse = Xu, np.asarray(inverse).reshape(-1)
+        self._identity = Xu is self.X
         kopts = {k: v for k, v in options.items() if k in _KERNEL_OPTIONS}
         kernels = [first_layer_kernel(jnp.asarray(self._Xu), net.C_W[0], net.C_b[0])]
         for layer in range(1, net.depth):
@@ -119,6 +122,8 @@ class Prior:
 
     # ------------------------------------------------------------------ infinite width
     def _expand(self, M):
+        if self._identity:
+            return np.asarray(M)
         i = self._inverse
         return np.asarray(M)[np.ix_(i, i)]
 
@@ -188,7 +193,7 @@ class Prior:
     @functools.cached_property
     def layers(self) -> tuple:
         """Per-layer :class:`Layer` objects on the original inputs (duplicates expanded)."""
-        if np.array_equal(self._inverse, np.arange(self._Xu.shape[0])):
+        if self._identity:
             out = self._layers_u
         else:
             pairs = Pairs.of(self.N)

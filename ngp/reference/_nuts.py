@@ -1,0 +1,286 @@
+"""The Bayesian neural network as a NumPyro model, sampled with NUTS: ``nuts_posterior``.
+
+The weight-space prior is exactly ``ngp.MLP``'s (THEORY.md section 0), written
+non-centred: ``W^(l) = sqrt(C_W^(l) / n_{l-1}) * omega``, ``b^(l) = sqrt(C_b^(l)) * beta``
+with ``omega, beta`` standard normal (no bias site when ``C_b^(l) = 0``). The likelihood is
+``y_{i;a} = z_{i;a} + eps``, ``eps ~ N(0, noise)`` i.i.d.
+
+NumPyro is imported only when :func:`nuts_posterior` is called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._validate import check_x64, nonneg_float, positive_float
+from ._importance import _as_count, _conditional, _validate_problem
+
+__all__ = ["NUTSPosterior", "nuts_posterior"]
+
+
+@dataclasses.dataclass(frozen=True)
+class NUTSPosterior:
+    """Posterior of the latent outputs at the test inputs, from NUTS on the network weights.
+
+    Field names match :class:`ngp.GPPosterior` where they overlap (``mean``, ``var``, ``cov``).
+    Convergence diagnostics are computed on **function values** (the test outputs), never
+    on weights: the posterior is invariant under permutations (and, for odd activations,
+    sign flips) of hidden units, so weight-space R-hat/ESS are meaningless.
+
+    Attributes:
+        mean: ``(N_test, out_dim)`` posterior mean of the latent outputs.
+        var: ``(N_test, out_dim)`` posterior variances (noise excluded).
+        cov: ``(N_test, out_dim, N_test, out_dim)`` posterior covariance,
+            ``cov[a, i, b, j] = Cov[z_{i;a}, z_{j;b} | y]``.
+        mean_se: ``(N_test, out_dim)`` Monte-Carlo standard error of ``mean``,
+            ``sd(f_s) / sqrt(ess)`` where ``f_s`` is the per-draw quantity averaged
+            (the conditional mean given the hidden layers with ``integrate_readout=True``,
+            the sampled test output otherwise).
+        var_se: ``(N_test, out_dim)`` Monte-Carlo standard error of ``var`` (delta method,
+            with the ESS of its own influence function).
+        samples: ``(num_chains * num_samples, N_test, out_dim)`` posterior draws of the
+            latent test outputs (chain-major order).
+        rhat: ``(N_test, out_dim)`` split Gelman-Rubin R-hat of the per-draw ``f_s``.
+        ess: ``(N_test, out_dim)`` effective sample size of the per-draw ``f_s`` (all chains).
+        num_samples: total number of posterior draws (``num_chains * num_samples``).
+        num_divergences: number of divergent NUTS transitions after warm-up.
+        integrate_readout: whether the last layer was integrated analytically.
+        noise: the observation-noise variance used.
+    """
+
+    mean: np.ndarray
+    var: np.ndarray
+    cov: np.ndarray
+    mean_se: np.ndarray
+    var_se: np.ndarray
+    samples: np.ndarray
+    rhat: np.ndarray
+    ess: np.ndarray
+    num_samples: int
+    num_divergences: int
+    integrate_readout: bool
+    noise: float
+
+    @property
+    def std(self) -> np.ndarray:
+        """``(N_test, out_dim)`` posterior standard deviations of the latent outputs."""
+        return np.sqrt(np.clip(self.var, 0.0, None))
+
+
+def _layer_shapes(net, n0: int):
+    """``[(name, shape, scale), ...]`` of the standard-normal sites for every weight layer."""
+    widths = (n0,) + tuple(net.widths) + (net.out_dim,)
+    sites = []
+    for layer in range(net.depth):
+        n_in, n_out = widths[layer], widths[layer + 1]
+        sites.append((f"W{layer + 1}", (n_in, n_out), math.sqrt(net.C_W[layer] / n_in)))
+        if net.C_b[layer] > 0:
+            sites.append((f"b{layer + 1}", (n_out,), math.sqrt(net.C_b[layer])))
+    return sites
+
+
+def _hidden(net, params, X):
+    """Last hidden layer ``s(z^(L-1))`` (``(N, n_{L-1})``; ``X`` itself for depth 1)."""
+    act = net.activation.fn
+    h = X
+    for layer in range(net.depth - 1):
+        z = h @ (params[f"W{layer + 1}"] * math.sqrt(net.C_W[layer] / h.shape[1]))
+        if net.C_b[layer] > 0:
+            z = z + params[f"b{layer + 1}"] * math.sqrt(net.C_b[layer])
+        h = act(z)
+    return h
+
+
+def _readout_metric(net, h):
+    """``G = C_b^(L) + (C_W^(L) / n_{L-1}) h h^T`` for ``h`` of shape ``(N, n_{L-1})``."""
+    return net.C_b[-1] + net.C_W[-1] * (h @ h.T) / h.shape[1]
+
+
+def _make_model(net, n0: int, noise: float, integrate_readout: bool):
+    import numpyro
+    import numpyro.distributions as dist
+
+    L = net.depth
+    sites = _layer_shapes(net, n0)
+    hidden_sites = [s for s in sites if int(s[0][1:]) < L]
+    readout_sites = [s for s in sites if int(s[0][1:]) == L]
+
+    def model(X, Y):
+        params = {}
+        for name, shape, _ in hidden_sites + ([] if integrate_readout else readout_sites):
+            params[name] = numpyro.sample(name, dist.Normal(0.0, 1.0).expand(shape).to_event(len(shape)))
+        h = _hidden(net, params, X)
+        if integrate_readout:
+            K = _readout_metric(net, h) + noise * jnp.eye(X.shape[0], dtype=X.dtype)
+            chol = jnp.linalg.cholesky(K)
+            numpyro.sample("Y", dist.MultivariateNormal(0.0, scale_tril=chol).expand((Y.shape[1],)), obs=Y.T)
+        else:
+            f = h @ (params[f"W{L}"] * math.sqrt(net.C_W[-1] / h.shape[1]))
+            if net.C_b[-1] > 0:
+                f = f + params[f"b{L}"] * math.sqrt(net.C_b[-1])
+            numpyro.sample("Y", dist.Normal(f, math.sqrt(noise)).to_event(2), obs=Y)
+
+    return model
+
+
+def _psd_sqrt(C):
+    w, U = jnp.linalg.eigh(0.5 * (C + C.T))
+    return U * jnp.sqrt(jnp.clip(w, 0.0, None))
+
+
+def nuts_posterior(net, X_train, Y_train, X_test, *, noise: float, num_warmup: int = 500,
+                   num_samples: int = 500, num_chains: int = 4, seed: int = 0,
+                   integrate_readout: bool = True, progress_bar: bool = False,
+                   chain_method: str = "vectorized", target_accept_prob: float = 0.8) -> NUTSPosterior:
+    """Posterior predictive at test inputs by NUTS on the weights of the actual Bayesian network.
+
+    Reference solver: a NumPyro model whose weight-space prior is exactly ``net``'s
+    (``W^(l)_ij ~ N(0, C_W^(l) / n_{l-1})``, ``b^(l)_i ~ N(0, C_b^(l))``, non-centred) with
+    the Gaussian likelihood ``y_{i;a} ~ N(z_{i;a}, noise)``.
+
+    With ``integrate_readout=True`` (default) the last layer is integrated analytically:
+    given the last hidden layer ``h``, ``y_i ~ N(0, G_AA + noise I)`` with
+    ``G = C_b^(L) + (C_W^(L) / n_{L-1}) h h^T``, which mixes much better. Test outputs are
+    then drawn from their exact conditional Gaussian given each posterior draw, and
+    ``mean``/``cov`` average the conditional moments (Rao-Blackwellised). With ``False``
+    every layer is sampled and the test outputs are the network's outputs.
+
+    Diagnostics (``rhat``, ``ess``) are computed per test output on function values (the
+    per-draw conditional means, or the sampled outputs), using
+    ``numpyro.diagnostics.split_gelman_rubin`` and ``effective_sample_size``; weight-space
+    diagnostics are meaningless under the hidden-unit permutation symmetry.
+
+    Chains run with ``chain_method="vectorized"`` by default: several chains work on a single
+    CPU device (this function never calls ``numpyro.set_host_device_count``), and the sampler
+    is compiled once, whereas NumPyro recompiles its sampling loop for every chain with
+    ``"sequential"`` (compilation, several seconds, dominates small problems).
+
+    Args:
+        net: an :class:`ngp.MLP`.
+        X_train: ``(N_train, n0)`` training inputs.
+        Y_train: ``(N_train, out_dim)`` targets (``(N_train,)`` accepted when ``out_dim == 1``).
+        X_test: ``(N_test, n0)`` test inputs.
+        noise: observation-noise variance, ``> 0`` (NUTS cannot condition exactly; use
+            :func:`importance_posterior` for ``noise = 0``).
+        num_warmup: warm-up (adaptation) steps per chain.
+        num_samples: posterior draws kept per chain.
+        num_chains: number of chains.
+        seed: integer seed (results are reproducible).
+        integrate_readout: integrate the last layer analytically (default) or sample it.
+        progress_bar: show NumPyro's progress bar.
+        chain_method: ``"vectorized"`` (default), ``"sequential"`` or ``"parallel"`` (the
+            latter needs several JAX devices, e.g. ``numpyro.set_host_device_count`` called
+            before JAX starts).
+        target_accept_prob: NUTS target acceptance probability.
+
+    Returns:
+        :class:`NUTSPosterior`.
+
+    Raises:
+        ValueError: bad arguments, ``noise = 0``, or ``depth == 1`` with
+            ``integrate_readout=True`` (nothing left to sample; the posterior is the GP).
+        ImportError: NumPyro is not installed (``pip install ngp[sampling]``).
+    """
+    if nonneg_float(noise, "noise") == 0:
+        raise ValueError(
+            "noise: must be > 0 for nuts_posterior (NUTS cannot condition exactly on the targets); "
+            "use ngp.reference.importance_posterior for noise = 0"
+        )
+    XA, XB, Y, noise = _validate_problem(net, X_train, Y_train, X_test, noise)
+    if getattr(net, "_make_sampler", None) is not None or not hasattr(net, "widths"):
+        raise TypeError(f"net: nuts_posterior supports ngp.MLP only, got {type(net).__name__}")
+    if net.depth == 1 and integrate_readout:
+        raise ValueError(
+            "integrate_readout: a depth-1 network has no hidden layer, so integrating the readout "
+            "leaves nothing to sample (the posterior is ngp.gp_posterior); pass integrate_readout=False"
+        )
+    num_warmup = _as_count(num_warmup, "num_warmup")
+    num_samples = _as_count(num_samples, "num_samples")
+    num_chains = _as_count(num_chains, "num_chains")
+    if num_samples < 4:
+        raise ValueError(f"num_samples: need at least 4 draws per chain for split R-hat, got {num_samples}")
+    if chain_method not in ("sequential", "vectorized", "parallel"):
+        raise ValueError(f"chain_method: expected 'sequential', 'vectorized' or 'parallel', got {chain_method!r}")
+    target_accept_prob = positive_float(target_accept_prob, "target_accept_prob")
+    if target_accept_prob >= 1:
+        raise ValueError(f"target_accept_prob: must be in (0, 1), got {target_accept_prob}")
+    check_x64("NUTS sampling")
+    try:
+        from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+        from numpyro.infer import MCMC, NUTS, init_to_sample
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("nuts_posterior needs numpyro: pip install 'ngp[sampling]'") from exc
+
+    model = _make_model(net, XA.shape[1], noise, bool(integrate_readout))
+    key_mcmc, key_draw = jax.random.split(jax.random.PRNGKey(int(seed)))
+    kernel = NUTS(model, target_accept_prob=target_accept_prob, init_strategy=init_to_sample)
+    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                chain_method=chain_method, progress_bar=bool(progress_bar))
+    mcmc.run(key_mcmc, jnp.asarray(XA), jnp.asarray(Y), extra_fields=("diverging",))
+    params = mcmc.get_samples(group_by_chain=False)
+    divergences = int(np.sum(np.asarray(mcmc.get_extra_fields()["diverging"])))
+
+    X = jnp.asarray(np.concatenate([XA, XB]))
+    nA, out, total = XA.shape[0], net.out_dim, num_chains * num_samples
+
+    if integrate_readout:
+
+        @jax.jit
+        def conditional_draws(params, Yj, key):
+            G = jax.vmap(lambda p: _readout_metric(net, _hidden(net, p, X)))(params)
+            _, m, C = _conditional(G, Yj, nA, noise)
+            xi = jax.random.normal(key, (total, XB.shape[0], out), dtype=X.dtype)
+            return m, C, m + jax.vmap(_psd_sqrt)(C) @ xi
+
+        m, C, samples = (np.asarray(a) for a in conditional_draws(params, jnp.asarray(Y), key_draw))
+    else:
+        L = net.depth
+
+        @jax.jit
+        def outputs(params):
+            def one(p):
+                h = _hidden(net, p, X[nA:])
+                f = h @ (p[f"W{L}"] * math.sqrt(net.C_W[-1] / h.shape[1]))
+                if net.C_b[-1] > 0:
+                    f = f + p[f"b{L}"] * math.sqrt(net.C_b[-1])
+                return f
+
+            return jax.vmap(one)(params)
+
+        samples = np.asarray(outputs(params))
+        m, C = samples, np.zeros((total, XB.shape[0], XB.shape[0]))
+
+    mean = m.mean(axis=0)
+    Eg = (np.diagonal(C, axis1=1, axis2=2)[:, :, None] + m * m).mean(axis=0)
+    var = Eg - mean * mean
+    second = np.einsum("ab,ij->aibj", C.mean(axis=0), np.eye(out)) + np.einsum("sai,sbj->aibj", m, m) / total
+    cov = second - np.einsum("ai,bj->aibj", mean, mean)
+    cov = 0.5 * (cov + cov.transpose(2, 3, 0, 1))
+
+    by_chain = lambda a: a.reshape((num_chains, num_samples) + a.shape[1:])  # noqa: E731
+    f = by_chain(m)
+    rhat = np.asarray(split_gelman_rubin(f))
+    ess = np.asarray(effective_sample_size(f))
+    mean_se = m.std(axis=0, ddof=1) / np.sqrt(ess)
+    phi = np.diagonal(C, axis1=1, axis2=2)[:, :, None] + m * m - 2 * mean * m  # influence of var
+    ess_phi = np.asarray(effective_sample_size(by_chain(phi)))
+    var_se = phi.std(axis=0, ddof=1) / np.sqrt(ess_phi)
+    return NUTSPosterior(
+        mean=mean,
+        var=var,
+        cov=cov,
+        mean_se=mean_se,
+        var_se=var_se,
+        samples=samples,
+        rhat=rhat,
+        ess=ess,
+        num_samples=total,
+        num_divergences=divergences,
+        integrate_readout=bool(integrate_readout),
+        noise=noise,
+    )

@@ -1,0 +1,33 @@
+"""The documentation builds offline with ``mkdocs build --strict`` (warnings are errors)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_docs_build_strict(tmp_path):
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("material")
+    pytest.importorskip("mkdocstrings_handlers.python")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
+    for page in ("index.html", "getting-started/index.html", "conventions/index.html",
+                 "accuracy/index.html", "api/index.html"):
+        assert (tmp_path / "site" / page).is_file(), page
+    api = (tmp_path / "site" / "api" / "index.html").read_text()
+    for name in ("ngp.MLP", "ngp.Prior", "ngp.gp_posterior", "ngp.GPPosterior",
+                 "ngp.sample_networks", "ngp.activation"):
+        assert f'id="{name}"' in api, f"{name} missing from the API reference"

@@ -1,0 +1,234 @@
+"""Reference solvers (ngp.reference): importance sampling against exact answers, NUTS against IS."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate
+
+import ngp
+from ngp.reference import importance_posterior, log_likelihood, nuts_posterior
+from ngp.reference._importance import RCOND_MIN
+
+RNG = np.random.default_rng(7)
+
+
+# --------------------------------------------------------------------------- importance sampling
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.2])
+def test_depth_one_is_exactly_the_gp(noise):
+    # depth 1: G_hat is the deterministic first-layer kernel, so every weight is equal
+    net = ngp.MLP(1, activation="tanh", C_W=1.3, C_b=0.2, out_dim=2)
+    XA, XB, Y = RNG.normal(size=(3, 3)), RNG.normal(size=(2, 3)), RNG.normal(size=(3, 2))
+    post = importance_posterior(net, XA, Y, XB, noise=noise, num_samples=500)
+    gp = ngp.gp_posterior(net, XA, Y, XB, noise=noise)
+    np.testing.assert_allclose(post.mean, gp.mean, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(post.var, gp.var, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(post.cov, gp.cov, rtol=1e-10, atol=1e-10)
+    assert abs(post.log_evidence - gp.log_evidence) < 1e-10 * abs(gp.log_evidence)
+    assert post.ess == pytest.approx(500, rel=1e-12) and post.num_samples == 500
+    assert np.all(post.mean_se < 1e-12) and np.all(post.var_se < 1e-12) and post.log_evidence_se < 1e-12
+    assert post.num_singular == 0
+
+
+def _scale_mixture_reference(n1, K0, n_train, Y, noise):
+    """Posterior moments for G = s K0, s ~ chi2(n1)/n1 (depth-2 linear net, C_b = 0, one input dim).
+
+    Integrates over t = sqrt(chi2) (a smooth integrand for every n1) with adaptive quadrature.
+    Returns log evidence, mean (N_test, out), var (N_test, out) and Cov(z_0, z_1) (N_test,).
+    """
+    A, B = slice(0, n_train), slice(n_train, None)
+    out = Y.shape[1]
+    log_c = -(n1 / 2 - 1) * math.log(2) - math.lgamma(n1 / 2)
+
+    def integrand(t):
+        s = t * t / n1
+        K = s * K0[A, A] + noise * np.eye(n_train)
+        Kinv = np.linalg.inv(K)
+        _, logdet = np.linalg.slogdet(2 * np.pi * K)
+        log_like = -0.5 * np.sum(Y * (Kinv @ Y)) - 0.5 * out * logdet
+        P = s * K0[B, A] @ Kinv
+        m = P @ Y
+        c = np.diag(s * K0[B, B] - P @ (s * K0[A, B]))
+        if t == 0.0:
+            return np.zeros(1 + 3 * m.shape[0] * out)
+        dens = math.exp(log_c + (n1 - 1) * math.log(t) - 0.5 * t * t + log_like)
+        return dens * np.concatenate([[1.0], m.ravel(), (c[:, None] + m**2).ravel(), m[:, 0] * m[:, 1]])
+
+    v, _ = integrate.quad_vec(integrand, 0, np.inf, epsabs=0, epsrel=1e-11, limit=2000)
+    nB = K0.shape[0] - n_train
+    Z, rest = v[0], v[1:] / v[0]
+    mean = rest[: nB * out].reshape(nB, out)
+    second = rest[nB * out: 2 * nB * out].reshape(nB, out)
+    cross = rest[2 * nB * out:]
+    return math.log(Z), mean, second - mean**2, cross - mean[:, 0] * mean[:, 1]
+
+
+@pytest.mark.parametrize(
+    "width, x_train, noise",
+    [(1, [0.9], 0.0), (2, [0.7, -1.2], 0.1)],
+    ids=["width1-exact", "width2-noisy"],
+)
+def test_scale_mixture_against_quadrature(width, x_train, noise):
+    # linear activation, C_b = 0, one input dimension: the prior is a Gaussian scale mixture
+    C_W = (1.4, 1.1)
+    net = ngp.MLP(2, width, activation="linear", C_W=C_W, C_b=0.0, out_dim=2)
+    XA = np.array(x_train)[:, None]
+    XB = np.array([[0.4], [-1.5]])
+    Y = np.array([[0.8, -0.5], [-1.1, 0.3]])[: len(x_train)]
+    X = np.vstack([XA, XB])
+    K0 = C_W[0] * C_W[1] * (X @ X.T)
+    log_z, mean, var, cross = _scale_mixture_reference(width, K0, len(x_train), Y, noise)
+    post = importance_posterior(net, XA, Y, XB, noise=noise, num_samples=200_000, seed=3)
+    assert post.ess > 0.2 * post.num_samples
+    assert abs(post.log_evidence - log_z) < 4 * post.log_evidence_se
+    assert np.all(np.abs(post.mean - mean) <= 4 * post.mean_se + 1e-7)
+    assert np.all(np.abs(post.var - var) <= 4 * post.var_se + 1e-7)
+    # covariance between the two output neurons (finite-width "wiring"); no s.e., loose check
+    np.testing.assert_allclose(post.cov[:, 0, :, 1].diagonal(), cross, atol=5e-3 + 0.05 * np.abs(cross).max())
+    if noise > 0:
+        assert np.all(post.mean_se > 0) and abs(cross).max() > 1e-3  # a non-trivial check
+    else:
+        # one exactly observed point of a linear function: the test outputs are determined
+        # (to the sampler's precision: the square root of a rank-1 kernel is good to ~1e-8)
+        np.testing.assert_allclose(post.mean, XB / XA[0, 0] * Y[0], rtol=1e-7)
+        assert np.all(np.abs(post.var) < 1e-7)
+
+
+def _direct_reference(metric, Y, n_train, noise):
+    """Self-normalised IS moments and delta-method s.e., computed draw by draw (NumPy)."""
+    ll, ms, Cs = [], [], []
+    nB, out = metric.shape[1] - n_train, Y.shape[1]
+    for G in metric:
+        K = G[:n_train, :n_train] + noise * np.eye(n_train)
+        try:
+            ok = np.min(np.diag(np.linalg.cholesky(K)) ** 2) > RCOND_MIN * np.trace(K)
+        except np.linalg.LinAlgError:
+            ok = False
+        if not ok:
+            ll.append(-np.inf), ms.append(np.zeros((nB, out))), Cs.append(np.zeros((nB, nB)))
+            continue
+        Kinv = np.linalg.inv(K)
+        _, logdet = np.linalg.slogdet(2 * np.pi * K)
+        ll.append(-0.5 * np.sum(Y * (Kinv @ Y)) - 0.5 * out * logdet)
+        ms.append(G[n_train:, :n_train] @ Kinv @ Y)
+        Cs.append(G[n_train:, n_train:] - G[n_train:, :n_train] @ Kinv @ G[:n_train, n_train:])
+    ll, m, C = np.array(ll), np.array(ms), np.array(Cs)
+    w = np.exp(ll - ll.max())
+    W = w.sum()
+    mean = np.einsum("s,sbi->bi", w, m) / W
+    g = np.diagonal(C, axis1=1, axis2=2)[:, :, None] + m**2
+    Eg = np.einsum("s,sbi->bi", w, g) / W
+    mean_se = np.sqrt(np.einsum("s,sbi->bi", w**2, (m - mean) ** 2)) / W
+    phi = (g - Eg) - 2 * mean * (m - mean)
+    var_se = np.sqrt(np.einsum("s,sbi->bi", w**2, phi**2)) / W
+    log_ev = ll.max() + math.log(W / len(w))
+    return dict(mean=mean, var=Eg - mean**2, mean_se=mean_se, var_se=var_se, log_evidence=log_ev,
+                ess=W**2 / np.sum(w**2), num_singular=int(np.sum(~np.isfinite(ll))), loglik=ll)
+
+
+def test_batches_and_singular_draws_match_a_direct_computation():
+    # ReLU with C_b = 0 at width 2: a training input whose hidden units are all off gives a
+    # singular G_AA (zero likelihood for noise = 0). The draws are those of sample_networks,
+    # processed in several batches (the last one padded).
+    net = ngp.MLP(2, 2, activation="relu", C_W=2.0, C_b=0.0, out_dim=2)
+    XA, XB = RNG.normal(size=(2, 2)), RNG.normal(size=(2, 2))
+    Y = 0.5 * RNG.normal(size=(2, 2))
+    S = 2000
+    post = importance_posterior(net, XA, Y, XB, noise=0.0, num_samples=S, seed=11, batch_size=450)
+    metric = ngp.sample_networks(net, np.vstack([XA, XB]), S, seed=11, method="conditional").metric
+    ref = _direct_reference(metric, Y, 2, 0.0)
+    assert post.num_singular == ref["num_singular"] > 0.2 * S
+    for name in ("mean", "var", "mean_se", "var_se"):
+        np.testing.assert_allclose(getattr(post, name), ref[name], rtol=1e-8, atol=1e-12, err_msg=name)
+    assert post.log_evidence == pytest.approx(ref["log_evidence"], rel=1e-10)
+    assert post.ess == pytest.approx(ref["ess"], rel=1e-10)
+    ll = log_likelihood(metric[:, :2, :2], Y, noise=0.0)
+    np.testing.assert_allclose(ll, ref["loglik"], rtol=1e-10)
+
+
+def test_wide_network_approaches_the_gp():
+    n = 1024
+    net = ngp.MLP(3, n, activation="tanh", C_W=1.2, C_b=0.05, out_dim=1)
+    XA, XB = RNG.normal(size=(2, 2)), RNG.normal(size=(1, 2))
+    Y = np.array([[0.6], [-0.4]])
+    gp = ngp.gp_posterior(net, XA, Y, XB, noise=0.1)
+    post = importance_posterior(net, XA, Y, XB, noise=0.1, num_samples=2000, seed=1)
+    assert post.ess > 0.99 * post.num_samples
+    # finite-width corrections are O(1/n) with O(1) coefficients (THEORY.md section 10)
+    assert np.all(np.abs(post.mean - gp.mean) <= 4 * post.mean_se + 2.0 / n)
+    assert np.all(np.abs(post.var - gp.var) <= 4 * post.var_se + 2.0 / n)
+    assert abs(post.log_evidence - gp.log_evidence) <= 4 * post.log_evidence_se + 2.0 / n
+
+
+def test_importance_bad_inputs():
+    net = ngp.MLP(2, 4, activation="tanh", out_dim=2)
+    XA, XB, Y = RNG.normal(size=(3, 2)), RNG.normal(size=(2, 2)), RNG.normal(size=(3, 2))
+    with pytest.raises(ValueError, match="noise"):
+        importance_posterior(net, XA, Y, XB, noise=-0.1)
+    with pytest.raises(ValueError, match="Y_train"):
+        importance_posterior(net, XA, Y[:2], XB, noise=0.1)
+    with pytest.raises(ValueError, match="Y_train"):
+        importance_posterior(net, XA, Y[:, :1], XB, noise=0.1)
+    with pytest.raises(ValueError, match="X_test"):
+        importance_posterior(net, XA, Y, XB[:, :1], noise=0.1)
+    with pytest.raises(ValueError, match="X_train"):
+        importance_posterior(net, XA[:, 0], Y, XB, noise=0.1)
+    with pytest.raises((TypeError, ValueError), match="num_samples"):
+        importance_posterior(net, XA, Y, XB, noise=0.1, num_samples=0)
+    with pytest.raises((TypeError, ValueError), match="batch_size"):
+        importance_posterior(net, XA, Y, XB, noise=0.1, batch_size=2.5)
+    with pytest.raises(ValueError, match="metric"):
+        log_likelihood(np.zeros((3, 2)), Y[:2], noise=0.1)
+
+
+# --------------------------------------------------------------------------------------- NUTS
+
+
+def test_nuts_agrees_with_importance_sampling():
+    net = ngp.MLP(2, 8, activation="tanh", C_W=1.5, C_b=0.1, out_dim=2)
+    rng = np.random.default_rng(1)
+    XA, XB, Y = rng.normal(size=(3, 2)), rng.normal(size=(2, 2)), rng.normal(size=(3, 2))
+    ref = importance_posterior(net, XA, Y, XB, noise=0.1, num_samples=50_000, seed=0)
+    post = nuts_posterior(net, XA, Y, XB, noise=0.1, num_warmup=300, num_samples=300, num_chains=4, seed=0)
+    assert post.samples.shape == (1200, 2, 2) and post.num_samples == 1200
+    assert post.cov.shape == (2, 2, 2, 2) and post.rhat.shape == post.ess.shape == (2, 2)
+    assert np.all(post.rhat < 1.05) and np.all(post.ess > 200)
+    assert post.num_divergences == 0
+    assert np.all(np.abs(post.mean - ref.mean) <= 4 * np.hypot(post.mean_se, ref.mean_se))
+    assert np.all(np.abs(post.var - ref.var) <= 4 * np.hypot(post.var_se, ref.var_se))
+    # ... and the comparison resolves the finite-width effect (the GP is many s.e. away)
+    gp = ngp.gp_posterior(net, XA, Y, XB, noise=0.1)
+    assert np.max(np.abs(gp.mean - ref.mean) / np.hypot(post.mean_se, ref.mean_se)) > 6
+    # the draws follow the reported moments
+    np.testing.assert_allclose(post.samples.mean(0), post.mean, atol=5 * post.std.max() / math.sqrt(post.ess.min()))
+    np.testing.assert_allclose(post.var, np.einsum("aiai->ai", post.cov))
+
+
+def test_nuts_bad_inputs():
+    net = ngp.MLP(2, 4, activation="tanh", out_dim=2)
+    XA, XB, Y = RNG.normal(size=(3, 2)), RNG.normal(size=(2, 2)), RNG.normal(size=(3, 2))
+    with pytest.raises(ValueError, match="noise.*> 0.*importance_posterior"):
+        nuts_posterior(net, XA, Y, XB, noise=0.0)
+    with pytest.raises(ValueError, match="noise"):
+        nuts_posterior(net, XA, Y, XB, noise=-1.0)
+    with pytest.raises(ValueError, match="Y_train"):
+        nuts_posterior(net, XA, Y.T, XB, noise=0.1)
+    with pytest.raises(ValueError, match="X_test"):
+        nuts_posterior(net, XA, Y, XB[:, :1], noise=0.1)
+    with pytest.raises(ValueError, match="integrate_readout"):
+        nuts_posterior(ngp.MLP(1, out_dim=2), XA, Y, XB, noise=0.1)
+    with pytest.raises(ValueError, match="chain_method"):
+        nuts_posterior(net, XA, Y, XB, noise=0.1, chain_method="threads")
+
+
+def test_reference_import_does_not_import_numpyro():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ngp.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    code = "import sys, ngp.reference; assert 'numpyro' not in sys.modules, 'numpyro imported eagerly'"
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
