@@ -1,0 +1,72 @@
+"""The ngp command line end to end (reduced sizes)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ngp.cli import main
+
+
+def test_demo_quick_writes_table_and_figure(tmp_path, capsys):
+    rc = main(["demo", "--quick", "--no-nuts", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "Terrain elevation" in out and "finite n=8" in out and "GP" in out and "|mean-truth|" in out
+    fig = tmp_path / "demo_posterior.png"
+    assert fig.exists() and fig.stat().st_size > 10_000
+
+
+@pytest.fixture
+def csv_file(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 2))
+    y = np.sin(X[:, 0]) + 0.5 * X[:, 1]
+    path = tmp_path / "data.csv"
+    with open(path, "w") as fh:
+        fh.write("a,b,target\n")
+        for row, t in zip(X, y):
+            fh.write(f"{row[0]},{row[1]},{t}\n")
+    return path
+
+
+def test_regress_table_and_json(csv_file, tmp_path, capsys):
+    out_json = tmp_path / "res.json"
+    rc = main(["regress", str(csv_file), "--target", "target", "--width", "16", "--n-train", "6", "--n-test", "3",
+               "--no-truth", "--json", str(out_json)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "finite n=16" in out and "test RMSE" in out
+    res = json.loads(out_json.read_text())
+    assert res["target"] == "target" and res["features"] == ["a", "b"] and len(res["rows"]) == 2
+
+
+@pytest.mark.parametrize(
+    "content,args,message",
+    [
+        (None, ["--target", "y"], "no such file"),
+        ("a,b\n1,2\n", ["--target", "y"], "column 'y' not in"),
+        ("a,y\n1,2\nx,3\n", ["--target", "y"], "non-numeric"),
+        ("a,y\n1,2\n3\n", ["--target", "y"], "fields"),
+        ("a,y\n1,2\n3,4\n", ["--target", "y", "--n-train", "5"], "exceeds"),
+        ("a,y\n1,2\n3,4\n5,6\n", ["--target", "y", "--n-train", "1", "--n-test", "1", "--activation", "nope"],
+         "unknown activation"),
+    ],
+)
+def test_regress_bad_input_exit_code_2(tmp_path, capsys, content, args, message):
+    path = tmp_path / "bad.csv"
+    if content is not None:
+        path.write_text(content)
+    rc = main(["regress", str(path), *args])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert message in err
+
+
+def test_python_dash_m_entry_point():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "ngp", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "demo" in r.stdout and "regress" in r.stdout
