@@ -296,7 +296,7 @@ def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, method: st
         orders = dict(FOUR_POINT_ORDERS)
         if four_point_order is not None:
             orders[4] = int(four_point_order)
-            orders[3] = max(orders[3], int(four_point_order))
+            orders[3] = int(np.ceil(1.6 * int(four_point_order)))  # same ratio as the defaults (64 / 40)
         vals = _product_expectations(act, K, ms, orders)
     # scatter multiset values to (p, q)
     pa, pb = pairs.a, pairs.b

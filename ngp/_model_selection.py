@@ -78,9 +78,11 @@ def evidence_grid(X_train, Y_train, *, widths: Sequence[int], depths: Sequence[i
     Args:
         X_train: ``(N, n0)`` inputs.
         Y_train: ``(N, out_dim)`` targets (``out_dim`` is taken from their shape).
-        widths, depths: grids (depth >= 2 for a finite-width effect).
+        widths: grid of hidden widths.
+        depths: grid of depths (depth >= 2 for a finite-width effect).
         activation: as in :class:`ngp.MLP`.
-        C_W, C_b: a value or a grid of values.
+        C_W: weight variance, a value or a grid of values.
+        C_b: bias variance, a value or a grid of values.
         noise: observation-noise variance.
         **options: passed to ``net.prior``.
 

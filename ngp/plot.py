@@ -285,7 +285,8 @@ def plot_posterior(X_test, posteriors, *, labels: Sequence[str] | None = None, o
             :func:`ngp.gp_posterior`, :func:`ngp.posterior`, the reference solvers) or a list of them.
         labels: legend labels, one per posterior.
         output: which output neuron to draw.
-        X_train, Y_train: training data to overlay.
+        X_train: training inputs to overlay.
+        Y_train: training targets to overlay.
         truth: optional ``(x, y)`` of a reference curve (e.g. importance-sampling means).
         ax: an existing Axes.
 
