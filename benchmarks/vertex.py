@@ -68,8 +68,12 @@ def _run(code, *args, timeout=3600):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--gpu", action="store_true", help="larger orders, for a machine with an accelerator")
     args = ap.parse_args()
-    if args.quick:
+    if args.gpu:
+        configs = [(16, 6, "tanh", 40), (32, 6, "tanh", 24), (64, 6, "tanh", 12), (64, 6, "tanh", 24),
+                   (64, 6, "relu", 12), (64, 10, "tanh", 12)]
+    elif args.quick:
         configs = [(8, 2, "tanh", 12), (8, 4, "relu", 12), (16, 4, "tanh", 12)]
     else:
         configs = [(n, d, a, 12) for a in ("tanh", "relu") for n in (16, 32) for d in (2, 6, 10)]
@@ -85,6 +89,9 @@ def main() -> int:
         print(f"{r['N']:>3} {r['depth']:>5} {r['activation']:>5} {r['four_point_order']:>5} "
               f"{r['first_call_s']:>10.2f} {r['compute_s']:>11.2f} {r['peak_rss_GiB']:>10.2f}")
     mc = _run(MC_CHILD, 16, 6, 20_000 if args.quick else 100_000)
+    import jax
+
+    backend = jax.default_backend()
     print(f"\nMonte Carlo (exact conditional sampler, N=16, depth 6, width 64): {mc.get('per_network_s', float('nan')):.2e} s per network")
     print("networks needed for relative accuracy delta on V: S = 2/delta^2  (delta = 1e-3 -> 2e6 networks)")
     if "per_network_s" in mc:
@@ -94,10 +101,10 @@ def main() -> int:
             print(f"time for MC to reach 1e-3: {t_mc:.0f} s vs ngp {ngp_row['compute_s']:.2f} s "
                   f"(order {ngp_row['four_point_order']}, accuracy ~1e-5 or better): ratio {t_mc / ngp_row['compute_s']:.0f}x")
             mc["ratio_vs_ngp_at_1e-3"] = t_mc / ngp_row["compute_s"]
-    out = {"machine": platform.platform(), "cpus": os.cpu_count(), "rows": rows, "monte_carlo": mc,
+    out = {"machine": platform.platform(), "cpus": os.cpu_count(), "jax_backend": backend, "rows": rows, "monte_carlo": mc,
            "date": time.strftime("%Y-%m-%d")}
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    name = "vertex_quick.json" if args.quick else "vertex.json"
+    name = "vertex_gpu.json" if args.gpu else ("vertex_quick.json" if args.quick else "vertex.json")
     with open(os.path.join(HERE, "results", name), "w") as fh:
         json.dump(out, fh, indent=2)
     print(f"\nwritten benchmarks/results/{name}")

@@ -54,28 +54,36 @@ def _make_sampler(net, n0: int, method: str):
     out = net.out_dim
 
     def one(key, X):
-        keys = jax.random.split(key, 2 * L)
+        # One random-number call per network (each call site compiles its own kernel);
+        # the flat vector is cut into the per-layer draws.
+        N = X.shape[0]
+        if method == "weights":
+            shapes = [(widths[l], widths[l + 1]) for l in range(L - 1)] + [(widths[l + 1],) for l in range(L - 1)]
+        else:
+            shapes = [(N, widths[l + 1]) for l in range(L - 1)]
+        shapes.append((N, out))
+        sizes = [math.prod(s) for s in shapes]
+        flat = jax.random.normal(key, (sum(sizes),), X.dtype)
+        offsets = np.cumsum([0] + sizes)
+        draws = [flat[offsets[i]:offsets[i + 1]].reshape(shp) for i, shp in enumerate(shapes)]
         if method == "weights":
             h = X
             for layer in range(L - 1):
-                n_in, n_out = widths[layer], widths[layer + 1]
-                W = jax.random.normal(keys[2 * layer], (n_in, n_out), X.dtype) * math.sqrt(C_W[layer] / n_in)
-                b = jax.random.normal(keys[2 * layer + 1], (n_out,), X.dtype) * math.sqrt(C_b[layer])
+                n_in = widths[layer]
+                W = draws[layer] * math.sqrt(C_W[layer] / n_in)
+                b = draws[L - 1 + layer] * math.sqrt(C_b[layer])
                 h = act(h @ W + b)
         else:
             G = C_b[0] + C_W[0] * (X @ X.T) / n0
             h = X
             for layer in range(L - 1):
-                chol = _psd_sqrt(G)
-                xi = jax.random.normal(keys[2 * layer], (X.shape[0], widths[layer + 1]), X.dtype)
-                h = act(chol @ xi)
+                h = act(_psd_sqrt(G) @ draws[layer])
                 G = _metric(h, C_W[layer + 1], C_b[layer + 1])
         if L == 1:
             G = C_b[0] + C_W[0] * (X @ X.T) / n0
         else:
             G = _metric(h, C_W[L - 1], C_b[L - 1])
-        xi = jax.random.normal(keys[-1], (X.shape[0], out), X.dtype)
-        z = _psd_sqrt(G) @ xi  # the output layer integrated exactly given G
+        z = _psd_sqrt(G) @ draws[-1]  # the output layer integrated exactly given G
         return z, G
 
     return one
@@ -127,8 +135,13 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
     batched = jax.jit(jax.vmap(one, in_axes=(0, None)))
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), int(num_samples))
     outs, mets = [], []
-    for start in range(0, int(num_samples), int(batch_size)):
-        z, G = batched(keys[start:start + int(batch_size)], Xa)
-        outs.append(np.asarray(z))
-        mets.append(np.asarray(G))
+    bs = min(int(batch_size), int(num_samples))
+    for start in range(0, int(num_samples), bs):
+        k = keys[start:start + bs]
+        got = k.shape[0]
+        if got < bs:  # pad the last batch: one compiled shape
+            k = jnp.concatenate([k, jnp.repeat(k[:1], bs - got, axis=0)])
+        z, G = batched(k, Xa)
+        outs.append(np.asarray(z)[:got])
+        mets.append(np.asarray(G)[:got])
     return NetworkSamples(np.concatenate(outs), np.concatenate(mets))
