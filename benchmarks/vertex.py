@@ -71,8 +71,8 @@ def main() -> int:
     ap.add_argument("--gpu", action="store_true", help="larger orders, for a machine with an accelerator")
     args = ap.parse_args()
     if args.gpu:
-        configs = [(16, 6, "tanh", 40), (32, 6, "tanh", 24), (64, 6, "tanh", 12), (64, 6, "tanh", 24),
-                   (64, 6, "relu", 12), (64, 10, "tanh", 12)]
+        configs = [(16, 6, "tanh", 40), (32, 6, "tanh", 24), (64, 6, "tanh", 12), (64, 6, "relu", 12),
+                   (64, 10, "tanh", 12), (64, 6, "tanh", 20)]
     elif args.quick:
         configs = [(8, 2, "tanh", 12), (8, 4, "relu", 12), (16, 4, "tanh", 12)]
     else:

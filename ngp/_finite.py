@@ -212,10 +212,12 @@ def _code(t, N):
     return ((t[..., 0] * N + t[..., 1]) * N + t[..., 2]) * N + t[..., 3]
 
 
-def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batch_elems: int = 4_000_000):
+def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batch_elems: int | None = None):
     """``<s_a s_b s_c s_d>`` for every multiset row of ``ms`` (M, 4), by Gauss-Hermite in the
     span of the distinct inputs (eigen square root, safe for singular blocks)."""
     K = jnp.asarray(K)
+    if batch_elems is None:  # node evaluations per compiled batch: larger on accelerators
+        batch_elems = 4_000_000 if jax.default_backend() == "cpu" else 200_000_000
     out = np.empty(ms.shape[0])
     a, b, c, d = (ms[:, i] for i in range(4))
     eq = (ms[:, 1:] == ms[:, :-1]).astype(int)
