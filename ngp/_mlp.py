@@ -36,6 +36,14 @@ def _as_width(value, name: str) -> int:
     return int(value)
 
 
+def _as_depth(depth) -> int:
+    if isinstance(depth, bool) or not isinstance(depth, (numbers.Integral, np.integer)):
+        raise TypeError(f"depth: expected a positive integer (number of weight layers), got {depth!r}")
+    if depth < 1:
+        raise ValueError(f"depth: must be >= 1 (number of weight layers), got {depth}")
+    return int(depth)
+
+
 class MLP:
     """A fully connected network prior: ``depth`` weight layers, Gaussian weights and biases.
 
@@ -69,11 +77,7 @@ class MLP:
         out_dim: int = 1,
         in_dim: int | None = None,
     ):
-        if isinstance(depth, bool) or not isinstance(depth, (numbers.Integral, np.integer)):
-            raise TypeError(f"depth: expected a positive integer (number of weight layers), got {depth!r}")
-        if depth < 1:
-            raise ValueError(f"depth: must be >= 1 (number of weight layers), got {depth}")
-        self.depth = int(depth)
+        self.depth = _as_depth(depth)
         n_hidden = self.depth - 1
         if n_hidden == 0:
             widths: tuple[int, ...] = ()

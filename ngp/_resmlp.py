@@ -32,7 +32,7 @@ import numpy as np
 
 from ._activations import Activation, activation as _make_activation
 from ._kernel import first_layer_kernel, kernel_map
-from ._mlp import _as_width, _per_layer
+from ._mlp import _as_depth, _as_width, _per_layer
 from ._sampling import _metric, _psd_sqrt
 from ._validate import as_inputs, check_x64, nonneg_float, positive_float
 
@@ -99,11 +99,7 @@ class ResMLP:
         out_dim: int = 1,
         in_dim: int | None = None,
     ):
-        if isinstance(depth, bool) or not isinstance(depth, (numbers.Integral, np.integer)):
-            raise TypeError(f"depth: expected a positive integer (number of weight layers), got {depth!r}")
-        if depth < 1:
-            raise ValueError(f"depth: must be >= 1 (number of weight layers), got {depth}")
-        self.depth = int(depth)
+        self.depth = _as_depth(depth)
         if self.depth == 1:
             self.width = None
             self.widths: tuple[int, ...] = ()

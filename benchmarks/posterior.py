@@ -1,0 +1,83 @@
+"""Time and accuracy of the posterior solvers on one task (issue: finite-width posterior).
+
+Task: tanh MLP, depth 3, width 32, C_W=1, C_b=0, 3 training inputs in 2-D, 2 outputs, 1 test
+input, noise variance 0.1. Truth: importance sampling with many draws (exact up to its standard
+error). Compared: ngp.posterior (finite width, O(1/n)), ngp.gp_posterior, NUTS (4 chains) and
+importance sampling with 1e5 draws. Times are medians of repeats after a warm-up (NUTS: one run
+after a warm-up run, since it is slow). Usage: python benchmarks/posterior.py [--quick]
+Writes benchmarks/results/posterior.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import numpy as np  # noqa: E402
+
+import ngp  # noqa: E402
+from ngp.reference import importance_posterior, nuts_posterior  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _median_time(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    rng = np.random.default_rng(2024)
+    XA, XB, Y = rng.normal(size=(3, 2)), rng.normal(size=(1, 2)), 0.5 * rng.normal(size=(3, 2))
+    net = ngp.MLP(3, 32, activation="tanh", C_W=1.0, C_b=0.0, out_dim=2)
+    noise = 0.1
+    S_truth = 400_000 if args.quick else 2_000_000
+    truth = importance_posterior(net, XA, Y, XB, noise=noise, num_samples=S_truth, seed=123)
+    rows = {}
+    t, p = _median_time(lambda: ngp.posterior(net, XA, Y, XB, noise=noise), 5)
+    rows["ngp finite width"] = (t, p.mean, p.var)
+    t, g = _median_time(lambda: ngp.gp_posterior(net, XA, Y, XB, noise=noise), 5)
+    rows["GP (infinite width)"] = (t, g.mean, g.var)
+    t, r = _median_time(lambda: importance_posterior(net, XA, Y, XB, noise=noise, num_samples=100_000, seed=7), 2)
+    rows["importance sampling 1e5"] = (t, r.mean, r.var)
+    nw, ns = (200, 200) if args.quick else (500, 500)
+    t, u = _median_time(lambda: nuts_posterior(net, XA, Y, XB, noise=noise, num_warmup=nw, num_samples=ns,
+                                               num_chains=4, seed=3), 1)
+    rows[f"NUTS 4x{ns}"] = (t, u.mean, u.var)
+    out = {"machine": platform.platform(), "cpus": os.cpu_count(), "backend": jax.default_backend(),
+           "truth_samples": S_truth, "truth_mean_se": float(np.max(truth.mean_se)), "rows": []}
+    print(f"truth: importance sampling, {S_truth} draws, mean s.e. {np.max(truth.mean_se):.1e}\n")
+    print(f"{'solver':<26} {'time [s]':>10} {'max|mean err|':>14} {'max|var err|':>13}")
+    for name, (t, m, v) in rows.items():
+        em, ev = float(np.max(np.abs(m - truth.mean))), float(np.max(np.abs(v - truth.var)))
+        out["rows"].append({"solver": name, "time_s": t, "mean_err": em, "var_err": ev})
+        print(f"{name:<26} {t:>10.4f} {em:>14.2e} {ev:>13.2e}")
+    t_ngp = rows["ngp finite width"][0]
+    t_nuts = rows[f"NUTS 4x{ns}"][0]
+    out["nuts_over_ngp_time"] = t_nuts / t_ngp
+    print(f"\nNUTS / ngp time ratio: {t_nuts / t_ngp:.0f}x (goal >= 1000x while at least as accurate on the mean)")
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    name = "posterior_quick.json" if args.quick else "posterior.json"
+    with open(os.path.join(HERE, "results", name), "w") as fh:
+        json.dump(out, fh, indent=2)
+    print(f"written benchmarks/results/{name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
