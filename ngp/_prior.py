@@ -132,10 +132,10 @@ class Prior:
         """Per-layer infinite-width kernels ``K^(1), ..., K^(L)``, each ``(N, N)``."""
         return tuple(self._expand(k) for k in self._kernels_u)
 
-    @property
+    @functools.cached_property
     def K(self) -> np.ndarray:
         """``(N, N)`` infinite-width output kernel."""
-        return self.kernels[-1]
+        return self._expand(self._kernels_u[-1])
 
     @property
     def N(self) -> int:
