@@ -147,7 +147,9 @@ def posterior(net, X_train, Y_train, X_test, *, noise: float, jitter: float = 0.
         X_test: ``(N_test, n0)`` test inputs.
         noise: observation-noise variance ``>= 0`` (``0``: exact conditioning).
         jitter: optional extra diagonal on the training kernel.
-        **options: passed to ``net.prior`` (``four_point_order``, ``max_memory``, ...).
+        **options: passed to ``net.prior`` (``four_point_order``, ``max_memory``, ...). The
+            posterior amplifies quadrature errors in ``V`` by the conditioning of the training
+            kernel: keep the default ``four_point_order`` (see the docs' validity page).
 
     Returns:
         :class:`FiniteWidthPosterior` (``.gp`` holds the infinite-width answer).
