@@ -17,6 +17,8 @@ __all__ = ["Prior", "Layer", "EXPANSION_WARN"]
 
 #: Expansion parameter above which first-order perturbation theory is not trusted.
 EXPANSION_WARN = 0.3
+#: Largest pre-activation variance for which the default four-point order is accurate to ~1e-9.
+FOUR_POINT_K_WARN = 2.0
 #: Default memory budget (bytes) for the finite-width cumulants.
 MAX_MEMORY = 4 * 1024**3
 
@@ -62,9 +64,13 @@ class Layer:
 def _expansion(Vp, K, pairs: Pairs, n) -> float:
     if n is None:
         return 0.0
-    d = np.sqrt(np.clip(np.diag(np.asarray(K)), 1e-300, None))
+    d = np.sqrt(np.clip(np.diag(np.asarray(K)), 0.0, None))
     s = d[pairs.a] * d[pairs.b]
-    return float(np.max(np.abs(np.asarray(Vp)) / (s[:, None] * s[None, :]))) / n
+    denom = s[:, None] * s[None, :]
+    ok = denom > 0  # inputs with zero variance (e.g. x = 0 with C_b = 0) have V = 0 there
+    if not np.any(ok):
+        return 0.0
+    return float(np.max(np.abs(np.asarray(Vp))[ok] / denom[ok])) / n
 
 
 class Prior:
@@ -177,6 +183,16 @@ class Prior:
         for l in range(1, net.depth):  # produce layer l+1 from layer l
             K = self._kernels_u[l - 1]
             C_W = net.C_W[l]
+            kmax = float(jnp.max(jnp.diagonal(K)))
+            if kmax > FOUR_POINT_K_WARN and act.name not in ("linear", "sin") and self.options.get("warn", True):
+                warnings.warn(
+                    f"ngp: a pre-activation variance of layer {l} is {kmax:.3g} > {FOUR_POINT_K_WARN}: the four-point "
+                    "quadrature behind V loses digits at large variances (~1e-5 relative instead of ~1e-9), and the "
+                    "finite-width posterior amplifies such errors. Standardise the inputs, lower C_W/C_b, or raise "
+                    "four_point_order (cost grows as its 4th power).",
+                    RuntimeWarning,
+                    stacklevel=5,
+                )
             fresh = fresh_covariance(act, K, pairs, C_W, **opts)
             if l == 1:
                 V, G1 = fresh, np.zeros(P)
