@@ -184,7 +184,10 @@ class Prior:
             K = self._kernels_u[l - 1]
             C_W = net.C_W[l]
             kmax = float(jnp.max(jnp.diagonal(K)))
-            if kmax > FOUR_POINT_K_WARN and act.name not in ("linear", "sin") and self.options.get("warn", True):
+            # scale-invariant activations (relu family) have K-independent relative accuracy;
+            # linear and sin use closed forms
+            scale_free = act.relu_slopes is not None or act.name == "sin"
+            if kmax > FOUR_POINT_K_WARN and not scale_free and self.options.get("warn", True):
                 warnings.warn(
                     f"ngp: a pre-activation variance of layer {l} is {kmax:.3g} > {FOUR_POINT_K_WARN}: the four-point "
                     "quadrature behind V loses digits at large variances (~1e-5 relative instead of ~1e-9), and the "
