@@ -10,7 +10,6 @@ by ``b - P A``), ``Gbar``, ``Gbarbar``, ``Vbar``, ``Vbarbar``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import warnings
 
@@ -101,7 +100,7 @@ def finite_width_terms(K, K1, V, n, n_train, Y, noise, jitter=0.0):
     K, K1, V = (np.asarray(t, dtype=float) for t in (K, K1, V))
     A = slice(0, n_train)
     B = slice(n_train, K.shape[0])
-    NA, NB, nL = n_train, K.shape[0] - n_train, Y.shape[1]
+    NB, nL = K.shape[0] - n_train, Y.shape[1]
     gp = gp_from_kernel(K, n_train, Y, noise, jitter)
     s = _solve_train(K[A, A], Y, noise, jitter)
     Kinv, yt = s.Kinv, s.ytilde
