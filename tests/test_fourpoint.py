@@ -1,0 +1,221 @@
+"""Four-point expectations (ngp._fourpoint) against independent references.
+
+* relu family: a high-precision mpmath evaluation of a different reduction (direct Stein
+  recursion, Plackett's integral on another path, expansion in linear/relu factors instead of
+  sign flips), on random, rank-deficient and nearly singular blocks; exact identities
+  (the sign-flip sum equals Isserlis' theorem; duplicated directions merge).
+* smooth activations: a dense tensor Gauss-Hermite rule at high order (written here in NumPy),
+  and the engine's own rule (ngp._finite._product_expectations) at high order.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import mpmath as mp
+import numpy as np
+import pytest
+
+import ngp
+from ngp._finite import _multisets, _product_expectations
+from ngp._fourpoint import multiset_expectations, product_expectations
+from ngp._gaussian import gauss_hermite
+
+from ._orthant_mp import as_dict, relu_family_product
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261130)
+
+
+def _mp_blocks(rng, kind, u):
+    """Covariance blocks built in 40-digit arithmetic (then rounded for ngp)."""
+    with mp.workdps(40):
+        if kind == "random":
+            A = rng.normal(size=(u, u + 1))
+        elif kind == "rank":  # rank 2
+            A = rng.normal(size=(u, 2))
+        elif kind == "near":  # inputs 0 and 1 with correlation ~ 1 - 1e-10
+            A = rng.normal(size=(u, u))
+            A[1] = 1.7 * A[0] + 2e-5 * rng.normal(size=u)
+        A = [[mp.mpf(float(x)) for x in row] for row in A]
+        S = [[mp.fsum(a * b for a, b in zip(A[i], A[j])) + (mp.mpf("1e-25") if i == j else 0) for j in range(u)]
+             for i in range(u)]
+    return S, np.array([[float(x) for x in row] for row in S])
+
+
+@pytest.mark.parametrize(
+    "pattern,kind,slopes",
+    [
+        ((1, 1, 1, 1), "random", (1.0, 0.0)),
+        ((1, 1, 1, 1), "rank", (1.0, 0.1)),
+        ((2, 1, 1), "near", (1.0, 0.0)),
+        ((1, 1, 2), "rank", (1.0, -0.3)),
+        ((1, 2, 1), "near", (1.0, 0.2)),
+        ((3, 1), "near", (1.0, 0.0)),
+        ((2, 2), "random", (1.0, 0.05)),
+        ((1, 3), "rank", (1.0, 0.0)),
+    ],
+)
+def test_relu_family_against_mpmath(rng, pattern, kind, slopes):
+    S_mp, S = _mp_blocks(rng, kind, len(pattern))
+    with mp.workdps(40):
+        ref = float(relu_family_product(as_dict(S_mp), pattern, slopes))
+    act = ngp.activation("relu") if slopes[1] == 0 else ngp.activation("leaky_relu", slope=slopes[1])
+    val, err = product_expectations(act, S, pattern)
+    scale = np.prod(np.diag(S) ** (np.asarray(pattern) / 2))
+    assert abs(val[0] - ref) <= 1e-12 * scale, (val, ref, scale)
+    # the error estimate is honest and small
+    assert err[0] >= abs(val[0] - ref) or abs(val[0] - ref) < 1e-15 * scale
+    assert err[0] < 1e-12 * scale
+
+
+def test_relu_sign_flips_sum_to_isserlis(rng):
+    """sum_s prod_j s_j^{p_j} E[prod relu(s_j z_j)^{p_j}] = E[prod z_j^{p_j}], on random,
+    rank-deficient and nearly singular 4x4 blocks (correlation 1 - 1e-12, exact duplicates)."""
+    blocks = []
+    for kind in range(6):
+        A = rng.normal(size=(4, 4 if kind < 3 else 2))
+        if kind == 1:
+            A[2] = 0.6 * A[0] - 1.3 * A[1]  # rank 3
+        if kind == 2:
+            A[3] = -2.0 * A[1] + 1e-6 * rng.normal(size=4)  # correlation -(1 - ~1e-13)
+        if kind == 4:
+            A[1] = 3.0 * A[0]  # exactly duplicated direction
+        blocks.append(A @ A.T)
+    C = np.stack(blocks)
+    relu = ngp.activation("relu")
+    linear = ngp.activation("linear")
+    for pattern, idx in (((1, 1, 1, 1), [0, 1, 2, 3]), ((2, 1, 1), [0, 1, 3]), ((2, 2), [1, 3])):
+        Cp = C[:, idx][:, :, idx]
+        total = 0.0
+        for s in itertools.product((1.0, -1.0), repeat=len(pattern)):
+            sign = np.prod(np.asarray(s) ** np.asarray(pattern))
+            total = total + sign * product_expectations(relu, Cp * np.outer(s, s), pattern)[0]
+        exact, _ = product_expectations(linear, Cp, pattern)
+        scale = np.prod(np.diagonal(Cp, axis1=1, axis2=2) ** (np.asarray(pattern) / 2), axis=1)
+        np.testing.assert_array_less(np.abs(total - exact) / scale, 1e-12)
+
+
+def test_relu_duplicated_direction_merges(rng):
+    """z_b = c z_a (c > 0): relu(z_a) relu(z_b) = c relu(z_a)^2, so the 4-input value is c times
+    the 3-input (2, 1, 1) value; both agree to 1e-12 although the 4x4 block is singular."""
+    A = rng.normal(size=(3, 4))
+    B = np.vstack([A[0], 2.5 * A[0], A[1], A[2]])
+    C4 = B @ B.T
+    C3 = A @ A.T
+    for act in (ngp.activation("relu"), ngp.activation("leaky_relu", slope=0.2)):
+        v4, e4 = product_expectations(act, C4, (1, 1, 1, 1))
+        v3, _ = product_expectations(act, C3, (2, 1, 1))
+        scale = np.prod(np.sqrt(np.diag(C4)))
+        assert abs(v4[0] - 2.5 * v3[0]) < 1e-12 * scale
+        assert e4[0] < 1e-12 * scale
+
+
+# ----------------------------------------------------------------------------- smooth activations
+def _dense(fn, C, pattern, m):
+    """Tensor Gauss-Hermite rule with m nodes per direction in the eigen-coordinates of C."""
+    lam, U = np.linalg.eigh(C)
+    R = U * np.sqrt(np.clip(lam, 0, None))
+    u = len(pattern)
+    x, w = gauss_hermite(m)
+    grid = np.stack([g.ravel() for g in np.meshgrid(*([x] * (u - 1)), indexing="ij")], axis=1)
+    wg = np.prod(np.stack([g.ravel() for g in np.meshgrid(*([w] * (u - 1)), indexing="ij")], axis=1), axis=1)
+    f = jax.jit(lambda z: jnp.prod(fn(z) ** jnp.asarray(pattern, dtype=z.dtype), axis=1))
+    total = 0.0
+    for x1, w1 in zip(x, w):
+        if w1 * wg.max() < 1e-21 * w.max() ** u:
+            continue
+        X = np.concatenate([np.full((grid.shape[0], 1), x1), grid], axis=1)
+        total += np.sum(np.asarray(f(jnp.asarray(X @ R.T))) * wg) * w1
+    return total
+
+
+def _random_block(rng, u, K):
+    A = rng.normal(size=(u, u + 1))
+    C = A @ A.T
+    d = np.sqrt(np.diag(C))
+    s = np.sqrt(K * rng.uniform(0.6, 1.0, size=u))
+    return C / np.outer(d, d) * np.outer(s, s)
+
+
+def _holder(act, C, pattern):
+    x, w = gauss_hermite(200)
+    m4 = [np.sum(np.asarray(act.fn(jnp.asarray(np.sqrt(C[j, j]) * x))) ** 4 * w) for j in range(len(pattern))]
+    return np.prod(np.asarray(m4) ** (np.asarray(pattern) / 4))
+
+
+SMOOTH = {
+    "tanh": lambda: ngp.activation("tanh"),
+    "erf": lambda: ngp.activation("erf"),
+    "gelu": lambda: ngp.activation("gelu"),
+    "swish": lambda: ngp.activation("swish"),
+    "user": lambda: ngp.activation(lambda x: jnp.tanh(x) + 0.1 * x**2, name="tanh_plus_square"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMOOTH))
+def test_smooth_against_dense_rule(rng, name):
+    """1e-9 relative (to prod E[sigma^4]^{p/4}) or better at K <= 2; estimates are honest."""
+    act = SMOOTH[name]()
+    cases = [((1, 1, 1, 1), 0.3, 40), ((1, 2, 1), 1.0, 100), ((2, 1, 1), 2.0, 160)]
+    errs, ests = [], []
+    for pattern, K, m in cases:
+        C = _random_block(rng, len(pattern), K)
+        ref = _dense(act.fn, C, pattern, m)
+        val, est = product_expectations(act, C, pattern)
+        scale = _holder(act, C, pattern)
+        errs.append(abs(val[0] - ref) / scale)
+        ests.append(est[0] / scale)
+    errs, ests = np.asarray(errs), np.asarray(ests)
+    assert np.all(errs < 1e-9), errs
+    assert np.all(ests < 1e-9), ests  # the rule met its target
+    # honest: the estimate covers the error wherever it is above the dense reference's own ~1e-12
+    assert np.all((ests >= errs) | (errs < 1e-11)), (errs, ests)
+
+
+def test_error_estimates_honest_and_not_absurd(rng):
+    """At a loose tolerance the errors are visible: the estimate covers the actual error in most
+    cases and is within a factor 1000 of it."""
+    act = ngp.activation("tanh")
+    C = np.stack([_random_block(rng, 3, K) for K in (0.3, 0.6, 1.0, 1.0, 1.5, 2.0)])
+    val, est = product_expectations(act, C, (1, 1, 2), rtol=1e-6)
+    ref = np.array([_dense(act.fn, c, (1, 1, 2), 120) for c in C])
+    err = np.abs(val - ref)
+    assert np.mean(est >= err) >= 5 / 6, (err, est)
+    assert np.all(est <= 1e3 * np.maximum(err, 1e-12)), (err, est)
+
+
+def test_adapter_reproduces_engine_rule_at_high_order():
+    X = np.random.default_rng(0).normal(size=(4, 3))
+    K = np.asarray(ngp.MLP(2, 4, activation="tanh", C_W=0.8, C_b=0.1).prior(X).kernels[0])
+    ms = _multisets(4)
+    act = ngp.activation("tanh")
+    ref = _product_expectations(act, jnp.asarray(K), ms, {1: 300, 2: 160, 3: 96, 4: 48})
+    val, err = multiset_expectations(act, K, ms)
+    assert val.shape == err.shape == (ms.shape[0],)
+    # the engine's rule at order 48 is itself accurate to a few 1e-9 here
+    assert np.max(np.abs(val - ref)) < 1e-8 * np.max(np.abs(ref))
+    assert np.max(err) < 1e-9 * np.max(np.abs(ref))
+    # the relu family is exact, the old rule converges slowly through the kinks
+    relu = ngp.activation("relu")
+    val, err = multiset_expectations(relu, K, ms)
+    ref = _product_expectations(relu, jnp.asarray(K), ms, {1: 300, 2: 160, 3: 96, 4: 40})
+    assert np.max(np.abs(val - ref)) < 1e-4 * np.max(np.abs(ref))
+    assert np.max(err) < 1e-12 * np.max(np.abs(val))
+
+
+def test_bad_arguments():
+    tanh = ngp.activation("tanh")
+    with pytest.raises(ValueError, match="pattern"):
+        product_expectations(tanh, np.eye(2), (1, 0))
+    with pytest.raises(ValueError, match="shape"):
+        product_expectations(tanh, np.eye(3), (1, 1))
+    with pytest.raises(ValueError, match="rtol"):
+        product_expectations(tanh, np.eye(2), (1, 1), rtol=0.0)
+    kinked = ngp.activation(lambda x: jnp.maximum(x, 0.0), smooth=False)
+    with pytest.raises(ValueError, match="non-smooth"):
+        product_expectations(kinked, np.eye(2), (2, 2))
+    with pytest.raises(ValueError, match="ms"):
+        multiset_expectations(tanh, np.eye(3), np.zeros((2, 3), dtype=int))
