@@ -420,73 +420,57 @@ def _tensor_rule(orders: tuple, cutoff: float):
     return nodes, weights
 
 
-#: Nodes per block and blocks per compiled call of the quadrature kernel (fixed shapes: one
-#: compilation per activation and pattern).
-_BLOCK = 256
-_ITEMS = 1024
+#: Node chunk sizes (by rule size) and entries per compiled call of the quadrature kernel: a few
+#: fixed shapes, so a handful of compilations per activation and pattern.
+_NODE_CHUNKS = (1024, 8192, 65536)
+_ENTRY_CHUNK = 8
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _items_kernel(fn, smoothed, pattern, R, beta, sigma, nodes, weights):
-    """Partial rule sums over node blocks. ``R`` (I, u_h, d): ridge rows of the integrated
-    inputs of each item's entry; ``beta`` (I, d), ``sigma`` (I,): mean map and conditional std of
-    the closed-form input (unused when ``smoothed`` is None); ``nodes`` (I, B, d), ``weights``
-    (I, B). Returns ``sum w f`` and ``sum w |f|`` per item, (I,) each."""
-    z = jnp.einsum("ink,ijk->inj", nodes, R)
-    vals = jnp.prod(fn(z) ** jnp.asarray(pattern, dtype=z.dtype), axis=-1)
+def _rule_kernel(fn, smoothed, pattern, R, beta, sigma, nodes, weights):
+    """Rule sums over one chunk of nodes for a chunk of entries. ``R`` (B, u_h, d): ridge rows of
+    the integrated inputs; ``beta`` (B, d), ``sigma`` (B,): mean map and conditional std of the
+    closed-form input (unused when ``smoothed`` is None); ``nodes`` (n, d), ``weights`` (n,).
+    Returns ``sum w f`` and ``sum w |f|``, (B,) each."""
+    d = nodes.shape[-1]
+    vals = 1.0
+    for j, p in enumerate(pattern):  # z_j = sum_k R_jk x_k as broadcast products (d <= 4)
+        zj = sum(R[:, j, k][:, None] * nodes[None, :, k] for k in range(d))
+        vals = vals * fn(zj) ** p
     if smoothed is not None:
-        vals = vals * smoothed(jnp.einsum("ink,ik->in", nodes, beta), sigma[:, None])
-    return jnp.sum(vals * weights, axis=1), jnp.sum(jnp.abs(vals) * weights, axis=1)
+        mu = sum(beta[:, k][:, None] * nodes[None, :, k] for k in range(d))
+        vals = vals * smoothed(mu, sigma[:, None])
+    return vals @ weights, jnp.abs(vals) @ weights
 
 
-class _Blocks:
-    """Node blocks of the tensor rules used in one call (a table shared by all entries)."""
-
-    def __init__(self, d: int, cutoff: float):
-        self.d, self.cutoff = d, cutoff
-        self.nodes, self.weights, self.index, self.size = [], [], {}, {}
-
-    def of(self, orders: tuple) -> list[int]:
-        if orders not in self.index:
-            x, w = _tensor_rule(orders, self.cutoff)
-            nb = -(-x.shape[0] // _BLOCK)
-            pad = nb * _BLOCK - x.shape[0]
-            x = np.concatenate([x, np.zeros((pad, self.d))]).reshape(nb, _BLOCK, self.d)
-            w = np.concatenate([w, np.zeros(pad)]).reshape(nb, _BLOCK)
-            first = len(self.nodes)
-            self.nodes.extend(x)
-            self.weights.extend(w)
-            self.index[orders] = list(range(first, first + nb))
-            self.size[orders] = x.shape[0] * _BLOCK - pad
-        return self.index[orders]
+@functools.lru_cache(maxsize=256)
+def _rule_chunks(orders: tuple, cutoff: float):
+    """The pruned rule padded to whole chunks: nodes (c, chunk, d), weights (c, chunk), size."""
+    x, w = _tensor_rule(orders, cutoff)
+    n, d = x.shape
+    size = next((ch for ch in _NODE_CHUNKS[:-1] if n <= 8 * ch), _NODE_CHUNKS[-1])
+    c = -(-n // size)
+    pad = c * size - n
+    x = np.concatenate([x, np.zeros((pad, d))]).reshape(c, size, d)
+    w = np.concatenate([w, np.zeros(pad)]).reshape(c, size)
+    return x, w, n
 
 
-def _evaluate(act_fn, smoothed, pattern, R, beta, sigma, blocks: _Blocks, jobs):
-    """Rule sums for ``jobs`` = list of (entry, slot, orders). Returns dict (entry, slot) -> (sum, |sum|)."""
-    item_entry, item_block, item_job = [], [], []
-    for j, (entry, _, orders) in enumerate(jobs):
-        ids = blocks.of(orders)
-        item_entry.extend([entry] * len(ids))
-        item_block.extend(ids)
-        item_job.extend([j] * len(ids))
-    item_entry, item_block, item_job = map(np.asarray, (item_entry, item_block, item_job))
-    tab_x = np.stack(blocks.nodes)
-    tab_w = np.stack(blocks.weights)
-    n_items = item_entry.size
-    q = np.zeros(len(jobs))
-    mag = np.zeros(len(jobs))
-    per = _ITEMS if n_items > _ITEMS // 8 else _ITEMS // 8  # two fixed shapes
-    for st in range(0, n_items, per):
-        sl = slice(st, min(st + per, n_items))
-        k = sl.stop - sl.start
-        e, blk = item_entry[sl], item_block[sl]
-        if k < per:
-            e = np.concatenate([e, np.repeat(e[:1], per - k)])
-            blk = np.concatenate([blk, np.repeat(blk[:1], per - k)])
-        a, m = _items_kernel(act_fn, smoothed, pattern, jnp.asarray(R[e]), jnp.asarray(beta[e]),
-                             jnp.asarray(sigma[e]), jnp.asarray(tab_x[blk]), jnp.asarray(tab_w[blk]))
-        np.add.at(q, item_job[sl], np.asarray(a)[:k])
-        np.add.at(mag, item_job[sl], np.asarray(m)[:k])
+def _evaluate(act_fn, smoothed, pattern, R, beta, sigma, rows, orders, cutoff):
+    """Sums of the rule ``orders`` for the entries ``rows``: (sum w f, sum w |f|), each (len(rows),)."""
+    X, W, _ = _rule_chunks(orders, cutoff)
+    q = np.zeros(rows.size)
+    mag = np.zeros(rows.size)
+    st = 0
+    while st < rows.size:
+        big = X.shape[1] == _NODE_CHUNKS[-1]
+        per = _ENTRY_CHUNK if rows.size - st >= _ENTRY_CHUNK and not big else 1
+        sel = rows[st:st + per]
+        Rj, bj, sj = jnp.asarray(R[sel]), jnp.asarray(beta[sel]), jnp.asarray(sigma[sel])
+        parts = [_rule_kernel(act_fn, smoothed, pattern, Rj, bj, sj, X[c], W[c]) for c in range(X.shape[0])]
+        q[st:st + per] = np.sum([np.asarray(a) for a, _ in parts], axis=0)
+        mag[st:st + per] = np.sum([np.asarray(m) for _, m in parts], axis=0)
+        st += per
     return q, mag
 
 
@@ -573,26 +557,28 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, st
     val = np.zeros(b)
     err = np.full(b, np.inf)
     nodes_used = np.zeros(b)
-    blocks = _Blocks(d, cutoff)
     top = len(LADDER) - 1
     todo = np.arange(b)
     for _ in range(max_rounds):
         if not todo.size:
             break
-        jobs = []
+        groups = {}
         for i in todo:
-            fine = tuple(LADDER[k] for k in lad[i])
-            coarse = tuple(LADDER[max(k - 1, 0)] for k in lad[i])
-            jobs += [(i, 0, fine), (i, 1, coarse)]
-        q, mag = _evaluate(act.fn, smoothed, head_pattern, R, beta, sigma, blocks, jobs)
-        q, mag = q.reshape(-1, 2), mag.reshape(-1, 2)
-        e = np.abs(q[:, 0] - q[:, 1]) + 64 * _EPS * mag[:, 0]
-        val[todo] = q[:, 0]
-        err[todo] = e
-        nodes_used[todo] += [blocks.size[j[2]] for j in jobs[::2]]
-        nodes_used[todo] += [blocks.size[j[2]] for j in jobs[1::2]]
-        at_max = lad[todo].min(axis=1) >= top
-        todo = todo[(e > rtol * scale[todo]) & ~at_max]
+            groups.setdefault(tuple(lad[i]), []).append(i)
+        failed = []
+        for key, rows in groups.items():
+            rows = np.asarray(rows)
+            fine = tuple(LADDER[k] for k in key)
+            coarse = tuple(LADDER[max(k - 1, 0)] for k in key)
+            q, mag = _evaluate(act.fn, smoothed, head_pattern, R, beta, sigma, rows, fine, cutoff)
+            qc, _ = _evaluate(act.fn, smoothed, head_pattern, R, beta, sigma, rows, coarse, cutoff)
+            e = np.abs(q - qc) + 64 * _EPS * mag
+            val[rows] = q
+            err[rows] = e
+            nodes_used[rows] += _rule_chunks(fine, cutoff)[2] + _rule_chunks(coarse, cutoff)[2]
+            if min(key) < top:
+                failed.extend(rows[e > rtol * scale[rows]].tolist())
+        todo = np.asarray(failed, dtype=int)
         if todo.size:  # refine: two ladder steps up in every direction that is not at its cap
             lad[todo] = np.minimum(lad[todo] + 2, top)
     if stats is not None:
