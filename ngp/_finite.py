@@ -1,6 +1,6 @@
-"""Finite-width cumulants: the four-point vertex V and the 1/n kernel correction K1.
+"""Gaussian expectations behind the finite-width cumulants of a dense layer.
 
-Layer-to-layer recursions of THEORY.md sections 2b and 3 (Jacobian form, no K^{-1}):
+The layer-to-layer recursions (``docs/theory.md``, "Finite-width recursions"; Jacobian form, no K^{-1}):
 
     V^(l+1)  = C_W^2 Cov_{K^(l)}(s_a s_b, s_c s_d) + (n_l / n_{l-1}) J V^(l) J^T
     K1^(l+1) = (n_l / n_{l-1}) [ J K1^(l) + 1/2 H : V^(l) ]
@@ -31,8 +31,18 @@ import numpy as np
 from ._activations import Activation
 from ._gaussian import auto_orders, expect_1d, gauss_hermite, pair_matrix
 from ._kernel import two_point_matrix
+from ._pairs import Pairs, multiset_code
 
-__all__ = ["Pairs", "jacobian_hessian", "fresh_covariance", "propagate", "FOUR_POINT_ORDERS"]
+__all__ = [
+    "jacobian_hessian",
+    "four_point_values",
+    "fresh_covariance",
+    "fresh_components",
+    "FourPointTable",
+    "multisets",
+    "propagate",
+    "FOUR_POINT_ORDERS",
+]
 
 #: Gauss-Hermite nodes per dimension for the four-point expectations, by the number of
 #: distinct inputs among (a, b, c, d). The 4-D rule dominates the cost (pruned tensor
@@ -43,60 +53,11 @@ __all__ = ["Pairs", "jacobian_hessian", "fresh_covariance", "propagate", "FOUR_P
 FOUR_POINT_ORDERS = {1: 200, 2: 128, 3: 64, 4: 40}
 
 
-@dataclasses.dataclass(frozen=True)
-class Pairs:
-    """Index bookkeeping for the ``P = N(N+1)/2`` unordered pairs ``a <= b``."""
-
-    N: int
-    a: np.ndarray  # (P,)
-    b: np.ndarray  # (P,)
-    index: np.ndarray  # (N, N) pair index of (a, b) and (b, a)
-    cols: np.ndarray  # (P, 3) pair indices of (a, a), (b, b), (a, b)
-    diag: np.ndarray  # (P,) bool, a == b
-
-    @classmethod
-    @functools.lru_cache(maxsize=32)
-    def of(cls, N: int) -> "Pairs":
-        a, b = np.triu_indices(N)
-        index = np.empty((N, N), dtype=np.int64)
-        index[a, b] = np.arange(a.size)
-        index[b, a] = np.arange(a.size)
-        cols = np.stack([index[a, a], index[b, b], index[a, b]], axis=1)
-        return cls(N, a, b, index, cols, a == b)
-
-    @property
-    def P(self) -> int:
-        return self.a.size
-
-    def pack(self, M) -> np.ndarray:
-        """``(N, N)`` symmetric matrix -> ``(P,)`` vector over pairs."""
-        return np.asarray(M)[self.a, self.b]
-
-    def unpack(self, v) -> np.ndarray:
-        """``(P,)`` -> ``(N, N)``."""
-        return np.asarray(v)[self.index]
-
-    def unpack4(self, Vp) -> np.ndarray:
-        """``(P, P)`` -> ``(N, N, N, N)`` with ``V[a, b, c, d] = V_(ab)(cd)``."""
-        return np.asarray(Vp)[self.index[:, :, None, None], self.index[None, None, :, :]]
-
-
 # ----------------------------------------------------------------------------- J and H
 @functools.lru_cache(maxsize=64)
 def _closed_phi(act: Activation):
-    """Scalar functions phi_off(kaa, kbb, kab) and phi_diag(k) from closed forms."""
-    if act.relu_slopes is not None:
-        ap, am = act.relu_slopes
-        a2 = 0.5 * (ap * ap + am * am)
-
-        def diag(k):
-            return a2 * k
-    else:
-
-        def diag(k):
-            return act.two_point(k, k, k)
-
-    return act.two_point, diag
+    """Scalar functions phi_off(kaa, kbb, kab) and phi_diag(k) from the activation's closed forms."""
+    return act.two_point, act.second_moment
 
 
 def _jh_closed(act: Activation, K, pairs: Pairs):
@@ -202,14 +163,9 @@ def _pruned_rule(u: int, m: int, cutoff: float = 1e-15):
     return nodes[keep], weights[keep]
 
 
-def _multisets(N: int):
-    """All sorted 4-tuples ``a <= b <= c <= d`` with a code for lookup."""
-    ms = np.array(list(itertools.combinations_with_replacement(range(N), 4)), dtype=np.int64)
-    return ms
-
-
-def _code(t, N):
-    return ((t[..., 0] * N + t[..., 1]) * N + t[..., 2]) * N + t[..., 3]
+def multisets(N: int) -> np.ndarray:
+    """All sorted 4-tuples ``a <= b <= c <= d`` of ``range(N)``, shape ``(M, 4)`` in code order."""
+    return np.array(list(itertools.combinations_with_replacement(range(N), 4)), dtype=np.int64).reshape(-1, 4)
 
 
 def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batch_elems: int | None = None):
@@ -245,8 +201,10 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
         per = max(1, batch_elems // (nodes.shape[0] * u))
         chunk = functools.partial(_product_chunk, act.fn, tuple(pattern), K=K, nodes=nodes_j, weights=weights_j)
 
-        # batch size: the next power of two (bounded by `per`), so few shapes get compiled
-        per = min(per, 1 << int(np.ceil(np.log2(max(rows.size, 1)))))
+        # two batch shapes per rule (a small one for short requests), so few shapes get compiled
+        per = 1 << int(np.floor(np.log2(per)))
+        if rows.size <= max(1, per // 32):
+            per = max(1, per // 32)
         for s in range(0, rows.size, per):
             sel = idx[s : s + per]
             pad = per - sel.shape[0]
@@ -268,45 +226,95 @@ def _product_chunk(fn, pattern, ix, *, K, nodes, weights):
     return vals @ weights
 
 
-def _closed_four_point(act: Activation, K, ms: np.ndarray):
-    K = jnp.asarray(K)
-    a, b, c, d = (ms[:, i] for i in range(4))
-    if act.name == "linear":
-        return np.asarray(K[a, b] * K[c, d] + K[a, c] * K[b, d] + K[a, d] * K[b, c])
-    if act.name == "sin":
-        # prod sin z_j = (2i)^-4 sum_s (prod s) e^{i s.z};  E e^{i s.z} = exp(-s^T K s / 2)
-        idx = np.stack([a, b, c, d], axis=1)
-        C = K[idx[:, :, None], idx[:, None, :]]
-        total = 0.0
-        for s in itertools.product((1.0, -1.0), repeat=4):
-            sv = jnp.asarray(s)
-            total = total + np.prod(s) * jnp.exp(-0.5 * jnp.einsum("i,bij,j->b", sv, C, sv))
-        return np.asarray(total / 16.0)
-    return None
+def four_point_values(act: Activation, K, ms: np.ndarray, *, method: str = "auto",
+                      four_point_order: int | None = None) -> np.ndarray:
+    """``<s_a s_b s_c s_d>_K`` for every row ``(a, b, c, d)`` of ``ms`` (``(M, 4)``, sorted rows).
+
+    Closed form where the activation declares one (``Activation.four_point``; linear, sin),
+    otherwise Gauss-Hermite in the span of the distinct inputs (:data:`FOUR_POINT_ORDERS`).
+    """
+    ms = np.asarray(ms, dtype=np.int64).reshape(-1, 4)
+    if ms.shape[0] == 0:
+        return np.zeros(0)
+    if method in ("auto", "closed") and act.four_point is not None:
+        K = jnp.asarray(K)
+        C = K[ms[:, :, None], ms[:, None, :]]
+        return np.asarray(act.four_point(C), dtype=float)
+    orders = dict(FOUR_POINT_ORDERS)
+    if four_point_order is not None:
+        orders[4] = int(four_point_order)
+        orders[3] = int(np.ceil(1.6 * int(four_point_order)))  # same ratio as the defaults (64 / 40)
+    return _product_expectations(act, K, ms, orders)
 
 
-def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, method: str = "auto",
+class FourPointTable:
+    """``<s_a s_b s_c s_d>_K`` for multisets of one kernel, each computed once and remembered.
+
+    Args:
+        act: the activation ``s``.
+        K: ``(N, N)`` kernel.
+        **options: ``method``, ``four_point_order`` (see :func:`four_point_values`).
+    """
+
+    def __init__(self, act: Activation, K, **options):
+        self.act, self.K, self.options = act, np.asarray(K), options
+        self.N = self.K.shape[0]
+        self._codes = np.zeros(0, dtype=np.int64)
+        self._vals = np.zeros(0)
+
+    def __call__(self, ms_sorted) -> np.ndarray:
+        """Values for sorted rows ``(M, 4)``."""
+        ms_sorted = np.asarray(ms_sorted, dtype=np.int64).reshape(-1, 4)
+        codes = multiset_code(ms_sorted, self.N)
+        uniq, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+        pos = np.searchsorted(self._codes, uniq)
+        known = (pos < self._codes.size) & (self._codes[np.minimum(pos, max(self._codes.size - 1, 0))] == uniq) \
+            if self._codes.size else np.zeros(uniq.size, dtype=bool)
+        vals = np.empty(uniq.size)
+        vals[known] = self._vals[pos[known]]
+        new = ~known
+        if np.any(new):
+            vals[new] = four_point_values(self.act, self.K, ms_sorted[first[new]], **self.options)
+            codes_all = np.concatenate([self._codes, uniq[new]])
+            order = np.argsort(codes_all, kind="stable")
+            self._codes = codes_all[order]
+            self._vals = np.concatenate([self._vals, vals[new]])[order]
+        return vals[inverse.reshape(-1)]
+
+
+def fresh_components(table: FourPointTable, quads, E2, C_W: float) -> np.ndarray:
+    """``C_W^2 [<s_a s_b s_c s_d> - <s_a s_b><s_c s_d>]`` for rows ``(a, b, c, d)`` of ``quads``.
+
+    Args:
+        table: the four-point values of the layer (:class:`FourPointTable`).
+        quads: ``(M, 4)`` input indices, meaning the vertex component ``(ab)(cd)``.
+        E2: ``(N, N)`` two-point matrix ``<s_a s_b>_K``.
+    """
+    quads = np.asarray(quads, dtype=np.int64).reshape(-1, 4)
+    E4 = table(np.sort(quads, axis=1))
+    E2 = np.asarray(E2)
+    return C_W**2 * (E4 - E2[quads[:, 0], quads[:, 1]] * E2[quads[:, 2], quads[:, 3]])
+
+
+def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, E2=None, table=None, method: str = "auto",
                      four_point_order: int | None = None, **options):
-    """``C_W^2 Cov_K(s_a s_b, s_c s_d)`` as a ``(P, P)`` matrix over unordered pairs."""
+    """``C_W^2 Cov_K(s_a s_b, s_c s_d)`` as a ``(P, P)`` matrix over all unordered pairs."""
     K = jnp.asarray(K)
     N = pairs.N
-    ms = _multisets(N)
-    vals = None
-    if method in ("auto", "closed"):
-        vals = _closed_four_point(act, K, ms)
-    if vals is None:
-        orders = dict(FOUR_POINT_ORDERS)
-        if four_point_order is not None:
-            orders[4] = int(four_point_order)
-            orders[3] = int(np.ceil(1.6 * int(four_point_order)))  # same ratio as the defaults (64 / 40)
-        vals = _product_expectations(act, K, ms, orders)
+    ms = multisets(N)
+    if table is None:
+        table = FourPointTable(act, K, method=method, four_point_order=four_point_order)
+    vals = table(ms)
     # scatter multiset values to (p, q)
     pa, pb = pairs.a, pairs.b
     quad = np.stack(np.broadcast_arrays(pa[:, None], pb[:, None], pa[None, :], pb[None, :]), axis=-1)
     quad = np.sort(quad, axis=-1)
-    pos = np.searchsorted(_code(ms, N), _code(quad, N))
+    pos = np.searchsorted(multiset_code(ms, N), multiset_code(quad, N))
     T4 = np.asarray(vals)[pos]
-    E2 = pairs.pack(two_point_matrix(act, K, method=method, **{k: v for k, v in options.items() if k in ("terms", "nodes", "quad_nodes")}))
+    if E2 is None:
+        kopts = {k: v for k, v in options.items() if k in ("terms", "nodes", "quad_nodes")}
+        E2 = two_point_matrix(act, K, method=method, **kopts)
+    E2 = pairs.pack(E2)
     return C_W**2 * (T4 - E2[:, None] * E2[None, :])
 
 

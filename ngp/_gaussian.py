@@ -24,12 +24,13 @@ piecewise-linear activations use closed forms instead.
 from __future__ import annotations
 
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.special import roots_hermitenorm
+
+from ._validate import warn
 
 __all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "pair_matrix", "pair_gh"]
 
@@ -54,12 +55,10 @@ def auto_orders(kmax: float) -> tuple[int, int]:
     terms = int(min(MAX_TERMS, max(MEHLER_TERMS, 80 * kmax + 100)))
     nodes = int(min(MAX_NODES, max(NODES_1D, 100 * kmax + terms)))
     if kmax > K_ACCURATE:
-        warnings.warn(
+        warn(
             f"ngp: a pre-activation variance reaches {kmax:.3g}; the Mehler series and 1-D rule are capped "
             f"at {terms} terms / {nodes} nodes and lose digits beyond K ~ {K_ACCURATE:.0f}. "
-            "Standardise the inputs or lower C_W/C_b.",
-            RuntimeWarning,
-            stacklevel=4,
+            "Standardise the inputs or lower C_W/C_b."
         )
     return terms, nodes
 
