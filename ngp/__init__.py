@@ -18,6 +18,7 @@ from ._gp import GPPosterior, gp_posterior
 from ._mlp import MLP
 from ._model_selection import EvidenceGrid, evidence_grid
 from . import criticality, datasets, plot, reference
+from . import train
 from ._posterior import FiniteWidthPosterior, posterior
 from ._prior import Layer, Prior
 from ._resmlp import ResMLP, ResPrior
@@ -36,6 +37,7 @@ __all__ = [
     "plot",
     "reference",
     "datasets",
+    "train",
     "Prior",
     "Layer",
     "posterior",
