@@ -17,6 +17,8 @@ import scipy.linalg
 
 from ngp.train import fdr_monitor, fdr_observables, fdr_sgd
 
+from ._digits import load_digits_benchmark
+
 optax = pytest.importorskip("optax")
 
 
@@ -97,7 +99,7 @@ def test_on_the_fly_ratio_converges_to_one_and_the_scheduler_fires():
     se = batches.std(ddof=1) / np.sqrt(len(batches))
     assert se < 0.01
     assert abs(ratio - 1) < 4 * se, (ratio, se)
-    # with windows of 1000 steps the second-half ratio is within 2% of 1 most of the time: it fires
+    # checked every 1000 steps, the half-running ratio is soon within 2% of 1: it fires
     state, _, _ = simulate(theta0, v0, 10_000, window=1000, tolerance=0.02, seed=4)
     k = int(state.num_decays)
     assert k >= 1
@@ -107,8 +109,9 @@ def test_on_the_fly_ratio_converges_to_one_and_the_scheduler_fires():
     np.testing.assert_allclose(float(state.learning_rate), ETA * 0.1**k, rtol=1e-12)
 
 
-def expected_window_ratios(theta0, steps, window):
-    """<E O_L>/<E O_R> over each window's second half, from the exact second-moment recursion.
+def expected_check_ratios(theta0, steps, window):
+    """<E O_L>/<E O_R> at each check t = k window over steps floor(t/2)+1..t (the scheduler's
+    half-running averages before its first cut), from the exact second-moment recursion.
 
     Per mode, E[z z^T] of z = (theta, v) evolves as C <- M C M^T + N S N^T with the 2 x 2 blocks
     M = [[1 - eta (1-d) a, -eta mu], [(1-d) a, mu]], N = (-eta (1-d), 1-d), from C = diag(theta0^2, 0).
@@ -126,8 +129,8 @@ def expected_window_ratios(theta0, steps, window):
             m00 * m10 * c00 + (m00 * m11 + m01 * m10) * c01 + m01 * m11 * c11 + n0 * n1 * S_DIAG,
             m10 * m10 * c00 + 2 * m10 * m11 * c01 + m11 * m11 * c11 + n1 * n1 * S_DIAG,
         )
-    h = window // 2
-    return np.array([e_ol[i + h:i + window].mean() / e_or[i + h:i + window].mean() for i in range(0, steps, window)])
+    checks = range(window, steps + 1, window)
+    return np.array([e_ol[t // 2:t].sum() / e_or[t // 2:t].sum() for t in checks])
 
 
 def test_does_not_fire_early_from_a_non_stationary_start():
@@ -135,7 +138,7 @@ def test_does_not_fire_early_from_a_non_stationary_start():
     P = stationary_covariance(np.diag(H_DIAG), np.diag(S_DIAG), ETA, MU, DAMP, LAM)
     theta0 = 100 * np.sqrt(np.diag(P)[:N_DIM]) * rng.choice([-1.0, 1.0], N_DIM)  # far from the minimum
     window, tolerance, steps = 500, 0.02, 12_000
-    expected = expected_window_ratios(theta0, steps, window)
+    expected = expected_check_ratios(theta0, steps, window)
     far = np.flatnonzero(np.abs(expected - 1) > 5 * tolerance)
     assert far[0] == 0 and len(far) >= 4 and np.all(np.diff(far) == 1)  # a transient of several windows
     state, _, _ = simulate(theta0, np.zeros(N_DIM), steps, window=window, tolerance=tolerance, seed=6)
@@ -185,6 +188,80 @@ def test_update_rule_is_pytorch_sgd_and_monitor_matches():
         np.testing.assert_allclose(mon.ratio, s_ref.ratio, rtol=1e-12)
 
 
+def brute_force_check_ratios(o_l, o_r, window, *, cut_every_check, marks=None):
+    """The reference scheduler's half-running ratios, from the full record of the observables."""
+    out, start = [], 0
+    for now in range(1, len(o_l) + 1):
+        t = now - start
+        if t % window == 0:
+            k = t // window
+            j = k if marks is None else max(k, 2 * k - marks + 1)
+            h = (j * window) // 2
+            out.append(o_l[start + h:now].sum() / o_r[start + h:now].sum())
+            if cut_every_check:
+                start = now
+    return np.array(out)
+
+
+@pytest.mark.parametrize("window,tolerance,marks", [(3, 1e-12, None), (4, 1e6, None), (2, 1e-12, 4)])
+def test_half_running_averages_match_brute_force(window, tolerance, marks, monkeypatch):
+    """Checks every ``window`` steps over the second half of all steps since the last cut
+    (tolerance 1e6: a cut at every check; ``marks``: a small ring buffer, past its exact range)."""
+    from ngp.train import _fdr
+
+    if marks is not None:
+        monkeypatch.setattr(_fdr, "_MARKS", marks)
+    rng = np.random.default_rng(8)
+    steps, decay = 40, 0.5
+    opt = fdr_sgd(0.1, momentum=0.5, weight_decay=0.1, window=window, tolerance=tolerance, decay=decay)
+    theta = jnp.asarray(rng.normal(size=4))
+    state = opt.init(theta)
+    o_l, o_r, ratios, lrs = [], [], [], []
+    for g in rng.normal(size=(steps, 4)):
+        updates, state = opt.update(jnp.asarray(g) + theta, state, theta)
+        theta = theta + updates
+        o_l.append(float(state.monitor.last_ol))
+        o_r.append(float(state.monitor.last_or))
+        if int(state.monitor.count) % window == 0:
+            ratios.append(float(state.ratio))
+        lrs.append(float(state.learning_rate))
+    cut = tolerance > 1
+    want = brute_force_check_ratios(np.array(o_l), np.array(o_r), window, cut_every_check=cut, marks=marks)
+    np.testing.assert_allclose(ratios, want, rtol=1e-12)
+    k = int(state.num_decays)
+    assert k == (steps // window if cut else 0)
+    np.testing.assert_allclose(lrs[-1], 0.1 * decay**k, rtol=1e-12)
+    if cut:
+        np.testing.assert_array_equal(state.decay_steps[:k], window * np.arange(1, k + 1))
+        np.testing.assert_allclose(state.decay_ratios[:k], want, rtol=1e-12)
+
+
+def test_monitor_restarts_when_the_learning_rate_changes():
+    """fdr_monitor under a step schedule gives the same ratios as the brute force restarted at the step."""
+    rng = np.random.default_rng(9)
+    window, steps, boundary = 4, 24, 10
+    schedule = optax.piecewise_constant_schedule(0.1, {boundary: 0.5})
+    mon = fdr_monitor(schedule, momentum=0.5, weight_decay=0.1, window=window)
+    theta = jnp.asarray(rng.normal(size=3))
+    state = mon.init(theta)
+    o_l, o_r, got, v2 = [], [], {}, []
+    for g in rng.normal(size=(steps, 3)):
+        v2.append(float(jnp.sum(state.velocity**2)))
+        _, state = mon.update(jnp.asarray(g), state, theta)
+        theta = theta - 0.05 * jnp.asarray(g)
+        o_l.append(float(state.last_ol))
+        o_r.append(float(state.last_or))
+        got[int(state.count)] = float(state.ratio)
+    o_l, o_r = np.array(o_l), np.array(o_r)
+    # eta = 0.1 for the first `boundary` steps, 0.05 afterwards (schedule(count), count = steps before)
+    eta = np.where(np.arange(steps) < boundary, 0.1, 0.05)
+    np.testing.assert_allclose(o_r, 0.5 * eta * 1.5 * np.array(v2), rtol=1e-12)
+    before = brute_force_check_ratios(o_l[:boundary], o_r[:boundary], window, cut_every_check=False)
+    after = brute_force_check_ratios(o_l[boundary:], o_r[boundary:], window, cut_every_check=False)
+    np.testing.assert_allclose([got[4], got[8]], before, rtol=1e-12)
+    np.testing.assert_allclose([got[boundary + 4 * i] for i in range(1, len(after) + 1)], after, rtol=1e-12)
+
+
 def test_bad_arguments_name_the_argument():
     for kwargs, name in [
         (dict(weight_decay=0.0), "weight_decay"),
@@ -211,3 +288,16 @@ def test_bad_arguments_name_the_argument():
 def test_import_ngp_does_not_import_optax():
     code = "import sys, ngp; ngp.train.jacobian_penalty; ngp.train.fdr_sgd; assert 'optax' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_digits_short_run_with_the_fdr_scheduler():
+    """CI-sized digits run (300 steps, window 100): it learns, and early training is far from stationary."""
+    pytest.importorskip("sklearn")
+    td = load_digits_benchmark()
+    data = td.load_split()
+    opt = fdr_sgd(td.LR, momentum=td.MOMENTUM, weight_decay=td.WEIGHT_DECAY, window=100)
+    params, state, (lr_trace, ratio_trace) = td.train(0, data, 300, opt)
+    assert float(td._accuracy(params, jnp.asarray(data[2]), jnp.asarray(data[3]))) > 0.9
+    at_checks = ratio_trace[99::100]
+    assert np.all(np.isfinite(at_checks)) and at_checks[0] > 1.5, at_checks  # O_L >> O_R while the loss falls
+    assert int(state.num_decays) == 0 and np.all(lr_trace == lr_trace[0])

@@ -9,6 +9,8 @@ import pytest
 
 from ngp.train import jacobian_penalty, jacobian_regularized
 
+from ._digits import load_digits_benchmark
+
 D_IN, HIDDEN, BATCH = 5, 16, 4
 
 
@@ -130,3 +132,19 @@ def test_bad_arguments_name_the_argument():
         jacobian_regularized(lambda o, y: 0.0, apply_mlp, lambda_jr=-1.0)
     with pytest.raises(ValueError, match="apply_fn"):
         jacobian_penalty(lambda p, x: jnp.sum(x), params, x, num_projections=None)
+
+
+def test_digits_short_run_lowers_the_jacobian_norm():
+    """CI-sized version of the digits benchmark (300 steps, one seed): only robust effects."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("optax")
+    td = load_digits_benchmark()
+    data = td.load_split()
+    steps = 300
+    results = {}
+    for lam in (0.0, 0.1):
+        params = td.train(0, data, steps, td.sgd(td.step_schedule(steps, (0.5, 0.75))), lambda_jr=lam)[0]
+        results[lam] = td.evaluate(params, *data[2:])
+    assert results[0.0]["clean"] > 0.9 and results[0.1]["clean"] > 0.85, results
+    assert results[0.1]["jacobian_norm"] < 0.5 * results[0.0]["jacobian_norm"], results
+    assert results[0.1]["fgsm_0.1"] > results[0.0]["fgsm_0.1"], results

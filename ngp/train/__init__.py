@@ -1,7 +1,7 @@
 """Training-time tools: Jacobian regularisation and the fluctuation-dissipation SGD scheduler.
 
-* :func:`jacobian_penalty`, :func:`jacobian_regularized` -- $\\frac12$ batch-mean
-  $\\lVert\\partial f/\\partial x\\rVert_F^2$ by random projections (Hoffman, Roberts & Yaida 2019).
+* :func:`jacobian_penalty`, :func:`jacobian_regularized` -- half the batch-mean ``||df/dx||_F^2``
+  by random projections (Hoffman, Roberts & Yaida 2019).
 * :func:`fdr_observables`, :func:`fdr_sgd`, :func:`fdr_monitor` -- the first
   fluctuation-dissipation relation of SGD and the learning-rate scheduler built on it (Yaida 2018).
 

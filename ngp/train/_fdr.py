@@ -1,4 +1,4 @@
-r"""Fluctuation-dissipation relations of SGD (Yaida 2018, arXiv:1810.00004) and the FDR scheduler.
+"""Fluctuation-dissipation relations of SGD (Yaida 2018, arXiv:1810.00004) and the FDR scheduler.
 
 Conventions (PyTorch SGD): with ``g_t = grad f(theta_t) + lambda theta_t`` (minibatch gradient plus
 weight decay), ``v_{t+1} = mu v_t + (1 - d) g_t`` and ``theta_{t+1} = theta_t - eta v_{t+1}``.
@@ -7,9 +7,10 @@ conditions give E[theta_t . v_t] = -(eta/2) E|v|^2 and then
 
     E[theta_t . g_t] = (eta/2) (1 + mu)/(1 - d) E|v_t|^2,
 
-the first FDR, O_L = theta_t . g_t and O_R = (eta/2)(1 + mu)/(1 - d) |v_t|^2 with v_t the buffer
+the first FDR: O_L = theta_t . g_t and O_R = (eta/2)(1 + mu)/(1 - d) |v_t|^2 with v_t the buffer
 *before* the step (in a stationary state E|v_t|^2 = E|v_{t+1}|^2, so either buffer gives the same
-expectation; the buffer before the step is the reference code's choice).
+expectation; the buffer before the step is the reference code's choice). docs/training.md has
+the derivation.
 """
 
 from __future__ import annotations
@@ -30,17 +31,21 @@ def _tree_dot(a, b):
 
 
 def fdr_observables(params, grads, velocity, *, learning_rate, momentum=0.0, dampening=0.0, weight_decay=0.0):
-    r"""The two sides of the first fluctuation-dissipation relation at one SGD step.
+    """The two sides of the first fluctuation-dissipation relation at one SGD step.
 
-    $O_L = \theta\cdot(\nabla f + \lambda\theta)$ and
-    $O_R = \frac{\eta}{2}\frac{1+\mu}{1-d}\lvert v\rvert^2$, with ``velocity`` the momentum buffer
-    *before* the step (PyTorch convention ``v <- mu v + (1 - d) g``, ``theta <- theta - eta v``,
-    ``g`` including the weight decay). In a stationary state $\mathbb E\,O_L = \mathbb E\,O_R$.
+    ``O_L = theta . (grad f + lambda theta)`` and ``O_R = (eta/2) (1 + mu)/(1 - d) |v|^2``, with
+    ``v = velocity`` the momentum buffer *before* the step (PyTorch convention
+    ``v <- mu v + (1 - d) g``, ``theta <- theta - eta v``, ``g`` including the weight decay). Dot
+    products run over all leaves. In a stationary state ``E[O_L] = E[O_R]``.
 
     Args:
-        params, grads, velocity: pytrees of the same structure; ``grads`` is the (minibatch) loss
-            gradient *without* weight decay.
-        learning_rate, momentum, dampening, weight_decay: $\eta$, $\mu$, $d$, $\lambda$.
+        params: the parameters ``theta`` (a pytree).
+        grads: the (minibatch) loss gradient at ``params``, *without* weight decay; same structure.
+        velocity: the momentum buffer before the step; same structure.
+        learning_rate: ``eta``.
+        momentum: ``mu``.
+        dampening: ``d``.
+        weight_decay: ``lambda``.
 
     Returns:
         ``(O_L, O_R)``, two scalars.
@@ -50,39 +55,54 @@ def fdr_observables(params, grads, velocity, *, learning_rate, momentum=0.0, dam
     return o_l, o_r
 
 
+_MARKS = 1024  # half-window marks kept: the half-running averages are exact up to 1024 windows after a restart
+
+
 class FDRMonitorState(NamedTuple):
-    r"""State of :func:`fdr_monitor` (every field a JAX array, so it can be jitted and scanned).
+    """State of :func:`fdr_monitor` (every field a JAX array, so it can be jitted and scanned).
 
     Attributes:
         count: steps taken in all.
-        window_step: steps taken in the current window.
-        velocity: the monitor's copy of the momentum buffer.
-        sum_ol, sum_or: sums of $O_L$, $O_R$ over the second half of the current window so far.
-        ratio: the running ratio $\langle O_L\rangle/\langle O_R\rangle$ over the second half of the
-            current window (``nan`` until the first second half starts; kept from the last window
-            during the first half of the next).
-        last_ol, last_or: $O_L$ and $O_R$ of the latest step.
+        since_restart: steps since the averages restarted (at the start, after a cut of
+            :func:`fdr_sgd`, or when the monitor's learning rate changed).
+        learning_rate: the learning rate of the latest step.
+        velocity: the momentum buffer (the monitor's own copy for :func:`fdr_monitor`).
+        sum_ol: the sum of ``O_L`` since the restart.
+        sum_or: the sum of ``O_R`` since the restart.
+        marks_ol: ``sum_ol`` after ``floor(j * window / 2)`` steps, ``j = 0, 1, ...`` (a ring buffer
+            of 1024 marks), from which the half-running averages are read.
+        marks_or: the same for ``sum_or``.
+        ratio: the half-running ratio ``<O_L>/<O_R>`` at the latest check,
+            the averages taken over the second half of all steps since the restart (``nan`` before
+            the first check).
+        last_ol: ``O_L`` of the latest step.
+        last_or: ``O_R`` of the latest step.
     """
 
     count: jax.Array
-    window_step: jax.Array
+    since_restart: jax.Array
+    learning_rate: jax.Array
     velocity: Any
     sum_ol: jax.Array
     sum_or: jax.Array
+    marks_ol: jax.Array
+    marks_or: jax.Array
     ratio: jax.Array
     last_ol: jax.Array
     last_or: jax.Array
 
 
 class FDRSGDState(NamedTuple):
-    r"""State of :func:`fdr_sgd`.
+    """State of :func:`fdr_sgd`.
 
     Attributes:
-        learning_rate: the current learning rate $\eta$.
-        ratio: the running ratio $\langle O_L\rangle/\langle O_R\rangle$ (see :class:`FDRMonitorState`).
+        learning_rate: the current learning rate.
+        ratio: the half-running ratio ``<O_L>/<O_R>`` at the latest check
+            (see :class:`FDRMonitorState`; ``nan`` before the first check).
         num_decays: how many times the learning rate was cut.
         decay_steps: the step counts (``count`` after the step) at which it was cut, ``-1`` beyond
-            ``num_decays`` (the schedule history; its length is ``history_size``).
+            ``num_decays`` (the schedule history; its length is ``history_size``, the last entry is
+            overwritten by further cuts).
         decay_ratios: the ratio that triggered each cut (``nan`` beyond ``num_decays``).
         monitor: the observables' bookkeeping (a :class:`FDRMonitorState`; its ``velocity`` is the
             optimiser's momentum buffer).
@@ -118,26 +138,43 @@ def _check_sgd(momentum, dampening, weight_decay, *, require_decay):
     return momentum, dampening, weight_decay
 
 
-def _monitor_init(params):
+def _monitor_init(params, learning_rate=jnp.nan):
     leaves = jax.tree_util.tree_leaves(params)
     dtype = jnp.result_type(*leaves) if leaves else jnp.float32
     zero = jnp.zeros((), dtype)
     return FDRMonitorState(
         count=jnp.zeros((), jnp.int32),
-        window_step=jnp.zeros((), jnp.int32),
+        since_restart=jnp.zeros((), jnp.int32),
+        learning_rate=jnp.asarray(learning_rate, dtype),
         velocity=jax.tree_util.tree_map(jnp.zeros_like, params),
         sum_ol=zero,
         sum_or=zero,
+        marks_ol=jnp.zeros((_MARKS,), dtype),
+        marks_or=jnp.zeros((_MARKS,), dtype),
         ratio=jnp.full((), jnp.nan, dtype),
         last_ol=zero,
         last_or=zero,
     )
 
 
-def _monitor_step(state, grads, params, *, learning_rate, momentum, dampening, weight_decay, window):
-    """Observables of this step, the new momentum buffer and the window bookkeeping.
+def _restart(state, when):
+    """Forget the averages (not the momentum buffer) where ``when`` is true."""
+    zero = jnp.zeros_like(state.sum_ol)
+    return state._replace(
+        since_restart=jnp.where(when, 0, state.since_restart),
+        sum_ol=jnp.where(when, zero, state.sum_ol),
+        sum_or=jnp.where(when, zero, state.sum_or),
+        marks_ol=jnp.where(when, 0.0, state.marks_ol).astype(state.marks_ol.dtype),
+        marks_or=jnp.where(when, 0.0, state.marks_or).astype(state.marks_or.dtype),
+    )
 
-    Returns the new state and ``at_check`` (True when this step completes a window).
+
+def _monitor_step(state, grads, params, *, learning_rate, momentum, dampening, weight_decay, window):
+    """Observables of this step, the new momentum buffer and the half-running averages.
+
+    Every ``window`` steps after a restart (``t = k window``) the ratio of the sums of O_L and O_R
+    over steps ``floor(t/2) + 1 .. t`` is stored in ``ratio``, as in Yaida's reference scheduler.
+    Returns the new state and ``at_check`` (True when this step was a check).
     """
     if params is None:
         raise ValueError("params: the FDR observables need the parameters; call update(grads, state, params)")
@@ -148,21 +185,30 @@ def _monitor_step(state, grads, params, *, learning_rate, momentum, dampening, w
     velocity = jax.tree_util.tree_map(
         lambda v, g, p: momentum * v + (1.0 - dampening) * (g + weight_decay * p), state.velocity, grads, params
     )
-    in_second_half = state.window_step >= window // 2
-    sum_ol = state.sum_ol + jnp.where(in_second_half, o_l, 0.0)
-    sum_or = state.sum_or + jnp.where(in_second_half, o_r, 0.0)
-    ratio = jnp.where(in_second_half, sum_ol / sum_or, state.ratio)
-    window_step = state.window_step + 1
-    at_check = window_step == window
+    dtype = state.sum_ol.dtype
+    sum_ol, sum_or = (state.sum_ol + o_l).astype(dtype), (state.sum_or + o_r).astype(dtype)
+    t = state.since_restart + 1
+    j = (2 * t + window - 1) // window  # the mark at floor(j window / 2) steps, if that is now
+    is_mark = (j * window) // 2 == t
+    slot = j % _MARKS
+    marks_ol = jnp.where(is_mark, state.marks_ol.at[slot].set(sum_ol), state.marks_ol)
+    marks_or = jnp.where(is_mark, state.marks_or.at[slot].set(sum_or), state.marks_or)
+    at_check = t % window == 0
+    k = t // window
+    first = jnp.maximum(k, 2 * k - _MARKS + 1) % _MARKS  # the mark at floor(t/2) (or the oldest kept)
+    ratio = jnp.where(at_check, (sum_ol - marks_ol[first]) / (sum_or - marks_or[first]), state.ratio)
     new = FDRMonitorState(
         count=state.count + 1,
-        window_step=jnp.where(at_check, 0, window_step),
+        since_restart=t,
+        learning_rate=jnp.asarray(learning_rate, dtype),
         velocity=velocity,
-        sum_ol=jnp.where(at_check, 0.0, sum_ol).astype(state.sum_ol.dtype),
-        sum_or=jnp.where(at_check, 0.0, sum_or).astype(state.sum_or.dtype),
-        ratio=ratio.astype(state.ratio.dtype),
-        last_ol=jnp.asarray(o_l, state.last_ol.dtype),
-        last_or=jnp.asarray(o_r, state.last_or.dtype),
+        sum_ol=sum_ol,
+        sum_or=sum_or,
+        marks_ol=marks_ol,
+        marks_or=marks_or,
+        ratio=ratio.astype(dtype),
+        last_ol=jnp.asarray(o_l, dtype),
+        last_or=jnp.asarray(o_r, dtype),
     )
     return new, at_check
 
@@ -177,20 +223,23 @@ def fdr_monitor(
     learning_rate: float | Callable, *, momentum: float = 0.0, dampening: float = 0.0,
     weight_decay: float = 0.0, window: int = 1000,
 ):
-    r"""An optax transformation that passes gradients through unchanged and measures the FDR.
+    """An optax transformation that passes gradients through unchanged and measures the FDR.
 
     For users who keep their own optimiser: put it first in the chain, with the hyperparameters of
     that optimiser, e.g. ``optax.chain(fdr_monitor(eta, momentum=mu, weight_decay=lam),
     optax.add_decayed_weights(lam), optax.sgd(eta, momentum=mu))`` (optax's ``sgd`` is PyTorch's
     with ``dampening = 0``). It keeps its own copy of the momentum buffer built from the gradients
-    it sees, computes $O_L$ and $O_R$ (:func:`fdr_observables`) every step, and exposes the ratio
-    $\langle O_L\rangle/\langle O_R\rangle$ over the second half of each ``window`` steps in its
-    state (:class:`FDRMonitorState`). It never changes the updates.
+    it sees, computes ``O_L`` and ``O_R`` (:func:`fdr_observables`) every step and, every ``window``
+    steps, the half-running ratio ``<O_L>/<O_R>`` as :func:`fdr_sgd` does
+    (:class:`FDRMonitorState`). The averages restart whenever the learning rate changes, so it
+    suits constant or piecewise-constant schedules. It never changes the updates; a ratio near 1
+    says SGD has reached its stationary state at the current learning rate.
 
     Args:
-        learning_rate: $\eta$, a float or an optax schedule ``count -> eta``.
-        momentum, dampening: $\mu \in [0, 1)$, $d \in [0, 1)$.
-        weight_decay: $\lambda \ge 0$ (the relation needs a stationary state; see :func:`fdr_sgd`).
+        learning_rate: ``eta``, a float or an optax schedule ``count -> eta``.
+        momentum: ``mu`` in [0, 1).
+        dampening: ``d`` in [0, 1).
+        weight_decay: ``lambda >= 0`` (the relation needs a stationary state; see :func:`fdr_sgd`).
         window: steps per window (>= 2).
     """
     momentum, dampening, weight_decay = _check_sgd(momentum, dampening, weight_decay, require_decay=False)
@@ -199,45 +248,52 @@ def fdr_monitor(
     if schedule is None:
         learning_rate = positive_float(learning_rate, "learning_rate")
 
+    def init(params):
+        return _monitor_init(params, schedule(0) if schedule is not None else learning_rate)
+
     def update(grads, state, params=None):
         eta = schedule(state.count) if schedule is not None else learning_rate
+        state = _restart(state, jnp.asarray(eta, state.learning_rate.dtype) != state.learning_rate)
         new, _ = _monitor_step(
             state, grads, params, learning_rate=eta, momentum=momentum, dampening=dampening,
             weight_decay=weight_decay, window=window,
         )
         return grads, new
 
-    return _gradient_transformation(_monitor_init, update)
+    return _gradient_transformation(init, update)
 
 
 def fdr_sgd(
     learning_rate: float, *, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 1e-3,
     window: int = 1000, tolerance: float = 0.01, decay: float = 0.9, history_size: int = 32,
 ):
-    r"""SGD (PyTorch conventions) whose learning rate is cut when the FDR says it is stationary.
+    """SGD (PyTorch conventions) whose learning rate is cut when the FDR says it is stationary.
 
     The update is ``v <- mu v + (1 - d)(grad + lambda theta)``, ``theta <- theta - eta v`` (the
     transformation returns ``-eta v``; pass ``params`` to ``update``). Every ``window`` steps the
-    averages of $O_L$ and $O_R$ (:func:`fdr_observables`) over the window's second half are
-    compared; if $\lvert\langle O_L\rangle/\langle O_R\rangle - 1\rvert <$ ``tolerance`` the
-    learning rate is multiplied by ``1 - decay`` and a new window starts (otherwise a new window
-    starts at the same learning rate). As in Yaida's ``FDR_quencher``, but each window is judged
-    on its own second half (constant memory, jit- and scan-friendly) instead of the second half of
-    all steps since the last cut.
+    averages of ``O_L`` and ``O_R`` (:func:`fdr_observables`) over the second half of all steps
+    since the last cut are compared (Yaida's half-running averages: at ``t`` steps after the cut,
+    steps ``floor(t/2) + 1 .. t``). If ``|<O_L>/<O_R> - 1| < tolerance`` the learning rate is
+    multiplied by ``1 - decay`` and the averages restart (a new window); otherwise the averaging
+    span keeps growing, so the ratio gets more precise the longer SGD stays at one learning rate.
+    Memory is constant (1024 half-window marks: exact up to 1024 windows after a cut, the latest
+    1023 half-windows beyond); ``update`` is jit- and scan-friendly.
 
-    Weight decay must be positive: the relation only holds in a stationary state, and without
-    weight decay SGD noise makes the parameters diffuse without bound along flat directions of the
-    loss (e.g. the weight scale of ReLU or normalised layers), so $\lvert\theta\rvert^2$ keeps
-    growing and the ratio never settles at 1.
+    Weight decay must be positive: the relation holds only in a stationary state, and without
+    weight decay there often is none. Cross-entropy on separable data has no minimum at finite
+    weights, so ``|theta|`` grows for ever; along scale-invariant directions (normalised layers)
+    ``theta . grad f = 0``, so ``|theta_{t+1}|^2 = |theta_t|^2 + eta^2 |v_{t+1}|^2`` grows every
+    step while ``O_L = 0 < O_R``. Weight decay confines ``theta`` and makes equilibrium reachable,
+    in about ``(1 - mu) / (eta (1 - d) lambda)`` steps along directions it alone confines.
 
     Args:
-        learning_rate: the initial $\eta > 0$.
-        momentum: $\mu \in [0, 1)$.
-        dampening: $d \in [0, 1)$.
-        weight_decay: $\lambda > 0$.
+        learning_rate: the initial ``eta > 0``.
+        momentum: ``mu`` in [0, 1).
+        dampening: ``d`` in [0, 1).
+        weight_decay: ``lambda > 0``.
         window: steps between checks (>= 2).
         tolerance: cut when the ratio is within this of 1 (> 0).
-        decay: the cut multiplies $\eta$ by ``1 - decay``; in (0, 1).
+        decay: the cut multiplies ``eta`` by ``1 - decay``; in (0, 1).
         history_size: how many cuts ``decay_steps`` records.
 
     Returns:
@@ -254,7 +310,7 @@ def fdr_sgd(
         raise ValueError(f"history_size: must be a positive integer, got {history_size!r}")
 
     def init(params):
-        monitor = _monitor_init(params)
+        monitor = _monitor_init(params, learning_rate)
         dtype = monitor.ratio.dtype
         return FDRSGDState(
             learning_rate=jnp.asarray(learning_rate, dtype),
@@ -273,6 +329,7 @@ def fdr_sgd(
         )
         updates = jax.tree_util.tree_map(lambda v: (-eta * v).astype(v.dtype), monitor.velocity)
         fire = at_check & (jnp.abs(monitor.ratio - 1.0) < tolerance)
+        monitor = _restart(monitor, fire)
         slot = jnp.minimum(state.num_decays, history_size - 1)
         new = FDRSGDState(
             learning_rate=jnp.where(fire, eta * (1.0 - decay), eta).astype(eta.dtype),

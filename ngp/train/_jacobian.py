@@ -57,26 +57,24 @@ def _outputs_and_penalty(apply_fn, params, x, key, num_projections):
 def jacobian_penalty(
     apply_fn: Callable, params, x, key=None, *, num_projections: int | None = 1
 ) -> jax.Array:
-    r"""Half the batch-mean squared Frobenius norm of the input-output Jacobian.
+    """Half the batch-mean squared Frobenius norm of the input-output Jacobian.
 
-    Returns $R = \frac{1}{2B}\sum_b \lVert J_b\rVert_F^2$ with $J_b = \partial f(x_b)/\partial x_b$
-    of shape ``(C, D)``, ``C`` the number of outputs and ``D`` the input size per example. With
-    ``lambda_JR * R`` added to the loss this is the paper's penalty
-    $\frac{\lambda_{JR}}{2}\lVert J\rVert_F^2$ averaged over the batch (Hoffman, Roberts & Yaida 2019,
-    eq. 4 and Algorithm 1; the reference code's ``JacobianReg(n=num_projections)``).
+    Returns ``R = 1/(2B) sum_b ||J_b||_F^2`` with ``J_b = d f(x_b) / d x_b`` of shape ``(C, D)``
+    (``C`` outputs, ``D`` input entries per example). ``loss + lambda_JR * R`` is the joint loss of
+    Hoffman, Roberts & Yaida (2019), ``L + lambda_JR/2 ||J||_F^2`` averaged over the batch; the
+    reference code's ``JacobianReg(n=num_projections)`` returns the same ``R``.
 
-    The norm is estimated with random projections: for each example and each of the
-    ``num_projections`` draws, ``v_b`` is uniform on the unit sphere of $\mathbb R^C$ and
-    $C\,\lVert v_b^\top J_b\rVert^2$ is an unbiased estimate of $\lVert J_b\rVert_F^2$ (since
-    $\mathbb E\,v v^\top = I/C$), with variance $2\,(C\operatorname{tr}A^2 - (\operatorname{tr}A)^2)/(C+2)$,
-    $A = J_b J_b^\top$, per draw. For ``C = 1`` it is exact. ``num_projections=None`` sums
-    $\lVert e_c^\top J_b\rVert^2$ over the ``C`` output directions instead (exact, ``C`` VJPs).
-    Only vector-Jacobian products of the batched function are used, never full Jacobians.
+    Estimator: for each example and each of the ``num_projections`` draws, ``v_b`` is uniform on
+    the unit sphere of ``R^C`` and ``C ||v_b^T J_b||^2`` is an unbiased estimate of ``||J_b||_F^2``
+    (``E v v^T = I/C``) with variance ``2 (C tr A^2 - (tr A)^2) / (C + 2)``, ``A = J_b J_b^T``; for
+    ``C = 1`` it is exact. ``num_projections=None`` sums ``||e_c^T J_b||^2`` over the ``C`` output
+    directions instead (exact; ``C`` VJPs, vectorised). Only vector-Jacobian products of the
+    batched function are used, never full Jacobians.
 
     Args:
-        apply_fn: ``apply_fn(params, x) -> outputs`` of shape ``(B, C)`` (or ``(B, ...)``, flattened to
-            ``C`` outputs). Examples must not interact (no batch statistics): the VJP of the batch
-            with per-example cotangents must give each example's own ``v_b^T J_b``.
+        apply_fn: ``apply_fn(params, x) -> outputs`` of shape ``(B, C)`` (or ``(B, ...)``, flattened
+            to ``C`` outputs). Examples must not interact (no batch statistics), so that the VJP of
+            the batch with per-example cotangents gives each example's own ``v_b^T J_b``.
         params: the network parameters (any pytree); the penalty is differentiable in them.
         x: inputs of shape ``(B, ...)``.
         key: a ``jax.random`` key (needed unless ``num_projections=None``).
@@ -91,13 +89,13 @@ def jacobian_penalty(
 def jacobian_regularized(
     loss_fn: Callable, apply_fn: Callable, *, lambda_jr: float, num_projections: int | None = 1
 ) -> Callable:
-    r"""Wrap a loss as ``loss + lambda_jr * jacobian_penalty`` (one forward pass for both).
+    """Wrap a loss as ``loss + lambda_jr * jacobian_penalty`` (one forward pass for both).
 
     Args:
         loss_fn: ``loss_fn(outputs, y) -> scalar``, e.g. a batch-mean cross-entropy.
         apply_fn: ``apply_fn(params, x) -> outputs`` of shape ``(B, C)``.
-        lambda_jr: the paper's $\lambda_{JR} \ge 0$; the total is
-            $L + \frac{\lambda_{JR}}{2}\frac{1}{B}\sum_b \lVert J_b\rVert_F^2$.
+        lambda_jr: the paper's ``lambda_JR >= 0``; the total is
+            ``loss + lambda_JR/2 * (1/B) sum_b ||J_b||_F^2``.
         num_projections: as in :func:`jacobian_penalty`.
 
     Returns:
