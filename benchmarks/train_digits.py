@@ -14,7 +14,8 @@ cross-entropy, minibatch SGD with learning rate 0.05, momentum 0.9, batch 32, we
 2. FDR scheduler: ``ngp.train.fdr_sgd`` with the same initial learning rate, momentum and weight
    decay and its default window, tolerance and decay (1000 steps, 0.01, 0.9), against SGD with a
    hand-tuned step schedule (two 10x cuts; the milestones picked among a grid by validation
-   accuracy on a held-out quarter of the training set, 2 seeds), the same number of steps.
+   accuracy on a held-out quarter of the training set, 2 seeds), the same number of steps; and,
+   as a control for how much the schedule matters here, SGD at the constant initial rate.
 
 Usage: python benchmarks/train_digits.py [--quick] [--seeds N]
 Writes benchmarks/results/train_digits.json (``--quick``: train_digits_quick.json).
@@ -165,11 +166,15 @@ def tune_milestones(steps, seeds):
 
 
 def git_commit():
+    """The checkout's commit and whether ngp/ or this script had uncommitted changes."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True, check=True).stdout.strip()
+
+        dirty = bool(git("status", "--porcelain", "--", "../ngp", os.path.basename(__file__)))
+        return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_changes": dirty}
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return {"commit": None, "uncommitted_changes": None}
 
 
 def main(argv=None) -> int:
@@ -189,7 +194,7 @@ def main(argv=None) -> int:
     milestones, tuning = ((0.5, 0.75), {}) if args.quick else tune_milestones(steps, seeds[:2])
     print(f"hand-tuned step schedule: x0.1 at {milestones} of the run (validation accuracy {tuning})")
 
-    runs = {"step": [], "fdr": [], **{f"jr_{lam:g}": [] for lam in lambdas}}
+    runs = {"step": [], "fdr": [], "constant": [], **{f"jr_{lam:g}": [] for lam in lambdas}}
     fdr_decays = []
     for s in seeds:
         runs["step"].append(evaluate(train(s, data, steps, sgd(step_schedule(steps, milestones)))[0], *data[2:]))
@@ -199,6 +204,8 @@ def main(argv=None) -> int:
         p, state, (lr_trace, ratio_trace) = train(
             s, data, steps, fdr_sgd(LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, window=window))
         runs["fdr"].append(evaluate(p, *data[2:]))
+        # control: no decay at all (how much does the schedule matter on this problem?)
+        runs["constant"].append(evaluate(train(s, data, steps, sgd(LR))[0], *data[2:]))
         k = int(state.num_decays)
         fdr_decays.append({"steps": state.decay_steps[:k].tolist(), "ratios": state.decay_ratios[:k].tolist(),
                            "ratio_at_checks": ratio_trace[window - 1::window].tolist()})
@@ -237,7 +244,7 @@ def main(argv=None) -> int:
     print("\ngoals:", json.dumps(goals, indent=1))
     out = {
         "machine": platform.platform(), "cpus": os.cpu_count(), "backend": jax.default_backend(),
-        "jax": jax.__version__, "optax": optax.__version__, "commit": git_commit(),
+        "jax": jax.__version__, "optax": optax.__version__, **git_commit(),
         "load_average": os.getloadavg(), "seconds": time.perf_counter() - t0,
         "config": {"sizes": SIZES, "steps": steps, "batch": BATCH, "lr": LR, "momentum": MOMENTUM,
                    "weight_decay": WEIGHT_DECAY, "noise_sigma": NOISE_SIGMA, "fgsm_eps": FGSM_EPS,

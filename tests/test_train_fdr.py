@@ -17,8 +17,6 @@ import scipy.linalg
 
 from ngp.train import fdr_monitor, fdr_observables, fdr_sgd
 
-from ._digits import load_digits_benchmark
-
 optax = pytest.importorskip("optax")
 
 
@@ -138,7 +136,7 @@ def test_does_not_fire_early_from_a_non_stationary_start():
     P = stationary_covariance(np.diag(H_DIAG), np.diag(S_DIAG), ETA, MU, DAMP, LAM)
     theta0 = 100 * np.sqrt(np.diag(P)[:N_DIM]) * rng.choice([-1.0, 1.0], N_DIM)  # far from the minimum
     window, tolerance, steps = 500, 0.02, 12_000
-    expected = expected_check_ratios(theta0, steps, window)
+    expected = expected_check_ratios(theta0, steps // 2, window)
     far = np.flatnonzero(np.abs(expected - 1) > 5 * tolerance)
     assert far[0] == 0 and len(far) >= 4 and np.all(np.diff(far) == 1)  # a transient of several windows
     state, _, _ = simulate(theta0, np.zeros(N_DIM), steps, window=window, tolerance=tolerance, seed=6)
@@ -153,6 +151,7 @@ def test_update_rule_is_pytorch_sgd_and_monitor_matches():
     eta, mu, d, lam = 0.1, 0.8, 0.3, 0.01
     opt = fdr_sgd(eta, momentum=mu, dampening=d, weight_decay=lam, window=2, tolerance=1e-9)
     state = opt.init(params)
+    opt_update = jax.jit(opt.update)
     theta = {k: np.asarray(v) for k, v in params.items()}
     vel = {k: np.zeros_like(v) for k, v in theta.items()}
     p = params
@@ -161,7 +160,7 @@ def test_update_rule_is_pytorch_sgd_and_monitor_matches():
         o_r = 0.5 * eta * (1 + mu) / (1 - d) * sum(np.sum(vel[k] ** 2) for k in theta)
         vel = {k: mu * vel[k] + (1 - d) * (np.asarray(g[k]) + lam * theta[k]) for k in theta}
         theta = {k: theta[k] - eta * vel[k] for k in theta}
-        updates, state = opt.update(g, state, p)
+        updates, state = opt_update(g, state, p)
         p = optax.apply_updates(p, updates)
         for k in theta:
             np.testing.assert_allclose(p[k], theta[k], rtol=1e-13)
@@ -173,11 +172,12 @@ def test_update_rule_is_pytorch_sgd_and_monitor_matches():
     monitored = optax.chain(fdr_monitor(eta, momentum=mu, weight_decay=lam, window=2), plain)
     ref = fdr_sgd(eta, momentum=mu, weight_decay=lam, window=2, tolerance=1e-9)
     s_plain, s_mon, s_ref = plain.init(params), monitored.init(params), ref.init(params)
+    plain_update, monitored_update, ref_update = jax.jit(plain.update), jax.jit(monitored.update), jax.jit(ref.update)
     p1 = p2 = p3 = params
     for g in grads_seq:
-        u1, s_plain = plain.update(g, s_plain, p1)
-        u2, s_mon = monitored.update(g, s_mon, p2)
-        u3, s_ref = ref.update(g, s_ref, p3)
+        u1, s_plain = plain_update(g, s_plain, p1)
+        u2, s_mon = monitored_update(g, s_mon, p2)
+        u3, s_ref = ref_update(g, s_ref, p3)
         for k in params:
             np.testing.assert_array_equal(u1[k], u2[k])
             np.testing.assert_allclose(u1[k], u3[k], rtol=1e-12)
@@ -288,16 +288,3 @@ def test_bad_arguments_name_the_argument():
 def test_import_ngp_does_not_import_optax():
     code = "import sys, ngp; ngp.train.jacobian_penalty; ngp.train.fdr_sgd; assert 'optax' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_digits_short_run_with_the_fdr_scheduler():
-    """CI-sized digits run (300 steps, window 100): it learns, and early training is far from stationary."""
-    pytest.importorskip("sklearn")
-    td = load_digits_benchmark()
-    data = td.load_split()
-    opt = fdr_sgd(td.LR, momentum=td.MOMENTUM, weight_decay=td.WEIGHT_DECAY, window=100)
-    params, state, (lr_trace, ratio_trace) = td.train(0, data, 300, opt)
-    assert float(td._accuracy(params, jnp.asarray(data[2]), jnp.asarray(data[3]))) > 0.9
-    at_checks = ratio_trace[99::100]
-    assert np.all(np.isfinite(at_checks)) and at_checks[0] > 1.5, at_checks  # O_L >> O_R while the loss falls
-    assert int(state.num_decays) == 0 and np.all(lr_trace == lr_trace[0])

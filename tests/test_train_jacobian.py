@@ -48,7 +48,7 @@ def setup(C, seed=0):
     return random_mlp(rng, [D_IN, HIDDEN, HIDDEN, C]), jnp.asarray(rng.normal(size=(BATCH, D_IN)))
 
 
-@pytest.mark.parametrize("C", [1, 3, 10, 100])
+@pytest.mark.parametrize("C", [1, 10, 100])
 def test_exact_mode_matches_jacfwd(C):
     params, x = setup(C)
     got = penalty(params, x, num_projections=None)
@@ -135,16 +135,19 @@ def test_bad_arguments_name_the_argument():
 
 
 def test_digits_short_run_lowers_the_jacobian_norm():
-    """CI-sized version of the digits benchmark (300 steps, one seed): only robust effects."""
+    """CI-sized version of benchmarks/train_digits.py (200 steps, one seed): only robust effects."""
     pytest.importorskip("sklearn")
     pytest.importorskip("optax")
     td = load_digits_benchmark()
-    data = td.load_split()
-    steps = 300
-    results = {}
+    X_train, y_train, X_test, y_test = td.load_split()
+    X_test, y_test = jnp.asarray(X_test), jnp.asarray(y_test)
+    steps = 200
+    acc, fgsm_acc, norm = {}, {}, {}
     for lam in (0.0, 0.1):
-        params = td.train(0, data, steps, td.sgd(td.step_schedule(steps, (0.5, 0.75))), lambda_jr=lam)[0]
-        results[lam] = td.evaluate(params, *data[2:])
-    assert results[0.0]["clean"] > 0.9 and results[0.1]["clean"] > 0.85, results
-    assert results[0.1]["jacobian_norm"] < 0.5 * results[0.0]["jacobian_norm"], results
-    assert results[0.1]["fgsm_0.1"] > results[0.0]["fgsm_0.1"], results
+        params = td.train(0, (X_train, y_train), steps, td.sgd(td.step_schedule(steps, (0.5, 0.75))), lambda_jr=lam)[0]
+        acc[lam] = float(td._accuracy(params, X_test, y_test))
+        fgsm_acc[lam] = float(td._accuracy(params, td._fgsm(params, X_test, y_test, 0.1), y_test))
+        norm[lam] = float(td._jacobian_norm(params, X_test))
+    assert acc[0.0] > 0.9 and acc[0.1] > 0.85, acc
+    assert norm[0.1] < 0.5 * norm[0.0], norm
+    assert fgsm_acc[0.1] > fgsm_acc[0.0], fgsm_acc
