@@ -13,6 +13,7 @@ Public API (conventions and formulas: ``docs/theory.md``):
 * :mod:`ngp.criticality` -- susceptibilities, critical points, universality classes.
 * :mod:`ngp.plot` -- figures (matplotlib imported lazily).
 * :mod:`ngp.reference` -- NUTS and importance-sampling reference posteriors.
+* :mod:`ngp.train` -- training-time tools: Jacobian regulariser, fluctuation-dissipation SGD (optax).
 * :func:`activation`, :class:`Activation`, :data:`ACTIVATIONS` -- activations.
 """
 
@@ -26,7 +27,7 @@ from ._prior import Layer, Prior
 from ._posterior import Conditioned, FiniteWidthPosterior, condition, posterior
 from ._model_selection import EvidenceGrid, evidence_grid
 from ._sampling import NetworkSamples, sample_networks
-from . import criticality, datasets, plot, reference
+from . import criticality, datasets, plot, reference, train
 
 #: Residual networks return an :class:`ngp.Prior` like every network (kept as an alias).
 ResPrior = Prior
@@ -63,5 +64,6 @@ __all__ = [
     "plot",
     "reference",
     "datasets",
+    "train",
     "__version__",
 ]
