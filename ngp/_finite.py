@@ -217,15 +217,44 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-@functools.partial(jax.checkpoint, static_argnums=(0, 1))  # reverse mode recomputes a chunk, never stores it
 def _product_chunk(fn, pattern, ix, K, nodes, weights):
     """``E[prod_j fn(z_j)^pattern_j]`` for a batch of index tuples ``ix`` (b, u)."""
     C = K[ix[:, :, None], ix[:, None, :]]  # (b, u, u)
-    w_, U = jnp.linalg.eigh(C)
-    R = U * jnp.sqrt(jnp.clip(w_, 0.0, None))[:, None, :]  # z = R x
-    z = jnp.einsum("qj,bij->bqi", nodes, R)
-    vals = jnp.prod(fn(z) ** jnp.asarray(pattern, dtype=z.dtype), axis=-1)
-    return vals @ weights
+    return _gaussian_product(fn, pattern)(C, nodes, weights)
+
+
+@functools.lru_cache(maxsize=256)
+def _gaussian_product(fn, pattern):
+    """``C -> E[prod_j fn(z_j)^pattern_j]``, ``z ~ N(0, C)`` (batched ``(b, u, u) -> (b,)``) by the rule
+    ``(nodes, weights)`` in the eigenbasis of ``C``; its derivative is Price's theorem,
+    ``dE/dC_ij = E[d_i d_j F] / 2`` (symmetric ``dC``), so singular and degenerate blocks have finite
+    derivatives (the eigen square root's derivative does not exist there)."""
+    pat = np.asarray(pattern)  # a constant (a JAX array created here would leak from the first trace)
+
+    def F(z):  # (u,) -> scalar
+        return jnp.prod(fn(z) ** pat.astype(z.dtype))
+
+    def nodes_of(C, nodes):
+        w_, U = jnp.linalg.eigh(C)
+        R = U * jnp.sqrt(jnp.clip(w_, 0.0, None))[:, None, :]  # z = R x
+        return jnp.einsum("qj,bij->bqi", nodes, R)
+
+    @jax.custom_jvp
+    def expect(C, nodes, weights):
+        z = nodes_of(C, nodes)
+        return jnp.prod(fn(z) ** pat.astype(z.dtype), axis=-1) @ weights
+
+    @expect.defjvp
+    def expect_jvp(primals, tangents):
+        C, nodes, weights = primals
+        dC = tangents[0]
+        z = nodes_of(C, nodes)
+        out = jnp.prod(fn(z) ** pat.astype(z.dtype), axis=-1) @ weights
+        hess = jax.vmap(jax.vmap(jax.hessian(F)))(z)  # (b, q, u, u)
+        Edd = jnp.einsum("bqij,q->bij", hess, weights)
+        return out, 0.5 * jnp.einsum("bij,bij->b", Edd, dC)
+
+    return expect
 
 
 def four_point_values(act: Activation, K, ms: np.ndarray, *, method: str = "auto",
