@@ -62,7 +62,7 @@ class DenseMap:
         C_W: weight variance (times fan-in) of the dense step.
         ratio: ``n_in / n_prev``: width of the previous layer over the width feeding it (``None``
             when the previous layer is exactly Gaussian).
-        options: quadrature options (``method``, ``terms``, ``nodes``, ``four_point_order``).
+        options: quadrature options (``method``, ``terms``, ``nodes``, ``four_point_order``, ``four_point_rtol``).
     """
 
     def __init__(self, act: Activation, K_in, E2, C_W: float, ratio, pairs: Pairs, options: dict):
@@ -79,7 +79,7 @@ class DenseMap:
     @functools.cached_property
     def table(self) -> FourPointTable:
         """Four-point values ``<f f f f>_{K_in}`` of this layer, computed once per multiset."""
-        fopts = {k: v for k, v in self.options.items() if k in ("method", "four_point_order")}
+        fopts = {k: v for k, v in self.options.items() if k in ("method", "four_point_order", "four_point_rtol")}
         return FourPointTable(self.act, self.K_in, **fopts)
 
     def fresh(self, quads):

@@ -40,6 +40,7 @@ __all__ = [
     "fresh_components",
     "FourPointTable",
     "multisets",
+    "packed_positions",
     "propagate",
     "FOUR_POINT_ORDERS",
 ]
@@ -258,24 +259,45 @@ def _gaussian_product(fn, pattern):
 
 
 def four_point_values(act: Activation, K, ms: np.ndarray, *, method: str = "auto",
-                      four_point_order: int | None = None) -> np.ndarray:
+                      four_point_order: int | None = None, four_point_rtol: float | None = None,
+                      errors: bool = False):
     """``<s_a s_b s_c s_d>_K`` for every row ``(a, b, c, d)`` of ``ms`` (``(M, 4)``, sorted rows).
 
-    Closed form where the activation declares one (``Activation.four_point``; linear, sin),
-    otherwise Gauss-Hermite in the span of the distinct inputs (:data:`FOUR_POINT_ORDERS`).
+    Rules (``docs/theory.md``, "Gaussian expectations"; details in ``docs/four-point.md``):
+
+    * a closed form where the activation declares one (``Activation.four_point``; linear, sin);
+    * otherwise, on concrete kernels, :func:`ngp._fourpoint.multiset_expectations`: the exact
+      orthant rule for the relu family, an anisotropic Gauss-Hermite rule with an error estimate
+      for smooth activations (relative tolerance ``four_point_rtol``, default
+      :data:`ngp._fourpoint.RTOL`);
+    * under a JAX trace (``jax.grad``/``jax.jacfwd`` of ``ngp.log_evidence``), or when
+      ``four_point_order`` is given, the pruned tensor Gauss-Hermite rule of jnp with its Price's-theorem
+      derivative (:data:`FOUR_POINT_ORDERS`).
+
+    Returns the values ``(M,)`` (a JAX array); with ``errors=True`` also ``(M,)`` estimates of their
+    absolute numerical errors (0 for closed forms, NaN for the fixed-order rule, which has none).
     """
     ms = np.asarray(ms, dtype=np.int64).reshape(-1, 4)
     if ms.shape[0] == 0:
-        return jnp.zeros(0)
+        return (jnp.zeros(0), np.zeros(0)) if errors else jnp.zeros(0)
     if method in ("auto", "closed") and act.four_point is not None:
         K = jnp.asarray(K)
         C = K[ms[:, :, None], ms[:, None, :]]
-        return act.four_point(C)
+        vals = act.four_point(C)
+        return (vals, np.zeros(ms.shape[0])) if errors else vals
+    if four_point_order is None and not isinstance(K, jax.core.Tracer):
+        from ._fourpoint import RTOL, multiset_expectations
+
+        rtol = RTOL if four_point_rtol is None else float(four_point_rtol)
+        vals, errs = multiset_expectations(act, np.asarray(K, dtype=float), ms, rtol=rtol)
+        vals = jnp.asarray(vals)
+        return (vals, errs) if errors else vals
     orders = dict(FOUR_POINT_ORDERS)
     if four_point_order is not None:
         orders[4] = int(four_point_order)
         orders[3] = int(np.ceil(1.6 * int(four_point_order)))  # same ratio as the defaults (64 / 40)
-    return _product_expectations(act, K, ms, orders)
+    vals = _product_expectations(act, K, ms, orders)
+    return (vals, np.full(ms.shape[0], np.nan)) if errors else vals
 
 
 class FourPointTable:
@@ -284,7 +306,7 @@ class FourPointTable:
     Args:
         act: the activation ``s``.
         K: ``(N, N)`` kernel.
-        **options: ``method``, ``four_point_order`` (see :func:`four_point_values`).
+        **options: ``method``, ``four_point_order``, ``four_point_rtol`` (see :func:`four_point_values`).
     """
 
     def __init__(self, act: Activation, K, **options):
@@ -292,9 +314,9 @@ class FourPointTable:
         self.N = K.shape[0]
         self._codes = np.zeros(0, dtype=np.int64)
         self._vals = np.zeros(0)
+        self._errs = np.zeros(0)
 
-    def __call__(self, ms_sorted):
-        """Values for sorted rows ``(M, 4)`` (a JAX array; differentiable in the kernel)."""
+    def _lookup(self, ms_sorted):
         ms_sorted = np.asarray(ms_sorted, dtype=np.int64).reshape(-1, 4)
         codes = multiset_code(ms_sorted, self.N)
         uniq, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
@@ -304,16 +326,31 @@ class FourPointTable:
             known = self._codes[np.minimum(pos, self._codes.size - 1)] == uniq
         new = np.nonzero(~known)[0]
         vals = jnp.zeros(uniq.size, dtype=jnp.result_type(float))
+        errs = np.zeros(uniq.size)
         if np.any(known):
             vals = vals.at[np.nonzero(known)[0]].set(self._vals[pos[known]])
+            errs[known] = self._errs[pos[known]]
         if new.size:
-            fresh = jnp.asarray(four_point_values(self.act, self.K, ms_sorted[first[new]], **self.options))
+            fresh, ferr = four_point_values(self.act, self.K, ms_sorted[first[new]], errors=True, **self.options)
+            fresh = jnp.asarray(fresh)
             vals = vals.at[new].set(fresh)
+            errs[new] = ferr
             codes_all = np.concatenate([self._codes, uniq[new]])
             order = np.argsort(codes_all, kind="stable")
             self._codes = codes_all[order]
             self._vals = jnp.concatenate([jnp.asarray(self._vals), fresh])[order]
-        return vals[inverse.reshape(-1)]
+            self._errs = np.concatenate([self._errs, np.asarray(ferr, dtype=float)])[order]
+        inverse = inverse.reshape(-1)
+        return vals[inverse], errs[inverse]
+
+    def __call__(self, ms_sorted):
+        """Values for sorted rows ``(M, 4)`` (a JAX array; differentiable in the kernel)."""
+        return self._lookup(ms_sorted)[0]
+
+    def errors(self, ms_sorted) -> np.ndarray:
+        """Estimated absolute numerical errors ``(M,)`` of the values for sorted rows ``(M, 4)``
+        (computing the values if needed; NaN where the rule gives no estimate)."""
+        return self._lookup(ms_sorted)[1]
 
 
 def fresh_components(table: FourPointTable, quads, E2, C_W: float) -> np.ndarray:
@@ -330,6 +367,15 @@ def fresh_components(table: FourPointTable, quads, E2, C_W: float) -> np.ndarray
     return C_W**2 * (E4 - E2[quads[:, 0], quads[:, 1]] * E2[quads[:, 2], quads[:, 3]])
 
 
+def packed_positions(pairs: Pairs) -> np.ndarray:
+    """``(P, P)`` positions in :func:`multisets` ``(N)`` of the multiset of every pair of pairs ``(p, q)``."""
+    N = pairs.N
+    pa, pb = pairs.a, pairs.b
+    quad = np.stack(np.broadcast_arrays(pa[:, None], pb[:, None], pa[None, :], pb[None, :]), axis=-1)
+    quad = np.sort(quad, axis=-1)
+    return np.searchsorted(multiset_code(multisets(N), N), multiset_code(quad, N))
+
+
 def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, E2=None, table=None, method: str = "auto",
                      four_point_order: int | None = None, **options):
     """``C_W^2 Cov_K(s_a s_b, s_c s_d)`` as a ``(P, P)`` matrix over all unordered pairs."""
@@ -338,13 +384,7 @@ def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, E2=None, t
     ms = multisets(N)
     if table is None:
         table = FourPointTable(act, K, method=method, four_point_order=four_point_order)
-    vals = table(ms)
-    # scatter multiset values to (p, q)
-    pa, pb = pairs.a, pairs.b
-    quad = np.stack(np.broadcast_arrays(pa[:, None], pb[:, None], pa[None, :], pb[None, :]), axis=-1)
-    quad = np.sort(quad, axis=-1)
-    pos = np.searchsorted(multiset_code(ms, N), multiset_code(quad, N))
-    T4 = vals[pos]
+    T4 = table(ms)[packed_positions(pairs)]
     if E2 is None:
         kopts = {k: v for k, v in options.items() if k in ("terms", "nodes", "quad_nodes")}
         E2 = two_point_matrix(act, K, method=method, **kopts)

@@ -13,7 +13,7 @@ import numpy as np
 
 from ._pairs import Pairs
 from ._steps import IDENTITY, Flow
-from ._validate import as_inputs, check_x64, count, memory_bytes, warn
+from ._validate import as_inputs, check_x64, count, memory_bytes, positive_float, warn
 
 __all__ = ["Prior", "Layer", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY", "PRIOR_OPTIONS"]
 
@@ -26,7 +26,7 @@ MAX_MEMORY = 4 * 1024**3
 
 KERNEL_OPTIONS = ("method", "terms", "nodes", "quad_nodes")
 #: Keyword options accepted by ``net.prior(X, **options)``.
-PRIOR_OPTIONS = KERNEL_OPTIONS + ("four_point_order", "max_memory", "warn")
+PRIOR_OPTIONS = KERNEL_OPTIONS + ("four_point_order", "four_point_rtol", "max_memory", "warn")
 
 
 def check_options(options: dict, where: str = "net.prior") -> dict:
@@ -39,6 +39,10 @@ def check_options(options: dict, where: str = "net.prior") -> dict:
         out["max_memory"] = memory_bytes(out["max_memory"], "max_memory")
     if out.get("four_point_order") is not None:
         out["four_point_order"] = count(out["four_point_order"], "four_point_order", minimum=2)
+    if out.get("four_point_rtol") is not None:
+        out["four_point_rtol"] = positive_float(out["four_point_rtol"], "four_point_rtol")
+        if not out["four_point_rtol"] < 1:
+            raise ValueError(f"four_point_rtol: expected a number in (0, 1), got {out['four_point_rtol']!r}")
     for name in ("terms", "nodes", "quad_nodes"):
         if out.get(name) is not None:
             out[name] = count(out[name], name, minimum=1)
@@ -95,6 +99,15 @@ class Layer:
     def V(self) -> np.ndarray:
         return np.asarray(self.pairs.unpack4(self.V_packed))
 
+    @functools.cached_property
+    def V_error(self) -> np.ndarray:
+        """``(N, N, N, N)`` estimated absolute numerical error of :attr:`V` (the four-point quadrature,
+        propagated through depth; ``docs/four-point.md``). NaN where ``four_point_order`` was given."""
+        from ._vertex_error import packed_vertex_error
+
+        self._prior._check_memory()
+        return np.asarray(self.pairs.unpack4(self._prior._expand_packed(packed_vertex_error(self._c))))
+
     @property
     def expansion_parameter(self) -> float:
         """``max |V_(ab)(cd)| / (n sqrt(K_aa K_bb K_cc K_dd))`` (0 for an exactly Gaussian layer)."""
@@ -119,6 +132,7 @@ class Prior:
         K: ``(N, N)`` output kernel ``K^(L)``.
         K1: ``(N, N)`` 1/n correction: ``E[z_i(x_a) z_j(x_b)] = delta_ij (K + K1/n)`` with
             ``n = net.n_last`` (computed on first access, ``O(N^2)`` per layer).
+        V_error: ``(N, N, N, N)`` estimated absolute numerical error of ``V``.
         V: ``(N, N, N, N)`` four-point vertex: the connected ``E[z_i1 z_i2 z_i3 z_i4]`` is
             ``(1/n) [d_i1i2 d_i3i4 V_(12)(34) + d_i1i3 d_i2i4 V_(13)(24) + d_i1i4 d_i2i3 V_(14)(23)]``.
         layers: per-layer :class:`Layer` objects (the flow of ``K``, ``K1``, ``V`` with depth).
@@ -129,8 +143,11 @@ class Prior:
             ``"mehler"``, ``"quadrature"`` (dense 2-D Gauss-Hermite) or ``"closed"``.
         terms, nodes: Mehler series length and 1-D quadrature size (default: automatic).
         quad_nodes: nodes per dimension of the 2-D rule for ``method="quadrature"``.
-        four_point_order: Gauss-Hermite nodes per dimension for the four-input
-            expectations behind ``V`` (default 40: ~1e-9 relative for tanh at K <~ 1; cost grows as its 4th power).
+        four_point_rtol: relative tolerance of the four-input expectations behind ``V`` (default 1e-9,
+            relative to ``prod_j <s(z_j)^4>^(1/4)``); exact rules for the relu family and closed forms.
+            The estimated error of ``V`` is :attr:`V_error` (``docs/four-point.md``).
+        four_point_order: instead of ``four_point_rtol``, the fixed pruned tensor Gauss-Hermite rule with
+            this many nodes per dimension (the previous default was 40; no error estimate).
         max_memory: bytes allowed for the dense ``V`` and its work arrays (default 4 GiB); above it a
             ``MemoryError`` states the estimate instead of exhausting memory.
         warn: warn when the 1/n expansion is not trustworthy (default True).
@@ -222,6 +239,8 @@ class Prior:
         return out
 
     def _check_quadrature(self) -> None:
+        if self.options.get("four_point_order") is None:
+            return  # the default rule adapts its orders to the variances and estimates its error (V_error)
         for i, c in enumerate(self._cumulants):
             m = getattr(c, "map", None)
             if m is None or m.act.four_point is not None or m.act.relu_slopes is not None:
@@ -254,6 +273,11 @@ class Prior:
     def V(self) -> np.ndarray:
         """``(N, N, N, N)`` output four-point vertex."""
         return self.layers[-1].V
+
+    @property
+    def V_error(self) -> np.ndarray:
+        """``(N, N, N, N)`` estimated absolute numerical error of :attr:`V` (see :attr:`Layer.V_error`)."""
+        return self.layers[-1].V_error
 
     @property
     def V_packed(self) -> np.ndarray:
