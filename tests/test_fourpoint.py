@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import ngp
-from ngp._finite import _multisets, _product_expectations
+from ngp._finite import _product_expectations, multisets
 from ngp._fourpoint import multiset_expectations, product_expectations
 from ngp._gaussian import gauss_hermite
 
@@ -190,7 +190,7 @@ def test_error_estimates_honest_and_not_absurd(rng):
 def test_adapter_reproduces_engine_rule_at_high_order():
     X = np.random.default_rng(0).normal(size=(4, 3))
     K = np.asarray(ngp.MLP(2, 4, activation="tanh", C_W=0.8, C_b=0.1).prior(X).kernels[0])
-    ms = _multisets(4)
+    ms = multisets(4)
     act = ngp.activation("tanh")
     ref = _product_expectations(act, jnp.asarray(K), ms, {1: 300, 2: 160, 3: 96, 4: 48})
     val, err = multiset_expectations(act, K, ms)
@@ -219,3 +219,39 @@ def test_bad_arguments():
         product_expectations(kinked, np.eye(2), (2, 2))
     with pytest.raises(ValueError, match="ms"):
         multiset_expectations(tanh, np.eye(3), np.zeros((2, 3), dtype=int))
+
+
+# ----------------------------------------------------------------------------- the engine's V
+def test_engine_relu_vertex_against_mpmath():
+    """Depth 2 relu network: V at the output is C_W^2 Cov(s s, s s) at the first kernel; every
+    four-input component against the 40-digit orthant evaluation (the old rule reached ~1e-5)."""
+    X = np.random.default_rng(3).normal(size=(4, 3))
+    C_W = 2.0
+    prior = ngp.MLP(3, 8, activation="relu", C_W=C_W, C_b=0.1).prior(X, warn=False)
+    K = np.asarray(prior.kernels[0])
+    with mp.workdps(40):
+        E4 = relu_family_product(as_dict(K), (1, 1, 1, 1))
+        E2 = {(a, b): relu_family_product(as_dict(K[np.ix_([a, b], [a, b])]), (1, 1)) for a, b in ((0, 1), (2, 3))}
+        ref = float(C_W**2 * (E4 - E2[0, 1] * E2[2, 3]))
+    V = prior.V[0, 1, 2, 3]
+    assert abs(V - ref) <= 1e-12 * abs(ref), (V, ref)
+    assert np.max(prior.V_error) <= 1e-12 * np.max(np.abs(prior.V))
+
+
+def test_engine_vertex_error_covers_actual_error():
+    """tanh depth 3 at variances up to ~3: V at the default tolerance against V at a 1000x tighter
+    one; the propagated estimate V_error bounds the difference, and is not absurdly pessimistic."""
+    X = np.random.default_rng(0).normal(size=(4, 3))
+    net = ngp.MLP(3, 16, activation="tanh", C_W=1.2, C_b=0.1)
+    prior = net.prior(X, warn=False)
+    tight = net.prior(X, warn=False, four_point_rtol=1e-12)
+    err = np.abs(prior.V - tight.V)
+    est = prior.V_error
+    assert np.all(err <= est + 1e-3 * tight.V_error.max() + 1e-15)
+    assert np.max(est) <= 1e-8 * np.max(np.abs(tight.V))
+    assert np.max(est) <= 1e3 * max(np.max(err), 1e-12 * np.max(np.abs(tight.V)))
+    # the explicit fixed-order rule carries no estimate
+    fixed = net.prior(X, warn=False, four_point_order=24)
+    assert np.all(np.isnan(fixed.V_error[0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="four_point_rtol"):
+        net.prior(X, four_point_rtol=2.0)

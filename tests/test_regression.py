@@ -15,6 +15,21 @@ import ngp
 
 DATA = pathlib.Path(__file__).parent / "data" / "regression_main_4f535f5.npz"
 RTOL = 1e-12
+#: Tolerance for the quantities that depend on the four-point values (K1, V, the expansion parameter,
+#: finite-width posteriors and evidences), which changed in issue 10: the release computed them with a
+#: fixed 40-node pruned tensor Gauss-Hermite rule whose own error was 1e-5 to 1e-4 (relative) for the relu
+#: family (against 40-digit mpmath: tests/test_fourpoint.py::test_engine_relu_vertex_against_mpmath,
+#: docs/four-point.md) and 1e-7 to 1e-5 for tanh/erf-like activations at variances up to ~3 (against a
+#: dense 110-node reference); the new rule is exact (relu family) or within its estimate (prior.V_error,
+#: ~1e-9). Measured deviations from the release: benchmarks/results/regression_four_point.json.
+#: K, the kernels and every Gaussian-process quantity stay at RTOL.
+V_RTOL_SMOOTH = 3e-5
+V_RTOL_RELU = 1e-3
+RELU_FAMILY = {"relu4", "leaky3", "relu_dup3", "post_relu"}
+
+
+def v_rtol(name):
+    return V_RTOL_RELU if name in RELU_FAMILY else V_RTOL_SMOOTH
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +82,13 @@ def test_prior_cumulants(name, ref, inputs):
     _close(prior.K, ref[f"{name}/K"], f"{name} K")
     for l, k in enumerate(prior.kernels):
         _close(k, ref[f"{name}/kernels{l}"], f"{name} kernel {l}")
-    _close(prior.K1, ref[f"{name}/K1"], f"{name} K1")
-    _close(prior.V, ref[f"{name}/V"], f"{name} V")
+    vt = v_rtol(name)
+    _close(prior.K1, ref[f"{name}/K1"], f"{name} K1", vt)
+    _close(prior.V, ref[f"{name}/V"], f"{name} V", vt)
     for lay in prior.layers:
-        _close(lay.K1, ref[f"{name}/layer{lay.index}/K1"], f"{name} layer {lay.index} K1")
-        _close(lay.V_packed, ref[f"{name}/layer{lay.index}/V_packed"], f"{name} layer {lay.index} V")
-    _close(prior.expansion_parameter, ref[f"{name}/eps"], f"{name} expansion parameter")
+        _close(lay.K1, ref[f"{name}/layer{lay.index}/K1"], f"{name} layer {lay.index} K1", vt)
+        _close(lay.V_packed, ref[f"{name}/layer{lay.index}/V_packed"], f"{name} layer {lay.index} V", vt)
+    _close(prior.expansion_parameter, ref[f"{name}/eps"], f"{name} expansion parameter", vt)
 
 
 POSTERIORS = {
@@ -88,11 +104,11 @@ def test_posterior(name, ref, inputs):
     make, noise = POSTERIORS[name]
     net = make()
     fw = ngp.posterior(net, inputs["XA"], inputs["YA"], inputs["XB"], noise=noise)
-    tol = RTOL
+    tol = v_rtol(name)
     for f in ("mean", "var", "cov"):
         _close(getattr(fw, f), ref[f"{name}/{f}"], f"{name} {f}", tol)
     _close(fw.log_evidence, ref[f"{name}/log_evidence"], f"{name} log evidence", tol)
-    _close(fw.expansion_parameter, ref[f"{name}/eps"], f"{name} expansion parameter")
+    _close(fw.expansion_parameter, ref[f"{name}/eps"], f"{name} expansion parameter", tol)
     _close(fw.gp.mean, ref[f"{name}/gp_mean"], f"{name} gp mean")
     _close(fw.gp.var, ref[f"{name}/gp_var"], f"{name} gp var")
     _close(fw.gp.log_evidence, ref[f"{name}/gp_log_evidence"], f"{name} gp evidence")
@@ -133,6 +149,6 @@ def test_conditional_samples_and_importance_sampling(ref, inputs):
 def test_evidence_grid(ref, inputs):
     g = ngp.evidence_grid(inputs["XA"], inputs["YA"], widths=[8, 32], depths=[2, 3], C_W=[1.0, 1.5], C_b=0.1,
                           noise=0.1)
-    _close([r["log_evidence"] for r in g.rows], ref["grid/logz"], "grid log evidence")
+    _close([r["log_evidence"] for r in g.rows], ref["grid/logz"], "grid log evidence", V_RTOL_SMOOTH)
     _close([r["log_evidence_gp"] for r in g.rows], ref["grid/logz_gp"], "grid GP log evidence")
-    _close([r["expansion_parameter"] for r in g.rows], ref["grid/eps"], "grid expansion parameter")
+    _close([r["expansion_parameter"] for r in g.rows], ref["grid/eps"], "grid expansion parameter", V_RTOL_SMOOTH)
