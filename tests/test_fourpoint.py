@@ -227,7 +227,7 @@ def test_engine_relu_vertex_against_mpmath():
     four-input component against the 40-digit orthant evaluation (the old rule reached ~1e-5)."""
     X = np.random.default_rng(3).normal(size=(4, 3))
     C_W = 2.0
-    prior = ngp.MLP(3, 8, activation="relu", C_W=C_W, C_b=0.1).prior(X, warn=False)
+    prior = ngp.MLP(2, 8, activation="relu", C_W=C_W, C_b=0.1).prior(X, warn=False)
     K = np.asarray(prior.kernels[0])
     with mp.workdps(40):
         E4 = relu_family_product(as_dict(K), (1, 1, 1, 1))
