@@ -7,7 +7,8 @@ Public API (conventions and formulas: ``docs/theory.md``):
 * :class:`MLP`, :class:`ResMLP` -- ready-made networks (thin constructors of step compositions).
 * :func:`gp_posterior` -- exact infinite-width (NNGP) regression.
 * :func:`condition` -- finite-width conditioning on training data; ``.predict(X_test)``.
-* :func:`posterior` -- finite-width regression to first order in 1/n (one call).
+* :func:`posterior` -- finite-width regression to first order in 1/n (one call); ``.validity`` (:class:`Validity`)
+  says whether its first-order terms are small enough to trust.
 * :func:`sample_networks` -- draws of actual random networks (brute-force checks).
 * :func:`evidence_grid` -- architecture choice by the finite-width evidence.
 * :mod:`ngp.criticality` -- susceptibilities, critical points, universality classes.
@@ -25,6 +26,7 @@ from ._mlp import MLP
 from ._resmlp import ResMLP
 from ._prior import Layer, Prior
 from ._posterior import Conditioned, FiniteWidthPosterior, condition, posterior
+from ._validity import Validity
 from ._model_selection import EvidenceGrid, evidence_grid
 from ._sampling import NetworkSamples, sample_networks
 from . import criticality, datasets, plot, reference, train
@@ -56,6 +58,7 @@ __all__ = [
     "Conditioned",
     "posterior",
     "FiniteWidthPosterior",
+    "Validity",
     "evidence_grid",
     "EvidenceGrid",
     "sample_networks",

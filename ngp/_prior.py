@@ -13,7 +13,7 @@ import numpy as np
 
 from ._pairs import Pairs
 from ._steps import IDENTITY, Flow
-from ._validate import as_inputs, check_x64, count, memory_bytes, warn
+from ._validate import as_inputs, count, float64, memory_bytes, warn
 
 __all__ = ["Prior", "Layer", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY", "PRIOR_OPTIONS"]
 
@@ -78,6 +78,7 @@ class Layer:
         return self._prior._expand(self._c.K)
 
     @functools.cached_property
+    @float64
     def K1(self) -> np.ndarray:
         return self._prior._expand(self._c.K1)
 
@@ -86,6 +87,7 @@ class Layer:
         return Pairs.of(self._prior.N)
 
     @functools.cached_property
+    @float64
     def V_packed(self) -> np.ndarray:
         self._prior._check_memory()
         Vp = self._c.vertex.packed()
@@ -96,17 +98,30 @@ class Layer:
         return np.asarray(self.pairs.unpack4(self.V_packed))
 
     @property
+    @float64
     def expansion_parameter(self) -> float:
         """``max |V_(ab)(cd)| / (n sqrt(K_aa K_bb K_cc K_dd))`` (0 for an exactly Gaussian layer)."""
         return self._c.expansion_parameter
 
     @property
     def vertex(self):
-        """The lazy vertex of this layer on the distinct inputs (``components``, ``local2``, ``packed``)."""
-        return self._c.vertex
+        """The lazy vertex of this layer on the distinct inputs (``components``, ``local2``, ``packed``;
+        each computed in float64 like every ngp result)."""
+        return _Float64Vertex(self._c.vertex)
 
     def __repr__(self) -> str:
         return f"Layer(index={self.index}, n={self.n}, N={self._prior.N})"
+
+
+class _Float64Vertex:
+    """A lazy vertex whose methods run in float64 (:func:`ngp._validate.float64`)."""
+
+    def __init__(self, vertex):
+        self._vertex = vertex
+
+    def __getattr__(self, name):
+        attr = getattr(self._vertex, name)
+        return float64(attr) if callable(attr) else attr
 
 
 class Prior:
@@ -136,9 +151,9 @@ class Prior:
         warn: warn when the 1/n expansion is not trustworthy (default True).
     """
 
+    @float64
     def __init__(self, net, X, **options):
         self.options = check_options(options)
-        check_x64("computing a prior")
         self.net = net
         self.X = as_inputs(X, "X", in_dim=getattr(net, "in_dim", None))
         # Work on distinct inputs only: duplicates give identical rows and would make the
@@ -213,6 +228,7 @@ class Prior:
             )
 
     @functools.cached_property
+    @float64
     def layers(self) -> tuple:
         """Per-layer :class:`Layer` objects on the original inputs (duplicates expanded)."""
         out = tuple(Layer(i + 1, c, self) for i, c in enumerate(self._cumulants))

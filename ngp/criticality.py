@@ -20,8 +20,12 @@ and ``(C_b, C_W)`` is *critical* when the fixed point ``K* = C_b + C_W g(K*)`` h
 Numerics. Every Gaussian average is a 1-D Gauss-Hermite rule in ``x = z / sqrt(K)`` with
 ``m = 160 K + 300`` nodes (rounded up to a fixed ladder, at most 20000): relative error
 ``~1e-12`` or better for tanh, erf, sigmoid, softplus, GELU and SWISH at ``K <= 100``
-(measured against adaptive ``scipy.integrate.quad``); beyond ``K ~ 123`` a warning says that
-digits are lost. ``chi_par`` and ``g''`` use the derivative-free Hermite forms
+(measured against adaptive ``scipy.integrate.quad``). Beyond ``K_ACCURATE ~ 123`` a fixed rule in
+``x`` cannot resolve the activation's unit scale (``|z| ~ 1``, i.e. ``|x| ~ 1/sqrt(K)``), so the
+averages switch to a composite Gauss-Legendre rule in ``z``: panels of width ``1/4`` near ``z = 0``
+growing geometrically (by ``1/4`` of ``|z|``) up to width 2 and covering ``|z| <= 10 sqrt(K)`` (relative
+error ~1e-12 against ``scipy.integrate.quad``, tests/test_reliability.py); variances above ``K_MAX``
+are refused. ``chi_par`` and ``g''`` use the derivative-free Hermite forms
 ``g' = <sigma^2 He_2(x)> / 2K`` and ``g'' = <sigma^2 He_4(x)> / 4K^2`` (they converge faster
 than the forms with ``sigma'``, and are right for kinked activations); ``chi_perp`` needs
 ``sigma'`` (autodiff). The scale-invariant family ``a_+ z Theta(z) + a_- z Theta(-z)``
@@ -45,7 +49,7 @@ from scipy.optimize import brentq
 
 from ._activations import Activation, activation as _make_activation
 from ._gaussian import gauss_hermite
-from ._validate import count, nonneg_float, positive_float, real, warn
+from ._validate import count, float64, nonneg_float, positive_float, real, warn
 
 __all__ = [
     "CLASSES",
@@ -71,6 +75,12 @@ _NODES_PER_K, _NODES_MIN = 160, 300
 _BATCH = 16
 #: Largest variance for which the rule still reaches ~1e-12 for tanh-like activations.
 K_ACCURATE = (_LADDER[-1] - _NODES_MIN) / _NODES_PER_K
+#: Largest variance accepted by the composite rule used above ``K_ACCURATE`` (its node count grows
+#: like ``sqrt(K)``: 1.6e5 nodes at ``K = 1e6``).
+K_MAX = 1e8
+#: Composite rule above ``K_ACCURATE``: Gauss-Legendre nodes per panel, smallest and largest panel
+#: width (in ``z``), geometric growth of the panel width with ``|z|``, and the range in standard deviations.
+_PANEL_NODES, _PANEL_MIN, _PANEL_MAX, _PANEL_GROWTH, _RANGE_SD = 16, 0.25, 2.0, 0.25, 10.0
 
 #: Default search range of the half-stable fixed point, and its log-spaced grid size.
 K_SEARCH = (1e-2, 100.0)
@@ -124,21 +134,72 @@ def _moment_core(act: Activation, m: int) -> Callable:
     """Pure ``K (B,) -> (g, g', g'', <sigma^4>, <sigma'^2>)``, each ``(B,)``, with ``m`` nodes."""
     x_np, w_np = _rule(m)
     x, w = jnp.asarray(x_np), jnp.asarray(w_np)
-    he2 = jnp.asarray(x_np * x_np - 1.0)
-    he4 = jnp.asarray(x_np**4 - 6.0 * x_np * x_np + 3.0)
-    d1 = act.derivative(1)
+    weighted = _weighted_moments(act)
 
     def moments(K):
-        z = jnp.sqrt(K)[:, None] * x
-        s2 = act.fn(z) ** 2
-        g = s2 @ w
-        g1 = (s2 * he2) @ w / (2.0 * K)
-        g2 = (s2 * he4) @ w / (4.0 * K * K)
-        s4 = (s2 * s2) @ w
-        sp2 = d1(z) ** 2 @ w
-        return g, g1, g2, s4, sp2
+        return weighted(K, jnp.broadcast_to(x, K.shape + x.shape), jnp.broadcast_to(w, K.shape + w.shape))
 
     return moments
+
+
+def _weighted_moments(act: Activation) -> Callable:
+    """Pure ``(K (B,), x (B, M), w (B, M)) -> (g, g', g'', <sigma^4>, <sigma'^2>)``: the averages over
+    ``z = sqrt(K) x`` with the rule ``(x, w)`` for the standard normal in ``x`` (per variance)."""
+    d1 = act.derivative(1)
+
+    def weighted(K, x, w):
+        z = jnp.sqrt(K)[:, None] * x
+        s2 = act.fn(z) ** 2
+        he2 = x * x - 1.0
+        he4 = x**4 - 6.0 * x * x + 3.0
+        g = jnp.sum(s2 * w, axis=1)
+        g1 = jnp.sum(s2 * he2 * w, axis=1) / (2.0 * K)
+        g2 = jnp.sum(s2 * he4 * w, axis=1) / (4.0 * K * K)
+        s4 = jnp.sum(s2 * s2 * w, axis=1)
+        sp2 = jnp.sum(d1(z) ** 2 * w, axis=1)
+        return g, g1, g2, s4, sp2
+
+    return weighted
+
+
+def _panel_edges(K: float) -> np.ndarray:
+    """Panel edges in ``z >= 0`` for the composite rule: width ``1/4`` near 0, growing by a quarter of
+    ``|z|`` up to width 2, to ``10 sqrt(K)``."""
+    end = _RANGE_SD * math.sqrt(K)
+    edges, z = [0.0], 0.0
+    while z < end:
+        z = min(end, z + min(_PANEL_MAX, max(_PANEL_MIN, _PANEL_GROWTH * z)))
+        edges.append(z)
+    return np.asarray(edges)
+
+
+def _composite_rule(K: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, w)``: nodes ``x = z / sqrt(K)`` and weights of ``E[f(z)]``, ``z ~ N(0, K)``, on panels in ``z``."""
+    t, tw = np.polynomial.legendre.leggauss(_PANEL_NODES)
+    e = _panel_edges(K)
+    lo, hi = e[:-1, None], e[1:, None]
+    z = (0.5 * (hi - lo) * t + 0.5 * (hi + lo)).ravel()
+    wz = (0.5 * (hi - lo) * tw).ravel() * np.exp(-0.5 * z * z / K) / math.sqrt(2.0 * math.pi * K)
+    z = np.concatenate([-z[::-1], z])
+    wz = np.concatenate([wz[::-1], wz])
+    return z / math.sqrt(K), wz
+
+
+@functools.lru_cache(maxsize=32)
+def _weighted_jit(keyed: "_Keyed") -> Callable:
+    return jax.jit(_weighted_moments(keyed.act))
+
+
+def _moments_composite(act: Activation, K: np.ndarray) -> tuple:
+    """The averages of :func:`_weighted_moments` at large variances ``K`` (1-D), one compiled shape per
+    power-of-two node count."""
+    rules = [_composite_rule(float(k)) for k in K]
+    M = 1 << int(np.ceil(np.log2(max(x.size for x, _ in rules))))
+    x = np.zeros((K.size, M))
+    w = np.zeros((K.size, M))
+    for i, (xi, wi) in enumerate(rules):
+        x[i, :xi.size], w[i, :wi.size] = xi, wi
+    return tuple(np.asarray(v) for v in _weighted_jit(_Keyed(act))(jnp.asarray(K), jnp.asarray(x), jnp.asarray(w)))
 
 
 class _Keyed:
@@ -200,17 +261,24 @@ def _moments(act: Activation, K: np.ndarray, *, nodes: int | None = None) -> dic
             "sp2": np.full_like(K, A2),
         }
     flat = K.reshape(-1)
-    if flat.size and float(np.max(flat)) > K_ACCURATE:
-        warn(
-            f"ngp.criticality: a variance reaches K = {float(np.max(flat)):.4g} > {K_ACCURATE:.0f}; the "
-            f"Gauss-Hermite rule is capped at {_LADDER[-1]} nodes and loses digits there.",
-        )
     keys = ("g", "g1", "g2", "s4", "sp2")
     out = {k: np.empty_like(flat) for k in keys}
+    large = flat > K_ACCURATE if nodes is None else np.zeros(flat.shape, dtype=bool)
+    if np.any(flat[large] > K_MAX):
+        raise ValueError(
+            f"K: variance {float(np.max(flat)):.4g} > {K_MAX:g}; Gaussian averages of {act.name!r} at such variances "
+            "need more than 1e6 quadrature nodes (the activation varies on the scale |z| ~ 1 of a Gaussian of "
+            "width sqrt(K)); use K <= 1e8"
+        )
+    for start in range(0, int(np.sum(large)), _BATCH):
+        part = np.nonzero(large)[0][start:start + _BATCH]
+        for key, v in zip(keys, _moments_composite(act, flat[part])):
+            out[key][part] = v
+    small = np.nonzero(~large)[0]
     # One rung for the whole array (the one its largest variance needs): one compilation.
-    m = int(nodes) if nodes is not None else (_nodes(float(np.max(flat))) if flat.size else _NODES_MIN)
-    if flat.size:
-        idx = np.arange(flat.size)
+    m = int(nodes) if nodes is not None else (_nodes(float(np.max(flat[small]))) if small.size else _NODES_MIN)
+    if small.size:
+        idx = small
         fn = _moment_fn(act, m)
         for start in range(0, len(idx), _BATCH):
             part = idx[start:start + _BATCH]
@@ -234,6 +302,7 @@ def _scalar_or_array(a: np.ndarray):
 
 
 # ----------------------------------------------------------------------------- susceptibilities
+@float64
 def susceptibilities(activation, K, *, C_W: float = 1.0, C_b: float = 0.0):
     """Parallel and perpendicular susceptibilities of one layer at kernel ``K`` (``docs/theory.md``, "Criticality").
 
@@ -257,6 +326,7 @@ def susceptibilities(activation, K, *, C_W: float = 1.0, C_b: float = 0.0):
     return _scalar_or_array(C_W * m["g1"]), _scalar_or_array(C_W * m["sp2"])
 
 
+@float64
 def residual_susceptibilities(activation, K, *, C_W: float = 1.0, C_b: float = 0.0, gamma: float, xi: float):
     """Susceptibilities of one residual block ``z' = gamma z + xi [b + W sigma(z)]`` (``docs/theory.md``, "Residual networks").
 
@@ -401,6 +471,7 @@ def _half_stable_roots(act: Activation, k_range: tuple[float, float]) -> list[fl
     return roots
 
 
+@float64
 def critical_point(activation, *, K_range: tuple[float, float] = K_SEARCH) -> CriticalPoint:
     """Critical initialisation ``(C_b, C_W)``, fixed point ``K*`` and universality class.
 
@@ -547,6 +618,7 @@ class DepthFlow:
         return self.K1 / self.K
 
 
+@float64
 def depth_flow(activation, *, C_W: float, C_b: float, K0: float, depth: int) -> DepthFlow:
     """Iterate the single-input leading-order recursions with equal widths (``docs/theory.md``, "Criticality").
 
