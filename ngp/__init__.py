@@ -11,6 +11,8 @@ Public API (conventions and formulas: ``docs/theory.md``):
   says whether its first-order terms are small enough to trust.
 * :func:`sample_networks` -- draws of actual random networks (brute-force checks).
 * :func:`evidence_grid` -- architecture choice by the finite-width evidence.
+* :func:`log_evidence`, :func:`fit_hyperparameters` -- the evidence as a JAX function of (C_W, C_b,
+  noise) and its maximisation (ML-II).
 * :mod:`ngp.criticality` -- susceptibilities, critical points, universality classes.
 * :mod:`ngp.plot` -- figures (matplotlib imported lazily).
 * :mod:`ngp.reference` -- NUTS and importance-sampling reference posteriors.
@@ -28,6 +30,7 @@ from ._prior import Layer, Prior
 from ._posterior import Conditioned, FiniteWidthPosterior, condition, posterior
 from ._validity import Validity
 from ._model_selection import EvidenceGrid, evidence_grid
+from ._hyper import HyperFit, fit_hyperparameters, log_evidence
 from ._sampling import NetworkSamples, sample_networks
 from . import criticality, datasets, plot, reference, train
 
@@ -61,6 +64,9 @@ __all__ = [
     "Validity",
     "evidence_grid",
     "EvidenceGrid",
+    "log_evidence",
+    "fit_hyperparameters",
+    "HyperFit",
     "sample_networks",
     "NetworkSamples",
     "criticality",
