@@ -127,12 +127,21 @@ def _elementwise_grad(f):
 ARC_ANGLE_FLOOR = 1e-3
 
 
+def _safe_sqrt(x):
+    """``sqrt(max(x, 0))`` whose derivative is 0 (not ``inf``) where ``x <= 0``: the Hessian rows of
+    :func:`_arc` are differentiated once more (gradients of ``V``, ``K1`` in ``C_W``, ``C_b``), and
+    at coincident inputs (``det = 0`` exactly, as on the kernel diagonal) ``sqrt'(0) = inf`` would
+    meet a zero cotangent and give NaN."""
+    pos = x > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
+
+
 def _arc_geometry(kaa, kbb, kab):
     """``(s, r, theta, inv_r)`` of a 2x2 covariance: ``s = sqrt(kaa kbb)``, ``r = sqrt(det)``,
     ``theta`` the angle (``atan2(r, kab)``, in ``[0, pi]``), and ``1 / max(r, s ARC_ANGLE_FLOOR)``
     (0 where ``s = 0``)."""
-    s = jnp.sqrt(kaa * kbb)
-    r = jnp.sqrt(jnp.clip(kaa * kbb - kab * kab, 0.0, None))
+    s = _safe_sqrt(kaa * kbb)
+    r = _safe_sqrt(kaa * kbb - kab * kab)
     theta = jnp.arctan2(r, kab)
     pos = s > 0
     rf = jnp.where(pos, jnp.maximum(r, ARC_ANGLE_FLOOR * s), 1.0)

@@ -18,8 +18,7 @@ def data():
 
 @pytest.mark.parametrize("activation", [
     "sin", "tanh",
-    pytest.param("relu", marks=pytest.mark.xfail(
-        strict=True, reason="issue 15: the relu-family arccos has an infinite derivative at theta=0 (NaN gradient)")),
+    "relu",
 ])
 def test_log_evidence_matches_condition_and_its_gradient_matches_finite_differences(activation, data):
     X, Y = data
@@ -41,7 +40,11 @@ def test_log_evidence_matches_condition_and_its_gradient_matches_finite_differen
     fd = np.array([(float(f(theta.at[i].add(h))) - float(f(theta.at[i].add(-h)))) / (2 * h) for i in range(7)])
     # central differences: O(h^2) truncation, ~1e-10/h rounding; the derivative of the four-point
     # quadrature (Price's theorem on the same rule) is as accurate as the rule (~1e-6 of the gradient)
-    np.testing.assert_allclose(g_rev, fd, rtol=1e-5, atol=1e-5 * np.max(np.abs(fd)))
+    # relu: the four-point rule integrates a kinked product, so the rule's value (and its finite
+    # differences) carry ~1e-3 errors, while the Price derivative converges to the exact one
+    # (tests/test_reliability.py::test_relu_four_point_derivative_matches_exact_polar_quadrature)
+    tol = 3e-3 if activation == "relu" else 1e-5
+    np.testing.assert_allclose(g_rev, fd, rtol=tol, atol=tol * np.max(np.abs(fd)))
 
 
 def test_fit_recovers_the_hyperparameters_of_the_data():
