@@ -84,7 +84,12 @@ def _fit_rows(X_tr, y_tr, X_te, y_te, *, activation, depth, widths, C_W, C_b, no
             continue
         post = post0 if w == widths[0] else cond.with_width(w).predict(X_te)
         mean, var, logev, gp = post.mean, post.var, post.log_evidence, post.gp
-        r = row(f"finite n={w}", mean, var, logev, time.perf_counter() - t0 + t_prior)
+        name = f"finite n={w}"
+        if post.validity is not None and not post.validity.trusted:
+            # the first-order terms are not small against the GP's (docs/validity.md): flag the row
+            name += " (untrusted)"
+            print(f"ngp: {name}: {'; '.join(post.validity.reasons)} (docs/validity.md)", file=sys.stderr)
+        r = row(name, mean, var, logev, time.perf_counter() - t0 + t_prior)
         if truth:
             net_w = ngp.MLP(depth, w, activation=activation, C_W=C_W, C_b=C_b, out_dim=y_tr.shape[1])
             ref = importance_posterior(net_w, X_tr, y_tr, X_te, noise=noise, num_samples=100_000, seed=seed)

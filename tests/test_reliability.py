@@ -381,3 +381,20 @@ def test_relu_evidence_gradient_finite_with_zero_input_and_duplicates():
     h = 1e-4
     fd = (float(f(2.0 + h)) - float(f(2.0 - h))) / (2 * h)
     assert float(g) == pytest.approx(fd, rel=3e-3, abs=1e-3 * abs(fd))
+
+
+def test_cli_flags_untrusted_finite_width_rows(tmp_path, capsys):
+    """`ngp regress --noise 0` on rough targets: the finite-width row is marked, with the reason."""
+    from ngp.cli import main
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(16, 2))
+    y = 5.0 * np.sign(x[:, 0]) + rng.normal(size=16)
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,target\n" + "\n".join(f"{a},{b},{t}" for (a, b), t in zip(x, y)))
+    rc = main(["regress", str(path), "--target", "target", "--width", "4", "--depth", "3", "--noise", "0",
+               "--n-train", "10", "--n-test", "4", "--no-truth", "--activation", "relu", "--C_W", "2.0"])
+    out = capsys.readouterr()
+    assert rc == 0
+    assert "finite n=4 (untrusted)" in out.out
+    assert "docs/validity.md" in out.err
