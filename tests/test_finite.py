@@ -11,7 +11,6 @@ from ngp._pairs import Pairs
 from ._mc import metric_cumulants
 
 
-
 @pytest.fixture(scope="module")
 def inputs():
     """The inputs of this file's tests, drawn in file order from one seeded generator."""

@@ -7,7 +7,6 @@ from scipy.stats import multivariate_normal
 import ngp
 
 
-
 @pytest.fixture(scope="module")
 def data():
     """Training inputs XA (7, 2), test inputs XB (4, 2), targets Y (7, 3) from one seeded generator."""

@@ -7,7 +7,6 @@ import pytest
 import ngp
 
 
-
 @pytest.fixture(scope="module")
 def X3():
     """Four inputs in three dimensions."""

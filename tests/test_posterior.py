@@ -7,7 +7,6 @@ import ngp
 from ngp.reference import importance_posterior
 
 
-
 @pytest.fixture(scope="module")
 def data():
     """Training inputs XA (3, 2), a test input XB (1, 2), targets Y2 (3, 2) and test inputs XC (4, 2)."""

@@ -11,7 +11,6 @@ from ngp.reference import importance_posterior, log_likelihood, nuts_posterior
 from ngp.reference._importance import RCOND_MIN
 
 
-
 @pytest.fixture(scope="module")
 def data():
     """Each test's inputs (and targets), drawn from one seeded generator in file order."""

@@ -13,7 +13,6 @@ from ngp._gp import gp_from_kernel
 ResMLP = getattr(ngp, "ResMLP", _resmlp.ResMLP)
 
 
-
 @pytest.fixture(scope="module")
 def inputs():
     """Three inputs for most tests plus test inputs and targets, drawn in that order from one generator."""
