@@ -58,7 +58,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import ndtr
+from scipy import special
 
 from ._activations import Activation
 from ._finite import Pairs, fresh_covariance, jacobian_hessian
@@ -84,8 +84,8 @@ CROSS_ORDERS = {2: 128, 3: 64, 4: 40}
 #: Relu family: one direction is integrated exactly, the other ``d - 1`` by Gauss-Hermite with this
 #: many nodes per dimension (``cross_orders`` overrides these as well).
 RELU_ORDERS = {2: 96, 3: 48, 4: 32}
-#: Node evaluations per compiled batch of cross-layer expectations (memory control).
-_BATCH_ELEMS = 6_000_000
+#: Node evaluations per batch of cross-layer expectations (memory control: ~100 MB of work arrays).
+_BATCH_ELEMS = 1_500_000
 _KERNEL_OPTIONS = ("method", "terms", "nodes", "quad_nodes")
 _FRESH_OPTIONS = _KERNEL_OPTIONS + ("four_point_order",)
 _OPTIONS = _FRESH_OPTIONS + ("cross_orders",)
@@ -210,7 +210,29 @@ def _rule(d: int, m: int, cutoff: float = 1e-15):
     return nodes, wgrid[keep] / wgrid[keep].sum()
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+@functools.lru_cache(maxsize=64)
+def _derivatives_fn(act: Activation):
+    """Jitted ``z -> (sigma(z), sigma'(z), sigma''(z))`` (autodiff), one compile per array size."""
+    d1, d2 = act.derivative(1), act.derivative(2)
+    return jax.jit(lambda z: (act.fn(z), d1(z), d2(z)))
+
+
+def _sigma_derivatives(act: Activation, z: np.ndarray):
+    """``sigma, sigma', sigma''`` of a NumPy array, evaluated in chunks of a fixed size."""
+    flat = z.ravel()
+    chunk = 1 << 18
+    fn = _derivatives_fn(act)
+    out = [np.empty(flat.size) for _ in range(3)]
+    for start in range(0, flat.size, chunk):
+        part = flat[start:start + chunk]
+        got = part.size
+        if got < chunk:
+            part = np.concatenate([part, np.zeros(chunk - got)])
+        for o, r in zip(out, fn(jnp.asarray(part))):
+            o[start:start + got] = np.asarray(r)[:got]
+    return tuple(o.reshape(z.shape) for o in out)
+
+
 def _smooth_batch(act, dL, dR, C, nodes, weights):
     """Smooth activations: ``Cov(s_p(u), s_q(w))`` and ``Cov(D_r s_p(u), s_q(w))`` by Gauss-Hermite.
 
@@ -219,21 +241,20 @@ def _smooth_batch(act, dL, dR, C, nodes, weights):
     Returns ``(B, 4)``: the trajectory covariance and the self-interaction covariances for
     ``r = (a, a), (b, b), (a, b)`` (for ``dL == 1`` the three are equal), derivatives by autodiff.
     """
-    lam, Q = jnp.linalg.eigh(C)
-    R = Q * jnp.sqrt(jnp.clip(lam, 0.0, None))[:, None, :]
-    z = jnp.einsum("qe,bde->bqd", nodes, R)  # (B, Q, d)
-    s, d1, d2 = act.fn, act.derivative(1), act.derivative(2)
-    right = s(z[..., dL]) * s(z[..., dL + dR - 1])
-    za, zb = z[..., 0], z[..., dL - 1]
-    sa, sb = s(za), s(zb)
+    lam, Q = np.linalg.eigh(C)
+    R = Q * np.sqrt(np.clip(lam, 0.0, None))[:, None, :]
+    z = np.einsum("qe,bde->bdq", nodes, R)  # (B, d, Q)
+    s, s1, s2 = _sigma_derivatives(act, z)
+    right = s[:, dL] * s[:, dL + dR - 1]
+    a, b = 0, dL - 1
     if dL == 1:
-        D0 = d1(za) ** 2 + sa * d2(za)
-        lefts = [sa * sb, D0, D0, D0]
+        D0 = s1[:, a] ** 2 + s[:, a] * s2[:, a]
+        lefts = [s[:, a] * s[:, b], D0, D0, D0]
     else:
-        lefts = [sa * sb, 0.5 * d2(za) * sb, 0.5 * sa * d2(zb), d1(za) * d1(zb)]
-    left = jnp.stack(lefts, axis=1)  # (B, 4, Q)
+        lefts = [s[:, a] * s[:, b], 0.5 * s2[:, a] * s[:, b], 0.5 * s[:, a] * s2[:, b], s1[:, a] * s1[:, b]]
+    left = np.stack(lefts, axis=1)  # (B, 4, Q)
     eL, eR = left @ weights, right @ weights
-    return jnp.einsum("btq,bq->bt", left, right * weights) - eL * eR[:, None]
+    return np.einsum("btq,bq->bt", left, right * weights) - eL * eR[:, None]
 
 
 # ---------------------------------------------------------------- relu family: exact along a line
@@ -242,26 +263,25 @@ _T_INF = 40.0  # |t| beyond which the standard normal has no mass in float64
 
 def _poly_mul(p, q):
     """Product of polynomials given by coefficient arrays ``(..., dp)`` and ``(..., dq)``."""
-    out = [0.0] * (p.shape[-1] + q.shape[-1] - 1)
+    out = np.zeros(np.broadcast_shapes(p.shape[:-1], q.shape[:-1]) + (p.shape[-1] + q.shape[-1] - 1,))
     for i in range(p.shape[-1]):
         for j in range(q.shape[-1]):
-            out[i + j] = out[i + j] + p[..., i] * q[..., j]
-    return jnp.stack(out, axis=-1)
+            out[..., i + j] += p[..., i] * q[..., j]
+    return out
 
 
 def _truncated_moments(lo, hi, kmax):
     """``int_lo^hi t^k phi(t) dt`` for ``k = 0 .. kmax`` (standard normal density ``phi``)."""
-    pl = jnp.exp(-0.5 * lo * lo) / math.sqrt(2 * math.pi)
-    ph = jnp.exp(-0.5 * hi * hi) / math.sqrt(2 * math.pi)
-    M = [ndtr(hi) - ndtr(lo), pl - ph]
-    tl, th = jnp.ones_like(lo), jnp.ones_like(hi)
+    pl = np.exp(-0.5 * lo * lo) / math.sqrt(2 * math.pi)
+    ph = np.exp(-0.5 * hi * hi) / math.sqrt(2 * math.pi)
+    M = [special.ndtr(hi) - special.ndtr(lo), pl - ph]
+    tl, th = np.ones_like(lo), np.ones_like(hi)
     for k in range(2, kmax + 1):
         tl, th = tl * lo, th * hi
         M.append(tl * pl - th * ph + (k - 1) * M[k - 2])
-    return jnp.stack(M, axis=-1)
+    return np.stack(M, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _relu_batch(slopes, dL, dR, alpha, beta, U, weights):
     """Relu family: the outputs of :func:`_smooth_batch`, with ``y = alpha t + beta`` and ``t ~ N(0, 1)``
     integrated exactly.
@@ -273,33 +293,34 @@ def _relu_batch(slopes, dL, dR, alpha, beta, U, weights):
     """
     a_plus, a_minus = slopes
     d = dL + dR
-    safe = jnp.where(alpha == 0, 1.0, alpha)[:, None, :]
-    tau = jnp.where(alpha[:, None, :] == 0, _T_INF, -beta / safe)
-    tau = jnp.sort(jnp.clip(tau, -_T_INF, _T_INF), axis=-1)
-    ends = jnp.full(tau.shape[:-1] + (1,), _T_INF)
-    edges = jnp.concatenate([-ends, tau, ends], axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tau = np.where(alpha[:, None, :] == 0, _T_INF, -beta / alpha[:, None, :])
+    tau = np.sort(np.clip(tau, -_T_INF, _T_INF), axis=-1)
+    ends = np.full(tau.shape[:-1] + (1,), _T_INF)
+    edges = np.concatenate([-ends, tau, ends], axis=-1)
     lo, hi = edges[..., :-1], edges[..., 1:]  # (B, Q, d + 1) intervals
     M = _truncated_moments(lo, hi, 6)
     al = alpha[:, None, None, :]
-    be = beta[:, :, None, :] + 0.0 * lo[..., None]  # (B, Q, I, d)
-    c = jnp.where(al * (0.5 * (lo + hi))[..., None] + be > 0, a_plus, a_minus)
-    lin = jnp.stack([c * be, c * al + 0.0 * be], axis=-1)  # sigma(y_j) = lin[..., j, 0] + lin[..., j, 1] t
+    be = np.broadcast_to(beta[:, :, None, :], lo.shape + (d,))  # (B, Q, I, d)
+    c = np.where(al * (0.5 * (lo + hi))[..., None] + be > 0, a_plus, a_minus)
+    lin = np.stack([c * be, c * al], axis=-1)  # sigma(y_j) = lin[..., j, 0] + lin[..., j, 1] t
     left0 = _poly_mul(lin[..., 0, :], lin[..., dL - 1, :])
     right = _poly_mul(lin[..., dL, :], lin[..., d - 1, :])
-    Uy = jnp.stack([jnp.einsum("bij,bqj->bqi", U, beta)[:, :, None, :] + 0.0 * be,
-                    jnp.einsum("bij,bj->bi", U, alpha)[:, None, None, :] + 0.0 * be], axis=-1)
+    Ub = np.einsum("bij,bqj->bqi", U, beta)[:, :, None, :]
+    Ua = np.einsum("bij,bj->bi", U, alpha)[:, None, None, :]
+    Uy = np.stack(np.broadcast_arrays(Ub, Ua), axis=-1)  # (U y)_c = Uy[..., c, 0] + Uy[..., c, 1] t
 
     def stein(ci, ei, f):
         w = _poly_mul(Uy[..., ci, :], Uy[..., ei, :])
-        w = w.at[..., 0].add(-U[:, ci, ei][:, None, None])
+        w[..., 0] -= U[:, ci, ei][:, None, None]
         return f * _poly_mul(left0, w)
 
     def expect(poly):
-        return jnp.sum(poly * M[..., :poly.shape[-1]], axis=(-1, -2)) @ weights
+        return np.sum(poly * M[..., :poly.shape[-1]], axis=(-1, -2)) @ weights
 
     lefts = [left0, stein(0, 0, 0.5), stein(dL - 1, dL - 1, 0.5), stein(0, dL - 1, 1.0)]
     eR = expect(right)
-    return jnp.stack([expect(_poly_mul(lf, right)) - expect(lf) * eR for lf in lefts], axis=1)
+    return np.stack([expect(_poly_mul(lf, right)) - expect(lf) * eR for lf in lefts], axis=1)
 
 
 def _line_direction(R):
@@ -340,20 +361,15 @@ def _run_batches(act, dL, dR, C, m):
     d = dL + dR
     n_nodes = _rule(d - 1 if relu else d, m)[0].shape[0]
     per = max(1, _BATCH_ELEMS // (n_nodes * (d + 1 if relu else 1)))
-    per = min(per, 1 << int(np.ceil(np.log2(max(C.shape[0], 1)))))
     out = np.empty((C.shape[0], 4))
     for start in range(0, C.shape[0], per):
         part = C[start:start + per]
         got = part.shape[0]
-        if got < per:
-            part = np.concatenate([part, np.repeat(part[:1], per - got, axis=0)])
         if relu:
-            alpha, beta, U, w = _relu_problems(part, m)
-            res = _relu_batch(tuple(act.relu_slopes), dL, dR, *(jnp.asarray(t) for t in (alpha, beta, U, w)))
+            res = _relu_batch(tuple(act.relu_slopes), dL, dR, *_relu_problems(part, m))
         else:
-            nodes, w = _rule(d, m)
-            res = _smooth_batch(act, dL, dR, jnp.asarray(part), jnp.asarray(nodes), jnp.asarray(w))
-        out[start:start + got] = np.asarray(res)[:got]
+            res = _smooth_batch(act, dL, dR, part, *_rule(d, m))
+        out[start:start + got] = res[:got]
     return out
 
 
