@@ -207,3 +207,58 @@ def test_relu_against_actual_residual_networks_falls_like_one_over_n():
     pairs = Pairs.of(2)
     assert np.max(np.abs(K1_64 - pairs.pack(th.K1)) / K1_se) < 4.5
     assert np.min(np.diag(th.K1)) > 0.5 and np.max(np.abs(np.diag(nv[1]))) < 1e-12
+
+
+# ----------------------------------------------------------------------------- criticality
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "tanh", "erf", "gelu"])
+def test_residual_critical_point(act):
+    gamma, xi = 0.8, 0.5
+    p = cr.residual_critical_point(act, gamma=gamma, xi=xi)
+    mlp = cr.critical_point(act)
+    scale = (1 - gamma**2) / xi**2
+    assert p.exists and p.scale == pytest.approx(scale, rel=1e-15)
+    assert (p.C_W, p.C_b) == pytest.approx((scale * mlp.C_W, scale * mlp.C_b), rel=1e-15)
+    if act == "relu":
+        assert (p.C_b, p.C_W) == pytest.approx((0.0, 2 * scale), rel=1e-15)
+    if act == "tanh":
+        assert (p.C_b, p.C_W, p.K_star) == pytest.approx((0.0, scale, 0.0), rel=1e-15)
+    K = p.K_star if p.K_star else 1.7  # scale-invariant: every K; K* = 0 class: chi -> 1 as K -> 0
+    if p.K_star == 0.0:
+        K = 1e-6
+    chis = cr.residual_susceptibilities(act, K, C_W=p.C_W, C_b=p.C_b, gamma=gamma, xi=xi)
+    assert chis == pytest.approx((1.0, 1.0), abs=1e-5 if p.K_star == 0.0 else 1e-10)
+    if p.K_star:  # the block maps K* to itself
+        g = cr._moments(activation(act), np.array([p.K_star]))["g"][0]
+        assert gamma**2 * p.K_star + xi**2 * (p.C_b + p.C_W * g) == pytest.approx(p.K_star, rel=1e-10)
+
+
+def test_residual_critical_point_absent():
+    assert not cr.residual_critical_point("relu", gamma=1.0, xi=0.3).exists
+    assert "gamma^2" in cr.residual_critical_point("tanh", gamma=-1.2, xi=0.3).reason
+    assert not cr.residual_critical_point("tanh", gamma=0.5, xi=0.0).exists
+    p = cr.residual_critical_point("sigmoid", gamma=0.5, xi=0.5)
+    assert not p.exists and "branch has no critical point" in p.reason
+
+
+def test_residual_depth_flow_limits():
+    # gamma = 0, xi = 1: the MLP flow.
+    res = cr.residual_depth_flow("erf", C_W=1.3, C_b=0.1, gamma=0.0, xi=1.0, K0=0.9, depth=6)
+    mlp = cr.depth_flow("erf", C_W=1.3, C_b=0.1, K0=0.9, depth=6)
+    np.testing.assert_allclose(res.K, mlp.K, rtol=1e-10)
+    np.testing.assert_allclose(res.V, mlp.V, rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(res.K1, mlp.K1, rtol=1e-7, atol=1e-12)
+    # linear blocks, C_b = 0: K, V/K^2 = 2 + (l - 2) growth and K1 = 0 in closed form.
+    g, x, cw, K0, L = 0.6, 0.9, 1.2, 1.4, 7
+    lin = cr.residual_depth_flow("linear", C_W=cw, C_b=0.0, gamma=g, xi=x, K0=K0, depth=L)
+    s = g * g + x * x * cw
+    l = np.arange(2, L + 1)
+    np.testing.assert_allclose(lin.K[1:], cw * s ** (l - 2) * K0, rtol=1e-13)
+    np.testing.assert_allclose(lin.V_over_K2[1:], 2 + (l - 2) * cr.residual_vertex_growth(gamma=g, xi=x, C_W=cw),
+                               rtol=1e-12)
+    assert np.max(np.abs(lin.K1)) < 1e-12
+    # critical relu blocks (gamma^2 + xi^2 = 1, C_W = 2): the kernel is exactly constant
+    crit = cr.residual_depth_flow("relu", C_W=2.0, C_b=0.0, gamma=0.6, xi=0.8, K0=1.3, depth=5)
+    np.testing.assert_allclose(crit.K, 1.3, rtol=1e-14)
+    np.testing.assert_allclose(crit.chi_parallel[1:], 1.0, rtol=1e-14)
+    assert crit.V_over_K2[1] == pytest.approx(5.0, rel=1e-12)  # one hidden layer: 3 A4 / A2^2 - 1
+    assert np.all(np.diff(crit.V_over_K2) > 0) and np.all(crit.K1[2:] > 0)  # relu: K1 from self-interaction
