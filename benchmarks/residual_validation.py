@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -53,10 +54,11 @@ CONFIGS = {  # C_W, C_b, gamma, xi (every block and layer)
 }
 
 
-def fit_intercept(widths, values, ses):
-    """Weighted least squares of ``values(n) = a + c / n``; returns ``a``, its s.e., ``c``."""
+def fit_intercept(widths, values, ses, order=1):
+    """Weighted least squares of ``values(n) = a + c / n (+ d / n^2 if order == 2)``; returns ``a``,
+    its s.e. and ``c``, per column of ``values`` ``(widths, entries)``."""
     n = np.asarray(widths, dtype=float)
-    A = np.stack([np.ones_like(n), 1.0 / n], axis=1)
+    A = np.stack([n ** -k for k in range(order + 1)], axis=1)
     out_a, out_se, out_c = [], [], []
     for v, s in zip(np.asarray(values).T, np.asarray(ses).T):
         w = 1.0 / s**2
@@ -112,6 +114,10 @@ def run_case(act, depth, widths, samples, seed):
         Vs.append(V), Vses.append(V_se), K1s.append(K1), K1ses.append(K1_se)
     Va, Va_se, Vc = fit_intercept(widths, Vs, Vses)
     Ka, Ka_se, Kc = fit_intercept(widths, K1s, K1ses)
+    z2 = z2_naive = None
+    if len(widths) >= 4:  # relu / gelu at depth 8 have large 1/n^2 terms at n = 16
+        Va2, Va2_se, _ = fit_intercept(widths, Vs, Vses, order=2)
+        z2, z2_naive = float(np.max(np.abs(Va2 - V_th) / Va2_se)), float(np.max(np.abs(Va2 - V_nv) / Va2_se))
     R = np.array([r["R_V"] for r in rows])
     Rse = np.array([r["R_V_se"] for r in rows])
     slope, slope_se = loglog_slope(widths, R, Rse)
@@ -128,12 +134,91 @@ def run_case(act, depth, widths, samples, seed):
         "widths": rows,
         "intercept_z_V": float(np.max(np.abs(Va - V_th) / Va_se)),
         "intercept_z_V_naive": float(np.max(np.abs(Va - V_nv) / Va_se)),
+        "intercept_z_V_quadratic_fit": z2, "intercept_z_V_naive_quadratic_fit": z2_naive,
         "intercept_z_K1": float(np.max(np.abs(Ka - K1_th) / Ka_se)),
         "intercept_z_K1_naive": float(np.max(np.abs(Ka - K1_nv) / Ka_se)),
         "slope_max_residual_V": slope, "slope_max_residual_V_se": slope_se,
         "slope_largest_entry_V": slope_e, "slope_largest_entry_V_se": slope_e_se,
         "entries": int(V_th.size),
+        "V_theory": V_th.tolist(), "V_naive": V_nv.tolist(), "K1_theory": K1_th.tolist(), "K1_naive": K1_nv.tolist(),
+        "V_mc": np.array(Vs).tolist(), "V_mc_se": np.array(Vses).tolist(),
+        "K1_mc": np.array(K1s).tolist(), "K1_mc_se": np.array(K1ses).tolist(),
     }
+
+
+def _layer_sampler(act, depth, n, C_W, C_b, gamma, xi):
+    """One network's last residual layer ``z^(depth-1)`` ``(N, n)`` (exact conditional sampler)."""
+    import jax.numpy as jnp
+
+    from ngp._sampling import _metric, _psd_sqrt
+
+    def one(key, X):
+        N = X.shape[0]
+        eps = jax.random.normal(key, (depth - 1, N, n), X.dtype)
+        z = _psd_sqrt(C_b + C_W * X @ X.T / X.shape[1]) @ eps[0]
+        for k in range(1, depth - 1):
+            z = gamma * z + xi * _psd_sqrt(_metric(act.fn(z), C_W, C_b)) @ eps[k]
+        return z
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None))), jnp
+
+
+def run_layer_case(act_name, depth, widths, samples, seed):
+    """Cumulants of the pre-activations of the last residual layer (``layer_cumulants``) against
+    ``n Cov(M) - Cov_Sigma(z z, z z)`` and ``n (E M - Sigma)``, ``M = z z^T / n``."""
+    C_W, C_b, gamma, xi = CONFIGS[act_name]
+    act = ngp.activation(act_name)
+    Xl = X[:2]
+    pairs = Pairs.of(2)
+    K_first = C_b + C_W * Xl @ Xl.T / Xl.shape[1]
+    state = rc.chain_start(act, K_first, n=1)
+    for _ in range(depth - 2):
+        state = rc.residual_step(state, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi)
+    lay = rc.layer_cumulants(state)
+    S = state.K
+    a, b = pairs.a, pairs.b
+    same = S[a][:, a] * S[b][:, b] + S[a][:, b] * S[b][:, a]
+    rows = []
+    for n in widths:
+        fn, jnp = _layer_sampler(act, depth, n, C_W, C_b, gamma, xi)
+        Ms = []
+        keys = jax.random.split(jax.random.PRNGKey(seed + n), samples)
+        for start in range(0, samples, 10_000):
+            z = np.asarray(fn(keys[start:start + 10_000], jnp.asarray(Xl)))
+            Ms.append(np.einsum("san,sbn->sab", z, z)[:, a, b] / n)
+        M = np.concatenate(Ms)
+        d = M - M.mean(0)
+        prod = d[:, :, None] * d[:, None, :]
+        V = n * prod.mean(0) - same
+        V_se = n * prod.std(0, ddof=1) / np.sqrt(samples)
+        K1 = n * (M.mean(0) - pairs.pack(S))
+        K1_se = n * M.std(0, ddof=1) / np.sqrt(samples)
+        rows.append({"n": n, "R_V": float(np.max(np.abs(V - lay.V))), "R_V_se": float(V_se.max()),
+                     "R_K1": float(np.max(np.abs(K1 - pairs.pack(lay.K1)))), "R_K1_se": float(K1_se.max())})
+    return {"activation": act_name, "layer": depth - 1, "max_abs_V_layer": float(np.max(np.abs(lay.V))),
+            "max_abs_K1_layer": float(np.max(np.abs(lay.K1))), "samples_per_width": samples, "widths": rows}
+
+
+def run_critical_case(depth, widths, samples, seed):
+    """Critical relu blocks, gamma^2 = xi^2 = 1/2, one input: V/K^2 and K1/K (residual_depth_flow)."""
+    from ngp import criticality as cr
+
+    g = math.sqrt(0.5)
+    flow = cr.residual_depth_flow("relu", C_W=2.0, C_b=0.0, gamma=g, xi=g, K0=1.0, depth=depth)
+    X1 = np.array([[1.0]])
+    rows = []
+    for n in widths:
+        net = ngp.ResMLP(depth, n, activation="relu", C_W=2.0, C_b=0.0, gamma=g, xi=g)
+        V, V_se, K1, K1_se = mc_metric(net, X1, samples, seed=seed + n)
+        K = float(np.asarray(net.prior(X1).K)[0, 0])
+        rows.append({"n": n, "V_over_K2": float(V[0, 0]) / K**2, "V_over_K2_se": float(V_se[0, 0]) / K**2,
+                     "K1_over_K": float(K1[0]) / K, "K1_over_K_se": float(K1_se[0]) / K})
+    ns = [r["n"] for r in rows]
+    a, a_se, _ = fit_intercept(ns, [[r["V_over_K2"]] for r in rows], [[r["V_over_K2_se"]] for r in rows])
+    return {"activation": "relu", "critical": True, "gamma2": 0.5, "xi2": 0.5, "depth": depth,
+            "V_over_K2_theory": float(flow.V_over_K2[-1]), "K1_over_K_theory": float(flow.K1_over_K[-1]),
+            "V_over_K2_mlp": 5.0 * (depth - 1), "V_over_K2_naive": 5.0 + (depth - 2) * 2.25,
+            "V_over_K2_intercept": float(a[0]), "V_over_K2_intercept_se": float(a_se[0]), "widths": rows}
 
 
 def main(argv=None):
@@ -146,6 +231,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="*", default=None, help="merge result files into --out and exit")
+    ap.add_argument("--extra", action="store_true", help="only the layer-level and critical-relu checks")
     args = ap.parse_args(argv)
     out = args.out or os.path.join(HERE, "results", "residual_validation" + ("_quick" if args.quick else "") + ".json")
     if args.merge is not None:
@@ -170,6 +256,17 @@ def main(argv=None):
     except OSError:
         commit = None
     cases = []
+    if args.extra:
+        for act in ("tanh", "relu"):
+            case = run_layer_case(act, 5, widths, samples, args.seed)
+            cases.append(case)
+            print(act, "layer 4:", [(r["n"], round(r["R_V"], 4), round(r["R_V_se"], 4), round(r["R_K1"], 4),
+                                     round(r["R_K1_se"], 4)) for r in case["widths"]], flush=True)
+        case = run_critical_case(8, [32, 64, 128, 256] if not args.quick else [32, 128], samples, args.seed)
+        cases.append(case)
+        print("critical relu depth 8:", case["V_over_K2_theory"], case["V_over_K2_intercept"], case["V_over_K2_intercept_se"],
+              [(r["n"], round(r["V_over_K2"], 2), round(r["K1_over_K"], 3)) for r in case["widths"]], flush=True)
+        acts = []
     for act in acts:
         for depth in depths:
             case = run_case(act, depth, widths, samples, args.seed)
