@@ -140,7 +140,7 @@ class ChainState:
         V0: ``(P, P)`` covariance of ``g^0``.
         Y: ``{(i, j): (P, P)}`` trajectory covariances ``Cov(s_p(z^i), s_q(z^j))``, ``1 <= i <= j <= k``.
         Z: ``Z[i-1]`` ``(P, 3, P)``, ``i = 1 .. k-1``: self-interaction covariances
-            ``Cov(D_r s_p(z^k), s_q(z^i))`` of the current layer (see :func:`_cross_layer`).
+            ``Cov(D_r s_p(z^k), s_q(z^i))`` of the current layer (see :func:`_cross_layers`).
         options: quadrature options (``method``, ``terms``, ``nodes``, ``quad_nodes``,
             ``four_point_order``, ``cross_orders``).
     """
@@ -373,26 +373,31 @@ def _run_batches(act, dL, dR, C, m):
     return out
 
 
-def _cross_layer(act, S_k, S_i, Gam, pairs, options):
-    """Trajectory and self-interaction covariances between layer ``k`` and an earlier layer ``i``.
+def _cross_layers(act, S_k, earlier, pairs, options):
+    """Trajectory and self-interaction covariances between layer ``k`` and earlier layers ``i``.
 
-    ``Cov(z^k, z^i) = Gam Sigma^i``. Returns ``Y`` ``(P, P)`` with
-    ``Y[q, p] = Cov(s_q(z^i), s_p(z^k))`` and ``Z`` ``(P, 3, P)`` with
-    ``Z[p, t, q] = Cov(D_r s_p(z^k), s_q(z^i))``, ``r = pairs.cols[p, t]``: ``D_r = d/dSigma_r``,
-    i.e. ``d_a d_b`` for ``r = (a, b)``, ``a != b``, and ``d_a^2 / 2`` for ``r = (a, a)``; for a
-    diagonal ``p`` only ``t = 0`` is non-zero.
+    ``earlier`` is a list of ``(Sigma^i, Gam)`` with ``Cov(z^k, z^i) = Gam Sigma^i``. Returns one
+    ``(Y, Z)`` per entry: ``Y`` ``(P, P)`` with ``Y[q, p] = Cov(s_q(z^i), s_p(z^k))`` and ``Z``
+    ``(P, 3, P)`` with ``Z[p, t, q] = Cov(D_r s_p(z^k), s_q(z^i))``, ``r = pairs.cols[p, t]``:
+    ``D_r = d/dSigma_r``, i.e. ``d_a d_b`` for ``r = (a, b)``, ``a != b``, and ``d_a^2 / 2`` for
+    ``r = (a, a)``; for a diagonal ``p`` only ``t = 0`` is non-zero. All problems of one shape are
+    integrated in one batch.
     """
     P = pairs.P
-    Y, Z = np.zeros((P, P)), np.zeros((P, 3, P))
-    if Gam == 0.0:
-        return Y, Z
+    out = [(np.zeros((P, P)), np.zeros((P, 3, P))) for _ in earlier]
+    live = [j for j, (_, Gam) in enumerate(earlier) if Gam != 0.0]
+    if not live:
+        return out
     if act.name == "linear":  # s = z z: Cov(z_c z_d, z'_a z'_b) = Gam^2 (S_ca S_db + S_cb S_da); D_r s constant
         a, b = pairs.a, pairs.b
-        Y[:] = Gam * Gam * (S_i[a][:, a] * S_i[b][:, b] + S_i[a][:, b] * S_i[b][:, a])
-        return Y, Z
+        for j in live:
+            S_i, Gam = earlier[j]
+            out[j][0][:] = Gam * Gam * (S_i[a][:, a] * S_i[b][:, b] + S_i[a][:, b] * S_i[b][:, a])
+        return out
     relu = act.relu_slopes is not None
     if relu:
-        _check_regular(S_k, S_i, Gam, pairs)
+        for j in live:
+            _check_regular(S_k, *earlier[j], pairs)
     orders = dict(RELU_ORDERS if relu else CROSS_ORDERS)
     orders.update({int(k): int(v) for k, v in dict(options.get("cross_orders") or {}).items()})
     p, q = (g.ravel() for g in np.meshgrid(np.arange(P), np.arange(P), indexing="ij"))
@@ -400,7 +405,6 @@ def _cross_layer(act, S_k, S_i, Gam, pairs, options):
     rights = np.stack([pairs.a[q], pairs.b[q]], axis=1)
     dL = np.where(pairs.diag[p], 1, 2)
     dR = np.where(pairs.diag[q], 1, 2)
-    cross = Gam * S_i
     for l_d in (1, 2):
         for r_d in (1, 2):
             sel = np.nonzero((dL == l_d) & (dR == r_d))[0]
@@ -408,19 +412,25 @@ def _cross_layer(act, S_k, S_i, Gam, pairs, options):
                 continue
             li, ri = lefts[sel][:, :l_d], rights[sel][:, :r_d]
             d = l_d + r_d
-            C = np.empty((sel.size, d, d))
-            C[:, :l_d, :l_d] = S_k[li[:, :, None], li[:, None, :]]
-            C[:, l_d:, l_d:] = S_i[ri[:, :, None], ri[:, None, :]]
-            X = cross[li[:, :, None], ri[:, None, :]]
-            C[:, :l_d, l_d:] = X
-            C[:, l_d:, :l_d] = np.swapaxes(X, 1, 2)
-            vals = _run_batches(act, l_d, r_d, C, orders[d])
-            Y[q[sel], p[sel]] = vals[:, 0]
-            Z[p[sel], 0, q[sel]] = vals[:, 1]
-            if l_d == 2:
-                Z[p[sel], 1, q[sel]] = vals[:, 2]
-                Z[p[sel], 2, q[sel]] = vals[:, 3]
-    return Y, Z
+            blocks = []
+            for j in live:
+                S_i, Gam = earlier[j]
+                C = np.empty((sel.size, d, d))
+                C[:, :l_d, :l_d] = S_k[li[:, :, None], li[:, None, :]]
+                C[:, l_d:, l_d:] = S_i[ri[:, :, None], ri[:, None, :]]
+                X = Gam * S_i[li[:, :, None], ri[:, None, :]]
+                C[:, :l_d, l_d:] = X
+                C[:, l_d:, :l_d] = np.swapaxes(X, 1, 2)
+                blocks.append(C)
+            vals = _run_batches(act, l_d, r_d, np.concatenate(blocks), orders[d]).reshape(len(live), sel.size, 4)
+            for v, j in zip(vals, live):
+                Y, Z = out[j]
+                Y[q[sel], p[sel]] = v[:, 0]
+                Z[p[sel], 0, q[sel]] = v[:, 1]
+                if l_d == 2:
+                    Z[p[sel], 1, q[sel]] = v[:, 2]
+                    Z[p[sel], 2, q[sel]] = v[:, 3]
+    return out
 
 
 def _check_regular(S_k, S_i, Gam, pairs, tol=1e-10):
@@ -531,9 +541,9 @@ def residual_step(state: ChainState, *, C_W: float, C_b: float, gamma: float, xi
         Y=dict(state.Y),
     )
     act, pairs = state.act, state.pairs
+    earlier = [(new.sigma[i - 1], _gamma(new, i, k + 1)) for i in range(1, k + 1)]
     Zs = []
-    for i in range(1, k + 1):
-        Y, Z = _cross_layer(act, S_new, new.sigma[i - 1], _gamma(new, i, k + 1), pairs, state.options)
+    for i, (Y, Z) in enumerate(_cross_layers(act, S_new, earlier, pairs, state.options), start=1):
         new.Y[(i, k + 1)] = Y
         Zs.append(Z)
     new.Y[(k + 1, k + 1)] = _same_layer(act, S_new, pairs, state.options)

@@ -87,6 +87,21 @@ def test_linear_network_matches_the_exact_finite_width_law():
     assert np.max(np.abs(out[-1].K1)) < 1e-12
 
 
+def test_linear_layer_cumulants_feed_the_readout():
+    # For linear sigma the readout metric is C_b + C_W M, M the layer's empirical second moment, so
+    # V_out = C_W^2 (Cov_Sigma(zz, zz) + V_layer) and K1_out = C_W K1_layer: checks layer_cumulants.
+    act = activation("linear")
+    s = rc.chain_start(act, _first_kernel(X3, 1.1, 0.2), n=8)
+    for g, x in ((0.7, 0.8), (-0.5, 1.1), (0.9, 0.4)):
+        s = rc.residual_step(s, C_W=1.3, C_b=0.1, gamma=g, xi=x)
+    lay, out = rc.layer_cumulants(s), rc.readout(s, C_W=0.7, C_b=0.3)
+    a, b, S = s.pairs.a, s.pairs.b, s.K
+    same = S[a][:, a] * S[b][:, b] + S[a][:, b] * S[b][:, a]
+    np.testing.assert_allclose(out.V, 0.49 * (same + lay.V), rtol=1e-12)
+    np.testing.assert_allclose(out.K1, 0.7 * lay.K1, atol=1e-14)
+    assert np.max(np.abs(lay.V)) > 0.1
+
+
 @pytest.mark.parametrize("gamma,xi,C_W", [(0.7, 0.7, 1.0), (1.0, 0.3, 1.3), (0.4, 1.2, 0.8)])
 def test_single_input_linear_vertex_growth(gamma, xi, C_W):
     # One input, C_b = 0: V / K^2 = 2 (readout) + sum of the per-block growth (criticality module).
@@ -139,13 +154,13 @@ def test_relu_cross_layer_quadrature_is_converged():
     act, pairs = activation("leaky_relu", slope=0.1), Pairs.of(3)
     S_i = _first_kernel(X3, 1.2, 0.1)
     S_k = 0.64 * S_i + 0.36 * np.asarray(ngp._kernel.kernel_map(act, S_i, 1.6, 0.1))
-    Y, Z = rc._cross_layer(act, S_k, S_i, 0.8, pairs, {})
-    Yf, Zf = rc._cross_layer(act, S_k, S_i, 0.8, pairs, {"cross_orders": {2: 144, 3: 72, 4: 48}})
+    (Y, Z), = rc._cross_layers(act, S_k, [(S_i, 0.8)], pairs, {})
+    (Yf, Zf), = rc._cross_layers(act, S_k, [(S_i, 0.8)], pairs, {"cross_orders": {2: 144, 3: 72, 4: 48}})
     assert _rel(Y, Yf) < 2e-5 and _rel(Z, Zf) < 2e-4
     # one input, relu: Cov(relu(u)^2, relu(w)^2) and Cov(theta(u), relu(w)^2) (= D s for s = relu^2)
     su, sw, c = 1.0, 0.75, 0.5  # Var u, Var w, Cov(u, w)
     relu = activation("relu")
-    Y1, Z1 = rc._cross_layer(relu, np.array([[su]]), np.array([[sw]]), c / sw, Pairs.of(1), {})
+    (Y1, Z1), = rc._cross_layers(relu, np.array([[su]]), [(np.array([[sw]]), c / sw)], Pairs.of(1), {})
     b, sd = c / sw, math.sqrt(su - c * c / sw)  # u = b w + sd e
 
     def smooth_relu2(m):  # E[relu(m + sd e)^2]
