@@ -277,3 +277,9 @@ def test_residual_depth_flow_limits():
     np.testing.assert_allclose(crit.chi_parallel[1:], 1.0, rtol=1e-14)
     assert crit.V_over_K2[1] == pytest.approx(5.0, rel=1e-12)  # one hidden layer: 3 A4 / A2^2 - 1
     assert np.all(np.diff(crit.V_over_K2) > 0) and np.all(crit.K1[2:] > 0)  # relu: K1 from self-interaction
+
+
+def test_warns_for_nearly_collinear_inputs_with_kinked_activations():
+    X = np.array([[1.0, 0.5], [1.0, 0.5001]])
+    with pytest.warns(RuntimeWarning, match="nearly collinear"):
+        _theory("relu", X, C_W=[1.0, 1.5, 1.5], C_b=[0.0] * 3, gamma=[0.8], xi=[0.6])
