@@ -221,6 +221,34 @@ def run_critical_case(depth, widths, samples, seed):
             "V_over_K2_intercept": float(a[0]), "V_over_K2_intercept_se": float(a_se[0]), "widths": rows}
 
 
+def run_branch_case(act_name, widths, samples, seed):
+    """Two residual blocks whose branches have a hidden layer (widths 2n and n/2), two inputs."""
+    from tests._residual_reference import mc_branch_chain
+
+    act = ngp.activation(act_name)
+    Xb = np.array([[1.0, 0.3], [-0.4, 0.9]])
+    C_W = 1.5 if act_name == "tanh" else 1.6
+    blocks = [(C_W, 0.1), (C_W, 0.1, 0.9, 0.6, ((2.0, 1.2, 0.1),)), (C_W, 0.1, 0.8, 0.7, ((0.5, 1.4, 0.05),))]
+    pairs = Pairs.of(2)
+    s = rc.chain_start(act, 0.1 + C_W * Xb @ Xb.T / 2, n=1)
+    for cw, cb, g, x, br in blocks[1:]:
+        s = rc.residual_step(s, C_W=cw, C_b=cb, gamma=g, xi=x, branch=br)
+    th = rc.readout(s, C_W=1.1, C_b=0.1)
+    rows, Vs, Vses = [], [], []
+    for n in widths:
+        bl = [blocks[0]] + [(c, b, g, x, tuple((m * n, cw, cb) for m, cw, cb in br)) for c, b, g, x, br in blocks[1:]]
+        V, V_se, nEG, nEG_se = mc_branch_chain(act, Xb, n, bl, (1.1, 0.1), samples, seed=seed + n)
+        K1 = nEG - n * pairs.pack(th.K)
+        rows.append({"n": n, "R_V": float(np.max(np.abs(V - th.V))), "R_V_se": float(V_se.max()),
+                     "z_K1": float(np.max(np.abs(K1 - pairs.pack(th.K1)) / nEG_se))})
+        iu = np.triu_indices(pairs.P)
+        Vs.append(V[iu]), Vses.append(V_se[iu])
+    a, a_se, _ = fit_intercept(widths, Vs, Vses)
+    return {"activation": act_name, "branch": "hidden widths 2n, n/2", "max_abs_V": float(np.max(np.abs(th.V))),
+            "intercept_z_V": float(np.max(np.abs(a - th.V[np.triu_indices(pairs.P)]) / a_se)),
+            "samples_per_width": samples, "widths": rows}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tanh and relu, depth 3 and 5, widths 16, 64, 2e4 networks")
@@ -262,6 +290,11 @@ def main(argv=None):
             cases.append(case)
             print(act, "layer 4:", [(r["n"], round(r["R_V"], 4), round(r["R_V_se"], 4), round(r["R_K1"], 4),
                                      round(r["R_K1_se"], 4)) for r in case["widths"]], flush=True)
+        for act in ("tanh", "relu"):
+            case = run_branch_case(act, widths, samples, args.seed)
+            cases.append(case)
+            print(act, "two-layer branches:", case["intercept_z_V"], [(r["n"], round(r["R_V"], 4), round(r["R_V_se"], 4),
+                                                                       round(r["z_K1"], 2)) for r in case["widths"]], flush=True)
         case = run_critical_case(8, [32, 64, 128, 256] if not args.quick else [32, 128], samples, args.seed)
         cases.append(case)
         print("critical relu depth 8:", case["V_over_K2_theory"], case["V_over_K2_intercept"], case["V_over_K2_intercept_se"],

@@ -32,6 +32,12 @@ the last term being the *self-interaction*: a neuron's own past enters its metri
 ``g^j = sum_i W^{j,i} X^i[s] + U^j g^0``. For ``gamma = 0`` everything reduces to the MLP
 recursions ``V' = C_W^2 Cov(s, s) + J V J^T``, ``K1' = J K1 + H:V/2``.
 
+Multi-layer branches (``residual_step(..., branch=...)``): the branch's hidden layers are fresh
+neurons given the metric feeding them, so the metric that drives the block is
+``d^k = B^k g^k + zeta^k`` (``B`` the product of the branch layers' Jacobians, ``zeta`` an
+independent Gaussian source whose covariance and mean follow the MLP recursions, with the
+hidden widths' ratios); ``w_j g^j`` and ``kappa^j`` above are then those of ``d^j``.
+
 Representation and cost. ``V`` is stored over unordered input pairs (``P = N (N+1) / 2``,
 :class:`ngp._finite.Pairs`). A chain of ``k`` layers keeps the trajectory covariances
 ``Y(i, j)_pq = Cov(s_p(z^i), s_q(z^j))`` (``k^2 / 2`` matrices ``P x P``): each new layer costs
@@ -135,10 +141,15 @@ class ChainState:
         gamma, xi: skip and branch weights of the blocks applied so far (``k - 1`` each).
         jh: ``(J^j, H^j)`` for ``j = 1 .. k-1``: Jacobian ``(P, 3)`` and Hessian ``(P, 3, 3)``
             of ``Sigma -> <s>_Sigma`` at ``Sigma^j`` (columns ``pairs.cols``; ``C_W`` not included).
-        W: ``W[j-1][i-1]`` ``(P, P)``: coefficient of ``X^i[s]`` in ``g^j`` (``1 <= i <= j <= k-1``).
-        U: ``U[j]`` ``(P, P)``: coefficient of ``g^0`` in ``g^j`` (``0 <= j <= k-1``; ``U[0] = I``).
-        kappa: ``kappa^j = n (E G_hat^j - G^j)`` ``(P,)`` for ``j = 0 .. k-1``.
-        V0: ``(P, P)`` covariance of ``g^0``.
+        W: ``W[j-1][i-1]`` ``(P, P)``: coefficient of ``X^i[s]`` in ``d^j`` (``1 <= i <= j <= k-1``),
+            ``d^j = sqrt(n) (D_hat^j - D^j)`` the fluctuation of the metric that *drives* block ``j``
+            (the metric of layer ``j`` for a one-layer branch, that of the branch's last hidden
+            layer otherwise; ``d^0 = g^0`` the input metric).
+        U: ``U[j]``: tuple of ``(P, P)`` coefficients of the independent sources in ``d^j``
+            (``0 <= j <= k-1``; ``U[0] = (I,)``; sources added later count as zero).
+        kappa: ``n (E D_hat^j - D^j)`` ``(P,)`` for ``j = 0 .. k-1``.
+        sources: covariances ``(P, P)`` of the independent Gaussian sources: ``g^0`` (input metric)
+            and the fresh fluctuations of the hidden layers of multi-layer branches.
         Y: ``{(i, j): (P, P)}`` trajectory covariances ``Cov(s_p(z^i), s_q(z^j))``, ``1 <= i <= j <= k``.
         Z: ``Z[i-1]`` ``(P, 3, P)``, ``i = 1 .. k-1``: self-interaction covariances
             ``Cov(D_r s_p(z^k), s_q(z^i))`` of the current layer (see :func:`_cross_layers`).
@@ -156,7 +167,7 @@ class ChainState:
     W: tuple
     U: tuple
     kappa: tuple
-    V0: np.ndarray = dataclasses.field(repr=False)
+    sources: tuple = dataclasses.field(repr=False)
     Y: dict = dataclasses.field(repr=False)
     Z: tuple = dataclasses.field(repr=False)
     options: dict = dataclasses.field(default_factory=dict, repr=False)
@@ -486,7 +497,8 @@ def chain_start(act: Activation, K, *, n: int, V=None, K1=None, n_prev: int | No
     V0 = np.zeros((P, P)) if V is None else ratio * np.asarray(V, dtype=float)
     kap0 = np.zeros(P) if K1 is None else ratio * pairs.pack(np.asarray(K1, dtype=float))
     Y = {(1, 1): _same_layer(act, K, pairs, options)}
-    return ChainState(act, int(n), pairs, (K,), (), (), (), (), (np.eye(P),), (kap0,), V0, Y, (), dict(options))
+    return ChainState(act, int(n), pairs, (K,), (), (), (), (), ((np.eye(P),),), (kap0,), (V0,), Y, (),
+                      dict(options))
 
 
 def _gamma(state: ChainState, i: int, j: int) -> float:
@@ -505,18 +517,33 @@ def _Yget(state: ChainState, i: int, j: int) -> np.ndarray:
     return state.Y[(i, j)] if i <= j else state.Y[(j, i)].T
 
 
+def _source_cov(state: ChainState, U1, U2) -> np.ndarray:
+    """``sum_s U1[s] Cov(source s) U2[s]^T`` (coefficient tuples may be shorter than ``sources``)."""
+    P = state.pairs.P
+    out = np.zeros((P, P))
+    for u1, u2, cov in zip(U1, U2, state.sources):
+        out = out + u1 @ cov @ u2.T
+    return out
+
+
 def _accumulated(state: ChainState):
-    """For the current layer ``k``: weights ``w``, ``A^{k,i}`` (i = 1..k-1), ``B^k``, and
-    ``Cov(R, R)`` of the response ``R = sum_j w_j g^j``."""
+    """For the current layer ``k``: weights ``w``, ``A^{k,i}`` (i = 1..k-1), the source
+    coefficients ``B^k`` and ``Cov(R, R)`` of the response ``R = sum_j w_j d^j``."""
     k = state.depth
     w = _weights(state, k)
+    P = state.pairs.P
     A = [sum(w[j] * state.W[j - 1][i - 1] for j in range(i, k)) for i in range(1, k)]
-    B = sum(w[j] * state.U[j] for j in range(k))
-    C = B @ state.V0 @ B.T
+    B = []
+    for j in range(k):
+        for s_idx, u in enumerate(state.U[j]):
+            if s_idx == len(B):
+                B.append(np.zeros((P, P)))
+            B[s_idx] = B[s_idx] + w[j] * u
+    C = _source_cov(state, B, B)
     for i in range(1, k):
         for i2 in range(1, k):
             C = C + A[i - 1] @ _Yget(state, i, i2) @ A[i2 - 1].T
-    return w, A, B, 0.5 * (C + C.T)
+    return w, A, tuple(B), 0.5 * (C + C.T)
 
 
 def _metric(state: ChainState, C_W: float, C_b: float):
@@ -528,7 +555,7 @@ def _metric(state: ChainState, C_W: float, C_b: float):
     w, A, B, Cw = _accumulated(state)
     P = pairs.P
     W_row = [C_W * _jac_left(J, Ai, pairs) for Ai in A] + [C_W * np.eye(P)]
-    U_k = C_W * _jac_left(J, B, pairs)
+    U_k = tuple(C_W * _jac_left(J, Bs, pairs) for Bs in B)
     shift = sum(w[j] * state.kappa[j] for j in range(k))
     m = (_jac_left(J, shift[:, None], pairs)[:, 0] + 0.5 * _hess_contract(H, Cw, pairs))
     for i in range(1, k):
@@ -536,11 +563,64 @@ def _metric(state: ChainState, C_W: float, C_b: float):
     return G, (J, H), W_row, U_k, C_W * m
 
 
-def residual_step(state: ChainState, *, C_W: float, C_b: float, gamma: float, xi: float) -> ChainState:
-    """Apply the block ``z' = gamma z + xi [b + W sigma(z)]`` (``Var W = C_W / n``, ``Var b = C_b``)."""
+def _metric_cov(state: ChainState, W_row, U_k) -> np.ndarray:
+    """``Cov(g^k, g^k)`` of a metric with coefficients ``W_row`` (on ``X^1..X^k``) and ``U_k``."""
+    k = state.depth
+    V = _source_cov(state, U_k, U_k)
+    for i in range(1, k + 1):
+        for i2 in range(1, k + 1):
+            V = V + W_row[i - 1] @ _Yget(state, i, i2) @ W_row[i2 - 1].T
+    return 0.5 * (V + V.T)
+
+
+def _branch(state: ChainState, G, W_row, U_k, kap, branch):
+    """Propagate the stream metric of layer ``k`` through the hidden layers of a multi-layer branch.
+
+    ``branch`` lists ``(m, C_W, C_b)`` per hidden branch layer: its width ``m`` and the weight and
+    bias variances of the layer that reads it. Each hidden layer is fresh given the metric feeding
+    it, so the driving metric is ``d = B g^k + zeta``: ``B`` the product of the layers' Jacobians
+    (``C_W`` included) and ``zeta`` an independent source whose covariance (in units of the stream
+    width ``n``, hence the ``n / m`` factors) and the mean shift follow the MLP recursions.
+    Returns ``(D, W_d, U_d, kappa_d, Vzeta)`` (``Vzeta`` ``None`` for a one-layer branch).
+    """
+    if not branch:
+        return G, W_row, U_k, kap, None
+    act, pairs, n = state.act, state.pairs, state.n
+    P = pairs.P
+    K, kappa = G, kap
+    Cg = _metric_cov(state, W_row, U_k)
+    B = np.eye(P)
+    Vz = np.zeros((P, P))
+    for m, cw, cb in branch:
+        J1, H1 = _jh(act, K, pairs, state.options)
+        J = cw * J1
+        fresh = cw * cw * (n / m) * _same_layer(act, K, pairs, state.options)
+        kappa = _jac_left(J, kappa[:, None], pairs)[:, 0] + 0.5 * cw * _hess_contract(H1, Cg, pairs)
+        JCg = _jac_left(J, Cg, pairs)
+        Cg = _jac_left(J, JCg.T, pairs) + fresh
+        JVz = _jac_left(J, Vz, pairs)
+        Vz = _jac_left(J, JVz.T, pairs) + fresh
+        B = _jac_left(J, B, pairs)
+        K = np.asarray(kernel_map(act, jnp.asarray(K), cw, cb, **_kopts(state.options)))
+    W_d = [B @ Wi for Wi in W_row]
+    U_d = tuple(B @ u for u in U_k) + (np.zeros((P, P)),) * (len(state.sources) - len(U_k)) + (np.eye(P),)
+    return K, W_d, U_d, kappa, 0.5 * (Vz + Vz.T)
+
+
+def residual_step(state: ChainState, *, C_W: float, C_b: float, gamma: float, xi: float,
+                  branch=()) -> ChainState:
+    """Apply the block ``z' = gamma z + xi u`` with a branch ``u`` fed by ``sigma(z)``.
+
+    One-layer branch (default): ``u = b + W sigma(z)``, ``Var W = C_W / n``, ``Var b = C_b``.
+    Multi-layer branch: ``branch = ((m_1, C_W_2, C_b_2), ..., (m_{d-1}, C_W_d, C_b_d))`` gives
+    ``a^1 = b + W sigma(z)`` of width ``m_1`` (``C_W, C_b``), ``a^l = b + W sigma(a^{l-1})`` of width
+    ``m_l`` (``C_W_l, C_b_l``), and ``u = a^d = b + W sigma(a^{d-1})`` of width ``n``; the same
+    activation throughout.
+    """
     G, jh, W_row, U_k, kap = _metric(state, C_W, C_b)
+    D, W_d, U_d, kap_d, Vz = _branch(state, G, W_row, U_k, kap, tuple(branch))
     gamma, xi = float(gamma), float(xi)
-    S_new = gamma * gamma * state.sigma[-1] + xi * xi * G
+    S_new = gamma * gamma * state.sigma[-1] + xi * xi * D
     k = state.depth
     new = dataclasses.replace(
         state,
@@ -548,9 +628,10 @@ def residual_step(state: ChainState, *, C_W: float, C_b: float, gamma: float, xi
         gamma=state.gamma + (gamma,),
         xi=state.xi + (xi,),
         jh=state.jh + (jh,),
-        W=state.W + (tuple(W_row),),
-        U=state.U + (U_k,),
-        kappa=state.kappa + (kap,),
+        W=state.W + (tuple(W_d),),
+        U=state.U + (tuple(U_d),),
+        kappa=state.kappa + (kap_d,),
+        sources=state.sources + (() if Vz is None else (Vz,)),
         Y=dict(state.Y),
     )
     act, pairs = state.act, state.pairs
@@ -570,13 +651,8 @@ def readout(state: ChainState, *, C_W: float, C_b: float) -> Cumulants:
     normalised by the chain width ``n``.
     """
     G, _, W_row, U_k, kap = _metric(state, C_W, C_b)
-    k = state.depth
-    V = U_k @ state.V0 @ U_k.T
-    for i in range(1, k + 1):
-        for i2 in range(1, k + 1):
-            V = V + W_row[i - 1] @ _Yget(state, i, i2) @ W_row[i2 - 1].T
     pairs = state.pairs
-    return Cumulants(G, pairs.unpack(kap), 0.5 * (V + V.T), state.n, pairs)
+    return Cumulants(G, pairs.unpack(kap), _metric_cov(state, W_row, U_k), state.n, pairs)
 
 
 def layer_cumulants(state: ChainState) -> Cumulants:

@@ -59,13 +59,31 @@ def naive_recursion(act, K_first, *, C_W, C_b, gamma, xi):
     return out
 
 
-def linear_exact(K_first, n, *, C_W, C_b, gamma, xi):
+def _bc(M, idx):
+    """``(N, N)`` matrix placed on the axes ``idx`` (two letters of ``abcd``) of a 4-tensor."""
+    axes = ["abcd".index(ch) for ch in idx]
+    arr = M if axes[0] < axes[1] else M.T
+    shape = [1] * 4
+    shape[min(axes)] = shape[max(axes)] = M.shape[0]
+    return np.broadcast_to(arr.reshape(shape), (M.shape[0],) * 4)
+
+
+def _E_affine(m1, m2, al, be, al2, be2, i1, i2):
+    """``E[(al + be M)_{i1} (al2 + be2 M)_{i2}]`` as a 4-tensor over ``abcd``."""
+    return (al * al2 + al * be2 * _bc(m1, i2) + be * al2 * _bc(m1, i1)
+            + be * be2 * np.einsum(f"{i1}{i2}->abcd", m2))
+
+
+def linear_exact(K_first, n, *, C_W, C_b, gamma, xi, branch=None):
     """Exact ``n Cov(G_hat_ab, G_hat_cd)`` ``(N,N,N,N)`` and ``E G_hat`` of the readout metric of a
     linear residual network (plain first layer, blocks ``2 .. L-1``, readout ``L``), width ``n``.
 
-    With ``u_j = sqrt(G_hat) eps_j`` the block gives ``M' = gamma^2 M + gamma xi (1/n) sum (z u^T + u z^T)
-    + xi^2 (1/n) sum u u^T``; given the layer, the three pieces have covariances computed exactly
-    (``u`` Gaussian), so ``E[M' (x) M']`` is a linear function of ``E[M (x) M]`` and ``E M``.
+    Block ``l``: ``z' = gamma z + xi u``. One-layer branch: ``u`` has i.i.d. rows ``N(0, G1)`` given the
+    layer, ``G1 = C_b + C_W M``. Two-layer branch (``branch[l-1] = (m, C_W2, C_b2)``): a hidden layer of
+    width ``m`` with rows ``N(0, G1)``, and ``u`` with rows ``N(0, Ga)``, ``Ga = C_b2 + C_W2 M_a``. With
+    ``M' = gamma^2 M + gamma xi (1/n) sum (z u^T + u z^T) + xi^2 (1/n) sum u u^T`` the pieces have exact
+    conditional covariances (Gaussian ``u``, Wishart ``M_a``), so ``E[M' (x) M']`` is a linear function
+    of ``E[M (x) M]`` and ``E M``: an exact recursion for the first two moments.
     """
     K = np.asarray(K_first, dtype=float)
     m1 = K.copy()
@@ -73,26 +91,30 @@ def linear_exact(K_first, n, *, C_W, C_b, gamma, xi):
     L = len(C_W)
     for l in range(1, L - 1):
         cw, cb, g, x = C_W[l], C_b[l], gamma[l - 1], xi[l - 1]
-        s = g * g + x * x * cw
-        mm = m1[:, :, None, None] + m1[None, None, :, :]
-        EAA = s * s * m2 + s * x * x * cb * mm + x**4 * cb * cb
+        br = None if branch is None else branch[l - 1]
+        if br is None:
+            c0, c1, m_h, cw2 = cb, cw, None, None
+        else:
+            m_h, cw2, cb2 = br
+            c0, c1 = cb2 + cw2 * cb, cw2 * cw  # E[Ga | M] = c0 + c1 M
 
-        # E[M_ac G_bd] etc. written out (G = cb + cw M)
-        def mg(perm):  # perm: einsum spec mapping m2 axes (M_pq, M_rs) -> abcd
-            return cw * np.einsum(perm, m2)
+        def EMG(i1, i2):  # E[M_{i1} Ga_{i2}]
+            return _E_affine(m1, m2, 0.0, 1.0, c0, c1, i1, i2)
 
-        t_ac_bd = cb * m1[:, None, :, None] + mg("acbd->abcd")
-        t_ad_bc = cb * m1[:, None, None, :] + mg("adbc->abcd")
-        t_bc_ad = cb * m1[None, :, :, None] + mg("bcad->abcd")
-        t_bd_ac = cb * m1[None, :, None, :] + mg("bdac->abcd")
+        def EGG(i1, i2):  # E[Ga_{i1} Ga_{i2}]
+            out = _E_affine(m1, m2, c0, c1, c0, c1, i1, i2)
+            if m_h is not None:  # Wishart fluctuation of the hidden layer's second moment
+                p, q, r, t = i1[0], i1[1], i2[0], i2[1]
+                out = out + (cw2 * cw2 / m_h) * (_E_affine(m1, m2, cb, cw, cb, cw, p + r, q + t)
+                                                 + _E_affine(m1, m2, cb, cw, cb, cw, p + t, q + r))
+            return out
 
-        def gg(perm, i1, i2):
-            return cb * cb + cb * cw * (i1 + i2) + cw * cw * np.einsum(perm, m2)
-
-        G_ac_bd = gg("acbd->abcd", m1[:, None, :, None], m1[None, :, None, :])
-        G_ad_bc = gg("adbc->abcd", m1[:, None, None, :], m1[None, :, :, None])
-        m2 = EAA + (g * g * x * x / n) * (t_ac_bd + t_ad_bc + t_bc_ad + t_bd_ac) + (x**4 / n) * (G_ac_bd + G_ad_bc)
-        m1 = s * m1 + x * x * cb
+        g2, x2 = g * g, x * x
+        EAA = (g2 * g2 * m2 + g2 * x2 * (EMG("ab", "cd") + EMG("cd", "ab"))
+               + x2 * x2 * EGG("ab", "cd"))
+        cross = EMG("ac", "bd") + EMG("ad", "bc") + EMG("bc", "ad") + EMG("bd", "ac")
+        m2 = EAA + (g2 * x2 / n) * cross + (x2 * x2 / n) * (EGG("ac", "bd") + EGG("ad", "bc"))
+        m1 = g2 * m1 + x2 * (c0 + c1 * m1)
     cw, cb = C_W[L - 1], C_b[L - 1]
     EG = cb + cw * m1
     cov = cw * cw * (m2 - np.einsum("ab,cd->abcd", m1, m1))
@@ -114,3 +136,42 @@ def mc_metric(net, X, samples, *, seed=0, batch_size=20000):
     K1 = n * (G.mean(0) - K)
     K1_se = n * G.std(0, ddof=1) / math.sqrt(samples)
     return V, V_se, K1, K1_se
+
+
+def mc_branch_chain(act, X, n, blocks, readout, samples, *, seed=0, batch_size=10000):
+    """Monte Carlo of residual chains with multi-layer branches (exact conditional sampler).
+
+    First layer ``C_b1 + C_W1 X X^T / n0`` given as ``blocks[0] = (C_W1, C_b1)``; each later entry is
+    ``(C_W, C_b, gamma, xi, branch)`` with ``branch`` a tuple of ``(m, C_W_l, C_b_l)`` as in
+    ``ngp._residual_cumulants.residual_step``; ``readout = (C_W, C_b)``. Returns the readout metric
+    statistics of :func:`mc_metric` (``n Cov``, s.e., ``n E G_hat``, s.e.) without subtracting ``K``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from ngp._sampling import _metric, _psd_sqrt
+
+    fn = act.fn
+    C_W1, C_b1 = blocks[0]
+    N = X.shape[0]
+
+    def one(key, X):
+        keys = iter(jax.random.split(key, 64))
+        z = _psd_sqrt(C_b1 + C_W1 * X @ X.T / X.shape[1]) @ jax.random.normal(next(keys), (N, n), X.dtype)
+        for C_W, C_b, gamma, xi, branch in blocks[1:]:
+            G = _metric(fn(z), C_W, C_b)
+            for m, cw, cb in branch:
+                a = _psd_sqrt(G) @ jax.random.normal(next(keys), (N, int(m)), X.dtype)
+                G = _metric(fn(a), cw, cb)
+            z = gamma * z + xi * (_psd_sqrt(G) @ jax.random.normal(next(keys), (N, n), X.dtype))
+        return _metric(fn(z), *readout)
+
+    f = jax.jit(jax.vmap(one, in_axes=(0, None)))
+    keys = jax.random.split(jax.random.PRNGKey(seed), samples)
+    pairs = Pairs.of(N)
+    Gs = np.concatenate([np.asarray(f(keys[i:i + batch_size], jnp.asarray(X)))[:, pairs.a, pairs.b]
+                         for i in range(0, samples, batch_size)])
+    d = Gs - Gs.mean(0)
+    prod = d[:, :, None] * d[:, None, :]
+    return (n * prod.mean(0) * samples / (samples - 1), n * prod.std(0, ddof=1) / math.sqrt(samples),
+            n * Gs.mean(0), n * Gs.std(0, ddof=1) / math.sqrt(samples))

@@ -102,6 +102,41 @@ def test_linear_layer_cumulants_feed_the_readout():
     assert np.max(np.abs(lay.V)) > 0.1
 
 
+def test_two_layer_branches_gamma_zero_is_the_mlp():
+    # gamma = 0 blocks with two-layer branches (hidden width m != n) are two plain layers each.
+    act, n, m = activation("tanh"), 16, 40
+    C_W, C_b = [1.2, 1.5, 0.9, 1.3, 1.1, 0.8], [0.1, 0.2, 0.05, 0.1, 0.3, 0.1]
+    X = X3[:2]
+    s = rc.chain_start(act, _first_kernel(X, C_W[0], C_b[0]), n=n)
+    for l in (1, 3):
+        s = rc.residual_step(s, C_W=C_W[l], C_b=C_b[l], gamma=0.0, xi=1.0, branch=((m, C_W[l + 1], C_b[l + 1]),))
+    out = rc.readout(s, C_W=C_W[5], C_b=C_b[5])
+    mlp = ngp.MLP(6, [n, m, n, m, n], activation="tanh", C_W=C_W, C_b=C_b).prior(X, warn=False)
+    assert _rel(out.V, mlp.V_packed) < 1e-12
+    assert _rel(out.K1, mlp.K1) < 1e-12
+
+
+def test_linear_two_layer_branches_match_the_exact_law():
+    # Linear blocks whose branch has a hidden layer (width 2.5 n, 0.5 n) or none: exact law, all n.
+    C_W, C_b = [1.1, 0.9, 1.3, 0.7, 1.2], [0.2, 0.1, 0.3, 0.05, 0.15]
+    gamma, xi = [0.7, -0.5, 0.9], [0.8, 1.1, 0.4]
+    branch = [(2.5, 1.4, 0.2), None, (0.5, 0.8, 0.1)]  # hidden width as a multiple of n
+    K1 = _first_kernel(X3, C_W[0], C_b[0])
+    s = rc.chain_start(activation("linear"), K1, n=1)
+    for l in range(1, 4):
+        br = () if branch[l - 1] is None else (branch[l - 1],)
+        s = rc.residual_step(s, C_W=C_W[l], C_b=C_b[l], gamma=gamma[l - 1], xi=xi[l - 1], branch=br)
+    out = rc.readout(s, C_W=C_W[4], C_b=C_b[4])
+    gaps = []
+    for n in (100, 1000, 10**7):
+        brn = [None if b is None else (b[0] * n, b[1], b[2]) for b in branch]
+        exact, EG = linear_exact(K1, n, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi, branch=brn)
+        np.testing.assert_allclose(EG, out.K, rtol=1e-13)
+        gaps.append(_rel(exact, out.V4))
+    assert gaps[2] < 1e-6 and 9.5 < gaps[0] / gaps[1] < 10.5
+    assert np.max(np.abs(out.K1)) < 1e-12
+
+
 @pytest.mark.parametrize("gamma,xi,C_W", [(0.7, 0.7, 1.0), (1.0, 0.3, 1.3), (0.4, 1.2, 0.8)])
 def test_single_input_linear_vertex_growth(gamma, xi, C_W):
     # One input, C_b = 0: V / K^2 = 2 (readout) + sum of the per-block growth (criticality module).
