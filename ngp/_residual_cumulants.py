@@ -67,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
-from ._activations import Activation
+from ._activations import Activation, activation as _make_activation
 from ._finite import Pairs, fresh_covariance, jacobian_hessian
 from ._gaussian import gauss_hermite
 from ._kernel import kernel_map
@@ -576,8 +576,9 @@ def _metric_cov(state: ChainState, W_row, U_k) -> np.ndarray:
 def _branch(state: ChainState, G, W_row, U_k, kap, branch):
     """Propagate the stream metric of layer ``k`` through the hidden layers of a multi-layer branch.
 
-    ``branch`` lists ``(m, C_W, C_b)`` per hidden branch layer: its width ``m`` and the weight and
-    bias variances of the layer that reads it. Each hidden layer is fresh given the metric feeding
+    ``branch`` lists ``(m, C_W, C_b)`` or ``(m, C_W, C_b, activation)`` per hidden branch layer: its
+    width ``m``, the weight and bias variances of the layer that reads it, and the activation applied
+    to it (default: the chain's). Each hidden layer is fresh given the metric feeding
     it, so the driving metric is ``d = B g^k + zeta``: ``B`` the product of the layers' Jacobians
     (``C_W`` included) and ``zeta`` an independent source whose covariance (in units of the stream
     width ``n``, hence the ``n / m`` factors) and the mean shift follow the MLP recursions.
@@ -585,13 +586,15 @@ def _branch(state: ChainState, G, W_row, U_k, kap, branch):
     """
     if not branch:
         return G, W_row, U_k, kap, None
-    act, pairs, n = state.act, state.pairs, state.n
+    pairs, n = state.pairs, state.n
     P = pairs.P
     K, kappa = G, kap
     Cg = _metric_cov(state, W_row, U_k)
     B = np.eye(P)
     Vz = np.zeros((P, P))
-    for m, cw, cb in branch:
+    for entry in branch:
+        m, cw, cb = entry[:3]
+        act = _make_activation(entry[3]) if len(entry) > 3 else state.act
         J1, H1 = _jh(act, K, pairs, state.options)
         J = cw * J1
         fresh = cw * cw * (n / m) * _same_layer(act, K, pairs, state.options)
@@ -614,8 +617,9 @@ def residual_step(state: ChainState, *, C_W: float, C_b: float, gamma: float, xi
     One-layer branch (default): ``u = b + W sigma(z)``, ``Var W = C_W / n``, ``Var b = C_b``.
     Multi-layer branch: ``branch = ((m_1, C_W_2, C_b_2), ..., (m_{d-1}, C_W_d, C_b_d))`` gives
     ``a^1 = b + W sigma(z)`` of width ``m_1`` (``C_W, C_b``), ``a^l = b + W sigma(a^{l-1})`` of width
-    ``m_l`` (``C_W_l, C_b_l``), and ``u = a^d = b + W sigma(a^{d-1})`` of width ``n``; the same
-    activation throughout.
+    ``m_l`` (``C_W_l, C_b_l``), and ``u = a^d = b + W sigma(a^{d-1})`` of width ``n``. A fourth entry
+    ``(m, C_W, C_b, activation)`` sets the activation applied to that hidden layer (default: the
+    chain's ``act``, which is also the one applied to the stream).
     """
     G, jh, W_row, U_k, kap = _metric(state, C_W, C_b)
     D, W_d, U_d, kap_d, Vz = _branch(state, G, W_row, U_k, kap, tuple(branch))

@@ -114,6 +114,12 @@ def test_two_layer_branches_gamma_zero_is_the_mlp():
     mlp = ngp.MLP(6, [n, m, n, m, n], activation="tanh", C_W=C_W, C_b=C_b).prior(X, warn=False)
     assert _rel(out.V, mlp.V_packed) < 1e-12
     assert _rel(out.K1, mlp.K1) < 1e-12
+    # the hidden branch layer may have its own activation: tanh branch layer == a (m, ..., "tanh") entry
+    s2 = rc.chain_start(act, _first_kernel(X, C_W[0], C_b[0]), n=n)
+    for l in (1, 3):
+        s2 = rc.residual_step(s2, C_W=C_W[l], C_b=C_b[l], gamma=0.0, xi=1.0,
+                              branch=((m, C_W[l + 1], C_b[l + 1], "tanh"),))
+    np.testing.assert_array_equal(rc.readout(s2, C_W=C_W[5], C_b=C_b[5]).V, out.V)
 
 
 def test_linear_two_layer_branches_match_the_exact_law():
