@@ -120,6 +120,14 @@ def test_two_layer_branches_gamma_zero_is_the_mlp():
         s2 = rc.residual_step(s2, C_W=C_W[l], C_b=C_b[l], gamma=0.0, xi=1.0,
                               branch=((m, C_W[l + 1], C_b[l + 1], "tanh"),))
     np.testing.assert_array_equal(rc.readout(s2, C_W=C_W[5], C_b=C_b[5]).V, out.V)
+    # ... or another one: a relu hidden layer is an MLP step with relu (mlp_step is the MLP recursion)
+    s3 = rc.chain_start(act, _first_kernel(X, C_W[0], C_b[0]), n=n)
+    s3 = rc.residual_step(s3, C_W=C_W[1], C_b=C_b[1], gamma=0.0, xi=1.0, branch=((m, C_W[2], C_b[2], "relu"),))
+    got = rc.readout(s3, C_W=C_W[3], C_b=C_b[3])
+    h = rc.mlp_step(act, _first_kernel(X, C_W[0], C_b[0]), None, None, n_prev=None, n=n, C_W=C_W[1], C_b=C_b[1])
+    h = rc.mlp_step(activation("relu"), h.K, h.K1, h.V, n_prev=n, n=m, C_W=C_W[2], C_b=C_b[2])
+    h = rc.mlp_step(act, h.K, h.K1, h.V, n_prev=m, n=n, C_W=C_W[3], C_b=C_b[3])
+    assert _rel(got.V, h.V) < 1e-12 and _rel(got.K1, h.K1) < 1e-12
 
 
 def test_linear_two_layer_branches_match_the_exact_law():
