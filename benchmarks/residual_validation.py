@@ -70,6 +70,20 @@ def fit_intercept(widths, values, ses, order=1):
     return np.array(out_a), np.array(out_se), np.array(out_c)
 
 
+def fixed_intercept_chi2(widths, values, ses, intercepts):
+    """``chi^2`` per degree of freedom of ``values(n) = intercept + c / n`` (one free ``c`` per entry),
+    summed over entries (entries from the same networks are correlated: an indicative number)."""
+    n = np.asarray(widths, dtype=float)
+    chi2, dof = 0.0, 0
+    for v, s, a in zip(np.asarray(values).T, np.asarray(ses).T, intercepts):
+        w = 1.0 / s**2
+        x = 1.0 / n
+        c = np.sum(w * x * (v - a)) / np.sum(w * x * x)
+        chi2 += float(np.sum(w * (v - a - c * x) ** 2))
+        dof += len(n) - 1
+    return chi2 / dof
+
+
 def loglog_slope(widths, R, R_se):
     """Weighted fit of ``log R = log A + p log n``: ``p`` and its s.e. (``R_se / R`` as log errors)."""
     x, y = np.log(widths), np.log(np.maximum(R, 1e-300))
@@ -135,6 +149,8 @@ def run_case(act, depth, widths, samples, seed):
         "intercept_z_V": float(np.max(np.abs(Va - V_th) / Va_se)),
         "intercept_z_V_naive": float(np.max(np.abs(Va - V_nv) / Va_se)),
         "intercept_z_V_quadratic_fit": z2, "intercept_z_V_naive_quadratic_fit": z2_naive,
+        "chi2_per_dof_theory_plus_c_over_n": fixed_intercept_chi2(widths, Vs, Vses, V_th),
+        "chi2_per_dof_naive_plus_c_over_n": fixed_intercept_chi2(widths, Vs, Vses, V_nv),
         "intercept_z_K1": float(np.max(np.abs(Ka - K1_th) / Ka_se)),
         "intercept_z_K1_naive": float(np.max(np.abs(Ka - K1_nv) / Ka_se)),
         "slope_max_residual_V": slope, "slope_max_residual_V_se": slope_se,
@@ -269,6 +285,11 @@ def main(argv=None):
             with open(path) as f:
                 data = json.load(f)
             meta = meta or {k: v for k, v in data.items() if k != "cases"}
+            for c in data["cases"]:
+                if "V_mc" in c and "chi2_per_dof_theory_plus_c_over_n" not in c:  # older runs: add the chi^2
+                    ws = [r["n"] for r in c["widths"]]
+                    c["chi2_per_dof_theory_plus_c_over_n"] = fixed_intercept_chi2(ws, c["V_mc"], c["V_mc_se"], c["V_theory"])
+                    c["chi2_per_dof_naive_plus_c_over_n"] = fixed_intercept_chi2(ws, c["V_mc"], c["V_mc_se"], c["V_naive"])
             cases += data["cases"]
         with open(out, "w") as f:
             json.dump({**meta, "cases": cases}, f, indent=1)

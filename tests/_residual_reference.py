@@ -74,7 +74,7 @@ def _E_affine(m1, m2, al, be, al2, be2, i1, i2):
             + be * be2 * np.einsum(f"{i1}{i2}->abcd", m2))
 
 
-def linear_exact(K_first, n, *, C_W, C_b, gamma, xi, branch=None):
+def linear_exact(K_first, n, *, C_W, C_b, gamma, xi, branch=None, dense_before=None):
     """Exact ``n Cov(G_hat_ab, G_hat_cd)`` ``(N,N,N,N)`` and ``E G_hat`` of the readout metric of a
     linear residual network (plain first layer, blocks ``2 .. L-1``, readout ``L``), width ``n``.
 
@@ -84,10 +84,23 @@ def linear_exact(K_first, n, *, C_W, C_b, gamma, xi, branch=None):
     ``M' = gamma^2 M + gamma xi (1/n) sum (z u^T + u z^T) + xi^2 (1/n) sum u u^T`` the pieces have exact
     conditional covariances (Gaussian ``u``, Wishart ``M_a``), so ``E[M' (x) M']`` is a linear function
     of ``E[M (x) M]`` and ``E M``: an exact recursion for the first two moments.
+
+    ``dense_before = (n0, C_W0, C_b0)``: the chain's first layer is fed by a Gaussian layer of width
+    ``n0`` with kernel ``K_first`` through a dense layer, so its rows are ``N(0, G0)`` given
+    ``G0 = C_b0 + C_W0 M0`` (``M0`` Wishart); otherwise its kernel is ``K_first`` exactly.
     """
     K = np.asarray(K_first, dtype=float)
-    m1 = K.copy()
-    m2 = np.einsum("ab,cd->abcd", K, K) + (np.einsum("ac,bd->abcd", K, K) + np.einsum("ad,bc->abcd", K, K)) / n
+    KK = lambda: (np.einsum("ac,bd->abcd", K, K) + np.einsum("ad,bc->abcd", K, K))  # noqa: E731
+    if dense_before is None:
+        m1 = K.copy()
+        m2 = np.einsum("ab,cd->abcd", K, K) + KK() / n
+    else:  # E[M_ab M_cd] = E[G0_ab G0_cd] + (1/n) E[G0_ac G0_bd + G0_ad G0_bc]
+        n0, cw0, cb0 = dense_before
+        q1 = K.copy()
+        q2 = np.einsum("ab,cd->abcd", K, K) + KK() / n0  # moments of M0
+        m1 = cb0 + cw0 * q1
+        m2 = (_E_affine(q1, q2, cb0, cw0, cb0, cw0, "ab", "cd")
+              + (_E_affine(q1, q2, cb0, cw0, cb0, cw0, "ac", "bd") + _E_affine(q1, q2, cb0, cw0, cb0, cw0, "ad", "bc")) / n)
     L = len(C_W)
     for l in range(1, L - 1):
         cw, cb, g, x = C_W[l], C_b[l], gamma[l - 1], xi[l - 1]

@@ -130,6 +130,24 @@ def test_two_layer_branches_gamma_zero_is_the_mlp():
     assert _rel(got.V, h.V) < 1e-12 and _rel(got.K1, h.K1) < 1e-12
 
 
+def test_chain_after_a_dense_layer_of_another_width():
+    # A residual chain (width n) fed by a dense layer from a Gaussian layer of width 2.5 n: the
+    # input-metric fluctuation enters as (n / n_prev) V through every later block (linear: exact law).
+    C_W, C_b, gamma, xi = [1.1, 0.9, 1.3, 0.7], [0.2, 0.1, 0.3, 0.05], [0.7, -0.5], [0.8, 1.1]
+    K0 = _first_kernel(X3, 1.0, 0.1)
+    h = rc.mlp_step(activation("linear"), K0, None, None, n_prev=None, n=5, C_W=C_W[0], C_b=C_b[0])
+    s = rc.chain_start(activation("linear"), h.K, V=h.V, K1=h.K1, n_prev=5, n=2)
+    for l in (1, 2):
+        s = rc.residual_step(s, C_W=C_W[l], C_b=C_b[l], gamma=gamma[l - 1], xi=xi[l - 1])
+    out = rc.readout(s, C_W=C_W[3], C_b=C_b[3])
+    gaps = []
+    for n in (100, 1000, 10**7):
+        exact, EG = linear_exact(K0, n, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi, dense_before=(2.5 * n, C_W[0], C_b[0]))
+        np.testing.assert_allclose(EG, out.K, rtol=1e-13)
+        gaps.append(_rel(exact, out.V4))
+    assert gaps[2] < 1e-6 and 9.5 < gaps[0] / gaps[1] < 10.5
+
+
 def test_linear_two_layer_branches_match_the_exact_law():
     # Linear blocks whose branch has a hidden layer (width 2.5 n, 0.5 n) or none: exact law, all n.
     C_W, C_b = [1.1, 0.9, 1.3, 0.7, 1.2], [0.2, 0.1, 0.3, 0.05, 0.15]
