@@ -222,27 +222,33 @@ def _rule(d: int, m: int, cutoff: float = 1e-15):
     return nodes, wgrid[keep] / wgrid[keep].sum()
 
 
+#: Problems per compiled call of the smooth kernel (padded; one compilation per activation and shape).
+_SMOOTH_BATCH = 16
+
+
 @functools.lru_cache(maxsize=64)
-def _derivatives_fn(act: Activation):
-    """Jitted ``z -> (sigma(z), sigma'(z), sigma''(z))`` (autodiff), one compile per array size."""
+def _smooth_kernel(act: Activation, dL: int, dR: int):
+    """Compiled ``(C (B, d, d), nodes, weights) -> (B, 4)`` for :func:`_smooth_batch` (one problem
+    at a time inside, so memory stays at one node grid)."""
     d1, d2 = act.derivative(1), act.derivative(2)
-    return jax.jit(lambda z: (act.fn(z), d1(z), d2(z)))
+    s = act.fn
 
+    def one(C, nodes, weights):
+        lam, Q = jnp.linalg.eigh(C)
+        z = nodes @ (Q * jnp.sqrt(jnp.clip(lam, 0.0, None))[None, :]).T  # (Q, d)
+        right = s(z[:, dL]) * s(z[:, dL + dR - 1])
+        za, zb = z[:, 0], z[:, dL - 1]
+        sa, sb = s(za), s(zb)
+        if dL == 1:
+            D0 = d1(za) ** 2 + sa * d2(za)
+            lefts = [sa * sb, D0, D0, D0]
+        else:
+            lefts = [sa * sb, 0.5 * d2(za) * sb, 0.5 * sa * d2(zb), d1(za) * d1(zb)]
+        left = jnp.stack(lefts)  # (4, Q)
+        eR = right @ weights
+        return left @ (right * weights) - (left @ weights) * eR
 
-def _sigma_derivatives(act: Activation, z: np.ndarray):
-    """``sigma, sigma', sigma''`` of a NumPy array, evaluated in chunks of a fixed size."""
-    flat = z.ravel()
-    chunk = 1 << 18
-    fn = _derivatives_fn(act)
-    out = [np.empty(flat.size) for _ in range(3)]
-    for start in range(0, flat.size, chunk):
-        part = flat[start:start + chunk]
-        got = part.size
-        if got < chunk:
-            part = np.concatenate([part, np.zeros(chunk - got)])
-        for o, r in zip(out, fn(jnp.asarray(part))):
-            o[start:start + got] = np.asarray(r)[:got]
-    return tuple(o.reshape(z.shape) for o in out)
+    return jax.jit(lambda Cs, nodes, weights: jax.lax.map(lambda C: one(C, nodes, weights), Cs))
 
 
 def _smooth_batch(act, dL, dR, C, nodes, weights):
@@ -253,20 +259,16 @@ def _smooth_batch(act, dL, dR, C, nodes, weights):
     Returns ``(B, 4)``: the trajectory covariance and the self-interaction covariances for
     ``r = (a, a), (b, b), (a, b)`` (for ``dL == 1`` the three are equal), derivatives by autodiff.
     """
-    lam, Q = np.linalg.eigh(C)
-    R = Q * np.sqrt(np.clip(lam, 0.0, None))[:, None, :]
-    z = np.einsum("qe,bde->bdq", nodes, R)  # (B, d, Q)
-    s, s1, s2 = _sigma_derivatives(act, z)
-    right = s[:, dL] * s[:, dL + dR - 1]
-    a, b = 0, dL - 1
-    if dL == 1:
-        D0 = s1[:, a] ** 2 + s[:, a] * s2[:, a]
-        lefts = [s[:, a] * s[:, b], D0, D0, D0]
-    else:
-        lefts = [s[:, a] * s[:, b], 0.5 * s2[:, a] * s[:, b], 0.5 * s[:, a] * s2[:, b], s1[:, a] * s1[:, b]]
-    left = np.stack(lefts, axis=1)  # (B, 4, Q)
-    eL, eR = left @ weights, right @ weights
-    return np.einsum("btq,bq->bt", left, right * weights) - eL * eR[:, None]
+    fn = _smooth_kernel(act, dL, dR)
+    nodes_j, weights_j = jnp.asarray(nodes), jnp.asarray(weights)
+    out = np.empty((C.shape[0], 4))
+    for start in range(0, C.shape[0], _SMOOTH_BATCH):
+        part = C[start:start + _SMOOTH_BATCH]
+        got = part.shape[0]
+        if got < _SMOOTH_BATCH:
+            part = np.concatenate([part, np.repeat(part[:1], _SMOOTH_BATCH - got, axis=0)])
+        out[start:start + got] = np.asarray(fn(jnp.asarray(part), nodes_j, weights_j))[:got]
+    return out
 
 
 # ---------------------------------------------------------------- relu family: exact along a line
@@ -372,7 +374,7 @@ def _run_batches(act, dL, dR, C, m):
     relu = act.relu_slopes is not None
     d = dL + dR
     n_nodes = _rule(d - 1 if relu else d, m)[0].shape[0]
-    per = max(1, _BATCH_ELEMS // (n_nodes * (d + 1 if relu else 1)))
+    per = max(1, _BATCH_ELEMS // (n_nodes * (d + 1))) if relu else C.shape[0]
     out = np.empty((C.shape[0], 4))
     for start in range(0, C.shape[0], per):
         part = C[start:start + per]
