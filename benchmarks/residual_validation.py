@@ -229,12 +229,24 @@ def run_critical_case(depth, widths, samples, seed):
         K = float(np.asarray(net.prior(X1).K)[0, 0])
         rows.append({"n": n, "V_over_K2": float(V[0, 0]) / K**2, "V_over_K2_se": float(V_se[0, 0]) / K**2,
                      "K1_over_K": float(K1[0]) / K, "K1_over_K_se": float(K1_se[0]) / K})
+    out = {"activation": "relu", "critical": True, "gamma2": 0.5, "xi2": 0.5, "depth": depth,
+           "V_over_K2_theory": float(flow.V_over_K2[-1]), "K1_over_K_theory": float(flow.K1_over_K[-1]),
+           "V_over_K2_mlp": 5.0 * (depth - 1), "V_over_K2_naive": 5.0 + (depth - 2) * 2.25, "widths": rows}
+    return _critical_fits(out)
+
+
+def _critical_fits(case):
+    """Intercepts of ``V/K^2 (n)``: ``a + c/n`` and, with >= 4 widths, ``a + c/n + d/n^2`` (relu at
+    depth 8 has large 1/n^2 terms at n = 32)."""
+    rows = case["widths"]
     ns = [r["n"] for r in rows]
-    a, a_se, _ = fit_intercept(ns, [[r["V_over_K2"]] for r in rows], [[r["V_over_K2_se"]] for r in rows])
-    return {"activation": "relu", "critical": True, "gamma2": 0.5, "xi2": 0.5, "depth": depth,
-            "V_over_K2_theory": float(flow.V_over_K2[-1]), "K1_over_K_theory": float(flow.K1_over_K[-1]),
-            "V_over_K2_mlp": 5.0 * (depth - 1), "V_over_K2_naive": 5.0 + (depth - 2) * 2.25,
-            "V_over_K2_intercept": float(a[0]), "V_over_K2_intercept_se": float(a_se[0]), "widths": rows}
+    vals, ses = [[r["V_over_K2"]] for r in rows], [[r["V_over_K2_se"]] for r in rows]
+    a, a_se, _ = fit_intercept(ns, vals, ses)
+    case["V_over_K2_intercept"], case["V_over_K2_intercept_se"] = float(a[0]), float(a_se[0])
+    if len(ns) >= 4:
+        a, a_se, _ = fit_intercept(ns, vals, ses, order=2)
+        case["V_over_K2_intercept_quadratic"], case["V_over_K2_intercept_quadratic_se"] = float(a[0]), float(a_se[0])
+    return case
 
 
 def run_branch_case(act_name, widths, samples, seed):
@@ -286,6 +298,8 @@ def main(argv=None):
                 data = json.load(f)
             meta = meta or {k: v for k, v in data.items() if k != "cases"}
             for c in data["cases"]:
+                if c.get("critical"):
+                    _critical_fits(c)
                 if "V_mc" in c and "chi2_per_dof_theory_plus_c_over_n" not in c:  # older runs: add the chi^2
                     ws = [r["n"] for r in c["widths"]]
                     c["chi2_per_dof_theory_plus_c_over_n"] = fixed_intercept_chi2(ws, c["V_mc"], c["V_mc_se"], c["V_theory"])
