@@ -715,7 +715,10 @@ def resmlp_cumulants(act: Activation, K_first, *, n: int, C_W, C_b, gamma, xi, *
     Returns:
         ``L`` :class:`Cumulants`: layer 1 (Gaussian, ``n = None``), the residual layers
         ``2 .. L-1`` (:func:`layer_cumulants`) and the readout ``L``; all but the first
-        normalised by ``n``.
+        normalised by ``n``. ``K``, ``K1``, ``V`` do not depend on ``n``.
+
+    Inputs should be distinct (deduplicate them first, as ``ngp.Prior`` does): for the relu family
+    a repeated or collinear pair of inputs raises ``ValueError``.
     """
     L = len(C_W)
     if len(C_b) != L or len(gamma) != max(L - 2, 0) or len(xi) != max(L - 2, 0):
