@@ -193,8 +193,14 @@ for ax, act in zip(axes[:2], ACTS):
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
 ax = axes[2]
-ns = np.array([r[0] for r in mc_rows])
-ax.errorbar(1 / ns, [r[1] for r in mc_rows], yerr=[r[2] for r in mc_rows], fmt="o", label="MC $n\\,$Var$(\\widehat G)/K^2$")
+ns = np.array([r[0] for r in mc_rows], dtype=float)
+vs, ses = np.array([r[1] for r in mc_rows]), np.array([r[2] for r in mc_rows])
+ax.errorbar(1 / ns, vs, yerr=ses, fmt="o", label="MC $n\\,$Var$(\\widehat G)/K^2$")
+order = 2 if len(ns) >= 4 else 1  # weighted fit a + c/n (+ d/n^2): the intercept is the n -> infinity limit
+A = np.stack([ns ** -k for k in range(order + 1)], axis=1)
+coef = np.linalg.lstsq(A / ses[:, None], vs / ses, rcond=None)[0]
+x = np.linspace(0, 1.1 / ns.min(), 50)
+ax.plot(x, sum(c * x**k for k, c in enumerate(coef)), ":", color="C0", lw=1, label=f"fit, $n\\to\\infty$: {coef[0]:.1f}")
 ax.axhline(theory, color="C1", label="theory $V/K^2$")
 ax.axhline(naive, color="C2", ls=":", label="naive closure")
 ax.axhline(mlp.V_over_K2[-1], color="grey", ls="--", label="plain MLP, same depth")
