@@ -1,8 +1,8 @@
 """Finite-width posterior of residual networks against importance sampling of actual networks.
 
 ``ngp.ResMLP`` (depth 4: plain first layer, two residual blocks, readout), a few training points
-and one test point. The first-order posterior mean (``ngp._posterior.finite_width_terms`` with
-``K, K1, V`` from ``ngp._residual_cumulants``) and the GP mean are compared with the
+and one test point. The first-order posterior mean (``ngp.posterior``: the engine's residual-chain
+``K, K1, V``) and the GP mean are compared with the
 importance-sampling truth (``ngp.reference.importance_posterior``, Rao-Blackwellised, exact up to
 its reported standard error) at several widths; the errors' log-log slopes are fitted (first
 order in ``1/n`` predicts ``-2`` for the finite-width error and ``-1`` for the GP's).
@@ -31,8 +31,6 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 import ngp  # noqa: E402
-from ngp import _residual_cumulants as rc  # noqa: E402
-from ngp._posterior import finite_width_terms  # noqa: E402
 
 XA = np.array([[1.0, 0.2], [-0.6, 0.9], [0.3, -1.1]])
 XB = np.array([[0.5, 0.5]])
@@ -54,17 +52,14 @@ def slope(ns, err, se):
 
 def run(act, widths, samples, seed):
     C_W, C_b, gamma, xi = CONFIGS[act]
-    X = np.concatenate([XA, XB])
-    net0 = ngp.ResMLP(DEPTH, 8, activation=act, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi)
-    K_first = C_b + C_W * X @ X.T / X.shape[1]
-    th = rc.resmlp_cumulants(net0.activation, K_first, n=1, C_W=list(net0.C_W), C_b=list(net0.C_b),
-                             gamma=list(net0.gamma), xi=list(net0.xi))[-1]
     rows = []
     for n in widths:
         t0 = time.perf_counter()
         net = ngp.ResMLP(DEPTH, n, activation=act, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi)
         ref = ngp.reference.importance_posterior(net, XA, YA, XB, noise=NOISE, num_samples=samples, seed=seed + n)
-        mean, _, logev, gp = finite_width_terms(th.K, th.K1, th.V4, n, XA.shape[0], YA, NOISE)
+        cond = ngp.condition(net, XA, YA, noise=NOISE, warn=False)
+        pred, gp = cond.predict(XB), cond.gp.predict(XB)
+        mean, logev = pred.mean, cond.log_evidence
         rows.append({
             "n": n, "truth": float(ref.mean[0, 0]), "truth_se": float(ref.mean_se[0, 0]),
             "ess": float(ref.ess), "finite_width": float(mean[0, 0]), "gp": float(gp.mean[0, 0]),

@@ -166,7 +166,10 @@ def _layer_sampler(act, depth, n, C_W, C_b, gamma, xi):
     """One network's last residual layer ``z^(depth-1)`` ``(N, n)`` (exact conditional sampler)."""
     import jax.numpy as jnp
 
-    from ngp._sampling import _metric, _psd_sqrt
+    from ngp._linalg import psd_sqrt as _psd_sqrt
+
+    def _metric(h, C_W, C_b):
+        return C_b + C_W * (h @ h.T) / h.shape[-1]
 
     def one(key, X):
         N = X.shape[0]

@@ -151,39 +151,32 @@ def mc_metric(net, X, samples, *, seed=0, batch_size=20000):
     return V, V_se, K1, K1_se
 
 
+def branch_network(act, n, blocks, readout):
+    """``ngp.serial`` residual network of :func:`mc_branch_chain`'s description (see there)."""
+    C_W1, C_b1 = blocks[0]
+    steps = [ngp.Dense(n, C_W=C_W1, C_b=C_b1)]
+    for C_W, C_b, gamma, xi, branch in blocks[1:]:
+        widths = [int(m) for m, _, _ in branch] + [n]
+        cs = [(C_W, C_b)] + [(cw, cb) for _, cw, cb in branch]
+        inner = []
+        for w, (cw, cb) in zip(widths, cs):
+            inner += [ngp.Elementwise(act), ngp.Dense(w, C_W=cw, C_b=cb)]
+        steps.append(ngp.Residual(ngp.serial(*inner), gamma=gamma, xi=xi))
+    return ngp.serial(*steps, ngp.Elementwise(act), ngp.Dense(1, C_W=readout[0], C_b=readout[1]))
+
+
 def mc_branch_chain(act, X, n, blocks, readout, samples, *, seed=0, batch_size=10000):
-    """Monte Carlo of residual chains with multi-layer branches (exact conditional sampler).
+    """Monte Carlo of residual chains with multi-layer branches (actual networks, exact conditional sampler).
 
     First layer ``C_b1 + C_W1 X X^T / n0`` given as ``blocks[0] = (C_W1, C_b1)``; each later entry is
     ``(C_W, C_b, gamma, xi, branch)`` with ``branch`` a tuple of ``(m, C_W_l, C_b_l)`` as in
     ``ngp._residual_cumulants.residual_step``; ``readout = (C_W, C_b)``. Returns the readout metric
     statistics of :func:`mc_metric` (``n Cov``, s.e., ``n E G_hat``, s.e.) without subtracting ``K``.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from ngp._sampling import _metric, _psd_sqrt
-
-    fn = act.fn
-    C_W1, C_b1 = blocks[0]
-    N = X.shape[0]
-
-    def one(key, X):
-        keys = iter(jax.random.split(key, 64))
-        z = _psd_sqrt(C_b1 + C_W1 * X @ X.T / X.shape[1]) @ jax.random.normal(next(keys), (N, n), X.dtype)
-        for C_W, C_b, gamma, xi, branch in blocks[1:]:
-            G = _metric(fn(z), C_W, C_b)
-            for m, cw, cb in branch:
-                a = _psd_sqrt(G) @ jax.random.normal(next(keys), (N, int(m)), X.dtype)
-                G = _metric(fn(a), cw, cb)
-            z = gamma * z + xi * (_psd_sqrt(G) @ jax.random.normal(next(keys), (N, n), X.dtype))
-        return _metric(fn(z), *readout)
-
-    f = jax.jit(jax.vmap(one, in_axes=(0, None)))
-    keys = jax.random.split(jax.random.PRNGKey(seed), samples)
-    pairs = Pairs.of(N)
-    Gs = np.concatenate([np.asarray(f(keys[i:i + batch_size], jnp.asarray(X)))[:, pairs.a, pairs.b]
-                         for i in range(0, samples, batch_size)])
+    net = branch_network(act, n, blocks, readout)
+    s = ngp.sample_networks(net, X, samples, seed=seed, method="conditional", batch_size=min(batch_size, samples))
+    pairs = Pairs.of(X.shape[0])
+    Gs = s.metric[:, pairs.a, pairs.b]
     d = Gs - Gs.mean(0)
     prod = d[:, :, None] * d[:, None, :]
     return (n * prod.mean(0) * samples / (samples - 1), n * prod.std(0, ddof=1) / math.sqrt(samples),
