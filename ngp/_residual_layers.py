@@ -98,12 +98,31 @@ class ResidualChainLayer(_ChainDerived):
         self.prev, self.act = prev, act
         self.C_W, self.C_b, self.gamma, self.xi, self.branch = C_W, C_b, gamma, xi, tuple(branch)
         self.options = {k: v for k, v in options.items() if k in _CHAIN_OPTIONS}
+        self.max_memory = options.get("max_memory")
+        self.chain_depth = prev.chain_depth + 1 if isinstance(prev, ResidualChainLayer) else 2
         self.refusal = refusal if refusal is not None else prev.refusal
+
+    def memory_estimate(self) -> int:
+        """Bytes of the chain state after this step: ``depth (depth + 1) / 2`` trajectory covariances
+        and ``3 depth`` self-interaction blocks, ``P x P`` each, plus work arrays."""
+        k, P = self.chain_depth, self.pairs.P
+        return int(8 * P * P * (k * (k + 1) // 2 + 3 * k + 12))
 
     @functools.cached_property
     def chain(self):
         """The :class:`ngp._residual_cumulants.ChainState` after this step."""
         self._check("K1 and V")
+        from ._prior import MAX_MEMORY  # the prior's default budget (imported here: _prior imports the steps)
+
+        limit = MAX_MEMORY if self.max_memory is None else self.max_memory
+        need = self.memory_estimate()
+        if need > limit:
+            raise MemoryError(
+                f"residual chain: the finite-width state of a chain of {self.chain_depth} layers on {self.N} distinct inputs "
+                f"needs about {need / 1024**3:.2f} GiB (> max_memory={limit / 1024**3:.2f} GiB); it is dense over "
+                "input pairs (P^2 per pair of layers). Use fewer inputs (ngp.condition: a smaller predict batch_size), "
+                "or raise max_memory."
+            )
         p = self.prev
         if isinstance(p, ResidualChainLayer):
             state = p.chain

@@ -176,6 +176,14 @@ def test_unsupported_patterns_are_refused_by_name(net, match):
         assert "docs/theory.md" in str(info.value) and "residual" in str(info.value)
 
 
+def test_memory_budget_is_checked_before_work():
+    net = ngp.ResMLP(5, 8, activation="tanh", gamma=0.8, xi=0.6)
+    prior = net.prior(np.random.default_rng(0).normal(size=(12, 2)), max_memory=1e6)
+    assert prior.K.shape == (12, 12)
+    with pytest.raises(MemoryError, match="max_memory"):
+        prior.K1
+
+
 def test_hyperparameter_tracing_is_refused_for_residual_cumulants():
     net = ngp.ResMLP(3, 8, activation="tanh", gamma=0.8, xi=0.6)
     Y = np.array([[0.3], [-0.2]])
