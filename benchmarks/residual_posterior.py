@@ -93,17 +93,17 @@ def main(argv=None):
     samples = args.samples or (200_000 if args.quick else 4_000_000)
     out = args.out or os.path.join(HERE, "results", "residual_posterior" + ("_quick" if args.quick else "") + ".json")
     cases = []
+    os.makedirs(os.path.dirname(out), exist_ok=True)
     for act in args.acts.split(","):
         c = run(act, widths, samples, args.seed)
         cases.append(c)
         print(f"{act}: slope finite-width {c['slope_finite_width'][0]:.2f}+-{c['slope_finite_width'][1]:.2f}, "
               f"GP {c['slope_gp'][0]:.2f}+-{c['slope_gp'][1]:.2f}; finite width below GP at every width: "
               f"{c['finite_width_below_gp']}", flush=True)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"machine": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-                   "jax": jax.__version__, "cases": cases}, f, indent=1)
-    print(f"wrote {out}")
+        with open(out, "w") as f:  # after every case, so a partial run keeps its results
+            json.dump({"machine": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+                       "jax": jax.__version__, "cases": cases}, f, indent=1)
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":
