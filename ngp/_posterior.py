@@ -471,7 +471,7 @@ def posterior(net, X_train, Y_train, X_test, *, noise: float, jitter: float = 0.
 
     Raises:
         numpy.linalg.LinAlgError: singular training kernel (e.g. duplicate inputs with ``noise = 0``).
-        NotImplementedError: architectures without finite-width cumulants (residual networks).
+        NotImplementedError: architectures without finite-width cumulants (e.g. unsupported residual patterns).
     """
     train_test(net, X_train, Y_train, X_test, noise, jitter)  # all argument errors before any work
     return condition(net, X_train, Y_train, noise=noise, jitter=jitter, **options).predict(X_test, full_cov=True)

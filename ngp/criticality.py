@@ -16,6 +16,10 @@ and ``(C_b, C_W)`` is *critical* when the fixed point ``K* = C_b + C_W g(K*)`` h
   NLO metric ``K1`` and the four-point vertex ``V`` through depth (:class:`DepthFlow`).
 * :func:`asymptotic_law` -- the large-depth law of the class (:class:`AsymptoticLaw`).
 * :func:`residual_susceptibilities`, :func:`residual_vertex_growth` -- residual MLPs (§8).
+* :func:`residual_critical_point` -- the critical surface of residual blocks
+  ``z' = gamma z + xi [b + W sigma(z)]`` (:class:`ResidualCriticalPoint`).
+* :func:`residual_depth_flow` -- single-input finite-width flow of ``K``, ``K1`` and ``V`` through
+  the depth of a residual network (:class:`ResidualDepthFlow`), for comparison with :func:`depth_flow`.
 
 Numerics. Every Gaussian average is a 1-D Gauss-Hermite rule in ``x = z / sqrt(K)`` with
 ``m = 160 K + 300`` nodes (rounded up to a fixed ladder, at most 20000): relative error
@@ -62,6 +66,10 @@ __all__ = [
     "asymptotic_law",
     "residual_susceptibilities",
     "residual_vertex_growth",
+    "ResidualCriticalPoint",
+    "ResidualDepthFlow",
+    "residual_critical_point",
+    "residual_depth_flow",
 ]
 
 #: Universality classes returned in :attr:`CriticalPoint.universality_class`.
@@ -364,9 +372,9 @@ def residual_vertex_growth(*, gamma: float, xi: float, C_W: float = 1.0) -> floa
     ``E[G'^2] / E[G']^2 = (E[G^2] / E[G]^2) (1 + 2 r (2 - r) / n)`` for the empirical
     second moment ``G`` of a layer.
 
-    For nonlinear blocks no such statement is made: the leading-order residual ``V``
-    recursion does not close beyond the first block (``docs/theory.md``, "Residual networks"), so this function is
-    deliberately limited to linear blocks.
+    For nonlinear blocks the growth is not a per-block constant of this simple form (a neuron's
+    own past enters its metric); use :func:`residual_depth_flow`, which solves the full
+    finite-width theory of residual networks for any activation.
 
     Args:
         gamma: skip weight; xi: block weight (not both zero); C_W: block weight variance ``> 0``.
@@ -794,3 +802,140 @@ def asymptotic_law(point: CriticalPoint, depth, *, K0: float | None = None) -> A
         desc = (f"half-stable: marginal at practical depths, K ~ K* = {point.K_star:.6g}, "
                 f"V/K^2 ~ {point.vertex_slope:.5g} (l - 1); 1/l asymptotics only at l >~ 1e4")
     return AsymptoticLaw(layers, K, v, desc)
+
+
+# ----------------------------------------------------------------------------- residual networks
+@dataclasses.dataclass(frozen=True)
+class ResidualCriticalPoint:
+    """Critical initialisation of residual blocks ``z' = gamma z + xi [b + W sigma(z)]``.
+
+    The block maps a single-input kernel as ``f(K) = gamma^2 K + xi^2 (C_b + C_W g(K))``, with
+    susceptibilities ``chi_res = gamma^2 + xi^2 chi`` (:func:`residual_susceptibilities`).
+    Criticality, ``f(K*) = K*`` and ``chi_res_par = chi_res_perp = 1``, needs ``chi_par = chi_perp``
+    of the branch at ``K*`` (so ``K*`` is the MLP's) and fixes
+    ``xi^2 (C_b, C_W) = (1 - gamma^2) (C_b*, C_W*)`` in terms of the MLP's critical point: for every
+    ``gamma^2 < 1`` and ``xi != 0`` one point; ``gamma^2 + xi^2 = 1`` is the MLP's own ``(C_b*, C_W*)``.
+
+    Attributes:
+        activation: activation name.
+        gamma, xi: the block weights.
+        exists: whether a critical ``(C_b, C_W)`` exists for these ``gamma, xi``.
+        reason: one sentence saying why (or why not).
+        C_b, C_W: critical bias and weight variances (``None`` if none).
+        K_star: fixed point (``None`` for the scale-invariant class, where every ``K`` is one).
+        scale: ``(1 - gamma^2) / xi^2``, the factor applied to the MLP's ``(C_b*, C_W*)``.
+        mlp: the plain-network :class:`CriticalPoint`.
+    """
+
+    activation: str
+    gamma: float
+    xi: float
+    exists: bool
+    reason: str
+    C_b: float | None = None
+    C_W: float | None = None
+    K_star: float | None = None
+    scale: float | None = None
+    mlp: CriticalPoint | None = None
+
+
+def residual_critical_point(activation, *, gamma: float, xi: float,
+                            K_range: tuple[float, float] = K_SEARCH) -> ResidualCriticalPoint:
+    """The critical ``(C_b, C_W)`` of residual blocks with skip weight ``gamma`` and branch weight ``xi``.
+
+    ``(C_b, C_W) = (1 - gamma^2) / xi^2 * (C_b*, C_W*)`` with ``(C_b*, C_W*, K*)`` from
+    :func:`critical_point` (see :class:`ResidualCriticalPoint`). There is none when the MLP has
+    none, when ``xi = 0``, or when ``gamma^2 >= 1``: then ``chi_res >= 1 + xi^2 chi > 1`` and every
+    block adds ``xi^2 G > 0`` to the kernel (``gamma^2 = 1`` networks stay bounded only over
+    ``~1 / xi^2`` blocks, the usual ``xi^2 ~ 1 / depth`` scaling).
+
+    Args:
+        activation: name, :class:`ngp.Activation` or callable.
+        gamma, xi: block weights (real).
+        K_range: search range of half-stable fixed points (:func:`critical_point`).
+    """
+    gamma, xi = _real(gamma, "gamma"), _real(xi, "xi")
+    mlp = critical_point(activation, K_range=K_range)
+    name = mlp.activation
+    if not mlp.exists:
+        return ResidualCriticalPoint(name, gamma, xi, False, "the branch has no critical point: " + mlp.reason, mlp=mlp)
+    if xi == 0:
+        return ResidualCriticalPoint(name, gamma, xi, False, "xi = 0: the block is the identity map times gamma",
+                                     mlp=mlp)
+    if gamma * gamma >= 1:
+        return ResidualCriticalPoint(
+            name, gamma, xi, False,
+            f"gamma^2 = {gamma * gamma:.6g} >= 1: chi_res = gamma^2 + xi^2 chi exceeds 1 for any C_W > 0 and the "
+            "kernel grows by xi^2 G per block; keep xi^2 ~ 1/depth or use gamma^2 < 1", mlp=mlp)
+    scale = (1.0 - gamma * gamma) / (xi * xi)
+    return ResidualCriticalPoint(
+        name, gamma, xi, True,
+        f"(C_b, C_W) = (1 - gamma^2)/xi^2 = {scale:.6g} times the {mlp.universality_class} MLP point: "
+        "gamma^2 + xi^2 chi = 1 for both susceptibilities at the MLP's K*",
+        C_b=scale * mlp.C_b, C_W=scale * mlp.C_W, K_star=mlp.K_star, scale=scale, mlp=mlp)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualDepthFlow(DepthFlow):
+    """Single-input finite-width flow of a residual network (docs/theory.md, residual networks).
+
+    Entry ``l - 1`` describes the *output* of a network with ``l`` weight layers (``ngp.ResMLP``
+    with ``depth = l``): ``l = 1`` the first layer (``K0``), ``l = 2`` one hidden layer and the
+    readout, ``l >= 3`` ``l - 2`` residual blocks and the readout. ``K``, ``K1``, ``V`` follow the
+    conventions of :class:`DepthFlow` (``V`` and ``K1`` carry ``1/n``); ``chi_parallel`` and
+    ``chi_perp`` are the block susceptibilities ``gamma^2 + xi^2 chi`` at the last hidden layer.
+
+    Attributes (besides :class:`DepthFlow`'s):
+        gamma, xi: the block weights.
+        hidden_K: the kernel of the last hidden layer (the residual stream), ``(depth,)``.
+    """
+
+    gamma: float = 0.0
+    xi: float = 1.0
+    hidden_K: np.ndarray | None = None
+
+
+def residual_depth_flow(activation, *, C_W: float, C_b: float, gamma: float, xi: float, K0: float,
+                        depth: int, **options) -> ResidualDepthFlow:
+    """Finite-width ``K``, ``K1``, ``V`` of single-input residual networks of depth ``1 .. depth``.
+
+    One chain of residual blocks (``C_W``, ``C_b``, ``gamma``, ``xi`` in every block and the
+    readout) is followed layer by layer; after each layer the output of a readout is recorded.
+    The theory is the full ``O(1/n)`` one of :mod:`ngp._residual_cumulants` (including a neuron's
+    self-interaction through its metric), not the MLP recursion with a skip term. ``gamma = 0``,
+    ``xi = 1`` reproduces :func:`depth_flow`. Cost grows as ``depth^2`` (cross-layer terms).
+
+    Args:
+        activation: name, :class:`ngp.Activation` or callable.
+        C_W: weight variance ``> 0``; C_b: bias variance ``>= 0``.
+        gamma, xi: block weights (real).
+        K0: first-layer kernel ``> 0``.
+        depth: number of weight layers of the deepest network (``>= 1``).
+        **options: quadrature options of :mod:`ngp._residual_cumulants`.
+    """
+    from ._residual_cumulants import chain_start, readout, residual_step
+
+    act = _act(activation)
+    C_W = positive_float(C_W, "C_W")
+    C_b = nonneg_float(C_b, "C_b")
+    gamma, xi = _real(gamma, "gamma"), _real(xi, "xi")
+    K0 = float(_as_variance(K0, "K0"))
+    depth = _as_depth(depth)
+    K, K1, V, hidden = (np.full(depth, np.nan) for _ in range(4))
+    K[0], K1[0], V[0], hidden[0] = K0, 0.0, 0.0, K0
+    cpar, cperp = np.full(depth, np.nan), np.full(depth, np.nan)
+    state = chain_start(act, np.array([[K0]]), n=1, **options)
+    for l in range(2, depth + 1):
+        out = readout(state, C_W=C_W, C_b=C_b)
+        K[l - 1], K1[l - 1], V[l - 1] = out.K[0, 0], out.K1[0, 0], out.V[0, 0]
+        hidden[l - 1] = state.K[0, 0]
+        cp, cq = residual_susceptibilities(act, state.K[0, 0], C_W=C_W, C_b=C_b, gamma=gamma, xi=xi)
+        cpar[l - 1], cperp[l - 1] = cp, cq
+        if l < depth:
+            state = residual_step(state, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi)
+            if not np.isfinite(state.K[0, 0]) or state.K[0, 0] > K_ACCURATE:
+                warnings.warn(f"residual_depth_flow: the residual stream reaches K = {state.K[0, 0]:.4g} at layer "
+                              f"{l + 1}; the remaining layers are nan", RuntimeWarning, stacklevel=2)
+                break
+    return ResidualDepthFlow(np.arange(1, depth + 1), K, K1, V, cpar, cperp, C_W, C_b,
+                             gamma=gamma, xi=xi, hidden_K=hidden)

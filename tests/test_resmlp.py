@@ -149,14 +149,6 @@ def test_linear_residual_vertex_growth_is_exact():
 
 
 # ----------------------------------------------------------------------------- API
-def test_finite_width_cumulants_are_refused(X3):
-    prior = ResMLP(4, 16, activation="tanh", gamma=0.8, xi=0.6).prior(X3)
-    for attr in ("V", "K1", "layers"):
-        with pytest.raises(NotImplementedError, match="docs/theory.md") as info:
-            getattr(prior, attr)
-        assert "odd cumulants" in str(info.value) and "first" in str(info.value)
-
-
 def test_gp_posterior_with_a_residual_network(inputs):
     net = ResMLP(4, 64, activation="tanh", C_W=1.2, C_b=0.1, gamma=0.8, xi=0.6, out_dim=2)
     XA, XB, Y = inputs["X3"][:2], inputs["XB"], inputs["Y"]
