@@ -182,3 +182,26 @@ def dntk_times_z(fn, params, X, lam_W, lam_b):
     # dH[i0,a0,i1,a1,i2,a2] = sum_P U[(i1 a1)] . HU[(i2 a2), i0, a0]
     dH = jnp.einsum("xp,yiap->iaxy", U, HU).reshape(nL, N, nL, N, nL, N)
     return dH.transpose(0, 2, 4, 1, 3, 5), z  # [i0, i1, i2, a0, a1, a2]
+
+
+def train_gd(fn, params, X, train, y, lam_W, lam_b, *, eta, steps):
+    """Full-batch gradient descent on ``1/2 sum (z_A - y)^2`` with learning rates ``eta * lambda``;
+    returns the outputs ``(n_L, N)`` on all inputs after ``steps`` steps and the final loss."""
+    lam = lr_tree(params, lam_W, lam_b)
+    XA = X[train]
+
+    def loss(p):
+        return 0.5 * jnp.sum((forward(fn, p, XA) - y) ** 2)
+
+    def body(_, p):
+        g = jax.grad(loss)(p)
+        return jax.tree_util.tree_map(lambda w, gw, lw: w - eta * lw * gw, p, g, lam)
+
+    p = jax.lax.fori_loop(0, steps, body, params)
+    return forward(fn, p, X), loss(p)
+
+
+def flip_output(params):
+    """The same network with the output layer negated (``z -> -z``, NTK unchanged)."""
+    W, b = params[-1]
+    return params[:-1] + [(-W, -b)]
