@@ -8,6 +8,7 @@ Public API (see the docs for the conventions, THEORY sections 0-1):
 * :func:`sample_networks` -- draws of actual random networks (brute-force checks).
 * :class:`ResMLP` -- residual MLP priors (infinite width).
 * :mod:`ngp.criticality` -- susceptibilities, critical points, universality classes.
+* :mod:`ngp.scaling` -- width scaling from neural-tangent to maximal-update (muP) parameterisation.
 * :mod:`ngp.plot` -- figures (matplotlib imported lazily).
 * :mod:`ngp.reference` -- NUTS and importance-sampling reference posteriors.
 * :func:`activation`, :class:`Activation`, :data:`ACTIVATIONS` -- activations.
@@ -17,7 +18,7 @@ from ._activations import ACTIVATIONS, Activation, activation
 from ._gp import GPPosterior, gp_posterior
 from ._mlp import MLP
 from ._model_selection import EvidenceGrid, evidence_grid
-from . import criticality, datasets, plot, reference
+from . import criticality, datasets, plot, reference, scaling
 from ._posterior import FiniteWidthPosterior, posterior
 from ._prior import Layer, Prior
 from ._resmlp import ResMLP, ResPrior
@@ -33,6 +34,7 @@ __all__ = [
     "ResMLP",
     "ResPrior",
     "criticality",
+    "scaling",
     "plot",
     "reference",
     "datasets",
