@@ -99,8 +99,8 @@ def init(key, dims, C_W, C_b):
              jax.random.normal(keys[2 * l + 1], (dims[l + 1],)) * math.sqrt(C_b)) for l in range(len(dims) - 1)]
 
 
-S = 300 if QUICK else 2000
-widths = [32, 128] if QUICK else [16, 32, 64, 128, 256]
+S = 200 if QUICK else 2000
+widths = [32, 64] if QUICK else [16, 32, 64, 128, 256]
 rows = []
 for n in widths:
     f = jax.jit(jax.vmap(lambda k: empirical_ntk(init(k, (3, n, n, 1), 1.5, 0.1), jnp.asarray(X), (1.0,) * 3, (0.5,) * 3)))
@@ -144,10 +144,11 @@ print("n x (1/n correction) at the test inputs:", {k: np.round(v[test], 3) for k
 
 # %%
 specs = ["ntk", 0.5, "mup"] if QUICK else ["ntk", 0.25, 0.5, 0.75, "mup"]
-cw = (64, 128, 256) if QUICK else (128, 256, 512, 1024)
+cw = (32, 64, 128) if QUICK else (128, 256, 512, 1024)
 checks = {}
 for spec in specs:
-    cc = scaling.coordinate_check(spec, widths=cw, depth=3, steps=2 if QUICK else 3, seeds=2 if QUICK else 4)
+    cc = scaling.coordinate_check(spec, widths=cw, depth=2 if QUICK else 3, steps=2 if QUICK else 3,
+                                  seeds=2 if QUICK else 4)
     checks[str(spec)] = cc
     p = cc.predicted
     print(f"{cc.parameterization.name:12s} {p.regime:22s} features: measured {np.round(cc.fitted['features'], 2)} "
