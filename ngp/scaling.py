@@ -119,26 +119,33 @@ def _per_layer(v, depth, name):
     return v
 
 
-def multipliers(spec, *, width: float, depth: int, base_width: float = 1.0, C_W=1.0, C_b=0.0,
+def multipliers(spec, *, width, depth: int, base_width: float = 1.0, C_W=1.0, C_b=0.0,
                 lam_W=1.0, lam_b=1.0) -> dict:
-    """Per-layer ``C_W, C_b, lam_W, lam_b`` (tuples of length ``depth``) of a network of hidden
-    width ``width`` under the parameterization ``spec``.
+    """Per-layer ``C_W, C_b, lam_W, lam_b`` (tuples of length ``depth``) under the parameterization ``spec``.
 
-    The base values (floats or per-layer sequences) are those at ``width == base_width``; each is
-    multiplied by ``(width / base_width)^p`` with the exponent ``p`` of its layer role (layer 1 =
-    input, layers ``2..depth-1`` = hidden, layer ``depth`` = output). Feed the result to
-    ``ngp.MLP``/the NTK recursions; with ``base_width`` equal to a tuned width this is muTransfer.
+    Args:
+        width: the hidden width ``n`` (all hidden layers), or the ``depth - 1`` hidden widths.
+        base_width: the width at which the hyperparameters equal the base values (muTransfer:
+            tune at ``base_width``, scale to ``width``).
+        C_W, C_b, lam_W, lam_b: base values (floats or per-layer sequences).
+
+    Each base value is multiplied by ``(n_l / base_width)^p`` with the exponent ``p`` of its layer
+    role (layer 1 = input, ``2..depth-1`` = hidden, ``depth`` = output) and ``n_l`` the hidden width
+    the layer touches: the fan-out of the input layer, the fan-in of the others. Feed the result to
+    ``ngp.MLP`` / the NTK recursions (docs/theory.md, NTK section).
     """
     par = parameterization(spec)
-    roles = _roles(int(depth))
-    ratio = float(width) / float(base_width)
-    if ratio <= 0:
-        raise ValueError("multipliers: width and base_width must be positive")
+    depth = int(depth)
+    roles = _roles(depth)
+    widths = _per_layer(width, depth - 1, "width")
+    if min(widths) <= 0 or float(base_width) <= 0:
+        raise ValueError("multipliers: widths and base_width must be positive")
+    touch = [widths[0]] + [widths[l - 1] for l in range(1, depth)]  # fan-out of layer 1, fan-in of the rest
     out = {}
     for name, base in (("C_W", C_W), ("C_b", C_b), ("lam_W", lam_W), ("lam_b", lam_b)):
         b = _per_layer(base, depth, name)
         e = getattr(par, name)
-        out[name] = tuple(b[l] * ratio ** e[roles[l]] for l in range(depth))
+        out[name] = tuple(b[l] * (touch[l] / float(base_width)) ** e[roles[l]] for l in range(depth))
     return out
 
 

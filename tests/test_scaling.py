@@ -84,3 +84,9 @@ def test_coordinate_check_short():
     assert abs(ntk.deviations()["ntk_change"]) < 0.25
     assert mup.fitted["ntk_change"] > ntk.fitted["ntk_change"] + 0.3
     assert mup.fitted["features"][0] > ntk.fitted["features"][0] + 0.3
+
+
+def test_multipliers_unequal_widths():
+    m = scaling.multipliers("mup", width=[100, 400, 50], depth=4, lam_W=1.0, C_W=1.0)
+    assert m["lam_W"] == (100.0, 100.0, 400.0, 1.0)  # input: fan-out; hidden: fan-in
+    assert m["C_W"] == (1.0, 1.0, 1.0, 1.0 / 50)
