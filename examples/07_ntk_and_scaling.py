@@ -49,7 +49,7 @@ try:
 except ImportError:  # running from a source checkout without `pip install .`
     sys.path.insert(0, os.path.abspath(".." if os.path.basename(os.getcwd()) == "examples" else "."))
     import ngp
-from ngp import _ntk, _training_theory as tt, scaling
+from ngp import _training_theory as tt, scaling
 
 QUICK = os.environ.get("NGP_QUICK", "0") == "1"  # CI switch: fewer networks and widths
 FIGDIR = os.environ.get("NGP_FIGDIR", "figures")
@@ -59,15 +59,22 @@ T0 = time.perf_counter()
 # %% [markdown]
 # ## 1. The NTK layer by layer
 #
-# Three inputs, a tanh network of depth 3 (two hidden layers). `_ntk.flow` returns one state per
-# layer with $K,\Theta$ and, at finite width, $K^{\{1\}},\Theta^{\{1\}},V,A,B,D,F$ (and $P,Q$ with `dntk=True`).
+# Three inputs, a tanh network of depth 3 (two hidden layers). `net.prior(X)` gives the NTK
+# `Theta` next to the kernel `K`; `prior.ntk_layers` has one entry per layer with $K,\Theta$ and the
+# 1/n statistics $K^{\{1\}},\Theta^{\{1\}},V,A,B,D,F$ (`prior.ntk_layers_dntk` adds $P,Q$).
+# Learning-rate factors: `lambda_W` (divided by the fan-in) and `lambda_b`, per layer or one value.
 
 # %%
 X = np.array([[1.0, 0.3, -0.5], [0.2, -1.0, 0.4], [-0.7, 0.5, 0.9]])
 act = ngp.activation("tanh")
-hp = dict(C_W=1.5, C_b=0.1, lam_W=1.0, lam_b=0.5)
-states = _ntk.flow(X, act, depth=3, widths=[64, 64], dntk=True, **hp)
-for l, st in enumerate(states, 1):
+
+def mlp(n, C_W=1.5, C_b=0.1, lam_b=0.5):
+    return ngp.MLP(depth=3, width=n, activation="tanh", C_W=C_W, C_b=C_b, lambda_W=1.0, lambda_b=lam_b)
+
+
+prior = mlp(64).prior(X)
+print("Theta =\n", np.round(prior.Theta, 4))
+for l, st in enumerate(prior.ntk_layers_dntk, 1):
     print(f"layer {l}: Theta diag {np.round(np.diag(st.Theta), 4)}  max|A| {np.abs(st.A).max():.3f}  "
           f"max|B| {np.abs(st.B).max():.3f}  max|P| {np.abs(st.P).max():.3f}")
 
@@ -106,7 +113,7 @@ for n in widths:
     f = jax.jit(jax.vmap(lambda k: empirical_ntk(init(k, (3, n, n, 1), 1.5, 0.1), jnp.asarray(X), (1.0,) * 3, (0.5,) * 3)))
     keys = jax.random.split(jax.random.PRNGKey(n), S)
     Hs = np.concatenate([np.asarray(f(keys[s:s + 250])) for s in range(0, S, 250)])
-    st = _ntk.flow(X, act, depth=3, widths=[n, n], **hp)[-1]
+    st = mlp(n).prior(X).ntk_layers[-1]
     var_th = st.ntk_variance()
     rows.append((n, Hs.mean(0), Hs.std(0) / np.sqrt(S), n * np.cov(Hs[:, 0, 0], Hs[:, 0, 1])[0, 1], st))
     print(f"n={n:4d}  E[H11] = {Hs.mean(0)[0, 0]:.4f} +- {Hs.std(0)[0, 0] / np.sqrt(S):.4f}   "
@@ -127,8 +134,7 @@ Xt = np.array([[1.0, 0.3, -0.5], [0.2, -1.0, 0.4], [-0.7, 0.5, 0.9], [0.5, 0.5, 
 Xt = Xt * math.sqrt(3) / np.linalg.norm(Xt, axis=1, keepdims=True)
 train, test = np.array([0, 1, 2]), np.array([3, 4])
 y = 1.2 * np.array([1.0, -0.7, 0.5])
-hp3 = dict(C_W=1.0, C_b=0.0, lam_W=1.0, lam_b=0.0)
-st = _ntk.flow(Xt, act, depth=3, widths=[64, 64], dntk=True, **hp3)[-1]
+st = mlp(64, C_W=1.0, C_b=0.0, lam_b=0.0).prior(Xt).ntk_layers_dntk[-1]
 for t in (0.5, 2.0, None):
     mean, cov = tt.infinite_width(st.Theta, st.K, train, y, t=t)
     print(f"t = {t}: test mean {np.round(mean[test], 4)}, test std {np.round(np.sqrt(np.diag(cov)[test]), 4)}")
@@ -143,6 +149,9 @@ print("n x (1/n correction) at the test inputs:", {k: np.round(v[test], 3) for k
 # on actual networks trained for a few SGD steps (`coordinate_check`).
 
 # %%
+# `parameterization=` on a network applies a strategy's multipliers (base values at `base_width`):
+wide = ngp.MLP(depth=3, width=256, activation="tanh", parameterization="mup", base_width=64)
+print("muP at width 256 (base 64): C_W", wide.C_W, " lambda_W", wide.lambda_W)
 specs = ["ntk", 0.5, "mup"] if QUICK else ["ntk", 0.25, 0.5, 0.75, "mup"]
 cw = (32, 64, 128) if QUICK else (128, 256, 512, 1024)
 checks = {}

@@ -20,6 +20,7 @@ EXPECTED = (
     "03_criticality.py",
     "04_model_selection.py",
     "05_training_tools.py",
+    "07_ntk_and_scaling.py",
 )
 
 

@@ -70,11 +70,11 @@ def test_theory_recursions_scale_as_predicted(spec):
 
 
 def test_coordinate_check_short():
-    """Actual tanh networks, widths 64..256, 2 steps: muP learns features (exponents 0), ntk does not
+    """Actual tanh networks, widths 64 and 256, 2 steps: muP learns features (exponents 0), ntk does not
     (features ~ n^-1/2, NTK change ~ n^-1). Small widths and 2 seeds: tolerance 0.2 on the NTK,
     output and feature exponents, and muP's NTK change (O(1)-noisy at these widths) only has to be
     clearly above ntk's; the benchmark checks all of them within +-0.15 at widths 256..2048."""
-    common = dict(widths=(64, 128, 256), depth=2, steps=2, seeds=2)
+    common = dict(widths=(64, 256), depth=2, steps=2, seeds=2)
     mup = scaling.coordinate_check("mup", **common)
     ntk = scaling.coordinate_check("ntk", **common)
     for cc in (mup, ntk):
