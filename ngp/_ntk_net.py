@@ -6,7 +6,8 @@ on the prior (:class:`NTKMixin`, mixed into :class:`ngp.Prior`). Conventions and
 ``docs/theory.md``, "Neural tangent kernel" (page ``docs/theory-ntk.md``).
 
 Steps with an NTK map: :class:`ngp.Dense`, :class:`ngp.Elementwise`, :class:`ngp.Scale` and
-nested ``serial`` compositions; any other step raises ``NotImplementedError`` naming itself.
+nested ``serial`` compositions; :class:`ngp.Residual` at infinite width only (``Theta``); any other
+step, or a residual step's 1/n statistics, raises ``NotImplementedError`` naming itself.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import functools
 import numpy as np
 
 from . import _ntk
-from ._steps import IDENTITY, Dense, Elementwise, Scale, Serial, Step, compose
+from ._steps import IDENTITY, Dense, Elementwise, Residual, Scale, Serial, Step, compose
 from ._validate import per_layer, nonneg_float
 
 __all__ = ["ntk_states", "NTKLayer", "NTKMixin", "learning_rates"]
@@ -84,10 +85,35 @@ def _walk(step: Step, w: _Walk, lam, finite: bool, dntk: bool, options: dict) ->
         w.state = _scaled(w.state, step.alpha)
         w.states[-1] = w.state
         return
+    if isinstance(step, Residual):
+        _residual(step, w, lam, finite, dntk, options)
+        return
     raise NotImplementedError(
         f"{step!r}: the NTK and its finite-width statistics are implemented for Dense, Elementwise, Scale and "
         f"serial compositions of them; {type(step).__name__} steps have no NTK map yet (docs/theory.md)"
     )
+
+
+def _residual(step: Residual, w: _Walk, lam, finite: bool, dntk: bool, options: dict) -> None:
+    """``z' = gamma z + xi B(z)`` at infinite width: ``K' = gamma^2 K + xi^2 K_B``,
+    ``Theta' = gamma^2 Theta + xi^2 Theta_B`` (the block's fresh last weights make the skip-branch
+    cross terms of the NTK average to zero); the 1/n statistics are not implemented."""
+    if finite:
+        raise NotImplementedError(
+            f"{step!r}: the finite-width NTK statistics (Theta1, A, B, D, F, P, Q) of Residual steps are not "
+            "implemented (like their K1 and V, docs/theory.md, 'Residual networks'); prior.Theta (infinite "
+            "width) is available"
+        )
+    if w.state is None or w.act is not IDENTITY:
+        raise ValueError(f"{step!r}: a residual step acts on pre-activations (place it after a Dense step)")
+    inner = _Walk.__new__(_Walk)
+    inner.features, inner.state, inner.act, inner.width = None, w.state, IDENTITY, w.width
+    inner.dense, inner.states = w.dense, []
+    _walk(step.block, inner, lam, finite, dntk, options)
+    g2, x2 = step.gamma**2, step.xi**2
+    st = _ntk.NTKState(K=g2 * w.state.K + x2 * inner.state.K, Theta=g2 * w.state.Theta + x2 * inner.state.Theta)
+    w.state, w.dense = st, inner.dense
+    w.states.append(st)
 
 
 def learning_rates(net, lambda_W=None, lambda_b=None) -> tuple:

@@ -255,7 +255,7 @@ def test_linearised_network_trained_mean_at_first_order():
     train, test = np.array([0, 1, 2]), np.array([3, 4])
     y = 1.2 * np.array([1.0, -0.7, 0.5])
     hp = dict(C_W=1.0, C_b=0.0, lam_W=1.0, lam_b=0.0)
-    n, S = 24, 3000
+    n, S = 24, 2000
     st = _ntk.flow(X, act, depth=3, widths=[n, n], **hp)[-1]
     m_inf, _ = tt.infinite_width(st.Theta, st.K, train, y)
     m_fw, parts = tt.finite_width_mean(st.Theta, train, y, n=n, Theta1=st.Theta1, A=st.A, B=st.B)
@@ -273,7 +273,7 @@ def test_linearised_network_trained_mean_at_first_order():
 
     f = jax.jit(jax.vmap(lin))
     keys = jax.random.split(jax.random.PRNGKey(5), S)
-    vals = np.concatenate([np.asarray(f(keys[s:s + 1500])) for s in range(0, S, 1500)])
+    vals = np.concatenate([np.asarray(f(keys[s:s + 1000])) for s in range(0, S, 1000)])
     m, se = mc.mean_se(vals)
     corr = (parts["theta1"] + parts["variance"])[test]
     mc_shift, se_n = n * (m - m_inf)[test], n * se[test]
