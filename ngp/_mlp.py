@@ -50,8 +50,9 @@ class MLP(Network):
         C_b: bias variance, a float or one value per layer; ``>= 0``.
         out_dim: number of output neurons ``n_L``.
         in_dim: optional input dimension ``n0``; when given, inputs are checked against it.
-        lambda_W, lambda_b: learning-rate factors of weights (divided by the fan-in) and biases, a float
-            or one per layer (default 1): the NTK's ``prior.Theta`` and its statistics use them.
+        lambda_W: learning-rate factor of the weights (divided by the fan-in), a float or one per layer
+            (default 1): the NTK's ``prior.Theta`` and its statistics use it.
+        lambda_b: learning-rate factor of the biases, a float or one per layer (default 1).
         parameterization: ``None``, ``"ntk"``, ``"mup"``, ``"standard"``, a number ``s`` in [0, 1] (the
             family from ntk to muP) or an :class:`ngp.scaling.Parameterization`: ``C_W``, ``C_b``,
             ``lambda_W``, ``lambda_b`` are base values multiplied by ``(n / base_width)^p`` per layer role

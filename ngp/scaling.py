@@ -127,7 +127,10 @@ def multipliers(spec, *, width, depth: int, base_width: float = 1.0, C_W=1.0, C_
         width: the hidden width ``n`` (all hidden layers), or the ``depth - 1`` hidden widths.
         base_width: the width at which the hyperparameters equal the base values (muTransfer:
             tune at ``base_width``, scale to ``width``).
-        C_W, C_b, lam_W, lam_b: base values (floats or per-layer sequences).
+        C_W: base weight variance (float or per-layer sequence).
+        C_b: base bias variance.
+        lam_W: base weight learning-rate factor.
+        lam_b: base bias learning-rate factor.
 
     Each base value is multiplied by ``(n_l / base_width)^p`` with the exponent ``p`` of its layer
     role (layer 1 = input, ``2..depth-1`` = hidden, ``depth`` = output) and ``n_l`` the hidden width
@@ -277,9 +280,19 @@ def coordinate_check(spec, *, widths: Sequence[int], depth: int = 3, activation:
     Args:
         spec: a :class:`Parameterization`, a preset name or a family value ``s``.
         widths: hidden widths (at least two).
-        X: ``(N, n0)`` inputs (default: 8 fixed standardised points in 4 dimensions); y: ``(N,)`` targets.
-        steps, lr: number of full-batch steps and the global learning rate ``eta``.
-        base_width, C_W, C_b, lam_W, lam_b: see :func:`multipliers`.
+        depth: number of weight layers.
+        activation: activation name or callable.
+        X: ``(N, n0)`` inputs (default: 8 fixed standardised points in 4 dimensions).
+        y: ``(N,)`` targets.
+        steps: number of full-batch steps.
+        lr: the global learning rate ``eta``.
+        seeds: initialisations averaged per width.
+        base_width: see :func:`multipliers`.
+        C_W: see :func:`multipliers`.
+        C_b: see :func:`multipliers`.
+        lam_W: see :func:`multipliers`.
+        lam_b: see :func:`multipliers`.
+        seed: base random seed.
     """
     import jax
     import jax.numpy as jnp
