@@ -14,6 +14,7 @@ Public API (conventions and formulas: ``docs/theory.md``):
 * :func:`log_evidence`, :func:`fit_hyperparameters` -- the evidence as a JAX function of (C_W, C_b,
   noise) and its maximisation (ML-II).
 * :mod:`ngp.criticality` -- susceptibilities, critical points, universality classes.
+* :mod:`ngp.scaling` -- width scaling from neural-tangent to maximal-update (muP) parameterisation.
 * :mod:`ngp.plot` -- figures (matplotlib imported lazily).
 * :mod:`ngp.reference` -- NUTS and importance-sampling reference posteriors.
 * :mod:`ngp.train` -- training-time tools: Jacobian regulariser, fluctuation-dissipation SGD (optax).
@@ -32,7 +33,7 @@ from ._validity import Validity
 from ._model_selection import EvidenceGrid, evidence_grid
 from ._hyper import HyperFit, fit_hyperparameters, log_evidence
 from ._sampling import NetworkSamples, sample_networks
-from . import criticality, datasets, plot, reference, train
+from . import criticality, datasets, plot, reference, scaling, train
 
 #: Residual networks return an :class:`ngp.Prior` like every network (kept as an alias).
 ResPrior = Prior
@@ -70,6 +71,7 @@ __all__ = [
     "sample_networks",
     "NetworkSamples",
     "criticality",
+    "scaling",
     "plot",
     "reference",
     "datasets",

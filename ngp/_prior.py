@@ -11,6 +11,7 @@ import functools
 
 import numpy as np
 
+from ._ntk_net import NTKMixin
 from ._pairs import Pairs
 from ._steps import IDENTITY, Flow
 from ._validate import as_inputs, count, float64, memory_bytes, warn
@@ -26,7 +27,7 @@ MAX_MEMORY = 4 * 1024**3
 
 KERNEL_OPTIONS = ("method", "terms", "nodes", "quad_nodes")
 #: Keyword options accepted by ``net.prior(X, **options)``.
-PRIOR_OPTIONS = KERNEL_OPTIONS + ("four_point_order", "max_memory", "warn")
+PRIOR_OPTIONS = KERNEL_OPTIONS + ("four_point_order", "max_memory", "warn", "lambda_W", "lambda_b")
 
 
 def check_options(options: dict, where: str = "net.prior") -> dict:
@@ -124,7 +125,7 @@ class _Float64Vertex:
         return float64(attr) if callable(attr) else attr
 
 
-class Prior:
+class Prior(NTKMixin):
     """Cumulants of the outputs of a random network (:class:`ngp.MLP`, :func:`ngp.serial`, ...) on inputs ``X``.
 
     Attributes:
@@ -149,6 +150,9 @@ class Prior:
         max_memory: bytes allowed for the dense ``V`` and its work arrays (default 4 GiB); above it a
             ``MemoryError`` states the estimate instead of exhausting memory.
         warn: warn when the 1/n expansion is not trustworthy (default True).
+        lambda_W, lambda_b: learning-rate factors of weights (divided by the fan-in) and biases, a float or
+            one per dense step, for the NTK (``Theta``, ``Theta1``, ``A``, ``B``, ``D``, ``F``, ``P``, ``Q``,
+            ``ntk_layers``; ``ngp._ntk_net``); default the network's own (``parameterization=``), else 1.
     """
 
     @float64

@@ -21,6 +21,7 @@ EXPECTED = (
     "04_model_selection.py",
     "05_training_tools.py",
     "06_residual.py",
+    "07_ntk_and_scaling.py",
 )
 
 
