@@ -1,50 +1,75 @@
 """ngp: Bayesian inference with finite-width neural-network priors.
 
-Public API (see the docs for the conventions, THEORY sections 0-1):
+Public API (conventions and formulas: ``docs/theory.md``):
 
-* :class:`MLP` -- network description; ``net.prior(X)`` gives the output cumulants.
+* :func:`serial`, :class:`Dense`, :class:`Elementwise`, :class:`Residual`, :class:`Scale` -- layer steps; a
+  composition is a :class:`Network` whose ``net.prior(X)`` gives the output cumulants.
+* :class:`MLP`, :class:`ResMLP` -- ready-made networks (thin constructors of step compositions).
 * :func:`gp_posterior` -- exact infinite-width (NNGP) regression.
-* :func:`posterior` -- finite-width regression to first order in 1/n.
+* :func:`condition` -- finite-width conditioning on training data; ``.predict(X_test)``.
+* :func:`posterior` -- finite-width regression to first order in 1/n (one call).
 * :func:`sample_networks` -- draws of actual random networks (brute-force checks).
-* :class:`ResMLP` -- residual MLP priors (infinite width).
+* :func:`evidence_grid` -- architecture choice by the finite-width evidence.
+* :func:`log_evidence`, :func:`fit_hyperparameters` -- the evidence as a JAX function of (C_W, C_b,
+  noise) and its maximisation (ML-II).
 * :mod:`ngp.criticality` -- susceptibilities, critical points, universality classes.
 * :mod:`ngp.plot` -- figures (matplotlib imported lazily).
 * :mod:`ngp.reference` -- NUTS and importance-sampling reference posteriors.
+* :mod:`ngp.train` -- training-time tools: Jacobian regulariser, fluctuation-dissipation SGD (optax).
 * :func:`activation`, :class:`Activation`, :data:`ACTIVATIONS` -- activations.
 """
 
 from ._activations import ACTIVATIONS, Activation, activation
 from ._gp import GPPosterior, gp_posterior
+from ._steps import Dense, Elementwise, Residual, Scale, Step
+from ._network import Network, serial
 from ._mlp import MLP
-from ._model_selection import EvidenceGrid, evidence_grid
-from . import criticality, datasets, plot, reference
-from ._posterior import FiniteWidthPosterior, posterior
+from ._resmlp import ResMLP
 from ._prior import Layer, Prior
-from ._resmlp import ResMLP, ResPrior
+from ._posterior import Conditioned, FiniteWidthPosterior, condition, posterior
+from ._model_selection import EvidenceGrid, evidence_grid
+from ._hyper import HyperFit, fit_hyperparameters, log_evidence
 from ._sampling import NetworkSamples, sample_networks
+from . import criticality, datasets, plot, reference, train
 
-__version__ = "0.1.0"
+#: Residual networks return an :class:`ngp.Prior` like every network (kept as an alias).
+ResPrior = Prior
+
+__version__ = "0.2.0"
 
 __all__ = [
     "ACTIVATIONS",
     "Activation",
     "activation",
+    "serial",
+    "Network",
+    "Step",
+    "Dense",
+    "Elementwise",
+    "Residual",
+    "Scale",
     "MLP",
     "ResMLP",
     "ResPrior",
+    "Prior",
+    "Layer",
+    "gp_posterior",
+    "GPPosterior",
+    "condition",
+    "Conditioned",
+    "posterior",
+    "FiniteWidthPosterior",
+    "evidence_grid",
+    "EvidenceGrid",
+    "log_evidence",
+    "fit_hyperparameters",
+    "HyperFit",
+    "sample_networks",
+    "NetworkSamples",
     "criticality",
     "plot",
     "reference",
     "datasets",
-    "Prior",
-    "Layer",
-    "posterior",
-    "evidence_grid",
-    "EvidenceGrid",
-    "FiniteWidthPosterior",
-    "GPPosterior",
-    "NetworkSamples",
-    "sample_networks",
-    "gp_posterior",
+    "train",
     "__version__",
 ]

@@ -6,16 +6,23 @@ closed-form Gaussian expectations that exist for it:
 * ``two_point(kaa, kbb, kab)``: ``<s(z_a) s(z_b)>`` for ``(z_a, z_b)`` a zero-mean
   Gaussian with covariance ``[[kaa, kab], [kab, kbb]]``;
 * ``smoothed(mu, s)``: ``E[s(mu + s w)]`` with ``w ~ N(0, 1)``, used to integrate
-  one dimension of the four-point expectations in closed form.
+  one dimension of the four-point expectations in closed form;
+* ``four_point(C)``: ``<s(z_1) s(z_2) s(z_3) s(z_4)>`` for covariance blocks ``C`` of shape
+  ``(..., 4, 4)`` (linear: Isserlis; sin: a sum of exponentials);
+* ``relu_slopes``: the slopes of the scale-invariant (piecewise-linear) family.
 
-Activations without a closed form (tanh, swish, softplus, sigmoid, user
-callables) are integrated numerically (see :mod:`ngp._gaussian`).
+Nothing in ngp dispatches on the activation's *name*: a closed form is used only when the
+:class:`Activation` carries it, and a user callable carries none unless it is built as an
+``Activation(...)`` with the closed forms given explicitly. Activations without a closed form
+(tanh, swish, softplus, sigmoid, user callables) are integrated numerically (see
+``docs/theory.md``, "Gaussian expectations").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from typing import Callable
 
@@ -24,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erf as _erf
 from jax.scipy.special import ndtr as _ndtr
+
+from ._validate import real
 
 __all__ = ["Activation", "activation", "ACTIVATIONS"]
 
@@ -49,6 +58,9 @@ class Activation:
         two_point: Closed form of ``<sigma(z_a) sigma(z_b)>`` as a function of
             ``(kaa, kbb, kab)`` (broadcasting), or ``None``.
         smoothed: Closed form of ``E[sigma(mu + s w)]``, ``w ~ N(0,1)``, or ``None``.
+        four_point: Closed form of ``<sigma(z_1) sigma(z_2) sigma(z_3) sigma(z_4)>`` as a
+            function of the ``(..., 4, 4)`` covariance of ``z`` (indices may repeat, so the
+            block may be singular), or ``None``.
         relu_slopes: ``(a_plus, a_minus)`` for the scale-invariant (piecewise
             linear) family ``a_+ z Theta(z) + a_- z Theta(-z)``; ``None`` otherwise.
         smooth: Whether ``fn`` is smooth enough that its derivatives (taken by
@@ -61,6 +73,7 @@ class Activation:
     smoothed: Callable | None = None
     relu_slopes: tuple[float, float] | None = None
     smooth: bool = True
+    four_point: Callable | None = None
 
     def __call__(self, x):
         return self.fn(x)
@@ -70,7 +83,21 @@ class Activation:
 
     @property
     def is_scale_invariant(self) -> bool:
+        """Whether ``sigma(lambda z) = lambda sigma(z)`` for ``lambda > 0`` (the relu family, linear)."""
         return self.relu_slopes is not None
+
+    def second_moment(self, k):
+        """``<sigma(z)^2>`` for ``z ~ N(0, k)``, in closed form (``None`` when there is none).
+
+        Separate from ``two_point`` because the scale-invariant family's ``two_point`` is not
+        differentiable at correlation 1, while ``<sigma^2>_k = (a_+^2 + a_-^2) k / 2`` is.
+        """
+        if self.relu_slopes is not None:
+            ap, am = self.relu_slopes
+            return 0.5 * (ap * ap + am * am) * k
+        if self.two_point is not None:
+            return self.two_point(k, k, k)
+        return None
 
     def derivative(self, order: int) -> Callable:
         """Elementwise ``order``-th derivative of ``fn`` (by autodiff; cached, so jit caches hit)."""
@@ -118,6 +145,11 @@ def _relu_family(a_plus: float, a_minus: float, name: str) -> Activation:
     return Activation(name, fn, two_point, smoothed, (a_plus, a_minus), smooth=False)
 
 
+def _isserlis(C):
+    """``E[z_1 z_2 z_3 z_4]`` for ``z ~ N(0, C)``, ``C`` of shape ``(..., 4, 4)``."""
+    return C[..., 0, 1] * C[..., 2, 3] + C[..., 0, 2] * C[..., 1, 3] + C[..., 0, 3] * C[..., 1, 2]
+
+
 def _linear() -> Activation:
     return Activation(
         "linear",
@@ -128,6 +160,7 @@ def _linear() -> Activation:
         smoothed=lambda mu, s: jnp.broadcast_arrays(jnp.asarray(mu), jnp.asarray(s))[0],
         relu_slopes=(1.0, 1.0),
         smooth=True,
+        four_point=_isserlis,
     )
 
 
@@ -145,12 +178,23 @@ def _erf_act() -> Activation:
     )
 
 
+_SIGNS4 = np.array(list(itertools.product((1.0, -1.0), repeat=4)))
+
+
+def _sin_four_point(C):
+    """``E[prod_j sin z_j]``: ``prod sin z_j = (2i)^-4 sum_s (prod s) e^{i s.z}``, ``E e^{i s.z} = e^{-s^T C s/2}``."""
+    s = jnp.asarray(_SIGNS4, dtype=C.dtype)
+    quad = jnp.einsum("ki,...ij,kj->...k", s, C, s)
+    return jnp.sum(jnp.prod(s, axis=1) * jnp.exp(-0.5 * quad), axis=-1) / 16.0
+
+
 def _sin_act() -> Activation:
     return Activation(
         "sin",
         jnp.sin,
         two_point=lambda kaa, kbb, kab: jnp.exp(-0.5 * (kaa + kbb)) * jnp.sinh(kab),
         smoothed=lambda mu, s: jnp.sin(mu) * jnp.exp(-0.5 * s * s),
+        four_point=_sin_four_point,
     )
 
 
@@ -208,9 +252,7 @@ def activation(spec: str | Callable | Activation, /, **params) -> Activation:
                 "or a JAX-traceable callable"
             )
         if key == "leaky_relu" and "slope" in params:
-            slope = params["slope"]
-            if not (isinstance(slope, (int, float)) and math.isfinite(slope)):
-                raise ValueError(f"activation: leaky_relu slope must be a finite number, got {slope!r}")
+            params = dict(params, slope=real(params["slope"], "slope"))
         try:
             return _named(key, tuple(sorted(params.items())))
         except TypeError as exc:
@@ -241,6 +283,13 @@ def _check_callable(act: Activation) -> None:
         y = np.asarray(act.fn(x))
     except Exception as exc:  # noqa: BLE001 - report any failure to trace the callable
         raise ValueError(f"activation: calling {act.name!r} on an array failed: {exc}") from exc
+    try:
+        jax.jit(act.fn)(x)
+    except Exception as exc:  # noqa: BLE001 - numpy functions fail on tracers
+        raise TypeError(
+            f"activation: {act.name!r} must be JAX-traceable (written with jax.numpy, not numpy); "
+            f"tracing it failed with {type(exc).__name__}"
+        ) from exc
     if y.shape != x.shape:
         raise ValueError(
             f"activation: {act.name!r} must be elementwise (input shape {x.shape}, output {y.shape})"

@@ -1,6 +1,6 @@
-"""Finite-width cumulants: the four-point vertex V and the 1/n kernel correction K1.
+"""Gaussian expectations behind the finite-width cumulants of a dense layer.
 
-Layer-to-layer recursions of THEORY.md sections 2b and 3 (Jacobian form, no K^{-1}):
+The layer-to-layer recursions (``docs/theory.md``, "Finite-width recursions"; Jacobian form, no K^{-1}):
 
     V^(l+1)  = C_W^2 Cov_{K^(l)}(s_a s_b, s_c s_d) + (n_l / n_{l-1}) J V^(l) J^T
     K1^(l+1) = (n_l / n_{l-1}) [ J K1^(l) + 1/2 H : V^(l) ]
@@ -29,10 +29,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
-from ._gaussian import auto_orders, expect_1d, gauss_hermite, pair_matrix
+from ._gaussian import auto_orders, concrete_max, expect_1d, gauss_hermite, pair_matrix
 from ._kernel import two_point_matrix
+from ._pairs import Pairs, multiset_code
 
-__all__ = ["Pairs", "jacobian_hessian", "fresh_covariance", "propagate", "FOUR_POINT_ORDERS"]
+__all__ = [
+    "jacobian_hessian",
+    "four_point_values",
+    "fresh_covariance",
+    "fresh_components",
+    "FourPointTable",
+    "multisets",
+    "propagate",
+    "FOUR_POINT_ORDERS",
+]
 
 #: Gauss-Hermite nodes per dimension for the four-point expectations, by the number of
 #: distinct inputs among (a, b, c, d). The 4-D rule dominates the cost (pruned tensor
@@ -43,68 +53,19 @@ __all__ = ["Pairs", "jacobian_hessian", "fresh_covariance", "propagate", "FOUR_P
 FOUR_POINT_ORDERS = {1: 200, 2: 128, 3: 64, 4: 40}
 
 
-@dataclasses.dataclass(frozen=True)
-class Pairs:
-    """Index bookkeeping for the ``P = N(N+1)/2`` unordered pairs ``a <= b``."""
-
-    N: int
-    a: np.ndarray  # (P,)
-    b: np.ndarray  # (P,)
-    index: np.ndarray  # (N, N) pair index of (a, b) and (b, a)
-    cols: np.ndarray  # (P, 3) pair indices of (a, a), (b, b), (a, b)
-    diag: np.ndarray  # (P,) bool, a == b
-
-    @classmethod
-    @functools.lru_cache(maxsize=32)
-    def of(cls, N: int) -> "Pairs":
-        a, b = np.triu_indices(N)
-        index = np.empty((N, N), dtype=np.int64)
-        index[a, b] = np.arange(a.size)
-        index[b, a] = np.arange(a.size)
-        cols = np.stack([index[a, a], index[b, b], index[a, b]], axis=1)
-        return cls(N, a, b, index, cols, a == b)
-
-    @property
-    def P(self) -> int:
-        return self.a.size
-
-    def pack(self, M) -> np.ndarray:
-        """``(N, N)`` symmetric matrix -> ``(P,)`` vector over pairs."""
-        return np.asarray(M)[self.a, self.b]
-
-    def unpack(self, v) -> np.ndarray:
-        """``(P,)`` -> ``(N, N)``."""
-        return np.asarray(v)[self.index]
-
-    def unpack4(self, Vp) -> np.ndarray:
-        """``(P, P)`` -> ``(N, N, N, N)`` with ``V[a, b, c, d] = V_(ab)(cd)``."""
-        return np.asarray(Vp)[self.index[:, :, None, None], self.index[None, None, :, :]]
-
-
 # ----------------------------------------------------------------------------- J and H
 @functools.lru_cache(maxsize=64)
 def _closed_phi(act: Activation):
-    """Scalar functions phi_off(kaa, kbb, kab) and phi_diag(k) from closed forms."""
-    if act.relu_slopes is not None:
-        ap, am = act.relu_slopes
-        a2 = 0.5 * (ap * ap + am * am)
-
-        def diag(k):
-            return a2 * k
-    else:
-
-        def diag(k):
-            return act.two_point(k, k, k)
-
-    return act.two_point, diag
+    """Scalar functions phi_off(kaa, kbb, kab) and phi_diag(k) from the activation's closed forms."""
+    return act.two_point, act.second_moment
 
 
 def _jh_closed(act: Activation, K, pairs: Pairs):
     off, diag = _closed_phi(act)
-    Kn = np.asarray(K)
-    kd = np.diagonal(Kn)
-    args = jnp.asarray(np.stack([kd[pairs.a], kd[pairs.b], Kn[pairs.a, pairs.b]], axis=1))
-    J_off, H_off, J_d, H_d = _closed_derivatives(off, diag, args, jnp.asarray(kd))
+    K = jnp.asarray(K)
+    kd = jnp.diagonal(K)
+    args = jnp.stack([kd[pairs.a], kd[pairs.b], K[pairs.a, pairs.b]], axis=1)
+    J_off, H_off, J_d, H_d = _closed_derivatives(off, diag, args, kd)
     return _merge_diag(pairs, J_off, H_off, J_d, H_d)
 
 
@@ -120,13 +81,10 @@ def _closed_derivatives(off, diag, args, kd):
 
 
 def _merge_diag(pairs: Pairs, J_off, H_off, J_d, H_d):
-    J = np.array(J_off, dtype=float)
-    H = np.array(H_off, dtype=float)
-    d = pairs.diag
-    J[d] = 0.0
-    H[d] = 0.0
-    J[d, 0] = np.asarray(J_d)[pairs.a[d]]
-    H[d, 0, 0] = np.asarray(H_d)[pairs.a[d]]
+    d = np.nonzero(pairs.diag)[0]
+    ad = pairs.a[d]
+    J = jnp.asarray(J_off).at[d].set(0.0).at[d, 0].set(jnp.asarray(J_d)[ad])
+    H = jnp.asarray(H_off).at[d].set(0.0).at[d, 0, 0].set(jnp.asarray(H_d)[ad])
     return J, H
 
 
@@ -137,25 +95,25 @@ def _jh_mehler(act: Activation, K, pairs: Pairs, **options):
     def pm(p, q):
         return pair_matrix(d[p], d[q], K, terms=terms, nodes=nodes)
 
-    M20, M11, M40, M22, M31 = (np.asarray(pm(p, q)) for p, q in ((2, 0), (1, 1), (4, 0), (2, 2), (3, 1)))
+    M20, M11, M40, M22, M31 = (pm(p, q) for p, q in ((2, 0), (1, 1), (4, 0), (2, 2), (3, 1)))
     a, b = pairs.a, pairs.b
     # heat-equation identities: d/dK_aa <F> = <d_a^2 F>/2, d/dK_ab <F> = <d_a d_b F> (a != b)
-    J_off = np.stack([0.5 * M20[a, b], 0.5 * M20[b, a], M11[a, b]], axis=1)
+    J_off = jnp.stack([0.5 * M20[a, b], 0.5 * M20[b, a], M11[a, b]], axis=1)
     h_aa_aa, h_bb_bb = 0.25 * M40[a, b], 0.25 * M40[b, a]
     h_aa_bb = 0.25 * M22[a, b]
     h_aa_ab, h_bb_ab = 0.5 * M31[a, b], 0.5 * M31[b, a]
     h_ab_ab = M22[a, b]
-    H_off = np.stack(
+    H_off = jnp.stack(
         [
-            np.stack([h_aa_aa, h_aa_bb, h_aa_ab], axis=1),
-            np.stack([h_aa_bb, h_bb_bb, h_bb_ab], axis=1),
-            np.stack([h_aa_ab, h_bb_ab, h_ab_ab], axis=1),
+            jnp.stack([h_aa_aa, h_aa_bb, h_aa_ab], axis=1),
+            jnp.stack([h_aa_bb, h_bb_bb, h_bb_ab], axis=1),
+            jnp.stack([h_aa_ab, h_bb_ab, h_ab_ab], axis=1),
         ],
         axis=1,
     )
     kd = jnp.diagonal(K)
     if nodes is None:
-        nodes = auto_orders(float(jnp.max(kd)))[1]
+        nodes = auto_orders(concrete_max(kd))[1]
     J_d, H_d = _diag_derivatives(act, int(nodes), kd)
     return _merge_diag(pairs, J_off, H_off, J_d, H_d)
 
@@ -202,14 +160,9 @@ def _pruned_rule(u: int, m: int, cutoff: float = 1e-15):
     return nodes[keep], weights[keep]
 
 
-def _multisets(N: int):
-    """All sorted 4-tuples ``a <= b <= c <= d`` with a code for lookup."""
-    ms = np.array(list(itertools.combinations_with_replacement(range(N), 4)), dtype=np.int64)
-    return ms
-
-
-def _code(t, N):
-    return ((t[..., 0] * N + t[..., 1]) * N + t[..., 2]) * N + t[..., 3]
+def multisets(N: int) -> np.ndarray:
+    """All sorted 4-tuples ``a <= b <= c <= d`` of ``range(N)``, shape ``(M, 4)`` in code order."""
+    return np.array(list(itertools.combinations_with_replacement(range(N), 4)), dtype=np.int64).reshape(-1, 4)
 
 
 def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batch_elems: int | None = None):
@@ -218,7 +171,7 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
     K = jnp.asarray(K)
     if batch_elems is None:  # node evaluations per compiled batch: larger on accelerators
         batch_elems = 4_000_000 if jax.default_backend() == "cpu" else 200_000_000
-    out = np.empty(ms.shape[0])
+    out = jnp.zeros(ms.shape[0], dtype=jnp.result_type(float))
     a, b, c, d = (ms[:, i] for i in range(4))
     eq = (ms[:, 1:] == ms[:, :-1]).astype(int)
     code = eq[:, 0] * 4 + eq[:, 1] * 2 + eq[:, 2]
@@ -243,81 +196,170 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
         nodes, weights = _pruned_rule(u, orders[u])
         nodes_j, weights_j = jnp.asarray(nodes), jnp.asarray(weights)
         per = max(1, batch_elems // (nodes.shape[0] * u))
-        chunk = functools.partial(_product_chunk, act.fn, tuple(pattern), K=K, nodes=nodes_j, weights=weights_j)
+        pat = tuple(pattern)
 
-        # batch size: the next power of two (bounded by `per`), so few shapes get compiled
-        per = min(per, 1 << int(np.ceil(np.log2(max(rows.size, 1)))))
+        def chunk(ix, pat=pat, nodes_j=nodes_j, weights_j=weights_j):
+            return _product_chunk(act.fn, pat, ix, K, nodes_j, weights_j)
+
+
+        # two batch shapes per rule (a small one for short requests), so few shapes get compiled
+        per = 1 << int(np.floor(np.log2(per)))
+        if rows.size <= max(1, per // 32):
+            per = max(1, per // 32)
         for s in range(0, rows.size, per):
             sel = idx[s : s + per]
             pad = per - sel.shape[0]
             if pad:
                 sel = np.concatenate([sel, np.repeat(sel[:1], pad, axis=0)])
-            res = np.asarray(chunk(jnp.asarray(sel)))
-            out[rows[s : s + per]] = res[: per - pad]
+            res = chunk(jnp.asarray(sel))
+            out = out.at[rows[s : s + per]].set(res[: per - pad])
     return out
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _product_chunk(fn, pattern, ix, *, K, nodes, weights):
+def _product_chunk(fn, pattern, ix, K, nodes, weights):
     """``E[prod_j fn(z_j)^pattern_j]`` for a batch of index tuples ``ix`` (b, u)."""
     C = K[ix[:, :, None], ix[:, None, :]]  # (b, u, u)
-    w_, U = jnp.linalg.eigh(C)
-    R = U * jnp.sqrt(jnp.clip(w_, 0.0, None))[:, None, :]  # z = R x
-    z = jnp.einsum("qj,bij->bqi", nodes, R)
-    vals = jnp.prod(fn(z) ** jnp.asarray(pattern, dtype=z.dtype), axis=-1)
-    return vals @ weights
+    return _gaussian_product(fn, pattern)(C, nodes, weights)
 
 
-def _closed_four_point(act: Activation, K, ms: np.ndarray):
-    K = jnp.asarray(K)
-    a, b, c, d = (ms[:, i] for i in range(4))
-    if act.name == "linear":
-        return np.asarray(K[a, b] * K[c, d] + K[a, c] * K[b, d] + K[a, d] * K[b, c])
-    if act.name == "sin":
-        # prod sin z_j = (2i)^-4 sum_s (prod s) e^{i s.z};  E e^{i s.z} = exp(-s^T K s / 2)
-        idx = np.stack([a, b, c, d], axis=1)
-        C = K[idx[:, :, None], idx[:, None, :]]
-        total = 0.0
-        for s in itertools.product((1.0, -1.0), repeat=4):
-            sv = jnp.asarray(s)
-            total = total + np.prod(s) * jnp.exp(-0.5 * jnp.einsum("i,bij,j->b", sv, C, sv))
-        return np.asarray(total / 16.0)
-    return None
+@functools.lru_cache(maxsize=256)
+def _gaussian_product(fn, pattern):
+    """``C -> E[prod_j fn(z_j)^pattern_j]``, ``z ~ N(0, C)`` (batched ``(b, u, u) -> (b,)``) by the rule
+    ``(nodes, weights)`` in the eigenbasis of ``C``; its derivative is Price's theorem,
+    ``dE/dC_ij = E[d_i d_j F] / 2`` (symmetric ``dC``), so singular and degenerate blocks have finite
+    derivatives (the eigen square root's derivative does not exist there)."""
+    pat = np.asarray(pattern)  # a constant (a JAX array created here would leak from the first trace)
+
+    def F(z):  # (u,) -> scalar
+        return jnp.prod(fn(z) ** pat.astype(z.dtype))
+
+    def nodes_of(C, nodes):
+        w_, U = jnp.linalg.eigh(C)
+        R = U * jnp.sqrt(jnp.clip(w_, 0.0, None))[:, None, :]  # z = R x
+        return jnp.einsum("qj,bij->bqi", nodes, R)
+
+    @jax.custom_jvp
+    def expect(C, nodes, weights):
+        z = nodes_of(C, nodes)
+        return jnp.prod(fn(z) ** pat.astype(z.dtype), axis=-1) @ weights
+
+    @expect.defjvp
+    def expect_jvp(primals, tangents):
+        C, nodes, weights = primals
+        dC = tangents[0]
+        z = nodes_of(C, nodes)
+        out = jnp.prod(fn(z) ** pat.astype(z.dtype), axis=-1) @ weights
+        hess = jax.vmap(jax.vmap(jax.hessian(F)))(z)  # (b, q, u, u)
+        Edd = jnp.einsum("bqij,q->bij", hess, weights)
+        return out, 0.5 * jnp.einsum("bij,bij->b", Edd, dC)
+
+    return expect
 
 
-def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, method: str = "auto",
+def four_point_values(act: Activation, K, ms: np.ndarray, *, method: str = "auto",
+                      four_point_order: int | None = None) -> np.ndarray:
+    """``<s_a s_b s_c s_d>_K`` for every row ``(a, b, c, d)`` of ``ms`` (``(M, 4)``, sorted rows).
+
+    Closed form where the activation declares one (``Activation.four_point``; linear, sin),
+    otherwise Gauss-Hermite in the span of the distinct inputs (:data:`FOUR_POINT_ORDERS`).
+    """
+    ms = np.asarray(ms, dtype=np.int64).reshape(-1, 4)
+    if ms.shape[0] == 0:
+        return jnp.zeros(0)
+    if method in ("auto", "closed") and act.four_point is not None:
+        K = jnp.asarray(K)
+        C = K[ms[:, :, None], ms[:, None, :]]
+        return act.four_point(C)
+    orders = dict(FOUR_POINT_ORDERS)
+    if four_point_order is not None:
+        orders[4] = int(four_point_order)
+        orders[3] = int(np.ceil(1.6 * int(four_point_order)))  # same ratio as the defaults (64 / 40)
+    return _product_expectations(act, K, ms, orders)
+
+
+class FourPointTable:
+    """``<s_a s_b s_c s_d>_K`` for multisets of one kernel, each computed once and remembered.
+
+    Args:
+        act: the activation ``s``.
+        K: ``(N, N)`` kernel.
+        **options: ``method``, ``four_point_order`` (see :func:`four_point_values`).
+    """
+
+    def __init__(self, act: Activation, K, **options):
+        self.act, self.K, self.options = act, K, options
+        self.N = K.shape[0]
+        self._codes = np.zeros(0, dtype=np.int64)
+        self._vals = np.zeros(0)
+
+    def __call__(self, ms_sorted):
+        """Values for sorted rows ``(M, 4)`` (a JAX array; differentiable in the kernel)."""
+        ms_sorted = np.asarray(ms_sorted, dtype=np.int64).reshape(-1, 4)
+        codes = multiset_code(ms_sorted, self.N)
+        uniq, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+        pos = np.searchsorted(self._codes, uniq)
+        known = np.zeros(uniq.size, dtype=bool)
+        if self._codes.size:
+            known = self._codes[np.minimum(pos, self._codes.size - 1)] == uniq
+        new = np.nonzero(~known)[0]
+        vals = jnp.zeros(uniq.size, dtype=jnp.result_type(float))
+        if np.any(known):
+            vals = vals.at[np.nonzero(known)[0]].set(self._vals[pos[known]])
+        if new.size:
+            fresh = jnp.asarray(four_point_values(self.act, self.K, ms_sorted[first[new]], **self.options))
+            vals = vals.at[new].set(fresh)
+            codes_all = np.concatenate([self._codes, uniq[new]])
+            order = np.argsort(codes_all, kind="stable")
+            self._codes = codes_all[order]
+            self._vals = jnp.concatenate([jnp.asarray(self._vals), fresh])[order]
+        return vals[inverse.reshape(-1)]
+
+
+def fresh_components(table: FourPointTable, quads, E2, C_W: float) -> np.ndarray:
+    """``C_W^2 [<s_a s_b s_c s_d> - <s_a s_b><s_c s_d>]`` for rows ``(a, b, c, d)`` of ``quads``.
+
+    Args:
+        table: the four-point values of the layer (:class:`FourPointTable`).
+        quads: ``(M, 4)`` input indices, meaning the vertex component ``(ab)(cd)``.
+        E2: ``(N, N)`` two-point matrix ``<s_a s_b>_K``.
+    """
+    quads = np.asarray(quads, dtype=np.int64).reshape(-1, 4)
+    E4 = table(np.sort(quads, axis=1))
+    E2 = jnp.asarray(E2)
+    return C_W**2 * (E4 - E2[quads[:, 0], quads[:, 1]] * E2[quads[:, 2], quads[:, 3]])
+
+
+def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, E2=None, table=None, method: str = "auto",
                      four_point_order: int | None = None, **options):
-    """``C_W^2 Cov_K(s_a s_b, s_c s_d)`` as a ``(P, P)`` matrix over unordered pairs."""
+    """``C_W^2 Cov_K(s_a s_b, s_c s_d)`` as a ``(P, P)`` matrix over all unordered pairs."""
     K = jnp.asarray(K)
     N = pairs.N
-    ms = _multisets(N)
-    vals = None
-    if method in ("auto", "closed"):
-        vals = _closed_four_point(act, K, ms)
-    if vals is None:
-        orders = dict(FOUR_POINT_ORDERS)
-        if four_point_order is not None:
-            orders[4] = int(four_point_order)
-            orders[3] = int(np.ceil(1.6 * int(four_point_order)))  # same ratio as the defaults (64 / 40)
-        vals = _product_expectations(act, K, ms, orders)
+    ms = multisets(N)
+    if table is None:
+        table = FourPointTable(act, K, method=method, four_point_order=four_point_order)
+    vals = table(ms)
     # scatter multiset values to (p, q)
     pa, pb = pairs.a, pairs.b
     quad = np.stack(np.broadcast_arrays(pa[:, None], pb[:, None], pa[None, :], pb[None, :]), axis=-1)
     quad = np.sort(quad, axis=-1)
-    pos = np.searchsorted(_code(ms, N), _code(quad, N))
-    T4 = np.asarray(vals)[pos]
-    E2 = pairs.pack(two_point_matrix(act, K, method=method, **{k: v for k, v in options.items() if k in ("terms", "nodes", "quad_nodes")}))
+    pos = np.searchsorted(multiset_code(ms, N), multiset_code(quad, N))
+    T4 = vals[pos]
+    if E2 is None:
+        kopts = {k: v for k, v in options.items() if k in ("terms", "nodes", "quad_nodes")}
+        E2 = two_point_matrix(act, K, method=method, **kopts)
+    E2 = pairs.pack(E2)
     return C_W**2 * (T4 - E2[:, None] * E2[None, :])
 
 
 # ----------------------------------------------------------------------------- propagation
 def propagate(J, H, V, G1, pairs: Pairs, ratio: float):
     """``ratio * J V J^T`` (P, P) and ``ratio * (J G1 + H:V/2)`` (P,)."""
-    J, H, V, G1 = (np.asarray(t) for t in (J, H, V, G1))
+    J, H, V, G1 = (jnp.asarray(t) for t in (J, H, V, G1))
     cols = pairs.cols
     A = sum(J[:, s, None] * V[cols[:, s], :] for s in range(3))  # (J V)
     JVJ = sum(A[:, cols[:, t]] * J[None, :, t] for t in range(3))
-    HV = np.einsum("pst,pst->p", H, V[cols[:, :, None], cols[:, None, :]])
-    JG = np.einsum("ps,ps->p", J, G1[cols])
+    HV = jnp.einsum("pst,pst->p", H, V[cols[:, :, None], cols[:, None, :]])
+    JG = jnp.einsum("ps,ps->p", J, G1[cols])
     JVJ = 0.5 * (JVJ + JVJ.T)
     return ratio * JVJ, ratio * (JG + 0.5 * HV)

@@ -1,4 +1,4 @@
-"""Infinite-width (NNGP) kernel recursion of an MLP (THEORY.md section 1).
+"""Infinite-width (NNGP) kernel recursion of an MLP (``docs/theory.md``, "Infinite-width kernel").
 
 ``K^(1) = C_b + C_W X X^T / n0`` and ``K^(l+1) = C_b + C_W <s(z_a) s(z_b)>_{K^(l)}``,
 with the hyperparameters of the layer being produced.

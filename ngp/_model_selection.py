@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import numbers
 from typing import Sequence
 
 import numpy as np
 
-from ._gp import gp_from_kernel
 from ._mlp import MLP
-from ._posterior import _evidence
-from ._validate import as_inputs, as_targets, nonneg_float
+from ._posterior import condition
+from ._validate import as_inputs, as_targets, count, nonneg_float, positive_float
 
 __all__ = ["EvidenceGrid", "evidence_grid"]
 
@@ -58,13 +58,18 @@ class EvidenceGrid:
         return "\n".join(lines)
 
 
-def _as_list(values, name):
-    if isinstance(values, (int, float, np.integer, np.floating)):
-        return [values]
-    out = list(values)
+def _as_list(values, name, check):
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name}: expected a number or a sequence of numbers, got {values!r}")
+    if isinstance(values, (numbers.Number, np.number)):
+        values = [values]
+    try:
+        out = list(values)
+    except TypeError as exc:
+        raise TypeError(f"{name}: expected a number or a sequence of numbers, got {values!r}") from exc
     if not out:
         raise ValueError(f"{name}: expected at least one value")
-    return out
+    return [check(v, f"{name}[{i}]") for i, v in enumerate(out)]
 
 
 def evidence_grid(X_train, Y_train, *, widths: Sequence[int], depths: Sequence[int], activation="tanh",
@@ -73,7 +78,8 @@ def evidence_grid(X_train, Y_train, *, widths: Sequence[int], depths: Sequence[i
     """Finite-width log evidence of the data for every (depth, width, C_W, C_b) in a grid.
 
     Equal hidden widths; for each (depth, C_W, C_b) the cumulants ``K``, ``K1``, ``V`` do not
-    depend on the width, so one prior computation serves every width.
+    depend on the width, so one conditioning (:func:`ngp.condition`) serves every width
+    (:meth:`ngp.Conditioned.with_width`).
 
     Args:
         X_train: ``(N, n0)`` inputs.
@@ -95,28 +101,21 @@ def evidence_grid(X_train, Y_train, *, widths: Sequence[int], depths: Sequence[i
     if Y.ndim == 1:
         Y = Y[:, None]
     Y = as_targets(Y, X.shape[0], Y.shape[1] if Y.ndim == 2 else 1)
-    widths = [int(w) for w in _as_list(widths, "widths")]
-    depths = [int(d) for d in _as_list(depths, "depths")]
+    widths = _as_list(widths, "widths", count)
+    depths = _as_list(depths, "depths", count)
     rows = []
     opts = dict(options)
     opts.setdefault("warn", False)
-    for depth, cw, cb in itertools.product(depths, _as_list(C_W, "C_W"), _as_list(C_b, "C_b")):
+    for depth, cw, cb in itertools.product(depths, _as_list(C_W, "C_W", positive_float),
+                                           _as_list(C_b, "C_b", nonneg_float)):
         net = MLP(depth, widths[0], activation=activation, C_W=cw, C_b=cb, out_dim=Y.shape[1])
-        prior = net.prior(X, **opts)
-        K = np.asarray(prior.K)
-        gp_logz = gp_from_kernel(K, X.shape[0], Y, noise).log_evidence
-        if depth == 1:
-            for w in widths:
-                rows.append(dict(depth=depth, width=w, C_W=float(cw), C_b=float(cb), log_evidence=gp_logz,
-                                 log_evidence_gp=gp_logz, expansion_parameter=0.0))
-            continue
-        K1, V = np.asarray(prior.K1), prior.V
-        eps1 = prior.expansion_parameter * prior.n  # width-independent max|V|/K^2
+        cond = condition(net, X, Y, noise=noise, **opts)
         for w in widths:
+            cw_ = cond.with_width(w)
             try:
-                logz = _evidence(K, K1, V, Y, noise, w)
+                logz = cw_.log_evidence
             except np.linalg.LinAlgError:
                 logz = math.nan
             rows.append(dict(depth=depth, width=w, C_W=float(cw), C_b=float(cb), log_evidence=float(logz),
-                             log_evidence_gp=gp_logz, expansion_parameter=eps1 / w))
+                             log_evidence_gp=cw_.gp.log_evidence, expansion_parameter=cw_.expansion_parameter))
     return EvidenceGrid(tuple(rows))

@@ -1,25 +1,35 @@
-"""Bayesian regression with a finite-width prior, to first order in 1/n (THEORY.md section 5).
+"""Bayesian regression with a finite-width prior, to first order in 1/n (``docs/theory.md``, "Posterior").
+
+``ngp.condition(net, X_train, Y_train, noise=...)`` does the training-set work once (the GP solve,
+``K1`` and ``V`` on the training inputs, the evidence, and every training-only contraction the
+predictions reuse); ``.predict(X_test)`` then needs only the vertex components with test indices:
+``V_(b a1)(a2 a3)`` (mean), ``V_(b b)(a1 a2)`` and ``V_(b a1)(b a2)`` (marginal variances) and, with
+``full_cov=True``, the same with two different test points. Test points are processed in batches
+whose memory is bounded by ``max_memory``. ``ngp.posterior`` is ``condition(...).predict(..., full_cov=True)``.
 
 Notation: training inputs ``A`` (``N_A``), test inputs ``B`` (``N_B``), ``n = n_{L-1}``,
 ``n_L`` observed output neurons, ``Kt = K_AA + noise I`` with inverse ``Kt^-1``, whitened
 targets ``yt_i = Kt^-1 y_i``, neuron-summed target matrix ``Y = sum_j yt_j yt_j^T``,
-GP projector ``P = K_BA Kt^-1`` and residualised objects (each test slot ``b`` replaced
-by ``b - P A``), ``Gbar``, ``Gbarbar``, ``Vbar``, ``Vbarbar``.
+``W = Y - n_L Kt^-1``, GP projector ``P = K_BA Kt^-1`` and residualised objects (each test slot
+``b`` replaced by ``b - P A``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import warnings
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
-from ._gp import GPPosterior, _solve_train, gp_from_kernel
-from ._validate import as_inputs, as_targets, nonneg_float
+from ._gp import GPPosterior, gp_from_kernel, gp_log_evidence
+from ._linalg import solve_train
+from ._prior import MAX_MEMORY
+from ._validate import as_inputs, count, train_test, warn
 
-__all__ = ["FiniteWidthPosterior", "posterior", "finite_width_terms"]
+__all__ = ["FiniteWidthPosterior", "Conditioned", "condition", "posterior", "finite_width_log_evidence"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +40,8 @@ class FiniteWidthPosterior:
         mean: ``(N_test, out_dim)`` posterior mean.
         var: ``(N_test, out_dim)`` marginal variances of the latent outputs (noise excluded).
         cov: ``(N_test, out_dim, N_test, out_dim)`` posterior covariance, including the
-            ``O(1/n)`` covariance between different output neurons.
+            ``O(1/n)`` covariance between different output neurons (``None`` unless
+            ``full_cov=True``; :func:`ngp.posterior` always computes it).
         log_evidence: log marginal likelihood of all targets to ``O(1/n)``.
         gp: the infinite-width :class:`ngp.GPPosterior` for the same data.
         n: the width ``n_{L-1}`` of the expansion.
@@ -41,7 +52,7 @@ class FiniteWidthPosterior:
 
     mean: np.ndarray
     var: np.ndarray
-    cov: np.ndarray
+    cov: np.ndarray | None
     log_evidence: float
     gp: GPPosterior
     n: int | None
@@ -58,89 +69,360 @@ class FiniteWidthPosterior:
         return self.mean - self.gp.mean
 
 
-def _evidence(K_AA, G1_AA, V_AAAA, Y, noise, n, jitter=0.0):
-    """Finite-width log evidence (THEORY 5, Gaussian part with K + K1/n unexpanded)."""
+def finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter=0.0, *, solve=None):
+    """Finite-width log evidence (Gaussian part with ``K + K1/n`` unexpanded; ``docs/theory.md``, "Evidence").
+
+    A JAX function of its array arguments (differentiable in ``K_AA``, ``K1_AA``, ``V_AAAA`` and
+    ``noise``); returns a 0-d array.
+
+    Args:
+        K_AA, K1_AA: ``(N_A, N_A)`` kernel and its ``1/n`` shift on the training inputs.
+        V_AAAA: ``(N_A, N_A, N_A, N_A)`` vertex on the training inputs.
+        Y: ``(N_A, n_L)`` targets.
+        noise, jitter: observation-noise variance and extra diagonal.
+        n: the width of the expansion.
+        solve: optional factorised ``K_AA + (noise + jitter) I`` (``ngp._linalg.TrainSolve``).
+
+    Raises:
+        numpy.linalg.LinAlgError: ``K + K1/n + noise I`` is not positive definite (concrete inputs).
+    """
     NA, nL = Y.shape
-    s = _solve_train(K_AA, Y, noise, jitter)
-    Kinv = s.Kinv
-    yt = s.ytilde
+    eye = jnp.eye(NA)
+    if solve is not None:
+        Kinv, yt = jnp.asarray(solve.Kinv), jnp.asarray(solve.ytilde)
+    else:
+        Lk = jnp.linalg.cholesky(K_AA + (noise + jitter) * eye)
+        Kinv = jax.scipy.linalg.cho_solve((Lk, True), eye)
+        Kinv = 0.5 * (Kinv + Kinv.T)
+        yt = Kinv @ Y
     Ymat = yt @ yt.T
-    G = K_AA + G1_AA / n + (noise + jitter) * np.eye(NA)
-    try:
-        cG = scipy.linalg.cho_factor(G, lower=True)
-    except np.linalg.LinAlgError as exc:
+    G = K_AA + K1_AA / n + (noise + jitter) * eye
+    LG = jnp.linalg.cholesky(G)
+    if not isinstance(LG, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(LG))):
         raise np.linalg.LinAlgError(
             "posterior: K_train + K1_train/n + noise I is not positive definite; the 1/n expansion "
             "is not valid here (increase the width or the noise)"
-        ) from exc
-    logdet = 2.0 * float(np.sum(np.log(np.diag(cG[0]))))
-    quad = float(np.sum(Y * scipy.linalg.cho_solve(cG, Y)))
+        )
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(LG)))
+    quad = jnp.sum(Y * jax.scipy.linalg.cho_solve((LG, True), Y))
     gauss = -0.5 * quad - 0.5 * nL * (logdet + NA * math.log(2 * math.pi))
     Q = Ymat - nL * Kinv
     corr = (
-        np.einsum("abcd,ab,cd->", V_AAAA, Q, Q)
-        - 4.0 * np.einsum("abcd,ac,bd->", V_AAAA, Kinv, Ymat)
-        + 2.0 * nL * np.einsum("abcd,ac,bd->", V_AAAA, Kinv, Kinv)
+        jnp.einsum("abcd,ab,cd->", V_AAAA, Q, Q)
+        - 4.0 * jnp.einsum("abcd,ac,bd->", V_AAAA, Kinv, Ymat)
+        + 2.0 * nL * jnp.einsum("abcd,ac,bd->", V_AAAA, Kinv, Kinv)
     ) / (8.0 * n)
-    return gauss + float(corr)
+    return gauss + corr
 
 
-def finite_width_terms(K, K1, V, n, n_train, Y, noise, jitter=0.0):
-    """Posterior mean, covariance and evidence from the prior cumulants on ``[train; test]``.
+class Conditioned:
+    """A network prior conditioned on training data, to first order in ``1/n``.
+
+    Returned by :func:`ngp.condition`. The training-set work is done once; :meth:`predict` reuses it
+    for any number of test inputs.
+
+    Attributes:
+        net: the network.
+        X_train: ``(N_train, n0)``; Y_train: ``(N_train, out_dim)``.
+        noise, jitter: observation-noise variance and extra diagonal.
+        n: the width ``n_{L-1}`` of the expansion (``None``: the prior is exactly Gaussian).
+        log_evidence: finite-width log marginal likelihood of the targets.
+        gp: the infinite-width conditioning (``.log_evidence``, ``.predict(X_test)``).
+        expansion_parameter: ``max |V| / (n K^2)`` of the prior on the training inputs.
+    """
+
+    def __init__(self, net, X_train, Y_train, *, noise: float, jitter: float = 0.0, **options):
+        XA, _, Y, noise, jitter = train_test(net, X_train, Y_train, None, noise, jitter)
+        if noise == 0.0 and jitter == 0.0 and np.unique(XA, axis=0).shape[0] < XA.shape[0]:
+            raise np.linalg.LinAlgError(
+                "X_train: duplicate training inputs with noise = 0 make the training kernel singular "
+                "(exact conditioning on two values of the same function); use noise > 0 or remove duplicates"
+            )
+        self.net, self.X_train, self.Y_train, self.noise, self.jitter = net, XA, Y, noise, jitter
+        self.options = dict(options)
+        self._prior = net.prior(XA, **options)
+        self._solve = solve_train(np.asarray(self._prior.K), Y, noise, jitter)
+        self._joint = {}  # last test set -> joint prior (shared with with_width copies)
+        self.n = self._prior.n
+        self.gp = GPConditioned(self)
+
+    @property
+    def N_train(self) -> int:
+        return self.X_train.shape[0]
+
+    # ------------------------------------------------------------------ training-only pieces
+    @functools.cached_property
+    def _train(self) -> dict:
+        """Training cumulants and every contraction with them that predictions reuse."""
+        p = self._prior
+        s = self._solve
+        K1 = np.asarray(p.K1)
+        V = np.asarray(p.V)
+        yt, Kinv = s.ytilde, s.Kinv
+        nL = self.Y_train.shape[1]
+        W = yt @ yt.T - nL * Kinv
+        # T_i[x, y, z] = yt_i[x] W[y, z] - 2 Kinv[x, y] yt_i[z]: the mean's contraction of V_(b x)(y z)
+        T = np.einsum("xi,yz->ixyz", yt, W) - 2.0 * np.einsum("xy,zi->ixyz", Kinv, yt)
+        return dict(
+            K1=K1,
+            V=V,
+            W=W,
+            T=T,
+            U=np.einsum("gxyz,ixyz->gi", V, T),  # (N_A, n_L)
+            M_W=np.einsum("klxy,xy->kl", V, W),  # sum V_(kl)(xy) W_xy
+            M_K=np.einsum("kxly,xy->kl", V, Kinv),  # sum V_(kx)(ly) Kinv_xy
+            Z=np.einsum("kxly,xi->kily", V, yt),  # partial contraction for the yt yt^T terms
+        )
+
+    @functools.cached_property
+    def log_evidence(self) -> float:
+        """Finite-width log marginal likelihood of all targets, to ``O(1/n)``."""
+        if self.n is None:
+            return self.gp.log_evidence
+        t = self._train
+        return float(finite_width_log_evidence(np.asarray(self._prior.K), t["K1"], t["V"], self.Y_train, self.noise,
+                                               self.n, self.jitter, solve=self._solve))
+
+    @property
+    def expansion_parameter(self) -> float:
+        """``max |V| / (n K^2)`` of the prior on the training inputs."""
+        if self.n is None:
+            return 0.0
+        return self._prior._cumulants[-1].expansion_parameter * (self._prior.n / self.n)
+
+    def with_width(self, n: int) -> "Conditioned":
+        """The same conditioning with every hidden width set to ``n`` (cumulants reused).
+
+        With equal hidden widths ``K``, ``K1`` and ``V`` do not depend on the width (only the explicit
+        ``1/n`` does), so a grid of widths costs one prior computation.
+
+        Raises:
+            ValueError: the network's hidden widths are not all equal.
+        """
+        n = count(n, "n")
+        if len(set(self.net.widths)) > 1:
+            raise ValueError(f"n: with_width needs equal hidden widths, the network has {list(self.net.widths)}")
+        new = object.__new__(Conditioned)
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("log_evidence", "gp")})
+        new.n = None if self.n is None else n
+        new.gp = GPConditioned(new)
+        return new
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, X_test, *, full_cov: bool = False, batch_size: int | None = None) -> FiniteWidthPosterior:
+        """Posterior at test inputs.
+
+        Args:
+            X_test: ``(N_test, n0)`` test inputs.
+            full_cov: also compute the ``(N_test, out_dim, N_test, out_dim)`` covariance (needs the
+                vertex components of every pair of test points; memory grows as ``N_test^2 N_train^2``).
+            batch_size: test points per batch for the marginal path (default: from ``max_memory``).
+
+        Returns:
+            :class:`FiniteWidthPosterior` (``cov`` is ``None`` unless ``full_cov``).
+        """
+        XB = as_inputs(X_test, "X_test", in_dim=getattr(self.net, "in_dim", None))
+        if XB.shape[1] != self.X_train.shape[1]:
+            raise ValueError(f"X_test: expected {self.X_train.shape[1]} features like X_train, got {XB.shape[1]}")
+        NA, NB = self.N_train, XB.shape[0]
+        prior = self._joint_prior(XB)
+        K = np.asarray(prior.K)
+        gp = gp_from_kernel(K, NA, self.Y_train, self.noise, self.jitter, solve=self._solve)
+        if self.n is None:  # exactly Gaussian prior
+            return FiniteWidthPosterior(gp.mean, gp.var, gp.cov if full_cov else None, gp.log_evidence, gp,
+                                        None, 0.0, self.noise)
+        n = self.n
+        c = prior._cumulants[-1]
+        inv = prior._inverse
+        iA, iB = inv[:NA], inv[NA:]
+        s, t = self._solve, self._train
+        yt, Kinv = s.ytilde, s.Kinv
+        K1 = np.asarray(prior.K1)
+        P = K[NA:, :NA] @ Kinv  # (NB, NA)
+        Gbar = K1[NA:, :NA] - P @ t["K1"]  # (NB, NA)
+        nL = yt.shape[1]
+        limit = self.options.get("max_memory", MAX_MEMORY)
+        per_point = 8 * NA**3 * 40 + 8 * NA**2 * 16
+        if batch_size is None:
+            batch_size = int(max(1, min(NB, (limit // 4) // max(per_point, 1))))
+        else:
+            batch_size = count(batch_size, "batch_size")
+        mean = gp.mean.copy()
+        var = np.empty((NB, nL))
+        V1_all = [] if full_cov else None
+        for start in range(0, NB, batch_size):
+            sl = slice(start, min(NB, start + batch_size))
+            V1, Vbb, Vc = _test_components(c.vertex, iB[sl], iA)
+            Pb = P[sl]
+            mean[sl] += (Gbar[sl] @ yt) / n + (np.einsum("bxyz,ixyz->bi", V1, t["T"]) - Pb @ t["U"]) / (2.0 * n)
+            # same-neuron marginal variance
+            Sigma = gp.cov_test[sl, sl].diagonal()
+            Gbb = (K1[NA:, NA:].diagonal()[sl] - 2.0 * np.einsum("bk,bk->b", Pb, K1[NA:, :NA][sl])
+                   + np.einsum("bk,kl,bl->b", Pb, t["K1"], Pb))
+            V1W = np.einsum("blxy,xy->bl", V1, t["W"])
+            S_pairs = np.einsum("bxy,xy->b", Vbb, t["W"]) - 2.0 * np.einsum("bl,bl->b", Pb, V1W) + np.einsum(
+                "bk,kl,bl->b", Pb, t["M_W"], Pb)
+            A_K = np.einsum("bxly,xy->bl", V1, Kinv)
+            S_K = np.einsum("bxy,xy->b", Vc, Kinv) - 2.0 * np.einsum("bl,bl->b", Pb, A_K) + np.einsum(
+                "bk,kl,bl->b", Pb, t["M_K"], Pb)
+            ZB = np.einsum("bxly,xi->bily", V1, yt)  # (nb, nL, NA, NA)
+            A_y = np.einsum("bily,yi->bil", ZB, yt)  # sum_xy V1[b,x,l,y] yt_i[x] yt_i[y]
+            M_y = np.einsum("kily,yi->ikl", t["Z"], yt)  # sum V_(kx)(ly) yt_i[x] yt_i[y]
+            S_y = (np.einsum("bxy,xi,yi->bi", Vc, yt, yt) - 2.0 * np.einsum("bl,bil->bi", Pb, A_y)
+                   + np.einsum("bk,ikl,bl->bi", Pb, M_y, Pb))
+            same = Sigma + Gbb / n + S_pairs / (2.0 * n) - S_K / n
+            var[sl] = same[:, None] + S_y / n
+            if full_cov:
+                V1_all.append(V1)
+        cov = None
+        if full_cov:
+            cov = self._full_cov(c.vertex, iA, iB, np.concatenate(V1_all), P, gp, K1, NA)
+        if np.any(var < 0):
+            warn(
+                "posterior: a first-order posterior variance is negative; the 1/n expansion has broken down "
+                f"(expansion parameter {c.expansion_parameter * prior.n / n:.3g})"
+            )
+        eps = c.expansion_parameter * (prior.n / n)
+        return FiniteWidthPosterior(mean, var, cov, self.log_evidence, gp, n, eps, self.noise)
+
+    def _joint_prior(self, XB):
+        """The prior on ``[X_train; X_test]`` (its lazy cumulants remember their four-point values, so
+        predicting the same test inputs again, e.g. at another width, reuses them)."""
+        key = XB.tobytes() + str(XB.shape).encode()
+        if key not in self._joint:
+            self._joint.clear()
+            self._joint[key] = self.net.prior(np.concatenate([self.X_train, XB]), **self.options)
+        return self._joint[key]
+
+    def _full_cov(self, vertex, iA, iB, V1, P, gp, K1, NA):
+        """``(N_B, n_L, N_B, n_L)`` covariance from the components with two test indices."""
+        s, t = self._solve, self._train
+        yt, Kinv = s.ytilde, s.Kinv
+        n = self.n
+        NB, nL = P.shape[0], yt.shape[1]
+        limit = self.options.get("max_memory", MAX_MEMORY)
+        need = 8 * NB * NB * NA * NA * 30
+        if need > limit:
+            raise MemoryError(
+                f"predict: full_cov for {NB} test and {NA} training points needs about {need / 1024**3:.2f} GiB "
+                f"(> max_memory={limit / 1024**3:.2f} GiB); use full_cov=False (marginal variances) or fewer test points"
+            )
+        Vp, Vc = _pair_components(vertex, iB, iA)  # (NB, NB, NA, NA) V_(bc)(xy), (NB, NA, NB, NA) V_(bx)(cy)
+        Gbb = K1[NA:, NA:] - P @ K1[:NA, NA:] - K1[NA:, :NA] @ P.T + P @ t["K1"] @ P.T
+        V1W = np.einsum("blxy,xy->bl", V1, t["W"])
+        S_pairs = np.einsum("bcxy,xy->bc", Vp, t["W"]) - V1W @ P.T - P @ V1W.T + P @ t["M_W"] @ P.T
+
+        def cross(R, M_R):
+            A_R = np.einsum("bxly,xy->bl", V1, R)
+            B_R = np.einsum("cykx,xy->ck", V1, R)
+            return np.einsum("bxcy,xy->bc", Vc, R) - A_R @ P.T - P @ B_R.T + P @ M_R @ P.T
+
+        S_K = cross(Kinv, t["M_K"])
+        same = gp.cov_test + Gbb / n + S_pairs / (2.0 * n) - S_K / n
+        cov = np.einsum("bc,ij->bicj", same, np.eye(nL))
+        for i in range(nL):
+            for j in range(nL):
+                R = np.outer(yt[:, i], yt[:, j])
+                M_R = np.einsum("kxly,xy->kl", t["V"], R)
+                cov[:, i, :, j] += cross(R, M_R) / n
+        return 0.5 * (cov + np.transpose(cov, (2, 3, 0, 1)))
+
+
+def _test_components(vertex, iB, iA):
+    """Vertex components with test indices, for test points ``iB`` and training points ``iA``.
+
+    Returns ``V1 (nb, NA, NA, NA)`` with ``V1[b, x, y, z] = V_(b x)(y z)``, ``Vbb (nb, NA, NA)`` with
+    ``V_(b b)(x y)`` and ``Vc (nb, NA, NA)`` with ``V_(b x)(b y)``.
+    """
+    nb, NA = len(iB), len(iA)
+    t2, t3 = np.triu_indices(NA)
+    P_A = t2.size
+    b, x, p = (g.reshape(-1) for g in np.meshgrid(np.arange(nb), np.arange(NA), np.arange(P_A), indexing="ij"))
+    q1 = np.stack([iB[b], iA[x], iA[t2[p]], iA[t3[p]]], axis=1)
+    bb, pp = (g.reshape(-1) for g in np.meshgrid(np.arange(nb), np.arange(P_A), indexing="ij"))
+    q2 = np.stack([iB[bb], iB[bb], iA[t2[pp]], iA[t3[pp]]], axis=1)
+    q3 = np.stack([iB[bb], iA[t2[pp]], iB[bb], iA[t3[pp]]], axis=1)
+    vals = vertex.components(np.concatenate([q1, q2, q3]))
+    m1, m2 = q1.shape[0], q2.shape[0]
+    v1 = vals[:m1].reshape(nb, NA, P_A)
+    V1 = np.empty((nb, NA, NA, NA))
+    V1[:, :, t2, t3] = v1
+    V1[:, :, t3, t2] = v1
+    Vbb = np.empty((nb, NA, NA))
+    Vc = np.empty((nb, NA, NA))
+    Vbb[:, t2, t3] = Vbb[:, t3, t2] = vals[m1:m1 + m2].reshape(nb, P_A)
+    Vc[:, t2, t3] = Vc[:, t3, t2] = vals[m1 + m2:].reshape(nb, P_A)
+    return V1, Vbb, Vc
+
+
+def _pair_components(vertex, iB, iA):
+    """``V_(b c)(x y)`` as ``(NB, NB, NA, NA)`` and ``V_(b x)(c y)`` as ``(NB, NA, NB, NA)`` for all test pairs."""
+    NB, NA = len(iB), len(iA)
+    b, c, x, y = (g.reshape(-1) for g in np.meshgrid(np.arange(NB), np.arange(NB), np.arange(NA), np.arange(NA),
+                                                       indexing="ij"))
+    qp = np.stack([iB[b], iB[c], iA[x], iA[y]], axis=1)
+    qc = np.stack([iB[b], iA[x], iB[c], iA[y]], axis=1)
+    vals = vertex.components(np.concatenate([qp, qc]))
+    Vp = vals[:qp.shape[0]].reshape(NB, NB, NA, NA)
+    Vc = vals[qp.shape[0]:].reshape(NB, NB, NA, NA).transpose(0, 2, 1, 3)
+    return Vp, Vc
+
+
+class GPConditioned:
+    """The infinite-width (GP) conditioning of the same data: ``.log_evidence``, ``.predict(X_test)``."""
+
+    def __init__(self, parent: Conditioned):
+        self._parent = parent
+
+    @property
+    def log_evidence(self) -> float:
+        p = self._parent
+        return gp_log_evidence(p._solve, p.Y_train)
+
+    def predict(self, X_test) -> GPPosterior:
+        """GP posterior at ``X_test`` (``(N_test, n0)``)."""
+        p = self._parent
+        XB = as_inputs(X_test, "X_test", in_dim=getattr(p.net, "in_dim", None))
+        prior = p.net.prior(np.concatenate([p.X_train, XB]), **p.options)
+        return gp_from_kernel(np.asarray(prior.K), p.N_train, p.Y_train, p.noise, p.jitter, solve=p._solve)
+
+
+def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, **options) -> Conditioned:
+    """Condition ``net``'s finite-width prior on training data (first order in ``1/n``).
+
+    Observations ``y_i(x) = z_i(x) + eps``, ``eps ~ N(0, noise)``. The training-set work (GP solve,
+    ``K1`` and ``V`` on the training inputs, the evidence) is done once; ``.predict(X_test)`` returns
+    the posterior at any test inputs.
 
     Args:
-        K, K1: ``(N, N)`` kernel and its 1/n correction; rows ``:n_train`` are training inputs.
-        V: ``(N, N, N, N)`` vertex.
-        n: width ``n_{L-1}``.
-        Y: ``(n_train, n_L)`` targets.
+        net: a network (:class:`ngp.MLP`, :func:`ngp.serial`, ...).
+        X_train: ``(N_train, n0)`` training inputs.
+        Y_train: ``(N_train, out_dim)`` targets of all ``out_dim`` output neurons.
+        noise: observation-noise variance ``>= 0`` (``0``: exact conditioning).
+        jitter: optional extra diagonal on the training kernel.
+        **options: passed to ``net.prior`` (``four_point_order``, ``max_memory``, ...).
 
     Returns:
-        ``(mean (N_B, n_L), cov (N_B, n_L, N_B, n_L), log_evidence, gp)``.
+        :class:`Conditioned` with ``.log_evidence``, ``.gp``, ``.predict(X_test, full_cov=False)``.
+
+    Raises:
+        numpy.linalg.LinAlgError: singular training kernel (e.g. duplicate inputs with ``noise = 0``).
+        NotImplementedError: architectures without finite-width cumulants.
     """
-    K, K1, V = (np.asarray(t, dtype=float) for t in (K, K1, V))
-    A = slice(0, n_train)
-    B = slice(n_train, K.shape[0])
-    NB, nL = K.shape[0] - n_train, Y.shape[1]
-    gp = gp_from_kernel(K, n_train, Y, noise, jitter)
-    s = _solve_train(K[A, A], Y, noise, jitter)
-    Kinv, yt = s.Kinv, s.ytilde
-    Ymat = yt @ yt.T
-    P = K[B, A] @ Kinv  # (NB, NA)
-    R = np.hstack([-P, np.eye(NB)])  # test slot minus its regression on the training slots
-    Sigma = gp.cov_test
-    Gbar = R @ K1[:, A]  # (NB, NA)
-    Gbb = R @ K1 @ R.T  # (NB, NB)
-    V_xAAA = V[:, A][:, :, A][:, :, :, A]  # (N, NA, NA, NA)
-    Vbar = np.einsum("bk,kxyz->bxyz", R, V_xAAA)
-    V_xxAA = V[:, :, A][:, :, :, A]  # (N, N, NA, NA)
-    Vbb_pairs = np.einsum("bk,cl,klxy->bcxy", R, R, V_xxAA)  # V_(b1 b2)(a1 a2)
-    V_xAxA = V[:, A][:, :, :, A]  # (N, NA, N, NA)
-    Vbb_cross = np.einsum("bk,cl,kxly->bxcy", R, R, V_xAxA)  # V_(b1 a1)(b2 a2)
-    W = Ymat - nL * Kinv
-    mean = (
-        gp.mean
-        + (Gbar @ yt) / n
-        + (np.einsum("bxyz,xi,yz->bi", Vbar, yt, W) - 2.0 * np.einsum("bxyz,xy,zi->bi", Vbar, Kinv, yt)) / (2.0 * n)
-    )
-    same = Sigma + Gbb / n + np.einsum("bcxy,xy->bc", Vbb_pairs, W) / (2.0 * n)
-    same = same - np.einsum("bxcy,xy->bc", Vbb_cross, Kinv) / n
-    cov = np.einsum("bc,ij->bicj", same, np.eye(nL)) + np.einsum("bxcy,xi,yj->bicj", Vbb_cross, yt, yt) / n
-    cov = 0.5 * (cov + np.transpose(cov, (2, 3, 0, 1)))
-    logev = _evidence(K[A, A], K1[A, A], V[A][:, A][:, :, A][:, :, :, A], Y, noise, n, jitter)
-    return mean, cov, logev, gp
+    return Conditioned(net, X_train, Y_train, noise=noise, jitter=jitter, **options)
 
 
 def posterior(net, X_train, Y_train, X_test, *, noise: float, jitter: float = 0.0, **options) -> FiniteWidthPosterior:
     """Bayesian regression with ``net``'s finite-width prior, to first order in ``1/n``.
 
-    Observations ``y_i(x) = z_i(x) + eps``, ``eps ~ N(0, noise)``. The prior is the
-    nearly-Gaussian output distribution of :meth:`ngp.MLP.prior` (``K``, ``K1``, ``V``);
-    the posterior mean, covariance and evidence are expanded to ``O(1/n_{L-1})``
-    (THEORY.md section 5). With several outputs the prediction for output ``i``
-    depends on the targets of the other outputs through ``Y = sum_j yt_j yt_j^T``.
+    ``condition(net, X_train, Y_train, noise=noise, ...).predict(X_test, full_cov=True)``: the
+    posterior mean, covariance (including the ``O(1/n)`` covariance between output neurons) and
+    evidence expanded to ``O(1/n_{L-1})`` (``docs/theory.md``, "Posterior"). With several outputs
+    the prediction for output ``i`` depends on the targets of the other outputs through
+    ``Y = sum_j yt_j yt_j^T``.
 
     Args:
-        net: an :class:`ngp.MLP`.
+        net: a network (:class:`ngp.MLP`, :func:`ngp.serial`, ...).
         X_train: ``(N_train, n0)`` training inputs.
         Y_train: ``(N_train, out_dim)`` targets of all ``out_dim`` output neurons.
         X_test: ``(N_test, n0)`` test inputs.
@@ -157,34 +439,5 @@ def posterior(net, X_train, Y_train, X_test, *, noise: float, jitter: float = 0.
         numpy.linalg.LinAlgError: singular training kernel (e.g. duplicate inputs with ``noise = 0``).
         NotImplementedError: architectures without finite-width cumulants (residual networks).
     """
-    noise = nonneg_float(noise, "noise")
-    jitter = nonneg_float(jitter, "jitter")
-    XA = as_inputs(X_train, "X_train", in_dim=net.in_dim)
-    XB = as_inputs(X_test, "X_test", in_dim=net.in_dim)
-    if XA.shape[1] != XB.shape[1]:
-        raise ValueError(f"X_test: expected {XA.shape[1]} features like X_train, got {XB.shape[1]}")
-    Y = as_targets(Y_train, XA.shape[0], net.out_dim)
-    if noise == 0.0 and jitter == 0.0:
-        uniq = np.unique(XA, axis=0)
-        if uniq.shape[0] < XA.shape[0]:
-            raise np.linalg.LinAlgError(
-                "X_train: duplicate training inputs with noise = 0 make the training kernel singular "
-                "(exact conditioning on two values of the same function); use noise > 0 or remove duplicates"
-            )
-    prior = net.prior(np.concatenate([XA, XB]), **options)
-    n = prior.n
-    if n is None:  # depth 1: the prior is exactly Gaussian
-        gp = gp_from_kernel(np.asarray(prior.K), XA.shape[0], Y, noise, jitter)
-        return FiniteWidthPosterior(gp.mean, gp.var, gp.cov, gp.log_evidence, gp, None, 0.0, noise)
-    V = prior.V
-    mean, cov, logev, gp = finite_width_terms(prior.K, prior.K1, V, n, XA.shape[0], Y, noise, jitter)
-    NB, nL = mean.shape
-    var = np.einsum("bibi->bi", cov).copy()
-    if np.any(var < 0):
-        warnings.warn(
-            "posterior: a first-order posterior variance is negative; the 1/n expansion has broken down "
-            f"(expansion parameter {prior.expansion_parameter:.3g})",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    return FiniteWidthPosterior(mean, var, cov, logev, gp, n, prior.expansion_parameter, noise)
+    train_test(net, X_train, Y_train, X_test, noise, jitter)  # all argument errors before any work
+    return condition(net, X_train, Y_train, noise=noise, jitter=jitter, **options).predict(X_test, full_cov=True)

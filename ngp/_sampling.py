@@ -1,27 +1,30 @@
-"""Draws from the prior of actual random networks (brute-force reference).
+"""Draws from the prior of actual random networks (the brute-force reference).
 
-Two exact samplers of the same distribution:
+Two exact samplers of the same distribution, both defined by the network's layer steps
+(:meth:`ngp.Network.sampler`):
 
 * ``method="weights"``: draw every weight and bias and run the forward pass
   (``O(n^2 N)`` per layer and network).
-* ``method="conditional"``: draw layer ``l+1`` given layer ``l`` from its exact
-  conditional law, rows i.i.d. ``N(0, G_hat)`` with the stochastic metric
-  ``G_hat = C_b + (C_W / n_l) sum_j s(z_j) s(z_j)^T`` (THEORY.md section 0);
+* ``method="conditional"``: draw each dense step's outputs from their exact conditional law
+  given its input, rows i.i.d. ``N(0, G_hat)`` with the stochastic metric
+  ``G_hat = C_b + (C_W / n_l) sum_j s(z_j) s(z_j)^T`` (``docs/theory.md``, "Conventions");
   ``O(n N^2)`` per layer, much cheaper for wide layers and few inputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._validate import as_inputs, check_x64
+from ._validate import as_inputs, check_x64, count, memory_bytes
 
-__all__ = ["NetworkSamples", "sample_networks"]
+__all__ = ["NetworkSamples", "sample_networks", "SAMPLING_MEMORY"]
+
+#: Default memory budget (bytes) of one sampling batch plus the returned arrays.
+SAMPLING_MEMORY = 4 * 1024**3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,72 +44,26 @@ class NetworkSamples:
     metric: np.ndarray
 
 
-def _metric(h, C_W, C_b):
-    # h: (N, n) post-activations of one network
-    return C_b + C_W * (h @ h.T) / h.shape[1]
-
-
-def _make_sampler(net, n0: int, method: str):
-    act = net.activation.fn
-    widths = (n0,) + tuple(net.widths)
-    L = net.depth
-    C_W, C_b = net.C_W, net.C_b
-    out = net.out_dim
-
-    def one(key, X):
-        # One random-number call per network (each call site compiles its own kernel);
-        # the flat vector is cut into the per-layer draws.
-        N = X.shape[0]
-        if method == "weights":
-            shapes = [(widths[l], widths[l + 1]) for l in range(L - 1)] + [(widths[l + 1],) for l in range(L - 1)]
-        else:
-            shapes = [(N, widths[l + 1]) for l in range(L - 1)]
-        shapes.append((N, out))
-        sizes = [math.prod(s) for s in shapes]
-        flat = jax.random.normal(key, (sum(sizes),), X.dtype)
-        offsets = np.cumsum([0] + sizes)
-        draws = [flat[offsets[i]:offsets[i + 1]].reshape(shp) for i, shp in enumerate(shapes)]
-        if method == "weights":
-            h = X
-            for layer in range(L - 1):
-                n_in = widths[layer]
-                W = draws[layer] * math.sqrt(C_W[layer] / n_in)
-                b = draws[L - 1 + layer] * math.sqrt(C_b[layer])
-                h = act(h @ W + b)
-        else:
-            G = C_b[0] + C_W[0] * (X @ X.T) / n0
-            h = X
-            for layer in range(L - 1):
-                h = act(_psd_sqrt(G) @ draws[layer])
-                G = _metric(h, C_W[layer + 1], C_b[layer + 1])
-        if L == 1:
-            G = C_b[0] + C_W[0] * (X @ X.T) / n0
-        else:
-            G = _metric(h, C_W[L - 1], C_b[L - 1])
-        z = _psd_sqrt(G) @ draws[-1]  # the output layer integrated exactly given G
-        return z, G
-
-    return one
-
-
-def _psd_sqrt(G):
-    """A square root ``R`` with ``R R^T = G`` that tolerates singular PSD matrices.
-
-    Cholesky of ``G + eps I`` with ``eps = 1e-13 * mean(diag G)`` (a relative perturbation far
-    below any Monte Carlo precision; much faster than an eigendecomposition for small ``N``).
-    """
-    G = 0.5 * (G + G.T)
-    n = G.shape[-1]
-    eps = 1e-13 * jnp.trace(G) / n + 1e-300
-    return jnp.linalg.cholesky(G + eps * jnp.eye(n, dtype=G.dtype))
+def check_sampling_memory(net, n0: int, N: int, method: str, batch: int, total: int, limit: int, what: str):
+    """``MemoryError`` with the estimate when a sampling batch plus the results would exceed ``limit``."""
+    per = net.memory_per_network(n0, N, method)
+    need = 2 * per * batch + 8 * total * N * (N + net.out_dim)
+    if need > limit:
+        raise MemoryError(
+            f"{what}: {total} networks of widths {list(net.widths) or '-'} on {N} inputs need about "
+            f"{need / 1024**3:.3g} GiB (> max_memory={limit / 1024**3:.3g} GiB; one network's normals: "
+            f"{per / 1024**2:.3g} MiB). Use smaller widths, fewer inputs or samples, a smaller batch_size, "
+            "method='conditional', or raise max_memory if the machine has the memory."
+        )
 
 
 def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "weights",
-                    batch_size: int = 256) -> NetworkSamples:
+                    batch_size: int = 256, max_memory: float = SAMPLING_MEMORY) -> NetworkSamples:
     """Draw ``num_samples`` independent random networks with ``net``'s prior and evaluate them on ``X``.
 
     Args:
-        net: an :class:`ngp.MLP`.
+        net: a network (:class:`ngp.MLP`, :class:`ngp.ResMLP`, :func:`ngp.serial`) ending with a
+            dense step.
         X: ``(N, n0)`` inputs.
         num_samples: number of networks ``S``.
         seed: integer seed (results are reproducible).
@@ -114,6 +71,8 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
             conditional-Gaussian layer sampler; same distribution, cheaper when
             ``N`` is small compared with the widths).
         batch_size: networks drawn per vectorised batch (memory control).
+        max_memory: bytes allowed for one batch and the returned arrays (default 4 GiB); above it a
+            ``MemoryError`` gives the estimate before any work starts.
 
     Returns:
         :class:`NetworkSamples` with ``outputs`` ``(S, N, out_dim)`` and ``metric`` ``(S, N, N)``.
@@ -122,21 +81,18 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
     """
     if method not in ("weights", "conditional"):
         raise ValueError(f"method: expected 'weights' or 'conditional', got {method!r}")
-    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
-        raise ValueError(f"num_samples: expected a positive integer, got {num_samples!r}")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    S = count(num_samples, "num_samples")
+    bs = min(count(batch_size, "batch_size"), S)
+    limit = memory_bytes(max_memory)
+    Xn = as_inputs(X, "X", in_dim=net.in_dim)
+    check_sampling_memory(net, Xn.shape[1], Xn.shape[0], method, bs, S, limit, "sample_networks")
     check_x64("sampling networks")
-    Xa = jnp.asarray(as_inputs(X, "X", in_dim=net.in_dim))
-    # Other architectures (e.g. ngp.ResMLP) provide their own single-network sampler
-    # ``one(key, X) -> (outputs (N, out_dim), metric (N, N))``.
-    maker = getattr(net, "_make_sampler", None)
-    one = maker(Xa.shape[1], method) if maker is not None else _make_sampler(net, Xa.shape[1], method)
+    Xa = jnp.asarray(Xn)
+    one = net.sampler(Xa.shape[1], method)
     batched = jax.jit(jax.vmap(one, in_axes=(0, None)))
-    keys = jax.random.split(jax.random.PRNGKey(int(seed)), int(num_samples))
+    keys = jax.random.split(jax.random.PRNGKey(int(seed)), S)
     outs, mets = [], []
-    bs = min(int(batch_size), int(num_samples))
-    for start in range(0, int(num_samples), bs):
+    for start in range(0, S, bs):
         k = keys[start:start + bs]
         got = k.shape[0]
         if got < bs:  # pad the last batch: one compiled shape

@@ -1,21 +1,130 @@
-"""Input checking shared by the public functions (errors name the argument)."""
+"""Argument checking shared by every public function: one place, errors name the argument.
+
+Numbers: :func:`real`, :func:`positive_float`, :func:`nonneg_float`, :func:`count`
+(positive integers: widths, depths, sample sizes), :func:`per_layer` (a number or one value per
+layer). Arrays: :func:`as_inputs`, :func:`as_targets`, :func:`train_test`. Also the float64
+check, warnings attributed to the caller's line, and the conditioning limit of kernel solves.
+"""
 
 from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 import warnings
 
 import jax
 import numpy as np
 
-__all__ = ["as_inputs", "as_targets", "positive_float", "nonneg_float", "check_x64"]
+__all__ = [
+    "RCOND_MIN",
+    "real",
+    "positive_float",
+    "nonneg_float",
+    "count",
+    "per_layer",
+    "as_inputs",
+    "as_targets",
+    "train_test",
+    "check_x64",
+    "warn",
+    "memory_bytes",
+]
+
+#: Smallest acceptable reciprocal condition number of a training kernel ``K_train + noise I``
+#: (GP solves, the finite-width posterior, and the importance sampler's per-draw likelihoods).
+RCOND_MIN = 1e-12
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def warn(message: str, category=RuntimeWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside the ``ngp`` package.
+
+    The stack level is computed, so the warning points at the user's line however deep inside
+    ngp it was raised.
+    """
+    level = 2  # stacklevel 2 is warn()'s caller
+    frame = sys._getframe(1)
+    while frame is not None and (
+        os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR)
+        or frame.f_globals.get("__name__") == "functools"  # cached_property between ngp frames
+    ):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+def real(value, name: str) -> float:
+    """A finite real number (bool, strings, complex and arrays of size > 1 are rejected)."""
+    if isinstance(value, (bool, np.bool_, str, bytes)) or isinstance(value, complex):
+        raise TypeError(f"{name}: expected a real number, got {value!r}")
+    if isinstance(value, (numbers.Real, np.floating, np.integer)):
+        out = float(value)
+    else:
+        arr = np.asarray(value) if not isinstance(value, (list, tuple, dict, set)) else None
+        if arr is None or arr.shape != () or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+            raise TypeError(f"{name}: expected a real number, got {value!r}")
+        out = float(arr)
+    if not math.isfinite(out):
+        raise ValueError(f"{name}: must be finite, got {out}")
+    return out
+
+
+def positive_float(value, name: str) -> float:
+    """A finite real number ``> 0``."""
+    value = real(value, name)
+    if value <= 0:
+        raise ValueError(f"{name}: must be > 0, got {value}")
+    return value
+
+
+def nonneg_float(value, name: str) -> float:
+    """A finite real number ``>= 0``."""
+    value = real(value, name)
+    if value < 0:
+        raise ValueError(f"{name}: must be >= 0, got {value}")
+    return value
+
+
+def count(value, name: str, *, minimum: int = 1, what: str = "a positive integer") -> int:
+    """An integer ``>= minimum`` (Python or NumPy integers; floats and bools are rejected)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name}: expected {what}, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    return value
+
+
+def per_layer(value, n: int, name: str, check, *, what: str = "weight layer") -> tuple:
+    """A number (repeated ``n`` times) or a sequence of exactly ``n`` numbers, each passed to ``check``."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name}: expected a number or a sequence of {n} numbers, got {value!r}")
+    if isinstance(value, (numbers.Number, np.number)) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        return (check(value, name),) * n
+    try:
+        seq = list(value)
+    except TypeError as exc:
+        raise TypeError(f"{name}: expected a number or a sequence of {n} numbers, got {value!r}") from exc
+    if len(seq) != n:
+        raise ValueError(f"{name}: expected {n} values (one per {what}), got {len(seq)}")
+    return tuple(check(v, f"{name}[{i}]") for i, v in enumerate(seq))
 
 
 def as_inputs(X, name: str = "X", *, in_dim: int | None = None) -> np.ndarray:
     """Validate an ``(N, n0)`` input array; returns a float64 NumPy copy."""
+    if isinstance(X, (str, bytes)):
+        raise TypeError(f"{name}: expected a numeric array of shape (N, n0), got a string")
     try:
-        arr = np.asarray(X, dtype=float)
+        raw = np.asarray(X)
+    except Exception as exc:  # noqa: BLE001 - ragged lists and exotic objects
+        raise TypeError(f"{name}: expected a numeric array of shape (N, n0), got {type(X).__name__}") from exc
+    if np.iscomplexobj(raw):
+        raise TypeError(f"{name}: complex values are not supported (inputs must be real)")
+    try:
+        arr = np.array(raw, dtype=float)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name}: expected a numeric array of shape (N, n0), got {type(X).__name__}") from exc
     if arr.ndim != 2:
@@ -31,8 +140,11 @@ def as_inputs(X, name: str = "X", *, in_dim: int | None = None) -> np.ndarray:
 
 def as_targets(Y, n: int, out_dim: int, name: str = "Y_train") -> np.ndarray:
     """Validate targets of shape ``(n, out_dim)`` (``(n,)`` accepted when ``out_dim == 1``)."""
+    raw = np.asarray(Y) if not isinstance(Y, (str, bytes)) else None
+    if raw is None or np.iscomplexobj(raw):
+        raise TypeError(f"{name}: expected a real numeric array of shape ({n}, {out_dim})")
     try:
-        arr = np.asarray(Y, dtype=float)
+        arr = np.array(raw, dtype=float)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name}: expected a numeric array of shape ({n}, {out_dim})") from exc
     if arr.ndim == 1 and out_dim == 1:
@@ -47,39 +159,35 @@ def as_targets(Y, n: int, out_dim: int, name: str = "Y_train") -> np.ndarray:
     return arr
 
 
-def _as_real(value, name):
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
-        try:
-            value = float(np.asarray(value))
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{name}: expected a real number, got {value!r}") from exc
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: must be finite, got {value}")
-    return value
+def train_test(net, X_train, Y_train, X_test, noise, jitter=0.0):
+    """The shared checks of a regression problem.
 
-
-def positive_float(value, name: str) -> float:
-    value = _as_real(value, name)
-    if value <= 0:
-        raise ValueError(f"{name}: must be > 0, got {value}")
-    return value
-
-
-def nonneg_float(value, name: str) -> float:
-    value = _as_real(value, name)
-    if value < 0:
-        raise ValueError(f"{name}: must be >= 0, got {value}")
-    return value
+    Returns ``(XA, XB, Y, noise, jitter)``: float64 arrays ``(N_train, n0)``, ``(N_test, n0)``
+    (``XB`` is ``None`` when ``X_test`` is ``None``), ``(N_train, out_dim)`` and floats.
+    """
+    noise = nonneg_float(noise, "noise")
+    jitter = nonneg_float(jitter, "jitter")
+    in_dim = getattr(net, "in_dim", None)
+    XA = as_inputs(X_train, "X_train", in_dim=in_dim)
+    XB = None
+    if X_test is not None:
+        XB = as_inputs(X_test, "X_test", in_dim=in_dim)
+        if XA.shape[1] != XB.shape[1]:
+            raise ValueError(f"X_test: expected {XA.shape[1]} features like X_train, got {XB.shape[1]}")
+    Y = as_targets(Y_train, XA.shape[0], net.out_dim)
+    return XA, XB, Y, noise, jitter
 
 
 def check_x64(what: str) -> None:
-    """Warn once per call site when JAX runs in float32."""
+    """Warn when JAX runs in float32 (the 1/n corrections need float64)."""
     if not jax.config.jax_enable_x64:
-        warnings.warn(
+        warn(
             f"ngp: JAX is running in float32 ({what}). The 1/n corrections and kernel solves lose "
             "most of their digits in float32; call jax.config.update('jax_enable_x64', True) "
             "before using ngp.",
-            RuntimeWarning,
-            stacklevel=3,
         )
+
+
+def memory_bytes(value, name: str = "max_memory") -> int:
+    """A memory budget in bytes (a positive number)."""
+    return int(positive_float(value, name))

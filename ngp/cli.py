@@ -57,14 +57,13 @@ def _fit_rows(X_tr, y_tr, X_te, y_te, *, activation, depth, widths, C_W, C_b, no
     is computed once and the posterior is evaluated for each width.
     """
     import ngp
-    from ngp._posterior import finite_width_terms
     from ngp.reference import importance_posterior, nuts_posterior
 
     opts = {} if four_point_order is None else {"four_point_order": four_point_order}
     net = ngp.MLP(depth, widths[0], activation=activation, C_W=C_W, C_b=C_b, out_dim=y_tr.shape[1])
     t0 = time.perf_counter()
-    prior = net.prior(np.concatenate([X_tr, X_te]), warn=False, **opts)
-    K, K1, V = prior.K, prior.K1, prior.V
+    cond = ngp.condition(net, X_tr, y_tr, noise=noise, warn=False, **opts)
+    post0 = cond.predict(X_te, full_cov=False)
     t_prior = time.perf_counter() - t0
 
     def row(name, mean, var, logev, dt):
@@ -83,8 +82,8 @@ def _fit_rows(X_tr, y_tr, X_te, y_te, *, activation, depth, widths, C_W, C_b, no
             gp = ngp.gp_posterior(net, X_tr, y_tr, X_te, noise=noise)
             rows.append(row("GP", gp.mean, gp.var, gp.log_evidence, time.perf_counter() - t0))
             continue
-        mean, cov, logev, gp = finite_width_terms(K, K1, V, w, X_tr.shape[0], y_tr, noise)
-        var = np.einsum("bibi->bi", cov)
+        post = post0 if w == widths[0] else cond.with_width(w).predict(X_te)
+        mean, var, logev, gp = post.mean, post.var, post.log_evidence, post.gp
         r = row(f"finite n={w}", mean, var, logev, time.perf_counter() - t0 + t_prior)
         if truth:
             net_w = ngp.MLP(depth, w, activation=activation, C_W=C_W, C_b=C_b, out_dim=y_tr.shape[1])
@@ -166,22 +165,12 @@ def _demo(args) -> int:
 
 
 def _finite_on_grid(net, X1, y1, Xs, *, noise):
-    """Finite-width posterior marginals on many test points, one test point at a time (V stays small)."""
+    """Finite-width posterior marginals on many test points (one conditioning, batched predictions)."""
     import ngp
 
-    means, variances = [], []
-    for x in _progress(Xs, "finite-width bands", total=len(Xs)):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            p = ngp.posterior(net, X1, y1, x[None, :], noise=noise)
-        means.append(p.mean[0])
-        variances.append(p.var[0])
-
-    class _Bands:
-        mean = np.array(means)
-        var = np.array(variances)
-
-    return _Bands()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return ngp.condition(net, X1, y1, noise=noise).predict(Xs)
 
 
 def _read_csv(path: str, target: str):

@@ -1,4 +1,4 @@
-"""Criticality, universality classes and depth asymptotics of single-input kernels (THEORY.md §6, §8).
+"""Criticality, universality classes and depth asymptotics of single-input kernels (``docs/theory.md``, "Criticality", "Residual networks").
 
 For one input the infinite-width kernel obeys ``K^(l+1) = C_b + C_W g(K^(l))`` with
 ``g(K) = <sigma(z)^2>_K`` (``z ~ N(0, K)``). The susceptibilities [PDLT §5.1] are
@@ -45,7 +45,7 @@ from scipy.optimize import brentq
 
 from ._activations import Activation, activation as _make_activation
 from ._gaussian import gauss_hermite
-from ._validate import nonneg_float, positive_float
+from ._validate import count, nonneg_float, positive_float, real, warn
 
 __all__ = [
     "CLASSES",
@@ -98,23 +98,10 @@ def _as_variance(K, name: str = "K") -> np.ndarray:
 
 
 def _as_depth(depth, name: str = "depth") -> int:
-    if isinstance(depth, bool) or not isinstance(depth, (numbers.Integral, np.integer)):
-        raise TypeError(f"{name}: expected a positive integer (number of layers), got {depth!r}")
-    if depth < 1:
-        raise ValueError(f"{name}: must be >= 1, got {depth}")
-    return int(depth)
+    return count(depth, name, what="a positive integer (number of layers)")
 
 
-def _real(value, name: str) -> float:
-    if isinstance(value, bool):
-        raise TypeError(f"{name}: expected a real number, got {value!r}")
-    try:
-        value = float(value)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name}: expected a real number, got {value!r}") from exc
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: must be finite, got {value}")
-    return value
+_real = real
 
 
 # ----------------------------------------------------------------------------- Gaussian moments
@@ -214,11 +201,9 @@ def _moments(act: Activation, K: np.ndarray, *, nodes: int | None = None) -> dic
         }
     flat = K.reshape(-1)
     if flat.size and float(np.max(flat)) > K_ACCURATE:
-        warnings.warn(
+        warn(
             f"ngp.criticality: a variance reaches K = {float(np.max(flat)):.4g} > {K_ACCURATE:.0f}; the "
             f"Gauss-Hermite rule is capped at {_LADDER[-1]} nodes and loses digits there.",
-            RuntimeWarning,
-            stacklevel=3,
         )
     keys = ("g", "g1", "g2", "s4", "sp2")
     out = {k: np.empty_like(flat) for k in keys}
@@ -250,7 +235,7 @@ def _scalar_or_array(a: np.ndarray):
 
 # ----------------------------------------------------------------------------- susceptibilities
 def susceptibilities(activation, K, *, C_W: float = 1.0, C_b: float = 0.0):
-    """Parallel and perpendicular susceptibilities of one layer at kernel ``K`` (THEORY §6).
+    """Parallel and perpendicular susceptibilities of one layer at kernel ``K`` (``docs/theory.md``, "Criticality").
 
     ``chi_par = C_W g'(K)`` with ``g(K) = <sigma^2>_K``, ``chi_perp = C_W <sigma'^2>_K``;
     both are independent of ``C_b`` (accepted for symmetry with the kernel map, validated).
@@ -273,7 +258,7 @@ def susceptibilities(activation, K, *, C_W: float = 1.0, C_b: float = 0.0):
 
 
 def residual_susceptibilities(activation, K, *, C_W: float = 1.0, C_b: float = 0.0, gamma: float, xi: float):
-    """Susceptibilities of one residual block ``z' = gamma z + xi [b + W sigma(z)]`` (THEORY §8).
+    """Susceptibilities of one residual block ``z' = gamma z + xi [b + W sigma(z)]`` (``docs/theory.md``, "Residual networks").
 
     The block's kernel map is ``K' = gamma^2 K + xi^2 (C_b + C_W g(K))``, hence
     ``chi_res = gamma^2 + xi^2 chi`` for both directions. A residual network is critical when
@@ -302,7 +287,7 @@ def residual_vertex_growth(*, gamma: float, xi: float, C_W: float = 1.0) -> floa
     ``V' / K'^2 = V / K^2 + 2 r (2 - r)`` with ``r = xi^2 C_W / s`` the fraction of the kernel
     refreshed by the block. A plain linear layer (``r = 1``) adds 2; a block with
     ``gamma^2 + xi^2 = 1``, ``C_W = 1`` adds ``2 xi^4 + 4 gamma^2 xi^2 = 2 xi^2 (2 - xi^2)``
-    (THEORY §8). So skip connections stretch the useful depth: ``L`` residual blocks
+    (``docs/theory.md``, "Residual networks"). So skip connections stretch the useful depth: ``L`` residual blocks
     accumulate the finite-width vertex of ``L r (2 - r)`` plain layers, i.e. the depth-to-width
     ratio that controls the ``1/n`` corrections shrinks by ``r (2 - r) ~ 2 xi^2`` for small
     ``xi``. The exact finite-width law behind it (tested by Monte Carlo) is
@@ -310,7 +295,7 @@ def residual_vertex_growth(*, gamma: float, xi: float, C_W: float = 1.0) -> floa
     second moment ``G`` of a layer.
 
     For nonlinear blocks no such statement is made: the leading-order residual ``V``
-    recursion does not close beyond the first block (THEORY §8), so this function is
+    recursion does not close beyond the first block (``docs/theory.md``, "Residual networks"), so this function is
     deliberately limited to linear blocks.
 
     Args:
@@ -331,7 +316,7 @@ def residual_vertex_growth(*, gamma: float, xi: float, C_W: float = 1.0) -> floa
 # ----------------------------------------------------------------------------- critical point
 @dataclasses.dataclass(frozen=True)
 class CriticalPoint:
-    """The critical initialisation of an activation and its universality class (THEORY §6).
+    """The critical initialisation of an activation and its universality class (``docs/theory.md``, "Criticality").
 
     Attributes:
         activation: name of the activation.
@@ -419,7 +404,7 @@ def _half_stable_roots(act: Activation, k_range: tuple[float, float]) -> list[fl
 def critical_point(activation, *, K_range: tuple[float, float] = K_SEARCH) -> CriticalPoint:
     """Critical initialisation ``(C_b, C_W)``, fixed point ``K*`` and universality class.
 
-    Classification (THEORY §6):
+    Classification (``docs/theory.md``, "Criticality"):
 
     1. scale-invariant family (``act.relu_slopes`` set: relu, leaky relu, linear):
        ``C_b = 0``, ``C_W = 1 / A_2``, ``A_2 = (a_+^2 + a_-^2) / 2``; every ``K`` is a fixed point.
@@ -529,7 +514,7 @@ def critical_point(activation, *, K_range: tuple[float, float] = K_SEARCH) -> Cr
 # ----------------------------------------------------------------------------- depth flow
 @dataclasses.dataclass(frozen=True)
 class DepthFlow:
-    """Single-input, equal-width leading-order flow through depth (THEORY §2-3, §6).
+    """Single-input, equal-width leading-order flow through depth (``docs/theory.md``, "Finite-width recursions", "Criticality").
 
     All arrays have shape ``(depth,)``; entry ``l - 1`` belongs to layer ``l``.
 
@@ -563,7 +548,7 @@ class DepthFlow:
 
 
 def depth_flow(activation, *, C_W: float, C_b: float, K0: float, depth: int) -> DepthFlow:
-    """Iterate the single-input leading-order recursions with equal widths (THEORY §6).
+    """Iterate the single-input leading-order recursions with equal widths (``docs/theory.md``, "Criticality").
 
     ``K^(1) = K0``, ``V^(1) = K1^(1) = 0`` and, for ``l = 1 .. depth - 1``,
 
@@ -595,13 +580,13 @@ def depth_flow(activation, *, C_W: float, C_b: float, K0: float, depth: int) -> 
     bad = ~(np.isfinite(K) & (K > 0) & np.isfinite(V) & np.isfinite(cperp))
     if np.any(bad):
         first = int(np.argmax(bad))
-        warnings.warn(f"depth_flow: the kernel or its averages left the finite range at layer {first + 1} "
-                      f"(K = {K[first]:.4g}); layers >= {first + 1} are nan", RuntimeWarning, stacklevel=2)
+        warn(f"depth_flow: the kernel or its averages left the finite range at layer {first + 1} "
+             f"(K = {K[first]:.4g}); layers >= {first + 1} are nan")
         for arr in (K, V, K1, cpar, cperp):
             arr[first:] = np.nan
     elif np.max(K) > K_ACCURATE:
-        warnings.warn(f"depth_flow: the kernel reaches K = {np.max(K):.4g} > {K_ACCURATE:.0f}; the quadrature "
-                      "loses digits there", RuntimeWarning, stacklevel=2)
+        warn(f"depth_flow: the kernel reaches K = {np.max(K):.4g} > {K_ACCURATE:.0f}; the quadrature "
+             "loses digits there")
     return DepthFlow(np.arange(1, depth + 1), K, K1, V, cpar, cperp, C_W, C_b)
 
 
@@ -693,7 +678,7 @@ class AsymptoticLaw:
 
 
 def asymptotic_law(point: CriticalPoint, depth, *, K0: float | None = None) -> AsymptoticLaw:
-    """The depth law of ``point``'s universality class (THEORY §6).
+    """The depth law of ``point``'s universality class (``docs/theory.md``, "Criticality").
 
     * scale-invariant: ``K^(l) = K^(1)`` (``K0``; ``nan`` if not given) and
       ``V / K^2 = (3 A_4 / A_2^2 - 1)(l - 1)``, exact at leading order for every ``l``.

@@ -5,7 +5,7 @@ matplotlib is imported inside the functions only, so ``import ngp.plot`` works w
 a sequence of them where several panels are drawn) and returns the matplotlib ``Figure``.
 
 * :func:`plot_flow` -- ``K``, ``K1/K`` and ``V/(n K^2)`` against the layer index for several
-  initialisations (THEORY §6: the normalised vertex grows linearly with depth at
+  initialisations (``docs/theory.md``, "Criticality": the normalised vertex grows linearly with depth at
   criticality and exponentially off it).
 * :func:`plot_phase_diagram` -- ``chi_perp`` (or ``K``) after many layers over a
   ``(C_b, C_W)`` grid, the ``chi_perp = 1`` line and the critical point.

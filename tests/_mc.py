@@ -3,7 +3,7 @@
 import numpy as np
 
 import ngp
-from ngp._finite import Pairs
+from ngp._pairs import Pairs
 
 
 def metric_cumulants(net, X, samples, *, seed=0, method="conditional", batch_size=20000):

@@ -14,7 +14,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "examples").glob("[0-9][0-9]_*.py"))
-EXPECTED = ("01_finite_width_prior.py", "02_bayesian_regression.py", "03_criticality.py", "04_model_selection.py")
+EXPECTED = (
+    "01_finite_width_prior.py",
+    "02_bayesian_regression.py",
+    "03_criticality.py",
+    "04_model_selection.py",
+    "05_training_tools.py",
+)
 
 
 def test_all_notebooks_present():
@@ -26,6 +32,9 @@ def test_notebook_runs(notebook, tmp_path):
     pytest.importorskip("matplotlib")
     if notebook.name.startswith("02_"):
         pytest.importorskip("numpyro")
+    if notebook.name.startswith("05_"):
+        pytest.importorskip("optax")
+        pytest.importorskip("sklearn")
     figdir = tmp_path / "figures"
     env = {
         **os.environ,

@@ -67,7 +67,7 @@ def test_weights_sampler_is_the_documented_forward_pass():
         h = np.tanh(z)
         G = C_b[3] + C_W[3] * h @ h.T / n
         np.testing.assert_allclose(s.metric[k], G, rtol=1e-12)
-        R = np.asarray(ngp._sampling._psd_sqrt(G))  # the output layer given G_hat: z = R eps
+        R = np.asarray(ngp._linalg.psd_sqrt(G))  # the output layer given G_hat: z = R eps
         np.testing.assert_allclose(R @ R.T, G, rtol=1e-12)
         np.testing.assert_allclose(s.outputs[k], R @ take(N * out).reshape(N, out), rtol=1e-10, atol=1e-12)
 
@@ -141,7 +141,7 @@ def test_linear_residual_vertex_growth_is_exact():
 def test_finite_width_cumulants_are_refused():
     prior = ResMLP(4, 16, activation="tanh", gamma=0.8, xi=0.6).prior(X3)
     for attr in ("V", "K1", "layers"):
-        with pytest.raises(NotImplementedError, match="THEORY.md section 8") as info:
+        with pytest.raises(NotImplementedError, match="docs/theory.md") as info:
             getattr(prior, attr)
         assert "odd cumulants" in str(info.value) and "first" in str(info.value)
 
@@ -192,6 +192,6 @@ def test_bad_arguments(kwargs, exc, match):
 
 def test_bad_sampler_method():
     with pytest.raises(ValueError, match="method"):
-        ResMLP(3, 4)._make_sampler(2, "exact")
+        ResMLP(3, 4).sampler(2, "exact")
     with pytest.raises(ValueError, match="in_dim"):
         ResMLP(3, 4, in_dim=3).prior(X3)

@@ -1,12 +1,12 @@
 """Rao-Blackwellised importance sampling from the exact network prior: ``importance_posterior``.
 
 Draws ``S`` random networks from the prior (the exact conditional-Gaussian sampler of
-``ngp.sample_networks(..., method="conditional")``, THEORY.md section 0) and integrates
+``ngp.sample_networks(..., method="conditional")``, ``docs/theory.md``, "Conventions") and integrates
 the output layer analytically: given the last hidden layer, every output neuron is
 ``N(0, G_hat)`` on train and test inputs, with the stochastic metric
 ``G_hat = C_b^(L) + (C_W^(L) / n_{L-1}) s(z^(L-1)) s(z^(L-1))^T``, independently over
-neurons. Each draw is weighted by its exact likelihood ``p(y | G_hat)`` (THEORY.md
-section 10, "Monte-Carlo method"), so exact conditioning (``noise = 0``) works too.
+neurons. Each draw is weighted by its exact likelihood ``p(y | G_hat)`` (``docs/theory.md``,
+"Conventions"), so exact conditioning (``noise = 0``) works too.
 """
 
 from __future__ import annotations
@@ -14,22 +14,20 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._sampling import _make_sampler
-from .._validate import as_inputs, as_targets, check_x64, nonneg_float
+from .._sampling import SAMPLING_MEMORY, check_sampling_memory
+from .._validate import RCOND_MIN, as_targets, check_x64, count, memory_bytes, nonneg_float, train_test, warn
 
-__all__ = ["ImportancePosterior", "importance_posterior", "log_likelihood", "RCOND_MIN"]
+__all__ = ["ImportancePosterior", "importance_posterior", "log_likelihood", "gaussian_conditional", "RCOND_MIN"]
 
-#: A draw whose ``K = G_AA + noise I`` is numerically singular -- the Cholesky factorisation
-#: fails, or its smallest pivot is ``<= RCOND_MIN * trace(K)`` -- is given zero likelihood
-#: (exactly singular draws have zero likelihood when ``noise = 0``; e.g. ReLU with ``C_b = 0``).
-#: The threshold matches ``ngp.gp_posterior``'s reciprocal-condition-number limit.
-RCOND_MIN = 1e-12
+# A draw whose ``K = G_AA + noise I`` is numerically singular -- the Cholesky factorisation
+# fails, or its smallest pivot is ``<= RCOND_MIN * trace(K)`` -- is given zero likelihood
+# (exactly singular draws have zero likelihood when ``noise = 0``; e.g. ReLU with ``C_b = 0``).
+# The threshold is ``ngp.gp_posterior``'s reciprocal-condition-number limit.
 
 #: An effective sample size below this triggers a warning.
 ESS_WARN = 100.0
@@ -81,7 +79,7 @@ class ImportancePosterior:
         return np.sqrt(np.clip(self.var, 0.0, None))
 
 
-def _conditional(G, Y, n_train: int, noise: float):
+def gaussian_conditional(G, Y, n_train: int, noise: float):
     """Gaussian conditioning of one output layer given its metric (batched over draws).
 
     Args:
@@ -122,7 +120,7 @@ def _conditional(G, Y, n_train: int, noise: float):
     return loglik, m, C
 
 
-_conditional_jit = jax.jit(_conditional, static_argnums=(2,))
+_conditional_jit = jax.jit(gaussian_conditional, static_argnums=(2,))
 
 
 def log_likelihood(metric, Y_train, *, noise: float) -> np.ndarray:
@@ -169,9 +167,7 @@ def _cached_stats(net, n0: int, n_train: int):
     if key is not None and key in _STATS_CACHE:
         _STATS_CACHE.move_to_end(key)
         return _STATS_CACHE[key]
-    maker = getattr(net, "_make_sampler", None)
-    one = maker(n0, "conditional") if maker is not None else _make_sampler(net, n0, "conditional")
-    stats = _batch_stats(one, n_train)
+    stats = _batch_stats(net.sampler(n0, "conditional"), n_train)
     if key is not None:
         _STATS_CACHE[key] = stats
         while len(_STATS_CACHE) > _STATS_CACHE_SIZE:
@@ -189,7 +185,7 @@ def _batch_stats(one, n_train: int):
 
     def stats(keys, X, Y, noise, nvalid):
         _, G = jax.vmap(one, in_axes=(0, None))(keys, X)
-        ll, m, C = _conditional(G, Y, n_train, noise)
+        ll, m, C = gaussian_conditional(G, Y, n_train, noise)
         mask = jnp.arange(keys.shape[0]) < nvalid
         ll = jnp.where(mask, ll, -jnp.inf)
         finite = jnp.isfinite(ll)
@@ -222,32 +218,14 @@ def _batch_stats(one, n_train: int):
     return jax.jit(stats)
 
 
-def _as_count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)) or int(value) != value:
-        raise TypeError(f"{name}: expected a positive integer, got {value!r}")
-    if int(value) < 1:
-        raise ValueError(f"{name}: must be >= 1, got {value}")
-    return int(value)
-
-
 def _default_batch_size(net, n_inputs: int) -> int:
     widest = max((n_inputs,) + tuple(getattr(net, "widths", ())))
     return int(min(16384, max(64, _BATCH_ELEMENTS // (n_inputs * widest))))
 
 
-def _validate_problem(net, X_train, Y_train, X_test, noise):
-    """Shared argument checks; returns ``(XA, XB, Y, noise)`` as float64 NumPy arrays/float."""
-    noise = nonneg_float(noise, "noise")
-    XA = as_inputs(X_train, "X_train", in_dim=getattr(net, "in_dim", None))
-    XB = as_inputs(X_test, "X_test", in_dim=getattr(net, "in_dim", None))
-    if XA.shape[1] != XB.shape[1]:
-        raise ValueError(f"X_test: expected {XA.shape[1]} features like X_train, got {XB.shape[1]}")
-    Y = as_targets(Y_train, XA.shape[0], net.out_dim)
-    return XA, XB, Y, noise
-
-
 def importance_posterior(net, X_train, Y_train, X_test, *, noise: float, num_samples: int = 100_000,
-                         seed: int = 0, batch_size: int | None = None) -> ImportancePosterior:
+                         seed: int = 0, batch_size: int | None = None,
+                         max_memory: float = SAMPLING_MEMORY) -> ImportancePosterior:
     """Finite-width posterior and evidence by Rao-Blackwellised importance sampling of the prior.
 
     Reference solver (exact up to Monte-Carlo error, which it reports). For ``s = 1..S``
@@ -277,6 +255,8 @@ def importance_posterior(net, X_train, Y_train, X_test, *, noise: float, num_sam
         seed: integer seed (results are reproducible).
         batch_size: draws per vectorised batch; default keeps about 64 MB of hidden
             activations per batch.
+        max_memory: bytes allowed for one batch (default 4 GiB); above it a ``MemoryError`` gives
+            the estimate before any work starts.
 
     Returns:
         :class:`ImportancePosterior`.
@@ -288,11 +268,13 @@ def importance_posterior(net, X_train, Y_train, X_test, *, noise: float, num_sam
         >>> post = ngp.reference.importance_posterior(net, XA, Y, XB, noise=0.1, num_samples=10**5)
         >>> post.mean, post.mean_se, post.ess
     """
-    XA, XB, Y, noise = _validate_problem(net, X_train, Y_train, X_test, noise)
-    S = _as_count(num_samples, "num_samples")
+    XA, XB, Y, noise, _ = train_test(net, X_train, Y_train, X_test, noise)
+    S = count(num_samples, "num_samples")
     X = np.concatenate([XA, XB])
-    B = _default_batch_size(net, X.shape[0]) if batch_size is None else _as_count(batch_size, "batch_size")
+    B = _default_batch_size(net, X.shape[0]) if batch_size is None else count(batch_size, "batch_size")
     B = min(B, S)
+    check_sampling_memory(net, X.shape[1], X.shape[0], "conditional", B, 0, memory_bytes(max_memory),
+                          "importance_posterior")
     check_x64("importance sampling")
     Xj = jnp.asarray(X)
     stats = _cached_stats(net, X.shape[1], XA.shape[0])
@@ -367,11 +349,9 @@ def _finish(batches, acc, shift: float, S: int, singular: int, noise: float) -> 
     log_ev = shift + math.log(W) - math.log(S)
     log_ev_se = math.sqrt(max(S / ess - 1.0, 0.0) / (S - 1)) if S > 1 else math.nan
     if ess < ESS_WARN:
-        warnings.warn(
+        warn(
             f"importance_posterior: effective sample size {ess:.1f} of {S} draws; the estimates and "
             "their standard errors are unreliable. Increase num_samples (or use nuts_posterior).",
-            RuntimeWarning,
-            stacklevel=3,
         )
     return ImportancePosterior(
         mean=mu,

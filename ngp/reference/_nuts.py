@@ -1,8 +1,8 @@
 """The Bayesian neural network as a NumPyro model, sampled with NUTS: ``nuts_posterior``.
 
-The weight-space prior is exactly ``ngp.MLP``'s (THEORY.md section 0), written
-non-centred: ``W^(l) = sqrt(C_W^(l) / n_{l-1}) * omega``, ``b^(l) = sqrt(C_b^(l)) * beta``
-with ``omega, beta`` standard normal (no bias site when ``C_b^(l) = 0``). The likelihood is
+The weight-space prior is exactly the network's (its layer steps' ``init``/``apply``,
+``docs/theory.md``, "Conventions"), written non-centred: ``W^(l) = sqrt(C_W^(l) / n_{l-1}) * omega``,
+``b^(l) = sqrt(C_b^(l)) * beta`` with ``omega, beta`` standard normal (no bias site when ``C_b^(l) = 0``). The likelihood is
 ``y_{i;a} = z_{i;a} + eps``, ``eps ~ N(0, noise)`` i.i.d.
 
 NumPyro is imported only when :func:`nuts_posterior` is called.
@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validate import check_x64, nonneg_float, positive_float
-from ._importance import _as_count, _conditional, _validate_problem
+from .._linalg import psd_sqrt
+from .._validate import check_x64, count, nonneg_float, positive_float, train_test
+from ._importance import gaussian_conditional
 
 __all__ = ["NUTSPosterior", "nuts_posterior"]
 
@@ -72,65 +73,41 @@ class NUTSPosterior:
         return np.sqrt(np.clip(self.var, 0.0, None))
 
 
-def _layer_shapes(net, n0: int):
-    """``[(name, shape, scale), ...]`` of the standard-normal sites for every weight layer."""
-    widths = (n0,) + tuple(net.widths) + (net.out_dim,)
-    sites = []
-    for layer in range(net.depth):
-        n_in, n_out = widths[layer], widths[layer + 1]
-        sites.append((f"W{layer + 1}", (n_in, n_out), math.sqrt(net.C_W[layer] / n_in)))
-        if net.C_b[layer] > 0:
-            sites.append((f"b{layer + 1}", (n_out,), math.sqrt(net.C_b[layer])))
-    return sites
-
-
-def _hidden(net, params, X):
-    """Last hidden layer ``s(z^(L-1))`` (``(N, n_{L-1})``; ``X`` itself for depth 1)."""
-    act = net.activation.fn
-    h = X
-    for layer in range(net.depth - 1):
-        z = h @ (params[f"W{layer + 1}"] * math.sqrt(net.C_W[layer] / h.shape[1]))
-        if net.C_b[layer] > 0:
-            z = z + params[f"b{layer + 1}"] * math.sqrt(net.C_b[layer])
-        h = act(z)
-    return h
-
-
-def _readout_metric(net, h):
-    """``G = C_b^(L) + (C_W^(L) / n_{L-1}) h h^T`` for ``h`` of shape ``(N, n_{L-1})``."""
-    return net.C_b[-1] + net.C_W[-1] * (h @ h.T) / h.shape[1]
+def _sites(net, n0: int):
+    """``(treedef, [(name, shape), ...])`` of the standard-normal parameters of every step but the readout,
+    and of the readout (``net.init`` structure; parameters are non-centred, see ``ngp.Dense``)."""
+    params = jax.eval_shape(lambda k: net.init(k, n0), jax.random.PRNGKey(0))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    sites = [("/".join(str(getattr(k, "idx", getattr(k, "key", k))) for k in path), leaf.shape)
+             for path, leaf in leaves]
+    return treedef, sites
 
 
 def _make_model(net, n0: int, noise: float, integrate_readout: bool):
     import numpyro
     import numpyro.distributions as dist
 
-    L = net.depth
-    sites = _layer_shapes(net, n0)
-    hidden_sites = [s for s in sites if int(s[0][1:]) < L]
-    readout_sites = [s for s in sites if int(s[0][1:]) == L]
+    treedef, sites = _sites(net, n0)
+    last = str(len(net.steps) - 1)
 
     def model(X, Y):
-        params = {}
-        for name, shape, _ in hidden_sites + ([] if integrate_readout else readout_sites):
-            params[name] = numpyro.sample(name, dist.Normal(0.0, 1.0).expand(shape).to_event(len(shape)))
-        h = _hidden(net, params, X)
+        leaves = []
+        for name, shape in sites:
+            if integrate_readout and name.split("/")[0] == last:
+                leaves.append(jnp.zeros(shape, X.dtype))  # the readout is integrated analytically
+            else:
+                leaves.append(numpyro.sample(name, dist.Normal(0.0, 1.0).expand(shape).to_event(len(shape))))
+        params = jax.tree_util.tree_unflatten(treedef, leaves)
+        h = net.hidden(params, X)
         if integrate_readout:
-            K = _readout_metric(net, h) + noise * jnp.eye(X.shape[0], dtype=X.dtype)
+            K = net.readout.metric(h) + noise * jnp.eye(X.shape[0], dtype=X.dtype)
             chol = jnp.linalg.cholesky(K)
             numpyro.sample("Y", dist.MultivariateNormal(0.0, scale_tril=chol).expand((Y.shape[1],)), obs=Y.T)
         else:
-            f = h @ (params[f"W{L}"] * math.sqrt(net.C_W[-1] / h.shape[1]))
-            if net.C_b[-1] > 0:
-                f = f + params[f"b{L}"] * math.sqrt(net.C_b[-1])
+            f = net.readout.apply(params[-1], h)
             numpyro.sample("Y", dist.Normal(f, math.sqrt(noise)).to_event(2), obs=Y)
 
-    return model
-
-
-def _psd_sqrt(C):
-    w, U = jnp.linalg.eigh(0.5 * (C + C.T))
-    return U * jnp.sqrt(jnp.clip(w, 0.0, None))
+    return model, treedef, sites
 
 
 def nuts_posterior(net, X_train, Y_train, X_test, *, noise: float, num_warmup: int = 500,
@@ -191,17 +168,17 @@ def nuts_posterior(net, X_train, Y_train, X_test, *, noise: float, num_warmup: i
             "noise: must be > 0 for nuts_posterior (NUTS cannot condition exactly on the targets); "
             "use ngp.reference.importance_posterior for noise = 0"
         )
-    XA, XB, Y, noise = _validate_problem(net, X_train, Y_train, X_test, noise)
-    if getattr(net, "_make_sampler", None) is not None or not hasattr(net, "widths"):
-        raise TypeError(f"net: nuts_posterior supports ngp.MLP only, got {type(net).__name__}")
+    XA, XB, Y, noise, _ = train_test(net, X_train, Y_train, X_test, noise)
+    if not hasattr(net, "hidden") or not hasattr(net, "readout"):
+        raise TypeError(f"net: expected an ngp network (ngp.MLP, ngp.serial, ...), got {type(net).__name__}")
     if net.depth == 1 and integrate_readout:
         raise ValueError(
             "integrate_readout: a depth-1 network has no hidden layer, so integrating the readout "
             "leaves nothing to sample (the posterior is ngp.gp_posterior); pass integrate_readout=False"
         )
-    num_warmup = _as_count(num_warmup, "num_warmup")
-    num_samples = _as_count(num_samples, "num_samples")
-    num_chains = _as_count(num_chains, "num_chains")
+    num_warmup = count(num_warmup, "num_warmup")
+    num_samples = count(num_samples, "num_samples")
+    num_chains = count(num_chains, "num_chains")
     if num_samples < 4:
         raise ValueError(f"num_samples: need at least 4 draws per chain for split R-hat, got {num_samples}")
     if chain_method not in ("sequential", "vectorized", "parallel"):
@@ -216,7 +193,7 @@ def nuts_posterior(net, X_train, Y_train, X_test, *, noise: float, num_warmup: i
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("nuts_posterior needs numpyro: pip install 'ngp[sampling]'") from exc
 
-    model = _make_model(net, XA.shape[1], noise, bool(integrate_readout))
+    model, treedef, sites = _make_model(net, XA.shape[1], noise, bool(integrate_readout))
     key_mcmc, key_draw = jax.random.split(jax.random.PRNGKey(int(seed)))
     kernel = NUTS(model, target_accept_prob=target_accept_prob, init_strategy=init_to_sample)
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
@@ -227,32 +204,28 @@ def nuts_posterior(net, X_train, Y_train, X_test, *, noise: float, num_warmup: i
 
     X = jnp.asarray(np.concatenate([XA, XB]))
     nA, out, total = XA.shape[0], net.out_dim, num_chains * num_samples
+    batched = jax.tree_util.tree_unflatten(treedef, [
+        jnp.asarray(params[name]) if name in params else jnp.zeros((total,) + tuple(shape), X.dtype)
+        for name, shape in sites
+    ])  # every leaf with a leading draw axis
 
     if integrate_readout:
 
         @jax.jit
         def conditional_draws(params, Yj, key):
-            G = jax.vmap(lambda p: _readout_metric(net, _hidden(net, p, X)))(params)
-            _, m, C = _conditional(G, Yj, nA, noise)
+            G = jax.vmap(lambda p: net.readout.metric(net.hidden(p, X)))(params)
+            _, m, C = gaussian_conditional(G, Yj, nA, noise)
             xi = jax.random.normal(key, (total, XB.shape[0], out), dtype=X.dtype)
-            return m, C, m + jax.vmap(_psd_sqrt)(C) @ xi
+            return m, C, m + psd_sqrt(C, method="eigh") @ xi
 
-        m, C, samples = (np.asarray(a) for a in conditional_draws(params, jnp.asarray(Y), key_draw))
+        m, C, samples = (np.asarray(a) for a in conditional_draws(batched, jnp.asarray(Y), key_draw))
     else:
-        L = net.depth
 
         @jax.jit
         def outputs(params):
-            def one(p):
-                h = _hidden(net, p, X[nA:])
-                f = h @ (p[f"W{L}"] * math.sqrt(net.C_W[-1] / h.shape[1]))
-                if net.C_b[-1] > 0:
-                    f = f + p[f"b{L}"] * math.sqrt(net.C_b[-1])
-                return f
+            return jax.vmap(lambda p: net.readout.apply(p[-1], net.hidden(p, X[nA:])))(params)
 
-            return jax.vmap(one)(params)
-
-        samples = np.asarray(outputs(params))
+        samples = np.asarray(outputs(batched))
         m, C = samples, np.zeros((total, XB.shape[0], XB.shape[0]))
 
     mean = m.mean(axis=0)

@@ -1,0 +1,368 @@
+"""The cumulant state of one layer of pre-activations, and its four-point vertex on demand.
+
+A :class:`LayerCumulants` holds, for the pre-activations ``z`` of one layer on ``N`` inputs,
+
+* ``K`` (``(N, N)``): the infinite-width kernel, ``E[z_i z_j] = delta_ij (K + K1 / n)``;
+* ``K1`` (``(N, N)``): the ``1/n`` shift of the two-point function (computed on first use);
+* ``vertex`` (a :class:`Vertex`): the four-point vertex ``V``, connected four-point function
+  ``(1/n)`` times the three pairings of ``V``;
+* ``n``: the width dividing ``K1`` and ``V`` (the width feeding the layer; ``None`` when the
+  layer is exactly Gaussian).
+
+How it was produced is a *map* from the previous layer (a dense step with its activation; the
+only finite-width map so far). Everything finite-width is lazy: the GP needs ``K`` only.
+
+The vertex is never forced into a dense ``P x P`` matrix unless asked (``packed()``): a
+component ``V_(ab)(cd)`` of layer ``l+1`` needs layer ``l``'s components on the pairs
+``{aa, bb, ab} x {cc, dd, cd}`` only (the Jacobian ``J`` has three non-zeros per row), so any set of
+components is computed by a recursion closed on those index sets (``components``), and ``K1`` needs
+only the components on two-input subsets (``local2``: ``O(N^2)`` per layer). See ``docs/theory.md``,
+"Finite-width recursions" and "Computing only what is needed".
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+
+from ._activations import Activation
+from ._finite import FourPointTable, fresh_components, fresh_covariance, jacobian_hessian, propagate
+from ._pairs import Pairs
+
+__all__ = [
+    "LayerCumulants",
+    "GaussianLayer",
+    "DenseLayer",
+    "ScaledLayer",
+    "RefusedLayer",
+    "DenseMap",
+    "Vertex",
+    "canonical_quads",
+]
+
+
+def canonical_quads(quads, pairs: Pairs):
+    """Pair indices ``(p, q)`` with ``p <= q`` for rows ``(a, b, c, d)`` meaning ``V_(ab)(cd)``."""
+    quads = np.asarray(quads, dtype=np.int64).reshape(-1, 4)
+    p = pairs.index[quads[:, 0], quads[:, 1]]
+    q = pairs.index[quads[:, 2], quads[:, 3]]
+    return np.minimum(p, q), np.maximum(p, q)
+
+
+class DenseMap:
+    """The map ``K -> C_b + C_W <f f>_K`` of a dense step fed by activation ``f``, with the data
+    its finite-width recursion needs (``J``, ``H`` and the fresh four-point term on demand).
+
+    Attributes:
+        act: the activation ``f`` applied to the previous layer (identity: ``linear``).
+        K_in: ``(N, N)`` kernel of the previous layer's pre-activations.
+        E2: ``(N, N)`` two-point matrix ``<f f>_{K_in}``.
+        C_W: weight variance (times fan-in) of the dense step.
+        ratio: ``n_in / n_prev``: width of the previous layer over the width feeding it (``None``
+            when the previous layer is exactly Gaussian).
+        options: quadrature options (``method``, ``terms``, ``nodes``, ``four_point_order``).
+    """
+
+    def __init__(self, act: Activation, K_in, E2, C_W: float, ratio, pairs: Pairs, options: dict):
+        self.act, self.K_in, self.E2, self.C_W, self.ratio = act, K_in, E2, C_W, ratio
+        self.pairs = pairs
+        self.options = dict(options)
+
+    @functools.cached_property
+    def JH(self):
+        """``J`` ``(P, 3)`` and ``H`` ``(P, 3, 3)`` with respect to ``(K_aa, K_bb, K_ab)`` per pair."""
+        kopts = {k: v for k, v in self.options.items() if k in ("method", "terms", "nodes")}
+        return jacobian_hessian(self.act, self.K_in, self.pairs, self.C_W, **kopts)
+
+    @functools.cached_property
+    def table(self) -> FourPointTable:
+        """Four-point values ``<f f f f>_{K_in}`` of this layer, computed once per multiset."""
+        fopts = {k: v for k, v in self.options.items() if k in ("method", "four_point_order")}
+        return FourPointTable(self.act, self.K_in, **fopts)
+
+    def fresh(self, quads):
+        """``C_W^2 Cov(f_a f_b, f_c f_d)`` for rows ``(a, b, c, d)``."""
+        return fresh_components(self.table, quads, self.E2, self.C_W)
+
+    def fresh_packed(self):
+        """``(P, P)`` fresh term over all pairs."""
+        return fresh_covariance(self.act, self.K_in, self.pairs, self.C_W, E2=self.E2, table=self.table)
+
+
+class Vertex:
+    """The four-point vertex ``V`` of one layer, computed on demand.
+
+    The narrow interface every vertex representation provides:
+
+    * ``components(quads)``: ``V_(ab)(cd)`` for rows ``(a, b, c, d)`` of an ``(M, 4)`` index array;
+    * ``local2()``: ``(P, 3, 3)``, the vertex on the pairs ``(aa, bb, ab)`` of each pair ``(a, b)``;
+    * ``packed()``: the dense ``(P, P)`` matrix over all unordered pairs (memory ``8 P^2`` bytes).
+    """
+
+    def __init__(self, layer: "LayerCumulants"):
+        self._layer = layer
+
+    @property
+    def pairs(self) -> Pairs:
+        return self._layer.pairs
+
+    @property
+    def n(self):
+        """Width dividing ``V`` (``None``: exactly Gaussian layer, ``V = 0``)."""
+        return self._layer.n
+
+    def components(self, quads) -> np.ndarray:
+        """``V_(ab)(cd)`` for rows ``(a, b, c, d)`` of ``quads`` (``(M, 4)``)."""
+        p, q = canonical_quads(quads, self.pairs)
+        return self._layer._components_pq(p, q)
+
+    def local2(self) -> np.ndarray:
+        return self._layer._local2
+
+    def packed(self) -> np.ndarray:
+        return self._layer._packed
+
+
+class LayerCumulants:
+    """Cumulants of the pre-activations of one layer (see the module docstring); the base class.
+
+    Subclasses say how the layer was produced and implement ``K1``, ``_local2``, ``_components_pq``
+    and ``_packed`` (the :class:`Vertex` interface) from the previous layer's cumulants, through
+    that same interface only: :class:`GaussianLayer` (exactly Gaussian), :class:`DenseLayer`
+    (a dense step after an elementwise activation), :class:`ScaledLayer` (``z -> alpha z``),
+    :class:`RefusedLayer` (a step without finite-width support). ``docs/extending.md`` walks
+    through adding one.
+
+    Attributes:
+        K: ``(N, N)`` infinite-width kernel.
+        n: width feeding this layer (divides ``K1`` and ``V``); ``None`` if exactly Gaussian.
+        width: number of neurons of this layer.
+        refusal: for layers without finite-width support, the message of the ``NotImplementedError``
+            raised when ``K1`` or ``V`` are asked for (``None`` otherwise).
+    """
+
+    refusal: str | None = None
+
+    def __init__(self, K, *, n, width):
+        self.K = K if hasattr(K, "shape") else np.asarray(K)
+        self.n = n
+        self.width = width
+        self.pairs = Pairs.of(self.K.shape[0])
+        self.vertex = Vertex(self)
+
+    @property
+    def N(self) -> int:
+        return self.K.shape[0]
+
+    @property
+    def gaussian(self) -> bool:
+        """Whether the layer is exactly Gaussian (``K1 = V = 0``)."""
+        return False
+
+    def _check(self, what: str):
+        if self.refusal is not None:
+            raise NotImplementedError(self.refusal.format(what=what))
+
+    @property
+    def K1(self) -> np.ndarray:
+        """``(N, N)`` ``1/n`` shift of the two-point function."""
+        raise NotImplementedError
+
+    @property
+    def _local2(self) -> np.ndarray:
+        """``(P, 3, 3)``: ``V`` on the pairs ``(aa, bb, ab)`` of every pair ``(a, b)``."""
+        raise NotImplementedError
+
+    def _components_pq(self, p, q) -> np.ndarray:
+        """``V`` at pair-index rows ``(p, q)`` (``p <= q``)."""
+        raise NotImplementedError
+
+    @property
+    def _packed(self) -> np.ndarray:
+        """``(P, P)`` vertex over all pairs."""
+        raise NotImplementedError
+
+    @property
+    def expansion_parameter(self) -> float:
+        """``max |V_(ab)(cd)| / (n sqrt(K_aa K_bb K_cc K_dd))`` (0 for an exactly Gaussian layer).
+
+        ``V`` is positive semi-definite over pairs (``n Cov`` of the stochastic metric), so the
+        largest normalised entry is on its diagonal: ``max_ab V_(ab)(ab) / (n K_aa K_bb)``.
+        """
+        if self.gaussian:
+            return 0.0
+        self._check("the expansion parameter")
+        pairs = self.pairs
+        d = np.clip(np.diag(np.asarray(self.K)), 0.0, None)
+        s2 = d[pairs.a] * d[pairs.b]
+        # V_(ab)(ab) is entry (2, 2) of the local block of (a, b); for a == b all entries coincide
+        vdiag = np.abs(np.asarray(self._local2[:, 2, 2]))
+        ok = s2 > 0  # inputs with zero variance (x = 0 with C_b = 0) have V = 0 there
+        if not np.any(ok):
+            return 0.0
+        return float(np.max(vdiag[ok] / s2[ok])) / self.n
+
+
+class GaussianLayer(LayerCumulants):
+    """An exactly Gaussian layer (``K1 = V = 0``), e.g. the first dense step on deterministic inputs."""
+
+    def __init__(self, K, *, width):
+        super().__init__(K, n=None, width=width)
+
+    @property
+    def gaussian(self) -> bool:
+        return True
+
+    @functools.cached_property
+    def K1(self):
+        return np.zeros((self.N, self.N))
+
+    @functools.cached_property
+    def _local2(self):
+        return np.zeros((self.pairs.P, 3, 3))
+
+    def _components_pq(self, p, q):
+        return np.zeros(np.shape(p))
+
+    @functools.cached_property
+    def _packed(self):
+        return np.zeros((self.pairs.P, self.pairs.P))
+
+
+class RefusedLayer(LayerCumulants):
+    """A layer whose step has no finite-width cumulants: ``K`` only; ``K1``/``V`` raise ``refusal``."""
+
+    def __init__(self, K, *, n, width, refusal: str):
+        super().__init__(K, n=n, width=width)
+        self.refusal = refusal
+
+    @property
+    def K1(self):
+        self._check("K1")
+
+    @property
+    def _local2(self):
+        self._check("V")
+
+    def _components_pq(self, p, q):
+        self._check("V")
+
+    @property
+    def _packed(self):
+        self._check("V")
+
+
+class ScaledLayer(LayerCumulants):
+    """``z -> alpha z`` of the previous layer: ``K -> alpha^2 K``, ``K1 -> alpha^2 K1``, ``V -> alpha^4 V``."""
+
+    def __init__(self, prev: LayerCumulants, alpha: float):
+        super().__init__(alpha**2 * prev.K, n=prev.n, width=prev.width)
+        self.prev, self.alpha = prev, alpha
+        self.refusal = prev.refusal
+
+    @property
+    def gaussian(self) -> bool:
+        return self.prev.gaussian
+
+    @functools.cached_property
+    def K1(self):
+        return self.alpha**2 * self.prev.K1
+
+    @functools.cached_property
+    def _local2(self):
+        return self.alpha**4 * self.prev._local2
+
+    def _components_pq(self, p, q):
+        return self.alpha**4 * self.prev._components_pq(p, q)
+
+    @functools.cached_property
+    def _packed(self):
+        return self.alpha**4 * self.prev._packed
+
+
+class DenseLayer(LayerCumulants):
+    """A dense step fed by an elementwise activation of the previous layer (:class:`DenseMap`).
+
+    ``V' = C_W^2 Cov(f f, f f) + r J V J^T`` and ``K1' = r (J K1 + H:V / 2)`` with ``r = n_in / n_prev``.
+    """
+
+    def __init__(self, K, *, prev: LayerCumulants, dense_map: DenseMap, width: int):
+        super().__init__(K, n=prev.width, width=width)
+        self.prev, self.map = prev, dense_map
+        self.refusal = prev.refusal
+
+    # ------------------------------------------------------------------ K1 (O(N^2) per layer)
+    @functools.cached_property
+    def _local2(self) -> np.ndarray:
+        self._check("V")
+        pairs = self.pairs
+        cols = pairs.cols  # (P, 3) pair indices of aa, bb, ab
+        # local quads: (x)(y) for x, y in {aa, bb, ab}
+        qa = np.stack([pairs.a[cols], pairs.b[cols]], axis=-1)  # (P, 3, 2)
+        quads = np.concatenate(np.broadcast_arrays(qa[:, :, None, :], qa[:, None, :, :]), axis=-1)  # (P,3,3,4)
+        fresh = self.map.fresh(quads.reshape(-1, 4)).reshape(pairs.P, 3, 3)
+        if self.prev.gaussian:
+            return fresh
+        J, _ = self.map.JH
+        Jl = _local_jacobian(J, cols, pairs)  # (P, 3, 3)
+        return fresh + self.map.ratio * jnp.einsum("pst,ptu,pvu->psv", Jl, self.prev._local2, Jl)
+
+    @functools.cached_property
+    def K1(self) -> np.ndarray:
+        self._check("K1")
+        pairs = self.pairs
+        if self.prev.gaussian:
+            return np.zeros((self.N, self.N))
+        J, H = self.map.JH
+        K1p = pairs.pack(self.prev.K1)
+        G1 = jnp.einsum("ps,ps->p", J, K1p[pairs.cols]) + 0.5 * jnp.einsum("pst,pst->p", H, self.prev._local2)
+        return pairs.unpack(self.map.ratio * G1)
+
+    # ------------------------------------------------------------------ V on demand
+    def _components_pq(self, p, q) -> np.ndarray:
+        self._check("V")
+        p, q = np.asarray(p, dtype=np.int64), np.asarray(q, dtype=np.int64)
+        if p.size == 0:
+            return np.zeros(p.shape)
+        if "_packed" in self.__dict__:
+            return self._packed[p, q]
+        pairs = self.pairs
+        key = p * pairs.P + q
+        uniq, inverse = np.unique(key, return_inverse=True)
+        up, uq = uniq // pairs.P, uniq % pairs.P
+        quads = np.stack([pairs.a[up], pairs.b[up], pairs.a[uq], pairs.b[uq]], axis=1)
+        vals = self.map.fresh(quads)
+        if not self.prev.gaussian:
+            J, _ = self.map.JH
+            cp, cq = pairs.cols[up], pairs.cols[uq]  # (U, 3)
+            pp = np.broadcast_to(cp[:, :, None], (up.size, 3, 3)).reshape(-1)
+            qq = np.broadcast_to(cq[:, None, :], (up.size, 3, 3)).reshape(-1)
+            sub = self.prev._components_pq(np.minimum(pp, qq), np.maximum(pp, qq)).reshape(up.size, 3, 3)
+            vals = vals + self.map.ratio * jnp.einsum("us,ust,ut->u", J[up], sub, J[uq])
+        return vals[inverse.reshape(-1)]
+
+    @functools.cached_property
+    def _packed(self) -> np.ndarray:
+        self._check("V")
+        fresh = self.map.fresh_packed()
+        if self.prev.gaussian:
+            return fresh
+        J, H = self.map.JH
+        JVJ, _ = propagate(J, H, self.prev._packed, jnp.zeros(self.pairs.P), self.pairs, self.map.ratio)
+        return fresh + JVJ
+
+
+def _local_jacobian(J, cols, pairs: Pairs):
+    """``(P, 3, 3)``: the rows of ``J`` for the pairs ``(aa, bb, ab)`` of each pair, in local columns.
+
+    ``K'_aa`` depends on ``K_aa`` only (column 0 of its own row), likewise ``K'_bb``; ``K'_ab`` on all three.
+    For ``a == b`` the three local pairs coincide and every row is ``(J_aa, 0, 0)``.
+    """
+    J = jnp.asarray(J)
+    zero = jnp.zeros(J.shape[0], dtype=J.dtype)
+    Jaa, Jbb = J[cols[:, 0], 0], J[cols[:, 1], 0]
+    rows = jnp.stack([jnp.stack([Jaa, zero, zero], 1), jnp.stack([zero, Jbb, zero], 1), J], axis=1)
+    diag_rows = jnp.stack([J[:, 0], zero, zero], 1)[:, None, :] * jnp.ones((1, 3, 1), dtype=J.dtype)
+    return jnp.where(pairs.diag[:, None, None], diag_rows, rows)
