@@ -74,6 +74,35 @@ def worker(n_train: int, n_test: int, samples: int, width: int, seed: int = 0) -
     )
 
 
+def write(rows, samples, quick):
+    """Write the results so far (called after every size, so a stopped run keeps what it measured)."""
+    if len(rows) >= 2:
+        import numpy as np
+
+        n = np.array([r["n_train"] for r in rows], float)
+        t = np.array([r["warm"]["total"] for r in rows])
+        p = float(np.polyfit(np.log(n), np.log(t / n), 1)[0])
+        print(f"time per training point ~ N_train^{p:.2f}")
+    else:
+        p = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "ngp"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    except OSError:
+        commit, dirty = None, None
+    out = dict(
+        rows=rows, per_point_exponent=p, samples=samples, machine=platform.platform(), cpus=os.cpu_count(),
+        load_average=os.getloadavg(), commit=commit, ngp_dirty=dirty,
+        gpu="not measured (no GPU available to this task)",
+        note="warm = second call in the same process (compiled); time split in seconds",
+    )
+    path = os.path.join(HERE, "results", "matrix_free_quick.json" if quick else "matrix_free.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    print("wrote", path)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -104,31 +133,7 @@ def main():
         print(f"N_train = N_test = {N}: {w['total']:.1f} s warm ({row['cold_total']:.1f} s cold), "
               + ", ".join(f"{k} {w[k]:.1f}" for k in ("kernels", "derivatives", "solves", "pullbacks", "sampling"))
               + f"; max RSS {row['max_rss_gb']:.2f} GB; se/correction {row['se_over_correction']}", flush=True)
-    if len(rows) >= 2:
-        import numpy as np
-
-        n = np.array([r["n_train"] for r in rows], float)
-        t = np.array([r["warm"]["total"] for r in rows])
-        p = float(np.polyfit(np.log(n), np.log(t / n), 1)[0])
-        print(f"time per training point ~ N_train^{p:.2f}")
-    else:
-        p = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "ngp"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
-    except OSError:
-        commit, dirty = None, None
-    out = dict(
-        rows=rows, per_point_exponent=p, samples=samples, machine=platform.platform(), cpus=os.cpu_count(),
-        load_average=os.getloadavg(), commit=commit, ngp_dirty=dirty,
-        gpu="not measured (no GPU available to this task)",
-        note="warm = second call in the same process (compiled); time split in seconds",
-    )
-    path = os.path.join(HERE, "results", "matrix_free_quick.json" if args.quick else "matrix_free.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(out, f, indent=1)
-    print("wrote", path)
+        write(rows, samples, args.quick)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,9 @@ class FiniteWidthPosterior:
         expansion_parameter: ``max |V| / (n K^2)`` of the prior on train and test inputs; the
             neglected terms are of order its square.
         noise: observation-noise variance.
+        method: ``"exact"`` or ``"matrix_free"`` (the solver that produced it).
+        mean_se, var_se, log_evidence_se: Monte-Carlo standard errors of ``mean``, ``var`` and
+            ``log_evidence`` (``solver="matrix_free"``; ``None`` on the exact path).
     """
 
     mean: np.ndarray
@@ -58,6 +61,10 @@ class FiniteWidthPosterior:
     n: int | None
     expansion_parameter: float
     noise: float
+    mean_se: np.ndarray | None = None
+    var_se: np.ndarray | None = None
+    log_evidence_se: float | None = None
+    method: str = "exact"
 
     @property
     def std(self) -> np.ndarray:
@@ -129,7 +136,12 @@ class Conditioned:
         log_evidence: finite-width log marginal likelihood of the targets.
         gp: the infinite-width conditioning (``.log_evidence``, ``.predict(X_test)``).
         expansion_parameter: ``max |V| / (n K^2)`` of the prior on the training inputs.
+        method: ``"exact"`` (this class) or ``"matrix_free"`` (its matrix-free subclass).
+        log_evidence_se: Monte-Carlo standard error of ``log_evidence`` (``None`` on the exact path).
     """
+
+    method = "exact"
+    log_evidence_se = None
 
     def __init__(self, net, X_train, Y_train, *, noise: float, jitter: float = 0.0, **options):
         XA, _, Y, noise, jitter = train_test(net, X_train, Y_train, None, noise, jitter)
@@ -387,7 +399,8 @@ class GPConditioned:
         return gp_from_kernel(np.asarray(prior.K), p.N_train, p.Y_train, p.noise, p.jitter, solve=p._solve)
 
 
-def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, **options) -> Conditioned:
+def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, solver: str = "auto",
+              samples: int | None = None, seed: int = 0, **options) -> Conditioned:
     """Condition ``net``'s finite-width prior on training data (first order in ``1/n``).
 
     Observations ``y_i(x) = z_i(x) + eps``, ``eps ~ N(0, noise)``. The training-set work (GP solve,
@@ -400,6 +413,14 @@ def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, **opt
         Y_train: ``(N_train, out_dim)`` targets of all ``out_dim`` output neurons.
         noise: observation-noise variance ``>= 0`` (``0``: exact conditioning).
         jitter: optional extra diagonal on the training kernel.
+        solver: ``"exact"`` (dense vertex components), ``"matrix_free"`` (Monte-Carlo estimate of the
+            vertex contractions, ``O(samples N_train^2)``, fully connected networks only; outputs carry
+            ``mean_se``, ``var_se``, ``log_evidence_se``; see ``docs/matrix-free.md``) or ``"auto"``:
+            exact up to ``AUTO_EXACT_MAX = 64`` training points (or when the network is not
+            supported by the matrix-free path), matrix-free above. ``.method`` says which was used.
+        samples: Monte-Carlo samples per source layer for the matrix-free path (default 32768);
+            standard errors fall like ``samples^-1/2``.
+        seed: integer seed of the matrix-free path (results are reproducible for a fixed seed).
         **options: passed to ``net.prior`` (``four_point_order``, ``max_memory``, ...).
 
     Returns:
@@ -409,6 +430,16 @@ def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, **opt
         numpy.linalg.LinAlgError: singular training kernel (e.g. duplicate inputs with ``noise = 0``).
         NotImplementedError: architectures without finite-width cumulants.
     """
+    from ._conditioned_mf import AUTO_EXACT_MAX, SOLVERS, MatrixFreeConditioned, mlp_spec
+
+    if solver not in SOLVERS:
+        raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
+    if solver == "auto":
+        big = np.shape(X_train)[0] > AUTO_EXACT_MAX if np.ndim(X_train) == 2 else False
+        solver = "matrix_free" if big and mlp_spec(net) is not None else "exact"
+    if solver == "matrix_free":
+        return MatrixFreeConditioned(net, X_train, Y_train, noise=noise, jitter=jitter, samples=samples, seed=seed,
+                                     **options)
     return Conditioned(net, X_train, Y_train, noise=noise, jitter=jitter, **options)
 
 

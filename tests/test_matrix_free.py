@@ -230,3 +230,53 @@ def test_sharded_over_devices_matches_one_device(refs):
     assert out["n"] == 4
     for a, b in zip(out["a"], out["b"]):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+
+
+# ------------------------------------------------------------------ public API: ngp.condition(solver=...)
+def _net(ref, width=None):
+    return ngp.MLP(ref["depth"], width or ref["width"], activation=ref["act"], C_W=ref["C_W"], C_b=ref["C_b"])
+
+
+@pytest.mark.filterwarnings("ignore:ngp. the first-order finite-width posterior is outside")
+def test_condition_matrix_free_agrees_with_exact_path(refs):
+    """ngp.condition(..., solver="matrix_free") against the dense exact path's numbers (4 reported s.e.),
+    its evidence equal to the prediction's, and with_width equal to rescaling the 1/n terms."""
+    ref = refs["tanh-L2"]
+    XA, XB, Y = np.array(ref["XA"]), np.array(ref["XB"]), np.array(ref["Y"])
+    cond = ngp.condition(_net(ref), XA, Y, noise=ref["noise"], solver="matrix_free", samples=4 * SAMPLES, seed=7)
+    assert cond.method == "matrix_free"
+    post = cond.predict(XB)
+    assert post.method == "matrix_free" and post.cov is None
+    for q, se in (("mean", post.mean_se), ("var", post.var_se), ("log_evidence", post.log_evidence_se)):
+        val, se = np.ravel(getattr(post, q)), np.ravel(se)
+        exact, gp = np.ravel(ref[q]), np.ravel(ref["gp_" + q])
+        assert np.all(np.abs(val - exact) <= 4 * se), (q, val, exact, se)
+        assert np.max(se) < 0.25 * np.max(np.abs(exact - gp)), (q, se)
+    np.testing.assert_allclose(post.gp.mean.ravel(), ref["gp_mean"], rtol=1e-9, atol=1e-12)
+    # the evidence does not depend on the test inputs (same training samples)
+    assert cond.log_evidence == post.log_evidence and cond.log_evidence_se == post.log_evidence_se
+    np.testing.assert_allclose(cond.gp.log_evidence, ref["gp_log_evidence"], rtol=1e-10)
+    # a wider network: every 1/n term scaled by n_old / n_new
+    wide = cond.with_width(4 * ref["width"]).predict(XB)
+    np.testing.assert_allclose(wide.mean - wide.gp.mean, (post.mean - post.gp.mean) / 4, rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(wide.mean_se, post.mean_se / 4, rtol=1e-12)
+    with pytest.raises(NotImplementedError, match="full_cov"):
+        cond.predict(XB, full_cov=True)
+
+
+def test_condition_solver_choice():
+    rng = np.random.default_rng(0)
+    net = ngp.MLP(3, 16, activation="tanh")
+    small, big = rng.normal(size=(10, 2)), rng.normal(size=(65, 2))
+    # construction does no work on either path beyond the training solve
+    assert ngp.condition(net, small, small[:, :1], noise=0.1).method == "exact"
+    assert ngp.condition(net, big, big[:, :1], noise=0.1).method == "matrix_free"
+    assert ngp.condition(net, big, big[:, :1], noise=0.1, solver="exact").method == "exact"
+    assert ngp.condition(net, small, small[:, :1], noise=0.1, solver="matrix_free").method == "matrix_free"
+    scaled = ngp.serial(ngp.Dense(16), ngp.Elementwise("tanh"), ngp.Scale(0.5), ngp.Dense(1))
+    with pytest.raises(NotImplementedError, match="fully connected"):
+        ngp.condition(scaled, small, small[:, :1], noise=0.1, solver="matrix_free")
+    mixed = ngp.serial(ngp.Dense(16), ngp.Elementwise("tanh"), ngp.Dense(16), ngp.Elementwise("relu"), ngp.Dense(1))
+    assert ngp.condition(mixed, big, big[:, :1], noise=0.1).method == "exact"  # auto: not supported -> exact
+    with pytest.raises(ValueError, match="solver"):
+        ngp.condition(net, small, small[:, :1], noise=0.1, solver="dense")
