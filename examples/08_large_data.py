@@ -16,7 +16,7 @@
 #
 # The dense finite-width posterior needs the four-point vertex $V$, which has $N^4$ entries:
 # a few dozen training points at most. The **matrix-free** path (`ngp._matrix_free`,
-# docs/theory-matrix-free.md) never forms $V$: every contraction of $V$ that the posterior mean,
+# docs/matrix-free.md) never forms $V$: every contraction of $V$ that the posterior mean,
 # the variances and the evidence need is a Gaussian expectation over the pre-activations of one
 # layer, pushed through the layers above by the sparse Jacobians of the kernel map. It is
 # estimated by (randomised quasi-) Monte Carlo at $O(\text{samples} \times N^2)$ cost and every

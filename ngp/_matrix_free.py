@@ -1,4 +1,4 @@
-"""Matrix-free finite-width posterior for many training points (docs/theory-matrix-free.md).
+"""Matrix-free finite-width posterior for many training points (docs/matrix-free.md).
 
 The first-order (1/n) posterior mean, marginal variances and log evidence of docs/theory.md
 (finite-width posterior section) contract the output vertex ``V`` only with training-space
@@ -1034,7 +1034,7 @@ def _eps(KAA, V2):
 
 
 def validity(eps: float, eta: float, eta_se: float = 0.0) -> dict:
-    """Verdict on a first-order finite-width posterior (docs/theory-matrix-free.md).
+    """Verdict on a first-order finite-width posterior (docs/matrix-free.md).
 
     Args:
         eps: ``max |V| / (n K^2)`` over pairs of training inputs (depth over width).
@@ -1054,6 +1054,6 @@ def validity(eps: float, eta: float, eta_se: float = 0.0) -> dict:
             f"ngp: the first-order finite-width posterior is outside its validated regime: eps = max|V|/(nK^2) = "
             f"{eps:.3g} (limit {EPS_MAX}), eta = Var[log p(y | network)] = {eta:.3g} +- {eta_se:.2g} (limit {ETA_MAX}). "
             "eta grows with the number of training points over the width; widen the network, raise the noise, "
-            "or use fewer training points (docs/theory-matrix-free.md)."
+            "or use fewer training points (docs/matrix-free.md)."
         )
     return dict(eps=eps, eta=float(eta), eta_se=float(eta_se), trusted=bool(trusted), message=message)
