@@ -3,7 +3,7 @@
 For tanh, gelu and relu networks of depth 2-4 (width 32) on a small regression problem it
 
 1. computes the exact first-order posterior with the dense vertex (``net.prior(X).V`` and
-   ``ngp._posterior.finite_width_terms``) and stores it in ``tests/data/matrix_free_reference.json``
+   ``ngp.condition(..., solver="exact")``) and stores it in ``tests/data/matrix_free_reference.json``
    (the reference of ``tests/test_matrix_free.py``; recomputed only with ``--recompute``);
 2. agreement: one run at a large budget (``8 x`` the default samples): the largest ``|z|`` over
    test points for the mean, the variances and the evidence;
@@ -34,7 +34,6 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 import ngp  # noqa: E402
 from ngp import _matrix_free as mf  # noqa: E402
-from ngp._posterior import finite_width_terms  # noqa: E402
 
 REF = os.path.join(ROOT, "tests", "data", "matrix_free_reference.json")
 OUT = os.path.join(ROOT, "benchmarks", "results", "matrix_free_validation.json")
@@ -67,14 +66,15 @@ def exact(cfg):
     XA, XB, Y = problem()
     net = ngp.MLP(depth, WIDTH, activation=act, C_W=C_W, C_b=C_b)
     t0 = time.time()
-    prior = net.prior(np.concatenate([XA, XB]), warn=False)
-    mean, cov, logev, gp = finite_width_terms(prior.K, prior.K1, prior.V, WIDTH, N_TRAIN, Y, NOISE)
+    post = ngp.condition(net, XA, Y, noise=NOISE, solver="exact", warn=False).predict(XB)
+    K1 = net.prior(np.concatenate([XA, XB]), warn=False).K1
+    gp = post.gp
     return dict(
         act=act, depth=depth, C_W=C_W, C_b=C_b, width=WIDTH, noise=NOISE,
         XA=XA.tolist(), XB=XB.tolist(), Y=Y.tolist(),
-        mean=mean.ravel().tolist(), var=np.einsum("bibi->bi", cov).ravel().tolist(), log_evidence=float(logev),
+        mean=post.mean.ravel().tolist(), var=post.var.ravel().tolist(), log_evidence=float(post.log_evidence),
         gp_mean=gp.mean.ravel().tolist(), gp_var=gp.var.ravel().tolist(), gp_log_evidence=float(gp.log_evidence),
-        K1=np.asarray(prior.K1).tolist(), seconds=time.time() - t0,
+        K1=np.asarray(K1).tolist(), seconds=time.time() - t0,
     )
 
 
