@@ -52,7 +52,6 @@ try:
 except ImportError:  # running from a source checkout without `pip install .`
     sys.path.insert(0, os.path.abspath(".." if os.path.basename(os.getcwd()) == "examples" else "."))
     import ngp
-from ngp import _matrix_free as mf
 from ngp.datasets import standardize
 
 QUICK = os.environ.get("NGP_QUICK", "0") == "1"  # CI switch: fewer points and samples
@@ -61,7 +60,7 @@ os.makedirs(FIGDIR, exist_ok=True)
 T0 = time.perf_counter()
 
 N_TRAIN, N_TEST = (128, 64) if QUICK else (1000, 1000)
-SAMPLES = 2048 if QUICK else mf.DEFAULT_SAMPLES
+SAMPLES = 2048 if QUICK else 32768
 WIDTHS = (256, 1024, 4096, 16384, 65536) if QUICK else (1024, 4096, 16384, 65536, 262144)
 
 # %% [markdown]
@@ -83,21 +82,19 @@ print(f"{years.size} weeks, {years.min():.0f}-{years.max():.0f}; train {N_TRAIN}
 # %% [markdown]
 # ## Kernels and the GP
 #
-# `kernel_blocks` computes the per-layer NNGP kernels on the train x train and test x train
-# blocks and the test diagonal ($O(N^2)$ per layer; no test x test block). We pick the noise
-# variance by the GP evidence on a small grid (the finite-width answers below use the same noise).
+# We pick the noise variance by the GP evidence on a small grid (the finite-width answers below
+# use the same noise).
 
 # %%
 ARCH = dict(activation="tanh", C_W=1.5, C_b=0.1, depth=3)
-act = ngp.activation(ARCH["activation"])
-C_W, C_b = (ARCH["C_W"],) * ARCH["depth"], (ARCH["C_b"],) * ARCH["depth"]
+net = ngp.MLP(ARCH["depth"], WIDTHS[0], activation=ARCH["activation"], C_W=ARCH["C_W"], C_b=ARCH["C_b"])
 t = time.perf_counter()
-blocks = mf.kernel_blocks(act, X_train, X_test, C_W, C_b)
-print(f"kernels: {time.perf_counter() - t:.1f} s")
+K_train = np.asarray(net.prior(X_train).K)
+print(f"training kernel: {time.perf_counter() - t:.1f} s")
 
 
 def gp_log_evidence(noise):
-    K = np.asarray(blocks[-1][0]) + noise * np.eye(N_TRAIN)
+    K = K_train + noise * np.eye(N_TRAIN)
     c = np.linalg.cholesky(K)
     a = np.linalg.solve(c, y_train[:, 0])
     return -0.5 * a @ a - np.sum(np.log(np.diag(c))) - 0.5 * N_TRAIN * np.log(2 * np.pi)
@@ -110,18 +107,18 @@ print(f"noise variance (standardised units) chosen by the GP evidence: {NOISE:.4
 # %% [markdown]
 # ## The finite-width posterior
 #
-# One matrix-free run. Its $1/n$ terms (the $K_1$ terms, exact, and the vertex terms, sampled)
-# scale exactly like $1/n$ when all hidden widths are scaled together, so `at_width` gives every
+# `ngp.condition(..., solver="matrix_free")` (what `solver="auto"` picks above 64 training points):
+# one matrix-free run. Its $1/n$ terms (the $K_1$ terms, exact, and the vertex terms, sampled)
+# scale exactly like $1/n$ when all hidden widths are scaled together, so `with_width` gives every
 # other width without resampling.
 
 # %%
 t = time.perf_counter()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)  # the validity verdicts are printed below
-    post = mf.matrix_free_posterior(act, blocks, C_W, C_b, (WIDTHS[0],) * (ARCH["depth"] - 1), y_train,
-                                    noise=NOISE, samples=SAMPLES, seed=0)
-print(f"matrix-free posterior: {time.perf_counter() - t:.1f} s, split "
-      + ", ".join(f"{k} {v:.1f} s" for k, v in post.timings.items()))
+    cond = ngp.condition(net, X_train, y_train, noise=NOISE, solver="matrix_free", samples=SAMPLES, seed=0)
+    post = cond.predict(X_test)
+print(f"matrix-free posterior ({cond.method}): {time.perf_counter() - t:.1f} s")
 
 
 def predictive_loglik(mean, var):
@@ -134,7 +131,10 @@ def predictive_loglik(mean, var):
 
 rows = []
 for n in WIDTHS:
-    p = post.at_width(n)
+    c = cond.with_width(n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = c.predict(X_test)
     ll = predictive_loglik(p.mean, p.var)
     # standard error of the predictive log-likelihood by propagating mean_se and var_se (delta method)
     v = p.var[:, 0] + NOISE
@@ -142,9 +142,9 @@ for n in WIDTHS:
     d_mean = r / v / N_TEST
     d_var = 0.5 * (r**2 / v**2 - 1 / v) / N_TEST
     ll_se = float(np.sqrt(np.sum((d_mean * p.mean_se[:, 0]) ** 2 + (d_var * p.var_se[:, 0]) ** 2)))
-    rows.append((n, ll, ll_se, p.log_evidence / N_TRAIN, p.log_evidence_se / N_TRAIN, p.validity))
-gp_ll = predictive_loglik(post.gp_mean, post.gp_var)
-gp_ev = post.gp_log_evidence / N_TRAIN
+    rows.append((n, ll, ll_se, p.log_evidence / N_TRAIN, p.log_evidence_se / N_TRAIN, c.validity))
+gp_ll = predictive_loglik(post.gp.mean, post.gp.var)
+gp_ev = cond.gp.log_evidence / N_TRAIN
 print(f"{'width':>8} {'test loglik':>16} {'log evidence / N':>20} {'eps':>7} {'eta':>8} trusted")
 for n, ll, se, ev, ev_se, v in rows:
     print(f"{n:>8} {ll:9.4f} +- {se:.4f} {ev:12.5f} +- {ev_se:.5f} {v['eps']:7.4f} {v['eta']:8.3f} {v['trusted']}")

@@ -58,7 +58,13 @@ def _compare(r, ref):
     return out
 
 
-@pytest.mark.parametrize("key", ["tanh-L2", "tanh-L3", "tanh-L4", "gelu-L3", "relu-L3"])
+RELU_REFERENCE = pytest.mark.xfail(strict=True, reason=(
+    "the stored dense relu reference is not converged in its four-point Gauss-Hermite order (kinked integrand): "
+    "order 40 -> 60 moves the worst mean from -0.4119 to -0.4085, towards the matrix-free -0.4031 +- 0.0005; "
+    "needs a converged relu reference (docs/matrix-free.md, 'Measured')"))
+
+
+@pytest.mark.parametrize("key", ["tanh-L2", "tanh-L3", "tanh-L4", "gelu-L3", pytest.param("relu-L3", marks=RELU_REFERENCE)])
 def test_matches_exact_path(refs, key):
     ref = refs[key]
     r = _run(ref, samples=4 * SAMPLES, seed=7)
