@@ -46,7 +46,7 @@ import numpy as np
 
 from ._activations import Activation
 from ._gaussian import auto_orders, expect_1d, gauss_hermite, hermite_coefficients
-from ._validate import check_x64
+from ._validate import RCOND_MIN, check_x64
 
 __all__ = [
     "MatrixFreePosterior",
@@ -809,7 +809,9 @@ def _solve(KAA, KBA, kB, K1AA, K1BA, k1B, Y, noise, n):
     glob = dict(yt=yt, Kinv=Kinv, LinvT=Linv.T, P=P, W=W)
     gp = dict(mean=gp_mean, var=gp_var, logz=gp_logz)
     k1 = dict(mean=mean_k1, var=var_k1, logz=logz_g)
-    ok = jnp.all(jnp.isfinite(Lc)), jnp.all(jnp.isfinite(Gc))
+    # numerically singular Kt (e.g. duplicate inputs with noise = 0): a tiny Cholesky pivot
+    piv = jnp.diagonal(Lc) ** 2
+    ok = (jnp.all(jnp.isfinite(Lc)) & (jnp.min(piv) > RCOND_MIN * jnp.sum(piv))), jnp.all(jnp.isfinite(Gc))
     return glob, gp, k1, ok
 
 
@@ -901,7 +903,9 @@ def matrix_free_posterior(act: Activation, kernels, C_W, C_b, widths, Y, *, nois
     t0 = time.perf_counter()
     glob, gp, k1, ok = _sync(_solve(*kernels[-1], K1AA, K1BA, k1B, Y, float(noise), float(n)))
     if not bool(ok[0]):
-        raise np.linalg.LinAlgError("matrix_free_posterior: K_train + noise I is not positive definite")
+        raise np.linalg.LinAlgError(
+            f"matrix_free_posterior: K_train + noise I is numerically singular (a Cholesky pivot <= {RCOND_MIN:g} "
+            "x trace; duplicate training inputs?); use noise > 0 or remove duplicate inputs")
     if not bool(ok[1]):
         raise np.linalg.LinAlgError(
             "matrix_free_posterior: K_train + K1_train/n + noise I is not positive definite; the 1/n "
