@@ -973,7 +973,7 @@ def matrix_free_posterior(act: Activation, kernels, C_W, C_b, widths, Y, *, nois
     parts = dict(
         gp_mean=np.asarray(gp["mean"]), gp_var=np.asarray(gp["var"]), gp_logz=float(gp["logz"]),
         mean=n * np.asarray(k1["mean"]) + mV, mean_se=mse, var=n * np.asarray(k1["var"])[:, None] + vV, var_se=vse,
-        ev=float(eV), ev_se=float(ese), eta=float(eta), eta_se=float(eta_se), eps=n * _eps(kernels[-1][0], V2),
+        ev=float(eV), ev_se=float(ese), eta=float(eta), eta_se=float(eta_se), eps=_eps(kernels[-1][0], V2),
         KAA=kernels[-1][0], K1AA=K1AA, Y=Y, noise=float(noise), n_ref=n, logz_g=float(k1["logz"]),
         samples=batches * n_chunks * chunk, batches=batches, timings=timings,
         terms=dict(total=terms, sources=per_source) if return_terms else None,
