@@ -180,12 +180,13 @@ def test_validity_diagnostic_scales_with_width_and_warns(refs):
     # same samples: the first-order vertex terms scale exactly like 1/n
     assert r8.validity["eta"] == pytest.approx(4 * r32.validity["eta"], rel=1e-10)
     assert r8.validity["eps"] == pytest.approx(4 * r32.validity["eps"], rel=1e-10)
+    # the widest power-of-two fraction of 32 outside the validated regime (eps and eta grow like 1/width)
     narrow = 1
-    while 32 * r32.validity["eta"] / narrow <= mf.ETA_MAX and r32.validity["eps"] * 32 / narrow <= mf.EPS_MAX:
+    while r32.validity["eta"] * narrow <= mf.ETA_MAX and r32.validity["eps"] * narrow <= mf.EPS_MAX:
         narrow *= 2
-        assert narrow < 2**12
+        assert narrow <= 32
     with pytest.warns(RuntimeWarning, match="validated regime"):
-        _run(ref, width=max(1, 32 // narrow) if narrow <= 32 else 1, warn=True)
+        _run(ref, width=32 // narrow, warn=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         big = _run(ref, width=4096, warn=True)
