@@ -30,6 +30,7 @@ from ._resmlp import ResMLP
 from ._prior import Layer, Prior
 from ._posterior import Conditioned, FiniteWidthPosterior, condition, posterior
 from ._validity import Validity
+from ._conditioned_mf import MatrixFreeConditioned
 from ._model_selection import EvidenceGrid, evidence_grid
 from ._hyper import HyperFit, fit_hyperparameters, log_evidence
 from ._sampling import NetworkSamples, sample_networks
@@ -59,6 +60,7 @@ __all__ = [
     "gp_posterior",
     "GPPosterior",
     "condition",
+    "MatrixFreeConditioned",
     "Conditioned",
     "posterior",
     "FiniteWidthPosterior",

@@ -52,6 +52,9 @@ class FiniteWidthPosterior:
         validity: :class:`ngp.Validity`, the size of the first-order terms against the GP (mean
             shift in GP predictive standard deviations, relative variance change, evidence
             correction) and whether the result is ``trusted`` (``docs/validity.md``).
+        method: ``"exact"`` or ``"matrix_free"`` (the solver that produced it).
+        mean_se, var_se, log_evidence_se: Monte-Carlo standard errors of ``mean``, ``var`` and
+            ``log_evidence`` (``solver="matrix_free"``; ``None`` on the exact path).
     """
 
     mean: np.ndarray
@@ -63,6 +66,10 @@ class FiniteWidthPosterior:
     expansion_parameter: float
     noise: float
     validity: Validity | None = None
+    mean_se: np.ndarray | None = None
+    var_se: np.ndarray | None = None
+    log_evidence_se: float | None = None
+    method: str = "exact"
 
     @property
     def std(self) -> np.ndarray:
@@ -135,7 +142,12 @@ class Conditioned:
         gp: the infinite-width conditioning (``.log_evidence``, ``.predict(X_test)``).
         expansion_parameter: ``max |V| / (n K^2)`` of the prior on the training inputs.
         validity: :class:`ngp.Validity` of the log evidence (its first-order correction against the GP's).
+        method: ``"exact"`` (this class) or ``"matrix_free"`` (its matrix-free subclass).
+        log_evidence_se: Monte-Carlo standard error of ``log_evidence`` (``None`` on the exact path).
     """
+
+    method = "exact"
+    log_evidence_se = None
 
     @float64
     def __init__(self, net, X_train, Y_train, *, noise: float, jitter: float = 0.0, **options):
@@ -421,7 +433,8 @@ class GPConditioned:
         return gp_from_kernel(np.asarray(prior.K), p.N_train, p.Y_train, p.noise, p.jitter, solve=p._solve)
 
 
-def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, **options) -> Conditioned:
+def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, solver: str = "auto",
+              samples: int | None = None, seed: int = 0, **options) -> Conditioned:
     """Condition ``net``'s finite-width prior on training data (first order in ``1/n``).
 
     Observations ``y_i(x) = z_i(x) + eps``, ``eps ~ N(0, noise)``. The training-set work (GP solve,
@@ -434,6 +447,14 @@ def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, **opt
         Y_train: ``(N_train, out_dim)`` targets of all ``out_dim`` output neurons.
         noise: observation-noise variance ``>= 0`` (``0``: exact conditioning).
         jitter: optional extra diagonal on the training kernel.
+        solver: ``"exact"`` (dense vertex components), ``"matrix_free"`` (Monte-Carlo estimate of the
+            vertex contractions, ``O(samples N_train^2)``, fully connected networks only; outputs carry
+            ``mean_se``, ``var_se``, ``log_evidence_se``; see ``docs/matrix-free.md``) or ``"auto"``:
+            exact up to ``AUTO_EXACT_MAX = 64`` training points (or when the network is not
+            supported by the matrix-free path), matrix-free above. ``.method`` says which was used.
+        samples: Monte-Carlo samples per source layer for the matrix-free path (default 32768);
+            standard errors fall like ``samples^-1/2``.
+        seed: integer seed of the matrix-free path (results are reproducible for a fixed seed).
         **options: passed to ``net.prior`` (``four_point_order``, ``max_memory``, ...).
 
     Returns:
@@ -443,6 +464,16 @@ def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, **opt
         numpy.linalg.LinAlgError: singular training kernel (e.g. duplicate inputs with ``noise = 0``).
         NotImplementedError: architectures without finite-width cumulants.
     """
+    from ._conditioned_mf import AUTO_EXACT_MAX, SOLVERS, MatrixFreeConditioned, mlp_spec
+
+    if solver not in SOLVERS:
+        raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
+    if solver == "auto":
+        big = np.shape(X_train)[0] > AUTO_EXACT_MAX if np.ndim(X_train) == 2 else False
+        solver = "matrix_free" if big and mlp_spec(net) is not None else "exact"
+    if solver == "matrix_free":
+        return MatrixFreeConditioned(net, X_train, Y_train, noise=noise, jitter=jitter, samples=samples, seed=seed,
+                                     **options)
     return Conditioned(net, X_train, Y_train, noise=noise, jitter=jitter, **options)
 
 
@@ -474,4 +505,6 @@ def posterior(net, X_train, Y_train, X_test, *, noise: float, jitter: float = 0.
         NotImplementedError: architectures without finite-width cumulants (e.g. unsupported residual patterns).
     """
     train_test(net, X_train, Y_train, X_test, noise, jitter)  # all argument errors before any work
-    return condition(net, X_train, Y_train, noise=noise, jitter=jitter, **options).predict(X_test, full_cov=True)
+    # the full covariance needs the exact path (the matrix-free path never forms test x test blocks)
+    return condition(net, X_train, Y_train, noise=noise, jitter=jitter, solver="exact",
+                     **options).predict(X_test, full_cov=True)
