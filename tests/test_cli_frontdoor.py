@@ -412,3 +412,29 @@ def test_show_displays_inline_in_a_real_jupyter_kernel(tmp_path):
     outputs = nb.cells[0].outputs
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 1, outputs
     assert (tmp_path / "fig.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_progress_reports_each_stage_and_reraises(tty):
+    import io
+
+    from ngp.cli._common import Progress
+
+    class Stream(io.StringIO):
+        def isatty(self):
+            return tty
+
+    stream = Stream()
+    prog = Progress(stream=stream)
+    out, dt = prog.run("stage one", lambda: (time.sleep(0.6), 42)[1], estimate=1.0)
+    assert out == 42 and dt >= 0.6
+    with pytest.raises(ZeroDivisionError):
+        prog.run("stage two", lambda: 1 / 0)
+    assert list(prog.items(range(3), "loop")) == [0, 1, 2]
+    text = stream.getvalue()
+    assert "stage one" in text and "stage two" in text
+    if not tty:
+        assert "stage one (estimated 1 s) ..." in text and "stage one: done in" in text
+    quiet = Stream()
+    Progress(quiet=True, stream=quiet).run("silent", lambda: None)
+    assert quiet.getvalue() == ""
