@@ -10,6 +10,8 @@ Public API (conventions and formulas: ``docs/theory.md``):
 * :func:`posterior` -- finite-width regression to first order in 1/n (one call).
 * :func:`sample_networks` -- draws of actual random networks (brute-force checks).
 * :func:`evidence_grid` -- architecture choice by the finite-width evidence.
+* :func:`log_evidence`, :func:`fit_hyperparameters` -- the evidence as a JAX function of (C_W, C_b,
+  noise) and its maximisation (ML-II).
 * :mod:`ngp.criticality` -- susceptibilities, critical points, universality classes.
 * :mod:`ngp.plot` -- figures (matplotlib imported lazily).
 * :mod:`ngp.reference` -- NUTS and importance-sampling reference posteriors.
@@ -26,6 +28,7 @@ from ._resmlp import ResMLP
 from ._prior import Layer, Prior
 from ._posterior import Conditioned, FiniteWidthPosterior, condition, posterior
 from ._model_selection import EvidenceGrid, evidence_grid
+from ._hyper import HyperFit, fit_hyperparameters, log_evidence
 from ._sampling import NetworkSamples, sample_networks
 from . import criticality, datasets, plot, reference, train
 
@@ -58,6 +61,9 @@ __all__ = [
     "FiniteWidthPosterior",
     "evidence_grid",
     "EvidenceGrid",
+    "log_evidence",
+    "fit_hyperparameters",
+    "HyperFit",
     "sample_networks",
     "NetworkSamples",
     "criticality",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 
+import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
@@ -65,7 +66,7 @@ class DenseMap:
     """
 
     def __init__(self, act: Activation, K_in, E2, C_W: float, ratio, pairs: Pairs, options: dict):
-        self.act, self.K_in, self.E2, self.C_W, self.ratio = act, np.asarray(K_in), np.asarray(E2), C_W, ratio
+        self.act, self.K_in, self.E2, self.C_W, self.ratio = act, K_in, E2, C_W, ratio
         self.pairs = pairs
         self.options = dict(options)
 
@@ -145,7 +146,7 @@ class LayerCumulants:
     refusal: str | None = None
 
     def __init__(self, K, *, n, width):
-        self.K = np.asarray(K)
+        self.K = K if hasattr(K, "shape") else np.asarray(K)
         self.n = n
         self.width = width
         self.pairs = Pairs.of(self.K.shape[0])
@@ -194,10 +195,10 @@ class LayerCumulants:
             return 0.0
         self._check("the expansion parameter")
         pairs = self.pairs
-        d = np.clip(np.diag(self.K), 0.0, None)
+        d = np.clip(np.diag(np.asarray(self.K)), 0.0, None)
         s2 = d[pairs.a] * d[pairs.b]
         # V_(ab)(ab) is entry (2, 2) of the local block of (a, b); for a == b all entries coincide
-        vdiag = np.abs(self._local2[:, 2, 2])
+        vdiag = np.abs(np.asarray(self._local2[:, 2, 2]))
         ok = s2 > 0  # inputs with zero variance (x = 0 with C_b = 0) have V = 0 there
         if not np.any(ok):
             return 0.0
@@ -306,7 +307,7 @@ class DenseLayer(LayerCumulants):
             return fresh
         J, _ = self.map.JH
         Jl = _local_jacobian(J, cols, pairs)  # (P, 3, 3)
-        return fresh + self.map.ratio * np.einsum("pst,ptu,pvu->psv", Jl, self.prev._local2, Jl)
+        return fresh + self.map.ratio * jnp.einsum("pst,ptu,pvu->psv", Jl, self.prev._local2, Jl)
 
     @functools.cached_property
     def K1(self) -> np.ndarray:
@@ -316,7 +317,7 @@ class DenseLayer(LayerCumulants):
             return np.zeros((self.N, self.N))
         J, H = self.map.JH
         K1p = pairs.pack(self.prev.K1)
-        G1 = np.einsum("ps,ps->p", J, K1p[pairs.cols]) + 0.5 * np.einsum("pst,pst->p", H, self.prev._local2)
+        G1 = jnp.einsum("ps,ps->p", J, K1p[pairs.cols]) + 0.5 * jnp.einsum("pst,pst->p", H, self.prev._local2)
         return pairs.unpack(self.map.ratio * G1)
 
     # ------------------------------------------------------------------ V on demand
@@ -339,7 +340,7 @@ class DenseLayer(LayerCumulants):
             pp = np.broadcast_to(cp[:, :, None], (up.size, 3, 3)).reshape(-1)
             qq = np.broadcast_to(cq[:, None, :], (up.size, 3, 3)).reshape(-1)
             sub = self.prev._components_pq(np.minimum(pp, qq), np.maximum(pp, qq)).reshape(up.size, 3, 3)
-            vals = vals + self.map.ratio * np.einsum("us,ust,ut->u", J[up], sub, J[uq])
+            vals = vals + self.map.ratio * jnp.einsum("us,ust,ut->u", J[up], sub, J[uq])
         return vals[inverse.reshape(-1)]
 
     @functools.cached_property
@@ -349,7 +350,7 @@ class DenseLayer(LayerCumulants):
         if self.prev.gaussian:
             return fresh
         J, H = self.map.JH
-        JVJ, _ = propagate(J, H, self.prev._packed, np.zeros(self.pairs.P), self.pairs, self.map.ratio)
+        JVJ, _ = propagate(J, H, self.prev._packed, jnp.zeros(self.pairs.P), self.pairs, self.map.ratio)
         return fresh + JVJ
 
 
@@ -357,14 +358,11 @@ def _local_jacobian(J, cols, pairs: Pairs):
     """``(P, 3, 3)``: the rows of ``J`` for the pairs ``(aa, bb, ab)`` of each pair, in local columns.
 
     ``K'_aa`` depends on ``K_aa`` only (column 0 of its own row), likewise ``K'_bb``; ``K'_ab`` on all three.
+    For ``a == b`` the three local pairs coincide and every row is ``(J_aa, 0, 0)``.
     """
-    P = pairs.P
-    Jl = np.zeros((P, 3, 3))
-    Jl[:, 0, 0] = J[cols[:, 0], 0]
-    Jl[:, 1, 1] = J[cols[:, 1], 0]
-    Jl[:, 2, :] = J
-    d = pairs.diag
-    # a == b: the three local pairs coincide; keep the local block consistent (all rows = J_aa)
-    Jl[d] = 0.0
-    Jl[d, :, 0] = J[d, 0][:, None]
-    return Jl
+    J = jnp.asarray(J)
+    zero = jnp.zeros(J.shape[0], dtype=J.dtype)
+    Jaa, Jbb = J[cols[:, 0], 0], J[cols[:, 1], 0]
+    rows = jnp.stack([jnp.stack([Jaa, zero, zero], 1), jnp.stack([zero, Jbb, zero], 1), J], axis=1)
+    diag_rows = jnp.stack([J[:, 0], zero, zero], 1)[:, None, :] * jnp.ones((1, 3, 1), dtype=J.dtype)
+    return jnp.where(pairs.diag[:, None, None], diag_rows, rows)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
-from ._gaussian import auto_orders, expect_1d, gauss_hermite, pair_matrix
+from ._gaussian import auto_orders, concrete_max, expect_1d, gauss_hermite, pair_matrix
 from ._kernel import two_point_matrix
 from ._pairs import Pairs, multiset_code
 
@@ -62,10 +62,10 @@ def _closed_phi(act: Activation):
 
 def _jh_closed(act: Activation, K, pairs: Pairs):
     off, diag = _closed_phi(act)
-    Kn = np.asarray(K)
-    kd = np.diagonal(Kn)
-    args = jnp.asarray(np.stack([kd[pairs.a], kd[pairs.b], Kn[pairs.a, pairs.b]], axis=1))
-    J_off, H_off, J_d, H_d = _closed_derivatives(off, diag, args, jnp.asarray(kd))
+    K = jnp.asarray(K)
+    kd = jnp.diagonal(K)
+    args = jnp.stack([kd[pairs.a], kd[pairs.b], K[pairs.a, pairs.b]], axis=1)
+    J_off, H_off, J_d, H_d = _closed_derivatives(off, diag, args, kd)
     return _merge_diag(pairs, J_off, H_off, J_d, H_d)
 
 
@@ -81,13 +81,10 @@ def _closed_derivatives(off, diag, args, kd):
 
 
 def _merge_diag(pairs: Pairs, J_off, H_off, J_d, H_d):
-    J = np.array(J_off, dtype=float)
-    H = np.array(H_off, dtype=float)
-    d = pairs.diag
-    J[d] = 0.0
-    H[d] = 0.0
-    J[d, 0] = np.asarray(J_d)[pairs.a[d]]
-    H[d, 0, 0] = np.asarray(H_d)[pairs.a[d]]
+    d = np.nonzero(pairs.diag)[0]
+    ad = pairs.a[d]
+    J = jnp.asarray(J_off).at[d].set(0.0).at[d, 0].set(jnp.asarray(J_d)[ad])
+    H = jnp.asarray(H_off).at[d].set(0.0).at[d, 0, 0].set(jnp.asarray(H_d)[ad])
     return J, H
 
 
@@ -98,25 +95,25 @@ def _jh_mehler(act: Activation, K, pairs: Pairs, **options):
     def pm(p, q):
         return pair_matrix(d[p], d[q], K, terms=terms, nodes=nodes)
 
-    M20, M11, M40, M22, M31 = (np.asarray(pm(p, q)) for p, q in ((2, 0), (1, 1), (4, 0), (2, 2), (3, 1)))
+    M20, M11, M40, M22, M31 = (pm(p, q) for p, q in ((2, 0), (1, 1), (4, 0), (2, 2), (3, 1)))
     a, b = pairs.a, pairs.b
     # heat-equation identities: d/dK_aa <F> = <d_a^2 F>/2, d/dK_ab <F> = <d_a d_b F> (a != b)
-    J_off = np.stack([0.5 * M20[a, b], 0.5 * M20[b, a], M11[a, b]], axis=1)
+    J_off = jnp.stack([0.5 * M20[a, b], 0.5 * M20[b, a], M11[a, b]], axis=1)
     h_aa_aa, h_bb_bb = 0.25 * M40[a, b], 0.25 * M40[b, a]
     h_aa_bb = 0.25 * M22[a, b]
     h_aa_ab, h_bb_ab = 0.5 * M31[a, b], 0.5 * M31[b, a]
     h_ab_ab = M22[a, b]
-    H_off = np.stack(
+    H_off = jnp.stack(
         [
-            np.stack([h_aa_aa, h_aa_bb, h_aa_ab], axis=1),
-            np.stack([h_aa_bb, h_bb_bb, h_bb_ab], axis=1),
-            np.stack([h_aa_ab, h_bb_ab, h_ab_ab], axis=1),
+            jnp.stack([h_aa_aa, h_aa_bb, h_aa_ab], axis=1),
+            jnp.stack([h_aa_bb, h_bb_bb, h_bb_ab], axis=1),
+            jnp.stack([h_aa_ab, h_bb_ab, h_ab_ab], axis=1),
         ],
         axis=1,
     )
     kd = jnp.diagonal(K)
     if nodes is None:
-        nodes = auto_orders(float(jnp.max(kd)))[1]
+        nodes = auto_orders(concrete_max(kd))[1]
     J_d, H_d = _diag_derivatives(act, int(nodes), kd)
     return _merge_diag(pairs, J_off, H_off, J_d, H_d)
 
@@ -174,7 +171,7 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
     K = jnp.asarray(K)
     if batch_elems is None:  # node evaluations per compiled batch: larger on accelerators
         batch_elems = 4_000_000 if jax.default_backend() == "cpu" else 200_000_000
-    out = np.empty(ms.shape[0])
+    out = jnp.zeros(ms.shape[0], dtype=jnp.result_type(float))
     a, b, c, d = (ms[:, i] for i in range(4))
     eq = (ms[:, 1:] == ms[:, :-1]).astype(int)
     code = eq[:, 0] * 4 + eq[:, 1] * 2 + eq[:, 2]
@@ -199,7 +196,11 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
         nodes, weights = _pruned_rule(u, orders[u])
         nodes_j, weights_j = jnp.asarray(nodes), jnp.asarray(weights)
         per = max(1, batch_elems // (nodes.shape[0] * u))
-        chunk = functools.partial(_product_chunk, act.fn, tuple(pattern), K=K, nodes=nodes_j, weights=weights_j)
+        pat = tuple(pattern)
+
+        def chunk(ix, pat=pat, nodes_j=nodes_j, weights_j=weights_j):
+            return _product_chunk(act.fn, pat, ix, K, nodes_j, weights_j)
+
 
         # two batch shapes per rule (a small one for short requests), so few shapes get compiled
         per = 1 << int(np.floor(np.log2(per)))
@@ -210,20 +211,50 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
             pad = per - sel.shape[0]
             if pad:
                 sel = np.concatenate([sel, np.repeat(sel[:1], pad, axis=0)])
-            res = np.asarray(chunk(jnp.asarray(sel)))
-            out[rows[s : s + per]] = res[: per - pad]
+            res = chunk(jnp.asarray(sel))
+            out = out.at[rows[s : s + per]].set(res[: per - pad])
     return out
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _product_chunk(fn, pattern, ix, *, K, nodes, weights):
+def _product_chunk(fn, pattern, ix, K, nodes, weights):
     """``E[prod_j fn(z_j)^pattern_j]`` for a batch of index tuples ``ix`` (b, u)."""
     C = K[ix[:, :, None], ix[:, None, :]]  # (b, u, u)
-    w_, U = jnp.linalg.eigh(C)
-    R = U * jnp.sqrt(jnp.clip(w_, 0.0, None))[:, None, :]  # z = R x
-    z = jnp.einsum("qj,bij->bqi", nodes, R)
-    vals = jnp.prod(fn(z) ** jnp.asarray(pattern, dtype=z.dtype), axis=-1)
-    return vals @ weights
+    return _gaussian_product(fn, pattern)(C, nodes, weights)
+
+
+@functools.lru_cache(maxsize=256)
+def _gaussian_product(fn, pattern):
+    """``C -> E[prod_j fn(z_j)^pattern_j]``, ``z ~ N(0, C)`` (batched ``(b, u, u) -> (b,)``) by the rule
+    ``(nodes, weights)`` in the eigenbasis of ``C``; its derivative is Price's theorem,
+    ``dE/dC_ij = E[d_i d_j F] / 2`` (symmetric ``dC``), so singular and degenerate blocks have finite
+    derivatives (the eigen square root's derivative does not exist there)."""
+    pat = np.asarray(pattern)  # a constant (a JAX array created here would leak from the first trace)
+
+    def F(z):  # (u,) -> scalar
+        return jnp.prod(fn(z) ** pat.astype(z.dtype))
+
+    def nodes_of(C, nodes):
+        w_, U = jnp.linalg.eigh(C)
+        R = U * jnp.sqrt(jnp.clip(w_, 0.0, None))[:, None, :]  # z = R x
+        return jnp.einsum("qj,bij->bqi", nodes, R)
+
+    @jax.custom_jvp
+    def expect(C, nodes, weights):
+        z = nodes_of(C, nodes)
+        return jnp.prod(fn(z) ** pat.astype(z.dtype), axis=-1) @ weights
+
+    @expect.defjvp
+    def expect_jvp(primals, tangents):
+        C, nodes, weights = primals
+        dC = tangents[0]
+        z = nodes_of(C, nodes)
+        out = jnp.prod(fn(z) ** pat.astype(z.dtype), axis=-1) @ weights
+        hess = jax.vmap(jax.vmap(jax.hessian(F)))(z)  # (b, q, u, u)
+        Edd = jnp.einsum("bqij,q->bij", hess, weights)
+        return out, 0.5 * jnp.einsum("bij,bij->b", Edd, dC)
+
+    return expect
 
 
 def four_point_values(act: Activation, K, ms: np.ndarray, *, method: str = "auto",
@@ -235,11 +266,11 @@ def four_point_values(act: Activation, K, ms: np.ndarray, *, method: str = "auto
     """
     ms = np.asarray(ms, dtype=np.int64).reshape(-1, 4)
     if ms.shape[0] == 0:
-        return np.zeros(0)
+        return jnp.zeros(0)
     if method in ("auto", "closed") and act.four_point is not None:
         K = jnp.asarray(K)
         C = K[ms[:, :, None], ms[:, None, :]]
-        return np.asarray(act.four_point(C), dtype=float)
+        return act.four_point(C)
     orders = dict(FOUR_POINT_ORDERS)
     if four_point_order is not None:
         orders[4] = int(four_point_order)
@@ -257,28 +288,31 @@ class FourPointTable:
     """
 
     def __init__(self, act: Activation, K, **options):
-        self.act, self.K, self.options = act, np.asarray(K), options
-        self.N = self.K.shape[0]
+        self.act, self.K, self.options = act, K, options
+        self.N = K.shape[0]
         self._codes = np.zeros(0, dtype=np.int64)
         self._vals = np.zeros(0)
 
-    def __call__(self, ms_sorted) -> np.ndarray:
-        """Values for sorted rows ``(M, 4)``."""
+    def __call__(self, ms_sorted):
+        """Values for sorted rows ``(M, 4)`` (a JAX array; differentiable in the kernel)."""
         ms_sorted = np.asarray(ms_sorted, dtype=np.int64).reshape(-1, 4)
         codes = multiset_code(ms_sorted, self.N)
         uniq, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
         pos = np.searchsorted(self._codes, uniq)
-        known = (pos < self._codes.size) & (self._codes[np.minimum(pos, max(self._codes.size - 1, 0))] == uniq) \
-            if self._codes.size else np.zeros(uniq.size, dtype=bool)
-        vals = np.empty(uniq.size)
-        vals[known] = self._vals[pos[known]]
-        new = ~known
-        if np.any(new):
-            vals[new] = four_point_values(self.act, self.K, ms_sorted[first[new]], **self.options)
+        known = np.zeros(uniq.size, dtype=bool)
+        if self._codes.size:
+            known = self._codes[np.minimum(pos, self._codes.size - 1)] == uniq
+        new = np.nonzero(~known)[0]
+        vals = jnp.zeros(uniq.size, dtype=jnp.result_type(float))
+        if np.any(known):
+            vals = vals.at[np.nonzero(known)[0]].set(self._vals[pos[known]])
+        if new.size:
+            fresh = jnp.asarray(four_point_values(self.act, self.K, ms_sorted[first[new]], **self.options))
+            vals = vals.at[new].set(fresh)
             codes_all = np.concatenate([self._codes, uniq[new]])
             order = np.argsort(codes_all, kind="stable")
             self._codes = codes_all[order]
-            self._vals = np.concatenate([self._vals, vals[new]])[order]
+            self._vals = jnp.concatenate([jnp.asarray(self._vals), fresh])[order]
         return vals[inverse.reshape(-1)]
 
 
@@ -292,7 +326,7 @@ def fresh_components(table: FourPointTable, quads, E2, C_W: float) -> np.ndarray
     """
     quads = np.asarray(quads, dtype=np.int64).reshape(-1, 4)
     E4 = table(np.sort(quads, axis=1))
-    E2 = np.asarray(E2)
+    E2 = jnp.asarray(E2)
     return C_W**2 * (E4 - E2[quads[:, 0], quads[:, 1]] * E2[quads[:, 2], quads[:, 3]])
 
 
@@ -310,7 +344,7 @@ def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, E2=None, t
     quad = np.stack(np.broadcast_arrays(pa[:, None], pb[:, None], pa[None, :], pb[None, :]), axis=-1)
     quad = np.sort(quad, axis=-1)
     pos = np.searchsorted(multiset_code(ms, N), multiset_code(quad, N))
-    T4 = np.asarray(vals)[pos]
+    T4 = vals[pos]
     if E2 is None:
         kopts = {k: v for k, v in options.items() if k in ("terms", "nodes", "quad_nodes")}
         E2 = two_point_matrix(act, K, method=method, **kopts)
@@ -321,11 +355,11 @@ def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, E2=None, t
 # ----------------------------------------------------------------------------- propagation
 def propagate(J, H, V, G1, pairs: Pairs, ratio: float):
     """``ratio * J V J^T`` (P, P) and ``ratio * (J G1 + H:V/2)`` (P,)."""
-    J, H, V, G1 = (np.asarray(t) for t in (J, H, V, G1))
+    J, H, V, G1 = (jnp.asarray(t) for t in (J, H, V, G1))
     cols = pairs.cols
     A = sum(J[:, s, None] * V[cols[:, s], :] for s in range(3))  # (J V)
     JVJ = sum(A[:, cols[:, t]] * J[None, :, t] for t in range(3))
-    HV = np.einsum("pst,pst->p", H, V[cols[:, :, None], cols[:, None, :]])
-    JG = np.einsum("ps,ps->p", J, G1[cols])
+    HV = jnp.einsum("pst,pst->p", H, V[cols[:, :, None], cols[:, None, :]])
+    JG = jnp.einsum("ps,ps->p", J, G1[cols])
     JVJ = 0.5 * (JVJ + JVJ.T)
     return ratio * JVJ, ratio * (JG + 0.5 * HV)

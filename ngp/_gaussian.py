@@ -32,7 +32,7 @@ from scipy.special import roots_hermitenorm
 
 from ._validate import warn
 
-__all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "pair_matrix", "pair_gh"]
+__all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "pair_matrix", "pair_gh", "concrete_max"]
 
 #: Smallest number of Hermite terms in the Mehler series.
 MEHLER_TERMS = 200
@@ -44,6 +44,21 @@ MAX_TERMS, MAX_NODES = 3000, 6000
 K_ACCURATE = (MAX_TERMS - 100) / 80.0
 
 
+def concrete_max(x) -> float:
+    """``max(x)`` as a Python float, also while ``x`` is being differentiated.
+
+    The quadrature orders are static; they are chosen from the largest variance. Under
+    ``jax.grad``/``jax.jvp`` (forward tracing) the primal value is known and used; under
+    ``jax.jit`` it is not, and the largest orders are used (``inf`` selects them).
+    """
+    x = jnp.max(x)
+    while isinstance(x, jax.core.Tracer):
+        x = getattr(x, "primal", None)  # JVP tracers carry their primal value
+        if x is None:
+            return float("inf")
+    return float(x)
+
+
 def auto_orders(kmax: float) -> tuple[int, int]:
     """Mehler terms and 1-D nodes for variances up to ``kmax``.
 
@@ -51,7 +66,9 @@ def auto_orders(kmax: float) -> tuple[int, int]:
     Hermite tail and the 1-D rule need more points: ``terms ~ 80 K + 100``,
     ``nodes ~ 100 K + terms`` (measured for tanh: relative error ~1e-12 at K <= 10).
     """
-    kmax = float(kmax) if np.isfinite(kmax) else float(K_ACCURATE)
+    if not np.isfinite(kmax):  # unknown (traced) or overflowing variance: the largest orders
+        return MAX_TERMS, MAX_NODES
+    kmax = float(kmax)
     terms = int(min(MAX_TERMS, max(MEHLER_TERMS, 80 * kmax + 100)))
     nodes = int(min(MAX_NODES, max(NODES_1D, 100 * kmax + terms)))
     if kmax > K_ACCURATE:
@@ -148,7 +165,7 @@ def pair_matrix(f, g, K, *, terms: int | None = None, nodes: int | None = None, 
     K = jnp.asarray(K)
     kd = jnp.diagonal(K)
     if terms is None or nodes is None:
-        t_auto, n_auto = auto_orders(float(jnp.max(kd)))
+        t_auto, n_auto = auto_orders(concrete_max(kd))
         terms = t_auto if terms is None else terms
         nodes = n_auto if nodes is None else nodes
     return _pair_matrix_jit(f, g, diag, int(terms), int(nodes), K)

@@ -15,7 +15,7 @@ import numpy as np
 __all__ = ["Pairs", "multiset_code"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Pairs:
     """Index bookkeeping for the ``P = N(N+1)/2`` unordered pairs ``a <= b``."""
 
@@ -40,17 +40,21 @@ class Pairs:
     def P(self) -> int:
         return self.a.size
 
-    def pack(self, M) -> np.ndarray:
-        """``(N, N)`` symmetric matrix -> ``(P,)`` vector over pairs."""
-        return np.asarray(M)[self.a, self.b]
+    def pack(self, M):
+        """``(N, N)`` symmetric matrix -> ``(P,)`` vector over pairs (NumPy or JAX, as given)."""
+        return _array(M)[self.a, self.b]
 
-    def unpack(self, v) -> np.ndarray:
+    def unpack(self, v):
         """``(P,)`` -> ``(N, N)``."""
-        return np.asarray(v)[self.index]
+        return _array(v)[self.index]
 
-    def unpack4(self, Vp) -> np.ndarray:
+    def unpack4(self, Vp):
         """``(P, P)`` -> ``(N, N, N, N)`` with ``V[a, b, c, d] = V_(ab)(cd)``."""
-        return np.asarray(Vp)[self.index[:, :, None, None], self.index[None, None, :, :]]
+        return _array(Vp)[self.index[:, :, None, None], self.index[None, None, :, :]]
+
+
+def _array(M):
+    return M if hasattr(M, "shape") else np.asarray(M)
 
 
 def multiset_code(t, N: int):

@@ -20,8 +20,9 @@ import dataclasses
 import functools
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
 from ._gp import GPPosterior, gp_from_kernel, gp_log_evidence
 from ._linalg import solve_train
@@ -68,8 +69,11 @@ class FiniteWidthPosterior:
         return self.mean - self.gp.mean
 
 
-def finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter=0.0, *, solve=None) -> float:
-    """Finite-width log evidence (Gaussian part with ``K + K1/n`` unexpanded; ``docs/theory.md``).
+def finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter=0.0, *, solve=None):
+    """Finite-width log evidence (Gaussian part with ``K + K1/n`` unexpanded; ``docs/theory.md``, "Evidence").
+
+    A JAX function of its array arguments (differentiable in ``K_AA``, ``K1_AA``, ``V_AAAA`` and
+    ``noise``); returns a 0-d array.
 
     Args:
         K_AA, K1_AA: ``(N_A, N_A)`` kernel and its ``1/n`` shift on the training inputs.
@@ -77,30 +81,38 @@ def finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter=0.0, *, s
         Y: ``(N_A, n_L)`` targets.
         noise, jitter: observation-noise variance and extra diagonal.
         n: the width of the expansion.
+        solve: optional factorised ``K_AA + (noise + jitter) I`` (``ngp._linalg.TrainSolve``).
+
+    Raises:
+        numpy.linalg.LinAlgError: ``K + K1/n + noise I`` is not positive definite (concrete inputs).
     """
     NA, nL = Y.shape
-    s = solve if solve is not None else solve_train(K_AA, Y, noise, jitter)
-    Kinv = s.Kinv
-    yt = s.ytilde
+    eye = jnp.eye(NA)
+    if solve is not None:
+        Kinv, yt = jnp.asarray(solve.Kinv), jnp.asarray(solve.ytilde)
+    else:
+        Lk = jnp.linalg.cholesky(K_AA + (noise + jitter) * eye)
+        Kinv = jax.scipy.linalg.cho_solve((Lk, True), eye)
+        Kinv = 0.5 * (Kinv + Kinv.T)
+        yt = Kinv @ Y
     Ymat = yt @ yt.T
-    G = K_AA + K1_AA / n + (noise + jitter) * np.eye(NA)
-    try:
-        cG = scipy.linalg.cho_factor(G, lower=True)
-    except np.linalg.LinAlgError as exc:
+    G = K_AA + K1_AA / n + (noise + jitter) * eye
+    LG = jnp.linalg.cholesky(G)
+    if not isinstance(LG, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(LG))):
         raise np.linalg.LinAlgError(
             "posterior: K_train + K1_train/n + noise I is not positive definite; the 1/n expansion "
             "is not valid here (increase the width or the noise)"
-        ) from exc
-    logdet = 2.0 * float(np.sum(np.log(np.diag(cG[0]))))
-    quad = float(np.sum(Y * scipy.linalg.cho_solve(cG, Y)))
+        )
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(LG)))
+    quad = jnp.sum(Y * jax.scipy.linalg.cho_solve((LG, True), Y))
     gauss = -0.5 * quad - 0.5 * nL * (logdet + NA * math.log(2 * math.pi))
     Q = Ymat - nL * Kinv
     corr = (
-        np.einsum("abcd,ab,cd->", V_AAAA, Q, Q)
-        - 4.0 * np.einsum("abcd,ac,bd->", V_AAAA, Kinv, Ymat)
-        + 2.0 * nL * np.einsum("abcd,ac,bd->", V_AAAA, Kinv, Kinv)
+        jnp.einsum("abcd,ab,cd->", V_AAAA, Q, Q)
+        - 4.0 * jnp.einsum("abcd,ac,bd->", V_AAAA, Kinv, Ymat)
+        + 2.0 * nL * jnp.einsum("abcd,ac,bd->", V_AAAA, Kinv, Kinv)
     ) / (8.0 * n)
-    return gauss + float(corr)
+    return gauss + corr
 
 
 class Conditioned:
@@ -168,8 +180,8 @@ class Conditioned:
         if self.n is None:
             return self.gp.log_evidence
         t = self._train
-        return finite_width_log_evidence(np.asarray(self._prior.K), t["K1"], t["V"], self.Y_train, self.noise,
-                                         self.n, self.jitter, solve=self._solve)
+        return float(finite_width_log_evidence(np.asarray(self._prior.K), t["K1"], t["V"], self.Y_train, self.noise,
+                                               self.n, self.jitter, solve=self._solve))
 
     @property
     def expansion_parameter(self) -> float:

@@ -65,6 +65,9 @@ class Flow:
         width: number of neurons (feature dimension) of the current representation.
         layers: the layers produced so far (the flow through depth).
         options: numerical options (``method``, ``terms``, ``nodes``, ``four_point_order``, ...).
+        hyper: optional ``(C_W, C_b)`` per dense step (in forward order) replacing the steps' own
+            values; they may be JAX tracers, so the cumulants are differentiable in them.
+        dense_index: number of dense steps passed so far.
     """
 
     features: Any
@@ -73,11 +76,13 @@ class Flow:
     width: int
     layers: tuple = ()
     options: dict = dataclasses.field(default_factory=dict, compare=False)
+    hyper: tuple | None = None
+    dense_index: int = 0
 
     @classmethod
-    def start(cls, X, options=None) -> "Flow":
+    def start(cls, X, options=None, hyper=None) -> "Flow":
         X = np.asarray(X, dtype=float)
-        return cls(X, None, IDENTITY, X.shape[1], (), dict(options or {}))
+        return cls(X, None, IDENTITY, X.shape[1], (), dict(options or {}), hyper, 0)
 
 
 class Step:
@@ -178,23 +183,25 @@ class Dense(Step):
 
     def flow(self, f: Flow) -> Flow:
         opts = f.options
+        C_W, C_b = (self.C_W, self.C_b) if f.hyper is None else f.hyper[f.dense_index]
         if f.layer is None:
-            K = np.asarray(first_layer_kernel(jnp.asarray(f.features), self.C_W, self.C_b))
+            K = first_layer_kernel(jnp.asarray(f.features), C_W, C_b)
             layer = GaussianLayer(K, width=self.width)
         else:
             kopts = {k: v for k, v in opts.items() if k in _KERNEL_OPTIONS}
-            E2 = np.asarray(two_point_matrix(f.act, f.layer.K, **kopts))
-            K = self.C_b + self.C_W * E2
+            E2 = two_point_matrix(f.act, f.layer.K, **kopts)
+            K = C_b + C_W * E2
             prev = f.layer
             ratio = None if prev.n is None else f.width / prev.n
-            dmap = DenseMap(f.act, prev.K, E2, self.C_W, ratio, prev.pairs, opts)
+            dmap = DenseMap(f.act, prev.K, E2, C_W, ratio, prev.pairs, opts)
             layer = DenseLayer(K, prev=prev, dense_map=dmap, width=self.width)
-        if not np.all(np.isfinite(K)):
+        if not isinstance(K, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(K))):
             raise FloatingPointError(
                 f"{self!r}: the kernel recursion produced non-finite values; the activation {f.act.name!r} "
                 "overflows for these inputs/variances (standardise the inputs or lower C_W/C_b)"
             )
-        return Flow(None, layer, IDENTITY, self.width, f.layers + (layer,), f.options)
+        return dataclasses.replace(f, features=None, layer=layer, act=IDENTITY, width=self.width,
+                                   layers=f.layers + (layer,), dense_index=f.dense_index + 1)
 
     def __repr__(self):
         return f"Dense({self.width}, C_W={self.C_W:g}, C_b={self.C_b:g})"
@@ -228,8 +235,7 @@ class Elementwise(Step):
 
     def flow(self, f: Flow) -> Flow:
         if f.layer is None:  # deterministic features: apply directly
-            feats = np.asarray(self.activation.fn(jnp.asarray(f.features)))
-            return dataclasses.replace(f, features=feats)
+            return dataclasses.replace(f, features=self.activation.fn(jnp.asarray(f.features)))
         return dataclasses.replace(f, act=compose(f.act, self.activation))
 
     def __repr__(self):
@@ -347,7 +353,7 @@ class Residual(Step):
                 f"{self!r}: a residual step acts on pre-activations: place it after a Dense or Residual step "
                 "and before any Elementwise step (put the activation inside the block)"
             )
-        inner = self.block.flow(Flow(None, f.layer, IDENTITY, f.width, (), f.options))
+        inner = self.block.flow(dataclasses.replace(f, layers=()))
         if inner.width != f.width:
             raise ValueError(f"{self!r}: the block maps {f.width} features to {inner.width}; it must keep the width")
         if self.gamma == 0.0:  # no skip: the step is its block, scaled by xi (exact)
@@ -356,7 +362,7 @@ class Residual(Step):
             K = self.gamma**2 * f.layer.K + self.xi**2 * inner.layer.K
             refusal = _RESIDUAL_FINITE.format(gamma=self.gamma, xi=self.xi)
             layer = RefusedLayer(K, n=f.width, width=f.width, refusal=refusal)
-        return Flow(None, layer, IDENTITY, f.width, f.layers + (layer,), f.options)
+        return dataclasses.replace(f, layer=layer, layers=f.layers + (layer,), dense_index=inner.dense_index)
 
     def __repr__(self):
         return f"Residual({self.block!r}, gamma={self.gamma:g}, xi={self.xi:g})"

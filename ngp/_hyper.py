@@ -1,0 +1,305 @@
+"""The evidence as a JAX function of the hyperparameters, and ML-II fitting: ``ngp.log_evidence``,
+``ngp.fit_hyperparameters`` (``docs/theory.md``, "Evidence").
+
+The cumulant engine is written in ``jax.numpy``: with the per-dense-step ``(C_W, C_b)`` given as
+JAX values (``Flow.hyper``), ``K``, ``K1`` and ``V`` on the training inputs, and so the GP and the
+finite-width log evidence, are differentiable in ``(C_W, C_b, noise)`` (``jax.grad``, ``jax.jacfwd``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+
+from ._mlp import MLP
+from ._network import Network
+from ._resmlp import ResMLP
+from ._posterior import finite_width_log_evidence
+from ._prior import check_options
+from ._steps import IDENTITY, Dense, Flow
+from ._validate import as_inputs, as_targets, count, nonneg_float, real, warn
+
+__all__ = ["log_evidence", "fit_hyperparameters", "HyperFit", "with_hyperparameters"]
+
+FIT_NAMES = ("C_W", "C_b", "noise")
+
+
+def _per_dense(value, default, name, depth):
+    """A value per dense step: ``None`` -> the network's, a scalar -> repeated, a sequence of ``depth``."""
+    if value is None:
+        return list(default)
+    arr = jnp.asarray(value)
+    if arr.ndim == 0:
+        return [arr] * depth
+    if arr.shape != (depth,):
+        raise ValueError(f"{name}: expected a number or {depth} values (one per dense step), got shape {arr.shape}")
+    return [arr[i] for i in range(depth)]
+
+
+def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_width: bool = True,
+                 jitter: float = 0.0, **options):
+    """Log marginal likelihood of the targets as a JAX function of ``(C_W, C_b, noise)``.
+
+    ``jax.grad``, ``jax.jacfwd`` and ``jax.value_and_grad`` work with respect to ``noise``, ``C_W``
+    and ``C_b`` (each a number, applied to every dense step, or one value per dense step in forward
+    order; ``None`` keeps the network's). Finite width: the ``O(1/n)`` evidence with ``K + K1/n``
+    unexpanded, as :attr:`ngp.Conditioned.log_evidence`; ``finite_width=False``: the GP's.
+
+    Args:
+        net: a network (:class:`ngp.MLP`, :func:`ngp.serial`, ...).
+        X_train: ``(N, n0)`` inputs; Y_train: ``(N, out_dim)`` targets.
+        noise: observation-noise variance (a number or a JAX value).
+        C_W, C_b: hyperparameter values replacing the network's (numbers, arrays or JAX values).
+        finite_width: include the ``1/n`` terms (default) or not.
+        jitter: extra diagonal (a number).
+        **options: prior options (``terms``, ``nodes``, ``four_point_order``, ...).
+
+    Returns:
+        A 0-d JAX array.
+
+    Note:
+        Gradients through the four-point quadrature are exact derivatives of the quadrature rule;
+        reverse mode recomputes each quadrature batch instead of storing it.
+    """
+    options = check_options(options, "log_evidence")
+    options.pop("warn", None)
+    options.pop("max_memory", None)
+    XA = as_inputs(X_train, "X_train", in_dim=getattr(net, "in_dim", None))
+    Y = as_targets(Y_train, XA.shape[0], net.out_dim)
+    jitter = nonneg_float(jitter, "jitter")
+    if not isinstance(noise, jax.core.Tracer):
+        noise = nonneg_float(noise, "noise")
+    dense = net.dense_steps()
+    depth = len(dense)
+    cw = _per_dense(C_W, [d.C_W for d in dense], "C_W", depth)
+    cb = _per_dense(C_b, [d.C_b for d in dense], "C_b", depth)
+    Xu, inverse = np.unique(XA, axis=0, return_inverse=True)
+    inverse = np.asarray(inverse).reshape(-1)
+    flow = net.flow(Flow.start(Xu, options, hyper=tuple(zip(cw, cb))))
+    if flow.layer is None or flow.act is not IDENTITY:
+        raise ValueError(f"net: {net!r} must end with a Dense (or Residual) step")
+    c = flow.layer
+    ix = np.ix_(inverse, inverse)
+    K = c.K[ix]
+    NA, nL = Y.shape
+    eye = jnp.eye(NA)
+    if not finite_width or c.gaussian:
+        L = jnp.linalg.cholesky(K + (noise + jitter) * eye)
+        yt = jax.scipy.linalg.cho_solve((L, True), Y)
+        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
+        return -0.5 * jnp.sum(Y * yt) - 0.5 * nL * (logdet + NA * math.log(2 * math.pi))
+    K1 = c.K1[ix]
+    V = c.pairs.unpack4(c.vertex.packed())[np.ix_(inverse, inverse, inverse, inverse)]
+    return finite_width_log_evidence(K, K1, V, Y, noise, c.n, jitter)
+
+
+def with_hyperparameters(net, C_W, C_b):
+    """A copy of ``net`` whose dense steps have the given ``C_W``/``C_b`` (sequences in forward order)."""
+    C_W, C_b = [float(v) for v in C_W], [float(v) for v in C_b]
+    it_w, it_b = iter(C_W), iter(C_b)
+
+    def rebuild(step):
+        if isinstance(step, Dense):
+            return Dense(step.width, C_W=next(it_w), C_b=next(it_b))
+        fields = {}
+        for f in dataclasses.fields(step):
+            v = getattr(step, f.name)
+            if f.name == "steps":
+                v = tuple(rebuild(s) for s in v)
+            elif f.name == "block":
+                v = rebuild(v)
+            fields[f.name] = v
+        return type(step)(**fields)
+
+    if isinstance(net, MLP):
+        return MLP(net.depth, list(net.widths) or None, activation=net.activation, C_W=list(C_W), C_b=list(C_b),
+                   out_dim=net.out_dim, in_dim=net.in_dim)
+    if isinstance(net, ResMLP):
+        return ResMLP(net.depth, net.width, activation=net.activation, C_W=list(C_W), C_b=list(C_b),
+                      gamma=list(net.gamma), xi=list(net.xi), out_dim=net.out_dim, in_dim=net.in_dim)
+    steps = tuple(rebuild(s) for s in net.steps)
+    return Network(*steps, in_dim=net.in_dim)
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperFit:
+    """Result of :func:`ngp.fit_hyperparameters`.
+
+    Attributes:
+        net: the network with the fitted ``C_W``/``C_b``.
+        noise: fitted (or given) observation-noise variance.
+        C_W, C_b: per-dense-step fitted values (forward order).
+        log_evidence: the maximised log evidence (finite width or GP, as fitted).
+        log_evidence_gp: the GP log evidence at the fitted values.
+        finite_width: whether the finite-width evidence was maximised.
+        starts: one dict per start: initial values, final values, log evidence, converged.
+        success: whether the best start converged.
+    """
+
+    net: object
+    noise: float
+    C_W: tuple
+    C_b: tuple
+    log_evidence: float
+    log_evidence_gp: float
+    finite_width: bool
+    starts: tuple
+    success: bool
+
+
+def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fit=FIT_NAMES,
+                        finite_width: bool = True, per_layer: bool = False, bounds: dict | None = None,
+                        num_starts: int = 4, seed: int = 0, max_iter: int = 100, **options) -> HyperFit:
+    """Type-II maximum likelihood: the ``(C_W, C_b, noise)`` that maximise the evidence of the targets.
+
+    L-BFGS-B (scipy) on log-parameters with JAX gradients of :func:`ngp.log_evidence`, from
+    ``num_starts`` starts (the network's values and random draws within the bounds); the best
+    converged start wins. With ``finite_width=True`` the GP optimum is found first and the finite-width
+    evidence (the ``O(1/n)`` one) is then maximised from it.
+
+    Args:
+        net: a network; its widths, activation and structure are kept.
+        X_train, Y_train: ``(N, n0)`` inputs and ``(N, out_dim)`` targets.
+        noise: starting (or, when ``"noise"`` is not in ``fit``, fixed) noise variance; default:
+            ``0.1 * Var(Y)``.
+        fit: which of ``"C_W"``, ``"C_b"``, ``"noise"`` to fit (the others stay fixed).
+        finite_width: maximise the finite-width evidence (default) or the GP's.
+        per_layer: one ``(C_W, C_b)`` per dense step, or (default) one shared by all dense steps.
+        bounds: ``{"C_W": (lo, hi), "C_b": (lo, hi), "noise": (lo, hi)}`` (defaults
+            ``(0.05, 10)``, ``(1e-6, 5)``, ``(1e-6, 10 Var(Y))``).
+        num_starts: number of starts (``>= 1``).
+        seed: seed of the random starts.
+        max_iter: L-BFGS-B iterations per start.
+        **options: prior options passed to :func:`ngp.log_evidence`.
+
+    Returns:
+        :class:`HyperFit` (``.net`` is the fitted network).
+    """
+    fit = tuple(fit)
+    for f in fit:
+        if f not in FIT_NAMES:
+            raise ValueError(f"fit: unknown hyperparameter {f!r}; expected some of {FIT_NAMES}")
+    num_starts = count(num_starts, "num_starts")
+    max_iter = count(max_iter, "max_iter")
+    XA = as_inputs(X_train, "X_train", in_dim=getattr(net, "in_dim", None))
+    Y = as_targets(Y_train, XA.shape[0], net.out_dim)
+    yvar = float(np.var(Y)) if np.var(Y) > 0 else 1.0
+    noise0 = 0.1 * yvar if noise is None else nonneg_float(noise, "noise")
+    if "noise" in fit and noise0 <= 0:
+        noise0 = 1e-3 * yvar
+    dense = net.dense_steps()
+    depth = len(dense)
+    nw = depth if per_layer else 1
+    b = {"C_W": (0.05, 10.0), "C_b": (1e-6, 5.0), "noise": (1e-6, 10.0 * yvar)}
+    for k, v in (bounds or {}).items():
+        if k not in b:
+            raise ValueError(f"bounds: unknown hyperparameter {k!r}")
+        lo, hi = real(v[0], f"bounds[{k!r}][0]"), real(v[1], f"bounds[{k!r}][1]")
+        if not 0 < lo < hi:
+            raise ValueError(f"bounds: expected 0 < lo < hi for {k!r}, got ({lo}, {hi})")
+        b[k] = (lo, hi)
+
+    cw_all = np.array([d.C_W for d in dense])  # the network's values (kept where not fitted)
+    cb_all = np.array([d.C_b for d in dense])
+    cw0, cb0 = (cw_all, cb_all) if per_layer else (cw_all[-1:], cb_all[-1:])
+    # the free parameters: log values of the fitted groups
+    sizes = {"C_W": nw if "C_W" in fit else 0, "C_b": nw if "C_b" in fit else 0, "noise": 1 if "noise" in fit else 0}
+
+    def unpack(theta):
+        out, i = {}, 0
+        for k in FIT_NAMES:
+            out[k] = jnp.exp(theta[i:i + sizes[k]]) if sizes[k] else None
+            i += sizes[k]
+        cw, cb = out["C_W"], out["C_b"]
+        cw = jnp.asarray(cw_all) if cw is None else (cw if per_layer else jnp.repeat(cw, depth))
+        cb = jnp.asarray(cb_all) if cb is None else (cb if per_layer else jnp.repeat(cb, depth))
+        nz = out["noise"][0] if out["noise"] is not None else noise0
+        return cw, cb, nz
+
+    def lo_hi():
+        lo, hi = [], []
+        for k in FIT_NAMES:
+            lo += [math.log(b[k][0])] * sizes[k]
+            hi += [math.log(b[k][1])] * sizes[k]
+        return np.array(lo), np.array(hi)
+
+    lo, hi = lo_hi()
+
+    def start0():
+        t = []
+        if sizes["C_W"]:
+            t += list(np.log(np.clip(cw0, *b["C_W"])))
+        if sizes["C_b"]:
+            t += list(np.log(np.clip(np.maximum(cb0, b["C_b"][0]), *b["C_b"])))
+        if sizes["noise"]:
+            t += [math.log(min(max(noise0, b["noise"][0]), b["noise"][1]))]
+        return np.array(t)
+
+    if lo.size == 0:
+        raise ValueError("fit: nothing to fit")
+
+    def objective(fw):
+        def f(theta):
+            cw, cb, nz = unpack(theta)
+            return -log_evidence(net, XA, Y, noise=nz, C_W=cw, C_b=cb, finite_width=fw, **options)
+
+        # forward mode: memory independent of the quadrature size; few parameters
+        grad = jax.jacfwd(f)
+
+        def value_and_grad(theta):
+            theta = jnp.asarray(theta)
+            v = float(f(theta))
+            g = np.asarray(grad(theta), dtype=float)
+            if not (math.isfinite(v) and np.all(np.isfinite(g))):
+                return 1e300, np.zeros_like(g)
+            return v, g
+
+        return value_and_grad
+
+    def run(fun, theta0):
+        res = scipy.optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=list(zip(lo, hi)),
+                                      options={"maxiter": max_iter})
+        return res
+
+    rng = np.random.default_rng(seed)
+    thetas = [np.clip(start0(), lo, hi)] + [rng.uniform(lo, hi) for _ in range(num_starts - 1)]
+    gp_fun = objective(False)
+    starts = []
+    for th in thetas:
+        r = run(gp_fun, th)
+        starts.append(dict(start=th, theta=r.x, value=-float(r.fun), converged=bool(r.success), stage="gp"))
+    best = max(starts, key=lambda s: (s["converged"], s["value"]))
+    theta = best["theta"]
+    value, success = best["value"], best["converged"]
+    if finite_width and net.n_last is not None:
+        r = run(objective(True), theta)
+        starts.append(dict(start=theta, theta=r.x, value=-float(r.fun), converged=bool(r.success),
+                           stage="finite width"))
+        if math.isfinite(r.fun) and r.fun < 1e299:
+            theta, value, success = r.x, -float(r.fun), bool(r.success)
+        else:
+            warn("fit_hyperparameters: the finite-width evidence is not finite near the GP optimum; "
+                 "returning the GP fit (the 1/n expansion is not valid here)")
+    if not success:
+        warn("fit_hyperparameters: the optimiser did not report convergence; check the result or raise max_iter")
+    cw, cb, nz = (np.asarray(v, dtype=float) for v in unpack(jnp.asarray(theta)))
+    fitted = with_hyperparameters(net, cw, cb)
+    gp_value = float(log_evidence(fitted, XA, Y, noise=float(nz), finite_width=False, **options))
+    table = tuple(
+        dict(stage=s["stage"], start=_describe(unpack(jnp.asarray(s["start"]))),
+             final=_describe(unpack(jnp.asarray(s["theta"]))), log_evidence=s["value"], converged=s["converged"])
+        for s in starts
+    )
+    return HyperFit(fitted, float(nz), tuple(float(v) for v in cw), tuple(float(v) for v in cb), value, gp_value,
+                    bool(finite_width and net.n_last is not None), table, success)
+
+
+def _describe(values):
+    cw, cb, nz = values
+    return {"C_W": np.asarray(cw, dtype=float).tolist(), "C_b": np.asarray(cb, dtype=float).tolist(),
+            "noise": float(nz)}
