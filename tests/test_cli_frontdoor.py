@@ -291,12 +291,12 @@ def real_csv(tmp_path):
 def test_regress_end_to_end(real_csv, tmp_path, capsys):
     out_json = tmp_path / "res.json"
     rc = main(["regress", real_csv, "--n-train", "4", "--n-test", "2", "--width", "1", "--truth", "50",
-               "--json", str(out_json), "--quiet"])
+               "--json", str(out_json), "--quiet", "--fixed"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "14 rows read, 12 complete" in out and "2 of 14 rows dropped" in out and "row labels" in out
     assert "training rows: 4 of 10 (--n-train)" in out
-    assert "hyperparameters: C_W=1, C_b=0, noise=0.1" in out
+    assert "hyperparameters: C_W=1, C_b=0, noise=0.1 (given values (--fixed))" in out
     for name in ("baseline (training mean)", "GP (infinite width)", "finite width n=1"):
         assert name in out
     assert "nan" not in out.lower().replace("nats", "")
@@ -322,11 +322,43 @@ def test_regress_budget_path_reports_rows_and_why(real_csv, capsys, monkeypatch)
     monkeypatch.setattr(_regress, "MIN_TRAIN", 2)
     model = _budget.CostModel(_budget.Probe(2, 2, 1.0, 0.5, 0.0, 1.0))  # 4 rows: 16 s + 2 x 2 s = 20 s
     monkeypatch.setattr(_regress, "_probe", lambda *a, **k: model)
-    rc = main(["regress", real_csv, "--n-test", "2", "--time-budget", "30", "--quiet"])
+    rc = main(["regress", real_csv, "--n-test", "2", "--time-budget", "30", "--quiet", "--fixed"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "training rows: 4 of 10 (time budget: 4 rows take an estimated 20 s, 5 rows" in out
     assert "probe: 2 training + 2 test rows" in out and "baseline (training mean)" in out
+
+
+def test_regress_fits_hyperparameters_by_default(real_csv, tmp_path, capsys):
+    """Without --fixed the CLI prints the ML-II values: those of ngp.fit_hyperparameters on the same
+    standardised training rows, whose GP evidence beats the given values'."""
+    import ngp
+    from ngp.cli import _hyper
+
+    out_json = tmp_path / "res.json"
+    rc = main(["regress", real_csv, "--n-train", "4", "--n-test", "2", "--width", "8", "--json", str(out_json),
+               "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    res = json.loads(out_json.read_text())
+    (split,) = res["splits"]
+    hyper = split["hyperparameters"]
+    assert hyper["source"] == "fitted" and "fitted: maximum of the GP evidence of the 4 training rows" in out
+    assert f"hyperparameters: C_W={hyper['C_W']:.4g}, C_b={hyper['C_b']:.4g}, noise={hyper['noise']:.4g}" in out
+    data = read_table(real_csv)
+    lines = list(data.lines)
+    tr = [lines.index(ln) for ln in split["train_lines"]]
+    Xtr = standardize(data.X[tr])[0]
+    ytr = standardize(data.y[tr, None])[0]
+    net = ngp.MLP(3, 8, activation="tanh", C_W=1.0, C_b=0.0)
+    fit = ngp.fit_hyperparameters(net, Xtr, ytr, noise=0.1, finite_width=False, num_starts=_hyper.NUM_STARTS,
+                                  seed=0, max_iter=_hyper.MAX_ITER)
+    np.testing.assert_allclose([hyper["C_W"], hyper["C_b"], hyper["noise"]], [fit.C_W[0], fit.C_b[0], fit.noise],
+                               rtol=1e-8)
+    given = float(ngp.log_evidence(net, Xtr, ytr, noise=0.1, finite_width=False))
+    assert hyper["log_evidence"] >= given
+    gp_row = next(r for r in split["rows"] if r["model"].startswith("GP"))
+    assert gp_row["log_evidence"] == pytest.approx(hyper["log_evidence"], rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- README and notebooks

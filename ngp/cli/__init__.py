@@ -19,13 +19,11 @@ import sys
 import numpy as np
 
 from ._common import CLIError, Parser, finite_float, int_at_least, int_list, memory_size, name_list, output_file
-from ._hyper import FITTING_AVAILABLE
 
 __all__ = ["main", "CLIError"]
 
-_FIT_HELP = ("keep --c-w, --c-b and --noise as given instead of fitting them by maximising the evidence "
-             "of the training rows (ML-II)" + ("" if FITTING_AVAILABLE else
-                                               "; this version cannot fit yet and always uses the given values"))
+_FIT_HELP = ("keep --c-w, --c-b and --noise as given instead of fitting them (by default they are fitted "
+             "by maximising the evidence of the training rows, ML-II, starting from the given values)")
 
 _REGRESS_EPILOG = """\
 Cost: the finite-width posterior needs about N_train^4 four-point Gaussian expectations for the
@@ -61,10 +59,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="test points (default: every point that is not a training point)")
     d.add_argument("--depth", type=int_at_least(2), default=3, help="weight layers of the tanh MLP (default: 3)")
     d.add_argument("--noise", type=finite_float(minimum=0.0, strict=True), default=0.1, metavar="VAR",
-                   help="observation-noise variance, in units of the prior's output variance (default: 0.1)")
+                   help="observation-noise variance, in units of the prior's output variance; the fit's start unless "
+                        "--fixed (default: 0.1)")
     d.add_argument("--seed", type=int, default=0, help="seed of the split, the sampling and NUTS (default: 0)")
     d.add_argument("--quick", action="store_true",
                    help="6 training points, widths 8 and 32, fewer samples (about a minute; used by the tests)")
+    d.add_argument("--fixed", action="store_true",
+                   help="keep C_W=1, C_b=0.1 and --noise instead of fitting them by maximising the GP evidence of the "
+                        "training points (ML-II, from those values)")
     d.add_argument("--no-nuts", action="store_true", help="skip the NUTS reference")
     d.add_argument("--out", default="ngp-demo", metavar="DIR", help="folder for the figure (default: ngp-demo)")
     d.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
@@ -91,17 +93,20 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--activation", default="tanh", metavar="NAME",
                    help=f"one of {', '.join(sorted(ngp.ACTIVATIONS))} (default: tanh)")
     g.add_argument("--c-w", type=finite_float(minimum=0.0, strict=True), default=1.0, metavar="C_W",
-                   help="weight variance times fan-in, Var(W) = C_W / fan_in (default: 1.0)")
+                   help="weight variance times fan-in, Var(W) = C_W / fan_in; the fit's start unless --fixed (default: 1.0)")
     g.add_argument("--C_W", dest="c_w", type=finite_float(minimum=0.0, strict=True), default=argparse.SUPPRESS,
                    help=argparse.SUPPRESS)
     g.add_argument("--c-b", type=finite_float(minimum=0.0), default=0.0, metavar="C_B",
-                   help="bias variance, Var(b) = C_b (default: 0.0)")
+                   help="bias variance, Var(b) = C_b; the fit's start unless --fixed (default: 0.0)")
     g.add_argument("--C_b", dest="c_b", type=finite_float(minimum=0.0), default=argparse.SUPPRESS,
                    help=argparse.SUPPRESS)
     g.add_argument("--noise", type=finite_float(minimum=0.0, strict=True), default=0.1, metavar="VAR",
                    help="observation-noise variance in standardised target units (the training targets have "
-                        "variance 1) (default: 0.1)")
+                        "variance 1); the fit's start unless --fixed (default: 0.1)")
     g.add_argument("--fixed", action="store_true", help=_FIT_HELP)
+    g.add_argument("--fit-evidence", choices=("gp", "finite-width"), default="gp",
+                   help="evidence the fit maximises: the GP's (seconds to a minute) or, after it, the O(1/n) "
+                        "finite-width one at the first --width (each step costs a training block; default: gp)")
     g = r.add_argument_group("rows and budget")
     g.add_argument("--n-train", type=int_at_least(2), default=None, metavar="N",
                    help="training rows (default: as many as fit --time-budget, at most --max-train)")

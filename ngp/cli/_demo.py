@@ -15,8 +15,9 @@ import numpy as np
 
 from ._common import CLIError, Progress, collect_warnings, enable_x64, table
 from ._compare import Split, cells, compare, notes
+from ._hyper import fit_hyperparameters
 
-__all__ = ["run", "profile"]
+__all__ = ["run", "profile", "widths_of"]
 
 KM_PER_DEGREE = 111.32
 
@@ -36,6 +37,11 @@ def profile():
     lon, elev = lon[order], elev[order]
     dist = (lon - lon[0]) * KM_PER_DEGREE * np.cos(np.radians(lat))
     return dist, elev, lat
+
+
+def widths_of(args) -> list[int]:
+    """The hidden widths the demo compares."""
+    return [8, 32] if args.quick else [8, 32, 128]
 
 
 def run(args) -> int:
@@ -67,20 +73,25 @@ def run(args) -> int:
     scale = y_sd / k_scale
     split = Split(Xtr, ((elev[tr] - y_mu) / scale)[:, None], ((dist[te] - x_mu) / x_sd)[:, None],
                   ((elev[te] - y_mu) / scale)[:, None], scale, y_mu)
+    hyper, _ = progress.run("hyperparameters" if args.fixed else "fitting hyperparameters (maximum GP evidence)",
+                            lambda: fit_hyperparameters(make(widths_of(args)[0]), split.Xtr, split.ytr,
+                                                        noise=args.noise, fixed=args.fixed, seed=args.seed))
+    C_W, C_b = hyper.C_W, hyper.C_b
+    make = lambda w: ngp.MLP(depth, w, activation=act, C_W=C_W, C_b=C_b)  # noqa: E731
     grid_km = np.linspace(dist[0], dist[-1], 9 if args.quick else 21)
-    widths = [8, 32] if args.quick else [8, 32, 128]
+    widths = widths_of(args)
     samples = 20_000 if args.quick else 100_000
     nuts = 0 if args.no_nuts else (40 if args.quick else 150)
     with collect_warnings() as messages:
-        rows, info = compare(split, make, widths=widths, noise=args.noise, progress=progress,
+        rows, info = compare(split, make, widths=widths, noise=hyper.noise, progress=progress,
                              truth_samples=samples, nuts_steps=nuts, seed=args.seed,
                              extra_test=((grid_km - x_mu) / x_sd)[:, None])
     print(f"Terrain elevation profile (Jacksboro fault DEM, USGS; latitude {lat:.4f}, {dist[-1]:.0f} km east-west, "
           f"{n} points): {len(tr)} training points, {len(te)} test points")
     print(f"  {len(tr)} training points keep importance sampling over actual networks (the reference) reliable; "
           "every other point is a test point")
-    print(f"  tanh MLP depth {depth}, C_W={C_W}, C_b={C_b}; noise variance {args.noise} in units of the prior's "
-          "output variance")
+    print(f"  tanh MLP depth {depth}; hyperparameters: {hyper.describe()} ({hyper.note}); noise is a variance in "
+          "units of the prior's output variance")
     print(f"  RMSE and |mean-IS| in metres; 'IS' = importance sampling over {samples} actual random networks "
           "(± its standard error)\n")
     cols = ["model", "test RMSE", "test log-lik", "log evidence", "1/n size", "|mean-IS|", "|GP mean-IS|", "time [s]"]

@@ -226,8 +226,10 @@ def run(args) -> int:
             check_extreme(Xte, data.lines[te], data.features)
             ytr, yte, (mu, sd) = standardize(data.y[tr, None], data.y[te, None])
             split = Split(Xtr, ytr, Xte, yte, float(sd[0]), float(mu[0]))
-            hyper, _ = progress.run("hyperparameters", lambda: fit_hyperparameters(
-                _make_net(args)(args.width[0]), Xtr, ytr, noise=args.noise, fixed=args.fixed, seed=args.seed))
+            stage = "hyperparameters" if args.fixed else "fitting hyperparameters (maximum evidence)"
+            hyper, _ = progress.run(stage, lambda: fit_hyperparameters(
+                _make_net(args)(args.width[0]), Xtr, ytr, noise=args.noise, fixed=args.fixed, seed=args.seed,
+                finite_width=args.fit_evidence == "finite-width", options=_options(args)))
             label = f"fold {k + 1}: " if args.folds else ""
             print(f"  {label}hyperparameters: {hyper.describe()} ({hyper.note})")
             est = None
@@ -267,7 +269,7 @@ def run(args) -> int:
                "rows_used": n, "dropped_lines": list(data.dropped_lines), "n_train": n_train, "n_train_reason": why,
                "settings": {k: getattr(args, k) for k in ("depth", "width", "activation", "c_w", "c_b", "noise",
                                                          "seed", "folds", "test_fraction", "n_test", "time_budget",
-                                                         "max_train", "fixed", "truth")},
+                                                         "max_train", "fixed", "fit_evidence", "truth")},
                "probe": None if model is None else model.probe.__dict__, "splits": results, "table": body,
                "notes": lines, "total_s": total}
         try:
