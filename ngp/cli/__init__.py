@@ -36,7 +36,7 @@ Example: ngp regress diabetes.csv --target target --width 8,32,128 --json result
 """
 
 _DEMO_EPILOG = """\
-Measured on 2 CPU cores shared with other jobs: about 4 minutes (full) and 1 minute (--quick);
+Measured on 2 CPU cores shared with about eight other jobs (load average 21-27): 13.5 minutes for --quick;
 most of it is JAX compilation, paid once per run.
 """
 
@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
                         "--fixed (default: 0.1)")
     d.add_argument("--seed", type=int, default=0, help="seed of the split, the sampling and NUTS (default: 0)")
     d.add_argument("--quick", action="store_true",
-                   help="6 training points, widths 8 and 32, fewer samples (about a minute; used by the tests)")
+                   help="6 training points, widths 8 and 32, fewer samples (see the timings below; used by the tests)")
     d.add_argument("--fixed", action="store_true",
                    help="keep C_W=1, C_b=0.1 and --noise instead of fitting them by maximising the GP evidence of the "
                         "training points (ML-II, from those values)")
