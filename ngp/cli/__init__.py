@@ -36,8 +36,8 @@ Example: ngp regress diabetes.csv --target target --width 8,32,128 --json result
 """
 
 _DEMO_EPILOG = """\
-Measured on 2 CPU cores shared with about eight other jobs (load average 21-27): 31 minutes (full) and 13.5 minutes (--quick);
-most of it is JAX compilation, paid once per run.
+Measured on 2 CPU cores shared with about eight other jobs (load average 21-27): 31 minutes
+(full) and 13.5 minutes (--quick); most of it is JAX compilation, paid once per run.
 """
 
 
