@@ -122,7 +122,7 @@ fig = ngp.plot.plot_flow([flows["tanh"], flows["relu"]], labels=["tanh (0, 1)", 
 ngp.plot.show(fig, os.path.join(FIGDIR, "01_depth_flow.png"), dpi=110)
 
 # %% [markdown]
-# The ReLU vertex grows by exactly 5 per layer in units of $K^2$ (THEORY §6:
+# The ReLU vertex grows by exactly 5 per layer in units of $K^2$ (docs/theory.md, "Criticality":
 # $V/K^2 = 5(\ell - 1)$), while for tanh the kernel decays towards $K^\star = 0$ and $V/K^2$
 # grows more slowly, approaching $\tfrac23 \ell$ only at very large depth.
 

@@ -20,7 +20,7 @@
 # | method | what it is | cost |
 # | --- | --- | --- |
 # | `ngp.gp_posterior` | infinite width: exact GP regression with the NNGP kernel $K$ | one linear solve |
-# | `ngp.posterior` | finite width to first order in $1/n$ (uses $K$, $K_1$, $V$; THEORY §5) | deterministic, $O(N^4)$ in inputs |
+# | `ngp.posterior` | finite width to first order in $1/n$ (uses $K$, $K_1$, $V$; docs/theory.md, "Posterior") | deterministic, $O(N^4)$ in inputs |
 # | `ngp.reference.importance_posterior` | exact prior of actual random networks, importance-weighted by the likelihood | Monte Carlo, $10^5$ networks |
 # | `ngp.reference.nuts_posterior` | the same Bayesian network, NUTS on its weights (NumPyro) | MCMC |
 #

@@ -17,7 +17,7 @@
 # The evidence (log marginal likelihood) $\log p(y \mid \text{architecture})$ scores a prior by
 # how well it predicted the data before seeing it. For an infinitely wide network it is the GP
 # evidence and depends on the depth only through the kernel $K$. At finite width it picks up a
-# $1/n$ correction from $K_1$ and the four-point vertex $V$ (THEORY §5):
+# $1/n$ correction from $K_1$ and the four-point vertex $V$ (docs/theory.md, "Posterior" and "Evidence"):
 #
 # $$\log p(y) = \log p_{\rm GP}(y) + \frac{c_L(y)}{n} + O(1/n^2).$$
 #

@@ -108,7 +108,7 @@ X = np.array([[1.0]])
 flow = cr.residual_depth_flow("relu", C_W=2.0, C_b=0.0, gamma=GAMMA, xi=XI, K0=1.0, depth=DEPTH)
 mlp = cr.depth_flow("relu", C_W=2.0, C_b=0.0, K0=1.0, depth=DEPTH)
 xi2 = XI**2
-naive_growth = 5 * xi2**2 + 4 * (1 - xi2) * xi2  # per block, THEORY's naive closure (scale-invariant)
+naive_growth = 5 * xi2**2 + 4 * (1 - xi2) * xi2  # per block, the naive closure (scale-invariant)
 naive = 5 + (DEPTH - 2) * naive_growth
 theory = flow.V_over_K2[-1]
 print(f"depth {DEPTH}: V/K^2 theory {theory:.3f}, naive closure {naive:.3f}, plain MLP {mlp.V_over_K2[-1]:.3f}; "

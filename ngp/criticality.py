@@ -15,7 +15,7 @@ and ``(C_b, C_W)`` is *critical* when the fixed point ``K* = C_b + C_W g(K*)`` h
 * :func:`depth_flow` -- the single-input, equal-width leading-order recursion of ``K``, the
   NLO metric ``K1`` and the four-point vertex ``V`` through depth (:class:`DepthFlow`).
 * :func:`asymptotic_law` -- the large-depth law of the class (:class:`AsymptoticLaw`).
-* :func:`residual_susceptibilities`, :func:`residual_vertex_growth` -- residual MLPs (§8).
+* :func:`residual_susceptibilities`, :func:`residual_vertex_growth` -- residual MLPs (``docs/theory.md``, "Residual networks").
 * :func:`residual_critical_point` -- the critical surface of residual blocks
   ``z' = gamma z + xi [b + W sigma(z)]`` (:class:`ResidualCriticalPoint`).
 * :func:`residual_depth_flow` -- single-input finite-width flow of ``K``, ``K1`` and ``V`` through
@@ -636,7 +636,7 @@ def depth_flow(activation, *, C_W: float, C_b: float, K0: float, depth: int) -> 
     * ``V^(l+1) = C_W^2 Var_K(sigma^2) + chi_par(K)^2 V^(l)``,
     * ``K1^(l+1) = chi_par(K) K1^(l) + (C_W / 2) g''(K) V^(l)``,
 
-    all at ``K = K^(l)``. These are §2-3 with one input and ``n_l = n_{l-1}``.
+    all at ``K = K^(l)``. These are the recursions of ``docs/theory.md``, "Finite-width recursions", with one input and ``n_l = n_{l-1}``.
 
     Args:
         activation: name, :class:`ngp.Activation` or callable.
