@@ -50,10 +50,7 @@ import numpy as np
 import jax
 
 jax.config.update("jax_enable_x64", True)  # ngp needs float64
-import matplotlib
-
-matplotlib.use("Agg")  # figures are written to files (NGP_FIGDIR), not shown
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # figures: written to NGP_FIGDIR and shown inline in Jupyter (ngp.plot.show)
 
 try:
     import ngp
@@ -245,6 +242,5 @@ ax.set_title(f"relu, $\\gamma^2 = \\xi^2 = 1/2$, depth {DEPTH}: actual networks"
 ax.legend(fontsize="small")
 ax.grid(alpha=0.3)
 fig.tight_layout()
-fig.savefig(os.path.join(FIGDIR, "06_residual_vertex.png"), dpi=110)
-plt.close(fig)
+ngp.plot.show(fig, os.path.join(FIGDIR, "06_residual_vertex.png"), dpi=110)
 print(f"total {time.perf_counter() - T0:.0f}s")

@@ -39,10 +39,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)  # ngp needs float64
 import jax.numpy as jnp
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # figures: written to NGP_FIGDIR and shown inline in Jupyter (ngp.plot.show)
 
 try:
     import ngp
@@ -182,5 +179,5 @@ axes[1].set(xlabel="width n", title="feature update (last hidden layer)")
 axes[2].set(xlabel="width n", title="relative NTK change after training steps")
 axes[1].legend(fontsize=8)
 fig.tight_layout()
-fig.savefig(os.path.join(FIGDIR, "07_ntk_and_scaling.png"), dpi=110)
+ngp.plot.show(fig, os.path.join(FIGDIR, "07_ntk_and_scaling.png"), dpi=110)
 print(f"done in {time.perf_counter() - T0:.0f} s")

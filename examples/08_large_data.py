@@ -42,10 +42,7 @@ import numpy as np
 import jax
 
 jax.config.update("jax_enable_x64", True)  # ngp needs float64
-import matplotlib
-
-matplotlib.use("Agg")  # figures are written to files (NGP_FIGDIR), not shown
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # figures: written to NGP_FIGDIR and shown inline in Jupyter (ngp.plot.show)
 
 try:
     import ngp
@@ -176,5 +173,5 @@ for ax, (col, se_col, gp_val, label) in zip(
 axes[0].legend(fontsize=8)
 fig.suptitle(f"Mauna Loa CO2, tanh depth 3, {N_TRAIN} training weeks (error bars: 2 s.e.)")
 fig.tight_layout()
-fig.savefig(os.path.join(FIGDIR, "08_large_data.png"), dpi=120)
+ngp.plot.show(fig, os.path.join(FIGDIR, "08_large_data.png"), dpi=120)
 print(f"total {time.perf_counter() - T0:.1f} s")

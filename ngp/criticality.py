@@ -851,7 +851,8 @@ def residual_critical_point(activation, *, gamma: float, xi: float,
 
     Args:
         activation: name, :class:`ngp.Activation` or callable.
-        gamma, xi: block weights (real).
+        gamma: weight of the skip path (real).
+        xi: weight of the block (real).
         K_range: search range of half-stable fixed points (:func:`critical_point`).
     """
     gamma, xi = _real(gamma, "gamma"), _real(xi, "xi")
@@ -907,8 +908,10 @@ def residual_depth_flow(activation, *, C_W: float, C_b: float, gamma: float, xi:
 
     Args:
         activation: name, :class:`ngp.Activation` or callable.
-        C_W: weight variance ``> 0``; C_b: bias variance ``>= 0``.
-        gamma, xi: block weights (real).
+        C_W: weight variance ``> 0``.
+        C_b: bias variance ``>= 0``.
+        gamma: weight of the skip path (real).
+        xi: weight of the block (real).
         K0: first-layer kernel ``> 0``.
         depth: number of weight layers of the deepest network (``>= 1``).
         **options: quadrature options of :mod:`ngp._residual_cumulants`.

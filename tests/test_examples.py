@@ -22,6 +22,7 @@ EXPECTED = (
     "05_training_tools.py",
     "06_residual.py",
     "07_ntk_and_scaling.py",
+    "08_large_data.py",
 )
 
 
