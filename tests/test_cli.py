@@ -9,6 +9,7 @@ import pytest
 from ngp.cli import main
 
 
+@pytest.mark.validation  # the README's demo, end to end (~2 min on a quiet 2-core machine)
 def test_demo_quick_writes_table_and_figure(tmp_path, capsys):
     rc = main(["demo", "--quick", "--no-nuts", "--out", str(tmp_path)])
     out = capsys.readouterr().out

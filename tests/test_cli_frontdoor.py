@@ -365,6 +365,7 @@ def test_regress_fits_hyperparameters_by_default(real_csv, tmp_path, capsys):
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.validation
 def test_readme_quick_start_prints_its_results(tmp_path):
     """The README's quick start, run as a script, prints every result (fewer importance samples here)."""
     import os

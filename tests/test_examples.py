@@ -30,6 +30,7 @@ def test_all_notebooks_present():
     assert set(EXPECTED) <= {p.name for p in NOTEBOOKS}, [p.name for p in NOTEBOOKS]
 
 
+@pytest.mark.validation
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(notebook, tmp_path):
     pytest.importorskip("matplotlib")

@@ -17,8 +17,9 @@ def data():
 
 
 @pytest.mark.parametrize("activation", [
-    "sin", "tanh",
-    "relu",
+    "sin",
+    pytest.param("tanh", marks=pytest.mark.validation),  # quadrature derivative (Price): minutes on 2 cores
+    pytest.param("relu", marks=pytest.mark.validation),
 ])
 def test_log_evidence_matches_condition_and_its_gradient_matches_finite_differences(activation, data):
     X, Y = data
@@ -68,6 +69,7 @@ def test_fit_recovers_the_hyperparameters_of_the_data():
         assert abs(mean[j] - truth[name]) < 4 * spread[j] / np.sqrt(len(fits))  # and the mean within 4 s.e.
 
 
+@pytest.mark.validation  # L-BFGS-B on the finite-width evidence: minutes on 2 cores
 def test_fit_finite_width_improves_the_evidence_and_returns_a_network(data):
     X, Y = data
     net = ngp.MLP(3, 32, activation="tanh", C_W=1.0, C_b=0.1, out_dim=2)

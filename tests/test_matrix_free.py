@@ -25,6 +25,9 @@ import pytest
 import ngp
 from ngp import _matrix_free as mf
 
+# Monte-Carlo estimator checks compile large kernels (minutes on 2 cores): run by .ci/run-validation
+pytestmark = pytest.mark.validation
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = 4096
 
