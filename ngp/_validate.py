@@ -205,6 +205,8 @@ def float64(fn):
     def wrapper(*args, **kwargs):
         if jax.config.jax_enable_x64:
             return fn(*args, **kwargs)
+        # a float32 session: say so (arrays the user builds are float32), then compute in float64
+        check_x64(getattr(fn, "__qualname__", "ngp"))
         with jax.enable_x64(True):
             return fn(*args, **kwargs)
 
