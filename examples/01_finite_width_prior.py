@@ -43,10 +43,7 @@ import numpy as np
 import jax
 
 jax.config.update("jax_enable_x64", True)  # ngp needs float64
-import matplotlib
-
-matplotlib.use("Agg")  # figures are written to files (NGP_FIGDIR), not shown
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # figures: written to NGP_FIGDIR and shown inline in Jupyter (ngp.plot.show)
 
 try:
     import ngp
@@ -122,11 +119,10 @@ for ell in range(FLOW_DEPTH):
     print(f"{ell + 1:>5} | " + " | ".join(cells))
 
 fig = ngp.plot.plot_flow([flows["tanh"], flows["relu"]], labels=["tanh (0, 1)", "relu (0, 2)"])
-fig.savefig(os.path.join(FIGDIR, "01_depth_flow.png"), dpi=110)
-plt.close(fig)
+ngp.plot.show(fig, os.path.join(FIGDIR, "01_depth_flow.png"), dpi=110)
 
 # %% [markdown]
-# The ReLU vertex grows by exactly 5 per layer in units of $K^2$ (THEORY §6:
+# The ReLU vertex grows by exactly 5 per layer in units of $K^2$ (docs/theory.md, "Criticality":
 # $V/K^2 = 5(\ell - 1)$), while for tanh the kernel decays towards $K^\star = 0$ and $V/K^2$
 # grows more slowly, approaching $\tfrac23 \ell$ only at very large depth.
 
@@ -229,6 +225,5 @@ ax.set_xlabel("width $n$")
 ax.set_title("relative residual (dashed: $1/n$)")
 ax.legend(fontsize="x-small")
 fig.tight_layout()
-fig.savefig(os.path.join(FIGDIR, "01_monte_carlo_check.png"), dpi=110)
-plt.close(fig)
+ngp.plot.show(fig, os.path.join(FIGDIR, "01_monte_carlo_check.png"), dpi=110)
 print(f"figures written to {FIGDIR}/ ({time.perf_counter() - T0:.0f} s in total)")

@@ -20,7 +20,7 @@
 # | method | what it is | cost |
 # | --- | --- | --- |
 # | `ngp.gp_posterior` | infinite width: exact GP regression with the NNGP kernel $K$ | one linear solve |
-# | `ngp.posterior` | finite width to first order in $1/n$ (uses $K$, $K_1$, $V$; THEORY §5) | deterministic, $O(N^4)$ in inputs |
+# | `ngp.posterior` | finite width to first order in $1/n$ (uses $K$, $K_1$, $V$; docs/theory.md, "Posterior") | deterministic, $O(N^4)$ in inputs |
 # | `ngp.reference.importance_posterior` | exact prior of actual random networks, importance-weighted by the likelihood | Monte Carlo, $10^5$ networks |
 # | `ngp.reference.nuts_posterior` | the same Bayesian network, NUTS on its weights (NumPyro) | MCMC |
 #
@@ -40,10 +40,7 @@ import numpy as np
 import jax
 
 jax.config.update("jax_enable_x64", True)  # ngp needs float64
-import matplotlib
-
-matplotlib.use("Agg")  # figures are written to files (NGP_FIGDIR), not shown
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # figures: written to NGP_FIGDIR and shown inline in Jupyter (ngp.plot.show)
 
 try:
     import ngp
@@ -112,7 +109,9 @@ def finite_width(net, X_test):
 
 # %%
 N_SMALL = WIDTHS[0]
-X_grid = np.linspace(-1.4, 1.4, 7 if QUICK else 29)[:, None]  # for the figure
+# the figure's grid: |x| < 1.38 keeps the first-layer variance C_b + C_W x^2 below 2, where the default
+# four-point quadrature behind V is accurate (ngp warns above it)
+X_grid = np.linspace(-1.35, 1.35, 7 if QUICK else 29)[:, None]
 X_all = np.concatenate([X_test, X_grid])
 net = ngp.MLP(DEPTH, N_SMALL, **ARCH)
 
@@ -242,6 +241,5 @@ ax.set_xlabel("width n")
 ax.set_title("max |posterior mean − truth|")
 ax.legend(fontsize="small")
 fig.tight_layout()
-fig.savefig(os.path.join(FIGDIR, "02_posterior_bands.png"), dpi=110)
-plt.close(fig)
+ngp.plot.show(fig, os.path.join(FIGDIR, "02_posterior_bands.png"), dpi=110)
 print(f"figures written to {FIGDIR}/ ({time.perf_counter() - T0:.0f} s in total)")

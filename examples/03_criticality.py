@@ -42,10 +42,7 @@ import numpy as np
 import jax
 
 jax.config.update("jax_enable_x64", True)  # ngp needs float64
-import matplotlib
-
-matplotlib.use("Agg")  # figures are written to files (NGP_FIGDIR), not shown
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # figures: written to NGP_FIGDIR and shown inline in Jupyter (ngp.plot.show)
 
 try:
     import ngp
@@ -114,8 +111,7 @@ fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
 for ax, a in zip(axes.ravel(), ("tanh", "relu", "gelu", "swish")):
     ngp.plot.plot_phase_diagram(a, C_b=(0.0, 1.0), C_W=(0.5, 3.0), resolution=RES, depth=PHASE_DEPTH, ax=ax)
 fig.tight_layout()
-fig.savefig(os.path.join(FIGDIR, "03_phase_diagrams.png"), dpi=100)
-plt.close(fig)
+ngp.plot.show(fig, os.path.join(FIGDIR, "03_phase_diagrams.png"), dpi=100)
 
 # %% [markdown]
 # ## 3. Depth flow at criticality: recursion vs asymptotic law
@@ -184,8 +180,7 @@ for ax in (ax1, ax2):
     ax.grid(alpha=0.3)
 ax1.legend(fontsize="small")
 fig.tight_layout()
-fig.savefig(os.path.join(FIGDIR, "03_depth_flow.png"), dpi=110)
-plt.close(fig)
+ngp.plot.show(fig, os.path.join(FIGDIR, "03_depth_flow.png"), dpi=110)
 
 # %% [markdown]
 # ## 4. Same numbers from the full multi-input machinery

@@ -17,7 +17,7 @@
 # The evidence (log marginal likelihood) $\log p(y \mid \text{architecture})$ scores a prior by
 # how well it predicted the data before seeing it. For an infinitely wide network it is the GP
 # evidence and depends on the depth only through the kernel $K$. At finite width it picks up a
-# $1/n$ correction from $K_1$ and the four-point vertex $V$ (THEORY §5):
+# $1/n$ correction from $K_1$ and the four-point vertex $V$ (docs/theory.md, "Posterior" and "Evidence"):
 #
 # $$\log p(y) = \log p_{\rm GP}(y) + \frac{c_L(y)}{n} + O(1/n^2).$$
 #
@@ -42,10 +42,7 @@ import numpy as np
 import jax
 
 jax.config.update("jax_enable_x64", True)  # ngp needs float64
-import matplotlib
-
-matplotlib.use("Agg")  # figures are written to files (NGP_FIGDIR), not shown
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # figures: written to NGP_FIGDIR and shown inline in Jupyter (ngp.plot.show)
 
 try:
     import ngp
@@ -162,6 +159,5 @@ ax.set_ylabel("log evidence")
 ax.set_title("finite-width evidence (dashed: GP; hollow: not trusted)", fontsize="medium")
 ax.legend(fontsize="small")
 fig.tight_layout()
-fig.savefig(os.path.join(FIGDIR, "04_evidence_vs_width.png"), dpi=110)
-plt.close(fig)
+ngp.plot.show(fig, os.path.join(FIGDIR, "04_evidence_vs_width.png"), dpi=110)
 print(f"figures written to {FIGDIR}/ ({time.perf_counter() - T0:.0f} s in total)")

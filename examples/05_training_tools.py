@@ -41,10 +41,7 @@ import time
 import numpy as np
 import jax
 import jax.numpy as jnp
-import matplotlib
-
-matplotlib.use("Agg")  # figures are written to files (NGP_FIGDIR), not shown
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # figures: written to NGP_FIGDIR and shown inline in Jupyter (ngp.plot.show)
 import optax
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -197,8 +194,7 @@ for ax in (ax1, ax2):
 ax1.legend(fontsize="small")
 fig.suptitle("Jacobian regularisation on digits (one seed; 5 seeds in benchmarks/train_digits.py)", fontsize="medium")
 fig.tight_layout()
-fig.savefig(os.path.join(FIGDIR, "05_jacobian_regularisation.png"), dpi=110)
-plt.close(fig)
+ngp.plot.show(fig, os.path.join(FIGDIR, "05_jacobian_regularisation.png"), dpi=110)
 
 # %% [markdown]
 # ## The FDR scheduler
@@ -263,8 +259,7 @@ ax3.legend(fontsize="small")
 for ax in (ax1, ax2, ax3):
     ax.set_xlabel("SGD step")
 fig.tight_layout()
-fig.savefig(os.path.join(FIGDIR, "05_fdr_scheduler.png"), dpi=110)
-plt.close(fig)
+ngp.plot.show(fig, os.path.join(FIGDIR, "05_fdr_scheduler.png"), dpi=110)
 
 # %% [markdown]
 # The ratio starts far above 1 (the parameters are still moving downhill, and weight decay is

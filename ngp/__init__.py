@@ -7,12 +7,14 @@ Public API (conventions and formulas: ``docs/theory.md``):
 * :class:`MLP`, :class:`ResMLP` -- ready-made networks (thin constructors of step compositions).
 * :func:`gp_posterior` -- exact infinite-width (NNGP) regression.
 * :func:`condition` -- finite-width conditioning on training data; ``.predict(X_test)``.
-* :func:`posterior` -- finite-width regression to first order in 1/n (one call).
+* :func:`posterior` -- finite-width regression to first order in 1/n (one call); ``.validity`` (:class:`Validity`)
+  says whether its first-order terms are small enough to trust.
 * :func:`sample_networks` -- draws of actual random networks (brute-force checks).
 * :func:`evidence_grid` -- architecture choice by the finite-width evidence.
 * :func:`log_evidence`, :func:`fit_hyperparameters` -- the evidence as a JAX function of (C_W, C_b,
   noise) and its maximisation (ML-II).
 * :mod:`ngp.criticality` -- susceptibilities, critical points, universality classes.
+* :mod:`ngp.scaling` -- width scaling from neural-tangent to maximal-update (muP) parameterisation.
 * :mod:`ngp.plot` -- figures (matplotlib imported lazily).
 * :mod:`ngp.reference` -- NUTS and importance-sampling reference posteriors.
 * :mod:`ngp.train` -- training-time tools: Jacobian regulariser, fluctuation-dissipation SGD (optax).
@@ -27,10 +29,12 @@ from ._mlp import MLP
 from ._resmlp import ResMLP
 from ._prior import Layer, Prior
 from ._posterior import Conditioned, FiniteWidthPosterior, condition, posterior
+from ._validity import Validity
+from ._conditioned_mf import MatrixFreeConditioned
 from ._model_selection import EvidenceGrid, evidence_grid
 from ._hyper import HyperFit, fit_hyperparameters, log_evidence
 from ._sampling import NetworkSamples, sample_networks
-from . import criticality, datasets, plot, reference, train
+from . import criticality, datasets, plot, reference, scaling, train
 
 #: Residual networks return an :class:`ngp.Prior` like every network (kept as an alias).
 ResPrior = Prior
@@ -56,9 +60,11 @@ __all__ = [
     "gp_posterior",
     "GPPosterior",
     "condition",
+    "MatrixFreeConditioned",
     "Conditioned",
     "posterior",
     "FiniteWidthPosterior",
+    "Validity",
     "evidence_grid",
     "EvidenceGrid",
     "log_evidence",
@@ -67,6 +73,7 @@ __all__ = [
     "sample_networks",
     "NetworkSamples",
     "criticality",
+    "scaling",
     "plot",
     "reference",
     "datasets",

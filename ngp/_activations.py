@@ -117,24 +117,125 @@ def _elementwise_grad(f):
 
 
 # ----------------------------------------------------------------------------- relu family
+#: Smallest angle ``theta`` at which the singular part of the relu-family Hessian is evaluated;
+#: below it ``1 / sqrt(det)`` is replaced by ``1 / (sqrt(kaa kbb) ARC_ANGLE_FLOOR)``. The singular part
+#: is ``w w^T / sqrt(det)`` (``w = sqrt(kaa kbb) grad(cos theta)``) and it always meets ``w^T V w``, the
+#: variance of the stochastic correlation, which vanishes like ``theta^4`` at coincident inputs: the
+#: floored term differs from the exact one by ``O(ARC_ANGLE_FLOOR^3)`` relative to ``V``, and rounding
+#: errors in ``V`` are amplified by at most ``1 / ARC_ANGLE_FLOOR`` (see ``docs/theory.md``,
+#: "Gaussian expectations").
+ARC_ANGLE_FLOOR = 1e-3
+
+
+def _safe_sqrt(x):
+    """``sqrt(max(x, 0))`` whose derivative is 0 (not ``inf``) where ``x <= 0``: the Hessian rows of
+    :func:`_arc` are differentiated once more (gradients of ``V``, ``K1`` in ``C_W``, ``C_b``), and
+    at coincident inputs (``det = 0`` exactly, as on the kernel diagonal) ``sqrt'(0) = inf`` would
+    meet a zero cotangent and give NaN."""
+    pos = x > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
+
+
+def _arc_geometry(kaa, kbb, kab):
+    """``(s, r, theta, inv_r)`` of a 2x2 covariance: ``s = sqrt(kaa kbb)``, ``r = sqrt(det)``,
+    ``theta`` the angle (``atan2(r, kab)``, in ``[0, pi]``), and ``1 / max(r, s ARC_ANGLE_FLOOR)``
+    (0 where ``s = 0``)."""
+    s = _safe_sqrt(kaa * kbb)
+    r = _safe_sqrt(kaa * kbb - kab * kab)
+    theta = jnp.arctan2(r, kab)
+    pos = s > 0
+    rf = jnp.where(pos, jnp.maximum(r, ARC_ANGLE_FLOOR * s), 1.0)
+    return s, r, theta, jnp.where(pos, 1.0 / rf, 0.0)
+
+
+def _half_ratio(num, den):
+    """``num / (2 den)``, 0 where ``den = 0``."""
+    ok = den > 0
+    return jnp.where(ok, num / (2.0 * jnp.where(ok, den, 1.0)), 0.0)
+
+
+@jax.custom_jvp
+def _arc(kaa, kbb, kab):
+    """``sqrt(kaa kbb - kab^2) - kab theta``: ``2 pi <relu(z_a) relu(z_b)> - pi kab`` (arc-cosine kernel).
+
+    Derivatives are the analytic ones (:func:`_arc_da`, :func:`_arc_dc`): finite at coincident
+    (``theta = 0``), opposite (``theta = pi``) and zero-variance (``kaa kbb = 0``) inputs, where
+    autodiff of ``arccos`` gives ``inf - inf``.
+    """
+    _, r, theta, _ = _arc_geometry(kaa, kbb, kab)
+    return r - kab * theta
+
+
+@jax.custom_jvp
+def _arc_da(kaa, kbb, kab):
+    """``d _arc / d kaa = sqrt(det) / (2 kaa)`` (0 at ``kaa = 0``)."""
+    _, r, _, _ = _arc_geometry(kaa, kbb, kab)
+    return _half_ratio(r, kaa)
+
+
+@jax.custom_jvp
+def _arc_dc(kaa, kbb, kab):
+    """``d _arc / d kab = -theta``."""
+    return -_arc_geometry(kaa, kbb, kab)[2]
+
+
+@_arc.defjvp
+def _arc_jvp(primals, tangents):
+    kaa, kbb, kab = primals
+    ta, tb, tc = tangents
+    out = _arc(kaa, kbb, kab)
+    return out, _arc_da(kaa, kbb, kab) * ta + _arc_da(kbb, kaa, kab) * tb + _arc_dc(kaa, kbb, kab) * tc
+
+
+def _arc_hessian_row(kaa, kbb, kab):
+    """Second derivatives ``(H_aa_aa, H_aa_bb, H_aa_ab)``, ``(H_ab_aa, H_ab_bb, H_ab_ab)`` of :func:`_arc`.
+
+    ``H = w w^T / r + r D`` with ``w = (-kab / 2kaa, -kab / 2kbb, 1)``, ``D = [[-1/4kaa^2, 1/4kaa kbb, 0],
+    [., -1/4kbb^2, 0], [0, 0, 0]]``; the singular ``1/r`` is floored (:data:`ARC_ANGLE_FLOOR`).
+    """
+    _, r, _, inv_r = _arc_geometry(kaa, kbb, kab)
+    wa = -_half_ratio(kab, kaa)
+    wb = -_half_ratio(kab, kbb)
+    raa = _half_ratio(_half_ratio(r, kaa), kaa)  # r / (4 kaa^2)
+    rab = _half_ratio(_half_ratio(r, kaa), kbb)  # r / (4 kaa kbb)
+    return (wa * wa * inv_r - raa, wa * wb * inv_r + rab, wa * inv_r), (wa * inv_r, wb * inv_r, inv_r)
+
+
+@_arc_da.defjvp
+def _arc_da_jvp(primals, tangents):
+    kaa, kbb, kab = primals
+    ta, tb, tc = tangents
+    (h_aa, h_ab, h_ac), _ = _arc_hessian_row(kaa, kbb, kab)
+    return _arc_da(kaa, kbb, kab), h_aa * ta + h_ab * tb + h_ac * tc
+
+
+@_arc_dc.defjvp
+def _arc_dc_jvp(primals, tangents):
+    kaa, kbb, kab = primals
+    ta, tb, tc = tangents
+    _, (h_ca, h_cb, h_cc) = _arc_hessian_row(kaa, kbb, kab)
+    return _arc_dc(kaa, kbb, kab), h_ca * ta + h_cb * tb + h_cc * tc
+
+
 def _relu_family(a_plus: float, a_minus: float, name: str) -> Activation:
-    """Scale-invariant activation a_+ z Theta(z) + a_- z Theta(-z) (arc-cosine kernels)."""
+    """Scale-invariant activation a_+ z Theta(z) + a_- z Theta(-z) (arc-cosine kernels).
+
+    ``<s_a s_b> = (a_+^2 + a_-^2) kab / 2 + (a_+ - a_-)^2 / (2 pi) [sqrt(kaa kbb - kab^2) - kab theta]``
+    (``docs/theory.md``, "Gaussian expectations"), with analytic first and second derivatives
+    (:func:`_arc`).
+    """
     a_plus, a_minus = float(a_plus), float(a_minus)
+    lin = 0.5 * (a_plus**2 + a_minus**2)
+    kink = (a_plus - a_minus) ** 2 / (2 * math.pi)
 
     def fn(x):
         return jnp.where(x > 0, a_plus * x, a_minus * x)
 
     def two_point(kaa, kbb, kab):
         kaa, kbb, kab = jnp.broadcast_arrays(*map(jnp.asarray, (kaa, kbb, kab)))
-        norm = jnp.sqrt(kaa * kbb)
-        cos = jnp.clip(_safe_div(kab, norm), -1.0, 1.0)
-        theta = jnp.arccos(cos)
-        # sqrt(kaa kbb - kab^2) = norm * sin(theta); written through theta so that
-        # autodiff stays finite away from theta = 0.
-        sin_term = norm * jnp.sin(theta)
-        j_pp = (sin_term + kab * (jnp.pi - theta)) / (2 * jnp.pi)
-        j_pm = (sin_term - kab * theta) / (2 * jnp.pi)
-        return (a_plus**2 + a_minus**2) * j_pp - 2 * a_plus * a_minus * j_pm
+        if kink == 0.0:  # linear
+            return lin * kab
+        return lin * kab + kink * _arc(kaa, kbb, kab)
 
     def smoothed(mu, s):
         r = _safe_div(mu, s)

@@ -200,7 +200,7 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
         pat = tuple(pattern)
 
         def chunk(ix, pat=pat, nodes_j=nodes_j, weights_j=weights_j):
-            return _product_chunk(act.fn, pat, ix, K, nodes_j, weights_j)
+            return _product_chunk(act.fn, pat, act.relu_slopes is not None, ix, K, nodes_j, weights_j)
 
 
         # two batch shapes per rule (a small one for short requests), so few shapes get compiled
@@ -217,23 +217,30 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
     return out
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _product_chunk(fn, pattern, ix, K, nodes, weights):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _product_chunk(fn, pattern, homogeneous, ix, K, nodes, weights):
     """``E[prod_j fn(z_j)^pattern_j]`` for a batch of index tuples ``ix`` (b, u)."""
     C = K[ix[:, :, None], ix[:, None, :]]  # (b, u, u)
-    return _gaussian_product(fn, pattern)(C, nodes, weights)
+    return _gaussian_product(fn, pattern, homogeneous)(C, nodes, weights)
 
 
 @functools.lru_cache(maxsize=256)
-def _gaussian_product(fn, pattern):
+def _gaussian_product(fn, pattern, homogeneous=False):
     """``C -> E[prod_j fn(z_j)^pattern_j]``, ``z ~ N(0, C)`` (batched ``(b, u, u) -> (b,)``) by the rule
     ``(nodes, weights)`` in the eigenbasis of ``C``; its derivative is Price's theorem,
     ``dE/dC_ij = E[d_i d_j F] / 2`` (symmetric ``dC``), so singular and degenerate blocks have finite
-    derivatives (the eigen square root's derivative does not exist there)."""
+    derivatives (the eigen square root's derivative does not exist there).
+
+    ``homogeneous``: ``fn(l z) = l fn(z)`` for ``l > 0`` (the relu family). Its second derivative
+    is a delta function that autodiff sees as 0, so Price's diagonal terms ``E[d_i^2 F]`` are
+    replaced by Euler's relation for scaling ``z_i``: ``C_ii E[d_i^2 F] = p_i E[F] - sum_{j != i}
+    C_ij E[d_i d_j F]`` (0 where ``C_ii = 0``); the off-diagonal terms need only ``fn'``.
+    """
     pat = np.asarray(pattern)  # a constant (a JAX array created here would leak from the first trace)
+    rep = np.repeat(np.arange(pat.size), pat)  # products, not powers: d(x^1)/dx = x^0 has a NaN slope at 0
 
     def F(z):  # (u,) -> scalar
-        return jnp.prod(fn(z) ** pat.astype(z.dtype))
+        return jnp.prod(fn(z)[rep])
 
     def nodes_of(C, nodes):
         w_, U = jnp.linalg.eigh(C)
@@ -243,16 +250,23 @@ def _gaussian_product(fn, pattern):
     @jax.custom_jvp
     def expect(C, nodes, weights):
         z = nodes_of(C, nodes)
-        return jnp.prod(fn(z) ** pat.astype(z.dtype), axis=-1) @ weights
+        return jnp.prod(fn(z)[..., rep], axis=-1) @ weights
 
     @expect.defjvp
     def expect_jvp(primals, tangents):
         C, nodes, weights = primals
         dC = tangents[0]
         z = nodes_of(C, nodes)
-        out = jnp.prod(fn(z) ** pat.astype(z.dtype), axis=-1) @ weights
+        out = jnp.prod(fn(z)[..., rep], axis=-1) @ weights
         hess = jax.vmap(jax.vmap(jax.hessian(F)))(z)  # (b, q, u, u)
         Edd = jnp.einsum("bqij,q->bij", hess, weights)
+        if homogeneous:
+            eye = jnp.eye(pat.size, dtype=bool)
+            off = jnp.where(eye, 0.0, Edd * C).sum(axis=-1)  # sum_{j != i} C_ij E[d_i d_j F]
+            cii = jnp.diagonal(C, axis1=-2, axis2=-1)
+            ok = cii > 0
+            dd = jnp.where(ok, (pat * out[:, None] - off) / jnp.where(ok, cii, 1.0), 0.0)
+            Edd = jnp.where(eye, dd[:, :, None], Edd)
         return out, 0.5 * jnp.einsum("bij,bij->b", Edd, dC)
 
     return expect

@@ -50,6 +50,14 @@ class MLP(Network):
         C_b: bias variance, a float or one value per layer; ``>= 0``.
         out_dim: number of output neurons ``n_L``.
         in_dim: optional input dimension ``n0``; when given, inputs are checked against it.
+        lambda_W: learning-rate factor of the weights (divided by the fan-in), a float or one per layer
+            (default 1): the NTK's ``prior.Theta`` and its statistics use it.
+        lambda_b: learning-rate factor of the biases, a float or one per layer (default 1).
+        parameterization: ``None``, ``"ntk"``, ``"mup"``, ``"standard"``, a number ``s`` in [0, 1] (the
+            family from ntk to muP) or an :class:`ngp.scaling.Parameterization`: ``C_W``, ``C_b``,
+            ``lambda_W``, ``lambda_b`` are base values multiplied by ``(n / base_width)^p`` per layer role
+            (:func:`ngp.scaling.multipliers`; ``docs/theory.md``). Needs ``depth >= 2``.
+        base_width: the width at which the parameterised values equal the base values.
 
     Example:
         >>> net = ngp.MLP(depth=3, width=64, activation="tanh", C_W=1.0, C_b=0.0)
@@ -66,12 +74,26 @@ class MLP(Network):
         C_b: float | Sequence[float] = 0.0,
         out_dim: int = 1,
         in_dim: int | None = None,
+        lambda_W: float | Sequence[float] = 1.0,
+        lambda_b: float | Sequence[float] = 1.0,
+        parameterization=None,
+        base_width: float = 1.0,
     ):
         depth = count(depth, "depth", what="a positive integer (number of weight layers)")
         widths = hidden_widths(width, depth - 1, depth)
         act = make_activation(activation)
         cw = per_layer(C_W, depth, "C_W", positive_float)
         cb = per_layer(C_b, depth, "C_b", nonneg_float)
+        lw = per_layer(lambda_W, depth, "lambda_W", nonneg_float)
+        lb = per_layer(lambda_b, depth, "lambda_b", nonneg_float)
+        par = None
+        if parameterization is not None:
+            from . import scaling
+
+            par = scaling.parameterization(parameterization)
+            hp = scaling.multipliers(par, width=widths, depth=depth, base_width=positive_float(base_width, "base_width"),
+                                     C_W=cw, C_b=cb, lam_W=lw, lam_b=lb)
+            cw, cb, lw, lb = hp["C_W"], hp["C_b"], hp["lam_W"], hp["lam_b"]
         out_dim = count(out_dim, "out_dim")
         sizes = widths + (out_dim,)
         steps = []
@@ -83,6 +105,15 @@ class MLP(Network):
         object.__setattr__(self, "activation", act)
         object.__setattr__(self, "C_W", cw)
         object.__setattr__(self, "C_b", cb)
+        object.__setattr__(self, "lambda_W", lw)
+        object.__setattr__(self, "lambda_b", lb)
+        object.__setattr__(self, "parameterization", par)
+
+    def __eq__(self, other):
+        return super().__eq__(other) and (self.lambda_W, self.lambda_b) == (other.lambda_W, other.lambda_b)
+
+    def __hash__(self):
+        return hash((super().__hash__(), self.lambda_W, self.lambda_b))
 
     def __repr__(self) -> str:
         def short(t):

@@ -12,7 +12,9 @@ import numpy as np
 
 from ._mlp import MLP
 from ._posterior import condition
-from ._validate import as_inputs, as_targets, count, nonneg_float, positive_float
+from ._prior import EXPANSION_WARN
+from ._validate import as_inputs, as_targets, count, nonneg_float, positive_float, warn
+from ._validity import EVIDENCE_MAX, evidence_validity
 
 __all__ = ["EvidenceGrid", "evidence_grid"]
 
@@ -24,20 +26,23 @@ class EvidenceGrid:
     Attributes:
         rows: one dict per grid point with keys ``depth``, ``width``, ``C_W``, ``C_b``,
             ``log_evidence`` (finite width, O(1/n)), ``log_evidence_gp`` (infinite width) and
-            ``expansion_parameter`` (``max|V|/(n K^2)``; above ~0.3 the 1/n value is not trusted).
-            A row is *trusted* when that parameter is at most 0.3 and the first-order
-            correction ``|log_evidence - log_evidence_gp|`` is at most 2 (the neglected
-            second-order term grows like its square).
+            ``expansion_parameter`` (``max|V|/(n K^2)``), ``evidence_correction``
+            (``|log_evidence - log_evidence_gp|``, nats) and ``trusted``: the expansion parameter is at
+            most 0.3 and the first-order evidence correction at most 1 nat (``ngp._validity.EVIDENCE_MAX``; the
+            neglected second-order terms grow like its square; ``docs/validity.md``).
     """
 
     rows: tuple
 
-    def best(self, *, trusted_only: bool = True, threshold: float = 0.3, max_correction: float = 2.0) -> dict:
-        """The grid point with the largest finite-width evidence (optionally among trusted ones)."""
+    def best(self, *, trusted_only: bool = True, threshold: float = EXPANSION_WARN,
+             max_correction: float = EVIDENCE_MAX) -> dict:
+        """The grid point with the largest finite-width evidence (by default among trusted ones: expansion
+        parameter at most ``threshold`` and evidence correction at most ``max_correction`` nats)."""
         rows = [
             r for r in self.rows
-            if not trusted_only
-            or (r["expansion_parameter"] <= threshold and abs(r["log_evidence"] - r["log_evidence_gp"]) <= max_correction)
+            if math.isfinite(r["log_evidence"]) and (
+                not trusted_only
+                or (r["expansion_parameter"] <= threshold and r["evidence_correction"] <= max_correction))
         ]
         if not rows:
             raise ValueError(
@@ -48,12 +53,13 @@ class EvidenceGrid:
 
     def table(self) -> str:
         """A plain-text table of the grid."""
-        head = f"{'depth':>5} {'width':>6} {'C_W':>7} {'C_b':>6} {'logZ (1/n)':>11} {'logZ (GP)':>10} {'eps':>6}"
+        head = (f"{'depth':>5} {'width':>6} {'C_W':>7} {'C_b':>6} {'logZ (1/n)':>11} {'logZ (GP)':>10} {'eps':>6} "
+                f"{'trusted':>7}")
         lines = [head, "-" * len(head)]
         for r in self.rows:
             lines.append(
                 f"{r['depth']:>5} {r['width']:>6} {r['C_W']:>7.3g} {r['C_b']:>6.3g} {r['log_evidence']:>11.3f} "
-                f"{r['log_evidence_gp']:>10.3f} {r['expansion_parameter']:>6.3f}"
+                f"{r['log_evidence_gp']:>10.3f} {r['expansion_parameter']:>6.3f} {'yes' if r['trusted'] else 'NO':>7}"
             )
         return "\n".join(lines)
 
@@ -116,6 +122,14 @@ def evidence_grid(X_train, Y_train, *, widths: Sequence[int], depths: Sequence[i
                 logz = cw_.log_evidence
             except np.linalg.LinAlgError:
                 logz = math.nan
+            eps = cw_.expansion_parameter
+            validity = evidence_validity(logz, cw_.gp.log_evidence)
             rows.append(dict(depth=depth, width=w, C_W=float(cw), C_b=float(cb), log_evidence=float(logz),
-                             log_evidence_gp=cw_.gp.log_evidence, expansion_parameter=cw_.expansion_parameter))
+                             log_evidence_gp=cw_.gp.log_evidence, expansion_parameter=eps,
+                             evidence_correction=validity.evidence_correction,
+                             trusted=bool(validity.trusted and eps <= EXPANSION_WARN)))
+    untrusted = sum(not r["trusted"] for r in rows)
+    if untrusted and options.get("warn", True):
+        warn(f"evidence_grid: {untrusted} of {len(rows)} grid points have first-order terms that are not small "
+             "(trusted = False); best() skips them (docs/validity.md)")
     return EvidenceGrid(tuple(rows))

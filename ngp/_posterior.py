@@ -27,7 +27,8 @@ import numpy as np
 from ._gp import GPPosterior, gp_from_kernel, gp_log_evidence
 from ._linalg import solve_train
 from ._prior import MAX_MEMORY
-from ._validate import as_inputs, count, train_test, warn
+from ._validate import as_inputs, count, float64, train_test, warn
+from ._validity import Validity, evidence_validity, posterior_validity
 
 __all__ = ["FiniteWidthPosterior", "Conditioned", "condition", "posterior", "finite_width_log_evidence"]
 
@@ -48,6 +49,12 @@ class FiniteWidthPosterior:
         expansion_parameter: ``max |V| / (n K^2)`` of the prior on train and test inputs; the
             neglected terms are of order its square.
         noise: observation-noise variance.
+        validity: :class:`ngp.Validity`, the size of the first-order terms against the GP (mean
+            shift in GP predictive standard deviations, relative variance change, evidence
+            correction) and whether the result is ``trusted`` (``docs/validity.md``).
+        method: ``"exact"`` or ``"matrix_free"`` (the solver that produced it).
+        mean_se, var_se, log_evidence_se: Monte-Carlo standard errors of ``mean``, ``var`` and
+            ``log_evidence`` (``solver="matrix_free"``; ``None`` on the exact path).
     """
 
     mean: np.ndarray
@@ -58,6 +65,11 @@ class FiniteWidthPosterior:
     n: int | None
     expansion_parameter: float
     noise: float
+    validity: Validity | None = None
+    mean_se: np.ndarray | None = None
+    var_se: np.ndarray | None = None
+    log_evidence_se: float | None = None
+    method: str = "exact"
 
     @property
     def std(self) -> np.ndarray:
@@ -129,8 +141,15 @@ class Conditioned:
         log_evidence: finite-width log marginal likelihood of the targets.
         gp: the infinite-width conditioning (``.log_evidence``, ``.predict(X_test)``).
         expansion_parameter: ``max |V| / (n K^2)`` of the prior on the training inputs.
+        validity: :class:`ngp.Validity` of the log evidence (its first-order correction against the GP's).
+        method: ``"exact"`` (this class) or ``"matrix_free"`` (its matrix-free subclass).
+        log_evidence_se: Monte-Carlo standard error of ``log_evidence`` (``None`` on the exact path).
     """
 
+    method = "exact"
+    log_evidence_se = None
+
+    @float64
     def __init__(self, net, X_train, Y_train, *, noise: float, jitter: float = 0.0, **options):
         XA, _, Y, noise, jitter = train_test(net, X_train, Y_train, None, noise, jitter)
         if noise == 0.0 and jitter == 0.0 and np.unique(XA, axis=0).shape[0] < XA.shape[0]:
@@ -152,6 +171,7 @@ class Conditioned:
 
     # ------------------------------------------------------------------ training-only pieces
     @functools.cached_property
+    @float64
     def _train(self) -> dict:
         """Training cumulants and every contraction with them that predictions reuse."""
         p = self._prior
@@ -175,8 +195,8 @@ class Conditioned:
         )
 
     @functools.cached_property
-    def log_evidence(self) -> float:
-        """Finite-width log marginal likelihood of all targets, to ``O(1/n)``."""
+    @float64
+    def _log_evidence(self) -> float:
         if self.n is None:
             return self.gp.log_evidence
         t = self._train
@@ -184,6 +204,29 @@ class Conditioned:
                                                self.n, self.jitter, solve=self._solve))
 
     @property
+    def log_evidence(self) -> float:
+        """Finite-width log marginal likelihood of all targets, to ``O(1/n)`` (warns once if not trusted)."""
+        logz = self._log_evidence
+        if not self.__dict__.get("_evidence_checked"):
+            self._evidence_checked = True
+            self._warn_validity(self.validity, "log_evidence")
+        return logz
+
+    @property
+    def validity(self) -> Validity:
+        """Size of the first-order evidence correction against the GP's (``docs/validity.md``)."""
+        return evidence_validity(self._log_evidence, self.gp.log_evidence)
+
+    def _warn_validity(self, validity: Validity, what: str) -> None:
+        if not validity.trusted and self.options.get("warn", True):
+            warn(
+                f"{what}: the first-order (1/n) terms are not small ({'; '.join(validity.reasons)}); the "
+                f"finite-width result is not reliable at width {self.n} (docs/validity.md): widen the network, "
+                "add noise, or standardise the targets to the prior's output scale"
+            )
+
+    @property
+    @float64
     def expansion_parameter(self) -> float:
         """``max |V| / (n K^2)`` of the prior on the training inputs."""
         if self.n is None:
@@ -203,12 +246,14 @@ class Conditioned:
         if len(set(self.net.widths)) > 1:
             raise ValueError(f"n: with_width needs equal hidden widths, the network has {list(self.net.widths)}")
         new = object.__new__(Conditioned)
-        new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("log_evidence", "gp")})
+        new.__dict__.update({k: v for k, v in self.__dict__.items()
+                             if k not in ("_log_evidence", "_evidence_checked", "gp")})
         new.n = None if self.n is None else n
         new.gp = GPConditioned(new)
         return new
 
     # ------------------------------------------------------------------ prediction
+    @float64
     def predict(self, X_test, *, full_cov: bool = False, batch_size: int | None = None) -> FiniteWidthPosterior:
         """Posterior at test inputs.
 
@@ -230,7 +275,7 @@ class Conditioned:
         gp = gp_from_kernel(K, NA, self.Y_train, self.noise, self.jitter, solve=self._solve)
         if self.n is None:  # exactly Gaussian prior
             return FiniteWidthPosterior(gp.mean, gp.var, gp.cov if full_cov else None, gp.log_evidence, gp,
-                                        None, 0.0, self.noise)
+                                        None, 0.0, self.noise, evidence_validity(0.0, 0.0))
         n = self.n
         c = prior._cumulants[-1]
         inv = prior._inverse
@@ -277,13 +322,13 @@ class Conditioned:
         cov = None
         if full_cov:
             cov = self._full_cov(c.vertex, iA, iB, np.concatenate(V1_all), P, gp, K1, NA)
-        if np.any(var < 0):
-            warn(
-                "posterior: a first-order posterior variance is negative; the 1/n expansion has broken down "
-                f"(expansion parameter {c.expansion_parameter * prior.n / n:.3g})"
-            )
         eps = c.expansion_parameter * (prior.n / n)
-        return FiniteWidthPosterior(mean, var, cov, self.log_evidence, gp, n, eps, self.noise)
+        logz = self._log_evidence
+        validity = posterior_validity(mean=mean, var=var, gp_mean=gp.mean, gp_var=gp.var, noise=self.noise,
+                                      prior_var=K[NA:, NA:].diagonal(), log_evidence=logz,
+                                      gp_log_evidence=gp.log_evidence)
+        self._warn_validity(validity, "posterior")
+        return FiniteWidthPosterior(mean, var, cov, logz, gp, n, eps, self.noise, validity)
 
     def _joint_prior(self, XB):
         """The prior on ``[X_train; X_test]`` (its lazy cumulants remember their four-point values, so
@@ -379,6 +424,7 @@ class GPConditioned:
         p = self._parent
         return gp_log_evidence(p._solve, p.Y_train)
 
+    @float64
     def predict(self, X_test) -> GPPosterior:
         """GP posterior at ``X_test`` (``(N_test, n0)``)."""
         p = self._parent
@@ -387,7 +433,8 @@ class GPConditioned:
         return gp_from_kernel(np.asarray(prior.K), p.N_train, p.Y_train, p.noise, p.jitter, solve=p._solve)
 
 
-def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, **options) -> Conditioned:
+def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, solver: str = "auto",
+              samples: int | None = None, seed: int = 0, **options) -> Conditioned:
     """Condition ``net``'s finite-width prior on training data (first order in ``1/n``).
 
     Observations ``y_i(x) = z_i(x) + eps``, ``eps ~ N(0, noise)``. The training-set work (GP solve,
@@ -400,6 +447,14 @@ def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, **opt
         Y_train: ``(N_train, out_dim)`` targets of all ``out_dim`` output neurons.
         noise: observation-noise variance ``>= 0`` (``0``: exact conditioning).
         jitter: optional extra diagonal on the training kernel.
+        solver: ``"exact"`` (dense vertex components), ``"matrix_free"`` (Monte-Carlo estimate of the
+            vertex contractions, ``O(samples N_train^2)``, fully connected networks only; outputs carry
+            ``mean_se``, ``var_se``, ``log_evidence_se``; see ``docs/matrix-free.md``) or ``"auto"``:
+            exact up to ``AUTO_EXACT_MAX = 64`` training points (or when the network is not
+            supported by the matrix-free path), matrix-free above. ``.method`` says which was used.
+        samples: Monte-Carlo samples per source layer for the matrix-free path (default 32768);
+            standard errors fall like ``samples^-1/2``.
+        seed: integer seed of the matrix-free path (results are reproducible for a fixed seed).
         **options: passed to ``net.prior`` (``four_point_order``, ``max_memory``, ...).
 
     Returns:
@@ -409,6 +464,16 @@ def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, **opt
         numpy.linalg.LinAlgError: singular training kernel (e.g. duplicate inputs with ``noise = 0``).
         NotImplementedError: architectures without finite-width cumulants.
     """
+    from ._conditioned_mf import AUTO_EXACT_MAX, SOLVERS, MatrixFreeConditioned, mlp_spec
+
+    if solver not in SOLVERS:
+        raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
+    if solver == "auto":
+        big = np.shape(X_train)[0] > AUTO_EXACT_MAX if np.ndim(X_train) == 2 else False
+        solver = "matrix_free" if big and mlp_spec(net) is not None else "exact"
+    if solver == "matrix_free":
+        return MatrixFreeConditioned(net, X_train, Y_train, noise=noise, jitter=jitter, samples=samples, seed=seed,
+                                     **options)
     return Conditioned(net, X_train, Y_train, noise=noise, jitter=jitter, **options)
 
 
@@ -437,7 +502,9 @@ def posterior(net, X_train, Y_train, X_test, *, noise: float, jitter: float = 0.
 
     Raises:
         numpy.linalg.LinAlgError: singular training kernel (e.g. duplicate inputs with ``noise = 0``).
-        NotImplementedError: architectures without finite-width cumulants (residual networks).
+        NotImplementedError: architectures without finite-width cumulants (e.g. unsupported residual patterns).
     """
     train_test(net, X_train, Y_train, X_test, noise, jitter)  # all argument errors before any work
-    return condition(net, X_train, Y_train, noise=noise, jitter=jitter, **options).predict(X_test, full_cov=True)
+    # the full covariance needs the exact path (the matrix-free path never forms test x test blocks)
+    return condition(net, X_train, Y_train, noise=noise, jitter=jitter, solver="exact",
+                     **options).predict(X_test, full_cov=True)

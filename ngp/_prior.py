@@ -11,9 +11,10 @@ import functools
 
 import numpy as np
 
+from ._ntk_net import NTKMixin
 from ._pairs import Pairs
 from ._steps import IDENTITY, Flow
-from ._validate import as_inputs, check_x64, count, memory_bytes, positive_float, warn
+from ._validate import as_inputs, count, float64, memory_bytes, positive_float, warn
 
 __all__ = ["Prior", "Layer", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY", "PRIOR_OPTIONS"]
 
@@ -26,7 +27,7 @@ MAX_MEMORY = 4 * 1024**3
 
 KERNEL_OPTIONS = ("method", "terms", "nodes", "quad_nodes")
 #: Keyword options accepted by ``net.prior(X, **options)``.
-PRIOR_OPTIONS = KERNEL_OPTIONS + ("four_point_order", "four_point_rtol", "max_memory", "warn")
+PRIOR_OPTIONS = KERNEL_OPTIONS + ("four_point_order", "four_point_rtol", "max_memory", "warn", "lambda_W", "lambda_b")
 
 
 def check_options(options: dict, where: str = "net.prior") -> dict:
@@ -82,6 +83,7 @@ class Layer:
         return self._prior._expand(self._c.K)
 
     @functools.cached_property
+    @float64
     def K1(self) -> np.ndarray:
         return self._prior._expand(self._c.K1)
 
@@ -90,6 +92,7 @@ class Layer:
         return Pairs.of(self._prior.N)
 
     @functools.cached_property
+    @float64
     def V_packed(self) -> np.ndarray:
         self._prior._check_memory()
         Vp = self._c.vertex.packed()
@@ -100,6 +103,7 @@ class Layer:
         return np.asarray(self.pairs.unpack4(self.V_packed))
 
     @functools.cached_property
+    @float64
     def V_error(self) -> np.ndarray:
         """``(N, N, N, N)`` estimated absolute numerical error of :attr:`V` (the four-point quadrature,
         propagated through depth; ``docs/four-point.md``). NaN where ``four_point_order`` was given."""
@@ -109,20 +113,33 @@ class Layer:
         return np.asarray(self.pairs.unpack4(self._prior._expand_packed(packed_vertex_error(self._c))))
 
     @property
+    @float64
     def expansion_parameter(self) -> float:
         """``max |V_(ab)(cd)| / (n sqrt(K_aa K_bb K_cc K_dd))`` (0 for an exactly Gaussian layer)."""
         return self._c.expansion_parameter
 
     @property
     def vertex(self):
-        """The lazy vertex of this layer on the distinct inputs (``components``, ``local2``, ``packed``)."""
-        return self._c.vertex
+        """The lazy vertex of this layer on the distinct inputs (``components``, ``local2``, ``packed``;
+        each computed in float64 like every ngp result)."""
+        return _Float64Vertex(self._c.vertex)
 
     def __repr__(self) -> str:
         return f"Layer(index={self.index}, n={self.n}, N={self._prior.N})"
 
 
-class Prior:
+class _Float64Vertex:
+    """A lazy vertex whose methods run in float64 (:func:`ngp._validate.float64`)."""
+
+    def __init__(self, vertex):
+        self._vertex = vertex
+
+    def __getattr__(self, name):
+        attr = getattr(self._vertex, name)
+        return float64(attr) if callable(attr) else attr
+
+
+class Prior(NTKMixin):
     """Cumulants of the outputs of a random network (:class:`ngp.MLP`, :func:`ngp.serial`, ...) on inputs ``X``.
 
     Attributes:
@@ -151,11 +168,14 @@ class Prior:
         max_memory: bytes allowed for the dense ``V`` and its work arrays (default 4 GiB); above it a
             ``MemoryError`` states the estimate instead of exhausting memory.
         warn: warn when the 1/n expansion is not trustworthy (default True).
+        lambda_W, lambda_b: learning-rate factors of weights (divided by the fan-in) and biases, a float or
+            one per dense step, for the NTK (``Theta``, ``Theta1``, ``A``, ``B``, ``D``, ``F``, ``P``, ``Q``,
+            ``ntk_layers``; ``ngp._ntk_net``); default the network's own (``parameterization=``), else 1.
     """
 
+    @float64
     def __init__(self, net, X, **options):
         self.options = check_options(options)
-        check_x64("computing a prior")
         self.net = net
         self.X = as_inputs(X, "X", in_dim=getattr(net, "in_dim", None))
         # Work on distinct inputs only: duplicates give identical rows and would make the
@@ -230,6 +250,7 @@ class Prior:
             )
 
     @functools.cached_property
+    @float64
     def layers(self) -> tuple:
         """Per-layer :class:`Layer` objects on the original inputs (duplicates expanded)."""
         out = tuple(Layer(i + 1, c, self) for i, c in enumerate(self._cumulants))

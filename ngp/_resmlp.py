@@ -47,11 +47,13 @@ class ResMLP(Network):
         out_dim: number of output neurons.
         in_dim: optional input dimension (checked when given).
 
-    ``gamma = 0, xi = 1`` reproduces :class:`ngp.MLP` exactly.
+    ``gamma = 0, xi = 1`` reproduces :class:`ngp.MLP` exactly. Finite width: ``K1``, ``V`` per layer and
+    at the output, ``ngp.condition``/``ngp.posterior`` (``docs/theory.md``, "Residual networks").
 
     Example:
         >>> net = ngp.ResMLP(depth=6, width=256, activation="tanh", gamma=0.8, xi=0.6)
         >>> net.prior(X).K                      # (N, N) infinite-width output kernel
+        >>> net.prior(X).V, net.prior(X).K1     # finite-width cumulants (residual-chain recursion)
         >>> ngp.sample_networks(net, X, 100)    # actual random residual networks
     """
 

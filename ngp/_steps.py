@@ -30,9 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation, activation as make_activation
-from ._cumulants import DenseLayer, DenseMap, GaussianLayer, LayerCumulants, RefusedLayer, ScaledLayer
+from ._cumulants import DenseLayer, DenseMap, GaussianLayer, LayerCumulants, ScaledLayer
 from ._kernel import first_layer_kernel, two_point_matrix
 from ._linalg import psd_sqrt
+from ._residual_layers import readout_layer, residual_layer
 from ._validate import count, nonneg_float, positive_float, real
 
 __all__ = ["Step", "Dense", "Elementwise", "Scale", "Residual", "Serial", "Flow", "IDENTITY", "compose"]
@@ -192,9 +193,11 @@ class Dense(Step):
             E2 = two_point_matrix(f.act, f.layer.K, **kopts)
             K = C_b + C_W * E2
             prev = f.layer
-            ratio = None if prev.n is None else f.width / prev.n
-            dmap = DenseMap(f.act, prev.K, E2, C_W, ratio, prev.pairs, opts)
-            layer = DenseLayer(K, prev=prev, dense_map=dmap, width=self.width)
+            layer = readout_layer(self, f, K, C_W, C_b)  # a dense step reading out a residual chain
+            if layer is None:
+                ratio = None if prev.n is None else f.width / prev.n
+                dmap = DenseMap(f.act, prev.K, E2, C_W, ratio, prev.pairs, opts)
+                layer = DenseLayer(K, prev=prev, dense_map=dmap, width=self.width)
         if not isinstance(K, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(K))):
             raise FloatingPointError(
                 f"{self!r}: the kernel recursion produced non-finite values; the activation {f.act.name!r} "
@@ -276,17 +279,6 @@ class Scale(Step):
         return f"Scale({self.alpha:g})"
 
 
-_RESIDUAL_FINITE = (
-    "Residual(gamma={gamma:g}, xi={xi:g}): finite-width cumulants ({{what}}) of residual steps are not "
-    "implemented. The MLP recursion with the skip term added is exact only up to the first residual "
-    "block and for linear activations; beyond it a neuron's own past enters both directly (skip) and "
-    "through the metric, producing O(1/n) cross-neuron cumulants that change V at O(1), and activations "
-    "that are not odd develop O(1/n) odd cumulants that shift K1 (docs/theory.md, 'Residual networks'). "
-    "Use ngp.sample_networks(net, X, ...) for Monte-Carlo finite-width statistics, or .K for the exact "
-    "infinite-width kernel."
-)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Residual(Step):
     """A residual step ``z -> gamma z + xi block(z)`` on pre-activations.
@@ -299,8 +291,10 @@ class Residual(Step):
         xi: branch weight.
 
     Cumulants: ``K' = gamma^2 K + xi^2 K_block``. Finite-width cumulants: with ``gamma = 0`` the step
-    is its block scaled by ``xi`` (exact); otherwise not implemented (``NotImplementedError`` on
-    ``K1``/``V``).
+    is its block scaled by ``xi`` (exact); otherwise ``K1`` and ``V`` of the residual chain
+    (``docs/theory.md``, "Residual networks"; ``ngp/_residual_layers.py``) for blocks of ``Elementwise``
+    and ``Dense`` steps applying one activation to the stream along the chain and in the dense
+    step that reads it out (other patterns raise ``NotImplementedError`` on ``K1``/``V``).
     """
 
     block: Step
@@ -360,8 +354,7 @@ class Residual(Step):
             layer = inner.layer if self.xi == 1.0 else ScaledLayer(inner.layer, self.xi)
         else:
             K = self.gamma**2 * f.layer.K + self.xi**2 * inner.layer.K
-            refusal = _RESIDUAL_FINITE.format(gamma=self.gamma, xi=self.xi)
-            layer = RefusedLayer(K, n=f.width, width=f.width, refusal=refusal)
+            layer = residual_layer(self, f, K)  # finite width: the residual-chain cumulants
         return dataclasses.replace(f, layer=layer, layers=f.layers + (layer,), dense_index=inner.dense_index)
 
     def __repr__(self):

@@ -3,11 +3,13 @@
 Numbers: :func:`real`, :func:`positive_float`, :func:`nonneg_float`, :func:`count`
 (positive integers: widths, depths, sample sizes), :func:`per_layer` (a number or one value per
 layer). Arrays: :func:`as_inputs`, :func:`as_targets`, :func:`train_test`. Also the float64
-check, warnings attributed to the caller's line, and the conditioning limit of kernel solves.
+scope of the numerics (:func:`float64`), warnings attributed to the caller's line, and the
+conditioning limit of kernel solves.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -28,6 +30,7 @@ __all__ = [
     "as_targets",
     "train_test",
     "check_x64",
+    "float64",
     "warn",
     "memory_bytes",
 ]
@@ -186,6 +189,28 @@ def check_x64(what: str) -> None:
             "most of their digits in float32; call jax.config.update('jax_enable_x64', True) "
             "before using ngp.",
         )
+
+
+def float64(fn):
+    """Run ``fn`` with JAX in float64 whatever the global ``jax_enable_x64`` flag.
+
+    The 1/n corrections, kernel solves, quadratures and the reference solvers need float64 (in
+    float32 the kernel alone carries 1e-7 relative errors that the posterior amplifies by the
+    conditioning of the training kernel, and the importance sampler's exact conditioning fails). Every
+    public numerical entry point is wrapped, so results are right, and float64, in a float32 session.
+    The scope is ``jax.enable_x64`` (thread-local, restored on exit): the global flag is never changed.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if jax.config.jax_enable_x64:
+            return fn(*args, **kwargs)
+        # a float32 session: say so (arrays the user builds are float32), then compute in float64
+        check_x64(getattr(fn, "__qualname__", "ngp"))
+        with jax.enable_x64(True):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def memory_bytes(value, name: str = "max_memory") -> int:

@@ -15,13 +15,21 @@ and ``(C_b, C_W)`` is *critical* when the fixed point ``K* = C_b + C_W g(K*)`` h
 * :func:`depth_flow` -- the single-input, equal-width leading-order recursion of ``K``, the
   NLO metric ``K1`` and the four-point vertex ``V`` through depth (:class:`DepthFlow`).
 * :func:`asymptotic_law` -- the large-depth law of the class (:class:`AsymptoticLaw`).
-* :func:`residual_susceptibilities`, :func:`residual_vertex_growth` -- residual MLPs (§8).
+* :func:`residual_susceptibilities`, :func:`residual_vertex_growth` -- residual MLPs (``docs/theory.md``, "Residual networks").
+* :func:`residual_critical_point` -- the critical surface of residual blocks
+  ``z' = gamma z + xi [b + W sigma(z)]`` (:class:`ResidualCriticalPoint`).
+* :func:`residual_depth_flow` -- single-input finite-width flow of ``K``, ``K1`` and ``V`` through
+  the depth of a residual network (:class:`ResidualDepthFlow`), for comparison with :func:`depth_flow`.
 
 Numerics. Every Gaussian average is a 1-D Gauss-Hermite rule in ``x = z / sqrt(K)`` with
 ``m = 160 K + 300`` nodes (rounded up to a fixed ladder, at most 20000): relative error
 ``~1e-12`` or better for tanh, erf, sigmoid, softplus, GELU and SWISH at ``K <= 100``
-(measured against adaptive ``scipy.integrate.quad``); beyond ``K ~ 123`` a warning says that
-digits are lost. ``chi_par`` and ``g''`` use the derivative-free Hermite forms
+(measured against adaptive ``scipy.integrate.quad``). Beyond ``K_ACCURATE ~ 123`` a fixed rule in
+``x`` cannot resolve the activation's unit scale (``|z| ~ 1``, i.e. ``|x| ~ 1/sqrt(K)``), so the
+averages switch to a composite Gauss-Legendre rule in ``z``: panels of width ``1/4`` near ``z = 0``
+growing geometrically (by ``1/4`` of ``|z|``) up to width 2 and covering ``|z| <= 10 sqrt(K)`` (relative
+error ~1e-12 against ``scipy.integrate.quad``, tests/test_reliability.py); variances above ``K_MAX``
+are refused. ``chi_par`` and ``g''`` use the derivative-free Hermite forms
 ``g' = <sigma^2 He_2(x)> / 2K`` and ``g'' = <sigma^2 He_4(x)> / 4K^2`` (they converge faster
 than the forms with ``sigma'``, and are right for kinked activations); ``chi_perp`` needs
 ``sigma'`` (autodiff). The scale-invariant family ``a_+ z Theta(z) + a_- z Theta(-z)``
@@ -45,7 +53,7 @@ from scipy.optimize import brentq
 
 from ._activations import Activation, activation as _make_activation
 from ._gaussian import gauss_hermite
-from ._validate import count, nonneg_float, positive_float, real, warn
+from ._validate import count, float64, nonneg_float, positive_float, real, warn
 
 __all__ = [
     "CLASSES",
@@ -58,6 +66,10 @@ __all__ = [
     "asymptotic_law",
     "residual_susceptibilities",
     "residual_vertex_growth",
+    "ResidualCriticalPoint",
+    "ResidualDepthFlow",
+    "residual_critical_point",
+    "residual_depth_flow",
 ]
 
 #: Universality classes returned in :attr:`CriticalPoint.universality_class`.
@@ -71,6 +83,12 @@ _NODES_PER_K, _NODES_MIN = 160, 300
 _BATCH = 16
 #: Largest variance for which the rule still reaches ~1e-12 for tanh-like activations.
 K_ACCURATE = (_LADDER[-1] - _NODES_MIN) / _NODES_PER_K
+#: Largest variance accepted by the composite rule used above ``K_ACCURATE`` (its node count grows
+#: like ``sqrt(K)``: 1.6e5 nodes at ``K = 1e6``).
+K_MAX = 1e8
+#: Composite rule above ``K_ACCURATE``: Gauss-Legendre nodes per panel, smallest and largest panel
+#: width (in ``z``), geometric growth of the panel width with ``|z|``, and the range in standard deviations.
+_PANEL_NODES, _PANEL_MIN, _PANEL_MAX, _PANEL_GROWTH, _RANGE_SD = 16, 0.25, 2.0, 0.25, 10.0
 
 #: Default search range of the half-stable fixed point, and its log-spaced grid size.
 K_SEARCH = (1e-2, 100.0)
@@ -124,21 +142,72 @@ def _moment_core(act: Activation, m: int) -> Callable:
     """Pure ``K (B,) -> (g, g', g'', <sigma^4>, <sigma'^2>)``, each ``(B,)``, with ``m`` nodes."""
     x_np, w_np = _rule(m)
     x, w = jnp.asarray(x_np), jnp.asarray(w_np)
-    he2 = jnp.asarray(x_np * x_np - 1.0)
-    he4 = jnp.asarray(x_np**4 - 6.0 * x_np * x_np + 3.0)
-    d1 = act.derivative(1)
+    weighted = _weighted_moments(act)
 
     def moments(K):
-        z = jnp.sqrt(K)[:, None] * x
-        s2 = act.fn(z) ** 2
-        g = s2 @ w
-        g1 = (s2 * he2) @ w / (2.0 * K)
-        g2 = (s2 * he4) @ w / (4.0 * K * K)
-        s4 = (s2 * s2) @ w
-        sp2 = d1(z) ** 2 @ w
-        return g, g1, g2, s4, sp2
+        return weighted(K, jnp.broadcast_to(x, K.shape + x.shape), jnp.broadcast_to(w, K.shape + w.shape))
 
     return moments
+
+
+def _weighted_moments(act: Activation) -> Callable:
+    """Pure ``(K (B,), x (B, M), w (B, M)) -> (g, g', g'', <sigma^4>, <sigma'^2>)``: the averages over
+    ``z = sqrt(K) x`` with the rule ``(x, w)`` for the standard normal in ``x`` (per variance)."""
+    d1 = act.derivative(1)
+
+    def weighted(K, x, w):
+        z = jnp.sqrt(K)[:, None] * x
+        s2 = act.fn(z) ** 2
+        he2 = x * x - 1.0
+        he4 = x**4 - 6.0 * x * x + 3.0
+        g = jnp.sum(s2 * w, axis=1)
+        g1 = jnp.sum(s2 * he2 * w, axis=1) / (2.0 * K)
+        g2 = jnp.sum(s2 * he4 * w, axis=1) / (4.0 * K * K)
+        s4 = jnp.sum(s2 * s2 * w, axis=1)
+        sp2 = jnp.sum(d1(z) ** 2 * w, axis=1)
+        return g, g1, g2, s4, sp2
+
+    return weighted
+
+
+def _panel_edges(K: float) -> np.ndarray:
+    """Panel edges in ``z >= 0`` for the composite rule: width ``1/4`` near 0, growing by a quarter of
+    ``|z|`` up to width 2, to ``10 sqrt(K)``."""
+    end = _RANGE_SD * math.sqrt(K)
+    edges, z = [0.0], 0.0
+    while z < end:
+        z = min(end, z + min(_PANEL_MAX, max(_PANEL_MIN, _PANEL_GROWTH * z)))
+        edges.append(z)
+    return np.asarray(edges)
+
+
+def _composite_rule(K: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, w)``: nodes ``x = z / sqrt(K)`` and weights of ``E[f(z)]``, ``z ~ N(0, K)``, on panels in ``z``."""
+    t, tw = np.polynomial.legendre.leggauss(_PANEL_NODES)
+    e = _panel_edges(K)
+    lo, hi = e[:-1, None], e[1:, None]
+    z = (0.5 * (hi - lo) * t + 0.5 * (hi + lo)).ravel()
+    wz = (0.5 * (hi - lo) * tw).ravel() * np.exp(-0.5 * z * z / K) / math.sqrt(2.0 * math.pi * K)
+    z = np.concatenate([-z[::-1], z])
+    wz = np.concatenate([wz[::-1], wz])
+    return z / math.sqrt(K), wz
+
+
+@functools.lru_cache(maxsize=32)
+def _weighted_jit(keyed: "_Keyed") -> Callable:
+    return jax.jit(_weighted_moments(keyed.act))
+
+
+def _moments_composite(act: Activation, K: np.ndarray) -> tuple:
+    """The averages of :func:`_weighted_moments` at large variances ``K`` (1-D), one compiled shape per
+    power-of-two node count."""
+    rules = [_composite_rule(float(k)) for k in K]
+    M = 1 << int(np.ceil(np.log2(max(x.size for x, _ in rules))))
+    x = np.zeros((K.size, M))
+    w = np.zeros((K.size, M))
+    for i, (xi, wi) in enumerate(rules):
+        x[i, :xi.size], w[i, :wi.size] = xi, wi
+    return tuple(np.asarray(v) for v in _weighted_jit(_Keyed(act))(jnp.asarray(K), jnp.asarray(x), jnp.asarray(w)))
 
 
 class _Keyed:
@@ -200,17 +269,24 @@ def _moments(act: Activation, K: np.ndarray, *, nodes: int | None = None) -> dic
             "sp2": np.full_like(K, A2),
         }
     flat = K.reshape(-1)
-    if flat.size and float(np.max(flat)) > K_ACCURATE:
-        warn(
-            f"ngp.criticality: a variance reaches K = {float(np.max(flat)):.4g} > {K_ACCURATE:.0f}; the "
-            f"Gauss-Hermite rule is capped at {_LADDER[-1]} nodes and loses digits there.",
-        )
     keys = ("g", "g1", "g2", "s4", "sp2")
     out = {k: np.empty_like(flat) for k in keys}
+    large = flat > K_ACCURATE if nodes is None else np.zeros(flat.shape, dtype=bool)
+    if np.any(flat[large] > K_MAX):
+        raise ValueError(
+            f"K: variance {float(np.max(flat)):.4g} > {K_MAX:g}; Gaussian averages of {act.name!r} at such variances "
+            "need more than 1e6 quadrature nodes (the activation varies on the scale |z| ~ 1 of a Gaussian of "
+            "width sqrt(K)); use K <= 1e8"
+        )
+    for start in range(0, int(np.sum(large)), _BATCH):
+        part = np.nonzero(large)[0][start:start + _BATCH]
+        for key, v in zip(keys, _moments_composite(act, flat[part])):
+            out[key][part] = v
+    small = np.nonzero(~large)[0]
     # One rung for the whole array (the one its largest variance needs): one compilation.
-    m = int(nodes) if nodes is not None else (_nodes(float(np.max(flat))) if flat.size else _NODES_MIN)
-    if flat.size:
-        idx = np.arange(flat.size)
+    m = int(nodes) if nodes is not None else (_nodes(float(np.max(flat[small]))) if small.size else _NODES_MIN)
+    if small.size:
+        idx = small
         fn = _moment_fn(act, m)
         for start in range(0, len(idx), _BATCH):
             part = idx[start:start + _BATCH]
@@ -234,6 +310,7 @@ def _scalar_or_array(a: np.ndarray):
 
 
 # ----------------------------------------------------------------------------- susceptibilities
+@float64
 def susceptibilities(activation, K, *, C_W: float = 1.0, C_b: float = 0.0):
     """Parallel and perpendicular susceptibilities of one layer at kernel ``K`` (``docs/theory.md``, "Criticality").
 
@@ -257,6 +334,7 @@ def susceptibilities(activation, K, *, C_W: float = 1.0, C_b: float = 0.0):
     return _scalar_or_array(C_W * m["g1"]), _scalar_or_array(C_W * m["sp2"])
 
 
+@float64
 def residual_susceptibilities(activation, K, *, C_W: float = 1.0, C_b: float = 0.0, gamma: float, xi: float):
     """Susceptibilities of one residual block ``z' = gamma z + xi [b + W sigma(z)]`` (``docs/theory.md``, "Residual networks").
 
@@ -294,9 +372,9 @@ def residual_vertex_growth(*, gamma: float, xi: float, C_W: float = 1.0) -> floa
     ``E[G'^2] / E[G']^2 = (E[G^2] / E[G]^2) (1 + 2 r (2 - r) / n)`` for the empirical
     second moment ``G`` of a layer.
 
-    For nonlinear blocks no such statement is made: the leading-order residual ``V``
-    recursion does not close beyond the first block (``docs/theory.md``, "Residual networks"), so this function is
-    deliberately limited to linear blocks.
+    For nonlinear blocks the growth is not a per-block constant of this simple form (a neuron's
+    own past enters its metric); use :func:`residual_depth_flow`, which solves the full
+    finite-width theory of residual networks for any activation.
 
     Args:
         gamma: skip weight; xi: block weight (not both zero); C_W: block weight variance ``> 0``.
@@ -401,6 +479,7 @@ def _half_stable_roots(act: Activation, k_range: tuple[float, float]) -> list[fl
     return roots
 
 
+@float64
 def critical_point(activation, *, K_range: tuple[float, float] = K_SEARCH) -> CriticalPoint:
     """Critical initialisation ``(C_b, C_W)``, fixed point ``K*`` and universality class.
 
@@ -547,6 +626,7 @@ class DepthFlow:
         return self.K1 / self.K
 
 
+@float64
 def depth_flow(activation, *, C_W: float, C_b: float, K0: float, depth: int) -> DepthFlow:
     """Iterate the single-input leading-order recursions with equal widths (``docs/theory.md``, "Criticality").
 
@@ -556,7 +636,7 @@ def depth_flow(activation, *, C_W: float, C_b: float, K0: float, depth: int) -> 
     * ``V^(l+1) = C_W^2 Var_K(sigma^2) + chi_par(K)^2 V^(l)``,
     * ``K1^(l+1) = chi_par(K) K1^(l) + (C_W / 2) g''(K) V^(l)``,
 
-    all at ``K = K^(l)``. These are §2-3 with one input and ``n_l = n_{l-1}``.
+    all at ``K = K^(l)``. These are the recursions of ``docs/theory.md``, "Finite-width recursions", with one input and ``n_l = n_{l-1}``.
 
     Args:
         activation: name, :class:`ngp.Activation` or callable.
@@ -722,3 +802,143 @@ def asymptotic_law(point: CriticalPoint, depth, *, K0: float | None = None) -> A
         desc = (f"half-stable: marginal at practical depths, K ~ K* = {point.K_star:.6g}, "
                 f"V/K^2 ~ {point.vertex_slope:.5g} (l - 1); 1/l asymptotics only at l >~ 1e4")
     return AsymptoticLaw(layers, K, v, desc)
+
+
+# ----------------------------------------------------------------------------- residual networks
+@dataclasses.dataclass(frozen=True)
+class ResidualCriticalPoint:
+    """Critical initialisation of residual blocks ``z' = gamma z + xi [b + W sigma(z)]``.
+
+    The block maps a single-input kernel as ``f(K) = gamma^2 K + xi^2 (C_b + C_W g(K))``, with
+    susceptibilities ``chi_res = gamma^2 + xi^2 chi`` (:func:`residual_susceptibilities`).
+    Criticality, ``f(K*) = K*`` and ``chi_res_par = chi_res_perp = 1``, needs ``chi_par = chi_perp``
+    of the branch at ``K*`` (so ``K*`` is the MLP's) and fixes
+    ``xi^2 (C_b, C_W) = (1 - gamma^2) (C_b*, C_W*)`` in terms of the MLP's critical point: for every
+    ``gamma^2 < 1`` and ``xi != 0`` one point; ``gamma^2 + xi^2 = 1`` is the MLP's own ``(C_b*, C_W*)``.
+
+    Attributes:
+        activation: activation name.
+        gamma, xi: the block weights.
+        exists: whether a critical ``(C_b, C_W)`` exists for these ``gamma, xi``.
+        reason: one sentence saying why (or why not).
+        C_b, C_W: critical bias and weight variances (``None`` if none).
+        K_star: fixed point (``None`` for the scale-invariant class, where every ``K`` is one).
+        scale: ``(1 - gamma^2) / xi^2``, the factor applied to the MLP's ``(C_b*, C_W*)``.
+        mlp: the plain-network :class:`CriticalPoint`.
+    """
+
+    activation: str
+    gamma: float
+    xi: float
+    exists: bool
+    reason: str
+    C_b: float | None = None
+    C_W: float | None = None
+    K_star: float | None = None
+    scale: float | None = None
+    mlp: CriticalPoint | None = None
+
+
+def residual_critical_point(activation, *, gamma: float, xi: float,
+                            K_range: tuple[float, float] = K_SEARCH) -> ResidualCriticalPoint:
+    """The critical ``(C_b, C_W)`` of residual blocks with skip weight ``gamma`` and branch weight ``xi``.
+
+    ``(C_b, C_W) = (1 - gamma^2) / xi^2 * (C_b*, C_W*)`` with ``(C_b*, C_W*, K*)`` from
+    :func:`critical_point` (see :class:`ResidualCriticalPoint`). There is none when the MLP has
+    none, when ``xi = 0``, or when ``gamma^2 >= 1``: then ``chi_res >= 1 + xi^2 chi > 1`` and every
+    block adds ``xi^2 G > 0`` to the kernel (``gamma^2 = 1`` networks stay bounded only over
+    ``~1 / xi^2`` blocks, the usual ``xi^2 ~ 1 / depth`` scaling).
+
+    Args:
+        activation: name, :class:`ngp.Activation` or callable.
+        gamma: weight of the skip path (real).
+        xi: weight of the block (real).
+        K_range: search range of half-stable fixed points (:func:`critical_point`).
+    """
+    gamma, xi = _real(gamma, "gamma"), _real(xi, "xi")
+    mlp = critical_point(activation, K_range=K_range)
+    name = mlp.activation
+    if not mlp.exists:
+        return ResidualCriticalPoint(name, gamma, xi, False, "the branch has no critical point: " + mlp.reason, mlp=mlp)
+    if xi == 0:
+        return ResidualCriticalPoint(name, gamma, xi, False, "xi = 0: the block is the identity map times gamma",
+                                     mlp=mlp)
+    if gamma * gamma >= 1:
+        return ResidualCriticalPoint(
+            name, gamma, xi, False,
+            f"gamma^2 = {gamma * gamma:.6g} >= 1: chi_res = gamma^2 + xi^2 chi exceeds 1 for any C_W > 0 and the "
+            "kernel grows by xi^2 G per block; keep xi^2 ~ 1/depth or use gamma^2 < 1", mlp=mlp)
+    scale = (1.0 - gamma * gamma) / (xi * xi)
+    return ResidualCriticalPoint(
+        name, gamma, xi, True,
+        f"(C_b, C_W) = (1 - gamma^2)/xi^2 = {scale:.6g} times the {mlp.universality_class} MLP point: "
+        "gamma^2 + xi^2 chi = 1 for both susceptibilities at the MLP's K*",
+        C_b=scale * mlp.C_b, C_W=scale * mlp.C_W, K_star=mlp.K_star, scale=scale, mlp=mlp)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualDepthFlow(DepthFlow):
+    """Single-input finite-width flow of a residual network (docs/theory.md, residual networks).
+
+    Entry ``l - 1`` describes the *output* of a network with ``l`` weight layers (``ngp.ResMLP``
+    with ``depth = l``): ``l = 1`` the first layer (``K0``), ``l = 2`` one hidden layer and the
+    readout, ``l >= 3`` ``l - 2`` residual blocks and the readout. ``K``, ``K1``, ``V`` follow the
+    conventions of :class:`DepthFlow` (``V`` and ``K1`` carry ``1/n``); ``chi_parallel`` and
+    ``chi_perp`` are the block susceptibilities ``gamma^2 + xi^2 chi`` at the last hidden layer.
+
+    Attributes (besides :class:`DepthFlow`'s):
+        gamma, xi: the block weights.
+        hidden_K: the kernel of the last hidden layer (the residual stream), ``(depth,)``.
+    """
+
+    gamma: float = 0.0
+    xi: float = 1.0
+    hidden_K: np.ndarray | None = None
+
+
+def residual_depth_flow(activation, *, C_W: float, C_b: float, gamma: float, xi: float, K0: float,
+                        depth: int, **options) -> ResidualDepthFlow:
+    """Finite-width ``K``, ``K1``, ``V`` of single-input residual networks of depth ``1 .. depth``.
+
+    One chain of residual blocks (``C_W``, ``C_b``, ``gamma``, ``xi`` in every block and the
+    readout) is followed layer by layer; after each layer the output of a readout is recorded.
+    The theory is the full ``O(1/n)`` one of :mod:`ngp._residual_cumulants` (including a neuron's
+    self-interaction through its metric), not the MLP recursion with a skip term. ``gamma = 0``,
+    ``xi = 1`` reproduces :func:`depth_flow`. Cost grows as ``depth^2`` (cross-layer terms).
+
+    Args:
+        activation: name, :class:`ngp.Activation` or callable.
+        C_W: weight variance ``> 0``.
+        C_b: bias variance ``>= 0``.
+        gamma: weight of the skip path (real).
+        xi: weight of the block (real).
+        K0: first-layer kernel ``> 0``.
+        depth: number of weight layers of the deepest network (``>= 1``).
+        **options: quadrature options of :mod:`ngp._residual_cumulants`.
+    """
+    from ._residual_cumulants import chain_start, readout, residual_step
+
+    act = _act(activation)
+    C_W = positive_float(C_W, "C_W")
+    C_b = nonneg_float(C_b, "C_b")
+    gamma, xi = _real(gamma, "gamma"), _real(xi, "xi")
+    K0 = float(_as_variance(K0, "K0"))
+    depth = _as_depth(depth)
+    K, K1, V, hidden = (np.full(depth, np.nan) for _ in range(4))
+    K[0], K1[0], V[0], hidden[0] = K0, 0.0, 0.0, K0
+    cpar, cperp = np.full(depth, np.nan), np.full(depth, np.nan)
+    state = chain_start(act, np.array([[K0]]), n=1, **options)
+    for l in range(2, depth + 1):
+        out = readout(state, C_W=C_W, C_b=C_b)
+        K[l - 1], K1[l - 1], V[l - 1] = out.K[0, 0], out.K1[0, 0], out.V[0, 0]
+        hidden[l - 1] = state.K[0, 0]
+        cp, cq = residual_susceptibilities(act, state.K[0, 0], C_W=C_W, C_b=C_b, gamma=gamma, xi=xi)
+        cpar[l - 1], cperp[l - 1] = cp, cq
+        if l < depth:
+            state = residual_step(state, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi)
+            if not np.isfinite(state.K[0, 0]) or state.K[0, 0] > K_ACCURATE:
+                warnings.warn(f"residual_depth_flow: the residual stream reaches K = {state.K[0, 0]:.4g} at layer "
+                              f"{l + 1}; the remaining layers are nan", RuntimeWarning, stacklevel=2)
+                break
+    return ResidualDepthFlow(np.arange(1, depth + 1), K, K1, V, cpar, cperp, C_W, C_b,
+                             gamma=gamma, xi=xi, hidden_K=hidden)

@@ -36,12 +36,19 @@ def synthetic_1d(n: int = 8, *, noise: float = 0.01, seed: int = 0) -> tuple[np.
 def standardize(train: np.ndarray, *others: np.ndarray):
     """Centre and scale columns by the training mean and standard deviation.
 
+    Overflow-safe: each column is first divided by its largest training magnitude, so values up
+    to the float64 limit (``1e300``) are standardised, not turned into ``0`` or ``nan``. A constant
+    column is only centred.
+
     Returns the transformed ``train`` followed by the transformed ``others``, and the
-    ``(mean, std)`` used.
+    ``(mean, std)`` used (``x_std = (x - mean) / std``).
     """
     train = np.asarray(train, dtype=float)
-    mu = train.mean(axis=0)
-    sd = train.std(axis=0)
-    sd = np.where(sd > 0, sd, 1.0)
-    out = [(train - mu) / sd] + [(np.asarray(o, dtype=float) - mu) / sd for o in others]
-    return (*out, (mu, sd))
+    mag = np.max(np.abs(train), axis=0)
+    mag = np.where((mag > 0) & np.isfinite(mag), mag, 1.0)
+    t = train / mag
+    mu = t.mean(axis=0)
+    sd = t.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0 / mag)  # constant column: std 1 in the original units
+    out = [(t - mu) / sd] + [(np.asarray(o, dtype=float) / mag - mu) / sd for o in others]
+    return (*out, (mu * mag, sd * mag))

@@ -7,6 +7,7 @@ a sequence of them where several panels are drawn) and returns the matplotlib ``
 * :func:`plot_flow` -- ``K``, ``K1/K`` and ``V/(n K^2)`` against the layer index for several
   initialisations (``docs/theory.md``, "Criticality": the normalised vertex grows linearly with depth at
   criticality and exponentially off it).
+* :func:`show` -- write a figure to a file and, in a Jupyter kernel, display it inline.
 * :func:`plot_phase_diagram` -- ``chi_perp`` (or ``K``) after many layers over a
   ``(C_b, C_W)`` grid, the ``chi_perp = 1`` line and the critical point.
 """
@@ -14,12 +15,13 @@ a sequence of them where several panels are drawn) and returns the matplotlib ``
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from typing import Sequence
 
 import numpy as np
 
-__all__ = ["plot_flow", "plot_phase_diagram", "plot_posterior"]
+__all__ = ["plot_flow", "plot_phase_diagram", "plot_posterior", "show"]
 
 #: Quantities :func:`plot_flow` can draw.
 FLOW_QUANTITIES = ("K", "K1/K", "V/(nK^2)")
@@ -317,3 +319,37 @@ def plot_posterior(X_test, posteriors, *, labels: Sequence[str] | None = None, o
     axis.legend(loc="best", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def show(fig, path: str | None = None, *, dpi: int = 110):
+    """Write ``fig`` to ``path`` and, when running in a Jupyter kernel, display it inline; then close it.
+
+    One call that works in both places a tutorial runs: as a script (or in CI) the figure is
+    written to the file and nothing is shown; in Jupyter it is also shown in the cell's output,
+    whatever matplotlib backend is active. The figure is closed afterwards (no second display,
+    no accumulation of open figures).
+
+    Args:
+        fig: a matplotlib Figure.
+        path: file to write (``None``: display only).
+        dpi: resolution of the file.
+
+    Returns:
+        ``path``.
+    """
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+    shell = None
+    if "ipykernel" in sys.modules:
+        try:
+            from IPython import get_ipython
+
+            shell = get_ipython()
+        except ImportError:  # pragma: no cover - ipykernel always brings IPython
+            shell = None
+    if shell is not None and getattr(shell, "kernel", None) is not None:
+        from IPython.display import display
+
+        display(fig)
+    _pyplot().close(fig)
+    return path

@@ -9,11 +9,12 @@ import pytest
 from ngp.cli import main
 
 
+@pytest.mark.validation  # the README's demo, end to end (~2 min on a quiet 2-core machine)
 def test_demo_quick_writes_table_and_figure(tmp_path, capsys):
     rc = main(["demo", "--quick", "--no-nuts", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "Terrain elevation" in out and "finite n=8" in out and "GP" in out and "|mean-truth|" in out
+    assert "Terrain elevation" in out and "finite width n=8" in out and "GP" in out and "|mean-IS|" in out
     fig = tmp_path / "demo_posterior.png"
     assert fig.exists() and fig.stat().st_size > 10_000
 
@@ -37,9 +38,9 @@ def test_regress_table_and_json(csv_file, tmp_path, capsys):
                "--no-truth", "--json", str(out_json)])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "finite n=16" in out and "test RMSE" in out
+    assert "finite width n=16" in out and "test RMSE" in out
     res = json.loads(out_json.read_text())
-    assert res["target"] == "target" and res["features"] == ["a", "b"] and len(res["rows"]) == 2
+    assert res["target"] == "target" and res["features"] == ["a", "b"] and len(res["table"]) == 3
 
 
 @pytest.mark.parametrize(
@@ -49,8 +50,8 @@ def test_regress_table_and_json(csv_file, tmp_path, capsys):
         ("a,b\n1,2\n", ["--target", "y"], "column 'y' not in"),
         ("a,y\n1,2\nx,3\n", ["--target", "y"], "non-numeric"),
         ("a,y\n1,2\n3\n", ["--target", "y"], "fields"),
-        ("a,y\n1,2\n3,4\n", ["--target", "y", "--n-train", "5"], "exceeds"),
-        ("a,y\n1,2\n3,4\n5,6\n", ["--target", "y", "--n-train", "1", "--n-test", "1", "--activation", "nope"],
+        ("a,y\n1,2\n3,4\n5,6\n", ["--target", "y", "--n-train", "5"], "exceeds"),
+        ("a,y\n1,2\n3,4\n5,6\n", ["--target", "y", "--n-train", "2", "--n-test", "1", "--activation", "nope"],
          "unknown activation"),
     ],
 )

@@ -20,6 +20,9 @@ EXPECTED = (
     "03_criticality.py",
     "04_model_selection.py",
     "05_training_tools.py",
+    "06_residual.py",
+    "07_ntk_and_scaling.py",
+    "08_large_data.py",
 )
 
 
@@ -27,6 +30,7 @@ def test_all_notebooks_present():
     assert set(EXPECTED) <= {p.name for p in NOTEBOOKS}, [p.name for p in NOTEBOOKS]
 
 
+@pytest.mark.validation
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(notebook, tmp_path):
     pytest.importorskip("matplotlib")

@@ -10,8 +10,19 @@ from ngp._pairs import Pairs
 
 from ._mc import metric_cumulants
 
-RNG = np.random.default_rng(11)
-X3 = RNG.normal(size=(3, 3))
+
+@pytest.fixture(scope="module")
+def inputs():
+    """The inputs of this file's tests, drawn in file order from one seeded generator."""
+    rng = np.random.default_rng(11)
+    names_shapes = [("X3", (3, 3)), ("symmetries", (4, 2)), ("mehler", (3, 2)), ("unequal", (2, 3)),
+                    ("memory", (12, 2))]
+    return {name: rng.normal(size=shape) for name, shape in names_shapes}
+
+
+@pytest.fixture(scope="module")
+def X3(inputs):
+    return inputs["X3"]
 
 
 # ----------------------------------------------------------------------------- exact results
@@ -29,35 +40,41 @@ def _linear_exact_cov(X, C_W, C_b, widths):
     return M - np.einsum("ab,cd->abcd", K, K), K
 
 
-@pytest.mark.parametrize("n", [8, 16, 32, 64])
-def test_deep_linear_exact_moments(n):
+DEEP_LINEAR_WIDTHS = (8, 16, 32, 64)
+
+
+@pytest.fixture(scope="module")
+def deep_linear(X3):
+    """Prior and exact Wishart moments of the deep linear network at each width n (widths [n, 2n, n])."""
     C_W, C_b = [1.1, 0.9, 1.2, 0.8], [0.3, 0.2, 0.0, 0.1]
-    widths = [n, 2 * n, n]
-    net = ngp.MLP(4, widths, activation="linear", C_W=C_W, C_b=C_b)
-    prior = net.prior(X3, warn=False)
-    cov, K = _linear_exact_cov(X3, C_W, C_b, widths)
-    np.testing.assert_allclose(prior.K, K, rtol=1e-13)
-    np.testing.assert_allclose(prior.K1, 0.0, atol=1e-13)  # E G_hat = K exactly
-    V = prior.V
-    # LO recursion: V' = C_W^2 (K_ac K_bd + K_ad K_bc) + C_W^2 (n_l/n_{l-1}) V
-    rel = np.max(np.abs(n * cov - V)) / np.max(np.abs(V))
+    out = {}
+    for n in DEEP_LINEAR_WIDTHS:
+        widths = [n, 2 * n, n]
+        prior = ngp.MLP(4, widths, activation="linear", C_W=C_W, C_b=C_b).prior(X3, warn=False)
+        cov, K = _linear_exact_cov(X3, C_W, C_b, widths)
+        V = np.asarray(prior.V)
+        # LO recursion: V' = C_W^2 (K_ac K_bd + K_ad K_bc) + C_W^2 (n_l/n_{l-1}) V
+        rel = np.max(np.abs(n * cov - V)) / np.max(np.abs(V))
+        out[n] = dict(prior=prior, K=K, rel=rel)
+    return out
+
+
+@pytest.mark.parametrize("n", DEEP_LINEAR_WIDTHS)
+def test_deep_linear_exact_moments(n, deep_linear):
+    d = deep_linear[n]
+    np.testing.assert_allclose(d["prior"].K, d["K"], rtol=1e-13)
+    np.testing.assert_allclose(d["prior"].K1, 0.0, atol=1e-13)  # E G_hat = K exactly
     # the exact residual is O(1/n): n * rel is a constant (0.1341 * 8 per THEORY 10)
-    test_deep_linear_exact_moments.rel[n] = rel
-    assert 0.5 / n < rel < 2.0 / n
+    assert 0.5 / n < d["rel"] < 2.0 / n
 
 
-test_deep_linear_exact_moments.rel = {}
-
-
-def test_deep_linear_residual_halves():
-    rel = test_deep_linear_exact_moments.rel
-    if len(rel) < 4:
-        pytest.skip("runs after the parametrised cases")
+def test_deep_linear_residual_halves(deep_linear):
+    rel = {n: d["rel"] for n, d in deep_linear.items()}
     ratios = [rel[8] / rel[16], rel[16] / rel[32], rel[32] / rel[64]]
     np.testing.assert_allclose(ratios, 2.0, rtol=0.06)
 
 
-def test_linear_vertex_closed_form():
+def test_linear_vertex_closed_form(X3):
     # THEORY 7.5: linear, C_b = 0, equal widths: V = (l-1) C_W^{2(l-1)} (K_ac K_bd + K_ad K_bc)
     net = ngp.MLP(5, 10, activation="linear", C_W=1.3, C_b=0.0)
     prior = net.prior(X3, warn=False)
@@ -83,7 +100,7 @@ def test_relu_single_input_law(L):
         assert abs(exact - 5 * (L - 1)) <= 25 * (L - 1) ** 2 / n
 
 
-def test_first_layers_are_gaussian_and_two_layers_exact():
+def test_first_layers_are_gaussian_and_two_layers_exact(X3):
     net1 = ngp.MLP(1, activation="tanh")
     p1 = net1.prior(X3)
     assert np.all(p1.V == 0) and np.all(p1.K1 == 0)
@@ -97,8 +114,8 @@ def test_first_layers_are_gaussian_and_two_layers_exact():
     assert z.max() < 4.5, z.max()
 
 
-def test_vertex_symmetries():
-    X = RNG.normal(size=(4, 2))
+def test_vertex_symmetries(inputs):
+    X = inputs["symmetries"]
     p = ngp.MLP(3, 16, activation="tanh", C_W=1.4, C_b=0.2).prior(X, warn=False)
     V = p.V
     np.testing.assert_allclose(V, np.transpose(V, (1, 0, 2, 3)), atol=1e-15)
@@ -109,7 +126,7 @@ def test_vertex_symmetries():
     np.testing.assert_allclose(p.K1, p.K1.T, atol=1e-15)
 
 
-def test_duplicated_inputs_are_handled():
+def test_duplicated_inputs_are_handled(X3):
     X = np.vstack([X3, X3[1:2]])
     net = ngp.MLP(3, 16, activation="tanh")
     p = net.prior(X, warn=False)
@@ -120,9 +137,9 @@ def test_duplicated_inputs_are_handled():
 
 
 # ----------------------------------------------------------------------------- independent paths
-def test_closed_form_and_mehler_derivative_paths_agree():
+def test_closed_form_and_mehler_derivative_paths_agree(inputs):
     # erf: J, H by autodiff of the arcsin kernel vs heat-equation derivatives by Mehler
-    X = RNG.normal(size=(3, 2))
+    X = inputs["mehler"]
     net = ngp.MLP(4, 12, activation="erf", C_W=1.5, C_b=0.1)
     a = net.prior(X, warn=False)
     b = net.prior(X, method="mehler", warn=False)
@@ -184,7 +201,7 @@ def _check_one_over_n(res, key):
     "activation,L,C_W,C_b",
     [("tanh", 3, 1.0, 0.0), ("tanh", 4, 1.5, 0.1), ("gelu", 3, 1.983058257438, 0.172922390756), ("relu", 3, 2.0, 0.1)],
 )
-def test_vertex_and_K1_against_monte_carlo(activation, L, C_W, C_b):
+def test_vertex_and_K1_against_monte_carlo(activation, L, C_W, C_b, X3):
     ns = {"tanh": [8, 16, 32], "gelu": [16, 32], "relu": [32, 64]}[activation]
     res = _residuals(activation, L, lambda n: n, ns, X3, C_W, C_b, 100_000, seed=100 * L)
     dV = np.array([r["dV"] for r in res])
@@ -206,18 +223,18 @@ def test_vertex_and_K1_against_monte_carlo(activation, L, C_W, C_b):
         assert np.all(np.abs(r["dG"]) < tol), (r["n"], r["dG"], r["dG_se"])
 
 
-def test_unequal_widths_ratio_placement():
+def test_unequal_widths_ratio_placement(inputs):
     # THEORY 10 'tanh-2in-uneq': widths [n, 2n, n/2]; the ratio n_l/n_{l-1} must not be inverted
-    X = RNG.normal(size=(2, 3))
+    X = inputs["unequal"]
     res = _residuals("tanh", 4, lambda n: [2 * n, 4 * n, n], [16, 32], X, 1.0, 0.0, 100_000, seed=7)
     for r in res:
         assert abs(r["dV"]) < 4.5 * r["dV_se"] + 0.4 * abs(r["V"]) / r["n"], r
     # and with the ratio inverted the prediction would be off by O(1) (THEORY: 2.4 max|V|)
 
 
-def test_memory_guard_and_bad_options():
+def test_memory_guard_and_bad_options(inputs):
     net = ngp.MLP(3, 16)
-    X = RNG.normal(size=(12, 2))
+    X = inputs["memory"]
     p = net.prior(X, max_memory=1000)
     with pytest.raises(MemoryError, match="GiB"):
         p.V
@@ -228,7 +245,7 @@ def test_memory_guard_and_bad_options():
         kinked.prior(X[:3], warn=False).V
 
 
-def test_expansion_warning():
+def test_expansion_warning(X3):
     net = ngp.MLP(6, 8, activation="relu", C_W=2.0)
     p = net.prior(X3)
     with pytest.warns(RuntimeWarning, match="expansion parameter"):

@@ -17,9 +17,9 @@ def data():
 
 
 @pytest.mark.parametrize("activation", [
-    "sin", "tanh",
-    pytest.param("relu", marks=pytest.mark.xfail(
-        strict=True, reason="issue 15: the relu-family arccos has an infinite derivative at theta=0 (NaN gradient)")),
+    "sin",
+    pytest.param("tanh", marks=pytest.mark.validation),  # quadrature derivative (Price): minutes on 2 cores
+    pytest.param("relu", marks=pytest.mark.validation),
 ])
 def test_log_evidence_matches_condition_and_its_gradient_matches_finite_differences(activation, data):
     X, Y = data
@@ -41,7 +41,11 @@ def test_log_evidence_matches_condition_and_its_gradient_matches_finite_differen
     fd = np.array([(float(f(theta.at[i].add(h))) - float(f(theta.at[i].add(-h)))) / (2 * h) for i in range(7)])
     # central differences: O(h^2) truncation, ~1e-10/h rounding; the derivative of the four-point
     # quadrature (Price's theorem on the same rule) is as accurate as the rule (~1e-6 of the gradient)
-    np.testing.assert_allclose(g_rev, fd, rtol=1e-5, atol=1e-5 * np.max(np.abs(fd)))
+    # relu: the four-point rule integrates a kinked product, so the rule's value (and its finite
+    # differences) carry ~1e-3 errors, while the Price derivative converges to the exact one
+    # (tests/test_reliability.py::test_relu_four_point_derivative_matches_exact_polar_quadrature)
+    tol = 3e-3 if activation == "relu" else 1e-5
+    np.testing.assert_allclose(g_rev, fd, rtol=tol, atol=tol * np.max(np.abs(fd)))
 
 
 def test_fit_recovers_the_hyperparameters_of_the_data():
@@ -65,9 +69,11 @@ def test_fit_recovers_the_hyperparameters_of_the_data():
         assert abs(mean[j] - truth[name]) < 4 * spread[j] / np.sqrt(len(fits))  # and the mean within 4 s.e.
 
 
+@pytest.mark.validation  # L-BFGS-B on the finite-width evidence: minutes on 2 cores
 def test_fit_finite_width_improves_the_evidence_and_returns_a_network(data):
     X, Y = data
-    net = ngp.MLP(3, 32, activation="tanh", C_W=1.0, C_b=0.1, out_dim=2)
+    # sin: closed-form four-point function, so the test exercises the optimiser, not the quadrature
+    net = ngp.MLP(3, 32, activation="sin", C_W=1.0, C_b=0.1, out_dim=2)
     res = ngp.fit_hyperparameters(net, X, Y, noise=0.1, num_starts=2, max_iter=30)
     assert isinstance(res.net, ngp.MLP) and res.net.widths == net.widths
     assert res.finite_width

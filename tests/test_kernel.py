@@ -6,11 +6,14 @@ import pytest
 
 import ngp
 
-RNG = np.random.default_rng(7)
-X3 = RNG.normal(size=(4, 3))
+
+@pytest.fixture(scope="module")
+def X3():
+    """Four inputs in three dimensions."""
+    return np.random.default_rng(7).normal(size=(4, 3))
 
 
-def test_first_layer_and_deep_linear_closed_form():
+def test_first_layer_and_deep_linear_closed_form(X3):
     net = ngp.MLP(4, 16, activation="linear", C_W=[1.3, 0.8, 1.1, 0.9], C_b=[0.1, 0.2, 0.0, 0.3])
     prior = net.prior(X3)
     K = 0.1 + 1.3 * X3 @ X3.T / 3
@@ -33,12 +36,12 @@ def test_relu_angle_recursion():
         np.testing.assert_allclose(Kl[0, 1] / 2.0, np.cos(theta), rtol=1e-13)
 
 
-def test_depth_one_is_first_layer():
+def test_depth_one_is_first_layer(X3):
     net = ngp.MLP(1, activation="tanh", C_W=2.0, C_b=0.5)
     np.testing.assert_allclose(net.prior(X3).K, 0.5 + 2 * X3 @ X3.T / 3)
 
 
-def test_methods_agree_on_a_deep_network():
+def test_methods_agree_on_a_deep_network(X3):
     net = ngp.MLP(5, 8, activation="erf", C_W=1.7, C_b=0.2)
     a = net.prior(X3).K
     b = net.prior(X3, method="mehler").K
@@ -47,9 +50,10 @@ def test_methods_agree_on_a_deep_network():
     assert float(jnp.max(jnp.abs(a - c))) < 1e-12
 
 
-def _check_mc(net, X, samples, method, seed):
+def _check_mc(net, X, samples, method, seed, batch_size=256):
     prior = net.prior(X)
-    s = ngp.sample_networks(net, X, samples, seed=seed, method=method)
+    # each network's draws come from its own key (split from seed), so batch_size changes memory only
+    s = ngp.sample_networks(net, X, samples, seed=seed, method=method, batch_size=batch_size)
     mean = s.metric.mean(0)
     se = s.metric.std(0, ddof=1) / np.sqrt(samples)
     diff = np.abs(mean - np.asarray(prior.K))
@@ -67,17 +71,18 @@ def _check_mc(net, X, samples, method, seed):
     "activation,depth",
     [("tanh", 4), ("relu", 3), ("gelu", 2), ("custom", 4), ("tanh", 1)],
 )
-def test_kernel_against_actual_weights(activation, depth):
+def test_kernel_against_actual_weights(activation, depth, X3):
     # Real weight matrices of width 1024; the 1/n bias K1/n ~ 1e-4 is far below 4 s.e.
     act = (lambda x: jnp.sin(x) + 0.3 * jnp.tanh(2 * x)) if activation == "custom" else activation
     net = ngp.MLP(depth, 1024, activation=act, C_W=1.5, C_b=0.1, out_dim=2)
-    zmax, z2max = _check_mc(net, X3, 96, "weights", seed=depth)
+    # 16 networks per batch: 3 x 8 MB of weights each (96 at once peaked at several GB)
+    zmax, z2max = _check_mc(net, X3, 96, "weights", seed=depth, batch_size=16)
     assert zmax < 4.5 and z2max < 4.5
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "gelu", "swish", "erf"])
 @pytest.mark.parametrize("depth", [2, 4])
-def test_kernel_against_conditional_sampler(activation, depth):
+def test_kernel_against_conditional_sampler(activation, depth, X3):
     net = ngp.MLP(depth, 2048, activation=activation, C_W=[1.2, 1.8, 1.5, 1.0][:depth], C_b=0.05)
     zmax, _ = _check_mc(net, X3, 1500, "conditional", seed=11 * depth)
     assert zmax < 4.5

@@ -103,10 +103,11 @@ def test_bad_plot_arguments(call, match):
         call()
 
 
-def test_residual_prior_has_no_flow_to_plot():
+def test_residual_prior_flow_is_plotted_from_its_layers():
+    """Residual networks have finite-width layers (issue 12): their flow is plotted like an MLP's."""
     prior = _resmlp.ResMLP(3, 8, gamma=0.8, xi=0.6).prior(np.ones((1, 2)))
-    with pytest.raises(ValueError, match="finite-width"):
-        plot.plot_flow(prior)
+    fig = plot.plot_flow(prior)
+    assert len(prior.layers) == 3 and len(fig.axes) >= 1
 
 
 def test_module_imports_without_matplotlib():

@@ -6,14 +6,20 @@ import pytest
 import ngp
 from ngp.reference import importance_posterior
 
-RNG = np.random.default_rng(2024)
-XA = RNG.normal(size=(3, 2))
-XB = RNG.normal(size=(1, 2))
-Y2 = 0.5 * RNG.normal(size=(3, 2))
+
+@pytest.fixture(scope="module")
+def data():
+    """Training inputs XA (3, 2), a test input XB (1, 2), targets Y2 (3, 2) and test inputs XC (4, 2)."""
+    rng = np.random.default_rng(2024)
+    XA = rng.normal(size=(3, 2))
+    XB = rng.normal(size=(1, 2))
+    Y2 = 0.5 * rng.normal(size=(3, 2))
+    return dict(XA=XA, XB=XB, Y2=Y2, XC=rng.normal(size=(4, 2)))
 
 
-def _errors(net, noise, samples, seed, Y=Y2):
+def _errors(net, data, noise, samples, seed, Y=None):
     """|NLO - IS| and |GP - IS| (at the entry where the GP is worst) and the IS standard error."""
+    XA, XB, Y = data["XA"], data["XB"], data["Y2"] if Y is None else Y
     p = ngp.posterior(net, XA, Y, XB, noise=noise, warn=False)
     r = importance_posterior(net, XA, Y, XB, noise=noise, num_samples=samples, seed=seed)
     out = {}
@@ -50,9 +56,11 @@ def _slope(ns, errs, ses):
         ("relu", 2.0, 0.1, 0.01, 3.0, [32, 64, 128], [60_000, 150_000, 200_000], -1.3, ("var", "logZ")),
     ],
 )
-def test_errors_fall_like_one_over_n_squared(activation, C_W, C_b, noise, yscale, ns, samples, max_slope, keys):
+def test_errors_fall_like_one_over_n_squared(activation, C_W, C_b, noise, yscale, ns, samples, max_slope, keys,
+                                             data):
     rows = [
-        _errors(ngp.MLP(3, n, activation=activation, C_W=C_W, C_b=C_b, out_dim=2), noise, S, seed=n, Y=yscale * Y2)
+        _errors(ngp.MLP(3, n, activation=activation, C_W=C_W, C_b=C_b, out_dim=2), data, noise, S, seed=n,
+                Y=yscale * data["Y2"])
         for n, S in zip(ns, samples)
     ]
     for n, r in zip(ns, rows):
@@ -70,18 +78,19 @@ def test_errors_fall_like_one_over_n_squared(activation, C_W, C_b, noise, yscale
         assert -1.35 <= slope_gp <= -0.65, (key, slope_gp, gp)
 
 
-def test_exact_conditioning_matches_importance_sampling():
+def test_exact_conditioning_matches_importance_sampling(data):
     net = ngp.MLP(3, 32, activation="tanh", C_W=1.2, C_b=0.05, out_dim=2)
-    r = _errors(net, 0.0, 150_000, seed=3)
+    r = _errors(net, data, 0.0, 150_000, seed=3)
     for key, (d_nlo, d_gp, se) in r.items():
         assert d_nlo < d_gp
         assert d_nlo < 4 * se + 0.25 * d_gp, (key, d_nlo, d_gp, se)  # O(1/n^2) << O(1/n) at n = 32
 
 
-def test_cross_output_covariance_and_wiring():
+def test_cross_output_covariance_and_wiring(data):
     # Output 0's prediction depends on the other outputs' targets through Y = sum_j yt_j yt_j^T:
     # scaling output 1's targets by s shifts output 0's mean quadratically in s (THEORY 5).
     # The shift is O(1/n); NLO minus truth must fall faster than 1/n.
+    XA, XB, Y2 = data["XA"], data["XB"], data["Y2"]
     gaps = {}
     for n in (64, 128):
         net = ngp.MLP(3, n, activation="tanh", C_W=1.0, C_b=0.0, out_dim=2)
@@ -118,13 +127,14 @@ def test_cross_output_covariance_and_wiring():
     assert abs(c_nlo - c_is) < 4 * se + 0.25 * abs(c_nlo), (c_nlo, c_is, se)
 
 
-def test_depth_one_and_shapes():
+def test_depth_one_and_shapes(data):
+    XA, XB, Y2 = data["XA"], data["XB"], data["Y2"]
     net = ngp.MLP(1, activation="tanh", out_dim=2)
     p = ngp.posterior(net, XA, Y2, XB, noise=0.1)
     g = ngp.gp_posterior(net, XA, Y2, XB, noise=0.1)
     np.testing.assert_allclose(p.mean, g.mean)
     net3 = ngp.MLP(3, 32, activation="tanh", out_dim=2)
-    p3 = ngp.posterior(net3, XA, Y2, RNG.normal(size=(4, 2)), noise=0.1, warn=False)
+    p3 = ngp.posterior(net3, XA, Y2, data["XC"], noise=0.1, warn=False)
     assert p3.mean.shape == (4, 2) and p3.var.shape == (4, 2) and p3.cov.shape == (4, 2, 4, 2)
     np.testing.assert_allclose(p3.cov, np.transpose(p3.cov, (2, 3, 0, 1)), atol=1e-14)
     np.testing.assert_allclose(p3.var, np.einsum("bibi->bi", p3.cov))
@@ -133,7 +143,8 @@ def test_depth_one_and_shapes():
     assert np.max(np.abs(wide.mean - wide.gp.mean)) < 1e-5
 
 
-def test_bad_posterior_inputs():
+def test_bad_posterior_inputs(data):
+    XA, XB, Y2 = data["XA"], data["XB"], data["Y2"]
     net = ngp.MLP(3, 16, activation="tanh", out_dim=2)
     with pytest.raises(ValueError, match="noise"):
         ngp.posterior(net, XA, Y2, XB, noise=-1.0)

@@ -10,17 +10,30 @@ import ngp
 from ngp.reference import importance_posterior, log_likelihood, nuts_posterior
 from ngp.reference._importance import RCOND_MIN
 
-RNG = np.random.default_rng(7)
+
+@pytest.fixture(scope="module")
+def data():
+    """Each test's inputs (and targets), drawn from one seeded generator in file order."""
+    rng = np.random.default_rng(7)
+    normal = rng.normal
+    d = {}
+    for noise in (0.0, 0.2):
+        d["depth_one", noise] = normal(size=(3, 3)), normal(size=(2, 3)), normal(size=(3, 2))
+    d["batches"] = normal(size=(2, 2)), normal(size=(2, 2)), 0.5 * normal(size=(2, 2))
+    d["wide"] = normal(size=(2, 2)), normal(size=(1, 2))
+    d["importance_bad"] = normal(size=(3, 2)), normal(size=(2, 2)), normal(size=(3, 2))
+    d["nuts_bad"] = normal(size=(3, 2)), normal(size=(2, 2)), normal(size=(3, 2))
+    return d
 
 
 # --------------------------------------------------------------------------- importance sampling
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.2])
-def test_depth_one_is_exactly_the_gp(noise):
+def test_depth_one_is_exactly_the_gp(noise, data):
     # depth 1: G_hat is the deterministic first-layer kernel, so every weight is equal
     net = ngp.MLP(1, activation="tanh", C_W=1.3, C_b=0.2, out_dim=2)
-    XA, XB, Y = RNG.normal(size=(3, 3)), RNG.normal(size=(2, 3)), RNG.normal(size=(3, 2))
+    XA, XB, Y = data["depth_one", noise]
     post = importance_posterior(net, XA, Y, XB, noise=noise, num_samples=500)
     gp = ngp.gp_posterior(net, XA, Y, XB, noise=noise)
     np.testing.assert_allclose(post.mean, gp.mean, rtol=1e-10, atol=1e-10)
@@ -128,13 +141,12 @@ def _direct_reference(metric, Y, n_train, noise):
                 ess=W**2 / np.sum(w**2), num_singular=int(np.sum(~np.isfinite(ll))), loglik=ll)
 
 
-def test_batches_and_singular_draws_match_a_direct_computation():
+def test_batches_and_singular_draws_match_a_direct_computation(data):
     # ReLU with C_b = 0 at width 2: a training input whose hidden units are all off gives a
     # singular G_AA (zero likelihood for noise = 0). The draws are those of sample_networks,
     # processed in several batches (the last one padded).
     net = ngp.MLP(2, 2, activation="relu", C_W=2.0, C_b=0.0, out_dim=2)
-    XA, XB = RNG.normal(size=(2, 2)), RNG.normal(size=(2, 2))
-    Y = 0.5 * RNG.normal(size=(2, 2))
+    XA, XB, Y = data["batches"]
     S = 2000
     post = importance_posterior(net, XA, Y, XB, noise=0.0, num_samples=S, seed=11, batch_size=450)
     metric = ngp.sample_networks(net, np.vstack([XA, XB]), S, seed=11, method="conditional").metric
@@ -148,10 +160,10 @@ def test_batches_and_singular_draws_match_a_direct_computation():
     np.testing.assert_allclose(ll, ref["loglik"], rtol=1e-10)
 
 
-def test_wide_network_approaches_the_gp():
+def test_wide_network_approaches_the_gp(data):
     n = 1024
     net = ngp.MLP(3, n, activation="tanh", C_W=1.2, C_b=0.05, out_dim=1)
-    XA, XB = RNG.normal(size=(2, 2)), RNG.normal(size=(1, 2))
+    XA, XB = data["wide"]
     Y = np.array([[0.6], [-0.4]])
     gp = ngp.gp_posterior(net, XA, Y, XB, noise=0.1)
     post = importance_posterior(net, XA, Y, XB, noise=0.1, num_samples=2000, seed=1)
@@ -162,9 +174,9 @@ def test_wide_network_approaches_the_gp():
     assert abs(post.log_evidence - gp.log_evidence) <= 4 * post.log_evidence_se + 2.0 / n
 
 
-def test_importance_bad_inputs():
+def test_importance_bad_inputs(data):
     net = ngp.MLP(2, 4, activation="tanh", out_dim=2)
-    XA, XB, Y = RNG.normal(size=(3, 2)), RNG.normal(size=(2, 2)), RNG.normal(size=(3, 2))
+    XA, XB, Y = data["importance_bad"]
     with pytest.raises(ValueError, match="noise"):
         importance_posterior(net, XA, Y, XB, noise=-0.1)
     with pytest.raises(ValueError, match="Y_train"):
@@ -206,9 +218,9 @@ def test_nuts_agrees_with_importance_sampling():
     np.testing.assert_allclose(post.var, np.einsum("aiai->ai", post.cov))
 
 
-def test_nuts_bad_inputs():
+def test_nuts_bad_inputs(data):
     net = ngp.MLP(2, 4, activation="tanh", out_dim=2)
-    XA, XB, Y = RNG.normal(size=(3, 2)), RNG.normal(size=(2, 2)), RNG.normal(size=(3, 2))
+    XA, XB, Y = data["nuts_bad"]
     with pytest.raises(ValueError, match="noise.*> 0.*importance_posterior"):
         nuts_posterior(net, XA, Y, XB, noise=0.0)
     with pytest.raises(ValueError, match="noise"):

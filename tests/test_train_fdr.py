@@ -60,14 +60,19 @@ def test_fdr_holds_exactly_in_the_closed_form_stationary_law(mu, d):
 # A diagonal quadratic with S proportional to H (as for SGD noise near a minimum): the process
 # decouples into 2 x 2 blocks, so exact moments are cheap; O_L and O_R are rotation invariant.
 N_DIM, ETA, MU, DAMP, LAM = 100, 0.01, 0.9, 0.1, 1e-3
-H_DIAG = np.geomspace(0.01, 1.0, N_DIM)
-S_DIAG = H_DIAG + 0.01
+
+
+def quadratic():
+    """Diagonal Hessian (N_DIM,) and gradient-noise variances (N_DIM,) of the test quadratic (fresh arrays)."""
+    h = np.geomspace(0.01, 1.0, N_DIM)
+    return h, h + 0.01
 
 
 def simulate(theta0, v0, steps, *, window, tolerance, seed):
     opt = fdr_sgd(ETA, momentum=MU, dampening=DAMP, weight_decay=LAM, window=window, tolerance=tolerance)
     state = opt.init(jnp.asarray(theta0))
     state = state._replace(monitor=state.monitor._replace(velocity=jnp.asarray(v0)))
+    H_DIAG, S_DIAG = quadratic()
     h, s = jnp.asarray(H_DIAG), jnp.sqrt(jnp.asarray(S_DIAG))
     noise = jax.random.normal(jax.random.PRNGKey(seed), (steps * N_DIM,)).reshape(steps, N_DIM)
 
@@ -81,6 +86,7 @@ def simulate(theta0, v0, steps, *, window, tolerance, seed):
 
 
 def stationary_draw(rng):
+    H_DIAG, S_DIAG = quadratic()
     P = stationary_covariance(np.diag(H_DIAG), np.diag(S_DIAG), ETA, MU, DAMP, LAM)
     z = np.linalg.cholesky(P) @ rng.normal(size=2 * N_DIM)
     return z[:N_DIM], z[N_DIM:]
@@ -114,6 +120,7 @@ def expected_check_ratios(theta0, steps, window):
     Per mode, E[z z^T] of z = (theta, v) evolves as C <- M C M^T + N S N^T with the 2 x 2 blocks
     M = [[1 - eta (1-d) a, -eta mu], [(1-d) a, mu]], N = (-eta (1-d), 1-d), from C = diag(theta0^2, 0).
     """
+    H_DIAG, S_DIAG = quadratic()
     a = H_DIAG + LAM
     m00, m01, m10, m11 = 1 - ETA * (1 - DAMP) * a, -ETA * MU, (1 - DAMP) * a, MU
     n0, n1 = -ETA * (1 - DAMP), 1 - DAMP
@@ -133,6 +140,7 @@ def expected_check_ratios(theta0, steps, window):
 
 def test_does_not_fire_early_from_a_non_stationary_start():
     rng = np.random.default_rng(5)
+    H_DIAG, S_DIAG = quadratic()
     P = stationary_covariance(np.diag(H_DIAG), np.diag(S_DIAG), ETA, MU, DAMP, LAM)
     theta0 = 100 * np.sqrt(np.diag(P)[:N_DIM]) * rng.choice([-1.0, 1.0], N_DIM)  # far from the minimum
     window, tolerance, steps = 500, 0.02, 12_000

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._sampling import SAMPLING_MEMORY, check_sampling_memory
-from .._validate import RCOND_MIN, as_targets, check_x64, count, memory_bytes, nonneg_float, train_test, warn
+from .._validate import RCOND_MIN, as_targets, count, float64, memory_bytes, nonneg_float, train_test, warn
 
 __all__ = ["ImportancePosterior", "importance_posterior", "log_likelihood", "gaussian_conditional", "RCOND_MIN"]
 
@@ -123,6 +123,7 @@ def gaussian_conditional(G, Y, n_train: int, noise: float):
 _conditional_jit = jax.jit(gaussian_conditional, static_argnums=(2,))
 
 
+@float64
 def log_likelihood(metric, Y_train, *, noise: float) -> np.ndarray:
     """Exact log-likelihood of the targets given output metrics ``G_hat`` on the training inputs.
 
@@ -223,6 +224,7 @@ def _default_batch_size(net, n_inputs: int) -> int:
     return int(min(16384, max(64, _BATCH_ELEMENTS // (n_inputs * widest))))
 
 
+@float64
 def importance_posterior(net, X_train, Y_train, X_test, *, noise: float, num_samples: int = 100_000,
                          seed: int = 0, batch_size: int | None = None,
                          max_memory: float = SAMPLING_MEMORY) -> ImportancePosterior:
@@ -273,9 +275,8 @@ def importance_posterior(net, X_train, Y_train, X_test, *, noise: float, num_sam
     X = np.concatenate([XA, XB])
     B = _default_batch_size(net, X.shape[0]) if batch_size is None else count(batch_size, "batch_size")
     B = min(B, S)
-    check_sampling_memory(net, X.shape[1], X.shape[0], "conditional", B, 0, memory_bytes(max_memory),
+    check_sampling_memory(net, X.shape[1], X.shape[0], "conditional", B, B, memory_bytes(max_memory),
                           "importance_posterior")
-    check_x64("importance sampling")
     Xj = jnp.asarray(X)
     stats = _cached_stats(net, X.shape[1], XA.shape[0])
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), S)
@@ -307,10 +308,13 @@ def importance_posterior(net, X_train, Y_train, X_test, *, noise: float, num_sam
             acc = {name: acc[name] + r * big[name] for name in acc}
         batches.append((c, sums))
     if not batches:
+        advice = ("With noise = 0 the training metric must be nonsingular: use noise > 0, remove duplicate "
+                  "training inputs, or use a network with C_b > 0 or more width." if noise == 0 else
+                  f"noise = {noise:g} is below the resolution of the metric (reciprocal condition number "
+                  f"{RCOND_MIN:g}): raise the noise, or standardise the inputs and targets.")
         raise ValueError(
             f"importance_posterior: all {S} prior draws have zero likelihood ({singular} had a numerically "
-            "singular G_AA + noise I). With noise = 0 the training metric must be nonsingular: use noise > 0, "
-            "remove duplicate training inputs, or use a network with C_b > 0 or more width."
+            f"singular G_AA + noise I). {advice}"
         )
     return _finish(batches, acc, shift, S, singular, noise)
 

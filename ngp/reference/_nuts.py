@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._linalg import psd_sqrt
-from .._validate import check_x64, count, nonneg_float, positive_float, train_test
+from .._sampling import SAMPLING_MEMORY
+from .._validate import count, float64, memory_bytes, nonneg_float, positive_float, train_test
 from ._importance import gaussian_conditional
 
 __all__ = ["NUTSPosterior", "nuts_posterior"]
@@ -110,10 +111,23 @@ def _make_model(net, n0: int, noise: float, integrate_readout: bool):
     return model, treedef, sites
 
 
+def nuts_memory(net, n0: int, n_inputs: int, num_chains: int, num_samples: int) -> int:
+    """Bytes a NUTS run needs, estimated before any work: the stored draws of every parameter (three
+    copies: samples, batched parameters, draws of the test outputs' conditional), the chains' working
+    state (about 20 parameter vectors each) and the hidden activations of every draw."""
+    _, sites = _sites(net, n0)
+    n_params = sum(math.prod(shape) for _, shape in sites)
+    widest = max((n0,) + tuple(net.widths))
+    total = num_chains * num_samples
+    return 8 * (3 * total * n_params + 20 * num_chains * n_params + 4 * total * n_inputs * (widest + n_inputs))
+
+
+@float64
 def nuts_posterior(net, X_train, Y_train, X_test, *, noise: float, num_warmup: int = 500,
                    num_samples: int = 500, num_chains: int = 4, seed: int = 0,
                    integrate_readout: bool = True, progress_bar: bool = False,
-                   chain_method: str = "vectorized", target_accept_prob: float = 0.8) -> NUTSPosterior:
+                   chain_method: str = "vectorized", target_accept_prob: float = 0.8,
+                   max_memory: float = SAMPLING_MEMORY) -> NUTSPosterior:
     """Posterior predictive at test inputs by NUTS on the weights of the actual Bayesian network.
 
     Reference solver: a NumPyro model whose weight-space prior is exactly ``net``'s
@@ -154,6 +168,8 @@ def nuts_posterior(net, X_train, Y_train, X_test, *, noise: float, num_warmup: i
             latter needs several JAX devices, e.g. ``numpyro.set_host_device_count`` called
             before JAX starts).
         target_accept_prob: NUTS target acceptance probability.
+        max_memory: bytes allowed (default 4 GiB); above it a ``MemoryError`` gives the estimate
+            (:func:`nuts_memory`) before any work starts.
 
     Returns:
         :class:`NUTSPosterior`.
@@ -161,6 +177,7 @@ def nuts_posterior(net, X_train, Y_train, X_test, *, noise: float, num_warmup: i
     Raises:
         ValueError: bad arguments, ``noise = 0``, or ``depth == 1`` with
             ``integrate_readout=True`` (nothing left to sample; the posterior is the GP).
+        MemoryError: the run would need more than ``max_memory``.
         ImportError: NumPyro is not installed (``pip install ngp[sampling]``).
     """
     if nonneg_float(noise, "noise") == 0:
@@ -186,7 +203,14 @@ def nuts_posterior(net, X_train, Y_train, X_test, *, noise: float, num_warmup: i
     target_accept_prob = positive_float(target_accept_prob, "target_accept_prob")
     if target_accept_prob >= 1:
         raise ValueError(f"target_accept_prob: must be in (0, 1), got {target_accept_prob}")
-    check_x64("NUTS sampling")
+    limit = memory_bytes(max_memory)
+    need = nuts_memory(net, XA.shape[1], XA.shape[0] + XB.shape[0], num_chains, num_samples)
+    if need > limit:
+        raise MemoryError(
+            f"nuts_posterior: {num_chains} chains x {num_samples} draws of a network of widths {list(net.widths)} "
+            f"need about {need / 1024**3:.3g} GiB (> max_memory={limit / 1024**3:.3g} GiB). Use smaller widths, "
+            "fewer draws or chains, importance_posterior, or raise max_memory if the machine has the memory."
+        )
     try:
         from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
         from numpyro.infer import MCMC, NUTS, init_to_sample

@@ -1,0 +1,124 @@
+"""Wall and CPU time of the command line as a user runs it: ``ngp demo``, ``ngp regress``.
+
+    python benchmarks/cli.py                    # demo --quick, demo, regress on 50 and 442 rows
+    python benchmarks/cli.py --only regress     # just the regress runs
+    python benchmarks/cli.py --csv my.csv:target  # an extra regress run on a CSV of yours
+
+Each command runs in a fresh subprocess (so JAX compilation is included, as for a user); the
+script records its wall time, its CPU time (user + system of the child: comparable across
+machine loads, unlike the wall time), the machine's load average before and after, and for
+``regress`` the training rows chosen and why (from ``--json``). The CSVs are scikit-learn's
+diabetes data (442 rows) and statsmodels' ``statecrime`` (51 rows, target ``murder``), written
+to a temporary folder. Results: ``benchmarks/results/cli.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _csvs(folder: Path) -> dict:
+    out = {}
+    try:
+        from sklearn.datasets import load_diabetes
+
+        d = load_diabetes(as_frame=True).frame
+        path = folder / "diabetes.csv"
+        d.to_csv(path, index=False)
+        out["diabetes (442 rows)"] = (path, "target")
+    except ImportError:
+        print("scikit-learn not installed: no diabetes run")
+    try:
+        import statsmodels.api as sm
+
+        d = sm.datasets.statecrime.load_pandas().data
+        path = folder / "statecrime.csv"
+        d.to_csv(path, index_label="")  # state names as an unnamed first column, as R writes it
+        out["statecrime (51 rows)"] = (path, "murder")
+    except ImportError:
+        print("statsmodels not installed: no statecrime run")
+    return out
+
+
+def _run(cmd: list[str], timeout: float) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "ngp", *cmd], env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        rc, out, err = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        rc, out, err = "timeout", exc.stdout or "", exc.stderr or ""
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"command": "ngp " + " ".join(cmd), "exit": rc, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+            "load_before": [round(x, 1) for x in load0], "load_after": [round(x, 1) for x in os.getloadavg()],
+            "stdout_tail": out[-3000:] if isinstance(out, str) else "", "stderr_tail": (err or "")[-1500:]
+            if isinstance(err, str) else ""}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=["demo", "regress"])
+    p.add_argument("--csv", action="append", default=[], help="PATH:TARGET, an extra regress run")
+    p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cli.json"))
+    args = p.parse_args()
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if args.only in (None, "demo"):
+            for extra in (["--quick"], []):
+                print(f"ngp demo {' '.join(extra)} ...", flush=True)
+                runs.append(_run(["demo", *extra, "--quiet", "--out", str(tmp / "demo")], args.timeout))
+                print(f"  exit {runs[-1]['exit']}, wall {runs[-1]['wall_s']} s, CPU {runs[-1]['cpu_s']} s", flush=True)
+        if args.only in (None, "regress"):
+            csvs = _csvs(tmp)
+            for spec in args.csv:
+                path, _, target = spec.rpartition(":")
+                csvs[Path(path).name] = (Path(path), target)
+            for name, (path, target) in csvs.items():
+                js = tmp / f"{path.stem}.json"
+                print(f"ngp regress {name} ...", flush=True)
+                r = _run(["regress", str(path), "--target", target, "--quiet", "--json", str(js)], args.timeout)
+                r["data"] = name
+                if js.exists():
+                    res = json.loads(js.read_text())
+                    r.update(n_train=res["n_train"], n_train_reason=res["n_train_reason"], probe=res["probe"],
+                             test_rows=[len(s["test_lines"]) for s in res["splits"]],
+                             hyperparameters=[s["hyperparameters"] for s in res["splits"]], table=res["table"])
+                runs.append(r)
+                print(f"  exit {r['exit']}, wall {r['wall_s']} s, CPU {r['cpu_s']} s, training rows "
+                      f"{r.get('n_train')}", flush=True)
+    result = {"machine": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+              "git": _git(), "runs": runs}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"written to {args.out}")
+
+
+def _git() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "ngp"], cwd=ROOT, capture_output=True, text=True).stdout
+        return head.strip() + (" (ngp/ modified)" if dirty.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""``ngp.condition(..., solver="matrix_free")``: the matrix-free estimator behind the public API.
+
+The estimator itself (:mod:`ngp._matrix_free`, ``docs/matrix-free.md``) works on per-layer kernel
+blocks of a fully connected network; this module reads those from the network, runs it, and wraps
+the answer in the same objects as the exact path (:class:`ngp.Conditioned`,
+:class:`ngp.FiniteWidthPosterior`) with Monte-Carlo standard errors attached.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import _matrix_free as mf
+from ._gp import GPPosterior
+from ._linalg import solve_train
+from ._posterior import Conditioned, FiniteWidthPosterior, GPConditioned
+from ._steps import Dense, Elementwise, Serial
+from ._validate import as_inputs, count, train_test, warn
+
+__all__ = ["MatrixFreeConditioned", "mlp_spec", "AUTO_EXACT_MAX", "SOLVERS"]
+
+#: ``solver="auto"`` uses the exact path up to this many training points (the dense vertex on the
+#: training inputs has ``N^4`` entries and the exact prediction costs ``N^3`` per test point).
+AUTO_EXACT_MAX = 64
+SOLVERS = ("auto", "exact", "matrix_free")
+
+
+def _flat_steps(steps):
+    for s in steps:
+        if isinstance(s, Serial):
+            yield from _flat_steps(s.steps)
+        else:
+            yield s
+
+
+def mlp_spec(net):
+    """``(activation, C_W, C_b, widths)`` of a plain fully connected network, else ``None``.
+
+    Supported: ``Dense, Elementwise(a), Dense, ..., Elementwise(a), Dense`` with one activation
+    ``a`` (smooth or relu family), depth ``>= 2``, one output-neuron prior per readout.
+    """
+    steps = list(_flat_steps(net.steps))
+    if len(steps) < 3 or len(steps) % 2 == 0:
+        return None
+    dense, acts = steps[0::2], steps[1::2]
+    if not all(type(s) is Dense for s in dense) or not all(type(s) is Elementwise for s in acts):
+        return None
+    act = acts[0].activation
+    if any(a.activation is not act for a in acts):
+        return None
+    if not act.smooth and not act.is_scale_invariant:
+        return None
+    return act, tuple(d.C_W for d in dense), tuple(d.C_b for d in dense), tuple(d.width for d in dense[:-1])
+
+
+class MatrixFreeConditioned(Conditioned):
+    """A fully connected network prior conditioned on many training points, by the matrix-free estimator.
+
+    Returned by ``ngp.condition(..., solver="matrix_free")`` (or ``"auto"`` above
+    ``AUTO_EXACT_MAX`` training points). Same interface as :class:`ngp.Conditioned`; every
+    finite-width output carries its Monte-Carlo standard error and is reproducible for a fixed
+    ``seed`` (``docs/matrix-free.md``).
+
+    Attributes (beyond :class:`ngp.Conditioned`):
+        method: ``"matrix_free"``.
+        samples: Monte-Carlo samples per source layer; ``seed``: the integer seed.
+        log_evidence_se: standard error of :attr:`log_evidence`.
+        validity: the expansion diagnostics (``eps``, ``eta``, ``trusted``, ``message``).
+    """
+
+    method = "matrix_free"
+
+    def __init__(self, net, X_train, Y_train, *, noise: float, jitter: float = 0.0, samples: int | None = None,
+                 seed: int = 0, **options):
+        XA, _, Y, noise, jitter = train_test(net, X_train, Y_train, None, noise, jitter)
+        spec = mlp_spec(net)
+        if spec is None:
+            raise NotImplementedError(
+                f"solver='matrix_free': supported for fully connected networks with one smooth or relu-family "
+                f"activation (Dense, Elementwise, ..., Dense), got {net!r}; use solver='exact'"
+            )
+        self.net, self.X_train, self.Y_train, self.noise, self.jitter = net, XA, Y, noise, jitter
+        self.options = dict(options)
+        self.samples = mf.DEFAULT_SAMPLES if samples is None else count(samples, "samples", minimum=2)
+        self.seed = int(count(seed, "seed", minimum=0, what="a non-negative integer"))
+        self._spec = spec
+        self._runs = {}  # test-set key -> MatrixFreePosterior at the network's own width
+        self.n = spec[3][-1]
+        self._scale = None  # with_width: the new n_{L-1}
+        self.gp = GPConditioned(self)
+
+    # ------------------------------------------------------------------ estimator runs
+    @functools.cached_property
+    def _solve(self):
+        act, C_W, C_b, _ = self._spec
+        KAA = np.asarray(mf.kernel_blocks(act, self.X_train, self.X_train[:1], C_W, C_b)[-1][0])
+        return solve_train(KAA, self.Y_train, self.noise, self.jitter)
+
+    def _run(self, XB) -> "mf.MatrixFreePosterior":
+        key = XB.tobytes() + str(XB.shape).encode()
+        if key not in self._runs:
+            act, C_W, C_b, widths = self._spec
+            blocks = mf.kernel_blocks(act, self.X_train, XB, C_W, C_b)
+            self._runs[key] = mf.matrix_free_posterior(
+                act, blocks, C_W, C_b, widths, self.Y_train, noise=self.noise + self.jitter, samples=self.samples,
+                seed=self.seed, warn=False)
+        r = self._runs[key]
+        return r if self._scale is None else r.at_width(self._scale)
+
+    def _train_run(self):
+        """A run whose training-side estimates give the evidence (any earlier test set will do: the
+        training samples, hence the evidence, do not depend on the test inputs)."""
+        if self._runs:
+            r = next(iter(self._runs.values()))
+            return r if self._scale is None else r.at_width(self._scale)
+        return self._run(self.X_train[:1])
+
+    @functools.cached_property
+    def log_evidence(self) -> float:
+        """Finite-width log marginal likelihood of all targets, to ``O(1/n)`` (Monte-Carlo estimate)."""
+        return float(self._train_run().log_evidence)
+
+    @functools.cached_property
+    def log_evidence_se(self) -> float:
+        return float(self._train_run().log_evidence_se)
+
+    @property
+    def validity(self) -> dict:
+        return self._train_run().validity
+
+    @property
+    def expansion_parameter(self) -> float:
+        """``max |V| / (n K^2)`` over pairs of training inputs."""
+        return float(self.validity["eps"])
+
+    def with_width(self, n: int) -> "MatrixFreeConditioned":
+        """The same conditioning with every hidden width scaled so that ``n_{L-1} = n`` (samples reused)."""
+        n = count(n, "n")
+        if len(set(self.net.widths)) > 1:
+            raise ValueError(f"n: with_width needs equal hidden widths, the network has {list(self.net.widths)}")
+        new = object.__new__(MatrixFreeConditioned)
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("log_evidence", "log_evidence_se", "gp")})
+        new.n, new._scale = n, n
+        new.gp = GPConditioned(new)
+        return new
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, X_test, *, full_cov: bool = False, batch_size: int | None = None) -> FiniteWidthPosterior:
+        """Posterior mean and marginal variances at test inputs, with standard errors.
+
+        Args:
+            X_test: ``(N_test, n0)`` test inputs.
+            full_cov: not available on this path (``NotImplementedError``): the matrix-free estimator
+                gives marginal variances; use ``solver="exact"`` for the joint covariance.
+            batch_size: test points per estimator call (default: all at once). Every call reuses the
+                same seed, so the answer does not depend on the batching; each call resamples the
+                training side (cost grows with the number of batches).
+
+        Returns:
+            :class:`ngp.FiniteWidthPosterior` with ``cov=None``, ``method="matrix_free"`` and
+            ``mean_se``, ``var_se``, ``log_evidence_se``; its ``.gp`` holds the exact GP mean and
+            marginal variances (``cov_test=None``: no test x test block is formed).
+        """
+        if full_cov:
+            raise NotImplementedError(
+                "predict: full_cov=True is not available with solver='matrix_free' (marginal variances only); "
+                "use solver='exact' for the joint covariance of a few test points"
+            )
+        XB = as_inputs(X_test, "X_test", in_dim=getattr(self.net, "in_dim", None))
+        if XB.shape[1] != self.X_train.shape[1]:
+            raise ValueError(f"X_test: expected {self.X_train.shape[1]} features like X_train, got {XB.shape[1]}")
+        NB = XB.shape[0]
+        batch_size = NB if batch_size is None else count(batch_size, "batch_size")
+        runs = [self._run(XB[s:s + batch_size]) for s in range(0, NB, batch_size)]
+        cat = lambda name: np.concatenate([np.asarray(getattr(r, name)) for r in runs])  # noqa: E731
+        r0 = runs[0]
+        var = cat("var")
+        if np.any(var < 0):
+            warn("posterior: a first-order posterior variance is negative; the 1/n expansion has broken down "
+                 f"(expansion parameter {r0.validity['eps']:.3g})")
+        if not r0.validity["trusted"]:
+            warn(r0.validity["message"])
+        gp = GPPosterior(cat("gp_mean"), cat("gp_var"), None, float(r0.gp_log_evidence), self.noise)
+        return FiniteWidthPosterior(
+            cat("mean"), var, None, float(r0.log_evidence), gp, self.n, float(r0.validity["eps"]), self.noise,
+            mean_se=cat("mean_se"), var_se=cat("var_se"), log_evidence_se=float(r0.log_evidence_se),
+            method="matrix_free")

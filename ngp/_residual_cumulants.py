@@ -1,0 +1,736 @@
+"""Finite-width cumulants of residual networks to first order in ``1/n`` (docs/theory.md, residual networks).
+
+A **chain** is a run of layers ``1 .. k`` of equal width ``n`` joined by residual blocks
+
+    z^(j+1)_i = gamma_j z^(j)_i + xi_j [ b_i + sum_l W_il sigma(z^(j)_l) ],   Var W = C_W / n, Var b = C_b,
+
+whose first layer has i.i.d. rows ``N(0, G_hat^0)`` given an *input metric* ``G_hat^0``: the
+network's first layer (``G_hat^0 = K^(1)`` exactly), or the layer after a dense layer of width
+``n_prev`` (``E G_hat^0 = K + K1 / n_prev``, ``n_prev Cov G_hat^0 = V``). A plain MLP layer is a
+chain of one layer; ``gamma = 0, xi = 1`` blocks are plain layers. The metric of layer ``j``,
+``G_hat^j = C_b + (C_W / n) sum_l s(z^(j)_l)`` with ``s_ab(z) = sigma(z_a) sigma(z_b)``, drives
+block ``j`` or, at the end of the chain, a dense readout (``z_out`` i.i.d. ``N(0, G_hat^k)``).
+
+Theory (derived and checked against Monte Carlo of actual networks in docs/theory.md). With
+``g^j = sqrt(n) (G_hat^j - G^j)`` and the infinite-width single-neuron trajectory
+``z^1 -> z^2 -> ...`` (``Cov(z^i_a, z^j_b) = Gamma(i, j) Sigma^i_ab`` for ``i <= j``,
+``Gamma(i, j) = gamma_i ... gamma_{j-1}``), the empirical measure of layer ``k`` fluctuates as
+
+    sqrt(n) <F, mu^k - nu^k> = X^k[F] + sum_{j<k} w^(k)_j  grad<F>_{Sigma^k} . g^j,
+    w^(k)_j = xi_j^2 gamma_{j+1}^2 ... gamma_{k-1}^2   (w^(k)_0 = gamma_1^2 ... gamma_{k-1}^2),
+
+where ``X`` is the Gaussian field of independent trajectories, ``Cov(X^i[A], X^j[B]) =
+Cov(A(z^i), B(z^j))``. Hence ``g^k = C_W (X^k[s] + J^k sum_j w_j g^j)`` (``J^k = grad <s>`` at
+``Sigma^k``, the MLP Jacobian over unordered pairs) and ``V = Cov(g^k, g^k)``. The metric's mean
+shift ``kappa^k = n (E G_hat^k - G^k)`` obeys
+
+    kappa^k / C_W = J^k . sum_j w_j kappa^j + 1/2 H^k : Cov(sum_j w_j g^j, sum_j w_j g^j)
+                    + sum_{i <= j < k} w_j sum_{r, q} Cov(D_r s_p(z^k), s_q(z^i)) W^{j,i}_{rq},
+
+the last term being the *self-interaction*: a neuron's own past enters its metric. Here
+``D_r = d/dSigma_r`` acts as ``d_a d_b`` (``r = (a, b)``, ``a != b``) or ``d_a^2 / 2``, and
+``g^j = sum_i W^{j,i} X^i[s] + U^j g^0``. For ``gamma = 0`` everything reduces to the MLP
+recursions ``V' = C_W^2 Cov(s, s) + J V J^T``, ``K1' = J K1 + H:V/2``.
+
+Multi-layer branches (``residual_step(..., branch=...)``): the branch's hidden layers are fresh
+neurons given the metric feeding them, so the metric that drives the block is
+``d^k = B^k g^k + zeta^k`` (``B`` the product of the branch layers' Jacobians, ``zeta`` an
+independent Gaussian source whose covariance and mean follow the MLP recursions, with the
+hidden widths' ratios); ``w_j g^j`` and ``kappa^j`` above are then those of ``d^j``.
+
+Representation and cost. ``V`` is stored over unordered input pairs (``P = N (N+1) / 2``,
+:class:`ngp._finite.Pairs`). A chain of ``k`` layers keeps the trajectory covariances
+``Y(i, j)_pq = Cov(s_p(z^i), s_q(z^j))`` (``k^2 / 2`` matrices ``P x P``): each new layer costs
+``k P^2`` cross-layer expectations of four activations (Gauss-Hermite in the ``<= 4``
+distinct Gaussian variables) plus ``3 k P^2`` for the self-interaction, and ``O(k^2 P^3)``
+matrix work. Same-layer quantities (kernel map, ``J``, ``H``, ``Cov(s, s)``) are the MLP's
+(:mod:`ngp._kernel`, :mod:`ngp._finite`), so ``gamma = 0`` reproduces ``ngp.MLP`` to rounding.
+
+Accuracy. Smooth activations: the cross-layer expectations use derivatives by autodiff and
+Gauss-Hermite rules (``CROSS_ORDERS``), ~1e-9 relative for tanh at ``K <~ 2``. Kinked
+activations (relu family): second derivatives are moved onto the Gaussian weight by
+integration by parts (Stein), so only the continuous kinks remain; Gauss-Hermite then
+converges algebraically, ~1e-4 - 1e-3 relative at the default orders (the same accuracy class
+as ``ngp.MLP``'s four-point function of relu with three or four distinct inputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import special
+
+from ._activations import Activation, activation as _make_activation
+from ._finite import Pairs, fresh_covariance, jacobian_hessian
+from ._gaussian import gauss_hermite
+from ._kernel import kernel_map
+
+__all__ = [
+    "ChainState",
+    "Cumulants",
+    "CROSS_ORDERS",
+    "RELU_ORDERS",
+    "chain_start",
+    "residual_step",
+    "readout",
+    "layer_cumulants",
+    "mlp_step",
+    "resmlp_cumulants",
+]
+
+#: Gauss-Hermite nodes per dimension for the cross-layer expectations of smooth activations, by the
+#: number ``d`` of distinct Gaussian variables (2 to 4). Options ``cross_orders={d: m}`` override.
+CROSS_ORDERS = {2: 128, 3: 64, 4: 40}
+#: Relu family: one direction is integrated exactly, the other ``d - 1`` by Gauss-Hermite with this
+#: many nodes per dimension (``cross_orders`` overrides these as well).
+RELU_ORDERS = {2: 96, 3: 48, 4: 32}
+#: Node evaluations per batch of cross-layer expectations (memory control: ~100 MB of work arrays).
+_BATCH_ELEMS = 1_500_000
+_KERNEL_OPTIONS = ("method", "terms", "nodes", "quad_nodes")
+_FRESH_OPTIONS = _KERNEL_OPTIONS + ("four_point_order",)
+_OPTIONS = _FRESH_OPTIONS + ("cross_orders",)
+
+
+# ============================================================================ public containers
+@dataclasses.dataclass(frozen=True)
+class Cumulants:
+    """Cumulants of the pre-activations of one layer (the MLP state).
+
+    ``E[z_i z_j] = delta_ij (K + K1 / n)`` and the connected four-point function of different
+    neurons ``i != j`` is ``V_(ab)(cd) / n`` (docs/theory.md conventions), ``n`` the width that
+    normalises them (``None``: exactly Gaussian, ``K1 = V = 0``).
+
+    Attributes:
+        K: ``(N, N)`` kernel.
+        K1: ``(N, N)`` 1/n correction of the two-point function.
+        V: ``(P, P)`` vertex over unordered pairs (``pairs``).
+        n: normalising width or ``None``.
+        pairs: :class:`ngp._finite.Pairs` bookkeeping (``pairs.unpack4(V)`` gives ``(N,N,N,N)``).
+    """
+
+    K: np.ndarray
+    K1: np.ndarray
+    V: np.ndarray
+    n: int | None
+    pairs: Pairs = dataclasses.field(repr=False)
+
+    @property
+    def V4(self) -> np.ndarray:
+        """``(N, N, N, N)`` vertex ``V[a, b, c, d] = V_(ab)(cd)``."""
+        return np.asarray(self.pairs.unpack4(self.V))
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainState:
+    """State of a residual chain after its layer ``k = len(sigma)`` (see the module docstring).
+
+    All fluctuations are in units of the chain width ``n``: ``g^j = sqrt(n) (G_hat^j - G^j)``.
+
+    Attributes:
+        act: the activation.
+        n: chain width.
+        pairs: pair bookkeeping for the ``N`` inputs.
+        sigma: infinite-width kernels ``Sigma^1 .. Sigma^k`` of the chain's layers, ``(N, N)`` each.
+        gamma, xi: skip and branch weights of the blocks applied so far (``k - 1`` each).
+        jh: ``(J^j, H^j)`` for ``j = 1 .. k-1``: Jacobian ``(P, 3)`` and Hessian ``(P, 3, 3)``
+            of ``Sigma -> <s>_Sigma`` at ``Sigma^j`` (columns ``pairs.cols``; ``C_W`` not included).
+        W: ``W[j-1][i-1]`` ``(P, P)``: coefficient of ``X^i[s]`` in ``d^j`` (``1 <= i <= j <= k-1``),
+            ``d^j = sqrt(n) (D_hat^j - D^j)`` the fluctuation of the metric that *drives* block ``j``
+            (the metric of layer ``j`` for a one-layer branch, that of the branch's last hidden
+            layer otherwise; ``d^0 = g^0`` the input metric).
+        U: ``U[j]``: tuple of ``(P, P)`` coefficients of the independent sources in ``d^j``
+            (``0 <= j <= k-1``; ``U[0] = (I,)``; sources added later count as zero).
+        kappa: ``n (E D_hat^j - D^j)`` ``(P,)`` for ``j = 0 .. k-1``.
+        sources: covariances ``(P, P)`` of the independent Gaussian sources: ``g^0`` (input metric)
+            and the fresh fluctuations of the hidden layers of multi-layer branches.
+        Y: ``{(i, j): (P, P)}`` trajectory covariances ``Cov(s_p(z^i), s_q(z^j))``, ``1 <= i <= j <= k``.
+        Z: ``Z[i-1]`` ``(P, 3, P)``, ``i = 1 .. k-1``: self-interaction covariances
+            ``Cov(D_r s_p(z^k), s_q(z^i))`` of the current layer (see :func:`_cross_layers`).
+        options: quadrature options (``method``, ``terms``, ``nodes``, ``quad_nodes``,
+            ``four_point_order``, ``cross_orders``).
+    """
+
+    act: Activation
+    n: int
+    pairs: Pairs = dataclasses.field(repr=False)
+    sigma: tuple
+    gamma: tuple
+    xi: tuple
+    jh: tuple
+    W: tuple
+    U: tuple
+    kappa: tuple
+    sources: tuple = dataclasses.field(repr=False)
+    Y: dict = dataclasses.field(repr=False)
+    Z: tuple = dataclasses.field(repr=False)
+    options: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def depth(self) -> int:
+        """Number of chain layers so far."""
+        return len(self.sigma)
+
+    @property
+    def K(self) -> np.ndarray:
+        """``(N, N)`` infinite-width kernel of the current layer."""
+        return self.sigma[-1]
+
+
+# ============================================================================ MLP building blocks
+def _kopts(options):
+    return {k: v for k, v in options.items() if k in _KERNEL_OPTIONS}
+
+
+def _jh(act, K, pairs, options):
+    J, H = jacobian_hessian(act, jnp.asarray(K), pairs, 1.0, **_kopts(options))
+    return np.asarray(J), np.asarray(H)
+
+
+def _same_layer(act, K, pairs, options):
+    opts = {k: v for k, v in options.items() if k in _FRESH_OPTIONS}
+    return np.asarray(fresh_covariance(act, jnp.asarray(K), pairs, 1.0, **opts))
+
+
+def _jac_left(J, M, pairs):
+    """``J M`` for the block-sparse Jacobian ``J`` ``(P, 3)`` and a ``(P, X)`` matrix ``M``."""
+    cols = pairs.cols
+    return sum(J[:, s, None] * M[cols[:, s], :] for s in range(3))
+
+
+def _hess_contract(H, C, pairs):
+    """``(H : C)_p = sum_{s,t} H[p, s, t] C[cols[p, s], cols[p, t]]`` ``(P,)``."""
+    cols = pairs.cols
+    return np.einsum("pst,pst->p", H, C[cols[:, :, None], cols[:, None, :]])
+
+
+# ============================================================================ cross-layer quadrature
+@functools.lru_cache(maxsize=16)
+def _rule(d: int, m: int, cutoff: float = 1e-15):
+    """Tensor Gauss-Hermite rule for ``N(0, I_d)``, nodes with negligible weight pruned."""
+    x, w = gauss_hermite(m)
+    grids = np.meshgrid(*([x] * d), indexing="ij")
+    wgrid = np.prod(np.meshgrid(*([w] * d), indexing="ij"), axis=0).ravel()
+    keep = wgrid > cutoff * wgrid.max()
+    nodes = np.stack([g.ravel() for g in grids], axis=1)[keep]
+    return nodes, wgrid[keep] / wgrid[keep].sum()
+
+
+#: Problems per compiled call of the smooth kernel (padded; one compilation per activation and shape).
+_SMOOTH_BATCH = 16
+
+
+@functools.lru_cache(maxsize=64)
+def _smooth_kernel(act: Activation, dL: int, dR: int):
+    """Compiled ``(C (B, d, d), nodes, weights) -> (B, 4)`` for :func:`_smooth_batch` (one problem
+    at a time inside, so memory stays at one node grid)."""
+    d1, d2 = act.derivative(1), act.derivative(2)
+    s = act.fn
+
+    def one(C, nodes, weights):
+        lam, Q = jnp.linalg.eigh(C)
+        z = nodes @ (Q * jnp.sqrt(jnp.clip(lam, 0.0, None))[None, :]).T  # (Q, d)
+        right = s(z[:, dL]) * s(z[:, dL + dR - 1])
+        za, zb = z[:, 0], z[:, dL - 1]
+        sa, sb = s(za), s(zb)
+        if dL == 1:
+            D0 = d1(za) ** 2 + sa * d2(za)
+            lefts = [sa * sb, D0, D0, D0]
+        else:
+            lefts = [sa * sb, 0.5 * d2(za) * sb, 0.5 * sa * d2(zb), d1(za) * d1(zb)]
+        left = jnp.stack(lefts)  # (4, Q)
+        eR = right @ weights
+        return left @ (right * weights) - (left @ weights) * eR
+
+    return jax.jit(lambda Cs, nodes, weights: jax.lax.map(lambda C: one(C, nodes, weights), Cs))
+
+
+def _smooth_batch(act, dL, dR, C, nodes, weights):
+    """Smooth activations: ``Cov(s_p(u), s_q(w))`` and ``Cov(D_r s_p(u), s_q(w))`` by Gauss-Hermite.
+
+    ``y ~ N(0, C_b)`` with ``d = dL + dR`` variables: ``u = y[:dL]`` (inputs ``a, b`` of the later
+    layer; ``a == b`` when ``dL == 1``), ``w = y[dL:]`` (inputs ``c, d`` of the earlier one).
+    Returns ``(B, 4)``: the trajectory covariance and the self-interaction covariances for
+    ``r = (a, a), (b, b), (a, b)`` (for ``dL == 1`` the three are equal), derivatives by autodiff.
+    """
+    fn = _smooth_kernel(act, dL, dR)
+    nodes_j, weights_j = jnp.asarray(nodes), jnp.asarray(weights)
+    out = np.empty((C.shape[0], 4))
+    for start in range(0, C.shape[0], _SMOOTH_BATCH):
+        part = C[start:start + _SMOOTH_BATCH]
+        got = part.shape[0]
+        if got < _SMOOTH_BATCH:
+            part = np.concatenate([part, np.repeat(part[:1], _SMOOTH_BATCH - got, axis=0)])
+        out[start:start + got] = np.asarray(fn(jnp.asarray(part), nodes_j, weights_j))[:got]
+    return out
+
+
+# ---------------------------------------------------------------- relu family: exact along a line
+_T_INF = 40.0  # |t| beyond which the standard normal has no mass in float64
+
+
+def _poly_mul(p, q):
+    """Product of polynomials given by coefficient arrays ``(..., dp)`` and ``(..., dq)``."""
+    out = np.zeros(np.broadcast_shapes(p.shape[:-1], q.shape[:-1]) + (p.shape[-1] + q.shape[-1] - 1,))
+    for i in range(p.shape[-1]):
+        for j in range(q.shape[-1]):
+            out[..., i + j] += p[..., i] * q[..., j]
+    return out
+
+
+def _truncated_moments(lo, hi, kmax):
+    """``int_lo^hi t^k phi(t) dt`` for ``k = 0 .. kmax`` (standard normal density ``phi``)."""
+    pl = np.exp(-0.5 * lo * lo) / math.sqrt(2 * math.pi)
+    ph = np.exp(-0.5 * hi * hi) / math.sqrt(2 * math.pi)
+    M = [special.ndtr(hi) - special.ndtr(lo), pl - ph]
+    tl, th = np.ones_like(lo), np.ones_like(hi)
+    for k in range(2, kmax + 1):
+        tl, th = tl * lo, th * hi
+        M.append(tl * pl - th * ph + (k - 1) * M[k - 2])
+    return np.stack(M, axis=-1)
+
+
+def _relu_batch(slopes, dL, dR, alpha, beta, U, weights):
+    """Relu family: the outputs of :func:`_smooth_batch`, with ``y = alpha t + beta`` and ``t ~ N(0, 1)``
+    integrated exactly.
+
+    ``alpha`` ``(B, d)``, ``beta`` ``(B, Q, d)`` (the other directions at the outer nodes), ``U``
+    ``(B, d, d) = C^-1``. On each interval between the kinks ``t = -beta_j / alpha_j`` every
+    ``sigma(y_j)`` is linear in ``t``, so the integrand is a polynomial (degree <= 6 with the Stein
+    weight ``(U y)_c (U y)_e - U_ce`` that carries ``D_r``) integrated by truncated normal moments.
+    """
+    a_plus, a_minus = slopes
+    d = dL + dR
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tau = np.where(alpha[:, None, :] == 0, _T_INF, -beta / alpha[:, None, :])
+    tau = np.sort(np.clip(tau, -_T_INF, _T_INF), axis=-1)
+    ends = np.full(tau.shape[:-1] + (1,), _T_INF)
+    edges = np.concatenate([-ends, tau, ends], axis=-1)
+    lo, hi = edges[..., :-1], edges[..., 1:]  # (B, Q, d + 1) intervals
+    M = _truncated_moments(lo, hi, 6)
+    al = alpha[:, None, None, :]
+    be = np.broadcast_to(beta[:, :, None, :], lo.shape + (d,))  # (B, Q, I, d)
+    c = np.where(al * (0.5 * (lo + hi))[..., None] + be > 0, a_plus, a_minus)
+    lin = np.stack([c * be, c * al], axis=-1)  # sigma(y_j) = lin[..., j, 0] + lin[..., j, 1] t
+    left0 = _poly_mul(lin[..., 0, :], lin[..., dL - 1, :])
+    right = _poly_mul(lin[..., dL, :], lin[..., d - 1, :])
+    Ub = np.einsum("bij,bqj->bqi", U, beta)[:, :, None, :]
+    Ua = np.einsum("bij,bj->bi", U, alpha)[:, None, None, :]
+    Uy = np.stack(np.broadcast_arrays(Ub, Ua), axis=-1)  # (U y)_c = Uy[..., c, 0] + Uy[..., c, 1] t
+
+    def stein(ci, ei, f):
+        w = _poly_mul(Uy[..., ci, :], Uy[..., ei, :])
+        w[..., 0] -= U[:, ci, ei][:, None, None]
+        return f * _poly_mul(left0, w)
+
+    def expect(poly):
+        return np.sum(poly * M[..., :poly.shape[-1]], axis=(-1, -2)) @ weights
+
+    lefts = [left0, stein(0, 0, 0.5), stein(dL - 1, dL - 1, 0.5), stein(0, dL - 1, 1.0)]
+    eR = expect(right)
+    return np.stack([expect(_poly_mul(lf, right)) - expect(lf) * eR for lf in lefts], axis=1)
+
+
+def _line_direction(R):
+    """Unit ``v`` maximising ``min_j |R_j . v| / |R_j|`` over signed sums of the normalised rows."""
+    Rn = R / np.linalg.norm(R, axis=1, keepdims=True)
+    best, best_v = -1.0, None
+    for signs in itertools.product((1.0, -1.0), repeat=R.shape[0] - 1):
+        v = (np.array((1.0,) + signs)[:, None] * Rn).sum(0)
+        norm = np.linalg.norm(v)
+        if norm < 1e-12:
+            continue
+        v = v / norm
+        score = np.min(np.abs(Rn @ v))
+        if score > best:
+            best, best_v = score, v
+    return best_v
+
+
+def _relu_problems(C, m):
+    """Line direction, outer Gauss-Hermite rule (``d - 1`` dimensions) and ``alpha, beta, U``."""
+    B, d, _ = C.shape
+    nodes, weights = _rule(d - 1, m)
+    L = np.linalg.cholesky(C)
+    alpha = np.empty((B, d))
+    perp = np.empty((B, d, d - 1))
+    for b in range(B):
+        v = _line_direction(L[b])
+        Q, _ = np.linalg.qr(np.column_stack([v, np.eye(d)]))
+        alpha[b] = L[b] @ v
+        perp[b] = L[b] @ Q[:, 1:d]
+    beta = np.einsum("qe,bde->bqd", nodes, perp)
+    return alpha, beta, np.linalg.inv(C), weights
+
+
+def _run_batches(act, dL, dR, C, m):
+    """Chunked, padded calls of the batch kernels; returns ``(B, 4)``."""
+    relu = act.relu_slopes is not None
+    d = dL + dR
+    n_nodes = _rule(d - 1 if relu else d, m)[0].shape[0]
+    per = max(1, _BATCH_ELEMS // (n_nodes * (d + 1))) if relu else C.shape[0]
+    out = np.empty((C.shape[0], 4))
+    for start in range(0, C.shape[0], per):
+        part = C[start:start + per]
+        got = part.shape[0]
+        if relu:
+            res = _relu_batch(tuple(act.relu_slopes), dL, dR, *_relu_problems(part, m))
+        else:
+            res = _smooth_batch(act, dL, dR, part, *_rule(d, m))
+        out[start:start + got] = res[:got]
+    return out
+
+
+def _cross_layers(act, S_k, earlier, pairs, options):
+    """Trajectory and self-interaction covariances between layer ``k`` and earlier layers ``i``.
+
+    ``earlier`` is a list of ``(Sigma^i, Gam)`` with ``Cov(z^k, z^i) = Gam Sigma^i``. Returns one
+    ``(Y, Z)`` per entry: ``Y`` ``(P, P)`` with ``Y[q, p] = Cov(s_q(z^i), s_p(z^k))`` and ``Z``
+    ``(P, 3, P)`` with ``Z[p, t, q] = Cov(D_r s_p(z^k), s_q(z^i))``, ``r = pairs.cols[p, t]``:
+    ``D_r = d/dSigma_r``, i.e. ``d_a d_b`` for ``r = (a, b)``, ``a != b``, and ``d_a^2 / 2`` for
+    ``r = (a, a)``; for a diagonal ``p`` only ``t = 0`` is non-zero. All problems of one shape are
+    integrated in one batch.
+    """
+    P = pairs.P
+    out = [(np.zeros((P, P)), np.zeros((P, 3, P))) for _ in earlier]
+    live = [j for j, (_, Gam) in enumerate(earlier) if Gam != 0.0]
+    if not live:
+        return out
+    if act.name == "linear":  # s = z z: Cov(z_c z_d, z'_a z'_b) = Gam^2 (S_ca S_db + S_cb S_da); D_r s constant
+        a, b = pairs.a, pairs.b
+        for j in live:
+            S_i, Gam = earlier[j]
+            out[j][0][:] = Gam * Gam * (S_i[a][:, a] * S_i[b][:, b] + S_i[a][:, b] * S_i[b][:, a])
+        return out
+    relu = act.relu_slopes is not None
+    if relu:
+        for j in live:
+            _check_regular(S_k, *earlier[j], pairs)
+    orders = dict(RELU_ORDERS if relu else CROSS_ORDERS)
+    orders.update({int(k): int(v) for k, v in dict(options.get("cross_orders") or {}).items()})
+    p, q = (g.ravel() for g in np.meshgrid(np.arange(P), np.arange(P), indexing="ij"))
+    lefts = np.stack([pairs.a[p], pairs.b[p]], axis=1)
+    rights = np.stack([pairs.a[q], pairs.b[q]], axis=1)
+    dL = np.where(pairs.diag[p], 1, 2)
+    dR = np.where(pairs.diag[q], 1, 2)
+    for l_d in (1, 2):
+        for r_d in (1, 2):
+            sel = np.nonzero((dL == l_d) & (dR == r_d))[0]
+            if sel.size == 0:
+                continue
+            li, ri = lefts[sel][:, :l_d], rights[sel][:, :r_d]
+            d = l_d + r_d
+            blocks = []
+            for j in live:
+                S_i, Gam = earlier[j]
+                C = np.empty((sel.size, d, d))
+                C[:, :l_d, :l_d] = S_k[li[:, :, None], li[:, None, :]]
+                C[:, l_d:, l_d:] = S_i[ri[:, :, None], ri[:, None, :]]
+                X = Gam * S_i[li[:, :, None], ri[:, None, :]]
+                C[:, :l_d, l_d:] = X
+                C[:, l_d:, :l_d] = np.swapaxes(X, 1, 2)
+                blocks.append(C)
+            vals = _run_batches(act, l_d, r_d, np.concatenate(blocks), orders[d]).reshape(len(live), sel.size, 4)
+            for v, j in zip(vals, live):
+                Y, Z = out[j]
+                Y[q[sel], p[sel]] = v[:, 0]
+                Z[p[sel], 0, q[sel]] = v[:, 1]
+                if l_d == 2:
+                    Z[p[sel], 1, q[sel]] = v[:, 2]
+                    Z[p[sel], 2, q[sel]] = v[:, 3]
+    return out
+
+
+def _check_regular(S_k, S_i, Gam, pairs, tol=1e-10, warn_below=1e-6):
+    """The Stein weights (relu family) need each pair's covariance, and the noise the blocks add
+    between the two layers, to be regular: an error below ``tol`` (relative determinant), a
+    warning below ``warn_below`` (the weights ``(C^-1 y)_c (C^-1 y)_e`` then amplify rounding)."""
+    a, b = pairs.a[~pairs.diag], pairs.b[~pairs.diag]
+    worst = 1.0
+    for A in (S_k, S_k - Gam * Gam * S_i):
+        if np.any(np.diag(A) <= 0):
+            worst = 0.0
+            break
+        if a.size:
+            worst = min(worst, float(np.min((A[a, a] * A[b, b] - A[a, b] ** 2) / (A[a, a] * A[b, b]))))
+    if worst <= tol:
+        raise ValueError(
+            "residual cumulants: for a kinked activation the self-interaction term needs every pair of "
+            "inputs to stay linearly independent through the chain (a 2x2 kernel block or the noise "
+            "added by the residual blocks is singular: duplicate or collinear inputs, or xi = 0). "
+            "Remove duplicate inputs, or use a smooth activation."
+        )
+    if worst < warn_below:
+        warnings.warn(
+            f"residual cumulants: two inputs are nearly collinear (relative 2x2 determinant {worst:.1e}); "
+            "the kinked-activation self-interaction term loses digits. Merge near-duplicate inputs.",
+            RuntimeWarning, stacklevel=4)
+
+
+# ============================================================================ chain steps
+def chain_start(act: Activation, K, *, n: int, V=None, K1=None, n_prev: int | None = None,
+                **options) -> ChainState:
+    """Start a chain at a layer whose rows are i.i.d. ``N(0, G_hat^0)`` given the input metric.
+
+    Args:
+        act: activation of the chain's blocks (applied to this layer's pre-activations).
+        K: ``(N, N)`` kernel of this layer (``E G_hat^0`` at infinite width).
+        n: width of the chain.
+        V: ``(P, P)`` vertex of this layer (``n_prev Cov G_hat^0``), or ``None`` (exactly Gaussian).
+        K1: ``(N, N)`` 1/n correction of this layer (``n_prev (E G_hat^0 - K)``), or ``None``.
+        n_prev: the width normalising ``V`` and ``K1`` (required when either is given).
+        **options: quadrature options, see :class:`ChainState`.
+    """
+    unknown = set(options) - set(_OPTIONS)
+    if unknown:
+        raise TypeError(f"residual cumulants: unknown option(s) {sorted(unknown)}; expected some of {_OPTIONS}")
+    K = np.asarray(K, dtype=float)
+    pairs = Pairs.of(K.shape[0])
+    P = pairs.P
+    if (V is not None or K1 is not None) and n_prev is None:
+        raise ValueError("chain_start: n_prev is required with V or K1")
+    ratio = 1.0 if n_prev is None else n / n_prev
+    V0 = np.zeros((P, P)) if V is None else ratio * np.asarray(V, dtype=float)
+    kap0 = np.zeros(P) if K1 is None else ratio * pairs.pack(np.asarray(K1, dtype=float))
+    Y = {(1, 1): _same_layer(act, K, pairs, options)}
+    return ChainState(act, int(n), pairs, (K,), (), (), (), (), ((np.eye(P),),), (kap0,), (V0,), Y, (),
+                      dict(options))
+
+
+def _gamma(state: ChainState, i: int, j: int) -> float:
+    """``Gamma(i, j) = gamma_i ... gamma_{j-1}`` (layers 1-based, ``i <= j``)."""
+    return float(np.prod(state.gamma[i - 1:j - 1])) if j > i else 1.0
+
+
+def _weights(state: ChainState, k: int) -> np.ndarray:
+    """``w^(k)_j``, ``j = 0 .. k-1``: the weight of ``G^j`` in ``Sigma^k``."""
+    g2 = np.asarray(state.gamma, dtype=float) ** 2
+    xi2 = np.concatenate([[1.0], np.asarray(state.xi, dtype=float) ** 2])
+    return np.array([xi2[j] * np.prod(g2[j:k - 1]) for j in range(k)])
+
+
+def _Yget(state: ChainState, i: int, j: int) -> np.ndarray:
+    return state.Y[(i, j)] if i <= j else state.Y[(j, i)].T
+
+
+def _source_cov(state: ChainState, U1, U2) -> np.ndarray:
+    """``sum_s U1[s] Cov(source s) U2[s]^T`` (coefficient tuples may be shorter than ``sources``)."""
+    P = state.pairs.P
+    out = np.zeros((P, P))
+    for u1, u2, cov in zip(U1, U2, state.sources):
+        out = out + u1 @ cov @ u2.T
+    return out
+
+
+def _accumulated(state: ChainState):
+    """For the current layer ``k``: weights ``w``, ``A^{k,i}`` (i = 1..k-1), the source
+    coefficients ``B^k`` and ``Cov(R, R)`` of the response ``R = sum_j w_j d^j``."""
+    k = state.depth
+    w = _weights(state, k)
+    P = state.pairs.P
+    A = [sum(w[j] * state.W[j - 1][i - 1] for j in range(i, k)) for i in range(1, k)]
+    B = []
+    for j in range(k):
+        for s_idx, u in enumerate(state.U[j]):
+            if s_idx == len(B):
+                B.append(np.zeros((P, P)))
+            B[s_idx] = B[s_idx] + w[j] * u
+    C = _source_cov(state, B, B)
+    for i in range(1, k):
+        for i2 in range(1, k):
+            C = C + A[i - 1] @ _Yget(state, i, i2) @ A[i2 - 1].T
+    return w, A, tuple(B), 0.5 * (C + C.T)
+
+
+def _metric(state: ChainState, C_W: float, C_b: float):
+    """The metric of the current layer ``k``: ``G^k``, its ``g^k`` coefficients and ``kappa^k``."""
+    act, pairs, k = state.act, state.pairs, state.depth
+    S = state.sigma[-1]
+    G = np.asarray(kernel_map(act, jnp.asarray(S), C_W, C_b, **_kopts(state.options)))
+    J, H = _jh(act, S, pairs, state.options)
+    w, A, B, Cw = _accumulated(state)
+    P = pairs.P
+    W_row = [C_W * _jac_left(J, Ai, pairs) for Ai in A] + [C_W * np.eye(P)]
+    U_k = tuple(C_W * _jac_left(J, Bs, pairs) for Bs in B)
+    shift = sum(w[j] * state.kappa[j] for j in range(k))
+    m = (_jac_left(J, shift[:, None], pairs)[:, 0] + 0.5 * _hess_contract(H, Cw, pairs))
+    for i in range(1, k):
+        m = m + np.einsum("ptq,ptq->p", state.Z[i - 1], A[i - 1][pairs.cols])
+    return G, (J, H), W_row, U_k, C_W * m
+
+
+def _metric_cov(state: ChainState, W_row, U_k) -> np.ndarray:
+    """``Cov(g^k, g^k)`` of a metric with coefficients ``W_row`` (on ``X^1..X^k``) and ``U_k``."""
+    k = state.depth
+    V = _source_cov(state, U_k, U_k)
+    for i in range(1, k + 1):
+        for i2 in range(1, k + 1):
+            V = V + W_row[i - 1] @ _Yget(state, i, i2) @ W_row[i2 - 1].T
+    return 0.5 * (V + V.T)
+
+
+def _branch(state: ChainState, G, W_row, U_k, kap, branch):
+    """Propagate the stream metric of layer ``k`` through the hidden layers of a multi-layer branch.
+
+    ``branch`` lists ``(m, C_W, C_b)`` or ``(m, C_W, C_b, activation)`` per hidden branch layer: its
+    width ``m``, the weight and bias variances of the layer that reads it, and the activation applied
+    to it (default: the chain's). Each hidden layer is fresh given the metric feeding
+    it, so the driving metric is ``d = B g^k + zeta``: ``B`` the product of the layers' Jacobians
+    (``C_W`` included) and ``zeta`` an independent source whose covariance (in units of the stream
+    width ``n``, hence the ``n / m`` factors) and the mean shift follow the MLP recursions.
+    Returns ``(D, W_d, U_d, kappa_d, Vzeta)`` (``Vzeta`` ``None`` for a one-layer branch).
+    """
+    if not branch:
+        return G, W_row, U_k, kap, None
+    pairs, n = state.pairs, state.n
+    P = pairs.P
+    K, kappa = G, kap
+    Cg = _metric_cov(state, W_row, U_k)
+    B = np.eye(P)
+    Vz = np.zeros((P, P))
+    for entry in branch:
+        m, cw, cb = entry[:3]
+        act = _make_activation(entry[3]) if len(entry) > 3 else state.act
+        J1, H1 = _jh(act, K, pairs, state.options)
+        J = cw * J1
+        fresh = cw * cw * (n / m) * _same_layer(act, K, pairs, state.options)
+        kappa = _jac_left(J, kappa[:, None], pairs)[:, 0] + 0.5 * cw * _hess_contract(H1, Cg, pairs)
+        JCg = _jac_left(J, Cg, pairs)
+        Cg = _jac_left(J, JCg.T, pairs) + fresh
+        JVz = _jac_left(J, Vz, pairs)
+        Vz = _jac_left(J, JVz.T, pairs) + fresh
+        B = _jac_left(J, B, pairs)
+        K = np.asarray(kernel_map(act, jnp.asarray(K), cw, cb, **_kopts(state.options)))
+    W_d = [B @ Wi for Wi in W_row]
+    U_d = tuple(B @ u for u in U_k) + (np.zeros((P, P)),) * (len(state.sources) - len(U_k)) + (np.eye(P),)
+    return K, W_d, U_d, kappa, 0.5 * (Vz + Vz.T)
+
+
+def residual_step(state: ChainState, *, C_W: float, C_b: float, gamma: float, xi: float,
+                  branch=()) -> ChainState:
+    """Apply the block ``z' = gamma z + xi u`` with a branch ``u`` fed by ``sigma(z)``.
+
+    One-layer branch (default): ``u = b + W sigma(z)``, ``Var W = C_W / n``, ``Var b = C_b``.
+    Multi-layer branch: ``branch = ((m_1, C_W_2, C_b_2), ..., (m_{d-1}, C_W_d, C_b_d))`` gives
+    ``a^1 = b + W sigma(z)`` of width ``m_1`` (``C_W, C_b``), ``a^l = b + W sigma(a^{l-1})`` of width
+    ``m_l`` (``C_W_l, C_b_l``), and ``u = a^d = b + W sigma(a^{d-1})`` of width ``n``. A fourth entry
+    ``(m, C_W, C_b, activation)`` sets the activation applied to that hidden layer (default: the
+    chain's ``act``, which is also the one applied to the stream).
+    """
+    G, jh, W_row, U_k, kap = _metric(state, C_W, C_b)
+    D, W_d, U_d, kap_d, Vz = _branch(state, G, W_row, U_k, kap, tuple(branch))
+    gamma, xi = float(gamma), float(xi)
+    S_new = gamma * gamma * state.sigma[-1] + xi * xi * D
+    k = state.depth
+    new = dataclasses.replace(
+        state,
+        sigma=state.sigma + (S_new,),
+        gamma=state.gamma + (gamma,),
+        xi=state.xi + (xi,),
+        jh=state.jh + (jh,),
+        W=state.W + (tuple(W_d),),
+        U=state.U + (tuple(U_d),),
+        kappa=state.kappa + (kap_d,),
+        sources=state.sources + (() if Vz is None else (Vz,)),
+        Y=dict(state.Y),
+    )
+    act, pairs = state.act, state.pairs
+    earlier = [(new.sigma[i - 1], _gamma(new, i, k + 1)) for i in range(1, k + 1)]
+    Zs = []
+    for i, (Y, Z) in enumerate(_cross_layers(act, S_new, earlier, pairs, state.options), start=1):
+        new.Y[(i, k + 1)] = Y
+        Zs.append(Z)
+    new.Y[(k + 1, k + 1)] = _same_layer(act, S_new, pairs, state.options)
+    return dataclasses.replace(new, Z=tuple(Zs))
+
+
+def readout(state: ChainState, *, C_W: float, C_b: float) -> Cumulants:
+    """Cumulants of a dense layer ``z_out = b + W sigma(z)`` fed by the chain's current layer.
+
+    Returns the MLP state of the new layer: ``K = G^k``, ``K1 = kappa^k``, ``V = Cov(g^k, g^k)``,
+    normalised by the chain width ``n``.
+    """
+    G, _, W_row, U_k, kap = _metric(state, C_W, C_b)
+    pairs = state.pairs
+    return Cumulants(G, pairs.unpack(kap), _metric_cov(state, W_row, U_k), state.n, pairs)
+
+
+def layer_cumulants(state: ChainState) -> Cumulants:
+    """Cumulants of the chain's current layer itself (``K1``, ``V`` in units of the chain width).
+
+    ``K1 = sum_j w_j kappa^j`` and ``V = Cov(X[zz], R) + Cov(R, X[zz]) + Cov(R, R)`` with the
+    response ``R = sum_j w_j g^j``: the connected four-point function of two different neurons.
+    These describe the layer; they are *not* a state from which the chain can be continued
+    (a residual layer is not conditionally Gaussian given one metric).
+    """
+    pairs, k = state.pairs, state.depth
+    w, A, B, Cw = _accumulated(state)
+    K1 = sum(w[j] * state.kappa[j] for j in range(k))
+    V = Cw.copy()
+    a, b = pairs.a, pairs.b
+    for i in range(1, k):
+        Gam = _gamma(state, i, k)
+        if Gam == 0.0:
+            continue
+        S = state.sigma[i - 1]
+        Ji = state.jh[i - 1][0]
+        # Cov(z^k_a z^k_b, s_q(z^i)) = Gam^2 sum_r J^i_{q r} (S_a c S_b d + S_a d S_b c), r = (c, d)
+        Kprod = S[a][:, a] * S[b][:, b] + S[a][:, b] * S[b][:, a]  # (P pairs of (ab), P pairs r)
+        Jd = np.zeros((pairs.P, pairs.P))
+        for t in range(3):
+            np.add.at(Jd, (np.arange(pairs.P), pairs.cols[:, t]), Ji[:, t])
+        Jd[pairs.diag, :] = 0.0
+        Jd[pairs.diag, pairs.cols[pairs.diag, 0]] = Ji[pairs.diag, 0]
+        T = Gam * Gam * Kprod @ Jd.T  # (P_ab, P_q)
+        X = T @ A[i - 1].T
+        V = V + X + X.T
+    return Cumulants(state.sigma[-1], pairs.unpack(K1), V, state.n, pairs)
+
+
+# ============================================================================ conveniences
+def mlp_step(act: Activation, K, K1, V, *, n_prev: int | None, n: int, C_W: float, C_b: float,
+             **options) -> Cumulants:
+    """A plain dense layer: from layer ``l`` (cumulants normalised by ``n_prev``) of width ``n``
+    to layer ``l + 1`` (normalised by ``n``). Equals the MLP recursion."""
+    return readout(chain_start(act, K, n=n, V=V, K1=K1, n_prev=n_prev, **options), C_W=C_W, C_b=C_b)
+
+
+def resmlp_cumulants(act: Activation, K_first, *, n: int, C_W, C_b, gamma, xi, **options) -> list[Cumulants]:
+    """Per-layer cumulants of ``ngp.ResMLP``: plain first layer (kernel ``K_first``), residual
+    blocks ``2 .. L-1``, dense readout ``L``.
+
+    Args:
+        act: activation.
+        K_first: ``(N, N)`` first-layer kernel ``C_b^(1) + C_W^(1) X X^T / n0``.
+        n: hidden width.
+        C_W, C_b: ``L`` values (one per weight layer; index 0 is the first layer, unused here).
+        gamma, xi: ``L - 2`` values (blocks ``2 .. L-1``).
+
+    Returns:
+        ``L`` :class:`Cumulants`: layer 1 (Gaussian, ``n = None``), the residual layers
+        ``2 .. L-1`` (:func:`layer_cumulants`) and the readout ``L``; all but the first
+        normalised by ``n``. ``K``, ``K1``, ``V`` do not depend on ``n``.
+
+    Inputs should be distinct (deduplicate them first, as ``ngp.Prior`` does): for the relu family
+    a repeated or collinear pair of inputs raises ``ValueError``.
+    """
+    L = len(C_W)
+    if len(C_b) != L or len(gamma) != max(L - 2, 0) or len(xi) != max(L - 2, 0):
+        raise ValueError("resmlp_cumulants: expected L values of C_W, C_b and L - 2 of gamma, xi")
+    K_first = np.asarray(K_first, dtype=float)
+    pairs = Pairs.of(K_first.shape[0])
+    out = [Cumulants(K_first, np.zeros_like(K_first), np.zeros((pairs.P, pairs.P)), None, pairs)]
+    if L == 1:
+        return out
+    state = chain_start(act, K_first, n=n, **options)
+    for l in range(1, L - 1):
+        state = residual_step(state, C_W=C_W[l], C_b=C_b[l], gamma=gamma[l - 1], xi=xi[l - 1])
+        out.append(layer_cumulants(state))
+    out.append(readout(state, C_W=C_W[L - 1], C_b=C_b[L - 1]))
+    return out

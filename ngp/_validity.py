@@ -1,0 +1,131 @@
+"""Is a first-order (``1/n``) result trustworthy? The size of its first-order terms against the GP's.
+
+The finite-width posterior and evidence are ``GP + (first-order terms)``; the neglected terms are of
+the order of the square of the first-order ones (in the units below). The prior's expansion parameter
+``max V / (n K^2)`` does not see how the posterior amplifies the vertex through the inverse training
+kernel (small noise, targets large against the prior scale), so every finite-width result is judged
+on its own first-order terms (``docs/validity.md``):
+
+* ``mean_shift``: ``max |mean - gp.mean| / sqrt(gp.var + noise)`` over test points and outputs (the
+  shift of the prediction in units of the GP's predictive standard deviation);
+* ``var_change``: ``max |var - gp.var| / (gp.var + noise)`` (relative change of the predictive variance);
+* ``evidence_correction``: ``|log_evidence - gp.log_evidence|`` (nats).
+
+A result is *trusted* when all three are at most :data:`MEAN_SHIFT_MAX`, :data:`VAR_CHANGE_MAX` and
+:data:`EVIDENCE_MAX`, every number is finite and no first-order variance is negative. The thresholds are
+calibrated against importance sampling of actual networks (``benchmarks/validity_calibration.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+__all__ = [
+    "Validity",
+    "posterior_validity",
+    "evidence_validity",
+    "MEAN_SHIFT_MAX",
+    "VAR_CHANGE_MAX",
+    "EVIDENCE_MAX",
+    "VAR_FLOOR",
+]
+
+#: Largest trusted mean shift, in GP predictive standard deviations.
+MEAN_SHIFT_MAX = 0.3
+#: Largest trusted relative change of the predictive variance.
+VAR_CHANGE_MAX = 0.3
+#: Largest trusted first-order evidence correction (nats).
+EVIDENCE_MAX = 1.0
+#: Floor of the predictive variance, relative to the prior variance at the test point (a test point
+#: on a training point with ``noise = 0`` has GP variance 0 up to rounding).
+VAR_FLOOR = 1e-8
+
+
+@dataclasses.dataclass(frozen=True)
+class Validity:
+    """Size of the first-order terms of a finite-width result against the zeroth order (the GP).
+
+    Attributes:
+        mean_shift: ``max |mean - gp.mean| / sqrt(gp.var + noise)`` (``None`` without test points).
+        var_change: ``max |var - gp.var| / (gp.var + noise)`` (``None`` without test points).
+        evidence_correction: ``|log_evidence - gp.log_evidence|`` in nats (``None`` if not computed).
+        negative_variance: whether a first-order posterior variance is negative.
+        trusted: every measure within its threshold, all finite, no negative variance.
+        reasons: why the result is not trusted (empty when trusted).
+    """
+
+    mean_shift: float | None
+    var_change: float | None
+    evidence_correction: float | None
+    negative_variance: bool
+    trusted: bool
+    reasons: tuple
+
+    def __str__(self) -> str:
+        parts = []
+        for name, value in (("mean shift", self.mean_shift), ("variance change", self.var_change),
+                            ("evidence correction", self.evidence_correction)):
+            if value is not None:
+                parts.append(f"{name} {value:.3g}")
+        verdict = "trusted" if self.trusted else "NOT trusted: " + "; ".join(self.reasons)
+        return ", ".join(parts) + f" ({verdict})"
+
+
+def _judge(mean_shift, var_change, evidence, negative_variance) -> Validity:
+    reasons = []
+    checks = (
+        ("mean shift", mean_shift, MEAN_SHIFT_MAX, "GP predictive standard deviations"),
+        ("relative variance change", var_change, VAR_CHANGE_MAX, ""),
+        ("evidence correction", evidence, EVIDENCE_MAX, "nats"),
+    )
+    for name, value, limit, unit in checks:
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            reasons.append(f"{name} is not finite")
+        elif value > limit:
+            reasons.append(f"{name} {value:.3g} > {limit:g}{(' ' + unit) if unit else ''}")
+    if negative_variance:
+        reasons.append("a first-order posterior variance is negative")
+    return Validity(mean_shift, var_change, evidence, bool(negative_variance), not reasons, tuple(reasons))
+
+
+def _evidence_correction(log_evidence, gp_log_evidence) -> float | None:
+    if log_evidence is None:
+        return None
+    diff = float(log_evidence) - float(gp_log_evidence)
+    return abs(diff) if math.isfinite(diff) else math.inf
+
+
+def posterior_validity(*, mean, var, gp_mean, gp_var, noise: float, prior_var, log_evidence=None,
+                       gp_log_evidence=None) -> Validity:
+    """Validity of a finite-width posterior at test points.
+
+    Args:
+        mean, var: ``(N_test, out_dim)`` first-order posterior mean and latent variance.
+        gp_mean, gp_var: ``(N_test, out_dim)`` the GP's (zeroth order).
+        noise: observation-noise variance.
+        prior_var: ``(N_test,)`` prior variance ``K_bb`` at the test points (sets the variance floor
+            :data:`VAR_FLOOR` ``* K_bb``).
+        log_evidence, gp_log_evidence: finite-width and GP log evidence (optional).
+    """
+    mean, var, gp_mean, gp_var = (np.asarray(a, dtype=float) for a in (mean, var, gp_mean, gp_var))
+    floor = VAR_FLOOR * np.clip(np.asarray(prior_var, dtype=float), 0.0, None)[:, None]
+    denom = np.clip(gp_var, 0.0, None) + float(noise) + floor
+    denom = np.where(denom > 0, denom, np.finfo(float).tiny)
+    finite = np.all(np.isfinite(mean)) and np.all(np.isfinite(var))
+    if not finite:
+        shift = change = math.inf
+    else:
+        shift = float(np.max(np.abs(mean - gp_mean) / np.sqrt(denom), initial=0.0))
+        change = float(np.max(np.abs(var - gp_var) / denom, initial=0.0))
+    negative = bool(np.any(var < 0))
+    return _judge(shift, change, _evidence_correction(log_evidence, gp_log_evidence), negative)
+
+
+def evidence_validity(log_evidence, gp_log_evidence) -> Validity:
+    """Validity of a finite-width log evidence (no test points): the evidence correction only."""
+    return _judge(None, None, _evidence_correction(log_evidence, gp_log_evidence), False)

@@ -1,0 +1,141 @@
+"""How many training rows the finite-width posterior can afford: a timed probe and its extrapolation.
+
+The finite-width posterior costs about ``N_train^4`` four-point expectations for the training
+block (``K1``, ``V`` and the evidence on the training inputs) and ``N_train^3`` per test point
+(``docs/theory.md``, "Computing only what is needed"). Nothing here guesses the machine's speed:
+:func:`probe` times the real computation on a few rows, separating JAX's compilation time
+(a fixed cost per array shape, paid again at the final size) from the computation, and
+:class:`CostModel` extrapolates the computation with those powers. :func:`choose` then picks the
+largest training set within the time budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+
+__all__ = ["compile_seconds", "Probe", "CostModel", "Choice", "choose", "probe"]
+
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+
+
+@contextlib.contextmanager
+def compile_seconds():
+    """Yields a one-element list holding the seconds JAX spent tracing and compiling inside the block."""
+    import jax.monitoring as monitoring
+
+    total = [0.0]
+
+    def listener(event, duration, **kwargs):
+        if event in _COMPILE_EVENTS:
+            total[0] += float(duration)
+
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield total
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """A timed finite-width run on ``n_train`` training and ``n_test`` test rows.
+
+    ``train_s``/``test_s``: computation seconds of the training block and of the predictions
+    (compilation excluded); ``compile_s``: tracing and compilation seconds of both;
+    ``wall_s``: the probe's wall time.
+    """
+
+    n_train: int
+    n_test: int
+    train_s: float
+    test_s: float
+    compile_s: float
+    wall_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+    """Seconds of the finite-width stages, extrapolated from a :class:`Probe`.
+
+    ``training(N) = train_s (N / N_p)^4``, ``per_test(N) = (test_s / M_p) (N / N_p)^3``; each run at
+    a new size pays the probe's compilation time again (a new set of array shapes).
+    """
+
+    probe: Probe
+
+    def training(self, n_train: int) -> float:
+        return self.probe.train_s * (n_train / self.probe.n_train) ** 4
+
+    def per_test(self, n_train: int) -> float:
+        return self.probe.test_s / self.probe.n_test * (n_train / self.probe.n_train) ** 3
+
+    def estimate(self, n_train: int, n_test: int, folds: int = 1) -> float:
+        """Seconds for ``folds`` fits on ``n_train`` rows with ``n_test`` test rows each."""
+        return self.probe.compile_s + folds * (self.training(n_train) + n_test * self.per_test(n_train))
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """The training-set size and number of test rows chosen, and why (``reason`` is printed)."""
+
+    n_train: int
+    n_test: int
+    estimate_s: float | None
+    reason: str
+
+
+def choose(model: CostModel, *, pool: int, n_test: int, budget_s: float, cap: int, minimum: int,
+           min_test: int = 20, folds: int = 1, spent_s: float = 0.0) -> Choice:
+    """The largest ``N_train <= min(cap, pool)`` whose estimated time fits ``budget_s - spent_s``.
+
+    With all ``n_test`` test rows if possible. If even ``min(minimum, pool)`` training rows do not fit,
+    that many are used with the most test rows (at least ``min(min_test, n_test)``) that fit; if
+    nothing fits, the minimum of both, and the reason says the budget will be exceeded.
+    """
+    top = min(cap, pool)
+    low = min(minimum, top)
+    left = budget_s - spent_s
+    for n in range(top, low - 1, -1):
+        est = model.estimate(n, n_test, folds)
+        if est <= left:
+            if n == top:
+                why = f"all {pool} training-pool rows" if top == pool else f"the cap of {cap} rows (--max-train)"
+                return Choice(n, n_test, est, f"{why} fit the time budget (estimated {est:.0f} s of {left:.0f} s left)")
+            nxt = model.estimate(n + 1, n_test, folds)
+            return Choice(n, n_test, est, f"time budget: {n} rows take an estimated {est:.0f} s, {n + 1} rows "
+                                          f"{nxt:.0f} s, {left:.0f} s left of --time-budget {budget_s:.0f} s")
+    floor = min(min_test, n_test)
+    for m in range(n_test - 1, floor - 1, -1):
+        est = model.estimate(low, m, folds)
+        if est <= left:
+            return Choice(low, m, est, f"time budget: the minimum of {low} training rows with {m} of the {n_test} "
+                                       f"test rows take an estimated {est:.0f} s of {left:.0f} s left of "
+                                       f"--time-budget {budget_s:.0f} s")
+    est = model.estimate(low, floor, folds)
+    return Choice(low, floor, est, f"the minimum of {low} training rows and {floor} test rows; estimated {est:.0f} s, "
+                                   f"more than the {max(left, 0):.0f} s left of --time-budget {budget_s:.0f} s")
+
+
+def probe(run, n_train: int, n_test: int) -> Probe:
+    """Time ``run(n_train, n_test, mark)`` where ``run`` does the training block, calls ``mark()``,
+    then predicts (``mark`` separates the two timings)."""
+    marks = {}
+    with compile_seconds() as comp:
+        t0 = time.perf_counter()
+
+        def mark():
+            marks["t"] = time.perf_counter()
+            marks["c"] = comp[0]
+
+        run(n_train, n_test, mark)
+        t1 = time.perf_counter()
+    tm, cm = marks.get("t", t1), marks.get("c", comp[0])
+    train = max(tm - t0 - cm, 0.0)
+    test = max(t1 - tm - (comp[0] - cm), 0.0)
+    return Probe(n_train, n_test, train, test, comp[0], t1 - t0)

@@ -1,0 +1,252 @@
+"""Pieces shared by the ``ngp`` subcommands: errors, argument types, tables, progress, warnings.
+
+Every bad input ends as one line on stderr and exit code 2 (:class:`CLIError`, or
+:class:`Parser`'s one-line ``error``); never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+import threading
+import time
+import warnings
+
+__all__ = [
+    "CLIError",
+    "Parser",
+    "finite_float",
+    "int_at_least",
+    "memory_size",
+    "int_list",
+    "name_list",
+    "output_file",
+    "table",
+    "fmt",
+    "Progress",
+    "collect_warnings",
+    "enable_x64",
+]
+
+
+class CLIError(Exception):
+    """Bad user input; reported as one line on stderr, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse`` with one-line errors: ``ngp regress: error: <message> (see ngp regress --help)``."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# ----------------------------------------------------------------------------- argument types
+def finite_float(*, minimum: float | None = None, strict: bool = False, maximum: float | None = None):
+    """An argparse type: a finite float, optionally ``>= minimum`` (``> minimum`` if ``strict``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if minimum is not None and (value <= minimum if strict else value < minimum):
+            raise argparse.ArgumentTypeError(f"expected a number {'>' if strict else '>='} {minimum:g}, got {text!r}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"expected a number <= {maximum:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+def int_at_least(minimum: int):
+    """An argparse type: an integer ``>= minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3,
+          "T": 1024**4, "TB": 1024**4}
+
+
+def memory_size(text: str) -> int:
+    """An argparse type: bytes from ``4G``, ``512M``, ``2.5GB`` or a plain number of bytes (binary units)."""
+    t = text.strip().upper().replace("IB", "B")
+    num = t.rstrip("KMGTB")
+    unit = t[len(num):]
+    try:
+        value = float(num) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"expected a size such as 4G, 512M or 2.5GB, got {text!r}") from None
+    if not math.isfinite(value) or value < 1024**2:
+        raise argparse.ArgumentTypeError(f"expected a size of at least 1M, got {text!r}")
+    return int(value)
+
+
+def int_list(minimum: int):
+    """An argparse type: comma-separated integers ``>= minimum`` (``8,32,128``)."""
+    one = int_at_least(minimum)
+
+    def parse(text: str) -> list[int]:
+        parts = [p for p in text.split(",") if p.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        return [one(p.strip()) for p in parts]
+
+    return parse
+
+
+def name_list(text: str) -> list[str]:
+    """An argparse type: comma-separated column names."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated column names, got {text!r}")
+    return names
+
+
+def output_file(text: str) -> str:
+    """An argparse type: a file path that can be written (checked before any work starts)."""
+    path = os.path.abspath(os.path.expanduser(text))
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name")
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"the folder of {text!r} does not exist")
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be written (permission denied)")
+    return text
+
+
+# ----------------------------------------------------------------------------- output
+def fmt(value, spec: str = ".4g") -> str:
+    """A number for a table cell (``-`` for ``None``)."""
+    if value is None:
+        return "-"
+    return format(value, spec)
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A plain-text table of ``rows`` (dicts of strings) with the given columns."""
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join([line.rstrip(), sep, *(b.rstrip() for b in body)])
+
+
+# ----------------------------------------------------------------------------- progress
+class Progress:
+    """Progress of the long stages on stderr (stdout stays the results).
+
+    On a terminal with tqdm installed every stage gets a bar; a stage with an estimated duration
+    shows elapsed against the estimate. Elsewhere (pipes, CI) each stage prints one line when it
+    starts and one when it ends. ``quiet`` silences both.
+    """
+
+    def __init__(self, *, quiet: bool = False, stream=None):
+        self.quiet = quiet
+        self.stream = sys.stderr if stream is None else stream
+        self._tqdm = None
+        if not quiet and getattr(self.stream, "isatty", lambda: False)():
+            try:
+                from tqdm.auto import tqdm
+
+                self._tqdm = tqdm
+            except ImportError:  # pragma: no cover - tqdm comes with the plots extra
+                pass
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            print(f"[ngp] {text}", file=self.stream, flush=True)
+
+    def items(self, iterable, desc: str, total: int | None = None):
+        """Iterate with a bar (terminal) or start/end lines."""
+        if self.quiet:
+            yield from iterable
+            return
+        if self._tqdm is not None:
+            yield from self._tqdm(iterable, desc=desc, total=total, file=self.stream, leave=False)
+            return
+        t0 = time.perf_counter()
+        self.note(f"{desc} ...")
+        yield from iterable
+        self.note(f"{desc}: done in {time.perf_counter() - t0:.1f} s")
+
+    def run(self, desc: str, fn, *, estimate: float | None = None):
+        """``fn()`` with progress; returns ``(result, seconds)``.
+
+        With an ``estimate`` (seconds) the bar shows the elapsed time against it. The work runs in
+        a helper thread so that the bar moves while it computes; exceptions are re-raised here.
+        """
+        t0 = time.perf_counter()
+        est = f" (estimated {estimate:.0f} s)" if estimate is not None else ""
+        if self.quiet or self._tqdm is None:
+            self.note(f"{desc}{est} ...")
+            out = fn()
+            dt = time.perf_counter() - t0
+            self.note(f"{desc}: done in {dt:.1f} s")
+            return out, dt
+        box = {}
+
+        def work():
+            try:
+                box["out"] = fn()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                box["exc"] = exc
+
+        worker = threading.Thread(target=work, daemon=True)
+        total = None if estimate is None else max(1.0, float(estimate))
+        bar = self._tqdm(total=total, desc=desc + est, file=self.stream, leave=False, unit="s",
+                         bar_format="{desc}: {bar} {elapsed}" if total else "{desc}: {elapsed}")
+        with bar:
+            worker.start()
+            while worker.is_alive():
+                worker.join(0.5)
+                now = time.perf_counter() - t0
+                bar.n = min(now, total) if total else now
+                bar.refresh()
+        dt = time.perf_counter() - t0
+        if "exc" in box:
+            raise box["exc"]
+        return box["out"], dt
+
+
+@contextlib.contextmanager
+def collect_warnings():
+    """Record the library's warnings (to print them after the table instead of mid-output).
+
+    Yields a list that receives each distinct message once.
+    """
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield messages
+        finally:
+            for w in caught:
+                if issubclass(w.category, DeprecationWarning):
+                    continue
+                text = str(w.message)
+                if text not in messages:
+                    messages.append(text)
+
+
+def enable_x64() -> None:
+    """The CLI computes in float64 (the library itself never flips this at import)."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)

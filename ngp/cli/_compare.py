@@ -1,0 +1,257 @@
+"""The comparison both subcommands print: a baseline, the GP and finite-width posteriors, references.
+
+All fitting happens on standardised data (training mean 0 and variance 1 for the targets); the
+metrics are reported in the target's own units: ``y = scale * y_std + shift``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from ._common import CLIError, fmt
+
+__all__ = ["Split", "Row", "compare", "metrics", "cells", "notes", "EXPANSION_WARN", "ESS_MIN"]
+
+#: Expansion parameter above which a finite-width row is marked unreliable (the library warns there too).
+EXPANSION_WARN = 0.3
+#: Effective sample size below which an importance-sampling reference is marked unreliable.
+ESS_MIN = 100.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Standardised training and test data: ``Xtr (N, n0)``, ``ytr (N, 1)``, ``Xte (M, n0)``, ``yte (M, 1)``;
+    targets in their own units are ``scale * y + shift``."""
+
+    Xtr: np.ndarray
+    ytr: np.ndarray
+    Xte: np.ndarray
+    yte: np.ndarray
+    scale: float
+    shift: float
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the results table (numbers in the target's units; ``None`` where not defined)."""
+
+    model: str
+    rmse: float | None = None
+    loglik: float | None = None
+    log_evidence: float | None = None
+    expansion: float | None = None
+    truth_gap: float | None = None  # max |mean - IS mean| over test rows
+    truth_se: float | None = None
+    truth_ess: float | None = None
+    gp_truth_gap: float | None = None  # the GP's max |mean - IS mean| (same reference)
+    time_s: float | None = None
+    flags: list = dataclasses.field(default_factory=list)
+    mean: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    var: np.ndarray | None = dataclasses.field(default=None, repr=False)
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("model", "rmse", "loglik", "log_evidence", "expansion", "truth_gap",
+                                           "truth_se", "truth_ess", "gp_truth_gap", "time_s")}
+        d["flags"] = list(self.flags)
+        return d
+
+
+def metrics(split: Split, mean, var, noise: float):
+    """Test RMSE in target units and the mean log predictive density (nats per test row, target units)."""
+    mean = np.asarray(mean, dtype=float).reshape(split.yte.shape)
+    pvar = np.clip(np.asarray(var, dtype=float).reshape(split.yte.shape), 0.0, None) + noise
+    pvar = np.maximum(pvar, 1e-12)
+    rmse = float(np.sqrt(np.mean((mean - split.yte) ** 2))) * split.scale
+    ll = float(np.mean(-0.5 * np.log(2 * np.pi * pvar) - 0.5 * (split.yte - mean) ** 2 / pvar)) - math.log(split.scale)
+    return rmse, ll
+
+
+def _truth(row: Row, ref, mean, split: Split):
+    row.truth_ess = float(ref.ess)
+    row.truth_gap = float(np.max(np.abs(np.asarray(mean) - ref.mean))) * split.scale
+    row.truth_se = float(np.max(ref.mean_se)) * split.scale
+
+
+def compare(split: Split, make_net, *, widths, noise: float, progress, estimates=None, truth_samples: int = 0,
+            nuts_steps: int = 0, seed: int = 0, options: dict | None = None, extra_test=None):
+    """Baseline, GP and finite-width rows (and optional references) for one split.
+
+    Args:
+        split: the data.
+        make_net: ``width -> network`` (equal hidden widths; the cumulants are shared by all widths).
+        widths: hidden widths of the finite-width rows.
+        noise: observation-noise variance (standardised units).
+        progress: a :class:`ngp.cli._common.Progress`.
+        estimates: ``{"training": s, "predict": s}`` estimated seconds (for the progress bars).
+        truth_samples: importance-sampling draws per width (0: no reference).
+        nuts_steps: NUTS warm-up and sampling steps at the first width (0: none).
+        options: prior options for :func:`ngp.condition` (``max_memory``, ``four_point_order``).
+        extra_test: ``(G, n0)`` extra inputs (a plotting grid) whose GP and finite-width posteriors are
+            returned (not scored).
+
+    Returns:
+        ``(rows, info)``; ``info`` holds ``prior_s`` (the shared finite-width work), ``posteriors``
+        (``{width: FiniteWidthPosterior}`` on the test rows, and ``"grid"`` on ``extra_test``) and ``failed``.
+    """
+    import ngp
+
+    est = estimates or {}
+    opts = dict(options or {})
+    rows = []
+    # baseline: predict the training mean with the training variance (0 and 1 in standardised units)
+    rmse, ll = metrics(split, np.zeros_like(split.yte), np.ones_like(split.yte), 0.0)
+    rows.append(Row("baseline (training mean)", rmse, ll))
+
+    net0 = make_net(widths[0])
+    t0 = time.perf_counter()
+    try:
+        cond = ngp.condition(net0, split.Xtr, split.ytr, noise=noise, **opts)
+        gp, _ = progress.run("GP: the infinite-width kernel and posterior", lambda: cond.gp.predict(split.Xte))
+    except np.linalg.LinAlgError as exc:
+        raise CLIError(f"the training kernel is singular ({exc}); raise --noise") from None
+    rmse, ll = metrics(split, gp.mean, gp.var, noise)
+    gp_row = Row("GP (infinite width)", rmse, ll, cond.gp.log_evidence, 0.0, time_s=time.perf_counter() - t0,
+                 mean=gp.mean, var=gp.var)
+    rows.append(gp_row)
+
+    info = {"posteriors": {}, "failed": {}, "prior_s": None, "gp_test": gp}
+    XB = split.Xte if extra_test is None else np.concatenate([split.Xte, extra_test])
+    M = split.Xte.shape[0]
+    try:
+        _, t_train = progress.run(f"finite width: K1, V and evidence on {split.Xtr.shape[0]} training rows",
+                                  lambda: cond.log_evidence, estimate=est.get("training"))
+        post0, t_pred = progress.run(f"finite width: predictions at {XB.shape[0]} test inputs",
+                                     lambda: cond.predict(XB), estimate=est.get("predict"))
+        info["prior_s"] = t_train + t_pred
+    except MemoryError as exc:
+        raise CLIError(f"{exc} (raise --max-memory or use fewer training rows)".replace("\n", " ")) from None
+    except np.linalg.LinAlgError as exc:
+        info["failed"][widths[0]] = str(exc)
+        post0 = None
+    for w in widths:
+        t0 = time.perf_counter()
+        row = Row(f"finite width n={w}")
+        if post0 is None:
+            row.flags.append("failed: " + info["failed"][widths[0]])
+            rows.append(row)
+            continue
+        try:
+            post = post0 if w == widths[0] else cond.with_width(w).predict(XB)
+        except np.linalg.LinAlgError as exc:
+            info["failed"][w] = str(exc)
+            row.flags.append(f"failed: {exc}")
+            rows.append(row)
+            continue
+        mean, var = post.mean[:M], post.var[:M]
+        row.rmse, row.loglik = metrics(split, mean, var, noise)
+        row.log_evidence, row.expansion = float(post.log_evidence), float(post.expansion_parameter)
+        row.mean, row.var = mean, var
+        row.time_s = time.perf_counter() - t0
+        if row.expansion > EXPANSION_WARN:
+            row.flags.append(f"unreliable: 1/n expansion parameter {row.expansion:.2g} > {EXPANSION_WARN}")
+        if np.any(var < 0):
+            row.flags.append(f"unreliable: {int(np.sum(var < 0))} negative posterior variances")
+        validity = getattr(post, "validity", None)
+        if validity is not None and not validity.trusted:
+            # the first-order terms are not small against the GP's (docs/validity.md)
+            row.flags.append("untrusted: " + "; ".join(validity.reasons) + " (docs/validity.md)")
+        info["posteriors"][w] = post
+        rows.append(row)
+
+    if truth_samples:
+        from ngp.reference import importance_posterior
+
+        mem = {"max_memory": opts["max_memory"]} if "max_memory" in opts else {}
+        for row, w in zip([r for r in rows if r.model.startswith("finite")], widths):
+            if row.mean is None:
+                continue
+            net = make_net(w)
+            ref, _ = progress.run(f"importance sampling over {truth_samples} networks of width {w}",
+                                  lambda net=net: importance_posterior(net, split.Xtr, split.ytr, split.Xte,
+                                                                       noise=noise, num_samples=truth_samples,
+                                                                       seed=seed, **mem))
+            _truth(row, ref, row.mean, split)
+            row.gp_truth_gap = float(np.max(np.abs(gp.mean - ref.mean))) * split.scale
+            if row.truth_ess < ESS_MIN:
+                row.flags.append(f"reference unreliable: importance-sampling ESS {row.truth_ess:.0f} of {truth_samples}")
+            info.setdefault("references", {})[w] = ref
+
+    if nuts_steps:
+        from ngp.reference import nuts_posterior
+
+        w = widths[0]
+        t0 = time.perf_counter()
+        post, _ = progress.run(f"NUTS on the weights of width {w} ({nuts_steps} steps, 2 chains)",
+                               lambda: nuts_posterior(make_net(w), split.Xtr, split.ytr, split.Xte, noise=noise,
+                                                      num_warmup=nuts_steps, num_samples=nuts_steps, num_chains=2,
+                                                      seed=seed))
+        rmse, ll = metrics(split, post.mean, post.var, noise)
+        row = Row(f"NUTS n={w} (2 chains)", rmse, ll, time_s=time.perf_counter() - t0, mean=post.mean, var=post.var)
+        ref = info.get("references", {}).get(w)
+        if ref is not None:
+            _truth(row, ref, post.mean, split)
+            row.truth_se = float(np.max(post.mean_se)) * split.scale  # NUTS' own Monte-Carlo error
+            if row.truth_ess < ESS_MIN:
+                row.flags.append("reference unreliable")
+        rows.append(row)
+    if extra_test is not None:
+        info["grid"] = {"gp": cond.gp.predict(extra_test), "finite": {w: p for w, p in info["posteriors"].items()}}
+    return rows, info
+
+
+def cells(row: Row, *, truth: bool) -> dict:
+    """Table cells (strings) of a row."""
+    out = {
+        "model": row.model,
+        "test RMSE": fmt(row.rmse),
+        "test log-lik": fmt(row.loglik, ".3f"),
+        "log evidence": fmt(row.log_evidence, ".3f"),
+        "1/n size": "-" if row.expansion is None else ("0" if row.expansion == 0 else f"{row.expansion:.2g}"),
+        "time [s]": fmt(row.time_s, ".1f"),
+    }
+    if row.expansion is not None and row.expansion > EXPANSION_WARN:
+        out["1/n size"] += " (!)"
+    if truth:
+        gp_gap = row.gp_truth_gap
+        if row.truth_gap is None:
+            out["|mean-IS|"] = out["|GP mean-IS|"] = "-"
+        elif row.truth_ess is not None and row.truth_ess < ESS_MIN:
+            out["|mean-IS|"] = out["|GP mean-IS|"] = f"unreliable (ESS {row.truth_ess:.0f})"
+        else:
+            out["|mean-IS|"] = f"{row.truth_gap:.2g} ± {row.truth_se:.1g}"
+            out["|GP mean-IS|"] = "-" if gp_gap is None else f"{gp_gap:.2g}"
+    return out
+
+
+# library warnings that a row flag already reports (flag text, warning text)
+_SAME = (("1/n expansion parameter", "expansion parameter"),
+         ("negative posterior variances", "posterior variance is negative"),
+         ("importance-sampling ESS", "effective sample size"))
+
+
+def notes(rows, messages, prior_s) -> list[str]:
+    """The lines printed under the table: shared time, each row's flags, then the library's other warnings.
+
+    Args:
+        rows: the :class:`Row` objects (of every fold).
+        messages: warning messages recorded while fitting.
+        prior_s: seconds of the shared finite-width computation (``None`` if none).
+    """
+    out = []
+    if prior_s:
+        out.append(f"the finite-width rows share one computation of K1, V and the predictions: {prior_s:.1f} s "
+                   "(not in the rows' times)")
+    flags = []
+    for r in rows:
+        for f in r.flags:
+            if (r.model, f) not in flags:
+                flags.append((r.model, f))
+    out += [f"{m}: {f}" for m, f in flags]
+    for w in messages:
+        if not any(a in f and b in w for a, b in _SAME for _, f in flags):
+            out.append(f"warning: {w}")
+    return out

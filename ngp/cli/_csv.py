@@ -1,0 +1,203 @@
+"""Reading a regression table from a CSV file with the standard library's ``csv`` module.
+
+* UTF-8 text (a byte-order mark is fine); anything else is refused with the offending byte.
+* The delimiter is detected: ``,``, ``;``, tab or ``|`` (the one that splits the header and the
+  first rows into the same number of fields); with ``;``, tab or ``|`` decimal commas (``1,5``)
+  are read as decimal points.
+* Quoted fields and headers (as R and Excel write them); a first column without a name (row
+  labels, as R's ``write.csv`` and pandas write them) is ignored.
+* Missing cells (empty, ``NA``, ``NaN``, ``N/A``, ``null``, ``None``, ``?``, ``#N/A``) drop their
+  row; the count and the first line numbers are reported.
+* Lines starting with ``#`` and blank lines are skipped.
+* Every error names the file, the line and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+
+import numpy as np
+
+from ._common import CLIError
+
+__all__ = ["Table", "read_table", "MISSING"]
+
+#: Cell values (compared case-insensitively, after stripping spaces) that mean "missing".
+MISSING = frozenset({"", "na", "nan", "n/a", "null", "none", "?", "#n/a", "-nan"})
+DELIMITERS = (",", ";", "\t", "|")
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """A numeric regression table read from a CSV file.
+
+    Attributes:
+        X: ``(rows, features)`` float64 inputs; y: ``(rows,)`` float64 targets.
+        features: feature column names; target: target column name.
+        lines: ``(rows,)`` line number of each kept row in the file (1-based).
+        rows_read: data rows in the file; dropped_lines: line numbers of rows dropped for
+            missing values.
+        delimiter: the detected delimiter; notes: what was ignored or interpreted, for the report.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    features: tuple
+    target: str
+    lines: np.ndarray
+    rows_read: int
+    dropped_lines: tuple
+    delimiter: str
+    notes: tuple
+
+
+def _decode(path: str) -> str:
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        bad = raw[exc.start]
+        raise CLIError(
+            f"DATA: {path} is not UTF-8 text (byte 0x{bad:02x} on line {line}); re-save it as UTF-8, "
+            "e.g. iconv -f latin1 -t utf-8 in.csv > out.csv"
+        ) from None
+
+
+def _records(text: str):
+    """``(line_number, line)`` of the non-blank, non-comment lines."""
+    for i, line in enumerate(text.splitlines(), start=1):
+        s = line.strip()
+        if s and not s.startswith("#"):
+            yield i, line
+
+
+def _sniff(records: list) -> str:
+    """The delimiter that splits the header and the first rows into one consistent number (> 1) of fields;
+    failing that (a ragged file), the one that splits the header into most fields (comma on ties)."""
+    sample = [line for _, line in records[:20]]
+
+    def score(d):
+        counts = [len(r) for r in csv.reader(sample, delimiter=d)]
+        return (len(set(counts)) == 1 and counts[0] > 1, counts[0])
+
+    return max(DELIMITERS, key=score)
+
+
+def _number(cell: str, decimal_comma: bool) -> float | None:
+    """The cell's value; ``None`` for a missing cell; raises ValueError for text."""
+    s = cell.strip()
+    if s.lower() in MISSING:
+        return None
+    try:
+        return float(s)
+    except ValueError:
+        if decimal_comma and s.count(",") == 1:
+            return float(s.replace(",", "."))
+        raise
+
+
+def read_table(path: str, *, target: str | None = None, features=None, ignore=()) -> Table:
+    """Read a numeric regression table (see the module docstring).
+
+    Args:
+        path: CSV file with a header line.
+        target: name of the column to predict (default: the last column).
+        features: names of the feature columns (default: every other column).
+        ignore: names of columns to leave out.
+
+    Raises:
+        CLIError: a missing or unreadable file, an unknown column, a row with the wrong number of
+            fields, a non-numeric or non-finite value, or too few complete rows.
+    """
+    if not os.path.exists(path):
+        raise CLIError(f"DATA: no such file: {path}")
+    if os.path.isdir(path):
+        raise CLIError(f"DATA: {path} is a directory, not a CSV file")
+    try:
+        text = _decode(path)
+    except OSError as exc:
+        raise CLIError(f"DATA: cannot read {path}: {exc.strerror or exc}") from None
+    records = list(_records(text))
+    if len(records) < 2:
+        raise CLIError(f"DATA: {path} needs a header line and at least one data row")
+    delim = _sniff(records)
+    decimal_comma = delim != ","
+    try:
+        parsed = [(num, row) for (num, _), row in zip(records, csv.reader([r for _, r in records], delimiter=delim))]
+    except csv.Error as exc:
+        raise CLIError(f"DATA: {path} is not valid CSV: {exc}") from None
+    header_line, header = parsed[0]
+    header = [h.strip() for h in header]
+    notes = []
+    if delim != ",":
+        notes.append(f"delimiter {'tab' if delim == chr(9) else repr(delim)} detected")
+    skip = set()
+    if header and header[0] == "" and len(header) > 1:
+        skip.add(0)  # row labels (R's write.csv, pandas' index)
+        notes.append("first column has no name (row labels): ignored")
+    named = [h for k, h in enumerate(header) if k not in skip]
+    if any(h == "" for h in named):
+        k = header.index("", 1 if 0 in skip else 0)
+        raise CLIError(f"DATA: column {k + 1} of the header (line {header_line}) has no name")
+    dup = sorted({h for h in named if named.count(h) > 1})
+    if dup:
+        raise CLIError(f"DATA: duplicate column name(s) in the header: {', '.join(map(repr, dup))}")
+    if len(named) < 2:
+        raise CLIError(f"DATA: {path} needs at least two columns (a feature and the target); found {len(named)} "
+                       f"(the delimiter should be one of , ; tab |)")
+
+    def check_names(names, option):
+        for name in names:
+            if name not in named:
+                raise CLIError(f"{option}: column {name!r} not in {path} (columns: {', '.join(named)})")
+
+    if target is None:
+        target = named[-1]
+    check_names([target], "--target")
+    check_names(list(ignore), "--ignore")
+    auto = features is None
+    if auto:
+        features = [h for h in named if h != target and h not in ignore]
+    else:
+        check_names(features, "--features")
+        if target in features:
+            raise CLIError(f"--features: the target column {target!r} cannot also be a feature")
+    if not features:
+        raise CLIError("DATA: needs at least one feature column besides the target")
+    cols = [header.index(h) for h in features] + [header.index(target)]
+
+    values, lines, dropped = [], [], []
+    for num, row in parsed[1:]:
+        if len(row) != len(header):
+            raise CLIError(f"DATA: line {num} has {len(row)} fields, the header (line {header_line}) has {len(header)}")
+        out = []
+        for k in cols:
+            try:
+                v = _number(row[k], decimal_comma)
+            except ValueError:
+                hint = "; choose the feature columns with --features or --ignore" if auto else ""
+                raise CLIError(f"DATA: column {header[k]!r} has a non-numeric value {row[k].strip()!r} on line {num}"
+                               f"{hint}") from None
+            if v is not None and not math.isfinite(v):
+                raise CLIError(f"DATA: column {header[k]!r} has the non-finite value {row[k].strip()!r} on line {num}")
+            out.append(v)
+        if any(v is None for v in out):
+            dropped.append(num)
+            continue
+        values.append(out)
+        lines.append(num)
+    rows_read = len(parsed) - 1
+    if dropped:
+        shown = ", ".join(map(str, dropped[:5])) + (", ..." if len(dropped) > 5 else "")
+        notes.append(f"{len(dropped)} of {rows_read} rows dropped for missing values (lines {shown})")
+    if len(values) < 3:
+        raise CLIError(f"DATA: {len(values)} complete rows in {path}; at least 3 are needed (training and test rows)")
+    data = np.array(values, dtype=float)
+    return Table(X=data[:, :-1], y=data[:, -1], features=tuple(features), target=target,
+                 lines=np.array(lines), rows_read=rows_read, dropped_lines=tuple(dropped), delimiter=delim,
+                 notes=tuple(notes))

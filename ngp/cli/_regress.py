@@ -1,0 +1,281 @@
+"""``ngp regress DATA.csv``: baseline, GP and finite-width regression on the user's table.
+
+Steps (each printed): read the CSV; a seeded train/test split that does not depend on the
+number of training rows (or ``--folds`` k-fold); a timed probe that sets how many training rows
+the finite-width posterior can afford within ``--time-budget`` (``ngp.cli._budget``);
+hyperparameters (``ngp.cli._hyper.fit_hyperparameters``); the comparison table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+
+import numpy as np
+
+from . import _budget
+from ._common import CLIError, Progress, collect_warnings, enable_x64, fmt, table
+from ._compare import ESS_MIN, EXPANSION_WARN, Split, cells, compare, notes
+from ._csv import read_table
+from ._hyper import fit_hyperparameters
+
+__all__ = ["run", "PROBE_TRAIN", "PROBE_TEST", "MIN_TRAIN"]
+
+#: Probe size: training and test rows timed to extrapolate the cost.
+PROBE_TRAIN, PROBE_TEST = 8, 2
+#: Fewest training rows the budget may choose (when the data have them).
+MIN_TRAIN = 8
+#: Test inputs farther than this many training standard deviations from the training mean are refused.
+MAX_Z = 1e6
+
+
+def standardize(train, *others):
+    """``ngp.datasets.standardize`` (overflow-safe), with a check that everything stays finite."""
+    from ngp.datasets import standardize as std
+
+    out = std(train, *others)
+    if not all(np.all(np.isfinite(a)) for a in out[:-1]):  # pragma: no cover - standardize is overflow-safe
+        raise CLIError("DATA: values too large to standardise in float64")
+    return out
+
+
+def check_extreme(Xte, lines, features):
+    """Refuse a test input absurdly far outside the training data (its kernel would overflow or be meaningless)."""
+    z = np.abs(Xte)
+    if z.size and z.max() > MAX_Z:
+        i, j = np.unravel_index(int(np.argmax(z)), z.shape)
+        raise CLIError(f"DATA: column {features[j]!r} on line {lines[i]} lies {z[i, j]:.3g} training standard "
+                       "deviations from the training mean; remove the row or rescale the column")
+
+
+def _splits(n: int, args):
+    """``[(pool, test)]`` row indices: a seeded permutation; the test rows do not depend on --n-train."""
+    order = np.random.default_rng(args.seed).permutation(n)
+    if args.folds:
+        if args.folds > n:
+            raise CLIError(f"--folds {args.folds}: more folds than the {n} usable rows")
+        parts = np.array_split(order, args.folds)
+        out = [(np.concatenate([p for j, p in enumerate(parts) if j != k]), parts[k]) for k in range(args.folds)]
+        if min(len(p) for p, _ in out) < 2:
+            raise CLIError(f"--folds {args.folds}: too few rows ({n}) for training in each fold")
+        return out
+    n_test = max(1, int(round(args.test_fraction * n)))
+    if n - n_test < 2:
+        raise CLIError(f"--test-fraction {args.test_fraction}: leaves {n - n_test} training rows of {n}; at least 2 "
+                       "are needed")
+    return [(order[: n - n_test], order[n - n_test:])]
+
+
+def _make_net(args, hyper=None):
+    import ngp
+
+    C_W, C_b = (args.c_w, args.c_b) if hyper is None else (hyper.C_W, hyper.C_b)
+    return lambda w: ngp.MLP(args.depth, w, activation=args.activation, C_W=C_W, C_b=C_b)
+
+
+def _options(args) -> dict:
+    """Prior options for ``ngp.condition``."""
+    opts = {"max_memory": args.max_memory}
+    if args.four_point_order is not None:
+        opts["four_point_order"] = args.four_point_order
+    return opts
+
+
+def _probe(args, Xp, yp, Xt, progress):
+    """Time the finite-width computation on PROBE_TRAIN rows and PROBE_TEST test rows."""
+    import ngp
+
+    net = _make_net(args)(args.width[0])
+    opts = _options(args)
+
+    def work(nt, mt, mark):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cond = ngp.condition(net, Xp[:nt], yp[:nt], noise=args.noise, **opts)
+            try:
+                cond.log_evidence
+            except np.linalg.LinAlgError:  # the training block was computed; only its timing matters here
+                pass
+            mark()
+            cond.predict(Xt[:mt])
+
+    probe, _ = progress.run(f"probe: timing {PROBE_TRAIN} training and {PROBE_TEST} test rows",
+                            lambda: _budget.probe(work, PROBE_TRAIN, PROBE_TEST))
+    return _budget.CostModel(probe)
+
+
+def _largest_fitting(n: int, need, limit: float) -> tuple[int, float]:
+    """``(m, need(m))`` for the largest ``m <= n`` with ``need(m) <= limit`` (``need`` grows like ``m^4``)."""
+    m = need(n)
+    while m > limit and n > 1:
+        n = max(1, min(n - 1, int(n * (limit / m) ** 0.25)))
+        m = need(n)
+    return n, m
+
+
+def _fit_memory(n_train: int, Xtr, args, explicit: bool) -> tuple[int, str | None]:
+    """The largest training size ``<= n_train`` whose dense training vertex fits ``--max-memory``."""
+    make = _make_net(args)
+    limit = args.max_memory
+
+    def need(n):
+        return make(args.width[0]).prior(Xtr[:n], max_memory=limit).memory_estimate()
+
+    first = need(n_train)
+    if first <= limit:
+        return n_train, None
+    gib = lambda b: f"{b / 1024**3:.2f} GiB"  # noqa: E731
+    if explicit:
+        raise CLIError(f"--n-train {n_train}: the finite-width posterior needs about {gib(first)} "
+                       f"(> --max-memory {gib(limit)}); raise --max-memory or lower --n-train")
+    n, _ = _largest_fitting(n_train, need, limit)
+    return n, f"memory: {n_train} rows need about {gib(first)} > --max-memory {gib(limit)}; using {n}"
+
+
+def _aggregate(fold_rows: list[list], truth: bool) -> list[dict]:
+    """Table cells over folds: mean ± standard error of each metric."""
+    out = []
+    for rows in zip(*fold_rows):
+        c = cells(rows[0], truth=truth)
+
+        def pm(attr, spec):
+            vals = np.array([getattr(r, attr) for r in rows if getattr(r, attr) is not None], dtype=float)
+            if vals.size == 0:
+                return "-"
+            se = vals.std(ddof=1) / math.sqrt(vals.size) if vals.size > 1 else 0.0
+            return f"{format(vals.mean(), spec)} ± {format(se, '.2g')}"
+
+        c["test RMSE"], c["test log-lik"] = pm("rmse", ".4g"), pm("loglik", ".3f")
+        c["log evidence"] = pm("log_evidence", ".3f")
+        exps = [r.expansion for r in rows if r.expansion is not None]
+        if exps:
+            e = max(exps)
+            c["1/n size"] = ("0" if e == 0 else f"{e:.2g}") + (" (!)" if e > EXPANSION_WARN else "")
+        c["time [s]"] = fmt(sum(r.time_s or 0.0 for r in rows), ".1f")
+        if truth:
+            ess = [r.truth_ess for r in rows if r.truth_ess is not None]
+            if ess and min(ess) < ESS_MIN:
+                c["|mean-IS|"] = c["|GP mean-IS|"] = f"unreliable (ESS {min(ess):.0f})"
+        out.append(c)
+    return out
+
+
+def run(args) -> int:
+    t_start = time.perf_counter()
+    progress = Progress(quiet=args.quiet)
+    data = read_table(args.data, target=args.target, features=args.features, ignore=args.ignore or ())
+    enable_x64()
+    try:
+        _make_net(args)(args.width[0])
+    except (ValueError, TypeError) as exc:
+        raise CLIError(str(exc)) from None
+    n = data.y.shape[0]
+    splits = _splits(n, args)
+    pool = min(len(p) for p, _ in splits)
+    n_test = [min(len(t), args.n_test) for _, t in splits]
+    feats = ", ".join(data.features[:6]) + (", ..." if len(data.features) > 6 else "")
+    print(f"{args.data}: predict {data.target!r} from {len(data.features)} feature(s) ({feats})")
+    print(f"  {data.rows_read} rows read, {n} complete" + "".join(f"; {s}" for s in data.notes))
+    if args.folds:
+        print(f"  {args.folds}-fold cross-validation (seed {args.seed}): each row is a test row once; "
+              f"training pools of {pool}+ rows")
+    else:
+        t = len(splits[0][1])
+        print(f"  split (seed {args.seed}): {t} test rows ({100 * t / n:.0f}%, the same for every --n-train), "
+              f"{pool}-row training pool")
+    if max(len(t) for _, t in splits) > args.n_test:
+        print(f"  test rows: the first {args.n_test} of each test set (--n-test; seeded, fixed)")
+
+    # ---------------------------------------------------------------- how many training rows
+    p0, t0 = splits[0]  # the first training pool, standardised: for the probe and the memory check
+    Xp, Xt, _ = standardize(data.X[p0], data.X[t0])
+    check_extreme(Xt, data.lines[t0], data.features)
+    yp, _, _ = standardize(data.y[p0, None], data.y[t0, None])
+    model, explicit = None, args.n_train is not None
+    if explicit:
+        if args.n_train > pool:
+            raise CLIError(f"--n-train {args.n_train} exceeds the {pool}-row training pool "
+                           "(lower --test-fraction or --folds to enlarge it)")
+        n_train, why = args.n_train, "--n-train"
+    elif min(pool, args.max_train) <= PROBE_TRAIN + 4:
+        n_train, why = min(pool, args.max_train), "all rows of the small training pool (no timing probe needed)"
+    else:
+        model = _probe(args, Xp, yp, Xt, progress)
+        spent = time.perf_counter() - t_start
+        choice = _budget.choose(model, pool=pool, n_test=max(n_test), budget_s=args.time_budget, cap=args.max_train,
+                                minimum=MIN_TRAIN, folds=len(splits), spent_s=spent)
+        n_train, why = choice.n_train, choice.reason
+        pr = model.probe
+        print(f"  probe: {pr.n_train} training + {pr.n_test} test rows took {pr.wall_s:.0f} s "
+              f"({pr.compile_s:.0f} s of it compiling); cost ~ N_train^4 + test rows x N_train^3")
+        if choice.n_test < max(n_test):
+            n_test = [min(m, choice.n_test) for m in n_test]
+            print(f"  test rows: the first {choice.n_test} of each test set (the time budget; seeded, fixed)")
+    n_train, mem_note = _fit_memory(n_train, Xp, args, explicit)
+    print(f"  training rows: {n_train} of {pool} ({why})" + (f"; {mem_note}" if mem_note else ""))
+
+    # ---------------------------------------------------------------- fits
+    fold_rows, results = [], []
+    truth = args.truth > 0
+    with collect_warnings() as messages:
+        for k, ((p, t), m) in enumerate(zip(splits, n_test)):
+            tr, te = p[:n_train], t[:m]
+            Xtr, Xte, _ = standardize(data.X[tr], data.X[te])
+            check_extreme(Xte, data.lines[te], data.features)
+            ytr, yte, (mu, sd) = standardize(data.y[tr, None], data.y[te, None])
+            split = Split(Xtr, ytr, Xte, yte, float(sd[0]), float(mu[0]))
+            stage = "hyperparameters" if args.fixed else "fitting hyperparameters (maximum evidence)"
+            hyper, _ = progress.run(stage, lambda: fit_hyperparameters(
+                _make_net(args)(args.width[0]), Xtr, ytr, noise=args.noise, fixed=args.fixed, seed=args.seed,
+                finite_width=args.fit_evidence == "finite-width", options=_options(args)))
+            label = f"fold {k + 1}: " if args.folds else ""
+            print(f"  {label}hyperparameters: {hyper.describe()} ({hyper.note})")
+            est = None
+            if model is not None:
+                half = model.probe.compile_s / 2
+                est = {"training": model.training(n_train) + half, "predict": m * model.per_test(n_train) + half}
+            make = _make_net(args, hyper)
+            rows, info = compare(split, make, widths=args.width, noise=hyper.noise, progress=progress,
+                                 estimates=est, truth_samples=args.truth, seed=args.seed, options=_options(args))
+            fold_rows.append(rows)
+            results.append({"fold": k + 1 if args.folds else None, "train_lines": data.lines[tr].tolist(),
+                            "test_lines": data.lines[te].tolist(), "hyperparameters": hyper.__dict__,
+                            "finite_width_s": info["prior_s"], "rows": [r.as_dict() for r in rows]})
+
+    # ---------------------------------------------------------------- report
+    widths = " / ".join(map(str, args.width))
+    print(f"\n{args.activation} MLP, depth {args.depth}, hidden width {widths}; noise is a variance in standardised "
+          "target units (target variance 1)")
+    print(f"RMSE in the units of {data.target!r}; test log-lik: mean log predictive density per test row (nats); "
+          "log evidence of the standardised training targets\n")
+    cols = ["model", "test RMSE", "test log-lik", "log evidence", "1/n size"]
+    if truth:
+        cols += ["|mean-IS|", "|GP mean-IS|"]
+    cols.append("time [s]")
+    body = _aggregate(fold_rows, truth) if args.folds else [cells(r, truth=truth) for r in fold_rows[0]]
+    print(table(body, cols))
+    prior_s = [r["finite_width_s"] for r in results if r["finite_width_s"] is not None]
+    lines = notes([r for rows in fold_rows for r in rows], messages, sum(prior_s) if prior_s else None)
+    if min(n_test) < 20 and not args.folds:
+        lines.append(f"only {min(n_test)} test rows: the test metrics are noisy; --folds 5 tests every row once")
+    for line in lines:
+        print(f"  * {line}")
+    total = time.perf_counter() - t_start
+    print(f"\ntotal {total:.0f} s")
+    if args.json:
+        out = {"data": args.data, "target": data.target, "features": list(data.features), "rows_read": data.rows_read,
+               "rows_used": n, "dropped_lines": list(data.dropped_lines), "n_train": n_train, "n_train_reason": why,
+               "settings": {k: getattr(args, k) for k in ("depth", "width", "activation", "c_w", "c_b", "noise",
+                                                         "seed", "folds", "test_fraction", "n_test", "time_budget",
+                                                         "max_train", "fixed", "fit_evidence", "truth")},
+               "probe": None if model is None else model.probe.__dict__, "splits": results, "table": body,
+               "notes": lines, "total_s": total}
+        try:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump(out, fh, indent=2, default=float)
+        except OSError as exc:
+            raise CLIError(f"--json: cannot write {args.json}: {exc.strerror or exc}") from None
+        print(f"results written to {args.json}")
+    return 0

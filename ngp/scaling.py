@@ -1,0 +1,382 @@
+"""How hyperparameters scale with width: from the neural-tangent to the maximal-update scaling.
+
+A :class:`Parameterization` gives, for each layer role (``input``, ``hidden``, ``output``),
+the width exponents of the four per-layer hyperparameters of ngp's conventions
+(docs/theory.md, NTK section): ``Var W = C_W / fan_in``, ``Var b = C_b``, learning rates
+``eta * lambda_W / fan_in`` (weights) and ``eta * lambda_b`` (biases). A hyperparameter ``h``
+with exponent ``p`` is ``h(n) = h_base * (n / base_width)^p`` for hidden width ``n``.
+
+Presets:
+
+* ``"ntk"``: all exponents 0 (the neural-tangent scaling; PDLT's conventions).
+* ``"mup"``: maximal update (muP, SGD): output ``C_W, C_b ~ 1/n``; input and hidden
+  ``lambda_W, lambda_b ~ n``; output ``lambda ~ 1``.
+* ``"standard"``: ``Var W = C_W/fan_in`` everywhere with one global SGD learning rate, i.e.
+  ``lambda_W ~ fan_in`` (``~ n`` for hidden and output weights); unstable at large width.
+* :func:`family` ``(s)``: the one-parameter family interpolating ``"ntk"`` (``s = 0``) and
+  ``"mup"`` (``s = 1``): output ``C_W, C_b ~ n^-s``, input/hidden ``lambda ~ n^s``.
+
+:func:`predicted_exponents` gives the width exponents (power counting of one SGD step from
+initialisation) of the NTK, its fluctuation, the NTK change (the dNTK), the feature updates and
+the output change; :func:`coordinate_check` measures them on actual networks (JAX + optax).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Callable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "Parameterization",
+    "PRESETS",
+    "parameterization",
+    "family",
+    "multipliers",
+    "predicted_exponents",
+    "Exponents",
+    "coordinate_check",
+    "CoordinateCheck",
+]
+
+_ROLES = ("input", "hidden", "output")
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameterization:
+    """Width exponents of ``(C_W, C_b, lambda_W, lambda_b)`` per layer role.
+
+    Each field is a tuple ``(input, hidden, output)`` of exponents ``p``: the hyperparameter is
+    multiplied by ``(n / base_width)^p``. ``C_W`` and ``C_b`` of the input and hidden layers must
+    have exponent 0 (otherwise pre-activations blow up or vanish with width).
+    """
+
+    name: str
+    C_W: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    C_b: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    lam_W: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    lam_b: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def __post_init__(self):
+        for f in ("C_W", "C_b", "lam_W", "lam_b"):
+            v = tuple(float(x) for x in getattr(self, f))
+            if len(v) != 3 or not all(math.isfinite(x) for x in v):
+                raise ValueError(f"Parameterization.{f}: expected three finite exponents (input, hidden, output)")
+            object.__setattr__(self, f, v)
+        if self.C_W[0] != 0 or self.C_W[1] != 0 or self.C_b[0] > 0 or self.C_b[1] > 0:
+            raise ValueError(
+                "Parameterization: input and hidden C_W must not scale with width (exponent 0) and their C_b "
+                "must not grow; otherwise the pre-activations blow up or vanish at large width"
+            )
+        if self.C_W[2] > 0 or self.C_b[2] > 0:
+            raise ValueError("Parameterization: output C_W, C_b exponents must be <= 0 (else the output blows up at init)")
+
+
+def family(s: float) -> Parameterization:
+    """Interpolation between neural-tangent (``s = 0``) and maximal-update (``s = 1``) scaling."""
+    s = float(s)
+    if not 0.0 <= s <= 1.0:
+        raise ValueError(f"family: s must be in [0, 1] (0 = ntk, 1 = mup), got {s}")
+    return Parameterization(f"family({s:g})", C_W=(0, 0, -s), C_b=(0, 0, -s), lam_W=(s, s, 0), lam_b=(s, s, 0))
+
+
+PRESETS: dict[str, Parameterization] = {
+    "ntk": Parameterization("ntk"),
+    "mup": Parameterization("mup", C_W=(0, 0, -1), C_b=(0, 0, -1), lam_W=(1, 1, 0), lam_b=(1, 1, 0)),
+    "standard": Parameterization("standard", lam_W=(0, 1, 1)),
+}
+
+
+def parameterization(spec) -> Parameterization:
+    """A :class:`Parameterization` from a preset name, a family value ``s`` or itself."""
+    if isinstance(spec, Parameterization):
+        return spec
+    if isinstance(spec, str):
+        key = spec.strip().lower()
+        if key in PRESETS:
+            return PRESETS[key]
+        raise ValueError(f"parameterization: unknown name {spec!r}; expected one of {sorted(PRESETS)} or a number s in [0, 1]")
+    if isinstance(spec, numbers.Real) and not isinstance(spec, bool):
+        return family(float(spec))
+    raise TypeError(f"parameterization: expected a name, a number or a Parameterization, got {type(spec).__name__}")
+
+
+def _roles(depth: int):
+    if depth < 2:
+        raise ValueError("scaling: depth must be >= 2 (an input and an output layer)")
+    return [0] + [1] * (depth - 2) + [2]
+
+
+def _per_layer(v, depth, name):
+    if np.ndim(v) == 0:
+        return (float(v),) * depth
+    v = tuple(float(x) for x in v)
+    if len(v) != depth:
+        raise ValueError(f"{name}: expected {depth} per-layer values, got {len(v)}")
+    return v
+
+
+def multipliers(spec, *, width, depth: int, base_width: float = 1.0, C_W=1.0, C_b=0.0,
+                lam_W=1.0, lam_b=1.0) -> dict:
+    """Per-layer ``C_W, C_b, lam_W, lam_b`` (tuples of length ``depth``) under the parameterization ``spec``.
+
+    Args:
+        width: the hidden width ``n`` (all hidden layers), or the ``depth - 1`` hidden widths.
+        base_width: the width at which the hyperparameters equal the base values (muTransfer:
+            tune at ``base_width``, scale to ``width``).
+        C_W: base weight variance (float or per-layer sequence).
+        C_b: base bias variance.
+        lam_W: base weight learning-rate factor.
+        lam_b: base bias learning-rate factor.
+
+    Each base value is multiplied by ``(n_l / base_width)^p`` with the exponent ``p`` of its layer
+    role (layer 1 = input, ``2..depth-1`` = hidden, ``depth`` = output) and ``n_l`` the hidden width
+    the layer touches: the fan-out of the input layer, the fan-in of the others. Feed the result to
+    ``ngp.MLP`` / the NTK recursions (docs/theory.md, NTK section).
+    """
+    par = parameterization(spec)
+    depth = int(depth)
+    roles = _roles(depth)
+    widths = _per_layer(width, depth - 1, "width")
+    if min(widths) <= 0 or float(base_width) <= 0:
+        raise ValueError("multipliers: widths and base_width must be positive")
+    touch = [widths[0]] + [widths[l - 1] for l in range(1, depth)]  # fan-out of layer 1, fan-in of the rest
+    out = {}
+    for name, base in (("C_W", C_W), ("C_b", C_b), ("lam_W", lam_W), ("lam_b", lam_b)):
+        b = _per_layer(base, depth, name)
+        e = getattr(par, name)
+        out[name] = tuple(b[l] * (touch[l] / float(base_width)) ** e[roles[l]] for l in range(depth))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Exponents:
+    """Predicted width exponents ``q`` (quantity ``~ n^q``) after one SGD step from initialisation.
+
+    Attributes:
+        ntk: the NTK at initialisation (function space, learning rates included).
+        ntk_fluctuation: its standard deviation over initialisations.
+        ntk_change: the change of the NTK after the step (``~`` dNTK times the errors).
+        ntk_relative_change: ``ntk_change - ntk``.
+        features: per hidden layer ``1..depth-1``, RMS change of one pre-activation.
+        output_change: change of the output.
+        output_init: size of the output at initialisation.
+        regime: ``"feature learning"``, ``"kernel (NTK frozen)"``, ``"unstable"`` or ``"trivial"``.
+    """
+
+    ntk: float
+    ntk_fluctuation: float
+    ntk_change: float
+    ntk_relative_change: float
+    features: tuple[float, ...]
+    output_change: float
+    output_init: float
+    regime: str
+
+
+def predicted_exponents(spec, *, depth: int) -> Exponents:
+    """Power counting of one SGD step (docs/theory.md, scaling section).
+
+    With output ``C_W ~ n^c``: backward signals ``dz^(L)/dz^(l)_i ~ n^((c-1)/2)`` per coordinate;
+    NTK contributions ``n^lambda_out`` (output layer) and ``n^(lambda_l + c)`` (other layers);
+    own-layer feature update ``n^(lambda_l + (c-1)/2)``, propagated upwards unchanged. With ``u`` the
+    largest relative update of one coordinate (features, or an output weight:
+    ``n^(lambda_out - (c+1)/2)``), the relative NTK change is ``n^max(2u, u - 1/2)``: the NTK is an
+    average over coordinates, terms linear in the update have random signs across coordinates,
+    squares do not. Stable members (``ntk <= 0``, ``u <= 0``): exponents of the first few steps at a
+    fixed learning rate. Unstable members: exponents of the first step at first order in the
+    learning rate (``ntk_change = ntk + u - 1/2``), i.e. while the step is still a small perturbation.
+    """
+    par = parameterization(spec)
+    roles = _roles(int(depth))
+    c = par.C_W[2]
+    contrib = []
+    feats = []
+    own_max = -np.inf
+    for l in range(depth):
+        r = roles[l]
+        if r == 2:
+            contrib += [par.lam_W[2], par.lam_b[2]]
+        else:
+            contrib += [par.lam_W[r] + c, par.lam_b[r] + c]
+            own_max = max(own_max, max(par.lam_W[r], par.lam_b[r]) + (c - 1) / 2)
+            feats.append(own_max)
+    theta = max(contrib)
+    rel_out = par.lam_W[2] - (c + 1) / 2  # relative change of one output weight
+    u = max(max(feats), rel_out)  # largest relative per-coordinate update
+    stable = theta <= 1e-12 and u <= 1e-12
+    # NTK change: averages over n coordinates of updates of size n^u; terms linear in one step's
+    # update have random signs across coordinates (n^(u - 1/2)), squares are coherent (n^(2u)).
+    rho = max(2 * u, u - 0.5) if stable else u - 0.5
+    if theta > 1e-12 or u > 1e-12:
+        regime = "unstable"
+    elif theta < -1e-12:
+        regime = "trivial"
+    elif u > -1e-12:
+        regime = "feature learning"
+    else:
+        regime = "kernel (NTK frozen)"
+    return Exponents(ntk=theta, ntk_fluctuation=theta - 0.5, ntk_change=theta + rho, ntk_relative_change=rho,
+                     features=tuple(feats), output_change=theta, output_init=max(c, par.C_b[2]) / 2, regime=regime)
+
+
+# ----------------------------------------------------------------------------- coordinate check
+@dataclasses.dataclass(frozen=True)
+class CoordinateCheck:
+    """Measured scalings of actual networks (means over seeds) and fitted width exponents.
+
+    Attributes:
+        widths: the widths.
+        ntk: ``(W,)`` Frobenius norm of the NTK at initialisation over the inputs.
+        ntk_change: ``(W,)`` Frobenius norm of the NTK change after ``steps`` steps.
+        features: ``(W, depth - 1)`` RMS change of the hidden pre-activations.
+        output_change: ``(W,)`` RMS change of the outputs.
+        fitted: dict name -> fitted exponent (least squares of log quantity against log width);
+            ``features`` is a tuple per hidden layer.
+        predicted: :class:`Exponents`.
+    """
+
+    parameterization: Parameterization
+    widths: tuple[int, ...]
+    ntk: np.ndarray
+    ntk_change: np.ndarray
+    features: np.ndarray
+    output_change: np.ndarray
+    fitted: dict
+    predicted: Exponents
+
+    def deviations(self) -> dict:
+        """``fitted - predicted`` for the NTK, its change, the features and the output change."""
+        p = self.predicted
+        return {
+            "ntk": self.fitted["ntk"] - p.ntk,
+            "ntk_change": self.fitted["ntk_change"] - p.ntk_change,
+            "output_change": self.fitted["output_change"] - p.output_change,
+            "features": tuple(f - q for f, q in zip(self.fitted["features"], p.features)),
+        }
+
+
+def _slope(widths, values):
+    x = np.log(np.asarray(widths, float))
+    yv = np.log(np.asarray(values, float))
+    return float(np.polyfit(x, yv, 1)[0])
+
+
+def coordinate_check(spec, *, widths: Sequence[int], depth: int = 3, activation: str | Callable = "tanh",
+                     X=None, y=None, steps: int = 3, lr: float = 0.003, seeds: int = 4, base_width: float = 1.0,
+                     C_W=1.0, C_b=0.0, lam_W=1.0, lam_b=1.0, seed: int = 0) -> CoordinateCheck:
+    """Train actual MLPs of several widths for a few SGD steps and fit the width exponents.
+
+    Networks ``z' = W s(z) + b`` with ``W ~ N(0, C_W/fan_in)``, ``b ~ N(0, C_b)`` and the
+    per-layer values of :func:`multipliers`; optax SGD on ``1/2 sum (f(x) - y)^2`` with per-parameter
+    learning rates ``lr * lam_W / fan_in`` (weights) and ``lr * lam_b`` (biases). Measures, averaged
+    over ``seeds`` initialisations: the empirical NTK (reverse-mode Jacobians) at initialisation and
+    its change after ``steps`` steps, the RMS change of every hidden layer's pre-activations and of
+    the outputs. Float64 if JAX's x64 mode is on.
+
+    Args:
+        spec: a :class:`Parameterization`, a preset name or a family value ``s``.
+        widths: hidden widths (at least two).
+        depth: number of weight layers.
+        activation: activation name or callable.
+        X: ``(N, n0)`` inputs (default: 8 fixed standardised points in 4 dimensions).
+        y: ``(N,)`` targets.
+        steps: number of full-batch steps.
+        lr: the global learning rate ``eta``.
+        seeds: initialisations averaged per width.
+        base_width: see :func:`multipliers`.
+        C_W: see :func:`multipliers`.
+        C_b: see :func:`multipliers`.
+        lam_W: see :func:`multipliers`.
+        lam_b: see :func:`multipliers`.
+        seed: base random seed.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from ._activations import activation as _activation
+
+    par = parameterization(spec)
+    widths = tuple(int(w) for w in widths)
+    if len(widths) < 2:
+        raise ValueError("coordinate_check: need at least two widths to fit an exponent")
+    act = _activation(activation)
+    if X is None:
+        rng = np.random.default_rng(1234)
+        X = rng.normal(size=(8, 4))
+        X = X / np.linalg.norm(X, axis=1, keepdims=True) * 2.0
+    X = jnp.asarray(np.asarray(X, float))
+    if y is None:
+        y = 30.0 * np.sin(np.arange(X.shape[0]) + 0.5)  # targets >> initial outputs: less seed noise
+    y = jnp.asarray(np.asarray(y, float).reshape(-1))
+    n0 = X.shape[1]
+    ntk_n, dntk_n, feat_n, out_n = [], [], [], []
+    for width in widths:
+        hp = multipliers(par, width=width, depth=depth, base_width=base_width, C_W=C_W, C_b=C_b,
+                         lam_W=lam_W, lam_b=lam_b)
+        dims = (n0,) + (width,) * (depth - 1) + (1,)
+        lrs = [(lr * hp["lam_W"][l] / dims[l], lr * hp["lam_b"][l]) for l in range(depth)]
+
+        def forward(params, X=X):
+            h, pre = X.T, []
+            for l, (W, b) in enumerate(params):
+                z = W @ h + b[:, None]
+                pre.append(z)
+                h = act.fn(z)
+            return z[0], pre[:-1]
+
+        def loss(params):
+            return 0.5 * jnp.sum((forward(params)[0] - y) ** 2)
+
+        # SGD with per-parameter learning rates (layer by layer, weights and biases)
+        tx = optax.chain(optax.stateless(lambda u, p, lrs=lrs: [(a * gW, c * gb) for (gW, gb), (a, c) in zip(u, lrs)]),
+                         optax.scale(-1.0))
+
+        def ntk(params):
+            J = jax.jacrev(lambda p: forward(p)[0])(params)
+            tot = 0.0
+            for (JW, Jb), (a, c) in zip(J, lrs):
+                JWf = JW.reshape(JW.shape[0], -1)
+                tot = tot + (a / lr) * JWf @ JWf.T + (c / lr) * Jb @ Jb.T
+            return tot
+
+        @jax.jit
+        def run(key):
+            keys = jax.random.split(key, 2 * depth)
+            params = [(jax.random.normal(keys[2 * l], (dims[l + 1], dims[l])) * jnp.sqrt(hp["C_W"][l] / dims[l]),
+                       jax.random.normal(keys[2 * l + 1], (dims[l + 1],)) * jnp.sqrt(hp["C_b"][l]))
+                      for l in range(depth)]
+            f0, pre0 = forward(params)
+            H0 = ntk(params)
+            state = tx.init(params)
+
+            def body(_, carry):
+                p, s = carry
+                g = jax.grad(loss)(p)
+                u, s = tx.update(g, s, p)
+                return optax.apply_updates(p, u), s
+
+            params_t, _ = jax.lax.fori_loop(0, steps, body, (params, state))
+            f1, pre1 = forward(params_t)
+            H1 = ntk(params_t)
+            feats = jnp.stack([jnp.sqrt(jnp.mean((a - b) ** 2)) for a, b in zip(pre1, pre0)])
+            return (jnp.linalg.norm(H0), jnp.linalg.norm(H1 - H0), feats, jnp.sqrt(jnp.mean((f1 - f0) ** 2)))
+
+        res = [run(jax.random.PRNGKey(seed * 100003 + width * 7 + s)) for s in range(seeds)]
+        ntk_n.append(np.mean([float(r[0]) for r in res]))
+        dntk_n.append(np.mean([float(r[1]) for r in res]))
+        feat_n.append(np.mean([np.asarray(r[2]) for r in res], axis=0))
+        out_n.append(np.mean([float(r[3]) for r in res]))
+    feat = np.asarray(feat_n)
+    fitted = {
+        "ntk": _slope(widths, ntk_n),
+        "ntk_change": _slope(widths, dntk_n),
+        "output_change": _slope(widths, out_n),
+        "features": tuple(_slope(widths, feat[:, l]) for l in range(feat.shape[1])),
+    }
+    return CoordinateCheck(par, widths, np.asarray(ntk_n), np.asarray(dntk_n), feat, np.asarray(out_n), fitted,
+                           predicted_exponents(par, depth=depth))

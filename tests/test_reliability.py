@@ -1,0 +1,412 @@
+"""Issue 15: no silent NaN, no silent nonsense (edge inputs, resource limits, float32, validity)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import jax
+import jax.numpy as jnp
+import mpmath as mp
+import numpy as np
+import pytest
+
+import ngp
+from ngp import _activations
+from ngp import criticality as cr
+
+
+# ----------------------------------------------------------------------------- relu family at theta -> 0
+def _mp_two_point(slopes, kaa, kbb, kab):
+    """``<s_a s_b>`` of ``a_+ z Theta(z) + a_- z Theta(-z)`` in mpmath (arc-cosine kernel)."""
+    ap, am = (mp.mpf(s) for s in slopes)
+    r = mp.sqrt(kaa * kbb - kab**2)
+    th = mp.acos(kab / mp.sqrt(kaa * kbb))
+    j_pp = (r + kab * (mp.pi - th)) / (2 * mp.pi)
+    j_pm = (r - kab * th) / (2 * mp.pi)
+    return (ap**2 + am**2) * j_pp - 2 * ap * am * j_pm
+
+
+def _mp_derivatives(slopes, v, *, hessian=True):
+    """Gradient (3,) and Hessian (3, 3) in ``(kaa, kbb, kab)`` at the float point ``v``, by mpmath."""
+    with mp.workdps(40):
+        x = tuple(mp.mpf(float(t)) for t in v)
+        f = lambda a, b, c: _mp_two_point(slopes, a, b, c)  # noqa: E731
+        g = np.array([float(mp.diff(f, x, tuple(int(i == j) for j in range(3)))) for i in range(3)])
+        if not hessian:
+            return g
+        H = np.empty((3, 3))
+        for i in range(3):
+            for j in range(i, 3):
+                order = [0, 0, 0]
+                order[i] += 1
+                order[j] += 1
+                H[i, j] = H[j, i] = float(mp.diff(f, x, tuple(order)))
+    return g, H
+
+
+@pytest.fixture(scope="module")
+def relu_derivatives():
+    def make(act):
+        f3 = lambda v: act.two_point(v[0], v[1], v[2])  # noqa: E731
+        return jax.jit(jax.grad(f3)), jax.jit(jax.hessian(f3))
+
+    return make
+
+
+@pytest.mark.parametrize("name,params,theta", [("leaky_relu", {"slope": 0.2}, 0.5), ("relu", {}, 1e-2),
+                                               ("leaky_relu", {"slope": 0.2}, 3e-3)])
+def test_relu_family_jacobian_hessian_match_mpmath(relu_derivatives, name, params, theta):
+    act = ngp.activation(name, **params)
+    grad, hess = relu_derivatives(act)
+    kaa, kbb = 1.3, 0.7
+    v = np.array([kaa, kbb, math.cos(theta) * math.sqrt(kaa * kbb)])
+    g_ref, H_ref = _mp_derivatives(act.relu_slopes, v)
+    assert np.allclose(np.asarray(grad(jnp.asarray(v))), g_ref, rtol=0, atol=1e-12)
+    H = np.asarray(hess(jnp.asarray(v)))
+    assert np.max(np.abs(H - H_ref)) <= 1e-9 * np.max(np.abs(H_ref))
+    assert np.allclose(H, H.T, rtol=0, atol=1e-12 * np.max(np.abs(H)))
+
+
+def test_relu_hessian_matches_finite_differences(relu_derivatives):
+    grad, hess = relu_derivatives(ngp.activation("leaky_relu", slope=0.1))
+    v = jnp.asarray([0.9, 1.6, 0.4])
+    h = 1e-6
+    fd = np.stack([(np.asarray(grad(v + h * e)) - np.asarray(grad(v - h * e))) / (2 * h) for e in jnp.eye(3)])
+    assert np.allclose(np.asarray(hess(v)), fd, rtol=1e-7, atol=1e-8)
+
+
+@pytest.mark.parametrize("theta", [1e-5, 1e-7, 0.0])
+def test_relu_jacobian_has_its_limit_at_coincident_inputs(relu_derivatives, theta):
+    """``dPhi/dK_ab = <s'_a s'_b> = (pi - theta) / (2 pi)`` and ``dPhi/dK_aa = sqrt(det) / 4 pi K_aa``: finite
+    and continuous at ``theta = 0`` (autodiff of arccos gave inf - inf = nan there)."""
+    grad, hess = relu_derivatives(ngp.activation("relu"))
+    kaa, kbb = 1.3, 0.7
+    s = math.sqrt(kaa * kbb)
+    kab = math.cos(theta) * s
+    g = np.asarray(grad(jnp.asarray([kaa, kbb, kab])))
+    if theta > 0:  # mpmath at the float inputs; the float rounding of K_aa K_bb - K_ab^2 costs ~1e-16 / theta
+        exact = _mp_derivatives((1.0, 0.0), [kaa, kbb, kab], hessian=False)
+    else:
+        exact = np.array([0.0, 0.0, 0.5])
+    assert np.allclose(g, exact, rtol=0, atol=1e-15 / theta if theta > 0 else 1e-15)
+    assert np.all(np.isfinite(np.asarray(hess(jnp.asarray([kaa, kbb, kab])))))
+
+
+@pytest.mark.parametrize("v", [[1.0, 1.0, 1.0 + 2e-16], [1.0, 1.0, -1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+def test_relu_two_point_derivatives_finite_at_the_edges(relu_derivatives, v):
+    """Rounding past correlation 1, anti-parallel inputs and zero-variance inputs (x = 0, C_b = 0)."""
+    act = ngp.activation("relu")
+    grad, hess = relu_derivatives(act)
+    v = jnp.asarray(v)
+    assert np.isfinite(float(act.two_point(v[0], v[1], v[2])))
+    assert np.all(np.isfinite(np.asarray(grad(v)))) and np.all(np.isfinite(np.asarray(hess(v))))
+
+
+def test_relu_K1_is_continuous_as_inputs_merge():
+    """K1_ab -> K1_aa (= 0 for the relu family) as the angle between two inputs closes; before the fix it
+    was nan below theta ~ 1e-8 and lost digits like 1/theta above."""
+    net = ngp.MLP(4, 64, activation="relu", C_W=2.0, C_b=0.1)
+    vals = []
+    for th in (1e-4, 1e-6, 1e-9):
+        p = net.prior(np.array([[1.0, 0.0], [math.cos(th), math.sin(th)]]), warn=False)
+        assert np.all(np.isfinite(p.K1)) and np.all(np.isfinite(p.V))
+        vals.append(p.K1[0, 1])
+    scale = np.max(np.abs(net.prior(np.array([[1.0, 0.0]]), warn=False).V))
+    assert np.max(np.abs(vals)) < 1e-8 * scale
+
+
+def test_relu_parallel_inputs_without_bias_are_exactly_homogeneous():
+    """relu, C_b = 0, x_b = 2 x_a: z_b = 2 z_a in every network, so V_(ij)(kl) = 2^(#b) V_(aa)(aa) and K1 = 0."""
+    p = ngp.MLP(3, 64, activation="relu", C_W=2.0, C_b=0.0).prior(np.array([[1.0, 0.5], [2.0, 1.0]]), warn=False)
+    V = p.V
+    idx = np.indices(V.shape).sum(axis=0)  # number of b indices in (i, j, k, l)
+    assert np.allclose(V, V[0, 0, 0, 0] * 2.0**idx, rtol=1e-10, atol=0)
+    assert np.max(np.abs(p.K1)) < 1e-9 * V[0, 0, 0, 0]
+
+
+@pytest.mark.xfail(strict=True, reason="after the merge with the jnp engine (main 0114ef7), not yet re-fixed: see the issue 15 report")
+def test_issue_near_duplicate_test_point():
+    """Issue 15 item 1: a test point equal to a training point up to rounding."""
+    net = ngp.MLP(3, 64, activation="relu", C_W=2.0, C_b=0.1)
+    near = ngp.posterior(net, [[0.5], [1.0]], [0.2, 0.1], [[0.5 + 1e-9]], noise=0.1)
+    same = ngp.posterior(net, [[0.5], [1.0]], [0.2, 0.1], [[0.5]], noise=0.1)  # duplicates merged exactly
+    for a, b in ((near.mean, same.mean), (near.var, same.var)):
+        assert np.all(np.isfinite(a)) and np.allclose(a, b, rtol=1e-6, atol=1e-9)
+    assert near.expansion_parameter == pytest.approx(same.expansion_parameter, rel=1e-6)
+    assert near.validity.trusted
+
+
+# ----------------------------------------------------------------------------- zero-variance inputs
+def test_zero_input_with_critical_relu_drops_out_exactly():
+    """relu, C_b = 0: the network output at x = 0 is exactly 0, so a training point there with target 0
+    carries no information: the posterior equals the one without it, and the evidence differs by
+    log N(0 | 0, noise) (issue 15 item 3)."""
+    net = ngp.MLP(3, 64, activation="relu", C_W=2.0, C_b=0.0)
+    noise = 0.1
+    with_zero = ngp.posterior(net, [[0.0], [1.0], [-0.5]], [0.0, 0.5, 0.2], [[2.0], [0.0]], noise=noise)
+    without = ngp.posterior(net, [[1.0], [-0.5]], [0.5, 0.2], [[2.0], [0.0]], noise=noise)
+    assert np.allclose(with_zero.mean, without.mean, rtol=1e-10, atol=1e-12)
+    assert np.allclose(with_zero.var, without.var, rtol=1e-10, atol=1e-12)
+    gauss0 = -0.5 * math.log(2 * math.pi * noise)
+    assert with_zero.log_evidence - without.log_evidence == pytest.approx(gauss0, abs=1e-10)
+    # the zero test point: exactly zero mean and variance
+    assert np.abs(with_zero.mean[1]).max() < 1e-12 and np.abs(with_zero.var[1]).max() < 1e-12
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu", "sin", "erf"])
+def test_zero_input_row_gives_finite_cumulants(act):
+    if act == "sin":
+        pytest.xfail(f"sin: exact zeros expected in the vertex at a zero input; after the merge with the jnp engine (main 0114ef7), not yet re-fixed: see the issue 15 report")
+    p = ngp.MLP(4, 16, activation=act, C_W=2.0 if act == "relu" else 1.0, C_b=0.0).prior(
+        np.array([[0.0, 0.0], [1.0, 0.5], [-0.3, 0.8]]), warn=False)
+    assert np.all(np.isfinite(p.K1)) and np.all(np.isfinite(p.V))
+    assert np.all(p.V[0] == 0) and np.all(p.K1[0] == 0)  # z(0) = 0 in every network
+
+
+# ----------------------------------------------------------------------------- resource limits
+def test_huge_networks_raise_memory_error_before_work():
+    X = np.ones((5, 2))
+    with pytest.raises(MemoryError, match="GiB"):
+        ngp.sample_networks(ngp.MLP(3, 10**9), X, 10)
+    with pytest.raises(MemoryError, match="GiB"):
+        ngp.sample_networks(ngp.MLP(3, 10**8), X, 10, method="conditional")  # ~3 TB before the check
+    with pytest.raises(MemoryError, match="importance_posterior.*GiB"):
+        ngp.reference.importance_posterior(ngp.MLP(3, 10**9), X[:2], np.ones(2), X[2:], noise=0.1)
+    with pytest.raises(MemoryError, match="nuts_posterior.*GiB"):
+        ngp.reference.nuts_posterior(ngp.MLP(3, 10**9), X[:2], np.ones(2), X[2:], noise=0.1)
+    with pytest.raises(MemoryError, match="nuts_posterior"):
+        ngp.reference.nuts_posterior(ngp.MLP(2, 16), X[:2], np.ones(2), X[2:], noise=0.1, max_memory=1e4)
+
+
+@pytest.mark.xfail(strict=True, reason="after the merge with the jnp engine (main 0114ef7), not yet re-fixed: see the issue 15 report")
+def test_importance_error_does_not_blame_zero_noise_when_noise_is_positive():
+    net = ngp.MLP(2, 8, activation="relu", C_W=2.0, C_b=0.0)
+    X = np.array([[1.0], [2.0]])  # parallel inputs, C_b = 0: the training metric is singular in every draw
+    with pytest.raises(ValueError, match="zero likelihood") as info:
+        ngp.reference.importance_posterior(net, X, [1.0, 2.0], [[0.5]], noise=1e-14, num_samples=64)
+    assert "noise = 0 the" not in str(info.value) and "raise the noise" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- float32 sessions
+_FLOAT32_SCRIPT = textwrap.dedent("""
+    import json, warnings
+    import jax, numpy as np, ngp
+    assert not jax.config.jax_enable_x64
+    warnings.simplefilter("ignore")
+    out = {}
+    net = ngp.MLP(3, 16, activation="tanh", C_b=0.1)
+    XA, XB = np.linspace(-1, 1, 4)[:, None], np.array([[0.3], [1.4]])
+    Y = np.sin(2 * XA[:, 0])
+    p = net.prior(np.concatenate([XA, XB]))
+    out["dtype"] = str(p.K.dtype) + str(p.K1.dtype) + str(p.V.dtype)
+    out["K1"] = p.K1.tolist()
+    post = ngp.posterior(net, XA, Y, XB, noise=0.0)
+    out["post"] = [post.mean.ravel().tolist(), post.var.ravel().tolist(), post.log_evidence]
+    imp = ngp.reference.importance_posterior(net, XA, Y, XB, noise=0.0, num_samples=4000, seed=3)
+    out["imp"] = [imp.mean.ravel().tolist(), imp.log_evidence]
+    out["chi"] = list(ngp.criticality.susceptibilities("tanh", 2.5))
+    relu = ngp.MLP(3, 32, activation="relu", C_W=2.0, C_b=0.0)
+    Xd = np.array([[0.0, 0.0], [1.0, 0.5], [1.0, 0.5], [2.0, 1.0]])  # zero row, duplicate, parallel
+    s = ngp.sample_networks(relu, Xd, 4000, method="conditional", seed=1)
+    out["samples"] = [str(s.outputs.dtype), float(np.mean(~np.isfinite(s.outputs))),
+                      s.metric.mean(axis=0).tolist(), (s.metric.std(axis=0) / np.sqrt(4000)).tolist()]
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.xfail(strict=True, reason="after the merge with the jnp engine (main 0114ef7), not yet re-fixed: see the issue 15 report")
+@pytest.mark.validation
+def test_float32_session_gives_float64_results():
+    """Issue 15 item 5: with x64 off every path is right: the numerics run in float64 (scoped), the
+    samplers in float32 without nan."""
+    env = dict(os.environ, JAX_ENABLE_X64="0", PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(ngp.__file__)))] + sys.path))
+    got = subprocess.run([sys.executable, "-c", _FLOAT32_SCRIPT], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert got.returncode == 0, got.stderr[-3000:]
+    out = json.loads(got.stdout.strip().splitlines()[-1])
+    assert out["dtype"] == "float64" * 3
+    net = ngp.MLP(3, 16, activation="tanh", C_b=0.1)
+    XA, XB = np.linspace(-1, 1, 4)[:, None], np.array([[0.3], [1.4]])
+    Y = np.sin(2 * XA[:, 0])
+    assert np.allclose(out["K1"], net.prior(np.concatenate([XA, XB])).K1, rtol=1e-12, atol=1e-14)
+    post = ngp.posterior(net, XA, Y, XB, noise=0.0, warn=False)
+    assert np.allclose(out["post"][0], post.mean.ravel(), rtol=1e-10)
+    assert np.allclose(out["post"][1], post.var.ravel(), rtol=1e-8)
+    assert out["post"][2] == pytest.approx(post.log_evidence, rel=1e-10)
+    imp = ngp.reference.importance_posterior(net, XA, Y, XB, noise=0.0, num_samples=4000, seed=3)
+    assert np.allclose(out["imp"][0], imp.mean.ravel(), rtol=1e-10) and out["imp"][1] == pytest.approx(
+        imp.log_evidence, rel=1e-10)
+    assert np.allclose(out["chi"], cr.susceptibilities("tanh", 2.5), rtol=1e-12)
+    dtype, bad, metric_mean, metric_se = out["samples"]
+    assert dtype == "float32" and bad == 0.0
+    K = ngp.MLP(3, 32, activation="relu", C_W=2.0, C_b=0.0).prior(
+        np.array([[0.0, 0.0], [1.0, 0.5], [1.0, 0.5], [2.0, 1.0]])).K
+    assert np.all(np.abs(np.array(metric_mean) - K) <= 5 * np.array(metric_se) + 1e-5 * np.max(K))
+
+
+# ----------------------------------------------------------------------------- smaller items
+def test_small_argument_errors_are_named():
+    X, y = np.array([[0.0], [1.0]]), np.array([0.0, 1.0])
+    with pytest.raises(ValueError, match="widths"):
+        ngp.evidence_grid(X, y, widths=[8, -4], depths=[2], noise=0.1)
+    with pytest.raises(TypeError, match="widths"):
+        ngp.evidence_grid(X, y, widths="16", depths=[2], noise=0.1)
+    with pytest.raises(TypeError, match="complex"):
+        ngp.posterior(ngp.MLP(2, 8), np.array([[1 + 1j], [0.0]]), y, [[0.0]], noise=0.1)
+    with pytest.raises(TypeError, match="C_W"):
+        ngp.MLP(2, 8, C_W="1.0")
+    with pytest.raises(TypeError, match="JAX-traceable"):
+        ngp.MLP(2, 8, activation=np.tanh)
+    assert ngp.activation("leaky_relu", slope=np.float32(0.1)).relu_slopes == (1.0, pytest.approx(0.1))
+    with pytest.raises(ValueError, match="four_point_order"):
+        ngp.MLP(3, 8).prior(np.ones((2, 1)), four_point_order=0)
+    with pytest.raises(TypeError, match="max_memory"):
+        ngp.MLP(3, 8).prior(np.ones((2, 1)), max_memory="big")
+    with pytest.raises(TypeError, match="width"):
+        ngp.MLP(3, 8.0)
+    with pytest.raises(TypeError, match="depth"):
+        ngp.MLP(2.0, 8)
+    # residual networks have a finite-width posterior since issue 12 (refusals: tests/test_residual_engine.py)
+    res = ngp.posterior(ngp.ResMLP(3, 8), [[0.0], [1.0]], [0.0, 0.5], [[2.0]], noise=0.1)
+    assert np.all(np.isfinite(res.mean)) and np.all(np.isfinite(res.var))
+
+
+def _np_expect(f, K):
+    from scipy.integrate import quad
+
+    s = math.sqrt(K)
+    g = lambda z: f(z) * math.exp(-0.5 * z * z / K) / math.sqrt(2 * math.pi * K)  # noqa: E731
+    pts = [p for p in (-30.0, -8.0, -2.0, 0.0, 2.0, 8.0, 30.0) if abs(p) < 12 * s]
+    return quad(g, -12 * s, 12 * s, points=pts, limit=4000, epsabs=0, epsrel=1e-13)[0]
+
+
+@pytest.mark.parametrize("K", [50.0, 1e3, 1e6])
+def test_tanh_susceptibilities_at_large_variance(K):
+    """Issue 15 item 7: chi_perp(tanh, K = 1e6) was 1.4e-20 (true 5.32e-4)."""
+    chi_par, chi_perp = cr.susceptibilities("tanh", K)
+    sech = lambda z: 2.0 * math.exp(-abs(z)) / (1.0 + math.exp(-2.0 * abs(z)))  # noqa: E731 (no cosh overflow)
+    ref_perp = _np_expect(lambda z: sech(z) ** 4, K)
+    ref_par = _np_expect(lambda z: math.tanh(z) * z * sech(z) ** 2, K) / K
+    assert chi_perp == pytest.approx(ref_perp, rel=1e-10)
+    assert chi_par == pytest.approx(ref_par, rel=1e-10)
+
+
+def test_susceptibilities_refuse_unresolvable_variances():
+    with pytest.raises(ValueError, match="K"):
+        cr.susceptibilities("tanh", 1e9)
+
+
+# ----------------------------------------------------------------------------- validity of the posterior
+def test_quickstart_with_zero_noise_is_flagged():
+    """Issue 15 item 2: expansion parameter 0.057, but the first-order mean shift is thousands of GP
+    standard deviations: the posterior must say so."""
+    X = np.random.default_rng(0).normal(size=(5, 2))
+    Y = np.random.default_rng(1).normal(size=(3, 2))
+    net = ngp.MLP(depth=3, width=64, activation="tanh", C_W=1.0, C_b=0.0, out_dim=2)
+    with pytest.warns(RuntimeWarning, match="not small"):
+        fw = ngp.posterior(net, X[:3], Y, X[3:], noise=0.0)
+    v = fw.validity
+    assert not v.trusted and v.mean_shift > 100 and v.evidence_correction > 1e4
+    shift = np.max(np.abs(fw.mean - fw.gp.mean) / np.sqrt(fw.gp.var))
+    assert v.mean_shift == pytest.approx(shift, rel=1e-6)
+    cond = ngp.condition(net, X[:3], Y, noise=0.0, warn=False)
+    assert not cond.validity.trusted and cond.validity.mean_shift is None
+
+
+def test_benign_posterior_is_trusted_and_quiet():
+    net = ngp.MLP(3, 64, activation="tanh", C_b=0.1)
+    XA = np.linspace(-1, 1, 4)[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fw = ngp.posterior(net, XA, 0.3 * np.sin(2 * XA[:, 0]), [[0.2]], noise=0.1)
+    assert fw.validity.trusted and fw.validity.reasons == ()
+    assert fw.validity.mean_shift < 0.05 and fw.validity.evidence_correction < 0.1
+    assert "trusted" in str(fw.validity)
+
+
+@pytest.mark.xfail(strict=True, reason="after the merge with the jnp engine (main 0114ef7), not yet re-fixed: see the issue 15 report")
+def test_evidence_grid_flags_and_skips_untrusted_rows():
+    X = np.linspace(-1, 1, 5)[:, None]
+    y = 3.0 * np.sin(3 * X[:, 0])  # targets far above the prior's scale: narrow widths untrusted
+    with pytest.warns(RuntimeWarning, match="trusted"):
+        grid = ngp.evidence_grid(X, y, widths=[4, 512], depths=[3], noise=0.01)
+    rows = {r["width"]: r for r in grid.rows}
+    assert not rows[4]["trusted"] and rows[512]["trusted"]
+    for r in grid.rows:
+        assert r["evidence_correction"] == pytest.approx(abs(r["log_evidence"] - r["log_evidence_gp"]))
+    assert grid.best()["width"] == 512
+    assert "NO" in grid.table()
+
+
+def _relu_polar_expectation(C, pat):
+    """``E[prod_j relu(z_j)^p_j]`` for ``z ~ N(0, C)`` (2x2), total degree 4, by exact radial
+    integration (``int r^5 e^{-r^2/2} dr = 8``) and adaptive quadrature in the angle."""
+    from scipy.integrate import quad
+
+    w_, U = np.linalg.eigh(C)
+    R = U * np.sqrt(w_)
+
+    def g(phi):
+        z = R @ np.array([np.cos(phi), np.sin(phi)])
+        return np.prod(np.maximum(z, 0.0) ** np.array(pat))
+
+    return 8.0 / (2 * np.pi) * quad(g, 0.0, 2 * np.pi, limit=500, epsabs=1e-14, epsrel=1e-13)[0]
+
+
+@pytest.mark.parametrize("pat", [(2, 2), (1, 3), (3, 1)])
+def test_relu_four_point_derivative_matches_exact_polar_quadrature(pat):
+    """Price's derivative of the relu four-point rule (Euler's relation on the diagonal, where relu''
+    is a delta function autodiff cannot see) against the derivative of an independent adaptive
+    quadrature; the rule itself (128 nodes a dimension) is accurate to ~1e-3 for kinked integrands."""
+    from ngp._finite import FOUR_POINT_ORDERS, _gaussian_product, _pruned_rule
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(2, 2))
+    C0 = A @ A.T + 0.3 * np.eye(2)
+    dC = np.array([[1.0, 0.3], [0.3, -0.5]])
+    nodes, w = _pruned_rule(2, FOUR_POINT_ORDERS[2])
+    relu = _activations.activation("relu")
+    f = lambda C: _gaussian_product(relu.fn, pat, True)(C[None], jnp.asarray(nodes), jnp.asarray(w))[0]
+    jv = float(jax.jvp(f, (jnp.asarray(C0),), (jnp.asarray(dC),))[1])
+    h = 1e-4
+    exact = (_relu_polar_expectation(C0 + h * dC, pat) - _relu_polar_expectation(C0 - h * dC, pat)) / (2 * h)
+    assert np.isfinite(jv)
+    assert jv == pytest.approx(exact, rel=3e-3)
+
+
+@pytest.mark.validation
+def test_relu_evidence_gradient_finite_with_zero_input_and_duplicates():
+    """Zero input row, critical C_b = 0 and a duplicated row: value and gradient finite (no NaN)."""
+    X = np.array([[0.0, 0.0], [1.0, 0.5], [1.0, 0.5 + 1e-12], [-0.3, 0.8]])
+    Y = np.array([[0.1], [0.4], [0.4], [-0.2]])
+    net = ngp.MLP(3, 32, activation="relu", C_W=2.0, C_b=0.0)
+    f = lambda cw: ngp.log_evidence(net, X, Y, noise=0.1, C_W=cw, C_b=0.0)
+    val, g = jax.value_and_grad(f)(2.0)
+    assert np.isfinite(float(val)) and np.isfinite(float(g))
+    h = 1e-4
+    fd = (float(f(2.0 + h)) - float(f(2.0 - h))) / (2 * h)
+    assert float(g) == pytest.approx(fd, rel=3e-3, abs=1e-3 * abs(fd))
+
+
+@pytest.mark.validation
+def test_cli_flags_untrusted_finite_width_rows(tmp_path, capsys):
+    """`ngp regress` with little noise on rough targets: the finite-width row is marked, with the reason."""
+    from ngp.cli import main
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(16, 2))
+    y = 5.0 * np.sign(x[:, 0]) + rng.normal(size=16)
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,target\n" + "\n".join(f"{a},{b},{t}" for (a, b), t in zip(x, y)))
+    rc = main(["regress", str(path), "--target", "target", "--width", "4", "--depth", "3", "--noise",
+               "0.001", "--n-train", "10", "--n-test", "4", "--activation", "relu", "--c-w", "2.0", "--fixed",
+               "--quiet"])
+    out = capsys.readouterr()
+    assert rc == 0
+    assert "finite width n=4: untrusted:" in out.out
+    assert "docs/validity.md" in out.out

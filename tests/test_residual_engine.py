@@ -1,0 +1,193 @@
+"""Residual steps in the cumulant engine (ngp/_residual_layers.py; docs/theory.md, "Residual networks").
+
+The engine's ``K``, ``K1``, ``V`` of residual networks (``ngp.ResMLP``, residual blocks anywhere in
+``ngp.serial``) equal the residual-chain module's (tests/test_residual_cumulants.py checks that module
+against exact limits and Monte Carlo); here: the wiring, Monte Carlo of actual residual networks built
+from the same steps, the posterior against importance sampling, and the refusals that remain.
+"""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+import ngp
+from ngp import _residual_cumulants as rc
+from ngp._activations import activation
+from ngp._pairs import Pairs
+
+from ._residual_reference import branch_network
+
+X3 = np.array([[0.9, -0.3, 0.4, 1.1], [-0.5, 0.8, 0.2, -0.7], [0.3, 0.6, -1.0, 0.1]])
+
+
+def _same(a, b, tol=1e-12):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape
+    assert np.max(np.abs(a - b)) <= tol * max(1.0, float(np.max(np.abs(b))))
+
+
+def test_resmlp_prior_equals_the_chain_module():
+    act = "tanh"  # the wiring does not depend on the activation (relu: test_residual_cumulants.py)
+    C_W, C_b = [1.0, 1.2, 0.9, 1.3], [0.1, 0.05, 0.2, 0.1]
+    net = ngp.ResMLP(4, 16, activation=act, C_W=C_W, C_b=C_b, gamma=[0.8, 1.0], xi=[0.6, 0.5])
+    prior = net.prior(X3)
+    K_first = C_b[0] + C_W[0] * X3 @ X3.T / X3.shape[1]
+    ref = rc.resmlp_cumulants(activation(act), K_first, n=16, C_W=C_W, C_b=C_b, gamma=[0.8, 1.0], xi=[0.6, 0.5])
+    assert len(prior.layers) == len(ref) == 4
+    for layer, r in zip(prior.layers, ref):
+        _same(layer.K, r.K)
+        _same(layer.K1, r.K1)
+        _same(layer.V_packed, r.V)
+        assert layer.n == r.n
+    _same(prior.K1, ref[-1].K1)
+    _same(prior.V, ref[-1].V4)
+    # the vertex interface: components and local blocks agree with the packed matrix
+    v = prior.layers[2].vertex
+    pairs = Pairs.of(3)
+    quads = np.array([[0, 1, 2, 2], [1, 0, 0, 0], [2, 2, 1, 0]])
+    p, q = pairs.index[quads[:, 0], quads[:, 1]], pairs.index[quads[:, 2], quads[:, 3]]
+    _same(v.components(quads), ref[2].V[p, q])
+    cols = pairs.cols
+    _same(v.local2(), ref[2].V[cols[:, :, None], cols[:, None, :]])
+    eps = prior.expansion_parameter
+    d = np.diag(ref[-1].K)
+    assert eps == pytest.approx(np.max(np.diag(ref[-1].V) / (d[pairs.a] * d[pairs.b])) / 16, rel=1e-12)
+
+
+def test_residual_blocks_inside_serial_equal_the_chain_module():
+    # a dense layer of another width feeds the chain; a two-layer branch with its own hidden activation;
+    # a plain block; the readout is followed by one more dense layer (engine recursion continues)
+    tanh, relu = activation("tanh"), activation("relu")
+    net = ngp.serial(
+        ngp.Dense(12, C_W=1.1, C_b=0.1), ngp.Elementwise("tanh"), ngp.Dense(8, C_W=1.3, C_b=0.05),
+        ngp.Residual(ngp.serial(ngp.Elementwise("tanh"), ngp.Dense(6, C_W=1.2, C_b=0.1),
+                                ngp.Elementwise("relu"), ngp.Dense(8, C_W=1.4, C_b=0.05)), gamma=0.9, xi=0.5),
+        ngp.Residual(ngp.serial(ngp.Elementwise("tanh"), ngp.Dense(8, C_W=1.5, C_b=0.1)), gamma=0.7, xi=0.6),
+        ngp.Elementwise("tanh"), ngp.Dense(10, C_W=1.2, C_b=0.1), ngp.Elementwise("tanh"), ngp.Dense(2, C_W=1.0),
+    )
+    prior = net.prior(X3)
+    L2 = ngp.serial(*net.steps[:3]).prior(X3).layers[-1]
+    s = rc.chain_start(tanh, L2.K, n=8, V=L2.V_packed, K1=L2.K1, n_prev=12)
+    s = rc.residual_step(s, C_W=1.2, C_b=0.1, gamma=0.9, xi=0.5, branch=((6, 1.4, 0.05, relu),))
+    mid = rc.layer_cumulants(s)
+    s = rc.residual_step(s, C_W=1.5, C_b=0.1, gamma=0.7, xi=0.6)
+    last_chain = rc.layer_cumulants(s)
+    ro = rc.readout(s, C_W=1.2, C_b=0.1)
+    out = rc.mlp_step(tanh, ro.K, ro.K1, ro.V, n_prev=8, n=10, C_W=1.0, C_b=0.0)
+    layers = prior.layers
+    assert [lay.n for lay in layers] == [None, 12, 8, 8, 8, 10]
+    for layer, r in zip(layers[2:], (mid, last_chain, ro, out)):
+        _same(layer.K, r.K, 1e-13)
+        _same(layer.K1, r.K1)
+        _same(layer.V_packed, r.V)
+
+
+def test_gamma_zero_block_after_a_chain_is_its_readout():
+    block = ngp.serial(ngp.Elementwise("tanh"), ngp.Dense(8, C_W=1.4, C_b=0.1))
+    chain = [ngp.Dense(8, C_W=1.2, C_b=0.1), ngp.Residual(ngp.serial(ngp.Elementwise("tanh"), ngp.Dense(8)),
+                                                           gamma=0.8, xi=0.6)]
+    a = ngp.serial(*chain, ngp.Residual(block, gamma=0.0, xi=1.0), ngp.Elementwise("tanh"), ngp.Dense(1))
+    b = ngp.serial(*chain, *block.steps, ngp.Elementwise("tanh"), ngp.Dense(1))
+    pa, pb = a.prior(X3), b.prior(X3)
+    _same(pa.K1, pb.K1)
+    _same(pa.V_packed, pb.V_packed)
+    # and a skip after it starts a new chain from that (conditionally Gaussian) layer
+    c = ngp.serial(*chain, ngp.Residual(block, gamma=0.0, xi=1.0), ngp.Residual(block, gamma=0.5, xi=0.9),
+                   ngp.Elementwise("tanh"), ngp.Dense(1))
+    assert np.all(np.isfinite(c.prior(X3).V_packed))
+
+
+# ----------------------------------------------------------------------------- Monte Carlo
+def test_branch_network_against_actual_networks():
+    # two blocks with hidden branch layers (widths 2n and n/2); two inputs, n = 32 and 64: the engine's
+    # V and K1 agree with Monte Carlo of the actual networks within 4.5 s.e. plus the O(1/n) remainder,
+    # whose intercept fit (2 V(64) - V(32)) agrees within 4.5 s.e.
+    X = np.array([[1.0, 0.3], [-0.4, 0.9]])
+    blocks = lambda n: [(1.5, 0.1), (1.5, 0.1, 0.9, 0.6, ((2 * n, 1.2, 0.1),)),  # noqa: E731
+                        (1.5, 0.1, 0.8, 0.7, ((n // 2, 1.4, 0.05),))]
+    act = activation("tanh")
+    th = branch_network(act, 8, blocks(8), (1.1, 0.1)).prior(X)
+    V_th, K1_th = th.V_packed, th.pairs.pack(th.K1)
+    K = th.pairs.pack(th.K)
+    est = {}
+    for n in (32, 64):
+        net = branch_network(act, n, blocks(n), (1.1, 0.1))
+        V, V_se, nEG, nEG_se = _mc(net, X, 40_000, n)
+        est[n] = V, V_se, nEG - n * K, nEG_se
+    V_fit = 2 * est[64][0] - est[32][0]
+    se_fit = np.sqrt(4 * est[64][1] ** 2 + est[32][1] ** 2)
+    assert np.max(np.abs(V_fit - V_th) / se_fit) < 4.5
+    K1, K1_se = est[64][2], est[64][3]
+    assert np.max(np.abs(K1 - K1_th) / K1_se) < 4.5
+    assert np.max(np.abs(V_th)) > 10 * np.max(se_fit)  # the check has power
+
+
+def _mc(net, X, samples, n):
+    """``n Cov(G_hat)``, its s.e., ``n E G_hat`` and its s.e. over pairs, from actual networks."""
+    s = ngp.sample_networks(net, X, samples, seed=n, method="conditional", batch_size=20_000)
+    pairs = Pairs.of(X.shape[0])
+    G = s.metric[:, pairs.a, pairs.b]
+    d = G - G.mean(0)
+    prod = d[:, :, None] * d[:, None, :]
+    return (n * prod.mean(0) * samples / (samples - 1), n * prod.std(0, ddof=1) / math.sqrt(samples),
+            n * G.mean(0), n * G.std(0, ddof=1) / math.sqrt(samples))
+
+
+def test_posterior_against_importance_sampling():
+    # ResMLP depth 4, n = 32: the finite-width posterior mean is within the Monte-Carlo error plus its
+    # O(1/n^2) remainder of the importance-sampling truth; the GP's O(1/n) error is rejected
+    XA = np.array([[1.0, 0.2], [-0.6, 0.9], [0.3, -1.1]])
+    XB = np.array([[0.5, 0.5]])
+    YA = np.array([[0.6], [-0.4], [0.5]])
+    net = ngp.ResMLP(4, 32, activation="tanh", C_W=1.5, C_b=0.1, gamma=0.9, xi=0.6)
+    ref = ngp.reference.importance_posterior(net, XA, YA, XB, noise=0.05, num_samples=100_000, seed=1)
+    cond = ngp.condition(net, XA, YA, noise=0.05)
+    fw, gp = cond.predict(XB).mean[0, 0], cond.gp.predict(XB).mean[0, 0]
+    se = ref.mean_se[0, 0]
+    assert abs(fw - ref.mean[0, 0]) < 4.5 * se + 5e-4
+    assert abs(gp - ref.mean[0, 0]) > 5 * se + 5e-4
+    assert np.isfinite(cond.log_evidence)
+
+
+# ----------------------------------------------------------------------------- what stays refused
+def _chain(act_in_block, act_readout):
+    block = ngp.serial(ngp.Elementwise(act_in_block), ngp.Dense(6))
+    return [ngp.Dense(6), ngp.Residual(ngp.serial(ngp.Elementwise("tanh"), ngp.Dense(6)), gamma=0.8, xi=0.5),
+            ngp.Residual(block, gamma=0.8, xi=0.5), ngp.Elementwise(act_readout), ngp.Dense(1)]
+
+
+@pytest.mark.parametrize("net,match", [
+    (ngp.serial(*_chain("relu", "tanh")), "different activations to the stream"),
+    (ngp.serial(*_chain("tanh", "relu")), "not the chain's activation"),
+    (ngp.serial(ngp.Dense(6), ngp.Residual(ngp.serial(ngp.Elementwise("tanh"), ngp.Dense(6)), gamma=0.8, xi=0.5),
+                ngp.Scale(2.0), ngp.Elementwise("tanh"), ngp.Dense(1)), "rescaled"),
+    (ngp.serial(ngp.Dense(6), ngp.Residual(ngp.serial(ngp.Elementwise("tanh"), ngp.Dense(6), ngp.Scale(0.5),
+                                                      ngp.Elementwise("tanh"), ngp.Dense(6)),
+                                           gamma=0.8, xi=0.5), ngp.Elementwise("tanh"), ngp.Dense(1)), "Scale step"),
+])
+def test_unsupported_patterns_are_refused_by_name(net, match):
+    prior = net.prior(X3[:2])
+    assert prior.K.shape == (2, 2)
+    for attr in ("K1", "V"):
+        with pytest.raises(NotImplementedError, match=match) as info:
+            getattr(prior, attr)
+        assert "docs/theory.md" in str(info.value) and "residual" in str(info.value)
+
+
+def test_memory_budget_is_checked_before_work():
+    net = ngp.ResMLP(5, 8, activation="tanh", gamma=0.8, xi=0.6)
+    prior = net.prior(np.random.default_rng(0).normal(size=(12, 2)), max_memory=1e6)
+    assert prior.K.shape == (12, 12)
+    with pytest.raises(MemoryError, match="max_memory"):
+        prior.K1
+
+
+def test_hyperparameter_tracing_is_refused_for_residual_cumulants():
+    net = ngp.ResMLP(3, 8, activation="tanh", gamma=0.8, xi=0.6)
+    Y = np.array([[0.3], [-0.2]])
+    gp = ngp.log_evidence(net, X3[:2], Y, noise=0.1, finite_width=False)
+    assert np.isfinite(float(gp))
+    with pytest.raises(NotImplementedError, match="not differentiable"):
+        jax.grad(lambda c: ngp.log_evidence(net, X3[:2], Y, noise=0.1, C_W=c))(1.0)
