@@ -40,7 +40,8 @@ import numpy as np
 
 from ._activations import Activation
 
-__all__ = ["product_expectations", "multiset_expectations", "split_multisets", "PATTERNS", "RTOL"]
+__all__ = ["product_expectations", "multiset_expectations", "split_multisets", "fixed_rule_split",
+           "fixed_rule_errors", "PATTERNS", "RTOL"]
 
 #: The multiplicity patterns of a sorted four-input multiset ``a <= b <= c <= d``.
 PATTERNS = ((1, 1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (3, 1), (1, 3), (2, 2), (4,))
@@ -356,11 +357,11 @@ def _gh(m: int):
 
 
 @functools.lru_cache(maxsize=64)
-def _order_table(act: Activation, tol_exp: int) -> np.ndarray:
-    """Smallest ladder index per grid scale ``s`` such that the ``m``-point Gauss-Hermite rule
-    integrates ``sigma(s (c + x))^p`` to ``10**tol_exp`` relative to ``E[sigma(s (c + x))^{2p}]^{1/2}``
-    for every calibration offset ``c`` and power ``p`` (one-dimensional calibration of the activation)."""
-    tol = 10.0 ** tol_exp
+def _error_table(act: Activation) -> np.ndarray:
+    """One-dimensional calibration of the activation: ``(len(LADDER), len(_S_GRID))`` errors of the
+    ``m``-point Gauss-Hermite rule for ``sigma(s (c + x))^p`` relative to ``E[sigma(s (c + x))^{2p}]^{1/2}``,
+    worst over the calibration offsets ``c`` and powers ``p``, made non-decreasing in ``s`` (the
+    reference is a 400-point rule)."""
     rules = [_gh(m) for m in LADDER] + [_gh(400)]
     x = np.concatenate([r[0] for r in rules])
     seg = np.repeat(np.arange(len(rules)), [r[0].size for r in rules])
@@ -369,15 +370,25 @@ def _order_table(act: Activation, tol_exp: int) -> np.ndarray:
     c = np.asarray(_CAL_OFFSETS)
     z = s[None, :, None] * (c[:, None, None] + x[None, None, :])  # (offsets, scales, nodes)
     f = np.asarray(_jit_fn(act.fn)(jnp.asarray(z)))
-    ok = np.ones((len(LADDER), s.size), dtype=bool)
+    worst = np.zeros((len(LADDER), s.size))
+    last = seg == len(rules) - 1
     for p in _CAL_POWERS:
         g = f**p * w
         sums = np.zeros((len(c), s.size, len(rules)))
         np.add.at(sums, (slice(None), slice(None), seg), g)  # (offsets, scales, rules)
         ref = sums[..., -1:]
-        norm = np.sqrt(np.sum((f[..., seg == len(rules) - 1] ** (2 * p)) * w[seg == len(rules) - 1], axis=-1))
-        good = np.abs(sums[..., :-1] - ref) <= tol * (norm[..., None] + 1e-300)  # (offsets, scales, ladder)
-        ok &= np.all(good, axis=0).T
+        norm = np.sqrt(np.sum((f[..., last] ** (2 * p)) * w[last], axis=-1))
+        rel = np.abs(sums[..., :-1] - ref) / (norm[..., None] + 1e-300)  # (offsets, scales, ladder)
+        worst = np.maximum(worst, rel.max(axis=0).T)
+    return np.maximum.accumulate(worst, axis=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _order_table(act: Activation, tol_exp: int) -> np.ndarray:
+    """Smallest ladder index per grid scale ``s`` such that the ``m``-point Gauss-Hermite rule
+    integrates ``sigma(s (c + x))^p`` to ``10**tol_exp`` relative to ``E[sigma(s (c + x))^{2p}]^{1/2}``
+    for every calibration offset ``c`` and power ``p`` (:func:`_error_table`)."""
+    ok = _error_table(act) <= 10.0 ** tol_exp
     first = np.where(ok.any(axis=0), np.argmax(ok, axis=0), len(LADDER) - 1)
     return np.maximum.accumulate(first)  # monotone in s
 
@@ -587,9 +598,56 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, st
     return val, err, scale
 
 
-# ============================================================================ public functions
 #: Default relative tolerance (relative to ``prod_j E[sigma(z_j)^4]^{p_j/4}``).
 RTOL = 1e-9
+
+#: The fixed rule is used for an entry only when its calibrated error is this factor below the tolerance.
+FIXED_MARGIN = 0.1
+#: Relative error floor of the fixed rule (rounding in its high-order nodes and weights, pruning;
+#: measured up to 2.5e-13 against this module's rule at rtol 1e-13).
+FIXED_FLOOR = 1e-12
+
+
+def fixed_rule_errors(act: Activation, C, pattern, order: int) -> np.ndarray:
+    """Calibrated error estimate ``(b,)`` (absolute) of the isotropic ``order``-point tensor
+    Gauss-Hermite rule in the eigen-coordinates of ``C`` (the engine's fixed rule,
+    ``ngp._finite.FOUR_POINT_ORDERS``) for ``E[prod_j sigma(z_j)^{p_j}]``: the Hölder scale times the
+    worst one-dimensional calibration error (:func:`_error_table`) of the largest ladder order
+    ``<= order`` over the directions' scales, at least :data:`FIXED_FLOOR`. ``inf`` for activations that are not smooth or have
+    ``relu_slopes`` (no calibration)."""
+    pattern = _pattern(pattern)
+    C = _as_blocks(C, len(pattern))
+    if act.relu_slopes is not None or not act.smooth:
+        return np.full(C.shape[0], np.inf)
+    R, _, _ = _eig_sqrt(C)
+    s = _direction_scale(R)  # (b, d)
+    li = max(0, int(np.searchsorted(np.asarray(LADDER), int(order), side="right")) - 1)
+    table = _error_table(act)[li]  # (scales,)
+    pos = np.searchsorted(np.asarray(_S_GRID), s, side="left")
+    e = np.where(pos >= len(_S_GRID), np.inf, table[np.clip(pos, 0, len(_S_GRID) - 1)])
+    e = np.where(s <= 0, 0.0, e).max(axis=1)
+    return np.maximum(e, FIXED_FLOOR) * _holder_scale(act, C, pattern)
+
+
+def fixed_rule_split(act: Activation, K, ms, orders: dict, *, rtol: float = RTOL):
+    """Which sorted multiset rows ``ms`` (M, 4) the engine's fixed rule (``orders``: nodes per
+    dimension by the number of distinct inputs) already computes to ``FIXED_MARGIN * rtol`` by the
+    calibration: returns ``ok`` (M,) bool and the calibrated error estimates (M,) (absolute)."""
+    K = np.asarray(K, dtype=float)
+    ms = np.asarray(ms)
+    ok = np.zeros(ms.shape[0], dtype=bool)
+    est = np.full(ms.shape[0], np.inf)
+    if act.relu_slopes is not None or not act.smooth:
+        return ok, est
+    for pattern, (rows, idx) in split_multisets(ms).items():
+        C = K[idx[:, :, None], idx[:, None, :]]
+        e = fixed_rule_errors(act, C, pattern, orders[len(pattern)])
+        est[rows] = e
+        ok[rows] = e <= FIXED_MARGIN * rtol * _holder_scale(act, C, pattern)
+    return ok, est
+
+
+# ============================================================================ public functions
 
 
 def product_expectations(act: Activation, C, pattern, *, rtol: float = RTOL, stats: dict | None = None):
