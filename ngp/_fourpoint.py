@@ -551,6 +551,35 @@ def _holder_scale(act: Activation, C: np.ndarray, pattern: tuple) -> np.ndarray:
     return np.prod(m4 ** (np.asarray(pattern) / 4.0), axis=1)
 
 
+#: Largest convergence ratio per ladder step assumed by :func:`_tail_factor` (the factor is then 19).
+_RHO_MAX = 0.95
+#: Calibration errors below this are rounding: no convergence ratio is read from them.
+_RHO_FLOOR = 1e-14
+
+
+def _tail_factor(act: Activation, lad: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Factor turning the difference ``|Q_k - Q_(k-1)|`` of a rule and its companion one ladder step
+    lower into an estimate of the error of ``Q_k``: with geometric convergence ``err_k = rho err_(k-1)``,
+    ``err_k = rho / (1 - rho) |Q_k - Q_(k-1)|``. ``rho`` per direction is read from the one-dimensional
+    calibration (:func:`_error_table`) at the direction's order and scale, the worst direction counts,
+    and the factor is at least 1. Slowly converging rules (large variances of saturating activations)
+    get factors of several; rows ``lad`` (b, d) of ladder indices, ``s`` (b, d) direction scales."""
+    table = _error_table(act)
+    pos = np.clip(np.searchsorted(np.asarray(_S_GRID), s, side="left"), 0, len(_S_GRID) - 1)
+    fine = table[lad, pos]
+    prev = table[np.maximum(lad - 1, 0), pos]
+    ok = (fine > _RHO_FLOOR) & (prev > 0) & (lad > 0) & (s > 0)
+    rho = np.where(ok, np.minimum(fine / np.where(prev > 0, prev, 1.0), _RHO_MAX), 0.0).max(axis=1)
+    return np.maximum(1.0, rho / (1.0 - rho))
+
+
+def _calibrated_error(act: Activation, lad: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Worst one-dimensional calibration error (relative) over the directions of rows ``lad`` (b, d)
+    of ladder indices at scales ``s`` (b, d)."""
+    pos = np.clip(np.searchsorted(np.asarray(_S_GRID), s, side="left"), 0, len(_S_GRID) - 1)
+    return np.where(s > 0, _error_table(act)[lad, pos], 0.0).max(axis=1)
+
+
 def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, stats: dict | None = None):
     C = np.asarray(C, dtype=float)
     b = C.shape[0]
@@ -563,6 +592,7 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, st
     lad = np.take_along_axis(lad, perm, axis=1)
     R = np.take_along_axis(R, perm[:, None, :], axis=2)
     beta = np.take_along_axis(beta, perm, axis=1)
+    s = np.take_along_axis(s, perm, axis=1)
     cutoff = _CUTOFF * rtol
     smoothed = act.smoothed if closed else None
     val = np.zeros(b)
@@ -583,7 +613,10 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, st
             coarse = tuple(LADDER[max(k - 1, 0)] for k in key)
             q, mag = _evaluate(act.fn, smoothed, head_pattern, R, beta, sigma, rows, fine, cutoff)
             qc, _ = _evaluate(act.fn, smoothed, head_pattern, R, beta, sigma, rows, coarse, cutoff)
-            e = np.abs(q - qc) + 64 * _EPS * mag
+            e = np.abs(q - qc) * _tail_factor(act, lad[rows], s[rows]) + 64 * _EPS * mag
+            capped = np.any(lad[rows] == top, axis=1)  # the rule cannot refine: no convergence to trust
+            if capped.any():
+                e = np.where(capped, np.maximum(e, _calibrated_error(act, lad[rows], s[rows]) * scale[rows]), e)
             val[rows] = q
             err[rows] = e
             nodes_used[rows] += _rule_chunks(fine, cutoff)[2] + _rule_chunks(coarse, cutoff)[2]
