@@ -293,3 +293,24 @@ def test_error_estimate_honest_at_large_variance(rng, K):
             err = abs(val[i] - ref)
             assert est[i] >= err or err < 1e-13 * scale, (pattern, K, err / scale, est[i] / scale)
             assert est[i] <= 1e4 * max(err, 1e-12 * scale), (pattern, K, err / scale, est[i] / scale)
+
+
+def test_traced_rule_agrees_with_concrete_rule():
+    """Under a JAX trace the engine uses the fixed jnp rule (FOUR_POINT_ORDERS); on concrete kernels
+    the error-estimated rule. The two agree within the sum of their error estimates (the fixed rule's
+    from the calibration, ngp._fourpoint.fixed_rule_errors)."""
+    from ngp._finite import FOUR_POINT_ORDERS, four_point_values
+    from ngp._fourpoint import fixed_rule_errors, split_multisets
+
+    X = np.random.default_rng(1).normal(size=(4, 3))
+    net = ngp.MLP(3, 16, activation="tanh", C_W=1.0, C_b=0.1)
+    act = ngp.activation("tanh")
+    K = np.asarray(net.prior(X, warn=False).kernels[0])
+    ms = multisets(4)
+    val, est = four_point_values(act, K, ms, errors=True)
+    traced = jax.jit(lambda k: four_point_values(act, k, ms))(jnp.asarray(K))
+    fixed = np.zeros(ms.shape[0])
+    for pattern, (rows, idx) in split_multisets(ms).items():
+        fixed[rows] = fixed_rule_errors(act, K[idx[:, :, None], idx[:, None, :]], pattern, FOUR_POINT_ORDERS[len(pattern)])
+    diff = np.abs(np.asarray(traced) - np.asarray(val))
+    assert np.all(diff <= est + fixed), (diff.max(), (est + fixed).min())
