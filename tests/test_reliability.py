@@ -167,6 +167,16 @@ def test_zero_input_row_gives_finite_cumulants(act):
     assert np.all(p.V[0] == 0) and np.all(p.K1[0] == 0)  # z(0) = 0 in every network
 
 
+@pytest.mark.parametrize("method", ["conditional", "weights"])
+def test_sampled_networks_are_exactly_zero_at_a_zero_input(method):
+    """relu, C_b = 0: z(0) = 0 in every network; the conditional sampler's Cholesky jitter must not
+    leak into the zero row (it gave metric entries ~3e-3 in float32, ~3e-7 relative in float64)."""
+    net = ngp.MLP(3, 16, activation="relu", C_W=2.0, C_b=0.0)
+    s = ngp.sample_networks(net, np.array([[0.0, 0.0], [1.0, 0.5], [1.0, 0.5]]), 64, seed=0, method=method)
+    assert np.all(s.outputs[:, 0] == 0) and np.all(s.metric[:, 0, :] == 0) and np.all(s.metric[:, :, 0] == 0)
+    assert np.all(np.isfinite(s.outputs)) and np.all(s.metric[:, 1, 1] > 0)
+
+
 # ----------------------------------------------------------------------------- resource limits
 def test_huge_networks_raise_memory_error_before_work():
     X = np.ones((5, 2))
