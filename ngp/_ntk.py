@@ -39,6 +39,7 @@ import numpy as np
 
 from ._activations import Activation
 from ._gaussian import auto_orders, gauss_hermite, hermite_coefficients, pair_matrix
+from ._validate import per_layer, real
 
 __all__ = [
     "NTKState",
@@ -625,15 +626,6 @@ def _sym_pairs(T):
 
 
 # ----------------------------------------------------------------------------- driver
-def _per_layer(v, depth, name):
-    if np.ndim(v) == 0:
-        return (float(v),) * depth
-    v = tuple(float(x) for x in v)
-    if len(v) != depth:
-        raise ValueError(f"{name}: expected {depth} per-layer values, got {len(v)}")
-    return v
-
-
 def flow(X, act: Activation, *, depth: int, widths=None, C_W=1.0, C_b=0.0, lam_W=1.0, lam_b=1.0,
          finite: bool = True, dntk: bool = False, **options) -> tuple:
     """Per-layer :class:`NTKState` of an MLP, layers ``1..depth``.
@@ -648,12 +640,12 @@ def flow(X, act: Activation, *, depth: int, widths=None, C_W=1.0, C_b=0.0, lam_W
         dntk: also the dNTK-preactivation correlators ``P, Q`` (smooth activations).
         options: ``orders``, ``subset_order`` of the four-point quadrature.
     """
-    C_W, C_b, lam_W, lam_b = (_per_layer(v, depth, n) for v, n in
+    C_W, C_b, lam_W, lam_b = (per_layer(v, depth, n, real) for v, n in
                               ((C_W, "C_W"), (C_b, "C_b"), (lam_W, "lam_W"), (lam_b, "lam_b")))
     if depth > 1 and (finite or dntk):
         if widths is None:
             raise ValueError("flow: widths are required for the finite-width statistics")
-        widths = _per_layer(widths, depth - 1, "widths")
+        widths = per_layer(widths, depth - 1, "widths", real, what="hidden layer")
     states = [first_layer(X, C_W=C_W[0], C_b=C_b[0], lam_W=lam_W[0], lam_b=lam_b[0], finite=finite, dntk=dntk)]
     for l in range(1, depth):
         w = None if widths is None else int(widths[l - 1])
