@@ -39,6 +39,7 @@ import numpy as np
 
 from ._activations import Activation
 from ._gaussian import auto_orders, gauss_hermite, hermite_coefficients, pair_matrix
+from ._kernel import kernel_map, two_point_matrix
 from ._validate import per_layer, real
 
 __all__ = [
@@ -507,8 +508,6 @@ def theta_step(act: Activation, K, Theta, *, lam_W: float, lam_b: float, C_W: fl
 
 def _phi_chi(act: Activation, K):
     """``<s s>_K`` and ``<s' s'>_K`` only (infinite-width path: any activation)."""
-    from ._kernel import two_point_matrix
-
     K = jnp.asarray(K)
     phi = np.asarray(two_point_matrix(act, K))
     if _is_closed(act):
@@ -545,8 +544,6 @@ def step(act: Activation, state: NTKState, *, width: int | None, C_W: float, C_b
     Propagated (non-fresh) terms carry the ratio ``n_l / n_{l-1}``.
     """
     K, Theta = np.asarray(state.K, dtype=float), np.asarray(state.Theta, dtype=float)
-    from ._kernel import kernel_map
-
     K_next = np.asarray(kernel_map(act, jnp.asarray(K), C_W, C_b))
     if not state.finite:
         return NTKState(K=K_next, Theta=theta_step(act, K, Theta, lam_W=lam_W, lam_b=lam_b, C_W=C_W))

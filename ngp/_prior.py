@@ -14,7 +14,7 @@ import numpy as np
 from ._ntk_net import NTKMixin, output_property
 from ._pairs import Pairs
 from ._steps import IDENTITY, Flow
-from ._validate import as_inputs, count, float64, memory_bytes, warn
+from ._validate import MAX_MEMORY, as_inputs, count, float64, memory_bytes, warn
 
 __all__ = ["Prior", "Layer", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY", "PRIOR_OPTIONS"]
 
@@ -22,8 +22,6 @@ __all__ = ["Prior", "Layer", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY"
 EXPANSION_WARN = 0.3
 #: Largest pre-activation variance for which the default four-point order is accurate to ~1e-9.
 FOUR_POINT_K_WARN = 2.0
-#: Default memory budget (bytes) for the dense finite-width cumulants.
-MAX_MEMORY = 4 * 1024**3
 
 KERNEL_OPTIONS = ("method", "terms", "nodes", "quad_nodes")
 #: Keyword options accepted by ``net.prior(X, **options)``.

@@ -21,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "RCOND_MIN",
+    "MAX_MEMORY",
     "real",
     "positive_float",
     "nonneg_float",
@@ -38,6 +39,8 @@ __all__ = [
 #: Smallest acceptable reciprocal condition number of a training kernel ``K_train + noise I``
 #: (GP solves, the finite-width posterior, and the importance sampler's per-draw likelihoods).
 RCOND_MIN = 1e-12
+#: Default memory budget (bytes) for the dense finite-width cumulants (``max_memory`` option).
+MAX_MEMORY = 4 * 1024**3
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
