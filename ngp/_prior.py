@@ -16,7 +16,7 @@ from ._pairs import Pairs
 from ._steps import IDENTITY, Flow
 from ._validate import MAX_MEMORY, as_inputs, count, float64, memory_bytes, warn
 
-__all__ = ["Prior", "Layer", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY", "PRIOR_OPTIONS"]
+__all__ = ["Prior", "Layer", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY", "PRIOR_OPTIONS", "check_options"]
 
 #: Expansion parameter above which first-order perturbation theory is not trusted.
 EXPANSION_WARN = 0.3
