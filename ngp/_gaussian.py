@@ -32,7 +32,8 @@ from scipy.special import roots_hermitenorm
 
 from ._validate import warn
 
-__all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "pair_matrix", "pair_gh", "concrete_max"]
+__all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "pair_matrix", "pair_gh", "concrete_max",
+           "auto_orders"]
 
 #: Smallest number of Hermite terms in the Mehler series.
 MEHLER_TERMS = 200

@@ -337,6 +337,23 @@ def test_benign_posterior_is_trusted_and_quiet():
     assert "trusted" in str(fw.validity)
 
 
+def test_matrix_free_validity_is_a_validity():
+    """The matrix-free diagnostic (eps, eta) is an ngp.Validity like the exact path's, with the same verdict rule
+    (eps <= EPS_MAX and eta <= ETA_MAX, all finite, no negative variance)."""
+    from ngp import _matrix_free as mf
+
+    ok = mf.validity(0.5 * mf.EPS_MAX, 0.5 * mf.ETA_MAX, 0.01)
+    assert isinstance(ok, ngp.Validity) and ok.trusted and ok.reasons == () and ok.message == ""
+    assert (ok.eps, ok.eta, ok.eta_se) == (0.5 * mf.EPS_MAX, 0.5 * mf.ETA_MAX, 0.01)
+    assert ok.mean_shift is None and "eps" in str(ok) and "(trusted)" in str(ok)
+    for eps, eta in ((2 * mf.EPS_MAX, 0.0), (0.0, 2 * mf.ETA_MAX), (float("nan"), 0.0)):
+        bad = mf.validity(eps, eta)
+        assert not bad.trusted and len(bad.reasons) == 1 and bad.message == bad.reasons[0]
+        assert "validated regime" in mf.regime_warning(bad)
+    neg = mf.validity(0.0, 0.0, negative_variance=True)
+    assert not neg.trusted and neg.negative_variance and "negative" in neg.message
+
+
 def test_evidence_grid_flags_and_skips_untrusted_rows():
     """The first-order evidence correction is ``c / n`` (here ``c = 3.06e4`` nats, also from the equation
     of ``docs/theory.md`` "Evidence" evaluated by hand on ``prior.K, K1, V``): 7662 nats at width 4, 59.9
