@@ -1,14 +1,15 @@
 """``ngp regress`` on a 50-row real CSV (issue 16's check): rows used, stage times, total.
 
     nice -n 10 python benchmarks/cli_regress.py                 # cold then warm compilation cache
-    nice -n 10 python benchmarks/cli_regress.py --root DIR      # time another source tree (e.g. a release)
+    nice -n 10 python benchmarks/cli_regress.py --root DIR --runs off --label before --append  # another tree
 
 The CSV is the first 50 rows of scikit-learn's diabetes data (target ``target``). Each run is a
 fresh ``python -m ngp regress`` subprocess (JAX compilation included, as for a user). Two runs:
 ``cold`` with an empty compilation cache (``NGP_CACHE_DIR`` set to a new folder: a first run on
 a machine) and ``warm`` with the cache the cold run filled (any later run). Stage times are the
 ``[ngp] <stage>: done in <s> s`` lines of the progress output. Results:
-``benchmarks/results/cli_regress.json``.
+``benchmarks/results/cli_regress.json`` (each run labelled; the machine's load average is recorded
+because wall times on a shared machine depend on it: compare ``cpu_s`` across loads).
 """
 
 from __future__ import annotations
@@ -72,9 +73,14 @@ def main() -> None:
     p.add_argument("--root", default=str(ROOT), help="source tree whose ngp is run (default: this one)")
     p.add_argument("--runs", default="cold,warm", help="comma-separated: cold, warm, off (no cache)")
     p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--label", default=None, help="name of these runs in the results (default: the git revision)")
+    p.add_argument("--append", action="store_true", help="add the runs to the results file instead of replacing it")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cli_regress.json"))
     args = p.parse_args()
-    out = {"git": _git(), "root": args.root, "cpus": os.cpu_count(), "runs": []}
+    out = {"cpus": os.cpu_count(), "runs": []}
+    if args.append and Path(args.out).exists():
+        out = json.loads(Path(args.out).read_text())
+    label = args.label or f"{_git()} ({args.root})"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         path = _csv(tmp)
@@ -82,7 +88,7 @@ def main() -> None:
         for kind in args.runs.split(","):
             print(f"ngp regress diabetes50.csv ({kind} cache) ...", flush=True)
             r = run_once(path, "" if kind == "off" else cache, Path(args.root), args.timeout)
-            r["cache"] = kind
+            r["cache"], r["label"] = kind, label
             out["runs"].append(r)
             print(f"  exit {r['exit']}, wall {r['wall_s']} s, CPU {r['cpu_s']} s, training rows {r.get('n_train')}, "
                   f"load {r['load_before']}", flush=True)

@@ -115,7 +115,7 @@ def _jh_mehler(act: Activation, K, pairs: Pairs, **options):
     kd = jnp.diagonal(K) if traced else np.diagonal(np.asarray(K))
     if nodes is None:
         nodes = auto_orders(concrete_max(kd) if traced else float(np.max(kd, initial=-np.inf)))[1]
-    x, w = padded_rule(int(nodes))
+    x, w = (jnp.asarray(t, dtype=jnp.result_type(float)) for t in padded_rule(int(nodes)))
     if traced:
         J_d, H_d = _diag_derivatives(act, kd, x, w)
     else:  # zero-padded to a bucketed length: one compilation for every N of the bucket

@@ -170,7 +170,8 @@ def pair_matrix(f, g, K, *, terms: int | None = None, nodes: int | None = None, 
         t_auto, n_auto = auto_orders(kmax)
         terms = t_auto if terms is None else terms
         nodes = n_auto if nodes is None else nodes
-    tables = _padded_tables(int(terms), int(nodes))
+    dt = jnp.result_type(float)
+    tables = tuple(jnp.asarray(t, dtype=dt) for t in _padded_tables(int(terms), int(nodes)))
     if traced:
         return _pair_matrix_jit(f, g, diag, K, *tables)
     # concrete kernel: pad it with zero rows to a bucketed size (entries are computed independently,
@@ -200,8 +201,7 @@ def padded_rule(nodes: int):
     x, w = gauss_hermite(nodes)
     xp, wp = np.zeros(nb), np.zeros(nb)
     xp[:nodes], wp[:nodes] = x, w
-    dt = jnp.result_type(float)
-    return jnp.asarray(xp, dtype=dt), jnp.asarray(wp, dtype=dt)
+    return xp, wp  # NumPy (cached arrays must not be created inside a trace)
 
 
 @functools.lru_cache(maxsize=64)
@@ -215,8 +215,7 @@ def _padded_tables(terms: int, nodes: int):
     swp, psip = np.zeros(nb), np.zeros((tb, nb))
     swp[:nodes] = sw
     psip[: terms + 1, :nodes] = psi
-    dt = jnp.result_type(float)
-    return xp, wp, jnp.asarray(swp, dtype=dt), jnp.asarray(psip, dtype=dt)
+    return xp, wp, swp, psip
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))

@@ -246,7 +246,8 @@ def collect_warnings():
 
 
 def enable_x64() -> None:
-    """The CLI computes in float64 (the library itself never flips this at import)."""
+    """The CLI computes in float64 (the library itself never flips this at import) and keeps its
+    compiled programs on disk (:func:`enable_compilation_cache`)."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
