@@ -69,7 +69,7 @@ def worker(n_train: int, n_test: int, samples: int, width: int, seed: int = 0) -
             var=float(np.max(r.var_se)) / corr(r.var, r.gp_var),
             log_evidence=r.log_evidence_se / abs(r.log_evidence - r.gp_log_evidence),
         ),
-        validity=dict(eps=r.validity["eps"], eta=r.validity["eta"], trusted=r.validity["trusted"]),
+        validity=dict(eps=r.validity.eps, eta=r.validity.eta, trusted=r.validity.trusted),
         backend=jax.default_backend(),
     )
 

@@ -64,8 +64,8 @@ def run_one(n_train, width, act="tanh", depth=3, C_W=1.5, C_b=0.1, is_samples=40
         warnings.simplefilter("ignore")
         ref = importance_posterior(net, XA, Y, XB, noise=NOISE, num_samples=is_samples, seed=2)
     t_is = time.time() - t0
-    row = dict(n_train=n_train, width=width, act=act, depth=depth, noise=NOISE, eps=r.validity["eps"],
-               eta=r.validity["eta"], eta_se=r.validity["eta_se"], ess=ref.ess, is_samples=is_samples,
+    row = dict(n_train=n_train, width=width, act=act, depth=depth, noise=NOISE, eps=r.validity.eps,
+               eta=r.validity.eta, eta_se=r.validity.eta_se, ess=ref.ess, is_samples=is_samples,
                time_mf=t_mf, time_is=t_is)
     for key, nlo, se, gp, ref_v, ref_se in (
         ("mean", r.mean, r.mean_se, r.gp_mean, ref.mean, ref.mean_se),

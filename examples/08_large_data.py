@@ -144,7 +144,7 @@ gp_ll = predictive_loglik(post.gp.mean, post.gp.var)
 gp_ev = cond.gp.log_evidence / N_TRAIN
 print(f"{'width':>8} {'test loglik':>16} {'log evidence / N':>20} {'eps':>7} {'eta':>8} trusted")
 for n, ll, se, ev, ev_se, v in rows:
-    print(f"{n:>8} {ll:9.4f} +- {se:.4f} {ev:12.5f} +- {ev_se:.5f} {v['eps']:7.4f} {v['eta']:8.3f} {v['trusted']}")
+    print(f"{n:>8} {ll:9.4f} +- {se:.4f} {ev:12.5f} +- {ev_se:.5f} {v.eps:7.4f} {v.eta:8.3f} {v.trusted}")
 print(f"{'GP':>8} {gp_ll:9.4f} {gp_ev:22.5f}")
 
 # %% [markdown]
@@ -163,7 +163,7 @@ for ax, (col, se_col, gp_val, label) in zip(
 ):
     vals = np.array([r[col] for r in rows])
     ses = np.array([r[se_col] for r in rows])
-    ok = np.array([r[5]["trusted"] for r in rows])
+    ok = np.array([r[5].trusted for r in rows])
     ax.errorbar(inv[ok], vals[ok], yerr=2 * ses[ok], fmt="o", color="C0", label="finite width (trusted)")
     ax.errorbar(inv[~ok], vals[~ok], yerr=2 * ses[~ok], fmt="o", mfc="none", color="C0", label="finite width (outside rule)")
     ax.plot([0], [gp_val], "s", color="C3", label="GP (n = infinity)")

@@ -18,6 +18,7 @@ from ._linalg import solve_train
 from ._posterior import Conditioned, FiniteWidthPosterior, GPConditioned
 from ._steps import Dense, Elementwise, Serial
 from ._validate import as_inputs, count, train_test, warn
+from ._validity import Validity
 
 __all__ = ["MatrixFreeConditioned", "mlp_spec", "AUTO_EXACT_MAX", "SOLVERS"]
 
@@ -67,7 +68,8 @@ class MatrixFreeConditioned(Conditioned):
         method: ``"matrix_free"``.
         samples: Monte-Carlo samples per source layer; ``seed``: the integer seed.
         log_evidence_se: standard error of :attr:`log_evidence`.
-        validity: the expansion diagnostics (``eps``, ``eta``, ``trusted``, ``message``).
+        validity: the expansion diagnostics, an :class:`ngp.Validity` with ``eps``, ``eta``, ``eta_se``,
+            ``trusted`` and ``message`` (``docs/matrix-free.md``).
     """
 
     method = "matrix_free"
@@ -127,13 +129,13 @@ class MatrixFreeConditioned(Conditioned):
         return float(self._train_run().log_evidence_se)
 
     @property
-    def validity(self) -> dict:
+    def validity(self) -> Validity:
         return self._train_run().validity
 
     @property
     def expansion_parameter(self) -> float:
         """``max |V| / (n K^2)`` over pairs of training inputs."""
-        return float(self.validity["eps"])
+        return float(self.validity.eps)
 
     def with_width(self, n: int) -> "MatrixFreeConditioned":
         """The same conditioning with every hidden width scaled so that ``n_{L-1} = n`` (samples reused)."""
@@ -176,14 +178,17 @@ class MatrixFreeConditioned(Conditioned):
         runs = [self._run(XB[s:s + batch_size]) for s in range(0, NB, batch_size)]
         cat = lambda name: np.concatenate([np.asarray(getattr(r, name)) for r in runs])  # noqa: E731
         r0 = runs[0]
+        v = r0.validity
         var = cat("var")
-        if np.any(var < 0):
+        negative = bool(np.any(var < 0))
+        if negative:
             warn("posterior: a first-order posterior variance is negative; the 1/n expansion has broken down "
-                 f"(expansion parameter {r0.validity['eps']:.3g})")
-        if not r0.validity["trusted"]:
-            warn(r0.validity["message"])
+                 f"(expansion parameter {v.eps:.3g})")
+        if not v.trusted:
+            warn(mf.regime_warning(v))
         gp = GPPosterior(cat("gp_mean"), cat("gp_var"), None, float(r0.gp_log_evidence), self.noise)
         return FiniteWidthPosterior(
-            cat("mean"), var, None, float(r0.log_evidence), gp, self.n, float(r0.validity["eps"]), self.noise,
+            cat("mean"), var, None, float(r0.log_evidence), gp, self.n, float(v.eps), self.noise,
+            validity=mf.validity(v.eps, v.eta, v.eta_se, negative_variance=negative),
             mean_se=cat("mean_se"), var_se=cat("var_se"), log_evidence_se=float(r0.log_evidence_se),
             method="matrix_free")

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
-from ._gaussian import auto_orders, concrete_max, expect_1d, gauss_hermite, pair_matrix
+from ._gaussian import auto_orders, bucket, concrete_max, gauss_hermite, padded_rule, pair_matrix
 from ._kernel import two_point_matrix
 from ._pairs import Pairs, multiset_code
 
@@ -112,19 +112,29 @@ def _jh_mehler(act: Activation, K, pairs: Pairs, **options):
         ],
         axis=1,
     )
-    kd = jnp.diagonal(K)
+    traced = isinstance(K, jax.core.Tracer)
+    kd = jnp.diagonal(K) if traced else np.diagonal(np.asarray(K))
     if nodes is None:
-        nodes = auto_orders(concrete_max(kd))[1]
-    J_d, H_d = _diag_derivatives(act, int(nodes), kd)
+        nodes = auto_orders(concrete_max(kd) if traced else float(np.max(kd, initial=-np.inf)))[1]
+    x, w = (jnp.asarray(t, dtype=jnp.result_type(float)) for t in padded_rule(int(nodes)))
+    if traced:
+        J_d, H_d = _diag_derivatives(act, kd, x, w)
+    else:  # zero-padded to a bucketed length: one compilation for every N of the bucket
+        N = kd.shape[0]
+        kp = np.zeros(bucket(N, 32))
+        kp[:N] = kd
+        J_d, H_d = (jnp.asarray(np.asarray(t)[:N]) for t in _diag_derivatives(act, jnp.asarray(kp), x, w))
     return _merge_diag(pairs, J_off, H_off, J_d, H_d)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _diag_derivatives(act: Activation, nodes: int, kd):
-    """d/dk <s^2>_k = <s'^2 + s s''> and d^2/dk^2 <s^2>_k = <2 s s(4) + 8 s' s(3) + 6 s''^2> / 4."""
+@functools.partial(jax.jit, static_argnums=(0,))
+def _diag_derivatives(act: Activation, kd, x, w):
+    """d/dk <s^2>_k = <s'^2 + s s''> and d^2/dk^2 <s^2>_k = <2 s s(4) + 8 s' s(3) + 6 s''^2> / 4, by the
+    rule ``(x, w)`` (:func:`ngp._gaussian.padded_rule`)."""
     s, s1, s2, s3, s4 = (act.derivative(k) for k in range(5))
-    J_d = expect_1d(lambda z: s1(z) ** 2 + s(z) * s2(z), kd, nodes=nodes)
-    H_d = 0.25 * expect_1d(lambda z: 2 * s(z) * s4(z) + 8 * s1(z) * s3(z) + 6 * s2(z) ** 2, kd, nodes=nodes)
+    z = jnp.sqrt(jnp.maximum(kd, 0.0))[..., None] * x  # expect_1d with the padded rule
+    J_d = jnp.sum(w * (s1(z) ** 2 + s(z) * s2(z)), axis=-1)
+    H_d = 0.25 * jnp.sum(w * (2 * s(z) * s4(z) + 8 * s1(z) * s3(z) + 6 * s2(z) ** 2), axis=-1)
     return J_d, H_d
 
 
@@ -169,10 +179,12 @@ def multisets(N: int) -> np.ndarray:
 def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batch_elems: int | None = None):
     """``<s_a s_b s_c s_d>`` for every multiset row of ``ms`` (M, 4), by Gauss-Hermite in the
     span of the distinct inputs (eigen square root, safe for singular blocks)."""
-    K = jnp.asarray(K)
+    traced = isinstance(K, jax.core.Tracer)
+    K = jnp.asarray(K) if traced else np.asarray(K)
     if batch_elems is None:  # node evaluations per compiled batch: larger on accelerators
         batch_elems = 4_000_000 if jax.default_backend() == "cpu" else 200_000_000
-    out = jnp.zeros(ms.shape[0], dtype=jnp.result_type(float))
+    out = jnp.zeros(ms.shape[0], dtype=jnp.result_type(float)) if traced else np.zeros(ms.shape[0])
+    pieces = []  # concrete kernel: (rows, batch result) assembled once at the end, without per-batch array ops
     a, b, c, d = (ms[:, i] for i in range(4))
     eq = (ms[:, 1:] == ms[:, :-1]).astype(int)
     code = eq[:, 0] * 4 + eq[:, 1] * 2 + eq[:, 2]
@@ -192,16 +204,13 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
         rows = np.nonzero(code == key)[0]
         if rows.size:
             pattern_rows[pattern] = (rows, np.stack([col[rows] for col in cols], axis=1))
+    homogeneous = act.relu_slopes is not None
     for pattern, (rows, idx) in pattern_rows.items():
         u = len(pattern)
         nodes, weights = _pruned_rule(u, orders[u])
         nodes_j, weights_j = jnp.asarray(nodes), jnp.asarray(weights)
         per = max(1, batch_elems // (nodes.shape[0] * u))
         pat = tuple(pattern)
-
-        def chunk(ix, pat=pat, nodes_j=nodes_j, weights_j=weights_j):
-            return _product_chunk(act.fn, pat, act.relu_slopes is not None, ix, K, nodes_j, weights_j)
-
 
         # two batch shapes per rule (a small one for short requests), so few shapes get compiled
         per = 1 << int(np.floor(np.log2(per)))
@@ -212,15 +221,28 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
             pad = per - sel.shape[0]
             if pad:
                 sel = np.concatenate([sel, np.repeat(sel[:1], pad, axis=0)])
-            res = chunk(jnp.asarray(sel))
-            out = out.at[rows[s : s + per]].set(res[: per - pad])
-    return out
+            if traced:
+                res = _product_chunk(act.fn, pat, homogeneous, jnp.asarray(sel), K, nodes_j, weights_j)
+                out = out.at[rows[s : s + per]].set(res[: per - pad])
+            else:  # the blocks gathered here: the compiled batch does not depend on the number of inputs
+                C = K[sel[:, :, None], sel[:, None, :]]
+                pieces.append((rows[s : s + per], per - pad, _product_block(act.fn, pat, homogeneous, C, nodes_j,
+                                                                              weights_j)))
+    for r, m, res in pieces:
+        out[r] = np.asarray(res)[:m]
+    return out if traced else jnp.asarray(out)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _product_chunk(fn, pattern, homogeneous, ix, K, nodes, weights):
     """``E[prod_j fn(z_j)^pattern_j]`` for a batch of index tuples ``ix`` (b, u)."""
     C = K[ix[:, :, None], ix[:, None, :]]  # (b, u, u)
+    return _gaussian_product(fn, pattern, homogeneous)(C, nodes, weights)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _product_block(fn, pattern, homogeneous, C, nodes, weights):
+    """``E[prod_j fn(z_j)^pattern_j]`` for a batch of covariance blocks ``C`` (b, u, u)."""
     return _gaussian_product(fn, pattern, homogeneous)(C, nodes, weights)
 
 
@@ -346,6 +368,22 @@ class FourPointTable:
         if self._codes.size:
             known = self._codes[np.minimum(pos, self._codes.size - 1)] == uniq
         new = np.nonzero(~known)[0]
+        if not isinstance(self.K, jax.core.Tracer):  # concrete: NumPy bookkeeping (no per-shape compilations)
+            vals, errs = np.zeros(uniq.size), np.zeros(uniq.size)
+            if np.any(known):
+                vals[known] = np.asarray(self._vals)[pos[known]]
+                errs[known] = self._errs[pos[known]]
+            if new.size:
+                fresh, ferr = four_point_values(self.act, self.K, ms_sorted[first[new]], errors=True, **self.options)
+                fresh, ferr = np.asarray(fresh), np.asarray(ferr, dtype=float)
+                vals[new], errs[new] = fresh, ferr
+                codes_all = np.concatenate([self._codes, uniq[new]])
+                order = np.argsort(codes_all, kind="stable")
+                self._codes = codes_all[order]
+                self._vals = np.concatenate([np.asarray(self._vals), fresh])[order]
+                self._errs = np.concatenate([self._errs, ferr])[order]
+            inverse = inverse.reshape(-1)
+            return jnp.asarray(vals[inverse]), errs[inverse]
         vals = jnp.zeros(uniq.size, dtype=jnp.result_type(float))
         errs = np.zeros(uniq.size)
         if np.any(known):
@@ -384,6 +422,9 @@ def fresh_components(table: FourPointTable, quads, E2, C_W: float) -> np.ndarray
     """
     quads = np.asarray(quads, dtype=np.int64).reshape(-1, 4)
     E4 = table(np.sort(quads, axis=1))
+    if not any(isinstance(t, jax.core.Tracer) for t in (E4, E2, C_W)):  # concrete: NumPy (no per-shape compilations)
+        E2 = np.asarray(E2)
+        return jnp.asarray(C_W**2 * (np.asarray(E4) - E2[quads[:, 0], quads[:, 1]] * E2[quads[:, 2], quads[:, 3]]))
     E2 = jnp.asarray(E2)
     return C_W**2 * (E4 - E2[quads[:, 0], quads[:, 1]] * E2[quads[:, 2], quads[:, 3]])
 

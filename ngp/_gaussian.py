@@ -32,7 +32,8 @@ from scipy.special import roots_hermitenorm
 
 from ._validate import warn
 
-__all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "pair_matrix", "pair_gh", "concrete_max"]
+__all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "pair_matrix", "pair_gh", "concrete_max",
+           "auto_orders", "padded_rule", "bucket"]
 
 #: Smallest number of Hermite terms in the Mehler series.
 MEHLER_TERMS = 200
@@ -162,20 +163,67 @@ def pair_matrix(f, g, K, *, terms: int | None = None, nodes: int | None = None, 
     Returns:
         ``(N, N)`` array. Not symmetric unless ``f is g``.
     """
-    K = jnp.asarray(K)
-    kd = jnp.diagonal(K)
+    traced = isinstance(K, jax.core.Tracer)
+    K = jnp.asarray(K) if traced else np.asarray(K)
     if terms is None or nodes is None:
-        t_auto, n_auto = auto_orders(concrete_max(kd))
+        kmax = concrete_max(jnp.diagonal(K)) if traced else float(np.max(np.diagonal(K), initial=-np.inf))
+        t_auto, n_auto = auto_orders(kmax)
         terms = t_auto if terms is None else terms
         nodes = n_auto if nodes is None else nodes
-    return _pair_matrix_jit(f, g, diag, int(terms), int(nodes), K)
+    dt = jnp.result_type(float)
+    tables = tuple(jnp.asarray(t, dtype=dt) for t in _padded_tables(int(terms), int(nodes)))
+    if traced:
+        return _pair_matrix_jit(f, g, diag, K, *tables)
+    # concrete kernel: pad it with zero rows to a bucketed size (entries are computed independently,
+    # so the N x N block is unchanged) so that one compilation serves every N of the bucket
+    N = K.shape[0]
+    Kp = np.zeros((bucket(N, 32), bucket(N, 32)), dtype=jnp.result_type(float))
+    Kp[:N, :N] = K
+    return jnp.asarray(np.asarray(_pair_matrix_jit(f, g, diag, jnp.asarray(Kp), *tables))[:N, :N])
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _pair_matrix_jit(f, g, diag, terms, nodes, K):
+def bucket(m: int, smallest: int) -> int:
+    """The least of ``smallest * 2^k`` and ``1.5 smallest * 2^k`` that is ``>= m`` (array sizes shared by
+    many calls, so that each is compiled once)."""
+    b = smallest
+    while b < m:
+        if 3 * b // 2 >= m:
+            return 3 * b // 2
+        b *= 2
+    return b
+
+
+@functools.lru_cache(maxsize=64)
+def padded_rule(nodes: int):
+    """``(x, w)`` of the ``nodes``-point rule (:func:`gauss_hermite`) zero-padded to :func:`bucket` ``(nodes, 256)``
+    entries (padded nodes at 0 with weight 0): one compiled program serves every order of the bucket."""
+    nb = bucket(nodes, 256)
+    x, w = gauss_hermite(nodes)
+    xp, wp = np.zeros(nb), np.zeros(nb)
+    xp[:nodes], wp[:nodes] = x, w
+    return xp, wp  # NumPy (cached arrays must not be created inside a trace)
+
+
+@functools.lru_cache(maxsize=64)
+def _padded_tables(terms: int, nodes: int):
+    """The ``nodes``-point rule and the Hermite functions of orders ``0..terms``, zero-padded to bucketed
+    sizes: padded nodes have weight 0 and padded orders coefficient 0, so sums over them add exact zeros
+    (the Horner recursion starts at the highest order and stays 0 through the padded ones)."""
+    xp, wp = padded_rule(nodes)
+    tb, nb = bucket(terms + 1, 256), xp.shape[0]
+    psi, sw = _hermite_functions(terms, nodes)
+    swp, psip = np.zeros(nb), np.zeros((tb, nb))
+    swp[:nodes] = sw
+    psip[: terms + 1, :nodes] = psi
+    return xp, wp, swp, psip
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _pair_matrix_jit(f, g, diag, K, x, w, sw, psi):
     kd = jnp.diagonal(K)
-    cf = hermite_coefficients(f, kd, terms=terms, nodes=nodes)
-    cg = cf if g is f else hermite_coefficients(g, kd, terms=terms, nodes=nodes)
+    z = jnp.sqrt(jnp.maximum(kd, 0.0))[:, None] * x  # (N, nodes)
+    cf = (f(z) * sw) @ psi.T  # orthonormal Hermite coefficients (hermite_coefficients), (N, terms + 1)
+    cg = cf if g is f else (g(z) * sw) @ psi.T
     rho = _correlation(K)
 
     # Horner in rho: sum_k (c_k^f c_k^g^T) * rho^k, highest order first.
@@ -185,7 +233,7 @@ def _pair_matrix_jit(f, g, diag, terms, nodes, K):
     acc, _ = jax.lax.scan(step, jnp.zeros_like(K), (cf.T[::-1], cg.T[::-1]))
     h = diag if diag is not None else _Product(f, g)
     n = K.shape[0]
-    return acc.at[jnp.arange(n), jnp.arange(n)].set(expect_1d(h, kd, nodes=nodes))
+    return acc.at[jnp.arange(n), jnp.arange(n)].set(jnp.sum(w * h(z), axis=-1))  # expect_1d
 
 
 @functools.lru_cache(maxsize=256)

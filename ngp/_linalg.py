@@ -13,13 +13,18 @@ from ._validate import RCOND_MIN
 __all__ = ["psd_sqrt", "TrainSolve", "solve_train", "has_duplicates"]
 
 
+#: Relative jitter of the Cholesky square root used to draw from ``N(0, G)`` in float64.
+SAMPLER_JITTER = 1e-13
+
+
 def psd_sqrt(G, *, method: str = "cholesky"):
     """A square root ``R`` with ``R R^T = G`` for a (batch of) symmetric PSD matrices, JAX-traceable.
 
     ``method="cholesky"`` (fast; used to draw from ``N(0, G)``): the Cholesky factor of
-    ``G + eps I`` with ``eps = 1e-13 * mean(diag G)`` (``1e-5`` in float32), a relative perturbation far below any
+    ``G + eps I`` with ``eps = SAMPLER_JITTER * mean(diag G)`` (1e-13) (``1e-5`` in float32), a relative perturbation far below any
     Monte Carlo precision that makes singular PSD matrices (duplicate inputs, ReLU with
-    ``C_b = 0``) factorisable. ``method="eigh"`` (robust to small negative eigenvalues from
+    ``C_b = 0``) factorisable (a metric drawn through it is resolved only to ~10 ``SAMPLER_JITTER`` relative, which
+    ``ngp.reference`` takes into account). Rows with zero variance (``G_aa = 0``) are exactly zero rows of ``R``. ``method="eigh"`` (robust to small negative eigenvalues from
     cancellation, e.g. conditional covariances): ``U sqrt(max(w, 0))``.
     """
     G = 0.5 * (G + jnp.swapaxes(G, -1, -2))
@@ -29,9 +34,11 @@ def psd_sqrt(G, *, method: str = "cholesky"):
         return U * jnp.sqrt(jnp.clip(w, 0.0, None))[..., None, :]
     if method != "cholesky":
         raise ValueError(f"method: expected 'cholesky' or 'eigh', got {method!r}")
-    tiny = 1e-13 if G.dtype == jnp.float64 else 1e-5  # float32: a jitter its precision can resolve
+    tiny = SAMPLER_JITTER if G.dtype == jnp.float64 else 1e-5  # float32: a jitter its precision can resolve
     eps = tiny * jnp.trace(G, axis1=-2, axis2=-1) / n + jnp.finfo(G.dtype).tiny
-    return jnp.linalg.cholesky(G + eps[..., None, None] * jnp.eye(n, dtype=G.dtype))
+    R = jnp.linalg.cholesky(G + eps[..., None, None] * jnp.eye(n, dtype=G.dtype))
+    # a zero-variance row (e.g. a zero input without bias) is exactly 0 in every draw, not jitter
+    return jnp.where((jnp.diagonal(G, axis1=-2, axis2=-1) > 0)[..., :, None], R, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)

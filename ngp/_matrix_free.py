@@ -47,13 +47,14 @@ import numpy as np
 from ._activations import Activation
 from ._gaussian import auto_orders, expect_1d, gauss_hermite, hermite_coefficients
 from ._validate import RCOND_MIN, check_x64
+from ._validity import Validity, expansion_validity
 
 __all__ = [
     "MatrixFreePosterior",
     "matrix_free_posterior",
     "kernel_blocks",
     "finite_width_blocks",
-    "validity", "EPS_MAX", "ETA_MAX",
+    "validity", "regime_warning", "EPS_MAX", "ETA_MAX",
     "DEFAULT_SAMPLES",
 ]
 
@@ -742,7 +743,7 @@ class MatrixFreePosterior:
             independent batches behind the standard errors.
         timings: seconds spent in ``derivatives`` (J, H, fresh moments, K1), ``pullbacks``
             (coefficient matrices), ``solves`` (training-kernel factorisations), ``sampling``.
-        validity: the expansion diagnostics of :func:`validity`.
+        validity: the expansion diagnostics (:func:`validity`, an :class:`ngp.Validity`).
         terms: per-batch estimates of every vertex term (only with ``return_terms=True``).
         method: ``"matrix_free"``.
 
@@ -763,7 +764,7 @@ class MatrixFreePosterior:
     samples: int
     batches: int
     timings: dict
-    validity: dict
+    validity: Validity
     terms: dict | None = None
     method: str = "matrix_free"
     parts: dict | None = dataclasses.field(default=None, repr=False)
@@ -1007,8 +1008,8 @@ def _assemble(parts, n, *, warn, base=None):
         )
     nL = pp["Y"].shape[1]
     diag = validity(pp["eps"] / n, pp["eta"] / n, pp["eta_se"] / n)
-    if warn and not diag["trusted"]:
-        warnings.warn(diag["message"], RuntimeWarning, stacklevel=3)
+    if warn and not diag.trusted:
+        warnings.warn(regime_warning(diag), RuntimeWarning, stacklevel=3)
     return MatrixFreePosterior(
         mean=pp["gp_mean"] + pp["mean"] / n, var=pp["gp_var"][:, None] + pp["var"] / n,
         log_evidence=logz_g + pp["ev"] / n, mean_se=pp["mean_se"] / n, var_se=pp["var_se"] / n,
@@ -1037,7 +1038,7 @@ def _eps(KAA, V2):
     return float(max(np.max(c) for c in cands))
 
 
-def validity(eps: float, eta: float, eta_se: float = 0.0) -> dict:
+def validity(eps: float, eta: float, eta_se: float = 0.0, *, negative_variance: bool = False) -> Validity:
     """Verdict on a first-order finite-width posterior (docs/matrix-free.md).
 
     Args:
@@ -1046,18 +1047,20 @@ def validity(eps: float, eta: float, eta_se: float = 0.0) -> dict:
             log-likelihood ``log p(y | network)`` at first order; it grows like ``N_train / n``
             for targets the prior finds typical, faster for atypical ones.
         eta_se: Monte-Carlo standard error of ``eta``.
+        negative_variance: whether a first-order posterior variance is negative.
 
     Returns:
-        dict with ``eps``, ``eta``, ``eta_se``, ``trusted`` (``eps <= EPS_MAX`` and
-        ``eta <= ETA_MAX``) and a ``message`` (empty when trusted).
+        :class:`ngp.Validity` with ``eps``, ``eta``, ``eta_se`` and ``trusted`` (``eps <= EPS_MAX``,
+        ``eta <= ETA_MAX`` and no negative variance); :func:`regime_warning` words the verdict.
     """
-    trusted = eps <= EPS_MAX and eta <= ETA_MAX
-    message = ""
-    if not trusted:
-        message = (
-            f"ngp: the first-order finite-width posterior is outside its validated regime: eps = max|V|/(nK^2) = "
-            f"{eps:.3g} (limit {EPS_MAX}), eta = Var[log p(y | network)] = {eta:.3g} +- {eta_se:.2g} (limit {ETA_MAX}). "
-            "eta grows with the number of training points over the width; widen the network, raise the noise, "
-            "or use fewer training points (docs/matrix-free.md)."
-        )
-    return dict(eps=eps, eta=float(eta), eta_se=float(eta_se), trusted=bool(trusted), message=message)
+    return expansion_validity(eps, eta, eta_se, eps_max=EPS_MAX, eta_max=ETA_MAX, negative_variance=negative_variance)
+
+
+def regime_warning(v: Validity) -> str:
+    """The warning for a result whose ``eps`` or ``eta`` is outside the validated regime."""
+    return (
+        f"ngp: the first-order finite-width posterior is outside its validated regime: eps = max|V|/(nK^2) = "
+        f"{v.eps:.3g} (limit {EPS_MAX}), eta = Var[log p(y | network)] = {v.eta:.3g} +- {v.eta_se:.2g} (limit {ETA_MAX}). "
+        "eta grows with the number of training points over the width; widen the network, raise the noise, "
+        "or use fewer training points (docs/matrix-free.md)."
+    )

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Callable, Sequence
-
-import numpy as np
 
 from ._activations import Activation, activation as make_activation
 from ._network import Network
@@ -21,15 +18,7 @@ def hidden_widths(width, n_hidden: int, depth: int) -> tuple:
         return ()
     if width is None:
         raise ValueError(f"width: required for depth={depth} ({n_hidden} hidden layers)")
-    if isinstance(width, (numbers.Number, np.number, str, bytes)):
-        return (count(width, "width"),) * n_hidden
-    try:
-        seq = list(width)
-    except TypeError as exc:
-        raise TypeError(f"width: expected an int or a sequence of {n_hidden} ints, got {width!r}") from exc
-    if len(seq) != n_hidden:
-        raise ValueError(f"width: expected {n_hidden} hidden widths for depth={depth}, got {len(seq)}")
-    return tuple(count(w, f"width[{i}]") for i, w in enumerate(seq))
+    return per_layer(width, n_hidden, "width", count, what=f"hidden layer at depth={depth}")
 
 
 class MLP(Network):

@@ -7,6 +7,7 @@ import math
 import jax
 
 from ._linalg import psd_sqrt
+from ._prior import Prior
 from ._steps import Dense, Serial, Step
 from ._validate import count
 
@@ -83,8 +84,6 @@ class Network(Serial):
             :class:`ngp.Prior` with ``.K`` (the ``(N, N)`` output kernel), the per-layer kernels
             ``.kernels``, the finite-width cumulants ``.K1`` and ``.V``, and ``.layers``.
         """
-        from ._prior import Prior  # the prior drives the steps; imported here to keep the layering
-
         return Prior(self, X, **options)
 
     # -------------------------------------------------------------- random networks

@@ -39,6 +39,8 @@ import numpy as np
 
 from ._activations import Activation
 from ._gaussian import auto_orders, gauss_hermite, hermite_coefficients, pair_matrix
+from ._kernel import kernel_map, two_point_matrix
+from ._validate import per_layer, real
 
 __all__ = [
     "NTKState",
@@ -506,8 +508,6 @@ def theta_step(act: Activation, K, Theta, *, lam_W: float, lam_b: float, C_W: fl
 
 def _phi_chi(act: Activation, K):
     """``<s s>_K`` and ``<s' s'>_K`` only (infinite-width path: any activation)."""
-    from ._kernel import two_point_matrix
-
     K = jnp.asarray(K)
     phi = np.asarray(two_point_matrix(act, K))
     if _is_closed(act):
@@ -544,8 +544,6 @@ def step(act: Activation, state: NTKState, *, width: int | None, C_W: float, C_b
     Propagated (non-fresh) terms carry the ratio ``n_l / n_{l-1}``.
     """
     K, Theta = np.asarray(state.K, dtype=float), np.asarray(state.Theta, dtype=float)
-    from ._kernel import kernel_map
-
     K_next = np.asarray(kernel_map(act, jnp.asarray(K), C_W, C_b))
     if not state.finite:
         return NTKState(K=K_next, Theta=theta_step(act, K, Theta, lam_W=lam_W, lam_b=lam_b, C_W=C_W))
@@ -625,15 +623,6 @@ def _sym_pairs(T):
 
 
 # ----------------------------------------------------------------------------- driver
-def _per_layer(v, depth, name):
-    if np.ndim(v) == 0:
-        return (float(v),) * depth
-    v = tuple(float(x) for x in v)
-    if len(v) != depth:
-        raise ValueError(f"{name}: expected {depth} per-layer values, got {len(v)}")
-    return v
-
-
 def flow(X, act: Activation, *, depth: int, widths=None, C_W=1.0, C_b=0.0, lam_W=1.0, lam_b=1.0,
          finite: bool = True, dntk: bool = False, **options) -> tuple:
     """Per-layer :class:`NTKState` of an MLP, layers ``1..depth``.
@@ -648,12 +637,12 @@ def flow(X, act: Activation, *, depth: int, widths=None, C_W=1.0, C_b=0.0, lam_W
         dntk: also the dNTK-preactivation correlators ``P, Q`` (smooth activations).
         options: ``orders``, ``subset_order`` of the four-point quadrature.
     """
-    C_W, C_b, lam_W, lam_b = (_per_layer(v, depth, n) for v, n in
+    C_W, C_b, lam_W, lam_b = (per_layer(v, depth, n, real) for v, n in
                               ((C_W, "C_W"), (C_b, "C_b"), (lam_W, "lam_W"), (lam_b, "lam_b")))
     if depth > 1 and (finite or dntk):
         if widths is None:
             raise ValueError("flow: widths are required for the finite-width statistics")
-        widths = _per_layer(widths, depth - 1, "widths")
+        widths = per_layer(widths, depth - 1, "widths", real, what="hidden layer")
     states = [first_layer(X, C_W=C_W[0], C_b=C_b[0], lam_W=lam_W[0], lam_b=lam_b[0], finite=finite, dntk=dntk)]
     for l in range(1, depth):
         w = None if widths is None else int(widths[l - 1])

@@ -20,7 +20,7 @@ from . import _ntk
 from ._steps import IDENTITY, Dense, Elementwise, Residual, Scale, Serial, Step, compose
 from ._validate import per_layer, nonneg_float
 
-__all__ = ["ntk_states", "NTKLayer", "NTKMixin", "learning_rates"]
+__all__ = ["ntk_states", "NTKLayer", "NTKMixin", "learning_rates", "output_property"]
 
 _FOUR = ("V", "A", "B", "D", "F", "P", "Q")
 
@@ -179,6 +179,16 @@ class NTKLayer:
         return f"NTKLayer(index={self.index}, n={self.n})"
 
 
+def output_property(layers: str, name: str, doc: str) -> property:
+    """A read-only property ``self.<layers>[-1].<name>``: the value at the output layer, documented by ``doc``."""
+
+    def get(self):
+        return getattr(getattr(self, layers)[-1], name)
+
+    get.__name__ = name
+    return property(get, doc=doc)
+
+
 class NTKMixin:
     """NTK properties of :class:`ngp.Prior` (one output neuron; learning-rate factors from the prior
     options ``lambda_W``, ``lambda_b`` or the network's own, default 1)."""
@@ -226,40 +236,20 @@ class NTKMixin:
         """As :attr:`ntk_layers`, with the dNTK correlators ``P, Q`` (smooth activations)."""
         return tuple(NTKLayer(i + 1, s, self._ntk_expand) for i, s in enumerate(self._ntk_dntk))
 
-    @property
-    def Theta1(self) -> np.ndarray:
-        """``(N, N)``: ``E[Theta_hat] = Theta + Theta1 / n`` with ``n = net.n_last``."""
-        return self.ntk_layers[-1].Theta1
-
-    @property
-    def A(self) -> np.ndarray:
-        """``(N, N, N, N)`` same-pair NTK covariance tensor of the output (``/ n``)."""
-        return self.ntk_layers[-1].A
-
-    @property
-    def B(self) -> np.ndarray:
-        """``(N, N, N, N)`` crossed NTK covariance tensor of the output (``/ n``)."""
-        return self.ntk_layers[-1].B
-
-    @property
-    def D(self) -> np.ndarray:
-        """``(N, N, N, N)`` NTK-preactivation cross-cumulant, same-pair part (``/ n``)."""
-        return self.ntk_layers[-1].D
-
-    @property
-    def F(self) -> np.ndarray:
-        """``(N, N, N, N)`` NTK-preactivation cross-cumulant, crossed part (``/ n``)."""
-        return self.ntk_layers[-1].F
-
-    @property
-    def P(self) -> np.ndarray:
-        """``(N, N, N, N)`` dNTK-preactivation correlator ``P`` of the output (``/ n``)."""
-        return self.ntk_layers_dntk[-1].P
-
-    @property
-    def Q(self) -> np.ndarray:
-        """``(N, N, N, N)`` dNTK-preactivation correlator ``Q`` of the output (``/ n``)."""
-        return self.ntk_layers_dntk[-1].Q
+    Theta1 = output_property("ntk_layers", "Theta1",
+                             "``(N, N)``: ``E[Theta_hat] = Theta + Theta1 / n`` with ``n = net.n_last``.")
+    A = output_property("ntk_layers", "A",
+                        "``(N, N, N, N)`` same-pair NTK covariance tensor of the output (``/ n``).")
+    B = output_property("ntk_layers", "B",
+                        "``(N, N, N, N)`` crossed NTK covariance tensor of the output (``/ n``).")
+    D = output_property("ntk_layers", "D",
+                        "``(N, N, N, N)`` NTK-preactivation cross-cumulant, same-pair part (``/ n``).")
+    F = output_property("ntk_layers", "F",
+                        "``(N, N, N, N)`` NTK-preactivation cross-cumulant, crossed part (``/ n``).")
+    P = output_property("ntk_layers_dntk", "P",
+                        "``(N, N, N, N)`` dNTK-preactivation correlator ``P`` of the output (``/ n``).")
+    Q = output_property("ntk_layers_dntk", "Q",
+                        "``(N, N, N, N)`` dNTK-preactivation correlator ``Q`` of the output (``/ n``).")
 
     def ntk_variance(self) -> np.ndarray:
         """``n Cov(H_ii;ab, H_ii;cd)`` of one output neuron's NTK, ``(N, N, N, N)``."""

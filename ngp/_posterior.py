@@ -30,7 +30,8 @@ from ._prior import MAX_MEMORY
 from ._validate import as_inputs, count, float64, train_test, warn
 from ._validity import Validity, evidence_validity, posterior_validity
 
-__all__ = ["FiniteWidthPosterior", "Conditioned", "condition", "posterior", "finite_width_log_evidence"]
+__all__ = ["FiniteWidthPosterior", "Conditioned", "GPConditioned", "condition", "posterior",
+           "finite_width_log_evidence"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,19 +11,17 @@ import functools
 
 import numpy as np
 
-from ._ntk_net import NTKMixin
+from ._ntk_net import NTKMixin, output_property
 from ._pairs import Pairs
 from ._steps import IDENTITY, Flow
-from ._validate import as_inputs, count, float64, memory_bytes, positive_float, warn
+from ._validate import MAX_MEMORY, as_inputs, count, float64, memory_bytes, positive_float, warn
 
-__all__ = ["Prior", "Layer", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY", "PRIOR_OPTIONS"]
+__all__ = ["Prior", "Layer", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY", "PRIOR_OPTIONS", "check_options"]
 
 #: Expansion parameter above which first-order perturbation theory is not trusted.
 EXPANSION_WARN = 0.3
 #: Largest pre-activation variance for which the default four-point order is accurate to ~1e-9.
 FOUR_POINT_K_WARN = 2.0
-#: Default memory budget (bytes) for the dense finite-width cumulants.
-MAX_MEMORY = 4 * 1024**3
 
 KERNEL_OPTIONS = ("method", "terms", "nodes", "quad_nodes")
 #: Keyword options accepted by ``net.prior(X, **options)``.
@@ -152,6 +150,7 @@ class Prior(NTKMixin):
         V_error: ``(N, N, N, N)`` estimated absolute numerical error of ``V``.
         V: ``(N, N, N, N)`` four-point vertex: the connected ``E[z_i1 z_i2 z_i3 z_i4]`` is
             ``(1/n) [d_i1i2 d_i3i4 V_(12)(34) + d_i1i3 d_i2i4 V_(13)(24) + d_i1i4 d_i2i3 V_(14)(23)]``.
+        V_packed: ``(P, P)`` output vertex over unordered pairs ``(a <= b)`` (see ``pairs``).
         layers: per-layer :class:`Layer` objects (the flow of ``K``, ``K1``, ``V`` with depth).
         expansion_parameter: ``max |V| / (n K^2)`` at the output (see :class:`Layer`).
 
@@ -285,34 +284,20 @@ class Prior(NTKMixin):
                 "first-order perturbation theory in 1/n is not reliable here: widen the network or make it shallower."
             )
 
-    @property
-    def K1(self) -> np.ndarray:
-        """``(N, N)`` 1/n correction of the output two-point function."""
-        return self.layers[-1].K1
-
-    @property
-    def V(self) -> np.ndarray:
-        """``(N, N, N, N)`` output four-point vertex."""
-        return self.layers[-1].V
-
-    @property
-    def V_error(self) -> np.ndarray:
-        """``(N, N, N, N)`` estimated absolute numerical error of :attr:`V` (see :attr:`Layer.V_error`)."""
-        return self.layers[-1].V_error
-
-    @property
-    def V_packed(self) -> np.ndarray:
-        """``(P, P)`` output vertex over unordered pairs ``(a <= b)``; see :attr:`pairs`."""
-        return self.layers[-1].V_packed
+    K1 = output_property("layers", "K1", "``(N, N)`` 1/n correction of the output two-point function.")
+    V = output_property("layers", "V", "``(N, N, N, N)`` output four-point vertex.")
+    V_error = output_property("layers", "V_error",
+                              "``(N, N, N, N)`` estimated absolute numerical error of :attr:`V` (see :attr:`Layer.V_error`).")
+    V_packed = output_property("layers", "V_packed",
+                               "``(P, P)`` output vertex over unordered pairs ``(a <= b)``; see :attr:`pairs`.")
 
     @property
     def pairs(self) -> Pairs:
         return Pairs.of(self.N)
 
-    @property
-    def expansion_parameter(self) -> float:
-        """``max |V| / (n K^2)`` at the output: the size of the first-order 1/n corrections."""
-        return self.layers[-1].expansion_parameter
+    expansion_parameter = output_property("layers", "expansion_parameter",
+                                          "``max |V| / (n K^2)`` at the output: the size of the first-order 1/n "
+                                          "corrections.")
 
     def covariance(self) -> np.ndarray:
         """``(N, N)`` finite-width two-point function ``K + K1 / n`` of each output neuron."""

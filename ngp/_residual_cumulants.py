@@ -68,9 +68,10 @@ import numpy as np
 from scipy import special
 
 from ._activations import Activation, activation as _make_activation
-from ._finite import Pairs, fresh_covariance, jacobian_hessian
+from ._finite import fresh_covariance, jacobian_hessian
 from ._gaussian import gauss_hermite
 from ._kernel import kernel_map
+from ._pairs import Pairs
 
 __all__ = [
     "ChainState",

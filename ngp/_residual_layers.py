@@ -29,6 +29,7 @@ import numpy as np
 
 from ._cumulants import LayerCumulants, RefusedLayer, ScaledLayer
 from ._residual_cumulants import chain_start, layer_cumulants, readout, residual_step
+from ._validate import MAX_MEMORY
 
 __all__ = ["ResidualChainLayer", "ResidualReadoutLayer", "residual_layer", "readout_layer"]
 
@@ -112,8 +113,6 @@ class ResidualChainLayer(_ChainDerived):
     def chain(self):
         """The :class:`ngp._residual_cumulants.ChainState` after this step."""
         self._check("K1 and V")
-        from ._prior import MAX_MEMORY  # the prior's default budget (imported here: _prior imports the steps)
-
         limit = MAX_MEMORY if self.max_memory is None else self.max_memory
         need = self.memory_estimate()
         if need > limit:
@@ -156,37 +155,12 @@ class ResidualReadoutLayer(_ChainDerived):
         return readout(self.chain_layer.chain, C_W=float(self.C_W), C_b=float(self.C_b))
 
 
-def _block_spec(block, hyper, index):
-    """``(act, C_W, C_b, branch)`` of a block ``[Elementwise*, Dense, (Elementwise*, Dense)*]``, or a
-    string saying why the block is not of that form. ``hyper``/``index``: the flow's replacement
-    ``(C_W, C_b)`` per dense step and the index of the block's first dense step."""
-    from ._steps import IDENTITY, Dense, Elementwise, Serial, compose
-
-    def flat(step):
-        if isinstance(step, Serial):
-            return [t for s in step.steps for t in flat(s)]
-        return [step]
-
-    act, dense = IDENTITY, []
-    for s in flat(block):
-        if isinstance(s, Elementwise):
-            act = compose(act, s.activation)
-        elif isinstance(s, Dense):
-            cw, cb = (s.C_W, s.C_b) if hyper is None else hyper[index + len(dense)]
-            dense.append((s.width, cw, cb, act))
-            act = IDENTITY
-        else:
-            return f"the block contains a {type(s).__name__} step (only Elementwise and Dense steps are supported)"
-    _, cw, cb, act0 = dense[0]
-    branch = tuple((dense[i - 1][0],) + dense[i][1:] for i in range(1, len(dense)))
-    return act0, cw, cb, branch
-
-
-def residual_layer(step, f, K) -> LayerCumulants:
+def residual_layer(step, f, K, spec) -> LayerCumulants:
     """The layer after ``step`` (an ``ngp.Residual`` with ``gamma != 0``) applied to the flow ``f``,
-    whose kernel ``K`` the engine has computed."""
+    whose kernel ``K`` the engine has computed. ``spec``: the block as ``(act, C_W, C_b, branch)``
+    (its first dense step's activation and hyperparameters, then ``(hidden width, C_W, C_b,
+    activation)`` per further dense step), or a string saying why the block is not supported."""
     prev, width = f.layer, f.width
-    spec = _block_spec(step.block, f.hyper, f.dense_index)
     reason = None
     if isinstance(spec, str):
         reason = spec

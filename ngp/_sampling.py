@@ -21,7 +21,7 @@ import numpy as np
 
 from ._validate import as_inputs, count, memory_bytes
 
-__all__ = ["NetworkSamples", "sample_networks", "SAMPLING_MEMORY"]
+__all__ = ["NetworkSamples", "sample_networks", "SAMPLING_MEMORY", "check_sampling_memory"]
 
 #: Default memory budget (bytes) of one sampling batch plus the returned arrays.
 SAMPLING_MEMORY = 4 * 1024**3

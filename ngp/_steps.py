@@ -354,11 +354,37 @@ class Residual(Step):
             layer = inner.layer if self.xi == 1.0 else ScaledLayer(inner.layer, self.xi)
         else:
             K = self.gamma**2 * f.layer.K + self.xi**2 * inner.layer.K
-            layer = residual_layer(self, f, K)  # finite width: the residual-chain cumulants
+            spec = _block_spec(self.block, f.hyper, f.dense_index)
+            layer = residual_layer(self, f, K, spec)  # finite width: the residual-chain cumulants
         return dataclasses.replace(f, layer=layer, layers=f.layers + (layer,), dense_index=inner.dense_index)
 
     def __repr__(self):
         return f"Residual({self.block!r}, gamma={self.gamma:g}, xi={self.xi:g})"
+
+
+def _block_spec(block, hyper, index):
+    """``(act, C_W, C_b, branch)`` of a block ``[Elementwise*, Dense, (Elementwise*, Dense)*]``, or a
+    string saying why the block is not of that form. ``hyper``/``index``: the flow's replacement
+    ``(C_W, C_b)`` per dense step and the index of the block's first dense step."""
+
+    def flat(step):
+        if isinstance(step, Serial):
+            return [t for s in step.steps for t in flat(s)]
+        return [step]
+
+    act, dense = IDENTITY, []
+    for s in flat(block):
+        if isinstance(s, Elementwise):
+            act = compose(act, s.activation)
+        elif isinstance(s, Dense):
+            cw, cb = (s.C_W, s.C_b) if hyper is None else hyper[index + len(dense)]
+            dense.append((s.width, cw, cb, act))
+            act = IDENTITY
+        else:
+            return f"the block contains a {type(s).__name__} step (only Elementwise and Dense steps are supported)"
+    _, cw, cb, act0 = dense[0]
+    branch = tuple((dense[i - 1][0],) + dense[i][1:] for i in range(1, len(dense)))
+    return act0, cw, cb, branch
 
 
 def _ends_with_dense(step: Step) -> bool:

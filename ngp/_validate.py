@@ -21,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "RCOND_MIN",
+    "MAX_MEMORY",
     "real",
     "positive_float",
     "nonneg_float",
@@ -38,6 +39,8 @@ __all__ = [
 #: Smallest acceptable reciprocal condition number of a training kernel ``K_train + noise I``
 #: (GP solves, the finite-width posterior, and the importance sampler's per-draw likelihoods).
 RCOND_MIN = 1e-12
+#: Default memory budget (bytes) for the dense finite-width cumulants (``max_memory`` option).
+MAX_MEMORY = 4 * 1024**3
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -102,10 +105,14 @@ def count(value, name: str, *, minimum: int = 1, what: str = "a positive integer
 
 
 def per_layer(value, n: int, name: str, check, *, what: str = "weight layer") -> tuple:
-    """A number (repeated ``n`` times) or a sequence of exactly ``n`` numbers, each passed to ``check``."""
+    """A number (repeated ``n`` times) or a sequence of exactly ``n`` numbers, each passed to ``check``.
+
+    A 0-d array (NumPy or JAX) counts as a number. ``check(value, name) -> value`` validates one
+    entry (e.g. :func:`real`, :func:`positive_float`, :func:`count`).
+    """
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{name}: expected a number or a sequence of {n} numbers, got {value!r}")
-    if isinstance(value, (numbers.Number, np.number)) or (isinstance(value, np.ndarray) and value.ndim == 0):
+    if isinstance(value, (numbers.Number, np.number)) or getattr(value, "ndim", None) == 0:
         return (check(value, name),) * n
     try:
         seq = list(value)

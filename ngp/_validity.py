@@ -11,6 +11,10 @@ on its own first-order terms (``docs/validity.md``):
 * ``var_change``: ``max |var - gp.var| / (gp.var + noise)`` (relative change of the predictive variance);
 * ``evidence_correction``: ``|log_evidence - gp.log_evidence|`` (nats).
 
+The matrix-free estimator (``docs/matrix-free.md``) judges its results with two other measures, kept
+on the same :class:`Validity` (:func:`expansion_validity`): ``eps = max |V| / (n K^2)`` over pairs of
+training inputs and ``eta``, the prior variance of the log-likelihood at first order.
+
 A result is *trusted* when all three are at most :data:`MEAN_SHIFT_MAX`, :data:`VAR_CHANGE_MAX` and
 :data:`EVIDENCE_MAX`, every number is finite and no first-order variance is negative. The thresholds are
 calibrated against importance sampling of actual networks (``benchmarks/validity_calibration.py``).
@@ -27,6 +31,7 @@ __all__ = [
     "Validity",
     "posterior_validity",
     "evidence_validity",
+    "expansion_validity",
     "MEAN_SHIFT_MAX",
     "VAR_CHANGE_MAX",
     "EVIDENCE_MAX",
@@ -55,6 +60,10 @@ class Validity:
         negative_variance: whether a first-order posterior variance is negative.
         trusted: every measure within its threshold, all finite, no negative variance.
         reasons: why the result is not trusted (empty when trusted).
+        eps: matrix-free results: ``max |V| / (n K^2)`` over pairs of training inputs (else ``None``).
+        eta: matrix-free results: prior variance of ``log p(y | network)`` at first order (else ``None``).
+        eta_se: Monte-Carlo standard error of ``eta`` (else ``None``).
+        message: ``"; ".join(reasons)`` (empty when trusted).
     """
 
     mean_shift: float | None
@@ -63,24 +72,34 @@ class Validity:
     negative_variance: bool
     trusted: bool
     reasons: tuple
+    eps: float | None = None
+    eta: float | None = None
+    eta_se: float | None = None
+
+    @property
+    def message(self) -> str:
+        return "; ".join(self.reasons)
 
     def __str__(self) -> str:
         parts = []
         for name, value in (("mean shift", self.mean_shift), ("variance change", self.var_change),
-                            ("evidence correction", self.evidence_correction)):
+                            ("evidence correction", self.evidence_correction), ("eps", self.eps), ("eta", self.eta)):
             if value is not None:
                 parts.append(f"{name} {value:.3g}")
-        verdict = "trusted" if self.trusted else "NOT trusted: " + "; ".join(self.reasons)
+        verdict = "trusted" if self.trusted else "NOT trusted: " + self.message
         return ", ".join(parts) + f" ({verdict})"
 
 
-def _judge(mean_shift, var_change, evidence, negative_variance) -> Validity:
+def _judge(mean_shift, var_change, evidence, negative_variance, checks=None, **fields) -> Validity:
+    """A :class:`Validity`: each ``(name, value, limit, unit)`` of ``checks`` (default: the three
+    first-order measures against their thresholds) must be finite and at most its limit."""
     reasons = []
-    checks = (
-        ("mean shift", mean_shift, MEAN_SHIFT_MAX, "GP predictive standard deviations"),
-        ("relative variance change", var_change, VAR_CHANGE_MAX, ""),
-        ("evidence correction", evidence, EVIDENCE_MAX, "nats"),
-    )
+    if checks is None:
+        checks = (
+            ("mean shift", mean_shift, MEAN_SHIFT_MAX, "GP predictive standard deviations"),
+            ("relative variance change", var_change, VAR_CHANGE_MAX, ""),
+            ("evidence correction", evidence, EVIDENCE_MAX, "nats"),
+        )
     for name, value, limit, unit in checks:
         if value is None:
             continue
@@ -90,7 +109,7 @@ def _judge(mean_shift, var_change, evidence, negative_variance) -> Validity:
             reasons.append(f"{name} {value:.3g} > {limit:g}{(' ' + unit) if unit else ''}")
     if negative_variance:
         reasons.append("a first-order posterior variance is negative")
-    return Validity(mean_shift, var_change, evidence, bool(negative_variance), not reasons, tuple(reasons))
+    return Validity(mean_shift, var_change, evidence, bool(negative_variance), not reasons, tuple(reasons), **fields)
 
 
 def _evidence_correction(log_evidence, gp_log_evidence) -> float | None:
@@ -129,3 +148,22 @@ def posterior_validity(*, mean, var, gp_mean, gp_var, noise: float, prior_var, l
 def evidence_validity(log_evidence, gp_log_evidence) -> Validity:
     """Validity of a finite-width log evidence (no test points): the evidence correction only."""
     return _judge(None, None, _evidence_correction(log_evidence, gp_log_evidence), False)
+
+
+def expansion_validity(eps: float, eta: float, eta_se: float = 0.0, *, eps_max: float, eta_max: float,
+                       negative_variance: bool = False) -> Validity:
+    """Validity of a matrix-free first-order result (``docs/matrix-free.md``, "Validity").
+
+    Args:
+        eps: ``max |V| / (n K^2)`` over pairs of training inputs.
+        eta: the prior variance of ``log p(y | network)`` at first order; ``eta_se`` its standard error.
+        eps_max, eta_max: the limits of the validated regime.
+        negative_variance: whether a first-order posterior variance is negative.
+
+    Trusted when ``eps <= eps_max``, ``eta <= eta_max`` (both finite) and no variance is negative;
+    ``mean_shift``, ``var_change`` and ``evidence_correction`` are ``None``.
+    """
+    eps, eta, eta_se = float(eps), float(eta), float(eta_se)
+    checks = (("eps = max|V|/(nK^2)", eps, eps_max, ""),
+              ("eta = Var[log p(y | network)]", eta, eta_max, f"(+- {eta_se:.2g})"))
+    return _judge(None, None, None, negative_variance, checks, eps=eps, eta=eta, eta_se=eta_se)

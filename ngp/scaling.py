@@ -30,6 +30,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ._validate import per_layer, real
+
 __all__ = [
     "Parameterization",
     "PRESETS",
@@ -110,15 +112,6 @@ def _roles(depth: int):
     return [0] + [1] * (depth - 2) + [2]
 
 
-def _per_layer(v, depth, name):
-    if np.ndim(v) == 0:
-        return (float(v),) * depth
-    v = tuple(float(x) for x in v)
-    if len(v) != depth:
-        raise ValueError(f"{name}: expected {depth} per-layer values, got {len(v)}")
-    return v
-
-
 def multipliers(spec, *, width, depth: int, base_width: float = 1.0, C_W=1.0, C_b=0.0,
                 lam_W=1.0, lam_b=1.0) -> dict:
     """Per-layer ``C_W, C_b, lam_W, lam_b`` (tuples of length ``depth``) under the parameterization ``spec``.
@@ -140,13 +133,13 @@ def multipliers(spec, *, width, depth: int, base_width: float = 1.0, C_W=1.0, C_
     par = parameterization(spec)
     depth = int(depth)
     roles = _roles(depth)
-    widths = _per_layer(width, depth - 1, "width")
+    widths = per_layer(width, depth - 1, "width", real, what="hidden layer")
     if min(widths) <= 0 or float(base_width) <= 0:
         raise ValueError("multipliers: widths and base_width must be positive")
     touch = [widths[0]] + [widths[l - 1] for l in range(1, depth)]  # fan-out of layer 1, fan-in of the rest
     out = {}
     for name, base in (("C_W", C_W), ("C_b", C_b), ("lam_W", lam_W), ("lam_b", lam_b)):
-        b = _per_layer(base, depth, name)
+        b = per_layer(base, depth, name, real)
         e = getattr(par, name)
         out[name] = tuple(b[l] * (touch[l] / float(base_width)) ** e[roles[l]] for l in range(depth))
     return out

@@ -181,11 +181,11 @@ def test_validity_diagnostic_scales_with_width_and_warns(refs):
     r32 = _run(ref, width=32)
     r8 = _run(ref, width=8)
     # same samples: the first-order vertex terms scale exactly like 1/n
-    assert r8.validity["eta"] == pytest.approx(4 * r32.validity["eta"], rel=1e-10)
-    assert r8.validity["eps"] == pytest.approx(4 * r32.validity["eps"], rel=1e-10)
+    assert r8.validity.eta == pytest.approx(4 * r32.validity.eta, rel=1e-10)
+    assert r8.validity.eps == pytest.approx(4 * r32.validity.eps, rel=1e-10)
     # the widest power-of-two fraction of 32 outside the validated regime (eps and eta grow like 1/width)
     narrow = 1
-    while r32.validity["eta"] * narrow <= mf.ETA_MAX and r32.validity["eps"] * narrow <= mf.EPS_MAX:
+    while r32.validity.eta * narrow <= mf.ETA_MAX and r32.validity.eps * narrow <= mf.EPS_MAX:
         narrow *= 2
         assert narrow <= 32
     with pytest.warns(RuntimeWarning, match="validated regime"):
@@ -193,7 +193,7 @@ def test_validity_diagnostic_scales_with_width_and_warns(refs):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         big = _run(ref, width=4096, warn=True)
-    assert big.validity["trusted"]
+    assert big.validity.trusted
 
 
 def test_bad_arguments(refs):
@@ -270,6 +270,10 @@ def test_condition_matrix_free_agrees_with_exact_path(refs):
     np.testing.assert_allclose(post.gp.mean.ravel(), ref["gp_mean"], rtol=1e-9, atol=1e-12)
     # the evidence does not depend on the test inputs (same training samples)
     assert cond.log_evidence == post.log_evidence and cond.log_evidence_se == post.log_evidence_se
+    # the exact path's Validity, carrying the matrix-free diagnostics (eps, eta) of the training side
+    assert isinstance(cond.validity, ngp.Validity) and isinstance(post.validity, ngp.Validity)
+    assert post.validity.eps == cond.validity.eps == cond.expansion_parameter == post.expansion_parameter
+    assert post.validity.eta == cond.validity.eta and post.validity.negative_variance == bool(np.any(post.var < 0))
     np.testing.assert_allclose(cond.gp.log_evidence, ref["gp_log_evidence"], rtol=1e-10)
     # a wider network: every 1/n term scaled by n_old / n_new
     wide = cond.with_width(4 * ref["width"]).predict(XB)

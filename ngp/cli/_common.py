@@ -246,7 +246,49 @@ def collect_warnings():
 
 
 def enable_x64() -> None:
-    """The CLI computes in float64 (the library itself never flips this at import)."""
+    """The CLI computes in float64 (the library itself never flips this at import) and keeps its
+    compiled programs on disk (:func:`enable_compilation_cache`)."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    enable_compilation_cache()
+
+
+#: Environment variable naming the folder of the CLI's JAX compilation cache ("" turns the cache off).
+CACHE_ENV = "NGP_CACHE_DIR"
+
+
+def compilation_cache_dir() -> str | None:
+    """The folder of the CLI's persistent compilation cache, or ``None`` (off).
+
+    ``$NGP_CACHE_DIR`` if set (empty: off), else ``$XDG_CACHE_HOME/ngp/jax`` (``~/.cache/ngp/jax``).
+    """
+    path = os.environ.get(CACHE_ENV)
+    if path is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = os.path.join(base, "ngp", "jax")
+    return path or None
+
+
+def enable_compilation_cache() -> str | None:
+    """Keep JAX's compiled programs on disk so a later run skips compiling them (``docs/cli.md``).
+
+    Every array shape the finite-width computation meets costs a compilation (most of a first
+    run's time on a loaded machine); with the cache a later run on any data of the same sizes
+    loads them instead. Returns the folder, or ``None`` when off or not writable (then nothing changes).
+    """
+    path = compilation_cache_dir()
+    if path is None:
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            return None
+    except OSError:
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return path

@@ -20,14 +20,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._sampling import SAMPLING_MEMORY, check_sampling_memory
-from .._validate import RCOND_MIN, as_targets, count, float64, memory_bytes, nonneg_float, train_test, warn
+from .._linalg import SAMPLER_JITTER
+from .._validate import RCOND_MIN as _RCOND_GP
+from .._validate import as_targets, count, float64, memory_bytes, nonneg_float, train_test, warn
 
 __all__ = ["ImportancePosterior", "importance_posterior", "log_likelihood", "gaussian_conditional", "RCOND_MIN"]
 
 # A draw whose ``K = G_AA + noise I`` is numerically singular -- the Cholesky factorisation
 # fails, or its smallest pivot is ``<= RCOND_MIN * trace(K)`` -- is given zero likelihood
 # (exactly singular draws have zero likelihood when ``noise = 0``; e.g. ReLU with ``C_b = 0``).
-# The threshold is ``ngp.gp_posterior``'s reciprocal-condition-number limit.
+# The threshold is ``ngp.gp_posterior``'s reciprocal-condition-number limit, raised above the
+# resolution of a drawn metric: the samplers' Cholesky jitter (``SAMPLER_JITTER`` relative, per layer)
+# leaves an exactly singular metric with reciprocal condition numbers up to ~1e-12; such draws are
+# singular, not draws whose likelihood the jitter decides.
+
+#: Reciprocal condition number below which a drawn ``G_AA + noise I`` counts as singular.
+RCOND_MIN = max(_RCOND_GP, 100 * SAMPLER_JITTER)
 
 #: An effective sample size below this triggers a warning.
 ESS_WARN = 100.0

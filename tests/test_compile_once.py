@@ -1,0 +1,91 @@
+"""Compiled pieces shared across input sizes give the same numbers as the unpadded computation.
+
+The Mehler pair matrix and the 1-D diagonal derivatives pad a concrete kernel to a bucketed size, and the
+four-point batches gather their covariance blocks outside the compiled program, so that one compilation
+serves many numbers of inputs (issue 16: `ngp regress` time). The traced path (under ``jax.jit``) does
+none of that; both must agree to round-off, and with an independent 2-D Gauss-Hermite rule.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ngp._activations import activation
+from ngp._finite import _diag_derivatives, _product_block, four_point_values
+from ngp._gaussian import _pair_matrix_jit, bucket, expect_1d, padded_rule, pair_gh, pair_matrix
+
+
+#: multisets of two equality patterns, (1, 1, 1, 1) and (2, 2) (few compilations)
+_MS = np.array([[0, 1, 2, 3], [1, 1, 3, 3], [0, 2, 3, 4], [0, 0, 4, 4]])
+
+
+def _kernel(N, seed=0):
+    X = np.random.default_rng(seed).normal(size=(N, 3))
+    return 0.6 * X @ X.T / 3 + 0.1  # variances <~ 1.5: both quadratures accurate to ~1e-10
+
+
+def test_bucket_sizes():
+    assert [bucket(m, 32) for m in (1, 32, 33, 48, 49, 64, 65, 100)] == [32, 32, 48, 48, 64, 64, 96, 128]
+
+
+@pytest.mark.parametrize("order", [(0, 0), (2, 0)])
+def test_pair_matrix_padded_equals_traced_and_2d_rule(order):
+    act = activation("tanh")
+    f, g = act.derivative(order[0]), act.derivative(order[1])
+    K = _kernel(7)
+    padded = np.asarray(pair_matrix(f, g, K, terms=300, nodes=600))
+    traced = np.asarray(jax.jit(lambda K: pair_matrix(f, g, K, terms=300, nodes=600))(jnp.asarray(K)))
+    np.testing.assert_allclose(padded, traced, rtol=0, atol=1e-14)
+    d = np.diag(K)
+    ref = np.asarray(pair_gh(f, g, d[:, None], d[None, :], K, nodes=80))
+    off = ~np.eye(7, dtype=bool)
+    # the 2-D rule is the coarser of the two here (tests/test_gaussian.py holds the accuracy checks): measured 1.1e-7
+    np.testing.assert_allclose(padded[off], ref[off], rtol=0, atol=1e-6)
+
+
+def test_pair_matrix_compiles_once_per_bucket():
+    act = activation("tanh")
+    f = act.derivative(1)
+    pair_matrix(f, f, _kernel(5), terms=300, nodes=600)
+    before = _pair_matrix_jit._cache_size()
+    for N, t in ((9, 310), (20, 350), (31, 380)):  # other sizes and orders of the same buckets
+        pair_matrix(f, f, _kernel(N), terms=t, nodes=600)
+    assert _pair_matrix_jit._cache_size() == before
+
+
+def test_diagonal_derivatives_padded_equal_the_unpadded_rule():
+    act = activation("tanh")
+    kd = np.diag(_kernel(6))
+    x, w = padded_rule(600)
+    J_d, H_d = (np.asarray(t) for t in _diag_derivatives(act, jnp.asarray(kd), x, w))
+    s, s1, s2, s3, s4 = (act.derivative(k) for k in range(5))
+    ref_J = expect_1d(lambda z: s1(z) ** 2 + s(z) * s2(z), kd, nodes=600)
+    ref_H = 0.25 * expect_1d(lambda z: 2 * s(z) * s4(z) + 8 * s1(z) * s3(z) + 6 * s2(z) ** 2, kd, nodes=600)
+    np.testing.assert_allclose(J_d, np.asarray(ref_J), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(H_d, np.asarray(ref_H), rtol=0, atol=1e-13)
+
+
+def test_four_point_values_concrete_equals_traced():
+    act = activation("tanh")
+    K = _kernel(5)
+    ms = _MS
+    concrete = np.asarray(four_point_values(act, K, ms, four_point_order=8))
+    traced = np.asarray(jax.jit(lambda K: four_point_values(act, K, ms, four_point_order=8))(jnp.asarray(K)))
+    np.testing.assert_allclose(concrete, traced, rtol=0, atol=1e-14)
+    # independent check of one entry: <tanh(z_a)^2 tanh(z_b)^2> by the 2-D rule
+    a, b = 1, 3
+    row = 1
+    sq = lambda z: jnp.tanh(z) ** 2  # noqa: E731
+    ref = float(pair_gh(sq, sq, K[a, a], K[b, b], K[a, b], nodes=80))
+    assert abs(concrete[row] - ref) < 1e-6
+
+
+def test_four_point_batches_do_not_depend_on_the_number_of_inputs():
+    act = activation("tanh")
+    ms = _MS
+    four_point_values(act, _kernel(5), ms, four_point_order=8)
+    before = _product_block._cache_size()
+    assert before >= 1
+    four_point_values(act, _kernel(11, seed=1), ms, four_point_order=8)  # same index sets, a larger kernel
+    assert _product_block._cache_size() == before
