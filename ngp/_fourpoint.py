@@ -411,78 +411,166 @@ def _orders(act: Activation, s: np.ndarray, rtol: float) -> np.ndarray:
     return np.where(pos >= len(_S_GRID), len(LADDER) - 1, idx)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
+def _gh_by_weight(m: int):
+    """The ``m``-point Gauss-Hermite weights in decreasing order and their positions in :func:`_gh`."""
+    w = _gh(m)[1]
+    order = np.argsort(-w, kind="stable")
+    return w[order], order
+
+
+def _last_counts(weights, w_last: int, thr: float, rest: float) -> np.ndarray:
+    """Pruning of one more direction (``w_last``-point rule): for each partial node of weight
+    ``weights[i]`` (n,), the number of that direction's nodes, in decreasing weight, with
+    ``(weights[i] * w_j) * rest > thr``. The predicate is monotone in ``j``, so the kept ones are a
+    prefix; its length is found by a search and fixed at the boundary with the exact predicate."""
+    wsort, _ = _gh_by_weight(w_last)
+    m = wsort.size
+
+    def keep(ii, j):
+        return (weights[ii] * wsort[np.clip(j, 0, m - 1)]) * rest > thr
+
+    count = np.searchsorted(-wsort, -(thr / rest) / weights, side="left")
+    ii = np.arange(weights.size)
+    while True:
+        up = (count < m) & keep(ii, count)
+        down = (count > 0) & ~keep(ii, count - 1)
+        if not (up.any() or down.any()):
+            return count
+        count = count + up.astype(count.dtype) - down.astype(count.dtype)
+
+
 def _tensor_rule(orders: tuple, cutoff: float):
     """Tensor Gauss-Hermite rule with per-direction ``orders``, pruned to the nodes whose weight
-    exceeds ``cutoff`` times the largest one (built direction by direction, never the full grid).
-    Returns nodes (n, d) and weights (n,)."""
-    xs = [_gh(m) for m in orders]
-    wmax = [float(w.max()) for _, w in xs]
+    exceeds ``cutoff`` times the largest one, built direction by direction (never the full grid):
+    a partial node of the first ``k`` directions is kept when its weight times the largest weight
+    of the remaining directions exceeds the threshold. Returns node indices ``(n, d)`` (uint8, into
+    each direction's :func:`_gh` nodes) and weights ``(n,)``, ``((w_1 w_2) w_3) w_4``."""
+    ws = [_gh(m)[1] for m in orders]
+    wmax = [float(w.max()) for w in ws]
     thr = cutoff * float(np.prod(wmax))
-    nodes = np.zeros((1, 0))
+    idx = np.zeros((1, 0), dtype=np.uint8)
     weights = np.ones(1)
-    for k, (x, w) in enumerate(xs):
-        rest = float(np.prod(wmax[k + 1:]))
-        W = weights[:, None] * w[None, :]
-        keep = W * rest > thr
-        i, j = np.nonzero(keep)
-        nodes = np.concatenate([nodes[i], x[j][:, None]], axis=1)
-        weights = W[i, j]
-    return nodes, weights
+    for k, w in enumerate(ws):
+        count = _last_counts(weights, len(w), thr, float(np.prod(wmax[k + 1:])))
+        i = np.repeat(np.arange(weights.size), count)
+        j = np.arange(i.size) - np.repeat(np.cumsum(count) - count, count)
+        jj = _gh_by_weight(len(w))[1][j]
+        idx = np.concatenate([idx[i], jj[:, None].astype(np.uint8)], axis=1)
+        weights = weights[i] * w[jj]
+    return idx, weights
 
 
-#: Node chunk sizes (by rule size) and entries per compiled call of the quadrature kernel: a few
-#: fixed shapes, so a handful of compilations per activation and pattern.
-_NODE_CHUNKS = (1024, 8192, 65536)
-_ENTRY_CHUNK = 8
+#: Bound on the bytes held by the cache of prefix rules (:func:`_prefix_rule`).
+_PREFIX_CACHE_BYTES = 64 * 2**20
+_prefix_cache: dict = {}
+_prefix_size = [0]
+
+
+def _prefix_rule(orders: tuple, cutoff: float):
+    """:func:`_tensor_rule` for ``orders`` (the leading directions of a rule), cached: rules of
+    different groups share their leading directions. Least recently used entries are dropped
+    beyond :data:`_PREFIX_CACHE_BYTES` (the cache holds NumPy arrays only)."""
+    key = (orders, cutoff)
+    hit = _prefix_cache.pop(key, None)
+    if hit is None:
+        hit = _tensor_rule(orders, cutoff)
+        _prefix_size[0] += hit[0].nbytes + hit[1].nbytes
+    _prefix_cache[key] = hit  # most recent last
+    while _prefix_size[0] > _PREFIX_CACHE_BYTES and len(_prefix_cache) > 1:
+        a, b = _prefix_cache.pop(next(iter(_prefix_cache)))
+        _prefix_size[0] -= a.nbytes + b.nbytes
+    return hit
+
+
+#: Padded sizes (expanded nodes and leading-direction nodes per kernel call): powers of 2 and
+#: 1.5 times them, so a few compilations per activation and pattern and at most 50% padding.
+_SIZES = tuple(sorted({int(c * 2**k) for k in range(8, 19) for c in (1.0, 1.5)} - {int(1.5 * 2**18)}))
+#: Largest number of (entry, node) pairs per kernel call (bounds the kernel's temporaries).
+_MAX_PAIRS = 2**19
+
+
+def _padded(n: int) -> int:
+    return next((s for s in _SIZES if s >= n), _SIZES[-1])
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _rule_kernel(fn, smoothed, pattern, R, beta, sigma, nodes, weights):
-    """Rule sums over one chunk of nodes for a chunk of entries. ``R`` (B, u_h, d): ridge rows of
-    the integrated inputs; ``beta`` (B, d), ``sigma`` (B,): mean map and conditional std of the
-    closed-form input (unused when ``smoothed`` is None); ``nodes`` (n, d), ``weights`` (n,).
-    Returns ``sum w f`` and ``sum w |f|``, (B,) each."""
-    d = nodes.shape[-1]
+def _rule_kernel(fn, smoothed, pattern, R, beta, sigma, xtab, pidx, parent, xlast, w):
+    """Rule sums for a block of entries. The rule is given as ``P`` partial nodes of the leading
+    ``d - 1`` directions (``pidx`` (P, d-1) indices into ``xtab`` (d-1, 256)) and ``n`` expanded
+    nodes: the partial node ``parent`` (n,) continued by the last direction's node ``xlast`` (n,),
+    with weights ``w`` (n,) (0 on padding). ``R`` (B, u_h, d): ridge rows of the integrated inputs;
+    ``beta`` (B, d), ``sigma`` (B,): mean map and conditional std of the closed-form input (unused
+    when ``smoothed`` is None). Returns ``sum w f`` and ``sum w |f|``, (B,) each."""
+    d = R.shape[-1]
+    i = parent
+    x_last = xlast
+    xs = [xtab[k][pidx[:, k].astype(jnp.int32)] for k in range(d - 1)]  # partial node coordinates
     vals = 1.0
-    for j, p in enumerate(pattern):  # z_j = sum_k R_jk x_k as broadcast products (d <= 4)
-        zj = sum(R[:, j, k][:, None] * nodes[None, :, k] for k in range(d))
+    for jj, p in enumerate(pattern):  # z = sum_k R_jk x_k, summed over k in order (d <= 4)
+        part = sum(R[:, jj, k][:, None] * xs[k][None, :] for k in range(d - 1)) if d > 1 else 0.0
+        part = part[:, i] if d > 1 else 0.0
+        zj = part + R[:, jj, d - 1][:, None] * x_last[None, :]
         vals = vals * fn(zj) ** p
     if smoothed is not None:
-        mu = sum(beta[:, k][:, None] * nodes[None, :, k] for k in range(d))
+        mu = sum(beta[:, k][:, None] * xs[k][None, :] for k in range(d - 1)) if d > 1 else 0.0
+        mu = (mu[:, i] if d > 1 else 0.0) + beta[:, d - 1][:, None] * x_last[None, :]
         vals = vals * smoothed(mu, sigma[:, None])
-    return vals @ weights, jnp.abs(vals) @ weights
+    return vals @ w, jnp.abs(vals) @ w
 
 
-@functools.lru_cache(maxsize=256)
-def _rule_chunks(orders: tuple, cutoff: float):
-    """The pruned rule padded to whole chunks: nodes (c, chunk, d), weights (c, chunk), size."""
-    x, w = _tensor_rule(orders, cutoff)
-    n, d = x.shape
-    size = next((ch for ch in _NODE_CHUNKS[:-1] if n <= 8 * ch), _NODE_CHUNKS[-1])
-    c = -(-n // size)
-    pad = c * size - n
-    x = np.concatenate([x, np.zeros((pad, d))]).reshape(c, size, d)
-    w = np.concatenate([w, np.zeros(pad)]).reshape(c, size)
-    return x, w, n
-
-
-def _evaluate(act_fn, smoothed, pattern, R, beta, sigma, rows, orders, cutoff):
-    """Sums of the rule ``orders`` for the entries ``rows``: (sum w f, sum w |f|), each (len(rows),)."""
-    X, W, _ = _rule_chunks(orders, cutoff)
-    q = np.zeros(rows.size)
-    mag = np.zeros(rows.size)
-    st = 0
-    while st < rows.size:
-        big = X.shape[1] == _NODE_CHUNKS[-1]
-        per = _ENTRY_CHUNK if rows.size - st >= _ENTRY_CHUNK and not big else 1
-        sel = rows[st:st + per]
-        Rj, bj, sj = jnp.asarray(R[sel]), jnp.asarray(beta[sel]), jnp.asarray(sigma[sel])
-        parts = [_rule_kernel(act_fn, smoothed, pattern, Rj, bj, sj, X[c], W[c]) for c in range(X.shape[0])]
-        q[st:st + per] = np.sum([np.asarray(a) for a, _ in parts], axis=0)
-        mag[st:st + per] = np.sum([np.asarray(m) for _, m in parts], axis=0)
-        st += per
-    return q, mag
+def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutoff: float):
+    """Sums of several rules, each for its own entries: ``jobs`` maps ``orders`` (per direction) to
+    row indices (k,) into ``R`` (b, u_h, d), ``beta`` (b, d), ``sigma`` (b,). Returns
+    ``{orders: (sum w f (k,), sum w |f| (k,), number of nodes)}``. All kernel calls are dispatched
+    before any result is read back (one transfer at the end)."""
+    d = R.shape[2]
+    pending = []  # (orders, row slice, padded block size, device results)
+    sizes = {}
+    for orders, rows in jobs.items():
+        lead, m_last = orders[:-1], orders[-1]
+        pidx, pw = _prefix_rule(lead, cutoff)
+        thr = cutoff * float(np.prod([float(_gh(m)[1].max()) for m in orders]))
+        counts = _last_counts(pw, m_last, thr, 1.0)
+        n = int(counts.sum())
+        sizes[orders] = n
+        xtab = np.zeros((max(d - 1, 1), 256))
+        for k, m in enumerate(lead):
+            xtab[k, :m] = _gh(m)[0]
+        wsort, order = _gh_by_weight(m_last)
+        x_sorted = _gh(m_last)[0][order]
+        # padded like the node slabs (the same compiled shapes in the common one-slab case)
+        P = _padded(n) if pidx.shape[0] <= _padded(n) else -(-pidx.shape[0] // _SIZES[-1]) * _SIZES[-1]
+        pidx_p = np.zeros((P, max(pidx.shape[1], 1)), np.uint8)
+        pidx_p[:pidx.shape[0], :pidx.shape[1]] = pidx
+        parent = np.repeat(np.arange(pw.size, dtype=np.int32), counts)
+        j = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+        w_all = pw[parent] * wsort[j]  # ((w_1 w_2) w_3) w_4, as in _tensor_rule
+        x_all = x_sorted[j]
+        for st in range(0, n, _SIZES[-1]):  # slabs of at most _SIZES[-1] nodes
+            k_n = min(n - st, _SIZES[-1])
+            S = _padded(k_n)
+            sl_par = np.zeros(S, np.int32)
+            sl_x = np.zeros(S)
+            sl_w = np.zeros(S)
+            sl_par[:k_n], sl_x[:k_n], sl_w[:k_n] = parent[st:st + k_n], x_all[st:st + k_n], w_all[st:st + k_n]
+            block = max(1, _MAX_PAIRS // S)
+            for r0 in range(0, rows.size, block):
+                sel = rows[r0:r0 + block]
+                B = min(_bucket(sel.size), block)
+                Rb = np.zeros((B,) + R.shape[1:])
+                bb = np.zeros((B, d))
+                sb = np.zeros(B)
+                Rb[:sel.size], bb[:sel.size], sb[:sel.size] = R[sel], beta[sel], sigma[sel]
+                # NumPy arguments: the compiled call converts them (jnp.asarray costs ~0.3 ms each)
+                out = _rule_kernel(act_fn, smoothed, pattern, Rb, bb, sb, xtab, pidx_p, sl_par, sl_x, sl_w)
+                pending.append((orders, r0, sel.size, out))
+    fetched = jax.device_get([out for *_, out in pending])
+    res = {orders: (np.zeros(rows.size), np.zeros(rows.size), sizes[orders]) for orders, rows in jobs.items()}
+    for (orders, r0, k, _), (q, mag) in zip(pending, fetched):
+        res[orders][0][r0:r0 + k] += q[:k]
+        res[orders][1][r0:r0 + k] += mag[:k]
+    return res
 
 
 def _bucket(n: int) -> int:
@@ -606,20 +694,29 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, st
         groups = {}
         for i in todo:
             groups.setdefault(tuple(lad[i]), []).append(i)
-        failed = []
+        # every distinct rule (a group's rule, or its companion one step lower) is built and run once
+        jobs = {}
+        where = []  # per group: rows, (fine, offset), (coarse, offset)
         for key, rows in groups.items():
             rows = np.asarray(rows)
-            fine = tuple(LADDER[k] for k in key)
-            coarse = tuple(LADDER[max(k - 1, 0)] for k in key)
-            q, mag = _evaluate(act.fn, smoothed, head_pattern, R, beta, sigma, rows, fine, cutoff)
-            qc, _ = _evaluate(act.fn, smoothed, head_pattern, R, beta, sigma, rows, coarse, cutoff)
+            slots = []
+            for orders in (tuple(LADDER[k] for k in key), tuple(LADDER[max(k - 1, 0)] for k in key)):
+                jobs.setdefault(orders, []).append(rows)
+                slots.append((orders, sum(r.size for r in jobs[orders]) - rows.size))
+            where.append((key, rows, slots))
+        res = _evaluate_rules(act.fn, smoothed, head_pattern, R, beta, sigma,
+                              {o: np.concatenate(r) for o, r in jobs.items()}, cutoff)
+        failed = []
+        for key, rows, ((fine, o_f), (coarse, o_c)) in where:
+            q, mag, n_fine = (a[o_f:o_f + rows.size] if isinstance(a, np.ndarray) else a for a in res[fine])
+            qc, _, n_coarse = (a[o_c:o_c + rows.size] if isinstance(a, np.ndarray) else a for a in res[coarse])
             e = np.abs(q - qc) * _tail_factor(act, lad[rows], s[rows]) + 64 * _EPS * mag
             capped = np.any(lad[rows] == top, axis=1)  # the rule cannot refine: no convergence to trust
             if capped.any():
                 e = np.where(capped, np.maximum(e, _calibrated_error(act, lad[rows], s[rows]) * scale[rows]), e)
             val[rows] = q
             err[rows] = e
-            nodes_used[rows] += _rule_chunks(fine, cutoff)[2] + _rule_chunks(coarse, cutoff)[2]
+            nodes_used[rows] += n_fine + n_coarse
             if min(key) < top:
                 failed.extend(rows[e > rtol * scale[rows]].tolist())
         todo = np.asarray(failed, dtype=int)
