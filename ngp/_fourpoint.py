@@ -485,9 +485,11 @@ def _prefix_rule(orders: tuple, cutoff: float):
 
 #: Padded sizes (expanded nodes and leading-direction nodes per kernel call): powers of 2 and
 #: 1.5 times them, so a few compilations per activation and pattern and at most 50% padding.
-_SIZES = tuple(sorted({int(c * 2**k) for k in range(8, 19) for c in (1.0, 1.5)} - {int(1.5 * 2**18)}))
+_SIZES = tuple(2**k for k in range(10, 19))
 #: Largest number of (entry, node) pairs per kernel call (bounds the kernel's temporaries).
 _MAX_PAIRS = 2**19
+#: Entries per kernel call when a rule serves many (else one per call: few compiled shapes).
+_ROW_BLOCK = 8
 
 
 def _padded(n: int) -> int:
@@ -554,10 +556,11 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
             sl_x = np.zeros(S)
             sl_w = np.zeros(S)
             sl_par[:k_n], sl_x[:k_n], sl_w[:k_n] = parent[st:st + k_n], x_all[st:st + k_n], w_all[st:st + k_n]
-            block = max(1, _MAX_PAIRS // S)
-            for r0 in range(0, rows.size, block):
-                sel = rows[r0:r0 + block]
-                B = min(_bucket(sel.size), block)
+            block = max(1, min(_ROW_BLOCK, _MAX_PAIRS // S))
+            r0 = 0
+            while r0 < rows.size:  # blocks of `block` rows, single rows for the rest (two shapes)
+                B = block if rows.size - r0 >= block else 1
+                sel = rows[r0:r0 + B]
                 Rb = np.zeros((B,) + R.shape[1:])
                 bb = np.zeros((B, d))
                 sb = np.zeros(B)
@@ -565,6 +568,7 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
                 # NumPy arguments: the compiled call converts them (jnp.asarray costs ~0.3 ms each)
                 out = _rule_kernel(act_fn, smoothed, pattern, Rb, bb, sb, xtab, pidx_p, sl_par, sl_x, sl_w)
                 pending.append((orders, r0, sel.size, out))
+                r0 += B
     fetched = jax.device_get([out for *_, out in pending])
     res = {orders: (np.zeros(rows.size), np.zeros(rows.size), sizes[orders]) for orders, rows in jobs.items()}
     for (orders, r0, k, _), (q, mag) in zip(pending, fetched):
