@@ -314,3 +314,30 @@ def test_traced_rule_agrees_with_concrete_rule():
         fixed[rows] = fixed_rule_errors(act, K[idx[:, :, None], idx[:, None, :]], pattern, FOUR_POINT_ORDERS[len(pattern)])
     diff = np.abs(np.asarray(traced) - np.asarray(val))
     assert np.all(diff <= est + fixed), (diff.max(), (est + fixed).min())
+
+
+def test_pruned_rule_matches_masked_outer_products():
+    """The prefix-count construction of the pruned tensor rule keeps exactly the nodes (and weights)
+    of the plain masked outer-product construction."""
+    from ngp._fourpoint import LADDER, _gh, _tensor_rule
+
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        d = int(rng.integers(1, 5))
+        orders = tuple(int(LADDER[k]) for k in sorted(rng.integers(0, 20, d), reverse=True))
+        cutoff = float(10.0 ** rng.uniform(-15, -8))
+        xs = [_gh(m) for m in orders]
+        wmax = [float(w.max()) for _, w in xs]
+        thr = cutoff * float(np.prod(wmax))
+        nodes, weights = np.zeros((1, 0)), np.ones(1)
+        for k, (x, w) in enumerate(xs):
+            W = weights[:, None] * w[None, :]
+            i, j = np.nonzero(W * float(np.prod(wmax[k + 1:])) > thr)
+            nodes, weights = np.concatenate([nodes[i], x[j][:, None]], axis=1), W[i, j]
+        idx, w_new = _tensor_rule(orders, cutoff)
+        x_new = np.stack([_gh(m)[0][idx[:, k]] for k, m in enumerate(orders)], axis=1)
+        a = np.lexsort(np.c_[x_new, w_new].T)
+        b = np.lexsort(np.c_[nodes, weights].T)
+        assert x_new.shape == nodes.shape
+        np.testing.assert_array_equal(x_new[a], nodes[b])
+        np.testing.assert_array_equal(w_new[a], weights[b])
