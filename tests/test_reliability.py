@@ -128,9 +128,6 @@ def test_relu_parallel_inputs_without_bias_are_exactly_homogeneous():
     assert np.max(np.abs(p.K1)) < 1e-9 * V[0, 0, 0, 0]
 
 
-@pytest.mark.xfail(strict=True, reason="relu four-point by Gauss-Hermite on a kinked integrand: V off by ~5e-6 relative, "
-                   "by a different amount for the 3-input rule (near duplicate) and the 2-input rule (exact duplicate); "
-                   "means 0.1228693 / 0.1228828, converging to ~0.122887 as four_point_order grows (issue 15 report)")
 def test_issue_near_duplicate_test_point():
     """Issue 15 item 1: a test point equal to a training point up to rounding."""
     net = ngp.MLP(3, 64, activation="relu", C_W=2.0, C_b=0.1)
