@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
-from ._gaussian import auto_orders, bucket, concrete_max, gauss_hermite, padded_rule, pair_matrix
+from ._gaussian import auto_orders, bucket, concrete_max, gauss_hermite, pad_rows, padded_rule, pair_matrix
 from ._kernel import two_point_matrix
 from ._pairs import Pairs, array_module, is_concrete, multiset_code
 
@@ -73,9 +73,8 @@ def _jh_closed(act: Activation, K, pairs: Pairs):
     kd = np.diagonal(K)
     args = np.stack([kd[pairs.a], kd[pairs.b], K[pairs.a, pairs.b]], axis=1)
     P, N = args.shape[0], kd.shape[0]
-    ap = np.concatenate([args, np.repeat(args[:1], bucket(P, 32) - P, axis=0)])
-    kp = np.concatenate([kd, np.repeat(kd[:1], bucket(N, 32) - N)])
-    J_off, H_off, J_d, H_d = _closed_derivatives(off, diag, jnp.asarray(ap), jnp.asarray(kp))
+    J_off, H_off, J_d, H_d = _closed_derivatives(off, diag, jnp.asarray(pad_rows(args, 32)),
+                                                 jnp.asarray(pad_rows(kd, 32)))
     return _merge_diag(pairs, np.asarray(J_off)[:P], np.asarray(H_off)[:P], np.asarray(J_d)[:N], np.asarray(H_d)[:N])
 
 
@@ -324,9 +323,7 @@ def four_point_values(act: Activation, K, ms: np.ndarray, *, method: str = "auto
     if method in ("auto", "closed") and act.four_point is not None:
         if is_concrete(K):  # blocks padded to a bucketed count (copies of the first): one compilation per bucket
             C = np.asarray(K, dtype=float)[ms[:, :, None], ms[:, None, :]]
-            M = C.shape[0]
-            C = np.concatenate([C, np.repeat(C[:1], bucket(M, 64) - M, axis=0)])
-            return np.asarray(_closed_four_point(act.four_point, jnp.asarray(C)))[:M]
+            return np.asarray(_closed_four_point(act.four_point, jnp.asarray(pad_rows(C, 64))))[:C.shape[0]]
         K = jnp.asarray(K)
         C = K[ms[:, :, None], ms[:, None, :]]
         return act.four_point(C)
