@@ -29,7 +29,7 @@ import numpy as np
 
 from ._activations import Activation
 from ._finite import FourPointTable, fresh_components, fresh_covariance, jacobian_hessian, propagate
-from ._pairs import Pairs
+from ._pairs import Pairs, array_module
 
 __all__ = [
     "LayerCumulants",
@@ -307,7 +307,9 @@ class DenseLayer(LayerCumulants):
             return fresh
         J, _ = self.map.JH
         Jl = _local_jacobian(J, cols, pairs)  # (P, 3, 3)
-        return fresh + self.map.ratio * jnp.einsum("pst,ptu,pvu->psv", Jl, self.prev._local2, Jl)
+        prev = self.prev._local2
+        xp = array_module(fresh, Jl, prev, self.map.ratio)
+        return fresh + self.map.ratio * xp.einsum("pst,ptu,pvu->psv", Jl, prev, Jl)
 
     @functools.cached_property
     def K1(self) -> np.ndarray:
@@ -316,8 +318,9 @@ class DenseLayer(LayerCumulants):
         if self.prev.gaussian:
             return np.zeros((self.N, self.N))
         J, H = self.map.JH
-        K1p = pairs.pack(self.prev.K1)
-        G1 = jnp.einsum("ps,ps->p", J, K1p[pairs.cols]) + 0.5 * jnp.einsum("pst,pst->p", H, self.prev._local2)
+        K1p, L2 = pairs.pack(self.prev.K1), self.prev._local2
+        xp = array_module(J, H, K1p, L2)
+        G1 = xp.einsum("ps,ps->p", J, K1p[pairs.cols]) + 0.5 * xp.einsum("pst,pst->p", H, L2)
         return pairs.unpack(self.map.ratio * G1)
 
     # ------------------------------------------------------------------ V on demand
@@ -340,7 +343,8 @@ class DenseLayer(LayerCumulants):
             pp = np.broadcast_to(cp[:, :, None], (up.size, 3, 3)).reshape(-1)
             qq = np.broadcast_to(cq[:, None, :], (up.size, 3, 3)).reshape(-1)
             sub = self.prev._components_pq(np.minimum(pp, qq), np.maximum(pp, qq)).reshape(up.size, 3, 3)
-            vals = vals + self.map.ratio * jnp.einsum("us,ust,ut->u", J[up], sub, J[uq])
+            xp = array_module(vals, J, sub, self.map.ratio)
+            vals = vals + self.map.ratio * xp.einsum("us,ust,ut->u", J[up], sub, J[uq])
         return vals[inverse.reshape(-1)]
 
     @functools.cached_property
@@ -350,7 +354,7 @@ class DenseLayer(LayerCumulants):
         if self.prev.gaussian:
             return fresh
         J, H = self.map.JH
-        JVJ, _ = propagate(J, H, self.prev._packed, jnp.zeros(self.pairs.P), self.pairs, self.map.ratio)
+        JVJ, _ = propagate(J, H, self.prev._packed, np.zeros(self.pairs.P), self.pairs, self.map.ratio)
         return fresh + JVJ
 
 
@@ -360,9 +364,10 @@ def _local_jacobian(J, cols, pairs: Pairs):
     ``K'_aa`` depends on ``K_aa`` only (column 0 of its own row), likewise ``K'_bb``; ``K'_ab`` on all three.
     For ``a == b`` the three local pairs coincide and every row is ``(J_aa, 0, 0)``.
     """
-    J = jnp.asarray(J)
-    zero = jnp.zeros(J.shape[0], dtype=J.dtype)
+    xp = array_module(J)
+    J = xp.asarray(J)
+    zero = xp.zeros(J.shape[0], dtype=J.dtype)
     Jaa, Jbb = J[cols[:, 0], 0], J[cols[:, 1], 0]
-    rows = jnp.stack([jnp.stack([Jaa, zero, zero], 1), jnp.stack([zero, Jbb, zero], 1), J], axis=1)
-    diag_rows = jnp.stack([J[:, 0], zero, zero], 1)[:, None, :] * jnp.ones((1, 3, 1), dtype=J.dtype)
-    return jnp.where(pairs.diag[:, None, None], diag_rows, rows)
+    rows = xp.stack([xp.stack([Jaa, zero, zero], 1), xp.stack([zero, Jbb, zero], 1), J], axis=1)
+    diag_rows = xp.stack([J[:, 0], zero, zero], 1)[:, None, :] * xp.ones((1, 3, 1), dtype=J.dtype)
+    return xp.where(pairs.diag[:, None, None], diag_rows, rows)

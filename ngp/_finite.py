@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
-from ._gaussian import auto_orders, bucket, concrete_max, gauss_hermite, padded_rule, pair_matrix
+from ._gaussian import auto_orders, bucket, concrete_max, gauss_hermite, pad_rows, padded_rule, pair_matrix
 from ._kernel import two_point_matrix
-from ._pairs import Pairs, multiset_code
+from ._pairs import Pairs, array_module, is_concrete, multiset_code
 
 __all__ = [
     "jacobian_hessian",
@@ -63,11 +63,20 @@ def _closed_phi(act: Activation):
 
 def _jh_closed(act: Activation, K, pairs: Pairs):
     off, diag = _closed_phi(act)
-    K = jnp.asarray(K)
-    kd = jnp.diagonal(K)
-    args = jnp.stack([kd[pairs.a], kd[pairs.b], K[pairs.a, pairs.b]], axis=1)
-    J_off, H_off, J_d, H_d = _closed_derivatives(off, diag, args, kd)
-    return _merge_diag(pairs, J_off, H_off, J_d, H_d)
+    if not is_concrete(K):
+        K = jnp.asarray(K)
+        kd = jnp.diagonal(K)
+        args = jnp.stack([kd[pairs.a], kd[pairs.b], K[pairs.a, pairs.b]], axis=1)
+        J_off, H_off, J_d, H_d = _closed_derivatives(off, diag, args, kd)
+        return _merge_diag(pairs, J_off, H_off, J_d, H_d)
+    # concrete: rows padded to a bucketed length (copies of row 0), one compilation per bucket
+    K = np.asarray(K, dtype=float)
+    kd = np.diagonal(K)
+    args = np.stack([kd[pairs.a], kd[pairs.b], K[pairs.a, pairs.b]], axis=1)
+    P, N = args.shape[0], kd.shape[0]
+    J_off, H_off, J_d, H_d = _closed_derivatives(off, diag, jnp.asarray(pad_rows(args, 32)),
+                                                 jnp.asarray(pad_rows(kd, 32)))
+    return _merge_diag(pairs, np.asarray(J_off)[:P], np.asarray(H_off)[:P], np.asarray(J_d)[:N], np.asarray(H_d)[:N])
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -84,6 +93,11 @@ def _closed_derivatives(off, diag, args, kd):
 def _merge_diag(pairs: Pairs, J_off, H_off, J_d, H_d):
     d = np.nonzero(pairs.diag)[0]
     ad = pairs.a[d]
+    if is_concrete(J_off, H_off, J_d, H_d):
+        J, H = np.array(J_off, dtype=float), np.array(H_off, dtype=float)
+        J[d], H[d] = 0.0, 0.0
+        J[d, 0], H[d, 0, 0] = np.asarray(J_d)[ad], np.asarray(H_d)[ad]
+        return J, H
     J = jnp.asarray(J_off).at[d].set(0.0).at[d, 0].set(jnp.asarray(J_d)[ad])
     H = jnp.asarray(H_off).at[d].set(0.0).at[d, 0, 0].set(jnp.asarray(H_d)[ad])
     return J, H
@@ -98,17 +112,20 @@ def _jh_mehler(act: Activation, K, pairs: Pairs, **options):
 
     M20, M11, M40, M22, M31 = (pm(p, q) for p, q in ((2, 0), (1, 1), (4, 0), (2, 2), (3, 1)))
     a, b = pairs.a, pairs.b
+    xp = array_module(K, M20, M11, M40, M22, M31)
+    if xp is np:
+        M20, M11, M40, M22, M31 = (np.asarray(M) for M in (M20, M11, M40, M22, M31))
     # heat-equation identities: d/dK_aa <F> = <d_a^2 F>/2, d/dK_ab <F> = <d_a d_b F> (a != b)
-    J_off = jnp.stack([0.5 * M20[a, b], 0.5 * M20[b, a], M11[a, b]], axis=1)
+    J_off = xp.stack([0.5 * M20[a, b], 0.5 * M20[b, a], M11[a, b]], axis=1)
     h_aa_aa, h_bb_bb = 0.25 * M40[a, b], 0.25 * M40[b, a]
     h_aa_bb = 0.25 * M22[a, b]
     h_aa_ab, h_bb_ab = 0.5 * M31[a, b], 0.5 * M31[b, a]
     h_ab_ab = M22[a, b]
-    H_off = jnp.stack(
+    H_off = xp.stack(
         [
-            jnp.stack([h_aa_aa, h_aa_bb, h_aa_ab], axis=1),
-            jnp.stack([h_aa_bb, h_bb_bb, h_bb_ab], axis=1),
-            jnp.stack([h_aa_ab, h_bb_ab, h_ab_ab], axis=1),
+            xp.stack([h_aa_aa, h_aa_bb, h_aa_ab], axis=1),
+            xp.stack([h_aa_bb, h_bb_bb, h_bb_ab], axis=1),
+            xp.stack([h_aa_ab, h_bb_ab, h_ab_ab], axis=1),
         ],
         axis=1,
     )
@@ -123,7 +140,7 @@ def _jh_mehler(act: Activation, K, pairs: Pairs, **options):
         N = kd.shape[0]
         kp = np.zeros(bucket(N, 32))
         kp[:N] = kd
-        J_d, H_d = (jnp.asarray(np.asarray(t)[:N]) for t in _diag_derivatives(act, jnp.asarray(kp), x, w))
+        J_d, H_d = (np.asarray(t)[:N] for t in _diag_derivatives(act, jnp.asarray(kp), x, w))
     return _merge_diag(pairs, J_off, H_off, J_d, H_d)
 
 
@@ -310,13 +327,17 @@ def four_point_values(act: Activation, K, ms: np.ndarray, *, method: str = "auto
       ``four_point_order`` is given, the pruned tensor Gauss-Hermite rule of jnp with its Price's-theorem
       derivative (:data:`FOUR_POINT_ORDERS`).
 
-    Returns the values ``(M,)`` (a JAX array); with ``errors=True`` also ``(M,)`` estimates of their
+    Returns the values ``(M,)`` (NumPy on concrete kernels, JAX under a trace); with ``errors=True`` also ``(M,)`` estimates of their
     absolute numerical errors (0 for closed forms, NaN for the fixed-order rule, which has none).
     """
     ms = np.asarray(ms, dtype=np.int64).reshape(-1, 4)
     if ms.shape[0] == 0:
         return (jnp.zeros(0), np.zeros(0)) if errors else jnp.zeros(0)
     if method in ("auto", "closed") and act.four_point is not None:
+        if is_concrete(K):  # blocks padded to a bucketed count (copies of the first): one compilation per bucket
+            C = np.asarray(K, dtype=float)[ms[:, :, None], ms[:, None, :]]
+            vals = np.asarray(_closed_four_point(act.four_point, jnp.asarray(pad_rows(C, 64))))[:C.shape[0]]
+            return (vals, np.zeros(ms.shape[0])) if errors else vals
         K = jnp.asarray(K)
         C = K[ms[:, :, None], ms[:, None, :]]
         vals = act.four_point(C)
@@ -333,7 +354,6 @@ def four_point_values(act: Activation, K, ms: np.ndarray, *, method: str = "auto
             vals[fast] = np.asarray(_product_expectations(act, jnp.asarray(Kn), ms[fast], FOUR_POINT_ORDERS))
         if not fast.all():
             vals[~fast], errs[~fast] = multiset_expectations(act, Kn, ms[~fast], rtol=rtol)
-        vals = jnp.asarray(vals)
         return (vals, errs) if errors else vals
     orders = dict(FOUR_POINT_ORDERS)
     if four_point_order is not None:
@@ -341,6 +361,12 @@ def four_point_values(act: Activation, K, ms: np.ndarray, *, method: str = "auto
         orders[3] = int(np.ceil(1.6 * int(four_point_order)))  # same ratio as the defaults (64 / 40)
     vals = _product_expectations(act, K, ms, orders)
     return (vals, np.full(ms.shape[0], np.nan)) if errors else vals
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _closed_four_point(four_point, C):
+    """An activation's closed-form four-point values for blocks ``C`` (M, 4, 4), compiled."""
+    return four_point(C)
 
 
 class FourPointTable:
@@ -383,7 +409,7 @@ class FourPointTable:
                 self._vals = np.concatenate([np.asarray(self._vals), fresh])[order]
                 self._errs = np.concatenate([self._errs, ferr])[order]
             inverse = inverse.reshape(-1)
-            return jnp.asarray(vals[inverse]), errs[inverse]
+            return vals[inverse], errs[inverse]
         vals = jnp.zeros(uniq.size, dtype=jnp.result_type(float))
         errs = np.zeros(uniq.size)
         if np.any(known):
@@ -424,7 +450,7 @@ def fresh_components(table: FourPointTable, quads, E2, C_W: float) -> np.ndarray
     E4 = table(np.sort(quads, axis=1))
     if not any(isinstance(t, jax.core.Tracer) for t in (E4, E2, C_W)):  # concrete: NumPy (no per-shape compilations)
         E2 = np.asarray(E2)
-        return jnp.asarray(C_W**2 * (np.asarray(E4) - E2[quads[:, 0], quads[:, 1]] * E2[quads[:, 2], quads[:, 3]]))
+        return C_W**2 * (np.asarray(E4) - E2[quads[:, 0], quads[:, 1]] * E2[quads[:, 2], quads[:, 3]])
     E2 = jnp.asarray(E2)
     return C_W**2 * (E4 - E2[quads[:, 0], quads[:, 1]] * E2[quads[:, 2], quads[:, 3]])
 
@@ -441,7 +467,7 @@ def packed_positions(pairs: Pairs) -> np.ndarray:
 def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, E2=None, table=None, method: str = "auto",
                      four_point_order: int | None = None, **options):
     """``C_W^2 Cov_K(s_a s_b, s_c s_d)`` as a ``(P, P)`` matrix over all unordered pairs."""
-    K = jnp.asarray(K)
+    K = np.asarray(K) if is_concrete(K) else jnp.asarray(K)
     N = pairs.N
     ms = multisets(N)
     if table is None:
@@ -451,17 +477,20 @@ def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, E2=None, t
         kopts = {k: v for k, v in options.items() if k in ("terms", "nodes", "quad_nodes")}
         E2 = two_point_matrix(act, K, method=method, **kopts)
     E2 = pairs.pack(E2)
+    if is_concrete(T4, E2, C_W):
+        T4, E2 = np.asarray(T4), np.asarray(E2)
     return C_W**2 * (T4 - E2[:, None] * E2[None, :])
 
 
 # ----------------------------------------------------------------------------- propagation
 def propagate(J, H, V, G1, pairs: Pairs, ratio: float):
     """``ratio * J V J^T`` (P, P) and ``ratio * (J G1 + H:V/2)`` (P,)."""
-    J, H, V, G1 = (jnp.asarray(t) for t in (J, H, V, G1))
+    xp = array_module(J, H, V, G1, ratio)
+    J, H, V, G1 = (xp.asarray(t) for t in (J, H, V, G1))
     cols = pairs.cols
     A = sum(J[:, s, None] * V[cols[:, s], :] for s in range(3))  # (J V)
     JVJ = sum(A[:, cols[:, t]] * J[None, :, t] for t in range(3))
-    HV = jnp.einsum("pst,pst->p", H, V[cols[:, :, None], cols[:, None, :]])
-    JG = jnp.einsum("ps,ps->p", J, G1[cols])
+    HV = xp.einsum("pst,pst->p", H, V[cols[:, :, None], cols[:, None, :]])
+    JG = xp.einsum("ps,ps->p", J, G1[cols])
     JVJ = 0.5 * (JVJ + JVJ.T)
     return ratio * JVJ, ratio * (JG + 0.5 * HV)

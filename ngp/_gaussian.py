@@ -33,7 +33,7 @@ from scipy.special import roots_hermitenorm
 from ._validate import warn
 
 __all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "pair_matrix", "pair_gh", "concrete_max",
-           "auto_orders", "padded_rule", "bucket"]
+           "auto_orders", "padded_rule", "bucket", "pad_rows"]
 
 #: Smallest number of Hermite terms in the Mehler series.
 MEHLER_TERMS = 200
@@ -191,6 +191,13 @@ def bucket(m: int, smallest: int) -> int:
             return 3 * b // 2
         b *= 2
     return b
+
+
+def pad_rows(x, smallest: int) -> np.ndarray:
+    """``x`` (NumPy, rows on axis 0) padded to :func:`bucket` ``(len(x), smallest)`` rows with copies of
+    its first row (valid inputs for any function of a row; the caller drops the padded results)."""
+    x = np.asarray(x)
+    return np.concatenate([x, np.repeat(x[:1], bucket(x.shape[0], smallest) - x.shape[0], axis=0)])
 
 
 @functools.lru_cache(maxsize=64)

@@ -10,9 +10,22 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Pairs", "multiset_code"]
+__all__ = ["Pairs", "multiset_code", "is_concrete", "array_module"]
+
+
+def is_concrete(*arrays) -> bool:
+    """True when no argument is a JAX tracer (values known now, nothing to differentiate)."""
+    return not any(isinstance(t, jax.core.Tracer) for t in arrays)
+
+
+def array_module(*arrays):
+    """``numpy`` for concrete arguments, ``jax.numpy`` when any is traced: the engine's bookkeeping runs
+    in NumPy on concrete kernels (eager ``jax.numpy`` compiles every operation for every new shape)."""
+    return np if is_concrete(*arrays) else jnp
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -54,7 +67,7 @@ class Pairs:
 
 
 def _array(M):
-    return M if hasattr(M, "shape") else np.asarray(M)
+    return M if isinstance(M, jax.core.Tracer) else np.asarray(M)
 
 
 def multiset_code(t, N: int):

@@ -99,10 +99,23 @@ def finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter=0.0, *, s
     Raises:
         numpy.linalg.LinAlgError: ``K + K1/n + noise I`` is not positive definite (concrete inputs).
     """
+    given = None if solve is None else (jnp.asarray(solve.Kinv), jnp.asarray(solve.ytilde))
+    value, finite = _finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter, given)
+    if not isinstance(finite, jax.core.Tracer) and not bool(finite):
+        raise np.linalg.LinAlgError(
+            "posterior: K_train + K1_train/n + noise I is not positive definite; the 1/n expansion "
+            "is not valid here (increase the width or the noise)"
+        )
+    return value
+
+
+@jax.jit
+def _finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter, given):
+    """The body of :func:`finite_width_log_evidence`, compiled once per size: ``(value, finite)``."""
     NA, nL = Y.shape
     eye = jnp.eye(NA)
-    if solve is not None:
-        Kinv, yt = jnp.asarray(solve.Kinv), jnp.asarray(solve.ytilde)
+    if given is not None:
+        Kinv, yt = given
     else:
         Lk = jnp.linalg.cholesky(K_AA + (noise + jitter) * eye)
         Kinv = jax.scipy.linalg.cho_solve((Lk, True), eye)
@@ -111,11 +124,6 @@ def finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter=0.0, *, s
     Ymat = yt @ yt.T
     G = K_AA + K1_AA / n + (noise + jitter) * eye
     LG = jnp.linalg.cholesky(G)
-    if not isinstance(LG, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(LG))):
-        raise np.linalg.LinAlgError(
-            "posterior: K_train + K1_train/n + noise I is not positive definite; the 1/n expansion "
-            "is not valid here (increase the width or the noise)"
-        )
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(LG)))
     quad = jnp.sum(Y * jax.scipy.linalg.cho_solve((LG, True), Y))
     gauss = -0.5 * quad - 0.5 * nL * (logdet + NA * math.log(2 * math.pi))
@@ -125,7 +133,7 @@ def finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter=0.0, *, s
         - 4.0 * jnp.einsum("abcd,ac,bd->", V_AAAA, Kinv, Ymat)
         + 2.0 * nL * jnp.einsum("abcd,ac,bd->", V_AAAA, Kinv, Kinv)
     ) / (8.0 * n)
-    return gauss + corr
+    return gauss + corr, jnp.all(jnp.isfinite(LG))
 
 
 class Conditioned:

@@ -1,0 +1,67 @@
+"""Wall time, CPU time and peak memory of the test suite (issue 16: under 8 min and 4 GB on a loaded 2-core machine).
+
+Usage: python benchmarks/suite.py [--ci]. Runs ``python3 -m pytest -q`` (or, with ``--ci``, ``bash .ci/run``:
+install + tests, as CI does) from the repository root under ``/usr/bin/time -v`` and writes
+benchmarks/results/suite.json with the pytest summary line, wall/user/system seconds, peak RSS and the load
+average before and after (the machine is shared: compare runs at similar load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _field(text, label):
+    m = re.search(rf"{re.escape(label)}: (.+)", text)
+    return m.group(1).strip() if m else None
+
+
+def _seconds(hms):
+    parts = [float(p) for p in hms.split(":")]
+    return sum(p * 60**i for i, p in enumerate(reversed(parts)))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ci", action="store_true", help="run .ci/run (pip install + tests) instead of pytest alone")
+    args = ap.parse_args()
+    cmd = ["bash", ".ci/run"] if args.ci else ["python3", "-m", "pytest", "-q"]
+    load_before = os.getloadavg()
+    t = time.perf_counter()
+    out = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    text = out.stdout + out.stderr
+    summary = [line for line in out.stdout.splitlines() if re.search(r"\d+ (passed|failed)", line)]
+    res = {
+        "command": " ".join(cmd),
+        "exit_code": out.returncode,
+        "summary": summary[-1] if summary else None,
+        "wall_s": wall,
+        "time_wall_s": _seconds(_field(text, "Elapsed (wall clock) time (h:mm:ss or m:ss)")),
+        "user_s": float(_field(text, "User time (seconds)")),
+        "system_s": float(_field(text, "System time (seconds)")),
+        "peak_rss_gb": int(_field(text, "Maximum resident set size (kbytes)")) / 1024**2,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "machine": platform.node(),
+        "cpus": os.cpu_count(),
+        "goal": {"wall_s": 480, "peak_rss_gb": 4.0},
+    }
+    print(json.dumps(res, indent=1))
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "suite.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    return out.returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
