@@ -496,27 +496,30 @@ def _padded(n: int) -> int:
     return next((s for s in _SIZES if s >= n), _SIZES[-1])
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _rule_kernel(fn, smoothed, pattern, R, beta, sigma, xtab, pidx, parent, xlast, w):
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, pidx, parent, xlast, w):
     """Rule sums for a block of entries. The rule is given as ``P`` partial nodes of the leading
-    ``d - 1`` directions (``pidx`` (P, d-1) indices into ``xtab`` (d-1, 256)) and ``n`` expanded
+    ``D - 1`` directions (``pidx`` (P, D-1) indices into ``xtab`` (D-1, 256)) and ``n`` expanded
     nodes: the partial node ``parent`` (n,) continued by the last direction's node ``xlast`` (n,),
-    with weights ``w`` (n,) (0 on padding). ``R`` (B, u_h, d): ridge rows of the integrated inputs;
-    ``beta`` (B, d), ``sigma`` (B,): mean map and conditional std of the closed-form input (unused
+    with weights ``w`` (n,) (0 on padding). ``R`` (B, D, D): ridge rows of the integrated inputs,
+    ``powers`` (D,) their powers (0 on padded rows); blocks with fewer inputs or directions are
+    padded with zero rows and leading zero columns, so one compiled shape serves every pattern.
+    ``beta`` (B, D), ``sigma`` (B,): mean map and conditional std of the closed-form input (unused
     when ``smoothed`` is None). Returns ``sum w f`` and ``sum w |f|``, (B,) each."""
-    d = R.shape[-1]
-    i = parent
-    x_last = xlast
-    xs = [xtab[k][pidx[:, k].astype(jnp.int32)] for k in range(d - 1)]  # partial node coordinates
+    D = R.shape[-1]
+    xs = [xtab[k][pidx[:, k].astype(jnp.int32)] for k in range(D - 1)]  # partial node coordinates
     vals = 1.0
-    for jj, p in enumerate(pattern):  # z = sum_k R_jk x_k, summed over k in order (d <= 4)
-        part = sum(R[:, jj, k][:, None] * xs[k][None, :] for k in range(d - 1)) if d > 1 else 0.0
-        part = part[:, i] if d > 1 else 0.0
-        zj = part + R[:, jj, d - 1][:, None] * x_last[None, :]
-        vals = vals * fn(zj) ** p
+    for jj in range(D):  # z = sum_k R_jk x_k, summed over k in order
+        part = sum(R[:, jj, k][:, None] * xs[k][None, :] for k in range(D - 1)) if D > 1 else 0.0
+        part = part[:, parent] if D > 1 else 0.0
+        f = fn(part + R[:, jj, D - 1][:, None] * xlast[None, :])
+        p = powers[jj]
+        f2 = f * f
+        vals = vals * jnp.where(p == 0, 1.0, jnp.where(p == 1, f, jnp.where(p == 2, f2, jnp.where(p == 3, f2 * f,
+                                                                                                     f2 * f2))))
     if smoothed is not None:
-        mu = sum(beta[:, k][:, None] * xs[k][None, :] for k in range(d - 1)) if d > 1 else 0.0
-        mu = (mu[:, i] if d > 1 else 0.0) + beta[:, d - 1][:, None] * x_last[None, :]
+        mu = sum(beta[:, k][:, None] * xs[k][None, :] for k in range(D - 1)) if D > 1 else 0.0
+        mu = (mu[:, parent] if D > 1 else 0.0) + beta[:, D - 1][:, None] * xlast[None, :]
         vals = vals * smoothed(mu, sigma[:, None])
     return vals @ w, jnp.abs(vals) @ w
 
@@ -527,6 +530,9 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
     ``{orders: (sum w f (k,), sum w |f| (k,), number of nodes)}``. All kernel calls are dispatched
     before any result is read back (one transfer at the end)."""
     d = R.shape[2]
+    D = max(d, 3 if smoothed is not None else 4)  # padded inputs and directions (one compiled shape each)
+    powers = np.zeros(D, np.int32)
+    powers[:len(pattern)] = pattern
     pending = []  # (orders, row slice, padded block size, device results)
     sizes = {}
     for orders, rows in jobs.items():
@@ -536,15 +542,15 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
         counts = _last_counts(pw, m_last, thr, 1.0)
         n = int(counts.sum())
         sizes[orders] = n
-        xtab = np.zeros((max(d - 1, 1), 256))
+        xtab = np.zeros((D - 1, 256))  # real leading directions last (padded ones first, zero)
         for k, m in enumerate(lead):
-            xtab[k, :m] = _gh(m)[0]
+            xtab[D - d + k, :m] = _gh(m)[0]
         wsort, order = _gh_by_weight(m_last)
         x_sorted = _gh(m_last)[0][order]
         # padded like the node slabs (the same compiled shapes in the common one-slab case)
         P = _padded(n) if pidx.shape[0] <= _padded(n) else -(-pidx.shape[0] // _SIZES[-1]) * _SIZES[-1]
-        pidx_p = np.zeros((P, max(pidx.shape[1], 1)), np.uint8)
-        pidx_p[:pidx.shape[0], :pidx.shape[1]] = pidx
+        pidx_p = np.zeros((P, D - 1), np.uint8)
+        pidx_p[:pidx.shape[0], D - d:] = pidx[:, :d - 1]
         parent = np.repeat(np.arange(pw.size, dtype=np.int32), counts)
         j = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
         w_all = pw[parent] * wsort[j]  # ((w_1 w_2) w_3) w_4, as in _tensor_rule
@@ -561,12 +567,12 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
             while r0 < rows.size:  # blocks of `block` rows, single rows for the rest (two shapes)
                 B = block if rows.size - r0 >= block else 1
                 sel = rows[r0:r0 + B]
-                Rb = np.zeros((B,) + R.shape[1:])
-                bb = np.zeros((B, d))
+                Rb = np.zeros((B, D, D))
+                bb = np.zeros((B, D))
                 sb = np.zeros(B)
-                Rb[:sel.size], bb[:sel.size], sb[:sel.size] = R[sel], beta[sel], sigma[sel]
+                Rb[:sel.size, :R.shape[1], D - d:], bb[:sel.size, D - d:], sb[:sel.size] = R[sel], beta[sel], sigma[sel]
                 # NumPy arguments: the compiled call converts them (jnp.asarray costs ~0.3 ms each)
-                out = _rule_kernel(act_fn, smoothed, pattern, Rb, bb, sb, xtab, pidx_p, sl_par, sl_x, sl_w)
+                out = _rule_kernel(act_fn, smoothed, powers, Rb, bb, sb, xtab, pidx_p, sl_par, sl_x, sl_w)
                 pending.append((orders, r0, sel.size, out))
                 r0 += B
     fetched = jax.device_get([out for *_, out in pending])
