@@ -13,6 +13,7 @@ Two exact samplers of the same distribution, both defined by the network's layer
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import jax
@@ -92,8 +93,7 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
     Xn = as_inputs(X, "X", in_dim=net.in_dim)
     check_sampling_memory(net, Xn.shape[1], Xn.shape[0], method, bs, S, limit, "sample_networks")
     Xa = jnp.asarray(Xn)
-    one = net.sampler(Xa.shape[1], method)
-    batched = jax.jit(jax.vmap(one, in_axes=(0, None)))
+    batched = _batched_sampler(net, Xa.shape[1], method)
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), S)
     outs, mets = [], []
     for start in range(0, S, bs):
@@ -105,3 +105,23 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
         outs.append(np.asarray(z)[:got])
         mets.append(np.asarray(G)[:got])
     return NetworkSamples(np.concatenate(outs), np.concatenate(mets))
+
+
+_SAMPLER_CACHE: "collections.OrderedDict" = collections.OrderedDict()
+_SAMPLER_CACHE_SIZE = 8
+
+
+def _batched_sampler(net, n0: int, method: str):
+    """``jit(vmap(net.sampler(n0, method)))``, remembered for the last few networks (equal networks
+    give the same sampler), so repeated calls do not compile it again."""
+    key = (net, repr(net), n0, method)
+    try:
+        hash(key)
+    except TypeError:  # unhashable network: no caching
+        return jax.jit(jax.vmap(net.sampler(n0, method), in_axes=(0, None)))
+    if key not in _SAMPLER_CACHE:
+        _SAMPLER_CACHE[key] = jax.jit(jax.vmap(net.sampler(n0, method), in_axes=(0, None)))
+        while len(_SAMPLER_CACHE) > _SAMPLER_CACHE_SIZE:
+            _SAMPLER_CACHE.popitem(last=False)
+    _SAMPLER_CACHE.move_to_end(key)
+    return _SAMPLER_CACHE[key]

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import ngp
+
 from ngp._activations import activation
 from ngp._finite import _diag_derivatives, _product_block, four_point_values
 from ngp._gaussian import _pair_matrix_jit, bucket, expect_1d, padded_rule, pair_gh, pair_matrix
@@ -89,3 +91,18 @@ def test_four_point_batches_do_not_depend_on_the_number_of_inputs():
     assert before >= 1
     four_point_values(act, _kernel(11, seed=1), ms, four_point_order=8)  # same index sets, a larger kernel
     assert _product_block._cache_size() == before
+
+
+def test_sampling_an_equal_network_again_does_not_compile():
+    from ngp._sampling import _batched_sampler
+
+    X = np.random.default_rng(0).normal(size=(3, 2))
+    a = ngp.sample_networks(ngp.MLP(2, 5, activation="tanh", C_W=1.3), X, 4, seed=1)
+    fn = _batched_sampler(ngp.MLP(2, 5, activation="tanh", C_W=1.3), 2, "weights")
+    before = fn._cache_size()
+    assert before == 1
+    b = ngp.sample_networks(ngp.MLP(2, 5, activation="tanh", C_W=1.3), X, 4, seed=1)  # a new, equal network
+    assert fn._cache_size() == before
+    np.testing.assert_array_equal(a.outputs, b.outputs)
+    c = ngp.sample_networks(ngp.MLP(2, 5, activation="tanh", C_W=1.4), X, 4, seed=1)  # different C_W: its own
+    assert not np.allclose(a.metric, c.metric)
