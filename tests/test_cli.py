@@ -35,7 +35,7 @@ def csv_file(tmp_path):
 def test_regress_table_and_json(csv_file, tmp_path, capsys):
     out_json = tmp_path / "res.json"
     rc = main(["regress", str(csv_file), "--target", "target", "--width", "16", "--n-train", "6", "--n-test", "3",
-               "--no-truth", "--json", str(out_json)])
+               "--no-truth", "--fixed", "--json", str(out_json)])
     out = capsys.readouterr().out
     assert rc == 0
     assert "finite width n=16" in out and "test RMSE" in out
