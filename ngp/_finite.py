@@ -15,7 +15,7 @@ symmetric ``P x P`` matrix over unordered pairs, ``P = N (N + 1) / 2``. ``V^(1) 
 erf, sin: exact, including the delta functions of kinked activations) or, for other
 smooth activations, from the heat-equation identities
 ``dPhi/dK_aa = C_W <s''_a s_b>/2``, ``dPhi/dK_ab = C_W <s'_a s'_b>`` etc. evaluated by the
-Mehler series (:func:`ngp._gaussian.pair_matrix`).
+Mehler series (:func:`ngp._gaussian.pair_matrices`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
-from ._gaussian import auto_orders, bucket, concrete_max, gauss_hermite, pad_rows, padded_rule, pair_matrix
+from ._gaussian import auto_orders, bucket, concrete_max, gauss_hermite, pad_rows, padded_rule, pair_matrices
 from ._kernel import two_point_matrix
 from ._pairs import Pairs, array_module, is_concrete, multiset_code
 
@@ -107,10 +107,8 @@ def _jh_mehler(act: Activation, K, pairs: Pairs, **options):
     d = [act.derivative(k) for k in range(5)]
     terms, nodes = options.get("terms"), options.get("nodes")
 
-    def pm(p, q):
-        return pair_matrix(d[p], d[q], K, terms=terms, nodes=nodes)
-
-    M20, M11, M40, M22, M31 = (pm(p, q) for p, q in ((2, 0), (1, 1), (4, 0), (2, 2), (3, 1)))
+    M20, M11, M40, M22, M31 = pair_matrices(tuple((d[p], d[q]) for p, q in ((2, 0), (1, 1), (4, 0), (2, 2), (3, 1))),
+                                            K, terms=terms, nodes=nodes)
     a, b = pairs.a, pairs.b
     xp = array_module(K, M20, M11, M40, M22, M31)
     if xp is np:

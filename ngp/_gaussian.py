@@ -163,6 +163,18 @@ def pair_matrix(f, g, K, *, terms: int | None = None, nodes: int | None = None, 
     Returns:
         ``(N, N)`` array. Not symmetric unless ``f is g``.
     """
+    return _pair_call(lambda Kx, *tables: (_pair_matrix_jit(f, g, diag, Kx, *tables),), K, terms, nodes)[0]
+
+
+def pair_matrices(fgs, K, *, terms: int | None = None, nodes: int | None = None):
+    """:func:`pair_matrix` for every pair ``(f, g)`` of the tuple ``fgs``, as one compiled program
+    (one compilation for the whole set instead of one per pair). Returns a tuple of ``(N, N)`` arrays."""
+    fgs = tuple((f, g) for f, g in fgs)
+    return _pair_call(lambda Kx, *tables: _pair_matrices_jit(fgs, Kx, *tables), K, terms, nodes)
+
+
+def _pair_call(run, K, terms, nodes):
+    """``run(K, *tables)`` with the Mehler tables of ``terms``/``nodes`` (``None``: from the largest variance)."""
     traced = isinstance(K, jax.core.Tracer)
     K = jnp.asarray(K) if traced else np.asarray(K)
     if terms is None or nodes is None:
@@ -173,13 +185,13 @@ def pair_matrix(f, g, K, *, terms: int | None = None, nodes: int | None = None, 
     dt = jnp.result_type(float)
     tables = tuple(jnp.asarray(t, dtype=dt) for t in _padded_tables(int(terms), int(nodes)))
     if traced:
-        return _pair_matrix_jit(f, g, diag, K, *tables)
+        return run(K, *tables)
     # concrete kernel: pad it with zero rows to a bucketed size (entries are computed independently,
     # so the N x N block is unchanged) so that one compilation serves every N of the bucket
     N = K.shape[0]
     Kp = np.zeros((bucket(N, 32), bucket(N, 32)), dtype=jnp.result_type(float))
     Kp[:N, :N] = K
-    return jnp.asarray(np.asarray(_pair_matrix_jit(f, g, diag, jnp.asarray(Kp), *tables))[:N, :N])
+    return tuple(jnp.asarray(np.asarray(M)[:N, :N]) for M in run(jnp.asarray(Kp), *tables))
 
 
 def bucket(m: int, smallest: int) -> int:
@@ -227,6 +239,16 @@ def _padded_tables(terms: int, nodes: int):
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _pair_matrix_jit(f, g, diag, K, x, w, sw, psi):
+    return _pair_matrix_body(f, g, diag, K, x, w, sw, psi)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _pair_matrices_jit(fgs, K, x, w, sw, psi):
+    """:func:`_pair_matrix_jit` for every ``(f, g)`` of ``fgs`` in one compiled program."""
+    return tuple(_pair_matrix_body(f, g, None, K, x, w, sw, psi) for f, g in fgs)
+
+
+def _pair_matrix_body(f, g, diag, K, x, w, sw, psi):
     kd = jnp.diagonal(K)
     z = jnp.sqrt(jnp.maximum(kd, 0.0))[:, None] * x  # (N, nodes)
     cf = (f(z) * sw) @ psi.T  # orthonormal Hermite coefficients (hermite_coefficients), (N, terms + 1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import ngp
-from ngp._gaussian import gauss_hermite, hermite_coefficients, pair_gh, pair_matrix
+from ngp._gaussian import gauss_hermite, hermite_coefficients, pair_gh, pair_matrix, pair_matrices
 from ngp._kernel import two_point_matrix
 
 from ._reference import erf_smoothed, gauss_pair, relu_smoothed
@@ -109,3 +109,19 @@ def test_pair_gh_matches_mehler_for_mixed_functions():
     m = pair_matrix(f, g, K)
     q = pair_gh(f, g, 1.0, 0.5, 0.3, nodes=150)
     assert abs(float(m[0, 1]) - float(q)) < 1e-12
+
+
+def test_pair_matrices_equal_pair_matrix_for_each_pair():
+    """The one-program set of Mehler pair matrices equals pair_matrix pair by pair (derivatives of tanh)."""
+    from ngp._activations import activation
+
+    act = activation("tanh")
+    d = [act.derivative(k) for k in range(3)]
+    A = np.random.default_rng(5).normal(size=(7, 3))
+    K = 0.2 + A @ A.T / 3
+    fgs = ((d[2], d[0]), (d[1], d[1]), (d[0], d[0]))
+    got = pair_matrices(fgs, K)
+    assert len(got) == 3
+    for (f, g), M in zip(fgs, got):
+        np.testing.assert_allclose(np.asarray(M), np.asarray(pair_matrix(f, g, K)), rtol=0, atol=1e-14)
+    assert not np.allclose(np.asarray(got[0]), np.asarray(got[1]))
