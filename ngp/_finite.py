@@ -31,6 +31,7 @@ import numpy as np
 from ._activations import Activation
 from ._gaussian import auto_orders, bucket, concrete_max, gauss_hermite, pad_rows, padded_rule, pair_matrices
 from ._kernel import two_point_matrix
+from ._fourpoint import split_multisets
 from ._pairs import Pairs, array_module, is_concrete, multiset_code
 
 __all__ = [
@@ -200,25 +201,7 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
         batch_elems = 4_000_000 if jax.default_backend() == "cpu" else 200_000_000
     out = jnp.zeros(ms.shape[0], dtype=jnp.result_type(float)) if traced else np.zeros(ms.shape[0])
     pieces = []  # concrete kernel: (rows, batch result) assembled once at the end, without per-batch array ops
-    a, b, c, d = (ms[:, i] for i in range(4))
-    eq = (ms[:, 1:] == ms[:, :-1]).astype(int)
-    code = eq[:, 0] * 4 + eq[:, 1] * 2 + eq[:, 2]
-    # sorted tuple -> (distinct inputs, multiplicities) for each equality pattern
-    layout = {
-        0: ((a, b, c, d), (1, 1, 1, 1)),
-        4: ((a, c, d), (2, 1, 1)),
-        2: ((a, b, d), (1, 2, 1)),
-        1: ((a, b, c), (1, 1, 2)),
-        6: ((a, d), (3, 1)),
-        3: ((a, b), (1, 3)),
-        5: ((a, c), (2, 2)),
-        7: ((a,), (4,)),
-    }
-    pattern_rows = {}
-    for key, (cols, pattern) in layout.items():
-        rows = np.nonzero(code == key)[0]
-        if rows.size:
-            pattern_rows[pattern] = (rows, np.stack([col[rows] for col in cols], axis=1))
+    pattern_rows = split_multisets(ms)  # pattern -> (rows, distinct inputs in order)
     homogeneous = act.relu_slopes is not None
     for pattern, (rows, idx) in pattern_rows.items():
         u = len(pattern)
