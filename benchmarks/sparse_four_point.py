@@ -50,6 +50,8 @@ from ngp._gaussian import gauss_hermite  # noqa: E402
 GH_ORDERS = (1, 3, 5, 9, 13, 19, 27, 39, 55, 79, 111, 157, 221)
 TRAP_X = 8.5
 TRAP_LEVELS = 9
+#: a sweep stops (not reached) when a rule would exceed this many nodes
+NODE_CAP = 4_000_000
 
 
 @functools.lru_cache(maxsize=None)
@@ -275,6 +277,8 @@ def sweep(method, act_name, C, ref, scale, target=1e-9, cutoff_rel=1e-5):
             X, w = tensor(family, lev, 1e-14 * tau)
         else:
             X, w = combination(family, index_set(e, tau), 1e-14 * tau)
+        if X.shape[0] > NODE_CAP:
+            break
         q = evaluate(act.fn, R, X, w)
         if prev is not None:
             if prev[1] is X.shape[0] and prev[0] == q:
@@ -286,7 +290,7 @@ def sweep(method, act_name, C, ref, scale, target=1e-9, cutoff_rel=1e-5):
             if last["error"] <= target:
                 return last
         prev = (q, X.shape[0], X)
-    return dict(last, reached=False)
+    return dict(last or dict(param=None, nodes=0, error=float("inf"), estimate=float("nan")), reached=False)
 
 
 def anisotropic(act_name, C, ref, scale, rtol=1e-9):
