@@ -29,9 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
-from ._gaussian import auto_orders, bucket, concrete_max, gauss_hermite, pad_rows, padded_rule, pair_matrices
+from ._fourpoint import RTOL, fixed_rule_split, multiset_expectations, split_multisets
+from ._gaussian import (auto_orders, bucket, concrete_max, gauss_hermite, integer_power, pad_rows, padded_rule,
+                        pair_matrices)
 from ._kernel import two_point_matrix
-from ._fourpoint import split_multisets
 from ._pairs import Pairs, array_module, is_concrete, multiset_code
 
 __all__ = [
@@ -243,13 +244,14 @@ def _product_block(fn, C, powers, nodes, weights):
     """``E[prod_j fn(z_j)^powers_j]`` for a batch of covariance blocks ``C`` (b, u, u), ``powers`` (u,)
     integers 1..4 (an argument: one compilation serves every pattern with ``u`` inputs). Values only
     (concrete kernels); the rule of :func:`_gaussian_product`."""
+    return jnp.prod(integer_power(fn(_eigen_nodes(C, nodes)), powers), axis=-1) @ weights
+
+
+def _eigen_nodes(C, nodes):
+    """The rule's nodes ``(q, u)`` mapped to ``z = R x`` with ``R R^T = C`` (eigen square root, safe for
+    singular blocks): ``(b, q, u)`` for blocks ``C`` (b, u, u)."""
     w_, U = jnp.linalg.eigh(C)
-    z = jnp.einsum("qj,bij->bqi", nodes, U * jnp.sqrt(jnp.clip(w_, 0.0, None))[:, None, :])
-    f = fn(z)
-    f2 = f * f
-    p = powers[None, None, :]
-    vals = jnp.where(p == 1, f, jnp.where(p == 2, f2, jnp.where(p == 3, f2 * f, f2 * f2)))
-    return jnp.prod(vals, axis=-1) @ weights
+    return jnp.einsum("qj,bij->bqi", nodes, U * jnp.sqrt(jnp.clip(w_, 0.0, None))[:, None, :])
 
 
 @functools.lru_cache(maxsize=256)
@@ -270,21 +272,16 @@ def _gaussian_product(fn, pattern, homogeneous=False):
     def F(z):  # (u,) -> scalar
         return jnp.prod(fn(z)[rep])
 
-    def nodes_of(C, nodes):
-        w_, U = jnp.linalg.eigh(C)
-        R = U * jnp.sqrt(jnp.clip(w_, 0.0, None))[:, None, :]  # z = R x
-        return jnp.einsum("qj,bij->bqi", nodes, R)
-
     @jax.custom_jvp
     def expect(C, nodes, weights):
-        z = nodes_of(C, nodes)
+        z = _eigen_nodes(C, nodes)
         return jnp.prod(fn(z)[..., rep], axis=-1) @ weights
 
     @expect.defjvp
     def expect_jvp(primals, tangents):
         C, nodes, weights = primals
         dC = tangents[0]
-        z = nodes_of(C, nodes)
+        z = _eigen_nodes(C, nodes)
         out = jnp.prod(fn(z)[..., rep], axis=-1) @ weights
         hess = jax.vmap(jax.vmap(jax.hessian(F)))(z)  # (b, q, u, u)
         Edd = jnp.einsum("bqij,q->bij", hess, weights)
@@ -332,8 +329,6 @@ def four_point_values(act: Activation, K, ms: np.ndarray, *, method: str = "auto
         vals = act.four_point(C)
         return (vals, np.zeros(ms.shape[0])) if errors else vals
     if four_point_order is None and not isinstance(K, jax.core.Tracer):
-        from ._fourpoint import RTOL, fixed_rule_split, multiset_expectations
-
         rtol = RTOL if four_point_rtol is None else float(four_point_rtol)
         Kn = np.asarray(K, dtype=float)
         # rows the fixed rule below already computes to rtol / 10 (by the calibration) stay on it

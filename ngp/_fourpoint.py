@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
+from ._gaussian import gauss_hermite, integer_power
 
 __all__ = ["product_expectations", "multiset_expectations", "split_multisets", "fixed_rule_split",
            "fixed_rule_errors", "PATTERNS", "RTOL"]
@@ -351,8 +352,6 @@ _CAL_POWERS = (1, 2)
 
 @functools.lru_cache(maxsize=64)
 def _gh(m: int):
-    from ._gaussian import gauss_hermite
-
     return gauss_hermite(m)
 
 
@@ -513,10 +512,7 @@ def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, pidx, parent, xlast
         part = sum(R[:, jj, k][:, None] * xs[k][None, :] for k in range(D - 1)) if D > 1 else 0.0
         part = part[:, parent] if D > 1 else 0.0
         f = fn(part + R[:, jj, D - 1][:, None] * xlast[None, :])
-        p = powers[jj]
-        f2 = f * f
-        vals = vals * jnp.where(p == 0, 1.0, jnp.where(p == 1, f, jnp.where(p == 2, f2, jnp.where(p == 3, f2 * f,
-                                                                                                     f2 * f2))))
+        vals = vals * integer_power(f, powers[jj])
     if smoothed is not None:
         mu = sum(beta[:, k][:, None] * xs[k][None, :] for k in range(D - 1)) if D > 1 else 0.0
         mu = (mu[:, parent] if D > 1 else 0.0) + beta[:, D - 1][:, None] * xlast[None, :]

@@ -141,6 +141,13 @@ def hermite_coefficients(f, k, *, terms: int = MEHLER_TERMS, nodes: int = NODES_
     return (f(z) * sw) @ psi.T
 
 
+def integer_power(f, p):
+    """``f ** p`` elementwise for integer powers ``p`` in 0..4 given as an array (broadcast against ``f``),
+    by products (``0 ** 0 = 1``): one compiled program serves every power pattern."""
+    f2 = f * f
+    return jnp.where(p == 0, 1.0, jnp.where(p == 1, f, jnp.where(p == 2, f2, jnp.where(p == 3, f2 * f, f2 * f2))))
+
+
 def _correlation(K):
     d = jnp.sqrt(jnp.maximum(jnp.diagonal(K), 0.0))
     denom = d[:, None] * d[None, :]
