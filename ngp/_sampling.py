@@ -107,21 +107,26 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
     return NetworkSamples(np.concatenate(outs), np.concatenate(mets))
 
 
+def cached_per_network(cache: "collections.OrderedDict", size: int, key: tuple, make):
+    """``make()`` remembered in ``cache`` under ``key`` (led by a network), keeping the ``size`` most recently
+    used entries; an unhashable key (a network holding unhashable objects) is not cached."""
+    try:
+        hash(key)
+    except TypeError:
+        return make()
+    if key not in cache:
+        cache[key] = make()
+        while len(cache) > size:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return cache[key]
+
+
 _SAMPLER_CACHE: "collections.OrderedDict" = collections.OrderedDict()
-_SAMPLER_CACHE_SIZE = 8
 
 
 def _batched_sampler(net, n0: int, method: str):
-    """``jit(vmap(net.sampler(n0, method)))``, remembered for the last few networks (equal networks
-    give the same sampler), so repeated calls do not compile it again."""
-    key = (net, repr(net), n0, method)
-    try:
-        hash(key)
-    except TypeError:  # unhashable network: no caching
-        return jax.jit(jax.vmap(net.sampler(n0, method), in_axes=(0, None)))
-    if key not in _SAMPLER_CACHE:
-        _SAMPLER_CACHE[key] = jax.jit(jax.vmap(net.sampler(n0, method), in_axes=(0, None)))
-        while len(_SAMPLER_CACHE) > _SAMPLER_CACHE_SIZE:
-            _SAMPLER_CACHE.popitem(last=False)
-    _SAMPLER_CACHE.move_to_end(key)
-    return _SAMPLER_CACHE[key]
+    """``jit(vmap(net.sampler(n0, method)))``, remembered for the last 8 networks (equal networks give the
+    same sampler), so repeated calls do not compile it again."""
+    return cached_per_network(_SAMPLER_CACHE, 8, (net, repr(net), n0, method),
+                              lambda: jax.jit(jax.vmap(net.sampler(n0, method), in_axes=(0, None))))

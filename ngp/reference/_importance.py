@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._sampling import SAMPLING_MEMORY, check_sampling_memory
+from .._sampling import SAMPLING_MEMORY, cached_per_network, check_sampling_memory
 from .._linalg import SAMPLER_JITTER
 from .._validate import RCOND_MIN as _RCOND_GP
 from .._validate import as_targets, count, float64, memory_bytes, nonneg_float, train_test, warn
@@ -163,25 +163,12 @@ def log_likelihood(metric, Y_train, *, noise: float) -> np.ndarray:
 
 
 _STATS_CACHE: "collections.OrderedDict" = collections.OrderedDict()
-_STATS_CACHE_SIZE = 8
 
 
 def _cached_stats(net, n0: int, n_train: int):
     """The compiled batch map for ``net`` (compiling the sampler takes seconds; reuse it)."""
-    key = (net, repr(net), n0, n_train)
-    try:
-        hash(key)
-    except TypeError:  # unhashable network object: no caching
-        key = None
-    if key is not None and key in _STATS_CACHE:
-        _STATS_CACHE.move_to_end(key)
-        return _STATS_CACHE[key]
-    stats = _batch_stats(net.sampler(n0, "conditional"), n_train)
-    if key is not None:
-        _STATS_CACHE[key] = stats
-        while len(_STATS_CACHE) > _STATS_CACHE_SIZE:
-            _STATS_CACHE.popitem(last=False)
-    return stats
+    return cached_per_network(_STATS_CACHE, 8, (net, repr(net), n0, n_train),
+                              lambda: _batch_stats(net.sampler(n0, "conditional"), n_train))
 
 
 def _batch_stats(one, n_train: int):
