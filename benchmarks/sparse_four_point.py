@@ -145,29 +145,9 @@ def index_set(e: list, tau: float):
 
 
 def combination(family, idx, cutoff):
-    """Distinct nodes (n, d) and weights (n,) of the Smolyak rule on the index set ``idx``."""
-    S = set(idx)
-    d = len(idx[0])
-    pts, wts = [], []
-    for lev in idx:
-        c = sum((-1) ** sum(e) for e in itertools.product((0, 1), repeat=d)
-                if tuple(a + b for a, b in zip(lev, e)) in S)
-        if c == 0:
-            continue
-        rules = [rule_1d(family, k) for k in lev]
-        X = np.stack([g.ravel() for g in np.meshgrid(*[r[0] for r in rules], indexing="ij")], axis=1)
-        W = np.prod(np.stack([g.ravel() for g in np.meshgrid(*[r[1] for r in rules], indexing="ij")], axis=1), axis=1)
-        keep = W > cutoff
-        pts.append(X[keep])
-        wts.append(c * W[keep])
-    X = np.concatenate(pts)
-    W = np.concatenate(wts)
-    key = np.round(X * 2**20).astype(np.int64)
-    uniq, inv = np.unique(key, axis=0, return_inverse=True)
-    w = np.zeros(len(uniq))
-    np.add.at(w, inv.ravel(), W)
-    nz = w != 0
-    return uniq[nz] / 2.0**20, w[nz]
+    """Distinct nodes (n, d) and weights (n,) of the Smolyak rule on the index set ``idx`` (one family)."""
+    fams = [[rule_1d(family, k) for k in range(max(lev[j] for lev in idx) + 1)] for j in range(len(idx[0]))]
+    return combination_rules(fams, idx, cutoff, relative=False, grid_bits=20)
 
 
 def one_d_error(act_name, s, rule):
@@ -183,8 +163,10 @@ def one_d_error(act_name, s, rule):
     return worst
 
 
-def combination_rules(fams, idx, cutoff):
-    """Smolyak combination with direction-specific rule families fams[k][l] = (x, w)."""
+def combination_rules(fams, idx, cutoff, *, relative=True, grid_bits=24):
+    """Smolyak combination with direction-specific rule families fams[k][l] = (x, w); tensor weights below
+    ``cutoff`` (times the largest one of each product rule when ``relative``) are dropped, and nodes equal on a
+    grid of ``2**-grid_bits`` merged."""
     S = set(idx)
     d = len(idx[0])
     pts, wts = [], []
@@ -196,17 +178,17 @@ def combination_rules(fams, idx, cutoff):
         rules = [fams[k][l] for k, l in enumerate(lev)]
         X = np.stack([g.ravel() for g in np.meshgrid(*[r[0] for r in rules], indexing="ij")], axis=1)
         W = np.prod(np.stack([g.ravel() for g in np.meshgrid(*[r[1] for r in rules], indexing="ij")], axis=1), axis=1)
-        keep = W > cutoff * W.max()
+        keep = W > (cutoff * W.max() if relative else cutoff)
         pts.append(X[keep])
         wts.append(c * W[keep])
     X = np.concatenate(pts)
     W = np.concatenate(wts)
-    key = np.round(X * 2**24).astype(np.int64)
+    key = np.round(X * 2.0**grid_bits).astype(np.int64)
     uniq, inv = np.unique(key, axis=0, return_inverse=True)
     w = np.zeros(len(uniq))
     np.add.at(w, inv.ravel(), W)
     nz = w != 0
-    return uniq[nz] / 2.0**24, w[nz]
+    return uniq[nz] / 2.0**grid_bits, w[nz]
 
 
 def tensor(family, levels, cutoff):
