@@ -20,7 +20,6 @@ Mehler series (:func:`ngp._gaussian.pair_matrices`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 

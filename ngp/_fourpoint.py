@@ -679,7 +679,6 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, st
     b = C.shape[0]
     scale = _holder_scale(act, C, pattern)
     R, beta, sigma, head_pattern, closed = _smooth_setup(act, C, pattern)
-    d = R.shape[2]
     s = _direction_scale(R, beta if closed else None)  # (b, d)
     lad = _orders(act, s, rtol)  # (b, d) ladder indices
     perm = np.argsort(-lad, axis=1, kind="stable")

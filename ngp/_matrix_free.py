@@ -891,7 +891,6 @@ def matrix_free_posterior(act: Activation, kernels, C_W, C_b, widths, Y, *, nois
     if Y.ndim == 1:
         Y = Y[:, None]
     NA, nL = Y.shape
-    NB = kernels[0][1].shape[0]
     n = int(widths[-1])
     timings = {}
 
