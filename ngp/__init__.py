@@ -28,7 +28,8 @@ from ._network import Network, serial
 from ._mlp import MLP
 from ._resmlp import ResMLP
 from ._prior import Layer, Prior
-from ._posterior import Conditioned, FiniteWidthPosterior, condition, posterior
+from ._posterior import Conditioned, FiniteWidthPosterior
+from ._condition import condition, posterior
 from ._validity import Validity
 from ._conditioned_mf import MatrixFreeConditioned
 from ._model_selection import EvidenceGrid, evidence_grid

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from ._mlp import MLP
-from ._posterior import condition
+from ._condition import condition
 from ._prior import EXPANSION_WARN
 from ._validate import as_inputs, as_targets, count, nonneg_float, positive_float, warn
 from ._validity import EVIDENCE_MAX, evidence_validity

@@ -5,7 +5,8 @@
 predictions reuse); ``.predict(X_test)`` then needs only the vertex components with test indices:
 ``V_(b a1)(a2 a3)`` (mean), ``V_(b b)(a1 a2)`` and ``V_(b a1)(b a2)`` (marginal variances) and, with
 ``full_cov=True``, the same with two different test points. Test points are processed in batches
-whose memory is bounded by ``max_memory``. ``ngp.posterior`` is ``condition(...).predict(..., full_cov=True)``.
+whose memory is bounded by ``max_memory``. ``ngp.condition`` and ``ngp.posterior`` (``condition(...).predict(..., full_cov=True)``) live in
+``_condition``, which picks this exact path or the matrix-free one.
 
 Notation: training inputs ``A`` (``N_A``), test inputs ``B`` (``N_B``), ``n = n_{L-1}``,
 ``n_L`` observed output neurons, ``Kt = K_AA + noise I`` with inverse ``Kt^-1``, whitened
@@ -30,8 +31,7 @@ from ._prior import MAX_MEMORY
 from ._validate import as_inputs, count, float64, train_test, warn
 from ._validity import Validity, evidence_validity, posterior_validity
 
-__all__ = ["FiniteWidthPosterior", "Conditioned", "GPConditioned", "condition", "posterior",
-           "finite_width_log_evidence"]
+__all__ = ["FiniteWidthPosterior", "Conditioned", "GPConditioned", "finite_width_log_evidence"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -440,80 +440,3 @@ class GPConditioned:
         XB = as_inputs(X_test, "X_test", in_dim=getattr(p.net, "in_dim", None))
         prior = p.net.prior(np.concatenate([p.X_train, XB]), **p.options)
         return gp_from_kernel(np.asarray(prior.K), p.N_train, p.Y_train, p.noise, p.jitter, solve=p._solve)
-
-
-def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, solver: str = "auto",
-              samples: int | None = None, seed: int = 0, **options) -> Conditioned:
-    """Condition ``net``'s finite-width prior on training data (first order in ``1/n``).
-
-    Observations ``y_i(x) = z_i(x) + eps``, ``eps ~ N(0, noise)``. The training-set work (GP solve,
-    ``K1`` and ``V`` on the training inputs, the evidence) is done once; ``.predict(X_test)`` returns
-    the posterior at any test inputs.
-
-    Args:
-        net: a network (:class:`ngp.MLP`, :func:`ngp.serial`, ...).
-        X_train: ``(N_train, n0)`` training inputs.
-        Y_train: ``(N_train, out_dim)`` targets of all ``out_dim`` output neurons.
-        noise: observation-noise variance ``>= 0`` (``0``: exact conditioning).
-        jitter: optional extra diagonal on the training kernel.
-        solver: ``"exact"`` (dense vertex components), ``"matrix_free"`` (Monte-Carlo estimate of the
-            vertex contractions, ``O(samples N_train^2)``, fully connected networks only; outputs carry
-            ``mean_se``, ``var_se``, ``log_evidence_se``; see ``docs/matrix-free.md``) or ``"auto"``:
-            exact up to ``AUTO_EXACT_MAX = 64`` training points (or when the network is not
-            supported by the matrix-free path), matrix-free above. ``.method`` says which was used.
-        samples: Monte-Carlo samples per source layer for the matrix-free path (default 32768);
-            standard errors fall like ``samples^-1/2``.
-        seed: integer seed of the matrix-free path (results are reproducible for a fixed seed).
-        **options: passed to ``net.prior`` (``four_point_order``, ``max_memory``, ...).
-
-    Returns:
-        :class:`Conditioned` with ``.log_evidence``, ``.gp``, ``.predict(X_test, full_cov=False)``.
-
-    Raises:
-        numpy.linalg.LinAlgError: singular training kernel (e.g. duplicate inputs with ``noise = 0``).
-        NotImplementedError: architectures without finite-width cumulants.
-    """
-    from ._conditioned_mf import AUTO_EXACT_MAX, SOLVERS, MatrixFreeConditioned, mlp_spec
-
-    if solver not in SOLVERS:
-        raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
-    if solver == "auto":
-        big = np.shape(X_train)[0] > AUTO_EXACT_MAX if np.ndim(X_train) == 2 else False
-        solver = "matrix_free" if big and mlp_spec(net) is not None else "exact"
-    if solver == "matrix_free":
-        return MatrixFreeConditioned(net, X_train, Y_train, noise=noise, jitter=jitter, samples=samples, seed=seed,
-                                     **options)
-    return Conditioned(net, X_train, Y_train, noise=noise, jitter=jitter, **options)
-
-
-def posterior(net, X_train, Y_train, X_test, *, noise: float, jitter: float = 0.0, **options) -> FiniteWidthPosterior:
-    """Bayesian regression with ``net``'s finite-width prior, to first order in ``1/n``.
-
-    ``condition(net, X_train, Y_train, noise=noise, ...).predict(X_test, full_cov=True)``: the
-    posterior mean, covariance (including the ``O(1/n)`` covariance between output neurons) and
-    evidence expanded to ``O(1/n_{L-1})`` (``docs/theory.md``, "Posterior"). With several outputs
-    the prediction for output ``i`` depends on the targets of the other outputs through
-    ``Y = sum_j yt_j yt_j^T``.
-
-    Args:
-        net: a network (:class:`ngp.MLP`, :func:`ngp.serial`, ...).
-        X_train: ``(N_train, n0)`` training inputs.
-        Y_train: ``(N_train, out_dim)`` targets of all ``out_dim`` output neurons.
-        X_test: ``(N_test, n0)`` test inputs.
-        noise: observation-noise variance ``>= 0`` (``0``: exact conditioning).
-        jitter: optional extra diagonal on the training kernel.
-        **options: passed to ``net.prior`` (``four_point_order``, ``max_memory``, ...). The
-            posterior amplifies quadrature errors in ``V`` by the conditioning of the training
-            kernel: keep the default ``four_point_order`` (see the docs' validity page).
-
-    Returns:
-        :class:`FiniteWidthPosterior` (``.gp`` holds the infinite-width answer).
-
-    Raises:
-        numpy.linalg.LinAlgError: singular training kernel (e.g. duplicate inputs with ``noise = 0``).
-        NotImplementedError: architectures without finite-width cumulants (e.g. unsupported residual patterns).
-    """
-    train_test(net, X_train, Y_train, X_test, noise, jitter)  # all argument errors before any work
-    # the full covariance needs the exact path (the matrix-free path never forms test x test blocks)
-    return condition(net, X_train, Y_train, noise=noise, jitter=jitter, solver="exact",
-                     **options).predict(X_test, full_cov=True)
