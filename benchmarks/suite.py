@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import subprocess
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -30,6 +31,28 @@ def _seconds(hms):
     return sum(p * 60**i for i, p in enumerate(reversed(parts)))
 
 
+def _tree_rss_gb(root: int) -> float:
+    """Summed resident memory (GB) of ``root`` and all its descendants (pytest-xdist workers included)."""
+    kids, rss = {}, {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/status") as f:
+                rss[int(pid)] = next((int(l.split()[1]) for l in f if l.startswith("VmRSS")), 0)
+        except (OSError, ValueError, IndexError):
+            continue
+        kids.setdefault(ppid, []).append(int(pid))
+    total, stack = 0, [root]
+    while stack:
+        p = stack.pop()
+        total += rss.get(p, 0)
+        stack.extend(kids.get(p, []))
+    return total / 1024**2
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ci", action="store_true", help="run .ci/run (pip install + tests) instead of pytest alone")
@@ -37,8 +60,21 @@ def main():
     cmd = ["bash", ".ci/run"] if args.ci else ["python3", "-m", "pytest", "-q"]
     load_before = os.getloadavg()
     t = time.perf_counter()
-    out = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.Popen(["/usr/bin/time", "-v", *cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    peak_tree = [0.0]
+
+    def watch():  # the sum over the process tree: /usr/bin/time reports only the largest single process
+        while proc.poll() is None:
+            peak_tree[0] = max(peak_tree[0], _tree_rss_gb(proc.pid))
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t
+    watcher.join()
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     text = out.stdout + out.stderr
     summary = [line for line in out.stdout.splitlines() if re.search(r"\d+ (passed|failed)", line)]
     res = {
@@ -49,7 +85,8 @@ def main():
         "time_wall_s": _seconds(_field(text, "Elapsed (wall clock) time (h:mm:ss or m:ss)")),
         "user_s": float(_field(text, "User time (seconds)")),
         "system_s": float(_field(text, "System time (seconds)")),
-        "peak_rss_gb": int(_field(text, "Maximum resident set size (kbytes)")) / 1024**2,
+        "peak_rss_gb": int(_field(text, "Maximum resident set size (kbytes)")) / 1024**2,  # largest single process
+        "peak_tree_rss_gb": peak_tree[0],  # all processes together (sampled every 0.5 s)
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "machine": platform.node(),

@@ -8,6 +8,7 @@ finite-width log evidence, are differentiable in ``(C_W, C_b, noise)`` (``jax.gr
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 
@@ -19,6 +20,7 @@ import scipy.optimize
 from ._mlp import MLP
 from ._network import Network
 from ._resmlp import ResMLP
+from ._sampling import cached_per_network
 from ._posterior import finite_width_log_evidence
 from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
@@ -70,7 +72,12 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
     options.pop("warn", None)
     options.pop("max_memory", None)
     XA = as_inputs(X_train, "X_train", in_dim=getattr(net, "in_dim", None))
-    Y = as_targets(Y_train, XA.shape[0], net.out_dim)
+    if isinstance(Y_train, jax.core.Tracer):  # traced targets (inside jit/grad): shape checks only
+        Y = Y_train[:, None] if Y_train.ndim == 1 and net.out_dim == 1 else Y_train
+        if Y.shape != (XA.shape[0], net.out_dim):
+            raise ValueError(f"Y_train: expected shape ({XA.shape[0]}, {net.out_dim}), got {Y_train.shape}")
+    else:
+        Y = as_targets(Y_train, XA.shape[0], net.out_dim)
     jitter = nonneg_float(jitter, "jitter")
     if not isinstance(noise, jax.core.Tracer):
         noise = nonneg_float(noise, "noise")
@@ -209,17 +216,10 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
     cw0, cb0 = (cw_all, cb_all) if per_layer else (cw_all[-1:], cb_all[-1:])
     # the free parameters: log values of the fitted groups
     sizes = {"C_W": nw if "C_W" in fit else 0, "C_b": nw if "C_b" in fit else 0, "noise": 1 if "noise" in fit else 0}
+    sizes_t = tuple(sizes[k] for k in FIT_NAMES)
 
     def unpack(theta):
-        out, i = {}, 0
-        for k in FIT_NAMES:
-            out[k] = jnp.exp(theta[i:i + sizes[k]]) if sizes[k] else None
-            i += sizes[k]
-        cw, cb = out["C_W"], out["C_b"]
-        cw = jnp.asarray(cw_all) if cw is None else (cw if per_layer else jnp.repeat(cw, depth))
-        cb = jnp.asarray(cb_all) if cb is None else (cb if per_layer else jnp.repeat(cb, depth))
-        nz = out["noise"][0] if out["noise"] is not None else noise0
-        return cw, cb, nz
+        return _unpack(theta, sizes_t, per_layer, depth, cw_all, cb_all, noise0)
 
     def lo_hi():
         lo, hi = [], []
@@ -244,19 +244,12 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
         raise ValueError("fit: nothing to fit")
 
     def objective(fw):
-        def f(theta):
-            cw, cb, nz = unpack(theta)
-            return -log_evidence(net, XA, Y, noise=nz, C_W=cw, C_b=cb, finite_width=fw, **options)
-
-        # forward mode: memory independent of the quadrature size; few parameters. One pass gives the
-        # value (as aux) and the gradient; the GP objective is compiled once per fit (each L-BFGS-B step
-        # then costs one kernel evaluation instead of re-dispatching every operation).
-        both = jax.jacfwd(lambda t: _twice(f(t)), has_aux=True)
-        if not fw:
-            both = jax.jit(both)
+        both = _objective(net, XA, fw, sizes_t, per_layer, depth, options)
+        args = (jnp.asarray(Y), jnp.asarray(cw_all, dtype=float), jnp.asarray(cb_all, dtype=float),
+                jnp.asarray(noise0, dtype=float))
 
         def value_and_grad(theta):
-            g, v = both(jnp.asarray(theta))
+            g, v = both(jnp.asarray(theta), *args)
             v = float(v)
             g = np.asarray(g, dtype=float)
             if not (math.isfinite(v) and np.all(np.isfinite(g))):
@@ -301,6 +294,43 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
     )
     return HyperFit(fitted, float(nz), tuple(float(v) for v in cw), tuple(float(v) for v in cb), value, gp_value,
                     bool(finite_width and net.n_last is not None), table, success)
+
+
+def _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0):
+    """Free log-parameters ``theta`` (``sizes`` per name of ``FIT_NAMES``) -> ``(C_W, C_b, noise)`` per dense step."""
+    out, i = {}, 0
+    for k, size in zip(FIT_NAMES, sizes):
+        out[k] = jnp.exp(theta[i:i + size]) if size else None
+        i += size
+    cw, cb = out["C_W"], out["C_b"]
+    cw = jnp.asarray(cw_all) if cw is None else (cw if per_layer else jnp.repeat(cw, depth))
+    cb = jnp.asarray(cb_all) if cb is None else (cb if per_layer else jnp.repeat(cb, depth))
+    nz = out["noise"][0] if out["noise"] is not None else noise0
+    return cw, cb, nz
+
+
+_GP_OBJECTIVES: "collections.OrderedDict" = collections.OrderedDict()
+
+
+def _objective(net, XA, fw, sizes, per_layer, depth, options):
+    """``(theta, Y, cw_all, cb_all, noise0) -> (gradient, value)`` of minus the log evidence.
+
+    Forward mode: memory independent of the quadrature size; few parameters; one pass gives the value
+    (as aux) and the gradient. The GP objective is compiled, and remembered for the last 8
+    (network, inputs, options): each L-BFGS-B step then costs one kernel evaluation, and fits to new
+    targets on the same inputs (other starts, other draws) do not compile it again.
+    """
+    def f(theta, Y, cw_all, cb_all, noise0):
+        cw, cb, nz = _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0)
+        return -log_evidence(net, XA, Y, noise=nz, C_W=cw, C_b=cb, finite_width=fw, **options)
+
+    def make():
+        return jax.jit(jax.jacfwd(lambda t, *a: _twice(f(t, *a)), has_aux=True))
+
+    if fw:
+        return jax.jacfwd(lambda t, *a: _twice(f(t, *a)), has_aux=True)
+    key = (net, repr(net), XA.shape, XA.tobytes(), sizes, per_layer, tuple(sorted(options.items())))
+    return cached_per_network(_GP_OBJECTIVES, 8, key, make)
 
 
 def _twice(v):
