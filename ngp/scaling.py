@@ -152,7 +152,9 @@ class Exponents:
     Attributes:
         ntk: the NTK at initialisation (function space, learning rates included).
         ntk_fluctuation: its standard deviation over initialisations.
-        ntk_change: the change of the NTK after the step (``~`` dNTK times the errors).
+        ntk_change: one network's NTK change after the step (``~`` dNTK times the errors): the
+            larger of its ensemble mean (``n^(ntk + 2u)``, stable members) and its zero-mean
+            fluctuation over initialisations (``n^(ntk + u - 1/2)``); see :func:`predicted_exponents`.
         ntk_relative_change: ``ntk_change - ntk``.
         features: per hidden layer ``1..depth-1``, RMS change of one pre-activation.
         output_change: change of the output.
