@@ -26,7 +26,6 @@ import time
 import jax
 
 jax.config.update("jax_enable_x64", True)
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
