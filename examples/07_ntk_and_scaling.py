@@ -156,11 +156,12 @@ cw = (32, 128) if QUICK else (128, 256, 512, 1024)
 checks = {}
 for spec in specs:
     cc = scaling.coordinate_check(spec, widths=cw, depth=2 if QUICK else 3, steps=2 if QUICK else 3,
-                                  seeds=2 if QUICK else 4)
+                                  seeds=2 if QUICK else 8)
     checks[str(spec)] = cc
     p = cc.predicted
     print(f"{cc.parameterization.name:12s} {p.regime:22s} features: measured {np.round(cc.fitted['features'], 2)} "
           f"predicted {np.round(p.features, 2)};  NTK change: measured {cc.fitted['ntk_change']:.2f} "
+          f"+- {cc.stderr['ntk_change']:.2f} "
           f"predicted {p.ntk_change:.2f}")
 
 # %%

@@ -18,7 +18,7 @@ Presets:
 
 :func:`predicted_exponents` gives the width exponents (power counting of one SGD step from
 initialisation) of the NTK, its fluctuation, the NTK change (the dNTK), the feature updates and
-the output change; :func:`coordinate_check` measures them on actual networks (JAX + optax).
+the output change; :func:`coordinate_check` measures them on actual networks (JAX).
 """
 
 from __future__ import annotations
@@ -152,7 +152,9 @@ class Exponents:
     Attributes:
         ntk: the NTK at initialisation (function space, learning rates included).
         ntk_fluctuation: its standard deviation over initialisations.
-        ntk_change: the change of the NTK after the step (``~`` dNTK times the errors).
+        ntk_change: one network's NTK change after the step (``~`` dNTK times the errors): the
+            larger of its ensemble mean (``n^(ntk + 2u)``, stable members) and its zero-mean
+            fluctuation over initialisations (``n^(ntk + u - 1/2)``); see :func:`predicted_exponents`.
         ntk_relative_change: ``ntk_change - ntk``.
         features: per hidden layer ``1..depth-1``, RMS change of one pre-activation.
         output_change: change of the output.
@@ -224,12 +226,17 @@ class CoordinateCheck:
     Attributes:
         widths: the widths.
         ntk: ``(W,)`` Frobenius norm of the NTK at initialisation over the inputs.
-        ntk_change: ``(W,)`` Frobenius norm of the NTK change after ``steps`` steps.
+        ntk_change: ``(W,)`` Frobenius norm of one network's NTK change after ``steps`` steps
+            (mean over seeds of the per-network norm).
         features: ``(W, depth - 1)`` RMS change of the hidden pre-activations.
         output_change: ``(W,)`` RMS change of the outputs.
-        fitted: dict name -> fitted exponent (least squares of log quantity against log width);
-            ``features`` is a tuple per hidden layer.
+        fitted: dict name -> fitted exponent (least squares of log(mean over seeds) against log
+            width); ``features`` is a tuple per hidden layer.
         predicted: :class:`Exponents`.
+        stderr: dict name -> standard error of the fitted exponent (same layout as ``fitted``),
+            from the seed-to-seed spread at each width (independent seeds per width; delta method:
+            ``se(log mean) = sd / (sqrt(seeds) mean)``, propagated through the least-squares slope).
+        seeds: initialisations per width.
     """
 
     parameterization: Parameterization
@@ -240,6 +247,8 @@ class CoordinateCheck:
     output_change: np.ndarray
     fitted: dict
     predicted: Exponents
+    stderr: dict = dataclasses.field(default_factory=dict)
+    seeds: int = 0
 
     def deviations(self) -> dict:
         """``fitted - predicted`` for the NTK, its change, the features and the output change."""
@@ -252,51 +261,37 @@ class CoordinateCheck:
         }
 
 
-def _slope(widths, values):
+def _slope(widths, samples):
+    """Least-squares slope of ``log(mean over seeds)`` against ``log(width)`` and its standard error.
+
+    ``samples``: ``(W, S)`` per-seed values (``S >= 1``); with ``S == 1`` the error is ``nan``.
+    """
     x = np.log(np.asarray(widths, float))
-    yv = np.log(np.asarray(values, float))
-    return float(np.polyfit(x, yv, 1)[0])
+    v = np.asarray(samples, float)
+    m = v.mean(axis=1)
+    a = (x - x.mean()) / np.sum((x - x.mean()) ** 2)  # slope = a @ log(m)
+    se_log = v.std(axis=1, ddof=1) / (np.sqrt(v.shape[1]) * m) if v.shape[1] > 1 else np.full(len(m), np.nan)
+    return float(a @ np.log(m)), float(np.sqrt(np.sum((a * se_log) ** 2)))
 
 
-def coordinate_check(spec, *, widths: Sequence[int], depth: int = 3, activation: str | Callable = "tanh",
-                     X=None, y=None, steps: int = 3, lr: float = 0.003, seeds: int = 4, base_width: float = 1.0,
-                     C_W=1.0, C_b=0.0, lam_W=1.0, lam_b=1.0, seed: int = 0) -> CoordinateCheck:
-    """Train actual MLPs of several widths for a few SGD steps and fit the width exponents.
+def _coordinate_runs(spec, *, width: int, depth: int = 3, activation: str | Callable = "tanh", X=None, y=None,
+                    steps: int = 3, lr: float = 0.003, seeds: int = 16, base_width: float = 1.0, C_W=1.0,
+                    C_b=0.0, lam_W=1.0, lam_b=1.0, seed: int = 0) -> dict:
+    """Per-seed measurements of :func:`coordinate_check` at one width (arguments as there).
 
-    Networks ``z' = W s(z) + b`` with ``W ~ N(0, C_W/fan_in)``, ``b ~ N(0, C_b)`` and the
-    per-layer values of :func:`multipliers`; optax SGD on ``1/2 sum (f(x) - y)^2`` with per-parameter
-    learning rates ``lr * lam_W / fan_in`` (weights) and ``lr * lam_b`` (biases). Measures, averaged
-    over ``seeds`` initialisations: the empirical NTK (reverse-mode Jacobians) at initialisation and
-    its change after ``steps`` steps, the RMS change of every hidden layer's pre-activations and of
-    the outputs. Float64 if JAX's x64 mode is on.
-
-    Args:
-        spec: a :class:`Parameterization`, a preset name or a family value ``s``.
-        widths: hidden widths (at least two).
-        depth: number of weight layers.
-        activation: activation name or callable.
-        X: ``(N, n0)`` inputs (default: 8 fixed standardised points in 4 dimensions).
-        y: ``(N,)`` targets.
-        steps: number of full-batch steps.
-        lr: the global learning rate ``eta``.
-        seeds: initialisations averaged per width.
-        base_width: see :func:`multipliers`.
-        C_W: see :func:`multipliers`.
-        C_b: see :func:`multipliers`.
-        lam_W: see :func:`multipliers`.
-        lam_b: see :func:`multipliers`.
-        seed: base random seed.
+    Returns a dict of arrays over the ``seeds`` initialisations: ``ntk`` ``(S,)`` Frobenius norm
+    of the NTK at initialisation, ``ntk_change`` ``(S, N, N)`` the NTK change ``H(t) - H(0)``
+    itself (learning-rate factors ``lam_W / fan_in``, ``lam_b`` included, ``eta`` not),
+    ``features`` ``(S, depth - 1)`` RMS pre-activation changes, ``output_change`` ``(S,)``.
+    Initialisation ``s`` uses ``PRNGKey(seed * 100003 + width * 7 + s)``.
     """
     import jax
     import jax.numpy as jnp
-    import optax
 
     from ._activations import activation as _activation
 
     par = parameterization(spec)
-    widths = tuple(int(w) for w in widths)
-    if len(widths) < 2:
-        raise ValueError("coordinate_check: need at least two widths to fit an exponent")
+    width = int(width)
     act = _activation(activation)
     if X is None:
         rng = np.random.default_rng(1234)
@@ -304,72 +299,107 @@ def coordinate_check(spec, *, widths: Sequence[int], depth: int = 3, activation:
         X = X / np.linalg.norm(X, axis=1, keepdims=True) * 2.0
     X = jnp.asarray(np.asarray(X, float))
     if y is None:
-        y = 30.0 * np.sin(np.arange(X.shape[0]) + 0.5)  # targets >> initial outputs: less seed noise
+        y = 30.0 * np.sin(np.arange(X.shape[0]) + 0.5)  # targets >> initial outputs: error ~ -y
     y = jnp.asarray(np.asarray(y, float).reshape(-1))
     n0 = X.shape[1]
-    ntk_n, dntk_n, feat_n, out_n = [], [], [], []
-    for width in widths:
-        hp = multipliers(par, width=width, depth=depth, base_width=base_width, C_W=C_W, C_b=C_b,
-                         lam_W=lam_W, lam_b=lam_b)
-        dims = (n0,) + (width,) * (depth - 1) + (1,)
-        lrs = [(lr * hp["lam_W"][l] / dims[l], lr * hp["lam_b"][l]) for l in range(depth)]
+    hp = multipliers(par, width=width, depth=depth, base_width=base_width, C_W=C_W, C_b=C_b,
+                     lam_W=lam_W, lam_b=lam_b)
+    dims = (n0,) + (width,) * (depth - 1) + (1,)
+    lrs = [(lr * hp["lam_W"][l] / dims[l], lr * hp["lam_b"][l]) for l in range(depth)]
 
-        def forward(params, X=X):
-            h, pre = X.T, []
-            for l, (W, b) in enumerate(params):
-                z = W @ h + b[:, None]
-                pre.append(z)
-                h = act.fn(z)
-            return z[0], pre[:-1]
+    def forward(params):
+        h, pre = X.T, []
+        for W, b in params:
+            z = W @ h + b[:, None]
+            pre.append(z)
+            h = act.fn(z)
+        return z[0], pre[:-1]
 
-        def loss(params):
-            return 0.5 * jnp.sum((forward(params)[0] - y) ** 2)
+    def loss(params):
+        return 0.5 * jnp.sum((forward(params)[0] - y) ** 2)
 
-        # SGD with per-parameter learning rates (layer by layer, weights and biases)
-        tx = optax.chain(optax.stateless(lambda u, p, lrs=lrs: [(a * gW, c * gb) for (gW, gb), (a, c) in zip(u, lrs)]),
-                         optax.scale(-1.0))
+    def ntk(params):
+        J = jax.jacrev(lambda p: forward(p)[0])(params)
+        tot = 0.0
+        for (JW, Jb), (a, c) in zip(J, lrs):
+            JWf = JW.reshape(JW.shape[0], -1)
+            tot = tot + (a / lr) * JWf @ JWf.T + (c / lr) * Jb @ Jb.T
+        return tot
 
-        def ntk(params):
-            J = jax.jacrev(lambda p: forward(p)[0])(params)
-            tot = 0.0
-            for (JW, Jb), (a, c) in zip(J, lrs):
-                JWf = JW.reshape(JW.shape[0], -1)
-                tot = tot + (a / lr) * JWf @ JWf.T + (c / lr) * Jb @ Jb.T
-            return tot
+    @jax.jit
+    def run(key):
+        keys = jax.random.split(key, 2 * depth)
+        params = [(jax.random.normal(keys[2 * l], (dims[l + 1], dims[l])) * jnp.sqrt(hp["C_W"][l] / dims[l]),
+                   jax.random.normal(keys[2 * l + 1], (dims[l + 1],)) * jnp.sqrt(hp["C_b"][l]))
+                  for l in range(depth)]
+        f0, pre0 = forward(params)
+        H0 = ntk(params)
 
-        @jax.jit
-        def run(key):
-            keys = jax.random.split(key, 2 * depth)
-            params = [(jax.random.normal(keys[2 * l], (dims[l + 1], dims[l])) * jnp.sqrt(hp["C_W"][l] / dims[l]),
-                       jax.random.normal(keys[2 * l + 1], (dims[l + 1],)) * jnp.sqrt(hp["C_b"][l]))
-                      for l in range(depth)]
-            f0, pre0 = forward(params)
-            H0 = ntk(params)
-            state = tx.init(params)
+        def body(_, p):  # full-batch SGD with per-parameter learning rates
+            g = jax.grad(loss)(p)
+            return [(W - a * gW, b - c * gb) for (W, b), (gW, gb), (a, c) in zip(p, g, lrs)]
 
-            def body(_, carry):
-                p, s = carry
-                g = jax.grad(loss)(p)
-                u, s = tx.update(g, s, p)
-                return optax.apply_updates(p, u), s
+        params_t = jax.lax.fori_loop(0, steps, body, params)
+        f1, pre1 = forward(params_t)
+        feats = jnp.stack([jnp.sqrt(jnp.mean((a - b) ** 2)) for a, b in zip(pre1, pre0)])
+        return jnp.linalg.norm(H0), ntk(params_t) - H0, feats, jnp.sqrt(jnp.mean((f1 - f0) ** 2))
 
-            params_t, _ = jax.lax.fori_loop(0, steps, body, (params, state))
-            f1, pre1 = forward(params_t)
-            H1 = ntk(params_t)
-            feats = jnp.stack([jnp.sqrt(jnp.mean((a - b) ** 2)) for a, b in zip(pre1, pre0)])
-            return (jnp.linalg.norm(H0), jnp.linalg.norm(H1 - H0), feats, jnp.sqrt(jnp.mean((f1 - f0) ** 2)))
+    res = [run(jax.random.PRNGKey(seed * 100003 + width * 7 + s)) for s in range(int(seeds))]
+    names = ("ntk", "ntk_change", "features", "output_change")
+    return {k: np.stack([np.asarray(r[i]) for r in res]) for i, k in enumerate(names)}
 
-        res = [run(jax.random.PRNGKey(seed * 100003 + width * 7 + s)) for s in range(seeds)]
-        ntk_n.append(np.mean([float(r[0]) for r in res]))
-        dntk_n.append(np.mean([float(r[1]) for r in res]))
-        feat_n.append(np.mean([np.asarray(r[2]) for r in res], axis=0))
-        out_n.append(np.mean([float(r[3]) for r in res]))
-    feat = np.asarray(feat_n)
-    fitted = {
-        "ntk": _slope(widths, ntk_n),
-        "ntk_change": _slope(widths, dntk_n),
-        "output_change": _slope(widths, out_n),
-        "features": tuple(_slope(widths, feat[:, l]) for l in range(feat.shape[1])),
+
+def coordinate_check(spec, *, widths: Sequence[int], depth: int = 3, activation: str | Callable = "tanh",
+                     X=None, y=None, steps: int = 3, lr: float = 0.003, seeds: int = 16, base_width: float = 1.0,
+                     C_W=1.0, C_b=0.0, lam_W=1.0, lam_b=1.0, seed: int = 0) -> CoordinateCheck:
+    """Train actual MLPs of several widths for a few SGD steps and fit the width exponents.
+
+    Networks ``z' = W s(z) + b`` with ``W ~ N(0, C_W/fan_in)``, ``b ~ N(0, C_b)`` and the
+    per-layer values of :func:`multipliers`; full-batch SGD on ``1/2 sum (f(x) - y)^2`` with
+    per-parameter learning rates ``lr * lam_W / fan_in`` (weights) and ``lr * lam_b`` (biases).
+    Measures per initialisation: the Frobenius norm of the empirical NTK at initialisation and of its
+    change after ``steps`` steps (one network's change: the coherent ensemble-mean part plus the
+    zero-mean fluctuating part, docs/theory-ntk.md, scaling section), the RMS change of every hidden
+    layer's pre-activations and of the outputs; fits the exponent of each seed-mean against width,
+    with a standard error from the seed-to-seed spread (the per-network NTK change varies by ~30-40%
+    between seeds, so a few seeds give exponents uncertain by ~0.2). Float64 if JAX's x64 mode is on.
+
+    Args:
+        spec: a :class:`Parameterization`, a preset name or a family value ``s``.
+        widths: hidden widths (at least two).
+        depth: number of weight layers.
+        activation: activation name or callable.
+        X: ``(N, n0)`` inputs (default: 8 fixed points of norm 2 in 4 dimensions).
+        y: ``(N,)`` targets (default ``30 sin(i + 1/2)``).
+        steps: number of full-batch steps.
+        lr: the global learning rate ``eta``.
+        seeds: initialisations per width (at least 2 for standard errors).
+        base_width: see :func:`multipliers`.
+        C_W: see :func:`multipliers`.
+        C_b: see :func:`multipliers`.
+        lam_W: see :func:`multipliers`.
+        lam_b: see :func:`multipliers`.
+        seed: base random seed.
+    """
+    par = parameterization(spec)
+    widths = tuple(int(w) for w in widths)
+    if len(widths) < 2:
+        raise ValueError("coordinate_check: need at least two widths to fit an exponent")
+    runs = [_coordinate_runs(par, width=w, depth=depth, activation=activation, X=X, y=y, steps=steps, lr=lr,
+                            seeds=seeds, base_width=base_width, C_W=C_W, C_b=C_b, lam_W=lam_W, lam_b=lam_b,
+                            seed=seed) for w in widths]
+    samples = {
+        "ntk": np.stack([r["ntk"] for r in runs]),
+        "ntk_change": np.stack([np.linalg.norm(r["ntk_change"], axis=(1, 2)) for r in runs]),
+        "output_change": np.stack([r["output_change"] for r in runs]),
     }
-    return CoordinateCheck(par, widths, np.asarray(ntk_n), np.asarray(dntk_n), feat, np.asarray(out_n), fitted,
-                           predicted_exponents(par, depth=depth))
+    feat = np.stack([r["features"] for r in runs])  # (W, S, depth - 1)
+    fits = {k: _slope(widths, v) for k, v in samples.items()}
+    ffits = [_slope(widths, feat[:, :, l]) for l in range(feat.shape[2])]
+    fitted = {k: f[0] for k, f in fits.items()}
+    stderr = {k: f[1] for k, f in fits.items()}
+    fitted["features"] = tuple(f[0] for f in ffits)
+    stderr["features"] = tuple(f[1] for f in ffits)
+    return CoordinateCheck(par, widths, samples["ntk"].mean(1), samples["ntk_change"].mean(1), feat.mean(1),
+                           samples["output_change"].mean(1), fitted, predicted_exponents(par, depth=depth),
+                           stderr=stderr, seeds=int(seeds))
