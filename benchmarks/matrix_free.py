@@ -9,6 +9,7 @@ first call's total (compilation included).
 
     python benchmarks/matrix_free.py              # writes results/matrix_free.json
     python benchmarks/matrix_free.py --quick      # small sizes, few samples: results/matrix_free_quick.json
+    python benchmarks/matrix_free.py --sizes 1000 --out matrix_free_1000.json   # the headline size alone
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def worker(n_train: int, n_test: int, samples: int, width: int, seed: int = 0) -
     )
 
 
-def write(rows, samples, quick):
+def write(rows, samples, quick, name=None):
     """Write the results so far (called after every size, so a stopped run keeps what it measured)."""
     if len(rows) >= 2:
         import numpy as np
@@ -96,7 +97,8 @@ def write(rows, samples, quick):
         gpu="not measured (no GPU available to this task)",
         note="warm = second call in the same process (compiled); time split in seconds",
     )
-    path = os.path.join(HERE, "results", "matrix_free_quick.json" if quick else "matrix_free.json")
+    name = name or ("matrix_free_quick.json" if quick else "matrix_free.json")
+    path = os.path.join(HERE, "results", name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
@@ -110,6 +112,7 @@ def main():
     ap.add_argument("--samples", type=int)
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--worker", type=int, nargs=2, metavar=("N_TRAIN", "N_TEST"))
+    ap.add_argument("--out", help="results file name in benchmarks/results (default matrix_free[_quick].json)")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(*args.worker, samples=args.samples, width=args.width)))
@@ -128,12 +131,13 @@ def main():
             print(proc.stderr[-3000:])
             raise SystemExit(1)
         row = json.loads(proc.stdout.strip().splitlines()[-1])
+        row["load_average_after"] = os.getloadavg()
         rows.append(row)
         w = row["warm"]
         print(f"N_train = N_test = {N}: {w['total']:.1f} s warm ({row['cold_total']:.1f} s cold), "
               + ", ".join(f"{k} {w[k]:.1f}" for k in ("kernels", "derivatives", "solves", "pullbacks", "sampling"))
               + f"; max RSS {row['max_rss_gb']:.2f} GB; se/correction {row['se_over_correction']}", flush=True)
-        write(rows, samples, args.quick)
+        write(rows, samples, args.quick, args.out)
 
 
 if __name__ == "__main__":

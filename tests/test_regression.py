@@ -6,6 +6,7 @@ kernels, cumulants, posteriors, exact-conditional samples and importance-samplin
 """
 
 import pathlib
+import warnings
 
 import jax
 import numpy as np
@@ -15,6 +16,8 @@ import ngp
 
 DATA = pathlib.Path(__file__).parent / "data" / "regression_main_4f535f5.npz"
 RTOL = 1e-12
+#: Documented threshold of the expansion-parameter warning (docs/validity.md).
+EXPANSION_WARN = 0.3
 #: Tolerance for the quantities that depend on the four-point values (K1, V, the expansion parameter,
 #: finite-width posteriors and evidences), which changed in issue 10: the release computed them with a
 #: fixed 40-node pruned tensor Gauss-Hermite rule whose own error was 1e-5 to 1e-4 (relative) for the relu
@@ -103,7 +106,12 @@ POSTERIORS = {
 def test_posterior(name, ref, inputs):
     make, noise = POSTERIORS[name]
     net = make()
-    fw = ngp.posterior(net, inputs["XA"], inputs["YA"], inputs["XB"], noise=noise)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        fw = ngp.posterior(net, inputs["XA"], inputs["YA"], inputs["XB"], noise=noise)
+    # the release's expansion parameter decides whether the user is told the 1/n expansion is strained
+    warned = any("expansion parameter" in str(w.message) for w in caught)
+    assert warned == (float(ref[f"{name}/eps"]) > EXPANSION_WARN), (name, [str(w.message) for w in caught])
     tol = v_rtol(name)
     for f in ("mean", "var", "cov"):
         _close(getattr(fw, f), ref[f"{name}/{f}"], f"{name} {f}", tol)
