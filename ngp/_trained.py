@@ -146,11 +146,12 @@ def trained_ensemble(net, X_train, Y_train, X_test, *, t: float | None = None, e
         Y_train: ``(N_train, out_dim)`` targets of all output neurons (``(N_train,)`` when ``out_dim = 1``).
         X_test: ``(N_test, n0)`` test inputs.
         t: gradient-flow time ``>= 0``; ``None`` (with ``steps=None``): ``t -> infinity``.
-        eta, steps: gradient descent with learning rate ``eta > 0`` for ``steps >= 0`` steps instead
-            (both or neither; not with ``t``).
+        eta: learning rate ``> 0`` of gradient descent (with ``steps``; not with ``t``).
+        steps: number ``>= 0`` of gradient-descent steps (with ``eta``; not with ``t``).
         finite_width: ``"linearised"``, ``"first_order_dntk"`` or ``False`` (see above).
-        lambda_W, lambda_b: learning-rate factors (a float or one per dense step); ``None``: the network's
-            own (``parameterization=``), else 1.
+        lambda_W: learning-rate factor of the weights (divided by the fan-in), a float or one per dense
+            step; ``None``: the network's own (``ngp.MLP(lambda_W=...)``, ``parameterization=``), else 1.
+        lambda_b: learning-rate factor of the biases, likewise.
         **prior_options: passed to ``net.prior`` (``method``, ``terms``, ``warn``, ...).
 
     Returns:
