@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from ._prior import check_options
+from ._prior import MAX_MEMORY, check_options
 from ._training_theory import finite_width_mean, infinite_width
 from ._validate import RCOND_MIN, count, float64, nonneg_float, positive_float, train_test, warn
 
@@ -117,6 +117,19 @@ def _check_schedule(t, eta, steps, finite_width):
     return t, eta, steps
 
 
+def _check_memory(net, N, limit):
+    """The finite-width NTK statistics keep seven ``(N, N, N, N)`` tensors per dense step (``V, A, B, D, F, P,
+    Q``) plus work arrays: refuse before computing when the rough estimate exceeds ``limit`` bytes."""
+    depth = len(net.dense_steps()) if hasattr(net, "dense_steps") else 1
+    need = 8 * N**4 * (7 * depth + 8)
+    if need > limit:
+        raise MemoryError(
+            f"trained_ensemble: the finite-width NTK statistics of {N} inputs (training + test) and {depth} dense "
+            f"steps need about {need / 1024**3:.2f} GiB (> max_memory={limit / 1024**3:.2f} GiB; they have N^4 "
+            "entries): use fewer inputs, finite_width=False, or raise max_memory if the machine has the memory"
+        )
+
+
 @float64
 def trained_ensemble(net, X_train, Y_train, X_test, *, t: float | None = None, eta: float | None = None,
                      steps: int | None = None, finite_width="linearised", lambda_W=None, lambda_b=None,
@@ -161,6 +174,8 @@ def trained_ensemble(net, X_train, Y_train, X_test, *, t: float | None = None, e
     Raises:
         ValueError: bad arguments (named), a finite-width correction with finite ``t``/``steps``,
             duplicated or nearly degenerate training inputs (singular training NTK).
+        MemoryError: the finite-width statistics (``N^4`` entries, ``N`` training plus test inputs) would
+            exceed the prior option ``max_memory`` (default 4 GiB).
         NotImplementedError: architectures without the (finite-width) NTK statistics (e.g. residual
             networks with ``finite_width`` not ``False``).
     """
@@ -179,6 +194,8 @@ def trained_ensemble(net, X_train, Y_train, X_test, *, t: float | None = None, e
             "last-layer training."
         )
     NA = XA.shape[0]
+    if finite_width is not False:
+        _check_memory(net, NA + XB.shape[0], options.get("max_memory", MAX_MEMORY))
     prior = net.prior(np.concatenate([XA, XB]), lambda_W=lambda_W, lambda_b=lambda_b, **options)
     if finite_width is False:
         Theta, K = prior.Theta, prior.K

@@ -107,8 +107,8 @@ def test_network_without_hidden_layer_equals_actual_gradient_descent(data):
 
 def test_finite_width_mean_is_the_training_theory_and_parts_add_up(data):
     XA, XB, Y = data
-    XA, XB, Y = XA[:3], XB[:1], Y[:3]  # four inputs: the dNTK statistics grow fast with N
-    NA, train = 3, np.arange(3)
+    XA, XB, Y = XA[:2], XB[:1], Y[:2]  # three inputs: the four-point quadratures grow fast with N
+    NA, train = 2, np.arange(2)
     net = ngp.MLP(depth=3, width=24, activation="erf", C_W=1.1, C_b=0.05, out_dim=2)
     lin = ngp.trained_ensemble(net, XA, Y, XB)
     assert lin.n == 24 and lin.dntk is None and "linearised network" in lin.included
@@ -171,6 +171,12 @@ def test_array_errors_name_the_argument(data, erf_net):
     with pytest.raises(ValueError, match="^X_train: the training NTK block is singular"):
         near = np.vstack([XA, XA[:1] + 1e-9])
         ngp.trained_ensemble(erf_net, near, np.vstack([Y, Y[:1]]), XB, finite_width=False)
+
+
+def test_memory_limit_is_checked_before_computing(data, erf_net):
+    XA, XB, Y = data
+    with pytest.raises(MemoryError, match="max_memory"):
+        ngp.trained_ensemble(erf_net, XA, Y, XB, max_memory=1e5)  # 6 inputs: 8 * 6^4 * 22 bytes > 1e5
 
 
 def test_divergent_gradient_descent_warns(data, erf_net):
