@@ -80,24 +80,35 @@ def test_infinite_width_matches_ode_and_iterated_gradient_descent(data, erf_net)
     np.testing.assert_allclose(c.cov, late_cov[NA:, NA:], atol=1e-8)
 
 
-def test_network_without_hidden_layer_equals_actual_gradient_descent(data):
-    """z = W x + b trained by gradient descent on its parameters (learning rates lambda_W / n0, lambda_b):
-    linear in the initial parameters, so mean and covariance over initialisations are exact."""
-    XA, XB, Y = data
-    n0, C_W, C_b, lW, lb = XA.shape[1], 1.3, 0.2, 0.8, 0.6
-    net = ngp.MLP(depth=1, C_W=C_W, C_b=C_b, out_dim=2, lambda_W=lW, lambda_b=lb)
-    eta, steps = 0.2, 31
-    FA, FB = np.hstack([XA, np.ones((4, 1))]), np.hstack([XB, np.ones((2, 1))])
+def _actual_gradient_descent(XA, Y, XB, *, C_W, C_b, lW, lb, eta, steps):
+    """Mean and covariance over initialisations of z = W x + b after ``steps`` gradient-descent steps on
+    its parameters (learning rates lambda_W / n0, lambda_b); linear in the initial parameters."""
+    n0 = XA.shape[1]
+    FA, FB = np.hstack([XA, np.ones((len(XA), 1))]), np.hstack([XB, np.ones((len(XB), 1))])
     lam = np.diag([lW / n0] * n0 + [lb])
-    G, g = np.eye(n0 + 1), np.zeros((n0 + 1, 2))  # theta(T) = G theta(0) + g, per output neuron
+    G, g = np.eye(n0 + 1), np.zeros((n0 + 1, Y.shape[1]))  # theta(T) = G theta(0) + g, per output neuron
     for _ in range(steps):
         G = G - eta * lam @ FA.T @ FA @ G
         g = g - eta * lam @ FA.T @ (FA @ g - Y)
     Sigma = np.diag([C_W / n0] * n0 + [C_b])
-    r = ngp.trained_ensemble(net, XA, Y, XB, eta=eta, steps=steps, finite_width=False)
-    np.testing.assert_allclose(r.mean, FB @ g, atol=1e-10)
-    np.testing.assert_allclose(r.cov, FB @ G @ Sigma @ G.T @ FB.T, atol=1e-10)
-    np.testing.assert_allclose(r.mean_train, FA @ g, atol=1e-10)
+    return FB @ g, FB @ G @ Sigma @ G.T @ FB.T, FA @ g
+
+
+def test_network_without_hidden_layer_equals_actual_gradient_descent(data):
+    """No NTK involved on the reference side: mean and covariance are exact for a linear model."""
+    XA, XB, Y = data
+    hp = dict(C_W=1.3, C_b=0.2)
+    net = ngp.MLP(depth=1, out_dim=2, lambda_W=0.8, lambda_b=0.6, **hp)
+    mean, cov, mean_train = _actual_gradient_descent(XA, Y, XB, lW=0.8, lb=0.6, eta=0.2, steps=31, **hp)
+    r = ngp.trained_ensemble(net, XA, Y, XB, eta=0.2, steps=31, finite_width=False)  # the network's rates
+    np.testing.assert_allclose(r.mean, mean, atol=1e-10)
+    np.testing.assert_allclose(r.cov, cov, atol=1e-10)
+    np.testing.assert_allclose(r.mean_train, mean_train, atol=1e-10)
+    # explicit learning-rate factors override the network's
+    mean, cov, _ = _actual_gradient_descent(XA, Y, XB, lW=0.3, lb=1.7, eta=0.2, steps=31, **hp)
+    r = ngp.trained_ensemble(net, XA, Y, XB, eta=0.2, steps=31, finite_width=False, lambda_W=0.3, lambda_b=1.7)
+    np.testing.assert_allclose(r.mean, mean, atol=1e-10)
+    np.testing.assert_allclose(r.cov, cov, atol=1e-10)
     # no hidden layer: deterministic NTK, the infinite-width answer is exact at convergence
     c = ngp.trained_ensemble(net, XA, Y, XB)
     assert c.n is None and "no hidden layer" in c.included
