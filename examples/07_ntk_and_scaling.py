@@ -46,7 +46,7 @@ try:
 except ImportError:  # running from a source checkout without `pip install .`
     sys.path.insert(0, os.path.abspath(".." if os.path.basename(os.getcwd()) == "examples" else "."))
     import ngp
-from ngp import _training_theory as tt, scaling
+from ngp import scaling
 
 QUICK = os.environ.get("NGP_QUICK", "0") == "1"  # CI switch: fewer networks and widths
 FIGDIR = os.environ.get("NGP_FIGDIR", "figures")
@@ -133,12 +133,14 @@ Xt = np.array([[1.0, 0.3, -0.5], [0.2, -1.0, 0.4], [-0.7, 0.5, 0.9], [0.5, 0.5, 
 Xt = Xt * math.sqrt(3) / np.linalg.norm(Xt, axis=1, keepdims=True)
 train, test = np.array([0, 1, 2]), np.array([3, 4])
 y = 1.2 * np.array([1.0, -0.7, 0.5])
-st = mlp(64, C_W=1.0, C_b=0.0, lam_b=0.0).prior(Xt).ntk_layers_dntk[-1]
-for t in (0.5, 2.0, None):
-    mean, cov = tt.infinite_width(st.Theta, st.K, train, y, t=t)
-    print(f"t = {t}: test mean {np.round(mean[test], 4)}, test std {np.round(np.sqrt(np.diag(cov)[test]), 4)}")
-m_fw, parts = tt.finite_width_mean(st.Theta, train, y, n=64, Theta1=st.Theta1, A=st.A, B=st.B, P=st.P, Q=st.Q)
-print("n x (1/n correction) at the test inputs:", {k: np.round(v[test], 3) for k, v in parts.items()})
+net = mlp(64, C_W=1.0, C_b=0.0, lam_b=0.0)
+for t in (0.5, 2.0, None):  # gradient flow for time t (None: trained to convergence), infinite width
+    ens = ngp.trained_ensemble(net, Xt[train], y, Xt[test], t=t, finite_width=False)
+    print(f"t = {t}: test mean {np.round(ens.mean[:, 0], 4)}, test std {np.round(ens.std, 4)}")
+# the 1/n mean at convergence; "first_order_dntk" adds the dNTK term and warns that the sum is incomplete (ens.included)
+ens = ngp.trained_ensemble(net, Xt[train], y, Xt[test], finite_width="first_order_dntk")
+parts = {k: ens.n * getattr(ens, k)[:, 0] for k in ("theta1", "variance", "dntk")}
+print("n x (1/n correction) at the test inputs:", {k: np.round(v, 3) for k, v in parts.items()})
 
 # %% [markdown]
 # ## 3. Width scaling: NTK, muP and in between

@@ -9,6 +9,8 @@ Public API (conventions and formulas: ``docs/theory.md``):
 * :func:`condition` -- finite-width conditioning on training data; ``.predict(X_test)``.
 * :func:`posterior` -- finite-width regression to first order in 1/n (one call); ``.validity`` (:class:`Validity`)
   says whether its first-order terms are small enough to trust.
+* :func:`trained_ensemble` -- networks trained by gradient descent on the squared error (NTK): the
+  infinite-width ensemble at any training time and its 1/n mean at convergence (:class:`TrainedEnsemble`).
 * :func:`sample_networks` -- draws of actual random networks (brute-force checks).
 * :func:`evidence_grid` -- architecture choice by the finite-width evidence.
 * :func:`log_evidence`, :func:`fit_hyperparameters` -- the evidence as a JAX function of (C_W, C_b,
@@ -35,6 +37,7 @@ from ._conditioned_mf import MatrixFreeConditioned
 from ._model_selection import EvidenceGrid, evidence_grid
 from ._hyper import HyperFit, fit_hyperparameters, log_evidence
 from ._sampling import NetworkSamples, sample_networks
+from ._trained import TrainedEnsemble, trained_ensemble
 from . import criticality, datasets, plot, reference, scaling, train
 
 #: Residual networks return an :class:`ngp.Prior` like every network (kept as an alias).
@@ -71,6 +74,8 @@ __all__ = [
     "log_evidence",
     "fit_hyperparameters",
     "HyperFit",
+    "trained_ensemble",
+    "TrainedEnsemble",
     "sample_networks",
     "NetworkSamples",
     "criticality",

@@ -28,6 +28,6 @@ def test_docs_build_strict(tmp_path):
                  "accuracy/index.html", "api/index.html"):
         assert (tmp_path / "site" / page).is_file(), page
     api = (tmp_path / "site" / "api" / "index.html").read_text()
-    for name in ("ngp.MLP", "ngp.Prior", "ngp.gp_posterior", "ngp.GPPosterior",
+    for name in ("ngp.MLP", "ngp.Prior", "ngp.gp_posterior", "ngp.GPPosterior", "ngp.trained_ensemble",
                  "ngp.sample_networks", "ngp.activation"):
         assert f'id="{name}"' in api, f"{name} missing from the API reference"
