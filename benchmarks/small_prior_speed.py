@@ -1,6 +1,6 @@
 """Wall time of small tanh priors (depth 3, N in {8, 16}): this checkout against another checkout (main).
 
-Usage: python benchmarks/small_prior_speed.py [--other /work/main] [--repeat 1].
+Usage: python benchmarks/small_prior_speed.py [--other /work/main] [--repeat 1] [--out small_prior_speed.json].
 Each measurement is a fresh Python process (import, compilation and calibration included, as a user
 sees it): ``ngp.MLP(...).prior(X).V``, then the same prior again in that process (warm). The two
 checkouts alternate in the same run, so machine load affects both alike. Writes
@@ -57,6 +57,7 @@ def main():
     ap.add_argument("--sizes", default="8,16")
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--activation", default="tanh")
+    ap.add_argument("--out", default="small_prior_speed.json", help="results file name in benchmarks/results")
     args = ap.parse_args()
     rows = []
     for N in [int(s) for s in args.sizes.split(",")]:
@@ -70,7 +71,7 @@ def main():
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     out = {"rows": rows, "machine": platform.node(), "cpus": os.cpu_count(),
            "load": os.getloadavg(), "argv": sys.argv[1:]}
-    with open(os.path.join(HERE, "results", "small_prior_speed.json"), "w") as f:
+    with open(os.path.join(HERE, "results", args.out), "w") as f:
         json.dump(out, f, indent=1)
 
 

@@ -495,48 +495,42 @@ def _padded(n: int) -> int:
     return next((s for s in _SIZES if s >= n), _SIZES[-1])
 
 
-def _rule_row(fn, smoothed, powers, R, beta, sigma, xtab, pidx, parent, xlast, w):
-    """Rule sums for one entry. The rule is given as ``P`` partial nodes of the leading ``D - 1``
-    directions (``pidx`` (P, D-1) indices into ``xtab`` (D-1, 256)) and ``n`` expanded nodes: the
-    partial node ``parent`` (n,) continued by the last direction's node ``xlast`` (n,), with weights
-    ``w`` (n,) (0 on padding). ``R`` (D, D): ridge rows of the integrated inputs, ``powers`` (D,)
-    their powers (0 on padded rows); entries with fewer inputs or directions are padded with zero
-    rows and leading zero columns, so one compiled shape serves every pattern. ``beta`` (D,),
-    ``sigma`` (): mean map and conditional std of the closed-form input (unused when ``smoothed`` is
-    None). Returns ``sum w f`` and ``sum w |f|``."""
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, pidx, parent, xlast, w):
+    """Rule sums for a block of entries. The rule is given as ``P`` partial nodes of the leading
+    ``D - 1`` directions (``pidx`` (P, D-1) indices into ``xtab`` (D-1, 256)) and ``n`` expanded
+    nodes: the partial node ``parent`` (n,) continued by the last direction's node ``xlast`` (n,),
+    with weights ``w`` (n,) (0 on padding). ``R`` (B, D, D): ridge rows of the integrated inputs,
+    ``powers`` (D,) their powers (0 on padded rows); blocks with fewer inputs or directions are
+    padded with zero rows and leading zero columns, so one compiled shape serves every pattern.
+    ``beta`` (B, D), ``sigma`` (B,): mean map and conditional std of the closed-form input (unused
+    when ``smoothed`` is None). Returns ``sum w f`` and ``sum w |f|``, (B,) each."""
     D = R.shape[-1]
     xs = [xtab[k][pidx[:, k].astype(jnp.int32)] for k in range(D - 1)]  # partial node coordinates
     vals = 1.0
     for jj in range(D):  # z = sum_k R_jk x_k, summed over k in order
-        part = sum(R[jj, k] * xs[k] for k in range(D - 1))[parent] if D > 1 else 0.0
-        f = fn(part + R[jj, D - 1] * xlast)
+        part = sum(R[:, jj, k][:, None] * xs[k][None, :] for k in range(D - 1)) if D > 1 else 0.0
+        part = part[:, parent] if D > 1 else 0.0
+        f = fn(part + R[:, jj, D - 1][:, None] * xlast[None, :])
         vals = vals * integer_power(f, powers[jj])
     if smoothed is not None:
-        mu = sum(beta[k] * xs[k] for k in range(D - 1))[parent] if D > 1 else 0.0
-        vals = vals * smoothed(mu + beta[D - 1] * xlast, sigma)
+        mu = sum(beta[:, k][:, None] * xs[k][None, :] for k in range(D - 1)) if D > 1 else 0.0
+        mu = (mu[:, parent] if D > 1 else 0.0) + beta[:, D - 1][:, None] * xlast[None, :]
+        vals = vals * smoothed(mu, sigma[:, None])
     return vals @ w, jnp.abs(vals) @ w
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, pidx, parent, xlast, w):
-    """:func:`_rule_row` for a block of ``B`` entries, each with its own rule (every argument but
-    ``powers`` gains a leading axis ``B``); returns ``(B,)`` and ``(B,)``."""
-    row = functools.partial(_rule_row, fn, smoothed, powers)
-    return jax.vmap(row)(R, beta, sigma, xtab, pidx, parent, xlast, w)
 
 
 def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutoff: float):
     """Sums of several rules, each for its own entries: ``jobs`` maps ``orders`` (per direction) to
     row indices (k,) into ``R`` (b, u_h, d), ``beta`` (b, d), ``sigma`` (b,). Returns
-    ``{orders: (sum w f (k,), sum w |f| (k,), number of nodes)}``. Entries whose rules pad to the
-    same sizes share kernel calls (blocks of ``_ROW_BLOCK`` or fewer for the largest sizes, the last
-    one padded; a lone entry alone: two compiled shapes per size), and all calls are dispatched before any result is read back."""
+    ``{orders: (sum w f (k,), sum w |f| (k,), number of nodes)}``. All kernel calls are dispatched
+    before any result is read back (one transfer at the end)."""
     d = R.shape[2]
     D = max(d, 3 if smoothed is not None else 4)  # padded inputs and directions (one compiled shape each)
     powers = np.zeros(D, np.int32)
     powers[:len(pattern)] = pattern
+    pending = []  # (orders, row slice, padded block size, device results)
     sizes = {}
-    items = {}  # (S, P) -> list of (orders, position in its rows, row, slab node arrays)
     for orders, rows in jobs.items():
         lead, m_last = orders[:-1], orders[-1]
         pidx, pw = _prefix_rule(lead, cutoff)
@@ -564,36 +558,24 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
             sl_x = np.zeros(S)
             sl_w = np.zeros(S)
             sl_par[:k_n], sl_x[:k_n], sl_w[:k_n] = parent[st:st + k_n], x_all[st:st + k_n], w_all[st:st + k_n]
-            slab = (xtab, pidx_p, sl_par, sl_x, sl_w)
-            items.setdefault((S, P), []).extend((orders, i, r, slab) for i, r in enumerate(rows))
-    pending = []  # (block items, device results)
-    for (S, P), its in items.items():
-        block = max(1, min(_ROW_BLOCK, _MAX_PAIRS // S))
-        r0 = 0
-        while r0 < len(its):  # blocks of `block` entries (the last one padded), a lone entry alone
-            blk = its[r0:r0 + block]
-            B = block if len(blk) > 1 else 1
-            k = len(blk)
-            sel = np.array([r for _, _, r, _ in blk])
-            Rb = np.zeros((B, D, D))
-            bb = np.zeros((B, D))
-            sb = np.zeros(B)
-            Rb[:k, :R.shape[1], D - d:], bb[:k, D - d:], sb[:k] = R[sel], beta[sel], sigma[sel]
-            slabs = []
-            for f in range(5):  # padding entries: zero weights (their sums are not read)
-                first = blk[0][3][f]
-                arr = np.zeros((B,) + first.shape, first.dtype)
-                arr[:k] = [it[3][f] for it in blk]
-                slabs.append(arr)
-            # NumPy arguments: the compiled call converts them (jnp.asarray costs ~0.3 ms each)
-            pending.append((blk, _rule_kernel(act_fn, smoothed, powers, Rb, bb, sb, *slabs)))
-            r0 += block
-    fetched = jax.device_get([out for _, out in pending])
+            block = max(1, min(_ROW_BLOCK, _MAX_PAIRS // S))
+            r0 = 0
+            while r0 < rows.size:  # blocks of `block` rows, single rows for the rest (two shapes)
+                B = block if rows.size - r0 >= block else 1
+                sel = rows[r0:r0 + B]
+                Rb = np.zeros((B, D, D))
+                bb = np.zeros((B, D))
+                sb = np.zeros(B)
+                Rb[:sel.size, :R.shape[1], D - d:], bb[:sel.size, D - d:], sb[:sel.size] = R[sel], beta[sel], sigma[sel]
+                # NumPy arguments: the compiled call converts them (jnp.asarray costs ~0.3 ms each)
+                out = _rule_kernel(act_fn, smoothed, powers, Rb, bb, sb, xtab, pidx_p, sl_par, sl_x, sl_w)
+                pending.append((orders, r0, sel.size, out))
+                r0 += B
+    fetched = jax.device_get([out for *_, out in pending])
     res = {orders: (np.zeros(rows.size), np.zeros(rows.size), sizes[orders]) for orders, rows in jobs.items()}
-    for (blk, _), (q, mag) in zip(pending, fetched):
-        for (orders, i, _, _), qv, mv in zip(blk, q, mag):
-            res[orders][0][i] += qv
-            res[orders][1][i] += mv
+    for (orders, r0, k, _), (q, mag) in zip(pending, fetched):
+        res[orders][0][r0:r0 + k] += q[:k]
+        res[orders][1][r0:r0 + k] += mag[:k]
     return res
 
 
