@@ -115,7 +115,6 @@ def test_cross_output_covariance_and_wiring(data):
         assert gap < 4 * np.sqrt(2) * se + abs(shift_nlo) * 32 / n, (n, shift_nlo, shift_is, se)
         gaps[n] = gap
     assert gaps[128] < gaps[64]
-    net = ngp.MLP(3, 16, activation="tanh", C_W=1.0, C_b=0.0, out_dim=2)
     # covariance between different outputs at O(1/n) (zero for the GP); measured at n = 32:
     # NLO 8.71e-4, importance sampling 8.34e-4 +- 0.29e-4
     net = ngp.MLP(3, 32, activation="tanh", C_W=1.0, C_b=0.0, out_dim=2)
