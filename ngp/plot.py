@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 import sys
-import warnings
 from typing import Sequence
 
 import numpy as np
+
+from ._activations import activation as _make_activation
 
 __all__ = ["plot_flow", "plot_phase_diagram", "plot_posterior", "show"]
 
@@ -171,10 +172,6 @@ def plot_flow(flows, *, labels: Sequence[str] | None = None, width: int | None =
 
 
 # ----------------------------------------------------------------------------- phase diagram
-#: Gauss-Hermite nodes for the phase diagram (plot accuracy, not 1e-12).
-_PHASE_NODES = 400
-#: Kernels are clipped here while iterating (larger means "diverged" in the picture).
-_PHASE_K_MAX = 100.0
 
 
 def plot_phase_diagram(activation, *, C_b: tuple[float, float] = (0.0, 1.0), C_W: tuple[float, float] = (0.5, 3.0),
@@ -204,31 +201,21 @@ def plot_phase_diagram(activation, *, C_b: tuple[float, float] = (0.0, 1.0), C_W
     """
     from . import criticality as cr
 
-    act = cr._act(activation)
     cb_lo, cb_hi = _range(C_b, "C_b", lower=0.0, strict=False)
     cw_lo, cw_hi = _range(C_W, "C_W", lower=0.0, strict=True)
     if isinstance(resolution, bool) or int(resolution) != resolution or resolution < 2:
         raise ValueError(f"resolution: expected an integer >= 2, got {resolution!r}")
-    depth = cr._as_depth(depth)
-    K0 = float(cr._as_variance(K0, "K0"))
     if quantity not in ("chi_perp", "K"):
         raise ValueError(f"quantity: expected 'chi_perp' or 'K', got {quantity!r}")
-    plt = _pyplot()
-    from matplotlib.colors import TwoSlopeNorm
-
     cbs = np.linspace(cb_lo, cb_hi, int(resolution))
     cws = np.linspace(cw_lo, cw_hi, int(resolution))
     CB, CW = np.meshgrid(cbs, cws)  # rows: C_W, columns: C_b
-    K = np.full(CB.shape, K0)
-    diverged = np.zeros(CB.shape, dtype=bool)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for _ in range(depth - 1):
-            g = cr._moments(act, K, nodes=_PHASE_NODES)["g"]
-            K = CB + CW * g
-            diverged |= ~np.isfinite(K) | (K >= _PHASE_K_MAX)
-            K = np.clip(np.nan_to_num(K, nan=_PHASE_K_MAX, posinf=_PHASE_K_MAX), 1e-12, _PHASE_K_MAX)
-        chi_perp = CW * cr._moments(act, K, nodes=_PHASE_NODES)["sp2"]
+    pd = cr.phase_diagram(activation, C_b=CB, C_W=CW, depth=depth, K0=K0)  # validates activation, depth, K0
+    act = _make_activation(activation)
+    K, chi_perp, diverged = pd.K, pd.chi_perp, pd.diverged
+    plt = _pyplot()
+    from matplotlib.colors import TwoSlopeNorm
+
     if ax is None:
         fig, ax = plt.subplots(figsize=(5.2, 4.2))
     else:

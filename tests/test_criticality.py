@@ -63,6 +63,30 @@ def test_susceptibilities_against_adaptive_quadrature(name):
         assert abs(cq - rq) <= 2e-10 * abs(rq), (K, cq, rq)
 
 
+@pytest.mark.parametrize("name", ["tanh", "gelu"])
+def test_phase_diagram_against_adaptive_quadrature(name):
+    """K after `depth` layers and chi_perp there, on a grid, against scipy's adaptive quadrature of the
+    kernel map; kernels that leave [1e-12, 100] are flagged as diverged."""
+    CB, CW = np.meshgrid([0.0, 0.3], [0.8, 1.9])
+    pd = cr.phase_diagram(name, C_b=CB, C_W=CW, depth=4, K0=0.7)
+    assert pd.K.shape == pd.chi_perp.shape == pd.diverged.shape == CB.shape
+    f, fp = _NP[name]
+    for i in np.ndindex(CB.shape):
+        K = 0.7
+        for _ in range(3):
+            K = CB[i] + CW[i] * _gauss(lambda z: f(z) ** 2, K)
+        chi = CW[i] * _gauss(lambda z: fp(z) ** 2, K)
+        # 400 Gauss-Hermite nodes: picture accuracy (documented ~1e-6 at K <~ 10)
+        assert abs(pd.K[i] - K) <= 1e-6 * K and abs(pd.chi_perp[i] - chi) <= 1e-6 * chi, (i, pd.K[i], K)
+    assert not pd.diverged.any()
+    big = cr.phase_diagram("relu", C_b=0.1, C_W=[1.0, 4.0], depth=8, K0=1.0)  # chi = C_W / 2: 2^7 growth
+    assert big.diverged.tolist() == [False, True]
+    with pytest.raises(ValueError, match="C_W"):
+        cr.phase_diagram("tanh", C_b=0.0, C_W=[1.0, 0.0], depth=3)
+    with pytest.raises(ValueError, match="depth"):
+        cr.phase_diagram("tanh", C_b=0.0, C_W=1.0, depth=0)
+
+
 def test_scale_invariant_susceptibilities_are_closed_form():
     K = np.array([[0.3, 2.0], [11.0, 150.0]])
     for slope in (0.0, 0.1, 1.0):
