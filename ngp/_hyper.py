@@ -324,13 +324,11 @@ def _objective(net, XA, fw, sizes, per_layer, depth, options):
         cw, cb, nz = _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0)
         return -log_evidence(net, XA, Y, noise=nz, C_W=cw, C_b=cb, finite_width=fw, **options)
 
-    def make():
-        return jax.jit(jax.jacfwd(lambda t, *a: _twice(f(t, *a)), has_aux=True))
-
+    both = jax.jacfwd(lambda t, *a: _twice(f(t, *a)), has_aux=True)
     if fw:
-        return jax.jacfwd(lambda t, *a: _twice(f(t, *a)), has_aux=True)
+        return both
     key = (net, repr(net), XA.shape, XA.tobytes(), sizes, per_layer, tuple(sorted(options.items())))
-    return cached_per_network(_GP_OBJECTIVES, 8, key, make)
+    return cached_per_network(_GP_OBJECTIVES, 8, key, lambda: jax.jit(both))
 
 
 def _twice(v):
