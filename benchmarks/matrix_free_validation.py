@@ -4,7 +4,8 @@ For tanh, gelu and relu networks of depth 2-4 (width 32) on a small regression p
 
 1. computes the exact first-order posterior with the dense vertex (``net.prior(X).V`` and
    ``ngp.condition(..., solver="exact")``) and stores it in ``tests/data/matrix_free_reference.json``
-   (the reference of ``tests/test_matrix_free.py``; recomputed only with ``--recompute``);
+   (the reference of ``tests/test_matrix_free.py``; recomputed only with ``--recompute [KEY ...]``,
+   all keys when none is named);
 2. agreement: one run at a large budget (``8 x`` the default samples): the largest ``|z|`` over
    test points for the mean, the variances and the evidence;
 3. honesty: 50 seeds at the default budget; the standard deviation of the z-scores
@@ -14,7 +15,7 @@ For tanh, gelu and relu networks of depth 2-4 (width 32) on a small regression p
 
 Results: ``benchmarks/results/matrix_free_validation.json``.
 
-    python benchmarks/matrix_free_validation.py [--quick] [--recompute] [--seeds 50]
+    python benchmarks/matrix_free_validation.py [--quick] [--recompute [KEY ...]] [--seeds 50] [--only KEY ...]
 """
 
 from __future__ import annotations
@@ -78,13 +79,14 @@ def exact(cfg):
     )
 
 
-def references(recompute: bool):
+def references(recompute):
+    """Stored references; ``recompute``: ``None`` (keep), ``[]`` (all keys) or a list of keys."""
     data = {}
-    if os.path.exists(REF) and not recompute:
+    if os.path.exists(REF) and recompute != []:
         with open(REF) as f:
             data = json.load(f)
     for cfg in CONFIGS:
-        if key(cfg) not in data:
+        if key(cfg) not in data or (recompute and key(cfg) in recompute):
             print("exact path", key(cfg), flush=True)
             data[key(cfg)] = exact(cfg)
             os.makedirs(os.path.dirname(REF), exist_ok=True)
@@ -121,11 +123,14 @@ def efficiency(r, ref):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--recompute", action="store_true")
+    ap.add_argument("--recompute", nargs="*", default=None, help="recompute these references (all if none named)")
+    ap.add_argument("--references-only", action="store_true")
     ap.add_argument("--seeds", type=int, default=50)
     ap.add_argument("--only", nargs="*")
     args = ap.parse_args()
     refs = references(args.recompute)
+    if args.references_only:
+        return
     S = mf.DEFAULT_SAMPLES // (8 if args.quick else 1)
     seeds = 5 if args.quick else args.seeds
     results = {}

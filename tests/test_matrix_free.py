@@ -61,13 +61,7 @@ def _compare(r, ref):
     return out
 
 
-RELU_REFERENCE = pytest.mark.xfail(strict=True, reason=(
-    "the stored dense relu reference is not converged in its four-point Gauss-Hermite order (kinked integrand): "
-    "order 40 -> 60 moves the worst mean from -0.4119 to -0.4085, towards the matrix-free -0.4031 +- 0.0005; "
-    "needs a converged relu reference (docs/matrix-free.md, 'Measured')"))
-
-
-@pytest.mark.parametrize("key", ["tanh-L2", "tanh-L3", "tanh-L4", "gelu-L3", pytest.param("relu-L3", marks=RELU_REFERENCE)])
+@pytest.mark.parametrize("key", ["tanh-L2", "tanh-L3", "tanh-L4", "gelu-L3", "relu-L3"])
 def test_matches_exact_path(refs, key):
     ref = refs[key]
     r = _run(ref, samples=4 * SAMPLES, seed=7)
@@ -102,9 +96,8 @@ def test_standard_errors_are_honest(refs, key):
 
 def test_k1_matches_dense_vertex(refs):
     """K1 from the pair-restricted recursion equals the dense path's K1 (which uses all of V)."""
-    for key, rtol in (("tanh-L3", 1e-7), ("tanh-L4", 1e-7), ("gelu-L3", 1e-7), ("relu-L3", 2e-3)):
-        # relu: the dense path integrates the kinked two-input four-point functions with a fixed
-        # Gauss-Hermite rule (~1e-4 relative); the angular rule used here is exact (next test)
+    for key, rtol in (("tanh-L3", 1e-7), ("tanh-L4", 1e-7), ("gelu-L3", 1e-7), ("relu-L3", 1e-7)):
+        # relu: both exact (dense: Gaussian orthant rule; here: the angular rule, next test)
         ref = refs[key]
         act, kb, C_W, C_b, widths, _ = _problem(ref)
         K1AA, K1BA, k1B, _, _ = mf.finite_width_blocks(act, kb, C_W, C_b, widths)
