@@ -767,12 +767,16 @@ def fixed_rule_errors(act: Activation, C, pattern, order: int) -> np.ndarray:
 def fixed_rule_split(act: Activation, K, ms, orders: dict, *, rtol: float = RTOL):
     """Which sorted multiset rows ``ms`` (M, 4) the engine's fixed rule (``orders``: nodes per
     dimension by the number of distinct inputs) already computes to ``FIXED_MARGIN * rtol`` by the
-    calibration: returns ``ok`` (M,) bool and the calibrated error estimates (M,) (absolute)."""
+    calibration: returns ``ok`` (M,) bool and the calibrated error estimates (M,) (absolute).
+
+    Activations with a closed-form ``smoothed`` (erf, gelu) never stay on the fixed rule: the
+    anisotropic rule integrates one input in closed form and is 3-6x faster for them at every
+    variance (``docs/four-point.md``, "Which rule runs when")."""
     K = np.asarray(K, dtype=float)
     ms = np.asarray(ms)
     ok = np.zeros(ms.shape[0], dtype=bool)
     est = np.full(ms.shape[0], np.inf)
-    if act.relu_slopes is not None or not act.smooth:
+    if act.relu_slopes is not None or not act.smooth or act.smoothed is not None:
         return ok, est
     for pattern, (rows, idx) in split_multisets(ms).items():
         C = K[idx[:, :, None], idx[:, None, :]]
