@@ -104,7 +104,7 @@ print(f"noise variance (standardised units) chosen by the GP evidence: {NOISE:.4
 # %% [markdown]
 # ## The finite-width posterior
 #
-# `ngp.condition(..., solver="matrix_free")` (what `solver="auto"` picks above 64 training points):
+# `ngp.condition(..., method="matrix_free")` (what `method="auto"` picks above 64 training points):
 # one matrix-free run. Its $1/n$ terms (the $K_1$ terms, exact, and the vertex terms, sampled)
 # scale exactly like $1/n$ when all hidden widths are scaled together, so `with_width` gives every
 # other width without resampling.
@@ -113,7 +113,7 @@ print(f"noise variance (standardised units) chosen by the GP evidence: {NOISE:.4
 t = time.perf_counter()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)  # the validity verdicts are printed below
-    cond = ngp.condition(net, X_train, y_train, noise=NOISE, solver="matrix_free", samples=SAMPLES, seed=0)
+    cond = ngp.condition(net, X_train, y_train, noise=NOISE, method="matrix_free", samples=SAMPLES, seed=0)
     post = cond.predict(X_test)
 print(f"matrix-free posterior ({cond.method}): {time.perf_counter() - t:.1f} s")
 

@@ -17,8 +17,12 @@ from ._validate import train_test
 __all__ = ["condition", "posterior"]
 
 
-def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, solver: str = "auto",
-              samples: int | None = None, seed: int = 0, **options) -> Conditioned:
+#: Values of ``net.prior``'s own ``method`` option (how the kernel-map derivatives are computed).
+PRIOR_METHODS = ("closed", "mehler", "quadrature")
+
+
+def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, method: str = "auto",
+              solver: str | None = None, samples: int | None = None, seed: int = 0, **options) -> Conditioned:
     """Condition ``net``'s finite-width prior on training data (first order in ``1/n``).
 
     Observations ``y_i(x) = z_i(x) + eps``, ``eps ~ N(0, noise)``. The training-set work (GP solve,
@@ -31,11 +35,15 @@ def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, solve
         Y_train: ``(N_train, out_dim)`` targets of all ``out_dim`` output neurons.
         noise: observation-noise variance ``>= 0`` (``0``: exact conditioning).
         jitter: optional extra diagonal on the training kernel.
-        solver: ``"exact"`` (dense vertex components), ``"matrix_free"`` (Monte-Carlo estimate of the
+        method: ``"exact"`` (dense vertex components), ``"matrix_free"`` (Monte-Carlo estimate of the
             vertex contractions, ``O(samples N_train^2)``, fully connected networks only; outputs carry
             ``mean_se``, ``var_se``, ``log_evidence_se``; see ``docs/matrix-free.md``) or ``"auto"``:
             exact up to ``AUTO_EXACT_MAX = 64`` training points (or when the network is not
             supported by the matrix-free path), matrix-free above. ``.method`` says which was used.
+            ``"closed"``, ``"mehler"``, ``"quadrature"`` are ``net.prior``'s derivative methods and are
+            passed on to it (with ``"auto"`` path selection), as before.
+        solver: the same choice as ``method`` (its earlier name; kept working). Giving both with
+            different paths is an error.
         samples: Monte-Carlo samples per source layer for the matrix-free path (default 32768);
             standard errors fall like ``samples^-1/2``.
         seed: integer seed of the matrix-free path (results are reproducible for a fixed seed).
@@ -48,8 +56,16 @@ def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, solve
         numpy.linalg.LinAlgError: singular training kernel (e.g. duplicate inputs with ``noise = 0``).
         NotImplementedError: architectures without finite-width cumulants.
     """
-    if solver not in SOLVERS:
+    if method in PRIOR_METHODS:  # net.prior's own option, passed through as before
+        options["method"], method = method, "auto"
+    elif method not in SOLVERS:
+        raise ValueError(f"method: expected one of {SOLVERS} (or net.prior's {PRIOR_METHODS}), got {method!r}")
+    if solver is None:
+        solver = method
+    elif solver not in SOLVERS:
         raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
+    elif method != "auto" and solver != method:
+        raise ValueError(f"method={method!r} and solver={solver!r} ask for different paths; give one of them")
     if solver == "auto":
         big = np.shape(X_train)[0] > AUTO_EXACT_MAX if np.ndim(X_train) == 2 else False
         solver = "matrix_free" if big and mlp_spec(net) is not None else "exact"
@@ -88,5 +104,8 @@ def posterior(net, X_train, Y_train, X_test, *, noise: float, jitter: float = 0.
     """
     train_test(net, X_train, Y_train, X_test, noise, jitter)  # all argument errors before any work
     # the full covariance needs the exact path (the matrix-free path never forms test x test blocks)
+    if options.get("method") in ("matrix_free",):
+        raise ValueError("method: ngp.posterior needs the exact path (the full covariance); use "
+                         "ngp.condition(..., method='matrix_free').predict(X_test) for the matrix-free one")
     return condition(net, X_train, Y_train, noise=noise, jitter=jitter, solver="exact",
                      **options).predict(X_test, full_cov=True)

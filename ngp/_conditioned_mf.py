@@ -1,4 +1,4 @@
-"""``ngp.condition(..., solver="matrix_free")``: the matrix-free estimator behind the public API.
+"""``ngp.condition(..., method="matrix_free")``: the matrix-free estimator behind the public API.
 
 The estimator itself (:mod:`ngp._matrix_free`, ``docs/matrix-free.md``) works on per-layer kernel
 blocks of a fully connected network; this module reads those from the network, runs it, and wraps
@@ -22,7 +22,7 @@ from ._validity import Validity
 
 __all__ = ["MatrixFreeConditioned", "mlp_spec", "AUTO_EXACT_MAX", "SOLVERS"]
 
-#: ``solver="auto"`` uses the exact path up to this many training points (the dense vertex on the
+#: ``method="auto"`` uses the exact path up to this many training points (the dense vertex on the
 #: training inputs has ``N^4`` entries and the exact prediction costs ``N^3`` per test point).
 AUTO_EXACT_MAX = 64
 SOLVERS = ("auto", "exact", "matrix_free")
@@ -59,7 +59,7 @@ def mlp_spec(net):
 class MatrixFreeConditioned(Conditioned):
     """A fully connected network prior conditioned on many training points, by the matrix-free estimator.
 
-    Returned by ``ngp.condition(..., solver="matrix_free")`` (or ``"auto"`` above
+    Returned by ``ngp.condition(..., method="matrix_free")`` (or ``"auto"`` above
     ``AUTO_EXACT_MAX`` training points). Same interface as :class:`ngp.Conditioned`; every
     finite-width output carries its Monte-Carlo standard error and is reproducible for a fixed
     ``seed`` (``docs/matrix-free.md``).
@@ -80,8 +80,8 @@ class MatrixFreeConditioned(Conditioned):
         spec = mlp_spec(net)
         if spec is None:
             raise NotImplementedError(
-                f"solver='matrix_free': supported for fully connected networks with one smooth or relu-family "
-                f"activation (Dense, Elementwise, ..., Dense), got {net!r}; use solver='exact'"
+                f"method='matrix_free': supported for fully connected networks with one smooth or relu-family "
+                f"activation (Dense, Elementwise, ..., Dense), got {net!r}; use method='exact'"
             )
         self.net, self.X_train, self.Y_train, self.noise, self.jitter = net, XA, Y, noise, jitter
         self.options = dict(options)
@@ -155,7 +155,7 @@ class MatrixFreeConditioned(Conditioned):
         Args:
             X_test: ``(N_test, n0)`` test inputs.
             full_cov: not available on this path (``NotImplementedError``): the matrix-free estimator
-                gives marginal variances; use ``solver="exact"`` for the joint covariance.
+                gives marginal variances; use ``method="exact"`` for the joint covariance.
             batch_size: test points per estimator call (default: all at once). Every call reuses the
                 same seed, so the answer does not depend on the batching; each call resamples the
                 training side (cost grows with the number of batches).
@@ -167,8 +167,8 @@ class MatrixFreeConditioned(Conditioned):
         """
         if full_cov:
             raise NotImplementedError(
-                "predict: full_cov=True is not available with solver='matrix_free' (marginal variances only); "
-                "use solver='exact' for the joint covariance of a few test points"
+                "predict: full_cov=True is not available with method='matrix_free' (marginal variances only); "
+                "use method='exact' for the joint covariance of a few test points"
             )
         XB = as_inputs(X_test, "X_test", in_dim=getattr(self.net, "in_dim", None))
         if XB.shape[1] != self.X_train.shape[1]:

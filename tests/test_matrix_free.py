@@ -1,7 +1,7 @@
 """Matrix-free finite-width posterior (``ngp._matrix_free``).
 
 The reference is the exact first-order posterior computed with the dense four-point vertex
-(``ngp.condition(..., solver="exact")``, dense vertex components): an independent code path. Its
+(``ngp.condition(..., method="exact")``, dense vertex components): an independent code path. Its
 numbers, for the small problems below, are stored in ``tests/data/matrix_free_reference.json``
 by ``benchmarks/matrix_free_validation.py`` (the dense path takes minutes for gelu, too slow here).
 Tolerances come from the standard errors the estimator reports (4 s.e.), and every comparison

@@ -339,3 +339,30 @@ def test_with_width_matches_a_new_network():
     np.testing.assert_allclose(w.predict(XB).mean, other.predict(XB).mean, rtol=1e-12)
     with pytest.raises(ValueError, match="equal hidden widths"):
         ngp.condition(ngp.MLP(3, [8, 16]), XA, Y, noise=0.1).with_width(4)
+
+
+def test_condition_method_names_the_path():
+    """``ngp.condition(..., method=)`` chooses the path (the issue's name; ``solver=`` is the same choice);
+    ``net.prior``'s derivative methods pass through to the prior. Construction only solves the training
+    kernel, so no Monte-Carlo work runs here."""
+    rng = np.random.default_rng(0)
+    net = ngp.MLP(3, 16, activation="erf")
+    X = rng.normal(size=(6, 2))
+    Y = X[:, :1]
+    assert ngp.condition(net, X, Y, noise=0.1).method == "exact"
+    assert ngp.condition(net, X, Y, noise=0.1, method="exact").method == "exact"
+    assert ngp.condition(net, X, Y, noise=0.1, method="matrix_free").method == "matrix_free"
+    assert ngp.condition(net, X, Y, noise=0.1, solver="matrix_free").method == "matrix_free"
+    assert ngp.condition(net, X, Y, noise=0.1, method="matrix_free", solver="matrix_free").method == "matrix_free"
+    with pytest.raises(ValueError, match="method='exact' and solver='matrix_free'"):
+        ngp.condition(net, X, Y, noise=0.1, method="exact", solver="matrix_free")
+    with pytest.raises(ValueError, match="method: expected one of"):
+        ngp.condition(net, X, Y, noise=0.1, method="dense")
+    with pytest.raises(ValueError, match="method: ngp.posterior needs the exact path"):
+        ngp.posterior(net, X, Y, X[:2], noise=0.1, method="matrix_free")
+    # the prior's own option still reaches the prior: same numbers as a prior built with it
+    via = ngp.condition(net, X, Y, noise=0.1, method="quadrature")
+    direct = ngp.Conditioned(net, X, Y, noise=0.1, method="quadrature")
+    assert via.method == "exact" and via.options == {"method": "quadrature"} and via.log_evidence == direct.log_evidence
+    default = ngp.condition(net, X, Y, noise=0.1)
+    assert via.log_evidence == pytest.approx(default.log_evidence, rel=1e-8)
