@@ -12,13 +12,14 @@ import numpy as np
 
 from ._conditioned_mf import AUTO_EXACT_MAX, SOLVERS, MatrixFreeConditioned, mlp_spec
 from ._posterior import Conditioned, FiniteWidthPosterior
+from ._prior import DERIVATIVE_METHODS
 from ._validate import train_test
 
 __all__ = ["condition", "posterior"]
 
 
-#: Values of ``net.prior``'s own ``method`` option (how the kernel-map derivatives are computed).
-PRIOR_METHODS = ("closed", "mehler", "quadrature")
+#: ``net.prior``'s own ``method`` values that are not path names (passed through to the prior).
+PRIOR_METHODS = tuple(m for m in DERIVATIVE_METHODS if m not in SOLVERS)
 
 
 def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, method: str = "auto",
@@ -104,7 +105,7 @@ def posterior(net, X_train, Y_train, X_test, *, noise: float, jitter: float = 0.
     """
     train_test(net, X_train, Y_train, X_test, noise, jitter)  # all argument errors before any work
     # the full covariance needs the exact path (the matrix-free path never forms test x test blocks)
-    if options.get("method") in ("matrix_free",):
+    if options.get("method") == "matrix_free":
         raise ValueError("method: ngp.posterior needs the exact path (the full covariance); use "
                          "ngp.condition(..., method='matrix_free').predict(X_test) for the matrix-free one")
     return condition(net, X_train, Y_train, noise=noise, jitter=jitter, solver="exact",

@@ -16,7 +16,7 @@ from ._pairs import Pairs
 from ._steps import IDENTITY, Flow
 from ._validate import MAX_MEMORY, as_inputs, count, float64, memory_bytes, positive_float, warn
 
-__all__ = ["Prior", "Layer", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY", "PRIOR_OPTIONS", "check_options"]
+__all__ = ["Prior", "Layer", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY", "PRIOR_OPTIONS", "DERIVATIVE_METHODS", "check_options"]
 
 #: Expansion parameter above which first-order perturbation theory is not trusted.
 EXPANSION_WARN = 0.3
@@ -26,6 +26,8 @@ FOUR_POINT_K_WARN = 2.0
 KERNEL_OPTIONS = ("method", "terms", "nodes", "quad_nodes")
 #: Keyword options accepted by ``net.prior(X, **options)``.
 PRIOR_OPTIONS = KERNEL_OPTIONS + ("four_point_order", "four_point_rtol", "max_memory", "warn", "lambda_W", "lambda_b")
+#: Values of the ``method`` option: how the kernel-map derivatives are computed.
+DERIVATIVE_METHODS = ("auto", "closed", "mehler", "quadrature")
 
 
 def check_options(options: dict, where: str = "net.prior") -> dict:
@@ -45,8 +47,8 @@ def check_options(options: dict, where: str = "net.prior") -> dict:
     for name in ("terms", "nodes", "quad_nodes"):
         if out.get(name) is not None:
             out[name] = count(out[name], name, minimum=1)
-    if "method" in out and out["method"] not in ("auto", "closed", "mehler", "quadrature"):
-        raise ValueError(f"method: expected one of ('auto', 'closed', 'mehler', 'quadrature'), got {out['method']!r}")
+    if "method" in out and out["method"] not in DERIVATIVE_METHODS:
+        raise ValueError(f"method: expected one of {DERIVATIVE_METHODS}, got {out['method']!r}")
     return out
 
 
