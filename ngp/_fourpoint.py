@@ -770,7 +770,7 @@ def fixed_rule_split(act: Activation, K, ms, orders: dict, *, rtol: float = RTOL
     calibration: returns ``ok`` (M,) bool and the calibrated error estimates (M,) (absolute).
 
     Activations with a closed-form ``smoothed`` (erf, gelu) never stay on the fixed rule: the
-    anisotropic rule integrates one input in closed form and is 3-6x faster for them at every
+    anisotropic rule integrates one input in closed form and is 3-7x faster for them at every
     variance (``docs/four-point.md``, "Which rule runs when")."""
     K = np.asarray(K, dtype=float)
     ms = np.asarray(ms)
