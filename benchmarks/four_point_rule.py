@@ -36,6 +36,7 @@ import ngp  # noqa: E402
 from ngp._finite import _product_expectations  # noqa: E402
 from ngp._fourpoint import product_expectations, split_multisets  # noqa: E402
 from ngp._gaussian import gauss_hermite  # noqa: E402
+from tests._fourpoint_blocks import holder, random_block  # noqa: E402
 
 
 def dense(fn, C, pattern, m, cutoff=1e-21):
@@ -58,20 +59,6 @@ def dense(fn, C, pattern, m, cutoff=1e-21):
         X = np.concatenate([np.full((grid.shape[0], 1), x1), grid], axis=1)
         total += float(f(jnp.asarray(X @ R.T), jnp.asarray(ww)))
     return total, nodes
-
-
-def random_block(rng, u, K):
-    A = rng.normal(size=(u, u + 1))
-    C = A @ A.T
-    d = np.sqrt(np.diag(C))
-    s = np.sqrt(K * rng.uniform(0.6, 1.0, size=u))
-    return C / np.outer(d, d) * np.outer(s, s)
-
-
-def holder(act, C, pattern):
-    x, w = gauss_hermite(200)
-    m4 = [np.sum(np.asarray(act.fn(jnp.asarray(np.sqrt(C[j, j]) * x))) ** 4 * w) for j in range(len(pattern))]
-    return float(np.prod(np.asarray(m4) ** (np.asarray(pattern) / 4)))
 
 
 def timed(fn, repeat=1):

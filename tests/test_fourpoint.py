@@ -21,6 +21,7 @@ from ngp._finite import _product_expectations, multisets
 from ngp._fourpoint import multiset_expectations, product_expectations
 from ngp._gaussian import gauss_hermite
 
+from ._fourpoint_blocks import holder, random_block
 from ._orthant_mp import as_dict, relu_family_product
 
 
@@ -132,20 +133,6 @@ def _dense(fn, C, pattern, m):
     return total
 
 
-def _random_block(rng, u, K):
-    A = rng.normal(size=(u, u + 1))
-    C = A @ A.T
-    d = np.sqrt(np.diag(C))
-    s = np.sqrt(K * rng.uniform(0.6, 1.0, size=u))
-    return C / np.outer(d, d) * np.outer(s, s)
-
-
-def _holder(act, C, pattern):
-    x, w = gauss_hermite(200)
-    m4 = [np.sum(np.asarray(act.fn(jnp.asarray(np.sqrt(C[j, j]) * x))) ** 4 * w) for j in range(len(pattern))]
-    return np.prod(np.asarray(m4) ** (np.asarray(pattern) / 4))
-
-
 SMOOTH = {
     "tanh": lambda: ngp.activation("tanh"),
     "erf": lambda: ngp.activation("erf"),
@@ -162,10 +149,10 @@ def test_smooth_against_dense_rule(rng, name):
     cases = [((1, 1, 1, 1), 0.3, 40), ((1, 2, 1), 1.0, 100), ((2, 1, 1), 2.0, 160)]
     errs, ests = [], []
     for pattern, K, m in cases:
-        C = _random_block(rng, len(pattern), K)
+        C = random_block(rng, len(pattern), K)
         ref = _dense(act.fn, C, pattern, m)
         val, est = product_expectations(act, C, pattern)
-        scale = _holder(act, C, pattern)
+        scale = holder(act, C, pattern)
         errs.append(abs(val[0] - ref) / scale)
         ests.append(est[0] / scale)
     errs, ests = np.asarray(errs), np.asarray(ests)
@@ -179,7 +166,7 @@ def test_error_estimates_honest_and_not_absurd(rng):
     """At a loose tolerance the errors are visible: the estimate covers the actual error in most
     cases and is within a factor 1000 of it."""
     act = ngp.activation("tanh")
-    C = np.stack([_random_block(rng, 3, K) for K in (0.3, 0.6, 1.0, 1.0, 1.5, 2.0)])
+    C = np.stack([random_block(rng, 3, K) for K in (0.3, 0.6, 1.0, 1.0, 1.5, 2.0)])
     val, est = product_expectations(act, C, (1, 1, 2), rtol=1e-6)
     ref = np.array([_dense(act.fn, c, (1, 1, 2), 120) for c in C])
     err = np.abs(val - ref)
@@ -283,12 +270,12 @@ def test_error_estimate_honest_at_large_variance(rng, K):
     < 1e-13), and is not absurdly pessimistic."""
     act = ngp.activation("tanh")
     for pattern, h in (((2, 2), 0.04), ((3, 1), 0.04), ((2, 1, 1), 0.09)):
-        C = _random_block(rng, len(pattern), K)[None]
+        C = random_block(rng, len(pattern), K)[None]
         val, est = product_expectations(act, C, pattern)
         for i in range(1):
             ref = _trapezoid(act.fn, C[i], pattern, h)
             ref2 = _trapezoid(act.fn, C[i], pattern, 1.25 * h)
-            scale = _holder(act, C[i], pattern)
+            scale = holder(act, C[i], pattern)
             assert abs(ref - ref2) < 1e-13 * scale, (pattern, ref, ref2)
             err = abs(val[i] - ref)
             assert est[i] >= err or err < 1e-13 * scale, (pattern, K, err / scale, est[i] / scale)
