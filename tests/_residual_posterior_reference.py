@@ -127,7 +127,7 @@ def _network_sampler(name, X, n, C_W, C_b, gamma, xi, n_train, noise, Y):
         for k in range(blocks):
             Sig = C_b[k + 1] + C_W[k + 1] * (s.T @ s / n)
             S2 = xi[k] ** 2 * Sig
-            x = jax.random.normal(keys[k + 1], (n, N)) @ jnp.linalg.cholesky(S2 + 1e-300 * jnp.eye(N)).T
+            x = jax.random.normal(keys[k + 1], (n, N)) @ jnp.linalg.cholesky(S2).T  # C_b > 0: positive definite
             m = gamma[k] * z
             feats += _hermite_features(act, m, x, S2, iu)
             z = m + x
