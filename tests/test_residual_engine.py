@@ -21,6 +21,9 @@ from ._residual_posterior_reference import residual_importance_posterior
 from ._residual_reference import branch_network
 
 X3 = np.array([[0.9, -0.3, 0.4, 1.1], [-0.5, 0.8, 0.2, -0.7], [0.3, 0.6, -1.0, 0.1]])
+#: Posterior checks: training inputs (3, 2), a test input (1, 2), targets (3, 1).
+POSTERIOR_DATA = (np.array([[1.0, 0.2], [-0.6, 0.9], [0.3, -1.1]]), np.array([[0.5, 0.5]]),
+                  np.array([[0.6], [-0.4], [0.5]]))
 
 
 def _same(a, b, tol=1e-12):
@@ -139,9 +142,7 @@ def _mc(net, X, samples, n):
 def test_posterior_against_importance_sampling():
     # ResMLP depth 4, n = 32: the finite-width posterior mean is within the Monte-Carlo error plus its
     # O(1/n^2) remainder of the importance-sampling truth; the GP's O(1/n) error is rejected
-    XA = np.array([[1.0, 0.2], [-0.6, 0.9], [0.3, -1.1]])
-    XB = np.array([[0.5, 0.5]])
-    YA = np.array([[0.6], [-0.4], [0.5]])
+    XA, XB, YA = POSTERIOR_DATA
     net = ngp.ResMLP(4, 32, activation="tanh", C_W=1.5, C_b=0.1, gamma=0.9, xi=0.6)
     ref = ngp.reference.importance_posterior(net, XA, YA, XB, noise=0.05, num_samples=100_000, seed=1)
     cond = ngp.condition(net, XA, YA, noise=0.05)
@@ -158,9 +159,7 @@ def test_posterior_error_falls_like_second_order():
     # ResMLP depth 4; truth by importance sampling with zero-mean martingale control variates
     # (tests/_residual_posterior_reference.py: its own sampler, unbiased, 17-43x less variance). The
     # finite-width error falls with slope <= -1.5 and stays below the GP's, whose error falls like 1/n.
-    XA = np.array([[1.0, 0.2], [-0.6, 0.9], [0.3, -1.1]])
-    XB = np.array([[0.5, 0.5]])
-    YA = np.array([0.6, -0.4, 0.5])
+    XA, XB, YA = POSTERIOR_DATA
     widths, err_fw, err_gp, se = (16, 32, 64), [], [], []
     for n in widths:
         ref = residual_importance_posterior("tanh", XA, YA, XB, width=n, C_W=[1.5] * 4, C_b=[0.1] * 4,
@@ -168,7 +167,7 @@ def test_posterior_error_falls_like_second_order():
                                             num_samples=100_000 * (n // 16) ** 2, seed=n)
         assert ref["control_max_z"] < 5.0  # the controls' zero mean, over ~260 of them
         cond = ngp.condition(ngp.ResMLP(4, n, activation="tanh", C_W=1.5, C_b=0.1, gamma=0.9, xi=0.6),
-                             XA, YA[:, None], noise=0.05, warn=False)
+                             XA, YA, noise=0.05, warn=False)
         err_fw.append(abs(cond.predict(XB).mean[0, 0] - ref["mean"][0]))
         err_gp.append(abs(cond.gp.predict(XB).mean[0, 0] - ref["mean"][0]))
         se.append(ref["mean_se"][0])
@@ -185,11 +184,9 @@ def test_posterior_references_agree():
     # Three independent truths for one residual posterior: the control-variate reference (own sampler),
     # ngp.reference.importance_posterior (the library's conditional sampler) and NUTS on the weights of
     # actual residual networks (ngp.reference.nuts_posterior); tanh ResMLP depth 4, n = 8.
-    XA = np.array([[1.0, 0.2], [-0.6, 0.9], [0.3, -1.1]])
-    XB = np.array([[0.5, 0.5]])
-    YA = np.array([[0.6], [-0.4], [0.5]])
+    XA, XB, YA = POSTERIOR_DATA
     net = ngp.ResMLP(4, 8, activation="tanh", C_W=1.5, C_b=0.1, gamma=0.9, xi=0.6)
-    cv = residual_importance_posterior("tanh", XA, YA[:, 0], XB, width=8, C_W=[1.5] * 4, C_b=[0.1] * 4,
+    cv = residual_importance_posterior("tanh", XA, YA, XB, width=8, C_W=[1.5] * 4, C_b=[0.1] * 4,
                                        gamma=[0.9] * 2, xi=[0.6] * 2, noise=0.05, num_samples=100_000, seed=3)
     imp = ngp.reference.importance_posterior(net, XA, YA, XB, noise=0.05, num_samples=100_000, seed=4)
     nuts = ngp.reference.nuts_posterior(net, XA, YA, XB, noise=0.05, num_warmup=300, num_samples=500, seed=5)
