@@ -270,10 +270,15 @@ class Conditioned:
             X_test: ``(N_test, n0)`` test inputs.
             full_cov: also compute the ``(N_test, out_dim, N_test, out_dim)`` covariance (needs the
                 vertex components of every pair of test points; memory grows as ``N_test^2 N_train^2``).
-            batch_size: test points per batch for the marginal path (default: from ``max_memory``).
+            batch_size: test points per batch for the marginal path (default: half of ``max_memory``
+                over one test point's working memory, ``docs/theory.md``, "Posterior").
 
         Returns:
             :class:`FiniteWidthPosterior` (``cov`` is ``None`` unless ``full_cov``).
+
+        Raises:
+            MemoryError: one test point (or ``batch_size`` of them, or the ``full_cov`` blocks) would
+                need more than ``max_memory``; raised with the estimate before any vertex work.
         """
         XB = as_inputs(X_test, "X_test", in_dim=getattr(self.net, "in_dim", None))
         if XB.shape[1] != self.X_train.shape[1]:
@@ -296,11 +301,20 @@ class Conditioned:
         Gbar = K1[NA:, :NA] - P @ t["K1"]  # (NB, NA)
         nL = yt.shape[1]
         limit = self.options.get("max_memory", MAX_MEMORY)
-        per_point = 8 * NA**3 * 40 + 8 * NA**2 * 16
+        per_point = _predict_bytes_per_point(prior, NA, nL)
         if batch_size is None:
-            batch_size = int(max(1, min(NB, (limit // 4) // max(per_point, 1))))
+            if per_point > limit // 2:
+                raise MemoryError(
+                    f"predict: one test point needs about {per_point / 1024**3:.3g} GiB of working memory with "
+                    f"{NA} training points (> half of max_memory={limit / 1024**3:.3g} GiB): raise max_memory if "
+                    "the machine has the memory, or use method='matrix_free'")
+            batch_size = int(max(1, min(NB, (limit // 2) // per_point)))
         else:
             batch_size = count(batch_size, "batch_size")
+            if batch_size * per_point > limit:
+                raise MemoryError(
+                    f"predict: batch_size={batch_size} needs about {batch_size * per_point / 1024**3:.3g} GiB "
+                    f"(> max_memory={limit / 1024**3:.3g} GiB): use a smaller batch_size or raise max_memory")
         mean = gp.mean.copy()
         var = np.empty((NB, nL))
         V1_all = [] if full_cov else None
@@ -330,7 +344,7 @@ class Conditioned:
                 V1_all.append(V1)
         cov = None
         if full_cov:
-            cov = self._full_cov(c.vertex, iA, iB, np.concatenate(V1_all), P, gp, K1, NA)
+            cov = self._full_cov(c.vertex, iA, iB, np.concatenate(V1_all), P, gp, K1, NA, _component_bytes(prior))
         eps = c.expansion_parameter * (prior.n / n)
         logz = self._log_evidence
         validity = posterior_validity(mean=mean, var=var, gp_mean=gp.mean, gp_var=gp.var, noise=self.noise,
@@ -348,20 +362,23 @@ class Conditioned:
             self._joint[key] = self.net.prior(np.concatenate([self.X_train, XB]), **self.options)
         return self._joint[key]
 
-    def _full_cov(self, vertex, iA, iB, V1, P, gp, K1, NA):
+    def _full_cov(self, vertex, iA, iB, V1, P, gp, K1, NA, comp_bytes):
         """``(N_B, n_L, N_B, n_L)`` covariance from the components with two test indices."""
         s, t = self._solve, self._train
         yt, Kinv = s.ytilde, s.Kinv
         n = self.n
         NB, nL = P.shape[0], yt.shape[1]
         limit = self.options.get("max_memory", MAX_MEMORY)
-        need = 8 * NB * NB * NA * NA * 30
+        dense = 8 * NB * NB * NA * NA * 8  # Vp, Vc and the contractions' temporaries
+        per_row = 2 * NB * NA * NA * comp_bytes  # one test row of components
+        need = dense + per_row
         if need > limit:
             raise MemoryError(
                 f"predict: full_cov for {NB} test and {NA} training points needs about {need / 1024**3:.2f} GiB "
                 f"(> max_memory={limit / 1024**3:.2f} GiB); use full_cov=False (marginal variances) or fewer test points"
             )
-        Vp, Vc = _pair_components(vertex, iB, iA)  # (NB, NB, NA, NA) V_(bc)(xy), (NB, NA, NB, NA) V_(bx)(cy)
+        rows = int(max(1, min(NB, (limit - dense) // per_row)))
+        Vp, Vc = _pair_components(vertex, iB, iA, rows)  # (NB, NB, NA, NA) V_(bc)(xy), (NB, NA, NB, NA) V_(bx)(cy)
         Gbb = K1[NA:, NA:] - P @ K1[:NA, NA:] - K1[NA:, :NA] @ P.T + P @ t["K1"] @ P.T
         V1W = np.einsum("blxy,xy->bl", V1, t["W"])
         S_pairs = np.einsum("bcxy,xy->bc", Vp, t["W"]) - V1W @ P.T - P @ V1W.T + P @ t["M_W"] @ P.T
@@ -409,17 +426,41 @@ def _test_components(vertex, iB, iA):
     return V1, Vbb, Vc
 
 
-def _pair_components(vertex, iB, iA):
-    """``V_(b c)(x y)`` as ``(NB, NB, NA, NA)`` and ``V_(b x)(c y)`` as ``(NB, NA, NB, NA)`` for all test pairs."""
+def _pair_components(vertex, iB, iA, rows: int):
+    """``V_(b c)(x y)`` as ``(NB, NB, NA, NA)`` and ``V_(b x)(c y)`` as ``(NB, NA, NB, NA)`` for all test pairs,
+    ``rows`` test points ``b`` at a time (bounding the recursion's working memory)."""
     NB, NA = len(iB), len(iA)
-    b, c, x, y = (g.reshape(-1) for g in np.meshgrid(np.arange(NB), np.arange(NB), np.arange(NA), np.arange(NA),
-                                                       indexing="ij"))
-    qp = np.stack([iB[b], iB[c], iA[x], iA[y]], axis=1)
-    qc = np.stack([iB[b], iA[x], iB[c], iA[y]], axis=1)
-    vals = vertex.components(np.concatenate([qp, qc]))
-    Vp = vals[:qp.shape[0]].reshape(NB, NB, NA, NA)
-    Vc = vals[qp.shape[0]:].reshape(NB, NB, NA, NA).transpose(0, 2, 1, 3)
+    Vp = np.empty((NB, NB, NA, NA))
+    Vc = np.empty((NB, NA, NB, NA))
+    for start in range(0, NB, rows):
+        bs = np.arange(start, min(NB, start + rows))
+        b, c, x, y = (g.reshape(-1) for g in np.meshgrid(bs, np.arange(NB), np.arange(NA), np.arange(NA),
+                                                           indexing="ij"))
+        qp = np.stack([iB[b], iB[c], iA[x], iA[y]], axis=1)
+        qc = np.stack([iB[b], iA[x], iB[c], iA[y]], axis=1)
+        vals = vertex.components(np.concatenate([qp, qc]))
+        Vp[bs] = vals[:qp.shape[0]].reshape(bs.size, NB, NA, NA)
+        Vc[bs] = vals[qp.shape[0]:].reshape(bs.size, NB, NA, NA).transpose(0, 2, 1, 3)
     return Vp, Vc
+
+
+#: Working memory (bytes) per vertex component asked of one finite-width layer's recursion: the
+#: index bookkeeping and the nine sub-components one layer down (measured 0.55 KB per layer at
+#: depths 3 and 5 with a closed-form activation), plus the four-point quadrature of the new
+#: multisets (about 0.7 KB each for tanh); rounded up.
+COMPONENT_BYTES = 1536
+
+
+def _component_bytes(prior) -> int:
+    """Working memory per requested vertex component of ``prior`` (all its finite-width layers)."""
+    return COMPONENT_BYTES * max(1, sum(not c.gaussian for c in prior._cumulants))
+
+
+def _predict_bytes_per_point(prior, NA: int, nL: int) -> int:
+    """Working memory of the marginal path per test point: its ``NA^3/2 + NA^2`` components and the
+    dense ``(NA, NA, NA)`` blocks and contractions built from them."""
+    P_A = NA * (NA + 1) // 2
+    return (NA * P_A + 2 * P_A) * _component_bytes(prior) + 8 * NA**3 * 4 + 8 * NA**2 * (nL + 8)
 
 
 class GPConditioned:

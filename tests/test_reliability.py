@@ -189,6 +189,44 @@ def test_huge_networks_raise_memory_error_before_work():
         ngp.reference.nuts_posterior(ngp.MLP(2, 16), X[:2], np.ones(2), X[2:], noise=0.1, max_memory=1e4)
 
 
+def test_predict_memory_is_bounded_by_max_memory(monkeypatch):
+    """The exact path's predict works in test-point batches (and full_cov in rows of test points) sized
+    from max_memory, with the same numbers as one batch; a budget below one test point's working
+    memory is a MemoryError with the estimate before any vertex work."""
+    from ngp import _posterior
+
+    rng = np.random.default_rng(0)
+    XA, XB, Y = rng.normal(size=(6, 2)), rng.normal(size=(5, 2)), rng.normal(size=(6, 2))
+    net = ngp.MLP(3, 16, activation="sin", C_W=1.2, C_b=0.1, out_dim=2)  # closed-form four-point values: fast
+    ref = ngp.condition(net, XA, Y, noise=0.1, method="exact").predict(XB, full_cov=True)
+    per_point = _posterior._predict_bytes_per_point(net.prior(np.concatenate([XA, XB])), 6, 2)
+    calls = {"batches": 0, "rows": []}
+    test_components, pair_components = _posterior._test_components, _posterior._pair_components
+
+    def counted_batches(*args):
+        calls["batches"] += 1
+        return test_components(*args)
+
+    def counted_rows(*args):
+        calls["rows"].append(args[-1])
+        return pair_components(*args)
+
+    monkeypatch.setattr(_posterior, "_test_components", counted_batches)
+    monkeypatch.setattr(_posterior, "_pair_components", counted_rows)
+    small = ngp.condition(net, XA, Y, noise=0.1, method="exact", max_memory=int(4.5 * per_point))
+    got = small.predict(XB, full_cov=True)
+    assert calls["batches"] == 3 and calls["rows"] == [2]  # 2 + 2 + 1 test points; full_cov 2 rows at a time
+    for a, b in ((got.mean, ref.mean), (got.var, ref.var), (got.cov, ref.cov)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    tight = ngp.condition(net, XA, Y, noise=0.1, method="exact", max_memory=int(1.5 * per_point))
+    calls["batches"] = 0
+    with pytest.raises(MemoryError, match="one test point needs about .* GiB .*max_memory"):
+        tight.predict(XB)
+    with pytest.raises(MemoryError, match="batch_size=5 needs about .*max_memory"):
+        small.predict(XB, batch_size=5)
+    assert calls["batches"] == 0
+
+
 def test_importance_error_does_not_blame_zero_noise_when_noise_is_positive():
     net = ngp.MLP(2, 8, activation="relu", C_W=2.0, C_b=0.0)
     X = np.array([[1.0], [2.0]])  # parallel inputs, C_b = 0: the training metric is singular in every draw
