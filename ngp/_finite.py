@@ -352,6 +352,11 @@ def _closed_four_point(four_point, C):
     return four_point(C)
 
 
+#: New multisets per quadrature call of :class:`FourPointTable` (bounds the rule's working memory:
+#: measured 0.35 GB above the process at 8000 tanh multisets, 1.3 GB at 40000 in one call).
+TABLE_CHUNK = 8192
+
+
 class FourPointTable:
     """``<s_a s_b s_c s_d>_K`` for multisets of one kernel, each computed once and remembered.
 
@@ -382,9 +387,12 @@ class FourPointTable:
             if np.any(known):
                 vals[known] = np.asarray(self._vals)[pos[known]]
                 errs[known] = self._errs[pos[known]]
-            if new.size:
-                fresh, ferr = four_point_values(self.act, self.K, ms_sorted[first[new]], errors=True, **self.options)
-                fresh, ferr = np.asarray(fresh), np.asarray(ferr, dtype=float)
+            if new.size:  # in chunks: the quadrature's working memory grows with the rows of one call
+                rows = ms_sorted[first[new]]
+                parts = [four_point_values(self.act, self.K, rows[i:i + TABLE_CHUNK], errors=True, **self.options)
+                         for i in range(0, rows.shape[0], TABLE_CHUNK)]
+                fresh = np.concatenate([np.asarray(v) for v, _ in parts])
+                ferr = np.concatenate([np.asarray(e, dtype=float) for _, e in parts])
                 vals[new], errs[new] = fresh, ferr
                 codes_all = np.concatenate([self._codes, uniq[new]])
                 order = np.argsort(codes_all, kind="stable")

@@ -6,7 +6,6 @@ import pytest
 
 import ngp
 from ngp._finite import FOUR_POINT_ORDERS, _product_expectations, four_point_values, multisets
-from ngp._pairs import Pairs
 
 from ._mc import metric_cumulants
 
@@ -109,7 +108,6 @@ def test_first_layers_are_gaussian_and_two_layers_exact(X3):
     assert np.all(p2.K1 == 0)
     # V^(2) = C_W^2 Cov(s s, s s) exactly at any width: check against a tiny-width MC
     mc = metric_cumulants(net2, X3, 200_000, seed=5)
-    pairs = mc["pairs"]
     z = np.abs(mc["V"] - p2.V_packed) / mc["V_se"]
     assert z.max() < 4.5, z.max()
 
@@ -253,3 +251,32 @@ def test_expansion_warning(X3):
     assert p.expansion_parameter > 0.3
     wide = ngp.MLP(3, 1000, activation="tanh").prior(X3)
     assert wide.expansion_parameter < 0.01
+
+
+def test_four_point_table_chunks_give_the_same_values(monkeypatch):
+    """FourPointTable computes new multisets in chunks of TABLE_CHUNK (bounded quadrature memory): the
+    values and error estimates equal one call of four_point_values to rounding, and cached rows are reused."""
+    from ngp import _finite
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(5, 2))
+    K = np.asarray(ngp.MLP(2, 8, activation="tanh", C_W=1.4, C_b=0.1).prior(X).K)
+    act = ngp.MLP(2, 8, activation="tanh").prior(X)._cumulants[-1].map.act
+    ms = multisets(5)
+    whole, whole_err = four_point_values(act, K, ms, errors=True)
+    calls = []
+    inner = _finite.four_point_values
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[2]))
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(_finite, "TABLE_CHUNK", 16)
+    monkeypatch.setattr(_finite, "four_point_values", counted)
+    table = _finite.FourPointTable(act, K)
+    # the same rules on every row; only the batching of the compiled sums differs (rounding)
+    np.testing.assert_allclose(table(ms[:40]), whole[:40], rtol=1e-13, atol=0)
+    assert calls == [16, 16, 8]
+    np.testing.assert_allclose(table(ms), whole, rtol=1e-13, atol=0)  # only the 30 new rows are computed
+    np.testing.assert_allclose(table.errors(ms), whole_err, rtol=1e-13, atol=0)
+    assert calls == [16, 16, 8, 16, 14] and len(ms) == 70
