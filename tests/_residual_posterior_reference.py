@@ -51,10 +51,7 @@ def _gaussian_second_moment(name, K):
     """``E[s(z_a) s(z_b)]`` ``(N, N)`` for ``z ~ N(0, K)``: relu's arc-cosine closed form, else a
     2-D Gauss-Hermite product rule per pair (smooth activations: exact to rounding)."""
     if name == "relu":
-        d = np.sqrt(np.diag(K))
-        c = np.clip(K / np.outer(d, d), -1.0, 1.0)
-        th = np.arccos(c)
-        return np.outer(d, d) * (np.sin(th) + (np.pi - th) * c) / (2 * np.pi)
+        return _relu_second_moment(K, np)
     act = ACTIVATIONS[name]
     x, w = np.polynomial.hermite_e.hermegauss(_ORDER)
     w = w / w.sum()
@@ -70,12 +67,12 @@ def _gaussian_second_moment(name, K):
     return E
 
 
-def _relu_second_moment(K):
-    """``E[relu(z_a) relu(z_b)]`` for ``z ~ N(0, K)`` (arc-cosine closed form, traceable)."""
-    d = jnp.sqrt(jnp.diag(K))
-    c = jnp.clip(K / jnp.outer(d, d), -1.0, 1.0)
-    th = jnp.arccos(c)
-    return jnp.outer(d, d) * (jnp.sin(th) + (jnp.pi - th) * c) / (2 * jnp.pi)
+def _relu_second_moment(K, xp=jnp):
+    """``E[relu(z_a) relu(z_b)]`` for ``z ~ N(0, K)`` (arc-cosine closed form; ``xp=jnp`` traceable)."""
+    d = xp.sqrt(xp.diag(K))
+    c = xp.clip(K / xp.outer(d, d), -1.0, 1.0)
+    th = xp.arccos(c)
+    return xp.outer(d, d) * (xp.sin(th) + (np.pi - th) * c) / (2 * np.pi)
 
 
 _HERMITE_ORDER = 3
@@ -90,6 +87,14 @@ def _hermite(t, kmax, xp=jnp):
     return xp.stack(H[: kmax + 1], axis=-1)
 
 
+def _hermite_rule():
+    """The ``_GH_NODES``-point rule ``(g, gw)`` (weights summing to 1), ``He_0..He_K`` at its nodes
+    ``(nodes, K+1)`` and ``k!`` ``(K+1,)``, for ``K = _HERMITE_ORDER``."""
+    g, gw = np.polynomial.hermite_e.hermegauss(_GH_NODES)
+    fact = np.array([math.factorial(k) for k in range(_HERMITE_ORDER + 1)], dtype=float)
+    return g, gw / gw.sum(), _hermite(g, _HERMITE_ORDER, np), fact
+
+
 def _hermite_features(act, m, x, S2, iu):
     """Zero-mean features of one block in the Hermite basis of the new increments.
 
@@ -98,14 +103,10 @@ def _hermite_features(act, m, x, S2, iu):
     accuracy affects only the variance reduction, never the mean). Features: ``(1/n) sum_i c_aj c_bk
     (He_j(t_a) He_k(t_b) - delta_jk k! rho_ab^k)``, ``rho = S2_ab / sqrt(S2_aa S2_bb)``: exact zero mean.
     """
-    n = x.shape[0]
-    K = _HERMITE_ORDER
-    g, gw = np.polynomial.hermite_e.hermegauss(_GH_NODES)
-    gw = gw / gw.sum()
+    n, K = x.shape[0], _HERMITE_ORDER
+    g, gw, Hg, fact = _hermite_rule()
     sd = jnp.sqrt(jnp.diag(S2))
     vals = act(m[:, :, None] + sd[None, :, None] * g[None, None, :])  # (n, N, nodes)
-    Hg = _hermite(g, K, np)  # (nodes, K+1)
-    fact = np.array([math.factorial(k) for k in range(K + 1)], dtype=float)
     c = jnp.einsum("iaq,q,qk->iak", vals, gw, Hg) / fact  # (n, N, K+1) coefficients / k!
     H = _hermite(x / sd, K)  # (n, N, K+1)
     rho = S2 / jnp.outer(sd, sd)
@@ -128,12 +129,10 @@ def _shared_hermite_features(act, x, S2, iu):
     for every neuron, so each feature is ``c_aj c_bk`` times a Hermite moment minus its mean. Also returns
     their sum, the truncated increment of ``s s^T / n`` (upper triangle)."""
     n, K = x.shape[0], _HERMITE_ORDER
-    g, gw = np.polynomial.hermite_e.hermegauss(_GH_NODES)
-    gw = gw / gw.sum()
+    g, gw, Hg, fact = _hermite_rule()
     sd = jnp.sqrt(jnp.diag(S2))
-    fact = np.array([math.factorial(k) for k in range(K + 1)], dtype=float)
     vals = act(sd[:, None] * g[None, :])  # (N, nodes)
-    c = jnp.einsum("aq,q,qk->ak", vals, gw, _hermite(g, K, np)) / fact  # (N, K+1)
+    c = jnp.einsum("aq,q,qk->ak", vals, gw, Hg) / fact  # (N, K+1)
     H = _hermite(x / sd, K)  # (n, N, K+1)
     Hf = H.reshape(n, -1)
     M = (Hf.T @ Hf / n).reshape(H.shape[1], K + 1, H.shape[1], K + 1)  # (1/n) sum_i He_j(t_ia) He_k(t_ib)
