@@ -95,6 +95,13 @@ def _hermite_rule():
     return g, gw / gw.sum(), _hermite(g, _HERMITE_ORDER, np), fact
 
 
+def _increment_basis(x, S2):
+    """Shared by the two feature builders: the Hermite rule (:func:`_hermite_rule`), the increments'
+    standard deviations ``sd`` (N,), ``He_k(x / sd)`` (n, N, K+1) and their correlation ``rho`` (N, N)."""
+    sd = jnp.sqrt(jnp.diag(S2))
+    return _hermite_rule(), sd, _hermite(x / sd, _HERMITE_ORDER), S2 / jnp.outer(sd, sd)
+
+
 def _hermite_features(act, m, x, S2, iu):
     """Zero-mean features of one block in the Hermite basis of the new increments.
 
@@ -104,12 +111,9 @@ def _hermite_features(act, m, x, S2, iu):
     (He_j(t_a) He_k(t_b) - delta_jk k! rho_ab^k)``, ``rho = S2_ab / sqrt(S2_aa S2_bb)``: exact zero mean.
     """
     n, K = x.shape[0], _HERMITE_ORDER
-    g, gw, Hg, fact = _hermite_rule()
-    sd = jnp.sqrt(jnp.diag(S2))
+    (g, gw, Hg, fact), sd, H, rho = _increment_basis(x, S2)
     vals = act(m[:, :, None] + sd[None, :, None] * g[None, None, :])  # (n, N, nodes)
     c = jnp.einsum("iaq,q,qk->iak", vals, gw, Hg) / fact  # (n, N, K+1) coefficients / k!
-    H = _hermite(x / sd, K)  # (n, N, K+1)
-    rho = S2 / jnp.outer(sd, sd)
     feats = []
     for j in range(K + 1):
         for k in range(j, K + 1):
@@ -129,14 +133,11 @@ def _shared_hermite_features(act, x, S2, iu):
     for every neuron, so each feature is ``c_aj c_bk`` times a Hermite moment minus its mean. Also returns
     their sum, the truncated increment of ``s s^T / n`` (upper triangle)."""
     n, K = x.shape[0], _HERMITE_ORDER
-    g, gw, Hg, fact = _hermite_rule()
-    sd = jnp.sqrt(jnp.diag(S2))
+    (g, gw, Hg, fact), sd, H, rho = _increment_basis(x, S2)
     vals = act(sd[:, None] * g[None, :])  # (N, nodes)
     c = jnp.einsum("aq,q,qk->ak", vals, gw, Hg) / fact  # (N, K+1)
-    H = _hermite(x / sd, K)  # (n, N, K+1)
     Hf = H.reshape(n, -1)
     M = (Hf.T @ Hf / n).reshape(H.shape[1], K + 1, H.shape[1], K + 1)  # (1/n) sum_i He_j(t_ia) He_k(t_ib)
-    rho = S2 / jnp.outer(sd, sd)
     feats = []
     for j in range(K + 1):
         for k in range(j, K + 1):
