@@ -72,11 +72,14 @@ def _check_mc(net, X, samples, method, seed, batch_size=256):
     [("tanh", 4), ("relu", 3), ("gelu", 2), ("custom", 4), ("tanh", 1)],
 )
 def test_kernel_against_actual_weights(activation, depth, X3):
-    # Real weight matrices of width 1024; the 1/n bias K1/n ~ 1e-4 is far below 4 s.e.
+    # Real weight matrices of width 512. The s.e. of the mean metric goes like 1/sqrt(n samples) and the
+    # normals drawn like n^2 samples, so 192 networks of width 512 resolve K as well as 96 of width 1024
+    # (s.e./K 0.008-0.026 either way) with half the normals; the 1/n bias K1/n is at most 0.2 s.e.
+    # (measured: tanh 0.12, relu 0.08, custom 0.20; 0.24-0.43 at width 256)
     act = (lambda x: jnp.sin(x) + 0.3 * jnp.tanh(2 * x)) if activation == "custom" else activation
-    net = ngp.MLP(depth, 1024, activation=act, C_W=1.5, C_b=0.1, out_dim=2)
-    # 16 networks per batch: 3 x 8 MB of weights each (96 at once peaked at several GB)
-    zmax, z2max = _check_mc(net, X3, 96, "weights", seed=depth, batch_size=16)
+    net = ngp.MLP(depth, 512, activation=act, C_W=1.5, C_b=0.1, out_dim=2)
+    # 32 networks per batch: 3 x 2 MB of weights each
+    zmax, z2max = _check_mc(net, X3, 192, "weights", seed=depth, batch_size=32)
     assert zmax < 4.5 and z2max < 4.5
 
 
