@@ -14,10 +14,10 @@ import pytest
 FAST_COMPILE_FLAG = "--xla_cpu_use_fusion_emitters=false"
 
 
-def _xla_accepts(flag: str) -> bool:
-    """Whether this jaxlib knows ``flag`` (XLA aborts the process on an unknown ``XLA_FLAGS`` entry,
-    so it is tried in a subprocess, ~2 s)."""
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip())
+def _xla_accepts(flags: str) -> bool:
+    """Whether this jaxlib accepts ``XLA_FLAGS=flags`` (XLA aborts the process on an unknown entry, so
+    they are tried in a subprocess, ~2 s)."""
+    env = dict(os.environ, XLA_FLAGS=flags)
     try:
         r = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"],
                            env=env, capture_output=True, timeout=300)
@@ -27,8 +27,9 @@ def _xla_accepts(flag: str) -> bool:
 
 
 # before the first computation: XLA reads XLA_FLAGS once, when the CPU backend starts
-if "fusion_emitters" not in os.environ.get("XLA_FLAGS", "") and _xla_accepts(FAST_COMPILE_FLAG):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip()
+_flags = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip()
+if "fusion_emitters" not in os.environ.get("XLA_FLAGS", "") and _xla_accepts(_flags):
+    os.environ["XLA_FLAGS"] = _flags
 
 # the CLI keeps compiled programs on disk (~/.cache/ngp/jax); tests run without it (reproducible timings)
 os.environ.setdefault("NGP_CACHE_DIR", "")
