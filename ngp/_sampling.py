@@ -22,7 +22,7 @@ import numpy as np
 
 from ._validate import as_inputs, count, memory_bytes
 
-__all__ = ["NetworkSamples", "sample_networks", "SAMPLING_MEMORY", "check_sampling_memory"]
+__all__ = ["NetworkSamples", "sample_networks", "SAMPLING_MEMORY", "check_sampling_memory", "network_keys"]
 
 #: Default memory budget (bytes) of one sampling batch plus the returned arrays.
 SAMPLING_MEMORY = 4 * 1024**3
@@ -43,6 +43,17 @@ class NetworkSamples:
 
     outputs: np.ndarray
     metric: np.ndarray
+
+
+def network_keys(seed: int, S: int) -> np.ndarray:
+    """The ``S`` per-network PRNG keys ``jax.random.split(jax.random.PRNGKey(seed), S)`` as a NumPy
+    array ``(S, 2)``. With JAX's partitionable threefry (its default) the first ``S`` keys of a split
+    into more are the same keys, so the split is compiled for powers of 2 only (one program per
+    octave instead of one per ``S``) and sliced on the host."""
+    key = jax.random.PRNGKey(int(seed))
+    if not jax.config.jax_threefry_partitionable:
+        return np.asarray(jax.random.split(key, S))
+    return np.asarray(jax.random.split(key, 1 << max(0, (S - 1).bit_length())))[:S]
 
 
 def check_sampling_memory(net, n0: int, N: int, method: str, batch: int, total: int, limit: int, what: str):
@@ -94,13 +105,13 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
     check_sampling_memory(net, Xn.shape[1], Xn.shape[0], method, bs, S, limit, "sample_networks")
     Xa = jnp.asarray(Xn)
     batched = _batched_sampler(net, Xa.shape[1], method)
-    keys = jax.random.split(jax.random.PRNGKey(int(seed)), S)
+    keys = network_keys(seed, S)
     outs, mets = [], []
     for start in range(0, S, bs):
         k = keys[start:start + bs]
         got = k.shape[0]
         if got < bs:  # pad the last batch: one compiled shape
-            k = jnp.concatenate([k, jnp.repeat(k[:1], bs - got, axis=0)])
+            k = np.concatenate([k, np.repeat(k[:1], bs - got, axis=0)])
         z, G = batched(k, Xa)
         outs.append(np.asarray(z)[:got])
         mets.append(np.asarray(G)[:got])

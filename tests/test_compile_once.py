@@ -106,3 +106,12 @@ def test_sampling_an_equal_network_again_does_not_compile():
     np.testing.assert_array_equal(a.outputs, b.outputs)
     c = ngp.sample_networks(ngp.MLP(2, 5, activation="tanh", C_W=1.4), X, 4, seed=1)  # different C_W: its own
     assert not np.allclose(a.metric, c.metric)
+
+
+def test_network_keys_are_the_split_keys():
+    """Samplers split their PRNG keys at a power-of-2 count and slice (one compiled split per octave):
+    the keys, and so every draw, must be those of a split into exactly ``S``."""
+    from ngp._sampling import network_keys
+
+    for S in (1, 2, 3, 100, 1000, 1025):
+        np.testing.assert_array_equal(network_keys(7, S), np.asarray(jax.random.split(jax.random.PRNGKey(7), S)))

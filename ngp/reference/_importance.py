@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._sampling import SAMPLING_MEMORY, cached_per_network, check_sampling_memory
+from .._sampling import SAMPLING_MEMORY, cached_per_network, check_sampling_memory, network_keys
 from .._linalg import SAMPLER_JITTER
 from .._validate import RCOND_MIN as _RCOND_GP
 from .._validate import as_targets, count, float64, memory_bytes, nonneg_float, train_test, warn
@@ -274,7 +274,7 @@ def importance_posterior(net, X_train, Y_train, X_test, *, noise: float, num_sam
                           "importance_posterior")
     Xj = jnp.asarray(X)
     stats = _cached_stats(net, X.shape[1], XA.shape[0])
-    keys = jax.random.split(jax.random.PRNGKey(int(seed)), S)
+    keys = network_keys(seed, S)
     Yj = jnp.asarray(Y)
 
     batches = []
@@ -283,7 +283,7 @@ def importance_posterior(net, X_train, Y_train, X_test, *, noise: float, num_sam
         k = keys[start:start + B]
         nvalid = k.shape[0]
         if nvalid < B:  # pad the last batch (one compiled shape); padded draws are masked out
-            k = jnp.concatenate([k, keys[:B - nvalid]])
+            k = np.concatenate([k, keys[:B - nvalid]])
         c, sums, nsing = stats(k, Xj, Yj, noise, nvalid)
         singular += int(nsing)
         sums = {name: np.asarray(v, dtype=float) for name, v in sums.items()}
