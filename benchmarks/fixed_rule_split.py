@@ -1,10 +1,11 @@
 """Four-point rule choice for small priors: the fixed-rule split against the anisotropic rule alone.
 
 ``ngp._finite.four_point_values`` keeps rows that the fixed tensor Gauss-Hermite rule already computes
-to ``rtol / 10`` on that rule (``ngp._fourpoint.fixed_rule_split``), except for activations with a
-closed-form ``smoothed`` (erf, gelu), which always use the anisotropic rule (docs/four-point.md,
-"Which rule runs when"). This script times warm ``net.prior(X).V`` (depth 3, width 32) both ways in
-one process, alternating, and reports the largest difference of ``V`` and both error estimates.
+to ``rtol / 10`` on that rule (``ngp._fourpoint.fixed_rule_split``), only for the patterns without an
+input of power 1, (2, 2) and (4,), and never for activations with a closed-form ``smoothed`` (erf,
+gelu) (docs/four-point.md, "Which rule runs when"). This script times warm ``net.prior(X).V`` (depth 3,
+width 32) with that split (forced for erf and gelu too) and with the anisotropic rule alone, in one
+process, alternating, and reports the largest difference of ``V`` and both error estimates.
 
     python benchmarks/fixed_rule_split.py      # a few minutes; writes results/fixed_rule_split.json
 """

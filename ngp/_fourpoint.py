@@ -19,8 +19,10 @@ together with a per-entry estimate of its numerical error. Three rules (``docs/f
   ``1 - 1e-12``, rank-deficient blocks, duplicated directions) keep full accuracy.
 * **smooth activations**: an anisotropic tensor Gauss-Hermite rule in the eigen-coordinates
   of the block, with per-direction orders from a one-dimensional calibration of the
-  activation; when the activation declares ``smoothed`` (``E[sigma(mu + s w)]`` in closed
-  form) the direction of one input orthogonal to the others is integrated in closed form.
+  activation. One input of power 1 is split into its regression on the others and an independent
+  residual, which is integrated in closed form when the activation declares ``smoothed``
+  (``E[sigma(mu + s w)]``), else from a per-entry table of that one-dimensional integral along the
+  one direction the regression depends on (trapezoid rule, with its own error bound).
   The error estimate is the difference to a companion rule one order step lower in every
   direction; entries that miss the tolerance are recomputed at higher orders.
 
@@ -495,8 +497,13 @@ def _padded(n: int) -> int:
     return next((s for s in _SIZES if s >= n), _SIZES[-1])
 
 
+#: ``smoothed`` value of :func:`_rule_kernel` and :func:`_evaluate_rules` for a numerically tabulated
+#: ``E[sigma(mu + s w)]`` (activations without a closed form; :func:`_smoothed_table`).
+TABLE = "table"
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, pidx, parent, xlast, w):
+def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, pidx, parent, xlast, w, stab, jlast):
     """Rule sums for a block of entries. The rule is given as ``P`` partial nodes of the leading
     ``D - 1`` directions (``pidx`` (P, D-1) indices into ``xtab`` (D-1, 256)) and ``n`` expanded
     nodes: the partial node ``parent`` (n,) continued by the last direction's node ``xlast`` (n,),
@@ -504,7 +511,10 @@ def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, pidx, parent, xlast
     ``powers`` (D,) their powers (0 on padded rows); blocks with fewer inputs or directions are
     padded with zero rows and leading zero columns, so one compiled shape serves every pattern.
     ``beta`` (B, D), ``sigma`` (B,): mean map and conditional std of the closed-form input (unused
-    when ``smoothed`` is None). Returns ``sum w f`` and ``sum w |f|``, (B,) each."""
+    when ``smoothed`` is None). ``smoothed == TABLE``: the closed-form input's mean depends on the last
+    direction only and its smoothed values are ``stab`` (B, T) at that direction's node ``jlast`` (n,)
+    (indices into ``stab``; unused otherwise). Returns ``sum w f``, ``sum w |f|`` and ``sum w |f_h|``
+    (B,) each, ``f_h`` the integrand without the smoothed factor."""
     D = R.shape[-1]
     xs = [xtab[k][pidx[:, k].astype(jnp.int32)] for k in range(D - 1)]  # partial node coordinates
     vals = 1.0
@@ -513,24 +523,103 @@ def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, pidx, parent, xlast
         part = part[:, parent] if D > 1 else 0.0
         f = fn(part + R[:, jj, D - 1][:, None] * xlast[None, :])
         vals = vals * integer_power(f, powers[jj])
-    if smoothed is not None:
+    head = vals
+    if smoothed == TABLE:
+        vals = vals * stab[:, jlast]
+    elif smoothed is not None:
         mu = sum(beta[:, k][:, None] * xs[k][None, :] for k in range(D - 1)) if D > 1 else 0.0
         mu = (mu[:, parent] if D > 1 else 0.0) + beta[:, D - 1][:, None] * xlast[None, :]
         vals = vals * smoothed(mu, sigma[:, None])
-    return vals @ w, jnp.abs(vals) @ w
+    return vals @ w, jnp.abs(vals) @ w, jnp.abs(head) @ w
 
 
-def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutoff: float):
+#: Tolerance of the tabulated smoothing relative to ``rtol`` and the split input's Hoelder factor.
+_TABLE_TOL = 1e-2
+#: Trapezoid steps of the tabulated smoothing, ``h = _TABLE_H0 / 2**level`` on ``|w| <= _TABLE_W``.
+_TABLE_H0 = 0.5
+_TABLE_W = 9.0
+_TABLE_LEVELS = 6
+#: Activation evaluations per call of the tabulation (bounds its temporaries).
+_TABLE_CHUNK = 2**20
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _table_sums(fn, mu, s, w, pw):
+    """``sum_i pw_i fn(mu + s w_i)`` for points ``mu``, ``s`` (P,) and nodes ``w``, ``pw`` (M,)."""
+    return fn(mu[:, None] + s[:, None] * w[None, :]) @ pw
+
+
+def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
+    """``E[fn(mu + s w)]``, ``w ~ N(0, 1)``, at points ``mu``, ``s``, ``tol`` (k,) by the trapezoid rule
+    in ``w`` on ``|w| <= _TABLE_W`` (exponentially convergent for activations analytic in a strip
+    around the real axis, unlike Gauss-Hermite at large ``s``), halving the step (nested: each level
+    adds the midpoints) until the change from the previous step is below ``tol`` (absolute) or
+    :data:`_TABLE_LEVELS` is reached. Returns the values, that change (an error bound: the error of
+    the finer rule is about its square) and the number of activation evaluations, (k,) each. One
+    compiled shape per level: points go in padded chunks of about ``_TABLE_CHUNK`` evaluations."""
+    k = mu.size
+    sums = np.zeros(k)  # sum of phi(w) f(mu + s w) over the nodes so far
+    val = np.zeros(k)
+    err = np.full(k, np.inf)
+    evals = np.zeros(k)
+    todo = np.arange(k)
+    for level in range(_TABLE_LEVELS + 1):
+        if not todo.size:
+            break
+        h = _TABLE_H0 / 2**level
+        half = int(round(_TABLE_W / h))
+        w = h * np.arange(-half, half + 1)
+        if level:
+            w = w[1::2]  # the new midpoints
+        pw = _INV_SQRT_2PI * np.exp(-0.5 * w * w)
+        per = 1 << max(0, (_TABLE_CHUNK // w.size).bit_length() - 1)
+        add = np.zeros(todo.size)
+        pending = []
+        for st in range(0, todo.size, per):
+            pts = todo[st:st + per]
+            m = np.zeros(per)
+            sg = np.zeros(per)
+            m[:pts.size], sg[:pts.size] = mu[pts], s[pts]
+            pending.append((st, pts.size, _table_sums(fn, m, sg, w, pw)))
+        for st, n, out in pending:
+            add[st:st + n] = np.asarray(out)[:n]
+        new = sums[todo] + add
+        if level:
+            err[todo] = np.abs(h * new - 2 * h * sums[todo])
+        sums[todo] = new
+        val[todo] = h * new
+        evals[todo] += w.size
+        if level:
+            todo = todo[err[todo] > tol[todo]]
+    return val, err, evals
+
+
+def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutoff: float, stol=None):
     """Sums of several rules, each for its own entries: ``jobs`` maps ``orders`` (per direction) to
     row indices (k,) into ``R`` (b, u_h, d), ``beta`` (b, d), ``sigma`` (b,). Returns
-    ``{orders: (sum w f (k,), sum w |f| (k,), number of nodes)}``. All kernel calls are dispatched
-    before any result is read back (one transfer at the end)."""
+    ``{orders: (sum w f (k,), sum w |f| (k,), number of nodes, smoothing error (k,), smoothing
+    evaluations (k,))}``. ``smoothed == TABLE``: the closed-form input's mean ``beta`` lies along the
+    last direction and its smoothed values are tabulated at that direction's nodes to ``stol`` (b,)
+    (absolute); the smoothing error is the table's error times ``sum w |f_h|``. All kernel calls are
+    dispatched before any result is read back (one transfer at the end)."""
     d = R.shape[2]
     D = max(d, 3 if smoothed is not None else 4)  # padded inputs and directions (one compiled shape each)
     powers = np.zeros(D, np.int32)
     powers[:len(pattern)] = pattern
     pending = []  # (orders, row slice, padded block size, device results)
     sizes = {}
+    tables = {}
+    if smoothed == TABLE:  # every job's table in one tabulation: the smoothed input at the last direction's nodes
+        x_last = {o: _gh(o[-1])[0][_gh_by_weight(o[-1])[1]] for o in jobs}
+        mu = np.concatenate([(beta[rows, -1][:, None] * x_last[o]).ravel() for o, rows in jobs.items()])
+        rep = np.concatenate([np.repeat(rows, o[-1]) for o, rows in jobs.items()])
+        st_val, st_err, st_evals = _smoothed_table(act_fn, mu, sigma[rep], stol[rep])
+        off = 0
+        for o, rows in jobs.items():
+            sl = slice(off, off + rows.size * o[-1])
+            tables[o] = (st_val[sl].reshape(rows.size, -1), st_err[sl].reshape(rows.size, -1).max(axis=1),
+                         st_evals[sl].reshape(rows.size, -1).sum(axis=1))
+            off = sl.stop
     for orders, rows in jobs.items():
         lead, m_last = orders[:-1], orders[-1]
         pidx, pw = _prefix_rule(lead, cutoff)
@@ -557,7 +646,10 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
             sl_par = np.zeros(S, np.int32)
             sl_x = np.zeros(S)
             sl_w = np.zeros(S)
+            sl_j = np.zeros(S, np.int32)
             sl_par[:k_n], sl_x[:k_n], sl_w[:k_n] = parent[st:st + k_n], x_all[st:st + k_n], w_all[st:st + k_n]
+            if smoothed == TABLE:
+                sl_j[:k_n] = j[st:st + k_n]
             block = max(1, min(_ROW_BLOCK, _MAX_PAIRS // S))
             r0 = 0
             while r0 < rows.size:  # blocks of `block` rows, single rows for the rest (two shapes)
@@ -567,15 +659,28 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
                 bb = np.zeros((B, D))
                 sb = np.zeros(B)
                 Rb[:sel.size, :R.shape[1], D - d:], bb[:sel.size, D - d:], sb[:sel.size] = R[sel], beta[sel], sigma[sel]
+                if smoothed == TABLE:
+                    tb = np.zeros((B, 256))
+                    tb[:sel.size, :m_last] = tables[orders][0][r0:r0 + sel.size]
+                else:
+                    tb = np.zeros((B, 1))
                 # NumPy arguments: the compiled call converts them (jnp.asarray costs ~0.3 ms each)
-                out = _rule_kernel(act_fn, smoothed, powers, Rb, bb, sb, xtab, pidx_p, sl_par, sl_x, sl_w)
+                out = _rule_kernel(act_fn, smoothed, powers, Rb, bb, sb, xtab, pidx_p, sl_par, sl_x, sl_w, tb, sl_j)
                 pending.append((orders, r0, sel.size, out))
                 r0 += B
     fetched = jax.device_get([out for *_, out in pending])
-    res = {orders: (np.zeros(rows.size), np.zeros(rows.size), sizes[orders]) for orders, rows in jobs.items()}
-    for (orders, r0, k, _), (q, mag) in zip(pending, fetched):
+    res = {orders: (np.zeros(rows.size), np.zeros(rows.size), sizes[orders], np.zeros(rows.size),
+                    np.zeros(rows.size)) for orders, rows in jobs.items()}
+    for (orders, r0, k, _), (q, mag, hmag) in zip(pending, fetched):
         res[orders][0][r0:r0 + k] += q[:k]
         res[orders][1][r0:r0 + k] += mag[:k]
+        res[orders][3][r0:r0 + k] += hmag[:k]
+    for orders, (_, st_err, st_evals) in tables.items():
+        res[orders][3][:] *= st_err
+        res[orders][4][:] = st_evals
+    if smoothed != TABLE:
+        for orders in res:
+            res[orders][3][:] = 0.0
     return res
 
 
@@ -593,10 +698,15 @@ def _eig_sqrt(C):
 
 def _smooth_setup(act: Activation, C: np.ndarray, pattern: tuple):
     """Coordinates of the smooth rule: ridge rows ``R`` (b, u_h, d), closed-form input data
-    ``beta`` (b, d), ``sigma`` (b,), the pattern of the integrated inputs, and the closed-form flag."""
+    ``beta`` (b, d), ``sigma`` (b,), the pattern of the integrated inputs, and the closed-form flag.
+
+    An input of power 1 is split into its regression on the others, ``beta . x``, plus an independent
+    residual of std ``sigma``, which is integrated in closed form (``act.smoothed``) or, without one,
+    from a table along one direction: the coordinates are then rotated so that ``beta`` lies along the
+    first direction (the others span its orthogonal complement, ordered by the head's variance)."""
     u = len(pattern)
     ones = [j for j, p in enumerate(pattern) if p == 1]
-    if act.smoothed is not None and u >= 2 and ones:
+    if u >= 2 and ones:
         last = ones[-1]
         head = [j for j in range(u) if j != last]
         Ch = C[:, head][:, :, head]
@@ -606,10 +716,29 @@ def _smooth_setup(act: Activation, C: np.ndarray, pattern: tuple):
         c_lh = C[:, last, head]  # (b, u-1)
         beta = np.einsum("bj,bjk->bk", c_lh, U) * inv_sqrt
         sigma = np.sqrt(np.clip(C[:, last, last] - np.sum(beta * beta, axis=1), 0.0, None))
+        if act.smoothed is None:
+            R, beta = _rotate_to_beta(R, beta)
         return R, beta, sigma, tuple(pattern[j] for j in head), True
     R, _, _ = _eig_sqrt(C)
     b, d = R.shape[0], R.shape[2]
     return R, np.zeros((b, d)), np.zeros(b), tuple(pattern), False
+
+
+def _rotate_to_beta(R, beta):
+    """``R Q``, ``beta Q`` with ``Q`` (b, d, d) orthogonal, ``Q[:, :, 0] = beta / |beta|`` and the other
+    columns the eigenvectors of ``R^T R`` restricted to ``beta``'s orthogonal complement, by decreasing
+    eigenvalue (rows with ``beta = 0`` keep their coordinates). Then ``beta Q = (|beta|, 0, ...)``."""
+    b, _, d = R.shape
+    nb = np.linalg.norm(beta, axis=1)
+    ok = nb > 0
+    e = np.where(ok[:, None], beta / np.where(ok, nb, 1.0)[:, None], 0.0)
+    ee = e[:, :, None] * e[:, None, :]
+    P = np.eye(d) - ee
+    M = P @ np.swapaxes(R, 1, 2) @ R @ P - ee  # e: eigenvalue -1, below every vector orthogonal to it
+    lam, V = np.linalg.eigh(M)
+    Q = np.concatenate([e[:, :, None], V[:, :, :0:-1]], axis=2)  # e, then the others largest first
+    Q = np.where(ok[:, None, None], Q, np.eye(d))
+    return R @ Q, np.einsum("bk,bkl->bl", beta, Q)
 
 
 @functools.lru_cache(maxsize=64)
@@ -634,15 +763,19 @@ def _direction_scale(R, beta=None):
     return A.max(axis=1)
 
 
+def _fourth_moments(act: Activation, C: np.ndarray) -> np.ndarray:
+    """``E[sigma(z_j)^4]`` (b, u) for the inputs of the blocks ``C`` (b, u, u)."""
+    x, w = _gh(200)
+    kd = np.sqrt(np.clip(np.diagonal(C, axis1=1, axis2=2), 0.0, None))  # (b, u)
+    sd, inv = np.unique(kd, return_inverse=True)  # few distinct variances (one per input of the kernel)
+    n = sd.size
+    z = np.concatenate([sd, np.zeros(_bucket(n) - n)])[:, None] * x
+    return (np.asarray(_jit_fn(act.fn)(jnp.asarray(z))) ** 4 @ w)[:n][inv.reshape(kd.shape)]
+
+
 def _holder_scale(act: Activation, C: np.ndarray, pattern: tuple) -> np.ndarray:
     """``prod_j E[sigma(z_j)^4]^{p_j / 4}``: bounds ``|E prod sigma^p|``; sets the relative tolerance."""
-    x, w = _gh(200)
-    kd = np.sqrt(np.clip(np.diagonal(C, axis1=1, axis2=2), 0.0, None)).ravel()  # (b u,)
-    n = kd.size
-    pad = _bucket(n) - n
-    z = np.concatenate([kd, np.zeros(pad)])[:, None] * x
-    m4 = (np.asarray(_jit_fn(act.fn)(jnp.asarray(z))) ** 4 @ w)[:n].reshape(C.shape[0], -1)  # (b, u)
-    return np.prod(m4 ** (np.asarray(pattern) / 4.0), axis=1)
+    return np.prod(_fourth_moments(act, C) ** (np.asarray(pattern) / 4.0), axis=1)
 
 
 #: Largest convergence ratio per ladder step assumed by :func:`_tail_factor` (the factor is then 19).
@@ -677,20 +810,31 @@ def _calibrated_error(act: Activation, lad: np.ndarray, s: np.ndarray) -> np.nda
 def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, stats: dict | None = None):
     C = np.asarray(C, dtype=float)
     b = C.shape[0]
-    scale = _holder_scale(act, C, pattern)
+    m4 = _fourth_moments(act, C)
+    scale = np.prod(m4 ** (np.asarray(pattern) / 4.0), axis=1)
     R, beta, sigma, head_pattern, closed = _smooth_setup(act, C, pattern)
     s = _direction_scale(R, beta if closed else None)  # (b, d)
     lad = _orders(act, s, rtol)  # (b, d) ladder indices
-    perm = np.argsort(-lad, axis=1, kind="stable")
+    table = closed and act.smoothed is None
+    if table:  # beta's direction (the first) last: the smoothed input is tabulated along it
+        perm = np.concatenate([1 + np.argsort(-lad[:, 1:], axis=1, kind="stable"),
+                               np.zeros((b, 1), dtype=int)], axis=1)
+    else:
+        perm = np.argsort(-lad, axis=1, kind="stable")
     lad = np.take_along_axis(lad, perm, axis=1)
     R = np.take_along_axis(R, perm[:, None, :], axis=2)
     beta = np.take_along_axis(beta, perm, axis=1)
     s = np.take_along_axis(s, perm, axis=1)
     cutoff = _CUTOFF * rtol
-    smoothed = act.smoothed if closed else None
+    smoothed = (TABLE if table else act.smoothed) if closed else None
+    # the table's error bound times sum w |f_h| (~ the other inputs' Hoelder factor) stays below
+    # _TABLE_TOL * rtol * scale
+    split = [j for j, p in enumerate(pattern) if p == 1][-1] if closed else 0
+    stol = _TABLE_TOL * rtol * m4[:, split] ** 0.25
     val = np.zeros(b)
     err = np.full(b, np.inf)
     nodes_used = np.zeros(b)
+    table_evals = np.zeros(b)
     top = len(LADDER) - 1
     todo = np.arange(b)
     for _ in range(max_rounds):
@@ -710,12 +854,15 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, st
                 slots.append((orders, sum(r.size for r in jobs[orders]) - rows.size))
             where.append((key, rows, slots))
         res = _evaluate_rules(act.fn, smoothed, head_pattern, R, beta, sigma,
-                              {o: np.concatenate(r) for o, r in jobs.items()}, cutoff)
+                              {o: np.concatenate(r) for o, r in jobs.items()}, cutoff, stol)
         failed = []
         for key, rows, ((fine, o_f), (coarse, o_c)) in where:
-            q, mag, n_fine = (a[o_f:o_f + rows.size] if isinstance(a, np.ndarray) else a for a in res[fine])
-            qc, _, n_coarse = (a[o_c:o_c + rows.size] if isinstance(a, np.ndarray) else a for a in res[coarse])
-            e = np.abs(q - qc) * _tail_factor(act, lad[rows], s[rows]) + 64 * _EPS * mag
+            q, mag, n_fine, serr, sev = (a[o_f:o_f + rows.size] if isinstance(a, np.ndarray) else a
+                                         for a in res[fine])
+            qc, _, n_coarse, _, sev_c = (a[o_c:o_c + rows.size] if isinstance(a, np.ndarray) else a
+                                         for a in res[coarse])
+            e = np.abs(q - qc) * _tail_factor(act, lad[rows], s[rows]) + 64 * _EPS * mag + serr
+            table_evals[rows] += sev + sev_c
             capped = np.any(lad[rows] == top, axis=1)  # the rule cannot refine: no convergence to trust
             if capped.any():
                 e = np.where(capped, np.maximum(e, _calibrated_error(act, lad[rows], s[rows]) * scale[rows]), e)
@@ -729,7 +876,7 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, st
             lad[todo] = np.minimum(lad[todo] + 2, top)
     if stats is not None:
         stats["nodes"] = nodes_used
-        stats["evaluations"] = nodes_used * (len(head_pattern) + int(closed))
+        stats["evaluations"] = nodes_used * (len(head_pattern) + int(closed and not table)) + table_evals
     return val, err, scale
 
 
@@ -769,9 +916,10 @@ def fixed_rule_split(act: Activation, K, ms, orders: dict, *, rtol: float = RTOL
     dimension by the number of distinct inputs) already computes to ``FIXED_MARGIN * rtol`` by the
     calibration: returns ``ok`` (M,) bool and the calibrated error estimates (M,) (absolute).
 
-    Activations with a closed-form ``smoothed`` (erf, gelu) never stay on the fixed rule: the
-    anisotropic rule integrates one input in closed form and is 3-7x faster for them at every
-    variance (``docs/four-point.md``, "Which rule runs when")."""
+    Only patterns without an input of power 1, ``(2, 2)`` and ``(4,)``, can stay on the fixed rule: the
+    others integrate that input in closed form or from a table, which is faster at every variance
+    (``docs/four-point.md``, "Which rule runs when"); activations with a closed-form ``smoothed`` (erf,
+    gelu) never stay on it."""
     K = np.asarray(K, dtype=float)
     ms = np.asarray(ms)
     ok = np.zeros(ms.shape[0], dtype=bool)
@@ -779,6 +927,8 @@ def fixed_rule_split(act: Activation, K, ms, orders: dict, *, rtol: float = RTOL
     if act.relu_slopes is not None or not act.smooth or act.smoothed is not None:
         return ok, est
     for pattern, (rows, idx) in split_multisets(ms).items():
+        if 1 in pattern:
+            continue
         C = K[idx[:, :, None], idx[:, None, :]]
         e = fixed_rule_errors(act, C, pattern, orders[len(pattern)])
         est[rows] = e
@@ -795,7 +945,7 @@ def product_expectations(act: Activation, C, pattern, *, rtol: float = RTOL, sta
     Args:
         act: the activation; dispatch is on what it declares: ``relu_slopes`` (exact rules:
             Isserlis for ``a_+ == a_-``, the orthant reduction otherwise), else ``smooth``
-            (quadrature; ``smoothed``, when declared, integrates one input in closed form).
+            (quadrature; one input of power 1 in closed form with ``smoothed``, else from a table).
         C: ``(b, u, u)`` (or ``(u, u)``) positive semi-definite covariance blocks of ``u``
             distinct inputs; singular and nearly singular blocks are allowed.
         pattern: ``u`` positive multiplicities ``p_j``.

@@ -162,6 +162,50 @@ def test_smooth_against_dense_rule(rng, name):
     assert np.all((ests >= errs) | (errs < 1e-11)), (errs, ests)
 
 
+@pytest.mark.parametrize("name", ["erf", "sin"])
+def test_smoothed_table_against_closed_forms(rng, name):
+    """The tabulated E[sigma(mu + s w)] (trapezoid in w, used for activations without a closed form)
+    against the closed forms erf(mu / sqrt(1 + 2 s^2)) and sin(mu) exp(-s^2 / 2), for s up to 3:
+    within its tolerance, and its error bound covers the actual error."""
+    from ngp._fourpoint import _smoothed_table
+
+    act = ngp.activation(name)
+    mu = rng.uniform(-6, 6, 400)
+    s = np.concatenate([[0.0, 1e-8], rng.uniform(0, 3, 398)])
+    tol = np.full(mu.size, 1e-12)
+    val, bound, evals = _smoothed_table(act.fn, mu, s, tol)
+    exact = np.asarray(act.smoothed(jnp.asarray(mu), jnp.asarray(s)))
+    err = np.abs(val - exact)
+    assert np.all(bound <= tol), bound.max()
+    assert np.all(err <= np.maximum(bound, 4e-16)), (err.max(), bound[np.argmax(err - bound)])
+    assert evals.max() <= 2 * 18 / (0.5 / 2**6) + 2  # within the finest level
+
+
+def test_rotation_puts_the_regression_along_one_direction(rng):
+    """The tabulated path's coordinates: an orthogonal change of basis (the head's covariance R R^T is
+    unchanged) after which beta = (|beta|, 0, ...); rows with beta = 0 are left as they are."""
+    from ngp._fourpoint import _rotate_to_beta
+
+    R = rng.normal(size=(5, 3, 3))
+    beta = rng.normal(size=(5, 3))
+    beta[2] = 0.0
+    R2, b2 = _rotate_to_beta(R, beta)
+    np.testing.assert_allclose(R2 @ np.swapaxes(R2, 1, 2), R @ np.swapaxes(R, 1, 2), atol=1e-13)
+    np.testing.assert_allclose(b2[:, 0], np.linalg.norm(beta, axis=1), atol=1e-13)
+    np.testing.assert_allclose(b2[:, 1:], 0.0, atol=1e-13)
+    np.testing.assert_array_equal(R2[2], R[2])
+
+
+def test_tanh_integrates_one_input_by_table():
+    """tanh, swish and callables have no closed-form smoothing: one input of power 1 is integrated from
+    a table, so a (1, 1, 1, 1) entry costs three activation calls per node plus the table."""
+    C = random_block(np.random.default_rng(5), 4, 1.0)
+    for act in (ngp.activation("tanh"), ngp.activation(lambda x: jnp.tanh(x) + 0.1 * x**2, name="tps")):
+        st = {}
+        product_expectations(act, C, (1, 1, 1, 1), stats=st)
+        assert 3 * st["nodes"][0] < st["evaluations"][0] < 3.5 * st["nodes"][0], st
+
+
 def test_error_estimates_honest_and_not_absurd(rng):
     """At a loose tolerance the errors are visible: the estimate covers the actual error in most
     cases and is within a factor 1000 of it."""
