@@ -556,7 +556,7 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
     adds the midpoints) until the change from the previous step is below ``tol`` (absolute) or
     :data:`_TABLE_LEVELS` is reached. Returns the values, that change (an error bound: the error of
     the finer rule is about its square) and the number of activation evaluations, (k,) each. One
-    compiled shape per level: points go in padded chunks of about ``_TABLE_CHUNK`` evaluations."""
+    compiled shape per level and chunk size (powers of 4 up to about ``_TABLE_CHUNK`` evaluations)."""
     k = mu.size
     sums = np.zeros(k)  # sum of phi(w) f(mu + s w) over the nodes so far
     val = np.zeros(k)
@@ -577,8 +577,9 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
         pending = []
         for st in range(0, todo.size, per):
             pts = todo[st:st + per]
-            m = np.zeros(per)
-            sg = np.zeros(per)
+            size = min(per, 4 ** max(4, math.ceil(math.log(pts.size, 4))))  # padded: few compiled shapes
+            m = np.zeros(size)
+            sg = np.zeros(size)
             m[:pts.size], sg[:pts.size] = mu[pts], s[pts]
             pending.append((st, pts.size, _table_sums(fn, m, sg, w, pw)))
         for st, n, out in pending:
