@@ -513,8 +513,8 @@ def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, pidx, parent, xlast
     ``beta`` (B, D), ``sigma`` (B,): mean map and conditional std of the closed-form input (unused
     when ``smoothed`` is None). ``smoothed == TABLE``: the closed-form input's mean depends on the last
     direction only and its smoothed values are ``stab`` (B, T) at that direction's node ``jlast`` (n,)
-    (indices into ``stab``; unused otherwise). Returns ``sum w f``, ``sum w |f|`` and ``sum w |f_h|``
-    (B,) each, ``f_h`` the integrand without the smoothed factor."""
+    (indices into ``stab``; unused otherwise). Returns ``sum w f``, ``sum w |f|`` and, in table mode,
+    ``sum w |f_h|`` (B,) each, ``f_h`` the integrand without the tabulated factor (else zeros)."""
     D = R.shape[-1]
     xs = [xtab[k][pidx[:, k].astype(jnp.int32)] for k in range(D - 1)]  # partial node coordinates
     vals = 1.0
@@ -523,14 +523,14 @@ def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, pidx, parent, xlast
         part = part[:, parent] if D > 1 else 0.0
         f = fn(part + R[:, jj, D - 1][:, None] * xlast[None, :])
         vals = vals * integer_power(f, powers[jj])
-    head = vals
     if smoothed == TABLE:
-        vals = vals * stab[:, jlast]
-    elif smoothed is not None:
+        f = vals * stab[:, jlast]
+        return f @ w, jnp.abs(f) @ w, jnp.abs(vals) @ w
+    if smoothed is not None:
         mu = sum(beta[:, k][:, None] * xs[k][None, :] for k in range(D - 1)) if D > 1 else 0.0
         mu = (mu[:, parent] if D > 1 else 0.0) + beta[:, D - 1][:, None] * xlast[None, :]
         vals = vals * smoothed(mu, sigma[:, None])
-    return vals @ w, jnp.abs(vals) @ w, jnp.abs(head) @ w
+    return vals @ w, jnp.abs(vals) @ w, jnp.zeros(vals.shape[0], vals.dtype)
 
 
 #: Tolerance of the tabulated smoothing relative to ``rtol`` and the split input's Hoelder factor.
@@ -675,13 +675,10 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
     for (orders, r0, k, _), (q, mag, hmag) in zip(pending, fetched):
         res[orders][0][r0:r0 + k] += q[:k]
         res[orders][1][r0:r0 + k] += mag[:k]
-        res[orders][3][r0:r0 + k] += hmag[:k]
+        res[orders][3][r0:r0 + k] += hmag[:k]  # zeros unless tabulated
     for orders, (_, st_err, st_evals) in tables.items():
         res[orders][3][:] *= st_err
         res[orders][4][:] = st_evals
-    if smoothed != TABLE:
-        for orders in res:
-            res[orders][3][:] = 0.0
     return res
 
 

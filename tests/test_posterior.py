@@ -2,11 +2,13 @@
 
 import types
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import ngp
 from ngp.reference import importance_posterior
+from ngp.reference._importance import gaussian_conditional
 
 from ._residual_posterior_reference import residual_importance_posterior
 
@@ -60,16 +62,13 @@ def _errors(net, data, noise, samples, seed, Y=None, truth=None):
 def _reweighted_means(G, n_train, Ys, *, noise):
     """Self-normalised importance-sampling posterior means (first test point, first output) with their
     delta-method standard errors, for each target set in ``Ys`` from one set of prior metric draws ``G``
-    ``(S, N, N)`` (training rows first): the Rao-Blackwellised estimator of ``importance_posterior``."""
-    Kt = G[:, :n_train, :n_train] + noise * np.eye(n_train)
-    logdet = 2 * np.log(np.diagonal(np.linalg.cholesky(Kt), axis1=1, axis2=2)).sum(axis=1)
+    ``(S, N, N)`` (training rows first): ``importance_posterior``'s estimator, its per-draw likelihood and
+    conditional mean from ``gaussian_conditional``."""
     out = []
     for Y in Ys:
-        Yb = np.broadcast_to(Y, (G.shape[0],) + Y.shape)
-        alpha = np.linalg.solve(Kt, Yb)  # (S, n_train, out_dim)
-        ll = -0.5 * (np.einsum("sai,sai->s", Yb, alpha) + Y.shape[1] * logdet)
+        ll, m, _ = (np.asarray(a) for a in gaussian_conditional(jnp.asarray(G), jnp.asarray(Y), n_train, noise))
         w = np.exp(ll - ll.max())
-        m = np.einsum("sa,sa->s", G[:, n_train, :n_train], alpha[:, :, 0])
+        m = m[:, 0, 0]
         mu = np.sum(w * m) / np.sum(w)
         out.append((mu, np.sqrt(np.sum(w**2 * (m - mu) ** 2)) / np.sum(w)))
     return out
