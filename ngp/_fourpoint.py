@@ -462,35 +462,55 @@ def _tensor_rule(orders: tuple, cutoff: float):
     return idx, weights
 
 
-#: Bound on the bytes held by the cache of prefix rules (:func:`_prefix_rule`).
-_PREFIX_CACHE_BYTES = 64 * 2**20
-_prefix_cache: dict = {}
-_prefix_size = [0]
+def _arrays(x):
+    """The NumPy arrays in ``x`` (an array or nested tuples and lists)."""
+    if isinstance(x, np.ndarray):
+        return [x]
+    return [a for y in x for a in _arrays(y)] if isinstance(x, (tuple, list)) else []
 
 
+def _byte_lru(limit: int):
+    """Cache of a function of hashable arguments whose results hold NumPy arrays (made read-only),
+    dropping the least recently used results beyond ``limit`` bytes."""
+    def deco(fn):
+        cache, size = {}, [0]
+
+        @functools.wraps(fn)
+        def cached(*args):
+            hit = cache.pop(args, None)
+            if hit is None:
+                hit = fn(*args)
+                for a in _arrays(hit):
+                    a.setflags(write=False)
+                    size[0] += a.nbytes
+            cache[args] = hit  # most recent last
+            while size[0] > limit and len(cache) > 1:
+                size[0] -= sum(a.nbytes for a in _arrays(cache.pop(next(iter(cache)))))
+            return hit
+
+        return cached
+    return deco
+
+
+@_byte_lru(64 * 2**20)
 def _prefix_rule(orders: tuple, cutoff: float):
     """:func:`_tensor_rule` for ``orders`` (the leading directions of a rule), cached: rules of
-    different groups share their leading directions. Least recently used entries are dropped
-    beyond :data:`_PREFIX_CACHE_BYTES` (the cache holds NumPy arrays only)."""
-    key = (orders, cutoff)
-    hit = _prefix_cache.pop(key, None)
-    if hit is None:
-        hit = _tensor_rule(orders, cutoff)
-        _prefix_size[0] += hit[0].nbytes + hit[1].nbytes
-    _prefix_cache[key] = hit  # most recent last
-    while _prefix_size[0] > _PREFIX_CACHE_BYTES and len(_prefix_cache) > 1:
-        a, b = _prefix_cache.pop(next(iter(_prefix_cache)))
-        _prefix_size[0] -= a.nbytes + b.nbytes
-    return hit
+    different groups share their leading directions."""
+    return _tensor_rule(orders, cutoff)
 
 
-#: Padded sizes (expanded nodes and leading-direction nodes per kernel call): powers of 2 and
-#: 1.5 times them, so a few compilations per activation and pattern and at most 50% padding.
+#: Padded node counts of a rule slab (expanded nodes, and leading-direction nodes, per row): powers of 2.
 _SIZES = tuple(2**k for k in range(10, 19))
-#: Largest number of (entry, node) pairs per kernel call (bounds the kernel's temporaries).
-_MAX_PAIRS = 2**19
-#: Entries per kernel call when a rule serves many (else one per call: few compiled shapes).
-_ROW_BLOCK = 8
+#: (row, node) pairs per kernel call (bounds the kernel's temporaries).
+_MAX_PAIRS = 2**18
+#: Rows of the smaller call shape per node count, as a fraction of the full call's rows (few jobs left).
+_SMALL_CALL = 16
+#: Slabs of at least this many nodes are run one slab per call (their node arrays shared by the rows).
+_SHARED_S = 2**15
+#: Last-direction table index of the zero-weight padding node (ladder orders are at most 250).
+_PAD_J = 255
+#: Bytes of kernel inputs dispatched before the results so far are read back (bounds the queue).
+_PENDING_BYTES = 64 * 2**20
 
 
 def _padded(n: int) -> int:
@@ -503,34 +523,49 @@ TABLE = "table"
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, pidx, parent, xlast, w, stab, jlast):
-    """Rule sums for a block of entries. The rule is given as ``P`` partial nodes of the leading
-    ``D - 1`` directions (``pidx`` (P, D-1) indices into ``xtab`` (D-1, 256)) and ``n`` expanded
-    nodes: the partial node ``parent`` (n,) continued by the last direction's node ``xlast`` (n,),
-    with weights ``w`` (n,) (0 on padding). ``R`` (B, D, D): ridge rows of the integrated inputs,
-    ``powers`` (D,) their powers (0 on padded rows); blocks with fewer inputs or directions are
+def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, wtab, xl, wl, stab, rid, pidx, parent, jlast):
+    """Rule sums for ``B`` rows, each with its own rule (or slab of one), so that rows of different rules
+    share a call. Row ``b`` uses slab ``rid[b]`` of ``U`` (``U = 1``: every row the same): ``P`` partial nodes
+    of the leading ``D - 1`` directions, ``pidx`` (U, P, D-1) indices into the row's node and weight tables
+    ``xtab``, ``wtab`` (B, D-1, 256) (a padded direction: node 0 with weight 1), and ``S`` expanded nodes,
+    the partial node ``parent`` (U, S) continued by the last direction's node ``jlast`` (U, S), indices into
+    ``xl``, ``wl`` (B, 256) (that direction's nodes and weights by decreasing weight; ``wl`` is 0 at the
+    padding index :data:`_PAD_J`, and everywhere on padded rows). Node weights
+    are ``((w_1 w_2) w_3) w_4``, as in :func:`_tensor_rule`. ``R`` (B, D, D): ridge rows of the integrated
+    inputs, ``powers`` (D,) their powers (0 on padded rows); blocks with fewer inputs or directions are
     padded with zero rows and leading zero columns, so one compiled shape serves every pattern.
     ``beta`` (B, D), ``sigma`` (B,): mean map and conditional std of the closed-form input (unused
     when ``smoothed`` is None). ``smoothed == TABLE``: the closed-form input's mean depends on the last
-    direction only and its smoothed values are ``stab`` (B, T) at that direction's node ``jlast`` (n,)
-    (indices into ``stab``; unused otherwise). Returns ``sum w f``, ``sum w |f|`` and, in table mode,
-    ``sum w |f_h|`` (B,) each, ``f_h`` the integrand without the tabulated factor (else zeros)."""
+    direction only and its smoothed values are ``stab`` (B, 256) at that direction's nodes (unused
+    otherwise). Returns ``sum w f``, ``sum w |f|`` and, in table mode, ``sum w |f_h|`` (B,) each, ``f_h``
+    the integrand without the tabulated factor (else zeros)."""
     D = R.shape[-1]
-    xs = [xtab[k][pidx[:, k].astype(jnp.int32)] for k in range(D - 1)]  # partial node coordinates
-    vals = 1.0
-    for jj in range(D):  # z = sum_k R_jk x_k, summed over k in order
-        part = sum(R[:, jj, k][:, None] * xs[k][None, :] for k in range(D - 1)) if D > 1 else 0.0
-        part = part[:, parent] if D > 1 else 0.0
-        f = fn(part + R[:, jj, D - 1][:, None] * xlast[None, :])
-        vals = vals * integer_power(f, powers[jj])
-    if smoothed == TABLE:
-        f = vals * stab[:, jlast]
-        return f @ w, jnp.abs(f) @ w, jnp.abs(vals) @ w
-    if smoothed is not None:
-        mu = sum(beta[:, k][:, None] * xs[k][None, :] for k in range(D - 1)) if D > 1 else 0.0
-        mu = (mu[:, parent] if D > 1 else 0.0) + beta[:, D - 1][:, None] * xlast[None, :]
-        vals = vals * smoothed(mu, sigma[:, None])
-    return vals @ w, jnp.abs(vals) @ w, jnp.zeros(vals.shape[0], vals.dtype)
+
+    def row(args):  # one row: its rule's nodes, gathered from its own tables (a loop over rows: plain gathers)
+        R, beta, sigma, xtab, wtab, xl, wl, stab, r = args
+        pi, parent, jlast = pidx[r].astype(jnp.int32), parent_s[r], jlast_s[r]
+        xs = [xtab[k][pi[:, k]] for k in range(D - 1)]  # partial node coordinates (P,)
+        pw = 1.0
+        for k in range(D - 1):
+            pw = pw * wtab[k][pi[:, k]]
+        jl = jlast.astype(jnp.int32)
+        w = pw[parent] * wl[jl]
+        x_last = xl[jl]
+        vals = 1.0
+        for jj in range(D):  # z = sum_k R_jk x_k, summed over k in order
+            part = sum(R[jj, k] * xs[k] for k in range(D - 1))
+            f = fn(part[parent] + R[jj, D - 1] * x_last)
+            vals = vals * integer_power(f, powers[jj])
+        if smoothed == TABLE:
+            f = vals * stab[jl]
+            return f @ w, jnp.abs(f) @ w, jnp.abs(vals) @ w
+        if smoothed is not None:
+            mu = sum(beta[k] * xs[k] for k in range(D - 1))
+            vals = vals * smoothed(mu[parent] + beta[D - 1] * x_last, sigma)
+        return vals @ w, jnp.abs(vals) @ w, jnp.zeros((), vals.dtype)
+
+    parent_s, jlast_s = parent, jlast
+    return jax.lax.map(row, (R, beta, sigma, xtab, wtab, xl, wl, stab, rid))
 
 
 #: Tolerance of the tabulated smoothing relative to ``rtol`` and the split input's Hoelder factor.
@@ -595,91 +630,159 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
     return val, err, evals
 
 
+@_byte_lru(128 * 2**20)
+def _rule_slabs(orders: tuple, cutoff: float, d: int, D: int):
+    """The rule ``orders`` as :func:`_rule_kernel` takes it (cached): its tables ``xtab``, ``wtab`` (D-1, 256),
+    ``xl``, ``wl`` (256,), its number of nodes, and its slabs of at most ``_SIZES[-1]`` expanded nodes,
+    each ``(S, pidx (S, D-1), parent (S,), jlast (S,))`` padded to ``S`` (real leading directions last)."""
+    lead, m_last = orders[:-1], orders[-1]
+    pidx, pw = _prefix_rule(lead, cutoff)
+    thr = cutoff * float(np.prod([float(_gh(m)[1].max()) for m in orders]))
+    counts = _last_counts(pw, m_last, thr, 1.0)
+    n = int(counts.sum())
+    xtab = np.zeros((D - 1, 256))
+    wtab = np.zeros((D - 1, 256))
+    wtab[:D - d, 0] = 1.0  # padded directions: one node at 0 with weight 1
+    for k, m in enumerate(lead):
+        xtab[D - d + k, :m], wtab[D - d + k, :m] = _gh(m)
+    wsort, order = _gh_by_weight(m_last)
+    xl = np.zeros(256)
+    wl = np.zeros(256)
+    xl[:m_last], wl[:m_last] = _gh(m_last)[0][order], wsort
+    parent = np.repeat(np.arange(pw.size, dtype=np.int32), counts)
+    j = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+    slabs = []
+    for st in range(0, n, _SIZES[-1]):
+        k_n = min(n - st, _SIZES[-1])
+        S = _padded(k_n)
+        par = parent[st:st + k_n]
+        p0, p1 = int(par[0]), int(par[-1]) + 1  # the slab's partial nodes (at most k_n)
+        sl_pidx = np.zeros((S, D - 1), np.uint8)
+        sl_pidx[:p1 - p0, D - d:] = pidx[p0:p1, :d - 1]
+        sl_par = np.zeros(S, np.int32)
+        sl_par[:k_n] = par - p0
+        sl_j = np.full(S, _PAD_J, np.uint8)
+        sl_j[:k_n] = j[st:st + k_n]
+        slabs.append((S, sl_pidx, sl_par, sl_j))
+    return (xtab, wtab, xl, wl), n, slabs
+
+
+def _calls(n_jobs: int, S: int):
+    """Row blocks ``(start, stop, rows of the call)`` for ``n_jobs`` jobs of ``S`` nodes: full calls of
+    ``_MAX_PAIRS // S`` rows, the rest in calls ``_SMALL_CALL`` times smaller (two shapes per ``S``)."""
+    full = max(1, _MAX_PAIRS // S)
+    small = max(1, full // _SMALL_CALL)
+    st = 0
+    while st < n_jobs:
+        B = full if n_jobs - st > full // 2 else small
+        yield st, min(st + B, n_jobs), B
+        st += B
+
+
+def _blocks(S: int, us: np.ndarray, offs: np.ndarray):
+    """Kernel calls for the slabs of ``S`` nodes, slab ``i`` of rule ``us[i]`` serving that rule's jobs
+    ``offs[u]:offs[u + 1]``: yields ``(shared, slab per job, job ids, rows B)``. Large slabs: one slab per
+    call (its node arrays shared by the rows); small: rows of any slabs, each with its own node arrays."""
+    cnt = offs[us + 1] - offs[us]
+    start = np.cumsum(cnt) - cnt
+    slab_of = np.repeat(np.arange(us.size), cnt)
+    job = np.arange(cnt.sum()) - np.repeat(start, cnt) + np.repeat(offs[us], cnt)
+    if S >= _SHARED_S:
+        for i in range(us.size):
+            for a, b, B in _calls(int(cnt[i]), S):
+                yield True, slab_of[start[i] + a:start[i] + b], job[start[i] + a:start[i] + b], B
+    else:
+        for a, b, B in _calls(job.size, S):
+            yield False, slab_of[a:b], job[a:b], B
+
+
+def _pad_rows(a: np.ndarray, B: int, fill=0) -> np.ndarray:
+    out = np.full((B,) + a.shape[1:], fill, a.dtype)
+    out[:a.shape[0]] = a
+    return out
+
+
+def _job_tables(act_fn, beta, sigma, stol, jobs: dict, offs: np.ndarray):
+    """The tabulated smoothing of every job (one tabulation for all): ``E[sigma(beta_last x + sigma w)]``
+    at the nodes ``x`` of the job's last direction, ``(G, 256)``, with the table's error bound and its
+    evaluations, ``(G,)`` each (jobs ``offs[u]:offs[u + 1]`` are those of the ``u``-th rule)."""
+    G = offs[-1]
+    stab, err_g, evals_g = np.zeros((G, 256)), np.zeros(G), np.zeros(G)
+    x_last = {o: _gh(o[-1])[0][_gh_by_weight(o[-1])[1]] for o in jobs}
+    mu = np.concatenate([(beta[rows, -1][:, None] * x_last[o]).ravel() for o, rows in jobs.items()])
+    rep = np.concatenate([np.repeat(rows, o[-1]) for o, rows in jobs.items()])
+    val, err, evals = _smoothed_table(act_fn, mu, sigma[rep], stol[rep])
+    off = 0
+    for u, (o, rows) in enumerate(jobs.items()):
+        k, m = rows.size, o[-1]
+        g, sl = slice(offs[u], offs[u + 1]), slice(off, off + k * m)
+        stab[g, :m] = val[sl].reshape(k, m)
+        err_g[g] = err[sl].reshape(k, m).max(axis=1)
+        evals_g[g] = evals[sl].reshape(k, m).sum(axis=1)
+        off = sl.stop
+    return stab, err_g, evals_g
+
+
 def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutoff: float, stol=None):
     """Sums of several rules, each for its own entries: ``jobs`` maps ``orders`` (per direction) to
     row indices (k,) into ``R`` (b, u_h, d), ``beta`` (b, d), ``sigma`` (b,). Returns
     ``{orders: (sum w f (k,), sum w |f| (k,), number of nodes, smoothing error (k,), smoothing
     evaluations (k,))}``. ``smoothed == TABLE``: the closed-form input's mean ``beta`` lies along the
     last direction and its smoothed values are tabulated at that direction's nodes to ``stol`` (b,)
-    (absolute); the smoothing error is the table's error times ``sum w |f_h|``. All kernel calls are
-    dispatched before any result is read back (one transfer at the end)."""
+    (absolute); the smoothing error is the table's error times ``sum w |f_h|``. A job is one rule for one
+    row; jobs of different rules share kernel calls (per padded node count), and the calls are dispatched
+    before their results are read back."""
     d = R.shape[2]
     D = max(d, 3 if smoothed is not None else 4)  # padded inputs and directions (one compiled shape each)
     powers = np.zeros(D, np.int32)
     powers[:len(pattern)] = pattern
-    pending = []  # (orders, row slice, padded block size, device results)
-    sizes = {}
-    tables = {}
-    if smoothed == TABLE:  # every job's table in one tabulation: the smoothed input at the last direction's nodes
-        x_last = {o: _gh(o[-1])[0][_gh_by_weight(o[-1])[1]] for o in jobs}
-        mu = np.concatenate([(beta[rows, -1][:, None] * x_last[o]).ravel() for o, rows in jobs.items()])
-        rep = np.concatenate([np.repeat(rows, o[-1]) for o, rows in jobs.items()])
-        st_val, st_err, st_evals = _smoothed_table(act_fn, mu, sigma[rep], stol[rep])
-        off = 0
-        for o, rows in jobs.items():
-            sl = slice(off, off + rows.size * o[-1])
-            tables[o] = (st_val[sl].reshape(rows.size, -1), st_err[sl].reshape(rows.size, -1).max(axis=1),
-                         st_evals[sl].reshape(rows.size, -1).sum(axis=1))
-            off = sl.stop
-    for orders, rows in jobs.items():
-        lead, m_last = orders[:-1], orders[-1]
-        pidx, pw = _prefix_rule(lead, cutoff)
-        thr = cutoff * float(np.prod([float(_gh(m)[1].max()) for m in orders]))
-        counts = _last_counts(pw, m_last, thr, 1.0)
-        n = int(counts.sum())
-        sizes[orders] = n
-        xtab = np.zeros((D - 1, 256))  # real leading directions last (padded ones first, zero)
-        for k, m in enumerate(lead):
-            xtab[D - d + k, :m] = _gh(m)[0]
-        wsort, order = _gh_by_weight(m_last)
-        x_sorted = _gh(m_last)[0][order]
-        # padded like the node slabs (the same compiled shapes in the common one-slab case)
-        P = _padded(n) if pidx.shape[0] <= _padded(n) else -(-pidx.shape[0] // _SIZES[-1]) * _SIZES[-1]
-        pidx_p = np.zeros((P, D - 1), np.uint8)
-        pidx_p[:pidx.shape[0], D - d:] = pidx[:, :d - 1]
-        parent = np.repeat(np.arange(pw.size, dtype=np.int32), counts)
-        j = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
-        w_all = pw[parent] * wsort[j]  # ((w_1 w_2) w_3) w_4, as in _tensor_rule
-        x_all = x_sorted[j]
-        for st in range(0, n, _SIZES[-1]):  # slabs of at most _SIZES[-1] nodes
-            k_n = min(n - st, _SIZES[-1])
-            S = _padded(k_n)
-            sl_par = np.zeros(S, np.int32)
-            sl_x = np.zeros(S)
-            sl_w = np.zeros(S)
-            sl_j = np.zeros(S, np.int32)
-            sl_par[:k_n], sl_x[:k_n], sl_w[:k_n] = parent[st:st + k_n], x_all[st:st + k_n], w_all[st:st + k_n]
-            if smoothed == TABLE:
-                sl_j[:k_n] = j[st:st + k_n]
-            block = max(1, min(_ROW_BLOCK, _MAX_PAIRS // S))
-            r0 = 0
-            while r0 < rows.size:  # blocks of `block` rows, single rows for the rest (two shapes)
-                B = block if rows.size - r0 >= block else 1
-                sel = rows[r0:r0 + B]
-                Rb = np.zeros((B, D, D))
-                bb = np.zeros((B, D))
-                sb = np.zeros(B)
-                Rb[:sel.size, :R.shape[1], D - d:], bb[:sel.size, D - d:], sb[:sel.size] = R[sel], beta[sel], sigma[sel]
-                if smoothed == TABLE:
-                    tb = np.zeros((B, 256))
-                    tb[:sel.size, :m_last] = tables[orders][0][r0:r0 + sel.size]
-                else:
-                    tb = np.zeros((B, 1))
-                # NumPy arguments: the compiled call converts them (jnp.asarray costs ~0.3 ms each)
-                out = _rule_kernel(act_fn, smoothed, powers, Rb, bb, sb, xtab, pidx_p, sl_par, sl_x, sl_w, tb, sl_j)
-                pending.append((orders, r0, sel.size, out))
-                r0 += B
-    fetched = jax.device_get([out for *_, out in pending])
-    res = {orders: (np.zeros(rows.size), np.zeros(rows.size), sizes[orders], np.zeros(rows.size),
-                    np.zeros(rows.size)) for orders, rows in jobs.items()}
-    for (orders, r0, k, _), (q, mag, hmag) in zip(pending, fetched):
-        res[orders][0][r0:r0 + k] += q[:k]
-        res[orders][1][r0:r0 + k] += mag[:k]
-        res[orders][3][r0:r0 + k] += hmag[:k]  # zeros unless tabulated
-    for orders, (_, st_err, st_evals) in tables.items():
-        res[orders][3][:] *= st_err
-        res[orders][4][:] = st_evals
-    return res
+    offs = np.cumsum([0] + [rows.size for rows in jobs.values()])
+    rows = np.concatenate(list(jobs.values())).astype(int)  # job g: row rows[g]
+    G = rows.size
+    if smoothed == TABLE:
+        stab, st_err, st_evals = _job_tables(act_fn, beta, sigma, stol, jobs, offs)
+    else:
+        stab, st_err, st_evals = np.zeros((G, 1)), np.zeros(G), np.zeros(G)
+    tabs, sizes, by_size = [], {}, {}  # by_size: S -> [(rule index, slab)]
+    for u, o in enumerate(jobs):
+        t, sizes[o], slabs = _rule_slabs(o, cutoff, d, D)
+        tabs.append(t)
+        for sl in slabs:
+            by_size.setdefault(sl[0], []).append((u, sl))
+    tabs = [np.stack(a) for a in zip(*tabs)]  # xtab, wtab, xl, wl per rule
+    Rp = np.zeros((G, D, D))
+    Rp[:, :R.shape[1], D - d:] = R[rows]
+    bp = np.zeros((G, D))
+    bp[:, D - d:] = beta[rows]
+    out = np.zeros((3, G))
+    pending, queued = [], 0
+
+    def collect():
+        for g, res in zip([g for g, _ in pending], jax.device_get([r for _, r in pending])):
+            for i in range(3):
+                np.add.at(out[i], g, np.asarray(res[i])[:g.size])
+        pending.clear()
+
+    for S, slabs in sorted(by_size.items()):
+        nodes = [np.stack([sl[k] for _, sl in slabs]) for k in (1, 2, 3)]  # pidx, parent, jlast per slab
+        us = np.array([u for u, _ in slabs])
+        for shared, sl, g, B in _blocks(S, us, offs):
+            if shared:
+                rid, node = np.zeros(B, np.int32), [a[sl[:1]] for a in nodes]
+            else:
+                rid = np.arange(B, dtype=np.int32)
+                node = [_pad_rows(a[sl], B, fill) for a, fill in zip(nodes, (0, 0, _PAD_J))]
+            per_row = [_pad_rows(a, B) for a in (Rp[g], bp[g], sigma[rows[g]], *(t[us[sl]] for t in tabs), stab[g])]
+            # NumPy arguments: the compiled call converts them (jnp.asarray costs ~0.3 ms each)
+            pending.append((g, _rule_kernel(act_fn, smoothed, powers, *per_row, rid, *node)))
+            queued += sum(a.nbytes for a in node) + per_row[-1].nbytes
+            if queued > _PENDING_BYTES:
+                collect()
+                queued = 0
+    collect()
+    return {o: (out[0, offs[u]:offs[u + 1]], out[1, offs[u]:offs[u + 1]], sizes[o],
+                out[2, offs[u]:offs[u + 1]] * st_err[offs[u]:offs[u + 1]], st_evals[offs[u]:offs[u + 1]])
+            for u, o in enumerate(jobs)}
 
 
 def _bucket(n: int) -> int:

@@ -347,6 +347,33 @@ def test_traced_rule_agrees_with_concrete_rule():
     assert np.all(diff <= est + fixed), (diff.max(), (est + fixed).min())
 
 
+@pytest.mark.parametrize("shared_from", [2**15, 1024])
+def test_rules_sharing_kernel_calls_equal_direct_sums(rng, monkeypatch, shared_from):
+    """Rows of different rules share kernel calls (each row gathering its own rule's nodes; padded rows
+    and nodes weigh nothing), large rules run one slab per call and rules beyond the largest size are
+    split into slabs: every row's sums equal its rule's pruned tensor nodes summed directly in NumPy."""
+    import ngp._fourpoint as fp
+
+    monkeypatch.setattr(fp, "_SIZES", (1024, 2048))  # slabs of at most 2048 nodes: the largest rule has two
+    monkeypatch.setattr(fp, "_MAX_PAIRS", 2**13)  # several calls per size, full and small ones
+    monkeypatch.setattr(fp, "_SHARED_S", shared_from)  # 1024: every slab runs alone in its calls
+    pattern = (1, 2, 1)
+    R = rng.normal(size=(30, 3, 3)) * 0.6
+    cutoff = 3e-14  # not the library's cutoff: the cached rules built here (other slab sizes) stay apart
+    jobs = {o: np.sort(rng.choice(30, k, replace=False)) for o, k in (((12, 8, 5), 11), ((19, 10, 7), 3), ((26, 14, 10), 5))}
+    res = fp._evaluate_rules(jnp.tanh, None, pattern, R, np.zeros((30, 3)), np.zeros(30), jobs, cutoff)
+    assert fp._rule_slabs((26, 14, 10), cutoff, 3, 4)[1] > 2048
+    for orders, rows in jobs.items():
+        idx, w = fp._tensor_rule(orders, cutoff)
+        x = np.stack([fp._gh(m)[0][idx[:, k]] for k, m in enumerate(orders)], axis=1)
+        f = np.prod(np.tanh(np.einsum("bjk,nk->bnj", R[rows], x)) ** np.array(pattern), axis=2)
+        q, mag, n, serr, _ = res[orders]
+        assert n == w.size
+        np.testing.assert_allclose(q, f @ w, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(mag, np.abs(f) @ w, rtol=1e-12)
+        np.testing.assert_array_equal(serr, 0.0)
+
+
 def test_pruned_rule_matches_masked_outer_products():
     """The prefix-count construction of the pruned tensor rule keeps exactly the nodes (and weights)
     of the plain masked outer-product construction."""
