@@ -543,28 +543,26 @@ def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, wtab, xl, wl, stab,
 
     def row(args):  # one row: its rule's nodes, gathered from its own tables (a loop over rows: plain gathers)
         R, beta, sigma, xtab, wtab, xl, wl, stab, r = args
-        pi, parent, jlast = pidx[r].astype(jnp.int32), parent_s[r], jlast_s[r]
+        pi, par, jl = pidx[r].astype(jnp.int32), parent[r], jlast[r].astype(jnp.int32)
         xs = [xtab[k][pi[:, k]] for k in range(D - 1)]  # partial node coordinates (P,)
         pw = 1.0
         for k in range(D - 1):
             pw = pw * wtab[k][pi[:, k]]
-        jl = jlast.astype(jnp.int32)
-        w = pw[parent] * wl[jl]
+        w = pw[par] * wl[jl]
         x_last = xl[jl]
         vals = 1.0
         for jj in range(D):  # z = sum_k R_jk x_k, summed over k in order
             part = sum(R[jj, k] * xs[k] for k in range(D - 1))
-            f = fn(part[parent] + R[jj, D - 1] * x_last)
+            f = fn(part[par] + R[jj, D - 1] * x_last)
             vals = vals * integer_power(f, powers[jj])
         if smoothed == TABLE:
             f = vals * stab[jl]
             return f @ w, jnp.abs(f) @ w, jnp.abs(vals) @ w
         if smoothed is not None:
             mu = sum(beta[k] * xs[k] for k in range(D - 1))
-            vals = vals * smoothed(mu[parent] + beta[D - 1] * x_last, sigma)
+            vals = vals * smoothed(mu[par] + beta[D - 1] * x_last, sigma)
         return vals @ w, jnp.abs(vals) @ w, jnp.zeros((), vals.dtype)
 
-    parent_s, jlast_s = parent, jlast
     return jax.lax.map(row, (R, beta, sigma, xtab, wtab, xl, wl, stab, rid))
 
 
