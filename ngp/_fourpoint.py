@@ -653,12 +653,11 @@ def _rule_slabs(orders: tuple, cutoff: float, d: int, D: int):
     for st in range(0, n, _SIZES[-1]):
         k_n = min(n - st, _SIZES[-1])
         S = _padded(k_n)
-        par = parent[st:st + k_n]
-        p0, p1 = int(par[0]), int(par[-1]) + 1  # the slab's partial nodes (at most k_n)
+        used, par = np.unique(parent[st:st + k_n], return_inverse=True)  # the slab's partial nodes (<= k_n)
         sl_pidx = np.zeros((S, D - 1), np.uint8)
-        sl_pidx[:p1 - p0, D - d:] = pidx[p0:p1, :d - 1]
+        sl_pidx[:used.size, D - d:] = pidx[used, :d - 1]
         sl_par = np.zeros(S, np.int32)
-        sl_par[:k_n] = par - p0
+        sl_par[:k_n] = par
         sl_j = np.full(S, _PAD_J, np.uint8)
         sl_j[:k_n] = j[st:st + k_n]
         slabs.append((S, sl_pidx, sl_par, sl_j))
