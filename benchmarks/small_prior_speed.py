@@ -1,10 +1,14 @@
 """Wall time of small tanh priors (depth 3, N in {8, 16}): this checkout against another checkout (main).
 
-Usage: python benchmarks/small_prior_speed.py [--other /work/main] [--repeat 1] [--out small_prior_speed.json].
-Each measurement is a fresh Python process (import, compilation and calibration included, as a user
-sees it): ``ngp.MLP(...).prior(X).V``, then the same prior again in that process (warm). The two
-checkouts alternate in the same run, so machine load affects both alike. Writes
-benchmarks/results/small_prior_speed.json.
+Usage: python benchmarks/small_prior_speed.py [--other /work/main] [--repeat 1] [--task prior|predict]
+[--out small_prior_speed.json]. Each measurement is a fresh Python process (import, compilation and
+calibration included, as a user sees it). ``--task prior``: ``ngp.MLP(...).prior(X).V``, then the same
+prior again in that process (warm). ``--task predict``: the exact posterior of
+benchmarks/posterior_scaling.py (tanh depth 3 width 64, N training points from ``--sizes``, ``--n-test``
+test points): ``ngp.condition(..., method="exact").predict(X_test)`` (cold), then the test points in
+reverse order (warm: the training work and compilations reused, the test components recomputed). The
+two checkouts alternate in the same run, so machine load affects both alike. Writes
+benchmarks/results/<--out>.
 """
 
 from __future__ import annotations
@@ -39,11 +43,36 @@ print(json.dumps({"import_s": t1 - t0, "cold_s": t2 - t1, "warm_s": t3 - t2, "V_
                   "module": ngp.__file__}))
 """
 
+PREDICT = r"""
+import time, json, sys
+t0 = time.perf_counter()
+import jax
+jax.config.update("jax_enable_x64", True)
+import numpy as np
+import ngp
+NA, depth, act, NB = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+rng = np.random.default_rng(0)
+XA, XB = rng.normal(size=(NA, 2)), rng.normal(size=(NB, 2))
+Y = np.sin(1.3 * XA[:, :1]) + 0.3 * XA[:, 1:]
+net = ngp.MLP(depth, 64, activation=act)
+t1 = time.perf_counter()
+c = ngp.condition(net, XA, Y, noise=0.1, warn=False, method="exact")
+p = c.predict(XB)
+m = np.asarray(p.mean)
+t2 = time.perf_counter()
+p = c.predict(XB[::-1])
+m2, v2 = np.asarray(p.mean), np.asarray(p.var)
+t3 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "cold_s": t2 - t1, "warm_s": t3 - t2, "mean_sum": float(m2.sum()),
+                  "var_sum": float(v2.sum()), "module": ngp.__file__}))
+"""
 
-def run(path, N, depth, act):
+
+def run(path, N, depth, act, task="prior", n_test=10):
     env = dict(os.environ, PYTHONPATH=path)
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", CHILD, str(N), str(depth), act], env=env, cwd=path,
+    code, extra = (CHILD, []) if task == "prior" else (PREDICT, [str(n_test)])
+    out = subprocess.run([sys.executable, "-c", code, str(N), str(depth), act, *extra], env=env, cwd=path,
                          capture_output=True, text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["process_s"] = time.perf_counter() - t
@@ -57,17 +86,22 @@ def main():
     ap.add_argument("--sizes", default="8,16")
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--activation", default="tanh")
+    ap.add_argument("--task", choices=("prior", "predict"), default="prior")
+    ap.add_argument("--n-test", type=int, default=10, help="test points of --task predict")
     ap.add_argument("--out", default="small_prior_speed.json", help="results file name in benchmarks/results")
     args = ap.parse_args()
     rows = []
     for N in [int(s) for s in args.sizes.split(",")]:
         for rep in range(args.repeat):
             for name, path in (("this", ROOT), ("other", args.other)):
-                r = run(path, N, args.depth, args.activation)
-                r.update(checkout=name, path=path, N=N, depth=args.depth, activation=args.activation, rep=rep)
+                r = run(path, N, args.depth, args.activation, args.task, args.n_test)
+                r.update(checkout=name, path=path, N=N, depth=args.depth, activation=args.activation, rep=rep,
+                         task=args.task)
                 rows.append(r)
+                sums = (f"sum(V) {r['V_sum']:.12e}" if args.task == "prior"
+                        else f"sum(mean) {r['mean_sum']:.12e} sum(var) {r['var_sum']:.12e}")
                 print(f"N={N:3d} {name:5s} cold {r['cold_s']:7.2f} s  warm {r['warm_s']:7.2f} s  "
-                      f"process {r['process_s']:7.2f} s  sum(V) {r['V_sum']:.12e}", flush=True)
+                      f"process {r['process_s']:7.2f} s  {sums}", flush=True)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     out = {"rows": rows, "machine": platform.node(), "cpus": os.cpu_count(),
            "load": os.getloadavg(), "argv": sys.argv[1:]}

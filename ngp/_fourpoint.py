@@ -523,7 +523,7 @@ TABLE = "table"
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, wtab, xl, wl, stab, rid, pidx, parent, jlast):
+def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, wtab, xl, wl, stab, rid, pidx, parent, jlast, k):
     """Rule sums for ``B`` rows, each with its own rule (or slab of one), so that rows of different rules
     share a call. Row ``b`` uses slab ``rid[b]`` of ``U`` (``U = 1``: every row the same): ``P`` partial nodes
     of the leading ``D - 1`` directions, ``pidx`` (U, P, D-1) indices into the row's node and weight tables
@@ -537,8 +537,9 @@ def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, wtab, xl, wl, stab,
     ``beta`` (B, D), ``sigma`` (B,): mean map and conditional std of the closed-form input (unused
     when ``smoothed`` is None). ``smoothed == TABLE``: the closed-form input's mean depends on the last
     direction only and its smoothed values are ``stab`` (B, 256) at that direction's nodes (unused
-    otherwise). Returns ``sum w f``, ``sum w |f|`` and, in table mode, ``sum w |f_h|`` (B,) each, ``f_h``
-    the integrand without the tabulated factor (else zeros)."""
+    otherwise). Only the first ``k`` rows are computed (a loop over rows: padded rows cost nothing). Returns
+    ``sum w f``, ``sum w |f|`` and, in table mode, ``sum w |f_h|`` (B,) each (0 on padded rows), ``f_h`` the
+    integrand without the tabulated factor (else zeros)."""
     D = R.shape[-1]
 
     def row(args):  # one row: its rule's nodes, gathered from its own tables (a loop over rows: plain gathers)
@@ -563,7 +564,13 @@ def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, wtab, xl, wl, stab,
             vals = vals * smoothed(mu[par] + beta[D - 1] * x_last, sigma)
         return vals @ w, jnp.abs(vals) @ w, jnp.zeros((), vals.dtype)
 
-    return jax.lax.map(row, (R, beta, sigma, xtab, wtab, xl, wl, stab, rid))
+    per_row = (R, beta, sigma, xtab, wtab, xl, wl, stab, rid)
+
+    def body(b, out):
+        return out.at[:, b].set(jnp.stack(row(tuple(a[b] for a in per_row))))
+
+    out = jax.lax.fori_loop(0, k, body, jnp.zeros((3, R.shape[0]), R.dtype))
+    return out[0], out[1], out[2]
 
 
 #: Tolerance of the tabulated smoothing relative to ``rtol`` and the split input's Hoelder factor.
@@ -664,11 +671,12 @@ def _rule_slabs(orders: tuple, cutoff: float, d: int, D: int):
     return (xtab, wtab, xl, wl), n, slabs
 
 
-def _calls(n_jobs: int, S: int):
+def _calls(n_jobs: int, S: int, small_calls: bool = True):
     """Row blocks ``(start, stop, rows of the call)`` for ``n_jobs`` jobs of ``S`` nodes: full calls of
-    ``_MAX_PAIRS // S`` rows, the rest in calls ``_SMALL_CALL`` times smaller (two shapes per ``S``)."""
+    ``_MAX_PAIRS // S`` rows, the rest in calls ``_SMALL_CALL`` times smaller (two shapes per ``S``), or
+    in padded full calls without ``small_calls``."""
     full = max(1, _MAX_PAIRS // S)
-    small = max(1, full // _SMALL_CALL)
+    small = max(1, full // _SMALL_CALL) if small_calls else full
     st = 0
     while st < n_jobs:
         B = full if n_jobs - st > full // 2 else small
@@ -686,7 +694,7 @@ def _blocks(S: int, us: np.ndarray, offs: np.ndarray):
     job = np.arange(cnt.sum()) - np.repeat(start, cnt) + np.repeat(offs[us], cnt)
     if S >= _SHARED_S:
         for i in range(us.size):
-            for a, b, B in _calls(int(cnt[i]), S):
+            for a, b, B in _calls(int(cnt[i]), S, small_calls=False):  # padded rows: no work, little data
                 yield True, slab_of[start[i] + a:start[i] + b], job[start[i] + a:start[i] + b], B
     else:
         for a, b, B in _calls(job.size, S):
@@ -771,7 +779,7 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
                 node = [_pad_rows(a[sl], B, fill) for a, fill in zip(nodes, (0, 0, _PAD_J))]
             per_row = [_pad_rows(a, B) for a in (Rp[g], bp[g], sigma[rows[g]], *(t[us[sl]] for t in tabs), stab[g])]
             # NumPy arguments: the compiled call converts them (jnp.asarray costs ~0.3 ms each)
-            pending.append((g, _rule_kernel(act_fn, smoothed, powers, *per_row, rid, *node)))
+            pending.append((g, _rule_kernel(act_fn, smoothed, powers, *per_row, rid, *node, np.int32(g.size))))
             queued += sum(a.nbytes for a in node) + per_row[-1].nbytes
             if queued > _PENDING_BYTES:
                 collect()
