@@ -94,7 +94,7 @@ def posterior(net, X_train, Y_train, X_test, *, noise: float, jitter: float = 0.
         jitter: optional extra diagonal on the training kernel.
         **options: passed to ``net.prior`` (``four_point_order``, ``max_memory``, ...). The
             posterior amplifies quadrature errors in ``V`` by the conditioning of the training
-            kernel: keep the default ``four_point_order`` (see the docs' validity page).
+            kernel: keep the default ``four_point_rtol`` (``docs/validity.md``).
 
     Returns:
         :class:`FiniteWidthPosterior` (``.gp`` holds the infinite-width answer).
