@@ -96,7 +96,7 @@ class Network(Serial):
             h = s.apply(p, h)
         return h
 
-    def sampler(self, n0: int, method: str, *, from_normals: bool = False):
+    def sampler(self, n0: int, method: str):
         """One random network evaluated on inputs: ``one(key, X) -> (outputs (N, out_dim), metric (N, N))``.
 
         ``metric`` is the readout's stochastic metric ``C_b + (C_W / n_{L-1}) h h^T`` given the
@@ -105,9 +105,7 @@ class Network(Serial):
         ``method="conditional"`` draws each dense step's outputs from their exact conditional
         law given its input (rows i.i.d. ``N(0, metric)``): the same distribution, ``O(n N^2)``
         instead of ``O(n^2 N)`` per layer. All normals of one network come from one
-        ``jax.random.normal(key, (normal_count,))`` draw. ``from_normals=True`` returns
-        ``one(normals, X)`` instead, taking that draw (e.g. from a program compiled once for every
-        network with the same :meth:`normal_count`).
+        ``jax.random.normal`` call (one compiled random kernel).
         """
         if method not in ("weights", "conditional"):
             raise ValueError(f"method: expected 'weights' or 'conditional', got {method!r}")
@@ -116,10 +114,17 @@ class Network(Serial):
         conditional = method == "conditional"
         body, readout = self.steps[:-1], self.steps[-1]
 
-        def from_draw(flat, X):
+        def one(key, X):
+            N = X.shape[0]
+            shapes, d = [], n0
+            for s in body:
+                shapes += s.draw_shapes(d, N, conditional)
+                d = s.output_dim(d)
+            shapes.append((N, readout.width))
+            sizes = [math.prod(s) for s in shapes]
+            flat = jax.random.normal(key, (sum(sizes),), X.dtype)
             normals, start = [], 0
-            for shp in self._draw_shapes(n0, X.shape[0], conditional):
-                size = math.prod(shp)
+            for shp, size in zip(shapes, sizes):
                 normals.append(flat[start:start + size].reshape(shp))
                 start += size
             h = X
@@ -128,33 +133,16 @@ class Network(Serial):
             G = readout.metric(h)
             return psd_sqrt(G) @ normals.pop(0), G
 
-        if from_normals:
-            return from_draw
-
-        def one(key, X):
-            n = self.normal_count(n0, X.shape[0], method)
-            return from_draw(jax.random.normal(key, (n,), X.dtype), X)
-
         return one
-
-    def _draw_shapes(self, n0: int, N: int, conditional: bool) -> list:
-        shapes, d = [], n0
-        for s in self.steps[:-1]:
-            shapes += s.draw_shapes(d, N, conditional)
-            d = s.output_dim(d)
-        return shapes + [(N, self.steps[-1].width)]
-
-    def normal_count(self, n0: int, N: int, method: str) -> int:
-        """Standard normals one network of :meth:`sampler` uses on ``N`` inputs."""
-        return sum(math.prod(s) for s in self._draw_shapes(n0, N, method == "conditional"))
 
     def memory_per_network(self, n0: int, N: int, method: str) -> int:
         """Bytes of normals one network needs (the sampler's working set is a few times this)."""
-        d = n0
+        shapes, d = [], n0
         for s in self.steps[:-1]:
+            shapes += s.draw_shapes(d, N, method == "conditional")
             d = s.output_dim(d)
         widest = max([d] + [w for w in self.widths])
-        return 8 * (self.normal_count(n0, N, method) + N * (self.out_dim + 2 * widest + N))
+        return 8 * (sum(math.prod(s) for s in shapes) + N * (self.out_dim + 2 * widest + N))
 
     def __eq__(self, other):
         return type(other) is type(self) and self.steps == other.steps and self.in_dim == other.in_dim

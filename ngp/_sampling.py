@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _normals
 from ._validate import as_inputs, count, memory_bytes
 
 __all__ = ["NetworkSamples", "sample_networks", "SAMPLING_MEMORY", "check_sampling_memory", "network_keys"]
@@ -106,7 +105,6 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
     check_sampling_memory(net, Xn.shape[1], Xn.shape[0], method, bs, S, limit, "sample_networks")
     Xa = jnp.asarray(Xn)
     batched = _batched_sampler(net, Xa.shape[1], method)
-    n = net.normal_count(Xa.shape[1], Xa.shape[0], method)
     keys = network_keys(seed, S)
     outs, mets = [], []
     for start in range(0, S, bs):
@@ -114,7 +112,7 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
         got = k.shape[0]
         if got < bs:  # pad the last batch: one compiled shape
             k = np.concatenate([k, np.repeat(k[:1], bs - got, axis=0)])
-        z, G = batched(_normals.draws(k, n, Xa.dtype), Xa)
+        z, G = batched(k, Xa)
         outs.append(np.asarray(z)[:got])
         mets.append(np.asarray(G)[:got])
     return NetworkSamples(np.concatenate(outs), np.concatenate(mets))
@@ -139,8 +137,7 @@ _SAMPLER_CACHE: "collections.OrderedDict" = collections.OrderedDict()
 
 
 def _batched_sampler(net, n0: int, method: str):
-    """``jit(vmap(net.sampler(n0, method, from_normals=True)))`` (the networks of a batch from their normals,
-    drawn by :func:`ngp._normals.draws`, whose program serves every network with as many normals), remembered for the last 8
-    networks (equal networks give the same sampler), so repeated calls do not compile it again."""
+    """``jit(vmap(net.sampler(n0, method)))``, remembered for the last 8 networks (equal networks give the
+    same sampler), so repeated calls do not compile it again."""
     return cached_per_network(_SAMPLER_CACHE, 8, (net, repr(net), n0, method),
-                              lambda: jax.jit(jax.vmap(net.sampler(n0, method, from_normals=True), in_axes=(0, None))))
+                              lambda: jax.jit(jax.vmap(net.sampler(n0, method), in_axes=(0, None))))

@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _normals
 from .._sampling import SAMPLING_MEMORY, cached_per_network, check_sampling_memory, network_keys
 from .._linalg import SAMPLER_JITTER
 from .._validate import RCOND_MIN as _RCOND_GP
@@ -169,22 +168,21 @@ _STATS_CACHE: "collections.OrderedDict" = collections.OrderedDict()
 def _cached_stats(net, n0: int, n_train: int):
     """The compiled batch map for ``net`` (compiling the sampler takes seconds; reuse it)."""
     return cached_per_network(_STATS_CACHE, 8, (net, repr(net), n0, n_train),
-                              lambda: _batch_stats(net.sampler(n0, "conditional", from_normals=True), n_train))
+                              lambda: _batch_stats(net.sampler(n0, "conditional"), n_train))
 
 
 def _batch_stats(one, n_train: int):
-    """A jitted map from one batch of prior draws (their normals, ``(B, n)``, :func:`ngp._normals.draws`) to
-    weighted sums over those draws.
+    """A jitted map from one batch of PRNG keys to weighted sums over those prior draws.
 
     Weights are ``w = exp(loglik - shift)`` with the batch's largest log-likelihood as
     ``shift``. Sums of ``w^2``-weighted quantities are centred on the batch's own weighted
     means (``m_bar``, ``g_bar``) so the standard errors do not lose digits to cancellation.
     """
 
-    def stats(normals, X, Y, noise, nvalid):
-        _, G = jax.vmap(one, in_axes=(0, None))(normals, X)
+    def stats(keys, X, Y, noise, nvalid):
+        _, G = jax.vmap(one, in_axes=(0, None))(keys, X)
         ll, m, C = gaussian_conditional(G, Y, n_train, noise)
-        mask = jnp.arange(normals.shape[0]) < nvalid
+        mask = jnp.arange(keys.shape[0]) < nvalid
         ll = jnp.where(mask, ll, -jnp.inf)
         finite = jnp.isfinite(ll)
         top = jnp.max(ll)
@@ -277,7 +275,6 @@ def importance_posterior(net, X_train, Y_train, X_test, *, noise: float, num_sam
     Xj = jnp.asarray(X)
     stats = _cached_stats(net, X.shape[1], XA.shape[0])
     keys = network_keys(seed, S)
-    n = net.normal_count(X.shape[1], X.shape[0], "conditional")
     Yj = jnp.asarray(Y)
 
     batches = []
@@ -287,7 +284,7 @@ def importance_posterior(net, X_train, Y_train, X_test, *, noise: float, num_sam
         nvalid = k.shape[0]
         if nvalid < B:  # pad the last batch (one compiled shape); padded draws are masked out
             k = np.concatenate([k, keys[:B - nvalid]])
-        c, sums, nsing = stats(_normals.draws(k, n, Xj.dtype), Xj, Yj, noise, nvalid)
+        c, sums, nsing = stats(k, Xj, Yj, noise, nvalid)
         singular += int(nsing)
         sums = {name: np.asarray(v, dtype=float) for name, v in sums.items()}
         if sums["W"] == 0.0:
