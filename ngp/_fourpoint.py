@@ -780,7 +780,7 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
             per_row = [_pad_rows(a, B) for a in (Rp[g], bp[g], sigma[rows[g]], *(t[us[sl]] for t in tabs), stab[g])]
             # NumPy arguments: the compiled call converts them (jnp.asarray costs ~0.3 ms each)
             pending.append((g, _rule_kernel(act_fn, smoothed, powers, *per_row, rid, *node, np.int32(g.size))))
-            queued += sum(a.nbytes for a in node) + per_row[-1].nbytes
+            queued += sum(a.nbytes for a in (*node, *per_row))
             if queued > _PENDING_BYTES:
                 collect()
                 queued = 0
