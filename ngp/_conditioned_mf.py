@@ -73,6 +73,7 @@ class MatrixFreeConditioned(Conditioned):
     """
 
     method = "matrix_free"
+    log_evidence_error = None  # no quadrature: the Monte-Carlo standard errors carry the numerical error
 
     def __init__(self, net, X_train, Y_train, *, noise: float, jitter: float = 0.0, samples: int | None = None,
                  seed: int = 0, **options):

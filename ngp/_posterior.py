@@ -25,11 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._cumulants import canonical_quads
 from ._gp import GPPosterior, gp_from_kernel, gp_log_evidence
 from ._linalg import solve_train
 from ._prior import MAX_MEMORY
 from ._validate import as_inputs, count, float64, train_test, warn
 from ._validity import Validity, evidence_validity, posterior_validity
+from ._vertex_error import component_errors
 
 __all__ = ["FiniteWidthPosterior", "Conditioned", "GPConditioned", "finite_width_log_evidence"]
 
@@ -56,6 +58,11 @@ class FiniteWidthPosterior:
         method: ``"exact"`` or ``"matrix_free"`` (the solver that produced it).
         mean_se, var_se, log_evidence_se: Monte-Carlo standard errors of ``mean``, ``var`` and
             ``log_evidence`` (``solver="matrix_free"``; ``None`` on the exact path).
+        mean_error, var_error, cov_error, log_evidence_error: estimated bounds on the numerical error
+            of ``mean``, ``var``, ``cov`` and ``log_evidence`` from the four-point quadrature behind ``V``
+            and ``K1`` (their estimates :attr:`ngp.Prior.V_error`, :attr:`ngp.Prior.K1_error` carried
+            through the posterior's linear dependence on ``V`` and ``K1``, ``docs/accuracy.md``); exact
+            path only (``None`` on the matrix-free one); NaN where the rule gives no estimate.
     """
 
     mean: np.ndarray
@@ -71,6 +78,10 @@ class FiniteWidthPosterior:
     var_se: np.ndarray | None = None
     log_evidence_se: float | None = None
     method: str = "exact"
+    mean_error: np.ndarray | None = None
+    var_error: np.ndarray | None = None
+    cov_error: np.ndarray | None = None
+    log_evidence_error: float | None = None
 
     @property
     def std(self) -> np.ndarray:
@@ -153,6 +164,8 @@ class Conditioned:
         validity: :class:`ngp.Validity` of the log evidence (its first-order correction against the GP's).
         method: ``"exact"`` (this class) or ``"matrix_free"`` (its matrix-free subclass).
         log_evidence_se: Monte-Carlo standard error of ``log_evidence`` (``None`` on the exact path).
+        log_evidence_error: bound on the numerical error of ``log_evidence`` from the four-point
+            quadrature (``docs/accuracy.md``; ``None`` on the matrix-free path).
     """
 
     method = "exact"
@@ -182,26 +195,22 @@ class Conditioned:
     @functools.cached_property
     @float64
     def _train(self) -> dict:
-        """Training cumulants and every contraction with them that predictions reuse."""
+        """Training cumulants, the exact coefficients of ``V`` and ``K1`` in the corrections, and every
+        contraction of the training ``V`` with them that predictions reuse."""
         p = self._prior
-        s = self._solve
-        K1 = np.asarray(p.K1)
+        coef = _coefficients(self._solve, self.Y_train.shape[1])
         V = np.asarray(p.V)
-        yt, Kinv = s.ytilde, s.Kinv
-        nL = self.Y_train.shape[1]
-        W = yt @ yt.T - nL * Kinv
-        # T_i[x, y, z] = yt_i[x] W[y, z] - 2 Kinv[x, y] yt_i[z]: the mean's contraction of V_(b x)(y z)
-        T = np.einsum("xi,yz->ixyz", yt, W) - 2.0 * np.einsum("xy,zi->ixyz", Kinv, yt)
-        return dict(
-            K1=K1,
-            V=V,
-            W=W,
-            T=T,
-            U=np.einsum("gxyz,ixyz->gi", V, T),  # (N_A, n_L)
-            M_W=np.einsum("klxy,xy->kl", V, W),  # sum V_(kl)(xy) W_xy
-            M_K=np.einsum("kxly,xy->kl", V, Kinv),  # sum V_(kx)(ly) Kinv_xy
-            Z=np.einsum("kxly,xi->kily", V, yt),  # partial contraction for the yt yt^T terms
-        )
+        return dict(K1=np.asarray(p.K1), V=V, **coef, **_contractions(V, coef))
+
+    @functools.cached_property
+    @float64
+    def _train_error(self) -> dict:
+        """The same with the estimated errors of ``V`` and ``K1`` and the coefficients' absolute values:
+        the pieces of the error bounds (``docs/accuracy.md``)."""
+        p = self._prior
+        coef = {k: np.abs(v) for k, v in _coefficients(self._solve, self.Y_train.shape[1]).items()}
+        EV = np.asarray(p.V_error)
+        return dict(K1=np.asarray(p.K1_error), V=EV, **coef, **_contractions(EV, coef))
 
     @functools.cached_property
     @float64
@@ -220,6 +229,17 @@ class Conditioned:
             self._evidence_checked = True
             self._warn_validity(self.validity, "log_evidence")
         return logz
+
+    @functools.cached_property
+    @float64
+    def log_evidence_error(self) -> float:
+        """Estimated bound on the numerical error of :attr:`log_evidence` from the four-point quadrature
+        (``docs/accuracy.md``; NaN where the rule gives no estimate)."""
+        if self.n is None:
+            return 0.0
+        e = self._train_error
+        return _log_evidence_error(np.asarray(self._prior.K), self._train["K1"], e["K1"], e["V"], self.Y_train,
+                                   self.noise + self.jitter, self.n, self._solve)
 
     @property
     def validity(self) -> Validity:
@@ -256,7 +276,7 @@ class Conditioned:
             raise ValueError(f"n: with_width needs equal hidden widths, the network has {list(self.net.widths)}")
         new = object.__new__(Conditioned)
         new.__dict__.update({k: v for k, v in self.__dict__.items()
-                             if k not in ("_log_evidence", "_evidence_checked", "gp")})
+                             if k not in ("_log_evidence", "log_evidence_error", "_evidence_checked", "gp")})
         new.n = None if self.n is None else n
         new.gp = GPConditioned(new)
         return new
@@ -288,18 +308,17 @@ class Conditioned:
         K = np.asarray(prior.K)
         gp = gp_from_kernel(K, NA, self.Y_train, self.noise, self.jitter, solve=self._solve)
         if self.n is None:  # exactly Gaussian prior
+            zero = np.zeros_like(gp.mean)
             return FiniteWidthPosterior(gp.mean, gp.var, gp.cov if full_cov else None, gp.log_evidence, gp,
-                                        None, 0.0, self.noise, evidence_validity(0.0, 0.0))
+                                        None, 0.0, self.noise, evidence_validity(0.0, 0.0), mean_error=zero,
+                                        var_error=zero, cov_error=np.zeros_like(gp.cov) if full_cov else None,
+                                        log_evidence_error=0.0)
         n = self.n
         c = prior._cumulants[-1]
         inv = prior._inverse
         iA, iB = inv[:NA], inv[NA:]
-        s, t = self._solve, self._train
-        yt, Kinv = s.ytilde, s.Kinv
-        K1 = np.asarray(prior.K1)
-        P = K[NA:, :NA] @ Kinv  # (NB, NA)
-        Gbar = K1[NA:, :NA] - P @ t["K1"]  # (NB, NA)
-        nL = yt.shape[1]
+        s = self._solve
+        nL = s.ytilde.shape[1]
         limit = self.options.get("max_memory", MAX_MEMORY)
         per_point = _predict_bytes_per_point(prior, NA, nL)
         if batch_size is None:
@@ -315,43 +334,44 @@ class Conditioned:
                 raise MemoryError(
                     f"predict: batch_size={batch_size} needs about {batch_size * per_point / 1024**3:.3g} GiB "
                     f"(> max_memory={limit / 1024**3:.3g} GiB): use a smaller batch_size or raise max_memory")
-        mean = gp.mean.copy()
-        var = np.empty((NB, nL))
-        V1_all = [] if full_cov else None
+        # values: the coefficients and differences as they are; error bounds: the errors of V and K1, the
+        # coefficients' absolute values and every difference a sum (docs/accuracy.md)
+        P = K[NA:, :NA] @ s.Kinv  # (NB, NA)
+        K1, EK1 = np.asarray(prior.K1), np.asarray(prior.K1_error)
+        value = _Parts(self._train, P, K1[NA:, :NA], K1[NA:, NA:], _vertex_components(c), np.subtract)
+        error = _Parts(self._train_error, np.abs(P), EK1[NA:, :NA], EK1[NA:, NA:], _vertex_errors(c), np.add)
+        if full_cov:
+            self._check_full_cov(NA, NB, prior)
+        mean, var = gp.mean.copy(), np.empty((NB, nL))
+        mean_err, var_err = np.empty((NB, nL)), np.empty((NB, nL))
+        Sigma = gp.cov_test.diagonal()
+        V1_all, E1_all = [], []
         for start in range(0, NB, batch_size):
             sl = slice(start, min(NB, start + batch_size))
-            V1, Vbb, Vc = _test_components(c.vertex, iB[sl], iA)
-            Pb = P[sl]
-            mean[sl] += (Gbar[sl] @ yt) / n + (np.einsum("bxyz,ixyz->bi", V1, t["T"]) - Pb @ t["U"]) / (2.0 * n)
-            # same-neuron marginal variance
-            Sigma = gp.cov_test[sl, sl].diagonal()
-            Gbb = (K1[NA:, NA:].diagonal()[sl] - 2.0 * np.einsum("bk,bk->b", Pb, K1[NA:, :NA][sl])
-                   + np.einsum("bk,kl,bl->b", Pb, t["K1"], Pb))
-            V1W = np.einsum("blxy,xy->bl", V1, t["W"])
-            S_pairs = np.einsum("bxy,xy->b", Vbb, t["W"]) - 2.0 * np.einsum("bl,bl->b", Pb, V1W) + np.einsum(
-                "bk,kl,bl->b", Pb, t["M_W"], Pb)
-            A_K = np.einsum("bxly,xy->bl", V1, Kinv)
-            S_K = np.einsum("bxy,xy->b", Vc, Kinv) - 2.0 * np.einsum("bl,bl->b", Pb, A_K) + np.einsum(
-                "bk,kl,bl->b", Pb, t["M_K"], Pb)
-            ZB = np.einsum("bxly,xi->bily", V1, yt)  # (nb, nL, NA, NA)
-            A_y = np.einsum("bily,yi->bil", ZB, yt)  # sum_xy V1[b,x,l,y] yt_i[x] yt_i[y]
-            M_y = np.einsum("kily,yi->ikl", t["Z"], yt)  # sum V_(kx)(ly) yt_i[x] yt_i[y]
-            S_y = (np.einsum("bxy,xi,yi->bi", Vc, yt, yt) - 2.0 * np.einsum("bl,bil->bi", Pb, A_y)
-                   + np.einsum("bk,ikl,bl->bi", Pb, M_y, Pb))
-            same = Sigma + Gbb / n + S_pairs / (2.0 * n) - S_K / n
-            var[sl] = same[:, None] + S_y / n
+            V1 = _test_components(value.components, iB[sl], iA)
+            dm, dv = _marginal(value, sl, V1, n)
+            mean[sl] += dm
+            var[sl] = Sigma[sl, None] + dv
+            E1 = _test_components(error.components, iB[sl], iA)
+            mean_err[sl], var_err[sl] = _marginal(error, sl, E1, n)
             if full_cov:
-                V1_all.append(V1)
-        cov = None
+                V1_all.append(V1[0])
+                E1_all.append(E1[0])
+        cov = cov_err = None
         if full_cov:
-            cov = self._full_cov(c.vertex, iA, iB, np.concatenate(V1_all), P, gp, K1, NA, _component_bytes(prior))
+            rows = self._full_cov_rows(NA, NB, prior)
+            cov = gp.cov_test[:, None, :, None] * np.eye(nL)[None, :, None, :] + _cov_correction(
+                value, iA, iB, np.concatenate(V1_all), n, rows)
+            cov_err = _cov_correction(error, iA, iB, np.concatenate(E1_all), n, rows)
         eps = c.expansion_parameter * (prior.n / n)
         logz = self._log_evidence
         validity = posterior_validity(mean=mean, var=var, gp_mean=gp.mean, gp_var=gp.var, noise=self.noise,
                                       prior_var=K[NA:, NA:].diagonal(), log_evidence=logz,
                                       gp_log_evidence=gp.log_evidence)
         self._warn_validity(validity, "posterior")
-        return FiniteWidthPosterior(mean, var, cov, logz, gp, n, eps, self.noise, validity)
+        self._warn_numerical(mean_err, mean - gp.mean)
+        return FiniteWidthPosterior(mean, var, cov, logz, gp, n, eps, self.noise, validity, mean_error=mean_err,
+                                    var_error=var_err, cov_error=cov_err, log_evidence_error=self.log_evidence_error)
 
     def _joint_prior(self, XB):
         """The prior on ``[X_train; X_test]`` (its lazy cumulants remember their four-point values, so
@@ -362,45 +382,158 @@ class Conditioned:
             self._joint[key] = self.net.prior(np.concatenate([self.X_train, XB]), **self.options)
         return self._joint[key]
 
-    def _full_cov(self, vertex, iA, iB, V1, P, gp, K1, NA, comp_bytes):
-        """``(N_B, n_L, N_B, n_L)`` covariance from the components with two test indices."""
-        s, t = self._solve, self._train
-        yt, Kinv = s.ytilde, s.Kinv
-        n = self.n
-        NB, nL = P.shape[0], yt.shape[1]
+    def _warn_numerical(self, mean_err, shift) -> None:
+        """Warn when the quadrature's estimated error bound reaches :data:`NUMERICAL_WARN` of the 1/n mean shift."""
+        top, size = float(np.max(mean_err, initial=0.0)), float(np.max(np.abs(shift), initial=0.0))
+        if self.options.get("warn", True) and np.isfinite(top) and top > NUMERICAL_WARN * size:
+            warn(
+                f"posterior: the estimated bound on the numerical error of the four-point quadrature behind V and K1 "
+                f"({top:.2g} in the mean, mean_error) is {100 * top / max(size, np.finfo(float).tiny):.3g}% of the "
+                f"largest 1/n mean correction ({size:.2g}): the training kernel's conditioning amplifies it "
+                "(docs/accuracy.md). Lower four_point_rtol, or add noise"
+            )
+
+    def _check_full_cov(self, NA, NB, prior) -> None:
         limit = self.options.get("max_memory", MAX_MEMORY)
-        dense = 8 * NB * NB * NA * NA * 8  # Vp, Vc and the contractions' temporaries
-        per_row = 2 * NB * NA * NA * comp_bytes  # one test row of components
-        need = dense + per_row
+        need = _full_cov_dense_bytes(NA, NB) + 2 * NB * NA * NA * _component_bytes(prior)
         if need > limit:
             raise MemoryError(
                 f"predict: full_cov for {NB} test and {NA} training points needs about {need / 1024**3:.2f} GiB "
                 f"(> max_memory={limit / 1024**3:.2f} GiB); use full_cov=False (marginal variances) or fewer test points"
             )
-        rows = int(max(1, min(NB, (limit - dense) // per_row)))
-        Vp, Vc = _pair_components(vertex, iB, iA, rows)  # (NB, NB, NA, NA) V_(bc)(xy), (NB, NA, NB, NA) V_(bx)(cy)
-        Gbb = K1[NA:, NA:] - P @ K1[:NA, NA:] - K1[NA:, :NA] @ P.T + P @ t["K1"] @ P.T
-        V1W = np.einsum("blxy,xy->bl", V1, t["W"])
-        S_pairs = np.einsum("bcxy,xy->bc", Vp, t["W"]) - V1W @ P.T - P @ V1W.T + P @ t["M_W"] @ P.T
 
-        def cross(R, M_R):
-            A_R = np.einsum("bxly,xy->bl", V1, R)
-            B_R = np.einsum("cykx,xy->ck", V1, R)
-            return np.einsum("bxcy,xy->bc", Vc, R) - A_R @ P.T - P @ B_R.T + P @ M_R @ P.T
-
-        S_K = cross(Kinv, t["M_K"])
-        same = gp.cov_test + Gbb / n + S_pairs / (2.0 * n) - S_K / n
-        cov = np.einsum("bc,ij->bicj", same, np.eye(nL))
-        for i in range(nL):
-            for j in range(nL):
-                R = np.outer(yt[:, i], yt[:, j])
-                M_R = np.einsum("kxly,xy->kl", t["V"], R)
-                cov[:, i, :, j] += cross(R, M_R) / n
-        return 0.5 * (cov + np.transpose(cov, (2, 3, 0, 1)))
+    def _full_cov_rows(self, NA, NB, prior) -> int:
+        """Test rows per block of the two-test-index components, within ``max_memory``."""
+        limit = self.options.get("max_memory", MAX_MEMORY)
+        per_row = 2 * NB * NA * NA * _component_bytes(prior)
+        return int(max(1, min(NB, (limit - _full_cov_dense_bytes(NA, NB)) // per_row)))
 
 
-def _test_components(vertex, iB, iA):
-    """Vertex components with test indices, for test points ``iB`` and training points ``iA``.
+#: Warn when the estimated numerical error of the mean exceeds this fraction of its 1/n correction.
+NUMERICAL_WARN = 0.1
+
+
+def _full_cov_dense_bytes(NA: int, NB: int) -> int:
+    """``V_(bc)(xy)``, ``V_(bx)(cy)`` and the contractions' temporaries of ``full_cov``."""
+    return 8 * NB * NB * NA * NA * 8
+
+
+def _coefficients(solve, nL: int) -> dict:
+    """The exact coefficients of the training cumulants in the corrections: ``yt``, ``Kinv``,
+    ``W = Y - n_L Kinv`` and ``T_i[x, y, z] = yt_i[x] W[y, z] - 2 Kinv[x, y] yt_i[z]`` (the mean's
+    contraction of ``V_(b x)(y z)``)."""
+    yt, Kinv = solve.ytilde, solve.Kinv
+    W = yt @ yt.T - nL * Kinv
+    T = np.einsum("xi,yz->ixyz", yt, W) - 2.0 * np.einsum("xy,zi->ixyz", Kinv, yt)
+    return dict(yt=yt, Kinv=Kinv, W=W, T=T)
+
+
+def _contractions(V, coef: dict) -> dict:
+    """Contractions of a training ``(N_A,)*4`` vertex (or its error) with the coefficients ``coef``."""
+    yt = coef["yt"]
+    Z = np.einsum("kxly,xi->kily", V, yt)
+    return dict(
+        U=np.einsum("gxyz,ixyz->gi", V, coef["T"]),  # (N_A, n_L)
+        M_W=np.einsum("klxy,xy->kl", V, coef["W"]),  # sum V_(kl)(xy) W_xy
+        M_K=np.einsum("kxly,xy->kl", V, coef["Kinv"]),  # sum V_(kx)(ly) Kinv_xy
+        M_y=np.einsum("kily,yi->ikl", Z, yt),  # sum V_(kx)(ly) yt_i[x] yt_i[y]
+    )
+
+
+@dataclasses.dataclass
+class _Parts:
+    """What one evaluation of the prediction formulas needs: the training pieces ``t``, the projector
+    ``P`` (``(N_B, N_A)``), the test blocks of ``K1``, a ``quads -> components`` function, and ``sub``
+    (``np.subtract`` for the values, ``np.add`` for error bounds, whose inputs are errors and absolute
+    coefficients)."""
+
+    t: dict
+    P: np.ndarray
+    K1_BA: np.ndarray
+    K1_BB: np.ndarray
+    components: object
+    sub: object
+
+
+def _vertex_components(layer):
+    """``quads (M, 4) -> V_(ab)(cd)`` of ``layer``."""
+    return layer.vertex.components
+
+
+def _vertex_errors(layer):
+    """``quads (M, 4) -> `` estimated errors of ``V_(ab)(cd)`` of ``layer``."""
+    return lambda quads: component_errors(layer, *canonical_quads(quads, layer.pairs))
+
+
+def _marginal(parts: _Parts, sl, V1, n):
+    """Mean and same-neuron latent-variance corrections ``(nb, n_L)`` for the test points ``sl``
+    (``V1``: the blocks of :func:`_test_components`)."""
+    V1, Vbb, Vc = V1
+    t, sub = parts.t, parts.sub
+    yt, Kinv = t["yt"], t["Kinv"]
+    Pb, K1_bA, K1_bb = parts.P[sl], parts.K1_BA[sl], parts.K1_BB.diagonal()[sl]
+    Gbar = sub(K1_bA, Pb @ t["K1"])
+    mean = (Gbar @ yt) / n + sub(np.einsum("bxyz,ixyz->bi", V1, t["T"]), Pb @ t["U"]) / (2.0 * n)
+    Gbb = sub(K1_bb, 2.0 * np.einsum("bk,bk->b", Pb, K1_bA)) + np.einsum("bk,kl,bl->b", Pb, t["K1"], Pb)
+    V1W = np.einsum("blxy,xy->bl", V1, t["W"])
+    S_pairs = (sub(np.einsum("bxy,xy->b", Vbb, t["W"]), 2.0 * np.einsum("bl,bl->b", Pb, V1W))
+               + np.einsum("bk,kl,bl->b", Pb, t["M_W"], Pb))
+    A_K = np.einsum("bxly,xy->bl", V1, Kinv)
+    S_K = (sub(np.einsum("bxy,xy->b", Vc, Kinv), 2.0 * np.einsum("bl,bl->b", Pb, A_K))
+           + np.einsum("bk,kl,bl->b", Pb, t["M_K"], Pb))
+    A_y = np.einsum("bily,yi->bil", np.einsum("bxly,xi->bily", V1, yt), yt)  # sum_xy V1[b,x,l,y] yt_i[x] yt_i[y]
+    S_y = (sub(np.einsum("bxy,xi,yi->bi", Vc, yt, yt), 2.0 * np.einsum("bl,bil->bi", Pb, A_y))
+           + np.einsum("bk,ikl,bl->bi", Pb, t["M_y"], Pb))
+    same = sub(Gbb / n + S_pairs / (2.0 * n), S_K / n)
+    return mean, same[:, None] + S_y / n
+
+
+def _cov_correction(parts: _Parts, iA, iB, V1, n, rows: int):
+    """``(N_B, n_L, N_B, n_L)`` first-order covariance correction from the components with two test
+    indices (``rows`` test points at a time; ``V1``: ``V_(b x)(y z)`` of every test point)."""
+    t, sub, P = parts.t, parts.sub, parts.P
+    yt, Kinv = t["yt"], t["Kinv"]
+    nL = yt.shape[1]
+    Vp, Vc = _pair_components(parts.components, iB, iA, rows)  # V_(bc)(xy), V_(bx)(cy)
+    K1_AB = parts.K1_BA.T
+    Gbb = sub(sub(parts.K1_BB, P @ K1_AB), parts.K1_BA @ P.T) + P @ t["K1"] @ P.T
+    V1W = np.einsum("blxy,xy->bl", V1, t["W"])
+    S_pairs = sub(sub(np.einsum("bcxy,xy->bc", Vp, t["W"]), V1W @ P.T), P @ V1W.T) + P @ t["M_W"] @ P.T
+
+    def cross(R, M_R):
+        A_R = np.einsum("bxly,xy->bl", V1, R)
+        B_R = np.einsum("cykx,xy->ck", V1, R)
+        return sub(sub(np.einsum("bxcy,xy->bc", Vc, R), A_R @ P.T), P @ B_R.T) + P @ M_R @ P.T
+
+    same = sub(Gbb / n + S_pairs / (2.0 * n), cross(Kinv, t["M_K"]) / n)
+    cov = np.einsum("bc,ij->bicj", same, np.eye(nL))
+    for i in range(nL):
+        for j in range(nL):
+            R = np.outer(yt[:, i], yt[:, j])
+            cov[:, i, :, j] += cross(R, np.einsum("kxly,xy->kl", t["V"], R)) / n
+    return 0.5 * (cov + np.transpose(cov, (2, 3, 0, 1)))
+
+
+def _log_evidence_error(K, K1, EK1, EV, Y, noise: float, n: int, solve) -> float:
+    """Bound on the numerical error of the finite-width log evidence from the errors ``EK1``, ``EV`` of
+    ``K1`` and ``V`` on the training inputs: its linear dependence on them with absolute coefficients
+    (``d logZ / d K1 = (a a^T - n_L G^-1) / (2 n)``, ``a = G^-1 Y``, ``G = K + K1/n + noise I``)."""
+    NA, nL = Y.shape
+    G = K + K1 / n + noise * np.eye(NA)
+    Ginv = np.linalg.inv(G)
+    a = Ginv @ Y
+    gauss = np.sum(np.abs(0.5 * (a @ a.T - nL * Ginv)) * EK1) / n
+    Kinv, yt = np.abs(solve.Kinv), solve.ytilde
+    Ymat = yt @ yt.T
+    Q = np.abs(Ymat - nL * solve.Kinv)
+    corr = (np.einsum("abcd,ab,cd->", EV, Q, Q) + 4.0 * np.einsum("abcd,ac,bd->", EV, Kinv, np.abs(Ymat))
+            + 2.0 * nL * np.einsum("abcd,ac,bd->", EV, Kinv, Kinv)) / (8.0 * n)
+    return float(gauss + corr)
+
+
+def _test_components(components, iB, iA):
+    """Vertex components (or their errors: ``components`` maps quads ``(M, 4)`` to values) with test
+    indices, for test points ``iB`` and training points ``iA``.
 
     Returns ``V1 (nb, NA, NA, NA)`` with ``V1[b, x, y, z] = V_(b x)(y z)``, ``Vbb (nb, NA, NA)`` with
     ``V_(b b)(x y)`` and ``Vc (nb, NA, NA)`` with ``V_(b x)(b y)``.
@@ -413,7 +546,7 @@ def _test_components(vertex, iB, iA):
     bb, pp = (g.reshape(-1) for g in np.meshgrid(np.arange(nb), np.arange(P_A), indexing="ij"))
     q2 = np.stack([iB[bb], iB[bb], iA[t2[pp]], iA[t3[pp]]], axis=1)
     q3 = np.stack([iB[bb], iA[t2[pp]], iB[bb], iA[t3[pp]]], axis=1)
-    vals = vertex.components(np.concatenate([q1, q2, q3]))
+    vals = components(np.concatenate([q1, q2, q3]))
     m1, m2 = q1.shape[0], q2.shape[0]
     v1 = vals[:m1].reshape(nb, NA, P_A)
     V1 = np.empty((nb, NA, NA, NA))
@@ -426,7 +559,7 @@ def _test_components(vertex, iB, iA):
     return V1, Vbb, Vc
 
 
-def _pair_components(vertex, iB, iA, rows: int):
+def _pair_components(components, iB, iA, rows: int):
     """``V_(b c)(x y)`` as ``(NB, NB, NA, NA)`` and ``V_(b x)(c y)`` as ``(NB, NA, NB, NA)`` for all test pairs,
     ``rows`` test points ``b`` at a time (bounding the recursion's working memory)."""
     NB, NA = len(iB), len(iA)
@@ -438,7 +571,7 @@ def _pair_components(vertex, iB, iA, rows: int):
                                                            indexing="ij"))
         qp = np.stack([iB[b], iB[c], iA[x], iA[y]], axis=1)
         qc = np.stack([iB[b], iA[x], iB[c], iA[y]], axis=1)
-        vals = vertex.components(np.concatenate([qp, qc]))
+        vals = components(np.concatenate([qp, qc]))
         Vp[bs] = vals[:qp.shape[0]].reshape(bs.size, NB, NA, NA)
         Vc[bs] = vals[qp.shape[0]:].reshape(bs.size, NB, NA, NA).transpose(0, 2, 1, 3)
     return Vp, Vc
@@ -458,9 +591,9 @@ def _component_bytes(prior) -> int:
 
 def _predict_bytes_per_point(prior, NA: int, nL: int) -> int:
     """Working memory of the marginal path per test point: its ``NA^3/2 + NA^2`` components and the
-    dense ``(NA, NA, NA)`` blocks and contractions built from them."""
+    dense ``(NA, NA, NA)`` blocks and contractions built from them (values and error bounds)."""
     P_A = NA * (NA + 1) // 2
-    return (NA * P_A + 2 * P_A) * _component_bytes(prior) + 8 * NA**3 * 4 + 8 * NA**2 * (nL + 8)
+    return (NA * P_A + 2 * P_A) * _component_bytes(prior) + 8 * NA**3 * 6 + 8 * NA**2 * (nL + 8)
 
 
 class GPConditioned:

@@ -15,6 +15,7 @@ from ._ntk_net import NTKMixin, output_property
 from ._pairs import Pairs
 from ._steps import IDENTITY, Flow
 from ._validate import MAX_MEMORY, as_inputs, count, float64, memory_bytes, positive_float, warn
+from ._vertex_error import k1_error, packed_vertex_error
 
 __all__ = ["Prior", "Layer", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY", "PRIOR_OPTIONS", "DERIVATIVE_METHODS", "check_options"]
 
@@ -65,6 +66,7 @@ class Layer:
         K1: ``(N, N)`` 1/n correction of the two-point function.
         V_packed: ``(P, P)`` four-point vertex over unordered input pairs (see ``pairs``).
         V: ``(N, N, N, N)`` vertex, ``V[a, b, c, d] = V_(ab)(cd)``.
+        V_error, K1_error: their estimated absolute numerical errors.
         n: width ``n_{l-1}`` dividing ``K1`` and ``V``.
         pairs: the pair bookkeeping (``pairs.a``, ``pairs.b``, ``pairs.index``).
     """
@@ -106,11 +108,17 @@ class Layer:
     @float64
     def V_error(self) -> np.ndarray:
         """``(N, N, N, N)`` estimated absolute numerical error of :attr:`V` (the four-point quadrature,
-        propagated through depth; ``docs/four-point.md``). NaN where ``four_point_order`` was given."""
-        from ._vertex_error import packed_vertex_error
-
+        propagated through depth; ``docs/four-point.md``). NaN where no estimate exists
+        (``four_point_order`` given; residual chains)."""
         self._prior._check_memory()
         return np.asarray(self.pairs.unpack4(self._prior._expand_packed(packed_vertex_error(self._c))))
+
+    @functools.cached_property
+    @float64
+    def K1_error(self) -> np.ndarray:
+        """``(N, N)`` estimated absolute numerical error of :attr:`K1` (the four-point quadrature of the
+        two-input vertex components, propagated through depth like :attr:`V_error`; NaN where no estimate exists)."""
+        return self._prior._expand(k1_error(self._c))
 
     @property
     @float64
@@ -149,7 +157,8 @@ class Prior(NTKMixin):
         K: ``(N, N)`` output kernel ``K^(L)``.
         K1: ``(N, N)`` 1/n correction: ``E[z_i(x_a) z_j(x_b)] = delta_ij (K + K1/n)`` with
             ``n = net.n_last`` (computed on first access, ``O(N^2)`` per layer).
-        V_error: ``(N, N, N, N)`` estimated absolute numerical error of ``V``.
+        V_error, K1_error: estimated absolute numerical errors of ``V`` and ``K1`` (the four-point
+            quadrature propagated through depth; ``docs/four-point.md``).
         V: ``(N, N, N, N)`` four-point vertex: the connected ``E[z_i1 z_i2 z_i3 z_i4]`` is
             ``(1/n) [d_i1i2 d_i3i4 V_(12)(34) + d_i1i3 d_i2i4 V_(13)(24) + d_i1i4 d_i2i3 V_(14)(23)]``.
         V_packed: ``(P, P)`` output vertex over unordered pairs ``(a <= b)`` (see ``pairs``).
@@ -290,6 +299,8 @@ class Prior(NTKMixin):
     V = output_property("layers", "V", "``(N, N, N, N)`` output four-point vertex.")
     V_error = output_property("layers", "V_error",
                               "``(N, N, N, N)`` estimated absolute numerical error of :attr:`V` (see :attr:`Layer.V_error`).")
+    K1_error = output_property("layers", "K1_error",
+                               "``(N, N)`` estimated absolute numerical error of :attr:`K1` (see :attr:`Layer.K1_error`).")
     V_packed = output_property("layers", "V_packed",
                                "``(P, P)`` output vertex over unordered pairs ``(a <= b)``; see :attr:`pairs`.")
 

@@ -1,50 +1,130 @@
-"""Numerical error estimate of the four-point vertex ``V``, propagated through depth.
+"""Numerical error estimates of ``V`` and ``K1``, propagated through depth.
 
 The only approximate ingredient of ``V`` is the four-point expectation ``<f_a f_b f_c f_d>`` of each
 dense step (``ngp._fourpoint``: exact for the relu family and closed forms, an error-estimated
 quadrature otherwise). Its absolute error estimate ``e4`` enters the fresh term as ``C_W^2 e4`` and is
-carried through the recursion ``V' = fresh + r J V J^T`` as a bound,
+carried through the recursions ``V' = fresh + r J V J^T`` and ``K1' = r (J K1 + H:V / 2)`` as bounds,
 
-    E' = C_W^2 e4 + r |J| E |J|^T,
+    E' = C_W^2 e4 + r |J| E |J|^T,        E1' = r (|J| E1 + |H|:E / 2),
 
 (``docs/theory.md``, "Finite-width recursions"; ``docs/four-point.md``). Errors of the two-point
 expectations (closed forms, or Mehler series / 1-D quadrature at ~1e-14) are not included. ``NaN``
-entries mean a rule without an estimate was used (an explicit ``four_point_order``).
+entries mean a rule without an estimate was used (an explicit ``four_point_order``) or a layer
+without an error recursion (residual chains).
+
+The same three views as the values (:class:`ngp._cumulants.Vertex`): the dense ``(P, P)`` matrix
+(:func:`packed_vertex_error`), chosen components (:func:`component_errors`, a recursion closed on
+the pairs ``{aa, bb, ab}`` like the values') and the two-input blocks behind ``K1``
+(:func:`local2_error`, :func:`k1_error`, ``O(N^2)`` per layer).
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 
-from ._cumulants import DenseLayer, LayerCumulants, ScaledLayer
+from ._cumulants import DenseLayer, LayerCumulants, ScaledLayer, _local_jacobian
 from ._finite import multisets, packed_positions, propagate
 
-__all__ = ["packed_vertex_error"]
+__all__ = ["packed_vertex_error", "component_errors", "local2_error", "k1_error"]
 
 
+def _supported(layer: LayerCumulants, what: str) -> bool:
+    """Whether ``layer`` has an error recursion (raises the layer's refusal for ``what`` first)."""
+    layer._check(what)
+    return layer.gaussian or isinstance(layer, (ScaledLayer, DenseLayer))
+
+
+def _recursion(key: str, what: str, shape, power: int):
+    """An error recursion over layers, remembered on each layer as ``key``: NaN for layers without one,
+    0 for exactly Gaussian layers, ``alpha**power`` times the previous layer's for scaled ones; the
+    decorated function handles dense layers. ``shape(layer)`` is the result's shape."""
+    def decorate(dense):
+        @functools.wraps(dense)
+        def error(layer: LayerCumulants) -> np.ndarray:
+            cached = layer.__dict__.get(key)
+            if cached is not None:
+                return cached
+            if not _supported(layer, what):
+                out = np.full(shape(layer), np.nan)
+            elif layer.gaussian:
+                out = np.zeros(shape(layer))
+            elif isinstance(layer, ScaledLayer):
+                out = layer.alpha**power * error(layer.prev)
+            else:
+                out = dense(layer)
+            layer.__dict__[key] = out
+            return out
+        return error
+    return decorate
+
+
+@_recursion("_packed_error", "V", lambda layer: (layer.pairs.P,) * 2, 4)
 def packed_vertex_error(layer: LayerCumulants) -> np.ndarray:
     """``(P, P)`` estimated absolute numerical error of ``layer.vertex.packed()`` (remembered on the layer)."""
-    cached = layer.__dict__.get("_packed_error")
-    if cached is not None:
-        return cached
-    P = layer.pairs.P
-    if layer.gaussian:
-        out = np.zeros((P, P))
-    elif isinstance(layer, ScaledLayer):
-        out = layer.alpha**4 * packed_vertex_error(layer.prev)
-    elif isinstance(layer, DenseLayer):
-        layer._check("V")
-        m = layer.map
-        e4 = m.table.errors(multisets(layer.N))
-        out = float(m.C_W) ** 2 * np.asarray(e4)[packed_positions(layer.pairs)]
-        if not layer.prev.gaussian:
-            J, H = m.JH
-            prop, _ = propagate(jnp.abs(J), jnp.abs(H), packed_vertex_error(layer.prev), jnp.zeros(P),
-                                layer.pairs, m.ratio)
-            out = out + np.asarray(prop)
-    else:
-        layer._check("V")
-        raise NotImplementedError(f"no vertex error estimate for a {type(layer).__name__}")
-    layer.__dict__["_packed_error"] = out
+    m = layer.map
+    e4 = m.table.errors(multisets(layer.N))
+    out = float(m.C_W) ** 2 * np.asarray(e4)[packed_positions(layer.pairs)]
+    if not layer.prev.gaussian:
+        J, H = m.JH
+        prop, _ = propagate(jnp.abs(J), jnp.abs(H), packed_vertex_error(layer.prev), jnp.zeros(layer.pairs.P),
+                            layer.pairs, m.ratio)
+        out = out + np.asarray(prop)
     return out
+
+
+def component_errors(layer: LayerCumulants, p, q) -> np.ndarray:
+    """Estimated absolute numerical errors of ``layer._components_pq(p, q)`` (pair-index rows, ``p <= q``),
+    by the component recursion of the values (their four-point values are computed first if needed)."""
+    p, q = np.asarray(p, dtype=np.int64), np.asarray(q, dtype=np.int64)
+    if p.size == 0:
+        return np.zeros(p.shape)
+    if not _supported(layer, "V"):
+        return np.full(p.shape, np.nan)
+    if layer.gaussian:
+        return np.zeros(p.shape)
+    if isinstance(layer, ScaledLayer):
+        return layer.alpha**4 * component_errors(layer.prev, p, q)
+    if "_packed_error" in layer.__dict__:
+        return layer.__dict__["_packed_error"][p, q]
+    pairs, m = layer.pairs, layer.map
+    uniq, inverse = np.unique(p * pairs.P + q, return_inverse=True)
+    up, uq = uniq // pairs.P, uniq % pairs.P
+    quads = np.stack([pairs.a[up], pairs.b[up], pairs.a[uq], pairs.b[uq]], axis=1)
+    out = float(m.C_W) ** 2 * np.asarray(m.table.errors(np.sort(quads, axis=1)), dtype=float)
+    if not layer.prev.gaussian:
+        J = np.abs(np.asarray(m.JH[0]))
+        cp, cq = pairs.cols[up], pairs.cols[uq]  # (U, 3)
+        pp = np.broadcast_to(cp[:, :, None], (up.size, 3, 3)).reshape(-1)
+        qq = np.broadcast_to(cq[:, None, :], (up.size, 3, 3)).reshape(-1)
+        sub = component_errors(layer.prev, np.minimum(pp, qq), np.maximum(pp, qq)).reshape(up.size, 3, 3)
+        out = out + m.ratio * np.einsum("us,ust,ut->u", J[up], sub, J[uq])
+    return out[inverse.reshape(-1)]
+
+
+@_recursion("_local2_error", "V", lambda layer: (layer.pairs.P, 3, 3), 4)
+def local2_error(layer: LayerCumulants) -> np.ndarray:
+    """``(P, 3, 3)`` estimated absolute numerical error of ``layer._local2`` (remembered on the layer)."""
+    pairs, m = layer.pairs, layer.map
+    cols = pairs.cols
+    qa = np.stack([pairs.a[cols], pairs.b[cols]], axis=-1)  # (P, 3, 2)
+    quads = np.concatenate(np.broadcast_arrays(qa[:, :, None, :], qa[:, None, :, :]), axis=-1).reshape(-1, 4)
+    out = float(m.C_W) ** 2 * np.asarray(m.table.errors(np.sort(quads, axis=1)), dtype=float).reshape(pairs.P, 3, 3)
+    if not layer.prev.gaussian:
+        Jl = np.asarray(_local_jacobian(np.abs(np.asarray(m.JH[0])), cols, pairs))
+        out = out + m.ratio * np.einsum("pst,ptu,pvu->psv", Jl, local2_error(layer.prev), Jl)
+    return out
+
+
+@_recursion("_k1_error", "K1", lambda layer: (layer.N, layer.N), 2)
+def k1_error(layer: LayerCumulants) -> np.ndarray:
+    """``(N, N)`` estimated absolute numerical error of ``layer.K1`` (remembered on the layer)."""
+    if layer.prev.gaussian:
+        return np.zeros((layer.N, layer.N))
+    pairs, m = layer.pairs, layer.map
+    J, H = (np.abs(np.asarray(t)) for t in m.JH)
+    E1 = pairs.pack(k1_error(layer.prev))
+    G1 = np.einsum("ps,ps->p", J, E1[pairs.cols]) + 0.5 * np.einsum("pst,pst->p", H, local2_error(layer.prev))
+    return np.asarray(pairs.unpack(m.ratio * G1))

@@ -215,7 +215,8 @@ def test_predict_memory_is_bounded_by_max_memory(monkeypatch):
     monkeypatch.setattr(_posterior, "_pair_components", counted_rows)
     small = ngp.condition(net, XA, Y, noise=0.1, method="exact", max_memory=int(4.5 * per_point))
     got = small.predict(XB, full_cov=True)
-    assert calls["batches"] == 3 and calls["rows"] == [2]  # 2 + 2 + 1 test points; full_cov 2 rows at a time
+    # 2 + 2 + 1 test points; full_cov 2 rows at a time; each for the components and for their error bounds
+    assert calls["batches"] == 2 * 3 and calls["rows"] == [2, 2]
     for a, b in ((got.mean, ref.mean), (got.var, ref.var), (got.cov, ref.cov)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
     tight = ngp.condition(net, XA, Y, noise=0.1, method="exact", max_memory=int(1.5 * per_point))
