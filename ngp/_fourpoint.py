@@ -342,9 +342,16 @@ def _relu_family(C, pattern, slopes, *, rtol: float, max_level: int = 7):
 
 
 # ============================================================================ smooth activations
-#: Gauss-Hermite orders available per direction (about 16% apart above 8).
+#: One-dimensional rules available per direction, by node count: Gauss-Hermite (about 16% apart above
+#: 8), then the trapezoid rules of :data:`_TRAPEZOID` (:func:`_rule1d`).
 LADDER = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 19, 22, 26, 30, 35, 41, 48, 56, 65, 76, 88, 102,
-          118, 136, 158, 184, 214, 250)
+          118, 136, 158, 184, 214, 250, 251, 253, 255)
+#: Trapezoid rules at the top of the ladder, node count -> half-width ``L`` of ``[-L, L]``. Gauss-Hermite
+#: converges slowly for ``sigma(s x)`` at large scales ``s`` (poles at ``~1/s`` from the real axis for
+#: tanh: 250 nodes leave 1e-7 in ``<tanh^4>`` at ``s = 2.1``, 4e-4 at ``s = 4``); the trapezoid rule
+#: converges like ``exp(-pi^2 / (s h))`` in its step ``h`` (1e-15 and 1e-14 there with 255 nodes).
+#: At most 255 nodes: the kernel's tables hold 256 per direction, index 255 is its padding.
+_TRAPEZOID = {251: 10.0, 253: 9.0, 255: 8.0}
 #: Per-direction scales at which the one-dimensional calibration is done (geometric grid).
 _S_GRID = tuple(float(x) for x in 0.01 * 1.2 ** np.arange(45))  # 0.01 ... ~30
 #: Offsets and powers of the one-dimensional calibration integrands sigma(s (c + x))^p.
@@ -353,17 +360,26 @@ _CAL_POWERS = (1, 2)
 
 
 @functools.lru_cache(maxsize=64)
-def _gh(m: int):
+def _rule1d(m: int):
+    """Nodes and probability weights of the ladder's ``m``-node rule for ``N(0, 1)``: Gauss-Hermite, or
+    the trapezoid rule on ``[-L, L]`` (weights ``h phi(x)``) for the counts of :data:`_TRAPEZOID`."""
+    if m in _TRAPEZOID:
+        return _trapezoid(m, _TRAPEZOID[m])
     return gauss_hermite(m)
+
+
+def _trapezoid(m: int, L: float):
+    x = np.linspace(-L, L, m)
+    return x, (x[1] - x[0]) * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 
 
 @functools.lru_cache(maxsize=64)
 def _error_table(act: Activation) -> np.ndarray:
     """One-dimensional calibration of the activation: ``(len(LADDER), len(_S_GRID))`` errors of the
-    ``m``-point Gauss-Hermite rule for ``sigma(s (c + x))^p`` relative to ``E[sigma(s (c + x))^{2p}]^{1/2}``,
+    ``m``-node ladder rule for ``sigma(s (c + x))^p`` relative to ``E[sigma(s (c + x))^{2p}]^{1/2}``,
     worst over the calibration offsets ``c`` and powers ``p``, made non-decreasing in ``s`` (the
-    reference is a 400-point rule)."""
-    rules = [_gh(m) for m in LADDER] + [_gh(400)]
+    reference is a trapezoid rule of step 0.005 on [-12, 12], converged for every grid scale)."""
+    rules = [_rule1d(m) for m in LADDER] + [_trapezoid(4801, 12.0)]
     x = np.concatenate([r[0] for r in rules])
     seg = np.repeat(np.arange(len(rules)), [r[0].size for r in rules])
     w = np.concatenate([r[1] for r in rules])
@@ -413,9 +429,9 @@ def _orders(act: Activation, s: np.ndarray, rtol: float) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _gh_by_weight(m: int):
+def _rule1d_by_weight(m: int):
     """The ``m``-point Gauss-Hermite weights in decreasing order and their positions in :func:`_gh`."""
-    w = _gh(m)[1]
+    w = _rule1d(m)[1]
     order = np.argsort(-w, kind="stable")
     return w[order], order
 
@@ -425,7 +441,7 @@ def _last_counts(weights, w_last: int, thr: float, rest: float) -> np.ndarray:
     ``weights[i]`` (n,), the number of that direction's nodes, in decreasing weight, with
     ``(weights[i] * w_j) * rest > thr``. The predicate is monotone in ``j``, so the kept ones are a
     prefix; its length is found by a search and fixed at the boundary with the exact predicate."""
-    wsort, _ = _gh_by_weight(w_last)
+    wsort, _ = _rule1d_by_weight(w_last)
     m = wsort.size
 
     def keep(ii, j):
@@ -447,7 +463,7 @@ def _tensor_rule(orders: tuple, cutoff: float):
     a partial node of the first ``k`` directions is kept when its weight times the largest weight
     of the remaining directions exceeds the threshold. Returns node indices ``(n, d)`` (uint8, into
     each direction's :func:`_gh` nodes) and weights ``(n,)``, ``((w_1 w_2) w_3) w_4``."""
-    ws = [_gh(m)[1] for m in orders]
+    ws = [_rule1d(m)[1] for m in orders]
     wmax = [float(w.max()) for w in ws]
     thr = cutoff * float(np.prod(wmax))
     idx = np.zeros((1, 0), dtype=np.uint8)
@@ -456,7 +472,7 @@ def _tensor_rule(orders: tuple, cutoff: float):
         count = _last_counts(weights, len(w), thr, float(np.prod(wmax[k + 1:])))
         i = np.repeat(np.arange(weights.size), count)
         j = np.arange(i.size) - np.repeat(np.cumsum(count) - count, count)
-        jj = _gh_by_weight(len(w))[1][j]
+        jj = _rule1d_by_weight(len(w))[1][j]
         idx = np.concatenate([idx[i], jj[:, None].astype(np.uint8)], axis=1)
         weights = weights[i] * w[jj]
     return idx, weights
@@ -642,18 +658,18 @@ def _rule_slabs(orders: tuple, cutoff: float, d: int, D: int):
     each ``(S, pidx (S, D-1), parent (S,), jlast (S,))`` padded to ``S`` (real leading directions last)."""
     lead, m_last = orders[:-1], orders[-1]
     pidx, pw = _prefix_rule(lead, cutoff)
-    thr = cutoff * float(np.prod([float(_gh(m)[1].max()) for m in orders]))
+    thr = cutoff * float(np.prod([float(_rule1d(m)[1].max()) for m in orders]))
     counts = _last_counts(pw, m_last, thr, 1.0)
     n = int(counts.sum())
     xtab = np.zeros((D - 1, 256))
     wtab = np.zeros((D - 1, 256))
     wtab[:D - d, 0] = 1.0  # padded directions: one node at 0 with weight 1
     for k, m in enumerate(lead):
-        xtab[D - d + k, :m], wtab[D - d + k, :m] = _gh(m)
-    wsort, order = _gh_by_weight(m_last)
+        xtab[D - d + k, :m], wtab[D - d + k, :m] = _rule1d(m)
+    wsort, order = _rule1d_by_weight(m_last)
     xl = np.zeros(256)
     wl = np.zeros(256)
-    xl[:m_last], wl[:m_last] = _gh(m_last)[0][order], wsort
+    xl[:m_last], wl[:m_last] = _rule1d(m_last)[0][order], wsort
     parent = np.repeat(np.arange(pw.size, dtype=np.int32), counts)
     j = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
     slabs = []
@@ -713,7 +729,7 @@ def _job_tables(act_fn, beta, sigma, stol, jobs: dict, offs: np.ndarray):
     evaluations, ``(G,)`` each (jobs ``offs[u]:offs[u + 1]`` are those of the ``u``-th rule)."""
     G = offs[-1]
     stab, err_g, evals_g = np.zeros((G, 256)), np.zeros(G), np.zeros(G)
-    x_last = {o: _gh(o[-1])[0][_gh_by_weight(o[-1])[1]] for o in jobs}
+    x_last = {o: _rule1d(o[-1])[0][_rule1d_by_weight(o[-1])[1]] for o in jobs}
     mu = np.concatenate([(beta[rows, -1][:, None] * x_last[o]).ravel() for o, rows in jobs.items()])
     rep = np.concatenate([np.repeat(rows, o[-1]) for o, rows in jobs.items()])
     val, err, evals = _smoothed_table(act_fn, mu, sigma[rep], stol[rep])
@@ -871,7 +887,7 @@ def _direction_scale(R, beta=None):
 
 def _fourth_moments(act: Activation, C: np.ndarray) -> np.ndarray:
     """``E[sigma(z_j)^4]`` (b, u) for the inputs of the blocks ``C`` (b, u, u)."""
-    x, w = _gh(200)
+    x, w = gauss_hermite(200)
     kd = np.sqrt(np.clip(np.diagonal(C, axis1=1, axis2=2), 0.0, None))  # (b, u)
     sd, inv = np.unique(kd, return_inverse=True)  # few distinct variances (one per input of the kernel)
     n = sd.size

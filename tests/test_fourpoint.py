@@ -351,6 +351,30 @@ def test_error_estimate_honest_at_large_variance(rng, K):
             assert est[i] <= 1e4 * max(err, 1e-12 * scale), (pattern, K, err / scale, est[i] / scale)
 
 
+@pytest.mark.parametrize("K", [9.0, 16.0])
+def test_tolerance_met_at_large_variance(rng, K):
+    """tanh at variances 9 and 16, beyond the 250-node Gauss-Hermite rule (its error in <tanh^4> is 2e-5
+    and 4e-4 there): the ladder's trapezoid rules meet the default tolerance (1e-9 of the Hoelder scale)
+    and say so, against 30-digit mpmath (one input) and a trapezoidal reference whose two steps agree to
+    < 1e-13 (two inputs)."""
+    act = ngp.activation("tanh")
+    s = mp.sqrt(K)
+    with mp.workdps(30):
+        ref = float(mp.quad(lambda x: mp.tanh(s * x) ** 4 * mp.exp(-x * x / 2) / mp.sqrt(2 * mp.pi),
+                            [-mp.inf, -2, -1, 0, 1, 2, mp.inf]))
+    blocks = [((4,), np.array([[[K]]]), ref)]
+    for pattern in ((2, 2), (3, 1)):
+        C = random_block(rng, 2, K)
+        ref, ref2 = _trapezoid(act.fn, C, pattern, 0.03), _trapezoid(act.fn, C, pattern, 0.0375)
+        assert abs(ref - ref2) < 1e-13 * holder(act, C, pattern), (pattern, ref, ref2)
+        blocks.append((pattern, C[None], ref))
+    for pattern, C, ref in blocks:
+        val, est = product_expectations(act, C, pattern)
+        scale = holder(act, C[0], pattern)
+        assert abs(val[0] - ref) <= 1e-9 * scale, (pattern, abs(val[0] - ref) / scale)
+        assert abs(val[0] - ref) <= est[0] + 1e-14 * scale and est[0] <= 1e-9 * scale, (pattern, est[0] / scale)
+
+
 def test_traced_rule_agrees_with_concrete_rule():
     """Under a JAX trace the engine uses the fixed jnp rule (FOUR_POINT_ORDERS); on concrete kernels
     the error-estimated rule. The two agree within the sum of their error estimates (the fixed rule's
@@ -390,7 +414,7 @@ def test_rules_sharing_kernel_calls_equal_direct_sums(rng, monkeypatch, shared_f
     assert fp._rule_slabs((26, 14, 10), cutoff, 3, 4)[1] > 2048
     for orders, rows in jobs.items():
         idx, w = fp._tensor_rule(orders, cutoff)
-        x = np.stack([fp._gh(m)[0][idx[:, k]] for k, m in enumerate(orders)], axis=1)
+        x = np.stack([fp._rule1d(m)[0][idx[:, k]] for k, m in enumerate(orders)], axis=1)
         f = np.prod(np.tanh(np.einsum("bjk,nk->bnj", R[rows], x)) ** np.array(pattern), axis=2)
         q, mag, n, serr, _ = res[orders]
         assert n == w.size
@@ -402,14 +426,14 @@ def test_rules_sharing_kernel_calls_equal_direct_sums(rng, monkeypatch, shared_f
 def test_pruned_rule_matches_masked_outer_products():
     """The prefix-count construction of the pruned tensor rule keeps exactly the nodes (and weights)
     of the plain masked outer-product construction."""
-    from ngp._fourpoint import LADDER, _gh, _tensor_rule
+    from ngp._fourpoint import LADDER, _rule1d, _tensor_rule
 
     rng = np.random.default_rng(5)
     for _ in range(40):
         d = int(rng.integers(1, 5))
         orders = tuple(int(LADDER[k]) for k in sorted(rng.integers(0, 20, d), reverse=True))
         cutoff = float(10.0 ** rng.uniform(-15, -8))
-        xs = [_gh(m) for m in orders]
+        xs = [_rule1d(m) for m in orders]
         wmax = [float(w.max()) for _, w in xs]
         thr = cutoff * float(np.prod(wmax))
         nodes, weights = np.zeros((1, 0)), np.ones(1)
@@ -418,7 +442,7 @@ def test_pruned_rule_matches_masked_outer_products():
             i, j = np.nonzero(W * float(np.prod(wmax[k + 1:])) > thr)
             nodes, weights = np.concatenate([nodes[i], x[j][:, None]], axis=1), W[i, j]
         idx, w_new = _tensor_rule(orders, cutoff)
-        x_new = np.stack([_gh(m)[0][idx[:, k]] for k, m in enumerate(orders)], axis=1)
+        x_new = np.stack([_rule1d(m)[0][idx[:, k]] for k, m in enumerate(orders)], axis=1)
         a = np.lexsort(np.c_[x_new, w_new].T)
         b = np.lexsort(np.c_[nodes, weights].T)
         assert x_new.shape == nodes.shape
