@@ -220,12 +220,13 @@ def moderate():
 
 
 def test_numerical_error_bounds_cover_quadrature_error(moderate):
-    """The posterior at four_point_rtol = 1e-6 against 1e-12: mean_error, var_error, cov_error and
-    log_evidence_error (V_error and K1_error carried through the posterior's linear dependence on V and
-    K1) cover the difference and are not absurdly pessimistic (measured 38-82x above it)."""
+    """The posterior at four_point_rtol = 1e-6 against 1e-10 (whose own bounds are 1e3 smaller):
+    mean_error, var_error, cov_error and log_evidence_error (V_error and K1_error carried through the
+    posterior's linear dependence on V and K1) cover the difference and are not absurdly pessimistic
+    (measured 38-82x above it against 1e-12)."""
     XA, XB, Y = moderate["XA"], moderate["XB"], moderate["Y"]
     net = ngp.MLP(3, 32, activation="tanh", C_W=1.2, C_b=0.1, out_dim=2)
-    tight = ngp.posterior(net, XA, Y, XB, noise=0.05, four_point_rtol=1e-12, warn=False)
+    tight = ngp.posterior(net, XA, Y, XB, noise=0.05, four_point_rtol=1e-10, warn=False)
     loose = ngp.posterior(net, XA, Y, XB, noise=0.05, four_point_rtol=1e-6, warn=False)
     for name in ("mean", "var", "cov", "log_evidence"):
         diff = np.abs(np.asarray(getattr(loose, name)) - np.asarray(getattr(tight, name)))
