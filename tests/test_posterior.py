@@ -216,30 +216,38 @@ def moderate():
     rule converges there, so a tight tolerance is an accurate reference), and targets (6, 2)."""
     rng = np.random.default_rng(1)
     XA, XB = 0.7 * rng.normal(size=(6, 3)), 0.7 * rng.normal(size=(3, 3))
-    return dict(XA=XA, XB=XB, Y=np.tanh(XA[:, :2]) + 0.1 * rng.normal(size=(6, 2)))
+    return dict(XA=XA, XB=XB, Y=np.tanh(XA[:, :2]) + 0.1 * rng.normal(size=(6, 2)),
+                net=ngp.MLP(3, 32, activation="tanh", C_W=1.2, C_b=0.1, out_dim=2), noise=0.05)
 
 
-def test_numerical_error_bounds_cover_quadrature_error(moderate):
+@pytest.fixture(scope="module")
+def loose(moderate):
+    """``moderate`` conditioned at four_point_rtol = 1e-6 (``c``) and its ``ngp.posterior`` (``post``:
+    ``c.predict(XB, full_cov=True)``)."""
+    m = moderate
+    c = ngp.condition(m["net"], m["XA"], m["Y"], noise=m["noise"], four_point_rtol=1e-6, warn=False)
+    return dict(c=c, post=c.predict(m["XB"], full_cov=True))
+
+
+def test_numerical_error_bounds_cover_quadrature_error(moderate, loose):
     """The posterior at four_point_rtol = 1e-6 against 1e-10 (whose own bounds are 1e3 smaller):
     mean_error, var_error, cov_error and log_evidence_error (V_error and K1_error carried through the
     posterior's linear dependence on V and K1) cover the difference and are not absurdly pessimistic
     (measured 38-82x above it against 1e-12)."""
-    XA, XB, Y = moderate["XA"], moderate["XB"], moderate["Y"]
-    net = ngp.MLP(3, 32, activation="tanh", C_W=1.2, C_b=0.1, out_dim=2)
-    tight = ngp.posterior(net, XA, Y, XB, noise=0.05, four_point_rtol=1e-10, warn=False)
-    loose = ngp.posterior(net, XA, Y, XB, noise=0.05, four_point_rtol=1e-6, warn=False)
+    XA, XB, Y, net = moderate["XA"], moderate["XB"], moderate["Y"], moderate["net"]
+    tight = ngp.posterior(net, XA, Y, XB, noise=moderate["noise"], four_point_rtol=1e-10, warn=False)
+    c, post = loose["c"], loose["post"]
     for name in ("mean", "var", "cov", "log_evidence"):
-        diff = np.abs(np.asarray(getattr(loose, name)) - np.asarray(getattr(tight, name)))
-        est, ref_est = np.asarray(getattr(loose, name + "_error")), np.asarray(getattr(tight, name + "_error"))
+        diff = np.abs(np.asarray(getattr(post, name)) - np.asarray(getattr(tight, name)))
+        est, ref_est = np.asarray(getattr(post, name + "_error")), np.asarray(getattr(tight, name + "_error"))
         assert np.all(diff <= est + ref_est), name
         assert np.max(est) <= 1e3 * np.max(diff), name
         assert np.max(ref_est) <= 1e-3 * np.max(est), name
-    # ngp.condition(...).predict gives the same bounds on the marginal path; they scale like 1/n
-    c = ngp.condition(net, XA, Y, noise=0.05, four_point_rtol=1e-6, warn=False)
+    # the marginal path gives the same bounds; they scale like 1/n
     p = c.predict(XB)
-    assert p.cov_error is None and c.log_evidence_error == loose.log_evidence_error
-    np.testing.assert_allclose(p.mean_error, loose.mean_error, rtol=1e-12)
-    np.testing.assert_allclose(p.var_error, loose.var_error, rtol=1e-12)
+    assert p.cov_error is None and c.log_evidence_error == post.log_evidence_error
+    np.testing.assert_allclose(p.mean_error, post.mean_error, rtol=1e-12)
+    np.testing.assert_allclose(p.var_error, post.var_error, rtol=1e-12)
     p2 = c.with_width(64).predict(XB)
     np.testing.assert_allclose(p2.mean_error, p.mean_error / 2, rtol=1e-12)
     np.testing.assert_allclose(p2.var_error, p.var_error / 2, rtol=1e-12)
@@ -273,12 +281,11 @@ def test_numerical_error_warning(moderate):
     assert np.max(p.mean_error) > 0.1 * np.max(np.abs(p.mean_correction))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ngp.posterior(ngp.MLP(3, 32, activation="tanh", C_W=1.2, C_b=0.1, out_dim=2), moderate["XA"],
-                      moderate["Y"], moderate["XB"], noise=0.05)
+        ngp.posterior(moderate["net"], moderate["XA"], moderate["Y"], moderate["XB"], noise=moderate["noise"])
     assert not [w for w in caught if "numerical error" in str(w.message)]
 
 
-def test_error_bounds_against_autodiff_of_the_dense_formulas(moderate):
+def test_error_bounds_against_autodiff_of_the_dense_formulas(moderate, loose):
     """The bounds against an independent dense implementation of docs/theory.md's first-order mean and
     marginal variance on the joint ``(N,)*4`` V: with J its Jacobian in (K1, V) (jax.jacrev), the
     first-order bound sum |J| (K1_error, V_error) over the entries equals mean_error (the mean's
@@ -287,10 +294,9 @@ def test_error_bounds_against_autodiff_of_the_dense_formulas(moderate):
     log_evidence_error against the gradient of finite_width_log_evidence (measured 1.84x). The dense
     formulas also reproduce the mean and variance."""
     XA, XB, Y = moderate["XA"], moderate["XB"], moderate["Y"]
-    noise, NA, NB = 0.05, XA.shape[0], XB.shape[0]
-    net = ngp.MLP(3, 32, activation="tanh", C_W=1.2, C_b=0.1, out_dim=2)
-    p = ngp.condition(net, XA, Y, noise=noise, four_point_rtol=1e-6, warn=False).predict(XB)
-    prior = net.prior(np.concatenate([XA, XB]), four_point_rtol=1e-6, warn=False)
+    noise, NA, NB = moderate["noise"], XA.shape[0], XB.shape[0]
+    c, p = loose["c"], loose["post"]
+    prior = c._joint_prior(XB)  # the prior on [XA; XB] that p came from
     K, n, nL = np.asarray(prior.K), prior.n, Y.shape[1]
     Kinv = np.linalg.inv(K[:NA, :NA] + noise * np.eye(NA))
     yt = Kinv @ Y
@@ -321,7 +327,6 @@ def test_error_bounds_against_autodiff_of_the_dense_formulas(moderate):
     np.testing.assert_allclose(p.mean_error, first_order[0], rtol=1e-7)
     assert np.all(p.var_error >= first_order[1] * (1 - 1e-7)) and np.all(p.var_error <= 3 * first_order[1])
     # the log evidence: autodiff of its own JAX function (finite_width_log_evidence) on the training inputs
-    c = ngp.condition(net, XA, Y, noise=noise, four_point_rtol=1e-6, warn=False)
     pa = c._prior
     KA = np.asarray(pa.K)
     grads = jax.grad(lambda K1, V: finite_width_log_evidence(KA, 0.5 * (K1 + K1.T), V, Y, noise, n),
