@@ -184,6 +184,11 @@ class LayerCumulants:
         raise NotImplementedError
 
     @property
+    def _pair_diagonal(self) -> np.ndarray:
+        """``(P,)``: ``V_(ab)(ab)`` for every pair (entry ``(2, 2)`` of ``_local2``)."""
+        return self._local2[:, 2, 2]
+
+    @property
     def expansion_parameter(self) -> float:
         """``max |V_(ab)(cd)| / (n sqrt(K_aa K_bb K_cc K_dd))`` (0 for an exactly Gaussian layer).
 
@@ -197,7 +202,7 @@ class LayerCumulants:
         d = np.clip(np.diag(np.asarray(self.K)), 0.0, None)
         s2 = d[pairs.a] * d[pairs.b]
         # V_(ab)(ab) is entry (2, 2) of the local block of (a, b); for a == b all entries coincide
-        vdiag = np.abs(np.asarray(self._local2[:, 2, 2]))
+        vdiag = np.abs(np.asarray(self._pair_diagonal))
         ok = s2 > 0  # inputs with zero variance (x = 0 with C_b = 0) have V = 0 there
         if not np.any(ok):
             return 0.0
@@ -280,6 +285,10 @@ class ScaledLayer(LayerCumulants):
     def _packed(self):
         return self.alpha**4 * self.prev._packed
 
+    @functools.cached_property
+    def _pair_diagonal(self):
+        return self.alpha**4 * self.prev._pair_diagonal
+
 
 class DenseLayer(LayerCumulants):
     """A dense step fed by an elementwise activation of the previous layer (:class:`DenseMap`).
@@ -309,6 +318,23 @@ class DenseLayer(LayerCumulants):
         prev = self.prev._local2
         xp = array_module(fresh, Jl, prev, self.map.ratio)
         return fresh + self.map.ratio * xp.einsum("pst,ptu,pvu->psv", Jl, prev, Jl)
+
+    @functools.cached_property
+    def _pair_diagonal(self) -> np.ndarray:
+        """``V_(ab)(ab)`` alone: its fresh term needs only the multisets ``(a, a, b, b)``, and its
+        propagated term the previous layer's ``_local2`` (which ``K1`` needs anyway)."""
+        if "_local2" in self.__dict__:
+            return self._local2[:, 2, 2]
+        self._check("V")
+        pairs = self.pairs
+        vals = self.map.fresh(np.stack([pairs.a, pairs.b, pairs.a, pairs.b], axis=1))
+        if self.prev.gaussian:
+            return vals
+        J, _ = self.map.JH
+        Jab = _local_jacobian(J, pairs.cols, pairs)[:, 2]  # (P, 3): K'_ab against the pairs (aa, bb, ab)
+        prev = self.prev._local2
+        xp = array_module(vals, Jab, prev, self.map.ratio)
+        return vals + self.map.ratio * xp.einsum("pt,ptu,pu->p", Jab, prev, Jab)
 
     @functools.cached_property
     def K1(self) -> np.ndarray:

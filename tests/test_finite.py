@@ -253,6 +253,23 @@ def test_expansion_warning(X3):
     assert wide.expansion_parameter < 0.01
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_expansion_parameter_equals_dense_definition(X3, activation):
+    """The expansion parameter (from V_(ab)(ab) alone: the fresh (a, a, b, b) term and the previous
+    layer's two-input blocks, without the last layer's) equals max_ab V_(ab)(ab) / (n K_aa K_bb) of the
+    dense V, at every layer, with a rescaled output (Scale step) too."""
+    net = ngp.serial(ngp.Dense(8, C_W=1.3, C_b=0.1), ngp.Elementwise(activation), ngp.Dense(8, C_W=1.3, C_b=0.1),
+                     ngp.Elementwise(activation), ngp.Dense(1, C_W=1.3, C_b=0.1), ngp.Scale(0.7))
+    lazy, dense = net.prior(X3, warn=False), net.prior(X3, warn=False)
+    for l_lazy, l_dense in zip(lazy.layers, dense.layers):
+        if l_dense.n is None:
+            continue
+        d = np.diag(l_dense.K)
+        V = l_dense.V
+        ref = max(V[a, b, a, b] / (d[a] * d[b]) for a in range(len(d)) for b in range(len(d))) / l_dense.n
+        assert l_lazy.expansion_parameter == pytest.approx(ref, rel=1e-12)
+
+
 def test_four_point_table_chunks_give_the_same_values(monkeypatch):
     """FourPointTable computes new multisets in chunks of TABLE_CHUNK (bounded quadrature memory): the
     values and error estimates equal one call of four_point_values to rounding, and cached rows are reused."""
