@@ -289,7 +289,7 @@ def test_engine_vertex_error_covers_actual_error():
 
 
 def test_engine_k1_error_and_component_errors():
-    """tanh depth 4 at variances <= 2.3: K1 at four_point_rtol = 1e-6 against 1e-12; K1_error (the two-input
+    """tanh depth 4 at variances <= 0.63: K1 at four_point_rtol = 1e-6 against 1e-12; K1_error (the two-input
     vertex errors carried through K1's recursion) covers the largest difference and is within 1e3 of it;
     per entry it is an estimate (measured up to 3.7x below the difference, on the single-input rows).
     The errors of chosen components (the recursion the posterior uses) equal the dense ones."""
