@@ -382,7 +382,8 @@ def test_readme_quick_start_prints_its_results(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for what in ("K (infinite-width kernel)", "expansion parameter", "posterior mean, GP", "finite width",
-                 "log evidence", "importance sampling", "sampled outputs", "gelu at criticality"):
+                 "log evidence", "numerical error bound", "importance sampling", "sampled outputs",
+                 "gelu at criticality"):
         assert what in proc.stdout, what
     assert "Warning" not in proc.stderr, proc.stderr[-3000:]
 
