@@ -39,6 +39,10 @@ __all__ = [
     "DenseMap",
     "Vertex",
     "canonical_quads",
+    "local_quads",
+    "distinct_rows",
+    "sub_rows",
+    "local_jacobian",
 ]
 
 
@@ -306,15 +310,11 @@ class DenseLayer(LayerCumulants):
     def _local2(self) -> np.ndarray:
         self._check("V")
         pairs = self.pairs
-        cols = pairs.cols  # (P, 3) pair indices of aa, bb, ab
-        # local quads: (x)(y) for x, y in {aa, bb, ab}
-        qa = np.stack([pairs.a[cols], pairs.b[cols]], axis=-1)  # (P, 3, 2)
-        quads = np.concatenate(np.broadcast_arrays(qa[:, :, None, :], qa[:, None, :, :]), axis=-1)  # (P,3,3,4)
-        fresh = self.map.fresh(quads.reshape(-1, 4)).reshape(pairs.P, 3, 3)
+        fresh = self.map.fresh(local_quads(pairs)).reshape(pairs.P, 3, 3)
         if self.prev.gaussian:
             return fresh
         J, _ = self.map.JH
-        Jl = _local_jacobian(J, cols, pairs)  # (P, 3, 3)
+        Jl = local_jacobian(J, pairs.cols, pairs)  # (P, 3, 3)
         prev = self.prev._local2
         xp = array_module(fresh, Jl, prev, self.map.ratio)
         return fresh + self.map.ratio * xp.einsum("pst,ptu,pvu->psv", Jl, prev, Jl)
@@ -331,7 +331,7 @@ class DenseLayer(LayerCumulants):
         if self.prev.gaussian:
             return vals
         J, _ = self.map.JH
-        Jab = _local_jacobian(J, pairs.cols, pairs)[:, 2]  # (P, 3): K'_ab against the pairs (aa, bb, ab)
+        Jab = local_jacobian(J, pairs.cols, pairs)[:, 2]  # (P, 3): K'_ab against the pairs (aa, bb, ab)
         prev = self.prev._local2
         xp = array_module(vals, Jab, prev, self.map.ratio)
         return vals + self.map.ratio * xp.einsum("pt,ptu,pu->p", Jab, prev, Jab)
@@ -357,20 +357,14 @@ class DenseLayer(LayerCumulants):
         if "_packed" in self.__dict__:
             return self._packed[p, q]
         pairs = self.pairs
-        key = p * pairs.P + q
-        uniq, inverse = np.unique(key, return_inverse=True)
-        up, uq = uniq // pairs.P, uniq % pairs.P
-        quads = np.stack([pairs.a[up], pairs.b[up], pairs.a[uq], pairs.b[uq]], axis=1)
+        up, uq, quads, inverse = distinct_rows(pairs, p, q)
         vals = self.map.fresh(quads)
         if not self.prev.gaussian:
             J, _ = self.map.JH
-            cp, cq = pairs.cols[up], pairs.cols[uq]  # (U, 3)
-            pp = np.broadcast_to(cp[:, :, None], (up.size, 3, 3)).reshape(-1)
-            qq = np.broadcast_to(cq[:, None, :], (up.size, 3, 3)).reshape(-1)
-            sub = self.prev._components_pq(np.minimum(pp, qq), np.maximum(pp, qq)).reshape(up.size, 3, 3)
+            sub = self.prev._components_pq(*sub_rows(pairs, up, uq)).reshape(up.size, 3, 3)
             xp = array_module(vals, J, sub, self.map.ratio)
             vals = vals + self.map.ratio * xp.einsum("us,ust,ut->u", J[up], sub, J[uq])
-        return vals[inverse.reshape(-1)]
+        return vals[inverse]
 
     @functools.cached_property
     def _packed(self) -> np.ndarray:
@@ -383,7 +377,32 @@ class DenseLayer(LayerCumulants):
         return fresh + JVJ
 
 
-def _local_jacobian(J, cols, pairs: Pairs):
+def local_quads(pairs: Pairs) -> np.ndarray:
+    """``(9 P, 4)`` rows ``(x)(y)`` for ``x, y`` in the pairs ``(aa, bb, ab)`` of every pair ``(a, b)``:
+    the components behind ``_local2``, in its ``(P, 3, 3)`` order."""
+    cols = pairs.cols  # (P, 3) pair indices of aa, bb, ab
+    qa = np.stack([pairs.a[cols], pairs.b[cols]], axis=-1)  # (P, 3, 2)
+    return np.concatenate(np.broadcast_arrays(qa[:, :, None, :], qa[:, None, :, :]), axis=-1).reshape(-1, 4)
+
+
+def distinct_rows(pairs: Pairs, p, q):
+    """The distinct pair-index rows of ``(p, q)`` (``p <= q``): ``up``, ``uq`` (U,), their components as
+    quads ``(U, 4)``, and the inverse ``(M,)`` mapping each row to its distinct one."""
+    uniq, inverse = np.unique(p * pairs.P + q, return_inverse=True)
+    up, uq = uniq // pairs.P, uniq % pairs.P
+    return up, uq, np.stack([pairs.a[up], pairs.b[up], pairs.a[uq], pairs.b[uq]], axis=1), inverse.reshape(-1)
+
+
+def sub_rows(pairs: Pairs, up, uq):
+    """Pair-index rows ``(9 U,)`` twice (``p' <= q'``) of the previous layer's components that ``V_(up)(uq)``
+    needs: the pairs ``(aa, bb, ab)`` of each side, ``(U, 3, 3)`` in row-major order."""
+    cp, cq = pairs.cols[up], pairs.cols[uq]  # (U, 3)
+    pp = np.broadcast_to(cp[:, :, None], (up.size, 3, 3)).reshape(-1)
+    qq = np.broadcast_to(cq[:, None, :], (up.size, 3, 3)).reshape(-1)
+    return np.minimum(pp, qq), np.maximum(pp, qq)
+
+
+def local_jacobian(J, cols, pairs: Pairs):
     """``(P, 3, 3)``: the rows of ``J`` for the pairs ``(aa, bb, ab)`` of each pair, in local columns.
 
     ``K'_aa`` depends on ``K_aa`` only (column 0 of its own row), likewise ``K'_bb``; ``K'_ab`` on all three.

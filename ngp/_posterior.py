@@ -208,7 +208,7 @@ class Conditioned:
         """The same with the estimated errors of ``V`` and ``K1`` and the coefficients' absolute values:
         the pieces of the error bounds (``docs/accuracy.md``)."""
         p = self._prior
-        coef = {k: np.abs(v) for k, v in _coefficients(self._solve, self.Y_train.shape[1]).items()}
+        coef = {k: np.abs(self._train[k]) for k in ("yt", "Kinv", "W", "T")}
         EV = np.asarray(p.V_error)
         return dict(K1=np.asarray(p.K1_error), V=EV, **coef, **_contractions(EV, coef))
 
@@ -338,7 +338,7 @@ class Conditioned:
         # coefficients' absolute values and every difference a sum (docs/accuracy.md)
         P = K[NA:, :NA] @ s.Kinv  # (NB, NA)
         K1, EK1 = np.asarray(prior.K1), np.asarray(prior.K1_error)
-        value = _Parts(self._train, P, K1[NA:, :NA], K1[NA:, NA:], _vertex_components(c), np.subtract)
+        value = _Parts(self._train, P, K1[NA:, :NA], K1[NA:, NA:], c.vertex.components, np.subtract)
         error = _Parts(self._train_error, np.abs(P), EK1[NA:, :NA], EK1[NA:, NA:], _vertex_errors(c), np.add)
         if full_cov:
             self._check_full_cov(NA, NB, prior)
@@ -453,11 +453,6 @@ class _Parts:
     K1_BB: np.ndarray
     components: object
     sub: object
-
-
-def _vertex_components(layer):
-    """``quads (M, 4) -> V_(ab)(cd)`` of ``layer``."""
-    return layer.vertex.components
 
 
 def _vertex_errors(layer):

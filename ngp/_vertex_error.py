@@ -25,7 +25,7 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
-from ._cumulants import DenseLayer, LayerCumulants, ScaledLayer, _local_jacobian
+from ._cumulants import DenseLayer, LayerCumulants, ScaledLayer, distinct_rows, local_jacobian, local_quads, sub_rows
 from ._finite import multisets, packed_positions, propagate
 
 __all__ = ["packed_vertex_error", "component_errors", "local2_error", "k1_error"]
@@ -90,30 +90,23 @@ def component_errors(layer: LayerCumulants, p, q) -> np.ndarray:
     if "_packed_error" in layer.__dict__:
         return layer.__dict__["_packed_error"][p, q]
     pairs, m = layer.pairs, layer.map
-    uniq, inverse = np.unique(p * pairs.P + q, return_inverse=True)
-    up, uq = uniq // pairs.P, uniq % pairs.P
-    quads = np.stack([pairs.a[up], pairs.b[up], pairs.a[uq], pairs.b[uq]], axis=1)
+    up, uq, quads, inverse = distinct_rows(pairs, p, q)
     out = float(m.C_W) ** 2 * np.asarray(m.table.errors(np.sort(quads, axis=1)), dtype=float)
     if not layer.prev.gaussian:
         J = np.abs(np.asarray(m.JH[0]))
-        cp, cq = pairs.cols[up], pairs.cols[uq]  # (U, 3)
-        pp = np.broadcast_to(cp[:, :, None], (up.size, 3, 3)).reshape(-1)
-        qq = np.broadcast_to(cq[:, None, :], (up.size, 3, 3)).reshape(-1)
-        sub = component_errors(layer.prev, np.minimum(pp, qq), np.maximum(pp, qq)).reshape(up.size, 3, 3)
+        sub = component_errors(layer.prev, *sub_rows(pairs, up, uq)).reshape(up.size, 3, 3)
         out = out + m.ratio * np.einsum("us,ust,ut->u", J[up], sub, J[uq])
-    return out[inverse.reshape(-1)]
+    return out[inverse]
 
 
 @_recursion("_local2_error", "V", lambda layer: (layer.pairs.P, 3, 3), 4)
 def local2_error(layer: LayerCumulants) -> np.ndarray:
     """``(P, 3, 3)`` estimated absolute numerical error of ``layer._local2`` (remembered on the layer)."""
     pairs, m = layer.pairs, layer.map
-    cols = pairs.cols
-    qa = np.stack([pairs.a[cols], pairs.b[cols]], axis=-1)  # (P, 3, 2)
-    quads = np.concatenate(np.broadcast_arrays(qa[:, :, None, :], qa[:, None, :, :]), axis=-1).reshape(-1, 4)
-    out = float(m.C_W) ** 2 * np.asarray(m.table.errors(np.sort(quads, axis=1)), dtype=float).reshape(pairs.P, 3, 3)
+    quads = np.sort(local_quads(pairs), axis=1)
+    out = float(m.C_W) ** 2 * np.asarray(m.table.errors(quads), dtype=float).reshape(pairs.P, 3, 3)
     if not layer.prev.gaussian:
-        Jl = np.asarray(_local_jacobian(np.abs(np.asarray(m.JH[0])), cols, pairs))
+        Jl = np.asarray(local_jacobian(np.abs(np.asarray(m.JH[0])), pairs.cols, pairs))
         out = out + m.ratio * np.einsum("pst,ptu,pvu->psv", Jl, local2_error(layer.prev), Jl)
     return out
 
