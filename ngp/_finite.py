@@ -419,6 +419,35 @@ class FourPointTable:
         inverse = inverse.reshape(-1)
         return vals[inverse], errs[inverse]
 
+    def seed(self, other: "FourPointTable", index) -> int:
+        """Take over the values ``other`` has computed, where its inputs are some of these.
+
+        ``index[i]`` is this table's input for ``other``'s input ``i`` (``(other.N,)``). Nothing is
+        taken unless both kernels are concrete, equal bit for bit on those inputs (so the values are
+        those this table would compute, up to the rule's batching), and the activation and options
+        are the same. Values already known here are kept. Returns the number of values taken.
+        """
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        if (other is self or other._codes.size == 0 or index.shape != (other.N,)
+                or not (is_concrete(self.K) and is_concrete(other.K))
+                or other.act is not self.act or other.options != self.options):
+            return 0
+        K, Ko = np.asarray(self.K), np.asarray(other.K)
+        if not np.array_equal(K[np.ix_(index, index)], Ko):
+            return 0
+        N = other.N
+        rows = np.stack([(other._codes // N**k) % N for k in (3, 2, 1, 0)], axis=1)  # decode multiset_code
+        codes = multiset_code(np.sort(index[rows], axis=1), self.N)
+        new = ~np.isin(codes, self._codes)
+        if not new.any():
+            return 0
+        codes_all = np.concatenate([self._codes, codes[new]])
+        order = np.argsort(codes_all, kind="stable")
+        self._codes = codes_all[order]
+        self._vals = np.concatenate([np.asarray(self._vals), np.asarray(other._vals)[new]])[order]
+        self._errs = np.concatenate([self._errs, other._errs[new]])[order]
+        return int(new.sum())
+
     def __call__(self, ms_sorted):
         """Values for sorted rows ``(M, 4)`` (a JAX array; differentiable in the kernel)."""
         return self._lookup(ms_sorted)[0]

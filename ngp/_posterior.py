@@ -28,7 +28,7 @@ import numpy as np
 from ._cumulants import canonical_quads
 from ._gp import GPPosterior, gp_from_kernel, gp_log_evidence
 from ._linalg import solve_train
-from ._prior import MAX_MEMORY
+from ._prior import MAX_MEMORY, reuse_four_point
 from ._validate import as_inputs, count, float64, train_test, warn
 from ._validity import Validity, evidence_validity, posterior_validity
 from ._vertex_error import component_errors
@@ -336,9 +336,11 @@ class Conditioned:
                     f"(> max_memory={limit / 1024**3:.3g} GiB): use a smaller batch_size or raise max_memory")
         # values: the coefficients and differences as they are; error bounds: the errors of V and K1, the
         # coefficients' absolute values and every difference a sum (docs/accuracy.md)
+        train = self._train  # first: the joint prior takes over the training prior's four-point values
+        reuse_four_point(prior, self._prior, np.arange(NA))
         P = K[NA:, :NA] @ s.Kinv  # (NB, NA)
         K1, EK1 = np.asarray(prior.K1), np.asarray(prior.K1_error)
-        value = _Parts(self._train, P, K1[NA:, :NA], K1[NA:, NA:], c.vertex.components, np.subtract)
+        value = _Parts(train, P, K1[NA:, :NA], K1[NA:, NA:], c.vertex.components, np.subtract)
         error = _Parts(self._train_error, np.abs(P), EK1[NA:, :NA], EK1[NA:, NA:], _vertex_errors(c), np.add)
         if full_cov:
             self._check_full_cov(NA, NB, prior)

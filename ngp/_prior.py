@@ -17,7 +17,7 @@ from ._steps import IDENTITY, Flow
 from ._validate import MAX_MEMORY, as_inputs, count, float64, memory_bytes, positive_float, warn
 from ._vertex_error import k1_error, packed_vertex_error
 
-__all__ = ["Prior", "Layer", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY", "PRIOR_OPTIONS", "DERIVATIVE_METHODS", "check_options"]
+__all__ = ["Prior", "Layer", "reuse_four_point", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY", "PRIOR_OPTIONS", "DERIVATIVE_METHODS", "check_options"]
 
 #: Expansion parameter above which first-order perturbation theory is not trusted.
 EXPANSION_WARN = 0.3
@@ -319,3 +319,25 @@ class Prior(NTKMixin):
 
     def __repr__(self) -> str:
         return f"Prior({self.net!r}, N={self.N})"
+
+
+def reuse_four_point(target: Prior, source: Prior, rows) -> int:
+    """Seed ``target``'s four-point values with those ``source`` has already computed.
+
+    ``rows[r]`` is the row of ``target.X`` holding ``source.X[r]`` (``(source.N,)``; e.g. the training rows
+    of the joint prior a prediction builds). Layer by layer, a value is taken only where the activation and
+    the quadrature options are the same and the kernels agree bit for bit on those inputs
+    (:meth:`ngp._finite.FourPointTable.seed`): the values are then those ``target`` would compute. Returns the
+    number of values taken.
+    """
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if rows.shape != (source.N,):
+        raise ValueError(f"rows: expected shape ({source.N},), got {rows.shape}")
+    index = np.zeros(source._Xu.shape[0], dtype=np.int64)
+    index[source._inverse] = target._inverse[rows]
+    taken = 0
+    for t, s in zip(target._cumulants, source._cumulants):
+        tm, sm = getattr(t, "map", None), getattr(s, "map", None)
+        if tm is not None and sm is not None and "table" in sm.__dict__:
+            taken += tm.table.seed(sm.table, index)
+    return taken

@@ -299,3 +299,81 @@ def test_four_point_table_chunks_give_the_same_values(monkeypatch):
     # which the rule itself budgets as 64 eps |sum| (measured: 1.4e-16 on estimates of ~5e-11)
     np.testing.assert_allclose(table.errors(ms), whole_err, rtol=1e-13, atol=64 * np.finfo(float).eps * np.max(np.abs(whole)))
     assert calls == [16, 16, 8, 16, 14] and len(ms) == 70
+
+
+@pytest.fixture
+def counted_rows(monkeypatch):
+    """Every row the four-point tables compute (``ngp._finite.four_point_values`` counted)."""
+    from ngp import _finite
+
+    rows, inner = [], _finite.four_point_values
+
+    def counted(act, K, ms, **kwargs):
+        rows.append(np.asarray(ms).copy())
+        return inner(act, K, ms, **kwargs)
+
+    monkeypatch.setattr(_finite, "four_point_values", counted)
+    return rows
+
+
+def test_joint_prior_takes_over_the_training_four_point_values(counted_rows, monkeypatch):
+    """reuse_four_point: the joint prior on [X_train; X_test] computes only multisets with a test input;
+    its V equals the V it computes on its own (training block to rounding, the rest within the estimates).
+    A duplicated training input makes the two priors' distinct-input indices differ (the joint prior's
+    distinct inputs are sorted), so the index map is exercised."""
+    from ngp._prior import reuse_four_point
+
+    rng = np.random.default_rng(7)
+    XA, XB = rng.normal(size=(4, 2)), rng.normal(size=(2, 2))
+    XA[3] = XA[1]
+    NA, X = XA.shape[0], np.concatenate([XA, XB])
+    net = ngp.MLP(3, 16, activation="tanh", C_W=1.3, C_b=0.1)
+    source = net.prior(XA, warn=False)
+    V_train = np.asarray(source.V)
+    alone = net.prior(X, warn=False)
+    V_alone, E_alone = np.asarray(alone.V), np.asarray(alone.V_error)
+    joint = net.prior(X, warn=False)
+    known = sum(c.map.table._codes.size for c in source._cumulants if hasattr(c, "map"))
+    assert known > 0 and reuse_four_point(joint, source, np.arange(NA)) == known
+    assert reuse_four_point(joint, source, np.arange(NA)) == 0  # already known
+    counted_rows.clear()
+    V, E = np.asarray(joint.V), np.asarray(joint.V_error)
+    train = np.unique(joint._inverse[:NA])  # the joint prior's indices of the distinct training inputs
+    assert train.size == 3 and not np.array_equal(train, np.arange(3))
+    computed = np.concatenate(counted_rows)
+    assert computed.size and not np.any(np.all(np.isin(computed, train), axis=1)), "a training-only multiset was computed again"
+    np.testing.assert_allclose(V[:NA, :NA, :NA, :NA], V_train, rtol=1e-13, atol=0)
+    np.testing.assert_allclose(E[:NA, :NA, :NA, :NA], np.asarray(source.V_error), rtol=1e-13, atol=0)
+    assert np.all(np.abs(V - V_alone) <= E + E_alone)
+    # the same in a prediction: after conditioning, predict computes only multisets with a test input
+    cond = ngp.condition(net, XA, np.sin(XA[:, :1]), noise=0.1, warn=False)
+    cond._train
+    counted_rows.clear()
+    post = cond.predict(XB)
+    computed = np.concatenate(counted_rows)
+    assert not np.any(np.all(np.isin(computed, train), axis=1))
+    from ngp import _posterior
+
+    monkeypatch.setattr(_posterior, "reuse_four_point", lambda *args: 0)  # the prediction computing everything
+    own = ngp.condition(net, XA, np.sin(XA[:, :1]), noise=0.1, warn=False).predict(XB)
+    assert np.all(np.abs(post.mean - own.mean) <= post.mean_error + own.mean_error)
+    assert np.all(np.abs(post.var - own.var) <= post.var_error + own.var_error)
+
+
+def test_four_point_values_are_taken_only_from_the_same_kernel_and_options():
+    """A table takes nothing from a prior of another kernel (C_W) or other quadrature options; a wrong row
+    map is refused by name."""
+    from ngp._prior import reuse_four_point
+
+    rng = np.random.default_rng(8)
+    XA, XB = rng.normal(size=(3, 2)), rng.normal(size=(1, 2))
+    X = np.concatenate([XA, XB])
+    net = ngp.MLP(3, 16, activation="tanh", C_W=1.3, C_b=0.1)
+    for other, options in [(ngp.MLP(3, 16, activation="tanh", C_W=1.2, C_b=0.1), {}),
+                           (net, {"four_point_rtol": 1e-8})]:
+        source = other.prior(XA, warn=False, **options)
+        source.K1  # the four-point values of the training pairs
+        assert any(c.map.table._codes.size for c in source._cumulants if hasattr(c, "map"))
+        assert reuse_four_point(net.prior(X, warn=False), source, np.arange(3)) == 0
+    with pytest.raises(ValueError, match="rows"):
+        reuse_four_point(net.prior(X, warn=False), net.prior(XA, warn=False), np.arange(4))
