@@ -32,7 +32,7 @@ from ._fourpoint import RTOL, fixed_rule_split, multiset_expectations, split_mul
 from ._gaussian import (auto_orders, bucket, concrete_max, gauss_hermite, integer_power, pad_rows, padded_rule,
                         pair_matrices)
 from ._kernel import two_point_matrix
-from ._pairs import Pairs, array_module, is_concrete, multiset_code
+from ._pairs import Pairs, array_module, is_concrete, multiset_code, multiset_rows
 
 __all__ = [
     "jacobian_hessian",
@@ -394,11 +394,7 @@ class FourPointTable:
                 fresh = np.concatenate([np.asarray(v) for v, _ in parts])
                 ferr = np.concatenate([np.asarray(e, dtype=float) for _, e in parts])
                 vals[new], errs[new] = fresh, ferr
-                codes_all = np.concatenate([self._codes, uniq[new]])
-                order = np.argsort(codes_all, kind="stable")
-                self._codes = codes_all[order]
-                self._vals = np.concatenate([np.asarray(self._vals), fresh])[order]
-                self._errs = np.concatenate([self._errs, ferr])[order]
+                self._remember(uniq[new], fresh, ferr)
             inverse = inverse.reshape(-1)
             return vals[inverse], errs[inverse]
         vals = jnp.zeros(uniq.size, dtype=jnp.result_type(float))
@@ -411,11 +407,7 @@ class FourPointTable:
             fresh = jnp.asarray(fresh)
             vals = vals.at[new].set(fresh)
             errs[new] = ferr
-            codes_all = np.concatenate([self._codes, uniq[new]])
-            order = np.argsort(codes_all, kind="stable")
-            self._codes = codes_all[order]
-            self._vals = jnp.concatenate([jnp.asarray(self._vals), fresh])[order]
-            self._errs = np.concatenate([self._errs, np.asarray(ferr, dtype=float)])[order]
+            self._remember(uniq[new], fresh, ferr)
         inverse = inverse.reshape(-1)
         return vals[inverse], errs[inverse]
 
@@ -435,18 +427,21 @@ class FourPointTable:
         K, Ko = np.asarray(self.K), np.asarray(other.K)
         if not np.array_equal(K[np.ix_(index, index)], Ko):
             return 0
-        N = other.N
-        rows = np.stack([(other._codes // N**k) % N for k in (3, 2, 1, 0)], axis=1)  # decode multiset_code
-        codes = multiset_code(np.sort(index[rows], axis=1), self.N)
+        codes = multiset_code(np.sort(index[multiset_rows(other._codes, other.N)], axis=1), self.N)
         new = ~np.isin(codes, self._codes)
-        if not new.any():
-            return 0
-        codes_all = np.concatenate([self._codes, codes[new]])
-        order = np.argsort(codes_all, kind="stable")
-        self._codes = codes_all[order]
-        self._vals = np.concatenate([np.asarray(self._vals), np.asarray(other._vals)[new]])[order]
-        self._errs = np.concatenate([self._errs, other._errs[new]])[order]
+        self._remember(codes[new], np.asarray(other._vals)[new], other._errs[new])
         return int(new.sum())
+
+    def _remember(self, codes, vals, errs) -> None:
+        """Add new multisets (codes not yet known) with their values and estimates, keeping codes sorted."""
+        if codes.size == 0:
+            return
+        codes_all = np.concatenate([self._codes, codes])
+        order = np.argsort(codes_all, kind="stable")
+        xp = np if isinstance(self._vals, np.ndarray) and isinstance(vals, np.ndarray) else jnp
+        self._codes = codes_all[order]
+        self._vals = xp.concatenate([xp.asarray(self._vals), xp.asarray(vals)])[order]
+        self._errs = np.concatenate([self._errs, np.asarray(errs, dtype=float)])[order]
 
     def __call__(self, ms_sorted):
         """Values for sorted rows ``(M, 4)`` (a JAX array; differentiable in the kernel)."""

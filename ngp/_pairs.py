@@ -74,3 +74,9 @@ def multiset_code(t, N: int):
     """Integer code of sorted 4-tuples ``t[..., :4]`` of indices in ``range(N)`` (for lookups)."""
     t = np.asarray(t, dtype=np.int64)
     return ((t[..., 0] * N + t[..., 1]) * N + t[..., 2]) * N + t[..., 3]
+
+
+def multiset_rows(codes, N: int) -> np.ndarray:
+    """The sorted 4-tuples ``(M, 4)`` of :func:`multiset_code` values ``codes`` (``(M,)``)."""
+    codes = np.asarray(codes, dtype=np.int64).reshape(-1)
+    return np.stack([(codes // N**k) % N for k in (3, 2, 1, 0)], axis=1)

@@ -1,0 +1,87 @@
+"""Where the exact prediction's four-point work goes: values computed by ``predict`` after ``condition``.
+
+Usage: python benchmarks/predict_breakdown.py [--sizes 16x10,8x100] [--out predict_breakdown.json]
+
+tanh MLP depth 3, width 64, 2-D inputs, noise 0.1 (the network of benchmarks/posterior_scaling.py). For
+each size, in a fresh process per mode: ``ngp.condition(...)`` and its training components first, then
+``predict(X_test)``, counting every row that ``ngp._finite.four_point_values`` computes and its time, by
+the number of distinct test inputs in the row (0: training-only, 1, 2; a call's time is shared evenly
+by its rows). Modes: ``reuse`` (the library:
+the joint prior takes over the training prior's values, ``ngp._prior.reuse_four_point``) and
+``no_reuse`` (that step disabled, as before). Writes benchmarks/results/<--out>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+CHILD = r"""
+import json, sys, time
+sys.path.insert(0, {root!r})
+import jax
+jax.config.update("jax_enable_x64", True)
+import numpy as np
+import ngp
+from ngp import _finite, _posterior
+NA, NB, reuse = {NA}, {NB}, {reuse}
+if not reuse:
+    _posterior.reuse_four_point = lambda *args: 0
+rows, secs = [], []
+inner = _finite.four_point_values
+def counted(act, K, ms, **kw):
+    t = time.perf_counter(); out = inner(act, K, ms, **kw); secs.append(time.perf_counter() - t)
+    rows.append(np.asarray(ms)); return out
+_finite.four_point_values = counted
+rng = np.random.default_rng(0)
+XA, XB = rng.normal(size=(NA, 2)), rng.normal(size=(NB, 2))
+Y = np.sin(1.3 * XA[:, :1]) + 0.3 * XA[:, 1:]
+c = ngp.condition(ngp.MLP(3, 64, activation="tanh"), XA, Y, noise=0.1, warn=False, method="exact")
+c._train
+rows.clear(); secs.clear()
+t = time.perf_counter(); p = c.predict(XB); t = time.perf_counter() - t
+out = {{"predict_s": t, "four_point_s": sum(secs), "mean_sum": float(p.mean.sum()), "var_sum": float(p.var.sum())}}
+if rows:
+    ms = np.concatenate(rows)
+    srt = np.sort(ms, axis=1)
+    first = np.concatenate([np.ones((len(srt), 1), bool), srt[:, 1:] != srt[:, :-1]], axis=1)
+    ntest = ((srt >= NA) & first).sum(axis=1)  # distinct test inputs per row
+    per_row = np.concatenate([np.full(len(r), s / len(r)) for r, s in zip(rows, secs)])
+    out["rows_by_test_inputs"] = [int((ntest == k).sum()) for k in (0, 1, 2)]
+    out["seconds_by_test_inputs"] = [float(per_row[ntest == k].sum()) for k in (0, 1, 2)]
+print(json.dumps(out))
+"""
+
+
+def run(NA: int, NB: int, reuse: bool) -> dict:
+    code = CHILD.format(root=ROOT, NA=NA, NB=NB, reuse=reuse)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="16x10,8x100", help="N_train x N_test, comma-separated")
+    ap.add_argument("--out", default="predict_breakdown.json", help="results file name in benchmarks/results")
+    args = ap.parse_args(argv)
+    res = {"machine": platform.platform(), "cpus": os.cpu_count(), "load_before": os.getloadavg(), "rows": []}
+    for size in args.sizes.split(","):
+        NA, NB = (int(v) for v in size.split("x"))
+        for reuse in (True, False):
+            r = {"N_train": NA, "N_test": NB, "mode": "reuse" if reuse else "no_reuse", **run(NA, NB, reuse)}
+            res["rows"].append(r)
+            print(json.dumps(r), flush=True)
+    res["load_after"] = os.getloadavg()
+    with open(os.path.join(HERE, "results", args.out), "w") as f:
+        json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
