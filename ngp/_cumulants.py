@@ -16,8 +16,10 @@ The vertex is never forced into a dense ``P x P`` matrix unless asked (``packed(
 component ``V_(ab)(cd)`` of layer ``l+1`` needs layer ``l``'s components on the pairs
 ``{aa, bb, ab} x {cc, dd, cd}`` only (the Jacobian ``J`` has three non-zeros per row), so any set of
 components is computed by a recursion closed on those index sets (``components``), and ``K1`` needs
-only the components on two-input subsets (``local2``: ``O(N^2)`` per layer). See ``docs/theory.md``,
-"Finite-width recursions" and "Computing only what is needed".
+only the components on two-input subsets (``local2``: ``O(N^2)`` per layer). The two-input recursion
+is closed on any set of pairs that holds, with each pair ``(a, b)``, the pairs ``(a, a)`` and ``(b, b)``
+(``_K1_at``, ``_local2_at``: a prediction's training, test-training and test-diagonal pairs). See
+``docs/theory.md``, "Finite-width recursions" and "Computing only what is needed".
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from ._pairs import Pairs, array_module
 
 __all__ = [
     "LayerCumulants",
+    "closed_pairs",
+    "remember",
     "GaussianLayer",
     "DenseLayer",
     "ScaledLayer",
@@ -192,6 +196,21 @@ class LayerCumulants:
         """``(P,)``: ``V_(ab)(ab)`` for every pair (entry ``(2, 2)`` of ``_local2``)."""
         return self._local2[:, 2, 2]
 
+    # the same on a set of pairs ``sel`` (``(S,)`` pair indices, ``None``: all), closed under diagonals
+    # (:func:`closed_pairs`); subclasses whose recursion is local to a pair compute only those
+    def _K1_at(self, sel) -> np.ndarray:
+        """``(S,)``: ``K1`` at the pairs ``sel``."""
+        K1p = self.pairs.pack(self.K1)
+        return K1p if sel is None else K1p[sel]
+
+    def _local2_at(self, sel) -> np.ndarray:
+        """``(S, 3, 3)``: ``_local2`` at the pairs ``sel``."""
+        return self._local2 if sel is None else self._local2[sel]
+
+    def _pair_diagonal_at(self, sel) -> np.ndarray:
+        """``(S,)``: ``_pair_diagonal`` at the pairs ``sel``."""
+        return self._pair_diagonal if sel is None else self._pair_diagonal[sel]
+
     @property
     def expansion_parameter(self) -> float:
         """``max |V_(ab)(cd)| / (n sqrt(K_aa K_bb K_cc K_dd))`` (0 for an exactly Gaussian layer).
@@ -199,14 +218,19 @@ class LayerCumulants:
         ``V`` is positive semi-definite over pairs (``n Cov`` of the stochastic metric), so the
         largest normalised entry is on its diagonal: ``max_ab V_(ab)(ab) / (n K_aa K_bb)``.
         """
+        return self.expansion_parameter_at(None)
+
+    def expansion_parameter_at(self, sel) -> float:
+        """:attr:`expansion_parameter` with the maximum over the pairs ``sel`` only (``None``: all)."""
         if self.gaussian:
             return 0.0
         self._check("the expansion parameter")
         pairs = self.pairs
+        a, b = (pairs.a, pairs.b) if sel is None else (pairs.a[sel], pairs.b[sel])
         d = np.clip(np.diag(np.asarray(self.K)), 0.0, None)
-        s2 = d[pairs.a] * d[pairs.b]
+        s2 = d[a] * d[b]
         # V_(ab)(ab) is entry (2, 2) of the local block of (a, b); for a == b all entries coincide
-        vdiag = np.abs(np.asarray(self._pair_diagonal))
+        vdiag = np.abs(np.asarray(self._pair_diagonal_at(sel)))
         ok = s2 > 0  # inputs with zero variance (x = 0 with C_b = 0) have V = 0 there
         if not np.any(ok):
             return 0.0
@@ -230,6 +254,12 @@ class GaussianLayer(LayerCumulants):
     @functools.cached_property
     def _local2(self):
         return np.zeros((self.pairs.P, 3, 3))
+
+    def _K1_at(self, sel):
+        return np.zeros(self.pairs.P if sel is None else len(sel))
+
+    def _local2_at(self, sel):
+        return super()._local2_at(sel) if sel is None else np.zeros((len(sel), 3, 3))
 
     def _components_pq(self, p, q):
         return np.zeros(np.shape(p))
@@ -282,6 +312,15 @@ class ScaledLayer(LayerCumulants):
     def _local2(self):
         return self.alpha**4 * self.prev._local2
 
+    def _K1_at(self, sel):
+        return super()._K1_at(sel) if sel is None else self.alpha**2 * self.prev._K1_at(sel)
+
+    def _local2_at(self, sel):
+        return super()._local2_at(sel) if sel is None else self.alpha**4 * self.prev._local2_at(sel)
+
+    def _pair_diagonal_at(self, sel):
+        return super()._pair_diagonal_at(sel) if sel is None else self.alpha**4 * self.prev._pair_diagonal_at(sel)
+
     def _components_pq(self, p, q):
         return self.alpha**4 * self.prev._components_pq(p, q)
 
@@ -308,45 +347,70 @@ class DenseLayer(LayerCumulants):
     # ------------------------------------------------------------------ K1 (O(N^2) per layer)
     @functools.cached_property
     def _local2(self) -> np.ndarray:
+        return self._local2_on(None)
+
+    def _local2_at(self, sel) -> np.ndarray:
+        if sel is None or "_local2" in self.__dict__:
+            return super()._local2_at(sel)
+        return remember(self, "_local2", sel, self._local2_on)
+
+    def _local2_on(self, sel) -> np.ndarray:
         self._check("V")
         pairs = self.pairs
-        fresh = self.map.fresh(local_quads(pairs)).reshape(pairs.P, 3, 3)
+        fresh = self.map.fresh(local_quads(pairs, sel)).reshape(-1, 3, 3)
         if self.prev.gaussian:
             return fresh
-        J, _ = self.map.JH
-        Jl = local_jacobian(J, pairs.cols, pairs)  # (P, 3, 3)
-        prev = self.prev._local2
+        Jl = local_jacobian(self.map.JH[0], pairs, sel)  # (S, 3, 3)
+        prev = self.prev._local2_at(sel)
         xp = array_module(fresh, Jl, prev, self.map.ratio)
         return fresh + self.map.ratio * xp.einsum("pst,ptu,pvu->psv", Jl, prev, Jl)
 
     @functools.cached_property
     def _pair_diagonal(self) -> np.ndarray:
+        return self._pair_diagonal_at(None)
+
+    def _pair_diagonal_at(self, sel) -> np.ndarray:
         """``V_(ab)(ab)`` alone: its fresh term needs only the multisets ``(a, a, b, b)``, and its
         propagated term the previous layer's ``_local2`` (which ``K1`` needs anyway)."""
         if "_local2" in self.__dict__:
-            return self._local2[:, 2, 2]
+            return self._local2[:, 2, 2] if sel is None else self._local2[sel, 2, 2]
         self._check("V")
         pairs = self.pairs
-        vals = self.map.fresh(np.stack([pairs.a, pairs.b, pairs.a, pairs.b], axis=1))
+        a, b = (pairs.a, pairs.b) if sel is None else (pairs.a[sel], pairs.b[sel])
+        vals = self.map.fresh(np.stack([a, b, a, b], axis=1))
         if self.prev.gaussian:
             return vals
-        J, _ = self.map.JH
-        Jab = local_jacobian(J, pairs.cols, pairs)[:, 2]  # (P, 3): K'_ab against the pairs (aa, bb, ab)
-        prev = self.prev._local2
+        Jab = local_jacobian(self.map.JH[0], pairs, sel)[:, 2]  # (S, 3): K'_ab against the pairs (aa, bb, ab)
+        prev = self.prev._local2_at(sel)
         xp = array_module(vals, Jab, prev, self.map.ratio)
         return vals + self.map.ratio * xp.einsum("pt,ptu,pu->p", Jab, prev, Jab)
 
     @functools.cached_property
     def K1(self) -> np.ndarray:
         self._check("K1")
-        pairs = self.pairs
         if self.prev.gaussian:
             return np.zeros((self.N, self.N))
+        return self.pairs.unpack(self._K1_on(None))
+
+    def _K1_at(self, sel) -> np.ndarray:
+        if sel is None or "K1" in self.__dict__:
+            return super()._K1_at(sel)
+        return remember(self, "K1", sel, self._K1_on)
+
+    def _K1_on(self, sel) -> np.ndarray:
+        self._check("K1")
+        pairs = self.pairs
+        if self.prev.gaussian:
+            return np.zeros(pairs.P if sel is None else len(sel))
         J, H = self.map.JH
-        K1p, L2 = pairs.pack(self.prev.K1), self.prev._local2
+        if sel is None:
+            cols = pairs.cols
+        else:
+            J, H, cols = J[sel], H[sel], closed_pairs(pairs, sel)
+        K1p, L2 = self.prev._K1_at(sel), self.prev._local2_at(sel)
         xp = array_module(J, H, K1p, L2)
-        G1 = xp.einsum("ps,ps->p", J, K1p[pairs.cols]) + 0.5 * xp.einsum("pst,pst->p", H, L2)
-        return pairs.unpack(self.map.ratio * G1)
+        G1 = xp.einsum("ps,ps->p", J, K1p[cols]) + 0.5 * xp.einsum("pst,pst->p", H, L2)
+        return self.map.ratio * G1
 
     # ------------------------------------------------------------------ V on demand
     def _components_pq(self, p, q) -> np.ndarray:
@@ -377,12 +441,37 @@ class DenseLayer(LayerCumulants):
         return fresh + JVJ
 
 
-def local_quads(pairs: Pairs) -> np.ndarray:
-    """``(9 P, 4)`` rows ``(x)(y)`` for ``x, y`` in the pairs ``(aa, bb, ab)`` of every pair ``(a, b)``:
-    the components behind ``_local2``, in its ``(P, 3, 3)`` order."""
-    cols = pairs.cols  # (P, 3) pair indices of aa, bb, ab
-    qa = np.stack([pairs.a[cols], pairs.b[cols]], axis=-1)  # (P, 3, 2)
+def local_quads(pairs: Pairs, sel=None) -> np.ndarray:
+    """``(9 S, 4)`` rows ``(x)(y)`` for ``x, y`` in the pairs ``(aa, bb, ab)`` of every pair ``(a, b)`` (of
+    the pair indices ``sel``, ``None``: all): the components behind ``_local2``, in its ``(S, 3, 3)`` order."""
+    cols = pairs.cols if sel is None else pairs.cols[sel]  # (S, 3) pair indices of aa, bb, ab
+    qa = np.stack([pairs.a[cols], pairs.b[cols]], axis=-1)  # (S, 3, 2)
     return np.concatenate(np.broadcast_arrays(qa[:, :, None, :], qa[:, None, :, :]), axis=-1).reshape(-1, 4)
+
+
+def closed_pairs(pairs: Pairs, sel) -> np.ndarray:
+    """``(S, 3)``: the positions in ``sel`` (``(S,)`` pair indices) of the pairs ``(aa, bb, ab)`` of each of
+    its pairs; raises ``ValueError`` unless ``sel`` holds them (is closed under diagonals)."""
+    sel = np.asarray(sel, dtype=np.int64)
+    pos = np.full(pairs.P, -1, dtype=np.int64)
+    pos[sel] = np.arange(sel.size)
+    cols = pos[pairs.cols[sel]]
+    if np.any(cols < 0):
+        raise ValueError("sel: a set of pairs must hold (a, a) and (b, b) with each pair (a, b)")
+    return cols
+
+
+def remember(layer, name: str, sel, compute):
+    """``compute(sel)``, remembered on ``layer`` for the latest ``sel`` per ``name`` (a prediction asks each
+    layer for the same set of pairs twice: for its own ``K1`` and for the next layer's)."""
+    sel = np.asarray(sel, dtype=np.int64)
+    key = sel.tobytes()
+    memo = layer.__dict__.setdefault("_pair_subsets", {})
+    if name in memo and memo[name][0] == key:
+        return memo[name][1]
+    out = compute(sel)
+    memo[name] = (key, out)
+    return out
 
 
 def distinct_rows(pairs: Pairs, p, q):
@@ -402,16 +491,19 @@ def sub_rows(pairs: Pairs, up, uq):
     return np.minimum(pp, qq), np.maximum(pp, qq)
 
 
-def local_jacobian(J, cols, pairs: Pairs):
-    """``(P, 3, 3)``: the rows of ``J`` for the pairs ``(aa, bb, ab)`` of each pair, in local columns.
+def local_jacobian(J, pairs: Pairs, sel=None):
+    """``(S, 3, 3)``: the rows of ``J`` (``(P, 3)``) for the pairs ``(aa, bb, ab)`` of each pair (of the pair
+    indices ``sel``, ``None``: all), in local columns.
 
     ``K'_aa`` depends on ``K_aa`` only (column 0 of its own row), likewise ``K'_bb``; ``K'_ab`` on all three.
     For ``a == b`` the three local pairs coincide and every row is ``(J_aa, 0, 0)``.
     """
     xp = array_module(J)
     J = xp.asarray(J)
-    zero = xp.zeros(J.shape[0], dtype=J.dtype)
+    cols, diag = (pairs.cols, pairs.diag) if sel is None else (pairs.cols[sel], pairs.diag[sel])
+    Jab = J if sel is None else J[sel]
+    zero = xp.zeros(Jab.shape[0], dtype=J.dtype)
     Jaa, Jbb = J[cols[:, 0], 0], J[cols[:, 1], 0]
-    rows = xp.stack([xp.stack([Jaa, zero, zero], 1), xp.stack([zero, Jbb, zero], 1), J], axis=1)
-    diag_rows = xp.stack([J[:, 0], zero, zero], 1)[:, None, :] * xp.ones((1, 3, 1), dtype=J.dtype)
-    return xp.where(pairs.diag[:, None, None], diag_rows, rows)
+    rows = xp.stack([xp.stack([Jaa, zero, zero], 1), xp.stack([zero, Jbb, zero], 1), Jab], axis=1)
+    diag_rows = xp.stack([Jab[:, 0], zero, zero], 1)[:, None, :] * xp.ones((1, 3, 1), dtype=J.dtype)
+    return xp.where(diag[:, None, None], diag_rows, rows)

@@ -4,7 +4,9 @@
 ``K1`` and ``V`` on the training inputs, the evidence, and every training-only contraction the
 predictions reuse); ``.predict(X_test)`` then needs only the vertex components with test indices:
 ``V_(b a1)(a2 a3)`` (mean), ``V_(b b)(a1 a2)`` and ``V_(b a1)(b a2)`` (marginal variances) and, with
-``full_cov=True``, the same with two different test points. Test points are processed in batches
+``full_cov=True``, the same with two different test points. ``K1`` is computed on the pairs the
+marginal formulas read (test-training pairs and each input with itself: ``O(N_A N_B)`` two-input
+values, not the ``O(N_B^2)`` of the test-test pairs), on every pair with ``full_cov``. Test points are processed in batches
 whose memory is bounded by ``max_memory``. ``ngp.condition`` and ``ngp.posterior`` (``condition(...).predict(..., full_cov=True)``) live in
 ``_condition``, which picks this exact path or the matrix-free one.
 
@@ -31,7 +33,7 @@ from ._linalg import solve_train
 from ._prior import MAX_MEMORY, reuse_four_point
 from ._validate import as_inputs, count, float64, train_test, warn
 from ._validity import Validity, evidence_validity, posterior_validity
-from ._vertex_error import component_errors
+from ._vertex_error import component_errors, k1_error_packed
 
 __all__ = ["FiniteWidthPosterior", "Conditioned", "GPConditioned", "finite_width_log_evidence"]
 
@@ -49,8 +51,9 @@ class FiniteWidthPosterior:
         log_evidence: log marginal likelihood of all targets to ``O(1/n)``.
         gp: the infinite-width :class:`ngp.GPPosterior` for the same data.
         n: the width ``n_{L-1}`` of the expansion.
-        expansion_parameter: ``max |V| / (n K^2)`` of the prior on train and test inputs; the
-            neglected terms are of order its square.
+        expansion_parameter: ``max |V| / (n K^2)`` of the prior on train and test inputs (over the pairs
+            of inputs the prediction reads: training pairs, test-training pairs, each test point with
+            itself, and every test pair with ``full_cov``); the neglected terms are of order its square.
         noise: observation-noise variance.
         validity: :class:`ngp.Validity`, the size of the first-order terms against the GP (mean
             shift in GP predictive standard deviations, relative variance change, evidence
@@ -339,11 +342,22 @@ class Conditioned:
         train = self._train  # first: the joint prior takes over the training prior's four-point values
         reuse_four_point(prior, self._prior, np.arange(NA))
         P = K[NA:, :NA] @ s.Kinv  # (NB, NA)
-        K1, EK1 = np.asarray(prior.K1), np.asarray(prior.K1_error)
-        value = _Parts(train, P, K1[NA:, :NA], K1[NA:, NA:], c.vertex.components, np.subtract)
-        error = _Parts(self._train_error, np.abs(P), EK1[NA:, :NA], EK1[NA:, NA:], _vertex_errors(c), np.add)
         if full_cov:
             self._check_full_cov(NA, NB, prior)
+            K1, EK1 = np.asarray(prior.K1), np.asarray(prior.K1_error)
+            K1_parts = (K1[NA:, :NA], K1[NA:, NA:].diagonal(), K1[NA:, NA:])
+            EK1_parts = (EK1[NA:, :NA], EK1[NA:, NA:].diagonal(), EK1[NA:, NA:])
+            eps = c.expansion_parameter
+        else:  # K1 only where the marginal formulas read it
+            sel, at_BA, at_bb = _test_pairs(c.pairs, iA, iB)
+            K1s, EK1s = np.asarray(c._K1_at(sel)), np.asarray(k1_error_packed(c, sel))
+            K1_parts, EK1_parts = (K1s[at_BA], K1s[at_bb], None), (EK1s[at_BA], EK1s[at_bb], None)
+            eps = max(c.expansion_parameter_at(sel), self._prior._cumulants[-1].expansion_parameter)
+            if self.options.get("warn", True):
+                prior._check_quadrature()
+                prior._check_expansion(eps)
+        value = _Parts(train, P, *K1_parts, c.vertex.components, np.subtract)
+        error = _Parts(self._train_error, np.abs(P), *EK1_parts, _vertex_errors(c), np.add)
         mean, var = gp.mean.copy(), np.empty((NB, nL))
         mean_err, var_err = np.empty((NB, nL)), np.empty((NB, nL))
         Sigma = gp.cov_test.diagonal()
@@ -365,7 +379,7 @@ class Conditioned:
             cov = gp.cov_test[:, None, :, None] * np.eye(nL)[None, :, None, :] + _cov_correction(
                 value, iA, iB, np.concatenate(V1_all), n, rows)
             cov_err = _cov_correction(error, iA, iB, np.concatenate(E1_all), n, rows)
-        eps = c.expansion_parameter * (prior.n / n)
+        eps = eps * (prior.n / n)
         logz = self._log_evidence
         validity = posterior_validity(mean=mean, var=var, gp_mean=gp.mean, gp_var=gp.var, noise=self.noise,
                                       prior_var=K[NA:, NA:].diagonal(), log_evidence=logz,
@@ -445,16 +459,27 @@ def _contractions(V, coef: dict) -> dict:
 @dataclasses.dataclass
 class _Parts:
     """What one evaluation of the prediction formulas needs: the training pieces ``t``, the projector
-    ``P`` (``(N_B, N_A)``), the test blocks of ``K1``, a ``quads -> components`` function, and ``sub``
-    (``np.subtract`` for the values, ``np.add`` for error bounds, whose inputs are errors and absolute
-    coefficients)."""
+    ``P`` (``(N_B, N_A)``), the test blocks of ``K1`` (``K1_BB`` only with ``full_cov``, else ``None``),
+    a ``quads -> components`` function, and ``sub`` (``np.subtract`` for the values, ``np.add`` for
+    error bounds, whose inputs are errors and absolute coefficients)."""
 
     t: dict
     P: np.ndarray
     K1_BA: np.ndarray
-    K1_BB: np.ndarray
+    K1_bb: np.ndarray  # (N_B,) diagonal of the test block
+    K1_BB: np.ndarray | None
     components: object
     sub: object
+
+
+def _test_pairs(pairs, iA, iB):
+    """The pairs whose ``K1`` the marginal formulas read: each test point with each training point and
+    with itself, and (to close the two-input recursion under diagonals) each training point with itself.
+    Returns the sorted pair indices ``sel`` and the positions in it of ``(b, x)`` (``(N_B, N_A)``) and
+    ``(b, b)`` (``(N_B,)``), for test points ``iB`` and training points ``iA`` (distinct-input indices)."""
+    idx_BA, idx_bb = pairs.index[iB[:, None], iA[None, :]], pairs.index[iB, iB]
+    sel = np.unique(np.concatenate([idx_BA.ravel(), idx_bb, pairs.index[iA, iA]]))
+    return sel, np.searchsorted(sel, idx_BA), np.searchsorted(sel, idx_bb)
 
 
 def _vertex_errors(layer):
@@ -468,7 +493,7 @@ def _marginal(parts: _Parts, sl, V1, n):
     V1, Vbb, Vc = V1
     t, sub = parts.t, parts.sub
     yt, Kinv = t["yt"], t["Kinv"]
-    Pb, K1_bA, K1_bb = parts.P[sl], parts.K1_BA[sl], parts.K1_BB.diagonal()[sl]
+    Pb, K1_bA, K1_bb = parts.P[sl], parts.K1_BA[sl], parts.K1_bb[sl]
     Gbar = sub(K1_bA, Pb @ t["K1"])
     mean = (Gbar @ yt) / n + sub(np.einsum("bxyz,ixyz->bi", V1, t["T"]), Pb @ t["U"]) / (2.0 * n)
     Gbb = sub(K1_bb, 2.0 * np.einsum("bk,bk->b", Pb, K1_bA)) + np.einsum("bk,kl,bl->b", Pb, t["K1"], Pb)

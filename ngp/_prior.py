@@ -266,7 +266,7 @@ class Prior(NTKMixin):
         out = tuple(Layer(i + 1, c, self) for i, c in enumerate(self._cumulants))
         if self.options.get("warn", True):
             self._check_quadrature()
-            self._check_expansion(out[-1])
+            self._check_expansion(out[-1].expansion_parameter)
         return out
 
     def _check_quadrature(self) -> None:
@@ -285,13 +285,14 @@ class Prior(NTKMixin):
                     "four_point_order (cost grows as its 4th power)."
                 )
 
-    def _check_expansion(self, last: Layer) -> None:
-        eps = last.expansion_parameter
+    def _check_expansion(self, eps: float) -> None:
+        """Warn when the output's expansion parameter ``eps`` (:attr:`expansion_parameter`, or its maximum
+        over the pairs a prediction reads) exceeds :data:`EXPANSION_WARN`."""
         if eps > EXPANSION_WARN:
-            depth = len(self._cumulants)
+            depth, n = len(self._cumulants), self.n
             warn(
                 f"ngp: the 1/n expansion parameter max|V|/(n K^2) = {eps:.3g} exceeds {EXPANSION_WARN} "
-                f"(depth {depth}, n_(L-1) = {last.n}, depth/width = {depth / last.n:.3g}); "
+                f"(depth {depth}, n_(L-1) = {n}, depth/width = {depth / n:.3g}); "
                 "first-order perturbation theory in 1/n is not reliable here: widen the network or make it shallower."
             )
 

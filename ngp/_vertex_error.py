@@ -15,7 +15,8 @@ without an error recursion (residual chains).
 The same three views as the values (:class:`ngp._cumulants.Vertex`): the dense ``(P, P)`` matrix
 (:func:`packed_vertex_error`), chosen components (:func:`component_errors`, a recursion closed on
 the pairs ``{aa, bb, ab}`` like the values') and the two-input blocks behind ``K1``
-(:func:`local2_error`, :func:`k1_error`, ``O(N^2)`` per layer).
+(:func:`local2_error`, :func:`k1_error`, ``O(N^2)`` per layer; on a set of pairs closed under diagonals
+with ``sel``, like ``_local2_at`` and ``_K1_at``).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
-from ._cumulants import DenseLayer, LayerCumulants, ScaledLayer, distinct_rows, local_jacobian, local_quads, sub_rows
+from ._cumulants import (DenseLayer, LayerCumulants, ScaledLayer, closed_pairs, distinct_rows, local_jacobian, local_quads,
+                         remember, sub_rows)
 from ._finite import multisets, packed_positions, propagate
 
-__all__ = ["packed_vertex_error", "component_errors", "local2_error", "k1_error"]
+__all__ = ["packed_vertex_error", "component_errors", "local2_error", "k1_error", "k1_error_packed"]
 
 
 def _supported(layer: LayerCumulants, what: str) -> bool:
@@ -38,32 +40,41 @@ def _supported(layer: LayerCumulants, what: str) -> bool:
 
 
 def _recursion(key: str, what: str, shape, power: int):
-    """An error recursion over layers, remembered on each layer as ``key``: NaN for layers without one,
-    0 for exactly Gaussian layers, ``alpha**power`` times the previous layer's for scaled ones; the
-    decorated function handles dense layers. ``shape(layer)`` is the result's shape."""
+    """An error recursion over layers, remembered on each layer as ``key`` (on all pairs; on a subset
+    ``sel`` of them for the latest ``sel``): NaN for layers without one, 0 for exactly Gaussian layers,
+    ``alpha**power`` times the previous layer's for scaled ones; the decorated function handles dense
+    layers. ``shape(layer, S)`` is the result's shape with ``S`` pairs."""
     def decorate(dense):
+        def compute(layer: LayerCumulants, sel) -> np.ndarray:
+            S = layer.pairs.P if sel is None else len(sel)
+            if not _supported(layer, what):
+                return np.full(shape(layer, S), np.nan)
+            if layer.gaussian:
+                return np.zeros(shape(layer, S))
+            if isinstance(layer, ScaledLayer):
+                return layer.alpha**power * error(layer.prev, sel)
+            return dense(layer, sel)
+
         @functools.wraps(dense)
-        def error(layer: LayerCumulants) -> np.ndarray:
+        def error(layer: LayerCumulants, sel=None) -> np.ndarray:
             cached = layer.__dict__.get(key)
             if cached is not None:
-                return cached
-            if not _supported(layer, what):
-                out = np.full(shape(layer), np.nan)
-            elif layer.gaussian:
-                out = np.zeros(shape(layer))
-            elif isinstance(layer, ScaledLayer):
-                out = layer.alpha**power * error(layer.prev)
-            else:
-                out = dense(layer)
+                return cached if sel is None else cached[sel]
+            if sel is not None:
+                return remember(layer, key, sel, lambda s: compute(layer, s))
+            out = compute(layer, None)
             layer.__dict__[key] = out
             return out
         return error
     return decorate
 
 
-@_recursion("_packed_error", "V", lambda layer: (layer.pairs.P,) * 2, 4)
-def packed_vertex_error(layer: LayerCumulants) -> np.ndarray:
-    """``(P, P)`` estimated absolute numerical error of ``layer.vertex.packed()`` (remembered on the layer)."""
+@_recursion("_packed_error", "V", lambda layer, S: (S, layer.pairs.P), 4)
+def packed_vertex_error(layer: LayerCumulants, sel=None) -> np.ndarray:
+    """``(P, P)`` estimated absolute numerical error of ``layer.vertex.packed()`` (remembered on the layer;
+    rows ``sel`` of it with ``sel``)."""
+    if sel is not None:
+        return packed_vertex_error(layer)[sel]
     m = layer.map
     e4 = m.table.errors(multisets(layer.N))
     out = float(m.C_W) ** 2 * np.asarray(e4)[packed_positions(layer.pairs)]
@@ -99,25 +110,34 @@ def component_errors(layer: LayerCumulants, p, q) -> np.ndarray:
     return out[inverse]
 
 
-@_recursion("_local2_error", "V", lambda layer: (layer.pairs.P, 3, 3), 4)
-def local2_error(layer: LayerCumulants) -> np.ndarray:
-    """``(P, 3, 3)`` estimated absolute numerical error of ``layer._local2`` (remembered on the layer)."""
+@_recursion("_local2_error", "V", lambda layer, S: (S, 3, 3), 4)
+def local2_error(layer: LayerCumulants, sel=None) -> np.ndarray:
+    """``(S, 3, 3)`` estimated absolute numerical error of ``layer._local2_at(sel)`` (``sel``: pair indices
+    closed under diagonals, ``None``: all pairs; remembered on the layer)."""
     pairs, m = layer.pairs, layer.map
-    quads = np.sort(local_quads(pairs), axis=1)
-    out = float(m.C_W) ** 2 * np.asarray(m.table.errors(quads), dtype=float).reshape(pairs.P, 3, 3)
+    quads = np.sort(local_quads(pairs, sel), axis=1)
+    out = float(m.C_W) ** 2 * np.asarray(m.table.errors(quads), dtype=float).reshape(-1, 3, 3)
     if not layer.prev.gaussian:
-        Jl = np.asarray(local_jacobian(np.abs(np.asarray(m.JH[0])), pairs.cols, pairs))
-        out = out + m.ratio * np.einsum("pst,ptu,pvu->psv", Jl, local2_error(layer.prev), Jl)
+        Jl = np.asarray(local_jacobian(np.abs(np.asarray(m.JH[0])), pairs, sel))
+        out = out + m.ratio * np.einsum("pst,ptu,pvu->psv", Jl, local2_error(layer.prev, sel), Jl)
     return out
 
 
-@_recursion("_k1_error", "K1", lambda layer: (layer.N, layer.N), 2)
-def k1_error(layer: LayerCumulants) -> np.ndarray:
-    """``(N, N)`` estimated absolute numerical error of ``layer.K1`` (remembered on the layer)."""
-    if layer.prev.gaussian:
-        return np.zeros((layer.N, layer.N))
+@_recursion("_k1_error", "K1", lambda layer, S: (S,), 2)
+def k1_error_packed(layer: LayerCumulants, sel=None) -> np.ndarray:
+    """``(S,)`` estimated absolute numerical error of ``layer._K1_at(sel)`` (``sel``: pair indices closed
+    under diagonals, ``None``: all pairs; remembered on the layer)."""
     pairs, m = layer.pairs, layer.map
+    if layer.prev.gaussian:
+        return np.zeros(pairs.P if sel is None else len(sel))
     J, H = (np.abs(np.asarray(t)) for t in m.JH)
-    E1 = pairs.pack(k1_error(layer.prev))
-    G1 = np.einsum("ps,ps->p", J, E1[pairs.cols]) + 0.5 * np.einsum("pst,pst->p", H, local2_error(layer.prev))
-    return np.asarray(pairs.unpack(m.ratio * G1))
+    cols = pairs.cols
+    if sel is not None:
+        J, H, cols = J[sel], H[sel], closed_pairs(pairs, sel)
+    E1 = k1_error_packed(layer.prev, sel)
+    return m.ratio * (np.einsum("ps,ps->p", J, E1[cols]) + 0.5 * np.einsum("pst,pst->p", H, local2_error(layer.prev, sel)))
+
+
+def k1_error(layer: LayerCumulants) -> np.ndarray:
+    """``(N, N)`` estimated absolute numerical error of ``layer.K1``."""
+    return np.asarray(layer.pairs.unpack(k1_error_packed(layer)))

@@ -377,3 +377,56 @@ def test_four_point_values_are_taken_only_from_the_same_kernel_and_options():
         assert reuse_four_point(net.prior(X, warn=False), source, np.arange(3)) == 0
     with pytest.raises(ValueError, match="rows"):
         reuse_four_point(net.prior(X, warn=False), net.prior(XA, warn=False), np.arange(4))
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_K1_on_a_closed_set_of_pairs_equals_the_full_K1(scaled):
+    """``_K1_at(sel)``, ``_local2_at(sel)``, their error estimates and the expansion parameter on a set of pairs
+    closed under diagonals are the full ones at those pairs (computed first on their own, nothing cached), through
+    dense and scaled layers; a set without the diagonals is refused by name."""
+    from ngp._cumulants import closed_pairs
+    from ngp._pairs import Pairs
+    from ngp._vertex_error import k1_error, k1_error_packed, local2_error
+
+    X = np.random.default_rng(11).normal(size=(5, 2))
+    steps = [ngp.Dense(16, C_W=1.3, C_b=0.1), ngp.Elementwise("tanh"), ngp.Dense(16, C_W=1.2, C_b=0.1),
+             ngp.Elementwise("tanh"), ngp.Dense(16, C_W=1.1, C_b=0.2)]
+    net = ngp.serial(*steps, ngp.Scale(0.7)) if scaled else ngp.serial(*steps, ngp.Elementwise("tanh"), ngp.Dense(1))
+    pairs = Pairs.of(5)
+    sel = np.unique(np.concatenate([pairs.index[[0, 3, 4], [3, 1, 4]], pairs.index[[0, 1, 3, 4], [0, 1, 3, 4]]]))
+    part = net.prior(X, warn=False)._cumulants[-1]
+    got = (np.asarray(part._K1_at(sel)), np.asarray(k1_error_packed(part, sel)), np.asarray(part._local2_at(sel)),
+           np.asarray(local2_error(part.prev if scaled else part, sel)), part.expansion_parameter_at(sel))
+    assert part.__dict__.get("K1") is None and "_local2" not in part.__dict__  # computed on the pairs only
+    full = net.prior(X, warn=False)._cumulants[-1]
+    want = (pairs.pack(full.K1)[sel], pairs.pack(k1_error(full))[sel], np.asarray(full._local2)[sel],
+            local2_error(full.prev if scaled else full)[sel])
+    for g, w in zip(got, want):
+        assert np.all(np.isfinite(g)) and np.any(g != 0)
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-15)
+    diag = np.abs(np.asarray(full._local2)[sel, 2, 2]) / (np.diag(full.K)[pairs.a[sel]] * np.diag(full.K)[pairs.b[sel]])
+    assert got[4] == pytest.approx(diag.max() / full.n, rel=1e-12)
+    assert got[4] <= full.expansion_parameter
+    with pytest.raises(ValueError, match="sel"):
+        closed_pairs(pairs, pairs.index[[0], [3]])
+
+
+def test_marginal_prediction_computes_no_value_with_two_test_inputs(counted_rows):
+    """Marginal predictions read K1 at test-training pairs and each test point with itself only: no four-point
+    value with two different test inputs is computed (the test-test pairs of the joint K1 were O(N_test^2) of
+    them), and the means, variances and their error bounds are those of the full K1 (``full_cov=True``)."""
+    rng = np.random.default_rng(9)
+    XA, XB = rng.normal(size=(4, 2)), rng.normal(size=(3, 2))
+    net = ngp.MLP(3, 16, activation="tanh", C_W=1.3, C_b=0.1)
+    cond = ngp.condition(net, XA, np.sin(XA[:, :1]), noise=0.1, warn=False)
+    cond._train
+    counted_rows.clear()
+    post = cond.predict(XB)
+    computed = np.concatenate(counted_rows)
+    test = np.arange(4, 7)  # the joint prior's indices of the test inputs (no duplicates: the user's order)
+    distinct_test = [np.unique(row[np.isin(row, test)]).size for row in computed]
+    assert max(distinct_test) == 1, "a four-point value with two test inputs was computed"
+    full = cond.predict(XB, full_cov=True)
+    for f in ("mean", "var", "mean_error", "var_error"):
+        np.testing.assert_allclose(getattr(post, f), getattr(full, f), rtol=1e-12, atol=1e-16, err_msg=f)
+    assert 0 < post.expansion_parameter <= full.expansion_parameter
