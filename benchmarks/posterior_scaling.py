@@ -15,6 +15,8 @@ with ``N_test = 100`` and ``N_train = 16`` with ``N_test = 1000`` each under 60 
 
 Usage: ``python benchmarks/posterior_scaling.py [--quick] [--timeout 120] [--plot-only]``; writes
 ``benchmarks/results/posterior_scaling[_quick].json`` and, with matplotlib, ``docs/img/posterior_scaling.png``.
+``--cells 16x1000,32x100 --methods exact --out NAME`` measures only those cells (no grid, no figure) and
+writes ``benchmarks/results/NAME.json`` with the commit measured.
 """
 
 from __future__ import annotations
@@ -114,7 +116,11 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per run (default 120)")
     ap.add_argument("--methods", default="matrix_free,exact,posterior")
     ap.add_argument("--plot-only", action="store_true", help="redraw the figure from the results file")
+    ap.add_argument("--cells", default=None, help="only these cells, e.g. 16x1000,32x100 (default: the grid)")
+    ap.add_argument("--out", default=None, help="results file name with --cells (default posterior_scaling_cells)")
     args = ap.parse_args(argv)
+    if args.cells:
+        return cells(args)
     figure = os.path.join(ROOT, "docs", "img", "posterior_scaling.png")
     if args.plot_only:
         with open(os.path.join(HERE, "results", "posterior_scaling.json")) as f:
@@ -145,6 +151,26 @@ def main(argv=None):
         path = plot(rows, args.timeout, figure)
         if path:
             print(f"wrote {path}")
+
+
+def cells(args):
+    """Measure only the cells ``args.cells`` (``NAxNB,...``) for ``args.methods``, one fresh process each."""
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    res = {"machine": platform.platform(), "cpus": os.cpu_count(), "commit": commit,
+           "load_before": os.getloadavg(), "timeout": args.timeout, "rows": []}
+    for method in args.methods.split(","):
+        for cell in args.cells.split(","):
+            NA, NB = (int(v) for v in cell.lower().split("x"))
+            r = measure(method, NA, NB, args.timeout)
+            res["rows"].append({"method": method, "N_train": NA, "N_test": NB, **r})
+            what = (f"{r['seconds']:.1f} s, {r['peak_gb']:.2f} GB" if r["finished"] else r["reason"])
+            print(f"{method:12s} N_train={NA:3d} N_test={NB:5d}: {what}", flush=True)
+    res["load_after"] = os.getloadavg()
+    out = os.path.join(HERE, "results", (args.out or "posterior_scaling_cells") + ".json")
+    with open(out, "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
