@@ -1,5 +1,7 @@
 """Finite-width cumulants V and K1 against exact results and Monte Carlo of actual networks."""
 
+import warnings
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -430,3 +432,17 @@ def test_marginal_prediction_computes_no_value_with_two_test_inputs(counted_rows
     for f in ("mean", "var", "mean_error", "var_error"):
         np.testing.assert_allclose(getattr(post, f), getattr(full, f), rtol=1e-12, atol=1e-16, err_msg=f)
     assert 0 < post.expansion_parameter <= full.expansion_parameter
+
+
+def test_marginal_prediction_warns_on_its_own_expansion_parameter():
+    """A marginal prediction (K1 on the pairs it reads only) still checks the expansion parameter on those pairs."""
+    rng = np.random.default_rng(10)
+    XA, XB = rng.normal(size=(3, 2)), rng.normal(size=(2, 2))
+    net = ngp.MLP(3, 2, activation="tanh", C_W=1.3, C_b=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cond = ngp.condition(net, XA, np.sin(XA[:, :1]), noise=0.1)
+        cond._train
+    with pytest.warns(RuntimeWarning, match="expansion parameter"):
+        post = cond.predict(XB)
+    assert post.expansion_parameter > 0.3
