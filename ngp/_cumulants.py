@@ -350,9 +350,7 @@ class DenseLayer(LayerCumulants):
         return self._local2_on(None)
 
     def _local2_at(self, sel) -> np.ndarray:
-        if sel is None or "_local2" in self.__dict__:
-            return super()._local2_at(sel)
-        return remember(self, "_local2", sel, self._local2_on)
+        return remember(self, "_local2", sel, self._local2_on, full=super()._local2_at)
 
     def _local2_on(self, sel) -> np.ndarray:
         self._check("V")
@@ -393,9 +391,7 @@ class DenseLayer(LayerCumulants):
         return self.pairs.unpack(self._K1_on(None))
 
     def _K1_at(self, sel) -> np.ndarray:
-        if sel is None or "K1" in self.__dict__:
-            return super()._K1_at(sel)
-        return remember(self, "K1", sel, self._K1_on)
+        return remember(self, "K1", sel, self._K1_on, full=super()._K1_at)
 
     def _K1_on(self, sel) -> np.ndarray:
         self._check("K1")
@@ -461,9 +457,12 @@ def closed_pairs(pairs: Pairs, sel) -> np.ndarray:
     return cols
 
 
-def remember(layer, name: str, sel, compute):
+def remember(layer, name: str, sel, compute, *, full=None):
     """``compute(sel)``, remembered on ``layer`` for the latest ``sel`` per ``name`` (a prediction asks each
-    layer for the same set of pairs twice: for its own ``K1`` and for the next layer's)."""
+    layer for the same set of pairs twice: for its own ``K1`` and for the next layer's). With ``full``,
+    ``full(sel)`` instead when ``sel`` is ``None`` (all pairs) or the layer holds ``name`` on all pairs."""
+    if full is not None and (sel is None or name in layer.__dict__):
+        return full(sel)
     sel = np.asarray(sel, dtype=np.int64)
     key = sel.tobytes()
     memo = layer.__dict__.setdefault("_pair_subsets", {})
