@@ -1,9 +1,11 @@
 """Wall time, CPU time and peak memory of the test suite (issue 16: under 8 min and 4 GB on a loaded 2-core machine).
 
-Usage: python benchmarks/suite.py [--ci]. Runs ``python3 -m pytest -q`` (or, with ``--ci``, ``bash .ci/run``:
-install + tests, as CI does) from the repository root under ``/usr/bin/time -v`` and writes
-benchmarks/results/suite.json with the pytest summary line, wall/user/system seconds, peak RSS and the load
-average before and after (the machine is shared: compare runs at similar load).
+Usage: python benchmarks/suite.py [--ci] [--busy N] [--out NAME]. Runs ``python3 -m pytest -q`` (or, with
+``--ci``, ``bash .ci/run``: install + tests, as CI does) from the repository root under ``/usr/bin/time -v`` and
+writes benchmarks/results/NAME.json (default ``suite``) with the pytest summary line, wall/user/system seconds,
+peak RSS, the load average before and after, the CPU model and the commit (the machine is shared: compare runs
+at similar load). ``--busy N`` makes the load explicit: N single-threaded busy loops run beside the suite for
+its whole duration (``--busy 1`` on a 2-core machine: "a loaded machine", one core taken by another job).
 """
 
 from __future__ import annotations
@@ -53,10 +55,26 @@ def _tree_rss_gb(root: int) -> float:
     return total / 1024**2
 
 
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
+    except OSError:
+        return None
+
+
+def _commit() -> str | None:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() or None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ci", action="store_true", help="run .ci/run (pip install + tests) instead of pytest alone")
+    ap.add_argument("--busy", type=int, default=0, help="busy-loop processes beside the suite (default 0)")
+    ap.add_argument("--out", default="suite", help="results file name without .json (default suite)")
     args = ap.parse_args()
+    busy = [subprocess.Popen(["python3", "-c", "while True: pass"]) for _ in range(args.busy)]
     cmd = ["bash", ".ci/run"] if args.ci else ["python3", "-m", "pytest", "-q"]
     load_before = os.getloadavg()
     t = time.perf_counter()
@@ -74,6 +92,9 @@ def main():
     stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t
     watcher.join()
+    for b in busy:
+        b.kill()
+        b.wait()
     out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     text = out.stdout + out.stderr
     summary = [line for line in out.stdout.splitlines() if re.search(r"\d+ (passed|failed)", line)]
@@ -89,13 +110,16 @@ def main():
         "peak_tree_rss_gb": peak_tree[0],  # all processes together (sampled every 0.5 s)
         "load_before": load_before,
         "load_after": os.getloadavg(),
+        "busy_processes": args.busy,
         "machine": platform.node(),
+        "cpu_model": _cpu_model(),
         "cpus": os.cpu_count(),
+        "commit": _commit(),
         "goal": {"wall_s": 480, "peak_rss_gb": 4.0},
     }
     print(json.dumps(res, indent=1))
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "suite.json"), "w") as f:
+    with open(os.path.join(HERE, "results", f"{args.out}.json"), "w") as f:
         json.dump(res, f, indent=1)
     return out.returncode
 
