@@ -654,8 +654,8 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
 @_byte_lru(128 * 2**20)
 def _rule_slabs(orders: tuple, cutoff: float, d: int, D: int):
     """The rule ``orders`` as :func:`_rule_kernel` takes it (cached): its tables ``xtab``, ``wtab`` (D-1, 256),
-    ``xl``, ``wl`` (256,), its number of nodes, and its slabs of at most ``_SIZES[-1]`` expanded nodes,
-    each ``(S, pidx (S, D-1), parent (S,), jlast (S,))`` padded to ``S`` (real leading directions last)."""
+    ``xl``, ``wl`` (256,), its number of nodes, and its slabs (:func:`_slab_sizes`), each
+    ``(S, pidx (S, D-1), parent (S,), jlast (S,))`` padded to ``S`` (real leading directions last)."""
     lead, m_last = orders[:-1], orders[-1]
     pidx, pw = _prefix_rule(lead, cutoff)
     thr = cutoff * float(np.prod([float(_rule1d(m)[1].max()) for m in orders]))
@@ -673,9 +673,7 @@ def _rule_slabs(orders: tuple, cutoff: float, d: int, D: int):
     parent = np.repeat(np.arange(pw.size, dtype=np.int32), counts)
     j = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
     slabs = []
-    for st in range(0, n, _SIZES[-1]):
-        k_n = min(n - st, _SIZES[-1])
-        S = _padded(k_n)
+    for st, k_n, S in _slab_sizes(n):
         used, par = np.unique(parent[st:st + k_n], return_inverse=True)  # the slab's partial nodes (<= k_n)
         sl_pidx = np.zeros((S, D - 1), np.uint8)
         sl_pidx[:used.size, D - d:] = pidx[used, :d - 1]
@@ -685,6 +683,21 @@ def _rule_slabs(orders: tuple, cutoff: float, d: int, D: int):
         sl_j[:k_n] = j[st:st + k_n]
         slabs.append((S, sl_pidx, sl_par, sl_j))
     return (xtab, wtab, xl, wl), n, slabs
+
+
+def _slab_sizes(n: int):
+    """Split ``n`` expanded nodes into slabs ``(start, nodes, padded size S)``: at most ``_SIZES[-1]`` nodes
+    each; a slab that would fill at most three quarters of a padded size ``S >= 4 _SIZES[0]`` is cut to a full
+    slab of ``S / 2`` nodes and the rest (padded to at most ``S / 4``). The kernel's work is the padded size:
+    padding costs up to half of it for rules of over 2048 nodes without the cut, at most a third with it."""
+    st = 0
+    while st < n:
+        k = min(n - st, _SIZES[-1])
+        S = _padded(k)
+        if S // 4 >= _SIZES[0] and k <= 3 * S // 4:
+            k = S = S // 2
+        yield st, k, S
+        st += k
 
 
 def _calls(n_jobs: int, S: int, small_calls: bool = True):

@@ -396,14 +396,17 @@ def test_traced_rule_agrees_with_concrete_rule():
     assert np.all(diff <= est + fixed), (diff.max(), (est + fixed).min())
 
 
-@pytest.mark.parametrize("shared_from", [2**15, 1024])
-def test_rules_sharing_kernel_calls_equal_direct_sums(rng, monkeypatch, shared_from):
+@pytest.mark.parametrize("shared_from, sizes", [(2**15, (1024, 2048)), (1024, (1024, 2048)), (2**15, None)])
+def test_rules_sharing_kernel_calls_equal_direct_sums(rng, monkeypatch, shared_from, sizes):
     """Rows of different rules share kernel calls (each row gathering its own rule's nodes; padded rows
-    and nodes weigh nothing), large rules run one slab per call and rules beyond the largest size are
-    split into slabs: every row's sums equal its rule's pruned tensor nodes summed directly in NumPy."""
+    and nodes weigh nothing), large rules run one slab per call and rules beyond the largest size
+    (``sizes``), or filling at most 3/4 of a padded size of 4096 (the library's sizes), are split into
+    slabs: every row's sums equal its rule's pruned tensor nodes summed directly in NumPy."""
     import ngp._fourpoint as fp
 
-    monkeypatch.setattr(fp, "_SIZES", (1024, 2048))  # slabs of at most 2048 nodes: the largest rule has two
+    if sizes is not None:
+        monkeypatch.setattr(fp, "_SIZES", sizes)  # slabs of at most 2048 nodes: the largest rule has two
+    monkeypatch.setattr(fp, "_rule_slabs", fp._byte_lru(2**27)(fp._rule_slabs.__wrapped__))  # built here
     monkeypatch.setattr(fp, "_MAX_PAIRS", 2**13)  # several calls per size, full and small ones
     monkeypatch.setattr(fp, "_SHARED_S", shared_from)  # 1024: every slab runs alone in its calls
     pattern = (1, 2, 1)
@@ -411,7 +414,8 @@ def test_rules_sharing_kernel_calls_equal_direct_sums(rng, monkeypatch, shared_f
     cutoff = 3e-14  # not the library's cutoff: the cached rules built here (other slab sizes) stay apart
     jobs = {o: np.sort(rng.choice(30, k, replace=False)) for o, k in (((12, 8, 5), 11), ((19, 10, 7), 3), ((26, 14, 10), 5))}
     res = fp._evaluate_rules(jnp.tanh, None, pattern, R, np.zeros((30, 3)), np.zeros(30), jobs, cutoff)
-    assert fp._rule_slabs((26, 14, 10), cutoff, 3, 4)[1] > 2048
+    n_big, slabs = fp._rule_slabs((26, 14, 10), cutoff, 3, 4)[1:]
+    assert 2048 < n_big <= 3072 and [sl[0] for sl in slabs] == [2048, 1024]
     for orders, rows in jobs.items():
         idx, w = fp._tensor_rule(orders, cutoff)
         x = np.stack([fp._rule1d(m)[0][idx[:, k]] for k, m in enumerate(orders)], axis=1)
@@ -421,6 +425,21 @@ def test_rules_sharing_kernel_calls_equal_direct_sums(rng, monkeypatch, shared_f
         np.testing.assert_allclose(q, f @ w, rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(mag, np.abs(f) @ w, rtol=1e-12)
         np.testing.assert_array_equal(serr, 0.0)
+
+
+def test_slab_sizes_cover_the_rule_and_bound_the_padding():
+    """Slabs are consecutive, cover all ``n`` nodes, each within its padded size (one of ``_SIZES``);
+    above 2048 nodes the padded work is at most 3/2 of the nodes (up to 2x without the cut)."""
+    import ngp._fourpoint as fp
+
+    for n in [1, 1000, 1024, 1025, 2048, 2049, 3072, 3073, 4096, 4097, 6144, 6145, 2**18, 2**18 + 1, 700001]:
+        sl = list(fp._slab_sizes(n))
+        starts = [0] + list(np.cumsum([k for _, k, _ in sl])[:-1])
+        assert [st for st, _, _ in sl] == starts and sum(k for _, k, _ in sl) == n
+        assert all(0 < k <= S and S in fp._SIZES for _, k, S in sl)
+        if n > 2048:
+            assert sum(S for _, _, S in sl) <= 1.5 * n, (n, sl)
+    assert [S for _, _, S in fp._slab_sizes(2049)] == [2048, 1024]  # not one slab of 4096
 
 
 def test_pruned_rule_matches_masked_outer_products():
