@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 import threading
 import time
 
@@ -74,27 +75,29 @@ def main():
     ap.add_argument("--busy", type=int, default=0, help="busy-loop processes beside the suite (default 0)")
     ap.add_argument("--out", default="suite", help="results file name without .json (default suite)")
     args = ap.parse_args()
-    busy = [subprocess.Popen(["python3", "-c", "while True: pass"]) for _ in range(args.busy)]
     cmd = ["bash", ".ci/run"] if args.ci else ["python3", "-m", "pytest", "-q"]
     load_before = os.getloadavg()
-    t = time.perf_counter()
-    proc = subprocess.Popen(["/usr/bin/time", "-v", *cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    peak_tree = [0.0]
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        t = time.perf_counter()
+        proc = subprocess.Popen(["/usr/bin/time", "-v", *cmd], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        peak_tree = [0.0]
 
-    def watch():  # the sum over the process tree: /usr/bin/time reports only the largest single process
-        while proc.poll() is None:
-            peak_tree[0] = max(peak_tree[0], _tree_rss_gb(proc.pid))
-            time.sleep(0.5)
+        def watch():  # the sum over the process tree: /usr/bin/time reports only the largest single process
+            while proc.poll() is None:
+                peak_tree[0] = max(peak_tree[0], _tree_rss_gb(proc.pid))
+                time.sleep(0.5)
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    stdout, stderr = proc.communicate()
-    wall = time.perf_counter() - t
-    watcher.join()
-    for b in busy:
-        b.kill()
-        b.wait()
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        stdout, stderr = proc.communicate()
+        wall = time.perf_counter() - t
+        watcher.join()
+    finally:  # the busy loops never outlive the run
+        for b in busy:
+            b.kill()
+            b.wait()
     out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     text = out.stdout + out.stderr
     summary = [line for line in out.stdout.splitlines() if re.search(r"\d+ (passed|failed)", line)]
