@@ -21,7 +21,10 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 ROOT = os.path.dirname(HERE)
+
+import _kernel_setup  # noqa: E402  (NumPy only: the machine and commit records)
 
 
 def _field(text, label):
@@ -54,19 +57,6 @@ def _tree_rss_gb(root: int) -> float:
         total += rss.get(p, 0)
         stack.extend(kids.get(p, []))
     return total / 1024**2
-
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
-    except OSError:
-        return None
-
-
-def _commit() -> str | None:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return out.stdout.strip() or None
 
 
 def main():
@@ -115,9 +105,9 @@ def main():
         "load_after": os.getloadavg(),
         "busy_processes": args.busy,
         "machine": platform.node(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": _kernel_setup.machine()["cpu"],
         "cpus": os.cpu_count(),
-        "commit": _commit(),
+        "commit": _kernel_setup.ngp_revision()["commit"],
         "goal": {"wall_s": 480, "peak_rss_gb": 4.0},
     }
     print(json.dumps(res, indent=1))
