@@ -1,11 +1,8 @@
-import atexit
 import ctypes
 import gc
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import jax
 import pytest
@@ -37,20 +34,6 @@ if "fusion_emitters" not in os.environ.get("XLA_FLAGS", "") and _xla_accepts(_fl
 # the CLI keeps compiled programs on disk (~/.cache/ngp/jax); tests run without it (reproducible timings)
 os.environ.setdefault("NGP_CACHE_DIR", "")
 jax.config.update("jax_enable_x64", True)
-
-# Compiled programs are shared within one run of the suite, through JAX's persistent compilation cache in
-# a new, empty folder (removed at exit; the user's caches are never read): tests build the same program
-# from different closures, and programs dropped by _release_compiled_programs are compiled again in later
-# modules. The subprocesses (CLI, notebooks) share it through the environment. Every program is still
-# compiled at least once per run, so timings stay reproducible. Measured over the whole suite (2587
-# compilations, 712 of them found in the cache): pytest 399 -> 331 s, CPU time 543 -> 447 s
-# (docs/getting-started.md, "Compilation time").
-_COMPILED = tempfile.mkdtemp(prefix="ngp-tests-jax-")
-atexit.register(shutil.rmtree, _COMPILED, ignore_errors=True)
-for _name, _value in (("jax_compilation_cache_dir", _COMPILED), ("jax_persistent_cache_min_compile_time_secs", 0.0),
-                      ("jax_persistent_cache_min_entry_size_bytes", -1)):
-    jax.config.update(_name, _value)
-    os.environ[_name.upper()] = str(_value)
 
 import ngp  # noqa: E402,F401  (imported here so that its module objects are frozen below)
 
