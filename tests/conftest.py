@@ -1,40 +1,19 @@
 import ctypes
 import gc
 import os
-import subprocess
-import sys
 
 import jax
 import pytest
 
-#: XLA:CPU flags for the test process (and the CLI and notebook subprocesses it starts): the legacy
-#: elemental emitters compile ~30% faster than the fusion emitters (whole suite, 2231 compilations:
-#: XLA compilation 263 -> 191 s, pytest 524 -> 474 s), and LLVM's optimisation level 1 instead of 2
-#: another ~20% (2586 compilations: 194 -> 155 s and 184 -> 149 s in two alternating pairs, pytest
-#: 452 -> 412 s and 420 -> 397 s). Prior and posterior values and network draws are bitwise identical
-#: and warm four-point quadrature is as fast (docs/getting-started.md, "Compilation time").
-FAST_COMPILE_FLAGS = "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=1"
+from ngp.cli._common import use_fast_compile_flags  # imports jax, computes nothing
 
-
-def _xla_accepts(flags: str) -> bool:
-    """Whether this jaxlib accepts ``XLA_FLAGS=flags`` (XLA aborts the process on an unknown entry, so
-    they are tried in a subprocess, ~2 s)."""
-    env = dict(os.environ, XLA_FLAGS=flags)
-    try:
-        r = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"],
-                           env=env, capture_output=True, timeout=300)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return r.returncode == 0
-
-
-# before the first computation: XLA reads XLA_FLAGS once, when the CPU backend starts
-# (a flag the environment already sets, to any value, is left as it is)
-_given = os.environ.get("XLA_FLAGS", "")
-_missing = [f for f in FAST_COMPILE_FLAGS.split() if f.split("=")[0] not in _given]
-_flags = " ".join([_given] + _missing).strip()
-if _missing and _xla_accepts(_flags):
-    os.environ["XLA_FLAGS"] = _flags
+# Before the first computation (XLA reads XLA_FLAGS once, when the CPU backend starts), the test process
+# (and the CLI and notebook subprocesses it starts) compiles with the CLI's XLA:CPU settings, the legacy
+# emitters and LLVM optimisation level 1 (a flag the environment sets already is kept as given).
+# Measured over the whole suite: the legacy emitters, 2231 compilations 263 -> 191 s (pytest 524 -> 474 s);
+# level 1 on top, 2586 compilations 194 -> 155 s and 184 -> 149 s in two alternating pairs (pytest
+# 452 -> 412 s and 420 -> 397 s); values bitwise identical (docs/getting-started.md, "Compilation time").
+use_fast_compile_flags()
 
 # the CLI keeps compiled programs on disk (~/.cache/ngp/jax); tests run without it (reproducible timings)
 os.environ.setdefault("NGP_CACHE_DIR", "")

@@ -71,3 +71,58 @@ def test_python_dash_m_entry_point():
 
     r = subprocess.run([sys.executable, "-m", "ngp", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "demo" in r.stdout and "regress" in r.stdout
+
+
+# ----------------------------------------------------------------------------- XLA compile settings
+def test_fast_compile_flags_added_once_keeping_the_users_values(monkeypatch, tmp_path, capsys):
+    from ngp.cli._common import FAST_COMPILE_FLAGS, use_fast_compile_flags, xla_accepts
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
+    value = use_fast_compile_flags()
+    assert value == "--xla_backend_optimization_level=2 --xla_cpu_use_fusion_emitters=false"
+    assert os.environ["XLA_FLAGS"] == value
+    assert use_fast_compile_flags() is None  # nothing missing: no probe, nothing changed
+    monkeypatch.delenv("XLA_FLAGS")
+    assert use_fast_compile_flags() == " ".join(FAST_COMPILE_FLAGS)
+    monkeypatch.delenv("XLA_FLAGS")  # the command line sets them before its first computation
+    assert main(["regress", str(tmp_path / "missing.csv"), "--target", "y"]) == 2
+    assert os.environ["XLA_FLAGS"] == " ".join(FAST_COMPILE_FLAGS)
+    # a flag this jaxlib does not know would abort XLA: refused, the variable left alone
+    assert not xla_accepts("--xla_no_such_flag_in_any_jaxlib=1")
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert use_fast_compile_flags(("--xla_no_such_flag_in_any_jaxlib=1",)) is None
+    assert os.environ["XLA_FLAGS"] == ""
+
+
+_VALUES_DIGEST = """
+import hashlib, jax, numpy as np
+jax.config.update("jax_enable_x64", True)
+import ngp
+rng = np.random.default_rng(0)
+X = rng.normal(size=(5, 2))
+net = ngp.MLP(depth=2, width=64, activation="gelu")
+p = net.prior(X)
+h = hashlib.sha256()
+for a in (p.K, p.K1, p.V, ngp.sample_networks(net, X, 32, seed=1).outputs):
+    h.update(np.ascontiguousarray(np.asarray(a, dtype=float)).tobytes())
+digest = h.hexdigest()
+"""
+
+
+def test_fast_compile_flags_leave_values_bitwise_identical():
+    """The suite runs under the CLI's compile settings (tests/conftest.py); XLA's defaults, set explicitly
+    in a subprocess, give the same bytes for K, K1, V (Gaussian four-point rules included) and network draws."""
+    import subprocess
+    import sys
+
+    from ngp.cli._common import FAST_COMPILE_FLAGS
+
+    if not all(f in os.environ.get("XLA_FLAGS", "") for f in FAST_COMPILE_FLAGS):
+        pytest.skip("this jaxlib does not accept the CLI's compile settings")
+    here = {}
+    exec(_VALUES_DIGEST, here)
+    defaults = "--xla_cpu_use_fusion_emitters=true --xla_backend_optimization_level=2"
+    r = subprocess.run([sys.executable, "-c", _VALUES_DIGEST + "print(digest)"], capture_output=True, text=True,
+                       env=dict(os.environ, XLA_FLAGS=defaults), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] == here["digest"]
