@@ -5,15 +5,15 @@ import os
 import jax
 import pytest
 
-from ngp.cli._common import use_fast_compile_flags  # imports jax, computes nothing
+from ngp.cli._common import FAST_COMPILE_FLAGS, LEGACY_EMITTERS, use_fast_compile_flags  # computes nothing
 
 # Before the first computation (XLA reads XLA_FLAGS once, when the CPU backend starts), the test process
-# (and the CLI and notebook subprocesses it starts) compiles with the CLI's XLA:CPU settings, the legacy
-# emitters and LLVM optimisation level 1 (a flag the environment sets already is kept as given).
+# (and the CLI and notebook subprocesses it starts) compiles with XLA:CPU's legacy emitters and LLVM
+# optimisation level 1 (a flag the environment sets already is kept as given): the suite is compile-bound.
 # Measured over the whole suite: the legacy emitters, 2231 compilations 263 -> 191 s (pytest 524 -> 474 s);
 # level 1 on top, 2586 compilations 194 -> 155 s and 184 -> 149 s in two alternating pairs (pytest
 # 452 -> 412 s and 420 -> 397 s); values bitwise identical (docs/getting-started.md, "Compilation time").
-use_fast_compile_flags()
+use_fast_compile_flags((LEGACY_EMITTERS, *FAST_COMPILE_FLAGS))
 
 # the CLI keeps compiled programs on disk (~/.cache/ngp/jax); tests run without it (reproducible timings)
 os.environ.setdefault("NGP_CACHE_DIR", "")

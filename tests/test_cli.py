@@ -75,15 +75,15 @@ def test_python_dash_m_entry_point():
 
 # ----------------------------------------------------------------------------- XLA compile settings
 def test_fast_compile_flags_added_once_keeping_the_users_values(monkeypatch, tmp_path, capsys):
-    from ngp.cli._common import FAST_COMPILE_FLAGS, use_fast_compile_flags, xla_accepts
+    from ngp.cli._common import FAST_COMPILE_FLAGS, LEGACY_EMITTERS, use_fast_compile_flags, xla_accepts
 
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
-    value = use_fast_compile_flags()
+    assert use_fast_compile_flags() is None  # the user's value kept: nothing missing, no probe
+    value = use_fast_compile_flags((LEGACY_EMITTERS, *FAST_COMPILE_FLAGS))  # the suite's set
     assert value == "--xla_backend_optimization_level=2 --xla_cpu_use_fusion_emitters=false"
     assert os.environ["XLA_FLAGS"] == value
-    assert use_fast_compile_flags() is None  # nothing missing: no probe, nothing changed
     monkeypatch.delenv("XLA_FLAGS")
-    assert use_fast_compile_flags() == " ".join(FAST_COMPILE_FLAGS)
+    assert use_fast_compile_flags() == "--xla_backend_optimization_level=1"
     monkeypatch.delenv("XLA_FLAGS")  # the command line sets them before its first computation
     assert main(["regress", str(tmp_path / "missing.csv"), "--target", "y"]) == 2
     assert os.environ["XLA_FLAGS"] == " ".join(FAST_COMPILE_FLAGS)
@@ -110,15 +110,16 @@ digest = h.hexdigest()
 
 
 def test_fast_compile_flags_leave_values_bitwise_identical():
-    """The suite runs under the CLI's compile settings (tests/conftest.py); XLA's defaults, set explicitly
-    in a subprocess, give the same bytes for K, K1, V (Gaussian four-point rules included) and network draws."""
+    """The suite runs under the CLI's compile setting and the legacy emitters (tests/conftest.py); XLA's
+    defaults, set explicitly in a subprocess, give the same bytes for K, K1, V (Gaussian four-point rules
+    included) and network draws."""
     import subprocess
     import sys
 
-    from ngp.cli._common import FAST_COMPILE_FLAGS
+    from ngp.cli._common import FAST_COMPILE_FLAGS, LEGACY_EMITTERS
 
-    if not all(f in os.environ.get("XLA_FLAGS", "") for f in FAST_COMPILE_FLAGS):
-        pytest.skip("this jaxlib does not accept the CLI's compile settings")
+    if not all(f in os.environ.get("XLA_FLAGS", "") for f in (LEGACY_EMITTERS, *FAST_COMPILE_FLAGS)):
+        pytest.skip("this jaxlib does not accept the suite's compile settings")
     here = {}
     exec(_VALUES_DIGEST, here)
     defaults = "--xla_cpu_use_fusion_emitters=true --xla_backend_optimization_level=2"

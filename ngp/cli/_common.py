@@ -1,4 +1,4 @@
-"""Pieces shared by the ``ngp`` subcommands: errors, argument types, tables, progress, warnings.
+"""Pieces shared by the ``ngp`` subcommands: errors, argument types, tables, progress, warnings, compile settings.
 
 Every bad input ends as one line on stderr and exit code 2 (:class:`CLIError`, or
 :class:`Parser`'s one-line ``error``); never a traceback.
@@ -31,6 +31,7 @@ __all__ = [
     "collect_warnings",
     "enable_x64",
     "FAST_COMPILE_FLAGS",
+    "LEGACY_EMITTERS",
     "xla_accepts",
     "use_fast_compile_flags",
 ]
@@ -298,10 +299,13 @@ def enable_compilation_cache() -> str | None:
     return path
 
 
-#: XLA:CPU settings the CLI (and the test suite) compiles with: the older code generator and LLVM's
-#: optimisation level 1 instead of 2. Compilation about a third cheaper, values bitwise identical
-#: (``docs/getting-started.md``, "Compilation time"; ``ngp demo --quick`` without a cache 46 -> 33 s).
-FAST_COMPILE_FLAGS = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=1")
+#: XLA:CPU setting the CLI compiles with: LLVM's optimisation level 1 instead of 2 (cheaper compilation,
+#: values bitwise identical, warm quadrature as fast; ``docs/getting-started.md``, "Compilation time").
+#: Not the older code generator the test suite adds (``LEGACY_EMITTERS``): it compiles faster still but
+#: makes the warm four-point quadrature of ``ngp regress`` ~1.5x slower.
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=1",)
+#: XLA:CPU's older code generator (compile-bound runs such as the test suite).
+LEGACY_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 
 
 def xla_accepts(flags: str) -> bool:
@@ -310,7 +314,7 @@ def xla_accepts(flags: str) -> bool:
     code = "from jaxlib import xla_client; xla_client.make_cpu_client()"
     try:
         r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, XLA_FLAGS=flags),
-                           capture_output=True, timeout=120)
+                           capture_output=True, timeout=120, check=False)
     except (OSError, subprocess.SubprocessError):
         return False
     return r.returncode == 0
