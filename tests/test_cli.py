@@ -87,6 +87,14 @@ def test_fast_compile_flags_added_once_keeping_the_users_values(monkeypatch, tmp
     monkeypatch.delenv("XLA_FLAGS")  # the command line sets them before its first computation
     assert main(["regress", str(tmp_path / "missing.csv"), "--target", "y"]) == 2
     assert os.environ["XLA_FLAGS"] == " ".join(FAST_COMPILE_FLAGS)
+    # with a GPU/TPU plugin installed the CPU-measured setting is left out, unless JAX runs on the CPU
+    monkeypatch.setattr("ngp.cli._common.has_accelerator_plugin", lambda: True)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv("JAX_PLATFORMS", "")
+    assert use_fast_compile_flags() is None and os.environ["XLA_FLAGS"] == ""
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert use_fast_compile_flags() == "--xla_backend_optimization_level=1"
+    monkeypatch.undo()
     # a flag this jaxlib does not know would abort XLA: refused, the variable left alone
     assert not xla_accepts("--xla_no_such_flag_in_any_jaxlib=1")
     monkeypatch.setenv("XLA_FLAGS", "")

@@ -33,6 +33,7 @@ __all__ = [
     "FAST_COMPILE_FLAGS",
     "LEGACY_EMITTERS",
     "xla_accepts",
+    "has_accelerator_plugin",
     "use_fast_compile_flags",
 ]
 
@@ -320,14 +321,28 @@ def xla_accepts(flags: str) -> bool:
     return r.returncode == 0
 
 
+def has_accelerator_plugin() -> bool:
+    """Whether a JAX GPU/TPU plugin is installed (a ``jax_plugins`` entry point or namespace package)."""
+    from importlib import metadata, util
+
+    try:
+        if metadata.entry_points(group="jax_plugins"):
+            return True
+    except Exception:  # noqa: BLE001 - broken package metadata: look for the namespace package instead
+        pass
+    return util.find_spec("jax_plugins") is not None
+
+
 def use_fast_compile_flags(flags=FAST_COMPILE_FLAGS) -> str | None:
     """Append to ``$XLA_FLAGS`` each of ``flags`` that it does not set already (a flag set there, to any
     value, is left as given), if this jaxlib accepts them (:func:`xla_accepts`). XLA reads the variable
     once, when its CPU backend starts: this acts only before the process's first computation, and on the
-    subprocesses it starts. Returns the new value, or ``None`` when nothing changed."""
+    subprocesses it starts. Skipped where a JAX accelerator plugin is installed, unless ``JAX_PLATFORMS``
+    is ``cpu`` (the settings were measured on CPUs only). Returns the new value, or ``None`` when nothing
+    changed."""
     given = os.environ.get("XLA_FLAGS", "")
     missing = [f for f in flags if f.split("=")[0] not in given]
-    if not missing:
+    if not missing or (os.environ.get("JAX_PLATFORMS", "").strip() != "cpu" and has_accelerator_plugin()):
         return None
     value = " ".join([given, *missing]).strip()
     if not xla_accepts(value):
