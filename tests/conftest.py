@@ -1,19 +1,40 @@
 import ctypes
 import gc
 import os
+import subprocess
+import sys
 
 import jax
 import pytest
 
-from ngp.cli._common import FAST_COMPILE_FLAGS, LEGACY_EMITTERS, use_fast_compile_flags  # computes nothing
+#: XLA:CPU settings of the test process (and the CLI and notebook subprocesses it starts): the legacy
+#: emitters and LLVM optimisation level 1. The suite is compile-bound, and both make its compilation
+#: cheaper with bitwise identical values (measurements in docs/getting-started.md, "Compilation time").
+SUITE_COMPILE_FLAGS = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=1")
 
-# Before the first computation (XLA reads XLA_FLAGS once, when the CPU backend starts), the test process
-# (and the CLI and notebook subprocesses it starts) compiles with XLA:CPU's legacy emitters and LLVM
-# optimisation level 1 (a flag the environment sets already is kept as given): the suite is compile-bound.
-# Measured over the whole suite: the legacy emitters, 2231 compilations 263 -> 191 s (pytest 524 -> 474 s);
-# level 1 on top, 2586 compilations 194 -> 155 s and 184 -> 149 s in two alternating pairs (pytest
-# 452 -> 412 s and 420 -> 397 s); values bitwise identical (docs/getting-started.md, "Compilation time").
-use_fast_compile_flags((LEGACY_EMITTERS, *FAST_COMPILE_FLAGS))
+
+def xla_accepts(flags: str) -> bool:
+    """Whether this jaxlib starts its CPU backend with ``XLA_FLAGS=flags``. XLA aborts the process on a flag
+    it does not know, so this is tried in a subprocess (~0.3 s)."""
+    code = "from jaxlib import xla_client; xla_client.make_cpu_client()"
+    try:
+        r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, XLA_FLAGS=flags),
+                           capture_output=True, timeout=120, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return r.returncode == 0
+
+
+def with_flags(given: str, flags) -> str:
+    """``given`` (an ``XLA_FLAGS`` value) with each of ``flags`` appended that it does not set already (a flag
+    set there, to any value, is kept as given)."""
+    return " ".join([given, *(f for f in flags if f.split("=")[0] not in given)]).strip()
+
+
+# before the first computation: XLA reads XLA_FLAGS once, when the CPU backend starts
+_flags = with_flags(os.environ.get("XLA_FLAGS", ""), SUITE_COMPILE_FLAGS)
+if _flags != os.environ.get("XLA_FLAGS", "") and xla_accepts(_flags):
+    os.environ["XLA_FLAGS"] = _flags
 
 # the CLI keeps compiled programs on disk (~/.cache/ngp/jax); tests run without it (reproducible timings)
 os.environ.setdefault("NGP_CACHE_DIR", "")

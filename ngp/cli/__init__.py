@@ -18,8 +18,7 @@ import sys
 
 import numpy as np
 
-from ._common import (CLIError, Parser, finite_float, int_at_least, int_list, memory_size, name_list, output_file,
-                      use_fast_compile_flags)
+from ._common import CLIError, Parser, finite_float, int_at_least, int_list, memory_size, name_list, output_file
 
 __all__ = ["main", "CLIError"]
 
@@ -145,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a one-line usage error (2): return the code, like every other exit
         return int(exc.code or 0)
-    use_fast_compile_flags()  # before the first computation (docs/cli.md, "Compilation and its cache")
     try:
         if args.run == "demo":
             from ._demo import run

@@ -1,4 +1,4 @@
-"""Pieces shared by the ``ngp`` subcommands: errors, argument types, tables, progress, warnings, compile settings.
+"""Pieces shared by the ``ngp`` subcommands: errors, argument types, tables, progress, warnings.
 
 Every bad input ends as one line on stderr and exit code 2 (:class:`CLIError`, or
 :class:`Parser`'s one-line ``error``); never a traceback.
@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import math
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -30,11 +29,6 @@ __all__ = [
     "Progress",
     "collect_warnings",
     "enable_x64",
-    "FAST_COMPILE_FLAGS",
-    "LEGACY_EMITTERS",
-    "xla_accepts",
-    "has_accelerator_plugin",
-    "use_fast_compile_flags",
 ]
 
 
@@ -298,54 +292,3 @@ def enable_compilation_cache() -> str | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     return path
-
-
-#: XLA:CPU setting the CLI compiles with: LLVM's optimisation level 1 instead of 2 (cheaper compilation,
-#: values bitwise identical, warm quadrature as fast; ``docs/getting-started.md``, "Compilation time").
-#: Not the older code generator the test suite adds (``LEGACY_EMITTERS``): it compiles faster still but
-#: makes the warm four-point quadrature of ``ngp regress`` ~1.5x slower.
-FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=1",)
-#: XLA:CPU's older code generator (compile-bound runs such as the test suite).
-LEGACY_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
-
-
-def xla_accepts(flags: str) -> bool:
-    """Whether this jaxlib starts its CPU backend with ``XLA_FLAGS=flags``. XLA aborts the process on a flag
-    it does not know, so this is tried in a subprocess (~0.3 s)."""
-    code = "from jaxlib import xla_client; xla_client.make_cpu_client()"
-    try:
-        r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, XLA_FLAGS=flags),
-                           capture_output=True, timeout=120, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return r.returncode == 0
-
-
-def has_accelerator_plugin() -> bool:
-    """Whether a JAX GPU/TPU plugin is installed (a ``jax_plugins`` entry point or namespace package)."""
-    from importlib import metadata, util
-
-    try:
-        if metadata.entry_points(group="jax_plugins"):
-            return True
-    except Exception:  # noqa: BLE001 - broken package metadata: look for the namespace package instead
-        pass
-    return util.find_spec("jax_plugins") is not None
-
-
-def use_fast_compile_flags(flags=FAST_COMPILE_FLAGS) -> str | None:
-    """Append to ``$XLA_FLAGS`` each of ``flags`` that it does not set already (a flag set there, to any
-    value, is left as given), if this jaxlib accepts them (:func:`xla_accepts`). XLA reads the variable
-    once, when its CPU backend starts: this acts only before the process's first computation, and on the
-    subprocesses it starts. Skipped where a JAX accelerator plugin is installed, unless ``JAX_PLATFORMS``
-    is ``cpu`` (the settings were measured on CPUs only). Returns the new value, or ``None`` when nothing
-    changed."""
-    given = os.environ.get("XLA_FLAGS", "")
-    missing = [f for f in flags if f.split("=")[0] not in given]
-    if not missing or (os.environ.get("JAX_PLATFORMS", "").strip() != "cpu" and has_accelerator_plugin()):
-        return None
-    value = " ".join([given, *missing]).strip()
-    if not xla_accepts(value):
-        return None
-    os.environ["XLA_FLAGS"] = value
-    return value
