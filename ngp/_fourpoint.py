@@ -515,80 +515,6 @@ def _prefix_rule(orders: tuple, cutoff: float):
     return _tensor_rule(orders, cutoff)
 
 
-#: Padded node counts of a rule slab (expanded nodes, and leading-direction nodes, per row): powers of 2.
-_SIZES = tuple(2**k for k in range(10, 19))
-#: (row, node) pairs per kernel call (bounds the kernel's temporaries).
-_MAX_PAIRS = 2**18
-#: Rows of the smaller call shape per node count, as a fraction of the full call's rows (few jobs left).
-_SMALL_CALL = 16
-#: Slabs of at least this many nodes are run one slab per call (their node arrays shared by the rows).
-_SHARED_S = 2**15
-#: Last-direction table index of the zero-weight padding node (ladder orders are at most 250).
-_PAD_J = 255
-#: Bytes of kernel inputs dispatched before the results so far are read back (bounds the queue).
-_PENDING_BYTES = 64 * 2**20
-
-
-def _padded(n: int) -> int:
-    return next((s for s in _SIZES if s >= n), _SIZES[-1])
-
-
-#: ``smoothed`` value of :func:`_rule_kernel` and :func:`_evaluate_rules` for a numerically tabulated
-#: ``E[sigma(mu + s w)]`` (activations without a closed form; :func:`_smoothed_table`).
-TABLE = "table"
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _rule_kernel(fn, smoothed, powers, R, beta, sigma, xtab, wtab, xl, wl, stab, rid, pidx, parent, jlast, k):
-    """Rule sums for ``B`` rows, each with its own rule (or slab of one), so that rows of different rules
-    share a call. Row ``b`` uses slab ``rid[b]`` of ``U`` (``U = 1``: every row the same): ``P`` partial nodes
-    of the leading ``D - 1`` directions, ``pidx`` (U, P, D-1) indices into the row's node and weight tables
-    ``xtab``, ``wtab`` (B, D-1, 256) (a padded direction: node 0 with weight 1), and ``S`` expanded nodes,
-    the partial node ``parent`` (U, S) continued by the last direction's node ``jlast`` (U, S), indices into
-    ``xl``, ``wl`` (B, 256) (that direction's nodes and weights by decreasing weight; ``wl`` is 0 at the
-    padding index :data:`_PAD_J`, and everywhere on padded rows). Node weights
-    are ``((w_1 w_2) w_3) w_4``, as in :func:`_tensor_rule`. ``R`` (B, D, D): ridge rows of the integrated
-    inputs, ``powers`` (D,) their powers (0 on padded rows); blocks with fewer inputs or directions are
-    padded with zero rows and leading zero columns, so one compiled shape serves every pattern.
-    ``beta`` (B, D), ``sigma`` (B,): mean map and conditional std of the closed-form input (unused
-    when ``smoothed`` is None). ``smoothed == TABLE``: the closed-form input's mean depends on the last
-    direction only and its smoothed values are ``stab`` (B, 256) at that direction's nodes (unused
-    otherwise). Only the first ``k`` rows are computed (a loop over rows: padded rows cost nothing). Returns
-    ``sum w f``, ``sum w |f|`` and, in table mode, ``sum w |f_h|`` (B,) each (0 on padded rows), ``f_h`` the
-    integrand without the tabulated factor (else zeros)."""
-    D = R.shape[-1]
-
-    def row(args):  # one row: its rule's nodes, gathered from its own tables (a loop over rows: plain gathers)
-        R, beta, sigma, xtab, wtab, xl, wl, stab, r = args
-        pi, par, jl = pidx[r].astype(jnp.int32), parent[r], jlast[r].astype(jnp.int32)
-        xs = [xtab[k][pi[:, k]] for k in range(D - 1)]  # partial node coordinates (P,)
-        pw = 1.0
-        for k in range(D - 1):
-            pw = pw * wtab[k][pi[:, k]]
-        w = pw[par] * wl[jl]
-        x_last = xl[jl]
-        vals = 1.0
-        for jj in range(D):  # z = sum_k R_jk x_k, summed over k in order
-            part = sum(R[jj, k] * xs[k] for k in range(D - 1))
-            f = fn(part[par] + R[jj, D - 1] * x_last)
-            vals = vals * integer_power(f, powers[jj])
-        if smoothed == TABLE:
-            f = vals * stab[jl]
-            return f @ w, jnp.abs(f) @ w, jnp.abs(vals) @ w
-        if smoothed is not None:
-            mu = sum(beta[k] * xs[k] for k in range(D - 1))
-            vals = vals * smoothed(mu[par] + beta[D - 1] * x_last, sigma)
-        return vals @ w, jnp.abs(vals) @ w, jnp.zeros((), vals.dtype)
-
-    per_row = (R, beta, sigma, xtab, wtab, xl, wl, stab, rid)
-
-    def body(b, out):
-        return out.at[:, b].set(jnp.stack(row(tuple(a[b] for a in per_row))))
-
-    out = jax.lax.fori_loop(0, k, body, jnp.zeros((3, R.shape[0]), R.dtype))
-    return out[0], out[1], out[2]
-
-
 #: Tolerance of the tabulated smoothing relative to ``rtol`` and the split input's Hoelder factor.
 _TABLE_TOL = 1e-2
 #: Trapezoid steps of the tabulated smoothing, ``h = _TABLE_H0 / 2**level`` on ``|w| <= _TABLE_W``.
@@ -651,95 +577,94 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
     return val, err, evals
 
 
-@_byte_lru(128 * 2**20)
-def _rule_slabs(orders: tuple, cutoff: float, d: int, D: int):
-    """The rule ``orders`` as :func:`_rule_kernel` takes it (cached): its tables ``xtab``, ``wtab`` (D-1, 256),
-    ``xl``, ``wl`` (256,), its number of nodes, and its slabs (:func:`_slab_sizes`), each
-    ``(S, pidx (S, D-1), parent (S,), jlast (S,))`` padded to ``S`` (real leading directions last)."""
+#: Tile shape of :func:`_tile_kernel`: ``_TP`` partial nodes (leading directions) x ``_TM`` nodes of
+#: the last direction.
+_TP, _TM = 16, 16
+#: Tiles per kernel call, and per call of the smaller shape that takes the rest of a chunk.
+_TILES = 2048
+_TILES_SMALL = 128
+#: Jobs per chunk of :func:`_evaluate_rules` (bounds the per-job tables sent to the device).
+_JOB_CHUNK = 4096
+
+
+#: ``smoothed`` value of :func:`_tile_kernel` and :func:`_evaluate_rules` for a numerically tabulated
+#: ``E[sigma(mu + s w)]`` (activations without a closed form; :func:`_smoothed_table`).
+TABLE = "table"
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _tile_kernel(fn, smoothed, powers, XP, PW, XL, WL, R, beta, sigma, stab, pb, mb, sb, g):
+    """Rule sums by tiles. Tile ``t`` pairs block ``pb[t]`` of ``_TP`` partial nodes (coordinates ``XP``
+    (nP, D-1, _TP) in the leading directions, weights ``PW`` (nP, _TP), 0 on padding) with block
+    ``mb[t]`` of ``_TM`` nodes of the last direction (``XL``, ``WL`` (nM, _TM)), for job ``g[t]``: ridge
+    rows ``R`` (J, D, D) of the integrated inputs, of ``powers`` (D,) (0 on padded inputs), closed-form
+    data ``beta`` (J, D), ``sigma`` (J,); with ``smoothed == TABLE`` the smoothed input's values at the
+    last direction's nodes are ``stab[sb[t]]`` (., _TM). Returns ``sum_{p, m} PW_p WL_m f(p, m)`` per
+    tile (T,). The ``_TP x _TM`` products are formed by broadcasting (no gather per node, which costs
+    XLA:CPU more than the activation); padded nodes cost work, not accuracy."""
+    D = R.shape[-1]
+    T = pb.shape[0]
+    X, P = XP[pb], PW[pb]  # (T, D-1, TP), (T, TP)
+    xl, wl = XL[mb], WL[mb]  # (T, TM)
+    Rg = R[g]  # (T, D, D)
+
+    def along(c):  # sum_k c_k x_k at the tile's nodes, (T * TP * TM,), for coefficients c (T, D)
+        part = sum(c[:, k, None] * X[:, k] for k in range(D - 1))
+        return (part[:, :, None] + c[:, D - 1, None, None] * xl[:, None, :]).reshape(-1)
+
+    vals = 1.0
+    for j in range(D):
+        vals = vals * integer_power(fn(along(Rg[:, j])), powers[j])
+    if smoothed == TABLE:
+        wl = wl * stab[sb]
+    elif smoothed is not None:
+        vals = vals * smoothed(along(beta[g]), jnp.repeat(sigma[g], _TP * _TM))
+    return jnp.einsum("tpm,tp,tm->t", vals.reshape(T, _TP, _TM), P, wl)
+
+
+@_byte_lru(64 * 2**20)
+def _rule_tiles(orders: tuple, cutoff: float, D: int):
+    """The pruned rule ``orders`` (:func:`_tensor_rule`) as tiles for :func:`_tile_kernel` (cached):
+    partial nodes of the leading directions sorted by decreasing weight, in blocks of ``_TP``
+    (``XP`` (nP, D-1, _TP), real directions last, padded leading directions at 0; ``PW`` (nP, _TP)),
+    the last direction's nodes by decreasing weight in blocks of ``_TM`` (``XL``, ``WL`` (nM, _TM)),
+    and the tiles ``(pb, mb)`` that cover every kept node (a staircase: block ``pb`` pairs with the
+    last-direction blocks its heaviest partial node keeps). A tile's other nodes keep their weights:
+    the rule evaluated is the pruned rule plus some of the nodes it drops (each weighing less than
+    ``cutoff`` times the largest). Also returns the number of nodes with nonzero weight in the tiles."""
+    d = len(orders)
     lead, m_last = orders[:-1], orders[-1]
     pidx, pw = _prefix_rule(lead, cutoff)
     thr = cutoff * float(np.prod([float(_rule1d(m)[1].max()) for m in orders]))
-    counts = _last_counts(pw, m_last, thr, 1.0)
-    n = int(counts.sum())
-    xtab = np.zeros((D - 1, 256))
-    wtab = np.zeros((D - 1, 256))
-    wtab[:D - d, 0] = 1.0  # padded directions: one node at 0 with weight 1
+    o = np.argsort(-pw, kind="stable")
+    pidx, pw = pidx[o], pw[o]
+    counts = _last_counts(pw, m_last, thr, 1.0)  # non-increasing
+    keep = counts > 0
+    pidx, pw, counts = pidx[keep], pw[keep], counts[keep]
+    P = pw.size
+    nP, nM = -(-P // _TP), -(-m_last // _TM)
+    XP = np.zeros((nP * _TP, D - 1))
     for k, m in enumerate(lead):
-        xtab[D - d + k, :m], wtab[D - d + k, :m] = _rule1d(m)
+        XP[:P, D - d + k] = _rule1d(m)[0][pidx[:, k]]
+    PW = np.zeros(nP * _TP)
+    PW[:P] = pw
     wsort, order = _rule1d_by_weight(m_last)
-    xl = np.zeros(256)
-    wl = np.zeros(256)
-    xl[:m_last], wl[:m_last] = _rule1d(m_last)[0][order], wsort
-    parent = np.repeat(np.arange(pw.size, dtype=np.int32), counts)
-    j = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
-    slabs = []
-    for st, k_n, S in _slab_sizes(n):
-        used, par = np.unique(parent[st:st + k_n], return_inverse=True)  # the slab's partial nodes (<= k_n)
-        sl_pidx = np.zeros((S, D - 1), np.uint8)
-        sl_pidx[:used.size, D - d:] = pidx[used, :d - 1]
-        sl_par = np.zeros(S, np.int32)
-        sl_par[:k_n] = par
-        sl_j = np.full(S, _PAD_J, np.uint8)
-        sl_j[:k_n] = j[st:st + k_n]
-        slabs.append((S, sl_pidx, sl_par, sl_j))
-    return (xtab, wtab, xl, wl), n, slabs
-
-
-def _slab_sizes(n: int):
-    """Split ``n`` expanded nodes into slabs ``(start, nodes, padded size S)``: at most ``_SIZES[-1]`` nodes
-    each; a slab that would fill at most three quarters of a padded size ``S >= 4 _SIZES[0]`` is cut to a full
-    slab of ``S / 2`` nodes and the rest (padded to at most ``S / 4``). The kernel's work is the padded size:
-    padding costs up to half of it for rules of over 2048 nodes without the cut, at most a third with it."""
-    st = 0
-    while st < n:
-        k = min(n - st, _SIZES[-1])
-        S = _padded(k)
-        if S // 4 >= _SIZES[0] and k <= 3 * S // 4:
-            k = S = S // 2
-        yield st, k, S
-        st += k
-
-
-def _calls(n_jobs: int, S: int, small_calls: bool = True):
-    """Row blocks ``(start, stop, rows of the call)`` for ``n_jobs`` jobs of ``S`` nodes: full calls of
-    ``_MAX_PAIRS // S`` rows, the rest in calls ``_SMALL_CALL`` times smaller (two shapes per ``S``), or
-    in padded full calls without ``small_calls``."""
-    full = max(1, _MAX_PAIRS // S)
-    small = max(1, full // _SMALL_CALL) if small_calls else full
-    st = 0
-    while st < n_jobs:
-        B = full if n_jobs - st > full // 2 else small
-        yield st, min(st + B, n_jobs), B
-        st += B
-
-
-def _blocks(S: int, us: np.ndarray, offs: np.ndarray):
-    """Kernel calls for the slabs of ``S`` nodes, slab ``i`` of rule ``us[i]`` serving that rule's jobs
-    ``offs[u]:offs[u + 1]``: yields ``(shared, slab per job, job ids, rows B)``. Large slabs: one slab per
-    call (its node arrays shared by the rows); small: rows of any slabs, each with its own node arrays."""
-    cnt = offs[us + 1] - offs[us]
-    start = np.cumsum(cnt) - cnt
-    slab_of = np.repeat(np.arange(us.size), cnt)
-    job = np.arange(cnt.sum()) - np.repeat(start, cnt) + np.repeat(offs[us], cnt)
-    if S >= _SHARED_S:
-        for i in range(us.size):
-            for a, b, B in _calls(int(cnt[i]), S, small_calls=False):  # padded rows: no work, little data
-                yield True, slab_of[start[i] + a:start[i] + b], job[start[i] + a:start[i] + b], B
-    else:
-        for a, b, B in _calls(job.size, S):
-            yield False, slab_of[a:b], job[a:b], B
-
-
-def _pad_rows(a: np.ndarray, B: int, fill=0) -> np.ndarray:
-    out = np.full((B,) + a.shape[1:], fill, a.dtype)
-    out[:a.shape[0]] = a
-    return out
+    XL, WL = np.zeros(nM * _TM), np.zeros(nM * _TM)
+    XL[:m_last], WL[:m_last] = _rule1d(m_last)[0][order], wsort
+    need = -(-counts[::_TP] // _TM)  # last-direction blocks per partial block (its first node keeps most)
+    pb = np.repeat(np.arange(nP), need)
+    mb = np.arange(pb.size) - np.repeat(np.cumsum(need) - need, need)
+    real_p = np.minimum(P - pb * _TP, _TP)
+    real_m = np.minimum(m_last - mb * _TM, _TM)
+    return (XP.reshape(nP, _TP, D - 1).transpose(0, 2, 1).copy(), PW.reshape(nP, _TP), XL.reshape(nM, _TM),
+            WL.reshape(nM, _TM), pb, mb, int(np.sum(real_p * real_m)))
 
 
 def _job_tables(act_fn, beta, sigma, stol, jobs: dict, offs: np.ndarray):
     """The tabulated smoothing of every job (one tabulation for all): ``E[sigma(beta_last x + sigma w)]``
-    at the nodes ``x`` of the job's last direction, ``(G, 256)``, with the table's error bound and its
-    evaluations, ``(G,)`` each (jobs ``offs[u]:offs[u + 1]`` are those of the ``u``-th rule)."""
+    at the nodes ``x`` of the job's last direction (by decreasing weight), ``(G, 256)``, with the table's
+    error bound and its evaluations, ``(G,)`` each (jobs ``offs[u]:offs[u + 1]`` are those of the
+    ``u``-th rule)."""
     G = offs[-1]
     stab, err_g, evals_g = np.zeros((G, 256)), np.zeros(G), np.zeros(G)
     x_last = {o: _rule1d(o[-1])[0][_rule1d_by_weight(o[-1])[1]] for o in jobs}
@@ -757,66 +682,105 @@ def _job_tables(act_fn, beta, sigma, stol, jobs: dict, offs: np.ndarray):
     return stab, err_g, evals_g
 
 
-def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutoff: float, stol=None):
+def _bucket4(n: int, least: int = 256) -> int:
+    """``n`` rounded up to ``least`` times a power of 4 (few compiled shapes)."""
+    s = least
+    while s < n:
+        s *= 4
+    return s
+
+
+def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutoff: float, stol=None,
+                    bounds=None):
     """Sums of several rules, each for its own entries: ``jobs`` maps ``orders`` (per direction) to
     row indices (k,) into ``R`` (b, u_h, d), ``beta`` (b, d), ``sigma`` (b,). Returns
-    ``{orders: (sum w f (k,), sum w |f| (k,), number of nodes, smoothing error (k,), smoothing
-    evaluations (k,))}``. ``smoothed == TABLE``: the closed-form input's mean ``beta`` lies along the
-    last direction and its smoothed values are tabulated at that direction's nodes to ``stol`` (b,)
-    (absolute); the smoothing error is the table's error times ``sum w |f_h|``. A job is one rule for one
-    row; jobs of different rules share kernel calls (per padded node count), and the calls are dispatched
-    before their results are read back."""
-    d = R.shape[2]
-    D = max(d, 3 if smoothed is not None else 4)  # padded inputs and directions (one compiled shape each)
+    ``{orders: (sum w f (k,), bound on sum w |f| (k,), nodes evaluated, smoothing error (k,),
+    smoothing evaluations (k,))}``. ``bounds`` (two (b,) arrays, default ones): Hölder bounds of
+    ``E|f|`` and of ``E|f_h|``, ``f_h`` the integrand without the tabulated factor. ``smoothed ==
+    TABLE``: the closed-form input's mean ``beta`` lies along the last direction and its smoothed
+    values are tabulated at that direction's nodes to ``stol`` (b,) (absolute); the smoothing error is
+    the table's error times the bound on ``E|f_h|``. A job is one rule for one row; the jobs' tiles
+    (:func:`_rule_tiles`) share kernel calls, dispatched before their results are read back."""
+    b, u_h, d = R.shape
+    D = max(d, 3)  # padded inputs and directions (one compiled shape for every pattern)
     powers = np.zeros(D, np.int32)
     powers[:len(pattern)] = pattern
     offs = np.cumsum([0] + [rows.size for rows in jobs.values()])
     rows = np.concatenate(list(jobs.values())).astype(int)  # job g: row rows[g]
     G = rows.size
+    if bounds is None:
+        bounds = (np.ones(b), np.ones(b))
     if smoothed == TABLE:
         stab, st_err, st_evals = _job_tables(act_fn, beta, sigma, stol, jobs, offs)
     else:
-        stab, st_err, st_evals = np.zeros((G, 1)), np.zeros(G), np.zeros(G)
-    tabs, sizes, by_size = [], {}, {}  # by_size: S -> [(rule index, slab)]
-    for u, o in enumerate(jobs):
-        t, sizes[o], slabs = _rule_slabs(o, cutoff, d, D)
-        tabs.append(t)
-        for sl in slabs:
-            by_size.setdefault(sl[0], []).append((u, sl))
-    tabs = [np.stack(a) for a in zip(*tabs)]  # xtab, wtab, xl, wl per rule
+        stab, st_err, st_evals = np.zeros((G, 256)), np.zeros(G), np.zeros(G)
+    rules = [_rule_tiles(o, cutoff, D) for o in jobs]
+    nP = np.array([r[0].shape[0] for r in rules])
+    nM = np.array([r[2].shape[0] for r in rules])
+    pbase = 1 + np.cumsum(nP) - nP  # block 0: zero weights, for padded tiles
+    mbase = np.cumsum(nM) - nM
+    nPt, nMt = _bucket4(1 + nP.sum()), _bucket4(nM.sum(), 64)
+    XP = np.zeros((nPt, D - 1, _TP))
+    PW = np.zeros((nPt, _TP))
+    XL, WL = np.zeros((nMt, _TM)), np.zeros((nMt, _TM))
+    for r, p0, m0 in zip(rules, pbase, mbase):
+        XP[p0:p0 + r[0].shape[0]], PW[p0:p0 + r[0].shape[0]] = r[0], r[1]
+        XL[m0:m0 + r[2].shape[0]], WL[m0:m0 + r[2].shape[0]] = r[2], r[3]
+    XP, PW, XL, WL = (jnp.asarray(a) for a in (XP, PW, XL, WL))
+    nt = np.array([r[4].size for r in rules])
+    tpb = np.concatenate([r[4] + p0 for r, p0 in zip(rules, pbase)])
+    tmb_local = np.concatenate([r[5] for r in rules])
+    tmb = np.concatenate([r[5] + m0 for r, m0 in zip(rules, mbase)])
+    tstart = np.cumsum(nt) - nt
+    rule_of_job = np.repeat(np.arange(len(rules)), np.diff(offs))
     Rp = np.zeros((G, D, D))
-    Rp[:, :R.shape[1], D - d:] = R[rows]
+    Rp[:, :u_h, D - d:] = R[rows]
     bp = np.zeros((G, D))
     bp[:, D - d:] = beta[rows]
-    out = np.zeros((3, G))
-    pending, queued = [], 0
+    sg = sigma[rows]
+    out = np.zeros(G)
+    nb = 256 // _TM
+    pending = []
 
     def collect():
-        for g, res in zip([g for g, _ in pending], jax.device_get([r for _, r in pending])):
-            for i in range(3):
-                np.add.at(out[i], g, np.asarray(res[i])[:g.size])
+        for (g0, jt), res in zip([p[0] for p in pending], jax.device_get([p[1] for p in pending])):
+            out[g0:g0 + _JOB_CHUNK] += np.bincount(jt, weights=np.asarray(res)[:jt.size], minlength=_JOB_CHUNK)[
+                :min(_JOB_CHUNK, G - g0)]
         pending.clear()
 
-    for S, slabs in sorted(by_size.items()):
-        nodes = [np.stack([sl[k] for _, sl in slabs]) for k in (1, 2, 3)]  # pidx, parent, jlast per slab
-        us = np.array([u for u, _ in slabs])
-        for shared, sl, g, B in _blocks(S, us, offs):
-            if shared:
-                rid, node = np.zeros(B, np.int32), [a[sl[:1]] for a in nodes]
-            else:
-                rid = np.arange(B, dtype=np.int32)
-                node = [_pad_rows(a[sl], B, fill) for a, fill in zip(nodes, (0, 0, _PAD_J))]
-            per_row = [_pad_rows(a, B) for a in (Rp[g], bp[g], sigma[rows[g]], *(t[us[sl]] for t in tabs), stab[g])]
-            # NumPy arguments: the compiled call converts them (jnp.asarray costs ~0.3 ms each)
-            pending.append((g, _rule_kernel(act_fn, smoothed, powers, *per_row, rid, *node, np.int32(g.size))))
-            queued += sum(a.nbytes for a in (*node, *per_row))
-            if queued > _PENDING_BYTES:
-                collect()
-                queued = 0
+    for g0 in range(0, G, _JOB_CHUNK):
+        g1 = min(G, g0 + _JOB_CHUNK)
+        J = g1 - g0
+        u = rule_of_job[g0:g1]
+        cnt = nt[u]
+        jt = np.repeat(np.arange(J), cnt)  # job (within the chunk) of every tile
+        first = np.repeat(np.cumsum(cnt) - cnt, cnt)
+        ti = np.repeat(tstart[u], cnt) + np.arange(jt.size) - first
+        pb, mb = tpb[ti].astype(np.int32), tmb[ti].astype(np.int32)
+        sb = (jt * nb + tmb_local[ti]).astype(np.int32)
+        Rc, bc, sc, stc = (_pad_jobs(a[g0:g1], _JOB_CHUNK) for a in (Rp, bp, sg, stab))
+        per_job = [jnp.asarray(a) for a in (Rc, bc, sc, stc.reshape(_JOB_CHUNK * nb, _TM))]
+        st = 0
+        while st < jt.size:
+            T = _TILES if jt.size - st > _TILES // 2 else _TILES_SMALL
+            idx = [_pad_jobs(a[st:st + T], T) for a in (pb, mb, sb, jt.astype(np.int32))]  # tile 0: zero weight
+            pending.append(((g0, jt[st:st + T]), _tile_kernel(act_fn, smoothed, powers, XP, PW, XL, WL, *per_job,
+                                                               *idx)))
+            st += T
+        if len(pending) > 64:
+            collect()
     collect()
-    return {o: (out[0, offs[u]:offs[u + 1]], out[1, offs[u]:offs[u + 1]], sizes[o],
-                out[2, offs[u]:offs[u + 1]] * st_err[offs[u]:offs[u + 1]], st_evals[offs[u]:offs[u + 1]])
+    mag_b, head_b = bounds
+    sizes = {o: r[6] for o, r in zip(jobs, rules)}
+    return {o: (out[offs[u]:offs[u + 1]], mag_b[rows[offs[u]:offs[u + 1]]], sizes[o],
+                head_b[rows[offs[u]:offs[u + 1]]] * st_err[offs[u]:offs[u + 1]], st_evals[offs[u]:offs[u + 1]])
             for u, o in enumerate(jobs)}
+
+
+def _pad_jobs(a: np.ndarray, B: int) -> np.ndarray:
+    out = np.zeros((B,) + a.shape[1:], a.dtype)
+    out[:a.shape[0]] = a
+    return out
 
 
 def _bucket(n: int) -> int:
@@ -954,8 +918,8 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, st
     if table:  # beta's direction (the first) last: the smoothed input is tabulated along it
         perm = np.concatenate([1 + np.argsort(-lad[:, 1:], axis=1, kind="stable"),
                                np.zeros((b, 1), dtype=int)], axis=1)
-    else:
-        perm = np.argsort(-lad, axis=1, kind="stable")
+    else:  # the largest order last: it fills the kernel's tiles along the last direction
+        perm = np.argsort(lad, axis=1, kind="stable")
     lad = np.take_along_axis(lad, perm, axis=1)
     R = np.take_along_axis(R, perm[:, None, :], axis=2)
     beta = np.take_along_axis(beta, perm, axis=1)
@@ -966,6 +930,11 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, st
     # _TABLE_TOL * rtol * scale
     split = [j for j, p in enumerate(pattern) if p == 1][-1] if closed else 0
     stol = _TABLE_TOL * rtol * m4[:, split] ** 0.25
+    # Hoelder bounds of E|f| (round-off floor) and of E|f_h| (times the table's error bound)
+    head_p = np.asarray(pattern, dtype=float) / 4.0
+    if closed:
+        head_p[split] = 0.0
+    head_scale = np.prod(m4 ** head_p, axis=1)
     val = np.zeros(b)
     err = np.full(b, np.inf)
     nodes_used = np.zeros(b)
@@ -989,7 +958,7 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, st
                 slots.append((orders, sum(r.size for r in jobs[orders]) - rows.size))
             where.append((key, rows, slots))
         res = _evaluate_rules(act.fn, smoothed, head_pattern, R, beta, sigma,
-                              {o: np.concatenate(r) for o, r in jobs.items()}, cutoff, stol)
+                              {o: np.concatenate(r) for o, r in jobs.items()}, cutoff, stol, (scale, head_scale))
         failed = []
         for key, rows, ((fine, o_f), (coarse, o_c)) in where:
             q, mag, n_fine, serr, sev = (a[o_f:o_f + rows.size] if isinstance(a, np.ndarray) else a

@@ -139,15 +139,21 @@ X = rng.normal(size=(5, 2))
 net = ngp.MLP(depth=2, width=64, activation="gelu")
 p = net.prior(X)
 h = hashlib.sha256()
-for a in (p.K, p.K1, p.V, ngp.sample_networks(net, X, 32, seed=1).outputs):
+for a in (p.K, p.K1, ngp.sample_networks(net, X, 32, seed=1).outputs):
     h.update(np.ascontiguousarray(np.asarray(a, dtype=float)).tobytes())
 digest = h.hexdigest()
+V = np.asarray(p.V, dtype=float)
+V_error = np.asarray(p.V_error, dtype=float)
 """
 
 
-def test_suite_compile_flags_leave_values_bitwise_identical():
+def test_suite_compile_flags_leave_values_unchanged():
     """The suite runs under its cheaper compile settings (tests/conftest.py); XLA's defaults, set explicitly in
-    a subprocess, give the same bytes for K, K1, V (Gaussian four-point rules included) and network draws."""
+    a subprocess, give the same bytes for K, K1 and network draws, and V (and its error estimate) within 16
+    machine epsilons of max |V|: the four-point tile kernel's fused activation code rounds differently under
+    the two code generators (measured: at most 1.2e-16 relative for gelu, tanh, erf and swish), a round-off
+    far below the quadrature's own error."""
+    import io
     import os
     import subprocess
     import sys
@@ -159,7 +165,12 @@ def test_suite_compile_flags_leave_values_bitwise_identical():
     here = {}
     exec(_VALUES_DIGEST, here)
     defaults = "--xla_cpu_use_fusion_emitters=true --xla_backend_optimization_level=2"
-    r = subprocess.run([sys.executable, "-c", _VALUES_DIGEST + "print(digest)"], capture_output=True, text=True,
-                       env=dict(os.environ, XLA_FLAGS=defaults), timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split()[-1] == here["digest"]
+    show = "import sys; print(digest); sys.stdout.flush(); np.save(sys.stdout.buffer, np.stack([V, V_error]))"
+    r = subprocess.run([sys.executable, "-c", _VALUES_DIGEST + show], capture_output=True, env=dict(os.environ, XLA_FLAGS=defaults), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:].decode()
+    head, _, body = r.stdout.partition(b"\n")
+    assert head.decode().split()[-1] == here["digest"]
+    V, V_error = np.load(io.BytesIO(body))
+    tol = 16 * np.finfo(float).eps * np.abs(here["V"]).max()
+    assert np.abs(V - here["V"]).max() <= tol
+    assert np.abs(V_error - here["V_error"]).max() <= tol

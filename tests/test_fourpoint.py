@@ -396,50 +396,41 @@ def test_traced_rule_agrees_with_concrete_rule():
     assert np.all(diff <= est + fixed), (diff.max(), (est + fixed).min())
 
 
-@pytest.mark.parametrize("shared_from, sizes", [(2**15, (1024, 2048)), (1024, (1024, 2048)), (2**15, None)])
-def test_rules_sharing_kernel_calls_equal_direct_sums(rng, monkeypatch, shared_from, sizes):
-    """Rows of different rules share kernel calls (each row gathering its own rule's nodes; padded rows
-    and nodes weigh nothing), large rules run one slab per call and rules beyond the largest size
-    (``sizes``), or filling at most 3/4 of a padded size of 4096 (the library's sizes), are split into
-    slabs: every row's sums equal its rule's pruned tensor nodes summed directly in NumPy."""
+@pytest.mark.parametrize("chunk, tiles", [(4096, (2048, 128)), (8, (64, 8))])
+def test_rules_sharing_tile_calls_equal_direct_sums(rng, monkeypatch, chunk, tiles):
+    """Rows of different rules share the tile kernel's calls (in chunks of jobs, each call padded with
+    zero-weight tiles): every row's sum equals its rule's tiles summed directly in NumPy, and differs from
+    its pruned tensor rule only by nodes that rule drops (each below the pruning threshold)."""
     import ngp._fourpoint as fp
 
-    if sizes is not None:
-        monkeypatch.setattr(fp, "_SIZES", sizes)  # slabs of at most 2048 nodes: the largest rule has two
-    monkeypatch.setattr(fp, "_rule_slabs", fp._byte_lru(2**27)(fp._rule_slabs.__wrapped__))  # built here
-    monkeypatch.setattr(fp, "_MAX_PAIRS", 2**13)  # several calls per size, full and small ones
-    monkeypatch.setattr(fp, "_SHARED_S", shared_from)  # 1024: every slab runs alone in its calls
+    monkeypatch.setattr(fp, "_JOB_CHUNK", chunk)  # (8, (64, 8)): several chunks, full and small calls
+    monkeypatch.setattr(fp, "_TILES", tiles[0])
+    monkeypatch.setattr(fp, "_TILES_SMALL", tiles[1])
     pattern = (1, 2, 1)
     R = rng.normal(size=(30, 3, 3)) * 0.6
-    cutoff = 3e-14  # not the library's cutoff: the cached rules built here (other slab sizes) stay apart
-    jobs = {o: np.sort(rng.choice(30, k, replace=False)) for o, k in (((12, 8, 5), 11), ((19, 10, 7), 3), ((26, 14, 10), 5))}
+    cutoff = 3e-14  # not the library's cutoff
+    jobs = {o: np.sort(rng.choice(30, k, replace=False)) for o, k in (((12, 8, 5), 11), ((19, 10, 7), 3), ((26, 14, 10), 5), ((9,), 4), ((7, 20), 6))}
     res = fp._evaluate_rules(jnp.tanh, None, pattern, R, np.zeros((30, 3)), np.zeros(30), jobs, cutoff)
-    n_big, slabs = fp._rule_slabs((26, 14, 10), cutoff, 3, 4)[1:]
-    assert 2048 < n_big <= 3072 and [sl[0] for sl in slabs] == [2048, 1024]
     for orders, rows in jobs.items():
-        idx, w = fp._tensor_rule(orders, cutoff)
-        x = np.stack([fp._rule1d(m)[0][idx[:, k]] for k, m in enumerate(orders)], axis=1)
-        f = np.prod(np.tanh(np.einsum("bjk,nk->bnj", R[rows], x)) ** np.array(pattern), axis=2)
-        q, mag, n, serr, _ = res[orders]
-        assert n == w.size
-        np.testing.assert_allclose(q, f @ w, rtol=1e-12, atol=1e-15)
-        np.testing.assert_allclose(mag, np.abs(f) @ w, rtol=1e-12)
+        d = len(orders)
+        Rr = R[rows][:, :, 3 - d:] if d < 3 else R[rows]
+        XP, PW, XL, WL, pb, mb, n = fp._rule_tiles(orders, cutoff, 3)
+        x = np.concatenate([np.broadcast_to(XP[pb][:, :, :, None], (pb.size, 2, fp._TP, fp._TM)).reshape(pb.size, 2, -1),
+                            np.broadcast_to(XL[mb][:, None, None, :], (pb.size, 1, fp._TP, fp._TM)).reshape(pb.size, 1, -1)], axis=1)
+        w = (PW[pb][:, :, None] * WL[mb][:, None, :]).reshape(-1)
+        x = np.moveaxis(x, 1, 2).reshape(-1, 3)[:, 3 - d:]
+        f_t = np.prod(np.tanh(np.einsum("bjk,nk->bnj", Rr, x)) ** np.array(pattern), axis=2)
+        q, mag, n_res, serr, _ = res[orders]
+        np.testing.assert_allclose(q, f_t @ w, rtol=1e-12, atol=1e-15)
+        assert n_res == n == np.count_nonzero(w)
         np.testing.assert_array_equal(serr, 0.0)
-
-
-def test_slab_sizes_cover_the_rule_and_bound_the_padding():
-    """Slabs are consecutive, cover all ``n`` nodes, each within its padded size (one of ``_SIZES``);
-    above 2048 nodes the padded work is at most 3/2 of the nodes (up to 2x without the cut)."""
-    import ngp._fourpoint as fp
-
-    for n in [1, 1000, 1024, 1025, 2048, 2049, 3072, 3073, 4096, 4097, 6144, 6145, 2**18, 2**18 + 1, 700001]:
-        sl = list(fp._slab_sizes(n))
-        starts = [0] + list(np.cumsum([k for _, k, _ in sl])[:-1])
-        assert [st for st, _, _ in sl] == starts and sum(k for _, k, _ in sl) == n
-        assert all(0 < k <= S and S in fp._SIZES for _, k, S in sl)
-        if n > 2048:
-            assert sum(S for _, _, S in sl) <= 1.5 * n, (n, sl)
-    assert [S for _, _, S in fp._slab_sizes(2049)] == [2048, 1024]  # not one slab of 4096
+        idx, wp = fp._tensor_rule(orders, cutoff)  # the pruned rule: a subset of the tiles' nodes
+        assert n >= wp.size
+        xp = np.stack([fp._rule1d(m)[0][idx[:, k]] for k, m in enumerate(orders)], axis=1)
+        f_p = np.prod(np.tanh(np.einsum("bjk,nk->bnj", Rr, xp)) ** np.array(pattern), axis=2)
+        thr = cutoff * np.prod([fp._rule1d(m)[1].max() for m in orders])
+        assert np.all(np.abs(q - f_p @ wp) <= (n - wp.size) * thr + 1e-15)
+        assert np.isclose(w.sum(), wp.sum() + w[w <= thr].sum(), rtol=0, atol=1e-15)  # extra nodes all below thr
 
 
 def test_pruned_rule_matches_masked_outer_products():
