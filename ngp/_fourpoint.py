@@ -583,8 +583,10 @@ _TP, _TM = 16, 16
 #: Tiles per kernel call, and per call of the smaller shape that takes the rest of a chunk.
 _TILES = 2048
 _TILES_SMALL = 128
-#: Jobs per chunk of :func:`_evaluate_rules` (bounds the per-job tables sent to the device).
+#: Jobs per chunk of :func:`_evaluate_rules`, and blocks of ``_TM`` tabulated values per chunk (bound the
+#: per-job tables sent to the device).
 _JOB_CHUNK = 4096
+_STAB_BLOCKS = 4 * 4096
 
 
 #: ``smoothed`` value of :func:`_tile_kernel` and :func:`_evaluate_rules` for a numerically tabulated
@@ -662,24 +664,30 @@ def _rule_tiles(orders: tuple, cutoff: float, D: int):
 
 def _job_tables(act_fn, beta, sigma, stol, jobs: dict, offs: np.ndarray):
     """The tabulated smoothing of every job (one tabulation for all): ``E[sigma(beta_last x + sigma w)]``
-    at the nodes ``x`` of the job's last direction (by decreasing weight), ``(G, 256)``, with the table's
-    error bound and its evaluations, ``(G,)`` each (jobs ``offs[u]:offs[u + 1]`` are those of the
-    ``u``-th rule)."""
+    at the nodes ``x`` of the job's last direction (by decreasing weight), in blocks of ``_TM`` nodes:
+    ``(n_blocks, _TM)``, job ``g``'s blocks from ``boff[g]`` (``boff`` (G + 1,)); with the table's error
+    bound and its evaluations, ``(G,)`` each (jobs ``offs[u]:offs[u + 1]`` are those of the ``u``-th
+    rule)."""
     G = offs[-1]
-    stab, err_g, evals_g = np.zeros((G, 256)), np.zeros(G), np.zeros(G)
+    err_g, evals_g = np.zeros(G), np.zeros(G)
     x_last = {o: _rule1d(o[-1])[0][_rule1d_by_weight(o[-1])[1]] for o in jobs}
     mu = np.concatenate([(beta[rows, -1][:, None] * x_last[o]).ravel() for o, rows in jobs.items()])
     rep = np.concatenate([np.repeat(rows, o[-1]) for o, rows in jobs.items()])
     val, err, evals = _smoothed_table(act_fn, mu, sigma[rep], stol[rep])
+    nb = np.concatenate([np.full(rows.size, -(-o[-1] // _TM)) for o, rows in jobs.items()])
+    boff = np.concatenate([[0], np.cumsum(nb)])
+    stab = np.zeros((boff[-1], _TM))
     off = 0
     for u, (o, rows) in enumerate(jobs.items()):
         k, m = rows.size, o[-1]
         g, sl = slice(offs[u], offs[u + 1]), slice(off, off + k * m)
-        stab[g, :m] = val[sl].reshape(k, m)
+        blk = np.zeros((k, -(-m // _TM) * _TM))
+        blk[:, :m] = val[sl].reshape(k, m)
+        stab[boff[offs[u]]:boff[offs[u + 1]]] = blk.reshape(-1, _TM)
         err_g[g] = err[sl].reshape(k, m).max(axis=1)
         evals_g[g] = evals[sl].reshape(k, m).sum(axis=1)
         off = sl.stop
-    return stab, err_g, evals_g
+    return stab, boff, err_g, evals_g
 
 
 def _bucket4(n: int, least: int = 256) -> int:
@@ -711,9 +719,10 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
     if bounds is None:
         bounds = (np.ones(b), np.ones(b))
     if smoothed == TABLE:
-        stab, st_err, st_evals = _job_tables(act_fn, beta, sigma, stol, jobs, offs)
-    else:
-        stab, st_err, st_evals = np.zeros((G, 256)), np.zeros(G), np.zeros(G)
+        stab, boff, st_err, st_evals = _job_tables(act_fn, beta, sigma, stol, jobs, offs)
+    else:  # no table: one zero block serves every tile
+        stab, boff, st_err, st_evals = np.zeros((1, _TM)), np.zeros(G + 1, int), np.zeros(G), np.zeros(G)
+    cap = _STAB_BLOCKS if smoothed == TABLE else 1
     rules = [_rule_tiles(o, cutoff, D) for o in jobs]
     nP = np.array([r[0].shape[0] for r in rules])
     nM = np.array([r[2].shape[0] for r in rules])
@@ -739,7 +748,6 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
     bp[:, D - d:] = beta[rows]
     sg = sigma[rows]
     out = np.zeros(G)
-    nb = 256 // _TM
     pending = []
 
     def collect():
@@ -748,8 +756,9 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
                 :min(_JOB_CHUNK, G - g0)]
         pending.clear()
 
-    for g0 in range(0, G, _JOB_CHUNK):
-        g1 = min(G, g0 + _JOB_CHUNK)
+    g0 = 0
+    while g0 < G:  # chunks of at most _JOB_CHUNK jobs and _STAB_BLOCKS table blocks
+        g1 = min(G, g0 + _JOB_CHUNK, max(g0 + 1, int(np.searchsorted(boff, boff[g0] + cap, side="right")) - 1))
         J = g1 - g0
         u = rule_of_job[g0:g1]
         cnt = nt[u]
@@ -757,9 +766,12 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
         first = np.repeat(np.cumsum(cnt) - cnt, cnt)
         ti = np.repeat(tstart[u], cnt) + np.arange(jt.size) - first
         pb, mb = tpb[ti].astype(np.int32), tmb[ti].astype(np.int32)
-        sb = (jt * nb + tmb_local[ti]).astype(np.int32)
-        Rc, bc, sc, stc = (_pad_jobs(a[g0:g1], _JOB_CHUNK) for a in (Rp, bp, sg, stab))
-        per_job = [jnp.asarray(a) for a in (Rc, bc, sc, stc.reshape(_JOB_CHUNK * nb, _TM))]
+        if smoothed == TABLE:
+            sb = (boff[g0:g1][jt] - boff[g0] + tmb_local[ti]).astype(np.int32)
+            stc = _pad_jobs(stab[boff[g0]:boff[g1]], cap)
+        else:
+            sb, stc = np.zeros(jt.size, np.int32), stab
+        per_job = [jnp.asarray(_pad_jobs(a[g0:g1], _JOB_CHUNK)) for a in (Rp, bp, sg)] + [jnp.asarray(stc)]
         st = 0
         while st < jt.size:
             T = _TILES if jt.size - st > _TILES // 2 else _TILES_SMALL
@@ -769,6 +781,7 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
             st += T
         if len(pending) > 64:
             collect()
+        g0 = g1
     collect()
     mag_b, head_b = bounds
     sizes = {o: r[6] for o, r in zip(jobs, rules)}
