@@ -762,20 +762,20 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
         J = g1 - g0
         u = rule_of_job[g0:g1]
         cnt = nt[u]
-        jt = np.repeat(np.arange(J), cnt)  # job (within the chunk) of every tile
+        jt = np.repeat(np.arange(J, dtype=np.int32), cnt)  # job (within the chunk) of every tile
         first = np.repeat(np.cumsum(cnt) - cnt, cnt)
         ti = np.repeat(tstart[u], cnt) + np.arange(jt.size) - first
         pb, mb = tpb[ti].astype(np.int32), tmb[ti].astype(np.int32)
         if smoothed == TABLE:
             sb = (boff[g0:g1][jt] - boff[g0] + tmb_local[ti]).astype(np.int32)
-            stc = _pad_jobs(stab[boff[g0]:boff[g1]], cap)
+            stc = _pad_rows(stab[boff[g0]:boff[g1]], cap)
         else:
             sb, stc = np.zeros(jt.size, np.int32), stab
-        per_job = [jnp.asarray(_pad_jobs(a[g0:g1], _JOB_CHUNK)) for a in (Rp, bp, sg)] + [jnp.asarray(stc)]
+        per_job = [jnp.asarray(_pad_rows(a[g0:g1], _JOB_CHUNK)) for a in (Rp, bp, sg)] + [jnp.asarray(stc)]
         st = 0
         while st < jt.size:
             T = _TILES if jt.size - st > _TILES // 2 else _TILES_SMALL
-            idx = [_pad_jobs(a[st:st + T], T) for a in (pb, mb, sb, jt.astype(np.int32))]  # tile 0: zero weight
+            idx = [_pad_rows(a[st:st + T], T) for a in (pb, mb, sb, jt)]  # tile 0: zero weight
             pending.append(((g0, jt[st:st + T]), _tile_kernel(act_fn, smoothed, powers, XP, PW, XL, WL, *per_job,
                                                                *idx)))
             st += T
@@ -790,7 +790,8 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
             for u, o in enumerate(jobs)}
 
 
-def _pad_jobs(a: np.ndarray, B: int) -> np.ndarray:
+def _pad_rows(a: np.ndarray, B: int) -> np.ndarray:
+    """``a`` padded with zero rows to ``B`` rows (fixed call shapes)."""
     out = np.zeros((B,) + a.shape[1:], a.dtype)
     out[:a.shape[0]] = a
     return out
