@@ -167,7 +167,7 @@ def test_smoothed_table_against_closed_forms(rng, name):
     """The tabulated E[sigma(mu + s w)] (trapezoid in w, used for activations without a closed form)
     against the closed forms erf(mu / sqrt(1 + 2 s^2)) and sin(mu) exp(-s^2 / 2), for s up to 3:
     within its tolerance, and its error bound covers the actual error."""
-    from ngp._fourpoint import _smoothed_table
+    from ngp._fourpoint import _TABLE_H0, _TABLE_LEVELS, _TABLE_W, _smoothed_table
 
     act = ngp.activation(name)
     mu = rng.uniform(-6, 6, 400)
@@ -178,7 +178,7 @@ def test_smoothed_table_against_closed_forms(rng, name):
     err = np.abs(val - exact)
     assert np.all(bound <= tol), bound.max()
     assert np.all(err <= np.maximum(bound, 4e-16)), (err.max(), bound[np.argmax(err - bound)])
-    assert evals.max() <= 2 * 18 / (0.5 / 2**6) + 2  # within the finest level
+    assert evals.max() <= 2 * _TABLE_W / (_TABLE_H0 / 2**_TABLE_LEVELS) + 1  # within the finest level
 
 
 def test_rotation_puts_the_regression_along_one_direction(rng):
