@@ -1,0 +1,107 @@
+"""Where the test suite's compile time goes (issue 16): ``pytest -q`` with ``jax_log_compiles`` on, every
+tracing, lowering (jaxpr to MLIR) and XLA compilation logged with the test that caused it.
+
+Usage: python benchmarks/suite_compilations.py [--top 20] [pytest args ...]
+Writes benchmarks/results/suite_compilations.json: totals, the largest functions by XLA compile time
+(count and seconds) and the modules by compile + lowering time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+PLUGIN = r'''
+import logging, os, jax
+_out = os.environ["SUITE_COMPILATIONS_LOG"]
+_cur = {"id": None}
+class _Handler(logging.Handler):
+    def emit(self, rec):
+        msg = rec.getMessage()
+        if msg.startswith("Finished"):
+            with open(_out, "a") as f:
+                f.write(f"{_cur['id']}\t{msg}\n")
+jax.config.update("jax_log_compiles", True)
+_h = _Handler(logging.DEBUG)
+for _name in ("jax._src.dispatch", "jax._src.interpreters.pxla", "jax._src.pjit", "jax"):
+    _lg = logging.getLogger(_name)
+    _lg.addHandler(_h)
+    _lg.setLevel(logging.DEBUG)
+    _lg.propagate = False
+def pytest_runtest_setup(item):
+    _cur["id"] = item.nodeid
+'''
+
+PATTERNS = {
+    "xla": re.compile(r"Finished XLA compilation of (.*) in ([0-9.e+-]+) sec"),
+    "mlir": re.compile(r"Finished jaxpr to MLIR module conversion (.*) in ([0-9.e+-]+) sec"),
+    "trace": re.compile(r"Finished tracing \+ transforming (.*) for pjit in ([0-9.e+-]+) sec"
+                        r"|Finished tracing (.*) for jit in ([0-9.e+-]+) sec"),
+}
+
+
+def summarise(lines, top: int) -> dict:
+    """Totals, the ``top`` functions by XLA compile time and the ``top`` modules by compile + lowering time."""
+    totals = dict.fromkeys(PATTERNS, 0.0)
+    funcs = collections.defaultdict(lambda: [0, 0.0])
+    modules = collections.defaultdict(float)
+    for line in lines:
+        test, msg = line.rstrip("\n").split("\t", 1)
+        for kind, pat in PATTERNS.items():
+            m = pat.search(msg)
+            if not m:
+                continue
+            groups = [g for g in m.groups() if g is not None]
+            name, sec = groups[0], float(groups[1])
+            totals[kind] += sec
+            if kind == "xla":
+                funcs[name][0] += 1
+                funcs[name][1] += sec
+            if kind in ("xla", "mlir"):
+                modules[test.split("::")[0]] += sec
+            break
+    by_time = sorted(funcs.items(), key=lambda kv: -kv[1][1])[:top]
+    return {"seconds": totals, "compilations": sum(c for c, _ in funcs.values()),
+            "functions": [{"name": k, "count": c, "seconds": s} for k, (c, s) in by_time],
+            "modules": [{"module": k, "seconds": s} for k, s in sorted(modules.items(), key=lambda kv: -kv[1])[:top]]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--top", type=int, default=20, help="functions and modules listed (default 20)")
+    args, pytest_args = ap.parse_known_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "suite_compilations_plugin.py"), "w") as f:
+            f.write(PLUGIN)
+        log = os.path.join(tmp, "compilations.log")
+        env = dict(os.environ, SUITE_COMPILATIONS_LOG=log,
+                   PYTHONPATH=os.pathsep.join([tmp, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "suite_compilations_plugin",
+                            "-p", "no:cacheprovider", *pytest_args], cwd=ROOT, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        lines = open(log).readlines() if os.path.exists(log) else []
+    out = {"command": "pytest -q " + " ".join(pytest_args), "exit_code": r.returncode,
+           "summary": (r.stdout.strip().splitlines() or [""])[-1], "wall_s": wall, **summarise(lines, args.top)}
+    print(f"{out['summary']}\nwall {wall:.1f} s; XLA {out['seconds']['xla']:.1f} s, MLIR {out['seconds']['mlir']:.1f} s, "
+          f"tracing {out['seconds']['trace']:.1f} s over {out['compilations']} compilations")
+    for f in out["functions"]:
+        print(f"  {f['seconds']:7.2f} s {f['count']:5d}  {f['name'][:90]}")
+    path = os.path.join(HERE, "results", "suite_compilations.json")
+    with open(path, "w") as fh:
+        json.dump(out, fh, indent=1)
+    print("written", path)
+
+
+if __name__ == "__main__":
+    main()
