@@ -32,7 +32,7 @@ import numpy as np
 from jax.scipy.special import erf as _erf
 from jax.scipy.special import ndtr as _ndtr
 
-from ._validate import real
+from ._validate import device, real
 
 __all__ = ["Activation", "activation", "ACTIVATIONS"]
 
@@ -112,8 +112,9 @@ def _derivative(act: "Activation", order: int) -> Callable:
 
 
 def _elementwise_grad(f):
+    """``f'`` elementwise, compiled (one program per input shape instead of one per operation)."""
     g = jax.grad(lambda x: jnp.sum(f(x)))
-    return lambda x: g(jnp.asarray(x, dtype=jnp.result_type(float, x)))
+    return jax.jit(lambda x: g(device(x, dtype=jnp.result_type(float, x))))
 
 
 # ----------------------------------------------------------------------------- relu family
@@ -256,9 +257,9 @@ def _linear() -> Activation:
         "linear",
         lambda x: x,
         two_point=lambda kaa, kbb, kab: jnp.broadcast_arrays(
-            jnp.asarray(kaa), jnp.asarray(kbb), jnp.asarray(kab)
+            device(kaa), device(kbb), device(kab)
         )[2],
-        smoothed=lambda mu, s: jnp.broadcast_arrays(jnp.asarray(mu), jnp.asarray(s))[0],
+        smoothed=lambda mu, s: jnp.broadcast_arrays(device(mu), device(s))[0],
         relu_slopes=(1.0, 1.0),
         smooth=True,
         four_point=_isserlis,
@@ -289,7 +290,7 @@ def _sin_four_point(C):
     sign at a time, so an input with zero variance (a row of zeros in ``C``) gives exactly 0: the two
     halves of its sign sum are bitwise equal.
     """
-    s = jnp.asarray(_SIGNS4, dtype=C.dtype)  # (16, 4)
+    s = device(_SIGNS4, dtype=C.dtype)  # (16, 4)
     iu, ju = np.triu_indices(4, 1)
     quad = jnp.trace(C, axis1=-2, axis2=-1)[..., None] + 2.0 * jnp.sum(
         (s[:, iu] * s[:, ju]) * C[..., None, iu, ju], axis=-1)  # (..., 16)
@@ -389,14 +390,15 @@ def _named(key: str, params: tuple) -> Activation:
 
 def _check_callable(act: Activation) -> None:
     """Reject callables that are not elementwise or not finite, and kinked ones claimed smooth."""
-    x = jnp.linspace(-3.0, 3.0, 13)
+    x = device(np.linspace(-3.0, 3.0, 13))  # steps of 0.5
+    fn = jax.jit(act.fn)  # one compilation serves every check below
     try:
-        y = np.asarray(act.fn(x))
-    except Exception as exc:  # noqa: BLE001 - report any failure to trace the callable
-        raise ValueError(f"activation: calling {act.name!r} on an array failed: {exc}") from exc
-    try:
-        jax.jit(act.fn)(x)
+        y = np.asarray(fn(x))
     except Exception as exc:  # noqa: BLE001 - numpy functions fail on tracers
+        try:
+            act.fn(x)
+        except Exception as exc2:  # noqa: BLE001 - report any failure to call the callable
+            raise ValueError(f"activation: calling {act.name!r} on an array failed: {exc2}") from exc2
         raise TypeError(
             f"activation: {act.name!r} must be JAX-traceable (written with jax.numpy, not numpy); "
             f"tracing it failed with {type(exc).__name__}"
@@ -410,9 +412,9 @@ def _check_callable(act: Activation) -> None:
     if act.smooth:
         # A piecewise-linear callable has a zero second derivative almost everywhere
         # while not being affine: its delta-function curvature would be silently lost.
-        xs = jnp.asarray([-2.3, -1.1, -0.37, 0.41, 1.3, 2.7])
+        xs = device(np.array([-2.3, -1.1, -0.37, 0.41, 1.3, 2.7]))
         d2 = np.asarray(act.derivative(2)(xs))
-        ys = np.asarray(act.fn(jnp.asarray([-2.0, 0.5, 2.0])))
+        ys = y[[2, 7, 10]]  # at -2, 0.5, 2
         affine_gap = ys[1] - (ys[0] * 0.375 + ys[2] * 0.625)
         if np.all(np.abs(d2) < 1e-12) and abs(affine_gap) > 1e-9:
             raise ValueError(

@@ -33,6 +33,7 @@ from ._gaussian import (auto_orders, bucket, concrete_max, gauss_hermite, intege
                         pair_matrices)
 from ._kernel import two_point_matrix
 from ._pairs import Pairs, array_module, is_concrete, multiset_code, multiset_rows
+from ._validate import device
 
 __all__ = [
     "jacobian_hessian",
@@ -65,7 +66,7 @@ def _closed_phi(act: Activation):
 def _jh_closed(act: Activation, K, pairs: Pairs):
     off, diag = _closed_phi(act)
     if not is_concrete(K):
-        K = jnp.asarray(K)
+        K = device(K)
         kd = jnp.diagonal(K)
         args = jnp.stack([kd[pairs.a], kd[pairs.b], K[pairs.a, pairs.b]], axis=1)
         J_off, H_off, J_d, H_d = _closed_derivatives(off, diag, args, kd)
@@ -75,8 +76,8 @@ def _jh_closed(act: Activation, K, pairs: Pairs):
     kd = np.diagonal(K)
     args = np.stack([kd[pairs.a], kd[pairs.b], K[pairs.a, pairs.b]], axis=1)
     P, N = args.shape[0], kd.shape[0]
-    J_off, H_off, J_d, H_d = _closed_derivatives(off, diag, jnp.asarray(pad_rows(args, 32)),
-                                                 jnp.asarray(pad_rows(kd, 32)))
+    J_off, H_off, J_d, H_d = _closed_derivatives(off, diag, device(pad_rows(args, 32)),
+                                                 device(pad_rows(kd, 32)))
     return _merge_diag(pairs, np.asarray(J_off)[:P], np.asarray(H_off)[:P], np.asarray(J_d)[:N], np.asarray(H_d)[:N])
 
 
@@ -99,8 +100,8 @@ def _merge_diag(pairs: Pairs, J_off, H_off, J_d, H_d):
         J[d], H[d] = 0.0, 0.0
         J[d, 0], H[d, 0, 0] = np.asarray(J_d)[ad], np.asarray(H_d)[ad]
         return J, H
-    J = jnp.asarray(J_off).at[d].set(0.0).at[d, 0].set(jnp.asarray(J_d)[ad])
-    H = jnp.asarray(H_off).at[d].set(0.0).at[d, 0, 0].set(jnp.asarray(H_d)[ad])
+    J = device(J_off).at[d].set(0.0).at[d, 0].set(device(J_d)[ad])
+    H = device(H_off).at[d].set(0.0).at[d, 0, 0].set(device(H_d)[ad])
     return J, H
 
 
@@ -132,14 +133,14 @@ def _jh_mehler(act: Activation, K, pairs: Pairs, **options):
     kd = jnp.diagonal(K) if traced else np.diagonal(np.asarray(K))
     if nodes is None:
         nodes = auto_orders(concrete_max(kd) if traced else float(np.max(kd, initial=-np.inf)))[1]
-    x, w = (jnp.asarray(t, dtype=jnp.result_type(float)) for t in padded_rule(int(nodes)))
+    x, w = (device(t, dtype=jnp.result_type(float)) for t in padded_rule(int(nodes)))
     if traced:
         J_d, H_d = _diag_derivatives(act, kd, x, w)
     else:  # zero-padded to a bucketed length: one compilation for every N of the bucket
         N = kd.shape[0]
         kp = np.zeros(bucket(N, 32))
         kp[:N] = kd
-        J_d, H_d = (np.asarray(t)[:N] for t in _diag_derivatives(act, jnp.asarray(kp), x, w))
+        J_d, H_d = (np.asarray(t)[:N] for t in _diag_derivatives(act, device(kp), x, w))
     return _merge_diag(pairs, J_off, H_off, J_d, H_d)
 
 
@@ -160,7 +161,7 @@ def jacobian_hessian(act: Activation, K, pairs: Pairs, C_W: float, *, method: st
     Row ``p = (a, b)``: derivatives with respect to ``(K_aa, K_bb, K_ab)`` (the columns
     ``pairs.cols[p]``); for ``a == b`` only column 0 is used.
     """
-    K = jnp.asarray(K)
+    K = device(K)
     if act.two_point is not None and method in ("auto", "closed"):
         J, H = _jh_closed(act, K, pairs)
     else:
@@ -196,7 +197,7 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
     """``<s_a s_b s_c s_d>`` for every multiset row of ``ms`` (M, 4), by Gauss-Hermite in the
     span of the distinct inputs (eigen square root, safe for singular blocks)."""
     traced = isinstance(K, jax.core.Tracer)
-    K = jnp.asarray(K) if traced else np.asarray(K)
+    K = device(K) if traced else np.asarray(K)
     if batch_elems is None:  # node evaluations per compiled batch: larger on accelerators
         batch_elems = 4_000_000 if jax.default_backend() == "cpu" else 200_000_000
     out = jnp.zeros(ms.shape[0], dtype=jnp.result_type(float)) if traced else np.zeros(ms.shape[0])
@@ -206,7 +207,7 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
     for pattern, (rows, idx) in pattern_rows.items():
         u = len(pattern)
         nodes, weights = _pruned_rule(u, orders[u])
-        nodes_j, weights_j = jnp.asarray(nodes), jnp.asarray(weights)
+        nodes_j, weights_j = device(nodes), device(weights)
         per = max(1, batch_elems // (nodes.shape[0] * u))
         pat = tuple(pattern)
 
@@ -220,7 +221,7 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
             if pad:
                 sel = np.concatenate([sel, np.repeat(sel[:1], pad, axis=0)])
             if traced:
-                res = _product_chunk(act.fn, pat, homogeneous, jnp.asarray(sel), K, nodes_j, weights_j)
+                res = _product_chunk(act.fn, pat, homogeneous, device(sel), K, nodes_j, weights_j)
                 out = out.at[rows[s : s + per]].set(res[: per - pad])
             else:  # the blocks gathered here: the compiled batch does not depend on the number of inputs
                 C = K[sel[:, :, None], sel[:, None, :]]
@@ -228,7 +229,7 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
                                                                               nodes_j, weights_j)))
     for r, m, res in pieces:
         out[r] = np.asarray(res)[:m]
-    return out if traced else jnp.asarray(out)
+    return out if traced else device(out)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -321,9 +322,9 @@ def four_point_values(act: Activation, K, ms: np.ndarray, *, method: str = "auto
     if method in ("auto", "closed") and act.four_point is not None:
         if is_concrete(K):  # blocks padded to a bucketed count (copies of the first): one compilation per bucket
             C = np.asarray(K, dtype=float)[ms[:, :, None], ms[:, None, :]]
-            vals = np.asarray(_closed_four_point(act.four_point, jnp.asarray(pad_rows(C, 64))))[:C.shape[0]]
+            vals = np.asarray(_closed_four_point(act.four_point, device(pad_rows(C, 64))))[:C.shape[0]]
             return (vals, np.zeros(ms.shape[0])) if errors else vals
-        K = jnp.asarray(K)
+        K = device(K)
         C = K[ms[:, :, None], ms[:, None, :]]
         vals = act.four_point(C)
         return (vals, np.zeros(ms.shape[0])) if errors else vals
@@ -334,7 +335,7 @@ def four_point_values(act: Activation, K, ms: np.ndarray, *, method: str = "auto
         fast, errs = fixed_rule_split(act, Kn, ms, FOUR_POINT_ORDERS, rtol=rtol)
         vals = np.zeros(ms.shape[0])
         if fast.any():
-            vals[fast] = np.asarray(_product_expectations(act, jnp.asarray(Kn), ms[fast], FOUR_POINT_ORDERS))
+            vals[fast] = np.asarray(_product_expectations(act, device(Kn), ms[fast], FOUR_POINT_ORDERS))
         if not fast.all():
             vals[~fast], errs[~fast] = multiset_expectations(act, Kn, ms[~fast], rtol=rtol)
         return (vals, errs) if errors else vals
@@ -404,7 +405,7 @@ class FourPointTable:
             errs[known] = self._errs[pos[known]]
         if new.size:
             fresh, ferr = four_point_values(self.act, self.K, ms_sorted[first[new]], errors=True, **self.options)
-            fresh = jnp.asarray(fresh)
+            fresh = device(fresh)
             vals = vals.at[new].set(fresh)
             errs[new] = ferr
             self._remember(uniq[new], fresh, ferr)
@@ -466,7 +467,7 @@ def fresh_components(table: FourPointTable, quads, E2, C_W: float) -> np.ndarray
     if not any(isinstance(t, jax.core.Tracer) for t in (E4, E2, C_W)):  # concrete: NumPy (no per-shape compilations)
         E2 = np.asarray(E2)
         return C_W**2 * (np.asarray(E4) - E2[quads[:, 0], quads[:, 1]] * E2[quads[:, 2], quads[:, 3]])
-    E2 = jnp.asarray(E2)
+    E2 = device(E2)
     return C_W**2 * (E4 - E2[quads[:, 0], quads[:, 1]] * E2[quads[:, 2], quads[:, 3]])
 
 
@@ -482,7 +483,7 @@ def packed_positions(pairs: Pairs) -> np.ndarray:
 def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, E2=None, table=None, method: str = "auto",
                      four_point_order: int | None = None, **options):
     """``C_W^2 Cov_K(s_a s_b, s_c s_d)`` as a ``(P, P)`` matrix over all unordered pairs."""
-    K = np.asarray(K) if is_concrete(K) else jnp.asarray(K)
+    K = np.asarray(K) if is_concrete(K) else device(K)
     N = pairs.N
     ms = multisets(N)
     if table is None:

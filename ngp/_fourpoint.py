@@ -42,6 +42,7 @@ import numpy as np
 
 from ._activations import Activation
 from ._gaussian import gauss_hermite, integer_power
+from ._validate import device
 
 __all__ = ["product_expectations", "multiset_expectations", "split_multisets", "fixed_rule_split",
            "fixed_rule_errors", "PATTERNS", "RTOL"]
@@ -386,7 +387,7 @@ def _error_table(act: Activation) -> np.ndarray:
     s = np.asarray(_S_GRID)
     c = np.asarray(_CAL_OFFSETS)
     z = s[None, :, None] * (c[:, None, None] + x[None, None, :])  # (offsets, scales, nodes)
-    f = np.asarray(_jit_fn(act.fn)(jnp.asarray(z)))
+    f = np.asarray(_jit_fn(act.fn)(device(z)))
     worst = np.zeros((len(LADDER), s.size))
     last = seg == len(rules) - 1
     for p in _CAL_POWERS:
@@ -737,7 +738,7 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
     for r, p0, m0 in zip(rules, pbase, mbase):
         XP[p0:p0 + r[0].shape[0]], PW[p0:p0 + r[0].shape[0]] = r[0], r[1]
         XL[m0:m0 + r[2].shape[0]], WL[m0:m0 + r[2].shape[0]] = r[2], r[3]
-    XP, PW, XL, WL = (jnp.asarray(a) for a in (XP, PW, XL, WL))
+    XP, PW, XL, WL = (device(a) for a in (XP, PW, XL, WL))
     nt = np.array([r[4].size for r in rules])
     tpb = np.concatenate([r[4] + p0 for r, p0 in zip(rules, pbase)])
     tmb_local = np.concatenate([r[5] for r in rules])
@@ -773,7 +774,7 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
             stc = _pad_rows(stab[boff[g0]:boff[g1]], cap)
         else:
             sb, stc = np.zeros(jt.size, np.int32), stab
-        per_job = [jnp.asarray(_pad_rows(a[g0:g1], _JOB_CHUNK)) for a in (Rp, bp, sg)] + [jnp.asarray(stc)]
+        per_job = [device(_pad_rows(a[g0:g1], _JOB_CHUNK)) for a in (Rp, bp, sg)] + [device(stc)]
         st = 0
         while st < jt.size:
             T = _TILES if jt.size - st > _TILES // 2 else _TILES_SMALL
@@ -885,7 +886,7 @@ def _fourth_moments(act: Activation, C: np.ndarray) -> np.ndarray:
     sd, inv = np.unique(kd, return_inverse=True)  # few distinct variances (one per input of the kernel)
     n = sd.size
     z = np.concatenate([sd, np.zeros(_bucket(n) - n)])[:, None] * x
-    return (np.asarray(_jit_fn(act.fn)(jnp.asarray(z))) ** 4 @ w)[:n][inv.reshape(kd.shape)]
+    return (np.asarray(_jit_fn(act.fn)(device(z))) ** 4 @ w)[:n][inv.reshape(kd.shape)]
 
 
 def _holder_scale(act: Activation, C: np.ndarray, pattern: tuple) -> np.ndarray:

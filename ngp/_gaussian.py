@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import roots_hermitenorm
 
-from ._validate import warn
+from ._validate import device, warn
 
 __all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "pair_matrix", "pair_gh", "concrete_max",
            "auto_orders", "padded_rule", "bucket", "pad_rows"]
@@ -102,8 +102,8 @@ def gauss_hermite(m: int) -> tuple[np.ndarray, np.ndarray]:
 def expect_1d(f, k, *, nodes: int = NODES_1D):
     """``E[f(sqrt(k) X)]`` for ``X ~ N(0,1)``, elementwise over the array ``k`` (``k >= 0``)."""
     dt = jnp.result_type(float)
-    x, w = (jnp.asarray(a, dtype=dt) for a in gauss_hermite(nodes))
-    k = jnp.asarray(k)
+    x, w = (device(a, dtype=dt) for a in gauss_hermite(nodes))
+    k = device(k)
     z = jnp.sqrt(jnp.maximum(k, 0.0))[..., None] * x
     return jnp.sum(w * f(z), axis=-1)
 
@@ -135,8 +135,8 @@ def hermite_coefficients(f, k, *, terms: int = MEHLER_TERMS, nodes: int = NODES_
     dt = jnp.result_type(float)  # float32 unless x64 is enabled
     x, _ = gauss_hermite(nodes)
     psi, sw = _hermite_functions(terms, nodes)
-    x, psi, sw = (jnp.asarray(a, dtype=dt) for a in (x, psi, sw))
-    k = jnp.asarray(k)
+    x, psi, sw = (device(a, dtype=dt) for a in (x, psi, sw))
+    k = device(k)
     z = jnp.sqrt(jnp.maximum(k, 0.0))[..., None] * x
     return (f(z) * sw) @ psi.T
 
@@ -183,14 +183,14 @@ def pair_matrices(fgs, K, *, terms: int | None = None, nodes: int | None = None)
 def _pair_call(run, K, terms, nodes):
     """``run(K, *tables)`` with the Mehler tables of ``terms``/``nodes`` (``None``: from the largest variance)."""
     traced = isinstance(K, jax.core.Tracer)
-    K = jnp.asarray(K) if traced else np.asarray(K)
+    K = device(K) if traced else np.asarray(K)
     if terms is None or nodes is None:
         kmax = concrete_max(jnp.diagonal(K)) if traced else float(np.max(np.diagonal(K), initial=-np.inf))
         t_auto, n_auto = auto_orders(kmax)
         terms = t_auto if terms is None else terms
         nodes = n_auto if nodes is None else nodes
     dt = jnp.result_type(float)
-    tables = tuple(jnp.asarray(t, dtype=dt) for t in _padded_tables(int(terms), int(nodes)))
+    tables = tuple(device(t, dtype=dt) for t in _padded_tables(int(terms), int(nodes)))
     if traced:
         return run(K, *tables)
     # concrete kernel: pad it with zero rows to a bucketed size (entries are computed independently,
@@ -198,7 +198,7 @@ def _pair_call(run, K, terms, nodes):
     N = K.shape[0]
     Kp = np.zeros((bucket(N, 32), bucket(N, 32)), dtype=jnp.result_type(float))
     Kp[:N, :N] = K
-    return tuple(jnp.asarray(np.asarray(M)[:N, :N]) for M in run(jnp.asarray(Kp), *tables))
+    return tuple(device(np.asarray(M)[:N, :N]) for M in run(device(Kp), *tables))
 
 
 def bucket(m: int, smallest: int) -> int:
@@ -277,6 +277,7 @@ def _Product(f, g):
     return lambda z: f(z) * g(z)
 
 
+@functools.partial(jax.jit, static_argnames=("f", "g", "nodes"))
 def pair_gh(f, g, kaa, kbb, kab, *, nodes: int = 80):
     """``<f(z_a) g(z_b)>`` by a 2-D ``nodes x nodes`` Gauss-Hermite rule (elementwise).
 

@@ -24,7 +24,7 @@ from ._sampling import cached_per_network
 from ._posterior import finite_width_log_evidence
 from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
-from ._validate import as_inputs, as_targets, count, nonneg_float, real, warn
+from ._validate import as_inputs, as_targets, count, device, nonneg_float, real, warn
 
 __all__ = ["log_evidence", "fit_hyperparameters", "HyperFit", "with_hyperparameters"]
 
@@ -35,7 +35,7 @@ def _per_dense(value, default, name, depth):
     """A value per dense step: ``None`` -> the network's, a scalar -> repeated, a sequence of ``depth``."""
     if value is None:
         return list(default)
-    arr = jnp.asarray(value)
+    arr = device(value)
     if arr.ndim == 0:
         return [arr] * depth
     if arr.shape != (depth,):
@@ -245,11 +245,11 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
 
     def objective(fw):
         both = _objective(net, XA, fw, sizes_t, per_layer, depth, options)
-        args = (jnp.asarray(Y), jnp.asarray(cw_all, dtype=float), jnp.asarray(cb_all, dtype=float),
-                jnp.asarray(noise0, dtype=float))
+        args = (device(Y), device(cw_all, dtype=float), device(cb_all, dtype=float),
+                device(noise0, dtype=float))
 
         def value_and_grad(theta):
-            g, v = both(jnp.asarray(theta), *args)
+            g, v = both(device(theta), *args)
             v = float(v)
             g = np.asarray(g, dtype=float)
             if not (math.isfinite(v) and np.all(np.isfinite(g))):
@@ -284,12 +284,12 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
                  "returning the GP fit (the 1/n expansion is not valid here)")
     if not success:
         warn("fit_hyperparameters: the optimiser did not report convergence; check the result or raise max_iter")
-    cw, cb, nz = (np.asarray(v, dtype=float) for v in unpack(jnp.asarray(theta)))
+    cw, cb, nz = (np.asarray(v, dtype=float) for v in unpack(device(theta)))
     fitted = with_hyperparameters(net, cw, cb)
     gp_value = float(log_evidence(fitted, XA, Y, noise=float(nz), finite_width=False, **options))
     table = tuple(
-        dict(stage=s["stage"], start=_describe(unpack(jnp.asarray(s["start"]))),
-             final=_describe(unpack(jnp.asarray(s["theta"]))), log_evidence=s["value"], converged=s["converged"])
+        dict(stage=s["stage"], start=_describe(unpack(device(s["start"]))),
+             final=_describe(unpack(device(s["theta"]))), log_evidence=s["value"], converged=s["converged"])
         for s in starts
     )
     return HyperFit(fitted, float(nz), tuple(float(v) for v in cw), tuple(float(v) for v in cb), value, gp_value,
@@ -303,8 +303,8 @@ def _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0):
         out[k] = jnp.exp(theta[i:i + size]) if size else None
         i += size
     cw, cb = out["C_W"], out["C_b"]
-    cw = jnp.asarray(cw_all) if cw is None else (cw if per_layer else jnp.repeat(cw, depth))
-    cb = jnp.asarray(cb_all) if cb is None else (cb if per_layer else jnp.repeat(cb, depth))
+    cw = device(cw_all) if cw is None else (cw if per_layer else jnp.repeat(cw, depth))
+    cb = device(cb_all) if cb is None else (cb if per_layer else jnp.repeat(cb, depth))
     nz = out["noise"][0] if out["noise"] is not None else noise0
     return cw, cb, nz
 

@@ -13,18 +13,27 @@ import jax.numpy as jnp
 
 from ._activations import Activation
 from ._gaussian import pair_gh, pair_matrix
+from ._validate import device
 
-__all__ = ["METHODS", "first_layer_kernel", "two_point_matrix", "kernel_map"]
+__all__ = ["METHODS", "first_layer_kernel", "dense_kernel", "two_point_matrix", "kernel_map"]
 
 #: Ways of computing two-point expectations: closed form where known (``"auto"``),
 #: the Mehler series (``"mehler"``), or a dense 2-D Gauss-Hermite rule (``"quadrature"``).
 METHODS = ("auto", "closed", "mehler", "quadrature")
 
 
+@jax.jit
 def first_layer_kernel(X, C_W: float, C_b: float):
-    """``K^(1) = C_b + C_W X X^T / n0`` for inputs ``X`` of shape ``(N, n0)``."""
-    X = jnp.asarray(X)
+    """``K^(1) = C_b + C_W X X^T / n0`` for inputs ``X`` of shape ``(N, n0)`` (compiled once per shape;
+    ``C_W``, ``C_b`` may be traced)."""
     return C_b + C_W * (X @ X.T) / X.shape[1]
+
+
+@jax.jit
+def dense_kernel(E2, C_W, C_b):
+    """``C_b + C_W E2``: a dense layer's kernel from the two-point function ``E2`` of its input (compiled once
+    per shape; ``C_W``, ``C_b`` may be traced)."""
+    return C_b + C_W * E2
 
 
 def two_point_matrix(act: Activation, K, *, method: str = "auto", terms: int | None = None,
@@ -41,16 +50,21 @@ def two_point_matrix(act: Activation, K, *, method: str = "auto", terms: int | N
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-    K = jnp.asarray(K)
-    kd = jnp.diagonal(K)
+    K = device(K)
     if method in ("auto", "closed") and act.two_point is not None:
         return _closed_matrix(act, K)
     elif method == "closed":
         raise ValueError(f"method: activation {act.name!r} has no closed-form two-point function")
     elif method == "quadrature":
+        kd = jnp.diagonal(K)
         E = pair_gh(act.fn, act.fn, kd[:, None], kd[None, :], K, nodes=quad_nodes)
     else:
         E = pair_matrix(act.fn, act.fn, K, terms=terms, nodes=nodes)
+    return _symmetrize(E)
+
+
+@jax.jit
+def _symmetrize(E):
     return 0.5 * (E + E.T)
 
 
@@ -63,4 +77,4 @@ def _closed_matrix(act: Activation, K):
 
 def kernel_map(act: Activation, K, C_W: float, C_b: float, **options):
     """One layer of the infinite-width recursion: ``C_b + C_W <s s>_K``."""
-    return C_b + C_W * two_point_matrix(act, K, **options)
+    return dense_kernel(two_point_matrix(act, K, **options), C_W, C_b)

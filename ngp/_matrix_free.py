@@ -46,7 +46,7 @@ import numpy as np
 
 from ._activations import Activation
 from ._gaussian import auto_orders, expect_1d, gauss_hermite, hermite_coefficients
-from ._validate import RCOND_MIN, check_x64
+from ._validate import RCOND_MIN, check_x64, device
 from ._validity import Validity, expansion_validity
 
 __all__ = [
@@ -139,7 +139,7 @@ def _angular_moments(act: Activation, kx, ky, kxy, powers):
     radial part ``E r^(p+q) = 2^((p+q)/2) Gamma(1 + (p+q)/2)``, angular part by Gauss-Legendre
     on the four smooth pieces between the kinks."""
     xg, wg = np.polynomial.legendre.leggauss(ANGULAR_NODES)
-    xg, wg = jnp.asarray(xg), jnp.asarray(wg)
+    xg, wg = device(xg), device(wg)
     theta = jnp.arccos(_rho(kx, ky, kxy))[..., None]
     h = 0.5 * jnp.pi
     zero = jnp.zeros_like(theta)
@@ -302,8 +302,8 @@ def kernel_blocks(act: Activation, X_train, X_test, C_W, C_b):
     Returns:
         list of ``L`` tuples ``(K_AA (N_A, N_A), K_BA (N_B, N_A), k_B (N_B,))``, layer 1 first.
     """
-    XA = jnp.asarray(X_train, dtype=float)
-    XB = jnp.asarray(X_test, dtype=float)
+    XA = device(X_train, dtype=float)
+    XB = device(X_test, dtype=float)
     n0 = XA.shape[1]
     KAA = C_b[0] + C_W[0] * XA @ XA.T / n0
     KBA = C_b[0] + C_W[0] * XB @ XA.T / n0
@@ -485,9 +485,9 @@ def _conditional_moments(act: Activation, mu, sd):
         neg = _relu_moments(-mu, sd)
         return jnp.stack([ap**k * pos[k - 1] + (-am) ** k * neg[k - 1] for k in range(1, 5)])
     x, w = gauss_hermite(COND_NODES)
-    z = mu[..., None] + sd[..., None] * jnp.asarray(x)
+    z = mu[..., None] + sd[..., None] * device(x)
     f = act.fn(z)
-    wj = jnp.asarray(w)
+    wj = device(w)
     return jnp.stack([jnp.sum(wj * f**k, axis=-1) for k in range(1, 5)])
 
 
@@ -885,8 +885,8 @@ def matrix_free_posterior(act: Activation, kernels, C_W, C_b, widths, Y, *, nois
         raise ValueError("matrix_free_posterior: depth >= 2 is needed for finite-width corrections")
     if len(C_W) != L or len(C_b) != L or len(widths) != L - 1:
         raise ValueError("matrix_free_posterior: need len(C_W) == len(C_b) == L and len(widths) == L - 1")
-    kernels = [tuple(jnp.asarray(k, dtype=float) for k in blk) for blk in kernels]
-    Y = jnp.asarray(Y, dtype=float)
+    kernels = [tuple(device(k, dtype=float) for k in blk) for blk in kernels]
+    Y = device(Y, dtype=float)
     if Y.ndim == 1:
         Y = Y[:, None]
     NA, nL = Y.shape
@@ -955,7 +955,7 @@ def matrix_free_posterior(act: Activation, kernels, C_W, C_b, widths, Y, *, nois
                 _q.Sobol(d, scramble=True, seed=np.random.default_rng([int(seed), l, b])).random_base2(int(np.log2(per_batch)))
                 for b in range(batches)
             ]).reshape(batches, n_chunks, chunk, d)
-            U = jnp.asarray(np.clip(U, 1e-16, 1 - 1e-16))
+            U = device(np.clip(U, 1e-16, 1 - 1e-16))
         out = _run_batches(act, l == L - 2, chunk, n_chunks, keys, glob, co, devices, U)
         terms = {t: terms[t] + out[t] for t in _TERMS}
         per_source.append(out)

@@ -40,7 +40,7 @@ import numpy as np
 from ._activations import Activation
 from ._gaussian import auto_orders, gauss_hermite, hermite_coefficients, pair_matrix
 from ._kernel import kernel_map, two_point_matrix
-from ._validate import per_layer, real
+from ._validate import device, per_layer, real
 
 __all__ = [
     "NTKState",
@@ -144,7 +144,7 @@ def _derivative_tables(act: Activation, K):
     obtained from those of ``s`` (Stein: ``c^(p)_j = c_{j+p} sqrt((j+p)!/j!) / K^(p/2)``); on
     the diagonal by the 1-D Gauss-Hermite rule. One compiled function per activation.
     """
-    K = jnp.asarray(K)
+    K = device(K)
     terms, nodes = auto_orders(float(jnp.max(jnp.diagonal(K))))
     out = np.asarray(_tables_jit(act, int(terms), int(nodes), K))
     return {pq: out[i] for i, pq in enumerate(_PAIRS)}
@@ -170,7 +170,7 @@ def _tables_jit(act, terms, nodes, K):
 
     acc0 = jnp.zeros((len(_PAIRS),) + K.shape, dtype=K.dtype)
     acc, _ = jax.lax.scan(horner, acc0, (jnp.moveaxis(cf, 2, 0)[::-1], jnp.moveaxis(cg, 2, 0)[::-1]))
-    x, w = (jnp.asarray(t, dtype=K.dtype) for t in gauss_hermite(nodes))
+    x, w = (device(t, dtype=K.dtype) for t in gauss_hermite(nodes))
     z = jnp.sqrt(jnp.maximum(kd, 0.0))[:, None] * x  # (N, nodes)
     der = [act.derivative(p)(z) for p in range(_MAX_DERIV + 1)]
     diag = jnp.stack([jnp.sum(w * der[p] * der[q], axis=-1) for p, q in _PAIRS])  # (npairs, N)
@@ -244,7 +244,7 @@ def _closed_stats(act: Activation, K, name: str):
             )
     args = np.stack([kd[a], kd[b], K], axis=-1).reshape(-1, 3)
     args = np.where(off.reshape(-1, 1), args, np.array([1.0, 1.0, 0.0]))  # placeholders on the diagonal
-    v, g, h = (np.array(t) for t in funcs[name](jnp.asarray(args)))
+    v, g, h = (np.array(t) for t in funcs[name](device(args)))
     val = v.reshape(N, N)
     J = g.reshape(N, N, 3).copy()
     H = h.reshape(N, N, 3, 3).copy()
@@ -406,7 +406,7 @@ def _gh_block(funcs, patterns, K, orders, subset_order):
         else:
             m = orders[r] if N <= 4 else subset_order
             x, w = _pruned(r, m)
-        z = jnp.asarray(x @ R.T)
+        z = device(x @ R.T)
         vals = {p: np.asarray(funcs[p](z)) for p in {q for pat in patterns for q in pat}}
         for pat in patterns:
             T = _contract4(w, *(vals[q] for q in pat))
@@ -508,7 +508,7 @@ def theta_step(act: Activation, K, Theta, *, lam_W: float, lam_b: float, C_W: fl
 
 def _phi_chi(act: Activation, K):
     """``<s s>_K`` and ``<s' s'>_K`` only (infinite-width path: any activation)."""
-    K = jnp.asarray(K)
+    K = device(K)
     phi = np.asarray(two_point_matrix(act, K))
     if _is_closed(act):
         ap, am = act.relu_slopes
@@ -544,7 +544,7 @@ def step(act: Activation, state: NTKState, *, width: int | None, C_W: float, C_b
     Propagated (non-fresh) terms carry the ratio ``n_l / n_{l-1}``.
     """
     K, Theta = np.asarray(state.K, dtype=float), np.asarray(state.Theta, dtype=float)
-    K_next = np.asarray(kernel_map(act, jnp.asarray(K), C_W, C_b))
+    K_next = np.asarray(kernel_map(act, device(K), C_W, C_b))
     if not state.finite:
         return NTKState(K=K_next, Theta=theta_step(act, K, Theta, lam_W=lam_W, lam_b=lam_b, C_W=C_W))
     dntk = state.dntk if dntk is None else bool(dntk)

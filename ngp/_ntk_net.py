@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _ntk
 from ._steps import IDENTITY, Dense, Elementwise, Residual, Scale, Serial, Step, compose
-from ._validate import per_layer, nonneg_float
+from ._validate import device, nonneg_float, per_layer
 
 __all__ = ["ntk_states", "NTKLayer", "NTKMixin", "learning_rates", "output_property"]
 
@@ -70,9 +70,7 @@ def _walk(step: Step, w: _Walk, lam, finite: bool, dntk: bool, options: dict) ->
         return
     if isinstance(step, Elementwise):
         if w.state is None:
-            import jax.numpy as jnp
-
-            w.features = np.asarray(step.activation.fn(jnp.asarray(w.features)))
+            w.features = np.asarray(step.activation.fn(device(w.features)))
         else:
             w.act = compose(w.act, step.activation)
         return

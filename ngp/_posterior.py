@@ -31,7 +31,7 @@ from ._cumulants import canonical_quads
 from ._gp import GPPosterior, gp_from_kernel, gp_log_evidence
 from ._linalg import solve_train
 from ._prior import MAX_MEMORY, reuse_four_point
-from ._validate import as_inputs, count, float64, train_test, warn
+from ._validate import as_inputs, count, device, float64, train_test, warn
 from ._validity import Validity, evidence_validity, posterior_validity
 from ._vertex_error import component_errors, k1_error_packed
 
@@ -113,7 +113,7 @@ def finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter=0.0, *, s
     Raises:
         numpy.linalg.LinAlgError: ``K + K1/n + noise I`` is not positive definite (concrete inputs).
     """
-    given = None if solve is None else (jnp.asarray(solve.Kinv), jnp.asarray(solve.ytilde))
+    given = None if solve is None else (device(solve.Kinv), device(solve.ytilde))
     value, finite = _finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter, given)
     if not isinstance(finite, jax.core.Tracer) and not bool(finite):
         raise np.linalg.LinAlgError(

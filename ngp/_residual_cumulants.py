@@ -72,6 +72,7 @@ from ._finite import fresh_covariance, jacobian_hessian
 from ._gaussian import gauss_hermite
 from ._kernel import kernel_map
 from ._pairs import Pairs
+from ._validate import device
 
 __all__ = [
     "ChainState",
@@ -190,13 +191,13 @@ def _kopts(options):
 
 
 def _jh(act, K, pairs, options):
-    J, H = jacobian_hessian(act, jnp.asarray(K), pairs, 1.0, **_kopts(options))
+    J, H = jacobian_hessian(act, device(K), pairs, 1.0, **_kopts(options))
     return np.asarray(J), np.asarray(H)
 
 
 def _same_layer(act, K, pairs, options):
     opts = {k: v for k, v in options.items() if k in _FRESH_OPTIONS}
-    return np.asarray(fresh_covariance(act, jnp.asarray(K), pairs, 1.0, **opts))
+    return np.asarray(fresh_covariance(act, device(K), pairs, 1.0, **opts))
 
 
 def _jac_left(J, M, pairs):
@@ -261,14 +262,14 @@ def _smooth_batch(act, dL, dR, C, nodes, weights):
     ``r = (a, a), (b, b), (a, b)`` (for ``dL == 1`` the three are equal), derivatives by autodiff.
     """
     fn = _smooth_kernel(act, dL, dR)
-    nodes_j, weights_j = jnp.asarray(nodes), jnp.asarray(weights)
+    nodes_j, weights_j = device(nodes), device(weights)
     out = np.empty((C.shape[0], 4))
     for start in range(0, C.shape[0], _SMOOTH_BATCH):
         part = C[start:start + _SMOOTH_BATCH]
         got = part.shape[0]
         if got < _SMOOTH_BATCH:
             part = np.concatenate([part, np.repeat(part[:1], _SMOOTH_BATCH - got, axis=0)])
-        out[start:start + got] = np.asarray(fn(jnp.asarray(part), nodes_j, weights_j))[:got]
+        out[start:start + got] = np.asarray(fn(device(part), nodes_j, weights_j))[:got]
     return out
 
 
@@ -553,7 +554,7 @@ def _metric(state: ChainState, C_W: float, C_b: float):
     """The metric of the current layer ``k``: ``G^k``, its ``g^k`` coefficients and ``kappa^k``."""
     act, pairs, k = state.act, state.pairs, state.depth
     S = state.sigma[-1]
-    G = np.asarray(kernel_map(act, jnp.asarray(S), C_W, C_b, **_kopts(state.options)))
+    G = np.asarray(kernel_map(act, device(S), C_W, C_b, **_kopts(state.options)))
     J, H = _jh(act, S, pairs, state.options)
     w, A, B, Cw = _accumulated(state)
     P = pairs.P
@@ -607,7 +608,7 @@ def _branch(state: ChainState, G, W_row, U_k, kap, branch):
         JVz = _jac_left(J, Vz, pairs)
         Vz = _jac_left(J, JVz.T, pairs) + fresh
         B = _jac_left(J, B, pairs)
-        K = np.asarray(kernel_map(act, jnp.asarray(K), cw, cb, **_kopts(state.options)))
+        K = np.asarray(kernel_map(act, device(K), cw, cb, **_kopts(state.options)))
     W_d = [B @ Wi for Wi in W_row]
     U_d = tuple(B @ u for u in U_k) + (np.zeros((P, P)),) * (len(state.sources) - len(U_k)) + (np.eye(P),)
     return K, W_d, U_d, kappa, 0.5 * (Vz + Vz.T)

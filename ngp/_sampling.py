@@ -17,10 +17,9 @@ import collections
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ._validate import as_inputs, count, memory_bytes
+from ._validate import as_inputs, count, device, memory_bytes
 
 __all__ = ["NetworkSamples", "sample_networks", "SAMPLING_MEMORY", "check_sampling_memory", "network_keys"]
 
@@ -103,7 +102,7 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
     limit = memory_bytes(max_memory)
     Xn = as_inputs(X, "X", in_dim=net.in_dim)
     check_sampling_memory(net, Xn.shape[1], Xn.shape[0], method, bs, S, limit, "sample_networks")
-    Xa = jnp.asarray(Xn)
+    Xa = device(Xn)
     batched = _batched_sampler(net, Xa.shape[1], method)
     keys = network_keys(seed, S)
     outs, mets = [], []

@@ -31,10 +31,10 @@ import numpy as np
 
 from ._activations import Activation, activation as make_activation
 from ._cumulants import DenseLayer, DenseMap, GaussianLayer, LayerCumulants, ScaledLayer
-from ._kernel import first_layer_kernel, two_point_matrix
+from ._kernel import dense_kernel, first_layer_kernel, two_point_matrix
 from ._linalg import psd_sqrt
 from ._residual_layers import readout_layer, residual_layer
-from ._validate import count, nonneg_float, positive_float, real
+from ._validate import count, device, nonneg_float, positive_float, real
 
 __all__ = ["Step", "Dense", "Elementwise", "Scale", "Residual", "Serial", "Flow", "IDENTITY", "compose"]
 
@@ -186,12 +186,12 @@ class Dense(Step):
         opts = f.options
         C_W, C_b = (self.C_W, self.C_b) if f.hyper is None else f.hyper[f.dense_index]
         if f.layer is None:
-            K = first_layer_kernel(jnp.asarray(f.features), C_W, C_b)
+            K = first_layer_kernel(device(f.features), C_W, C_b)
             layer = GaussianLayer(K, width=self.width)
         else:
             kopts = {k: v for k, v in opts.items() if k in _KERNEL_OPTIONS}
             E2 = two_point_matrix(f.act, f.layer.K, **kopts)
-            K = C_b + C_W * E2
+            K = dense_kernel(E2, C_W, C_b)
             prev = f.layer
             layer = readout_layer(self, f, K, C_W, C_b)  # a dense step reading out a residual chain
             if layer is None:
@@ -238,7 +238,7 @@ class Elementwise(Step):
 
     def flow(self, f: Flow) -> Flow:
         if f.layer is None:  # deterministic features: apply directly
-            return dataclasses.replace(f, features=self.activation.fn(jnp.asarray(f.features)))
+            return dataclasses.replace(f, features=self.activation.fn(device(f.features)))
         return dataclasses.replace(f, act=compose(f.act, self.activation))
 
     def __repr__(self):

@@ -17,6 +17,7 @@ import sys
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "float64",
     "warn",
     "memory_bytes",
+    "device",
 ]
 
 #: Smallest acceptable reciprocal condition number of a training kernel ``K_train + noise I``
@@ -223,3 +225,12 @@ def float64(fn):
 def memory_bytes(value, name: str = "max_memory") -> int:
     """A memory budget in bytes (a positive number)."""
     return int(positive_float(value, name))
+
+
+def device(x, dtype=None):
+    """``jnp.asarray(x, dtype)`` without compiling: JAX (0.10) converts a NumPy array with a small compiled
+    program per shape and dtype, ``jax.device_put`` copies it (the same dtype canonicalisation). Other
+    inputs (JAX arrays, tracers, scalars, lists) go to ``jnp.asarray``."""
+    if isinstance(x, np.ndarray):
+        return jax.device_put(x if dtype is None else np.asarray(x, dtype))
+    return jnp.asarray(x, dtype)

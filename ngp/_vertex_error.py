@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 
-import jax.numpy as jnp
 import numpy as np
 
 from ._cumulants import (DenseLayer, LayerCumulants, ScaledLayer, closed_pairs, distinct_rows, local_jacobian, local_quads,
@@ -80,8 +79,8 @@ def packed_vertex_error(layer: LayerCumulants, sel=None) -> np.ndarray:
     out = float(m.C_W) ** 2 * np.asarray(e4)[packed_positions(layer.pairs)]
     if not layer.prev.gaussian:
         J, H = m.JH
-        prop, _ = propagate(jnp.abs(J), jnp.abs(H), packed_vertex_error(layer.prev), jnp.zeros(layer.pairs.P),
-                            layer.pairs, m.ratio)
+        prop, _ = propagate(np.abs(np.asarray(J)), np.abs(np.asarray(H)), packed_vertex_error(layer.prev),
+                            np.zeros(layer.pairs.P), layer.pairs, m.ratio)
         out = out + np.asarray(prop)
     return out
 

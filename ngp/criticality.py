@@ -53,7 +53,7 @@ from scipy.optimize import brentq
 
 from ._activations import Activation, activation as _make_activation
 from ._gaussian import gauss_hermite
-from ._validate import count, float64, nonneg_float, positive_float, real, warn
+from ._validate import count, device, float64, nonneg_float, positive_float, real, warn
 
 __all__ = [
     "CLASSES",
@@ -143,7 +143,7 @@ def _rule(m: int) -> tuple[np.ndarray, np.ndarray]:
 def _moment_core(act: Activation, m: int) -> Callable:
     """Pure ``K (B,) -> (g, g', g'', <sigma^4>, <sigma'^2>)``, each ``(B,)``, with ``m`` nodes."""
     x_np, w_np = _rule(m)
-    x, w = jnp.asarray(x_np), jnp.asarray(w_np)
+    x, w = device(x_np), device(w_np)
     weighted = _weighted_moments(act)
 
     def moments(K):
@@ -209,7 +209,7 @@ def _moments_composite(act: Activation, K: np.ndarray) -> tuple:
     w = np.zeros((K.size, M))
     for i, (xi, wi) in enumerate(rules):
         x[i, :xi.size], w[i, :wi.size] = xi, wi
-    return tuple(np.asarray(v) for v in _weighted_jit(_Keyed(act))(jnp.asarray(K), jnp.asarray(x), jnp.asarray(w)))
+    return tuple(np.asarray(v) for v in _weighted_jit(_Keyed(act))(device(K), device(x), device(w)))
 
 
 class _Keyed:
@@ -294,7 +294,7 @@ def _moments(act: Activation, K: np.ndarray, *, nodes: int | None = None) -> dic
             part = idx[start:start + _BATCH]
             Kb = np.ones(_BATCH)  # one batch shape per rung: one compilation
             Kb[: len(part)] = flat[part]
-            vals = fn(jnp.asarray(Kb))
+            vals = fn(device(Kb))
             for key, v in zip(keys, vals):
                 out[key][part] = np.asarray(v)[: len(part)]
     res = {k: v.reshape(K.shape) for k, v in out.items()}
@@ -716,7 +716,7 @@ def _flow_jit(keyed: _Keyed, m: int) -> Callable:
 
 def _flow_quadrature(act, C_W, C_b, K0, depth):
     """Smooth activations: compiled scans of ``_CHUNK`` layers; the node count follows ``max K``."""
-    state = tuple(jnp.asarray(v, dtype=float) for v in (K0, 0.0, 0.0, C_W, C_b))
+    state = tuple(device(v, dtype=float) for v in (K0, 0.0, 0.0, C_W, C_b))
     chunks = []
     done = 0
     while done < depth:

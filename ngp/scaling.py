@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ._validate import per_layer, real
+from ._validate import device, per_layer, real
 
 __all__ = [
     "Parameterization",
@@ -297,10 +297,10 @@ def _coordinate_runs(spec, *, width: int, depth: int = 3, activation: str | Call
         rng = np.random.default_rng(1234)
         X = rng.normal(size=(8, 4))
         X = X / np.linalg.norm(X, axis=1, keepdims=True) * 2.0
-    X = jnp.asarray(np.asarray(X, float))
+    X = device(np.asarray(X, float))
     if y is None:
         y = 30.0 * np.sin(np.arange(X.shape[0]) + 0.5)  # targets >> initial outputs: error ~ -y
-    y = jnp.asarray(np.asarray(y, float).reshape(-1))
+    y = device(np.asarray(y, float).reshape(-1))
     n0 = X.shape[1]
     hp = multipliers(par, width=width, depth=depth, base_width=base_width, C_W=C_W, C_b=C_b,
                      lam_W=lam_W, lam_b=lam_b)

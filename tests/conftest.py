@@ -85,3 +85,36 @@ def _release_compiled_programs():
         jax.clear_caches()
         gc.collect()
         _return_freed_memory()
+
+
+_IMPORT_FACTS = r"""
+import json, sys
+facts = {}
+sys.modules["matplotlib"] = None  # as if matplotlib were not installed
+try:
+    import ngp.plot, ngp.criticality
+    facts["plot_without_matplotlib"] = "ok"
+except Exception as exc:
+    facts["plot_without_matplotlib"] = repr(exc)
+del sys.modules["matplotlib"]
+import ngp, ngp.reference
+facts["numpyro_after_reference"] = "numpyro" in sys.modules
+ngp.train.jacobian_penalty, ngp.train.fdr_sgd
+facts["optax_after_train"] = "optax" in sys.modules
+print(json.dumps(facts))
+"""
+
+
+@pytest.fixture(scope="session")
+def import_facts():
+    """What a fresh interpreter imports (one subprocess for every lazy-import check, ~2 s each): ``ngp.plot`` and
+    ``ngp.criticality`` without matplotlib, whether ``ngp.reference`` imports numpyro, whether ``ngp.train``'s
+    names import optax."""
+    import json
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    r = subprocess.run([sys.executable, "-c", _IMPORT_FACTS], capture_output=True, text=True, timeout=300, cwd=root,
+                       env=env, check=False)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])

@@ -22,7 +22,7 @@ import numpy as np
 from .._sampling import SAMPLING_MEMORY, cached_per_network, check_sampling_memory, network_keys
 from .._linalg import SAMPLER_JITTER
 from .._validate import RCOND_MIN as _RCOND_GP
-from .._validate import as_targets, count, float64, memory_bytes, nonneg_float, train_test, warn
+from .._validate import as_targets, count, device, float64, memory_bytes, nonneg_float, train_test, warn
 
 __all__ = ["ImportancePosterior", "importance_posterior", "log_likelihood", "gaussian_conditional", "RCOND_MIN"]
 
@@ -157,7 +157,7 @@ def log_likelihood(metric, Y_train, *, noise: float) -> np.ndarray:
         raise ValueError(f"metric: expected shape (S, N_train, N_train), got {np.shape(metric)}")
     Y = np.asarray(Y_train, dtype=float)
     Y = as_targets(Y, G.shape[1], Y.shape[1] if Y.ndim == 2 else 1)
-    ll, _, _ = _conditional_jit(jnp.asarray(G), jnp.asarray(Y), G.shape[1], noise)
+    ll, _, _ = _conditional_jit(device(G), device(Y), G.shape[1], noise)
     ll = np.asarray(ll)
     return ll[0] if single else ll
 
@@ -272,10 +272,10 @@ def importance_posterior(net, X_train, Y_train, X_test, *, noise: float, num_sam
     B = min(B, S)
     check_sampling_memory(net, X.shape[1], X.shape[0], "conditional", B, B, memory_bytes(max_memory),
                           "importance_posterior")
-    Xj = jnp.asarray(X)
+    Xj = device(X)
     stats = _cached_stats(net, X.shape[1], XA.shape[0])
     keys = network_keys(seed, S)
-    Yj = jnp.asarray(Y)
+    Yj = device(Y)
 
     batches = []
     singular = 0
