@@ -1,11 +1,13 @@
 """Where the test suite's compile time goes (issue 16): ``pytest -q`` with ``jax_log_compiles`` on, every
 tracing, lowering (jaxpr to MLIR) and XLA compilation logged with the test that caused it.
 
-Usage: python benchmarks/suite_compilations.py [--top 20] [--log FILE] [pytest args ...]
+Usage: python benchmarks/suite_compilations.py [--top 20] [--log FILE] [--duplicates] [--out NAME] [pytest args ...]
 Writes benchmarks/results/suite_compilations.json: totals, the largest functions by XLA compile time
 (count and seconds), the modules by compile + lowering time, and the repeated compilations (the same
 function with the same argument shapes compiled more than once: cache misses, not new shapes).
 ``--log FILE`` keeps the raw log (test id, message), the "Compiling ... with global shapes" lines included.
+Also records the peak resident memory of the run; ``NGP_TEST_RELEASE_MB=...`` in the environment changes the
+threshold above which tests/conftest.py drops JAX's compiled programs after a module.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import collections
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -130,6 +133,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--top", type=int, default=20, help="functions and modules listed (default 20)")
     ap.add_argument("--log", help="keep the raw log here, with the argument shapes of every compilation")
+    ap.add_argument("--out", help="results file name without .json (default suite_compilations)")
     ap.add_argument("--duplicates", action="store_true",
                     help="run with an empty persistent compilation cache and count its hits per function: programs "
                          "identical to one compiled earlier in the run (with --log; timings then include the cache)")
@@ -149,9 +153,11 @@ def main():
         if args.log:
             with open(args.log, "w") as f:
                 f.writelines(lines)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # GB (Linux: kB)
     out = {"command": "pytest -q " + " ".join(pytest_args), "exit_code": r.returncode,
-           "summary": (r.stdout.strip().splitlines() or [""])[-1], "wall_s": wall, **summarise(lines, args.top)}
-    print(f"{out['summary']}\nwall {wall:.1f} s; XLA {out['seconds']['xla']:.1f} s, MLIR {out['seconds']['mlir']:.1f} s, "
+           "summary": (r.stdout.strip().splitlines() or [""])[-1], "wall_s": wall, "peak_rss_gb": peak,
+           "release_above_mb": os.environ.get("NGP_TEST_RELEASE_MB", "default"), **summarise(lines, args.top)}
+    print(f"{out['summary']}\nwall {wall:.1f} s, peak {peak:.2f} GB; XLA {out['seconds']['xla']:.1f} s, MLIR {out['seconds']['mlir']:.1f} s, "
           f"tracing {out['seconds']['trace']:.1f} s over {out['compilations']} compilations")
     for f in out["functions"]:
         print(f"  {f['seconds']:7.2f} s {f['count']:5d}  {f['name'][:90]}")
@@ -165,6 +171,8 @@ def main():
         for f in out["identical"]["functions"]:
             print(f"  {f['count']:5d}  {f['name'][:50]}  {', '.join(f['modules'])[:90]}")
     name = "suite_compilations_duplicates.json" if args.duplicates else "suite_compilations.json"
+    if args.out:
+        name = args.out + ".json"
     path = os.path.join(HERE, "results", name)
     with open(path, "w") as fh:
         json.dump(out, fh, indent=1)
