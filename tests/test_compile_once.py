@@ -93,6 +93,29 @@ def test_four_point_batches_do_not_depend_on_the_number_of_inputs():
     assert _product_block._cache_size() == before
 
 
+def test_numpy_arrays_reach_the_device_without_compiling(caplog):
+    """``ngp._validate.device`` (used for ``jnp.asarray`` throughout the library) compiles nothing for a NumPy
+    array of a new shape (JAX 0.10's ``jnp.asarray`` compiles a program per shape), with the same dtype and values;
+    the first-layer kernel is one compiled program per shape."""
+    import logging
+
+    from ngp._kernel import first_layer_kernel
+    from ngp._validate import device
+
+    x = np.arange(7.0 * 13).reshape(7, 13)
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax"):
+        y = device(x)
+        z = device(x.astype(np.float32), dtype=np.float64)
+    assert not [r for r in caplog.records if r.getMessage().startswith("Compiling")]
+    assert y.dtype == jnp.asarray(x).dtype and np.array_equal(np.asarray(y), x)
+    assert z.dtype == jnp.float64 and np.array_equal(np.asarray(z), x)
+    before = first_layer_kernel._cache_size()
+    K = first_layer_kernel(x, 1.3, 0.2)
+    first_layer_kernel(x + 1.0, 0.7, 0.1)  # other values and hyperparameters: the same program
+    assert first_layer_kernel._cache_size() == before + 1
+    np.testing.assert_allclose(np.asarray(K), 0.2 + 1.3 * x @ x.T / 13, rtol=1e-15)
+
+
 def test_sampling_an_equal_network_again_does_not_compile():
     from ngp._sampling import _batched_sampler
 
