@@ -229,8 +229,9 @@ def memory_bytes(value, name: str = "max_memory") -> int:
 
 def device(x, dtype=None):
     """``jnp.asarray(x, dtype)`` without compiling: JAX (0.10) converts a NumPy array with a small compiled
-    program per shape and dtype, ``jax.device_put`` copies it (the same dtype canonicalisation). Other
-    inputs (JAX arrays, tracers, scalars, lists) go to ``jnp.asarray``."""
+    program per shape and dtype, ``jax.device_put`` copies it (the same dtype canonicalisation; never aliasing
+    the NumPy buffer, as ``jnp.asarray`` does not). Other inputs (JAX arrays, tracers, scalars, lists) go to
+    ``jnp.asarray``."""
     if isinstance(x, np.ndarray):
-        return jax.device_put(x if dtype is None else np.asarray(x, dtype))
+        return jax.device_put(x if dtype is None else np.asarray(x, dtype), may_alias=False)
     return jnp.asarray(x, dtype)

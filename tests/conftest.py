@@ -1,5 +1,6 @@
 import ctypes
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -111,8 +112,6 @@ def import_facts():
     """What a fresh interpreter imports (one subprocess for every lazy-import check, ~2 s each): ``ngp.plot`` and
     ``ngp.criticality`` without matplotlib, whether ``ngp.reference`` imports numpyro, whether ``ngp.train``'s
     names import optax."""
-    import json
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     r = subprocess.run([sys.executable, "-c", _IMPORT_FACTS], capture_output=True, text=True, timeout=300, cwd=root,
