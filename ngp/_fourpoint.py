@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
-from ._gaussian import gauss_hermite, integer_power
+from ._gaussian import gauss_hermite
 from ._validate import device
 
 __all__ = ["product_expectations", "multiset_expectations", "split_multisets", "fixed_rule_split",
@@ -525,13 +525,36 @@ _TABLE_H0 = 0.75
 _TABLE_W = 9.0
 _TABLE_LEVELS = 6
 #: Activation evaluations per call of the tabulation (bounds its temporaries).
-_TABLE_CHUNK = 2**20
+_TABLE_CHUNK = 2**22
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _table_sums(fn, mu, s, w, pw):
-    """``sum_i pw_i fn(mu + s w_i)`` for points ``mu``, ``s`` (P,) and nodes ``w``, ``pw`` (M,)."""
-    return fn(mu[:, None] + s[:, None] * w[None, :]) @ pw
+    """``sum_i pw_i fn(mu + s w_i)`` for points ``mu``, ``s`` (P,) and nodes ``w``, ``pw`` (M,) (a fused
+    reduction: a matrix-vector product would first write the (P, M) values to memory, 2-4x slower)."""
+    return jnp.sum(fn(mu[:, None] + s[:, None] * w[None, :]) * pw, axis=1)
+
+
+def _pieces(n: int, per: int, least: int = 4**4, whole: int = 4**6) -> list:
+    """``(start, size)`` of calls covering ``n`` points, sizes ``least * 4**k`` up to ``per`` (few compiled
+    shapes): calls of ``per`` points, then of the largest size that fits while more than ``whole`` points
+    are left, and the rest in one call padded to the next size. A call costs about as much as
+    ``whole`` points of padding (about 0.3 ms against 1 ns per activation call), so the padding is
+    at most ``whole`` points, where one padded call for everything could waste 3/4 of its size."""
+    out, st, size = [], 0, per
+    while st < n:
+        left = n - st
+        if left <= min(whole, per):
+            size = least
+            while size < left:
+                size *= 4
+            out.append((st, size))
+            break
+        while size > left:
+            size //= 4
+        out.append((st, size))
+        st += size
+    return out
 
 
 def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
@@ -543,40 +566,42 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
     the finer rule is about its square) and the number of activation evaluations, (k,) each. One
     compiled shape per level and chunk size (powers of 4 up to about ``_TABLE_CHUNK`` evaluations)."""
     k = mu.size
-    sums = np.zeros(k)  # sum of phi(w) f(mu + s w) over the nodes so far
     val = np.zeros(k)
     err = np.full(k, np.inf)
     evals = np.zeros(k)
-    todo = np.arange(k)
+    # the points still refining, with their data and running sums of phi(w) f(mu + s w) (compacted per level)
+    idx, am, asg, atol, sums = np.arange(k), mu, s, tol, np.zeros(k)
+    used = 0
     for level in range(_TABLE_LEVELS + 1):
-        if not todo.size:
-            break
         h = _TABLE_H0 / 2**level
         half = int(round(_TABLE_W / h))
         w = h * np.arange(-half, half + 1)
         if level:
             w = w[1::2]  # the new midpoints
         pw = _INV_SQRT_2PI * np.exp(-0.5 * w * w)
-        per = 1 << max(0, (_TABLE_CHUNK // w.size).bit_length() - 1)
-        add = np.zeros(todo.size)
+        per = 4 ** max(4, int(math.log(_TABLE_CHUNK / w.size, 4)))
+        add = np.zeros(idx.size)
         pending = []
-        for st in range(0, todo.size, per):
-            pts = todo[st:st + per]
-            size = min(per, 4 ** max(4, math.ceil(math.log(pts.size, 4))))  # padded: few compiled shapes
+        for st, size in _pieces(idx.size, per):
+            n = min(size, idx.size - st)
             m = np.zeros(size)
             sg = np.zeros(size)
-            m[:pts.size], sg[:pts.size] = mu[pts], s[pts]
-            pending.append((st, pts.size, _table_sums(fn, m, sg, w, pw)))
+            m[:n], sg[:n] = am[st:st + n], asg[st:st + n]
+            pending.append((st, n, _table_sums(fn, m, sg, w, pw)))
         for st, n, out in pending:
             add[st:st + n] = np.asarray(out)[:n]
-        new = sums[todo] + add
+        new = sums + add
+        used += w.size
+        e = np.abs(h * new - 2 * h * sums) if level else np.full(idx.size, np.inf)
+        done = ~(e > atol) if level < _TABLE_LEVELS else np.ones(idx.size, dtype=bool)  # NaN: done, as before
+        if level and done.any():
+            val[idx[done]], err[idx[done]], evals[idx[done]] = h * new[done], e[done], used
+        if done.all():
+            break
         if level:
-            err[todo] = np.abs(h * new - 2 * h * sums[todo])
-        sums[todo] = new
-        val[todo] = h * new
-        evals[todo] += w.size
-        if level:
-            todo = todo[err[todo] > tol[todo]]
+            keep = ~done
+            idx, am, asg, atol, new = idx[keep], am[keep], asg[keep], atol[keep], new[keep]
+        sums = new
     return val, err, evals
 
 
@@ -598,11 +623,12 @@ TABLE = "table"
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _tile_kernel(fn, smoothed, powers, XP, PW, XL, WL, R, beta, sigma, stab, pb, mb, sb, g):
+def _tile_kernel(fn, smoothed, active, XP, PW, XL, WL, R, beta, sigma, stab, pb, mb, sb, g):
     """Rule sums by tiles. Tile ``t`` pairs block ``pb[t]`` of ``_TP`` partial nodes (coordinates ``XP``
     (nP, D-1, _TP) in the leading directions, weights ``PW`` (nP, _TP), 0 on padding) with block
     ``mb[t]`` of ``_TM`` nodes of the last direction (``XL``, ``WL`` (nM, _TM)), for job ``g[t]``: ridge
-    rows ``R`` (J, D, D) of the integrated inputs, of ``powers`` (D,) (0 on padded inputs), closed-form
+    rows ``R`` (J, n_rows, D), one factor ``fn(R_j . x)`` per row with ``active[j] != 0`` (an input of power
+    ``p`` is ``p`` equal rows: a select per factor is cheaper than a power chosen at run time), closed-form
     data ``beta`` (J, D), ``sigma`` (J,); with ``smoothed == TABLE`` the smoothed input's values at the
     last direction's nodes are ``stab[sb[t]]`` (., _TM). Returns ``sum_{p, m} PW_p WL_m f(p, m)`` per
     tile (T,). The ``_TP x _TM`` products are formed by broadcasting (no gather per node, which costs
@@ -611,15 +637,15 @@ def _tile_kernel(fn, smoothed, powers, XP, PW, XL, WL, R, beta, sigma, stab, pb,
     T = pb.shape[0]
     X, P = XP[pb], PW[pb]  # (T, D-1, TP), (T, TP)
     xl, wl = XL[mb], WL[mb]  # (T, TM)
-    Rg = R[g]  # (T, D, D)
+    Rg = R[g]  # (T, n_rows, D)
 
     def along(c):  # sum_k c_k x_k at the tile's nodes, (T * TP * TM,), for coefficients c (T, D)
         part = sum(c[:, k, None] * X[:, k] for k in range(D - 1))
         return (part[:, :, None] + c[:, D - 1, None, None] * xl[:, None, :]).reshape(-1)
 
     vals = 1.0
-    for j in range(D):
-        vals = vals * integer_power(fn(along(Rg[:, j])), powers[j])
+    for j in range(R.shape[1]):
+        vals = vals * jnp.where(active[j] != 0, fn(along(Rg[:, j])), 1.0)
     if smoothed == TABLE:
         wl = wl * stab[sb]
     elif smoothed is not None:
@@ -665,31 +691,22 @@ def _rule_tiles(orders: tuple, cutoff: float, D: int):
             WL.reshape(nM, _TM), pb, mb, int(np.sum(real_p * real_m)))
 
 
-def _job_tables(act_fn, beta, sigma, stol, jobs: dict, offs: np.ndarray):
+def _job_tables(act_fn, beta, sigma, stol, jobs: dict):
     """The tabulated smoothing of every job (one tabulation for all): ``E[sigma(beta_last x + sigma w)]``
     at the nodes ``x`` of the job's last direction (by decreasing weight), in blocks of ``_TM`` nodes:
     ``(n_blocks, _TM)``, job ``g``'s blocks from ``boff[g]`` (``boff`` (G + 1,)); with the table's error
-    bound and its evaluations, ``(G,)`` each (jobs ``offs[u]:offs[u + 1]`` are those of the ``u``-th
-    rule)."""
-    G = offs[-1]
-    err_g, evals_g = np.zeros(G), np.zeros(G)
+    bound and its evaluations, ``(G,)`` each (jobs in the order of ``jobs``: rule by rule, row by row)."""
     x_last = {o: _rule1d(o[-1])[0][_rule1d_by_weight(o[-1])[1]] for o in jobs}
     mu = np.concatenate([(beta[rows, -1][:, None] * x_last[o]).ravel() for o, rows in jobs.items()])
     rep = np.concatenate([np.repeat(rows, o[-1]) for o, rows in jobs.items()])
     val, err, evals = _smoothed_table(act_fn, mu, sigma[rep], stol[rep])
-    nb = np.concatenate([np.full(rows.size, -(-o[-1] // _TM)) for o, rows in jobs.items()])
-    boff = np.concatenate([[0], np.cumsum(nb)])
+    m = np.repeat([o[-1] for o in jobs], [rows.size for rows in jobs.values()])  # table points per job
+    boff = np.concatenate([[0], np.cumsum(-(-m // _TM))])
+    start = np.cumsum(m) - m  # job g's points: val[start[g]:start[g] + m[g]]
+    within = np.arange(val.size) - np.repeat(start, m)
     stab = np.zeros((boff[-1], _TM))
-    off = 0
-    for u, (o, rows) in enumerate(jobs.items()):
-        k, m = rows.size, o[-1]
-        g, sl = slice(offs[u], offs[u + 1]), slice(off, off + k * m)
-        blk = np.zeros((k, -(-m // _TM) * _TM))
-        blk[:, :m] = val[sl].reshape(k, m)
-        stab[boff[offs[u]]:boff[offs[u + 1]]] = blk.reshape(-1, _TM)
-        err_g[g] = err[sl].reshape(k, m).max(axis=1)
-        evals_g[g] = evals[sl].reshape(k, m).sum(axis=1)
-        off = sl.stop
+    stab.reshape(-1)[np.repeat(boff[:-1] * _TM, m) + within] = val
+    err_g, evals_g = np.maximum.reduceat(err, start), np.add.reduceat(evals, start)
     return stab, boff, err_g, evals_g
 
 
@@ -712,17 +729,19 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
     values are tabulated at that direction's nodes to ``stol`` (b,) (absolute); the smoothing error is
     the table's error times the bound on ``E|f_h|``. A job is one rule for one row; the jobs' tiles
     (:func:`_rule_tiles`) share kernel calls, dispatched before their results are read back."""
-    b, u_h, d = R.shape
+    b, _, d = R.shape
     D = max(d, 3)  # padded inputs and directions (one compiled shape for every pattern)
-    powers = np.zeros(D, np.int32)
-    powers[:len(pattern)] = pattern
+    rep = np.repeat(np.arange(len(pattern)), pattern)  # the rows of R, one per factor of the integrand
+    n_rows = max(D, rep.size)
+    active = np.zeros(n_rows, np.int32)
+    active[:rep.size] = 1
     offs = np.cumsum([0] + [rows.size for rows in jobs.values()])
     rows = np.concatenate(list(jobs.values())).astype(int)  # job g: row rows[g]
     G = rows.size
     if bounds is None:
         bounds = (np.ones(b), np.ones(b))
     if smoothed == TABLE:
-        stab, boff, st_err, st_evals = _job_tables(act_fn, beta, sigma, stol, jobs, offs)
+        stab, boff, st_err, st_evals = _job_tables(act_fn, beta, sigma, stol, jobs)
     else:  # no table: one zero block serves every tile
         stab, boff, st_err, st_evals = np.zeros((1, _TM)), np.zeros(G + 1, int), np.zeros(G), np.zeros(G)
     cap = _STAB_BLOCKS if smoothed == TABLE else 1
@@ -745,8 +764,8 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
     tmb = np.concatenate([r[5] + m0 for r, m0 in zip(rules, mbase)])
     tstart = np.cumsum(nt) - nt
     rule_of_job = np.repeat(np.arange(len(rules)), np.diff(offs))
-    Rp = np.zeros((G, D, D))
-    Rp[:, :u_h, D - d:] = R[rows]
+    Rp = np.zeros((G, n_rows, D))
+    Rp[:, :rep.size, D - d:] = R[rows][:, rep]
     bp = np.zeros((G, D))
     bp[:, D - d:] = beta[rows]
     sg = sigma[rows]
@@ -779,7 +798,7 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
         while st < jt.size:
             T = _TILES if jt.size - st > _TILES // 2 else _TILES_SMALL
             idx = [_pad_rows(a[st:st + T], T) for a in (pb, mb, sb, jt)]  # tile 0: zero weight
-            pending.append(((g0, jt[st:st + T]), _tile_kernel(act_fn, smoothed, powers, XP, PW, XL, WL, *per_job,
+            pending.append(((g0, jt[st:st + T]), _tile_kernel(act_fn, smoothed, active, XP, PW, XL, WL, *per_job,
                                                                *idx)))
             st += T
         if len(pending) > 64:
@@ -961,38 +980,49 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, st
     for _ in range(max_rounds):
         if not todo.size:
             break
-        groups = {}
-        for i in todo:
-            groups.setdefault(tuple(lad[i]), []).append(i)
-        # every distinct rule (a group's rule, or its companion one step lower) is built and run once
-        jobs = {}
-        where = []  # per group: rows, (fine, offset), (coarse, offset)
-        for key, rows in groups.items():
-            rows = np.asarray(rows)
-            slots = []
-            for orders in (tuple(LADDER[k] for k in key), tuple(LADDER[max(k - 1, 0)] for k in key)):
-                jobs.setdefault(orders, []).append(rows)
-                slots.append((orders, sum(r.size for r in jobs[orders]) - rows.size))
-            where.append((key, rows, slots))
+        # groups of rows with the same ladder indices, in the order of their first row (as listed in todo)
+        code = lad[todo] @ (len(LADDER) ** np.arange(lad.shape[1]))  # one integer per row of ladder indices
+        _, first, inv = np.unique(code, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        grp = rank[inv.reshape(-1)]
+        rows = todo[np.argsort(grp, kind="stable")]  # grouped; within a group in todo's order
+        counts = np.bincount(grp, minlength=order.size)
+        starts = np.cumsum(counts) - counts
+        # every distinct rule (a group's rule, or its companion one step lower) is built and run once:
+        # row i of ``rows`` reads rule slot[k][i] (k = 0 fine, 1 coarse) at position pos[k][i] of its jobs
+        jobs, sizes, ids = {}, {}, {}
+        slot = np.zeros((2, rows.size), dtype=int)
+        pos = np.zeros((2, rows.size), dtype=int)
+        for gi in range(order.size):
+            key = lad[todo[first[order[gi]]]]
+            sl = slice(starts[gi], starts[gi] + counts[gi])
+            for k, orders in enumerate((tuple(LADDER[j] for j in key), tuple(LADDER[max(j - 1, 0)] for j in key))):
+                jobs.setdefault(orders, []).append(rows[sl])
+                slot[k, sl] = ids.setdefault(orders, len(ids))
+                pos[k, sl] = sizes.get(orders, 0) + np.arange(counts[gi])
+                sizes[orders] = sizes.get(orders, 0) + counts[gi]
         res = _evaluate_rules(act.fn, smoothed, head_pattern, R, beta, sigma,
                               {o: np.concatenate(r) for o, r in jobs.items()}, cutoff, stol, (scale, head_scale))
-        failed = []
-        for key, rows, ((fine, o_f), (coarse, o_c)) in where:
-            q, mag, n_fine, serr, sev = (a[o_f:o_f + rows.size] if isinstance(a, np.ndarray) else a
-                                         for a in res[fine])
-            qc, _, n_coarse, _, sev_c = (a[o_c:o_c + rows.size] if isinstance(a, np.ndarray) else a
-                                         for a in res[coarse])
-            e = np.abs(q - qc) * _tail_factor(act, lad[rows], s[rows]) + 64 * _EPS * mag + serr
-            table_evals[rows] += sev + sev_c
-            capped = np.any(lad[rows] == top, axis=1)  # the rule cannot refine: no convergence to trust
-            if capped.any():
-                e = np.where(capped, np.maximum(e, _calibrated_error(act, lad[rows], s[rows]) * scale[rows]), e)
-            val[rows] = q
-            err[rows] = e
-            nodes_used[rows] += n_fine + n_coarse
-            if min(key) < top:
-                failed.extend(rows[e > rtol * scale[rows]].tolist())
-        todo = np.asarray(failed, dtype=int)
+        # (sum, magnitude, nodes, table error, table evals) of every job, in the order of jobs
+        flat = [np.concatenate([res[o][i] for o in jobs]) if i != 2 else
+                np.repeat([res[o][2] for o in jobs], [sizes[o] for o in jobs]) for i in range(5)]
+        joff = np.cumsum([0] + [sizes[o] for o in jobs])
+        fine, coarse = joff[slot[0]] + pos[0], joff[slot[1]] + pos[1]
+        (q, mag, n_fine, serr, sev), (qc, n_coarse, sev_c) = ([a[fine] for a in flat],
+                                                               [flat[i][coarse] for i in (0, 2, 4)])
+        lr, sr = lad[rows], s[rows]
+        e = np.abs(q - qc) * _tail_factor(act, lr, sr) + 64 * _EPS * mag + serr
+        table_evals[rows] += sev + sev_c
+        capped = np.any(lr == top, axis=1)  # the rule cannot refine: no convergence to trust
+        if capped.any():
+            e = np.where(capped, np.maximum(e, _calibrated_error(act, lr, sr) * scale[rows]), e)
+        val[rows] = q
+        err[rows] = e
+        nodes_used[rows] += n_fine + n_coarse
+        failed = rows[(lr.min(axis=1) < top) & (e > rtol * scale[rows])]
+        todo = failed
         if todo.size:  # refine: two ladder steps up in every direction that is not at its cap
             lad[todo] = np.minimum(lad[todo] + 2, top)
     if stats is not None:

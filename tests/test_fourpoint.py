@@ -396,17 +396,18 @@ def test_traced_rule_agrees_with_concrete_rule():
     assert np.all(diff <= est + fixed), (diff.max(), (est + fixed).min())
 
 
-@pytest.mark.parametrize("chunk, tiles", [(4096, (2048, 128)), (8, (64, 8))])
-def test_rules_sharing_tile_calls_equal_direct_sums(rng, monkeypatch, chunk, tiles):
+@pytest.mark.parametrize("chunk, tiles, pattern", [(4096, (2048, 128), (1, 2, 1)), (8, (64, 8), (1, 2, 1)),
+                                                    (8, (64, 8), (1, 1, 1)), (4096, (2048, 128), (4, 1, 3))])
+def test_rules_sharing_tile_calls_equal_direct_sums(rng, monkeypatch, chunk, tiles, pattern):
     """Rows of different rules share the tile kernel's calls (in chunks of jobs, each call padded with
     zero-weight tiles): every row's sum equals its rule's tiles summed directly in NumPy, and differs from
-    its pruned tensor rule only by nodes that rule drops (each below the pruning threshold)."""
+    its pruned tensor rule only by nodes that rule drops (each below the pruning threshold). Inputs of
+    power p are p factor rows of the kernel: powers 1 to 4, 3 to 8 rows."""
     import ngp._fourpoint as fp
 
     monkeypatch.setattr(fp, "_JOB_CHUNK", chunk)  # (8, (64, 8)): several chunks, full and small calls
     monkeypatch.setattr(fp, "_TILES", tiles[0])
     monkeypatch.setattr(fp, "_TILES_SMALL", tiles[1])
-    pattern = (1, 2, 1)
     R = rng.normal(size=(30, 3, 3)) * 0.6
     cutoff = 3e-14  # not the library's cutoff
     jobs = {o: np.sort(rng.choice(30, k, replace=False)) for o, k in (((12, 8, 5), 11), ((19, 10, 7), 3), ((26, 14, 10), 5), ((9,), 4), ((7, 20), 6))}
@@ -458,3 +459,19 @@ def test_pruned_rule_matches_masked_outer_products():
         assert x_new.shape == nodes.shape
         np.testing.assert_array_equal(x_new[a], nodes[b])
         np.testing.assert_array_equal(w_new[a], weights[b])
+
+
+def test_table_calls_cover_points_with_bounded_padding():
+    """The tabulation's calls (``_pieces``) cover every point once, in consecutive calls of the few
+    compiled sizes ``256 * 4**k <= per``, padding fewer than 4096 points (one padded call per level)."""
+    from ngp._fourpoint import _pieces
+
+    sizes = {256 * 4**k for k in range(8)}
+    for per in (256, 1024, 4096, 16384, 65536):
+        for n in [*range(0, 1200, 7), 4095, 4096, 4097, 5000, 16383, 16385, 70000, 300001]:
+            calls = _pieces(n, per)
+            assert [st for st, _ in calls] == list(np.cumsum([0] + [s for _, s in calls])[:-1])
+            assert all(s in sizes and s <= per for _, s in calls)
+            padded = sum(s for _, s in calls) - n
+            assert 0 <= padded < 4096 and (n == 0) == (not calls)
+            assert not calls or calls[-1][0] < n  # no call of padding alone
