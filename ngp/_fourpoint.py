@@ -531,16 +531,16 @@ _TABLE_CHUNK = 2**22
 @functools.partial(jax.jit, static_argnums=(0,))
 def _table_sums(fn, mu, s, w, pw):
     """``sum_i pw_i fn(mu + s w_i)`` for points ``mu``, ``s`` (P,) and nodes ``w``, ``pw`` (M,) (a fused
-    reduction: a matrix-vector product would first write the (P, M) values to memory, 2-4x slower)."""
+    reduction: a matrix-vector product first writes the (P, M) values to memory)."""
     return jnp.sum(fn(mu[:, None] + s[:, None] * w[None, :]) * pw, axis=1)
 
 
 def _pieces(n: int, per: int, least: int = 4**4, whole: int = 4**6) -> list:
     """``(start, size)`` of calls covering ``n`` points, sizes ``least * 4**k`` up to ``per`` (few compiled
     shapes): calls of ``per`` points, then of the largest size that fits while more than ``whole`` points
-    are left, and the rest in one call padded to the next size. A call costs about as much as
-    ``whole`` points of padding (about 0.3 ms against 1 ns per activation call), so the padding is
-    at most ``whole`` points, where one padded call for everything could waste 3/4 of its size."""
+    are left, and the rest in one call padded to the next size: at most ``whole`` points of padding
+    (a call's fixed cost is worth a few thousand points), where one padded call for everything could
+    waste 3/4 of its size."""
     out, st, size = [], 0, per
     while st < n:
         left = n - st
@@ -593,8 +593,11 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
         new = sums + add
         used += w.size
         e = np.abs(h * new - 2 * h * sums) if level else np.full(idx.size, np.inf)
-        done = ~(e > atol) if level < _TABLE_LEVELS else np.ones(idx.size, dtype=bool)  # NaN: done, as before
-        if level and done.any():
+        if level == _TABLE_LEVELS:
+            done = np.ones(idx.size, dtype=bool)
+        else:  # level 0 has no error estimate yet; a NaN change ends the refinement, as before
+            done = ~(e > atol) if level else np.zeros(idx.size, dtype=bool)
+        if done.any():
             val[idx[done]], err[idx[done]], evals[idx[done]] = h * new[done], e[done], used
         if done.all():
             break
