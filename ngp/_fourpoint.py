@@ -701,9 +701,9 @@ def _job_tables(act_fn, beta, sigma, stol, jobs: dict):
     bound and its evaluations, ``(G,)`` each (jobs in the order of ``jobs``: rule by rule, row by row)."""
     x_last = {o: _rule1d(o[-1])[0][_rule1d_by_weight(o[-1])[1]] for o in jobs}
     mu = np.concatenate([(beta[rows, -1][:, None] * x_last[o]).ravel() for o, rows in jobs.items()])
-    rep = np.concatenate([np.repeat(rows, o[-1]) for o, rows in jobs.items()])
-    val, err, evals = _smoothed_table(act_fn, mu, sigma[rep], stol[rep])
     m = np.repeat([o[-1] for o in jobs], [rows.size for rows in jobs.values()])  # table points per job
+    rep = np.repeat(np.concatenate(list(jobs.values())), m)  # the row of every table point
+    val, err, evals = _smoothed_table(act_fn, mu, sigma[rep], stol[rep])
     boff = np.concatenate([[0], np.cumsum(-(-m // _TM))])
     start = np.cumsum(m) - m  # job g's points: val[start[g]:start[g] + m[g]]
     within = np.arange(val.size) - np.repeat(start, m)
