@@ -945,7 +945,7 @@ def _calibrated_error(act: Activation, lad: np.ndarray, s: np.ndarray) -> np.nda
     return np.where(s > 0, _error_table(act)[lad, pos], 0.0).max(axis=1)
 
 
-def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, stats: dict | None = None):
+def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 7, stats: dict | None = None):
     C = np.asarray(C, dtype=float)
     b = C.shape[0]
     m4 = _fourth_moments(act, C)
@@ -980,6 +980,10 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, st
     table_evals = np.zeros(b)
     top = len(LADDER) - 1
     todo = np.arange(b)
+    # a refined row whose rule rose one ladder step in every direction has its previous rule as companion:
+    # that value (``prev``) is reused instead of evaluating the companion again
+    reuse = np.zeros(b, dtype=bool)
+    prev = np.zeros(b)
     for _ in range(max_rounds):
         if not todo.size:
             break
@@ -995,17 +999,23 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, st
         starts = np.cumsum(counts) - counts
         # every distinct rule (a group's rule, or its companion one step lower) is built and run once:
         # row i of ``rows`` reads rule slot[k][i] (k = 0 fine, 1 coarse) at position pos[k][i] of its jobs
+        # (rows that reuse their previous value run no companion)
         jobs, sizes, ids = {}, {}, {}
         slot = np.zeros((2, rows.size), dtype=int)
         pos = np.zeros((2, rows.size), dtype=int)
+        fresh = ~reuse[rows]
         for gi in range(order.size):
             key = lad[todo[first[order[gi]]]]
-            sl = slice(starts[gi], starts[gi] + counts[gi])
+            sl = np.arange(starts[gi], starts[gi] + counts[gi])
             for k, orders in enumerate((tuple(LADDER[j] for j in key), tuple(LADDER[max(j - 1, 0)] for j in key))):
+                if k:
+                    sl = sl[fresh[sl]]
+                    if not sl.size:
+                        continue
                 jobs.setdefault(orders, []).append(rows[sl])
                 slot[k, sl] = ids.setdefault(orders, len(ids))
-                pos[k, sl] = sizes.get(orders, 0) + np.arange(counts[gi])
-                sizes[orders] = sizes.get(orders, 0) + counts[gi]
+                pos[k, sl] = sizes.get(orders, 0) + np.arange(sl.size)
+                sizes[orders] = sizes.get(orders, 0) + sl.size
         res = _evaluate_rules(act.fn, smoothed, head_pattern, R, beta, sigma,
                               {o: np.concatenate(r) for o, r in jobs.items()}, cutoff, stol, (scale, head_scale))
         # (sum, magnitude, nodes, table error, table evals) of every job, in the order of jobs
@@ -1014,7 +1024,9 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, st
         joff = np.cumsum([0] + [sizes[o] for o in jobs])
         fine, coarse = joff[slot[0]] + pos[0], joff[slot[1]] + pos[1]
         (q, mag, n_fine, serr, sev), (qc, n_coarse, sev_c) = ([a[fine] for a in flat],
-                                                               [flat[i][coarse] for i in (0, 2, 4)])
+                                                               [np.where(fresh, flat[i][coarse], 0.0) for i in (0, 2, 4)])
+        qc = np.where(fresh, qc, prev[rows])
+        prev[rows] = q
         lr, sr = lad[rows], s[rows]
         e = np.abs(q - qc) * _tail_factor(act, lr, sr) + 64 * _EPS * mag + serr
         table_evals[rows] += sev + sev_c
@@ -1026,8 +1038,9 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 4, st
         nodes_used[rows] += n_fine + n_coarse
         failed = rows[(lr.min(axis=1) < top) & (e > rtol * scale[rows])]
         todo = failed
-        if todo.size:  # refine: two ladder steps up in every direction that is not at its cap
-            lad[todo] = np.minimum(lad[todo] + 2, top)
+        if todo.size:  # refine: one ladder step up in every direction that is not at its cap
+            reuse[todo] = lad[todo].max(axis=1) < top  # every direction rises: the companion is this round's rule
+            lad[todo] = np.minimum(lad[todo] + 1, top)
     if stats is not None:
         stats["nodes"] = nodes_used
         stats["evaluations"] = nodes_used * (len(head_pattern) + int(closed and not table)) + table_evals

@@ -475,3 +475,53 @@ def test_table_calls_cover_points_with_bounded_padding():
             padded = sum(s for _, s in calls) - n
             assert 0 <= padded < 4096 and (n == 0) == (not calls)
             assert not calls or calls[-1][0] < n  # no call of padding alone
+
+
+def test_refinement_steps_one_rung_and_reuses_the_previous_rule(rng, monkeypatch):
+    """An entry whose estimate misses the tolerance is recomputed one ladder step higher in every
+    direction, and the rule it just ran is its companion: after the first round (a rule and its
+    companion one step lower) every round runs one new rule per entry, never one it ran before. The
+    value is the last rule's and the estimate at least the difference of the last two rules; the
+    result meets the tolerance against the dense tensor rule at high order."""
+    from ngp import _fourpoint as fp
+
+    act = ngp.activation("tanh")
+    pattern = (3, 1)  # most random blocks of this pattern need a second round
+    C = np.stack([random_block(rng, 2, 1.0) for _ in range(6)])
+    rounds = []
+    original = fp._evaluate_rules
+
+    def spy(act_fn, smoothed, pat, R, beta, sigma, jobs, *args, **kwargs):
+        out = original(act_fn, smoothed, pat, R, beta, sigma, jobs, *args, **kwargs)
+        rounds.append({o: (np.array(rows), np.array(out[o][0])) for o, rows in jobs.items()})
+        return out
+
+    monkeypatch.setattr(fp, "_evaluate_rules", spy)
+    rtol = 1e-11
+    val, est = product_expectations(act, C, pattern, rtol=rtol)
+    rung = {m: i for i, m in enumerate(fp.LADDER)}
+    history = [[] for _ in range(C.shape[0])]  # per entry: per round, the (orders, value) it ran
+    for jobs in rounds:
+        ran = [[] for _ in range(C.shape[0])]
+        for o, (rows, sums) in jobs.items():
+            for r, q in zip(rows, sums):
+                ran[r].append((o, q))
+        for i in range(C.shape[0]):
+            if ran[i]:
+                history[i].append(sorted(ran[i], key=lambda t: sum(rung[m] for m in t[0])))
+    assert sum(len(h) > 1 for h in history) >= 2  # refinement happened
+    for i, h in enumerate(history):
+        (coarse, qc), (fine, q) = h[0]
+        assert [rung[m] for m in coarse] == [max(rung[m] - 1, 0) for m in fine]
+        for before, now in zip(h, h[1:]):
+            assert len(now) == 1  # one new rule; its companion is the rule of the round before
+            (o_prev, q_prev), (o_now, q_now) = before[-1], now[0]
+            assert [rung[m] for m in o_now] == [rung[m] + 1 for m in o_prev]
+            q, qc = q_now, q_prev
+        assert val[i] == q
+        assert est[i] >= abs(q - qc)
+        ref = _dense(act.fn, C[i], pattern, 200)
+        scale = holder(act, C[i], pattern)
+        assert abs(val[i] - ref) < rtol * scale + 1e-13 * abs(ref), (i, abs(val[i] - ref) / scale)
+        assert est[i] < rtol * scale
+
