@@ -355,9 +355,16 @@ LADDER = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 19, 22, 26, 30, 35, 41, 48, 56
 _TRAPEZOID = {251: 10.0, 253: 9.0, 255: 8.0}
 #: Per-direction scales at which the one-dimensional calibration is done (geometric grid).
 _S_GRID = tuple(float(x) for x in 0.01 * 1.2 ** np.arange(45))  # 0.01 ... ~30
-#: Offsets and powers of the one-dimensional calibration integrands sigma(s (c + x))^p.
+#: Offsets and powers of the one-dimensional calibration integrands sigma(s (c + x))^p (a rule whose
+#: integrated inputs include a higher power adds the powers up to it: :func:`_cal_powers`).
 _CAL_OFFSETS = (0.5, 1.5)
 _CAL_POWERS = (1, 2)
+
+
+def _cal_powers(head_pattern) -> tuple:
+    """Calibration powers for a rule over inputs of multiplicities ``head_pattern``: 1 and 2, and up to
+    the largest multiplicity (a cube of gelu or swish converges more slowly than their squares)."""
+    return tuple(range(1, max(max(head_pattern, default=1), max(_CAL_POWERS)) + 1))
 
 
 @functools.lru_cache(maxsize=64)
@@ -375,10 +382,10 @@ def _trapezoid(m: int, L: float):
 
 
 @functools.lru_cache(maxsize=64)
-def _error_table(act: Activation) -> np.ndarray:
+def _error_table(act: Activation, powers: tuple = _CAL_POWERS) -> np.ndarray:
     """One-dimensional calibration of the activation: ``(len(LADDER), len(_S_GRID))`` errors of the
     ``m``-node ladder rule for ``sigma(s (c + x))^p`` relative to ``E[sigma(s (c + x))^{2p}]^{1/2}``,
-    worst over the calibration offsets ``c`` and powers ``p``, made non-decreasing in ``s`` (the
+    worst over the calibration offsets ``c`` and ``powers`` ``p``, made non-decreasing in ``s`` (the
     reference is a trapezoid rule of step 0.005 on [-12, 12], converged for every grid scale)."""
     rules = [_rule1d(m) for m in LADDER] + [_trapezoid(4801, 12.0)]
     x = np.concatenate([r[0] for r in rules])
@@ -390,7 +397,7 @@ def _error_table(act: Activation) -> np.ndarray:
     f = np.asarray(_jit_fn(act.fn)(device(z)))
     worst = np.zeros((len(LADDER), s.size))
     last = seg == len(rules) - 1
-    for p in _CAL_POWERS:
+    for p in powers:
         g = f**p * w
         sums = np.zeros((len(c), s.size, len(rules)))
         np.add.at(sums, (slice(None), slice(None), seg), g)  # (offsets, scales, rules)
@@ -402,11 +409,11 @@ def _error_table(act: Activation) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _order_table(act: Activation, tol_exp: int) -> np.ndarray:
+def _order_table(act: Activation, tol_exp: int, powers: tuple = _CAL_POWERS) -> np.ndarray:
     """Smallest ladder index per grid scale ``s`` such that the ``m``-point Gauss-Hermite rule
     integrates ``sigma(s (c + x))^p`` to ``10**tol_exp`` relative to ``E[sigma(s (c + x))^{2p}]^{1/2}``
     for every calibration offset ``c`` and power ``p`` (:func:`_error_table`)."""
-    ok = _error_table(act) <= 10.0 ** tol_exp
+    ok = _error_table(act, powers) <= 10.0 ** tol_exp
     first = np.where(ok.any(axis=0), np.argmax(ok, axis=0), len(LADDER) - 1)
     return np.maximum.accumulate(first)  # monotone in s
 
@@ -419,10 +426,10 @@ _CUTOFF = 1e-5
 _CAL_FACTOR = 3.0
 
 
-def _orders(act: Activation, s: np.ndarray, rtol: float) -> np.ndarray:
-    """Ladder indices (same shape as ``s``) for per-direction scales ``s``."""
+def _orders(act: Activation, s: np.ndarray, rtol: float, powers: tuple = _CAL_POWERS) -> np.ndarray:
+    """Ladder indices (same shape as ``s``) for per-direction scales ``s`` (calibrated on ``powers``)."""
     tol_exp = int(np.floor(np.log10(max(_CAL_FACTOR * rtol, 1e-15))))
-    table = _order_table(act, tol_exp)
+    table = _order_table(act, tol_exp, powers)
     pos = np.searchsorted(np.asarray(_S_GRID), s, side="left")
     idx = table[np.clip(pos, 0, len(_S_GRID) - 1)]
     idx = np.where(s <= 0, 0, idx)
@@ -922,14 +929,14 @@ _RHO_MAX = 0.95
 _RHO_FLOOR = 1e-14
 
 
-def _tail_factor(act: Activation, lad: np.ndarray, s: np.ndarray) -> np.ndarray:
+def _tail_factor(act: Activation, lad: np.ndarray, s: np.ndarray, powers: tuple = _CAL_POWERS) -> np.ndarray:
     """Factor turning the difference ``|Q_k - Q_(k-1)|`` of a rule and its companion one ladder step
     lower into an estimate of the error of ``Q_k``: with geometric convergence ``err_k = rho err_(k-1)``,
     ``err_k = rho / (1 - rho) |Q_k - Q_(k-1)|``. ``rho`` per direction is read from the one-dimensional
     calibration (:func:`_error_table`) at the direction's order and scale, the worst direction counts,
     and the factor is at least 1. Slowly converging rules (large variances of saturating activations)
     get factors of several; rows ``lad`` (b, d) of ladder indices, ``s`` (b, d) direction scales."""
-    table = _error_table(act)
+    table = _error_table(act, powers)
     pos = np.clip(np.searchsorted(np.asarray(_S_GRID), s, side="left"), 0, len(_S_GRID) - 1)
     fine = table[lad, pos]
     prev = table[np.maximum(lad - 1, 0), pos]
@@ -938,11 +945,11 @@ def _tail_factor(act: Activation, lad: np.ndarray, s: np.ndarray) -> np.ndarray:
     return np.maximum(1.0, rho / (1.0 - rho))
 
 
-def _calibrated_error(act: Activation, lad: np.ndarray, s: np.ndarray) -> np.ndarray:
+def _calibrated_error(act: Activation, lad: np.ndarray, s: np.ndarray, powers: tuple = _CAL_POWERS) -> np.ndarray:
     """Worst one-dimensional calibration error (relative) over the directions of rows ``lad`` (b, d)
     of ladder indices at scales ``s`` (b, d)."""
     pos = np.clip(np.searchsorted(np.asarray(_S_GRID), s, side="left"), 0, len(_S_GRID) - 1)
-    return np.where(s > 0, _error_table(act)[lad, pos], 0.0).max(axis=1)
+    return np.where(s > 0, _error_table(act, powers)[lad, pos], 0.0).max(axis=1)
 
 
 def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 7, stats: dict | None = None):
@@ -952,7 +959,8 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 7, st
     scale = np.prod(m4 ** (np.asarray(pattern) / 4.0), axis=1)
     R, beta, sigma, head_pattern, closed = _smooth_setup(act, C, pattern)
     s = _direction_scale(R, beta if closed else None)  # (b, d)
-    lad = _orders(act, s, rtol)  # (b, d) ladder indices
+    cal = _cal_powers(head_pattern)
+    lad = _orders(act, s, rtol, cal)  # (b, d) ladder indices
     table = closed and act.smoothed is None
     if table:  # beta's direction (the first) last: the smoothed input is tabulated along it
         perm = np.concatenate([1 + np.argsort(-lad[:, 1:], axis=1, kind="stable"),
@@ -1028,11 +1036,11 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 7, st
         qc = np.where(fresh, qc, prev[rows])
         prev[rows] = q
         lr, sr = lad[rows], s[rows]
-        e = np.abs(q - qc) * _tail_factor(act, lr, sr) + 64 * _EPS * mag + serr
+        e = np.abs(q - qc) * _tail_factor(act, lr, sr, cal) + 64 * _EPS * mag + serr
         table_evals[rows] += sev + sev_c
         capped = np.any(lr == top, axis=1)  # the rule cannot refine: no convergence to trust
         if capped.any():
-            e = np.where(capped, np.maximum(e, _calibrated_error(act, lr, sr) * scale[rows]), e)
+            e = np.where(capped, np.maximum(e, _calibrated_error(act, lr, sr, cal) * scale[rows]), e)
         val[rows] = q
         err[rows] = e
         nodes_used[rows] += n_fine + n_coarse

@@ -525,3 +525,22 @@ def test_refinement_steps_one_rung_and_reuses_the_previous_rule(rng, monkeypatch
         assert abs(val[i] - ref) < rtol * scale + 1e-13 * abs(ref), (i, abs(val[i] - ref) / scale)
         assert est[i] < rtol * scale
 
+
+@pytest.mark.parametrize("name,pattern,C", [
+    ("gelu", (1, 3), [[1.0442547836247102, 0.11408002445059408], [0.11408002445059408, 0.18438404383665585]]),
+    ("gelu", (3, 1), [[0.3308142030021619, 0.0442235648366283], [0.0442235648366283, 0.041545660815972864]]),
+    ("swish", (3, 1), [[0.1529919522697132, 0.10936363459987716], [0.10936363459987716, 0.31177427338548847]]),
+])
+def test_cubed_inputs_calibrated_on_their_power(name, pattern, C):
+    """Blocks of a tanh network's kernel (a 16 x 100 prediction) on which the rule calibrated on powers 1
+    and 2 stopped at two rules that agreed while both erred (gelu: 4.5 and 1.5 times the tolerance,
+    swish: 4.1 times, with estimates below it): a cubed input is calibrated on cubes too. Against the
+    dense rule at high order, the tolerance is met and the estimate covers the error."""
+    act = ngp.activation(name)
+    C = np.asarray(C)
+    val, est = product_expectations(act, C[None], pattern)
+    ref = _dense(act.fn, C, pattern, 200)
+    scale = holder(act, C, pattern)
+    err = abs(val[0] - ref)
+    assert err < 1e-9 * scale, err / scale
+    assert est[0] >= err or err < 1e-12 * scale, (err / scale, est[0] / scale)
