@@ -35,11 +35,12 @@ NETWORKS = {
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def ngp_revision() -> dict:
-    """Git commit of the checkout and whether ``ngp/`` has uncommitted changes."""
+def ngp_revision(root: str | None = None) -> dict:
+    """Git commit of the checkout at ``root`` (default: this one) and whether its ``ngp/`` has uncommitted
+    changes."""
     import subprocess
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                                 text=True, timeout=10).stdout.strip()

@@ -13,9 +13,8 @@ error above 1% of the tolerance, and the nodes used. Measures whatever ``ngp`` i
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
+import sys
 import time
 
 import jax
@@ -28,6 +27,8 @@ import ngp  # noqa: E402
 from ngp import _fourpoint as fp  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import _kernel_setup  # noqa: E402  (the commit record and the results file)
 
 
 def capture(rows: int) -> dict:
@@ -61,17 +62,10 @@ def main() -> int:
     ap.add_argument("--out", default="four_point_honesty.json")
     args = ap.parse_args()
     blocks = capture(args.rows)
-    try:
-        where = os.path.dirname(ngp.__file__)
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True).stdout.strip()
-        if subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=where, capture_output=True,
-                          text=True).stdout.strip():
-            commit += " + uncommitted changes to ngp/"
-    except OSError:
-        commit = None
-    result = {"ngp": ngp.__file__, "commit": commit, "rows": args.rows, "rtol": fp.RTOL, "reference_rtol": 1e-12,
+    revision = _kernel_setup.ngp_revision(os.path.dirname(os.path.dirname(os.path.abspath(ngp.__file__))))
+    result = {"ngp": ngp.__file__, **revision, "rows": args.rows, "rtol": fp.RTOL, "reference_rtol": 1e-12,
               "results": []}
-    print(f"ngp from {ngp.__file__} ({commit})")
+    print(f"ngp from {ngp.__file__} ({revision})")
     for name in args.activations.split(","):
         act = ngp.activation(name)
         for pattern, C in sorted(blocks.items()):
@@ -89,9 +83,7 @@ def main() -> int:
             result["results"].append(row)
             print(f"{name:6s} {str(pattern):14s} max err/tol {row['max_error_over_tol']:8.3g}  over tol "
                   f"{row['blocks_over_tol']:3d}  est < err {row['estimate_below_error']:3d}  nodes {row['nodes']:.4e}")
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", args.out), "w") as fh:
-        json.dump(result, fh, indent=1)
+    _kernel_setup.write_json(os.path.join(HERE, "results", args.out), result)
     print(f"written benchmarks/results/{args.out}")
     return 0
 

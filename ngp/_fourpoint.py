@@ -1031,9 +1031,9 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 7, st
                 np.repeat([res[o][2] for o in jobs], [sizes[o] for o in jobs]) for i in range(5)]
         joff = np.cumsum([0] + [sizes[o] for o in jobs])
         fine, coarse = joff[slot[0]] + pos[0], joff[slot[1]] + pos[1]
-        (q, mag, n_fine, serr, sev), (qc, n_coarse, sev_c) = ([a[fine] for a in flat],
-                                                               [np.where(fresh, flat[i][coarse], 0.0) for i in (0, 2, 4)])
-        qc = np.where(fresh, qc, prev[rows])
+        q, mag, n_fine, serr, sev = (a[fine] for a in flat)
+        qc = np.where(fresh, flat[0][coarse], prev[rows])  # reused rows: their previous rule, no new nodes
+        n_coarse, sev_c = (np.where(fresh, flat[i][coarse], 0.0) for i in (2, 4))
         prev[rows] = q
         lr, sr = lad[rows], s[rows]
         e = np.abs(q - qc) * _tail_factor(act, lr, sr, cal) + 64 * _EPS * mag + serr
