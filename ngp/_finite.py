@@ -179,13 +179,13 @@ def jacobian_hessian(act: Activation, K, pairs: Pairs, C_W: float, *, method: st
 # ----------------------------------------------------------------------------- four-point term
 @functools.lru_cache(maxsize=16)
 def _pruned_rule(u: int, m: int, cutoff: float = 1e-15):
+    """The ``m``-point Gauss-Hermite tensor rule in ``u`` dimensions without the nodes whose weight is below
+    ``cutoff`` times the largest: nodes ``(q, u)`` and weights ``(q,)`` in C order of the tensor grid. Only
+    the ``m**u`` weights are formed on the full grid, not ``2 u`` full grids of nodes and weights."""
     x, w = gauss_hermite(m)
-    grids = np.meshgrid(*([x] * u), indexing="ij")
-    wg = np.meshgrid(*([w] * u), indexing="ij")
-    nodes = np.stack([g.ravel() for g in grids], axis=1)
-    weights = np.prod(np.stack([g.ravel() for g in wg], axis=1), axis=1)
-    keep = weights > cutoff * weights.max()
-    return nodes[keep], weights[keep]
+    W = functools.reduce(np.multiply.outer, [w] * u)  # (m,) * u tensor weights
+    keep = np.nonzero(W > cutoff * W.max())
+    return np.stack([x[i] for i in keep], axis=1), W[keep]
 
 
 def multisets(N: int) -> np.ndarray:

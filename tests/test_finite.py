@@ -168,6 +168,25 @@ def test_four_point_quadrature_accuracy():
     assert np.max(np.abs(quad - exact)) < 1e-5 * np.max(np.abs(exact))
 
 
+def test_pruned_rule_equals_the_masked_tensor_grid():
+    """The pruned rule (built from the weight tensor alone) keeps exactly the nodes and weights, in the same
+    order, of the plain construction from full meshgrids, and integrates a polynomial exactly."""
+    from ngp._finite import _pruned_rule
+    from ngp._gaussian import gauss_hermite
+
+    for u, m, cutoff in ((1, 9, 1e-15), (2, 12, 1e-15), (3, 10, 1e-8), (4, 8, 1e-15), (4, 11, 1e-6)):
+        x, w = gauss_hermite(m)
+        nodes = np.stack([g.ravel() for g in np.meshgrid(*([x] * u), indexing="ij")], axis=1)
+        weights = np.prod(np.stack([g.ravel() for g in np.meshgrid(*([w] * u), indexing="ij")], axis=1), axis=1)
+        keep = weights > cutoff * weights.max()
+        got_x, got_w = _pruned_rule.__wrapped__(u, m, cutoff)
+        np.testing.assert_array_equal(got_x, nodes[keep])
+        np.testing.assert_array_equal(got_w, weights[keep])
+    x, w = _pruned_rule.__wrapped__(4, 12, 0.0)  # unpruned: exact for degree < 2m in each direction
+    # E[z1^2 z2^4 z3^6 z4^0] = 1 * 3 * 15 for independent standard normals
+    assert abs(np.sum(w * x[:, 0] ** 2 * x[:, 1] ** 4 * x[:, 2] ** 6) - 45.0) < 1e-11
+
+
 # ----------------------------------------------------------------------------- Monte Carlo
 def _residuals(activation, L, widths_fn, ns, X, C_W, C_b, samples, seed):
     out = []
