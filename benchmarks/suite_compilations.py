@@ -7,7 +7,8 @@ Writes benchmarks/results/suite_compilations.json: totals, the largest functions
 function with the same argument shapes compiled more than once: cache misses, not new shapes).
 ``--log FILE`` keeps the raw log (test id, message), the "Compiling ... with global shapes" lines included.
 Also records the peak resident memory of the run; ``NGP_TEST_RELEASE_MB=...`` in the environment changes the
-threshold above which tests/conftest.py drops JAX's compiled programs after a module.
+threshold above which tests/conftest.py drops JAX's compiled programs after a module. The suite runs in one
+process here (``-n 0``: one log, the single-process threshold), not in the default pytest-xdist workers.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def main():
                    PYTHONPATH=os.pathsep.join([tmp, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
         t0 = time.perf_counter()
         r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "suite_compilations_plugin",
-                            "-p", "no:cacheprovider", *pytest_args], cwd=ROOT, env=env, capture_output=True, text=True)
+                            "-p", "no:cacheprovider", "-n", "0", *pytest_args], cwd=ROOT, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         lines = open(log).readlines() if os.path.exists(log) else []
         if args.log:

@@ -49,9 +49,31 @@ import ngp  # noqa: E402,F401  (imported here so that its module objects are fro
 gc.collect()
 gc.freeze()
 
-#: Resident memory (MB) above which JAX's compiled programs are dropped after a test module (the environment
-#: variable NGP_TEST_RELEASE_MB overrides it, for measurements: benchmarks/suite_compilations.py).
-RELEASE_ABOVE_MB = float(os.environ.get("NGP_TEST_RELEASE_MB", 2500))
+#: Memory (GB available) that one test process needs: its own compiled programs up to the threshold below,
+#: plus the largest single test's arrays.
+GB_PER_WORKER = 3.0
+
+
+def _available_gb() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable")) / 1024**2
+    except (OSError, StopIteration, ValueError):
+        return float("inf")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (the default, pyproject.toml): one pytest-xdist worker per usable core, no more than the
+    available memory holds at ``GB_PER_WORKER`` each (2 on the 2-core CI machine)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, int(_available_gb() // GB_PER_WORKER)))
+
+
+#: Resident memory (MB) above which JAX's compiled programs are dropped after a test module: 2500 in a single
+#: process, 1500 in each pytest-xdist worker (the suite's 4 GB goal with two workers). The environment
+#: variable NGP_TEST_RELEASE_MB overrides it, for measurements: benchmarks/suite_compilations.py.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+RELEASE_ABOVE_MB = float(os.environ.get("NGP_TEST_RELEASE_MB", 2500 if _WORKERS <= 1 else 1500))
 
 
 def _rss_mb() -> float:
