@@ -2,8 +2,10 @@ import ctypes
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import jax
 import pytest
@@ -40,6 +42,24 @@ if _flags != os.environ.get("XLA_FLAGS", "") and xla_accepts(_flags):
 # the CLI keeps compiled programs on disk (~/.cache/ngp/jax); tests run without it (reproducible timings)
 os.environ.setdefault("NGP_CACHE_DIR", "")
 jax.config.update("jax_enable_x64", True)
+
+# pytest-xdist workers share an on-disk cache of compiled programs for this run only: a fresh folder that the
+# controlling process makes and removes (benchmarks/README.md, "Test suite time and memory": in one process
+# such a cache saved nothing; across two workers, one loads what the other compiled)
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+_OWN_CACHE = None
+if _WORKER is None and not os.environ.get("NGP_TEST_COMPILATION_CACHE"):
+    _OWN_CACHE = os.environ["NGP_TEST_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="ngp-test-xla-")
+if _WORKER is not None and os.environ.get("NGP_TEST_COMPILATION_CACHE"):
+    jax.config.update("jax_compilation_cache_dir", os.environ["NGP_TEST_COMPILATION_CACHE"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
 
 import ngp  # noqa: E402,F401  (imported here so that its module objects are frozen below)
 
