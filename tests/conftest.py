@@ -46,7 +46,8 @@ jax.config.update("jax_enable_x64", True)
 # pytest-xdist workers share an on-disk cache of compiled programs for this run only: a fresh folder that the
 # controlling process makes and removes (benchmarks/README.md, "Test suite time and memory": in one process
 # such a cache saved nothing; across two workers, one loads what the other compiled)
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # this worker's name; None in the controlling (or only) process
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 _OWN_CACHE = None
 if _WORKER is None and not os.environ.get("NGP_TEST_COMPILATION_CACHE"):
     _OWN_CACHE = os.environ["NGP_TEST_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="ngp-test-xla-")
@@ -92,7 +93,6 @@ def pytest_xdist_auto_num_workers(config):
 #: Resident memory (MB) above which JAX's compiled programs are dropped after a test module: 2500 in a single
 #: process, 1500 in each pytest-xdist worker (the suite's 4 GB goal with two workers). The environment
 #: variable NGP_TEST_RELEASE_MB overrides it, for measurements: benchmarks/suite_compilations.py.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 RELEASE_ABOVE_MB = float(os.environ.get("NGP_TEST_RELEASE_MB", 2500 if _WORKERS <= 1 else 1500))
 
 
