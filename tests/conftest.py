@@ -13,8 +13,7 @@ import pytest
 #: XLA:CPU settings of the test process (and the CLI and notebook subprocesses it starts): the legacy
 #: emitters and LLVM optimisation level 1. The suite is compile-bound, and both make its compilation
 #: cheaper with bitwise identical values (measurements in docs/getting-started.md, "Compilation time").
-SUITE_COMPILE_FLAGS = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=1",
-                       "--xla_llvm_disable_expensive_passes=true")
+SUITE_COMPILE_FLAGS = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=1")
 
 
 def xla_accepts(flags: str) -> bool:

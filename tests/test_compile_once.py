@@ -144,12 +144,11 @@ def test_network_keys_are_the_split_keys():
 def test_suite_compile_flags_appended_once_keeping_given_values():
     from .conftest import SUITE_COMPILE_FLAGS, with_flags, xla_accepts
 
-    every = " ".join(SUITE_COMPILE_FLAGS)
-    assert with_flags("", SUITE_COMPILE_FLAGS) == every
+    both = " ".join(SUITE_COMPILE_FLAGS)
+    assert with_flags("", SUITE_COMPILE_FLAGS) == both
     assert with_flags("--xla_backend_optimization_level=2", SUITE_COMPILE_FLAGS) == (
-        "--xla_backend_optimization_level=2 --xla_cpu_use_fusion_emitters=false"
-        " --xla_llvm_disable_expensive_passes=true")
-    assert with_flags(every, SUITE_COMPILE_FLAGS) == every
+        "--xla_backend_optimization_level=2 --xla_cpu_use_fusion_emitters=false")
+    assert with_flags(both, SUITE_COMPILE_FLAGS) == both
     # a flag this jaxlib does not know would abort XLA: refused before it is set
     assert not xla_accepts("--xla_no_such_flag_in_any_jaxlib=1")
 
@@ -188,8 +187,7 @@ def test_suite_compile_flags_leave_values_unchanged():
         pytest.skip("this jaxlib does not accept the suite's compile settings")
     here = {}
     exec(_VALUES_DIGEST, here)
-    defaults = ("--xla_cpu_use_fusion_emitters=true --xla_backend_optimization_level=2"
-                " --xla_llvm_disable_expensive_passes=false")
+    defaults = "--xla_cpu_use_fusion_emitters=true --xla_backend_optimization_level=2"
     show = "import sys; print(digest); sys.stdout.flush(); np.save(sys.stdout.buffer, np.stack([V, V_error]))"
     r = subprocess.run([sys.executable, "-c", _VALUES_DIGEST + show], capture_output=True, env=dict(os.environ, XLA_FLAGS=defaults), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:].decode()
