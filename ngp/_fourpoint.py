@@ -1069,9 +1069,10 @@ def fixed_rule_errors(act: Activation, C, pattern, order: int) -> np.ndarray:
     """Calibrated error estimate ``(b,)`` (absolute) of the isotropic ``order``-point tensor
     Gauss-Hermite rule in the eigen-coordinates of ``C`` (the engine's fixed rule,
     ``ngp._finite.FOUR_POINT_ORDERS``) for ``E[prod_j sigma(z_j)^{p_j}]``: the Hölder scale times the
-    worst one-dimensional calibration error (:func:`_error_table`) of the largest ladder order
-    ``<= order`` over the directions' scales, at least :data:`FIXED_FLOOR`. ``inf`` for activations that are not smooth or have
-    ``relu_slopes`` (no calibration)."""
+    worst one-dimensional calibration error (:func:`_error_table`, on the powers up to the pattern's
+    largest: :func:`_cal_powers`) of the largest ladder order ``<= order`` over the directions' scales, at
+    least :data:`FIXED_FLOOR`. ``inf`` for activations that are not smooth or have ``relu_slopes`` (no
+    calibration)."""
     pattern = _pattern(pattern)
     C = _as_blocks(C, len(pattern))
     if act.relu_slopes is not None or not act.smooth:
@@ -1079,7 +1080,7 @@ def fixed_rule_errors(act: Activation, C, pattern, order: int) -> np.ndarray:
     R, _, _ = _eig_sqrt(C)
     s = _direction_scale(R)  # (b, d)
     li = max(0, int(np.searchsorted(np.asarray(LADDER), int(order), side="right")) - 1)
-    table = _error_table(act)[li]  # (scales,)
+    table = _error_table(act, _cal_powers(pattern))[li]  # (scales,): sigma^4 oscillates faster than sigma^2
     pos = np.searchsorted(np.asarray(_S_GRID), s, side="left")
     e = np.where(pos >= len(_S_GRID), np.inf, table[np.clip(pos, 0, len(_S_GRID) - 1)])
     e = np.where(s <= 0, 0.0, e).max(axis=1)
