@@ -351,6 +351,13 @@ def test_error_estimate_honest_at_large_variance(rng, K):
             assert est[i] <= 1e4 * max(err, 1e-12 * scale), (pattern, K, err / scale, est[i] / scale)
 
 
+def _mp_fourth_moment(f, K, *, dps):
+    """``E[f(z)^4]`` for ``z ~ N(0, K)`` by mpmath quadrature at ``dps`` digits (``f`` an mpmath function)."""
+    s = mp.sqrt(K)
+    with mp.workdps(dps):
+        return float(mp.quad(lambda x: f(s * x) ** 4 * mp.npdf(x), [-mp.inf, -5, -2, -1, 0, 1, 2, 5, mp.inf]))
+
+
 @pytest.mark.parametrize("K", [9.0, 16.0])
 def test_tolerance_met_at_large_variance(rng, K):
     """tanh at variances 9 and 16, beyond the 250-node Gauss-Hermite rule (its error in <tanh^4> is 2e-5
@@ -358,11 +365,7 @@ def test_tolerance_met_at_large_variance(rng, K):
     and say so, against 30-digit mpmath (one input) and a trapezoidal reference whose two steps agree to
     < 1e-13 (two inputs)."""
     act = ngp.activation("tanh")
-    s = mp.sqrt(K)
-    with mp.workdps(30):
-        ref = float(mp.quad(lambda x: mp.tanh(s * x) ** 4 * mp.exp(-x * x / 2) / mp.sqrt(2 * mp.pi),
-                            [-mp.inf, -2, -1, 0, 1, 2, mp.inf]))
-    blocks = [((4,), np.array([[[K]]]), ref)]
+    blocks = [((4,), np.array([[[K]]]), _mp_fourth_moment(mp.tanh, K, dps=30))]
     for pattern in ((2, 2), (3, 1)):
         C = random_block(rng, 2, K)
         ref, ref2 = _trapezoid(act.fn, C, pattern, 0.03), _trapezoid(act.fn, C, pattern, 0.0375)
@@ -417,9 +420,7 @@ def test_fixed_rule_error_of_a_fourth_power(name):
     c = np.array([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
     K = np.diag(c)  # one input per variance: every entry in one call
     ms = np.repeat(np.arange(c.size)[:, None], 4, axis=1)
-    with mp.workdps(20):
-        ref = np.array([float(mp.quad(lambda x: f(mp.sqrt(v) * x) ** 4 * mp.npdf(x), [-mp.inf, -5, 0, 5, mp.inf]))
-                        for v in c])
+    ref = np.array([_mp_fourth_moment(f, v, dps=20) for v in c])
     err = np.abs(np.asarray(_product_expectations(act, jnp.asarray(K), ms, FOUR_POINT_ORDERS)) - ref)
     est = fixed_rule_errors(act, c[:, None, None], (4,), FOUR_POINT_ORDERS[1])
     scale = np.array([holder(act, np.array([[v]]), (4,)) for v in c])

@@ -7,6 +7,8 @@ import pytest
 
 import ngp
 
+from ngp._finite import FOUR_POINT_ORDERS
+
 
 @pytest.fixture
 def data():
@@ -37,11 +39,11 @@ def test_log_evidence_matches_condition_and_its_gradient_matches_finite_differen
     # compiled as a whole, as fit_hyperparameters does (eager tracing compiles every primitive op on its
     # own: 3x slower here). Compiled, the four-point term runs the fixed rule (FOUR_POINT_ORDERS;
     # docs/four-point.md, "Which rule runs when"): the jitted value is the eager one on that rule
-    # (four_point_order=40), the accurate one for sin (closed form); for tanh and relu the two differ by the
-    # fixed rule's error (measured 1.3e-7 and 4.9e-4 relative here)
+    # (four_point_order: its four-input order), the accurate one for sin (closed form); for tanh and relu the
+    # two differ by the fixed rule's error (measured 1.3e-7 and 4.9e-4 relative here)
     fj = jax.jit(f)
     on_fixed = cond.log_evidence if activation == "sin" else float(
-        ngp.log_evidence(net, X, Y, noise=0.05, four_point_order=40))
+        ngp.log_evidence(net, X, Y, noise=0.05, four_point_order=FOUR_POINT_ORDERS[4]))
     assert float(fj(theta)) == pytest.approx(on_fixed, rel=1e-12)
     g_rev = np.asarray(jax.jit(jax.grad(f))(theta))
     g_fwd = np.asarray(jax.jit(jax.jacfwd(f))(theta))
