@@ -1,14 +1,15 @@
 """Wall time of small tanh priors (depth 3, N in {8, 16}): this checkout against another checkout (main).
 
-Usage: python benchmarks/small_prior_speed.py [--other /work/main] [--repeat 1] [--task prior|predict]
+Usage: python benchmarks/small_prior_speed.py [--other /work/main] [--repeat 1] [--task prior|predict|posterior3]
 [--out small_prior_speed.json]. Each measurement is a fresh Python process (import, compilation and
 calibration included, as a user sees it). ``--task prior``: ``ngp.MLP(...).prior(X).V``, then the same
 prior again in that process (warm). ``--task predict``: the exact posterior of
 benchmarks/posterior_scaling.py (tanh depth 3 width 64, N training points from ``--sizes``, ``--n-test``
 test points): ``ngp.condition(..., method="exact").predict(X_test)`` (cold), then the test points in
-reverse order (warm: the training work and compilations reused, the test components recomputed). The
-two checkouts alternate in the same run, so machine load affects both alike. Writes
-benchmarks/results/<--out>.
+reverse order (warm: the training work and compilations reused, the test components recomputed). ``--task
+posterior3``: ``ngp.posterior`` on the 3-training-point task of benchmarks/posterior.py (cold: the first
+call; warm: the median of 20 calls after 3 more). The two checkouts alternate in the same run, so
+machine load affects both alike. Writes benchmarks/results/<--out>.
 """
 
 from __future__ import annotations
@@ -67,11 +68,37 @@ print(json.dumps({"import_s": t1 - t0, "cold_s": t2 - t1, "warm_s": t3 - t2, "me
                   "var_sum": float(v2.sum()), "module": ngp.__file__}))
 """
 
+POSTERIOR3 = r"""
+import time, json, sys
+t0 = time.perf_counter()
+import jax
+jax.config.update("jax_enable_x64", True)
+import numpy as np
+import ngp
+rng = np.random.default_rng(2024)  # the task of benchmarks/posterior.py
+XA, XB, Y = rng.normal(size=(3, 2)), rng.normal(size=(1, 2)), 0.5 * rng.normal(size=(3, 2))
+net = ngp.MLP(3, 32, activation="tanh", C_W=1.0, C_b=0.0, out_dim=2)
+f = lambda: ngp.posterior(net, XA, Y, XB, noise=0.1)
+t1 = time.perf_counter()
+p = f()
+t2 = time.perf_counter()
+for _ in range(3):
+    f()
+ts = []
+for _ in range(20):
+    s = time.perf_counter()
+    p = f()
+    ts.append(time.perf_counter() - s)
+print(json.dumps({"import_s": t1 - t0, "cold_s": t2 - t1, "warm_s": float(np.median(ts)),
+                  "mean_sum": float(np.sum(p.mean)), "var_sum": float(np.sum(p.var)), "module": ngp.__file__}))
+"""
+
 
 def run(path, N, depth, act, task="prior", n_test=10):
     env = dict(os.environ, PYTHONPATH=path)
     t = time.perf_counter()
-    code, extra = (CHILD, []) if task == "prior" else (PREDICT, [str(n_test)])
+    code, extra = {"prior": (CHILD, []), "predict": (PREDICT, [str(n_test)]),
+                   "posterior3": (POSTERIOR3, [])}[task]
     out = subprocess.run([sys.executable, "-c", code, str(N), str(depth), act, *extra], env=env, cwd=path,
                          capture_output=True, text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -86,12 +113,12 @@ def main():
     ap.add_argument("--sizes", default="8,16")
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--activation", default="tanh")
-    ap.add_argument("--task", choices=("prior", "predict"), default="prior")
+    ap.add_argument("--task", choices=("prior", "predict", "posterior3"), default="prior")
     ap.add_argument("--n-test", type=int, default=10, help="test points of --task predict")
     ap.add_argument("--out", default="small_prior_speed.json", help="results file name in benchmarks/results")
     args = ap.parse_args()
     rows = []
-    for N in [int(s) for s in args.sizes.split(",")]:
+    for N in ([3] if args.task == "posterior3" else [int(s) for s in args.sizes.split(",")]):
         for rep in range(args.repeat):
             for name, path in (("this", ROOT), ("other", args.other)):
                 r = run(path, N, args.depth, args.activation, args.task, args.n_test)

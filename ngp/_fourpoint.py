@@ -767,8 +767,11 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
     for r, p0, m0 in zip(rules, pbase, mbase):
         XP[p0:p0 + r[0].shape[0]], PW[p0:p0 + r[0].shape[0]] = r[0], r[1]
         XL[m0:m0 + r[2].shape[0]], WL[m0:m0 + r[2].shape[0]] = r[2], r[3]
-    XP, PW, XL, WL = (device(a) for a in (XP, PW, XL, WL))
     nt = np.array([r[4].size for r in rules])
+    # arrays that several kernel calls read go to the device once; a single call takes NumPy arguments (each
+    # device_put costs about 0.1 ms, several times the call's own transfer of a small argument)
+    put = device if G > _JOB_CHUNK or np.diff(offs) @ nt > _TILES_SMALL else np.asarray
+    XP, PW, XL, WL = (put(a) for a in (XP, PW, XL, WL))
     tpb = np.concatenate([r[4] + p0 for r, p0 in zip(rules, pbase)])
     tmb_local = np.concatenate([r[5] for r in rules])
     tmb = np.concatenate([r[5] + m0 for r, m0 in zip(rules, mbase)])
@@ -803,7 +806,7 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
             stc = _pad_rows(stab[boff[g0]:boff[g1]], cap)
         else:
             sb, stc = np.zeros(jt.size, np.int32), stab
-        per_job = [device(_pad_rows(a[g0:g1], _JOB_CHUNK)) for a in (Rp, bp, sg)] + [device(stc)]
+        per_job = [put(_pad_rows(a[g0:g1], _JOB_CHUNK)) for a in (Rp, bp, sg)] + [put(stc)]
         st = 0
         while st < jt.size:
             T = _TILES if jt.size - st > _TILES // 2 else _TILES_SMALL
@@ -915,7 +918,7 @@ def _fourth_moments(act: Activation, C: np.ndarray) -> np.ndarray:
     sd, inv = np.unique(kd, return_inverse=True)  # few distinct variances (one per input of the kernel)
     n = sd.size
     z = np.concatenate([sd, np.zeros(_bucket(n) - n)])[:, None] * x
-    return (np.asarray(_jit_fn(act.fn)(device(z))) ** 4 @ w)[:n][inv.reshape(kd.shape)]
+    return (np.asarray(_jit_fn(act.fn)(z)) ** 4 @ w)[:n][inv.reshape(kd.shape)]  # NumPy in: no device_put
 
 
 def _holder_scale(act: Activation, C: np.ndarray, pattern: tuple) -> np.ndarray:
