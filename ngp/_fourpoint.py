@@ -579,10 +579,15 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
     # the points still refining, with their data and running sums of phi(w) f(mu + s w) (compacted per level)
     idx, am, asg, atol, sums = np.arange(k), mu, s, tol, np.zeros(k)
     used = 0
-
-    def dispatch(level):  # the level's sums over the points still refining, dispatched (not read back)
-        w, pw = _table_level(level)
+    for level in range(_TABLE_LEVELS + 1):
+        h = _TABLE_H0 / 2**level
+        half = int(round(_TABLE_W / h))
+        w = h * np.arange(-half, half + 1)
+        if level:
+            w = w[1::2]  # the new midpoints
+        pw = _INV_SQRT_2PI * np.exp(-0.5 * w * w)
         per = 4 ** max(4, int(math.log(_TABLE_CHUNK / w.size, 4)))
+        add = np.zeros(idx.size)
         pending = []
         for st, size in _pieces(idx.size, per):
             n = min(size, idx.size - st)
@@ -590,21 +595,10 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
             sg = np.zeros(size)
             m[:n], sg[:n] = am[st:st + n], asg[st:st + n]
             pending.append((st, n, _table_sums(fn, m, sg, w, pw)))
-        return w.size, pending
-
-    ahead = dispatch(0)
-    for level in range(_TABLE_LEVELS + 1):
-        h = _TABLE_H0 / 2**level
-        size_w, pending = ahead
-        if level == 0:  # level 0 never ends the refinement: level 1 (the same points) goes out before it is read
-            ahead = dispatch(1)
-        elif level < _TABLE_LEVELS:
-            ahead = None
-        add = np.zeros(idx.size)
         for st, n, out in pending:
             add[st:st + n] = np.asarray(out)[:n]
         new = sums + add
-        used += size_w
+        used += w.size
         e = np.abs(h * new - 2 * h * sums) if level else np.full(idx.size, np.inf)
         if level == _TABLE_LEVELS:
             done = np.ones(idx.size, dtype=bool)
@@ -618,21 +612,7 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
             keep = ~done
             idx, am, asg, atol, new = idx[keep], am[keep], asg[keep], atol[keep], new[keep]
         sums = new
-        if ahead is None:
-            ahead = dispatch(level + 1)
     return val, err, evals
-
-
-@functools.lru_cache(maxsize=None)
-def _table_level(level: int):
-    """Nodes ``w`` and weights ``phi(w)`` of trapezoid level ``level`` of :func:`_smoothed_table` (level 0:
-    step ``_TABLE_H0`` on ``|w| <= _TABLE_W``; later levels: the new midpoints only), on the device."""
-    h = _TABLE_H0 / 2**level
-    half = int(round(_TABLE_W / h))
-    w = h * np.arange(-half, half + 1)
-    if level:
-        w = w[1::2]
-    return device(w), device(_INV_SQRT_2PI * np.exp(-0.5 * w * w))
 
 
 #: Tile shape of :func:`_tile_kernel`: ``_TP`` partial nodes (leading directions) x ``_TM`` nodes of
