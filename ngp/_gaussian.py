@@ -190,7 +190,8 @@ def _pair_call(run, K, terms, nodes):
         terms = t_auto if terms is None else terms
         nodes = n_auto if nodes is None else nodes
     dt = jnp.result_type(float)
-    tables = tuple(np.asarray(t, dtype=dt) for t in _padded_tables(int(terms), int(nodes)))
+    put = device if traced else np.asarray  # a concrete kernel: one call, NumPy arguments (no device_put)
+    tables = tuple(put(t, dtype=dt) for t in _padded_tables(int(terms), int(nodes)))
     if traced:
         return run(K, *tables)
     # concrete kernel: pad it with zero rows to a bucketed size (entries are computed independently,
@@ -198,7 +199,7 @@ def _pair_call(run, K, terms, nodes):
     N = K.shape[0]
     Kp = np.zeros((bucket(N, 32), bucket(N, 32)), dtype=jnp.result_type(float))
     Kp[:N, :N] = K
-    return tuple(device(np.asarray(M)[:N, :N]) for M in run(Kp, *tables))  # one call: NumPy arguments (no device_put)
+    return tuple(device(np.asarray(M)[:N, :N]) for M in run(Kp, *tables))
 
 
 def bucket(m: int, smallest: int) -> int:
