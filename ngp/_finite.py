@@ -33,7 +33,7 @@ from ._gaussian import (auto_orders, bucket, concrete_max, gauss_hermite, intege
                         pair_matrices)
 from ._kernel import two_point_matrix
 from ._pairs import Pairs, array_module, is_concrete, multiset_code, multiset_rows
-from ._validate import device
+from ._validate import device, device_if
 
 __all__ = [
     "jacobian_hessian",
@@ -214,9 +214,7 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
         per = 1 << int(np.floor(np.log2(per)))
         if rows.size <= max(1, per // 32):
             per = max(1, per // 32)
-        # the rule goes to the device once for several batches; one concrete batch takes NumPy arguments
-        # (a device_put costs about 0.1 ms)
-        put = device if traced or rows.size > per else np.asarray
+        put = device_if(traced or rows.size > per)  # several batches (or a trace) read the rule
         nodes_j, weights_j = put(nodes), put(weights)
         for s in range(0, rows.size, per):
             sel = idx[s : s + per]
@@ -338,7 +336,7 @@ def four_point_values(act: Activation, K, ms: np.ndarray, *, method: str = "auto
         fast, errs = fixed_rule_split(act, Kn, ms, FOUR_POINT_ORDERS, rtol=rtol)
         vals = np.zeros(ms.shape[0])
         if fast.any():
-            vals[fast] = np.asarray(_product_expectations(act, device(Kn), ms[fast], FOUR_POINT_ORDERS))
+            vals[fast] = np.asarray(_product_expectations(act, Kn, ms[fast], FOUR_POINT_ORDERS))
         if not fast.all():
             vals[~fast], errs[~fast] = multiset_expectations(act, Kn, ms[~fast], rtol=rtol)
         return (vals, errs) if errors else vals

@@ -42,7 +42,7 @@ import numpy as np
 
 from ._activations import Activation
 from ._gaussian import gauss_hermite
-from ._validate import device
+from ._validate import device, device_if
 
 __all__ = ["product_expectations", "multiset_expectations", "split_multisets", "fixed_rule_split",
            "fixed_rule_errors", "PATTERNS", "RTOL"]
@@ -768,9 +768,7 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
         XP[p0:p0 + r[0].shape[0]], PW[p0:p0 + r[0].shape[0]] = r[0], r[1]
         XL[m0:m0 + r[2].shape[0]], WL[m0:m0 + r[2].shape[0]] = r[2], r[3]
     nt = np.array([r[4].size for r in rules])
-    # arrays that several kernel calls read go to the device once; a single call takes NumPy arguments (each
-    # device_put costs about 0.1 ms, several times the call's own transfer of a small argument)
-    put = device if G > _JOB_CHUNK or np.diff(offs) @ nt > _TILES_SMALL else np.asarray
+    put = device_if(G > _JOB_CHUNK or np.diff(offs) @ nt > _TILES_SMALL)  # more than one kernel call
     XP, PW, XL, WL = (put(a) for a in (XP, PW, XL, WL))
     tpb = np.concatenate([r[4] + p0 for r, p0 in zip(rules, pbase)])
     tmb_local = np.concatenate([r[5] for r in rules])
@@ -918,7 +916,7 @@ def _fourth_moments(act: Activation, C: np.ndarray) -> np.ndarray:
     sd, inv = np.unique(kd, return_inverse=True)  # few distinct variances (one per input of the kernel)
     n = sd.size
     z = np.concatenate([sd, np.zeros(_bucket(n) - n)])[:, None] * x
-    return (np.asarray(_jit_fn(act.fn)(z)) ** 4 @ w)[:n][inv.reshape(kd.shape)]  # NumPy in: no device_put
+    return (np.asarray(_jit_fn(act.fn)(z)) ** 4 @ w)[:n][inv.reshape(kd.shape)]  # one call: NumPy in
 
 
 def _holder_scale(act: Activation, C: np.ndarray, pattern: tuple) -> np.ndarray:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import roots_hermitenorm
 
-from ._validate import device, warn
+from ._validate import device, device_if, warn
 
 __all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "pair_matrix", "pair_gh", "concrete_max",
            "auto_orders", "padded_rule", "bucket", "pad_rows"]
@@ -190,7 +190,7 @@ def _pair_call(run, K, terms, nodes):
         terms = t_auto if terms is None else terms
         nodes = n_auto if nodes is None else nodes
     dt = jnp.result_type(float)
-    put = device if traced else np.asarray  # a concrete kernel: one call, NumPy arguments (no device_put)
+    put = device_if(traced)  # a concrete kernel: one call
     tables = tuple(put(t, dtype=dt) for t in _padded_tables(int(terms), int(nodes)))
     if traced:
         return run(K, *tables)

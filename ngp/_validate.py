@@ -235,3 +235,10 @@ def device(x, dtype=None):
     if isinstance(x, np.ndarray):
         return jax.device_put(x if dtype is None else np.asarray(x, dtype), may_alias=False)
     return jnp.asarray(x, dtype)
+
+
+def device_if(shared: bool):
+    """:func:`device` when several compiled calls read an array (one transfer serves them all), else
+    ``np.asarray``: a jitted call takes a small NumPy argument for about 0.03 ms more than a device array,
+    where a ``device_put`` costs 0.1-0.2 ms (``docs/posterior.md``, "Against NUTS")."""
+    return device if shared else np.asarray
