@@ -728,10 +728,29 @@ def _bucket4(n: int, least: int = 256) -> int:
     return s
 
 
-def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutoff: float, stol=None,
+def _kernel_rows(head_pattern, R, beta, D: int):
+    """The factor rows of :func:`_tile_kernel` for ridge rows ``R`` (b, u_h, d) of inputs of multiplicities
+    ``head_pattern`` and closed-form means ``beta`` (b, d), ``d <= D``: ``Rk`` (b, n_rows, D) (an input of
+    power ``p`` is ``p`` equal rows; real directions last, padded leading directions 0), ``active`` (n_rows,)
+    (1 on the factor rows, ``n_rows = max(D, sum(head_pattern))``), ``bk`` (b, D)."""
+    b, _, d = R.shape
+    rep = np.repeat(np.arange(len(head_pattern)), head_pattern)  # the rows of R, one per factor
+    n_rows = max(D, rep.size)
+    active = np.zeros(n_rows, np.int32)
+    active[:rep.size] = 1
+    Rk = np.zeros((b, n_rows, D))
+    Rk[:, :rep.size, D - d:] = R[:, rep]
+    bk = np.zeros((b, D))
+    bk[:, D - d:] = beta
+    return Rk, active, bk
+
+
+def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutoff: float, stol=None,
                     bounds=None):
-    """Sums of several rules, each for its own entries: ``jobs`` maps ``orders`` (per direction) to
-    row indices (k,) into ``R`` (b, u_h, d), ``beta`` (b, d), ``sigma`` (b,). Returns
+    """Sums of several rules, each for its own entries: ``jobs`` maps ``orders`` (per direction, ``d <= D``
+    of them: the last ``d`` directions) to row indices (k,) into the factor rows ``Rk`` (b, n_rows, D),
+    ``active`` (n_rows,), ``beta`` (b, D) (:func:`_kernel_rows`; rows of several patterns with the same
+    number of factors may share a call), ``sigma`` (b,). Returns
     ``{orders: (sum w f (k,), bound on sum w |f| (k,), nodes evaluated, smoothing error (k,),
     smoothing evaluations (k,))}``. ``bounds`` (two (b,) arrays, default ones): Hölder bounds of
     ``E|f|`` and of ``E|f_h|``, ``f_h`` the integrand without the tabulated factor. ``smoothed ==
@@ -739,12 +758,7 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
     values are tabulated at that direction's nodes to ``stol`` (b,) (absolute); the smoothing error is
     the table's error times the bound on ``E|f_h|``. A job is one rule for one row; the jobs' tiles
     (:func:`_rule_tiles`) share kernel calls, dispatched before their results are read back."""
-    b, _, d = R.shape
-    D = max(d, 3)  # padded inputs and directions (one compiled shape for every pattern)
-    rep = np.repeat(np.arange(len(pattern)), pattern)  # the rows of R, one per factor of the integrand
-    n_rows = max(D, rep.size)
-    active = np.zeros(n_rows, np.int32)
-    active[:rep.size] = 1
+    b, _, D = Rk.shape
     offs = np.cumsum([0] + [rows.size for rows in jobs.values()])
     rows = np.concatenate(list(jobs.values())).astype(int)  # job g: row rows[g]
     G = rows.size
@@ -760,7 +774,7 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
     nM = np.array([r[2].shape[0] for r in rules])
     pbase = 1 + np.cumsum(nP) - nP  # block 0: zero weights, for padded tiles
     mbase = np.cumsum(nM) - nM
-    nPt, nMt = _bucket4(1 + nP.sum()), _bucket4(nM.sum(), 64)
+    nPt, nMt = _bucket4(1 + nP.sum()), _bucket4(nM.sum())  # one size up to 256 blocks each: few compiled shapes
     XP = np.zeros((nPt, D - 1, _TP))
     PW = np.zeros((nPt, _TP))
     XL, WL = np.zeros((nMt, _TM)), np.zeros((nMt, _TM))
@@ -775,11 +789,7 @@ def _evaluate_rules(act_fn, smoothed, pattern, R, beta, sigma, jobs: dict, cutof
     tmb = np.concatenate([r[5] + m0 for r, m0 in zip(rules, mbase)])
     tstart = np.cumsum(nt) - nt
     rule_of_job = np.repeat(np.arange(len(rules)), np.diff(offs))
-    Rp = np.zeros((G, n_rows, D))
-    Rp[:, :rep.size, D - d:] = R[rows][:, rep]
-    bp = np.zeros((G, D))
-    bp[:, D - d:] = beta[rows]
-    sg = sigma[rows]
+    Rp, bp, sg = Rk[rows], beta[rows], sigma[rows]
     out = np.zeros(G)
     pending = []
 
@@ -909,14 +919,21 @@ def _direction_scale(R, beta=None):
     return A.max(axis=1)
 
 
-def _fourth_moments(act: Activation, C: np.ndarray) -> np.ndarray:
-    """``E[sigma(z_j)^4]`` (b, u) for the inputs of the blocks ``C`` (b, u, u)."""
+def _fourth_moments_all(act: Activation, Cs: list) -> list:
+    """``E[sigma(z_j)^4]`` (b, u) for the inputs of each of the blocks ``Cs`` (b, u, u) (one activation call
+    for all: few distinct variances)."""
     x, w = gauss_hermite(200)
-    kd = np.sqrt(np.clip(np.diagonal(C, axis1=1, axis2=2), 0.0, None))  # (b, u)
-    sd, inv = np.unique(kd, return_inverse=True)  # few distinct variances (one per input of the kernel)
+    kd = [np.sqrt(np.clip(np.diagonal(np.asarray(C), axis1=1, axis2=2), 0.0, None)) for C in Cs]  # (b, u)
+    sd, inv = np.unique(np.concatenate([k.ravel() for k in kd]), return_inverse=True)
     n = sd.size
     z = np.concatenate([sd, np.zeros(_bucket(n) - n)])[:, None] * x
-    return (np.asarray(_jit_fn(act.fn)(z)) ** 4 @ w)[:n][inv.reshape(kd.shape)]  # one call: NumPy in
+    m4 = (np.asarray(_jit_fn(act.fn)(z)) ** 4 @ w)[:n][inv.reshape(-1)]  # one call: NumPy in
+    return [m.reshape(k.shape) for m, k in zip(np.split(m4, np.cumsum([k.size for k in kd])[:-1]), kd)]
+
+
+def _fourth_moments(act: Activation, C: np.ndarray) -> np.ndarray:
+    """``E[sigma(z_j)^4]`` (b, u) for the inputs of the blocks ``C`` (b, u, u)."""
+    return _fourth_moments_all(act, [C])[0]
 
 
 def _holder_scale(act: Activation, C: np.ndarray, pattern: tuple) -> np.ndarray:
@@ -953,49 +970,59 @@ def _calibrated_error(act: Activation, lad: np.ndarray, s: np.ndarray, powers: t
     return np.where(s > 0, _error_table(act, powers)[lad, pos], 0.0).max(axis=1)
 
 
-def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 7, stats: dict | None = None):
-    C = np.asarray(C, dtype=float)
-    b = C.shape[0]
-    m4 = _fourth_moments(act, C)
-    scale = np.prod(m4 ** (np.asarray(pattern) / 4.0), axis=1)
-    R, beta, sigma, head_pattern, closed = _smooth_setup(act, C, pattern)
-    s = _direction_scale(R, beta if closed else None)  # (b, d)
-    cal = _cal_powers(head_pattern)
-    lad = _orders(act, s, rtol, cal)  # (b, d) ladder indices
-    table = closed and act.smoothed is None
-    if table:  # beta's direction (the first) last: the smoothed input is tabulated along it
-        perm = np.concatenate([1 + np.argsort(-lad[:, 1:], axis=1, kind="stable"),
-                               np.zeros((b, 1), dtype=int)], axis=1)
-    else:  # the largest order last: it fills the kernel's tiles along the last direction
-        perm = np.argsort(lad, axis=1, kind="stable")
-    lad = np.take_along_axis(lad, perm, axis=1)
-    R = np.take_along_axis(R, perm[:, None, :], axis=2)
-    beta = np.take_along_axis(beta, perm, axis=1)
-    s = np.take_along_axis(s, perm, axis=1)
-    cutoff = _CUTOFF * rtol
-    smoothed = (TABLE if table else act.smoothed) if closed else None
-    # the table's error bound times sum w |f_h| (~ the other inputs' Hoelder factor) stays below
-    # _TABLE_TOL * rtol * scale
-    split = [j for j, p in enumerate(pattern) if p == 1][-1] if closed else 0
-    stol = _TABLE_TOL * rtol * m4[:, split] ** 0.25
-    # Hoelder bounds of E|f| (round-off floor) and of E|f_h| (times the table's error bound)
-    head_p = np.asarray(pattern, dtype=float) / 4.0
-    if closed:
-        head_p[split] = 0.0
-    head_scale = np.prod(m4 ** head_p, axis=1)
-    val = np.zeros(b)
-    err = np.full(b, np.inf)
-    nodes_used = np.zeros(b)
-    table_evals = np.zeros(b)
-    top = len(LADDER) - 1
-    todo = np.arange(b)
-    # a refined row whose rule rose one ladder step in every direction has its previous rule as companion:
-    # that value (``prev``) is reused instead of evaluating the companion again
-    reuse = np.zeros(b, dtype=bool)
-    prev = np.zeros(b)
-    for _ in range(max_rounds):
-        if not todo.size:
-            break
+class _SmoothRows:
+    """The smooth rule for one pattern's blocks ``C`` (b, u, u) (``m4``: :func:`_fourth_moments`): coordinates,
+    per-entry ladder indices and results, refined round by round. A round asks for rule sums (:meth:`request`) and takes them back
+    (:meth:`receive`); :func:`_smooth_joint` serves the rounds of several patterns with shared rule passes."""
+
+    def __init__(self, act: Activation, C, pattern, rtol: float, max_rounds: int, m4: np.ndarray):
+        C = np.asarray(C, dtype=float)
+        b = C.shape[0]
+        self.act, self.rtol, self.rounds_left = act, rtol, max_rounds
+        self.scale = np.prod(m4 ** (np.asarray(pattern) / 4.0), axis=1)
+        R, beta, sigma, self.head_pattern, closed = _smooth_setup(act, C, pattern)
+        s = _direction_scale(R, beta if closed else None)  # (b, d)
+        self.cal = _cal_powers(self.head_pattern)
+        lad = _orders(act, s, rtol, self.cal)  # (b, d) ladder indices
+        table = closed and act.smoothed is None
+        if table:  # beta's direction (the first) last: the smoothed input is tabulated along it
+            perm = np.concatenate([1 + np.argsort(-lad[:, 1:], axis=1, kind="stable"),
+                                   np.zeros((b, 1), dtype=int)], axis=1)
+        else:  # the largest order last: it fills the kernel's tiles along the last direction
+            perm = np.argsort(lad, axis=1, kind="stable")
+        self.lad = np.take_along_axis(lad, perm, axis=1)
+        self.R = np.take_along_axis(R, perm[:, None, :], axis=2)
+        self.beta = np.take_along_axis(beta, perm, axis=1)
+        self.s = np.take_along_axis(s, perm, axis=1)
+        self.sigma = sigma
+        self.closed, self.table = closed, table
+        self.smoothed = (TABLE if table else act.smoothed) if closed else None
+        # the table's error bound times sum w |f_h| (~ the other inputs' Hoelder factor) stays below
+        # _TABLE_TOL * rtol * scale
+        split = [j for j, p in enumerate(pattern) if p == 1][-1] if closed else 0
+        self.stol = _TABLE_TOL * rtol * m4[:, split] ** 0.25
+        # Hoelder bounds of E|f| (round-off floor) and of E|f_h| (times the table's error bound)
+        head_p = np.asarray(pattern, dtype=float) / 4.0
+        if closed:
+            head_p[split] = 0.0
+        self.head_scale = np.prod(m4 ** head_p, axis=1)
+        self.val = np.zeros(b)
+        self.err = np.full(b, np.inf)
+        self.nodes_used = np.zeros(b)
+        self.table_evals = np.zeros(b)
+        self.todo = np.arange(b)
+        # a refined row whose rule rose one ladder step in every direction has its previous rule as companion:
+        # that value (``prev``) is reused instead of evaluating the companion again
+        self.reuse = np.zeros(b, dtype=bool)
+        self.prev = np.zeros(b)
+
+    def request(self) -> dict:
+        """This round's rule sums, ``{orders: rows (k,)}`` (empty when done). Every distinct rule (a group's
+        rule, or its companion one step lower) is asked for once per row."""
+        todo, lad = self.todo, self.lad
+        if not todo.size or self.rounds_left <= 0:
+            return {}
+        self.rounds_left -= 1
         # groups of rows with the same ladder indices, in the order of their first row (as listed in todo)
         code = lad[todo] @ (len(LADDER) ** np.arange(lad.shape[1]))  # one integer per row of ladder indices
         _, first, inv = np.unique(code, return_index=True, return_inverse=True)
@@ -1006,13 +1033,12 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 7, st
         rows = todo[np.argsort(grp, kind="stable")]  # grouped; within a group in todo's order
         counts = np.bincount(grp, minlength=order.size)
         starts = np.cumsum(counts) - counts
-        # every distinct rule (a group's rule, or its companion one step lower) is built and run once:
         # row i of ``rows`` reads rule slot[k][i] (k = 0 fine, 1 coarse) at position pos[k][i] of its jobs
         # (rows that reuse their previous value run no companion)
         jobs, sizes, ids = {}, {}, {}
         slot = np.zeros((2, rows.size), dtype=int)
         pos = np.zeros((2, rows.size), dtype=int)
-        fresh = ~reuse[rows]
+        fresh = ~self.reuse[rows]
         for gi in range(order.size):
             key = lad[todo[first[order[gi]]]]
             sl = np.arange(starts[gi], starts[gi] + counts[gi])
@@ -1025,35 +1051,92 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 7, st
                 slot[k, sl] = ids.setdefault(orders, len(ids))
                 pos[k, sl] = sizes.get(orders, 0) + np.arange(sl.size)
                 sizes[orders] = sizes.get(orders, 0) + sl.size
-        res = _evaluate_rules(act.fn, smoothed, head_pattern, R, beta, sigma,
-                              {o: np.concatenate(r) for o, r in jobs.items()}, cutoff, stol, (scale, head_scale))
-        # (sum, magnitude, nodes, table error, table evals) of every job, in the order of jobs
-        flat = [np.concatenate([res[o][i] for o in jobs]) if i != 2 else
-                np.repeat([res[o][2] for o in jobs], [sizes[o] for o in jobs]) for i in range(5)]
-        joff = np.cumsum([0] + [sizes[o] for o in jobs])
+        self._round = rows, slot, pos, fresh, sizes
+        return {o: np.concatenate(r) for o, r in jobs.items()}
+
+    def receive(self, res: dict):
+        """Takes the sums asked for by :meth:`request` (``{orders: (sum, magnitude, nodes, table error, table
+        evaluations)}``, :func:`_evaluate_rules`), sets values and error estimates, and raises the ladder
+        indices of the rows that miss the tolerance."""
+        rows, slot, pos, fresh, sizes = self._round
+        act, lad, s, cal, top = self.act, self.lad, self.s, self.cal, len(LADDER) - 1
+        # (sum, magnitude, nodes, table error, table evals) of every job, in the order of the request
+        flat = [np.concatenate([res[o][i] for o in sizes]) if i != 2 else
+                np.repeat([res[o][2] for o in sizes], list(sizes.values())) for i in range(5)]
+        joff = np.cumsum([0] + list(sizes.values()))
         fine, coarse = joff[slot[0]] + pos[0], joff[slot[1]] + pos[1]
         q, mag, n_fine, serr, sev = (a[fine] for a in flat)
-        qc = np.where(fresh, flat[0][coarse], prev[rows])  # reused rows: their previous rule, no new nodes
+        qc = np.where(fresh, flat[0][coarse], self.prev[rows])  # reused rows: their previous rule, no new nodes
         n_coarse, sev_c = (np.where(fresh, flat[i][coarse], 0.0) for i in (2, 4))
-        prev[rows] = q
+        self.prev[rows] = q
         lr, sr = lad[rows], s[rows]
         e = np.abs(q - qc) * _tail_factor(act, lr, sr, cal) + 64 * _EPS * mag + serr
-        table_evals[rows] += sev + sev_c
+        self.table_evals[rows] += sev + sev_c
         capped = np.any(lr == top, axis=1)  # the rule cannot refine: no convergence to trust
         if capped.any():
-            e = np.where(capped, np.maximum(e, _calibrated_error(act, lr, sr, cal) * scale[rows]), e)
-        val[rows] = q
-        err[rows] = e
-        nodes_used[rows] += n_fine + n_coarse
-        failed = rows[(lr.min(axis=1) < top) & (e > rtol * scale[rows])]
-        todo = failed
+            e = np.where(capped, np.maximum(e, _calibrated_error(act, lr, sr, cal) * self.scale[rows]), e)
+        self.val[rows] = q
+        self.err[rows] = e
+        self.nodes_used[rows] += n_fine + n_coarse
+        todo = rows[(lr.min(axis=1) < top) & (e > self.rtol * self.scale[rows])]
+        self.todo = todo
         if todo.size:  # refine: one ladder step up in every direction that is not at its cap
-            reuse[todo] = lad[todo].max(axis=1) < top  # every direction rises: the companion is this round's rule
+            self.reuse[todo] = lad[todo].max(axis=1) < top  # every direction rises: the companion is this round's rule
             lad[todo] = np.minimum(lad[todo] + 1, top)
+
+    def stats(self) -> dict:
+        return {"nodes": self.nodes_used,
+                "evaluations": self.nodes_used * (len(self.head_pattern) + int(self.closed and not self.table))
+                + self.table_evals}
+
+
+def _smooth_joint(act: Activation, items, *, rtol: float, max_rounds: int = 7):
+    """The smooth rule for several patterns' blocks, ``items`` ``[(C (b, u, u), pattern), ...]``, whose
+    integrands have the same form (the same ``smoothed`` treatment and number of factors, e.g. every pattern
+    of a four-input multiset with an input of power 1): each round runs the rules every pattern asks for in
+    one :func:`_evaluate_rules` pass (one tabulation, shared kernel calls). Returns the patterns'
+    :class:`_SmoothRows` (values ``val``, estimates ``err``, Hölder scales ``scale``, :meth:`_SmoothRows.stats`)."""
+    Cs = [np.asarray(C, dtype=float) for C, _ in items]
+    parts = [_SmoothRows(act, C, p, rtol, max_rounds, m)
+             for C, (_, p), m in zip(Cs, items, _fourth_moments_all(act, Cs))]
+    if len({(p.smoothed, sum(p.head_pattern)) for p in parts}) > 1:
+        raise ValueError("patterns of one joint run need the same smoothing and number of factors")
+    D = max([3] + [p.R.shape[2] for p in parts])  # padded directions (one compiled shape for every pattern)
+    rows = [_kernel_rows(p.head_pattern, p.R, p.beta, D) for p in parts]
+    Rk, bk = np.concatenate([r[0] for r in rows]), np.concatenate([r[2] for r in rows])
+    sigma, stol, scale, head_scale = (np.concatenate([getattr(p, a) for p in parts])
+                                      for a in ("sigma", "stol", "scale", "head_scale"))
+    off = np.cumsum([0] + [p.val.size for p in parts])
+    while True:
+        asks = [p.request() for p in parts]
+        if not any(asks):
+            return parts
+        jobs = {}
+        for ask, o0 in zip(asks, off):
+            for o, r in ask.items():
+                jobs.setdefault(o, []).append(r + o0)
+        res = _evaluate_rules(act.fn, parts[0].smoothed, Rk, rows[0][1], bk, sigma,
+                              {o: np.concatenate(r) for o, r in jobs.items()}, _CUTOFF * rtol, stol,
+                              (scale, head_scale))
+        taken = dict.fromkeys(jobs, 0)  # each pattern's rows follow the earlier patterns' in every job
+        for p, ask in zip(parts, asks):
+            if not ask:
+                continue
+            mine = {}
+            for o, r in ask.items():
+                k0, k1 = taken[o], taken[o] + r.size
+                taken[o] = k1
+                q, mag, n, serr, sev = res[o]
+                mine[o] = (q[k0:k1], mag[k0:k1], n, serr[k0:k1], sev[k0:k1])
+            p.receive(mine)
+
+
+def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 7, stats: dict | None = None):
+    """The smooth rule for one pattern: ``(values, error estimates, Hölder scales)``, (b,) each."""
+    (p,) = _smooth_joint(act, [(C, pattern)], rtol=rtol, max_rounds=max_rounds)
     if stats is not None:
-        stats["nodes"] = nodes_used
-        stats["evaluations"] = nodes_used * (len(head_pattern) + int(closed and not table)) + table_evals
-    return val, err, scale
+        stats.update(p.stats())
+    return p.val, p.err, p.scale
 
 
 #: Default relative tolerance (relative to ``prod_j E[sigma(z_j)^4]^{p_j/4}``).
@@ -1210,8 +1293,12 @@ def multiset_expectations(act: Activation, K, ms, *, rtol: float = RTOL, stats: 
     if stats is not None:
         stats["nodes"] = np.zeros(ms.shape[0])
         stats["evaluations"] = np.zeros(ms.shape[0])
+    groups = {}  # patterns whose smooth rules share rule passes: with or without a split input
     for pattern, (rows, idx) in split_multisets(ms).items():
         C = K[idx[:, :, None], idx[:, None, :]]
+        if act.relu_slopes is None and act.smooth and 0 < rtol < 1:
+            groups.setdefault(1 in pattern and len(pattern) > 1, []).append((rows, C, pattern))
+            continue
         st = {} if stats is not None else None
         v, e = product_expectations(act, C, pattern, rtol=rtol, stats=st)
         vals[rows] = v
@@ -1219,4 +1306,12 @@ def multiset_expectations(act: Activation, K, ms, *, rtol: float = RTOL, stats: 
         if stats is not None:
             stats["nodes"][rows] = st["nodes"]
             stats["evaluations"][rows] = st["evaluations"]
+    for group in groups.values():
+        parts = _smooth_joint(act, [(C, pattern) for _, C, pattern in group], rtol=rtol)
+        for (rows, _, _), part in zip(group, parts):
+            vals[rows] = part.val
+            errs[rows] = part.err
+            if stats is not None:
+                for key, v in part.stats().items():
+                    stats[key][rows] = v
     return vals, errs

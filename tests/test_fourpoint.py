@@ -444,7 +444,8 @@ def test_rules_sharing_tile_calls_equal_direct_sums(rng, monkeypatch, chunk, til
     R = rng.normal(size=(30, 3, 3)) * 0.6
     cutoff = 3e-14  # not the library's cutoff
     jobs = {o: np.sort(rng.choice(30, k, replace=False)) for o, k in (((12, 8, 5), 11), ((19, 10, 7), 3), ((26, 14, 10), 5), ((9,), 4), ((7, 20), 6))}
-    res = fp._evaluate_rules(jnp.tanh, None, pattern, R, np.zeros((30, 3)), np.zeros(30), jobs, cutoff)
+    Rk, active, bk = fp._kernel_rows(pattern, R, np.zeros((30, 3)), 3)
+    res = fp._evaluate_rules(jnp.tanh, None, Rk, active, bk, np.zeros(30), jobs, cutoff)
     for orders, rows in jobs.items():
         d = len(orders)
         Rr = R[rows][:, :, 3 - d:] if d < 3 else R[rows]
@@ -524,8 +525,8 @@ def test_refinement_steps_one_rung_and_reuses_the_previous_rule(rng, monkeypatch
     rounds = []
     original = fp._evaluate_rules
 
-    def spy(act_fn, smoothed, pat, R, beta, sigma, jobs, *args, **kwargs):
-        out = original(act_fn, smoothed, pat, R, beta, sigma, jobs, *args, **kwargs)
+    def spy(act_fn, smoothed, Rk, active, beta, sigma, jobs, *args, **kwargs):
+        out = original(act_fn, smoothed, Rk, active, beta, sigma, jobs, *args, **kwargs)
         rounds.append({o: (np.array(rows), np.array(out[o][0])) for o, rows in jobs.items()})
         return out
 
@@ -577,3 +578,42 @@ def test_cubed_inputs_calibrated_on_their_power(name, pattern, C):
     err = abs(val[0] - ref)
     assert err < 1e-9 * scale, err / scale
     assert est[0] >= err or err < 1e-12 * scale, (err / scale, est[0] / scale)
+
+
+@pytest.mark.parametrize("name", ["tanh", "erf"])
+def test_patterns_share_rule_passes_with_unchanged_values(rng, monkeypatch, name):
+    """The patterns of a multiset table run their refinement rounds together: the patterns with an input of
+    power 1 share one rule pass per round, and (2, 2) with (4,) another, so the passes are the rounds of the
+    slowest pattern of each group, not their sum. Every value, estimate and evaluation count equals the
+    pattern computed alone (the same rules on the same rows; tanh tabulates its split input, erf has a
+    closed form) up to the rounding of the sums (a job's tiles split differently across kernel calls: a few
+    ulps of values of size ~0.1, times the tail factor, at most 19, in the estimates: 1% of the tolerance)."""
+    from ngp import _fourpoint as fp
+
+    act = ngp.activation(name)
+    X = rng.normal(size=(6, 3))
+    K = 1.5 * X @ X.T / 3 + 0.2
+    ms = multisets(6)
+    passes = []
+    original = fp._evaluate_rules
+
+    def spy(*args, **kwargs):
+        passes.append(args[6])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fp, "_evaluate_rules", spy)
+    st = {}
+    val, err = multiset_expectations(act, K, ms, rtol=1e-10, stats=st)
+    joint = len(passes)
+    rounds = {}
+    for pattern, (rows, idx) in fp.split_multisets(ms).items():
+        passes.clear()
+        one = {}
+        v, e = product_expectations(act, K[idx[:, :, None], idx[:, None, :]], pattern, rtol=1e-10, stats=one)
+        np.testing.assert_allclose(val[rows], v, rtol=0, atol=1e-15)
+        np.testing.assert_allclose(err[rows], e, rtol=0, atol=1e-13)
+        np.testing.assert_array_equal(st["evaluations"][rows], one["evaluations"])
+        rounds[pattern] = len(passes)
+    closed = [r for p, r in rounds.items() if 1 in p]
+    assert len(closed) == 6 and sum(closed) > max(closed) + 1  # several patterns, most refine
+    assert joint == max(closed) + max(rounds[(2, 2)], rounds[(4,)])
