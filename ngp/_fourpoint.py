@@ -1161,6 +1161,11 @@ def fixed_rule_errors(act: Activation, C, pattern, order: int) -> np.ndarray:
     C = _as_blocks(C, len(pattern))
     if act.relu_slopes is not None or not act.smooth:
         return np.full(C.shape[0], np.inf)
+    return _fixed_rule_relative(act, C, pattern, order) * _holder_scale(act, C, pattern)
+
+
+def _fixed_rule_relative(act: Activation, C: np.ndarray, pattern: tuple, order: int) -> np.ndarray:
+    """:func:`fixed_rule_errors` relative to the Hölder scale (a smooth activation, blocks ``C`` (b, u, u))."""
     R, _, _ = _eig_sqrt(C)
     s = _direction_scale(R)  # (b, d)
     li = max(0, int(np.searchsorted(np.asarray(LADDER), int(order), side="right")) - 1)
@@ -1168,7 +1173,7 @@ def fixed_rule_errors(act: Activation, C, pattern, order: int) -> np.ndarray:
     pos = np.searchsorted(np.asarray(_S_GRID), s, side="left")
     e = np.where(pos >= len(_S_GRID), np.inf, table[np.clip(pos, 0, len(_S_GRID) - 1)])
     e = np.where(s <= 0, 0.0, e).max(axis=1)
-    return np.maximum(e, FIXED_FLOOR) * _holder_scale(act, C, pattern)
+    return np.maximum(e, FIXED_FLOOR)
 
 
 def fixed_rule_split(act: Activation, K, ms, orders: dict, *, rtol: float = RTOL):
@@ -1190,9 +1195,10 @@ def fixed_rule_split(act: Activation, K, ms, orders: dict, *, rtol: float = RTOL
         if 1 in pattern:
             continue
         C = K[idx[:, :, None], idx[:, None, :]]
-        e = fixed_rule_errors(act, C, pattern, orders[len(pattern)])
+        scale = _holder_scale(act, C, pattern)
+        e = _fixed_rule_relative(act, C, pattern, orders[len(pattern)]) * scale  # fixed_rule_errors
         est[rows] = e
-        ok[rows] = e <= FIXED_MARGIN * rtol * _holder_scale(act, C, pattern)
+        ok[rows] = e <= FIXED_MARGIN * rtol * scale
     return ok, est
 
 
