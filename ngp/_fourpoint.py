@@ -972,11 +972,11 @@ def _calibrated_error(act: Activation, lad: np.ndarray, s: np.ndarray, powers: t
 
 class _SmoothRows:
     """The smooth rule for one pattern's blocks ``C`` (b, u, u) (``m4``: :func:`_fourth_moments`): coordinates,
-    per-entry ladder indices and results, refined round by round. A round asks for rule sums (:meth:`request`) and takes them back
-    (:meth:`receive`); :func:`_smooth_joint` serves the rounds of several patterns with shared rule passes."""
+    per-entry ladder indices and results, refined round by round. A round asks for rule sums
+    (:meth:`request`) and takes them back (:meth:`receive`); :func:`_smooth_joint` serves the rounds of
+    several patterns with shared rule passes."""
 
-    def __init__(self, act: Activation, C, pattern, rtol: float, max_rounds: int, m4: np.ndarray):
-        C = np.asarray(C, dtype=float)
+    def __init__(self, act: Activation, C: np.ndarray, pattern, rtol: float, max_rounds: int, m4: np.ndarray):
         b = C.shape[0]
         self.act, self.rtol, self.rounds_left = act, rtol, max_rounds
         self.scale = np.prod(m4 ** (np.asarray(pattern) / 4.0), axis=1)
@@ -1085,6 +1085,7 @@ class _SmoothRows:
             lad[todo] = np.minimum(lad[todo] + 1, top)
 
     def stats(self) -> dict:
+        """Per entry: ``"nodes"`` (rule and companion nodes) and ``"evaluations"`` (activation calls)."""
         return {"nodes": self.nodes_used,
                 "evaluations": self.nodes_used * (len(self.head_pattern) + int(self.closed and not self.table))
                 + self.table_evals}
