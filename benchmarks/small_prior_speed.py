@@ -25,13 +25,17 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-CHILD = r"""
+#: Start of every child program: the import and its time (``t0``), float64.
+PRELUDE = r"""
 import time, json, sys
 t0 = time.perf_counter()
 import jax
 jax.config.update("jax_enable_x64", True)
 import numpy as np
 import ngp
+"""
+
+CHILD = PRELUDE + r"""
 N, depth, act = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 X = np.random.default_rng(0).normal(size=(N, 3))
 net = ngp.MLP(depth, 32, activation=act, C_W=1.5, C_b=0.1)
@@ -44,13 +48,7 @@ print(json.dumps({"import_s": t1 - t0, "cold_s": t2 - t1, "warm_s": t3 - t2, "V_
                   "module": ngp.__file__}))
 """
 
-PREDICT = r"""
-import time, json, sys
-t0 = time.perf_counter()
-import jax
-jax.config.update("jax_enable_x64", True)
-import numpy as np
-import ngp
+PREDICT = PRELUDE + r"""
 NA, depth, act, NB = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 rng = np.random.default_rng(0)
 XA, XB = rng.normal(size=(NA, 2)), rng.normal(size=(NB, 2))
@@ -68,13 +66,7 @@ print(json.dumps({"import_s": t1 - t0, "cold_s": t2 - t1, "warm_s": t3 - t2, "me
                   "var_sum": float(v2.sum()), "module": ngp.__file__}))
 """
 
-POSTERIOR3 = r"""
-import time, json, sys
-t0 = time.perf_counter()
-import jax
-jax.config.update("jax_enable_x64", True)
-import numpy as np
-import ngp
+POSTERIOR3 = PRELUDE + r"""
 rng = np.random.default_rng(2024)  # the task of benchmarks/posterior.py
 XA, XB, Y = rng.normal(size=(3, 2)), rng.normal(size=(1, 2)), 0.5 * rng.normal(size=(3, 2))
 net = ngp.MLP(3, 32, activation="tanh", C_W=1.0, C_b=0.0, out_dim=2)

@@ -1231,8 +1231,7 @@ def product_expectations(act: Activation, C, pattern, *, rtol: float = RTOL, sta
     pattern = _pattern(pattern)
     u = len(pattern)
     C = _as_blocks(C, u)
-    if not (0 < rtol < 1):
-        raise ValueError(f"rtol: expected a number in (0, 1), got {rtol!r}")
+    _check_rtol(rtol)
     b = C.shape[0]
     if stats is not None:
         stats["nodes"] = np.zeros(b)
@@ -1252,6 +1251,11 @@ def product_expectations(act: Activation, C, pattern, *, rtol: float = RTOL, sta
         )
     val, err, _ = _smooth(act, C, pattern, rtol=rtol, stats=stats)
     return val, err
+
+
+def _check_rtol(rtol: float):
+    if not (0 < rtol < 1):
+        raise ValueError(f"rtol: expected a number in (0, 1), got {rtol!r}")
 
 
 def split_multisets(ms) -> dict:
@@ -1295,6 +1299,7 @@ def multiset_expectations(act: Activation, K, ms, *, rtol: float = RTOL, stats: 
         raise ValueError(f"ms: expected shape (M, 4), got {ms.shape}")
     if K.ndim != 2 or K.shape[0] != K.shape[1]:
         raise ValueError(f"K: expected a square matrix, got shape {K.shape}")
+    _check_rtol(rtol)
     vals = np.empty(ms.shape[0])
     errs = np.empty(ms.shape[0])
     if stats is not None:
@@ -1303,7 +1308,7 @@ def multiset_expectations(act: Activation, K, ms, *, rtol: float = RTOL, stats: 
     groups = {}  # patterns whose smooth rules share rule passes: with or without a split input
     for pattern, (rows, idx) in split_multisets(ms).items():
         C = K[idx[:, :, None], idx[:, None, :]]
-        if act.relu_slopes is None and act.smooth and 0 < rtol < 1:
+        if act.relu_slopes is None and act.smooth:
             groups.setdefault(1 in pattern and len(pattern) > 1, []).append((rows, C, pattern))
             continue
         st = {} if stats is not None else None
