@@ -2,6 +2,7 @@ import ctypes
 import gc
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,8 +50,34 @@ jax.config.update("jax_enable_x64", True)
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # this worker's name; None in the controlling (or only) process
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 _OWN_CACHE = None
+_CACHE_PREFIX = "ngp-test-xla-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_caches(folder: str) -> list:
+    """Remove the compilation-cache folders in ``folder`` left by runs that ended without cleaning up (killed
+    or crashed: their names carry the controlling process's id, no longer alive). Returns the removed paths."""
+    gone = []
+    for name in os.listdir(folder):
+        m = re.fullmatch(re.escape(_CACHE_PREFIX) + r"(\d+)-.*", name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+            gone.append(os.path.join(folder, name))
+    return gone
+
+
 if _WORKER is None and not os.environ.get("NGP_TEST_COMPILATION_CACHE"):
-    _OWN_CACHE = os.environ["NGP_TEST_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="ngp-test-xla-")
+    remove_stale_caches(tempfile.gettempdir())
+    _OWN_CACHE = os.environ["NGP_TEST_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix=f"{_CACHE_PREFIX}{os.getpid()}-")
 if _WORKER is not None and os.environ.get("NGP_TEST_COMPILATION_CACHE"):
     jax.config.update("jax_compilation_cache_dir", os.environ["NGP_TEST_COMPILATION_CACHE"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -197,3 +197,24 @@ def test_suite_compile_flags_leave_values_unchanged():
     tol = 16 * np.finfo(float).eps * np.abs(here["V"]).max()
     assert np.abs(V - here["V"]).max() <= tol
     assert np.abs(V_error - here["V_error"]).max() <= tol
+
+
+def test_stale_compilation_caches_of_dead_runs_are_removed(tmp_path):
+    """A run that was killed leaves its compilation-cache folder behind; the next run removes the folders whose
+    process is gone and keeps its own, live runs' and unrelated ones."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import remove_stale_caches
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead = int(done.stdout)  # exited: no such process (barring reuse of the id within this test)
+    names = [f"ngp-test-xla-{dead}-abc", f"ngp-test-xla-{os.getpid()}-own", f"ngp-test-xla-{os.getppid()}-live",
+             "ngp-test-xla-nopid", "other-folder"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "entry").write_bytes(b"x")
+    assert remove_stale_caches(str(tmp_path)) == [str(tmp_path / names[0])]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
