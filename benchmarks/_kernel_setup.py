@@ -51,6 +51,43 @@ def ngp_revision(root: str | None = None) -> dict:
     return {"commit": commit or None, "ngp_modified": bool(dirty)}
 
 
+def sizes_run(doc: str, default_sizes: str, default_out: str, measure, argv=None) -> dict:
+    """The driver of a benchmark over ``N_train x N_test`` sizes: ``--sizes`` (comma-separated, default
+    ``default_sizes``) and ``--out`` (a file name in benchmarks/results, default ``default_out``); ``measure(NA,
+    NB)`` gives a list of result rows per size (each printed). Writes the rows with the machine, the commit and
+    the load before and after; returns them."""
+    import argparse
+    import json
+    import platform
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--sizes", default=default_sizes, help="N_train x N_test, comma-separated")
+    ap.add_argument("--out", default=default_out, help="results file name in benchmarks/results")
+    args = ap.parse_args(argv)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = {"machine": platform.platform(), "cpus": os.cpu_count(), **ngp_revision(root),
+           "load_before": os.getloadavg(), "rows": []}
+    for size in args.sizes.split(","):
+        NA, NB = (int(v) for v in size.split("x"))
+        for r in measure(NA, NB):
+            res["rows"].append(r)
+            print(json.dumps(r), flush=True)
+    res["load_after"] = os.getloadavg()
+    with open(os.path.join(root, "benchmarks", "results", args.out), "w") as f:
+        json.dump(res, f, indent=1)
+    return res
+
+
+def child_json(code: str) -> dict:
+    """Runs ``python -c code`` in a fresh process and returns the JSON object on its last line of output."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def inputs(n: int, dim: int = IN_DIM, seed: int = SEED) -> np.ndarray:
     """``n`` standard-normal inputs, each feature standardised to mean 0, variance 1."""
     X = np.random.default_rng(seed).normal(size=(n, dim))

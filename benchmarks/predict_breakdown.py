@@ -13,15 +13,14 @@ the joint prior takes over the training prior's values, ``ngp._prior.reuse_four_
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import _kernel_setup  # noqa: E402  (NumPy only: the driver and the commit record)
 
 CHILD = r"""
 import json, sys, time
@@ -60,27 +59,13 @@ print(json.dumps(out))
 """
 
 
-def run(NA: int, NB: int, reuse: bool) -> dict:
-    code = CHILD.format(root=ROOT, NA=NA, NB=NB, reuse=reuse)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def measure(NA: int, NB: int) -> list:
+    return [{"N_train": NA, "N_test": NB, "mode": "reuse" if reuse else "no_reuse",
+             **_kernel_setup.child_json(CHILD.format(root=ROOT, NA=NA, NB=NB, reuse=reuse))} for reuse in (True, False)]
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="16x10,8x100", help="N_train x N_test, comma-separated")
-    ap.add_argument("--out", default="predict_breakdown.json", help="results file name in benchmarks/results")
-    args = ap.parse_args(argv)
-    res = {"machine": platform.platform(), "cpus": os.cpu_count(), "load_before": os.getloadavg(), "rows": []}
-    for size in args.sizes.split(","):
-        NA, NB = (int(v) for v in size.split("x"))
-        for reuse in (True, False):
-            r = {"N_train": NA, "N_test": NB, "mode": "reuse" if reuse else "no_reuse", **run(NA, NB, reuse)}
-            res["rows"].append(r)
-            print(json.dumps(r), flush=True)
-    res["load_after"] = os.getloadavg()
-    with open(os.path.join(HERE, "results", args.out), "w") as f:
-        json.dump(res, f, indent=1)
+    _kernel_setup.sizes_run(__doc__, "16x10,8x100", "predict_breakdown.json", measure, argv)
 
 
 if __name__ == "__main__":

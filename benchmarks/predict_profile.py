@@ -16,18 +16,14 @@ host work and waiting. Writes benchmarks/results/<--out>.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-import _kernel_setup  # noqa: E402  (NumPy only: the commit record)
+import _kernel_setup  # noqa: E402  (NumPy only: the driver and the commit record)
 
 CHILD = r"""
 import collections, json, logging, re, sys, time
@@ -109,27 +105,12 @@ print(json.dumps(dict(condition_s=cond_s, predict_s=wall, predict_cpu_s=cpu,
 """
 
 
-def run(NA: int, NB: int) -> dict:
-    code = CHILD.format(root=ROOT, NA=NA, NB=NB)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def measure(NA: int, NB: int) -> list:
+    return [{"N_train": NA, "N_test": NB, **_kernel_setup.child_json(CHILD.format(root=ROOT, NA=NA, NB=NB))}]
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="16x100,32x100", help="N_train x N_test, comma-separated")
-    ap.add_argument("--out", default="predict_profile.json", help="results file name in benchmarks/results")
-    args = ap.parse_args(argv)
-    res = {"machine": platform.platform(), "cpus": os.cpu_count(), **_kernel_setup.ngp_revision(ROOT),
-           "load_before": os.getloadavg(), "rows": []}
-    for size in args.sizes.split(","):
-        NA, NB = (int(v) for v in size.split("x"))
-        r = {"N_train": NA, "N_test": NB, **run(NA, NB)}
-        res["rows"].append(r)
-        print(json.dumps(r), flush=True)
-    res["load_after"] = os.getloadavg()
-    with open(os.path.join(HERE, "results", args.out), "w") as f:
-        json.dump(res, f, indent=1)
+    _kernel_setup.sizes_run(__doc__, "16x100,32x100", "predict_profile.json", measure, argv)
 
 
 if __name__ == "__main__":
