@@ -55,7 +55,8 @@ def kernel(*a):
 def evaluate(act_fn, smoothed, Rk, active, beta, sigma, jobs, *a, **k):
     t = time.perf_counter(); out = inner_ev(act_fn, smoothed, Rk, active, beta, sigma, jobs, *a, **k)
     ev["calls"] += 1; ev["seconds"] += time.perf_counter() - t
-    ev["jobs"] += int(sum(r.size for r in jobs.values())); ev["nodes"] += float(sum(out[o][2] * jobs[o].size for o in jobs))
+    ev["jobs"] += int(sum(r.size for r in jobs.values()))
+    ev["nodes"] += float(sum(out[o][2] * jobs[o].size for o in jobs))
     return out
 def table(fn, mu, s, tol):
     t = time.perf_counter(); out = inner_tab(fn, mu, s, tol)

@@ -65,7 +65,8 @@ def _alive(pid: int) -> bool:
 
 def remove_stale_caches(folder: str) -> list:
     """Remove the compilation-cache folders in ``folder`` left by runs that ended without cleaning up (killed
-    or crashed: their names carry the controlling process's id, no longer alive). Returns the removed paths."""
+    or crashed: their names carry the controlling process's id, no longer alive on this machine). Returns the
+    removed paths."""
     gone = []
     for name in os.listdir(folder):
         m = re.fullmatch(re.escape(_CACHE_PREFIX) + r"(\d+)-.*", name)
