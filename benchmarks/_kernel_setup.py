@@ -78,6 +78,13 @@ def sizes_run(doc: str, default_sizes: str, default_out: str, measure, argv=None
     return res
 
 
+def child_prelude(root: str) -> str:
+    """The first lines of a benchmark's child program: the checkout at ``root`` first on the path, float64 on,
+    ``json``, ``sys``, ``time``, ``jax``, ``np`` and ``ngp`` imported."""
+    return (f"import json, sys, time\nsys.path.insert(0, {root!r})\nimport jax\n"
+            "jax.config.update('jax_enable_x64', True)\nimport numpy as np\nimport ngp\n")
+
+
 def child_json(code: str) -> dict:
     """Runs ``python -c code`` in a fresh process and returns the JSON object on its last line of output."""
     import json

@@ -23,12 +23,6 @@ sys.path.insert(0, HERE)
 import _kernel_setup  # noqa: E402  (NumPy only: the driver and the commit record)
 
 CHILD = r"""
-import json, sys, time
-sys.path.insert(0, {root!r})
-import jax
-jax.config.update("jax_enable_x64", True)
-import numpy as np
-import ngp
 from ngp import _finite, _posterior
 NA, NB, reuse = {NA}, {NB}, {reuse}
 if not reuse:
@@ -61,7 +55,8 @@ print(json.dumps(out))
 
 def measure(NA: int, NB: int) -> list:
     return [{"N_train": NA, "N_test": NB, "mode": "reuse" if reuse else "no_reuse",
-             **_kernel_setup.child_json(CHILD.format(root=ROOT, NA=NA, NB=NB, reuse=reuse))} for reuse in (True, False)]
+             **_kernel_setup.child_json(_kernel_setup.child_prelude(ROOT) + CHILD.format(NA=NA, NB=NB, reuse=reuse))}
+            for reuse in (True, False)]
 
 
 def main(argv=None):

@@ -26,13 +26,8 @@ sys.path.insert(0, HERE)
 import _kernel_setup  # noqa: E402  (NumPy only: the driver and the commit record)
 
 CHILD = r"""
-import collections, json, logging, re, sys, time
-sys.path.insert(0, {root!r})
-import jax
-jax.config.update("jax_enable_x64", True)
+import collections, logging, re
 import jax.numpy as jnp
-import numpy as np
-import ngp
 from ngp import _fourpoint as F
 NA, NB = {NA}, {NB}
 comp = collections.Counter(); comp_s = collections.Counter()
@@ -107,7 +102,8 @@ print(json.dumps(dict(condition_s=cond_s, predict_s=wall, predict_cpu_s=cpu,
 
 
 def measure(NA: int, NB: int) -> list:
-    return [{"N_train": NA, "N_test": NB, **_kernel_setup.child_json(CHILD.format(root=ROOT, NA=NA, NB=NB))}]
+    code = _kernel_setup.child_prelude(ROOT) + CHILD.format(NA=NA, NB=NB)
+    return [{"N_train": NA, "N_test": NB, **_kernel_setup.child_json(code)}]
 
 
 def main(argv=None):
