@@ -33,6 +33,7 @@ from ._gaussian import (auto_orders, bucket, concrete_max, gauss_hermite, intege
                         pair_matrices)
 from ._kernel import two_point_matrix
 from ._pairs import Pairs, array_module, is_concrete, multiset_code, multiset_rows
+from ._threads import thread_map
 from ._validate import device, device_if
 
 __all__ = [
@@ -391,8 +392,8 @@ class FourPointTable:
                 errs[known] = self._errs[pos[known]]
             if new.size:  # in chunks: the quadrature's working memory grows with the rows of one call
                 rows = ms_sorted[first[new]]
-                parts = [four_point_values(self.act, self.K, rows[i:i + TABLE_CHUNK], errors=True, **self.options)
-                         for i in range(0, rows.shape[0], TABLE_CHUNK)]
+                parts = thread_map(lambda r: four_point_values(self.act, self.K, r, errors=True, **self.options),
+                                   [rows[i:i + TABLE_CHUNK] for i in range(0, rows.shape[0], TABLE_CHUNK)])
                 fresh = np.concatenate([np.asarray(v) for v, _ in parts])
                 ferr = np.concatenate([np.asarray(e, dtype=float) for _, e in parts])
                 vals[new], errs[new] = fresh, ferr

@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -495,21 +496,29 @@ def _arrays(x):
 
 def _byte_lru(limit: int):
     """Cache of a function of hashable arguments whose results hold NumPy arrays (made read-only),
-    dropping the least recently used results beyond ``limit`` bytes."""
+    dropping the least recently used results beyond ``limit`` bytes. Safe to call from several threads
+    (two may compute the same result; the first stored is kept)."""
     def deco(fn):
-        cache, size = {}, [0]
+        cache, size, lock = {}, [0], threading.Lock()
 
         @functools.wraps(fn)
         def cached(*args):
-            hit = cache.pop(args, None)
-            if hit is None:
-                hit = fn(*args)
-                for a in _arrays(hit):
-                    a.setflags(write=False)
-                    size[0] += a.nbytes
-            cache[args] = hit  # most recent last
-            while size[0] > limit and len(cache) > 1:
-                size[0] -= sum(a.nbytes for a in _arrays(cache.pop(next(iter(cache)))))
+            with lock:
+                hit = cache.pop(args, None)
+                if hit is not None:
+                    cache[args] = hit  # most recent last
+                    return hit
+            made = fn(*args)
+            with lock:
+                hit = cache.pop(args, None)
+                if hit is None:
+                    hit = made
+                    for a in _arrays(hit):
+                        a.setflags(write=False)
+                        size[0] += a.nbytes
+                cache[args] = hit
+                while size[0] > limit and len(cache) > 1:
+                    size[0] -= sum(a.nbytes for a in _arrays(cache.pop(next(iter(cache)))))
             return hit
 
         return cached
@@ -720,7 +729,7 @@ def _job_tables(act_fn, beta, sigma, stol, jobs: dict):
     return stab, boff, err_g, evals_g
 
 
-def _bucket4(n: int, least: int = 256) -> int:
+def _bucket4(n: int, least: int = 4096) -> int:
     """``n`` rounded up to ``least`` times a power of 4 (few compiled shapes)."""
     s = least
     while s < n:
@@ -774,7 +783,7 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
     nM = np.array([r[2].shape[0] for r in rules])
     pbase = 1 + np.cumsum(nP) - nP  # block 0: zero weights, for padded tiles
     mbase = np.cumsum(nM) - nM
-    nPt, nMt = _bucket4(1 + nP.sum()), _bucket4(nM.sum())  # one size up to 256 blocks each: few compiled shapes
+    nPt, nMt = _bucket4(1 + nP.sum()), _bucket4(nM.sum())  # one size up to 4096 blocks each: few compiled shapes
     XP = np.zeros((nPt, D - 1, _TP))
     PW = np.zeros((nPt, _TP))
     XL, WL = np.zeros((nMt, _TM)), np.zeros((nMt, _TM))

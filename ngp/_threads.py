@@ -1,0 +1,46 @@
+"""Independent host-side jobs on two threads, so that one job's Python and NumPy work overlaps the compiled
+kernels another job waits for (XLA:CPU runs one call on one core and releases the GIL while it runs).
+
+Used for the four-point expectations of :class:`ngp._finite.FourPointTable`, whose chunks of new multisets are
+independent (docs/four-point.md, "How the rules are evaluated"). Results do not depend on the threads: each job
+computes exactly what it computes alone, and the results come back in the order of the jobs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+
+import jax
+
+__all__ = ["thread_map", "THREADS"]
+
+#: Threads for independent jobs: two (one job's host work beside another's kernels), one on a one-core machine.
+THREADS = min(2, os.cpu_count() or 1)
+
+_POOL: list = []
+_LOCK = threading.Lock()
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    with _LOCK:
+        if not _POOL:
+            _POOL.append(concurrent.futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="ngp"))
+        return _POOL[0]
+
+
+def thread_map(fn, items) -> list:
+    """``[fn(item) for item in items]``, on :data:`THREADS` threads when there are several items. The caller's
+    JAX precision (``jax.enable_x64``, a thread-local scope) holds in the workers; an exception of a job is raised
+    here (the first in the order of ``items``)."""
+    items = list(items)
+    if len(items) < 2 or THREADS < 2 or threading.current_thread().name.startswith("ngp"):
+        return [fn(item) for item in items]  # nested calls run in their own thread: no pool deadlock
+    x64 = bool(jax.config.jax_enable_x64)
+
+    def run(item):
+        with jax.enable_x64(x64):
+            return fn(item)
+
+    return list(_pool().map(run, items))

@@ -1,0 +1,73 @@
+"""Independent host jobs on two threads (ngp._threads): order, precision scope, errors, nesting, and the
+four-point table's values unchanged by the threads."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ngp
+from ngp import _finite, _threads
+from ngp._threads import thread_map
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    monkeypatch.setattr(_threads, "THREADS", 2)
+
+
+def test_results_in_the_order_of_the_jobs(two_threads):
+    assert thread_map(lambda i: i * i, range(20)) == [i * i for i in range(20)]
+    assert thread_map(lambda i: i, []) == []
+
+
+def test_workers_keep_the_callers_float64_scope(two_threads):
+    """``jax.enable_x64`` is thread-local: a job run in a worker computes in the caller's precision."""
+    dtypes = lambda: thread_map(lambda _: jnp.asarray(np.ones(2)).dtype, range(4))  # noqa: E731
+    with jax.enable_x64(True):
+        assert dtypes() == [jnp.float64] * 4
+    with jax.enable_x64(False):
+        assert dtypes() == [jnp.float32] * 4
+
+
+def test_the_first_failing_job_raises(two_threads):
+    def job(i):
+        if i in (3, 5):
+            raise ValueError(f"job {i}")
+        return i
+
+    with pytest.raises(ValueError, match="job 3"):
+        thread_map(job, range(8))
+
+
+def test_nested_calls_do_not_wait_on_the_pool(two_threads):
+    """A job that maps jobs itself runs them in its own thread (the pool's threads are all busy)."""
+    out = thread_map(lambda i: thread_map(lambda j: 10 * i + j, range(3)), range(4))
+    assert out == [[10 * i + j for j in range(3)] for i in range(4)]
+
+
+def test_four_point_table_equal_with_one_and_two_threads(monkeypatch):
+    """The chunks of a four-point table run on two threads; values and error estimates are bitwise those of
+    one thread (four chunks of tanh multisets on the adaptive rule)."""
+    monkeypatch.setattr(_finite, "TABLE_CHUNK", 40)
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(6, 2))
+    K = np.asarray(ngp.MLP(2, 8, activation="tanh", C_W=1.5, C_b=0.1).prior(X).K)
+    ms = np.array(list(itertools.combinations_with_replacement(range(6), 4)))  # 126 multisets
+    adaptive = []
+    original = _finite.multiset_expectations
+
+    def counted(act, K, rows, **kw):
+        adaptive.append(rows.shape[0])
+        return original(act, K, rows, **kw)
+
+    monkeypatch.setattr(_finite, "multiset_expectations", counted)
+    out = {}
+    for n in (1, 2):
+        monkeypatch.setattr(_threads, "THREADS", n)
+        out[n] = _finite.FourPointTable(ngp.activation("tanh"), K)._lookup(ms)
+    assert len(adaptive) == 8 and sum(adaptive) > 100  # four chunks per run, most rows on the adaptive rule
+    for a, b in zip(out[1], out[2]):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
