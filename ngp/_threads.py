@@ -19,15 +19,17 @@ __all__ = ["thread_map", "THREADS"]
 #: Threads for independent jobs: two (one job's host work beside another's kernels), one on a one-core machine.
 THREADS = min(2, os.cpu_count() or 1)
 
-_POOL: list = []
+_POOL: dict = {}  # process id -> executor (a forked child has none of its parent's threads: it makes its own)
 _LOCK = threading.Lock()
 
 
 def _pool() -> concurrent.futures.ThreadPoolExecutor:
     with _LOCK:
-        if not _POOL:
-            _POOL.append(concurrent.futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="ngp"))
-        return _POOL[0]
+        pid = os.getpid()
+        if pid not in _POOL:
+            _POOL.clear()
+            _POOL[pid] = concurrent.futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="ngp")
+        return _POOL[pid]
 
 
 def thread_map(fn, items) -> list:

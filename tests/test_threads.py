@@ -48,6 +48,15 @@ def test_nested_calls_do_not_wait_on_the_pool(two_threads):
     assert out == [[10 * i + j for j in range(3)] for i in range(4)]
 
 
+def test_a_forked_process_makes_its_own_pool(two_threads, monkeypatch):
+    """A child forked after the pool started has none of its threads: a new process id gets a new pool."""
+    assert thread_map(lambda i: i, range(3)) == [0, 1, 2]
+    first = _threads._pool()
+    monkeypatch.setattr(_threads.os, "getpid", lambda: -1)
+    assert _threads._pool() is not first
+    assert thread_map(lambda i: i + 1, range(3)) == [1, 2, 3]
+
+
 def test_four_point_table_equal_with_one_and_two_threads(monkeypatch):
     """The chunks of a four-point table run on two threads; values and error estimates are bitwise those of
     one thread (four chunks of tanh multisets on the adaptive rule)."""
