@@ -356,7 +356,8 @@ def _closed_four_point(four_point, C):
 
 
 #: New multisets per quadrature call of :class:`FourPointTable` (bounds the rule's working memory:
-#: measured 0.35 GB above the process at 8000 tanh multisets, 1.3 GB at 40000 in one call).
+#: measured 0.35 GB above the process at 8000 tanh multisets, 1.3 GB at 40000 in one call). Two calls run at
+#: once (:func:`ngp._threads.thread_map`).
 TABLE_CHUNK = 8192
 
 
