@@ -2,8 +2,8 @@
 kernels another job waits for (XLA:CPU runs one call on one core and releases the GIL while it runs).
 
 Used for the four-point expectations of :class:`ngp._finite.FourPointTable`, whose chunks of new multisets are
-independent (docs/four-point.md, "How the rules are evaluated"). Results do not depend on the threads: each job
-computes exactly what it computes alone, and the results come back in the order of the jobs.
+independent (docs/four-point.md, "Two threads, fewer compiled shapes"). Results do not depend on the threads:
+each job computes exactly what it computes alone, and the results come back in the order of the jobs.
 """
 
 from __future__ import annotations
