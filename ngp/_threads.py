@@ -21,6 +21,7 @@ THREADS = min(2, os.cpu_count() or 1)
 
 _POOL: dict = {}  # process id -> executor (a forked child has none of its parent's threads: it makes its own)
 _LOCK = threading.Lock()
+_WORKER = threading.local()  # ``inside`` is set in the pool's threads while they run a job
 
 
 def _pool() -> concurrent.futures.ThreadPoolExecutor:
@@ -37,12 +38,16 @@ def thread_map(fn, items) -> list:
     JAX precision (``jax.enable_x64``, a thread-local scope) holds in the workers; an exception of a job is raised
     here (the first in the order of ``items``)."""
     items = list(items)
-    if len(items) < 2 or THREADS < 2 or threading.current_thread().name.startswith("ngp"):
+    if len(items) < 2 or THREADS < 2 or getattr(_WORKER, "inside", False):
         return [fn(item) for item in items]  # nested calls run in their own thread: no pool deadlock
     x64 = bool(jax.config.jax_enable_x64)
 
     def run(item):
-        with jax.enable_x64(x64):
-            return fn(item)
+        _WORKER.inside = True
+        try:
+            with jax.enable_x64(x64):
+                return fn(item)
+        finally:
+            _WORKER.inside = False
 
     return list(_pool().map(run, items))
