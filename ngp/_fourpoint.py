@@ -542,6 +542,10 @@ _TABLE_W = 9.0
 _TABLE_LEVELS = 6
 #: Activation evaluations per call of the tabulation (bounds its temporaries).
 _TABLE_CHUNK = 2**22
+#: Points with a residual std ``s`` at most this (nearly singular blocks, e.g. the first layer's kernel of inputs
+#: with fewer than three features) first try the 3-node Gauss-Hermite rule (:func:`_gh3_sums`).
+_TABLE_SMALL_S = 1e-4
+_SQRT3 = math.sqrt(3.0)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -549,6 +553,33 @@ def _table_sums(fn, mu, s, w, pw):
     """``sum_i pw_i fn(mu + s w_i)`` for points ``mu``, ``s`` (P,) and nodes ``w``, ``pw`` (M,) (a fused
     reduction: a matrix-vector product first writes the (P, M) values to memory)."""
     return jnp.sum(fn(mu[:, None] + s[:, None] * w[None, :]) * pw, axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _gh3_sums(fn, mu, s):
+    """The 3-node Gauss-Hermite rule for ``E[fn(mu + s w)]`` (nodes ``0, +-sqrt(3)``, weights ``2/3, 1/6``: exact
+    to degree 5) at points ``mu``, ``s`` (P,), and its change from the 1-node rule ``fn(mu)``: ``(Q3, Q3 - Q1)``."""
+    f0 = fn(mu)
+    d = (fn(mu - _SQRT3 * s) + fn(mu + _SQRT3 * s) - 2.0 * f0) / 6.0
+    return f0 + d, d
+
+
+def _by_pieces(call, arrays, per: int) -> list:
+    """``call(*pieces)`` over the points of ``arrays`` (P,) each, in zero-padded calls of :func:`_pieces`
+    sizes (``per`` points at most): the outputs, each a tuple of (P,) arrays (dispatched before any is read)."""
+    n = arrays[0].size
+    pending = []
+    for st, size in _pieces(n, per):
+        k = min(size, n - st)
+        pending.append((st, k, call(*(_pad_rows(a[st:st + k], size) for a in arrays))))
+    outs = None
+    for st, k, out in pending:
+        out = out if isinstance(out, tuple) else (out,)
+        if outs is None:
+            outs = tuple(np.zeros(n) for _ in out)
+        for o, r in zip(outs, out):
+            o[st:st + k] = np.asarray(r)[:k]
+    return outs if outs is not None else ()
 
 
 def _pieces(n: int, per: int, least: int = 4**4, whole: int = 4**6) -> list:
@@ -580,14 +611,31 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
     adds the midpoints) until the change from the previous step is below ``tol`` (absolute) or
     :data:`_TABLE_LEVELS` is reached. Returns the values, that change (an error bound: the error of
     the finer rule is about its square) and the number of activation evaluations, (k,) each. One
-    compiled shape per level and chunk size (powers of 4 up to about ``_TABLE_CHUNK`` evaluations)."""
+    compiled shape per level and chunk size (powers of 4 up to about ``_TABLE_CHUNK`` evaluations).
+
+    Points with ``s <= _TABLE_SMALL_S`` first take the 3-node Gauss-Hermite rule (3 evaluations), kept when its
+    change from ``fn(mu)`` is below ``tol``; that change bounds its error (``~ s^2 |fn''| / 2`` against
+    ``~ s^6 max|fn^(6)| / 120``); the others go on to the trapezoid rule (their 3 evaluations counted)."""
     k = mu.size
     val = np.zeros(k)
     err = np.full(k, np.inf)
     evals = np.zeros(k)
+    idx = np.arange(k)
+    used = np.zeros(k)  # evaluations so far, per point still refining
+    small = s <= _TABLE_SMALL_S
+    if small.any():
+        i = idx[small]
+        q3, d = _by_pieces(functools.partial(_gh3_sums, fn), (mu[i], s[i]), 4 ** max(4, int(math.log(
+            _TABLE_CHUNK / 3, 4))))
+        d = np.abs(d)
+        ok = d <= tol[i]
+        val[i[ok]], err[i[ok]], evals[i[ok]] = q3[ok], d[ok], 3
+        idx = np.concatenate([idx[~small], i[~ok]])
+        used = np.where(small[idx], 3.0, 0.0)
+        if not idx.size:
+            return val, err, evals
     # the points still refining, with their data and running sums of phi(w) f(mu + s w) (compacted per level)
-    idx, am, asg, atol, sums = np.arange(k), mu, s, tol, np.zeros(k)
-    used = 0
+    am, asg, atol, sums = mu[idx], s[idx], tol[idx], np.zeros(idx.size)
     for level in range(_TABLE_LEVELS + 1):
         h = _TABLE_H0 / 2**level
         half = int(round(_TABLE_W / h))
@@ -596,30 +644,21 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
             w = w[1::2]  # the new midpoints
         pw = _INV_SQRT_2PI * np.exp(-0.5 * w * w)
         per = 4 ** max(4, int(math.log(_TABLE_CHUNK / w.size, 4)))
-        add = np.zeros(idx.size)
-        pending = []
-        for st, size in _pieces(idx.size, per):
-            n = min(size, idx.size - st)
-            m = np.zeros(size)
-            sg = np.zeros(size)
-            m[:n], sg[:n] = am[st:st + n], asg[st:st + n]
-            pending.append((st, n, _table_sums(fn, m, sg, w, pw)))
-        for st, n, out in pending:
-            add[st:st + n] = np.asarray(out)[:n]
+        (add,) = _by_pieces(lambda m, sg: _table_sums(fn, m, sg, w, pw), (am, asg), per)
         new = sums + add
-        used += w.size
+        used = used + w.size
         e = np.abs(h * new - 2 * h * sums) if level else np.full(idx.size, np.inf)
         if level == _TABLE_LEVELS:
             done = np.ones(idx.size, dtype=bool)
         else:  # level 0 has no error estimate yet; a NaN change ends the refinement, as before
             done = ~(e > atol) if level else np.zeros(idx.size, dtype=bool)
         if done.any():
-            val[idx[done]], err[idx[done]], evals[idx[done]] = h * new[done], e[done], used
+            val[idx[done]], err[idx[done]], evals[idx[done]] = h * new[done], e[done], used[done]
         if done.all():
             break
         if level:
             keep = ~done
-            idx, am, asg, atol, new = idx[keep], am[keep], asg[keep], atol[keep], new[keep]
+            idx, am, asg, atol, new, used = idx[keep], am[keep], asg[keep], atol[keep], new[keep], used[keep]
         sums = new
     return val, err, evals
 

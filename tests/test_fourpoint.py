@@ -181,6 +181,30 @@ def test_smoothed_table_against_closed_forms(rng, name):
     assert evals.max() <= 2 * _TABLE_W / (_TABLE_H0 / 2**_TABLE_LEVELS) + 1  # within the finest level
 
 
+@pytest.mark.parametrize("name", ["erf", "sin"])
+def test_smoothed_table_small_residuals_take_three_nodes(rng, name):
+    """Residual stds at most _TABLE_SMALL_S (nearly singular blocks) take the 3-node Gauss-Hermite rule
+    when its change from fn(mu) is within the tolerance: 3 evaluations, within the tolerance of the closed
+    form, the bound covering the error; at a tighter tolerance the same points go on to the trapezoid
+    rule (3 evaluations more than its own) and still meet it."""
+    from ngp._fourpoint import _TABLE_SMALL_S, _smoothed_table
+
+    act = ngp.activation(name)
+    mu = rng.uniform(-6, 6, 300)
+    s = np.concatenate([[0.0, _TABLE_SMALL_S], 10 ** rng.uniform(-12, np.log10(_TABLE_SMALL_S), 298)])
+    exact = np.asarray(act.smoothed(jnp.asarray(mu), jnp.asarray(s)))
+    val, bound, evals = _smoothed_table(act.fn, mu, s, np.full(mu.size, 1e-8))
+    np.testing.assert_array_equal(evals, 3.0)  # s^2 |fn''| / 2 <= 1e-8 at every point
+    assert np.all(bound <= 1e-8)
+    assert np.all(np.abs(val - exact) <= np.maximum(bound, 4e-16)), np.abs(val - exact).max()
+    # 1e-17: below the 3-node rule's change wherever s^2 |fn''(mu)| / 2 is above rounding
+    big = 0.5 * s**2 * np.abs(np.asarray(jax.vmap(jax.grad(jax.grad(act.fn)))(jnp.asarray(mu)))) > 1e-15
+    assert big.sum() > 50
+    val2, bound2, evals2 = _smoothed_table(act.fn, mu, s, np.full(mu.size, 1e-17))
+    assert np.all(evals2[big] >= 3 + 25)
+    assert np.all(np.abs(val2 - exact) <= np.maximum(bound2, 4e-16)), np.abs(val2 - exact).max()
+
+
 def test_rotation_puts_the_regression_along_one_direction(rng):
     """The tabulated path's coordinates: an orthogonal change of basis (the head's covariance R R^T is
     unchanged) after which beta = (|beta|, 0, ...); rows with beta = 0 are left as they are."""
