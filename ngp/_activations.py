@@ -65,6 +65,11 @@ class Activation:
             linear) family ``a_+ z Theta(z) + a_- z Theta(-z)``; ``None`` otherwise.
         smooth: Whether ``fn`` is smooth enough that its derivatives (taken by
             autodiff) are its distributional derivatives. False for kinks.
+        exp_split: ``(kappa, h)`` with ``sigma(x) = h(exp(kappa x))`` for every real ``x``, ``h``
+            elementwise and accurate to a few ulps of ``max|sigma|`` (tanh: ``kappa = 2``,
+            ``h(y) = 1 - 2 / (1 + y)``), or ``None``. The four-point kernel then forms ``exp(kappa x)``
+            at the nodes of a tile as products of one exponential per node of its leading directions
+            and one per node of its last direction (``docs/four-point.md``, "Exponential split").
     """
 
     name: str
@@ -74,6 +79,7 @@ class Activation:
     relu_slopes: tuple[float, float] | None = None
     smooth: bool = True
     four_point: Callable | None = None
+    exp_split: tuple[float, Callable] | None = None
 
     def __call__(self, x):
         return self.fn(x)
@@ -318,19 +324,27 @@ def _gelu_act() -> Activation:
     return Activation("gelu", lambda x: x * _ndtr(x), smoothed=smoothed)
 
 
+def _tanh_of_exp(y):  # tanh(x) from y = exp(2 x): absolute error a few ulps
+    return 1.0 - 2.0 / (1.0 + y)
+
+
+def _sigmoid_of_exp(y):  # sigmoid(x) from y = exp(-x): relative error a few ulps
+    return 1.0 / (1.0 + y)
+
+
 _FACTORIES: dict[str, Callable[..., Activation]] = {
     "linear": _linear,
     "identity": _linear,
     "relu": lambda: _relu_family(1.0, 0.0, "relu"),
     "leaky_relu": lambda slope=0.01: _relu_family(1.0, slope, f"leaky_relu({slope:g})"),
-    "tanh": lambda: Activation("tanh", jnp.tanh),
+    "tanh": lambda: Activation("tanh", jnp.tanh, exp_split=(2.0, _tanh_of_exp)),
     "erf": _erf_act,
     "sin": _sin_act,
     "gelu": _gelu_act,
     "swish": lambda: Activation("swish", lambda x: x * jax.nn.sigmoid(x)),
     "silu": lambda: Activation("swish", lambda x: x * jax.nn.sigmoid(x)),
     "softplus": lambda: Activation("softplus", jax.nn.softplus),
-    "sigmoid": lambda: Activation("sigmoid", jax.nn.sigmoid),
+    "sigmoid": lambda: Activation("sigmoid", jax.nn.sigmoid, exp_split=(-1.0, _sigmoid_of_exp)),
 }
 
 #: Names accepted by :func:`activation` (and ``ngp.MLP(activation=...)``).

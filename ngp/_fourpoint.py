@@ -680,14 +680,16 @@ _STAB_BLOCKS = 4 * 4096
 TABLE = "table"
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _tile_kernel(fn, smoothed, active, XP, PW, XL, WL, R, beta, sigma, stab, pb, mb, sb, g):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _tile_kernel(fn, smoothed, split, active, XP, PW, XL, WL, R, beta, sigma, stab, pb, mb, sb, g):
     """Rule sums by tiles. Tile ``t`` pairs block ``pb[t]`` of ``_TP`` partial nodes (coordinates ``XP``
     (nP, D-1, _TP) in the leading directions, weights ``PW`` (nP, _TP), 0 on padding) with block
     ``mb[t]`` of ``_TM`` nodes of the last direction (``XL``, ``WL`` (nM, _TM)), for job ``g[t]``: ridge
     rows ``R`` (J, n_rows, D), one factor ``fn(R_j . x)`` per row with ``active[j] != 0`` (an input of power
     ``p`` is ``p`` equal rows: a select per factor is cheaper than a power chosen at run time), closed-form
-    data ``beta`` (J, D), ``sigma`` (J,); with ``smoothed == TABLE`` the smoothed input's values at the
+    data ``beta`` (J, D), ``sigma`` (J,); with ``split = (kappa, h)`` a factor is ``h(exp(kappa a) exp(kappa b))``
+    (``a``, ``b``: the leading directions' and the last direction's terms of ``R_j . x``, one exponential
+    per partial node and per last-direction node); with ``smoothed == TABLE`` the smoothed input's values at the
     last direction's nodes are ``stab[sb[t]]`` (., _TM). Returns ``sum_{p, m} PW_p WL_m f(p, m)`` per
     tile (T,). The ``_TP x _TM`` products are formed by broadcasting (no gather per node, which costs
     XLA:CPU more than the activation); padded nodes cost work, not accuracy."""
@@ -697,13 +699,23 @@ def _tile_kernel(fn, smoothed, active, XP, PW, XL, WL, R, beta, sigma, stab, pb,
     xl, wl = XL[mb], WL[mb]  # (T, TM)
     Rg = R[g]  # (T, n_rows, D)
 
-    def along(c):  # sum_k c_k x_k at the tile's nodes, (T * TP * TM,), for coefficients c (T, D)
-        part = sum(c[:, k, None] * X[:, k] for k in range(D - 1))
-        return (part[:, :, None] + c[:, D - 1, None, None] * xl[:, None, :]).reshape(-1)
+    def parts(c):  # sum_k c_k x_k for coefficients c (T, D): leading directions (T, TP), last direction (T, TM)
+        return sum(c[:, k, None] * X[:, k] for k in range(D - 1)), c[:, D - 1, None] * xl
+
+    def along(c):  # sum_k c_k x_k at the tile's nodes, (T * TP * TM,)
+        part, last = parts(c)
+        return (part[:, :, None] + last[:, None, :]).reshape(-1)
+
+    def factor(c):  # sigma(sum_k c_k x_k) at the tile's nodes
+        if split is None:
+            return fn(along(c))
+        kappa, h = split
+        part, last = parts(c)
+        return h((jnp.exp(kappa * part)[:, :, None] * jnp.exp(kappa * last)[:, None, :]).reshape(-1))
 
     vals = 1.0
     for j in range(R.shape[1]):
-        vals = vals * jnp.where(active[j] != 0, fn(along(Rg[:, j])), 1.0)
+        vals = vals * jnp.where(active[j] != 0, factor(Rg[:, j]), 1.0)
     if smoothed == TABLE:
         wl = wl * stab[sb]
     elif smoothed is not None:
@@ -794,7 +806,7 @@ def _kernel_rows(head_pattern, R, beta, D: int):
 
 
 def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutoff: float, stol=None,
-                    bounds=None):
+                    bounds=None, split=None, split_ok=None):
     """Sums of several rules, each for its own entries: ``jobs`` maps ``orders`` (per direction, ``d <= D``
     of them: the last ``d`` directions) to row indices (k,) into the factor rows ``Rk`` (b, n_rows, D),
     ``active`` (n_rows,), ``beta`` (b, D) (:func:`_kernel_rows`; rows of several patterns with the same
@@ -804,7 +816,8 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
     ``E|f|`` and of ``E|f_h|``, ``f_h`` the integrand without the tabulated factor. ``smoothed ==
     TABLE``: the closed-form input's mean ``beta`` lies along the last direction and its smoothed
     values are tabulated at that direction's nodes to ``stol`` (b,) (absolute); the smoothing error is
-    the table's error times the bound on ``E|f_h|``. A job is one rule for one row; the jobs' tiles
+    the table's error times the bound on ``E|f_h|``. ``split`` (an activation's ``exp_split``): used by the
+    kernel calls whose rows all have ``split_ok`` (b,). A job is one rule for one row; the jobs' tiles
     (:func:`_rule_tiles`) share kernel calls, dispatched before their results are read back."""
     b, _, D = Rk.shape
     offs = np.cumsum([0] + [rows.size for rows in jobs.values()])
@@ -863,11 +876,12 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
         else:
             sb, stc = np.zeros(jt.size, np.int32), stab
         per_job = [put(_pad_rows(a[g0:g1], _JOB_CHUNK)) for a in (Rp, bp, sg)] + [put(stc)]
+        sp = split if split is not None and split_ok is not None and split_ok[rows[g0:g1]].all() else None
         st = 0
         while st < jt.size:
             T = _TILES if jt.size - st > _TILES // 2 else _TILES_SMALL
             idx = [_pad_rows(a[st:st + T], T) for a in (pb, mb, sb, jt)]  # tile 0: zero weight
-            pending.append(((g0, jt[st:st + T]), _tile_kernel(act_fn, smoothed, active, XP, PW, XL, WL, *per_job,
+            pending.append(((g0, jt[st:st + T]), _tile_kernel(act_fn, smoothed, sp, active, XP, PW, XL, WL, *per_job,
                                                                *idx)))
             st += T
         if len(pending) > 64:
@@ -1018,6 +1032,16 @@ def _calibrated_error(act: Activation, lad: np.ndarray, s: np.ndarray, powers: t
     return np.where(s > 0, _error_table(act, powers)[lad, pos], 0.0).max(axis=1)
 
 
+#: Limits of the exponential split (:class:`_SmoothRows`): node coordinates at most ``_SPLIT_NODE`` (the ladder's
+#: largest is 30.7, Gauss-Hermite with 250 nodes), exponents at most ``_SPLIT_EXP`` (a product of two stays
+#: finite); its absolute error per factor, at most ``_SPLIT_ULPS`` ulps, is added to the estimate and kept below
+#: ``_SPLIT_SHARE`` of the tolerance.
+_SPLIT_NODE = 32.0
+_SPLIT_EXP = 350.0
+_SPLIT_ULPS = 4.0
+_SPLIT_SHARE = 0.1
+
+
 class _SmoothRows:
     """The smooth rule for one pattern's blocks ``C`` (b, u, u) (``m4``: :func:`_fourth_moments`): coordinates,
     per-entry ladder indices and results, refined round by round. A round asks for rule sums
@@ -1029,6 +1053,16 @@ class _SmoothRows:
         self.act, self.rtol, self.rounds_left = act, rtol, max_rounds
         self.scale = np.prod(m4 ** (np.asarray(pattern) / 4.0), axis=1)
         R, beta, sigma, self.head_pattern, closed = _smooth_setup(act, C, pattern)
+        # rows whose kernel may use act.exp_split: exp(kappa R_j . x) in range at every node (|x| <= _SPLIT_NODE),
+        # and the split's error (_SPLIT_ULPS ulps per factor, absolute: relative to an input's <sigma^4>^(1/4)
+        # m_j, the sum over factors of _SPLIT_ULPS eps / m_j times the Hoelder bound) below _SPLIT_SHARE * rtol;
+        # that error is added to the rows' estimates (``split_err``)
+        kappa = abs(act.exp_split[0]) if act.exp_split is not None else 0.0
+        split_err = _SPLIT_ULPS * _EPS * np.sum(np.asarray(pattern) / np.sqrt(np.sqrt(np.maximum(m4, 1e-300))),
+                                               axis=1)
+        self.split_ok = ((act.exp_split is not None) & (split_err <= _SPLIT_SHARE * rtol)
+                         & (kappa * _SPLIT_NODE * np.abs(R).sum(axis=2).max(axis=1, initial=0.0) <= _SPLIT_EXP))
+        self.split_err = np.where(self.split_ok, split_err * self.scale, 0.0)
         s = _direction_scale(R, beta if closed else None)  # (b, d)
         self.cal = _cal_powers(self.head_pattern)
         lad = _orders(act, s, rtol, self.cal)  # (b, d) ladder indices
@@ -1118,7 +1152,7 @@ class _SmoothRows:
         n_coarse, sev_c = (np.where(fresh, flat[i][coarse], 0.0) for i in (2, 4))
         self.prev[rows] = q
         lr, sr = lad[rows], s[rows]
-        e = np.abs(q - qc) * _tail_factor(act, lr, sr, cal) + 64 * _EPS * mag + serr
+        e = np.abs(q - qc) * _tail_factor(act, lr, sr, cal) + 64 * _EPS * mag + serr + self.split_err[rows]
         self.table_evals[rows] += sev + sev_c
         capped = np.any(lr == top, axis=1)  # the rule cannot refine: no convergence to trust
         if capped.any():
@@ -1153,8 +1187,8 @@ def _smooth_joint(act: Activation, items, *, rtol: float, max_rounds: int = 7):
     D = max([3] + [p.R.shape[2] for p in parts])  # padded directions (one compiled shape for every pattern)
     rows = [_kernel_rows(p.head_pattern, p.R, p.beta, D) for p in parts]
     Rk, bk = np.concatenate([r[0] for r in rows]), np.concatenate([r[2] for r in rows])
-    sigma, stol, scale, head_scale = (np.concatenate([getattr(p, a) for p in parts])
-                                      for a in ("sigma", "stol", "scale", "head_scale"))
+    sigma, stol, scale, head_scale, split_ok = (np.concatenate([getattr(p, a) for p in parts])
+                                                for a in ("sigma", "stol", "scale", "head_scale", "split_ok"))
     off = np.cumsum([0] + [p.val.size for p in parts])
     while True:
         asks = [p.request() for p in parts]
@@ -1166,7 +1200,7 @@ def _smooth_joint(act: Activation, items, *, rtol: float, max_rounds: int = 7):
                 jobs.setdefault(o, []).append(r + o0)
         res = _evaluate_rules(act.fn, parts[0].smoothed, Rk, rows[0][1], bk, sigma,
                               {o: np.concatenate(r) for o, r in jobs.items()}, _CUTOFF * rtol, stol,
-                              (scale, head_scale))
+                              (scale, head_scale), act.exp_split, split_ok)
         taken = dict.fromkeys(jobs, 0)  # each pattern's rows follow the earlier patterns' in every job
         for p, ask in zip(parts, asks):
             if not ask:

@@ -56,3 +56,15 @@ def test_callable_derivatives():
     act = ngp.activation(lambda x: jnp.sin(2 * x))
     x = jnp.linspace(-1, 1, 4)
     np.testing.assert_allclose(act.derivative(2)(x), -4 * np.sin(2 * np.asarray(x)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", [n for n in ngp.ACTIVATIONS if ngp.activation(n).exp_split is not None])
+def test_exp_split_equals_the_activation(name):
+    """sigma(x) = h(exp(kappa x)) to a few ulps of max|sigma| on |x| <= 30 (the four-point kernel's
+    exponential split; docs/four-point.md)."""
+    act = ngp.activation(name)
+    kappa, h = act.exp_split
+    x = np.linspace(-30.0, 30.0, 200001)
+    direct = np.asarray(act.fn(jnp.asarray(x)))
+    split = np.asarray(h(jnp.exp(kappa * jnp.asarray(x))))
+    assert np.max(np.abs(split - direct)) <= 8 * np.finfo(float).eps * np.max(np.abs(direct))

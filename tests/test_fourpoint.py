@@ -492,6 +492,47 @@ def test_rules_sharing_tile_calls_equal_direct_sums(rng, monkeypatch, chunk, til
         assert np.isclose(w.sum(), wp.sum() + w[w <= thr].sum(), rtol=0, atol=1e-15)  # extra nodes all below thr
 
 
+@pytest.mark.parametrize("name, pattern", [("tanh", (1, 2, 1)), ("tanh", (4, 1, 3)), ("sigmoid", (1, 1, 2))])
+def test_exp_split_kernel_equals_direct_sums(rng, name, pattern):
+    """An activation's exp_split (sigma(x) = h(exp(kappa x)), one exponential per partial node and per
+    last-direction node of a tile) gives the kernel's sums of the direct evaluation to a few ulps of the sum
+    of |f|; calls with a row not split_ok evaluate directly (bitwise equal)."""
+    import ngp._fourpoint as fp
+
+    act = ngp.activation(name)
+    R = rng.normal(size=(30, 3, 3)) * 0.8
+    jobs = {o: np.sort(rng.choice(30, k, replace=False)) for o, k in (((12, 8, 5), 11), ((26, 14, 10), 5), ((7, 20), 6))}
+    Rk, active, bk = fp._kernel_rows(pattern, R, np.zeros((30, 3)), 3)
+    args = (act.fn, None, Rk, active, bk, np.zeros(30), jobs, 1e-14)
+    direct = fp._evaluate_rules(*args)
+    split = fp._evaluate_rules(*args, split=act.exp_split, split_ok=np.ones(30, bool))
+    absf = fp._evaluate_rules(lambda x: jnp.abs(act.fn(x)), *args[1:])  # sum w |f| per row
+    not_ok = fp._evaluate_rules(*args, split=act.exp_split, split_ok=np.arange(30) != jobs[(7, 20)][0])
+    for o in jobs:
+        assert not np.array_equal(split[o][0], direct[o][0])  # the split was used
+        assert np.all(np.abs(split[o][0] - direct[o][0]) <= 16 * fp._EPS * absf[o][0]), (o, split[o][0] - direct[o][0])
+    np.testing.assert_array_equal(not_ok[(7, 20)][0], direct[(7, 20)][0])  # its (only) chunk evaluated directly
+
+
+def test_exp_split_only_where_accurate_and_in_range():
+    """Rows use the exponential split only when its error (a few ulps per factor, absolute) stays below a
+    tenth of the tolerance relative to the entry's Hoelder bound, and exp(kappa x) stays in range at every
+    node: tiny and huge variances evaluate directly; the split's error is added to the estimates."""
+    import ngp._fourpoint as fp
+
+    act = ngp.activation("tanh")
+    C = np.stack([v * (0.5 * np.eye(4) + 0.5) for v in (1e-12, 1e-4, 0.5, 2.0, 1e3)])
+    m4 = fp._fourth_moments(act, C)
+    rows = fp._SmoothRows(act, C, (1, 1, 1, 1), 1e-9, 7, m4)
+    np.testing.assert_array_equal(rows.split_ok, [False, True, True, True, False])
+    np.testing.assert_array_equal(rows.split_err[~rows.split_ok], 0.0)
+    assert np.all(rows.split_err[rows.split_ok] <= 0.1 * 1e-9 * rows.scale[rows.split_ok])
+    assert np.all(rows.split_err[rows.split_ok] >= 4 * fp._EPS * rows.scale[rows.split_ok])
+    tight = fp._SmoothRows(act, C, (1, 1, 1, 1), 1e-13, 7, m4)  # 1e-4: the split's error is above 1e-14
+    np.testing.assert_array_equal(tight.split_ok, [False, False, True, True, False])
+    assert not fp._SmoothRows(ngp.activation("erf"), C, (1, 1, 1, 1), 1e-9, 7, m4).split_ok.any()
+
+
 def test_pruned_rule_matches_masked_outer_products():
     """The prefix-count construction of the pruned tensor rule keeps exactly the nodes (and weights)
     of the plain masked outer-product construction."""
