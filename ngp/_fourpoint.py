@@ -566,7 +566,8 @@ def _gh3_sums(fn, mu, s):
 
 def _by_pieces(call, arrays, per: int) -> list:
     """``call(*pieces)`` over the points of ``arrays`` (P,) each, in zero-padded calls of :func:`_pieces`
-    sizes (``per`` points at most): the outputs, each a tuple of (P,) arrays (dispatched before any is read)."""
+    sizes (``per`` points at most, all dispatched before any is read): a tuple of (P,) arrays, one per output
+    of ``call``."""
     n = arrays[0].size
     pending = []
     for st, size in _pieces(n, per):
@@ -1055,8 +1056,8 @@ class _SmoothRows:
         R, beta, sigma, self.head_pattern, closed = _smooth_setup(act, C, pattern)
         # rows whose kernel may use act.exp_split: exp(kappa R_j . x) in range at every node (|x| <= _SPLIT_NODE),
         # and the split's error (_SPLIT_ULPS ulps per factor, absolute: relative to an input's <sigma^4>^(1/4)
-        # m_j, the sum over factors of _SPLIT_ULPS eps / m_j times the Hoelder bound) below _SPLIT_SHARE * rtol;
-        # that error is added to the rows' estimates (``split_err``)
+        # m_j, the sum over the inputs, the tabulated one included, of p_j _SPLIT_ULPS eps / m_j times the
+        # Hoelder bound) below _SPLIT_SHARE * rtol; that error is added to the rows' estimates (``split_err``)
         kappa = abs(act.exp_split[0]) if act.exp_split is not None else 0.0
         split_err = _SPLIT_ULPS * _EPS * np.sum(np.asarray(pattern) / np.sqrt(np.sqrt(np.maximum(m4, 1e-300))),
                                                axis=1)
