@@ -548,6 +548,12 @@ _TABLE_SMALL_S = 1e-4
 _SQRT3 = math.sqrt(3.0)
 
 
+def _table_per(nodes: int) -> int:
+    """Points per call of a tabulation step with ``nodes`` activation calls per point (a power of 4, at least
+    256, about ``_TABLE_CHUNK`` calls)."""
+    return 4 ** max(4, int(math.log(_TABLE_CHUNK / nodes, 4)))
+
+
 @functools.partial(jax.jit, static_argnums=(0,))
 def _table_sums(fn, mu, s, w, pw):
     """``sum_i pw_i fn(mu + s w_i)`` for points ``mu``, ``s`` (P,) and nodes ``w``, ``pw`` (M,) (a fused
@@ -626,15 +632,14 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
     small = s <= _TABLE_SMALL_S
     if small.any():
         i = idx[small]
-        q3, d = _by_pieces(functools.partial(_gh3_sums, fn), (mu[i], s[i]), 4 ** max(4, int(math.log(
-            _TABLE_CHUNK / 3, 4))))
+        q3, d = _by_pieces(functools.partial(_gh3_sums, fn), (mu[i], s[i]), _table_per(3))
         d = np.abs(d)
         ok = d <= tol[i]
         val[i[ok]], err[i[ok]], evals[i[ok]] = q3[ok], d[ok], 3
         idx = np.concatenate([idx[~small], i[~ok]])
         used = np.where(small[idx], 3.0, 0.0)
-        if not idx.size:
-            return val, err, evals
+    if not idx.size:
+        return val, err, evals
     # the points still refining, with their data and running sums of phi(w) f(mu + s w) (compacted per level)
     am, asg, atol, sums = mu[idx], s[idx], tol[idx], np.zeros(idx.size)
     for level in range(_TABLE_LEVELS + 1):
@@ -644,8 +649,7 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
         if level:
             w = w[1::2]  # the new midpoints
         pw = _INV_SQRT_2PI * np.exp(-0.5 * w * w)
-        per = 4 ** max(4, int(math.log(_TABLE_CHUNK / w.size, 4)))
-        (add,) = _by_pieces(lambda m, sg: _table_sums(fn, m, sg, w, pw), (am, asg), per)
+        (add,) = _by_pieces(lambda m, sg: _table_sums(fn, m, sg, w, pw), (am, asg), _table_per(w.size))
         new = sums + add
         used = used + w.size
         e = np.abs(h * new - 2 * h * sums) if level else np.full(idx.size, np.inf)
@@ -1058,12 +1062,12 @@ class _SmoothRows:
         # and the split's error (_SPLIT_ULPS ulps per factor, absolute: relative to an input's <sigma^4>^(1/4)
         # m_j, the sum over the inputs, the tabulated one included, of p_j _SPLIT_ULPS eps / m_j times the
         # Hoelder bound) below _SPLIT_SHARE * rtol; that error is added to the rows' estimates (``split_err``)
-        kappa = abs(act.exp_split[0]) if act.exp_split is not None else 0.0
-        split_err = _SPLIT_ULPS * _EPS * np.sum(np.asarray(pattern) / np.sqrt(np.sqrt(np.maximum(m4, 1e-300))),
-                                               axis=1)
-        self.split_ok = ((act.exp_split is not None) & (split_err <= _SPLIT_SHARE * rtol)
-                         & (kappa * _SPLIT_NODE * np.abs(R).sum(axis=2).max(axis=1, initial=0.0) <= _SPLIT_EXP))
-        self.split_err = np.where(self.split_ok, split_err * self.scale, 0.0)
+        self.split_ok, self.split_err = np.zeros(b, dtype=bool), np.zeros(b)
+        if act.exp_split is not None:
+            err = _SPLIT_ULPS * _EPS * np.sum(np.asarray(pattern) * np.maximum(m4, 1e-300) ** -0.25, axis=1)
+            reach = abs(act.exp_split[0]) * _SPLIT_NODE * np.abs(R).sum(axis=2).max(axis=1, initial=0.0)
+            self.split_ok = (err <= _SPLIT_SHARE * rtol) & (reach <= _SPLIT_EXP)
+            self.split_err = np.where(self.split_ok, err * self.scale, 0.0)
         s = _direction_scale(R, beta if closed else None)  # (b, d)
         self.cal = _cal_powers(self.head_pattern)
         lad = _orders(act, s, rtol, self.cal)  # (b, d) ladder indices
