@@ -542,10 +542,13 @@ _TABLE_W = 9.0
 _TABLE_LEVELS = 6
 #: Activation evaluations per call of the tabulation (bounds its temporaries).
 _TABLE_CHUNK = 2**22
-#: Points with a residual std ``s`` at most this (nearly singular blocks, e.g. the first layer's kernel of inputs
-#: with fewer than three features) first try the 3-node Gauss-Hermite rule (:func:`_gh3_sums`).
-_TABLE_SMALL_S = 1e-4
-_SQRT3 = math.sqrt(3.0)
+#: Embedded Gauss-Hermite pairs of the tabulation (:func:`_smoothed_table`): points with a residual std ``s`` in
+#: ``(previous bound, bound]`` first take the ``fine``-node rule, kept when its change from the ``coarse``-node rule
+#: is within the tolerance. ``s <= 1e-4``: nearly singular blocks (e.g. the first layer's kernel of inputs with
+#: fewer than three features), 3 nodes against 1; up to 0.1 and 0.2: 10 against 6 and 16 against 10 (chosen on
+#: tanh, whose poles lie pi / 2 from the real axis: on 2e5 table points of a 16 x 40 prediction these pairs met the
+#: default tolerance at every point of their ranges). Evaluations: fine + coarse (4, 16, 26; the trapezoid's 49).
+_TABLE_PAIRS = ((1e-4, 3, 1), (0.1, 10, 6), (0.2, 16, 10))
 
 
 def _table_per(nodes: int) -> int:
@@ -555,19 +558,22 @@ def _table_per(nodes: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _table_sums(fn, mu, s, w, pw):
-    """``sum_i pw_i fn(mu + s w_i)`` for points ``mu``, ``s`` (P,) and nodes ``w``, ``pw`` (M,) (a fused
-    reduction: a matrix-vector product first writes the (P, M) values to memory)."""
-    return jnp.sum(fn(mu[:, None] + s[:, None] * w[None, :]) * pw, axis=1)
+def _node_sums(fn, mu, s, w, pw, n):
+    """``sum_{i < n} pw_i fn(mu + s w_i)`` for points ``mu``, ``s`` (P,) and nodes ``w``, ``pw`` (padded to a
+    :func:`_node_pad` length): a loop over the nodes, each step elementwise over the points (vectorised; a
+    reduction over a (P, M) array of a few nodes per point runs 2-3x slower in XLA:CPU), the node count ``n`` a
+    run-time value (one compiled shape per point count and padded length)."""
+    return jax.lax.fori_loop(0, n, lambda i, acc: acc + fn(mu + s * w[i]) * pw[i], jnp.zeros_like(mu))
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _gh3_sums(fn, mu, s):
-    """The 3-node Gauss-Hermite rule for ``E[fn(mu + s w)]`` (nodes ``0, +-sqrt(3)``, weights ``2/3, 1/6``: exact
-    to degree 5) at points ``mu``, ``s`` (P,), and its change from the 1-node rule ``fn(mu)``: ``(Q3, Q3 - Q1)``."""
-    f0 = fn(mu)
-    d = (fn(mu - _SQRT3 * s) + fn(mu + _SQRT3 * s) - 2.0 * f0) / 6.0
-    return f0 + d, d
+def _node_pad(w: np.ndarray, pw: np.ndarray):
+    """Nodes and weights by increasing weight (the loop of :func:`_node_sums` adds the large terms last: less
+    rounding), zero-padded to 64 times a power of 4 (few compiled shapes), and the node count."""
+    o = np.argsort(np.abs(pw), kind="stable")
+    m = 64
+    while m < w.size:
+        m *= 4
+    return _pad_rows(w[o], m), _pad_rows(pw[o], m), np.int32(w.size)
 
 
 def _by_pieces(call, arrays, per: int) -> list:
@@ -620,24 +626,31 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
     the finer rule is about its square) and the number of activation evaluations, (k,) each. One
     compiled shape per level and chunk size (powers of 4 up to about ``_TABLE_CHUNK`` evaluations).
 
-    Points with ``s <= _TABLE_SMALL_S`` first take the 3-node Gauss-Hermite rule (3 evaluations), kept when its
-    change from ``fn(mu)`` is below ``tol``; that change bounds its error (``~ s^2 |fn''| / 2`` against
-    ``~ s^6 max|fn^(6)| / 120``); the others go on to the trapezoid rule (their 3 evaluations counted)."""
+    Points with ``s`` up to the bounds of :data:`_TABLE_PAIRS` first take the fine rule of their embedded
+    Gauss-Hermite pair, kept when its change from the coarse rule is below ``tol``; that change bounds its error
+    (the coarse rule's error, which the fine rule's is far below: e.g. for 3 nodes against 1, ``~ s^2 |fn''| / 2``
+    against ``~ s^6 max|fn^(6)| / 120``); the others go on to the trapezoid rule (the pair's evaluations counted)."""
     k = mu.size
     val = np.zeros(k)
     err = np.full(k, np.inf)
     evals = np.zeros(k)
-    idx = np.arange(k)
-    used = np.zeros(k)  # evaluations so far, per point still refining
-    small = s <= _TABLE_SMALL_S
-    if small.any():
-        i = idx[small]
-        q3, d = _by_pieces(functools.partial(_gh3_sums, fn), (mu[i], s[i]), _table_per(3))
-        d = np.abs(d)
+    rest = [np.flatnonzero(~(s <= _TABLE_PAIRS[-1][0]))]  # beyond every pair (NaN too): the trapezoid rule
+    used = [np.zeros(rest[0].size)]
+    lo = -np.inf
+    for hi, fine, coarse in _TABLE_PAIRS:
+        i = np.flatnonzero((s > lo) & (s <= hi))
+        lo = hi
+        if not i.size:
+            continue
+        rf, rc = _node_pad(*gauss_hermite(fine)), _node_pad(*gauss_hermite(coarse))
+        q, qc = _by_pieces(lambda m, sg: (_node_sums(fn, m, sg, *rf), _node_sums(fn, m, sg, *rc)), (mu[i], s[i]),
+                           _table_per(fine + coarse))
+        d = np.abs(q - qc)
         ok = d <= tol[i]
-        val[i[ok]], err[i[ok]], evals[i[ok]] = q3[ok], d[ok], 3
-        idx = np.concatenate([idx[~small], i[~ok]])
-        used = np.where(small[idx], 3.0, 0.0)
+        val[i[ok]], err[i[ok]], evals[i[ok]] = q[ok], d[ok], fine + coarse
+        rest.append(i[~ok])
+        used.append(np.full(rest[-1].size, float(fine + coarse)))
+    idx, used = np.concatenate(rest), np.concatenate(used)
     if not idx.size:
         return val, err, evals
     # the points still refining, with their data and running sums of phi(w) f(mu + s w) (compacted per level)
@@ -648,8 +661,8 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
         w = h * np.arange(-half, half + 1)
         if level:
             w = w[1::2]  # the new midpoints
-        pw = _INV_SQRT_2PI * np.exp(-0.5 * w * w)
-        (add,) = _by_pieces(lambda m, sg: _table_sums(fn, m, sg, w, pw), (am, asg), _table_per(w.size))
+        rule = _node_pad(w, _INV_SQRT_2PI * np.exp(-0.5 * w * w))
+        (add,) = _by_pieces(lambda m, sg: _node_sums(fn, m, sg, *rule), (am, asg), _table_per(w.size))
         new = sums + add
         used = used + w.size
         e = np.abs(h * new - 2 * h * sums) if level else np.full(idx.size, np.inf)
@@ -686,7 +699,7 @@ TABLE = "table"
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _tile_kernel(fn, smoothed, split, active, XP, PW, XL, WL, R, beta, sigma, stab, pb, mb, sb, g):
+def _tile_kernel(fn, smoothed, split, active, XP, PW, XL, WL, R, beta, sigma, stab, idx):
     """Rule sums by tiles. Tile ``t`` pairs block ``pb[t]`` of ``_TP`` partial nodes (coordinates ``XP``
     (nP, D-1, _TP) in the leading directions, weights ``PW`` (nP, _TP), 0 on padding) with block
     ``mb[t]`` of ``_TM`` nodes of the last direction (``XL``, ``WL`` (nM, _TM)), for job ``g[t]``: ridge
@@ -695,11 +708,12 @@ def _tile_kernel(fn, smoothed, split, active, XP, PW, XL, WL, R, beta, sigma, st
     data ``beta`` (J, D), ``sigma`` (J,); with ``split = (kappa, h)`` a factor is ``h(exp(kappa a) exp(kappa b))``
     (``a``, ``b``: the leading directions' and the last direction's terms of ``R_j . x``, one exponential
     per partial node and per last-direction node); with ``smoothed == TABLE`` the smoothed input's values at the
-    last direction's nodes are ``stab[sb[t]]`` (., _TM). Returns ``sum_{p, m} PW_p WL_m f(p, m)`` per
-    tile (T,). The ``_TP x _TM`` products are formed by broadcasting (no gather per node, which costs
+    last direction's nodes are ``stab[sb[t]]`` (., _TM). ``idx`` (T, 4): ``(pb, mb, sb, g)`` per tile (one array:
+    one transfer per call). Returns ``sum_{p, m} PW_p WL_m f(p, m)`` per tile (T,). The ``_TP x _TM`` products are formed by broadcasting (no gather per node, which costs
     XLA:CPU more than the activation); padded nodes cost work, not accuracy."""
     D = R.shape[-1]
-    T = pb.shape[0]
+    T = idx.shape[0]
+    pb, mb, sb, g = (idx[:, k] for k in range(4))
     X, P = XP[pb], PW[pb]  # (T, D-1, TP), (T, TP)
     xl, wl = XL[mb], WL[mb]  # (T, TM)
     Rg = R[g]  # (T, n_rows, D)
@@ -837,16 +851,21 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
     cap = _STAB_BLOCKS if smoothed == TABLE else 1
     rules = [_rule_tiles(o, cutoff, D) for o in jobs]
     nP = np.array([r[0].shape[0] for r in rules])
-    nM = np.array([r[2].shape[0] for r in rules])
     pbase = 1 + np.cumsum(nP) - nP  # block 0: zero weights, for padded tiles
-    mbase = np.cumsum(nM) - nM
-    nPt, nMt = _bucket4(1 + nP.sum()), _bucket4(nM.sum())  # one size up to 4096 blocks each: few compiled shapes
+    # the last direction's blocks depend on its order only: once per distinct order (a few hundred blocks)
+    last = {}
+    for o, r in zip(jobs, rules):
+        last.setdefault(o[-1], r)
+    mstart = dict(zip(last, np.cumsum([0] + [r[2].shape[0] for r in last.values()])))
+    nPt, nMt = _bucket4(1 + nP.sum()), _bucket4(sum(r[2].shape[0] for r in last.values()), 256)  # few shapes
     XP = np.zeros((nPt, D - 1, _TP))
     PW = np.zeros((nPt, _TP))
     XL, WL = np.zeros((nMt, _TM)), np.zeros((nMt, _TM))
-    for r, p0, m0 in zip(rules, pbase, mbase):
+    for r, p0 in zip(rules, pbase):
         XP[p0:p0 + r[0].shape[0]], PW[p0:p0 + r[0].shape[0]] = r[0], r[1]
-        XL[m0:m0 + r[2].shape[0]], WL[m0:m0 + r[2].shape[0]] = r[2], r[3]
+    for m, r in last.items():
+        XL[mstart[m]:mstart[m] + r[2].shape[0]], WL[mstart[m]:mstart[m] + r[2].shape[0]] = r[2], r[3]
+    mbase = [mstart[o[-1]] for o in jobs]
     nt = np.array([r[4].size for r in rules])
     put = device_if(G > _JOB_CHUNK or np.diff(offs) @ nt > _TILES_SMALL)  # more than one kernel call
     XP, PW, XL, WL = (put(a) for a in (XP, PW, XL, WL))
@@ -874,21 +893,22 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
         jt = np.repeat(np.arange(J, dtype=np.int32), cnt)  # job (within the chunk) of every tile
         first = np.repeat(np.cumsum(cnt) - cnt, cnt)
         ti = np.repeat(tstart[u], cnt) + np.arange(jt.size) - first
-        pb, mb = tpb[ti].astype(np.int32), tmb[ti].astype(np.int32)
+        calls, st = [], 0  # (start, tiles) of the chunk's kernel calls
+        while st < jt.size:
+            calls.append((st, _TILES if jt.size - st > _TILES // 2 else _TILES_SMALL))
+            st += calls[-1][1]
+        idx = np.zeros((st, 4), np.int32)  # per tile (pb, mb, sb, g); padding: tile 0, zero weight
+        idx[:jt.size, 0], idx[:jt.size, 1], idx[:jt.size, 3] = tpb[ti], tmb[ti], jt
         if smoothed == TABLE:
-            sb = (boff[g0:g1][jt] - boff[g0] + tmb_local[ti]).astype(np.int32)
+            idx[:jt.size, 2] = boff[g0:g1][jt] - boff[g0] + tmb_local[ti]
             stc = _pad_rows(stab[boff[g0]:boff[g1]], cap)
         else:
-            sb, stc = np.zeros(jt.size, np.int32), stab
+            stc = stab
         per_job = [put(_pad_rows(a[g0:g1], _JOB_CHUNK)) for a in (Rp, bp, sg)] + [put(stc)]
         sp = split if split is not None and split_ok is not None and split_ok[rows[g0:g1]].all() else None
-        st = 0
-        while st < jt.size:
-            T = _TILES if jt.size - st > _TILES // 2 else _TILES_SMALL
-            idx = [_pad_rows(a[st:st + T], T) for a in (pb, mb, sb, jt)]  # tile 0: zero weight
+        for st, T in calls:
             pending.append(((g0, jt[st:st + T]), _tile_kernel(act_fn, smoothed, sp, active, XP, PW, XL, WL, *per_job,
-                                                               *idx)))
-            st += T
+                                                               idx[st:st + T])))
         if len(pending) > 64:
             collect()
         g0 = g1

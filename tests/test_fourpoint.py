@@ -9,6 +9,8 @@
 """
 
 import itertools
+import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -183,26 +185,67 @@ def test_smoothed_table_against_closed_forms(rng, name):
 
 @pytest.mark.parametrize("name", ["erf", "sin"])
 def test_smoothed_table_small_residuals_take_three_nodes(rng, name):
-    """Residual stds at most _TABLE_SMALL_S (nearly singular blocks) take the 3-node Gauss-Hermite rule
-    when its change from fn(mu) is within the tolerance: 3 evaluations, within the tolerance of the closed
+    """Residual stds at most 1e-4 (nearly singular blocks; _TABLE_PAIRS' first bound) take the 3-node Gauss-Hermite rule
+    when its change from fn(mu) is within the tolerance: 4 evaluations (3 + 1), within the tolerance of the closed
     form, the bound covering the error; at a tighter tolerance the same points go on to the trapezoid
-    rule (3 evaluations more than its own) and still meet it."""
-    from ngp._fourpoint import _TABLE_SMALL_S, _smoothed_table
+    rule (4 evaluations more than its own) and still meet it."""
+    from ngp._fourpoint import _TABLE_PAIRS, _smoothed_table
 
+    small, fine, coarse = _TABLE_PAIRS[0]
+    assert (small, fine, coarse) == (1e-4, 3, 1)
     act = ngp.activation(name)
     mu = rng.uniform(-6, 6, 300)
-    s = np.concatenate([[0.0, _TABLE_SMALL_S], 10 ** rng.uniform(-12, np.log10(_TABLE_SMALL_S), 298)])
+    s = np.concatenate([[0.0, small], 10 ** rng.uniform(-12, np.log10(small), 298)])
     exact = np.asarray(act.smoothed(jnp.asarray(mu), jnp.asarray(s)))
     val, bound, evals = _smoothed_table(act.fn, mu, s, np.full(mu.size, 1e-8))
-    np.testing.assert_array_equal(evals, 3.0)  # s^2 |fn''| / 2 <= 1e-8 at every point
+    np.testing.assert_array_equal(evals, 4.0)  # s^2 |fn''| / 2 <= 1e-8 at every point (3 + 1 nodes)
     assert np.all(bound <= 1e-8)
     assert np.all(np.abs(val - exact) <= np.maximum(bound, 4e-16)), np.abs(val - exact).max()
     # 1e-17: below the 3-node rule's change wherever s^2 |fn''(mu)| / 2 is above rounding
     big = 0.5 * s**2 * np.abs(np.asarray(jax.vmap(jax.grad(jax.grad(act.fn)))(jnp.asarray(mu)))) > 1e-15
     assert big.sum() > 50
     val2, bound2, evals2 = _smoothed_table(act.fn, mu, s, np.full(mu.size, 1e-17))
-    assert np.all(evals2[big] >= 3 + 25)
+    assert np.all(evals2[big] >= 4 + 25)
     assert np.all(np.abs(val2 - exact) <= np.maximum(bound2, 4e-16)), np.abs(val2 - exact).max()
+
+
+@pytest.mark.parametrize("name", ["erf", "sin", "tanh"])
+def test_smoothed_table_gauss_hermite_pairs(rng, name):
+    """Residual stds in (1e-4, 0.2] take an embedded Gauss-Hermite pair (10 against 6 nodes up to 0.1, 16
+    against 10 up to 0.2: 16 and 26 activation calls instead of the trapezoid rule's 49), kept when the pair's
+    change is within the tolerance. Against the closed forms of erf and sin, and scipy's adaptive quadrature
+    for tanh (poles at distance pi / 2 from the real axis: the pairs' hardest built-in case): within the
+    tolerance, the bound covering the error; at a tolerance near rounding some points go on to the trapezoid
+    rule (the pair's calls counted) and still meet it."""
+    from scipy.integrate import quad
+
+    from ngp._fourpoint import _TABLE_PAIRS, _smoothed_table
+
+    assert [p[:1] for p in _TABLE_PAIRS[1:]] == [(0.1,), (0.2,)]
+    act = ngp.activation(name)
+    mu = rng.uniform(-6, 6, 300)
+    s = np.concatenate([[1e-4 * (1 + 1e-12), 0.1, 0.2], rng.uniform(1e-4, 0.2, 297)])
+    if act.smoothed is not None:
+        exact, floor = np.asarray(act.smoothed(jnp.asarray(mu), jnp.asarray(s))), 4e-16
+    else:  # quad's own error ~1e-16 (it warns of round-off at 1e-15)
+        f = act.fn
+
+        def one(m, sg):
+            return quad(lambda w: float(f(m + sg * w)) * math.exp(-0.5 * w * w), -12, 12, epsabs=1e-15,
+                        epsrel=1e-15, limit=200)[0] / math.sqrt(2 * math.pi)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exact, floor = np.array([one(m, sg) for m, sg in zip(mu, s)]), 1e-15
+    val, bound, evals = _smoothed_table(act.fn, mu, s, np.full(mu.size, 1e-12))
+    np.testing.assert_array_equal(evals, np.where(s <= 0.1, 16.0, 26.0))  # every point keeps its pair at 1e-12
+    assert np.all(bound <= 1e-12)
+    assert np.all(np.abs(val - exact) <= np.maximum(bound, floor)), np.abs(val - exact).max()
+    val2, bound2, evals2 = _smoothed_table(act.fn, mu, s, np.full(mu.size, 1e-16))
+    on = evals2 > np.where(s <= 0.1, 16.0, 26.0)
+    assert on.sum() > 10
+    assert np.all(evals2[on] >= np.where(s <= 0.1, 16, 26)[on] + 49)  # the pair's calls, then the trapezoid's
+    assert np.all(np.abs(val2 - exact) <= np.maximum(bound2, floor)), np.abs(val2 - exact).max()
 
 
 def test_rotation_puts_the_regression_along_one_direction(rng):
