@@ -584,7 +584,7 @@ def _by_pieces(call, arrays, per: int) -> list:
     pending = []
     for st, size in _pieces(n, per):
         k = min(size, n - st)
-        pending.append((st, k, call(*(_pad_rows(a[st:st + k], size) for a in arrays))))
+        pending.append((st, k, call(*(a[st:st + k] if k == size else _pad_rows(a[st:st + k], size) for a in arrays))))
     outs = None
     for st, k, out in pending:
         out = out if isinstance(out, tuple) else (out,)
@@ -631,10 +631,8 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
     (the coarse rule's error, which the fine rule's is far below: e.g. for 3 nodes against 1, ``~ s^2 |fn''| / 2``
     against ``~ s^6 max|fn^(6)| / 120``); the others go on to the trapezoid rule (the pair's evaluations counted)."""
     k = mu.size
-    val = np.zeros(k)
-    err = np.full(k, np.inf)
-    evals = np.zeros(k)
-    rest = [np.flatnonzero(~(s <= _TABLE_PAIRS[-1][0]))]  # beyond every pair (NaN too): the trapezoid rule
+    val, err, evals = np.zeros(k), np.full(k, np.inf), np.zeros(k)
+    rest = [np.flatnonzero(~(s <= _TABLE_PAIRS[-1][0]))]  # past every pair (NaN too): the trapezoid rule
     used = [np.zeros(rest[0].size)]
     lo = -np.inf
     for hi, fine, coarse in _TABLE_PAIRS:
@@ -646,16 +644,13 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
         q, qc = _by_pieces(lambda m, sg: (_node_sums(fn, m, sg, *rf), _node_sums(fn, m, sg, *rc)), (mu[i], s[i]),
                            _table_per(fine + coarse))
         d = np.abs(q - qc)
-        ok = d <= tol[i]
-        val[i[ok]], err[i[ok]], evals[i[ok]] = q[ok], d[ok], fine + coarse
-        rest.append(i[~ok])
+        val[i], err[i], evals[i] = q, d, fine + coarse  # the trapezoid rule overwrites the misses
+        rest.append(i[~(d <= tol[i])])
         used.append(np.full(rest[-1].size, float(fine + coarse)))
     idx, used = np.concatenate(rest), np.concatenate(used)
-    if not idx.size:
-        return val, err, evals
     # the points still refining, with their data and running sums of phi(w) f(mu + s w) (compacted per level)
     am, asg, atol, sums = mu[idx], s[idx], tol[idx], np.zeros(idx.size)
-    for level in range(_TABLE_LEVELS + 1):
+    for level in range(_TABLE_LEVELS + 1 if idx.size else 0):
         h = _TABLE_H0 / 2**level
         half = int(round(_TABLE_W / h))
         w = h * np.arange(-half, half + 1)
