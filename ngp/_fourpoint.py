@@ -540,7 +540,7 @@ _TABLE_TOL = 1e-2
 _TABLE_H0 = 0.75
 _TABLE_W = 9.0
 _TABLE_LEVELS = 6
-#: Activation evaluations per call of the tabulation (bounds its temporaries).
+#: Activation evaluations per call of the tabulation (bounds a call's length and its arrays of points).
 _TABLE_CHUNK = 2**22
 #: Embedded Gauss-Hermite pairs of the tabulation (:func:`_smoothed_table`): points with a residual std ``s`` in
 #: ``(previous bound, bound]`` first take the ``fine``-node rule, kept when its change from the ``coarse``-node rule
@@ -624,7 +624,8 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
     adds the midpoints) until the change from the previous step is below ``tol`` (absolute) or
     :data:`_TABLE_LEVELS` is reached. Returns the values, that change (an error bound: the error of
     the finer rule is about its square) and the number of activation evaluations, (k,) each. One
-    compiled shape per level and chunk size (powers of 4 up to about ``_TABLE_CHUNK`` evaluations).
+    compiled shape per number of points per call (powers of 4 up to about ``_TABLE_CHUNK`` evaluations) and padded
+    node count (:func:`_node_pad`).
 
     Points with ``s`` up to the bounds of :data:`_TABLE_PAIRS` first take the fine rule of their embedded
     Gauss-Hermite pair, kept when its change from the coarse rule is below ``tol``; that change bounds its error
@@ -704,8 +705,9 @@ def _tile_kernel(fn, smoothed, split, active, XP, PW, XL, WL, R, beta, sigma, st
     (``a``, ``b``: the leading directions' and the last direction's terms of ``R_j . x``, one exponential
     per partial node and per last-direction node); with ``smoothed == TABLE`` the smoothed input's values at the
     last direction's nodes are ``stab[sb[t]]`` (., _TM). ``idx`` (T, 4): ``(pb, mb, sb, g)`` per tile (one array:
-    one transfer per call). Returns ``sum_{p, m} PW_p WL_m f(p, m)`` per tile (T,). The ``_TP x _TM`` products are formed by broadcasting (no gather per node, which costs
-    XLA:CPU more than the activation); padded nodes cost work, not accuracy."""
+    one transfer per call). Returns ``sum_{p, m} PW_p WL_m f(p, m)`` per tile (T,). The ``_TP x _TM`` products
+    are formed by broadcasting (no gather per node, which costs XLA:CPU more than the activation); padded nodes
+    cost work, not accuracy."""
     D = R.shape[-1]
     T = idx.shape[0]
     pb, mb, sb, g = (idx[:, k] for k in range(4))
