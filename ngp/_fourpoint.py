@@ -570,10 +570,23 @@ def _node_pad(w: np.ndarray, pw: np.ndarray):
     """Nodes and weights by increasing weight (the loop of :func:`_node_sums` adds the large terms last: less
     rounding), zero-padded to 64 times a power of 4 (few compiled shapes), and the node count."""
     o = np.argsort(np.abs(pw), kind="stable")
-    m = 64
-    while m < w.size:
-        m *= 4
+    m = _bucket4(w.size, 64)
     return _pad_rows(w[o], m), _pad_rows(pw[o], m), np.int32(w.size)
+
+
+@functools.lru_cache(maxsize=None)
+def _table_rule(kind: str, k: int):
+    """The tabulation's padded rules (:func:`_node_pad`), built once: ``("gh", m)`` the ``m``-node Gauss-Hermite
+    rule; ``("trapezoid", level)`` the nodes that level of the trapezoid rule adds (all of level 0), with
+    weights ``phi(w)`` (times the step in :func:`_smoothed_table`)."""
+    if kind == "gh":
+        return _node_pad(*gauss_hermite(k))
+    h = _TABLE_H0 / 2**k
+    half = int(round(_TABLE_W / h))
+    w = h * np.arange(-half, half + 1)
+    if k:
+        w = w[1::2]  # the new midpoints
+    return _node_pad(w, _INV_SQRT_2PI * np.exp(-0.5 * w * w))
 
 
 def _by_pieces(call, arrays, per: int) -> list:
@@ -641,7 +654,7 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
         lo = hi
         if not i.size:
             continue
-        rf, rc = _node_pad(*gauss_hermite(fine)), _node_pad(*gauss_hermite(coarse))
+        rf, rc = _table_rule("gh", fine), _table_rule("gh", coarse)
         q, qc = _by_pieces(lambda m, sg: (_node_sums(fn, m, sg, *rf), _node_sums(fn, m, sg, *rc)), (mu[i], s[i]),
                            _table_per(fine + coarse))
         d = np.abs(q - qc)
@@ -653,14 +666,10 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
     am, asg, atol, sums = mu[idx], s[idx], tol[idx], np.zeros(idx.size)
     for level in range(_TABLE_LEVELS + 1 if idx.size else 0):
         h = _TABLE_H0 / 2**level
-        half = int(round(_TABLE_W / h))
-        w = h * np.arange(-half, half + 1)
-        if level:
-            w = w[1::2]  # the new midpoints
-        rule = _node_pad(w, _INV_SQRT_2PI * np.exp(-0.5 * w * w))
-        (add,) = _by_pieces(lambda m, sg: _node_sums(fn, m, sg, *rule), (am, asg), _table_per(w.size))
+        rule = _table_rule("trapezoid", level)
+        (add,) = _by_pieces(lambda m, sg: _node_sums(fn, m, sg, *rule), (am, asg), _table_per(int(rule[2])))
         new = sums + add
-        used = used + w.size
+        used = used + int(rule[2])
         e = np.abs(h * new - 2 * h * sums) if level else np.full(idx.size, np.inf)
         if level == _TABLE_LEVELS:
             done = np.ones(idx.size, dtype=bool)
