@@ -30,7 +30,8 @@ import numpy as np
 
 from ._activations import Activation
 from ._finite import FourPointTable, fresh_components, fresh_covariance, jacobian_hessian, propagate
-from ._pairs import Pairs, array_module
+from ._pairs import Pairs, array_module, is_concrete
+from ._threads import in_background
 
 __all__ = [
     "LayerCumulants",
@@ -45,6 +46,7 @@ __all__ = [
     "canonical_quads",
     "local_quads",
     "distinct_rows",
+    "layer_rows",
     "sub_rows",
     "local_jacobian",
 ]
@@ -417,11 +419,15 @@ class DenseLayer(LayerCumulants):
         if "_packed" in self.__dict__:
             return self._packed[p, q]
         pairs = self.pairs
-        up, uq, quads, inverse = distinct_rows(pairs, p, q)
-        vals = self.map.fresh(quads)
-        if not self.prev.gaussian:
+        up, uq, quads, inverse = layer_rows(self, p, q)
+        if self.prev.gaussian:
+            vals = self.map.fresh(quads)
+        else:  # concrete: this layer's four-point values in the background while the layers below prepare theirs
             J, _ = self.map.JH
+            concrete = is_concrete(self.map.K_in, self.map.E2, self.map.C_W)
+            job = in_background(self.map.fresh, quads) if concrete else None
             sub = self.prev._components_pq(*sub_rows(pairs, up, uq)).reshape(up.size, 3, 3)
+            vals = job.result() if concrete else self.map.fresh(quads)
             xp = array_module(vals, J, sub, self.map.ratio)
             vals = vals + self.map.ratio * xp.einsum("us,ust,ut->u", J[up], sub, J[uq])
         return vals[inverse]
@@ -473,12 +479,56 @@ def remember(layer, name: str, sel, compute, *, full=None):
     return out
 
 
+def _ranks(x, n: int):
+    """The distinct values of ``x`` (``(M,)`` integers in ``[0, n)``), sorted, and each entry's rank among
+    them (int32 where it fits): by marking (no sort)."""
+    mark = np.zeros(n, dtype=bool)
+    mark[x] = True
+    vals = np.flatnonzero(mark)
+    del mark
+    rank = np.zeros(n, dtype=np.int32 if vals.size < 2**31 else np.int64)
+    rank[vals] = np.arange(vals.size)
+    return vals, rank[x]
+
+
 def distinct_rows(pairs: Pairs, p, q):
-    """The distinct pair-index rows of ``(p, q)`` (``p <= q``): ``up``, ``uq`` (U,), their components as
-    quads ``(U, 4)``, and the inverse ``(M,)`` mapping each row to its distinct one."""
-    uniq, inverse = np.unique(p * pairs.P + q, return_inverse=True)
-    up, uq = uniq // pairs.P, uniq % pairs.P
+    """The distinct pair-index rows of ``(p, q)`` (``p <= q``), in increasing ``(p, q)``: ``up``, ``uq`` (U,),
+    their components as quads ``(U, 4)``, and the inverse ``(M,)`` (integers) mapping each row to its distinct one.
+
+    The rows' ``p`` and ``q`` are ranked among their own distinct values (a few thousand in a prediction's
+    recursion); the ranked codes are then deduplicated by marking when their range is at most a few times the
+    number of rows (3x faster than :func:`numpy.unique` on 6e6 rows, in less working memory), else by sorting."""
+    p, q = np.asarray(p, dtype=np.int64).reshape(-1), np.asarray(q, dtype=np.int64).reshape(-1)
+    vp, rp = _ranks(p, pairs.P)
+    vq, rq = _ranks(q, pairs.P)
+    span = vp.size * vq.size
+    small = span <= 8 * p.size + 2**20
+    code = rp.astype(np.int32 if small and span < 2**31 else np.int64) * vq.size + rq
+    del rp, rq
+    if small:
+        seen = np.zeros(span, dtype=bool)
+        seen[code] = True
+        uniq = np.flatnonzero(seen)
+        del seen
+        pos = np.zeros(span, dtype=np.int32 if uniq.size < 2**31 else np.int64)
+        pos[uniq] = np.arange(uniq.size)
+        inverse = pos[code]
+    else:
+        uniq, inverse = np.unique(code, return_inverse=True)
+    up, uq = vp[uniq // vq.size], vq[uniq % vq.size]
     return up, uq, np.stack([pairs.a[up], pairs.b[up], pairs.a[uq], pairs.b[uq]], axis=1), inverse.reshape(-1)
+
+
+def layer_rows(layer, p, q):
+    """:func:`distinct_rows` of ``layer.pairs`` for rows ``(p, q)``, remembered on ``layer`` for the latest rows
+    (a prediction's value recursion and its error recursion ask each layer for the same rows in turn; the rows
+    are kept, not copied: the recursion's own arrays, never written after)."""
+    memo = layer.__dict__.get("_distinct_rows")
+    if memo is not None and memo[0].shape == p.shape and np.array_equal(memo[0], p) and np.array_equal(memo[1], q):
+        return memo[2]
+    out = distinct_rows(layer.pairs, p, q)
+    layer.__dict__["_distinct_rows"] = (p, q, out)
+    return out
 
 
 def sub_rows(pairs: Pairs, up, uq):

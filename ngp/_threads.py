@@ -14,7 +14,7 @@ import threading
 
 import jax
 
-__all__ = ["thread_map", "THREADS"]
+__all__ = ["thread_map", "in_background", "THREADS"]
 
 #: Threads for independent jobs: two (one job's host work beside another's kernels), one on a one-core machine.
 THREADS = min(2, os.cpu_count() or 1)
@@ -51,3 +51,25 @@ def thread_map(fn, items) -> list:
             _WORKER.inside = False
 
     return list(_pool().map(run, items))
+
+
+def in_background(fn, *args) -> concurrent.futures.Future:
+    """``fn(*args)`` started on a thread of its own (when :data:`THREADS` > 1; else run here), in the caller's JAX
+    precision: a future whose ``result()`` returns its value or raises its exception. For a job that maps its own
+    jobs onto the pool (:func:`thread_map`) while the caller prepares the next ones: the caller's host work then
+    overlaps the pool's, and the pool's threads keep busy across the two (docs/four-point.md)."""
+    fut = concurrent.futures.Future()
+    x64 = bool(jax.config.jax_enable_x64)
+
+    def run():
+        try:
+            with jax.enable_x64(x64):
+                fut.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 (handed to the caller)
+            fut.set_exception(e)
+
+    if THREADS < 2 or getattr(_WORKER, "inside", False):
+        run()
+    else:
+        threading.Thread(target=run, name="ngp-background", daemon=True).start()
+    return fut

@@ -25,7 +25,7 @@ import functools
 
 import numpy as np
 
-from ._cumulants import (DenseLayer, LayerCumulants, ScaledLayer, closed_pairs, distinct_rows, local_jacobian, local_quads,
+from ._cumulants import (DenseLayer, LayerCumulants, ScaledLayer, closed_pairs, layer_rows, local_jacobian, local_quads,
                          remember, sub_rows)
 from ._finite import multisets, packed_positions, propagate
 
@@ -100,7 +100,7 @@ def component_errors(layer: LayerCumulants, p, q) -> np.ndarray:
     if "_packed_error" in layer.__dict__:
         return layer.__dict__["_packed_error"][p, q]
     pairs, m = layer.pairs, layer.map
-    up, uq, quads, inverse = distinct_rows(pairs, p, q)
+    up, uq, quads, inverse = layer_rows(layer, p, q)
     out = float(m.C_W) ** 2 * np.asarray(m.table.errors(np.sort(quads, axis=1)), dtype=float)
     if not layer.prev.gaussian:
         J = np.abs(np.asarray(m.JH[0]))

@@ -432,6 +432,28 @@ def test_K1_on_a_closed_set_of_pairs_equals_the_full_K1(scaled):
         closed_pairs(pairs, pairs.index[[0], [3]])
 
 
+@pytest.mark.parametrize("M, distinct", [(5000, 40), (3000, 2000)])
+def test_distinct_rows_equals_numpy_unique(M, distinct):
+    """The recursion's deduplication of pair-index rows (marking ranked codes when their range is small, sorting
+    when not: the two cases) gives ``numpy.unique``'s distinct rows, order and inverse."""
+    from ngp._cumulants import distinct_rows
+    from ngp._pairs import Pairs
+
+    pairs = Pairs.of(200)
+    rng = np.random.default_rng(3)
+    vals = rng.choice(pairs.P, size=distinct, replace=False)
+    p, q = np.sort(rng.choice(vals, size=(2, M)), axis=0)
+    uniq, inverse = np.unique(p * pairs.P + q, return_inverse=True)
+    up, uq, quads, inv = distinct_rows(pairs, p, q)
+    np.testing.assert_array_equal(up, uniq // pairs.P)
+    np.testing.assert_array_equal(uq, uniq % pairs.P)
+    np.testing.assert_array_equal(inv, inverse.reshape(-1))
+    np.testing.assert_array_equal(quads, np.stack([pairs.a[up], pairs.b[up], pairs.a[uq], pairs.b[uq]], axis=1))
+    assert up.size < M and np.issubdtype(inv.dtype, np.integer)
+    span = np.unique(p).size * np.unique(q).size
+    assert (span <= 8 * M + 2**20) == (distinct < 100)  # the case named
+
+
 def test_marginal_prediction_computes_no_value_with_two_test_inputs(counted_rows):
     """Marginal predictions read K1 at test-training pairs and each test point with itself only: no four-point
     value with two different test inputs is computed (the test-test pairs of the joint K1 were O(N_test^2) of

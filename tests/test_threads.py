@@ -80,3 +80,43 @@ def test_four_point_table_equal_with_one_and_two_threads(monkeypatch):
     assert len(adaptive) == 8 and sum(adaptive) > 100  # four chunks per run, most rows on the adaptive rule
     for a, b in zip(out[1], out[2]):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_in_background_returns_raises_and_keeps_the_precision(two_threads):
+    """A background job's value, its exception (raised by ``result``), and the caller's float64 scope; with one
+    thread it runs at once, in the caller's thread."""
+    import threading
+
+    assert _threads.in_background(lambda a, b: a + b, 2, 3).result() == 5
+    with pytest.raises(ValueError, match="boom"):
+        _threads.in_background(lambda: (_ for _ in ()).throw(ValueError("boom"))).result()
+    with jax.enable_x64(True):
+        assert _threads.in_background(lambda: jnp.asarray(np.ones(2)).dtype).result() == jnp.float64
+    with jax.enable_x64(False):
+        assert _threads.in_background(lambda: jnp.asarray(np.ones(2)).dtype).result() == jnp.float32
+    here = threading.get_ident()
+    assert _threads.in_background(threading.get_ident).result() != here
+    _threads.THREADS = 1  # restored by the fixture's monkeypatch
+    assert _threads.in_background(threading.get_ident).result() == here
+
+
+def test_vertex_components_equal_with_one_and_two_threads(monkeypatch):
+    """A depth-4 network's vertex components with test indices (each layer's four-point values in the background
+    while the layers below prepare theirs) and their error estimates are bitwise those of one thread."""
+    from ngp._vertex_error import component_errors
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(7, 2))
+    quads = np.array([[a, b, c, d] for a in range(4) for b in range(4) for c in range(4, 7) for d in range(7)])
+    out, started = {}, []
+    original = ngp._cumulants.in_background
+    monkeypatch.setattr(ngp._cumulants, "in_background", lambda *a: started.append(1) or original(*a))
+    for n in (1, 2):
+        monkeypatch.setattr(_threads, "THREADS", n)
+        layer = ngp.MLP(4, 16, activation="tanh", C_W=1.4, C_b=0.1).prior(X, warn=False)._cumulants[-1]
+        p, q = ngp._cumulants.canonical_quads(quads, layer.pairs)
+        out[n] = (layer._components_pq(p, q), component_errors(layer, p, q))
+    assert len(started) == 4  # layers 3 and 4 (layer 2 sits on the Gaussian first layer), per run
+    for a, b in zip(out[1], out[2]):
+        assert np.all(np.isfinite(a)) and np.any(a != 0)
+        np.testing.assert_array_equal(a, b)
