@@ -506,13 +506,7 @@ def distinct_rows(pairs: Pairs, p, q):
     code = rp.astype(np.int32 if small and span < 2**31 else np.int64) * vq.size + rq
     del rp, rq
     if small:
-        seen = np.zeros(span, dtype=bool)
-        seen[code] = True
-        uniq = np.flatnonzero(seen)
-        del seen
-        pos = np.zeros(span, dtype=np.int32 if uniq.size < 2**31 else np.int64)
-        pos[uniq] = np.arange(uniq.size)
-        inverse = pos[code]
+        uniq, inverse = _ranks(code, span)
     else:
         uniq, inverse = np.unique(code, return_inverse=True)
     up, uq = vp[uniq // vq.size], vq[uniq % vq.size]

@@ -713,8 +713,8 @@ def _tile_kernel(fn, smoothed, split, active, XP, PW, XL, WL, R, beta, sigma, st
     data ``beta`` (J, D), ``sigma`` (J,); with ``split = (kappa, h)`` a factor is ``h(exp(kappa a) exp(kappa b))``
     (``a``, ``b``: the leading directions' and the last direction's terms of ``R_j . x``, one exponential
     per partial node and per last-direction node); with ``smoothed == TABLE`` the smoothed input's values at the
-    last direction's nodes are ``stab[sb[t]]`` (., _TM). ``idx`` (T, 4): ``(pb, mb, sb, g)`` per tile (one array:
-    one transfer per call). Returns ``sum_{p, m} PW_p WL_m f(p, m)`` per tile (T,). The ``_TP x _TM`` products
+    last direction's nodes are ``stab[sb[t]]`` (., _TM), or ``fn(beta_last x)`` where ``sigma`` is 0. ``idx``
+    (T, 4): ``(pb, mb, sb, g)`` per tile (one array: one transfer per call). Returns ``sum_{p, m} PW_p WL_m f(p, m)`` per tile (T,). The ``_TP x _TM`` products
     are formed by broadcasting (no gather per node, which costs XLA:CPU more than the activation); padded nodes
     cost work, not accuracy."""
     D = R.shape[-1]
@@ -741,8 +741,9 @@ def _tile_kernel(fn, smoothed, split, active, XP, PW, XL, WL, R, beta, sigma, st
     vals = 1.0
     for j in range(R.shape[1]):
         vals = vals * jnp.where(active[j] != 0, factor(Rg[:, j]), 1.0)
-    if smoothed == TABLE:
-        wl = wl * stab[sb]
+    if smoothed == TABLE:  # tabulated values, or where the row's sigma is 0 the split input's own values
+        direct = fn(beta[g][:, D - 1, None] * xl)
+        wl = wl * jnp.where(sigma[g][:, None] == 0, direct, stab[sb])
     elif smoothed is not None:
         vals = vals * smoothed(along(beta[g]), jnp.repeat(sigma[g], _TP * _TM))
     return jnp.einsum("tpm,tp,tm->t", vals.reshape(T, _TP, _TM), P, wl)
@@ -790,18 +791,28 @@ def _job_tables(act_fn, beta, sigma, stol, jobs: dict):
     """The tabulated smoothing of every job (one tabulation for all): ``E[sigma(beta_last x + sigma w)]``
     at the nodes ``x`` of the job's last direction (by decreasing weight), in blocks of ``_TM`` nodes:
     ``(n_blocks, _TM)``, job ``g``'s blocks from ``boff[g]`` (``boff`` (G + 1,)); with the table's error
-    bound and its evaluations, ``(G,)`` each (jobs in the order of ``jobs``: rule by rule, row by row)."""
+    bound and its evaluations, ``(G,)`` each (jobs in the order of ``jobs``: rule by rule, row by row).
+
+    Jobs whose row has ``sigma == 0`` (the split input a combination of the others: e.g. four inputs of a
+    rank-3 kernel) get no blocks: :func:`_tile_kernel` evaluates ``sigma(beta_last x)`` itself, exactly (one
+    evaluation per node, counted here; no error)."""
+    rows = np.concatenate(list(jobs.values())).astype(int)
     x_last = {o: _rule1d(o[-1])[0][_rule1d_by_weight(o[-1])[1]] for o in jobs}
-    mu = np.concatenate([(beta[rows, -1][:, None] * x_last[o]).ravel() for o, rows in jobs.items()])
-    m = np.repeat([o[-1] for o in jobs], [rows.size for rows in jobs.values()])  # table points per job
-    rep = np.repeat(np.concatenate(list(jobs.values())), m)  # the row of every table point
+    tab = {o: r[sigma[r] != 0] for o, r in jobs.items()}
+    mu = np.concatenate([(beta[r, -1][:, None] * x_last[o]).ravel() for o, r in tab.items()])
+    m_all = np.repeat([o[-1] for o in jobs], [r.size for r in jobs.values()])  # nodes per job
+    m = np.where(sigma[rows] != 0, m_all, 0)  # table points per job
+    rep = np.repeat(rows, m)  # the row of every table point
     val, err, evals = _smoothed_table(act_fn, mu, sigma[rep], stol[rep])
     boff = np.concatenate([[0], np.cumsum(-(-m // _TM))])
     start = np.cumsum(m) - m  # job g's points: val[start[g]:start[g] + m[g]]
     within = np.arange(val.size) - np.repeat(start, m)
-    stab = np.zeros((boff[-1], _TM))
+    stab = np.zeros((max(boff[-1], 1), _TM))
     stab.reshape(-1)[np.repeat(boff[:-1] * _TM, m) + within] = val
-    err_g, evals_g = np.maximum.reduceat(err, start), np.add.reduceat(evals, start)
+    err_g, evals_g = np.zeros(rows.size), m_all.astype(float)
+    has = m > 0
+    if has.any():
+        err_g[has], evals_g[has] = np.maximum.reduceat(err, start[has]), np.add.reduceat(evals, start[has])
     return stab, boff, err_g, evals_g
 
 
@@ -906,7 +917,8 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
         idx = np.zeros((st, 4), np.int32)  # per tile (pb, mb, sb, g); padding: tile 0, zero weight
         idx[:jt.size, 0], idx[:jt.size, 1], idx[:jt.size, 3] = tpb[ti], tmb[ti], jt
         if smoothed == TABLE:
-            idx[:jt.size, 2] = boff[g0:g1][jt] - boff[g0] + tmb_local[ti]
+            blocks = np.diff(boff[g0:g1 + 1])[jt] > 0  # no blocks: the kernel's own values (sigma 0)
+            idx[:jt.size, 2] = np.where(blocks, boff[g0:g1][jt] - boff[g0] + tmb_local[ti], 0)
             stc = _pad_rows(stab[boff[g0]:boff[g1]], cap)
         else:
             stc = stab

@@ -273,6 +273,33 @@ def test_tanh_integrates_one_input_by_table():
         assert 3 * st["nodes"][0] < st["evaluations"][0] < 3.5 * st["nodes"][0], st
 
 
+@pytest.mark.parametrize("name", ["tanh", "user"])
+def test_table_path_with_a_zero_residual_against_a_product_rule(name):
+    """Four inputs of a rank-3 kernel, ``z4 = a z1 + b z2`` with ``z3`` independent (the split input's residual
+    std exactly 0, as for the first layer's kernel of 2-feature inputs): the kernel evaluates the split input
+    itself instead of a table. Checked against ``E[f(z3)] E[f(z1) f(z2) f(a z1 + b z2)]`` by 200-node Gauss-Hermite
+    rules (1-D and 2-D) to 1e-9 relative, with an honest estimate."""
+    from ngp._fourpoint import _smooth_setup
+
+    act = SMOOTH[name]()
+    x, w = gauss_hermite(200)
+    cases = []
+    for v1, v2, a, b in ((1.0, 1.0, 1.0, 1.0), (1.0, 0.25, 0.5, 1.5)):  # exact in binary: sigma is exactly 0
+        c4 = [a * v1, b * v2, 0, a * a * v1 + b * b * v2]
+        C = np.array([[v1, 0, 0, c4[0]], [0, v2, 0, c4[1]], [0, 0, 1.0, 0], c4])
+        z1, z2 = np.sqrt(v1) * x[:, None], np.sqrt(v2) * x[None, :]
+        f = lambda z: np.asarray(act.fn(jnp.asarray(z)))  # noqa: E731
+        ref = np.sum(w @ f(x)) * np.sum(w[:, None] * w[None, :] * f(z1) * f(z2) * f(a * z1 + b * z2))
+        cases.append((C, ref))
+    C = np.stack([c for c, _ in cases])
+    assert np.all(_smooth_setup(act, C, (1, 1, 1, 1))[2] == 0.0)  # the case named
+    val, est = product_expectations(act, C, (1, 1, 1, 1))
+    for k, (_, ref) in enumerate(cases):
+        scale = holder(act, C[k], (1, 1, 1, 1))
+        assert abs(val[k] - ref) / scale < 1e-9 and est[k] / scale < 1e-9, (k, val[k] - ref, est[k])
+        assert est[k] >= abs(val[k] - ref) or abs(val[k] - ref) < 1e-12 * scale, (k, val[k] - ref, est[k])
+
+
 def test_error_estimates_honest_and_not_absurd(rng):
     """At a loose tolerance the errors are visible: the estimate covers the actual error in most
     cases and is within a factor 1000 of it."""
