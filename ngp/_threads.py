@@ -2,8 +2,9 @@
 kernels another job waits for (XLA:CPU runs one call on one core and releases the GIL while it runs).
 
 Used for the four-point expectations of :class:`ngp._finite.FourPointTable`, whose chunks of new multisets are
-independent (docs/four-point.md, "Two threads, fewer compiled shapes"). Results do not depend on the threads:
-each job computes exactly what it computes alone, and the results come back in the order of the jobs.
+independent (docs/four-point.md, "Two threads, fewer compiled shapes"), and a layer's four-point values computed
+in the background while the layers below prepare theirs (:func:`in_background`). Results do not depend on the
+threads: each job computes exactly what it computes alone, and the results come back in the order of the jobs.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def in_background(fn, *args) -> concurrent.futures.Future:
     """``fn(*args)`` started on a thread of its own (when :data:`THREADS` > 1; else run here), in the caller's JAX
     precision: a future whose ``result()`` returns its value or raises its exception. For a job that maps its own
     jobs onto the pool (:func:`thread_map`) while the caller prepares the next ones: the caller's host work then
-    overlaps the pool's, and the pool's threads keep busy across the two (docs/four-point.md)."""
+    overlaps the pool's, and the pool's threads keep busy across the two (docs/posterior.md, "Layers in the
+    background")."""
     fut = concurrent.futures.Future()
     x64 = bool(jax.config.jax_enable_x64)
 
