@@ -514,10 +514,10 @@ def distinct_rows(pairs: Pairs, p, q):
 
 
 def layer_rows(layer, p, q):
-    """:func:`distinct_rows` of ``layer.pairs`` for rows ``(p, q)``, remembered on ``layer`` for the latest rows
-    (a prediction's value recursion and its error recursion ask each layer for the same rows in turn; the rows
-    are kept, not copied: the recursion's own arrays, never written after)."""
-    memo = layer.__dict__.get("_distinct_rows")
+    """:func:`distinct_rows` of ``layer.pairs`` for rows ``(p, q)``, remembered on ``layer`` until the next call,
+    which takes it if it asks for the same rows (a prediction's value recursion and then its error recursion ask
+    each layer for the same rows; the rows are kept, not copied: the recursion's own arrays, never written after)."""
+    memo = layer.__dict__.pop("_distinct_rows", None)
     if memo is not None and memo[0].shape == p.shape and np.array_equal(memo[0], p) and np.array_equal(memo[1], q):
         return memo[2]
     out = distinct_rows(layer.pairs, p, q)
