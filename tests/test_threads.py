@@ -100,7 +100,7 @@ def test_in_background_returns_raises_and_keeps_the_precision(two_threads):
     assert _threads.in_background(threading.get_ident).result() == here
 
 
-def layer_chain(layer):
+def _layer_chain(layer):
     out = [layer]
     while getattr(out[-1], "prev", None) is not None:
         out.append(out[-1].prev)
@@ -124,7 +124,7 @@ def test_vertex_components_equal_with_one_and_two_threads(monkeypatch):
         p, q = ngp._cumulants.canonical_quads(quads, layer.pairs)
         out[n] = (layer._components_pq(p, q), component_errors(layer, p, q))
         # the error recursion took the distinct rows the values' recursion left on each layer
-        assert not any("_distinct_rows" in c.__dict__ for c in layer_chain(layer))
+        assert not any("_distinct_rows" in c.__dict__ for c in _layer_chain(layer))
     assert len(started) == 4  # layers 3 and 4 (layer 2 sits on the Gaussian first layer), per run
     for a, b in zip(out[1], out[2]):
         assert np.all(np.isfinite(a)) and np.any(a != 0)
