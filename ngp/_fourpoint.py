@@ -787,16 +787,16 @@ def _rule_tiles(orders: tuple, cutoff: float, D: int):
             WL.reshape(nM, _TM), pb, mb, int(np.sum(real_p * real_m)))
 
 
-def _job_tables(act_fn, beta, sigma, stol, jobs: dict):
+def _job_tables(act_fn, beta, sigma, stol, jobs: dict, rows: np.ndarray):
     """The tabulated smoothing of every job (one tabulation for all): ``E[sigma(beta_last x + sigma w)]``
     at the nodes ``x`` of the job's last direction (by decreasing weight), in blocks of ``_TM`` nodes:
     ``(n_blocks, _TM)``, job ``g``'s blocks from ``boff[g]`` (``boff`` (G + 1,)); with the table's error
-    bound and its evaluations, ``(G,)`` each (jobs in the order of ``jobs``: rule by rule, row by row).
+    bound and its evaluations, ``(G,)`` each (jobs in the order of ``jobs``: rule by rule, row by row; ``rows``
+    (G,) their rows, concatenated).
 
     Jobs whose row has ``sigma == 0`` (the split input a combination of the others: e.g. four inputs of a
     rank-3 kernel) get no blocks: :func:`_tile_kernel` evaluates ``sigma(beta_last x)`` itself, exactly (one
     evaluation per node, counted here; no error)."""
-    rows = np.concatenate(list(jobs.values())).astype(int)
     x_last = {o: _rule1d(o[-1])[0][_rule1d_by_weight(o[-1])[1]] for o in jobs}
     tab = {o: r[sigma[r] != 0] for o, r in jobs.items()}
     mu = np.concatenate([(beta[r, -1][:, None] * x_last[o]).ravel() for o, r in tab.items()])
@@ -862,7 +862,7 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
     if bounds is None:
         bounds = (np.ones(b), np.ones(b))
     if smoothed == TABLE:
-        stab, boff, st_err, st_evals = _job_tables(act_fn, beta, sigma, stol, jobs)
+        stab, boff, st_err, st_evals = _job_tables(act_fn, beta, sigma, stol, jobs, rows)
     else:  # no table: one zero block serves every tile
         stab, boff, st_err, st_evals = np.zeros((1, _TM)), np.zeros(G + 1, int), np.zeros(G), np.zeros(G)
     cap = _STAB_BLOCKS if smoothed == TABLE else 1
