@@ -24,6 +24,7 @@ is closed on any set of pairs that holds, with each pair ``(a, b)``, the pairs `
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 
 import numpy as np
@@ -426,7 +427,12 @@ class DenseLayer(LayerCumulants):
             J, _ = self.map.JH
             concrete = is_concrete(self.map.K_in, self.map.E2, self.map.C_W)
             job = in_background(self.map.fresh, quads) if concrete else None
-            sub = self.prev._components_pq(*sub_rows(pairs, up, uq)).reshape(up.size, 3, 3)
+            try:
+                sub = self.prev._components_pq(*sub_rows(pairs, up, uq)).reshape(up.size, 3, 3)
+            except Exception:
+                if job is not None:  # no work of this call outlives it (an interrupt does not wait)
+                    concurrent.futures.wait([job])
+                raise
             vals = job.result() if concrete else self.map.fresh(quads)
             xp = array_module(vals, J, sub, self.map.ratio)
             vals = vals + self.map.ratio * xp.einsum("us,ust,ut->u", J[up], sub, J[uq])

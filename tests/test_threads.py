@@ -129,3 +129,32 @@ def test_vertex_components_equal_with_one_and_two_threads(monkeypatch):
     for a, b in zip(out[1], out[2]):
         assert np.all(np.isfinite(a)) and np.any(a != 0)
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_failing_lower_layer_waits_for_the_background_job(monkeypatch):
+    """When the layers below raise, the layer's four-point values started in the background have finished by the
+    time the exception reaches the caller: no work of a failed call goes on after it."""
+    import time
+
+    monkeypatch.setattr(_threads, "THREADS", 2)
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(5, 2))
+    layer = ngp.MLP(3, 16, activation="tanh").prior(X, warn=False)._cumulants[-1]
+    done = []
+    fresh = layer.map.fresh
+
+    def slow_fresh(quads):
+        time.sleep(0.5)
+        out = fresh(quads)
+        done.append(1)
+        return out
+
+    def failing(p, q):
+        raise ValueError("below")
+
+    monkeypatch.setattr(layer.map, "fresh", slow_fresh)
+    monkeypatch.setattr(layer.prev, "_components_pq", failing)
+    p, q = ngp._cumulants.canonical_quads(np.array([[0, 1, 2, 3], [0, 0, 4, 4]]), layer.pairs)
+    with pytest.raises(ValueError, match="below"):
+        layer._components_pq(p, q)
+    assert done == [1]
