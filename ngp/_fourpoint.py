@@ -797,16 +797,20 @@ def _job_tables(act_fn, beta, sigma, stol, jobs: dict, rows: np.ndarray):
     Jobs whose row has ``sigma == 0`` (the split input a combination of the others: e.g. four inputs of a
     rank-3 kernel) get no blocks: :func:`_tile_kernel` evaluates ``sigma(beta_last x)`` itself, exactly (one
     evaluation per node, counted here; no error)."""
-    x_last = {o: _rule1d(o[-1])[0][_rule1d_by_weight(o[-1])[1]] for o in jobs}
-    tab = {o: r[sigma[r] != 0] for o, r in jobs.items()}
-    mu = np.concatenate([(beta[r, -1][:, None] * x_last[o]).ravel() for o, r in tab.items()])
-    m_all = np.repeat([o[-1] for o in jobs], [r.size for r in jobs.values()])  # nodes per job
+    sizes = [r.size for r in jobs.values()]
+    m_all = np.repeat([o[-1] for o in jobs], sizes)  # nodes per job
     m = np.where(sigma[rows] != 0, m_all, 0)  # table points per job
     rep = np.repeat(rows, m)  # the row of every table point
+    start = np.cumsum(m) - m  # job g's points: [start[g], start[g] + m[g])
+    within = np.arange(rep.size) - np.repeat(start, m)  # a point's node of its job's last direction
+    # the last direction's nodes (by decreasing weight) of every order it takes, one after another
+    lasts = sorted({o[-1] for o in jobs})
+    x_cat = np.concatenate([_rule1d(k)[0][_rule1d_by_weight(k)[1]] for k in lasts])
+    x_off = dict(zip(lasts, np.cumsum([0] + lasts[:-1])))
+    first = np.repeat([x_off[o[-1]] for o in jobs], sizes)  # job g's nodes: x_cat[first[g]:first[g] + m_all[g]]
+    mu = beta[rep, -1] * x_cat[np.repeat(first, m) + within]
     val, err, evals = _smoothed_table(act_fn, mu, sigma[rep], stol[rep])
     boff = np.concatenate([[0], np.cumsum(-(-m // _TM))])
-    start = np.cumsum(m) - m  # job g's points: val[start[g]:start[g] + m[g]]
-    within = np.arange(val.size) - np.repeat(start, m)
     stab = np.zeros((max(boff[-1], 1), _TM))
     stab.reshape(-1)[np.repeat(boff[:-1] * _TM, m) + within] = val
     err_g, evals_g = np.zeros(rows.size), m_all.astype(float)
