@@ -51,7 +51,7 @@ def evaluate(act_fn, smoothed, Rk, active, beta, sigma, jobs, *a, **k):
     t = time.perf_counter(); out = inner_ev(act_fn, smoothed, Rk, active, beta, sigma, jobs, *a, **k)
     ev["calls"] += 1; ev["seconds"] += time.perf_counter() - t
     ev["jobs"] += int(sum(r.size for r in jobs.values()))
-    ev["nodes"] += float(sum(out[o][2] * jobs[o].size for o in jobs))
+    ev["nodes"] += float(out[0][2].sum()) if k.get("flat") else float(sum(out[o][2] * jobs[o].size for o in jobs))
     return out
 def table(fn, mu, s, tol):
     t = time.perf_counter(); out = inner_tab(fn, mu, s, tol)
@@ -80,17 +80,18 @@ T, J = 2048, 4096
 args = [r.normal(size=(1024, 2, 16)), r.random((1024, 16)), r.normal(size=(256, 16)), r.random((256, 16)),
         0.5 * r.normal(size=(J, 3, 3)), r.normal(size=(J, 3)), r.random(J), r.random((4 * 4096, 16))]
 args = [jax.device_put(a) for a in args]
-idx = [r.integers(0, n, T).astype(np.int32) for n in (1024, 256, 4 * 4096, J)]
+idx = np.stack([r.integers(0, n, T) for n in (1024, 256, 4 * 4096, J)], axis=1).astype(np.int32)  # (pb, mb, sb, g)
 act = np.ones(3, np.int32)
 def best(f, n=15):
     f(); ts = []
     for _ in range(n):
         t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
     return min(ts)
-tile_s = best(lambda: inner_k(jnp.tanh, F.TABLE, act, *args, *idx).block_until_ready()) / T
+split = ngp.activation("tanh").exp_split
+tile_s = best(lambda: inner_k(jnp.tanh, F.TABLE, split, act, *args, idx).block_until_ready()) / T
 mu, s = r.normal(size=65536), r.random(65536)
-w = np.linspace(-9, 9, 25); pw = np.exp(-0.5 * w * w)
-eval_s = best(lambda: F._table_sums(jnp.tanh, mu, s, w, pw).block_until_ready()) / (65536 * 25)
+w, pw, n = F._node_pad(np.linspace(-9, 9, 25), np.exp(-0.5 * np.linspace(-9, 9, 25) ** 2))
+eval_s = best(lambda: F._node_sums(jnp.tanh, mu, s, w, pw, n).block_until_ready()) / (65536 * 25)
 print(json.dumps(dict(condition_s=cond_s, predict_s=wall, predict_cpu_s=cpu,
                       compilations=int(sum(comp.values())), compile_s=float(sum(comp_s.values())),
                       compile_by_function={{k: [comp[k], round(comp_s[k], 3)] for k, _ in comp.most_common()}},

@@ -846,7 +846,7 @@ def _kernel_rows(head_pattern, R, beta, D: int):
 
 
 def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutoff: float, stol=None,
-                    bounds=None, split=None, split_ok=None):
+                    bounds=None, split=None, split_ok=None, flat: bool = False):
     """Sums of several rules, each for its own entries: ``jobs`` maps ``orders`` (per direction, ``d <= D``
     of them: the last ``d`` directions) to row indices (k,) into the factor rows ``Rk`` (b, n_rows, D),
     ``active`` (n_rows,), ``beta`` (b, D) (:func:`_kernel_rows`; rows of several patterns with the same
@@ -858,7 +858,8 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
     values are tabulated at that direction's nodes to ``stol`` (b,) (absolute); the smoothing error is
     the table's error times the bound on ``E|f_h|``. ``split`` (an activation's ``exp_split``): used by the
     kernel calls whose rows all have ``split_ok`` (b,). A job is one rule for one row; the jobs' tiles
-    (:func:`_rule_tiles`) share kernel calls, dispatched before their results are read back."""
+    (:func:`_rule_tiles`) share kernel calls, dispatched before their results are read back. ``flat``: the same
+    five as (G,) arrays over the jobs in the order of ``jobs`` (nodes per job), and ``{orders: first job}``."""
     b, _, D = Rk.shape
     offs = np.cumsum([0] + [rows.size for rows in jobs.values()])
     rows = np.concatenate(list(jobs.values())).astype(int)  # job g: row rows[g]
@@ -936,6 +937,9 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
         g0 = g1
     collect()
     mag_b, head_b = bounds
+    if flat:
+        return ((out, mag_b[rows], np.repeat([r[6] for r in rules], np.diff(offs)).astype(float),
+                 head_b[rows] * st_err, st_evals), dict(zip(jobs, offs[:-1].tolist())))
     sizes = {o: r[6] for o, r in zip(jobs, rules)}
     return {o: (out[offs[u]:offs[u + 1]], mag_b[rows[offs[u]:offs[u + 1]]], sizes[o],
                 head_b[rows[offs[u]:offs[u + 1]]] * st_err[offs[u]:offs[u + 1]], st_evals[offs[u]:offs[u + 1]])
@@ -1192,16 +1196,14 @@ class _SmoothRows:
         self._round = rows, slot, pos, fresh, sizes
         return {o: np.concatenate(r) for o, r in jobs.items()}
 
-    def receive(self, res: dict):
-        """Takes the sums asked for by :meth:`request` (``{orders: (sum, magnitude, nodes, table error, table
-        evaluations)}``, :func:`_evaluate_rules`), sets values and error estimates, and raises the ladder
-        indices of the rows that miss the tolerance."""
+    def receive(self, flat, first: dict):
+        """Takes the sums asked for by :meth:`request` (``flat``: sum, magnitude, nodes, table error, table
+        evaluations per job, :func:`_evaluate_rules` with ``flat``; ``first``: the job of this request's first row of
+        each rule), sets values and error estimates, and raises the ladder indices of the rows that miss the
+        tolerance."""
         rows, slot, pos, fresh, sizes = self._round
         act, lad, s, cal, top = self.act, self.lad, self.s, self.cal, len(LADDER) - 1
-        # (sum, magnitude, nodes, table error, table evals) of every job, in the order of the request
-        flat = [np.concatenate([res[o][i] for o in sizes]) if i != 2 else
-                np.repeat([res[o][2] for o in sizes], list(sizes.values())) for i in range(5)]
-        joff = np.cumsum([0] + list(sizes.values()))
+        joff = np.array([first[o] for o in sizes])  # by rule id (the order of ``sizes``)
         fine, coarse = joff[slot[0]] + pos[0], joff[slot[1]] + pos[1]
         q, mag, n_fine, serr, sev = (a[fine] for a in flat)
         qc = np.where(fresh, flat[0][coarse], self.prev[rows])  # reused rows: their previous rule, no new nodes
@@ -1254,20 +1256,14 @@ def _smooth_joint(act: Activation, items, *, rtol: float, max_rounds: int = 7):
         for ask, o0 in zip(asks, off):
             for o, r in ask.items():
                 jobs.setdefault(o, []).append(r + o0)
-        res = _evaluate_rules(act.fn, parts[0].smoothed, Rk, rows[0][1], bk, sigma,
-                              {o: np.concatenate(r) for o, r in jobs.items()}, _CUTOFF * rtol, stol,
-                              (scale, head_scale), act.exp_split, split_ok)
-        taken = dict.fromkeys(jobs, 0)  # each pattern's rows follow the earlier patterns' in every job
-        for p, ask in zip(parts, asks):
-            if not ask:
-                continue
-            mine = {}
-            for o, r in ask.items():
-                k0, k1 = taken[o], taken[o] + r.size
-                taken[o] = k1
-                q, mag, n, serr, sev = res[o]
-                mine[o] = (q[k0:k1], mag[k0:k1], n, serr[k0:k1], sev[k0:k1])
-            p.receive(mine)
+        flat, first = _evaluate_rules(act.fn, parts[0].smoothed, Rk, rows[0][1], bk, sigma,
+                                      {o: np.concatenate(r) for o, r in jobs.items()}, _CUTOFF * rtol, stol,
+                                      (scale, head_scale), act.exp_split, split_ok, flat=True)
+        for p, ask in zip(parts, asks):  # each pattern's rows follow the earlier patterns' in every rule
+            if ask:
+                p.receive(flat, {o: first[o] for o in ask})
+                for o, r in ask.items():
+                    first[o] += r.size
 
 
 def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 7, stats: dict | None = None):

@@ -666,7 +666,8 @@ def test_refinement_steps_one_rung_and_reuses_the_previous_rule(rng, monkeypatch
 
     def spy(act_fn, smoothed, Rk, active, beta, sigma, jobs, *args, **kwargs):
         out = original(act_fn, smoothed, Rk, active, beta, sigma, jobs, *args, **kwargs)
-        rounds.append({o: (np.array(rows), np.array(out[o][0])) for o, rows in jobs.items()})
+        sums = out if not kwargs.get("flat") else {o: (out[0][0][k:k + jobs[o].size],) for o, k in out[1].items()}
+        rounds.append({o: (np.array(rows), np.array(sums[o][0])) for o, rows in jobs.items()})
         return out
 
     monkeypatch.setattr(fp, "_evaluate_rules", spy)
