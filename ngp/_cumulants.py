@@ -425,7 +425,7 @@ class DenseLayer(LayerCumulants):
             vals = self.map.fresh(quads)
         else:  # concrete: this layer's four-point values in the background while the layers below prepare theirs
             J, _ = self.map.JH
-            concrete = is_concrete(self.map.K_in, self.map.E2, self.map.C_W)
+            concrete = is_concrete(self.map.K_in, self.map.E2, self.map.C_W)  # traced: on this thread, below
             job = in_background(self.map.fresh, quads) if concrete else None
             try:
                 sub = self.prev._components_pq(*sub_rows(pairs, up, uq)).reshape(up.size, 3, 3)
@@ -433,7 +433,7 @@ class DenseLayer(LayerCumulants):
                 if job is not None:  # no work of this call outlives it (an interrupt does not wait)
                     concurrent.futures.wait([job])
                 raise
-            vals = job.result() if concrete else self.map.fresh(quads)
+            vals = job.result() if job is not None else self.map.fresh(quads)
             xp = array_module(vals, J, sub, self.map.ratio)
             vals = vals + self.map.ratio * xp.einsum("us,ust,ut->u", J[up], sub, J[uq])
         return vals[inverse]

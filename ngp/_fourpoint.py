@@ -937,12 +937,11 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
         g0 = g1
     collect()
     mag_b, head_b = bounds
+    nodes = [r[6] for r in rules]
+    per_job = (out, mag_b[rows], np.repeat(nodes, np.diff(offs)).astype(float), head_b[rows] * st_err, st_evals)
     if flat:
-        return ((out, mag_b[rows], np.repeat([r[6] for r in rules], np.diff(offs)).astype(float),
-                 head_b[rows] * st_err, st_evals), dict(zip(jobs, offs[:-1].tolist())))
-    sizes = {o: r[6] for o, r in zip(jobs, rules)}
-    return {o: (out[offs[u]:offs[u + 1]], mag_b[rows[offs[u]:offs[u + 1]]], sizes[o],
-                head_b[rows[offs[u]:offs[u + 1]]] * st_err[offs[u]:offs[u + 1]], st_evals[offs[u]:offs[u + 1]])
+        return per_job, dict(zip(jobs, offs[:-1].tolist()))
+    return {o: tuple(a[offs[u]:offs[u + 1]] if k != 2 else nodes[u] for k, a in enumerate(per_job))
             for u, o in enumerate(jobs)}
 
 

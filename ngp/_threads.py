@@ -34,12 +34,17 @@ def _pool() -> concurrent.futures.ThreadPoolExecutor:
         return _POOL[pid]
 
 
+def _here() -> bool:
+    """Whether jobs run on the caller's thread: one thread, or the caller is itself a pool job."""
+    return THREADS < 2 or getattr(_WORKER, "inside", False)
+
+
 def thread_map(fn, items) -> list:
     """``[fn(item) for item in items]``, on :data:`THREADS` threads when there are several items. The caller's
     JAX precision (``jax.enable_x64``, a thread-local scope) holds in the workers; an exception of a job is raised
     here (the first in the order of ``items``)."""
     items = list(items)
-    if len(items) < 2 or THREADS < 2 or getattr(_WORKER, "inside", False):
+    if len(items) < 2 or _here():
         return [fn(item) for item in items]  # nested calls run in their own thread: no pool deadlock
     x64 = bool(jax.config.jax_enable_x64)
 
@@ -70,7 +75,7 @@ def in_background(fn, *args) -> concurrent.futures.Future:
         except BaseException as e:  # noqa: BLE001 (handed to the caller)
             fut.set_exception(e)
 
-    if THREADS < 2 or getattr(_WORKER, "inside", False):
+    if _here():
         run()
     else:
         threading.Thread(target=run, name="ngp-background", daemon=True).start()
