@@ -89,7 +89,8 @@ class DenseMap:
     @functools.cached_property
     def table(self) -> FourPointTable:
         """Four-point values ``<f f f f>_{K_in}`` of this layer, computed once per multiset."""
-        fopts = {k: v for k, v in self.options.items() if k in ("method", "four_point_order", "four_point_rtol")}
+        fopts = {k: v for k, v in self.options.items()
+                 if k in ("method", "four_point_order", "four_point_rtol", "max_memory")}
         return FourPointTable(self.act, self.K_in, **fopts)
 
     def fresh(self, quads):

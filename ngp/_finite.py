@@ -34,7 +34,7 @@ from ._gaussian import (auto_orders, bucket, concrete_max, gauss_hermite, intege
 from ._kernel import two_point_matrix
 from ._pairs import Pairs, array_module, is_concrete, multiset_code, multiset_rows
 from ._threads import thread_map
-from ._validate import device, device_if
+from ._validate import MAX_MEMORY, device, device_if
 
 __all__ = [
     "jacobian_hessian",
@@ -359,6 +359,15 @@ def _closed_four_point(four_point, C):
 #: measured 0.35 GB above the process at 8000 tanh multisets, 1.3 GB at 40000 in one call). Two calls run at
 #: once (:func:`ngp._threads.thread_map`).
 TABLE_CHUNK = 8192
+#: Working memory (bytes) of the rule per new multiset of one call, the largest measured (see TABLE_CHUNK).
+TABLE_ROW_BYTES = 45_000
+
+
+def table_chunk(max_memory=None) -> int:
+    """New multisets per quadrature call: :data:`TABLE_CHUNK`, fewer where the two calls at once would
+    need more than a quarter of ``max_memory`` (bytes; ``None``: the default budget), but at least 256."""
+    limit = MAX_MEMORY if max_memory is None else max_memory
+    return int(min(TABLE_CHUNK, max(256, limit // (8 * TABLE_ROW_BYTES))))
 
 
 class FourPointTable:
@@ -367,11 +376,14 @@ class FourPointTable:
     Args:
         act: the activation ``s``.
         K: ``(N, N)`` kernel.
+        max_memory: bytes the prior may use (``None``: the default budget); the quadrature's two calls at
+            once take at most a quarter of it (:func:`table_chunk`).
         **options: ``method``, ``four_point_order``, ``four_point_rtol`` (see :func:`four_point_values`).
     """
 
-    def __init__(self, act: Activation, K, **options):
+    def __init__(self, act: Activation, K, *, max_memory=None, **options):
         self.act, self.K, self.options = act, K, options
+        self.chunk = table_chunk(max_memory)
         self.N = K.shape[0]
         self._codes = np.zeros(0, dtype=np.int64)
         self._vals = np.zeros(0)
@@ -394,7 +406,7 @@ class FourPointTable:
             if new.size:  # in chunks: the quadrature's working memory grows with the rows of one call
                 rows = ms_sorted[first[new]]
                 parts = thread_map(lambda r: four_point_values(self.act, self.K, r, errors=True, **self.options),
-                                   [rows[i:i + TABLE_CHUNK] for i in range(0, rows.shape[0], TABLE_CHUNK)])
+                                   [rows[i:i + self.chunk] for i in range(0, rows.shape[0], self.chunk)])
                 fresh = np.concatenate([np.asarray(v) for v, _ in parts])
                 ferr = np.concatenate([np.asarray(e, dtype=float) for _, e in parts])
                 vals[new], errs[new] = fresh, ferr

@@ -602,7 +602,7 @@ def _pair_components(components, iB, iA, rows: int):
 #: Working memory (bytes) per vertex component asked of one finite-width layer's recursion: the
 #: index bookkeeping and the nine sub-components one layer down (measured 0.55 KB per layer at
 #: depths 3 and 5), with a margin; the four-point quadrature of new multisets runs in chunks of
-#: ``ngp._finite.TABLE_CHUNK``, two at once (about 0.35 GB each for tanh), outside this per-component figure.
+#: ``ngp._finite.table_chunk(max_memory)``, two at once within a quarter of ``max_memory``, outside this figure.
 COMPONENT_BYTES = 1536
 
 

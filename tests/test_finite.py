@@ -322,6 +322,34 @@ def test_four_point_table_chunks_give_the_same_values(monkeypatch):
     assert calls == [16, 16, 8, 16, 14] and len(ms) == 70
 
 
+def test_four_point_table_chunks_fit_a_quarter_of_max_memory(monkeypatch):
+    """With a small ``max_memory`` the prior's four-point tables compute fewer new multisets per call, so
+    that two calls at once take at most a quarter of it (TABLE_ROW_BYTES per multiset); the values are
+    those of the default chunks."""
+    from ngp import _finite
+
+    calls = []
+    inner = _finite.four_point_values
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[2]))
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(_finite, "four_point_values", counted)
+    X = np.random.default_rng(5).normal(size=(12, 2))  # 1365 multisets per layer
+    net = ngp.MLP(3, 8, activation="tanh", C_W=1.4, C_b=0.1)
+    limit = 300 * 8 * _finite.TABLE_ROW_BYTES
+    small = net.prior(X, max_memory=limit)
+    V_small = np.asarray(small.V)
+    assert [c.map.table.chunk for c in small._cumulants[1:]] == [300, 300]
+    assert max(calls) == 300 and sum(calls) == 2 * 1365
+    calls.clear()
+    V = np.asarray(net.prior(X).V)
+    assert max(calls) == 1365 and _finite.table_chunk() == _finite.TABLE_CHUNK
+    np.testing.assert_allclose(V_small, V, rtol=1e-12, atol=1e-14 * np.max(np.abs(V)))
+    assert _finite.table_chunk(1) == 256  # a floor: tiny budgets still make progress
+
+
 @pytest.fixture
 def counted_rows(monkeypatch):
     """Every row the four-point tables compute (``ngp._finite.four_point_values`` counted)."""
