@@ -48,7 +48,8 @@ def run_once(path: Path, cache: str, root: Path, timeout: float) -> dict:
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        # run in the CSV's folder: ``-m ngp`` from a checkout would import that checkout's ngp, not --root's
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=path.parent)
         rc, err = proc.returncode, proc.stderr
     except subprocess.TimeoutExpired as exc:
         rc, err = "timeout", exc.stderr or ""

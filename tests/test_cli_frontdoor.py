@@ -232,6 +232,53 @@ def test_probe_separates_compilation_from_computation():
     assert p.wall_s >= p.train_s + p.test_s + p.compile_s - 1e-6
 
 
+def test_probe_warm_up_is_paid_but_not_timed():
+    """The warm-up's compilation counts in ``compile_s`` and its time in ``wall_s``; the timings are
+    the timed run's alone (here 0.05 s + 0.1 s against a 0.3 s warm-up)."""
+    import jax
+    import jax.numpy as jnp
+
+    sizes = []
+
+    def work(nt, mt, mark):
+        sizes.append((nt, mt))
+        if nt == 4:  # the warm-up: compiles and is slow
+            jax.jit(lambda x: jnp.cos(x) * 3.0 + 1.0)(jnp.ones(5)).block_until_ready()
+            time.sleep(0.3)
+        time.sleep(0.05)
+        mark()
+        time.sleep(0.1)
+
+    p = _budget.probe(work, 16, 2, warmup=(4, 1))
+    assert sizes == [(4, 1), (16, 2)] and (p.n_train, p.n_test) == (16, 2)
+    assert p.compile_s > 0
+    assert 0.04 <= p.train_s < 0.25 and 0.09 <= p.test_s < 0.25
+    assert p.wall_s >= 0.3 + p.train_s + p.test_s
+
+
+def test_regress_probe_runs_a_warm_up_then_times_the_probe_size(monkeypatch):
+    """The CLI's probe warms up on PROBE_WARMUP rows, then times PROBE_TRAIN training rows."""
+    from ngp.cli import _regress
+
+    calls = []
+
+    def fake_probe(work, n_train, n_test, *, warmup=None):
+        calls.append((n_train, n_test, warmup))
+        return _budget.Probe(n_train, n_test, 1.0, 0.1, 0.0, 1.0)
+
+    class Progress:
+        def run(self, label, fn):
+            return fn(), 0.0
+
+    monkeypatch.setattr(_budget, "probe", fake_probe)
+    args = argparse.Namespace(width=[8], noise=0.1, max_memory=None, four_point_order=None, depth=2,
+                              activation="tanh", c_w=1.0, c_b=0.0)
+    X = np.zeros((30, 2))
+    model = _regress._probe(args, X, X[:, :1], X[:1], Progress())
+    assert calls == [(_regress.PROBE_TRAIN, 1, (_regress.PROBE_WARMUP[0], 1))]
+    assert model.probe.n_train == _regress.PROBE_TRAIN > _regress.PROBE_WARMUP[0]
+
+
 def test_memory_limit_reduces_the_training_set():
     need = lambda n: 1000 * n**4  # noqa: E731
     n, m = _largest_fitting(64, need, 1000 * 20**4)
@@ -327,6 +374,36 @@ def test_regress_budget_path_reports_rows_and_why(real_csv, capsys, monkeypatch)
     assert rc == 0
     assert "training rows: 4 of 10 (time budget: 4 rows take an estimated 20 s, 5 rows" in out
     assert "probe: 2 training + 2 test rows" in out and "baseline (training mean)" in out
+
+
+def test_regress_probe_uses_the_fitted_hyperparameters(real_csv, capsys, monkeypatch):
+    """Without --fixed the probe runs with the GP-evidence fit on the pool (the quadrature's cost depends on
+    C_W and the noise); when the budget then takes the whole pool, the run reuses that fit (one fit in all)."""
+    from ngp.cli import _hyper, _regress
+
+    monkeypatch.setattr(_regress, "PROBE_TRAIN", 2)
+    monkeypatch.setattr(_regress, "MIN_TRAIN", 2)
+    seen, fitted = [], []
+
+    def probe(args, Xp, yp, Xt, progress, hyper=None):
+        seen.append(hyper)
+        return _budget.CostModel(_budget.Probe(2, 2, 1e-3, 1e-3, 0.0, 1.0))
+
+    inner = _hyper.fit_hyperparameters
+
+    def counted(*args, **kwargs):
+        fitted.append(args[1].shape[0])
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(_regress, "_probe", probe)
+    monkeypatch.setattr(_regress, "fit_hyperparameters", counted)
+    rc = main(["regress", real_csv, "--n-test", "2", "--width", "4", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    (hyper,) = seen
+    assert hyper is not None and hyper.source == "fitted"
+    assert "training rows: 10 of 10 (all 10 training-pool rows fit" in out
+    assert fitted == [10] and hyper.describe() in out  # the run's values are the probe's (same rows)
 
 
 def test_regress_fits_hyperparameters_by_default(real_csv, tmp_path, capsys):

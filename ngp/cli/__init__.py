@@ -28,7 +28,8 @@ _FIT_HELP = ("keep --c-w, --c-b and --noise as given instead of fitting them (by
 _REGRESS_EPILOG = """\
 Cost: the finite-width posterior needs about N_train^4 four-point Gaussian expectations for the
 training rows plus N_train^3 per test row. Unless --n-train is given, ngp times a small probe
-(8 training and 2 test rows; JAX compilation is measured separately) and uses the largest
+(16 training and 4 test rows after an untimed warm-up on 8; JAX compilation is measured
+separately) and uses the largest
 number of training rows, at most --max-train, whose estimated time fits --time-budget. The
 test rows are a seeded split that does not depend on --n-train or on the budget.
 

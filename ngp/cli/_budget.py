@@ -7,6 +7,11 @@ block (``K1``, ``V`` and the evidence on the training inputs) and ``N_train^3`` 
 (a fixed cost per array shape, paid again at the final size) from the computation, and
 :class:`CostModel` extrapolates the computation with those powers. :func:`choose` then picks the
 largest training set within the time budget.
+
+Those powers are reached only at some size: below ~16 training rows fixed costs per stage dominate (and
+a process's first run also pays one-time set-up), so a probe timed there extrapolates to many times the
+real cost (measured in ``docs/cli.md``). :func:`probe` therefore runs a small untimed warm-up first (it
+pays the compilations and the set-up) and times the computation at a size where the powers hold.
 """
 
 from __future__ import annotations
@@ -47,8 +52,8 @@ class Probe:
     """A timed finite-width run on ``n_train`` training and ``n_test`` test rows.
 
     ``train_s``/``test_s``: computation seconds of the training block and of the predictions
-    (compilation excluded); ``compile_s``: tracing and compilation seconds of both;
-    ``wall_s``: the probe's wall time.
+    (compilation excluded); ``compile_s``: tracing and compilation seconds of the probe (warm-up
+    included); ``wall_s``: the probe's wall time (warm-up included).
     """
 
     n_train: int
@@ -122,20 +127,24 @@ def choose(model: CostModel, *, pool: int, n_test: int, budget_s: float, cap: in
                                    f"more than the {max(left, 0):.0f} s left of --time-budget {budget_s:.0f} s")
 
 
-def probe(run, n_train: int, n_test: int) -> Probe:
+def probe(run, n_train: int, n_test: int, *, warmup: tuple[int, int] | None = None) -> Probe:
     """Time ``run(n_train, n_test, mark)`` where ``run`` does the training block, calls ``mark()``,
-    then predicts (``mark`` separates the two timings)."""
+    then predicts (``mark`` separates the two timings). With ``warmup = (n, m)``, ``run(n, m, mark)``
+    first: its compilations count in ``compile_s`` and its time in ``wall_s``, not in the timings."""
     marks = {}
     with compile_seconds() as comp:
-        t0 = time.perf_counter()
+        t_start = time.perf_counter()
 
         def mark():
             marks["t"] = time.perf_counter()
             marks["c"] = comp[0]
 
+        if warmup is not None:
+            run(*warmup, lambda: None)
+        t0, c0 = time.perf_counter(), comp[0]
         run(n_train, n_test, mark)
         t1 = time.perf_counter()
     tm, cm = marks.get("t", t1), marks.get("c", comp[0])
-    train = max(tm - t0 - cm, 0.0)
+    train = max(tm - t0 - (cm - c0), 0.0)
     test = max(t1 - tm - (comp[0] - cm), 0.0)
-    return Probe(n_train, n_test, train, test, comp[0], t1 - t0)
+    return Probe(n_train, n_test, train, test, comp[0], t1 - t_start)

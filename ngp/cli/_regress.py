@@ -21,10 +21,12 @@ from ._compare import ESS_MIN, EXPANSION_WARN, Split, cells, compare, notes
 from ._csv import read_table
 from ._hyper import fit_hyperparameters
 
-__all__ = ["run", "PROBE_TRAIN", "PROBE_TEST", "MIN_TRAIN"]
+__all__ = ["run", "probe_work", "PROBE_TRAIN", "PROBE_TEST", "PROBE_WARMUP", "MIN_TRAIN"]
 
-#: Probe size: training and test rows timed to extrapolate the cost.
-PROBE_TRAIN, PROBE_TEST = 8, 2
+#: Probe size: training and test rows timed to extrapolate the cost, after an untimed warm-up on
+#: PROBE_WARMUP rows (compilation and one-time set-up; below ~16 rows fixed costs hide the N^4 growth).
+PROBE_TRAIN, PROBE_TEST = 16, 4
+PROBE_WARMUP = (8, 2)
 #: Fewest training rows the budget may choose (when the data have them).
 MIN_TRAIN = 8
 #: Test inputs farther than this many training standard deviations from the training mean are refused.
@@ -83,17 +85,20 @@ def _options(args) -> dict:
     return opts
 
 
-def _probe(args, Xp, yp, Xt, progress):
-    """Time the finite-width computation on PROBE_TRAIN rows and PROBE_TEST test rows."""
+def probe_work(args, Xp, yp, Xt, hyper=None):
+    """``work(nt, mt, mark)`` for :func:`ngp.cli._budget.probe`: the finite-width training block on the
+    first ``nt`` rows of ``Xp``, ``mark()``, then the prediction at the first ``mt`` rows of ``Xt``, with the
+    hyperparameters ``hyper`` (:class:`ngp.cli._hyper.Hyperparameters`; ``None``: the given ones)."""
     import ngp
 
-    net = _make_net(args)(args.width[0])
+    net = _make_net(args, hyper)(args.width[0])
+    noise = args.noise if hyper is None else hyper.noise
     opts = _options(args)
 
     def work(nt, mt, mark):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cond = ngp.condition(net, Xp[:nt], yp[:nt], noise=args.noise, **opts)
+            cond = ngp.condition(net, Xp[:nt], yp[:nt], noise=noise, **opts)
             try:
                 cond.log_evidence
             except np.linalg.LinAlgError:  # the training block was computed; only its timing matters here
@@ -101,8 +106,18 @@ def _probe(args, Xp, yp, Xt, progress):
             mark()
             cond.predict(Xt[:mt])
 
-    probe, _ = progress.run(f"probe: timing {PROBE_TRAIN} training and {PROBE_TEST} test rows",
-                            lambda: _budget.probe(work, PROBE_TRAIN, PROBE_TEST))
+    return work
+
+
+def _probe(args, Xp, yp, Xt, progress, hyper=None):
+    """Time the finite-width computation on PROBE_TRAIN rows and PROBE_TEST test rows (after the warm-up),
+    with the hyperparameters ``hyper`` (the quadrature's cost depends on them: larger ``C_W`` means
+    larger variances and more nodes)."""
+    work = probe_work(args, Xp, yp, Xt, hyper)
+    m = min(PROBE_TEST, len(Xt))
+    warm = (min(PROBE_WARMUP[0], PROBE_TRAIN), min(PROBE_WARMUP[1], m))
+    probe, _ = progress.run(f"probe: timing {PROBE_TRAIN} training and {m} test rows (after a warm-up on {warm[0]})",
+                            lambda: _budget.probe(work, PROBE_TRAIN, m, warmup=warm))
     return _budget.CostModel(probe)
 
 
@@ -194,6 +209,17 @@ def run(args) -> int:
     check_extreme(Xt, data.lines[t0], data.features)
     yp, _, _ = standardize(data.y[p0, None], data.y[t0, None])
     model, explicit = None, args.n_train is not None
+    fits = {}
+
+    def fit(stage, X, y, finite_width):
+        """fit_hyperparameters on ``(X, y)``; the same rows and evidence again reuse the result."""
+        key = (X.tobytes(), y.tobytes(), X.shape, finite_width)
+        if key not in fits:
+            fits[key], _ = progress.run(stage, lambda: fit_hyperparameters(
+                _make_net(args)(args.width[0]), X, y, noise=args.noise, fixed=args.fixed, seed=args.seed,
+                finite_width=finite_width, options=_options(args)))
+        return fits[key]
+
     if explicit:
         if args.n_train > pool:
             raise CLIError(f"--n-train {args.n_train} exceeds the {pool}-row training pool "
@@ -202,14 +228,19 @@ def run(args) -> int:
     elif min(pool, args.max_train) <= PROBE_TRAIN + 4:
         n_train, why = min(pool, args.max_train), "all rows of the small training pool (no timing probe needed)"
     else:
-        model = _probe(args, Xp, yp, Xt, progress)
+        hyper0 = None
+        if not args.fixed:  # the probe times the hyperparameters the run will have, near enough: the GP's fit
+            top = min(pool, args.max_train)
+            hyper0 = fit(f"hyperparameters for the probe (GP evidence of {top} pool rows)", Xp[:top], yp[:top], False)
+        model = _probe(args, Xp, yp, Xt, progress, hyper0)
         spent = time.perf_counter() - t_start
         choice = _budget.choose(model, pool=pool, n_test=max(n_test), budget_s=args.time_budget, cap=args.max_train,
                                 minimum=MIN_TRAIN, folds=len(splits), spent_s=spent)
         n_train, why = choice.n_train, choice.reason
         pr = model.probe
-        print(f"  probe: {pr.n_train} training + {pr.n_test} test rows took {pr.wall_s:.0f} s "
-              f"({pr.compile_s:.0f} s of it compiling); cost ~ N_train^4 + test rows x N_train^3")
+        print(f"  probe: {pr.n_train} training + {pr.n_test} test rows took {pr.train_s + pr.test_s:.1f} s "
+              f"({pr.wall_s:.0f} s with the warm-up, {pr.compile_s:.0f} s of it compiling); cost ~ N_train^4 + "
+              "test rows x N_train^3")
         if choice.n_test < max(n_test):
             n_test = [min(m, choice.n_test) for m in n_test]
             print(f"  test rows: the first {choice.n_test} of each test set (the time budget; seeded, fixed)")
@@ -227,9 +258,7 @@ def run(args) -> int:
             ytr, yte, (mu, sd) = standardize(data.y[tr, None], data.y[te, None])
             split = Split(Xtr, ytr, Xte, yte, float(sd[0]), float(mu[0]))
             stage = "hyperparameters" if args.fixed else "fitting hyperparameters (maximum evidence)"
-            hyper, _ = progress.run(stage, lambda: fit_hyperparameters(
-                _make_net(args)(args.width[0]), Xtr, ytr, noise=args.noise, fixed=args.fixed, seed=args.seed,
-                finite_width=args.fit_evidence == "finite-width", options=_options(args)))
+            hyper = fit(stage, Xtr, ytr, args.fit_evidence == "finite-width")
             label = f"fold {k + 1}: " if args.folds else ""
             print(f"  {label}hyperparameters: {hyper.describe()} ({hyper.note})")
             est = None
