@@ -345,7 +345,7 @@ def test_four_point_table_chunks_fit_a_quarter_of_max_memory(monkeypatch):
     assert max(calls) == 300 and sum(calls) == 2 * 1365
     calls.clear()
     V = np.asarray(net.prior(X).V)
-    assert max(calls) == 1365 and _finite.table_chunk() == _finite.TABLE_CHUNK
+    assert max(calls) > 300 and sum(calls) == 2 * 1365 and _finite.table_chunk() == _finite.TABLE_CHUNK
     np.testing.assert_allclose(V_small, V, rtol=1e-12, atol=1e-14 * np.max(np.abs(V)))
     assert _finite.table_chunk(1) == 256  # a floor: tiny budgets still make progress
 
