@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli import _git  # noqa: E402
+from cli_regress import _csv  # noqa: E402
 
 
 def _table(name: str, folder: Path) -> tuple[Path, str]:
@@ -37,11 +38,7 @@ def _table(name: str, folder: Path) -> tuple[Path, str]:
         path = folder / "ccard.csv"
         sm.datasets.ccard.load_pandas().data.to_csv(path, index=False)
         return path, "AVGEXP"
-    from sklearn.datasets import load_diabetes
-
-    path = folder / "diabetes50.csv"
-    load_diabetes(as_frame=True).frame.iloc[:50].to_csv(path, index=False)
-    return path, "target"
+    return _csv(folder), "target"  # cli_regress.py's 50-row diabetes CSV
 
 
 def main() -> None:
