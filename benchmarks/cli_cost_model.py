@@ -1,6 +1,6 @@
 """How well ``ngp regress``'s timed probe predicts the finite-width stages it budgets for.
 
-    python benchmarks/cli_cost_model.py [--data ccard] [--sizes 20,26,32,40,48] [--out NAME.json]
+    python benchmarks/cli_cost_model.py [--data ccard] [--sizes 20,26,32,40,48] [--fit pool|rows] [--out NAME.json]
 
 In one fresh process, on the CLI's own split and standardisation of a real table (statsmodels' ``ccard``,
 72 rows, target ``AVGEXP``; or scikit-learn's diabetes, first 50 rows) and with the CLI's default network
@@ -8,7 +8,9 @@ and prior options, this times ``ngp.cli._regress.probe_work`` (exactly what the 
 the probe as it was before stop 53 (8 training + 2 test rows with the given hyperparameters, the process's
 first run), then the probe of now (``PROBE_TRAIN`` + ``PROBE_TEST`` rows, 16 + 4, with the GP-evidence fit on
 the pool, after that run as its warm-up, which is the CLI's ``PROBE_WARMUP``), then the real stages at every
-``--sizes`` with all test rows and the hyperparameters the CLI fits on those rows.
+``--sizes`` with all test rows and the hyperparameters the CLI uses: ``--fit pool`` (the CLI since stop
+54) the probe's fit on the pool's first ``--max-train`` rows, which also set the standardisation; ``--fit
+rows`` (stops 52-53) a fit on those ``n`` rows, standardised by them.
 For each size it prints the measured seconds of the training block and per test row (compilation
 excluded, as the model counts it separately) next to the two models' extrapolations
 (``N^4`` and ``N^3`` from the probe). Writes ``benchmarks/results/<--out>`` (default ``cli_cost_model.json``).
@@ -44,6 +46,8 @@ def _table(name: str, folder: Path) -> tuple[Path, str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", choices=["ccard", "diabetes50"], default="ccard")
+    p.add_argument("--fit", choices=["pool", "rows"], default="pool",
+                   help="hyperparameters of the real stages: the pool's fit (the CLI now) or a fit on their rows")
     p.add_argument("--sizes", default="20,26,32,40,48")
     p.add_argument("--out", default="cli_cost_model.json")
     args = p.parse_args()
@@ -85,8 +89,8 @@ def main() -> None:
     names = ("probe 8 + 2 (before)", f"probe {PROBE_TRAIN} + {PROBE_TEST} after a warm-up (now)")
     models = dict(zip(names, (_budget.CostModel(old), _budget.CostModel(new))))
     rows = []
-    for n in sizes:  # the real stages: the run's own fit on its n rows, all test rows
-        Xn, yn, Xt, hyper = rows_and_fit(n)
+    for n in sizes:  # the real stages, all test rows
+        Xn, yn, Xt, hyper = (Xp[:n], yp[:n], Xt, hyper0) if args.fit == "pool" else rows_and_fit(n)
         r = _budget.probe(probe_work(cli, Xn, yn, Xt, hyper), n, len(test))
         row = {"n_train": n, "n_test": len(test), "train_s": r.train_s, "per_test_s": r.test_s / len(test),
                "compile_s": r.compile_s, "wall_s": r.wall_s, "hyperparameters": hyper.describe(), "estimates": {}}
@@ -96,7 +100,7 @@ def main() -> None:
         est = "  ".join(f"{e['train_s']:7.1f} {e['per_test_s']:6.2f}" for e in row["estimates"].values())
         print(f"N={n:3d}: train {r.train_s:6.1f} s, per test row {row['per_test_s']:5.2f} s "
               f"(compile {r.compile_s:.1f} s; {hyper.describe()}) | estimated (before, now): {est}", flush=True)
-    out = {"machine": platform.platform(), "cpus": os.cpu_count(), "git": _git(), "data": args.data,
+    out = {"machine": platform.platform(), "cpus": os.cpu_count(), "git": _git(), "data": args.data, "fit": args.fit,
            "pool": int(len(pool)), "test_rows": int(len(test)), "load_before": load0, "load_after": os.getloadavg(),
            "probes": dict(zip(names, (old.__dict__, new.__dict__))),
            "probe_hyperparameters": hyper0.describe(), "rows": rows}

@@ -407,8 +407,9 @@ def test_regress_probe_uses_the_fitted_hyperparameters(real_csv, capsys, monkeyp
 
 
 def test_regress_fits_hyperparameters_by_default(real_csv, tmp_path, capsys):
-    """Without --fixed the CLI prints the ML-II values: those of ngp.fit_hyperparameters on the same
-    standardised training rows, whose GP evidence beats the given values'."""
+    """Without --fixed the CLI prints the ML-II values: those of ngp.fit_hyperparameters on the training pool
+    (its first --max-train rows, standardised by them), whose GP evidence beats the given values'; the
+    table's GP evidence is that of the rows the posterior uses, at the fitted values."""
     import ngp
     from ngp.cli import _hyper
 
@@ -420,22 +421,51 @@ def test_regress_fits_hyperparameters_by_default(real_csv, tmp_path, capsys):
     res = json.loads(out_json.read_text())
     (split,) = res["splits"]
     hyper = split["hyperparameters"]
-    assert hyper["source"] == "fitted" and "fitted: maximum of the GP evidence of the 4 training rows" in out
+    assert hyper["source"] == "fitted" and "fitted: maximum of the GP evidence of 10 training-pool rows" in out
     assert f"hyperparameters: C_W={hyper['C_W']:.4g}, C_b={hyper['C_b']:.4g}, noise={hyper['noise']:.4g}" in out
     data = read_table(real_csv)
     lines = list(data.lines)
-    tr = [lines.index(ln) for ln in split["train_lines"]]
-    Xtr = standardize(data.X[tr])[0]
-    ytr = standardize(data.y[tr, None])[0]
+    pool = [lines.index(ln) for ln in split["fit_lines"]]
+    assert len(pool) == 10 and split["fit_lines"][:4] == split["train_lines"]
+    Xf = standardize(data.X[pool])[0]
+    yf = standardize(data.y[pool, None])[0]
     net = ngp.MLP(3, 8, activation="tanh", C_W=1.0, C_b=0.0)
-    fit = ngp.fit_hyperparameters(net, Xtr, ytr, noise=0.1, finite_width=False, num_starts=_hyper.NUM_STARTS,
+    fit = ngp.fit_hyperparameters(net, Xf, yf, noise=0.1, finite_width=False, num_starts=_hyper.NUM_STARTS,
                                   seed=0, max_iter=_hyper.MAX_ITER)
     np.testing.assert_allclose([hyper["C_W"], hyper["C_b"], hyper["noise"]], [fit.C_W[0], fit.C_b[0], fit.noise],
                                rtol=1e-8)
-    given = float(ngp.log_evidence(net, Xtr, ytr, noise=0.1, finite_width=False))
+    given = float(ngp.log_evidence(net, Xf, yf, noise=0.1, finite_width=False))
     assert hyper["log_evidence"] >= given
+    fitted = ngp.MLP(3, 8, activation="tanh", C_W=hyper["C_W"], C_b=hyper["C_b"])
+    used = float(ngp.log_evidence(fitted, Xf[:4], yf[:4], noise=hyper["noise"], finite_width=False))
     gp_row = next(r for r in split["rows"] if r["model"].startswith("GP"))
-    assert gp_row["log_evidence"] == pytest.approx(hyper["log_evidence"], rel=1e-6)
+    assert gp_row["log_evidence"] == pytest.approx(used, rel=1e-6)
+
+
+def test_regress_hyperparameters_and_scaling_do_not_depend_on_n_train(real_csv, tmp_path, capsys):
+    """Two runs that differ only in --n-train fit the same hyperparameters on the same pool rows, and their
+    baseline row (the training rows' mean and variance, in the target's units) is computed from the raw CSV."""
+    runs = {}
+    for n in (3, 6):
+        out_json = tmp_path / f"res{n}.json"
+        assert main(["regress", real_csv, "--n-train", str(n), "--n-test", "2", "--width", "8", "--json",
+                     str(out_json), "--quiet"]) == 0
+        runs[n] = json.loads(out_json.read_text())["splits"][0]
+    capsys.readouterr()
+    assert runs[3]["hyperparameters"] == runs[6]["hyperparameters"]
+    assert runs[3]["fit_lines"] == runs[6]["fit_lines"] and runs[3]["test_lines"] == runs[6]["test_lines"]
+    data = read_table(real_csv)
+    lines = list(data.lines)
+    unit = 1e300  # the fixture's scale: the formulas below would overflow in the CSV's own units
+    for n, split in runs.items():
+        y_tr = data.y[[lines.index(ln) for ln in split["train_lines"]]] / unit
+        y_te = data.y[[lines.index(ln) for ln in split["test_lines"]]] / unit
+        base = next(r for r in split["rows"] if r["model"].startswith("baseline"))
+        assert len(y_tr) == n
+        assert base["rmse"] / unit == pytest.approx(np.sqrt(np.mean((y_te - y_tr.mean()) ** 2)), rel=1e-10)
+        var = y_tr.var()
+        loglik = np.mean(-0.5 * np.log(2 * np.pi * var) - 0.5 * (y_te - y_tr.mean()) ** 2 / var) - np.log(unit)
+        assert base["loglik"] == pytest.approx(loglik, rel=1e-10)
 
 
 # ----------------------------------------------------------------------------- README and notebooks

@@ -28,10 +28,11 @@ _FIT_HELP = ("keep --c-w, --c-b and --noise as given instead of fitting them (by
 _REGRESS_EPILOG = """\
 Cost: the finite-width posterior needs about N_train^4 four-point Gaussian expectations for the
 training rows plus N_train^3 per test row. Unless --n-train is given, ngp times a small probe
-(16 training and 4 test rows after an untimed warm-up on 8, with the hyperparameters the GP
-evidence of the training pool gives; JAX compilation is measured separately) and uses the
-largest number of training rows, at most --max-train, whose estimated time fits --time-budget.
-The test rows are a seeded split that does not depend on --n-train or on the budget.
+(16 training and 4 test rows after an untimed warm-up on 8; JAX compilation is measured
+separately) and uses the largest number of training rows, at most --max-train, whose estimated
+time fits --time-budget. The test rows are a seeded split, and the hyperparameters are fitted by
+the GP evidence of the training pool's first --max-train rows (which also set the scaling):
+neither depends on --n-train or on the budget, and the probe times the values the run uses.
 
 Example: ngp regress diabetes.csv --target target --width 8,32,128 --json results.json
 """
@@ -107,12 +108,14 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--fixed", action="store_true", help=_FIT_HELP)
     g.add_argument("--fit-evidence", choices=("gp", "finite-width"), default="gp",
                    help="evidence the fit maximises: the GP's (seconds to a minute) or, after it, the O(1/n) "
-                        "finite-width one at the first --width (each step costs a training block; default: gp)")
+                        "finite-width one at the first --width, on the training rows used (each step costs a "
+                        "training block; default: gp)")
     g = r.add_argument_group("rows and budget")
     g.add_argument("--n-train", type=int_at_least(2), default=None, metavar="N",
                    help="training rows (default: as many as fit --time-budget, at most --max-train)")
     g.add_argument("--max-train", type=int_at_least(2), default=64, metavar="N",
-                   help="most training rows the budget may choose (default: 64)")
+                   help="most training rows the budget may choose; the GP-evidence fit of the hyperparameters "
+                        "uses this many rows of the training pool (default: 64)")
     g.add_argument("--time-budget", type=finite_float(minimum=0.0, strict=True), default=120.0, metavar="SECONDS",
                    help="wall time for the finite-width computation, probe included (default: 120)")
     g.add_argument("--test-fraction", type=finite_float(minimum=0.0, strict=True, maximum=0.9), default=0.2,

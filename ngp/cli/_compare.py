@@ -102,8 +102,9 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
     est = estimates or {}
     opts = dict(options or {})
     rows = []
-    # baseline: predict the training mean with the training variance (0 and 1 in standardised units)
-    rmse, ll = metrics(split, np.zeros_like(split.yte), np.ones_like(split.yte), 0.0)
+    # baseline: predict the training rows' mean with their variance
+    ytr = np.asarray(split.ytr, dtype=float)
+    rmse, ll = metrics(split, np.full(split.yte.shape, ytr.mean()), np.full(split.yte.shape, ytr.var()), 0.0)
     rows.append(Row("baseline (training mean)", rmse, ll))
 
     net0 = make_net(widths[0])

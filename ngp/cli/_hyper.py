@@ -1,12 +1,14 @@
 """The command line's one place for hyperparameters: :func:`fit_hyperparameters`.
 
-``ngp regress`` calls it once per training set (per fold), on the standardised training rows,
-before any posterior is computed, and prints what it returns; every row of the table then uses
-those values. By default the CLI fits ``(C_W, C_b, noise)`` by maximising the evidence of the
-training targets (ML-II, :func:`ngp.fit_hyperparameters`); ``--fixed`` keeps the values given on
-the command line. The GP evidence is maximised by default (it costs ``O(N^3)`` per step, so the
-fit takes seconds to a minute); ``--fit-evidence finite-width`` then also maximises the
-``O(1/n)`` evidence at the first ``--width`` (each step costs a training block, ``~N^4``).
+``ngp regress`` calls it once per training pool (per fold), on the pool's first ``--max-train``
+rows standardised by them (``--fit-evidence finite-width``: on the training rows used), before
+any posterior is computed, and prints what it returns; every row of the table then uses those
+values. ``ngp demo`` calls it on its training rows. By default the CLI fits ``(C_W, C_b, noise)``
+by maximising the evidence of the training targets (ML-II, :func:`ngp.fit_hyperparameters`);
+``--fixed`` keeps the values given on the command line. The GP evidence is maximised by default
+(it costs ``O(N^3)`` per step, so the fit takes seconds to a minute); ``--fit-evidence
+finite-width`` then also maximises the ``O(1/n)`` evidence at the first ``--width`` (each step
+costs a training block, ``~N^4``).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class Hyperparameters:
 
 
 def fit_hyperparameters(net, X_train, Y_train, *, noise: float, fixed: bool, seed: int = 0,
-                        finite_width: bool = False, options: dict | None = None):
+                        finite_width: bool = False, options: dict | None = None, rows: str | None = None):
     """Hyperparameters for ``net`` on standardised training data.
 
     Args:
@@ -59,6 +61,7 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float, fixed: bool, see
         seed: seed of the random starts.
         finite_width: maximise the finite-width evidence (after the GP's) instead of the GP's.
         options: prior options (``four_point_order``) for the finite-width evidence.
+        rows: what the rows are, for the note (default ``"N training rows"``).
 
     Returns:
         :class:`Hyperparameters` (the CLI builds its networks, one per ``--width``, from them).
@@ -77,7 +80,7 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float, fixed: bool, see
                                   seed=seed, max_iter=MAX_ITER, **opts)
     which = "finite-width" if fit.finite_width else "GP"
     starts = sum(1 for s in fit.starts if s["stage"] == "gp")
-    note = (f"fitted: maximum of the {which} evidence of the {X_train.shape[0]} training rows, "
+    note = (f"fitted: maximum of the {which} evidence of {rows or f'{X_train.shape[0]} training rows'}, "
             f"{starts} start{'s' if starts > 1 else ''}{'' if fit.success else ', NOT converged'}; "
             "--fixed keeps the given values")
     return Hyperparameters(fit.C_W[0], fit.C_b[0], float(fit.noise), "fitted", note, float(fit.log_evidence))

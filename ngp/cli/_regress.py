@@ -2,8 +2,9 @@
 
 Steps (each printed): read the CSV; a seeded train/test split that does not depend on the
 number of training rows (or ``--folds`` k-fold); a timed probe that sets how many training rows
-the finite-width posterior can afford within ``--time-budget`` (``ngp.cli._budget``);
-hyperparameters (``ngp.cli._hyper.fit_hyperparameters``); the comparison table.
+the finite-width posterior can afford within ``--time-budget`` (``ngp.cli._budget``), run with
+the hyperparameters (``ngp.cli._hyper.fit_hyperparameters``) fitted on the training pool's first
+``--max-train`` rows, which also set the standardisation; the comparison table.
 """
 
 from __future__ import annotations
@@ -204,22 +205,34 @@ def run(args) -> int:
         print(f"  test rows: the first {args.n_test} of each test set (--n-test; seeded, fixed)")
 
     # ---------------------------------------------------------------- how many training rows
-    p0, t0 = splits[0]  # the first training pool, standardised: for the probe and the memory check
-    Xp, Xt, _ = standardize(data.X[p0], data.X[t0])
-    check_extreme(Xt, data.lines[t0], data.features)
-    yp, _, _ = standardize(data.y[p0, None], data.y[t0, None])
     model, explicit = None, args.n_train is not None
     fits = {}
 
-    def fit(stage, X, y, finite_width):
+    def fitting_rows(p, t):
+        """The pool's first ``--max-train`` rows (or ``--n-train``, when larger) and the test rows, standardised by
+        those rows: the hyperparameters are fitted on them, so that neither they nor the scaling depend on how many
+        rows the finite-width posterior can afford."""
+        f = p[: max(args.max_train, args.n_train or 0)]
+        Xf, Xte, _ = standardize(data.X[f], data.X[t])
+        check_extreme(Xte, data.lines[t], data.features)
+        yf, yte, (mu, sd) = standardize(data.y[f, None], data.y[t, None])
+        return Xf, yf, Xte, yte, (float(mu[0]), float(sd[0]))
+
+    def fit(X, y, finite_width):
         """fit_hyperparameters on ``(X, y)``; the same rows and evidence again reuse the result."""
         key = (X.tobytes(), y.tobytes(), X.shape, finite_width)
         if key not in fits:
+            what = "training rows" if finite_width else "training-pool rows"
+            stage = ("hyperparameters" if args.fixed else
+                     f"fitting hyperparameters (maximum {'finite-width' if finite_width else 'GP'} evidence of "
+                     f"{len(X)} {what})")
             fits[key], _ = progress.run(stage, lambda: fit_hyperparameters(
                 _make_net(args)(args.width[0]), X, y, noise=args.noise, fixed=args.fixed, seed=args.seed,
-                finite_width=finite_width, options=_options(args)))
+                finite_width=finite_width, options=_options(args), rows=f"{len(X)} {what}"))
         return fits[key]
 
+    # the first training pool, standardised: for the probe and the memory check
+    Xp, yp, Xt, _, _ = fitting_rows(*splits[0])
     if explicit:
         if args.n_train > pool:
             raise CLIError(f"--n-train {args.n_train} exceeds the {pool}-row training pool "
@@ -229,9 +242,8 @@ def run(args) -> int:
         n_train, why = min(pool, args.max_train), "all rows of the small training pool (no timing probe needed)"
     else:
         hyper0 = None
-        if not args.fixed:  # the probe times the hyperparameters the run will have, near enough: the GP's fit
-            top = min(pool, args.max_train)
-            hyper0 = fit(f"hyperparameters for the probe (GP evidence of {top} pool rows)", Xp[:top], yp[:top], False)
+        if not args.fixed:  # the probe times the hyperparameters the run will have (the GP's fit)
+            hyper0 = fit(Xp, yp, False)
         model = _probe(args, Xp, yp, Xt, progress, hyper0)
         spent = time.perf_counter() - t_start
         choice = _budget.choose(model, pool=pool, n_test=max(n_test), budget_s=args.time_budget, cap=args.max_train,
@@ -253,12 +265,11 @@ def run(args) -> int:
     with collect_warnings() as messages:
         for k, ((p, t), m) in enumerate(zip(splits, n_test)):
             tr, te = p[:n_train], t[:m]
-            Xtr, Xte, _ = standardize(data.X[tr], data.X[te])
-            check_extreme(Xte, data.lines[te], data.features)
-            ytr, yte, (mu, sd) = standardize(data.y[tr, None], data.y[te, None])
-            split = Split(Xtr, ytr, Xte, yte, float(sd[0]), float(mu[0]))
-            stage = "hyperparameters" if args.fixed else "fitting hyperparameters (maximum evidence)"
-            hyper = fit(stage, Xtr, ytr, args.fit_evidence == "finite-width")
+            Xf, yf, Xte, yte, (mu, sd) = fitting_rows(p, te)
+            Xtr, ytr = Xf[:n_train], yf[:n_train]
+            split = Split(Xtr, ytr, Xte, yte, sd, mu)
+            finite = args.fit_evidence == "finite-width"  # its steps cost a training block each: the rows used
+            hyper = fit(Xtr, ytr, True) if finite else fit(Xf, yf, False)
             label = f"fold {k + 1}: " if args.folds else ""
             print(f"  {label}hyperparameters: {hyper.describe()} ({hyper.note})")
             est = None
@@ -270,6 +281,7 @@ def run(args) -> int:
                                  estimates=est, truth_samples=args.truth, seed=args.seed, options=_options(args))
             fold_rows.append(rows)
             results.append({"fold": k + 1 if args.folds else None, "train_lines": data.lines[tr].tolist(),
+                            "fit_lines": data.lines[p[:len(Xf)]].tolist(),
                             "test_lines": data.lines[te].tolist(), "hyperparameters": hyper.__dict__,
                             "finite_width_s": info["prior_s"], "rows": [r.as_dict() for r in rows]})
 
