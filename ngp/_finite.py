@@ -496,13 +496,14 @@ def packed_positions(pairs: Pairs) -> np.ndarray:
 
 
 def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, E2=None, table=None, method: str = "auto",
-                     four_point_order: int | None = None, **options):
-    """``C_W^2 Cov_K(s_a s_b, s_c s_d)`` as a ``(P, P)`` matrix over all unordered pairs."""
+                     four_point_order: int | None = None, max_memory: int | None = None, **options):
+    """``C_W^2 Cov_K(s_a s_b, s_c s_d)`` as a ``(P, P)`` matrix over all unordered pairs (a new table's chunks
+    within ``max_memory``, as :class:`FourPointTable`)."""
     K = np.asarray(K) if is_concrete(K) else device(K)
     N = pairs.N
     ms = multisets(N)
     if table is None:
-        table = FourPointTable(act, K, method=method, four_point_order=four_point_order)
+        table = FourPointTable(act, K, method=method, four_point_order=four_point_order, max_memory=max_memory)
     T4 = table(ms)[packed_positions(pairs)]
     if E2 is None:
         kopts = {k: v for k, v in options.items() if k in ("terms", "nodes", "quad_nodes")}

@@ -96,7 +96,7 @@ RELU_ORDERS = {2: 96, 3: 48, 4: 32}
 #: Node evaluations per batch of cross-layer expectations (memory control: ~100 MB of work arrays).
 _BATCH_ELEMS = 1_500_000
 _KERNEL_OPTIONS = ("method", "terms", "nodes", "quad_nodes")
-_FRESH_OPTIONS = _KERNEL_OPTIONS + ("four_point_order",)
+_FRESH_OPTIONS = _KERNEL_OPTIONS + ("four_point_order", "max_memory")
 _OPTIONS = _FRESH_OPTIONS + ("cross_orders",)
 
 
@@ -156,7 +156,8 @@ class ChainState:
         Z: ``Z[i-1]`` ``(P, 3, P)``, ``i = 1 .. k-1``: self-interaction covariances
             ``Cov(D_r s_p(z^k), s_q(z^i))`` of the current layer (see :func:`_cross_layers`).
         options: quadrature options (``method``, ``terms``, ``nodes``, ``quad_nodes``,
-            ``four_point_order``, ``cross_orders``).
+            ``four_point_order``, ``cross_orders``) and ``max_memory`` (bytes; bounds the four-point
+            table's chunks, as for an MLP).
     """
 
     act: Activation

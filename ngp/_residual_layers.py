@@ -33,7 +33,7 @@ from ._validate import MAX_MEMORY
 
 __all__ = ["ResidualChainLayer", "ResidualReadoutLayer", "residual_layer", "readout_layer"]
 
-_CHAIN_OPTIONS = ("method", "terms", "nodes", "quad_nodes", "four_point_order", "cross_orders")
+_CHAIN_OPTIONS = ("method", "terms", "nodes", "quad_nodes", "four_point_order", "cross_orders", "max_memory")
 
 _UNSUPPORTED = (
     "{step}: finite-width cumulants ({{what}}) of this residual pattern are not implemented: {reason} "

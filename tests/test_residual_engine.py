@@ -230,6 +230,33 @@ def test_memory_budget_is_checked_before_work():
         prior.K1
 
 
+def test_residual_four_point_tables_chunk_within_max_memory(monkeypatch):
+    """A residual prior's same-layer four-point tables compute at most ``table_chunk(max_memory)`` new
+    multisets per call, as an MLP's do (without ``max_memory`` in the chain's options: 495 at once);
+    chunked and whole tables agree to 1e-12."""
+    from ngp import _finite
+
+    calls = []
+    inner = _finite.four_point_values
+
+    def counted(*args, **kwargs):
+        calls.append((np.asarray(args[1]).copy(), len(args[2])))
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(_finite, "four_point_values", counted)
+    X = np.random.default_rng(5).normal(size=(9, 2))  # 495 multisets per table
+    net = ngp.ResMLP(3, 8, activation="tanh", gamma=0.8, xi=0.6)
+    limit = 300 * 8 * _finite.TABLE_ROW_BYTES
+    assert np.all(np.isfinite(np.asarray(net.prior(X, max_memory=limit).V)))
+    sizes = [n for _, n in calls]
+    assert sizes and max(sizes) == 300 and sum(sizes) % 495 == 0
+    K, pairs, act = calls[-1][0], Pairs.of(9), activation("tanh")
+    calls.clear()
+    whole = _finite.fresh_covariance(act, K, pairs, 1.0)
+    assert [n for _, n in calls] == [495]
+    _same(_finite.fresh_covariance(act, K, pairs, 1.0, max_memory=limit), whole)
+
+
 def test_hyperparameter_tracing_is_refused_for_residual_cumulants():
     net = ngp.ResMLP(3, 8, activation="tanh", gamma=0.8, xi=0.6)
     Y = np.array([[0.3], [-0.2]])
