@@ -6,6 +6,7 @@ rule, the tables). The end-to-end runs share one array shape (4 training rows, 2
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -195,6 +196,29 @@ def test_cost_model_extrapolates_n4_for_training_and_n3_per_test_row():
     m = _model()
     assert math.isclose(m.training(16), 16.0) and math.isclose(m.per_test(16), 0.1 * 8)
     assert math.isclose(m.estimate(16, 10, folds=2), 5.0 + 2 * (16.0 + 10 * 0.8))
+
+
+def test_cost_model_charges_the_finite_width_fit():
+    """With a FitProbe each fold also pays the fit: compile + steps x step seconds x (N / N_p)^4."""
+    fit = _budget.FitProbe(4, 0.5, 3.0, 10)
+    assert math.isclose(fit.seconds(4), 3.0 + 10 * 0.5) and math.isclose(fit.seconds(8), 3.0 + 5.0 * 16)
+    m = dataclasses.replace(_model(), fit=fit)
+    assert math.isclose(m.estimate(16, 10, folds=2), 5.0 + 2 * (fit.seconds(16) + 16.0 + 10 * 0.8))
+    c = _budget.choose(m, pool=200, n_test=20, budget_s=400.0, cap=64, minimum=8)
+    plain = _budget.choose(_model(), pool=200, n_test=20, budget_s=400.0, cap=64, minimum=8)
+    assert m.estimate(c.n_train, 20) <= 400.0 < m.estimate(c.n_train + 1, 20) and c.n_train < plain.n_train
+
+
+def test_probe_step_times_the_second_call():
+    calls = []
+
+    def step(n):
+        calls.append(n)
+        time.sleep(0.3 if len(calls) == 1 else 0.05)
+
+    fp = _budget.probe_step(step, 4, 50)
+    assert calls == [4, 4] and (fp.n_train, fp.steps) == (4, 50)
+    assert 0.04 <= fp.step_s < 0.2 and 0.2 <= fp.compile_s < 0.3
 
 
 def test_budget_picks_the_largest_affordable_training_set():
@@ -404,6 +428,74 @@ def test_regress_probe_uses_the_fitted_hyperparameters(real_csv, capsys, monkeyp
     assert hyper is not None and hyper.source == "fitted"
     assert "training rows: 10 of 10 (all 10 training-pool rows fit" in out
     assert fitted == [10] and hyper.describe() in out  # the run's values are the probe's (same rows)
+
+
+def test_regress_budgets_the_finite_width_fit(real_csv, capsys, monkeypatch):
+    """--fit-evidence finite-width: a step of the fit is timed on FIT_PROBE_ROWS rows with the GP fit's values
+    (the fit's start), and the rows chosen leave time for FIT_STEPS such steps (the fit is then run, here
+    replaced by the GP fit: its cost is not under test)."""
+    from ngp.cli import _hyper, _regress
+
+    monkeypatch.setattr(_regress, "PROBE_TRAIN", 2)
+    monkeypatch.setattr(_regress, "MIN_TRAIN", 2)
+    model = _budget.CostModel(_budget.Probe(2, 2, 0.0, 0.0, 0.0, 1.0))  # free: all 10 rows fit without the fit
+    monkeypatch.setattr(_regress, "_probe", lambda *a, **k: model)
+    seen, fitted = [], []
+
+    def step_work(args, Xp, yp, hyper):
+        seen.append((Xp.shape, hyper))
+        return lambda n: None
+
+    def probe_step(step, n, steps):
+        step(n)
+        return _budget.FitProbe(n, 0.1, 0.0, steps)  # a step on 4 rows takes 0.1 s
+
+    inner = _hyper.fit_hyperparameters
+
+    def fit(*args, finite_width, **kwargs):
+        fitted.append((args[1].shape[0], finite_width))
+        return inner(*args, finite_width=False, **kwargs)
+
+    monkeypatch.setattr(_regress, "fit_step_work", step_work)
+    monkeypatch.setattr(_budget, "probe_step", probe_step)
+    monkeypatch.setattr(_regress, "fit_hyperparameters", fit)
+    rc = main(["regress", real_csv, "--n-test", "2", "--width", "4", "--fit-evidence", "finite-width",
+               "--time-budget", "120", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    ((shape, hyper),) = seen
+    assert shape[0] == 10 and hyper.source == "fitted"  # the GP fit of the pool, the finite-width fit's start
+    # FIT_STEPS steps of 0.1 s x (N / 4)^4: 8 rows 80 s, 9 rows 128 s (the GP fit spends a few of the 120 s)
+    assert _regress.FIT_STEPS == 50
+    assert "training rows: 8 of 10 (time budget: 8 rows take an estimated 80 s, 9 rows 128 s" in out, out
+    assert fitted == [(10, False), (8, True)]
+    assert "a step of the finite-width evidence fit on 4 rows took 0.1 s" in out
+
+
+def test_fit_step_work_is_a_step_of_the_finite_width_fit():
+    """The timed step is the finite-width evidence at the given hyperparameters and its gradient in their logs
+    (checked against ngp.log_evidence and central differences; a linear network keeps it fast)."""
+    import ngp
+    from ngp.cli import _hyper, _regress
+
+    args = _parser().parse_args(["regress", "x.csv", "--activation", "linear", "--width", "8", "--depth", "2"])
+    X = np.random.default_rng(0).normal(size=(6, 2))
+    y = X[:, :1] - 0.5 * X[:, 1:]
+    hyper = _hyper.Hyperparameters(1.3, 0.2, 0.4, "fitted", "")
+    step = _regress.fit_step_work(args, X, y, hyper)
+    grad, value = step(3)
+
+    def evidence(t):
+        net = ngp.MLP(2, 8, activation="linear", C_W=math.exp(t[0]), C_b=math.exp(t[1]))
+        return float(ngp.log_evidence(net, X[:3], y[:3], noise=math.exp(t[2])))
+
+    t0 = np.log([1.3, 0.2, 0.4])
+    assert float(value) == pytest.approx(evidence(t0), rel=1e-10)
+    h = 1e-5
+    fd = [(evidence(t0 + h * e) - evidence(t0 - h * e)) / (2 * h) for e in np.eye(3)]
+    np.testing.assert_allclose(np.asarray(grad), fd, rtol=1e-6, atol=1e-8)
+    fp = _budget.probe_step(step, 3, 7)
+    assert fp.n_train == 3 and fp.steps == 7 and fp.step_s > 0
 
 
 def test_regress_fits_hyperparameters_by_default(real_csv, tmp_path, capsys):

@@ -9,6 +9,7 @@ the hyperparameters (``ngp.cli._hyper.fit_hyperparameters``) fitted on the train
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -22,12 +23,17 @@ from ._compare import ESS_MIN, EXPANSION_WARN, Split, cells, compare, notes
 from ._csv import read_table
 from ._hyper import fit_hyperparameters
 
-__all__ = ["run", "probe_work", "PROBE_TRAIN", "PROBE_TEST", "PROBE_WARMUP", "MIN_TRAIN"]
+__all__ = ["run", "probe_work", "fit_step_work", "PROBE_TRAIN", "PROBE_TEST", "PROBE_WARMUP", "MIN_TRAIN",
+           "FIT_PROBE_ROWS", "FIT_STEPS"]
 
 #: Probe size: training and test rows timed to extrapolate the cost, after an untimed warm-up on
 #: PROBE_WARMUP rows (compilation and one-time set-up; below ~16 rows fixed costs hide the N^4 growth).
 PROBE_TRAIN, PROBE_TEST = 16, 4
 PROBE_WARMUP = (8, 2)
+#: --fit-evidence finite-width: rows at which one step of the fit (the finite-width evidence and its gradient,
+#: on the fixed four-point rule) is timed, and the steps a fit is charged (L-BFGS-B evaluations, at most
+#: about MAX_ITER iterations of ngp.cli._hyper plus line searches).
+FIT_PROBE_ROWS, FIT_STEPS = 4, 50
 #: Fewest training rows the budget may choose (when the data have them).
 MIN_TRAIN = 8
 #: Test inputs farther than this many training standard deviations from the training mean are refused.
@@ -110,6 +116,32 @@ def probe_work(args, Xp, yp, Xt, hyper=None):
     return work
 
 
+def fit_step_work(args, Xp, yp, hyper):
+    """``step(n)``: one step of the ``--fit-evidence finite-width`` fit on the first ``n`` rows of ``Xp``: the
+    finite-width log evidence and its forward-mode gradient in ``(log C_W, log C_b, log noise)`` at ``hyper``,
+    as :func:`ngp.fit_hyperparameters` evaluates it; returns ``(gradient (3,), value)``."""
+    import jax
+    import jax.numpy as jnp
+
+    import ngp
+
+    net = _make_net(args, hyper)(args.width[0])
+    opts = {k: v for k, v in _options(args).items() if k == "four_point_order"}
+    theta = jnp.log(jnp.array([float(np.mean(hyper.C_W)), max(float(np.mean(hyper.C_b)), 1e-6), hyper.noise]))
+
+    def step(n):
+        def evidence(t):
+            v = ngp.log_evidence(net, Xp[:n], yp[:n], noise=jnp.exp(t[2]), C_W=jnp.exp(t[0]), C_b=jnp.exp(t[1]),
+                                 **opts)
+            return v, v
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return jax.block_until_ready(jax.jacfwd(evidence, has_aux=True)(theta))
+
+    return step
+
+
 def _probe(args, Xp, yp, Xt, progress, hyper=None):
     """Time the finite-width computation on PROBE_TRAIN rows and PROBE_TEST test rows (after the warm-up),
     with the hyperparameters ``hyper`` (the quadrature's cost depends on them: larger ``C_W`` means
@@ -120,6 +152,16 @@ def _probe(args, Xp, yp, Xt, progress, hyper=None):
     probe, _ = progress.run(f"probe: timing {PROBE_TRAIN} training and {m} test rows (after a warm-up on {warm[0]})",
                             lambda: _budget.probe(work, PROBE_TRAIN, m, warmup=warm))
     return _budget.CostModel(probe)
+
+
+def _probe_fit(args, Xp, yp, progress, hyper):
+    """``(FitProbe, line)``: a step of the ``--fit-evidence finite-width`` fit timed on FIT_PROBE_ROWS rows at
+    ``hyper`` (the GP fit, where the finite-width fit starts), and the line that reports it."""
+    rows = min(FIT_PROBE_ROWS, len(Xp))
+    step, _ = progress.run(f"probe: timing a step of the finite-width evidence fit on {rows} rows",
+                           lambda: _budget.probe_step(fit_step_work(args, Xp, yp, hyper), rows, FIT_STEPS))
+    return step, (f"  probe: a step of the finite-width evidence fit on {rows} rows took {step.step_s:.1f} s "
+                  f"({step.compile_s:.0f} s compiling before); a fit is charged {FIT_STEPS} steps ~ N_train^4")
 
 
 def _largest_fitting(n: int, need, limit: float) -> tuple[int, float]:
@@ -223,9 +265,11 @@ def run(args) -> int:
         key = (X.tobytes(), y.tobytes(), X.shape, finite_width)
         if key not in fits:
             what = "training rows" if finite_width else "training-pool rows"
+            est = "" if not finite_width or model is None or model.fit is None else \
+                f", estimated {model.fit.seconds(len(X)):.0f} s"
             stage = ("hyperparameters" if args.fixed else
                      f"fitting hyperparameters (maximum {'finite-width' if finite_width else 'GP'} evidence of "
-                     f"{len(X)} {what})")
+                     f"{len(X)} {what}{est})")
             fits[key], _ = progress.run(stage, lambda: fit_hyperparameters(
                 _make_net(args)(args.width[0]), X, y, noise=args.noise, fixed=args.fixed, seed=args.seed,
                 finite_width=finite_width, options=_options(args), rows=f"{len(X)} {what}"))
@@ -244,7 +288,10 @@ def run(args) -> int:
         hyper0 = None
         if not args.fixed:  # the probe times the hyperparameters the run will have (the GP's fit)
             hyper0 = fit(Xp, yp, False)
-        model = _probe(args, Xp, yp, Xt, progress, hyper0)
+        model, fit_line = _probe(args, Xp, yp, Xt, progress, hyper0), None
+        if args.fit_evidence == "finite-width" and not args.fixed:  # its steps cost training blocks: budgeted too
+            step, fit_line = _probe_fit(args, Xp, yp, progress, hyper0)
+            model = dataclasses.replace(model, fit=step)
         spent = time.perf_counter() - t_start
         choice = _budget.choose(model, pool=pool, n_test=max(n_test), budget_s=args.time_budget, cap=args.max_train,
                                 minimum=MIN_TRAIN, folds=len(splits), spent_s=spent)
@@ -253,6 +300,8 @@ def run(args) -> int:
         print(f"  probe: {pr.n_train} training + {pr.n_test} test rows took {pr.train_s + pr.test_s:.1f} s "
               f"({pr.wall_s:.0f} s with the warm-up, {pr.compile_s:.0f} s of it compiling); cost ~ N_train^4 + "
               "test rows x N_train^3")
+        if fit_line:
+            print(fit_line)
         if choice.n_test < max(n_test):
             n_test = [min(m, choice.n_test) for m in n_test]
             print(f"  test rows: the first {choice.n_test} of each test set (the time budget; seeded, fixed)")
