@@ -70,8 +70,8 @@ class FitProbe:
 
     ``step_s``: one step, compilation excluded; ``compile_s``: the first step's extra time; ``steps``:
     the evaluations a fit is charged. ``seconds(N) = compile_s + steps step_s (N / N_p)^4`` (a step
-    computes the training block's four-point values on the fixed rule; measured on the diabetes rows
-    from 4 rows, the step grew 2.9x to 6 rows and 13.5x to 8, against ``(N / 4)^4`` = 5.1 and 16).
+    computes the training block's four-point values on the fixed rule; measured in ``docs/cli.md``:
+    from 4 rows the step grew 2.7x to 6 rows and 11x to 8, against ``(N / 4)^4`` = 5.1 and 16).
     """
 
     n_train: int
