@@ -433,10 +433,10 @@ def test_regress_probe_uses_the_fitted_hyperparameters(real_csv, capsys, monkeyp
 def test_regress_budgets_the_finite_width_fit(real_csv, capsys, monkeypatch):
     """--fit-evidence finite-width: a step of the fit is timed on FIT_PROBE_ROWS rows with the GP fit's values
     (the fit's start), and the rows chosen leave time for FIT_STEPS such steps (the fit is then run, here
-    replaced by the GP fit: its cost is not under test)."""
+    replaced by its start, the GP fit: its cost is not under test). The 10-row pool would be used whole without a probe
+    under --fit-evidence gp; here it is probed."""
     from ngp.cli import _hyper, _regress
 
-    monkeypatch.setattr(_regress, "PROBE_TRAIN", 2)
     monkeypatch.setattr(_regress, "MIN_TRAIN", 2)
     model = _budget.CostModel(_budget.Probe(2, 2, 0.0, 0.0, 0.0, 1.0))  # free: all 10 rows fit without the fit
     monkeypatch.setattr(_regress, "_probe", lambda *a, **k: model)
@@ -448,13 +448,13 @@ def test_regress_budgets_the_finite_width_fit(real_csv, capsys, monkeypatch):
 
     def probe_step(step, n, steps):
         step(n)
-        return _budget.FitProbe(n, 0.1, 0.0, steps)  # a step on 4 rows takes 0.1 s
+        return _budget.FitProbe(n, 1.0, 0.0, steps)  # a step on 4 rows takes 1 s
 
     inner = _hyper.fit_hyperparameters
 
     def fit(*args, finite_width, **kwargs):
         fitted.append((args[1].shape[0], finite_width))
-        return inner(*args, finite_width=False, **kwargs)
+        return seen[0][1] if finite_width else inner(*args, finite_width=False, **kwargs)
 
     monkeypatch.setattr(_regress, "fit_step_work", step_work)
     monkeypatch.setattr(_budget, "probe_step", probe_step)
@@ -465,11 +465,11 @@ def test_regress_budgets_the_finite_width_fit(real_csv, capsys, monkeypatch):
     assert rc == 0
     ((shape, hyper),) = seen
     assert shape[0] == 10 and hyper.source == "fitted"  # the GP fit of the pool, the finite-width fit's start
-    # FIT_STEPS steps of 0.1 s x (N / 4)^4: 8 rows 80 s, 9 rows 128 s (the GP fit spends a few of the 120 s)
+    # FIT_STEPS steps of 1 s x (N / 4)^4: 4 rows 50 s, 5 rows 122 s (the GP fit spends a few of the 120 s)
     assert _regress.FIT_STEPS == 50
-    assert "training rows: 8 of 10 (time budget: 8 rows take an estimated 80 s, 9 rows 128 s" in out, out
-    assert fitted == [(10, False), (8, True)]
-    assert "a step of the finite-width evidence fit on 4 rows took 0.1 s" in out
+    assert "training rows: 4 of 10 (time budget: 4 rows take an estimated 50 s, 5 rows 122 s" in out, out
+    assert fitted == [(10, False), (4, True)]
+    assert "a step of the finite-width evidence fit on 4 rows took 1.0 s" in out
 
 
 def test_fit_step_work_is_a_step_of_the_finite_width_fit():
@@ -538,14 +538,14 @@ def test_regress_hyperparameters_and_scaling_do_not_depend_on_n_train(real_csv, 
     """Two runs that differ only in --n-train fit the same hyperparameters on the same pool rows, and their
     baseline row (the training rows' mean and variance, in the target's units) is computed from the raw CSV."""
     runs = {}
-    for n in (3, 6):
+    for n in (2, 4):
         out_json = tmp_path / f"res{n}.json"
         assert main(["regress", real_csv, "--n-train", str(n), "--n-test", "2", "--width", "8", "--json",
                      str(out_json), "--quiet"]) == 0
         runs[n] = json.loads(out_json.read_text())["splits"][0]
     capsys.readouterr()
-    assert runs[3]["hyperparameters"] == runs[6]["hyperparameters"]
-    assert runs[3]["fit_lines"] == runs[6]["fit_lines"] and runs[3]["test_lines"] == runs[6]["test_lines"]
+    assert runs[2]["hyperparameters"] == runs[4]["hyperparameters"]
+    assert runs[2]["fit_lines"] == runs[4]["fit_lines"] and runs[2]["test_lines"] == runs[4]["test_lines"]
     data = read_table(real_csv)
     lines = list(data.lines)
     unit = 1e300  # the fixture's scale: the formulas below would overflow in the CSV's own units

@@ -143,14 +143,14 @@ def fit_step_work(args, Xp, yp, hyper):
 
 
 def _probe(args, Xp, yp, Xt, progress, hyper=None):
-    """Time the finite-width computation on PROBE_TRAIN rows and PROBE_TEST test rows (after the warm-up),
-    with the hyperparameters ``hyper`` (the quadrature's cost depends on them: larger ``C_W`` means
-    larger variances and more nodes)."""
+    """Time the finite-width computation on PROBE_TRAIN rows (fewer in a smaller pool) and PROBE_TEST test
+    rows (after the warm-up), with the hyperparameters ``hyper`` (the quadrature's cost depends on them:
+    larger ``C_W`` means larger variances and more nodes)."""
     work = probe_work(args, Xp, yp, Xt, hyper)
-    m = min(PROBE_TEST, len(Xt))
-    warm = (min(PROBE_WARMUP[0], PROBE_TRAIN), min(PROBE_WARMUP[1], m))
-    probe, _ = progress.run(f"probe: timing {PROBE_TRAIN} training and {m} test rows (after a warm-up on {warm[0]})",
-                            lambda: _budget.probe(work, PROBE_TRAIN, m, warmup=warm))
+    n, m = min(PROBE_TRAIN, len(Xp)), min(PROBE_TEST, len(Xt))
+    warm = (min(PROBE_WARMUP[0], n), min(PROBE_WARMUP[1], m))
+    probe, _ = progress.run(f"probe: timing {n} training and {m} test rows (after a warm-up on {warm[0]})",
+                            lambda: _budget.probe(work, n, m, warmup=warm))
     return _budget.CostModel(probe)
 
 
@@ -282,7 +282,7 @@ def run(args) -> int:
             raise CLIError(f"--n-train {args.n_train} exceeds the {pool}-row training pool "
                            "(lower --test-fraction or --folds to enlarge it)")
         n_train, why = args.n_train, "--n-train"
-    elif min(pool, args.max_train) <= PROBE_TRAIN + 4:
+    elif min(pool, args.max_train) <= PROBE_TRAIN + 4 and (args.fixed or args.fit_evidence != "finite-width"):
         n_train, why = min(pool, args.max_train), "all rows of the small training pool (no timing probe needed)"
     else:
         hyper0 = None
