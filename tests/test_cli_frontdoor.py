@@ -385,6 +385,26 @@ def test_regress_end_to_end(real_csv, tmp_path, capsys):
     assert split["test_lines"] == lines[test[:2]].tolist()
 
 
+def test_regress_folds_end_to_end(real_csv, tmp_path, capsys):
+    """--folds 3: each fold's pool (the other folds' rows) sets its scaling and hyperparameters, its posterior uses
+    the pool's first --n-train rows, and the table shows mean ± standard error over the folds."""
+    out_json = tmp_path / "res.json"
+    rc = main(["regress", real_csv, "--folds", "3", "--n-train", "4", "--n-test", "2", "--width", "4", "--fixed",
+               "--json", str(out_json), "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    splits = json.loads(out_json.read_text())["splits"]
+    assert [s["fold"] for s in splits] == [1, 2, 3]
+    lines = set(range(2, 16)) - {14, 15}  # the 12 complete rows' line numbers
+    for s in splits:
+        assert len(s["fit_lines"]) == 8 and s["train_lines"] == s["fit_lines"][:4] and len(s["test_lines"]) == 2
+        assert not set(s["fit_lines"]) & set(s["test_lines"]) and set(s["fit_lines"]) | set(s["test_lines"]) <= lines
+    pools = [set(s["fit_lines"]) for s in splits]
+    assert all(len(a & b) == 4 for i, a in enumerate(pools) for b in pools[i + 1:])  # 3 folds of 4 rows
+    assert "3-fold cross-validation" in out and "±" in out
+    assert "± inf" not in out and "± nan" not in out  # targets of order 1e300: no overflow in the spread
+
+
 def test_regress_budget_path_reports_rows_and_why(real_csv, capsys, monkeypatch):
     """The probe is replaced by a known cost model; the run then uses the rows the budget affords."""
     from ngp.cli import _regress

@@ -202,8 +202,10 @@ def _aggregate(fold_rows: list[list], truth: bool) -> list[dict]:
             vals = np.array([getattr(r, attr) for r in rows if getattr(r, attr) is not None], dtype=float)
             if vals.size == 0:
                 return "-"
-            se = vals.std(ddof=1) / math.sqrt(vals.size) if vals.size > 1 else 0.0
-            return f"{format(vals.mean(), spec)} ± {format(se, '.2g')}"
+            unit = float(np.max(np.abs(vals))) or 1.0  # targets of order 1e300: no overflow in the squares
+            u = vals / unit
+            se = unit * u.std(ddof=1) / math.sqrt(vals.size) if vals.size > 1 else 0.0
+            return f"{format(unit * u.mean(), spec)} ± {format(se, '.2g')}"
 
         c["test RMSE"], c["test log-lik"] = pm("rmse", ".4g"), pm("loglik", ".3f")
         c["log evidence"] = pm("log_evidence", ".3f")
