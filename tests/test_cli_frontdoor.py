@@ -490,6 +490,13 @@ def test_regress_budgets_the_finite_width_fit(real_csv, capsys, monkeypatch):
     assert "training rows: 4 of 10 (time budget: 4 rows take an estimated 50 s, 5 rows 122 s" in out, out
     assert fitted == [(10, False), (4, True)]
     assert "a step of the finite-width evidence fit on 4 rows took 1.0 s" in out
+    # --n-train: no budget, but the fit's estimate is printed before it starts
+    fitted.clear()
+    rc = main(["regress", real_csv, "--n-test", "2", "--width", "4", "--fit-evidence", "finite-width",
+               "--n-train", "8", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and fitted == [(10, False), (8, True)] and "training rows: 8 of 10 (--n-train)" in out
+    assert "took 1.0 s (0 s compiling before); a fit is charged 50 steps ~ N_train^4; at 8 rows about 800 s" in out
 
 
 def test_fit_step_work_is_a_step_of_the_finite_width_fit():

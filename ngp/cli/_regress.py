@@ -250,7 +250,7 @@ def run(args) -> int:
 
     # ---------------------------------------------------------------- how many training rows
     model, explicit = None, args.n_train is not None
-    fits = {}
+    fits, fit_probe = {}, None  # fit_probe: the timed step of a --fit-evidence finite-width fit
 
     def fitting_rows(p, t):
         """The pool's first ``--max-train`` rows (or ``--n-train``, when larger) and the test rows, standardised by
@@ -267,8 +267,7 @@ def run(args) -> int:
         key = (X.tobytes(), y.tobytes(), X.shape, finite_width)
         if key not in fits:
             what = "training rows" if finite_width else "training-pool rows"
-            est = "" if not finite_width or model is None or model.fit is None else \
-                f", estimated {model.fit.seconds(len(X)):.0f} s"
+            est = "" if not finite_width or fit_probe is None else f", estimated {fit_probe.seconds(len(X)):.0f} s"
             stage = ("hyperparameters" if args.fixed else
                      f"fitting hyperparameters (maximum {'finite-width' if finite_width else 'GP'} evidence of "
                      f"{len(X)} {what}{est})")
@@ -284,6 +283,9 @@ def run(args) -> int:
             raise CLIError(f"--n-train {args.n_train} exceeds the {pool}-row training pool "
                            "(lower --test-fraction or --folds to enlarge it)")
         n_train, why = args.n_train, "--n-train"
+        if args.fit_evidence == "finite-width" and not args.fixed:  # no budget, but the fit's cost is said
+            fit_probe, fit_line = _probe_fit(args, Xp, yp, progress, fit(Xp, yp, False))
+            print(f"{fit_line}; at {n_train} rows about {fit_probe.seconds(n_train):.0f} s per fold")
     elif min(pool, args.max_train) <= PROBE_TRAIN + 4 and (args.fixed or args.fit_evidence != "finite-width"):
         n_train, why = min(pool, args.max_train), "all rows of the small training pool (no timing probe needed)"
     else:
@@ -292,8 +294,8 @@ def run(args) -> int:
             hyper0 = fit(Xp, yp, False)
         model, fit_line = _probe(args, Xp, yp, Xt, progress, hyper0), None
         if args.fit_evidence == "finite-width" and not args.fixed:  # its steps cost training blocks: budgeted too
-            step, fit_line = _probe_fit(args, Xp, yp, progress, hyper0)
-            model = dataclasses.replace(model, fit=step)
+            fit_probe, fit_line = _probe_fit(args, Xp, yp, progress, hyper0)
+            model = dataclasses.replace(model, fit=fit_probe)
         spent = time.perf_counter() - t_start
         choice = _budget.choose(model, pool=pool, n_test=max(n_test), budget_s=args.time_budget, cap=args.max_train,
                                 minimum=MIN_TRAIN, folds=len(splits), spent_s=spent)
