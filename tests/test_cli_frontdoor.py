@@ -393,8 +393,13 @@ def test_regress_folds_end_to_end(real_csv, tmp_path, capsys):
                "--json", str(out_json), "--quiet"])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    splits = json.loads(out_json.read_text())["splits"]
+    res = json.loads(out_json.read_text())
+    splits = res["splits"]
     assert [s["fold"] for s in splits] == [1, 2, 3]
+    for k, model in enumerate(r["model"] for r in splits[0]["rows"]):  # mean ± standard error, in units of 1e300
+        v = np.array([s["rows"][k]["rmse"] for s in splits]) / 1e300
+        want = f"{format(1e300 * v.mean(), '.4g')} ± {format(1e300 * v.std(ddof=1) / math.sqrt(3), '.2g')}"
+        assert res["table"][k]["test RMSE"] == want, model
     lines = set(range(2, 16)) - {14, 15}  # the 12 complete rows' line numbers
     for s in splits:
         assert len(s["fit_lines"]) == 8 and s["train_lines"] == s["fit_lines"][:4] and len(s["test_lines"]) == 2
