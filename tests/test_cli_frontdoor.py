@@ -1,0 +1,705 @@
+"""The command line as a new user meets it (issue 16, issue 10 item 4, issue 15 item 6).
+
+Most checks run without any finite-width computation (CSV reading, options, splits, the budget
+rule, the tables). The end-to-end runs share one array shape (4 training rows, 2 test rows,
+2 features), so JAX compiles once per test session.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+
+from ngp.cli import _budget, _parser, main
+from ngp.cli._common import CLIError, memory_size, table
+from ngp.cli._compare import ESS_MIN, Row, cells, notes
+from ngp.cli._csv import read_table
+from ngp.cli._regress import _aggregate, _largest_fitting, _splits, check_extreme
+from ngp.datasets import standardize
+
+
+def _one_error_line(capsys, rc):
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def _write(tmp_path, text, name="data.csv", encoding="utf-8"):
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding) if isinstance(text, str) else text)
+    return str(path)
+
+
+def _csv_rows(n=12, seed=0, scale_x=1.0, scale_y=1.0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 2))
+    y = np.sin(X[:, 0]) + 0.5 * X[:, 1]
+    return [(a, b * scale_x, t * scale_y) for (a, b), t in zip(X, y)]
+
+
+# ----------------------------------------------------------------------------- CSV reading
+def test_csv_r_style_quoted_header_row_labels_and_na_cells(tmp_path):
+    lines = ['"","a","b","target"']
+    for i, (a, b, t) in enumerate(_csv_rows(8), start=1):
+        lines.append(f'"{i}",{a},{b},{t}')
+    lines += ['"9",NA,1.0,2.0', '"10",1.0,,2.0', '"11",1.0,2.0,nan']
+    t = read_table(_write(tmp_path, "\n".join(lines) + "\n"), target="target")
+    assert t.features == ("a", "b") and t.target == "target"
+    assert t.X.shape == (8, 2) and t.rows_read == 11 and t.dropped_lines == (10, 11, 12)
+    assert any("row labels" in n for n in t.notes) and any("3 of 11 rows dropped" in n for n in t.notes)
+    assert np.allclose(t.y, [r[2] for r in _csv_rows(8)])
+
+
+def test_csv_semicolon_with_decimal_commas_tabs_and_bom(tmp_path):
+    semi = "x;y\n" + "".join(f"{i},5;{2 * i},25\n" for i in range(5))
+    t = read_table(_write(tmp_path, semi))
+    assert t.delimiter == ";" and np.allclose(t.X[:, 0], np.arange(5) + 0.5) and np.allclose(t.y, 2 * np.arange(5) + 0.25)
+    tab = "\ufeffx\ty\n" + "".join(f"{i}\t{i * i}\n" for i in range(4))
+    t = read_table(_write(tmp_path, tab, "tab.tsv"))
+    assert t.delimiter == "\t" and t.features == ("x",) and np.allclose(t.y, np.arange(4) ** 2)
+
+
+def test_csv_target_defaults_to_last_column_features_and_ignore(tmp_path):
+    path = _write(tmp_path, "a,name,b,y\n1,u,2,3\n4,v,5,6\n7,w,8,9\n")
+    with pytest.raises(CLIError, match=r"column 'name' has a non-numeric value 'u' on line 2; choose"):
+        read_table(path)
+    t = read_table(path, ignore=["name"])
+    assert t.target == "y" and t.features == ("a", "b")
+    t = read_table(path, features=["b"], target="a")
+    assert t.features == ("b",) and np.allclose(t.y, [1, 4, 7])
+
+
+@pytest.mark.parametrize(
+    "content,kwargs,message",
+    [
+        ("a,b\n1,2\n2,3\n3,4\n", {"target": "y"}, "--target: column 'y' not in"),
+        ("a,b,a\n1,2,3\n", {}, "duplicate column"),
+        ("a,y\n1,2\n3\n4,5\n", {}, "line 3 has 1 fields"),
+        ("a,y\n1,2\n3,inf\n4,5\n", {}, "column 'y' has the non-finite value 'inf' on line 3"),
+        ("a,y\n1,2\nNA,3\n", {}, "1 complete rows"),
+        ("a,y\n1,2\n", {"features": ["y"]}, "cannot also be a feature"),
+    ],
+)
+def test_csv_errors_name_line_and_column(tmp_path, content, kwargs, message):
+    with pytest.raises(CLIError, match=message):
+        read_table(_write(tmp_path, content), **kwargs)
+
+
+def test_csv_latin1_byte_exits_2_with_one_line(tmp_path, capsys):
+    path = _write(tmp_path, "a,temp\u00e9rature\n1,2\n3,4\n5,6\n", encoding="latin-1")
+    line = _one_error_line(capsys, main(["regress", path]))
+    assert "not UTF-8" in line and "byte 0xe9 on line 1" in line
+
+
+# ----------------------------------------------------------------------------- options
+def _regress_parser():
+    p = _parser()
+    return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices["regress"]
+
+
+@pytest.mark.parametrize("sub", ["regress", "demo"])
+def test_help_explains_every_option_with_its_default(sub):
+    p = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[sub]
+    for action in p._actions:
+        if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, action.dest
+        flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreConstAction))
+        if action.option_strings and not flag and action.default not in (None,):
+            assert "default" in action.help, (action.dest, action.help)
+        for opt in action.option_strings:
+            assert "_" not in opt, f"{opt}: options are hyphenated"
+    text = " ".join(p.format_help().split())
+    assert "--C_W" not in text and "--C_b" not in text and "--no-truth" not in text
+    if sub == "regress":
+        assert "variance in standardised target units" in text and "N_train^4" in text
+
+
+def test_old_option_spellings_still_work():
+    args = _parser().parse_args(["regress", "x.csv", "--C_W", "1.5", "--C_b", "0.2", "--no-truth"])
+    assert args.c_w == 1.5 and args.c_b == 0.2 and args.truth == 0
+    args = _parser().parse_args(["regress", "x.csv", "--c-w", "2", "--width", "8,32", "--max-memory", "8G"])
+    assert args.c_w == 2.0 and args.width == [8, 32] and args.max_memory == 8 * 1024**3
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--noise", "nan"], "--noise: expected a finite number"),
+        (["--noise", "-1"], "--noise: expected a number > 0"),
+        (["--four-point-order", "0"], "--four-point-order: expected an integer >= 2"),
+        (["--width", "0"], "--width: expected an integer >= 1"),
+        (["--max-memory", "lots"], "--max-memory: expected a size"),
+        (["--test-fraction", "1.5"], "--test-fraction: expected a number <= 0.9"),
+        (["--c-w", "inf"], "--c-w: expected a finite number"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(tmp_path, capsys, argv, message):
+    rc = main(["regress", _write(tmp_path, "a,y\n1,2\n3,4\n5,6\n"), *argv])
+    assert message in _one_error_line(capsys, rc)
+
+
+def test_json_pointing_at_a_directory_or_missing_folder(tmp_path, capsys):
+    data = _write(tmp_path, "a,y\n1,2\n3,4\n5,6\n")
+    for target, message in ((tmp_path, "is a directory"), (tmp_path / "nope" / "r.json", "does not exist")):
+        rc = main(["regress", data, "--json", str(target)])
+        assert message in _one_error_line(capsys, rc)
+
+
+@pytest.mark.parametrize(
+    "content,argv,message",
+    [
+        (None, [], "no such file"),
+        ("a,y\n1,2\n3,4\n5,6\n", ["--activation", "nope"], "unknown activation"),
+        ("a,y\n1,2\n3,4\n5,6\n", ["--n-train", "5"], "exceeds the 2-row training pool"),
+        ("a,y\n1,2\n3,4\n5,6\n", ["--folds", "9"], "more folds"),
+        ("a,b\n1,2\nx,3\n4,5\n", [], "column 'a' has a non-numeric value 'x' on line 3"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, content, argv, message):
+    path = str(tmp_path / "missing.csv") if content is None else _write(tmp_path, content)
+    assert message in _one_error_line(capsys, main(["regress", path, *argv]))
+
+
+def test_memory_sizes():
+    assert memory_size("512M") == 512 * 1024**2 and memory_size("2.5GB") == int(2.5 * 1024**3)
+    assert memory_size("4GiB") == 4 * 1024**3 and memory_size(str(2**30)) == 2**30
+    with pytest.raises(argparse.ArgumentTypeError):
+        memory_size("100K")  # below 1M
+
+
+# ----------------------------------------------------------------------------- splits, budget, memory
+def test_split_is_fixed_by_the_seed_and_independent_of_n_train():
+    a = argparse.Namespace(seed=3, folds=None, test_fraction=0.2, n_train=None)
+    b = argparse.Namespace(seed=3, folds=None, test_fraction=0.2, n_train=10)
+    (pa, ta), (pb, tb) = _splits(50, a)[0], _splits(50, b)[0]
+    assert np.array_equal(ta, tb) and np.array_equal(pa, pb) and len(ta) == 10
+    assert sorted(np.concatenate([pa, ta]).tolist()) == list(range(50))
+    folds = _splits(23, argparse.Namespace(seed=0, folds=4, test_fraction=0.2))
+    tests = np.concatenate([t for _, t in folds])
+    assert sorted(tests.tolist()) == list(range(23))
+    for pool, test in folds:
+        assert not set(pool) & set(test) and len(pool) + len(test) == 23
+
+
+def _model(train_s=1.0, test_s=0.2, compile_s=5.0):
+    return _budget.CostModel(_budget.Probe(8, 2, train_s, test_s, compile_s, 0.0))
+
+
+def test_cost_model_extrapolates_n4_for_training_and_n3_per_test_row():
+    m = _model()
+    assert math.isclose(m.training(16), 16.0) and math.isclose(m.per_test(16), 0.1 * 8)
+    assert math.isclose(m.estimate(16, 10, folds=2), 5.0 + 2 * (16.0 + 10 * 0.8))
+
+
+def test_cost_model_charges_the_finite_width_fit():
+    """With a FitProbe each fold also pays the fit: compile + steps x step seconds x (N / N_p)^4."""
+    fit = _budget.FitProbe(4, 0.5, 3.0, 10)
+    assert math.isclose(fit.seconds(4), 3.0 + 10 * 0.5) and math.isclose(fit.seconds(8), 3.0 + 5.0 * 16)
+    m = dataclasses.replace(_model(), fit=fit)
+    assert math.isclose(m.estimate(16, 10, folds=2), 5.0 + 2 * (fit.seconds(16) + 16.0 + 10 * 0.8))
+    c = _budget.choose(m, pool=200, n_test=20, budget_s=400.0, cap=64, minimum=8)
+    plain = _budget.choose(_model(), pool=200, n_test=20, budget_s=400.0, cap=64, minimum=8)
+    assert m.estimate(c.n_train, 20) <= 400.0 < m.estimate(c.n_train + 1, 20) and c.n_train < plain.n_train
+
+
+def test_probe_step_times_the_second_call():
+    calls = []
+
+    def step(n):
+        calls.append(n)
+        time.sleep(0.3 if len(calls) == 1 else 0.05)
+
+    fp = _budget.probe_step(step, 4, 50)
+    assert calls == [4, 4] and (fp.n_train, fp.steps) == (4, 50)
+    assert 0.04 <= fp.step_s < 0.2 and 0.2 <= fp.compile_s < 0.3
+
+
+def test_budget_picks_the_largest_affordable_training_set():
+    m = _model()
+    budget = 60.0
+    c = _budget.choose(m, pool=200, n_test=20, budget_s=budget, cap=64, minimum=8, spent_s=10.0)
+    assert c.n_test == 20 and m.estimate(c.n_train, 20) <= budget - 10.0 < m.estimate(c.n_train + 1, 20)
+    assert "time budget" in c.reason and f"{c.n_train + 1} rows" in c.reason
+    c = _budget.choose(m, pool=30, n_test=2, budget_s=1e9, cap=64, minimum=8)
+    assert c.n_train == 30 and "all 30 training-pool rows" in c.reason
+    c = _budget.choose(m, pool=300, n_test=2, budget_s=1e9, cap=64, minimum=8)
+    assert c.n_train == 64 and "--max-train" in c.reason
+    c = _budget.choose(m, pool=300, n_test=2, budget_s=1.0, cap=64, minimum=8)
+    assert (c.n_train, c.n_test) == (8, 2) and "more than" in c.reason
+    # many test rows: the minimum training set with as many test rows as fit (5 + 1 + 0.1 M <= 10)
+    c = _budget.choose(m, pool=300, n_test=100, budget_s=10.0, cap=64, minimum=8)
+    assert (c.n_train, c.n_test) == (8, 40) and "40 of the 100 test rows" in c.reason
+    c = _budget.choose(m, pool=300, n_test=100, budget_s=7.0, cap=64, minimum=8)
+    assert (c.n_train, c.n_test) == (8, 20) and "more than" in c.reason
+
+
+def test_probe_separates_compilation_from_computation():
+    import jax
+    import jax.numpy as jnp
+
+    def work(nt, mt, mark):
+        jax.jit(lambda x: jnp.sin(x) * nt + mt)(jnp.ones(7)).block_until_ready()  # compiles
+        time.sleep(0.05)
+        mark()
+        time.sleep(0.1)
+
+    p = _budget.probe(work, 8, 2)
+    assert p.compile_s > 0 and p.n_train == 8 and p.n_test == 2
+    assert p.test_s >= 0.09 and p.train_s >= 0.04
+    assert p.wall_s >= p.train_s + p.test_s + p.compile_s - 1e-6
+
+
+def test_probe_warm_up_is_paid_but_not_timed():
+    """The warm-up's compilation counts in ``compile_s`` and its time in ``wall_s``; the timings are
+    the timed run's alone (here 0.05 s + 0.1 s against a 0.3 s warm-up)."""
+    import jax
+    import jax.numpy as jnp
+
+    sizes = []
+
+    def work(nt, mt, mark):
+        sizes.append((nt, mt))
+        if nt == 4:  # the warm-up: compiles and is slow
+            jax.jit(lambda x: jnp.cos(x) * 3.0 + 1.0)(jnp.ones(5)).block_until_ready()
+            time.sleep(0.3)
+        time.sleep(0.05)
+        mark()
+        time.sleep(0.1)
+
+    p = _budget.probe(work, 16, 2, warmup=(4, 1))
+    assert sizes == [(4, 1), (16, 2)] and (p.n_train, p.n_test) == (16, 2)
+    assert p.compile_s > 0
+    assert 0.04 <= p.train_s < 0.25 and 0.09 <= p.test_s < 0.25
+    assert p.wall_s >= 0.3 + p.train_s + p.test_s
+
+
+def test_regress_probe_runs_a_warm_up_then_times_the_probe_size(monkeypatch):
+    """The CLI's probe warms up on PROBE_WARMUP rows, then times PROBE_TRAIN training rows."""
+    from ngp.cli import _regress
+
+    calls = []
+
+    def fake_probe(work, n_train, n_test, *, warmup=None):
+        calls.append((n_train, n_test, warmup))
+        return _budget.Probe(n_train, n_test, 1.0, 0.1, 0.0, 1.0)
+
+    class Progress:
+        def run(self, label, fn):
+            return fn(), 0.0
+
+    monkeypatch.setattr(_budget, "probe", fake_probe)
+    args = argparse.Namespace(width=[8], noise=0.1, max_memory=None, four_point_order=None, depth=2,
+                              activation="tanh", c_w=1.0, c_b=0.0)
+    X = np.zeros((30, 2))
+    model = _regress._probe(args, X, X[:, :1], X[:1], Progress())
+    assert calls == [(_regress.PROBE_TRAIN, 1, (_regress.PROBE_WARMUP[0], 1))]
+    assert model.probe.n_train == _regress.PROBE_TRAIN > _regress.PROBE_WARMUP[0]
+
+
+def test_memory_limit_reduces_the_training_set():
+    need = lambda n: 1000 * n**4  # noqa: E731
+    n, m = _largest_fitting(64, need, 1000 * 20**4)
+    assert n == 20 and m == need(20)
+    assert _largest_fitting(10, need, 1e12) == (10, need(10))
+
+
+# ----------------------------------------------------------------------------- numbers and tables
+def test_standardize_is_overflow_safe():
+    X = np.array([[1e300, 1.0], [-2e300, 1.0], [3e300, 1.0]])
+    Z, Zo, (mu, sd) = standardize(X, np.array([[0.0, 2.0]]))
+    assert np.all(np.isfinite(Z)) and np.allclose(Z.mean(axis=0), 0) and np.allclose(Z[:, 0].std(), 1)
+    assert np.allclose(Z[:, 1], 0) and np.allclose(Zo[0, 1], 1.0) and np.all(np.isfinite(mu * 0 + sd))
+    assert np.allclose((X - mu) / sd, Z)
+
+
+def test_extreme_test_input_is_refused_with_its_column_and_line():
+    with pytest.raises(CLIError, match=r"column 'b' on line 7 lies 1e\+300"):
+        check_extreme(np.array([[0.1, 0.2], [0.3, 1e300]]), np.array([5, 7]), ("a", "b"))
+    check_extreme(np.array([[0.1, 30.0]]), np.array([2]), ("a", "b"))
+
+
+def test_unreliable_reference_and_expansion_are_marked_in_the_table():
+    row = Row("finite width n=2", rmse=1.0, loglik=-1.0, log_evidence=-3.0, expansion=0.8, truth_gap=0.178,
+              truth_se=0.07, truth_ess=5.0, gp_truth_gap=0.2)
+    c = cells(row, truth=True)
+    assert c["|mean-IS|"] == "unreliable (ESS 5)" and c["1/n size"].endswith("(!)")
+    row.truth_ess, row.expansion = 5 * ESS_MIN, 0.01
+    c = cells(row, truth=True)
+    assert c["|mean-IS|"] == "0.18 ± 0.07" and "(!)" not in c["1/n size"]
+    row.flags = ["unreliable: 1/n expansion parameter 0.8 > 0.3"]
+    lines = notes([row], ["ngp: the 1/n expansion parameter max|V|/(n K^2) = 0.8 exceeds 0.3", "other"], 2.0)
+    assert any("share one computation" in ln for ln in lines)
+    assert sum("expansion parameter" in ln for ln in lines) == 1 and "warning: other" in lines
+
+
+def test_folds_are_summarised_as_mean_and_standard_error():
+    folds = [[Row("GP", rmse=r, loglik=-r, log_evidence=None, expansion=e, time_s=1.0)]
+             for r, e in ((1.0, 0.1), (3.0, 0.5))]
+    (c,) = _aggregate(folds, truth=False)
+    assert c["test RMSE"] == "2 ± 1" and c["log evidence"] == "-" and c["1/n size"] == "0.5 (!)"
+    assert c["time [s]"] == "2.0"
+    assert table([c], ["model", "test RMSE"]).splitlines()[2].startswith("GP")
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.fixture
+def real_csv(tmp_path):
+    """A CSV as R writes it (quoted header, row labels), with NA cells and values of order 1e300."""
+    lines = ['"","a","b","target"']
+    for i, (a, b, t) in enumerate(_csv_rows(12, scale_x=1e300, scale_y=1e300), start=1):
+        lines.append(f'"{i}",{a},{b},{t}')
+    lines += ['"13",NA,1e300,2e300', '"14",1.0,,2e300']
+    return _write(tmp_path, "\n".join(lines) + "\n")
+
+
+def test_regress_end_to_end(real_csv, tmp_path, capsys):
+    out_json = tmp_path / "res.json"
+    rc = main(["regress", real_csv, "--n-train", "4", "--n-test", "2", "--width", "1", "--truth", "50",
+               "--json", str(out_json), "--quiet", "--fixed"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "14 rows read, 12 complete" in out and "2 of 14 rows dropped" in out and "row labels" in out
+    assert "training rows: 4 of 10 (--n-train)" in out
+    assert "hyperparameters: C_W=1, C_b=0, noise=0.1 (given values (--fixed))" in out
+    for name in ("baseline (training mean)", "GP (infinite width)", "finite width n=1"):
+        assert name in out
+    assert "nan" not in out.lower().replace("nats", "")
+    assert "(!)" in out and "finite width n=1: unreliable: 1/n expansion parameter" in out  # --width 1
+    assert "unreliable (ESS" in out  # 50 draws: the effective sample size is below 100
+    res = json.loads(out_json.read_text())
+    (split,) = res["splits"]
+    rows = {r["model"]: r for r in split["rows"]}
+    assert res["n_train"] == 4 and len(split["train_lines"]) == 4 and len(split["test_lines"]) == 2
+    assert all(math.isfinite(r["rmse"]) and r["rmse"] > 1e250 for r in rows.values())  # in the target's units
+    assert rows["finite width n=1"]["truth_ess"] < ESS_MIN
+    # the test rows are the seeded split's, whatever the number of training rows
+    lines = np.array([ln for ln in range(2, 16) if ln not in (14, 15)])
+    ((_, test),) = _splits(12, argparse.Namespace(seed=0, folds=None, test_fraction=0.2))
+    assert split["test_lines"] == lines[test[:2]].tolist()
+
+
+def test_regress_folds_end_to_end(real_csv, tmp_path, capsys):
+    """--folds 3: each fold's pool (the other folds' rows) sets its scaling and hyperparameters, its posterior uses
+    the pool's first --n-train rows, and the table shows mean ± standard error over the folds."""
+    out_json = tmp_path / "res.json"
+    rc = main(["regress", real_csv, "--folds", "3", "--n-train", "4", "--n-test", "2", "--width", "4", "--fixed",
+               "--json", str(out_json), "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    res = json.loads(out_json.read_text())
+    splits = res["splits"]
+    assert [s["fold"] for s in splits] == [1, 2, 3]
+    for k, model in enumerate(r["model"] for r in splits[0]["rows"]):  # mean ± standard error, in units of 1e300
+        v = np.array([s["rows"][k]["rmse"] for s in splits]) / 1e300
+        want = f"{format(1e300 * v.mean(), '.4g')} ± {format(1e300 * v.std(ddof=1) / math.sqrt(3), '.2g')}"
+        assert res["table"][k]["test RMSE"] == want, model
+    lines = set(range(2, 16)) - {14, 15}  # the 12 complete rows' line numbers
+    for s in splits:
+        assert len(s["fit_lines"]) == 8 and s["train_lines"] == s["fit_lines"][:4] and len(s["test_lines"]) == 2
+        assert not set(s["fit_lines"]) & set(s["test_lines"]) and set(s["fit_lines"]) | set(s["test_lines"]) <= lines
+    pools = [set(s["fit_lines"]) for s in splits]
+    assert all(len(a & b) == 4 for i, a in enumerate(pools) for b in pools[i + 1:])  # 3 folds of 4 rows
+    assert "3-fold cross-validation" in out and "±" in out
+    assert "± inf" not in out and "± nan" not in out  # targets of order 1e300: no overflow in the spread
+
+
+def test_regress_budget_path_reports_rows_and_why(real_csv, capsys, monkeypatch):
+    """The probe is replaced by a known cost model; the run then uses the rows the budget affords."""
+    from ngp.cli import _regress
+
+    monkeypatch.setattr(_regress, "PROBE_TRAIN", 2)
+    monkeypatch.setattr(_regress, "MIN_TRAIN", 2)
+    model = _budget.CostModel(_budget.Probe(2, 2, 1.0, 0.5, 0.0, 1.0))  # 4 rows: 16 s + 2 x 2 s = 20 s
+    monkeypatch.setattr(_regress, "_probe", lambda *a, **k: model)
+    rc = main(["regress", real_csv, "--n-test", "2", "--time-budget", "30", "--quiet", "--fixed"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "training rows: 4 of 10 (time budget: 4 rows take an estimated 20 s, 5 rows" in out
+    assert "probe: 2 training + 2 test rows" in out and "baseline (training mean)" in out
+
+
+def test_regress_probe_uses_the_fitted_hyperparameters(real_csv, capsys, monkeypatch):
+    """Without --fixed the probe runs with the GP-evidence fit on the pool (the quadrature's cost depends on
+    C_W and the noise); when the budget then takes the whole pool, the run reuses that fit (one fit in all)."""
+    from ngp.cli import _hyper, _regress
+
+    monkeypatch.setattr(_regress, "PROBE_TRAIN", 2)
+    monkeypatch.setattr(_regress, "MIN_TRAIN", 2)
+    seen, fitted = [], []
+
+    def probe(args, Xp, yp, Xt, progress, hyper=None):
+        seen.append(hyper)
+        return _budget.CostModel(_budget.Probe(2, 2, 1e-3, 1e-3, 0.0, 1.0))
+
+    inner = _hyper.fit_hyperparameters
+
+    def counted(*args, **kwargs):
+        fitted.append(args[1].shape[0])
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(_regress, "_probe", probe)
+    monkeypatch.setattr(_regress, "fit_hyperparameters", counted)
+    rc = main(["regress", real_csv, "--n-test", "2", "--width", "4", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    (hyper,) = seen
+    assert hyper is not None and hyper.source == "fitted"
+    assert "training rows: 10 of 10 (all 10 training-pool rows fit" in out
+    assert fitted == [10] and hyper.describe() in out  # the run's values are the probe's (same rows)
+
+
+def test_regress_budgets_the_finite_width_fit(real_csv, capsys, monkeypatch):
+    """--fit-evidence finite-width: a step of the fit is timed on FIT_PROBE_ROWS rows with the GP fit's values
+    (the fit's start), and the rows chosen leave time for FIT_STEPS such steps (the fit is then run, here
+    replaced by its start, the GP fit: its cost is not under test). The 10-row pool would be used whole without a probe
+    under --fit-evidence gp; here it is probed."""
+    from ngp.cli import _hyper, _regress
+
+    monkeypatch.setattr(_regress, "MIN_TRAIN", 2)
+    model = _budget.CostModel(_budget.Probe(2, 2, 0.0, 0.0, 0.0, 1.0))  # free: all 10 rows fit without the fit
+    monkeypatch.setattr(_regress, "_probe", lambda *a, **k: model)
+    seen, fitted = [], []
+
+    def step_work(args, Xp, yp, hyper):
+        seen.append((Xp.shape, hyper))
+        return lambda n: None
+
+    def probe_step(step, n, steps):
+        step(n)
+        return _budget.FitProbe(n, 1.0, 0.0, steps)  # a step on 4 rows takes 1 s
+
+    inner = _hyper.fit_hyperparameters
+
+    def fit(*args, finite_width, **kwargs):
+        fitted.append((args[1].shape[0], finite_width))
+        return seen[0][1] if finite_width else inner(*args, finite_width=False, **kwargs)
+
+    monkeypatch.setattr(_regress, "fit_step_work", step_work)
+    monkeypatch.setattr(_budget, "probe_step", probe_step)
+    monkeypatch.setattr(_regress, "fit_hyperparameters", fit)
+    rc = main(["regress", real_csv, "--n-test", "2", "--width", "4", "--fit-evidence", "finite-width",
+               "--time-budget", "120", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    ((shape, hyper),) = seen
+    assert shape[0] == 10 and hyper.source == "fitted"  # the GP fit of the pool, the finite-width fit's start
+    # FIT_STEPS steps of 1 s x (N / 4)^4: 4 rows 50 s, 5 rows 122 s (the GP fit spends a few of the 120 s)
+    assert _regress.FIT_STEPS == 50
+    assert "training rows: 4 of 10 (time budget: 4 rows take an estimated 50 s, 5 rows 122 s" in out, out
+    assert fitted == [(10, False), (4, True)]
+    assert "a step of the finite-width evidence fit on 4 rows took 1.0 s" in out
+    # --n-train: no budget, but the fit's estimate is printed before it starts
+    fitted.clear()
+    rc = main(["regress", real_csv, "--n-test", "2", "--width", "4", "--fit-evidence", "finite-width",
+               "--n-train", "8", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and fitted == [(10, False), (8, True)] and "training rows: 8 of 10 (--n-train)" in out
+    assert "took 1.0 s (0 s compiling before); a fit is charged 50 steps ~ N_train^4; at 8 rows about 800 s" in out
+
+
+def test_fit_step_work_is_a_step_of_the_finite_width_fit():
+    """The timed step is the finite-width evidence at the given hyperparameters and its gradient in their logs
+    (checked against ngp.log_evidence and central differences; a linear network keeps it fast)."""
+    import ngp
+    from ngp.cli import _hyper, _regress
+
+    args = _parser().parse_args(["regress", "x.csv", "--activation", "linear", "--width", "8", "--depth", "2"])
+    X = np.random.default_rng(0).normal(size=(6, 2))
+    y = X[:, :1] - 0.5 * X[:, 1:]
+    hyper = _hyper.Hyperparameters(1.3, 0.2, 0.4, "fitted", "")
+    step = _regress.fit_step_work(args, X, y, hyper)
+    grad, value = step(3)
+
+    def evidence(t):
+        net = ngp.MLP(2, 8, activation="linear", C_W=math.exp(t[0]), C_b=math.exp(t[1]))
+        return float(ngp.log_evidence(net, X[:3], y[:3], noise=math.exp(t[2])))
+
+    t0 = np.log([1.3, 0.2, 0.4])
+    assert float(value) == pytest.approx(evidence(t0), rel=1e-10)
+    h = 1e-5
+    fd = [(evidence(t0 + h * e) - evidence(t0 - h * e)) / (2 * h) for e in np.eye(3)]
+    np.testing.assert_allclose(np.asarray(grad), fd, rtol=1e-6, atol=1e-8)
+    fp = _budget.probe_step(step, 3, 7)
+    assert fp.n_train == 3 and fp.steps == 7 and fp.step_s > 0
+
+
+def test_regress_fits_hyperparameters_by_default(real_csv, tmp_path, capsys):
+    """Without --fixed the CLI prints the ML-II values: those of ngp.fit_hyperparameters on the training pool
+    (its first --max-train rows, standardised by them), whose GP evidence beats the given values'; the
+    table's GP evidence is that of the rows the posterior uses, at the fitted values."""
+    import ngp
+    from ngp.cli import _hyper
+
+    out_json = tmp_path / "res.json"
+    rc = main(["regress", real_csv, "--n-train", "4", "--n-test", "2", "--width", "8", "--json", str(out_json),
+               "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    res = json.loads(out_json.read_text())
+    (split,) = res["splits"]
+    hyper = split["hyperparameters"]
+    assert hyper["source"] == "fitted" and "fitted: maximum of the GP evidence of 10 training-pool rows" in out
+    assert f"hyperparameters: C_W={hyper['C_W']:.4g}, C_b={hyper['C_b']:.4g}, noise={hyper['noise']:.4g}" in out
+    data = read_table(real_csv)
+    lines = list(data.lines)
+    pool = [lines.index(ln) for ln in split["fit_lines"]]
+    assert len(pool) == 10 and split["fit_lines"][:4] == split["train_lines"]
+    Xf = standardize(data.X[pool])[0]
+    yf = standardize(data.y[pool, None])[0]
+    net = ngp.MLP(3, 8, activation="tanh", C_W=1.0, C_b=0.0)
+    fit = ngp.fit_hyperparameters(net, Xf, yf, noise=0.1, finite_width=False, num_starts=_hyper.NUM_STARTS,
+                                  seed=0, max_iter=_hyper.MAX_ITER)
+    np.testing.assert_allclose([hyper["C_W"], hyper["C_b"], hyper["noise"]], [fit.C_W[0], fit.C_b[0], fit.noise],
+                               rtol=1e-8)
+    given = float(ngp.log_evidence(net, Xf, yf, noise=0.1, finite_width=False))
+    assert hyper["log_evidence"] >= given
+    fitted = ngp.MLP(3, 8, activation="tanh", C_W=hyper["C_W"], C_b=hyper["C_b"])
+    used = float(ngp.log_evidence(fitted, Xf[:4], yf[:4], noise=hyper["noise"], finite_width=False))
+    gp_row = next(r for r in split["rows"] if r["model"].startswith("GP"))
+    assert gp_row["log_evidence"] == pytest.approx(used, rel=1e-6)
+
+
+def test_regress_hyperparameters_and_scaling_do_not_depend_on_n_train(real_csv, tmp_path, capsys):
+    """Two runs that differ only in --n-train fit the same hyperparameters on the same pool rows, and their
+    baseline row (the training rows' mean and variance, in the target's units) is computed from the raw CSV."""
+    runs = {}
+    for n in (2, 4):
+        out_json = tmp_path / f"res{n}.json"
+        assert main(["regress", real_csv, "--n-train", str(n), "--n-test", "2", "--width", "8", "--json",
+                     str(out_json), "--quiet"]) == 0
+        runs[n] = json.loads(out_json.read_text())["splits"][0]
+    capsys.readouterr()
+    assert runs[2]["hyperparameters"] == runs[4]["hyperparameters"]
+    assert runs[2]["fit_lines"] == runs[4]["fit_lines"] and runs[2]["test_lines"] == runs[4]["test_lines"]
+    data = read_table(real_csv)
+    lines = list(data.lines)
+    unit = 1e300  # the fixture's scale: the formulas below would overflow in the CSV's own units
+    for n, split in runs.items():
+        y_tr = data.y[[lines.index(ln) for ln in split["train_lines"]]] / unit
+        y_te = data.y[[lines.index(ln) for ln in split["test_lines"]]] / unit
+        base = next(r for r in split["rows"] if r["model"].startswith("baseline"))
+        assert len(y_tr) == n
+        assert base["rmse"] / unit == pytest.approx(np.sqrt(np.mean((y_te - y_tr.mean()) ** 2)), rel=1e-10)
+        var = y_tr.var()
+        loglik = np.mean(-0.5 * np.log(2 * np.pi * var) - 0.5 * (y_te - y_tr.mean()) ** 2 / var) - np.log(unit)
+        assert base["loglik"] == pytest.approx(loglik, rel=1e-10)
+
+
+# ----------------------------------------------------------------------------- README and notebooks
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.validation
+def test_readme_quick_start_prints_its_results(tmp_path):
+    """The README's quick start, run as a script, prints every result (fewer importance samples here)."""
+    import os
+    import subprocess
+    import sys
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Quick start", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert "num_samples=100_000" in block
+    script = tmp_path / "quick_start.py"
+    script.write_text(block.replace("num_samples=100_000", "num_samples=2_000"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    proc = subprocess.run([sys.executable, "-W", "always", str(script)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for what in ("K (infinite-width kernel)", "expansion parameter", "posterior mean, GP", "finite width",
+                 "log evidence", "numerical error bound", "importance sampling", "sampled outputs",
+                 "gelu at criticality"):
+        assert what in proc.stdout, what
+    assert "Warning" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_tutorials_show_figures_inline_and_write_files():
+    notebooks = sorted((ROOT / "examples").glob("[0-9][0-9]_*.py"))
+    assert notebooks
+    for nb in notebooks:
+        text = nb.read_text()
+        assert "matplotlib.use(" not in text and "plt.close(" not in text, nb.name
+        assert "savefig(" not in text and "ngp.plot.show(fig, os.path.join(FIGDIR" in text, nb.name
+
+
+def test_show_writes_the_file_and_displays_only_in_a_kernel(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    IPython = pytest.importorskip("IPython")
+    import sys
+    import types
+
+    import IPython.display
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import ngp
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    fig = plt.figure()
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    assert ngp.plot.show(fig, str(tmp_path / "a.png")) == str(tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 0 and not shown and not plt.fignum_exists(fig.number)
+    fig = plt.figure()
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    monkeypatch.setattr(IPython, "get_ipython", lambda: types.SimpleNamespace(kernel=object()))
+    ngp.plot.show(fig, str(tmp_path / "b.png"))
+    assert shown == [fig] and (tmp_path / "b.png").exists() and not plt.fignum_exists(fig.number)
+
+
+def test_show_displays_inline_in_a_real_jupyter_kernel(tmp_path):
+    """nbclient executes a notebook cell that calls ngp.plot.show: the output holds the PNG, the file exists."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    pytest.importorskip("matplotlib")
+    import os
+
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "import matplotlib.pyplot as plt\nimport ngp.plot\n"
+            "fig, ax = plt.subplots(); ax.plot([0, 1], [1, 0])\n"
+            f"ngp.plot.show(fig, {str(tmp_path / 'fig.png')!r})")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    env_backend = os.environ.pop("MPLBACKEND", None)
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    finally:
+        if env_backend is not None:
+            os.environ["MPLBACKEND"] = env_backend
+    outputs = nb.cells[0].outputs
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1, outputs
+    assert (tmp_path / "fig.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_progress_reports_each_stage_and_reraises(tty):
+    import io
+
+    from ngp.cli._common import Progress
+
+    class Stream(io.StringIO):
+        def isatty(self):
+            return tty
+
+    stream = Stream()
+    prog = Progress(stream=stream)
+    out, dt = prog.run("stage one", lambda: (time.sleep(0.6), 42)[1], estimate=1.0)
+    assert out == 42 and dt >= 0.6
+    with pytest.raises(ZeroDivisionError):
+        prog.run("stage two", lambda: 1 / 0)
+    assert list(prog.items(range(3), "loop")) == [0, 1, 2]
+    text = stream.getvalue()
+    assert "stage one" in text and "stage two" in text
+    if not tty:
+        assert "stage one (estimated 1 s) ..." in text and "stage one: done in" in text
+    quiet = Stream()
+    Progress(quiet=True, stream=quiet).run("silent", lambda: None)
+    assert quiet.getvalue() == ""
