@@ -30,7 +30,7 @@ import functools
 import numpy as np
 
 from ._activations import Activation
-from ._finite import FourPointTable, fresh_components, fresh_covariance, jacobian_hessian, propagate
+from ._finite import TABLE_OPTIONS, FourPointTable, fresh_components, fresh_covariance, jacobian_hessian, propagate
 from ._pairs import Pairs, array_module, is_concrete
 from ._threads import in_background
 
@@ -89,8 +89,7 @@ class DenseMap:
     @functools.cached_property
     def table(self) -> FourPointTable:
         """Four-point values ``<f f f f>_{K_in}`` of this layer, computed once per multiset."""
-        fopts = {k: v for k, v in self.options.items()
-                 if k in ("method", "four_point_order", "four_point_rtol", "max_memory")}
+        fopts = {k: v for k, v in self.options.items() if k in TABLE_OPTIONS}
         return FourPointTable(self.act, self.K_in, **fopts)
 
     def fresh(self, quads):

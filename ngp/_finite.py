@@ -38,6 +38,7 @@ from ._validate import MAX_MEMORY, device, device_if
 
 __all__ = [
     "jacobian_hessian",
+    "TABLE_OPTIONS",
     "four_point_values",
     "fresh_covariance",
     "fresh_components",
@@ -361,6 +362,8 @@ def _closed_four_point(four_point, C):
 TABLE_CHUNK = 8192
 #: Working memory (bytes) of the rule per new multiset of one call, the largest measured (see TABLE_CHUNK).
 TABLE_ROW_BYTES = 45_000
+#: The options of a layer's four-point table (:class:`FourPointTable`): every layer kind passes exactly these on.
+TABLE_OPTIONS = ("method", "four_point_order", "four_point_rtol", "max_memory")
 
 
 def table_chunk(max_memory=None) -> int:
@@ -496,14 +499,16 @@ def packed_positions(pairs: Pairs) -> np.ndarray:
 
 
 def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, E2=None, table=None, method: str = "auto",
-                     four_point_order: int | None = None, max_memory: int | None = None, **options):
+                     four_point_order: int | None = None, four_point_rtol: float | None = None,
+                     max_memory: int | None = None, **options):
     """``C_W^2 Cov_K(s_a s_b, s_c s_d)`` as a ``(P, P)`` matrix over all unordered pairs (a new table's chunks
     within ``max_memory``, as :class:`FourPointTable`)."""
     K = np.asarray(K) if is_concrete(K) else device(K)
     N = pairs.N
     ms = multisets(N)
     if table is None:
-        table = FourPointTable(act, K, method=method, four_point_order=four_point_order, max_memory=max_memory)
+        table = FourPointTable(act, K, method=method, four_point_order=four_point_order,
+                               four_point_rtol=four_point_rtol, max_memory=max_memory)
     T4 = table(ms)[packed_positions(pairs)]
     if E2 is None:
         kopts = {k: v for k, v in options.items() if k in ("terms", "nodes", "quad_nodes")}

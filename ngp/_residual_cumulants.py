@@ -68,7 +68,7 @@ import numpy as np
 from scipy import special
 
 from ._activations import Activation, activation as _make_activation
-from ._finite import fresh_covariance, jacobian_hessian
+from ._finite import TABLE_OPTIONS, fresh_covariance, jacobian_hessian
 from ._gaussian import gauss_hermite
 from ._kernel import kernel_map
 from ._pairs import Pairs
@@ -78,6 +78,7 @@ __all__ = [
     "ChainState",
     "Cumulants",
     "CROSS_ORDERS",
+    "CHAIN_OPTIONS",
     "RELU_ORDERS",
     "chain_start",
     "residual_step",
@@ -96,8 +97,9 @@ RELU_ORDERS = {2: 96, 3: 48, 4: 32}
 #: Node evaluations per batch of cross-layer expectations (memory control: ~100 MB of work arrays).
 _BATCH_ELEMS = 1_500_000
 _KERNEL_OPTIONS = ("method", "terms", "nodes", "quad_nodes")
-_FRESH_OPTIONS = _KERNEL_OPTIONS + ("four_point_order", "max_memory")
-_OPTIONS = _FRESH_OPTIONS + ("cross_orders",)
+_FRESH_OPTIONS = tuple(dict.fromkeys(_KERNEL_OPTIONS + TABLE_OPTIONS))
+#: Options a residual chain keeps (``ngp._residual_layers`` filters a prior's options by them).
+CHAIN_OPTIONS = _FRESH_OPTIONS + ("cross_orders",)
 
 
 # ============================================================================ public containers
@@ -156,8 +158,8 @@ class ChainState:
         Z: ``Z[i-1]`` ``(P, 3, P)``, ``i = 1 .. k-1``: self-interaction covariances
             ``Cov(D_r s_p(z^k), s_q(z^i))`` of the current layer (see :func:`_cross_layers`).
         options: quadrature options (``method``, ``terms``, ``nodes``, ``quad_nodes``,
-            ``four_point_order``, ``cross_orders``) and ``max_memory`` (bytes; bounds the four-point
-            table's chunks, as for an MLP).
+            ``four_point_order``, ``four_point_rtol``, ``cross_orders``) and ``max_memory`` (bytes; bounds the
+            four-point table's chunks), as for an MLP (:data:`ngp._finite.TABLE_OPTIONS`).
     """
 
     act: Activation
@@ -490,9 +492,9 @@ def chain_start(act: Activation, K, *, n: int, V=None, K1=None, n_prev: int | No
         n_prev: the width normalising ``V`` and ``K1`` (required when either is given).
         **options: quadrature options, see :class:`ChainState`.
     """
-    unknown = set(options) - set(_OPTIONS)
+    unknown = set(options) - set(CHAIN_OPTIONS)
     if unknown:
-        raise TypeError(f"residual cumulants: unknown option(s) {sorted(unknown)}; expected some of {_OPTIONS}")
+        raise TypeError(f"residual cumulants: unknown option(s) {sorted(unknown)}; expected some of {CHAIN_OPTIONS}")
     K = np.asarray(K, dtype=float)
     pairs = Pairs.of(K.shape[0])
     P = pairs.P

@@ -28,12 +28,10 @@ import jax
 import numpy as np
 
 from ._cumulants import LayerCumulants, RefusedLayer, ScaledLayer
-from ._residual_cumulants import chain_start, layer_cumulants, readout, residual_step
+from ._residual_cumulants import CHAIN_OPTIONS, chain_start, layer_cumulants, readout, residual_step
 from ._validate import MAX_MEMORY
 
 __all__ = ["ResidualChainLayer", "ResidualReadoutLayer", "residual_layer", "readout_layer"]
-
-_CHAIN_OPTIONS = ("method", "terms", "nodes", "quad_nodes", "four_point_order", "cross_orders", "max_memory")
 
 _UNSUPPORTED = (
     "{step}: finite-width cumulants ({{what}}) of this residual pattern are not implemented: {reason} "
@@ -98,7 +96,7 @@ class ResidualChainLayer(_ChainDerived):
         super().__init__(K, n=width, width=width)
         self.prev, self.act = prev, act
         self.C_W, self.C_b, self.gamma, self.xi, self.branch = C_W, C_b, gamma, xi, tuple(branch)
-        self.options = {k: v for k, v in options.items() if k in _CHAIN_OPTIONS}
+        self.options = {k: v for k, v in options.items() if k in CHAIN_OPTIONS}
         self.max_memory = options.get("max_memory")
         self.chain_depth = prev.chain_depth + 1 if isinstance(prev, ResidualChainLayer) else 2
         self.refusal = refusal if refusal is not None else prev.refusal

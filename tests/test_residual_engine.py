@@ -257,6 +257,29 @@ def test_residual_four_point_tables_chunk_within_max_memory(monkeypatch):
     _same(_finite.fresh_covariance(act, K, pairs, 1.0, max_memory=limit), whole)
 
 
+def test_residual_four_point_tables_use_the_given_tolerance(monkeypatch):
+    """``four_point_rtol`` reaches a residual prior's four-point tables, as an MLP's (it was dropped by the chain's
+    option list: ``V`` at 1e-4 equalled ``V`` at the default 1e-9 exactly); the looser ``V`` differs from the
+    default one by less than 1e-3 of ``max |V|``."""
+    from ngp import _finite
+
+    seen = []
+    inner = _finite.four_point_values
+
+    def recorded(*args, **kwargs):
+        seen.append(kwargs.get("four_point_rtol"))
+        return inner(*args, **kwargs)
+
+    X = np.random.default_rng(0).normal(size=(5, 2))
+    net = ngp.ResMLP(3, 16, activation="tanh")
+    default = np.asarray(net.prior(X, warn=False).V)
+    monkeypatch.setattr(_finite, "four_point_values", recorded)
+    loose = np.asarray(net.prior(X, warn=False, four_point_rtol=1e-4).V)
+    assert seen and set(seen) == {1e-4}
+    diff = np.max(np.abs(loose - default))
+    assert 0 < diff < 1e-3 * np.max(np.abs(default)), diff
+
+
 def test_hyperparameter_tracing_is_refused_for_residual_cumulants():
     net = ngp.ResMLP(3, 8, activation="tanh", gamma=0.8, xi=0.6)
     Y = np.array([[0.3], [-0.2]])
