@@ -33,6 +33,7 @@ from ._gaussian import (auto_orders, bucket, concrete_max, gauss_hermite, intege
                         pair_matrices)
 from ._kernel import two_point_matrix
 from ._pairs import Pairs, array_module, is_concrete, multiset_code, multiset_rows
+from ._progress import check_progress, task
 from ._threads import thread_map
 from ._validate import MAX_MEMORY, device, device_if
 
@@ -363,7 +364,7 @@ TABLE_CHUNK = 8192
 #: Working memory (bytes) of the rule per new multiset of one call, the largest measured (see TABLE_CHUNK).
 TABLE_ROW_BYTES = 45_000
 #: The options of a layer's four-point table (:class:`FourPointTable`): every layer kind passes exactly these on.
-TABLE_OPTIONS = ("method", "four_point_order", "four_point_rtol", "max_memory")
+TABLE_OPTIONS = ("method", "four_point_order", "four_point_rtol", "max_memory", "progress")
 
 
 def table_chunk(max_memory=None) -> int:
@@ -381,11 +382,14 @@ class FourPointTable:
         K: ``(N, N)`` kernel.
         max_memory: bytes the prior may use (``None``: the default budget); the quadrature's two calls at
             once take at most a quarter of it (:func:`table_chunk`).
+        progress: the prior's ``progress`` option (:func:`ngp._progress.check_progress`): new values are
+            reported batch by batch.
         **options: ``method``, ``four_point_order``, ``four_point_rtol`` (see :func:`four_point_values`).
     """
 
-    def __init__(self, act: Activation, K, *, max_memory=None, **options):
+    def __init__(self, act: Activation, K, *, max_memory=None, progress=None, **options):
         self.act, self.K, self.options = act, K, options
+        self.progress = check_progress(progress)
         self.chunk = table_chunk(max_memory)
         self.N = K.shape[0]
         self._codes = np.zeros(0, dtype=np.int64)
@@ -408,8 +412,7 @@ class FourPointTable:
                 errs[known] = self._errs[pos[known]]
             if new.size:  # in chunks: the quadrature's working memory grows with the rows of one call
                 rows = ms_sorted[first[new]]
-                parts = thread_map(lambda r: four_point_values(self.act, self.K, r, errors=True, **self.options),
-                                   [rows[i:i + self.chunk] for i in range(0, rows.shape[0], self.chunk)])
+                parts = self._computed([rows[i:i + self.chunk] for i in range(0, rows.shape[0], self.chunk)])
                 fresh = np.concatenate([np.asarray(v) for v, _ in parts])
                 ferr = np.concatenate([np.asarray(e, dtype=float) for _, e in parts])
                 vals[new], errs[new] = fresh, ferr
@@ -422,13 +425,30 @@ class FourPointTable:
             vals = vals.at[np.nonzero(known)[0]].set(self._vals[pos[known]])
             errs[known] = self._errs[pos[known]]
         if new.size:
-            fresh, ferr = four_point_values(self.act, self.K, ms_sorted[first[new]], errors=True, **self.options)
+            ((fresh, ferr),) = self._computed([ms_sorted[first[new]]])
             fresh = device(fresh)
             vals = vals.at[new].set(fresh)
             errs[new] = ferr
             self._remember(uniq[new], fresh, ferr)
         inverse = inverse.reshape(-1)
         return vals[inverse], errs[inverse]
+
+    def _computed(self, chunks: list) -> list:
+        """``four_point_values`` (values, errors) of each chunk of sorted rows, on the pool's threads, reported
+        to the ``progress`` option chunk by chunk."""
+        job = task(self.progress, sum(r.shape[0] for r in chunks), f"four-point values ({self.N} inputs)")
+
+        def one(rows):
+            out = four_point_values(self.act, self.K, rows, errors=True, **self.options)
+            if job is not None:
+                job.update(rows.shape[0])
+            return out
+
+        try:
+            return thread_map(one, chunks)
+        finally:
+            if job is not None:
+                job.close()
 
     def seed(self, other: "FourPointTable", index) -> int:
         """Take over the values ``other`` has computed, where its inputs are some of these.
@@ -500,15 +520,15 @@ def packed_positions(pairs: Pairs) -> np.ndarray:
 
 def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, E2=None, table=None, method: str = "auto",
                      four_point_order: int | None = None, four_point_rtol: float | None = None,
-                     max_memory: int | None = None, **options):
+                     max_memory: int | None = None, progress=None, **options):
     """``C_W^2 Cov_K(s_a s_b, s_c s_d)`` as a ``(P, P)`` matrix over all unordered pairs (a new table's chunks
-    within ``max_memory``, as :class:`FourPointTable`)."""
+    within ``max_memory`` and reported to ``progress``, as :class:`FourPointTable`)."""
     K = np.asarray(K) if is_concrete(K) else device(K)
     N = pairs.N
     ms = multisets(N)
     if table is None:
         table = FourPointTable(act, K, method=method, four_point_order=four_point_order,
-                               four_point_rtol=four_point_rtol, max_memory=max_memory)
+                               four_point_rtol=four_point_rtol, max_memory=max_memory, progress=progress)
     T4 = table(ms)[packed_positions(pairs)]
     if E2 is None:
         kopts = {k: v for k, v in options.items() if k in ("terms", "nodes", "quad_nodes")}

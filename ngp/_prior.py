@@ -13,6 +13,7 @@ import numpy as np
 
 from ._ntk_net import NTKMixin, output_property
 from ._pairs import Pairs
+from ._progress import check_progress
 from ._steps import IDENTITY, Flow
 from ._validate import MAX_MEMORY, as_inputs, count, float64, memory_bytes, positive_float, warn
 from ._vertex_error import k1_error, packed_vertex_error
@@ -26,7 +27,8 @@ FOUR_POINT_K_WARN = 2.0
 
 KERNEL_OPTIONS = ("method", "terms", "nodes", "quad_nodes")
 #: Keyword options accepted by ``net.prior(X, **options)``.
-PRIOR_OPTIONS = KERNEL_OPTIONS + ("four_point_order", "four_point_rtol", "max_memory", "warn", "lambda_W", "lambda_b")
+PRIOR_OPTIONS = KERNEL_OPTIONS + ("four_point_order", "four_point_rtol", "max_memory", "progress", "warn", "lambda_W",
+                                  "lambda_b")
 #: Values of the ``method`` option: how the kernel-map derivatives are computed.
 DERIVATIVE_METHODS = ("auto", "closed", "mehler", "quadrature")
 
@@ -39,6 +41,8 @@ def check_options(options: dict, where: str = "net.prior") -> dict:
     out = dict(options)
     if "max_memory" in out:
         out["max_memory"] = memory_bytes(out["max_memory"], "max_memory")
+    if "progress" in out:
+        out["progress"] = check_progress(out["progress"])
     if out.get("four_point_order") is not None:
         out["four_point_order"] = count(out["four_point_order"], "four_point_order", minimum=2)
     if out.get("four_point_rtol") is not None:
@@ -177,6 +181,10 @@ class Prior(NTKMixin):
             this many nodes per dimension (the previous default was 40; no error estimate).
         max_memory: bytes allowed for the dense ``V`` and its work arrays (default 4 GiB); above it a
             ``MemoryError`` states the estimate instead of exhausting memory.
+        progress: report the four-point values (the long part of ``V``, ``K1`` and what uses them) as they
+            are computed: ``True`` shows a bar per layer on stderr (tqdm where installed, else a line every few
+            seconds), a callable is called as ``progress(done, total, desc)`` (``docs/four-point.md``,
+            "Progress"); default off.
         warn: warn when the 1/n expansion is not trustworthy (default True).
         lambda_W, lambda_b: learning-rate factors of weights (divided by the fan-in) and biases, a float or
             one per dense step, for the NTK (``Theta``, ``Theta1``, ``A``, ``B``, ``D``, ``F``, ``P``, ``Q``,

@@ -33,6 +33,7 @@ from ._activations import Activation, activation as make_activation
 from ._cumulants import DenseLayer, DenseMap, GaussianLayer, LayerCumulants, ScaledLayer
 from ._kernel import dense_kernel, first_layer_kernel, two_point_matrix
 from ._linalg import psd_sqrt
+from ._progress import labelled
 from ._residual_layers import readout_layer, residual_layer
 from ._validate import count, device, nonneg_float, positive_float, real
 
@@ -196,6 +197,8 @@ class Dense(Step):
             layer = readout_layer(self, f, K, C_W, C_b)  # a dense step reading out a residual chain
             if layer is None:
                 ratio = None if prev.n is None else f.width / prev.n
+                if opts.get("progress") is not None:  # the table of this layer's fresh term reports as "layer l"
+                    opts = {**opts, "progress": labelled(opts["progress"], f"layer {len(f.layers) + 1}")}
                 dmap = DenseMap(f.act, prev.K, E2, C_W, ratio, prev.pairs, opts)
                 layer = DenseLayer(K, prev=prev, dense_map=dmap, width=self.width)
         if not isinstance(K, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(K))):
