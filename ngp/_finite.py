@@ -361,6 +361,9 @@ def _closed_four_point(four_point, C):
 #: measured 0.35 GB above the process at 8000 tanh multisets, 1.3 GB at 40000 in one call). Two calls run at
 #: once (:func:`ngp._threads.thread_map`).
 TABLE_CHUNK = 8192
+#: With the ``progress`` option, a table's new multisets go in about 16 chunks (at least this many multisets each, at
+#: most :data:`TABLE_CHUNK`), so that its reports come more often than once per 8192.
+PROGRESS_CHUNK = 1024
 #: Working memory (bytes) of the rule per new multiset of one call, the largest measured (see TABLE_CHUNK).
 TABLE_ROW_BYTES = 45_000
 #: The options of a layer's four-point table (:class:`FourPointTable`): every layer kind passes exactly these on.
@@ -412,7 +415,8 @@ class FourPointTable:
                 errs[known] = self._errs[pos[known]]
             if new.size:  # in chunks: the quadrature's working memory grows with the rows of one call
                 rows = ms_sorted[first[new]]
-                parts = self._computed([rows[i:i + self.chunk] for i in range(0, rows.shape[0], self.chunk)])
+                size = self.chunk if self.progress is None else min(self.chunk, max(PROGRESS_CHUNK, -(-new.size // 16)))
+                parts = self._computed([rows[i:i + size] for i in range(0, rows.shape[0], size)])
                 fresh = np.concatenate([np.asarray(v) for v, _ in parts])
                 ferr = np.concatenate([np.asarray(e, dtype=float) for _, e in parts])
                 vals[new], errs[new] = fresh, ferr

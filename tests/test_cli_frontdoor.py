@@ -696,10 +696,16 @@ def test_progress_reports_each_stage_and_reraises(tty):
     with pytest.raises(ZeroDivisionError):
         prog.run("stage two", lambda: 1 / 0)
     assert list(prog.items(range(3), "loop")) == [0, 1, 2]
+    report = prog.library()  # the library's progress option: reports shown beside a bar, none without bars
+    assert (report is None) == (not tty)
+    if tty:
+        prog.run("stage three", lambda: (report(5, 10, "layer 2: four-point values (9 inputs)"), time.sleep(0.7)))
     text = stream.getvalue()
     assert "stage one" in text and "stage two" in text
     if not tty:
         assert "stage one (estimated 1 s) ..." in text and "stage one: done in" in text
+    else:
+        assert "layer 2: four-point values (9 inputs): 5/10" in text
     quiet = Stream()
     Progress(quiet=True, stream=quiet).run("silent", lambda: None)
     assert quiet.getvalue() == ""

@@ -49,6 +49,20 @@ def test_callable_sees_every_new_multiset_of_every_layer(inputs):
     np.testing.assert_array_equal(V, net.prior(inputs).V)  # reporting changes nothing
 
 
+def test_large_tables_report_in_about_sixteen_batches(inputs, monkeypatch):
+    from ngp import _finite
+
+    monkeypatch.setattr(_finite, "PROGRESS_CHUNK", 16)  # a table of T new multisets: batches of ceil(T / 16)
+    net = ngp.MLP(2, 16, activation="tanh")
+    calls, report = _recorder()
+    V = net.prior(inputs, progress=report).V
+    T = max(t for _, t, _ in calls)  # the largest task: V's multisets after K1's
+    assert T > 16 * 16
+    done = [d for d, t, _ in calls if t == T]
+    assert len(done) == 1 + -(-T // -(-T // 16)) and done[0] == 0 and done[-1] == T  # the start and each batch
+    np.testing.assert_allclose(V, net.prior(inputs).V, rtol=1e-12, atol=1e-15)  # batches change rounding only
+
+
 def test_true_without_tqdm_prints_lines(inputs, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import fails: the plain display
     ngp.MLP(2, 16, activation="tanh").prior(inputs, progress=True).V

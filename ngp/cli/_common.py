@@ -153,13 +153,15 @@ class Progress:
     """Progress of the long stages on stderr (stdout stays the results).
 
     On a terminal with tqdm installed every stage gets a bar; a stage with an estimated duration
-    shows elapsed against the estimate. Elsewhere (pipes, CI) each stage prints one line when it
-    starts and one when it ends. ``quiet`` silences both.
+    shows elapsed against the estimate, and beside it the library's latest report (:meth:`library`:
+    which layer's four-point values, how many of how many). Elsewhere (pipes, CI) each stage prints one
+    line when it starts and one when it ends. ``quiet`` silences both.
     """
 
     def __init__(self, *, quiet: bool = False, stream=None):
         self.quiet = quiet
         self.stream = sys.stderr if stream is None else stream
+        self._status = ""
         self._tqdm = None
         if not quiet and getattr(self.stream, "isatty", lambda: False)():
             try:
@@ -186,6 +188,17 @@ class Progress:
         yield from iterable
         self.note(f"{desc}: done in {time.perf_counter() - t0:.1f} s")
 
+    def library(self):
+        """The library's ``progress`` option for the stages run here: ``None`` without bars, else a callable
+        whose latest report is shown beside the running stage's bar."""
+        if self.quiet or self._tqdm is None:
+            return None
+
+        def report(done: int, total: int, desc: str) -> None:
+            self._status = f"{desc}: {done}/{total}"
+
+        return report
+
     def run(self, desc: str, fn, *, estimate: float | None = None):
         """``fn()`` with progress; returns ``(result, seconds)``.
 
@@ -211,13 +224,15 @@ class Progress:
         worker = threading.Thread(target=work, daemon=True)
         total = None if estimate is None else max(1.0, float(estimate))
         bar = self._tqdm(total=total, desc=desc + est, file=self.stream, leave=False, unit="s",
-                         bar_format="{desc}: {bar} {elapsed}" if total else "{desc}: {elapsed}")
+                         bar_format="{desc}: {bar} {elapsed}{postfix}" if total else "{desc}: {elapsed}{postfix}")
+        self._status = ""
         with bar:
             worker.start()
             while worker.is_alive():
                 worker.join(0.5)
                 now = time.perf_counter() - t0
                 bar.n = min(now, total) if total else now
+                bar.set_postfix_str(self._status, refresh=False)
                 bar.refresh()
         dt = time.perf_counter() - t0
         if "exc" in box:

@@ -110,7 +110,7 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
     net0 = make_net(widths[0])
     t0 = time.perf_counter()
     try:
-        cond = ngp.condition(net0, split.Xtr, split.ytr, noise=noise, **opts)
+        cond = ngp.condition(net0, split.Xtr, split.ytr, noise=noise, progress=progress.library(), **opts)
         gp, _ = progress.run("GP: the infinite-width kernel and posterior", lambda: cond.gp.predict(split.Xte))
     except np.linalg.LinAlgError as exc:
         raise CLIError(f"the training kernel is singular ({exc}); raise --noise") from None
