@@ -25,6 +25,8 @@ from math import comb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import _kernel_setup  # noqa: E402  (the results file)
 
 CHILD = r"""
 import json, resource, sys, time
@@ -94,8 +96,7 @@ def main() -> int:
         print(f"projected at N = 64 from N = {last['N']} (time per multiset held): {out['projected_N64_s']:.0f} s "
               f"(goal 60 s)")
     path = os.path.join(HERE, "results", args.out + ".json")
-    with open(path, "w") as fh:
-        json.dump(out, fh, indent=2)
+    _kernel_setup.write_json(path, out)
     print(f"written {os.path.relpath(path, ROOT)}")
     return 0
 

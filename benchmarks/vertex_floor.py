@@ -25,7 +25,6 @@ were needed and cost only the inner loop.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -44,6 +43,8 @@ from ngp import _fourpoint as fp  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import _kernel_setup  # noqa: E402  (the results file)
 N = 64
 DISTINCT = comb(N, 4)  # multisets of four distinct inputs per layer
 
@@ -129,8 +130,7 @@ def main() -> int:
            "inner_loop_before_after": [rate_before, rate_after], "as_run_s": as_run, "floor_s": floor,
            "goal_s": 60.0}
     path = os.path.join(HERE, "results", args.out + ".json")
-    with open(path, "w") as fh:
-        json.dump(out, fh, indent=2)
+    _kernel_setup.write_json(path, out)
     print(f"written {os.path.relpath(path, ROOT)}")
     return 0
 

@@ -522,21 +522,19 @@ def packed_positions(pairs: Pairs) -> np.ndarray:
     return np.searchsorted(multiset_code(multisets(N), N), multiset_code(quad, N))
 
 
-def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, E2=None, table=None, method: str = "auto",
-                     four_point_order: int | None = None, four_point_rtol: float | None = None,
-                     max_memory: int | None = None, progress=None, **options):
-    """``C_W^2 Cov_K(s_a s_b, s_c s_d)`` as a ``(P, P)`` matrix over all unordered pairs (a new table's chunks
-    within ``max_memory`` and reported to ``progress``, as :class:`FourPointTable`)."""
+def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, E2=None, table=None, **options):
+    """``C_W^2 Cov_K(s_a s_b, s_c s_d)`` as a ``(P, P)`` matrix over all unordered pairs. ``options``: a new table's
+    (:data:`TABLE_OPTIONS`, as :class:`FourPointTable`) and the two-point matrix's (``method``, ``terms``,
+    ``nodes``, ``quad_nodes``)."""
     K = np.asarray(K) if is_concrete(K) else device(K)
     N = pairs.N
     ms = multisets(N)
     if table is None:
-        table = FourPointTable(act, K, method=method, four_point_order=four_point_order,
-                               four_point_rtol=four_point_rtol, max_memory=max_memory, progress=progress)
+        table = FourPointTable(act, K, **{k: v for k, v in options.items() if k in TABLE_OPTIONS})
     T4 = table(ms)[packed_positions(pairs)]
     if E2 is None:
-        kopts = {k: v for k, v in options.items() if k in ("terms", "nodes", "quad_nodes")}
-        E2 = two_point_matrix(act, K, method=method, **kopts)
+        kopts = {k: v for k, v in options.items() if k in ("method", "terms", "nodes", "quad_nodes")}
+        E2 = two_point_matrix(act, K, **kopts)
     E2 = pairs.pack(E2)
     if is_concrete(T4, E2, C_W):
         T4, E2 = np.asarray(T4), np.asarray(E2)

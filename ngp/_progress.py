@@ -14,14 +14,14 @@ import sys
 import threading
 import time
 
-__all__ = ["Progress", "Task", "check_progress", "labelled", "task"]
+__all__ = ["ProgressOption", "Task", "check_progress", "labelled", "task"]
 
 #: Seconds between the lines of the display without tqdm.
 LINE_SECONDS = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
-class Progress:
+class ProgressOption:
     """A checked ``progress`` option: ``report`` the user's callable (``None``: the built-in display) and
     ``label`` the layer its tables belong to (e.g. ``"layer 3"``)."""
 
@@ -30,27 +30,27 @@ class Progress:
 
 
 def check_progress(value):
-    """The ``progress`` option checked: ``None`` when off (``False``/``None``), else a :class:`Progress`."""
+    """The ``progress`` option checked: ``None`` when off (``False``/``None``), else a :class:`ProgressOption`."""
     if value is None or value is False:
         return None
-    if isinstance(value, Progress):
+    if isinstance(value, ProgressOption):
         return value
     if value is True:
-        return Progress()
+        return ProgressOption()
     if callable(value):
-        return Progress(value)
+        return ProgressOption(value)
     raise TypeError(f"progress: expected True, False or a callable progress(done, total, desc), got {value!r}")
 
 
 def labelled(progress, label: str):
-    """``progress`` (a :class:`Progress` or ``None``) reporting for ``label``."""
+    """``progress`` (a :class:`ProgressOption` or ``None``) reporting for ``label``."""
     return None if progress is None else dataclasses.replace(progress, label=label)
 
 
 class Task:
     """The progress of one table's new multisets: :meth:`update` after each batch, :meth:`close` at the end."""
 
-    def __init__(self, progress: Progress, total: int, desc: str, stream=None):
+    def __init__(self, progress: ProgressOption, total: int, desc: str, stream=None):
         self.total, self.done = int(total), 0
         self.desc = f"{progress.label}: {desc}" if progress.label else desc
         self._report, self._lock = progress.report, threading.Lock()
