@@ -222,19 +222,45 @@ def _aggregate(fold_rows: list[list], truth: bool) -> list[dict]:
     return out
 
 
-def run(args) -> int:
-    t_start = time.perf_counter()
-    progress = Progress(quiet=args.quiet)
-    data = read_table(args.data, target=args.target, features=args.features, ignore=args.ignore or ())
-    enable_x64()
-    try:
-        _make_net(args)(args.width[0])
-    except (ValueError, TypeError) as exc:
-        raise CLIError(str(exc)) from None
+class _Fits:
+    """The run's data and its hyperparameter fits: :meth:`rows` standardises a split as the fits see it,
+    :meth:`fit` fits once per (rows, evidence) and remembers; ``probe`` (a :class:`ngp.cli._budget.FitProbe`,
+    ``--fit-evidence finite-width``) states a finite-width fit's estimated time."""
+
+    def __init__(self, args, data, progress):
+        self.args, self.data, self.progress = args, data, progress
+        self.done, self.probe = {}, None
+
+    def rows(self, p, t):
+        """The pool's first ``--max-train`` rows (or ``--n-train``, when larger) and the test rows, standardised by
+        those rows: the hyperparameters are fitted on them, so that neither they nor the scaling depend on how many
+        rows the finite-width posterior can afford."""
+        args, data = self.args, self.data
+        f = p[: max(args.max_train, args.n_train or 0)]
+        Xf, Xte, _ = standardize(data.X[f], data.X[t])
+        check_extreme(Xte, data.lines[t], data.features)
+        yf, yte, (mu, sd) = standardize(data.y[f, None], data.y[t, None])
+        return Xf, yf, Xte, yte, (float(mu[0]), float(sd[0]))
+
+    def fit(self, X, y, finite_width):
+        """fit_hyperparameters on ``(X, y)``; the same rows and evidence again reuse the result."""
+        args = self.args
+        key = (X.tobytes(), y.tobytes(), X.shape, finite_width)
+        if key not in self.done:
+            what = "training rows" if finite_width else "training-pool rows"
+            est = "" if not finite_width or self.probe is None else f", estimated {self.probe.seconds(len(X)):.0f} s"
+            stage = ("hyperparameters" if args.fixed else
+                     f"fitting hyperparameters (maximum {'finite-width' if finite_width else 'GP'} evidence of "
+                     f"{len(X)} {what}{est})")
+            self.done[key], _ = self.progress.run(stage, lambda: fit_hyperparameters(
+                _make_net(args)(args.width[0]), X, y, noise=args.noise, fixed=args.fixed, seed=args.seed,
+                finite_width=finite_width, options=_options(args), rows=f"{len(X)} {what}"))
+        return self.done[key]
+
+
+def _describe_data(args, data, splits, pool: int) -> None:
+    """Print what was read and how it is split."""
     n = data.y.shape[0]
-    splits = _splits(n, args)
-    pool = min(len(p) for p, _ in splits)
-    n_test = [min(len(t), args.n_test) for _, t in splits]
     feats = ", ".join(data.features[:6]) + (", ..." if len(data.features) > 6 else "")
     print(f"{args.data}: predict {data.target!r} from {len(data.features)} feature(s) ({feats})")
     print(f"  {data.rows_read} rows read, {n} complete" + "".join(f"; {s}" for s in data.notes))
@@ -248,54 +274,32 @@ def run(args) -> int:
     if max(len(t) for _, t in splits) > args.n_test:
         print(f"  test rows: the first {args.n_test} of each test set (--n-test; seeded, fixed)")
 
-    # ---------------------------------------------------------------- how many training rows
+
+def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float):
+    """``(n_train, why, model, n_test)``: the training rows used and why (``--n-train``, the whole small pool,
+    or the timed probe's :class:`ngp.cli._budget.CostModel` within ``--time-budget``; then ``--max-memory``),
+    and the test rows per split (fewer when even the minimum of training rows would not fit the budget)."""
+    args, progress = fits.args, fits.progress
     model, explicit = None, args.n_train is not None
-    fits, fit_probe = {}, None  # fit_probe: the timed step of a --fit-evidence finite-width fit
-
-    def fitting_rows(p, t):
-        """The pool's first ``--max-train`` rows (or ``--n-train``, when larger) and the test rows, standardised by
-        those rows: the hyperparameters are fitted on them, so that neither they nor the scaling depend on how many
-        rows the finite-width posterior can afford."""
-        f = p[: max(args.max_train, args.n_train or 0)]
-        Xf, Xte, _ = standardize(data.X[f], data.X[t])
-        check_extreme(Xte, data.lines[t], data.features)
-        yf, yte, (mu, sd) = standardize(data.y[f, None], data.y[t, None])
-        return Xf, yf, Xte, yte, (float(mu[0]), float(sd[0]))
-
-    def fit(X, y, finite_width):
-        """fit_hyperparameters on ``(X, y)``; the same rows and evidence again reuse the result."""
-        key = (X.tobytes(), y.tobytes(), X.shape, finite_width)
-        if key not in fits:
-            what = "training rows" if finite_width else "training-pool rows"
-            est = "" if not finite_width or fit_probe is None else f", estimated {fit_probe.seconds(len(X)):.0f} s"
-            stage = ("hyperparameters" if args.fixed else
-                     f"fitting hyperparameters (maximum {'finite-width' if finite_width else 'GP'} evidence of "
-                     f"{len(X)} {what}{est})")
-            fits[key], _ = progress.run(stage, lambda: fit_hyperparameters(
-                _make_net(args)(args.width[0]), X, y, noise=args.noise, fixed=args.fixed, seed=args.seed,
-                finite_width=finite_width, options=_options(args), rows=f"{len(X)} {what}"))
-        return fits[key]
-
-    # the first training pool, standardised: for the probe and the memory check
-    Xp, yp, Xt, _, _ = fitting_rows(*splits[0])
+    Xp, yp, Xt, _, _ = fits.rows(*splits[0])  # the first training pool, standardised: the probe, the memory check
     if explicit:
         if args.n_train > pool:
             raise CLIError(f"--n-train {args.n_train} exceeds the {pool}-row training pool "
                            "(lower --test-fraction or --folds to enlarge it)")
         n_train, why = args.n_train, "--n-train"
         if args.fit_evidence == "finite-width" and not args.fixed:  # no budget, but the fit's cost is said
-            fit_probe, fit_line = _probe_fit(args, Xp, yp, progress, fit(Xp, yp, False))
-            print(f"{fit_line}; at {n_train} rows about {fit_probe.seconds(n_train):.0f} s per fold")
+            fits.probe, fit_line = _probe_fit(args, Xp, yp, progress, fits.fit(Xp, yp, False))
+            print(f"{fit_line}; at {n_train} rows about {fits.probe.seconds(n_train):.0f} s per fold")
     elif min(pool, args.max_train) <= PROBE_TRAIN + 4 and (args.fixed or args.fit_evidence != "finite-width"):
         n_train, why = min(pool, args.max_train), "all rows of the small training pool (no timing probe needed)"
     else:
         hyper0 = None
         if not args.fixed:  # the probe times the hyperparameters the run will have (the GP's fit)
-            hyper0 = fit(Xp, yp, False)
+            hyper0 = fits.fit(Xp, yp, False)
         model, fit_line = _probe(args, Xp, yp, Xt, progress, hyper0), None
         if args.fit_evidence == "finite-width" and not args.fixed:  # its steps cost training blocks: budgeted too
-            fit_probe, fit_line = _probe_fit(args, Xp, yp, progress, hyper0)
-            model = dataclasses.replace(model, fit=fit_probe)
+            fits.probe, fit_line = _probe_fit(args, Xp, yp, progress, hyper0)
+            model = dataclasses.replace(model, fit=fits.probe)
         spent = time.perf_counter() - t_start
         choice = _budget.choose(model, pool=pool, n_test=max(n_test), budget_s=args.time_budget, cap=args.max_train,
                                 minimum=MIN_TRAIN, folds=len(splits), spent_s=spent)
@@ -311,34 +315,40 @@ def run(args) -> int:
             print(f"  test rows: the first {choice.n_test} of each test set (the time budget; seeded, fixed)")
     n_train, mem_note = _fit_memory(n_train, Xp, args, explicit)
     print(f"  training rows: {n_train} of {pool} ({why})" + (f"; {mem_note}" if mem_note else ""))
+    return n_train, why, model, n_test
 
-    # ---------------------------------------------------------------- fits
+
+def _run_folds(fits: _Fits, splits, n_train: int, n_test: list, model):
+    """``(fold_rows, results)``: the comparison's rows of every split and what ``--json`` records of it."""
+    args, data = fits.args, fits.data
     fold_rows, results = [], []
-    truth = args.truth > 0
-    with collect_warnings() as messages:
-        for k, ((p, t), m) in enumerate(zip(splits, n_test)):
-            tr, te = p[:n_train], t[:m]
-            Xf, yf, Xte, yte, (mu, sd) = fitting_rows(p, te)
-            Xtr, ytr = Xf[:n_train], yf[:n_train]
-            split = Split(Xtr, ytr, Xte, yte, sd, mu)
-            finite = args.fit_evidence == "finite-width"  # its steps cost a training block each: the rows used
-            hyper = fit(Xtr, ytr, True) if finite else fit(Xf, yf, False)
-            label = f"fold {k + 1}: " if args.folds else ""
-            print(f"  {label}hyperparameters: {hyper.describe()} ({hyper.note})")
-            est = None
-            if model is not None:
-                half = model.probe.compile_s / 2
-                est = {"training": model.training(n_train) + half, "predict": m * model.per_test(n_train) + half}
-            make = _make_net(args, hyper)
-            rows, info = compare(split, make, widths=args.width, noise=hyper.noise, progress=progress,
-                                 estimates=est, truth_samples=args.truth, seed=args.seed, options=_options(args))
-            fold_rows.append(rows)
-            results.append({"fold": k + 1 if args.folds else None, "train_lines": data.lines[tr].tolist(),
-                            "fit_lines": data.lines[p[:len(Xf)]].tolist(),
-                            "test_lines": data.lines[te].tolist(), "hyperparameters": hyper.__dict__,
-                            "finite_width_s": info["prior_s"], "rows": [r.as_dict() for r in rows]})
+    for k, ((p, t), m) in enumerate(zip(splits, n_test)):
+        tr, te = p[:n_train], t[:m]
+        Xf, yf, Xte, yte, (mu, sd) = fits.rows(p, te)
+        Xtr, ytr = Xf[:n_train], yf[:n_train]
+        split = Split(Xtr, ytr, Xte, yte, sd, mu)
+        finite = args.fit_evidence == "finite-width"  # its steps cost a training block each: the rows used
+        hyper = fits.fit(Xtr, ytr, True) if finite else fits.fit(Xf, yf, False)
+        label = f"fold {k + 1}: " if args.folds else ""
+        print(f"  {label}hyperparameters: {hyper.describe()} ({hyper.note})")
+        est = None
+        if model is not None:
+            half = model.probe.compile_s / 2
+            est = {"training": model.training(n_train) + half, "predict": m * model.per_test(n_train) + half}
+        rows, info = compare(split, _make_net(args, hyper), widths=args.width, noise=hyper.noise,
+                             progress=fits.progress, estimates=est, truth_samples=args.truth, seed=args.seed,
+                             options=_options(args))
+        fold_rows.append(rows)
+        results.append({"fold": k + 1 if args.folds else None, "train_lines": data.lines[tr].tolist(),
+                        "fit_lines": data.lines[p[:len(Xf)]].tolist(),
+                        "test_lines": data.lines[te].tolist(), "hyperparameters": hyper.__dict__,
+                        "finite_width_s": info["prior_s"], "rows": [r.as_dict() for r in rows]})
+    return fold_rows, results
 
-    # ---------------------------------------------------------------- report
+
+def _report(args, data, fold_rows, results, messages, n_test: list):
+    """Print the table and its notes; returns ``(table cells, notes)``."""
+    truth = args.truth > 0
     widths = " / ".join(map(str, args.width))
     print(f"\n{args.activation} MLP, depth {args.depth}, hidden width {widths}; noise is a variance in standardised "
           "target units (target variance 1)")
@@ -356,6 +366,28 @@ def run(args) -> int:
         lines.append(f"only {min(n_test)} test rows: the test metrics are noisy; --folds 5 tests every row once")
     for line in lines:
         print(f"  * {line}")
+    return body, lines
+
+
+def run(args) -> int:
+    t_start = time.perf_counter()
+    progress = Progress(quiet=args.quiet)
+    data = read_table(args.data, target=args.target, features=args.features, ignore=args.ignore or ())
+    enable_x64()
+    try:
+        _make_net(args)(args.width[0])
+    except (ValueError, TypeError) as exc:
+        raise CLIError(str(exc)) from None
+    n = data.y.shape[0]
+    splits = _splits(n, args)
+    pool = min(len(p) for p, _ in splits)
+    _describe_data(args, data, splits, pool)
+    fits = _Fits(args, data, progress)
+    n_train, why, model, n_test = _training_rows(fits, splits, pool, [min(len(t), args.n_test) for _, t in splits],
+                                                 t_start)
+    with collect_warnings() as messages:
+        fold_rows, results = _run_folds(fits, splits, n_train, n_test, model)
+    body, lines = _report(args, data, fold_rows, results, messages, n_test)
     total = time.perf_counter() - t_start
     print(f"\ntotal {total:.0f} s")
     if args.json:
