@@ -5,7 +5,9 @@ input, noise variance 0.1. Truth: importance sampling with many draws (exact up 
 error). Compared: ngp.posterior (finite width, O(1/n)), ngp.gp_posterior, NUTS (4 chains) and
 importance sampling with 1e5 draws. Times are medians of repeats after a warm-up (NUTS: one run
 after a warm-up run, since it is slow). The first call of ``ngp.posterior`` and of NUTS, each in a fresh
-process (compilation included, the import not), gives the cold ratio. Usage: python benchmarks/posterior.py
+process (compilation included, the import not), gives the cold ratio; the first calls of ``ngp.gp_posterior``
+and of one small jitted JAX function, also each in a fresh process, give the floor that any JAX code pays there
+(backend start-up and compilation). Usage: python benchmarks/posterior.py
 [--quick] [--no-cold]. Writes benchmarks/results/posterior.json.
 """
 
@@ -46,6 +48,10 @@ n = int(sys.argv[2])
 t = time.perf_counter()
 if sys.argv[1] == "ngp":
     p = ngp.posterior(net, XA, Y, XB, noise=0.1)
+elif sys.argv[1] == "gp":
+    p = ngp.gp_posterior(net, XA, Y, XB, noise=0.1)
+elif sys.argv[1] == "jax":  # JAX's own first call: one small jitted function of the inputs
+    p = type("Floor", (), {"mean": jax.jit(lambda x: jax.numpy.tanh(x) @ x.T)(XA)})
 else:
     p = nuts_posterior(net, XA, Y, XB, noise=0.1, num_warmup=n, num_samples=n, num_chains=4, seed=3)
 np.asarray(p.mean)
@@ -105,11 +111,16 @@ def main() -> int:
     out["nuts_over_ngp_time"] = t_nuts / t_ngp
     print(f"\nNUTS / ngp time ratio: {t_nuts / t_ngp:.0f}x (goal >= 1000x while at least as accurate on the mean)")
     if not args.no_cold:
-        c_ngp, c_nuts = _cold("ngp", ns), _cold("nuts", ns)
-        out["cold_s"] = {"ngp finite width": c_ngp, f"NUTS 4x{ns}": c_nuts}
+        c_ngp, c_nuts, c_gp, c_jax = (_cold(s, ns) for s in ("ngp", "nuts", "gp", "jax"))
+        out["cold_s"] = {"ngp finite width": c_ngp, f"NUTS 4x{ns}": c_nuts, "GP (infinite width)": c_gp,
+                         "one small jitted JAX function": c_jax}
         out["cold_nuts_over_ngp_time"] = c_nuts / c_ngp
+        out["cold_nuts_over_gp_time"] = c_nuts / c_gp
+        out["cold_nuts_over_jax_floor"] = c_nuts / c_jax
         print(f"first call in a fresh process (compilation included): ngp {c_ngp:.2f} s, NUTS {c_nuts:.2f} s, "
               f"{c_nuts / c_ngp:.1f}x (goal >= 100x)")
+        print(f"  floor: the GP posterior's first call {c_gp:.3f} s ({c_nuts / c_gp:.0f}x), one small jitted JAX "
+              f"function's {c_jax:.3f} s ({c_nuts / c_jax:.0f}x)")
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     name = "posterior_quick.json" if args.quick else "posterior.json"
     with open(os.path.join(HERE, "results", name), "w") as fh:
