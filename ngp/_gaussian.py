@@ -23,6 +23,8 @@ piecewise-linear activations use closed forms instead.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import jax
@@ -191,6 +193,9 @@ def _pair_call(run, K, terms, nodes):
         nodes = n_auto if nodes is None else nodes
     dt = jnp.result_type(float)
     put = device_if(traced)  # a concrete kernel: one call
+    given = _TRACED_TABLES.get() if traced else None
+    if given is not None and given[0] == (int(terms), int(nodes)):
+        return run(K, *given[1])
     tables = tuple(put(t, dtype=dt) for t in _padded_tables(int(terms), int(nodes)))
     if traced:
         return run(K, *tables)
@@ -200,6 +205,27 @@ def _pair_call(run, K, terms, nodes):
     Kp = np.zeros((bucket(N, 32), bucket(N, 32)), dtype=jnp.result_type(float))
     Kp[:N, :N] = K
     return tuple(device(np.asarray(M)[:N, :N]) for M in run(Kp, *tables))
+
+
+_TRACED_TABLES = contextvars.ContextVar("traced_mehler_tables", default=None)
+
+
+def capped_tables():
+    """The Mehler tables of the capped orders (:data:`MAX_TERMS`, :data:`MAX_NODES`), NumPy: the orders every
+    kernel of a ``jax.jit`` trace uses (its variances are unknown)."""
+    return _padded_tables(MAX_TERMS, MAX_NODES)
+
+
+@contextlib.contextmanager
+def traced_capped_tables(tables):
+    """Inside a ``jax.jit`` trace: the Mehler series at the capped orders reads ``tables`` (the traced arguments
+    of the compiled function, :func:`capped_tables` passed in) instead of embedding them as constants (a 151 MB
+    constant per compiled program)."""
+    token = _TRACED_TABLES.set(((MAX_TERMS, MAX_NODES), tuple(tables)))
+    try:
+        yield
+    finally:
+        _TRACED_TABLES.reset(token)
 
 
 def bucket(m: int, smallest: int) -> int:

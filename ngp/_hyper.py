@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 
 import jax
@@ -22,6 +23,7 @@ from ._network import Network
 from ._resmlp import ResMLP
 from ._sampling import cached_per_network
 from ._posterior import finite_width_log_evidence
+from ._gaussian import capped_tables, traced_capped_tables
 from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
 from ._validate import as_inputs, as_targets, count, device, nonneg_float, real, warn
@@ -327,7 +329,11 @@ def _objective(net, XA, fw, sizes, per_layer, depth, options):
     Forward mode: memory independent of the quadrature size; few parameters; one pass gives the value
     (as aux) and the gradient. The GP objective is compiled, and remembered for the last 8
     (network, inputs, options): each L-BFGS-B step then costs one kernel evaluation, and fits to new
-    targets on the same inputs (other starts, other draws) do not compile it again.
+    targets on the same inputs (other starts, other draws) do not compile it again. Its variances are
+    not concrete, so the Mehler series runs at the capped orders; their Hermite tables (151 MB) are the
+    compiled function's ``tables`` argument (:func:`ngp._gaussian.traced_capped_tables`), not a constant
+    copied into the program (``benchmarks/gp_fit_orders.py``: a 1-start fit on 64 rows 7.1 s and 0.89 GB
+    against 8.9 s and 1.28 GB).
     """
     def f(theta, Y, cw_all, cb_all, noise0):
         cw, cb, nz = _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0)
@@ -336,8 +342,15 @@ def _objective(net, XA, fw, sizes, per_layer, depth, options):
     both = jax.jacfwd(lambda t, *a: _twice(f(t, *a)), has_aux=True)
     if fw:
         return both
+
+    def with_tables(theta, Y, cw_all, cb_all, noise0, tables):
+        with traced_capped_tables(tables):
+            return both(theta, Y, cw_all, cb_all, noise0)
+
     key = (net, repr(net), XA.shape, XA.tobytes(), sizes, per_layer, tuple(sorted(options.items())))
-    return cached_per_network(_GP_OBJECTIVES, 8, key, lambda: jax.jit(both))
+    compiled = cached_per_network(_GP_OBJECTIVES, 8, key, lambda: jax.jit(with_tables))
+    tables = tuple(device(t, dtype=jnp.result_type(float)) for t in capped_tables())
+    return functools.partial(compiled, tables=tables)
 
 
 def _twice(v):

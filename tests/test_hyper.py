@@ -110,3 +110,27 @@ def test_fit_finite_width_improves_the_evidence_and_returns_a_network(data):
         ngp.fit_hyperparameters(net, X, Y, fit=("C_W", "width"))
     with pytest.raises(ValueError, match="bounds"):
         ngp.fit_hyperparameters(net, X, Y, bounds={"C_W": (2.0, 1.0)})
+
+
+def test_compiled_gp_objective_takes_the_capped_mehler_tables_as_arguments(data):
+    """fit_hyperparameters' compiled GP objective (variances unknown under jit: the capped Mehler orders) reads the
+    capped Hermite tables as arguments, not as a 151 MB constant of the program, and gives the value and gradient
+    of jax.jit of ngp.log_evidence (where the tables are constants)."""
+    from ngp._gaussian import capped_tables
+    from ngp._hyper import _objective
+
+    X, Y = data
+    net = ngp.MLP(3, 16, activation="tanh", C_W=1.0, C_b=0.1, out_dim=2)
+    obj = _objective(net, X, False, (1, 1, 1), False, 3, {})
+    theta = jnp.log(jnp.array([1.3, 0.2, 0.05]))
+    args = (jnp.asarray(Y), jnp.ones(3), jnp.full(3, 0.1), jnp.asarray(0.05))
+    g, v = obj(theta, *args)
+
+    def minus_evidence(t):
+        e = ngp.log_evidence(net, X, Y, noise=jnp.exp(t[2]), C_W=jnp.exp(t[0]), C_b=jnp.exp(t[1]), finite_width=False)
+        return -e
+
+    np.testing.assert_allclose(float(v), float(jax.jit(minus_evidence)(theta)), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(jax.jit(jax.jacfwd(minus_evidence))(theta)), rtol=1e-10)
+    stats = obj.func.lower(theta, *args, **obj.keywords).compile().memory_analysis()
+    assert stats.argument_size_in_bytes >= sum(t.nbytes for t in capped_tables())
