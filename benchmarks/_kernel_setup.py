@@ -145,6 +145,15 @@ def fmt_s(seconds) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
+def write_result(name: str, data: dict) -> int:
+    """Writes ``data`` to ``benchmarks/results/<name>.json`` (:func:`write_json`), says so, and returns 0 (a
+    script's exit status)."""
+    path = os.path.join(RESULTS_DIR, name + ".json")
+    write_json(path, data)
+    print(f"written {os.path.relpath(path, os.path.dirname(os.path.dirname(RESULTS_DIR)))}")
+    return 0
+
+
 def write_json(path: str, data: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"

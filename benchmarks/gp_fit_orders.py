@@ -91,10 +91,7 @@ def main() -> int:
               f"{fit['peak_rss_gb']:.2f} GB", flush=True)
     out = {"machine": platform.platform(), "cpus": os.cpu_count(), **_kernel_setup.ngp_revision(ROOT),
            "load_before": load, "load_after": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
-    path = os.path.join(HERE, "results", args.out + ".json")
-    _kernel_setup.write_json(path, out)
-    print(f"written {os.path.relpath(path, ROOT)}")
-    return 0
+    return _kernel_setup.write_result(args.out, out)
 
 
 if __name__ == "__main__":

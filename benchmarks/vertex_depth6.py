@@ -95,10 +95,7 @@ def main() -> int:
         out["projected_N64_s"] = last["seconds"] * comb(67, 4) / last["multisets_per_layer"]
         print(f"projected at N = 64 from N = {last['N']} (time per multiset held): {out['projected_N64_s']:.0f} s "
               f"(goal 60 s)")
-    path = os.path.join(HERE, "results", args.out + ".json")
-    _kernel_setup.write_json(path, out)
-    print(f"written {os.path.relpath(path, ROOT)}")
-    return 0
+    return _kernel_setup.write_result(args.out, out)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ import ngp  # noqa: E402
 from ngp import _fourpoint as fp  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import _kernel_setup  # noqa: E402  (the results file)
 N = 64
@@ -138,10 +137,7 @@ def main() -> int:
            "rtol": fp.RTOL, "rows": rows, "inner_loop_nodes_per_s": rate,
            "inner_loop_before_after": [rate_before, rate_after], "as_run_s": as_run, "floor_s": floor,
            "goal_s": 60.0}
-    path = os.path.join(HERE, "results", args.out + ".json")
-    _kernel_setup.write_json(path, out)
-    print(f"written {os.path.relpath(path, ROOT)}")
-    return 0
+    return _kernel_setup.write_result(args.out, out)
 
 
 if __name__ == "__main__":

@@ -332,8 +332,8 @@ def _objective(net, XA, fw, sizes, per_layer, depth, options):
     targets on the same inputs (other starts, other draws) do not compile it again. Its variances are
     not concrete, so the Mehler series runs at the capped orders; their Hermite tables (151 MB) are the
     compiled function's ``tables`` argument (:func:`ngp._gaussian.traced_capped_tables`), not a constant
-    copied into the program (``benchmarks/gp_fit_orders.py``: a 1-start fit on 64 rows 7.1 s and 0.89 GB
-    against 8.9 s and 1.28 GB).
+    copied into the program (``docs/theory.md``, "Numerical paths and their accuracy": a 1-start fit on 64
+    rows 7.1 s and 0.89 GB against 8.9 s and 1.28 GB).
     """
     def f(theta, Y, cw_all, cb_all, noise0):
         cw, cb, nz = _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0)
