@@ -9,8 +9,8 @@ orders (3000 terms, 6000 nodes, ``docs/theory.md``, "Numerical paths and their a
 on the first ``N`` rows of scikit-learn's diabetes data (standardised), tanh depth 3, each in a fresh process:
 
 * ``capped``: the value and gradient under ``jax.jit`` as a user compiles them (the capped orders, their Hermite
-  table a constant of the program; until stop 57 the fit compiled its objective so too, since then it picks the
-  orders of each kernel's largest variance in the program, the tables arguments);
+  table a constant of the program; until stop 57 the fit compiled its objective so too, since then it passes the
+  table as an argument);
 * ``auto``: the same with ``terms``/``nodes`` set to the orders of the largest variance at the start values (what
   the concrete evaluation uses there);
 
