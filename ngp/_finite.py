@@ -31,7 +31,7 @@ from ._activations import Activation
 from ._fourpoint import RTOL, fixed_rule_split, multiset_expectations, split_multisets
 from ._gaussian import (auto_orders, bucket, concrete_max, gauss_hermite, integer_power, pad_rows, padded_rule,
                         pair_matrices)
-from ._kernel import two_point_matrix
+from ._kernel import KERNEL_OPTIONS, two_point_matrix
 from ._pairs import Pairs, array_module, is_concrete, multiset_code, multiset_rows
 from ._progress import check_progress, task
 from ._threads import thread_map
@@ -533,7 +533,7 @@ def fresh_covariance(act: Activation, K, pairs: Pairs, C_W: float, *, E2=None, t
         table = FourPointTable(act, K, **{k: v for k, v in options.items() if k in TABLE_OPTIONS})
     T4 = table(ms)[packed_positions(pairs)]
     if E2 is None:
-        kopts = {k: v for k, v in options.items() if k in ("method", "terms", "nodes", "quad_nodes")}
+        kopts = {k: v for k, v in options.items() if k in KERNEL_OPTIONS}
         E2 = two_point_matrix(act, K, **kopts)
     E2 = pairs.pack(E2)
     if is_concrete(T4, E2, C_W):

@@ -194,8 +194,8 @@ def _pair_call(run, K, terms, nodes):
     dt = jnp.result_type(float)
     put = device_if(traced)  # a concrete kernel: one call
     given = _TRACED_TABLES.get() if traced else None
-    if given is not None and given[0] == (int(terms), int(nodes)):
-        return run(K, *given[1])
+    if given is not None and (int(terms), int(nodes)) == (MAX_TERMS, MAX_NODES):
+        return run(K, *given)
     tables = tuple(put(t, dtype=dt) for t in _padded_tables(int(terms), int(nodes)))
     if traced:
         return run(K, *tables)
@@ -221,7 +221,7 @@ def traced_capped_tables(tables):
     """Inside a ``jax.jit`` trace: the Mehler series at the capped orders reads ``tables`` (the traced arguments
     of the compiled function, :func:`capped_tables` passed in) instead of embedding them as constants (a 151 MB
     constant per compiled program)."""
-    token = _TRACED_TABLES.set(((MAX_TERMS, MAX_NODES), tuple(tables)))
+    token = _TRACED_TABLES.set(tuple(tables))
     try:
         yield
     finally:

@@ -15,11 +15,13 @@ from ._activations import Activation
 from ._gaussian import pair_gh, pair_matrix
 from ._validate import device
 
-__all__ = ["METHODS", "first_layer_kernel", "dense_kernel", "two_point_matrix", "kernel_map"]
+__all__ = ["METHODS", "KERNEL_OPTIONS", "first_layer_kernel", "dense_kernel", "two_point_matrix", "kernel_map"]
 
 #: Ways of computing two-point expectations: closed form where known (``"auto"``),
 #: the Mehler series (``"mehler"``), or a dense 2-D Gauss-Hermite rule (``"quadrature"``).
 METHODS = ("auto", "closed", "mehler", "quadrature")
+#: The options of :func:`two_point_matrix` (every layer kind passes exactly these on to it).
+KERNEL_OPTIONS = ("method", "terms", "nodes", "quad_nodes")
 
 
 @jax.jit

@@ -11,6 +11,7 @@ import functools
 
 import numpy as np
 
+from ._kernel import KERNEL_OPTIONS
 from ._ntk_net import NTKMixin, output_property
 from ._pairs import Pairs
 from ._progress import check_progress
@@ -25,7 +26,6 @@ EXPANSION_WARN = 0.3
 #: Largest pre-activation variance for which the default four-point order is accurate to ~1e-9.
 FOUR_POINT_K_WARN = 2.0
 
-KERNEL_OPTIONS = ("method", "terms", "nodes", "quad_nodes")
 #: Keyword options accepted by ``net.prior(X, **options)``.
 PRIOR_OPTIONS = KERNEL_OPTIONS + ("four_point_order", "four_point_rtol", "max_memory", "progress", "warn", "lambda_W",
                                   "lambda_b")

@@ -70,7 +70,7 @@ from scipy import special
 from ._activations import Activation, activation as _make_activation
 from ._finite import TABLE_OPTIONS, fresh_covariance, jacobian_hessian
 from ._gaussian import gauss_hermite
-from ._kernel import kernel_map
+from ._kernel import KERNEL_OPTIONS, kernel_map
 from ._pairs import Pairs
 from ._validate import device
 
@@ -96,8 +96,7 @@ CROSS_ORDERS = {2: 128, 3: 64, 4: 40}
 RELU_ORDERS = {2: 96, 3: 48, 4: 32}
 #: Node evaluations per batch of cross-layer expectations (memory control: ~100 MB of work arrays).
 _BATCH_ELEMS = 1_500_000
-_KERNEL_OPTIONS = ("method", "terms", "nodes", "quad_nodes")
-_FRESH_OPTIONS = tuple(dict.fromkeys(_KERNEL_OPTIONS + TABLE_OPTIONS))
+_FRESH_OPTIONS = tuple(dict.fromkeys(KERNEL_OPTIONS + TABLE_OPTIONS))
 #: Options a residual chain keeps (``ngp._residual_layers`` filters a prior's options by them).
 CHAIN_OPTIONS = _FRESH_OPTIONS + ("cross_orders",)
 
@@ -190,7 +189,7 @@ class ChainState:
 
 # ============================================================================ MLP building blocks
 def _kopts(options):
-    return {k: v for k, v in options.items() if k in _KERNEL_OPTIONS}
+    return {k: v for k, v in options.items() if k in KERNEL_OPTIONS}
 
 
 def _jh(act, K, pairs, options):

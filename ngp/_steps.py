@@ -31,7 +31,7 @@ import numpy as np
 
 from ._activations import Activation, activation as make_activation
 from ._cumulants import DenseLayer, DenseMap, GaussianLayer, LayerCumulants, ScaledLayer
-from ._kernel import dense_kernel, first_layer_kernel, two_point_matrix
+from ._kernel import KERNEL_OPTIONS, dense_kernel, first_layer_kernel, two_point_matrix
 from ._linalg import psd_sqrt
 from ._progress import labelled
 from ._residual_layers import readout_layer, residual_layer
@@ -42,7 +42,6 @@ __all__ = ["Step", "Dense", "Elementwise", "Scale", "Residual", "Serial", "Flow"
 #: The identity activation (what a representation "is" before any elementwise step).
 IDENTITY = make_activation("linear")
 
-_KERNEL_OPTIONS = ("method", "terms", "nodes", "quad_nodes")
 
 
 @functools.lru_cache(maxsize=256)
@@ -190,7 +189,7 @@ class Dense(Step):
             K = first_layer_kernel(device(f.features), C_W, C_b)
             layer = GaussianLayer(K, width=self.width)
         else:
-            kopts = {k: v for k, v in opts.items() if k in _KERNEL_OPTIONS}
+            kopts = {k: v for k, v in opts.items() if k in KERNEL_OPTIONS}
             E2 = two_point_matrix(f.act, f.layer.K, **kopts)
             K = dense_kernel(E2, C_W, C_b)
             prev = f.layer
