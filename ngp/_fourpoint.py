@@ -35,13 +35,13 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
+from ._cache import byte_lru
 from ._gaussian import gauss_hermite
 from ._validate import device, device_if
 
@@ -487,45 +487,7 @@ def _tensor_rule(orders: tuple, cutoff: float):
     return idx, weights
 
 
-def _arrays(x):
-    """The NumPy arrays in ``x`` (an array or nested tuples and lists)."""
-    if isinstance(x, np.ndarray):
-        return [x]
-    return [a for y in x for a in _arrays(y)] if isinstance(x, (tuple, list)) else []
-
-
-def _byte_lru(limit: int):
-    """Cache of a function of hashable arguments whose results hold NumPy arrays (made read-only),
-    dropping the least recently used results beyond ``limit`` bytes. Safe to call from several threads
-    (two may compute the same result; the first stored is kept)."""
-    def deco(fn):
-        cache, size, lock = {}, [0], threading.Lock()
-
-        @functools.wraps(fn)
-        def cached(*args):
-            with lock:
-                hit = cache.pop(args, None)
-                if hit is not None:
-                    cache[args] = hit  # most recent last
-                    return hit
-            made = fn(*args)
-            with lock:
-                hit = cache.pop(args, None)
-                if hit is None:
-                    hit = made
-                    for a in _arrays(hit):
-                        a.setflags(write=False)
-                        size[0] += a.nbytes
-                cache[args] = hit
-                while size[0] > limit and len(cache) > 1:
-                    size[0] -= sum(a.nbytes for a in _arrays(cache.pop(next(iter(cache)))))
-            return hit
-
-        return cached
-    return deco
-
-
-@_byte_lru(64 * 2**20)
+@byte_lru(64 * 2**20)
 def _prefix_rule(orders: tuple, cutoff: float):
     """:func:`_tensor_rule` for ``orders`` (the leading directions of a rule), cached: rules of
     different groups share their leading directions."""
@@ -749,7 +711,7 @@ def _tile_kernel(fn, smoothed, split, active, XP, PW, XL, WL, R, beta, sigma, st
     return jnp.einsum("tpm,tp,tm->t", vals.reshape(T, _TP, _TM), P, wl)
 
 
-@_byte_lru(64 * 2**20)
+@byte_lru(64 * 2**20)
 def _rule_tiles(orders: tuple, cutoff: float, D: int):
     """The pruned rule ``orders`` (:func:`_tensor_rule`) as tiles for :func:`_tile_kernel` (cached):
     partial nodes of the leading directions sorted by decreasing weight, in blocks of ``_TP``

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import roots_hermitenorm
 
+from ._cache import byte_lru
 from ._validate import device, device_if, warn
 
 __all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "pair_matrix", "pair_gh", "concrete_max",
@@ -110,20 +111,6 @@ def expect_1d(f, k, *, nodes: int = NODES_1D):
     return jnp.sum(w * f(z), axis=-1)
 
 
-@functools.lru_cache(maxsize=16)
-def _hermite_functions(terms: int, nodes: int) -> tuple[np.ndarray, np.ndarray]:
-    """``psi[k, i] = sqrt(w_i) h_k(x_i)`` (orthonormal Hermite), by stable recurrence."""
-    x, w = gauss_hermite(nodes)
-    sw = np.sqrt(w)
-    psi = np.empty((terms + 1, nodes))
-    psi[0] = sw
-    if terms >= 1:
-        psi[1] = x * sw
-    for k in range(1, terms):
-        psi[k + 1] = (x * psi[k] - np.sqrt(k) * psi[k - 1]) / np.sqrt(k + 1)
-    return psi, sw
-
-
 def hermite_coefficients(f, k, *, terms: int = MEHLER_TERMS, nodes: int = NODES_1D):
     """Orthonormal Hermite coefficients of ``x -> f(sqrt(k) x)``.
 
@@ -135,12 +122,10 @@ def hermite_coefficients(f, k, *, terms: int = MEHLER_TERMS, nodes: int = NODES_
         Array ``(..., terms + 1)`` with ``c_j = E[f(sqrt(k) X) He_j(X)] / sqrt(j!)``.
     """
     dt = jnp.result_type(float)  # float32 unless x64 is enabled
-    x, _ = gauss_hermite(nodes)
-    psi, sw = _hermite_functions(terms, nodes)
-    x, psi, sw = (device(a, dtype=dt) for a in (x, psi, sw))
+    x, _, sw, psi = (device(a, dtype=dt) for a in _padded_tables(int(terms), int(nodes)))
     k = device(k)
-    z = jnp.sqrt(jnp.maximum(k, 0.0))[..., None] * x
-    return (f(z) * sw) @ psi.T
+    z = jnp.sqrt(jnp.maximum(k, 0.0))[..., None] * x  # padded nodes: x = 0 with weight 0
+    return ((f(z) * sw) @ psi.T)[..., : int(terms) + 1]
 
 
 def integer_power(f, p):
@@ -257,17 +242,29 @@ def padded_rule(nodes: int):
     return xp, wp  # NumPy (cached arrays must not be created inside a trace)
 
 
-@functools.lru_cache(maxsize=64)
+#: Bytes of Mehler tables kept (:func:`_padded_tables`): the capped orders' table (151 MB) and a few smaller ones.
+TABLE_BYTES = 256 * 2**20
+
+
+@byte_lru(TABLE_BYTES)
 def _padded_tables(terms: int, nodes: int):
-    """The ``nodes``-point rule and the Hermite functions of orders ``0..terms``, zero-padded to bucketed
+    """The ``nodes``-point rule ``(x, w)``, ``sqrt(w)`` and the orthonormal Hermite functions
+    ``psi[k, i] = sqrt(w_i) h_k(x_i)`` of orders ``0..terms`` (stable recurrence), zero-padded to bucketed
     sizes: padded nodes have weight 0 and padded orders coefficient 0, so sums over them add exact zeros
-    (the Horner recursion starts at the highest order and stays 0 through the padded ones)."""
+    (the Horner recursion starts at the highest order and stays 0 through the padded ones). Cached up to
+    :data:`TABLE_BYTES` (one copy: the recurrence writes into the padded table)."""
     xp, wp = padded_rule(nodes)
+    x, w = gauss_hermite(nodes)
     tb, nb = bucket(terms + 1, 256), xp.shape[0]
-    psi, sw = _hermite_functions(terms, nodes)
     swp, psip = np.zeros(nb), np.zeros((tb, nb))
-    swp[:nodes] = sw
-    psip[: terms + 1, :nodes] = psi
+    sw = swp[:nodes]
+    sw[:] = np.sqrt(w)
+    psi = psip[:, :nodes]
+    psi[0] = sw
+    if terms >= 1:
+        psi[1] = x * sw
+    for k in range(1, terms):
+        psi[k + 1] = (x * psi[k] - np.sqrt(k) * psi[k - 1]) / np.sqrt(k + 1)
     return xp, wp, swp, psip
 
 

@@ -1,0 +1,56 @@
+"""Caches of NumPy tables bounded by their size in bytes (quadrature rules, Hermite tables)."""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import numpy as np
+
+__all__ = ["arrays", "byte_lru"]
+
+
+def arrays(x):
+    """The NumPy arrays in ``x`` (an array or nested tuples and lists)."""
+    if isinstance(x, np.ndarray):
+        return [x]
+    return [a for y in x for a in arrays(y)] if isinstance(x, (tuple, list)) else []
+
+
+def byte_lru(limit: int):
+    """Cache of a function of hashable arguments whose results hold NumPy arrays (made read-only),
+    dropping the least recently used results beyond ``limit`` bytes (the latest result is always kept).
+    Safe to call from several threads (two may compute the same result; the first stored is kept).
+    The cached function has ``cache_bytes()`` (bytes held) and ``cache_clear()``."""
+    def deco(fn):
+        cache, size, lock = {}, [0], threading.Lock()
+
+        @functools.wraps(fn)
+        def cached(*args):
+            with lock:
+                hit = cache.pop(args, None)
+                if hit is not None:
+                    cache[args] = hit  # most recent last
+                    return hit
+            made = fn(*args)
+            with lock:
+                hit = cache.pop(args, None)
+                if hit is None:
+                    hit = made
+                    for a in arrays(hit):
+                        a.setflags(write=False)
+                        size[0] += a.nbytes
+                cache[args] = hit
+                while size[0] > limit and len(cache) > 1:
+                    size[0] -= sum(a.nbytes for a in arrays(cache.pop(next(iter(cache)))))
+            return hit
+
+        def cache_clear():
+            with lock:
+                cache.clear()
+                size[0] = 0
+
+        cached.cache_bytes = lambda: size[0]
+        cached.cache_clear = cache_clear
+        return cached
+    return deco

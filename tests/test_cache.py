@@ -1,0 +1,58 @@
+"""The byte-bounded cache of NumPy tables (``ngp._cache.byte_lru``)."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from ngp._cache import byte_lru
+
+
+@pytest.fixture
+def table():
+    calls = []
+
+    @byte_lru(3000)
+    def table(n):
+        calls.append(n)
+        return np.zeros(n // 8), (np.ones(1),)  # n bytes and one more element of 8 bytes
+
+    table.calls = calls
+    return table
+
+
+def test_results_are_kept_read_only_and_counted(table):
+    a = table(800)
+    assert table(800) is a and table.calls == [800]
+    assert table.cache_bytes() == 808
+    with pytest.raises(ValueError):
+        a[0][0] = 1.0
+
+
+def test_least_recently_used_results_go_beyond_the_limit(table):
+    table(800), table(1600)
+    table(800)  # now the most recent
+    table(1200)  # 808 + 1608 + 1208 > 3000: drops 1600, the least recently used
+    assert table.cache_bytes() == 808 + 1208
+    table(800), table(1600)
+    assert table.calls == [800, 1600, 1200, 1600]
+
+
+def test_a_result_larger_than_the_limit_is_kept_alone(table):
+    table(800)
+    big = table(8000)
+    assert table(8000) is big and table.cache_bytes() == 8008
+    table.cache_clear()
+    assert table.cache_bytes() == 0
+
+
+def test_threads_share_one_stored_result(table):
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(table(400))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = table(400)
+    assert len(out) == 8 and all(np.array_equal(o[0], stored[0]) for o in out)
+    assert table.cache_bytes() == 408  # counted once, however many threads computed it
