@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -171,16 +172,18 @@ def _pair_call(run, K, terms, nodes):
     """``run(K, *tables)`` with the Mehler tables of ``terms``/``nodes`` (``None``: from the largest variance)."""
     traced = isinstance(K, jax.core.Tracer)
     K = device(K) if traced else np.asarray(K)
+    given = _TRACED_TABLES.get() if traced else None
     if terms is None or nodes is None:
         kmax = concrete_max(jnp.diagonal(K)) if traced else float(np.max(np.diagonal(K), initial=-np.inf))
+        if given is not None and terms is None and nodes is None and not np.isfinite(kmax):
+            # variances unknown at trace time: the orders of the largest one, chosen in the program
+            idx = jnp.searchsorted(jnp.asarray(SWITCH_VARIANCES), jnp.max(jnp.diagonal(K)))
+            return jax.lax.switch(idx, [functools.partial(_run_with, run, t) for t in given], K)
         t_auto, n_auto = auto_orders(kmax)
         terms = t_auto if terms is None else terms
         nodes = n_auto if nodes is None else nodes
     dt = jnp.result_type(float)
     put = device_if(traced)  # a concrete kernel: one call
-    given = _TRACED_TABLES.get() if traced else None
-    if given is not None and (int(terms), int(nodes)) == (MAX_TERMS, MAX_NODES):
-        return run(K, *given)
     tables = tuple(put(t, dtype=dt) for t in _padded_tables(int(terms), int(nodes)))
     if traced:
         return run(K, *tables)
@@ -192,21 +195,33 @@ def _pair_call(run, K, terms, nodes):
     return tuple(device(np.asarray(M)[:N, :N]) for M in run(Kp, *tables))
 
 
+def _run_with(run, tables, K):
+    return run(K, *tables)
+
+
 _TRACED_TABLES = contextvars.ContextVar("traced_mehler_tables", default=None)
 
+#: Variance buckets of :func:`switch_tables`: a traced kernel whose largest variance is at most the ``i``-th runs the
+#: orders of :func:`auto_orders` at that bound, beyond the last the capped orders.
+SWITCH_VARIANCES = (1.25, 4.0, 12.0)
 
-def capped_tables():
-    """The Mehler tables of the capped orders (:data:`MAX_TERMS`, :data:`MAX_NODES`), NumPy: the orders every
-    kernel of a ``jax.jit`` trace uses (its variances are unknown)."""
-    return _padded_tables(MAX_TERMS, MAX_NODES)
+
+def switch_tables() -> tuple:
+    """The Mehler tables (NumPy) of the orders of :data:`SWITCH_VARIANCES` and of the capped orders, in that
+    order."""
+    with warnings.catch_warnings():  # the bounds are not variances of a kernel: no warning about them
+        warnings.simplefilter("ignore")
+        orders = [auto_orders(k) for k in SWITCH_VARIANCES] + [(MAX_TERMS, MAX_NODES)]
+    return tuple(_padded_tables(t, n) for t, n in orders)
 
 
 @contextlib.contextmanager
-def traced_capped_tables(tables):
-    """Inside a ``jax.jit`` trace: the Mehler series at the capped orders reads ``tables`` (the traced arguments
-    of the compiled function, :func:`capped_tables` passed in) instead of embedding them as constants (a 151 MB
-    constant per compiled program)."""
-    token = _TRACED_TABLES.set(tuple(tables))
+def traced_mehler_tables(tables):
+    """Inside a ``jax.jit`` trace, where the variances are unknown: the Mehler series with automatic orders picks
+    in the program the orders of the kernel's largest variance (``jax.lax.switch`` over :data:`SWITCH_VARIANCES`),
+    reading ``tables`` (:func:`switch_tables`, passed in as arguments of the compiled function) instead of running
+    the capped orders with their table a constant of the program."""
+    token = _TRACED_TABLES.set(tuple(tuple(t) for t in tables))
     try:
         yield
     finally:

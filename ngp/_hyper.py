@@ -23,7 +23,7 @@ from ._network import Network
 from ._resmlp import ResMLP
 from ._sampling import cached_per_network
 from ._posterior import finite_width_log_evidence
-from ._gaussian import capped_tables, traced_capped_tables
+from ._gaussian import switch_tables, traced_mehler_tables
 from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
 from ._validate import as_inputs, as_targets, count, device, nonneg_float, real, warn
@@ -330,10 +330,9 @@ def _objective(net, XA, fw, sizes, per_layer, depth, options):
     (as aux) and the gradient. The GP objective is compiled, and remembered for the last 8
     (network, inputs, options): each L-BFGS-B step then costs one kernel evaluation, and fits to new
     targets on the same inputs (other starts, other draws) do not compile it again. Its variances are
-    not concrete, so the Mehler series runs at the capped orders; their Hermite tables (151 MB) are the
-    compiled function's ``tables`` argument (:func:`ngp._gaussian.traced_capped_tables`), not a constant
-    copied into the program (``docs/theory.md``, "Numerical paths and their accuracy": a 1-start fit on 64
-    rows 7.1 s and 0.89 GB against 8.9 s and 1.28 GB).
+    not concrete at trace time, so each kernel picks in the program the Mehler orders of its largest
+    variance's bucket (:func:`ngp._gaussian.traced_mehler_tables`), their Hermite tables the compiled
+    function's ``tables`` argument (``docs/theory.md``, "Numerical paths and their accuracy").
     """
     def f(theta, Y, cw_all, cb_all, noise0):
         cw, cb, nz = _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0)
@@ -344,12 +343,12 @@ def _objective(net, XA, fw, sizes, per_layer, depth, options):
         return both
 
     def with_tables(theta, Y, cw_all, cb_all, noise0, tables):
-        with traced_capped_tables(tables):
+        with traced_mehler_tables(tables):
             return both(theta, Y, cw_all, cb_all, noise0)
 
     key = (net, repr(net), XA.shape, XA.tobytes(), sizes, per_layer, tuple(sorted(options.items())))
     compiled = cached_per_network(_GP_OBJECTIVES, 8, key, lambda: jax.jit(with_tables))
-    tables = tuple(device(t, dtype=jnp.result_type(float)) for t in capped_tables())
+    tables = tuple(tuple(device(a, dtype=jnp.result_type(float)) for a in t) for t in switch_tables())
     return functools.partial(compiled, tables=tables)
 
 

@@ -125,3 +125,27 @@ def test_pair_matrices_equal_pair_matrix_for_each_pair():
     for (f, g), M in zip(fgs, got):
         np.testing.assert_allclose(np.asarray(M), np.asarray(pair_matrix(f, g, K)), rtol=0, atol=1e-14)
     assert not np.allclose(np.asarray(got[0]), np.asarray(got[1]))
+
+
+def test_mehler_tables_are_held_once_and_within_their_byte_bound():
+    """Building the tables of the fit's variance buckets and the capped orders allocates about one copy of each
+    (before stop 58 the unpadded Hermite functions were cached beside the padded table: twice the memory), and
+    the cache keeps at most ``TABLE_BYTES``."""
+    import tracemalloc
+
+    from ngp import _gaussian
+
+    _gaussian._padded_tables.cache_clear()
+    tracemalloc.start()
+    try:
+        tables = _gaussian.switch_tables()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = sum(a.nbytes for t in tables for a in t)
+    assert size > 150e6 and held < 1.1 * size
+    assert _gaussian._padded_tables.cache_bytes() == size <= _gaussian.TABLE_BYTES
+    # the recurrence written into the padded table: orthonormal Hermite functions (psi psi^T = I on the rule)
+    _, _, sw, psi = tables[0]
+    assert np.all(psi[:, sw == 0] == 0)
+    np.testing.assert_allclose(psi[:200] @ psi[:200].T, np.eye(200), atol=1e-12)

@@ -112,25 +112,37 @@ def test_fit_finite_width_improves_the_evidence_and_returns_a_network(data):
         ngp.fit_hyperparameters(net, X, Y, bounds={"C_W": (2.0, 1.0)})
 
 
-def test_compiled_gp_objective_takes_the_capped_mehler_tables_as_arguments(data):
-    """fit_hyperparameters' compiled GP objective (variances unknown under jit: the capped Mehler orders) reads the
-    capped Hermite tables as arguments, not as a 151 MB constant of the program, and gives the value and gradient
-    of jax.jit of ngp.log_evidence (where the tables are constants)."""
-    from ngp._gaussian import capped_tables
+@pytest.mark.parametrize("C_W, bucket", [(1.0, 0), (3.0, 1), (8.0, 2)])
+def test_compiled_gp_objective_picks_the_mehler_orders_of_its_largest_variance(data, C_W, bucket):
+    """fit_hyperparameters' compiled GP objective (variances unknown under jit) runs, for each kernel, the Mehler
+    orders of its largest variance's bucket, chosen in the program: the value and gradient of ngp.log_evidence at
+    those orders exactly, and within the series' accuracy of the capped orders a plain jax.jit runs; the tables of
+    every bucket are arguments of the compiled program, not constants."""
+    from ngp._gaussian import SWITCH_VARIANCES, auto_orders, switch_tables
     from ngp._hyper import _objective
 
     X, Y = data
     net = ngp.MLP(3, 16, activation="tanh", C_W=1.0, C_b=0.1, out_dim=2)
+    theta = jnp.log(jnp.array([C_W, 0.2, 0.05]))
+    kmax = max(float(np.max(np.diag(L.K))) for L in ngp.MLP(3, 16, activation="tanh", C_W=C_W, C_b=0.2, out_dim=2)
+               .prior(X, warn=False).layers[:-1])
+    assert (SWITCH_VARIANCES[bucket - 1] if bucket else 0.0) < kmax <= SWITCH_VARIANCES[bucket]
+    terms, nodes = auto_orders(SWITCH_VARIANCES[bucket])
     obj = _objective(net, X, False, (1, 1, 1), False, 3, {})
-    theta = jnp.log(jnp.array([1.3, 0.2, 0.05]))
     args = (jnp.asarray(Y), jnp.ones(3), jnp.full(3, 0.1), jnp.asarray(0.05))
     g, v = obj(theta, *args)
 
-    def minus_evidence(t):
-        e = ngp.log_evidence(net, X, Y, noise=jnp.exp(t[2]), C_W=jnp.exp(t[0]), C_b=jnp.exp(t[1]), finite_width=False)
+    def minus_evidence(t, **orders):
+        e = ngp.log_evidence(net, X, Y, noise=jnp.exp(t[2]), C_W=jnp.exp(t[0]), C_b=jnp.exp(t[1]),
+                             finite_width=False, **orders)
         return -e
 
-    np.testing.assert_allclose(float(v), float(jax.jit(minus_evidence)(theta)), rtol=1e-12)
-    np.testing.assert_allclose(np.asarray(g), np.asarray(jax.jit(jax.jacfwd(minus_evidence))(theta)), rtol=1e-10)
+    def at_bucket(t):
+        return minus_evidence(t, terms=terms, nodes=nodes)
+
+    np.testing.assert_allclose(np.asarray(g), np.asarray(jax.jit(jax.jacfwd(at_bucket))(theta)), rtol=1e-12)
+    np.testing.assert_allclose(float(v), float(jax.jit(at_bucket)(theta)), rtol=1e-12)
+    capped = jax.jit(jax.jacfwd(minus_evidence))(theta)  # the series' accuracy, 1e-10 relative (docs/theory.md)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(capped), rtol=1e-9)
     stats = obj.func.lower(theta, *args, **obj.keywords).compile().memory_analysis()
-    assert stats.argument_size_in_bytes >= sum(t.nbytes for t in capped_tables())
+    assert stats.argument_size_in_bytes >= sum(a.nbytes for t in switch_tables() for a in t)
