@@ -1,4 +1,5 @@
-"""Caches of NumPy tables bounded by their size in bytes (quadrature rules, Hermite tables)."""
+"""Caches of NumPy tables bounded by their size in bytes (quadrature rules, Hermite tables), and tables that
+JAX reads without a copy."""
 
 from __future__ import annotations
 
@@ -7,7 +8,17 @@ import threading
 
 import numpy as np
 
-__all__ = ["arrays", "byte_lru"]
+__all__ = ["aligned_zeros", "arrays", "byte_lru"]
+
+
+def aligned_zeros(shape) -> np.ndarray:
+    """``np.zeros(shape)`` (float64) starting at a 64-byte boundary: JAX's CPU backend then uses the buffer of
+    such an array in place instead of copying it (``jax.device_put``, or as an argument of a compiled call), so a
+    cached read-only table costs its size once, not once more per transfer."""
+    n = int(np.prod(shape))
+    buf = np.zeros(n + 8)
+    start = (-buf.ctypes.data % 64) // 8
+    return buf[start:start + n].reshape(shape)
 
 
 def arrays(x):

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import roots_hermitenorm
 
-from ._cache import byte_lru
+from ._cache import aligned_zeros, byte_lru
 from ._validate import device, device_if, warn
 
 __all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "pair_matrix", "pair_gh", "concrete_max",
@@ -252,7 +252,7 @@ def padded_rule(nodes: int):
     entries (padded nodes at 0 with weight 0): one compiled program serves every order of the bucket."""
     nb = bucket(nodes, 256)
     x, w = gauss_hermite(nodes)
-    xp, wp = np.zeros(nb), np.zeros(nb)
+    xp, wp = aligned_zeros(nb), aligned_zeros(nb)
     xp[:nodes], wp[:nodes] = x, w
     return xp, wp  # NumPy (cached arrays must not be created inside a trace)
 
@@ -271,7 +271,7 @@ def _padded_tables(terms: int, nodes: int):
     xp, wp = padded_rule(nodes)
     x, w = gauss_hermite(nodes)
     tb, nb = bucket(terms + 1, 256), xp.shape[0]
-    swp, psip = np.zeros(nb), np.zeros((tb, nb))
+    swp, psip = aligned_zeros(nb), aligned_zeros((tb, nb))  # read in place by JAX
     sw = swp[:nodes]
     sw[:] = np.sqrt(w)
     psi = psip[:, :nodes]
