@@ -229,12 +229,27 @@ def memory_bytes(value, name: str = "max_memory") -> int:
 
 def device(x, dtype=None):
     """``jnp.asarray(x, dtype)`` without compiling: JAX (0.10) converts a NumPy array with a small compiled
-    program per shape and dtype, ``jax.device_put`` copies it (the same dtype canonicalisation; never aliasing
-    the NumPy buffer, as ``jnp.asarray`` does not). Other inputs (JAX arrays, tracers, scalars, lists) go to
-    ``jnp.asarray``."""
+    program per shape and dtype, ``jax.device_put`` takes it (the same dtype canonicalisation). A writeable array
+    is copied first: JAX's CPU backend uses a 64-byte-aligned NumPy buffer in place even with ``may_alias=False``
+    (jax-ml/jax#37830), and a later write to it would change the JAX array; a read-only one (a cached table) is
+    read in place. Other inputs (JAX arrays, tracers, scalars, lists) go to ``jnp.asarray``."""
     if isinstance(x, np.ndarray):
-        return jax.device_put(x if dtype is None else np.asarray(x, dtype), may_alias=False)
+        x = x if dtype is None else np.asarray(x, dtype)
+        if x.flags.writeable:
+            x = _aligned_copy(x)
+        return jax.device_put(x, may_alias=False)
     return jnp.asarray(x, dtype)
+
+
+def _aligned_copy(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``x`` starting at a 64-byte boundary (JAX reads it in place: one copy in all)."""
+    if x.nbytes < 1024:
+        return np.array(x)
+    buf = np.empty(x.nbytes + 64, dtype=np.uint8)
+    start = -buf.ctypes.data % 64
+    out = buf[start:start + x.nbytes].view(x.dtype).reshape(x.shape)
+    out[...] = x
+    return out
 
 
 def device_if(shared: bool):

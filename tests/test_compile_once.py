@@ -116,6 +116,22 @@ def test_numpy_arrays_reach_the_device_without_compiling(caplog):
     np.testing.assert_allclose(np.asarray(K), 0.2 + 1.3 * x @ x.T / 13, rtol=1e-15)
 
 
+@pytest.mark.parametrize("size", [100, 4096])
+def test_a_device_array_does_not_change_when_its_numpy_source_is_written(size):
+    """JAX's CPU backend takes a 64-byte-aligned NumPy buffer in place even with ``may_alias=False``
+    (jax-ml/jax#37830): ``device`` copies writeable arrays, so writing the source later changes nothing; a
+    read-only array (a cached table) is read in place."""
+    from ngp._cache import aligned_zeros
+    from ngp._validate import device
+
+    x = aligned_zeros(size)
+    y = device(x)
+    x[0] = 1.0
+    assert float(y[0]) == 0.0
+    x.setflags(write=False)
+    assert device(x).unsafe_buffer_pointer() == x.ctypes.data
+
+
 def test_sampling_an_equal_network_again_does_not_compile():
     from ngp._sampling import _batched_sampler
 
