@@ -8,17 +8,25 @@ import threading
 
 import numpy as np
 
-__all__ = ["aligned_zeros", "arrays", "byte_lru"]
+__all__ = ["aligned_empty", "aligned_zeros", "arrays", "byte_lru"]
+
+
+def aligned_empty(shape, dtype=float) -> np.ndarray:
+    """An uninitialised C-contiguous array starting at a 64-byte boundary: JAX's CPU backend uses the buffer of
+    such an array in place instead of copying it (``jax.device_put``, or as an argument of a compiled call), so a
+    cached read-only table costs its size once, not once more per transfer."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buf = np.empty(nbytes + 64, dtype=np.uint8)
+    start = -buf.ctypes.data % 64
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def aligned_zeros(shape) -> np.ndarray:
-    """``np.zeros(shape)`` (float64) starting at a 64-byte boundary: JAX's CPU backend then uses the buffer of
-    such an array in place instead of copying it (``jax.device_put``, or as an argument of a compiled call), so a
-    cached read-only table costs its size once, not once more per transfer."""
-    n = int(np.prod(shape))
-    buf = np.zeros(n + 8)
-    start = (-buf.ctypes.data % 64) // 8
-    return buf[start:start + n].reshape(shape)
+    """:func:`aligned_empty` filled with zeros (float64)."""
+    out = aligned_empty(shape)
+    out[...] = 0.0
+    return out
 
 
 def arrays(x):

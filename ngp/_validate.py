@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._cache import aligned_empty
+
 __all__ = [
     "RCOND_MIN",
     "MAX_MEMORY",
@@ -242,12 +244,10 @@ def device(x, dtype=None):
 
 
 def _aligned_copy(x: np.ndarray) -> np.ndarray:
-    """A C-contiguous copy of ``x`` starting at a 64-byte boundary (JAX reads it in place: one copy in all)."""
+    """A copy of ``x`` that JAX reads in place (:func:`ngp._cache.aligned_empty`): one copy in all."""
     if x.nbytes < 1024:
         return np.array(x)
-    buf = np.empty(x.nbytes + 64, dtype=np.uint8)
-    start = -buf.ctypes.data % 64
-    out = buf[start:start + x.nbytes].view(x.dtype).reshape(x.shape)
+    out = aligned_empty(x.shape, x.dtype)
     out[...] = x
     return out
 

@@ -56,3 +56,14 @@ def test_threads_share_one_stored_result(table):
     stored = table(400)
     assert len(out) == 8 and all(np.array_equal(o[0], stored[0]) for o in out)
     assert table.cache_bytes() == 408  # counted once, however many threads computed it
+
+
+@pytest.mark.parametrize("shape, dtype", [((3, 5), np.float64), ((7,), np.float32), ((2, 3, 4), np.int64)])
+def test_aligned_arrays_start_at_64_bytes(shape, dtype):
+    from ngp._cache import aligned_empty, aligned_zeros
+
+    a = aligned_empty(shape, dtype)
+    assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.ctypes.data % 64 == 0
+    z = aligned_zeros(shape)
+    assert z.ctypes.data % 64 == 0 and z.dtype == np.float64 and not np.any(z)
+    assert aligned_empty((0,), dtype).shape == (0,)
