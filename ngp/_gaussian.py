@@ -123,10 +123,12 @@ def hermite_coefficients(f, k, *, terms: int = MEHLER_TERMS, nodes: int = NODES_
         Array ``(..., terms + 1)`` with ``c_j = E[f(sqrt(k) X) He_j(X)] / sqrt(j!)``.
     """
     dt = jnp.result_type(float)  # float32 unless x64 is enabled
-    x, _, sw, psi = (device(a, dtype=dt) for a in _padded_tables(int(terms), int(nodes)))
+    x, _, sw, psi = _padded_tables(int(terms), int(nodes))
+    # the first terms + 1 rows: a contiguous view of the cached table, read in place
+    x, sw, psi = (device(a, dtype=dt) for a in (x, sw, psi[: int(terms) + 1]))
     k = device(k)
     z = jnp.sqrt(jnp.maximum(k, 0.0))[..., None] * x  # padded nodes: x = 0 with weight 0
-    return ((f(z) * sw) @ psi.T)[..., : int(terms) + 1]
+    return (f(z) * sw) @ psi.T
 
 
 def integer_power(f, p):
