@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["aligned_empty", "aligned_zeros", "arrays", "byte_lru"]
+__all__ = ["aligned_empty", "aligned_zeros", "arrays", "byte_lru", "frozen_lru"]
 
 
 def aligned_empty(shape, dtype=float) -> np.ndarray:
@@ -34,6 +34,22 @@ def arrays(x):
     if isinstance(x, np.ndarray):
         return [x]
     return [a for y in x for a in arrays(y)] if isinstance(x, (tuple, list)) else []
+
+
+def frozen_lru(maxsize: int | None = 128):
+    """``functools.lru_cache`` whose results' NumPy arrays are made read-only: a cached rule is shared by every
+    caller and may be read in place by a pending JAX computation, so a write to it would corrupt both."""
+    def deco(fn):
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(fn)
+        def cached(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            for a in arrays(out):
+                a.setflags(write=False)
+            return out
+
+        return cached
+    return deco
 
 
 def byte_lru(limit: int):

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._cache import frozen_lru
 from ._activations import Activation
 from ._fourpoint import RTOL, fixed_rule_split, multiset_expectations, split_multisets
 from ._gaussian import (auto_orders, bucket, concrete_max, gauss_hermite, integer_power, pad_rows, padded_rule,
@@ -180,7 +181,7 @@ def jacobian_hessian(act: Activation, K, pairs: Pairs, C_W: float, *, method: st
 
 
 # ----------------------------------------------------------------------------- four-point term
-@functools.lru_cache(maxsize=16)
+@frozen_lru(16)
 def _pruned_rule(u: int, m: int, cutoff: float = 1e-15):
     """The ``m``-point Gauss-Hermite tensor rule in ``u`` dimensions without the nodes whose weight is below
     ``cutoff`` times the largest: nodes ``(q, u)`` and weights ``(q,)`` in C order of the tensor grid. Only

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
-from ._cache import byte_lru
+from ._cache import byte_lru, frozen_lru
 from ._gaussian import gauss_hermite
 from ._validate import device, device_if
 
@@ -102,7 +102,7 @@ def _isserlis(C, pattern):
 _TS_V = 4.0
 
 
-@functools.lru_cache(maxsize=8)
+@frozen_lru(8)
 def _tanh_sinh(level: int):
     """Nodes ``t``, ``tau = 1 - t`` (accurate near 1), weights for step ``h = 2**-level``.
 
@@ -368,7 +368,7 @@ def _cal_powers(head_pattern) -> tuple:
     return tuple(range(1, max(max(head_pattern, default=1), max(_CAL_POWERS)) + 1))
 
 
-@functools.lru_cache(maxsize=64)
+@frozen_lru(64)
 def _rule1d(m: int):
     """Nodes and probability weights of the ladder's ``m``-node rule for ``N(0, 1)``: Gauss-Hermite, or
     the trapezoid rule on ``[-L, L]`` (weights ``h phi(x)``) for the counts of :data:`_TRAPEZOID`."""
@@ -382,7 +382,7 @@ def _trapezoid(m: int, L: float):
     return x, (x[1] - x[0]) * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 
 
-@functools.lru_cache(maxsize=64)
+@frozen_lru(64)
 def _error_table(act: Activation, powers: tuple = _CAL_POWERS) -> np.ndarray:
     """One-dimensional calibration of the activation: ``(len(LADDER), len(_S_GRID))`` errors of the
     ``m``-node ladder rule for ``sigma(s (c + x))^p`` relative to ``E[sigma(s (c + x))^{2p}]^{1/2}``,
@@ -409,7 +409,7 @@ def _error_table(act: Activation, powers: tuple = _CAL_POWERS) -> np.ndarray:
     return np.maximum.accumulate(worst, axis=1)
 
 
-@functools.lru_cache(maxsize=64)
+@frozen_lru(64)
 def _order_table(act: Activation, tol_exp: int, powers: tuple = _CAL_POWERS) -> np.ndarray:
     """Smallest ladder index per grid scale ``s`` such that the ``m``-point Gauss-Hermite rule
     integrates ``sigma(s (c + x))^p`` to ``10**tol_exp`` relative to ``E[sigma(s (c + x))^{2p}]^{1/2}``
@@ -437,7 +437,7 @@ def _orders(act: Activation, s: np.ndarray, rtol: float, powers: tuple = _CAL_PO
     return np.where(pos >= len(_S_GRID), len(LADDER) - 1, idx)
 
 
-@functools.lru_cache(maxsize=64)
+@frozen_lru(64)
 def _rule1d_by_weight(m: int):
     """The ``m``-point Gauss-Hermite weights in decreasing order and their positions in :func:`_gh`."""
     w = _rule1d(m)[1]
@@ -536,7 +536,7 @@ def _node_pad(w: np.ndarray, pw: np.ndarray):
     return _pad_rows(w[o], m), _pad_rows(pw[o], m), np.int32(w.size)
 
 
-@functools.lru_cache(maxsize=None)
+@frozen_lru(None)
 def _table_rule(kind: str, k: int):
     """The tabulation's padded rules (:func:`_node_pad`), built once: ``("gh", m)`` the ``m``-node Gauss-Hermite
     rule; ``("trapezoid", level)`` the nodes that level of the trapezoid rule adds (all of level 0), with

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import roots_hermitenorm
 
-from ._cache import aligned_zeros, byte_lru
+from ._cache import aligned_zeros, byte_lru, frozen_lru
 from ._validate import device, device_if, warn
 
 __all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "pair_matrix", "pair_gh", "concrete_max",
@@ -85,7 +85,7 @@ def auto_orders(kmax: float) -> tuple[int, int]:
     return terms, nodes
 
 
-@functools.lru_cache(maxsize=64)
+@frozen_lru(64)
 def _gh_numpy(m: int) -> tuple[np.ndarray, np.ndarray]:
     x, w = roots_hermitenorm(m)
     w = w / w.sum()  # probability weights of N(0, 1)
@@ -248,7 +248,7 @@ def pad_rows(x, smallest: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[:1], bucket(x.shape[0], smallest) - x.shape[0], axis=0)])
 
 
-@functools.lru_cache(maxsize=64)
+@frozen_lru(64)
 def padded_rule(nodes: int):
     """``(x, w)`` of the ``nodes``-point rule (:func:`gauss_hermite`) zero-padded to :func:`bucket` ``(nodes, 256)``
     entries (padded nodes at 0 with weight 0): one compiled program serves every order of the bucket."""

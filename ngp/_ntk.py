@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._cache import frozen_lru
 from ._activations import Activation
 from ._gaussian import auto_orders, gauss_hermite, hermite_coefficients, pair_matrix
 from ._kernel import kernel_map, two_point_matrix
@@ -309,7 +310,7 @@ def two_point_stats(act: Activation, K, *, dntk: bool = False) -> TwoPoint:
 
 
 # ----------------------------------------------------------------------------- contractions
-@functools.lru_cache(maxsize=32)
+@frozen_lru(32)
 def _slots(N: int):
     a, b = np.meshgrid(np.arange(N), np.arange(N), indexing="ij")
     return (a, b, a), (a, b, b)  # slot s of pair (a, b): (I0[s], I1[s]) = (a,a), (b,b), (a,b)
@@ -367,7 +368,7 @@ FOUR_POINT_ORDERS = {1: 200, 2: 128, 3: 64, 4: 40}
 SUBSET_ORDER = 24
 
 
-@functools.lru_cache(maxsize=16)
+@frozen_lru(16)
 def _pruned(u: int, m: int):
     x, w = gauss_hermite(m)
     grids = np.meshgrid(*([x] * u), indexing="ij")

@@ -67,6 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
+from ._cache import frozen_lru
 from ._activations import Activation, activation as _make_activation
 from ._finite import TABLE_OPTIONS, fresh_covariance, jacobian_hessian
 from ._gaussian import gauss_hermite
@@ -215,7 +216,7 @@ def _hess_contract(H, C, pairs):
 
 
 # ============================================================================ cross-layer quadrature
-@functools.lru_cache(maxsize=16)
+@frozen_lru(16)
 def _rule(d: int, m: int, cutoff: float = 1e-15):
     """Tensor Gauss-Hermite rule for ``N(0, I_d)``, nodes with negligible weight pruned."""
     x, w = gauss_hermite(m)

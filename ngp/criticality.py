@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import brentq
 
+from ._cache import frozen_lru
 from ._activations import Activation, activation as _make_activation
 from ._gaussian import gauss_hermite
 from ._validate import count, device, float64, nonneg_float, positive_float, real, warn
@@ -133,7 +134,7 @@ def _nodes(kmax: float) -> int:
     return _LADDER[-1]
 
 
-@functools.lru_cache(maxsize=32)
+@frozen_lru(32)
 def _rule(m: int) -> tuple[np.ndarray, np.ndarray]:
     x, w = gauss_hermite(m)
     keep = w > 0  # far-tail weights underflow; dropping them avoids inf * 0

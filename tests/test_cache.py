@@ -67,3 +67,34 @@ def test_aligned_arrays_start_at_64_bytes(shape, dtype):
     z = aligned_zeros(shape)
     assert z.ctypes.data % 64 == 0 and z.dtype == np.float64 and not np.any(z)
     assert aligned_empty((0,), dtype).shape == (0,)
+
+
+def test_frozen_lru_results_are_read_only_and_shared():
+    from ngp._cache import frozen_lru
+
+    calls = []
+
+    @frozen_lru(4)
+    def rule(m, scale=1.0):
+        calls.append(m)
+        return np.arange(m) * scale, [np.ones(m)]
+
+    x, (w,) = rule(3, scale=2.0)
+    assert rule(3, scale=2.0)[0] is x and calls == [3]
+    for a in (x, w):
+        with pytest.raises(ValueError):
+            a[0] = 5.0
+
+
+def test_cached_quadrature_rules_are_read_only():
+    """Every cached rule of the library is shared and may be read in place by a pending JAX call: none is
+    writeable."""
+    from ngp import _finite, _fourpoint, _gaussian, _ntk, _residual_cumulants, criticality
+
+    tables = [_gaussian.gauss_hermite(20), _gaussian.padded_rule(300), _finite._pruned_rule(2, 10),
+              _fourpoint._rule1d(12), _fourpoint._rule1d_by_weight(12), criticality._rule(16), _ntk._pruned(2, 8),
+              _residual_cumulants._rule(2, 8)]
+    from ngp._cache import arrays
+
+    found = [a for t in tables for a in arrays(t)]
+    assert found and not any(a.flags.writeable for a in found)
