@@ -271,7 +271,7 @@ def _padded_tables(terms: int, nodes: int):
     (the Horner recursion starts at the highest order and stays 0 through the padded ones). Cached up to
     :data:`TABLE_BYTES` (one copy: the recurrence writes into the padded table)."""
     xp, wp = padded_rule(nodes)
-    x, w = gauss_hermite(nodes)
+    x, w = xp[:nodes], wp[:nodes]  # the rule itself, before its padding
     tb, nb = bucket(terms + 1, 256), xp.shape[0]
     swp, psip = aligned_zeros(nb), aligned_zeros((tb, nb))  # read in place by JAX
     sw = swp[:nodes]

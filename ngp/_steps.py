@@ -43,7 +43,6 @@ __all__ = ["Step", "Dense", "Elementwise", "Scale", "Residual", "Serial", "Flow"
 IDENTITY = make_activation("linear")
 
 
-
 @functools.lru_cache(maxsize=256)
 def compose(first: Activation, then: Activation) -> Activation:
     """``then(first(x))`` as one activation (closed forms kept only when one of them is the identity)."""
