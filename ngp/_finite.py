@@ -220,28 +220,36 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
             per = max(1, per // 32)
         put = device_if(traced or rows.size > per)  # several batches (or a trace) read the rule
         nodes_j, weights_j = put(nodes), put(weights)
+        if traced:  # every batch in one sequential map: a jitted gradient holds one batch's values at a time
+            batches = -(-rows.size // per)
+            sel = np.concatenate([idx, np.repeat(idx[:1], batches * per - rows.size, axis=0)])
+            res = _product_batches(act.fn, pat, homogeneous, device(sel.reshape(batches, per, u)), K, nodes_j,
+                                   weights_j)
+            out = out.at[rows].set(res.reshape(-1)[: rows.size])
+            continue
         for s in range(0, rows.size, per):
             sel = idx[s : s + per]
             pad = per - sel.shape[0]
             if pad:
                 sel = np.concatenate([sel, np.repeat(sel[:1], pad, axis=0)])
-            if traced:
-                res = _product_chunk(act.fn, pat, homogeneous, device(sel), K, nodes_j, weights_j)
-                out = out.at[rows[s : s + per]].set(res[: per - pad])
-            else:  # the blocks gathered here: the compiled batch does not depend on the number of inputs
-                C = K[sel[:, :, None], sel[:, None, :]]
-                pieces.append((rows[s : s + per], per - pad, _product_block(act.fn, C, np.asarray(pat, np.int32),
-                                                                              nodes_j, weights_j)))
+            # the blocks gathered here: the compiled batch does not depend on the number of inputs
+            C = K[sel[:, :, None], sel[:, None, :]]
+            pieces.append((rows[s : s + per], per - pad, _product_block(act.fn, C, np.asarray(pat, np.int32),
+                                                                          nodes_j, weights_j)))
     for r, m, res in pieces:
         out[r] = np.asarray(res)[:m]
     return out if traced else device(out)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _product_chunk(fn, pattern, homogeneous, ix, K, nodes, weights):
-    """``E[prod_j fn(z_j)^pattern_j]`` for a batch of index tuples ``ix`` (b, u)."""
-    C = K[ix[:, :, None], ix[:, None, :]]  # (b, u, u)
-    return _gaussian_product(fn, pattern, homogeneous)(C, nodes, weights)
+def _product_batches(fn, pattern, homogeneous, ix, K, nodes, weights):
+    """``E[prod_j fn(z_j)^pattern_j]`` for batches of index tuples ``ix`` (batches, b, u) -> (batches, b).
+
+    The batches run one after another (``lax.map``): under ``jax.jit`` of a gradient the program holds one
+    batch's node values at a time, not every batch's at once (a Python loop of batches let XLA keep them all
+    live: 22 GB for the gradient at 8 inputs, ``docs/four-point.md``)."""
+    expect = _gaussian_product(fn, pattern, homogeneous)
+    return jax.lax.map(lambda i: expect(K[i[:, :, None], i[:, None, :]], nodes, weights), ix)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
