@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/evidence_gradient.py --other PATH [--sizes 6,8] [--modes jacfwd,jit_vg,jit_jacfwd]
 [--cap-gb 12] [--timeout 600] [--out evidence_gradient]; or ``--accuracy 6`` [--orders 24,40,64]
-(this checkout only). ``ngp.log_evidence`` of ``ngp.MLP(3, 32, "tanh",
+[--activations tanh] (this checkout only). ``ngp.log_evidence`` of ``ngp.MLP(3, 32, "tanh",
 C_W=1.5, C_b=0.1)`` on the first N standardised diabetes rows (scikit-learn), noise 0.1, differentiated in
 ``log C_W``: ``jacfwd`` is ``jax.jacfwd`` outside ``jax.jit`` (what ``ngp.fit_hyperparameters`` runs for a
 finite-width fit), ``jit_vg`` is ``jax.jit(jax.value_and_grad(...))`` (what a NumPyro or optax user writes),
@@ -12,7 +12,8 @@ alternating, with its address space capped at ``--cap-gb`` (an allocation beyond
 included) and a second call at another ``C_W``, peak resident memory, the gradient. Writes
 benchmarks/results/<--out>.json.
 
-``--accuracy N``: the traced gradient's error. At ``C_W = 1.85`` (stop 57's case) on N rows, ``jax.value_and_grad``
+``--accuracy N``: the traced gradient's error. For each of ``--activations``, at ``C_W = 1.85`` (stop 57's case) on
+N rows, ``jax.value_and_grad``
 of the evidence (Price's theorem on the fixed rule) at each ``four_point_order`` of ``--orders`` and at the default,
 against central differences (steps 1e-3 and 3e-4 in ``log C_W``) of the error-controlled evidence outside JAX
 transformations, and against central differences of the same fixed rule's value.
@@ -73,8 +74,8 @@ import ngp
 X, y = load_diabetes(return_X_y=True)
 X = (X - X.mean(0)) / X.std(0)
 y = (y - y.mean()) / y.std()
-N, orders = int(sys.argv[1]), [int(o) for o in sys.argv[2].split(",")]
-net = ngp.MLP(3, 32, activation="tanh", C_W=1.85, C_b=0.1, in_dim=X.shape[1])
+N, orders, act = int(sys.argv[1]), [int(o) for o in sys.argv[2].split(",") if o], sys.argv[3]
+net = ngp.MLP(3, 32, activation=act, C_W=1.85, C_b=0.1, in_dim=X.shape[1])
 f = lambda lc, **o: ngp.log_evidence(net, X[:N], y[:N, None], noise=0.1, C_W=jnp.exp(lc), **o)
 lc0 = float(np.log(1.85))
 out = {"value": float(f(lc0)), "fd": {}, "orders": []}
@@ -89,12 +90,12 @@ print(json.dumps(out))
 """
 
 
-def _accuracy(n: int, orders: str, timeout: float) -> dict:
-    r = subprocess.run([sys.executable, "-c", ACCURACY, str(n), orders], capture_output=True, text=True,
+def _accuracy(n: int, orders: str, act: str, timeout: float) -> dict:
+    r = subprocess.run([sys.executable, "-c", ACCURACY, str(n), orders, act], capture_output=True, text=True,
                        timeout=timeout, cwd="/tmp", env=dict(os.environ, PYTHONPATH=ROOT), check=True)
     out = json.loads(r.stdout.strip().splitlines()[-1])
     truth = out["fd"]["0.001"]
-    print(f"N={n}: error-controlled evidence {out['value']:.10f}, its central differences "
+    print(f"{act}, N={n}: error-controlled evidence {out['value']:.10f}, its central differences "
           + ", ".join(f"{g:.10f} (h={h})" for h, g in out["fd"].items()))
     for row in out["orders"]:
         row["grad_rel_err"] = abs(row["grad"] - truth) / abs(truth)
@@ -102,7 +103,7 @@ def _accuracy(n: int, orders: str, timeout: float) -> dict:
         same = "" if row["fd_same_rule"] is None else f", its value's differences {row['fd_same_rule']:.10f}"
         print(f"  order {row['order'] or 'default'}: value rel. err {row['value_rel_err']:.1e}, gradient "
               f"{row['grad']:.10f} (rel. err {row['grad_rel_err']:.1e}){same}")
-    return out
+    return {"activation": act, **out}
 
 
 def _run(root: str, n: int, mode: str, cap_gb: float, timeout: float) -> dict:
@@ -126,11 +127,12 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--out", default="evidence_gradient")
     ap.add_argument("--accuracy", type=int, default=0, help="N: the traced gradient's error (this checkout)")
-    ap.add_argument("--orders", default="24,40,64")
+    ap.add_argument("--orders", default="24,40,64", help="orders besides the default (may be empty)")
+    ap.add_argument("--activations", default="tanh")
     args = ap.parse_args()
     if args.accuracy:
-        return write_result(args.out, {"machine": machine(), "N": args.accuracy,
-                                       **_accuracy(args.accuracy, args.orders, 3 * args.timeout)})
+        return write_result(args.out, {"machine": machine(), "N": args.accuracy, "rows": [
+            _accuracy(args.accuracy, args.orders, act, 3 * args.timeout) for act in args.activations.split(",")]})
     if not args.other:
         ap.error("--other is needed (or --accuracy N)")
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -36,7 +36,7 @@ def test_log_evidence_matches_condition_and_its_gradient_matches_finite_differen
         return ngp.log_evidence(net, X, Y, noise=nz, C_W=cw, C_b=cb)
 
     theta = jnp.array([1.2, 1.5, 0.9, 0.1, 0.2, 0.05, 0.05])
-    # compiled as a whole, as fit_hyperparameters does (eager tracing compiles every primitive op on its
+    # compiled as a whole, as a user's jax.jit does (eager tracing compiles every primitive op on its
     # own: 3x slower here). Compiled, the four-point term runs the fixed rule (FOUR_POINT_ORDERS;
     # docs/four-point.md, "Which rule runs when"): the jitted value is the eager one on that rule
     # (four_point_order: its four-input order), the accurate one for sin (closed form); for tanh and relu the
