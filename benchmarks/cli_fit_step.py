@@ -4,7 +4,7 @@
 
 On the CLI's 50-row diabetes CSV (``cli_regress.py``'s), standardised as the CLI does (the training
 pool's first rows), with the CLI's default network: the time of one step of the finite-width evidence
-fit (``ngp.cli._regress.fit_step_work``: the evidence and its forward-mode gradient, what L-BFGS-B
+fit (``ngp.cli._regress.fit_step_work``: the evidence and its gradient by central differences, what L-BFGS-B
 evaluates) at each ``--sizes`` (``ngp.cli._budget.probe_step``: the second of two calls; the first
 call's extra time is its compilation), next to the CLI's extrapolation from the first size
 (``(N / N_p)^4``); then, for each ``--fits`` size, a whole ``ngp.fit_hyperparameters(finite_width=True)``
@@ -71,7 +71,7 @@ def main() -> None:
 
     def counted(*a, **k):
         r = inner(*a, **k)
-        counts.append({"nfev": int(r.nfev), "nit": int(r.nit), "success": bool(r.success)})
+        counts.append({"nfev": int(r.nfev), "nit": int(r.nit), "success": bool(r.success), "message": str(r.message)})
         return r
 
     scipy.optimize.minimize = counted

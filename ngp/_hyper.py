@@ -172,10 +172,12 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
                         num_starts: int = 4, seed: int = 0, max_iter: int = 100, **options) -> HyperFit:
     """Type-II maximum likelihood: the ``(C_W, C_b, noise)`` that maximise the evidence of the targets.
 
-    L-BFGS-B (scipy) on log-parameters with JAX gradients of :func:`ngp.log_evidence`, from
-    ``num_starts`` starts (the network's values and random draws within the bounds); the best
-    converged start wins. With ``finite_width=True`` the GP optimum is found first and the finite-width
-    evidence (the ``O(1/n)`` one) is then maximised from it.
+    L-BFGS-B (scipy) on log-parameters of the compiled :func:`ngp.log_evidence`, from ``num_starts`` starts
+    (the network's values and random draws within the bounds); the best converged start wins. With
+    ``finite_width=True`` the GP optimum is found first and the finite-width evidence (the ``O(1/n)`` one) is
+    then maximised from it. Gradients: forward mode for the GP evidence; central differences of the compiled
+    value for the finite-width one, whose fixed four-point rule's JAX derivative (Price's theorem) is not the
+    derivative of that value (``docs/four-point.md``, "The traced gradient's error").
 
     Args:
         net: a network; its widths, activation and structure are kept.
@@ -325,34 +327,49 @@ def _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0):
 
 _GP_OBJECTIVES: "collections.OrderedDict" = collections.OrderedDict()
 
+#: Step in the log-parameters of the finite-width objective's central differences.
+FD_STEP = 1e-4
+
 
 def _objective(net, XA, fw, sizes, per_layer, depth, options):
     """``(theta, Y, cw_all, cb_all, noise0) -> (gradient, value)`` of minus the log evidence.
 
-    Forward mode: memory independent of the quadrature size; few parameters; one pass gives the value
-    (as aux) and the gradient. The GP objective is compiled, and remembered for the last 8
-    (network, inputs, options): each L-BFGS-B step then costs one kernel evaluation, and fits to new
-    targets on the same inputs (other starts, other draws) do not compile it again. Its variances are
-    not concrete at trace time, so each kernel picks in the program the Mehler orders of its largest
-    variance's bucket (:func:`ngp._gaussian.traced_mehler_tables`), their Hermite tables the compiled
-    function's ``tables`` argument (``docs/theory.md``, "Numerical paths and their accuracy").
+    GP: forward mode (memory independent of the quadrature size; few parameters; one pass gives the value, as
+    aux, and the gradient). Finite width: central differences (step :data:`FD_STEP`) of the compiled value,
+    ``2 p + 1`` evaluations for ``p`` parameters: its four-point term runs the fixed rule, whose derivative by
+    Price's theorem is not the derivative of that value (about 1% off in ``log C_W`` on the command line's 7
+    diabetes rows, where L-BFGS-B's line search then failed after 40 evaluations) and costs 9-14 times a value
+    (``docs/four-point.md``, "The traced gradient's error"). The objective is compiled and remembered for the
+    last 8 (network, inputs, options, evidence): each L-BFGS-B step then costs no compilation, and fits to new
+    targets on the same inputs (other starts, other draws) do not compile it again. Its variances are not
+    concrete at trace time, so each kernel picks in the program the Mehler orders of its largest variance's
+    bucket (:func:`ngp._gaussian.traced_mehler_tables`), their Hermite tables the compiled function's
+    ``tables`` argument (``docs/theory.md``, "Numerical paths and their accuracy").
     """
     def f(theta, Y, cw_all, cb_all, noise0):
         cw, cb, nz = _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0)
         return -log_evidence(net, XA, Y, noise=nz, C_W=cw, C_b=cb, finite_width=fw, **options)
 
-    both = jax.jacfwd(lambda t, *a: _twice(f(t, *a)), has_aux=True)
-    if fw:
-        return both
+    both = f if fw else jax.jacfwd(lambda t, *a: _twice(f(t, *a)), has_aux=True)
 
     def with_tables(theta, Y, cw_all, cb_all, noise0, tables):
         with traced_mehler_tables(tables):
             return both(theta, Y, cw_all, cb_all, noise0)
 
-    key = (net, repr(net), XA.shape, XA.tobytes(), sizes, per_layer, tuple(sorted(options.items())))
+    key = (net, repr(net), XA.shape, XA.tobytes(), sizes, per_layer, tuple(sorted(options.items())), fw)
     compiled = cached_per_network(_GP_OBJECTIVES, 8, key, lambda: jax.jit(with_tables))
     tables = tuple(tuple(device(a, dtype=jnp.result_type(float)) for a in t) for t in switch_tables())
-    return functools.partial(compiled, tables=tables)
+    if not fw:
+        return functools.partial(compiled, tables=tables)
+
+    def differenced(theta, *args):
+        value = compiled(theta, *args, tables=tables)
+        steps = FD_STEP * jnp.eye(theta.shape[0], dtype=theta.dtype)
+        grad = jnp.stack([compiled(theta + e, *args, tables=tables) - compiled(theta - e, *args, tables=tables)
+                          for e in steps]) / (2 * FD_STEP)
+        return grad, value
+
+    return differenced
 
 
 def _twice(v):

@@ -118,26 +118,27 @@ def probe_work(args, Xp, yp, Xt, hyper=None):
 
 def fit_step_work(args, Xp, yp, hyper):
     """``step(n)``: one step of the ``--fit-evidence finite-width`` fit on the first ``n`` rows of ``Xp``: the
-    finite-width log evidence and its forward-mode gradient in ``(log C_W, log C_b, log noise)`` at ``hyper``,
-    as :func:`ngp.fit_hyperparameters` evaluates it; returns ``(gradient (3,), value)``."""
+    objective :func:`ngp.fit_hyperparameters` evaluates (``ngp._hyper._objective``: the finite-width log evidence
+    and its gradient in ``(log C_W, log C_b, log noise)`` by central differences) at ``hyper``; returns
+    ``(gradient (3,), value)`` of the log evidence."""
     import jax
     import jax.numpy as jnp
 
-    import ngp
+    from .._hyper import _objective
 
     net = _make_net(args, hyper)(args.width[0])
     opts = {k: v for k, v in _options(args).items() if k == "four_point_order"}
+    dense = net.dense_steps()
     theta = jnp.log(jnp.array([float(np.mean(hyper.C_W)), max(float(np.mean(hyper.C_b)), 1e-6), hyper.noise]))
+    kept = [jnp.asarray([float(d.C_W) for d in dense]), jnp.asarray([float(d.C_b) for d in dense]),
+            jnp.asarray(float(hyper.noise))]
 
     def step(n):
-        def evidence(t):
-            v = ngp.log_evidence(net, Xp[:n], yp[:n], noise=jnp.exp(t[2]), C_W=jnp.exp(t[0]), C_b=jnp.exp(t[1]),
-                                 **opts)
-            return v, v
-
+        objective = _objective(net, np.asarray(Xp[:n], dtype=float), True, (1, 1, 1), False, len(dense), opts)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return jax.block_until_ready(jax.jacfwd(evidence, has_aux=True)(theta))
+            grad, value = jax.block_until_ready(objective(theta, jnp.asarray(yp[:n], dtype=float), *kept))
+        return -grad, -value
 
     return step
 
