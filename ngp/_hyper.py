@@ -325,7 +325,7 @@ def _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0):
     return cw, cb, nz
 
 
-_GP_OBJECTIVES: "collections.OrderedDict" = collections.OrderedDict()
+_OBJECTIVES: "collections.OrderedDict" = collections.OrderedDict()
 
 #: Step in the log-parameters of the finite-width objective's central differences.
 FD_STEP = 1e-4
@@ -357,7 +357,7 @@ def _objective(net, XA, fw, sizes, per_layer, depth, options):
             return both(theta, Y, cw_all, cb_all, noise0)
 
     key = (net, repr(net), XA.shape, XA.tobytes(), sizes, per_layer, tuple(sorted(options.items())), fw)
-    compiled = cached_per_network(_GP_OBJECTIVES, 8, key, lambda: jax.jit(with_tables))
+    compiled = cached_per_network(_OBJECTIVES, 8, key, lambda: jax.jit(with_tables))
     tables = tuple(tuple(device(a, dtype=jnp.result_type(float)) for a in t) for t in switch_tables())
     if not fw:
         return functools.partial(compiled, tables=tables)
