@@ -32,10 +32,8 @@ from _kernel_setup import machine, write_result
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-CHILD = r"""
-import json, resource, sys, time
-cap = int(float(sys.argv[3]) * 2**30)
-resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+#: Start of both child programs: float64, the standardised diabetes rows ``X``, ``y``.
+DATA = r"""
 import jax
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp
@@ -45,6 +43,13 @@ import ngp
 X, y = load_diabetes(return_X_y=True)
 X = (X - X.mean(0)) / X.std(0)
 y = (y - y.mean()) / y.std()
+"""
+
+CHILD = r"""
+import json, resource, sys, time
+cap = int(float(sys.argv[3]) * 2**30)
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+""" + DATA + r"""
 N, mode = int(sys.argv[1]), sys.argv[2]
 net = ngp.MLP(3, 32, activation="tanh", C_W=1.5, C_b=0.1, in_dim=X.shape[1])
 f = lambda lc: ngp.log_evidence(net, X[:N], y[:N, None], noise=0.1, C_W=jnp.exp(lc))
@@ -65,15 +70,7 @@ print(json.dumps(out))
 
 ACCURACY = r"""
 import json, sys
-import jax
-jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp
-import numpy as np
-from sklearn.datasets import load_diabetes
-import ngp
-X, y = load_diabetes(return_X_y=True)
-X = (X - X.mean(0)) / X.std(0)
-y = (y - y.mean()) / y.std()
+""" + DATA + r"""
 N, orders, act = int(sys.argv[1]), [int(o) for o in sys.argv[2].split(",") if o], sys.argv[3]
 net = ngp.MLP(3, 32, activation=act, C_W=1.85, C_b=0.1, in_dim=X.shape[1])
 f = lambda lc, **o: ngp.log_evidence(net, X[:N], y[:N, None], noise=0.1, C_W=jnp.exp(lc), **o)
