@@ -73,9 +73,7 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
         ``docs/four-point.md``, "The traced gradient's error"). Its batches run one after another, so a
         jitted gradient holds one batch's values at a time.
     """
-    options = check_options(options, "log_evidence")
-    options.pop("warn", None)
-    options.pop("max_memory", None)
+    options = _evidence_options(options)
     XA = as_inputs(X_train, "X_train", in_dim=getattr(net, "in_dim", None))
     if isinstance(Y_train, jax.core.Tracer):  # traced targets (inside jit/grad): shape checks only
         Y = Y_train[:, None] if Y_train.ndim == 1 and net.out_dim == 1 else Y_train
@@ -86,6 +84,21 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
     jitter = nonneg_float(jitter, "jitter")
     if not isinstance(noise, jax.core.Tracer):
         noise = nonneg_float(noise, "noise")
+    return _evidence(_cumulants(net, XA, C_W, C_b, finite_width, options), Y, noise, jitter)
+
+
+def _evidence_options(options: dict) -> dict:
+    """Checked prior options of :func:`log_evidence` (``warn`` and ``max_memory`` do not apply)."""
+    options = check_options(options, "log_evidence")
+    options.pop("warn", None)
+    options.pop("max_memory", None)
+    return options
+
+
+def _cumulants(net, XA, C_W, C_b, finite_width: bool, options: dict):
+    """``(K, K1, V, n)`` of the network's output on the rows of ``XA`` (``(N, N)``, ``(N, N)``, ``(N,) * 4``; ``K1``
+    and ``V`` are ``None`` for the GP or a Gaussian network), with ``C_W``, ``C_b`` as in :func:`log_evidence`: the
+    part of the evidence that depends on them (and not on the noise or the targets)."""
     dense = net.dense_steps()
     depth = len(dense)
     cw = _per_dense(C_W, [d.C_W for d in dense], "C_W", depth)
@@ -97,17 +110,23 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
         raise ValueError(f"net: {net!r} must end with a Dense (or Residual) step")
     c = flow.layer
     ix = np.ix_(inverse, inverse)
-    K = c.K[ix]
-    NA, nL = Y.shape
-    eye = jnp.eye(NA)
     if not finite_width or c.gaussian:
-        L = jnp.linalg.cholesky(K + (noise + jitter) * eye)
+        return c.K[ix], None, None, c.n
+    V = c.pairs.unpack4(c.vertex.packed())[np.ix_(inverse, inverse, inverse, inverse)]
+    return c.K[ix], c.K1[ix], V, c.n
+
+
+def _evidence(cumulants, Y, noise, jitter):
+    """The log evidence of ``Y`` (``(N, out_dim)``) from :func:`_cumulants`' output: the GP's when ``K1`` is
+    ``None``, else the finite-width one."""
+    K, K1, V, n = cumulants
+    if K1 is None:
+        NA, nL = Y.shape
+        L = jnp.linalg.cholesky(K + (noise + jitter) * jnp.eye(NA))
         yt = jax.scipy.linalg.cho_solve((L, True), Y)
         logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
         return -0.5 * jnp.sum(Y * yt) - 0.5 * nL * (logdet + NA * math.log(2 * math.pi))
-    K1 = c.K1[ix]
-    V = c.pairs.unpack4(c.vertex.packed())[np.ix_(inverse, inverse, inverse, inverse)]
-    return finite_width_log_evidence(K, K1, V, Y, noise, c.n, jitter)
+    return finite_width_log_evidence(K, K1, V, Y, noise, n, jitter)
 
 
 def with_hyperparameters(net, C_W, C_b):
@@ -335,22 +354,34 @@ def _objective(net, XA, fw, sizes, per_layer, depth, options):
     """``(theta, Y, cw_all, cb_all, noise0) -> (gradient, value)`` of minus the log evidence.
 
     GP: forward mode (memory independent of the quadrature size; few parameters; one pass gives the value, as
-    aux, and the gradient). Finite width: central differences (step :data:`FD_STEP`) of the compiled value,
-    ``2 p + 1`` evaluations for ``p`` parameters: its four-point term runs the fixed rule, whose derivative by
-    Price's theorem is not the derivative of that value (about 1% off in ``log C_W`` on the command line's 7
-    diabetes rows, where L-BFGS-B's line search then failed after 40 evaluations) and costs 9-14 times a value
-    (``docs/four-point.md``, "The traced gradient's error"). The objective is compiled and remembered for the
-    last 8 (network, inputs, options, evidence): each L-BFGS-B step then costs no compilation, and fits to new
-    targets on the same inputs (other starts, other draws) do not compile it again. Its variances are not
-    concrete at trace time, so each kernel picks in the program the Mehler orders of its largest variance's
-    bucket (:func:`ngp._gaussian.traced_mehler_tables`), their Hermite tables the compiled function's
-    ``tables`` argument (``docs/theory.md``, "Numerical paths and their accuracy").
+    aux, and the gradient). Finite width: the four-point term runs the fixed rule, whose derivative by Price's
+    theorem is not the derivative of that value (about 1% off in ``log C_W`` on the command line's 7 diabetes
+    rows, where L-BFGS-B's line search then failed after 40 evaluations) and costs 9-14 times a value
+    (``docs/four-point.md``, "The traced gradient's error"). So the ``C_W`` and ``C_b`` components are central
+    differences (step :data:`FD_STEP`) of the compiled value, two evaluations each; the noise does not move
+    the cumulants, and its component is the exact derivative of the evidence given the cumulants at ``theta``,
+    computed with the value (``1 + 2 (p - 1)`` quadrature passes when the noise is fitted, not ``2 p + 1``).
+    The objective is compiled and remembered for the last 8 (network, inputs, options, evidence): each L-BFGS-B
+    step then costs no compilation, and fits to new targets on the same inputs (other starts, other draws) do
+    not compile it again. Its variances are not concrete at trace time, so each kernel picks in the program the
+    Mehler orders of its largest variance's bucket (:func:`ngp._gaussian.traced_mehler_tables`), their Hermite
+    tables the compiled function's ``tables`` argument (``docs/theory.md``, "Numerical paths and their accuracy").
     """
+    options = _evidence_options(options)
+
     def f(theta, Y, cw_all, cb_all, noise0):
         cw, cb, nz = _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0)
-        return -log_evidence(net, XA, Y, noise=nz, C_W=cw, C_b=cb, finite_width=fw, **options)
+        return -_evidence(_cumulants(net, XA, cw, cb, False, options), Y, nz, 0.0)
 
-    both = f if fw else jax.jacfwd(lambda t, *a: _twice(f(t, *a)), has_aux=True)
+    def noise_exact(theta, Y, cw_all, cb_all, noise0):
+        cw, cb, _ = _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0)
+        cumulants = _cumulants(net, XA, cw, cb, True, options)  # constants below: only the noise is differentiated
+        value, grad = jax.value_and_grad(
+            lambda t: -_evidence(cumulants, Y, _unpack(t, sizes, per_layer, depth, cw_all, cb_all, noise0)[2], 0.0)
+        )(theta)
+        return grad, value
+
+    both = noise_exact if fw else jax.jacfwd(lambda t, *a: _twice(f(t, *a)), has_aux=True)
 
     def with_tables(theta, Y, cw_all, cb_all, noise0, tables):
         with traced_mehler_tables(tables):
@@ -361,13 +392,16 @@ def _objective(net, XA, fw, sizes, per_layer, depth, options):
     tables = tuple(tuple(device(a, dtype=jnp.result_type(float)) for a in t) for t in switch_tables())
     if not fw:
         return functools.partial(compiled, tables=tables)
+    moving = sizes[0] + sizes[1]  # the C_W and C_b components: they move the four-point values
 
     def differenced(theta, *args):
-        value = compiled(theta, *args, tables=tables)
-        steps = FD_STEP * jnp.eye(theta.shape[0], dtype=theta.dtype)
-        grad = jnp.stack([compiled(theta + e, *args, tables=tables) - compiled(theta - e, *args, tables=tables)
-                          for e in steps]) / (2 * FD_STEP)
-        return grad, value
+        grad, value = compiled(theta, *args, tables=tables)
+        if not moving:
+            return grad, value
+        steps = FD_STEP * jnp.eye(theta.shape[0], dtype=theta.dtype)[:moving]
+        fd = jnp.stack([compiled(theta + e, *args, tables=tables)[1] - compiled(theta - e, *args, tables=tables)[1]
+                        for e in steps]) / (2 * FD_STEP)
+        return grad.at[:moving].set(fd), value
 
     return differenced
 

@@ -199,9 +199,10 @@ def test_cost_model_extrapolates_n4_for_training_and_n3_per_test_row():
 
 
 def test_cost_model_charges_the_finite_width_fit():
-    """With a FitProbe each fold also pays the fit: compile + steps x step seconds x (N / N_p)^4."""
+    """With a FitProbe each fold also pays the fit: compile + steps x step seconds x C(N, 4) / C(N_p, 4)."""
     fit = _budget.FitProbe(4, 0.5, 3.0, 10)
-    assert math.isclose(fit.seconds(4), 3.0 + 10 * 0.5) and math.isclose(fit.seconds(8), 3.0 + 5.0 * 16)
+    assert math.isclose(fit.seconds(4), 3.0 + 10 * 0.5) and math.isclose(fit.seconds(8), 3.0 + 5.0 * 70)
+    assert math.isclose(_budget.FitProbe(2, 0.5, 3.0, 10).seconds(4), 3.0 + 5.0 * 16)  # (N / N_p)^4 below 4 rows
     m = dataclasses.replace(_model(), fit=fit)
     assert math.isclose(m.estimate(16, 10, folds=2), 5.0 + 2 * (fit.seconds(16) + 16.0 + 10 * 0.8))
     c = _budget.choose(m, pool=200, n_test=20, budget_s=400.0, cap=64, minimum=8)
@@ -473,7 +474,7 @@ def test_regress_budgets_the_finite_width_fit(real_csv, capsys, monkeypatch):
 
     def probe_step(step, n, steps):
         step(n)
-        return _budget.FitProbe(n, 1.0, 0.0, steps)  # a step on 4 rows takes 1 s
+        return _budget.FitProbe(n, 10.0, 0.0, steps)  # a step on FIT_PROBE_ROWS rows takes 10 s
 
     inner = _hyper.fit_hyperparameters
 
@@ -485,23 +486,23 @@ def test_regress_budgets_the_finite_width_fit(real_csv, capsys, monkeypatch):
     monkeypatch.setattr(_budget, "probe_step", probe_step)
     monkeypatch.setattr(_regress, "fit_hyperparameters", fit)
     rc = main(["regress", real_csv, "--n-test", "2", "--width", "4", "--fit-evidence", "finite-width",
-               "--time-budget", "120", "--quiet"])
+               "--time-budget", "250", "--quiet"])
     out = capsys.readouterr().out
     assert rc == 0
     ((shape, hyper),) = seen
     assert shape[0] == 10 and hyper.source == "fitted"  # the GP fit of the pool, the finite-width fit's start
-    # FIT_STEPS steps of 1 s x (N / 4)^4: 4 rows 50 s, 5 rows 122 s (the GP fit spends a few of the 120 s)
-    assert _regress.FIT_STEPS == 50
-    assert "training rows: 4 of 10 (time budget: 4 rows take an estimated 50 s, 5 rows 122 s" in out, out
-    assert fitted == [(10, False), (4, True)]
-    assert "a step of the finite-width evidence fit on 4 rows took 1.0 s" in out
+    # FIT_STEPS steps of 10 s x C(N, 4) / C(8, 4): 9 rows 180 s, 10 rows 300 s (the GP fit spends a few of the 250 s)
+    assert (_regress.FIT_STEPS, _regress.FIT_PROBE_ROWS) == (10, 8)
+    assert "training rows: 9 of 10 (time budget: 9 rows take an estimated 180 s, 10 rows 300 s" in out, out
+    assert fitted == [(10, False), (9, True)]
+    assert "a step of the finite-width evidence fit on 8 rows took 10.0 s" in out
     # --n-train: no budget, but the fit's estimate is printed before it starts
     fitted.clear()
     rc = main(["regress", real_csv, "--n-test", "2", "--width", "4", "--fit-evidence", "finite-width",
                "--n-train", "8", "--quiet"])
     out = capsys.readouterr().out
     assert rc == 0 and fitted == [(10, False), (8, True)] and "training rows: 8 of 10 (--n-train)" in out
-    assert "took 1.0 s (0 s compiling before); a fit is charged 50 steps ~ N_train^4; at 8 rows about 800 s" in out
+    assert "took 10.0 s (0 s compiling before); a fit is charged 10 steps ~ C(N_train, 4); at 8 rows about 100 s" in out
 
 
 def test_fit_step_work_is_a_step_of_the_finite_width_fit():

@@ -30,12 +30,13 @@ __all__ = ["run", "probe_work", "fit_step_work", "PROBE_TRAIN", "PROBE_TEST", "P
 #: PROBE_WARMUP rows (compilation and one-time set-up; below ~16 rows fixed costs hide the N^4 growth).
 PROBE_TRAIN, PROBE_TEST = 16, 4
 PROBE_WARMUP = (8, 2)
-#: --fit-evidence finite-width: rows at which one step of the fit (the finite-width evidence and its gradient,
-#: on the fixed four-point rule) is timed, and the steps a fit is charged (L-BFGS-B evaluations, at most
-#: about MAX_ITER iterations of ngp.cli._hyper plus line searches).
-FIT_PROBE_ROWS, FIT_STEPS = 4, 50
 #: Fewest training rows the budget may choose (when the data have them).
 MIN_TRAIN = 8
+#: --fit-evidence finite-width: rows at which one step of the fit (the finite-width evidence and its gradient,
+#: on the fixed four-point rule) is timed (below 8 rows fixed costs hide the growth: the step grew 7.4x from 4
+#: rows to 8), and the steps a fit is charged: L-BFGS-B's evaluations from the GP optimum, 1-8 (median 5) in
+#: 14 fits of 4-14 diabetes rows (docs/cli.md), with a margin.
+FIT_PROBE_ROWS, FIT_STEPS = MIN_TRAIN, 10
 #: Test inputs farther than this many training standard deviations from the training mean are refused.
 MAX_Z = 1e6
 
@@ -162,7 +163,7 @@ def _probe_fit(args, Xp, yp, progress, hyper):
     step, _ = progress.run(f"probe: timing a step of the finite-width evidence fit on {rows} rows",
                            lambda: _budget.probe_step(fit_step_work(args, Xp, yp, hyper), rows, FIT_STEPS))
     return step, (f"  probe: a step of the finite-width evidence fit on {rows} rows took {step.step_s:.1f} s "
-                  f"({step.compile_s:.0f} s compiling before); a fit is charged {FIT_STEPS} steps ~ N_train^4")
+                  f"({step.compile_s:.0f} s compiling before); a fit is charged {FIT_STEPS} steps ~ C(N_train, 4)")
 
 
 def _largest_fitting(n: int, need, limit: float) -> tuple[int, float]:
