@@ -154,8 +154,8 @@ def test_finite_width_objective_is_the_derivative_of_its_value():
     needs both to agree): central differences of the compiled value, which runs the fixed four-point rule. The
     reference: central differences, at another step, of the eager evidence with ``four_point_order`` set (the
     same fixed rule, no JAX transformation), with all three parameters fitted and with the noise fixed or alone
-    (the noise's component is the exact derivative, the others differences). Price's theorem on that rule, the gradient used before, is 1.3%
-    away here (0.016 absolute in log C_b) and fails this test."""
+    (the noise's component is the exact derivative, the others differences). Price's theorem on that rule, the
+    gradient used before, is 1.3% away here (0.016 absolute in log C_b) and fails this test."""
     from ngp._hyper import _objective
 
     rng = np.random.default_rng(3)
