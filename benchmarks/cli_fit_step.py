@@ -4,13 +4,14 @@
 
 On the CLI's 50-row diabetes CSV (``cli_regress.py``'s), standardised as the CLI does (the training
 pool's first rows), with the CLI's default network: the time of one step of the finite-width evidence
-fit (``ngp.cli._regress.fit_step_work``: the evidence and its gradient by central differences, what L-BFGS-B
-evaluates) at each ``--sizes`` (``ngp.cli._budget.probe_step``: the second of two calls; the first
-call's extra time is its compilation), next to the CLI's extrapolation from the first size
-(``(N / N_p)^4``); then, for each ``--fits`` size, a whole ``ngp.fit_hyperparameters(finite_width=True)``
-with the CLI's settings and the number of objective evaluations its optimiser used (``FIT_STEPS``
-are charged), with the time the CLI's cost model charges it. ``--seed`` is the CLI's split seed (another
-seed, another 40-row training pool of the 50 rows). Writes ``benchmarks/results/<--out>``.
+fit (``ngp.cli._regress.fit_step_work``: the evidence and its gradient, what L-BFGS-B evaluates) at each
+``--sizes`` (``ngp.cli._budget.probe_step``: the second of two calls; the first call's extra time is its
+compilation), next to the CLI's extrapolation (``FitProbe.seconds``) from its probe size ``FIT_PROBE_ROWS``
+(the first size when that is not measured); then, for each ``--fits`` size, a whole
+``ngp.fit_hyperparameters(finite_width=True)`` with the CLI's settings, the number of objective evaluations
+its optimiser used (``FIT_STEPS`` are charged) and the time the CLI's cost model charges it. ``--seed`` is the
+CLI's split seed (another seed, another 40-row training pool of the 50 rows). Run with ``PYTHONPATH`` set to
+another checkout to measure that checkout's library. Writes ``benchmarks/results/<--out>``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def main() -> None:
     from ngp.cli import _budget, _parser
     from ngp.cli._csv import read_table
     from ngp.cli._hyper import MAX_ITER, NUM_STARTS, fit_hyperparameters
-    from ngp.cli._regress import FIT_STEPS, _make_net, _options, _splits, fit_step_work, standardize
+    import ngp
+    from ngp.cli._regress import FIT_PROBE_ROWS, FIT_STEPS, _make_net, _options, _splits, fit_step_work, standardize
 
     with tempfile.TemporaryDirectory() as tmp:
         path = _csv(Path(tmp))
@@ -60,12 +62,12 @@ def main() -> None:
     gp = fit_hyperparameters(_make_net(cli)(cli.width[0]), X, y, noise=cli.noise, fixed=False, seed=cli.seed)
     print(f"GP fit on {len(f)} pool rows: {gp.describe()} (the finite-width fit's start)", flush=True)
     step = fit_step_work(cli, X, y, gp)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    steps, first = [], None
-    for n in sizes:
-        fp = _budget.probe_step(step, n, FIT_STEPS)
-        first = first or fp
-        est = first.step_s * (n / first.n_train) ** 4
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    probes = {n: _budget.probe_step(step, n, FIT_STEPS) for n in sizes}
+    first = probes.get(FIT_PROBE_ROWS) or (probes[sizes[0]] if sizes else None)  # the CLI's probe
+    steps = []
+    for n, fp in probes.items():
+        est = (first.seconds(n) - first.compile_s) / FIT_STEPS  # the CLI's extrapolation of a step
         steps.append({"n_train": n, "step_s": fp.step_s, "first_call_extra_s": fp.compile_s, "estimated_step_s": est})
         print(f"N={n}: step {fp.step_s:.2f} s (first call {fp.compile_s:.1f} s more); from N={first.n_train}: "
               f"{est:.2f} s", flush=True)
@@ -79,19 +81,21 @@ def main() -> None:
 
     scipy.optimize.minimize = counted
     fits = []
-    for n in [int(s) for s in args.fits.split(",")]:
+    for n in [int(s) for s in args.fits.split(",") if s]:
         counts.clear()
         t0 = time.perf_counter()
         hyper = fit_hyperparameters(_make_net(cli)(cli.width[0]), X[:n], y[:n], noise=cli.noise, fixed=False,
                                     seed=cli.seed, finite_width=True, options=_options(cli))
         wall = time.perf_counter() - t0
-        fits.append({"n_train": n, "wall_s": wall, "charged_s": first.seconds(n), "stages": list(counts),
+        charged = None if first is None else first.seconds(n)
+        fits.append({"n_train": n, "wall_s": wall, "charged_s": charged, "stages": list(counts),
                      "hyperparameters": hyper.describe()})
-        print(f"finite-width fit on {n} rows: {wall:.1f} s (charged {first.seconds(n):.1f} s); optimiser runs "
+        print(f"finite-width fit on {n} rows: {wall:.1f} s (charged {charged} s); optimiser runs "
               f"(GP, finite width): {counts}", flush=True)
     scipy.optimize.minimize = inner
-    out = {"machine": platform.platform(), "cpus": os.cpu_count(), "git": _git(), "seed": args.seed, "load_before": load0,
-           "load_after": os.getloadavg(), "fit_steps_charged": FIT_STEPS, "max_iter": MAX_ITER,
+    out = {"machine": platform.platform(), "cpus": os.cpu_count(), "git": _git(), "ngp": ngp.__file__,
+           "seed": args.seed, "load_before": load0, "load_after": os.getloadavg(), "fit_steps_charged": FIT_STEPS,
+           "fit_probe_rows": None if first is None else first.n_train, "max_iter": MAX_ITER,
            "num_starts": NUM_STARTS, "gp_start": gp.describe(), "steps": steps, "fits": fits}
     dest = ROOT / "benchmarks" / "results" / args.out
     dest.write_text(json.dumps(out, indent=2))

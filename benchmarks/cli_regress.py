@@ -2,6 +2,7 @@
 
     nice -n 10 python benchmarks/cli_regress.py                 # cold then warm compilation cache
     nice -n 10 python benchmarks/cli_regress.py --root DIR --runs off --label before --append  # another tree
+    python benchmarks/cli_regress.py --args "--fit-evidence finite-width" --out cli_regress_fw.json  # options
 
 The CSV is the first 50 rows of scikit-learn's diabetes data (target ``target``). Each run is a
 fresh ``python -m ngp regress`` subprocess (JAX compilation included, as for a user). Two runs:
@@ -40,10 +41,10 @@ def _csv(folder: Path) -> Path:
     return path
 
 
-def run_once(path: Path, cache: str, root: Path, timeout: float) -> dict:
+def run_once(path: Path, cache: str, root: Path, timeout: float, extra: list[str]) -> dict:
     js = path.with_suffix(f".{time.time_ns()}.json")
     env = {**os.environ, "NGP_CACHE_DIR": cache, "PYTHONPATH": str(root)}
-    cmd = [sys.executable, "-m", "ngp", "regress", str(path), "--target", "target", "--json", str(js)]
+    cmd = [sys.executable, "-m", "ngp", "regress", str(path), "--target", "target", "--json", str(js), *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load0 = os.getloadavg()
     t0 = time.perf_counter()
@@ -76,8 +77,11 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--label", default=None, help="name of these runs in the results (default: the git revision)")
     p.add_argument("--append", action="store_true", help="add the runs to the results file instead of replacing it")
+    p.add_argument("--args", default="", help="more options of ngp regress, e.g. '--fit-evidence finite-width'")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cli_regress.json"))
     args = p.parse_args()
+    if not os.path.dirname(args.out):
+        args.out = str(ROOT / "benchmarks" / "results" / args.out)
     out = {"cpus": os.cpu_count(), "runs": []}
     if args.append and Path(args.out).exists():
         out = json.loads(Path(args.out).read_text())
@@ -88,8 +92,8 @@ def main() -> None:
         cache = str(tmp / "jax-cache")
         for kind in args.runs.split(","):
             print(f"ngp regress diabetes50.csv ({kind} cache) ...", flush=True)
-            r = run_once(path, "" if kind == "off" else cache, Path(args.root), args.timeout)
-            r["cache"], r["label"] = kind, label
+            r = run_once(path, "" if kind == "off" else cache, Path(args.root), args.timeout, args.args.split())
+            r["cache"], r["label"], r["args"] = kind, label, args.args
             out["runs"].append(r)
             print(f"  exit {r['exit']}, wall {r['wall_s']} s, CPU {r['cpu_s']} s, training rows {r.get('n_train')}, "
                   f"load {r['load_before']}", flush=True)

@@ -84,7 +84,8 @@ class FitProbe:
     """A timed step of the finite-width evidence fit (value and gradient) on ``n_train`` rows.
 
     ``step_s``: one step, compilation excluded; ``compile_s``: the first step's extra time; ``steps``:
-    the evaluations a fit is charged. ``seconds(N) = compile_s + steps step_s g(N)``, with ``g`` the growth
+    the evaluations a fit is charged; ``gp_s``: the fit's first stage (the GP evidence maximised on the same
+    rows, compilation included). ``seconds(N) = compile_s + gp_s + steps step_s g(N)``, with ``g`` the growth
     of the number of four-row subsets from ``N_p`` rows (:func:`subsets_growth`).
     """
 
@@ -92,9 +93,10 @@ class FitProbe:
     step_s: float
     compile_s: float
     steps: int
+    gp_s: float = 0.0
 
     def seconds(self, n_train: int) -> float:
-        return self.compile_s + self.steps * self.step_s * subsets_growth(n_train, self.n_train)
+        return self.compile_s + self.gp_s + self.steps * self.step_s * subsets_growth(n_train, self.n_train)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -156,14 +156,18 @@ def _probe(args, Xp, yp, Xt, progress, hyper=None):
     return _budget.CostModel(probe)
 
 
-def _probe_fit(args, Xp, yp, progress, hyper):
-    """``(FitProbe, line)``: a step of the ``--fit-evidence finite-width`` fit timed on FIT_PROBE_ROWS rows at
-    ``hyper`` (the GP fit, where the finite-width fit starts), and the line that reports it."""
+def _probe_fit(args, Xp, yp, progress, fits: _Fits):
+    """``(FitProbe, line)``: a step of the ``--fit-evidence finite-width`` fit timed on FIT_PROBE_ROWS rows at the
+    GP fit of ``(Xp, yp)`` (where the finite-width fit starts), and the line that reports it. The fit's first
+    stage, the GP evidence maximised on the rows it fits, is charged what that GP fit took."""
+    hyper = fits.fit(Xp, yp, False)
     rows = min(FIT_PROBE_ROWS, len(Xp))
     step, _ = progress.run(f"probe: timing a step of the finite-width evidence fit on {rows} rows",
                            lambda: _budget.probe_step(fit_step_work(args, Xp, yp, hyper), rows, FIT_STEPS))
+    step = dataclasses.replace(step, gp_s=fits.gp_seconds(Xp, yp))
     return step, (f"  probe: a step of the finite-width evidence fit on {rows} rows took {step.step_s:.1f} s "
-                  f"({step.compile_s:.0f} s compiling before); a fit is charged {FIT_STEPS} steps ~ C(N_train, 4)")
+                  f"({step.compile_s:.0f} s compiling before); a fit is charged {step.gp_s:.0f} s for its GP "
+                  f"stage and {FIT_STEPS} steps ~ C(N_train, 4)")
 
 
 def _largest_fitting(n: int, need, limit: float) -> tuple[int, float]:
@@ -231,7 +235,7 @@ class _Fits:
 
     def __init__(self, args, data, progress):
         self.args, self.data, self.progress = args, data, progress
-        self.done, self.probe = {}, None
+        self.done, self.seconds, self.probe = {}, {}, None
 
     def rows(self, p, t):
         """The pool's first ``--max-train`` rows (or ``--n-train``, when larger) and the test rows, standardised by
@@ -254,10 +258,14 @@ class _Fits:
             stage = ("hyperparameters" if args.fixed else
                      f"fitting hyperparameters (maximum {'finite-width' if finite_width else 'GP'} evidence of "
                      f"{len(X)} {what}{est})")
-            self.done[key], _ = self.progress.run(stage, lambda: fit_hyperparameters(
+            self.done[key], self.seconds[key] = self.progress.run(stage, lambda: fit_hyperparameters(
                 _make_net(args)(args.width[0]), X, y, noise=args.noise, fixed=args.fixed, seed=args.seed,
                 finite_width=finite_width, options=_options(args), rows=f"{len(X)} {what}"))
         return self.done[key]
+
+    def gp_seconds(self, X, y) -> float:
+        """Seconds the GP-evidence fit on ``(X, y)`` took (0 if it was not run here)."""
+        return self.seconds.get((X.tobytes(), y.tobytes(), X.shape, False), 0.0)
 
 
 def _describe_data(args, data, splits, pool: int) -> None:
@@ -290,7 +298,7 @@ def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float)
                            "(lower --test-fraction or --folds to enlarge it)")
         n_train, why = args.n_train, "--n-train"
         if args.fit_evidence == "finite-width" and not args.fixed:  # no budget, but the fit's cost is said
-            fits.probe, fit_line = _probe_fit(args, Xp, yp, progress, fits.fit(Xp, yp, False))
+            fits.probe, fit_line = _probe_fit(args, Xp, yp, progress, fits)
             print(f"{fit_line}; at {n_train} rows about {fits.probe.seconds(n_train):.0f} s per fold")
     elif min(pool, args.max_train) <= PROBE_TRAIN + 4 and (args.fixed or args.fit_evidence != "finite-width"):
         n_train, why = min(pool, args.max_train), "all rows of the small training pool (no timing probe needed)"
@@ -300,7 +308,7 @@ def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float)
             hyper0 = fits.fit(Xp, yp, False)
         model, fit_line = _probe(args, Xp, yp, Xt, progress, hyper0), None
         if args.fit_evidence == "finite-width" and not args.fixed:  # its steps cost training blocks: budgeted too
-            fits.probe, fit_line = _probe_fit(args, Xp, yp, progress, hyper0)
+            fits.probe, fit_line = _probe_fit(args, Xp, yp, progress, fits)
             model = dataclasses.replace(model, fit=fits.probe)
         spent = time.perf_counter() - t_start
         choice = _budget.choose(model, pool=pool, n_test=max(n_test), budget_s=args.time_budget, cap=args.max_train,
