@@ -108,8 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--fixed", action="store_true", help=_FIT_HELP)
     g.add_argument("--fit-evidence", choices=("gp", "finite-width"), default="gp",
                    help="evidence the fit maximises: the GP's (seconds to a minute) or, after it, the O(1/n) "
-                        "finite-width one at the first --width, on the training rows used (each step costs a "
-                        "training block; the time budget counts 10 steps, timed on 8 rows; default: gp)")
+                        "finite-width one at the first --width, on the training rows used (each step costs five "
+                        "training blocks; the time budget counts 10 steps, timed on 8 rows; default: gp)")
     g = r.add_argument_group("rows and budget")
     g.add_argument("--n-train", type=int_at_least(2), default=None, metavar="N",
                    help="training rows (default: as many as fit --time-budget, at most --max-train)")

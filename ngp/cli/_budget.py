@@ -72,7 +72,7 @@ def subsets_growth(n_train: int, n_probe: int) -> float:
 
     The step's work is dominated by the four-distinct-input multisets of the training block, whose number grows
     faster than ``N^4`` at these sizes (``docs/cli.md``: from 8 rows, ``C(N, 4)`` over-states the measured
-    step by 14-29% at 10-16 rows, ``(N / 8)^4`` under-states it by up to 30%).
+    step by 20-33% at 10-16 rows, ``(N / 8)^4`` under-states 16 rows by 18%).
     """
     if n_probe >= 4:
         return math.comb(max(n_train, 4), 4) / math.comb(n_probe, 4)

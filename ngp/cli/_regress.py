@@ -33,7 +33,7 @@ PROBE_WARMUP = (8, 2)
 #: Fewest training rows the budget may choose (when the data have them).
 MIN_TRAIN = 8
 #: --fit-evidence finite-width: rows at which one step of the fit (the finite-width evidence and its gradient,
-#: on the fixed four-point rule) is timed (below 8 rows fixed costs hide the growth: the step grew 7.4x from 4
+#: on the fixed four-point rule) is timed (below 8 rows fixed costs hide the growth: the step grew 7.3x from 4
 #: rows to 8), and the steps a fit is charged: L-BFGS-B's evaluations from the GP optimum, 1-8 (median 5) in
 #: 14 fits of 4-14 diabetes rows (docs/cli.md), with a margin.
 FIT_PROBE_ROWS, FIT_STEPS = MIN_TRAIN, 10
