@@ -251,7 +251,7 @@ class _Fits:
     def fit(self, X, y, finite_width):
         """fit_hyperparameters on ``(X, y)``; the same rows and evidence again reuse the result."""
         args = self.args
-        key = (X.tobytes(), y.tobytes(), X.shape, finite_width)
+        key = self._key(X, y, finite_width)
         if key not in self.done:
             what = "training rows" if finite_width else "training-pool rows"
             est = "" if not finite_width or self.probe is None else f", estimated {self.probe.seconds(len(X)):.0f} s"
@@ -265,7 +265,11 @@ class _Fits:
 
     def gp_seconds(self, X, y) -> float:
         """Seconds the GP-evidence fit on ``(X, y)`` took (0 if it was not run here)."""
-        return self.seconds.get((X.tobytes(), y.tobytes(), X.shape, False), 0.0)
+        return self.seconds.get(self._key(X, y, False), 0.0)
+
+    @staticmethod
+    def _key(X, y, finite_width):
+        return X.tobytes(), y.tobytes(), X.shape, finite_width
 
 
 def _describe_data(args, data, splits, pool: int) -> None:
