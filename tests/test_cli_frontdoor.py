@@ -212,16 +212,16 @@ def test_cost_model_charges_the_finite_width_fit():
     assert m.estimate(c.n_train, 20) <= 400.0 < m.estimate(c.n_train + 1, 20) and c.n_train < plain.n_train
 
 
-def test_probe_step_times_the_second_call():
+def test_probe_step_times_the_fastest_later_call():
     calls = []
 
     def step(n):
         calls.append(n)
-        time.sleep(0.3 if len(calls) == 1 else 0.05)
+        time.sleep({1: 0.3, 2: 0.15}.get(len(calls), 0.05))  # compiling, then a slow call (a busy machine)
 
     fp = _budget.probe_step(step, 4, 50)
-    assert calls == [4, 4] and (fp.n_train, fp.steps) == (4, 50)
-    assert 0.04 <= fp.step_s < 0.2 and 0.2 <= fp.compile_s < 0.3
+    assert calls == [4, 4, 4] and (fp.n_train, fp.steps) == (4, 50)
+    assert 0.04 <= fp.step_s < 0.12 and 0.2 <= fp.compile_s < 0.3
 
 
 def test_budget_picks_the_largest_affordable_training_set():
