@@ -65,6 +65,7 @@ def run_once(path: Path, cache: str, root: Path, timeout: float, extra: list[str
         res = json.loads(js.read_text())
         r.update(rows_used=res["rows_used"], n_train=res["n_train"], n_train_reason=res["n_train_reason"],
                  test_rows=[len(s["test_lines"]) for s in res["splits"]], probe=res["probe"],
+                 fit_probe=res.get("fit_probe"),
                  hyperparameters=[s["hyperparameters"] for s in res["splits"]], table=res["table"],
                  total_s=res["total_s"])
     return r

@@ -458,7 +458,7 @@ def test_regress_probe_uses_the_fitted_hyperparameters(real_csv, capsys, monkeyp
     assert fitted == [10] and hyper.describe() in out  # the run's values are the probe's (same rows)
 
 
-def test_regress_budgets_the_finite_width_fit(real_csv, capsys, monkeypatch):
+def test_regress_budgets_the_finite_width_fit(real_csv, capsys, monkeypatch, tmp_path):
     """--fit-evidence finite-width: a step of the fit is timed on FIT_PROBE_ROWS rows with the GP fit's values
     (the fit's start), and the rows chosen leave time for FIT_STEPS such steps (the fit is then run, here
     replaced by its start, the GP fit: its cost is not under test). The 10-row pool would be used whole without a probe
@@ -488,7 +488,7 @@ def test_regress_budgets_the_finite_width_fit(real_csv, capsys, monkeypatch):
     monkeypatch.setattr(_budget, "probe_step", probe_step)
     monkeypatch.setattr(_regress, "fit_hyperparameters", fit)
     rc = main(["regress", real_csv, "--n-test", "2", "--width", "4", "--fit-evidence", "finite-width",
-               "--time-budget", "250", "--quiet"])
+               "--time-budget", "250", "--quiet", "--json", str(tmp_path / "r.json")])
     out = capsys.readouterr().out
     assert rc == 0
     ((shape, hyper),) = seen
@@ -500,6 +500,9 @@ def test_regress_budgets_the_finite_width_fit(real_csv, capsys, monkeypatch):
     gp = re.search(r"a fit is charged (\d+) s for its GP stage and 10 steps ~ C\(N_train, 4\)", out)
     assert est and gp, out
     assert int(est[1]) - 180 == int(est[2]) - 300 and abs(int(est[1]) - 180 - int(gp[1])) <= 1
+    probe = json.loads((tmp_path / "r.json").read_text())["fit_probe"]  # --json records the fit's probe
+    assert (probe["n_train"], probe["step_s"], probe["steps"]) == (8, 10.0, 10)
+    assert abs(probe["gp_s"] - int(gp[1])) <= 0.5
     assert fitted == [(10, False), (9, True)]
     assert "a step of the finite-width evidence fit on 8 rows took 10.0 s" in out
     # --n-train: no budget, but the fit's estimate is printed before it starts

@@ -410,7 +410,9 @@ def run(args) -> int:
                "settings": {k: getattr(args, k) for k in ("depth", "width", "activation", "c_w", "c_b", "noise",
                                                          "seed", "folds", "test_fraction", "n_test", "time_budget",
                                                          "max_train", "fixed", "fit_evidence", "truth")},
-               "probe": None if model is None else model.probe.__dict__, "splits": results, "table": body,
+               "probe": None if model is None else model.probe.__dict__,
+               "fit_probe": None if fits.probe is None else dataclasses.asdict(fits.probe),
+               "splits": results, "table": body,
                "notes": lines, "total_s": total}
         try:
             with open(args.json, "w", encoding="utf-8") as fh:
