@@ -189,9 +189,9 @@ def probe(run, n_train: int, n_test: int, *, warmup: tuple[int, int] | None = No
 
 
 def probe_step(step, n_train: int, steps: int, *, repeats: int = 2) -> FitProbe:
-    """Time ``step(n_train)``: a first call, then ``repeats`` more; the fastest of those is the step (one timing
-    of a second or so on a shared machine can be twice the usual: ``docs/cli.md``), the first call's extra time
-    its compilation."""
+    """Time ``step(n_train)``: a first call, then ``repeats`` more; the fastest of those is the step (other work
+    on a shared machine slows a timing of a second or so: ``docs/cli.md`` has a 1.3 s step timed at 2.3 s), the
+    first call's extra time its compilation."""
     t0 = time.perf_counter()
     step(n_train)
     first = time.perf_counter() - t0
