@@ -27,11 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._cache import frozen_lru
 from ._activations import Activation
 from ._fourpoint import RTOL, fixed_rule_split, multiset_expectations, split_multisets
-from ._gaussian import (auto_orders, bucket, concrete_max, gauss_hermite, integer_power, pad_rows, padded_rule,
-                        pair_matrices)
+from ._gaussian import (auto_orders, bucket, concrete_max, integer_power, pad_rows, padded_rule,
+                        pair_matrices, pruned_tensor_rule)
 from ._kernel import KERNEL_OPTIONS, two_point_matrix
 from ._pairs import Pairs, array_module, is_concrete, multiset_code, multiset_rows
 from ._progress import check_progress, task
@@ -181,15 +180,7 @@ def jacobian_hessian(act: Activation, K, pairs: Pairs, C_W: float, *, method: st
 
 
 # ----------------------------------------------------------------------------- four-point term
-@frozen_lru(16)
-def _pruned_rule(u: int, m: int, cutoff: float = 1e-15):
-    """The ``m``-point Gauss-Hermite tensor rule in ``u`` dimensions without the nodes whose weight is below
-    ``cutoff`` times the largest: nodes ``(q, u)`` and weights ``(q,)`` in C order of the tensor grid. Only
-    the ``m**u`` weights are formed on the full grid, not ``2 u`` full grids of nodes and weights."""
-    x, w = gauss_hermite(m)
-    W = functools.reduce(np.multiply.outer, [w] * u)  # (m,) * u tensor weights
-    keep = np.nonzero(W > cutoff * W.max())
-    return np.stack([x[i] for i in keep], axis=1), W[keep]
+_pruned_rule = pruned_tensor_rule  # the fixed rule's nodes (tests and benchmarks use this name)
 
 
 def multisets(N: int) -> np.ndarray:
@@ -210,7 +201,7 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
     homogeneous = act.relu_slopes is not None
     for pattern, (rows, idx) in pattern_rows.items():
         u = len(pattern)
-        nodes, weights = _pruned_rule(u, orders[u])
+        nodes, weights = pruned_tensor_rule(u, orders[u])
         per = max(1, batch_elems // (nodes.shape[0] * u))
         pat = tuple(pattern)
 

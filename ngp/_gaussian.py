@@ -37,7 +37,7 @@ from ._cache import aligned_zeros, byte_lru, frozen_lru
 from ._validate import device, device_if, warn
 
 __all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "pair_matrix", "pair_gh", "concrete_max",
-           "auto_orders", "padded_rule", "bucket", "pad_rows"]
+           "auto_orders", "padded_rule", "pruned_tensor_rule", "bucket", "pad_rows"]
 
 #: Smallest number of Hermite terms in the Mehler series.
 MEHLER_TERMS = 200
@@ -101,6 +101,17 @@ def gauss_hermite(m: int) -> tuple[np.ndarray, np.ndarray]:
     if int(m) < 1:
         raise ValueError(f"gauss_hermite: number of nodes must be >= 1, got {m}")
     return _gh_numpy(int(m))
+
+
+@frozen_lru(16)
+def pruned_tensor_rule(u: int, m: int, cutoff: float = 1e-15):
+    """The ``m``-point Gauss-Hermite tensor rule in ``u`` dimensions without the nodes whose weight is below
+    ``cutoff`` times the largest: nodes ``(q, u)`` and weights ``(q,)`` in C order of the tensor grid. Only
+    the ``m**u`` weights are formed on the full grid, not ``2 u`` full grids of nodes and weights."""
+    x, w = gauss_hermite(m)
+    W = functools.reduce(np.multiply.outer, [w] * u)  # (m,) * u tensor weights
+    keep = np.nonzero(W > cutoff * W.max())
+    return np.stack([x[i] for i in keep], axis=1), W[keep]
 
 
 def expect_1d(f, k, *, nodes: int = NODES_1D):

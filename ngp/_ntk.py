@@ -39,7 +39,7 @@ import numpy as np
 
 from ._cache import frozen_lru
 from ._activations import Activation
-from ._gaussian import auto_orders, gauss_hermite, hermite_coefficients, pair_matrix
+from ._gaussian import auto_orders, gauss_hermite, hermite_coefficients, pair_matrix, pruned_tensor_rule
 from ._kernel import kernel_map, two_point_matrix
 from ._validate import device, per_layer, real
 
@@ -368,17 +368,6 @@ FOUR_POINT_ORDERS = {1: 200, 2: 128, 3: 64, 4: 40}
 SUBSET_ORDER = 24
 
 
-@frozen_lru(16)
-def _pruned(u: int, m: int):
-    x, w = gauss_hermite(m)
-    grids = np.meshgrid(*([x] * u), indexing="ij")
-    wg = np.meshgrid(*([w] * u), indexing="ij")
-    nodes = np.stack([g.ravel() for g in grids], axis=1)
-    weights = np.prod(np.stack([g.ravel() for g in wg], axis=1), axis=1)
-    keep = weights > 1e-15 * weights.max()
-    return nodes[keep], weights[keep]
-
-
 def _sqrt_factor(K, tol=1e-12):
     lam, U = np.linalg.eigh(0.5 * (K + K.T))
     keep = lam > tol * max(lam.max(), 1e-300)
@@ -406,7 +395,7 @@ def _gh_block(funcs, patterns, K, orders, subset_order):
             R = np.zeros((len(S), 1))
         else:
             m = orders[r] if N <= 4 else subset_order
-            x, w = _pruned(r, m)
+            x, w = pruned_tensor_rule(r, m)
         z = device(x @ R.T)
         vals = {p: np.asarray(funcs[p](z)) for p in {q for pat in patterns for q in pat}}
         for pat in patterns:

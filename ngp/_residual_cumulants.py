@@ -70,7 +70,7 @@ from scipy import special
 from ._cache import frozen_lru
 from ._activations import Activation, activation as _make_activation
 from ._finite import TABLE_OPTIONS, fresh_covariance, jacobian_hessian
-from ._gaussian import gauss_hermite
+from ._gaussian import pruned_tensor_rule
 from ._kernel import KERNEL_OPTIONS, kernel_map
 from ._pairs import Pairs
 from ._validate import device
@@ -218,13 +218,10 @@ def _hess_contract(H, C, pairs):
 # ============================================================================ cross-layer quadrature
 @frozen_lru(16)
 def _rule(d: int, m: int, cutoff: float = 1e-15):
-    """Tensor Gauss-Hermite rule for ``N(0, I_d)``, nodes with negligible weight pruned."""
-    x, w = gauss_hermite(m)
-    grids = np.meshgrid(*([x] * d), indexing="ij")
-    wgrid = np.prod(np.meshgrid(*([w] * d), indexing="ij"), axis=0).ravel()
-    keep = wgrid > cutoff * wgrid.max()
-    nodes = np.stack([g.ravel() for g in grids], axis=1)[keep]
-    return nodes, wgrid[keep] / wgrid[keep].sum()
+    """Tensor Gauss-Hermite rule for ``N(0, I_d)``, nodes with negligible weight pruned
+    (:func:`ngp._gaussian.pruned_tensor_rule`), weights renormalised to sum 1."""
+    nodes, w = pruned_tensor_rule(d, m, cutoff)
+    return nodes, w / w.sum()
 
 
 #: Problems per compiled call of the smooth kernel (padded; one compilation per activation and shape).
