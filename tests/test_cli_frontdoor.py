@@ -189,6 +189,37 @@ def test_split_is_fixed_by_the_seed_and_independent_of_n_train():
         assert not set(pool) & set(test) and len(pool) + len(test) == 23
 
 
+@pytest.mark.parametrize("argv, n_train, n_test, why", [
+    ([], 18, 8, "18 training points: every point but 8 held out (seeded) as test points"),
+    (["--n-train", "8"], 8, 18, "8 training points (--n-train); the other 18 are test points"),
+    (["--n-train", "8", "--n-test", "5"], 8, 5, "the other 18 are test points, 5 of them used (--n-test)"),
+])
+def test_demo_trains_on_every_point_but_the_held_out_test_points(argv, n_train, n_test, why, monkeypatch, capsys,
+                                                                  tmp_path):
+    from ngp.cli import _demo
+    from ngp.cli._hyper import Hyperparameters
+
+    seen = {}
+
+    def compare(split, make_net, **kwargs):
+        seen["split"] = split
+        return [Row("GP (infinite width)")], {"prior_s": None}
+
+    monkeypatch.setattr(_demo, "fit_hyperparameters", lambda *a, **k: Hyperparameters(1.0, 0.1, 0.1, "given", "-"))
+    monkeypatch.setattr(_demo, "compare", compare)
+    monkeypatch.setattr(_demo, "_figure", lambda *a, **k: None)
+    assert main(["demo", "--quiet", "--no-nuts", "--out", str(tmp_path), *argv]) == 0
+    out = capsys.readouterr().out
+    assert f"26 points): {n_train} training points, {n_test} test points" in out and why in out
+    dist, _, _ = _demo.profile()
+    x = np.concatenate([seen["split"].Xtr[:, 0], seen["split"].Xte[:, 0]])
+    assert seen["split"].Xtr.shape[0] == n_train and seen["split"].Xte.shape[0] == n_test
+    # the points are the profile's, mapped affinely to inputs: training and test points are distinct points
+    assert len(np.unique(np.round(x, 12))) == n_train + n_test
+    if n_train + n_test == dist.size:  # every point of the profile is used once
+        np.testing.assert_allclose(np.sort(dist[0] + (x - x.min()) * np.ptp(dist) / np.ptp(x)), dist, atol=1e-9)
+
+
 def _model(train_s=1.0, test_s=0.2, compile_s=5.0):
     return _budget.CostModel(_budget.Probe(8, 2, train_s, test_s, compile_s, 0.0))
 

@@ -55,8 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "on an elevation profile of built-in terrain data. Prints a table and writes a "
                                    "figure of the same profile.", epilog=_DEMO_EPILOG, formatter_class=fmt,
                        allow_abbrev=False)
-    d.add_argument("--n-train", type=int_at_least(1), default=8, metavar="N",
-                   help="training points of the 26-point profile (default: 8; --quick: 6)")
+    d.add_argument("--n-train", type=int_at_least(1), default=None, metavar="N",
+                   help="training points of the 26-point profile (default: 18, every point but 8 held out as test "
+                        "points)")
     d.add_argument("--n-test", type=int_at_least(1), default=None, metavar="M",
                    help="test points (default: every point that is not a training point)")
     d.add_argument("--depth", type=int_at_least(2), default=3, help="weight layers of the tanh MLP (default: 3)")
@@ -65,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                         "--fixed (default: 0.1)")
     d.add_argument("--seed", type=int, default=0, help="seed of the split, the sampling and NUTS (default: 0)")
     d.add_argument("--quick", action="store_true",
-                   help="6 training points, widths 8 and 32, fewer samples (see the timings below; used by the tests)")
+                   help="widths 8 and 32, fewer samples (see the timings below; used by the tests)")
     d.add_argument("--fixed", action="store_true",
                    help="keep C_W=1, C_b=0.1 and --noise instead of fitting them by maximising the GP evidence of the "
                         "training points (ML-II, from those values)")

@@ -17,9 +17,11 @@ from ._common import CLIError, Progress, collect_warnings, enable_x64, table
 from ._compare import Split, cells, compare, notes
 from ._hyper import fit_hyperparameters
 
-__all__ = ["run", "profile", "widths_of"]
+__all__ = ["run", "profile", "widths_of", "default_n_train", "HELD_OUT"]
 
 KM_PER_DEGREE = 111.32
+#: Fraction of the profile held out as test points by default (8 of its 26 points).
+HELD_OUT = 0.3
 
 
 def profile():
@@ -39,6 +41,25 @@ def profile():
     return dist, elev, lat
 
 
+def default_n_train(n: int) -> int:
+    """The training points the demo uses by default: every point of the ``n``-point profile but a held-out
+    ``HELD_OUT`` fraction (the test points)."""
+    return n - max(1, round(HELD_OUT * n))
+
+
+def _why(args, n: int, n_train: int, n_test: int) -> str:
+    """The line that says which of the profile's ``n`` points train and test, and why."""
+    if args.n_train is None:
+        line = (f"{n_train} training points: every point but {n - n_train} held out (seeded) as test points; the "
+                f"finite-width posterior takes seconds even on {n - 1} points, so no time budget limits them "
+                "(docs/cli.md)")
+    else:
+        line = f"{n_train} training points (--n-train); the other {n - n_train} are test points"
+    if args.n_test is not None:
+        line += f", {n_test} of them used (--n-test)"
+    return line
+
+
 def widths_of(args) -> list[int]:
     """The hidden widths the demo compares."""
     return [8, 32] if args.quick else [8, 32, 128]
@@ -52,7 +73,7 @@ def run(args) -> int:
 
     dist, elev, lat = profile()
     n = dist.size
-    n_train = 6 if args.quick else args.n_train
+    n_train = default_n_train(n) if args.n_train is None else args.n_train
     if n_train > n - 1:
         raise CLIError(f"--n-train {n_train}: the profile has {n} points and at least one must be a test point")
     rng = np.random.default_rng(args.seed)
@@ -88,8 +109,7 @@ def run(args) -> int:
                              extra_test=((grid_km - x_mu) / x_sd)[:, None])
     print(f"Terrain elevation profile (Jacksboro fault DEM, USGS; latitude {lat:.4f}, {dist[-1]:.0f} km east-west, "
           f"{n} points): {len(tr)} training points, {len(te)} test points")
-    print(f"  {len(tr)} training points keep importance sampling over actual networks (the reference) reliable; "
-          "every other point is a test point")
+    print(f"  {_why(args, n, len(tr), len(te))}")
     print(f"  tanh MLP depth {depth}; hyperparameters: {hyper.describe()} ({hyper.note}); noise is a variance in "
           "units of the prior's output variance")
     print(f"  RMSE and |mean-IS| in metres; 'IS' = importance sampling over {samples} actual random networks "
