@@ -3,6 +3,7 @@
     python benchmarks/cli.py                    # demo --quick, demo, regress on 50 and 442 rows
     python benchmarks/cli.py --only regress     # just the regress runs
     python benchmarks/cli.py --csv my.csv:target  # an extra regress run on a CSV of yours
+    python benchmarks/cli.py --only demo --demo "--n-train 25"  # an extra demo run with these options
 
 Each command runs in a fresh subprocess (so JAX compilation is included, as for a user); the
 script records its wall time, its CPU time (user + system of the child: comparable across
@@ -57,8 +58,9 @@ def _run(cmd: list[str], timeout: float) -> dict:
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     try:
+        # from ROOT: ``-m`` puts the working folder ahead of PYTHONPATH, so another folder's ngp could be run
         proc = subprocess.run([sys.executable, "-m", "ngp", *cmd], env=env, capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, cwd=ROOT)
         rc, out, err = proc.returncode, proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as exc:
         rc, out, err = "timeout", exc.stdout or "", exc.stderr or ""
@@ -75,6 +77,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=["demo", "regress"])
     p.add_argument("--csv", action="append", default=[], help="PATH:TARGET, an extra regress run")
+    p.add_argument("--demo", action="append", default=[], metavar="OPTIONS",
+                   help="an extra demo run with these options")
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cli.json"))
     args = p.parse_args()
@@ -82,7 +86,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.only in (None, "demo"):
-            for extra in (["--quick"], []):
+            for extra in (["--quick"], [], *(o.split() for o in args.demo)):
                 print(f"ngp demo {' '.join(extra)} ...", flush=True)
                 runs.append(_run(["demo", *extra, "--quiet", "--out", str(tmp / "demo")], args.timeout))
                 print(f"  exit {runs[-1]['exit']}, wall {runs[-1]['wall_s']} s, CPU {runs[-1]['cpu_s']} s", flush=True)

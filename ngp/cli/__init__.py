@@ -38,8 +38,10 @@ Example: ngp regress diabetes.csv --target target --width 8,32,128 --json result
 """
 
 _DEMO_EPILOG = """\
-Measured on 2 CPU cores shared with about eight other jobs (load average 21-27): 31 minutes
-(full) and 13.5 minutes (--quick); most of it is JAX compilation, paid once per run.
+Measured on 2 CPU cores with one other job (load average ~1.5) and no compilation cache: 50-65 s
+(full) and 31-41 s (--quick), against 57 s and 31-32 s with 8 and 6 training points before; most
+of it is JAX compilation, importance sampling and NUTS. Under heavy load (21-27) an earlier version took
+31 and 13.5 minutes.
 """
 
 

@@ -1,9 +1,10 @@
 """``ngp demo``: GP vs finite width vs references on a terrain elevation profile (built-in data).
 
 The data: the east-west elevation profile with the most relief in the Jacksboro fault DEM
-(``ngp.datasets.load_terrain``; 26 points, ~30 km). A few points train a tanh network's
-posterior, every other point is a test point, and the figure shows the same profile: the GP
-and the finite-width posterior bands side by side and their difference, in metres.
+(``ngp.datasets.load_terrain``; 26 points, ~30 km). Every point but a seeded 30% trains a tanh
+network's posterior (18; ``--n-train`` for another number), every other point is a test point, and
+the figure shows the same profile: the GP and the finite-width posterior bands side by side and
+their difference, in metres.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def _why(args, n: int, n_train: int, n_test: int) -> str:
     """The line that says which of the profile's ``n`` points train and test, and why."""
     if args.n_train is None:
         line = (f"{n_train} training points: every point but {n - n_train} held out (seeded) as test points; the "
-                f"finite-width posterior takes seconds even on {n - 1} points, so no time budget limits them "
-                "(docs/cli.md)")
+                f"finite-width posterior takes under half a minute even on {n - 1} points, so no time budget limits "
+                "them (docs/cli.md)")
     else:
         line = f"{n_train} training points (--n-train); the other {n - n_train} are test points"
     if args.n_test is not None:
