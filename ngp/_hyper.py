@@ -173,6 +173,9 @@ class HyperFit:
         finite_width: whether the finite-width evidence was maximised.
         starts: one dict per start: initial values, final values, log evidence, converged.
         success: whether the best start converged.
+        at_bounds: ``(name, "lower" | "upper", bound)`` for each fitted value that ended on a bound of the
+            search box (``name`` is ``"C_W"``, ``"C_b"``, ``"noise"``, or ``"C_W[l]"`` with ``per_layer``).
+            The evidence may rise beyond it; every one but ``C_b`` at its lower bound (no bias) is warned about.
     """
 
     net: object
@@ -184,6 +187,7 @@ class HyperFit:
     finite_width: bool
     starts: tuple
     success: bool
+    at_bounds: tuple = ()
 
 
 def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fit=FIT_NAMES,
@@ -315,6 +319,12 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
                  "returning the GP fit (the 1/n expansion is not valid here)")
     if not success:
         warn("fit_hyperparameters: the optimiser did not report convergence; check the result or raise max_iter")
+    at_bounds = _at_bounds(np.asarray(theta, dtype=float), lo, hi, sizes)
+    for name, side, bound in at_bounds:
+        if not (name.startswith("C_b") and side == "lower"):
+            key = name.split("[")[0]
+            warn(f"fit_hyperparameters: {name} ended at its {side} bound {bound:.4g}, where the evidence may still "
+                 f"rise; widen bounds={{{key!r}: (lo, hi)}} to search further")
     cw, cb, nz = (np.asarray(v, dtype=float) for v in unpack(device(theta)))
     fitted = with_hyperparameters(net, cw, cb)
     gp_value = float(log_evidence(fitted, XA, Y, noise=float(nz), finite_width=False, **options))
@@ -328,7 +338,20 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
         for s in starts
     )
     return HyperFit(fitted, float(nz), tuple(float(v) for v in cw), tuple(float(v) for v in cb), value, gp_value,
-                    bool(finite_width and net.n_last is not None), table, success)
+                    bool(finite_width and net.n_last is not None), table, success, at_bounds)
+
+
+def _at_bounds(theta, lo, hi, sizes, tol: float = 1e-6) -> tuple:
+    """``(name, side, bound)`` of the free log-parameters ``theta`` within ``tol`` of ``lo`` or ``hi`` (L-BFGS-B
+    ends exactly on an active bound); ``sizes``: free values per name of ``FIT_NAMES``."""
+    names = [k if sizes[k] == 1 else f"{k}[{i}]" for k in FIT_NAMES for i in range(sizes[k])]
+    out = []
+    for name, t, a, b in zip(names, theta, lo, hi):
+        if t <= a + tol:
+            out.append((name, "lower", math.exp(a)))
+        elif t >= b - tol:
+            out.append((name, "upper", math.exp(b)))
+    return tuple(out)
 
 
 def _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0):

@@ -17,7 +17,7 @@ import pytest
 
 from ngp.cli import _budget, _parser, main
 from ngp.cli._common import CLIError, memory_size, table
-from ngp.cli._compare import ESS_MIN, Row, cells, notes
+from ngp.cli._compare import ESS_MIN, Row, cells, notes, numerical_flag
 from ngp.cli._csv import read_table
 from ngp.cli._regress import _aggregate, _largest_fitting, _splits, check_extreme
 from ngp.datasets import standardize
@@ -371,6 +371,33 @@ def test_unreliable_reference_and_expansion_are_marked_in_the_table():
     lines = notes([row], ["ngp: the 1/n expansion parameter max|V|/(n K^2) = 0.8 exceeds 0.3", "other"], 2.0)
     assert any("share one computation" in ln for ln in lines)
     assert sum("expansion parameter" in ln for ln in lines) == 1 and "warning: other" in lines
+
+
+def test_numerical_error_bound_marks_the_row_unreliable():
+    """A finite-width row whose mean's numerical error bound exceeds a tenth of its 1/n correction is flagged, and
+    the library's own warning about it (a separate check in ngp.condition) is not printed twice."""
+    import types
+    import warnings
+
+    import ngp
+
+    fake = lambda err, shift: types.SimpleNamespace(mean_error=np.array(err), mean_correction=np.array(shift))  # noqa: E731
+    assert numerical_flag(fake([[0.009], [0.0]], [[0.1], [-0.02]]), 2) is None
+    assert "is 0.11 times the 1/n correction (0.1)" in numerical_flag(fake([[0.011], [0.0]], [[0.1], [-0.02]]), 2)
+    assert numerical_flag(fake([[0.0], [5.0]], [[0.1], [9.0]]), 1) is None  # rows past M (a plotting grid) ignored
+    assert numerical_flag(types.SimpleNamespace(mean_error=None), 1) is None  # matrix-free: no bound
+    # inputs up to 3 with C_W = 10: first-layer variances up to 90, where the quadrature loses digits
+    X = np.linspace(-1.0, 3.0, 5)[:, None]
+    net = ngp.MLP(3, 32, activation="tanh", C_W=10.0, C_b=1e-6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        post = ngp.condition(net, X, np.sin(X), noise=0.12).predict(np.array([[0.3], [2.0]]))
+    messages = [str(w.message) for w in caught]
+    flag = numerical_flag(post, 2)
+    assert flag is not None and any("numerical error of the four-point quadrature" in m for m in messages)
+    row = Row("finite width n=32", flags=[flag])
+    lines = notes([row], messages, None)
+    assert sum("numerical error" in ln for ln in lines) == 1, lines
 
 
 def test_folds_are_summarised_as_mean_and_standard_error():

@@ -1,5 +1,7 @@
 """The evidence as a JAX function of (C_W, C_b, noise) and ML-II fitting (issue 16)."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,6 +94,33 @@ def test_fit_recovers_the_hyperparameters_of_the_data():
     for j, name in enumerate(["C_W", "noise"]):
         assert abs(mean[j] - truth[name]) < spread[j], (name, mean[j], spread[j])  # within the spread of one fit
         assert abs(mean[j] - truth[name]) < 4 * spread[j] / np.sqrt(len(fits))  # and the mean within 4 s.e.
+
+
+def test_fit_reports_values_that_end_on_a_bound():
+    """Bounds that exclude the unconstrained optimum (found first): the fit ends on the near bound, says so in
+    ``at_bounds`` and warns; ``C_b`` at its lower bound (no bias) is listed but not warned about."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(12, 1))
+    Y = np.sin(2.0 * X) + 0.1 * rng.normal(size=X.shape)
+    net = ngp.MLP(2, 64, activation="erf", C_W=1.0, C_b=0.1)
+    free = ngp.fit_hyperparameters(net, X, Y, fit=("C_W", "noise"), finite_width=False, num_starts=1)
+    cw = free.C_W[0]
+    assert free.at_bounds == ()  # an interior optimum
+    for box, side, bound in [((0.05, cw / 2), "upper", cw / 2), ((1.5 * cw, 3 * cw), "lower", 1.5 * cw)]:
+        with pytest.warns(RuntimeWarning, match=f"C_W ended at its {side} bound") as record:
+            res = ngp.fit_hyperparameters(net, X, Y, fit=("C_W", "noise"), finite_width=False, num_starts=1,
+                                          bounds={"C_W": box})
+        assert res.at_bounds == (("C_W", side, pytest.approx(bound, rel=1e-9)),)
+        assert res.C_W[0] == pytest.approx(bound, rel=1e-6)
+        assert "bounds={'C_W': (lo, hi)}" in str(record[0].message)
+    # C_b's lower bound stands for no bias: listed, not warned about
+    full = ngp.fit_hyperparameters(net, X, Y, finite_width=False, num_starts=1, bounds={"C_b": (1e-3, 5.0)})
+    low = 1.5 * full.C_b[0]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        res = ngp.fit_hyperparameters(net, X, Y, finite_width=False, num_starts=1, bounds={"C_b": (low, 5.0)})
+    assert res.at_bounds == (("C_b", "lower", pytest.approx(low, rel=1e-9)),)
+    assert not [w for w in record if "ended at" in str(w.message)]
 
 
 @pytest.mark.validation  # L-BFGS-B on the finite-width evidence: minutes on 2 cores

@@ -14,12 +14,16 @@ import numpy as np
 
 from ._common import CLIError, fmt
 
-__all__ = ["Split", "Row", "compare", "metrics", "cells", "notes", "EXPANSION_WARN", "ESS_MIN"]
+__all__ = ["Split", "Row", "compare", "metrics", "cells", "notes", "numerical_flag", "EXPANSION_WARN", "ESS_MIN",
+           "NUMERICAL_WARN"]
 
 #: Expansion parameter above which a finite-width row is marked unreliable (the library warns there too).
 EXPANSION_WARN = 0.3
 #: Effective sample size below which an importance-sampling reference is marked unreliable.
 ESS_MIN = 100.0
+#: Share of the 1/n mean correction above which the mean's numerical error bound (the four-point quadrature's,
+#: carried through the posterior) marks a finite-width row unreliable (the library warns there too).
+NUMERICAL_WARN = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +160,9 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
             row.flags.append(f"unreliable: 1/n expansion parameter {row.expansion:.2g} > {EXPANSION_WARN}")
         if np.any(var < 0):
             row.flags.append(f"unreliable: {int(np.sum(var < 0))} negative posterior variances")
+        flag = numerical_flag(post, M)
+        if flag:
+            row.flags.append(flag)
         validity = getattr(post, "validity", None)
         if validity is not None and not validity.trusted:
             # the first-order terms are not small against the GP's (docs/validity.md)
@@ -204,6 +211,21 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
     return rows, info
 
 
+def numerical_flag(post, M: int) -> str | None:
+    """The row flag when the numerical error bound of ``post``'s mean on its first ``M`` inputs (``mean_error``)
+    exceeds :data:`NUMERICAL_WARN` of its largest 1/n mean correction there; ``None`` otherwise (or without a
+    bound: the matrix-free path)."""
+    err = getattr(post, "mean_error", None)
+    if err is None:
+        return None
+    top = float(np.max(np.asarray(err)[:M], initial=0.0))
+    size = float(np.max(np.abs(np.asarray(post.mean_correction)[:M]), initial=0.0))
+    if not (np.isfinite(top) and top > NUMERICAL_WARN * size):
+        return None
+    return (f"unreliable: the numerical error bound of the mean ({top:.2g}) is {top / max(size, 1e-300):.3g} times "
+            f"the 1/n correction ({size:.2g}), in standardised units (docs/accuracy.md)")
+
+
 def cells(row: Row, *, truth: bool) -> dict:
     """Table cells (strings) of a row."""
     out = {
@@ -231,7 +253,8 @@ def cells(row: Row, *, truth: bool) -> dict:
 # library warnings that a row flag already reports (flag text, warning text)
 _SAME = (("1/n expansion parameter", "expansion parameter"),
          ("negative posterior variances", "posterior variance is negative"),
-         ("importance-sampling ESS", "effective sample size"))
+         ("importance-sampling ESS", "effective sample size"),
+         ("numerical error bound of the mean", "numerical error of the four-point quadrature"))
 
 
 def notes(rows, messages, prior_s) -> list[str]:

@@ -14,6 +14,7 @@ costs a training block, ``~N^4``).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 __all__ = ["Hyperparameters", "fit_hyperparameters", "FITTING_AVAILABLE"]
 
@@ -22,6 +23,8 @@ FITTING_AVAILABLE = True
 #: Starts of the optimiser (the first is the given values, the others random draws within the bounds) and its
 #: iterations per start: one start keeps the fit within a minute on a loaded 2-core machine.
 NUM_STARTS, MAX_ITER = 1, 40
+#: The library's warnings from a fit that the note reports (not repeated on stderr).
+_IN_NOTE = ("did not report convergence", "ended at its upper bound", "ended at its lower bound")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +79,18 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float, fixed: bool, see
     if fixed:
         return Hyperparameters(cw, cb, float(noise), "given", "given values (--fixed)")
     opts = {k: v for k, v in (options or {}).items() if k == "four_point_order"}
-    fit = ngp.fit_hyperparameters(net, X_train, Y_train, noise=noise, finite_width=finite_width, num_starts=NUM_STARTS,
-                                  seed=seed, max_iter=MAX_ITER, **opts)
+    with warnings.catch_warnings(record=True) as caught:  # the note says what these say
+        warnings.simplefilter("always")
+        fit = ngp.fit_hyperparameters(net, X_train, Y_train, noise=noise, finite_width=finite_width,
+                                      num_starts=NUM_STARTS, seed=seed, max_iter=MAX_ITER, **opts)
+    for w in caught:
+        if not any(s in str(w.message) for s in _IN_NOTE):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     which = "finite-width" if fit.finite_width else "GP"
     starts = sum(1 for s in fit.starts if s["stage"] == "gp")
+    bounds = "".join(f", {name} at the fit's {side} bound {bound:.4g}" for name, side, bound in fit.at_bounds
+                     if not (name == "C_b" and side == "lower"))
     note = (f"fitted: maximum of the {which} evidence of {rows or f'{X_train.shape[0]} training rows'}, "
-            f"{starts} start{'s' if starts > 1 else ''}{'' if fit.success else ', NOT converged'}; "
+            f"{starts} start{'s' if starts > 1 else ''}{'' if fit.success else ', NOT converged'}{bounds}; "
             "--fixed keeps the given values")
     return Hyperparameters(fit.C_W[0], fit.C_b[0], float(fit.noise), "fitted", note, float(fit.log_evidence))
