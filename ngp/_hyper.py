@@ -174,8 +174,9 @@ class HyperFit:
         starts: one dict per start: initial values, final values, log evidence, converged.
         success: whether the best start converged.
         at_bounds: ``(name, "lower" | "upper", bound)`` for each fitted value that ended on a bound of the
-            search box (``name`` is ``"C_W"``, ``"C_b"``, ``"noise"``, or ``"C_W[l]"`` with ``per_layer``).
-            The evidence may rise beyond it; every one but ``C_b`` at its lower bound (no bias) is warned about.
+            search box, where the evidence may still rise beyond it (``name`` is ``"C_W"``, ``"C_b"``,
+            ``"noise"``, or ``"C_W[l]"`` with ``per_layer``); each is warned about. ``C_b`` at its lower
+            bound is not one: that bound stands for no bias.
     """
 
     net: object
@@ -321,10 +322,8 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
         warn("fit_hyperparameters: the optimiser did not report convergence; check the result or raise max_iter")
     at_bounds = _at_bounds(np.asarray(theta, dtype=float), lo, hi, sizes)
     for name, side, bound in at_bounds:
-        if not (name.startswith("C_b") and side == "lower"):
-            key = name.split("[")[0]
-            warn(f"fit_hyperparameters: {name} ended at its {side} bound {bound:.4g}, where the evidence may still "
-                 f"rise; widen bounds={{{key!r}: (lo, hi)}} to search further")
+        warn(f"fit_hyperparameters: {name} ended at its {side} bound {bound:.4g}, where the evidence may still "
+             f"rise; widen bounds={{{name.split('[')[0]!r}: (lo, hi)}} to search further")
     cw, cb, nz = (np.asarray(v, dtype=float) for v in unpack(device(theta)))
     fitted = with_hyperparameters(net, cw, cb)
     gp_value = float(log_evidence(fitted, XA, Y, noise=float(nz), finite_width=False, **options))
@@ -343,12 +342,14 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
 
 def _at_bounds(theta, lo, hi, sizes, tol: float = 1e-6) -> tuple:
     """``(name, side, bound)`` of the free log-parameters ``theta`` within ``tol`` of ``lo`` or ``hi`` (L-BFGS-B
-    ends exactly on an active bound); ``sizes``: free values per name of ``FIT_NAMES``."""
-    names = [k if sizes[k] == 1 else f"{k}[{i}]" for k in FIT_NAMES for i in range(sizes[k])]
+    ends exactly on an active bound), but for ``C_b`` at its lower bound (no bias); ``sizes``: free values per
+    name of ``FIT_NAMES``."""
+    names = [(k, k if sizes[k] == 1 else f"{k}[{i}]") for k in FIT_NAMES for i in range(sizes[k])]
     out = []
-    for name, t, a, b in zip(names, theta, lo, hi):
+    for (key, name), t, a, b in zip(names, theta, lo, hi):
         if t <= a + tol:
-            out.append((name, "lower", math.exp(a)))
+            if key != "C_b":
+                out.append((name, "lower", math.exp(a)))
         elif t >= b - tol:
             out.append((name, "upper", math.exp(b)))
     return tuple(out)

@@ -88,8 +88,7 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float, fixed: bool, see
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     which = "finite-width" if fit.finite_width else "GP"
     starts = sum(1 for s in fit.starts if s["stage"] == "gp")
-    bounds = "".join(f", {name} at the fit's {side} bound {bound:.4g}" for name, side, bound in fit.at_bounds
-                     if not (name == "C_b" and side == "lower"))
+    bounds = "".join(f", {name} at the fit's {side} bound {bound:.4g}" for name, side, bound in fit.at_bounds)
     note = (f"fitted: maximum of the {which} evidence of {rows or f'{X_train.shape[0]} training rows'}, "
             f"{starts} start{'s' if starts > 1 else ''}{'' if fit.success else ', NOT converged'}{bounds}; "
             "--fixed keeps the given values")
