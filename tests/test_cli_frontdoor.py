@@ -400,6 +400,29 @@ def test_numerical_error_bound_marks_the_row_unreliable():
     assert sum("numerical error" in ln for ln in lines) == 1, lines
 
 
+def test_hyperparameters_line_names_a_bound_and_passes_other_warnings_on(monkeypatch):
+    """The fit's bound and convergence warnings go into the printed line; any other warning is passed on."""
+    import types
+    import warnings
+
+    import ngp
+    from ngp.cli._hyper import fit_hyperparameters as cli_fit
+
+    def fit(*args, **kwargs):
+        warnings.warn("fit_hyperparameters: C_W ended at its upper bound 10, where the evidence may still rise",
+                      RuntimeWarning)
+        warnings.warn("something else", RuntimeWarning)
+        return types.SimpleNamespace(finite_width=False, starts=({"stage": "gp"},), success=True, C_W=(10.0,),
+                                     C_b=(1e-6,), noise=0.1, log_evidence=-1.0, at_bounds=(("C_W", "upper", 10.0),))
+
+    monkeypatch.setattr(ngp, "fit_hyperparameters", fit)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hyper = cli_fit(ngp.MLP(2, 8), np.zeros((3, 1)), np.zeros((3, 1)), noise=0.1, fixed=False)
+    assert "1 start, C_W at the fit's upper bound 10; --fixed" in hyper.note
+    assert [str(w.message) for w in caught] == ["something else"]
+
+
 def test_folds_are_summarised_as_mean_and_standard_error():
     folds = [[Row("GP", rmse=r, loglik=-r, log_evidence=None, expansion=e, time_s=1.0)]
              for r, e in ((1.0, 0.1), (3.0, 0.5))]
