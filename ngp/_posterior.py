@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._cumulants import canonical_quads
+from ._gaussian import K_ACCURATE
 from ._gp import GPPosterior, gp_from_kernel, gp_log_evidence
 from ._linalg import solve_train
 from ._prior import MAX_MEMORY, reuse_four_point
@@ -385,7 +386,7 @@ class Conditioned:
                                       prior_var=K[NA:, NA:].diagonal(), log_evidence=logz,
                                       gp_log_evidence=gp.log_evidence)
         self._warn_validity(validity, "posterior")
-        self._warn_numerical(mean_err, mean - gp.mean)
+        self._warn_numerical(mean_err, mean - gp.mean, prior)
         return FiniteWidthPosterior(mean, var, cov, logz, gp, n, eps, self.noise, validity, mean_error=mean_err,
                                     var_error=var_err, cov_error=cov_err, log_evidence_error=self.log_evidence_error)
 
@@ -398,15 +399,21 @@ class Conditioned:
             self._joint[key] = self.net.prior(np.concatenate([self.X_train, XB]), **self.options)
         return self._joint[key]
 
-    def _warn_numerical(self, mean_err, shift) -> None:
-        """Warn when the quadrature's estimated error bound reaches :data:`NUMERICAL_WARN` of the 1/n mean shift."""
+    def _warn_numerical(self, mean_err, shift, prior) -> None:
+        """Warn when the quadrature's estimated error bound reaches :data:`NUMERICAL_WARN` of the 1/n mean shift;
+        the advice depends on the largest pre-activation variance of ``prior`` (beyond ``K_ACCURATE`` the one- and
+        two-input expectations set a floor that ``four_point_rtol`` does not move, ``docs/accuracy.md``)."""
         top, size = float(np.max(mean_err, initial=0.0)), float(np.max(np.abs(shift), initial=0.0))
         if self.options.get("warn", True) and np.isfinite(top) and top > NUMERICAL_WARN * size:
+            kmax = max(float(np.max(np.diagonal(np.asarray(c.K)), initial=0.0)) for c in prior._cumulants)
+            advice = ("Lower four_point_rtol, or add noise" if not kmax > K_ACCURATE else
+                      f"A pre-activation variance reaches {kmax:.3g}, beyond ~{K_ACCURATE:.0f}, where a lower "
+                      "four_point_rtol does not lower the bound: standardise the inputs, lower C_W/C_b, or add noise")
             warn(
                 f"posterior: the estimated bound on the numerical error of the four-point quadrature behind V and K1 "
                 f"({top:.2g} in the mean, mean_error) is {100 * top / max(size, np.finfo(float).tiny):.3g}% of the "
                 f"largest 1/n mean correction ({size:.2g}): the training kernel's conditioning amplifies it "
-                "(docs/accuracy.md). Lower four_point_rtol, or add noise"
+                f"(docs/accuracy.md). {advice}"
             )
 
     def _check_full_cov(self, NA, NB, prior) -> None:

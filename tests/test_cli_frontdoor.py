@@ -395,6 +395,8 @@ def test_numerical_error_bound_marks_the_row_unreliable():
     messages = [str(w.message) for w in caught]
     flag = numerical_flag(post, 2)
     assert flag is not None and any("numerical error of the four-point quadrature" in m for m in messages)
+    # beyond K ~ 36 the bound has a floor that four_point_rtol does not move (docs/accuracy.md): other advice
+    assert any("numerical error" in m and "a lower four_point_rtol does not lower the bound" in m for m in messages)
     row = Row("finite width n=32", flags=[flag])
     lines = notes([row], messages, None)
     assert sum("numerical error" in ln for ln in lines) == 1, lines
