@@ -32,7 +32,8 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 
 import ngp  # noqa: E402
-from ngp._finite import FOUR_POINT_ORDERS, _pruned_rule, four_point_values  # noqa: E402
+from ngp._finite import FOUR_POINT_ORDERS, four_point_values  # noqa: E402
+from ngp._gaussian import pruned_tensor_rule  # noqa: E402
 from ngp._fourpoint import fixed_rule_split, multiset_expectations  # noqa: E402
 
 COUNTS = {4: 635376, 3: 3 * 39711}
@@ -49,8 +50,8 @@ def main() -> int:
     Ks = [np.asarray(k) for k in net.prior(X, warn=False).kernels][: depth - 1]
     act = ngp.activation("tanh")
     rng = np.random.default_rng(1)
-    old_nodes4 = _pruned_rule(4, FOUR_POINT_ORDERS[4])[1].size
-    old_nodes3 = _pruned_rule(3, FOUR_POINT_ORDERS[3])[1].size
+    old_nodes4 = pruned_tensor_rule(4, FOUR_POINT_ORDERS[4])[1].size
+    old_nodes3 = pruned_tensor_rule(3, FOUR_POINT_ORDERS[3])[1].size
     layers = []
     for l, K in enumerate(Ks, start=1):
         row = dict(layer=l, K_max=float(np.max(np.diag(K))), K_min=float(np.min(np.diag(K))))

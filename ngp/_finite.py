@@ -180,9 +180,6 @@ def jacobian_hessian(act: Activation, K, pairs: Pairs, C_W: float, *, method: st
 
 
 # ----------------------------------------------------------------------------- four-point term
-_pruned_rule = pruned_tensor_rule  # the fixed rule's nodes (tests and benchmarks use this name)
-
-
 def multisets(N: int) -> np.ndarray:
     """All sorted 4-tuples ``a <= b <= c <= d`` of ``range(N)``, shape ``(M, 4)`` in code order."""
     return np.array(list(itertools.combinations_with_replacement(range(N), 4)), dtype=np.int64).reshape(-1, 4)

@@ -89,9 +89,9 @@ def test_frozen_lru_results_are_read_only_and_shared():
 def test_cached_quadrature_rules_are_read_only():
     """Every cached rule of the library is shared and may be read in place by a pending JAX call: none is
     writeable."""
-    from ngp import _finite, _fourpoint, _gaussian, _residual_cumulants, criticality
+    from ngp import _fourpoint, _gaussian, _residual_cumulants, criticality
 
-    tables = [_gaussian.gauss_hermite(20), _gaussian.padded_rule(300), _finite._pruned_rule(2, 10),
+    tables = [_gaussian.gauss_hermite(20), _gaussian.padded_rule(300), _gaussian.pruned_tensor_rule(2, 10),
               _fourpoint._rule1d(12), _fourpoint._rule1d_by_weight(12), criticality._rule(16), _gaussian.pruned_tensor_rule(3, 8),
               _residual_cumulants._rule(2, 8)]
     from ngp._cache import arrays

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import ngp
-from ngp._finite import FOUR_POINT_ORDERS, _product_expectations, _pruned_rule, four_point_values, multisets
+from ngp._finite import FOUR_POINT_ORDERS, _product_expectations, four_point_values, multisets
+from ngp._gaussian import pruned_tensor_rule
 
 from ._mc import metric_cumulants
 
@@ -178,10 +179,10 @@ def test_pruned_rule_equals_the_masked_tensor_grid():
         nodes = np.stack([g.ravel() for g in np.meshgrid(*([x] * u), indexing="ij")], axis=1)
         weights = np.prod(np.stack([g.ravel() for g in np.meshgrid(*([w] * u), indexing="ij")], axis=1), axis=1)
         keep = weights > cutoff * weights.max()
-        got_x, got_w = _pruned_rule.__wrapped__(u, m, cutoff)
+        got_x, got_w = pruned_tensor_rule.__wrapped__(u, m, cutoff)
         np.testing.assert_array_equal(got_x, nodes[keep])
         np.testing.assert_array_equal(got_w, weights[keep])
-    x, w = _pruned_rule.__wrapped__(4, 12, 0.0)  # unpruned: exact for degree < 2m in each direction
+    x, w = pruned_tensor_rule.__wrapped__(4, 12, 0.0)  # unpruned: exact for degree < 2m in each direction
     # E[z1^2 z2^4 z3^6 z4^0] = 1 * 3 * 15 for independent standard normals
     assert abs(np.sum(w * x[:, 0] ** 2 * x[:, 1] ** 4 * x[:, 2] ** 6) - 45.0) < 1e-11
 
@@ -529,7 +530,7 @@ def test_jitted_gradient_of_the_traced_rule_holds_one_batch_at_a_time():
     ms = multisets(7)
     ms = ms[np.all(np.diff(ms, axis=1) > 0, axis=1)]  # the 35 rows of four distinct inputs
     orders = {1: 20, 2: 20, 3: 16, 4: 16}
-    q = _pruned_rule(4, 16)[1].size
+    q = pruned_tensor_rule(4, 16)[1].size
     batch_elems = 4 * q  # one row per batch: 35 batches
 
     def total(K):

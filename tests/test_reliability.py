@@ -429,13 +429,14 @@ def test_relu_four_point_derivative_matches_exact_polar_quadrature(pat):
     """Price's derivative of the relu four-point rule (Euler's relation on the diagonal, where relu''
     is a delta function autodiff cannot see) against the derivative of an independent adaptive
     quadrature; the rule itself (128 nodes a dimension) is accurate to ~1e-3 for kinked integrands."""
-    from ngp._finite import FOUR_POINT_ORDERS, _gaussian_product, _pruned_rule
+    from ngp._finite import FOUR_POINT_ORDERS, _gaussian_product
+    from ngp._gaussian import pruned_tensor_rule
 
     rng = np.random.default_rng(0)
     A = rng.normal(size=(2, 2))
     C0 = A @ A.T + 0.3 * np.eye(2)
     dC = np.array([[1.0, 0.3], [0.3, -0.5]])
-    nodes, w = _pruned_rule(2, FOUR_POINT_ORDERS[2])
+    nodes, w = pruned_tensor_rule(2, FOUR_POINT_ORDERS[2])
     relu = _activations.activation("relu")
     f = lambda C: _gaussian_product(relu.fn, pat, True)(C[None], jnp.asarray(nodes), jnp.asarray(w))[0]
     jv = float(jax.jvp(f, (jnp.asarray(C0),), (jnp.asarray(dC),))[1])
