@@ -1,9 +1,11 @@
 """How well ``ngp regress``'s timed probe predicts the finite-width stages it budgets for.
 
-    python benchmarks/cli_cost_model.py [--data ccard] [--sizes 20,26,32,40,48] [--fit pool|rows] [--out NAME.json]
+    python benchmarks/cli_cost_model.py [--data ccard|diabetes50|statecrime] [--sizes 20,26,32,40,48] [--fit pool|rows]
+                                        [--out NAME.json]
 
 In one fresh process, on the CLI's own split and standardisation of a real table (statsmodels' ``ccard``,
-72 rows, target ``AVGEXP``; or scikit-learn's diabetes, first 50 rows) and with the CLI's default network
+72 rows, target ``AVGEXP``; scikit-learn's diabetes, first 50 rows; or statsmodels' ``statecrime``, 51 rows,
+target ``murder``, whose training pool holds one row of first-layer variance 30) and with the CLI's default network
 and prior options, this times ``ngp.cli._regress.probe_work`` (exactly what the CLI's probe runs): first
 the probe as it was before stop 53 (8 training + 2 test rows with the given hyperparameters, the process's
 first run), then the probe of now (``PROBE_TRAIN`` + ``PROBE_TEST`` rows, 16 + 4, with the GP-evidence fit on
@@ -13,7 +15,8 @@ the pool, after that run as its warm-up, which is the CLI's ``PROBE_WARMUP``), t
 rows`` (stops 52-53) a fit on those ``n`` rows, standardised by them.
 For each size it prints the measured seconds of the training block and per test row (compilation
 excluded, as the model counts it separately) next to the two models' extrapolations
-(``N^4`` and ``N^3`` from the probe). Writes ``benchmarks/results/<--out>`` (default ``cli_cost_model.json``).
+(``N^4`` and ``N^3`` from the probe, stops 52-61; and the probe of now weighted by the rows' variances,
+``ngp.cli._budget.Work``). Writes ``benchmarks/results/<--out>`` (default ``cli_cost_model.json``).
 """
 
 from __future__ import annotations
@@ -40,12 +43,18 @@ def _table(name: str, folder: Path) -> tuple[Path, str]:
         path = folder / "ccard.csv"
         sm.datasets.ccard.load_pandas().data.to_csv(path, index=False)
         return path, "AVGEXP"
+    if name == "statecrime":
+        import statsmodels.api as sm
+
+        path = folder / "statecrime.csv"
+        sm.datasets.statecrime.load_pandas().data.to_csv(path, index_label="")  # as benchmarks/cli.py writes it
+        return path, "murder"
     return _csv(folder), "target"  # cli_regress.py's 50-row diabetes CSV
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", choices=["ccard", "diabetes50"], default="ccard")
+    p.add_argument("--data", choices=["ccard", "diabetes50", "statecrime"], default="ccard")
     p.add_argument("--fit", choices=["pool", "rows"], default="pool",
                    help="hyperparameters of the real stages: the pool's fit (the CLI now) or a fit on their rows")
     p.add_argument("--sizes", default="20,26,32,40,48")
@@ -60,7 +69,7 @@ def main() -> None:
     from ngp.cli._csv import read_table
     from ngp.cli._hyper import fit_hyperparameters
     from ngp.cli._regress import (PROBE_TEST, PROBE_TRAIN, PROBE_WARMUP, _make_net, _options, _splits, probe_work,
-                                  standardize)
+                                  row_work, standardize)
 
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,8 +95,10 @@ def main() -> None:
     assert PROBE_WARMUP == (8, 2)  # the old probe below is then the new one's warm-up
     old = _budget.probe(probe_work(cli, Xp, yp, Xt), 8, 2)  # before stop 53: the given values, first run, 8 rows
     new = _budget.probe(probe_work(cli, Xp, yp, Xt, hyper0), PROBE_TRAIN, PROBE_TEST)  # now: after that warm-up
-    names = ("probe 8 + 2 (before)", f"probe {PROBE_TRAIN} + {PROBE_TEST} after a warm-up (now)")
-    models = dict(zip(names, (_budget.CostModel(old), _budget.CostModel(new))))
+    names = ("probe 8 + 2 (before)", f"probe {PROBE_TRAIN} + {PROBE_TEST} after a warm-up, N^4 (stops 53-61)",
+             f"probe {PROBE_TRAIN} + {PROBE_TEST}, weighted by the rows' variances (now)")
+    work = row_work(cli, Xp, Xt, hyper0)
+    models = dict(zip(names, (_budget.CostModel(old), _budget.CostModel(new), _budget.CostModel(new, work=work))))
     rows = []
     for n in sizes:  # the real stages, all test rows
         Xn, yn, Xt, hyper = (Xp[:n], yp[:n], Xt, hyper0) if args.fit == "pool" else rows_and_fit(n)
@@ -95,14 +106,14 @@ def main() -> None:
         row = {"n_train": n, "n_test": len(test), "train_s": r.train_s, "per_test_s": r.test_s / len(test),
                "compile_s": r.compile_s, "wall_s": r.wall_s, "hyperparameters": hyper.describe(), "estimates": {}}
         for name, m in models.items():
-            row["estimates"][name] = {"train_s": m.training(n), "per_test_s": m.per_test(n)}
+            row["estimates"][name] = {"train_s": m.training(n), "per_test_s": m.predict(n, len(test)) / len(test)}
         rows.append(row)
         est = "  ".join(f"{e['train_s']:7.1f} {e['per_test_s']:6.2f}" for e in row["estimates"].values())
         print(f"N={n:3d}: train {r.train_s:6.1f} s, per test row {row['per_test_s']:5.2f} s "
-              f"(compile {r.compile_s:.1f} s; {hyper.describe()}) | estimated (before, now): {est}", flush=True)
+              f"(compile {r.compile_s:.1f} s; {hyper.describe()}) | estimated (before, N^4, now): {est}", flush=True)
     out = {"machine": platform.platform(), "cpus": os.cpu_count(), "git": _git(), "data": args.data, "fit": args.fit,
            "pool": int(len(pool)), "test_rows": int(len(test)), "load_before": load0, "load_after": os.getloadavg(),
-           "probes": dict(zip(names, (old.__dict__, new.__dict__))),
+           "probes": dict(zip(names, (old.__dict__, new.__dict__, new.__dict__))),
            "probe_hyperparameters": hyper0.describe(), "rows": rows}
     dest = ROOT / "benchmarks" / "results" / args.out
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ rule, the tables). The end-to-end runs share one array shape (4 training rows, 2
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -19,7 +20,7 @@ from ngp.cli import _budget, _parser, main
 from ngp.cli._common import CLIError, memory_size, table
 from ngp.cli._compare import ESS_MIN, Row, cells, notes, numerical_flag
 from ngp.cli._csv import read_table
-from ngp.cli._regress import _aggregate, _largest_fitting, _splits, check_extreme
+from ngp.cli._regress import _aggregate, _largest_fitting, _splits, check_extreme, row_work
 from ngp.datasets import standardize
 
 
@@ -228,6 +229,53 @@ def test_cost_model_extrapolates_n4_for_training_and_n3_per_test_row():
     m = _model()
     assert math.isclose(m.training(16), 16.0) and math.isclose(m.per_test(16), 0.1 * 8)
     assert math.isclose(m.estimate(16, 10, folds=2), 5.0 + 2 * (16.0 + 10 * 0.8))
+
+
+def _brute_work(train, test, n, m):
+    """Summed weights max(K_max, 1) over the multisets, counted one by one."""
+    w4 = sum(max(max(k[list(c)]), 1.0) for k in train for c in itertools.combinations_with_replacement(range(n), 4))
+    w3 = sum(max(max(k[list(c)]), kt, 1.0) for k, kt_row in zip(train, test) for kt in kt_row[:m]
+             for c in itertools.combinations_with_replacement(range(n), 3))
+    return w4, w3
+
+
+def test_work_weighs_each_multiset_by_its_largest_variance():
+    rng = np.random.default_rng(3)
+    train, test = rng.uniform(0.2, 4.0, size=(2, 9)), rng.uniform(0.2, 4.0, size=(2, 3))
+    train[0, 5] = 30.0  # an outlying row
+    work = _budget.Work(train, test)
+    for n, m in ((4, 1), (7, 2), (9, 3)):
+        w4, w3 = _brute_work(train, test, n, m)
+        assert math.isclose(work.training(n), w4, rel_tol=1e-12) and math.isclose(work.predict(n, m), w3, rel_tol=1e-12)
+    assert math.isclose(work.predict(9, 6), 2 * work.predict(9, 3))  # test rows beyond the known: their average
+
+
+def test_cost_model_with_work_extrapolates_by_weighted_multisets():
+    """Rows of variance <= 1: the ratio of the numbers of multisets; an outlying row beyond the probe's rows
+    raises the estimate above the count's, one among them lowers it."""
+    probe = _budget.Probe(8, 2, 1.0, 0.2, 5.0, 0.0)
+    flat = _budget.CostModel(probe, work=_budget.Work(np.full((2, 20), 0.5), np.full((2, 4), 0.5)))
+    assert math.isclose(flat.training(16), math.comb(19, 4) / math.comb(11, 4))
+    assert math.isclose(flat.predict(16, 4), 0.2 * 2 * math.comb(18, 3) / math.comb(10, 3))
+    k = np.ones((1, 20))
+    late, early = k.copy(), k.copy()
+    late[0, 12], early[0, 3] = 30.0, 30.0
+    test = np.ones((1, 4))
+    m_late, m_early = (_budget.CostModel(probe, work=_budget.Work(x, test)) for x in (late, early))
+    count = math.comb(19, 4) / math.comb(11, 4)
+    assert m_late.training(16) > 2 * count and m_early.training(16) < count
+    assert m_late.estimate(16, 4) > flat.estimate(16, 4) > m_early.estimate(16, 4)
+
+
+def test_row_work_reads_the_first_layer_variances_of_the_network():
+    """The first hidden layer's variances are C_b + C_W |x|^2 / n0 (an MLP's first pre-activations)."""
+    args = _parser().parse_args(["regress", "x.csv", "--target", "y", "--depth", "3", "--c-w", "2.5", "--c-b", "0.1"])
+    rng = np.random.default_rng(0)
+    Xp, Xt = rng.normal(size=(6, 3)), 3 * rng.normal(size=(2, 3))
+    work = row_work(args, Xp, Xt)
+    assert work.train.shape == (2, 6) and work.test.shape == (2, 2)  # depth 3: two hidden layers
+    np.testing.assert_allclose(work.train[0], 0.1 + 2.5 * np.sum(Xp**2, 1) / 3, rtol=1e-12)
+    np.testing.assert_allclose(work.test[0], 0.1 + 2.5 * np.sum(Xt**2, 1) / 3, rtol=1e-12)
 
 
 def test_cost_model_charges_the_finite_width_fit():

@@ -27,9 +27,10 @@ _FIT_HELP = ("keep --c-w, --c-b and --noise as given instead of fitting them (by
 
 _REGRESS_EPILOG = """\
 Cost: the finite-width posterior needs about N_train^4 four-point Gaussian expectations for the
-training rows plus N_train^3 per test row. Unless --n-train is given, ngp times a small probe
-(16 training and 4 test rows after an untimed warm-up on 8; JAX compilation is measured
-separately) and uses the largest number of training rows, at most --max-train, whose estimated
+training rows plus N_train^3 per test row, each dearer where a row's pre-activation variance is
+large. Unless --n-train is given, ngp times a small probe (16 training and 4 test rows after an
+untimed warm-up on 8; JAX compilation is measured separately), extrapolates it by the rows'
+variances and uses the largest number of training rows, at most --max-train, whose estimated
 time fits --time-budget. The test rows are a seeded split, and the hyperparameters are fitted by
 the GP evidence of the training pool's first --max-train rows (which also set the scaling):
 neither depends on --n-train or on the budget, and the probe times the values the run uses.

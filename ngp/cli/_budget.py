@@ -8,6 +8,11 @@ block (``K1``, ``V`` and the evidence on the training inputs) and ``N_train^3`` 
 :class:`CostModel` extrapolates the computation with those powers. :func:`choose` then picks the
 largest training set within the time budget.
 
+The work of a multiset also grows with the variances of its inputs (the quadrature's rule is set by the largest
+scale of its covariance block): one row far from the others makes every multiset it enters several times dearer.
+With :class:`Work` (the rows' pre-activation variances) the model extrapolates by the multisets' summed weights
+``max(K_max, 1)`` instead of their number (``docs/cli.md``, "How good the estimate is").
+
 Those powers are reached only at some size: below ~16 training rows fixed costs per stage dominate (and
 a process's first run also pays one-time set-up), so a probe timed there extrapolates to many times the
 real cost (measured in ``docs/cli.md``). :func:`probe` therefore runs a small untimed warm-up first (it
@@ -21,7 +26,9 @@ import dataclasses
 import math
 import time
 
-__all__ = ["compile_seconds", "Probe", "FitProbe", "CostModel", "Choice", "choose", "probe", "probe_step",
+import numpy as np
+
+__all__ = ["compile_seconds", "Probe", "FitProbe", "Work", "CostModel", "Choice", "choose", "probe", "probe_step",
            "subsets_growth"]
 
 _COMPILE_EVENTS = (
@@ -100,27 +107,77 @@ class FitProbe:
 
 
 @dataclasses.dataclass(frozen=True)
+class Work:
+    """Relative work of the finite-width stages from the rows' pre-activation variances.
+
+    ``train`` ``(L, P)``: the variances ``K_aa`` of the training pool's rows, in the order in which they are
+    taken (the first ``n`` rows train), at each of the ``L`` hidden layers; ``test`` ``(L, T)``: the test rows'.
+    A multiset of inputs weighs ``max(K_max, 1)`` at each layer, its largest variance (floored at 1, below which
+    the rules barely shrink), summed over the layers: :meth:`training` over the multisets of four training rows,
+    :meth:`predict` over those of one test row and three training rows. Measured on statecrime
+    (``docs/cli.md``): one row of variance 30 among rows of 0.3-9.5 made 32 training rows take 1.5x the time of
+    32 without it, which counting multisets misses.
+    """
+
+    train: np.ndarray
+    test: np.ndarray
+
+    @staticmethod
+    def weight(k):
+        return np.maximum(k, 1.0)
+
+    def training(self, n_train: int) -> float:
+        """Summed weights of the 4-multisets of the first ``n_train`` rows: with the variances sorted,
+        ``sum_i w(k_(i)) C(i + 3, 3)`` (the multisets whose largest member is the ``i``-th)."""
+        s = np.sort(self.train[:, :n_train], axis=1)
+        i = np.arange(s.shape[1])
+        return float(np.sum(self.weight(s) * ((i + 1) * (i + 2) * (i + 3) / 6.0)))
+
+    def predict(self, n_train: int, n_test: int) -> float:
+        """Summed weights of the multisets ``(t, a, b, c)`` of one of the first ``n_test`` test rows and three of
+        the first ``n_train`` training rows (test rows beyond the ``T`` known count as their average)."""
+        s = np.sort(self.train[:, :n_train], axis=1)  # (L, n)
+        t = self.test[:, :n_test]  # (L, m)
+        i = np.arange(s.shape[1])
+        tot = float(np.sum(self.weight(np.maximum(s[:, None, :], t[:, :, None])) * ((i + 1) * (i + 2) / 2.0)))
+        return tot * n_test / t.shape[1] if t.shape[1] else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class CostModel:
     """Seconds of the finite-width stages, extrapolated from a :class:`Probe`.
 
-    ``training(N) = train_s (N / N_p)^4``, ``per_test(N) = (test_s / M_p) (N / N_p)^3``; each run at
-    a new size pays the probe's compilation time again (a new set of array shapes). With ``fit`` (a
+    Without ``work``: ``training(N) = train_s (N / N_p)^4``, ``predict(N, M) = test_s (M / M_p) (N / N_p)^3``;
+    with it (a :class:`Work` of the rows), by the ratio of the weighted multisets to the probe's. Each run at a
+    new size pays the probe's compilation time again (a new set of array shapes). With ``fit`` (a
     :class:`FitProbe`, ``--fit-evidence finite-width``) each fold also pays ``fit.seconds(N)``.
     """
 
     probe: Probe
     fit: FitProbe | None = None
+    work: Work | None = None
 
     def training(self, n_train: int) -> float:
-        return self.probe.train_s * (n_train / self.probe.n_train) ** 4
+        p = self.probe
+        if self.work is None:
+            return p.train_s * (n_train / p.n_train) ** 4
+        return p.train_s * self.work.training(n_train) / self.work.training(p.n_train)
+
+    def predict(self, n_train: int, n_test: int) -> float:
+        """Seconds of the predictions at the first ``n_test`` test rows from ``n_train`` training rows."""
+        p = self.probe
+        if self.work is None:
+            return p.test_s * n_test / p.n_test * (n_train / p.n_train) ** 3
+        return p.test_s * self.work.predict(n_train, n_test) / self.work.predict(p.n_train, p.n_test)
 
     def per_test(self, n_train: int) -> float:
-        return self.probe.test_s / self.probe.n_test * (n_train / self.probe.n_train) ** 3
+        """Seconds per test row (the average over the probe's test rows)."""
+        return self.predict(n_train, self.probe.n_test) / self.probe.n_test
 
     def estimate(self, n_train: int, n_test: int, folds: int = 1) -> float:
         """Seconds for ``folds`` fits on ``n_train`` rows with ``n_test`` test rows each."""
         fit = 0.0 if self.fit is None else self.fit.seconds(n_train)
-        return self.probe.compile_s + folds * (fit + self.training(n_train) + n_test * self.per_test(n_train))
+        return self.probe.compile_s + folds * (fit + self.training(n_train) + self.predict(n_train, n_test))
 
 
 @dataclasses.dataclass(frozen=True)

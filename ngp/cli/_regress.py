@@ -23,7 +23,7 @@ from ._compare import ESS_MIN, EXPANSION_WARN, Split, cells, compare, notes
 from ._csv import read_table
 from ._hyper import fit_hyperparameters
 
-__all__ = ["run", "probe_work", "fit_step_work", "PROBE_TRAIN", "PROBE_TEST", "PROBE_WARMUP", "MIN_TRAIN",
+__all__ = ["run", "probe_work", "row_work", "fit_step_work", "PROBE_TRAIN", "PROBE_TEST", "PROBE_WARMUP", "MIN_TRAIN",
            "FIT_PROBE_ROWS", "FIT_STEPS"]
 
 #: Probe size: training and test rows timed to extrapolate the cost, after an untimed warm-up on
@@ -153,7 +153,17 @@ def _probe(args, Xp, yp, Xt, progress, hyper=None):
     warm = (min(PROBE_WARMUP[0], n), min(PROBE_WARMUP[1], m))
     probe, _ = progress.run(f"probe: timing {n} training and {m} test rows (after a warm-up on {warm[0]})",
                             lambda: _budget.probe(work, n, m, warmup=warm))
-    return _budget.CostModel(probe)
+    return _budget.CostModel(probe, work=row_work(args, Xp, Xt, hyper))
+
+
+def row_work(args, Xp, Xt, hyper=None) -> _budget.Work:
+    """The pre-activation variances of the rows ``Xp`` (training pool) and ``Xt`` (test rows) at every hidden
+    layer of the network with the hyperparameters ``hyper``: the infinite-width kernels' diagonals."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # large variances are warned about where the posterior is computed
+        kernels = _make_net(args, hyper)(args.width[0]).prior(np.concatenate([Xp, Xt])).kernels[:-1]
+    k = np.stack([np.diag(np.asarray(K)) for K in kernels])
+    return _budget.Work(k[:, : len(Xp)], k[:, len(Xp):])
 
 
 def _probe_fit(args, Xp, yp, progress, fits: _Fits):
@@ -321,7 +331,7 @@ def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float)
         pr = model.probe
         print(f"  probe: {pr.n_train} training + {pr.n_test} test rows took {pr.train_s + pr.test_s:.1f} s "
               f"({pr.wall_s:.0f} s with the warm-up, {pr.compile_s:.0f} s of it compiling); cost ~ N_train^4 + "
-              "test rows x N_train^3")
+              "test rows x N_train^3, weighted by the rows' variances")
         if fit_line:
             print(fit_line)
         if choice.n_test < max(n_test):
@@ -348,7 +358,7 @@ def _run_folds(fits: _Fits, splits, n_train: int, n_test: list, model):
         est = None
         if model is not None:
             half = model.probe.compile_s / 2
-            est = {"training": model.training(n_train) + half, "predict": m * model.per_test(n_train) + half}
+            est = {"training": model.training(n_train) + half, "predict": model.predict(n_train, m) + half}
         rows, info = compare(split, _make_net(args, hyper), widths=args.width, noise=hyper.noise,
                              progress=fits.progress, estimates=est, truth_samples=args.truth, seed=args.seed,
                              options=_options(args))
