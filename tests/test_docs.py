@@ -31,3 +31,16 @@ def test_docs_build_strict(tmp_path):
     for name in ("ngp.MLP", "ngp.Prior", "ngp.gp_posterior", "ngp.GPPosterior", "ngp.trained_ensemble",
                  "ngp.sample_networks", "ngp.activation"):
         assert f'id="{name}"' in api, f"{name} missing from the API reference"
+
+
+def test_text_files_hold_no_control_characters():
+    """A backslash escape written through a non-raw string (``"\\tanh"``, ``"\\rangle"``, ``"\\approx"``) leaves a
+    tab, a carriage return or a bell in the text, which MathJax and terminals show garbled."""
+    bad = []
+    for pattern in ("*.md", "docs/**/*.md", "ngp/**/*.py", "examples/*.py", "benchmarks/*.py", "tests/*.py"):
+        for path in ROOT.glob(pattern):
+            text = path.read_bytes().decode("utf-8", errors="replace")
+            for num, line in enumerate(text.split("\n"), 1):
+                if any(ord(c) < 32 and c != "\n" for c in line):
+                    bad.append(f"{path.relative_to(ROOT)}:{num}: {line[:60]!r}")
+    assert not bad, "control characters:\n" + "\n".join(bad)
