@@ -267,6 +267,22 @@ def test_cost_model_with_work_extrapolates_by_weighted_multisets():
     assert m_late.estimate(16, 4) > flat.estimate(16, 4) > m_early.estimate(16, 4)
 
 
+def test_cost_model_prices_each_fold_by_its_own_rows():
+    """k-fold: a split whose pool holds an outlying row costs more than the probe's split; each split predicts at
+    most its own test rows; without ``splits`` every fold costs what the probe's split does."""
+    probe = _budget.Probe(8, 2, 1.0, 0.2, 5.0, 0.0)
+    plain, heavy = np.ones((1, 20)), np.ones((1, 20))
+    heavy[0, 10] = 30.0
+    w0, w1 = _budget.Work(plain, np.ones((1, 4))), _budget.Work(heavy, np.ones((1, 3)))
+    one = _budget.CostModel(probe, work=w0)
+    both = dataclasses.replace(one, splits=(w0, w1))
+    assert math.isclose(both.training(16, 0), one.training(16)) and both.training(16, 1) > 2 * one.training(16)
+    assert math.isclose(both.predict(16, 3, 1), 0.2 * w1.predict(16, 3) / w0.predict(8, 2))
+    expect = 5.0 + one.training(16) + one.predict(16, 4) + both.training(16, 1) + both.predict(16, 3, 1)
+    assert math.isclose(both.estimate(16, 4, folds=2), expect)
+    assert math.isclose(one.estimate(16, 4, folds=2), 5.0 + 2 * (one.training(16) + one.predict(16, 4)))
+
+
 def test_row_work_reads_the_first_layer_variances_of_the_network():
     """The first hidden layer's variances are C_b + C_W |x|^2 / n0 (an MLP's first pre-activations)."""
     args = _parser().parse_args(["regress", "x.csv", "--target", "y", "--depth", "3", "--c-w", "2.5", "--c-b", "0.1"])

@@ -148,36 +148,46 @@ class CostModel:
     """Seconds of the finite-width stages, extrapolated from a :class:`Probe`.
 
     Without ``work``: ``training(N) = train_s (N / N_p)^4``, ``predict(N, M) = test_s (M / M_p) (N / N_p)^3``;
-    with it (a :class:`Work` of the rows), by the ratio of the weighted multisets to the probe's. Each run at a
-    new size pays the probe's compilation time again (a new set of array shapes). With ``fit`` (a
-    :class:`FitProbe`, ``--fit-evidence finite-width``) each fold also pays ``fit.seconds(N)``.
+    with it (a :class:`Work` of the probe's rows), by the ratio of the weighted multisets to the probe's. ``splits``
+    (k-fold: a :class:`Work` per split, the probe's first) prices each split by its own rows. Each run at a new size
+    pays the probe's compilation time again (a new set of array shapes). With ``fit`` (a :class:`FitProbe`,
+    ``--fit-evidence finite-width``) each fold also pays ``fit.seconds(N)``.
     """
 
     probe: Probe
     fit: FitProbe | None = None
     work: Work | None = None
+    splits: tuple = ()
 
-    def training(self, n_train: int) -> float:
-        p = self.probe
-        if self.work is None:
+    def _work(self, split: int) -> Work | None:
+        return self.splits[split] if split < len(self.splits) else self.work
+
+    def training(self, n_train: int, split: int = 0) -> float:
+        p, w = self.probe, self._work(split)
+        if w is None:
             return p.train_s * (n_train / p.n_train) ** 4
-        return p.train_s * self.work.training(n_train) / self.work.training(p.n_train)
+        return p.train_s * w.training(n_train) / self.work.training(p.n_train)
 
-    def predict(self, n_train: int, n_test: int) -> float:
+    def predict(self, n_train: int, n_test: int, split: int = 0) -> float:
         """Seconds of the predictions at the first ``n_test`` test rows from ``n_train`` training rows."""
-        p = self.probe
-        if self.work is None:
+        p, w = self.probe, self._work(split)
+        if w is None:
             return p.test_s * n_test / p.n_test * (n_train / p.n_train) ** 3
-        return p.test_s * self.work.predict(n_train, n_test) / self.work.predict(p.n_train, p.n_test)
+        return p.test_s * w.predict(n_train, n_test) / self.work.predict(p.n_train, p.n_test)
 
     def per_test(self, n_train: int) -> float:
         """Seconds per test row (the average over the probe's test rows)."""
         return self.predict(n_train, self.probe.n_test) / self.probe.n_test
 
     def estimate(self, n_train: int, n_test: int, folds: int = 1) -> float:
-        """Seconds for ``folds`` fits on ``n_train`` rows with ``n_test`` test rows each."""
+        """Seconds for ``folds`` fits on ``n_train`` rows with ``n_test`` test rows each (at most a split's own)."""
         fit = 0.0 if self.fit is None else self.fit.seconds(n_train)
-        return self.probe.compile_s + folds * (fit + self.training(n_train) + self.predict(n_train, n_test))
+        runs = 0.0
+        for k in range(folds):
+            w = self._work(k)
+            m = n_test if w is None or k >= len(self.splits) else min(n_test, w.test.shape[1])
+            runs += self.training(n_train, k) + self.predict(n_train, m, k)
+        return self.probe.compile_s + folds * fit + runs
 
 
 @dataclasses.dataclass(frozen=True)

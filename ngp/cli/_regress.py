@@ -156,6 +156,16 @@ def _probe(args, Xp, yp, Xt, progress, hyper=None):
     return _budget.CostModel(probe, work=row_work(args, Xp, Xt, hyper))
 
 
+def _split_works(fits: _Fits, splits) -> tuple:
+    """k-fold: every split's :class:`ngp.cli._budget.Work`, its rows standardised and its hyperparameters fitted
+    as the run will (the fits are kept for the run)."""
+    args, out = fits.args, []
+    for p, t in splits:
+        Xf, yf, Xte, _, _ = fits.rows(p, t)
+        out.append(row_work(args, Xf, Xte, None if args.fixed else fits.fit(Xf, yf, False)))
+    return tuple(out)
+
+
 def row_work(args, Xp, Xt, hyper=None) -> _budget.Work:
     """The pre-activation variances of the rows ``Xp`` (training pool) and ``Xt`` (test rows) at every hidden
     layer of the network with the hyperparameters ``hyper``: the infinite-width kernels' diagonals."""
@@ -321,6 +331,8 @@ def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float)
         if not args.fixed:  # the probe times the hyperparameters the run will have (the GP's fit)
             hyper0 = fits.fit(Xp, yp, False)
         model, fit_line = _probe(args, Xp, yp, Xt, progress, hyper0), None
+        if len(splits) > 1:  # each fold priced by its own rows (an outlying row is in some folds' pools only)
+            model = dataclasses.replace(model, splits=_split_works(fits, splits))
         if args.fit_evidence == "finite-width" and not args.fixed:  # its steps cost training blocks: budgeted too
             fits.probe, fit_line = _probe_fit(args, Xp, yp, progress, fits)
             model = dataclasses.replace(model, fit=fits.probe)
@@ -358,7 +370,7 @@ def _run_folds(fits: _Fits, splits, n_train: int, n_test: list, model):
         est = None
         if model is not None:
             half = model.probe.compile_s / 2
-            est = {"training": model.training(n_train) + half, "predict": model.predict(n_train, m) + half}
+            est = {"training": model.training(n_train, k) + half, "predict": model.predict(n_train, m, k) + half}
         rows, info = compare(split, _make_net(args, hyper), widths=args.width, noise=hyper.noise,
                              progress=fits.progress, estimates=est, truth_samples=args.truth, seed=args.seed,
                              options=_options(args))
