@@ -115,8 +115,8 @@ class Work:
     A multiset of inputs weighs ``max(K_max, 1)`` at each layer, its largest variance (floored at 1, below which
     the rules barely shrink), summed over the layers: :meth:`training` over the multisets of four training rows,
     :meth:`predict` over those of one test row and three training rows. Measured on statecrime
-    (``docs/cli.md``): one row of variance 30 among rows of 0.3-9.5 made 32 training rows take 1.5x the time of
-    32 without it, which counting multisets misses.
+    (``docs/cli.md``): one row of variance 30 among rows of 0.3-9.5 made the training block of 32 rows take 1.6x
+    the time of 32 without it, and their predictions 1.9x, which counting multisets misses.
     """
 
     train: np.ndarray
