@@ -575,6 +575,38 @@ def test_regress_budget_path_reports_rows_and_why(real_csv, capsys, monkeypatch)
     assert "probe: 2 training + 2 test rows" in out and "baseline (training mean)" in out
 
 
+def test_regress_folds_price_each_fold_by_its_own_rows_and_fit(real_csv, tmp_path, capsys, monkeypatch):
+    """--folds 3 under the budget: each fold's Work holds its own pool's and test rows' variances at its own GP fit
+    (the run's): over a standardised pool (columns of mean 0 and variance 1) the first layer's mean is C_b + C_W."""
+    from ngp.cli import _regress
+
+    monkeypatch.setattr(_regress, "PROBE_TRAIN", 2)
+    monkeypatch.setattr(_regress, "MIN_TRAIN", 2)
+    seen, inner = [], _budget.choose
+
+    def probe(args, Xp, yp, Xt, progress, hyper=None):
+        return _budget.CostModel(_budget.Probe(2, 2, 1e-3, 1e-3, 0.0, 1.0), work=_regress.row_work(args, Xp, Xt, hyper))
+
+    def choose(model, **kwargs):
+        seen.append(model)
+        return inner(model, **kwargs)
+
+    monkeypatch.setattr(_regress, "_probe", probe)
+    monkeypatch.setattr(_budget, "choose", choose)
+    out_json = tmp_path / "res.json"
+    rc = main(["regress", real_csv, "--folds", "3", "--n-test", "2", "--width", "4", "--quiet", "--json", str(out_json)])
+    capsys.readouterr()
+    assert rc == 0
+    (model,) = seen
+    splits = json.loads(out_json.read_text())["splits"]
+    assert len(model.splits) == 3 and model.splits[0] is model.work
+    for work, split in zip(model.splits, splits):
+        pool, h = len(split["fit_lines"]), split["hyperparameters"]
+        assert work.train.shape == (2, pool) and work.test.shape == (2, 12 - pool)  # 12 complete rows
+        assert math.isclose(work.train[0].mean(), h["C_b"] + h["C_W"], rel_tol=1e-9)
+    assert len({round(s["hyperparameters"]["C_W"], 9) for s in splits}) == 3  # three fits, one per fold
+
+
 def test_regress_probe_uses_the_fitted_hyperparameters(real_csv, capsys, monkeypatch):
     """Without --fixed the probe runs with the GP-evidence fit on the pool (the quadrature's cost depends on
     C_W and the noise); when the budget then takes the whole pool, the run reuses that fit (one fit in all)."""

@@ -157,8 +157,8 @@ def _probe(args, Xp, yp, Xt, progress, hyper=None):
 
 
 def _split_works(fits: _Fits, splits) -> tuple:
-    """k-fold: every split's :class:`ngp.cli._budget.Work`, its rows standardised and its hyperparameters fitted
-    as the run will (the fits are kept for the run)."""
+    """k-fold: the :class:`ngp.cli._budget.Work` of each of ``splits``, its rows standardised and its
+    hyperparameters fitted as the run will (the fits are kept for the run)."""
     args, out = fits.args, []
     for p, t in splits:
         Xf, yf, Xte, _, _ = fits.rows(p, t)
@@ -332,7 +332,7 @@ def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float)
             hyper0 = fits.fit(Xp, yp, False)
         model, fit_line = _probe(args, Xp, yp, Xt, progress, hyper0), None
         if len(splits) > 1:  # each fold priced by its own rows (an outlying row is in some folds' pools only)
-            model = dataclasses.replace(model, splits=_split_works(fits, splits))
+            model = dataclasses.replace(model, splits=(model.work, *_split_works(fits, splits[1:])))
         if args.fit_evidence == "finite-width" and not args.fixed:  # its steps cost training blocks: budgeted too
             fits.probe, fit_line = _probe_fit(args, Xp, yp, progress, fits)
             model = dataclasses.replace(model, fit=fits.probe)
