@@ -585,7 +585,8 @@ def test_regress_folds_price_each_fold_by_its_own_rows_and_fit(real_csv, tmp_pat
     seen, inner = [], _budget.choose
 
     def probe(args, Xp, yp, Xt, progress, hyper=None):
-        return _budget.CostModel(_budget.Probe(2, 2, 1e-3, 1e-3, 0.0, 1.0), work=_regress.row_work(args, Xp, Xt, hyper))
+        work = _regress.row_work(args, Xp, Xt, hyper)
+        return _budget.CostModel(_budget.Probe(2, 2, 1e-3, 1e-3, 0.0, 1.0), work=work)
 
     def choose(model, **kwargs):
         seen.append(model)
@@ -594,7 +595,8 @@ def test_regress_folds_price_each_fold_by_its_own_rows_and_fit(real_csv, tmp_pat
     monkeypatch.setattr(_regress, "_probe", probe)
     monkeypatch.setattr(_budget, "choose", choose)
     out_json = tmp_path / "res.json"
-    rc = main(["regress", real_csv, "--folds", "3", "--n-test", "2", "--width", "4", "--quiet", "--json", str(out_json)])
+    rc = main(["regress", real_csv, "--folds", "3", "--n-test", "2", "--width", "4", "--quiet",
+               "--json", str(out_json)])
     capsys.readouterr()
     assert rc == 0
     (model,) = seen
