@@ -107,7 +107,6 @@ def run_case(act, depth, widths, samples, seed):
     iu = np.triu_indices(pairs.P)
     V_th, V_nv = th.V[iu], nv[2][iu]
     K1_th, K1_nv = pairs.pack(th.K1), pairs.pack(nv[1])
-    K = pairs.pack(th.K)
     rows, Vs, Vses, K1s, K1ses = [], [], [], [], []
     for n in widths:
         net = ngp.ResMLP(depth, n, activation=act, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi)

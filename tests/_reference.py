@@ -25,7 +25,6 @@ def gauss_pair(f, kaa, kbb, kab, *, smoothed=None, eps=1e-13):
         val, _ = integrate.quad(lambda y: f(mu + s * y) * phi(y), -np.inf, np.inf, epsabs=eps, epsrel=eps, limit=200)
         return val
 
-    points = None
     val, _ = integrate.quad(lambda x: f(sa * x) * inner(sa * x) * phi(x), -40, 40, epsabs=eps, epsrel=eps,
                             limit=400, points=[0.0])
     return val

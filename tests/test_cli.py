@@ -1,7 +1,6 @@
 """The ngp command line end to end (reduced sizes)."""
 
 import json
-import os
 
 import numpy as np
 import pytest

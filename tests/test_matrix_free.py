@@ -17,7 +17,6 @@ import textwrap
 import warnings
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
