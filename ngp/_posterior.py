@@ -405,7 +405,7 @@ class Conditioned:
         two-input expectations set a floor that ``four_point_rtol`` does not move, ``docs/accuracy.md``)."""
         top, size = float(np.max(mean_err, initial=0.0)), float(np.max(np.abs(shift), initial=0.0))
         if self.options.get("warn", True) and np.isfinite(top) and top > NUMERICAL_WARN * size:
-            kmax = max(float(np.max(np.diagonal(np.asarray(c.K)), initial=0.0)) for c in prior._cumulants)
+            kmax = max(float(np.max(np.diagonal(np.asarray(K)), initial=0.0)) for K in prior.kernels)
             advice = ("Lower four_point_rtol, or add noise" if not kmax > K_ACCURATE else
                       f"A pre-activation variance reaches {kmax:.3g}, beyond ~{K_ACCURATE:.0f}, where a lower "
                       "four_point_rtol does not lower the bound: standardise the inputs, lower C_W/C_b, or add noise")

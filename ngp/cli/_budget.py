@@ -184,8 +184,7 @@ class CostModel:
         fit = 0.0 if self.fit is None else self.fit.seconds(n_train)
         runs = 0.0
         for k in range(folds):
-            w = self._work(k)
-            m = n_test if w is None or k >= len(self.splits) else min(n_test, w.test.shape[1])
+            m = min(n_test, self.splits[k].test.shape[1]) if k < len(self.splits) else n_test
             runs += self.training(n_train, k) + self.predict(n_train, m, k)
         return self.probe.compile_s + folds * fit + runs
 
