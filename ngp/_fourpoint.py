@@ -347,15 +347,21 @@ def _relu_family(C, pattern, slopes, *, rtol: float, max_level: int = 7):
 #: One-dimensional rules available per direction, by node count: Gauss-Hermite (about 16% apart above
 #: 8), then the trapezoid rules of :data:`_TRAPEZOID` (:func:`_rule1d`).
 LADDER = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 19, 22, 26, 30, 35, 41, 48, 56, 65, 76, 88, 102,
-          118, 136, 158, 184, 214, 250, 251, 253, 255)
+          118, 136, 158, 184, 214, 250, 251, 253, 255, 383, 511, 767, 1023, 1535, 2047)
 #: Trapezoid rules at the top of the ladder, node count -> half-width ``L`` of ``[-L, L]``. Gauss-Hermite
 #: converges slowly for ``sigma(s x)`` at large scales ``s`` (poles at ``~1/s`` from the real axis for
 #: tanh: 250 nodes leave 1e-7 in ``<tanh^4>`` at ``s = 2.1``, 4e-4 at ``s = 4``); the trapezoid rule
-#: converges like ``exp(-pi^2 / (s h))`` in its step ``h`` (1e-15 and 1e-14 there with 255 nodes).
-#: At most 255 nodes: the kernel's tables hold 256 per direction, index 255 is its padding.
-_TRAPEZOID = {251: 10.0, 253: 9.0, 255: 8.0}
+#: converges like ``exp(-pi^2 / (s h))`` in its step ``h`` (1e-15 and 1e-14 there with 255 nodes; 511
+#: nodes reach 1e-10 at ``s = 10``, 2047 at ``s = 40``).
+_TRAPEZOID = {251: 10.0, 253: 9.0, 255: 8.0, 383: 8.0, 511: 8.0, 767: 8.0, 1023: 8.0, 1535: 8.0, 2047: 8.0}
+#: Ladder index of the 255-node rule. Rules with a direction above it (the wide rules, for directions of large
+#: scale) are used only while the product of their node counts stays within :data:`_WIDE_NODES` (e.g. blocks of
+#: inputs with one feature, whose other directions need a few nodes); beyond, every direction stays at or below it,
+#: and a direction that cannot rise counts as capped (:func:`_raised`).
+_NARROW_TOP = LADDER.index(255)
+_WIDE_NODES = 2**21
 #: Per-direction scales at which the one-dimensional calibration is done (geometric grid).
-_S_GRID = tuple(float(x) for x in 0.01 * 1.2 ** np.arange(45))  # 0.01 ... ~30
+_S_GRID = tuple(float(x) for x in 0.01 * 1.2 ** np.arange(51))  # 0.01 ... ~91
 #: Offsets and powers of the one-dimensional calibration integrands sigma(s (c + x))^p (a rule whose
 #: integrated inputs include a higher power adds the powers up to it: :func:`_cal_powers`).
 _CAL_OFFSETS = (0.5, 1.5)
@@ -387,10 +393,12 @@ def _error_table(act: Activation, powers: tuple = _CAL_POWERS) -> np.ndarray:
     """One-dimensional calibration of the activation: ``(len(LADDER), len(_S_GRID))`` errors of the
     ``m``-node ladder rule for ``sigma(s (c + x))^p`` relative to ``E[sigma(s (c + x))^{2p}]^{1/2}``,
     worst over the calibration offsets ``c`` and ``powers`` ``p``, made non-decreasing in ``s`` (the
-    reference is a trapezoid rule of step 0.005 on [-12, 12], converged for every grid scale)."""
-    rules = [_rule1d(m) for m in LADDER] + [_trapezoid(4801, 12.0)]
+    reference is a trapezoid rule of step 0.0015 on [-12, 12], converged for every grid scale)."""
+    rules = [_rule1d(m) for m in LADDER] + [_trapezoid(16001, 12.0)]
     x = np.concatenate([r[0] for r in rules])
-    seg = np.repeat(np.arange(len(rules)), [r[0].size for r in rules])
+    sizes = [r[0].size for r in rules]
+    starts = np.cumsum([0] + sizes[:-1])
+    seg = np.repeat(np.arange(len(rules)), sizes)
     w = np.concatenate([r[1] for r in rules])
     s = np.asarray(_S_GRID)
     c = np.asarray(_CAL_OFFSETS)
@@ -398,12 +406,13 @@ def _error_table(act: Activation, powers: tuple = _CAL_POWERS) -> np.ndarray:
     f = np.asarray(_jit_fn(act.fn)(device(z)))
     worst = np.zeros((len(LADDER), s.size))
     last = seg == len(rules) - 1
+    pows = {1: f}  # integer powers by products (numpy's general power is ~10x slower)
+    for p in range(2, max(powers) + 1):
+        pows[p] = pows[p - 1] * f
     for p in powers:
-        g = f**p * w
-        sums = np.zeros((len(c), s.size, len(rules)))
-        np.add.at(sums, (slice(None), slice(None), seg), g)  # (offsets, scales, rules)
+        sums = np.add.reduceat(pows[p] * w, starts, axis=-1)  # (offsets, scales, rules): each rule's nodes contiguous
         ref = sums[..., -1:]
-        norm = np.sqrt(np.sum((f[..., last] ** (2 * p)) * w[last], axis=-1))
+        norm = np.sqrt(np.sum(np.square(pows[p][..., last]) * w[last], axis=-1))
         rel = np.abs(sums[..., :-1] - ref) / (norm[..., None] + 1e-300)  # (offsets, scales, ladder)
         worst = np.maximum(worst, rel.max(axis=0).T)
     return np.maximum.accumulate(worst, axis=1)
@@ -435,6 +444,25 @@ def _orders(act: Activation, s: np.ndarray, rtol: float, powers: tuple = _CAL_PO
     idx = table[np.clip(pos, 0, len(_S_GRID) - 1)]
     idx = np.where(s <= 0, 0, idx)
     return np.where(pos >= len(_S_GRID), len(LADDER) - 1, idx)
+
+
+def _within_nodes(lad: np.ndarray) -> np.ndarray:
+    """Rows of ladder indices ``lad`` (b, d) that may run: no wide rule, or at most :data:`_WIDE_NODES` nodes."""
+    return (lad.max(axis=1, initial=0) <= _NARROW_TOP) | (np.prod(_LADDER_NODES[lad], axis=1) <= _WIDE_NODES)
+
+
+def _affordable(lad: np.ndarray) -> np.ndarray:
+    """Initial ladder indices ``lad`` (b, d) with the rows beyond :data:`_WIDE_NODES` kept to the narrow rules."""
+    return np.where(_within_nodes(lad)[:, None], lad, np.minimum(lad, _NARROW_TOP))
+
+
+def _raised(lad: np.ndarray) -> np.ndarray:
+    """The refined rule of rows ``lad`` (b, d): one ladder step up in every direction; where that would exceed
+    :data:`_WIDE_NODES`, only the directions below the narrow top rise (if even that exceeds it, none). A direction
+    whose index does not change is capped."""
+    up = np.minimum(lad + 1, len(LADDER) - 1)
+    part = np.maximum(lad, np.minimum(up, _NARROW_TOP))
+    return np.where(_within_nodes(up)[:, None], up, np.where(_within_nodes(part)[:, None], part, lad))
 
 
 @frozen_lru(64)
@@ -470,21 +498,24 @@ def _tensor_rule(orders: tuple, cutoff: float):
     """Tensor Gauss-Hermite rule with per-direction ``orders``, pruned to the nodes whose weight
     exceeds ``cutoff`` times the largest one, built direction by direction (never the full grid):
     a partial node of the first ``k`` directions is kept when its weight times the largest weight
-    of the remaining directions exceeds the threshold. Returns node indices ``(n, d)`` (uint8, into
+    of the remaining directions exceeds the threshold. Returns node indices ``(n, d)`` (uint16, into
     each direction's :func:`_gh` nodes) and weights ``(n,)``, ``((w_1 w_2) w_3) w_4``."""
     ws = [_rule1d(m)[1] for m in orders]
     wmax = [float(w.max()) for w in ws]
     thr = cutoff * float(np.prod(wmax))
-    idx = np.zeros((1, 0), dtype=np.uint8)
+    idx = np.zeros((1, 0), dtype=np.uint16)
     weights = np.ones(1)
     for k, w in enumerate(ws):
         count = _last_counts(weights, len(w), thr, float(np.prod(wmax[k + 1:])))
         i = np.repeat(np.arange(weights.size), count)
         j = np.arange(i.size) - np.repeat(np.cumsum(count) - count, count)
         jj = _rule1d_by_weight(len(w))[1][j]
-        idx = np.concatenate([idx[i], jj[:, None].astype(np.uint8)], axis=1)
+        idx = np.concatenate([idx[i], jj[:, None].astype(np.uint16)], axis=1)
         weights = weights[i] * w[jj]
     return idx, weights
+
+
+_LADDER_NODES = np.asarray(LADDER, dtype=float)
 
 
 @byte_lru(64 * 2**20)
@@ -1086,7 +1117,7 @@ class _SmoothRows:
             self.split_err = np.where(self.split_ok, err * self.scale, 0.0)
         s = _direction_scale(R, beta if closed else None)  # (b, d)
         self.cal = _cal_powers(self.head_pattern)
-        lad = _orders(act, s, rtol, self.cal)  # (b, d) ladder indices
+        lad = _affordable(_orders(act, s, rtol, self.cal))  # (b, d) ladder indices
         table = closed and act.smoothed is None
         if table:  # beta's direction (the first) last: the smoothed input is tabulated along it
             perm = np.concatenate([1 + np.argsort(-lad[:, 1:], axis=1, kind="stable"),
@@ -1163,7 +1194,7 @@ class _SmoothRows:
         each rule), sets values and error estimates, and raises the ladder indices of the rows that miss the
         tolerance."""
         rows, slot, pos, fresh, sizes = self._round
-        act, lad, s, cal, top = self.act, self.lad, self.s, self.cal, len(LADDER) - 1
+        act, lad, s, cal = self.act, self.lad, self.s, self.cal
         joff = np.array([first[o] for o in sizes])  # by rule id (the order of ``sizes``)
         fine, coarse = joff[slot[0]] + pos[0], joff[slot[1]] + pos[1]
         q, mag, n_fine, serr, sev = (a[fine] for a in flat)
@@ -1173,17 +1204,20 @@ class _SmoothRows:
         lr, sr = lad[rows], s[rows]
         e = np.abs(q - qc) * _tail_factor(act, lr, sr, cal) + 64 * _EPS * mag + serr + self.split_err[rows]
         self.table_evals[rows] += sev + sev_c
-        capped = np.any(lr == top, axis=1)  # the rule cannot refine: no convergence to trust
+        nxt = _raised(lr)
+        stuck = nxt == lr  # directions that cannot refine
+        capped = stuck.any(axis=1)  # a direction cannot refine: no convergence to trust
         if capped.any():
             e = np.where(capped, np.maximum(e, _calibrated_error(act, lr, sr, cal) * self.scale[rows]), e)
         self.val[rows] = q
         self.err[rows] = e
         self.nodes_used[rows] += n_fine + n_coarse
-        todo = rows[(lr.min(axis=1) < top) & (e > self.rtol * self.scale[rows])]
+        more = ~stuck.all(axis=1) & (e > self.rtol * self.scale[rows])
+        todo = rows[more]
         self.todo = todo
-        if todo.size:  # refine: one ladder step up in every direction that is not at its cap
-            self.reuse[todo] = lad[todo].max(axis=1) < top  # every direction rises: the companion is this round's rule
-            lad[todo] = np.minimum(lad[todo] + 1, top)
+        if todo.size:  # refine: one ladder step up in every direction that is not capped
+            self.reuse[todo] = (nxt[more] == lr[more] + 1).all(axis=1)  # every direction rises: the companion is
+            lad[todo] = nxt[more]  # this round's rule
 
     def stats(self) -> dict:
         """Per entry: ``"nodes"`` (rule and companion nodes) and ``"evaluations"`` (activation calls)."""

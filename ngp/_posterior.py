@@ -401,14 +401,16 @@ class Conditioned:
 
     def _warn_numerical(self, mean_err, shift, prior) -> None:
         """Warn when the quadrature's estimated error bound reaches :data:`NUMERICAL_WARN` of the 1/n mean shift;
-        the advice depends on the largest pre-activation variance of ``prior`` (beyond ``K_ACCURATE`` the one- and
-        two-input expectations set a floor that ``four_point_rtol`` does not move, ``docs/accuracy.md``)."""
+        the advice depends on the largest pre-activation variance of ``prior`` (beyond ``K_ACCURATE`` blocks with
+        several directions of large scale reach the rules' node cap, a floor that ``four_point_rtol`` does not move,
+        ``docs/accuracy.md``)."""
         top, size = float(np.max(mean_err, initial=0.0)), float(np.max(np.abs(shift), initial=0.0))
         if self.options.get("warn", True) and np.isfinite(top) and top > NUMERICAL_WARN * size:
             kmax = max(float(np.max(np.diagonal(np.asarray(K)), initial=0.0)) for K in prior.kernels)
             advice = ("Lower four_point_rtol, or add noise" if not kmax > K_ACCURATE else
-                      f"A pre-activation variance reaches {kmax:.3g}, beyond ~{K_ACCURATE:.0f}, where a lower "
-                      "four_point_rtol does not lower the bound: standardise the inputs, lower C_W/C_b, or add noise")
+                      "Lower four_point_rtol, standardise the inputs, lower C_W/C_b, or add noise: a pre-activation "
+                      f"variance reaches {kmax:.3g}, beyond ~{K_ACCURATE:.0f}, where the four-point rules may be at "
+                      "their largest and a lower four_point_rtol not lower the bound")
             warn(
                 f"posterior: the estimated bound on the numerical error of the four-point quadrature behind V and K1 "
                 f"({top:.2g} in the mean, mean_error) is {100 * top / max(size, np.finfo(float).tiny):.3g}% of the "

@@ -456,17 +456,19 @@ def _mp_fourth_moment(f, K, *, dps):
         return float(mp.quad(lambda x: f(s * x) ** 4 * mp.npdf(x), [-mp.inf, -5, -2, -1, 0, 1, 2, 5, mp.inf]))
 
 
-@pytest.mark.parametrize("K", [9.0, 16.0])
+@pytest.mark.parametrize("K", [9.0, 16.0, 100.0])
 def test_tolerance_met_at_large_variance(rng, K):
-    """tanh at variances 9 and 16, beyond the 250-node Gauss-Hermite rule (its error in <tanh^4> is 2e-5
-    and 4e-4 there): the ladder's trapezoid rules meet the default tolerance (1e-9 of the Hoelder scale)
-    and say so, against 30-digit mpmath (one input) and a trapezoidal reference whose two steps agree to
-    < 1e-13 (two inputs)."""
+    """tanh at variances 9, 16 and 100, beyond the 250-node Gauss-Hermite rule (its error in <tanh^4> is 2e-5
+    and 4e-4 at 9 and 16), and at 100 beyond the 255-node trapezoid rule (1.2e-5 in <tanh^4>; two directions of
+    the wide rules stay within their node cap): the ladder's trapezoid rules meet the default tolerance (1e-9 of
+    the Hoelder scale) and say so, against 30-digit mpmath (one input) and a trapezoidal reference whose two steps
+    agree to < 1e-13 (two inputs)."""
     act = ngp.activation("tanh")
     blocks = [((4,), np.array([[[K]]]), _mp_fourth_moment(mp.tanh, K, dps=30))]
+    h = 0.03 if K <= 16 else 0.012
     for pattern in ((2, 2), (3, 1)):
         C = random_block(rng, 2, K)
-        ref, ref2 = _trapezoid(act.fn, C, pattern, 0.03), _trapezoid(act.fn, C, pattern, 0.0375)
+        ref, ref2 = _trapezoid(act.fn, C, pattern, h), _trapezoid(act.fn, C, pattern, 1.25 * h)
         assert abs(ref - ref2) < 1e-13 * holder(act, C, pattern), (pattern, ref, ref2)
         blocks.append((pattern, C[None], ref))
     for pattern, C, ref in blocks:
@@ -474,6 +476,71 @@ def test_tolerance_met_at_large_variance(rng, K):
         scale = holder(act, C[0], pattern)
         assert abs(val[0] - ref) <= 1e-9 * scale, (pattern, abs(val[0] - ref) / scale)
         assert abs(val[0] - ref) <= est[0] + 1e-14 * scale and est[0] <= 1e-9 * scale, (pattern, est[0] / scale)
+
+
+def _rank2_reference(C, pattern, n=40001):
+    """``E[prod_j tanh(z_j)^p_j]`` for a block ``C`` of rank 2 (up to rounding) in NumPy: a trapezoid of ``n`` nodes
+    on [-10, 10] along the leading eigenvector, 9-node Gauss-Hermite along the second (its variance is tiny here),
+    summed exactly (``math.fsum``)."""
+    lam, U = np.linalg.eigh(C)
+    lam = np.clip(lam, 0.0, None)
+    a1 = U[:, -1] * np.sqrt(lam[-1])
+    a2 = U[:, -2] * np.sqrt(lam[-2]) if len(lam) > 1 else np.zeros(1)
+    u = np.linspace(-10.0, 10.0, n)
+    wu = (20.0 / (n - 1)) * np.exp(-u * u / 2) / np.sqrt(2 * np.pi)
+    t, wt = np.polynomial.hermite_e.hermegauss(9)
+    p = np.asarray(pattern)
+    terms = [w * wu * np.prod(np.tanh(u[:, None] * a1 + tj * a2) ** p, axis=1) for tj, w in zip(t, wt / wt.sum())]
+    return math.fsum(np.concatenate(terms))
+
+
+def test_wide_rules_resolve_large_variances_of_one_feature_inputs():
+    """The first layer of inputs with one feature (``K = C_b + C_W x x^T``, rank 2) at ``C_W = 10``, ``C_b = 1e-6``
+    (``ngp regress`` on statsmodels' engel): variances up to 182, where the 255-node trapezoid rule erred by 1e-3
+    (and said so); along the one direction of large scale the wide rules (up to 2047 nodes) meet the default
+    tolerance, against a NumPy quadrature of the rank-2 integral, with honest estimates."""
+    act = ngp.activation("tanh")
+    x = np.array([-1.09, 0.31, 2.21, 4.27])
+    K = 1e-6 + 10.0 * np.outer(x, x)
+    ms = np.array(list(itertools.combinations_with_replacement(range(4), 4)))
+    val, est = multiset_expectations(act, K, ms)
+    for row, v, e in zip(ms, val, est):
+        idx, pattern = np.unique(row, return_counts=True)
+        C = K[np.ix_(idx, idx)]
+        ref = _rank2_reference(C, pattern)
+        scale = holder(act, C, tuple(pattern))
+        assert abs(v - ref) <= e + 1e-13 * scale, (row, abs(v - ref) / scale, e / scale)
+        assert e <= 1e-9 * scale, (row, e / scale)
+
+
+def test_raised_rules_stay_within_the_node_cap():
+    """Refinement raises every direction one ladder step; a rule with a direction above 255 nodes (a wide rule)
+    runs only while its node counts multiply to at most ``_WIDE_NODES``; otherwise only the directions below the
+    narrow top rise, or none (the row is capped). Initial rules beyond the cap are narrowed."""
+    from ngp import _fourpoint as fp
+
+    n = np.asarray(fp.LADDER, dtype=float)
+    top, wide = fp._NARROW_TOP, len(fp.LADDER) - 1
+    assert fp.LADDER[top] == 255 and fp.LADDER[wide] == 2047
+    cases = [([5, 10, 20], [6, 11, 21]),  # narrow: every direction rises
+             ([top, 3, 0], [top + 1, 4, 1]),  # one large direction, few nodes in the others: into the wide rules
+             ([top, top, top], [top, top, top]),  # three wide directions would exceed the cap: capped
+             ([top + 4, 30, 10], [top + 4, 30, 10]),  # 1023 x 251 x 12 nodes: nothing can rise within the cap
+             ([wide, 3], [wide, 4]),  # the ladder's end: that direction stays
+             ([top + 3, 26, 8], [top + 3, 27, 9])]  # 1023 x 184 x 12 would exceed; 767 x 184 x 12 does not
+    for lad, want in cases:
+        assert fp._raised(np.array([lad]))[0].tolist() == want, (lad, want)
+    np.testing.assert_array_equal(fp._affordable(np.array([[wide, wide], [wide, 5], [top + 2, 20]])),
+                                  [[top, top], [wide, 5], [top + 2, 20]])
+    rng = np.random.default_rng(3)
+    for d in (1, 2, 3, 4):
+        lad = fp._affordable(rng.integers(0, len(fp.LADDER), size=(500, d)))
+        up = fp._raised(lad)
+        assert fp._within_nodes(lad).all() and fp._within_nodes(up).all()
+        assert np.all(up >= lad) and np.all(up - lad <= 1)
+        full = (up == np.minimum(lad + 1, wide)).all(axis=1)
+        assert np.all(full | ~((up > lad) & (lad >= top)).any(axis=1))  # a partial rise keeps the wide directions
+        assert np.all((np.prod(n[up], axis=1) <= fp._WIDE_NODES) | (up.max(axis=1) <= top))
 
 
 def test_traced_rule_agrees_with_concrete_rule():
