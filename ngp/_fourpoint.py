@@ -360,6 +360,7 @@ _TRAPEZOID = {251: 10.0, 253: 9.0, 255: 8.0, 383: 8.0, 511: 8.0, 767: 8.0, 1023:
 #: and a direction that cannot rise counts as capped (:func:`_raised`).
 _NARROW_TOP = LADDER.index(255)
 _WIDE_NODES = 2**21
+_LADDER_NODES = np.asarray(LADDER, dtype=float)
 #: Per-direction scales at which the one-dimensional calibration is done (geometric grid).
 _S_GRID = tuple(float(x) for x in 0.01 * 1.2 ** np.arange(51))  # 0.01 ... ~91
 #: Offsets and powers of the one-dimensional calibration integrands sigma(s (c + x))^p (a rule whose
@@ -513,9 +514,6 @@ def _tensor_rule(orders: tuple, cutoff: float):
         idx = np.concatenate([idx[i], jj[:, None].astype(np.uint16)], axis=1)
         weights = weights[i] * w[jj]
     return idx, weights
-
-
-_LADDER_NODES = np.asarray(LADDER, dtype=float)
 
 
 @byte_lru(64 * 2**20)
