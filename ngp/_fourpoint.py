@@ -400,16 +400,14 @@ def _error_table(act: Activation, powers: tuple = _CAL_POWERS) -> np.ndarray:
     reference is a trapezoid rule of step 0.0015 on [-12, 12], converged for every grid scale)."""
     rules = [_rule1d(m) for m in LADDER] + [_trapezoid(16001, 12.0)]
     x = np.concatenate([r[0] for r in rules])
-    sizes = [r[0].size for r in rules]
-    starts = np.cumsum([0] + sizes[:-1])
-    seg = np.repeat(np.arange(len(rules)), sizes)
+    starts = np.cumsum([0] + [r[0].size for r in rules[:-1]])  # each rule's first node
     w = np.concatenate([r[1] for r in rules])
     s = np.asarray(_S_GRID)
     c = np.asarray(_CAL_OFFSETS)
     z = s[None, :, None] * (c[:, None, None] + x[None, None, :])  # (offsets, scales, nodes)
     f = np.asarray(_jit_fn(act.fn)(device(z)))
     worst = np.zeros((len(LADDER), s.size))
-    last = seg == len(rules) - 1
+    last = np.arange(x.size) >= starts[-1]  # the reference's nodes
     pows = {1: f}  # integer powers by products (numpy's general power is ~10x slower)
     for p in range(2, max(powers) + 1):
         pows[p] = pows[p - 1] * f
