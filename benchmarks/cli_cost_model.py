@@ -16,7 +16,11 @@ rows`` (stops 52-53) a fit on those ``n`` rows, standardised by them.
 For each size it prints the measured seconds of the training block and per test row (compilation
 excluded, as the model counts it separately) next to the two models' extrapolations
 (``N^4`` and ``N^3`` from the probe, stops 52-61; and the probe of now weighted by the rows' variances,
-``ngp.cli._budget.Work``). Writes ``benchmarks/results/<--out>`` (default ``cli_cost_model.json``).
+``ngp.cli._budget.Work``). With ``--batches R`` it then times, at each size, the predictions of the same
+conditioned model in one call and as ``ngp regress`` makes them since stop 64 (in batches of
+``max(2, ceil(M / DEADLINE_BATCHES))`` test rows, asking ``stop`` before each: the cost of keeping a deadline),
+alternating ``R`` times (the joint prior is dropped before each, so each computes its test rows' four-point values
+again; the training block is shared). Writes ``benchmarks/results/<--out>`` (default ``cli_cost_model.json``).
 """
 
 from __future__ import annotations
@@ -52,12 +56,44 @@ def _table(name: str, folder: Path) -> tuple[Path, str]:
     return _csv(folder), "target"  # cli_regress.py's 50-row diabetes CSV
 
 
+def _batched(cli, Xn, yn, Xt, hyper, repeats: int) -> dict:
+    """Seconds of the predictions at ``Xt`` in one call and in the CLI's deadline batches (a ``stop`` that never
+    fires), alternating ``repeats`` times on one conditioned model; the largest difference of their means."""
+    import warnings
+
+    import numpy as np
+
+    import ngp
+    from ngp.cli._compare import DEADLINE_BATCHES
+    from ngp.cli._regress import _make_net, _options
+
+    batch = max(2, -(-len(Xt) // DEADLINE_BATCHES))
+    kinds = {"one call": {}, f"batches of {batch}": {"batch_size": batch, "stop": lambda done: False}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cond = ngp.condition(_make_net(cli, hyper)(cli.width[0]), Xn, yn, noise=hyper.noise, **_options(cli))
+        cond.log_evidence
+        out, means = {k: [] for k in kinds}, {}
+        for _ in range(repeats):
+            for k, kw in kinds.items():
+                cond._joint.clear()  # a fresh joint prior: the test rows' four-point values computed again
+                t = time.perf_counter()
+                means[k] = np.asarray(cond.predict(Xt, **kw).mean)
+                out[k].append(time.perf_counter() - t)
+    a, b = means.values()
+    print(f"  predictions at {len(Xt)} test rows: " + ", ".join(f"{k} {', '.join(f'{t:.1f}' for t in v)} s"
+                                                             for k, v in out.items()), flush=True)
+    return {"seconds": out, "batch_size": batch, "max_mean_difference": float(np.max(np.abs(a - b)))}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", choices=["ccard", "diabetes50", "statecrime"], default="ccard")
     p.add_argument("--fit", choices=["pool", "rows"], default="pool",
                    help="hyperparameters of the real stages: the pool's fit (the CLI now) or a fit on their rows")
     p.add_argument("--sizes", default="20,26,32,40,48")
+    p.add_argument("--batches", type=int, default=0, metavar="R",
+                   help="also time the predictions in one call and in the CLI's deadline batches, R times each")
     p.add_argument("--out", default="cli_cost_model.json")
     args = p.parse_args()
     t_import = time.perf_counter()
@@ -107,6 +143,8 @@ def main() -> None:
                "compile_s": r.compile_s, "wall_s": r.wall_s, "hyperparameters": hyper.describe(), "estimates": {}}
         for name, m in models.items():
             row["estimates"][name] = {"train_s": m.training(n), "per_test_s": m.predict(n, len(test)) / len(test)}
+        if args.batches:
+            row["batched"] = _batched(cli, Xn, yn, Xt, hyper, args.batches)
         rows.append(row)
         est = "  ".join(f"{e['train_s']:7.1f} {e['per_test_s']:6.2f}" for e in row["estimates"].values())
         print(f"N={n:3d}: train {r.train_s:6.1f} s, per test row {row['per_test_s']:5.2f} s "

@@ -17,7 +17,7 @@ from ._gp import GPPosterior
 from ._linalg import solve_train
 from ._posterior import Conditioned, FiniteWidthPosterior, GPConditioned
 from ._steps import Dense, Elementwise, Serial
-from ._validate import as_inputs, count, train_test, warn
+from ._validate import as_inputs, check_stop, count, train_test, warn
 from ._validity import Validity
 
 __all__ = ["MatrixFreeConditioned", "mlp_spec", "AUTO_EXACT_MAX", "SOLVERS"]
@@ -150,7 +150,8 @@ class MatrixFreeConditioned(Conditioned):
         return new
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, X_test, *, full_cov: bool = False, batch_size: int | None = None) -> FiniteWidthPosterior:
+    def predict(self, X_test, *, full_cov: bool = False, batch_size: int | None = None,
+                stop=None) -> FiniteWidthPosterior:
         """Posterior mean and marginal variances at test inputs, with standard errors.
 
         Args:
@@ -160,12 +161,16 @@ class MatrixFreeConditioned(Conditioned):
             batch_size: test points per estimator call (default: all at once). Every call reuses the
                 same seed, so the answer does not depend on the batching; each call resamples the
                 training side (cost grows with the number of batches).
+            stop: optional callable ``stop(done) -> bool``, called before each batch after the first with the
+                number of test points predicted so far; when it returns true the prediction ends there and the
+                posterior covers only those first ``done`` test points (as :meth:`ngp.Conditioned.predict`).
 
         Returns:
             :class:`ngp.FiniteWidthPosterior` with ``cov=None``, ``method="matrix_free"`` and
             ``mean_se``, ``var_se``, ``log_evidence_se``; its ``.gp`` holds the exact GP mean and
             marginal variances (``cov_test=None``: no test x test block is formed).
         """
+        check_stop(stop, False)
         if full_cov:
             raise NotImplementedError(
                 "predict: full_cov=True is not available with method='matrix_free' (marginal variances only); "
@@ -176,7 +181,11 @@ class MatrixFreeConditioned(Conditioned):
             raise ValueError(f"X_test: expected {self.X_train.shape[1]} features like X_train, got {XB.shape[1]}")
         NB = XB.shape[0]
         batch_size = NB if batch_size is None else count(batch_size, "batch_size")
-        runs = [self._run(XB[s:s + batch_size]) for s in range(0, NB, batch_size)]
+        runs = []
+        for s in range(0, NB, batch_size):
+            if s and stop is not None and stop(s):
+                break
+            runs.append(self._run(XB[s:s + batch_size]))
         cat = lambda name: np.concatenate([np.asarray(getattr(r, name)) for r in runs])  # noqa: E731
         r0 = runs[0]
         v = r0.validity

@@ -32,7 +32,7 @@ from ._gaussian import K_ACCURATE
 from ._gp import GPPosterior, gp_from_kernel, gp_log_evidence
 from ._linalg import solve_train
 from ._prior import MAX_MEMORY, reuse_four_point
-from ._validate import as_inputs, count, device, float64, train_test, warn
+from ._validate import as_inputs, check_stop, count, device, float64, train_test, warn
 from ._validity import Validity, evidence_validity, posterior_validity
 from ._vertex_error import component_errors, k1_error_packed
 
@@ -287,7 +287,8 @@ class Conditioned:
 
     # ------------------------------------------------------------------ prediction
     @float64
-    def predict(self, X_test, *, full_cov: bool = False, batch_size: int | None = None) -> FiniteWidthPosterior:
+    def predict(self, X_test, *, full_cov: bool = False, batch_size: int | None = None,
+                stop=None) -> FiniteWidthPosterior:
         """Posterior at test inputs.
 
         Args:
@@ -296,6 +297,11 @@ class Conditioned:
                 vertex components of every pair of test points; memory grows as ``N_test^2 N_train^2``).
             batch_size: test points per batch for the marginal path (default: half of ``max_memory``
                 over one test point's working memory, ``docs/theory.md``, "Posterior").
+            stop: optional callable ``stop(done) -> bool``, called before each batch after the first with
+                the number of test points predicted so far; when it returns true the prediction ends there
+                and the posterior covers only those first ``done`` test points (``mean.shape[0]``). Each
+                batch computes its own vertex components, so a deadline can be kept this way
+                (``docs/posterior.md``, "Predicting against a deadline"). Marginal path only.
 
         Returns:
             :class:`FiniteWidthPosterior` (``cov`` is ``None`` unless ``full_cov``).
@@ -307,6 +313,7 @@ class Conditioned:
         XB = as_inputs(X_test, "X_test", in_dim=getattr(self.net, "in_dim", None))
         if XB.shape[1] != self.X_train.shape[1]:
             raise ValueError(f"X_test: expected {self.X_train.shape[1]} features like X_train, got {XB.shape[1]}")
+        check_stop(stop, full_cov)
         NA, NB = self.N_train, XB.shape[0]
         prior = self._joint_prior(XB)
         K = np.asarray(prior.K)
@@ -353,10 +360,6 @@ class Conditioned:
             sel, at_BA, at_bb = _test_pairs(c.pairs, iA, iB)
             K1s, EK1s = np.asarray(c._K1_at(sel)), np.asarray(k1_error_packed(c, sel))
             K1_parts, EK1_parts = (K1s[at_BA], K1s[at_bb], None), (EK1s[at_BA], EK1s[at_bb], None)
-            eps = max(c.expansion_parameter_at(sel), self._prior._cumulants[-1].expansion_parameter)
-            if self.options.get("warn", True):
-                prior._check_quadrature()
-                prior._check_expansion(eps)
         value = _Parts(train, P, *K1_parts, c.vertex.components, np.subtract)
         error = _Parts(self._train_error, np.abs(P), *EK1_parts, _vertex_errors(c), np.add)
         mean, var = gp.mean.copy(), np.empty((NB, nL))
@@ -364,6 +367,12 @@ class Conditioned:
         Sigma = gp.cov_test.diagonal()
         V1_all, E1_all = [], []
         for start in range(0, NB, batch_size):
+            if start and stop is not None and stop(start):
+                NB, iB = start, iB[:start]
+                mean, var, mean_err, var_err = (a[:start] for a in (mean, var, mean_err, var_err))
+                gp = GPPosterior(gp.mean[:start], gp.var[:start], gp.cov_test[:start, :start], gp.log_evidence,
+                                 gp.noise)
+                break
             sl = slice(start, min(NB, start + batch_size))
             V1 = _test_components(value.components, iB[sl], iA)
             dm, dv = _marginal(value, sl, V1, n)
@@ -380,10 +389,17 @@ class Conditioned:
             cov = gp.cov_test[:, None, :, None] * np.eye(nL)[None, :, None, :] + _cov_correction(
                 value, iA, iB, np.concatenate(V1_all), n, rows)
             cov_err = _cov_correction(error, iA, iB, np.concatenate(E1_all), n, rows)
+        else:  # over the pairs read (those of the test points predicted)
+            if NB < XB.shape[0]:
+                sel = _test_pairs(c.pairs, iA, iB)[0]
+            eps = max(c.expansion_parameter_at(sel), self._prior._cumulants[-1].expansion_parameter)
+            if self.options.get("warn", True):
+                prior._check_quadrature()
+                prior._check_expansion(eps)
         eps = eps * (prior.n / n)
         logz = self._log_evidence
         validity = posterior_validity(mean=mean, var=var, gp_mean=gp.mean, gp_var=gp.var, noise=self.noise,
-                                      prior_var=K[NA:, NA:].diagonal(), log_evidence=logz,
+                                      prior_var=K[NA:NA + NB, NA:NA + NB].diagonal(), log_evidence=logz,
                                       gp_log_evidence=gp.log_evidence)
         self._warn_validity(validity, "posterior")
         self._warn_numerical(mean_err, mean - gp.mean, prior)

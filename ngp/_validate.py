@@ -29,6 +29,7 @@ __all__ = [
     "positive_float",
     "nonneg_float",
     "count",
+    "check_stop",
     "per_layer",
     "as_inputs",
     "as_targets",
@@ -106,6 +107,17 @@ def count(value, name: str, *, minimum: int = 1, what: str = "a positive integer
     if value < minimum:
         raise ValueError(f"{name}: must be >= {minimum}, got {value}")
     return value
+
+
+def check_stop(stop, full_cov: bool) -> None:
+    """``predict``'s ``stop``: ``None`` or a callable ``stop(done) -> bool``, on the marginal path only."""
+    if stop is None:
+        return
+    if not callable(stop):
+        raise TypeError(f"stop: expected a callable stop(done) -> bool, got {stop!r}")
+    if full_cov:
+        raise ValueError("stop: only for marginal predictions (full_cov=False): the joint covariance needs every "
+                         "test point")
 
 
 def per_layer(value, n: int, name: str, check, *, what: str = "weight layer") -> tuple:

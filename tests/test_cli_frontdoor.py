@@ -577,6 +577,66 @@ def test_regress_budget_path_reports_rows_and_why(real_csv, capsys, monkeypatch)
     assert "probe: 2 training + 2 test rows" in out and "baseline (training mean)" in out
 
 
+def test_regress_predictions_stop_at_the_budget_and_every_row_is_scored_on_the_rest(real_csv, tmp_path, capsys):
+    """A budget already spent when the predictions start: the first batch of test rows (2 of 4) is predicted, no
+    more, and the whole table (baseline, GP, finite width) is what a run asking for just those 2 test rows gives."""
+    common = ["regress", real_csv, "--test-fraction", "0.5", "--max-train", "4", "--width", "4", "--fixed", "--quiet"]
+    runs = {}
+    for name, extra in (("cut", ["--n-test", "4", "--time-budget", "0.001"]), ("asked", ["--n-test", "2"])):
+        path = tmp_path / f"{name}.json"
+        rc = main(common + extra + ["--json", str(path)])
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        runs[name] = (out, json.loads(path.read_text()))
+    (out, cut), (_, asked) = runs["cut"], runs["asked"]
+    (split,), (ref,) = cut["splits"], asked["splits"]
+    assert split["test_lines"] == ref["test_lines"] and len(split["test_lines"]) == 2
+    assert split["train_lines"] == ref["train_lines"] and ref["cut"] is None
+    assert "stopped after 2 of the 4 test rows" in split["cut"] and "stopped after 2 of the 4 test rows" in out
+    for a, b in zip(split["rows"], ref["rows"]):
+        assert a["model"] == b["model"]
+        for key in ("rmse", "loglik", "log_evidence", "expansion"):
+            assert (a[key] is None and b[key] is None) or a[key] == pytest.approx(b[key], rel=1e-12), (a["model"], key)
+    assert "only 2 test rows" in out
+
+
+def test_deadline_stop_projects_the_next_batch_from_the_rows_done():
+    from ngp.cli._compare import deadline_stop
+
+    now = [100.0]
+    clock = lambda: now[0]  # noqa: E731
+    uniform = deadline_stop(130.0, 2, clock=clock)
+    now[0] = 120.0  # 2 rows in 20 s: the next 2 projected to end at 140 > 130
+    assert uniform(2)
+    now[0] = 110.0  # 2 rows in 10 s: the next 2 end at 120
+    assert not uniform(2)
+    # by the cost model: rows 3-4 estimated 3x rows 1-2, so 10 s done project 30 s more
+    estimate = [0.0, 1.0, 2.0, 5.0, 8.0].__getitem__
+    now[0] = 100.0
+    early, late = deadline_stop(135.0, 2, estimate, clock=clock), deadline_stop(145.0, 2, estimate, clock=clock)
+    now[0] = 110.0  # ends at 140
+    assert early(2) and not late(2)
+    # the last batch holds what is left: 4 of 5 rows in 10 s project one more row, 2.5 s (not 4 rows, 10 s)
+    now[0] = 100.0
+    tight, loose, whole = (deadline_stop(112.0, 4, total=5, clock=clock), deadline_stop(113.0, 4, total=5, clock=clock),
+                           deadline_stop(113.0, 4, clock=clock))
+    now[0] = 110.0
+    assert tight(4) and not loose(4) and whole(4)
+
+
+def test_later_folds_keep_their_estimated_time():
+    from ngp.cli._regress import _deadline
+
+    model = _budget.CostModel(_budget.Probe(2, 2, 1.0, 0.5, 3.0, 1.0))  # 4 rows: 16 s + 2 x 2 s per test row
+    # fold 1 of 3 (2 test rows each): the two later folds keep 16 + 4 s each (compiled by the first, as estimated)
+    assert _deadline(model, 4, [2, 2, 2], 0, 500.0) == pytest.approx(500.0 - 2 * 20.0)
+    assert model.estimate(4, 2, folds=3) == pytest.approx(3.0 + 3 * 20.0)
+    assert _deadline(model, 4, [2, 2, 2], 2, 500.0) == pytest.approx(500.0)
+    now = time.perf_counter()  # without a cost model the time left is shared equally
+    due = _deadline(None, 4, [2, 2], 0, now + 100.0)
+    assert now + 49.0 < due < now + 50.5
+
+
 def test_regress_folds_price_each_fold_by_its_own_rows_and_fit(real_csv, tmp_path, capsys, monkeypatch):
     """--folds 3 under the budget: each fold's Work holds its own pool's and test rows' variances at its own GP fit
     (the run's): over a standardised pool (columns of mean 0 and variance 1) the first layer's mean is C_b + C_W."""

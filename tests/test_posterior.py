@@ -209,6 +209,46 @@ def test_bad_posterior_inputs(data):
         ngp.posterior(net, np.vstack([XA, XA[:1]]), np.vstack([Y2, Y2[:1]]), XB, noise=0.0)
 
 
+@pytest.mark.parametrize("method", ["exact", "matrix_free"])
+def test_predict_stops_before_a_batch_when_asked(data, method, monkeypatch):
+    """``predict(..., stop=...)`` asks ``stop(done)`` before every batch after the first; where it answers true the
+    posterior is the prediction at the first ``done`` test points alone (the same numbers, its validity, error
+    bounds, expansion parameter and GP part), and the later batches are never computed."""
+    from ngp import _posterior
+
+    XA, Y2 = data["XA"], data["Y2"]
+    XC = np.concatenate([data["XC"], data["XB"], -data["XC"][:2]])  # 7 test points
+    net = ngp.MLP(3, 32, activation="tanh", out_dim=2, C_W=1.5, C_b=0.1)
+    cond = ngp.condition(net, XA, Y2, noise=0.1, method=method, samples=2048)
+    asked, computed = [], []
+    components = _posterior._test_components
+    monkeypatch.setattr(_posterior, "_test_components", lambda comps, iB, iA: computed.append(len(iB)) or
+                        components(comps, iB, iA))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = cond.predict(XC, batch_size=3, stop=lambda done: asked.append(done) or done >= 3)
+        want = cond.predict(XC[:3], batch_size=3)
+    assert asked == [3] and got.mean.shape == (3, 2)
+    if method == "exact":  # one batch of 3 for the values and one for their error bounds, in each prediction
+        assert computed == [3, 3, 3, 3]
+    for name in ("mean", "var", "mean_error", "var_error", "mean_se", "var_se"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300, err_msg=name)
+    assert got.expansion_parameter == want.expansion_parameter and got.validity == want.validity
+    for name in ("mean", "var", "cov_test"):
+        a, b = getattr(got.gp, name), getattr(want.gp, name)
+        assert (a is None) == (b is None) and (a is None or np.allclose(a, b, rtol=1e-12, atol=0)), name
+    everything = cond.predict(XC, batch_size=3, stop=lambda done: False)
+    assert everything.mean.shape == (7, 2)
+    with pytest.raises(TypeError, match="stop: expected a callable"):
+        cond.predict(XC, stop=3)
+    if method == "exact":
+        with pytest.raises(ValueError, match="stop: only for marginal predictions"):
+            cond.predict(XC, full_cov=True, stop=lambda done: True)
+
+
 # ----------------------------------------------------------------------------- numerical error bounds
 @pytest.fixture(scope="module")
 def moderate():

@@ -14,8 +14,8 @@ import numpy as np
 
 from ._common import CLIError, fmt
 
-__all__ = ["Split", "Row", "compare", "metrics", "cells", "notes", "numerical_flag", "EXPANSION_WARN", "ESS_MIN",
-           "NUMERICAL_WARN"]
+__all__ = ["Split", "Row", "compare", "metrics", "cells", "notes", "numerical_flag", "deadline_stop", "EXPANSION_WARN",
+           "ESS_MIN", "NUMERICAL_WARN", "DEADLINE_BATCHES"]
 
 #: Expansion parameter above which a finite-width row is marked unreliable (the library warns there too).
 EXPANSION_WARN = 0.3
@@ -24,6 +24,10 @@ ESS_MIN = 100.0
 #: Share of the 1/n mean correction above which the mean's numerical error bound (the four-point quadrature's,
 #: carried through the posterior) marks a finite-width row unreliable (the library warns there too).
 NUMERICAL_WARN = 0.1
+#: With a deadline the finite-width predictions go in about this many batches of test rows (at least 2 rows each;
+#: before each batch after the first the deadline is checked): a prediction in batches costs a few percent more than
+#: in one (docs/cli.md, "Holding the time budget").
+DEADLINE_BATCHES = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,14 +78,43 @@ def metrics(split: Split, mean, var, noise: float):
     return rmse, ll
 
 
+def _baseline(split: Split):
+    """Test RMSE and log predictive density of the baseline: the training rows' mean, with their variance."""
+    ytr = np.asarray(split.ytr, dtype=float)
+    return metrics(split, np.full(split.yte.shape, ytr.mean()), np.full(split.yte.shape, ytr.var()), 0.0)
+
+
 def _truth(row: Row, ref, mean, split: Split):
     row.truth_ess = float(ref.ess)
     row.truth_gap = float(np.max(np.abs(np.asarray(mean) - ref.mean))) * split.scale
     row.truth_se = float(np.max(ref.mean_se)) * split.scale
 
 
+def deadline_stop(deadline: float, batch: int, estimate=None, *, total: int | None = None, clock=time.perf_counter):
+    """``stop(done) -> bool`` for ``predict``: true when the next ``batch`` test rows (of ``total``, if given),
+    projected from the time the first ``done`` took, would end after ``deadline`` (a ``clock()`` value).
+    ``estimate(m)``: estimated seconds of the first ``m`` rows (the cost model's), which sets the next batch's share
+    (rows differ in cost); without it every row is projected to cost the same. The clock starts when this is
+    called."""
+    t0 = clock()
+
+    def stop(done: int) -> bool:
+        now = clock()
+        spent = now - t0
+        upto = done + batch if total is None else min(done + batch, total)
+        nxt = spent * (upto - done) / done
+        if estimate is not None:
+            e0 = estimate(done)
+            if e0 > 0:
+                nxt = spent * (estimate(upto) - e0) / e0
+        return now + nxt > deadline
+
+    return stop
+
+
 def compare(split: Split, make_net, *, widths, noise: float, progress, estimates=None, truth_samples: int = 0,
-            nuts_steps: int = 0, seed: int = 0, options: dict | None = None, extra_test=None):
+            nuts_steps: int = 0, seed: int = 0, options: dict | None = None, extra_test=None, deadline=None,
+            row_seconds=None):
     """Baseline, GP and finite-width rows (and optional references) for one split.
 
     Args:
@@ -96,20 +129,26 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
         options: prior options for :func:`ngp.condition` (``max_memory``, ``four_point_order``).
         extra_test: ``(G, n0)`` extra inputs (a plotting grid) whose GP and finite-width posteriors are
             returned (not scored).
+        deadline: a ``time.perf_counter()`` value by which the finite-width predictions should end (not with
+            ``extra_test``): they go in batches (:data:`DEADLINE_BATCHES`) and stop before a batch projected to end
+            later (:func:`deadline_stop`; the first batch always runs); every row is then scored on the test rows
+            predicted.
+        row_seconds: ``m -> `` estimated seconds of the predictions at the first ``m`` test rows (projects the
+            next batch; default: every row as costly as those done).
 
     Returns:
         ``(rows, info)``; ``info`` holds ``prior_s`` (the shared finite-width work), ``posteriors``
-        (``{width: FiniteWidthPosterior}`` on the test rows, and ``"grid"`` on ``extra_test``) and ``failed``.
+        (``{width: FiniteWidthPosterior}`` on the test rows, and ``"grid"`` on ``extra_test``), ``failed``,
+        ``n_test`` (the test rows scored) and ``cut`` (why fewer than given, else ``None``).
     """
+    if deadline is not None and extra_test is not None:
+        raise ValueError("compare: a deadline cuts test rows; not with extra_test")
     import ngp
 
     est = estimates or {}
     opts = dict(options or {})
     rows = []
-    # baseline: predict the training rows' mean with their variance
-    ytr = np.asarray(split.ytr, dtype=float)
-    rmse, ll = metrics(split, np.full(split.yte.shape, ytr.mean()), np.full(split.yte.shape, ytr.var()), 0.0)
-    rows.append(Row("baseline (training mean)", rmse, ll))
+    rows.append(Row("baseline (training mean)", *_baseline(split)))
 
     net0 = make_net(widths[0])
     t0 = time.perf_counter()
@@ -123,20 +162,36 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
                  mean=gp.mean, var=gp.var)
     rows.append(gp_row)
 
-    info = {"posteriors": {}, "failed": {}, "prior_s": None, "gp_test": gp}
+    info = {"posteriors": {}, "failed": {}, "prior_s": None, "gp_test": gp, "n_test": split.Xte.shape[0], "cut": None}
     XB = split.Xte if extra_test is None else np.concatenate([split.Xte, extra_test])
     M = split.Xte.shape[0]
+    batched = {}  # with a deadline: batches of test rows, the first width stopping at the deadline
+    if deadline is not None:
+        batched["batch_size"] = max(2, -(-M // DEADLINE_BATCHES))
     try:
         _, t_train = progress.run(f"finite width: K1, V and evidence on {split.Xtr.shape[0]} training rows",
                                   lambda: cond.log_evidence, estimate=est.get("training"))
+        first = {} if deadline is None else {
+            "stop": deadline_stop(deadline, batched["batch_size"], row_seconds, total=M), **batched}
         post0, t_pred = progress.run(f"finite width: predictions at {XB.shape[0]} test inputs",
-                                     lambda: cond.predict(XB), estimate=est.get("predict"))
+                                     lambda: cond.predict(XB, **first), estimate=est.get("predict"))
         info["prior_s"] = t_train + t_pred
     except MemoryError as exc:
         raise CLIError(f"{exc} (raise --max-memory or use fewer training rows)".replace("\n", " ")) from None
     except np.linalg.LinAlgError as exc:
         info["failed"][widths[0]] = str(exc)
         post0 = None
+    if post0 is not None and post0.mean.shape[0] < M:  # the deadline cut the test rows: score every row on the rest
+        m = post0.mean.shape[0]
+        info["n_test"], batched["stop"] = m, (lambda done: done >= m)
+        info["cut"] = (f"time budget: the finite-width predictions stopped after {m} of the {M} test rows, the next "
+                       f"batch being projected to end past the deadline; every row is scored on those {m}")
+        split = dataclasses.replace(split, Xte=split.Xte[:m], yte=split.yte[:m])
+        gp = dataclasses.replace(gp, mean=gp.mean[:m], var=gp.var[:m], cov_test=gp.cov_test[:m, :m])
+        info["gp_test"] = gp
+        rows[0].rmse, rows[0].loglik = _baseline(split)
+        gp_row.rmse, gp_row.loglik = metrics(split, gp.mean, gp.var, noise)
+        gp_row.mean, gp_row.var, M = gp.mean, gp.var, m
     for w in widths:
         t0 = time.perf_counter()
         row = Row(f"finite width n={w}")
@@ -145,7 +200,7 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
             rows.append(row)
             continue
         try:
-            post = post0 if w == widths[0] else cond.with_width(w).predict(XB)
+            post = post0 if w == widths[0] else cond.with_width(w).predict(XB, **batched)
         except np.linalg.LinAlgError as exc:
             info["failed"][w] = str(exc)
             row.flags.append(f"failed: {exc}")

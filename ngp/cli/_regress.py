@@ -354,10 +354,25 @@ def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float)
     return n_train, why, model, n_test
 
 
-def _run_folds(fits: _Fits, splits, n_train: int, n_test: list, model):
-    """``(fold_rows, results)``: the comparison's rows of every split and what ``--json`` records of it."""
+def _deadline(model, n_train: int, n_test: list, k: int, t_end: float) -> float:
+    """When fold ``k``'s predictions should end for the run to end by ``t_end``: before the later folds' estimated
+    time (the cost model's, as :meth:`ngp.cli._budget.CostModel.estimate` charges them; without one, the time left
+    shared equally by this fold and the later ones)."""
+    if model is None:
+        now = time.perf_counter()
+        return now + (t_end - now) / (len(n_test) - k)
+    fit = 0.0 if model.fit is None else model.fit.seconds(n_train)
+    later = sum(model.training(n_train, j) + model.predict(n_train, n_test[j], j) + fit  # compiled by the first
+                for j in range(k + 1, len(n_test)))
+    return t_end - later
+
+
+def _run_folds(fits: _Fits, splits, n_train: int, n_test: list, model, t_end: float | None = None):
+    """``(fold_rows, results, n_test)``: the comparison's rows of every split, what ``--json`` records of it, and the
+    test rows scored per split (fewer where the predictions had to stop by ``t_end``, the budget's end: a
+    ``time.perf_counter()`` value; ``None``: no deadline)."""
     args, data = fits.args, fits.data
-    fold_rows, results = [], []
+    fold_rows, results, n_test = [], [], list(n_test)
     for k, ((p, t), m) in enumerate(zip(splits, n_test)):
         tr, te = p[:n_train], t[:m]
         Xf, yf, Xte, yte, (mu, sd) = fits.rows(p, te)
@@ -367,19 +382,23 @@ def _run_folds(fits: _Fits, splits, n_train: int, n_test: list, model):
         hyper = fits.fit(Xtr, ytr, True) if finite else fits.fit(Xf, yf, False)
         label = f"fold {k + 1}: " if args.folds else ""
         print(f"  {label}hyperparameters: {hyper.describe()} ({hyper.note})")
-        est = None
+        est, due, row_s = None, None, None
         if model is not None:
             half = model.probe.compile_s / 2
             est = {"training": model.training(n_train, k) + half, "predict": model.predict(n_train, m, k) + half}
+            row_s = lambda rows, k=k: model.predict(n_train, rows, k)  # noqa: E731
+        if t_end is not None:
+            due = _deadline(model, n_train, n_test, k, t_end)
         rows, info = compare(split, _make_net(args, hyper), widths=args.width, noise=hyper.noise,
                              progress=fits.progress, estimates=est, truth_samples=args.truth, seed=args.seed,
-                             options=_options(args))
+                             options=_options(args), deadline=due, row_seconds=row_s)
+        n_test[k] = info["n_test"]
         fold_rows.append(rows)
         results.append({"fold": k + 1 if args.folds else None, "train_lines": data.lines[tr].tolist(),
                         "fit_lines": data.lines[p[:len(Xf)]].tolist(),
-                        "test_lines": data.lines[te].tolist(), "hyperparameters": hyper.__dict__,
-                        "finite_width_s": info["prior_s"], "rows": [r.as_dict() for r in rows]})
-    return fold_rows, results
+                        "test_lines": data.lines[te[:n_test[k]]].tolist(), "hyperparameters": hyper.__dict__,
+                        "finite_width_s": info["prior_s"], "cut": info["cut"], "rows": [r.as_dict() for r in rows]})
+    return fold_rows, results, n_test
 
 
 def _report(args, data, fold_rows, results, messages, n_test: list):
@@ -398,6 +417,9 @@ def _report(args, data, fold_rows, results, messages, n_test: list):
     print(table(body, cols))
     prior_s = [r["finite_width_s"] for r in results if r["finite_width_s"] is not None]
     lines = notes([r for rows in fold_rows for r in rows], messages, sum(prior_s) if prior_s else None)
+    for r in results:
+        if r["cut"]:
+            lines.append((f"fold {r['fold']}: " if r["fold"] else "") + r["cut"])
     if min(n_test) < 20 and not args.folds:
         lines.append(f"only {min(n_test)} test rows: the test metrics are noisy; --folds 5 tests every row once")
     for line in lines:
@@ -421,8 +443,9 @@ def run(args) -> int:
     fits = _Fits(args, data, progress)
     n_train, why, model, n_test = _training_rows(fits, splits, pool, [min(len(t), args.n_test) for _, t in splits],
                                                  t_start)
+    t_end = None if args.n_train is not None else t_start + args.time_budget  # --n-train: no budget to keep
     with collect_warnings() as messages:
-        fold_rows, results = _run_folds(fits, splits, n_train, n_test, model)
+        fold_rows, results, n_test = _run_folds(fits, splits, n_train, n_test, model, t_end)
     body, lines = _report(args, data, fold_rows, results, messages, n_test)
     total = time.perf_counter() - t_start
     print(f"\ntotal {total:.0f} s")
