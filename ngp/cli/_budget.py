@@ -179,14 +179,18 @@ class CostModel:
         """Seconds per test row (the average over the probe's test rows)."""
         return self.predict(n_train, self.probe.n_test) / self.probe.n_test
 
-    def estimate(self, n_train: int, n_test: int, folds: int = 1) -> float:
-        """Seconds for ``folds`` fits on ``n_train`` rows with ``n_test`` test rows each (at most a split's own)."""
+    def fold(self, n_train: int, n_test: int, split: int = 0) -> float:
+        """Seconds of one split's run after compilation: its fit (with ``fit``), training block and predictions at
+        ``n_test`` test rows."""
         fit = 0.0 if self.fit is None else self.fit.seconds(n_train)
-        runs = 0.0
-        for k in range(folds):
-            m = min(n_test, self.splits[k].test.shape[1]) if k < len(self.splits) else n_test
-            runs += self.training(n_train, k) + self.predict(n_train, m, k)
-        return self.probe.compile_s + folds * fit + runs
+        return fit + self.training(n_train, split) + self.predict(n_train, n_test, split)
+
+    def estimate(self, n_train: int, n_test: int, folds: int = 1) -> float:
+        """Seconds for ``folds`` fits on ``n_train`` rows with ``n_test`` test rows each (at most a split's own):
+        the compilation once, then :meth:`fold` per split."""
+        return self.probe.compile_s + sum(
+            self.fold(n_train, min(n_test, self.splits[k].test.shape[1]) if k < len(self.splits) else n_test, k)
+            for k in range(folds))
 
 
 @dataclasses.dataclass(frozen=True)

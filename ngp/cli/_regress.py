@@ -356,15 +356,12 @@ def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float)
 
 def _deadline(model, n_train: int, n_test: list, k: int, t_end: float) -> float:
     """When fold ``k``'s predictions should end for the run to end by ``t_end``: before the later folds' estimated
-    time (the cost model's, as :meth:`ngp.cli._budget.CostModel.estimate` charges them; without one, the time left
+    time (:meth:`ngp.cli._budget.CostModel.fold`, compiled by the first fold; without a cost model, the time left
     shared equally by this fold and the later ones)."""
     if model is None:
         now = time.perf_counter()
         return now + (t_end - now) / (len(n_test) - k)
-    fit = 0.0 if model.fit is None else model.fit.seconds(n_train)
-    later = sum(model.training(n_train, j) + model.predict(n_train, n_test[j], j) + fit  # compiled by the first
-                for j in range(k + 1, len(n_test)))
-    return t_end - later
+    return t_end - sum(model.fold(n_train, n_test[j], j) for j in range(k + 1, len(n_test)))
 
 
 def _run_folds(fits: _Fits, splits, n_train: int, n_test: list, model, t_end: float | None = None):
