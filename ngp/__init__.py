@@ -21,6 +21,8 @@ Public API (conventions and formulas: ``docs/theory.md``):
 * :mod:`ngp.reference` -- NUTS and importance-sampling reference posteriors.
 * :mod:`ngp.train` -- training-time tools: Jacobian regulariser, fluctuation-dissipation SGD (optax).
 * :func:`activation`, :class:`Activation`, :data:`ACTIVATIONS` -- activations.
+* :class:`NgpWarning` and its kinds :class:`ExpansionWarning`, :class:`AccuracyWarning`, :class:`SamplingWarning`,
+  :class:`ConvergenceWarning` -- the categories of every warning ngp raises (``docs/api.md``, "Warnings").
 """
 
 from ._activations import ACTIVATIONS, Activation, activation
@@ -38,6 +40,7 @@ from ._model_selection import EvidenceGrid, evidence_grid
 from ._hyper import HyperFit, fit_hyperparameters, log_evidence
 from ._sampling import NetworkSamples, sample_networks
 from ._trained import TrainedEnsemble, trained_ensemble
+from ._warnings import AccuracyWarning, ConvergenceWarning, ExpansionWarning, NgpWarning, SamplingWarning
 from . import criticality, datasets, plot, reference, scaling, train
 
 #: Residual networks return an :class:`ngp.Prior` like every network (kept as an alias).
@@ -46,6 +49,11 @@ ResPrior = Prior
 __version__ = "0.2.0"
 
 __all__ = [
+    "NgpWarning",
+    "ExpansionWarning",
+    "AccuracyWarning",
+    "SamplingWarning",
+    "ConvergenceWarning",
     "ACTIVATIONS",
     "Activation",
     "activation",

@@ -18,6 +18,7 @@ from ._linalg import solve_train
 from ._posterior import Conditioned, FiniteWidthPosterior, GPConditioned
 from ._steps import Dense, Elementwise, Serial
 from ._validate import as_inputs, check_stop, count, train_test, warn
+from ._warnings import ExpansionWarning
 from ._validity import Validity
 
 __all__ = ["MatrixFreeConditioned", "mlp_spec", "AUTO_EXACT_MAX", "SOLVERS"]
@@ -193,9 +194,9 @@ class MatrixFreeConditioned(Conditioned):
         negative = bool(np.any(var < 0))
         if negative:
             warn("posterior: a first-order posterior variance is negative; the 1/n expansion has broken down "
-                 f"(expansion parameter {v.eps:.3g})")
+                 f"(expansion parameter {v.eps:.3g})", ExpansionWarning)
         if not v.trusted:
-            warn(mf.regime_warning(v))
+            warn(mf.regime_warning(v), ExpansionWarning)
         gp = GPPosterior(cat("gp_mean"), cat("gp_var"), None, float(r0.gp_log_evidence), self.noise)
         return FiniteWidthPosterior(
             cat("mean"), var, None, float(r0.log_evidence), gp, self.n, float(v.eps), self.noise,

@@ -35,6 +35,7 @@ from scipy.special import roots_hermitenorm
 
 from ._cache import aligned_zeros, byte_lru, frozen_lru
 from ._validate import device, device_if, warn
+from ._warnings import AccuracyWarning
 
 __all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "pair_matrix", "pair_gh", "concrete_max",
            "auto_orders", "padded_rule", "pruned_tensor_rule", "bucket", "pad_rows"]
@@ -80,7 +81,8 @@ def auto_orders(kmax: float) -> tuple[int, int]:
         warn(
             f"ngp: a pre-activation variance reaches {kmax:.3g}; the Mehler series and 1-D rule are capped "
             f"at {terms} terms / {nodes} nodes and lose digits beyond K ~ {K_ACCURATE:.0f}. "
-            "Standardise the inputs or lower C_W/C_b."
+            "Standardise the inputs or lower C_W/C_b.",
+            AccuracyWarning,
         )
     return terms, nodes
 

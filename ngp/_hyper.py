@@ -27,6 +27,7 @@ from ._gaussian import switch_tables, traced_mehler_tables
 from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
 from ._validate import as_inputs, as_targets, count, device, nonneg_float, real, warn
+from ._warnings import ConvergenceWarning, ExpansionWarning
 
 __all__ = ["log_evidence", "fit_hyperparameters", "HyperFit", "with_hyperparameters"]
 
@@ -317,13 +318,14 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
             fitted_finite = True
         else:
             warn("fit_hyperparameters: the finite-width evidence is not finite near the GP optimum; "
-                 "returning the GP fit (the 1/n expansion is not valid here)")
+                 "returning the GP fit (the 1/n expansion is not valid here)", ExpansionWarning)
     if not success:
-        warn("fit_hyperparameters: the optimiser did not report convergence; check the result or raise max_iter")
+        warn("fit_hyperparameters: the optimiser did not report convergence; check the result or raise max_iter",
+             ConvergenceWarning)
     at_bounds = _at_bounds(np.asarray(theta, dtype=float), lo, hi, sizes)
     for name, side, bound in at_bounds:
         warn(f"fit_hyperparameters: {name} ended at its {side} bound {bound:.4g}, where the evidence may still "
-             f"rise; widen bounds={{{name.split('[')[0]!r}: (lo, hi)}} to search further")
+             f"rise; widen bounds={{{name.split('[')[0]!r}: (lo, hi)}} to search further", ConvergenceWarning)
     cw, cb, nz = (np.asarray(v, dtype=float) for v in unpack(device(theta)))
     fitted = with_hyperparameters(net, cw, cb)
     gp_value = float(log_evidence(fitted, XA, Y, noise=float(nz), finite_width=False, **options))

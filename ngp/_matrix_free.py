@@ -47,6 +47,7 @@ import numpy as np
 from ._activations import Activation
 from ._gaussian import auto_orders, expect_1d, gauss_hermite, hermite_coefficients
 from ._validate import RCOND_MIN, check_x64, device
+from ._warnings import ExpansionWarning
 from ._validity import Validity, expansion_validity
 
 __all__ = [
@@ -1007,7 +1008,7 @@ def _assemble(parts, n, *, warn, base=None):
     nL = pp["Y"].shape[1]
     diag = validity(pp["eps"] / n, pp["eta"] / n, pp["eta_se"] / n)
     if warn and not diag.trusted:
-        warnings.warn(regime_warning(diag), RuntimeWarning, stacklevel=3)
+        warnings.warn(regime_warning(diag), ExpansionWarning, stacklevel=3)
     return MatrixFreePosterior(
         mean=pp["gp_mean"] + pp["mean"] / n, var=pp["gp_var"][:, None] + pp["var"] / n,
         log_evidence=logz_g + pp["ev"] / n, mean_se=pp["mean_se"] / n, var_se=pp["var_se"] / n,

@@ -14,6 +14,7 @@ from ._mlp import MLP
 from ._condition import condition
 from ._prior import EXPANSION_WARN
 from ._validate import as_inputs, as_targets, count, nonneg_float, positive_float, warn
+from ._warnings import ExpansionWarning
 from ._validity import EVIDENCE_MAX, evidence_validity
 
 __all__ = ["EvidenceGrid", "evidence_grid"]
@@ -131,5 +132,5 @@ def evidence_grid(X_train, Y_train, *, widths: Sequence[int], depths: Sequence[i
     untrusted = sum(not r["trusted"] for r in rows)
     if untrusted and options.get("warn", True):
         warn(f"evidence_grid: {untrusted} of {len(rows)} grid points have first-order terms that are not small "
-             "(trusted = False); best() skips them (docs/validity.md)")
+             "(trusted = False); best() skips them (docs/validity.md)", ExpansionWarning)
     return EvidenceGrid(tuple(rows))

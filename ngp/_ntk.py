@@ -42,6 +42,7 @@ from ._activations import Activation
 from ._gaussian import auto_orders, gauss_hermite, hermite_coefficients, pair_matrix, pruned_tensor_rule
 from ._kernel import kernel_map, two_point_matrix
 from ._validate import device, per_layer, real
+from ._warnings import AccuracyWarning
 
 __all__ = [
     "NTKState",
@@ -469,7 +470,7 @@ def four_point(act: Activation, K, patterns, *, orders=None, subset_order: int |
         warnings.warn(
             f"ntk: four-point expectations of {act.name!r} with three or more distinct inputs use Gauss-Hermite "
             "quadrature of kinked functions (relative error ~1e-3); entries with at most two distinct inputs are exact",
-            RuntimeWarning,
+            AccuracyWarning,
             stacklevel=3,
         )
         ap, am = act.relu_slopes

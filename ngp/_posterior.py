@@ -33,6 +33,7 @@ from ._gp import GPPosterior, gp_from_kernel, gp_log_evidence
 from ._linalg import solve_train
 from ._prior import MAX_MEMORY, reuse_four_point
 from ._validate import as_inputs, check_stop, count, device, float64, train_test, warn
+from ._warnings import AccuracyWarning, ExpansionWarning
 from ._validity import Validity, evidence_validity, posterior_validity
 from ._vertex_error import component_errors, k1_error_packed
 
@@ -255,7 +256,8 @@ class Conditioned:
             warn(
                 f"{what}: the first-order (1/n) terms are not small ({'; '.join(validity.reasons)}); the "
                 f"finite-width result is not reliable at width {self.n} (docs/validity.md): widen the network, "
-                "add noise, or standardise the targets to the prior's output scale"
+                "add noise, or standardise the targets to the prior's output scale",
+                ExpansionWarning,
             )
 
     @property
@@ -431,7 +433,8 @@ class Conditioned:
                 f"posterior: the estimated bound on the numerical error of the four-point quadrature behind V and K1 "
                 f"({top:.2g} in the mean, mean_error) is {100 * top / max(size, np.finfo(float).tiny):.3g}% of the "
                 f"largest 1/n mean correction ({size:.2g}): the training kernel's conditioning amplifies it "
-                f"(docs/accuracy.md). {advice}"
+                f"(docs/accuracy.md). {advice}",
+                AccuracyWarning,
             )
 
     def _check_full_cov(self, NA, NB, prior) -> None:

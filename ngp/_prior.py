@@ -17,6 +17,7 @@ from ._pairs import Pairs
 from ._progress import check_progress
 from ._steps import IDENTITY, Flow
 from ._validate import MAX_MEMORY, as_inputs, count, float64, memory_bytes, positive_float, warn
+from ._warnings import AccuracyWarning, ExpansionWarning
 from ._vertex_error import k1_error, packed_vertex_error
 
 __all__ = ["Prior", "Layer", "reuse_four_point", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY", "PRIOR_OPTIONS", "DERIVATIVE_METHODS", "check_options"]
@@ -290,7 +291,8 @@ class Prior(NTKMixin):
                     f"ngp: a pre-activation variance of layer {i} is {kmax:.3g} > {FOUR_POINT_K_WARN}: the four-point "
                     "quadrature behind V loses digits at large variances (~1e-5 relative instead of ~1e-9), and the "
                     "finite-width posterior amplifies such errors. Standardise the inputs, lower C_W/C_b, or raise "
-                    "four_point_order (cost grows as its 4th power)."
+                    "four_point_order (cost grows as its 4th power).",
+                    AccuracyWarning,
                 )
 
     def _check_expansion(self, eps: float) -> None:
@@ -301,7 +303,8 @@ class Prior(NTKMixin):
             warn(
                 f"ngp: the 1/n expansion parameter max|V|/(n K^2) = {eps:.3g} exceeds {EXPANSION_WARN} "
                 f"(depth {depth}, n_(L-1) = {n}, depth/width = {depth / n:.3g}); "
-                "first-order perturbation theory in 1/n is not reliable here: widen the network or make it shallower."
+                "first-order perturbation theory in 1/n is not reliable here: widen the network or make it shallower.",
+                ExpansionWarning,
             )
 
     K1 = output_property("layers", "K1", "``(N, N)`` 1/n correction of the output two-point function.")

@@ -74,6 +74,7 @@ from ._gaussian import pruned_tensor_rule
 from ._kernel import KERNEL_OPTIONS, kernel_map
 from ._pairs import Pairs
 from ._validate import device
+from ._warnings import AccuracyWarning
 
 __all__ = [
     "ChainState",
@@ -472,7 +473,7 @@ def _check_regular(S_k, S_i, Gam, pairs, tol=1e-10, warn_below=1e-6):
         warnings.warn(
             f"residual cumulants: two inputs are nearly collinear (relative 2x2 determinant {worst:.1e}); "
             "the kinked-activation self-interaction term loses digits. Merge near-duplicate inputs.",
-            RuntimeWarning, stacklevel=4)
+            AccuracyWarning, stacklevel=4)
 
 
 # ============================================================================ chain steps

@@ -15,6 +15,7 @@ import numpy as np
 from ._prior import MAX_MEMORY, check_options
 from ._training_theory import finite_width_mean, infinite_width
 from ._validate import RCOND_MIN, count, float64, nonneg_float, positive_float, train_test, warn
+from ._warnings import ConvergenceWarning, ExpansionWarning
 
 __all__ = ["TrainedEnsemble", "trained_ensemble", "FINITE_WIDTH"]
 
@@ -150,7 +151,7 @@ def trained_ensemble(net, X_train, Y_train, X_test, *, t: float | None = None, e
     * ``"first_order_dntk"``: adds the first-order term of the NTK's motion during training (smooth
       activations). **Warning**: for fully trained networks the second-order terms of the NTK's motion,
       not computed, are of the same order and measured larger (trained minus linearised ``n x (-2.9, 2.9)``
-      vs the first-order term ``n x (1.37, -0.67)``, ``docs/theory-ntk.md``); a ``RuntimeWarning`` says so.
+      vs the first-order term ``n x (1.37, -0.67)``, ``docs/theory-ntk.md``); an :class:`ngp.ExpansionWarning` says so.
     * ``False``: infinite width only (required with a finite ``t`` or ``steps``).
 
     Args:
@@ -191,7 +192,8 @@ def trained_ensemble(net, X_train, Y_train, X_test, *, t: float | None = None, e
             "ngp.trained_ensemble(finite_width='first_order_dntk'): the first-order dNTK term is not a complete "
             "O(1/n) correction for fully trained networks; the second-order terms of the NTK's motion are missing "
             f"and of comparable size ({_MEASURED}). Use finite_width='linearised' for the linearised network or "
-            "last-layer training."
+            "last-layer training.",
+            ExpansionWarning,
         )
     NA = XA.shape[0]
     if finite_width is not False:
@@ -211,7 +213,7 @@ def trained_ensemble(net, X_train, Y_train, X_test, *, t: float | None = None, e
         )
     if steps is not None and eta * h[-1] >= 2.0:
         warn(f"ngp.trained_ensemble: eta * max eigenvalue of the training NTK = {eta * h[-1]:.3g} >= 2: gradient "
-             "descent diverges (the mean and covariance grow with steps)")
+             "descent diverges (the mean and covariance grow with steps)", ConvergenceWarning)
     mean, cov = infinite_width(Theta, K, train, Y, t=t, eta=eta, steps=steps)
     result = dict(mean=mean[NA:], cov=cov[NA:, NA:], mean_train=mean[:NA], cov_train=cov[:NA, :NA], t=t, eta=eta,
                   steps=steps, finite_width=finite_width, n=None, mean_nlo=None, theta1=None, variance=None,

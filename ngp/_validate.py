@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._cache import aligned_empty
+from ._warnings import AccuracyWarning, NgpWarning
 
 __all__ = [
     "RCOND_MIN",
@@ -50,8 +51,9 @@ MAX_MEMORY = 4 * 1024**3
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def warn(message: str, category=RuntimeWarning) -> None:
-    """``warnings.warn`` attributed to the first caller outside the ``ngp`` package.
+def warn(message: str, category=NgpWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside the ``ngp`` package (``category``: one of
+    :mod:`ngp._warnings`).
 
     The stack level is computed, so the warning points at the user's line however deep inside
     ngp it was raised.
@@ -211,6 +213,7 @@ def check_x64(what: str) -> None:
             f"ngp: JAX is running in float32 ({what}). The 1/n corrections and kernel solves lose "
             "most of their digits in float32; call jax.config.update('jax_enable_x64', True) "
             "before using ngp.",
+            AccuracyWarning,
         )
 
 

@@ -55,6 +55,7 @@ from ._cache import frozen_lru
 from ._activations import Activation, activation as _make_activation
 from ._gaussian import gauss_hermite
 from ._validate import count, device, float64, nonneg_float, positive_float, real, warn
+from ._warnings import AccuracyWarning
 
 __all__ = [
     "CLASSES",
@@ -664,12 +665,12 @@ def depth_flow(activation, *, C_W: float, C_b: float, K0: float, depth: int) -> 
     if np.any(bad):
         first = int(np.argmax(bad))
         warn(f"depth_flow: the kernel or its averages left the finite range at layer {first + 1} "
-             f"(K = {K[first]:.4g}); layers >= {first + 1} are nan")
+             f"(K = {K[first]:.4g}); layers >= {first + 1} are nan", AccuracyWarning)
         for arr in (K, V, K1, cpar, cperp):
             arr[first:] = np.nan
     elif np.max(K) > K_ACCURATE:
         warn(f"depth_flow: the kernel reaches K = {np.max(K):.4g} > {K_ACCURATE:.0f}; the quadrature "
-             "loses digits there")
+             "loses digits there", AccuracyWarning)
     return DepthFlow(np.arange(1, depth + 1), K, K1, V, cpar, cperp, C_W, C_b)
 
 
@@ -1003,7 +1004,7 @@ def residual_depth_flow(activation, *, C_W: float, C_b: float, gamma: float, xi:
             state = residual_step(state, C_W=C_W, C_b=C_b, gamma=gamma, xi=xi)
             if not np.isfinite(state.K[0, 0]) or state.K[0, 0] > K_ACCURATE:
                 warnings.warn(f"residual_depth_flow: the residual stream reaches K = {state.K[0, 0]:.4g} at layer "
-                              f"{l + 1}; the remaining layers are nan", RuntimeWarning, stacklevel=2)
+                              f"{l + 1}; the remaining layers are nan", AccuracyWarning, stacklevel=2)
                 break
     return ResidualDepthFlow(np.arange(1, depth + 1), K, K1, V, cpar, cperp, C_W, C_b,
                              gamma=gamma, xi=xi, hidden_K=hidden)

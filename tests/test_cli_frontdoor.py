@@ -469,7 +469,8 @@ def test_numerical_error_bound_marks_the_row_unreliable():
 
 
 def test_hyperparameters_line_names_a_bound_and_passes_other_warnings_on(monkeypatch):
-    """The fit's bound and convergence warnings go into the printed line; any other warning is passed on."""
+    """The fit's bound and convergence warnings (ngp.ConvergenceWarning) go into the printed line; any other
+    warning is passed on."""
     import types
     import warnings
 
@@ -478,8 +479,10 @@ def test_hyperparameters_line_names_a_bound_and_passes_other_warnings_on(monkeyp
 
     def fit(*args, **kwargs):
         warnings.warn("fit_hyperparameters: C_W ended at its upper bound 10, where the evidence may still rise",
-                      RuntimeWarning)
+                      ngp.ConvergenceWarning)
+        warnings.warn("fit_hyperparameters: the optimiser did not report convergence", ngp.ConvergenceWarning)
         warnings.warn("something else", RuntimeWarning)
+        warnings.warn("fit_hyperparameters: the finite-width evidence is not finite", ngp.ExpansionWarning)
         return types.SimpleNamespace(finite_width=False, starts=({"stage": "gp"},), success=True, C_W=(10.0,),
                                      C_b=(1e-6,), noise=0.1, log_evidence=-1.0, at_bounds=(("C_W", "upper", 10.0),))
 
@@ -488,7 +491,8 @@ def test_hyperparameters_line_names_a_bound_and_passes_other_warnings_on(monkeyp
         warnings.simplefilter("always")
         hyper = cli_fit(ngp.MLP(2, 8), np.zeros((3, 1)), np.zeros((3, 1)), noise=0.1, fixed=False)
     assert "1 start, C_W at the fit's upper bound 10; --fixed" in hyper.note
-    assert [str(w.message) for w in caught] == ["something else"]
+    assert [str(w.message) for w in caught] == ["something else",
+                                                "fit_hyperparameters: the finite-width evidence is not finite"]
 
 
 def test_folds_are_summarised_as_mean_and_standard_error():

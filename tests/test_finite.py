@@ -267,7 +267,7 @@ def test_memory_guard_and_bad_options(inputs):
 def test_expansion_warning(X3):
     net = ngp.MLP(6, 8, activation="relu", C_W=2.0)
     p = net.prior(X3)
-    with pytest.warns(RuntimeWarning, match="expansion parameter"):
+    with pytest.warns(ngp.ExpansionWarning, match="expansion parameter"):
         p.V
     assert p.expansion_parameter > 0.3
     wide = ngp.MLP(3, 1000, activation="tanh").prior(X3)
@@ -512,7 +512,7 @@ def test_marginal_prediction_warns_on_its_own_expansion_parameter():
         warnings.simplefilter("ignore")
         cond = ngp.condition(net, XA, np.sin(XA[:, :1]), noise=0.1)
         cond._train
-    with pytest.warns(RuntimeWarning, match="expansion parameter"):
+    with pytest.warns(ngp.ExpansionWarning, match="expansion parameter"):
         post = cond.predict(XB)
     assert post.expansion_parameter > 0.3
 

@@ -107,7 +107,7 @@ def test_fit_reports_values_that_end_on_a_bound():
     cw = free.C_W[0]
     assert free.at_bounds == ()  # an interior optimum
     for box, side, bound in [((0.05, cw / 2), "upper", cw / 2), ((1.5 * cw, 3 * cw), "lower", 1.5 * cw)]:
-        with pytest.warns(RuntimeWarning, match=f"C_W ended at its {side} bound") as record:
+        with pytest.warns(ngp.ConvergenceWarning, match=f"C_W ended at its {side} bound") as record:
             res = ngp.fit_hyperparameters(net, X, Y, fit=("C_W", "noise"), finite_width=False, num_starts=1,
                                           bounds={"C_W": box})
         assert res.at_bounds == (("C_W", side, pytest.approx(bound, rel=1e-9)),)

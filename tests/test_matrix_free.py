@@ -175,7 +175,7 @@ def test_validity_diagnostic_scales_with_width_and_warns(refs):
     while r32.validity.eta * narrow <= mf.ETA_MAX and r32.validity.eps * narrow <= mf.EPS_MAX:
         narrow *= 2
         assert narrow <= 32
-    with pytest.warns(RuntimeWarning, match="validated regime"):
+    with pytest.warns(ngp.ExpansionWarning, match="validated regime"):
         _run(ref, width=32 // narrow, warn=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

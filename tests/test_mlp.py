@@ -63,7 +63,7 @@ def test_float32_warns():
 
     jax.config.update("jax_enable_x64", False)
     try:
-        with pytest.warns(RuntimeWarning, match="float32"):
+        with pytest.warns(ngp.AccuracyWarning, match="float32"):
             ngp.MLP(2, 4).prior(np.ones((2, 2)))
     finally:
         jax.config.update("jax_enable_x64", True)

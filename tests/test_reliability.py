@@ -352,7 +352,7 @@ def test_quickstart_with_zero_noise_is_flagged():
     X = np.random.default_rng(0).normal(size=(5, 2))
     Y = np.random.default_rng(1).normal(size=(3, 2))
     net = ngp.MLP(depth=3, width=64, activation="tanh", C_W=1.0, C_b=0.0, out_dim=2)
-    with pytest.warns(RuntimeWarning, match="not small"):
+    with pytest.warns(ngp.ExpansionWarning, match="not small"):
         fw = ngp.posterior(net, X[:3], Y, X[3:], noise=0.0)
     v = fw.validity
     assert not v.trusted and v.mean_shift > 100 and v.evidence_correction > 1e4
@@ -396,7 +396,7 @@ def test_evidence_grid_flags_and_skips_untrusted_rows():
     at 512 (untrusted too), 0.47 at 65536 (trusted: below ``EVIDENCE_MAX`` = 1 nat)."""
     X = np.linspace(-1, 1, 5)[:, None]
     y = 3.0 * np.sin(3 * X[:, 0])  # targets far above the prior's scale: narrow widths untrusted
-    with pytest.warns(RuntimeWarning, match="trusted"):
+    with pytest.warns(ngp.ExpansionWarning, match="trusted"):
         grid = ngp.evidence_grid(X, y, widths=[4, 512, 65536], depths=[3], noise=0.01)
     rows = {r["width"]: r for r in grid.rows}
     assert not rows[4]["trusted"] and not rows[512]["trusted"] and rows[65536]["trusted"]

@@ -348,5 +348,5 @@ def test_residual_depth_flow_limits():
 
 def test_warns_for_nearly_collinear_inputs_with_kinked_activations():
     X = np.array([[1.0, 0.5], [1.0, 0.5001]])
-    with pytest.warns(RuntimeWarning, match="nearly collinear"):
+    with pytest.warns(ngp.AccuracyWarning, match="nearly collinear"):
         _theory("relu", X, C_W=[1.0, 1.5, 1.5], C_b=[0.0] * 3, gamma=[0.8], xi=[0.6])

@@ -133,7 +133,7 @@ def test_finite_width_mean_is_the_training_theory_and_parts_add_up(data):
     np.testing.assert_allclose(lin.mean + lin.theta1 + lin.variance, lin.mean_nlo, atol=1e-12)
     assert np.abs(lin.theta1).max() > 1e-4 and np.abs(lin.variance).max() > 1e-4  # both parts are non-trivial
 
-    with pytest.warns(RuntimeWarning, match="second-order terms"):
+    with pytest.warns(ngp.ExpansionWarning, match="second-order terms"):
         full = ngp.trained_ensemble(net, XA, Y, XB, finite_width="first_order_dntk")
     assert "NOT a complete prediction" in full.included
     st = full.prior.ntk_layers_dntk[-1]
@@ -192,7 +192,7 @@ def test_memory_limit_is_checked_before_computing(data, erf_net):
 
 def test_divergent_gradient_descent_warns(data, erf_net):
     XA, XB, Y = data
-    with pytest.warns(RuntimeWarning, match="gradient descent diverges"):
+    with pytest.warns(ngp.ConvergenceWarning, match="gradient descent diverges"):
         ngp.trained_ensemble(erf_net, XA, Y, XB, eta=50.0, steps=2, finite_width=False)
 
 

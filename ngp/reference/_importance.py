@@ -23,6 +23,7 @@ from .._sampling import SAMPLING_MEMORY, cached_per_network, check_sampling_memo
 from .._linalg import SAMPLER_JITTER
 from .._validate import RCOND_MIN as _RCOND_GP
 from .._validate import as_targets, count, device, float64, memory_bytes, nonneg_float, train_test, warn
+from .._warnings import SamplingWarning
 
 __all__ = ["ImportancePosterior", "importance_posterior", "log_likelihood", "gaussian_conditional", "RCOND_MIN"]
 
@@ -351,6 +352,7 @@ def _finish(batches, acc, shift: float, S: int, singular: int, noise: float) -> 
         warn(
             f"importance_posterior: effective sample size {ess:.1f} of {S} draws; the estimates and "
             "their standard errors are unreliable. Increase num_samples (or use nuts_posterior).",
+            SamplingWarning,
         )
     return ImportancePosterior(
         mean=mu,

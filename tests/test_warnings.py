@@ -1,0 +1,80 @@
+"""The categories of ngp's warnings (ngp/_warnings.py): every warning the library raises names one of the four
+kinds, each an ngp.NgpWarning and a RuntimeWarning; a few kinds are raised here through the public API (the others
+are asserted by category where their own tests trigger them: test_finite, test_posterior, test_trained, ...)."""
+
+import ast
+import pathlib
+import warnings
+
+import numpy as np
+import pytest
+
+import ngp
+
+KINDS = ("ExpansionWarning", "AccuracyWarning", "SamplingWarning", "ConvergenceWarning")
+PACKAGE = pathlib.Path(ngp.__file__).parent
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_each_kind_is_an_ngp_warning_and_a_runtime_warning(name):
+    cls = getattr(ngp, name)
+    assert issubclass(cls, ngp.NgpWarning) and issubclass(cls, RuntimeWarning) and name in ngp.__all__
+    assert cls.__doc__
+    others = [getattr(ngp, k) for k in KINDS if k != name]
+    assert not any(issubclass(cls, o) for o in others)
+
+
+def _warning_calls():
+    """``(file, line, category expression)`` of every ``warn(...)`` / ``warnings.warn(...)`` call in the package
+    (the category: the second positional argument or ``category=``; ``None`` if absent)."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+            if name != "warn":
+                continue
+            cat = node.args[1] if len(node.args) > 1 else next(
+                (k.value for k in node.keywords if k.arg == "category"), None)
+            yield path.relative_to(PACKAGE).as_posix(), node.lineno, cat
+
+
+def test_every_warning_the_package_raises_names_its_kind():
+    calls = list(_warning_calls())
+    assert len(calls) >= 20  # the scan finds the library's warnings
+    bad = []
+    for path, line, cat in calls:
+        if path == "_validate.py" and isinstance(cat, ast.Name) and cat.id == "category":
+            continue  # ngp._validate.warn itself, passing its caller's category on
+        if not (isinstance(cat, ast.Name) and cat.id in KINDS):
+            bad.append(f"{path}:{line}")
+    assert not bad, f"warnings without one of {KINDS}: {bad}"
+
+
+def test_too_few_effective_importance_samples_is_a_sampling_warning():
+    from ngp.reference import importance_posterior
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 2))
+    Y = 3.0 * np.sin(X[:, :1] * 2)  # targets far from the prior's typical draws, little noise: few effective samples
+    with pytest.warns(ngp.SamplingWarning, match="effective sample size"):
+        importance_posterior(ngp.MLP(2, 4, activation="tanh"), X, Y, X[:1], noise=1e-4, num_samples=200, seed=0)
+
+
+def test_kernel_beyond_the_accurate_range_is_an_accuracy_warning():
+    with pytest.warns(ngp.AccuracyWarning, match="pre-activation variance reaches"):
+        ngp.MLP(2, 8, activation="tanh", C_W=1.0, C_b=0.0).prior(100.0 * np.ones((1, 3))).K
+    with pytest.warns(ngp.AccuracyWarning, match="depth_flow"):
+        ngp.criticality.depth_flow("tanh", C_W=1.0, C_b=200.0, K0=1.0, depth=3)
+
+
+def test_an_unfinished_fit_is_a_convergence_warning():
+    X = np.linspace(-1.0, 1.0, 6)[:, None]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ngp.fit_hyperparameters(ngp.MLP(2, 8, activation="tanh"), X, np.sin(3 * X), noise=0.1, finite_width=False,
+                                num_starts=1, max_iter=1)
+    hits = [w for w in caught if "did not report convergence" in str(w.message)]
+    assert hits and all(w.category is ngp.ConvergenceWarning for w in hits)
