@@ -8,7 +8,10 @@ after a warm-up run, since it is slow). The first call of ``ngp.posterior`` and 
 process (compilation included, the import not), gives the cold ratio; the first calls of ``ngp.gp_posterior``
 and of one small jitted JAX function, also each in a fresh process, give the floor that any JAX code pays there
 (backend start-up and compilation). Usage: python benchmarks/posterior.py
-[--quick] [--no-cold]. Writes benchmarks/results/posterior.json.
+[--quick] [--no-cold] [--nuts-seeds K] [--widths 32,64,128] [--out NAME]. Writes benchmarks/results/posterior.json
+(or NAME.json). ``--nuts-seeds K`` runs NUTS with K further seeds (untimed) and reports the spread of its errors;
+``--widths`` adds, per extra width, a new truth and the finite-width and GP errors (untimed): the finite-width error is
+the 1/n^2 remainder of the expansion, so it should fall about 4x per doubling of the width.
 """
 
 from __future__ import annotations
@@ -80,6 +83,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-cold", action="store_true", help="skip the first calls in fresh processes")
+    ap.add_argument("--nuts-seeds", type=int, default=1,
+                    help="NUTS runs (seeds 3, 4, ...) for the spread of its errors")
+    ap.add_argument("--widths", default="32", help="widths for the errors (the first, 32, is the timed task)")
+    ap.add_argument("--out", default=None, help="result name under benchmarks/results (without .json)")
     args = ap.parse_args()
     rng = np.random.default_rng(2024)
     XA, XB, Y = rng.normal(size=(3, 2)), rng.normal(size=(1, 2)), 0.5 * rng.normal(size=(3, 2))
@@ -109,7 +116,31 @@ def main() -> int:
     t_ngp = rows["ngp finite width"][0]
     t_nuts = rows[f"NUTS 4x{ns}"][0]
     out["nuts_over_ngp_time"] = t_nuts / t_ngp
-    print(f"\nNUTS / ngp time ratio: {t_nuts / t_ngp:.0f}x (goal >= 1000x while at least as accurate on the mean)")
+    print(f"\nNUTS / ngp time ratio: {t_nuts / t_ngp:.0f}x (goal >= 1000x at an error no larger than NUTS's)")
+    if args.nuts_seeds > 1:  # the spread of NUTS's errors over seeds (one run is one draw of its Monte Carlo error)
+        errs = [(out["rows"][-1]["mean_err"], out["rows"][-1]["var_err"])]
+        for seed in range(4, 3 + args.nuts_seeds):
+            u = nuts_posterior(net, XA, Y, XB, noise=noise, num_warmup=nw, num_samples=ns, num_chains=4, seed=seed)
+            errs.append((float(np.max(np.abs(u.mean - truth.mean))), float(np.max(np.abs(u.var - truth.var)))))
+        em, ev = np.array(errs).T
+        out["nuts_seeds"] = {"seeds": list(range(3, 3 + args.nuts_seeds)), "mean_err": em.tolist(),
+                             "var_err": ev.tolist()}
+        print(f"NUTS over {len(errs)} seeds: max|mean err| median {np.median(em):.2e} (range {em.min():.2e}-"
+              f"{em.max():.2e}), max|var err| median {np.median(ev):.2e} (range {ev.min():.2e}-{ev.max():.2e})")
+    widths = [int(w) for w in args.widths.split(",")]
+    if widths != [32]:  # the finite-width error against the width: the expansion's 1/n^2 remainder
+        out["widths"] = []
+        for w in widths:
+            netw = ngp.MLP(3, w, activation="tanh", C_W=1.0, C_b=0.0, out_dim=2)
+            tr = truth if w == 32 else importance_posterior(netw, XA, Y, XB, noise=noise, num_samples=S_truth, seed=123)
+            pw, gw = ngp.posterior(netw, XA, Y, XB, noise=noise), ngp.gp_posterior(netw, XA, Y, XB, noise=noise)
+            row = {"width": w, "truth_mean_se": float(np.max(tr.mean_se)), "truth_var_se": float(np.max(tr.var_se)),
+                   **{f"{k}_{q}_err": float(np.max(np.abs(getattr(p_, q) - getattr(tr, q))))
+                      for k, p_ in (("ngp", pw), ("gp", gw)) for q in ("mean", "var")}}
+            out["widths"].append(row)
+            print(f"width {w}: ngp mean/var err {row['ngp_mean_err']:.2e} / {row['ngp_var_err']:.2e}, GP "
+                  f"{row['gp_mean_err']:.2e} / {row['gp_var_err']:.2e} (truth s.e. {row['truth_mean_se']:.1e} / "
+                  f"{row['truth_var_se']:.1e})")
     if not args.no_cold:
         c_ngp, c_nuts, c_gp, c_jax = (_cold(s, ns) for s in ("ngp", "nuts", "gp", "jax"))
         out["cold_s"] = {"ngp finite width": c_ngp, f"NUTS 4x{ns}": c_nuts, "GP (infinite width)": c_gp,
@@ -122,7 +153,7 @@ def main() -> int:
         print(f"  floor: the GP posterior's first call {c_gp:.3f} s ({c_nuts / c_gp:.0f}x), one small jitted JAX "
               f"function's {c_jax:.3f} s ({c_nuts / c_jax:.0f}x)")
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    name = "posterior_quick.json" if args.quick else "posterior.json"
+    name = f"{args.out}.json" if args.out else "posterior_quick.json" if args.quick else "posterior.json"
     with open(os.path.join(HERE, "results", name), "w") as fh:
         json.dump(out, fh, indent=2)
     print(f"written benchmarks/results/{name}")
