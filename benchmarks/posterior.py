@@ -7,11 +7,12 @@ importance sampling with 1e5 draws. Times are medians of repeats after a warm-up
 after a warm-up run, since it is slow). The first call of ``ngp.posterior`` and of NUTS, each in a fresh
 process (compilation included, the import not), gives the cold ratio; the first calls of ``ngp.gp_posterior``
 and of one small jitted JAX function, also each in a fresh process, give the floor that any JAX code pays there
-(backend start-up and compilation). Usage: python benchmarks/posterior.py
-[--quick] [--no-cold] [--nuts-seeds K] [--widths 32,64,128] [--out NAME]. Writes benchmarks/results/posterior.json
-(or NAME.json). ``--nuts-seeds K`` runs NUTS with K further seeds (untimed) and reports the spread of its errors;
-``--widths`` adds, per extra width, a new truth and the finite-width and GP errors (untimed): the finite-width error is
-the 1/n^2 remainder of the expansion, so it should fall about 4x per doubling of the width.
+(backend start-up and compilation). Usage: python benchmarks/posterior.py [--quick] [--no-cold] [--cache]
+[--nuts-seeds K] [--widths 32,64,128] [--out NAME]. Writes benchmarks/results/posterior.json (or NAME.json).
+``--cache`` adds the first calls with JAX's persistent compilation cache already filled by an earlier process (each
+solver its own cache); ``--nuts-seeds K`` runs NUTS with K further seeds (untimed) and reports the spread of its
+errors; ``--widths`` adds, per extra width, a new truth and the finite-width and GP errors (untimed): the
+finite-width error is the 1/n^2 remainder of the expansion, so it should fall about 4x per doubling of the width.
 """
 
 from __future__ import annotations
@@ -37,9 +38,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 #: The first call of one solver in a fresh process: seconds from before the call to after it.
 COLD = r"""
-import json, sys, time
+import json, os, sys, time
 import jax
 jax.config.update("jax_enable_x64", True)
+if os.environ.get("BENCH_CACHE_DIR"):  # JAX's persistent compilation cache (what a user may turn on)
+    jax.config.update("jax_compilation_cache_dir", os.environ["BENCH_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 import numpy as np
 sys.path.insert(0, sys.argv[3])
 import ngp
@@ -62,10 +67,14 @@ print(json.dumps({"seconds": time.perf_counter() - t}))
 """
 
 
-def _cold(solver: str, n: int) -> float:
+def _cold(solver: str, n: int, cache: str | None = None) -> float:
+    """Seconds of ``solver``'s first call in a fresh process; with ``cache`` (a folder), JAX's persistent
+    compilation cache there, filled by one fresh process first (untimed)."""
     root = os.path.dirname(HERE)
-    r = subprocess.run([sys.executable, "-c", COLD, solver, str(n), root], capture_output=True, text=True,
-                       check=True, env=dict(os.environ, PYTHONPATH=root))
+    env = dict(os.environ, PYTHONPATH=root, **({"BENCH_CACHE_DIR": cache} if cache else {}))
+    for _ in range(2 if cache else 1):
+        r = subprocess.run([sys.executable, "-c", COLD, solver, str(n), root], capture_output=True, text=True,
+                           check=True, env=env)
     return json.loads(r.stdout.strip().splitlines()[-1])["seconds"]
 
 
@@ -86,6 +95,8 @@ def main() -> int:
     ap.add_argument("--nuts-seeds", type=int, default=1,
                     help="NUTS runs (seeds 3, 4, ...) for the spread of its errors")
     ap.add_argument("--widths", default="32", help="widths for the errors (the first, 32, is the timed task)")
+    ap.add_argument("--cache", action="store_true",
+                    help="also the first calls with JAX's persistent compilation cache filled by an earlier process")
     ap.add_argument("--out", default=None, help="result name under benchmarks/results (without .json)")
     args = ap.parse_args()
     rng = np.random.default_rng(2024)
@@ -152,6 +163,15 @@ def main() -> int:
               f"{c_nuts / c_ngp:.1f}x (goal >= 100x)")
         print(f"  floor: the GP posterior's first call {c_gp:.3f} s ({c_nuts / c_gp:.0f}x), one small jitted JAX "
               f"function's {c_jax:.3f} s ({c_nuts / c_jax:.0f}x)")
+    if args.cache:  # each solver with its own cache folder, filled by a fresh process before the timed one
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            w_ngp, w_nuts, w_gp = (_cold(s, ns, os.path.join(tmp, s)) for s in ("ngp", "nuts", "gp"))
+        out["cold_cached_s"] = {"ngp finite width": w_ngp, f"NUTS 4x{ns}": w_nuts, "GP (infinite width)": w_gp}
+        out["cold_cached_nuts_over_ngp_time"] = w_nuts / w_ngp
+        print(f"first call with a filled compilation cache: ngp {w_ngp:.2f} s, NUTS {w_nuts:.2f} s, "
+              f"{w_nuts / w_ngp:.1f}x; the GP posterior's {w_gp:.3f} s")
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     name = f"{args.out}.json" if args.out else "posterior_quick.json" if args.quick else "posterior.json"
     with open(os.path.join(HERE, "results", name), "w") as fh:
