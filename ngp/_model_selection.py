@@ -12,7 +12,7 @@ import numpy as np
 
 from ._mlp import MLP
 from ._condition import condition
-from ._prior import EXPANSION_WARN
+from ._validity import EXPANSION_WARN
 from ._validate import as_inputs, as_targets, count, nonneg_float, positive_float, warn
 from ._warnings import ExpansionWarning
 from ._validity import EVIDENCE_MAX, evidence_validity

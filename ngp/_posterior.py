@@ -34,7 +34,7 @@ from ._linalg import solve_train
 from ._prior import MAX_MEMORY, reuse_four_point
 from ._validate import as_inputs, check_stop, count, device, float64, train_test, warn
 from ._warnings import AccuracyWarning, ExpansionWarning
-from ._validity import Validity, evidence_validity, posterior_validity
+from ._validity import NUMERICAL_WARN, Validity, evidence_validity, posterior_validity
 from ._vertex_error import component_errors, k1_error_packed
 
 __all__ = ["FiniteWidthPosterior", "Conditioned", "GPConditioned", "finite_width_log_evidence"]
@@ -451,10 +451,6 @@ class Conditioned:
         limit = self.options.get("max_memory", MAX_MEMORY)
         per_row = 2 * NB * NA * NA * _component_bytes(prior)
         return int(max(1, min(NB, (limit - _full_cov_dense_bytes(NA, NB)) // per_row)))
-
-
-#: Warn when the estimated numerical error of the mean exceeds this fraction of its 1/n correction.
-NUMERICAL_WARN = 0.1
 
 
 def _full_cov_dense_bytes(NA: int, NB: int) -> int:

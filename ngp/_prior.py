@@ -18,12 +18,11 @@ from ._progress import check_progress
 from ._steps import IDENTITY, Flow
 from ._validate import MAX_MEMORY, as_inputs, count, float64, memory_bytes, positive_float, warn
 from ._warnings import AccuracyWarning, ExpansionWarning
+from ._validity import EXPANSION_WARN
 from ._vertex_error import k1_error, packed_vertex_error
 
 __all__ = ["Prior", "Layer", "reuse_four_point", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY", "PRIOR_OPTIONS", "DERIVATIVE_METHODS", "check_options"]
 
-#: Expansion parameter above which first-order perturbation theory is not trusted.
-EXPANSION_WARN = 0.3
 #: Largest pre-activation variance for which the default four-point order is accurate to ~1e-9.
 FOUR_POINT_K_WARN = 2.0
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import numpy as np
 
@@ -36,6 +37,8 @@ __all__ = [
     "VAR_CHANGE_MAX",
     "EVIDENCE_MAX",
     "VAR_FLOOR",
+    "EXPANSION_WARN",
+    "NUMERICAL_WARN",
 ]
 
 #: Largest trusted mean shift, in GP predictive standard deviations.
@@ -44,6 +47,12 @@ MEAN_SHIFT_MAX = 0.3
 VAR_CHANGE_MAX = 0.3
 #: Largest trusted first-order evidence correction (nats).
 EVIDENCE_MAX = 1.0
+#: Expansion parameter ``max |V| / (n K^2)`` above which ngp warns that first-order perturbation theory is not
+#: reliable (``docs/validity.md``).
+EXPANSION_WARN = 0.3
+#: ngp warns when the estimated numerical error bound of a finite-width mean exceeds this fraction of its largest
+#: 1/n correction (``docs/accuracy.md``).
+NUMERICAL_WARN = 0.1
 #: Floor of the predictive variance, relative to the prior variance at the test point (a test point
 #: on a training point with ``noise = 0`` has GP variance 0 up to rounding).
 VAR_FLOOR = 1e-8
@@ -75,6 +84,13 @@ class Validity:
     eps: float | None = None
     eta: float | None = None
     eta_se: float | None = None
+
+    #: The thresholds (module constants), readable as ``ngp.Validity.EXPANSION_WARN`` and so on.
+    MEAN_SHIFT_MAX: ClassVar[float] = MEAN_SHIFT_MAX
+    VAR_CHANGE_MAX: ClassVar[float] = VAR_CHANGE_MAX
+    EVIDENCE_MAX: ClassVar[float] = EVIDENCE_MAX
+    EXPANSION_WARN: ClassVar[float] = EXPANSION_WARN
+    NUMERICAL_WARN: ClassVar[float] = NUMERICAL_WARN
 
     @property
     def message(self) -> str:

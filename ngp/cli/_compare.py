@@ -12,18 +12,21 @@ import time
 
 import numpy as np
 
+from ngp import Validity
+from ngp.reference import ESS_WARN
+
 from ._common import CLIError, fmt
 
 __all__ = ["Split", "Row", "compare", "metrics", "cells", "notes", "numerical_flag", "deadline_stop", "EXPANSION_WARN",
            "ESS_MIN", "NUMERICAL_WARN", "DEADLINE_BATCHES"]
 
-#: Expansion parameter above which a finite-width row is marked unreliable (the library warns there too).
-EXPANSION_WARN = 0.3
-#: Effective sample size below which an importance-sampling reference is marked unreliable.
-ESS_MIN = 100.0
+#: Expansion parameter above which a finite-width row is marked unreliable: the library's warning threshold.
+EXPANSION_WARN = Validity.EXPANSION_WARN
+#: Effective sample size below which an importance-sampling reference is marked unreliable: the library's.
+ESS_MIN = ESS_WARN
 #: Share of the 1/n mean correction above which the mean's numerical error bound (the four-point quadrature's,
-#: carried through the posterior) marks a finite-width row unreliable (the library warns there too).
-NUMERICAL_WARN = 0.1
+#: carried through the posterior) marks a finite-width row unreliable: the library's warning threshold.
+NUMERICAL_WARN = Validity.NUMERICAL_WARN
 #: With a deadline the finite-width predictions go in about this many batches of test rows (at least 2 rows each;
 #: before each batch after the first the deadline is checked): a prediction in batches costs a few percent more than
 #: in one (docs/cli.md, "Holding the time budget").

@@ -13,7 +13,7 @@ Results carry the field names of :class:`ngp.GPPosterior` (``mean``, ``var``, ``
 ``log_evidence`` where defined) plus Monte-Carlo standard errors and effective sample sizes.
 """
 
-from ._importance import ImportancePosterior, importance_posterior, log_likelihood
+from ._importance import ESS_WARN, ImportancePosterior, importance_posterior, log_likelihood
 from ._nuts import NUTSPosterior, nuts_posterior
 
 __all__ = [
@@ -22,4 +22,5 @@ __all__ = [
     "log_likelihood",
     "NUTSPosterior",
     "nuts_posterior",
+    "ESS_WARN",
 ]
