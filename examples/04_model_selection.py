@@ -123,7 +123,7 @@ print(f"{'depth':>5} {'width':>6} {'logZ GP':>9} {'logZ 1/n':>9} {'logZ exact (I
 for r in check:
     net = ngp.MLP(r["depth"], r["width"], **ARCH)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # small-ESS warning: we print the ESS
+        warnings.simplefilter("ignore", ngp.SamplingWarning)  # small-ESS warning: we print the ESS
         ref = importance_posterior(net, X_train, y_train[:, None], X_train[:1], noise=NOISE,
                                    num_samples=IS_SAMPLES, seed=1)
     print(f"{r['depth']:>5} {r['width']:>6} {r['log_evidence_gp']:9.3f} {r['log_evidence']:9.3f} "

@@ -112,7 +112,7 @@ print(f"noise variance (standardised units) chosen by the GP evidence: {NOISE:.4
 # %%
 t = time.perf_counter()
 with warnings.catch_warnings():
-    warnings.simplefilter("ignore", RuntimeWarning)  # the validity verdicts are printed below
+    warnings.simplefilter("ignore", ngp.ExpansionWarning)  # the validity verdicts are printed below
     cond = ngp.condition(net, X_train, y_train, noise=NOISE, method="matrix_free", samples=SAMPLES, seed=0)
     post = cond.predict(X_test)
 print(f"matrix-free posterior ({cond.method}): {time.perf_counter() - t:.1f} s")
@@ -130,7 +130,7 @@ rows = []
 for n in WIDTHS:
     c = cond.with_width(n)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", ngp.ExpansionWarning)
         p = c.predict(X_test)
     ll = predictive_loglik(p.mean, p.var)
     # standard error of the predictive log-likelihood by propagating mean_se and var_se (delta method)
