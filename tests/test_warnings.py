@@ -78,3 +78,18 @@ def test_an_unfinished_fit_is_a_convergence_warning():
                                 num_starts=1, max_iter=1)
     hits = [w for w in caught if "did not report convergence" in str(w.message)]
     assert hits and all(w.category is ngp.ConvergenceWarning for w in hits)
+
+
+def test_the_prior_warns_just_above_the_published_expansion_threshold():
+    """``ngp.Validity.EXPANSION_WARN`` is where the warning starts: with equal widths the expansion parameter is
+    ``c / n``, so the widths on either side of ``c / EXPANSION_WARN`` give one warning and none."""
+    X = np.array([[0.3, -1.0], [1.2, 0.4]])
+    c = 8 * ngp.MLP(4, 8, activation="tanh").prior(X, warn=False).expansion_parameter
+    n = int(c / ngp.Validity.EXPANSION_WARN)  # eps(n) > threshold >= eps(n + 1)
+    assert n >= 2
+    for width, warned in ((n, True), (n + 1, False)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ngp.MLP(4, width, activation="tanh").prior(X).V
+        hits = [w for w in caught if issubclass(w.category, ngp.ExpansionWarning)]
+        assert bool(hits) == warned, (width, c / width)
