@@ -437,6 +437,35 @@ def test_unreliable_reference_and_expansion_are_marked_in_the_table():
     assert sum("expansion parameter" in ln for ln in lines) == 1 and "warning: other" in lines
 
 
+def test_notes_print_once_the_library_warnings_that_no_row_flag_reports():
+    """The library's own warnings behind a row flag (the expansion parameter, a reference's ESS), raised for real and
+    recorded as the commands record them, are left out of the notes when the row says the same; any other warning is
+    printed, once."""
+    import warnings
+
+    import ngp
+    from ngp.cli._common import collect_warnings
+    from ngp.reference import importance_posterior
+
+    X = np.array([[0.3, -1.0], [1.2, 0.4]])
+    rng = np.random.default_rng(0)
+    XA = rng.normal(size=(6, 2))
+    with collect_warnings() as messages:
+        eps = ngp.MLP(4, 9, activation="tanh").prior(X).expansion_parameter  # above EXPANSION_WARN (test_warnings)
+        ref = importance_posterior(ngp.MLP(2, 4, activation="tanh"), XA, 3.0 * np.sin(2 * XA[:, :1]), XA[:1],
+                                   noise=1e-4, num_samples=200, seed=0)
+        for _ in range(2):
+            warnings.warn("fit_hyperparameters: something else", ngp.ConvergenceWarning)
+    assert len(messages) == 3, messages
+    row = Row("finite width n=9", expansion=eps, truth_ess=float(ref.ess))
+    row.flags = [f"unreliable: 1/n expansion parameter {eps:.2g} > 0.3",
+                 f"reference unreliable: importance-sampling ESS {ref.ess:.0f} of 200"]
+    lines = notes([row], messages, None)
+    assert [ln for ln in lines if ln.startswith("warning:")] == ["warning: fit_hyperparameters: something else"]
+    row.flags = []  # without the flags every warning is printed
+    assert sum(ln.startswith("warning:") for ln in notes([row], messages, None)) == 3
+
+
 def test_numerical_error_bound_marks_the_row_unreliable():
     """A finite-width row whose mean's numerical error bound exceeds a tenth of its 1/n correction is flagged, and
     the library's own warning about it (a separate check in ngp.condition) is not printed twice."""
