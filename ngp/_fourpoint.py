@@ -1217,8 +1217,9 @@ class _SmoothRows:
         todo = rows[more]
         self.todo = todo
         if todo.size:  # refine: one ladder step up in every direction that is not capped
-            self.reuse[todo] = (nxt[more] == lr[more] + 1).all(axis=1)  # every direction rises: the companion is
-            lad[todo] = nxt[more]  # this round's rule
+            # where every direction rises, the companion of the next round is this round's rule
+            self.reuse[todo] = (nxt[more] == lr[more] + 1).all(axis=1)
+            lad[todo] = nxt[more]
 
     def stats(self) -> dict:
         """Per entry: ``"nodes"`` (rule and companion nodes) and ``"evaluations"`` (activation calls)."""

@@ -394,7 +394,8 @@ class Conditioned:
         else:  # over the pairs read (those of the test points predicted)
             if NB < XB.shape[0]:
                 sel = _test_pairs(c.pairs, iA, iB)[0]
-            eps = max(c.expansion_parameter_at(sel), self._prior._cumulants[-1].expansion_parameter)
+            # the training prior's own (its layers are built: ``_train`` above read its V)
+            eps = max(c.expansion_parameter_at(sel), self._prior.expansion_parameter)
             if self.options.get("warn", True):
                 prior._check_quadrature()
                 prior._check_expansion(eps)
