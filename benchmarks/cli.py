@@ -6,6 +6,7 @@
     python benchmarks/cli.py --only demo --demo "--n-train 25"  # an extra demo run with these options
     python benchmarks/cli.py --only regress --data statecrime --regress "--time-budget 150"  # one table, options
     python benchmarks/cli.py --only regress --busy-after 30  # the machine busier from 30 s into each regress run
+    python benchmarks/cli.py --only regress --data diabetes --regress "--max-train 400"  # the matrix-free path
 
 Each command runs in a fresh subprocess (so JAX compilation is included, as for a user); the
 script records its wall time, its CPU time (user + system of the child: comparable across
@@ -129,7 +130,8 @@ def main() -> None:
                 r["data"], r["busy_after"] = name, args.busy_after
                 if js.exists():
                     res = json.loads(js.read_text())
-                    r.update(n_train=res["n_train"], n_train_reason=res["n_train_reason"], probe=res["probe"],
+                    r.update(n_train=res["n_train"], n_train_reason=res["n_train_reason"], method=res.get("method"),
+                             probe=res["probe"], notes=res["notes"],
                              test_rows=[len(s["test_lines"]) for s in res["splits"]],
                              cut=[s.get("cut") for s in res["splits"]],
                              hyperparameters=[s["hyperparameters"] for s in res["splits"]], table=res["table"])

@@ -48,7 +48,8 @@ def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, metho
         samples: Monte-Carlo samples per source layer for the matrix-free path (default 32768);
             standard errors fall like ``samples^-1/2``.
         seed: integer seed of the matrix-free path (results are reproducible for a fixed seed).
-        **options: passed to ``net.prior`` (``four_point_order``, ``max_memory``, ...).
+        **options: passed to ``net.prior`` (``four_point_order``, ``max_memory``, ...); the matrix-free path reads
+            only ``max_memory`` (bytes for its arrays, :meth:`MatrixFreeConditioned.memory_estimate`; no default).
 
     Returns:
         :class:`Conditioned` with ``.log_evidence``, ``.gp``, ``.predict(X_test, full_cov=False)``.

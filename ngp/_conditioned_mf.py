@@ -17,7 +17,7 @@ from ._gp import GPPosterior
 from ._linalg import solve_train
 from ._posterior import Conditioned, FiniteWidthPosterior, GPConditioned
 from ._steps import Dense, Elementwise, Serial
-from ._validate import as_inputs, check_stop, count, train_test, warn
+from ._validate import as_inputs, check_stop, count, memory_bytes, train_test, warn
 from ._warnings import ExpansionWarning
 from ._validity import Validity
 
@@ -26,6 +26,12 @@ __all__ = ["MatrixFreeConditioned", "mlp_spec", "AUTO_EXACT_MAX", "SOLVERS"]
 #: ``method="auto"`` uses the exact path up to this many training points (the dense vertex on the
 #: training inputs has ``N^4`` entries and the exact prediction costs ``N^3`` per test point).
 AUTO_EXACT_MAX = 64
+#: Bytes per entry of the training x training block at the estimator's peak (a fixed part and a part per hidden layer)
+#: and per entry of the training x test block: set so that the model covers the growth of the peak resident memory
+#: over the smallest case in every case of three runs of benchmarks/matrix_free_memory.py (docs/matrix-free.md,
+#: "Memory").
+BYTES_PER_ENTRY = (300, 320)
+BYTES_PER_TEST_ENTRY = 1200
 SOLVERS = ("auto", "exact", "matrix_free")
 
 
@@ -71,9 +77,18 @@ class MatrixFreeConditioned(Conditioned):
         log_evidence_se: standard error of :attr:`log_evidence`.
         validity: the expansion diagnostics, an :class:`ngp.Validity` with ``eps``, ``eta``, ``eta_se``,
             ``trusted`` and ``message`` (``docs/matrix-free.md``).
+        AUTO_EXACT_MAX: ``method="auto"`` takes this path above this many training points (64).
+        DEFAULT_SAMPLES: ``samples`` when not given (32768).
+
+    Memory: :meth:`memory_estimate`; with ``max_memory=`` (bytes) given to ``ngp.condition``, a run whose estimate
+    exceeds it raises ``MemoryError`` before any work (no default bound on this path; ``docs/matrix-free.md``).
     """
 
     method = "matrix_free"
+    #: ``ngp.condition(method="auto")`` takes the exact path up to this many training points, this one above.
+    AUTO_EXACT_MAX = AUTO_EXACT_MAX
+    #: Monte-Carlo samples per source layer when ``samples`` is not given.
+    DEFAULT_SAMPLES = mf.DEFAULT_SAMPLES
     log_evidence_error = None  # no quadrature: the Monte-Carlo standard errors carry the numerical error
 
     def __init__(self, net, X_train, Y_train, *, noise: float, jitter: float = 0.0, samples: int | None = None,
@@ -87,6 +102,8 @@ class MatrixFreeConditioned(Conditioned):
             )
         self.net, self.X_train, self.Y_train, self.noise, self.jitter = net, XA, Y, noise, jitter
         self.options = dict(options)
+        if self.options.get("max_memory") is not None:  # bounds this path's arrays only when given (no default)
+            self.options["max_memory"] = memory_bytes(self.options["max_memory"], "max_memory")
         self.samples = mf.DEFAULT_SAMPLES if samples is None else count(samples, "samples", minimum=2)
         self.seed = int(count(seed, "seed", minimum=0, what="a non-negative integer"))
         self._spec = spec
@@ -102,9 +119,31 @@ class MatrixFreeConditioned(Conditioned):
         KAA = np.asarray(mf.kernel_blocks(act, self.X_train, self.X_train[:1], C_W, C_b)[-1][0])
         return solve_train(KAA, self.Y_train, self.noise, self.jitter)
 
+    def memory_estimate(self, n_test: int = 0) -> int:
+        """Bytes the estimator's arrays take at the peak of a run on the training points and ``n_test`` test points:
+        ``(a + b * hidden layers)`` bytes per entry of the training x training block (:data:`BYTES_PER_ENTRY`) and
+        :data:`BYTES_PER_TEST_ENTRY` per entry of the training x test block, a model measured over 250-1500 training
+        points, 10-1000 test points and depths 3 and 5 (``docs/matrix-free.md``, "Memory"). JAX's runtime and the
+        compilation at new shapes (~1.2 GB in all at the first run of a process) are not counted."""
+        NA = self.X_train.shape[0]
+        a, b = BYTES_PER_ENTRY
+        return int((a + b * len(self._spec[3])) * NA * NA + BYTES_PER_TEST_ENTRY * NA * int(n_test))
+
+    def _check_memory(self, n_test: int) -> None:
+        """``MemoryError`` with the estimate, before any work, when ``max_memory`` was given and is too small."""
+        limit = self.options.get("max_memory")
+        need = self.memory_estimate(n_test)
+        if limit is not None and need > limit:
+            raise MemoryError(
+                f"matrix-free posterior: {self.X_train.shape[0]} training and {n_test} test points need about "
+                f"{need / 1024**3:.3g} GiB (> max_memory={limit / 1024**3:.3g} GiB; the estimate grows like "
+                "N_train x (N_train + N_test)): use fewer training points, predict in batches (batch_size), or raise "
+                "max_memory if the machine has the memory")
+
     def _run(self, XB) -> "mf.MatrixFreePosterior":
         key = XB.tobytes() + str(XB.shape).encode()
         if key not in self._runs:
+            self._check_memory(XB.shape[0])
             act, C_W, C_b, widths = self._spec
             blocks = mf.kernel_blocks(act, self.X_train, XB, C_W, C_b)
             self._runs[key] = mf.matrix_free_posterior(

@@ -140,6 +140,8 @@ def test_old_option_spellings_still_work():
         (["--max-memory", "lots"], "--max-memory: expected a size"),
         (["--test-fraction", "1.5"], "--test-fraction: expected a number <= 0.9"),
         (["--c-w", "inf"], "--c-w: expected a finite number"),
+        (["--samples", "1"], "--samples: expected an integer >= 2"),
+        (["--method", "fast"], "--method: invalid choice: 'fast'"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(tmp_path, capsys, argv, message):
@@ -162,6 +164,11 @@ def test_json_pointing_at_a_directory_or_missing_folder(tmp_path, capsys):
         ("a,y\n1,2\n3,4\n5,6\n", ["--n-train", "5"], "exceeds the 2-row training pool"),
         ("a,y\n1,2\n3,4\n5,6\n", ["--folds", "9"], "more folds"),
         ("a,b\n1,2\nx,3\n4,5\n", [], "column 'a' has a non-numeric value 'x' on line 3"),
+        ("a,y\n1,2\n3,4\n5,6\n", ["--method", "matrix-free", "--fit-evidence", "finite-width"],
+         "--fit-evidence finite-width: the fit runs the exact finite-width evidence"),
+        ("a,y\n1,2\n3,4\n5,6\n", ["--method", "matrix-free", "--four-point-order", "8"],
+         "--four-point-order: the matrix-free path has no four-point rule"),
+        ("a,y\n1,2\n3,4\n5,6\n", ["--method", "matrix-free", "--n-train", "5"], "exceeds the 2-row training pool"),
     ],
 )
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, content, argv, message):
@@ -466,6 +473,30 @@ def test_notes_print_once_the_library_warnings_that_no_row_flag_reports():
     assert sum(ln.startswith("warning:") for ln in notes([row], messages, None)) == 3
 
 
+@pytest.mark.parametrize("method", ["exact", "matrix_free"])
+def test_notes_leave_out_the_validity_warning_behind_the_untrusted_flag(method):
+    """A posterior outside the first-order regime warns (the exact path: terms not small; the matrix-free path:
+    outside its validated regime) and its row says "untrusted: ..."; the notes print that once, as the row's flag,
+    and still print the library's other warnings."""
+    import ngp
+    from ngp.cli._common import collect_warnings
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4, 2))
+    with collect_warnings() as messages:
+        post = ngp.condition(ngp.MLP(2, 2, activation="tanh"), X, 3 * np.sin(2 * X[:, :1]), noise=1e-2,
+                             method=method, samples=256).predict(X[:1])
+    assert not post.validity.trusted
+    row = Row("finite width n=2", flags=["untrusted: " + "; ".join(post.validity.reasons) + " (docs/validity.md)"])
+    validity = [w for w in messages if "not small" in w or "validated regime" in w]
+    assert len(validity) == 1, messages  # the library raised it, in the text the notes match
+    lines = notes([row], messages, None)
+    assert not any(w in ln for w in validity for ln in lines)
+    assert sum("untrusted" in ln for ln in lines) == 1
+    others = [w for w in messages if w not in validity]  # e.g. the prior's expansion parameter (no flag here)
+    assert [ln for ln in lines if ln.startswith("warning:")] == [f"warning: {w}" for w in others]
+
+
 def test_numerical_error_bound_marks_the_row_unreliable():
     """A finite-width row whose mean's numerical error bound exceeds a tenth of its 1/n correction is flagged, and
     the library's own warning about it (a separate check in ngp.condition) is not printed twice."""
@@ -593,6 +624,92 @@ def test_regress_folds_end_to_end(real_csv, tmp_path, capsys):
     assert all(len(a & b) == 4 for i, a in enumerate(pools) for b in pools[i + 1:])  # 3 folds of 4 rows
     assert "3-fold cross-validation" in out and "±" in out
     assert "± inf" not in out and "± nan" not in out  # targets of order 1e300: no overflow in the spread
+
+
+def test_path_follows_the_library_rule_unless_method_is_given():
+    from ngp import MatrixFreeConditioned
+    from ngp.cli._regress import _path
+
+    top = MatrixFreeConditioned.AUTO_EXACT_MAX
+    for method, n, want in (("auto", top, "exact"), ("auto", top + 1, "matrix_free"), ("exact", 500, "exact"),
+                            ("matrix-free", 4, "matrix_free")):
+        assert _path(argparse.Namespace(method=method), n) == want, (method, n)
+
+
+def test_regress_takes_the_matrix_free_path_above_the_exact_limit(tmp_path, capsys, monkeypatch):
+    """--max-train above 64 with a pool that large (``--method auto``): every pool row, no probe, the matrix-free
+    estimator with the given --samples and --seed, and its standard errors in the table, the notes and --json."""
+    import ngp
+    from ngp.cli import _regress
+
+    rows = _csv_rows(90, seed=4)
+    data = _write(tmp_path, "a,b,y\n" + "".join(f"{a},{b},{t}\n" for a, b, t in rows))
+    seen = []
+    condition = ngp.condition
+
+    def spy(*args, **kwargs):
+        cond = condition(*args, **kwargs)
+        seen.append((kwargs, cond))
+        return cond
+
+    monkeypatch.setattr(ngp, "condition", spy)
+    monkeypatch.setattr(_regress, "_probe", lambda *a, **k: pytest.fail("the matrix-free path needs no probe"))
+    out_json = tmp_path / "res.json"
+    rc = main(["regress", data, "--max-train", "100", "--n-test", "3", "--width", "4,64", "--samples", "256",
+               "--seed", "3", "--fixed", "--json", str(out_json), "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "training rows: 72 of 72 (every row of the training pool)" in out
+    assert ("finite-width path: matrix-free (Monte-Carlo estimate of the vertex terms, 256 samples per layer, "
+            "seed 3") in out
+    kwargs, cond = seen[-1]  # the comparison's (the memory check before it builds one too, to read its estimate)
+    assert all(k["method"] == "matrix_free" for k, _ in seen) and kwargs["samples"] == 256 and kwargs["seed"] == 3
+    assert cond.method == "matrix_free" and cond.X_train.shape == (72, 2)
+    res = json.loads(out_json.read_text())
+    assert res["method"] == "matrix_free" and res["settings"]["method"] == "auto" and res["settings"]["samples"] == 256
+    (split,) = res["splits"]
+    fw = {r["model"]: r for r in split["rows"] if r["model"].startswith("finite")}
+    # the standard errors in the target's units: the estimator's at the test rows, times the training targets' scale
+    arr = np.array(rows)
+    fit, test = np.array(split["fit_lines"]) - 2, np.array(split["test_lines"]) - 2  # line 2 holds row 0
+    _, Xte, _ = standardize(arr[fit, :2], arr[test, :2])
+    _, (_, sd) = standardize(arr[fit, 2:])
+    for w in (4, 64):
+        with pytest.warns(ngp.ExpansionWarning, match="validated regime"):  # as in the CLI's notes: untrusted
+            post = (cond if w == 4 else cond.with_width(w)).predict(Xte)
+        r = fw[f"finite width n={w}"]
+        assert r["mean_se"] == pytest.approx(float(np.max(post.mean_se)) * float(sd[0]), rel=1e-12)
+        assert r["var_se"] == pytest.approx(float(np.max(post.var_se)) * float(sd[0]) ** 2, rel=1e-12)
+        assert r["log_evidence_se"] == pytest.approx(post.log_evidence_se, rel=1e-12) and r["log_evidence_se"] > 0
+        assert f"finite width n={w}: matrix-free estimate (256 samples per layer): standard errors up to" in out
+    assert fw["finite width n=64"]["mean_se"] < fw["finite width n=4"]["mean_se"]  # every 1/n term scales with n
+    assert "share one matrix-free estimate" in out and "probe" not in out
+    assert all("±" in c["log evidence"] for c in res["table"] if c["model"].startswith("finite"))
+
+
+def test_matrix_free_rows_fit_max_memory(tmp_path, capsys):
+    """On the matrix-free path --max-memory bounds the estimator's arrays (its memory estimate, predicting every test
+    row at once): the largest number of training rows that fits is used and said, and --n-train above it is refused
+    with one line."""
+    import ngp
+    from ngp.cli._regress import _fit_memory
+
+    X = np.random.default_rng(0).normal(size=(72, 2))
+    args = argparse.Namespace(depth=3, width=[4], activation="tanh", c_w=1.0, c_b=0.0, noise=0.1, max_memory=1024**2)
+
+    def need(n):
+        return ngp.condition(ngp.MLP(3, 4, activation="tanh"), X[:n], X[:n, :1], noise=0.1,
+                             method="matrix_free").memory_estimate(3)
+
+    n, note = _fit_memory(72, X, X[:, :1], args, False, path="matrix_free", n_test=3)
+    assert need(n) <= 1024**2 < need(n + 1) and n < 72
+    assert note == (f"memory: 72 rows need about {need(72) / 1024**3:.2f} GiB with 3 test rows > --max-memory "
+                    f"0.00 GiB; using {n}")
+    assert _fit_memory(n, X, X[:, :1], args, False, path="matrix_free", n_test=3) == (n, None)
+    data = _write(tmp_path, "a,b,y\n" + "".join(f"{a},{b},{t}\n" for a, b, t in _csv_rows(60)))
+    rc = main(["regress", data, "--method", "matrix-free", "--n-train", str(n + 1), "--n-test", "3", "--max-memory",
+               "1M", "--fixed"])
+    assert f"--n-train {n + 1}: the matrix-free posterior needs about" in _one_error_line(capsys, rc)
 
 
 def test_regress_budget_path_reports_rows_and_why(real_csv, capsys, monkeypatch):

@@ -18,6 +18,8 @@ import sys
 
 import numpy as np
 
+from ngp import MatrixFreeConditioned as _MF
+
 from ._common import CLIError, Parser, finite_float, int_at_least, int_list, memory_size, name_list, output_file
 
 __all__ = ["main", "CLIError"]
@@ -114,6 +116,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="evidence the fit maximises: the GP's (seconds to a minute) or, after it, the O(1/n) "
                         "finite-width one at the first --width, on the training rows used (each step costs five "
                         "training blocks; the time budget counts 10 steps, timed on 8 rows; default: gp)")
+    g.add_argument("--method", choices=("auto", "exact", "matrix-free"), default="auto",
+                   help="finite-width path: exact (dense vertex; the budget chooses the training rows) or "
+                        "matrix-free (Monte-Carlo estimate of the vertex terms with standard errors, hundreds to "
+                        "thousands of rows: every pool row up to --max-train; not timed against --time-budget); "
+                        f"auto: matrix-free when more than {_MF.AUTO_EXACT_MAX} training rows are asked (--n-train, "
+                        "or --max-train with a pool that large), else exact (default: auto)")
+    g.add_argument("--samples", type=int_at_least(2), default=None, metavar="S",
+                   help="Monte-Carlo samples per layer of the matrix-free path; its standard errors fall like "
+                        f"S^-1/2 (default: {_MF.DEFAULT_SAMPLES})")
     g = r.add_argument_group("rows and budget")
     g.add_argument("--n-train", type=int_at_least(2), default=None, metavar="N",
                    help="training rows (default: as many as fit --time-budget, at most --max-train)")
@@ -130,7 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--folds", type=int_at_least(2), default=None, metavar="K",
                    help="K-fold cross-validation instead of one split: every row is a test row once")
     g.add_argument("--max-memory", type=memory_size, default=4 * 1024**3, metavar="SIZE",
-                   help="memory for the finite-width vertex, e.g. 8G or 512M (default: 4G)")
+                   help="memory for the finite-width vertex (exact path) or the estimator's arrays (matrix-free "
+                        "path), e.g. 8G or 512M; a training set that needs more is reduced (default: 4G)")
     g.add_argument("--four-point-order", type=int_at_least(2), default=None, metavar="K",
                    help="Gauss-Hermite nodes per dimension for the four-point expectations (default: the "
                         "library's); cost grows as K^4")

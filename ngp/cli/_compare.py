@@ -60,13 +60,18 @@ class Row:
     truth_ess: float | None = None
     gp_truth_gap: float | None = None  # the GP's max |mean - IS mean| (same reference)
     time_s: float | None = None
+    # the matrix-free path's Monte-Carlo standard errors: the largest over test rows (target units), the evidence's
+    mean_se: float | None = None
+    var_se: float | None = None
+    log_evidence_se: float | None = None
     flags: list = dataclasses.field(default_factory=list)
     mean: np.ndarray | None = dataclasses.field(default=None, repr=False)
     var: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("model", "rmse", "loglik", "log_evidence", "expansion", "truth_gap",
-                                           "truth_se", "truth_ess", "gp_truth_gap", "time_s")}
+                                           "truth_se", "truth_ess", "gp_truth_gap", "time_s", "mean_se", "var_se",
+                                           "log_evidence_se")}
         d["flags"] = list(self.flags)
         return d
 
@@ -129,7 +134,8 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
         estimates: ``{"training": s, "predict": s}`` estimated seconds (for the progress bars).
         truth_samples: importance-sampling draws per width (0: no reference).
         nuts_steps: NUTS warm-up and sampling steps at the first width (0: none).
-        options: prior options for :func:`ngp.condition` (``max_memory``, ``four_point_order``).
+        options: options for :func:`ngp.condition` (``method``; the exact path's ``max_memory``,
+            ``four_point_order``; the matrix-free path's ``samples``, ``seed``).
         extra_test: ``(G, n0)`` extra inputs (a plotting grid) whose GP and finite-width posteriors are
             returned (not scored).
         deadline: a ``time.perf_counter()`` value by which the finite-width predictions should end (not with
@@ -140,7 +146,8 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
             next batch; default: every row as costly as those done).
 
     Returns:
-        ``(rows, info)``; ``info`` holds ``prior_s`` (the shared finite-width work), ``posteriors``
+        ``(rows, info)``; ``info`` holds ``method`` (the finite-width path), ``prior_s`` (the shared finite-width
+        work), ``posteriors``
         (``{width: FiniteWidthPosterior}`` on the test rows, and ``"grid"`` on ``extra_test``), ``failed``,
         ``n_test`` (the test rows scored) and ``cut`` (why fewer than given, else ``None``).
     """
@@ -165,14 +172,18 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
                  mean=gp.mean, var=gp.var)
     rows.append(gp_row)
 
-    info = {"posteriors": {}, "failed": {}, "prior_s": None, "gp_test": gp, "n_test": split.Xte.shape[0], "cut": None}
+    info = {"posteriors": {}, "failed": {}, "prior_s": None, "gp_test": gp, "n_test": split.Xte.shape[0], "cut": None,
+            "method": cond.method}
+    mf = cond.method == "matrix_free"
+    what = (f"matrix-free estimate ({cond.samples} samples per layer): K1, the vertex terms and the evidence" if mf
+            else "K1, V and evidence")
     XB = split.Xte if extra_test is None else np.concatenate([split.Xte, extra_test])
     M = split.Xte.shape[0]
     batched = {}  # with a deadline: batches of test rows, the first width stopping at the deadline
     if deadline is not None:
         batched["batch_size"] = max(2, -(-M // DEADLINE_BATCHES))
     try:
-        _, t_train = progress.run(f"finite width: K1, V and evidence on {split.Xtr.shape[0]} training rows",
+        _, t_train = progress.run(f"finite width: {what} on {split.Xtr.shape[0]} training rows",
                                   lambda: cond.log_evidence, estimate=est.get("training"))
         first = {} if deadline is None else {
             "stop": deadline_stop(deadline, batched["batch_size"], row_seconds, total=M), **batched}
@@ -214,6 +225,13 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
         row.log_evidence, row.expansion = float(post.log_evidence), float(post.expansion_parameter)
         row.mean, row.var = mean, var
         row.time_s = time.perf_counter() - t0
+        if post.mean_se is not None:  # the matrix-free path: Monte-Carlo standard errors, in the target's units
+            row.mean_se = float(np.max(np.asarray(post.mean_se)[:M], initial=0.0)) * split.scale
+            row.var_se = float(np.max(np.asarray(post.var_se)[:M], initial=0.0)) * split.scale**2
+            row.log_evidence_se = float(post.log_evidence_se)
+            row.flags.append(f"matrix-free estimate ({cond.samples} samples per layer): standard errors up to "
+                             f"{row.mean_se:.2g} in the means and {row.var_se:.2g} in the variances (target units), "
+                             f"{row.log_evidence_se:.2g} in the log evidence (docs/matrix-free.md)")
         if row.expansion > EXPANSION_WARN:
             row.flags.append(f"unreliable: 1/n expansion parameter {row.expansion:.2g} > {EXPANSION_WARN}")
         if np.any(var < 0):
@@ -290,7 +308,8 @@ def cells(row: Row, *, truth: bool) -> dict:
         "model": row.model,
         "test RMSE": fmt(row.rmse),
         "test log-lik": fmt(row.loglik, ".3f"),
-        "log evidence": fmt(row.log_evidence, ".3f"),
+        "log evidence": fmt(row.log_evidence, ".3f") + ("" if row.log_evidence_se is None else
+                                                        f" ± {row.log_evidence_se:.1g}"),
         "1/n size": "-" if row.expansion is None else ("0" if row.expansion == 0 else f"{row.expansion:.2g}"),
         "time [s]": fmt(row.time_s, ".1f"),
     }
@@ -312,21 +331,25 @@ def cells(row: Row, *, truth: bool) -> dict:
 _SAME = (("1/n expansion parameter", "expansion parameter"),
          ("negative posterior variances", "posterior variance is negative"),
          ("importance-sampling ESS", "effective sample size"),
-         ("numerical error bound of the mean", "numerical error of the four-point quadrature"))
+         ("numerical error bound of the mean", "numerical error of the four-point quadrature"),
+         ("untrusted: ", "terms are not small"),
+         ("untrusted: ", "outside its validated regime"))
 
 
-def notes(rows, messages, prior_s) -> list[str]:
+def notes(rows, messages, prior_s, *, method: str = "exact") -> list[str]:
     """The lines printed under the table: shared time, each row's flags, then the library's other warnings.
 
     Args:
         rows: the :class:`Row` objects (of every fold).
         messages: warning messages recorded while fitting.
         prior_s: seconds of the shared finite-width computation (``None`` if none).
+        method: the finite-width path (``"exact"`` or ``"matrix_free"``).
     """
     out = []
     if prior_s:
-        out.append(f"the finite-width rows share one computation of K1, V and the predictions: {prior_s:.1f} s "
-                   "(not in the rows' times)")
+        what = ("one matrix-free estimate of K1, the vertex terms" if method == "matrix_free" else
+                "one computation of K1, V")
+        out.append(f"the finite-width rows share {what} and the predictions: {prior_s:.1f} s (not in the rows' times)")
     flags = []
     for r in rows:
         for f in r.flags:

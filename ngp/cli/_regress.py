@@ -93,6 +93,41 @@ def _options(args) -> dict:
     return opts
 
 
+def _path(args, n_train: int) -> str:
+    """The finite-width path at ``n_train`` training rows: ``"exact"`` or ``"matrix_free"`` (``--method``; ``auto``:
+    the library's rule, matrix-free above ``ngp.MatrixFreeConditioned.AUTO_EXACT_MAX`` rows)."""
+    import ngp
+
+    if args.method == "auto":
+        return "matrix_free" if n_train > ngp.MatrixFreeConditioned.AUTO_EXACT_MAX else "exact"
+    return args.method.replace("-", "_")
+
+
+def _path_options(args, path: str) -> dict:
+    """``ngp.condition``'s options for the comparison on ``path``: the exact path's prior options, or the
+    matrix-free path's samples and seed."""
+    if path == "exact":
+        return {**_options(args), "method": "exact"}
+    if args.fit_evidence == "finite-width" and not args.fixed:
+        raise CLIError("--fit-evidence finite-width: the fit runs the exact finite-width evidence, not the matrix-free "
+                       "path; use --method exact (and at most a few dozen training rows) or --fit-evidence gp")
+    if args.four_point_order is not None:
+        raise CLIError("--four-point-order: the matrix-free path has no four-point rule; leave it out or use "
+                       "--method exact")
+    return {"method": "matrix_free", "samples": args.samples, "seed": args.seed, "max_memory": args.max_memory}
+
+
+def _describe_path(args, path: str) -> str:
+    """The line saying which finite-width path runs."""
+    import ngp
+
+    if path == "exact":
+        return "finite-width path: exact (dense four-point vertex)"
+    samples = ngp.MatrixFreeConditioned.DEFAULT_SAMPLES if args.samples is None else args.samples
+    return (f"finite-width path: matrix-free (Monte-Carlo estimate of the vertex terms, {samples} samples per layer, "
+            f"seed {args.seed}; standard errors in the notes; not timed against --time-budget; docs/matrix-free.md)")
+
+
 def probe_work(args, Xp, yp, Xt, hyper=None):
     """``work(nt, mt, mark)`` for :func:`ngp.cli._budget.probe`: the finite-width training block on the
     first ``nt`` rows of ``Xp``, ``mark()``, then the prediction at the first ``mt`` rows of ``Xt``, with the
@@ -191,7 +226,9 @@ def _probe_fit(args, Xp, yp, progress, fits: _Fits):
 
 
 def _largest_fitting(n: int, need, limit: float) -> tuple[int, float]:
-    """``(m, need(m))`` for the largest ``m <= n`` with ``need(m) <= limit`` (``need`` grows like ``m^4``)."""
+    """``(m, need(m))`` for the largest ``m <= n`` with ``need(m) <= limit`` (``need`` increasing; each step assumes
+    it grows like ``m^4``, as on the exact path, so a slower growth, ``m^2`` on the matrix-free path, is approached
+    from above in more steps)."""
     m = need(n)
     while m > limit and n > 1:
         n = max(1, min(n - 1, int(n * (limit / m) ** 0.25)))
@@ -199,23 +236,31 @@ def _largest_fitting(n: int, need, limit: float) -> tuple[int, float]:
     return n, m
 
 
-def _fit_memory(n_train: int, Xtr, args, explicit: bool) -> tuple[int, str | None]:
-    """The largest training size ``<= n_train`` whose dense training vertex fits ``--max-memory``."""
-    make = _make_net(args)
-    limit = args.max_memory
+def _fit_memory(n_train: int, Xtr, ytr, args, explicit: bool, *, path: str = "exact",
+                n_test: int = 0) -> tuple[int, str | None]:
+    """``(n, note)``: the largest training size ``n <= n_train`` that fits ``--max-memory`` on ``path``: the dense
+    training vertex (``net.prior(...).memory_estimate()``) or the matrix-free estimator predicting ``n_test`` rows
+    at once (``ngp.MatrixFreeConditioned.memory_estimate``); with ``explicit`` (``--n-train``) a refusal instead."""
+    import ngp
+
+    net, limit = _make_net(args)(args.width[0]), args.max_memory
 
     def need(n):
-        return make(args.width[0]).prior(Xtr[:n], max_memory=limit).memory_estimate()
+        if path == "exact":
+            return net.prior(Xtr[:n], max_memory=limit).memory_estimate()
+        return ngp.condition(net, Xtr[:n], ytr[:n], noise=args.noise, method="matrix_free").memory_estimate(n_test)
 
     first = need(n_train)
     if first <= limit:
         return n_train, None
     gib = lambda b: f"{b / 1024**3:.2f} GiB"  # noqa: E731
+    what = "" if path == "exact" else f" with {n_test} test rows"
     if explicit:
-        raise CLIError(f"--n-train {n_train}: the finite-width posterior needs about {gib(first)} "
-                       f"(> --max-memory {gib(limit)}); raise --max-memory or lower --n-train")
+        name = "finite-width posterior" if path == "exact" else "matrix-free posterior"
+        raise CLIError(f"--n-train {n_train}: the {name} needs about {gib(first)}{what} (> --max-memory {gib(limit)}); "
+                       "raise --max-memory or lower --n-train" + ("" if path == "exact" else " or --n-test"))
     n, _ = _largest_fitting(n_train, need, limit)
-    return n, f"memory: {n_train} rows need about {gib(first)} > --max-memory {gib(limit)}; using {n}"
+    return n, f"memory: {n_train} rows need about {gib(first)}{what} > --max-memory {gib(limit)}; using {n}"
 
 
 def _aggregate(fold_rows: list[list], truth: bool) -> list[dict]:
@@ -310,16 +355,22 @@ def _describe_data(args, data, splits, pool: int) -> None:
 
 
 def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float):
-    """``(n_train, why, model, n_test)``: the training rows used and why (``--n-train``, the whole small pool,
+    """``(n_train, why, model, n_test, path)``: the training rows used and why (``--n-train``, the whole small pool,
     or the timed probe's :class:`ngp.cli._budget.CostModel` within ``--time-budget``; then ``--max-memory``),
-    and the test rows per split (fewer when even the minimum of training rows would not fit the budget)."""
+    the test rows per split (fewer when even the minimum of training rows would not fit the budget) and the
+    finite-width path (:func:`_path`; the matrix-free one takes every row asked for, without a probe)."""
     args, progress = fits.args, fits.progress
     model, explicit = None, args.n_train is not None
+    if explicit and args.n_train > pool:
+        raise CLIError(f"--n-train {args.n_train} exceeds the {pool}-row training pool "
+                       "(lower --test-fraction or --folds to enlarge it)")
+    path = _path(args, args.n_train if explicit else min(pool, args.max_train))
     Xp, yp, Xt, _, _ = fits.rows(*splits[0])  # the first training pool, standardised: the probe, the memory check
-    if explicit:
-        if args.n_train > pool:
-            raise CLIError(f"--n-train {args.n_train} exceeds the {pool}-row training pool "
-                           "(lower --test-fraction or --folds to enlarge it)")
+    if path == "matrix_free":  # every row asked for: its cost grows like N_train^2, not N_train^4 (no probe)
+        _path_options(args, path)  # refuses the exact path's options before any work
+        n_train = args.n_train if explicit else min(pool, args.max_train)
+        why = "--n-train" if explicit else ("every row of the training pool" if n_train == pool else "--max-train")
+    elif explicit:
         n_train, why = args.n_train, "--n-train"
         if args.fit_evidence == "finite-width" and not args.fixed:  # no budget, but the fit's cost is said
             fits.probe, fit_line = _probe_fit(args, Xp, yp, progress, fits)
@@ -349,9 +400,10 @@ def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float)
         if choice.n_test < max(n_test):
             n_test = [min(m, choice.n_test) for m in n_test]
             print(f"  test rows: the first {choice.n_test} of each test set (the time budget; seeded, fixed)")
-    n_train, mem_note = _fit_memory(n_train, Xp, args, explicit)
+    n_train, mem_note = _fit_memory(n_train, Xp, yp, args, explicit, path=path, n_test=max(n_test))
     print(f"  training rows: {n_train} of {pool} ({why})" + (f"; {mem_note}" if mem_note else ""))
-    return n_train, why, model, n_test
+    print(f"  {_describe_path(args, path)}")
+    return n_train, why, model, n_test, path
 
 
 def _deadline(model, n_train: int, n_test: list, k: int, t_end: float) -> float:
@@ -364,10 +416,11 @@ def _deadline(model, n_train: int, n_test: list, k: int, t_end: float) -> float:
     return t_end - sum(model.fold(n_train, n_test[j], j) for j in range(k + 1, len(n_test)))
 
 
-def _run_folds(fits: _Fits, splits, n_train: int, n_test: list, model, t_end: float | None = None):
-    """``(fold_rows, results, n_test)``: the comparison's rows of every split, what ``--json`` records of it, and the
-    test rows scored per split (fewer where the predictions had to stop by ``t_end``, the budget's end: a
-    ``time.perf_counter()`` value; ``None``: no deadline)."""
+def _run_folds(fits: _Fits, splits, n_train: int, n_test: list, model, t_end: float | None = None,
+               path: str = "exact"):
+    """``(fold_rows, results, n_test)``: the comparison's rows of every split on the finite-width ``path``, what
+    ``--json`` records of it, and the test rows scored per split (fewer where the predictions had to stop by
+    ``t_end``, the budget's end: a ``time.perf_counter()`` value; ``None``: no deadline)."""
     args, data = fits.args, fits.data
     fold_rows, results, n_test = [], [], list(n_test)
     for k, ((p, t), m) in enumerate(zip(splits, n_test)):
@@ -388,12 +441,13 @@ def _run_folds(fits: _Fits, splits, n_train: int, n_test: list, model, t_end: fl
             due = _deadline(model, n_train, n_test, k, t_end)
         rows, info = compare(split, _make_net(args, hyper), widths=args.width, noise=hyper.noise,
                              progress=fits.progress, estimates=est, truth_samples=args.truth, seed=args.seed,
-                             options=_options(args), deadline=due, row_seconds=row_s)
+                             options=_path_options(args, path), deadline=due, row_seconds=row_s)
         n_test[k] = info["n_test"]
         fold_rows.append(rows)
         results.append({"fold": k + 1 if args.folds else None, "train_lines": data.lines[tr].tolist(),
                         "fit_lines": data.lines[p[:len(Xf)]].tolist(),
                         "test_lines": data.lines[te[:n_test[k]]].tolist(), "hyperparameters": hyper.__dict__,
+                        "method": info["method"],
                         "finite_width_s": info["prior_s"], "cut": info["cut"], "rows": [r.as_dict() for r in rows]})
     return fold_rows, results, n_test
 
@@ -413,7 +467,8 @@ def _report(args, data, fold_rows, results, messages, n_test: list):
     body = _aggregate(fold_rows, truth) if args.folds else [cells(r, truth=truth) for r in fold_rows[0]]
     print(table(body, cols))
     prior_s = [r["finite_width_s"] for r in results if r["finite_width_s"] is not None]
-    lines = notes([r for rows in fold_rows for r in rows], messages, sum(prior_s) if prior_s else None)
+    lines = notes([r for rows in fold_rows for r in rows], messages, sum(prior_s) if prior_s else None,
+                  method=results[0]["method"])
     for r in results:
         if r["cut"]:
             lines.append((f"fold {r['fold']}: " if r["fold"] else "") + r["cut"])
@@ -438,20 +493,24 @@ def run(args) -> int:
     pool = min(len(p) for p, _ in splits)
     _describe_data(args, data, splits, pool)
     fits = _Fits(args, data, progress)
-    n_train, why, model, n_test = _training_rows(fits, splits, pool, [min(len(t), args.n_test) for _, t in splits],
-                                                 t_start)
-    t_end = None if args.n_train is not None else t_start + args.time_budget  # --n-train: no budget to keep
+    n_train, why, model, n_test, path = _training_rows(fits, splits, pool,
+                                                       [min(len(t), args.n_test) for _, t in splits], t_start)
+    # --n-train: no budget to keep; the matrix-free path is not held to it (a prediction in batches resamples the
+    # training side for each batch)
+    t_end = None if args.n_train is not None or path == "matrix_free" else t_start + args.time_budget
     with collect_warnings() as messages:
-        fold_rows, results, n_test = _run_folds(fits, splits, n_train, n_test, model, t_end)
+        fold_rows, results, n_test = _run_folds(fits, splits, n_train, n_test, model, t_end, path)
     body, lines = _report(args, data, fold_rows, results, messages, n_test)
     total = time.perf_counter() - t_start
     print(f"\ntotal {total:.0f} s")
     if args.json:
         out = {"data": args.data, "target": data.target, "features": list(data.features), "rows_read": data.rows_read,
                "rows_used": n, "dropped_lines": list(data.dropped_lines), "n_train": n_train, "n_train_reason": why,
+               "method": path,
                "settings": {k: getattr(args, k) for k in ("depth", "width", "activation", "c_w", "c_b", "noise",
                                                          "seed", "folds", "test_fraction", "n_test", "time_budget",
-                                                         "max_train", "fixed", "fit_evidence", "truth")},
+                                                         "max_train", "fixed", "fit_evidence", "truth", "method",
+                                                         "samples")},
                "probe": None if model is None else model.probe.__dict__,
                "fit_probe": None if fits.probe is None else dataclasses.asdict(fits.probe),
                "splits": results, "table": body,
