@@ -28,7 +28,7 @@ __all__ = ["MatrixFreeConditioned", "mlp_spec", "AUTO_EXACT_MAX", "SOLVERS"]
 AUTO_EXACT_MAX = 64
 #: Bytes per entry of the training x training block at the estimator's peak (a fixed part and a part per hidden layer)
 #: and per entry of the training x test block: set so that the model covers the growth of the peak resident memory
-#: over the smallest case in every case of three runs of benchmarks/matrix_free_memory.py (docs/matrix-free.md,
+#: over the smallest case in all 28 cases of four runs of benchmarks/matrix_free_memory.py (docs/matrix-free.md,
 #: "Memory").
 BYTES_PER_ENTRY = (300, 320)
 BYTES_PER_TEST_ENTRY = 1200
@@ -124,7 +124,7 @@ class MatrixFreeConditioned(Conditioned):
         ``(a + b * hidden layers)`` bytes per entry of the training x training block (:data:`BYTES_PER_ENTRY`) and
         :data:`BYTES_PER_TEST_ENTRY` per entry of the training x test block, a model measured over 250-1500 training
         points, 10-1000 test points and depths 3 and 5 (``docs/matrix-free.md``, "Memory"). JAX's runtime and the
-        compilation at new shapes (~1.2 GB in all at the first run of a process) are not counted."""
+        compilation at new shapes (~1.1 GB in all at the first run of a process) are not counted."""
         NA = self.X_train.shape[0]
         a, b = BYTES_PER_ENTRY
         return int((a + b * len(self._spec[3])) * NA * NA + BYTES_PER_TEST_ENTRY * NA * int(n_test))

@@ -624,6 +624,9 @@ def test_regress_folds_end_to_end(real_csv, tmp_path, capsys):
     assert all(len(a & b) == 4 for i, a in enumerate(pools) for b in pools[i + 1:])  # 3 folds of 4 rows
     assert "3-fold cross-validation" in out and "±" in out
     assert "± inf" not in out and "± nan" not in out  # targets of order 1e300: no overflow in the spread
+    flags = [(s["fold"], f) for s in splits for r in s["rows"] for f in r["flags"]]
+    assert flags and all(f.startswith(f"fold {k}: ") for k, f in flags)  # each note says its fold
+    assert all(f"finite width n=4: {f}" in out for _, f in flags)
 
 
 def test_path_follows_the_library_rule_unless_method_is_given():
@@ -683,7 +686,7 @@ def test_regress_takes_the_matrix_free_path_above_the_exact_limit(tmp_path, caps
         assert r["log_evidence_se"] == pytest.approx(post.log_evidence_se, rel=1e-12) and r["log_evidence_se"] > 0
         assert f"finite width n={w}: matrix-free estimate (256 samples per layer): standard errors up to" in out
     assert fw["finite width n=64"]["mean_se"] < fw["finite width n=4"]["mean_se"]  # every 1/n term scales with n
-    assert "share one matrix-free estimate" in out and "probe" not in out
+    assert "share one matrix-free run (K1 exact, the vertex terms by Monte Carlo)" in out and "probe" not in out
     assert all("±" in c["log evidence"] for c in res["table"] if c["model"].startswith("finite"))
 
 

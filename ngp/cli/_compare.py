@@ -175,7 +175,7 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
     info = {"posteriors": {}, "failed": {}, "prior_s": None, "gp_test": gp, "n_test": split.Xte.shape[0], "cut": None,
             "method": cond.method}
     mf = cond.method == "matrix_free"
-    what = (f"matrix-free estimate ({cond.samples} samples per layer): K1, the vertex terms and the evidence" if mf
+    what = (f"K1 and the evidence, its vertex terms by Monte Carlo ({cond.samples} samples per layer)," if mf
             else "K1, V and evidence")
     XB = split.Xte if extra_test is None else np.concatenate([split.Xte, extra_test])
     M = split.Xte.shape[0]
@@ -347,7 +347,7 @@ def notes(rows, messages, prior_s, *, method: str = "exact") -> list[str]:
     """
     out = []
     if prior_s:
-        what = ("one matrix-free estimate of K1, the vertex terms" if method == "matrix_free" else
+        what = ("one matrix-free run (K1 exact, the vertex terms by Monte Carlo)" if method == "matrix_free" else
                 "one computation of K1, V")
         out.append(f"the finite-width rows share {what} and the predictions: {prior_s:.1f} s (not in the rows' times)")
     flags = []

@@ -443,6 +443,9 @@ def _run_folds(fits: _Fits, splits, n_train: int, n_test: list, model, t_end: fl
                              progress=fits.progress, estimates=est, truth_samples=args.truth, seed=args.seed,
                              options=_path_options(args, path), deadline=due, row_seconds=row_s)
         n_test[k] = info["n_test"]
+        if args.folds:  # the notes list each fold's flags (standard errors, validity) under the fold's name
+            for r in rows:
+                r.flags = [f"fold {k + 1}: {f}" for f in r.flags]
         fold_rows.append(rows)
         results.append({"fold": k + 1 if args.folds else None, "train_lines": data.lines[tr].tolist(),
                         "fit_lines": data.lines[p[:len(Xf)]].tolist(),
