@@ -1027,10 +1027,13 @@ ETA_MAX = 1.0
 def _eps(KAA, V2):
     """``max |V| / K^2`` over pairs of training inputs (times ``n``: width-free)."""
     p, q, r, t = (np.asarray(a) for a in V2)
-    d = np.clip(np.diagonal(np.asarray(KAA)), 1e-300, None)
+    d = np.clip(np.diagonal(np.asarray(KAA)), 0.0, None)
+    ok = d > 0  # an input of zero variance (x = 0 with C_b = 0) has V = 0 there: left out, as on the exact path
+    if not ok.any():
+        return 0.0
     sx = np.sqrt(d)
-    off = ~np.eye(d.size, dtype=bool)
-    cands = [np.abs(p) / d**2]
+    off = ~np.eye(d.size, dtype=bool) & np.outer(ok, ok)
+    cands = [np.abs(p[ok]) / d[ok] ** 2]
     if off.any():
         dd = np.outer(d, d)[off]
         cands += [np.abs(q[off]) / dd, np.abs(t[off]) / dd, np.abs(r[off]) / (np.outer(d * sx, sx)[off])]

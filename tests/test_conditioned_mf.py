@@ -33,3 +33,20 @@ def test_max_memory_refuses_before_any_work_with_the_estimate(monkeypatch):
     free._check_memory(10**9)  # no max_memory: no bound
     with pytest.raises(TypeError, match="max_memory"):
         ngp.condition(net, X[:3], X[:3, :1], noise=0.1, method="matrix_free", max_memory="lots")
+
+
+def test_expansion_parameter_leaves_out_a_zero_variance_input_as_the_exact_path():
+    """An input at the origin with ``C_b = 0`` has zero variance (and ``V = 0``) at every layer: the matrix-free
+    path's ``eps = max|V|/(n K^2)`` leaves it out, as the exact path's expansion parameter does (a separate
+    computation over the pairs' vertex diagonal), instead of dividing 0 by 0 (it was NaN, with a RuntimeWarning, and
+    marked every such result untrusted)."""
+    import warnings
+
+    X = np.array([[-1.2, 0.3], [0.0, 0.0], [1.2, -0.5]])
+    net = ngp.MLP(3, 16, activation="tanh", C_b=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # ExpansionWarning is one: none either (eps about 0.1)
+        cond = ngp.condition(net, X, np.sin(X[:, :1]), noise=0.1, method="matrix_free", samples=64)
+        eps = cond.validity.eps
+        exact = net.prior(X).expansion_parameter
+    assert np.isfinite(eps) and eps == pytest.approx(exact, rel=1e-12) and exact > 0
