@@ -105,16 +105,20 @@ def _path(args, n_train: int) -> str:
 
 def _path_options(args, path: str) -> dict:
     """``ngp.condition``'s options for the comparison on ``path``: the exact path's prior options, or the
-    matrix-free path's samples and seed."""
+    matrix-free path's samples, seed and memory bound."""
     if path == "exact":
         return {**_options(args), "method": "exact"}
+    return {"method": "matrix_free", "samples": args.samples, "seed": args.seed, "max_memory": args.max_memory}
+
+
+def _refuse_exact_options(args) -> None:
+    """On the matrix-free path: refuse the options that belong to the exact path, before any work."""
     if args.fit_evidence == "finite-width" and not args.fixed:
         raise CLIError("--fit-evidence finite-width: the fit runs the exact finite-width evidence, not the matrix-free "
                        "path; use --method exact (and at most a few dozen training rows) or --fit-evidence gp")
     if args.four_point_order is not None:
         raise CLIError("--four-point-order: the matrix-free path has no four-point rule; leave it out or use "
                        "--method exact")
-    return {"method": "matrix_free", "samples": args.samples, "seed": args.seed, "max_memory": args.max_memory}
 
 
 def _describe_path(args, path: str) -> str:
@@ -367,7 +371,7 @@ def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float)
     path = _path(args, args.n_train if explicit else min(pool, args.max_train))
     Xp, yp, Xt, _, _ = fits.rows(*splits[0])  # the first training pool, standardised: the probe, the memory check
     if path == "matrix_free":  # every row asked for: its cost grows like N_train^2, not N_train^4 (no probe)
-        _path_options(args, path)  # refuses the exact path's options before any work
+        _refuse_exact_options(args)
         n_train = args.n_train if explicit else min(pool, args.max_train)
         why = "--n-train" if explicit else ("every row of the training pool" if n_train == pool else "--max-train")
     elif explicit:
