@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
-from ._gaussian import auto_orders, expect_1d, gauss_hermite, hermite_coefficients
+from ._gaussian import auto_orders, expect_1d, gauss_hermite, hermite_coefficients, hermite_tables, mehler_series
 from ._validate import RCOND_MIN, check_x64, device
 from ._warnings import ExpansionWarning
 from ._validity import Validity, expansion_validity
@@ -96,43 +96,22 @@ def _func(act: Activation, spec):
     return act.derivative(k) if kind == "d" else _power(act, k)
 
 
-#: Rows per tile of the Mehler series (the Horner accumulator of a tile stays in cache).
+#: Rows per tile of the Mehler series (:func:`ngp._gaussian.mehler_series`; several functions share a tile here).
 MEHLER_TILE = 16
 
 
-def _mehler(act: Activation, orders, pairs_spec, kx, ky, kxy):
+def _mehler(act: Activation, tables, pairs_spec, kx, ky, kxy):
     """``E[f(z_x) g(z_y)]`` for each ``(f, g)`` in ``pairs_spec``, ``(m, Nx, Ny)``, by the Mehler series
-    ``sum_k c_k^f(x) c_k^g(y) rho_xy^k`` (``("d", k)``: k-th derivative, ``("p", k)``: k-th power)."""
-    terms, nodes = orders
+    ``sum_k c_k^f(x) c_k^g(y) rho_xy^k`` (``("d", k)``: k-th derivative, ``("p", k)``: k-th power), on the
+    :func:`ngp._gaussian.hermite_tables` ``tables`` (:func:`_tables`: arguments of the compiled callers)."""
     specs = sorted({a for a, _ in pairs_spec} | {b for _, b in pairs_spec})
-    cx = {sp: hermite_coefficients(_func(act, sp), kx, terms=terms, nodes=nodes) for sp in specs}
+    cx = {sp: hermite_coefficients(_func(act, sp), kx, tables=tables) for sp in specs}
     same = kx is ky
-    cy = cx if same else {sp: hermite_coefficients(_func(act, sp), ky, terms=terms, nodes=nodes) for sp in specs}
+    cy = cx if same else {sp: hermite_coefficients(_func(act, sp), ky, tables=tables) for sp in specs}
     rho = _rho(kx, ky, kxy)
     A = jnp.stack([cx[a] for a, _ in pairs_spec])  # (m, Nx, T+1)
     B = jnp.stack([cy[b] for _, b in pairs_spec])  # (m, Ny, T+1)
-    m, Nx, T1 = A.shape
-    tile = MEHLER_TILE
-    pad = (-Nx) % tile
-    A = jnp.pad(A, ((0, 0), (0, pad), (0, 0)))
-    rho = jnp.pad(rho, ((0, pad), (0, 0)))
-    nt = (Nx + pad) // tile
-    At = jnp.moveaxis(A.reshape(m, nt, tile, T1), 1, 0)  # (nt, m, tile, T1)
-    Bk = jnp.moveaxis(B, 2, 0)[::-1]  # (T1, m, Ny), highest order first
-
-    def one(args):
-        a, r = args
-
-        def step(acc, c):
-            ak, bk = c
-            return acc * r + ak[:, :, None] * bk[:, None, :], None
-
-        acc0 = jnp.zeros((m, tile, rho.shape[1]), rho.dtype)
-        acc, _ = jax.lax.scan(step, acc0, (jnp.moveaxis(a, 2, 0)[::-1], Bk))
-        return acc
-
-    out = jax.lax.map(one, (At, rho.reshape(nt, tile, -1)))  # (nt, m, tile, Ny)
-    return jnp.moveaxis(out, 0, 1).reshape(m, nt * tile, -1)[:, :Nx]
+    return mehler_series(A, B, rho, tile=MEHLER_TILE)
 
 
 def _angular_moments(act: Activation, kx, ky, kxy, powers):
@@ -202,7 +181,7 @@ _PAIRS = {
 }
 
 
-def _block_stats(act, orders, kx, ky, kxy, C_W, derivs, symmetric):
+def _block_stats(act, tables, kx, ky, kxy, C_W, derivs, symmetric):
     """J, H (if ``derivs``) and the fresh moments on one block (see :func:`_layer_stats`).
 
     ``J = (Jx, Jy, Jo)``: derivatives of ``K'_xy`` w.r.t. ``K_xx``, ``K_yy``, ``K_xy``; ``H`` the six
@@ -220,7 +199,7 @@ def _block_stats(act, orders, kx, ky, kxy, C_W, derivs, symmetric):
                 continue
             where[pr] = len(spec)
             spec.append(pr)
-    M = _mehler(act, orders, spec, kx, ky, kxy) if spec else None
+    M = _mehler(act, tables, spec, kx, ky, kxy) if spec else None
 
     def get(pr):
         if pr in where:
@@ -255,11 +234,11 @@ def _fourth_moment(act, orders, k):
     return expect_1d(_power(act, 4), k, nodes=orders[1])
 
 
-def _two_point_rect(act, orders, kx, ky, kxy):
+def _two_point_rect(act, tables, kx, ky, kxy):
     """``<s_x s_y>`` on a rectangular block (closed form or Mehler)."""
     if act.two_point is not None:
         return act.two_point(kx[:, None], ky[None, :], kxy)
-    return _mehler(act, orders, [(("d", 0), ("d", 0))], kx, ky, kxy)[0]
+    return _mehler(act, tables, [(("d", 0), ("d", 0))], kx, ky, kxy)[0]
 
 
 def _second_moment(act, orders, k):
@@ -279,13 +258,20 @@ def _orders(kmax: float) -> tuple[int, int]:
     return auto_orders(float(np.ceil(max(kmax, 1e-300) * 4) / 4))
 
 
+def _tables(act: Activation, orders):
+    """The Mehler tables of ``orders`` for the compiled functions below, passed as arguments (captured as constants,
+    the capped orders' 151 MB table was copied into each program: 3.5 GB of constants for 188 rows of one feature
+    at variance 597, scratch); ``None`` for the relu family (closed forms only)."""
+    return None if act.relu_slopes is not None else hermite_tables(*orders)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _kernel_step(act, orders, KAA, KBA, kB, cw, cb):
+def _kernel_step(act, orders, tables, KAA, KBA, kB, cw, cb):
     """One layer of the infinite-width recursion on the blocks ``(K_AA, K_BA, k_B)``."""
     kA = jnp.diagonal(KAA)
-    EAA = _two_point_rect(act, orders, kA, kA, KAA)
+    EAA = _two_point_rect(act, tables, kA, kA, KAA)
     EAA = _set_diag(0.5 * (EAA + EAA.T), _second_moment(act, orders, kA))
-    EBA = _two_point_rect(act, orders, kB, kA, KBA)
+    EBA = _two_point_rect(act, tables, kB, kA, KBA)
     eB = _second_moment(act, orders, kB)
     return cb + cw * EAA, cb + cw * EBA, cb + cw * eB
 
@@ -312,12 +298,12 @@ def kernel_blocks(act: Activation, X_train, X_test, C_W, C_b):
     out = [(KAA, KBA, kB)]
     for l in range(1, len(C_W)):
         orders = _orders(float(max(jnp.max(kB), jnp.max(jnp.diagonal(KAA)))))
-        out.append(_kernel_step(act, orders, *out[-1], float(C_W[l]), float(C_b[l])))
+        out.append(_kernel_step(act, orders, _tables(act, orders), *out[-1], float(C_W[l]), float(C_b[l])))
     return out
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 6))
-def _layer_stats(act, orders, KAA, KBA, kB, cw, derivs):
+@functools.partial(jax.jit, static_argnums=(0, 1, 7))
+def _layer_stats(act, orders, tables, KAA, KBA, kB, cw, derivs):
     """Everything one layer contributes, on the AA and BA blocks and the diagonals.
 
     ``J*``: derivatives of the next kernel w.r.t. this one (``C_W`` included), ``H*``: second
@@ -325,8 +311,8 @@ def _layer_stats(act, orders, KAA, KBA, kB, cw, derivs):
     ``C_W^2`` times the fresh moments ``E s_x^2 s_y^2, E s_x^3 s_y, E s_x s_y^3``, ``f4*``: ``C_W^2 E s^4``.
     """
     kA = jnp.diagonal(KAA)
-    A = _block_stats(act, orders, kA, kA, KAA, cw, derivs, True)
-    B = _block_stats(act, orders, kB, kA, KBA, cw, derivs, False)
+    A = _block_stats(act, tables, kA, kA, KAA, cw, derivs, True)
+    B = _block_stats(act, tables, kB, kA, KBA, cw, derivs, False)
     out = dict(FA=A["F"], FB=B["F"], f4A=cw**2 * _fourth_moment(act, orders, kA), f4B=cw**2 * _fourth_moment(act, orders, kB))
     if derivs:
         jA, hA = (cw * t for t in _diag_derivatives(act, orders, kA))
@@ -415,7 +401,8 @@ def finite_width_blocks(act: Activation, kernels, C_W, C_b, widths):
     L = len(kernels)
     kmax = max(float(max(jnp.max(jnp.diagonal(a)), jnp.max(c))) for a, _, c in kernels[:-1])
     orders = _orders(kmax)
-    stats = {l: _layer_stats(act, orders, *kernels[l - 1], float(C_W[l]), l > 1) for l in range(1, L)}
+    tables = _tables(act, orders)
+    stats = {l: _layer_stats(act, orders, tables, *kernels[l - 1], float(C_W[l]), l > 1) for l in range(1, L)}
     K1AA, K1BA, k1B, V2 = _k1_blocks(kernels, C_b, widths, stats)
     jac = {l: (stats[l]["JA"], stats[l]["JB"], stats[l]["jA"], stats[l]["jB"]) for l in range(2, L)}
     return K1AA, K1BA, k1B, V2, jac

@@ -39,7 +39,8 @@ import numpy as np
 
 from ._cache import frozen_lru
 from ._activations import Activation
-from ._gaussian import auto_orders, gauss_hermite, hermite_coefficients, pair_matrix, pruned_tensor_rule
+from ._gaussian import (auto_orders, gauss_hermite, hermite_coefficients, hermite_tables, mehler_series, pair_matrix,
+                        pruned_tensor_rule)
 from ._kernel import kernel_map, two_point_matrix
 from ._validate import device, per_layer, real
 from ._warnings import AccuracyWarning
@@ -148,15 +149,16 @@ def _derivative_tables(act: Activation, K):
     """
     K = device(K)
     terms, nodes = auto_orders(float(jnp.max(jnp.diagonal(K))))
-    out = np.asarray(_tables_jit(act, int(terms), int(nodes), K))
+    tables = hermite_tables(int(terms) + _MAX_DERIV, int(nodes))  # an argument: not a constant of the program
+    out = np.asarray(_tables_jit(act, int(terms), int(nodes), K, tables))
     return {pq: out[i] for i, pq in enumerate(_PAIRS)}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _tables_jit(act, terms, nodes, K):
+def _tables_jit(act, terms, nodes, K, tables):
     kd = jnp.diagonal(K)
     kpos = jnp.where(kd > 0, kd, 1.0)
-    c0 = hermite_coefficients(act.fn, kd, terms=terms + _MAX_DERIV, nodes=nodes)  # (N, T + 6)
+    c0 = hermite_coefficients(act.fn, kd, tables=tables)  # (N, T + 6)
     j = jnp.arange(terms + 1, dtype=c0.dtype)
     coeffs = []
     for p in range(_MAX_DERIV + 1):
@@ -166,12 +168,7 @@ def _tables_jit(act, terms, nodes, K):
     rho = jnp.clip(jnp.where(jnp.outer(kd, kd) > 0, K / jnp.sqrt(outer), 0.0), -1.0, 1.0)
     cf = jnp.stack([coeffs[p] for p, _ in _PAIRS])  # (npairs, N, T+1)
     cg = jnp.stack([coeffs[q] for _, q in _PAIRS])
-
-    def horner(acc, c):
-        return acc * rho + c[0][:, :, None] * c[1][:, None, :], None
-
-    acc0 = jnp.zeros((len(_PAIRS),) + K.shape, dtype=K.dtype)
-    acc, _ = jax.lax.scan(horner, acc0, (jnp.moveaxis(cf, 2, 0)[::-1], jnp.moveaxis(cg, 2, 0)[::-1]))
+    acc = mehler_series(cf, cg, rho)
     x, w = (device(t, dtype=K.dtype) for t in gauss_hermite(nodes))
     z = jnp.sqrt(jnp.maximum(kd, 0.0))[:, None] * x  # (N, nodes)
     der = [act.derivative(p)(z) for p in range(_MAX_DERIV + 1)]

@@ -50,3 +50,29 @@ def test_expansion_parameter_leaves_out_a_zero_variance_input_as_the_exact_path(
         eps = cond.validity.eps
         exact = net.prior(X).expansion_parameter
     assert np.isfinite(eps) and eps == pytest.approx(exact, rel=1e-12) and exact > 0
+
+
+@pytest.mark.filterwarnings("ignore::ngp.ExpansionWarning", "ignore::ngp.AccuracyWarning")
+def test_large_variances_compile_no_table_as_a_constant():
+    """Inputs whose variance needs the capped Mehler orders (here ``K ~ 100``): the compiled kernel and moment
+    programs take the 151 MB table as an argument, not as a captured constant (until stop 67 each program held a
+    copy: 3.5 GB of constants and a 4.2 GB peak for 188 rows of one feature). A callable activation compiles
+    afresh (no program cached by another test); JAX warns about captured constants above the bound set here."""
+    import warnings
+
+    import jax
+    import jax.numpy as jnp
+
+    net = ngp.MLP(3, 16, activation=ngp.activation(lambda z: jnp.tanh(z), name="tanh_callable"))
+    X = np.array([[10.0], [-7.0], [3.0], [0.5]])  # C_W = 1: first-layer variances up to 100
+    bound = jax.config.jax_captured_constants_warn_bytes
+    jax.config.update("jax_captured_constants_warn_bytes", 20 * 2**20)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cond = ngp.condition(net, X[:3], X[:3] / 10, noise=0.1, method="matrix_free", samples=64)
+            post = cond.predict(X[3:])
+    finally:
+        jax.config.update("jax_captured_constants_warn_bytes", bound)
+    assert np.all(np.isfinite(post.mean)) and np.isfinite(cond.log_evidence)
+    assert not [w for w in caught if "constants were captured" in str(w.message)]

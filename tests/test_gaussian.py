@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import ngp
-from ngp._gaussian import gauss_hermite, hermite_coefficients, pair_gh, pair_matrix, pair_matrices
+from ngp._gaussian import gauss_hermite, hermite_coefficients, mehler_series, pair_gh, pair_matrix, pair_matrices
 from ngp._kernel import two_point_matrix
 
 from ._reference import erf_smoothed, gauss_pair, relu_smoothed
@@ -125,6 +125,19 @@ def test_pair_matrices_equal_pair_matrix_for_each_pair():
     for (f, g), M in zip(fgs, got):
         np.testing.assert_allclose(np.asarray(M), np.asarray(pair_matrix(f, g, K)), rtol=0, atol=1e-14)
     assert not np.allclose(np.asarray(got[0]), np.asarray(got[1]))
+
+
+@pytest.mark.parametrize("tile", [1, 8, 16])
+def test_mehler_series_by_tiles_equals_the_sum_of_its_terms(tile):
+    """The tiled Horner loop equals ``sum_k A_k B_k rho^k`` summed term by term in NumPy, for a row count that
+    is not a multiple of the tile (13 rows: padded) and several functions at once."""
+    rng = np.random.default_rng(11)
+    A, B = rng.normal(size=(2, 13, 9)), rng.normal(size=(2, 7, 9))
+    rho = np.clip(rng.normal(size=(13, 7)), -1.0, 1.0)
+    want = sum(A[:, :, None, k] * B[:, None, :, k] * rho[None] ** k for k in range(9))
+    got = np.asarray(mehler_series(jnp.asarray(A), jnp.asarray(B), jnp.asarray(rho), tile=tile))
+    assert got.shape == (2, 13, 7)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
 
 
 def test_mehler_tables_are_held_once_and_within_their_byte_bound():
