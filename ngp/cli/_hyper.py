@@ -6,7 +6,8 @@ any posterior is computed, and prints what it returns; every row of the table th
 values. ``ngp demo`` calls it on its training rows. By default the CLI fits ``(C_W, C_b, noise)``
 by maximising the evidence of the training targets (ML-II, :func:`ngp.fit_hyperparameters`);
 ``--fixed`` keeps the values given on the command line. The GP evidence is maximised by default
-(it costs ``O(N^3)`` per step, so the fit takes seconds to a minute); ``--fit-evidence
+(it costs ``O(N^3)`` per step, so the fit takes seconds to a minute; above :data:`WARM_ROWS` rows it starts from
+the fit on the first ``WARM_ROWS``); ``--fit-evidence
 finite-width`` then also maximises the ``O(1/n)`` evidence at the first ``--width`` (each step
 costs a training block, ``~N^4``).
 """
@@ -16,13 +17,18 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
-__all__ = ["Hyperparameters", "fit_hyperparameters", "FITTING_AVAILABLE"]
+__all__ = ["Hyperparameters", "fit_hyperparameters", "FITTING_AVAILABLE", "WARM_ROWS"]
 
 #: Whether this version fits hyperparameters (False: the given values are used and the help says so).
 FITTING_AVAILABLE = True
 #: Starts of the optimiser (the first is the given values, the others random draws within the bounds) and its
 #: iterations per start: one start keeps the fit within a minute on a loaded 2-core machine.
 NUM_STARTS, MAX_ITER = 1, 40
+#: A GP-evidence fit on more rows than this starts from the fit on the first this many (each step costs ~N^2 for
+#: the kernel and its tangents, N^3 for the solve), so that L-BFGS-B takes few steps on all of them (1000 rows of
+#: statsmodels' fair data: 101 s against 127 s from the CLI's given values, 111 s against 316 s from C_b = 0.1;
+#: docs/cli.md, ``benchmarks/cli_fit_warm.py``).
+WARM_ROWS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +83,13 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float, fixed: bool, see
     if fixed:
         return Hyperparameters(cw, cb, float(noise), "given", "given values (--fixed)")
     opts = {k: v for k, v in (options or {}).items() if k == "four_point_order"}
+    warm = not finite_width and X_train.shape[0] > WARM_ROWS
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        if warm:  # the start: the fit on the first WARM_ROWS rows
+            first = ngp.fit_hyperparameters(net, X_train[:WARM_ROWS], Y_train[:WARM_ROWS], noise=noise,
+                                            finite_width=False, num_starts=NUM_STARTS, seed=seed, max_iter=MAX_ITER)
+            net, noise = first.net, first.noise
         fit = ngp.fit_hyperparameters(net, X_train, Y_train, noise=noise, finite_width=finite_width,
                                       num_starts=NUM_STARTS, seed=seed, max_iter=MAX_ITER, **opts)
     for w in caught:  # the note says what the fit's convergence warnings say (success, at_bounds); others pass on
@@ -87,7 +98,8 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float, fixed: bool, see
     which = "finite-width" if fit.finite_width else "GP"
     starts = sum(1 for s in fit.starts if s["stage"] == "gp")
     bounds = "".join(f", {name} at the fit's {side} bound {bound:.4g}" for name, side, bound in fit.at_bounds)
+    start = f" from the fit on its first {WARM_ROWS}" if warm else ""
     note = (f"fitted: maximum of the {which} evidence of {rows or f'{X_train.shape[0]} training rows'}, "
-            f"{starts} start{'s' if starts > 1 else ''}{'' if fit.success else ', NOT converged'}{bounds}; "
+            f"{starts} start{'s' if starts > 1 else ''}{start}{'' if fit.success else ', NOT converged'}{bounds}; "
             "--fixed keeps the given values")
     return Hyperparameters(fit.C_W[0], fit.C_b[0], float(fit.noise), "fitted", note, float(fit.log_evidence))
