@@ -162,7 +162,9 @@ class MatrixFreeConditioned(Conditioned):
 
     @functools.cached_property
     def log_evidence(self) -> float:
-        """Finite-width log marginal likelihood of all targets, to ``O(1/n)`` (Monte-Carlo estimate)."""
+        """Finite-width log marginal likelihood of all targets, to ``O(1/n)`` (Monte-Carlo estimate): from the first
+        prediction's estimator run; before any prediction, from a run of its own on one test input, which costs about
+        as much (``docs/matrix-free.md``)."""
         return float(self._train_run().log_evidence)
 
     @functools.cached_property

@@ -674,8 +674,10 @@ def test_path_follows_the_library_rule_unless_method_is_given():
 
 def test_regress_takes_the_matrix_free_path_above_the_exact_limit(tmp_path, capsys, monkeypatch):
     """--max-train above 64 with a pool that large (``--method auto``): every pool row, no probe, the matrix-free
-    estimator with the given --samples and --seed, and its standard errors in the table, the notes and --json."""
+    estimator with the given --samples and --seed, run once (the evidence comes with the predictions: a run for it
+    alone doubled the work), and its standard errors in the table, the notes and --json."""
     import ngp
+    from ngp import _conditioned_mf as cmf
     from ngp.cli import _regress
 
     rows = _csv_rows(90, seed=4)
@@ -690,11 +692,15 @@ def test_regress_takes_the_matrix_free_path_above_the_exact_limit(tmp_path, caps
 
     monkeypatch.setattr(ngp, "condition", spy)
     monkeypatch.setattr(_regress, "_probe", lambda *a, **k: pytest.fail("the matrix-free path needs no probe"))
+    runs, estimator = [], cmf.mf.matrix_free_posterior
+    monkeypatch.setattr(cmf.mf, "matrix_free_posterior", lambda *a, **k: runs.append(a[1][-1][1].shape) or
+                        estimator(*a, **k))
     out_json = tmp_path / "res.json"
     rc = main(["regress", data, "--max-train", "100", "--n-test", "3", "--width", "4,64", "--samples", "256",
                "--seed", "3", "--fixed", "--json", str(out_json), "--quiet"])
     out, err = capsys.readouterr()
     assert rc == 0, err
+    assert runs == [(3, 72)]  # one run, at the 3 test rows: both widths and the evidence read it
     assert "training rows: 72 of 72 (every row of the training pool)" in out
     assert ("finite-width path: matrix-free (Monte-Carlo estimate of the vertex terms, 256 samples per layer, "
             "seed 3") in out

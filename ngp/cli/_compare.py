@@ -175,21 +175,28 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
     info = {"posteriors": {}, "failed": {}, "prior_s": None, "gp_test": gp, "n_test": split.Xte.shape[0], "cut": None,
             "method": cond.method}
     mf = cond.method == "matrix_free"
-    what = (f"K1 and the evidence, its vertex terms by Monte Carlo ({cond.samples} samples per layer)," if mf
+    what = (f"K1, the evidence (its vertex terms by Monte Carlo, {cond.samples} samples per layer)" if mf
             else "K1, V and evidence")
     XB = split.Xte if extra_test is None else np.concatenate([split.Xte, extra_test])
     M = split.Xte.shape[0]
     batched = {}  # with a deadline: batches of test rows, the first width stopping at the deadline
     if deadline is not None:
         batched["batch_size"] = max(2, -(-M // DEADLINE_BATCHES))
+    first = {} if deadline is None else {
+        "stop": deadline_stop(deadline, batched["batch_size"], row_seconds, total=M), **batched}
     try:
-        _, t_train = progress.run(f"finite width: {what} on {split.Xtr.shape[0]} training rows",
-                                  lambda: cond.log_evidence, estimate=est.get("training"))
-        first = {} if deadline is None else {
-            "stop": deadline_stop(deadline, batched["batch_size"], row_seconds, total=M), **batched}
-        post0, t_pred = progress.run(f"finite width: predictions at {XB.shape[0]} test inputs",
-                                     lambda: cond.predict(XB, **first), estimate=est.get("predict"))
-        info["prior_s"] = t_train + t_pred
+        if mf:  # one estimator run gives the evidence with the predictions; a run for the evidence alone (on one test
+            # input) costs about as much, its training side being most of the work (docs/cli.md, "Hundreds of rows")
+            both = [est[k] for k in ("training", "predict") if est.get(k) is not None]
+            post0, info["prior_s"] = progress.run(
+                f"finite width: {what} and predictions at {XB.shape[0]} test inputs, on {split.Xtr.shape[0]} "
+                "training rows", lambda: cond.predict(XB, **first), estimate=sum(both) if both else None)
+        else:
+            _, t_train = progress.run(f"finite width: {what} on {split.Xtr.shape[0]} training rows",
+                                      lambda: cond.log_evidence, estimate=est.get("training"))
+            post0, t_pred = progress.run(f"finite width: predictions at {XB.shape[0]} test inputs",
+                                         lambda: cond.predict(XB, **first), estimate=est.get("predict"))
+            info["prior_s"] = t_train + t_pred
     except MemoryError as exc:
         raise CLIError(f"{exc} (raise --max-memory or use fewer training rows)".replace("\n", " ")) from None
     except np.linalg.LinAlgError as exc:
