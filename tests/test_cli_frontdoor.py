@@ -556,10 +556,9 @@ def test_hyperparameters_line_names_a_bound_and_passes_other_warnings_on(monkeyp
 
 
 def test_a_large_gp_fit_starts_from_the_fit_on_its_first_rows(monkeypatch):
-    """Above WARM_ROWS rows the GP-evidence fit runs twice: on the first WARM_ROWS rows from the given values, then
-    on all rows from that fit's network and noise, whose result is returned; the line says so. At WARM_ROWS rows or
-    fewer, and for the finite-width evidence, one fit from the given values, as before. (The library's fit is
-    stubbed: its maxima are checked in tests/test_hyper.py; the time saved is measured by
+    """Above WARM_ROWS rows the GP-evidence fit asks the library to start on the first WARM_ROWS rows
+    (``warm_rows``); the line says so. At WARM_ROWS rows or fewer, and for the finite-width evidence, it does not.
+    (The library's fit is stubbed: ``warm_rows`` is tested in tests/test_hyper.py; the time saved is measured by
     benchmarks/cli_fit_warm.py.)"""
     import types
 
@@ -570,22 +569,22 @@ def test_a_large_gp_fit_starts_from_the_fit_on_its_first_rows(monkeypatch):
     calls = []
 
     def fit(net, X, Y, **kw):
-        calls.append((X.shape[0], float(net.dense_steps()[0].C_W), kw["noise"], kw["finite_width"]))
-        cw = 0.5 + X.shape[0] / 100  # a different result per number of rows
-        return types.SimpleNamespace(finite_width=kw["finite_width"], starts=({"stage": "gp"},), success=True,
-                                     C_W=(cw,), C_b=(0.01,), noise=0.2 + X.shape[0] / 1000,
-                                     log_evidence=-float(X.shape[0]), at_bounds=(), net=ngp.MLP(3, 8, C_W=cw, C_b=0.01))
+        calls.append((X.shape[0], float(net.dense_steps()[0].C_W), kw["noise"], kw["finite_width"], kw["warm_rows"]))
+        first = ({"stage": f"gp, first {kw['warm_rows']} rows"},) if kw["warm_rows"] else ()
+        return types.SimpleNamespace(finite_width=kw["finite_width"], starts=first + ({"stage": "gp"},), success=True,
+                                     C_W=(1.1,), C_b=(0.01,), noise=0.26, log_evidence=-60.0, at_bounds=(),
+                                     net=ngp.MLP(3, 8, C_W=1.1, C_b=0.01))
 
     monkeypatch.setattr(ngp, "fit_hyperparameters", fit)
     net, X, y = ngp.MLP(3, 8, C_W=1.0, C_b=0.1), np.zeros((60, 2)), np.zeros((60, 1))
     hyper = _hyper.fit_hyperparameters(net, X, y, noise=0.1, fixed=False, rows="60 training-pool rows")
-    assert calls == [(24, 1.0, 0.1, False), (60, 0.74, pytest.approx(0.224), False)]
+    assert calls == [(60, 1.0, 0.1, False, 24)]
     assert (hyper.C_W, hyper.noise, hyper.log_evidence) == (1.1, 0.26, -60.0)
     assert "evidence of 60 training-pool rows, 1 start from the fit on its first 24;" in hyper.note
     for rows, finite in ((24, False), (60, True)):
         calls.clear()
         hyper = _hyper.fit_hyperparameters(net, X[:rows], y[:rows], noise=0.1, fixed=False, finite_width=finite)
-        assert calls == [(rows, 1.0, 0.1, finite)] and "from the fit on its first" not in hyper.note
+        assert calls == [(rows, 1.0, 0.1, finite, None)] and "from the fit on its first" not in hyper.note
 
 
 def test_folds_are_summarised_as_mean_and_standard_error():

@@ -96,6 +96,33 @@ def test_fit_recovers_the_hyperparameters_of_the_data():
         assert abs(mean[j] - truth[name]) < 4 * spread[j] / np.sqrt(len(fits))  # and the mean within 4 s.e.
 
 
+def test_warm_rows_fit_all_rows_from_the_fit_on_the_first_rows():
+    """``warm_rows``: the starts run on the first rows (their maxima are the GP evidence of those rows), the best of
+    them is the one start on all rows, and the result is the fit on all rows from that point; at ``warm_rows`` rows
+    or more every start is on all rows, as without it."""
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(48, 1))
+    Y = np.sin(X) + 0.1 * rng.normal(size=X.shape)  # interior optima (C_W 0.68 on the first 16 rows, 4.2 on all)
+    net = ngp.MLP(2, 64, activation="erf", C_W=1.0, C_b=0.1)
+    fit = ngp.fit_hyperparameters(net, X, Y, noise=0.1, finite_width=False, num_starts=2, warm_rows=16)
+    assert [s["stage"] for s in fit.starts] == ["gp, first 16 rows"] * 2 + ["gp"]
+    best = max(fit.starts[:2], key=lambda s: (s["converged"], s["log_evidence"]))
+    assert fit.starts[2]["start"] == best["final"]
+    for s in fit.starts[:2]:
+        at = ngp.MLP(2, 64, activation="erf", C_W=s["final"]["C_W"][0], C_b=s["final"]["C_b"][0])
+        assert s["log_evidence"] == pytest.approx(
+            float(ngp.log_evidence(at, X[:16], Y[:16], noise=s["final"]["noise"], finite_width=False)), rel=1e-12)
+    b = best["final"]
+    ref = ngp.fit_hyperparameters(ngp.MLP(2, 64, activation="erf", C_W=b["C_W"][0], C_b=b["C_b"][0]), X, Y,
+                                  noise=b["noise"], finite_width=False, num_starts=1)
+    assert fit.log_evidence == pytest.approx(ref.log_evidence, rel=1e-12)
+    np.testing.assert_allclose([fit.C_W[0], fit.C_b[0], fit.noise], [ref.C_W[0], ref.C_b[0], ref.noise], rtol=1e-6)
+    small = ngp.fit_hyperparameters(net, X[:16], Y[:16], noise=0.1, finite_width=False, num_starts=2, warm_rows=16)
+    assert [s["stage"] for s in small.starts] == ["gp", "gp"]
+    with pytest.raises(ValueError, match="warm_rows"):
+        ngp.fit_hyperparameters(net, X, Y, finite_width=False, warm_rows=0)
+
+
 def test_fit_reports_values_that_end_on_a_bound():
     """Bounds that exclude the unconstrained optimum (found first): the fit ends on the near bound, says so in
     ``at_bounds`` and warns; ``C_b`` at its lower bound (no bias) is not reported."""

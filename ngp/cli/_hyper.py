@@ -27,7 +27,7 @@ NUM_STARTS, MAX_ITER = 1, 40
 #: A GP-evidence fit on more rows than this starts from the fit on the first this many (each step costs ~N^2 for
 #: the kernel and its tangents, N^3 for the solve), so that L-BFGS-B takes few steps on all of them (1000 rows of
 #: statsmodels' fair data: 101 s against 127 s from the CLI's given values, 111 s against 316 s from C_b = 0.1;
-#: docs/cli.md, ``benchmarks/cli_fit_warm.py``).
+#: docs/cli.md, ``benchmarks/cli_fit_warm.py``); the library's ``warm_rows``.
 WARM_ROWS = 256
 
 
@@ -86,12 +86,9 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float, fixed: bool, see
     warm = not finite_width and X_train.shape[0] > WARM_ROWS
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if warm:  # the start: the fit on the first WARM_ROWS rows
-            first = ngp.fit_hyperparameters(net, X_train[:WARM_ROWS], Y_train[:WARM_ROWS], noise=noise,
-                                            finite_width=False, num_starts=NUM_STARTS, seed=seed, max_iter=MAX_ITER)
-            net, noise = first.net, first.noise
         fit = ngp.fit_hyperparameters(net, X_train, Y_train, noise=noise, finite_width=finite_width,
-                                      num_starts=NUM_STARTS, seed=seed, max_iter=MAX_ITER, **opts)
+                                      num_starts=NUM_STARTS, seed=seed, max_iter=MAX_ITER,
+                                      warm_rows=WARM_ROWS if warm else None, **opts)
     for w in caught:  # the note says what the fit's convergence warnings say (success, at_bounds); others pass on
         if not issubclass(w.category, ngp.ConvergenceWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
