@@ -172,8 +172,8 @@ class HyperFit:
             rule runs when"); this value runs the error-controlled one. ``starts`` keeps the optimiser's.
         log_evidence_gp: the GP log evidence at the fitted values.
         finite_width: whether the finite-width evidence was maximised.
-        starts: one dict per start: ``stage`` (``"gp"``, ``"gp, first N rows"`` with ``warm_rows``, ``"finite
-            width"``), initial values, final values, log evidence, converged.
+        starts: one dict per start: ``stage`` (``"gp"``, ``"gp, first N rows"`` with ``warm_rows``,
+            ``"finite width"``), initial values, final values, log evidence, converged.
         success: whether the best start converged.
         at_bounds: ``(name, "lower" | "upper", bound)`` for each fitted value that ended on a bound of the
             search box, where the evidence may still rise beyond it (``name`` is ``"C_W"``, ``"C_b"``,
