@@ -556,10 +556,9 @@ def test_hyperparameters_line_names_a_bound_and_passes_other_warnings_on(monkeyp
 
 
 def test_a_large_gp_fit_starts_from_the_fit_on_its_first_rows(monkeypatch):
-    """Above WARM_ROWS rows the GP-evidence fit asks the library to start on the first WARM_ROWS rows
-    (``warm_rows``); the line says so. At WARM_ROWS rows or fewer, and for the finite-width evidence, it does not.
-    (The library's fit is stubbed: ``warm_rows`` is tested in tests/test_hyper.py; the time saved is measured by
-    benchmarks/cli_fit_warm.py.)"""
+    """The fit asks the library to start on the first WARM_ROWS rows (``warm_rows``), which it does above that many
+    rows; the line says so when it did. (The library's fit is stubbed, with a first stage above ``warm_rows`` rows:
+    ``warm_rows`` is tested in tests/test_hyper.py; the time saved is measured by benchmarks/cli_fit_warm.py.)"""
     import types
 
     import ngp
@@ -570,7 +569,7 @@ def test_a_large_gp_fit_starts_from_the_fit_on_its_first_rows(monkeypatch):
 
     def fit(net, X, Y, **kw):
         calls.append((X.shape[0], float(net.dense_steps()[0].C_W), kw["noise"], kw["finite_width"], kw["warm_rows"]))
-        first = ({"stage": f"gp, first {kw['warm_rows']} rows"},) if kw["warm_rows"] else ()
+        first = ({"stage": f"gp, first {kw['warm_rows']} rows"},) if X.shape[0] > kw["warm_rows"] else ()
         return types.SimpleNamespace(finite_width=kw["finite_width"], starts=first + ({"stage": "gp"},), success=True,
                                      C_W=(1.1,), C_b=(0.01,), noise=0.26, log_evidence=-60.0, at_bounds=(),
                                      net=ngp.MLP(3, 8, C_W=1.1, C_b=0.01))
@@ -581,10 +580,11 @@ def test_a_large_gp_fit_starts_from_the_fit_on_its_first_rows(monkeypatch):
     assert calls == [(60, 1.0, 0.1, False, 24)]
     assert (hyper.C_W, hyper.noise, hyper.log_evidence) == (1.1, 0.26, -60.0)
     assert "evidence of 60 training-pool rows, 1 start from the fit on its first 24;" in hyper.note
-    for rows, finite in ((24, False), (60, True)):
+    for rows, finite in ((24, False), (24, True), (60, True)):
         calls.clear()
         hyper = _hyper.fit_hyperparameters(net, X[:rows], y[:rows], noise=0.1, fixed=False, finite_width=finite)
-        assert calls == [(rows, 1.0, 0.1, finite, None)] and "from the fit on its first" not in hyper.note
+        assert calls == [(rows, 1.0, 0.1, finite, 24)]
+        assert ("1 start from the fit on its first 24;" in hyper.note) == (rows > 24), hyper.note
 
 
 def test_folds_are_summarised_as_mean_and_standard_error():

@@ -83,18 +83,18 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float, fixed: bool, see
     if fixed:
         return Hyperparameters(cw, cb, float(noise), "given", "given values (--fixed)")
     opts = {k: v for k, v in (options or {}).items() if k == "four_point_order"}
-    warm = not finite_width and X_train.shape[0] > WARM_ROWS
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit = ngp.fit_hyperparameters(net, X_train, Y_train, noise=noise, finite_width=finite_width,
-                                      num_starts=NUM_STARTS, seed=seed, max_iter=MAX_ITER,
-                                      warm_rows=WARM_ROWS if warm else None, **opts)
+                                      num_starts=NUM_STARTS, seed=seed, max_iter=MAX_ITER, warm_rows=WARM_ROWS,
+                                      **opts)
     for w in caught:  # the note says what the fit's convergence warnings say (success, at_bounds); others pass on
         if not issubclass(w.category, ngp.ConvergenceWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     which = "finite-width" if fit.finite_width else "GP"
     starts = sum(1 for s in fit.starts if s["stage"] == "gp")
     bounds = "".join(f", {name} at the fit's {side} bound {bound:.4g}" for name, side, bound in fit.at_bounds)
+    warm = any(s["stage"].startswith("gp, first ") for s in fit.starts)  # the library's first stage ran
     start = f" from the fit on its first {WARM_ROWS}" if warm else ""
     note = (f"fitted: maximum of the {which} evidence of {rows or f'{X_train.shape[0]} training rows'}, "
             f"{starts} start{'s' if starts > 1 else ''}{start}{'' if fit.success else ', NOT converged'}{bounds}; "
