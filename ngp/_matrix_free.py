@@ -298,7 +298,8 @@ def kernel_blocks(act: Activation, X_train, X_test, C_W, C_b):
     out = [(KAA, KBA, kB)]
     for l in range(1, len(C_W)):
         orders = _orders(float(max(jnp.max(kB), jnp.max(jnp.diagonal(KAA)))))
-        out.append(_kernel_step(act, orders, _tables(act, orders), *out[-1], float(C_W[l]), float(C_b[l])))
+        tables = None if act.two_point is not None else _tables(act, orders)  # closed forms read no table
+        out.append(_kernel_step(act, orders, tables, *out[-1], float(C_W[l]), float(C_b[l])))
     return out
 
 
