@@ -199,12 +199,13 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
                         **options) -> HyperFit:
     """Type-II maximum likelihood: the ``(C_W, C_b, noise)`` that maximise the evidence of the targets.
 
-    L-BFGS-B (scipy) on log-parameters of the compiled :func:`ngp.log_evidence`, from ``num_starts`` starts
-    (the network's values and random draws within the bounds); the best converged start wins. With
-    ``finite_width=True`` the GP optimum is found first and the finite-width evidence (the ``O(1/n)`` one) is
-    then maximised from it. Gradients: forward mode for the GP evidence; central differences of the compiled
-    value for the finite-width one, whose fixed four-point rule's JAX derivative (Price's theorem) is not the
-    derivative of that value (``docs/four-point.md``, "The traced gradient's error").
+    L-BFGS-B (scipy) on log-parameters of :func:`ngp.log_evidence`, from ``num_starts`` starts (the network's
+    values and random draws within the bounds); the best converged start wins. With ``finite_width=True`` the GP
+    optimum is found first and the finite-width evidence (the ``O(1/n)`` one) is then maximised from it.
+    Gradients: forward mode for the compiled GP evidence; for the finite-width one, central differences of
+    :func:`ngp.log_evidence` on concrete arrays (the error-controlled four-point rule; a JAX derivative would run
+    the fixed rule, whose Price's-theorem derivative is not the derivative of its value: ``docs/four-point.md``,
+    "The fit's gradient").
 
     Args:
         net: a network; its widths, activation and structure are kept.
@@ -212,7 +213,11 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
         noise: starting (or, when ``"noise"`` is not in ``fit``, fixed) noise variance; default:
             ``0.1 * Var(Y)``.
         fit: which of ``"C_W"``, ``"C_b"``, ``"noise"`` to fit (the others stay fixed).
-        finite_width: maximise the finite-width evidence (default) or the GP's.
+        finite_width: maximise the finite-width evidence (default) or the GP's. A step of the finite-width stage
+            evaluates the four-point vertex on every multiset of four training rows five times (the value and the
+            differences in ``C_W`` and ``C_b``): 0.8, 2.7 and 8.0 s at 8, 12 and 16 rows (tanh, depth 3, on this
+            project's 2-core machine; ``docs/four-point.md``), growing about like ``N^4``; the stage took 1-8 steps,
+            median 5, in fits of 4-14 rows (``docs/cli.md``).
         per_layer: one ``(C_W, C_b)`` per dense step, or (default) one shared by all dense steps.
         bounds: ``{"C_W": (lo, hi), "C_b": (lo, hi), "noise": (lo, hi)}`` (defaults
             ``(0.05, 10)``, ``(1e-6, 5)``, ``(1e-6, 10 Var(Y))``).
@@ -322,14 +327,12 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
     best = max((s for s in starts if s["stage"] == "gp"), key=lambda s: (s["converged"], s["value"]))
     theta = best["theta"]
     value, success = best["value"], best["converged"]
-    fitted_finite = False
     if finite_width and net.n_last is not None:
         r = run(objective(True), theta)
         starts.append(dict(start=theta, theta=r.x, value=-float(r.fun), converged=bool(r.success),
                            stage="finite width"))
         if math.isfinite(r.fun) and r.fun < 1e299:
             theta, value, success = r.x, -float(r.fun), bool(r.success)
-            fitted_finite = True
         else:
             warn("fit_hyperparameters: the finite-width evidence is not finite near the GP optimum; "
                  "returning the GP fit (the 1/n expansion is not valid here)", ExpansionWarning)
@@ -343,10 +346,8 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
     cw, cb, nz = (np.asarray(v, dtype=float) for v in unpack(device(theta)))
     fitted = with_hyperparameters(net, cw, cb)
     gp_value = float(log_evidence(fitted, XA, Y, noise=float(nz), finite_width=False, **options))
-    if fitted_finite:  # the optimiser's value is the compiled evidence, on the fixed four-point rule: evaluated
-        # again concretely, on the error-controlled rule (tanh, relu: 1.3e-7, 4.9e-4 relative apart in
-        # tests/test_hyper.py's 5-point case)
-        value = float(log_evidence(fitted, XA, Y, noise=float(nz), **options))
+    # after a finite-width stage ``value`` is the optimiser's, ngp.log_evidence at the fitted values (the objective
+    # evaluates it concretely, on the error-controlled four-point rule: _finite_width_objective)
     table = tuple(
         dict(stage=s["stage"], start=_describe(unpack(device(s["start"]))),
              final=_describe(unpack(device(s["theta"]))), log_evidence=s["value"], converged=s["converged"])
@@ -394,53 +395,68 @@ def _objective(net, XA, fw, sizes, per_layer, depth, options):
     """``(theta, Y, cw_all, cb_all, noise0) -> (gradient, value)`` of minus the log evidence.
 
     GP: forward mode (memory independent of the quadrature size; few parameters; one pass gives the value, as
-    aux, and the gradient). Finite width: the four-point term runs the fixed rule, whose derivative by Price's
-    theorem is not the derivative of that value (about 1% off in ``log C_W`` on the command line's 7 diabetes
-    rows, where L-BFGS-B's line search then failed after 40 evaluations) and costs 9-14 times a value
-    (``docs/four-point.md``, "The traced gradient's error"). So the ``C_W`` and ``C_b`` components are central
-    differences (step :data:`FD_STEP`) of the compiled value, two evaluations each; the noise does not move
-    the cumulants, and its component is the exact derivative of the evidence given the cumulants at ``theta``,
-    computed with the value (``1 + 2 (p - 1)`` quadrature passes when the noise is fitted, not ``2 p + 1``).
-    The objective is compiled and remembered for the last 8 (network, inputs, options, evidence): each L-BFGS-B
-    step then costs no compilation, and fits to new targets on the same inputs (other starts, other draws) do
-    not compile it again. Its variances are not concrete at trace time, so each kernel picks in the program the
-    Mehler orders of its largest variance's bucket (:func:`ngp._gaussian.traced_mehler_tables`), their Hermite
-    tables the compiled function's ``tables`` argument (``docs/theory.md``, "Numerical paths and their accuracy").
+    aux, and the gradient), compiled. Its variances are not concrete at trace time, so each kernel picks in the
+    program the Mehler orders of its largest variance's bucket (:func:`ngp._gaussian.traced_mehler_tables`), their
+    Hermite tables the compiled function's ``tables`` argument (``docs/theory.md``, "Numerical paths and their
+    accuracy"). The compiled objective is remembered for the last 8 (network, inputs, options): each L-BFGS-B step
+    then costs no compilation, and fits to new targets on the same inputs (other starts, other draws) do not
+    compile it again. Finite width: :func:`_finite_width_objective`.
     """
     options = _evidence_options(options)
+    if fw:
+        return _finite_width_objective(net, XA, sizes, per_layer, depth, options)
 
     def f(theta, Y, cw_all, cb_all, noise0):
         cw, cb, nz = _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0)
         return -_evidence(_cumulants(net, XA, cw, cb, False, options), Y, nz, 0.0)
 
-    def noise_exact(theta, Y, cw_all, cb_all, noise0):
-        cw, cb, _ = _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0)
-        cumulants = _cumulants(net, XA, cw, cb, True, options)  # constants below: only the noise is differentiated
-        value, grad = jax.value_and_grad(
-            lambda t: -_evidence(cumulants, Y, _unpack(t, sizes, per_layer, depth, cw_all, cb_all, noise0)[2], 0.0)
-        )(theta)
-        return grad, value
-
-    both = noise_exact if fw else jax.jacfwd(lambda t, *a: _twice(f(t, *a)), has_aux=True)
+    both = jax.jacfwd(lambda t, *a: _twice(f(t, *a)), has_aux=True)
 
     def with_tables(theta, Y, cw_all, cb_all, noise0, tables):
         with traced_mehler_tables(tables):
             return both(theta, Y, cw_all, cb_all, noise0)
 
-    key = (net, repr(net), XA.shape, XA.tobytes(), sizes, per_layer, tuple(sorted(options.items())), fw)
+    key = (net, repr(net), XA.shape, XA.tobytes(), sizes, per_layer, tuple(sorted(options.items())))
     compiled = cached_per_network(_OBJECTIVES, 8, key, lambda: jax.jit(with_tables))
     tables = tuple(tuple(device(a, dtype=jnp.result_type(float)) for a in t) for t in switch_tables())
-    if not fw:
-        return functools.partial(compiled, tables=tables)
-    moving = sizes[0] + sizes[1]  # the C_W and C_b components: they move the four-point values
+    return functools.partial(compiled, tables=tables)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _noise_value_and_grad(sizes, per_layer, depth, n, theta, K, K1, V, Y, cw_all, cb_all, noise0):
+    """Minus the log evidence from the cumulants ``(K, K1, V)`` (constants) and its gradient in ``theta``: exact
+    in the noise's component, zero in the others (the cumulants do not depend on the noise)."""
+    def value(t):
+        return -_evidence((K, K1, V, n), Y, _unpack(t, sizes, per_layer, depth, cw_all, cb_all, noise0)[2], 0.0)
+
+    return jax.value_and_grad(value)(theta)
+
+
+def _finite_width_objective(net, XA, sizes, per_layer, depth, options):
+    """:func:`_objective` of the finite-width evidence: its value is :func:`log_evidence`'s on concrete arrays, the
+    four-point term on the error-controlled rule (``docs/four-point.md``) rather than the fixed rule a trace would
+    run, which at these rows' variances costs about 4 times more (tanh, 16 diabetes rows: 5.2 s against 1.4 s a
+    value) and is off by its own error (up to ``1e-5`` relative at variances of 3). The ``C_W`` and ``C_b``
+    components are central differences (step :data:`FD_STEP` in the log-parameters) of that value, two evaluations
+    each; the noise's is the exact derivative given the cumulants at ``theta``, computed with the value (``1 + 2 (p
+    - 1)`` evaluations of the cumulants when the noise is fitted, ``2 p + 1`` otherwise). A derivative of the
+    evidence in ``C_W`` by Price's theorem on the fixed rule is not the derivative of its value (about 1% off in
+    ``log C_W`` on the command line's 7 diabetes rows, where L-BFGS-B's line search then failed; ``docs/four-point.md``,
+    "The fit's gradient")."""
+    moving = sizes[0] + sizes[1]  # the C_W and C_b components: they move the cumulants
+
+    def at(theta, Y, cw_all, cb_all, noise0):
+        cw, cb, _ = _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0)
+        K, K1, V, n = _cumulants(net, XA, np.asarray(cw), np.asarray(cb), True, options)
+        return _noise_value_and_grad(sizes, per_layer, depth, n, theta, K, K1, V, Y, cw_all, cb_all, noise0)
 
     def differenced(theta, *args):
-        grad, value = compiled(theta, *args, tables=tables)
+        theta = jnp.asarray(theta, dtype=jnp.result_type(float))
+        value, grad = at(theta, *args)
         if not moving:
             return grad, value
         steps = FD_STEP * jnp.eye(theta.shape[0], dtype=theta.dtype)[:moving]
-        fd = jnp.stack([compiled(theta + e, *args, tables=tables)[1] - compiled(theta - e, *args, tables=tables)[1]
-                        for e in steps]) / (2 * FD_STEP)
+        fd = jnp.stack([at(theta + e, *args)[0] - at(theta - e, *args)[0] for e in steps]) / (2 * FD_STEP)
         return grad.at[:moving].set(fd), value
 
     return differenced
