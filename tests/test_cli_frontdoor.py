@@ -302,11 +302,12 @@ def test_row_work_reads_the_first_layer_variances_of_the_network():
 
 
 def test_cost_model_charges_the_finite_width_fit():
-    """With a FitProbe each fold also pays the fit: compile + steps x step seconds x C(N, 4) / C(N_p, 4)."""
+    """With a FitProbe each fold also pays the fit: compile + steps x step seconds x C(N + 3, 4) / C(N_p + 3, 4)
+    (the four-row multisets)."""
     fit = _budget.FitProbe(4, 0.5, 3.0, 10)
-    assert math.isclose(fit.seconds(4), 3.0 + 10 * 0.5) and math.isclose(fit.seconds(8), 3.0 + 5.0 * 70)
-    assert math.isclose(_budget.FitProbe(2, 0.5, 3.0, 10).seconds(4), 3.0 + 5.0 * 16)  # (N / N_p)^4 below 4 rows
-    assert math.isclose(_budget.FitProbe(8, 0.5, 3.0, 10, gp_s=2.0).seconds(9), 3.0 + 2.0 + 5.0 * 126 / 70)
+    assert math.isclose(fit.seconds(4), 3.0 + 10 * 0.5) and math.isclose(fit.seconds(8), 3.0 + 5.0 * 330 / 35)
+    assert math.isclose(_budget.FitProbe(2, 0.5, 3.0, 10).seconds(4), 3.0 + 5.0 * 35 / 5)
+    assert math.isclose(_budget.FitProbe(8, 0.5, 3.0, 10, gp_s=2.0).seconds(9), 3.0 + 2.0 + 5.0 * 495 / 330)
     m = dataclasses.replace(_model(), fit=fit)
     assert math.isclose(m.estimate(16, 10, folds=2), 5.0 + 2 * (fit.seconds(16) + 16.0 + 10 * 0.8))
     c = _budget.choose(m, pool=200, n_test=20, budget_s=400.0, cap=64, minimum=8)
@@ -922,18 +923,18 @@ def test_regress_budgets_the_finite_width_fit(real_csv, capsys, monkeypatch, tmp
     monkeypatch.setattr(_budget, "probe_step", probe_step)
     monkeypatch.setattr(_regress, "fit_hyperparameters", fit)
     rc = main(["regress", real_csv, "--n-test", "2", "--width", "4", "--fit-evidence", "finite-width",
-               "--time-budget", "250", "--quiet", "--json", str(tmp_path / "r.json")])
+               "--time-budget", "200", "--quiet", "--json", str(tmp_path / "r.json")])
     out = capsys.readouterr().out
     assert rc == 0
     ((shape, hyper),) = seen
     assert shape[0] == 10 and hyper.source == "fitted"  # the GP fit of the pool, the finite-width fit's start
-    # FIT_STEPS steps of 10 s x C(N, 4) / C(8, 4): 9 rows 180 s, 10 rows 300 s, and the GP stage charged what the
-    # pool's GP fit took (it also spends a few of the 250 s)
+    # FIT_STEPS steps of 10 s x C(N + 3, 4) / C(11, 4): 9 rows 150 s, 10 rows 216.7 s, and the GP stage charged what
+    # the pool's GP fit took (it also spends a few of the 200 s)
     assert (_regress.FIT_STEPS, _regress.FIT_PROBE_ROWS) == (10, 8)
     est = re.search(r"training rows: 9 of 10 \(time budget: 9 rows take an estimated (\d+) s, 10 rows (\d+) s", out)
-    gp = re.search(r"a fit is charged (\d+) s for its GP stage and 10 steps ~ C\(N_train, 4\)", out)
+    gp = re.search(r"a fit is charged (\d+) s for its GP stage and 10 steps ~ C\(N_train \+ 3, 4\)", out)
     assert est and gp, out
-    assert int(est[1]) - 180 == int(est[2]) - 300 and abs(int(est[1]) - 180 - int(gp[1])) <= 1
+    assert abs(int(est[2]) - int(est[1]) - 200 / 3) <= 1 and abs(int(est[1]) - 150 - int(gp[1])) <= 1
     probe = json.loads((tmp_path / "r.json").read_text())["fit_probe"]  # --json records the fit's probe
     assert (probe["n_train"], probe["step_s"], probe["steps"]) == (8, 10.0, 10)
     assert abs(probe["gp_s"] - int(gp[1])) <= 0.5
@@ -946,7 +947,7 @@ def test_regress_budgets_the_finite_width_fit(real_csv, capsys, monkeypatch, tmp
     out = capsys.readouterr().out
     assert rc == 0 and fitted == [(10, False), (8, True)] and "training rows: 8 of 10 (--n-train)" in out
     est = re.search(r"took 10.0 s \(0 s compiling before\); a fit is charged (\d+) s for its GP stage and 10 steps "
-                    r"~ C\(N_train, 4\); at 8 rows about (\d+) s", out)
+                    r"~ C\(N_train \+ 3, 4\); at 8 rows about (\d+) s", out)
     assert est and abs(int(est[2]) - 100 - int(est[1])) <= 1, out
 
 

@@ -226,7 +226,7 @@ def _probe_fit(args, Xp, yp, progress, fits: _Fits):
     step = dataclasses.replace(step, gp_s=fits.gp_seconds(Xp, yp))
     return step, (f"  probe: a step of the finite-width evidence fit on {rows} rows took {step.step_s:.1f} s "
                   f"({step.compile_s:.0f} s compiling before); a fit is charged {step.gp_s:.0f} s for its GP "
-                  f"stage and {FIT_STEPS} steps ~ C(N_train, 4)")
+                  f"stage and {FIT_STEPS} steps ~ C(N_train + 3, 4)")
 
 
 def _largest_fitting(n: int, need, limit: float) -> tuple[int, float]:
