@@ -166,10 +166,9 @@ class HyperFit:
         net: the network with the fitted ``C_W``/``C_b``.
         noise: fitted (or given) observation-noise variance.
         C_W, C_b: per-dense-step fitted values (forward order).
-        log_evidence: the maximised log evidence (finite width or GP, as fitted). For a finite-width fit,
-            evaluated again at the fitted values outside ``jax.jit``: the optimiser maximises the
-            compiled evidence, whose four-point term runs the fixed rule (``docs/four-point.md``, "Which
-            rule runs when"); this value runs the error-controlled one. ``starts`` keeps the optimiser's.
+        log_evidence: the maximised log evidence (finite width or GP, as fitted): :func:`ngp.log_evidence` at the
+            fitted values (for a finite-width fit the optimiser's own value, on the error-controlled four-point
+            rule: ``docs/four-point.md``, "The fit's gradient").
         log_evidence_gp: the GP log evidence at the fitted values.
         finite_width: whether the finite-width evidence was maximised.
         starts: one dict per start: ``stage`` (``"gp"``, ``"gp, first N rows"`` with ``warm_rows``,
