@@ -22,7 +22,8 @@ Public API (conventions and formulas: ``docs/theory.md``):
 * :mod:`ngp.train` -- training-time tools: Jacobian regulariser, fluctuation-dissipation SGD (optax).
 * :func:`activation`, :class:`Activation`, :data:`ACTIVATIONS` -- activations.
 * :class:`NgpWarning` and its kinds :class:`ExpansionWarning`, :class:`AccuracyWarning`, :class:`SamplingWarning`,
-  :class:`ConvergenceWarning` -- the categories of every warning ngp raises (``docs/api.md``, "Warnings").
+  :class:`ConvergenceWarning`, :class:`CostWarning` -- the categories of every warning ngp raises (``docs/api.md``,
+  "Warnings").
 """
 
 from ._activations import ACTIVATIONS, Activation, activation
@@ -40,7 +41,7 @@ from ._model_selection import EvidenceGrid, evidence_grid
 from ._hyper import HyperFit, fit_hyperparameters, log_evidence
 from ._sampling import NetworkSamples, sample_networks
 from ._trained import TrainedEnsemble, trained_ensemble
-from ._warnings import AccuracyWarning, ConvergenceWarning, ExpansionWarning, NgpWarning, SamplingWarning
+from ._warnings import AccuracyWarning, ConvergenceWarning, CostWarning, ExpansionWarning, NgpWarning, SamplingWarning
 from . import criticality, datasets, plot, reference, scaling, train
 
 #: Residual networks return an :class:`ngp.Prior` like every network (kept as an alias).
@@ -54,6 +55,7 @@ __all__ = [
     "AccuracyWarning",
     "SamplingWarning",
     "ConvergenceWarning",
+    "CostWarning",
     "ACTIVATIONS",
     "Activation",
     "activation",

@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import functools
 import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ from ._gaussian import switch_tables, traced_mehler_tables
 from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
 from ._validate import as_inputs, as_targets, count, device, nonneg_float, real, warn
-from ._warnings import ConvergenceWarning, ExpansionWarning
+from ._warnings import ConvergenceWarning, CostWarning, ExpansionWarning
 
 __all__ = ["log_evidence", "fit_hyperparameters", "HyperFit", "with_hyperparameters"]
 
@@ -216,7 +217,8 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
             evaluates the four-point vertex on every multiset of four training rows five times (the value and the
             differences in ``C_W`` and ``C_b``): 0.8, 2.7 and 8.0 s at 8, 12 and 16 rows (tanh, depth 3, on this
             project's 2-core machine; ``docs/four-point.md``), growing about like ``N^4``; the stage took 1-8 steps,
-            median 5, in fits of 4-14 rows (``docs/cli.md``).
+            median 5, in fits of 4-14 rows (``docs/cli.md``). When the stage's first evaluation of the evidence
+            extrapolates to more than ten minutes for five steps, an :class:`ngp.CostWarning` says so.
         per_layer: one ``(C_W, C_b)`` per dense step, or (default) one shared by all dense steps.
         bounds: ``{"C_W": (lo, hi), "C_b": (lo, hi), "noise": (lo, hi)}`` (defaults
             ``(0.05, 10)``, ``(1e-6, 5)``, ``(1e-6, 10 Var(Y))``).
@@ -289,8 +291,18 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
     if lo.size == 0:
         raise ValueError("fit: nothing to fit")
 
+    def slow(seconds):  # after the finite-width stage's first evaluation of the evidence
+        per_step = 1 + 2 * (sizes["C_W"] + sizes["C_b"])  # the value and the differences
+        stage = seconds * per_step * FW_TYPICAL_STEPS
+        if stage > SLOW_STAGE_S:
+            took = f"{stage / 60:.0f} min" if stage >= 60 else f"{stage:.0f} s"
+            warn(f"fit_hyperparameters: the finite-width stage on {XA.shape[0]} training rows will take about "
+                 f"{took} (an evaluation of the evidence took {seconds:.3g} s, a step takes {per_step} of them, a "
+                 f"typical fit {FW_TYPICAL_STEPS} steps; the cost grows about like N^4); finite_width=False stops at "
+                 "the GP optimum (docs/posterior.md)", CostWarning)
+
     def objective(fw, XA=XA, Y=Y):
-        both = _objective(net, XA, fw, sizes_t, per_layer, depth, options)
+        both = _objective(net, XA, fw, sizes_t, per_layer, depth, options, on_first=slow if fw else None)
         args = (device(Y), device(cw_all, dtype=float), device(cb_all, dtype=float),
                 device(noise0, dtype=float))
 
@@ -388,9 +400,14 @@ _OBJECTIVES: "collections.OrderedDict" = collections.OrderedDict()
 
 #: Step in the log-parameters of the finite-width objective's central differences.
 FD_STEP = 1e-4
+#: Steps of a typical finite-width stage (1-8, median 5, in fits of 4-14 rows: ``docs/cli.md``).
+FW_TYPICAL_STEPS = 5
+#: ``fit_hyperparameters`` warns (:class:`ngp.CostWarning`) when its finite-width stage, extrapolated from the
+#: first evaluation of the evidence to :data:`FW_TYPICAL_STEPS` steps, would take longer than this (seconds).
+SLOW_STAGE_S = 600.0
 
 
-def _objective(net, XA, fw, sizes, per_layer, depth, options):
+def _objective(net, XA, fw, sizes, per_layer, depth, options, on_first=None):
     """``(theta, Y, cw_all, cb_all, noise0) -> (gradient, value)`` of minus the log evidence.
 
     GP: forward mode (memory independent of the quadrature size; few parameters; one pass gives the value, as
@@ -399,11 +416,12 @@ def _objective(net, XA, fw, sizes, per_layer, depth, options):
     Hermite tables the compiled function's ``tables`` argument (``docs/theory.md``, "Numerical paths and their
     accuracy"). The compiled objective is remembered for the last 8 (network, inputs, options): each L-BFGS-B step
     then costs no compilation, and fits to new targets on the same inputs (other starts, other draws) do not
-    compile it again. Finite width: :func:`_finite_width_objective`.
+    compile it again. Finite width: :func:`_finite_width_objective` (``on_first(seconds)`` is called once, after
+    its first evaluation of the evidence).
     """
     options = _evidence_options(options)
     if fw:
-        return _finite_width_objective(net, XA, sizes, per_layer, depth, options)
+        return _finite_width_objective(net, XA, sizes, per_layer, depth, options, on_first)
 
     def f(theta, Y, cw_all, cb_all, noise0):
         cw, cb, nz = _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0)
@@ -431,7 +449,7 @@ def _noise_value_and_grad(sizes, per_layer, depth, n, theta, K, K1, V, Y, cw_all
     return jax.value_and_grad(value)(theta)
 
 
-def _finite_width_objective(net, XA, sizes, per_layer, depth, options):
+def _finite_width_objective(net, XA, sizes, per_layer, depth, options, on_first=None):
     """:func:`_objective` of the finite-width evidence: its value is :func:`log_evidence`'s on concrete arrays, the
     four-point term on the error-controlled rule (``docs/four-point.md``, "The fit's gradient") rather than the
     fixed rule a trace would run, which costs more (tanh depth 3, a step of five values on 16 diabetes rows: 8.0 s
@@ -442,11 +460,18 @@ def _finite_width_objective(net, XA, sizes, per_layer, depth, options):
     derivative of the evidence in ``C_W`` by Price's theorem on the fixed rule is not the derivative of its value
     (about 1% off in ``log C_W`` on the command line's 7 diabetes rows, where L-BFGS-B's line search then failed)."""
     moving = sizes[0] + sizes[1]  # the C_W and C_b components: they move the cumulants
+    first = [on_first]
 
     def at(theta, Y, cw_all, cb_all, noise0):
+        t0 = time.perf_counter()
         cw, cb, _ = _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0)
         K, K1, V, n = _cumulants(net, XA, np.asarray(cw), np.asarray(cb), True, options)
-        return _noise_value_and_grad(sizes, per_layer, depth, n, theta, K, K1, V, Y, cw_all, cb_all, noise0)
+        out = _noise_value_and_grad(sizes, per_layer, depth, n, theta, K, K1, V, Y, cw_all, cb_all, noise0)
+        if first[0] is not None:
+            out[0].block_until_ready()  # JAX is asynchronous: the time of the value computed
+            report, first[0] = first[0], None
+            report(time.perf_counter() - t0)
+        return out
 
     def differenced(theta, *args):
         theta = jnp.asarray(theta, dtype=jnp.result_type(float))

@@ -1,13 +1,14 @@
 """The categories of ngp's warnings (``docs/api.md``, "Warnings").
 
 Every warning the library raises is an :class:`NgpWarning`, itself a ``RuntimeWarning`` (so filters on
-``RuntimeWarning`` keep working), in one of four kinds that a user may filter apart with
+``RuntimeWarning`` keep working), in one of five kinds that a user may filter apart with
 ``warnings.filterwarnings("ignore", category=ngp.ExpansionWarning)`` and the like.
 """
 
 from __future__ import annotations
 
-__all__ = ["NgpWarning", "ExpansionWarning", "AccuracyWarning", "SamplingWarning", "ConvergenceWarning"]
+__all__ = ["NgpWarning", "ExpansionWarning", "AccuracyWarning", "SamplingWarning", "ConvergenceWarning",
+           "CostWarning"]
 
 
 class NgpWarning(RuntimeWarning):
@@ -34,3 +35,8 @@ class SamplingWarning(NgpWarning):
 class ConvergenceWarning(NgpWarning):
     """An optimisation or a training run did not converge: the optimiser stopped without reporting
     convergence, a fitted value ended at a bound, or gradient descent diverges."""
+
+
+class CostWarning(NgpWarning):
+    """A computation asked for will take long (many minutes): the warning gives the measured time it is
+    extrapolated from and a cheaper way to the same kind of answer."""

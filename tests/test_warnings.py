@@ -1,4 +1,4 @@
-"""The categories of ngp's warnings (ngp/_warnings.py): every warning the library raises names one of the four
+"""The categories of ngp's warnings (ngp/_warnings.py): every warning the library raises names one of the five
 kinds, each an ngp.NgpWarning and a RuntimeWarning; a few kinds are raised here through the public API (the others
 are asserted by category where their own tests trigger them: test_finite, test_posterior, test_trained, ...)."""
 
@@ -11,7 +11,7 @@ import pytest
 
 import ngp
 
-KINDS = ("ExpansionWarning", "AccuracyWarning", "SamplingWarning", "ConvergenceWarning")
+KINDS = ("ExpansionWarning", "AccuracyWarning", "SamplingWarning", "ConvergenceWarning", "CostWarning")
 PACKAGE = pathlib.Path(ngp.__file__).parent
 
 
@@ -93,3 +93,32 @@ def test_the_prior_warns_just_above_the_published_expansion_threshold():
             ngp.MLP(4, width, activation="tanh").prior(X).V
         hits = [w for w in caught if issubclass(w.category, ngp.ExpansionWarning)]
         assert bool(hits) == warned, (width, c / width)
+
+
+def test_a_long_finite_width_fit_is_a_cost_warning(monkeypatch):
+    """fit_hyperparameters times the finite-width stage's first evaluation of the evidence and warns when five steps
+    of it (five evaluations each: the value and differences in C_W and C_b) would pass SLOW_STAGE_S: not for the tiny
+    fit below at the default bound, and with the extrapolated time when the bound is 0."""
+    from ngp import _hyper
+
+    rng = np.random.default_rng(2)
+    X, Y = rng.normal(size=(4, 2)), rng.normal(size=(4, 1))
+    net = ngp.MLP(2, 16, activation="tanh")
+    seen = []
+    monkeypatch.setattr(_hyper, "_finite_width_objective", lambda *a, inner=_hyper._finite_width_objective:
+                        inner(*a[:-1], lambda s, report=a[-1]: seen.append(s) or report(s)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ngp.ConvergenceWarning)
+        warnings.simplefilter("error", ngp.CostWarning)
+        ngp.fit_hyperparameters(net, X, Y, num_starts=1, max_iter=2)
+        assert len(seen) == 1 and 25 * seen[0] < _hyper.SLOW_STAGE_S
+        monkeypatch.setattr(_hyper, "SLOW_STAGE_S", 0.0)
+        with pytest.warns(ngp.CostWarning) as rec:
+            ngp.fit_hyperparameters(net, X, Y, num_starts=1, max_iter=2)
+    stage = 25 * seen[1]
+    took = f"{stage / 60:.0f} min" if stage >= 60 else f"{stage:.0f} s"
+    (msg,) = [str(w.message) for w in rec if w.category is ngp.CostWarning]
+    assert msg.startswith(
+        f"fit_hyperparameters: the finite-width stage on 4 training rows will take about {took} (an evaluation of the "
+        f"evidence took {seen[1]:.3g} s, a step takes 5 of them, a typical fit 5 steps;")
+    assert "finite_width=False" in msg
