@@ -61,7 +61,7 @@ def test_log_evidence_matches_condition_and_its_gradient_matches_finite_differen
     np.testing.assert_allclose(g_rev, fd, rtol=tol, atol=tol * np.max(np.abs(fd)))
 
 
-@pytest.mark.validation  # L-BFGS-B on the compiled tanh evidence (quadrature derivative): about a minute
+@pytest.mark.validation  # L-BFGS-B on the eager tanh evidence (differenced): about a minute
 def test_fitted_finite_width_evidence_is_the_error_controlled_one(data):
     """The optimiser maximises the eager, error-controlled evidence, which is the one reported at the fitted values
     (until stop 69 it maximised the compiled evidence on the fixed four-point rule, 4.7e-6 relative apart here)."""
