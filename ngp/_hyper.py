@@ -291,8 +291,7 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
     if lo.size == 0:
         raise ValueError("fit: nothing to fit")
 
-    def slow(seconds):  # after the finite-width stage's first evaluation of the evidence
-        per_step = 1 + 2 * (sizes["C_W"] + sizes["C_b"])  # the value and the differences
+    def slow(seconds, per_step):  # after the finite-width stage's first evaluation of the evidence
         stage = seconds * per_step * FW_TYPICAL_STEPS
         if stage > SLOW_STAGE_S:
             took = f"{stage / 60:.0f} min" if stage >= 60 else f"{stage:.0f} s"
@@ -416,8 +415,8 @@ def _objective(net, XA, fw, sizes, per_layer, depth, options, on_first=None):
     Hermite tables the compiled function's ``tables`` argument (``docs/theory.md``, "Numerical paths and their
     accuracy"). The compiled objective is remembered for the last 8 (network, inputs, options): each L-BFGS-B step
     then costs no compilation, and fits to new targets on the same inputs (other starts, other draws) do not
-    compile it again. Finite width: :func:`_finite_width_objective` (``on_first(seconds)`` is called once, after
-    its first evaluation of the evidence).
+    compile it again. Finite width: :func:`_finite_width_objective` (``on_first(seconds, evaluations per step)`` is
+    called once, after its first evaluation of the evidence).
     """
     options = _evidence_options(options)
     if fw:
@@ -460,17 +459,17 @@ def _finite_width_objective(net, XA, sizes, per_layer, depth, options, on_first=
     derivative of the evidence in ``C_W`` by Price's theorem on the fixed rule is not the derivative of its value
     (about 1% off in ``log C_W`` on the command line's 7 diabetes rows, where L-BFGS-B's line search then failed)."""
     moving = sizes[0] + sizes[1]  # the C_W and C_b components: they move the cumulants
-    first = [on_first]
 
     def at(theta, Y, cw_all, cb_all, noise0):
+        nonlocal on_first
         t0 = time.perf_counter()
         cw, cb, _ = _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0)
         K, K1, V, n = _cumulants(net, XA, np.asarray(cw), np.asarray(cb), True, options)
         out = _noise_value_and_grad(sizes, per_layer, depth, n, theta, K, K1, V, Y, cw_all, cb_all, noise0)
-        if first[0] is not None:
+        if on_first is not None:
             out[0].block_until_ready()  # JAX is asynchronous: the time of the value computed
-            report, first[0] = first[0], None
-            report(time.perf_counter() - t0)
+            report, on_first = on_first, None
+            report(time.perf_counter() - t0, 1 + 2 * moving)  # evaluations per step: the value, the differences
         return out
 
     def differenced(theta, *args):

@@ -106,7 +106,7 @@ def test_a_long_finite_width_fit_is_a_cost_warning(monkeypatch):
     net = ngp.MLP(2, 16, activation="tanh")
     seen = []
     monkeypatch.setattr(_hyper, "_finite_width_objective", lambda *a, inner=_hyper._finite_width_objective:
-                        inner(*a[:-1], lambda s, report=a[-1]: seen.append(s) or report(s)))
+                        inner(*a[:-1], lambda s, k, report=a[-1]: seen.append(s) or report(s, k)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ngp.ConvergenceWarning)
         warnings.simplefilter("error", ngp.CostWarning)
