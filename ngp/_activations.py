@@ -70,6 +70,10 @@ class Activation:
             ``h(y) = 1 - 2 / (1 + y)``), or ``None``. The four-point kernel then forms ``exp(kappa x)``
             at the nodes of a tile as products of one exponential per node of its leading directions
             and one per node of its last direction (``docs/four-point.md``, "Exponential split").
+        exp_ratio: ``(n, d)`` with ``h(y) = n(y) / d(y)`` for the ``h`` of ``exp_split``, ``1 <= d(y) <=
+            2 max(1, y)`` and ``|n(y)| <= d(y)`` for ``y > 0`` (tanh: ``n(y) = y - 1``, ``d(y) = y + 1``), or
+            ``None``. The kernel then multiplies the numerators of a node's factors and their denominators and
+            divides once, where the exponents of a block stay small enough for the products to be finite.
     """
 
     name: str
@@ -80,6 +84,7 @@ class Activation:
     smooth: bool = True
     four_point: Callable | None = None
     exp_split: tuple[float, Callable] | None = None
+    exp_ratio: tuple[Callable, Callable] | None = None
 
     def __call__(self, x):
         return self.fn(x)
@@ -332,19 +337,25 @@ def _sigmoid_of_exp(y):  # sigmoid(x) from y = exp(-x): relative error a few ulp
     return 1.0 / (1.0 + y)
 
 
+#: ``_tanh_of_exp`` and ``_sigmoid_of_exp`` as numerator and denominator (``Activation.exp_ratio``).
+_TANH_RATIO = (lambda y: y - 1.0, lambda y: y + 1.0)
+_SIGMOID_RATIO = (lambda y: 1.0, lambda y: 1.0 + y)
+
+
 _FACTORIES: dict[str, Callable[..., Activation]] = {
     "linear": _linear,
     "identity": _linear,
     "relu": lambda: _relu_family(1.0, 0.0, "relu"),
     "leaky_relu": lambda slope=0.01: _relu_family(1.0, slope, f"leaky_relu({slope:g})"),
-    "tanh": lambda: Activation("tanh", jnp.tanh, exp_split=(2.0, _tanh_of_exp)),
+    "tanh": lambda: Activation("tanh", jnp.tanh, exp_split=(2.0, _tanh_of_exp), exp_ratio=_TANH_RATIO),
     "erf": _erf_act,
     "sin": _sin_act,
     "gelu": _gelu_act,
     "swish": lambda: Activation("swish", lambda x: x * jax.nn.sigmoid(x)),
     "silu": lambda: Activation("swish", lambda x: x * jax.nn.sigmoid(x)),
     "softplus": lambda: Activation("softplus", jax.nn.softplus),
-    "sigmoid": lambda: Activation("sigmoid", jax.nn.sigmoid, exp_split=(-1.0, _sigmoid_of_exp)),
+    "sigmoid": lambda: Activation("sigmoid", jax.nn.sigmoid, exp_split=(-1.0, _sigmoid_of_exp),
+                                  exp_ratio=_SIGMOID_RATIO),
 }
 
 #: Names accepted by :func:`activation` (and ``ngp.MLP(activation=...)``).

@@ -681,7 +681,8 @@ def _smoothed_table(fn, mu: np.ndarray, s: np.ndarray, tol: np.ndarray):
 #: Tile shape of :func:`_tile_kernel`: ``_TP`` partial nodes (leading directions) x ``_TM`` nodes of
 #: the last direction.
 _TP, _TM = 16, 16
-#: Tiles per kernel call, and per call of the smaller shape that takes the rest of a chunk.
+#: Tiles per kernel call, and per call of the smaller shapes that take the rest of a chunk.
+_TILES_LARGE = 8192
 _TILES = 2048
 _TILES_SMALL = 128
 #: Jobs per chunk of :func:`_evaluate_rules`, and blocks of ``_TM`` tabulated values per chunk (bound the
@@ -704,11 +705,13 @@ def _tile_kernel(fn, smoothed, split, active, XP, PW, XL, WL, R, beta, sigma, st
     ``p`` is ``p`` equal rows: a select per factor is cheaper than a power chosen at run time), closed-form
     data ``beta`` (J, D), ``sigma`` (J,); with ``split = (kappa, h)`` a factor is ``h(exp(kappa a) exp(kappa b))``
     (``a``, ``b``: the leading directions' and the last direction's terms of ``R_j . x``, one exponential
-    per partial node and per last-direction node); with ``smoothed == TABLE`` the smoothed input's values at the
-    last direction's nodes are ``stab[sb[t]]`` (., _TM), or ``fn(beta_last x)`` where ``sigma`` is 0. ``idx``
-    (T, 4): ``(pb, mb, sb, g)`` per tile (one array: one transfer per call). Returns ``sum_{p, m} PW_p WL_m
-    f(p, m)`` per tile (T,). The ``_TP x _TM`` products are formed by broadcasting (no gather per node, which
-    costs XLA:CPU more than the activation); padded nodes cost work, not accuracy."""
+    per partial node and per last-direction node), with ``split = (kappa, h, n, d)`` (``h = n / d``) a node's
+    factors are the product of their numerators over that of their denominators (one division); with
+    ``smoothed == TABLE`` the smoothed input's values at the last direction's nodes are ``stab[sb[t]]``
+    (., _TM), or ``fn(beta_last x)`` where ``sigma`` is 0. ``idx`` (T, 4): ``(pb, mb, sb, g)`` per tile (one
+    array: one transfer per call). Returns ``sum_{p, m} PW_p WL_m f(p, m)`` per tile (T,). The ``_TP x _TM``
+    products are formed by broadcasting (no gather per node, which costs XLA:CPU more than the activation);
+    padded nodes cost work, not accuracy."""
     D = R.shape[-1]
     T = idx.shape[0]
     pb, mb, sb, g = (idx[:, k] for k in range(4))
@@ -723,16 +726,23 @@ def _tile_kernel(fn, smoothed, split, active, XP, PW, XL, WL, R, beta, sigma, st
         part, last = parts(c)
         return (part[:, :, None] + last[:, None, :]).reshape(-1)
 
-    def factor(c):  # sigma(sum_k c_k x_k) at the tile's nodes
-        if split is None:
-            return fn(along(c))
-        kappa, h = split
+    def exps(c):  # exp(kappa sum_k c_k x_k) at the tile's nodes: one exponential per partial and per last node
         part, last = parts(c)
-        return h((jnp.exp(kappa * part)[:, :, None] * jnp.exp(kappa * last)[:, None, :]).reshape(-1))
+        return (jnp.exp(split[0] * part)[:, :, None] * jnp.exp(split[0] * last)[:, None, :]).reshape(-1)
 
-    vals = 1.0
-    for j in range(R.shape[1]):
-        vals = vals * jnp.where(active[j] != 0, factor(Rg[:, j]), 1.0)
+    if split is not None and len(split) == 4:  # h = n / d: numerators and denominators multiplied, one division
+        n, d = split[2:]
+        num = den = 1.0
+        for j in range(R.shape[1]):
+            y = exps(Rg[:, j])
+            num = num * jnp.where(active[j] != 0, n(y), 1.0)
+            den = den * jnp.where(active[j] != 0, d(y), 1.0)
+        vals = num / den
+    else:
+        vals = 1.0
+        for j in range(R.shape[1]):
+            f = fn(along(Rg[:, j])) if split is None else split[1](exps(Rg[:, j]))
+            vals = vals * jnp.where(active[j] != 0, f, 1.0)
     if smoothed == TABLE:  # tabulated values, or where the row's sigma is 0 the split input's own values
         direct = fn(beta[g][:, D - 1, None] * xl)
         wl = wl * jnp.where(sigma[g][:, None] == 0, direct, stab[sb])
@@ -838,7 +848,7 @@ def _kernel_rows(head_pattern, R, beta, D: int):
 
 
 def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutoff: float, stol=None,
-                    bounds=None, split=None, split_ok=None, flat: bool = False):
+                    bounds=None, split=None, split_ok=None, ratio=None, ratio_ok=None, flat: bool = False):
     """Sums of several rules, each for its own entries: ``jobs`` maps ``orders`` (per direction, ``d <= D``
     of them: the last ``d`` directions) to row indices (k,) into the factor rows ``Rk`` (b, n_rows, D),
     ``active`` (n_rows,), ``beta`` (b, D) (:func:`_kernel_rows`; rows of several patterns with the same
@@ -849,7 +859,8 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
     TABLE``: the closed-form input's mean ``beta`` lies along the last direction and its smoothed
     values are tabulated at that direction's nodes to ``stol`` (b,) (absolute); the smoothing error is
     the table's error times the bound on ``E|f_h|``. ``split`` (an activation's ``exp_split``): used by the
-    kernel calls whose rows all have ``split_ok`` (b,). A job is one rule for one row; the jobs' tiles
+    kernel calls whose rows all have ``split_ok`` (b,); in its ratio form (``ratio``, the activation's
+    ``exp_ratio``) where they also have ``ratio_ok`` (b,). A job is one rule for one row; the jobs' tiles
     (:func:`_rule_tiles`) share kernel calls, dispatched before their results are read back. ``flat``: the same
     five as (G,) arrays over the jobs in the order of ``jobs`` (nodes per job), and ``{orders: first job}``."""
     b, _, D = Rk.shape
@@ -909,7 +920,9 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
         ti = np.repeat(tstart[u], cnt) + np.arange(jt.size) - first
         calls, st = [], 0  # (start, tiles) of the chunk's kernel calls
         while st < jt.size:
-            calls.append((st, _TILES if jt.size - st > _TILES // 2 else _TILES_SMALL))
+            rest = jt.size - st
+            calls.append((st, _TILES_LARGE if rest >= _TILES_LARGE * 3 // 4 else
+                          _TILES if rest > _TILES // 2 else _TILES_SMALL))
             st += calls[-1][1]
         idx = np.zeros((st, 4), np.int32)  # per tile (pb, mb, sb, g); padding: tile 0, zero weight
         idx[:jt.size, 0], idx[:jt.size, 1], idx[:jt.size, 3] = tpb[ti], tmb[ti], jt
@@ -921,6 +934,8 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
             stc = stab
         per_job = [put(_pad_rows(a[g0:g1], _JOB_CHUNK)) for a in (Rp, bp, sg)] + [put(stc)]
         sp = split if split is not None and split_ok is not None and split_ok[rows[g0:g1]].all() else None
+        if sp is not None and ratio is not None and ratio_ok is not None and ratio_ok[rows[g0:g1]].all():
+            sp = (*split, *ratio)
         for st, T in calls:
             pending.append(((g0, jt[st:st + T]), _tile_kernel(act_fn, smoothed, sp, active, XP, PW, XL, WL, *per_job,
                                                                idx[st:st + T])))
@@ -1091,6 +1106,9 @@ _SPLIT_NODE = 32.0
 _SPLIT_EXP = 350.0
 _SPLIT_ULPS = 4.0
 _SPLIT_SHARE = 0.1
+#: Largest sum of a node's exponents (each input's bound times its power) for the ratio form of the split: the
+#: product of up to eight denominators, each at most ``2 max(1, y)``, stays below the largest double (e^709.78).
+_RATIO_EXP = 690.0
 
 
 class _SmoothRows:
@@ -1108,12 +1126,17 @@ class _SmoothRows:
         # and the split's error (_SPLIT_ULPS ulps per factor, absolute: relative to an input's <sigma^4>^(1/4)
         # m_j, the sum over the inputs, the tabulated one included, of p_j _SPLIT_ULPS eps / m_j times the
         # Hoelder bound) below _SPLIT_SHARE * rtol; that error is added to the rows' estimates (``split_err``)
+        # (the same error counted for its ratio form, act.exp_ratio, used where the products of a node's
+        # denominators stay finite: the inputs' exponents, times their powers, sum to at most _RATIO_EXP)
         self.split_ok, self.split_err = np.zeros(b, dtype=bool), np.zeros(b)
+        self.ratio_ok = np.zeros(b, dtype=bool)
         if act.exp_split is not None:
             err = _SPLIT_ULPS * _EPS * np.sum(np.asarray(pattern) * np.maximum(m4, 1e-300) ** -0.25, axis=1)
-            reach = abs(act.exp_split[0]) * _SPLIT_NODE * np.abs(R).sum(axis=2).max(axis=1, initial=0.0)
-            self.split_ok = (err <= _SPLIT_SHARE * rtol) & (reach <= _SPLIT_EXP)
+            reach = abs(act.exp_split[0]) * _SPLIT_NODE * np.abs(R).sum(axis=2)  # (b, u_h) per input
+            self.split_ok = (err <= _SPLIT_SHARE * rtol) & (reach.max(axis=1, initial=0.0) <= _SPLIT_EXP)
             self.split_err = np.where(self.split_ok, err * self.scale, 0.0)
+            if act.exp_ratio is not None:
+                self.ratio_ok = self.split_ok & (reach @ np.asarray(self.head_pattern, dtype=float) <= _RATIO_EXP)
         s = _direction_scale(R, beta if closed else None)  # (b, d)
         self.cal = _cal_powers(self.head_pattern)
         lad = _affordable(_orders(act, s, rtol, self.cal))  # (b, d) ladder indices
@@ -1242,8 +1265,9 @@ def _smooth_joint(act: Activation, items, *, rtol: float, max_rounds: int = 7):
     D = max([3] + [p.R.shape[2] for p in parts])  # padded directions (one compiled shape for every pattern)
     rows = [_kernel_rows(p.head_pattern, p.R, p.beta, D) for p in parts]
     Rk, bk = np.concatenate([r[0] for r in rows]), np.concatenate([r[2] for r in rows])
-    sigma, stol, scale, head_scale, split_ok = (np.concatenate([getattr(p, a) for p in parts])
-                                                for a in ("sigma", "stol", "scale", "head_scale", "split_ok"))
+    sigma, stol, scale, head_scale, split_ok, ratio_ok = (
+        np.concatenate([getattr(p, a) for p in parts])
+        for a in ("sigma", "stol", "scale", "head_scale", "split_ok", "ratio_ok"))
     off = np.cumsum([0] + [p.val.size for p in parts])
     while True:
         asks = [p.request() for p in parts]
@@ -1255,7 +1279,8 @@ def _smooth_joint(act: Activation, items, *, rtol: float, max_rounds: int = 7):
                 jobs.setdefault(o, []).append(r + o0)
         flat, first = _evaluate_rules(act.fn, parts[0].smoothed, Rk, rows[0][1], bk, sigma,
                                       {o: np.concatenate(r) for o, r in jobs.items()}, _CUTOFF * rtol, stol,
-                                      (scale, head_scale), act.exp_split, split_ok, flat=True)
+                                      (scale, head_scale), act.exp_split, split_ok, act.exp_ratio, ratio_ok,
+                                      flat=True)
         for p, ask in zip(parts, asks):  # each pattern's rows follow the earlier patterns' in every rule
             if ask:
                 p.receive(flat, {o: first[o] for o in ask})

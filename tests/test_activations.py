@@ -68,3 +68,17 @@ def test_exp_split_equals_the_activation(name):
     direct = np.asarray(act.fn(jnp.asarray(x)))
     split = np.asarray(h(jnp.exp(kappa * jnp.asarray(x))))
     assert np.max(np.abs(split - direct)) <= 8 * np.finfo(float).eps * np.max(np.abs(direct))
+
+
+@pytest.mark.parametrize("name", [n for n in ngp.ACTIVATIONS if ngp.activation(n).exp_ratio is not None])
+def test_exp_ratio_is_the_split_with_bounded_parts(name):
+    """h = n / d to a few ulps on y = exp(kappa x), |x| <= 30, with 1 <= d(y) <= 2 max(1, y) and |n| <= d: the
+    bounds that keep a node's products of numerators and denominators finite (docs/four-point.md)."""
+    act = ngp.activation(name)
+    kappa, h = act.exp_split
+    n, d = act.exp_ratio
+    y = jnp.exp(kappa * jnp.linspace(-30.0, 30.0, 200001))
+    num, den = np.broadcast_to(np.asarray(n(y)), y.shape), np.asarray(d(y))
+    assert np.max(np.abs(num / den - np.asarray(h(y)))) <= 4 * np.finfo(float).eps
+    assert np.all(den >= 1.0) and np.all(den <= 2.0 * np.maximum(1.0, np.asarray(y)) * (1 + 1e-15))
+    assert np.all(np.abs(num) <= den)

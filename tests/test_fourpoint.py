@@ -600,8 +600,9 @@ def test_fixed_rule_error_of_a_fourth_power(name):
     assert np.all(err[kept] <= RTOL * scale[kept]), (c[kept], err[kept] / scale[kept])
 
 
-@pytest.mark.parametrize("chunk, tiles, pattern", [(4096, (2048, 128), (1, 2, 1)), (8, (64, 8), (1, 2, 1)),
-                                                    (8, (64, 8), (1, 1, 1)), (4096, (2048, 128), (4, 1, 3))])
+@pytest.mark.parametrize("chunk, tiles, pattern", [(4096, (8192, 2048, 128), (1, 2, 1)), (8, (256, 64, 8), (1, 2, 1)),
+                                                    (8, (64, 32, 8), (1, 1, 1)), (4096, (8192, 2048, 128), (4, 1, 3)),
+                                                    (4096, (64, 32, 8), (1, 2, 1))])
 def test_rules_sharing_tile_calls_equal_direct_sums(rng, monkeypatch, chunk, tiles, pattern):
     """Rows of different rules share the tile kernel's calls (in chunks of jobs, each call padded with
     zero-weight tiles): every row's sum equals its rule's tiles summed directly in NumPy, and differs from
@@ -609,14 +610,19 @@ def test_rules_sharing_tile_calls_equal_direct_sums(rng, monkeypatch, chunk, til
     power p are p factor rows of the kernel: powers 1 to 4, 3 to 8 rows."""
     import ngp._fourpoint as fp
 
-    monkeypatch.setattr(fp, "_JOB_CHUNK", chunk)  # (8, (64, 8)): several chunks, full and small calls
-    monkeypatch.setattr(fp, "_TILES", tiles[0])
-    monkeypatch.setattr(fp, "_TILES_SMALL", tiles[1])
+    monkeypatch.setattr(fp, "_JOB_CHUNK", chunk)  # chunk 8: several chunks; small tiles: calls of all three shapes
+    monkeypatch.setattr(fp, "_TILES_LARGE", tiles[0])
+    monkeypatch.setattr(fp, "_TILES", tiles[1])
+    monkeypatch.setattr(fp, "_TILES_SMALL", tiles[2])
+    shapes = set()
+    kernel = fp._tile_kernel
+    monkeypatch.setattr(fp, "_tile_kernel", lambda *a: shapes.add(a[-1].shape[0]) or kernel(*a))
     R = rng.normal(size=(30, 3, 3)) * 0.6
     cutoff = 3e-14  # not the library's cutoff
     jobs = {o: np.sort(rng.choice(30, k, replace=False)) for o, k in (((12, 8, 5), 11), ((19, 10, 7), 3), ((26, 14, 10), 5), ((9,), 4), ((7, 20), 6))}
     Rk, active, bk = fp._kernel_rows(pattern, R, np.zeros((30, 3)), 3)
     res = fp._evaluate_rules(jnp.tanh, None, Rk, active, bk, np.zeros(30), jobs, cutoff)
+    assert shapes <= set(tiles) and (tiles[0] > 64 or tiles[0] in shapes), shapes  # small tiles: the large shape runs
     for orders, rows in jobs.items():
         d = len(orders)
         Rr = R[rows][:, :, 3 - d:] if d < 3 else R[rows]
@@ -643,7 +649,8 @@ def test_rules_sharing_tile_calls_equal_direct_sums(rng, monkeypatch, chunk, til
 def test_exp_split_kernel_equals_direct_sums(rng, name, pattern):
     """An activation's exp_split (sigma(x) = h(exp(kappa x)), one exponential per partial node and per
     last-direction node of a tile) gives the kernel's sums of the direct evaluation to a few ulps of the sum
-    of |f|; calls with a row not split_ok evaluate directly (bitwise equal)."""
+    of |f|, and so does its ratio form (h = n / d: one division per node); calls with a row not split_ok
+    evaluate directly, with a row not ratio_ok by h (bitwise equal)."""
     import ngp._fourpoint as fp
 
     act = ngp.activation(name)
@@ -655,10 +662,17 @@ def test_exp_split_kernel_equals_direct_sums(rng, name, pattern):
     split = fp._evaluate_rules(*args, split=act.exp_split, split_ok=np.ones(30, bool))
     absf = fp._evaluate_rules(lambda x: jnp.abs(act.fn(x)), *args[1:])  # sum w |f| per row
     not_ok = fp._evaluate_rules(*args, split=act.exp_split, split_ok=np.arange(30) != jobs[(7, 20)][0])
+    ones = np.ones(30, bool)
+    ratio = fp._evaluate_rules(*args, split=act.exp_split, split_ok=ones, ratio=act.exp_ratio, ratio_ok=ones)
+    not_ratio = fp._evaluate_rules(*args, split=act.exp_split, split_ok=ones, ratio=act.exp_ratio,
+                                   ratio_ok=np.arange(30) != jobs[(7, 20)][0])
     for o in jobs:
-        assert not np.array_equal(split[o][0], direct[o][0])  # the split was used
-        assert np.all(np.abs(split[o][0] - direct[o][0]) <= 16 * fp._EPS * absf[o][0]), (o, split[o][0] - direct[o][0])
+        for res in (split, ratio):
+            assert not np.array_equal(res[o][0], direct[o][0])  # the split was used
+            assert np.all(np.abs(res[o][0] - direct[o][0]) <= 16 * fp._EPS * absf[o][0]), (o, res[o][0] - direct[o][0])
+        assert not np.array_equal(ratio[o][0], split[o][0])  # its ratio form was used
     np.testing.assert_array_equal(not_ok[(7, 20)][0], direct[(7, 20)][0])  # its (only) chunk evaluated directly
+    np.testing.assert_array_equal(not_ratio[(7, 20)][0], split[(7, 20)][0])  # by h
 
 
 def test_exp_split_only_where_accurate_and_in_range():
@@ -677,6 +691,17 @@ def test_exp_split_only_where_accurate_and_in_range():
     assert np.all(rows.split_err[rows.split_ok] >= 4 * fp._EPS * rows.scale[rows.split_ok])
     tight = fp._SmoothRows(act, C, (1, 1, 1, 1), 1e-13, 7, m4)  # 1e-4: the split's error is above 1e-14
     np.testing.assert_array_equal(tight.split_ok, [False, False, True, True, False])
+    np.testing.assert_array_equal(rows.ratio_ok, rows.split_ok)
+    # the ratio form only where a node's exponents, summed over the factors (powers counted), stay below
+    # _RATIO_EXP at every node of |x| <= 32: K = 10 is in range for h (each input below _SPLIT_EXP), not for n / d
+    for v, pattern, ok in ((2.0, (1, 1, 1, 1), True), (10.0, (1, 1, 1, 1), False), (2.0, (4,), True),
+                           (10.0, (4,), False)):
+        Cv = v * (0.5 * np.eye(len(pattern)) + 0.5)[None]
+        r = fp._SmoothRows(act, Cv, pattern, 1e-9, 7, fp._fourth_moments(act, Cv))
+        assert r.split_ok[0] and r.ratio_ok[0] == ok, (v, pattern)
+        worst = 2.0 * 32 * np.abs(r.R[0]).sum(axis=1) @ np.asarray(r.head_pattern, dtype=float)
+        assert (worst <= fp._RATIO_EXP) == ok and fp._RATIO_EXP + 8 * np.log(2) < np.log(np.finfo(float).max)
+    assert not fp._SmoothRows(ngp.activation("erf"), C, (1, 1, 1, 1), 1e-9, 7, m4).ratio_ok.any()
     assert not fp._SmoothRows(ngp.activation("erf"), C, (1, 1, 1, 1), 1e-9, 7, m4).split_ok.any()
 
 
