@@ -859,9 +859,9 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
     TABLE``: the closed-form input's mean ``beta`` lies along the last direction and its smoothed
     values are tabulated at that direction's nodes to ``stol`` (b,) (absolute); the smoothing error is
     the table's error times the bound on ``E|f_h|``. ``split`` (an activation's ``exp_split``): used by the
-    kernel calls whose rows all have ``split_ok`` (b,); in its ratio form (``ratio``, the activation's
-    ``exp_ratio``) where they also have ``ratio_ok`` (b,). A job is one rule for one row; the jobs' tiles
-    (:func:`_rule_tiles`) share kernel calls, dispatched before their results are read back. ``flat``: the same
+    jobs whose rows have ``split_ok`` (b,); in its ratio form (``ratio``, the activation's ``exp_ratio``) by
+    those that also have ``ratio_ok`` (b,). A job is one rule for one row; the jobs' tiles (:func:`_rule_tiles`)
+    share kernel calls (those of one kernel form), dispatched before their results are read back. ``flat``: the same
     five as (G,) arrays over the jobs in the order of ``jobs`` (nodes per job), and ``{orders: first job}``."""
     b, _, D = Rk.shape
     offs = np.cumsum([0] + [rows.size for rows in jobs.values()])
@@ -918,27 +918,33 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
         jt = np.repeat(np.arange(J, dtype=np.int32), cnt)  # job (within the chunk) of every tile
         first = np.repeat(np.cumsum(cnt) - cnt, cnt)
         ti = np.repeat(tstart[u], cnt) + np.arange(jt.size) - first
-        calls, st = [], 0  # (start, tiles) of the chunk's kernel calls
-        while st < jt.size:
-            rest = jt.size - st
-            calls.append((st, _TILES_LARGE if rest >= _TILES_LARGE * 3 // 4 else
-                          _TILES if rest > _TILES // 2 else _TILES_SMALL))
-            st += calls[-1][1]
-        idx = np.zeros((st, 4), np.int32)  # per tile (pb, mb, sb, g); padding: tile 0, zero weight
-        idx[:jt.size, 0], idx[:jt.size, 1], idx[:jt.size, 3] = tpb[ti], tmb[ti], jt
+        tiles = np.zeros((jt.size, 4), np.int32)  # per tile (pb, mb, sb, g)
+        tiles[:, 0], tiles[:, 1], tiles[:, 3] = tpb[ti], tmb[ti], jt
         if smoothed == TABLE:
             blocks = np.diff(boff[g0:g1 + 1])[jt] > 0  # no blocks: the kernel's own values (sigma 0)
-            idx[:jt.size, 2] = np.where(blocks, boff[g0:g1][jt] - boff[g0] + tmb_local[ti], 0)
+            tiles[:, 2] = np.where(blocks, boff[g0:g1][jt] - boff[g0] + tmb_local[ti], 0)
             stc = _pad_rows(stab[boff[g0]:boff[g1]], cap)
         else:
             stc = stab
         per_job = [put(_pad_rows(a[g0:g1], _JOB_CHUNK)) for a in (Rp, bp, sg)] + [put(stc)]
-        sp = split if split is not None and split_ok is not None and split_ok[rows[g0:g1]].all() else None
-        if sp is not None and ratio is not None and ratio_ok is not None and ratio_ok[rows[g0:g1]].all():
-            sp = (*split, *ratio)
-        for st, T in calls:
-            pending.append(((g0, jt[st:st + T]), _tile_kernel(act_fn, smoothed, sp, active, XP, PW, XL, WL, *per_job,
-                                                               idx[st:st + T])))
+        # each job's kernel form, from its row alone (0: direct, 1: split by h, 2: the split's ratio form); the
+        # tiles of each form share calls of their own
+        form = np.zeros(J, np.int8)
+        if split is not None and split_ok is not None:
+            form = split_ok[rows[g0:g1]].astype(np.int8)
+            if ratio is not None and ratio_ok is not None:
+                form = form + (form & ratio_ok[rows[g0:g1]])
+        kernels = (None, split, None if ratio is None else (*split, *ratio))
+        tform = form[jt]
+        for f in np.unique(tform):
+            grp = tiles[tform == f]
+            st = 0
+            while st < grp.shape[0]:  # calls of three shapes; padding: tile 0, zero weight
+                rest = grp.shape[0] - st
+                T = _TILES_LARGE if rest >= _TILES_LARGE * 3 // 4 else _TILES if rest > _TILES // 2 else _TILES_SMALL
+                pending.append(((g0, grp[st:st + T, 3]), _tile_kernel(act_fn, smoothed, kernels[f], active, XP, PW,
+                                                                      XL, WL, *per_job, _pad_rows(grp[st:st + T], T))))
+                st += T
         if len(pending) > 64:
             collect()
         g0 = g1

@@ -646,11 +646,11 @@ def test_rules_sharing_tile_calls_equal_direct_sums(rng, monkeypatch, chunk, til
 
 
 @pytest.mark.parametrize("name, pattern", [("tanh", (1, 2, 1)), ("tanh", (4, 1, 3)), ("sigmoid", (1, 1, 2))])
-def test_exp_split_kernel_equals_direct_sums(rng, name, pattern):
+def test_exp_split_kernel_equals_direct_sums(rng, monkeypatch, name, pattern):
     """An activation's exp_split (sigma(x) = h(exp(kappa x)), one exponential per partial node and per
     last-direction node of a tile) gives the kernel's sums of the direct evaluation to a few ulps of the sum
-    of |f|, and so does its ratio form (h = n / d: one division per node); calls with a row not split_ok
-    evaluate directly, with a row not ratio_ok by h (bitwise equal)."""
+    of |f|, and so does its ratio form (h = n / d: one division per node); a row not split_ok evaluates
+    directly, a row not ratio_ok by h, in calls of their own: the other rows of the chunk keep their form."""
     import ngp._fourpoint as fp
 
     act = ngp.activation(name)
@@ -661,18 +661,29 @@ def test_exp_split_kernel_equals_direct_sums(rng, name, pattern):
     direct = fp._evaluate_rules(*args)
     split = fp._evaluate_rules(*args, split=act.exp_split, split_ok=np.ones(30, bool))
     absf = fp._evaluate_rules(lambda x: jnp.abs(act.fn(x)), *args[1:])  # sum w |f| per row
-    not_ok = fp._evaluate_rules(*args, split=act.exp_split, split_ok=np.arange(30) != jobs[(7, 20)][0])
     ones = np.ones(30, bool)
     ratio = fp._evaluate_rules(*args, split=act.exp_split, split_ok=ones, ratio=act.exp_ratio, ratio_ok=ones)
-    not_ratio = fp._evaluate_rules(*args, split=act.exp_split, split_ok=ones, ratio=act.exp_ratio,
-                                   ratio_ok=np.arange(30) != jobs[(7, 20)][0])
     for o in jobs:
         for res in (split, ratio):
             assert not np.array_equal(res[o][0], direct[o][0])  # the split was used
             assert np.all(np.abs(res[o][0] - direct[o][0]) <= 16 * fp._EPS * absf[o][0]), (o, res[o][0] - direct[o][0])
         assert not np.array_equal(ratio[o][0], split[o][0])  # its ratio form was used
-    np.testing.assert_array_equal(not_ok[(7, 20)][0], direct[(7, 20)][0])  # its (only) chunk evaluated directly
-    np.testing.assert_array_equal(not_ratio[(7, 20)][0], split[(7, 20)][0])  # by h
+    # one row (in one chunk with the others) not split_ok, or not ratio_ok: the kernel form of each call's tiles
+    bad = jobs[(7, 20)][0]
+    job_rows = np.concatenate(list(jobs.values()))  # the row of each job, in the order of the jobs
+    kernel, forms = fp._tile_kernel, []
+    monkeypatch.setattr(fp, "_tile_kernel", lambda *a: forms.append(
+        (a[2], set(job_rows[np.asarray(a[-1])[np.asarray(a[-1])[:, 0] > 0, 3]].tolist()))) or kernel(*a))
+    not_ok = fp._evaluate_rules(*args, split=act.exp_split, split_ok=np.arange(30) != bad, ratio=act.exp_ratio,
+                                ratio_ok=ones)
+    assert {(f if f is None else len(f), frozenset(r) == {bad}) for f, r in forms} == {(None, True), (4, False)}
+    forms.clear()
+    not_ratio = fp._evaluate_rules(*args, split=act.exp_split, split_ok=ones, ratio=act.exp_ratio,
+                                   ratio_ok=np.arange(30) != bad)
+    assert {(len(f), frozenset(r) == {bad}) for f, r in forms} == {(2, True), (4, False)}
+    for res in (not_ok, not_ratio):
+        for o in jobs:
+            assert np.all(np.abs(res[o][0] - direct[o][0]) <= 16 * fp._EPS * absf[o][0])
 
 
 def test_exp_split_only_where_accurate_and_in_range():
