@@ -931,9 +931,10 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
         # tiles of each form share calls of their own
         form = np.zeros(J, np.int8)
         if split is not None and split_ok is not None:
-            form = split_ok[rows[g0:g1]].astype(np.int8)
+            ok = split_ok[rows[g0:g1]]
+            form[ok] = 1
             if ratio is not None and ratio_ok is not None:
-                form = form + (form & ratio_ok[rows[g0:g1]])
+                form[ok & ratio_ok[rows[g0:g1]]] = 2
         kernels = (None, split, None if ratio is None else (*split, *ratio))
         tform = form[jt]
         for f in np.unique(tform):
