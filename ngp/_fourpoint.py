@@ -689,11 +689,6 @@ _TILES_SMALL = 128
 #: per-job tables sent to the device).
 _JOB_CHUNK = 4096
 _STAB_BLOCKS = 4 * 4096
-#: A chunk of at most this many jobs pads its per-job arrays to this many rows (not ``_JOB_CHUNK``), one of at most
-#: ``4 _SMALL`` table blocks its table to that many (not ``_STAB_BLOCKS``), and the rules' partial blocks are padded
-#: from this many up: the small posteriors' calls copy and send ~0.3 MB instead of ~5 MB (warm 3-point posterior
-#: 85 -> 72 ms), at one more compiled shape of each (docs/posterior.md, "Against NUTS").
-_SMALL = 256
 
 
 #: ``smoothed`` value of :func:`_tile_kernel` and :func:`_evaluate_rules` for a numerically tabulated
@@ -887,7 +882,7 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
     for o, r in zip(jobs, rules):
         last.setdefault(o[-1], r)
     mstart = dict(zip(last, np.cumsum([0] + [r[2].shape[0] for r in last.values()])))
-    nPt, nMt = _bucket4(1 + nP.sum(), _SMALL), _bucket4(sum(r[2].shape[0] for r in last.values()), 256)  # few shapes
+    nPt, nMt = _bucket4(1 + nP.sum()), _bucket4(sum(r[2].shape[0] for r in last.values()), 256)  # few shapes
     XP = np.zeros((nPt, D - 1, _TP))
     PW = np.zeros((nPt, _TP))
     XL, WL = np.zeros((nMt, _TM)), np.zeros((nMt, _TM))
@@ -928,11 +923,10 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
         if smoothed == TABLE:
             blocks = np.diff(boff[g0:g1 + 1])[jt] > 0  # no blocks: the kernel's own values (sigma 0)
             tiles[:, 2] = np.where(blocks, boff[g0:g1][jt] - boff[g0] + tmb_local[ti], 0)
-            nb = boff[g1] - boff[g0]
-            stc = _pad_rows(stab[boff[g0]:boff[g1]], 4 * _SMALL if nb <= 4 * _SMALL else cap)
+            stc = _pad_rows(stab[boff[g0]:boff[g1]], cap)
         else:
             stc = stab
-        per_job = [put(_pad_rows(a[g0:g1], _SMALL if J <= _SMALL else _JOB_CHUNK)) for a in (Rp, bp, sg)] + [put(stc)]
+        per_job = [put(_pad_rows(a[g0:g1], _JOB_CHUNK)) for a in (Rp, bp, sg)] + [put(stc)]
         # each job's kernel form, from its row alone (0: direct, 1: split by h, 2: the split's ratio form); the
         # tiles of each form share calls of their own
         form = np.zeros(J, np.int8)

@@ -645,35 +645,6 @@ def test_rules_sharing_tile_calls_equal_direct_sums(rng, monkeypatch, chunk, til
         assert np.isclose(w.sum(), wp.sum() + w[w <= thr].sum(), rtol=0, atol=1e-15)  # extra nodes all below thr
 
 
-def test_small_calls_run_small_shapes_with_the_same_sums(rng, monkeypatch):
-    """A call of at most ``_SMALL`` jobs pads its per-job arrays to ``_SMALL`` rows, its table to ``4 _SMALL``
-    blocks and its rules' partial blocks from ``_SMALL`` up (a small posterior's calls send ~0.3 MB, not ~5 MB):
-    values and error estimates are bit for bit those of the full padding (``_SMALL = _JOB_CHUNK``: the shapes
-    before), for the 70 multisets of five inputs (tabulated tanh, rules and companions over several rounds)."""
-    import itertools
-
-    import ngp._fourpoint as fp
-
-    A = rng.normal(size=(5, 5))
-    K = A @ A.T / 5 + 0.1 * np.eye(5)
-    ms = np.array(list(itertools.combinations_with_replacement(range(5), 4)))
-    act = ngp.activation("tanh")
-    shapes = set()
-    kernel = fp._tile_kernel
-    # (rows of the per-job arrays, table blocks, partial blocks) of every call
-    monkeypatch.setattr(fp, "_tile_kernel", lambda *a: shapes.add((a[8].shape[0], a[11].shape[0], a[4].shape[0]))
-                        or kernel(*a))
-    small = fp.multiset_expectations(act, K, ms)
-    assert {s[0] for s in shapes} == {fp._SMALL} and fp._SMALL in {s[2] for s in shapes}, shapes
-    assert 4 * fp._SMALL in {s[1] for s in shapes}, shapes  # the tabulated patterns' calls
-    shapes.clear()
-    monkeypatch.setattr(fp, "_SMALL", fp._JOB_CHUNK)
-    full = fp.multiset_expectations(act, K, ms)
-    assert {s[0] for s in shapes} == {fp._JOB_CHUNK} and fp._STAB_BLOCKS in {s[1] for s in shapes}, shapes
-    np.testing.assert_array_equal(small[0], full[0])
-    np.testing.assert_array_equal(small[1], full[1])
-
-
 @pytest.mark.parametrize("name, pattern", [("tanh", (1, 2, 1)), ("tanh", (4, 1, 3)), ("sigmoid", (1, 1, 2))])
 def test_exp_split_kernel_equals_direct_sums(rng, monkeypatch, name, pattern):
     """An activation's exp_split (sigma(x) = h(exp(kappa x)), one exponential per partial node and per
