@@ -40,8 +40,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _counted():
-    """Count the evaluations of the fit's compiled objective (``ngp._hyper._objective``) per number of rows."""
-    calls, inner = {}, _hyper._objective
+    """Count the evaluations of the fit's compiled objective (``ngp._hyper.evidence_objective``) per number of rows."""
+    calls, inner = {}, _hyper.evidence_objective
 
     def objective(net, XA, *args, **kwargs):
         f = inner(net, XA, *args, **kwargs)
@@ -52,7 +52,7 @@ def _counted():
 
         return g
 
-    _hyper._objective = objective
+    _hyper.evidence_objective = objective
     return calls
 
 

@@ -301,7 +301,7 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
                  "the GP optimum (docs/posterior.md)", CostWarning)
 
     def objective(fw, XA=XA, Y=Y):
-        both = _objective(net, XA, fw, sizes_t, per_layer, depth, options, on_first=slow if fw else None)
+        both = evidence_objective(net, XA, fw, sizes_t, per_layer, depth, options, on_first=slow if fw else None)
         args = (device(Y), device(cw_all, dtype=float), device(cb_all, dtype=float),
                 device(noise0, dtype=float))
 
@@ -406,7 +406,7 @@ FW_TYPICAL_STEPS = 5
 SLOW_STAGE_S = 600.0
 
 
-def _objective(net, XA, fw, sizes, per_layer, depth, options, on_first=None):
+def evidence_objective(net, XA, fw, sizes, per_layer, depth, options, on_first=None):
     """``(theta, Y, cw_all, cb_all, noise0) -> (gradient, value)`` of minus the log evidence.
 
     GP: forward mode (memory independent of the quadrature size; few parameters; one pass gives the value, as
@@ -449,11 +449,11 @@ def _noise_value_and_grad(sizes, per_layer, depth, n, theta, K, K1, V, Y, cw_all
 
 
 def _finite_width_objective(net, XA, sizes, per_layer, depth, options, on_first=None):
-    """:func:`_objective` of the finite-width evidence: its value is :func:`log_evidence`'s on concrete arrays, the
-    four-point term on the error-controlled rule (``docs/four-point.md``, "The fit's gradient") rather than the
-    fixed rule a trace would run, which costs more (tanh depth 3, a step of five values on 16 diabetes rows: 8.0 s
-    against 27.1 s) and is off by its own error (``1.8e-6`` to ``6e-5`` relative in the cases measured there). The
-    ``C_W`` and ``C_b`` components are central differences (step :data:`FD_STEP` in the log-parameters) of that
+    """:func:`evidence_objective` of the finite-width evidence: its value is :func:`log_evidence`'s on concrete
+    arrays, the four-point term on the error-controlled rule (``docs/four-point.md``, "The fit's gradient") rather
+    than the fixed rule a trace would run, which costs more (tanh depth 3, a step of five values on 16 diabetes rows:
+    8.0 s against 27.1 s) and is off by its own error (``1.8e-6`` to ``6e-5`` relative in the cases measured there).
+    The ``C_W`` and ``C_b`` components are central differences (step :data:`FD_STEP` in the log-parameters) of that
     value, two evaluations each; the noise's is the exact derivative given the cumulants at ``theta``, computed with
     the value (``1 + 2 (p - 1)`` evaluations of the cumulants when the noise is fitted, ``2 p + 1`` otherwise). A
     derivative of the evidence in ``C_W`` by Price's theorem on the fixed rule is not the derivative of its value

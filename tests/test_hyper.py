@@ -175,7 +175,7 @@ def test_compiled_gp_objective_picks_the_mehler_orders_of_its_largest_variance(d
     those orders exactly, and within the series' accuracy (1e-10 relative, docs/theory.md) at the orders of the
     variances themselves; the tables of every bucket are arguments of the compiled program, not constants."""
     from ngp._gaussian import SWITCH_VARIANCES, auto_orders, switch_tables
-    from ngp._hyper import _objective
+    from ngp._hyper import evidence_objective
 
     X, Y = data
     net = ngp.MLP(3, 16, activation="tanh", C_W=1.0, C_b=0.1, out_dim=2)
@@ -184,7 +184,7 @@ def test_compiled_gp_objective_picks_the_mehler_orders_of_its_largest_variance(d
                .prior(X, warn=False).layers[:-1])
     assert (SWITCH_VARIANCES[bucket - 1] if bucket else 0.0) < kmax <= SWITCH_VARIANCES[bucket]
     terms, nodes = auto_orders(SWITCH_VARIANCES[bucket])
-    obj = _objective(net, X, False, (1, 1, 1), False, 3, {})
+    obj = evidence_objective(net, X, False, (1, 1, 1), False, 3, {})
     args = (jnp.asarray(Y), jnp.ones(3), jnp.full(3, 0.1), jnp.asarray(0.05))
     g, v = obj(theta, *args)
 
@@ -213,14 +213,14 @@ def test_finite_width_objective_is_the_derivative_of_its_value():
     derivative, the others differences). Price's theorem on the fixed rule, the gradient used before stop 59, is
     3.9% away here (0.040 absolute in log C_W; 1.3% at depth 3) and fails this test; the fixed rule's value, the
     one fitted before stop 69, differs from the reference by more than the tolerance below."""
-    from ngp._hyper import _objective
+    from ngp._hyper import evidence_objective
 
     rng = np.random.default_rng(3)
     X, Y = 1.5 * rng.normal(size=(4, 3)), rng.normal(size=(4, 1))
     net = ngp.MLP(2, 32, activation="tanh", C_W=1.85, C_b=0.1)
     theta = np.log([1.85, 0.1, 0.3])
     kept = (jnp.asarray(Y), jnp.full(2, 1.85), jnp.full(2, 0.1), jnp.asarray(0.3))
-    grad, value = _objective(net, X, True, (1, 1, 1), False, 2, {})(jnp.asarray(theta), *kept)
+    grad, value = evidence_objective(net, X, True, (1, 1, 1), False, 2, {})(jnp.asarray(theta), *kept)
 
     def evidence(t):
         return -float(ngp.log_evidence(net, X, Y, noise=np.exp(t[2]), C_W=np.exp(t[0]), C_b=np.exp(t[1])))
@@ -231,6 +231,6 @@ def test_finite_width_objective_is_the_derivative_of_its_value():
     np.testing.assert_allclose(np.asarray(grad), fd, rtol=1e-6, atol=1e-9)
     # the noise component is exact (the cumulants do not depend on it); fitting fewer parameters keeps the others
     for sizes, free in (((1, 1, 0), slice(0, 2)), ((0, 0, 1), slice(2, 3))):
-        g, v = _objective(net, X, True, sizes, False, 2, {})(jnp.asarray(theta[free]), *kept)
+        g, v = evidence_objective(net, X, True, sizes, False, 2, {})(jnp.asarray(theta[free]), *kept)
         assert float(v) == pytest.approx(float(value), rel=1e-12)
         np.testing.assert_allclose(np.asarray(g), fd[free], rtol=1e-6, atol=1e-9)

@@ -158,13 +158,13 @@ def probe_work(args, Xp, yp, Xt, hyper=None):
 
 def fit_step_work(args, Xp, yp, hyper):
     """``step(n)``: one step of the ``--fit-evidence finite-width`` fit on the first ``n`` rows of ``Xp``: the
-    objective :func:`ngp.fit_hyperparameters` evaluates (``ngp._hyper._objective``: the finite-width log evidence
-    and its gradient in ``(log C_W, log C_b, log noise)`` by central differences) at ``hyper``; returns
+    objective :func:`ngp.fit_hyperparameters` evaluates (``ngp._hyper.evidence_objective``: the finite-width log
+    evidence and its gradient in ``(log C_W, log C_b, log noise)`` by central differences) at ``hyper``; returns
     ``(gradient (3,), value)`` of the log evidence."""
     import jax
     import jax.numpy as jnp
 
-    from .._hyper import _objective
+    from .._hyper import evidence_objective
 
     net = _make_net(args, hyper)(args.width[0])
     opts = {k: v for k, v in _options(args).items() if k == "four_point_order"}
@@ -174,7 +174,7 @@ def fit_step_work(args, Xp, yp, hyper):
             jnp.asarray(float(hyper.noise))]
 
     def step(n):
-        objective = _objective(net, np.asarray(Xp[:n], dtype=float), True, (1, 1, 1), False, len(dense), opts)
+        objective = evidence_objective(net, np.asarray(Xp[:n], dtype=float), True, (1, 1, 1), False, len(dense), opts)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             grad, value = jax.block_until_ready(objective(theta, jnp.asarray(yp[:n], dtype=float), *kept))
