@@ -909,6 +909,15 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
                 :min(_JOB_CHUNK, G - g0)]
         pending.clear()
 
+    # each job's kernel form, from its row alone (0: direct, 1: split by h, 2: the split's ratio form); the tiles of
+    # each form share calls of their own
+    form = np.zeros(G, np.int8)
+    if split is not None and split_ok is not None:
+        ok = split_ok[rows]
+        form[ok] = 1
+        if ratio is not None and ratio_ok is not None:
+            form[ok & ratio_ok[rows]] = 2
+    kernels = (None, split, None if ratio is None else (*split, *ratio))
     g0 = 0
     while g0 < G:  # chunks of at most _JOB_CHUNK jobs and _STAB_BLOCKS table blocks
         g1 = min(G, g0 + _JOB_CHUNK, max(g0 + 1, int(np.searchsorted(boff, boff[g0] + cap, side="right")) - 1))
@@ -927,16 +936,7 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
         else:
             stc = stab
         per_job = [put(_pad_rows(a[g0:g1], _JOB_CHUNK)) for a in (Rp, bp, sg)] + [put(stc)]
-        # each job's kernel form, from its row alone (0: direct, 1: split by h, 2: the split's ratio form); the
-        # tiles of each form share calls of their own
-        form = np.zeros(J, np.int8)
-        if split is not None and split_ok is not None:
-            ok = split_ok[rows[g0:g1]]
-            form[ok] = 1
-            if ratio is not None and ratio_ok is not None:
-                form[ok & ratio_ok[rows[g0:g1]]] = 2
-        kernels = (None, split, None if ratio is None else (*split, *ratio))
-        tform = form[jt]
+        tform = form[g0:g1][jt]
         for f in np.unique(tform):
             grp = tiles[tform == f]
             st = 0
