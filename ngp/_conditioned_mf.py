@@ -202,7 +202,8 @@ class MatrixFreeConditioned(Conditioned):
                 gives marginal variances; use ``method="exact"`` for the joint covariance.
             batch_size: test points per estimator call (default: all at once). Every call reuses the
                 same seed, so the answer does not depend on the batching; each call resamples the
-                training side (cost grows with the number of batches).
+                training side (cost grows with the number of batches). A shorter last batch is padded to
+                ``batch_size`` (copies of its last point), so every call runs the same compiled programs.
             stop: optional callable ``stop(done) -> bool``, called before each batch after the first with the
                 number of test points predicted so far; when it returns true the prediction ends there and the
                 posterior covers only those first ``done`` test points (as :meth:`ngp.Conditioned.predict`).
@@ -223,13 +224,19 @@ class MatrixFreeConditioned(Conditioned):
             raise ValueError(f"X_test: expected {self.X_train.shape[1]} features like X_train, got {XB.shape[1]}")
         NB = XB.shape[0]
         batch_size = NB if batch_size is None else count(batch_size, "batch_size")
-        runs = []
+        runs = []  # (estimator run, rows of it that are test points)
         for s in range(0, NB, batch_size):
             if s and stop is not None and stop(s):
                 break
-            runs.append(self._run(XB[s:s + batch_size]))
-        cat = lambda name: np.concatenate([np.asarray(getattr(r, name)) for r in runs])  # noqa: E731
-        r0 = runs[0]
+            chunk = XB[s:s + batch_size]
+            got = chunk.shape[0]
+            if s and got < batch_size:
+                # the last batch padded with copies of its last point to the batch size: every run has one shape,
+                # so the estimator's programs compile once (each test point's estimate is its own row)
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - got, axis=0)])
+            runs.append((self._run(chunk), got))
+        cat = lambda name: np.concatenate([np.asarray(getattr(r, name))[:got] for r, got in runs])  # noqa: E731
+        r0 = runs[0][0]
         v = r0.validity
         var = cat("var")
         negative = bool(np.any(var < 0))
