@@ -17,7 +17,7 @@ from ._gp import GPPosterior
 from ._linalg import solve_train
 from ._posterior import Conditioned, FiniteWidthPosterior, GPConditioned
 from ._steps import Dense, Elementwise, Serial
-from ._validate import as_inputs, check_stop, count, memory_bytes, train_test, warn
+from ._validate import as_inputs, check_stop, count, memory_bytes, pad_to, train_test, warn
 from ._warnings import ExpansionWarning
 from ._validity import Validity
 
@@ -203,7 +203,7 @@ class MatrixFreeConditioned(Conditioned):
             batch_size: test points per estimator call (default: all at once). Every call reuses the
                 same seed, so the answer does not depend on the batching; each call resamples the
                 training side (cost grows with the number of batches). A shorter last batch is padded to
-                ``batch_size`` (copies of its last point), so every call runs the same compiled programs.
+                ``batch_size`` (copies of its first point), so every call runs the same compiled programs.
             stop: optional callable ``stop(done) -> bool``, called before each batch after the first with the
                 number of test points predicted so far; when it returns true the prediction ends there and the
                 posterior covers only those first ``done`` test points (as :meth:`ngp.Conditioned.predict`).
@@ -230,10 +230,8 @@ class MatrixFreeConditioned(Conditioned):
                 break
             chunk = XB[s:s + batch_size]
             got = chunk.shape[0]
-            if s and got < batch_size:
-                # the last batch padded with copies of its last point to the batch size: every run has one shape,
-                # so the estimator's programs compile once (each test point's estimate is its own row)
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - got, axis=0)])
+            if s and got < batch_size:  # every run one shape: the estimator's programs compile once
+                chunk = pad_to(chunk, batch_size)
             runs.append((self._run(chunk), got))
         cat = lambda name: np.concatenate([np.asarray(getattr(r, name))[:got] for r, got in runs])  # noqa: E731
         r0 = runs[0][0]

@@ -35,7 +35,7 @@ from ._kernel import KERNEL_OPTIONS, two_point_matrix
 from ._pairs import Pairs, array_module, is_concrete, multiset_code, multiset_rows
 from ._progress import check_progress, task
 from ._threads import thread_map
-from ._validate import MAX_MEMORY, device, device_if
+from ._validate import MAX_MEMORY, device, device_if, pad_to
 
 __all__ = [
     "jacobian_hessian",
@@ -210,7 +210,7 @@ def _product_expectations(act: Activation, K, ms: np.ndarray, orders: dict, batc
         nodes_j, weights_j = put(nodes), put(weights)
         if traced:  # every batch in one sequential map: a jitted gradient holds one batch's values at a time
             batches = -(-rows.size // per)
-            sel = np.concatenate([idx, np.repeat(idx[:1], batches * per - rows.size, axis=0)])
+            sel = pad_to(idx, batches * per)
             res = _product_batches(act.fn, pat, homogeneous, device(sel.reshape(batches, per, u)), K, nodes_j,
                                    weights_j)
             out = out.at[rows].set(res.reshape(-1)[: rows.size])

@@ -34,7 +34,7 @@ import numpy as np
 from scipy.special import roots_hermitenorm
 
 from ._cache import aligned_zeros, byte_lru, frozen_lru
-from ._validate import device, device_if, warn
+from ._validate import device, device_if, pad_to, warn
 from ._warnings import AccuracyWarning
 
 __all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "hermite_tables", "pair_matrix", "pair_gh",
@@ -266,8 +266,7 @@ def bucket(m: int, smallest: int) -> int:
 def pad_rows(x, smallest: int) -> np.ndarray:
     """``x`` (NumPy, rows on axis 0) padded to :func:`bucket` ``(len(x), smallest)`` rows with copies of
     its first row (valid inputs for any function of a row; the caller drops the padded results)."""
-    x = np.asarray(x)
-    return np.concatenate([x, np.repeat(x[:1], bucket(x.shape[0], smallest) - x.shape[0], axis=0)])
+    return pad_to(x, bucket(len(x), smallest))
 
 
 @frozen_lru(64)

@@ -73,7 +73,7 @@ from ._finite import TABLE_OPTIONS, fresh_covariance, jacobian_hessian
 from ._gaussian import pruned_tensor_rule
 from ._kernel import KERNEL_OPTIONS, kernel_map
 from ._pairs import Pairs
-from ._validate import device
+from ._validate import device, pad_to
 from ._warnings import AccuracyWarning
 
 __all__ = [
@@ -269,7 +269,7 @@ def _smooth_batch(act, dL, dR, C, nodes, weights):
         part = C[start:start + _SMOOTH_BATCH]
         got = part.shape[0]
         if got < _SMOOTH_BATCH:
-            part = np.concatenate([part, np.repeat(part[:1], _SMOOTH_BATCH - got, axis=0)])
+            part = pad_to(part, _SMOOTH_BATCH)
         out[start:start + got] = np.asarray(fn(device(part), nodes_j, weights_j))[:got]
     return out
 

@@ -19,7 +19,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from ._validate import as_inputs, count, device, memory_bytes
+from ._validate import as_inputs, count, device, memory_bytes, pad_to
 
 __all__ = ["NetworkSamples", "sample_networks", "SAMPLING_MEMORY", "check_sampling_memory", "network_keys"]
 
@@ -110,7 +110,7 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
         k = keys[start:start + bs]
         got = k.shape[0]
         if got < bs:  # pad the last batch: one compiled shape
-            k = np.concatenate([k, np.repeat(k[:1], bs - got, axis=0)])
+            k = pad_to(k, bs)
         z, G = batched(k, Xa)
         outs.append(np.asarray(z)[:got])
         mets.append(np.asarray(G)[:got])

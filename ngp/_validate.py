@@ -244,6 +244,13 @@ def memory_bytes(value, name: str = "max_memory") -> int:
     return int(positive_float(value, name))
 
 
+def pad_to(x, rows: int) -> np.ndarray:
+    """``x`` (NumPy, rows on axis 0) with copies of its first row appended up to ``rows`` rows: fixed call shapes,
+    each padded row a valid input for any function of a row (the caller drops their results)."""
+    x = np.asarray(x)
+    return np.concatenate([x, np.repeat(x[:1], rows - x.shape[0], axis=0)])
+
+
 def device(x, dtype=None):
     """``jnp.asarray(x, dtype)`` without compiling: JAX (0.10) converts a NumPy array with a small compiled
     program per shape and dtype, ``jax.device_put`` takes it (the same dtype canonicalisation). A writeable array

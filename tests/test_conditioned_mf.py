@@ -37,7 +37,7 @@ def test_max_memory_refuses_before_any_work_with_the_estimate(monkeypatch):
 
 @pytest.mark.filterwarnings("ignore::ngp.ExpansionWarning")  # a narrow network: outside the validated regime
 def test_a_short_last_batch_runs_padded_to_the_batch_size(monkeypatch):
-    """``predict(..., batch_size=b)`` pads a last batch shorter than ``b`` with copies of its last point, so every
+    """``predict(..., batch_size=b)`` pads a last batch shorter than ``b`` with copies of its first point, so every
     estimator run has ``b`` test points (one compiled shape: the second shape cost seconds of compilation, 18.0-19.6 s
     against 12.9-13.9 s for 16 training and 100 test points in batches of 32 in a fresh process,
     benchmarks/results/mf_last_batch.json); the padded points are dropped, and the last point gets the numbers it
