@@ -34,7 +34,7 @@ from jax.scipy.special import ndtr as _ndtr
 
 from ._validate import device, real
 
-__all__ = ["Activation", "activation", "ACTIVATIONS"]
+__all__ = ["Activation", "activation", "ACTIVATIONS", "made_by"]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -88,6 +88,16 @@ class Activation:
 
     def __call__(self, x):
         return self.fn(x)
+
+    def __reduce__(self):
+        # pickling (and copy.deepcopy): an activation made by a cached constructor (a name, a composition) as that
+        # call, so that it unpickles as the process's one object for it (compiled kernels are cached on it and
+        # steps compare activations by identity); any other as its fields (``fn`` must then be picklable: a
+        # module-level function, not a lambda)
+        origin = self.__dict__.get("_made_by")
+        if origin is not None:
+            return origin
+        return _rebuild, (tuple(getattr(self, f.name) for f in dataclasses.fields(self)),)
 
     def __repr__(self) -> str:
         return f"Activation({self.name!r})"
@@ -410,7 +420,19 @@ def activation(spec: str | Callable | Activation, /, **params) -> Activation:
 @functools.lru_cache(maxsize=None)
 def _named(key: str, params: tuple) -> Activation:
     # One object per (name, parameters): compiled expectation kernels are cached on it.
-    return _FACTORIES[key](**dict(params))
+    return made_by(_FACTORIES[key](**dict(params)), _named, key, params)
+
+
+def made_by(act: Activation, constructor: Callable, *args) -> Activation:
+    """Record that ``constructor(*args)``, a cached module-level function, returns ``act``: it then pickles (and
+    deep-copies) as that call and unpickles as the process's one object for it (``docs/posterior.md``, "Saving a
+    conditioned model"). Returns ``act``."""
+    object.__setattr__(act, "_made_by", (constructor, args))
+    return act
+
+
+def _rebuild(fields: tuple) -> Activation:
+    return Activation(*fields)
 
 
 def _check_callable(act: Activation) -> None:

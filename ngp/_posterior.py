@@ -156,7 +156,8 @@ class Conditioned:
     """A network prior conditioned on training data, to first order in ``1/n``.
 
     Returned by :func:`ngp.condition`. The training-set work is done once; :meth:`predict` reuses it
-    for any number of test inputs.
+    for any number of test inputs. It pickles with what it has computed, so a loaded copy (in another process)
+    predicts without redoing it (``docs/posterior.md``, "Saving a conditioned model").
 
     Attributes:
         net: the network.

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._activations import Activation, activation as make_activation
+from ._activations import Activation, activation as make_activation, made_by
 from ._cumulants import DenseLayer, DenseMap, GaussianLayer, LayerCumulants, ScaledLayer
 from ._kernel import KERNEL_OPTIONS, dense_kernel, first_layer_kernel, two_point_matrix
 from ._linalg import psd_sqrt
@@ -51,7 +51,8 @@ def compose(first: Activation, then: Activation) -> Activation:
     if then is IDENTITY:
         return first
     f, g = first.fn, then.fn
-    return Activation(f"{then.name}({first.name})", lambda x: g(f(x)), smooth=first.smooth and then.smooth)
+    act = Activation(f"{then.name}({first.name})", lambda x: g(f(x)), smooth=first.smooth and then.smooth)
+    return made_by(act, compose, first, then)
 
 
 @dataclasses.dataclass(frozen=True)

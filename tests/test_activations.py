@@ -82,3 +82,30 @@ def test_exp_ratio_is_the_split_with_bounded_parts(name):
     assert np.max(np.abs(num / den - np.asarray(h(y)))) <= 4 * np.finfo(float).eps
     assert np.all(den >= 1.0) and np.all(den <= 2.0 * np.maximum(1.0, np.asarray(y)) * (1 + 1e-15))
     assert np.all(np.abs(num) <= den)
+
+
+def _bumpy(x):  # a module-level callable: picklable by reference
+    return jnp.sin(x) + 0.1 * x
+
+
+def test_activations_pickle_as_what_made_them():
+    """A named activation (with its parameters) and a composition of two pickle as the call that made them and
+    unpickle as the process's one object for it (kernels are compiled per object and steps compare activations by
+    identity); a callable's activation pickles as its fields, a lambda's not at all (pickle's own error)."""
+    import copy
+    import pickle
+
+    from ngp._steps import compose
+
+    named = [ngp.activation(name) for name in ngp.ACTIVATIONS] + [ngp.activation("leaky_relu", slope=0.2)]
+    for act in named + [compose(ngp.activation("tanh"), ngp.activation("sin"))]:
+        assert pickle.loads(pickle.dumps(act)) is act and copy.deepcopy(act) is act, act
+    assert pickle.loads(pickle.dumps(named[-1])).relu_slopes == (1.0, 0.2)
+    own = ngp.activation(_bumpy, name="bumpy")
+    back = pickle.loads(pickle.dumps(own))
+    assert back is not own and (back.name, back.fn, back.smooth) == ("bumpy", _bumpy, True)
+    with pytest.raises((pickle.PicklingError, AttributeError), match="lambda"):
+        pickle.dumps(ngp.activation(lambda x: jnp.sin(x)))
+    net = ngp.serial(ngp.Dense(8), ngp.Elementwise("tanh"), ngp.Elementwise(own), ngp.Dense(1))
+    assert pickle.loads(pickle.dumps(ngp.MLP(3, 16, activation="gelu"))) == ngp.MLP(3, 16, activation="gelu")
+    assert repr(pickle.loads(pickle.dumps(net))) == repr(net)

@@ -61,6 +61,33 @@ def test_a_short_last_batch_runs_padded_to_the_batch_size(monkeypatch):
         np.testing.assert_allclose(getattr(post.gp, name)[3:], getattr(other.gp, name), rtol=1e-12, err_msg=name)
 
 
+@pytest.mark.filterwarnings("ignore::ngp.ExpansionWarning")  # a narrow network: outside the validated regime
+def test_a_pickled_condition_keeps_its_estimator_runs(monkeypatch):
+    """A pickled matrix-free conditioning loads with its estimator runs: the evidence and a prediction it has made
+    come back without running the estimator, equal; a new prediction runs it and agrees with the original's
+    (docs/posterior.md, "Saving a conditioned model")."""
+    import pickle
+
+    from ngp import _conditioned_mf as cmf
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(8, 2))
+    net = ngp.MLP(3, 16, activation="tanh")  # as above: the same compiled programs
+    cond = ngp.condition(net, X[:3], X[:3, :1], noise=0.1, method="matrix_free", samples=64)
+    post = cond.predict(X[3:6], batch_size=2)
+    loaded = pickle.loads(pickle.dumps(cond))
+    run = cmf.mf.matrix_free_posterior
+    monkeypatch.setattr(cmf.mf, "matrix_free_posterior", lambda *a, **k: pytest.fail("the estimator ran"))
+    again = loaded.predict(X[3:6], batch_size=2)
+    assert loaded.log_evidence == cond.log_evidence and loaded.log_evidence_se == cond.log_evidence_se
+    for name in ("mean", "var", "mean_se", "var_se"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(post, name), err_msg=name)
+    monkeypatch.setattr(cmf.mf, "matrix_free_posterior", run)
+    new, ref = loaded.predict(X[6:]), cond.predict(X[6:])
+    for name in ("mean", "var", "mean_se", "var_se"):
+        np.testing.assert_allclose(getattr(new, name), getattr(ref, name), rtol=1e-14, atol=0, err_msg=name)
+
+
 def test_expansion_parameter_leaves_out_a_zero_variance_input_as_the_exact_path():
     """An input at the origin with ``C_b = 0`` has zero variance (and ``V = 0``) at every layer: the matrix-free
     path's ``eps = max|V|/(n K^2)`` leaves it out, as the exact path's expansion parameter does (a separate
