@@ -32,10 +32,10 @@ import json, pickle, sys, time, warnings
 import jax
 jax.config.update("jax_enable_x64", True)
 import numpy as np
-sys.path.insert(0, sys.argv[4])
+mode, path, NA, NB, root = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+sys.path.insert(0, root)
 import ngp
 warnings.simplefilter("ignore")
-mode, path, NA, NB = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[5])
 rng = np.random.default_rng(0)
 XA, XB = rng.normal(size=(NA, 2)), rng.normal(size=(NB, 2))
 YA = np.sin(1.3 * XA[:, :1]) + 0.3 * XA[:, 1:]
@@ -58,7 +58,7 @@ print(json.dumps({"seconds": t2 - t0, "before_predict_s": t1 - t0, "predict_s": 
 
 
 def _run(mode: str, path: str, n_train: int, n_test: int) -> dict:
-    r = subprocess.run([sys.executable, "-c", TASK, mode, path, str(n_train), ROOT, str(n_test)],
+    r = subprocess.run([sys.executable, "-c", TASK, mode, path, str(n_train), str(n_test), ROOT],
                        capture_output=True, text=True, timeout=3600)
     if r.returncode:
         raise RuntimeError(r.stderr[-2000:])
