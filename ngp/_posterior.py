@@ -205,8 +205,7 @@ class Conditioned:
         contraction of the training ``V`` with them that predictions reuse."""
         p = self._prior
         coef = _coefficients(self._solve, self.Y_train.shape[1])
-        V = np.asarray(p.V)
-        return dict(K1=np.asarray(p.K1), V=V, **coef, **_contractions(V, coef))
+        return _TrainParts(p.layers[-1], "V", K1=np.asarray(p.K1), **coef, **_contractions(np.asarray(p.V), coef))
 
     @functools.cached_property
     @float64
@@ -215,8 +214,8 @@ class Conditioned:
         the pieces of the error bounds (``docs/accuracy.md``)."""
         p = self._prior
         coef = {k: np.abs(self._train[k]) for k in ("yt", "Kinv", "W", "T")}
-        EV = np.asarray(p.V_error)
-        return dict(K1=np.asarray(p.K1_error), V=EV, **coef, **_contractions(EV, coef))
+        return _TrainParts(p.layers[-1], "V_error", K1=np.asarray(p.K1_error), **coef,
+                           **_contractions(np.asarray(p.V_error), coef))
 
     @functools.cached_property
     @float64
@@ -468,6 +467,21 @@ def _coefficients(solve, nL: int) -> dict:
     W = yt @ yt.T - nL * Kinv
     T = np.einsum("xi,yz->ixyz", yt, W) - 2.0 * np.einsum("xy,zi->ixyz", Kinv, yt)
     return dict(yt=yt, Kinv=Kinv, W=W, T=T)
+
+
+class _TrainParts(dict):
+    """The training pieces of :class:`Conditioned`; ``["V"]``, the dense ``(N_A,)*4`` vertex (or its error),
+    is the output layer's attribute ``name``, read when asked for: the layer keeps it (packed only, in a
+    pickle), so it is held once."""
+
+    def __init__(self, layer, name: str, **parts):
+        super().__init__(**parts)
+        self._layer, self._name = layer, name
+
+    def __missing__(self, key):
+        if key != "V":
+            raise KeyError(key)
+        return np.asarray(getattr(self._layer, self._name))
 
 
 def _contractions(V, coef: dict) -> dict:

@@ -57,6 +57,10 @@ def check_options(options: dict, where: str = "net.prior") -> dict:
     return out
 
 
+#: The cached ``(N, N, N, N)`` arrays of a :class:`Layer`, left out of its pickle.
+_UNPACKED = ("V", "V_error")
+
+
 class Layer:
     """Cumulants of the pre-activations of one layer ``l`` (1-based).
 
@@ -110,12 +114,21 @@ class Layer:
 
     @functools.cached_property
     @float64
+    def _V_error_packed(self) -> np.ndarray:
+        self._prior._check_memory()
+        return self._prior._expand_packed(packed_vertex_error(self._c))
+
+    @functools.cached_property
     def V_error(self) -> np.ndarray:
         """``(N, N, N, N)`` estimated absolute numerical error of :attr:`V` (the four-point quadrature,
         propagated through depth; ``docs/four-point.md``). NaN where no estimate exists
         (``four_point_order`` given; residual chains)."""
-        self._prior._check_memory()
-        return np.asarray(self.pairs.unpack4(self._prior._expand_packed(packed_vertex_error(self._c))))
+        return np.asarray(self.pairs.unpack4(self._V_error_packed))
+
+    def __getstate__(self) -> dict:
+        # a pickle keeps the packed vertex (and error) only: the (N, N, N, N) arrays are their entries
+        # repeated, rebuilt bitwise on first use (docs/posterior.md, "Saving a conditioned model")
+        return {k: v for k, v in self.__dict__.items() if k not in _UNPACKED}
 
     @functools.cached_property
     @float64

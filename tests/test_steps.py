@@ -343,7 +343,7 @@ def test_a_pickled_condition_predicts_without_the_training_work(monkeypatch):
     XA, XB, Y = 0.5 * rng.normal(size=(4, 2)), 0.5 * rng.normal(size=(2, 2)), rng.normal(size=(4, 2)) * 0.5
     net = ngp.MLP(2, 16, activation="tanh", C_b=0.1, out_dim=2)  # one hidden layer: little to compile
     cond = ngp.condition(net, XA, Y, noise=0.05)
-    evidence = cond.log_evidence  # the training block
+    evidence, evidence_error = cond.log_evidence, cond.log_evidence_error  # the training block
     blob = pickle.dumps(cond)
     seen, values = [], _finite.four_point_values
     monkeypatch.setattr(_finite, "four_point_values", lambda act, K, ms, **kw: seen.append(len(ms)) or values(
@@ -351,12 +351,22 @@ def test_a_pickled_condition_predicts_without_the_training_work(monkeypatch):
     pred = cond.predict(XB)
     live = sum(seen)
     assert live > 0
+    full = cond.predict(XB, full_cov=True)  # reads the dense training vertex (cross-output covariance)
+    before = sum(seen)
     loaded = pickle.loads(blob)
-    assert loaded.log_evidence == evidence and sum(seen) == live  # nothing computed for it
+    assert loaded.log_evidence == evidence and sum(seen) == before  # nothing computed for it
     got = loaded.predict(XB)
-    assert sum(seen) == 2 * live  # the test points' values, no training ones
+    assert sum(seen) == before + live  # the test points' values, no training ones
     for name in ("mean", "var", "mean_error"):
         np.testing.assert_allclose(getattr(got, name), getattr(pred, name), rtol=1e-14, atol=0, err_msg=name)
+    # the dense (N,)*4 vertex and its error are stored packed only, and rebuilt bitwise when read
+    layer, live_layer = loaded._prior.layers[-1], cond._prior.layers[-1]
+    assert {"V", "V_error"} <= set(live_layer.__dict__) and not {"V", "V_error"} & set(layer.__dict__)
+    assert loaded.log_evidence_error == evidence_error
+    got_full = loaded.predict(XB, full_cov=True)
+    np.testing.assert_allclose(got_full.cov, full.cov, rtol=1e-14, atol=1e-17)
+    np.testing.assert_array_equal(layer.V, live_layer.V)
+    np.testing.assert_array_equal(layer.V_error, live_layer.V_error)
     back = pickle.loads(pickle.dumps(pred))  # the posterior itself
     for a, b in ((back, pred), (back.gp, pred.gp)):
         np.testing.assert_array_equal(a.mean, b.mean)
