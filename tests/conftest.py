@@ -8,7 +8,6 @@ import subprocess
 import sys
 import tempfile
 
-import jax
 import pytest
 
 #: XLA:CPU settings of the test process (and the CLI and notebook subprocesses it starts): the legacy
@@ -42,7 +41,6 @@ if _flags != os.environ.get("XLA_FLAGS", "") and xla_accepts(_flags):
 
 # the CLI keeps compiled programs on disk (~/.cache/ngp/jax); tests run without it (reproducible timings)
 os.environ.setdefault("NGP_CACHE_DIR", "")
-jax.config.update("jax_enable_x64", True)
 
 # pytest-xdist workers share an on-disk cache of compiled programs for this run only: a fresh folder that the
 # controlling process makes and removes (benchmarks/README.md, "Test suite time and memory": in one process
@@ -79,24 +77,41 @@ def remove_stale_caches(folder: str) -> list:
 if _WORKER is None and not os.environ.get("NGP_TEST_COMPILATION_CACHE"):
     remove_stale_caches(tempfile.gettempdir())
     _OWN_CACHE = os.environ["NGP_TEST_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix=f"{_CACHE_PREFIX}{os.getpid()}-")
-if _WORKER is not None and os.environ.get("NGP_TEST_COMPILATION_CACHE"):
-    jax.config.update("jax_compilation_cache_dir", os.environ["NGP_TEST_COMPILATION_CACHE"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _start_jax():
+    """Float64 numerics, the workers' shared compilation cache, and ``ngp`` imported and frozen."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    if _WORKER is not None and os.environ.get("NGP_TEST_COMPILATION_CACHE"):
+        jax.config.update("jax_compilation_cache_dir", os.environ["NGP_TEST_COMPILATION_CACHE"])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    import ngp  # noqa: F401  (imported here so that its module objects are frozen below)
+
+    # Objects alive after the imports (modules, functions, JAX's and NumPy's tables) live to the end:
+    # moved out of the collector's reach, every full collection skips them (measured on test_steps,
+    # test_ntk, test_gaussian: 2.94 -> 1.75 s of generation-2 collections in 116 s)
+    gc.collect()
+    gc.freeze()
+
+
+def is_xdist_controller(config) -> bool:
+    """Whether this process is pytest-xdist's controller: it hands tests to workers and runs none."""
+    return _WORKER is None and config.getoption("dist", "no") != "no"
+
+
+def pytest_configure(config):
+    # JAX only where tests run: the controller of a distributed run would hold ~0.2 GB of JAX and ngp
+    # for nothing (the suite's 4 GB goal counts every process; benchmarks/README.md)
+    if not is_xdist_controller(config):
+        _start_jax()
 
 
 def pytest_unconfigure(config):
     if _OWN_CACHE is not None:
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
-
-
-import ngp  # noqa: E402,F401  (imported here so that its module objects are frozen below)
-
-# Objects alive after the imports (modules, functions, JAX's and NumPy's tables) live to the end:
-# moved out of the collector's reach, every full collection skips them (measured on test_steps,
-# test_ntk, test_gaussian: 2.94 -> 1.75 s of generation-2 collections in 116 s)
-gc.collect()
-gc.freeze()
 
 #: Memory (GB available) that one test process needs: its own compiled programs up to the threshold below,
 #: plus the largest single test's arrays.
@@ -154,6 +169,8 @@ def _release_compiled_programs():
     gc.collect()
     _return_freed_memory()
     if _rss_mb() > RELEASE_ABOVE_MB:
+        import jax
+
         jax.clear_caches()
         gc.collect()
         _return_freed_memory()

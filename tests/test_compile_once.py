@@ -234,3 +234,20 @@ def test_stale_compilation_caches_of_dead_runs_are_removed(tmp_path):
         (tmp_path / name / "entry").write_bytes(b"x")
     assert remove_stale_caches(str(tmp_path)) == [str(tmp_path / names[0])]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+
+
+def test_the_xdist_controller_does_not_load_jax():
+    """In a distributed run the controlling process runs no test: the conftest starts JAX (and imports ngp) in
+    the workers only, ~0.2 GB less in the suite's memory, which counts every process."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        pytest.skip("not a pytest-xdist worker")
+    maps = f"/proc/{os.getppid()}/maps"  # the worker's parent: the controller
+    if not os.path.exists(maps):
+        pytest.skip("no /proc on this system")
+    with open(maps) as f:
+        mapped = f.read()
+    assert "python" in mapped  # the controller's own mappings were read
+    assert "jaxlib" not in mapped and "xla_extension" not in mapped
+    assert jax.config.jax_enable_x64  # and the worker did start JAX, in float64
