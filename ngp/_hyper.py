@@ -105,12 +105,19 @@ def _cumulants(net, XA, C_W, C_b, finite_width: bool, options: dict):
     depth = len(dense)
     cw = _per_dense(C_W, [d.C_W for d in dense], "C_W", depth)
     cb = _per_dense(C_b, [d.C_b for d in dense], "C_b", depth)
-    Xu, inverse = np.unique(XA, axis=0, return_inverse=True)
-    inverse = np.asarray(inverse).reshape(-1)
+    if isinstance(XA, jax.core.Tracer):  # the GP objective's argument: duplicate rows are harmless to the GP
+        if finite_width:
+            raise TypeError("_cumulants: the finite-width cumulants need concrete inputs")
+        Xu, inverse = XA, None
+    else:
+        Xu, inverse = np.unique(XA, axis=0, return_inverse=True)
+        inverse = np.asarray(inverse).reshape(-1)
     flow = net.flow(Flow.start(Xu, options, hyper=tuple(zip(cw, cb))))
     if flow.layer is None or flow.act is not IDENTITY:
         raise ValueError(f"net: {net!r} must end with a Dense (or Residual) step")
     c = flow.layer
+    if inverse is None:
+        return c.K, None, None, c.n
     ix = np.ix_(inverse, inverse)
     if not finite_width or c.gaussian:
         return c.K[ix], None, None, c.n
@@ -413,29 +420,30 @@ def evidence_objective(net, XA, fw, sizes, per_layer, depth, options, on_first=N
     aux, and the gradient), compiled. Its variances are not concrete at trace time, so each kernel picks in the
     program the Mehler orders of its largest variance's bucket (:func:`ngp._gaussian.traced_mehler_tables`), their
     Hermite tables the compiled function's ``tables`` argument (``docs/theory.md``, "Numerical paths and their
-    accuracy"). The compiled objective is remembered for the last 8 (network, inputs, options): each L-BFGS-B step
-    then costs no compilation, and fits to new targets on the same inputs (other starts, other draws) do not
-    compile it again. Finite width: :func:`_finite_width_objective` (``on_first(seconds, evaluations per step)`` is
-    called once, after its first evaluation of the evidence).
+    accuracy"). The inputs are an argument of the compiled objective, which is remembered for the last 8 (network,
+    input shape, options): each L-BFGS-B step then costs no compilation, nor do fits to new targets or to other
+    inputs of the same shape (other starts, other draws, the folds of a cross-validation). Finite width:
+    :func:`_finite_width_objective` (``on_first(seconds, evaluations per step)`` is called once, after its first
+    evaluation of the evidence).
     """
     options = _evidence_options(options)
     if fw:
         return _finite_width_objective(net, XA, sizes, per_layer, depth, options, on_first)
 
-    def f(theta, Y, cw_all, cb_all, noise0):
+    def f(theta, Y, cw_all, cb_all, noise0, X):
         cw, cb, nz = _unpack(theta, sizes, per_layer, depth, cw_all, cb_all, noise0)
-        return -_evidence(_cumulants(net, XA, cw, cb, False, options), Y, nz, 0.0)
+        return -_evidence(_cumulants(net, X, cw, cb, False, options), Y, nz, 0.0)
 
     both = jax.jacfwd(lambda t, *a: _twice(f(t, *a)), has_aux=True)
 
-    def with_tables(theta, Y, cw_all, cb_all, noise0, tables):
+    def with_tables(theta, Y, cw_all, cb_all, noise0, X, tables):
         with traced_mehler_tables(tables):
-            return both(theta, Y, cw_all, cb_all, noise0)
+            return both(theta, Y, cw_all, cb_all, noise0, X)
 
-    key = (net, repr(net), XA.shape, XA.tobytes(), sizes, per_layer, tuple(sorted(options.items())))
+    key = (net, repr(net), XA.shape, sizes, per_layer, tuple(sorted(options.items())))
     compiled = cached_per_network(_OBJECTIVES, 8, key, lambda: jax.jit(with_tables))
     tables = tuple(tuple(device(a, dtype=jnp.result_type(float)) for a in t) for t in switch_tables())
-    return functools.partial(compiled, tables=tables)
+    return functools.partial(compiled, X=device(np.asarray(XA, dtype=float)), tables=tables)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))

@@ -82,7 +82,7 @@ class Flow:
 
     @classmethod
     def start(cls, X, options=None, hyper=None) -> "Flow":
-        X = np.asarray(X, dtype=float)
+        X = X if isinstance(X, jax.core.Tracer) else np.asarray(X, dtype=float)  # traced: the GP fit's argument
         return cls(X, None, IDENTITY, X.shape[1], (), dict(options or {}), hyper, 0)
 
 

@@ -205,6 +205,32 @@ def test_compiled_gp_objective_picks_the_mehler_orders_of_its_largest_variance(d
     assert stats.argument_size_in_bytes >= sum(a.nbytes for t in switch_tables() for a in t)
 
 
+def test_compiled_gp_objective_takes_the_inputs_as_an_argument(data):
+    """The folds of a cross-validation (``ngp regress --folds``) fit the GP on other rows of one shape: the inputs
+    are an argument of the compiled objective, which compiles once for them all, and each one's value and gradient
+    are those of ``ngp.log_evidence`` on its own rows (without jit, at the variances' own Mehler orders: the
+    series' accuracy apart), a duplicated row included."""
+    from ngp._hyper import evidence_objective
+
+    X, Y = data
+    X2 = np.concatenate([X[:1], X[:-1] + 0.3])  # other rows, the first one twice
+    net = ngp.MLP(2, 16, activation="tanh", C_W=1.2, C_b=0.1, out_dim=2)
+    theta = jnp.log(jnp.array([1.2, 0.1, 0.05]))
+    args = (jnp.asarray(Y), jnp.ones(2), jnp.full(2, 0.1), jnp.asarray(0.05))
+    objs = [evidence_objective(net, x, False, (1, 1, 1), False, 2, {}) for x in (X, X2)]
+    assert objs[0].func is objs[1].func
+    for x, obj in zip((X, X2), objs):
+        g, v = obj(theta, *args)
+
+        def minus_evidence(t, x=x):
+            return -ngp.log_evidence(net, x, Y, noise=jnp.exp(t[2]), C_W=jnp.exp(t[0]), C_b=jnp.exp(t[1]),
+                                     finite_width=False)
+
+        np.testing.assert_allclose(float(v), float(minus_evidence(theta)), rtol=1e-9)
+        np.testing.assert_allclose(np.asarray(g), np.asarray(jax.jacfwd(minus_evidence)(theta)), rtol=1e-9)
+    assert objs[0].func._cache_size() == 1
+
+
 def test_finite_width_objective_is_the_derivative_of_its_value():
     """The finite-width fit's objective returns the value of ``ngp.log_evidence`` (the error-controlled four-point
     rule, not the fixed rule a trace runs) and the gradient of that value (L-BFGS-B's line search needs both to
