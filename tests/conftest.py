@@ -113,6 +113,7 @@ def pytest_unconfigure(config):
     if _OWN_CACHE is not None:
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
+
 #: Memory (GB available) that one test process needs: its own compiled programs up to the threshold below,
 #: plus the largest single test's arrays.
 GB_PER_WORKER = 3.0
