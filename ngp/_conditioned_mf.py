@@ -191,6 +191,13 @@ class MatrixFreeConditioned(Conditioned):
         new.gp = GPConditioned(new)
         return new
 
+    def with_targets(self, Y_train) -> "MatrixFreeConditioned":
+        """The same prior conditioned on other targets at the same training inputs: a new conditioning (the
+        estimator's samples are drawn with the targets, so nothing is reused; the same ``samples`` and ``seed``)."""
+        new = MatrixFreeConditioned(self.net, self.X_train, Y_train, noise=self.noise, jitter=self.jitter,
+                                    samples=self.samples, seed=self.seed, **self.options)
+        return new if self._scale is None else new.with_width(self._scale)
+
     # ------------------------------------------------------------------ prediction
     def predict(self, X_test, *, full_cov: bool = False, batch_size: int | None = None,
                 stop=None) -> FiniteWidthPosterior:

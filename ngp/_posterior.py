@@ -287,6 +287,22 @@ class Conditioned:
         new.gp = GPConditioned(new)
         return new
 
+    @float64
+    def with_targets(self, Y_train) -> "Conditioned":
+        """The same prior conditioned on other targets at the same training inputs (``(N_train, out_dim)``).
+
+        Reuses every cumulant computed so far (the training vertex and the four-point values of the test points
+        predicted last), so new targets cost the solve and the ``O(N_train^4)`` contractions, not the quadrature
+        (``docs/posterior.md``, "Other targets on the same inputs"). ``self`` is unchanged.
+        """
+        _, _, Y, _, _ = train_test(self.net, self.X_train, Y_train, None, self.noise, self.jitter)
+        new = object.__new__(Conditioned)
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in _TARGET_DEPENDENT})
+        new.Y_train = Y
+        new._solve = solve_train(np.asarray(self._prior.K), Y, self.noise, self.jitter)
+        new.gp = GPConditioned(new)
+        return new
+
     # ------------------------------------------------------------------ prediction
     @float64
     def predict(self, X_test, *, full_cov: bool = False, batch_size: int | None = None,
@@ -467,6 +483,11 @@ def _coefficients(solve, nL: int) -> dict:
     W = yt @ yt.T - nL * Kinv
     T = np.einsum("xi,yz->ixyz", yt, W) - 2.0 * np.einsum("xy,zi->ixyz", Kinv, yt)
     return dict(yt=yt, Kinv=Kinv, W=W, T=T)
+
+
+#: What :meth:`Conditioned.with_targets` leaves behind: the targets, and what was computed from them.
+_TARGET_DEPENDENT = ("Y_train", "_solve", "_train", "_train_error", "_log_evidence", "log_evidence_error",
+                     "_evidence_checked", "gp")
 
 
 class _TrainParts(dict):

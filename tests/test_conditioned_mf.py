@@ -129,3 +129,19 @@ def test_large_variances_compile_no_table_as_a_constant():
         jax.config.update("jax_captured_constants_warn_bytes", bound)
     assert np.all(np.isfinite(post.mean)) and np.isfinite(cond.log_evidence)
     assert not [w for w in caught if "constants were captured" in str(w.message)]
+
+
+def test_with_targets_is_a_new_conditioning_on_the_same_inputs():
+    """On the matrix-free path ``with_targets`` conditions again (the estimator's samples carry the targets): the
+    same numbers as ``ngp.condition`` with the same samples and seed, and a ``with_width`` copy keeps its width."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(8, 2))
+    net = ngp.MLP(3, 16, activation="tanh")  # as above: the same compiled programs
+    cond = ngp.condition(net, X[:3], X[:3, :1], noise=0.1, method="matrix_free", samples=64)
+    other = cond.with_targets(np.sin(X[:3, 1:]))
+    ref = ngp.condition(net, X[:3], np.sin(X[:3, 1:]), noise=0.1, method="matrix_free", samples=64)
+    got, want = other.predict(X[3:6]), ref.predict(X[3:6])
+    for name in ("mean", "var", "mean_se", "var_se"):
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-14, atol=0, err_msg=name)
+    assert other.log_evidence == pytest.approx(ref.log_evidence, rel=1e-14)
+    assert cond.with_width(64).with_targets(np.sin(X[:3, 1:])).n == 64

@@ -411,3 +411,39 @@ def test_condition_method_names_the_path():
     assert via.method == "exact" and via.options == {"method": "quadrature"} and via.log_evidence == direct.log_evidence
     default = ngp.condition(net, X, Y, noise=0.1)
     assert via.log_evidence == pytest.approx(default.log_evidence, rel=1e-8)
+
+
+def test_with_targets_reuses_the_cumulants_and_matches_a_new_condition(monkeypatch):
+    """Other targets on the same training inputs (several target columns, resampled targets): ``with_targets``
+    computes no four-point value for the training block or for test points already predicted, and its evidence,
+    error bound and predictions (full covariance included) are those of a new ``ngp.condition`` on those targets;
+    the original is unchanged; targets of the wrong shape raise naming ``Y_train``."""
+    from ngp import _finite
+
+    rng = np.random.default_rng(7)
+    XA, XB = 0.5 * rng.normal(size=(5, 2)), 0.5 * rng.normal(size=(3, 2))
+    Y1, Y2 = 0.5 * rng.normal(size=(5, 2)), 0.5 * rng.normal(size=(5, 2))
+    net = ngp.MLP(2, 16, activation="tanh", C_b=0.1, out_dim=2)
+    cond = ngp.condition(net, XA, Y1, noise=0.05)
+    before = cond.predict(XB, full_cov=True)
+    evidence = cond.log_evidence
+    seen, values = [], _finite.four_point_values
+    monkeypatch.setattr(_finite, "four_point_values", lambda act, K, ms, **kw: seen.append(len(ms)) or values(
+        act, K, ms, **kw))
+    other = cond.with_targets(Y2)
+    got = other.predict(XB, full_cov=True)
+    got_evidence, got_error = other.log_evidence, other.log_evidence_error
+    assert seen == []  # nothing integrated again
+    monkeypatch.setattr(_finite, "four_point_values", values)
+    ref_cond = ngp.condition(net, XA, Y2, noise=0.05)
+    ref = ref_cond.predict(XB, full_cov=True)
+    np.testing.assert_allclose(got_evidence, ref_cond.log_evidence, rtol=1e-12)
+    np.testing.assert_allclose(got_error, ref_cond.log_evidence_error, rtol=1e-9)
+    for name in ("mean", "var", "cov", "mean_error", "var_error"):
+        np.testing.assert_allclose(getattr(got, name), getattr(ref, name), rtol=1e-10, atol=1e-15, err_msg=name)
+    np.testing.assert_allclose(got.gp.mean, ref.gp.mean, rtol=1e-12)
+    assert np.max(np.abs(got.mean - before.mean)) > 0.01  # the targets matter
+    assert cond.log_evidence == evidence
+    np.testing.assert_array_equal(cond.predict(XB, full_cov=True).mean, before.mean)
+    with pytest.raises(ValueError, match="Y_train"):
+        cond.with_targets(Y2[:4])
