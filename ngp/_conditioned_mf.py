@@ -185,10 +185,8 @@ class MatrixFreeConditioned(Conditioned):
         n = count(n, "n")
         if len(set(self.net.widths)) > 1:
             raise ValueError(f"n: with_width needs equal hidden widths, the network has {list(self.net.widths)}")
-        new = object.__new__(MatrixFreeConditioned)
-        new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("log_evidence", "log_evidence_se", "gp")})
+        new = self._sharing(("log_evidence", "log_evidence_se"))
         new.n, new._scale = n, n
-        new.gp = GPConditioned(new)
         return new
 
     def with_targets(self, Y_train) -> "MatrixFreeConditioned":

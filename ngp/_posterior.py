@@ -280,10 +280,15 @@ class Conditioned:
         n = count(n, "n")
         if len(set(self.net.widths)) > 1:
             raise ValueError(f"n: with_width needs equal hidden widths, the network has {list(self.net.widths)}")
-        new = object.__new__(Conditioned)
-        new.__dict__.update({k: v for k, v in self.__dict__.items()
-                             if k not in ("_log_evidence", "log_evidence_error", "_evidence_checked", "gp")})
+        new = self._sharing(("_log_evidence", "log_evidence_error", "_evidence_checked"))
         new.n = None if self.n is None else n
+        return new
+
+    def _sharing(self, drop) -> "Conditioned":
+        """A copy of this conditioning sharing its state (cumulants, caches) except the attributes ``drop``, with
+        its own GP view (``with_width``, ``with_targets``)."""
+        new = object.__new__(type(self))
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in drop and k != "gp"})
         new.gp = GPConditioned(new)
         return new
 
@@ -296,11 +301,9 @@ class Conditioned:
         (``docs/posterior.md``, "Other targets on the same inputs"). ``self`` is unchanged.
         """
         _, _, Y, _, _ = train_test(self.net, self.X_train, Y_train, None, self.noise, self.jitter)
-        new = object.__new__(Conditioned)
-        new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in _TARGET_DEPENDENT})
+        new = self._sharing(_TARGET_DEPENDENT)
         new.Y_train = Y
         new._solve = solve_train(np.asarray(self._prior.K), Y, self.noise, self.jitter)
-        new.gp = GPConditioned(new)
         return new
 
     # ------------------------------------------------------------------ prediction
@@ -487,7 +490,7 @@ def _coefficients(solve, nL: int) -> dict:
 
 #: What :meth:`Conditioned.with_targets` leaves behind: the targets, and what was computed from them.
 _TARGET_DEPENDENT = ("Y_train", "_solve", "_train", "_train_error", "_log_evidence", "log_evidence_error",
-                     "_evidence_checked", "gp")
+                     "_evidence_checked")
 
 
 class _TrainParts(dict):

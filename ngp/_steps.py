@@ -33,6 +33,7 @@ from ._activations import Activation, activation as make_activation, made_by
 from ._cumulants import DenseLayer, DenseMap, GaussianLayer, LayerCumulants, ScaledLayer
 from ._kernel import KERNEL_OPTIONS, dense_kernel, first_layer_kernel, two_point_matrix
 from ._linalg import psd_sqrt
+from ._pairs import is_concrete
 from ._progress import labelled
 from ._residual_layers import readout_layer, residual_layer
 from ._validate import count, device, nonneg_float, positive_float, real
@@ -82,7 +83,7 @@ class Flow:
 
     @classmethod
     def start(cls, X, options=None, hyper=None) -> "Flow":
-        X = X if isinstance(X, jax.core.Tracer) else np.asarray(X, dtype=float)  # traced: the GP fit's argument
+        X = np.asarray(X, dtype=float) if is_concrete(X) else X  # traced: the GP fit's argument
         return cls(X, None, IDENTITY, X.shape[1], (), dict(options or {}), hyper, 0)
 
 
