@@ -47,7 +47,11 @@ matrix work. Same-layer quantities (kernel map, ``J``, ``H``, ``Cov(s, s)``) are
 (:mod:`ngp._kernel`, :mod:`ngp._finite`), so ``gamma = 0`` reproduces ``ngp.MLP`` to rounding.
 
 Accuracy. Smooth activations: the cross-layer expectations use derivatives by autodiff and
-Gauss-Hermite rules (``CROSS_ORDERS``), ~1e-9 relative for tanh at ``K <~ 2``. Kinked
+fixed isotropic Gauss-Hermite rules (``CROSS_ORDERS``), which converge slowly once a direction's
+variance exceeds ~1 (tanh's poles come closer to the real axis): against the four-point engine at
+``rtol = 1e-12``, the trajectory covariances err by up to 3e-5, 1e-4 and 7e-3 of their Hoelder scale at
+largest eigenvalues 5, 8 and 31, and ``K1`` of a 5-input ResMLP by 0.5%, 3% and 42% at first-layer
+variances 2.3, 3.5 and 14 (``benchmarks/residual_cross_accuracy.py``; docs/theory-residual.md). Kinked
 activations (relu family): second derivatives are moved onto the Gaussian weight by
 integration by parts (Stein), so only the continuous kinks remain; Gauss-Hermite then
 converges algebraically, ~1e-4 - 1e-3 relative at the default orders (the same accuracy class
@@ -91,7 +95,8 @@ __all__ = [
 ]
 
 #: Gauss-Hermite nodes per dimension for the cross-layer expectations of smooth activations, by the
-#: number ``d`` of distinct Gaussian variables (2 to 4). Options ``cross_orders={d: m}`` override.
+#: number ``d`` of distinct Gaussian variables (2 to 4). Options ``cross_orders={d: m}`` override. Not
+#: converged at variances above ~1 (module docstring, "Accuracy").
 CROSS_ORDERS = {2: 128, 3: 64, 4: 40}
 #: Relu family: one direction is integrated exactly, the other ``d - 1`` by Gauss-Hermite with this
 #: many nodes per dimension (``cross_orders`` overrides these as well).
