@@ -46,7 +46,7 @@ from ._gaussian import gauss_hermite
 from ._validate import device, device_if
 
 __all__ = ["product_expectations", "multiset_expectations", "split_multisets", "fixed_rule_split",
-           "fixed_rule_errors", "PATTERNS", "RTOL"]
+           "fixed_rule_errors", "calibrated_orders", "PATTERNS", "RTOL"]
 
 #: The multiplicity patterns of a sorted four-input multiset ``a <= b <= c <= d``.
 PATTERNS = ((1, 1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (3, 1), (1, 3), (2, 2), (4,))
@@ -522,6 +522,13 @@ def _prefix_rule(orders: tuple, cutoff: float):
     """:func:`_tensor_rule` for ``orders`` (the leading directions of a rule), cached: rules of
     different groups share their leading directions."""
     return _tensor_rule(orders, cutoff)
+
+
+def calibrated_orders(act: Activation, scales, rtol: float) -> np.ndarray:
+    """Node counts of the calibrated one-dimensional rules (:data:`LADDER`) that integrate a direction of scale
+    ``s`` (``sigma(s (c + x))^p``, ``x ~ N(0, 1)``, ``p = 1, 2``) to ``rtol``, for ``scales`` of any shape (same
+    shape out; docs/four-point.md, "Smooth activations: anisotropic Gauss-Hermite")."""
+    return _LADDER_NODES[_orders(act, np.asarray(scales, dtype=float), rtol)].astype(int)
 
 
 #: Tolerance of the tabulated smoothing relative to ``rtol`` and the split input's Hoelder factor.

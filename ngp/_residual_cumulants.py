@@ -74,6 +74,7 @@ from scipy import special
 from ._cache import frozen_lru
 from ._activations import Activation, activation as _make_activation
 from ._finite import TABLE_OPTIONS, fresh_covariance, jacobian_hessian
+from ._fourpoint import RTOL, calibrated_orders
 from ._gaussian import pruned_tensor_rule
 from ._kernel import KERNEL_OPTIONS, kernel_map
 from ._pairs import Pairs
@@ -101,6 +102,9 @@ CROSS_ORDERS = {2: 128, 3: 64, 4: 40}
 #: Relu family: one direction is integrated exactly, the other ``d - 1`` by Gauss-Hermite with this
 #: many nodes per dimension (``cross_orders`` overrides these as well).
 RELU_ORDERS = {2: 96, 3: 48, 4: 32}
+#: The fixed smooth rules warn where the calibrated rules (``ngp._fourpoint``) would need more nodes for this
+#: tolerance (or ``four_point_rtol`` if looser) in a direction of a problem (``AccuracyWarning``).
+_CROSS_WARN_RTOL = 1e-6
 #: Node evaluations per batch of cross-layer expectations (memory control: ~100 MB of work arrays).
 _BATCH_ELEMS = 1_500_000
 _FRESH_OPTIONS = tuple(dict.fromkeys(KERNEL_OPTIONS + TABLE_OPTIONS))
@@ -422,6 +426,8 @@ def _cross_layers(act, S_k, earlier, pairs, options):
             _check_regular(S_k, *earlier[j], pairs)
     orders = dict(RELU_ORDERS if relu else CROSS_ORDERS)
     orders.update({int(k): int(v) for k, v in dict(options.get("cross_orders") or {}).items()})
+    rtol = float(options.get("four_point_rtol") or RTOL)
+    short = 0.0  # largest variance of a direction that the fixed smooth rule resolves with fewer nodes than needed
     p, q = (g.ravel() for g in np.meshgrid(np.arange(P), np.arange(P), indexing="ij"))
     lefts = np.stack([pairs.a[p], pairs.b[p]], axis=1)
     rights = np.stack([pairs.a[q], pairs.b[q]], axis=1)
@@ -444,7 +450,10 @@ def _cross_layers(act, S_k, earlier, pairs, options):
                 C[:, :l_d, l_d:] = X
                 C[:, l_d:, :l_d] = np.swapaxes(X, 1, 2)
                 blocks.append(C)
-            vals = _run_batches(act, l_d, r_d, np.concatenate(blocks), orders[d]).reshape(len(live), sel.size, 4)
+            Cs = np.concatenate(blocks)
+            if not relu:
+                short = max(short, _unresolved_variance(act, Cs, orders[d], max(rtol, _CROSS_WARN_RTOL)))
+            vals = _run_batches(act, l_d, r_d, Cs, orders[d]).reshape(len(live), sel.size, 4)
             for v, j in zip(vals, live):
                 Y, Z = out[j]
                 Y[q[sel], p[sel]] = v[:, 0]
@@ -452,7 +461,23 @@ def _cross_layers(act, S_k, earlier, pairs, options):
                 if l_d == 2:
                     Z[p[sel], 1, q[sel]] = v[:, 2]
                     Z[p[sel], 2, q[sel]] = v[:, 3]
+    if short:
+        warnings.warn(
+            f"residual cumulants: the cross-layer expectations' Gauss-Hermite rule ({orders[4]} nodes per dimension "
+            f"in 4-D) is not converged at a direction of variance {short:.3g}: errors above "
+            f"{max(rtol, _CROSS_WARN_RTOL):g} of their Hoelder scale; K1 and V may be off by 1e-4 to 1e-1 relative "
+            "(measured: K1 of a tanh ResMLP 0.5% at first-layer variance 2.3, 42% at 14; docs/theory-residual.md, "
+            "\"Quadrature\").", AccuracyWarning, stacklevel=4)
     return out
+
+
+def _unresolved_variance(act: Activation, C: np.ndarray, m: int, rtol: float) -> float:
+    """The largest eigenvalue among the problems ``C`` (B, d, d) whose calibrated rule at ``rtol``
+    (:func:`ngp._fourpoint.calibrated_orders`, along the eigen-directions) needs more than ``m`` nodes in a
+    direction; 0 if none does."""
+    lam = np.clip(np.linalg.eigvalsh(C), 0.0, None)
+    short = np.any(calibrated_orders(act, np.sqrt(lam), rtol) > m, axis=1)
+    return float(lam[short].max()) if short.any() else 0.0
 
 
 def _check_regular(S_k, S_i, Gam, pairs, tol=1e-10, warn_below=1e-6):
