@@ -27,7 +27,7 @@ sys.path.insert(0, HERE)
 
 from _kernel_setup import machine, write_result  # noqa: E402
 
-CASES = ((1.0, 1.0), (1.0, 1.5), (2.0, 1.5))  # (input scale, C_W)
+CASES = ((0.5, 1.0), (0.7, 1.0), (1.0, 1.0), (1.0, 1.5), (2.0, 1.5))  # (input scale, C_W)
 ORDERS = ({2: 128, 3: 64, 4: 40}, {2: 200, 3: 90, 4: 56}, {2: 256, 3: 110, 4: 64}, {2: 300, 3: 130, 4: 80},
           {2: 360, 3: 150, 4: 96})
 

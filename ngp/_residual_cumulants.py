@@ -49,9 +49,10 @@ matrix work. Same-layer quantities (kernel map, ``J``, ``H``, ``Cov(s, s)``) are
 Accuracy. Smooth activations: the cross-layer expectations use derivatives by autodiff and
 fixed isotropic Gauss-Hermite rules (``CROSS_ORDERS``), which converge slowly once a direction's
 variance exceeds ~1 (tanh's poles come closer to the real axis): against the four-point engine at
-``rtol = 1e-12``, the trajectory covariances err by up to 3e-5, 1e-4 and 7e-3 of their Hoelder scale at
-largest eigenvalues 5, 8 and 31, and ``K1`` of a 5-input ResMLP by 0.5%, 3% and 42% at first-layer
-variances 2.3, 3.5 and 14 (``benchmarks/residual_cross_accuracy.py``; docs/theory-residual.md). Kinked
+``rtol = 1e-12``, the trajectory covariances err by up to 1e-8, 8e-7, 3e-5 and 7e-3 of their Hoelder
+scale at largest eigenvalues 1.4, 2.7, 5 and 31, and ``K1`` of a 5-input ResMLP by 1e-6, 1e-4, 0.5% and
+42% at first-layer variances 0.6, 1.1, 2.3 and 14 (``benchmarks/residual_cross_accuracy.py``;
+docs/theory-residual.md); an ``AccuracyWarning`` says where (:func:`_unresolved_variance`). Kinked
 activations (relu family): second derivatives are moved onto the Gaussian weight by
 integration by parts (Stein), so only the continuous kinks remain; Gauss-Hermite then
 converges algebraically, ~1e-4 - 1e-3 relative at the default orders (the same accuracy class
@@ -464,10 +465,10 @@ def _cross_layers(act, S_k, earlier, pairs, options):
     if short:
         warnings.warn(
             f"residual cumulants: the cross-layer expectations' Gauss-Hermite rule ({orders[4]} nodes per dimension "
-            f"in 4-D) is not converged at a direction of variance {short:.3g}: errors above "
-            f"{max(rtol, _CROSS_WARN_RTOL):g} of their Hoelder scale; K1 and V may be off by 1e-4 to 1e-1 relative "
-            "(measured: K1 of a tanh ResMLP 0.5% at first-layer variance 2.3, 42% at 14; docs/theory-residual.md, "
-            "\"Quadrature\").", AccuracyWarning, stacklevel=4)
+            f"in 4-D) is not converged at a direction of variance {short:.3g}: these expectations may err by more "
+            f"than {max(rtol, _CROSS_WARN_RTOL):g} of their Hoelder scale, and K1 and V by more than that relative "
+            "(measured on a 5-input tanh ResMLP: K1 off by 1e-6, 1e-4, 0.5% and 42% at first-layer variances 0.6, "
+            "1.1, 2.3 and 14; docs/theory-residual.md, \"Quadrature\").", AccuracyWarning, stacklevel=4)
     return out
 
 
