@@ -46,7 +46,7 @@ from ._gaussian import gauss_hermite
 from ._validate import device, device_if
 
 __all__ = ["product_expectations", "multiset_expectations", "split_multisets", "fixed_rule_split",
-           "fixed_rule_errors", "calibrated_orders", "PATTERNS", "RTOL"]
+           "fixed_rule_errors", "calibrated_orders", "tensor_rule", "LADDER", "PATTERNS", "RTOL"]
 
 #: The multiplicity patterns of a sorted four-input multiset ``a <= b <= c <= d``.
 PATTERNS = ((1, 1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (3, 1), (1, 3), (2, 2), (4,))
@@ -529,6 +529,17 @@ def calibrated_orders(act: Activation, scales, rtol: float) -> np.ndarray:
     ``s`` (``sigma(s (c + x))^p``, ``x ~ N(0, 1)``, ``p = 1, 2``) to ``rtol``, for ``scales`` of any shape (same
     shape out; docs/four-point.md, "Smooth activations: anisotropic Gauss-Hermite")."""
     return _LADDER_NODES[_orders(act, np.asarray(scales, dtype=float), rtol)].astype(int)
+
+
+def tensor_rule(orders: tuple, cutoff: float):
+    """Nodes ``(n, d)`` and weights ``(n,)`` of the tensor rule of the ladder's one-dimensional rules (:data:`LADDER`)
+    with per-direction node counts ``orders`` for ``N(0, I_d)``, pruned to the nodes whose weight exceeds ``cutoff``
+    times the largest (built as the four-point rules', not cached; docs/four-point.md)."""
+    idx, w = _tensor_rule(tuple(int(m) for m in orders), cutoff)
+    x = np.empty((len(orders), w.size))
+    for j, m in enumerate(orders):
+        np.take(_rule1d(int(m))[0], idx[:, j], out=x[j])
+    return x.T, w
 
 
 #: Tolerance of the tabulated smoothing relative to ``rtol`` and the split input's Hoelder factor.

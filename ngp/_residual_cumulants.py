@@ -46,13 +46,16 @@ distinct Gaussian variables) plus ``3 k P^2`` for the self-interaction, and ``O(
 matrix work. Same-layer quantities (kernel map, ``J``, ``H``, ``Cov(s, s)``) are the MLP's
 (:mod:`ngp._kernel`, :mod:`ngp._finite`), so ``gamma = 0`` reproduces ``ngp.MLP`` to rounding.
 
-Accuracy. Smooth activations: the cross-layer expectations use derivatives by autodiff and
-fixed isotropic Gauss-Hermite rules (``CROSS_ORDERS``), which converge slowly once a direction's
-variance exceeds ~1 (tanh's poles come closer to the real axis): against the four-point engine at
-``rtol = 1e-12``, the trajectory covariances err by up to 1e-8, 8e-7, 3e-5 and 7e-3 of their Hoelder
-scale at largest eigenvalues 1.4, 2.7, 5 and 31, and ``K1`` of a 5-input ResMLP by 1e-6, 1e-4, 0.5% and
-42% at first-layer variances 0.6, 1.1, 2.3 and 14 (``benchmarks/residual_cross_accuracy.py``;
-docs/theory-residual.md); an ``AccuracyWarning`` says where (:func:`_unresolved_variance`). Kinked
+Accuracy. Smooth activations: the cross-layer expectations use derivatives by autodiff and, per
+problem, the tensor rule of the four-point engine's calibrated one-dimensional rules along the
+eigen-directions of its covariance, at ``four_point_rtol`` (:func:`_smooth_calibrated`; the isotropic
+rule ``CROSS_ORDERS`` where that is at least as fine). Measured (``benchmarks/residual_cross_accuracy.py``,
+docs/theory-residual.md): trajectory covariances within ~1e-11 of the four-point engine at ``rtol = 1e-12``
+(Hoelder scale) up to largest eigenvalues of 8, ``K1`` of a 5-input tanh ResMLP within 4e-9 of the same
+rules at ``four_point_rtol = 1e-12`` up to first-layer variances of 3.5. The fixed isotropic rule (the
+option ``cross_orders``; the default before) converges slowly once a direction's variance exceeds ~1
+(``K1`` off by 1e-6, 1e-4, 0.5% and 42% at first-layer variances 0.6, 1.1, 2.3 and 14) and warns where
+(:func:`_unresolved_variance`); a calibrated rule capped at ``CROSS_MAX_NODES`` warns too. Kinked
 activations (relu family): second derivatives are moved onto the Gaussian weight by
 integration by parts (Stein), so only the continuous kinks remain; Gauss-Hermite then
 converges algebraically, ~1e-4 - 1e-3 relative at the default orders (the same accuracy class
@@ -72,10 +75,10 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
-from ._cache import frozen_lru
+from ._cache import byte_lru, frozen_lru
 from ._activations import Activation, activation as _make_activation
 from ._finite import TABLE_OPTIONS, fresh_covariance, jacobian_hessian
-from ._fourpoint import RTOL, calibrated_orders
+from ._fourpoint import LADDER, RTOL, calibrated_orders, tensor_rule
 from ._gaussian import pruned_tensor_rule
 from ._kernel import KERNEL_OPTIONS, kernel_map
 from ._pairs import Pairs
@@ -86,6 +89,7 @@ __all__ = [
     "ChainState",
     "Cumulants",
     "CROSS_ORDERS",
+    "CROSS_MAX_NODES",
     "CHAIN_OPTIONS",
     "RELU_ORDERS",
     "chain_start",
@@ -96,10 +100,27 @@ __all__ = [
     "resmlp_cumulants",
 ]
 
-#: Gauss-Hermite nodes per dimension for the cross-layer expectations of smooth activations, by the
-#: number ``d`` of distinct Gaussian variables (2 to 4). Options ``cross_orders={d: m}`` override. Not
-#: converged at variances above ~1 (module docstring, "Accuracy").
+#: Smooth activations: isotropic Gauss-Hermite nodes per dimension for the cross-layer expectations, by the
+#: number ``d`` of distinct Gaussian variables (2 to 4). A problem whose calibrated rule (the four-point engine's
+#: one-dimensional calibration at ``four_point_rtol`` along the eigen-directions of its covariance) needs more nodes
+#: in some direction is integrated with that calibrated rule instead (:func:`_smooth_calibrated`). Options
+#: ``cross_orders={d: m}`` run this fixed rule with ``m`` nodes for every ``d``-variable problem (not converged at
+#: variances above ~1: module docstring, "Accuracy"; an ``AccuracyWarning`` says so).
 CROSS_ORDERS = {2: 128, 3: 64, 4: 40}
+#: Calibrated rules of more nodes than this are lowered (their largest directions first) with an ``AccuracyWarning``
+#: (a rule of this size holds ~0.8 GB on the host while it is built and used, in 4-D).
+CROSS_MAX_NODES = 2**24
+#: Calibrated rules whose unpruned grid has at most this many nodes are cached (64 MB in all).
+_CROSS_CACHED_NODES = 2**18
+#: Calibrated rules: nodes per tile by the number of variables (rules padded to whole tiles), nodes per bank of tiles
+#: (one upload, ~16 MB in 4-D, shared by the rules it holds) and tile evaluations (jobs) per call (padded jobs are
+#: skipped): one compiled program per activation and shape.
+_CROSS_TILE = {2: 2**12, 3: 2**14, 4: 2**16}
+_CROSS_BANK = 2**19
+_CROSS_JOBS = 32
+#: Calibrated rules drop tensor nodes of weight below ``_CROSS_CUTOFF * four_point_rtol`` times the largest (as the
+#: four-point engine's rules).
+_CROSS_CUTOFF = 1e-5
 #: Relu family: one direction is integrated exactly, the other ``d - 1`` by Gauss-Hermite with this
 #: many nodes per dimension (``cross_orders`` overrides these as well).
 RELU_ORDERS = {2: 96, 3: 48, 4: 32}
@@ -239,25 +260,31 @@ def _rule(d: int, m: int, cutoff: float = 1e-15):
 _SMOOTH_BATCH = 16
 
 
+def _integrands(act: Activation, dL: int, dR: int, z):
+    """At nodes ``z`` (Q, d): the left integrands (4, Q) (``s_p`` of the later layer and its three ``D_r s_p``) and
+    the right one (Q,) (``s_q`` of the earlier layer) of :func:`_smooth_batch`."""
+    d1, d2 = act.derivative(1), act.derivative(2)
+    s = act.fn
+    right = s(z[:, dL]) * s(z[:, dL + dR - 1])
+    za, zb = z[:, 0], z[:, dL - 1]
+    sa, sb = s(za), s(zb)
+    if dL == 1:
+        D0 = d1(za) ** 2 + sa * d2(za)
+        lefts = [sa * sb, D0, D0, D0]
+    else:
+        lefts = [sa * sb, 0.5 * d2(za) * sb, 0.5 * sa * d2(zb), d1(za) * d1(zb)]
+    return jnp.stack(lefts), right
+
+
 @functools.lru_cache(maxsize=64)
 def _smooth_kernel(act: Activation, dL: int, dR: int):
     """Compiled ``(C (B, d, d), nodes, weights) -> (B, 4)`` for :func:`_smooth_batch` (one problem
     at a time inside, so memory stays at one node grid)."""
-    d1, d2 = act.derivative(1), act.derivative(2)
-    s = act.fn
 
     def one(C, nodes, weights):
         lam, Q = jnp.linalg.eigh(C)
         z = nodes @ (Q * jnp.sqrt(jnp.clip(lam, 0.0, None))[None, :]).T  # (Q, d)
-        right = s(z[:, dL]) * s(z[:, dL + dR - 1])
-        za, zb = z[:, 0], z[:, dL - 1]
-        sa, sb = s(za), s(zb)
-        if dL == 1:
-            D0 = d1(za) ** 2 + sa * d2(za)
-            lefts = [sa * sb, D0, D0, D0]
-        else:
-            lefts = [sa * sb, 0.5 * d2(za) * sb, 0.5 * sa * d2(zb), d1(za) * d1(zb)]
-        left = jnp.stack(lefts)  # (4, Q)
+        left, right = _integrands(act, dL, dR, z)
         eR = right @ weights
         return left @ (right * weights) - (left @ weights) * eR
 
@@ -400,6 +427,113 @@ def _run_batches(act, dL, dR, C, m):
     return out
 
 
+def _calibrated_orders(act: Activation, scales: np.ndarray, rtol: float):
+    """Per-problem node counts ``(B, d)`` for direction ``scales`` (B, d) (largest first) at ``rtol``, each rule
+    lowered to at most :data:`CROSS_MAX_NODES` nodes (its largest directions first); also the largest variance of
+    a lowered direction (0 if none was)."""
+    orders = calibrated_orders(act, scales, rtol)
+    cutoff = _CROSS_CUTOFF * rtol
+    lowered = 0.0
+    for b in np.nonzero(np.prod(orders.astype(float), axis=1) > CROSS_MAX_NODES)[0]:
+        o = orders[b]
+        while tensor_rule(tuple(o), cutoff)[1].size > CROSS_MAX_NODES:
+            j = int(np.argmax(o))
+            o[j] = LADDER[max(LADDER.index(int(o[j])) - 1, 0)]
+            lowered = max(lowered, float(scales[b, j]) ** 2)
+    return orders, lowered
+
+
+@byte_lru(64 * 2**20)
+def _cached_rule(orders: tuple, cutoff: float):
+    return tensor_rule(orders, cutoff)
+
+
+def _rule_nodes(orders: tuple, cutoff: float):
+    """:func:`ngp._fourpoint.tensor_rule` for ``orders``: nodes ``(n, d)``, weights ``(n,)``; cached when the
+    unpruned grid has at most :data:`_CROSS_CACHED_NODES` nodes (2-D and 3-D rules recur across chain steps)."""
+    if math.prod(orders) <= _CROSS_CACHED_NODES:
+        return _cached_rule(orders, cutoff)
+    return tensor_rule(orders, cutoff)
+
+
+@functools.lru_cache(maxsize=64)
+def _calibrated_kernel(act: Activation, dL: int, dR: int):
+    """Compiled ``(R (J, d, d), tiles (J,), live (J,), X (bank, tile, d), W (bank, tile)) -> (J, 9)``: for each live
+    job (the rule tile ``X[tiles[j]], W[tiles[j]]`` applied to the problem ``y = R[j] x``, ``x ~ N(0, I)``) the
+    weighted sums of ``left * right`` (4), ``left`` (4) and ``right`` (1) of :func:`_integrands`; zeros, without
+    work, for the others. One program per activation and shape: every calibrated rule runs through it."""
+
+    def job(args):
+        R, x, w = args
+        left, right = _integrands(act, dL, dR, x @ R.T)
+        return jnp.concatenate([left @ (right * w), left @ w, (right @ w)[None]])
+
+    def run(Rs, tiles, live, X, W):
+        return jax.lax.map(lambda a: jax.lax.cond(a[2], lambda: job((a[0], X[a[1]], W[a[1]])),
+                                                  lambda: jnp.zeros(9, X.dtype)), (Rs, tiles, live))
+
+    return jax.jit(run)
+
+
+def _smooth_calibrated(act: Activation, dL: int, dR: int, C: np.ndarray, rtol: float):
+    """:func:`_smooth_batch` with a rule per problem that the calibration says is converged at ``rtol``.
+
+    Each covariance of ``C`` (B, d, d) is diagonalised on the host; a problem whose calibrated orders along its
+    eigen-directions (:func:`ngp._fourpoint.calibrated_orders`) are all within the isotropic rule
+    (:data:`CROSS_ORDERS`) runs on that rule as before; the others run on the tensor rule of the calibrated
+    one-dimensional rules along their eigen-directions (:func:`ngp._fourpoint.tensor_rule`, Gauss-Hermite and, at
+    large scales, trapezoid rules), in tiles (:data:`_CROSS_TILE`): problems that need the same orders share a
+    rule, rules share banks of tiles on the device, and every (problem, tile) job runs through one compiled
+    kernel. Returns ``(B, 4)`` and the largest variance of a direction whose rule was capped (0 if none).
+    """
+    B, d, _ = C.shape
+    lam, Q = np.linalg.eigh(C)
+    lam, Q = np.clip(lam[:, ::-1], 0.0, None), Q[:, :, ::-1]
+    R = Q * np.sqrt(lam)[:, None, :]
+    orders, lowered = _calibrated_orders(act, np.sqrt(lam), rtol)
+    iso = np.all(orders <= CROSS_ORDERS[d], axis=1)  # the isotropic rule is at least as fine in every direction
+    out = np.empty((B, 4))
+    if iso.any():
+        out[iso] = _run_batches(act, dL, dR, C[iso], CROSS_ORDERS[d])
+    rest = np.nonzero(~iso)[0]
+    if not rest.size:
+        return out, lowered
+    fn = _calibrated_kernel(act, dL, dR)
+    tile = _CROSS_TILE[d]
+    nbank = max(1, _CROSS_BANK // tile)
+    sums = np.zeros((B, 9))
+    X, W = np.zeros((nbank, tile, d)), np.zeros((nbank, tile))
+    jobs = []  # (problems, bank tile)
+
+    def flush():
+        if not jobs:
+            return
+        prob = np.concatenate([rows for rows, _ in jobs])
+        tiles = np.concatenate([np.full(rows.size, t) for rows, t in jobs])
+        Xd, Wd = device(X), device(W)
+        for j0 in range(0, prob.size, _CROSS_JOBS):
+            p, t = prob[j0:j0 + _CROSS_JOBS], tiles[j0:j0 + _CROSS_JOBS]
+            live = np.arange(_CROSS_JOBS) < p.size
+            res = fn(device(pad_to(R[p], _CROSS_JOBS)), device(pad_to(t, _CROSS_JOBS)), device(live), Xd, Wd)
+            np.add.at(sums, p, np.asarray(res)[:p.size])
+        jobs.clear()
+
+    uniq, inv = np.unique(orders[rest], axis=0, return_inverse=True)
+    for g, o in enumerate(uniq):
+        rows = rest[inv.ravel() == g]
+        x, w = _rule_nodes(tuple(int(m) for m in o), _CROSS_CUTOFF * rtol)
+        for start in range(0, w.size, tile):
+            if len(jobs) == nbank:
+                flush()
+            t, k = len(jobs), min(tile, w.size - start)
+            X[t, :k], X[t, k:] = x[start:start + k], 0.0
+            W[t, :k], W[t, k:] = w[start:start + k], 0.0
+            jobs.append((rows, t))
+    flush()
+    out[rest] = sums[rest, :4] - sums[rest, 4:8] * sums[rest, 8:]
+    return out, lowered
+
+
 def _cross_layers(act, S_k, earlier, pairs, options):
     """Trajectory and self-interaction covariances between layer ``k`` and earlier layers ``i``.
 
@@ -425,10 +559,11 @@ def _cross_layers(act, S_k, earlier, pairs, options):
     if relu:
         for j in live:
             _check_regular(S_k, *earlier[j], pairs)
-    orders = dict(RELU_ORDERS if relu else CROSS_ORDERS)
+    orders = dict(RELU_ORDERS) if relu else {}  # smooth: calibrated rules unless cross_orders fixes d's rule
     orders.update({int(k): int(v) for k, v in dict(options.get("cross_orders") or {}).items()})
     rtol = float(options.get("four_point_rtol") or RTOL)
-    short = 0.0  # largest variance of a direction that the fixed smooth rule resolves with fewer nodes than needed
+    short = 0.0  # largest variance of a direction that a fixed smooth rule resolves with fewer nodes than needed
+    lowered = 0.0  # largest variance of a direction whose calibrated rule was capped
     p, q = (g.ravel() for g in np.meshgrid(np.arange(P), np.arange(P), indexing="ij"))
     lefts = np.stack([pairs.a[p], pairs.b[p]], axis=1)
     rights = np.stack([pairs.a[q], pairs.b[q]], axis=1)
@@ -452,9 +587,14 @@ def _cross_layers(act, S_k, earlier, pairs, options):
                 C[:, l_d:, :l_d] = np.swapaxes(X, 1, 2)
                 blocks.append(C)
             Cs = np.concatenate(blocks)
-            if not relu:
-                short = max(short, _unresolved_variance(act, Cs, orders[d], max(rtol, _CROSS_WARN_RTOL)))
-            vals = _run_batches(act, l_d, r_d, Cs, orders[d]).reshape(len(live), sel.size, 4)
+            if d in orders:
+                if not relu:
+                    short = max(short, _unresolved_variance(act, Cs, orders[d], max(rtol, _CROSS_WARN_RTOL)))
+                vals = _run_batches(act, l_d, r_d, Cs, orders[d])
+            else:
+                vals, low = _smooth_calibrated(act, l_d, r_d, Cs, rtol)
+                lowered = max(lowered, low)
+            vals = vals.reshape(len(live), sel.size, 4)
             for v, j in zip(vals, live):
                 Y, Z = out[j]
                 Y[q[sel], p[sel]] = v[:, 0]
@@ -464,11 +604,18 @@ def _cross_layers(act, S_k, earlier, pairs, options):
                     Z[p[sel], 2, q[sel]] = v[:, 3]
     if short:
         warnings.warn(
-            f"residual cumulants: the cross-layer expectations' Gauss-Hermite rule ({orders[4]} nodes per dimension "
-            f"in 4-D) is not converged at a direction of variance {short:.3g}: these expectations may err by more "
+            f"residual cumulants: the fixed cross-layer Gauss-Hermite rule (cross_orders={orders}) is not "
+            f"converged at a direction of variance {short:.3g}: these expectations may err by more "
             f"than {max(rtol, _CROSS_WARN_RTOL):g} of their Hoelder scale, and K1 and V by more than that relative "
             "(measured on a 5-input tanh ResMLP: K1 off by 1e-6, 1e-4, 0.5% and 42% at first-layer variances 0.6, "
-            "1.1, 2.3 and 14; docs/theory-residual.md, \"Quadrature\").", AccuracyWarning, stacklevel=4)
+            "1.1, 2.3 and 14; the default calibrated rules are converged; docs/theory-residual.md, "
+            "\"Quadrature\").", AccuracyWarning, stacklevel=4)
+    if lowered:
+        warnings.warn(
+            f"residual cumulants: a cross-layer expectation's calibrated rule was capped at {CROSS_MAX_NODES} nodes "
+            f"(a direction of variance {lowered:.3g}); its error may exceed four_point_rtol={rtol:g}. Smaller "
+            "pre-activation variances (C_W, C_b, input scale) avoid it (docs/theory-residual.md, \"Quadrature\").",
+            AccuracyWarning, stacklevel=4)
     return out
 
 

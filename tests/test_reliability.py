@@ -294,7 +294,6 @@ def test_float32_session_gives_float64_results():
 
 
 # ----------------------------------------------------------------------------- smaller items
-@pytest.mark.filterwarnings("ignore:residual cumulants. the cross-layer expectations")  # large variances
 def test_small_argument_errors_are_named():
     X, y = np.array([[0.0], [1.0]]), np.array([0.0, 1.0])
     with pytest.raises(ValueError, match="widths"):

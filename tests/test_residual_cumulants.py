@@ -20,10 +20,6 @@ from ngp._finite import Pairs
 
 from ._residual_reference import linear_exact, mc_metric, naive_recursion
 
-#: The fixed cross-layer rule of smooth activations warns at the variances used here (docs/theory-residual.md,
-#: "Quadrature"); these tests check other properties, or compare with Monte Carlo at tolerances far above its
-#: error. The warning itself: test_residual_cumulants.py::test_fixed_cross_layer_rule_warns_where_it_is_not_converged.
-pytestmark = pytest.mark.filterwarnings("ignore:residual cumulants. the cross-layer expectations")
 
 X3 = np.array([[0.9, -0.3, 0.4, 1.1], [-0.5, 0.8, 0.2, -0.7], [0.3, 0.6, -1.0, 0.1]])
 
@@ -357,30 +353,84 @@ def test_warns_for_nearly_collinear_inputs_with_kinked_activations():
         _theory("relu", X, C_W=[1.0, 1.5, 1.5], C_b=[0.0] * 3, gamma=[0.8], xi=[0.6])
 
 
-def test_fixed_cross_layer_rule_warns_where_it_is_not_converged(monkeypatch):
-    # The smooth cross-layer expectations run fixed Gauss-Hermite rules (CROSS_ORDERS); they warn where the
-    # calibrated rules of the four-point engine would need more nodes for 1e-6. Tanh ResMLP on 3 inputs of 3
-    # features: at scale 0.3 the default K1 equals K1 at 80 / 130 / 300 nodes per dimension to ~1e-10 and nothing
-    # is said; at scale 1 (first-layer variances up to 1.0) they differ by more than 1e-6 and an AccuracyWarning
-    # names the variance (benchmarks/residual_cross_accuracy.py: 0.5% at 2.3, 42% at 14).
+def _prior_K1(net, X, **options):
     import warnings
 
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        K1 = np.asarray(net.prior(X, warn=False, **options).K1)
+    return K1, [str(w.message) for w in caught if issubclass(w.category, ngp.AccuracyWarning)]
+
+
+def test_cross_layer_rules_are_converged_and_the_fixed_rule_warns(monkeypatch):
+    # Tanh ResMLP on 3 inputs of 3 features. The default calibrated rules: at scale 1 (first-layer variances up to
+    # 1.0) K1 equals K1 at four_point_rtol = 1e-11 to 1e-8, quietly. The fixed isotropic rule (the chain option
+    # cross_orders; the default before): quiet and within 1e-9 at scale 0.3, but off by more than 1e-6 at scale 1, with an
+    # AccuracyWarning naming the variance (benchmarks/residual_cross_accuracy.py: 0.5% at 2.3, 42% at 14).
     X = np.random.default_rng(0).normal(size=(3, 3))
     net = ngp.ResMLP(3, 64, activation="tanh")
-
-    def K1(scale, orders=None):
-        if orders is not None:
-            monkeypatch.setattr(rc, "CROSS_ORDERS", orders)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            K1 = np.asarray(net.prior(X * scale, warn=False).K1)
-        return K1, [str(w.message) for w in caught if issubclass(w.category, ngp.AccuracyWarning)]
-
-    default, fine = dict(rc.CROSS_ORDERS), {2: 300, 3: 130, 4: 80}
-    for scale, quiet in ((0.3, True), (1.0, False)):
-        (got, said), (ref, _) = K1(scale, default), K1(scale, fine)
+    fixed = dict(rc.CROSS_ORDERS)
+    for scale, fixed_quiet in ((0.3, True), (1.0, False)):
+        (got, said), (ref, _) = _prior_K1(net, X * scale), _prior_K1(net, X * scale, four_point_rtol=1e-11)
         rel = np.max(np.abs(got - ref)) / np.max(np.abs(ref))
-        if quiet:
+        assert not said and rel < 1e-8, (said, rel)
+        with monkeypatch.context() as m:  # the chain option cross_orders (not a prior option) for every step
+            inner = rc._cross_layers
+            m.setattr(rc, "_cross_layers", lambda act, S_k, earlier, pairs, options: inner(
+                act, S_k, earlier, pairs, {**options, "cross_orders": fixed}))
+            old, said = _prior_K1(net, X * scale)
+        rel = np.max(np.abs(old - ref)) / np.max(np.abs(ref))
+        if fixed_quiet:
             assert not said and rel < 1e-9, (said, rel)
         else:
             assert rel > 1e-6 and said and "not converged at a direction of variance" in said[0], (said, rel)
+
+
+def _price_reference(act, C, dL, rtol=1e-13, h=1e-4):
+    """The four outputs of the cross-layer kernel by the four-point engine (``ngp._fourpoint``, an independent
+    rule with its own error estimate): ``Y`` from ``E[s s s s] - E[s s] E[s s]``, the ``Z`` columns by Price's
+    theorem, ``E[d_a d_b F] = dE[F]/dC_ab`` (``1/2 d_a^2`` for ``C_aa``), as central differences in ``C``."""
+    from ngp._fourpoint import product_expectations
+
+    d = C.shape[0]
+    left, right = (0, dL - 1), (dL, d - 1)
+    pat = (2, 1, 1) if dL == 1 else (1, 1, 1, 1)
+
+    def expect(C, ij):
+        idx = sorted(set(ij))
+        return product_expectations(act, C[np.ix_(idx, idx)], (2,) if len(idx) == 1 else (1, 1), rtol=rtol)[0][0]
+
+    def cov(C):
+        return product_expectations(act, C, pat, rtol=rtol)[0][0] - expect(C, left) * expect(C, right)
+
+    def dC(a, b):
+        E = np.zeros_like(C)
+        E[a, b] = E[b, a] = h
+        return (cov(C + E) - cov(C - E)) / (2 * h)
+
+    if dL == 1:
+        z = dC(0, 0)  # E[(s'^2 + s s'') g] = 1/2 E[(s^2)'' g] = dE[s^2 g]/dC_aa
+        return np.array([cov(C), z, z, z])
+    return np.array([cov(C), dC(0, 0), dC(1, 1), dC(0, 1)])
+
+
+@pytest.mark.parametrize("dL", [2, 1])
+def test_cross_layer_expectations_at_large_variances(dL):
+    # Two layers of a tanh residual chain whose pre-activation variances reach ~4 (inputs of a few features at
+    # unit scale, C_W = 1.5): the default calibrated rule against the four-point engine with Price's theorem, to
+    # 1e-7 of the largest output. The fixed isotropic rule (40 nodes per dimension in 4-D, 64 in 3-D) fails it.
+    act = activation("tanh")
+    X = np.array([[1.2, -0.7, 1.9], [0.4, 1.5, -1.1], [-1.6, 0.9, 0.8]])
+    S_i = _first_kernel(X, 1.5, 0.1)
+    S_k = S_i + 0.7 * np.asarray(ngp._kernel.kernel_map(act, S_i, 1.5, 0.1))
+    idx = [0, 1, 1, 2] if dL == 2 else [0, 1, 2]  # (a, b) at layer k, (c, e) at layer i
+    later, earlier = idx[:dL], idx[dL:]
+    C = np.block([[S_k[np.ix_(later, later)], S_i[np.ix_(later, earlier)]],
+                  [S_i[np.ix_(earlier, later)], S_i[np.ix_(earlier, earlier)]]])
+    assert np.linalg.eigvalsh(C).max() > 4
+    got, capped = rc._smooth_calibrated(act, dL, 2, C[None], rc.RTOL)
+    ref = _price_reference(act, C, dL)
+    scale = np.max(np.abs(ref))
+    assert capped == 0.0 and np.max(np.abs(got[0] - ref)) < 1e-7 * scale, (got, ref)
+    old = rc._run_batches(act, dL, 2, C[None], rc.CROSS_ORDERS[dL + 2])[0]
+    assert np.max(np.abs(old - ref)) > 1e-5 * scale, (old, ref)

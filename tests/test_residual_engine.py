@@ -20,10 +20,6 @@ from ngp._pairs import Pairs
 from ._residual_posterior_reference import residual_importance_posterior
 from ._residual_reference import branch_network
 
-#: The fixed cross-layer rule of smooth activations warns at the variances used here (docs/theory-residual.md,
-#: "Quadrature"); these tests check other properties, or compare with Monte Carlo at tolerances far above its
-#: error. The warning itself: test_residual_cumulants.py::test_fixed_cross_layer_rule_warns_where_it_is_not_converged.
-pytestmark = pytest.mark.filterwarnings("ignore:residual cumulants. the cross-layer expectations")
 
 X3 = np.array([[0.9, -0.3, 0.4, 1.1], [-0.5, 0.8, 0.2, -0.7], [0.3, 0.6, -1.0, 0.1]])
 #: Posterior checks: training inputs (3, 2), a test input (1, 2), targets (3, 1).
@@ -235,6 +231,14 @@ def test_memory_budget_is_checked_before_work():
         prior.K1
 
 
+def _few_cross_nodes(monkeypatch):
+    """The cross-layer expectations of smooth activations on isotropic 12-, 8- and 6-node rules (2, 3, 4
+    variables) instead of their calibrated rules: for tests that check other parts of the chain, at a fraction of
+    the time."""
+    monkeypatch.setattr(rc, "_smooth_calibrated", lambda act, dL, dR, C, rtol: (
+        rc._run_batches(act, dL, dR, C, {2: 12, 3: 8, 4: 6}[dL + dR]), 0.0))
+
+
 def test_residual_four_point_tables_chunk_within_max_memory(monkeypatch):
     """A residual prior's same-layer four-point tables compute at most ``table_chunk(max_memory)`` new
     multisets per call, as an MLP's do (without ``max_memory`` in the chain's options: 495 at once);
@@ -242,7 +246,7 @@ def test_residual_four_point_tables_chunk_within_max_memory(monkeypatch):
     on few nodes (2025 problems at the default 40-128 nodes per dimension were 60% of the test's time)."""
     from ngp import _finite
 
-    monkeypatch.setattr(rc, "CROSS_ORDERS", {2: 12, 3: 8, 4: 6})
+    _few_cross_nodes(monkeypatch)
     calls = []
     inner = _finite.four_point_values
 
@@ -267,11 +271,11 @@ def test_residual_four_point_tables_chunk_within_max_memory(monkeypatch):
 def test_residual_four_point_tables_use_the_given_tolerance(monkeypatch):
     """``four_point_rtol`` reaches a residual prior's four-point tables, as an MLP's (it was dropped by the chain's
     option list: ``V`` at 1e-4 equalled ``V`` at the default 1e-9 exactly); the looser ``V`` differs from the
-    default one by less than 1e-3 of ``max |V|``. The cross-layer expectations, which do not read the tolerance, run
-    on few nodes in both."""
+    default one by less than 1e-3 of ``max |V|``. The cross-layer expectations run on the same few nodes in both (their
+    own rules read the tolerance too: ``test_residual_cumulants.py``)."""
     from ngp import _finite
 
-    monkeypatch.setattr(rc, "CROSS_ORDERS", {2: 12, 3: 8, 4: 6})
+    _few_cross_nodes(monkeypatch)
     seen = []
     inner = _finite.four_point_values
 
