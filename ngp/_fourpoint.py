@@ -536,10 +536,10 @@ def tensor_rule(orders: tuple, cutoff: float):
     with per-direction node counts ``orders`` for ``N(0, I_d)``, pruned to the nodes whose weight exceeds ``cutoff``
     times the largest (built as the four-point rules', not cached; docs/four-point.md)."""
     idx, w = _tensor_rule(tuple(int(m) for m in orders), cutoff)
-    x = np.empty((len(orders), w.size))
+    x = np.empty((w.size, len(orders)))  # C order: callers copy contiguous runs of nodes
     for j, m in enumerate(orders):
-        np.take(_rule1d(int(m))[0], idx[:, j], out=x[j])
-    return x.T, w
+        x[:, j] = _rule1d(int(m))[0][idx[:, j]]
+    return x, w
 
 
 #: Tolerance of the tabulated smoothing relative to ``rtol`` and the split input's Hoelder factor.
