@@ -20,7 +20,6 @@ from ngp._finite import Pairs
 
 from ._residual_reference import linear_exact, mc_metric, naive_recursion
 
-
 X3 = np.array([[0.9, -0.3, 0.4, 1.1], [-0.5, 0.8, 0.2, -0.7], [0.3, 0.6, -1.0, 0.1]])
 
 
@@ -365,8 +364,8 @@ def _prior_K1(net, X, **options):
 def test_cross_layer_rules_are_converged_and_the_fixed_rule_warns(monkeypatch):
     # Tanh ResMLP on 3 inputs of 3 features. The default calibrated rules: at scale 1 (first-layer variances up to
     # 1.0) K1 equals K1 at four_point_rtol = 1e-11 to 1e-8, quietly. The fixed isotropic rule (the chain option
-    # cross_orders; the default before): quiet and within 1e-9 at scale 0.3, but off by more than 1e-6 at scale 1, with an
-    # AccuracyWarning naming the variance (benchmarks/residual_cross_accuracy.py: 0.5% at 2.3, 42% at 14).
+    # cross_orders; the default before): quiet and within 1e-9 at scale 0.3, but off by more than 1e-6 at scale 1,
+    # with an AccuracyWarning naming the variance (benchmarks/residual_cross_accuracy.py: 0.5% at 2.3, 42% at 14).
     X = np.random.default_rng(0).normal(size=(3, 3))
     net = ngp.ResMLP(3, 64, activation="tanh")
     fixed = dict(rc.CROSS_ORDERS)

@@ -20,7 +20,6 @@ from ngp._pairs import Pairs
 from ._residual_posterior_reference import residual_importance_posterior
 from ._residual_reference import branch_network
 
-
 X3 = np.array([[0.9, -0.3, 0.4, 1.1], [-0.5, 0.8, 0.2, -0.7], [0.3, 0.6, -1.0, 0.1]])
 #: Posterior checks: training inputs (3, 2), a test input (1, 2), targets (3, 1).
 POSTERIOR_DATA = (np.array([[1.0, 0.2], [-0.6, 0.9], [0.3, -1.1]]), np.array([[0.5, 0.5]]),
