@@ -205,7 +205,8 @@ class Conditioned:
         contraction of the training ``V`` with them that predictions reuse."""
         p = self._prior
         coef = _coefficients(self._solve, self.Y_train.shape[1])
-        return _TrainParts(p.layers[-1], "V", K1=np.asarray(p.K1), **coef, **_contractions(np.asarray(p.V), coef))
+        V = np.asarray(p.V)  # first: a layer that computes the dense V on all pairs then gives K1 from it as well
+        return _TrainParts(p.layers[-1], "V", K1=np.asarray(p.K1), **coef, **_contractions(V, coef))
 
     @functools.cached_property
     @float64

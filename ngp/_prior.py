@@ -320,13 +320,22 @@ class Prior(NTKMixin):
             )
 
     K1 = output_property("layers", "K1", "``(N, N)`` 1/n correction of the output two-point function.")
-    V = output_property("layers", "V", "``(N, N, N, N)`` output four-point vertex.")
+    @float64
+    def _dense_vertex(self, name: str):
+        """The output layer's ``name`` after its dense ``V``: computed first (within ``max_memory``), so layers
+        that can also give ``K1`` and the expansion parameter apart (a residual chain on pair sets) read them
+        from it instead (:attr:`layers` asks for the expansion parameter)."""
+        self._check_memory()
+        self._cumulants[-1].vertex.packed()
+        return getattr(self.layers[-1], name)
+
+    V = property(lambda self: self._dense_vertex("V"), doc="``(N, N, N, N)`` output four-point vertex.")
     V_error = output_property("layers", "V_error",
                               "``(N, N, N, N)`` estimated absolute numerical error of :attr:`V` (see :attr:`Layer.V_error`).")
     K1_error = output_property("layers", "K1_error",
                                "``(N, N)`` estimated absolute numerical error of :attr:`K1` (see :attr:`Layer.K1_error`).")
-    V_packed = output_property("layers", "V_packed",
-                               "``(P, P)`` output vertex over unordered pairs ``(a <= b)``; see :attr:`pairs`.")
+    V_packed = property(lambda self: self._dense_vertex("V_packed"),
+                        doc="``(P, P)`` output vertex over unordered pairs ``(a <= b)``; see :attr:`pairs`.")
 
     @property
     def pairs(self) -> Pairs:

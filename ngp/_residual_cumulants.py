@@ -77,10 +77,10 @@ from scipy import special
 
 from ._cache import byte_lru, frozen_lru
 from ._activations import Activation, activation as _make_activation
-from ._finite import TABLE_OPTIONS, fresh_covariance, jacobian_hessian
+from ._finite import TABLE_OPTIONS, FourPointTable, fresh_components, fresh_covariance, jacobian_hessian
 from ._fourpoint import LADDER, RTOL, calibrated_orders, tensor_rule
 from ._gaussian import pruned_tensor_rule
-from ._kernel import KERNEL_OPTIONS, kernel_map
+from ._kernel import KERNEL_OPTIONS, kernel_map, two_point_matrix
 from ._pairs import Pairs
 from ._validate import device, pad_to
 from ._warnings import AccuracyWarning
@@ -88,6 +88,7 @@ from ._warnings import AccuracyWarning
 __all__ = [
     "ChainState",
     "Cumulants",
+    "PairSet",
     "CROSS_ORDERS",
     "CROSS_MAX_NODES",
     "CHAIN_OPTIONS",
@@ -145,8 +146,8 @@ class Cumulants:
 
     Attributes:
         K: ``(N, N)`` kernel.
-        K1: ``(N, N)`` 1/n correction of the two-point function.
-        V: ``(P, P)`` vertex over unordered pairs (``pairs``).
+        K1: ``(N, N)`` 1/n correction of the two-point function (``(P,)`` at the pairs of a :class:`PairSet`).
+        V: ``(P, P)`` vertex over unordered pairs (``pairs``; on a :class:`PairSet`, exact at its blocks' entries).
         n: normalising width or ``None``.
         pairs: :class:`ngp._finite.Pairs` bookkeeping (``pairs.unpack4(V)`` gives ``(N,N,N,N)``).
     """
@@ -220,6 +221,70 @@ class ChainState:
         return self.sigma[-1]
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class PairSet:
+    """Some of the unordered pairs of ``N`` inputs, closed under diagonals (with ``(a, b)`` it holds ``(a, a)``
+    and ``(b, b)``), and the entries of the ``(P, P)`` chain matrices to compute on them.
+
+    A chain run on a pair set computes its trajectory covariances only at the entries ``need`` and is exact on
+    every output entry whose blocks (``cols`` of its two pairs) it needs: the chain's linear maps act within
+    the block ``(aa, bb, ab)`` of each pair, and each trajectory covariance is a function of its own inputs'
+    kernel entries (module docstring, "Representation and cost"). :meth:`for_entries` and :meth:`for_local`
+    build the sets a prediction asks for.
+
+    Attributes:
+        N: number of inputs (kernels stay ``(N, N)``).
+        index: ``(P,)`` sorted indices of the pairs in ``Pairs.of(N)``.
+        a, b, diag: the pairs' inputs (``a <= b``) and ``a == b``.
+        cols: ``(P, 3)`` positions in this set of ``(a, a), (b, b), (a, b)``.
+        need: ``(P, P)`` symmetric bool, the entries to compute.
+    """
+
+    N: int
+    index: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    diag: np.ndarray
+    cols: np.ndarray
+    need: np.ndarray = dataclasses.field(repr=False)
+
+    @property
+    def P(self) -> int:
+        return self.a.size
+
+    def pack(self, M):
+        """``(N, N)`` -> ``(P,)`` values at the set's pairs."""
+        return np.asarray(M)[self.a, self.b]
+
+    def positions(self, p) -> np.ndarray:
+        """Positions in the set of the pairs ``p`` (indices in ``Pairs.of(N)``, held by the set)."""
+        return np.searchsorted(self.index, np.asarray(p, dtype=np.int64))
+
+    @classmethod
+    def _of(cls, pairs: Pairs, p, q) -> "PairSet":
+        """The blocks of the pairs ``p`` and ``q`` (``(M,)`` each), needing ``block(p) x block(q)``."""
+        bp, bq = pairs.cols[p], pairs.cols[q]  # (M, 3) the blocks, as pair indices
+        index = np.unique(np.concatenate([bp.ravel(), bq.ravel()]))
+        pos = np.full(pairs.P, -1, dtype=np.int64)
+        pos[index] = np.arange(index.size)
+        need = np.zeros((index.size, index.size), dtype=bool)
+        lp, lq = pos[bp], pos[bq]
+        need[lp[:, :, None], lq[:, None, :]] = True
+        need |= need.T
+        return cls(pairs.N, index, pairs.a[index], pairs.b[index], pairs.diag[index], pos[pairs.cols[index]], need)
+
+    @classmethod
+    def for_entries(cls, pairs: Pairs, p, q) -> "PairSet":
+        """The set on which a chain gives ``V`` at the entries ``(p[i], q[i])`` (pair indices)."""
+        return cls._of(pairs, np.asarray(p, dtype=np.int64), np.asarray(q, dtype=np.int64))
+
+    @classmethod
+    def for_local(cls, pairs: Pairs, sel) -> "PairSet":
+        """The set on which a chain gives ``K1`` and ``V`` on the blocks ``(aa, bb, ab)`` of the pairs ``sel``."""
+        sel = np.asarray(sel, dtype=np.int64)
+        return cls._of(pairs, sel, sel)
+
+
 # ============================================================================ MLP building blocks
 def _kopts(options):
     return {k: v for k, v in options.items() if k in KERNEL_OPTIONS}
@@ -232,7 +297,16 @@ def _jh(act, K, pairs, options):
 
 def _same_layer(act, K, pairs, options):
     opts = {k: v for k, v in options.items() if k in _FRESH_OPTIONS}
-    return np.asarray(fresh_covariance(act, device(K), pairs, 1.0, **opts))
+    if not isinstance(pairs, PairSet):
+        return np.asarray(fresh_covariance(act, device(K), pairs, 1.0, **opts))
+    K = np.asarray(K)  # a pair set: the needed entries only
+    p, q = np.nonzero(np.triu(pairs.need))
+    table = FourPointTable(act, K, **{k: v for k, v in opts.items() if k in TABLE_OPTIONS})
+    E2 = two_point_matrix(act, K, **_kopts(opts))
+    out = np.zeros((pairs.P, pairs.P))
+    out[p, q] = out[q, p] = fresh_components(table, np.stack([pairs.a[p], pairs.b[p], pairs.a[q], pairs.b[q]], 1),
+                                             E2, 1.0)
+    return out
 
 
 def _jac_left(J, M, pairs):
@@ -564,7 +638,10 @@ def _cross_layers(act, S_k, earlier, pairs, options):
     rtol = float(options.get("four_point_rtol") or RTOL)
     short = 0.0  # largest variance of a direction that a fixed smooth rule resolves with fewer nodes than needed
     lowered = 0.0  # largest variance of a direction whose calibrated rule was capped
-    p, q = (g.ravel() for g in np.meshgrid(np.arange(P), np.arange(P), indexing="ij"))
+    if isinstance(pairs, PairSet):  # the needed entries only
+        p, q = np.nonzero(pairs.need)
+    else:
+        p, q = (g.ravel() for g in np.meshgrid(np.arange(P), np.arange(P), indexing="ij"))
     lefts = np.stack([pairs.a[p], pairs.b[p]], axis=1)
     rights = np.stack([pairs.a[q], pairs.b[q]], axis=1)
     dL = np.where(pairs.diag[p], 1, 2)
@@ -655,7 +732,7 @@ def _check_regular(S_k, S_i, Gam, pairs, tol=1e-10, warn_below=1e-6):
 
 
 # ============================================================================ chain steps
-def chain_start(act: Activation, K, *, n: int, V=None, K1=None, n_prev: int | None = None,
+def chain_start(act: Activation, K, *, n: int, V=None, K1=None, n_prev: int | None = None, pairs=None,
                 **options) -> ChainState:
     """Start a chain at a layer whose rows are i.i.d. ``N(0, G_hat^0)`` given the input metric.
 
@@ -666,19 +743,22 @@ def chain_start(act: Activation, K, *, n: int, V=None, K1=None, n_prev: int | No
         V: ``(P, P)`` vertex of this layer (``n_prev Cov G_hat^0``), or ``None`` (exactly Gaussian).
         K1: ``(N, N)`` 1/n correction of this layer (``n_prev (E G_hat^0 - K)``), or ``None``.
         n_prev: the width normalising ``V`` and ``K1`` (required when either is given).
+        pairs: a :class:`PairSet` to run the chain on (``V`` then ``(P, P)`` over it, needed entries only, and
+            ``K1`` ``(N, N)`` or ``(P,)`` at its pairs); default: all pairs of the ``N`` inputs.
         **options: quadrature options, see :class:`ChainState`.
     """
     unknown = set(options) - set(CHAIN_OPTIONS)
     if unknown:
         raise TypeError(f"residual cumulants: unknown option(s) {sorted(unknown)}; expected some of {CHAIN_OPTIONS}")
     K = np.asarray(K, dtype=float)
-    pairs = Pairs.of(K.shape[0])
+    pairs = Pairs.of(K.shape[0]) if pairs is None else pairs
     P = pairs.P
     if (V is not None or K1 is not None) and n_prev is None:
         raise ValueError("chain_start: n_prev is required with V or K1")
     ratio = 1.0 if n_prev is None else n / n_prev
     V0 = np.zeros((P, P)) if V is None else ratio * np.asarray(V, dtype=float)
-    kap0 = np.zeros(P) if K1 is None else ratio * pairs.pack(np.asarray(K1, dtype=float))
+    K1 = None if K1 is None else np.asarray(K1, dtype=float)
+    kap0 = np.zeros(P) if K1 is None else ratio * (K1 if K1.ndim == 1 else pairs.pack(K1))
     Y = {(1, 1): _same_layer(act, K, pairs, options)}
     return ChainState(act, int(n), pairs, (K,), (), (), (), (), ((np.eye(P),),), (kap0,), (V0,), Y, (),
                       dict(options))
@@ -839,7 +919,7 @@ def readout(state: ChainState, *, C_W: float, C_b: float) -> Cumulants:
     """
     G, _, W_row, U_k, kap = _metric(state, C_W, C_b)
     pairs = state.pairs
-    return Cumulants(G, pairs.unpack(kap), _metric_cov(state, W_row, U_k), state.n, pairs)
+    return Cumulants(G, _unpacked(pairs, kap), _metric_cov(state, W_row, U_k), state.n, pairs)
 
 
 def layer_cumulants(state: ChainState) -> Cumulants:
@@ -871,7 +951,12 @@ def layer_cumulants(state: ChainState) -> Cumulants:
         T = Gam * Gam * Kprod @ Jd.T  # (P_ab, P_q)
         X = T @ A[i - 1].T
         V = V + X + X.T
-    return Cumulants(state.sigma[-1], pairs.unpack(K1), V, state.n, pairs)
+    return Cumulants(state.sigma[-1], _unpacked(pairs, K1), V, state.n, pairs)
+
+
+def _unpacked(pairs, K1p):
+    """``K1`` as ``(N, N)`` over all pairs, as it is (``(P,)``) on a :class:`PairSet`."""
+    return K1p if isinstance(pairs, PairSet) else pairs.unpack(K1p)
 
 
 # ============================================================================ conveniences

@@ -27,8 +27,8 @@ import functools
 import jax
 import numpy as np
 
-from ._cumulants import LayerCumulants, RefusedLayer, ScaledLayer
-from ._residual_cumulants import CHAIN_OPTIONS, chain_start, layer_cumulants, readout, residual_step
+from ._cumulants import LayerCumulants, RefusedLayer, ScaledLayer, remember
+from ._residual_cumulants import CHAIN_OPTIONS, PairSet, chain_start, layer_cumulants, readout, residual_step
 from ._validate import MAX_MEMORY
 
 __all__ = ["ResidualChainLayer", "ResidualReadoutLayer", "residual_layer", "readout_layer"]
@@ -51,17 +51,98 @@ def _in_chain(layer) -> bool:
     return isinstance(layer, ResidualChainLayer)
 
 
+def _chain_bytes(depth: int, P: int) -> int:
+    """Bytes of a chain state of ``depth`` layers on ``P`` pairs: ``depth (depth + 1) / 2`` trajectory
+    covariances and ``3 depth`` self-interaction blocks, ``P x P`` each, plus work arrays."""
+    return int(8 * P * P * (depth * (depth + 1) // 2 + 3 * depth + 12))
+
+
+def _chunks(pairs, p, q, cap: int):
+    """Split the entries ``(p[i], q[i])`` (pair indices) into runs whose :class:`PairSet` holds at most about
+    ``cap`` pairs; yields index arrays into the entries. Entries are grouped by their rarest input (in a
+    prediction, the test point: its pairs with the training points are what each entry adds), and groups
+    are added to a run while its pairs fit (a group that alone holds more than ``cap`` pairs, entry by entry)."""
+    quads = np.stack([pairs.a[p], pairs.b[p], pairs.a[q], pairs.b[q]], axis=1)
+    freq = np.bincount(quads.ravel(), minlength=pairs.N)
+    key = quads[np.arange(quads.shape[0]), np.argmin(freq[quads] * (pairs.N + 1) - quads, axis=1)]
+    order = np.argsort(key, kind="stable")
+    held = np.zeros(pairs.P, dtype=bool)
+    run, count = [], 0
+
+    def blocks_of(g):
+        return np.unique(np.concatenate([pairs.cols[p[g]].ravel(), pairs.cols[q[g]].ravel()]))
+
+    for g in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
+        blocks = blocks_of(g)
+        units = [(g, blocks)] if blocks.size <= cap else [(g[i:i + 1], blocks_of(g[i:i + 1])) for i in range(g.size)]
+        for u, blocks in units:
+            new = int(np.count_nonzero(~held[blocks]))
+            if run and count + new > cap:
+                yield np.concatenate(run)
+                held[:] = False
+                run, count, new = [], 0, blocks.size
+            held[blocks] = True
+            run.append(u)
+            count += new
+    if run:
+        yield np.concatenate(run)
+
+
 class _ChainDerived(LayerCumulants):
-    """A layer whose ``K1`` and packed ``V`` come from one chain computation (``_cumulants``)."""
+    """A layer whose ``K1`` and ``V`` come from a chain computation: on all pairs at once (``_cumulants``) for the
+    dense ``V``, else on the :class:`ngp._residual_cumulants.PairSet` of the entries asked for (``_on``), in runs
+    that fit the memory budget: ``K1`` and ``V`` on each pair's block cost ``O(P)`` expectations per pair of chain
+    layers, and the vertex entries a prediction reads ``O(N_train^3)`` per test point, instead of ``P^2``."""
+
+    chain_depth: int
+    max_memory = None
 
     @functools.cached_property
     def _cumulants(self):
         raise NotImplementedError
 
+    def _on(self, pair_set: PairSet):
+        """:class:`ngp._residual_cumulants.Cumulants` of this layer on ``pair_set``."""
+        raise NotImplementedError
+
+    def _cap(self) -> int:
+        """Pairs per run: the chain state within a quarter of ``max_memory``, at most 4096."""
+        limit = (MAX_MEMORY if self.max_memory is None else self.max_memory) // 4
+        return int(min(4096, max(16, np.sqrt(limit / _chain_bytes(self.chain_depth, 1)))))
+
     @functools.cached_property
     def K1(self):
         self._check("K1")
-        return np.asarray(self._cumulants.K1)
+        if "_cumulants" in self.__dict__:
+            return np.asarray(self._cumulants.K1)
+        return self.pairs.unpack(self._local_all[0])
+
+    @functools.cached_property
+    def _local_all(self):
+        return self._local_on(np.arange(self.pairs.P))
+
+    def _local_on(self, sel):
+        """``K1`` ``(S,)`` and ``V`` on the blocks ``(S, 3, 3)`` of the pairs ``sel``, by chains on pair sets."""
+        self._check("K1 and V")
+        K1, L2 = np.empty(sel.size), np.empty((sel.size, 3, 3))
+        for rows in _chunks(self.pairs, sel, sel, self._cap()):
+            ps = PairSet.for_local(self.pairs, sel[rows])
+            c = self._on(ps)
+            at = ps.positions(sel[rows])
+            K1[rows] = c.K1[at]
+            lc = ps.cols[at]
+            L2[rows] = c.V[lc[:, :, None], lc[:, None, :]]
+        return K1, L2
+
+    def _local(self, sel):
+        return remember(self, "_local", sel, self._local_on)
+
+    def _K1_at(self, sel):
+        if sel is None and "_cumulants" not in self.__dict__:
+            return self._local_all[0]
+        if sel is None or "_cumulants" in self.__dict__:
+            return super()._K1_at(sel)
+        return self._local(np.asarray(sel, dtype=np.int64))[0]
 
     @functools.cached_property
     def _packed(self):
@@ -70,11 +151,29 @@ class _ChainDerived(LayerCumulants):
 
     @functools.cached_property
     def _local2(self):
+        if "_cumulants" not in self.__dict__:
+            return self._local_all[1]
         cols = self.pairs.cols
         return self._packed[cols[:, :, None], cols[:, None, :]]
 
+    def _local2_at(self, sel):
+        if sel is None or "_cumulants" in self.__dict__:
+            return super()._local2_at(sel)
+        return self._local(np.asarray(sel, dtype=np.int64))[1]
+
+    def _pair_diagonal_at(self, sel):
+        return self._local2_at(sel)[:, 2, 2]
+
     def _components_pq(self, p, q):
-        return self._packed[np.asarray(p, dtype=np.int64), np.asarray(q, dtype=np.int64)]
+        self._check("V")
+        p, q = np.asarray(p, dtype=np.int64).reshape(-1), np.asarray(q, dtype=np.int64).reshape(-1)
+        if "_cumulants" in self.__dict__ or p.size == 0:
+            return self._packed[p, q]
+        out = np.empty(p.size)
+        for rows in _chunks(self.pairs, p, q, self._cap()):
+            ps = PairSet.for_entries(self.pairs, p[rows], q[rows])
+            out[rows] = self._on(ps).V[ps.positions(p[rows]), ps.positions(q[rows])]
+        return out
 
 
 class ResidualChainLayer(_ChainDerived):
@@ -102,10 +201,8 @@ class ResidualChainLayer(_ChainDerived):
         self.refusal = refusal if refusal is not None else prev.refusal
 
     def memory_estimate(self) -> int:
-        """Bytes of the chain state after this step: ``depth (depth + 1) / 2`` trajectory covariances
-        and ``3 depth`` self-interaction blocks, ``P x P`` each, plus work arrays."""
-        k, P = self.chain_depth, self.pairs.P
-        return int(8 * P * P * (k * (k + 1) // 2 + 3 * k + 12))
+        """Bytes of the chain state on all pairs after this step (:func:`_chain_bytes`)."""
+        return _chain_bytes(self.chain_depth, self.pairs.P)
 
     @functools.cached_property
     def chain(self):
@@ -131,9 +228,30 @@ class ResidualChainLayer(_ChainDerived):
         return residual_step(state, C_W=float(self.C_W), C_b=float(self.C_b), gamma=float(self.gamma),
                              xi=float(self.xi), branch=self.branch)
 
+    def chain_on(self, pair_set: PairSet):
+        """The :class:`ngp._residual_cumulants.ChainState` after this step on ``pair_set``."""
+        self._check("K1 and V")
+        p = self.prev
+        if isinstance(p, ResidualChainLayer):
+            state = p.chain_on(pair_set)
+        elif p.gaussian:
+            state = chain_start(self.act, np.asarray(p.K), n=self.width, pairs=pair_set, **self.options)
+        else:  # the input metric's fluctuations: the previous layer's V at the needed entries, K1 at the pairs
+            i, j = np.nonzero(np.triu(pair_set.need))
+            V = np.zeros((pair_set.P, pair_set.P))
+            V[i, j] = V[j, i] = p.vertex.components(np.stack([pair_set.a[i], pair_set.b[i], pair_set.a[j],
+                                                               pair_set.b[j]], axis=1))
+            state = chain_start(self.act, np.asarray(p.K), n=self.width, V=V, K1=p._K1_at(pair_set.index),
+                                n_prev=p.n, pairs=pair_set, **self.options)
+        return residual_step(state, C_W=float(self.C_W), C_b=float(self.C_b), gamma=float(self.gamma),
+                             xi=float(self.xi), branch=self.branch)
+
     @functools.cached_property
     def _cumulants(self):
         return layer_cumulants(self.chain)
+
+    def _on(self, pair_set: PairSet):
+        return layer_cumulants(self.chain_on(pair_set))
 
 
 class ResidualReadoutLayer(_ChainDerived):
@@ -146,11 +264,15 @@ class ResidualReadoutLayer(_ChainDerived):
         super().__init__(K, n=chain_layer.width, width=width)
         self.chain_layer, self.C_W, self.C_b = chain_layer, C_W, C_b
         self.refusal = refusal if refusal is not None else chain_layer.refusal
+        self.chain_depth, self.max_memory = chain_layer.chain_depth, chain_layer.max_memory
 
     @functools.cached_property
     def _cumulants(self):
         self._check("K1 and V")
         return readout(self.chain_layer.chain, C_W=float(self.C_W), C_b=float(self.C_b))
+
+    def _on(self, pair_set: PairSet):
+        return readout(self.chain_layer.chain_on(pair_set), C_W=float(self.C_W), C_b=float(self.C_b))
 
 
 def residual_layer(step, f, K, spec) -> LayerCumulants:

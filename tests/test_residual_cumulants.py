@@ -8,6 +8,7 @@ benchmarks/residual_validation.py.
 """
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -210,6 +211,56 @@ def test_chain_state_matches_the_network_wrapper():
     assert s.depth == 3 and s.gamma == (0.8, -0.5) and len(s.Y) == 6 and len(s.Z) == 2
     assert out.n == 16 and out.V4.shape == (2, 2, 2, 2)
     np.testing.assert_allclose(out.V4[0, 1, 1, 0], out.V[1, 1])  # unordered pair (0, 1) is index 1
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_chain_on_a_pair_set_equals_the_chain_on_all_pairs(act, monkeypatch):
+    """A chain run on a :class:`PairSet` (a fluctuating input metric, a two-layer branch, a plain block) gives the
+    entries of ``V`` it was built for, and ``K1`` with ``V`` on the blocks of the pairs it was built for, equal to
+    the chain on all pairs; the cross-layer expectations it integrates are those entries' (fewer than ``P^2``).
+    Few cross-layer nodes (the same rule in both): the test is of the bookkeeping."""
+    a = activation(act)
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(5, 3))
+    K = 0.2 + X @ X.T / 3
+    pairs = Pairs.of(5)
+    A = rng.normal(size=(pairs.P, pairs.P))
+    V0, K1 = A @ A.T / pairs.P, rng.normal(size=(5, 5))
+    K1 = K1 + K1.T
+    opts = {"cross_orders": {2: 10, 3: 8, 4: 6}}
+
+    def run(ps):
+        sub = slice(None) if ps is None else np.ix_(ps.index, ps.index)
+        st = rc.chain_start(a, K, n=64, V=V0[sub], K1=K1, n_prev=32, pairs=ps, **opts)
+        st = rc.residual_step(st, C_W=1.0, C_b=0.1, gamma=0.8, xi=0.6, branch=((48, 1.2, 0.05),))
+        st = rc.residual_step(st, C_W=1.1, C_b=0.1, gamma=0.7, xi=0.6)
+        return rc.layer_cumulants(st), rc.readout(st, C_W=1.0, C_b=0.1)
+
+    problems = []
+    inner = rc._run_batches
+    monkeypatch.setattr(rc, "_run_batches", lambda act, dL, dR, C, m: problems.append(C.shape[0]) or inner(
+        act, dL, dR, C, m))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ngp.AccuracyWarning)  # the few-node fixed rule says it is not converged
+        full = run(None)
+        n_full = sum(problems)
+        p, q = pairs.index[4, :4], pairs.index[0, 1:4]
+        p, q = (g.ravel() for g in np.meshgrid(p, q, indexing="ij"))
+        ps = rc.PairSet.for_entries(pairs, p, q)
+        assert ps.need.sum() < pairs.P**2 // 2
+        problems.clear()
+        entries = run(ps)
+        assert sum(problems) * pairs.P**2 == n_full * ps.need.sum()  # the needed entries' expectations only
+        sel = np.unique(np.concatenate([pairs.index[4, :], pairs.index[np.arange(5), np.arange(5)]]))
+        pl = rc.PairSet.for_local(pairs, sel)
+        local = run(pl)
+    at, lc = pl.positions(sel), pl.positions(pairs.cols[sel])
+    for f, e, lo in zip(full, entries, local):
+        scale = np.max(np.abs(f.V))
+        assert np.max(np.abs(e.V[ps.positions(p), ps.positions(q)] - f.V[p, q])) < 1e-13 * scale
+        assert np.max(np.abs(lo.K1[at] - pairs.pack(f.K1)[sel])) < 1e-13 * np.max(np.abs(f.K1))
+        blocks = f.V[pairs.cols[sel][:, :, None], pairs.cols[sel][:, None, :]]
+        assert np.max(np.abs(lo.V[lc[:, :, None], lc[:, None, :]] - blocks)) < 1e-13 * scale
 
 
 def test_relu_cross_layer_quadrature_is_converged():

@@ -223,11 +223,79 @@ def test_unsupported_patterns_are_refused_by_name(net, match):
 
 
 def test_memory_budget_is_checked_before_work():
+    # the dense V holds the chain on every pair of inputs: refused before any work (K1 and the entries a
+    # prediction reads run on pair sets in runs within the budget: test_pair_sets_within_a_small_budget_...)
     net = ngp.ResMLP(5, 8, activation="tanh", gamma=0.8, xi=0.6)
-    prior = net.prior(np.random.default_rng(0).normal(size=(12, 2)), max_memory=1e6)
+    prior = net.prior(np.random.default_rng(0).normal(size=(12, 2)), max_memory=1e6, warn=False)
     assert prior.K.shape == (12, 12)
     with pytest.raises(MemoryError, match="max_memory"):
-        prior.K1
+        prior.V
+
+
+def _serial_chain():
+    """A finite-width dense layer feeding a chain (the input metric fluctuates), a two-layer branch with a relu
+    hidden layer, a plain block, the readout and one more dense layer."""
+    return ngp.serial(
+        ngp.Dense(12, C_W=1.1, C_b=0.1), ngp.Elementwise("tanh"), ngp.Dense(8, C_W=1.3, C_b=0.05),
+        ngp.Residual(ngp.serial(ngp.Elementwise("tanh"), ngp.Dense(6, C_W=1.2, C_b=0.1),
+                                ngp.Elementwise("relu"), ngp.Dense(8, C_W=1.4, C_b=0.05)), gamma=0.9, xi=0.5),
+        ngp.Residual(ngp.serial(ngp.Elementwise("tanh"), ngp.Dense(8, C_W=1.5, C_b=0.1)), gamma=0.7, xi=0.6),
+        ngp.Elementwise("tanh"), ngp.Dense(10, C_W=1.2, C_b=0.1), ngp.Elementwise("tanh"), ngp.Dense(2, C_W=1.0))
+
+
+def test_pair_sets_within_a_small_budget_equal_the_dense_chain(monkeypatch):
+    """``K1``, the blocks ``(aa, bb, ab)`` of ``V`` and single entries of ``V``, asked of the chain layers (and of
+    the dense layer after the readout) without the dense ``V``, come from chains on the pair sets those entries
+    need, in several runs under a small ``max_memory``; they equal the dense chain's to rounding. Cross-layer
+    expectations on few nodes (the same rule in both)."""
+    _few_cross_nodes(monkeypatch)
+    X = np.random.default_rng(3).normal(size=(6, 2))
+    net = _serial_chain()
+    dense = net.prior(X, warn=False).layers
+    small = net.prior(X, warn=False, max_memory=5e4).layers
+    runs = []
+    from ngp import _residual_layers as rl
+
+    inner = rl.residual_step
+    monkeypatch.setattr(rl, "residual_step", lambda state, **kw: runs.append(state.pairs.P) or inner(state, **kw))
+    rng = np.random.default_rng(4)
+    pairs = Pairs.of(6)
+    p, q = np.sort(rng.integers(0, pairs.P, size=(2, 40)), axis=0)
+    sel = np.unique(np.concatenate([pairs.index[5, :], pairs.index[np.arange(6), np.arange(6)]]))
+    for i in (2, 3, 4, 5):  # the chain's two layers, the readout, the dense layer after it
+        d, s = dense[i]._c, small[i]._c
+        Vd = d.vertex.packed()
+        runs.clear()
+        _same(s._components_pq(p, q), Vd[p, q])
+        assert len(runs) > 2 and max(runs) <= 16  # several runs of at most the cap (16 pairs here)
+        _same(s._K1_at(sel), pairs.pack(d.K1)[sel])
+        _same(s._local2_at(sel), d.vertex.local2()[sel])
+        _same(small[i].K1, dense[i].K1)
+        assert "_cumulants" not in getattr(s, "__dict__", {})  # no chain on all pairs was built
+    with pytest.raises(MemoryError, match="max_memory"):
+        small[5].V
+
+
+def test_residual_prediction_reads_the_chain_on_its_entries_only(monkeypatch):
+    """A residual network's prediction (mean and variances) computes the chain on the entries its
+    formulas read and equals the prediction from the dense chain on all training and test pairs to rounding."""
+    _few_cross_nodes(monkeypatch)
+    rng = np.random.default_rng(5)
+    XA, XB = rng.normal(size=(5, 2)), rng.normal(size=(3, 2))
+    YA = np.sin(XA[:, :1])
+    net = ngp.ResMLP(4, 16, activation="tanh", gamma=0.9, xi=0.6)
+    lean = ngp.condition(net, XA, YA, noise=0.05).predict(XB)
+    cond = ngp.condition(net, XA, YA, noise=0.05)
+    joint = cond._joint_prior(XB)
+    joint.V_packed  # every chain layer of the joint prior on all pairs first
+    dense = cond.predict(XB)
+    assert cond._joint_prior(XB) is joint
+    for a, b in ((lean.mean, dense.mean), (lean.var, dense.var)):
+        _same(a, b)
+    assert np.max(np.abs(lean.mean - lean.gp.mean)) > 1e-4  # the finite-width correction is there
+    fresh = ngp.condition(net, XA, YA, noise=0.05)
+    fresh.predict(XB)
+    assert not any("_cumulants" in c.__dict__ for c in fresh._joint_prior(XB)._cumulants)
 
 
 def _few_cross_nodes(monkeypatch):
