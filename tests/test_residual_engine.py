@@ -277,24 +277,24 @@ def test_pair_sets_within_a_small_budget_equal_the_dense_chain(monkeypatch):
 
 
 def test_residual_prediction_reads_the_chain_on_its_entries_only(monkeypatch):
-    """A residual network's prediction (mean and variances) computes the chain on the entries its
+    """A residual network's prediction (mean, variances, full covariance) computes the chain on the entries its
     formulas read and equals the prediction from the dense chain on all training and test pairs to rounding."""
     _few_cross_nodes(monkeypatch)
     rng = np.random.default_rng(5)
     XA, XB = rng.normal(size=(5, 2)), rng.normal(size=(3, 2))
     YA = np.sin(XA[:, :1])
     net = ngp.ResMLP(4, 16, activation="tanh", gamma=0.9, xi=0.6)
-    lean = ngp.condition(net, XA, YA, noise=0.05).predict(XB)
+    lean = ngp.condition(net, XA, YA, noise=0.05).predict(XB, full_cov=True)
     cond = ngp.condition(net, XA, YA, noise=0.05)
     joint = cond._joint_prior(XB)
     joint.V_packed  # every chain layer of the joint prior on all pairs first
-    dense = cond.predict(XB)
+    dense = cond.predict(XB, full_cov=True)
     assert cond._joint_prior(XB) is joint
-    for a, b in ((lean.mean, dense.mean), (lean.var, dense.var)):
+    for a, b in ((lean.mean, dense.mean), (lean.var, dense.var), (lean.cov, dense.cov)):
         _same(a, b)
     assert np.max(np.abs(lean.mean - lean.gp.mean)) > 1e-4  # the finite-width correction is there
     fresh = ngp.condition(net, XA, YA, noise=0.05)
-    fresh.predict(XB)
+    fresh.predict(XB)  # the marginal path
     assert not any("_cumulants" in c.__dict__ for c in fresh._joint_prior(XB)._cumulants)
 
 
