@@ -319,7 +319,6 @@ class Prior(NTKMixin):
                 ExpansionWarning,
             )
 
-    K1 = output_property("layers", "K1", "``(N, N)`` 1/n correction of the output two-point function.")
     @float64
     def _dense_vertex(self, name: str):
         """The output layer's ``name`` after its dense ``V``: computed first (within ``max_memory``), so layers
@@ -329,6 +328,7 @@ class Prior(NTKMixin):
         self._cumulants[-1].vertex.packed()
         return getattr(self.layers[-1], name)
 
+    K1 = output_property("layers", "K1", "``(N, N)`` 1/n correction of the output two-point function.")
     V = property(lambda self: self._dense_vertex("V"), doc="``(N, N, N, N)`` output four-point vertex.")
     V_error = output_property("layers", "V_error",
                               "``(N, N, N, N)`` estimated absolute numerical error of :attr:`V` (see :attr:`Layer.V_error`).")

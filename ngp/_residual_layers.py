@@ -51,6 +51,10 @@ def _in_chain(layer) -> bool:
     return isinstance(layer, ResidualChainLayer)
 
 
+#: Vertex requests (entries and values) a chain layer remembers: a prediction's batches, asked again at another width.
+_REQUESTS_KEPT = 8
+
+
 def _chain_bytes(depth: int, P: int) -> int:
     """Bytes of a chain state of ``depth`` layers on ``P`` pairs: ``depth (depth + 1) / 2`` trajectory
     covariances and ``3 depth`` self-interaction blocks, ``P x P`` each, plus work arrays."""
@@ -138,11 +142,9 @@ class _ChainDerived(LayerCumulants):
         return remember(self, "_local", sel, self._local_on)
 
     def _K1_at(self, sel):
-        if sel is None and "_cumulants" not in self.__dict__:
-            return self._local_all[0]
-        if sel is None or "_cumulants" in self.__dict__:
+        if "_cumulants" in self.__dict__:
             return super()._K1_at(sel)
-        return self._local(np.asarray(sel, dtype=np.int64))[0]
+        return self._local_all[0] if sel is None else self._local(np.asarray(sel, dtype=np.int64))[0]
 
     @functools.cached_property
     def _packed(self):
@@ -169,10 +171,19 @@ class _ChainDerived(LayerCumulants):
         p, q = np.asarray(p, dtype=np.int64).reshape(-1), np.asarray(q, dtype=np.int64).reshape(-1)
         if "_cumulants" in self.__dict__ or p.size == 0:
             return self._packed[p, q]
+        # the latest requests are remembered: a prediction at another width (Conditioned.with_width) asks again
+        memo = self.__dict__.setdefault("_requests", {})
+        key = (p.tobytes(), q.tobytes())
+        if key in memo:
+            memo[key] = memo.pop(key)  # most recent last
+            return memo[key]
         out = np.empty(p.size)
         for rows in _chunks(self.pairs, p, q, self._cap()):
             ps = PairSet.for_entries(self.pairs, p[rows], q[rows])
             out[rows] = self._on(ps).V[ps.positions(p[rows]), ps.positions(q[rows])]
+        memo[key] = out
+        while len(memo) > _REQUESTS_KEPT:
+            memo.pop(next(iter(memo)))
         return out
 
 
@@ -212,10 +223,10 @@ class ResidualChainLayer(_ChainDerived):
         need = self.memory_estimate()
         if need > limit:
             raise MemoryError(
-                f"residual chain: the finite-width state of a chain of {self.chain_depth} layers on {self.N} distinct inputs "
-                f"needs about {need / 1024**3:.2f} GiB (> max_memory={limit / 1024**3:.2f} GiB); it is dense over "
-                "input pairs (P^2 per pair of layers). Use fewer inputs (ngp.condition: a smaller predict batch_size), "
-                "or raise max_memory."
+                f"residual chain: the dense V of a chain of {self.chain_depth} layers on {self.N} distinct inputs "
+                f"needs about {need / 1024**3:.2f} GiB (> max_memory={limit / 1024**3:.2f} GiB): its state is dense "
+                "over input pairs (P^2 per pair of layers). K1 and the predictions of ngp.condition compute only the "
+                "entries they read, within max_memory; for V itself use fewer inputs, or raise max_memory."
             )
         p = self.prev
         if isinstance(p, ResidualChainLayer):

@@ -294,8 +294,16 @@ def test_residual_prediction_reads_the_chain_on_its_entries_only(monkeypatch):
         _same(a, b)
     assert np.max(np.abs(lean.mean - lean.gp.mean)) > 1e-4  # the finite-width correction is there
     fresh = ngp.condition(net, XA, YA, noise=0.05)
-    fresh.predict(XB)  # the marginal path
+    at16 = fresh.predict(XB)  # the marginal path
     assert not any("_cumulants" in c.__dict__ for c in fresh._joint_prior(XB)._cumulants)
+    from ngp import _residual_layers as rl
+
+    runs = []
+    inner = rl.residual_step
+    monkeypatch.setattr(rl, "residual_step", lambda state, **kw: runs.append(state.pairs.P) or inner(state, **kw))
+    at32 = fresh.with_width(32).predict(XB)  # another width: the chain's values are remembered, not run again
+    assert runs == []
+    _same(2.0 * (at32.mean - at16.gp.mean), at16.mean - at16.gp.mean, 1e-10)  # the 1/n correction halves
 
 
 def _few_cross_nodes(monkeypatch):
