@@ -243,6 +243,16 @@ def _serial_chain():
         ngp.Elementwise("tanh"), ngp.Dense(10, C_W=1.2, C_b=0.1), ngp.Elementwise("tanh"), ngp.Dense(2, C_W=1.0))
 
 
+def _chain_runs(monkeypatch) -> list:
+    """The number of pairs of every residual step the engine runs from now on (one entry per step)."""
+    from ngp import _residual_layers as rl
+
+    runs = []
+    inner = rl.residual_step
+    monkeypatch.setattr(rl, "residual_step", lambda state, **kw: runs.append(state.pairs.P) or inner(state, **kw))
+    return runs
+
+
 def test_pair_sets_within_a_small_budget_equal_the_dense_chain(monkeypatch):
     """``K1``, the blocks ``(aa, bb, ab)`` of ``V`` and single entries of ``V``, asked of the chain layers (and of
     the dense layer after the readout) without the dense ``V``, come from chains on the pair sets those entries
@@ -253,11 +263,7 @@ def test_pair_sets_within_a_small_budget_equal_the_dense_chain(monkeypatch):
     net = _serial_chain()
     dense = net.prior(X, warn=False).layers
     small = net.prior(X, warn=False, max_memory=5e4).layers
-    runs = []
-    from ngp import _residual_layers as rl
-
-    inner = rl.residual_step
-    monkeypatch.setattr(rl, "residual_step", lambda state, **kw: runs.append(state.pairs.P) or inner(state, **kw))
+    runs = _chain_runs(monkeypatch)
     rng = np.random.default_rng(4)
     pairs = Pairs.of(6)
     p, q = np.sort(rng.integers(0, pairs.P, size=(2, 40)), axis=0)
@@ -296,11 +302,7 @@ def test_residual_prediction_reads_the_chain_on_its_entries_only(monkeypatch):
     fresh = ngp.condition(net, XA, YA, noise=0.05)
     at16 = fresh.predict(XB)  # the marginal path
     assert not any("_cumulants" in c.__dict__ for c in fresh._joint_prior(XB)._cumulants)
-    from ngp import _residual_layers as rl
-
-    runs = []
-    inner = rl.residual_step
-    monkeypatch.setattr(rl, "residual_step", lambda state, **kw: runs.append(state.pairs.P) or inner(state, **kw))
+    runs = _chain_runs(monkeypatch)
     at32 = fresh.with_width(32).predict(XB)  # another width: the chain's values are remembered, not run again
     assert runs == []
     _same(2.0 * (at32.mean - at16.gp.mean), at16.mean - at16.gp.mean, 1e-10)  # the 1/n correction halves
