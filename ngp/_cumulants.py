@@ -469,19 +469,22 @@ def closed_pairs(pairs: Pairs, sel) -> np.ndarray:
     return cols
 
 
-def remember(layer, name: str, sel, compute, *, full=None):
-    """``compute(sel)``, remembered on ``layer`` for the latest ``sel`` per ``name`` (a prediction asks each
-    layer for the same set of pairs twice: for its own ``K1`` and for the next layer's). With ``full``,
+def remember(layer, name: str, sel, compute, *, full=None, keep: int = 1):
+    """``compute(sel)``, remembered on ``layer`` for the latest ``keep`` values of ``sel`` per ``name`` (a prediction
+    asks each layer for the same set of pairs twice: for its own ``K1`` and for the next layer's). With ``full``,
     ``full(sel)`` instead when ``sel`` is ``None`` (all pairs) or the layer holds ``name`` on all pairs."""
     if full is not None and (sel is None or name in layer.__dict__):
         return full(sel)
     sel = np.asarray(sel, dtype=np.int64)
     key = sel.tobytes()
-    memo = layer.__dict__.setdefault("_pair_subsets", {})
-    if name in memo and memo[name][0] == key:
-        return memo[name][1]
+    memo = layer.__dict__.setdefault("_pair_subsets", {}).setdefault(name, {})
+    if key in memo:
+        memo[key] = memo.pop(key)  # most recent last
+        return memo[key]
     out = compute(sel)
-    memo[name] = (key, out)
+    memo[key] = out
+    while len(memo) > keep:
+        memo.pop(next(iter(memo)))
     return out
 
 

@@ -172,18 +172,15 @@ class _ChainDerived(LayerCumulants):
         if "_cumulants" in self.__dict__ or p.size == 0:
             return self._packed[p, q]
         # the latest requests are remembered: a prediction at another width (Conditioned.with_width) asks again
-        memo = self.__dict__.setdefault("_requests", {})
-        key = (p.tobytes(), q.tobytes())
-        if key in memo:
-            memo[key] = memo.pop(key)  # most recent last
-            return memo[key]
+        return remember(self, "_components", np.concatenate([p, q]), lambda pq: self._entries_on(p, q),
+                        keep=_REQUESTS_KEPT)
+
+    def _entries_on(self, p, q):
+        """``V`` at the entries ``(p[i], q[i])`` by chains on pair sets, in runs within the memory budget."""
         out = np.empty(p.size)
         for rows in _chunks(self.pairs, p, q, self._cap()):
             ps = PairSet.for_entries(self.pairs, p[rows], q[rows])
             out[rows] = self._on(ps).V[ps.positions(p[rows]), ps.positions(q[rows])]
-        memo[key] = out
-        while len(memo) > _REQUESTS_KEPT:
-            memo.pop(next(iter(memo)))
         return out
 
 
