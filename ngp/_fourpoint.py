@@ -46,7 +46,7 @@ from ._gaussian import gauss_hermite
 from ._validate import device, device_if
 
 __all__ = ["product_expectations", "multiset_expectations", "split_multisets", "fixed_rule_split",
-           "fixed_rule_errors", "calibrated_orders", "tensor_rule", "LADDER", "PATTERNS", "RTOL"]
+           "fixed_rule_errors", "calibrated_orders", "tensor_rule", "tensor_rule_size", "LADDER", "PATTERNS", "RTOL"]
 
 #: The multiplicity patterns of a sorted four-input multiset ``a <= b <= c <= d``.
 PATTERNS = ((1, 1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (3, 1), (1, 3), (2, 2), (4,))
@@ -540,6 +540,15 @@ def tensor_rule(orders: tuple, cutoff: float):
     for j, m in enumerate(orders):
         x[:, j] = _rule1d(int(m))[0][idx[:, j]]
     return x, w
+
+
+def tensor_rule_size(orders: tuple, cutoff: float) -> int:
+    """The number of nodes of :func:`tensor_rule` ``(orders, cutoff)`` without building it: the leading directions'
+    pruned rule (cached) and, per partial node, the count the last direction keeps (``O(nodes / orders[-1])``)."""
+    orders = tuple(int(m) for m in orders)
+    _, pw = _prefix_rule(orders[:-1], cutoff)
+    thr = cutoff * float(np.prod([float(_rule1d(m)[1].max()) for m in orders]))
+    return int(_last_counts(pw, orders[-1], thr, 1.0).sum())
 
 
 #: Tolerance of the tabulated smoothing relative to ``rtol`` and the split input's Hoelder factor.

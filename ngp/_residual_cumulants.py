@@ -75,10 +75,10 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
-from ._cache import byte_lru, frozen_lru
+from ._cache import frozen_lru
 from ._activations import Activation, activation as _make_activation
 from ._finite import TABLE_OPTIONS, FourPointTable, fresh_components, fresh_covariance, jacobian_hessian
-from ._fourpoint import LADDER, RTOL, calibrated_orders, tensor_rule
+from ._fourpoint import _TM, _TP, LADDER, RTOL, _bucket4, _rule_tiles, calibrated_orders, tensor_rule_size
 from ._gaussian import pruned_tensor_rule
 from ._kernel import KERNEL_OPTIONS, kernel_map, two_point_matrix
 from ._pairs import Pairs
@@ -111,14 +111,13 @@ CROSS_ORDERS = {2: 128, 3: 64, 4: 40}
 #: Calibrated rules of more nodes than this are lowered (their largest directions first) with an ``AccuracyWarning``
 #: (a rule of this size holds ~0.8 GB on the host while it is built and used, in 4-D).
 CROSS_MAX_NODES = 2**24
-#: Calibrated rules whose unpruned grid has at most this many nodes are cached (64 MB in all).
-_CROSS_CACHED_NODES = 2**18
-#: Calibrated rules: nodes per tile by the number of variables (rules padded to whole tiles), nodes per bank of tiles
-#: (one upload, ~16 MB in 4-D, shared by the rules it holds) and tile evaluations (jobs) per call (padded jobs are
-#: skipped): one compiled program per activation and shape.
-_CROSS_TILE = {2: 2**12, 3: 2**14, 4: 2**16}
-_CROSS_BANK = 2**19
-_CROSS_JOBS = 32
+#: Calibrated rules run in the four-point engine's tiles (:func:`ngp._fourpoint._rule_tiles`: ``16 x 16`` nodes, a block
+#: of the leading directions' pruned rule times a block of the last direction's nodes): tiles per compiled call, and per
+#: call of the smaller shape that takes the rest; prefix blocks per bank (one upload of the rules' nodes, ~16 MB in
+#: 4-D, shared by the calls of the rules it holds).
+_CROSS_TILES = 1024
+_CROSS_TILES_SMALL = 128
+_CROSS_BANK_BLOCKS = 2**13
 #: Calibrated rules drop tensor nodes of weight below ``_CROSS_CUTOFF * four_point_rtol`` times the largest (as the
 #: four-point engine's rules).
 _CROSS_CUTOFF = 1e-5
@@ -510,41 +509,34 @@ def _calibrated_orders(act: Activation, scales: np.ndarray, rtol: float):
     lowered = 0.0
     for b in np.nonzero(np.prod(orders.astype(float), axis=1) > CROSS_MAX_NODES)[0]:
         o = orders[b]
-        while tensor_rule(tuple(o), cutoff)[1].size > CROSS_MAX_NODES:
+        while tensor_rule_size(tuple(o), cutoff) > CROSS_MAX_NODES:
             j = int(np.argmax(o))
             o[j] = LADDER[max(LADDER.index(int(o[j])) - 1, 0)]
             lowered = max(lowered, float(scales[b, j]) ** 2)
     return orders, lowered
 
 
-@byte_lru(64 * 2**20)
-def _cached_rule(orders: tuple, cutoff: float):
-    return tensor_rule(orders, cutoff)
-
-
-def _rule_nodes(orders: tuple, cutoff: float):
-    """:func:`ngp._fourpoint.tensor_rule` for ``orders``: nodes ``(n, d)``, weights ``(n,)``; cached when the
-    unpruned grid has at most :data:`_CROSS_CACHED_NODES` nodes (2-D and 3-D rules recur across chain steps)."""
-    if math.prod(orders) <= _CROSS_CACHED_NODES:
-        return _cached_rule(orders, cutoff)
-    return tensor_rule(orders, cutoff)
-
-
 @functools.lru_cache(maxsize=64)
 def _calibrated_kernel(act: Activation, dL: int, dR: int):
-    """Compiled ``(R (J, d, d), tiles (J,), live (J,), X (bank, tile, d), W (bank, tile)) -> (J, 9)``: for each live
-    job (the rule tile ``X[tiles[j]], W[tiles[j]]`` applied to the problem ``y = R[j] x``, ``x ~ N(0, I)``) the
-    weighted sums of ``left * right`` (4), ``left`` (4) and ``right`` (1) of :func:`_integrands`; zeros, without
-    work, for the others. One program per activation and shape: every calibrated rule runs through it."""
+    """Compiled ``(R (G, d, d), XP (nP, d-1, TP), PW (nP, TP), XL (nM, TM), WL (nM, TM), idx (T, 3)) -> (T, 9)``: tile
+    ``t`` pairs the block ``idx[t, 0]`` of the leading directions' nodes with the block ``idx[t, 1]`` of the last
+    direction's (:func:`ngp._fourpoint._rule_tiles`) for the problem ``y = R[idx[t, 2]] x``, ``x ~ N(0, I)``, and
+    returns the weighted sums of ``left * right`` (4), ``left`` (4) and ``right`` (1) of :func:`_integrands` over its
+    nodes. The ``TP x TM`` nodes are formed by broadcasting (no node array on the host); the sums are elementwise
+    products reduced per tile (a batched dot over the tiles ran 2.5x slower in XLA:CPU). One program per activation
+    and shape."""
 
-    def job(args):
-        R, x, w = args
-        left, right = _integrands(act, dL, dR, x @ R.T)
-        return jnp.concatenate([left @ (right * w), left @ w, (right @ w)[None]])
-
-    def run(Rs, tiles, live, X, W):
-        return jax.lax.map(lambda a: jax.lax.cond(a[2], lambda: job((a[0], X[a[1]], W[a[1]])),
-                                                  lambda: jnp.zeros(9, X.dtype)), (Rs, tiles, live))
+    def run(RB, XP, PW, XL, WL, idx):
+        T, d = idx.shape[0], RB.shape[-1]
+        X, P, xl, wl = XP[idx[:, 0]], PW[idx[:, 0]], XL[idx[:, 1]], WL[idx[:, 1]]  # (T, d-1, TP), (T, TP), (T, TM)
+        R = RB[idx[:, 2]]  # (T, d, d)
+        z = jnp.stack([(sum(R[:, k, j, None] * X[:, j] for j in range(d - 1))[:, :, None]
+                        + (R[:, k, d - 1, None] * xl)[:, None, :]).reshape(-1) for k in range(d)], axis=1)
+        left, right = _integrands(act, dL, dR, z)
+        w = (P[:, :, None] * wl[:, None, :]).reshape(-1)
+        rw = right * w
+        return jnp.stack([(f * g).reshape(T, -1).sum(axis=1) for g in (rw, w) for f in left]
+                         + [rw.reshape(T, -1).sum(axis=1)], axis=1)
 
     return jax.jit(run)
 
@@ -555,10 +547,12 @@ def _smooth_calibrated(act: Activation, dL: int, dR: int, C: np.ndarray, rtol: f
     Each covariance of ``C`` (B, d, d) is diagonalised on the host; a problem whose calibrated orders along its
     eigen-directions (:func:`ngp._fourpoint.calibrated_orders`) are all within the isotropic rule
     (:data:`CROSS_ORDERS`) runs on that rule as before; the others run on the tensor rule of the calibrated
-    one-dimensional rules along their eigen-directions (:func:`ngp._fourpoint.tensor_rule`, Gauss-Hermite and, at
-    large scales, trapezoid rules), in tiles (:data:`_CROSS_TILE`): problems that need the same orders share a
-    rule, rules share banks of tiles on the device, and every (problem, tile) job runs through one compiled
-    kernel. Returns ``(B, 4)`` and the largest variance of a direction whose rule was capped (0 if none).
+    one-dimensional rules along their eigen-directions (Gauss-Hermite and, at large scales, trapezoid rules; pruned as
+    :func:`ngp._fourpoint.tensor_rule`), its largest order last, in the four-point engine's tiles
+    (:func:`ngp._fourpoint._rule_tiles`, cached per rule: the leading directions' pruned rule and the last direction's
+    nodes, never the node array): problems that need the same orders share a rule, rules share banks on the device, and
+    every (problem, tile) pair runs through one compiled kernel. Returns ``(B, 4)`` and the largest variance of a
+    direction whose rule was capped (0 if none).
     """
     B, d, _ = C.shape
     lam, Q = np.linalg.eigh(C)
@@ -573,39 +567,67 @@ def _smooth_calibrated(act: Activation, dL: int, dR: int, C: np.ndarray, rtol: f
     if not rest.size:
         return out, lowered
     fn = _calibrated_kernel(act, dL, dR)
-    tile = _CROSS_TILE[d]
-    nbank = max(1, _CROSS_BANK // tile)
+    cutoff = _CROSS_CUTOFF * rtol
     sums = np.zeros((B, 9))
-    X, W = np.zeros((nbank, tile, d)), np.zeros((nbank, tile))
-    jobs = []  # (problems, bank tile)
-
-    def flush():
-        if not jobs:
-            return
-        prob = np.concatenate([rows for rows, _ in jobs])
-        tiles = np.concatenate([np.full(rows.size, t) for rows, t in jobs])
-        Xd, Wd = device(X), device(W)
-        for j0 in range(0, prob.size, _CROSS_JOBS):
-            p, t = prob[j0:j0 + _CROSS_JOBS], tiles[j0:j0 + _CROSS_JOBS]
-            live = np.arange(_CROSS_JOBS) < p.size
-            res = fn(device(pad_to(R[p], _CROSS_JOBS)), device(pad_to(t, _CROSS_JOBS)), device(live), Xd, Wd)
-            np.add.at(sums, p, np.asarray(res)[:p.size])
-        jobs.clear()
-
     uniq, inv = np.unique(orders[rest], axis=0, return_inverse=True)
+    rules = []  # (problems, tiles of the rule with its largest order last)
     for g, o in enumerate(uniq):
         rows = rest[inv.ravel() == g]
-        x, w = _rule_nodes(tuple(int(m) for m in o), _CROSS_CUTOFF * rtol)
-        for start in range(0, w.size, tile):
-            if len(jobs) == nbank:
-                flush()
-            t, k = len(jobs), min(tile, w.size - start)
-            X[t, :k], X[t, k:] = x[start:start + k], 0.0
-            W[t, :k], W[t, k:] = w[start:start + k], 0.0
-            jobs.append((rows, t))
-    flush()
+        perm = np.argsort(o, kind="stable")  # the largest order last: the tiles' long direction
+        R[rows] = R[rows][:, :, perm]
+        o = tuple(int(m) for m in o[perm])
+        rules.append((rows, o[-1], _rule_tiles(o, cutoff, d)))
+    bank = []
+    for rule in rules:
+        if bank and 1 + sum(r[2][0].shape[0] for r in bank) + rule[2][0].shape[0] > _CROSS_BANK_BLOCKS:
+            _bank_sums(fn, R, bank, d, sums)
+            bank = []
+        bank.append(rule)
+    _bank_sums(fn, R, bank, d, sums)
     out[rest] = sums[rest, :4] - sums[rest, 4:8] * sums[rest, 8:]
     return out, lowered
+
+
+def _bank_sums(fn, R, bank, d: int, sums) -> None:
+    """Adds to ``sums`` (B, 9) the kernel's sums of every (problem, tile) pair of the rules in ``bank`` (``(problems,
+    last order, tiles)`` each), their nodes uploaded once; calls of :data:`_CROSS_TILES` tiles (the rest in calls of
+    :data:`_CROSS_TILES_SMALL`), all dispatched before any is read. Padding tiles read block 0, of zero weights."""
+    nP = np.array([t[0].shape[0] for _, _, t in bank])
+    pbase = 1 + np.cumsum(nP) - nP  # block 0: zero weights, for padding tiles
+    last = {}
+    for _, m, t in bank:  # the last direction's blocks depend on its order only
+        last.setdefault(m, t)
+    mstart = dict(zip(last, np.cumsum([0] + [t[2].shape[0] for t in last.values()])))
+    XP = np.zeros((_bucket4(1 + nP.sum(), 64), d - 1, _TP))
+    PW = np.zeros((XP.shape[0], _TP))
+    XL = np.zeros((_bucket4(sum(t[2].shape[0] for t in last.values()), 16), _TM))
+    WL = np.zeros_like(XL)
+    for (_, _, t), p0 in zip(bank, pbase):
+        XP[p0:p0 + t[0].shape[0]], PW[p0:p0 + t[0].shape[0]] = t[0], t[1]
+    for key, t in last.items():
+        XL[mstart[key]:mstart[key] + t[2].shape[0]], WL[mstart[key]:mstart[key] + t[2].shape[0]] = t[2], t[3]
+    probs = np.concatenate([rows for rows, _, _ in bank])  # the bank's problems (each in one rule)
+    first = np.cumsum([0] + [rows.size for rows, _, _ in bank])
+    tiles = np.concatenate([np.stack([np.tile(t[4] + p0, rows.size), np.tile(t[5] + mstart[m], rows.size),
+                                      np.repeat(np.arange(f0, f0 + rows.size), t[4].size)], axis=1)
+                            for (rows, m, t), p0, f0 in zip(bank, pbase, first)]).astype(np.int32)
+    RB = device(pad_to(R[probs], _bucket4(probs.size, 64)))
+    XP, PW, XL, WL = (device(a) for a in (XP, PW, XL, WL))
+    pending, st = [], 0
+    while st < tiles.shape[0]:
+        left = tiles.shape[0] - st
+        T = _CROSS_TILES if left > _CROSS_TILES // 2 else _CROSS_TILES_SMALL
+        part = tiles[st:st + T]
+        idx = np.zeros((T, 3), np.int32)  # padding: block 0 of zero weights
+        idx[:part.shape[0]] = part
+        pending.append((part[:, 2], fn(RB, XP, PW, XL, WL, device(idx))))
+        st += T
+    local = np.zeros((probs.size, 9))
+    for prob, res in zip([p for p, _ in pending], jax.device_get([r for _, r in pending])):
+        res = np.asarray(res)[:prob.size]
+        for k in range(9):
+            local[:, k] += np.bincount(prob, weights=res[:, k], minlength=probs.size)
+    sums[probs] += local
 
 
 def _cross_layers(act, S_k, earlier, pairs, options):

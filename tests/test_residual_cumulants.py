@@ -436,6 +436,44 @@ def test_cross_layer_rules_are_converged_and_the_fixed_rule_warns(monkeypatch):
             assert rel > 1e-6 and said and "not converged at a direction of variance" in said[0], (said, rel)
 
 
+@pytest.mark.parametrize("dL,dR", [(1, 1), (1, 2), (2, 1), (2, 2)])
+def test_calibrated_tiles_equal_the_materialised_rule(monkeypatch, dL, dR):
+    # The calibrated cross-layer rule runs in tiles formed on the device (the leading directions' pruned rule times
+    # the last direction's nodes). Against the same pruned tensor rule built as a node array and summed in NumPy:
+    # problems that share a rule and problems that do not, several banks and calls of both shapes (bank and call
+    # sizes shrunk). The tiles also hold nodes the pruning drops (each below 1e-14 of the largest weight, ~1e-13 in
+    # all): with tanh's |left| <= 2 and |right| <= 1 the outputs may differ by 6 times that weight, plus rounding.
+    # The rule's node count without building it equals the built rule's.
+    from ngp._fourpoint import _rule_tiles, tensor_rule, tensor_rule_size
+
+    monkeypatch.setattr(rc, "_CROSS_BANK_BLOCKS", 64)
+    monkeypatch.setattr(rc, "_CROSS_TILES", 64)
+    monkeypatch.setattr(rc, "_CROSS_TILES_SMALL", 16)
+    act, d = activation("tanh"), dL + dR
+    rng = np.random.default_rng(7)
+    Q = np.linalg.qr(rng.normal(size=(9, d, d)))[0]
+    lam = np.array([2.5, 0.6, 0.2, 0.05])[:d] * rng.uniform(0.6, 1.4, size=(9, d))
+    C = Q @ (lam[:, :, None] * np.swapaxes(Q, 1, 2))
+    C = np.concatenate([C, C[:2]])  # two problems share their rules with earlier ones
+    got, capped = rc._smooth_calibrated(act, dL, dR, C, rc.RTOL)
+    lam, V = np.linalg.eigh(C)
+    lam, V = np.clip(lam[:, ::-1], 0.0, None), V[:, :, ::-1]
+    orders, _ = rc._calibrated_orders(act, np.sqrt(lam), rc.RTOL)
+    assert capped == 0.0 and not np.all(orders <= rc.CROSS_ORDERS[d], axis=1).any()  # every problem calibrated
+    ref, extra = np.empty_like(got), np.empty(C.shape[0])
+    cutoff = rc._CROSS_CUTOFF * rc.RTOL
+    for b in range(C.shape[0]):
+        o = tuple(int(m) for m in orders[b])
+        x, w = tensor_rule(o, cutoff)
+        assert tensor_rule_size(o, cutoff) == w.size
+        left, right = (np.asarray(a) for a in rc._integrands(act, dL, dR, x @ (V[b] * np.sqrt(lam[b])).T))
+        ref[b] = left @ (right * w) - (left @ w) * (right @ w)
+        _, PW, _, WL, pb, mb, _ = _rule_tiles(tuple(sorted(o)), cutoff, d)
+        extra[b] = np.sum(PW[pb].sum(axis=1) * WL[mb].sum(axis=1)) - w.sum()
+    assert np.all(extra < 1e-12), extra
+    assert np.all(np.abs(got - ref) <= 6 * extra[:, None] + 1e-14), (np.abs(got - ref).max(axis=1), extra)
+
+
 def _price_reference(act, C, dL, rtol=1e-13, h=1e-4):
     """The four outputs of the cross-layer kernel by the four-point engine (``ngp._fourpoint``, an independent
     rule with its own error estimate): ``Y`` from ``E[s s s s] - E[s s] E[s s]``, the ``Z`` columns by Price's
