@@ -46,7 +46,8 @@ from ._gaussian import gauss_hermite
 from ._validate import device, device_if
 
 __all__ = ["product_expectations", "multiset_expectations", "split_multisets", "fixed_rule_split",
-           "fixed_rule_errors", "calibrated_orders", "tensor_rule", "tensor_rule_size", "LADDER", "PATTERNS", "RTOL"]
+           "fixed_rule_errors", "calibrated_orders", "tensor_rule", "tensor_rule_size", "rule_tiles", "bucket4",
+           "LADDER", "PATTERNS", "RTOL"]
 
 #: The multiplicity patterns of a sorted four-input multiset ``a <= b <= c <= d``.
 PATTERNS = ((1, 1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (3, 1), (1, 3), (2, 2), (4,))
@@ -589,7 +590,7 @@ def _node_pad(w: np.ndarray, pw: np.ndarray):
     """Nodes and weights by increasing weight (the loop of :func:`_node_sums` adds the large terms last: less
     rounding), zero-padded to 64 times a power of 4 (few compiled shapes), and the node count."""
     o = np.argsort(np.abs(pw), kind="stable")
-    m = _bucket4(w.size, 64)
+    m = bucket4(w.size, 64)
     return _pad_rows(w[o], m), _pad_rows(pw[o], m), np.int32(w.size)
 
 
@@ -779,7 +780,7 @@ def _tile_kernel(fn, smoothed, split, active, XP, PW, XL, WL, R, beta, sigma, st
 
 
 @byte_lru(64 * 2**20)
-def _rule_tiles(orders: tuple, cutoff: float, D: int):
+def rule_tiles(orders: tuple, cutoff: float, D: int):
     """The pruned rule ``orders`` (:func:`_tensor_rule`) as tiles for :func:`_tile_kernel` (cached):
     partial nodes of the leading directions sorted by decreasing weight, in blocks of ``_TP``
     (``XP`` (nP, D-1, _TP), real directions last, padded leading directions at 0; ``PW`` (nP, _TP)),
@@ -849,7 +850,7 @@ def _job_tables(act_fn, beta, sigma, stol, jobs: dict, rows: np.ndarray):
     return stab, boff, err_g, evals_g
 
 
-def _bucket4(n: int, least: int = 4096) -> int:
+def bucket4(n: int, least: int = 4096) -> int:
     """``n`` rounded up to ``least`` times a power of 4 (few compiled shapes)."""
     s = least
     while s < n:
@@ -887,7 +888,7 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
     values are tabulated at that direction's nodes to ``stol`` (b,) (absolute); the smoothing error is
     the table's error times the bound on ``E|f_h|``. ``split`` (an activation's ``exp_split``): used by the
     jobs whose rows have ``split_ok`` (b,); in its ratio form (``ratio``, the activation's ``exp_ratio``) by
-    those that also have ``ratio_ok`` (b,). A job is one rule for one row; the jobs' tiles (:func:`_rule_tiles`)
+    those that also have ``ratio_ok`` (b,). A job is one rule for one row; the jobs' tiles (:func:`rule_tiles`)
     share kernel calls (those of one kernel form), dispatched before their results are read back. ``flat``: the same
     five as (G,) arrays over the jobs in the order of ``jobs`` (nodes per job), and ``{orders: first job}``."""
     b, _, D = Rk.shape
@@ -901,7 +902,7 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
     else:  # no table: one zero block serves every tile
         stab, boff, st_err, st_evals = np.zeros((1, _TM)), np.zeros(G + 1, int), np.zeros(G), np.zeros(G)
     cap = _STAB_BLOCKS if smoothed == TABLE else 1
-    rules = [_rule_tiles(o, cutoff, D) for o in jobs]
+    rules = [rule_tiles(o, cutoff, D) for o in jobs]
     nP = np.array([r[0].shape[0] for r in rules])
     pbase = 1 + np.cumsum(nP) - nP  # block 0: zero weights, for padded tiles
     # the last direction's blocks depend on its order only: once per distinct order (a few hundred blocks)
@@ -909,7 +910,7 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
     for o, r in zip(jobs, rules):
         last.setdefault(o[-1], r)
     mstart = dict(zip(last, np.cumsum([0] + [r[2].shape[0] for r in last.values()])))
-    nPt, nMt = _bucket4(1 + nP.sum()), _bucket4(sum(r[2].shape[0] for r in last.values()), 256)  # few shapes
+    nPt, nMt = bucket4(1 + nP.sum()), bucket4(sum(r[2].shape[0] for r in last.values()), 256)  # few shapes
     XP = np.zeros((nPt, D - 1, _TP))
     PW = np.zeros((nPt, _TP))
     XL, WL = np.zeros((nMt, _TM)), np.zeros((nMt, _TM))

@@ -78,7 +78,7 @@ from scipy import special
 from ._cache import frozen_lru
 from ._activations import Activation, activation as _make_activation
 from ._finite import TABLE_OPTIONS, FourPointTable, fresh_components, fresh_covariance, jacobian_hessian
-from ._fourpoint import _TM, _TP, LADDER, RTOL, _bucket4, _rule_tiles, calibrated_orders, tensor_rule_size
+from ._fourpoint import LADDER, RTOL, bucket4, calibrated_orders, rule_tiles, tensor_rule_size
 from ._gaussian import pruned_tensor_rule
 from ._kernel import KERNEL_OPTIONS, kernel_map, two_point_matrix
 from ._pairs import Pairs
@@ -111,7 +111,7 @@ CROSS_ORDERS = {2: 128, 3: 64, 4: 40}
 #: Calibrated rules of more nodes than this are lowered (their largest directions first) with an ``AccuracyWarning``
 #: (a rule of this size costs ~0.2 s per problem, at 8-13 ns per node in 4-D; it is never built as a node array).
 CROSS_MAX_NODES = 2**24
-#: Calibrated rules run in the four-point engine's tiles (:func:`ngp._fourpoint._rule_tiles`: ``16 x 16`` nodes, a block
+#: Calibrated rules run in the four-point engine's tiles (:func:`ngp._fourpoint.rule_tiles`: ``16 x 16`` nodes, a block
 #: of the leading directions' pruned rule times a block of the last direction's nodes): tiles per compiled call, and per
 #: call of the smaller shape that takes the rest; prefix blocks per bank (one upload of the rules' nodes, ~4 MB in
 #: 4-D, shared by the calls of the rules it holds).
@@ -520,7 +520,7 @@ def _calibrated_orders(act: Activation, scales: np.ndarray, rtol: float):
 def _calibrated_kernel(act: Activation, dL: int, dR: int):
     """Compiled ``(R (G, d, d), XP (nP, d-1, TP), PW (nP, TP), XL (nM, TM), WL (nM, TM), idx (T, 3)) -> (T, 9)``: tile
     ``t`` pairs the block ``idx[t, 0]`` of the leading directions' nodes with the block ``idx[t, 1]`` of the last
-    direction's (:func:`ngp._fourpoint._rule_tiles`) for the problem ``y = R[idx[t, 2]] x``, ``x ~ N(0, I)``, and
+    direction's (:func:`ngp._fourpoint.rule_tiles`) for the problem ``y = R[idx[t, 2]] x``, ``x ~ N(0, I)``, and
     returns the weighted sums of ``left * right`` (4), ``left`` (4) and ``right`` (1) of :func:`_integrands` over its
     nodes. The ``TP x TM`` nodes are formed by broadcasting (no node array on the host); the sums are elementwise
     products reduced per tile (a batched dot over the tiles ran 2.5x slower in XLA:CPU). One program per activation
@@ -549,7 +549,7 @@ def _smooth_calibrated(act: Activation, dL: int, dR: int, C: np.ndarray, rtol: f
     (:data:`CROSS_ORDERS`) runs on that rule as before; the others run on the tensor rule of the calibrated
     one-dimensional rules along their eigen-directions (Gauss-Hermite and, at large scales, trapezoid rules; pruned as
     :func:`ngp._fourpoint.tensor_rule`), its largest order last, in the four-point engine's tiles
-    (:func:`ngp._fourpoint._rule_tiles`, cached per rule: the leading directions' pruned rule and the last direction's
+    (:func:`ngp._fourpoint.rule_tiles`, cached per rule: the leading directions' pruned rule and the last direction's
     nodes, never the node array): problems that need the same orders share a rule, rules share banks on the device, and
     every (problem, tile) pair runs through one compiled kernel. Returns ``(B, 4)`` and the largest variance of a
     direction whose rule was capped (0 if none).
@@ -576,7 +576,7 @@ def _smooth_calibrated(act: Activation, dL: int, dR: int, C: np.ndarray, rtol: f
         perm = np.argsort(o, kind="stable")  # the largest order last: the tiles' long direction
         R[rows] = R[rows][:, :, perm]
         o = tuple(int(m) for m in o[perm])
-        rules.append((rows, o[-1], _rule_tiles(o, cutoff, d)))
+        rules.append((rows, o[-1], rule_tiles(o, cutoff, d)))
     bank = []
     for rule in rules:
         if bank and 1 + sum(r[2][0].shape[0] for r in bank) + rule[2][0].shape[0] > _CROSS_BANK_BLOCKS:
@@ -598,9 +598,10 @@ def _bank_sums(fn, R, bank, d: int, sums) -> None:
     for _, m, t in bank:  # the last direction's blocks depend on its order only
         last.setdefault(m, t)
     mstart = dict(zip(last, np.cumsum([0] + [t[2].shape[0] for t in last.values()])))
-    XP = np.zeros((_bucket4(1 + nP.sum(), 64), d - 1, _TP))
-    PW = np.zeros((XP.shape[0], _TP))
-    XL = np.zeros((_bucket4(sum(t[2].shape[0] for t in last.values()), 16), _TM))
+    TP, TM = bank[0][2][0].shape[2], bank[0][2][2].shape[1]  # the tile shape
+    XP = np.zeros((bucket4(1 + nP.sum(), 64), d - 1, TP))
+    PW = np.zeros((XP.shape[0], TP))
+    XL = np.zeros((bucket4(sum(t[2].shape[0] for t in last.values()), 16), TM))
     WL = np.zeros_like(XL)
     for (_, _, t), p0 in zip(bank, pbase):
         XP[p0:p0 + t[0].shape[0]], PW[p0:p0 + t[0].shape[0]] = t[0], t[1]
@@ -611,7 +612,7 @@ def _bank_sums(fn, R, bank, d: int, sums) -> None:
     tiles = np.concatenate([np.stack([np.tile(t[4] + p0, rows.size), np.tile(t[5] + mstart[m], rows.size),
                                       np.repeat(np.arange(f0, f0 + rows.size), t[4].size)], axis=1)
                             for (rows, m, t), p0, f0 in zip(bank, pbase, first)]).astype(np.int32)
-    RB = device(pad_to(R[probs], _bucket4(probs.size, 64)))
+    RB = device(pad_to(R[probs], bucket4(probs.size, 64)))
     XP, PW, XL, WL = (device(a) for a in (XP, PW, XL, WL))
     pending, st = [], 0
     while st < tiles.shape[0]:

@@ -626,7 +626,7 @@ def test_rules_sharing_tile_calls_equal_direct_sums(rng, monkeypatch, chunk, til
     for orders, rows in jobs.items():
         d = len(orders)
         Rr = R[rows][:, :, 3 - d:] if d < 3 else R[rows]
-        XP, PW, XL, WL, pb, mb, n = fp._rule_tiles(orders, cutoff, 3)
+        XP, PW, XL, WL, pb, mb, n = fp.rule_tiles(orders, cutoff, 3)
         x = np.concatenate([np.broadcast_to(XP[pb][:, :, :, None], (pb.size, 2, fp._TP, fp._TM)).reshape(pb.size, 2, -1),
                             np.broadcast_to(XL[mb][:, None, None, :], (pb.size, 1, fp._TP, fp._TM)).reshape(pb.size, 1, -1)], axis=1)
         w = (PW[pb][:, :, None] * WL[mb][:, None, :]).reshape(-1)

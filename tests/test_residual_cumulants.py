@@ -444,7 +444,7 @@ def test_calibrated_tiles_equal_the_materialised_rule(monkeypatch, dL, dR):
     # sizes shrunk). The tiles also hold nodes the pruning drops (each below 1e-14 of the largest weight, ~1e-13 in
     # all): with tanh's |left| <= 2 and |right| <= 1 the outputs may differ by 6 times that weight, plus rounding.
     # The rule's node count without building it equals the built rule's.
-    from ngp._fourpoint import _rule_tiles, tensor_rule, tensor_rule_size
+    from ngp._fourpoint import rule_tiles, tensor_rule, tensor_rule_size
 
     monkeypatch.setattr(rc, "_CROSS_BANK_BLOCKS", 64)
     monkeypatch.setattr(rc, "_CROSS_TILES", 64)
@@ -468,7 +468,7 @@ def test_calibrated_tiles_equal_the_materialised_rule(monkeypatch, dL, dR):
         assert tensor_rule_size(o, cutoff) == w.size
         left, right = (np.asarray(a) for a in rc._integrands(act, dL, dR, x @ (V[b] * np.sqrt(lam[b])).T))
         ref[b] = left @ (right * w) - (left @ w) * (right @ w)
-        _, PW, _, WL, pb, mb, _ = _rule_tiles(tuple(sorted(o)), cutoff, d)
+        _, PW, _, WL, pb, mb, _ = rule_tiles(tuple(sorted(o)), cutoff, d)
         extra[b] = np.sum(PW[pb].sum(axis=1) * WL[mb].sum(axis=1)) - w.sum()
     assert np.all(extra < 1e-12), extra
     assert np.all(np.abs(got - ref) <= 6 * extra[:, None] + 1e-14), (np.abs(got - ref).max(axis=1), extra)
