@@ -543,13 +543,23 @@ def tensor_rule(orders: tuple, cutoff: float):
     return x, w
 
 
-def tensor_rule_size(orders: tuple, cutoff: float) -> int:
-    """The number of nodes of :func:`tensor_rule` ``(orders, cutoff)`` without building it: the leading directions'
-    pruned rule (cached) and, per partial node, the count the last direction keeps (``O(nodes / orders[-1])``)."""
-    orders = tuple(int(m) for m in orders)
-    _, pw = _prefix_rule(orders[:-1], cutoff)
+def _staircase(orders: tuple, cutoff: float):
+    """The pruned rule ``orders`` (:func:`_tensor_rule`) as its leading directions' pruned rule (cached), sorted by
+    decreasing weight, and per partial node the count of the last direction's nodes (by decreasing weight) it keeps:
+    ``pidx`` (P, d-1), ``pw`` (P,), ``counts`` (P,) (non-increasing; partial nodes that keep none dropped)."""
+    pidx, pw = _prefix_rule(orders[:-1], cutoff)
     thr = cutoff * float(np.prod([float(_rule1d(m)[1].max()) for m in orders]))
-    return int(_last_counts(pw, orders[-1], thr, 1.0).sum())
+    o = np.argsort(-pw, kind="stable")
+    pidx, pw = pidx[o], pw[o]
+    counts = _last_counts(pw, orders[-1], thr, 1.0)
+    keep = counts > 0
+    return pidx[keep], pw[keep], counts[keep]
+
+
+def tensor_rule_size(orders: tuple, cutoff: float) -> int:
+    """The number of nodes of :func:`tensor_rule` ``(orders, cutoff)`` without building it (:func:`_staircase`:
+    ``O(nodes / orders[-1])``)."""
+    return int(_staircase(tuple(int(m) for m in orders), cutoff)[2].sum())
 
 
 #: Tolerance of the tabulated smoothing relative to ``rtol`` and the split input's Hoelder factor.
@@ -791,13 +801,7 @@ def rule_tiles(orders: tuple, cutoff: float, D: int):
     ``cutoff`` times the largest). Also returns the number of nodes with nonzero weight in the tiles."""
     d = len(orders)
     lead, m_last = orders[:-1], orders[-1]
-    pidx, pw = _prefix_rule(lead, cutoff)
-    thr = cutoff * float(np.prod([float(_rule1d(m)[1].max()) for m in orders]))
-    o = np.argsort(-pw, kind="stable")
-    pidx, pw = pidx[o], pw[o]
-    counts = _last_counts(pw, m_last, thr, 1.0)  # non-increasing
-    keep = counts > 0
-    pidx, pw, counts = pidx[keep], pw[keep], counts[keep]
+    pidx, pw, counts = _staircase(orders, cutoff)
     P = pw.size
     nP, nM = -(-P // _TP), -(-m_last // _TM)
     XP = np.zeros((nP * _TP, D - 1))
