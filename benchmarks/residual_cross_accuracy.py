@@ -65,8 +65,8 @@ def main():
         def fixed(a, S_k, earlier, pairs, opts):
             return cross(a, S_k, earlier, pairs, {**opts, "cross_orders": orders})
 
-        def recorded(a, dL, dR, C, rtol):
-            out = calibrated(a, dL, dR, C, rtol)
+        def recorded(a, dL, dR, C, rtol, **kw):
+            out = calibrated(a, dL, dR, C, rtol, **kw)
             if dL + dR == 4:
                 record.append((np.array(C), out[0][:, 0]))
             return out

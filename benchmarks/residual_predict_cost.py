@@ -51,9 +51,9 @@ evidence = float(np.asarray(cond.log_evidence))
 t_cond = time.perf_counter() - t
 count = [0]
 inner = rc._smooth_calibrated
-def counted(act, dL, dR, C, rtol):
+def counted(act, dL, dR, C, rtol, **kw):
     count[0] += C.shape[0]
-    return inner(act, dL, dR, C, rtol)
+    return inner(act, dL, dR, C, rtol, **kw)
 rc._smooth_calibrated = counted
 t = time.perf_counter()
 post = cond.predict(X[NA:])

@@ -93,6 +93,8 @@ __all__ = [
     "CROSS_MAX_NODES",
     "CHAIN_OPTIONS",
     "RELU_ORDERS",
+    "COMPANION_RTOL_FACTOR",
+    "companion_options",
     "chain_start",
     "residual_step",
     "readout",
@@ -130,8 +132,34 @@ _CROSS_WARN_RTOL = 1e-6
 #: Node evaluations per batch of cross-layer expectations (memory control: ~100 MB of work arrays).
 _BATCH_ELEMS = 1_500_000
 _FRESH_OPTIONS = tuple(dict.fromkeys(KERNEL_OPTIONS + TABLE_OPTIONS))
-#: Options a residual chain keeps (``ngp._residual_layers`` filters a prior's options by them).
-CHAIN_OPTIONS = _FRESH_OPTIONS + ("cross_orders",)
+#: Options a residual chain keeps (``ngp._residual_layers`` filters a prior's options by them). ``cross_iso=False`` runs
+#: every smooth problem on its calibrated rule, never on the isotropic one (the companion quadrature below).
+CHAIN_OPTIONS = _FRESH_OPTIONS + ("cross_orders", "cross_iso")
+#: The companion quadrature behind a chain's error estimates (:func:`companion_options`): calibrated rules at this
+#: many times ``four_point_rtol`` (at most :data:`_COMPANION_MAX_RTOL`).
+COMPANION_RTOL_FACTOR = 100.0
+_COMPANION_MAX_RTOL = 0.1
+
+
+def companion_options(act: Activation, options: dict) -> dict | None:
+    """The options of the *companion* chain whose difference from a chain run with ``options`` estimates that chain's
+    quadrature error (``ngp._vertex_error``; docs/theory-residual.md, "Quadrature"): every expectation on a looser
+    rule than the chain's, so that the difference is about the companion's own error, a bound on the chain's.
+    Calibrated rules (smooth activations, the four-point table of the same-layer terms) at
+    :data:`COMPANION_RTOL_FACTOR` times ``four_point_rtol``, never on the isotropic rule (``cross_iso=False``: a problem
+    that the chain runs on it would get the same values); fixed rules (the relu family's :data:`RELU_ORDERS`,
+    ``cross_orders``) at half the nodes per direction. ``None`` with ``four_point_order`` (a fixed rule without
+    estimate for the same-layer terms, as for an MLP)."""
+    if options.get("four_point_order") is not None:
+        return None
+    rtol = float(options.get("four_point_rtol") or RTOL)
+    out = dict(options, four_point_rtol=min(COMPANION_RTOL_FACTOR * rtol, _COMPANION_MAX_RTOL), cross_iso=False,
+               progress=False)
+    fixed = dict(RELU_ORDERS) if act.relu_slopes is not None else {}
+    fixed.update({int(k): int(v) for k, v in dict(options.get("cross_orders") or {}).items()})
+    if fixed:
+        out["cross_orders"] = {d: max(2, m // 2) for d, m in fixed.items()}
+    return out
 
 
 # ============================================================================ public containers
@@ -190,8 +218,8 @@ class ChainState:
         Z: ``Z[i-1]`` ``(P, 3, P)``, ``i = 1 .. k-1``: self-interaction covariances
             ``Cov(D_r s_p(z^k), s_q(z^i))`` of the current layer (see :func:`_cross_layers`).
         options: quadrature options (``method``, ``terms``, ``nodes``, ``quad_nodes``,
-            ``four_point_order``, ``four_point_rtol``, ``cross_orders``) and ``max_memory`` (bytes; bounds the
-            four-point table's chunks), as for an MLP (:data:`ngp._finite.TABLE_OPTIONS`).
+            ``four_point_order``, ``four_point_rtol``, ``cross_orders``, ``cross_iso``) and ``max_memory`` (bytes;
+            bounds the four-point table's chunks), as for an MLP (:data:`ngp._finite.TABLE_OPTIONS`).
     """
 
     act: Activation
@@ -541,7 +569,7 @@ def _calibrated_kernel(act: Activation, dL: int, dR: int):
     return jax.jit(run)
 
 
-def _smooth_calibrated(act: Activation, dL: int, dR: int, C: np.ndarray, rtol: float):
+def _smooth_calibrated(act: Activation, dL: int, dR: int, C: np.ndarray, rtol: float, *, iso: bool = True):
     """:func:`_smooth_batch` with a rule per problem that the calibration says is converged at ``rtol``.
 
     Each covariance of ``C`` (B, d, d) is diagonalised on the host; a problem whose calibrated orders along its
@@ -551,15 +579,15 @@ def _smooth_calibrated(act: Activation, dL: int, dR: int, C: np.ndarray, rtol: f
     :func:`ngp._fourpoint.tensor_rule`), its largest order last, in the four-point engine's tiles
     (:func:`ngp._fourpoint.rule_tiles`, cached per rule: the leading directions' pruned rule and the last direction's
     nodes, never the node array): problems that need the same orders share a rule, rules share banks on the device, and
-    every (problem, tile) pair runs through one compiled kernel. Returns ``(B, 4)`` and the largest variance of a
-    direction whose rule was capped (0 if none).
+    every (problem, tile) pair runs through one compiled kernel. ``iso=False``: every problem on its calibrated rule.
+    Returns ``(B, 4)`` and the largest variance of a direction whose rule was capped (0 if none).
     """
     B, d, _ = C.shape
     lam, Q = np.linalg.eigh(C)
     lam, Q = np.clip(lam[:, ::-1], 0.0, None), Q[:, :, ::-1]
     R = Q * np.sqrt(lam)[:, None, :]
     orders, lowered = _calibrated_orders(act, np.sqrt(lam), rtol)
-    iso = np.all(orders <= CROSS_ORDERS[d], axis=1)  # the isotropic rule is at least as fine in every direction
+    iso = np.all(orders <= CROSS_ORDERS[d], axis=1) & iso  # the isotropic rule is at least as fine in every direction
     out = np.empty((B, 4))
     if iso.any():
         out[iso] = _run_batches(act, dL, dR, C[iso], CROSS_ORDERS[d])
@@ -692,7 +720,7 @@ def _cross_layers(act, S_k, earlier, pairs, options):
                     short = max(short, _unresolved_variance(act, Cs, orders[d], max(rtol, _CROSS_WARN_RTOL)))
                 vals = _run_batches(act, l_d, r_d, Cs, orders[d])
             else:
-                vals, low = _smooth_calibrated(act, l_d, r_d, Cs, rtol)
+                vals, low = _smooth_calibrated(act, l_d, r_d, Cs, rtol, iso=bool(options.get("cross_iso", True)))
                 lowered = max(lowered, low)
             vals = vals.reshape(len(live), sel.size, 4)
             for v, j in zip(vals, live):

@@ -28,7 +28,9 @@ import jax
 import numpy as np
 
 from ._cumulants import LayerCumulants, RefusedLayer, ScaledLayer, remember
-from ._residual_cumulants import CHAIN_OPTIONS, PairSet, chain_start, layer_cumulants, readout, residual_step
+from ._fourpoint import RTOL
+from ._residual_cumulants import (CHAIN_OPTIONS, PairSet, chain_start, companion_options, layer_cumulants, readout,
+                                  residual_step)
 from ._validate import MAX_MEMORY
 
 __all__ = ["ResidualChainLayer", "ResidualReadoutLayer", "residual_layer", "readout_layer"]
@@ -108,6 +110,26 @@ class _ChainDerived(LayerCumulants):
     def _on(self, pair_set: PairSet):
         """:class:`ngp._residual_cumulants.Cumulants` of this layer on ``pair_set``."""
         raise NotImplementedError
+
+    @functools.cached_property
+    def error_companion(self):
+        """The same layer on the companion quadrature (:func:`ngp._residual_cumulants.companion_options`): the
+        difference of its ``K1`` and ``V`` from this layer's is their error estimate (``ngp._vertex_error``).
+        ``None`` where there is none: ``four_point_order`` given, or a chain started after a layer that is not exactly
+        Gaussian (the input metric's own errors are not carried through the chain)."""
+        raise NotImplementedError
+
+    @property
+    def error_floor(self) -> float:
+        """Relative floor of the error estimates by difference: a tenth of ``four_point_rtol`` (the same-layer
+        four-point values of one or two distinct inputs run on a fixed rule where its calibrated error is below that,
+        the same rule in the companion) and at least 64 ulps (rounding)."""
+        return max(64 * float(np.finfo(float).eps), 0.1 * float(self.options.get("four_point_rtol") or RTOL))
+
+    def follow(self, fine: "_ChainDerived") -> None:
+        """As the companion of ``fine``: compute on all pairs at once if ``fine`` did (the dense chain, once)."""
+        if "_cumulants" in fine.__dict__:
+            self._cumulants
 
     def _cap(self) -> int:
         """Pairs per run: the chain state within a quarter of ``max_memory``, at most 4096."""
@@ -258,6 +280,22 @@ class ResidualChainLayer(_ChainDerived):
     def _cumulants(self):
         return layer_cumulants(self.chain)
 
+    @functools.cached_property
+    def error_companion(self):
+        options = companion_options(self.act, self.options)
+        p = self.prev
+        if options is None:
+            return None
+        if isinstance(p, ResidualChainLayer):
+            p = p.error_companion
+            if p is None:
+                return None
+        elif not p.gaussian:
+            return None
+        return ResidualChainLayer(self.K, prev=p, act=self.act, C_W=self.C_W, C_b=self.C_b, gamma=self.gamma,
+                                  xi=self.xi, branch=self.branch, options={**options, "max_memory": self.max_memory},
+                                  width=self.width, refusal=self.refusal)
+
     def _on(self, pair_set: PairSet):
         return layer_cumulants(self.chain_on(pair_set))
 
@@ -271,6 +309,7 @@ class ResidualReadoutLayer(_ChainDerived):
     def __init__(self, K, *, chain_layer: ResidualChainLayer, C_W, C_b, width, refusal=None):
         super().__init__(K, n=chain_layer.width, width=width)
         self.chain_layer, self.C_W, self.C_b = chain_layer, C_W, C_b
+        self.options = chain_layer.options
         self.refusal = refusal if refusal is not None else chain_layer.refusal
         self.chain_depth, self.max_memory = chain_layer.chain_depth, chain_layer.max_memory
 
@@ -281,6 +320,12 @@ class ResidualReadoutLayer(_ChainDerived):
 
     def _on(self, pair_set: PairSet):
         return readout(self.chain_layer.chain_on(pair_set), C_W=float(self.C_W), C_b=float(self.C_b))
+
+    @functools.cached_property
+    def error_companion(self):
+        chain = self.chain_layer.error_companion
+        return None if chain is None else ResidualReadoutLayer(self.K, chain_layer=chain, C_W=self.C_W, C_b=self.C_b,
+                                                                width=self.width, refusal=self.refusal)
 
 
 def residual_layer(step, f, K, spec) -> LayerCumulants:

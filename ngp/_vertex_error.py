@@ -22,27 +22,48 @@ with ``sel``, like ``_local2_at`` and ``_K1_at``).
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 
 from ._cumulants import (DenseLayer, LayerCumulants, ScaledLayer, closed_pairs, layer_rows, local_jacobian, local_quads,
                          remember, sub_rows)
 from ._finite import multisets, packed_positions, propagate
+from ._warnings import AccuracyWarning
 
 __all__ = ["packed_vertex_error", "component_errors", "local2_error", "k1_error", "k1_error_packed"]
 
 
+def _companion(layer: LayerCumulants):
+    """The layer on a looser quadrature where its errors are estimated by difference (residual chains), else
+    ``None``."""
+    return getattr(layer, "error_companion", None)
+
+
 def _supported(layer: LayerCumulants, what: str) -> bool:
-    """Whether ``layer`` has an error recursion (raises the layer's refusal for ``what`` first)."""
+    """Whether ``layer`` has an error estimate (raises the layer's refusal for ``what`` first)."""
     layer._check(what)
-    return layer.gaussian or isinstance(layer, (ScaledLayer, DenseLayer))
+    return layer.gaussian or isinstance(layer, (ScaledLayer, DenseLayer)) or _companion(layer) is not None
 
 
-def _recursion(key: str, what: str, shape, power: int):
+def _by_difference(layer: LayerCumulants, values) -> np.ndarray:
+    """``|values(layer) - values(companion)|`` plus ``layer.error_floor`` times the largest ``|values(layer)|``; the
+    companion's own accuracy warnings are silenced (it is looser by design)."""
+    fine = np.asarray(values(layer), dtype=float)
+    comp = _companion(layer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AccuracyWarning)
+        comp.follow(layer)
+        loose = np.asarray(values(comp), dtype=float)
+    return np.abs(fine - loose) + layer.error_floor * np.max(np.abs(fine), initial=0.0)
+
+
+def _recursion(key: str, what: str, shape, power: int, values):
     """An error recursion over layers, remembered on each layer as ``key`` (on all pairs; on a subset
     ``sel`` of them for the latest ``sel``): NaN for layers without one, 0 for exactly Gaussian layers,
-    ``alpha**power`` times the previous layer's for scaled ones; the decorated function handles dense
-    layers. ``shape(layer, S)`` is the result's shape with ``S`` pairs."""
+    ``alpha**power`` times the previous layer's for scaled ones, the difference from the companion for chain
+    layers (``values(layer, sel)``: the quantity itself); the decorated function handles dense layers.
+    ``shape(layer, S)`` is the result's shape with ``S`` pairs."""
     def decorate(dense):
         def compute(layer: LayerCumulants, sel) -> np.ndarray:
             S = layer.pairs.P if sel is None else len(sel)
@@ -52,6 +73,8 @@ def _recursion(key: str, what: str, shape, power: int):
                 return np.zeros(shape(layer, S))
             if isinstance(layer, ScaledLayer):
                 return layer.alpha**power * error(layer.prev, sel)
+            if _companion(layer) is not None:
+                return _by_difference(layer, lambda at: values(at, sel))
             return dense(layer, sel)
 
         @functools.wraps(dense)
@@ -68,7 +91,8 @@ def _recursion(key: str, what: str, shape, power: int):
     return decorate
 
 
-@_recursion("_packed_error", "V", lambda layer, S: (S, layer.pairs.P), 4)
+@_recursion("_packed_error", "V", lambda layer, S: (S, layer.pairs.P), 4,
+            lambda layer, sel: layer._packed if sel is None else layer._packed[sel])
 def packed_vertex_error(layer: LayerCumulants, sel=None) -> np.ndarray:
     """``(P, P)`` estimated absolute numerical error of ``layer.vertex.packed()`` (remembered on the layer;
     rows ``sel`` of it with ``sel``)."""
@@ -99,6 +123,8 @@ def component_errors(layer: LayerCumulants, p, q) -> np.ndarray:
         return layer.alpha**4 * component_errors(layer.prev, p, q)
     if "_packed_error" in layer.__dict__:
         return layer.__dict__["_packed_error"][p, q]
+    if _companion(layer) is not None:
+        return _by_difference(layer, lambda at: at._components_pq(p, q))
     pairs, m = layer.pairs, layer.map
     up, uq, quads, inverse = layer_rows(layer, p, q)
     out = float(m.C_W) ** 2 * np.asarray(m.table.errors(np.sort(quads, axis=1)), dtype=float)
@@ -109,7 +135,7 @@ def component_errors(layer: LayerCumulants, p, q) -> np.ndarray:
     return out[inverse]
 
 
-@_recursion("_local2_error", "V", lambda layer, S: (S, 3, 3), 4)
+@_recursion("_local2_error", "V", lambda layer, S: (S, 3, 3), 4, lambda layer, sel: layer._local2_at(sel))
 def local2_error(layer: LayerCumulants, sel=None) -> np.ndarray:
     """``(S, 3, 3)`` estimated absolute numerical error of ``layer._local2_at(sel)`` (``sel``: pair indices
     closed under diagonals, ``None``: all pairs; remembered on the layer)."""
@@ -122,7 +148,7 @@ def local2_error(layer: LayerCumulants, sel=None) -> np.ndarray:
     return out
 
 
-@_recursion("_k1_error", "K1", lambda layer, S: (S,), 2)
+@_recursion("_k1_error", "K1", lambda layer, S: (S,), 2, lambda layer, sel: layer._K1_at(sel))
 def k1_error_packed(layer: LayerCumulants, sel=None) -> np.ndarray:
     """``(S,)`` estimated absolute numerical error of ``layer._K1_at(sel)`` (``sel``: pair indices closed
     under diagonals, ``None``: all pairs; remembered on the layer)."""

@@ -312,7 +312,7 @@ def _few_cross_nodes(monkeypatch):
     """The cross-layer expectations of smooth activations on isotropic 12-, 8- and 6-node rules (2, 3, 4
     variables) instead of their calibrated rules: for tests that check other parts of the chain, at a fraction of
     the time."""
-    monkeypatch.setattr(rc, "_smooth_calibrated", lambda act, dL, dR, C, rtol: (
+    monkeypatch.setattr(rc, "_smooth_calibrated", lambda act, dL, dR, C, rtol, **_: (
         rc._run_batches(act, dL, dR, C, {2: 12, 3: 8, 4: 6}[dL + dR]), 0.0))
 
 
@@ -377,3 +377,55 @@ def test_hyperparameter_tracing_is_refused_for_residual_cumulants():
     assert np.isfinite(float(gp))
     with pytest.raises(NotImplementedError, match="not differentiable"):
         jax.grad(lambda c: ngp.log_evidence(net, X3[:2], Y, noise=0.1, C_W=c))(1.0)
+
+
+# ----------------------------------------------------------------------------- error estimates
+def test_residual_error_estimates_cover_the_quadrature_error():
+    """A residual chain's ``V_error`` and ``K1_error`` (the difference from its companion quadrature,
+    ``ngp._residual_cumulants.companion_options``, plus a tenth of the tolerance times the largest value) bound the
+    actual error of ``V`` and ``K1``, measured against the same network at ``four_point_rtol = 1e-11`` up to that
+    reference's tolerance, at every chain layer and the readout; at ``four_point_rtol = 1e-7`` the error exceeds the
+    floor alone somewhere (so the companion is what covers it), and the estimates stay below 1e-3 of the largest
+    value (the companion runs at 100 times the tolerance). Carried into the posterior: ``mean_error``,
+    ``var_error`` and ``log_evidence_error`` bound the differences from the posterior at 1e-11. First-layer
+    variances up to 1.3."""
+    Xtr, Xte, Y = (1.2 * POSTERIOR_DATA[0], 1.2 * POSTERIOR_DATA[1], POSTERIOR_DATA[2])
+    rtol, ref_rtol = 1e-7, 1e-11
+    net = ngp.ResMLP(3, 16, activation="tanh", C_W=1.5, C_b=0.1, gamma=0.8, xi=0.6)
+    X = np.concatenate([Xtr, Xte])
+    prior, ref = net.prior(X, four_point_rtol=rtol), net.prior(X, four_point_rtol=ref_rtol)
+    above_floor = False
+    for layer, r in list(zip(prior.layers, ref.layers))[1:]:
+        for name in ("V", "K1"):
+            value, truth = np.asarray(getattr(layer, name)), np.asarray(getattr(r, name))
+            est = np.asarray(getattr(layer, f"{name}_error"))
+            err, scale = np.abs(value - truth), np.max(np.abs(truth))
+            assert np.all(np.isfinite(est)) and np.max(est) <= 1e-3 * scale, (name, np.max(est) / scale)
+            assert np.all(err <= est + ref_rtol * scale), (name, np.max(err - est))
+            above_floor |= bool(np.any(err > 0.1 * rtol * np.max(np.abs(value))))
+    assert above_floor
+    post = ngp.condition(net, Xtr, Y, noise=0.01, four_point_rtol=rtol).predict(Xte)
+    exact = ngp.condition(net, Xtr, Y, noise=0.01, four_point_rtol=ref_rtol).predict(Xte)
+    for name in ("mean", "var"):
+        diff = np.abs(getattr(post, name) - getattr(exact, name))
+        assert np.all(diff <= getattr(post, f"{name}_error")), name
+    assert abs(post.log_evidence - exact.log_evidence) <= post.log_evidence_error
+    assert 0 < np.max(post.mean_error) <= 1e-2 * np.max(np.abs(post.mean_correction))
+
+
+def test_residual_error_companions():
+    """The companion quadrature: calibrated rules at 100 times ``four_point_rtol`` (at most 0.1) and never the
+    isotropic rule, fixed rules (relu family, ``cross_orders``) at half the nodes; none with ``four_point_order``.
+    A chain started after a layer that is not exactly Gaussian has no companion: its errors are NaN (the input
+    metric's own errors are not carried through the chain), and so are those of the layers after it."""
+    tanh, relu = activation("tanh"), activation("relu")
+    assert rc.companion_options(tanh, {}) == {"four_point_rtol": pytest.approx(1e-7), "cross_iso": False,
+                                              "progress": False}
+    assert rc.companion_options(tanh, {"four_point_rtol": 0.01})["four_point_rtol"] == 0.1
+    assert rc.companion_options(tanh, {"cross_orders": {4: 30}})["cross_orders"] == {4: 15}
+    assert rc.companion_options(relu, {})["cross_orders"] == {d: m // 2 for d, m in rc.RELU_ORDERS.items()}
+    assert rc.companion_options(tanh, {"four_point_order": 20}) is None
+    prior = _serial_chain().prior(X3)
+    assert np.all(np.isnan(prior.V_error)) and np.all(np.isnan(prior.K1_error))
+    assert np.all(np.isfinite(prior.layers[1].V_error))  # the dense layer before the chain keeps its recursion
+    assert np.all(np.isnan(ngp.ResMLP(3, 8).prior(X3, four_point_order=20).K1_error))
