@@ -292,8 +292,11 @@ class ResidualChainLayer(_ChainDerived):
                 return None
         elif not p.gaussian:
             return None
+        # the budget left by this chain's dense state (held once computed; pair-set runs hold none)
+        limit = MAX_MEMORY if self.max_memory is None else self.max_memory
+        left = limit - (self.memory_estimate() if "chain" in self.__dict__ else 0)
         return ResidualChainLayer(self.K, prev=p, act=self.act, C_W=self.C_W, C_b=self.C_b, gamma=self.gamma,
-                                  xi=self.xi, branch=self.branch, options={**options, "max_memory": self.max_memory},
+                                  xi=self.xi, branch=self.branch, options={**options, "max_memory": max(left, 0)},
                                   width=self.width, refusal=self.refusal)
 
     def _on(self, pair_set: PairSet):

@@ -232,6 +232,22 @@ def test_memory_budget_is_checked_before_work():
         prior.V
 
 
+def test_error_companion_runs_within_what_the_chain_leaves_of_max_memory(monkeypatch):
+    """``V_error`` runs a companion chain (``test_residual_error_estimates_cover_the_quadrature_error``); its dense
+    state gets what the chain's own dense state leaves of ``max_memory``, so the two together stay within it."""
+    from ngp._residual_layers import _chain_bytes
+
+    _few_cross_nodes(monkeypatch)
+    net = ngp.ResMLP(3, 8, activation="tanh", gamma=0.8, xi=0.6)
+    X = np.random.default_rng(0).normal(size=(4, 2))
+    need = _chain_bytes(2, 10)  # two chain layers on the 10 pairs of 4 inputs
+    prior = net.prior(X, max_memory=1.5 * need, warn=False)
+    assert np.all(np.isfinite(prior.V))
+    with pytest.raises(MemoryError, match="max_memory"):
+        prior.V_error
+    assert np.all(np.isfinite(net.prior(X, max_memory=2 * need, warn=False).V_error))
+
+
 def _serial_chain():
     """A finite-width dense layer feeding a chain (the input metric fluctuates), a two-layer branch with a relu
     hidden layer, a plain block, the readout and one more dense layer."""
