@@ -627,9 +627,9 @@ def _bank_sums(fn, R, bank, d: int, sums) -> None:
         last.setdefault(m, t)
     mstart = dict(zip(last, np.cumsum([0] + [t[2].shape[0] for t in last.values()])))
     TP, TM = bank[0][2][0].shape[2], bank[0][2][2].shape[1]  # the tile shape
-    XP = np.zeros((bucket4(1 + nP.sum(), 64), d - 1, TP))
+    XP = np.zeros((bucket4(1 + nP.sum(), max(64, _CROSS_BANK_BLOCKS // 4)), d - 1, TP))  # few shapes, compilations
     PW = np.zeros((XP.shape[0], TP))
-    XL = np.zeros((bucket4(sum(t[2].shape[0] for t in last.values()), 16), TM))
+    XL = np.zeros((bucket4(sum(t[2].shape[0] for t in last.values()), 256), TM))
     WL = np.zeros_like(XL)
     for (_, _, t), p0 in zip(bank, pbase):
         XP[p0:p0 + t[0].shape[0]], PW[p0:p0 + t[0].shape[0]] = t[0], t[1]
@@ -640,7 +640,7 @@ def _bank_sums(fn, R, bank, d: int, sums) -> None:
     tiles = np.concatenate([np.stack([np.tile(t[4] + p0, rows.size), np.tile(t[5] + mstart[m], rows.size),
                                       np.repeat(np.arange(f0, f0 + rows.size), t[4].size)], axis=1)
                             for (rows, m, t), p0, f0 in zip(bank, pbase, first)]).astype(np.int32)
-    RB = device(pad_to(R[probs], bucket4(probs.size, 64)))
+    RB = device(pad_to(R[probs], bucket4(probs.size, 1024)))
     XP, PW, XL, WL = (device(a) for a in (XP, PW, XL, WL))
     pending, st = [], 0
     while st < tiles.shape[0]:
