@@ -143,7 +143,7 @@ _COMPANION_MAX_RTOL = 0.1
 
 def companion_options(act: Activation, options: dict) -> dict | None:
     """The options of the *companion* chain whose difference from a chain run with ``options`` estimates that chain's
-    quadrature error (``ngp._vertex_error``; docs/theory-residual.md, "Quadrature"): every expectation on a looser
+    quadrature error (``ngp._vertex_error``; docs/theory-residual.md, "Error estimates"): every expectation on a looser
     rule than the chain's, so that the difference is about the companion's own error, a bound on the chain's.
     Calibrated rules (smooth activations, the four-point table of the same-layer terms) at
     :data:`COMPANION_RTOL_FACTOR` times ``four_point_rtol``, never on the isotropic rule (``cross_iso=False``: a problem
