@@ -445,3 +445,18 @@ def test_residual_error_companions():
     assert np.all(np.isnan(prior.V_error)) and np.all(np.isnan(prior.K1_error))
     assert np.all(np.isfinite(prior.layers[1].V_error))  # the dense layer before the chain keeps its recursion
     assert np.all(np.isnan(ngp.ResMLP(3, 8).prior(X3, four_point_order=20).K1_error))
+
+
+def test_relu_residual_error_estimates_come_from_half_the_nodes(monkeypatch):
+    """The relu family's fixed cross-layer rules converge algebraically, so their estimate (the companion at half
+    the nodes per direction) is an estimate, not a bound per entry (``docs/theory-residual.md``, "Error
+    estimates"): here finite, and its largest entry above the largest error against rules of twice the nodes."""
+    X = X3[:, :2]
+    net = ngp.ResMLP(3, 64, activation="relu", C_W=1.5, C_b=0.1, gamma=0.8, xi=0.6)
+    prior = net.prior(X)
+    V, EV, EK1 = np.asarray(prior.V), np.asarray(prior.V_error), np.asarray(prior.K1_error)
+    monkeypatch.setattr(rc, "RELU_ORDERS", {d: 2 * m for d, m in rc.RELU_ORDERS.items()})
+    ref = net.prior(X)
+    assert np.all(np.isfinite(EV)) and np.all(np.isfinite(EK1))
+    assert np.max(np.abs(V - np.asarray(ref.V))) <= np.max(EV) <= 1e-3 * np.max(np.abs(V))
+    assert np.max(np.abs(np.asarray(prior.K1) - np.asarray(ref.K1))) <= np.max(EK1)
