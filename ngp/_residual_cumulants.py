@@ -141,6 +141,14 @@ COMPANION_RTOL_FACTOR = 100.0
 _COMPANION_MAX_RTOL = 0.1
 
 
+def _fixed_orders(act: Activation, options: dict) -> dict:
+    """``{d: nodes per dimension}`` of the fixed cross-layer rules: the relu family's :data:`RELU_ORDERS`, then the
+    option ``cross_orders`` (smooth activations: only the ``d`` it names; the others run calibrated rules)."""
+    out = dict(RELU_ORDERS) if act.relu_slopes is not None else {}
+    out.update({int(k): int(v) for k, v in dict(options.get("cross_orders") or {}).items()})
+    return out
+
+
 def companion_options(act: Activation, options: dict) -> dict | None:
     """The options of the *companion* chain whose difference from a chain run with ``options`` estimates that chain's
     quadrature error (``ngp._vertex_error``; docs/theory-residual.md, "Error estimates"): every expectation on a looser
@@ -155,8 +163,7 @@ def companion_options(act: Activation, options: dict) -> dict | None:
     rtol = float(options.get("four_point_rtol") or RTOL)
     out = dict(options, four_point_rtol=min(COMPANION_RTOL_FACTOR * rtol, _COMPANION_MAX_RTOL), cross_iso=False,
                progress=False)
-    fixed = dict(RELU_ORDERS) if act.relu_slopes is not None else {}
-    fixed.update({int(k): int(v) for k, v in dict(options.get("cross_orders") or {}).items()})
+    fixed = _fixed_orders(act, options)
     if fixed:
         out["cross_orders"] = {d: max(2, m // 2) for d, m in fixed.items()}
     return out
@@ -684,8 +691,7 @@ def _cross_layers(act, S_k, earlier, pairs, options):
     if relu:
         for j in live:
             _check_regular(S_k, *earlier[j], pairs)
-    orders = dict(RELU_ORDERS) if relu else {}  # smooth: calibrated rules unless cross_orders fixes d's rule
-    orders.update({int(k): int(v) for k, v in dict(options.get("cross_orders") or {}).items()})
+    orders = _fixed_orders(act, options)  # smooth: calibrated rules unless cross_orders fixes d's rule
     rtol = float(options.get("four_point_rtol") or RTOL)
     short = 0.0  # largest variance of a direction that a fixed smooth rule resolves with fewer nodes than needed
     lowered = 0.0  # largest variance of a direction whose calibrated rule was capped
