@@ -129,8 +129,10 @@ RELU_ORDERS = {2: 96, 3: 48, 4: 32}
 #: The fixed smooth rules warn where the calibrated rules (``ngp._fourpoint``) would need more nodes for this
 #: tolerance (or ``four_point_rtol`` if looser) in a direction of a problem (``AccuracyWarning``).
 _CROSS_WARN_RTOL = 1e-6
-#: Node evaluations per batch of cross-layer expectations (memory control: ~100 MB of work arrays).
-_BATCH_ELEMS = 1_500_000
+#: Relu family: (outer node, interval) elements per batch of the exact-line expectations (:func:`_relu_batch` holds
+#: ~57 float64 work values per element: 56 MB at this size, 670 MB at 1.5e6, which was no faster; at least one
+#: problem per batch).
+_BATCH_ELEMS = 150_000
 _FRESH_OPTIONS = tuple(dict.fromkeys(KERNEL_OPTIONS + TABLE_OPTIONS))
 #: Options a residual chain keeps (``ngp._residual_layers`` filters a prior's options by them). ``cross_iso=False`` runs
 #: every smooth problem on its calibrated rule, never on the isotropic one (the companion quadrature below).

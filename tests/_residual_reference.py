@@ -134,7 +134,7 @@ def linear_exact(K_first, n, *, C_W, C_b, gamma, xi, branch=None, dense_before=N
     return n * cov, EG
 
 
-def mc_metric(net, X, samples, *, seed=0, batch_size=20000):
+def mc_metric(net, X, samples, *, seed=0, batch_size=5000):
     """``n Cov(G_hat_p, G_hat_q)`` ``(P,P)``, its s.e., ``n (E G_hat - K)`` ``(P,)`` and its s.e.,
     from ``samples`` actual residual networks (exact conditional sampler)."""
     s = ngp.sample_networks(net, X, samples, seed=seed, method="conditional", batch_size=min(batch_size, samples))
@@ -165,7 +165,7 @@ def branch_network(act, n, blocks, readout):
     return ngp.serial(*steps, ngp.Elementwise(act), ngp.Dense(1, C_W=readout[0], C_b=readout[1]))
 
 
-def mc_branch_chain(act, X, n, blocks, readout, samples, *, seed=0, batch_size=10000):
+def mc_branch_chain(act, X, n, blocks, readout, samples, *, seed=0, batch_size=5000):
     """Monte Carlo of residual chains with multi-layer branches (actual networks, exact conditional sampler).
 
     First layer ``C_b1 + C_W1 X X^T / n0`` given as ``blocks[0] = (C_W1, C_b1)``; each later entry is

@@ -130,7 +130,7 @@ def test_branch_network_against_actual_networks():
 
 def _mc(net, X, samples, n):
     """``n Cov(G_hat)``, its s.e., ``n E G_hat`` and its s.e. over pairs, from actual networks."""
-    s = ngp.sample_networks(net, X, samples, seed=n, method="conditional", batch_size=20_000)
+    s = ngp.sample_networks(net, X, samples, seed=n, method="conditional", batch_size=5_000)
     pairs = Pairs.of(X.shape[0])
     G = s.metric[:, pairs.a, pairs.b]
     d = G - G.mean(0)
