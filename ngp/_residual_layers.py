@@ -239,6 +239,9 @@ class ResidualChainLayer(_ChainDerived):
         """The :class:`ngp._residual_cumulants.ChainState` after this step."""
         self._check("K1 and V")
         limit = MAX_MEMORY if self.max_memory is None else self.max_memory
+        beside = self.__dict__.get("_dense_beside")  # an error companion made before its chain's dense state
+        if beside is not None and "chain" in beside.__dict__:
+            limit = max(limit - beside.memory_estimate(), 0)  # both held
         need = self.memory_estimate()
         if need > limit:
             raise MemoryError(
@@ -292,12 +295,17 @@ class ResidualChainLayer(_ChainDerived):
                 return None
         elif not p.gaussian:
             return None
-        # the budget left by this chain's dense state (held once computed; pair-set runs hold none)
+        # the budget left by this chain's dense state (held once computed; pair-set runs hold none); made before that
+        # state (K1 errors asked before V), the companion's own dense state checks it when it is computed
         limit = MAX_MEMORY if self.max_memory is None else self.max_memory
-        left = limit - (self.memory_estimate() if "chain" in self.__dict__ else 0)
-        return ResidualChainLayer(self.K, prev=p, act=self.act, C_W=self.C_W, C_b=self.C_b, gamma=self.gamma,
+        dense = "chain" in self.__dict__
+        left = limit - (self.memory_estimate() if dense else 0)
+        comp = ResidualChainLayer(self.K, prev=p, act=self.act, C_W=self.C_W, C_b=self.C_b, gamma=self.gamma,
                                   xi=self.xi, branch=self.branch, options={**options, "max_memory": max(left, 0)},
                                   width=self.width, refusal=self.refusal)
+        if not dense:
+            comp.__dict__["_dense_beside"] = self
+        return comp
 
     def _on(self, pair_set: PairSet):
         return layer_cumulants(self.chain_on(pair_set))

@@ -234,7 +234,8 @@ def test_memory_budget_is_checked_before_work():
 
 def test_error_companion_runs_within_what_the_chain_leaves_of_max_memory(monkeypatch):
     """``V_error`` runs a companion chain (``test_residual_error_estimates_cover_the_quadrature_error``); its dense
-    state gets what the chain's own dense state leaves of ``max_memory``, so the two together stay within it."""
+    state gets what the chain's own dense state leaves of ``max_memory``, so the two together stay within it, also
+    when the companion is made first (``K1_error`` before ``V``)."""
     from ngp._residual_layers import _chain_bytes
 
     _few_cross_nodes(monkeypatch)
@@ -246,6 +247,13 @@ def test_error_companion_runs_within_what_the_chain_leaves_of_max_memory(monkeyp
     with pytest.raises(MemoryError, match="max_memory"):
         prior.V_error
     assert np.all(np.isfinite(net.prior(X, max_memory=2 * need, warn=False).V_error))
+    # the companion made first (K1 errors, on pair sets), the chain's dense state after it: the same budget
+    prior = net.prior(X, max_memory=1.5 * need, warn=False)
+    assert np.all(np.isfinite(prior.K1_error)) and np.all(np.isfinite(prior.V))
+    with pytest.raises(MemoryError, match="max_memory"):
+        prior.V_error
+    prior = net.prior(X, max_memory=2 * need, warn=False)
+    assert np.all(np.isfinite(prior.K1_error)) and np.all(np.isfinite(prior.V)) and np.all(np.isfinite(prior.V_error))
 
 
 def _serial_chain():
