@@ -3,8 +3,10 @@
 ``ngp.ResMLP(4, 64, activation=act, C_W=1.5, C_b=0.1, gamma=0.8, xi=0.6)`` on 6 standard-normal inputs of 3 features
 times ``scale`` (0.7 and 1.0: largest first-layer variances 1.8 and 3.6), at ``four_point_rtol`` in ``--rtols``:
 
-* ``current``: the library's rule choice (``ngp._residual_cumulants._smooth_calibrated``): the isotropic rule
-  (``CROSS_ORDERS``) where the calibrated orders are all within it, the calibrated tensor rule otherwise;
+* ``current``: the library's rule choice (``ngp._residual_cumulants._smooth_calibrated``; since stop 80 the isotropic
+  rule (``CROSS_ORDERS``) where the calibrated orders are all within it and the rule calibrated on ``sigma``,
+  ``sigma'`` and ``sigma''`` is not smaller, the calibrated tensor rule otherwise; before, the isotropic rule wherever
+  the calibrated orders were within it);
 * ``calibrated``: every problem on its calibrated rule (the chain option ``cross_iso=False``, as the error companions);
 * ``derivatives``: every problem on its calibrated rule, with orders calibrated on ``sigma``, ``sigma'`` and
   ``sigma''`` (the self-interaction integrands carry the derivatives; the library calibrates ``sigma`` only).
@@ -14,7 +16,8 @@ value, against the library at ``four_point_rtol = 1e-12``; seconds of the values
 A measurement for choosing the rule, not a test: the policies are swapped by patching module functions.
 
 Usage: python benchmarks/residual_cross_calibration.py [--acts tanh,gelu] [--scales 0.7,1.0] [--rtols 1e-9,1e-7]
-[--out NAME]. Writes benchmarks/results/NAME.json (default residual_cross_calibration).
+[--policies current,calibrated,derivatives] [--out NAME]. Writes benchmarks/results/NAME.json (default
+residual_cross_calibration).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def main():
     ap.add_argument("--acts", default="tanh,gelu")
     ap.add_argument("--scales", default="0.7,1.0")
     ap.add_argument("--rtols", default="1e-9,1e-7")
+    ap.add_argument("--policies", default="current,calibrated,derivatives")
     ap.add_argument("--out", default="residual_cross_calibration")
     args = ap.parse_args()
     import jax
@@ -81,7 +85,7 @@ def main():
                 use("current")
                 truth = values(net, X, four_point_rtol=1e-12)
                 for rtol in (float(r) for r in args.rtols.split(",")):
-                    for policy in ("current", "calibrated", "derivatives"):
+                    for policy in args.policies.split(","):
                         use(policy)
                         values(net, X, four_point_rtol=rtol)  # compiles the kernels of new shapes
                         t = time.perf_counter()

@@ -106,7 +106,8 @@ __all__ = [
 #: Smooth activations: isotropic Gauss-Hermite nodes per dimension for the cross-layer expectations, by the
 #: number ``d`` of distinct Gaussian variables (2 to 4). A problem whose calibrated rule (the four-point engine's
 #: one-dimensional calibration at ``four_point_rtol`` along the eigen-directions of its covariance) needs more nodes
-#: in some direction is integrated with that calibrated rule instead (:func:`_smooth_calibrated`). Options
+#: in some direction is integrated with that calibrated rule instead, and one whose rule calibrated on the activation
+#: and its first two derivatives is smaller, with that rule (:func:`_smooth_calibrated`). Options
 #: ``cross_orders={d: m}`` run this fixed rule with ``m`` nodes for every ``d``-variable problem (not converged at
 #: variances above ~1: module docstring, "Accuracy"; an ``AccuracyWarning`` says so).
 CROSS_ORDERS = {2: 128, 3: 64, 4: 40}
@@ -578,17 +579,28 @@ def _calibrated_kernel(act: Activation, dL: int, dR: int):
     return jax.jit(run)
 
 
+@functools.lru_cache(maxsize=64)
+def _derivative_activations(act: Activation) -> tuple:
+    """``sigma'`` and ``sigma''`` of ``act`` as activations (one object each per activation: the calibration tables
+    are cached on them), for calibrating the self-interaction integrands, which carry them."""
+    return tuple(Activation(f"{act.name}_d{k}", act.derivative(k)) for k in (1, 2))
+
+
 def _smooth_calibrated(act: Activation, dL: int, dR: int, C: np.ndarray, rtol: float, *, iso: bool = True):
     """:func:`_smooth_batch` with a rule per problem that the calibration says is converged at ``rtol``.
 
     Each covariance of ``C`` (B, d, d) is diagonalised on the host; a problem whose calibrated orders along its
     eigen-directions (:func:`ngp._fourpoint.calibrated_orders`) are all within the isotropic rule
-    (:data:`CROSS_ORDERS`) runs on that rule as before; the others run on the tensor rule of the calibrated
+    (:data:`CROSS_ORDERS`) runs on that rule, unless the rule calibrated on ``sigma``, ``sigma'`` and ``sigma''`` (the
+    self-interaction integrands carry the derivatives; the calibration of ``sigma`` alone leaves ``K1`` above the
+    tolerance) has fewer nodes, which it then runs on (gelu: 3-7x faster at the same or smaller errors,
+    ``benchmarks/residual_cross_calibration.py``); the others run on the tensor rule of the calibrated
     one-dimensional rules along their eigen-directions (Gauss-Hermite and, at large scales, trapezoid rules; pruned as
     :func:`ngp._fourpoint.tensor_rule`), its largest order last, in the four-point engine's tiles
     (:func:`ngp._fourpoint.rule_tiles`, cached per rule: the leading directions' pruned rule and the last direction's
     nodes, never the node array): problems that need the same orders share a rule, rules share banks on the device, and
-    every (problem, tile) pair runs through one compiled kernel. ``iso=False``: every problem on its calibrated rule.
+    every (problem, tile) pair runs through one compiled kernel. ``iso=False``: every problem on its calibrated rule
+    (of ``sigma``).
     Returns ``(B, 4)`` and the largest variance of a direction whose rule was capped (0 if none).
     """
     B, d, _ = C.shape
@@ -597,6 +609,16 @@ def _smooth_calibrated(act: Activation, dL: int, dR: int, C: np.ndarray, rtol: f
     R = Q * np.sqrt(lam)[:, None, :]
     orders, lowered = _calibrated_orders(act, np.sqrt(lam), rtol)
     iso = np.all(orders <= CROSS_ORDERS[d], axis=1) & iso  # the isotropic rule is at least as fine in every direction
+    cutoff = _CROSS_CUTOFF * rtol
+    if iso.any():  # ... but a rule calibrated on sigma, sigma' and sigma'' may be smaller: then that one
+        rows = np.nonzero(iso)[0]
+        fine = functools.reduce(np.maximum, [calibrated_orders(a, np.sqrt(lam[rows]), rtol)
+                                             for a in _derivative_activations(act)], orders[rows])
+        n_iso = _rule(d, CROSS_ORDERS[d])[0].shape[0]
+        size = {o: tensor_rule_size(tuple(sorted(o)), cutoff) for o in set(map(tuple, fine.tolist()))}
+        smaller = np.array([size[tuple(o)] < n_iso for o in fine.tolist()])
+        orders[rows[smaller]] = fine[smaller]
+        iso[rows[smaller]] = False
     out = np.empty((B, 4))
     if iso.any():
         out[iso] = _run_batches(act, dL, dR, C[iso], CROSS_ORDERS[d])
@@ -604,7 +626,6 @@ def _smooth_calibrated(act: Activation, dL: int, dR: int, C: np.ndarray, rtol: f
     if not rest.size:
         return out, lowered
     fn = _calibrated_kernel(act, dL, dR)
-    cutoff = _CROSS_CUTOFF * rtol
     sums = np.zeros((B, 9))
     uniq, inv = np.unique(orders[rest], axis=0, return_inverse=True)
     rules = []  # (problems, tiles of the rule with its largest order last)
