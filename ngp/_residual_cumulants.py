@@ -593,7 +593,7 @@ def _smooth_calibrated(act: Activation, dL: int, dR: int, C: np.ndarray, rtol: f
     eigen-directions (:func:`ngp._fourpoint.calibrated_orders`) are all within the isotropic rule
     (:data:`CROSS_ORDERS`) runs on that rule, unless the rule calibrated on ``sigma``, ``sigma'`` and ``sigma''`` (the
     self-interaction integrands carry the derivatives; the calibration of ``sigma`` alone leaves ``K1`` above the
-    tolerance) has fewer nodes, which it then runs on (gelu: 3-7x faster at the same or smaller errors,
+    tolerance) has fewer nodes, which it then runs on (gelu: 1.7-10x faster, errors within the tolerance,
     ``benchmarks/residual_cross_calibration.py``); the others run on the tensor rule of the calibrated
     one-dimensional rules along their eigen-directions (Gauss-Hermite and, at large scales, trapezoid rules; pruned as
     :func:`ngp._fourpoint.tensor_rule`), its largest order last, in the four-point engine's tiles
