@@ -594,7 +594,7 @@ def _smooth_calibrated(act: Activation, dL: int, dR: int, C: np.ndarray, rtol: f
     (:data:`CROSS_ORDERS`) runs on that rule, unless the rule calibrated on ``sigma``, ``sigma'`` and ``sigma''`` (the
     self-interaction integrands carry the derivatives; the calibration of ``sigma`` alone leaves ``K1`` above the
     tolerance) has fewer nodes, which it then runs on (gelu: 1.7-10x faster, errors within the tolerance,
-    ``benchmarks/residual_cross_calibration.py``); the others run on the tensor rule of the calibrated
+    docs/theory-residual.md, sections 6 and 9); the others run on the tensor rule of the calibrated
     one-dimensional rules along their eigen-directions (Gauss-Hermite and, at large scales, trapezoid rules; pruned as
     :func:`ngp._fourpoint.tensor_rule`), its largest order last, in the four-point engine's tiles
     (:func:`ngp._fourpoint.rule_tiles`, cached per rule: the leading directions' pruned rule and the last direction's
