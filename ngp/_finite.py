@@ -34,7 +34,7 @@ from ._gaussian import (auto_orders, bucket, concrete_max, integer_power, pad_ro
 from ._kernel import KERNEL_OPTIONS, two_point_matrix
 from ._pairs import Pairs, array_module, is_concrete, multiset_code, multiset_rows
 from ._progress import check_progress, task
-from ._threads import thread_map
+from ._threads import THREADS, thread_map
 from ._validate import MAX_MEMORY, device, device_if, pad_to
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "fresh_covariance",
     "fresh_components",
     "FourPointTable",
+    "fill_tables",
     "multisets",
     "packed_positions",
     "propagate",
@@ -454,23 +455,33 @@ class FourPointTable:
     def seed(self, other: "FourPointTable", index) -> int:
         """Take over the values ``other`` has computed, where its inputs are some of these.
 
-        ``index[i]`` is this table's input for ``other``'s input ``i`` (``(other.N,)``). Nothing is
-        taken unless both kernels are concrete, equal bit for bit on those inputs (so the values are
-        those this table would compute, up to the rule's batching), and the activation and options
-        are the same. Values already known here are kept. Returns the number of values taken.
+        ``index[i]`` is this table's input for ``other``'s input ``i`` (``(other.N,)``), or ``-1`` where it
+        has none (then only ``other``'s multisets of mapped inputs are taken: e.g. the training rows of a
+        joint prior). Nothing is taken unless both kernels are concrete, equal bit for bit on the mapped
+        inputs (so the values are those this table would compute, up to the rule's batching), and the
+        activation and options are the same. Values already known here are kept. Returns the number of
+        values taken.
         """
         index = np.asarray(index, dtype=np.int64).reshape(-1)
         if (other is self or other._codes.size == 0 or index.shape != (other.N,)
                 or not (is_concrete(self.K) and is_concrete(other.K))
                 or other.act is not self.act or other.options != self.options):
             return 0
+        mapped = np.flatnonzero(index >= 0)
         K, Ko = np.asarray(self.K), np.asarray(other.K)
-        if not np.array_equal(K[np.ix_(index, index)], Ko):
+        if not np.array_equal(K[np.ix_(index[mapped], index[mapped])], Ko[np.ix_(mapped, mapped)]):
             return 0
-        codes = multiset_code(np.sort(index[multiset_rows(other._codes, other.N)], axis=1), self.N)
+        rows = index[multiset_rows(other._codes, other.N)]
+        inside = np.all(rows >= 0, axis=1)
+        codes = multiset_code(np.sort(rows[inside], axis=1), self.N)
         new = ~np.isin(codes, self._codes)
-        self._remember(codes[new], np.asarray(other._vals)[new], other._errs[new])
+        self._remember(codes[new], np.asarray(other._vals)[inside][new], other._errs[inside][new])
         return int(new.sum())
+
+    def unknown(self, ms_sorted) -> np.ndarray:
+        """The distinct rows of sorted multisets ``ms_sorted`` (M, 4) whose values are not known yet (code order)."""
+        codes = np.unique(multiset_code(np.asarray(ms_sorted, dtype=np.int64).reshape(-1, 4), self.N))
+        return multiset_rows(codes[~np.isin(codes, self._codes)], self.N)
 
     def _remember(self, codes, vals, errs) -> None:
         """Add new multisets (codes not yet known) with their values and estimates, keeping codes sorted."""
@@ -491,6 +502,71 @@ class FourPointTable:
         """Estimated absolute numerical errors ``(M,)`` of the values for sorted rows ``(M, 4)``
         (computing the values if needed; NaN where the rule gives no estimate)."""
         return self._lookup(ms_sorted)[1]
+
+
+#: :func:`fill_tables` runs its multisets in one call up to twice this many, else in one chunk per thread.
+FILL_SPLIT = 256
+
+
+def fill_tables(tables, rows) -> int:
+    """Compute the values that ``tables`` (:class:`FourPointTable`) do not know yet for their sorted multiset rows
+    (``rows[i]``, ``(M_i, 4)``, of ``tables[i]``), the tables of one activation and options in shared quadrature calls.
+
+    Such tables (concrete kernels) are stacked into one block-diagonal kernel, so their multisets go through
+    :func:`four_point_values` together, in chunks of the smallest of their ``chunk`` (a table's ``progress`` reports
+    its multisets when the calls are done):
+    each value depends only on its multiset's block of the kernel, so it is the one its table would compute alone (to
+    the rounding of the rule's batching), and one call's fixed cost (a few rounds of the adaptive rule, each a
+    host-device round trip) is paid once instead of once per table: for small priors that cost dominates
+    (``docs/four-point.md``, "Small problems: one call for every layer"). Other tables compute theirs as
+    usual. Returns the number of values computed.
+    """
+    groups, done = [], 0
+    for t, r in zip(tables, rows):
+        new = t.unknown(r)
+        if not new.size:
+            continue
+        done += new.shape[0]
+        if not is_concrete(t.K):
+            t._lookup(new)
+            continue
+        for g in groups:
+            if g[0][0].act is t.act and g[0][0].options == t.options:
+                g.append((t, new))
+                break
+        else:
+            groups.append([(t, new)])
+    for g in groups:
+        if len(g) == 1:
+            g[0][0]._lookup(g[0][1])
+            continue
+        sizes = [t.N for t, _ in g]
+        off = np.cumsum([0] + sizes)
+        Kb = np.zeros((off[-1], off[-1]))
+        for (t, _), o, n in zip(g, off, sizes):
+            Kb[o:o + n, o:o + n] = np.asarray(t.K, dtype=float)
+        ms = np.concatenate([new + o for (_, new), o in zip(g, off)])
+        # one chunk per thread once each holds FILL_SPLIT multisets (the two threads overlap one chunk's host work
+        # with the other's kernels), at most a table's chunk
+        size = min(min(t.chunk for t, _ in g), max(FILL_SPLIT, -(-ms.shape[0] // THREADS)))
+        first = g[0][0]
+        jobs = [task(t.progress, new.shape[0], f"four-point values ({t.N} inputs)") for t, new in g]
+        try:
+            parts = thread_map(lambda r: four_point_values(first.act, Kb, r, errors=True, **first.options),
+                               [ms[i:i + size] for i in range(0, ms.shape[0], size)])
+            for job, (_, new) in zip(jobs, g):
+                if job is not None:
+                    job.update(new.shape[0])
+        finally:
+            for job in jobs:
+                if job is not None:
+                    job.close()
+        vals = np.concatenate([np.asarray(v, dtype=float) for v, _ in parts])
+        errs = np.concatenate([np.asarray(e, dtype=float) for _, e in parts])
+        at = np.cumsum([0] + [new.shape[0] for _, new in g])
+        for (t, new), a, b in zip(g, at[:-1], at[1:]):
+            t._remember(multiset_code(new, t.N), vals[a:b], errs[a:b])
+    return done
 
 
 def fresh_components(table: FourPointTable, quads, E2, C_W: float) -> np.ndarray:

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._cumulants import canonical_quads
+from ._finite import TABLE_CHUNK, multisets
 from ._gaussian import K_ACCURATE
 from ._gp import GPPosterior, gp_from_kernel, gp_log_evidence
 from ._linalg import solve_train
@@ -369,6 +370,10 @@ class Conditioned:
                     f"(> max_memory={limit / 1024**3:.3g} GiB): use a smaller batch_size or raise max_memory")
         # values: the coefficients and differences as they are; error bounds: the errors of V and K1, the
         # coefficients' absolute values and every difference a sum (docs/accuracy.md)
+        if "_train" in self.__dict__:  # the joint prior takes over the training prior's four-point values
+            reuse_four_point(prior, self._prior, np.arange(NA))
+        if stop is None:  # a small prediction: its four-point values (and the training's) in shared calls
+            self._prefill(prior, NA, full_cov)
         train = self._train  # first: the joint prior takes over the training prior's four-point values
         reuse_four_point(prior, self._prior, np.arange(NA))
         P = K[NA:, :NA] @ s.Kinv  # (NB, NA)
@@ -428,6 +433,31 @@ class Conditioned:
         self._warn_numerical(mean_err, mean - gp.mean, prior)
         return FiniteWidthPosterior(mean, var, cov, logz, gp, n, eps, self.noise, validity, mean_error=mean_err,
                                     var_error=var_err, cov_error=cov_err, log_evidence_error=self.log_evidence_error)
+
+    def _prefill(self, prior, NA: int, full_cov: bool) -> None:
+        """The four-point values of every layer that the prediction on the joint ``prior`` reads (with ``full_cov``
+        all multisets of the joint inputs, else those of the training inputs and one test point), computed in
+        shared calls when they fit one (:meth:`ngp.Prior._prefill_four_point`); when the training vertex is not
+        computed yet, its values are among them and the training prior takes them over, so that a first
+        prediction (``ngp.posterior``) costs one call instead of two (``docs/four-point.md``, "Small problems: one call
+        for every layer")."""
+        rows = None
+        if not full_cov:
+            inv = prior._inverse
+            train = np.unique(inv[:NA])
+            test = np.setdiff1d(inv[NA:], train)
+            nu = train.size
+            layers = len(prior._cumulants)
+            if layers * (test.size * math.comb(nu + 3, 3) + math.comb(nu + 3, 4)) > TABLE_CHUNK:
+                return
+            ms = multisets(nu + 1)  # input nu: a test point
+            with_test = ms[ms[:, 3] == nu]
+            parts = [train[ms[ms[:, 3] < nu]]]
+            for b in test:
+                parts.append(np.sort(np.concatenate([train, [b]])[with_test], axis=1))
+            rows = np.concatenate(parts)
+        if prior._prefill_four_point(rows) and "_train" not in self.__dict__:
+            reuse_four_point(self._prior, prior, np.where(np.arange(prior.N) < NA, np.arange(prior.N), -1))
 
     def _joint_prior(self, XB):
         """The prior on ``[X_train; X_test]`` (its lazy cumulants remember their four-point values, so

@@ -11,6 +11,8 @@ import functools
 
 import numpy as np
 
+from ._cumulants import DenseLayer
+from ._finite import fill_tables, multisets
 from ._kernel import KERNEL_OPTIONS
 from ._ntk_net import NTKMixin, output_property
 from ._pairs import Pairs
@@ -325,8 +327,31 @@ class Prior(NTKMixin):
         that can also give ``K1`` and the expansion parameter apart (a residual chain on pair sets) read them
         from it instead (:attr:`layers` asks for the expansion parameter)."""
         self._check_memory()
+        self._prefill_four_point()
         self._cumulants[-1].vertex.packed()
         return getattr(self.layers[-1], name)
+
+    def _prefill_four_point(self, rows=None) -> bool:
+        """Every dense layer's four-point values on the multiset rows ``rows`` (sorted, ``(M, 4)``, of distinct-input
+        indices; ``None``: all multisets) in shared quadrature calls (:func:`ngp._finite.fill_tables`), when the
+        values not known yet fit one call (:data:`ngp._finite.TABLE_CHUNK` multisets over the layers): a small
+        prior's cost is then one call's fixed cost instead of one per layer (``docs/four-point.md``, "Small
+        problems: one call for every layer"). Larger ones are left to the layers (computed as they are asked
+        for). Returns whether the values were computed here."""
+        layers = [c for c in self._cumulants if isinstance(c, DenseLayer) and c.refusal is None]
+        if not layers:
+            return False
+        Nu = self._Xu.shape[0]
+        limit = min(c.map.table.chunk for c in layers)
+        if rows is None:
+            if len(layers) * (Nu * (Nu + 1) * (Nu + 2) * (Nu + 3) // 24) > limit:
+                return False
+            rows = multisets(Nu)
+        new = [c.map.table.unknown(rows) for c in layers]
+        if sum(r.shape[0] for r in new) > limit:
+            return False
+        fill_tables([c.map.table for c in layers], new)
+        return True
 
     K1 = output_property("layers", "K1", "``(N, N)`` 1/n correction of the output two-point function.")
     V = property(lambda self: self._dense_vertex("V"), doc="``(N, N, N, N)`` output four-point vertex.")
@@ -357,8 +382,9 @@ class Prior(NTKMixin):
 def reuse_four_point(target: Prior, source: Prior, rows) -> int:
     """Seed ``target``'s four-point values with those ``source`` has already computed.
 
-    ``rows[r]`` is the row of ``target.X`` holding ``source.X[r]`` (``(source.N,)``; e.g. the training rows
-    of the joint prior a prediction builds). Layer by layer, a value is taken only where the activation and
+    ``rows[r]`` is the row of ``target.X`` holding ``source.X[r]``, or ``-1`` where ``target`` has none
+    (``(source.N,)``; e.g. the training rows of the joint prior a prediction builds, or, the other way, the
+    joint prior's rows in the training prior: then only multisets of training inputs are taken). Layer by layer, a value is taken only where the activation and
     the quadrature options are the same and the kernels agree bit for bit on those inputs
     (:meth:`ngp._finite.FourPointTable.seed`): each value depends only on its multiset's block of the kernel,
     so it is the one ``target`` would compute (to the rounding of the rule's batching). Returns the number
@@ -367,8 +393,9 @@ def reuse_four_point(target: Prior, source: Prior, rows) -> int:
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     if rows.shape != (source.N,):
         raise ValueError(f"rows: expected shape ({source.N},), got {rows.shape}")
-    index = np.zeros(source._Xu.shape[0], dtype=np.int64)
-    index[source._inverse] = target._inverse[rows]
+    index = np.full(source._Xu.shape[0], -1, dtype=np.int64)
+    held = rows >= 0
+    index[source._inverse[held]] = target._inverse[rows[held]]
     taken = 0
     for t, s in zip(target._cumulants, source._cumulants):
         tm, sm = getattr(t, "map", None), getattr(s, "map", None)

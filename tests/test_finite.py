@@ -409,6 +409,69 @@ def test_joint_prior_takes_over_the_training_four_point_values(counted_rows, mon
     assert np.all(np.abs(post.var - own.var) <= post.var_error + own.var_error)
 
 
+def test_fill_tables_computes_several_tables_in_one_call(counted_rows):
+    """fill_tables: tables of one activation and options share one quadrature call (their kernels stacked block
+    by block); each gets the values and estimates it computes alone (to the rounding of the batching); a table of
+    other options gets its own call; known values are not computed again."""
+    from ngp import _finite
+
+    X = np.random.default_rng(11).normal(size=(5, 2))
+    prior = ngp.MLP(4, 16, activation="tanh", C_W=1.4, C_b=0.1).prior(X, warn=False)
+    act = prior._cumulants[-1].map.act
+    Ks = [np.asarray(c.map.K_in) for c in prior._cumulants[1:]]  # three different kernels
+    ms = multisets(5)
+    alone = [four_point_values(act, K, ms, errors=True) for K in Ks]
+    counted_rows.clear()
+    tables = [_finite.FourPointTable(act, K) for K in Ks] + [_finite.FourPointTable(act, Ks[0], four_point_rtol=1e-8)]
+    assert _finite.fill_tables(tables, [ms, ms[:40], ms, ms[:7]]) == 70 + 40 + 70 + 7
+    assert [r.shape[0] for r in counted_rows] == [180, 7]  # the three default tables together, then the other
+    for t, (v, e), n in zip(tables, alone, (70, 40, 70)):
+        vals, errs = t._lookup(ms[:n])
+        np.testing.assert_allclose(vals, v[:n], rtol=1e-13, atol=0)
+        np.testing.assert_allclose(errs, e[:n], rtol=1e-13, atol=64 * np.finfo(float).eps * np.max(np.abs(v)))
+    assert len(counted_rows) == 2  # the lookups above found every value
+    assert _finite.fill_tables(tables, [ms[:7]] * 4) == 0 and len(counted_rows) == 2
+
+
+def test_small_priors_and_predictions_compute_every_layer_in_one_call(counted_rows, monkeypatch):
+    """A prior's V on a few inputs computes all its layers' four-point values in one call (one per layer before),
+    the same values; a first prediction (ngp.posterior; condition + marginal predict) computes the training and
+    test values in one call, which the training prior takes over; a prior too large for one call is left to its
+    layers."""
+    from ngp import _finite
+    from ngp._prior import Prior
+
+    rng = np.random.default_rng(12)
+    XA, XB, Y = rng.normal(size=(3, 2)), rng.normal(size=(2, 2)), rng.normal(size=(3, 1))
+    net = ngp.MLP(4, 16, activation="tanh", C_W=1.4, C_b=0.1)
+    V = np.asarray(net.prior(XA, warn=False).V)
+    assert [r.shape[0] for r in counted_rows] == [3 * 15]  # three dense layers, 15 multisets of 3 inputs each
+    counted_rows.clear()
+    with monkeypatch.context() as m:
+        m.setattr(Prior, "_prefill_four_point", lambda self, rows=None: False)
+        V_layers = np.asarray(net.prior(XA, warn=False).V)
+        assert [r.shape[0] for r in counted_rows] == [15, 15, 15]
+        own = ngp.condition(net, XA, Y, noise=0.1, warn=False)
+        post_own, pred_own = ngp.posterior(net, XA, Y, XB, noise=0.1, warn=False), own.predict(XB)
+    np.testing.assert_allclose(V, V_layers, rtol=1e-13, atol=1e-15 * np.max(np.abs(V)))
+    counted_rows.clear()
+    post = ngp.posterior(net, XA, Y, XB, noise=0.1, warn=False)
+    assert [r.shape[0] for r in counted_rows] == [3 * 70]  # every multiset of the 5 inputs
+    counted_rows.clear()
+    cond = ngp.condition(net, XA, Y, noise=0.1, warn=False)
+    pred = cond.predict(XB)  # marginal: the training multisets and those of each test point with them
+    assert [r.shape[0] for r in counted_rows] == [3 * (15 + 2 * 20)]
+    assert all(c.map.table._codes.size == 15 for c in cond._prior._cumulants[1:])  # taken over
+    for a, b in [(post, post_own), (pred, pred_own)]:
+        for name in ("mean", "var", "log_evidence"):
+            np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(post.cov, post_own.cov, rtol=1e-12, atol=1e-15)
+    counted_rows.clear()
+    monkeypatch.setattr(_finite, "TABLE_CHUNK", 40)  # 45 values over the layers: more than one call holds
+    net.prior(XA, warn=False).V
+    assert [r.shape[0] for r in counted_rows] == [15, 15, 15]
+
+
 def test_four_point_values_are_taken_only_from_the_same_kernel_and_options():
     """A table takes nothing from a prior of another kernel (C_W) or other quadrature options; a wrong row
     map is refused by name."""

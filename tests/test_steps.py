@@ -313,7 +313,10 @@ def test_condition_predict_equals_posterior():
                      ngp.Elementwise("gelu"), ngp.Dense(2, C_b=0.05))
     full = ngp.posterior(net, XA, Y, XB, noise=0.05)
     cond = ngp.condition(net, XA, Y, noise=0.05)
-    assert cond.log_evidence == full.log_evidence and cond.gp.log_evidence == full.gp.log_evidence
+    # ngp.posterior computes the training four-point values in one call with the test ones (a small problem), the
+    # condition alone in its own: the same rules, summed in other batches (rounding)
+    assert cond.log_evidence == pytest.approx(full.log_evidence, rel=1e-14, abs=0)
+    assert cond.gp.log_evidence == full.gp.log_evidence
     for kw in ({}, {"batch_size": 2}, {"batch_size": 1, "full_cov": True}):
         pred = cond.predict(XB, **kw)
         np.testing.assert_allclose(pred.mean, full.mean, rtol=1e-12, atol=1e-15)
