@@ -374,8 +374,8 @@ class Conditioned:
             reuse_four_point(prior, self._prior, np.arange(NA))
         if stop is None:  # a small prediction: its four-point values (and the training's) in shared calls
             self._prefill(prior, NA, full_cov)
-        train = self._train  # first: the joint prior takes over the training prior's four-point values
-        reuse_four_point(prior, self._prior, np.arange(NA))
+        train = self._train
+        reuse_four_point(prior, self._prior, np.arange(NA))  # values the training prior has computed just now
         P = K[NA:, :NA] @ s.Kinv  # (NB, NA)
         if full_cov:
             self._check_full_cov(NA, NB, prior)

@@ -384,11 +384,11 @@ def reuse_four_point(target: Prior, source: Prior, rows) -> int:
 
     ``rows[r]`` is the row of ``target.X`` holding ``source.X[r]``, or ``-1`` where ``target`` has none
     (``(source.N,)``; e.g. the training rows of the joint prior a prediction builds, or, the other way, the
-    joint prior's rows in the training prior: then only multisets of training inputs are taken). Layer by layer, a value is taken only where the activation and
-    the quadrature options are the same and the kernels agree bit for bit on those inputs
-    (:meth:`ngp._finite.FourPointTable.seed`): each value depends only on its multiset's block of the kernel,
-    so it is the one ``target`` would compute (to the rounding of the rule's batching). Returns the number
-    of values taken.
+    joint prior's rows in the training prior: then only multisets of training inputs are taken). Layer by
+    layer, a value is taken only where the activation and the quadrature options are the same and the kernels
+    agree bit for bit on those inputs (:meth:`ngp._finite.FourPointTable.seed`): each value depends only on its
+    multiset's block of the kernel, so it is the one ``target`` would compute (to the rounding of the rule's
+    batching). Returns the number of values taken.
     """
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     if rows.shape != (source.N,):
