@@ -30,7 +30,8 @@ import functools
 import numpy as np
 
 from ._activations import Activation
-from ._finite import TABLE_OPTIONS, FourPointTable, fresh_components, fresh_covariance, jacobian_hessian, propagate
+from ._finite import (TABLE_OPTIONS, FourPointTable, fill_tables, fresh_components, fresh_covariance, jacobian_hessian,
+                      multisets, propagate)
 from ._pairs import Pairs, array_module, is_concrete
 from ._threads import in_background
 
@@ -50,6 +51,7 @@ __all__ = [
     "layer_rows",
     "sub_rows",
     "local_jacobian",
+    "prefill_four_point",
 ]
 
 
@@ -447,6 +449,29 @@ class DenseLayer(LayerCumulants):
         J, H = self.map.JH
         JVJ, _ = propagate(J, H, self.prev._packed, np.zeros(self.pairs.P), self.pairs, self.map.ratio)
         return fresh + JVJ
+
+
+def prefill_four_point(layers, rows=None) -> bool:
+    """Every dense layer's four-point values among ``layers`` (a flow's :class:`LayerCumulants`, on the same ``N``
+    inputs) on the multiset rows ``rows`` (sorted, ``(M, 4)``; ``None``: all multisets) in shared quadrature calls
+    (:func:`ngp._finite.fill_tables`), when the values not known yet fit one call (a table's chunk,
+    :data:`ngp._finite.TABLE_CHUNK` multisets, over the layers): a small problem's cost is then one call's fixed cost
+    instead of one per layer (``docs/four-point.md``, "Small problems: one call for every layer"). Larger ones are
+    left to the layers (computed as they are asked for). Returns whether the values were computed here."""
+    dense = [c for c in layers if isinstance(c, DenseLayer) and c.refusal is None]
+    if not dense:
+        return False
+    N = dense[0].map.table.N
+    limit = min(c.map.table.chunk for c in dense)
+    if rows is None:
+        if len(dense) * (N * (N + 1) * (N + 2) * (N + 3) // 24) > limit:
+            return False
+        rows = multisets(N)
+    new = [c.map.table.unknown(rows) for c in dense]
+    if sum(r.shape[0] for r in new) > limit:
+        return False
+    fill_tables([c.map.table for c in dense], new)
+    return True
 
 
 def local_quads(pairs: Pairs, sel=None) -> np.ndarray:

@@ -11,8 +11,7 @@ import functools
 
 import numpy as np
 
-from ._cumulants import DenseLayer
-from ._finite import fill_tables, multisets
+from ._cumulants import prefill_four_point
 from ._kernel import KERNEL_OPTIONS
 from ._ntk_net import NTKMixin, output_property
 from ._pairs import Pairs
@@ -332,26 +331,10 @@ class Prior(NTKMixin):
         return getattr(self.layers[-1], name)
 
     def _prefill_four_point(self, rows=None) -> bool:
-        """Every dense layer's four-point values on the multiset rows ``rows`` (sorted, ``(M, 4)``, of distinct-input
-        indices; ``None``: all multisets) in shared quadrature calls (:func:`ngp._finite.fill_tables`), when the
-        values not known yet fit one call (:data:`ngp._finite.TABLE_CHUNK` multisets over the layers): a small
-        prior's cost is then one call's fixed cost instead of one per layer (``docs/four-point.md``, "Small
-        problems: one call for every layer"). Larger ones are left to the layers (computed as they are asked
-        for). Returns whether the values were computed here."""
-        layers = [c for c in self._cumulants if isinstance(c, DenseLayer) and c.refusal is None]
-        if not layers:
-            return False
-        Nu = self._Xu.shape[0]
-        limit = min(c.map.table.chunk for c in layers)
-        if rows is None:
-            if len(layers) * (Nu * (Nu + 1) * (Nu + 2) * (Nu + 3) // 24) > limit:
-                return False
-            rows = multisets(Nu)
-        new = [c.map.table.unknown(rows) for c in layers]
-        if sum(r.shape[0] for r in new) > limit:
-            return False
-        fill_tables([c.map.table for c in layers], new)
-        return True
+        """Every dense layer's four-point values on the multiset rows ``rows`` (of distinct-input indices; ``None``:
+        all) in shared quadrature calls when they fit one (:func:`ngp._cumulants.prefill_four_point`). Returns
+        whether the values were computed here."""
+        return prefill_four_point(self._cumulants, rows)
 
     K1 = output_property("layers", "K1", "``(N, N)`` 1/n correction of the output two-point function.")
     V = property(lambda self: self._dense_vertex("V"), doc="``(N, N, N, N)`` output four-point vertex.")

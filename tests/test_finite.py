@@ -435,7 +435,7 @@ def test_fill_tables_computes_several_tables_in_one_call(counted_rows):
 
 def test_small_priors_and_predictions_compute_every_layer_in_one_call(counted_rows, monkeypatch):
     """A prior's V on a few inputs computes all its layers' four-point values in one call (one per layer before),
-    the same values; a first prediction (ngp.posterior; condition + marginal predict) computes the training and
+    the same values, and so does ngp.log_evidence; a first prediction (ngp.posterior; condition + marginal predict) computes the training and
     test values in one call, which the training prior takes over; a prior too large for one call is left to its
     layers."""
     from ngp import _finite
@@ -466,6 +466,10 @@ def test_small_priors_and_predictions_compute_every_layer_in_one_call(counted_ro
         for name in ("mean", "var", "log_evidence"):
             np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(post.cov, post_own.cov, rtol=1e-12, atol=1e-15)
+    counted_rows.clear()  # the evidence's own path (ngp.log_evidence, what the hyperparameter fits evaluate)
+    logz = ngp.log_evidence(net, XA, Y, noise=0.1, finite_width=True)
+    assert [r.shape[0] for r in counted_rows] == [3 * 15]
+    assert logz == pytest.approx(own.log_evidence, rel=1e-13, abs=0)
     counted_rows.clear()
     monkeypatch.setattr(_finite, "TABLE_CHUNK", 40)  # 45 values over the layers: more than one call holds
     net.prior(XA, warn=False).V
