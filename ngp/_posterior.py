@@ -370,12 +370,14 @@ class Conditioned:
                     f"(> max_memory={limit / 1024**3:.3g} GiB): use a smaller batch_size or raise max_memory")
         # values: the coefficients and differences as they are; error bounds: the errors of V and K1, the
         # coefficients' absolute values and every difference a sum (docs/accuracy.md)
-        if "_train" in self.__dict__:  # the joint prior takes over the training prior's four-point values
+        trained = "_train" in self.__dict__
+        if trained:  # the joint prior takes over the training prior's four-point values
             reuse_four_point(prior, self._prior, np.arange(NA))
         if stop is None:  # a small prediction: its four-point values (and the training's) in shared calls
             self._prefill(prior, NA, full_cov)
         train = self._train
-        reuse_four_point(prior, self._prior, np.arange(NA))  # values the training prior has computed just now
+        if not trained:  # the values the training prior has computed just now
+            reuse_four_point(prior, self._prior, np.arange(NA))
         P = K[NA:, :NA] @ s.Kinv  # (NB, NA)
         if full_cov:
             self._check_full_cov(NA, NB, prior)
