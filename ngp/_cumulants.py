@@ -32,6 +32,7 @@ import numpy as np
 from ._activations import Activation
 from ._finite import (TABLE_OPTIONS, FourPointTable, fill_tables, fresh_components, fresh_covariance, jacobian_hessian,
                       multisets, propagate)
+from ._gaussian import K_ACCURATE, auto_orders
 from ._pairs import Pairs, array_module, is_concrete
 from ._threads import in_background
 
@@ -87,6 +88,39 @@ class DenseMap:
         """``J`` ``(P, 3)`` and ``H`` ``(P, 3, 3)`` with respect to ``(K_aa, K_bb, K_ab)`` per pair."""
         kopts = {k: v for k, v in self.options.items() if k in ("method", "terms", "nodes")}
         return jacobian_hessian(self.act, self.K_in, self.pairs, self.C_W, **kopts)
+
+    def seed_jh(self, other: "DenseMap", index) -> bool:
+        """Take over ``other``'s ``J`` and ``H`` (computed already) when its inputs include all of these: ``index[i]``
+        is this map's input for ``other``'s input ``i``, or ``-1`` (``(other.pairs.N,)``; e.g. a joint prior's rows
+        in the training prior). Only when both kernels are concrete and equal bit for bit on these inputs, the
+        activation, ``C_W`` and options are the same and the Mehler orders chosen from the largest variance
+        (:func:`ngp._gaussian.auto_orders`) agree: each pair's entries depend only on its block of the kernel, so
+        they are the ones this map would compute (to the rounding of the padded call). Returns whether it did."""
+        if "JH" in self.__dict__ or "JH" not in other.__dict__ or other.act is not self.act or other.C_W != self.C_W:
+            return False
+        if other.options != self.options or not (is_concrete(self.K_in) and is_concrete(other.K_in, *other.JH)):
+            return False
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        back = np.full(self.pairs.N, -1, dtype=np.int64)  # other's input of each of these
+        held = np.flatnonzero(index >= 0)
+        back[index[held]] = held
+        if index.shape != (other.pairs.N,) or (back < 0).any():
+            return False
+        K, Ko = np.asarray(self.K_in), np.asarray(other.K_in)
+        if not np.array_equal(K, Ko[np.ix_(back, back)]):
+            return False
+        km, kmo = float(np.max(np.diagonal(K))), float(np.max(np.diagonal(Ko)))
+        if km != kmo and ("terms" not in self.options or "nodes" not in self.options):
+            if max(km, kmo) > K_ACCURATE or auto_orders(km) != auto_orders(kmo):  # (beyond it auto_orders warns)
+                return False
+        a, b = back[self.pairs.a], back[self.pairs.b]
+        swap = a > b  # other's pair (b, a): its (K_aa, K_bb) columns in the other order
+        perm = np.where(swap[:, None], [1, 0, 2], [0, 1, 2])
+        J, H = (np.asarray(t)[other.pairs.index[a, b]] for t in other.JH)
+        J = np.take_along_axis(J, perm, axis=1)
+        H = np.take_along_axis(np.take_along_axis(H, perm[:, :, None], axis=1), perm[:, None, :], axis=2)
+        self.__dict__["JH"] = (J, H)
+        return True
 
     @functools.cached_property
     def table(self) -> FourPointTable:

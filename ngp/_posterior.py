@@ -32,7 +32,7 @@ from ._finite import TABLE_CHUNK, multisets
 from ._gaussian import K_ACCURATE
 from ._gp import GPPosterior, gp_from_kernel, gp_log_evidence
 from ._linalg import solve_train
-from ._prior import MAX_MEMORY, reuse_four_point
+from ._prior import MAX_MEMORY, reuse_four_point, reuse_jacobians
 from ._validate import as_inputs, check_stop, count, device, float64, train_test, warn
 from ._warnings import AccuracyWarning, ExpansionWarning
 from ._validity import NUMERICAL_WARN, Validity, evidence_validity, posterior_validity
@@ -459,7 +459,9 @@ class Conditioned:
                 parts.append(np.sort(np.concatenate([train, [b]])[with_test], axis=1))
             rows = np.concatenate(parts)
         if prior._prefill_four_point(rows) and "_train" not in self.__dict__:
-            reuse_four_point(self._prior, prior, np.where(np.arange(prior.N) < NA, np.arange(prior.N), -1))
+            back = np.where(np.arange(prior.N) < NA, np.arange(prior.N), -1)
+            reuse_four_point(self._prior, prior, back)
+            reuse_jacobians(self._prior, prior, back)
 
     def _joint_prior(self, XB):
         """The prior on ``[X_train; X_test]`` (its lazy cumulants remember their four-point values, so

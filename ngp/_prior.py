@@ -22,7 +22,7 @@ from ._warnings import AccuracyWarning, ExpansionWarning
 from ._validity import EXPANSION_WARN
 from ._vertex_error import k1_error, packed_vertex_error
 
-__all__ = ["Prior", "Layer", "reuse_four_point", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY", "PRIOR_OPTIONS", "DERIVATIVE_METHODS", "check_options"]
+__all__ = ["Prior", "Layer", "reuse_four_point", "reuse_jacobians", "EXPANSION_WARN", "FOUR_POINT_K_WARN", "MAX_MEMORY", "PRIOR_OPTIONS", "DERIVATIVE_METHODS", "check_options"]
 
 #: Largest pre-activation variance for which the default four-point order is accurate to ~1e-9.
 FOUR_POINT_K_WARN = 2.0
@@ -373,15 +373,39 @@ def reuse_four_point(target: Prior, source: Prior, rows) -> int:
     multiset's block of the kernel, so it is the one ``target`` would compute (to the rounding of the rule's
     batching). Returns the number of values taken.
     """
-    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-    if rows.shape != (source.N,):
-        raise ValueError(f"rows: expected shape ({source.N},), got {rows.shape}")
-    index = np.full(source._Xu.shape[0], -1, dtype=np.int64)
-    held = rows >= 0
-    index[source._inverse[held]] = target._inverse[rows[held]]
+    index = _input_index(target, source, rows)
     taken = 0
     for t, s in zip(target._cumulants, source._cumulants):
         tm, sm = getattr(t, "map", None), getattr(s, "map", None)
         if tm is not None and sm is not None and "table" in sm.__dict__:
             taken += tm.table.seed(sm.table, index)
     return taken
+
+
+def reuse_jacobians(target: Prior, source: Prior, rows) -> int:
+    """Seed ``target``'s dense layers' ``J`` and ``H`` with those ``source`` needs, where ``source``'s inputs include
+    all of ``target``'s (``rows`` as in :func:`reuse_four_point`; e.g. the joint prior of a first prediction and the
+    training prior): ``source`` computes them first (its predictions need them), then each layer of ``target`` that
+    needs them takes them over where :meth:`ngp._cumulants.DenseMap.seed_jh` allows (the same entries, to the
+    rounding of the padded call). Returns the number of layers seeded."""
+    index = _input_index(target, source, rows)
+    taken = 0
+    for t, s in zip(target._cumulants, source._cumulants):
+        tm, sm = getattr(t, "map", None), getattr(s, "map", None)
+        if tm is None or sm is None or getattr(t.prev, "gaussian", True) or "JH" in tm.__dict__:
+            continue
+        sm.JH  # noqa: B018 (computed here, needed by source's own cumulants anyway)
+        taken += tm.seed_jh(sm, index)
+    return taken
+
+
+def _input_index(target: Prior, source: Prior, rows) -> np.ndarray:
+    """``target``'s distinct input of each of ``source``'s distinct inputs, or ``-1``, from ``rows`` (``target``'s
+    row of each of ``source``'s rows, or ``-1``; ``(source.N,)``, checked by name)."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if rows.shape != (source.N,):
+        raise ValueError(f"rows: expected shape ({source.N},), got {rows.shape}")
+    index = np.full(source._Xu.shape[0], -1, dtype=np.int64)
+    held = rows >= 0
+    index[source._inverse[held]] = target._inverse[rows[held]]
+    return index

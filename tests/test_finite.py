@@ -476,6 +476,62 @@ def test_small_priors_and_predictions_compute_every_layer_in_one_call(counted_ro
     assert [r.shape[0] for r in counted_rows] == [15, 15, 15]
 
 
+def test_first_prediction_takes_the_jacobians_over_from_the_joint_prior(monkeypatch):
+    """ngp.posterior computes each dense layer's J and H once, on the joint inputs, and the training prior takes
+    them over (the values its own would have, bit for bit here: the same padded call); seed_jh maps pairs whose
+    inputs come in the other order (J's and H's (K_aa, K_bb) swapped), and refuses other kernels, activations,
+    C_W, options or Mehler orders."""
+    from ngp import _cumulants, _gaussian, _posterior
+    from ngp._prior import reuse_jacobians
+
+    calls = []
+    original = _cumulants.jacobian_hessian
+
+    def spy(act, K, *args, **kwargs):
+        calls.append(np.shape(K)[0])
+        return original(act, K, *args, **kwargs)
+
+    monkeypatch.setattr(_cumulants, "jacobian_hessian", spy)
+    rng = np.random.default_rng(21)
+    XA, XB, Y = rng.normal(size=(4, 2)), rng.normal(size=(2, 2)), rng.normal(size=(4, 1))
+    net = ngp.MLP(4, 16, activation="tanh", C_W=1.0, C_b=0.0)  # variances below 1.25: the same Mehler orders
+    post = ngp.posterior(net, XA, Y, XB, noise=0.1, warn=False)
+    assert calls == [6, 6]  # the two layers fed by a finite-width one, on the joint inputs only
+    calls.clear()
+    with monkeypatch.context() as m:
+        m.setattr(_posterior, "reuse_jacobians", lambda *args: 0)
+        own = ngp.posterior(net, XA, Y, XB, noise=0.1, warn=False)
+    assert sorted(calls) == [4, 4, 6, 6]
+    for name in ("mean", "var", "cov", "log_evidence", "mean_error", "var_error"):
+        np.testing.assert_array_equal(getattr(post, name), getattr(own, name))
+
+    # the joint inputs in another order: the training pairs (a, b) are the joint's (b, a)
+    perm = np.array([5, 3, 0, 4, 2, 1])
+    X = np.concatenate([XA, XB])
+    joint, train = net.prior(X[perm], warn=False), net.prior(XA, warn=False)
+    rows = np.where(perm < 4, perm, -1)  # the joint's row r holds X[perm[r]]: training row perm[r]
+    for c in joint._cumulants:
+        getattr(c, "map", None) is not None and c.map.JH
+    assert reuse_jacobians(train, joint, rows) == 2
+    fresh = net.prior(XA, warn=False)
+    for t, f in zip(train._cumulants[2:], fresh._cumulants[2:]):
+        for got, want in zip(t.map.__dict__["JH"], f.map.JH):
+            np.testing.assert_allclose(got, want, rtol=1e-15, atol=1e-300)
+    assert reuse_jacobians(train, joint, rows) == 0  # already known
+    first = np.where(np.arange(6) < 4, np.arange(6), -1)
+    for other in (ngp.MLP(4, 16, activation="tanh", C_W=1.1, C_b=0.0),
+                  ngp.MLP(4, 16, activation="erf", C_W=1.0, C_b=0.0)):
+        assert reuse_jacobians(net.prior(XA, warn=False), other.prior(X, warn=False), first) == 0
+    assert reuse_jacobians(net.prior(XA, warn=False, terms=210, nodes=520), net.prior(X, warn=False), first) == 0
+    wide = ngp.MLP(4, 16, activation="tanh", C_W=2.5, C_b=0.0)  # deeper variances above 1.25: orders from the largest
+    small, big = wide.prior(XA, warn=False), wide.prior(np.concatenate([XA, 3 * XB]), warn=False)
+    assert [_gaussian.auto_orders(np.max(np.diag(K))) for K in small.kernels[1:3]] != [
+        _gaussian.auto_orders(np.max(np.diag(K))) for K in big.kernels[1:3]]
+    assert reuse_jacobians(small, big, first) == 0
+    with pytest.raises(ValueError, match="rows"):
+        reuse_jacobians(net.prior(XA, warn=False), joint, np.arange(5))
+
+
 def test_four_point_values_are_taken_only_from_the_same_kernel_and_options():
     """A table takes nothing from a prior of another kernel (C_W) or other quadrature options; a wrong row
     map is refused by name."""
