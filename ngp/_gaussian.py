@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +33,7 @@ import numpy as np
 from scipy.special import roots_hermitenorm
 
 from ._cache import aligned_zeros, byte_lru, frozen_lru
-from ._validate import device, device_if, pad_to, warn
+from ._validate import device, device_if, pad_to, quiet, warn
 from ._warnings import AccuracyWarning
 
 __all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "hermite_tables", "pair_matrix", "pair_gh",
@@ -233,8 +232,7 @@ SWITCH_VARIANCES = (1.25, 4.0, 12.0)
 def switch_tables() -> tuple:
     """The Mehler tables (NumPy) of the orders of :data:`SWITCH_VARIANCES` and of the capped orders, in that
     order."""
-    with warnings.catch_warnings():  # the bounds are not variances of a kernel: no warning about them
-        warnings.simplefilter("ignore")
+    with quiet(AccuracyWarning):  # the bounds are not variances of a kernel: no warning about them
         orders = [auto_orders(k) for k in SWITCH_VARIANCES] + [(MAX_TERMS, MAX_NODES)]
     return tuple(_padded_tables(t, n) for t, n in orders)
 

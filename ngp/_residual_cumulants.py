@@ -68,7 +68,6 @@ import dataclasses
 import functools
 import itertools
 import math
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -82,7 +81,7 @@ from ._fourpoint import LADDER, RTOL, bucket4, calibrated_orders, rule_tiles, te
 from ._gaussian import pruned_tensor_rule
 from ._kernel import KERNEL_OPTIONS, kernel_map, two_point_matrix
 from ._pairs import Pairs
-from ._validate import device, pad_to
+from ._validate import device, pad_to, warn
 from ._warnings import AccuracyWarning
 
 __all__ = [
@@ -760,19 +759,19 @@ def _cross_layers(act, S_k, earlier, pairs, options):
                     Z[p[sel], 1, q[sel]] = v[:, 2]
                     Z[p[sel], 2, q[sel]] = v[:, 3]
     if short:
-        warnings.warn(
+        warn(
             f"residual cumulants: the fixed cross-layer Gauss-Hermite rule (cross_orders={orders}) is not "
             f"converged at a direction of variance {short:.3g}: these expectations may err by more "
             f"than {max(rtol, _CROSS_WARN_RTOL):g} of their Hoelder scale, and K1 and V by more than that relative "
             "(measured on a 5-input tanh ResMLP: K1 off by 1e-6, 1e-4, 0.5% and 42% at first-layer variances 0.6, "
             "1.1, 2.3 and 14; the default calibrated rules are converged; docs/theory-residual.md, "
-            "\"Quadrature\").", AccuracyWarning, stacklevel=4)
+            "\"Quadrature\").", AccuracyWarning)
     if lowered:
-        warnings.warn(
+        warn(
             f"residual cumulants: a cross-layer expectation's calibrated rule was capped at {CROSS_MAX_NODES} nodes "
             f"(a direction of variance {lowered:.3g}); its error may exceed four_point_rtol={rtol:g}. Smaller "
             "pre-activation variances (C_W, C_b, input scale) avoid it (docs/theory-residual.md, \"Quadrature\").",
-            AccuracyWarning, stacklevel=4)
+            AccuracyWarning)
     return out
 
 
@@ -805,10 +804,10 @@ def _check_regular(S_k, S_i, Gam, pairs, tol=1e-10, warn_below=1e-6):
             "Remove duplicate inputs, or use a smooth activation."
         )
     if worst < warn_below:
-        warnings.warn(
+        warn(
             f"residual cumulants: two inputs are nearly collinear (relative 2x2 determinant {worst:.1e}); "
             "the kinked-activation self-interaction term loses digits. Merge near-duplicate inputs.",
-            AccuracyWarning, stacklevel=4)
+            AccuracyWarning)
 
 
 # ============================================================================ chain steps

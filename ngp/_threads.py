@@ -10,6 +10,7 @@ threads: each job computes exactly what it computes alone, and the results come 
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import os
 import threading
 
@@ -41,8 +42,8 @@ def _here() -> bool:
 
 def thread_map(fn, items) -> list:
     """``[fn(item) for item in items]``, on :data:`THREADS` threads when there are several items. The caller's
-    JAX precision (``jax.enable_x64``, a thread-local scope) holds in the workers; an exception of a job is raised
-    here (the first in the order of ``items``)."""
+    JAX precision (``jax.enable_x64``, a thread-local scope) and context variables hold in the workers; an exception
+    of a job is raised here (the first in the order of ``items``)."""
     items = list(items)
     if len(items) < 2 or _here():
         return [fn(item) for item in items]  # nested calls run in their own thread: no pool deadlock
@@ -56,7 +57,9 @@ def thread_map(fn, items) -> list:
         finally:
             _WORKER.inside = False
 
-    return list(_pool().map(run, items))
+    # each job in a copy of the caller's context (e.g. warnings it silenced: ngp._validate.quiet)
+    jobs = [(contextvars.copy_context(), item) for item in items]
+    return list(_pool().map(lambda job: job[0].run(run, job[1]), jobs))
 
 
 def in_background(fn, *args) -> concurrent.futures.Future:
@@ -77,6 +80,7 @@ def in_background(fn, *args) -> concurrent.futures.Future:
 
     if _here():
         run()
-    else:
-        threading.Thread(target=run, name="ngp-background", daemon=True).start()
+    else:  # in a copy of the caller's context, as thread_map's jobs
+        threading.Thread(target=contextvars.copy_context().run, args=(run,), name="ngp-background",
+                         daemon=True).start()
     return fut

@@ -9,6 +9,8 @@ conditioning limit of kernel solves.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 import numbers
@@ -38,6 +40,7 @@ __all__ = [
     "check_x64",
     "float64",
     "warn",
+    "quiet",
     "memory_bytes",
     "device",
 ]
@@ -58,6 +61,8 @@ def warn(message: str, category=NgpWarning) -> None:
     The stack level is computed, so the warning points at the user's line however deep inside
     ngp it was raised.
     """
+    if any(issubclass(category, c) for c in _QUIET.get()):
+        return
     level = 2  # stacklevel 2 is warn()'s caller
     frame = sys._getframe(1)
     while frame is not None and (
@@ -67,6 +72,21 @@ def warn(message: str, category=NgpWarning) -> None:
         frame = frame.f_back
         level += 1
     warnings.warn(message, category, stacklevel=level)
+
+
+_QUIET = contextvars.ContextVar("ngp_quiet", default=())
+
+
+@contextlib.contextmanager
+def quiet(*categories):
+    """Within the block, drop the warnings of ``categories`` that ngp raises (:func:`warn`) on this thread and in
+    the jobs it hands to ngp's threads (:mod:`ngp._threads` runs them in a copy of the caller's context). Unlike
+    ``warnings.catch_warnings``, which swaps the process's filters, other threads' warnings are untouched."""
+    token = _QUIET.set(_QUIET.get() + tuple(categories))
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
 
 
 def real(value, name: str) -> float:

@@ -22,13 +22,13 @@ with ``sel``, like ``_local2_at`` and ``_K1_at``).
 from __future__ import annotations
 
 import functools
-import warnings
 
 import numpy as np
 
 from ._cumulants import (DenseLayer, LayerCumulants, ScaledLayer, closed_pairs, layer_rows, local_jacobian, local_quads,
                          remember, sub_rows)
 from ._finite import multisets, packed_positions, propagate
+from ._validate import quiet
 from ._warnings import AccuracyWarning
 
 __all__ = ["packed_vertex_error", "component_errors", "local2_error", "k1_error", "k1_error_packed"]
@@ -51,8 +51,7 @@ def _by_difference(layer: LayerCumulants, values) -> np.ndarray:
     companion's own accuracy warnings are silenced (it is looser by design)."""
     fine = np.asarray(values(layer), dtype=float)
     comp = _companion(layer)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AccuracyWarning)
+    with quiet(AccuracyWarning):
         comp.follow(layer)
         loose = np.asarray(values(comp), dtype=float)
     return np.abs(fine - loose) + layer.error_floor * np.max(np.abs(fine), initial=0.0)

@@ -122,3 +122,37 @@ def test_a_long_finite_width_fit_is_a_cost_warning(monkeypatch):
         f"fit_hyperparameters: the finite-width stage on 4 training rows will take about {took} (an evaluation of the "
         f"evidence took {seen[1]:.3g} s, a step takes 5 of them, a typical fit 5 steps;")
     assert "finite_width=False" in msg
+
+
+def test_quiet_drops_the_blocks_own_ngp_warnings_and_no_other_threads():
+    """ngp._validate.quiet(category): ngp's warnings of that category raised in the block, on its thread or in jobs
+    it hands to ngp's threads, are dropped; other categories, other threads' warnings and the process's filters
+    are untouched (what warnings.catch_warnings would swap process-wide); after the block they are raised again."""
+    import threading
+
+    from ngp._threads import in_background, thread_map
+    from ngp._validate import quiet, warn
+
+    go, done = threading.Event(), threading.Event()
+
+    def other_thread():  # a user's thread, warning while the block runs
+        go.wait(10)
+        warn("other thread", ngp.AccuracyWarning)
+        done.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        filters = list(warnings.filters)
+        with quiet(ngp.AccuracyWarning):
+            assert warnings.filters == filters
+            warn("dropped", ngp.AccuracyWarning)
+            warn("kept", ngp.ExpansionWarning)
+            thread_map(lambda k: warn(f"job {k}", ngp.AccuracyWarning), range(3))
+            in_background(warn, "background", ngp.AccuracyWarning).result()
+            go.set()
+            assert done.wait(10)
+        warn("after", ngp.AccuracyWarning)
+    worker.join()
+    assert sorted(str(w.message) for w in caught) == ["after", "kept", "other thread"]
