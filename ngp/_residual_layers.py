@@ -221,6 +221,9 @@ class ResidualChainLayer(_ChainDerived):
     ``K1``, ``V`` (``(N, N)``, ``(P, P)`` over unordered pairs) are normalised by the width ``n``.
     """
 
+    #: The layer this one is the error companion of, when made before that layer's dense state (both may be held).
+    _dense_beside = None
+
     def __init__(self, K, *, prev, act, C_W, C_b, gamma, xi, branch, options, width, refusal=None):
         super().__init__(K, n=width, width=width)
         self.prev, self.act = prev, act
@@ -239,7 +242,7 @@ class ResidualChainLayer(_ChainDerived):
         """The :class:`ngp._residual_cumulants.ChainState` after this step."""
         self._check("K1 and V")
         limit = MAX_MEMORY if self.max_memory is None else self.max_memory
-        beside = self.__dict__.get("_dense_beside")  # an error companion made before its chain's dense state
+        beside = self._dense_beside  # this is an error companion made before its layer's dense state
         if beside is not None and "chain" in beside.__dict__:
             limit = max(limit - beside.memory_estimate(), 0)  # both held
         need = self.memory_estimate()
@@ -304,7 +307,7 @@ class ResidualChainLayer(_ChainDerived):
                                   xi=self.xi, branch=self.branch, options={**options, "max_memory": max(left, 0)},
                                   width=self.width, refusal=self.refusal)
         if not dense:
-            comp.__dict__["_dense_beside"] = self
+            comp._dense_beside = self
         return comp
 
     def _on(self, pair_set: PairSet):
