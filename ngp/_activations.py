@@ -321,11 +321,25 @@ def _sin_four_point(C):
     return terms / 16.0
 
 
+#: Mean variance ``(k_aa + k_bb) / 2`` beyond which :func:`_sin_two_point` takes its overflow-free form.
+_SIN_LARGE = 350.0
+
+
+def _sin_two_point(kaa, kbb, kab):
+    """``<sin z_a sin z_b> = e^{-(k_aa + k_bb)/2} sinh(k_ab)``; beyond a mean variance of :data:`_SIN_LARGE`
+    (where ``sinh`` would overflow, ``|k_ab| <= (k_aa + k_bb)/2``) as ``(e^{k_ab - m} - e^{-k_ab - m}) / 2``, whose
+    exponents are at most 0 (absolute error a few ulps; both branches finite, so gradients are too)."""
+    m = 0.5 * (kaa + kbb)
+    small = jnp.exp(-m) * jnp.sinh(jnp.clip(kab, -_SIN_LARGE, _SIN_LARGE))
+    large = 0.5 * (jnp.exp(kab - m) - jnp.exp(-kab - m))
+    return jnp.where(m <= _SIN_LARGE, small, large)
+
+
 def _sin_act() -> Activation:
     return Activation(
         "sin",
         jnp.sin,
-        two_point=lambda kaa, kbb, kab: jnp.exp(-0.5 * (kaa + kbb)) * jnp.sinh(kab),
+        two_point=_sin_two_point,
         smoothed=lambda mu, s: jnp.sin(mu) * jnp.exp(-0.5 * s * s),
         four_point=_sin_four_point,
     )

@@ -34,6 +34,41 @@ def test_erf_closed_form_against_adaptive_quadrature(kaa, kbb, kab):
     assert abs(got - ref) <= 1e-10 * max(abs(ref), 1e-3)
 
 
+def test_sin_closed_form_stays_finite_at_large_variances():
+    """<sin z_a sin z_b> = e^{-(k_aa+k_bb)/2} sinh(k_ab) against 40-digit decimal arithmetic, at variances where
+    sinh alone overflows (it gave inf * 0 = NaN, and a sin network on unscaled inputs a FloatingPointError), with
+    finite derivatives (the Jacobian and Hessian of the kernel map are its autodiff); a sin network's prior and
+    posterior on inputs of variance ~1e4 are finite."""
+    import decimal
+
+    import jax
+
+    decimal.getcontext().prec = 40
+    act = ngp.activation("sin")
+
+    def exact(kaa, kbb, kab):
+        D = decimal.Decimal
+        m = (D(kaa) + D(kbb)) / 2
+        up, down = (D(kab) - m).exp(), (-D(kab) - m).exp()
+        return float((up - down) / 2), float((up + down) / 2)
+
+    for kaa, kbb, kab in [(800.0, 800.0, 790.0), (400.0, 300.0, -340.0), (349.0, 351.0, 1e-3), (1e4, 2e4, 1.2e4),
+                          (2e3, 2e3, 2e3), (1.0, 2.0, 0.5), (0.0, 0.0, 0.0)]:
+        value, slope = exact(kaa, kbb, kab)
+        got = float(act.two_point(kaa, kbb, kab))
+        assert abs(got - value) <= 4e-15 * abs(value) + 1e-300, (kaa, kbb, kab, got, value)
+        d = float(jax.grad(act.two_point, argnums=2)(kaa, kbb, kab))  # d/dk_ab = e^{-m} cosh(k_ab)
+        assert abs(d - slope) <= 4e-15 * abs(slope) + 1e-300, (kaa, kbb, kab, d, slope)
+    X = np.random.default_rng(3).normal(size=(5, 2))
+    net = ngp.MLP(3, 16, activation="sin", C_W=1.5, C_b=0.1)
+    prior = net.prior(100 * X, warn=False)
+    assert np.max(np.diag(np.asarray(prior.kernels[0]))) > 1e3
+    for value in (prior.K, prior.K1, prior.V):
+        assert np.all(np.isfinite(np.asarray(value)))
+    post = ngp.posterior(net, 100 * X, np.ones((5, 1)), X[:2], noise=0.1, warn=False)
+    assert np.all(np.isfinite(post.mean)) and np.all(np.isfinite(post.var)) and np.isfinite(post.log_evidence)
+
+
 @pytest.mark.parametrize("name", ["erf", "sin", "linear"])
 def test_mehler_and_quadrature_match_closed_forms(name):
     act = ngp.activation(name)
