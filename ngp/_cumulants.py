@@ -101,17 +101,20 @@ class DenseMap:
         if other.options != self.options or not (is_concrete(self.K_in) and is_concrete(other.K_in, *other.JH)):
             return False
         index = np.asarray(index, dtype=np.int64).reshape(-1)
+        if index.shape != (other.pairs.N,) or index.max(initial=-1) >= self.pairs.N:
+            return False
         back = np.full(self.pairs.N, -1, dtype=np.int64)  # other's input of each of these
         held = np.flatnonzero(index >= 0)
         back[index[held]] = held
-        if index.shape != (other.pairs.N,) or (back < 0).any():
+        if (back < 0).any():
             return False
         K, Ko = np.asarray(self.K_in), np.asarray(other.K_in)
         if not np.array_equal(K, Ko[np.ix_(back, back)]):
             return False
         km, kmo = float(np.max(np.diagonal(K))), float(np.max(np.diagonal(Ko)))
         if km != kmo and ("terms" not in self.options or "nodes" not in self.options):
-            if max(km, kmo) > K_ACCURATE or auto_orders(km) != auto_orders(kmo):  # (beyond it auto_orders warns)
+            # beyond K_ACCURATE auto_orders warns (the layers say so themselves): compared only below it
+            if max(km, kmo) > K_ACCURATE or auto_orders(km) != auto_orders(kmo):
                 return False
         a, b = back[self.pairs.a], back[self.pairs.b]
         swap = a > b  # other's pair (b, a): its (K_aa, K_bb) columns in the other order
