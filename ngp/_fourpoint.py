@@ -393,12 +393,29 @@ def _trapezoid(m: int, L: float):
     return x, (2.0 * L / (m - 1)) * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 
 
-@frozen_lru(64)
 def _error_table(act: Activation, powers: tuple = _CAL_POWERS) -> np.ndarray:
     """One-dimensional calibration of the activation: ``(len(LADDER), len(_S_GRID))`` errors of the
     ``m``-node ladder rule for ``sigma(s (c + x))^p`` relative to ``E[sigma(s (c + x))^{2p}]^{1/2}``,
     worst over the calibration offsets ``c`` and ``powers`` ``p``, made non-decreasing in ``s`` (the
     reference is a trapezoid rule of step 0.0015 on [-12, 12], converged for every grid scale)."""
+    return _error_table_of(act, tuple(sorted(set(int(p) for p in powers))))
+
+
+@frozen_lru(64)
+def _error_table_of(act: Activation, powers: tuple) -> np.ndarray:
+    rows = _error_rows(act, max(_CAL_TOP, max(powers)))
+    return np.maximum.accumulate(rows[np.asarray(powers) - 1].max(axis=0), axis=1)
+
+
+#: Powers whose calibration rows :func:`_error_rows` computes together (the four-point patterns' largest is 4).
+_CAL_TOP = 4
+
+
+@frozen_lru(16)
+def _error_rows(act: Activation, top: int) -> np.ndarray:
+    """:func:`_error_table`'s errors for each power ``p = 1 .. top`` alone, before the running maximum over the
+    scales: ``(top, len(LADDER), len(_S_GRID))``, from one evaluation of the activation at every node, offset and
+    scale (what the tables of every set of powers share)."""
     rules = [_rule1d(m) for m in LADDER] + [_trapezoid(16001, 12.0)]
     x = np.concatenate([r[0] for r in rules])
     starts = np.cumsum([0] + [r[0].size for r in rules[:-1]])  # each rule's first node
@@ -407,18 +424,18 @@ def _error_table(act: Activation, powers: tuple = _CAL_POWERS) -> np.ndarray:
     c = np.asarray(_CAL_OFFSETS)
     z = s[None, :, None] * (c[:, None, None] + x[None, None, :])  # (offsets, scales, nodes)
     f = np.asarray(_jit_fn(act.fn)(device(z)))
-    worst = np.zeros((len(LADDER), s.size))
+    rows = np.zeros((top, len(LADDER), s.size))
     last = np.arange(x.size) >= starts[-1]  # the reference's nodes
-    pows = {1: f}  # integer powers by products (numpy's general power is ~10x slower)
-    for p in range(2, max(powers) + 1):
-        pows[p] = pows[p - 1] * f
-    for p in powers:
-        sums = np.add.reduceat(pows[p] * w, starts, axis=-1)  # (offsets, scales, rules): each rule's nodes contiguous
+    fp = f  # integer powers by products (numpy's general power is ~10x slower)
+    for p in range(1, top + 1):
+        if p > 1:
+            fp = fp * f
+        sums = np.add.reduceat(fp * w, starts, axis=-1)  # (offsets, scales, rules): each rule's nodes contiguous
         ref = sums[..., -1:]
-        norm = np.sqrt(np.sum(np.square(pows[p][..., last]) * w[last], axis=-1))
+        norm = np.sqrt(np.sum(np.square(fp[..., last]) * w[last], axis=-1))
         rel = np.abs(sums[..., :-1] - ref) / (norm[..., None] + 1e-300)  # (offsets, scales, ladder)
-        worst = np.maximum(worst, rel.max(axis=0).T)
-    return np.maximum.accumulate(worst, axis=1)
+        rows[p - 1] = rel.max(axis=0).T
+    return rows
 
 
 @frozen_lru(64)
