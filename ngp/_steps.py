@@ -202,9 +202,12 @@ class Dense(Step):
                 dmap = DenseMap(f.act, prev.K, E2, C_W, ratio, prev.pairs, opts)
                 layer = DenseLayer(K, prev=prev, dense_map=dmap, width=self.width)
         if not isinstance(K, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(K))):
+            fed = "" if f.layer is None or isinstance(f.layer.K, jax.core.Tracer) else (
+                f" (the largest it is applied to: {float(np.max(np.diagonal(np.asarray(f.layer.K)))):.3g})")
             raise FloatingPointError(
-                f"{self!r}: the kernel recursion produced non-finite values; the activation {f.act.name!r} "
-                "overflows for these inputs/variances (standardise the inputs or lower C_W/C_b)"
+                f"{self!r}: the kernel recursion produced non-finite values: the Gaussian two-point integral of the "
+                f"activation {f.act.name!r} overflows or cannot be computed at these variances{fed}; standardise the "
+                "inputs or lower C_W/C_b"
             )
         return dataclasses.replace(f, features=None, layer=layer, act=IDENTITY, width=self.width,
                                    layers=f.layers + (layer,), dense_index=f.dense_index + 1)

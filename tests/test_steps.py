@@ -155,6 +155,18 @@ def test_mixed_network_K1_against_actual_networks(X):
 
 
 # ----------------------------------------------------------------------------- exact identities
+def test_a_kernel_recursion_that_overflows_says_where_and_at_which_variance():
+    """exp on standard inputs: the second layer's variances are e^{2 K_1} (up to 13.4 here), whose two-point integral
+    the readout's recursion cannot compute; the error names the step, the activation and that variance."""
+    X = np.random.default_rng(0).normal(size=(4, 2))
+    fed = np.exp(2 * np.max(np.sum(X**2, axis=1) / 2))  # <e^z e^z> at the first layer's variances, C_W = 1, C_b = 0
+    net = ngp.MLP(3, 16, activation=ngp.activation(jnp.exp), C_W=1.0, C_b=0.0)
+    with pytest.raises(FloatingPointError) as err:
+        net.prior(X)
+    message = str(err.value)
+    assert message.startswith("Dense(1, ") and "'exp'" in message and f"applied to: {fed:.3g})" in message
+
+
 def test_mlp_is_a_serial_composition(X):
     mlp = ngp.MLP(4, [12, 24, 8], activation="gelu", C_W=[1.1, 0.9, 1.3, 0.8], C_b=[0.2, 0.0, 0.1, 0.05], out_dim=2)
     ser = ngp.serial(ngp.Dense(12, C_W=1.1, C_b=0.2), ngp.Elementwise("gelu"), ngp.Dense(24, C_W=0.9),
