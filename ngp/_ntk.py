@@ -39,7 +39,7 @@ import numpy as np
 
 from ._cache import frozen_lru
 from ._activations import Activation
-from ._gaussian import (auto_orders, gauss_hermite, hermite_coefficients, hermite_tables, mehler_series, pair_matrix,
+from ._gaussian import (auto_orders, finite_rule, hermite_coefficients, hermite_tables, mehler_series, pair_matrix,
                         pruned_tensor_rule)
 from ._kernel import kernel_map, two_point_matrix
 from ._validate import device, per_layer, real
@@ -169,7 +169,7 @@ def _tables_jit(act, terms, nodes, K, tables):
     cf = jnp.stack([coeffs[p] for p, _ in _PAIRS])  # (npairs, N, T+1)
     cg = jnp.stack([coeffs[q] for _, q in _PAIRS])
     acc = mehler_series(cf, cg, rho)
-    x, w = (device(t, dtype=K.dtype) for t in gauss_hermite(nodes))
+    x, w = (device(t, dtype=K.dtype) for t in finite_rule(nodes))
     z = jnp.sqrt(jnp.maximum(kd, 0.0))[:, None] * x  # (N, nodes)
     der = [act.derivative(p)(z) for p in range(_MAX_DERIV + 1)]
     diag = jnp.stack([jnp.sum(w * der[p] * der[q], axis=-1) for p, q in _PAIRS])  # (npairs, N)

@@ -156,15 +156,32 @@ def test_mixed_network_K1_against_actual_networks(X):
 
 # ----------------------------------------------------------------------------- exact identities
 def test_a_kernel_recursion_that_overflows_says_where_and_at_which_variance():
-    """exp on standard inputs: the second layer's variances are e^{2 K_1} (up to 13.4 here), whose two-point integral
-    the readout's recursion cannot compute; the error names the step, the activation and that variance."""
-    X = np.random.default_rng(0).normal(size=(4, 2))
+    """exp on inputs of variance up to 5.2: the second layer's variances are e^{2 K_1} (up to 3.3e4 here), and the
+    readout's <e^z e^z> = e^{2 K_2} overflows; the error names the step, the activation and that variance."""
+    X = 2 * np.random.default_rng(0).normal(size=(4, 2))
     fed = np.exp(2 * np.max(np.sum(X**2, axis=1) / 2))  # <e^z e^z> at the first layer's variances, C_W = 1, C_b = 0
     net = ngp.MLP(3, 16, activation=ngp.activation(jnp.exp), C_W=1.0, C_b=0.0)
-    with pytest.raises(FloatingPointError) as err:
-        net.prior(X)
+    with pytest.warns(ngp.AccuracyWarning, match="variance"), pytest.raises(FloatingPointError) as err:
+        net.prior(X)  # (3.3e4 is beyond the Mehler series' accurate range: warned)
     message = str(err.value)
     assert message.startswith("Dense(1, ") and "'exp'" in message and f"applied to: {fed:.3g})" in message
+
+
+def test_mehler_kernel_of_a_fast_growing_activation_at_large_variance():
+    """<e^{z_a} e^{z_b}> = e^{(K_aa + K_bb)/2 + K_ab} by the Mehler series and its 1-D diagonal at variances up to 30:
+    the diagonal's rule has nodes whose weights underflow to 0 and where e^{2z} overflows (0 * inf was NaN at 13.4);
+    and a network on standard inputs reaching variance 13.4 has a finite kernel."""
+    from ngp._kernel import two_point_matrix
+
+    act = ngp.activation(jnp.exp)
+    for k in (1.0, 13.4, 30.0):
+        K = np.array([[k, 0.9 * k], [0.9 * k, 1.1 * k]])
+        exact = np.exp(0.5 * (np.diag(K)[:, None] + np.diag(K)[None, :]) + K)
+        np.testing.assert_allclose(np.asarray(two_point_matrix(act, K)), exact, rtol=1e-12)
+    X = np.random.default_rng(0).normal(size=(4, 2))
+    K = np.asarray(ngp.MLP(3, 16, activation=act, C_W=1.0, C_b=0.0).prior(X, warn=False).K)
+    K2 = np.exp(0.5 * (np.sum(X**2, axis=1)[:, None] + np.sum(X**2, axis=1)[None, :]) / 2 + X @ X.T / 2)
+    np.testing.assert_allclose(K, np.exp(0.5 * (np.diag(K2)[:, None] + np.diag(K2)[None, :]) + K2), rtol=1e-11)
 
 
 def test_mlp_is_a_serial_composition(X):
