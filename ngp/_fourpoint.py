@@ -393,16 +393,12 @@ def _trapezoid(m: int, L: float):
     return x, (2.0 * L / (m - 1)) * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 
 
+@frozen_lru(64)
 def _error_table(act: Activation, powers: tuple = _CAL_POWERS) -> np.ndarray:
     """One-dimensional calibration of the activation: ``(len(LADDER), len(_S_GRID))`` errors of the
     ``m``-node ladder rule for ``sigma(s (c + x))^p`` relative to ``E[sigma(s (c + x))^{2p}]^{1/2}``,
     worst over the calibration offsets ``c`` and ``powers`` ``p``, made non-decreasing in ``s`` (the
     reference is a trapezoid rule of step 0.0015 on [-12, 12], converged for every grid scale)."""
-    return _error_table_of(act, tuple(sorted(set(int(p) for p in powers))))
-
-
-@frozen_lru(64)
-def _error_table_of(act: Activation, powers: tuple) -> np.ndarray:
     rows = _error_rows(act, max(_CAL_TOP, max(powers)))
     return np.maximum.accumulate(rows[np.asarray(powers) - 1].max(axis=0), axis=1)
 
