@@ -570,9 +570,33 @@ def _staircase(orders: tuple, cutoff: float):
 
 
 def tensor_rule_size(orders: tuple, cutoff: float) -> int:
-    """The number of nodes of :func:`tensor_rule` ``(orders, cutoff)`` without building it (:func:`_staircase`:
-    ``O(nodes / orders[-1])``)."""
-    return int(_staircase(tuple(int(m) for m in orders), cutoff)[2].sum())
+    """The number of nodes of :func:`tensor_rule` ``(orders, cutoff)`` without building it: from the directions' log
+    weights, meeting in the middle (the sums over the first half of the directions against the sorted sums over the
+    other half), so time and memory go as the two halves' grids (``O(m^2)`` in 4-D), not as the pruned rule (building
+    the leading directions' pruned rule took 3 GB and a minute for a rule capped from ``(1535, 1023, 511, 251)``).
+    Exact up to nodes whose weight lies within rounding of the threshold; remembered per set of orders (whatever
+    their order: the count is symmetric)."""
+    return _rule_size(tuple(sorted(int(m) for m in orders)), float(cutoff))
+
+
+@functools.lru_cache(maxsize=4096)
+def _rule_size(orders: tuple, cutoff: float) -> int:
+    h = len(orders) // 2
+    a, b = _log_grid(orders[:h]), _log_grid(orders[h:])
+    lthr = math.log(cutoff) + sum(float(np.log(_rule1d(m)[1].max())) for m in orders)
+    a = a[a > lthr - b[-1]]
+    return int(b.size * a.size - np.searchsorted(b, lthr - a, side="right").sum())
+
+
+@byte_lru(64 * 2**20)
+def _log_grid(orders: tuple) -> np.ndarray:
+    """The sorted sums of the log weights of the one-dimensional rules ``orders`` over their tensor grid (nodes of
+    zero weight left out)."""
+    out = np.zeros(1)
+    for m in orders:
+        w = _rule1d(m)[1]
+        out = (out[:, None] + np.log(w[w > 0])[None, :]).ravel()
+    return np.sort(out)
 
 
 #: Tolerance of the tabulated smoothing relative to ``rtol`` and the split input's Hoelder factor.

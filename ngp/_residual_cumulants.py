@@ -82,7 +82,7 @@ from ._gaussian import pruned_tensor_rule
 from ._kernel import KERNEL_OPTIONS, kernel_map, two_point_matrix
 from ._pairs import Pairs
 from ._validate import device, pad_to, warn
-from ._warnings import AccuracyWarning
+from ._warnings import AccuracyWarning, CostWarning
 
 __all__ = [
     "ChainState",
@@ -123,6 +123,11 @@ _CROSS_BANK_BLOCKS = 2**13
 #: Calibrated rules drop tensor nodes of weight below ``_CROSS_CUTOFF * four_point_rtol`` times the largest (as the
 #: four-point engine's rules).
 _CROSS_CUTOFF = 1e-5
+#: Seconds per node of the calibrated rules (measured warm on 2 cores: 7-11 ns in 3-D and 4-D) and the estimated time
+#: of one batch of four-variable cross-layer expectations beyond which large variances get a :class:`ngp.CostWarning`
+#: before the batch starts (:func:`_warn_cost`).
+_CROSS_NODE_SECONDS = 1.1e-8
+_CROSS_COST_WARN = 5.0
 #: Relu family: one direction is integrated exactly, the other ``d - 1`` by Gauss-Hermite with this
 #: many nodes per dimension (``cross_orders`` overrides these as well).
 RELU_ORDERS = {2: 96, 3: 48, 4: 32}
@@ -624,6 +629,7 @@ def _smooth_calibrated(act: Activation, dL: int, dR: int, C: np.ndarray, rtol: f
     rest = np.nonzero(~iso)[0]
     if not rest.size:
         return out, lowered
+    _warn_cost(act, orders[rest], lam[rest], rtol, d)
     fn = _calibrated_kernel(act, dL, dR)
     sums = np.zeros((B, 9))
     uniq, inv = np.unique(orders[rest], axis=0, return_inverse=True)
@@ -643,6 +649,31 @@ def _smooth_calibrated(act: Activation, dL: int, dR: int, C: np.ndarray, rtol: f
     _bank_sums(fn, R, bank, d, sums)
     out[rest] = sums[rest, :4] - sums[rest, 4:8] * sums[rest, 8:]
     return out, lowered
+
+
+def _warn_cost(act: Activation, orders: np.ndarray, lam: np.ndarray, rtol: float, d: int) -> None:
+    """A :class:`ngp.CostWarning` before a batch of four-variable calibrated rules (``orders`` (B, d) at ``rtol``,
+    eigenvalues ``lam`` (B, d)) whose nodes would take more than :data:`_CROSS_COST_WARN` seconds at
+    :data:`_CROSS_NODE_SECONDS` each, where large variances make the rules many times those at variances below ~1 (the
+    isotropic rule): a network evaluated at such variances runs many such batches. The text depends on the largest
+    variance (one significant digit) only, so Python's filter shows it once per call site."""
+    if d != 4:
+        return
+    cutoff = _CROSS_CUTOFF * rtol
+    uniq, count = np.unique(orders, axis=0, return_counts=True)
+    nodes = sum(tensor_rule_size(tuple(o), cutoff) * int(c) for o, c in zip(uniq.tolist(), count))
+    iso = _rule(d, CROSS_ORDERS[d])[0].shape[0]
+    if nodes * _CROSS_NODE_SECONDS <= _CROSS_COST_WARN or nodes <= 10 * iso * orders.shape[0]:
+        return
+    var = float(f"{float(lam.max()):.1g}")
+    size = tensor_rule_size(tuple(_calibrated_orders(act, np.full((1, d), math.sqrt(var)), RTOL)[0][0]),
+                            _CROSS_CUTOFF * RTOL)  # at the default tolerance: the same text for the error companion
+    warn(f"residual cumulants: at pre-activation variances up to ~{var:g} a four-variable cross-layer "
+         f"expectation's rule for {act.name!r} has ~{size / iso:.0f}x the nodes it has below ~1 at the default "
+         f"tolerance (~{1 / _CROSS_NODE_SECONDS:.0g} nodes/s), and K1, V and predictions run many such batches: "
+         "minutes (a posterior on 4 training and 2 test inputs of variance ~2000: 5 min; more inputs, more: about as "
+         "the number of input pairs squared). Standardised inputs or smaller C_W, C_b "
+         "cut the cost most (docs/theory-residual.md, \"Quadrature\").", CostWarning)
 
 
 def _bank_sums(fn, R, bank, d: int, sums) -> None:

@@ -538,3 +538,57 @@ def test_rules_within_the_isotropic_one_are_calibrated_on_the_derivatives(monkey
     monkeypatch.setattr(rc, "_derivative_activations", lambda act: calls.append(act) or ())  # sigma alone
     alone, _ = _prior_K1(net, X, four_point_rtol=1e-7)
     assert calls and np.max(np.abs(alone - ref)) / np.max(np.abs(ref)) > 1e-7
+
+
+def test_rules_capped_at_large_variances_are_chosen_without_building_them():
+    # A cross-layer problem at variance 3000 calibrates to (2047, 1535, 1023, 253) nodes and is lowered to at most
+    # CROSS_MAX_NODES; each lowering step counted the pruned rule by building its leading directions (3.3 GB and 54 s at
+    # variance 1000, more than 8 GB at 3000). The count from the log weights equals the built rule's size (Gauss-Hermite
+    # and trapezoid counts of the ladder, one to four directions, three cutoffs) and the capping stays small.
+    import tracemalloc
+
+    from ngp._fourpoint import tensor_rule, tensor_rule_size
+
+    for o in [(7,), (250, 7), (102, 30, 14), (41, 48, 56, 65), (251, 19, 8, 3), (253, 255, 2, 1), (1, 1, 1, 1)]:
+        for cutoff in (1e-14, 1e-10, 1e-6):
+            assert tensor_rule_size(o, cutoff) == tensor_rule(o, cutoff)[1].size, (o, cutoff)
+    act = activation("tanh")
+    scales = np.sqrt(3000.0) * np.array([[1.0, 0.5, 0.3, 0.1]])
+    tracemalloc.start()
+    try:
+        orders, lowered = rc._calibrated_orders(act, scales, rc.RTOL)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    cutoff = rc._CROSS_CUTOFF * rc.RTOL
+    assert tensor_rule_size(tuple(rc.calibrated_orders(act, scales, rc.RTOL)[0]), cutoff) > rc.CROSS_MAX_NODES
+    assert tensor_rule_size(tuple(orders[0]), cutoff) <= rc.CROSS_MAX_NODES
+    assert lowered == pytest.approx(3000.0) and peak < 200 * 2**20, peak
+
+
+def test_large_variance_cross_layer_batches_warn_of_their_cost_before_they_run(monkeypatch):
+    # A four-variable batch whose rules are many times the isotropic rule's (large variances) and whose nodes would
+    # take more than _CROSS_COST_WARN seconds at _CROSS_NODE_SECONDS each gets a CostWarning naming the variance, the
+    # rule's growth and the cure; batches at small variances, short ones and three-variable ones do not.
+    act = activation("tanh")
+    lam = np.array([[3000.0, 750.0, 270.0, 30.0]])
+    orders, _ = rc._calibrated_orders(act, np.sqrt(lam), rc.RTOL)
+    nodes = rc.tensor_rule_size(tuple(orders[0]), rc._CROSS_CUTOFF * rc.RTOL)
+    B = int(rc._CROSS_COST_WARN / rc._CROSS_NODE_SECONDS / nodes) + 1  # just over the time
+    with pytest.warns(ngp.CostWarning, match=r"variances up to ~3000 .*'tanh' has ~\d+x the nodes.*Standardised"):
+        rc._warn_cost(act, np.repeat(orders, B, axis=0), np.repeat(lam, B, axis=0), rc.RTOL, 4)
+    small, _ = rc._calibrated_orders(act, np.full((1, 4), 0.7), rc.RTOL)
+    Bs = int(rc._CROSS_COST_WARN / rc._CROSS_NODE_SECONDS / rc.tensor_rule_size(tuple(small[0]), 1e-14)) + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ngp.CostWarning)
+        rc._warn_cost(act, np.repeat(orders, B - 1, axis=0), np.repeat(lam, B - 1, axis=0), rc.RTOL, 4)
+        rc._warn_cost(act, np.repeat(small, Bs, axis=0), np.full((Bs, 4), 0.5), rc.RTOL, 4)
+        rc._warn_cost(act, np.repeat(orders[:, :3], 10 * B, axis=0), np.repeat(lam[:, :3], 10 * B, axis=0),
+                      rc.RTOL, 3)
+    # wired into the batch: one problem at variance 500, the time limit lowered
+    monkeypatch.setattr(rc, "_CROSS_COST_WARN", 1e-3)
+    Q = np.linalg.qr(np.random.default_rng(3).normal(size=(4, 4)))[0]
+    C = (Q * np.array([500.0, 90.0, 20.0, 4.0])) @ Q.T
+    with pytest.warns(ngp.CostWarning, match="variances up to ~500"):
+        vals, _ = rc._smooth_calibrated(act, 2, 2, C[None], rc.RTOL)
+    assert np.all(np.isfinite(vals))
