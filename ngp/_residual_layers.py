@@ -32,6 +32,7 @@ from ._fourpoint import RTOL
 from ._residual_cumulants import (CHAIN_OPTIONS, PairSet, chain_start, companion_options, layer_cumulants, readout,
                                   residual_step)
 from ._validate import MAX_MEMORY
+from ._vertex_error import component_errors, k1_error, k1_error_packed, packed_vertex_error
 
 __all__ = ["ResidualChainLayer", "ResidualReadoutLayer", "residual_layer", "readout_layer"]
 
@@ -112,12 +113,20 @@ class _ChainDerived(LayerCumulants):
         raise NotImplementedError
 
     @functools.cached_property
-    def error_companion(self):
+    def error_companions(self):
         """The same layer on the companion quadrature (:func:`ngp._residual_cumulants.companion_options`): the
-        difference of its ``K1`` and ``V`` from this layer's is their error estimate (``ngp._vertex_error``).
-        ``None`` where there is none: ``four_point_order`` given, or a chain started after a layer that is not exactly
-        Gaussian (the input metric's own errors are not carried through the chain)."""
+        largest difference of their ``K1`` and ``V`` from this layer's is their error estimate (``ngp._vertex_error``).
+        One companion for a chain started after an exactly Gaussian layer; two for one started after a layer that is
+        not (the chain is linear in that layer's ``V`` and ``K1``: the companions start from them plus and minus their
+        error estimates, so the larger difference is the quadrature's difference plus the chain's response to the
+        input metric's errors). ``None`` with ``four_point_order`` (no estimate)."""
         raise NotImplementedError
+
+    @property
+    def error_companion(self):
+        """The first of :attr:`error_companions` (``None`` if none)."""
+        comps = self.error_companions
+        return None if comps is None else comps[0]
 
     @property
     def error_floor(self) -> float:
@@ -223,6 +232,9 @@ class ResidualChainLayer(_ChainDerived):
 
     #: The layer this one is the error companion of, when made before that layer's dense state (both may be held).
     _dense_beside = None
+    #: Error companions of a chain started after a layer that is not exactly Gaussian start from that layer's ``V``
+    #: and ``K1`` plus this multiple (+1 or -1) of their error estimates (:attr:`error_companions`).
+    start_shift = 0.0
 
     def __init__(self, K, *, prev, act, C_W, C_b, gamma, xi, branch, options, width, refusal=None):
         super().__init__(K, n=width, width=width)
@@ -259,8 +271,10 @@ class ResidualChainLayer(_ChainDerived):
         elif p.gaussian:
             state = chain_start(self.act, np.asarray(p.K), n=self.width, **self.options)
         else:
-            state = chain_start(self.act, np.asarray(p.K), n=self.width, V=np.asarray(p.vertex.packed()),
-                                K1=np.asarray(p.K1), n_prev=p.n, **self.options)
+            V, K1 = np.asarray(p.vertex.packed()), np.asarray(p.K1)
+            if self.start_shift:
+                V, K1 = V + self.start_shift * packed_vertex_error(p), K1 + self.start_shift * k1_error(p)
+            state = chain_start(self.act, np.asarray(p.K), n=self.width, V=V, K1=K1, n_prev=p.n, **self.options)
         return residual_step(state, C_W=float(self.C_W), C_b=float(self.C_b), gamma=float(self.gamma),
                              xi=float(self.xi), branch=self.branch)
 
@@ -277,8 +291,14 @@ class ResidualChainLayer(_ChainDerived):
             V = np.zeros((pair_set.P, pair_set.P))
             V[i, j] = V[j, i] = p.vertex.components(np.stack([pair_set.a[i], pair_set.b[i], pair_set.a[j],
                                                                pair_set.b[j]], axis=1))
-            state = chain_start(self.act, np.asarray(p.K), n=self.width, V=V, K1=p._K1_at(pair_set.index),
-                                n_prev=p.n, pairs=pair_set, **self.options)
+            K1 = np.asarray(p._K1_at(pair_set.index))
+            if self.start_shift:
+                pi, pj = pair_set.index[i], pair_set.index[j]
+                V[i, j] += self.start_shift * component_errors(p, np.minimum(pi, pj), np.maximum(pi, pj))
+                V[j, i] = V[i, j]
+                K1 = K1 + self.start_shift * k1_error_packed(p, pair_set.index)
+            state = chain_start(self.act, np.asarray(p.K), n=self.width, V=V, K1=K1, n_prev=p.n, pairs=pair_set,
+                                **self.options)
         return residual_step(state, C_W=float(self.C_W), C_b=float(self.C_b), gamma=float(self.gamma),
                              xi=float(self.xi), branch=self.branch)
 
@@ -287,28 +307,36 @@ class ResidualChainLayer(_ChainDerived):
         return layer_cumulants(self.chain)
 
     @functools.cached_property
-    def error_companion(self):
+    def error_companions(self):
         options = companion_options(self.act, self.options)
         p = self.prev
         if options is None:
             return None
         if isinstance(p, ResidualChainLayer):
-            p = p.error_companion
-            if p is None:
+            prevs = p.error_companions
+            if prevs is None:
                 return None
-        elif not p.gaussian:
-            return None
-        # the budget left by this chain's dense state (held once computed; pair-set runs hold none); made before that
-        # state (K1 errors asked before V), the companion's own dense state checks it when it is computed
+            shifts = (0.0,) * len(prevs)
+        elif p.gaussian:
+            prevs, shifts = (p,), (0.0,)
+        else:  # the input metric's errors: one companion from V + E_V, K1 + E_K1, one from V - E_V, K1 - E_K1
+            prevs, shifts = (p, p), (1.0, -1.0)
+        # the budget left by this chain's dense state (held once computed; pair-set runs hold none), shared by the
+        # companions; made before that state (K1 errors asked before V), a companion's own dense state checks it when
+        # it is computed
         limit = MAX_MEMORY if self.max_memory is None else self.max_memory
         dense = "chain" in self.__dict__
-        left = limit - (self.memory_estimate() if dense else 0)
-        comp = ResidualChainLayer(self.K, prev=p, act=self.act, C_W=self.C_W, C_b=self.C_b, gamma=self.gamma,
-                                  xi=self.xi, branch=self.branch, options={**options, "max_memory": max(left, 0)},
-                                  width=self.width, refusal=self.refusal)
-        if not dense:
-            comp._dense_beside = self
-        return comp
+        left = max(limit - (self.memory_estimate() if dense else 0), 0) // len(prevs)
+        comps = []
+        for q, shift in zip(prevs, shifts):
+            comp = ResidualChainLayer(self.K, prev=q, act=self.act, C_W=self.C_W, C_b=self.C_b, gamma=self.gamma,
+                                      xi=self.xi, branch=self.branch, options={**options, "max_memory": left},
+                                      width=self.width, refusal=self.refusal)
+            comp.start_shift = shift
+            if not dense:
+                comp._dense_beside = self
+            comps.append(comp)
+        return tuple(comps)
 
     def _on(self, pair_set: PairSet):
         return layer_cumulants(self.chain_on(pair_set))
@@ -336,10 +364,11 @@ class ResidualReadoutLayer(_ChainDerived):
         return readout(self.chain_layer.chain_on(pair_set), C_W=float(self.C_W), C_b=float(self.C_b))
 
     @functools.cached_property
-    def error_companion(self):
-        chain = self.chain_layer.error_companion
-        return None if chain is None else ResidualReadoutLayer(self.K, chain_layer=chain, C_W=self.C_W, C_b=self.C_b,
-                                                                width=self.width, refusal=self.refusal)
+    def error_companions(self):
+        chains = self.chain_layer.error_companions
+        return None if chains is None else tuple(
+            ResidualReadoutLayer(self.K, chain_layer=c, C_W=self.C_W, C_b=self.C_b, width=self.width,
+                                 refusal=self.refusal) for c in chains)
 
 
 def residual_layer(step, f, K, spec) -> LayerCumulants:

@@ -35,9 +35,9 @@ __all__ = ["packed_vertex_error", "component_errors", "local2_error", "k1_error"
 
 
 def _companion(layer: LayerCumulants):
-    """The layer on a looser quadrature where its errors are estimated by difference (residual chains), else
+    """The layers on a looser quadrature whose largest difference estimates its errors (residual chains), else
     ``None``."""
-    return getattr(layer, "error_companion", None)
+    return getattr(layer, "error_companions", None)
 
 
 def _supported(layer: LayerCumulants, what: str) -> bool:
@@ -47,14 +47,15 @@ def _supported(layer: LayerCumulants, what: str) -> bool:
 
 
 def _by_difference(layer: LayerCumulants, values) -> np.ndarray:
-    """``|values(layer) - values(companion)|`` plus ``layer.error_floor`` times the largest ``|values(layer)|``; the
-    companion's own accuracy warnings are silenced (it is looser by design)."""
+    """The largest ``|values(layer) - values(companion)|`` over the layer's companions plus ``layer.error_floor`` times
+    the largest ``|values(layer)|``; the companions' own accuracy warnings are silenced (looser by design)."""
     fine = np.asarray(values(layer), dtype=float)
-    comp = _companion(layer)
+    diff = np.zeros(fine.shape)
     with quiet(AccuracyWarning):
-        comp.follow(layer)
-        loose = np.asarray(values(comp), dtype=float)
-    return np.abs(fine - loose) + layer.error_floor * np.max(np.abs(fine), initial=0.0)
+        for comp in _companion(layer):
+            comp.follow(layer)
+            diff = np.maximum(diff, np.abs(fine - np.asarray(values(comp), dtype=float)))
+    return diff + layer.error_floor * np.max(np.abs(fine), initial=0.0)
 
 
 def _recursion(key: str, what: str, shape, power: int, values):

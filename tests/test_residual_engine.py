@@ -404,6 +404,18 @@ def test_hyperparameter_tracing_is_refused_for_residual_cumulants():
 
 
 # ----------------------------------------------------------------------------- error estimates
+def _posterior_within_its_errors(net, Xtr, Xte, Y, rtol, ref_rtol):
+    """The prediction at ``four_point_rtol = rtol`` (returned), after checking that its ``mean_error``,
+    ``var_error`` and ``log_evidence_error`` cover its differences from the prediction at ``ref_rtol``."""
+    post = ngp.condition(net, Xtr, Y, noise=0.01, four_point_rtol=rtol).predict(Xte)
+    exact = ngp.condition(net, Xtr, Y, noise=0.01, four_point_rtol=ref_rtol).predict(Xte)
+    for name in ("mean", "var"):
+        diff = np.abs(getattr(post, name) - getattr(exact, name))
+        assert np.all(diff <= getattr(post, f"{name}_error")), name
+    assert abs(post.log_evidence - exact.log_evidence) <= post.log_evidence_error
+    return post
+
+
 def test_residual_error_estimates_cover_the_quadrature_error():
     """A residual chain's ``V_error`` and ``K1_error`` (the difference from its companion quadrature,
     ``ngp._residual_cumulants.companion_options``, plus a tenth of the tolerance times the largest value) bound the
@@ -428,20 +440,16 @@ def test_residual_error_estimates_cover_the_quadrature_error():
             assert np.all(err <= est + ref_rtol * scale), (name, np.max(err - est))
             above_floor |= bool(np.any(err > 0.1 * rtol * np.max(np.abs(value))))
     assert above_floor
-    post = ngp.condition(net, Xtr, Y, noise=0.01, four_point_rtol=rtol).predict(Xte)
-    exact = ngp.condition(net, Xtr, Y, noise=0.01, four_point_rtol=ref_rtol).predict(Xte)
-    for name in ("mean", "var"):
-        diff = np.abs(getattr(post, name) - getattr(exact, name))
-        assert np.all(diff <= getattr(post, f"{name}_error")), name
-    assert abs(post.log_evidence - exact.log_evidence) <= post.log_evidence_error
+    post = _posterior_within_its_errors(net, Xtr, Xte, Y, rtol, ref_rtol)
     assert 0 < np.max(post.mean_error) <= 1e-2 * np.max(np.abs(post.mean_correction))
 
 
 def test_residual_error_companions():
     """The companion quadrature: calibrated rules at 100 times ``four_point_rtol`` (at most 0.1) and never the
     isotropic rule, fixed rules (relu family, ``cross_orders``) at half the nodes; none with ``four_point_order``.
-    A chain started after a layer that is not exactly Gaussian has no companion: its errors are NaN (the input
-    metric's own errors are not carried through the chain), and so are those of the layers after it."""
+    A chain started after a layer that is not exactly Gaussian has two, started from that layer's ``V`` and ``K1``
+    plus and minus their error estimates (finite estimates, covering the error:
+    ``test_chain_after_a_finite_width_layer_carries_its_input_metric_errors``)."""
     tanh, relu = activation("tanh"), activation("relu")
     assert rc.companion_options(tanh, {}) == {"four_point_rtol": pytest.approx(1e-7), "cross_iso": False,
                                               "progress": False}
@@ -450,9 +458,43 @@ def test_residual_error_companions():
     assert rc.companion_options(relu, {})["cross_orders"] == {d: m // 2 for d, m in rc.RELU_ORDERS.items()}
     assert rc.companion_options(tanh, {"four_point_order": 20}) is None
     prior = _serial_chain().prior(X3)
-    assert np.all(np.isnan(prior.V_error)) and np.all(np.isnan(prior.K1_error))
+    assert [len(layer._c.error_companions) for layer in prior.layers[2:4]] == [2, 2]  # the chain's two layers
+    assert np.all(np.isfinite(prior.V_error)) and np.all(np.isfinite(prior.K1_error))
     assert np.all(np.isfinite(prior.layers[1].V_error))  # the dense layer before the chain keeps its recursion
     assert np.all(np.isnan(ngp.ResMLP(3, 8).prior(X3, four_point_order=20).K1_error))
+
+
+def test_chain_after_a_finite_width_layer_carries_its_input_metric_errors(monkeypatch):
+    """A chain started after two finite-width tanh layers: its input metric's ``V`` and ``K1`` carry quadrature errors
+    (``four_point_rtol = 1e-7``), which the chain carries on. Its estimates (the larger difference from two
+    companions started from that metric plus and minus its error estimates) bound the errors of ``V`` and ``K1`` at
+    the chain layer and the readout against the network at ``1e-11``, and the posterior's ``mean_error``,
+    ``var_error`` and ``log_evidence_error`` the posterior's. Without the input metric's errors (companions started
+    from the metric itself) the chain layer's ``K1`` estimate falls below its error: they are what covers it there."""
+    from ngp import _residual_layers as rl
+
+    net = ngp.serial(ngp.Dense(12, C_W=1.5, C_b=0.1), ngp.Elementwise("tanh"), ngp.Dense(8, C_W=1.5, C_b=0.1),
+                     ngp.Elementwise("tanh"), ngp.Dense(8, C_W=1.5, C_b=0.1),
+                     ngp.Residual(ngp.serial(ngp.Elementwise("erf"), ngp.Dense(8, C_W=1.2, C_b=0.1)), gamma=0.9,
+                                  xi=0.5),
+                     ngp.Elementwise("erf"), ngp.Dense(1, C_W=1.0))
+    rtol, ref_rtol = 1e-7, 1e-11
+
+    def worst(prior, ref):  # per layer after the dense ones: the largest error / (estimate + reference tolerance)
+        out = []
+        for layer, r in list(zip(prior.layers, ref.layers))[3:]:
+            for name in ("V", "K1"):
+                value, truth = np.asarray(getattr(layer, name)), np.asarray(getattr(r, name))
+                est = np.asarray(getattr(layer, f"{name}_error"))
+                assert np.all(np.isfinite(est)), name
+                out.append(np.max(np.abs(value - truth) / (est + ref_rtol * np.max(np.abs(truth)))))
+        return out
+
+    ref = net.prior(X3, four_point_rtol=ref_rtol)
+    assert max(worst(net.prior(X3, four_point_rtol=rtol), ref)) <= 1.0
+    _posterior_within_its_errors(net, *POSTERIOR_DATA, rtol, ref_rtol)
+    monkeypatch.setattr(rl.ResidualChainLayer, "start_shift", property(lambda self: 0.0, lambda self, v: None))
+    assert worst(net.prior(X3, four_point_rtol=rtol), ref)[1] > 2.0  # the chain layer's K1
 
 
 def test_relu_residual_error_estimates_come_from_half_the_nodes(monkeypatch):
