@@ -77,6 +77,13 @@ def test_csv_target_defaults_to_last_column_features_and_ignore(tmp_path):
     assert t.features == ("b",) and np.allclose(t.y, [1, 4, 7])
 
 
+def test_csv_constant_target_or_feature_is_remarked(tmp_path):
+    t = read_table(_write(tmp_path, "a,b,y\n1,2,5\n2,2,5\n3,2,5\n"))
+    assert t.notes == ("feature 'b' is constant (2): it carries no information",
+                       "the target 'y' is constant (5): every model predicts it exactly, so the comparison says nothing")
+    assert read_table(_write(tmp_path, "a,b,y\n1,2,5\n2,3,5.5\n3,2,5\n")).notes == ()
+
+
 @pytest.mark.parametrize(
     "content,kwargs,message",
     [

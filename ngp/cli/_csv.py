@@ -198,6 +198,14 @@ def read_table(path: str, *, target: str | None = None, features=None, ignore=()
     if len(values) < 3:
         raise CLIError(f"DATA: {len(values)} complete rows in {path}; at least 3 are needed (training and test rows)")
     data = np.array(values, dtype=float)
+    const = [k for k in range(data.shape[1]) if np.all(data[:, k] == data[0, k])]
+    names = list(features) + [target]
+    for k in const:
+        if k == data.shape[1] - 1:
+            notes.append(f"the target {target!r} is constant ({data[0, k]:g}): every model predicts it exactly, so "
+                         "the comparison says nothing")
+        else:
+            notes.append(f"feature {names[k]!r} is constant ({data[0, k]:g}): it carries no information")
     return Table(X=data[:, :-1], y=data[:, -1], features=tuple(features), target=target,
                  lines=np.array(lines), rows_read=rows_read, dropped_lines=tuple(dropped), delimiter=delim,
                  notes=tuple(notes))
