@@ -655,8 +655,8 @@ def _warn_cost(act: Activation, orders: np.ndarray, lam: np.ndarray, rtol: float
     """A :class:`ngp.CostWarning` before a batch of four-variable calibrated rules (``orders`` (B, d) at ``rtol``,
     eigenvalues ``lam`` (B, d)) whose nodes would take more than :data:`_CROSS_COST_WARN` seconds at
     :data:`_CROSS_NODE_SECONDS` each, where large variances make the rules many times those at variances below ~1 (the
-    isotropic rule): a network evaluated at such variances runs many such batches. The text depends on the largest
-    variance (one significant digit) only, so Python's filter shows it once per call site."""
+    isotropic rule): a network evaluated at such variances runs many such batches. The text depends on the activation
+    and the largest variance (one significant digit) only, so Python's filter shows it once per call site."""
     if d != 4:
         return
     cutoff = _CROSS_CUTOFF * rtol
@@ -671,7 +671,7 @@ def _warn_cost(act: Activation, orders: np.ndarray, lam: np.ndarray, rtol: float
     warn(f"residual cumulants: at pre-activation variances up to ~{var:g} a four-variable cross-layer "
          f"expectation's rule for {act.name!r} has ~{size / iso:.0f}x the nodes it has below ~1 at the default "
          f"tolerance (~{1 / _CROSS_NODE_SECONDS:.0g} nodes/s), and K1, V and predictions run many such batches: "
-         "minutes (a posterior on 4 training and 2 test inputs of variance ~2000: 5 min; more inputs, more: about as "
+         "minutes (a posterior on 4 training and 2 test inputs of variance ~2000: 3.5 min; more inputs, more: about as "
          "the number of input pairs squared). Standardised inputs or smaller C_W, C_b "
          "cut the cost most (docs/theory-residual.md, \"Quadrature\").", CostWarning)
 
