@@ -1,7 +1,7 @@
 """Residual chains at large pre-activation variances (unstandardised inputs): the capped cross-layer rules.
 
 Usage: python benchmarks/residual_large_variance.py [--other PATH] [--variances 100,300,1000,3000]
-[--memory-gb 8] [--posterior] [--out residual_large_variance.json]
+[--memory-gb 8] [--posterior] [--out residual_large_variance]
 
 1. For each variance ``v``: choosing the orders of one 4-D cross-layer problem with eigenvalues ``v * (1, 0.25,
    0.09, 0.01)`` (``ngp._residual_cumulants._calibrated_orders``, which lowers the calibrated rule to at most
@@ -12,7 +12,7 @@ Usage: python benchmarks/residual_large_variance.py [--other PATH] [--variances 
    of 3 standard-normal features times 30 (first-layer variances up to ~3000), this checkout only: seconds, and
    when each ``ngp.CostWarning`` came.
 
-Writes benchmarks/results/<--out>.
+Writes benchmarks/results/<--out>.json.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from _kernel_setup import machine, write_result  # noqa: E402
 
 ORDERS = r"""
 import json, resource, sys, time
@@ -92,7 +93,7 @@ def main() -> int:
     ap.add_argument("--variances", default="100,300,1000,3000")
     ap.add_argument("--memory-gb", type=float, default=8.0)
     ap.add_argument("--posterior", action="store_true")
-    ap.add_argument("--out", default="residual_large_variance.json")
+    ap.add_argument("--out", default="residual_large_variance")
     a = ap.parse_args()
     roots = {"this": ROOT} | ({"other": os.path.abspath(a.other)} if a.other else {})
     rows = []
@@ -101,18 +102,12 @@ def main() -> int:
             r = {"variance": v, "checkout": name, **_child(ORDERS, [v], root, a.memory_gb)}
             print(json.dumps(r), flush=True)
             rows.append(r)
-    out = {"machine": platform.node(), "cpus": os.cpu_count(), "load_before": os.getloadavg(), "orders": rows,
-           "memory_limit_gb": a.memory_gb, "roots": roots}
+    out = {"machine": machine(), "orders": rows, "memory_limit_gb": a.memory_gb, "roots": roots}
     if a.posterior:
         out["posterior"] = _child(POSTERIOR, [], ROOT)
         print(json.dumps(out["posterior"])[:400], flush=True)
     out["load_after"] = os.getloadavg()
-    out["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    path = os.path.join(HERE, "results", a.out)
-    with open(path, "w") as f:
-        json.dump(out, f, indent=1)
-    print("wrote", path)
-    return 0
+    return write_result(a.out, out)
 
 
 if __name__ == "__main__":

@@ -123,12 +123,6 @@ class _ChainDerived(LayerCumulants):
         raise NotImplementedError
 
     @property
-    def error_companion(self):
-        """The first of :attr:`error_companions` (``None`` if none)."""
-        comps = self.error_companions
-        return None if comps is None else comps[0]
-
-    @property
     def error_floor(self) -> float:
         """Relative floor of the error estimates by difference: a tenth of ``four_point_rtol`` (the same-layer
         four-point values of one or two distinct inputs run on a fixed rule where its calibrated error is below that,
