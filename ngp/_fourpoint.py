@@ -1035,10 +1035,6 @@ def _pad_rows(a: np.ndarray, B: int) -> np.ndarray:
     return out
 
 
-def _bucket(n: int) -> int:
-    return 1 << max(0, int(np.ceil(np.log2(max(n, 1)))))
-
-
 def _eig_sqrt(C):
     """``R`` with ``R R^T = C`` (b, u, u), columns ordered by decreasing eigenvalue; and the eigen data."""
     lam, U = np.linalg.eigh(np.asarray(C))
@@ -1125,12 +1121,13 @@ def _direction_scale(R, beta=None):
 
 def _fourth_moments_all(act: Activation, Cs: list) -> list:
     """``E[sigma(z_j)^4]`` (b, u) for the inputs of each of the blocks ``Cs`` (b, u, u) (one activation call
-    for all: few distinct variances)."""
+    for all: few distinct variances, padded to :func:`bucket4` ``(n, 64)`` of them, so that new inputs seldom
+    compile the call again)."""
     x, w = gauss_hermite(200)
     kd = [np.sqrt(np.clip(np.diagonal(np.asarray(C), axis1=1, axis2=2), 0.0, None)) for C in Cs]  # (b, u)
     sd, inv = np.unique(np.concatenate([k.ravel() for k in kd]), return_inverse=True)
     n = sd.size
-    z = np.concatenate([sd, np.zeros(_bucket(n) - n)])[:, None] * x
+    z = np.concatenate([sd, np.zeros(bucket4(n, 64) - n)])[:, None] * x
     m4 = (np.asarray(_jit_fn(act.fn)(z)) ** 4 @ w)[:n][inv.reshape(-1)]  # one call: NumPy in
     return [m.reshape(k.shape) for m, k in zip(np.split(m4, np.cumsum([k.size for k in kd])[:-1]), kd)]
 

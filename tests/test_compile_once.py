@@ -96,10 +96,10 @@ def test_four_point_batches_do_not_depend_on_the_number_of_inputs():
 def test_numpy_arrays_reach_the_device_without_compiling(caplog):
     """``ngp._validate.device`` (used for ``jnp.asarray`` throughout the library) compiles nothing for a NumPy
     array of a new shape (JAX 0.10's ``jnp.asarray`` compiles a program per shape), with the same dtype and values;
-    the first-layer kernel is one compiled program per shape."""
+    the first-layer kernel is one compiled program per bucket of input counts (``ngp._kernel._bucketed``)."""
     import logging
 
-    from ngp._kernel import first_layer_kernel
+    from ngp._kernel import _first_layer_kernel, first_layer_kernel
     from ngp._validate import device
 
     x = np.arange(7.0 * 13).reshape(7, 13)
@@ -109,11 +109,15 @@ def test_numpy_arrays_reach_the_device_without_compiling(caplog):
     assert not [r for r in caplog.records if r.getMessage().startswith("Compiling")]
     assert y.dtype == jnp.asarray(x).dtype and np.array_equal(np.asarray(y), x)
     assert z.dtype == jnp.float64 and np.array_equal(np.asarray(z), x)
-    before = first_layer_kernel._cache_size()
+    before = _first_layer_kernel._cache_size()
     K = first_layer_kernel(x, 1.3, 0.2)
     first_layer_kernel(x + 1.0, 0.7, 0.1)  # other values and hyperparameters: the same program
-    assert first_layer_kernel._cache_size() == before + 1
+    x20 = np.arange(20.0 * 13).reshape(20, 13) / 7
+    K20 = first_layer_kernel(x20, 1.3, 0.2)  # 20 inputs: the same bucket (32 rows), the same program
+    assert _first_layer_kernel._cache_size() == before + 1
     np.testing.assert_allclose(np.asarray(K), 0.2 + 1.3 * x @ x.T / 13, rtol=1e-15)
+    np.testing.assert_allclose(np.asarray(K20), 0.2 + 1.3 * x20 @ x20.T / 13, rtol=1e-15)
+    assert K.shape == (7, 7) and K20.shape == (20, 20)
 
 
 @pytest.mark.parametrize("size", [100, 4096])
