@@ -465,8 +465,7 @@ def _half_stable_roots(act: Activation, k_range: tuple[float, float]) -> list[fl
         return m["g1"] / m["sp2"] - 1.0
 
     grid = np.geomspace(k_range[0], k_range[1], _SEARCH_POINTS)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+    with np.errstate(all="ignore"):  # NumPy's own, per thread (warnings.catch_warnings swaps the process's filters)
         m = _moments(act, grid, nodes=_nodes(k_range[1]))
     with np.errstate(divide="ignore", invalid="ignore"):
         vals = m["g1"] / m["sp2"] - 1.0
@@ -786,6 +785,16 @@ class PhaseDiagram:
 
 
 @float64
+def _real_array(value, name: str) -> np.ndarray:
+    """``value`` as a float array; anything that is not real numbers raises a ``TypeError`` naming ``name``."""
+    if np.iscomplexobj(value):
+        raise TypeError(f"{name}: expected real numbers, got complex values")
+    try:
+        return np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected real numbers (a number or an array), got {value!r}") from None
+
+
 def phase_diagram(activation, *, C_b, C_W, depth: int, K0: float = 1.0) -> PhaseDiagram:
     """Single-input kernel flow ``K^(l+1) = C_b + C_W g(K^(l))`` from ``K^(1) = K0`` on a grid of
     ``(C_b, C_W)`` (any broadcastable arrays), and ``chi_perp`` at the last layer (``docs/criticality.md``).
@@ -802,19 +811,21 @@ def phase_diagram(activation, *, C_b, C_W, depth: int, K0: float = 1.0) -> Phase
         K0: first-layer kernel ``> 0``.
     """
     act = _act(activation)
-    cb = np.asarray(C_b, dtype=float)
-    cw = np.asarray(C_W, dtype=float)
+    cb, cw = _real_array(C_b, "C_b"), _real_array(C_W, "C_W")
     if not (np.all(np.isfinite(cb)) and np.all(cb >= 0)):
         raise ValueError("C_b: bias variances must be finite and >= 0")
     if not (np.all(np.isfinite(cw)) and np.all(cw > 0)):
         raise ValueError("C_W: weight variances must be finite and > 0")
-    CB, CW = np.broadcast_arrays(cb, cw)
+    try:
+        CB, CW = np.broadcast_arrays(cb, cw)
+    except ValueError:
+        raise ValueError(f"C_b, C_W: shapes {cb.shape} and {cw.shape} do not broadcast; for a grid pass e.g. "
+                         "C_b[:, None] and C_W[None, :]") from None
     depth = _as_depth(depth)
     K0 = float(_as_variance(K0, "K0"))
     K = np.full(CB.shape, K0)
     diverged = np.zeros(CB.shape, dtype=bool)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+    with np.errstate(all="ignore"):  # diverging kernels are marked below
         for _ in range(depth - 1):
             K = CB + CW * _moments(act, K, nodes=_PHASE_NODES)["g"]
             diverged |= ~np.isfinite(K) | (K >= _PHASE_K_MAX)

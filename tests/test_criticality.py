@@ -85,6 +85,28 @@ def test_phase_diagram_against_adaptive_quadrature(name):
         cr.phase_diagram("tanh", C_b=0.0, C_W=[1.0, 0.0], depth=3)
     with pytest.raises(ValueError, match="depth"):
         cr.phase_diagram("tanh", C_b=0.0, C_W=1.0, depth=0)
+    with pytest.raises(ValueError, match=r"C_b, C_W: shapes \(2,\) and \(3,\) do not broadcast"):
+        cr.phase_diagram("tanh", C_b=[0.0, 0.1], C_W=[1.0, 1.5, 2.0], depth=3)
+    with pytest.raises(TypeError, match="C_b: expected real numbers"):
+        cr.phase_diagram("tanh", C_b="0.1 0.2", C_W=1.0, depth=3)
+    with pytest.raises(TypeError, match="C_W: expected real numbers"):
+        cr.phase_diagram("tanh", C_b=0.1, C_W=[1.0 + 1.0j], depth=3)
+
+
+def test_phase_diagram_and_root_search_leave_the_warning_filters_alone():
+    """Both silence NumPy's floating-point warnings of diverging kernels with ``np.errstate`` (per thread), not
+    ``warnings.catch_warnings`` (which swaps the process's filters, hiding other threads' warnings meanwhile): the
+    activation, traced inside those blocks, sees the caller's filters."""
+    seen = []
+
+    def act(z):
+        seen.append(list(warnings.filters))
+        return jnp.tanh(z)
+
+    before = list(warnings.filters)
+    cr.phase_diagram(act, C_b=[0.0, 0.2], C_W=[1.0, 50.0], depth=3)
+    cr._half_stable_roots(ngp.activation(lambda z: jnp.tanh(z) + 0.0 * act(z)), (0.01, 10.0))
+    assert len(seen) >= 2 and all(f == before for f in seen)
 
 
 def test_scale_invariant_susceptibilities_are_closed_form():
