@@ -29,7 +29,7 @@ import numpy as np
 
 from ._activations import Activation
 from ._fourpoint import RTOL, fixed_rule_split, multiset_expectations, split_multisets
-from ._gaussian import (auto_orders, bucket, concrete_max, integer_power, pad_rows, padded_rule,
+from ._gaussian import (auto_orders, concrete_max, integer_power, kernel_bucket, pad_rows, padded_rule,
                         pair_matrices, pruned_tensor_rule)
 from ._kernel import KERNEL_OPTIONS, two_point_matrix
 from ._pairs import Pairs, array_module, is_concrete, multiset_code, multiset_rows
@@ -142,7 +142,7 @@ def _jh_mehler(act: Activation, K, pairs: Pairs, **options):
         J_d, H_d = _diag_derivatives(act, kd, x, w)
     else:  # zero-padded to a bucketed length: one compilation for every N of the bucket
         N = kd.shape[0]
-        kp = np.zeros(bucket(N, 32))
+        kp = np.zeros(kernel_bucket(N))
         kp[:N] = kd
         J_d, H_d = (np.asarray(t)[:N] for t in _diag_derivatives(act, device(kp), x, w))
     return _merge_diag(pairs, J_off, H_off, J_d, H_d)

@@ -38,7 +38,7 @@ from ._warnings import AccuracyWarning
 
 __all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "hermite_tables", "pair_matrix", "pair_gh",
            "concrete_max", "auto_orders", "mehler_series", "padded_rule", "finite_rule", "pruned_tensor_rule", "bucket",
-           "pad_rows"]
+           "kernel_bucket", "pad_rows"]
 
 #: Smallest number of Hermite terms in the Mehler series.
 MEHLER_TERMS = 200
@@ -223,7 +223,7 @@ def _pair_call(run, K, terms, nodes):
     # concrete kernel: pad it with zero rows to a bucketed size (entries are computed independently,
     # so the N x N block is unchanged) so that one compilation serves every N of the bucket
     N = K.shape[0]
-    Kp = np.zeros((bucket(N, 32), bucket(N, 32)), dtype=jnp.result_type(float))
+    Kp = np.zeros((kernel_bucket(N), kernel_bucket(N)), dtype=jnp.result_type(float))
     Kp[:N, :N] = K
     return tuple(device(np.asarray(M)[:N, :N]) for M in run(Kp, *tables))
 
@@ -269,6 +269,21 @@ def bucket(m: int, smallest: int) -> int:
             return 3 * b // 2
         b *= 2
     return b
+
+
+#: Up to this many inputs the kernels' compiled shapes are powers of 2 (:func:`kernel_bucket`).
+KERNEL_POW2_MAX = 256
+
+
+def kernel_bucket(N: int) -> int:
+    """The padded size of a concrete kernel of ``N`` inputs (the pair matrices, the one-dimensional derivatives,
+    the dense layers' kernels): a power of 2, at least 32, up to :data:`KERNEL_POW2_MAX`, then :func:`bucket`
+    ``(N, 32)``. Below that bound a call costs milliseconds and a compilation about 0.15 s, so one program per
+    doubling (not two, as the 1.5x steps of :func:`bucket`) is cheaper for a prediction at a new number of
+    test points (``docs/getting-started.md``, "Within a process")."""
+    if N <= KERNEL_POW2_MAX:
+        return max(32, 1 << max(0, int(N) - 1).bit_length())
+    return bucket(N, 32)
 
 
 def pad_rows(x, smallest: int) -> np.ndarray:

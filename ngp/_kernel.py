@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
-from ._gaussian import bucket, pair_gh, pair_matrix
+from ._gaussian import kernel_bucket, pair_gh, pair_matrix
 from ._validate import device
 
 __all__ = ["METHODS", "KERNEL_OPTIONS", "first_layer_kernel", "dense_kernel", "two_point_matrix", "kernel_map"]
@@ -55,7 +55,7 @@ def _bucketed(fn, A, *args, square: bool = True):
     """``fn(A, *args)``, an ``(N, N)`` result whose entry ``(a, b)`` depends on rows ``a`` and ``b`` of ``A``
     (``(N, n0)``) only, or, ``square``, on the entries ``(a, a)``, ``(b, b)``, ``(a, b)``, ``(b, a)`` of ``A``
     ``(N, N)`` only: with a concrete ``A`` of up to :data:`BUCKET_MAX` rows and concrete ``args``, ``A`` is
-    zero-padded to :func:`~ngp._gaussian.bucket` ``(N, 32)`` rows (and columns, ``square``; the buckets of
+    zero-padded to :func:`~ngp._gaussian.kernel_bucket` ``(N)`` rows (and columns, ``square``; the sizes of
     :func:`~ngp._gaussian.pair_matrix`) and the result cut back, so that one compiled program serves every ``N``
     of the bucket (a prediction at a new number of test points compiled these programs again). The ``N x N``
     block is the same arithmetic on the same values: bit-identical for elementwise ``fn``; the first layer's matrix
@@ -64,7 +64,7 @@ def _bucketed(fn, A, *args, square: bool = True):
     if any(isinstance(a, jax.core.Tracer) for a in (A, *args)) or A.shape[0] > BUCKET_MAX:
         return fn(A, *args)
     N = A.shape[0]
-    Nb = bucket(N, 32)
+    Nb = kernel_bucket(N)
     if Nb == N:
         return fn(A, *args)
     A = np.asarray(A)

@@ -15,7 +15,7 @@ import ngp
 
 from ngp._activations import activation
 from ngp._finite import _diag_derivatives, _product_block, four_point_values
-from ngp._gaussian import _pair_matrix_jit, bucket, expect_1d, padded_rule, pair_gh, pair_matrix
+from ngp._gaussian import _pair_matrix_jit, bucket, expect_1d, kernel_bucket, padded_rule, pair_gh, pair_matrix
 
 
 #: multisets of two equality patterns, (1, 1, 1, 1) and (2, 2) (few compilations)
@@ -29,6 +29,9 @@ def _kernel(N, seed=0):
 
 def test_bucket_sizes():
     assert [bucket(m, 32) for m in (1, 32, 33, 48, 49, 64, 65, 100)] == [32, 32, 48, 48, 64, 64, 96, 128]
+    # the kernels' sizes: powers of 2 up to 256 (one program per doubling), then the 1.5x steps
+    sizes = (1, 32, 33, 48, 64, 65, 100, 129, 256, 257, 384, 385)
+    assert [kernel_bucket(m) for m in sizes] == [32, 32, 64, 64, 64, 128, 128, 256, 256, 384, 384, 512]
 
 
 @pytest.mark.parametrize("order", [(0, 0), (2, 0)])
@@ -54,6 +57,9 @@ def test_pair_matrix_compiles_once_per_bucket():
     for N, t in ((9, 310), (20, 350), (31, 380)):  # other sizes and orders of the same buckets
         pair_matrix(f, f, _kernel(N), terms=t, nodes=600)
     assert _pair_matrix_jit._cache_size() == before
+    for N in (33, 41, 58, 64):  # one program for 33 to 64 inputs
+        pair_matrix(f, f, _kernel(N), terms=300, nodes=600)
+    assert _pair_matrix_jit._cache_size() == before + 1
 
 
 def test_diagonal_derivatives_padded_equal_the_unpadded_rule():
