@@ -784,7 +784,6 @@ class PhaseDiagram:
     diverged: np.ndarray
 
 
-@float64
 def _real_array(value, name: str) -> np.ndarray:
     """``value`` as a float array; anything that is not real numbers raises a ``TypeError`` naming ``name``."""
     if np.iscomplexobj(value):
@@ -795,6 +794,7 @@ def _real_array(value, name: str) -> np.ndarray:
         raise TypeError(f"{name}: expected real numbers (a number or an array), got {value!r}") from None
 
 
+@float64
 def phase_diagram(activation, *, C_b, C_W, depth: int, K0: float = 1.0) -> PhaseDiagram:
     """Single-input kernel flow ``K^(l+1) = C_b + C_W g(K^(l))`` from ``K^(1) = K0`` on a grid of
     ``(C_b, C_W)`` (any broadcastable arrays), and ``chi_perp`` at the last layer (``docs/criticality.md``).

@@ -7,6 +7,7 @@ numpy implementations of sigma and sigma'), and 30-digit mpmath values quoted be
 import math
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -91,6 +92,18 @@ def test_phase_diagram_against_adaptive_quadrature(name):
         cr.phase_diagram("tanh", C_b="0.1 0.2", C_W=1.0, depth=3)
     with pytest.raises(TypeError, match="C_W: expected real numbers"):
         cr.phase_diagram("tanh", C_b=0.1, C_W=[1.0 + 1.0j], depth=3)
+
+
+def test_phase_diagram_computes_in_float64_in_a_float32_session():
+    """Like every public numerical entry point, ``phase_diagram`` runs in float64 whatever the session's flag
+    (``ngp._validate.float64``): the same values with x64 off as on (float32 differs at ~1e-7)."""
+    grid = {"C_b": [0.0, 0.3], "C_W": [[1.0], [1.9]], "depth": 4}
+    with jax.enable_x64(False), pytest.warns(ngp.AccuracyWarning, match="float32"):
+        low = cr.phase_diagram("tanh", **grid)
+    ref = cr.phase_diagram("tanh", **grid)
+    assert low.K.dtype == np.float64
+    np.testing.assert_array_equal(low.K, ref.K)
+    np.testing.assert_array_equal(low.chi_perp, ref.chi_perp)
 
 
 def test_phase_diagram_and_root_search_leave_the_warning_filters_alone():
