@@ -9,7 +9,9 @@ import math
 import numpy as np
 
 from ._linalg import solve_train
-from ._validate import train_test
+from ._validate import train_test, warn
+from ._validity import clip_rounding
+from ._warnings import AccuracyWarning
 
 __all__ = ["GPPosterior", "gp_posterior", "gp_from_kernel", "gp_log_evidence"]
 
@@ -61,8 +63,14 @@ def gp_from_kernel(K: np.ndarray, n_train: int, Y: np.ndarray, noise: float, jit
     P = K_BA @ s.Kinv
     cov_test = K_BB - P @ K_BA.T
     cov_test = 0.5 * (cov_test + cov_test.T)
+    # rounding at a test input equal to a training input with noise = 0 (variance 0): clipped to 0
+    d = clip_rounding(np.diag(cov_test), np.diag(K_BB))
+    np.fill_diagonal(cov_test, d)
+    if np.any(d < 0):
+        warn(f"gp_posterior: a posterior variance is negative beyond rounding ({float(np.min(d)):.3g}); the "
+             "training kernel is too ill-conditioned for this noise: add noise or jitter", AccuracyWarning)
     out = Y.shape[1]
-    var = np.repeat(np.diag(cov_test)[:, None], out, axis=1)
+    var = np.repeat(d[:, None], out, axis=1)
     return GPPosterior(mean, var, cov_test, gp_log_evidence(s, Y), noise)
 
 

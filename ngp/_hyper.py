@@ -28,7 +28,7 @@ from ._posterior import finite_width_log_evidence
 from ._gaussian import switch_tables, traced_mehler_tables
 from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
-from ._validate import as_inputs, as_targets, count, device, nonneg_float, real, warn
+from ._validate import as_inputs, as_targets, count, device, nonneg_float, per_layer, positive_float, real, warn
 from ._warnings import ConvergenceWarning, CostWarning, ExpansionWarning
 
 __all__ = ["log_evidence", "fit_hyperparameters", "HyperFit", "with_hyperparameters"]
@@ -36,10 +36,14 @@ __all__ = ["log_evidence", "fit_hyperparameters", "HyperFit", "with_hyperparamet
 FIT_NAMES = ("C_W", "C_b", "noise")
 
 
-def _per_dense(value, default, name, depth):
-    """A value per dense step: ``None`` -> the network's, a scalar -> repeated, a sequence of ``depth``."""
+def _per_dense(value, default, name, depth, check):
+    """A value per dense step: ``None`` -> the network's, a scalar -> repeated, a sequence of ``depth``. Concrete
+    values pass ``check`` (e.g. :func:`positive_float`: ``C_W > 0``, as :class:`ngp.Dense` asks); traced ones
+    (inside ``jax.grad`` or ``jax.jit``) cannot be checked."""
     if value is None:
         return list(default)
+    if not any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(value)):
+        per_layer(value, depth, name, check, what="dense step")
     arr = device(value)
     if arr.ndim == 0:
         return [arr] * depth
@@ -69,6 +73,12 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
     Returns:
         A 0-d JAX array.
 
+    Raises:
+        ValueError, TypeError: concrete ``C_W`` not finite and ``> 0``, ``C_b`` not finite and ``>= 0`` (as
+            :class:`ngp.Dense`; traced values are not checked).
+        numpy.linalg.LinAlgError: duplicate training inputs with ``noise = 0`` and ``jitter = 0``, or a (concrete)
+            evidence that is not finite: a singular training kernel.
+
     Note:
         Under ``jax.jit`` or a derivative the four-point term runs the fixed rule (``four_point_order``),
         and its gradient is Price's theorem on that rule's nodes: not the derivative of the traced value,
@@ -87,7 +97,17 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
     jitter = nonneg_float(jitter, "jitter")
     if not isinstance(noise, jax.core.Tracer):
         noise = nonneg_float(noise, "noise")
-    return _evidence(_cumulants(net, XA, C_W, C_b, finite_width, options), Y, noise, jitter)
+        if noise == 0.0 and jitter == 0.0 and not isinstance(XA, jax.core.Tracer) and (
+                np.unique(XA, axis=0).shape[0] < XA.shape[0]):
+            raise np.linalg.LinAlgError(
+                "X_train: duplicate training inputs with noise = 0 make the training kernel singular (the log "
+                "evidence is -inf or undefined); use noise > 0, jitter > 0 or remove duplicates")
+    value = _evidence(_cumulants(net, XA, C_W, C_b, finite_width, options), Y, noise, jitter)
+    if not isinstance(value, jax.core.Tracer) and not np.isfinite(float(value)):
+        raise np.linalg.LinAlgError(
+            "log_evidence: K_train + noise I is numerically singular (the log evidence is not finite); use a "
+            "larger noise or jitter")
+    return value
 
 
 def _evidence_options(options: dict) -> dict:
@@ -104,8 +124,8 @@ def _cumulants(net, XA, C_W, C_b, finite_width: bool, options: dict):
     part of the evidence that depends on them (and not on the noise or the targets)."""
     dense = net.dense_steps()
     depth = len(dense)
-    cw = _per_dense(C_W, [d.C_W for d in dense], "C_W", depth)
-    cb = _per_dense(C_b, [d.C_b for d in dense], "C_b", depth)
+    cw = _per_dense(C_W, [d.C_W for d in dense], "C_W", depth, positive_float)
+    cb = _per_dense(C_b, [d.C_b for d in dense], "C_b", depth, nonneg_float)
     if isinstance(XA, jax.core.Tracer):  # the GP objective's argument: duplicate rows are harmless to the GP
         if finite_width:
             raise TypeError("_cumulants: the finite-width cumulants need concrete inputs")

@@ -39,6 +39,8 @@ __all__ = [
     "VAR_FLOOR",
     "EXPANSION_WARN",
     "NUMERICAL_WARN",
+    "NUMERICAL_NEGLIGIBLE",
+    "clip_rounding",
 ]
 
 #: Largest trusted mean shift, in GP predictive standard deviations.
@@ -56,6 +58,22 @@ NUMERICAL_WARN = 0.1
 #: Floor of the predictive variance, relative to the prior variance at the test point (a test point
 #: on a training point with ``noise = 0`` has GP variance 0 up to rounding).
 VAR_FLOOR = 1e-8
+#: An estimated numerical error bound of a finite-width mean below this many predictive standard deviations
+#: (``sqrt(gp.var + noise)``, floored as in :func:`posterior_validity`) is not warned about, however small the
+#: 1/n correction it is compared with (a correction that vanishes by symmetry, say).
+NUMERICAL_NEGLIGIBLE = 1e-6
+
+
+def clip_rounding(var, prior_var) -> np.ndarray:
+    """Posterior variances ``var`` (``(N_test, ...)``) with the negative values that lie within rounding of 0
+    (at least ``-VAR_FLOOR * prior_var``, ``prior_var`` ``(N_test,)``) set to 0: at a test input equal to a
+    training input with ``noise = 0`` the variance is 0, and its computed value a rounding error of either sign.
+    Values below that are kept (they are not rounding; the caller warns)."""
+    var = np.array(var, dtype=float)
+    floor = VAR_FLOOR * np.clip(np.asarray(prior_var, dtype=float), 0.0, None)
+    floor = floor.reshape(floor.shape + (1,) * (var.ndim - 1))
+    var[(var < 0) & (var >= -floor)] = 0.0
+    return var
 
 
 @dataclasses.dataclass(frozen=True)

@@ -477,3 +477,74 @@ def test_cli_flags_untrusted_finite_width_rows(tmp_path, capsys):
     assert rc == 0
     assert "finite width n=4: untrusted:" in out.out
     assert "docs/validity.md" in out.out
+
+
+# ----------------------------------------------------------------------------- log_evidence's own arguments
+def test_log_evidence_checks_its_hyperparameters_and_singular_kernels():
+    """ngp.log_evidence's C_W/C_b overrides get the checks of ngp.Dense (a negative C_W gave the evidence of
+    pure noise, a negative C_b NaN or an unrelated LinAlgError); duplicate inputs with noise = 0 raise a
+    LinAlgError naming X_train (the GP path returned NaN); traced values (gradients) are not checked."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(4, 2)), np.sin(rng.normal(size=4))
+    net = ngp.MLP(3, 16)
+    for fw in (False, True):
+        with pytest.raises(ValueError, match=r"C_W: must be > 0"):
+            ngp.log_evidence(net, X, y, noise=0.1, C_W=-1.0, finite_width=fw)
+        with pytest.raises(ValueError, match=r"C_W\[1\]: must be > 0"):
+            ngp.log_evidence(net, X, y, noise=0.1, C_W=[1.0, -1.0, 1.0], finite_width=fw)
+        with pytest.raises(ValueError, match=r"C_b: must be >= 0"):
+            ngp.log_evidence(net, X, y, noise=0.1, C_b=-0.01, finite_width=fw)
+        with pytest.raises(ValueError, match=r"C_W: must be finite"):
+            ngp.log_evidence(net, X, y, noise=0.1, C_W=float("nan"), finite_width=fw)
+        with pytest.raises(TypeError, match=r"C_W"):
+            ngp.log_evidence(net, X, y, noise=0.1, C_W="a", finite_width=fw)
+        with pytest.raises(np.linalg.LinAlgError, match="X_train: duplicate training inputs"):
+            ngp.log_evidence(net, np.vstack([X, X[:1]]), np.r_[y, y[:1]], noise=0.0, finite_width=fw)
+    # the same values as the network's own, given as overrides (numbers, a JAX array) or traced
+    ref = float(ngp.log_evidence(net, X, y, noise=0.1, finite_width=False))
+    assert float(ngp.log_evidence(net, X, y, noise=0.1, C_W=jnp.ones(3), C_b=0.0, finite_width=False)) == ref
+    g = jax.grad(lambda c: ngp.log_evidence(net, X, y, noise=0.1, C_W=jnp.stack([c, 1.0, c]), finite_width=False))
+    assert np.isfinite(float(g(1.0)))
+
+
+def test_prediction_at_noiseless_training_inputs_is_exact_and_quiet():
+    """At a test input equal to a training input observed with noise = 0 the posterior mean is the target and
+    the variance 0, at every order in 1/n: the GP's variance was -3e-16 (sqrt NaN), the first-order one raised
+    a false negative-variance ExpansionWarning and an AccuracyWarning about error bounds of V's quadrature that
+    do not matter there. Now: variances >= 0 (rounding clipped), neither warning (the evidence correction's,
+    noise = 0, stays), means at the targets within their bounds; the other point keeps its positive variance."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(4, 2)), np.sin(rng.normal(size=4))
+    net = ngp.MLP(3, 32)
+    XB = np.vstack([X[:3], [[0.3, 0.1]]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = ngp.posterior(net, X, y, XB, noise=0.0)
+        g = ngp.gp_posterior(net, X, y, XB, noise=0.0)
+        m = ngp.condition(net, X, y, noise=0.0).predict(XB)
+        ngp.posterior(net, X, y, X[:3], noise=0.0)  # only training inputs
+    said = [str(w.message) for w in caught]
+    assert not [s for s in said if "numerical error" in s or "negative" in s], said
+    for post in (p, m):  # the target, within the bounds (the training and joint priors' V differ by rounding)
+        assert np.all(np.abs(post.mean[:3, 0] - y[:3]) <= post.mean_error[:3, 0] + 1e-13)
+        assert np.all(post.var >= 0) and np.all(post.var[:3] <= post.var_error[:3] + 1e-13)
+        assert post.var[3, 0] > 1e-4
+    assert np.all(np.einsum("aiai->ai", p.cov) >= 0)
+    assert np.all(g.var >= 0) and np.all(np.isfinite(g.std)) and np.all(np.diag(g.cov_test) >= 0)
+    np.testing.assert_allclose(g.mean[:3, 0], y[:3], rtol=0, atol=1e-12)
+
+
+def test_negligible_error_bounds_are_not_warned_about():
+    """A 1/n mean correction that vanishes by symmetry (a ResMLP at a zero input: ~1e-17) made any error bound
+    look huge against it (a 6.5e6 % AccuracyWarning for a bound of 5e-13): bounds below NUMERICAL_NEGLIGIBLE
+    predictive standard deviations are not warned about (test_posterior.py::test_numerical_error_warning keeps
+    the warning where the bound matters)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(4, 2)), np.sin(rng.normal(size=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = ngp.posterior(ngp.ResMLP(3, 32), X, y, np.zeros((1, 2)), noise=0.1)
+    sd = np.sqrt(q.gp.var + 0.1)
+    assert np.max(np.abs(q.mean_correction)) < 1e-12 and 0 < np.max(q.mean_error) < ngp.Validity.NUMERICAL_WARN
+    assert np.max(q.mean_error) > 0.1 * np.max(np.abs(q.mean_correction))  # the ratio alone would warn
+    assert np.max(q.mean_error / sd) < 1e-6
