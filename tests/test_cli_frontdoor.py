@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from ngp.cli import _budget, _parser, main
-from ngp.cli._common import CLIError, memory_size, table
+from ngp.cli._common import CLIError, fmt_above, given_options, memory_size, table
 from ngp.cli._compare import ESS_MIN, Row, cells, notes, numerical_flag
 from ngp.cli._csv import read_table
 from ngp.cli._regress import _aggregate, _largest_fitting, _splits, check_extreme, row_work
@@ -149,6 +149,13 @@ def test_old_option_spellings_still_work():
         (["--c-w", "inf"], "--c-w: expected a finite number"),
         (["--samples", "1"], "--samples: expected an integer >= 2"),
         (["--method", "fast"], "--method: invalid choice: 'fast'"),
+        (["--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
+        (["--width", "8,,32"], "--width: empty item in '8,,32'"),
+        (["--width", "8,"], "--width: empty item in '8,'"),
+        (["--width", "8,8"], "--width: 8 is given twice in '8,8'"),
+        (["--features", "a,,b"], "--features: empty item in 'a,,b'"),
+        (["--features", "a,a"], "--features: 'a' is given twice in 'a,a'"),
+        (["--ignore", "a,a"], "--ignore: 'a' is given twice in 'a,a'"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(tmp_path, capsys, argv, message):
@@ -176,11 +183,127 @@ def test_json_pointing_at_a_directory_or_missing_folder(tmp_path, capsys):
         ("a,y\n1,2\n3,4\n5,6\n", ["--method", "matrix-free", "--four-point-order", "8"],
          "--four-point-order: the matrix-free path has no four-point rule"),
         ("a,y\n1,2\n3,4\n5,6\n", ["--method", "matrix-free", "--n-train", "5"], "exceeds the 2-row training pool"),
+        ("a,y\n1,2\n3,4\n5,6\n", ["--ignore", "y"], "--ignore: 'y' is the target column"),
+        ("a,b,y\n1,2,3\n3,4,5\n5,6,8\n", ["--target", "b", "--ignore", "b"], "--ignore: 'b' is the target column"),
+        ("a,b,y\n1,2,3\n3,4,5\n5,6,8\n", ["--features", "a,b", "--ignore", "a"],
+         "--ignore: --features lists the feature columns"),
+        ("a,b,y\n1,2,3\n3,4,5\n5,6,8\n", ["--features", "a", "--ignore", "b"],
+         "--ignore: --features lists the feature columns"),
+        ("a,y\n1,2\n3,4\n5,6\n", ["--method", "exact", "--samples", "5"],
+         "--samples: the exact path has no Monte-Carlo samples"),
+        ("a,y\n1,2\n3,4\n5,6\n", ["--samples", "5"], "--samples: the exact path has no Monte-Carlo samples"),
+        ("a,y\n1,2\n3,4\n5,6\n", ["--folds", "3", "--test-fraction", "0.5"], "--test-fraction: with --folds"),
+        ("a,y\n1,2\n3,4\n5,6\n", ["--folds", "3", "--test-fraction", "0.2"], "--test-fraction: with --folds"),
+        ("a,y\n1,2\n3,4\n5,6\n", ["--fixed", "--fit-evidence", "finite-width"], "--fit-evidence: --fixed keeps"),
+        ("a,y\n1,2\n3,4\n5,6\n", ["--fit-evidence", "gp", "--fixed"], "--fit-evidence: --fixed keeps"),
     ],
 )
-def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, content, argv, message):
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, content, argv, message, monkeypatch):
+    from ngp.cli import _regress
+
+    monkeypatch.setattr(_regress, "fit_hyperparameters", lambda *a, **k: pytest.fail("refused before any fit"))
     path = str(tmp_path / "missing.csv") if content is None else _write(tmp_path, content)
     assert message in _one_error_line(capsys, main(["regress", path, *argv]))
+
+
+def test_given_options_are_told_from_defaults():
+    """Only what the command line gives counts as given (a default equal to a given value is not)."""
+    assert given_options(_parser(), ["regress", "x.csv", "--folds", "3", "--fixed"]) == {"command", "data", "folds",
+                                                                                         "fixed"}
+    assert given_options(_parser(), ["regress", "x.csv", "--test-fraction", "0.2"]) >= {"test_fraction"}
+    assert given_options(_parser(), ["demo"]) == {"command"}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--n-train", "1"], "argument --n-train: expected an integer >= 2, got '1'"),
+    (["--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
+    (["--out", "{file}"], "is not a folder ({file} is a file); give a folder name"),
+    (["--out", "{file}/sub"], "is not a folder ({file} is a file); give a folder name"),
+])
+def test_demo_bad_options_exit_2_with_one_line_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
+    from ngp.cli import _demo
+
+    monkeypatch.setattr(_demo, "profile", lambda: pytest.fail("refused before any work"))
+    file = tmp_path / "afile"
+    file.write_text("x")
+    argv = [a.format(file=file) for a in argv]
+    line = _one_error_line(capsys, main(["demo", "--quick", "--no-nuts", "--quiet", *argv]))
+    assert message.format(file=file) in line
+
+
+def test_demo_out_may_be_a_new_folder(tmp_path):
+    from ngp.cli._common import output_dir
+
+    assert output_dir(str(tmp_path / "new" / "deeper")) == str(tmp_path / "new" / "deeper")
+    assert output_dir(str(tmp_path)) == str(tmp_path)
+
+
+def test_extreme_test_target_is_refused_before_any_fit(tmp_path, capsys, monkeypatch):
+    """A target of 1e300 in a test row: one line naming the target column and the line, not an inf RMSE."""
+    from ngp.cli import _regress
+
+    monkeypatch.setattr(_regress, "fit_hyperparameters", lambda *a, **k: pytest.fail("refused before any fit"))
+    rows = _csv_rows(20)
+    ((_, test),) = _splits(20, argparse.Namespace(seed=0, folds=None, test_fraction=0.2))
+    k = int(test[0])
+    rows[k] = (rows[k][0], rows[k][1], 1e300)
+    data = _write(tmp_path, "a,b,y\n" + "".join(f"{a},{b},{t}\n" for a, b, t in rows))
+    line = _one_error_line(capsys, main(["regress", data, "--max-train", "8", "--width", "8", "--quiet"]))
+    assert re.search(rf"DATA: column 'y' on line {k + 2} lies \S+e\+(299|300) training standard deviations", line), line
+    for folds in (["--folds", "4"], ["--folds", "4", "--n-train", "4"]):  # any fold's test row, before fold 1 runs
+        line = _one_error_line(capsys, main(["regress", data, "--width", "8", "--quiet", *folds]))
+        assert f"DATA: column 'y' on line {k + 2} lies" in line
+
+
+@pytest.mark.parametrize("max_train, want", [
+    ("8", "training rows: 8 of 16 (--max-train; no timing probe needed)"),
+    ("64", "training rows: 16 of 16 (every row of the small training pool; no timing probe needed)"),
+])
+def test_small_pool_says_why_its_rows_are_used(tmp_path, capsys, monkeypatch, max_train, want):
+    from ngp.cli import _regress
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_regress, "_run_folds", stop)
+    data = _write(tmp_path, "a,b,y\n" + "".join(f"{a},{b},{t}\n" for a, b, t in _csv_rows(20)))
+    assert main(["regress", data, "--max-train", max_train, "--width", "8", "--fixed", "--quiet"]) == 130
+    assert want in capsys.readouterr().out
+
+
+def test_max_memory_reduces_the_training_set_to_what_predicting_needs(tmp_path, capsys):
+    """--max-memory 1M: 8 rows' prediction batches need more, so fewer rows are used (as the help says); with
+    --n-train the same is refused with one line naming --max-memory."""
+    data = _write(tmp_path, "a,b,y\n" + "".join(f"{a},{b},{t}\n" for a, b, t in _csv_rows(20)))
+    common = ["regress", data, "--max-train", "8", "--width", "8", "--time-budget", "20", "--fixed", "--quiet",
+              "--max-memory", "1M"]
+    rc = main(common)
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    m = re.search(r"training rows: (\d) of 16 \(--max-train; no timing probe needed\); memory: 8 rows need about "
+                  r"\S+ MiB > --max-memory 1 MiB; using (\d)", out)
+    assert m and m[1] == m[2] and 2 <= int(m[1]) < 8, out
+    assert "finite width n=8" in out
+    line = _one_error_line(capsys, main([*common, "--n-train", "8"]))
+    assert "--n-train 8: the finite-width posterior needs about" in line and "> --max-memory 1 MiB" in line
+    help_text = " ".join(_regress_parser().format_help().split())
+    assert "a training set that needs more is reduced to the most rows that fit (--n-train: refused)" in help_text
+    big = _write(tmp_path, "a,b,y\n" + "".join(f"{a},{b},{t}\n" for a, b, t in _csv_rows(40)), "big.csv")
+    rc = main(["regress", big, *common[4:]])  # a 32-row pool: the probe too runs on the rows that fit
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    probed = re.search(r"probe: (\d+) training", out)
+    assert probed and f"using {probed[1]}" in out, out
+
+
+def test_expansion_above_the_threshold_reads_above_it():
+    assert fmt_above(0.302, 0.3) == "0.302" and fmt_above(0.8, 0.3) == "0.8"
+    assert fmt_above(0.3000001, 0.3) == "0.3000001"
+    assert fmt_above(0.31, 0.3) == "0.31" and fmt_above(12.0, 0.3) == "12"
+    assert cells(Row("finite width n=8", expansion=0.302), truth=False)["1/n size"] == "0.302 (!)"
+    assert cells(Row("finite width n=8", expansion=0.2999), truth=False)["1/n size"] == "0.3"
+    folds = [[Row("finite width n=8", rmse=1.0, expansion=e)] for e in (0.1, 0.302)]
+    assert _aggregate(folds, truth=False)[0]["1/n size"] == "0.302 (!)"
 
 
 def test_memory_sizes():
@@ -752,8 +875,8 @@ def test_matrix_free_rows_fit_max_memory(tmp_path, capsys):
 
     n, note = _fit_memory(72, X, X[:, :1], args, False, path="matrix_free", n_test=3)
     assert need(n) <= 1024**2 < need(n + 1) and n < 72
-    assert note == (f"memory: 72 rows need about {need(72) / 1024**3:.2f} GiB with 3 test rows > --max-memory "
-                    f"0.00 GiB; using {n}")
+    assert note == (f"memory: 72 rows need about {need(72) / 1024**2:.3g} MiB with 3 test rows > --max-memory "
+                    f"1 MiB; using {n}")
     assert _fit_memory(n, X, X[:, :1], args, False, path="matrix_free", n_test=3) == (n, None)
     data = _write(tmp_path, "a,b,y\n" + "".join(f"{a},{b},{t}\n" for a, b, t in _csv_rows(60)))
     rc = main(["regress", data, "--method", "matrix-free", "--n-train", str(n + 1), "--n-test", "3", "--max-memory",
@@ -845,7 +968,7 @@ def test_regress_folds_price_each_fold_by_its_own_rows_and_fit(real_csv, tmp_pat
     monkeypatch.setattr(_regress, "MIN_TRAIN", 2)
     seen, inner = [], _budget.choose
 
-    def probe(args, Xp, yp, Xt, progress, hyper=None):
+    def probe(args, Xp, yp, Xt, progress, hyper=None, **kwargs):
         work = _regress.row_work(args, Xp, Xt, hyper)
         return _budget.CostModel(_budget.Probe(2, 2, 1e-3, 1e-3, 0.0, 1.0), work=work)
 
@@ -879,7 +1002,7 @@ def test_regress_probe_uses_the_fitted_hyperparameters(real_csv, capsys, monkeyp
     monkeypatch.setattr(_regress, "MIN_TRAIN", 2)
     seen, fitted = [], []
 
-    def probe(args, Xp, yp, Xt, progress, hyper=None):
+    def probe(args, Xp, yp, Xt, progress, hyper=None, **kwargs):
         seen.append(hyper)
         return _budget.CostModel(_budget.Probe(2, 2, 1e-3, 1e-3, 0.0, 1.0))
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from ngp import MatrixFreeConditioned as _MF
 
-from ._common import CLIError, Parser, finite_float, int_at_least, int_list, memory_size, name_list, output_file
+from ._common import (CLIError, Parser, finite_float, given_options, int_at_least, int_list, memory_size, name_list,
+                      output_dir, output_file)
 
 __all__ = ["main", "CLIError"]
 
@@ -60,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "on an elevation profile of built-in terrain data. Prints a table and writes a "
                                    "figure of the same profile.", epilog=_DEMO_EPILOG, formatter_class=fmt,
                        allow_abbrev=False)
-    d.add_argument("--n-train", type=int_at_least(1), default=None, metavar="N",
+    d.add_argument("--n-train", type=int_at_least(2), default=None, metavar="N",
                    help="training points of the 26-point profile (default: 18, every point but 8 held out as test "
                         "points)")
     d.add_argument("--n-test", type=int_at_least(1), default=None, metavar="M",
@@ -69,14 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--noise", type=finite_float(minimum=0.0, strict=True), default=0.1, metavar="VAR",
                    help="observation-noise variance, in units of the prior's output variance; the fit's start unless "
                         "--fixed (default: 0.1)")
-    d.add_argument("--seed", type=int, default=0, help="seed of the split, the sampling and NUTS (default: 0)")
+    d.add_argument("--seed", type=int_at_least(0), default=0,
+                   help="seed of the split, the sampling and NUTS (default: 0)")
     d.add_argument("--quick", action="store_true",
                    help="widths 8 and 32, fewer samples (see the timings below; used by the tests)")
     d.add_argument("--fixed", action="store_true",
                    help="keep C_W=1, C_b=0.1 and --noise instead of fitting them by maximising the GP evidence of the "
                         "training points (ML-II, from those values)")
     d.add_argument("--no-nuts", action="store_true", help="skip the NUTS reference")
-    d.add_argument("--out", default="ngp-demo", metavar="DIR", help="folder for the figure (default: ngp-demo)")
+    d.add_argument("--out", type=output_dir, default="ngp-demo", metavar="DIR",
+                   help="folder for the figure (default: ngp-demo)")
     d.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     d.set_defaults(run="demo")
 
@@ -141,8 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--folds", type=int_at_least(2), default=None, metavar="K",
                    help="K-fold cross-validation instead of one split: every row is a test row once")
     g.add_argument("--max-memory", type=memory_size, default=4 * 1024**3, metavar="SIZE",
-                   help="memory for the finite-width vertex (exact path) or the estimator's arrays (matrix-free "
-                        "path), e.g. 8G or 512M; a training set that needs more is reduced (default: 4G)")
+                   help="memory for the finite-width vertex and the prediction batches (exact path) or the "
+                        "estimator's arrays (matrix-free path), e.g. 8G or 512M; a training set that needs more is "
+                        "reduced to the most rows that fit (--n-train: refused) (default: 4G)")
     g.add_argument("--four-point-order", type=int_at_least(2), default=None, metavar="K",
                    help="Gauss-Hermite nodes per dimension for the four-point expectations (default: the "
                         "library's); cost grows as K^4")
@@ -152,20 +156,42 @@ def _parser() -> argparse.ArgumentParser:
                         "100000; default: 0 = off); rows with an effective sample size below 100 are marked "
                         "unreliable")
     g.add_argument("--no-truth", dest="truth", action="store_const", const=0, help=argparse.SUPPRESS)
-    g.add_argument("--seed", type=int, default=0, help="seed of the split and the sampling (default: 0)")
+    g.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the split and the sampling (default: 0)")
     g.add_argument("--json", type=output_file, metavar="FILE", help="also write the results to this JSON file")
     g.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     r.set_defaults(run="regress")
     return p
 
 
+#: Options that do not apply together: ``(option, dest, applies(args), why)``; ``option`` given by the user where
+#: ``applies`` is false is refused (a default is never refused).
+_INAPPLICABLE = (
+    ("--test-fraction", "test_fraction", lambda a: not a.folds,
+     "with --folds every row is a test row once; leave one of them out"),
+    ("--fit-evidence", "fit_evidence", lambda a: not a.fixed,
+     "--fixed keeps the given hyperparameters, nothing is fitted; leave one of them out"),
+    ("--ignore", "ignore", lambda a: a.features is None,
+     "--features lists the feature columns; leave --ignore out"),
+)
+
+
+def _refuse_inapplicable(args, given: set) -> None:
+    """Refuse an option the user gave that cannot apply with the others (before any work)."""
+    for option, dest, applies, why in _INAPPLICABLE:
+        if dest in given and not applies(args):
+            raise CLIError(f"{option}: {why}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a one-line usage error (2): return the code, like every other exit
         return int(exc.code or 0)
     try:
+        if args.run == "regress":
+            _refuse_inapplicable(args, given_options(_parser(), argv))
         if args.run == "demo":
             from ._demo import run
         else:

@@ -24,6 +24,9 @@ __all__ = [
     "int_list",
     "name_list",
     "output_file",
+    "output_dir",
+    "given_options",
+    "fmt_above",
     "table",
     "fmt",
     "Progress",
@@ -96,25 +99,35 @@ def memory_size(text: str) -> int:
     return int(value)
 
 
+def _items(text: str, what: str, one) -> list:
+    """The comma-separated items of ``text``, each parsed by ``one``; empty items and repeats are refused."""
+    parts = [p.strip() for p in text.split(",")]
+    if not any(parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"empty item in {text!r}; expected comma-separated {what}")
+    values = [one(p) for p in parts]
+    dup = next((v for k, v in enumerate(values) if v in values[:k]), None)
+    if dup is not None:
+        raise argparse.ArgumentTypeError(f"{dup!r} is given twice in {text!r}")
+    return values
+
+
 def int_list(minimum: int):
-    """An argparse type: comma-separated integers ``>= minimum`` (``8,32,128``)."""
+    """An argparse type: comma-separated distinct integers ``>= minimum`` (``8,32,128``)."""
     one = int_at_least(minimum)
-
-    def parse(text: str) -> list[int]:
-        parts = [p for p in text.split(",") if p.strip()]
-        if not parts:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-        return [one(p.strip()) for p in parts]
-
-    return parse
+    return lambda text: _items(text, "integers", one)
 
 
 def name_list(text: str) -> list[str]:
-    """An argparse type: comma-separated column names."""
-    names = [p.strip() for p in text.split(",") if p.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated column names, got {text!r}")
-    return names
+    """An argparse type: comma-separated distinct column names."""
+    return _items(text, "column names", str)
+
+
+def _writable(text: str, *paths: str) -> None:
+    """Refuse the option's value ``text`` if one of ``paths`` exists and cannot be written."""
+    if any(os.path.exists(p) and not os.access(p, os.W_OK) for p in paths):
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be written (permission denied)")
 
 
 def output_file(text: str) -> str:
@@ -122,12 +135,35 @@ def output_file(text: str) -> str:
     path = os.path.abspath(os.path.expanduser(text))
     if os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name")
-    parent = os.path.dirname(path)
-    if not os.path.isdir(parent):
+    if not os.path.isdir(os.path.dirname(path)):
         raise argparse.ArgumentTypeError(f"the folder of {text!r} does not exist")
-    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise argparse.ArgumentTypeError(f"{text!r} cannot be written (permission denied)")
+    _writable(text, os.path.dirname(path), path)
     return text
+
+
+def output_dir(text: str) -> str:
+    """An argparse type: a folder that exists or can be made, and written (checked before any work starts)."""
+    path = os.path.abspath(os.path.expanduser(text))
+    while not os.path.exists(path):  # the nearest existing folder is where the new ones are made
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder ({path} is a file); give a folder name")
+    _writable(text, path)
+    return text
+
+
+def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the options given in ``argv`` (not filled in by defaults): ``parser`` is parsed again
+    with every default suppressed (``parser`` is changed: build a fresh one)."""
+    parsers = [parser]
+    while parsers:
+        p = parsers.pop()
+        p._defaults.clear()
+        for action in p._actions:
+            action.default = argparse.SUPPRESS
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    return set(vars(parser.parse_args(argv)))
 
 
 # ----------------------------------------------------------------------------- output
@@ -136,6 +172,15 @@ def fmt(value, spec: str = ".4g") -> str:
     if value is None:
         return "-"
     return format(value, spec)
+
+
+def fmt_above(value: float, limit: float, digits: int = 2) -> str:
+    """``value`` (> ``limit``) with at least ``digits`` significant digits and enough more to read above ``limit``."""
+    for d in range(digits, 18):
+        text = format(value, f".{d}g")
+        if float(text) > limit:
+            break
+    return text
 
 
 def table(rows: list[dict], columns: list[str]) -> str:

@@ -15,10 +15,10 @@ import numpy as np
 from ngp import Validity
 from ngp.reference import ESS_WARN
 
-from ._common import CLIError, fmt
+from ._common import CLIError, fmt, fmt_above
 
-__all__ = ["Split", "Row", "compare", "metrics", "cells", "notes", "numerical_flag", "deadline_stop", "EXPANSION_WARN",
-           "ESS_MIN", "NUMERICAL_WARN", "DEADLINE_BATCHES"]
+__all__ = ["Split", "Row", "compare", "metrics", "cells", "expansion_cell", "notes", "numerical_flag", "deadline_stop",
+           "EXPANSION_WARN", "ESS_MIN", "NUMERICAL_WARN", "DEADLINE_BATCHES", "deadline_batch"]
 
 #: Expansion parameter above which a finite-width row is marked unreliable: the library's warning threshold.
 EXPANSION_WARN = Validity.EXPANSION_WARN
@@ -31,6 +31,11 @@ NUMERICAL_WARN = Validity.NUMERICAL_WARN
 #: before each batch after the first the deadline is checked): a prediction in batches costs a few percent more than
 #: in one (docs/cli.md, "Holding the time budget").
 DEADLINE_BATCHES = 5
+
+
+def deadline_batch(n_test: int) -> int:
+    """Test rows per batch of the finite-width predictions with a deadline (:data:`DEADLINE_BATCHES`)."""
+    return max(2, -(-n_test // DEADLINE_BATCHES))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +186,7 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
     M = split.Xte.shape[0]
     batched = {}  # with a deadline: batches of test rows, the first width stopping at the deadline
     if deadline is not None:
-        batched["batch_size"] = max(2, -(-M // DEADLINE_BATCHES))
+        batched["batch_size"] = deadline_batch(M)
     first = {} if deadline is None else {
         "stop": deadline_stop(deadline, batched["batch_size"], row_seconds, total=M), **batched}
     try:
@@ -240,7 +245,8 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
                              f"{row.mean_se:.2g} in the means and {row.var_se:.2g} in the variances (target units), "
                              f"{row.log_evidence_se:.2g} in the log evidence (docs/matrix-free.md)")
         if row.expansion > EXPANSION_WARN:
-            row.flags.append(f"unreliable: 1/n expansion parameter {row.expansion:.2g} > {EXPANSION_WARN}")
+            row.flags.append(f"unreliable: 1/n expansion parameter {fmt_above(row.expansion, EXPANSION_WARN)} > "
+                             f"{EXPANSION_WARN}")
         if np.any(var < 0):
             row.flags.append(f"unreliable: {int(np.sum(var < 0))} negative posterior variances")
         flag = numerical_flag(post, M)
@@ -309,6 +315,16 @@ def numerical_flag(post, M: int) -> str | None:
             f"the 1/n correction ({size:.2g}), in standardised units (docs/accuracy.md)")
 
 
+def expansion_cell(e: float | None) -> str:
+    """The "1/n size" cell: the expansion parameter, marked ``(!)`` (with the digits to read so) above
+    :data:`EXPANSION_WARN`."""
+    if e is None:
+        return "-"
+    if e > EXPANSION_WARN:
+        return f"{fmt_above(e, EXPANSION_WARN)} (!)"
+    return "0" if e == 0 else f"{e:.2g}"
+
+
 def cells(row: Row, *, truth: bool) -> dict:
     """Table cells (strings) of a row."""
     out = {
@@ -317,11 +333,9 @@ def cells(row: Row, *, truth: bool) -> dict:
         "test log-lik": fmt(row.loglik, ".3f"),
         "log evidence": fmt(row.log_evidence, ".3f") + ("" if row.log_evidence_se is None else
                                                         f" ± {row.log_evidence_se:.1g}"),
-        "1/n size": "-" if row.expansion is None else ("0" if row.expansion == 0 else f"{row.expansion:.2g}"),
+        "1/n size": expansion_cell(row.expansion),
         "time [s]": fmt(row.time_s, ".1f"),
     }
-    if row.expansion is not None and row.expansion > EXPANSION_WARN:
-        out["1/n size"] += " (!)"
     if truth:
         gp_gap = row.gp_truth_gap
         if row.truth_gap is None:

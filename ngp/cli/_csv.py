@@ -160,6 +160,9 @@ def read_table(path: str, *, target: str | None = None, features=None, ignore=()
         target = named[-1]
     check_names([target], "--target")
     check_names(list(ignore), "--ignore")
+    if target in ignore:
+        raise CLIError(f"--ignore: {target!r} is the target column; choose another with --target or leave it out "
+                       "of --ignore")
     auto = features is None
     if auto:
         features = [h for h in named if h != target and h not in ignore]

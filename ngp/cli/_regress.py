@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _budget
 from ._common import CLIError, Progress, collect_warnings, enable_x64, fmt, table
-from ._compare import ESS_MIN, EXPANSION_WARN, Split, cells, compare, notes
+from ._compare import ESS_MIN, Split, cells, compare, deadline_batch, expansion_cell, notes
 from ._csv import read_table
 from ._hyper import fit_hyperparameters
 
@@ -52,7 +52,8 @@ def standardize(train, *others):
 
 
 def check_extreme(Xte, lines, features):
-    """Refuse a test input absurdly far outside the training data (its kernel would overflow or be meaningless)."""
+    """Refuse a standardised test value (input or target; columns named ``features``) absurdly far outside the
+    training data (its kernel or its error would overflow or be meaningless)."""
     z = np.abs(Xte)
     if z.size and z.max() > MAX_Z:
         i, j = np.unravel_index(int(np.argmax(z)), z.shape)
@@ -111,8 +112,13 @@ def _path_options(args, path: str) -> dict:
     return {"method": "matrix_free", "samples": args.samples, "seed": args.seed, "max_memory": args.max_memory}
 
 
-def _refuse_exact_options(args) -> None:
-    """On the matrix-free path: refuse the options that belong to the exact path, before any work."""
+def _refuse_path_options(args, path: str) -> None:
+    """Refuse the options that belong to the other finite-width path than ``path``, before any work."""
+    if path == "exact":
+        if args.samples is not None:
+            raise CLIError("--samples: the exact path has no Monte-Carlo samples; leave it out or use --method "
+                           "matrix-free")
+        return
     if args.fit_evidence == "finite-width" and not args.fixed:
         raise CLIError("--fit-evidence finite-width: the fit runs the exact finite-width evidence, not the matrix-free "
                        "path; use --method exact (and at most a few dozen training rows) or --fit-evidence gp")
@@ -183,12 +189,12 @@ def fit_step_work(args, Xp, yp, hyper):
     return step
 
 
-def _probe(args, Xp, yp, Xt, progress, hyper=None):
-    """Time the finite-width computation on PROBE_TRAIN rows (fewer in a smaller pool) and PROBE_TEST test
-    rows (after the warm-up), with the hyperparameters ``hyper`` (the quadrature's cost depends on them:
-    larger ``C_W`` means larger variances and more nodes)."""
+def _probe(args, Xp, yp, Xt, progress, hyper=None, *, cap: int | None = None):
+    """Time the finite-width computation on PROBE_TRAIN rows (fewer in a smaller pool, or at most ``cap``: those that
+    fit --max-memory) and PROBE_TEST test rows (after the warm-up), with the hyperparameters ``hyper`` (the
+    quadrature's cost depends on them: larger ``C_W`` means larger variances and more nodes)."""
     work = probe_work(args, Xp, yp, Xt, hyper)
-    n, m = min(PROBE_TRAIN, len(Xp)), min(PROBE_TEST, len(Xt))
+    n, m = min(PROBE_TRAIN, len(Xp), cap or len(Xp)), min(PROBE_TEST, len(Xt))
     warm = (min(PROBE_WARMUP[0], n), min(PROBE_WARMUP[1], m))
     probe, _ = progress.run(f"probe: timing {n} training and {m} test rows (after a warm-up on {warm[0]})",
                             lambda: _budget.probe(work, n, m, warmup=warm))
@@ -243,27 +249,35 @@ def _largest_fitting(n: int, need, limit: float) -> tuple[int, float]:
 def _fit_memory(n_train: int, Xtr, ytr, args, explicit: bool, *, path: str = "exact",
                 n_test: int = 0) -> tuple[int, str | None]:
     """``(n, note)``: the largest training size ``n <= n_train`` that fits ``--max-memory`` on ``path``: the dense
-    training vertex (``net.prior(...).memory_estimate()``) or the matrix-free estimator predicting ``n_test`` rows
-    at once (``ngp.MatrixFreeConditioned.memory_estimate``); with ``explicit`` (``--n-train``) a refusal instead."""
+    training vertex (``net.prior(...).memory_estimate()``) and a batch of test rows' working memory (the deadline's
+    batch of ``n_test`` rows, :func:`ngp.cli._compare.deadline_batch`; with ``explicit``, no deadline: the two rows
+    ``predict`` needs at least), or the matrix-free estimator predicting ``n_test`` rows at once
+    (``ngp.MatrixFreeConditioned.memory_estimate``); with ``explicit`` (``--n-train``) a refusal instead."""
     import ngp
 
+    from .._posterior import _predict_bytes_per_point
+
     net, limit = _make_net(args)(args.width[0]), args.max_memory
+    batch = 2 if explicit else deadline_batch(n_test)
 
     def need(n):
         if path == "exact":
-            return net.prior(Xtr[:n], max_memory=limit).memory_estimate()
+            prior = net.prior(Xtr[:n], max_memory=limit)
+            return max(prior.memory_estimate(), batch * _predict_bytes_per_point(prior, n, ytr.shape[1]))
         return ngp.condition(net, Xtr[:n], ytr[:n], noise=args.noise, method="matrix_free").memory_estimate(n_test)
 
     first = need(n_train)
     if first <= limit:
         return n_train, None
-    gib = lambda b: f"{b / 1024**3:.2f} GiB"  # noqa: E731
+    gib = lambda b: f"{b / 1024**3:.2f} GiB" if b >= 1024**3 else f"{b / 1024**2:.3g} MiB"  # noqa: E731
     what = "" if path == "exact" else f" with {n_test} test rows"
     if explicit:
         name = "finite-width posterior" if path == "exact" else "matrix-free posterior"
         raise CLIError(f"--n-train {n_train}: the {name} needs about {gib(first)}{what} (> --max-memory {gib(limit)}); "
                        "raise --max-memory or lower --n-train" + ("" if path == "exact" else " or --n-test"))
-    n, _ = _largest_fitting(n_train, need, limit)
+    n, m = _largest_fitting(n_train, need, limit)
+    if n < 2 or m > limit:
+        raise CLIError(f"--max-memory {gib(limit)}: even 2 training rows need more{what}; raise it")
     return n, f"memory: {n_train} rows need about {gib(first)}{what} > --max-memory {gib(limit)}; using {n}"
 
 
@@ -286,8 +300,7 @@ def _aggregate(fold_rows: list[list], truth: bool) -> list[dict]:
         c["log evidence"] = pm("log_evidence", ".3f")
         exps = [r.expansion for r in rows if r.expansion is not None]
         if exps:
-            e = max(exps)
-            c["1/n size"] = ("0" if e == 0 else f"{e:.2g}") + (" (!)" if e > EXPANSION_WARN else "")
+            c["1/n size"] = expansion_cell(max(exps))
         c["time [s]"] = fmt(sum(r.time_s or 0.0 for r in rows), ".1f")
         if truth:
             ess = [r.truth_ess for r in rows if r.truth_ess is not None]
@@ -313,8 +326,8 @@ class _Fits:
         args, data = self.args, self.data
         f = p[: max(args.max_train, args.n_train or 0)]
         Xf, Xte, _ = standardize(data.X[f], data.X[t])
-        check_extreme(Xte, data.lines[t], data.features)
         yf, yte, (mu, sd) = standardize(data.y[f, None], data.y[t, None])
+        check_extreme(np.hstack([Xte, yte]), data.lines[t], (*data.features, data.target))
         return Xf, yf, Xte, yte, (float(mu[0]), float(sd[0]))
 
     def fit(self, X, y, finite_width):
@@ -369,9 +382,10 @@ def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float)
         raise CLIError(f"--n-train {args.n_train} exceeds the {pool}-row training pool "
                        "(lower --test-fraction or --folds to enlarge it)")
     path = _path(args, args.n_train if explicit else min(pool, args.max_train))
-    Xp, yp, Xt, _, _ = fits.rows(*splits[0])  # the first training pool, standardised: the probe, the memory check
+    rows = [fits.rows(p, t) for p, t in splits]  # every split's rows checked (check_extreme) before any work
+    Xp, yp, Xt, _, _ = rows[0]  # the first training pool, standardised: the probe, the memory check
+    _refuse_path_options(args, path)
     if path == "matrix_free":  # every row asked for: its cost grows like N_train^2, not N_train^4 (no probe)
-        _refuse_exact_options(args)
         n_train = args.n_train if explicit else min(pool, args.max_train)
         why = "--n-train" if explicit else ("every row of the training pool" if n_train == pool else "--max-train")
     elif explicit:
@@ -380,12 +394,15 @@ def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float)
             fits.probe, fit_line = _probe_fit(args, Xp, yp, progress, fits)
             print(f"{fit_line}; at {n_train} rows about {fits.probe.seconds(n_train):.0f} s per fold")
     elif min(pool, args.max_train) <= PROBE_TRAIN + 4 and (args.fixed or args.fit_evidence != "finite-width"):
-        n_train, why = min(pool, args.max_train), "all rows of the small training pool (no timing probe needed)"
+        n_train = min(pool, args.max_train)
+        why = ("every row of the small training pool" if n_train == pool else "--max-train")
+        why += "; no timing probe needed"
     else:
         hyper0 = None
         if not args.fixed:  # the probe times the hyperparameters the run will have (the GP's fit)
             hyper0 = fits.fit(Xp, yp, False)
-        model, fit_line = _probe(args, Xp, yp, Xt, progress, hyper0), None
+        cap, _ = _fit_memory(min(pool, args.max_train), Xp, yp, args, False, n_test=max(n_test))
+        model, fit_line = _probe(args, Xp, yp, Xt, progress, hyper0, cap=cap), None
         if len(splits) > 1:  # each fold priced by its own rows (an outlying row is in some folds' pools only)
             model = dataclasses.replace(model, splits=(model.work, *_split_works(fits, splits[1:])))
         if args.fit_evidence == "finite-width" and not args.fixed:  # its steps cost training blocks: budgeted too
