@@ -28,7 +28,8 @@ from ._posterior import finite_width_log_evidence
 from ._gaussian import switch_tables, traced_mehler_tables
 from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
-from ._validate import as_inputs, as_targets, count, device, nonneg_float, per_layer, positive_float, real, warn
+from ._validate import (as_inputs, as_targets, check_seed, count, device, nonneg_float, per_layer, positive_float,
+                        real, warn)
 from ._warnings import ConvergenceWarning, CostWarning, ExpansionWarning
 
 __all__ = ["log_evidence", "fit_hyperparameters", "HyperFit", "with_hyperparameters"]
@@ -252,7 +253,7 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
         bounds: ``{"C_W": (lo, hi), "C_b": (lo, hi), "noise": (lo, hi)}`` (defaults
             ``(0.05, 10)``, ``(1e-6, 5)``, ``(1e-6, 10 Var(Y))``).
         num_starts: number of starts (``>= 1``).
-        seed: seed of the random starts.
+        seed: non-negative integer seed of the random starts.
         max_iter: L-BFGS-B iterations per start.
         warm_rows: with more training rows than this, the GP evidence is first maximised on the first
             ``warm_rows`` rows (from the ``num_starts`` starts), and on all rows from that fit's optimum alone: each
@@ -268,6 +269,7 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
         if f not in FIT_NAMES:
             raise ValueError(f"fit: unknown hyperparameter {f!r}; expected some of {FIT_NAMES}")
     num_starts = count(num_starts, "num_starts")
+    seed = check_seed(seed)
     max_iter = count(max_iter, "max_iter")
     warm_rows = None if warm_rows is None else count(warm_rows, "warm_rows")
     XA = as_inputs(X_train, "X_train", in_dim=getattr(net, "in_dim", None))

@@ -104,10 +104,8 @@ def evidence_grid(X_train, Y_train, *, widths: Sequence[int], depths: Sequence[i
     """
     noise = nonneg_float(noise, "noise")
     X = as_inputs(X_train, "X_train")
-    Y = np.asarray(Y_train, dtype=float)
-    if Y.ndim == 1:
-        Y = Y[:, None]
-    Y = as_targets(Y, X.shape[0], Y.shape[1] if Y.ndim == 2 else 1)
+    shape = np.shape(Y_train)
+    Y = as_targets(Y_train, X.shape[0], shape[1] if len(shape) == 2 else 1)
     widths = _as_list(widths, "widths", count)
     depths = _as_list(depths, "depths", count)
     rows = []

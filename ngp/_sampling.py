@@ -19,7 +19,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from ._validate import as_inputs, count, device, memory_bytes, pad_to
+from ._validate import as_inputs, check_seed, count, device, memory_bytes, pad_to
 
 __all__ = ["NetworkSamples", "sample_networks", "SAMPLING_MEMORY", "check_sampling_memory", "network_keys"]
 
@@ -77,7 +77,7 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
             dense step.
         X: ``(N, n0)`` inputs.
         num_samples: number of networks ``S``.
-        seed: integer seed (results are reproducible).
+        seed: non-negative integer seed (results are reproducible).
         method: ``"weights"`` (literal weight matrices) or ``"conditional"`` (exact
             conditional-Gaussian layer sampler; same distribution, cheaper when
             ``N`` is small compared with the widths).
@@ -90,6 +90,10 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
         Given the last hidden layer the output layer is Gaussian with covariance ``metric``;
         it is drawn from that exact law in both methods.
 
+    Raises:
+        ValueError: bad arguments (named), or draws whose outputs or metrics overflow (not finite): inputs or
+            variances too large for the activation, e.g. relu on ``1e200``-scale ``X``; rescale ``X``.
+
     Precision: the draws run in JAX's precision, float32 unless ``jax_enable_x64`` is set (each draw
     is exact to that rounding; singular metrics, e.g. duplicate inputs or relu with ``C_b = 0``, are
     factorised with a relative jitter of ``1e-13``, or ``1e-5`` in float32). Everything else in ngp
@@ -98,6 +102,7 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
     if method not in ("weights", "conditional"):
         raise ValueError(f"method: expected 'weights' or 'conditional', got {method!r}")
     S = count(num_samples, "num_samples")
+    seed = check_seed(seed)
     bs = min(count(batch_size, "batch_size"), S)
     limit = memory_bytes(max_memory)
     Xn = as_inputs(X, "X", in_dim=net.in_dim)
@@ -114,7 +119,15 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
         z, G = batched(k, Xa)
         outs.append(np.asarray(z)[:got])
         mets.append(np.asarray(G)[:got])
-    return NetworkSamples(np.concatenate(outs), np.concatenate(mets))
+    outputs, metric = np.concatenate(outs), np.concatenate(mets)
+    bad = ~(np.all(np.isfinite(outputs), axis=(1, 2)) & np.all(np.isfinite(metric), axis=(1, 2)))
+    if np.any(bad):
+        raise ValueError(
+            f"X: {int(bad.sum())} of {S} sampled networks have non-finite outputs or metrics (the pre-activations "
+            f"overflow; largest |X| = {np.max(np.abs(Xn)):.3g}): rescale X (e.g. ngp.datasets.standardize) or use "
+            "smaller C_W, C_b"
+        )
+    return NetworkSamples(outputs, metric)
 
 
 def cached_per_network(cache: "collections.OrderedDict", size: int, key: tuple, make):

@@ -8,6 +8,7 @@ gradient flow time): ``docs/theory.md``, NTK section ("Trained networks", page `
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -174,7 +175,10 @@ def trained_ensemble(net, X_train, Y_train, X_test, *, t: float | None = None, e
 
     Raises:
         ValueError: bad arguments (named), a finite-width correction with finite ``t``/``steps``,
-            duplicated or nearly degenerate training inputs (singular training NTK).
+            duplicated or nearly degenerate training inputs (singular training NTK), learning-rate factors
+            ``lambda_W``, ``lambda_b`` all zero (zero NTK), or a diverging ``eta`` (``eta`` times the largest
+            training-NTK eigenvalue ``>= 2``) whose mean and covariance overflow after ``steps`` steps (a
+            divergence that stays finite gives an :class:`ngp.ConvergenceWarning` instead).
         MemoryError: the finite-width statistics (``N^4`` entries, ``N`` training plus test inputs) would
             exceed the prior option ``max_memory`` (default 4 GiB).
         NotImplementedError: architectures without the (finite-width) NTK statistics (e.g. residual
@@ -206,15 +210,30 @@ def trained_ensemble(net, X_train, Y_train, X_test, *, t: float | None = None, e
         Theta, K = stats.Theta, stats.K
     train = np.arange(NA)
     h = np.linalg.eigvalsh(Theta[:NA, :NA])
+    if not h[-1] > 0:
+        raise ValueError("lambda_W, lambda_b: the training NTK is zero (all learning-rate factors are 0, so no "
+                         "parameter moves); give a positive lambda_W or lambda_b")
     if not h[0] > RCOND_MIN * h[-1]:
         raise ValueError(
             f"X_train: the training NTK block is singular or nearly so (reciprocal condition {h[0] / h[-1]:.2e} "
             f"<= {RCOND_MIN:g}); remove nearly duplicated training inputs"
         )
-    if steps is not None and eta * h[-1] >= 2.0:
-        warn(f"ngp.trained_ensemble: eta * max eigenvalue of the training NTK = {eta * h[-1]:.3g} >= 2: gradient "
-             "descent diverges (the mean and covariance grow with steps)", ConvergenceWarning)
-    mean, cov = infinite_width(Theta, K, train, Y, t=t, eta=eta, steps=steps)
+    diverges = steps is not None and eta * h[-1] >= 2.0
+    try:
+        with np.errstate(over="ignore", invalid="ignore") if diverges else contextlib.nullcontext():
+            mean, cov = infinite_width(Theta, K, train, Y, t=t, eta=eta, steps=steps)
+        finite = bool(np.all(np.isfinite(mean)) and np.all(np.isfinite(cov)))
+    except ValueError:  # scipy's solve refuses an overflowed (1 - eta Theta)^steps
+        if not diverges:
+            raise
+        finite = False
+    if diverges:
+        what = (f"eta * largest eigenvalue of the training NTK = {eta * h[-1]:.3g} >= 2: gradient descent diverges "
+                f"(eta must be < 2 / {h[-1]:.3g} = {2 / h[-1]:.3g})")
+        if not finite:
+            raise ValueError(f"eta: {what}, and after steps={steps} the mean and covariance overflow float64; "
+                             "lower eta (or steps)")
+        warn(f"ngp.trained_ensemble: {what}; the mean and covariance grow with steps", ConvergenceWarning)
     result = dict(mean=mean[NA:], cov=cov[NA:, NA:], mean_train=mean[:NA], cov_train=cov[:NA, :NA], t=t, eta=eta,
                   steps=steps, finite_width=finite_width, n=None, mean_nlo=None, theta1=None, variance=None,
                   dntk=None, included=_INFINITE, prior=prior)

@@ -1,8 +1,8 @@
 """Argument checking shared by every public function: one place, errors name the argument.
 
 Numbers: :func:`real`, :func:`positive_float`, :func:`nonneg_float`, :func:`count`
-(positive integers: widths, depths, sample sizes), :func:`per_layer` (a number or one value per
-layer). Arrays: :func:`as_inputs`, :func:`as_targets`, :func:`train_test`. Also the float64
+(positive integers: widths, depths, sample sizes), :func:`check_seed` (PRNG seeds), :func:`per_layer` (a number
+or one value per layer). Arrays: :func:`as_inputs`, :func:`as_targets`, :func:`train_test`. Also the float64
 scope of the numerics (:func:`float64`), warnings attributed to the caller's line, and the
 conditioning limit of kernel solves.
 """
@@ -32,6 +32,7 @@ __all__ = [
     "positive_float",
     "nonneg_float",
     "count",
+    "check_seed",
     "check_stop",
     "per_layer",
     "as_inputs",
@@ -128,6 +129,15 @@ def count(value, name: str, *, minimum: int = 1, what: str = "a positive integer
     value = int(value)
     if value < minimum:
         raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    return value
+
+
+def check_seed(value, name: str = "seed") -> int:
+    """A PRNG seed: a Python or NumPy integer in ``[0, 2**63)`` (bools, floats, strings and ``None`` are
+    rejected with a ``TypeError``, out-of-range values with a ``ValueError``)."""
+    value = count(value, name, minimum=0, what="a non-negative integer seed")
+    if value >= 2**63:
+        raise ValueError(f"{name}: must be < 2**63, got {value}")
     return value
 
 

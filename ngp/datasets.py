@@ -6,6 +6,8 @@ import importlib.resources
 
 import numpy as np
 
+from ._validate import check_seed, count, nonneg_float
+
 __all__ = ["load_terrain", "synthetic_1d", "standardize"]
 
 
@@ -25,9 +27,12 @@ def load_terrain() -> tuple[np.ndarray, np.ndarray]:
 def synthetic_1d(n: int = 8, *, noise: float = 0.01, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A 1-D toy regression problem: ``y = sin(2x) + 0.3 x`` plus Gaussian noise of variance ``noise``.
 
+    ``n >= 1`` points, ``noise >= 0`` (finite), ``seed`` a non-negative integer.
     Returns ``X`` of shape ``(n, 1)`` on ``[-2, 2]`` and ``y`` of shape ``(n,)``.
     """
-    rng = np.random.default_rng(seed)
+    n = count(n, "n")
+    noise = nonneg_float(noise, "noise")
+    rng = np.random.default_rng(check_seed(seed))
     X = np.sort(rng.uniform(-2, 2, size=n))[:, None]
     y = np.sin(2 * X[:, 0]) + 0.3 * X[:, 0] + np.sqrt(noise) * rng.normal(size=n)
     return X, y
@@ -42,8 +47,14 @@ def standardize(train: np.ndarray, *others: np.ndarray):
 
     Returns the transformed ``train`` followed by the transformed ``others``, and the
     ``(mean, std)`` used (``x_std = (x - mean) / std``).
+
+    Raises:
+        ValueError: ``train`` or one of ``others`` holds non-finite values (nan or inf).
     """
     train = np.asarray(train, dtype=float)
+    for name, a in [("train", train)] + [(f"others[{i}]", o) for i, o in enumerate(others)]:
+        if not np.all(np.isfinite(np.asarray(a, dtype=float))):
+            raise ValueError(f"{name}: contains non-finite values (nan or inf)")
     mag = np.max(np.abs(train), axis=0)
     mag = np.where((mag > 0) & np.isfinite(mag), mag, 1.0)
     t = train / mag

@@ -77,3 +77,21 @@ def test_sampler_arguments():
         ngp.sample_networks(net, np.ones((2, 2)), 0)
     s = ngp.sample_networks(ngp.MLP(3, [5, 6], out_dim=2), np.ones((3, 2)), 7, batch_size=3)
     assert s.outputs.shape == (7, 3, 2) and s.metric.shape == (7, 3, 3)
+
+
+@pytest.mark.parametrize("seed, exc", [("a", TypeError), (None, TypeError), (1.5, TypeError), (True, TypeError),
+                                       (-1, ValueError), (2**63, ValueError)])
+def test_seeds_are_checked_by_name(seed, exc):
+    from ngp._validate import check_seed
+
+    with pytest.raises(exc, match="^seed: "):
+        ngp.sample_networks(ngp.MLP(2, 4), np.ones((2, 2)), 2, seed=seed)
+    with pytest.raises(exc, match="^seed: "):
+        ngp.fit_hyperparameters(ngp.MLP(2, 4), np.ones((2, 2)), np.ones(2), seed=seed)
+    assert check_seed(np.int64(3)) == 3 and type(check_seed(np.uint8(3))) is int
+
+
+def test_sampler_refuses_overflowing_networks():
+    net = ngp.MLP(3, 4, activation="relu")
+    with pytest.raises(ValueError, match="^X: 2 of 2 sampled networks have non-finite outputs"):
+        ngp.sample_networks(net, 1e200 * np.ones((1, 2)), 2)

@@ -27,3 +27,7 @@ def test_evidence_grid_bad_input():
         ngp.evidence_grid(X, y, widths=[8], depths=[2], noise=-1)
     with pytest.raises(ValueError, match="widths"):
         ngp.evidence_grid(X, y, widths=[], depths=[2], noise=0.1)
+    with pytest.raises(TypeError, match="^Y_train: expected a real numeric array"):
+        ngp.evidence_grid(X, "abc", widths=[4], depths=[2], noise=0.1)
+    with pytest.raises(ValueError, match="^Y_train: expected shape"):
+        ngp.evidence_grid(X, y[:3], widths=[4], depths=[2], noise=0.1)

@@ -1,6 +1,7 @@
 """Reference solvers (ngp.reference): importance sampling against exact answers, NUTS against IS."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -195,6 +196,18 @@ def test_importance_bad_inputs(data):
         log_likelihood(np.zeros((3, 2)), Y[:2], noise=0.1)
 
 
+def test_importance_needs_two_draws_and_an_integer_seed(data):
+    net = ngp.MLP(2, 4, activation="tanh", out_dim=2)
+    XA, XB, Y = data["importance_bad"]
+    with pytest.raises(ValueError, match="^num_samples: must be >= 2"):  # one draw has no standard error
+        importance_posterior(net, XA, Y, XB, noise=0.1, num_samples=1)
+    for seed in ("a", None, 1.5, True):
+        with pytest.raises(TypeError, match="^seed: expected a non-negative integer"):
+            importance_posterior(net, XA, Y, XB, noise=0.1, num_samples=2, seed=seed)
+    with pytest.raises(ValueError, match="^seed: must be >= 0"):
+        importance_posterior(net, XA, Y, XB, noise=0.1, num_samples=2, seed=-1)
+
+
 # --------------------------------------------------------------------------------------- NUTS
 
 
@@ -233,6 +246,35 @@ def test_nuts_bad_inputs(data):
         nuts_posterior(ngp.MLP(1, out_dim=2), XA, Y, XB, noise=0.1)
     with pytest.raises(ValueError, match="chain_method"):
         nuts_posterior(net, XA, Y, XB, noise=0.1, chain_method="threads")
+    for seed in ("a", None, 1.5):
+        with pytest.raises(TypeError, match="^seed: expected a non-negative integer"):
+            nuts_posterior(net, XA, Y, XB, noise=0.1, seed=seed)
+
+
+def test_nuts_non_positive_ess_gives_nan_standard_errors_with_a_warning():
+    from numpyro.diagnostics import effective_sample_size
+
+    from ngp.reference._nuts import _ess
+
+    # anti-correlated or constant chains: NumPyro's estimate is negative or NaN; both are undefined
+    alternating = np.array([[1.0, -1, 1, -1, 1.1], [-1, 1, -1, 1, -1.2]])[:, :, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(_ess(effective_sample_size, alternating)).all()
+        assert np.isnan(_ess(effective_sample_size, np.ones((2, 5, 1)))).all()
+    # two chains of five draws: the ESS of some test outputs comes out negative
+    rng = np.random.default_rng(0)
+    XA, Y, XB = rng.normal(size=(3, 2)), rng.normal(size=3), rng.normal(size=(2, 2))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        post = nuts_posterior(ngp.MLP(1), XA, Y, XB, noise=0.1, num_warmup=5, num_samples=5, num_chains=2,
+                              integrate_readout=False, seed=0)
+    assert [type(w.message) for w in seen] == [ngp.SamplingWarning], [str(w.message) for w in seen]
+    assert "chains too short" in str(seen[0].message)
+    bad = np.isnan(post.mean_se) | np.isnan(post.var_se)
+    assert bad.any() and np.all(np.isnan(post.ess) == np.isnan(post.mean_se))
+    assert np.all(post.ess[~np.isnan(post.ess)] > 0)
+    assert np.all(np.isfinite(post.mean) & np.isfinite(post.var))
 
 
 def test_reference_import_does_not_import_numpyro(import_facts):

@@ -160,3 +160,27 @@ def test_evidence_grid(ref, inputs):
     _close([r["log_evidence"] for r in g.rows], ref["grid/logz"], "grid log evidence", V_RTOL_SMOOTH)
     _close([r["log_evidence_gp"] for r in g.rows], ref["grid/logz_gp"], "grid GP log evidence")
     _close([r["expansion_parameter"] for r in g.rows], ref["grid/eps"], "grid expansion parameter", V_RTOL_SMOOTH)
+
+
+# ----------------------------------------------------------------------------- ngp.datasets' argument checks
+@pytest.mark.parametrize(
+    "args, kwargs, exc, match",
+    [
+        ((3,), dict(noise=-1.0), ValueError, "^noise: must be >= 0"),
+        ((3,), dict(noise=float("nan")), ValueError, "^noise: must be finite"),
+        ((-1,), {}, ValueError, "^n: must be >= 1"),
+        ((2.0,), {}, TypeError, "^n: "),
+        ((3,), dict(seed="a"), TypeError, "^seed: "),
+        ((3,), dict(seed=1.5), TypeError, "^seed: "),
+    ],
+)
+def test_synthetic_1d_bad_arguments(args, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        ngp.datasets.synthetic_1d(*args, **kwargs)
+
+
+def test_standardize_refuses_non_finite_values():
+    with pytest.raises(ValueError, match="^train: contains non-finite"):
+        ngp.datasets.standardize(np.array([[np.nan], [1.0]]))
+    with pytest.raises(ValueError, match=r"^others\[1\]: contains non-finite"):
+        ngp.datasets.standardize(np.array([[0.0], [1.0]]), np.zeros((1, 1)), np.array([[np.inf]]))

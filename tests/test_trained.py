@@ -196,6 +196,21 @@ def test_divergent_gradient_descent_warns(data, erf_net):
         ngp.trained_ensemble(erf_net, XA, Y, XB, eta=50.0, steps=2, finite_width=False)
 
 
+def test_overflowing_divergent_gradient_descent_names_eta(data, erf_net):
+    XA, XB, Y = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ConvergenceWarning or numpy overflow warning before the error
+        with pytest.raises(ValueError, match=r"^eta: .*diverges \(eta must be < 2 / .*overflow.*lower eta"):
+            ngp.trained_ensemble(erf_net, XA, Y, XB, eta=50.0, steps=400, finite_width=False)
+
+
+@pytest.mark.parametrize("finite_width", [False, "linearised"])
+def test_zero_learning_rates_are_refused_by_name(data, erf_net, finite_width):
+    XA, XB, Y = data
+    with pytest.raises(ValueError, match="^lambda_W, lambda_b: the training NTK is zero"):
+        ngp.trained_ensemble(erf_net, XA, Y, XB, lambda_W=0.0, lambda_b=0.0, finite_width=finite_width)
+
+
 def test_architecture_without_finite_width_statistics_is_refused(data):
     XA, XB, Y = data
     net = ngp.ResMLP(depth=3, width=16, out_dim=2)

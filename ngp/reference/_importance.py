@@ -22,7 +22,7 @@ import numpy as np
 from .._sampling import SAMPLING_MEMORY, cached_per_network, check_sampling_memory, network_keys
 from .._linalg import SAMPLER_JITTER
 from .._validate import RCOND_MIN as _RCOND_GP
-from .._validate import as_targets, count, device, float64, memory_bytes, nonneg_float, train_test, warn
+from .._validate import as_targets, check_seed, count, device, float64, memory_bytes, nonneg_float, train_test, warn
 from .._warnings import SamplingWarning
 
 __all__ = ["ImportancePosterior", "importance_posterior", "log_likelihood", "gaussian_conditional", "RCOND_MIN"]
@@ -249,8 +249,8 @@ def importance_posterior(net, X_train, Y_train, X_test, *, noise: float, num_sam
         X_test: ``(N_test, n0)`` test inputs.
         noise: observation-noise variance ``>= 0``; ``0`` conditions exactly. Draws with a
             numerically singular ``G_AA + noise I`` (see ``RCOND_MIN``) get zero weight.
-        num_samples: number of prior draws ``S``.
-        seed: integer seed (results are reproducible).
+        num_samples: number of prior draws ``S >= 2`` (the standard errors need two).
+        seed: non-negative integer seed (results are reproducible).
         batch_size: draws per vectorised batch; default keeps about 64 MB of hidden
             activations per batch.
         max_memory: bytes allowed for one batch (default 4 GiB); above it a ``MemoryError`` gives
@@ -267,7 +267,8 @@ def importance_posterior(net, X_train, Y_train, X_test, *, noise: float, num_sam
         >>> post.mean, post.mean_se, post.ess
     """
     XA, XB, Y, noise, _ = train_test(net, X_train, Y_train, X_test, noise)
-    S = count(num_samples, "num_samples")
+    S = count(num_samples, "num_samples", minimum=2, what="an integer >= 2 (standard errors need two draws)")
+    seed = check_seed(seed)
     X = np.concatenate([XA, XB])
     B = _default_batch_size(net, X.shape[0]) if batch_size is None else count(batch_size, "batch_size")
     B = min(B, S)
@@ -347,7 +348,7 @@ def _finish(batches, acc, shift: float, S: int, singular: int, noise: float) -> 
     var_ss = np.sum(h_sq + 2 * delta * h_lin + delta * delta * W2w, axis=0)
     ess = float(W * W / W2)
     log_ev = shift + math.log(W) - math.log(S)
-    log_ev_se = math.sqrt(max(S / ess - 1.0, 0.0) / (S - 1)) if S > 1 else math.nan
+    log_ev_se = math.sqrt(max(S / ess - 1.0, 0.0) / (S - 1))
     if ess < ESS_WARN:
         warn(
             f"importance_posterior: effective sample size {ess:.1f} of {S} draws; the estimates and "

@@ -19,7 +19,8 @@ import numpy as np
 
 from .._linalg import psd_sqrt
 from .._sampling import SAMPLING_MEMORY
-from .._validate import count, float64, memory_bytes, nonneg_float, positive_float, train_test
+from .._validate import check_seed, count, float64, memory_bytes, nonneg_float, positive_float, train_test, warn
+from .._warnings import SamplingWarning
 from ._importance import gaussian_conditional
 
 __all__ = ["NUTSPosterior", "nuts_posterior"]
@@ -48,7 +49,9 @@ class NUTSPosterior:
         samples: ``(num_chains * num_samples, N_test, out_dim)`` posterior draws of the
             latent test outputs (chain-major order).
         rhat: ``(N_test, out_dim)`` split Gelman-Rubin R-hat of the per-draw ``f_s``.
-        ess: ``(N_test, out_dim)`` effective sample size of the per-draw ``f_s`` (all chains).
+        ess: ``(N_test, out_dim)`` effective sample size of the per-draw ``f_s`` (all chains); NaN where the
+            estimate is not positive (chains too short), and there ``mean_se`` (likewise ``var_se`` where its own
+            ESS is not positive) is NaN, with an :class:`ngp.SamplingWarning`.
         num_samples: total number of posterior draws (``num_chains * num_samples``).
         num_divergences: number of divergent NUTS transitions after warm-up.
         integrate_readout: whether the last layer was integrated analytically.
@@ -111,6 +114,14 @@ def _make_model(net, n0: int, noise: float, integrate_readout: bool):
     return model, treedef, sites
 
 
+def _ess(effective_sample_size, draws) -> np.ndarray:
+    """NumPyro's effective sample size of ``draws`` ``(chains, samples, ...)``, NaN where the estimate is not
+    positive and finite (too short chains give negative autocorrelation sums)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = np.asarray(effective_sample_size(draws), dtype=float)
+    return np.where(np.isfinite(e) & (e > 0), e, np.nan)
+
+
 def nuts_memory(net, n0: int, n_inputs: int, num_chains: int, num_samples: int) -> int:
     """Bytes a NUTS run needs, estimated before any work: the stored draws of every parameter (three
     copies: samples, batched parameters, draws of the test outputs' conditional), the chains' working
@@ -161,7 +172,7 @@ def nuts_posterior(net, X_train, Y_train, X_test, *, noise: float, num_warmup: i
         num_warmup: warm-up (adaptation) steps per chain.
         num_samples: posterior draws kept per chain.
         num_chains: number of chains.
-        seed: integer seed (results are reproducible).
+        seed: non-negative integer seed (results are reproducible).
         integrate_readout: integrate the last layer analytically (default) or sample it.
         progress_bar: show NumPyro's progress bar.
         chain_method: ``"vectorized"`` (default), ``"sequential"`` or ``"parallel"`` (the
@@ -196,6 +207,7 @@ def nuts_posterior(net, X_train, Y_train, X_test, *, noise: float, num_warmup: i
     num_warmup = count(num_warmup, "num_warmup")
     num_samples = count(num_samples, "num_samples")
     num_chains = count(num_chains, "num_chains")
+    seed = check_seed(seed)
     if num_samples < 4:
         raise ValueError(f"num_samples: need at least 4 draws per chain for split R-hat, got {num_samples}")
     if chain_method not in ("sequential", "vectorized", "parallel"):
@@ -218,7 +230,7 @@ def nuts_posterior(net, X_train, Y_train, X_test, *, noise: float, num_warmup: i
         raise ImportError("nuts_posterior needs numpyro: pip install 'ngp[sampling]'") from exc
 
     model, treedef, sites = _make_model(net, XA.shape[1], noise, bool(integrate_readout))
-    key_mcmc, key_draw = jax.random.split(jax.random.PRNGKey(int(seed)))
+    key_mcmc, key_draw = jax.random.split(jax.random.PRNGKey(seed))
     kernel = NUTS(model, target_accept_prob=target_accept_prob, init_strategy=init_to_sample)
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                 chain_method=chain_method, progress_bar=bool(progress_bar))
@@ -262,11 +274,16 @@ def nuts_posterior(net, X_train, Y_train, X_test, *, noise: float, num_warmup: i
     by_chain = lambda a: a.reshape((num_chains, num_samples) + a.shape[1:])  # noqa: E731
     f = by_chain(m)
     rhat = np.asarray(split_gelman_rubin(f))
-    ess = np.asarray(effective_sample_size(f))
+    ess = _ess(effective_sample_size, f)
     mean_se = m.std(axis=0, ddof=1) / np.sqrt(ess)
     phi = np.diagonal(C, axis1=1, axis2=2)[:, :, None] + m * m - 2 * mean * m  # influence of var
-    ess_phi = np.asarray(effective_sample_size(by_chain(phi)))
+    ess_phi = _ess(effective_sample_size, by_chain(phi))
     var_se = phi.std(axis=0, ddof=1) / np.sqrt(ess_phi)
+    undefined = int(np.sum(np.isnan(mean_se) | np.isnan(var_se)))
+    if undefined:
+        warn(f"nuts_posterior: the effective sample size is not positive for {undefined} of {mean.size} test "
+             f"outputs (chains too short for its autocorrelation estimate: {num_chains} chains x {num_samples} "
+             "draws); their standard errors are NaN. Increase num_samples (and num_warmup).", SamplingWarning)
     return NUTSPosterior(
         mean=mean,
         var=var,
