@@ -119,6 +119,11 @@ def _as_variance(K, name: str = "K") -> np.ndarray:
     return arr
 
 
+def _as_kernel(K, name: str) -> float:
+    """One pre-activation variance: a finite real number ``> 0`` (an array raises a ``TypeError`` naming ``name``)."""
+    return float(_as_variance(real(K, name), name))
+
+
 def _as_depth(depth, name: str = "depth") -> int:
     return count(depth, name, what="a positive integer (number of layers)")
 
@@ -255,11 +260,12 @@ def _moment_fn(act: Activation, m: int) -> Callable:
     return _moment_jit(_Keyed(act), m)
 
 
-def _moments(act: Activation, K: np.ndarray, *, nodes: int | None = None) -> dict[str, np.ndarray]:
+def _moments(act: Activation, K: np.ndarray, *, nodes: int | None = None, check: bool = True) -> dict[str, np.ndarray]:
     """Single-input Gaussian averages at variances ``K`` (any shape, ``K > 0``).
 
     Returns a dict of arrays shaped like ``K``: ``g = <s^2>``, ``g1 = g'(K)``,
-    ``g2 = g''(K)``, ``s4 = <s^4>``, ``sp2 = <s'^2>``.
+    ``g2 = g''(K)``, ``s4 = <s^4>``, ``sp2 = <s'^2>``. A non-finite average (the activation overflows)
+    raises ``FloatingPointError`` with ``check``; without, it is returned as it is (for the caller to handle).
     """
     K = np.asarray(K, dtype=float)
     if act.relu_slopes is not None:
@@ -300,7 +306,7 @@ def _moments(act: Activation, K: np.ndarray, *, nodes: int | None = None) -> dic
             for key, v in zip(keys, vals):
                 out[key][part] = np.asarray(v)[: len(part)]
     res = {k: v.reshape(K.shape) for k, v in out.items()}
-    if not all(np.all(np.isfinite(v)) for v in res.values()):
+    if check and not all(np.all(np.isfinite(v)) for v in res.values()):
         raise FloatingPointError(
             f"ngp.criticality: Gaussian averages of {act.name!r} are not finite at these variances "
             "(the activation overflows)"
@@ -423,7 +429,8 @@ class CriticalPoint:
         f2: ``f''(K*)`` of the single-input map ``f(K) = C_b + C_W g(K)`` (half-stable).
         stable_side: ``"below"`` or ``"above"``: the side from which the half-stable fixed
             point attracts (``Delta_{l+1} = Delta_l + f2 Delta_l^2 / 2``).
-        search_range: ``(K_min, K_max)`` searched for a half-stable point (``None`` if not searched).
+        search_range: ``(K_min, K_max)`` searched for a half-stable point (``None`` if not searched): ``K_range``,
+            or the part of it where the activation's Gaussian averages are finite (``reason`` says so).
     """
 
     activation: str
@@ -457,8 +464,13 @@ def _taylor(act: Activation) -> tuple[float, float, float, float]:
     return _taylor_keyed(_Keyed(act))
 
 
-def _half_stable_roots(act: Activation, k_range: tuple[float, float]) -> list[float]:
-    """Roots of ``g'(K) = <s'^2>_K`` (i.e. ``chi_par = chi_perp``) on a log grid of ``k_range``."""
+def _half_stable_roots(act: Activation, k_range: tuple[float, float]) -> tuple[list[float], np.ndarray | None]:
+    """Roots of ``g'(K) = <s'^2>_K`` (i.e. ``chi_par = chi_perp``) on a log grid of ``k_range``.
+
+    Grid points where a Gaussian average of the activation is not finite (it overflows, e.g. ``exp`` or ``cosh``
+    at large ``K``) count as outside the range. Returns the roots (ascending) and the grid points where every
+    average is finite (``None`` when all are).
+    """
 
     def h(K):
         m = _moments(act, np.atleast_1d(np.asarray(K, dtype=float)))
@@ -466,20 +478,22 @@ def _half_stable_roots(act: Activation, k_range: tuple[float, float]) -> list[fl
 
     grid = np.geomspace(k_range[0], k_range[1], _SEARCH_POINTS)
     with np.errstate(all="ignore"):  # NumPy's own, per thread (warnings.catch_warnings swaps the process's filters)
-        m = _moments(act, grid, nodes=_nodes(k_range[1]))
-    with np.errstate(divide="ignore", invalid="ignore"):
+        m = _moments(act, grid, nodes=_nodes(k_range[1]), check=False)
         vals = m["g1"] / m["sp2"] - 1.0
+    finite = np.isfinite(vals)
+    for v in m.values():
+        finite &= np.isfinite(v)
     roots = []
     for i in range(len(grid) - 1):
         a, b = vals[i], vals[i + 1]
-        if not (np.isfinite(a) and np.isfinite(b)):
+        if not (finite[i] and finite[i + 1]):
             continue
         if a == 0.0:
             roots.append(float(grid[i]))
         elif a * b < 0:
             roots.append(brentq(lambda k: float(h(k)[0]), grid[i], grid[i + 1], xtol=1e-15, rtol=4 * np.finfo(float).eps,
                                 maxiter=200))
-    return roots
+    return roots, (None if np.all(finite) else grid[finite])
 
 
 @float64
@@ -502,10 +516,13 @@ def critical_point(activation, *, K_range: tuple[float, float] = K_SEARCH) -> Cr
     Args:
         activation: a name, :class:`ngp.Activation` or JAX-traceable callable.
         K_range: ``(K_min, K_max)``, ``0 < K_min < K_max``, searched in step 3 (accuracy
-            ~1e-12 up to ``K ~ 100``; a warning is issued beyond ``K ~ 123``).
+            ~1e-12 up to ``K ~ 100``; an ``AccuracyWarning`` is issued beyond ``K ~ 123``). Where a Gaussian
+            average of the activation overflows (e.g. ``exp``, ``cosh`` at large ``K``) the grid points count as
+            outside the range: the result's ``search_range`` and ``reason`` say what was searched.
 
     Returns:
-        :class:`CriticalPoint`. Never raises for activations without a critical point.
+        :class:`CriticalPoint`. Never raises for activations without a critical point (bad arguments raise
+        ``TypeError``/``ValueError``).
     """
     act = _act(activation)
     try:
@@ -556,7 +573,21 @@ def critical_point(activation, *, K_range: tuple[float, float] = K_SEARCH) -> Cr
     else:
         notes.append("kinked callable (smooth=False): no Taylor classification, quadrature-only accuracy")
 
-    roots = _half_stable_roots(act, (k_lo, k_hi))
+    if k_hi > K_ACCURATE and act.relu_slopes is None:
+        warn(f"critical_point: K_range reaches K = {k_hi:g} > {K_ACCURATE:.0f}, where the search grid's quadrature "
+             "loses digits (roots may be missed there)", AccuracyWarning)
+    roots, searched = _half_stable_roots(act, (k_lo, k_hi))
+    search_range = (k_lo, k_hi)
+    if searched is not None:
+        if searched.size:
+            search_range = (float(searched[0]), float(searched[-1]))
+            notes.append(f"the Gaussian averages of the activation overflow at some K in [{k_lo:g}, {k_hi:g}]; only "
+                         f"the {searched.size} of {_SEARCH_POINTS} grid points in [{search_range[0]:.6g}, "
+                         f"{search_range[1]:.6g}] where they are finite were searched")
+        else:
+            search_range = None
+            notes.append(f"the Gaussian averages of the activation overflow everywhere in [{k_lo:g}, {k_hi:g}]; "
+                         "nothing was searched")
     rejected = []
     for K_star in roots:
         m = _moments(act, np.array([K_star]))
@@ -578,18 +609,18 @@ def critical_point(activation, *, K_range: tuple[float, float] = K_SEARCH) -> Cr
             C_b=C_b, C_W=C_W, K_star=K_star, chi_parallel=C_W * g1, chi_perp=C_W * sp2,
             taylor=taylor, a1=a1, b1=b1, p_perp=p_perp,
             vertex_slope=C_W**2 * (s4 - g * g) / K_star**2, f2=f2,
-            stable_side="below" if f2 > 0 else "above", search_range=(k_lo, k_hi),
+            stable_side="below" if f2 > 0 else "above", search_range=search_range,
         )
     if rejected:
         notes.append(
             "chi_par = chi_perp only at K = "
             + ", ".join(f"{k:.6g} (needs C_b = {cb:.3g} < 0)" for k, cb in rejected)
         )
-    else:
-        notes.append(f"chi_par(K) = chi_perp(K) has no root for K in [{k_lo:g}, {k_hi:g}]")
+    elif search_range is not None:
+        notes.append(f"chi_par(K) = chi_perp(K) has no root for K in [{search_range[0]:.6g}, {search_range[1]:.6g}]")
     return CriticalPoint(
         name, "none", False, "no critical point: " + "; ".join(notes),
-        taylor=taylor, a1=a1, b1=b1, p_perp=p_perp, search_range=(k_lo, k_hi),
+        taylor=taylor, a1=a1, b1=b1, p_perp=p_perp, search_range=search_range,
     )
 
 
@@ -645,7 +676,7 @@ def depth_flow(activation, *, C_W: float, C_b: float, K0: float, depth: int) -> 
         activation: name, :class:`ngp.Activation` or callable.
         C_W: weight variance ``> 0`` (layers ``2 .. depth``).
         C_b: bias variance ``>= 0``.
-        K0: first-layer kernel ``K^(1) = C_b^(1) + C_W^(1) |x|^2 / n0`` (``> 0``).
+        K0: first-layer kernel ``K^(1) = C_b^(1) + C_W^(1) |x|^2 / n0``, one number ``> 0``.
         depth: number of layers ``>= 1``.
 
     Returns:
@@ -654,7 +685,7 @@ def depth_flow(activation, *, C_W: float, C_b: float, K0: float, depth: int) -> 
     act = _act(activation)
     C_W = positive_float(C_W, "C_W")
     C_b = nonneg_float(C_b, "C_b")
-    K0 = float(_as_variance(K0, "K0"))
+    K0 = _as_kernel(K0, "K0")
     depth = _as_depth(depth)
     if act.relu_slopes is not None:
         K, V, K1, cpar, cperp = _flow_closed(act, C_W, C_b, K0, depth)
@@ -785,13 +816,17 @@ class PhaseDiagram:
 
 
 def _real_array(value, name: str) -> np.ndarray:
-    """``value`` as a float array; anything that is not real numbers raises a ``TypeError`` naming ``name``."""
+    """``value`` as a float array; anything that is not real numbers (strings, booleans, complex, ragged lists)
+    raises a ``TypeError`` naming ``name``."""
     if np.iscomplexobj(value):
         raise TypeError(f"{name}: expected real numbers, got complex values")
     try:
-        return np.asarray(value, dtype=float)
+        raw = np.asarray(value) if not isinstance(value, (str, bytes)) else None
     except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected real numbers (a number or an array), got {value!r}") from None
+        raw = None
+    if raw is None or raw.dtype.kind not in "iuf":
+        raise TypeError(f"{name}: expected real numbers (a number or an array), got {value!r}")
+    return raw.astype(float)
 
 
 @float64
@@ -808,7 +843,7 @@ def phase_diagram(activation, *, C_b, C_W, depth: int, K0: float = 1.0) -> Phase
         C_b: bias variances ``>= 0``.
         C_W: weight variances ``> 0``.
         depth: number of layers ``>= 1``.
-        K0: first-layer kernel ``> 0``.
+        K0: first-layer kernel, one number ``> 0``.
     """
     act = _act(activation)
     cb, cw = _real_array(C_b, "C_b"), _real_array(C_W, "C_W")
@@ -822,7 +857,7 @@ def phase_diagram(activation, *, C_b, C_W, depth: int, K0: float = 1.0) -> Phase
         raise ValueError(f"C_b, C_W: shapes {cb.shape} and {cw.shape} do not broadcast; for a grid pass e.g. "
                          "C_b[:, None] and C_W[None, :]") from None
     depth = _as_depth(depth)
-    K0 = float(_as_variance(K0, "K0"))
+    K0 = _as_kernel(K0, "K0")
     K = np.full(CB.shape, K0)
     diverged = np.zeros(CB.shape, dtype=bool)
     with np.errstate(all="ignore"):  # diverging kernels are marked below
@@ -847,8 +882,8 @@ def asymptotic_law(point: CriticalPoint, depth, *, K0: float | None = None) -> A
 
     Args:
         point: a :class:`CriticalPoint` with ``exists=True``.
-        depth: an int ``D`` (layers ``1 .. D``) or an array of layer indices ``>= 1``.
-        K0: first-layer kernel for the scale-invariant class.
+        depth: an int ``D`` (layers ``1 .. D``) or an array of real layer indices ``>= 1``.
+        K0: first-layer kernel (one number ``> 0``) for the scale-invariant class.
 
     Raises:
         ValueError: ``point`` has no critical point, or bad ``depth``.
@@ -860,12 +895,12 @@ def asymptotic_law(point: CriticalPoint, depth, *, K0: float | None = None) -> A
     if isinstance(depth, (numbers.Integral, np.integer)) and not isinstance(depth, bool):
         layers = np.arange(1, _as_depth(depth) + 1, dtype=float)
     else:
-        layers = np.asarray(depth, dtype=float).reshape(-1)
+        layers = _real_array(depth, "depth").reshape(-1)
         if layers.size == 0 or not np.all(np.isfinite(layers)) or np.any(layers < 1):
             raise ValueError(f"depth: expected an int >= 1 or layer indices >= 1, got {depth!r}")
     cls = point.universality_class
     if cls == "scale-invariant":
-        k0 = np.nan if K0 is None else float(_as_variance(K0, "K0"))
+        k0 = np.nan if K0 is None else _as_kernel(K0, "K0")
         K = np.full_like(layers, k0)
         v = point.vertex_slope * (layers - 1)
         desc = f"scale-invariant: K constant, V/K^2 = {point.vertex_slope:.10g} (l - 1) exactly"
@@ -989,7 +1024,7 @@ def residual_depth_flow(activation, *, C_W: float, C_b: float, gamma: float, xi:
         C_b: bias variance ``>= 0``.
         gamma: weight of the skip path (real).
         xi: weight of the block (real).
-        K0: first-layer kernel ``> 0``.
+        K0: first-layer kernel, one number ``> 0``.
         depth: number of weight layers of the deepest network (``>= 1``).
         **options: quadrature options of :mod:`ngp._residual_cumulants`.
     """
@@ -999,7 +1034,7 @@ def residual_depth_flow(activation, *, C_W: float, C_b: float, gamma: float, xi:
     C_W = positive_float(C_W, "C_W")
     C_b = nonneg_float(C_b, "C_b")
     gamma, xi = _real(gamma, "gamma"), _real(xi, "xi")
-    K0 = float(_as_variance(K0, "K0"))
+    K0 = _as_kernel(K0, "K0")
     depth = _as_depth(depth)
     K, K1, V, hidden = (np.full(depth, np.nan) for _ in range(4))
     K[0], K1[0], V[0], hidden[0] = K0, 0.0, 0.0, K0

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ._activations import activation as _make_activation
+from ._validate import as_inputs, as_targets, count
 
 __all__ = ["plot_flow", "plot_phase_diagram", "plot_posterior", "show"]
 
@@ -264,43 +265,81 @@ def _range(value, name: str, *, lower: float, strict: bool) -> tuple[float, floa
 
 
 # ----------------------------------------------------------------------------- posterior bands
+def _x_axis(X, name: str) -> np.ndarray:
+    """1-D inputs, ``(N, 1)`` or ``(N,)``, as an ``(N,)`` float array (else an error naming ``name``)."""
+    try:
+        one_d = not isinstance(X, (str, bytes)) and np.ndim(X) == 1
+    except ValueError:  # ragged lists: as_inputs says so
+        one_d = False
+    arr = as_inputs(np.reshape(X, (-1, 1)) if one_d else X, name)
+    if arr.shape[1] != 1:
+        raise ValueError(f"{name}: expected 1-D inputs of shape (N, 1) or (N,), got shape {arr.shape}")
+    return arr[:, 0]
+
+
+def _bands(post, index: int, n: int, output: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of output neuron ``output`` of ``posteriors[index]``, checked against ``n`` test inputs."""
+    name = f"posteriors[{index}]"
+    try:
+        mean, var = np.asarray(post.mean, dtype=float), np.asarray(post.var, dtype=float)
+    except AttributeError:
+        raise TypeError(f"{name}: expected a posterior with .mean and .var, got {type(post).__name__}") from None
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: .mean and .var must be numeric arrays of shape (N_test, out_dim)") from None
+    if mean.ndim != 2 or mean.shape[0] != n or var.shape != mean.shape:
+        raise ValueError(f"{name}: .mean and .var must have shape (N_test, out_dim) with N_test = {n} (the rows of "
+                         f"X_test), got {mean.shape} and {var.shape}")
+    if output >= mean.shape[1]:
+        raise ValueError(f"output: {output} is out of range for {name} with out_dim = {mean.shape[1]}")
+    return mean[:, output], var[:, output]
+
+
 def plot_posterior(X_test, posteriors, *, labels: Sequence[str] | None = None, output: int = 0,
                    X_train=None, Y_train=None, truth=None, ax=None, figsize=(6.5, 4.0)):
     """Posterior bands (mean ± 2 sd) of one output neuron over 1-D test inputs.
 
     Args:
-        X_test: ``(N_test, 1)`` or ``(N_test,)`` test inputs (the x axis).
+        X_test: ``(N_test, 1)`` or ``(N_test,)`` finite test inputs (the x axis).
         posteriors: a posterior (``.mean``, ``.var`` of shape ``(N_test, out_dim)``; e.g.
             :func:`ngp.gp_posterior`, :func:`ngp.posterior`, the reference solvers) or a list of them.
         labels: legend labels, one per posterior.
-        output: which output neuron to draw.
-        X_train: training inputs to overlay.
-        Y_train: training targets to overlay.
+        output: which output neuron to draw, ``0 <= output < out_dim``.
+        X_train: training inputs to overlay, ``(N_train, 1)`` or ``(N_train,)`` (with ``Y_train``).
+        Y_train: training targets to overlay, ``(N_train, out_dim)`` or ``(N_train,)`` (with ``X_train``).
         truth: optional ``(x, y)`` of a reference curve (e.g. importance-sampling means).
         ax: an existing Axes.
 
     Returns:
         The matplotlib Figure.
     """
-    x = np.asarray(X_test, dtype=float).reshape(len(X_test), -1)[:, 0]
+    x = _x_axis(X_test, "X_test")
+    output = count(output, "output", minimum=0, what="a non-negative integer (an output neuron)")
     posts = posteriors if isinstance(posteriors, (list, tuple)) else [posteriors]
+    if not posts:
+        raise ValueError("posteriors: expected a posterior or a non-empty list of them")
     if labels is None:
         labels = [type(p).__name__ for p in posts]
     if len(labels) != len(posts):
         raise ValueError(f"labels: expected {len(posts)} labels, got {len(labels)}")
+    bands = [_bands(post, i, x.size, output) for i, post in enumerate(posts)]
+    if (X_train is None) != (Y_train is None):
+        raise ValueError("X_train, Y_train: give both (to overlay the data) or neither")
+    if X_train is not None:
+        xt = _x_axis(X_train, "X_train")
+        two_d = np.ndim(Y_train) == 2
+        out_dim = np.shape(posts[0].mean)[1]
+        yt = as_targets(Y_train, xt.size, out_dim if two_d else 1, "Y_train")[:, output if two_d else 0]
     fig, (axis,) = _axes(ax, 1, figsize=figsize)
     order = np.argsort(x)
-    for post, label in zip(posts, labels):
-        m = np.asarray(post.mean)[:, output][order]
-        s = np.sqrt(np.clip(np.asarray(post.var)[:, output][order], 0.0, None))
+    for (mean, var), label in zip(bands, labels):
+        m = mean[order]
+        s = np.sqrt(np.clip(var[order], 0.0, None))
         (line,) = axis.plot(x[order], m, label=f"{label} mean")
         axis.fill_between(x[order], m - 2 * s, m + 2 * s, color=line.get_color(), alpha=0.18, label=f"{label} ±2σ")
     if truth is not None:
         axis.plot(np.asarray(truth[0]).ravel(), np.asarray(truth[1]).ravel(), "k--", lw=1, label="reference")
-    if X_train is not None and Y_train is not None:
-        yt = np.asarray(Y_train, dtype=float)
-        yt = yt[:, output] if yt.ndim == 2 else yt
-        axis.plot(np.asarray(X_train, dtype=float).reshape(len(yt), -1)[:, 0], yt, "ko", ms=5, label="data")
+    if X_train is not None:
+        axis.plot(xt, yt, "ko", ms=5, label="data")
     axis.set_xlabel("x")
     axis.set_ylabel(f"output {output}")
     axis.legend(loc="best", fontsize=8)

@@ -30,7 +30,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ._validate import device, per_layer, real
+from ._validate import (as_inputs, as_targets, check_seed, count, device, nonneg_float, per_layer, positive_float,
+                        real, warn)
+from ._warnings import ConvergenceWarning
 
 __all__ = [
     "Parameterization",
@@ -78,8 +80,9 @@ class Parameterization:
 
 
 def family(s: float) -> Parameterization:
-    """Interpolation between neural-tangent (``s = 0``) and maximal-update (``s = 1``) scaling."""
-    s = float(s)
+    """Interpolation between neural-tangent (``s = 0``) and maximal-update (``s = 1``) scaling (``s`` a real
+    number in ``[0, 1]``)."""
+    s = real(s, "s")
     if not 0.0 <= s <= 1.0:
         raise ValueError(f"family: s must be in [0, 1] (0 = ntk, 1 = mup), got {s}")
     return Parameterization(f"family({s:g})", C_W=(0, 0, -s), C_b=(0, 0, -s), lam_W=(s, s, 0), lam_b=(s, s, 0))
@@ -106,9 +109,12 @@ def parameterization(spec) -> Parameterization:
     raise TypeError(f"parameterization: expected a name, a number or a Parameterization, got {type(spec).__name__}")
 
 
+def _depth(depth) -> int:
+    """The number of weight layers, an integer ``>= 2`` (an input and an output layer)."""
+    return count(depth, "depth", minimum=2, what="an integer >= 2 (an input and an output layer)")
+
+
 def _roles(depth: int):
-    if depth < 2:
-        raise ValueError("scaling: depth must be >= 2 (an input and an output layer)")
     return [0] + [1] * (depth - 2) + [2]
 
 
@@ -117,13 +123,14 @@ def multipliers(spec, *, width, depth: int, base_width: float = 1.0, C_W=1.0, C_
     """Per-layer ``C_W, C_b, lam_W, lam_b`` (tuples of length ``depth``) under the parameterization ``spec``.
 
     Args:
-        width: the hidden width ``n`` (all hidden layers), or the ``depth - 1`` hidden widths.
-        base_width: the width at which the hyperparameters equal the base values (muTransfer:
+        width: the hidden width ``n > 0`` (all hidden layers), or the ``depth - 1`` hidden widths.
+        depth: number of weight layers, an integer ``>= 2``.
+        base_width: the width ``> 0`` at which the hyperparameters equal the base values (muTransfer:
             tune at ``base_width``, scale to ``width``).
-        C_W: base weight variance (float or per-layer sequence).
-        C_b: base bias variance.
-        lam_W: base weight learning-rate factor.
-        lam_b: base bias learning-rate factor.
+        C_W: base weight variance ``> 0`` (float or per-layer sequence).
+        C_b: base bias variance ``>= 0``.
+        lam_W: base weight learning-rate factor ``>= 0``.
+        lam_b: base bias learning-rate factor ``>= 0``.
 
     Each base value is multiplied by ``(n_l / base_width)^p`` with the exponent ``p`` of its layer
     role (layer 1 = input, ``2..depth-1`` = hidden, ``depth`` = output) and ``n_l`` the hidden width
@@ -131,17 +138,17 @@ def multipliers(spec, *, width, depth: int, base_width: float = 1.0, C_W=1.0, C_
     ``ngp.MLP`` / the NTK recursions (docs/theory.md, NTK section).
     """
     par = parameterization(spec)
-    depth = int(depth)
+    depth = _depth(depth)
     roles = _roles(depth)
-    widths = per_layer(width, depth - 1, "width", real, what="hidden layer")
-    if min(widths) <= 0 or float(base_width) <= 0:
-        raise ValueError("multipliers: widths and base_width must be positive")
+    widths = per_layer(width, depth - 1, "width", positive_float, what="hidden layer")
+    base_width = positive_float(base_width, "base_width")
     touch = [widths[0]] + [widths[l - 1] for l in range(1, depth)]  # fan-out of layer 1, fan-in of the rest
     out = {}
-    for name, base in (("C_W", C_W), ("C_b", C_b), ("lam_W", lam_W), ("lam_b", lam_b)):
-        b = per_layer(base, depth, name, real)
+    for name, base, check in (("C_W", C_W, positive_float), ("C_b", C_b, nonneg_float),
+                              ("lam_W", lam_W, nonneg_float), ("lam_b", lam_b, nonneg_float)):
+        b = per_layer(base, depth, name, check)
         e = getattr(par, name)
-        out[name] = tuple(b[l] * (touch[l] / float(base_width)) ** e[roles[l]] for l in range(depth))
+        out[name] = tuple(b[l] * (touch[l] / base_width) ** e[roles[l]] for l in range(depth))
     return out
 
 
@@ -186,7 +193,8 @@ def predicted_exponents(spec, *, depth: int) -> Exponents:
     learning rate (``ntk_change = ntk + u - 1/2``), i.e. while the step is still a small perturbation.
     """
     par = parameterization(spec)
-    roles = _roles(int(depth))
+    depth = _depth(depth)
+    roles = _roles(depth)
     c = par.C_W[2]
     contrib = []
     feats = []
@@ -264,11 +272,14 @@ class CoordinateCheck:
 def _slope(widths, samples):
     """Least-squares slope of ``log(mean over seeds)`` against ``log(width)`` and its standard error.
 
-    ``samples``: ``(W, S)`` per-seed values (``S >= 1``); with ``S == 1`` the error is ``nan``.
+    ``samples``: ``(W, S)`` per-seed values (``S >= 1``); with ``S == 1`` the error is ``nan``. Both are ``nan``
+    when a seed-mean is not finite and positive (no logarithm).
     """
     x = np.log(np.asarray(widths, float))
     v = np.asarray(samples, float)
     m = v.mean(axis=1)
+    if not np.all(np.isfinite(m) & (m > 0)):
+        return math.nan, math.nan
     a = (x - x.mean()) / np.sum((x - x.mean()) ** 2)  # slope = a @ log(m)
     se_log = v.std(axis=1, ddof=1) / (np.sqrt(v.shape[1]) * m) if v.shape[1] > 1 else np.full(len(m), np.nan)
     return float(a @ np.log(m)), float(np.sqrt(np.sum((a * se_log) ** 2)))
@@ -291,16 +302,21 @@ def _coordinate_runs(spec, *, width: int, depth: int = 3, activation: str | Call
     from ._activations import activation as _activation
 
     par = parameterization(spec)
-    width = int(width)
+    width = count(width, "width")
+    depth = _depth(depth)
+    steps = count(steps, "steps")
+    lr = positive_float(lr, "lr")
+    seeds = count(seeds, "seeds")
+    seed = check_seed(seed)
     act = _activation(activation)
     if X is None:
         rng = np.random.default_rng(1234)
         X = rng.normal(size=(8, 4))
         X = X / np.linalg.norm(X, axis=1, keepdims=True) * 2.0
-    X = device(np.asarray(X, float))
-    if y is None:
-        y = 30.0 * np.sin(np.arange(X.shape[0]) + 0.5)  # targets >> initial outputs: error ~ -y
-    y = device(np.asarray(y, float).reshape(-1))
+    X = as_inputs(X, "X")
+    y = 30.0 * np.sin(np.arange(X.shape[0]) + 0.5) if y is None else y  # targets >> initial outputs: error ~ -y
+    y = device(as_targets(y, X.shape[0], 1, "y")[:, 0])
+    X = device(X)
     n0 = X.shape[1]
     hp = multipliers(par, width=width, depth=depth, base_width=base_width, C_W=C_W, C_b=C_b,
                      lam_W=lam_W, lam_b=lam_b)
@@ -344,7 +360,7 @@ def _coordinate_runs(spec, *, width: int, depth: int = 3, activation: str | Call
         feats = jnp.stack([jnp.sqrt(jnp.mean((a - b) ** 2)) for a, b in zip(pre1, pre0)])
         return jnp.linalg.norm(H0), ntk(params_t) - H0, feats, jnp.sqrt(jnp.mean((f1 - f0) ** 2))
 
-    res = [run(jax.random.PRNGKey(seed * 100003 + width * 7 + s)) for s in range(int(seeds))]
+    res = [run(jax.random.PRNGKey(seed * 100003 + width * 7 + s)) for s in range(seeds)]
     names = ("ntk", "ntk_change", "features", "output_change")
     return {k: np.stack([np.asarray(r[i]) for r in res]) for i, k in enumerate(names)}
 
@@ -366,25 +382,31 @@ def coordinate_check(spec, *, widths: Sequence[int], depth: int = 3, activation:
 
     Args:
         spec: a :class:`Parameterization`, a preset name or a family value ``s``.
-        widths: hidden widths (at least two).
-        depth: number of weight layers.
+        widths: hidden widths, positive integers (at least two different ones).
+        depth: number of weight layers (``>= 2``).
         activation: activation name or callable.
-        X: ``(N, n0)`` inputs (default: 8 fixed points of norm 2 in 4 dimensions).
-        y: ``(N,)`` targets (default ``30 sin(i + 1/2)``).
-        steps: number of full-batch steps.
-        lr: the global learning rate ``eta``.
+        X: ``(N, n0)`` finite inputs (default: 8 fixed points of norm 2 in 4 dimensions).
+        y: ``(N,)`` finite targets, one per row of ``X`` (default ``30 sin(i + 1/2)``).
+        steps: number of full-batch steps (``>= 1``).
+        lr: the global learning rate ``eta``, finite and ``> 0``.
         seeds: initialisations per width (at least 2 for standard errors).
         base_width: see :func:`multipliers`.
         C_W: see :func:`multipliers`.
         C_b: see :func:`multipliers`.
         lam_W: see :func:`multipliers`.
         lam_b: see :func:`multipliers`.
-        seed: base random seed.
+        seed: base random seed (``>= 0``).
+
+    A quantity that is not finite and positive at some width (training diverged, e.g. at too large an ``lr``,
+    or nothing changed, e.g. ``lam_W = lam_b = 0``) has a ``nan`` fitted exponent and standard error, with a
+    :class:`ngp.ConvergenceWarning`.
     """
     par = parameterization(spec)
-    widths = tuple(int(w) for w in widths)
-    if len(widths) < 2:
-        raise ValueError("coordinate_check: need at least two widths to fit an exponent")
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+        raise TypeError(f"widths: expected a sequence of positive integers, got {widths!r}")
+    widths = tuple(count(w, f"widths[{i}]") for i, w in enumerate(widths))
+    if len(set(widths)) < 2:
+        raise ValueError(f"widths: need at least two different widths to fit an exponent, got {widths}")
     runs = [_coordinate_runs(par, width=w, depth=depth, activation=activation, X=X, y=y, steps=steps, lr=lr,
                             seeds=seeds, base_width=base_width, C_W=C_W, C_b=C_b, lam_W=lam_W, lam_b=lam_b,
                             seed=seed) for w in widths]
@@ -400,6 +422,12 @@ def coordinate_check(spec, *, widths: Sequence[int], depth: int = 3, activation:
     stderr = {k: f[1] for k, f in fits.items()}
     fitted["features"] = tuple(f[0] for f in ffits)
     stderr["features"] = tuple(f[1] for f in ffits)
+    bad = [k for k in samples if math.isnan(fitted[k])]
+    bad += [f"features[{l}]" for l, f in enumerate(fitted["features"]) if math.isnan(f)]
+    if bad:
+        warn(f"coordinate_check: the measured {', '.join(bad)} are not finite and positive at every width "
+             "(training diverged, e.g. lr too large, or nothing changed); their fitted exponents are nan",
+             ConvergenceWarning)
     return CoordinateCheck(par, widths, samples["ntk"].mean(1), samples["ntk_change"].mean(1), feat.mean(1),
                            samples["output_change"].mean(1), fitted, predicted_exponents(par, depth=depth),
                            stderr=stderr, seeds=int(seeds))

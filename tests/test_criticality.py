@@ -216,6 +216,28 @@ def test_no_critical_point_for_sigmoid_and_softplus(name):
         cr.asymptotic_law(p, 10)
 
 
+@pytest.mark.parametrize("fn", [jnp.exp, jnp.cosh])
+def test_overflowing_activations_have_a_result_not_an_error(fn):
+    """exp and cosh: <sigma^4>_K overflows inside the default K_range. The search treats those K as outside
+    the range and says so (it raised FloatingPointError though the docstring says "never raises")."""
+    p = cr.critical_point(fn)
+    assert not p.exists and p.universality_class == "none"
+    assert "overflow" in p.reason and "no root" in p.reason
+    lo, hi = p.search_range
+    assert lo == 0.01 and 10.0 < hi < 100.0 and f"{hi:.6g}" in p.reason
+    q = cr.critical_point(fn, K_range=(0.01, 1.0))  # no overflow there: the plain answer
+    assert q.search_range == (0.01, 1.0) and "overflow" not in q.reason
+    r = cr.critical_point(fn, K_range=(90.0, 100.0))  # overflows everywhere: nothing searched
+    assert r.universality_class == "none" and r.search_range is None and "everywhere" in r.reason
+
+
+def test_critical_point_warns_beyond_the_accurate_range():
+    """The docstring promises a warning for K_range beyond K_ACCURATE ~ 123."""
+    with pytest.warns(ngp.AccuracyWarning, match="K_range"):
+        p = cr.critical_point("sigmoid", K_range=(50.0, 200.0))
+    assert p.universality_class == "none"
+
+
 @pytest.mark.parametrize("power", [2, 3])
 def test_monomials_have_no_critical_point(power):
     p = cr.critical_point(lambda x: x**power)
@@ -355,6 +377,11 @@ def test_residual_vertex_growth():
         (lambda: cr.depth_flow("tanh", C_W=1.0, C_b=0.0, K0=-1.0, depth=3), "K0"),
         (lambda: cr.critical_point("tanh", K_range=(2.0, 1.0)), "K_range"),
         (lambda: cr.residual_susceptibilities("tanh", 1.0, gamma=float("nan"), xi=1.0), "gamma"),
+        (lambda: cr.depth_flow("tanh", C_W=1.0, C_b=0.0, K0=[1.0, 2.0], depth=3), "K0: expected a real number"),
+        (lambda: cr.phase_diagram("tanh", C_b=0.0, C_W=1.0, K0=[1.0, 2.0], depth=3), "K0: expected a real number"),
+        (lambda: cr.asymptotic_law(cr.critical_point("tanh"), "ab"), "depth: expected real numbers"),
+        (lambda: cr.asymptotic_law(cr.critical_point("tanh"), [1.0, "x"]), "depth: expected real numbers"),
+        (lambda: cr.phase_diagram("tanh", C_b="0.1", C_W=1.0, depth=3), "C_b: expected real numbers"),
     ],
 )
 def test_bad_arguments(call, match):

@@ -108,3 +108,40 @@ def test_residual_prior_flow_is_plotted_from_its_layers():
 
 def test_module_imports_without_matplotlib(import_facts):
     assert import_facts["plot_without_matplotlib"] == "ok", import_facts
+
+
+class _Post:
+    def __init__(self, n, out_dim=1):
+        self.mean, self.var = np.zeros((n, out_dim)), np.ones((n, out_dim))
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: plot.plot_posterior(np.zeros((3, 1)), _Post(7)), r"posteriors\[0\].*N_test = 3"),
+        (lambda: plot.plot_posterior(np.zeros((7, 1)), _Post(3)), r"posteriors\[0\].*N_test = 7"),
+        (lambda: plot.plot_posterior(np.zeros((3, 1)), [_Post(3), _Post(4)]), r"posteriors\[1\]"),
+        (lambda: plot.plot_posterior(np.zeros((3, 1)), _Post(3), output=1), "output: 1 is out of range"),
+        (lambda: plot.plot_posterior(np.zeros((3, 1)), _Post(3), output=-1), "output"),
+        (lambda: plot.plot_posterior(np.zeros((3, 2)), _Post(3)), r"X_test: expected 1-D inputs"),
+        (lambda: plot.plot_posterior(np.full(3, np.nan), _Post(3)), "X_test"),
+        (lambda: plot.plot_posterior(np.zeros(3), object()), r"posteriors\[0\]: expected a posterior"),
+        (lambda: plot.plot_posterior(np.zeros(3), _Post(3), X_train=np.zeros(2), Y_train=np.zeros(3)), "Y_train"),
+        (lambda: plot.plot_posterior(np.zeros(3), _Post(3), X_train=np.zeros(2)), "X_train, Y_train"),
+    ],
+)
+def test_plot_posterior_checks_shapes(call, match):
+    """Mismatched rows, an output neuron out of range and 2-D inputs raise, naming the argument (they drew a
+    wrong figure silently or raised a bare IndexError)."""
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+def test_plot_posterior_draws_bands_and_data(tmp_path):
+    post = _Post(4, out_dim=2)
+    post.mean[:, 1] = [3.0, 0.0, 1.0, 2.0]
+    x = np.array([0.3, 0.0, 0.1, 0.2])
+    fig = plot.plot_posterior(x, post, output=1, X_train=x[:2, None], Y_train=np.ones((2, 2)), labels=["p"])
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.lines[0].get_xydata(), [[0.0, 0.0], [0.1, 1.0], [0.2, 2.0], [0.3, 3.0]])
+    assert _saved(fig, tmp_path / "posterior.png")

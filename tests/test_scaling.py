@@ -108,3 +108,59 @@ def test_multipliers_unequal_widths():
     m = scaling.multipliers("mup", width=[100, 400, 50], depth=4, lam_W=1.0, C_W=1.0)
     assert m["lam_W"] == (100.0, 100.0, 400.0, 1.0)  # input: fan-out; hidden: fan-in
     assert m["C_W"] == (1.0, 1.0, 1.0, 1.0 / 50)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(lr=float("nan")), ValueError, "lr: must be finite"),
+        (dict(lr=0.0), ValueError, "lr: must be > 0"),
+        (dict(X=np.full((3, 2), np.nan)), ValueError, "X: contains non-finite"),
+        (dict(X=np.ones((3, 2)), y=np.ones(4)), ValueError, r"y: expected shape \(3, 1\)"),
+        (dict(y=np.full(8, np.inf)), ValueError, "y: contains non-finite"),
+        (dict(widths=[8, 8]), ValueError, "widths: need at least two different"),
+        (dict(widths=[8, 16.0]), TypeError, r"widths\[1\]"),
+        (dict(steps=0), ValueError, "steps"),
+        (dict(seeds=1.5), TypeError, "seeds"),
+        (dict(depth=1), ValueError, "depth"),
+    ],
+)
+def test_coordinate_check_rejects_bad_arguments(kwargs, error, match):
+    """A nan learning rate or nan inputs gave nan exponents silently; a short y a raw JAX shape error."""
+    args = dict(widths=[8, 16], depth=2, seeds=2, steps=1) | kwargs
+    with pytest.raises(error, match=match):
+        scaling.coordinate_check("ntk", **args)
+
+
+def test_coordinate_check_warns_on_nan_exponents():
+    """Zero learning-rate factors: nothing changes, log(0) has no slope: nan exponents with a warning."""
+    with pytest.warns(ngp.ConvergenceWarning, match="output_change"):
+        cc = scaling.coordinate_check("ntk", widths=[4, 8], depth=2, seeds=2, steps=1, lam_W=0.0, lam_b=0.0)
+    assert np.isnan(cc.fitted["output_change"]) and np.isnan(cc.stderr["output_change"])
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(C_W=-1.0), ValueError, "C_W: must be > 0"),
+        (dict(C_W=[1.0, 0.0, 1.0]), ValueError, r"C_W\[1\]: must be > 0"),
+        (dict(C_b=-0.1), ValueError, "C_b: must be >= 0"),
+        (dict(lam_W=-1.0), ValueError, "lam_W: must be >= 0"),
+        (dict(lam_b=float("nan")), ValueError, "lam_b: must be finite"),
+        (dict(width=0), ValueError, "width: must be > 0"),
+        (dict(base_width=-2.0), ValueError, "base_width: must be > 0"),
+        (dict(depth=3.0), TypeError, "depth"),
+        (dict(depth=1), ValueError, "depth"),
+    ],
+)
+def test_multipliers_reject_bad_values(kwargs, error, match):
+    """A negative C_W came back scaled, (-1, -1, -1/64), instead of an error."""
+    with pytest.raises(error, match=match):
+        scaling.multipliers("mup", **(dict(width=64, depth=3) | kwargs))
+
+
+def test_family_rejects_non_numbers():
+    with pytest.raises(TypeError, match="s: expected a real number"):
+        scaling.family("a")
+    with pytest.raises(ValueError, match="s: must be finite"):
+        scaling.family(float("nan"))

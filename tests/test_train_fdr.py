@@ -292,3 +292,20 @@ def test_bad_arguments_name_the_argument():
 
 def test_import_ngp_does_not_import_optax(import_facts):
     assert import_facts["optax_after_train"] is False, "optax imported by ngp.train's names"
+
+
+def test_fdr_observables_checks_its_hyperparameters_like_fdr_sgd():
+    """dampening = 1 divides by zero in O_R: the same ValueError as fdr_sgd, not a ZeroDivisionError; a traced
+    learning rate (inside jit) still works."""
+    p = g = v = {"w": jnp.ones(3)}
+    for kwargs, name in [
+        (dict(learning_rate=0.1, dampening=1.0), "dampening"),
+        (dict(learning_rate=0.1, momentum=1.0), "momentum"),
+        (dict(learning_rate=0.1, weight_decay=-1.0), "weight_decay"),
+        (dict(learning_rate=float("nan")), "learning_rate"),
+        (dict(learning_rate=0.0), "learning_rate"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            fdr_observables(p, g, v, **kwargs)
+    o_l, o_r = jax.jit(lambda eta: fdr_observables(p, g, v, learning_rate=eta, momentum=0.5, dampening=0.5))(0.1)
+    assert float(o_l) == pytest.approx(3.0) and float(o_r) == pytest.approx(0.5 * 0.1 * 1.5 / 0.5 * 3.0)

@@ -42,14 +42,22 @@ def fdr_observables(params, grads, velocity, *, learning_rate, momentum=0.0, dam
         params: the parameters ``theta`` (a pytree).
         grads: the (minibatch) loss gradient at ``params``, *without* weight decay; same structure.
         velocity: the momentum buffer before the step; same structure.
-        learning_rate: ``eta``.
-        momentum: ``mu``.
-        dampening: ``d``.
-        weight_decay: ``lambda``.
+        learning_rate: ``eta > 0`` (a number, or a JAX scalar, which may be traced).
+        momentum: ``mu`` in [0, 1).
+        dampening: ``d`` in [0, 1).
+        weight_decay: ``lambda >= 0``.
 
     Returns:
         ``(O_L, O_R)``, two scalars.
     """
+    if not isinstance(learning_rate, jax.core.Tracer):
+        learning_rate = positive_float(learning_rate, "learning_rate")
+    momentum, dampening, weight_decay = _check_sgd(momentum, dampening, weight_decay, require_decay=False)
+    return _observables(params, grads, velocity, learning_rate, momentum, dampening, weight_decay)
+
+
+def _observables(params, grads, velocity, learning_rate, momentum, dampening, weight_decay):
+    """:func:`fdr_observables` without the argument checks (the optimisers check their hyperparameters once)."""
     o_l = _tree_dot(params, grads) + weight_decay * _tree_dot(params, params)
     o_r = 0.5 * learning_rate * (1.0 + momentum) / (1.0 - dampening) * _tree_dot(velocity, velocity)
     return o_l, o_r
@@ -178,10 +186,7 @@ def _monitor_step(state, grads, params, *, learning_rate, momentum, dampening, w
     """
     if params is None:
         raise ValueError("params: the FDR observables need the parameters; call update(grads, state, params)")
-    o_l, o_r = fdr_observables(
-        params, grads, state.velocity,
-        learning_rate=learning_rate, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-    )
+    o_l, o_r = _observables(params, grads, state.velocity, learning_rate, momentum, dampening, weight_decay)
     velocity = jax.tree_util.tree_map(
         lambda v, g, p: momentum * v + (1.0 - dampening) * (g + weight_decay * p), state.velocity, grads, params
     )
