@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import re
+import sys
 import time
 
 import numpy as np
@@ -229,6 +230,17 @@ def test_demo_bad_options_exit_2_with_one_line_before_any_work(tmp_path, capsys,
     argv = [a.format(file=file) for a in argv]
     line = _one_error_line(capsys, main(["demo", "--quick", "--no-nuts", "--quiet", *argv]))
     assert message.format(file=file) in line
+
+
+def test_demo_without_numpyro_says_so_before_any_work(capsys, monkeypatch):
+    """Installed with the plots extra only (no numpyro), the demo ran everything else and then ended in an
+    ImportError traceback with exit code 1: now one line, exit 2, before any work (--no-nuts skips NUTS)."""
+    from ngp.cli import _demo
+
+    monkeypatch.setattr(_demo, "profile", lambda: pytest.fail("refused before any work"))
+    monkeypatch.setitem(sys.modules, "numpyro", None)  # import numpyro raises ImportError
+    line = _one_error_line(capsys, main(["demo", "--quick", "--quiet"]))
+    assert "needs numpyro" in line and "--no-nuts" in line
 
 
 def test_demo_out_may_be_a_new_folder(tmp_path):

@@ -68,6 +68,11 @@ def widths_of(args) -> list[int]:
 
 def run(args) -> int:
     t_start = time.perf_counter()
+    if not args.no_nuts:  # before any work: the NUTS reference needs the sampling extra
+        try:
+            import numpyro  # noqa: F401
+        except ImportError:
+            raise CLIError("the NUTS reference needs numpyro: pip install 'ngp[sampling]', or pass --no-nuts") from None
     progress = Progress(quiet=args.quiet)
     enable_x64()
     import ngp
