@@ -64,9 +64,11 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
 
     Args:
         net: a network (:class:`ngp.MLP`, :func:`ngp.serial`, ...).
-        X_train: ``(N, n0)`` inputs; Y_train: ``(N, out_dim)`` targets.
+        X_train: ``(N, n0)`` inputs.
+        Y_train: ``(N, out_dim)`` targets.
         noise: observation-noise variance (a number or a JAX value).
-        C_W, C_b: hyperparameter values replacing the network's (numbers, arrays or JAX values).
+        C_W: weight variances replacing the network's (a number, one per dense step, or JAX values).
+        C_b: bias variances replacing the network's (likewise).
         finite_width: include the ``1/n`` terms (default) or not.
         jitter: extra diagonal (a number).
         **options: prior options (``terms``, ``nodes``, ``four_point_order``, ...).
@@ -239,7 +241,8 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
 
     Args:
         net: a network; its widths, activation and structure are kept.
-        X_train, Y_train: ``(N, n0)`` inputs and ``(N, out_dim)`` targets.
+        X_train: ``(N, n0)`` inputs.
+        Y_train: ``(N, out_dim)`` targets.
         noise: starting (or, when ``"noise"`` is not in ``fit``, fixed) noise variance; default:
             ``0.1 * Var(Y)``.
         fit: which of ``"C_W"``, ``"C_b"``, ``"noise"`` to fit (the others stay fixed).
