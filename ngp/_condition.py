@@ -13,7 +13,7 @@ import numpy as np
 from ._conditioned_mf import AUTO_EXACT_MAX, SOLVERS, MatrixFreeConditioned, mlp_spec
 from ._posterior import Conditioned, FiniteWidthPosterior
 from ._prior import DERIVATIVE_METHODS
-from ._validate import train_test
+from ._validate import check_seed, count, train_test
 
 __all__ = ["condition", "posterior"]
 
@@ -62,6 +62,9 @@ def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, metho
         options["method"], method = method, "auto"
     elif method not in SOLVERS:
         raise ValueError(f"method: expected one of {SOLVERS} (or net.prior's {PRIOR_METHODS}), got {method!r}")
+    if samples is not None:  # checked on either path (the exact path does not read them)
+        samples = count(samples, "samples", minimum=2)
+    seed = check_seed(seed)
     if solver is None:
         solver = method
     elif solver not in SOLVERS:

@@ -15,9 +15,10 @@ import numpy as np
 from . import _matrix_free as mf
 from ._gp import GPPosterior
 from ._linalg import solve_train
+from ._prior import check_options
 from ._posterior import Conditioned, FiniteWidthPosterior, GPConditioned
 from ._steps import Dense, Elementwise, Serial
-from ._validate import as_inputs, check_stop, count, memory_bytes, pad_to, train_test, warn
+from ._validate import as_inputs, check_seed, check_stop, count, flag, memory_bytes, pad_to, train_test, warn
 from ._warnings import ExpansionWarning
 from ._validity import Validity
 
@@ -101,11 +102,11 @@ class MatrixFreeConditioned(Conditioned):
                 f"activation (Dense, Elementwise, ..., Dense), got {net!r}; use method='exact'"
             )
         self.net, self.X_train, self.Y_train, self.noise, self.jitter = net, XA, Y, noise, jitter
-        self.options = dict(options)
+        self.options = check_options(options, "condition")  # unknown names refused; only max_memory is read
         if self.options.get("max_memory") is not None:  # bounds this path's arrays only when given (no default)
             self.options["max_memory"] = memory_bytes(self.options["max_memory"], "max_memory")
         self.samples = mf.DEFAULT_SAMPLES if samples is None else count(samples, "samples", minimum=2)
-        self.seed = int(count(seed, "seed", minimum=0, what="a non-negative integer"))
+        self.seed = check_seed(seed)
         self._spec = spec
         self._runs = {}  # test-set key -> MatrixFreePosterior at the network's own width
         self.n = spec[3][-1]
@@ -181,7 +182,8 @@ class MatrixFreeConditioned(Conditioned):
         return float(self.validity.eps)
 
     def with_width(self, n: int) -> "MatrixFreeConditioned":
-        """The same conditioning with every hidden width scaled so that ``n_{L-1} = n`` (samples reused)."""
+        """The same conditioning at hidden width ``n`` (``n_{L-1} = n``; the network's hidden widths must be equal,
+        else ``ValueError``), the samples reused."""
         n = count(n, "n")
         if len(set(self.net.widths)) > 1:
             raise ValueError(f"n: with_width needs equal hidden widths, the network has {list(self.net.widths)}")
@@ -219,7 +221,7 @@ class MatrixFreeConditioned(Conditioned):
             marginal variances (``cov_test=None``: no test x test block is formed).
         """
         check_stop(stop, False)
-        if full_cov:
+        if flag(full_cov, "full_cov"):
             raise NotImplementedError(
                 "predict: full_cov=True is not available with method='matrix_free' (marginal variances only); "
                 "use method='exact' for the joint covariance of a few test points"

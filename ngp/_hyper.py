@@ -28,8 +28,9 @@ from ._posterior import finite_width_log_evidence
 from ._gaussian import switch_tables, traced_mehler_tables
 from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
-from ._validate import (as_inputs, as_targets, check_seed, count, device, nonneg_float, per_layer, positive_float,
-                        real, warn)
+from ._validate import (RCOND_MIN, as_inputs, as_targets, check_seed, count, device, flag, nonneg_float,
+                        per_layer, positive_float, real, warn)
+from ._validity import EVIDENCE_MAX
 from ._warnings import ConvergenceWarning, CostWarning, ExpansionWarning
 
 __all__ = ["log_evidence", "fit_hyperparameters", "HyperFit", "with_hyperparameters"]
@@ -90,6 +91,7 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
         jitted gradient holds one batch's values at a time.
     """
     options = _evidence_options(options)
+    finite_width = flag(finite_width, "finite_width")
     XA = as_inputs(X_train, "X_train", in_dim=getattr(net, "in_dim", None))
     if isinstance(Y_train, jax.core.Tracer):  # traced targets (inside jit/grad): shape checks only
         Y = Y_train[:, None] if Y_train.ndim == 1 and net.out_dim == 1 else Y_train
@@ -105,8 +107,13 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
             raise np.linalg.LinAlgError(
                 "X_train: duplicate training inputs with noise = 0 make the training kernel singular (the log "
                 "evidence is -inf or undefined); use noise > 0, jitter > 0 or remove duplicates")
-    value = _evidence(_cumulants(net, XA, C_W, C_b, finite_width, options), Y, noise, jitter)
+    cumulants = _cumulants(net, XA, C_W, C_b, finite_width, options)
+    value = _evidence(cumulants, Y, noise, jitter)
     if not isinstance(value, jax.core.Tracer) and not np.isfinite(float(value)):
+        K = np.asarray(cumulants[0]) + (noise + jitter) * np.eye(XA.shape[0])
+        if np.linalg.eigvalsh(K)[0] > RCOND_MIN * np.abs(K).max():  # a well-conditioned kernel: the targets overflowed
+            raise ValueError(f"Y_train: the log evidence overflows (largest |Y_train| = {np.max(np.abs(Y)):.3g}); "
+                             "rescale the targets (e.g. ngp.datasets.standardize)")
         raise np.linalg.LinAlgError(
             "log_evidence: K_train + noise I is numerically singular (the log evidence is not finite); use a "
             "larger noise or jitter")
@@ -182,8 +189,10 @@ def with_hyperparameters(net, C_W, C_b):
         return type(step)(**fields)
 
     if isinstance(net, MLP):
+        # the learning-rate factors as the network has them (a parameterization's already scaled into them; the
+        # fitted C_W, C_b are explicit values, so the copy carries no parameterization)
         return MLP(net.depth, list(net.widths) or None, activation=net.activation, C_W=list(C_W), C_b=list(C_b),
-                   out_dim=net.out_dim, in_dim=net.in_dim)
+                   out_dim=net.out_dim, in_dim=net.in_dim, lambda_W=list(net.lambda_W), lambda_b=list(net.lambda_b))
     if isinstance(net, ResMLP):
         return ResMLP(net.depth, net.width, activation=net.activation, C_W=list(C_W), C_b=list(C_b),
                       gamma=list(net.gamma), xi=list(net.xi), out_dim=net.out_dim, in_dim=net.in_dim)
@@ -272,6 +281,7 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
         if f not in FIT_NAMES:
             raise ValueError(f"fit: unknown hyperparameter {f!r}; expected some of {FIT_NAMES}")
     num_starts = count(num_starts, "num_starts")
+    finite_width, per_layer = flag(finite_width, "finite_width"), flag(per_layer, "per_layer")
     seed = check_seed(seed)
     max_iter = count(max_iter, "max_iter")
     warm_rows = None if warm_rows is None else count(warm_rows, "warm_rows")
@@ -285,9 +295,13 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
     depth = len(dense)
     nw = depth if per_layer else 1
     b = {"C_W": (0.05, 10.0), "C_b": (1e-6, 5.0), "noise": (1e-6, 10.0 * yvar)}
+    if bounds is not None and not isinstance(bounds, dict):
+        raise TypeError(f"bounds: expected a dict such as {{'C_W': (lo, hi)}}, got {type(bounds).__name__}")
     for k, v in (bounds or {}).items():
         if k not in b:
             raise ValueError(f"bounds: unknown hyperparameter {k!r}")
+        if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) != 2:
+            raise TypeError(f"bounds[{k!r}]: expected a pair (lo, hi), got {v!r}")
         lo, hi = real(v[0], f"bounds[{k!r}][0]"), real(v[1], f"bounds[{k!r}][1]")
         if not 0 < lo < hi:
             raise ValueError(f"bounds: expected 0 < lo < hi for {k!r}, got ({lo}, {hi})")
@@ -390,6 +404,11 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
     cw, cb, nz = (np.asarray(v, dtype=float) for v in unpack(device(theta)))
     fitted = with_hyperparameters(net, cw, cb)
     gp_value = float(log_evidence(fitted, XA, Y, noise=float(nz), finite_width=False, **options))
+    if finite_width and net.n_last is not None and not abs(value - gp_value) <= EVIDENCE_MAX:
+        warn(f"fit_hyperparameters: at the fitted values the finite-width log evidence differs from the GP's by "
+             f"{abs(value - gp_value):.3g} nats (> {EVIDENCE_MAX:g}): the 1/n expansion is not trusted there "
+             "(docs/validity.md), and the fit may have run to where it breaks down; compare with the GP fit "
+             "(finite_width=False) or widen the network", ExpansionWarning)
     # after a finite-width stage ``value`` is the optimiser's, ngp.log_evidence at the fitted values (the objective
     # evaluates it concretely, on the error-controlled four-point rule: _finite_width_objective)
     table = tuple(

@@ -33,7 +33,7 @@ from ._gaussian import K_ACCURATE
 from ._gp import GPPosterior, gp_from_kernel, gp_log_evidence
 from ._linalg import solve_train
 from ._prior import MAX_MEMORY, reuse_four_point, reuse_jacobians
-from ._validate import as_inputs, check_stop, count, device, float64, train_test, warn
+from ._validate import as_inputs, check_stop, count, device, flag, float64, train_test, warn
 from ._warnings import AccuracyWarning, ExpansionWarning
 from ._validity import (NUMERICAL_NEGLIGIBLE, NUMERICAL_WARN, VAR_FLOOR, Validity, clip_rounding, evidence_validity,
                         posterior_validity)
@@ -61,7 +61,9 @@ class FiniteWidthPosterior:
         noise: observation-noise variance.
         validity: :class:`ngp.Validity`, the size of the first-order terms against the GP (mean
             shift in GP predictive standard deviations, relative variance change, evidence
-            correction) and whether the result is ``trusted`` (``docs/validity.md``).
+            correction) and whether the result is ``trusted`` (``docs/validity.md``); on the matrix-free path its
+            own measures instead (``eps``, ``eta``; those three are ``None``: ``docs/matrix-free.md``,
+            "Validity rule").
         method: ``"exact"`` or ``"matrix_free"`` (the solver that produced it).
         mean_se, var_se, log_evidence_se: Monte-Carlo standard errors of ``mean``, ``var`` and
             ``log_evidence`` (``solver="matrix_free"``; ``None`` on the exact path).
@@ -337,6 +339,7 @@ class Conditioned:
         XB = as_inputs(X_test, "X_test", in_dim=getattr(self.net, "in_dim", None))
         if XB.shape[1] != self.X_train.shape[1]:
             raise ValueError(f"X_test: expected {self.X_train.shape[1]} features like X_train, got {XB.shape[1]}")
+        full_cov = flag(full_cov, "full_cov")
         check_stop(stop, full_cov)
         NA, NB = self.N_train, XB.shape[0]
         prior = self._joint_prior(XB)

@@ -217,6 +217,9 @@ def trained_ensemble(net, X_train, Y_train, X_test, *, t: float | None = None, e
         raise ValueError(
             f"X_train: the training NTK block is singular or nearly so (reciprocal condition {h[0] / h[-1]:.2e} "
             f"<= {RCOND_MIN:g}); remove nearly duplicated training inputs"
+            + ("" if lambda_W is None and lambda_b is None else
+               ", or give more parameters a positive learning-rate factor (lambda_W, lambda_b: with zero factors "
+               "too few parameters move to fit every training point)")
         )
     diverges = steps is not None and eta * h[-1] >= 2.0
     try:

@@ -1,10 +1,10 @@
 """Argument checking shared by every public function: one place, errors name the argument.
 
 Numbers: :func:`real`, :func:`positive_float`, :func:`nonneg_float`, :func:`count`
-(positive integers: widths, depths, sample sizes), :func:`check_seed` (PRNG seeds), :func:`per_layer` (a number
-or one value per layer). Arrays: :func:`as_inputs`, :func:`as_targets`, :func:`train_test`. Also the float64
-scope of the numerics (:func:`float64`), warnings attributed to the caller's line, and the
-conditioning limit of kernel solves.
+(positive integers: widths, depths, sample sizes), :func:`check_seed` (PRNG seeds), :func:`flag` (boolean
+options), :func:`per_layer` (a number or one value per layer). Arrays: :func:`as_inputs`, :func:`as_targets`,
+:func:`train_test`. Also the float64 scope of the numerics (:func:`float64`), warnings attributed to the caller's
+line, and the conditioning limit of kernel solves.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ __all__ = [
     "nonneg_float",
     "count",
     "check_seed",
+    "flag",
     "check_stop",
     "per_layer",
     "as_inputs",
@@ -132,6 +133,14 @@ def count(value, name: str, *, minimum: int = 1, what: str = "a positive integer
     return value
 
 
+def flag(value, name: str) -> bool:
+    """A boolean option: ``True`` or ``False`` (NumPy booleans too); anything else (strings such as ``"no"``, which
+    are truthy, numbers) raises a ``TypeError`` naming ``name``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
 def check_seed(value, name: str = "seed") -> int:
     """A PRNG seed: a Python or NumPy integer in ``[0, 2**63)`` (bools, floats, strings and ``None`` are
     rejected with a ``TypeError``, out-of-range values with a ``ValueError``)."""
@@ -223,6 +232,8 @@ def train_test(net, X_train, Y_train, X_test, noise, jitter=0.0):
     Returns ``(XA, XB, Y, noise, jitter)``: float64 arrays ``(N_train, n0)``, ``(N_test, n0)``
     (``XB`` is ``None`` when ``X_test`` is ``None``), ``(N_train, out_dim)`` and floats.
     """
+    if not isinstance(getattr(net, "out_dim", None), (int, np.integer)) or not hasattr(net, "prior"):
+        raise TypeError(f"net: expected a network (e.g. ngp.MLP(3, 64), ngp.serial(...)), got {net!r}")
     noise = nonneg_float(noise, "noise")
     jitter = nonneg_float(jitter, "jitter")
     in_dim = getattr(net, "in_dim", None)

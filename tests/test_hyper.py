@@ -260,3 +260,49 @@ def test_finite_width_objective_is_the_derivative_of_its_value():
         g, v = evidence_objective(net, X, True, sizes, False, 2, {})(jnp.asarray(theta[free]), *kept)
         assert float(v) == pytest.approx(float(value), rel=1e-12)
         np.testing.assert_allclose(np.asarray(g), fd[free], rtol=1e-6, atol=1e-9)
+
+
+def test_fit_and_evidence_arguments_are_checked_by_name(data):
+    """Boolean options that are not booleans ("no" is truthy), malformed bounds, and targets whose evidence
+    overflows raised nothing, a raw TypeError/AttributeError, or blamed a singular kernel."""
+    X, Y = data
+    net = ngp.MLP(2, 8, out_dim=2)
+    for kw, exc, match in ((dict(per_layer="no"), TypeError, "per_layer"),
+                           (dict(finite_width="no"), TypeError, "finite_width"),
+                           (dict(bounds={"C_W": 2.0}), TypeError, r"bounds\['C_W'\]"),
+                           (dict(bounds={"C_W": (0.5, 2, 3)}), TypeError, r"bounds\['C_W'\]"),
+                           (dict(bounds=[("C_W", (1, 2))]), TypeError, "bounds")):
+        with pytest.raises(exc, match=match):
+            ngp.fit_hyperparameters(net, X, Y, noise=0.1, **kw)
+    with pytest.raises(TypeError, match="finite_width"):
+        ngp.log_evidence(net, X, Y, noise=0.1, finite_width="no")
+    with pytest.raises(ValueError, match="Y_train: the log evidence overflows"):
+        ngp.log_evidence(net, X, 1e200 * Y, noise=0.1, finite_width=False)
+
+
+def test_fitted_network_keeps_its_learning_rate_factors(data):
+    """with_hyperparameters rebuilt an MLP without its lambda_W/lambda_b (fit.net trained 4-7x slower than the
+    network it came from at the same C_W, C_b); the fitted network now trains like the original."""
+    X, Y = data
+    net = ngp.MLP(2, 16, C_W=1.5, C_b=0.1, lambda_W=[2.0, 0.5], lambda_b=10.0, out_dim=2)
+    fit = ngp.fit_hyperparameters(net, X, Y, fit=("noise",), finite_width=False)
+    assert fit.net.lambda_W == net.lambda_W and fit.net.lambda_b == net.lambda_b
+    assert (fit.C_W, fit.C_b) == (net.C_W, net.C_b)
+    a = ngp.trained_ensemble(net, X, Y, X[:2], t=0.1, finite_width=False).mean
+    b = ngp.trained_ensemble(fit.net, X, Y, X[:2], t=0.1, finite_width=False).mean
+    np.testing.assert_array_equal(a, b)
+
+
+def test_runaway_finite_width_fit_is_warned_about():
+    """A finite-width fit that runs to where the expansion breaks down (C_W at its lower bound, log evidence
+    1.1e8 against the GP's -2.8e4) returned with only the bound warnings: now an ExpansionWarning too."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5, 2))
+    y = np.sin(X[:, :1]) + 0.1 * rng.normal(size=(5, 1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = ngp.fit_hyperparameters(ngp.MLP(2, 16, out_dim=2), X, np.hstack([y, -y]), num_starts=1)
+    said = {(w.category, str(w.message).split(" ended")[0]) for w in caught}
+    assert (ngp.ConvergenceWarning, "fit_hyperparameters: C_W") in said  # the bound warnings, as before
+    assert any(c is ngp.ExpansionWarning and "differs from the GP's by" in m for c, m in said), said
+    assert abs(fit.log_evidence - fit.log_evidence_gp) > ngp.Validity.EVIDENCE_MAX

@@ -548,3 +548,25 @@ def test_negligible_error_bounds_are_not_warned_about():
     assert np.max(np.abs(q.mean_correction)) < 1e-12 and 0 < np.max(q.mean_error) < ngp.Validity.NUMERICAL_WARN
     assert np.max(q.mean_error) > 0.1 * np.max(np.abs(q.mean_correction))  # the ratio alone would warn
     assert np.max(q.mean_error / sd) < 1e-6
+
+
+def test_condition_checks_net_options_and_flags_by_name():
+    """A bad net gave AttributeError (None) or a shape error quoting a property object (the class ngp.MLP); the
+    matrix-free path ignored misspelled options (max_memroy: no memory cap); the exact path took samples=-3 and
+    seed="x" (both paths check them now; the exact path does not read them); full_cov="no" counted as True."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(5, 2)), rng.normal(size=5)
+    net = ngp.MLP(2, 16)
+    for bad in (None, "net", ngp.MLP):
+        with pytest.raises(TypeError, match="net: expected a network"):
+            ngp.condition(bad, X, y, noise=0.1)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['max_memroy'\]"):
+        ngp.condition(net, X, y, noise=0.1, method="matrix_free", max_memroy=10)
+    with pytest.raises(ValueError, match="samples"):
+        ngp.condition(net, X, y, noise=0.1, samples=-3)
+    with pytest.raises(TypeError, match="seed"):
+        ngp.condition(net, X, y, noise=0.1, method="exact", seed="x")
+    for method in ("exact", "matrix_free"):
+        cond = ngp.condition(net, X, y, noise=0.1, method=method, **({"samples": 64} if method != "exact" else {}))
+        with pytest.raises(TypeError, match="full_cov: expected True or False"):
+            cond.predict(X[:1], full_cov="no")
