@@ -201,6 +201,15 @@ class Conditioned:
     def N_train(self) -> int:
         return self.X_train.shape[0]
 
+    def memory_estimate(self, n_test: int = 0) -> int:
+        """Bytes of the exact path's largest arrays when ``n_test`` test points are predicted in one batch: the
+        training vertex (``net.prior(X_train).memory_estimate()``) and the marginal prediction's working memory per
+        test point (``predict`` refuses a batch whose working memory exceeds ``max_memory``; ``full_cov`` needs more,
+        checked by ``predict``). Nothing is computed."""
+        n_test = count(n_test, "n_test", minimum=0, what="a non-negative integer")
+        return int(self._prior.memory_estimate()
+                   + n_test * _predict_bytes_per_point(self._prior, self.N_train, self.Y_train.shape[1]))
+
     # ------------------------------------------------------------------ training-only pieces
     @functools.cached_property
     @float64

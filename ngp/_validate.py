@@ -123,8 +123,17 @@ def nonneg_float(value, name: str) -> float:
     return value
 
 
+def _scalar_array(value, kinds: str) -> bool:
+    """Whether ``value`` is a concrete (not traced) 0-d NumPy or JAX array of a dtype kind in ``kinds``."""
+    return (not isinstance(value, jax.core.Tracer) and getattr(value, "ndim", None) == 0
+            and getattr(getattr(value, "dtype", None), "kind", None) in tuple(kinds))
+
+
 def count(value, name: str, *, minimum: int = 1, what: str = "a positive integer") -> int:
-    """An integer ``>= minimum`` (Python or NumPy integers; floats and bools are rejected)."""
+    """An integer ``>= minimum`` (Python or NumPy integers, or a concrete 0-d integer array such as ``jnp.array(3)``;
+    floats and bools are rejected)."""
+    if _scalar_array(value, "iu"):
+        value = value.item()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
         raise TypeError(f"{name}: expected {what}, got {value!r}")
     value = int(value)
@@ -134,8 +143,10 @@ def count(value, name: str, *, minimum: int = 1, what: str = "a positive integer
 
 
 def flag(value, name: str) -> bool:
-    """A boolean option: ``True`` or ``False`` (NumPy booleans too); anything else (strings such as ``"no"``, which
-    are truthy, numbers) raises a ``TypeError`` naming ``name``."""
+    """A boolean option: ``True`` or ``False`` (NumPy booleans and concrete 0-d boolean arrays too); anything else
+    (strings such as ``"no"``, which are truthy, numbers) raises a ``TypeError`` naming ``name``."""
+    if _scalar_array(value, "b"):
+        value = value.item()
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False, got {value!r}")
     return bool(value)

@@ -27,12 +27,12 @@ def load_terrain() -> tuple[np.ndarray, np.ndarray]:
 def synthetic_1d(n: int = 8, *, noise: float = 0.01, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A 1-D toy regression problem: ``y = sin(2x) + 0.3 x`` plus Gaussian noise of variance ``noise``.
 
-    ``n >= 1`` points, ``noise >= 0`` (finite), ``seed`` a non-negative integer.
+    ``n >= 1`` points, ``noise >= 0`` (finite), ``seed`` a non-negative integer (``None``: fresh randomness).
     Returns ``X`` of shape ``(n, 1)`` on ``[-2, 2]`` and ``y`` of shape ``(n,)``.
     """
     n = count(n, "n")
     noise = nonneg_float(noise, "noise")
-    rng = np.random.default_rng(check_seed(seed))
+    rng = np.random.default_rng(None if seed is None else check_seed(seed))
     X = np.sort(rng.uniform(-2, 2, size=n))[:, None]
     y = np.sin(2 * X[:, 0]) + 0.3 * X[:, 0] + np.sqrt(noise) * rng.normal(size=n)
     return X, y

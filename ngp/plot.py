@@ -305,7 +305,8 @@ def plot_posterior(X_test, posteriors, *, labels: Sequence[str] | None = None, o
         labels: legend labels, one per posterior.
         output: which output neuron to draw, ``0 <= output < out_dim``.
         X_train: training inputs to overlay, ``(N_train, 1)`` or ``(N_train,)`` (with ``Y_train``).
-        Y_train: training targets to overlay, ``(N_train, out_dim)`` or ``(N_train,)`` (with ``X_train``).
+        Y_train: training targets to overlay, ``(N_train, out_dim)``, or ``(N_train,)`` / ``(N_train, 1)``: those of
+            the output drawn (with ``X_train``).
         truth: optional ``(x, y)`` of a reference curve (e.g. importance-sampling means).
         ax: an existing Axes.
 
@@ -326,7 +327,8 @@ def plot_posterior(X_test, posteriors, *, labels: Sequence[str] | None = None, o
         raise ValueError("X_train, Y_train: give both (to overlay the data) or neither")
     if X_train is not None:
         xt = _x_axis(X_train, "X_train")
-        two_d = np.ndim(Y_train) == 2
+        # (N_train, out_dim): the drawn output's column; (N_train,) or (N_train, 1): the drawn output's targets
+        two_d = np.ndim(Y_train) == 2 and np.shape(Y_train)[1] > 1
         out_dim = np.shape(posts[0].mean)[1]
         yt = as_targets(Y_train, xt.size, out_dim if two_d else 1, "Y_train")[:, output if two_d else 0]
     fig, (axis,) = _axes(ax, 1, figsize=figsize)

@@ -1298,3 +1298,36 @@ def test_progress_reports_each_stage_and_reraises(tty):
     quiet = Stream()
     Progress(quiet=True, stream=quiet).run("silent", lambda: None)
     assert quiet.getvalue() == ""
+
+
+def test_deadline_batches_fit_max_memory_instead_of_fewer_training_rows():
+    """The deadline's batches (a fifth of the test rows) are cut to what --max-memory allows: the run keeps its
+    training rows (reducing them for the batches shrank a default 64-row run to 36-50 rows at 100-300 test rows),
+    and predict no longer refuses the batch (it raised MemoryError before the cap)."""
+    import ngp
+    from ngp.cli._common import Progress
+    from ngp.cli._compare import Split, compare, deadline_batch
+
+    rng = np.random.default_rng(0)
+    Xtr, Xte = rng.normal(size=(8, 2)), rng.normal(size=(30, 2))
+    net = ngp.MLP(2, 8)
+    cond = ngp.condition(net, Xtr, np.sin(Xtr[:, :1]), noise=0.1, method="exact")
+    per_row = cond.memory_estimate(1) - cond.memory_estimate(0)
+    assert cond.memory_estimate(0) == net.prior(Xtr).memory_estimate() and per_row > 0
+    limit = 3 * per_row + per_row // 2  # three rows fit, the deadline's six do not
+    assert deadline_batch(30) == 6 and 6 * per_row > limit
+    with pytest.raises(MemoryError, match="batch_size=6"):
+        ngp.condition(net, Xtr, np.sin(Xtr[:, :1]), noise=0.1, max_memory=limit).predict(Xte, batch_size=6)
+    split = Split(Xtr, np.sin(Xtr[:, :1]), Xte, np.sin(Xte[:, :1]), 1.0, 0.0)
+    rows, info = compare(split, lambda w: ngp.MLP(2, w), widths=[8], noise=0.1, progress=Progress(quiet=True),
+                         options={"method": "exact", "max_memory": limit}, deadline=time.perf_counter() + 600)
+    assert [r.model for r in rows][-1] == "finite width n=8" and not info["failed"], info["failed"]
+    assert info["posteriors"][8].mean.shape == (30, 1)
+
+
+def test_truth_of_one_network_is_refused_by_name(tmp_path, capsys):
+    """Importance sampling needs two draws for its standard errors: --truth 1 ended in the library's
+    "num_samples: must be >= 2"; now argparse names --truth (0 still turns it off)."""
+    data = _write(tmp_path, "a,b,y\n" + "".join(f"{a},{b},{t}\n" for a, b, t in _csv_rows(20)))
+    line = _one_error_line(capsys, main(["regress", data, "--truth", "1", "--quiet"]))
+    assert "--truth" in line and ">= 2 (or 0: off)" in line

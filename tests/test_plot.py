@@ -145,3 +145,15 @@ def test_plot_posterior_draws_bands_and_data(tmp_path):
     ax = fig.axes[0]
     np.testing.assert_allclose(ax.lines[0].get_xydata(), [[0.0, 0.0], [0.1, 1.0], [0.2, 2.0], [0.3, 3.0]])
     assert _saved(fig, tmp_path / "posterior.png")
+
+
+def test_plot_posterior_takes_one_column_targets_of_a_multi_output_posterior(tmp_path):
+    """Y_train of shape (N, 1) with a two-output posterior: the targets of the output drawn (plotted before the
+    shape checks; the check then asked for (N, 2))."""
+    import types
+
+    post = types.SimpleNamespace(mean=np.zeros((5, 2)), var=np.ones((5, 2)))
+    x = np.linspace(-1, 1, 5)
+    fig = ngp.plot.plot_posterior(x, post, output=1, X_train=x[:3], Y_train=np.ones((3, 1)))
+    (data,) = [ln for ln in fig.axes[0].lines if ln.get_label() == "data"]
+    np.testing.assert_array_equal(data.get_ydata(), np.ones(3))

@@ -570,3 +570,20 @@ def test_condition_checks_net_options_and_flags_by_name():
         cond = ngp.condition(net, X, y, noise=0.1, method=method, **({"samples": 64} if method != "exact" else {}))
         with pytest.raises(TypeError, match="full_cov: expected True or False"):
             cond.predict(X[:1], full_cov="no")
+
+
+def test_zero_dimensional_arrays_count_as_numbers_and_flags():
+    """Integer and boolean options given as concrete 0-d arrays (jnp.array(1) as a seed, np.bool_) are accepted, as
+    before the checks by name; floats, bools as integers, and numbers as flags are not."""
+    from ngp._validate import check_seed, count, flag
+
+    assert check_seed(jnp.array(1)) == 1 and count(np.int64(4), "n") == 4 and flag(jnp.array(False), "f") is False
+    X = np.random.default_rng(0).normal(size=(3, 2))
+    a = ngp.sample_networks(ngp.MLP(2, 4), X, 2, seed=jnp.array(1)).outputs
+    np.testing.assert_array_equal(a, ngp.sample_networks(ngp.MLP(2, 4), X, 2, seed=1).outputs)
+    for bad in (jnp.array(1.5), jnp.array(True), 2.0):
+        with pytest.raises(TypeError, match="seed"):
+            check_seed(bad)
+    with pytest.raises(TypeError, match="full_cov"):
+        flag(0, "full_cov")
+    assert ngp.datasets.synthetic_1d(4, seed=None)[0].shape == (4, 1)  # None: fresh randomness, as documented

@@ -151,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="Gauss-Hermite nodes per dimension for the four-point expectations (default: the "
                         "library's); cost grows as K^4")
     g = r.add_argument_group("reference and output")
-    g.add_argument("--truth", type=int_at_least(0), default=0, metavar="S",
+    g.add_argument("--truth", type=int_at_least(2, off=0), default=0, metavar="S",
                    help="also compare with importance sampling over S actual random networks per width (e.g. "
                         "100000; default: 0 = off); rows with an effective sample size below 100 are marked "
                         "unreliable")

@@ -66,16 +66,17 @@ def finite_float(*, minimum: float | None = None, strict: bool = False, maximum:
     return parse
 
 
-def int_at_least(minimum: int):
-    """An argparse type: an integer ``>= minimum``."""
+def int_at_least(minimum: int, *, off: int | None = None):
+    """An argparse type: an integer ``>= minimum`` (or exactly ``off``, which turns the option off)."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        if value < minimum and value != off:
+            also = "" if off is None else f" (or {off}: off)"
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}{also}, got {text!r}")
         return value
 
     return parse

@@ -187,6 +187,10 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
     batched = {}  # with a deadline: batches of test rows, the first width stopping at the deadline
     if deadline is not None:
         batched["batch_size"] = deadline_batch(M)
+        limit = cond.options.get("max_memory")
+        if not mf and limit is not None:  # no larger than max_memory allows (predict refuses a larger batch)
+            per_row = cond.memory_estimate(1) - cond.memory_estimate(0)
+            batched["batch_size"] = max(1, min(batched["batch_size"], int(limit) // max(per_row, 1)))
     first = {} if deadline is None else {
         "stop": deadline_stop(deadline, batched["batch_size"], row_seconds, total=M), **batched}
     try:

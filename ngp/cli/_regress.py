@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _budget
 from ._common import CLIError, Progress, collect_warnings, enable_x64, fmt, table
-from ._compare import ESS_MIN, Split, cells, compare, deadline_batch, expansion_cell, notes
+from ._compare import ESS_MIN, Split, cells, compare, expansion_cell, notes
 from ._csv import read_table
 from ._hyper import fit_hyperparameters
 
@@ -249,16 +249,16 @@ def _largest_fitting(n: int, need, limit: float) -> tuple[int, float]:
 def _fit_memory(n_train: int, Xtr, ytr, args, explicit: bool, *, path: str = "exact",
                 n_test: int = 0) -> tuple[int, str | None]:
     """``(n, note)``: the largest training size ``n <= n_train`` that fits ``--max-memory`` on ``path``: the dense
-    training vertex (``net.prior(...).memory_estimate()``) and a batch of test rows' working memory (the deadline's
-    batch of ``n_test`` rows, :func:`ngp.cli._compare.deadline_batch`; with ``explicit``, no deadline: the two rows
-    ``predict`` needs at least), or the matrix-free estimator predicting ``n_test`` rows at once
-    (``ngp.MatrixFreeConditioned.memory_estimate``); with ``explicit`` (``--n-train``) a refusal instead."""
+    training vertex (``net.prior(...).memory_estimate()``) and two test rows' working memory (the deadline's batches
+    are then cut to what fits: :func:`ngp.cli._compare.compare`), or the matrix-free estimator predicting ``n_test``
+    rows at once (``ngp.MatrixFreeConditioned.memory_estimate``); with ``explicit`` (``--n-train``) a refusal
+    instead."""
     import ngp
 
     from .._posterior import _predict_bytes_per_point
 
     net, limit = _make_net(args)(args.width[0]), args.max_memory
-    batch = 2 if explicit else deadline_batch(n_test)
+    batch = 2  # the fewest test rows a batch of the deadline's holds (deadline_batch)
 
     def need(n):
         if path == "exact":

@@ -52,7 +52,8 @@ def fdr_observables(params, grads, velocity, *, learning_rate, momentum=0.0, dam
     """
     if not isinstance(learning_rate, jax.core.Tracer):
         learning_rate = positive_float(learning_rate, "learning_rate")
-    momentum, dampening, weight_decay = _check_sgd(momentum, dampening, weight_decay, require_decay=False)
+    if not any(isinstance(v, jax.core.Tracer) for v in (momentum, dampening, weight_decay)):  # traced: unchecked
+        momentum, dampening, weight_decay = _check_sgd(momentum, dampening, weight_decay, require_decay=False)
     return _observables(params, grads, velocity, learning_rate, momentum, dampening, weight_decay)
 
 
