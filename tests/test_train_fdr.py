@@ -308,7 +308,7 @@ def test_fdr_observables_checks_its_hyperparameters_like_fdr_sgd():
         with pytest.raises(ValueError, match=name):
             fdr_observables(p, g, v, **kwargs)
     o_l, o_r = jax.jit(lambda eta: fdr_observables(p, g, v, learning_rate=eta, momentum=0.5, dampening=0.5))(0.1)
-    # every hyperparameter may be traced (jit traces keyword arguments; grad in weight_decay): checked only when concrete
+    # every hyperparameter may be traced (jit traces keyword arguments; grad in weight_decay): checked when concrete
     o_l2, o_r2 = jax.jit(fdr_observables)(p, g, v, learning_rate=0.1, momentum=0.5, dampening=0.5)
     assert np.isclose(o_l2, o_l) and np.isclose(o_r2, o_r)
     assert np.isfinite(jax.grad(lambda d: fdr_observables(p, g, v, learning_rate=0.1, weight_decay=d)[0])(0.01))
