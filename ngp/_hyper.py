@@ -385,7 +385,8 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
     best = max((s for s in starts if s["stage"] == "gp"), key=lambda s: (s["converged"], s["value"]))
     theta = best["theta"]
     value, success = best["value"], best["converged"]
-    if finite_width and net.n_last is not None:
+    finite_stage = finite_width and net.n_last is not None  # a Gaussian network has no finite-width stage
+    if finite_stage:
         r = run(objective(True), theta)
         starts.append(dict(start=theta, theta=r.x, value=-float(r.fun), converged=bool(r.success),
                            stage="finite width"))
@@ -404,7 +405,7 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
     cw, cb, nz = (np.asarray(v, dtype=float) for v in unpack(device(theta)))
     fitted = with_hyperparameters(net, cw, cb)
     gp_value = float(log_evidence(fitted, XA, Y, noise=float(nz), finite_width=False, **options))
-    if finite_width and net.n_last is not None and not abs(value - gp_value) <= EVIDENCE_MAX:
+    if finite_stage and not abs(value - gp_value) <= EVIDENCE_MAX:
         warn(f"fit_hyperparameters: at the fitted values the finite-width log evidence differs from the GP's by "
              f"{abs(value - gp_value):.3g} nats (> {EVIDENCE_MAX:g}): the 1/n expansion is not trusted there "
              "(docs/validity.md), and the fit may have run to where it breaks down; compare with the GP fit "
@@ -417,7 +418,7 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
         for s in starts
     )
     return HyperFit(fitted, float(nz), tuple(float(v) for v in cw), tuple(float(v) for v in cb), value, gp_value,
-                    bool(finite_width and net.n_last is not None), table, success, at_bounds)
+                    finite_stage, table, success, at_bounds)
 
 
 def _at_bounds(theta, lo, hi, sizes, tol: float = 1e-6) -> tuple:

@@ -35,8 +35,8 @@ from ._linalg import solve_train
 from ._prior import MAX_MEMORY, reuse_four_point, reuse_jacobians
 from ._validate import as_inputs, check_stop, count, device, flag, float64, train_test, warn
 from ._warnings import AccuracyWarning, ExpansionWarning
-from ._validity import (NUMERICAL_NEGLIGIBLE, NUMERICAL_WARN, VAR_FLOOR, Validity, clip_rounding, evidence_validity,
-                        posterior_validity)
+from ._validity import (NUMERICAL_NEGLIGIBLE, NUMERICAL_WARN, Validity, clip_rounding, evidence_validity,
+                        posterior_validity, predictive_variance)
 from ._vertex_error import component_errors, k1_error_packed
 
 __all__ = ["FiniteWidthPosterior", "Conditioned", "GPConditioned", "finite_width_log_evidence"]
@@ -448,7 +448,7 @@ class Conditioned:
         validity = posterior_validity(mean=mean, var=var, gp_mean=gp.mean, gp_var=gp.var, noise=self.noise,
                                       prior_var=prior_var, log_evidence=logz, gp_log_evidence=gp.log_evidence)
         self._warn_validity(validity, "posterior")
-        scale = np.sqrt(np.clip(gp.var, 0.0, None) + self.noise + VAR_FLOOR * np.clip(prior_var, 0.0, None)[:, None])
+        scale = np.sqrt(predictive_variance(gp.var, self.noise, prior_var))
         # a test input equal to a training input observed without noise has no 1/n correction to resolve (its mean
         # is the target at every order): not part of the comparison
         off = ~np.isin(iB, iA) if self.noise + self.jitter == 0.0 else np.ones(NB, dtype=bool)

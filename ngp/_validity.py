@@ -41,6 +41,7 @@ __all__ = [
     "NUMERICAL_WARN",
     "NUMERICAL_NEGLIGIBLE",
     "clip_rounding",
+    "predictive_variance",
 ]
 
 #: Largest trusted mean shift, in GP predictive standard deviations.
@@ -62,6 +63,15 @@ VAR_FLOOR = 1e-8
 #: (``sqrt(gp.var + noise)``, floored as in :func:`posterior_validity`) is not warned about, however small the
 #: 1/n correction it is compared with (a correction that vanishes by symmetry, say).
 NUMERICAL_NEGLIGIBLE = 1e-6
+
+
+def predictive_variance(gp_var, noise: float, prior_var) -> np.ndarray:
+    """The GP's predictive variance ``gp_var + noise`` (``(N_test, out_dim)``), floored at ``VAR_FLOOR`` times the
+    prior variance ``prior_var`` (``(N_test,)``) and kept positive: the unit of :func:`posterior_validity`'s measures
+    and of the numerical warning's negligible bounds."""
+    floor = VAR_FLOOR * np.clip(np.asarray(prior_var, dtype=float), 0.0, None)[:, None]
+    denom = np.clip(np.asarray(gp_var, dtype=float), 0.0, None) + float(noise) + floor
+    return np.where(denom > 0, denom, np.finfo(float).tiny)
 
 
 def clip_rounding(var, prior_var) -> np.ndarray:
@@ -166,9 +176,7 @@ def posterior_validity(*, mean, var, gp_mean, gp_var, noise: float, prior_var, l
         log_evidence, gp_log_evidence: finite-width and GP log evidence (optional).
     """
     mean, var, gp_mean, gp_var = (np.asarray(a, dtype=float) for a in (mean, var, gp_mean, gp_var))
-    floor = VAR_FLOOR * np.clip(np.asarray(prior_var, dtype=float), 0.0, None)[:, None]
-    denom = np.clip(gp_var, 0.0, None) + float(noise) + floor
-    denom = np.where(denom > 0, denom, np.finfo(float).tiny)
+    denom = predictive_variance(gp_var, noise, prior_var)
     finite = np.all(np.isfinite(mean)) and np.all(np.isfinite(var))
     if not finite:
         shift = change = math.inf
