@@ -13,8 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
-from ._gaussian import kernel_bucket, pair_gh, pair_matrix
-from ._validate import device
+from ._fourpoint import product_expectations
+from ._gaussian import K_ACCURATE, auto_orders, kernel_bucket, pair_gh, pair_matrix
+from ._validate import device, warn
+from ._warnings import AccuracyWarning
 
 __all__ = ["METHODS", "KERNEL_OPTIONS", "first_layer_kernel", "dense_kernel", "two_point_matrix", "kernel_map"]
 
@@ -23,6 +25,18 @@ __all__ = ["METHODS", "KERNEL_OPTIONS", "first_layer_kernel", "dense_kernel", "t
 METHODS = ("auto", "closed", "mehler", "quadrature")
 #: The options of :func:`two_point_matrix` (every layer kind passes exactly these on to it).
 KERNEL_OPTIONS = ("method", "terms", "nodes", "quad_nodes")
+
+
+#: Relative tolerance of the large-variance pair rule (:func:`_with_large_variances`), relative to the four-point
+#: engine's Hölder bound ``(E[s_a^4] E[s_b^4])^(1/4)`` of an entry: the Mehler series' own accuracy in its range.
+LARGE_RTOL = 1e-12
+#: Largest number of entries (pairs and diagonal entries with an input beyond ``K_ACCURATE``) computed by the
+#: large-variance pair rule in one two-point matrix (about 0.75 ms each for tanh at K ~ 100, 2 cores); beyond it
+#: the capped Mehler series runs with its warning (``docs/accuracy.md``, "Large variances").
+LARGE_ENTRIES_MAX = 20_000
+#: An :class:`~ngp.AccuracyWarning` is issued when the pair rule's error estimate of an entry exceeds this fraction
+#: of its bound ``sqrt(E[s_a^2] E[s_b^2])`` (the rule reaches ``LARGE_RTOL`` except at extreme variances).
+LARGE_WARN = 1e-10
 
 
 #: Concrete kernels of up to this many inputs are computed at a bucketed size (:func:`_bucketed`).
@@ -95,9 +109,65 @@ def two_point_matrix(act: Activation, K, *, method: str = "auto", terms: int | N
     elif method == "quadrature":
         kd = jnp.diagonal(K)
         E = pair_gh(act.fn, act.fn, kd[:, None], kd[None, :], K, nodes=quad_nodes)
+    elif method == "auto" and terms is None and nodes is None and _large_rule_applies(act, K):
+        return _with_large_variances(act, K)
     else:
         E = pair_matrix(act.fn, act.fn, K, terms=terms, nodes=nodes)
     return _bucketed(_symmetrize, E)
+
+
+def _large_rule_applies(act: Activation, K) -> bool:
+    """Whether :func:`_with_large_variances` takes over: a concrete kernel with a finite variance beyond
+    ``K_ACCURATE`` (where the capped Mehler series loses digits), a smooth activation outside the relu family
+    (the pair rule's domain), and at most :data:`LARGE_ENTRIES_MAX` entries to compute by the pair rule."""
+    if isinstance(K, jax.core.Tracer) or not act.smooth or act.relu_slopes is not None:
+        return False
+    kd = np.diagonal(np.asarray(K))
+    big = np.isfinite(kd) & (kd > K_ACCURATE)
+    nb = int(big.sum())
+    return 0 < nb and nb * (kd.size - nb) + nb * (nb + 1) // 2 <= LARGE_ENTRIES_MAX
+
+
+def _with_large_variances(act: Activation, K):
+    """``<s(z_a) s(z_b)>_K`` with the entries that involve an input of variance beyond ``K_ACCURATE`` computed by the
+    four-point engine's rule for two inputs (:func:`ngp._fourpoint.product_expectations`, patterns ``(1, 1)`` and
+    ``(2,)``: one input integrated from a trapezoid table, which resolves the activation's sharp transition at
+    any variance, with an error estimate) and the rest by the Mehler series at the orders of the largest variance
+    within range (so no entry pays for the outlying ones: ``docs/accuracy.md``, "Large variances"). Warns when an
+    entry's estimated error exceeds :data:`LARGE_WARN` of its Cauchy-Schwarz bound ``sqrt(E[s_a^2] E[s_b^2])``."""
+    K = np.asarray(K, dtype=float)
+    kd = np.diagonal(K)
+    big = np.isfinite(kd) & (kd > K_ACCURATE)
+    small = ~big
+    Kin = np.where(small[:, None] & small[None, :], K, 0.0)  # the outlying inputs at variance 0 in the series
+    terms, nodes = auto_orders(float(np.max(kd[small], initial=0.0)))
+    E = np.array(_bucketed(_symmetrize, pair_matrix(act.fn, act.fn, device(Kin), terms=terms, nodes=nodes)))
+    a, b = np.nonzero(np.triu(big[:, None] | big[None, :], 1))
+    # the larger variance first: the rule tabulates the second input's residual given the first, best when that
+    # residual is small (tanh at variances 900 and 1: estimates 5e-14 this way round, 7e-9 the other; values to 1e-15)
+    a, b = np.where(kd[a] >= kd[b], a, b), np.where(kd[a] >= kd[b], b, a)
+    C = np.empty((a.size, 2, 2))
+    C[:, 0, 0], C[:, 1, 1], C[:, 0, 1] = kd[a], kd[b], K[a, b]
+    C[:, 1, 0] = C[:, 0, 1]
+    d = np.flatnonzero(big)
+    errs = []
+    for (i, j), blocks, pattern in (((d, d), kd[d, None, None], (2,)), ((a, b), C, (1, 1))):  # diagonal first
+        if blocks.shape[0]:
+            with np.errstate(all="ignore"):  # an overflowing activation: non-finite values, warned about below
+                val, err = product_expectations(act, blocks, pattern, rtol=LARGE_RTOL)
+            E[i, j] = E[j, i] = val
+            errs.append((i, j, err))
+    dg = np.diagonal(E)  # relative to the Cauchy-Schwarz bound sqrt(E[s_a^2] E[s_b^2]) of each entry
+    with np.errstate(all="ignore"):  # a non-finite value, estimate or bound (an overflowing activation) counts as inf
+        rel = [e / np.maximum(np.sqrt(np.abs(dg[i] * dg[j])), 1e-300) for i, j, e in errs]
+        worst = max((float(np.max(np.where(np.isfinite(r) & np.isfinite(E[i, j]), r, np.inf)))
+                     for (i, j, _), r in zip(errs, rel)), default=0.0)
+    if worst > LARGE_WARN:
+        what = (f"carry estimated errors up to {worst:.1e} of their scale" if np.isfinite(worst) else
+                "are not finite (the activation overflows) or have no error estimate")
+        warn(f"ngp: two-point expectations at pre-activation variances beyond ~{K_ACCURATE:.0f} (up to "
+             f"{kd[big].max():.3g}) {what}; standardise the inputs or lower C_W/C_b", AccuracyWarning)
+    return device(E)
 
 
 @jax.jit

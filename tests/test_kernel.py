@@ -90,3 +90,74 @@ def test_kernel_against_conditional_sampler(activation, depth, X3):
     net = ngp.MLP(depth, 2048, activation=activation, C_W=[1.2, 1.8, 1.5, 1.0][:depth], C_b=0.05)
     zmax, _ = _check_mc(net, X3, 1500, "conditional", seed=11 * depth)
     assert zmax < 4.5
+
+
+# ----------------------------------------------------------------------------- variances beyond the Mehler range
+@pytest.fixture(scope="module")
+def wide_kernel():
+    """Four inputs of variances 1, 80, 400 and 900 (three beyond the Mehler series' range, K ~ 36), correlated."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(4, 3))
+    X *= np.sqrt(np.array([1.0, 80.0, 400.0, 900.0]) / np.sum(X**2, axis=1))[:, None]
+    return X @ X.T
+
+
+@pytest.mark.parametrize("name", ["tanh", "swish", "sigmoid"])
+def test_two_point_matrix_beyond_the_mehler_range_matches_adaptive_quadrature(name, wide_kernel):
+    """Entries with an input beyond K_ACCURATE come from the four-point engine's two-input rule (the Mehler series,
+    capped at 3000 terms, is off by up to ~1e-5 there): every entry within 1e-11 of nested adaptive quadrature split
+    at the activations' transitions, with no warning; the capped series alone misses by far more (so this test tells
+    the two apart)."""
+    import math
+    import warnings
+
+    from ngp._kernel import two_point_matrix
+
+    from ._reference import gauss_pair_sharp
+
+    act = ngp.activation(name)
+    f = {"tanh": math.tanh, "swish": lambda z: z / (1 + math.exp(-z)) if z > -700 else 0.0,
+         "sigmoid": lambda z: 1 / (1 + math.exp(-z)) if z > -700 else 0.0}[name]
+    K = wide_kernel
+    ref = np.array([[gauss_pair_sharp(f, K[a, a], K[b, b], K[a, b]) for b in range(4)] for a in range(4)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ngp.AccuracyWarning)
+        E = np.asarray(two_point_matrix(act, K))
+    scale = np.sqrt(np.outer(np.diag(ref), np.diag(ref)))  # |E_ab| <= sqrt(E_aa E_bb)
+    np.testing.assert_array_less(np.abs(E - ref), 1e-11 * np.maximum(scale, 1.0))
+    with pytest.warns(ngp.AccuracyWarning, match="variance reaches"):
+        capped = np.asarray(two_point_matrix(act, K, method="mehler"))
+    if name != "swish":  # swish grows like relu: its capped series stays within ~1e-10 relative
+        assert np.max(np.abs(capped - ref) / np.maximum(scale, 1.0)) > 1e-9
+
+
+def test_prior_at_a_large_variance_matches_one_dimensional_quadrature():
+    """MLP(2, 32), tanh, one input of variance 400: K = <tanh^2> and V = <tanh^4> - <tanh^2>^2 (C_W = 1, C_b = 0)
+    against adaptive quadrature, to 1e-13, within the stated V_error; stop 85 measured K off by 1.0e-5 and V by 1.9e-5
+    with V_error 3.5e-14 (the capped Mehler series)."""
+    import warnings
+
+    from ._reference import quiet_quad as _quiet_quad
+
+    def moment(p, k=400.0):
+        return _quiet_quad(lambda x: np.tanh(np.sqrt(k) * x) ** p * np.exp(-x * x / 2) / np.sqrt(2 * np.pi),
+                          -40, 40, points=[0.0], epsabs=1e-15, epsrel=1e-14, limit=1000)[0]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ngp.AccuracyWarning)
+        prior = ngp.MLP(2, 32, activation="tanh", C_W=1.0, C_b=0.0).prior(np.array([[20.0]]))
+        K, V, V_error = (float(np.asarray(a).ravel()[0]) for a in (prior.K, prior.V, prior.V_error))
+    e2, e4 = moment(2), moment(4)
+    assert abs(K - e2) < 1e-13
+    assert abs(V - (e4 - e2**2)) < max(1e-13, 4 * V_error)
+
+
+def test_beyond_the_pair_rule_budget_the_capped_series_runs_with_its_warning(wide_kernel, monkeypatch):
+    from ngp import _kernel
+
+    monkeypatch.setattr(_kernel, "LARGE_ENTRIES_MAX", 5)  # the wide kernel has 3 inputs beyond range: 9 entries
+    act = ngp.activation("tanh")
+    with pytest.warns(ngp.AccuracyWarning, match="variance reaches"):
+        E = np.asarray(_kernel.two_point_matrix(act, wide_kernel))
+        capped = np.asarray(_kernel.two_point_matrix(act, wide_kernel, method="mehler"))
+    np.testing.assert_array_equal(E, capped)
