@@ -178,6 +178,8 @@ def with_hyperparameters(net, C_W, C_b):
     def rebuild(step):
         if isinstance(step, Dense):
             return Dense(step.width, C_W=next(it_w), C_b=next(it_b))
+        if isinstance(step, Network):  # a nested ngp.serial (or ready-made network): the same steps, rebuilt
+            return Network(*(rebuild(s) for s in step.steps), in_dim=step.in_dim)
         fields = {}
         for f in dataclasses.fields(step):
             v = getattr(step, f.name)

@@ -293,6 +293,25 @@ def test_fitted_network_keeps_its_learning_rate_factors(data):
     np.testing.assert_array_equal(a, b)
 
 
+def test_fit_of_a_network_with_nested_serial_steps(data):
+    """A network holding an ngp.serial (the documented residual form Residual(serial(...)), or a nested serial)
+    ended its fit in a TypeError from rebuilding it (Network takes steps positionally): now the fitted network has
+    the same structure and its evidence at the fitted values is the fit's."""
+    X, Y = data
+    block = ngp.serial(ngp.Elementwise("tanh"), ngp.Dense(16))
+    nets = (ngp.serial(ngp.Dense(16), ngp.Residual(block, 0.8, 0.6), ngp.Elementwise("tanh"), ngp.Dense(2)),
+            ngp.serial(ngp.serial(ngp.Dense(16), ngp.Elementwise("tanh")), ngp.Dense(2)))
+    for net in nets:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ngp.ConvergenceWarning)  # C_W may end at a bound on 5 rows: not the point
+            fit = ngp.fit_hyperparameters(net, X, Y, num_starts=1, finite_width=False)
+        assert fit.net.depth == net.depth and len(fit.C_W) == net.depth
+        assert [type(s) for s in fit.net.steps] == [type(s) for s in net.steps]
+        assert [d.C_W for d in fit.net.dense_steps()] == list(fit.C_W)
+        value = ngp.log_evidence(fit.net, X, Y, noise=fit.noise, finite_width=False)
+        np.testing.assert_allclose(float(value), fit.log_evidence, rtol=1e-10)
+
+
 def test_runaway_finite_width_fit_is_warned_about():
     """A finite-width fit that runs to where the expansion breaks down (C_W at its lower bound, log evidence
     1.1e8 against the GP's -2.8e4) returned with only the bound warnings: now an ExpansionWarning too."""
