@@ -815,10 +815,21 @@ def _unresolved_variance(act: Activation, C: np.ndarray, m: int, rtol: float) ->
     return float(lam[short].max()) if short.any() else 0.0
 
 
-def _check_regular(S_k, S_i, Gam, pairs, tol=1e-10, warn_below=1e-6):
+#: Rounding amplification of the kinked-activation self-interaction term: its relative error is about this over the
+#: square of the smallest relative 2x2 determinant of a pair (measured on relu and leaky-relu ResMLPs, two inputs
+#: merging: 1e-16 to 5e-15; K1 off by 1% at a determinant of 6.4e-7, by a factor 300 at 6.4e-9).
+_STEIN_ROUNDING = 5e-15
+#: The term is refused when that estimate exceeds this (a determinant below ~7e-7) and warned about above
+#: :data:`_STEIN_WARN` (below ~7e-5).
+_STEIN_REFUSE = 1e-2
+_STEIN_WARN = 1e-6
+
+
+def _check_regular(S_k, S_i, Gam, pairs):
     """The Stein weights (relu family) need each pair's covariance, and the noise the blocks add
-    between the two layers, to be regular: an error below ``tol`` (relative determinant), a
-    warning below ``warn_below`` (the weights ``(C^-1 y)_c (C^-1 y)_e`` then amplify rounding)."""
+    between the two layers, to be regular: the weights ``(C^-1 y)_c (C^-1 y)_e`` amplify rounding by about the
+    inverse square of the relative determinant (:data:`_STEIN_ROUNDING`), so an error where that makes the term
+    wrong by more than :data:`_STEIN_REFUSE` relative, a warning (with the estimate) beyond :data:`_STEIN_WARN`."""
     a, b = pairs.a[~pairs.diag], pairs.b[~pairs.diag]
     worst = 1.0
     for A in (S_k, S_k - Gam * Gam * S_i):
@@ -827,17 +838,21 @@ def _check_regular(S_k, S_i, Gam, pairs, tol=1e-10, warn_below=1e-6):
             break
         if a.size:
             worst = min(worst, float(np.min((A[a, a] * A[b, b] - A[a, b] ** 2) / (A[a, a] * A[b, b]))))
-    if worst <= tol:
+    amplified = _STEIN_ROUNDING / worst**2 if worst > 0 else np.inf
+    if amplified > _STEIN_REFUSE:
         raise ValueError(
             "residual cumulants: for a kinked activation the self-interaction term needs every pair of "
             "inputs to stay linearly independent through the chain (a 2x2 kernel block or the noise "
-            "added by the residual blocks is singular: duplicate or collinear inputs, or xi = 0). "
-            "Remove duplicate inputs, or use a smooth activation."
+            f"added by the residual blocks is singular or nearly so: relative determinant {max(worst, 0.0):.1e}, where "
+            f"rounding would make the term wrong by ~{min(amplified, 1e300):.0e} relative: duplicate or near-duplicate "
+            "inputs, inputs so small against C_b that their kernel rows nearly coincide, or xi = 0). Merge "
+            "near-duplicate inputs, or use a smooth activation."
         )
-    if worst < warn_below:
+    if amplified > _STEIN_WARN:
         warn(
             f"residual cumulants: two inputs are nearly collinear (relative 2x2 determinant {worst:.1e}); "
-            "the kinked-activation self-interaction term loses digits. Merge near-duplicate inputs.",
+            f"the kinked-activation self-interaction term loses digits to rounding (~{amplified:.0e} relative, not "
+            "in K1_error or V_error). Merge near-duplicate inputs.",
             AccuracyWarning)
 
 
