@@ -255,7 +255,8 @@ class Elementwise(Step):
 class Scale(Step):
     """Multiply pre-activations by a constant: ``z -> alpha z`` (no parameters).
 
-    Cumulants: ``K' = alpha^2 K``, ``K1' = alpha^2 K1``, ``V' = alpha^4 V`` (same width ``n``).
+    Cumulants: ``K' = alpha^2 K``, ``K1' = alpha^2 K1``, ``V' = alpha^4 V`` (same width ``n``); ``alpha = 1`` leaves
+    the layer as it is (also after a residual chain, whose rescaling is otherwise not supported).
     The worked example of ``docs/extending.md``.
     """
 
@@ -278,6 +279,8 @@ class Scale(Step):
             return dataclasses.replace(f, features=self.alpha * f.features)
         if f.act is not IDENTITY:
             raise ValueError(f"{self!r}: scales pre-activations; place it before the Elementwise step")
+        if self.alpha == 1.0:  # the identity: no layer (a residual chain's readout then still applies)
+            return f
         layer = ScaledLayer(f.layer, self.alpha)
         return dataclasses.replace(f, layer=layer, layers=f.layers[:-1] + (layer,))
 

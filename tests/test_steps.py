@@ -216,6 +216,16 @@ def test_scale_step_is_a_rescaled_dense_step(X):
     assert len(pd.layers) == len(pc.layers)
 
 
+def test_identity_scale_between_a_residual_chain_and_its_readout(X):
+    """Scale(1.0) after a residual chain made K1 and V unavailable (a rescaled chain is not supported); the identity
+    now leaves the network's cumulants as they are."""
+    block = ngp.serial(ngp.Elementwise("tanh"), ngp.Dense(16, 1.5, 0.1))
+    head, tail = (ngp.Dense(16, 1.5, 0.1), ngp.Residual(block, 0.8, 0.6)), (ngp.Elementwise("tanh"), ngp.Dense(1))
+    a, b = ngp.serial(*head, *tail).prior(X, warn=False), ngp.serial(*head, ngp.Scale(1.0), *tail).prior(X, warn=False)
+    np.testing.assert_array_equal(a.K1, b.K1)
+    np.testing.assert_array_equal(a.V, b.V)
+
+
 def test_residual_without_skip_is_its_block(X):
     block = ngp.serial(ngp.Elementwise("tanh"), ngp.Dense(16, C_W=1.3, C_b=0.1))
     res = ngp.serial(ngp.Dense(16, C_b=0.1), ngp.Residual(block, gamma=0.0, xi=0.6), ngp.Elementwise("tanh"),
