@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import numpy as np
 
 from . import _matrix_free as mf
 from ._gp import GPPosterior
-from ._linalg import solve_train
+from ._linalg import refuse_duplicates, solve_train
 from ._prior import check_options
 from ._posterior import Conditioned, FiniteWidthPosterior, GPConditioned
 from ._steps import Dense, Elementwise, Serial
@@ -42,6 +43,17 @@ def _flat_steps(steps):
             yield from _flat_steps(s.steps)
         else:
             yield s
+
+
+#: Bytes of estimator runs a matrix-free conditioning keeps for reuse (a test set predicted again, the evidence, a
+#: pickle); the least recently used go first beyond it.
+RUNS_BYTES = 256 * 2**20
+
+
+def _run_bytes(run) -> int:
+    """Bytes of the arrays a :class:`ngp._matrix_free.MatrixFreePosterior` holds."""
+    held = [run.parts, run.terms, run.mean, run.var, run.mean_se, run.var_se, run.gp_mean, run.gp_var]
+    return int(sum(getattr(x, "nbytes", 0) for x in jax.tree_util.tree_leaves(held)))
 
 
 def mlp_spec(net):
@@ -95,6 +107,7 @@ class MatrixFreeConditioned(Conditioned):
     def __init__(self, net, X_train, Y_train, *, noise: float, jitter: float = 0.0, samples: int | None = None,
                  seed: int = 0, **options):
         XA, _, Y, noise, jitter = train_test(net, X_train, Y_train, None, noise, jitter)
+        refuse_duplicates(XA, noise, jitter, "exact conditioning on two values of the same function")
         spec = mlp_spec(net)
         if spec is None:
             raise NotImplementedError(
@@ -108,7 +121,7 @@ class MatrixFreeConditioned(Conditioned):
         self.samples = mf.DEFAULT_SAMPLES if samples is None else count(samples, "samples", minimum=2)
         self.seed = check_seed(seed)
         self._spec = spec
-        self._runs = {}  # test-set key -> MatrixFreePosterior at the network's own width
+        self._runs = {}  # test-set key -> MatrixFreePosterior at the network's own width, oldest first (RUNS_BYTES)
         self.n = spec[3][-1]
         self._scale = None  # with_width: the new n_{L-1}
         self.gp = GPConditioned(self)
@@ -126,9 +139,10 @@ class MatrixFreeConditioned(Conditioned):
         :data:`BYTES_PER_TEST_ENTRY` per entry of the training x test block, a model measured over 250-1500 training
         points, 10-1000 test points and depths 3 and 5 (``docs/matrix-free.md``, "Memory"). JAX's runtime and the
         compilation at new shapes (~1.1 GB in all at the first run of a process) are not counted."""
+        n_test = count(n_test, "n_test", minimum=0, what="a non-negative integer")
         NA = self.X_train.shape[0]
         a, b = BYTES_PER_ENTRY
-        return int((a + b * len(self._spec[3])) * NA * NA + BYTES_PER_TEST_ENTRY * NA * int(n_test))
+        return int((a + b * len(self._spec[3])) * NA * NA + BYTES_PER_TEST_ENTRY * NA * n_test)
 
     def _check_memory(self, n_test: int) -> None:
         """``MemoryError`` with the estimate, before any work, when ``max_memory`` was given and is too small."""
@@ -150,8 +164,21 @@ class MatrixFreeConditioned(Conditioned):
             self._runs[key] = mf.matrix_free_posterior(
                 act, blocks, C_W, C_b, widths, self.Y_train, noise=self.noise + self.jitter, samples=self.samples,
                 seed=self.seed, warn=False)
-        r = self._runs[key]
+            self._evict()
+        r = self._runs.pop(key)
+        self._runs[key] = r  # the most recent last
         return r if self._scale is None else r.at_width(self._scale)
+
+    def _evict(self) -> None:
+        """Drop the least recently used runs beyond :data:`RUNS_BYTES` (a quarter of ``max_memory`` if that is less),
+        keeping the newest: each run holds its own training x training blocks (~16 MB at 1000 training points), so
+        predicting in batches would otherwise keep every batch's."""
+        limit = RUNS_BYTES if self.options.get("max_memory") is None else min(RUNS_BYTES,
+                                                                               self.options["max_memory"] // 4)
+        sizes = {k: _run_bytes(r) for k, r in self._runs.items()}
+        while len(self._runs) > 1 and sum(sizes.values()) > limit:
+            sizes.pop(next(iter(self._runs)))
+            self._runs.pop(next(iter(self._runs)))
 
     def _train_run(self):
         """A run whose training-side estimates give the evidence (any earlier test set will do: the
@@ -163,10 +190,14 @@ class MatrixFreeConditioned(Conditioned):
 
     @functools.cached_property
     def log_evidence(self) -> float:
-        """Finite-width log marginal likelihood of all targets, to ``O(1/n)`` (Monte-Carlo estimate): from the first
-        prediction's estimator run; before any prediction, from a run of its own on one test input, which costs about
-        as much (``docs/matrix-free.md``)."""
-        return float(self._train_run().log_evidence)
+        """Finite-width log marginal likelihood of all targets, to ``O(1/n)`` (Monte-Carlo estimate): from a kept
+        prediction's estimator run (every run has the same training side); before any prediction, from a run of its
+        own on one test input, which costs about as much (``docs/matrix-free.md``). Warns (once) when the first-order
+        terms are not small, like the exact path."""
+        run = self._train_run()
+        if not run.validity.trusted:
+            warn(mf.regime_warning(run.validity), ExpansionWarning)
+        return float(run.log_evidence)
 
     @functools.cached_property
     def log_evidence_se(self) -> float:
@@ -231,7 +262,9 @@ class MatrixFreeConditioned(Conditioned):
             raise ValueError(f"X_test: expected {self.X_train.shape[1]} features like X_train, got {XB.shape[1]}")
         NB = XB.shape[0]
         batch_size = NB if batch_size is None else count(batch_size, "batch_size")
-        runs = []  # (estimator run, rows of it that are test points)
+        names = ("mean", "var", "gp_mean", "gp_var", "mean_se", "var_se")
+        parts = {name: [] for name in names}  # each batch's test rows (the runs themselves are not kept)
+        first = None  # the first run's training-side numbers (every run has the same: the same seed)
         for s in range(0, NB, batch_size):
             if s and stop is not None and stop(s):
                 break
@@ -239,10 +272,15 @@ class MatrixFreeConditioned(Conditioned):
             got = chunk.shape[0]
             if s and got < batch_size:  # every run one shape: the estimator's programs compile once
                 chunk = pad_to(chunk, batch_size)
-            runs.append((self._run(chunk), got))
-        cat = lambda name: np.concatenate([np.asarray(getattr(r, name))[:got] for r, got in runs])  # noqa: E731
-        r0 = runs[0][0]
-        v = r0.validity
+            run = self._run(chunk)
+            if first is None:
+                first = {name: getattr(run, name) for name in
+                         ("validity", "gp_log_evidence", "log_evidence", "log_evidence_se")}
+            for name in names:
+                parts[name].append(np.asarray(getattr(run, name))[:got])
+            del run
+        cat = lambda name: np.concatenate(parts[name])  # noqa: E731
+        v = first["validity"]
         var = cat("var")
         negative = bool(np.any(var < 0))
         if negative:
@@ -250,9 +288,9 @@ class MatrixFreeConditioned(Conditioned):
                  f"(expansion parameter {v.eps:.3g})", ExpansionWarning)
         if not v.trusted:
             warn(mf.regime_warning(v), ExpansionWarning)
-        gp = GPPosterior(cat("gp_mean"), cat("gp_var"), None, float(r0.gp_log_evidence), self.noise)
+        gp = GPPosterior(cat("gp_mean"), cat("gp_var"), None, float(first["gp_log_evidence"]), self.noise)
         return FiniteWidthPosterior(
-            cat("mean"), var, None, float(r0.log_evidence), gp, self.n, float(v.eps), self.noise,
+            cat("mean"), var, None, float(first["log_evidence"]), gp, self.n, float(v.eps), self.noise,
             validity=mf.validity(v.eps, v.eta, v.eta_se, negative_variance=negative),
-            mean_se=cat("mean_se"), var_se=cat("var_se"), log_evidence_se=float(r0.log_evidence_se),
+            mean_se=cat("mean_se"), var_se=cat("var_se"), log_evidence_se=float(first["log_evidence_se"]),
             method="matrix_free")

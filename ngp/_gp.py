@@ -23,7 +23,8 @@ class GPPosterior:
     Attributes:
         mean: ``(N_test, out_dim)`` posterior mean.
         var: ``(N_test, out_dim)`` marginal variances of the latent outputs (noise excluded).
-        cov_test: ``(N_test, N_test)`` posterior covariance, the same for every output neuron.
+        cov_test: ``(N_test, N_test)`` posterior covariance, the same for every output neuron (``None`` on the
+            matrix-free path, which forms no test x test block).
         log_evidence: log marginal likelihood of all targets, ``sum_i log N(y_i | 0, K_AA + noise I)``.
         noise: the observation-noise variance used.
     """
@@ -35,8 +36,11 @@ class GPPosterior:
     noise: float
 
     @functools.cached_property
-    def cov(self) -> np.ndarray:
-        """``(N_test, out_dim, N_test, out_dim)`` covariance; zero between different outputs."""
+    def cov(self) -> np.ndarray | None:
+        """``(N_test, out_dim, N_test, out_dim)`` covariance; zero between different outputs. ``None`` where no test x
+        test block was formed (``cov_test`` is ``None``: the matrix-free path)."""
+        if self.cov_test is None:
+            return None
         out = self.mean.shape[1]
         return np.einsum("ab,ij->aibj", self.cov_test, np.eye(out))
 

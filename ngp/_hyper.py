@@ -26,6 +26,7 @@ from ._resmlp import ResMLP
 from ._sampling import cached_per_network
 from ._posterior import finite_width_log_evidence
 from ._gaussian import switch_tables, traced_mehler_tables
+from ._linalg import refuse_duplicates
 from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
 from ._validate import (RCOND_MIN, as_inputs, as_targets, check_seed, count, device, flag, nonneg_float,
@@ -102,11 +103,8 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
     jitter = nonneg_float(jitter, "jitter")
     if not isinstance(noise, jax.core.Tracer):
         noise = nonneg_float(noise, "noise")
-        if noise == 0.0 and jitter == 0.0 and not isinstance(XA, jax.core.Tracer) and (
-                np.unique(XA, axis=0).shape[0] < XA.shape[0]):
-            raise np.linalg.LinAlgError(
-                "X_train: duplicate training inputs with noise = 0 make the training kernel singular (the log "
-                "evidence is -inf or undefined); use noise > 0, jitter > 0 or remove duplicates")
+        if not isinstance(XA, jax.core.Tracer):
+            refuse_duplicates(XA, noise, jitter, "the log evidence is -inf or undefined")
     cumulants = _cumulants(net, XA, C_W, C_b, finite_width, options)
     value = _evidence(cumulants, Y, noise, jitter)
     if not isinstance(value, jax.core.Tracer) and not np.isfinite(float(value)):

@@ -10,7 +10,7 @@ import scipy.linalg
 
 from ._validate import RCOND_MIN
 
-__all__ = ["psd_sqrt", "TrainSolve", "solve_train", "has_duplicates"]
+__all__ = ["psd_sqrt", "TrainSolve", "solve_train", "has_duplicates", "refuse_duplicates"]
 
 
 #: Relative jitter of the Cholesky square root used to draw from ``N(0, G)`` in float64.
@@ -64,6 +64,15 @@ def has_duplicates(K: np.ndarray) -> bool:
     gap = d[:, None] ** 2 + d[None, :] ** 2 - 2 * K
     np.fill_diagonal(gap, np.inf)
     return bool(np.any(gap <= 1e-12 * max(float(np.max(d)) ** 2, 1e-300)))
+
+
+def refuse_duplicates(XA: np.ndarray, noise: float, jitter: float, consequence: str) -> None:
+    """``LinAlgError`` naming ``X_train`` when ``noise = jitter = 0`` and two rows of the (concrete) training inputs
+    ``XA`` are equal: the training kernel is then singular (``consequence`` says what that means to the caller)."""
+    if noise == 0.0 and jitter == 0.0 and np.unique(XA, axis=0).shape[0] < XA.shape[0]:
+        raise np.linalg.LinAlgError(
+            f"X_train: duplicate training inputs with noise = 0 make the training kernel singular ({consequence}); "
+            "use noise > 0, jitter > 0 or remove duplicates")
 
 
 def solve_train(K_AA: np.ndarray, Y: np.ndarray, noise: float, jitter: float = 0.0, *,

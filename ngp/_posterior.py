@@ -31,7 +31,7 @@ from ._cumulants import canonical_quads
 from ._finite import TABLE_CHUNK, multisets
 from ._gaussian import K_ACCURATE
 from ._gp import GPPosterior, gp_from_kernel, gp_log_evidence
-from ._linalg import solve_train
+from ._linalg import refuse_duplicates, solve_train
 from ._prior import MAX_MEMORY, reuse_four_point, reuse_jacobians
 from ._validate import as_inputs, check_stop, count, device, flag, float64, train_test, warn
 from ._warnings import AccuracyWarning, ExpansionWarning
@@ -184,11 +184,7 @@ class Conditioned:
     @float64
     def __init__(self, net, X_train, Y_train, *, noise: float, jitter: float = 0.0, **options):
         XA, _, Y, noise, jitter = train_test(net, X_train, Y_train, None, noise, jitter)
-        if noise == 0.0 and jitter == 0.0 and np.unique(XA, axis=0).shape[0] < XA.shape[0]:
-            raise np.linalg.LinAlgError(
-                "X_train: duplicate training inputs with noise = 0 make the training kernel singular "
-                "(exact conditioning on two values of the same function); use noise > 0 or remove duplicates"
-            )
+        refuse_duplicates(XA, noise, jitter, "exact conditioning on two values of the same function")
         self.net, self.X_train, self.Y_train, self.noise, self.jitter = net, XA, Y, noise, jitter
         self.options = dict(options)
         self._prior = net.prior(XA, **options)

@@ -145,3 +145,56 @@ def test_with_targets_is_a_new_conditioning_on_the_same_inputs():
         np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-14, atol=0, err_msg=name)
     assert other.log_evidence == pytest.approx(ref.log_evidence, rel=1e-14)
     assert cond.with_width(64).with_targets(np.sin(X[:3, 1:])).n == 64
+
+
+@pytest.mark.filterwarnings("ignore::ngp.ExpansionWarning")  # a narrow network: outside the validated regime
+def test_kept_estimator_runs_are_bounded_in_bytes(monkeypatch):
+    """Every estimator run (one per test set or batch) was kept, each with its own training x training blocks: 5
+    batches kept 5 runs, and at 1000 training points each holds ~16 MB. The least recently used now go beyond
+    RUNS_BYTES; the numbers do not change, and a kept test set is not run again."""
+    from ngp import _conditioned_mf as cmf
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(13, 2))
+    net = ngp.MLP(3, 16, activation="tanh")  # as above: the same compiled programs
+    cond = ngp.condition(net, X[:3], X[:3, :1], noise=0.1, method="matrix_free", samples=64)
+    whole = cond.predict(X[3:], batch_size=2)
+    assert len(cond._runs) == 5  # 256 MiB hold these few
+    one = cmf._run_bytes(next(iter(cond._runs.values())))
+    monkeypatch.setattr(cmf, "RUNS_BYTES", 2 * one)
+    small = ngp.condition(net, X[:3], X[:3, :1], noise=0.1, method="matrix_free", samples=64)
+    post = small.predict(X[3:], batch_size=2)
+    assert len(small._runs) == 2
+    for name in ("mean", "var", "mean_se", "var_se"):
+        np.testing.assert_array_equal(getattr(post, name), getattr(whole, name), err_msg=name)
+    assert small.log_evidence == cond.log_evidence
+    run = cmf.mf.matrix_free_posterior
+    monkeypatch.setattr(cmf.mf, "matrix_free_posterior", lambda *a, **k: pytest.fail("the estimator ran"))
+    np.testing.assert_array_equal(small.predict(X[11:]).mean, post.mean[8:])  # the last batch: kept
+    monkeypatch.setattr(cmf.mf, "matrix_free_posterior", run)
+
+
+def test_matrix_free_evidence_warns_and_arguments_are_checked_like_the_exact_path():
+    """Found by probing the matrix-free path: its log_evidence outside the trusted regime (targets x 1e3: 6.6e9
+    against the GP's -6.9e5) came without the exact path's ExpansionWarning; memory_estimate(-5) returned a negative
+    number of bytes; duplicate training inputs with noise = 0 passed condition and failed at the first prediction;
+    post.gp.cov raised a raw einsum error (no test x test block on this path: None, like post.cov)."""
+    import warnings
+
+    rng = np.random.default_rng(1)
+    X, Z = rng.normal(size=(6, 2)), rng.normal(size=(2, 2))
+    net = ngp.MLP(2, 16, activation="tanh")
+    Y = 1e3 * np.sin(X[:, :1])
+    cond = ngp.condition(net, X, Y, noise=0.1, method="matrix_free", samples=256)
+    with pytest.warns(ngp.ExpansionWarning, match="outside its validated regime"):
+        assert cond.log_evidence > 1e9
+    with pytest.raises(ValueError, match="n_test: must be >= 0"):
+        cond.memory_estimate(-5)
+    with pytest.raises(TypeError, match="n_test"):
+        cond.memory_estimate(2.5)
+    with pytest.raises(np.linalg.LinAlgError, match="X_train: duplicate training inputs"):
+        ngp.condition(net, X[[0, 0, 1]], Y[[0, 0, 1]], noise=0.0, method="matrix_free")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ngp.ExpansionWarning)
+        post = ngp.condition(net, X, np.sin(X[:, :1]), noise=0.1, method="matrix_free", samples=256).predict(Z)
+    assert post.cov is None and post.gp.cov is None and post.gp.cov_test is None

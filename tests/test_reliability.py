@@ -587,3 +587,18 @@ def test_zero_dimensional_arrays_count_as_numbers_and_flags():
     with pytest.raises(TypeError, match="full_cov"):
         flag(0, "full_cov")
     assert ngp.datasets.synthetic_1d(4, seed=None)[0].shape == (4, 1)  # None: fresh randomness, as documented
+
+
+def test_posterior_takes_solver_as_methods_earlier_name():
+    """ngp.posterior(..., solver="exact") raised a raw TypeError (condition got solver twice); solver is method's
+    documented earlier name: "exact" gives the default's answer, "matrix_free" the same refusal as method=."""
+    rng = np.random.default_rng(0)
+    X, Z = rng.normal(size=(3, 2)), rng.normal(size=(1, 2))
+    net = ngp.MLP(2, 32, activation="tanh")
+    Y = np.sin(X[:, :1])
+    ref = ngp.posterior(net, X, Y, Z, noise=0.1)
+    np.testing.assert_array_equal(ngp.posterior(net, X, Y, Z, noise=0.1, solver="exact").mean, ref.mean)
+    with pytest.raises(ValueError, match="solver: ngp.posterior needs the exact path"):
+        ngp.posterior(net, X, Y, Z, noise=0.1, solver="matrix_free")
+    with pytest.raises(ValueError, match="solver: expected one of"):
+        ngp.posterior(net, X, Y, Z, noise=0.1, solver="fast")
