@@ -161,9 +161,12 @@ def _tables_jit(act, terms, nodes, K, tables):
     c0 = hermite_coefficients(act.fn, kd, tables=tables)  # (N, T + 6)
     j = jnp.arange(terms + 1, dtype=c0.dtype)
     coeffs = []
+    zero = (kd <= 0)[:, None]  # z_a = 0 exactly: s^(p)(z_a) is the constant s^(p)(0) (Stein's 0/0 above)
+    first = (j == 0).astype(c0.dtype)
     for p in range(_MAX_DERIV + 1):
         amp = jnp.exp(0.5 * (jax.scipy.special.gammaln(j + p + 1) - jax.scipy.special.gammaln(j + 1)))
-        coeffs.append(c0[:, p:p + terms + 1] * amp / kpos[:, None] ** (0.5 * p))
+        at0 = act.derivative(p)(jnp.zeros(1, dtype=c0.dtype))[0] * first
+        coeffs.append(jnp.where(zero, at0, c0[:, p:p + terms + 1] * amp / kpos[:, None] ** (0.5 * p)))
     outer = jnp.outer(kpos, kpos)
     rho = jnp.clip(jnp.where(jnp.outer(kd, kd) > 0, K / jnp.sqrt(outer), 0.0), -1.0, 1.0)
     cf = jnp.stack([coeffs[p] for p, _ in _PAIRS])  # (npairs, N, T+1)
