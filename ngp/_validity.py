@@ -119,6 +119,7 @@ class Validity:
     EVIDENCE_MAX: ClassVar[float] = EVIDENCE_MAX
     EXPANSION_WARN: ClassVar[float] = EXPANSION_WARN
     NUMERICAL_WARN: ClassVar[float] = NUMERICAL_WARN
+    NUMERICAL_NEGLIGIBLE: ClassVar[float] = NUMERICAL_NEGLIGIBLE
 
     @property
     def message(self) -> str:

@@ -44,3 +44,12 @@ def test_text_files_hold_no_control_characters():
                 if any(ord(c) < 32 and c != "\n" for c in line):
                     bad.append(f"{path.relative_to(ROOT)}:{num}: {line[:60]!r}")
     assert not bad, "control characters:\n" + "\n".join(bad)
+
+
+def test_installed_version_is_the_package_version():
+    """pyproject.toml said 0.1.0 while ngp.__version__ said 0.2.0: the version now comes from ngp.__version__."""
+    import importlib.metadata
+
+    import ngp
+
+    assert importlib.metadata.version("ngp") == ngp.__version__
