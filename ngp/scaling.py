@@ -407,6 +407,8 @@ def coordinate_check(spec, *, widths: Sequence[int], depth: int = 3, activation:
     widths = tuple(count(w, f"widths[{i}]") for i, w in enumerate(widths))
     if len(set(widths)) < 2:
         raise ValueError(f"widths: need at least two different widths to fit an exponent, got {widths}")
+    if len(set(widths)) < len(widths):  # the same seeds at a repeated width: the same networks, not new data
+        raise ValueError(f"widths: each width once (a repeated width draws the same networks), got {widths}")
     runs = [_coordinate_runs(par, width=w, depth=depth, activation=activation, X=X, y=y, steps=steps, lr=lr,
                             seeds=seeds, base_width=base_width, C_W=C_W, C_b=C_b, lam_W=lam_W, lam_b=lam_b,
                             seed=seed) for w in widths]

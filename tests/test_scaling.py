@@ -119,6 +119,7 @@ def test_multipliers_unequal_widths():
         (dict(X=np.ones((3, 2)), y=np.ones(4)), ValueError, r"y: expected shape \(3, 1\)"),
         (dict(y=np.full(8, np.inf)), ValueError, "y: contains non-finite"),
         (dict(widths=[8, 8]), ValueError, "widths: need at least two different"),
+        (dict(widths=[8, 16, 16]), ValueError, "widths: each width once"),  # counted twice in the fit before
         (dict(widths=[8, 16.0]), TypeError, r"widths\[1\]"),
         (dict(steps=0), ValueError, "steps"),
         (dict(seeds=1.5), TypeError, "seeds"),

@@ -134,6 +134,14 @@ def test_bad_arguments_name_the_argument():
         jacobian_penalty(lambda p, x: jnp.sum(x), params, x, num_projections=None)
 
 
+def test_integer_inputs_are_taken_as_floats():
+    """Integer inputs (pixel values) ended in a raw JAX float0 error; their penalty is now the float inputs'."""
+    params, x = setup(3)
+    xi = jnp.round(3 * x).astype(jnp.int32)
+    assert jacobian_penalty(apply_mlp, params, xi, num_projections=None) == jacobian_penalty(
+        apply_mlp, params, xi.astype(float), num_projections=None)
+
+
 def test_digits_short_run_lowers_the_jacobian_norm():
     """CI-sized version of benchmarks/train_digits.py (200 steps, one seed): only robust effects."""
     pytest.importorskip("sklearn")

@@ -25,6 +25,8 @@ def _outputs_and_penalty(apply_fn, params, x, key, num_projections):
     """``(apply_fn(params, x), 1/2 mean_b ||J_b||_F^2)``, the penalty from VJPs of the batched outputs."""
     num_projections = _check_num_projections(num_projections)
     x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):  # integer (pixel) or boolean inputs: derivatives need a float
+        x = x.astype(jnp.result_type(float))
     if x.ndim < 1 or x.shape[0] < 1:
         raise ValueError(f"x: expected a batch of shape (B, ...) with B >= 1, got shape {x.shape}")
     out, vjp = jax.vjp(lambda inp: apply_fn(params, inp), x)
@@ -76,7 +78,7 @@ def jacobian_penalty(
             to ``C`` outputs). Examples must not interact (no batch statistics), so that the VJP of
             the batch with per-example cotangents gives each example's own ``v_b^T J_b``.
         params: the network parameters (any pytree); the penalty is differentiable in them.
-        x: inputs of shape ``(B, ...)``.
+        x: inputs of shape ``(B, ...)`` (integer inputs, e.g. pixel values, are taken as floats).
         key: a ``jax.random`` key (needed unless ``num_projections=None``).
         num_projections: projections per example (>= 1), or ``None`` for the exact norm.
 
