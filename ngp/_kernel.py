@@ -6,7 +6,9 @@ with the hyperparameters of the layer being produced.
 
 from __future__ import annotations
 
+import collections
 import functools
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -153,8 +155,7 @@ def _with_large_variances(act: Activation, K):
     errs = []
     for (i, j), blocks, pattern in (((d, d), kd[d, None, None], (2,)), ((a, b), C, (1, 1))):  # diagonal first
         if blocks.shape[0]:
-            with np.errstate(all="ignore"):  # an overflowing activation: non-finite values, warned about below
-                val, err = product_expectations(act, blocks, pattern, rtol=LARGE_RTOL)
+            val, err = _pair_rule(act, blocks, pattern)
             E[i, j] = E[j, i] = val
             errs.append((i, j, err))
     dg = np.diagonal(E)  # relative to the Cauchy-Schwarz bound sqrt(E[s_a^2] E[s_b^2]) of each entry
@@ -168,6 +169,40 @@ def _with_large_variances(act: Activation, K):
         warn(f"ngp: two-point expectations at pre-activation variances beyond ~{K_ACCURATE:.0f} (up to "
              f"{kd[big].max():.3g}) {what}; standardise the inputs or lower C_W/C_b", AccuracyWarning)
     return device(E)
+
+
+#: Entries of the large-variance pair rule remembered (by activation and block, bit for bit), so that a block
+#: computed again (a joint prior's training block after the training prior's) gets the same bits: the rule's
+#: batched calls round differently by batch (~1e-16), and the four-point take-over needs equal kernels.
+PAIR_CACHE = 1 << 17
+_pair_cache: collections.OrderedDict = collections.OrderedDict()
+_pair_lock = threading.Lock()
+
+
+def _pair_rule(act: Activation, blocks: np.ndarray, pattern: tuple):
+    """``(values, errors)`` of :func:`ngp._fourpoint.product_expectations` for ``blocks`` (b, u, u), the blocks seen
+    before (:data:`PAIR_CACHE`, least recently used dropped) taken from memory."""
+    keys = [(act, pattern, blk.tobytes()) for blk in blocks]
+    val, err = np.empty(len(keys)), np.empty(len(keys))
+    new = []
+    with _pair_lock:
+        for k, key in enumerate(keys):
+            hit = _pair_cache.get(key)
+            if hit is None:
+                new.append(k)
+            else:
+                _pair_cache.move_to_end(key)
+                val[k], err[k] = hit
+    if new:
+        with np.errstate(all="ignore"):  # an overflowing activation: non-finite values, warned about by the caller
+            v, e = product_expectations(act, blocks[new], pattern, rtol=LARGE_RTOL)
+        val[new], err[new] = v, e
+        with _pair_lock:
+            for k, vk, ek in zip(new, v, e):
+                _pair_cache[keys[k]] = (float(vk), float(ek))
+            while len(_pair_cache) > PAIR_CACHE:
+                _pair_cache.popitem(last=False)
+    return val, err
 
 
 @jax.jit

@@ -152,6 +152,18 @@ def test_prior_at_a_large_variance_matches_one_dimensional_quadrature():
     assert abs(V - (e4 - e2**2)) < max(1e-13, 4 * V_error)
 
 
+def test_joint_prior_at_large_variances_has_the_training_priors_kernel_bit_for_bit():
+    """The pair rule's batched calls round differently by batch (~1e-16), which made a joint prior's training block
+    differ from the training prior's kernel and so refused the four-point take-over of a prediction (recomputing the
+    training vertex); its entries are remembered per block, so the bits agree."""
+    rng = np.random.default_rng(0)
+    X, Z = 12 * rng.normal(size=(6, 2)), 12 * rng.normal(size=(3, 2))  # first-layer variances up to ~300
+    net = ngp.MLP(3, 64, activation="tanh")
+    train, joint = net.prior(X), net.prior(np.vstack([X, Z]))
+    for lt, lj in zip(train.layers, joint.layers):
+        np.testing.assert_array_equal(np.asarray(lt.K), np.asarray(lj.K)[:6, :6])
+
+
 def test_beyond_the_pair_rule_budget_the_capped_series_runs_with_its_warning(wide_kernel, monkeypatch):
     from ngp import _kernel
 
