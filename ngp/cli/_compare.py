@@ -191,20 +191,22 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
         if not mf and limit is not None:  # no larger than max_memory allows (predict refuses a larger batch)
             per_row = cond.memory_estimate(1) - cond.memory_estimate(0)
             batched["batch_size"] = max(1, min(batched["batch_size"], int(limit) // max(per_row, 1)))
-    first = {} if deadline is None else {
-        "stop": deadline_stop(deadline, batched["batch_size"], row_seconds, total=M), **batched}
+
+    def first():  # the deadline's clock starts with the predictions (the exact path's training block comes before)
+        return {} if deadline is None else {
+            "stop": deadline_stop(deadline, batched["batch_size"], row_seconds, total=M), **batched}
     try:
         if mf:  # one estimator run gives the evidence with the predictions; a run for the evidence alone (on one test
             # input) costs about as much, its training side being most of the work (docs/cli.md, "Hundreds of rows")
             both = [est[k] for k in ("training", "predict") if est.get(k) is not None]
             post0, info["prior_s"] = progress.run(
                 f"finite width: {what} and predictions at {XB.shape[0]} test inputs, on {split.Xtr.shape[0]} "
-                "training rows", lambda: cond.predict(XB, **first), estimate=sum(both) if both else None)
+                "training rows", lambda: cond.predict(XB, **first()), estimate=sum(both) if both else None)
         else:
             _, t_train = progress.run(f"finite width: {what} on {split.Xtr.shape[0]} training rows",
                                       lambda: cond.log_evidence, estimate=est.get("training"))
             post0, t_pred = progress.run(f"finite width: predictions at {XB.shape[0]} test inputs",
-                                         lambda: cond.predict(XB, **first), estimate=est.get("predict"))
+                                         lambda: cond.predict(XB, **first()), estimate=est.get("predict"))
             info["prior_s"] = t_train + t_pred
     except MemoryError as exc:
         raise CLIError(f"{exc} (raise --max-memory or use fewer training rows)".replace("\n", " ")) from None
