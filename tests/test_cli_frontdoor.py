@@ -79,10 +79,17 @@ def test_csv_target_defaults_to_last_column_features_and_ignore(tmp_path):
 
 
 def test_csv_constant_target_or_feature_is_remarked(tmp_path):
+    """A constant feature is left out: kept (standardised to 0) it still counted in the first layer's fan-in and
+    changed every model (stackloss with a constant column: GP RMSE 2.459 against 2.501 without, n=8 2.794 against
+    3.039), while the note said it carried no information. When every feature is constant, they stay."""
     t = read_table(_write(tmp_path, "a,b,y\n1,2,5\n2,2,5\n3,2,5\n"))
-    assert t.notes == ("feature 'b' is constant (2): it carries no information",
+    assert t.notes == ("feature 'b' is constant (2): it carries no information and is left out",
                        "the target 'y' is constant (5): every model predicts it exactly, so the comparison says nothing")
+    assert t.features == ("a",) and t.X.shape == (3, 1) and np.array_equal(t.X[:, 0], [1, 2, 3])
     assert read_table(_write(tmp_path, "a,b,y\n1,2,5\n2,3,5.5\n3,2,5\n")).notes == ()
+    t = read_table(_write(tmp_path, "a,b,y\n1,2,5\n1,2,6\n1,2,7\n"))
+    assert t.features == ("a", "b") and t.notes == ("feature 'a' is constant (1): it carries no information",
+                                                    "feature 'b' is constant (2): it carries no information")
 
 
 @pytest.mark.parametrize(

@@ -203,12 +203,22 @@ def read_table(path: str, *, target: str | None = None, features=None, ignore=()
     data = np.array(values, dtype=float)
     const = [k for k in range(data.shape[1]) if np.all(data[:, k] == data[0, k])]
     names = list(features) + [target]
+    # constant features are dropped (unless every feature is): standardised to 0 they would still count in the first
+    # layer's fan-in (Var W = C_W / n0) and change every model's prior
+    drop = [k for k in const if k < len(features)]
+    drop = drop if len(drop) < len(features) else []
     for k in const:
         if k == data.shape[1] - 1:
             notes.append(f"the target {target!r} is constant ({data[0, k]:g}): every model predicts it exactly, so "
                          "the comparison says nothing")
+        elif k in drop:
+            notes.append(f"feature {names[k]!r} is constant ({data[0, k]:g}): it carries no information and is left "
+                         "out")
         else:
             notes.append(f"feature {names[k]!r} is constant ({data[0, k]:g}): it carries no information")
+    if drop:
+        data = np.delete(data, drop, axis=1)
+        features = [f for k, f in enumerate(features) if k not in drop]
     return Table(X=data[:, :-1], y=data[:, -1], features=tuple(features), target=target,
                  lines=np.array(lines), rows_read=rows_read, dropped_lines=tuple(dropped), delimiter=delim,
                  notes=tuple(notes))
