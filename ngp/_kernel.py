@@ -33,9 +33,10 @@ KERNEL_OPTIONS = ("method", "terms", "nodes", "quad_nodes")
 #: engine's Hölder bound ``(E[s_a^4] E[s_b^4])^(1/4)`` of an entry: the Mehler series' own accuracy in its range.
 LARGE_RTOL = 1e-12
 #: Largest number of entries (pairs and diagonal entries with an input beyond ``K_ACCURATE``) computed by the
-#: large-variance pair rule in one two-point matrix (about 0.75 ms each for tanh at K ~ 100, 2 cores); beyond it
-#: the capped Mehler series runs with its warning (``docs/accuracy.md``, "Large variances").
-LARGE_ENTRIES_MAX = 20_000
+#: large-variance pair rule in one two-point matrix (tanh, two cores: 0.4-0.7 ms each with one input in range,
+#: 0.8-1.8 ms with both at variance 50, 6.5 ms at 400: 16 s for 70 such inputs); beyond it the capped Mehler series
+#: runs with its warning (``docs/accuracy.md``, "Large variances").
+LARGE_ENTRIES_MAX = 2_500
 #: An :class:`~ngp.AccuracyWarning` is issued when the pair rule's error estimate of an entry exceeds this fraction
 #: of its bound ``sqrt(E[s_a^2] E[s_b^2])`` (the rule reaches ``LARGE_RTOL`` except at extreme variances).
 LARGE_WARN = 1e-10
@@ -134,15 +135,17 @@ def _with_large_variances(act: Activation, K):
     """``<s(z_a) s(z_b)>_K`` with the entries that involve an input of variance beyond ``K_ACCURATE`` computed by the
     four-point engine's rule for two inputs (:func:`ngp._fourpoint.product_expectations`, patterns ``(1, 1)`` and
     ``(2,)``: one input integrated from a trapezoid table, which resolves the activation's sharp transition at
-    any variance, with an error estimate) and the rest by the Mehler series at the orders of the largest variance
-    within range (so no entry pays for the outlying ones: ``docs/accuracy.md``, "Large variances"). Warns when an
+    any variance, with an error estimate) and the rest by the Mehler series at its capped orders, as before (so the
+    entries in range are those of any kernel with a variance beyond range, bit for bit: a joint prior's training
+    block is the training prior's, ``docs/accuracy.md``, "Large variances"). Warns when an
     entry's estimated error exceeds :data:`LARGE_WARN` of its Cauchy-Schwarz bound ``sqrt(E[s_a^2] E[s_b^2])``."""
     K = np.asarray(K, dtype=float)
     kd = np.diagonal(K)
     big = np.isfinite(kd) & (kd > K_ACCURATE)
     small = ~big
     Kin = np.where(small[:, None] & small[None, :], K, 0.0)  # the outlying inputs at variance 0 in the series
-    terms, nodes = auto_orders(float(np.max(kd[small], initial=0.0)))
+    terms, nodes = auto_orders(K_ACCURATE)  # the capped orders (not those of the largest variance in range, which
+    # test inputs can raise: the training block would then differ from the training prior's and refuse the take-over)
     E = np.array(_bucketed(_symmetrize, pair_matrix(act.fn, act.fn, device(Kin), terms=terms, nodes=nodes)))
     a, b = np.nonzero(np.triu(big[:, None] | big[None, :], 1))
     # the larger variance first: the rule tabulates the second input's residual given the first, best when that

@@ -817,10 +817,11 @@ def _unresolved_variance(act: Activation, C: np.ndarray, m: int, rtol: float) ->
 
 #: Rounding amplification of the kinked-activation self-interaction term: its relative error is about this over the
 #: square of the smallest relative 2x2 determinant of a pair (measured on relu and leaky-relu ResMLPs, two inputs
-#: merging: 1e-16 to 5e-15; K1 off by 1% at a determinant of 6.4e-7, by a factor 300 at 6.4e-9).
-_STEIN_ROUNDING = 5e-15
-#: The term is refused when that estimate exceeds this (a determinant below ~7e-7) and warned about above
-#: :data:`_STEIN_WARN` (below ~7e-5).
+#: merging: 1e-16 to 2e-14, the largest against a reference extrapolated from well-separated inputs: K1 off by 2.2% at
+#: a determinant of 9.2e-7, by 6.6e-4 at 5.7e-6, by a factor 300 at 6.4e-9).
+_STEIN_ROUNDING = 2e-14
+#: The term is refused when that estimate exceeds this (a determinant below ~1.4e-6) and warned about above
+#: :data:`_STEIN_WARN` (below ~1.4e-4).
 _STEIN_REFUSE = 1e-2
 _STEIN_WARN = 1e-6
 

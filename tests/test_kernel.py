@@ -158,10 +158,13 @@ def test_joint_prior_at_large_variances_has_the_training_priors_kernel_bit_for_b
     training vertex); its entries are remembered per block, so the bits agree."""
     rng = np.random.default_rng(0)
     X, Z = 12 * rng.normal(size=(6, 2)), 12 * rng.normal(size=(3, 2))  # first-layer variances up to ~300
-    net = ngp.MLP(3, 64, activation="tanh")
-    train, joint = net.prior(X), net.prior(np.vstack([X, Z]))
-    for lt, lj in zip(train.layers, joint.layers):
-        np.testing.assert_array_equal(np.asarray(lt.K), np.asarray(lj.K)[:6, :6])
+    small = 0.5 * rng.normal(size=(6, 2))
+    small[0] *= 30  # one training input beyond range, test inputs (variances ~10) above the others: the series' orders
+    net = ngp.MLP(3, 64, activation="tanh")  # must not follow the largest variance in range (a review found that)
+    for XA, XB in ((X, Z), (small, 2 * rng.normal(size=(2, 2)))):
+        train, joint = net.prior(XA), net.prior(np.vstack([XA, XB]))
+        for lt, lj in zip(train.layers, joint.layers):
+            np.testing.assert_array_equal(np.asarray(lt.K), np.asarray(lj.K)[:6, :6])
 
 
 def test_beyond_the_pair_rule_budget_the_capped_series_runs_with_its_warning(wide_kernel, monkeypatch):

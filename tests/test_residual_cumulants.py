@@ -400,12 +400,12 @@ def test_residual_depth_flow_limits():
 def test_warns_for_nearly_collinear_inputs_with_kinked_activations():
     """The self-interaction term's Stein weights amplify rounding by ~1/det^2: at a relative 2x2 determinant of
     6.4e-9 (inputs [1, 0.5], [1, 0.5001]) K1[0, 1] came out 35.6 against ~0.117 with only a warning; at 6.4e-7, 1%
-    off. Such inputs are now refused; at 6.3e-5 the warning states the estimate (~1e-6)."""
+    off. Such inputs are now refused; at 6.3e-5 the warning states the estimate (2e-14 / det^2 ~ 5e-6)."""
     kw = dict(C_W=[1.0, 1.5, 1.5], C_b=[0.0] * 3, gamma=[0.8], xi=[0.6])
     for d in (1e-4, 1e-3):
         with pytest.raises(ValueError, match="relative determinant .* wrong by"):
             _theory("relu", np.array([[1.0, 0.5], [1.0, 0.5 + d]]), **kw)
-    with pytest.warns(ngp.AccuracyWarning, match=r"nearly collinear .* loses digits to rounding \(~1e-06 relative"):
+    with pytest.warns(ngp.AccuracyWarning, match=r"nearly collinear .* loses digits to rounding \(~5e-06 relative"):
         _theory("relu", np.array([[1.0, 0.5], [1.0, 0.51]]), **kw)
 
 
