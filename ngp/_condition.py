@@ -109,12 +109,10 @@ def posterior(net, X_train, Y_train, X_test, *, noise: float, jitter: float = 0.
     """
     train_test(net, X_train, Y_train, X_test, noise, jitter)  # all argument errors before any work
     # the full covariance needs the exact path (the matrix-free path never forms test x test blocks)
-    for name in ("method", "solver"):  # solver: method's earlier name
-        if options.get(name) == "matrix_free":
+    solver = options.pop("solver", None)  # method's earlier name; condition checks its value
+    for name, value in (("method", options.get("method")), ("solver", solver)):
+        if value == "matrix_free":
             raise ValueError(f"{name}: ngp.posterior needs the exact path (the full covariance); use "
                              "ngp.condition(..., method='matrix_free').predict(X_test) for the matrix-free one")
-    if options.get("solver") not in (None, "exact", "auto"):
-        raise ValueError(f"solver: expected one of {SOLVERS}, got {options['solver']!r}")
-    options.pop("solver", None)
-    return condition(net, X_train, Y_train, noise=noise, jitter=jitter, solver="exact",
-                     **options).predict(X_test, full_cov=True)
+    return condition(net, X_train, Y_train, noise=noise, jitter=jitter,
+                     solver="exact" if solver in (None, "auto") else solver, **options).predict(X_test, full_cov=True)

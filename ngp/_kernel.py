@@ -112,26 +112,27 @@ def two_point_matrix(act: Activation, K, *, method: str = "auto", terms: int | N
     elif method == "quadrature":
         kd = jnp.diagonal(K)
         E = pair_gh(act.fn, act.fn, kd[:, None], kd[None, :], K, nodes=quad_nodes)
-    elif method == "auto" and terms is None and nodes is None and _large_rule_applies(act, K):
-        return _with_large_variances(act, K)
+    elif method == "auto" and terms is None and nodes is None and (big := _beyond_range(act, K)) is not None:
+        return _with_large_variances(act, K, big)
     else:
         E = pair_matrix(act.fn, act.fn, K, terms=terms, nodes=nodes)
     return _bucketed(_symmetrize, E)
 
 
-def _large_rule_applies(act: Activation, K) -> bool:
-    """Whether :func:`_with_large_variances` takes over: a concrete kernel with a finite variance beyond
-    ``K_ACCURATE`` (where the capped Mehler series loses digits), a smooth activation outside the relu family
-    (the pair rule's domain), and at most :data:`LARGE_ENTRIES_MAX` entries to compute by the pair rule."""
+def _beyond_range(act: Activation, K) -> np.ndarray | None:
+    """The inputs (an (N,) mask) of finite variance beyond ``K_ACCURATE`` (where the capped Mehler series loses
+    digits) when :func:`_with_large_variances` takes over: a concrete kernel with such inputs, a smooth activation
+    outside the relu family (the pair rule's domain), at most :data:`LARGE_ENTRIES_MAX` entries to compute by the
+    pair rule; else ``None``."""
     if isinstance(K, jax.core.Tracer) or not act.smooth or act.relu_slopes is not None:
-        return False
+        return None
     kd = np.diagonal(np.asarray(K))
     big = np.isfinite(kd) & (kd > K_ACCURATE)
     nb = int(big.sum())
-    return 0 < nb and nb * (kd.size - nb) + nb * (nb + 1) // 2 <= LARGE_ENTRIES_MAX
+    return big if 0 < nb and nb * (kd.size - nb) + nb * (nb + 1) // 2 <= LARGE_ENTRIES_MAX else None
 
 
-def _with_large_variances(act: Activation, K):
+def _with_large_variances(act: Activation, K, big: np.ndarray):
     """``<s(z_a) s(z_b)>_K`` with the entries that involve an input of variance beyond ``K_ACCURATE`` computed by the
     four-point engine's rule for two inputs (:func:`ngp._fourpoint.product_expectations`, patterns ``(1, 1)`` and
     ``(2,)``: one input integrated from a trapezoid table, which resolves the activation's sharp transition at
@@ -141,7 +142,6 @@ def _with_large_variances(act: Activation, K):
     entry's estimated error exceeds :data:`LARGE_WARN` of its Cauchy-Schwarz bound ``sqrt(E[s_a^2] E[s_b^2])``."""
     K = np.asarray(K, dtype=float)
     kd = np.diagonal(K)
-    big = np.isfinite(kd) & (kd > K_ACCURATE)
     small = ~big
     Kin = np.where(small[:, None] & small[None, :], K, 0.0)  # the outlying inputs at variance 0 in the series
     terms, nodes = auto_orders(K_ACCURATE)  # the capped orders (not those of the largest variance in range, which
@@ -155,17 +155,14 @@ def _with_large_variances(act: Activation, K):
     C[:, 0, 0], C[:, 1, 1], C[:, 0, 1] = kd[a], kd[b], K[a, b]
     C[:, 1, 0] = C[:, 0, 1]
     d = np.flatnonzero(big)
-    errs = []
+    worst = 0.0  # the largest estimate relative to the entry's Cauchy-Schwarz bound sqrt(E[s_a^2] E[s_b^2])
     for (i, j), blocks, pattern in (((d, d), kd[d, None, None], (2,)), ((a, b), C, (1, 1))):  # diagonal first
         if blocks.shape[0]:
             val, err = _pair_rule(act, blocks, pattern)
             E[i, j] = E[j, i] = val
-            errs.append((i, j, err))
-    dg = np.diagonal(E)  # relative to the Cauchy-Schwarz bound sqrt(E[s_a^2] E[s_b^2]) of each entry
-    with np.errstate(all="ignore"):  # a non-finite value, estimate or bound (an overflowing activation) counts as inf
-        rel = [e / np.maximum(np.sqrt(np.abs(dg[i] * dg[j])), 1e-300) for i, j, e in errs]
-        worst = max((float(np.max(np.where(np.isfinite(r) & np.isfinite(E[i, j]), r, np.inf)))
-                     for (i, j, _), r in zip(errs, rel)), default=0.0)
+            with np.errstate(all="ignore"):  # a non-finite value, estimate or bound (overflow) counts as inf
+                rel = err / np.maximum(np.sqrt(np.abs(E[i, i] * E[j, j])), 1e-300)
+            worst = max(worst, float(np.max(np.where(np.isfinite(rel) & np.isfinite(val), rel, np.inf))))
     if worst > LARGE_WARN:
         what = (f"carry estimated errors up to {worst:.1e} of their scale" if np.isfinite(worst) else
                 "are not finite (the activation overflows) or have no error estimate")
