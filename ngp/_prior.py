@@ -288,7 +288,8 @@ class Prior(NTKMixin):
         out = tuple(Layer(i + 1, c, self) for i, c in enumerate(self._cumulants))
         if self.options.get("warn", True):
             self._check_quadrature()
-            self._check_expansion(out[-1].expansion_parameter)
+            if self._cumulants[-1].refusal is None:  # else K1 and V refuse themselves, naming what was asked
+                self._check_expansion(out[-1].expansion_parameter)
         return out
 
     def _check_quadrature(self) -> None:

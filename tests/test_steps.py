@@ -2,6 +2,7 @@
 a mixed network against an independent kernel recursion and against Monte Carlo of actual networks."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -224,6 +225,20 @@ def test_identity_scale_between_a_residual_chain_and_its_readout(X):
     a, b = ngp.serial(*head, *tail).prior(X, warn=False), ngp.serial(*head, ngp.Scale(1.0), *tail).prior(X, warn=False)
     np.testing.assert_array_equal(a.K1, b.K1)
     np.testing.assert_array_equal(a.V, b.V)
+
+
+def test_rescaled_chain_keeps_its_layers_kernels_and_names_what_it_refuses(X):
+    """A chain rescaled before its readout has no K1/V: each refusal names what was asked (K1 was refused as "the
+    expansion parameter"), and the layers' kernels stay readable (``prior.layers`` refused as a whole)."""
+    block = ngp.serial(ngp.Elementwise("tanh"), ngp.Dense(16, 1.5, 0.1))
+    head, tail = (ngp.Dense(16, 1.5, 0.1), ngp.Residual(block, 0.8, 0.6)), (ngp.Elementwise("tanh"), ngp.Dense(1))
+    p = ngp.serial(*head, ngp.Scale(2.0), *tail).prior(X)
+    q = ngp.serial(*head, *tail).prior(X, warn=False)
+    for what, word in (("K1", "(K1)"), ("V", "(V)"), ("expansion_parameter", "(the expansion parameter)")):
+        with pytest.raises(NotImplementedError, match=re.escape(word)):
+            getattr(p, what)
+    np.testing.assert_array_equal(p.layers[0].K, q.layers[0].K)
+    np.testing.assert_array_equal(p.layers[-1].K, p.K)
 
 
 def test_residual_without_skip_is_its_block(X):
