@@ -43,6 +43,7 @@ import dataclasses
 import functools
 import math
 import numbers
+import types
 import warnings
 from typing import Callable
 
@@ -223,8 +224,11 @@ class _Keyed:
     """Hashable wrapper of an activation for the compilation caches.
 
     Two activations share compiled code when they have the same name, smoothness and
-    function: the same code object with equal closure values and defaults (so every
-    ``ngp.activation("swish")`` hits the same cache entry), or the same function object.
+    function: the same function object, or the same code object whose every free value (closure
+    cells, defaults, and the globals its code names) is a module or a plain constant and equal (so a
+    ``lambda x: jnp.tanh(x)`` written again hits the same entry, while ``lambda x: jnp.tanh(s * x)`` in a loop
+    over a global ``s`` does not: it was given the first ``s``'s results). Any other free value (a function, an
+    array, a mutable object) keys on the function object itself.
     """
 
     __slots__ = ("act", "key")
@@ -237,10 +241,14 @@ class _Keyed:
         if code is not None:
             try:
                 cells = tuple(c.cell_contents for c in (fn.__closure__ or ()))
-                candidate = (act.name, act.smooth, code, cells, fn.__defaults__)
-                hash(candidate)
-                key = candidate
-            except (TypeError, ValueError):  # unhashable closure values, empty cells
+                glob = getattr(fn, "__globals__", {})
+                named = tuple((g, glob[g]) for g in sorted(_code_names(code)) if g in glob)
+                free = cells + tuple(fn.__defaults__ or ()) + tuple(v for _, v in named)
+                if all(_plain(v) for v in free):
+                    candidate = (act.name, act.smooth, code, cells, fn.__defaults__, named)
+                    hash(candidate)
+                    key = candidate
+            except (TypeError, ValueError):  # unhashable values, empty cells
                 pass
         self.key = key
 
@@ -249,6 +257,22 @@ class _Keyed:
 
     def __eq__(self, other):
         return isinstance(other, _Keyed) and self.key == other.key
+
+
+def _code_names(code) -> set:
+    """The global (and attribute) names a code object and the code nested in it read."""
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if hasattr(c, "co_names"):
+            names |= _code_names(c)
+    return names
+
+
+def _plain(v) -> bool:
+    """A value whose equality says it acts the same in an activation: a module or an immutable constant."""
+    if isinstance(v, (types.ModuleType, numbers.Number, str, bytes)) or v is None:
+        return True
+    return isinstance(v, tuple) and all(_plain(u) for u in v)
 
 
 @functools.lru_cache(maxsize=128)

@@ -257,6 +257,23 @@ def test_user_callables_are_classified():
     assert r.universality_class == "none" and "a1" in r.reason
 
 
+def test_a_callable_reading_a_changed_global_is_not_served_the_old_results():
+    """The compilation caches keyed a callable on its code, closure and defaults only: a ``lambda x: jnp.tanh(s * x)``
+    over a global ``s`` (a loop in a script) got the first ``s``'s susceptibilities, flow and critical point."""
+    ns = {"jnp": jnp}
+    exec("f = lambda x: jnp.tanh(s * x)", ns)  # one function object, its global s changed between calls
+    for s in (1.0, 2.0, 0.5):
+        ns["s"] = s
+        chi_par, chi_perp = cr.susceptibilities(ns["f"], 0.5)
+        sech2 = lambda z: 1.0 / np.cosh(s * z) ** 2
+        assert abs(chi_perp - _gauss(lambda z: (s * sech2(z)) ** 2, 0.5)) < 1e-10 * chi_perp
+        assert abs(chi_par - _gauss(lambda z: np.tanh(s * z) * s * sech2(z) * z, 0.5) / 0.5) < 1e-10 * chi_par
+        K2 = cr.depth_flow(ns["f"], C_W=1.0, C_b=0.0, K0=1.0, depth=2).K[1]
+        assert abs(K2 - _gauss(lambda z: np.tanh(s * z) ** 2, 1.0)) < 1e-10
+        p = cr.critical_point(ns["f"])  # tanh(s x): C_W = 1 / s^2, a1 = -2 s^2
+        assert abs(p.C_W - 1 / s**2) < 1e-12 and abs(p.a1 + 2 * s**2) < 1e-9
+
+
 # ----------------------------------------------------------------------------- depth laws
 @pytest.mark.parametrize("slope,A", [(0.0, 5.0), (1.0, 2.0), (0.1, 4.8823644741)])
 def test_scale_invariant_vertex_grows_linearly(slope, A):
