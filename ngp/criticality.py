@@ -91,6 +91,8 @@ K_ACCURATE = (_LADDER[-1] - _NODES_MIN) / _NODES_PER_K
 #: Largest variance accepted by the composite rule used above ``K_ACCURATE`` (its node count grows
 #: like ``sqrt(K)``: 1.6e5 nodes at ``K = 1e6``).
 K_MAX = 1e8
+#: Smallest variance accepted (``<sigma^4>`` and the vertex are of order ``K^2``, which underflow below ~1e-150).
+K_MIN = 1e-100
 #: Composite rule above ``K_ACCURATE``: Gauss-Legendre nodes per panel, smallest and largest panel
 #: width (in ``z``), geometric growth of the panel width with ``|z|``, and the range in standard deviations.
 _PANEL_NODES, _PANEL_MIN, _PANEL_MAX, _PANEL_GROWTH, _RANGE_SD = 16, 0.25, 2.0, 0.25, 10.0
@@ -117,6 +119,9 @@ def _as_variance(K, name: str = "K") -> np.ndarray:
         raise ValueError(f"{name}: must be finite, got {K!r}")
     if np.any(arr <= 0):
         raise ValueError(f"{name}: the pre-activation variance must be > 0, got min {float(np.min(arr))}")
+    if np.any(arr < K_MIN):
+        raise ValueError(f"{name}: variance {float(np.min(arr)):.3g} < {K_MIN:g}, where averages of order K^2 (<sigma^4>, "
+                         "the vertex) underflow float64; use K >= 1e-100")
     return arr
 
 
@@ -160,21 +165,35 @@ def _moment_core(act: Activation, m: int) -> Callable:
     return moments
 
 
+#: Below this variance a smooth activation's ``g''`` comes from ``<(sigma^2)^(4)> / 4`` (derivatives by autodiff)
+#: instead of the Hermite form ``<sigma^2 He_4> / (4 K^2)``, whose sum of terms of order ``K`` cancels to order
+#: ``K^2``: relative error ~1.5e-16 / K (tanh: 1.5e-10 at K = 1e-6, 1.5e-6 at 1e-10; against mpmath).
+_G2_DERIVATIVE_K = 1e-2
+
+
 def _weighted_moments(act: Activation) -> Callable:
     """Pure ``(K (B,), x (B, M), w (B, M)) -> (g, g', g'', <sigma^4>, <sigma'^2>)``: the averages over
     ``z = sqrt(K) x`` with the rule ``(x, w)`` for the standard normal in ``x`` (per variance)."""
     d1 = act.derivative(1)
+    derivative_form = act.smooth and act.relu_slopes is None
+    if derivative_form:
+        d2, d3, d4 = (act.derivative(k) for k in (2, 3, 4))
 
     def weighted(K, x, w):
         z = jnp.sqrt(K)[:, None] * x
-        s2 = act.fn(z) ** 2
+        s = act.fn(z)
+        s2 = s**2
         he2 = x * x - 1.0
         he4 = x**4 - 6.0 * x * x + 3.0
         g = jnp.sum(s2 * w, axis=1)
         g1 = jnp.sum(s2 * he2 * w, axis=1) / (2.0 * K)
         g2 = jnp.sum(s2 * he4 * w, axis=1) / (4.0 * K * K)
+        p1 = d1(z)
+        if derivative_form:  # (s^2)^(4) = 2 s s^(4) + 8 s' s^(3) + 6 s''^2: no cancellation at small K
+            g2d = 0.25 * jnp.sum((2.0 * s * d4(z) + 8.0 * p1 * d3(z) + 6.0 * d2(z) ** 2) * w, axis=1)
+            g2 = jnp.where(K < _G2_DERIVATIVE_K, g2d, g2)
         s4 = jnp.sum(s2 * s2 * w, axis=1)
-        sp2 = jnp.sum(d1(z) ** 2 * w, axis=1)
+        sp2 = jnp.sum(p1**2 * w, axis=1)
         return g, g1, g2, s4, sp2
 
     return weighted
@@ -208,16 +227,28 @@ def _weighted_jit(keyed: "_Keyed") -> Callable:
     return jax.jit(_weighted_moments(keyed.act))
 
 
+#: The composite rule's averages are checked against the same rule cut at this many standard deviations: where
+#: the averages of positive integrands differ by more than :data:`_CONTAINED_RTOL` relative, the average's mass is not within the rule's range
+#: (an activation growing like ``exp``: its average at ``K`` peaks near ``z = 2K``) and the values are NaN.
+_CONTAINED_SD, _CONTAINED_RTOL = 8.0, 1e-8
+
+
 def _moments_composite(act: Activation, K: np.ndarray) -> tuple:
     """The averages of :func:`_weighted_moments` at large variances ``K`` (1-D), one compiled shape per
-    power-of-two node count."""
+    power-of-two node count; NaN where the rule's range does not contain the average (:data:`_CONTAINED_SD`)."""
     rules = [_composite_rule(float(k)) for k in K]
     M = 1 << int(np.ceil(np.log2(max(x.size for x, _ in rules))))
     x = np.zeros((K.size, M))
     w = np.zeros((K.size, M))
     for i, (xi, wi) in enumerate(rules):
         x[i, :xi.size], w[i, :wi.size] = xi, wi
-    return tuple(np.asarray(v) for v in _weighted_jit(_Keyed(act))(device(K), device(x), device(w)))
+    fn = _weighted_jit(_Keyed(act))
+    full = [np.asarray(v) for v in fn(device(K), device(x), device(w))]
+    cut = [np.asarray(v) for v in fn(device(K), device(x), device(np.where(np.abs(x) <= _CONTAINED_SD, w, 0.0)))]
+    with np.errstate(all="ignore"):
+        # the averages of positive integrands (g, <sigma^4>, <sigma'^2>; g' and g'' cancel to ~0 in places)
+        lost = np.any([np.abs(full[k] - cut[k]) > _CONTAINED_RTOL * np.abs(full[k]) for k in (0, 3, 4)], axis=0)
+    return tuple(np.where(lost, np.nan, v) for v in full)
 
 
 class _Keyed:
@@ -333,7 +364,8 @@ def _moments(act: Activation, K: np.ndarray, *, nodes: int | None = None, check:
     if check and not all(np.all(np.isfinite(v)) for v in res.values()):
         raise FloatingPointError(
             f"ngp.criticality: Gaussian averages of {act.name!r} are not finite at these variances "
-            "(the activation overflows)"
+            f"(the activation overflows, or beyond K ~ {K_ACCURATE:.0f} grows so fast that the average's mass lies "
+            f"beyond the quadrature's {_RANGE_SD:.0f} standard deviations, as exp's does)"
         )
     return res
 
@@ -496,13 +528,15 @@ def _half_stable_roots(act: Activation, k_range: tuple[float, float]) -> tuple[l
     average is finite (``None`` when all are).
     """
 
-    def h(K):
-        m = _moments(act, np.atleast_1d(np.asarray(K, dtype=float)))
-        return m["g1"] / m["sp2"] - 1.0
+    nodes = _nodes(k_range[1])
+
+    def h(K, nodes=None):  # on K's own rule (the accurate one), or on the grid's
+        m = _moments(act, np.atleast_1d(np.asarray(K, dtype=float)), nodes=nodes)
+        return float((m["g1"] / m["sp2"] - 1.0)[0])
 
     grid = np.geomspace(k_range[0], k_range[1], _SEARCH_POINTS)
     with np.errstate(all="ignore"):  # NumPy's own, per thread (warnings.catch_warnings swaps the process's filters)
-        m = _moments(act, grid, nodes=_nodes(k_range[1]), check=False)
+        m = _moments(act, grid, nodes=nodes, check=False)
         vals = m["g1"] / m["sp2"] - 1.0
     finite = np.isfinite(vals)
     for v in m.values():
@@ -515,12 +549,33 @@ def _half_stable_roots(act: Activation, k_range: tuple[float, float]) -> tuple[l
         if a == 0.0:
             roots.append(float(grid[i]))
         elif a * b < 0:
-            roots.append(brentq(lambda k: float(h(k)[0]), grid[i], grid[i + 1], xtol=1e-15, rtol=4 * np.finfo(float).eps,
-                                maxiter=200))
+            # a kinked callable's values by K's own rule may not change sign where the grid's do: then the grid's rule,
+            # and if a single evaluation still rounds differently from the batched grid, the nearer grid point
+            for args in ((), (nodes,)):
+                if h(grid[i], *args) * h(grid[i + 1], *args) < 0:
+                    roots.append(brentq(h, grid[i], grid[i + 1], args=args, xtol=1e-15, rtol=4 * np.finfo(float).eps,
+                                        maxiter=200))
+                    break
+            else:
+                roots.append(float(grid[i] if abs(a) <= abs(b) else grid[i + 1]))
     return roots, (None if np.all(finite) else grid[finite])
 
 
 @float64
+def _piecewise_linear_slopes(act: Activation) -> tuple[float, float] | None:
+    """``(a_+, a_-)`` when ``act`` equals ``a_+ z Theta(z) + a_- z Theta(-z)`` (to 1e-12 relative) at 26 points
+    ``|z|`` in ``[1e-3, 1e3]`` of either sign, else ``None``."""
+    z = np.geomspace(1e-3, 1e3, 13)
+    z = np.concatenate([z, -z])
+    with np.errstate(all="ignore"):
+        y = np.asarray(act.fn(jnp.asarray(z)), dtype=float)
+    if y.shape != z.shape or not np.all(np.isfinite(y)):
+        return None
+    ap, am = float(y[0] / z[0]), float(y[13] / z[13])
+    model = np.where(z > 0, ap, am) * z
+    return (ap, am) if np.all(np.abs(y - model) <= 1e-12 * np.abs(model) + 1e-300) else None
+
+
 def critical_point(activation, *, K_range: tuple[float, float] = K_SEARCH) -> CriticalPoint:
     """Critical initialisation ``(C_b, C_W)``, fixed point ``K*`` and universality class.
 
@@ -557,14 +612,18 @@ def critical_point(activation, *, K_range: tuple[float, float] = K_SEARCH) -> Cr
         raise ValueError(f"K_range: expected 0 < K_min < K_max < inf, got {K_range!r}")
     name = act.name
 
-    if act.relu_slopes is not None:
-        ap, am = act.relu_slopes
+    slopes, seen = act.relu_slopes, ""
+    if slopes is None and not act.smooth:  # a kinked callable may be of the family: chi_par = chi_perp at every K
+        slopes = _piecewise_linear_slopes(act)
+        seen = " (a kinked callable, equal to it at 26 points)" if slopes is not None else ""
+    if slopes is not None:
+        ap, am = slopes
         A2, A4 = 0.5 * (ap**2 + am**2), 0.5 * (ap**4 + am**4)
         if A2 == 0:
             return CriticalPoint(name, "none", False, "the activation is identically zero (a_+ = a_- = 0)")
         return CriticalPoint(
             name, "scale-invariant", True,
-            "scale-invariant (a_+ z Theta(z) + a_- z Theta(-z)): chi_par = chi_perp = C_W A_2 at every K, "
+            f"scale-invariant (a_+ z Theta(z) + a_- z Theta(-z){seen}): chi_par = chi_perp = C_W A_2 at every K, "
             "critical at C_b = 0, C_W = 1/A_2; every K is a fixed point (marginal), V/K^2 grows by "
             "3 A_4/A_2^2 - 1 per layer",
             C_b=0.0, C_W=1.0 / A2, K_star=None, chi_parallel=1.0, chi_perp=1.0,
@@ -715,7 +774,7 @@ def depth_flow(activation, *, C_W: float, C_b: float, K0: float, depth: int) -> 
         K, V, K1, cpar, cperp = _flow_closed(act, C_W, C_b, K0, depth)
     else:
         K, V, K1, cpar, cperp = _flow_quadrature(act, C_W, C_b, K0, depth)
-    bad = ~(np.isfinite(K) & (K > 0) & np.isfinite(V) & np.isfinite(cperp))
+    bad = ~(np.isfinite(K) & (K > 0) & np.isfinite(V) & np.isfinite(K1) & np.isfinite(cperp))
     if np.any(bad):
         first = int(np.argmax(bad))
         warn(f"depth_flow: the kernel or its averages left the finite range at layer {first + 1} "
@@ -886,10 +945,10 @@ def phase_diagram(activation, *, C_b, C_W, depth: int, K0: float = 1.0) -> Phase
     diverged = np.zeros(CB.shape, dtype=bool)
     with np.errstate(all="ignore"):  # diverging kernels are marked below
         for _ in range(depth - 1):
-            K = CB + CW * _moments(act, K, nodes=_PHASE_NODES)["g"]
+            K = CB + CW * _moments(act, K, nodes=_PHASE_NODES, check=False)["g"]  # non-finite: diverged
             diverged |= ~np.isfinite(K) | (K >= _PHASE_K_MAX)
             K = np.clip(np.nan_to_num(K, nan=_PHASE_K_MAX, posinf=_PHASE_K_MAX), 1e-12, _PHASE_K_MAX)
-        chi_perp = CW * _moments(act, K, nodes=_PHASE_NODES)["sp2"]
+        chi_perp = CW * _moments(act, K, nodes=_PHASE_NODES, check=False)["sp2"]
     return PhaseDiagram(CB.copy(), CW.copy(), K, chi_perp, diverged)
 
 

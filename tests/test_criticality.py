@@ -231,6 +231,38 @@ def test_overflowing_activations_have_a_result_not_an_error(fn):
     assert r.universality_class == "none" and r.search_range is None and "everywhere" in r.reason
 
 
+def test_exponential_growth_beyond_the_rules_range_is_refused_not_wrong():
+    """exp's average at K peaks near z = 2K, beyond the composite rule's 10 standard deviations once K > 25: above
+    K_ACCURATE (~123) susceptibilities were silently wrong (chi_par 1.3e73 against 2 e^248 = 1.0e108 at K = 124, and
+    below chi_perp), and phase_diagram raised where its kernels diverge; bounded activations keep their values."""
+    e = ngp.activation(jnp.exp, name="exp")
+    chi_par, chi_perp = cr.susceptibilities(e, 20.0)
+    assert abs(chi_par / (2 * math.exp(40.0)) - 1) < 1e-10 and abs(chi_perp / math.exp(40.0) - 1) < 1e-10
+    for K in (124.0, 300.0):
+        with pytest.raises(FloatingPointError, match="standard deviations"):
+            cr.susceptibilities(e, K)
+    d = cr.phase_diagram(jnp.exp, C_b=0.0, C_W=1.0, depth=5)
+    assert np.all(d.diverged)
+    for name in ("tanh", "gelu", "sin"):  # beyond K_ACCURATE: the composite rule, contained
+        with np.errstate(over="ignore"):  # the reference's sech^2 = 1/cosh^2 at |z| > 710: 0, as it should be
+            rp, rq, _ = _quad_chis(name, 500.0)
+        cp, cq = cr.susceptibilities(name, 500.0)
+        assert abs(cp - rp) <= 2e-10 * max(abs(rp), 1e-3) and abs(cq - rq) <= 2e-10 * abs(rq)
+
+
+def test_curvature_of_the_kernel_map_at_small_variances():
+    """g'' was <sigma^2 He_4> / (4 K^2), a sum of terms of order K cancelling to order K^2: relative error ~1.5e-16/K
+    (1.8e-8 at K = 1e-8), which enters K1. Against tanh's Taylor series g = K - 2K^2 + 17/3 K^3 - 62/3 K^4 +
+    1382/15 K^5 (the next term moves g'' by 1.5e-12 at K = 1e-4), read off
+    the public flow: K1 at layer 3 = g''(K^(2)) V^(2) / 2 (C_W = 1, K1 = 0 below)."""
+    for K0 in (1e-4, 1e-8):
+        f = cr.depth_flow("tanh", C_W=1.0, C_b=0.0, K0=K0, depth=3)
+        k = f.K[1]
+        assert abs(2 * f.K1[2] / f.V[1] - (-4 + 34 * k - 248 * k**2 + 5528 / 3 * k**3)) < 1e-12 * 4
+    with pytest.raises(ValueError, match="K0: variance 1e-160 < 1e-100"):
+        cr.depth_flow("tanh", C_W=1.0, C_b=0.0, K0=1e-160, depth=3)  # was K1 = nan, silently
+
+
 def test_critical_point_warns_beyond_the_accurate_range():
     """The docstring promises a warning for K_range beyond K_ACCURATE ~ 123."""
     with pytest.warns(ngp.AccuracyWarning, match="K_range"):
@@ -255,6 +287,25 @@ def test_user_callables_are_classified():
     assert q.universality_class == "half-stable" and abs(q.K_star - GELU["K_star"]) < 1e-10
     r = cr.critical_point(lambda x: x + x**3, K_range=(0.1, 10.0))  # sigma(0) = 0 but a1 = 6 > 0
     assert r.universality_class == "none" and "a1" in r.reason
+
+
+@pytest.mark.parametrize("fn,ap,am", [(lambda x: jnp.maximum(x, 0.0), 1.0, 0.0), (jnp.abs, 1.0, -1.0),
+                                       (lambda x: jnp.where(x > 0, x, 0.1 * x), 1.0, 0.1)])
+def test_kinked_callables_of_the_relu_family_are_scale_invariant(fn, ap, am):
+    """A kinked callable equal to a_+ z Theta(z) + a_- z Theta(-z) was classified "none" with the reason "chi_par(K) =
+    chi_perp(K) has no root" (they are equal at every K): now the family's closed-form critical point."""
+    p = cr.critical_point(ngp.activation(fn, name="mine", smooth=False))
+    A2, A4 = (ap**2 + am**2) / 2, (ap**4 + am**4) / 2
+    assert p.exists and p.universality_class == "scale-invariant" and p.C_b == 0.0
+    assert abs(p.C_W - 1 / A2) < 1e-14 / A2 and abs(p.vertex_slope - (3 * A4 / A2**2 - 1)) < 1e-12
+
+
+def test_kinked_callable_outside_the_family_is_searched_without_error():
+    """A kinked callable off the family (a second kink at z = 1) raised brentq's "f(a) and f(b) must have different
+    signs": the grid and the refinement used different rules, whose values differ in sign near a root."""
+    p = cr.critical_point(ngp.activation(lambda x: jnp.maximum(x, 0.0) + 0.01 * jnp.maximum(x - 1.0, 0.0),
+                                         name="two_kinks", smooth=False))
+    assert p.universality_class in ("half-stable", "none") and p.reason
 
 
 def test_a_callable_reading_a_changed_global_is_not_served_the_old_results():
