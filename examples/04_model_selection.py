@@ -23,9 +23,10 @@
 #
 # If $c_L > 0$ the data are better explained by a non-Gaussian (finite-width) prior than by the
 # GP; the first-order formula then keeps favouring narrower networks until the expansion stops
-# being trustworthy. `ngp.evidence_grid` therefore marks each grid point as *trusted* when the
-# expansion parameter $\max|V|/(nK^2) \le 0.3$ and the correction is at most 2 nats, and
-# `grid.best()` returns the best trusted architecture.
+# being trustworthy. `ngp.evidence_grid` therefore marks each grid point as *trusted* (its
+# `"trusted"` entry) when the expansion parameter $\max|V|/(nK^2) \le 0.3$ and the correction
+# $|\log p - \log p_{\rm GP}|$ is at most 1 nat (docs/validity.md), and `grid.best()` returns the
+# best trusted architecture.
 #
 # **Normalisations**: $\operatorname{Var} W = C_W/\text{fan-in}$, $\operatorname{Var} b = C_b$,
 # `depth` counts weight layers, all hidden layers have the same width $n$ and the expansion is in
@@ -96,10 +97,6 @@ print(f"evidence grid: {len(grid.rows)} architectures in {time.perf_counter() - 
 print(grid.table())
 
 
-def trusted(r, threshold=0.3, max_correction=2.0):
-    return r["expansion_parameter"] <= threshold and abs(r["log_evidence"] - r["log_evidence_gp"]) <= max_correction
-
-
 best = grid.best()
 best_any = grid.best(trusted_only=False)
 best_gp = max(grid.rows, key=lambda r: r["log_evidence_gp"])
@@ -144,7 +141,7 @@ for i, depth in enumerate(DEPTHS):
     rows = [r for r in grid.rows if r["depth"] == depth]
     w = np.array([r["width"] for r in rows], dtype=float)
     z = np.array([r["log_evidence"] for r in rows])
-    ok = np.array([trusted(r) for r in rows])
+    ok = np.array([r["trusted"] for r in rows])
     color = f"C{i}"
     ax.plot(w, z, "-", color=color, lw=1, label=f"depth {depth}")
     ax.plot(w[ok], z[ok], "o", color=color)
