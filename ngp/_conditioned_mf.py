@@ -34,6 +34,11 @@ AUTO_EXACT_MAX = 64
 #: "Memory").
 BYTES_PER_ENTRY = (300, 320)
 BYTES_PER_TEST_ENTRY = 1200
+#: Bytes per training row and per test row for each output beyond the first (the estimator's per-sample arrays
+#: carry one block of 256 samples per output): measured 46-51 KB per training row at 500 and 1000 rows, 1-16 outputs,
+#: depths 3 and 5, ~4 KB per test row (results/matrix_free_memory_outputs.json; the model without it covered 16
+#: outputs at 1000 training rows by 0.71x).
+BYTES_PER_OUTPUT_ROW = (50_000, 10_000)
 SOLVERS = ("auto", "exact", "matrix_free")
 
 
@@ -135,14 +140,17 @@ class MatrixFreeConditioned(Conditioned):
 
     def memory_estimate(self, n_test: int = 0) -> int:
         """Bytes the estimator's arrays take at the peak of a run on the training points and ``n_test`` test points:
-        ``(a + b * hidden layers)`` bytes per entry of the training x training block (:data:`BYTES_PER_ENTRY`) and
-        :data:`BYTES_PER_TEST_ENTRY` per entry of the training x test block, a model measured over 250-1500 training
-        points, 10-1000 test points and depths 3 and 5 (``docs/matrix-free.md``, "Memory"). JAX's runtime and the
-        compilation at new shapes (~1.1 GB in all at the first run of a process) are not counted."""
+        ``(a + b * hidden layers)`` bytes per entry of the training x training block (:data:`BYTES_PER_ENTRY`),
+        :data:`BYTES_PER_TEST_ENTRY` per entry of the training x test block, and for each output beyond the first
+        :data:`BYTES_PER_OUTPUT_ROW` per training and per test row: a model measured over 250-1500 training
+        points, 10-1000 test points, 1-16 outputs and depths 3 and 5 (``docs/matrix-free.md``, "Memory"). JAX's
+        runtime and the compilation at new shapes (~1.1 GB in all at the first run of a process) are not counted."""
         n_test = count(n_test, "n_test", minimum=0, what="a non-negative integer")
-        NA = self.X_train.shape[0]
+        NA, outs = self.Y_train.shape
         a, b = BYTES_PER_ENTRY
-        return int((a + b * len(self._spec[3])) * NA * NA + BYTES_PER_TEST_ENTRY * NA * n_test)
+        per_row, per_test_row = BYTES_PER_OUTPUT_ROW
+        return int((a + b * len(self._spec[3])) * NA * NA + BYTES_PER_TEST_ENTRY * NA * n_test
+                   + (outs - 1) * (per_row * NA + per_test_row * n_test))
 
     def _check_memory(self, n_test: int) -> None:
         """``MemoryError`` with the estimate, before any work, when ``max_memory`` was given and is too small."""

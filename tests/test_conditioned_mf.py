@@ -35,6 +35,20 @@ def test_max_memory_refuses_before_any_work_with_the_estimate(monkeypatch):
         ngp.condition(net, X[:3], X[:3, :1], noise=0.1, method="matrix_free", max_memory="lots")
 
 
+def test_memory_estimate_counts_the_outputs():
+    """The estimator's per-sample arrays carry a block per output: 16 outputs at 1000 training rows grew the peak by
+    1.25 GB where the estimate (one output's) said 0.89 (benchmarks/results/matrix_free_memory_outputs.json); each
+    output beyond the first now adds BYTES_PER_OUTPUT_ROW per training and per test row."""
+    from ngp import _conditioned_mf as cmf
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5, 2))
+    one, many = (ngp.condition(ngp.MLP(3, 16, out_dim=k), X, rng.normal(size=(5, k)), noise=0.1,
+                               method="matrix_free") for k in (1, 16))
+    per_row, per_test_row = cmf.BYTES_PER_OUTPUT_ROW
+    assert many.memory_estimate(7) - one.memory_estimate(7) == 15 * (per_row * 5 + per_test_row * 7)
+
+
 @pytest.mark.filterwarnings("ignore::ngp.ExpansionWarning")  # a narrow network: outside the validated regime
 def test_a_short_last_batch_runs_padded_to_the_batch_size(monkeypatch):
     """``predict(..., batch_size=b)`` pads a last batch shorter than ``b`` with copies of its first point, so every
