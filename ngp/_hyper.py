@@ -26,12 +26,12 @@ from ._resmlp import ResMLP
 from ._sampling import cached_per_network
 from ._posterior import finite_width_log_evidence
 from ._gaussian import switch_tables, traced_mehler_tables
-from ._linalg import refuse_duplicates
+from ._linalg import check_conditioning, refuse_duplicates
 from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
-from ._validate import (RCOND_MIN, as_inputs, as_targets, check_seed, count, device, flag, nonneg_float,
+from ._validate import (as_inputs, as_targets, check_seed, count, device, flag, nonneg_float,
                         per_layer, positive_float, real, warn)
-from ._validity import EVIDENCE_MAX
+from ._validity import EVIDENCE_MAX, evidence_validity
 from ._warnings import ConvergenceWarning, CostWarning, ExpansionWarning
 
 __all__ = ["log_evidence", "fit_hyperparameters", "HyperFit", "with_hyperparameters"]
@@ -81,8 +81,14 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
     Raises:
         ValueError, TypeError: concrete ``C_W`` not finite and ``> 0``, ``C_b`` not finite and ``>= 0`` (as
             :class:`ngp.Dense`; traced values are not checked).
-        numpy.linalg.LinAlgError: duplicate training inputs with ``noise = 0`` and ``jitter = 0``, or a (concrete)
-            evidence that is not finite: a singular training kernel.
+        numpy.linalg.LinAlgError: duplicate training inputs with ``noise = 0`` and ``jitter = 0``; (concrete values)
+            a training kernel ``K + (noise + jitter) I`` of reciprocal condition number ``<= 1e-12`` (as
+            :func:`ngp.condition`), or a finite-width evidence that is not finite (``K + K1/n + noise I`` not positive
+            definite).
+
+    Warns:
+        ExpansionWarning: (concrete values, finite width) the first-order correction is not trusted, as
+            :attr:`ngp.Conditioned.log_evidence` (``docs/validity.md``); the option ``warn=False`` silences it.
 
     Note:
         Under ``jax.jit`` or a derivative the four-point term runs the fixed rule (``four_point_order``),
@@ -91,6 +97,7 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
         ``docs/four-point.md``, "The traced gradient's error"). Its batches run one after another, so a
         jitted gradient holds one batch's values at a time.
     """
+    warn_untrusted = flag(options.get("warn", True), "warn")
     options = _evidence_options(options)
     finite_width = flag(finite_width, "finite_width")
     XA = as_inputs(X_train, "X_train", in_dim=getattr(net, "in_dim", None))
@@ -107,14 +114,26 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
             refuse_duplicates(XA, noise, jitter, "the log evidence is -inf or undefined")
     cumulants = _cumulants(net, XA, C_W, C_b, finite_width, options)
     value = _evidence(cumulants, Y, noise, jitter)
-    if not isinstance(value, jax.core.Tracer) and not np.isfinite(float(value)):
-        K = np.asarray(cumulants[0]) + (noise + jitter) * np.eye(XA.shape[0])
-        if np.linalg.eigvalsh(K)[0] > RCOND_MIN * np.abs(K).max():  # a well-conditioned kernel: the targets overflowed
-            raise ValueError(f"Y_train: the log evidence overflows (largest |Y_train| = {np.max(np.abs(Y)):.3g}); "
-                             "rescale the targets (e.g. ngp.datasets.standardize)")
-        raise np.linalg.LinAlgError(
-            "log_evidence: K_train + noise I is numerically singular (the log evidence is not finite); use a "
-            "larger noise or jitter")
+    if any(isinstance(v, jax.core.Tracer) for v in (value, cumulants[0], noise)):
+        return value
+    # concrete: the checks of ngp.condition (a nearly singular kernel gave +8e14 here where condition refuses)
+    check_conditioning(np.asarray(cumulants[0], dtype=float), noise, jitter)
+    if not np.isfinite(float(value)):
+        if finite_width and cumulants[1] is not None:
+            raise np.linalg.LinAlgError(
+                "log_evidence: K_train + K1_train/n + noise I is not positive definite (the finite-width log evidence "
+                "is not finite): the 1/n expansion is not valid here; widen the network or add noise")
+        # a well-conditioned kernel: the targets overflowed
+        raise ValueError(f"Y_train: the log evidence overflows (largest |Y_train| = {np.max(np.abs(Y)):.3g}); "
+                         "rescale the targets (e.g. ngp.datasets.standardize)")
+    if warn_untrusted and finite_width and cumulants[1] is not None:
+        validity = evidence_validity(float(value), float(_evidence(cumulants[:1] + (None, None, None), Y, noise,
+                                                                   jitter)))
+        if not validity.trusted:
+            warn(f"log_evidence: the first-order (1/n) terms are not small ({'; '.join(validity.reasons)}); the "
+                 f"finite-width value is not reliable at width {cumulants[3]} (docs/validity.md): widen the network, "
+                 "add noise, or standardise the targets to the prior's output scale (warn=False silences this)",
+                 ExpansionWarning)
     return value
 
 

@@ -10,7 +10,7 @@ import scipy.linalg
 
 from ._validate import RCOND_MIN
 
-__all__ = ["psd_sqrt", "TrainSolve", "solve_train", "has_duplicates", "refuse_duplicates"]
+__all__ = ["psd_sqrt", "TrainSolve", "check_conditioning", "solve_train", "has_duplicates", "refuse_duplicates"]
 
 
 #: Relative jitter of the Cholesky square root used to draw from ``N(0, G)`` in float64.
@@ -75,6 +75,23 @@ def refuse_duplicates(XA: np.ndarray, noise: float, jitter: float, consequence: 
             "use noise > 0, jitter > 0 or remove duplicates")
 
 
+def check_conditioning(K_AA: np.ndarray, noise: float, jitter: float = 0.0, *, what: str = "X_train") -> np.ndarray:
+    """``K_AA + (noise + jitter) I``, or a ``LinAlgError`` naming ``what`` when its reciprocal condition number is
+    ``<= RCOND_MIN`` (or it is not finite)."""
+    Kt = K_AA + (noise + jitter) * np.eye(K_AA.shape[0])
+    evals = np.linalg.eigvalsh(Kt)
+    lam_max = max(float(evals[-1]), 0.0)
+    if not np.all(np.isfinite(evals)) or lam_max == 0.0 or evals[0] <= RCOND_MIN * lam_max:
+        rcond = float(max(evals[0], 0.0) / lam_max) if lam_max > 0 and np.isfinite(evals[0]) else 0.0
+        hint = " (duplicate training inputs?)" if np.all(np.isfinite(K_AA)) and has_duplicates(K_AA) else ""
+        raise np.linalg.LinAlgError(
+            f"{what}: the training kernel K_train + noise*I is numerically singular{hint}: "
+            f"reciprocal condition number {rcond:.2e} <= {RCOND_MIN:g}. Use noise > 0, remove duplicate "
+            "inputs, or pass jitter= (added to the diagonal; it biases the result by about jitter/noise)."
+        )
+    return Kt
+
+
 def solve_train(K_AA: np.ndarray, Y: np.ndarray, noise: float, jitter: float = 0.0, *,
                 what: str = "X_train") -> TrainSolve:
     """Cholesky solve of ``K_AA + (noise + jitter) I`` with a conditioning check.
@@ -84,17 +101,7 @@ def solve_train(K_AA: np.ndarray, Y: np.ndarray, noise: float, jitter: float = 0
             ``what`` and suggests noise, removing duplicates, or ``jitter``).
     """
     n = K_AA.shape[0]
-    Kt = K_AA + (noise + jitter) * np.eye(n)
-    evals = np.linalg.eigvalsh(Kt)
-    lam_max = max(float(evals[-1]), 0.0)
-    if not np.all(np.isfinite(evals)) or lam_max == 0.0 or evals[0] <= RCOND_MIN * lam_max:
-        rcond = float(evals[0] / lam_max) if lam_max > 0 and np.isfinite(evals[0]) else 0.0
-        hint = " (duplicate training inputs?)" if np.all(np.isfinite(K_AA)) and has_duplicates(K_AA) else ""
-        raise np.linalg.LinAlgError(
-            f"{what}: the training kernel K_train + noise*I is numerically singular{hint}: "
-            f"reciprocal condition number {rcond:.2e} <= {RCOND_MIN:g}. Use noise > 0, remove duplicate "
-            "inputs, or pass jitter= (added to the diagonal; it biases the result by about jitter/noise)."
-        )
+    Kt = check_conditioning(K_AA, noise, jitter, what=what)
     chol = scipy.linalg.cholesky(Kt, lower=True)
     Kinv = scipy.linalg.cho_solve((chol, True), np.eye(n))
     Kinv = 0.5 * (Kinv + Kinv.T)

@@ -798,9 +798,12 @@ def _solve(KAA, KBA, kB, K1AA, K1BA, k1B, Y, noise, n):
     glob = dict(yt=yt, Kinv=Kinv, LinvT=Linv.T, P=P, W=W)
     gp = dict(mean=gp_mean, var=gp_var, logz=gp_logz)
     k1 = dict(mean=mean_k1, var=var_k1, logz=logz_g)
-    # numerically singular Kt (e.g. duplicate inputs with noise = 0): a tiny Cholesky pivot
+    # numerically singular Kt (e.g. duplicate inputs with noise = 0): a tiny Cholesky pivot, or a reciprocal condition
+    # number (1-norm, from the inverse: O(N^2)) at most RCOND_MIN, where the exact path's (2-norm) refuses too
     piv = jnp.diagonal(Lc) ** 2
-    ok = (jnp.all(jnp.isfinite(Lc)) & (jnp.min(piv) > RCOND_MIN * jnp.sum(piv))), jnp.all(jnp.isfinite(Gc))
+    rcond = 1.0 / (jnp.max(jnp.sum(jnp.abs(KAA + noise * eye), axis=0)) * jnp.max(jnp.sum(jnp.abs(Kinv), axis=0)))
+    ok = (jnp.all(jnp.isfinite(Lc)) & (jnp.min(piv) > RCOND_MIN * jnp.sum(piv)) & (rcond > RCOND_MIN),
+          jnp.all(jnp.isfinite(Gc)))
     return glob, gp, k1, ok
 
 
@@ -893,7 +896,8 @@ def matrix_free_posterior(act: Activation, kernels, C_W, C_b, widths, Y, *, nois
     if not bool(ok[0]):
         raise np.linalg.LinAlgError(
             f"matrix_free_posterior: K_train + noise I is numerically singular (a Cholesky pivot <= {RCOND_MIN:g} "
-            "x trace; duplicate training inputs?); use noise > 0 or remove duplicate inputs")
+            f"x trace, or a reciprocal condition number <= {RCOND_MIN:g}; duplicate training inputs?); use noise > 0 "
+            "or remove duplicate inputs")
     if not bool(ok[1]):
         raise np.linalg.LinAlgError(
             "matrix_free_posterior: K_train + K1_train/n + noise I is not positive definite; the 1/n "

@@ -507,6 +507,35 @@ def test_log_evidence_checks_its_hyperparameters_and_singular_kernels():
     assert np.isfinite(float(g(1.0)))
 
 
+def test_log_evidence_refuses_what_condition_refuses_and_warns_as_it_does():
+    """Duplicated inputs with different targets at noise 1e-13 (reciprocal condition number 1e-13): condition refused,
+    ngp.log_evidence returned +8.1e14 (the GP's -1.25e12) without a word; at noise 1e-4 (well conditioned) +383 against
+    the GP's -258 with no warning, where Conditioned.log_evidence warns. The matrix-free path passed its pivot check
+    on the singular kernel (evidence 2.3e15 with an eta warning only)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5, 2))
+    y = np.sin(X[:, 0])
+    Xd, yd = np.r_[X, X[:2]], np.r_[y, y[:2] + 0.5]
+    net = ngp.MLP(2, 16)
+    for fw in (True, False):
+        with pytest.raises(np.linalg.LinAlgError, match="X_train: the training kernel .* numerically singular"):
+            ngp.log_evidence(net, Xd, yd, noise=1e-13, finite_width=fw)
+        with pytest.raises(np.linalg.LinAlgError, match="numerically singular"):
+            ngp.condition(net, Xd, yd, noise=1e-13)
+    with pytest.warns(ngp.ExpansionWarning, match="log_evidence: the first-order"):
+        v = float(ngp.log_evidence(net, Xd, yd, noise=1e-4))
+    with pytest.warns(ngp.ExpansionWarning):
+        c = ngp.condition(net, Xd, yd, noise=1e-4)
+        assert abs(v - c.log_evidence) < 1e-6 * abs(v)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # trusted: quiet; warn=False: quiet
+        ngp.log_evidence(net, X, y, noise=0.1)
+        ngp.log_evidence(net, Xd, yd, noise=1e-4, warn=False)
+    with pytest.raises(np.linalg.LinAlgError, match="numerically singular"):
+        ngp.condition(net, np.r_[X, X[:1]], np.r_[y, y[:1] + 0.3], noise=1e-13, method="matrix_free",
+                      samples=64).log_evidence
+
+
 def test_prediction_at_noiseless_training_inputs_is_exact_and_quiet():
     """At a test input equal to a training input observed with noise = 0 the posterior mean is the target and
     the variance 0, at every order in 1/n: the GP's variance was -3e-16 (sqrt NaN), the first-order one raised
