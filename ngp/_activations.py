@@ -451,6 +451,9 @@ def _rebuild(fields: tuple) -> Activation:
 
 def _check_callable(act: Activation) -> None:
     """Reject callables that are not elementwise or not finite, and kinked ones claimed smooth."""
+    if isinstance(act.fn, np.ufunc):  # not traceable; and jax.jit of a NumPy ufunc, retried, crashes the process
+        raise TypeError(f"activation: {act.name!r} is a NumPy function; it must be JAX-traceable (use jax.numpy's, "
+                        f"e.g. jnp.{act.fn.__name__})")
     x = device(np.linspace(-3.0, 3.0, 13))  # steps of 0.5
     fn = jax.jit(act.fn)  # one compilation serves every check below
     try:

@@ -8,12 +8,10 @@ on the exact path (``docs/theory.md``, "Posterior").
 
 from __future__ import annotations
 
-import numpy as np
-
 from ._conditioned_mf import AUTO_EXACT_MAX, SOLVERS, MatrixFreeConditioned, mlp_spec
 from ._posterior import Conditioned, FiniteWidthPosterior
 from ._prior import DERIVATIVE_METHODS
-from ._validate import check_seed, count, train_test
+from ._validate import as_inputs, check_seed, count, train_test
 
 __all__ = ["condition", "posterior"]
 
@@ -72,7 +70,8 @@ def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, metho
     elif method != "auto" and solver != method:
         raise ValueError(f"method={method!r} and solver={solver!r} ask for different paths; give one of them")
     if solver == "auto":
-        big = np.shape(X_train)[0] > AUTO_EXACT_MAX if np.ndim(X_train) == 2 else False
+        XA = as_inputs(X_train, "X_train", in_dim=getattr(net, "in_dim", None))  # ragged or bad: named here
+        big = XA.shape[0] > AUTO_EXACT_MAX
         solver = "matrix_free" if big and mlp_spec(net) is not None else "exact"
     if solver == "matrix_free":
         return MatrixFreeConditioned(net, X_train, Y_train, noise=noise, jitter=jitter, samples=samples, seed=seed,
@@ -107,7 +106,7 @@ def posterior(net, X_train, Y_train, X_test, *, noise: float, jitter: float = 0.
         numpy.linalg.LinAlgError: singular training kernel (e.g. duplicate inputs with ``noise = 0``).
         NotImplementedError: architectures without finite-width cumulants (e.g. unsupported residual patterns).
     """
-    train_test(net, X_train, Y_train, X_test, noise, jitter)  # all argument errors before any work
+    train_test(net, X_train, Y_train, X_test, noise, jitter, test_required=True)  # all argument errors before any work
     # the full covariance needs the exact path (the matrix-free path never forms test x test blocks)
     solver = options.pop("solver", None)  # method's earlier name; condition checks its value
     for name, value in (("method", options.get("method")), ("solver", solver)):

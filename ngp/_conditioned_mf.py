@@ -19,7 +19,8 @@ from ._linalg import refuse_duplicates, solve_train
 from ._prior import check_options
 from ._posterior import Conditioned, FiniteWidthPosterior, GPConditioned
 from ._steps import Dense, Elementwise, Serial
-from ._validate import as_inputs, check_seed, check_stop, count, flag, memory_bytes, pad_to, train_test, warn
+from ._validate import (MAX_WIDTH, as_inputs, check_seed, check_stop, count, flag, memory_bytes, pad_to, train_test,
+                        warn)
 from ._warnings import ExpansionWarning
 from ._validity import Validity
 
@@ -223,7 +224,7 @@ class MatrixFreeConditioned(Conditioned):
     def with_width(self, n: int) -> "MatrixFreeConditioned":
         """The same conditioning at hidden width ``n`` (``n_{L-1} = n``; the network's hidden widths must be equal,
         else ``ValueError``), the samples reused."""
-        n = count(n, "n")
+        n = count(n, "n", maximum=MAX_WIDTH)
         if len(set(self.net.widths)) > 1:
             raise ValueError(f"n: with_width needs equal hidden widths, the network has {list(self.net.widths)}")
         new = self._sharing(("log_evidence", "log_evidence_se"))

@@ -100,6 +100,6 @@ def gp_posterior(net, X_train, Y_train, X_test, *, noise: float, jitter: float =
     Raises:
         numpy.linalg.LinAlgError: the training kernel plus noise is numerically singular.
     """
-    XA, XB, Y, noise, jitter = train_test(net, X_train, Y_train, X_test, noise, jitter)
+    XA, XB, Y, noise, jitter = train_test(net, X_train, Y_train, X_test, noise, jitter, test_required=True)
     prior = net.prior(np.concatenate([XA, XB]), **options)
     return gp_from_kernel(np.asarray(prior.K), XA.shape[0], Y, noise, jitter)

@@ -33,7 +33,7 @@ from ._gaussian import K_ACCURATE
 from ._gp import GPPosterior, gp_from_kernel, gp_log_evidence
 from ._linalg import refuse_duplicates, solve_train
 from ._prior import MAX_MEMORY, reuse_four_point, reuse_jacobians
-from ._validate import as_inputs, check_stop, count, device, flag, float64, train_test, warn
+from ._validate import MAX_WIDTH, as_inputs, check_stop, count, device, flag, float64, train_test, warn
 from ._warnings import AccuracyWarning, ExpansionWarning
 from ._validity import (NUMERICAL_NEGLIGIBLE, NUMERICAL_WARN, Validity, clip_rounding, evidence_validity,
                         posterior_validity, predictive_variance)
@@ -287,7 +287,7 @@ class Conditioned:
         Raises:
             ValueError: the network's hidden widths are not all equal.
         """
-        n = count(n, "n")
+        n = count(n, "n", maximum=MAX_WIDTH)
         if len(set(self.net.widths)) > 1:
             raise ValueError(f"n: with_width needs equal hidden widths, the network has {list(self.net.widths)}")
         new = self._sharing(("_log_evidence", "log_evidence_error", "_evidence_checked"))

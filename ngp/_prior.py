@@ -8,6 +8,7 @@ flow through depth (``layers``). Conventions: ``docs/theory.md``.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -45,7 +46,14 @@ def check_options(options: dict, where: str = "net.prior") -> dict:
     if "progress" in out:
         out["progress"] = check_progress(out["progress"])
     if out.get("four_point_order") is not None:
-        out["four_point_order"] = count(out["four_point_order"], "four_point_order", minimum=2)
+        m = out["four_point_order"] = count(out["four_point_order"], "four_point_order", minimum=2)
+        need = 3 * 8 * max(m**4, math.ceil(1.6 * m) ** 3)  # the fixed rule's full tensor of weights, its mask, nodes
+        limit = out.get("max_memory", MAX_MEMORY)
+        if need > limit:  # numpy's own MemoryError came after minutes, for a 30 GiB array at m = 1000
+            raise MemoryError(
+                f"four_point_order={m}: the fixed rule's tensor grid ({m}^4 nodes) needs about {need / 1024**3:.3g} "
+                f"GiB (> max_memory={limit / 1024**3:.3g} GiB); its cost grows as the 4th power: use a smaller order, "
+                "or leave it out (the default rule adapts its orders and estimates its error)")
     if out.get("four_point_rtol") is not None:
         out["four_point_rtol"] = positive_float(out["four_point_rtol"], "four_point_rtol")
         if not out["four_point_rtol"] < 1:

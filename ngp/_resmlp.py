@@ -23,7 +23,7 @@ import numpy as np
 from ._activations import Activation, activation as make_activation
 from ._network import Network
 from ._steps import Dense, Elementwise, Residual, Serial
-from ._validate import count, nonneg_float, per_layer, positive_float, real
+from ._validate import MAX_WIDTH, count, nonneg_float, per_layer, positive_float, real
 
 __all__ = ["ResMLP"]
 
@@ -78,7 +78,7 @@ class ResMLP(Network):
         elif not isinstance(width, (numbers.Number, np.number)):
             raise TypeError(f"width: expected one positive integer (residual blocks need equal widths), got {width!r}")
         else:
-            width = count(width, "width")
+            width = count(width, "width", maximum=MAX_WIDTH)
         act = make_activation(activation)
         cw = per_layer(C_W, depth, "C_W", positive_float)
         cb = per_layer(C_b, depth, "C_b", nonneg_float)

@@ -36,7 +36,7 @@ from ._linalg import psd_sqrt
 from ._pairs import is_concrete
 from ._progress import labelled
 from ._residual_layers import readout_layer, residual_layer
-from ._validate import count, device, nonneg_float, positive_float, real
+from ._validate import MAX_WIDTH, count, device, nonneg_float, positive_float, real
 
 __all__ = ["Step", "Dense", "Elementwise", "Scale", "Residual", "Serial", "Flow", "IDENTITY", "compose"]
 
@@ -140,7 +140,7 @@ class Dense(Step):
     C_b: float = 0.0
 
     def __post_init__(self):
-        object.__setattr__(self, "width", count(self.width, "width"))
+        object.__setattr__(self, "width", count(self.width, "width", maximum=MAX_WIDTH))
         object.__setattr__(self, "C_W", positive_float(self.C_W, "C_W"))
         object.__setattr__(self, "C_b", nonneg_float(self.C_b, "C_b"))
 

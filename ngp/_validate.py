@@ -27,6 +27,7 @@ from ._warnings import AccuracyWarning, NgpWarning
 
 __all__ = [
     "RCOND_MIN",
+    "MAX_WIDTH",
     "MAX_MEMORY",
     "real",
     "positive_float",
@@ -129,9 +130,14 @@ def _scalar_array(value, kinds: str) -> bool:
             and getattr(getattr(value, "dtype", None), "kind", None) in tuple(kinds))
 
 
-def count(value, name: str, *, minimum: int = 1, what: str = "a positive integer") -> int:
-    """An integer ``>= minimum`` (Python or NumPy integers, or a concrete 0-d integer array such as ``jnp.array(3)``;
-    floats and bools are rejected)."""
+#: Largest layer width accepted (the largest integer float64 holds exactly; widths enter the 1/n terms as floats, and
+#: 2**63 overflowed JAX's integer arguments after the work had run).
+MAX_WIDTH = 2**53
+
+
+def count(value, name: str, *, minimum: int = 1, maximum: int | None = None, what: str = "a positive integer") -> int:
+    """An integer ``>= minimum`` (and ``<= maximum`` if given) (Python or NumPy integers, or a concrete 0-d integer
+    array such as ``jnp.array(3)``; floats and bools are rejected)."""
     if _scalar_array(value, "iu"):
         value = value.item()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
@@ -139,6 +145,8 @@ def count(value, name: str, *, minimum: int = 1, what: str = "a positive integer
     value = int(value)
     if value < minimum:
         raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: must be <= {maximum}, got {value}")
     return value
 
 
@@ -237,11 +245,12 @@ def as_targets(Y, n: int, out_dim: int, name: str = "Y_train") -> np.ndarray:
     return arr
 
 
-def train_test(net, X_train, Y_train, X_test, noise, jitter=0.0):
+def train_test(net, X_train, Y_train, X_test, noise, jitter=0.0, *, test_required: bool = False):
     """The shared checks of a regression problem.
 
     Returns ``(XA, XB, Y, noise, jitter)``: float64 arrays ``(N_train, n0)``, ``(N_test, n0)``
-    (``XB`` is ``None`` when ``X_test`` is ``None``), ``(N_train, out_dim)`` and floats.
+    (``XB`` is ``None`` when ``X_test`` is ``None``; a ``TypeError`` naming it when ``test_required``),
+    ``(N_train, out_dim)`` and floats.
     """
     if not isinstance(getattr(net, "out_dim", None), (int, np.integer)) or not hasattr(net, "prior"):
         raise TypeError(f"net: expected a network (e.g. ngp.MLP(3, 64), ngp.serial(...)), got {net!r}")
@@ -250,6 +259,8 @@ def train_test(net, X_train, Y_train, X_test, noise, jitter=0.0):
     in_dim = getattr(net, "in_dim", None)
     XA = as_inputs(X_train, "X_train", in_dim=in_dim)
     XB = None
+    if X_test is None and test_required:
+        raise TypeError("X_test: expected a numeric array of shape (N_test, n0), got None")
     if X_test is not None:
         XB = as_inputs(X_test, "X_test", in_dim=in_dim)
         if XA.shape[1] != XB.shape[1]:

@@ -120,8 +120,8 @@ def _as_variance(K, name: str = "K") -> np.ndarray:
     if np.any(arr <= 0):
         raise ValueError(f"{name}: the pre-activation variance must be > 0, got min {float(np.min(arr))}")
     if np.any(arr < K_MIN):
-        raise ValueError(f"{name}: variance {float(np.min(arr)):.3g} < {K_MIN:g}, where averages of order K^2 (<sigma^4>, "
-                         "the vertex) underflow float64; use K >= 1e-100")
+        raise ValueError(f"{name}: variance {float(np.min(arr)):.3g} < {K_MIN:g}, where averages of order K^2 "
+                         "(<sigma^4>, the vertex) underflow float64; use K >= 1e-100")
     return arr
 
 

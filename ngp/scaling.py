@@ -30,8 +30,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ._validate import (as_inputs, as_targets, check_seed, count, device, nonneg_float, per_layer, positive_float,
-                        real, warn)
+from ._validate import (MAX_WIDTH, as_inputs, as_targets, check_seed, count, device, nonneg_float, per_layer,
+                        positive_float, real, warn)
 from ._warnings import ConvergenceWarning
 
 __all__ = [
@@ -302,7 +302,7 @@ def _coordinate_runs(spec, *, width: int, depth: int = 3, activation: str | Call
     from ._activations import activation as _activation
 
     par = parameterization(spec)
-    width = count(width, "width")
+    width = count(width, "width", maximum=MAX_WIDTH)
     depth = _depth(depth)
     steps = count(steps, "steps")
     lr = positive_float(lr, "lr")
@@ -404,7 +404,7 @@ def coordinate_check(spec, *, widths: Sequence[int], depth: int = 3, activation:
     par = parameterization(spec)
     if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
         raise TypeError(f"widths: expected a sequence of positive integers, got {widths!r}")
-    widths = tuple(count(w, f"widths[{i}]") for i, w in enumerate(widths))
+    widths = tuple(count(w, f"widths[{i}]", maximum=MAX_WIDTH) for i, w in enumerate(widths))
     if len(set(widths)) < 2:
         raise ValueError(f"widths: need at least two different widths to fit an exponent, got {widths}")
     if len(set(widths)) < len(widths):  # the same seeds at a repeated width: the same networks, not new data

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -43,6 +46,18 @@ def test_bad_activation_types():
         ngp.activation("leaky_relu", slope=float("nan"))
     with pytest.raises(ValueError, match="elementwise"):
         ngp.activation(lambda x: jnp.sum(x))
+
+
+def test_numpy_ufuncs_are_refused_before_jax_sees_them():
+    """ngp.activation(np.tanh) raised a clear TypeError once; called again, jax.jit of the ufunc crashed the process
+    (segfault, JAX 0.10): a NumPy ufunc is refused before jax.jit, every time (in a child process, in case)."""
+    code = ("import ngp, numpy as np\n"
+            "for _ in range(3):\n"
+            "    try:\n        ngp.activation(np.tanh)\n"
+            "    except TypeError as e:\n        assert 'jnp.tanh' in str(e), e\n"
+            "    else:\n        raise SystemExit('accepted')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-500:])
 
 
 def test_kinked_callable_is_rejected_unless_declared():

@@ -151,6 +151,7 @@ def test_old_option_spellings_still_work():
         (["--noise", "nan"], "--noise: expected a finite number"),
         (["--noise", "-1"], "--noise: expected a number > 0"),
         (["--four-point-order", "0"], "--four-point-order: expected an integer >= 2"),
+        (["--four-point-order", "1000"], "four_point_order=1000: the fixed rule's tensor grid"),  # numpy's 7 TiB
         (["--width", "0"], "--width: expected an integer >= 1"),
         (["--max-memory", "lots"], "--max-memory: expected a size"),
         (["--test-fraction", "1.5"], "--test-fraction: expected a number <= 0.9"),
@@ -158,6 +159,8 @@ def test_old_option_spellings_still_work():
         (["--samples", "1"], "--samples: expected an integer >= 2"),
         (["--method", "fast"], "--method: invalid choice: 'fast'"),
         (["--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
+        (["--seed", str(2**63)], f"argument --seed: expected an integer <= {2**63 - 1}"),  # was refused after the work
+        (["--width", str(2**63)], "width: must be <= 9007199254740992"),  # was JAX's OverflowError after the work
         (["--width", "8,,32"], "--width: empty item in '8,,32'"),
         (["--width", "8,"], "--width: empty item in '8,'"),
         (["--width", "8,8"], "--width: 8 is given twice in '8,8'"),
@@ -222,9 +225,30 @@ def test_given_options_are_told_from_defaults():
     assert given_options(_parser(), ["demo"]) == {"command"}
 
 
+def test_a_closed_pipe_is_not_an_input_error(tmp_path, capsys, monkeypatch):
+    """`ngp regress ... | head -1`: the reader's exit made the next print raise BrokenPipeError, reported as
+    "error: BrokenPipeError" with exit status 2 (bad input); now quiet, status 141 (as SIGPIPE's)."""
+
+    class Closed:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            raise ValueError("no descriptor")  # a captured stream: the handler keeps it
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    rows = "\n".join(",".join(map(str, r)) for r in _csv_rows(12))
+    rc = main(["regress", _write(tmp_path, "a,b,y\n" + rows + "\n"), "--quiet"])
+    assert rc == 141 and capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--n-train", "1"], "argument --n-train: expected an integer >= 2, got '1'"),
     (["--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
+    (["--seed", str(2**63)], f"argument --seed: expected an integer <= {2**63 - 1}"),
     (["--out", "{file}"], "is not a folder ({file} is a file); give a folder name"),
     (["--out", "{file}/sub"], "is not a folder ({file} is a file); give a folder name"),
 ])

@@ -536,6 +536,35 @@ def test_log_evidence_refuses_what_condition_refuses_and_warns_as_it_does():
                       samples=64).log_evidence
 
 
+def test_missing_or_ragged_inputs_are_named():
+    """X_test=None reached np.concatenate in gp_posterior and importance_posterior (a raw 'all the input arrays must
+    have same number of dimensions'); a ragged X_train reached np.ndim in condition's path choice ('inhomogeneous
+    shape'); ngp.activation(np.tanh) is covered in test_activations.py."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(4, 2)), rng.normal(size=4)
+    net = ngp.MLP(2, 16)
+    calls = [lambda: ngp.gp_posterior(net, X, y, None, noise=0.1),
+             lambda: ngp.posterior(net, X, y, None, noise=0.1),
+             lambda: ngp.reference.importance_posterior(net, X, y, None, noise=0.1, num_samples=100),
+             lambda: ngp.reference.nuts_posterior(net, X, y, None, noise=0.1)]
+    for call in calls:
+        with pytest.raises(TypeError, match=r"X_test: expected a numeric array of shape \(N_test, n0\), got None"):
+            call()
+    with pytest.raises(TypeError, match=r"X_train: expected a numeric array"):
+        ngp.condition(net, [[1.0, 2.0], [3.0]], [1.0, 2.0], noise=0.1)
+
+
+def test_a_fixed_four_point_order_beyond_memory_is_refused_before_any_work():
+    """four_point_order=1000 ran until numpy failed to allocate a 30.5 GiB weight tensor (the CLI then advised raising
+    --max-memory, which is not the cause): refused at the option's check, with the estimate, against max_memory."""
+    X = np.random.default_rng(0).normal(size=(3, 2))
+    with pytest.raises(MemoryError, match=r"four_point_order=1000: .* needs about 2.24e\+04 GiB \(> max_memory=4 GiB"):
+        ngp.MLP(2, 16).prior(X, four_point_order=1000)
+    with pytest.raises(MemoryError, match="four_point_order=100"):
+        ngp.MLP(2, 16).prior(X, four_point_order=100, max_memory=2**30)  # 100^4 x 24 bytes = 2.2 GiB
+    assert ngp.MLP(2, 16).prior(X, four_point_order=30).V.shape == (3, 3, 3, 3)
+
+
 def test_prediction_at_noiseless_training_inputs_is_exact_and_quiet():
     """At a test input equal to a training input observed with noise = 0 the posterior mean is the target and
     the variance 0, at every order in 1/n: the GP's variance was -3e-16 (sqrt NaN), the first-order one raised

@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--noise", type=finite_float(minimum=0.0, strict=True), default=0.1, metavar="VAR",
                    help="observation-noise variance, in units of the prior's output variance; the fit's start unless "
                         "--fixed (default: 0.1)")
-    d.add_argument("--seed", type=int_at_least(0), default=0,
+    d.add_argument("--seed", type=int_at_least(0, maximum=2**63 - 1), default=0,
                    help="seed of the split, the sampling and NUTS (default: 0)")
     d.add_argument("--quick", action="store_true",
                    help="widths 8 and 32, fewer samples (see the timings below; used by the tests)")
@@ -156,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
                         "100000; default: 0 = off); rows with an effective sample size below 100 are marked "
                         "unreliable")
     g.add_argument("--no-truth", dest="truth", action="store_const", const=0, help=argparse.SUPPRESS)
-    g.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the split and the sampling (default: 0)")
+    g.add_argument("--seed", type=int_at_least(0, maximum=2**63 - 1), default=0, help="seed of the split and the sampling (default: 0)")
     g.add_argument("--json", type=output_file, metavar="FILE", help="also write the results to this JSON file")
     g.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     r.set_defaults(run="regress")
@@ -200,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as exc:
         print(f"ngp {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`ngp regress ... | head`): not an input error, nothing to say
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at the exit's flush
+        except (OSError, ValueError):  # no file descriptor (a captured stdout)
+            pass
+        return 141  # as a process ended by SIGPIPE
     except (ValueError, MemoryError, np.linalg.LinAlgError, OSError, FloatingPointError, OverflowError) as exc:  # the library's refusals of an input
         if os.environ.get("NGP_DEBUG"):
             raise

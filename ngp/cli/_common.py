@@ -66,8 +66,9 @@ def finite_float(*, minimum: float | None = None, strict: bool = False, maximum:
     return parse
 
 
-def int_at_least(minimum: int, *, off: int | None = None):
-    """An argparse type: an integer ``>= minimum`` (or exactly ``off``, which turns the option off)."""
+def int_at_least(minimum: int, *, off: int | None = None, maximum: int | None = None):
+    """An argparse type: an integer ``>= minimum`` (and ``<= maximum`` if given), or exactly ``off``, which turns the
+    option off."""
 
     def parse(text: str) -> int:
         try:
@@ -77,6 +78,8 @@ def int_at_least(minimum: int, *, off: int | None = None):
         if value < minimum and value != off:
             also = "" if off is None else f" (or {off}: off)"
             raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}{also}, got {text!r}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"expected an integer <= {maximum}, got {text!r}")
         return value
 
     return parse

@@ -508,9 +508,9 @@ def run(args) -> int:
     progress = Progress(quiet=args.quiet)
     data = read_table(args.data, target=args.target, features=args.features, ignore=args.ignore or ())
     enable_x64()
-    try:
-        _make_net(args)(args.width[0])
-    except (ValueError, TypeError) as exc:
+    try:  # the network's and the prior options' checks (four_point_order's memory) before any work
+        _make_net(args)(args.width[0]).prior(data.X[:1], **_options(args))
+    except (ValueError, TypeError, MemoryError) as exc:
         raise CLIError(str(exc)) from None
     n = data.y.shape[0]
     splits = _splits(n, args)

@@ -266,7 +266,7 @@ def importance_posterior(net, X_train, Y_train, X_test, *, noise: float, num_sam
         >>> post = ngp.reference.importance_posterior(net, XA, Y, XB, noise=0.1, num_samples=10**5)
         >>> post.mean, post.mean_se, post.ess
     """
-    XA, XB, Y, noise, _ = train_test(net, X_train, Y_train, X_test, noise)
+    XA, XB, Y, noise, _ = train_test(net, X_train, Y_train, X_test, noise, test_required=True)
     S = count(num_samples, "num_samples", minimum=2, what="an integer >= 2 (standard errors need two draws)")
     seed = check_seed(seed)
     X = np.concatenate([XA, XB])

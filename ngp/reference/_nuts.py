@@ -196,7 +196,7 @@ def nuts_posterior(net, X_train, Y_train, X_test, *, noise: float, num_warmup: i
             "noise: must be > 0 for nuts_posterior (NUTS cannot condition exactly on the targets); "
             "use ngp.reference.importance_posterior for noise = 0"
         )
-    XA, XB, Y, noise, _ = train_test(net, X_train, Y_train, X_test, noise)
+    XA, XB, Y, noise, _ = train_test(net, X_train, Y_train, X_test, noise, test_required=True)
     if not hasattr(net, "hidden") or not hasattr(net, "readout"):
         raise TypeError(f"net: expected an ngp network (ngp.MLP, ngp.serial, ...), got {type(net).__name__}")
     if net.depth == 1 and integrate_readout:
