@@ -273,7 +273,7 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
         Y_train: ``(N, out_dim)`` targets.
         noise: starting (or, when ``"noise"`` is not in ``fit``, fixed) noise variance; default:
             ``0.1 * Var(Y)``.
-        fit: which of ``"C_W"``, ``"C_b"``, ``"noise"`` to fit (the others stay fixed).
+        fit: which of ``"C_W"``, ``"C_b"``, ``"noise"`` to fit (a name or a sequence of names; the others stay fixed).
         finite_width: maximise the finite-width evidence (default) or the GP's. A step of the finite-width stage
             evaluates the four-point vertex on every multiset of four training rows five times (the value and the
             differences in ``C_W`` and ``C_b``): 0.8, 2.7 and 8.0 s at 8, 12 and 16 rows (tanh, depth 3, on this
@@ -295,7 +295,12 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
     Returns:
         :class:`HyperFit` (``.net`` is the fitted network).
     """
-    fit = tuple(fit)
+    if isinstance(fit, str):  # one name (it was read a character at a time: "unknown hyperparameter 'n'")
+        fit = (fit,)
+    try:
+        fit = tuple(fit)
+    except TypeError:
+        raise TypeError(f"fit: expected names among {FIT_NAMES}, got {fit!r}") from None
     for f in fit:
         if f not in FIT_NAMES:
             raise ValueError(f"fit: unknown hyperparameter {f!r}; expected some of {FIT_NAMES}")

@@ -76,11 +76,12 @@ class MLP(Network):
         lw = per_layer(lambda_W, depth, "lambda_W", nonneg_float)
         lb = per_layer(lambda_b, depth, "lambda_b", nonneg_float)
         par = None
+        base_width = positive_float(base_width, "base_width")  # checked either way (a bad value was ignored silently)
         if parameterization is not None:
             from . import scaling
 
             par = scaling.parameterization(parameterization)
-            hp = scaling.multipliers(par, width=widths, depth=depth, base_width=positive_float(base_width, "base_width"),
+            hp = scaling.multipliers(par, width=widths, depth=depth, base_width=base_width,
                                      C_W=cw, C_b=cb, lam_W=lw, lam_b=lb)
             cw, cb, lw, lb = hp["C_W"], hp["C_b"], hp["lam_W"], hp["lam_b"]
         out_dim = count(out_dim, "out_dim")

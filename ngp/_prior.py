@@ -18,7 +18,7 @@ from ._ntk_net import NTKMixin, output_property
 from ._pairs import Pairs
 from ._progress import check_progress
 from ._steps import IDENTITY, Flow
-from ._validate import MAX_MEMORY, as_inputs, count, float64, memory_bytes, positive_float, warn
+from ._validate import MAX_MEMORY, as_inputs, count, flag, float64, memory_bytes, positive_float, warn
 from ._warnings import AccuracyWarning, ExpansionWarning
 from ._validity import EXPANSION_WARN
 from ._vertex_error import k1_error, packed_vertex_error
@@ -45,6 +45,8 @@ def check_options(options: dict, where: str = "net.prior") -> dict:
         out["max_memory"] = memory_bytes(out["max_memory"], "max_memory")
     if "progress" in out:
         out["progress"] = check_progress(out["progress"])
+    if "warn" in out:  # a string such as "no" is truthy: it was taken as True
+        out["warn"] = flag(out["warn"], "warn")
     if out.get("four_point_order") is not None:
         m = out["four_point_order"] = count(out["four_point_order"], "four_point_order", minimum=2)
         need = 3 * 8 * max(m**4, math.ceil(1.6 * m) ** 3)  # the fixed rule's full tensor of weights, its mask, nodes

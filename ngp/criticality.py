@@ -107,7 +107,8 @@ def _act(spec) -> Activation:
     try:
         return _make_activation(spec)
     except ValueError as exc:
-        raise ValueError(f"activation: {exc}") from exc
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith("activation") else f"activation: {msg}") from exc
 
 
 def _as_variance(K, name: str = "K") -> np.ndarray:

@@ -50,11 +50,18 @@ def _axes(ax, count: int, *, figsize):
 
 
 # ----------------------------------------------------------------------------- flow
-def _pick(arr, index: int) -> np.ndarray:
+def _pick(arr, index: int, name: str = "flows") -> np.ndarray:
     """Per-layer scalars from per-layer scalars, ``(L, N, N)`` or ``(L, N, N, N, N)`` arrays."""
-    a = np.asarray(arr, dtype=float)
+    try:
+        a = np.asarray(arr, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name}: expected per-layer numbers or (L, N, N[, N, N]) arrays, got {arr!r}") from exc
     if a.ndim == 1:
         return a
+    if a.ndim not in (3, 5):
+        raise ValueError(f"{name}: expected per-layer numbers or (L, N, N[, N, N]) arrays, got shape {a.shape}")
+    if not 0 <= index < a.shape[1]:
+        raise ValueError(f"input_index: {index} is not an input of {name} ({a.shape[1]} inputs)")
     return a[(slice(None),) + (index,) * (a.ndim - 1)]
 
 
@@ -63,10 +70,13 @@ def _flow_entry(item, index: int) -> dict:
     if isinstance(item, dict):
         if "K" not in item:
             raise ValueError("flows: a dict entry needs at least 'K' (per-layer values)")
-        K = _pick(item["K"], index)
+        K = _pick(item["K"], index, "flows['K']")
         out = {"K": K, "label": item.get("label")}
         for key in ("K1", "V"):
-            out[key] = None if item.get(key) is None else _pick(item[key], index)
+            out[key] = None if item.get(key) is None else _pick(item[key], index, f"flows[{key!r}]")
+            if out[key] is not None and out[key].shape != K.shape:
+                raise ValueError(f"flows[{key!r}]: expected one value per layer like 'K' ({K.shape[0]}), got "
+                                 f"{out[key].shape[0]}")
         n = item.get("n")
         out["n"] = None if n is None else np.broadcast_to(np.asarray(n, dtype=float), K.shape).copy()
         return out
@@ -82,6 +92,8 @@ def _flow_entry(item, index: int) -> dict:
     except NotImplementedError as exc:
         raise ValueError(f"flows: {type(item).__name__} has no finite-width layers: {exc}") from exc
     if layers is not None:
+        if not 0 <= index < np.shape(layers[0].K)[0]:
+            raise ValueError(f"input_index: {index} is not an input of the prior ({np.shape(layers[0].K)[0]} inputs)")
         K = np.array([np.asarray(L.K)[index, index] for L in layers], dtype=float)
         K1 = np.array([np.asarray(L.K1)[index, index] for L in layers], dtype=float)
         V = np.array([np.asarray(L.V)[index, index, index, index] for L in layers], dtype=float)
@@ -131,9 +143,10 @@ def plot_flow(flows, *, labels: Sequence[str] | None = None, width: int | None =
         raise ValueError(f"quantities: expected a non-empty subset of {FLOW_QUANTITIES}, got {quantities}")
     if labels is not None and len(labels) != len(flows):
         raise ValueError(f"labels: expected {len(flows)} labels (one per flow), got {len(labels)}")
-    if width is not None and (int(width) != width or width < 1):
-        raise ValueError(f"width: expected a positive integer, got {width!r}")
-    entries = [_flow_entry(f, int(input_index)) for f in flows]
+    if width is not None:
+        width = count(width, "width")
+    input_index = count(input_index, "input_index", minimum=0, what="a non-negative integer")
+    entries = [_flow_entry(f, input_index) for f in flows]
     for e in entries:
         if e["n"] is None and width is not None:
             e["n"] = np.full(e["K"].shape, float(width))
@@ -204,8 +217,7 @@ def plot_phase_diagram(activation, *, C_b: tuple[float, float] = (0.0, 1.0), C_W
 
     cb_lo, cb_hi = _range(C_b, "C_b", lower=0.0, strict=False)
     cw_lo, cw_hi = _range(C_W, "C_W", lower=0.0, strict=True)
-    if isinstance(resolution, bool) or int(resolution) != resolution or resolution < 2:
-        raise ValueError(f"resolution: expected an integer >= 2, got {resolution!r}")
+    resolution = count(resolution, "resolution", minimum=2, what="an integer >= 2")
     if quantity not in ("chi_perp", "K"):
         raise ValueError(f"quantity: expected 'chi_perp' or 'K', got {quantity!r}")
     cbs = np.linspace(cb_lo, cb_hi, int(resolution))
@@ -315,6 +327,9 @@ def plot_posterior(X_test, posteriors, *, labels: Sequence[str] | None = None, o
     """
     x = _x_axis(X_test, "X_test")
     output = count(output, "output", minimum=0, what="a non-negative integer (an output neuron)")
+    if truth is not None and (isinstance(truth, (str, bytes)) or not hasattr(truth, "__len__") or len(truth) != 2):
+        raise ValueError(f"truth: expected a pair (x, y) of a reference curve, got {type(truth).__name__}"
+                         + (f" of {len(truth)}" if hasattr(truth, "__len__") else ""))
     posts = posteriors if isinstance(posteriors, (list, tuple)) else [posteriors]
     if not posts:
         raise ValueError("posteriors: expected a posterior or a non-empty list of them")

@@ -105,7 +105,10 @@ def parameterization(spec) -> Parameterization:
             return PRESETS[key]
         raise ValueError(f"parameterization: unknown name {spec!r}; expected one of {sorted(PRESETS)} or a number s in [0, 1]")
     if isinstance(spec, numbers.Real) and not isinstance(spec, bool):
-        return family(float(spec))
+        s = float(spec)
+        if not 0.0 <= s <= 1.0:  # NaN too; family() would name its own argument, s
+            raise ValueError(f"parameterization: a number s must be in [0, 1] (0 = ntk, 1 = mup), got {spec!r}")
+        return family(s)
     raise TypeError(f"parameterization: expected a name, a number or a Parameterization, got {type(spec).__name__}")
 
 
@@ -409,6 +412,7 @@ def coordinate_check(spec, *, widths: Sequence[int], depth: int = 3, activation:
         raise ValueError(f"widths: need at least two different widths to fit an exponent, got {widths}")
     if len(set(widths)) < len(widths):  # the same seeds at a repeated width: the same networks, not new data
         raise ValueError(f"widths: each width once (a repeated width draws the same networks), got {widths}")
+    seeds = count(seeds, "seeds", minimum=2, what="an integer >= 2 (the standard errors need two)")  # 1: NaN errors
     runs = [_coordinate_runs(par, width=w, depth=depth, activation=activation, X=X, y=y, steps=steps, lr=lr,
                             seeds=seeds, base_width=base_width, C_W=C_W, C_b=C_b, lam_W=lam_W, lam_b=lam_b,
                             seed=seed) for w in widths]

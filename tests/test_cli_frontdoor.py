@@ -189,6 +189,7 @@ def test_json_pointing_at_a_directory_or_missing_folder(tmp_path, capsys):
         ("a,y\n1,2\n3,4\n5,6\n", ["--n-train", "5"], "exceeds the 2-row training pool"),
         ("a,y\n1,2\n3,4\n5,6\n", ["--folds", "9"], "more folds"),
         ("a,b\n1,2\nx,3\n4,5\n", [], "column 'a' has a non-numeric value 'x' on line 3"),
+        ("a,b\n1,2\n1_00,3\n4,5\n", [], "column 'a' has a non-numeric value '1_00' on line 3"),  # float(): 100
         ("a,y\n1,2\n3,4\n5,6\n", ["--method", "matrix-free", "--fit-evidence", "finite-width"],
          "--fit-evidence finite-width: the fit runs the exact finite-width evidence"),
         ("a,y\n1,2\n3,4\n5,6\n", ["--method", "matrix-free", "--four-point-order", "8"],

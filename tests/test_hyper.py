@@ -287,6 +287,12 @@ def test_fitted_network_keeps_its_learning_rate_factors(data):
     net = ngp.MLP(2, 16, C_W=1.5, C_b=0.1, lambda_W=[2.0, 0.5], lambda_b=10.0, out_dim=2)
     fit = ngp.fit_hyperparameters(net, X, Y, fit=("noise",), finite_width=False)
     assert fit.net.lambda_W == net.lambda_W and fit.net.lambda_b == net.lambda_b
+    # one name as a string (it was read a character at a time: "unknown hyperparameter 'n'"); not a name: named
+    one = ngp.fit_hyperparameters(net, X, Y, fit="noise", finite_width=False)
+    assert (one.noise, one.C_W, one.log_evidence) == (fit.noise, fit.C_W, fit.log_evidence)
+    for bad in (None, 5):
+        with pytest.raises(TypeError, match="fit: expected names among"):
+            ngp.fit_hyperparameters(net, X, Y, fit=bad, finite_width=False)
     assert (fit.C_W, fit.C_b) == (net.C_W, net.C_b)
     a = ngp.trained_ensemble(net, X, Y, X[:2], t=0.1, finite_width=False).mean
     b = ngp.trained_ensemble(fit.net, X, Y, X[:2], t=0.1, finite_width=False).mean

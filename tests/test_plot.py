@@ -92,6 +92,12 @@ def test_plot_phase_diagram(tmp_path):
         (lambda: plot.plot_phase_diagram("tanh", resolution=1), "resolution"),
         (lambda: plot.plot_phase_diagram("tanh", quantity="V"), "quantity"),
         (lambda: plot.plot_phase_diagram("tanhh"), "activation"),
+        # raw IndexError / int() / broadcast errors before, not naming the argument
+        (lambda: plot.plot_flow({"K": np.ones((3, 2, 2))}, input_index=2), "input_index: 2 is not an input"),
+        (lambda: plot.plot_flow([{"K": [1.0]}], width="a"), "width: expected a positive integer"),
+        (lambda: plot.plot_phase_diagram("tanh", resolution="a"), "resolution: expected an integer >= 2"),
+        (lambda: plot.plot_flow({"K": [1, 2, 3], "V": [0, 1]}), r"flows\['V'\]: expected one value per layer"),
+        (lambda: plot.plot_posterior(np.zeros((2, 1)), [], truth=(np.zeros(2),)), "truth: expected a pair"),
     ],
 )
 def test_bad_plot_arguments(call, match):

@@ -123,6 +123,7 @@ def test_multipliers_unequal_widths():
         (dict(widths=[8, 16.0]), TypeError, r"widths\[1\]"),
         (dict(steps=0), ValueError, "steps"),
         (dict(seeds=1.5), TypeError, "seeds"),
+        (dict(seeds=1), ValueError, r"seeds: must be >= 2"),  # one seed: every standard error NaN, silently
         (dict(depth=1), ValueError, "depth"),
     ],
 )
@@ -165,3 +166,11 @@ def test_family_rejects_non_numbers():
         scaling.family("a")
     with pytest.raises(ValueError, match="s: must be finite"):
         scaling.family(float("nan"))
+
+
+@pytest.mark.parametrize("value", [3, float("nan"), -0.5])
+def test_a_bad_parameterization_number_names_parameterization(value):
+    """MLP(2, 16, parameterization=3) said "family: s must be in [0, 1]" (and NaN "s: must be finite"): the user
+    gave parameterization, not s."""
+    with pytest.raises(ValueError, match=r"parameterization: a number s must be in \[0, 1\]"):
+        ngp.MLP(2, 16, parameterization=value)

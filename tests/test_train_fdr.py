@@ -288,6 +288,12 @@ def test_bad_arguments_name_the_argument():
     params = jnp.zeros(3)
     with pytest.raises(ValueError, match="params"):
         opt.update(params, opt.init(params))
+    # grads/velocity of another structure were paired with params leaf by leaf (a value came back)
+    p = {"W": jnp.ones((3, 2))}
+    with pytest.raises(ValueError, match=r"grads: expected the structure and leaf shapes of params"):
+        fdr_observables(p, {"V": jnp.ones(6)}, p, learning_rate=0.1)
+    with pytest.raises(ValueError, match=r"velocity: expected the structure and leaf shapes of params"):
+        fdr_observables(p, p, {"W": jnp.ones((2, 3))}, learning_rate=0.1)
 
 
 def test_import_ngp_does_not_import_optax(import_facts):

@@ -132,6 +132,12 @@ def test_bad_arguments_name_the_argument():
         jacobian_regularized(lambda o, y: 0.0, apply_mlp, lambda_jr=-1.0)
     with pytest.raises(ValueError, match="apply_fn"):
         jacobian_penalty(lambda p, x: jnp.sum(x), params, x, num_projections=None)
+    # a bare seed met JAX's key checks deep inside ("invalid PRNG key data"); None as apply_fn "not callable"
+    with pytest.raises(TypeError, match=r"key: expected a jax.random key"):
+        jacobian_penalty(apply_mlp, params, x, 3)
+    with pytest.raises(TypeError, match=r"apply_fn: expected a callable"):
+        jacobian_penalty(None, params, x, jax.random.PRNGKey(0))
+    assert np.isfinite(float(jacobian_penalty(apply_mlp, params, x, jax.random.key(0))))  # a typed key is a key
 
 
 def test_integer_inputs_are_taken_as_floats():

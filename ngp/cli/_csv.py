@@ -93,6 +93,8 @@ def _number(cell: str, decimal_comma: bool) -> float | None:
     s = cell.strip()
     if s.lower() in MISSING:
         return None
+    if "_" in s:  # Python's float() reads "1_00" as 100; a CSV cell with an underscore is text
+        raise ValueError(f"could not convert string to float: {s!r}")
     try:
         return float(s)
     except ValueError:

@@ -508,8 +508,9 @@ def run(args) -> int:
     progress = Progress(quiet=args.quiet)
     data = read_table(args.data, target=args.target, features=args.features, ignore=args.ignore or ())
     enable_x64()
-    try:  # the network's and the prior options' checks (four_point_order's memory) before any work
-        _make_net(args)(args.width[0]).prior(data.X[:1], **_options(args))
+    try:  # the network's and the prior options' checks (four_point_order's memory) before any work (on a zero input:
+        # the data are not standardised yet)
+        _make_net(args)(args.width[0]).prior(np.zeros((1, data.X.shape[1])), **_options(args))
     except (ValueError, TypeError, MemoryError) as exc:
         raise CLIError(str(exc)) from None
     n = data.y.shape[0]

@@ -19,7 +19,7 @@ import numpy as np
 
 from .._linalg import psd_sqrt
 from .._sampling import SAMPLING_MEMORY
-from .._validate import check_seed, count, float64, memory_bytes, nonneg_float, positive_float, train_test, warn
+from .._validate import check_seed, count, flag, float64, memory_bytes, nonneg_float, positive_float, train_test, warn
 from .._warnings import SamplingWarning
 from ._importance import gaussian_conditional
 
@@ -197,6 +197,7 @@ def nuts_posterior(net, X_train, Y_train, X_test, *, noise: float, num_warmup: i
             "use ngp.reference.importance_posterior for noise = 0"
         )
     XA, XB, Y, noise, _ = train_test(net, X_train, Y_train, X_test, noise, test_required=True)
+    integrate_readout, progress_bar = flag(integrate_readout, "integrate_readout"), flag(progress_bar, "progress_bar")
     if not hasattr(net, "hidden") or not hasattr(net, "readout"):
         raise TypeError(f"net: expected an ngp network (ngp.MLP, ngp.serial, ...), got {type(net).__name__}")
     if net.depth == 1 and integrate_readout:

@@ -54,6 +54,12 @@ def fdr_observables(params, grads, velocity, *, learning_rate, momentum=0.0, dam
         learning_rate = positive_float(learning_rate, "learning_rate")
     if not any(isinstance(v, jax.core.Tracer) for v in (momentum, dampening, weight_decay)):  # traced: unchecked
         momentum, dampening, weight_decay = _check_sgd(momentum, dampening, weight_decay, require_decay=False)
+    shape = jax.tree_util.tree_structure(params), [jnp.shape(x) for x in jax.tree_util.tree_leaves(params)]
+    for name, tree in (("grads", grads), ("velocity", velocity)):  # leaves were paired by position, whatever they were
+        got = jax.tree_util.tree_structure(tree), [jnp.shape(x) for x in jax.tree_util.tree_leaves(tree)]
+        if got != shape:
+            raise ValueError(f"{name}: expected the structure and leaf shapes of params ({shape[0]}, {shape[1]}), "
+                             f"got ({got[0]}, {got[1]})")
     return _observables(params, grads, velocity, learning_rate, momentum, dampening, weight_decay)
 
 

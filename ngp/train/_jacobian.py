@@ -7,6 +7,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["jacobian_penalty", "jacobian_regularized"]
 
@@ -24,6 +25,10 @@ def _check_num_projections(num_projections):
 def _outputs_and_penalty(apply_fn, params, x, key, num_projections):
     """``(apply_fn(params, x), 1/2 mean_b ||J_b||_F^2)``, the penalty from VJPs of the batched outputs."""
     num_projections = _check_num_projections(num_projections)
+    if not callable(apply_fn):
+        raise TypeError(f"apply_fn: expected a callable apply_fn(params, x), got {type(apply_fn).__name__}")
+    if key is not None and not isinstance(key, (jax.Array, np.ndarray)):  # a bare seed met JAX's key checks deep inside
+        raise TypeError(f"key: expected a jax.random key (e.g. jax.random.PRNGKey(0)), got {type(key).__name__}")
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.inexact):  # integer (pixel) or boolean inputs: derivatives need a float
         x = x.astype(jnp.result_type(float))
