@@ -19,8 +19,8 @@ from ._linalg import refuse_duplicates, solve_train
 from ._prior import check_options
 from ._posterior import Conditioned, FiniteWidthPosterior, GPConditioned
 from ._steps import Dense, Elementwise, Serial
-from ._validate import (MAX_WIDTH, as_inputs, check_seed, check_stop, count, flag, memory_bytes, pad_to, train_test,
-                        warn)
+from ._validate import (MAX_WIDTH, as_inputs, check_seed, check_stop, count, flag, float64, memory_bytes, pad_to,
+                        train_test, warn)
 from ._warnings import ExpansionWarning
 from ._validity import Validity
 
@@ -198,6 +198,7 @@ class MatrixFreeConditioned(Conditioned):
         return self._run(self.X_train[:1])
 
     @functools.cached_property
+    @float64
     def log_evidence(self) -> float:
         """Finite-width log marginal likelihood of all targets, to ``O(1/n)`` (Monte-Carlo estimate): from a kept
         prediction's estimator run (every run has the same training side); before any prediction, from a run of its
@@ -209,10 +210,12 @@ class MatrixFreeConditioned(Conditioned):
         return float(run.log_evidence)
 
     @functools.cached_property
+    @float64
     def log_evidence_se(self) -> float:
         return float(self._train_run().log_evidence_se)
 
     @property
+    @float64
     def validity(self) -> Validity:
         return self._train_run().validity
 
@@ -239,6 +242,7 @@ class MatrixFreeConditioned(Conditioned):
         return new if self._scale is None else new.with_width(self._scale)
 
     # ------------------------------------------------------------------ prediction
+    @float64
     def predict(self, X_test, *, full_cov: bool = False, batch_size: int | None = None,
                 stop=None) -> FiniteWidthPosterior:
         """Posterior mean and marginal variances at test inputs, with standard errors.

@@ -29,7 +29,7 @@ from ._gaussian import switch_tables, traced_mehler_tables
 from ._linalg import check_conditioning, refuse_duplicates
 from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
-from ._validate import (as_inputs, as_targets, check_seed, count, device, flag, nonneg_float,
+from ._validate import (RCOND_MIN, as_inputs, as_targets, check_seed, count, device, flag, float64, nonneg_float,
                         per_layer, positive_float, real, warn)
 from ._validity import EVIDENCE_MAX, evidence_validity
 from ._warnings import ConvergenceWarning, CostWarning, ExpansionWarning
@@ -55,6 +55,7 @@ def _per_dense(value, default, name, depth, check):
     return [arr[i] for i in range(depth)]
 
 
+@float64
 def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_width: bool = True,
                  jitter: float = 0.0, **options):
     """Log marginal likelihood of the targets as a JAX function of ``(C_W, C_b, noise)``.
@@ -112,6 +113,11 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
         noise = nonneg_float(noise, "noise")
         if not isinstance(XA, jax.core.Tracer):
             refuse_duplicates(XA, noise, jitter, "the log evidence is -inf or undefined")
+    if finite_width and not jax.config.jax_enable_x64:  # traced in a float32 session (concrete calls run in float64)
+        raise ValueError("finite_width: under jax.grad/jax.jit in a float32 session the finite-width evidence is NaN "
+                         "(its four-point term needs float64; the float64 scope cannot reach the caller's "
+                         "transformation): call jax.config.update('jax_enable_x64', True) first, or use "
+                         "finite_width=False (the GP's evidence, in float32)")
     cumulants = _cumulants(net, XA, C_W, C_b, finite_width, options)
     value = _evidence(cumulants, Y, noise, jitter)
     if any(isinstance(v, jax.core.Tracer) for v in (value, cumulants[0], noise)):
@@ -178,13 +184,19 @@ def _evidence(cumulants, Y, noise, jitter):
     """The log evidence of ``Y`` (``(N, out_dim)``) from :func:`_cumulants`' output: the GP's when ``K1`` is
     ``None``, else the finite-width one."""
     K, K1, V, n = cumulants
+    NA, nL = Y.shape
+    L = jnp.linalg.cholesky(K + (noise + jitter) * jnp.eye(NA))
     if K1 is None:
-        NA, nL = Y.shape
-        L = jnp.linalg.cholesky(K + (noise + jitter) * jnp.eye(NA))
         yt = jax.scipy.linalg.cho_solve((L, True), Y)
         logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
-        return -0.5 * jnp.sum(Y * yt) - 0.5 * nL * (logdet + NA * math.log(2 * math.pi))
-    return finite_width_log_evidence(K, K1, V, Y, noise, n, jitter)
+        value = -0.5 * jnp.sum(Y * yt) - 0.5 * nL * (logdet + NA * math.log(2 * math.pi))
+    else:
+        value = finite_width_log_evidence(K, K1, V, Y, noise, n, jitter)
+    if isinstance(value, jax.core.Tracer):  # no refusal under a trace: NaN where a concrete call refuses (a jitted
+        # call on duplicates with noise 0 gave a finite value set by rounding); the pivots bound the conditioning
+        d = jnp.diagonal(L) ** 2
+        value = jnp.where(jnp.min(d) > RCOND_MIN * jnp.max(d), value, jnp.nan)
+    return value
 
 
 def with_hyperparameters(net, C_W, C_b):
@@ -253,6 +265,7 @@ class HyperFit:
     at_bounds: tuple = ()
 
 
+@float64
 def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fit=FIT_NAMES,
                         finite_width: bool = True, per_layer: bool = False, bounds: dict | None = None,
                         num_starts: int = 4, seed: int = 0, max_iter: int = 100, warm_rows: int | None = None,

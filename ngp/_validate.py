@@ -96,6 +96,9 @@ def real(value, name: str) -> float:
     """A finite real number (bool, strings, complex and arrays of size > 1 are rejected)."""
     if isinstance(value, (bool, np.bool_, str, bytes)) or isinstance(value, complex):
         raise TypeError(f"{name}: expected a real number, got {value!r}")
+    if isinstance(value, jax.core.Tracer):  # np.asarray raised JAX's TracerArrayConversionError, naming nothing
+        raise TypeError(f"{name}: expected a concrete number, got a traced value (inside jax.grad/jax.jit): this "
+                        "function is not differentiable; ngp.log_evidence is, in noise, C_W and C_b")
     if isinstance(value, (numbers.Real, np.floating, np.integer)):
         out = float(value)
     else:
@@ -287,7 +290,9 @@ def float64(fn):
     float32 the kernel alone carries 1e-7 relative errors that the posterior amplifies by the
     conditioning of the training kernel, and the importance sampler's exact conditioning fails). Every
     public numerical entry point is wrapped, so results are right, and float64, in a float32 session.
-    The scope is ``jax.enable_x64`` (thread-local, restored on exit): the global flag is never changed.
+    The scope is ``jax.enable_x64`` (thread-local, restored on exit): the global flag is never changed. Called with
+    traced arguments (inside the caller's ``jax.grad``/``jax.jit`` of a float32 session) it warns and runs as it is:
+    the caller's transformation finishes outside the scope, where float64 values do not fit its float32 ones.
     """
 
     @functools.wraps(fn)
@@ -296,6 +301,8 @@ def float64(fn):
             return fn(*args, **kwargs)
         # a float32 session: say so (arrays the user builds are float32), then compute in float64
         check_x64(getattr(fn, "__qualname__", "ngp"))
+        if any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves((args, kwargs))):
+            return fn(*args, **kwargs)
         with jax.enable_x64(True):
             return fn(*args, **kwargs)
 

@@ -565,6 +565,56 @@ def test_a_fixed_four_point_order_beyond_memory_is_refused_before_any_work():
     assert ngp.MLP(2, 16).prior(X, four_point_order=30).V.shape == (3, 3, 3, 3)
 
 
+def test_evidence_and_fits_run_in_float64_in_a_float32_session():
+    """log_evidence and fit_hyperparameters were not wrapped: in a float32 session V came out NaN (a LinAlgError
+    blaming the expansion, NaN gradients), the GP evidence float32, the fit elsewhere (C_W 0.652 against 0.619), all
+    without the float32 warning; the matrix-free path computed in float32 (1/n means 1-1.6 s.e. off). Concrete calls
+    now run in float64 with the warning; a finite-width evidence traced in float32 is refused by name; a float32
+    call no longer fills the four-point calibration cache (error estimates 33x larger after one)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4, 2))
+    Y = np.sin(X[:, :1])
+    net = ngp.MLP(2, 32, activation="tanh", C_W=1.5, C_b=0.1)
+    ref = [float(ngp.log_evidence(net, X, Y, noise=0.1, finite_width=fw)) for fw in (True, False)]
+    mf = dict(noise=0.05, method="matrix_free", samples=256, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ngp.ExpansionWarning)
+        ref_mf = ngp.condition(net, X, Y, **mf).predict(X[:2])
+    with jax.enable_x64(False):
+        for fw, r in zip((True, False), ref):
+            with pytest.warns(ngp.AccuracyWarning, match="float32"):
+                v = ngp.log_evidence(net, X, Y, noise=0.1, finite_width=fw)
+            assert v.dtype == np.float64 and float(v) == r
+        with pytest.warns(ngp.AccuracyWarning, match="float32"), pytest.raises(ValueError, match="finite_width: under"):
+            jax.grad(lambda nz: ngp.log_evidence(net, X, Y, noise=nz))(0.1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ngp.ExpansionWarning)
+            with pytest.warns(ngp.AccuracyWarning, match="float32"):
+                low_mf = ngp.condition(net, X, Y, **mf).predict(X[:2])
+    assert low_mf.mean.dtype == np.float64
+    np.testing.assert_array_equal(low_mf.mean, ref_mf.mean)
+
+
+def test_traced_arguments_of_functions_that_are_not_differentiable_are_named():
+    """jax.grad through gp_posterior / posterior / a network's C_W raised JAX's TracerArrayConversionError naming
+    nothing; a jitted evidence of duplicate inputs with noise 0 returned a finite value set by rounding (16.02,
+    where the concrete call refuses): NaN now."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4, 2))
+    Y = np.sin(X[:, :1])
+    net = ngp.MLP(2, 32)
+    with pytest.raises(TypeError, match="noise: expected a concrete number, got a traced value"):
+        jax.grad(lambda nz: ngp.gp_posterior(net, X, Y, X[:2], noise=nz).mean.sum())(0.1)
+    with pytest.raises(TypeError, match="C_W: expected a concrete number, got a traced value"):
+        jax.grad(lambda c: ngp.MLP(2, 32, C_W=c).prior(X).K.sum())(1.0)
+    Xd, Yd = np.r_[X, X[:1]], np.r_[Y, Y[:1]]
+    for fw in (False, True):
+        f = jax.jit(lambda nz: ngp.log_evidence(net, Xd, Yd, noise=nz, finite_width=fw))
+        assert np.isnan(float(f(0.0)))
+        assert float(f(0.1)) == pytest.approx(float(ngp.log_evidence(net, Xd, Yd, noise=0.1, finite_width=fw)),
+                                              rel=1e-6)
+
+
 def test_prediction_at_noiseless_training_inputs_is_exact_and_quiet():
     """At a test input equal to a training input observed with noise = 0 the posterior mean is the target and
     the variance 0, at every order in 1/n: the GP's variance was -3e-16 (sqrt NaN), the first-order one raised
