@@ -110,7 +110,13 @@ class MLP(Network):
             return t[0] if len(set(t)) == 1 else list(t)
 
         w = short(self.widths) if self.widths else None
+        extra = "".join(f", {name}={short(v)}" for name, v in (("lambda_W", self.lambda_W), ("lambda_b", self.lambda_b))
+                        if set(v) != {1.0})  # they change the NTK and training: shown when not the default
+        if self.parameterization is not None:
+            extra += f", parameterization={self.parameterization.name!r}"
+        if self.in_dim is not None:
+            extra += f", in_dim={self.in_dim}"
         return (
             f"MLP(depth={self.depth}, width={w}, activation={self.activation.name!r}, "
-            f"C_W={short(self.C_W)}, C_b={short(self.C_b)}, out_dim={self.out_dim})"
+            f"C_W={short(self.C_W)}, C_b={short(self.C_b)}, out_dim={self.out_dim}{extra})"
         )

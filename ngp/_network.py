@@ -151,7 +151,8 @@ class Network(Serial):
         return hash((type(self).__name__, self.steps, self.in_dim))
 
     def __repr__(self):
-        return "serial(" + ", ".join(repr(s) for s in self.steps) + ")"
+        tail = "" if self.in_dim is None else f", in_dim={self.in_dim}"
+        return "serial(" + ", ".join(repr(s) for s in self.steps) + tail + ")"
 
 
 def serial(*steps: Step, in_dim: int | None = None) -> Network:

@@ -95,3 +95,14 @@ def test_sampler_refuses_overflowing_networks():
     net = ngp.MLP(3, 4, activation="relu")
     with pytest.raises(ValueError, match="^X: 2 of 2 sampled networks have non-finite outputs"):
         ngp.sample_networks(net, 1e200 * np.ones((1, 2)), 2)
+
+
+def test_networks_that_compare_unequal_have_different_reprs():
+    """MLP(2, 16), MLP(2, 16, lambda_W=0.5) and MLP(2, 16, in_dim=2) printed the same repr (lambda_W changes the NTK
+    and training) and serial(..., in_dim=2) left in_dim out."""
+    nets = [ngp.MLP(2, 16), ngp.MLP(2, 16, lambda_W=0.5), ngp.MLP(2, 16, lambda_b=[2.0, 1.0]), ngp.MLP(2, 16, in_dim=2),
+            ngp.MLP(2, 16, parameterization="mup")]
+    assert len({repr(n) for n in nets}) == len(nets)
+    steps = (ngp.Dense(4), ngp.Elementwise("tanh"), ngp.Dense(1))
+    with_dim = repr(ngp.serial(*steps, in_dim=2))
+    assert with_dim != repr(ngp.serial(*steps)) and "in_dim=2" in with_dim
