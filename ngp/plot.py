@@ -250,10 +250,12 @@ def plot_phase_diagram(activation, *, C_b: tuple[float, float] = (0.0, 1.0), C_W
     point = cr.critical_point(act)
     title = f"{act.name}: "
     if point.exists:
-        ax.plot([point.C_b], [point.C_W], marker="*", ms=14, color="gold", mec="k",
-                label=f"critical ({point.universality_class})", linestyle="none")
-        ax.legend(loc="upper right", fontsize="small")
-        title += f"critical $(C_b, C_W) = ({point.C_b:.4g}, {point.C_W:.4g})$"
+        inside = cb_lo <= point.C_b <= cb_hi and cw_lo <= point.C_W <= cw_hi
+        if inside:  # outside the ranges the star was drawn off the axes while the legend still named it
+            ax.plot([point.C_b], [point.C_W], marker="*", ms=14, color="gold", mec="k",
+                    label=f"critical ({point.universality_class})", linestyle="none")
+            ax.legend(loc="upper right", fontsize="small")
+        title += f"critical $(C_b, C_W) = ({point.C_b:.4g}, {point.C_W:.4g})$" + ("" if inside else ", outside")
     else:
         title += "no critical point"
     ax.set_xlim(cb_lo, cb_hi)

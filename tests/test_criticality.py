@@ -300,6 +300,13 @@ def test_kinked_callables_of_the_relu_family_are_scale_invariant(fn, ap, am):
     assert abs(p.C_W - 1 / A2) < 1e-14 / A2 and abs(p.vertex_slope - (3 * A4 / A2**2 - 1)) < 1e-12
 
 
+def test_a_constant_activation_is_said_to_be_constant():
+    """An all-zero activation's reason said its Gaussian averages overflow everywhere (chi_par/chi_perp was 0/0)."""
+    for fn in (lambda x: 0.0 * x, lambda x: 0.0 * x + 2.0):
+        p = cr.critical_point(ngp.activation(fn, name="const"))
+        assert not p.exists and "constant" in p.reason and "overflow" not in p.reason
+
+
 def test_kinked_callable_outside_the_family_is_searched_without_error():
     """A kinked callable off the family (a second kink at z = 1) raised brentq's "f(a) and f(b) must have different
     signs": the grid and the refinement used different rules, whose values differ in sign near a root."""

@@ -77,6 +77,12 @@ def test_plot_phase_diagram(tmp_path):
     out = plot.plot_phase_diagram("relu", C_b=(0.0, 0.5), C_W=(1.0, 3.0), resolution=12, depth=10,
                                   quantity="K", ax=ax)
     assert out is fig and _saved(fig, tmp_path / "phase_relu.png")
+    # swish's critical point (C_b = 0.555) outside the C_b range: no star off the axes, no legend naming it
+    fig = plot.plot_phase_diagram("swish", C_b=(0.0, 0.3), resolution=6, depth=5)
+    ax = fig.axes[0]
+    assert not [ln for ln in ax.lines if ln.get_marker() == "*"] and ax.get_legend() is None
+    assert ax.get_title().endswith(", outside")
+    plt.close("all")
 
 
 @pytest.mark.parametrize(
