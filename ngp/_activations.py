@@ -451,9 +451,10 @@ def _rebuild(fields: tuple) -> Activation:
 
 def _check_callable(act: Activation) -> None:
     """Reject callables that are not elementwise or not finite, and kinked ones claimed smooth."""
-    if isinstance(act.fn, np.ufunc):  # not traceable; and jax.jit of a NumPy ufunc, retried, crashes the process
+    if isinstance(act.fn, np.ufunc) or str(getattr(act.fn, "__module__", "")).split(".")[0] == "numpy":
+        # not traceable; and jax.jit of a NumPy function (np.tanh, np.sinc), retried, crashes the process
         raise TypeError(f"activation: {act.name!r} is a NumPy function; it must be JAX-traceable (use jax.numpy's, "
-                        f"e.g. jnp.{act.fn.__name__})")
+                        f"e.g. jnp.{getattr(act.fn, '__name__', 'tanh')})")
     x = device(np.linspace(-3.0, 3.0, 13))  # steps of 0.5
     fn = jax.jit(act.fn)  # one compilation serves every check below
     try:

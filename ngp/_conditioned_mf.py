@@ -144,8 +144,9 @@ class MatrixFreeConditioned(Conditioned):
         ``(a + b * hidden layers)`` bytes per entry of the training x training block (:data:`BYTES_PER_ENTRY`),
         :data:`BYTES_PER_TEST_ENTRY` per entry of the training x test block, and for each output beyond the first
         :data:`BYTES_PER_OUTPUT_ROW` per training and per test row: a model measured over 250-1500 training
-        points, 10-1000 test points, 1-16 outputs and depths 3 and 5 (``docs/matrix-free.md``, "Memory"). JAX's
-        runtime and the compilation at new shapes (~1.1 GB in all at the first run of a process) are not counted."""
+        points, 10-1000 test points, 1-16 outputs (4-16 for the outputs' term) and depths 3 and 5
+        (``docs/matrix-free.md``, "Memory"). JAX's runtime and the compilation at new shapes (~1.1 GB in all at the
+        first run of a process) are not counted."""
         n_test = count(n_test, "n_test", minimum=0, what="a non-negative integer")
         NA, outs = self.Y_train.shape
         a, b = BYTES_PER_ENTRY

@@ -113,7 +113,8 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
         noise = nonneg_float(noise, "noise")
         if not isinstance(XA, jax.core.Tracer):
             refuse_duplicates(XA, noise, jitter, "the log evidence is -inf or undefined")
-    if finite_width and not jax.config.jax_enable_x64:  # traced in a float32 session (concrete calls run in float64)
+    if finite_width and net.n_last is not None and not jax.config.jax_enable_x64:  # traced in a float32 session
+        # (concrete calls run in float64; a Gaussian network has no 1/n terms)
         raise ValueError("finite_width: under jax.grad/jax.jit in a float32 session the finite-width evidence is NaN "
                          "(its four-point term needs float64; the float64 scope cannot reach the caller's "
                          "transformation): call jax.config.update('jax_enable_x64', True) first, or use "
@@ -185,15 +186,18 @@ def _evidence(cumulants, Y, noise, jitter):
     ``None``, else the finite-width one."""
     K, K1, V, n = cumulants
     NA, nL = Y.shape
-    L = jnp.linalg.cholesky(K + (noise + jitter) * jnp.eye(NA))
+    traced = any(isinstance(v, jax.core.Tracer) for v in (K, K1, V, Y, noise, jitter))
+    L = jnp.linalg.cholesky(K + (noise + jitter) * jnp.eye(NA)) if K1 is None or traced else None
     if K1 is None:
         yt = jax.scipy.linalg.cho_solve((L, True), Y)
         logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
         value = -0.5 * jnp.sum(Y * yt) - 0.5 * nL * (logdet + NA * math.log(2 * math.pi))
     else:
         value = finite_width_log_evidence(K, K1, V, Y, noise, n, jitter)
-    if isinstance(value, jax.core.Tracer):  # no refusal under a trace: NaN where a concrete call refuses (a jitted
-        # call on duplicates with noise 0 gave a finite value set by rounding); the pivots bound the conditioning
+    if traced:  # no refusal under a trace: NaN where the Cholesky pivots show a conditioning below RCOND_MIN (a jitted
+        # call on duplicates with noise 0 gave a finite value set by rounding); weaker than the concrete call's check
+        # (the pivots' ratio is at least the reciprocal condition number: ~20x it on near-duplicate inputs), so a
+        # kernel the concrete call refuses may still give a value here
         d = jnp.diagonal(L) ** 2
         value = jnp.where(jnp.min(d) > RCOND_MIN * jnp.max(d), value, jnp.nan)
     return value

@@ -46,7 +46,7 @@ import numpy as np
 
 from ._activations import Activation
 from ._gaussian import auto_orders, expect_1d, gauss_hermite, hermite_coefficients, hermite_tables, mehler_series
-from ._validate import RCOND_MIN, check_x64, device
+from ._validate import MAX_WIDTH, RCOND_MIN, check_x64, count, device
 from ._warnings import ExpansionWarning
 from ._validity import Validity, expansion_validity
 
@@ -767,6 +767,7 @@ class MatrixFreePosterior:
         """
         if self.parts is None:
             raise ValueError("at_width: this result does not carry its width-free parts")
+        n = count(n, "n", maximum=MAX_WIDTH)
         return _assemble(self.parts, n, warn=False, base=self)
 
 
@@ -799,10 +800,11 @@ def _solve(KAA, KBA, kB, K1AA, K1BA, k1B, Y, noise, n):
     gp = dict(mean=gp_mean, var=gp_var, logz=gp_logz)
     k1 = dict(mean=mean_k1, var=var_k1, logz=logz_g)
     # numerically singular Kt (e.g. duplicate inputs with noise = 0): a tiny Cholesky pivot, or a reciprocal condition
-    # number (1-norm, from the inverse: O(N^2)) at most RCOND_MIN, where the exact path's (2-norm) refuses too
+    # number in the 1-norm (from the inverse: O(N^2)) at most RCOND_MIN / N, where the 2-norm one, which the exact path
+    # checks, is at most RCOND_MIN too (rcond_2 <= N rcond_1 for a symmetric matrix): never refused where it accepts
     piv = jnp.diagonal(Lc) ** 2
     rcond = 1.0 / (jnp.max(jnp.sum(jnp.abs(KAA + noise * eye), axis=0)) * jnp.max(jnp.sum(jnp.abs(Kinv), axis=0)))
-    ok = (jnp.all(jnp.isfinite(Lc)) & (jnp.min(piv) > RCOND_MIN * jnp.sum(piv)) & (rcond > RCOND_MIN),
+    ok = (jnp.all(jnp.isfinite(Lc)) & (jnp.min(piv) > RCOND_MIN * jnp.sum(piv)) & (rcond > RCOND_MIN / NA),
           jnp.all(jnp.isfinite(Gc)))
     return glob, gp, k1, ok
 
@@ -896,8 +898,8 @@ def matrix_free_posterior(act: Activation, kernels, C_W, C_b, widths, Y, *, nois
     if not bool(ok[0]):
         raise np.linalg.LinAlgError(
             f"matrix_free_posterior: K_train + noise I is numerically singular (a Cholesky pivot <= {RCOND_MIN:g} "
-            f"x trace, or a reciprocal condition number <= {RCOND_MIN:g}; duplicate training inputs?); use noise > 0 "
-            "or remove duplicate inputs")
+            f"x trace, or a reciprocal condition number <= {RCOND_MIN:g} / N_train; duplicate training inputs?); use "
+            "noise > 0 or remove duplicate inputs")
     if not bool(ok[1]):
         raise np.linalg.LinAlgError(
             "matrix_free_posterior: K_train + K1_train/n + noise I is not positive definite; the 1/n "

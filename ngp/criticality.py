@@ -91,8 +91,8 @@ K_ACCURATE = (_LADDER[-1] - _NODES_MIN) / _NODES_PER_K
 #: Largest variance accepted by the composite rule used above ``K_ACCURATE`` (its node count grows
 #: like ``sqrt(K)``: 1.6e5 nodes at ``K = 1e6``).
 K_MAX = 1e8
-#: Smallest variance accepted (``<sigma^4>`` and the vertex are of order ``K^2``, which underflow below ~1e-150).
-K_MIN = 1e-100
+#: Smallest variance accepted (``<sigma^4>`` and the vertex are of order ``K^2``, which underflows below ~1.5e-154).
+K_MIN = 1e-150
 #: Composite rule above ``K_ACCURATE``: Gauss-Legendre nodes per panel, smallest and largest panel
 #: width (in ``z``), geometric growth of the panel width with ``|z|``, and the range in standard deviations.
 _PANEL_NODES, _PANEL_MIN, _PANEL_MAX, _PANEL_GROWTH, _RANGE_SD = 16, 0.25, 2.0, 0.25, 10.0
@@ -122,7 +122,7 @@ def _as_variance(K, name: str = "K") -> np.ndarray:
         raise ValueError(f"{name}: the pre-activation variance must be > 0, got min {float(np.min(arr))}")
     if np.any(arr < K_MIN):
         raise ValueError(f"{name}: variance {float(np.min(arr)):.3g} < {K_MIN:g}, where averages of order K^2 "
-                         "(<sigma^4>, the vertex) underflow float64; use K >= 1e-100")
+                         "(<sigma^4>, the vertex) underflow float64; use K >= 1e-150")
     return arr
 
 
@@ -166,38 +166,51 @@ def _moment_core(act: Activation, m: int) -> Callable:
     return moments
 
 
-#: Below this variance a smooth activation's ``g''`` comes from ``<(sigma^2)^(4)> / 4`` (derivatives by autodiff)
-#: instead of the Hermite form ``<sigma^2 He_4> / (4 K^2)``, whose sum of terms of order ``K`` cancels to order
-#: ``K^2``: relative error ~1.5e-16 / K (tanh: 1.5e-10 at K = 1e-6, 1.5e-6 at 1e-10; against mpmath).
+#: Below this variance a smooth activation's ``g''`` comes from ``<(sigma^2)^(4)> / 4`` (derivatives by autodiff;
+#: :func:`_g2_small_core`) instead of the Hermite form ``<sigma^2 He_4> / (4 K^2)``, whose sum of terms of order ``K``
+#: cancels to order ``K^2``: relative error ~1.5e-16 / K (tanh: 1.5e-10 at K = 1e-6, 1.5e-6 at 1e-10; against
+#: mpmath). Only the variances below it run the derivatives (they cost 2-5x the averages' time).
 _G2_DERIVATIVE_K = 1e-2
 
 
-def _weighted_moments(act: Activation) -> Callable:
+def _weighted_moments(act: Activation, cut: bool = False) -> Callable:
     """Pure ``(K (B,), x (B, M), w (B, M)) -> (g, g', g'', <sigma^4>, <sigma'^2>)``: the averages over
-    ``z = sqrt(K) x`` with the rule ``(x, w)`` for the standard normal in ``x`` (per variance)."""
+    ``z = sqrt(K) x`` with the rule ``(x, w)`` for the standard normal in ``x`` (per variance). ``cut``: a fourth
+    argument ``wc`` (B, M), other weights on the same nodes, and three more outputs, ``g``, ``<sigma^4>``,
+    ``<sigma'^2>`` under them (the composite rule's range check, :func:`_moments_composite`)."""
     d1 = act.derivative(1)
-    derivative_form = act.smooth and act.relu_slopes is None
-    if derivative_form:
-        d2, d3, d4 = (act.derivative(k) for k in (2, 3, 4))
 
-    def weighted(K, x, w):
+    def weighted(K, x, w, wc=None):
         z = jnp.sqrt(K)[:, None] * x
-        s = act.fn(z)
-        s2 = s**2
+        s2 = act.fn(z) ** 2
         he2 = x * x - 1.0
         he4 = x**4 - 6.0 * x * x + 3.0
-        g = jnp.sum(s2 * w, axis=1)
-        g1 = jnp.sum(s2 * he2 * w, axis=1) / (2.0 * K)
-        g2 = jnp.sum(s2 * he4 * w, axis=1) / (4.0 * K * K)
-        p1 = d1(z)
-        if derivative_form:  # (s^2)^(4) = 2 s s^(4) + 8 s' s^(3) + 6 s''^2: no cancellation at small K
-            g2d = 0.25 * jnp.sum((2.0 * s * d4(z) + 8.0 * p1 * d3(z) + 6.0 * d2(z) ** 2) * w, axis=1)
-            g2 = jnp.where(K < _G2_DERIVATIVE_K, g2d, g2)
-        s4 = jnp.sum(s2 * s2 * w, axis=1)
-        sp2 = jnp.sum(p1**2 * w, axis=1)
-        return g, g1, g2, s4, sp2
+        p2 = d1(z) ** 2
+        out = (jnp.sum(s2 * w, axis=1), jnp.sum(s2 * he2 * w, axis=1) / (2.0 * K),
+               jnp.sum(s2 * he4 * w, axis=1) / (4.0 * K * K), jnp.sum(s2 * s2 * w, axis=1), jnp.sum(p2 * w, axis=1))
+        if wc is None:
+            return out
+        return out + (jnp.sum(s2 * wc, axis=1), jnp.sum(s2 * s2 * wc, axis=1), jnp.sum(p2 * wc, axis=1))
 
-    return weighted
+    return weighted if cut else (lambda K, x, w: weighted(K, x, w))
+
+
+def _g2_small_core(act: Activation, m: int) -> Callable:
+    """Pure ``K (B,) -> g''(K)`` from ``<2 s s^(4) + 8 s' s^(3) + 6 s''^2> / 4`` with ``m`` nodes (smooth activations,
+    small variances: :data:`_G2_DERIVATIVE_K`)."""
+    x, w = (device(t) for t in _rule(m))
+    s, d1, d2, d3, d4 = (act.derivative(k) for k in range(5))
+
+    def g2(K):
+        z = jnp.sqrt(K)[:, None] * x
+        return 0.25 * jnp.sum((2.0 * s(z) * d4(z) + 8.0 * d1(z) * d3(z) + 6.0 * d2(z) ** 2) * w, axis=1)
+
+    return g2
+
+
+@functools.lru_cache(maxsize=64)
+def _g2_small_jit(keyed: "_Keyed", m: int) -> Callable:
+    return jax.jit(_g2_small_core(keyed.act, m))
 
 
 def _panel_edges(K: float) -> np.ndarray:
@@ -225,13 +238,14 @@ def _composite_rule(K: float) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=32)
 def _weighted_jit(keyed: "_Keyed") -> Callable:
-    return jax.jit(_weighted_moments(keyed.act))
+    return jax.jit(_weighted_moments(keyed.act, cut=True))
 
 
-#: The composite rule's averages are checked against the same rule cut at this many standard deviations: where
-#: the averages of positive integrands differ by more than :data:`_CONTAINED_RTOL` relative, the average's mass is not within the rule's range
-#: (an activation growing like ``exp``: its average at ``K`` peaks near ``z = 2K``) and the values are NaN.
-_CONTAINED_SD, _CONTAINED_RTOL = 8.0, 1e-8
+#: The composite rule's averages are checked against the same rule cut at this many standard deviations: where the
+#: averages of positive integrands differ by more than :data:`_CONTAINED_RTOL` relative, the average's mass is not
+#: within the rule's range (an activation growing like ``exp``: its average at ``K`` peaks near ``z = 2K``) and the
+#: values are NaN. Polynomials pass (``x^3``: ``<sigma^4> ~ <z^12>`` loses ~3e-12 beyond 9 standard deviations).
+_CONTAINED_SD, _CONTAINED_RTOL = 9.0, 1e-8
 
 
 def _moments_composite(act: Activation, K: np.ndarray) -> tuple:
@@ -243,52 +257,80 @@ def _moments_composite(act: Activation, K: np.ndarray) -> tuple:
     w = np.zeros((K.size, M))
     for i, (xi, wi) in enumerate(rules):
         x[i, :xi.size], w[i, :wi.size] = xi, wi
-    fn = _weighted_jit(_Keyed(act))
-    full = [np.asarray(v) for v in fn(device(K), device(x), device(w))]
-    cut = [np.asarray(v) for v in fn(device(K), device(x), device(np.where(np.abs(x) <= _CONTAINED_SD, w, 0.0)))]
+    wc = np.where(np.abs(x) <= _CONTAINED_SD, w, 0.0)
+    out = [np.asarray(v) for v in _weighted_jit(_Keyed(act))(device(K), device(x), device(w), device(wc))]
+    full, cut = out[:5], out[5:]
     with np.errstate(all="ignore"):
         # the averages of positive integrands (g, <sigma^4>, <sigma'^2>; g' and g'' cancel to ~0 in places)
-        lost = np.any([np.abs(full[k] - cut[k]) > _CONTAINED_RTOL * np.abs(full[k]) for k in (0, 3, 4)], axis=0)
+        lost = np.any([np.abs(full[k] - c) > _CONTAINED_RTOL * np.abs(full[k]) for k, c in zip((0, 3, 4), cut)],
+                      axis=0)
     return tuple(np.where(lost, np.nan, v) for v in full)
 
 
 class _Keyed:
     """Hashable wrapper of an activation for the compilation caches.
 
-    Two activations share compiled code when they have the same name, smoothness and
-    function: the same function object, or the same code object whose every free value (closure
-    cells, defaults, and the globals its code names) is a module or a plain constant and equal (so a
-    ``lambda x: jnp.tanh(x)`` written again hits the same entry, while ``lambda x: jnp.tanh(s * x)`` in a loop
-    over a global ``s`` does not: it was given the first ``s``'s results). Any other free value (a function, an
-    array, a mutable object) keys on the function object itself.
+    Two activations share compiled code when they have the same name, smoothness and function key
+    (:func:`_fn_key`): the same code object with the same free values (closure cells, defaults and the globals its
+    code reads), a module or a constant compared by value, a function by its own key (three levels deep), anything
+    else by identity. So a ``lambda x: jnp.tanh(x)`` written again hits the same entry, while ``lambda x: jnp.tanh(s *
+    x)`` over a global ``s`` rebound in a loop (a number or an array) does not: it was given the first ``s``'s
+    results. An array changed in place is not seen.
     """
 
     __slots__ = ("act", "key")
 
     def __init__(self, act: Activation):
         self.act = act
-        fn = act.fn
-        code = getattr(fn, "__code__", None)
-        key = (act.name, act.smooth, fn)
-        if code is not None:
-            try:
-                cells = tuple(c.cell_contents for c in (fn.__closure__ or ()))
-                glob = getattr(fn, "__globals__", {})
-                named = tuple((g, glob[g]) for g in sorted(_code_names(code)) if g in glob)
-                free = cells + tuple(fn.__defaults__ or ()) + tuple(v for _, v in named)
-                if all(_plain(v) for v in free):
-                    candidate = (act.name, act.smooth, code, cells, fn.__defaults__, named)
-                    hash(candidate)
-                    key = candidate
-            except (TypeError, ValueError):  # unhashable values, empty cells
-                pass
-        self.key = key
+        try:
+            key = _fn_key(act.fn, 3)
+            hash(key)
+        except (TypeError, ValueError):  # unhashable constants, empty cells
+            key = _Same(act.fn)
+        self.key = (act.name, act.smooth, key)
 
     def __hash__(self):
         return hash(self.key)
 
     def __eq__(self, other):
         return isinstance(other, _Keyed) and self.key == other.key
+
+
+class _Same:
+    """A value compared by identity (held, so that its id is not reused)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __hash__(self):
+        return id(self.value)
+
+    def __eq__(self, other):
+        return isinstance(other, _Same) and other.value is self.value
+
+
+def _fn_key(fn, depth: int):
+    """What a function computes with: its code and the keys (:func:`_value_key`) of its free values."""
+    code = getattr(fn, "__code__", None)
+    if code is None or depth < 0:
+        return _Same(fn)
+    glob = getattr(fn, "__globals__", {})
+    return (code,
+            tuple(_value_key(c.cell_contents, depth) for c in (fn.__closure__ or ())),
+            tuple(_value_key(d, depth) for d in (fn.__defaults__ or ())),
+            tuple((g, _value_key(glob[g], depth)) for g in sorted(_code_names(code)) if g in glob))
+
+
+def _value_key(v, depth: int):
+    """A module or an immutable constant by value, a Python function by :func:`_fn_key` one level down, anything
+    else (arrays, objects, compiled functions) by identity."""
+    if _plain(v):
+        return v
+    if isinstance(v, types.FunctionType):
+        return _fn_key(v, depth - 1)
+    return _Same(v)
 
 
 def _code_names(code) -> set:
@@ -361,6 +403,12 @@ def _moments(act: Activation, K: np.ndarray, *, nodes: int | None = None, check:
             vals = fn(device(Kb))
             for key, v in zip(keys, vals):
                 out[key][part] = np.asarray(v)[: len(part)]
+        tiny = idx[flat[idx] < _G2_DERIVATIVE_K] if act.smooth else idx[:0]
+        for start in range(0, len(tiny), _BATCH):  # g'' by the derivative form (no cancellation) at small variances
+            part = tiny[start:start + _BATCH]
+            Kb = np.full(_BATCH, _G2_DERIVATIVE_K / 2)
+            Kb[: len(part)] = flat[part]
+            out["g2"][part] = np.asarray(_g2_small_jit(_Keyed(act), m)(device(Kb)))[: len(part)]
     res = {k: v.reshape(K.shape) for k, v in out.items()}
     if check and not all(np.all(np.isfinite(v)) for v in res.values()):
         raise FloatingPointError(
@@ -563,7 +611,6 @@ def _half_stable_roots(act: Activation, k_range: tuple[float, float]) -> tuple[l
     return roots, (None if np.all(finite) else grid[finite])
 
 
-@float64
 def _piecewise_linear_slopes(act: Activation) -> tuple[float, float] | None:
     """``(a_+, a_-)`` when ``act`` equals ``a_+ z Theta(z) + a_- z Theta(-z)`` (to 1e-12 relative) at 26 points
     ``|z|`` in ``[1e-3, 1e3]`` of either sign, else ``None``."""
@@ -578,6 +625,7 @@ def _piecewise_linear_slopes(act: Activation) -> tuple[float, float] | None:
     return (ap, am) if np.all(np.abs(y - model) <= 1e-12 * np.abs(model) + 1e-300) else None
 
 
+@float64
 def critical_point(activation, *, K_range: tuple[float, float] = K_SEARCH) -> CriticalPoint:
     """Critical initialisation ``(C_b, C_W)``, fixed point ``K*`` and universality class.
 
@@ -813,17 +861,22 @@ def _flow_closed(act, C_W, C_b, K0, depth):
 _CHUNK = 512
 
 
-def _flow_fn(act: Activation, m: int) -> Callable:
-    return _flow_jit(_Keyed(act), m)
+def _flow_fn(act: Activation, m: int, small: bool = False) -> Callable:
+    return _flow_jit(_Keyed(act), m, small)
 
 
 @functools.lru_cache(maxsize=32)
-def _flow_jit(keyed: _Keyed, m: int) -> Callable:
+def _flow_jit(keyed: _Keyed, m: int, small: bool = False) -> Callable:
+    """The flow's compiled chunk; ``small``: ``g''`` by the derivative form below :data:`_G2_DERIVATIVE_K` (only the
+    branch a layer needs runs)."""
     moments = _moment_core(keyed.act, m)
+    g2_small = _g2_small_core(keyed.act, m) if small else None
 
     def step(carry, _):
         K, V, K1, C_W, C_b = carry
         g, g1, g2, s4, sp2 = (v[0] for v in moments(K[None]))
+        if g2_small is not None:
+            g2 = jax.lax.cond(K < _G2_DERIVATIVE_K, lambda: g2_small(K[None])[0], lambda: g2)
         cpar, cperp = C_W * g1, C_W * sp2
         nxt = (C_b + C_W * g, C_W**2 * (s4 - g * g) + cpar**2 * V, cpar * K1 + 0.5 * C_W * g2 * V, C_W, C_b)
         return nxt, jnp.stack([K, V, K1, cpar, cperp])
@@ -851,6 +904,9 @@ def _flow_quadrature(act, C_W, C_b, K0, depth):
             if m_need <= m:
                 break
             m = m_need
+        if act.smooth and ks.size and np.min(ks) < _G2_DERIVATIVE_K:  # again, with g'' free of cancellation there
+            carry, out = _flow_fn(act, m, True)(state)
+            out = np.asarray(out).T
         chunks.append(out)
         state = carry
         done += _CHUNK
