@@ -134,6 +134,7 @@ class MatrixFreeConditioned(Conditioned):
 
     # ------------------------------------------------------------------ estimator runs
     @functools.cached_property
+    @float64  # the estimator's arrays in float64 in a float32 session (its kernels are JAX): here and in _run
     def _solve(self):
         act, C_W, C_b, _ = self._spec
         KAA = np.asarray(mf.kernel_blocks(act, self.X_train, self.X_train[:1], C_W, C_b)[-1][0])
@@ -165,6 +166,7 @@ class MatrixFreeConditioned(Conditioned):
                 "N_train x (N_train + N_test)): use fewer training points, predict in batches (batch_size), or raise "
                 "max_memory if the machine has the memory")
 
+    @float64
     def _run(self, XB) -> "mf.MatrixFreePosterior":
         key = XB.tobytes() + str(XB.shape).encode()
         if key not in self._runs:
@@ -199,7 +201,6 @@ class MatrixFreeConditioned(Conditioned):
         return self._run(self.X_train[:1])
 
     @functools.cached_property
-    @float64
     def log_evidence(self) -> float:
         """Finite-width log marginal likelihood of all targets, to ``O(1/n)`` (Monte-Carlo estimate): from a kept
         prediction's estimator run (every run has the same training side); before any prediction, from a run of its
@@ -211,12 +212,10 @@ class MatrixFreeConditioned(Conditioned):
         return float(run.log_evidence)
 
     @functools.cached_property
-    @float64
     def log_evidence_se(self) -> float:
         return float(self._train_run().log_evidence_se)
 
     @property
-    @float64
     def validity(self) -> Validity:
         return self._train_run().validity
 
@@ -243,7 +242,6 @@ class MatrixFreeConditioned(Conditioned):
         return new if self._scale is None else new.with_width(self._scale)
 
     # ------------------------------------------------------------------ prediction
-    @float64
     def predict(self, X_test, *, full_cov: bool = False, batch_size: int | None = None,
                 stop=None) -> FiniteWidthPosterior:
         """Posterior mean and marginal variances at test inputs, with standard errors.

@@ -31,7 +31,7 @@ from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
 from ._validate import (RCOND_MIN, as_inputs, as_targets, check_seed, count, device, flag, float64, nonneg_float,
                         per_layer, positive_float, real, warn)
-from ._validity import EVIDENCE_MAX, evidence_validity
+from ._validity import EVIDENCE_MAX, evidence_validity, untrusted_message
 from ._warnings import ConvergenceWarning, CostWarning, ExpansionWarning
 
 __all__ = ["log_evidence", "fit_hyperparameters", "HyperFit", "with_hyperparameters"]
@@ -137,9 +137,7 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
         validity = evidence_validity(float(value), float(_evidence(cumulants[:1] + (None, None, None), Y, noise,
                                                                    jitter)))
         if not validity.trusted:
-            warn(f"log_evidence: the first-order (1/n) terms are not small ({'; '.join(validity.reasons)}); the "
-                 f"finite-width value is not reliable at width {cumulants[3]} (docs/validity.md): widen the network, "
-                 "add noise, or standardise the targets to the prior's output scale (warn=False silences this)",
+            warn(untrusted_message("log_evidence", validity, cumulants[3]) + " (warn=False silences this)",
                  ExpansionWarning)
     return value
 

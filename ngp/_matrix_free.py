@@ -780,7 +780,8 @@ def _solve(KAA, KBA, kB, K1AA, K1BA, k1B, Y, noise, n):
     """GP posterior, the exact ``K1`` terms and the training-space objects of the estimators."""
     NA, nL = Y.shape
     eye = jnp.eye(NA)
-    Lc = jnp.linalg.cholesky(KAA + noise * eye)
+    Kt = KAA + noise * eye
+    Lc = jnp.linalg.cholesky(Kt)
     Linv = jax.scipy.linalg.solve_triangular(Lc, eye, lower=True)
     Kinv = Linv.T @ Linv
     yt = Kinv @ Y
@@ -803,7 +804,7 @@ def _solve(KAA, KBA, kB, K1AA, K1BA, k1B, Y, noise, n):
     # number in the 1-norm (from the inverse: O(N^2)) at most RCOND_MIN / N, where the 2-norm one, which the exact path
     # checks, is at most RCOND_MIN too (rcond_2 <= N rcond_1 for a symmetric matrix): never refused where it accepts
     piv = jnp.diagonal(Lc) ** 2
-    rcond = 1.0 / (jnp.max(jnp.sum(jnp.abs(KAA + noise * eye), axis=0)) * jnp.max(jnp.sum(jnp.abs(Kinv), axis=0)))
+    rcond = 1.0 / (jnp.max(jnp.sum(jnp.abs(Kt), axis=0)) * jnp.max(jnp.sum(jnp.abs(Kinv), axis=0)))
     ok = (jnp.all(jnp.isfinite(Lc)) & (jnp.min(piv) > RCOND_MIN * jnp.sum(piv)) & (rcond > RCOND_MIN / NA),
           jnp.all(jnp.isfinite(Gc)))
     return glob, gp, k1, ok

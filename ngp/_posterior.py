@@ -36,7 +36,7 @@ from ._prior import MAX_MEMORY, reuse_four_point, reuse_jacobians
 from ._validate import MAX_WIDTH, as_inputs, check_stop, count, device, flag, float64, train_test, warn
 from ._warnings import AccuracyWarning, ExpansionWarning
 from ._validity import (NUMERICAL_NEGLIGIBLE, NUMERICAL_WARN, Validity, clip_rounding, evidence_validity,
-                        posterior_validity, predictive_variance)
+                        posterior_validity, predictive_variance, untrusted_message)
 from ._vertex_error import component_errors, k1_error_packed
 
 __all__ = ["FiniteWidthPosterior", "Conditioned", "GPConditioned", "finite_width_log_evidence"]
@@ -263,12 +263,7 @@ class Conditioned:
 
     def _warn_validity(self, validity: Validity, what: str) -> None:
         if not validity.trusted and self.options.get("warn", True):
-            warn(
-                f"{what}: the first-order (1/n) terms are not small ({'; '.join(validity.reasons)}); the "
-                f"finite-width result is not reliable at width {self.n} (docs/validity.md): widen the network, "
-                "add noise, or standardise the targets to the prior's output scale",
-                ExpansionWarning,
-            )
+            warn(untrusted_message(what, validity, self.n), ExpansionWarning)
 
     @property
     @float64

@@ -33,6 +33,7 @@ __all__ = [
     "posterior_validity",
     "evidence_validity",
     "expansion_validity",
+    "untrusted_message",
     "MEAN_SHIFT_MAX",
     "VAR_CHANGE_MAX",
     "EVIDENCE_MAX",
@@ -210,3 +211,10 @@ def expansion_validity(eps: float, eta: float, eta_se: float = 0.0, *, eps_max: 
     checks = (("eps = max|V|/(nK^2)", eps, eps_max, ""),
               ("eta = Var[log p(y | network)]", eta, eta_max, f"(+- {eta_se:.2g})"))
     return _judge(None, None, None, negative_variance, checks, eps=eps, eta=eta, eta_se=eta_se)
+
+
+def untrusted_message(what: str, validity: "Validity", n) -> str:
+    """The warning text for a first-order result ``what`` that ``validity`` does not trust, at width ``n``."""
+    return (f"{what}: the first-order (1/n) terms are not small ({'; '.join(validity.reasons)}); the finite-width "
+            f"result is not reliable at width {n} (docs/validity.md): widen the network, add noise, or standardise the "
+            "targets to the prior's output scale")

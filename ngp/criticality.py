@@ -173,11 +173,11 @@ def _moment_core(act: Activation, m: int) -> Callable:
 _G2_DERIVATIVE_K = 1e-2
 
 
-def _weighted_moments(act: Activation, cut: bool = False) -> Callable:
-    """Pure ``(K (B,), x (B, M), w (B, M)) -> (g, g', g'', <sigma^4>, <sigma'^2>)``: the averages over
-    ``z = sqrt(K) x`` with the rule ``(x, w)`` for the standard normal in ``x`` (per variance). ``cut``: a fourth
-    argument ``wc`` (B, M), other weights on the same nodes, and three more outputs, ``g``, ``<sigma^4>``,
-    ``<sigma'^2>`` under them (the composite rule's range check, :func:`_moments_composite`)."""
+def _weighted_moments(act: Activation) -> Callable:
+    """Pure ``(K (B,), x (B, M), w (B, M)[, wc (B, M)]) -> (g, g', g'', <sigma^4>, <sigma'^2>)``: the averages over
+    ``z = sqrt(K) x`` with the rule ``(x, w)`` for the standard normal in ``x`` (per variance); with ``wc``, other
+    weights on the same nodes, three more outputs, ``g``, ``<sigma^4>``, ``<sigma'^2>`` under them (the composite
+    rule's range check, :func:`_moments_composite`)."""
     d1 = act.derivative(1)
 
     def weighted(K, x, w, wc=None):
@@ -192,7 +192,7 @@ def _weighted_moments(act: Activation, cut: bool = False) -> Callable:
             return out
         return out + (jnp.sum(s2 * wc, axis=1), jnp.sum(s2 * s2 * wc, axis=1), jnp.sum(p2 * wc, axis=1))
 
-    return weighted if cut else (lambda K, x, w: weighted(K, x, w))
+    return weighted
 
 
 def _g2_small_core(act: Activation, m: int) -> Callable:
@@ -238,7 +238,7 @@ def _composite_rule(K: float) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=32)
 def _weighted_jit(keyed: "_Keyed") -> Callable:
-    return jax.jit(_weighted_moments(keyed.act, cut=True))
+    return jax.jit(_weighted_moments(keyed.act))
 
 
 #: The composite rule's averages are checked against the same rule cut at this many standard deviations: where the
@@ -394,21 +394,11 @@ def _moments(act: Activation, K: np.ndarray, *, nodes: int | None = None, check:
     # One rung for the whole array (the one its largest variance needs): one compilation.
     m = int(nodes) if nodes is not None else (_nodes(float(np.max(flat[small]))) if small.size else _NODES_MIN)
     if small.size:
-        idx = small
-        fn = _moment_fn(act, m)
-        for start in range(0, len(idx), _BATCH):
-            part = idx[start:start + _BATCH]
-            Kb = np.ones(_BATCH)  # one batch shape per rung: one compilation
-            Kb[: len(part)] = flat[part]
-            vals = fn(device(Kb))
-            for key, v in zip(keys, vals):
-                out[key][part] = np.asarray(v)[: len(part)]
-        tiny = idx[flat[idx] < _G2_DERIVATIVE_K] if act.smooth else idx[:0]
-        for start in range(0, len(tiny), _BATCH):  # g'' by the derivative form (no cancellation) at small variances
-            part = tiny[start:start + _BATCH]
-            Kb = np.full(_BATCH, _G2_DERIVATIVE_K / 2)
-            Kb[: len(part)] = flat[part]
-            out["g2"][part] = np.asarray(_g2_small_jit(_Keyed(act), m)(device(Kb)))[: len(part)]
+        for key, v in zip(keys, _batched(_moment_fn(act, m), flat[small])):
+            out[key][small] = v
+        tiny = small[flat[small] < _G2_DERIVATIVE_K] if act.smooth else small[:0]
+        if tiny.size:  # g'' by the derivative form (no cancellation) at small variances
+            (out["g2"][tiny],) = _batched(lambda Kb: (_g2_small_jit(_Keyed(act), m)(Kb),), flat[tiny])
     res = {k: v.reshape(K.shape) for k, v in out.items()}
     if check and not all(np.all(np.isfinite(v)) for v in res.values()):
         raise FloatingPointError(
@@ -417,6 +407,18 @@ def _moments(act: Activation, K: np.ndarray, *, nodes: int | None = None, check:
             f"beyond the quadrature's {_RANGE_SD:.0f} standard deviations, as exp's does)"
         )
     return res
+
+
+def _batched(fn, Ks: np.ndarray) -> list[np.ndarray]:
+    """``fn``'s outputs (a tuple of ``(B,)`` arrays) at the variances ``Ks`` (1-D), in calls of :data:`_BATCH`
+    variances (the last padded with 1: one batch shape per rung, one compilation)."""
+    parts = []
+    for start in range(0, Ks.size, _BATCH):
+        Kb = np.ones(_BATCH)
+        got = min(_BATCH, Ks.size - start)
+        Kb[:got] = Ks[start:start + got]
+        parts.append([np.asarray(v)[:got] for v in fn(device(Kb))])
+    return [np.concatenate(col) for col in zip(*parts)]
 
 
 def _scalar_or_array(a: np.ndarray):
