@@ -20,7 +20,7 @@ from ._prior import check_options
 from ._posterior import Conditioned, FiniteWidthPosterior, GPConditioned
 from ._steps import Dense, Elementwise, Serial
 from ._validate import (MAX_WIDTH, as_inputs, check_seed, check_stop, count, flag, float64, memory_bytes, pad_to,
-                        train_test, warn)
+                        stop_requested, train_test, warn)
 from ._warnings import ExpansionWarning
 from ._validity import Validity
 
@@ -255,7 +255,7 @@ class MatrixFreeConditioned(Conditioned):
                 training side (cost grows with the number of batches). A shorter last batch is padded to
                 ``batch_size`` (copies of its first point), so every call runs the same compiled programs.
             stop: optional callable ``stop(done) -> bool``, called before each batch after the first with the
-                number of test points predicted so far; when it returns true the prediction ends there and the
+                number of test points predicted so far; when it returns ``True`` the prediction ends there and the
                 posterior covers only those first ``done`` test points (as :meth:`ngp.Conditioned.predict`).
 
         Returns:
@@ -278,7 +278,7 @@ class MatrixFreeConditioned(Conditioned):
         parts = {name: [] for name in names}  # each batch's test rows (the runs themselves are not kept)
         first = None  # the first run's training-side numbers (every run has the same: the same seed)
         for s in range(0, NB, batch_size):
-            if s and stop is not None and stop(s):
+            if s and stop_requested(stop, s):
                 break
             chunk = XB[s:s + batch_size]
             got = chunk.shape[0]

@@ -33,7 +33,8 @@ from ._gaussian import K_ACCURATE
 from ._gp import GPPosterior, gp_from_kernel, gp_log_evidence
 from ._linalg import refuse_duplicates, solve_train
 from ._prior import MAX_MEMORY, reuse_four_point, reuse_jacobians
-from ._validate import MAX_WIDTH, as_inputs, check_stop, count, device, flag, float64, train_test, warn
+from ._validate import (MAX_WIDTH, as_inputs, check_stop, count, device, flag, float64, stop_requested, train_test,
+                        warn)
 from ._warnings import AccuracyWarning, ExpansionWarning
 from ._validity import (NUMERICAL_NEGLIGIBLE, NUMERICAL_WARN, Validity, clip_rounding, evidence_validity,
                         posterior_validity, predictive_variance, untrusted_message)
@@ -197,6 +198,10 @@ class Conditioned:
     def N_train(self) -> int:
         return self.X_train.shape[0]
 
+    def __repr__(self) -> str:
+        shape = f"{self.N_train} training rows x {self.Y_train.shape[1]} outputs"
+        return f"{type(self).__name__}({self.net!r}, {shape}, noise={self.noise:g}, method={self.method!r})"
+
     def memory_estimate(self, n_test: int = 0) -> int:
         """Bytes of the exact path's largest arrays when ``n_test`` test points are predicted in one batch: the
         training vertex (``net.prior(X_train).memory_estimate()``) and the marginal prediction's working memory per
@@ -324,10 +329,11 @@ class Conditioned:
             batch_size: test points per batch for the marginal path (default: half of ``max_memory``
                 over one test point's working memory, ``docs/theory.md``, "Posterior").
             stop: optional callable ``stop(done) -> bool``, called before each batch after the first with
-                the number of test points predicted so far; when it returns true the prediction ends there
-                and the posterior covers only those first ``done`` test points (``mean.shape[0]``). Each
-                batch computes its own vertex components, so a deadline can be kept this way
-                (``docs/posterior.md``, "Predicting against a deadline"). Marginal path only.
+                the number of test points predicted so far; when it returns ``True`` the prediction ends there
+                (answers other than ``True``, ``False`` and ``None`` raise a ``TypeError``) and the posterior
+                covers only those first ``done`` test points (``mean.shape[0]``). Each batch computes its own
+                vertex components, so a deadline can be kept this way (``docs/posterior.md``, "Predicting
+                against a deadline"). Marginal path only.
 
         Returns:
             :class:`FiniteWidthPosterior` (``cov`` is ``None`` unless ``full_cov``).
@@ -400,7 +406,7 @@ class Conditioned:
         Sigma = gp.cov_test.diagonal()
         V1_all, E1_all = [], []
         for start in range(0, NB, batch_size):
-            if start and stop is not None and stop(start):
+            if start and stop_requested(stop, start):
                 NB, iB = start, iB[:start]
                 mean, var, mean_err, var_err = (a[:start] for a in (mean, var, mean_err, var_err))
                 gp = GPPosterior(gp.mean[:start], gp.var[:start], gp.cov_test[:start, :start], gp.log_evidence,
@@ -735,6 +741,9 @@ class GPConditioned:
 
     def __init__(self, parent: Conditioned):
         self._parent = parent
+
+    def __repr__(self) -> str:
+        return f"GPConditioned(of {self._parent!r})"
 
     @property
     def log_evidence(self) -> float:

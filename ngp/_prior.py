@@ -14,7 +14,7 @@ import numpy as np
 
 from ._cumulants import prefill_four_point
 from ._kernel import KERNEL_OPTIONS
-from ._ntk_net import NTKMixin, output_property
+from ._ntk_net import NTKMixin, learning_rates, output_property
 from ._pairs import Pairs
 from ._progress import check_progress
 from ._steps import IDENTITY, Flow
@@ -219,6 +219,8 @@ class Prior(NTKMixin):
     @float64
     def __init__(self, net, X, **options):
         self.options = check_options(options)
+        if self.options.get("lambda_W") is not None or self.options.get("lambda_b") is not None:
+            learning_rates(net, self.options.get("lambda_W"), self.options.get("lambda_b"))  # checked before any work
         self.net = net
         self.X = as_inputs(X, "X", in_dim=getattr(net, "in_dim", None))
         # Work on distinct inputs only: duplicates give identical rows and would make the

@@ -36,6 +36,7 @@ __all__ = [
     "check_seed",
     "flag",
     "check_stop",
+    "stop_requested",
     "per_layer",
     "as_inputs",
     "as_targets",
@@ -181,6 +182,21 @@ def check_stop(stop, full_cov: bool) -> None:
     if full_cov:
         raise ValueError("stop: only for marginal predictions (full_cov=False): the joint covariance needs every "
                          "test point")
+
+
+def stop_requested(stop, done: int) -> bool:
+    """Whether ``predict``'s ``stop`` asks to end after ``done`` test points: ``stop(done)`` must return
+    ``True`` or ``False`` (``None``, a function's implicit return, counts as ``False``); any other answer, such
+    as a truthy ``"no"`` or an array, is refused (it stopped the prediction)."""
+    if stop is None:
+        return False
+    answer = stop(done)
+    if answer is None:
+        return False
+    try:
+        return flag(answer, "stop")
+    except TypeError:
+        raise TypeError(f"stop: expected stop(done) to return True or False, got {answer!r}") from None
 
 
 def per_layer(value, n: int, name: str, check, *, what: str = "weight layer") -> tuple:

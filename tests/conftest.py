@@ -159,6 +159,39 @@ def _return_freed_memory():
         pass
 
 
+#: Resident memory (MB) above which the programs are dropped after a single test too, without waiting for the
+#: module's end: a long module (tests/test_reliability.py) otherwise piles up its programs until one test's
+#: compilation (~0.8 GB for a traced finite-width evidence) lands on top of them (a worker at 3.1 GB).
+RELEASE_AFTER_TEST_MB = RELEASE_ABOVE_MB + 400
+
+
+def _release(threshold_mb: float) -> None:
+    gc.collect()
+    _return_freed_memory()
+    if _rss_mb() > threshold_mb:
+        import jax
+
+        jax.clear_caches()
+        gc.collect()
+        _return_freed_memory()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After each test (its fixtures torn down) when the process is above ``RELEASE_AFTER_TEST_MB``; the last
+    test of a module leaves it to the module's fixture below. Reading the resident memory costs microseconds."""
+    module = getattr(item, "module", None)
+    same_module = nextitem is not None and getattr(nextitem, "module", None) is module
+    if same_module and module not in _HELD_ANYWAY and _rss_mb() > RELEASE_AFTER_TEST_MB:
+        _release(RELEASE_ABOVE_MB)
+        if _rss_mb() > RELEASE_AFTER_TEST_MB:  # held by the module's own objects: not again in this module
+            _HELD_ANYWAY.add(module)
+
+
+#: Modules whose memory stayed above ``RELEASE_AFTER_TEST_MB`` after a release (not released after each test).
+_HELD_ANYWAY = set()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _release_compiled_programs():
     """After each test module, return freed heap pages to the system; drop JAX's compiled programs
@@ -167,14 +200,7 @@ def _release_compiled_programs():
     recompilation in later modules, and without returning the freed pages the resident memory never
     falls below the threshold again, so the programs were dropped after nearly every module."""
     yield
-    gc.collect()
-    _return_freed_memory()
-    if _rss_mb() > RELEASE_ABOVE_MB:
-        import jax
-
-        jax.clear_caches()
-        gc.collect()
-        _return_freed_memory()
+    _release(RELEASE_ABOVE_MB)
 
 
 _IMPORT_FACTS = r"""

@@ -164,3 +164,16 @@ def test_residual_theta_against_empirical_ntk(X):
     # the check can fail: dropping the skip's NTK (gamma = 0) misses by many standard errors
     no_skip = ngp.ResMLP(depth=4, width=n, activation="tanh", C_W=1.2, C_b=0.1, gamma=0.0, xi=0.6)
     assert np.max(np.abs(m - no_skip.prior(X, lambda_b=0.5).Theta) / se) > 20
+
+
+def test_learning_rate_options_are_checked_when_the_prior_is_made(X, monkeypatch):
+    """``net.prior(X, lambda_W=-1)`` was accepted and refused only when an NTK statistic was read (after the
+    prior's work); a wrong count of factors likewise. Both are refused by name before any work now."""
+    from ngp import _prior
+
+    net = ngp.MLP(3, 16)
+    monkeypatch.setattr(_prior.Flow, "start", lambda *a: pytest.fail("the prior's work began"))
+    with pytest.raises(ValueError, match="lambda_W"):
+        net.prior(X, lambda_W=-1.0)
+    with pytest.raises(ValueError, match="lambda_b"):
+        net.prior(X, lambda_b=[1.0, 2.0])  # three dense steps

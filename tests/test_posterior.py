@@ -246,6 +246,11 @@ def test_predict_stops_before_a_batch_when_asked(data, method, monkeypatch):
     assert everything.mean.shape == (7, 2)
     with pytest.raises(TypeError, match="stop: expected a callable"):
         cond.predict(XC, stop=3)
+    for answer in ("no", np.array([False, True]), 0.0):  # answers other than a bool stopped it when truthy
+        with pytest.raises(TypeError, match="stop: expected stop\\(done\\) to return True or False"):
+            cond.predict(XC, batch_size=3, stop=lambda done: answer)
+    assert cond.predict(XC, batch_size=3, stop=lambda done: np.bool_(done >= 6)).mean.shape == (6, 2)
+    assert cond.predict(XC, batch_size=3, stop=lambda done: None).mean.shape == (7, 2)  # a function's implicit return
     if method == "exact":
         with pytest.raises(ValueError, match="stop: only for marginal predictions"):
             cond.predict(XC, full_cov=True, stop=lambda done: True)
@@ -376,3 +381,13 @@ def test_error_bounds_against_autodiff_of_the_dense_formulas(moderate, loose):
                      argnums=(0, 1))(np.asarray(pa.K1), np.asarray(pa.V))
     first = np.sum(np.abs(grads[0]) * pa.K1_error) + np.sum(np.abs(grads[1]) * pa.V_error)
     assert first * (1 - 1e-7) <= c.log_evidence_error <= 3 * first
+
+
+def test_conditioned_objects_say_what_they_hold(data):
+    """``condition(...)`` and its ``.gp`` printed the default ``<ngp._posterior.Conditioned object at 0x...>``."""
+    net = ngp.MLP(2, 16, out_dim=2)
+    c = ngp.condition(net, data["XA"], data["Y2"], noise=0.1)
+    assert repr(c) == f"Conditioned({net!r}, 3 training rows x 2 outputs, noise=0.1, method='exact')"
+    assert repr(c.gp) == f"GPConditioned(of {c!r})"
+    m = ngp.condition(net, data["XA"], data["Y2"], noise=0.1, method="matrix_free", samples=64)
+    assert repr(m).startswith("MatrixFreeConditioned(") and "method='matrix_free'" in repr(m)
