@@ -26,10 +26,10 @@ from ._resmlp import ResMLP
 from ._sampling import cached_per_network
 from ._posterior import finite_width_log_evidence
 from ._gaussian import switch_tables, traced_mehler_tables
-from ._linalg import check_conditioning, refuse_duplicates
+from ._linalg import check_conditioning, gaussian_log_evidence, refuse_duplicates, well_conditioned
 from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
-from ._validate import (RCOND_MIN, as_inputs, as_targets, check_seed, count, device, flag, float64, nonneg_float,
+from ._validate import (as_inputs, as_targets, check_seed, count, device, flag, float64, nonneg_float,
                         per_layer, positive_float, real, warn)
 from ._validity import EVIDENCE_MAX, evidence_validity, untrusted_message
 from ._warnings import ConvergenceWarning, CostWarning, ExpansionWarning
@@ -85,7 +85,8 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
         numpy.linalg.LinAlgError: duplicate training inputs with ``noise = 0`` and ``jitter = 0``; (concrete values)
             a training kernel ``K + (noise + jitter) I`` of reciprocal condition number ``<= 1e-12`` (as
             :func:`ngp.condition`), or a finite-width evidence that is not finite (``K + K1/n + noise I`` not positive
-            definite).
+            definite). Under ``jax.jit``/``jax.grad`` (traced noise, jitter or inputs) the same conditioning test
+            gives ``NaN`` instead of raising.
 
     Warns:
         ExpansionWarning: (concrete values, finite width) the first-order correction is not trusted, as
@@ -183,21 +184,15 @@ def _evidence(cumulants, Y, noise, jitter):
     """The log evidence of ``Y`` (``(N, out_dim)``) from :func:`_cumulants`' output: the GP's when ``K1`` is
     ``None``, else the finite-width one."""
     K, K1, V, n = cumulants
-    NA, nL = Y.shape
-    traced = any(isinstance(v, jax.core.Tracer) for v in (K, K1, V, Y, noise, jitter))
-    L = jnp.linalg.cholesky(K + (noise + jitter) * jnp.eye(NA)) if K1 is None or traced else None
+    Kt = K + (noise + jitter) * jnp.eye(Y.shape[0])
     if K1 is None:
-        yt = jax.scipy.linalg.cho_solve((L, True), Y)
-        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
-        value = -0.5 * jnp.sum(Y * yt) - 0.5 * nL * (logdet + NA * math.log(2 * math.pi))
+        value = gaussian_log_evidence(jnp.linalg.cholesky(Kt), Y)
     else:
         value = finite_width_log_evidence(K, K1, V, Y, noise, n, jitter)
-    if traced:  # no refusal under a trace: NaN where the Cholesky pivots show a conditioning below RCOND_MIN (a jitted
-        # call on duplicates with noise 0 gave a finite value set by rounding); weaker than the concrete call's check
-        # (the pivots' ratio is at least the reciprocal condition number: ~20x it on near-duplicate inputs), so a
-        # kernel the concrete call refuses may still give a value here
-        d = jnp.diagonal(L) ** 2
-        value = jnp.where(jnp.min(d) > RCOND_MIN * jnp.max(d), value, jnp.nan)
+    if any(isinstance(v, jax.core.Tracer) for v in (K, K1, V, Y, noise, jitter)):
+        # no refusal under a trace: NaN where the concrete call refuses (the same test on the eigenvalues; a jitted
+        # call on duplicates with noise 0 gave a finite value set by rounding)
+        value = jnp.where(well_conditioned(Kt), value, jnp.nan)
     return value
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
 from ._validate import RCOND_MIN
 
-__all__ = ["psd_sqrt", "TrainSolve", "check_conditioning", "solve_train", "has_duplicates", "refuse_duplicates"]
+__all__ = ["psd_sqrt", "TrainSolve", "check_conditioning", "well_conditioned", "gaussian_log_evidence", "solve_train",
+           "has_duplicates", "refuse_duplicates"]
 
 
 #: Relative jitter of the Cholesky square root used to draw from ``N(0, G)`` in float64.
@@ -90,6 +93,23 @@ def check_conditioning(K_AA: np.ndarray, noise: float, jitter: float = 0.0, *, w
             "inputs, or pass jitter= (added to the diagonal; it biases the result by about jitter/noise)."
         )
     return Kt
+
+
+def well_conditioned(Kt):
+    """:func:`check_conditioning`'s test as a JAX boolean, for traced kernels ``Kt`` ``(N, N)`` (already with the noise
+    on the diagonal): finite eigenvalues, the smallest above ``RCOND_MIN`` times the largest (positive). The
+    eigenvalues are of ``stop_gradient(Kt)``: the test has no derivative and adds none (``O(N^3)``, as the Cholesky)."""
+    ev = jnp.linalg.eigvalsh(jax.lax.stop_gradient(Kt))
+    return jnp.all(jnp.isfinite(ev)) & (ev[0] > RCOND_MIN * jnp.maximum(ev[-1], 0.0))
+
+
+def gaussian_log_evidence(L, Y):
+    """``sum_i log N(y_i | 0, L L^T)`` over the columns ``y_i`` of ``Y`` ``(N, out_dim)``, from the lower Cholesky
+    factor ``L`` ``(N, N)`` of the covariance (JAX-traceable)."""
+    N, out = Y.shape
+    w = jax.scipy.linalg.solve_triangular(L, Y, lower=True)
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
+    return -0.5 * jnp.sum(w * w) - 0.5 * out * (logdet + N * math.log(2 * math.pi))
 
 
 def solve_train(K_AA: np.ndarray, Y: np.ndarray, noise: float, jitter: float = 0.0, *,

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
+from ._linalg import gaussian_log_evidence
 from ._gaussian import auto_orders, expect_1d, gauss_hermite, hermite_coefficients, hermite_tables, mehler_series
 from ._validate import MAX_WIDTH, RCOND_MIN, check_x64, count, device
 from ._warnings import ExpansionWarning
@@ -789,14 +790,12 @@ def _solve(KAA, KBA, kB, K1AA, K1BA, k1B, Y, noise, n):
     W = yt @ yt.T - nL * Kinv
     gp_mean = KBA @ yt
     gp_var = kB - jnp.sum(P * KBA, axis=1)
-    logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(Lc)))
-    gp_logz = -0.5 * jnp.sum(Y * yt) - 0.5 * nL * (logdet + NA * math.log(2 * math.pi))
+    gp_logz = gaussian_log_evidence(Lc, Y)
     mean_k1 = (K1BA - P @ K1AA) @ yt / n
     var_k1 = (k1B - 2 * jnp.sum(P * K1BA, axis=1) + jnp.sum((P @ K1AA) * P, axis=1)) / n
     # Gaussian part of the evidence with K + K1/n unexpanded (as in the dense path)
     Gc = jnp.linalg.cholesky(KAA + K1AA / n + noise * eye)
-    Gy = jax.scipy.linalg.solve_triangular(Gc, Y, lower=True)
-    logz_g = -0.5 * jnp.sum(Gy * Gy) - 0.5 * nL * (2 * jnp.sum(jnp.log(jnp.diagonal(Gc))) + NA * math.log(2 * math.pi))
+    logz_g = gaussian_log_evidence(Gc, Y)
     glob = dict(yt=yt, Kinv=Kinv, LinvT=Linv.T, P=P, W=W)
     gp = dict(mean=gp_mean, var=gp_var, logz=gp_logz)
     k1 = dict(mean=mean_k1, var=var_k1, logz=logz_g)

@@ -618,6 +618,12 @@ def test_traced_arguments_of_functions_that_are_not_differentiable_are_named():
     with pytest.raises(TypeError, match="C_W: expected a concrete number, got a traced value"):
         jax.grad(lambda c: ngp.MLP(2, 32, C_W=c).prior(X).K.sum())(1.0)
     _check_jitted_evidence_of_duplicates(net, X, Y, finite_width=False)
+    # a near-duplicate (reciprocal condition number 9.8e-14): the concrete call refuses, and the jitted one gave
+    # -3.7e11 (its test read the Cholesky pivots, whose ratio is ~20x the reciprocal condition number); NaN now
+    Xn, Yn = np.r_[X, X[:1] + 3e-6], np.r_[Y, Y[:1] + 0.3]
+    with pytest.raises(np.linalg.LinAlgError, match="reciprocal condition number 9.8"):
+        ngp.log_evidence(net, Xn, Yn, noise=0.0, finite_width=False)
+    assert np.isnan(float(jax.jit(lambda nz: ngp.log_evidence(net, Xn, Yn, noise=nz, finite_width=False))(0.0)))
 
 
 def _check_jitted_evidence_of_duplicates(net, X, Y, *, finite_width):
