@@ -184,15 +184,13 @@ def _evidence(cumulants, Y, noise, jitter):
     """The log evidence of ``Y`` (``(N, out_dim)``) from :func:`_cumulants`' output: the GP's when ``K1`` is
     ``None``, else the finite-width one."""
     K, K1, V, n = cumulants
+    traced = any(isinstance(v, jax.core.Tracer) for v in (K, K1, V, Y, noise, jitter))
     Kt = K + (noise + jitter) * jnp.eye(Y.shape[0])
-    if K1 is None:
-        value = gaussian_log_evidence(jnp.linalg.cholesky(Kt), Y)
-    else:
-        value = finite_width_log_evidence(K, K1, V, Y, noise, n, jitter)
-    if any(isinstance(v, jax.core.Tracer) for v in (K, K1, V, Y, noise, jitter)):
-        # no refusal under a trace: NaN where the concrete call refuses (the same test on the eigenvalues; a jitted
-        # call on duplicates with noise 0 gave a finite value set by rounding)
-        value = jnp.where(well_conditioned(Kt), value, jnp.nan)
+    L = jnp.linalg.cholesky(Kt) if K1 is None or traced else None
+    value = gaussian_log_evidence(L, Y) if K1 is None else finite_width_log_evidence(K, K1, V, Y, noise, n, jitter)
+    if traced:  # no refusal under a trace: NaN where the concrete call refuses, up to the estimates of the extreme
+        # eigenvalues (a jitted call on duplicates with noise 0 gave a finite value set by rounding)
+        value = jnp.where(well_conditioned(Kt, L), value, jnp.nan)
     return value
 
 

@@ -99,7 +99,7 @@ def _residual(step: Residual, w: _Walk, lam, finite: bool, dntk: bool, options: 
     if finite:
         raise NotImplementedError(
             f"{step!r}: the finite-width NTK statistics (Theta1, A, B, D, F, P, Q) of Residual steps are not "
-            "implemented (like their K1 and V, docs/theory.md, 'Residual networks'); prior.Theta (infinite "
+            "implemented (their K1 and V are: docs/theory.md, 'Residual networks'); prior.Theta (infinite "
             "width) is available"
         )
     if w.state is None or w.act is not IDENTITY:
