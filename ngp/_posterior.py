@@ -40,7 +40,9 @@ from ._validity import (NUMERICAL_NEGLIGIBLE, NUMERICAL_WARN, Validity, clip_rou
                         posterior_validity, predictive_variance, untrusted_message)
 from ._vertex_error import component_errors, k1_error_packed
 
-__all__ = ["FiniteWidthPosterior", "Conditioned", "GPConditioned", "finite_width_log_evidence"]
+__all__ = [
+    "FiniteWidthPosterior", "Conditioned", "GPConditioned", "finite_width_log_evidence", "predict_bytes_per_point",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +211,7 @@ class Conditioned:
         checked by ``predict``). Nothing is computed."""
         n_test = count(n_test, "n_test", minimum=0, what="a non-negative integer")
         return int(self._prior.memory_estimate()
-                   + n_test * _predict_bytes_per_point(self._prior, self.N_train, self.Y_train.shape[1]))
+                   + n_test * predict_bytes_per_point(self._prior, self.N_train, self.Y_train.shape[1]))
 
     # ------------------------------------------------------------------ training-only pieces
     @functools.cached_property
@@ -364,7 +366,7 @@ class Conditioned:
         s = self._solve
         nL = s.ytilde.shape[1]
         limit = self.options.get("max_memory", MAX_MEMORY)
-        per_point = _predict_bytes_per_point(prior, NA, nL)
+        per_point = predict_bytes_per_point(prior, NA, nL)
         if batch_size is None:
             if per_point > limit // 2:
                 raise MemoryError(
@@ -729,7 +731,7 @@ def _component_bytes(prior) -> int:
     return COMPONENT_BYTES * max(1, sum(not c.gaussian for c in prior._cumulants))
 
 
-def _predict_bytes_per_point(prior, NA: int, nL: int) -> int:
+def predict_bytes_per_point(prior, NA: int, nL: int) -> int:
     """Working memory of the marginal path per test point: its ``NA^3/2 + NA^2`` components and the
     dense ``(NA, NA, NA)`` blocks and contractions built from them (values and error bounds)."""
     P_A = NA * (NA + 1) // 2

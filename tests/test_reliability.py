@@ -199,7 +199,7 @@ def test_predict_memory_is_bounded_by_max_memory(monkeypatch):
     XA, XB, Y = rng.normal(size=(6, 2)), rng.normal(size=(5, 2)), rng.normal(size=(6, 2))
     net = ngp.MLP(3, 16, activation="sin", C_W=1.2, C_b=0.1, out_dim=2)  # closed-form four-point values: fast
     ref = ngp.condition(net, XA, Y, noise=0.1, method="exact").predict(XB, full_cov=True)
-    per_point = _posterior._predict_bytes_per_point(net.prior(np.concatenate([XA, XB])), 6, 2)
+    per_point = _posterior.predict_bytes_per_point(net.prior(np.concatenate([XA, XB])), 6, 2)
     calls = {"batches": 0, "rows": []}
     test_components, pair_components = _posterior._test_components, _posterior._pair_components
 

@@ -255,7 +255,7 @@ def _fit_memory(n_train: int, Xtr, ytr, args, explicit: bool, *, path: str = "ex
     instead."""
     import ngp
 
-    from .._posterior import _predict_bytes_per_point
+    from .._posterior import predict_bytes_per_point
 
     net, limit = _make_net(args)(args.width[0]), args.max_memory
     batch = 2  # the fewest test rows a batch of the deadline's holds (deadline_batch)
@@ -263,7 +263,7 @@ def _fit_memory(n_train: int, Xtr, ytr, args, explicit: bool, *, path: str = "ex
     def need(n):
         if path == "exact":
             prior = net.prior(Xtr[:n], max_memory=limit)
-            return max(prior.memory_estimate(), batch * _predict_bytes_per_point(prior, n, ytr.shape[1]))
+            return max(prior.memory_estimate(), batch * predict_bytes_per_point(prior, n, ytr.shape[1]))
         return ngp.condition(net, Xtr[:n], ytr[:n], noise=args.noise, method="matrix_free").memory_estimate(n_test)
 
     first = need(n_train)
