@@ -244,8 +244,9 @@ class HyperFit:
         success: whether the best start converged.
         at_bounds: ``(name, "lower" | "upper", bound)`` for each fitted value that ended on a bound of the
             search box, where the evidence may still rise beyond it (``name`` is ``"C_W"``, ``"C_b"``,
-            ``"noise"``, or ``"C_W[l]"`` with ``per_layer``); each is warned about. ``C_b`` at its lower
-            bound is not one: that bound stands for no bias.
+            ``"noise"``, or ``"C_W[l]"`` with ``per_layer``); each is warned about. ``C_b`` at its default lower
+            bound (1e-6, or one below it) is not one: that bound stands for no bias (a higher lower bound given in
+            ``bounds`` is reported like any other).
     """
 
     net: object
@@ -326,7 +327,7 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
     dense = net.dense_steps()
     depth = len(dense)
     nw = depth if per_layer else 1
-    b = {"C_W": (0.05, 10.0), "C_b": (1e-6, 5.0), "noise": (1e-6, 10.0 * yvar)}
+    b = {"C_W": (0.05, 10.0), "C_b": (C_B_NO_BIAS, 5.0), "noise": (1e-6, 10.0 * yvar)}
     if bounds is not None and not isinstance(bounds, dict):
         raise TypeError(f"bounds: expected a dict such as {{'C_W': (lo, hi)}}, got {type(bounds).__name__}")
     for k, v in (bounds or {}).items():
@@ -453,15 +454,19 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
                     finite_stage, table, success, at_bounds)
 
 
+#: ``C_b``'s default lower bound in fits: no bias (a fit ending there, or on a lower bound below it, is not reported).
+C_B_NO_BIAS = 1e-6
+
+
 def _at_bounds(theta, lo, hi, sizes, tol: float = 1e-6) -> tuple:
     """``(name, side, bound)`` of the free log-parameters ``theta`` within ``tol`` of ``lo`` or ``hi`` (L-BFGS-B
-    ends exactly on an active bound), but for ``C_b`` at its lower bound (no bias); ``sizes``: free values per
-    name of ``FIT_NAMES``."""
+    ends exactly on an active bound), but for ``C_b`` at a lower bound of at most :data:`C_B_NO_BIAS` (no bias);
+    ``sizes``: free values per name of ``FIT_NAMES``."""
     names = [(k, k if sizes[k] == 1 else f"{k}[{i}]") for k in FIT_NAMES for i in range(sizes[k])]
     out = []
     for (key, name), t, a, b in zip(names, theta, lo, hi):
         if t <= a + tol:
-            if key != "C_b":
+            if key != "C_b" or a > math.log(C_B_NO_BIAS) + tol:  # a C_b bound the user set above "no bias" counts
                 out.append((name, "lower", math.exp(a)))
         elif t >= b - tol:
             out.append((name, "upper", math.exp(b)))
