@@ -213,7 +213,9 @@ class Prior(NTKMixin):
         warn: warn when the 1/n expansion is not trustworthy (default True).
         lambda_W, lambda_b: learning-rate factors of weights (divided by the fan-in) and biases, a float or
             one per dense step, for the NTK (``Theta``, ``Theta1``, ``A``, ``B``, ``D``, ``F``, ``P``, ``Q``,
-            ``ntk_layers``; ``ngp._ntk_net``); default the network's own (``parameterization=``), else 1.
+            ``ntk_layers``; ``ngp._ntk_net``); default the network's own (``parameterization=``), else 1. Biases
+            are trained also where ``C_b = 0`` (from zero); ``net.init`` has no bias there, so its networks' NTK is
+            the one with ``lambda_b=0`` for those steps (``docs/theory-ntk.md``, "Using it").
     """
 
     @float64

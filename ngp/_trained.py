@@ -166,7 +166,9 @@ def trained_ensemble(net, X_train, Y_train, X_test, *, t: float | None = None, e
         finite_width: ``"linearised"``, ``"first_order_dntk"`` or ``False`` (see above).
         lambda_W: learning-rate factor of the weights (divided by the fan-in), a float or one per dense
             step; ``None``: the network's own (``ngp.MLP(lambda_W=...)``, ``parameterization=``), else 1.
-        lambda_b: learning-rate factor of the biases, likewise.
+        lambda_b: learning-rate factor of the biases, likewise; biases are trained also in steps with
+            ``C_b = 0`` (from zero), where ``net.init``'s networks have none: pass ``0`` for those steps to
+            predict such networks (``docs/theory-ntk.md``, "Using it").
         **prior_options: passed to ``net.prior`` (``method``, ``terms``, ``warn``, ...).
 
     Returns:

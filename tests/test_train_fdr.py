@@ -233,6 +233,10 @@ def test_half_running_averages_match_brute_force(window, tolerance, marks, monke
     cut = tolerance > 1
     want = brute_force_check_ratios(np.array(o_l), np.array(o_r), window, cut_every_check=cut, marks=marks)
     np.testing.assert_allclose(ratios, want, rtol=1e-12)
+    if marks is not None:  # exact for the first marks - 1 windows (the docs said marks), not at the next
+        exact = brute_force_check_ratios(np.array(o_l), np.array(o_r), window, cut_every_check=cut)
+        np.testing.assert_allclose(ratios[:marks - 1], exact[:marks - 1], rtol=1e-12)
+        assert abs(ratios[marks - 1] - exact[marks - 1]) > 1e-6 * abs(exact[marks - 1])
     k = int(state.num_decays)
     assert k == (steps // window if cut else 0)
     np.testing.assert_allclose(lrs[-1], 0.1 * decay**k, rtol=1e-12)

@@ -70,7 +70,7 @@ def _observables(params, grads, velocity, learning_rate, momentum, dampening, we
     return o_l, o_r
 
 
-_MARKS = 1024  # half-window marks kept: the half-running averages are exact up to 1024 windows after a restart
+_MARKS = 1024  # half-window marks kept: the half-running averages are exact up to 1023 windows after a restart
 
 
 class FDRMonitorState(NamedTuple):
@@ -288,7 +288,7 @@ def fdr_sgd(
     steps ``floor(t/2) + 1 .. t``). If ``|<O_L>/<O_R> - 1| < tolerance`` the learning rate is
     multiplied by ``1 - decay`` and the averages restart (a new window); otherwise the averaging
     span keeps growing, so the ratio gets more precise the longer SGD stays at one learning rate.
-    Memory is constant (1024 half-window marks: exact up to 1024 windows after a cut, the latest
+    Memory is constant (1024 half-window marks: exact up to 1023 windows after a cut, the latest
     1023 half-windows beyond); ``update`` is jit- and scan-friendly.
 
     Weight decay must be positive: the relation holds only in a stationary state, and without
