@@ -202,7 +202,9 @@ class Conditioned:
 
     def __repr__(self) -> str:
         shape = f"{self.N_train} training rows x {self.Y_train.shape[1]} outputs"
-        return f"{type(self).__name__}({self.net!r}, {shape}, noise={self.noise:g}, method={self.method!r})"
+        extra = f", jitter={self.jitter:g}" if self.jitter else ""
+        return (f"{type(self).__name__}({self.net!r}, {shape}, n={self.n}, noise={self.noise:g}{extra}, "
+                f"method={self.method!r})")
 
     def memory_estimate(self, n_test: int = 0) -> int:
         """Bytes of the exact path's largest arrays when ``n_test`` test points are predicted in one batch: the

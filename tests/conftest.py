@@ -176,10 +176,12 @@ def _release(threshold_mb: float) -> None:
         _return_freed_memory()
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_runtest_teardown(item, nextitem):
-    """After each test (its fixtures torn down) when the process is above ``RELEASE_AFTER_TEST_MB``; the last
-    test of a module leaves it to the module's fixture below. Reading the resident memory costs microseconds."""
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """After each test's whole protocol (its fixture values released) when the process is above
+    ``RELEASE_AFTER_TEST_MB``; the last test of a module leaves it to the module's fixture below. Reading the resident
+    memory costs microseconds."""
+    yield
     module = getattr(item, "module", None)
     same_module = nextitem is not None and getattr(nextitem, "module", None) is module
     if same_module and module not in _HELD_ANYWAY and _rss_mb() > RELEASE_AFTER_TEST_MB:

@@ -177,3 +177,10 @@ def test_learning_rate_options_are_checked_when_the_prior_is_made(X, monkeypatch
         net.prior(X, lambda_W=-1.0)
     with pytest.raises(ValueError, match="lambda_b"):
         net.prior(X, lambda_b=[1.0, 2.0])  # three dense steps
+    monkeypatch.undo()
+    Y = np.ones((3, 1))  # the paths that do not read them still refuse invalid values (they were accepted silently)
+    with pytest.raises(ValueError, match=r"lambda_W\[1\]: must be >= 0"):
+        ngp.condition(net, X, Y, noise=0.1, method="matrix_free", lambda_W=[1.0, -1.0, 1.0])
+    with pytest.raises(ValueError, match="lambda_b: must be >= 0"):
+        ngp.log_evidence(net, X, Y, noise=0.1, lambda_b=-2.0)
+    assert net.prior(X, lambda_W=np.array([1.0, 0.5, 2.0]), lambda_b=(0.0, 1.0, 1.0)).Theta.shape == (3, 3)

@@ -387,7 +387,9 @@ def test_conditioned_objects_say_what_they_hold(data):
     """``condition(...)`` and its ``.gp`` printed the default ``<ngp._posterior.Conditioned object at 0x...>``."""
     net = ngp.MLP(2, 16, out_dim=2)
     c = ngp.condition(net, data["XA"], data["Y2"], noise=0.1)
-    assert repr(c) == f"Conditioned({net!r}, 3 training rows x 2 outputs, noise=0.1, method='exact')"
+    assert repr(c) == f"Conditioned({net!r}, 3 training rows x 2 outputs, n=16, noise=0.1, method='exact')"
     assert repr(c.gp) == f"GPConditioned(of {c!r})"
+    assert "n=4096" in repr(c.with_width(4096))  # the width of the expansion, which with_width changes
+    assert "jitter=0.001" in repr(ngp.condition(net, data["XA"], data["Y2"], noise=0.1, jitter=1e-3))
     m = ngp.condition(net, data["XA"], data["Y2"], noise=0.1, method="matrix_free", samples=64)
     assert repr(m).startswith("MatrixFreeConditioned(") and "method='matrix_free'" in repr(m)

@@ -590,6 +590,12 @@ def test_evidence_and_fits_run_in_float64_in_a_float32_session():
         with pytest.warns(ngp.AccuracyWarning, match="float32"):  # a Gaussian network has no 1/n terms: not refused
             g = jax.grad(lambda nz: ngp.log_evidence(ngp.MLP(1), X, Y, noise=nz))(0.1)
         assert np.isfinite(float(g))
+        # a duplicate with different targets at noise 1e-9: -1.2e7 under jit (the test's threshold, 1e-12, was below
+        # float32's rounding); NaN now, as the concrete call refuses
+        Xd, Yd = np.r_[X, X[:1]], np.r_[Y, Y[:1] + 0.3]
+        with pytest.warns(ngp.AccuracyWarning, match="float32"):
+            v = jax.jit(lambda nz: ngp.log_evidence(ngp.MLP(2, 32), Xd, Yd, noise=nz, finite_width=False))(1e-9)
+        assert np.isnan(float(v))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ngp.ExpansionWarning)
             with pytest.warns(ngp.AccuracyWarning, match="float32"):
