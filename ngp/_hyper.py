@@ -186,8 +186,9 @@ def _evidence(cumulants, Y, noise, jitter):
     ``None``, else the finite-width one."""
     K, K1, V, n = cumulants
     traced = any(isinstance(v, jax.core.Tracer) for v in (K, K1, V, Y, noise, jitter))
-    Kt = K + (noise + jitter) * jnp.eye(Y.shape[0])
-    L = jnp.linalg.cholesky(Kt) if K1 is None or traced else None
+    if K1 is None or traced:  # the concrete finite-width evidence factorises its own kernels
+        Kt = K + (noise + jitter) * jnp.eye(Y.shape[0])
+        L = jnp.linalg.cholesky(Kt)
     value = gaussian_log_evidence(L, Y) if K1 is None else finite_width_log_evidence(K, K1, V, Y, noise, n, jitter)
     if traced:  # no refusal under a trace: NaN where the concrete call refuses, up to the estimates of the extreme
         # eigenvalues (a jitted call on duplicates with noise 0 gave a finite value set by rounding)
