@@ -1,7 +1,7 @@
 """ngp.train FDR observables and scheduler on a quadratic loss with Gaussian gradient noise.
 
 For f = theta^T H theta / 2 with gradient noise xi ~ N(0, S), SGD with momentum mu, dampening d and
-weight decay lam (PyTorch conventions) is the linear recursion z' = M z + N xi of z = (theta, v),
+weight decay lam (the reference scheduler's SGD, buffer from 0) is the linear recursion z' = M z + N xi of z = (theta, v),
 whose stationary law is Gaussian with the covariance P solving P = M P M^T + N S N^T (a discrete
 Lyapunov equation, solved by scipy: independent of the FDR identity).
 """
@@ -149,7 +149,7 @@ def test_does_not_fire_early_from_a_non_stationary_start():
     assert int(state.decay_steps[0]) > (far[-1] + 1) * window, (int(state.decay_steps[0]), expected[: len(far) + 2])
 
 
-def test_update_rule_is_pytorch_sgd_and_monitor_matches():
+def test_update_rule_is_the_reference_sgd_and_monitor_matches():
     rng = np.random.default_rng(7)
     params = {"w": jnp.asarray(rng.normal(size=(3, 2))), "b": jnp.asarray(rng.normal(size=2))}
     grads_seq = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape)), params) for _ in range(5)]

@@ -1,7 +1,9 @@
 """Fluctuation-dissipation relations of SGD (Yaida 2018, arXiv:1810.00004) and the FDR scheduler.
 
-Conventions (PyTorch SGD): with ``g_t = grad f(theta_t) + lambda theta_t`` (minibatch gradient plus
-weight decay), ``v_{t+1} = mu v_t + (1 - d) g_t`` and ``theta_{t+1} = theta_t - eta v_{t+1}``.
+Conventions (the reference scheduler's SGD): with ``g_t = grad f(theta_t) + lambda theta_t`` (minibatch
+gradient plus weight decay), ``v_0 = 0``, ``v_{t+1} = mu v_t + (1 - d) g_t`` and ``theta_{t+1} = theta_t - eta
+v_{t+1}``: ``torch.optim.SGD`` when ``d = 0`` (with ``d > 0`` PyTorch's first buffer is ``g_1`` and it ignores
+``d`` when ``mu = 0``; docs/training.md).
 In a stationary state E|theta|^2 and E[theta . v] do not change from step to step; these two
 conditions give E[theta_t . v_t] = -(eta/2) E|v|^2 and then
 
@@ -34,8 +36,8 @@ def fdr_observables(params, grads, velocity, *, learning_rate, momentum=0.0, dam
     """The two sides of the first fluctuation-dissipation relation at one SGD step.
 
     ``O_L = theta . (grad f + lambda theta)`` and ``O_R = (eta/2) (1 + mu)/(1 - d) |v|^2``, with
-    ``v = velocity`` the momentum buffer *before* the step (PyTorch convention
-    ``v <- mu v + (1 - d) g``, ``theta <- theta - eta v``, ``g`` including the weight decay). Dot
+    ``v = velocity`` the momentum buffer *before* the step (``v <- mu v + (1 - d) g``,
+    ``theta <- theta - eta v``, ``g`` including the weight decay: the module's conventions). Dot
     products run over all leaves. In a stationary state ``E[O_L] = E[O_R]``.
 
     Args:
@@ -279,10 +281,12 @@ def fdr_sgd(
     learning_rate: float, *, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 1e-3,
     window: int = 1000, tolerance: float = 0.01, decay: float = 0.9, history_size: int = 32,
 ):
-    """SGD (PyTorch conventions) whose learning rate is cut when the FDR says it is stationary.
+    """SGD whose learning rate is cut when the FDR says it is stationary (Yaida's reference scheduler).
 
-    The update is ``v <- mu v + (1 - d)(grad + lambda theta)``, ``theta <- theta - eta v`` (the
-    transformation returns ``-eta v``; pass ``params`` to ``update``). Every ``window`` steps the
+    The update is ``v <- mu v + (1 - d)(grad + lambda theta)``, ``theta <- theta - eta v`` from ``v = 0`` (the
+    transformation returns ``-eta v``; pass ``params`` to ``update``): ``torch.optim.SGD`` when ``d = 0``; with
+    ``d > 0`` the reference code's rule, which PyTorch's differs from in its first buffer (``g``) and in ignoring
+    ``d`` when ``mu = 0`` (docs/training.md, "Conventions"). Every ``window`` steps the
     averages of ``O_L`` and ``O_R`` (:func:`fdr_observables`) over the second half of all steps
     since the last cut are compared (Yaida's half-running averages: at ``t`` steps after the cut,
     steps ``floor(t/2) + 1 .. t``). If ``|<O_L>/<O_R> - 1| < tolerance`` the learning rate is
