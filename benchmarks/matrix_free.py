@@ -41,7 +41,7 @@ def worker(n_train: int, n_test: int, samples: int, width: int, seed: int = 0) -
     from ngp.datasets import standardize
 
     frame = co2.load_pandas().data.dropna()
-    years = np.asarray(frame.index.year + (frame.index.dayofyear - 1) / 365.25, dtype=float)
+    years = np.asarray(frame.index.year + (frame.index.day_of_year - 1) / 365.25, dtype=float)
     ppm = frame["co2"].to_numpy(dtype=float)
     feats = np.stack([years, np.sin(2 * np.pi * years), np.cos(2 * np.pi * years)], axis=1)
     order = np.random.default_rng(0).permutation(years.size)

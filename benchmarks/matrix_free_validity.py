@@ -42,7 +42,7 @@ def co2_subset(n_train: int, seed: int = 0):
     import statsmodels.datasets.co2 as co2
 
     d = co2.load_pandas().data.dropna()
-    t = np.asarray(d.index.year + (d.index.dayofyear - 1) / 365.25, dtype=float)
+    t = np.asarray(d.index.year + (d.index.day_of_year - 1) / 365.25, dtype=float)
     y = d["co2"].to_numpy(dtype=float)
     idx = np.random.default_rng(seed).permutation(t.size)[: n_train + N_TEST]
     ia, ib = idx[:n_train], idx[n_train:]

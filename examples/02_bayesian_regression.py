@@ -21,7 +21,7 @@
 # | --- | --- | --- |
 # | `ngp.gp_posterior` | infinite width: exact GP regression with the NNGP kernel $K$ | one linear solve |
 # | `ngp.posterior` | finite width to first order in $1/n$ (uses $K$, $K_1$, $V$; docs/theory.md, "Posterior") | deterministic, $O(N^4)$ in inputs |
-# | `ngp.reference.importance_posterior` | exact prior of actual random networks, importance-weighted by the likelihood | Monte Carlo, $10^5$ networks |
+# | `ngp.reference.importance_posterior` | exact prior of actual random networks, importance-weighted by the likelihood | Monte Carlo, $4\times10^5$ networks here ($2\times10^4$ in a quick run) |
 # | `ngp.reference.nuts_posterior` | the same Bayesian network, NUTS on its weights (NumPyro) | MCMC |
 #
 # The last two are exact up to a Monte-Carlo error that they report, so they serve as the truth.
@@ -65,9 +65,10 @@ WIDTHS = (8,) if QUICK else (8, 16, 32, 64)
 #
 # Four noisy points of $\sin(2x) + 0.3x$ from `ngp.datasets.synthetic_1d`. We halve the inputs
 # (to $[-1, 1]$) and the targets: the first-layer kernel $K^{(1)} = C_b + C_W x^2$ then stays
-# $\lesssim 1$, where the default four-point quadrature behind $V$ is accurate, and the targets
-# are on the scale of the prior's output standard deviation ($\sqrt{K} \approx 0.5$). A prior
-# that is badly mismatched to the data makes every $1/n$ coefficient large.
+# $\lesssim 1$ and the targets are on the scale of the prior's output standard deviation
+# ($\sqrt{K} \approx 0.5$). A prior that is badly mismatched to the data makes every $1/n$
+# coefficient large. (The quadrature behind $V$ is not the limit: it meets its default tolerance
+# far beyond these variances, docs/accuracy.md.)
 
 # %%
 X_raw, y_raw = synthetic_1d(4, noise=0.01, seed=3)
@@ -109,8 +110,8 @@ def finite_width(net, X_test):
 
 # %%
 N_SMALL = WIDTHS[0]
-# the figure's grid: |x| < 1.38 keeps the first-layer variance C_b + C_W x^2 below 2, where the default
-# four-point quadrature behind V is accurate (ngp warns above it)
+# the figure's grid: |x| < 1.38 keeps the first-layer variance C_b + C_W x^2 below 2, near the training inputs'
+# range (the four-point quadrature behind V would be accurate far beyond: docs/accuracy.md)
 X_grid = np.linspace(-1.35, 1.35, 7 if QUICK else 29)[:, None]
 X_all = np.concatenate([X_test, X_grid])
 net = ngp.MLP(DEPTH, N_SMALL, **ARCH)

@@ -154,8 +154,9 @@ print("n x (1/n correction) at the test inputs:", {k: np.round(v, 3) for k, v in
 wide = ngp.MLP(depth=3, width=256, activation="tanh", parameterization="mup", base_width=64)
 print("muP at width 256 (base 64): C_W", wide.C_W, " lambda_W", wide.lambda_W)
 specs = ["ntk", "mup"] if QUICK else ["ntk", 0.25, 0.5, 0.75, "mup"]
-# widths of 128 and more: below that muP's NTK change is pre-asymptotic (measured slope -0.47 +- 0.09
-# between widths 32 and 128, 8 seeds, against the predicted 0; 0.14 +- 0.18 between 128 and 512)
+# widths of 128 and more: at the quick run's depth 2 and 2 steps, muP's NTK change is pre-asymptotic below
+# them (slope -0.47 +- 0.09 between widths 32 and 128, 8 seeds, against the predicted 0; -0.07 +- 0.08 between
+# 128 and 512); at the full run's depth 3 and 3 steps, -0.03 +- 0.12 and -0.07 +- 0.07
 cw = (128, 512) if QUICK else (128, 256, 512, 1024)
 checks = {}
 for spec in specs:

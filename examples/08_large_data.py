@@ -67,7 +67,7 @@ WIDTHS = (256, 1024, 4096, 16384, 65536) if QUICK else (1024, 4096, 16384, 65536
 import statsmodels.datasets.co2 as co2
 
 frame = co2.load_pandas().data.dropna()
-years = np.asarray(frame.index.year + (frame.index.dayofyear - 1) / 365.25, dtype=float)
+years = np.asarray(frame.index.year + (frame.index.day_of_year - 1) / 365.25, dtype=float)
 ppm = frame["co2"].to_numpy(dtype=float)
 features = np.stack([years, np.sin(2 * np.pi * years), np.cos(2 * np.pi * years)], axis=1)
 order = np.random.default_rng(0).permutation(years.size)
