@@ -1,9 +1,9 @@
 """ngp.train FDR observables and scheduler on a quadratic loss with Gaussian gradient noise.
 
 For f = theta^T H theta / 2 with gradient noise xi ~ N(0, S), SGD with momentum mu, dampening d and
-weight decay lam (the reference scheduler's SGD, buffer from 0) is the linear recursion z' = M z + N xi of z = (theta, v),
-whose stationary law is Gaussian with the covariance P solving P = M P M^T + N S N^T (a discrete
-Lyapunov equation, solved by scipy: independent of the FDR identity).
+weight decay lam (the reference scheduler's SGD, buffer from 0) is the linear recursion z' = M z + N xi of
+z = (theta, v), whose stationary law is Gaussian with the covariance P solving P = M P M^T + N S N^T (a
+discrete Lyapunov equation, solved by scipy: independent of the FDR identity).
 """
 
 import jax
