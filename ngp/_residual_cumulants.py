@@ -777,7 +777,12 @@ def _cross_layers(act, S_k, earlier, pairs, options):
             if d in orders:
                 if not relu:
                     short = max(short, _unresolved_variance(act, Cs, orders[d], max(rtol, _CROSS_WARN_RTOL)))
-                vals = _run_batches(act, l_d, r_d, Cs, orders[d])
+                    vals = _run_batches(act, l_d, r_d, Cs, orders[d])
+                else:
+                    dead = np.any(np.diagonal(Cs, axis1=1, axis2=2) == 0, axis=1)
+                    vals = np.zeros((Cs.shape[0], 4))
+                    if not dead.all():
+                        vals[~dead] = _run_batches(act, l_d, r_d, Cs[~dead], orders[d])
             else:
                 vals, low = _smooth_calibrated(act, l_d, r_d, Cs, rtol, iso=bool(options.get("cross_iso", True)))
                 lowered = max(lowered, low)
@@ -830,11 +835,15 @@ def _check_regular(S_k, S_i, Gam, pairs):
     """The Stein weights (relu family) need each pair's covariance, and the noise the blocks add
     between the two layers, to be regular: the weights ``(C^-1 y)_c (C^-1 y)_e`` amplify rounding by about the
     inverse square of the relative determinant (:data:`_STEIN_ROUNDING`), so an error where that makes the term
-    wrong by more than :data:`_STEIN_REFUSE` relative, a warning (with the estimate) beyond :data:`_STEIN_WARN`."""
+    wrong by more than :data:`_STEIN_REFUSE` relative, a warning (with the estimate) beyond :data:`_STEIN_WARN`.
+    Inputs of zero variance in ``S_k`` (``x = 0`` with ``C_b = 0``: exactly 0 in every network) are left out: their
+    problems are exactly 0 (:func:`_cross_layers`)."""
     a, b = pairs.a[~pairs.diag], pairs.b[~pairs.diag]
+    live = (np.diag(S_k)[a] > 0) & (np.diag(S_k)[b] > 0)
+    a, b = a[live], b[live]
     worst = 1.0
     for A in (S_k, S_k - Gam * Gam * S_i):
-        if np.any(np.diag(A) <= 0):
+        if np.any(np.diag(A)[np.diag(S_k) > 0] <= 0):
             worst = 0.0
             break
         if a.size:

@@ -397,6 +397,27 @@ def test_residual_depth_flow_limits():
     assert np.all(np.diff(crit.V_over_K2) > 0) and np.all(crit.K1[2:] > 0)  # relu: K1 from self-interaction
 
 
+@pytest.mark.parametrize("act", ["relu", "leaky_relu"])
+def test_a_zero_input_without_bias_is_exactly_zero_for_kinked_activations(act):
+    """An input x = 0 with C_b = 0 is 0 in every network (act(0) = 0), so its K, K1 and V are exactly 0 and the
+    other inputs' cumulants are those without it. With a kinked activation the chain refused it (a singular 2x2
+    block: "relative determinant 0.0e+00") where tanh and gelu returned the zeros."""
+    X = np.array([[0.0, 0.0], [1.0, 0.5], [-0.3, 0.8], [0.4, -0.9]])
+    block = ngp.serial(ngp.Elementwise(act), ngp.Dense(16, C_W=1.0, C_b=0.0))
+    net = ngp.serial(ngp.Dense(16, C_W=1.0, C_b=0.0), ngp.Residual(block, gamma=0.9, xi=0.5),
+                     ngp.Residual(block, gamma=0.9, xi=0.5), ngp.Elementwise(act), ngp.Dense(1, C_W=1.0, C_b=0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ngp.ExpansionWarning)
+        p, q = net.prior(X), net.prior(X[1:])
+        assert np.all(np.asarray(p.K1)[0] == 0) and np.all(np.asarray(p.V)[0] == 0)
+        np.testing.assert_allclose(np.asarray(p.K1)[1:, 1:], q.K1, rtol=0, atol=1e-14 * np.max(np.abs(q.K1)))
+        np.testing.assert_allclose(np.asarray(p.V)[1:, 1:, 1:, 1:], q.V, rtol=0, atol=1e-14 * np.max(np.abs(q.V)))
+        np.testing.assert_allclose(np.max(p.V_error), np.max(q.V_error), rtol=1e-10)
+        # as a test point: the network's output there is exactly 0, so the posterior's mean and variance are 0
+        post = ngp.condition(net, X[1:], np.sin(X[1:, :1]), noise=0.1).predict(X[:1])
+    assert float(post.mean[0, 0]) == 0.0 and float(post.var[0, 0]) == 0.0
+
+
 def test_warns_for_nearly_collinear_inputs_with_kinked_activations():
     """The self-interaction term's Stein weights amplify rounding by ~1/det^2: at a relative 2x2 determinant of
     6.4e-9 (inputs [1, 0.5], [1, 0.5001]) K1[0, 1] came out 35.6 against ~0.117 with only a warning; at 6.4e-7, 1%
