@@ -86,8 +86,8 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
             a training kernel ``K + (noise + jitter) I`` of reciprocal condition number ``<= 1e-12`` (as
             :func:`ngp.condition`), or a finite-width evidence that is not finite (``K + K1/n + noise I`` not positive
             definite). Under ``jax.jit``/``jax.grad`` (traced ``noise``, ``C_W``, ``C_b`` or targets) the same
-            conditioning test gives ``NaN`` instead of raising (its eigenvalues estimated; in float32 at a reciprocal
-            condition number of ``1.2e-6``).
+            conditioning test gives ``NaN`` instead of raising, value and gradient (its eigenvalues estimated; in
+            float32 at a reciprocal condition number of ``1.2e-6``).
 
     Warns:
         ExpansionWarning: (concrete values, finite width) the first-order correction is not trusted, as
@@ -191,8 +191,9 @@ def _evidence(cumulants, Y, noise, jitter):
         L = jnp.linalg.cholesky(Kt)
     value = gaussian_log_evidence(L, Y) if K1 is None else finite_width_log_evidence(K, K1, V, Y, noise, n, jitter)
     if traced:  # no refusal under a trace: NaN where the concrete call refuses, up to the estimates of the extreme
-        # eigenvalues (a jitted call on duplicates with noise 0 gave a finite value set by rounding)
-        value = jnp.where(well_conditioned(Kt, L), value, jnp.nan)
+        # eigenvalues (a jitted call on duplicates with noise 0 gave a finite value set by rounding); a factor, not a
+        # jnp.where, so that the gradient is NaN there too (the where's was exactly 0)
+        value = value * jnp.where(well_conditioned(Kt, L), 1.0, jnp.nan)
     return value
 
 

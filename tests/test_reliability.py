@@ -630,6 +630,10 @@ def test_traced_arguments_of_functions_that_are_not_differentiable_are_named():
     with pytest.raises(np.linalg.LinAlgError, match="reciprocal condition number 9.8"):
         ngp.log_evidence(net, Xn, Yn, noise=0.0, finite_width=False)
     assert np.isnan(float(jax.jit(lambda nz: ngp.log_evidence(net, Xn, Yn, noise=nz, finite_width=False))(0.0)))
+    # and its gradient: it was exactly 0 (a jnp.where's gradient in the refused branch), which an optimiser reads as
+    # a stationary point
+    value, grad = jax.value_and_grad(lambda nz: ngp.log_evidence(net, Xn, Yn, noise=nz, finite_width=False))(0.0)
+    assert np.isnan(float(value)) and np.isnan(float(grad))
 
 
 def _check_jitted_evidence_of_duplicates(net, X, Y, *, finite_width):
