@@ -171,11 +171,12 @@ class MatrixFreeConditioned(Conditioned):
         key = XB.tobytes() + str(XB.shape).encode()
         if key not in self._runs:
             self._check_memory(XB.shape[0])
+            self._solve  # the exact path's conditioning test (and its message), once per conditioning
             act, C_W, C_b, widths = self._spec
             blocks = mf.kernel_blocks(act, self.X_train, XB, C_W, C_b)
             self._runs[key] = mf.matrix_free_posterior(
                 act, blocks, C_W, C_b, widths, self.Y_train, noise=self.noise + self.jitter, samples=self.samples,
-                seed=self.seed, warn=False)
+                seed=self.seed, warn=False, conditioning_checked=True)
             self._evict()
         r = self._runs.pop(key)
         self._runs[key] = r  # the most recent last

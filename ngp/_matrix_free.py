@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
-from ._linalg import gaussian_log_evidence
+from ._linalg import check_conditioning, gaussian_log_evidence
 from ._gaussian import auto_orders, expect_1d, gauss_hermite, hermite_coefficients, hermite_tables, mehler_series
 from ._validate import MAX_WIDTH, RCOND_MIN, check_x64, count, device
 from ._warnings import ExpansionWarning
@@ -799,13 +799,9 @@ def _solve(KAA, KBA, kB, K1AA, K1BA, k1B, Y, noise, n):
     glob = dict(yt=yt, Kinv=Kinv, LinvT=Linv.T, P=P, W=W)
     gp = dict(mean=gp_mean, var=gp_var, logz=gp_logz)
     k1 = dict(mean=mean_k1, var=var_k1, logz=logz_g)
-    # numerically singular Kt (e.g. duplicate inputs with noise = 0): a tiny Cholesky pivot, or a reciprocal condition
-    # number in the 1-norm (from the inverse: O(N^2)) at most RCOND_MIN / N, where the 2-norm one, which the exact path
-    # checks, is at most RCOND_MIN too (rcond_2 <= N rcond_1 for a symmetric matrix): never refused where it accepts
-    piv = jnp.diagonal(Lc) ** 2
-    rcond = 1.0 / (jnp.max(jnp.sum(jnp.abs(Kt), axis=0)) * jnp.max(jnp.sum(jnp.abs(Kinv), axis=0)))
-    ok = (jnp.all(jnp.isfinite(Lc)) & (jnp.min(piv) > RCOND_MIN * jnp.sum(piv)) & (rcond > RCOND_MIN / NA),
-          jnp.all(jnp.isfinite(Gc)))
+    # whether Kt is numerically singular is decided before the call, by the exact path's test (check_conditioning:
+    # a pivot and 1-norm test here accepted kernels of reciprocal condition number 2e-13 and refused some of 1e-11)
+    ok = (jnp.all(jnp.isfinite(Lc)), jnp.all(jnp.isfinite(Gc)))
     return glob, gp, k1, ok
 
 
@@ -849,7 +845,8 @@ def _root(KAA, KBA, kB):
 def matrix_free_posterior(act: Activation, kernels, C_W, C_b, widths, Y, *, noise: float,
                           samples: int = DEFAULT_SAMPLES, seed: int = 0, batches: int = DEFAULT_BATCHES,
                           chunk: int | None = None, devices=None, warn: bool = True,
-                          return_terms: bool = False, qmc: int = QMC_DIMS) -> MatrixFreePosterior:
+                          return_terms: bool = False, qmc: int = QMC_DIMS,
+                          conditioning_checked: bool = False) -> MatrixFreePosterior:
     """First-order finite-width posterior without forming the four-point vertex.
 
     Args:
@@ -868,9 +865,15 @@ def matrix_free_posterior(act: Activation, kernels, C_W, C_b, widths, Y, *, nois
         devices: JAX devices to split the batches over (default: one device).
         warn: warn when the request is outside the validated regime (:func:`validity`).
         return_terms: also return the per-batch estimates of every term (diagnostics).
+        conditioning_checked: the caller has checked ``K_AA + noise I`` with
+            :func:`ngp._linalg.check_conditioning` (the exact path's test); otherwise it is checked here.
 
     Returns:
         :class:`MatrixFreePosterior`.
+
+    Raises:
+        numpy.linalg.LinAlgError: ``K_AA + noise I`` of reciprocal condition number ``<= 1e-12`` (the exact
+            path's test and message), or ``K_AA + K1_AA/n + noise I`` not positive definite.
     """
     check_x64("the matrix-free posterior")
     _check_activation(act)
@@ -894,12 +897,14 @@ def matrix_free_posterior(act: Activation, kernels, C_W, C_b, widths, Y, *, nois
 
     # --- GP solve and training-space objects ---------------------------------------------------
     t0 = time.perf_counter()
+    if not conditioning_checked:  # the exact path's test (eigenvalues, O(N^3) on the host: below 1% of a run)
+        check_conditioning(np.asarray(kernels[-1][0]), float(noise))
     glob, gp, k1, ok = _sync(_solve(*kernels[-1], K1AA, K1BA, k1B, Y, float(noise), float(n)))
     if not bool(ok[0]):
         raise np.linalg.LinAlgError(
-            f"matrix_free_posterior: K_train + noise I is numerically singular (a Cholesky pivot <= {RCOND_MIN:g} "
-            f"x trace, or a reciprocal condition number <= {RCOND_MIN:g} / N_train; duplicate training inputs?); use "
-            "noise > 0 or remove duplicate inputs")
+            f"matrix_free_posterior: the Cholesky factor of K_train + noise I is not finite (reciprocal condition "
+            f"number above {RCOND_MIN:g}, but not positive definite in rounding); use noise > 0 or remove "
+            "near-duplicate inputs")
     if not bool(ok[1]):
         raise np.linalg.LinAlgError(
             "matrix_free_posterior: K_train + K1_train/n + noise I is not positive definite; the 1/n "
