@@ -32,7 +32,7 @@ import numpy as np
 from jax.scipy.special import erf as _erf
 from jax.scipy.special import ndtr as _ndtr
 
-from ._validate import device, real
+from ._validate import device, flag, real
 
 __all__ = ["Activation", "activation", "ACTIVATIONS", "made_by"]
 
@@ -420,7 +420,7 @@ def activation(spec: str | Callable | Activation, /, **params) -> Activation:
             raise ValueError(f"activation: bad parameters {params} for {spec!r}") from exc
     if callable(spec):
         name = params.pop("name", getattr(spec, "__name__", "callable"))
-        smooth = bool(params.pop("smooth", True))
+        smooth = flag(params.pop("smooth", True), "smooth")
         if params:
             raise ValueError(f"activation: unexpected parameters {sorted(params)} for a callable")
         act = Activation(str(name), spec, smooth=smooth)
@@ -472,6 +472,9 @@ def _check_callable(act: Activation) -> None:
         raise ValueError(
             f"activation: {act.name!r} must be elementwise (input shape {x.shape}, output {y.shape})"
         )
+    if not np.issubdtype(y.dtype, np.floating):  # ints, bools, complex: JAX's 'grad requires real-valued outputs'
+        raise TypeError(f"activation: {act.name!r} must return real floating-point values (like its input), got "
+                        f"dtype {y.dtype}")
     if not np.all(np.isfinite(y)):
         raise ValueError(f"activation: {act.name!r} returned non-finite values on [-3, 3]")
     if act.smooth:

@@ -56,6 +56,8 @@ def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, metho
         numpy.linalg.LinAlgError: singular training kernel (e.g. duplicate inputs with ``noise = 0``).
         NotImplementedError: architectures without finite-width cumulants.
     """
+    if not isinstance(method, str):  # an array met 'in' with NumPy's "truth value ... is ambiguous"
+        raise TypeError(f"method: expected one of {SOLVERS} (or net.prior's {PRIOR_METHODS}), got {method!r}")
     if method in PRIOR_METHODS:  # net.prior's own option, passed through as before
         options["method"], method = method, "auto"
     elif method not in SOLVERS:
@@ -65,6 +67,8 @@ def condition(net, X_train, Y_train, *, noise: float, jitter: float = 0.0, metho
     seed = check_seed(seed)
     if solver is None:
         solver = method
+    elif not isinstance(solver, str):
+        raise TypeError(f"solver: expected one of {SOLVERS}, got {solver!r}")
     elif solver not in SOLVERS:
         raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
     elif method != "auto" and solver != method:

@@ -132,11 +132,13 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
     # concrete: the checks of ngp.condition (a nearly singular kernel gave +8e14 here where condition refuses)
     check_conditioning(np.asarray(cumulants[0], dtype=float), noise, jitter)
     if not np.isfinite(float(value)):
-        if finite_width and cumulants[1] is not None:
+        K, K1, n = np.asarray(cumulants[0]), cumulants[1], cumulants[3]
+        if finite_width and K1 is not None and not _positive_definite(
+                K + np.asarray(K1) / n + (noise + jitter) * np.eye(Y.shape[0])):
             raise np.linalg.LinAlgError(
                 "log_evidence: K_train + K1_train/n + noise I is not positive definite (the finite-width log evidence "
                 "is not finite): the 1/n expansion is not valid here; widen the network or add noise")
-        # a well-conditioned kernel: the targets overflowed
+        # a well-conditioned kernel (and K + K1/n positive definite): the targets overflowed (Y^4 in the 1/n terms)
         raise ValueError(f"Y_train: the log evidence overflows (largest |Y_train| = {np.max(np.abs(Y)):.3g}); "
                          "rescale the targets (e.g. ngp.datasets.standardize)")
     if warn_untrusted and finite_width and cumulants[1] is not None:
@@ -193,12 +195,20 @@ def _evidence(cumulants, Y, noise, jitter):
     if K1 is None or traced:  # the concrete finite-width evidence factorises its own kernels
         Kt = K + (noise + jitter) * jnp.eye(Y.shape[0])
         L = jnp.linalg.cholesky(Kt)
-    value = gaussian_log_evidence(L, Y) if K1 is None else finite_width_log_evidence(K, K1, V, Y, noise, n, jitter)
+    value = (gaussian_log_evidence(L, Y) if K1 is None
+             else finite_width_log_evidence(K, K1, V, Y, noise, n, jitter, what="log_evidence"))
     if traced:  # no refusal under a trace: NaN where the concrete call refuses, up to the estimates of the extreme
         # eigenvalues (a jitted call on duplicates with noise 0 gave a finite value set by rounding); a factor, not a
         # jnp.where, so that the gradient is NaN there too (the where's was exactly 0)
         value = value * jnp.where(well_conditioned(Kt, L), 1.0, jnp.nan)
     return value
+
+
+def _positive_definite(A: np.ndarray) -> bool:
+    try:
+        return bool(np.all(np.isfinite(np.linalg.cholesky(A))))
+    except np.linalg.LinAlgError:
+        return False
 
 
 def with_hyperparameters(net, C_W, C_b):
@@ -298,7 +308,7 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
             extrapolates to more than ten minutes for five steps, an :class:`ngp.CostWarning` says so.
         per_layer: one ``(C_W, C_b)`` per dense step, or (default) one shared by all dense steps.
         bounds: ``{"C_W": (lo, hi), "C_b": (lo, hi), "noise": (lo, hi)}`` (defaults
-            ``(0.05, 10)``, ``(1e-6, 5)``, ``(1e-6, 10 Var(Y))``).
+            ``(0.05, 10)``, ``(1e-6, 5)``, ``(1e-6 min(Var(Y), 1), 10 Var(Y))``).
         num_starts: number of starts (``>= 1``).
         seed: non-negative integer seed of the random starts.
         max_iter: L-BFGS-B iterations per start.
@@ -334,7 +344,9 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
     dense = net.dense_steps()
     depth = len(dense)
     nw = depth if per_layer else 1
-    b = {"C_W": (0.05, 10.0), "C_b": (C_B_NO_BIAS, 5.0), "noise": (1e-6, 10.0 * yvar)}
+    # the noise's lower bound follows the targets' scale below Var(Y) = 1 (an absolute 1e-6 was above 10 Var(Y) for
+    # targets of variance below 1e-7: numpy's 'high - low < 0' from the random starts)
+    b = {"C_W": (0.05, 10.0), "C_b": (C_B_NO_BIAS, 5.0), "noise": (1e-6 * min(yvar, 1.0), 10.0 * yvar)}
     if bounds is not None and not isinstance(bounds, dict):
         raise TypeError(f"bounds: expected a dict such as {{'C_W': (lo, hi)}}, got {type(bounds).__name__}")
     for k, v in (bounds or {}).items():

@@ -105,7 +105,7 @@ class FiniteWidthPosterior:
         return self.mean - self.gp.mean
 
 
-def finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter=0.0, *, solve=None):
+def finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter=0.0, *, solve=None, what: str = "posterior"):
     """Finite-width log evidence (Gaussian part with ``K + K1/n`` unexpanded; ``docs/theory.md``, "Evidence").
 
     A JAX function of its array arguments (differentiable in ``K_AA``, ``K1_AA``, ``V_AAAA`` and
@@ -118,6 +118,7 @@ def finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter=0.0, *, s
         noise, jitter: observation-noise variance and extra diagonal.
         n: the width of the expansion.
         solve: optional factorised ``K_AA + (noise + jitter) I`` (``ngp._linalg.TrainSolve``).
+        what: the caller's name, which the error message starts with.
 
     Raises:
         numpy.linalg.LinAlgError: ``K + K1/n + noise I`` is not positive definite (concrete inputs).
@@ -126,7 +127,7 @@ def finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter=0.0, *, s
     value, finite = _finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter, given)
     if not isinstance(finite, jax.core.Tracer) and not bool(finite):
         raise np.linalg.LinAlgError(
-            "posterior: K_train + K1_train/n + noise I is not positive definite; the 1/n expansion "
+            f"{what}: K_train + K1_train/n + noise I is not positive definite; the 1/n expansion "
             "is not valid here (increase the width or the noise)"
         )
     return value

@@ -36,7 +36,7 @@ from ._linalg import psd_sqrt
 from ._pairs import is_concrete
 from ._progress import labelled
 from ._residual_layers import readout_layer, residual_layer
-from ._validate import MAX_WIDTH, count, device, nonneg_float, positive_float, real
+from ._validate import MAX_WIDTH, count, device, multiplier, nonneg_float, positive_float, real
 
 __all__ = ["Step", "Dense", "Elementwise", "Scale", "Residual", "Serial", "Flow", "IDENTITY", "compose"]
 
@@ -141,8 +141,8 @@ class Dense(Step):
 
     def __post_init__(self):
         object.__setattr__(self, "width", count(self.width, "width", maximum=MAX_WIDTH))
-        object.__setattr__(self, "C_W", positive_float(self.C_W, "C_W"))
-        object.__setattr__(self, "C_b", nonneg_float(self.C_b, "C_b"))
+        object.__setattr__(self, "C_W", multiplier(positive_float(self.C_W, "C_W"), "C_W"))
+        object.__setattr__(self, "C_b", multiplier(nonneg_float(self.C_b, "C_b"), "C_b"))
 
     def __eq__(self, other):
         return type(other) is Dense and (self.width, self.C_W, self.C_b) == (other.width, other.C_W, other.C_b)
@@ -263,7 +263,7 @@ class Scale(Step):
     alpha: float
 
     def __post_init__(self):
-        object.__setattr__(self, "alpha", real(self.alpha, "alpha"))
+        object.__setattr__(self, "alpha", multiplier(real(self.alpha, "alpha"), "alpha"))
 
     def __eq__(self, other):
         return type(other) is Scale and self.alpha == other.alpha
@@ -313,8 +313,8 @@ class Residual(Step):
     def __post_init__(self):
         if not isinstance(self.block, Step):
             raise TypeError(f"block: expected a layer step (e.g. ngp.serial(...)), got {type(self.block).__name__}")
-        object.__setattr__(self, "gamma", real(self.gamma, "gamma"))
-        object.__setattr__(self, "xi", real(self.xi, "xi"))
+        object.__setattr__(self, "gamma", multiplier(real(self.gamma, "gamma"), "gamma"))
+        object.__setattr__(self, "xi", multiplier(real(self.xi, "xi"), "xi"))
         dense = self.block.dense_steps()
         if not dense or not _ends_with_dense(self.block):
             raise ValueError(

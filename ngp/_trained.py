@@ -217,8 +217,9 @@ def trained_ensemble(net, X_train, Y_train, X_test, *, t: float | None = None, e
                          "parameter moves); give a positive lambda_W or lambda_b")
     if not h[0] > RCOND_MIN * h[-1]:
         raise ValueError(
-            f"X_train: the training NTK block is singular or nearly so (reciprocal condition {h[0] / h[-1]:.2e} "
-            f"<= {RCOND_MIN:g}); remove nearly duplicated training inputs"
+            f"X_train: the training NTK block is singular or nearly so (reciprocal condition "
+            f"{max(h[0], 0.0) / h[-1]:.2e} <= {RCOND_MIN:g}); remove nearly duplicated training inputs, or use fewer training inputs than the "
+            "NTK's rank (a depth-1, linear network's is at most n0 + 1)"
             + ("" if lambda_W is None and lambda_b is None else
                ", or give more parameters a positive learning-rate factor (lambda_W, lambda_b: with zero factors "
                "too few parameters move to fit every training point)")

@@ -112,6 +112,20 @@ def real(value, name: str) -> float:
     return out
 
 
+#: Largest magnitude of a multiplier (``C_W``, ``C_b``, a residual step's ``gamma``, ``xi``, ``Scale``'s ``alpha``): the
+#: cumulants take fourth powers of them (``V' = alpha^4 V``, ...), which overflow float64 beyond ~1.2e77 (a bare
+#: ``OverflowError`` naming nothing at ``C_W = 1e300``).
+MAX_MULTIPLIER = 1e75
+
+
+def multiplier(value: float, name: str) -> float:
+    """``value`` (a float already checked) with ``|value| <= MAX_MULTIPLIER``, else a ``ValueError`` naming ``name``."""
+    if abs(value) > MAX_MULTIPLIER:
+        raise ValueError(f"{name}: {value:g} is too large: the finite-width cumulants use its fourth power, which "
+                         f"overflows float64; at most {MAX_MULTIPLIER:g} in magnitude")
+    return value
+
+
 def positive_float(value, name: str) -> float:
     """A finite real number ``> 0``."""
     value = real(value, name)

@@ -55,7 +55,7 @@ from scipy.optimize import brentq
 from ._cache import frozen_lru
 from ._activations import Activation, activation as _make_activation
 from ._gaussian import gauss_hermite
-from ._validate import count, device, float64, nonneg_float, positive_float, real, warn
+from ._validate import count, device, float64, multiplier, nonneg_float, positive_float, real, warn
 from ._warnings import AccuracyWarning
 
 __all__ = [
@@ -113,6 +113,8 @@ def _act(spec) -> Activation:
 
 def _as_variance(K, name: str = "K") -> np.ndarray:
     try:
+        if isinstance(K, (str, bytes)) or np.iscomplexobj(K) or np.asarray(K).dtype.kind in "bUSO":
+            raise TypeError  # "1" was read as 1.0, True as 1.0
         arr = np.asarray(K, dtype=float)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name}: expected a positive number or array, got {K!r}") from exc
@@ -135,7 +137,9 @@ def _as_depth(depth, name: str = "depth") -> int:
     return count(depth, name, what="a positive integer (number of layers)")
 
 
-_real = real
+def _real(value, name: str) -> float:
+    """A real multiplier (``gamma``, ``xi``): finite, at most ``MAX_MULTIPLIER`` in magnitude."""
+    return multiplier(real(value, name), name)
 
 
 # ----------------------------------------------------------------------------- Gaussian moments
@@ -446,8 +450,8 @@ def susceptibilities(activation, K, *, C_W: float = 1.0, C_b: float = 0.0):
         value is that small (sin's ``chi_par ~ e^{-2K}``: 1.5e-16 for 4.3e-18 at ``K = 20``).
     """
     act = _act(activation)
-    C_W = positive_float(C_W, "C_W")
-    nonneg_float(C_b, "C_b")
+    C_W = multiplier(positive_float(C_W, "C_W"), "C_W")
+    multiplier(nonneg_float(C_b, "C_b"), "C_b")
     m = _moments(act, _as_variance(K))
     return _scalar_or_array(C_W * m["g1"]), _scalar_or_array(C_W * m["sp2"])
 
@@ -501,7 +505,7 @@ def residual_vertex_growth(*, gamma: float, xi: float, C_W: float = 1.0) -> floa
         The increment of ``V / K^2`` per residual block.
     """
     gamma, xi = _real(gamma, "gamma"), _real(xi, "xi")
-    C_W = positive_float(C_W, "C_W")
+    C_W = multiplier(positive_float(C_W, "C_W"), "C_W")
     s = gamma**2 + xi**2 * C_W
     if s == 0:
         raise ValueError("gamma, xi: the block maps every kernel to 0 (gamma = xi = 0)")
@@ -823,8 +827,8 @@ def depth_flow(activation, *, C_W: float, C_b: float, K0: float, depth: int) -> 
         :class:`DepthFlow`. If ``K`` overflows the remaining layers are ``nan`` (with a warning).
     """
     act = _act(activation)
-    C_W = positive_float(C_W, "C_W")
-    C_b = nonneg_float(C_b, "C_b")
+    C_W = multiplier(positive_float(C_W, "C_W"), "C_W")
+    C_b = multiplier(nonneg_float(C_b, "C_b"), "C_b")
     K0 = _as_kernel(K0, "K0")
     depth = _as_depth(depth)
     if act.relu_slopes is not None:
@@ -1179,8 +1183,8 @@ def residual_depth_flow(activation, *, C_W: float, C_b: float, gamma: float, xi:
     from ._residual_cumulants import chain_start, readout, residual_step
 
     act = _act(activation)
-    C_W = positive_float(C_W, "C_W")
-    C_b = nonneg_float(C_b, "C_b")
+    C_W = multiplier(positive_float(C_W, "C_W"), "C_W")
+    C_b = multiplier(nonneg_float(C_b, "C_b"), "C_b")
     gamma, xi = _real(gamma, "gamma"), _real(xi, "xi")
     K0 = _as_kernel(K0, "K0")
     depth = _as_depth(depth)

@@ -49,12 +49,28 @@ def standardize(train: np.ndarray, *others: np.ndarray):
     ``(mean, std)`` used (``x_std = (x - mean) / std``).
 
     Raises:
-        ValueError: ``train`` or one of ``others`` holds non-finite values (nan or inf).
+        TypeError: ``train`` or one of ``others`` is not an array of real numbers.
+        ValueError: ``train`` is not 1-D or 2-D with at least one row; one of ``others`` has another number of
+            dimensions or of columns; non-finite values (nan or inf).
     """
-    train = np.asarray(train, dtype=float)
+    arrays = []
     for name, a in [("train", train)] + [(f"others[{i}]", o) for i, o in enumerate(others)]:
-        if not np.all(np.isfinite(np.asarray(a, dtype=float))):
+        try:
+            if np.iscomplexobj(a) or isinstance(a, (str, bytes)):
+                raise TypeError
+            a = np.asarray(a, dtype=float)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}: expected an array of real numbers, got {type(a).__name__}") from None
+        if not arrays and (a.ndim not in (1, 2) or a.shape[0] == 0):
+            raise ValueError(f"train: expected a 1-D or 2-D array with at least one row, got shape {a.shape}")
+        if arrays and (a.ndim != arrays[0].ndim or a.shape[1:] != arrays[0].shape[1:]):
+            want = f"(rows, {arrays[0].shape[1]})" if arrays[0].ndim == 2 else "(rows,)"
+            raise ValueError(f"{name}: expected shape {want} "
+                             f"like train's {arrays[0].shape}, got {a.shape}")
+        if not np.all(np.isfinite(a)):
             raise ValueError(f"{name}: contains non-finite values (nan or inf)")
+        arrays.append(a)
+    train, others = arrays[0], arrays[1:]
     mag = np.max(np.abs(train), axis=0)
     mag = np.where((mag > 0) & np.isfinite(mag), mag, 1.0)
     t = train / mag

@@ -184,3 +184,20 @@ def test_standardize_refuses_non_finite_values():
         ngp.datasets.standardize(np.array([[np.nan], [1.0]]))
     with pytest.raises(ValueError, match=r"^others\[1\]: contains non-finite"):
         ngp.datasets.standardize(np.array([[0.0], [1.0]]), np.zeros((1, 1)), np.array([[np.inf]]))
+
+
+def test_standardize_checks_shapes_and_types():
+    """A test set with another number of columns was broadcast against the training statistics (a (3, 1) array came
+    back (3, 2), looking valid); empty, 3-D and string arrays met NumPy's own errors."""
+    X = np.linspace(-1, 1, 8).reshape(4, 2)
+    with pytest.raises(ValueError, match=r"^others\[0\]: expected shape \(rows, 2\) like train's \(4, 2\), got \(3, 1"):
+        ngp.datasets.standardize(X, np.ones((3, 1)))
+    with pytest.raises(ValueError, match=r"^others\[0\]: expected shape \(rows,\)"):
+        ngp.datasets.standardize(X[:, 0], X)
+    for bad in (np.zeros((0, 2)), np.ones((2, 2, 2))):
+        with pytest.raises(ValueError, match="^train: expected a 1-D or 2-D array with at least one row"):
+            ngp.datasets.standardize(bad)
+    with pytest.raises(TypeError, match="^train: expected an array of real numbers"):
+        ngp.datasets.standardize("abc")
+    a, b, _ = ngp.datasets.standardize(X[:, 0], X[:0, 0])  # an empty test set is fine
+    assert a.shape == (4,) and b.shape == (0,)

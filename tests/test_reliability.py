@@ -748,3 +748,43 @@ def test_posterior_takes_solver_as_methods_earlier_name():
         ngp.posterior(net, X, Y, Z, noise=0.1, solver="matrix_free")
     with pytest.raises(ValueError, match="solver: expected one of"):
         ngp.posterior(net, X, Y, Z, noise=0.1, solver="fast")
+
+
+def test_fuzzed_arguments_are_named():
+    """Found by fuzzing the public API: a bare OverflowError from multipliers whose squares overflow (C_W = 1e300,
+    Scale(1e300), gamma = 1e160, criticality's xi = 1e300); JAX's 'grad requires real-valued outputs' for an
+    activation returning booleans; smooth="False" read as True; criticality's K = "1" read as 1.0; a non-callable
+    loss_fn accepted until the first call; method=<array> met NumPy's 'truth value is ambiguous'; targets of 1e80
+    blamed on K + K1/n; a depth-1 network's rank-deficient NTK blamed on duplicate inputs; the fit's default noise
+    bounds crossed for targets of variance below 1e-7 (numpy's 'high - low < 0')."""
+    X = np.linspace(-1, 1, 8).reshape(4, 2)
+    Y = np.array([0.1, -0.2, 0.3, 0.0])
+    for make, name in ((lambda: ngp.MLP(2, 8, C_W=1e300), "C_W"), (lambda: ngp.MLP(2, 8, C_b=1e80), "C_b"),
+                       (lambda: ngp.Scale(1e300), "alpha"), (lambda: ngp.ResMLP(3, 8, gamma=1e160), "gamma"),
+                       (lambda: ngp.criticality.residual_depth_flow("tanh", C_W=1, C_b=0, gamma=1, xi=1e300, K0=1,
+                                                                    depth=5), "xi")):
+        with pytest.raises(ValueError, match=f"^{name}: .* is too large: the finite-width cumulants use its fourth"):
+            make()
+    assert ngp.MLP(2, 8, C_W=1e70).C_W == (1e70, 1e70)
+    for fn in (lambda x: x > 0, lambda x: (x > 0).astype(int), lambda x: x + 1j):
+        with pytest.raises(TypeError, match="^activation: .* must return real floating-point values"):
+            ngp.MLP(3, 8, activation=fn)
+    with pytest.raises(TypeError, match="^smooth: expected True or False"):
+        ngp.activation(jnp.tanh, smooth="False")
+    for K in ("1", True):
+        with pytest.raises(TypeError, match="^K: expected a positive number"):
+            ngp.criticality.susceptibilities("tanh", K)
+    with pytest.raises(TypeError, match="^loss_fn: expected a callable"):
+        ngp.train.jacobian_regularized(3, lambda p, x: x, lambda_jr=0.1)
+    for kw in ({"method": np.array(["exact", "auto"])}, {"solver": np.array(["exact"])}):
+        with pytest.raises(TypeError, match=f"^{next(iter(kw))}: expected one of"):
+            ngp.condition(ngp.MLP(3, 8), X, Y, noise=0.1, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ngp.ExpansionWarning)
+        with pytest.raises(ValueError, match="^Y_train: the log evidence overflows"):
+            ngp.log_evidence(ngp.MLP(3, 8), X, Y * 1e80, noise=0.1)
+    with pytest.raises(ValueError, match=r"^X_train: .* NTK block is singular .* condition 0\.00e\+00 .* NTK's rank"):
+        ngp.trained_ensemble(ngp.MLP(1), X, Y, X[:2])
+    with pytest.warns(ngp.ConvergenceWarning, match="C_W ended at its lower bound"):  # tiny targets: tiny C_W
+        fit = ngp.fit_hyperparameters(ngp.MLP(3, 8), X, Y * 1e-3, finite_width=False, num_starts=2)
+    assert 0 < fit.noise < 10 * np.var(Y * 1e-3)

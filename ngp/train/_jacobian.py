@@ -113,6 +113,9 @@ def jacobian_regularized(
 
     lambda_jr = nonneg_float(lambda_jr, "lambda_jr")
     num_projections = _check_num_projections(num_projections)
+    for name, fn in (("loss_fn", loss_fn), ("apply_fn", apply_fn)):  # checked here, not at the first call
+        if not callable(fn):
+            raise TypeError(f"{name}: expected a callable, got {type(fn).__name__}")
 
     def total_loss(params, x, y, key=None):
         out, penalty = _outputs_and_penalty(apply_fn, params, x, key, num_projections)
