@@ -337,7 +337,12 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
     warm_rows = None if warm_rows is None else count(warm_rows, "warm_rows")
     XA = as_inputs(X_train, "X_train", in_dim=getattr(net, "in_dim", None))
     Y = as_targets(Y_train, XA.shape[0], net.out_dim)
-    yvar = float(np.var(Y)) if np.var(Y) > 0 else 1.0
+    with np.errstate(over="ignore"):
+        yvar = float(np.var(Y))
+    yvar = yvar if yvar > 0 else 1.0
+    if not math.isfinite(yvar):  # it became the default noise: "noise: must be finite, got inf", never passed
+        raise ValueError(f"Y_train: the targets' variance overflows (largest |Y_train| = {np.max(np.abs(Y)):.3g}); "
+                         "rescale the targets (e.g. ngp.datasets.standardize)")
     noise0 = 0.1 * yvar if noise is None else nonneg_float(noise, "noise")
     if "noise" in fit and noise0 <= 0:
         noise0 = 1e-3 * yvar

@@ -785,6 +785,8 @@ def test_fuzzed_arguments_are_named():
             ngp.log_evidence(ngp.MLP(3, 8), X, Y * 1e80, noise=0.1)
     with pytest.raises(ValueError, match=r"^X_train: .* NTK block is singular .* condition 0\.00e\+00 .* NTK's rank"):
         ngp.trained_ensemble(ngp.MLP(1), X, Y, X[:2])
+    with pytest.raises(ValueError, match="^Y_train: the targets' variance overflows"):  # was 'noise: must be finite'
+        ngp.fit_hyperparameters(ngp.MLP(3, 8), X, Y * 1e199, finite_width=False)
     with pytest.warns(ngp.ConvergenceWarning, match="C_W ended at its lower bound"):  # tiny targets: tiny C_W
         fit = ngp.fit_hyperparameters(ngp.MLP(3, 8), X, Y * 1e-3, finite_width=False, num_starts=2)
     assert 0 < fit.noise < 10 * np.var(Y * 1e-3)
