@@ -232,10 +232,18 @@ def per_layer(value, n: int, name: str, check, *, what: str = "weight layer") ->
     return tuple(check(v, f"{name}[{i}]") for i, v in enumerate(seq))
 
 
+def _refuse_masked(X, name: str) -> None:
+    """A masked array with masked entries: ``np.asarray`` drops the mask and keeps the values under it."""
+    if isinstance(X, np.ma.MaskedArray) and np.ma.is_masked(X):
+        raise ValueError(f"{name}: a masked array with {int(np.ma.count_masked(X))} masked entries; the mask would be "
+                         "ignored (its values used): drop the masked rows first")
+
+
 def as_inputs(X, name: str = "X", *, in_dim: int | None = None) -> np.ndarray:
     """Validate an ``(N, n0)`` input array; returns a float64 NumPy copy."""
     if isinstance(X, (str, bytes)):
         raise TypeError(f"{name}: expected a numeric array of shape (N, n0), got a string")
+    _refuse_masked(X, name)
     try:
         raw = np.asarray(X)
     except Exception as exc:  # noqa: BLE001 - ragged lists and exotic objects
@@ -259,6 +267,7 @@ def as_inputs(X, name: str = "X", *, in_dim: int | None = None) -> np.ndarray:
 
 def as_targets(Y, n: int, out_dim: int, name: str = "Y_train") -> np.ndarray:
     """Validate targets of shape ``(n, out_dim)`` (``(n,)`` accepted when ``out_dim == 1``)."""
+    _refuse_masked(Y, name)
     raw = np.asarray(Y) if not isinstance(Y, (str, bytes)) else None
     if raw is None or np.iscomplexobj(raw):
         raise TypeError(f"{name}: expected a real numeric array of shape ({n}, {out_dim})")

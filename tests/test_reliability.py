@@ -785,6 +785,12 @@ def test_fuzzed_arguments_are_named():
             ngp.log_evidence(ngp.MLP(3, 8), X, Y * 1e80, noise=0.1)
     with pytest.raises(ValueError, match=r"^X_train: .* NTK block is singular .* condition 0\.00e\+00 .* NTK's rank"):
         ngp.trained_ensemble(ngp.MLP(1), X, Y, X[:2])
+    masked = np.ma.masked_array(X, mask=np.eye(4, 2, dtype=bool))
+    with pytest.raises(ValueError, match="^X: a masked array with 2 masked entries"):
+        ngp.MLP(3, 8).prior(masked)
+    with pytest.raises(ValueError, match="^Y_train: a masked array with 1 masked"):
+        ngp.gp_posterior(ngp.MLP(3, 8), X, np.ma.masked_array(Y, mask=[0, 1, 0, 0]), X[:1], noise=0.1)
+    assert ngp.MLP(3, 8).prior(np.ma.masked_array(X)).K.shape == (4, 4)  # nothing masked: fine
     with pytest.raises(ValueError, match="^Y_train: the targets' variance overflows"):  # was 'noise: must be finite'
         ngp.fit_hyperparameters(ngp.MLP(3, 8), X, Y * 1e199, finite_width=False)
     with pytest.warns(ngp.ConvergenceWarning, match="C_W ended at its lower bound"):  # tiny targets: tiny C_W
