@@ -1035,7 +1035,8 @@ def asymptotic_law(point: CriticalPoint, depth, *, K0: float | None = None) -> A
     Args:
         point: a :class:`CriticalPoint` with ``exists=True``.
         depth: an int ``D`` (layers ``1 .. D``) or an array of real layer indices ``>= 1``.
-        K0: first-layer kernel (one number ``> 0``) for the scale-invariant class.
+        K0: first-layer kernel (one number ``> 0``) for the scale-invariant class (checked, and unused, for the
+            others).
 
     Raises:
         ValueError: ``point`` has no critical point, or bad ``depth``.
@@ -1051,8 +1052,8 @@ def asymptotic_law(point: CriticalPoint, depth, *, K0: float | None = None) -> A
         if layers.size == 0 or not np.all(np.isfinite(layers)) or np.any(layers < 1):
             raise ValueError(f"depth: expected an int >= 1 or layer indices >= 1, got {depth!r}")
     cls = point.universality_class
+    k0 = np.nan if K0 is None else _as_kernel(K0, "K0")  # checked for every class (the others do not read it)
     if cls == "scale-invariant":
-        k0 = np.nan if K0 is None else _as_kernel(K0, "K0")
         K = np.full_like(layers, k0)
         v = point.vertex_slope * (layers - 1)
         desc = f"scale-invariant: K constant, V/K^2 = {point.vertex_slope:.10g} (l - 1) exactly"

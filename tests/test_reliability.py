@@ -785,6 +785,8 @@ def test_fuzzed_arguments_are_named():
             ngp.log_evidence(ngp.MLP(3, 8), X, Y * 1e80, noise=0.1)
     with pytest.raises(ValueError, match=r"^X_train: .* NTK block is singular .* condition 0\.00e\+00 .* NTK's rank"):
         ngp.trained_ensemble(ngp.MLP(1), X, Y, X[:2])
+    with pytest.raises(ValueError, match="^K0: the pre-activation variance must be > 0"):  # ignored when unused
+        ngp.criticality.asymptotic_law(ngp.criticality.critical_point("tanh"), 5, K0=-1)
     masked = np.ma.masked_array(X, mask=np.eye(4, 2, dtype=bool))
     with pytest.raises(ValueError, match="^X: a masked array with 2 masked entries"):
         ngp.MLP(3, 8).prior(masked)
