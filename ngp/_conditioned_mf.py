@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _matrix_free as mf
 from ._gp import GPPosterior
-from ._linalg import refuse_duplicates, solve_train
+from ._linalg import check_conditioning, refuse_duplicates, solve_train
 from ._prior import check_options
 from ._posterior import Conditioned, FiniteWidthPosterior, GPConditioned
 from ._steps import Dense, Elementwise, Serial
@@ -171,9 +171,12 @@ class MatrixFreeConditioned(Conditioned):
         key = XB.tobytes() + str(XB.shape).encode()
         if key not in self._runs:
             self._check_memory(XB.shape[0])
-            self._solve  # the exact path's conditioning test (and its message), once per conditioning
             act, C_W, C_b, widths = self._spec
             blocks = mf.kernel_blocks(act, self.X_train, XB, C_W, C_b)
+            if not self.__dict__.get("_conditioning_checked"):  # the exact path's test and message, once (a flag:
+                # the GP's factorisation, _solve, would add its N x N arrays to a pickle)
+                check_conditioning(np.asarray(blocks[-1][0]), self.noise, self.jitter)
+                self._conditioning_checked = True
             self._runs[key] = mf.matrix_free_posterior(
                 act, blocks, C_W, C_b, widths, self.Y_train, noise=self.noise + self.jitter, samples=self.samples,
                 seed=self.seed, warn=False, conditioning_checked=True)
