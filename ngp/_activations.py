@@ -472,7 +472,7 @@ def _check_callable(act: Activation) -> None:
         raise ValueError(
             f"activation: {act.name!r} must be elementwise (input shape {x.shape}, output {y.shape})"
         )
-    if not np.issubdtype(y.dtype, np.floating):  # ints, bools, complex: JAX's 'grad requires real-valued outputs'
+    if not jnp.issubdtype(y.dtype, jnp.floating):  # ints, bools, complex: JAX's 'grad requires real-valued outputs'
         raise TypeError(f"activation: {act.name!r} must return real floating-point values (like its input), got "
                         f"dtype {y.dtype}")
     if not np.all(np.isfinite(y)):

@@ -133,6 +133,9 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
     check_conditioning(np.asarray(cumulants[0], dtype=float), noise, jitter)
     if not np.isfinite(float(value)):
         K, K1, n = np.asarray(cumulants[0]), cumulants[1], cumulants[3]
+        if finite_width and K1 is not None and not (np.all(np.isfinite(K1)) and np.all(np.isfinite(cumulants[2]))):
+            raise ValueError("log_evidence: the network's finite-width cumulants (K1, V) overflow: its pre-activation "
+                             "variances are too large (lower C_W, C_b or the input scale)")
         if finite_width and K1 is not None and not _positive_definite(
                 K + np.asarray(K1) / n + (noise + jitter) * np.eye(Y.shape[0])):
             raise np.linalg.LinAlgError(

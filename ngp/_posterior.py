@@ -125,7 +125,8 @@ def finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter=0.0, *, s
     """
     given = None if solve is None else (device(solve.Kinv), device(solve.ytilde))
     value, finite = _finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter, given)
-    if not isinstance(finite, jax.core.Tracer) and not bool(finite):
+    traced = any(isinstance(v, jax.core.Tracer) for v in (K_AA, K1_AA, V_AAAA, Y, noise, jitter, finite))
+    if not traced and not bool(finite):  # (under jax.grad the boolean came out concrete: a LinAlgError, not NaN)
         raise np.linalg.LinAlgError(
             f"{what}: K_train + K1_train/n + noise I is not positive definite; the 1/n expansion "
             "is not valid here (increase the width or the noise)"

@@ -199,5 +199,7 @@ def test_standardize_checks_shapes_and_types():
             ngp.datasets.standardize(bad)
     with pytest.raises(TypeError, match="^train: expected an array of real numbers"):
         ngp.datasets.standardize("abc")
+    a, b, _ = ngp.datasets.standardize(X[:, :1], X[:2, 0])  # (n, 1) and (n,) mix, as they always did
+    assert a.shape == (4, 1) and b.shape == (2,)
     a, b, _ = ngp.datasets.standardize(X[:, 0], X[:0, 0])  # an empty test set is fine
     assert a.shape == (4,) and b.shape == (0,)

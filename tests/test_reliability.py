@@ -783,6 +783,14 @@ def test_fuzzed_arguments_are_named():
         warnings.simplefilter("ignore", ngp.ExpansionWarning)
         with pytest.raises(ValueError, match="^Y_train: the log evidence overflows"):
             ngp.log_evidence(ngp.MLP(3, 8), X, Y * 1e80, noise=0.1)
+        with pytest.raises(ValueError, match=r"^log_evidence: the network's finite-width cumulants \(K1, V\)"), \
+                np.errstate(over="ignore", invalid="ignore"):
+            ngp.log_evidence(ngp.MLP(3, 8, activation="relu", C_W=1e60), X, Y, noise=0.1)  # not the targets
+        # under jax.grad (not jit) duplicates at noise 0 raised a LinAlgError (a concrete boolean): NaN, as documented
+        Xd, Yd = np.r_[X, X[:1]], np.r_[Y, Y[:1]]
+        value, grad = jax.value_and_grad(lambda nz: ngp.log_evidence(ngp.MLP(3, 8), Xd, Yd, noise=nz))(0.0)
+        assert np.isnan(float(value)) and np.isnan(float(grad))
+    assert ngp.activation(lambda x: jnp.tanh(x).astype(jnp.bfloat16)).smooth  # a JAX float type: accepted
     with pytest.raises(ValueError, match=r"^X_train: .* NTK block is singular .* condition 0\.00e\+00 .* NTK's rank"):
         ngp.trained_ensemble(ngp.MLP(1), X, Y, X[:2])
     with pytest.raises(ValueError, match="^K0: the pre-activation variance must be > 0"):  # ignored when unused
