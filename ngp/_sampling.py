@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import threading
 
 import jax
 import numpy as np
@@ -130,19 +131,29 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
     return NetworkSamples(outputs, metric)
 
 
+_CACHE_LOCK = threading.Lock()
+
+
 def cached_per_network(cache: "collections.OrderedDict", size: int, key: tuple, make):
     """``make()`` remembered in ``cache`` under ``key`` (led by a network), keeping the ``size`` most recently
-    used entries; an unhashable key (a network holding unhashable objects) is not cached."""
+    used entries; an unhashable key (a network holding unhashable objects) is not cached. Thread-safe: the cache is
+    read and changed under a lock (another thread's insertion evicted a key between its test and ``move_to_end``:
+    a ``KeyError`` with 8 threads over 9 networks), ``make()`` runs outside it."""
     try:
         hash(key)
     except TypeError:
         return make()
-    if key not in cache:
-        cache[key] = make()
+    with _CACHE_LOCK:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+    value = make()
+    with _CACHE_LOCK:
+        value = cache.setdefault(key, value)  # another thread's, if it made one meanwhile
+        cache.move_to_end(key)
         while len(cache) > size:
             cache.popitem(last=False)
-    cache.move_to_end(key)
-    return cache[key]
+    return value
 
 
 _SAMPLER_CACHE: "collections.OrderedDict" = collections.OrderedDict()

@@ -158,3 +158,33 @@ def test_a_failing_lower_layer_waits_for_the_background_job(monkeypatch):
     with pytest.raises(ValueError, match="below"):
         layer._components_pq(p, q)
     assert done == [1]
+
+
+def test_per_network_caches_are_thread_safe():
+    """The per-network caches (samplers, the fit's objectives, importance-sampling statistics) were unlocked: with 8
+    threads over 9 keys, another thread's insertion evicted a key between one thread's test and its move_to_end (a
+    KeyError; 26-55 of 160000 calls here before the lock)."""
+    import collections
+    import concurrent.futures
+    import sys
+
+    from ngp._sampling import cached_per_network
+
+    cache, errors = collections.OrderedDict(), []
+
+    def worker(t):
+        for i in range(20000):
+            try:
+                cached_per_network(cache, 8, ((t * 5 + i * 7) % 9,), object)
+            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(worker, range(8)))
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:3]
+    assert len(cache) == 8
