@@ -126,22 +126,19 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
                          "transformation): call jax.config.update('jax_enable_x64', True) first, or use "
                          "finite_width=False (the GP's evidence, in float32)")
     cumulants = _cumulants(net, XA, C_W, C_b, finite_width, options)
+    K1, V = cumulants[1], cumulants[2]
+    if K1 is not None and not any(isinstance(v, jax.core.Tracer) for v in (K1, V)) and not (
+            np.all(np.isfinite(K1)) and np.all(np.isfinite(V))):
+        raise ValueError("log_evidence: the network's finite-width cumulants (K1, V) overflow: its pre-activation "
+                         "variances are too large (lower C_W, C_b or the input scale)")
     value = _evidence(cumulants, Y, noise, jitter)
     if any(isinstance(v, jax.core.Tracer) for v in (value, cumulants[0], noise)):
         return value
     # concrete: the checks of ngp.condition (a nearly singular kernel gave +8e14 here where condition refuses)
     check_conditioning(np.asarray(cumulants[0], dtype=float), noise, jitter)
     if not np.isfinite(float(value)):
-        K, K1, n = np.asarray(cumulants[0]), cumulants[1], cumulants[3]
-        if finite_width and K1 is not None and not (np.all(np.isfinite(K1)) and np.all(np.isfinite(cumulants[2]))):
-            raise ValueError("log_evidence: the network's finite-width cumulants (K1, V) overflow: its pre-activation "
-                             "variances are too large (lower C_W, C_b or the input scale)")
-        if finite_width and K1 is not None and not _positive_definite(
-                K + np.asarray(K1) / n + (noise + jitter) * np.eye(Y.shape[0])):
-            raise np.linalg.LinAlgError(
-                "log_evidence: K_train + K1_train/n + noise I is not positive definite (the finite-width log evidence "
-                "is not finite): the 1/n expansion is not valid here; widen the network or add noise")
-        # a well-conditioned kernel (and K + K1/n positive definite): the targets overflowed (Y^4 in the 1/n terms)
+        # a well-conditioned kernel, finite cumulants and K + K1/n positive definite (finite_width_log_evidence
+        # refuses it otherwise, naming log_evidence): the targets overflowed (Y^4 in the 1/n terms)
         raise ValueError(f"Y_train: the log evidence overflows (largest |Y_train| = {np.max(np.abs(Y)):.3g}); "
                          "rescale the targets (e.g. ngp.datasets.standardize)")
     if warn_untrusted and finite_width and cumulants[1] is not None:
@@ -205,13 +202,6 @@ def _evidence(cumulants, Y, noise, jitter):
         # jnp.where, so that the gradient is NaN there too (the where's was exactly 0)
         value = value * jnp.where(well_conditioned(Kt, L), 1.0, jnp.nan)
     return value
-
-
-def _positive_definite(A: np.ndarray) -> bool:
-    try:
-        return bool(np.all(np.isfinite(np.linalg.cholesky(A))))
-    except np.linalg.LinAlgError:
-        return False
 
 
 def with_hyperparameters(net, C_W, C_b):

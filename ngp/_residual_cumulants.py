@@ -839,11 +839,11 @@ def _check_regular(S_k, S_i, Gam, pairs):
     Inputs of zero variance in ``S_k`` (``x = 0`` with ``C_b = 0``: exactly 0 in every network) are left out: their
     problems are exactly 0 (:func:`_cross_layers`)."""
     a, b = pairs.a[~pairs.diag], pairs.b[~pairs.diag]
-    live = (np.diag(S_k)[a] > 0) & (np.diag(S_k)[b] > 0)
-    a, b = a[live], b[live]
+    alive = np.diag(S_k) > 0
+    a, b = a[alive[a] & alive[b]], b[alive[a] & alive[b]]
     worst = 1.0
     for A in (S_k, S_k - Gam * Gam * S_i):
-        if np.any(np.diag(A)[np.diag(S_k) > 0] <= 0):
+        if np.any(np.diag(A)[alive] <= 0):
             worst = 0.0
             break
         if a.size:

@@ -54,6 +54,7 @@ def standardize(train: np.ndarray, *others: np.ndarray):
             dimensions or of columns; non-finite values (nan or inf).
     """
     arrays = []
+    columns = lambda b: b.shape[1] if b.ndim == 2 else 1  # noqa: E731  ((n,) and (n, 1) mix, as before)
     for name, a in [("train", train)] + [(f"others[{i}]", o) for i, o in enumerate(others)]:
         try:
             if np.iscomplexobj(a) or isinstance(a, (str, bytes)):
@@ -63,8 +64,7 @@ def standardize(train: np.ndarray, *others: np.ndarray):
             raise TypeError(f"{name}: expected an array of real numbers, got {type(a).__name__}") from None
         if not arrays and (a.ndim not in (1, 2) or a.shape[0] == 0):
             raise ValueError(f"train: expected a 1-D or 2-D array with at least one row, got shape {a.shape}")
-        columns = lambda b: b.shape[1] if b.ndim == 2 else 1  # noqa: E731
-        if arrays and (a.ndim not in (1, 2) or columns(a) != columns(arrays[0])):  # (n,) and (n, 1) mix, as before
+        if arrays and (a.ndim not in (1, 2) or columns(a) != columns(arrays[0])):
             want = f"(rows, {arrays[0].shape[1]})" if arrays[0].ndim == 2 else "(rows,)"
             raise ValueError(f"{name}: expected shape {want} "
                              f"like train's {arrays[0].shape}, got {a.shape}")
