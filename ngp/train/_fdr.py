@@ -286,7 +286,7 @@ def fdr_sgd(
     The update is ``v <- mu v + (1 - d)(grad + lambda theta)``, ``theta <- theta - eta v`` from ``v = 0`` (the
     transformation returns ``-eta v``; pass ``params`` to ``update``): ``torch.optim.SGD`` when ``d = 0``; with
     ``d > 0`` the reference code's rule, which PyTorch's differs from in its first buffer (``g``) and in ignoring
-    ``d`` when ``mu = 0`` (docs/training.md, "Conventions"). Every ``window`` steps the
+    ``d`` when ``mu = 0`` (docs/training.md, "The fluctuation-dissipation relation of SGD"). Every ``window`` steps the
     averages of ``O_L`` and ``O_R`` (:func:`fdr_observables`) over the second half of all steps
     since the last cut are compared (Yaida's half-running averages: at ``t`` steps after the cut,
     steps ``floor(t/2) + 1 .. t``). If ``|<O_L>/<O_R> - 1| < tolerance`` the learning rate is
