@@ -29,8 +29,8 @@ import numpy as np
 
 from ._activations import Activation
 from ._fourpoint import RTOL, fixed_rule_split, multiset_expectations, split_multisets
-from ._gaussian import (auto_orders, concrete_max, integer_power, kernel_bucket, pad_rows, padded_rule,
-                        pair_matrices, pruned_tensor_rule)
+from ._gaussian import (auto_orders, check_hand_orders, concrete_max, integer_power, kernel_bucket, pad_rows,
+                        padded_rule, pair_matrices, probe_inputs, pruned_tensor_rule)
 from ._kernel import KERNEL_OPTIONS, two_point_matrix
 from ._pairs import Pairs, array_module, is_concrete, multiset_code, multiset_rows
 from ._progress import check_progress, task
@@ -113,8 +113,13 @@ def _jh_mehler(act: Activation, K, pairs: Pairs, **options):
     d = [act.derivative(k) for k in range(5)]
     terms, nodes = options.get("terms"), options.get("nodes")
 
-    M20, M11, M40, M22, M31 = pair_matrices(tuple((d[p], d[q]) for p, q in ((2, 0), (1, 1), (4, 0), (2, 2), (3, 1))),
-                                            K, terms=terms, nodes=nodes)
+    fgs = tuple((d[p], d[q]) for p, q in ((2, 0), (1, 1), (4, 0), (2, 2), (3, 1)))
+    M20, M11, M40, M22, M31 = pair_matrices(fgs, K, terms=terms, nodes=nodes)
+    if (terms is not None or nodes is not None) and is_concrete(K):  # hand-set orders: compared with the automatic
+        idx = probe_inputs(K)
+        given = ", ".join(f"{k}={v}" for k, v in (("terms", terms), ("nodes", nodes)) if v is not None)
+        check_hand_orders((M20, M11, M40, M22, M31), pair_matrices(fgs, np.asarray(K)[np.ix_(idx, idx)]), idx, K,
+                          given="the Mehler rule of " + given, what="derivative expectations <s^(p)(z_a) s^(q)(z_b)>")
     a, b = pairs.a, pairs.b
     xp = array_module(K, M20, M11, M40, M22, M31)
     if xp is np:
@@ -169,6 +174,10 @@ def jacobian_hessian(act: Activation, K, pairs: Pairs, C_W: float, *, method: st
     if act.two_point is not None and method in ("auto", "closed"):
         J, H = _jh_closed(act, K, pairs)
     else:
+        if not act.smooth and act.two_point is not None:  # method "mehler"/"quadrature" asked for a kinked one
+            raise ValueError(
+                f"method: {method!r} integrates smooth activations only; {act.name!r} is kinked, so the derivatives "
+                "behind its K1 and V exist only in closed form (method='auto' or 'closed')")
         if not act.smooth:
             raise ValueError(
                 f"activation {act.name!r} is declared non-smooth and has no closed-form kernel: its "

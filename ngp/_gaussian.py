@@ -38,7 +38,7 @@ from ._warnings import AccuracyWarning
 
 __all__ = ["gauss_hermite", "expect_1d", "hermite_coefficients", "hermite_tables", "pair_matrix", "pair_gh",
            "concrete_max", "auto_orders", "mehler_series", "padded_rule", "finite_rule", "pruned_tensor_rule", "bucket",
-           "kernel_bucket", "pad_rows"]
+           "kernel_bucket", "pad_rows", "probe_inputs", "check_hand_orders"]
 
 #: Smallest number of Hermite terms in the Mehler series.
 MEHLER_TERMS = 200
@@ -226,6 +226,60 @@ def _pair_call(run, K, terms, nodes):
     Kp = np.zeros((kernel_bucket(N), kernel_bucket(N)), dtype=jnp.result_type(float))
     Kp[:N, :N] = K
     return tuple(device(np.asarray(M)[:N, :N]) for M in run(Kp, *tables))
+
+
+#: Largest difference between a hand-set rule and the automatic one, relative to the largest entry of the matrix,
+#: before :func:`check_hand_orders` warns (the automatic orders reach ~1e-12-1e-10 relative, ``docs/accuracy.md``).
+HAND_ORDERS_RTOL = 1e-10
+
+
+def probe_inputs(K, count: int = 8) -> np.ndarray:
+    """At most ``count`` input indices of the concrete kernel ``K`` ``(N, N)`` on which a hand-set rule is compared
+    with the automatic one (:func:`check_hand_orders`): the largest variances (the slowest-converging series and
+    1-D rules) and the most correlated pairs (the Mehler series' slowest terms, ``|rho| -> 1``)."""
+    K = np.asarray(K, dtype=float)
+    N = K.shape[0]
+    if N <= count:
+        return np.arange(N)
+    kd = np.diagonal(K)
+    pick = list(np.argsort(-kd, kind="stable")[: count // 2])
+    d = np.sqrt(np.maximum(kd, 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(np.outer(d, d) > 0, np.abs(K) / np.outer(d, d), 0.0)
+    np.fill_diagonal(rho, -1.0)
+    top = np.argpartition(-rho, 2 * count, axis=None)[: 2 * count + 1]  # the most correlated pairs, O(N^2)
+    for flat in top[np.argsort(-rho.flat[top], kind="stable")]:
+        for i in divmod(int(flat), N):
+            if i not in pick:
+                pick.append(i)
+        if len(pick) >= count:
+            break
+    return np.sort(np.asarray(pick[:count], dtype=np.int64))
+
+
+def check_hand_orders(values, reference, idx, K, *, given: str, what: str) -> None:
+    """Warn (:class:`AccuracyWarning`) when matrices computed with a hand-set rule (``values``: a tuple of ``(N, N)``
+    arrays, read at the inputs ``idx`` of :func:`probe_inputs`) differ from ``reference`` (the same matrices on
+    ``K[idx][:, idx]`` by the automatic rule) by more than :data:`HAND_ORDERS_RTOL` of the largest reference entry:
+    their numerical error is not in ``K1_error``/``V_error`` (which estimate the four-point quadrature's)."""
+    kd = np.diagonal(np.asarray(K, dtype=float))
+    worst, where = 0.0, None
+    for M, R in zip(values, reference):
+        M, R = np.asarray(M, dtype=float)[np.ix_(idx, idx)], np.asarray(R, dtype=float)
+        scale = np.max(np.abs(R), initial=0.0)
+        if not scale > 0:
+            continue
+        err = np.abs(M - R) / scale
+        err = np.where(np.isnan(err), np.inf, err)
+        if err.max() > worst:
+            worst = float(err.max())
+            where = tuple(int(idx[i]) for i in np.unravel_index(int(np.argmax(err)), err.shape))
+    if worst > HAND_ORDERS_RTOL:
+        a, b = where
+        warn(f"ngp: {given} differs from the automatic rule's {what} by {worst:.1e} of the largest entry (inputs "
+             f"{a} and {b}, variances {kd[a]:.3g} and {kd[b]:.3g}); K, K1 and V are off by about as much or more, "
+             "and K1_error/V_error (the four-point quadrature's estimates) do not include it. Leave the option out "
+             "for the automatic rule (about 1e-10 relative, docs/accuracy.md)", AccuracyWarning)
 
 
 def _run_with(run, tables, K):

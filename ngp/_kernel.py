@@ -16,7 +16,7 @@ import numpy as np
 
 from ._activations import Activation
 from ._fourpoint import product_expectations
-from ._gaussian import K_ACCURATE, auto_orders, kernel_bucket, pair_gh, pair_matrix
+from ._gaussian import K_ACCURATE, auto_orders, check_hand_orders, kernel_bucket, pair_gh, pair_matrix, probe_inputs
 from ._validate import device, warn
 from ._warnings import AccuracyWarning
 
@@ -116,6 +116,16 @@ def two_point_matrix(act: Activation, K, *, method: str = "auto", terms: int | N
         return _with_large_variances(act, K, big)
     else:
         E = pair_matrix(act.fn, act.fn, K, terms=terms, nodes=nodes)
+    other = method == "quadrature" or (method == "mehler" and act.two_point is not None)
+    hand = [f"method={method!r}"] if other else []
+    if method == "quadrature":
+        hand.append(f"quad_nodes={quad_nodes}")
+    else:
+        hand += [f"{k}={v}" for k, v in (("terms", terms), ("nodes", nodes)) if v is not None]
+    if hand and not isinstance(K, jax.core.Tracer):  # a rule other than the automatic one: compared with it
+        idx = probe_inputs(K)
+        check_hand_orders((E,), (two_point_matrix(act, np.asarray(K)[np.ix_(idx, idx)]),), idx, K,
+                          given="the two-point rule of " + ", ".join(hand), what="<s(z_a) s(z_b)>")
     return _bucketed(_symmetrize, E)
 
 

@@ -203,7 +203,9 @@ class Prior(NTKMixin):
     Keyword options (``net.prior(X, **options)``):
         method: ``"auto"`` (closed forms where known, else the Mehler series),
             ``"mehler"``, ``"quadrature"`` (dense 2-D Gauss-Hermite) or ``"closed"``.
-        terms, nodes: Mehler series length and 1-D quadrature size (default: automatic).
+        terms, nodes: Mehler series length and 1-D quadrature size (default: automatic). A rule other than the
+            automatic one (these, ``quad_nodes``, ``method="quadrature"``) is compared with it on probe inputs, and
+            an ``AccuracyWarning`` states a difference above 1e-10 (``docs/accuracy.md``).
         quad_nodes: nodes per dimension of the 2-D rule for ``method="quadrature"``.
         four_point_rtol: relative tolerance of the four-input expectations behind ``V`` (default 1e-9,
             relative to ``prod_j <s(z_j)^4>^(1/4)``); exact rules for the relu family and closed forms.

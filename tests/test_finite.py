@@ -251,6 +251,39 @@ def test_unequal_widths_ratio_placement(inputs):
     # and with the ratio inverted the prediction would be off by O(1) (THEORY: 2.4 max|V|)
 
 
+@pytest.mark.parametrize("options,bad", [({"nodes": 20}, True), ({"terms": 5}, True), ({"terms": 20}, True),
+                                         ({"method": "quadrature", "quad_nodes": 10}, True),
+                                         ({"method": "quadrature"}, True), ({"nodes": 400}, False),
+                                         ({"terms": 60}, False)])
+def test_hand_set_orders_are_compared_with_the_automatic_rule(inputs, options, bad):
+    # Hand-set quadrature orders far below the automatic ones gave K, K1 and V off by 1e-7 to 1e2 (nodes=1: K = 0)
+    # while K1_error and V_error stayed ~1e-10, and the 2-D rule of method="quadrature" (80 nodes) K1 off by 3e-4 at
+    # a first-layer variance of 4.5: now a warning states the difference on probe inputs; orders accurate to better
+    # than ~1e-10 stay quiet (reference: the automatic rule, 1e-10 or better here).
+    X = inputs["symmetries"]
+    net = ngp.MLP(3, 32, activation="tanh", C_W=1.5, C_b=0.1)
+    ref = net.prior(X)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = net.prior(X, **options)
+        err = max(float(np.max(np.abs(getattr(p, q) - getattr(ref, q))) / np.max(np.abs(getattr(ref, q))))
+                  for q in ("K", "K1"))
+    stated = [float(str(w.message).split(" by ")[1].split()[0]) for w in caught
+              if issubclass(w.category, ngp.AccuracyWarning) and "differs from the automatic rule" in str(w.message)]
+    if bad:
+        assert err > 1e-8 and stated  # a real error, and said
+        assert max(stated) > 0.1 * err  # of the size of the output's error (the last layer's is read on it)
+    else:
+        assert err < 1e-9 and not stated
+
+
+def test_kinked_activations_refuse_numerical_derivative_rules(inputs):
+    # relu with method="quadrature" said "declared non-smooth and has no closed-form kernel" (it has one)
+    with pytest.raises(ValueError, match="method: 'quadrature' integrates smooth activations only"), \
+            pytest.warns(ngp.AccuracyWarning, match="differs from the automatic rule"):  # its K: 2-D rule vs closed
+        ngp.MLP(3, 16, activation="relu").prior(inputs["memory"][:3], method="quadrature", warn=False).K1
+
+
 def test_memory_guard_and_bad_options(inputs):
     net = ngp.MLP(3, 16)
     X = inputs["memory"]
