@@ -211,7 +211,7 @@ class MatrixFreeConditioned(Conditioned):
         own on one test input, which costs about as much (``docs/matrix-free.md``). Warns (once) when the first-order
         terms are not small, like the exact path."""
         run = self._train_run()
-        if not run.validity.trusted:
+        if not run.validity.trusted and self.options.get("warn", True):
             warn(mf.regime_warning(run.validity), ExpansionWarning)
         return float(run.log_evidence)
 
@@ -299,10 +299,10 @@ class MatrixFreeConditioned(Conditioned):
         v = first["validity"]
         var = cat("var")
         negative = bool(np.any(var < 0))
-        if negative:
+        if negative and self.options.get("warn", True):
             warn("posterior: a first-order posterior variance is negative; the 1/n expansion has broken down "
                  f"(expansion parameter {v.eps:.3g})", ExpansionWarning)
-        if not v.trusted:
+        if not v.trusted and self.options.get("warn", True):
             warn(mf.regime_warning(v), ExpansionWarning)
         gp = GPPosterior(cat("gp_mean"), cat("gp_var"), None, float(first["gp_log_evidence"]), self.noise)
         return FiniteWidthPosterior(

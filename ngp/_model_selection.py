@@ -12,6 +12,8 @@ import numpy as np
 
 from ._mlp import MLP
 from ._condition import condition
+from ._conditioned_mf import MatrixFreeConditioned
+from ._matrix_free import ETA_MAX
 from ._validity import EXPANSION_WARN
 from ._validate import as_inputs, as_targets, count, nonneg_float, positive_float, warn
 from ._warnings import ExpansionWarning
@@ -28,9 +30,13 @@ class EvidenceGrid:
         rows: one dict per grid point with keys ``depth``, ``width``, ``C_W``, ``C_b``,
             ``log_evidence`` (finite width, O(1/n)), ``log_evidence_gp`` (infinite width) and
             ``expansion_parameter`` (``max|V|/(n K^2)``), ``evidence_correction``
-            (``|log_evidence - log_evidence_gp|``, nats) and ``trusted``: the expansion parameter is at
-            most 0.3 and the first-order evidence correction at most 1 nat (``ngp._validity.EVIDENCE_MAX``; the
-            neglected second-order terms grow like its square; ``docs/validity.md``).
+            (``|log_evidence - log_evidence_gp|``, nats), ``log_evidence_se`` (the Monte-Carlo standard error of
+            a matrix-free evidence, ``docs/matrix-free.md``; 0 on the exact path), ``eta`` (the matrix-free
+            path's ``Var[log p(y | network)]``; ``None`` on the exact path) and ``trusted``: the expansion
+            parameter is at most 0.3, the first-order evidence correction at most 1 nat
+            (``ngp._validity.EVIDENCE_MAX``; the neglected second-order terms grow like its square;
+            ``docs/validity.md``) and, on the matrix-free path, its own verdict (``eta`` at most 1,
+            :attr:`ngp.MatrixFreeConditioned.validity`) is trusted too.
     """
 
     rows: tuple
@@ -39,12 +45,13 @@ class EvidenceGrid:
              max_correction: float = EVIDENCE_MAX) -> dict:
         """The grid point with the largest finite-width evidence (by default among trusted ones: expansion
         parameter at most ``threshold`` and evidence correction at most ``max_correction`` nats)."""
-        rows = [
-            r for r in self.rows
-            if math.isfinite(r["log_evidence"]) and (
-                not trusted_only
-                or (r["expansion_parameter"] <= threshold and r["evidence_correction"] <= max_correction))
-        ]
+        finite = [r for r in self.rows if math.isfinite(r["log_evidence"])]
+        if not finite:
+            raise ValueError("evidence_grid: no grid point has a finite log evidence (K + K1/n is not positive "
+                             "definite at every one); widen the networks or add noise")
+        rows = [r for r in finite if not trusted_only or (
+            r["expansion_parameter"] <= threshold and r["evidence_correction"] <= max_correction
+            and (r.get("eta") is None or r["eta"] <= ETA_MAX))]
         if not rows:
             raise ValueError(
                 "evidence_grid: no grid point has a trustworthy 1/n expansion; widen the networks, add noise, "
@@ -53,16 +60,23 @@ class EvidenceGrid:
         return max(rows, key=lambda r: r["log_evidence"])
 
     def table(self) -> str:
-        """A plain-text table of the grid."""
-        head = (f"{'depth':>5} {'width':>6} {'C_W':>7} {'C_b':>6} {'logZ (1/n)':>11} {'logZ (GP)':>10} {'eps':>6} "
-                f"{'trusted':>7}")
-        lines = [head, "-" * len(head)]
+        """A plain-text table of the grid (columns as wide as their widest entry); ``+-`` is the Monte-Carlo standard
+        error of a matrix-free evidence, ``corr`` the evidence correction (nats) and ``eps`` the expansion
+        parameter."""
+        mc = any(r.get("log_evidence_se") for r in self.rows)
+        head = ["depth", "width", "C_W", "C_b", "logZ (1/n)"] + (["+-"] if mc else []) + [
+            "logZ (GP)", "corr", "eps"] + (["eta"] if any(r.get("eta") is not None for r in self.rows) else []) + [
+            "trusted"]
+        body = []
         for r in self.rows:
-            lines.append(
-                f"{r['depth']:>5} {r['width']:>6} {r['C_W']:>7.3g} {r['C_b']:>6.3g} {r['log_evidence']:>11.3f} "
-                f"{r['log_evidence_gp']:>10.3f} {r['expansion_parameter']:>6.3f} {'yes' if r['trusted'] else 'NO':>7}"
-            )
-        return "\n".join(lines)
+            eta = ([] if "eta" not in head else ["-" if r.get("eta") is None else f"{r['eta']:.3g}"])
+            body.append([str(r["depth"]), str(r["width"]), f"{r['C_W']:.3g}", f"{r['C_b']:.3g}",
+                         f"{r['log_evidence']:.3f}"] + ([f"{r.get('log_evidence_se', 0.0):.2g}"] if mc else []) + [
+                f"{r['log_evidence_gp']:.3f}", f"{r['evidence_correction']:.3g}", f"{r['expansion_parameter']:.3f}"]
+                + eta + ["yes" if r["trusted"] else "NO"])
+        size = [max(len(c) for c in col) for col in zip(head, *body)]
+        line = lambda cells: " ".join(c.rjust(k) for c, k in zip(cells, size))  # noqa: E731
+        return "\n".join([line(head), "-" * len(line(head))] + [line(b) for b in body])
 
 
 def _as_list(values, name, check):
@@ -101,6 +115,15 @@ def evidence_grid(X_train, Y_train, *, widths: Sequence[int], depths: Sequence[i
 
     Returns:
         :class:`EvidenceGrid`; ``grid.best()`` is the most probable trusted architecture.
+
+    Raises:
+        numpy.linalg.LinAlgError: a grid point's training kernel (with the noise) is singular (e.g. duplicate
+            training inputs with ``noise=0``): the message of :func:`ngp.condition`. A finite-width evidence whose
+            ``K + K1/n + noise`` is not positive definite is kept as a NaN row instead (``trusted = False``).
+
+    With more than 64 training inputs :func:`ngp.condition` takes the matrix-free (Monte-Carlo) path by default
+    (``method="auto"``, ``docs/matrix-free.md``): the rows then carry the evidence's standard error and that
+    path's own validity.
     """
     noise = nonneg_float(noise, "noise")
     X = as_inputs(X_train, "X_train")
@@ -121,12 +144,19 @@ def evidence_grid(X_train, Y_train, *, widths: Sequence[int], depths: Sequence[i
                 logz = cw_.log_evidence
             except np.linalg.LinAlgError:
                 logz = math.nan
-            eps = cw_.expansion_parameter
+            try:  # the matrix-free path's eps comes from the same run
+                eps = cw_.expansion_parameter
+            except np.linalg.LinAlgError:
+                eps = math.nan
             validity = evidence_validity(logz, cw_.gp.log_evidence)
+            # the matrix-free path (more than 64 training inputs by default) judges itself by eps and eta too
+            own = cw_.validity if isinstance(cw_, MatrixFreeConditioned) and math.isfinite(logz) else None
+            se = float(cw_.log_evidence_se) if isinstance(cw_, MatrixFreeConditioned) and math.isfinite(logz) else 0.0
             rows.append(dict(depth=depth, width=w, C_W=float(cw), C_b=float(cb), log_evidence=float(logz),
-                             log_evidence_gp=cw_.gp.log_evidence, expansion_parameter=eps,
+                             log_evidence_se=se, log_evidence_gp=cw_.gp.log_evidence, expansion_parameter=eps,
                              evidence_correction=validity.evidence_correction,
-                             trusted=bool(validity.trusted and eps <= EXPANSION_WARN)))
+                             eta=None if own is None else float(own.eta),
+                             trusted=bool(validity.trusted and eps <= EXPANSION_WARN and (own is None or own.trusted))))
     untrusted = sum(not r["trusted"] for r in rows)
     if untrusted and options.get("warn", True):
         warn(f"evidence_grid: {untrusted} of {len(rows)} grid points have first-order terms that are not small "
