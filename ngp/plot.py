@@ -21,7 +21,8 @@ from typing import Sequence
 import numpy as np
 
 from ._activations import activation as _make_activation
-from ._validate import as_inputs, as_targets, count
+from ._validate import as_inputs, as_targets, count, per_layer, positive_float, warn
+from ._warnings import ExpansionWarning
 
 __all__ = ["plot_flow", "plot_phase_diagram", "plot_posterior", "show"]
 
@@ -40,13 +41,53 @@ def _pyplot():
 def _axes(ax, count: int, *, figsize):
     """``(fig, [ax...])``: new axes, or the given ones (one Axes or a sequence of ``count``)."""
     plt = _pyplot()
+    from matplotlib.axes import Axes
+
     if ax is None:
         fig, axes = plt.subplots(1, count, figsize=figsize, squeeze=False)
         return fig, list(axes[0])
     axes = list(ax) if isinstance(ax, (list, tuple, np.ndarray)) else [ax]
     if len(axes) != count:
         raise ValueError(f"ax: expected {count} Axes (one per panel), got {len(axes)}")
+    for i, a in enumerate(axes):
+        if not isinstance(a, Axes):
+            where = "ax" if a is ax else f"ax[{i}]"
+            raise TypeError(f"{where}: expected a matplotlib Axes, got {type(a).__name__}")
     return axes[0].figure, axes
+
+
+def _labels(labels, n: int, what: str):
+    """Legend labels: ``None``, a sequence of ``n``, or one string when ``n == 1`` (not split into characters)."""
+    if labels is None:
+        return None
+    if isinstance(labels, str):
+        if n != 1:
+            raise ValueError(f"labels: expected {n} labels (one per {what}), got the single string {labels!r}")
+        return [labels]
+    try:
+        labels = list(labels)
+    except TypeError:
+        raise TypeError(f"labels: expected a sequence of {n} labels (one per {what}), got {labels!r}") from None
+    if len(labels) != n:
+        raise ValueError(f"labels: expected {n} labels (one per {what}), got {len(labels)}")
+    return labels
+
+
+def _figsize(value) -> tuple[float, float]:
+    """``(width, height)`` in inches, both ``> 0``."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise TypeError(f"figsize: expected (width, height) in inches, two positive numbers, got {value!r}")
+    return tuple(positive_float(v, f"figsize[{i}]") for i, v in enumerate(value))
+
+
+def _per_layer_label(name: str, values) -> str:
+    """``name=v`` when every layer has ``v``, else the per-layer values (the last one alone misled)."""
+    vals = [f"{float(v):.4g}" for v in values]
+    if len(set(vals)) == 1:
+        return f"{name}={vals[0]}"
+    if len(vals) <= 4:
+        return f"{name}=({', '.join(vals)})"
+    return f"{name} per layer {vals[0]}..{vals[-1]}"
 
 
 # ----------------------------------------------------------------------------- flow
@@ -78,7 +119,8 @@ def _flow_entry(item, index: int) -> dict:
                 raise ValueError(f"flows[{key!r}]: expected one value per layer like 'K' ({K.shape[0]}), got "
                                  f"{out[key].shape[0]}")
         n = item.get("n")
-        out["n"] = None if n is None else np.broadcast_to(np.asarray(n, dtype=float), K.shape).copy()
+        out["n"] = None if n is None else np.array(per_layer(n, K.shape[0], "flows['n']", positive_float,
+                                                             what="layer like 'K'"))
         return out
     from .criticality import DepthFlow
 
@@ -101,8 +143,7 @@ def _flow_entry(item, index: int) -> dict:
         net = getattr(item, "net", None)
         label = None
         if net is not None:
-            cw, cb = net.C_W[-1], net.C_b[-1]
-            label = f"{net.activation.name}, C_W={cw:.4g}, C_b={cb:.4g}"
+            label = f"{net.activation.name}, {_per_layer_label('C_W', net.C_W)}, {_per_layer_label('C_b', net.C_b)}"
         return {"K": K, "K1": K1, "V": V, "n": n, "label": label}
     raise TypeError(
         f"flows: expected ngp Prior objects (with .layers), DepthFlow results or dicts of per-layer arrays, "
@@ -110,22 +151,23 @@ def _flow_entry(item, index: int) -> dict:
     )
 
 
-def plot_flow(flows, *, labels: Sequence[str] | None = None, width: int | None = None, input_index: int = 0,
-              quantities: Sequence[str] = FLOW_QUANTITIES, logy: bool = False, ax=None):
+def plot_flow(flows, *, labels: str | Sequence[str] | None = None, width: int | None = None, input_index: int = 0,
+              quantities: str | Sequence[str] = FLOW_QUANTITIES, logy: bool = False, ax=None):
     """Flow of ``K``, ``K1/K`` and ``V/(n K^2)`` with depth for several initialisations.
 
     Args:
         flows: a sequence of (or a single) ngp ``Prior`` objects with per-layer cumulants
             (``prior.layers``; each layer has ``.K``, ``.K1``, ``.V`` and the feeding width
             ``.n``), :class:`ngp.criticality.DepthFlow` results, or dicts with per-layer arrays
-            ``"K"`` and optionally ``"K1"``, ``"V"``, ``"n"`` (scalar or per layer), ``"label"``.
+            ``"K"`` and optionally ``"K1"``, ``"V"``, ``"n"`` (a width ``> 0``, or one per layer), ``"label"``.
             Arrays may be per-layer scalars ``(L,)`` (one input) or ``(L, N, N)`` /
             ``(L, N, N, N, N)``, from which input ``input_index`` is taken.
-        labels: legend labels, one per flow (default: from the objects).
+        labels: legend labels, one per flow (a single string for a single flow); default: from the objects
+            (a prior's ``C_W``, ``C_b``: one value, or the per-layer values where they differ).
         width: ``n`` for entries that do not carry their widths (DepthFlow, dicts without
             ``"n"``). If some entry has no width at all the third panel shows ``V/K^2``.
         input_index: which input's diagonal entry to draw.
-        quantities: a subset of ``("K", "K1/K", "V/(nK^2)")`` (one panel each).
+        quantities: a subset of ``("K", "K1/K", "V/(nK^2)")`` (one panel each), or one of them as a string.
         logy: logarithmic y axes.
         ax: one Axes per quantity (a single Axes when one quantity is drawn), or ``None``.
 
@@ -137,12 +179,11 @@ def plot_flow(flows, *, labels: Sequence[str] | None = None, width: int | None =
     flows = list(flows)
     if not flows:
         raise ValueError("flows: expected at least one flow")
-    quantities = tuple(quantities)
+    quantities = (quantities,) if isinstance(quantities, str) else tuple(quantities)
     bad = [q for q in quantities if q not in FLOW_QUANTITIES]
     if bad or not quantities:
         raise ValueError(f"quantities: expected a non-empty subset of {FLOW_QUANTITIES}, got {quantities}")
-    if labels is not None and len(labels) != len(flows):
-        raise ValueError(f"labels: expected {len(flows)} labels (one per flow), got {len(labels)}")
+    labels = _labels(labels, len(flows), "flow")
     if width is not None:
         width = count(width, "width")
     input_index = count(input_index, "input_index", minimum=0, what="a non-negative integer")
@@ -226,13 +267,10 @@ def plot_phase_diagram(activation, *, C_b: tuple[float, float] = (0.0, 1.0), C_W
     pd = cr.phase_diagram(activation, C_b=CB, C_W=CW, depth=depth, K0=K0)  # validates activation, depth, K0
     act = _make_activation(activation)
     K, chi_perp, diverged = pd.K, pd.chi_perp, pd.diverged
-    plt = _pyplot()
+    _pyplot()
     from matplotlib.colors import TwoSlopeNorm
 
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5.2, 4.2))
-    else:
-        fig = ax.figure
+    fig, (ax,) = _axes(ax, 1, figsize=(5.2, 4.2))
     if quantity == "chi_perp":
         vals = np.clip(chi_perp, 1e-3, None)
         vmin, vmax = float(np.min(vals)), float(np.max(vals))
@@ -308,7 +346,21 @@ def _bands(post, index: int, n: int, output: int) -> tuple[np.ndarray, np.ndarra
     return mean[:, output], var[:, output]
 
 
-def plot_posterior(X_test, posteriors, *, labels: Sequence[str] | None = None, output: int = 0,
+def _truth(truth) -> tuple[np.ndarray, np.ndarray]:
+    """``plot_posterior``'s reference curve ``(x, y)``: two finite arrays of one length, sorted by ``x``."""
+    if isinstance(truth, (str, bytes)) or not hasattr(truth, "__len__") or len(truth) != 2:
+        raise ValueError(f"truth: expected a pair (x, y) of a reference curve, got {type(truth).__name__}"
+                         + (f" of {len(truth)}" if hasattr(truth, "__len__") else ""))
+    tx = _x_axis(truth[0], "truth[0]")
+    ty = _x_axis(truth[1], "truth[1]")
+    if tx.size != ty.size:
+        raise ValueError(f"truth: expected x and y of one length, got shapes {np.shape(truth[0])} and "
+                         f"{np.shape(truth[1])}")
+    order = np.argsort(tx, kind="stable")
+    return tx[order], ty[order]
+
+
+def plot_posterior(X_test, posteriors, *, labels: str | Sequence[str] | None = None, output: int = 0,
                    X_train=None, Y_train=None, truth=None, ax=None, figsize=(6.5, 4.0)):
     """Posterior bands (mean ± 2 sd) of one output neuron over 1-D test inputs.
 
@@ -316,29 +368,33 @@ def plot_posterior(X_test, posteriors, *, labels: Sequence[str] | None = None, o
         X_test: ``(N_test, 1)`` or ``(N_test,)`` finite test inputs (the x axis).
         posteriors: a posterior (``.mean``, ``.var`` of shape ``(N_test, out_dim)``; e.g.
             :func:`ngp.gp_posterior`, :func:`ngp.posterior`, the reference solvers) or a list of them.
-        labels: legend labels, one per posterior.
+        labels: legend labels, one per posterior (a single string for a single posterior).
         output: which output neuron to draw, ``0 <= output < out_dim``.
         X_train: training inputs to overlay, ``(N_train, 1)`` or ``(N_train,)`` (with ``Y_train``).
         Y_train: training targets to overlay, ``(N_train, out_dim)``, or ``(N_train,)`` / ``(N_train, 1)``: those of
             the output drawn (with ``X_train``).
-        truth: optional ``(x, y)`` of a reference curve (e.g. importance-sampling means).
+        truth: optional ``(x, y)`` of a reference curve (e.g. importance-sampling means): finite ``(M,)`` or
+            ``(M, 1)`` arrays of one length, drawn in the order of ``x``.
         ax: an existing Axes.
+        figsize: ``(width, height)`` in inches of a new figure.
 
     Returns:
         The matplotlib Figure.
+
+    A negative variance (the first-order expansion broke down, ``docs/validity.md``) is drawn as a band of zero
+    width, with an :class:`ngp.ExpansionWarning` naming the posterior.
     """
     x = _x_axis(X_test, "X_test")
     output = count(output, "output", minimum=0, what="a non-negative integer (an output neuron)")
-    if truth is not None and (isinstance(truth, (str, bytes)) or not hasattr(truth, "__len__") or len(truth) != 2):
-        raise ValueError(f"truth: expected a pair (x, y) of a reference curve, got {type(truth).__name__}"
-                         + (f" of {len(truth)}" if hasattr(truth, "__len__") else ""))
+    if truth is not None:
+        truth = _truth(truth)
+    figsize = _figsize(figsize)
     posts = posteriors if isinstance(posteriors, (list, tuple)) else [posteriors]
     if not posts:
         raise ValueError("posteriors: expected a posterior or a non-empty list of them")
+    labels = _labels(labels, len(posts), "posterior")
     if labels is None:
         labels = [type(p).__name__ for p in posts]
-    if len(labels) != len(posts):
-        raise ValueError(f"labels: expected {len(posts)} labels, got {len(labels)}")
     bands = [_bands(post, i, x.size, output) for i, post in enumerate(posts)]
     if (X_train is None) != (Y_train is None):
         raise ValueError("X_train, Y_train: give both (to overlay the data) or neither")
@@ -350,13 +406,18 @@ def plot_posterior(X_test, posteriors, *, labels: Sequence[str] | None = None, o
         yt = as_targets(Y_train, xt.size, out_dim if two_d else 1, "Y_train")[:, output if two_d else 0]
     fig, (axis,) = _axes(ax, 1, figsize=figsize)
     order = np.argsort(x)
+    for i, (mean, var) in enumerate(bands):
+        if np.any(var < 0):
+            warn(f"plot_posterior: posteriors[{i}] has a negative variance at {int(np.sum(var < 0))} of {var.size} "
+                 f"test inputs (min {float(np.min(var)):.3g}), drawn as a band of zero width there (a first-order "
+                 "variance: the 1/n expansion has broken down, docs/validity.md)", ExpansionWarning)
     for (mean, var), label in zip(bands, labels):
         m = mean[order]
         s = np.sqrt(np.clip(var[order], 0.0, None))
         (line,) = axis.plot(x[order], m, label=f"{label} mean")
         axis.fill_between(x[order], m - 2 * s, m + 2 * s, color=line.get_color(), alpha=0.18, label=f"{label} ±2σ")
     if truth is not None:
-        axis.plot(np.asarray(truth[0]).ravel(), np.asarray(truth[1]).ravel(), "k--", lw=1, label="reference")
+        axis.plot(*truth, "k--", lw=1, label="reference")
     if X_train is not None:
         axis.plot(xt, yt, "ko", ms=5, label="data")
     axis.set_xlabel("x")
@@ -382,6 +443,11 @@ def show(fig, path: str | None = None, *, dpi: int = 110):
     Returns:
         ``path``.
     """
+    plt = _pyplot()
+    from matplotlib.figure import Figure
+
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig: expected a matplotlib Figure, got {type(fig).__name__}")
     if path is not None:
         fig.savefig(path, dpi=dpi)
     shell = None
@@ -396,5 +462,5 @@ def show(fig, path: str | None = None, *, dpi: int = 110):
         from IPython.display import display
 
         display(fig)
-    _pyplot().close(fig)
+    plt.close(fig)
     return path

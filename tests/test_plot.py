@@ -169,3 +169,116 @@ def test_plot_posterior_takes_one_column_targets_of_a_multi_output_posterior(tmp
     fig = ngp.plot.plot_posterior(x, post, output=1, X_train=x[:3], Y_train=np.ones((3, 1)))
     (data,) = [ln for ln in fig.axes[0].lines if ln.get_label() == "data"]
     np.testing.assert_array_equal(data.get_ydata(), np.ones(3))
+
+
+def _axes_of_a_new_figure():
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, 3)[1]
+
+
+_FLOW = {"K": [1.0, 2.0, 3.0], "K1": [0.0, 0.1, 0.2], "V": [0.0, 1.0, 2.0]}
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        # a string was split into characters: "ab" gave two labels, "GP" asked for two
+        (lambda: plot.plot_posterior(np.zeros(3), [_Post(3), _Post(3)], labels="ab"),
+         r"labels: expected 2 labels \(one per posterior\), got the single string 'ab'"),
+        (lambda: plot.plot_flow([_FLOW, _FLOW], labels="ab"),
+         r"labels: expected 2 labels \(one per flow\), got the single string 'ab'"),
+        # matplotlib's "x and y must have same first dimension"
+        (lambda: plot.plot_posterior(np.zeros(3), _Post(3), truth=([1, 2, 3], [1, 2])),
+         r"truth: expected x and y of one length, got shapes \(3,\) and \(2,\)"),
+        (lambda: plot.plot_posterior(np.zeros(3), _Post(3), truth=([1, 2], [1, np.nan])), r"truth\[1\]: .*non-finite"),
+        # AttributeError: 'str' object has no attribute 'figure' (or 'plot')
+        (lambda: plot.plot_posterior(np.zeros(3), _Post(3), ax="junk"), "ax: expected a matplotlib Axes, got str"),
+        (lambda: plot.plot_flow(_FLOW, quantities=["K"], ax="junk"), "ax: expected a matplotlib Axes, got str"),
+        (lambda: plot.plot_flow(_FLOW, ax=[*_axes_of_a_new_figure()[:2], "junk"]),
+         r"ax\[2\]: expected a matplotlib Axes, got str"),
+        (lambda: plot.plot_phase_diagram("tanh", resolution=2, depth=1, ax="junk"),
+         "ax: expected a matplotlib Axes, got str"),
+        # "object of type 'int' has no len()", matplotlib's "figure size must be positive finite"
+        (lambda: plot.plot_posterior(np.zeros(3), _Post(3), figsize=-1), r"figsize: expected \(width, height\)"),
+        (lambda: plot.plot_posterior(np.zeros(3), _Post(3), figsize=(0, 3)), r"figsize\[0\]: must be > 0"),
+        # AttributeError: 'str' object has no attribute 'savefig' (without a path: nothing raised)
+        (lambda: plot.show("abc"), "fig: expected a matplotlib Figure, got str"),
+        # widths 0 and -5 drew inf and negative values silently; the wrong length raised a bare broadcast error
+        (lambda: plot.plot_flow({**_FLOW, "n": 0}), r"flows\['n'\]: must be > 0"),
+        (lambda: plot.plot_flow({**_FLOW, "n": -5}), r"flows\['n'\]: must be > 0"),
+        (lambda: plot.plot_flow({**_FLOW, "n": [8, 0, 8]}), r"flows\['n'\]\[1\]: must be > 0"),
+        (lambda: plot.plot_flow({**_FLOW, "n": [1, 2]}), r"flows\['n'\]: expected 3 values \(one per layer"),
+        (lambda: plot.plot_flow({**_FLOW, "n": "8"}), r"flows\['n'\]: expected a number"),
+    ],
+)
+def test_plot_arguments_are_named_when_wrong(call, match):
+    """Bad labels, truth, ax, figsize, fig and widths raise naming the argument (they raised matplotlib's or
+    Python's errors naming nothing, or drew a wrong figure)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with pytest.raises((ValueError, TypeError), match=match):
+            call()
+    finally:
+        plt.close("all")
+
+
+def test_one_string_is_one_label_or_one_quantity():
+    """A single string is one label of a single posterior or flow and one quantity (it was split into
+    characters: "GP" asked for two labels, "K1/K" for the quantities 'K', '1', '/', 'K')."""
+    import matplotlib.pyplot as plt
+
+    fig = plot.plot_posterior(np.zeros(3), _Post(3), labels="GP")
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["GP mean", "GP ±2σ"]
+    fig = plot.plot_flow(_FLOW, labels="tanh", quantities="K1/K")
+    assert len(fig.axes) == 1 and fig.axes[0].get_legend().get_texts()[0].get_text() == "tanh"
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), [0.0, 0.05, 0.2 / 3])
+    plt.close("all")
+
+
+def test_plot_flow_of_a_prior_labels_per_layer_variances():
+    """A prior with per-layer C_W is labelled with every layer's value (it was labelled with the last one)."""
+    import matplotlib.pyplot as plt
+
+    prior = ngp.MLP(3, 4, C_W=[2.0, 1.7, 0.5]).prior(np.ones((1, 2)))
+    fig = plot.plot_flow(prior)
+    assert fig.axes[0].get_legend().get_texts()[0].get_text() == "tanh, C_W=(2, 1.7, 0.5), C_b=0"
+    plt.close("all")
+
+
+def test_plot_flow_takes_per_layer_widths():
+    fig = plot.plot_flow({**_FLOW, "n": np.array([5, 8, 16])}, quantities="V/(nK^2)")
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), [0.0, 1.0 / 4 / 8, 2.0 / 9 / 16])
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_plot_posterior_warns_of_negative_variances():
+    """A negative variance is drawn as a band of zero width with an ExpansionWarning (it was clipped silently)."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    post = _Post(3)
+    post.var[1, 0] = -0.5
+    with pytest.warns(ngp.ExpansionWarning, match=r"posteriors\[1\] has a negative variance at 1 of 3 test inputs"):
+        fig = plot.plot_posterior(np.arange(3.0), [_Post(3), post], labels=["a", "b"])
+    band = fig.axes[0].collections[1].get_paths()[0].vertices
+    np.testing.assert_array_equal(band[band[:, 0] == 1.0, 1], 0.0)  # zero width at x = 1
+    assert band[:, 1].max() == 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot.plot_posterior(np.arange(3.0), _Post(3), labels="a")  # no negative variance: no warning
+    plt.close("all")
+
+
+def test_plot_posterior_draws_truth_in_the_order_of_x():
+    """The reference curve is sorted by x like the means (it was drawn in the order given: a zigzag)."""
+    import matplotlib.pyplot as plt
+
+    fig = plot.plot_posterior(np.arange(3.0), _Post(3), truth=(np.array([[1.0], [0.0], [2.0]]), [10.0, 0.0, 20.0]))
+    (ref,) = [ln for ln in fig.axes[0].lines if ln.get_label() == "reference"]
+    np.testing.assert_array_equal(ref.get_xydata(), [[0.0, 0.0], [1.0, 10.0], [2.0, 20.0]])
+    plt.close("all")
