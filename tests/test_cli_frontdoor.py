@@ -13,6 +13,7 @@ import math
 import re
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -216,6 +217,41 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, content, argv, messag
     monkeypatch.setattr(_regress, "fit_hyperparameters", lambda *a, **k: pytest.fail("refused before any fit"))
     path = str(tmp_path / "missing.csv") if content is None else _write(tmp_path, content)
     assert message in _one_error_line(capsys, main(["regress", path, *argv]))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--samples", "5"], "--samples: the exact path has no Monte-Carlo samples"),
+    (["--method", "matrix-free", "--four-point-order", "8"], "--four-point-order: the matrix-free path has no"),
+    (["--n-train", "50"], "--n-train 50 exceeds the 16-row training pool"),
+    (["--n-train", "8", "--max-memory", "1M"], "--n-train 8: the finite-width posterior needs about"),
+    (["--width", f"8,{2**63}"], "--width: must be <= 9007199254740992"),  # was "ValueError: n: ..." after the work
+])
+def test_refusals_come_before_any_output(tmp_path, capsys, monkeypatch, argv, message):
+    """These were refused only after the data's description (3 lines of stdout) had been printed."""
+    from ngp.cli import _regress
+
+    monkeypatch.setattr(_regress, "fit_hyperparameters", lambda *a, **k: pytest.fail("refused before any fit"))
+    data = _write(tmp_path, "a,b,y\n" + "".join(f"{a},{b},{t}\n" for a, b, t in _csv_rows(20)))
+    rc = main(["regress", data, "--quiet", "--fixed", *argv])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1 and message in err, (out, err)
+
+
+@pytest.mark.parametrize("sub", [["regress", "x.csv"], ["demo"]])
+def test_an_unknown_option_points_at_its_subcommands_help(capsys, sub):
+    """`ngp regress x.csv --bogus` said "ngp: error: ... (see 'ngp --help')", whose help lists no option of it."""
+    line = _one_error_line(capsys, main([*sub, "--bogus", "1"]))
+    assert line == f"ngp {sub[0]}: error: unrecognized arguments: --bogus 1 (see 'ngp {sub[0]} --help')"
+
+
+def test_an_unknown_activation_is_named_as_typed(tmp_path, capsys):
+    """It was refused as "activation: unknown activation 'foo'; ... or a JAX-traceable callable" (the library's
+    words) where the other options' errors name the option as typed; now argparse refuses it, before the file is
+    read. The library's spellings still pass."""
+    line = _one_error_line(capsys, main(["regress", str(tmp_path / "missing.csv"), "--activation", "foo"]))
+    assert "argument --activation: unknown activation 'foo'; expected one of erf," in line
+    assert "callable" not in line and "(see 'ngp regress --help')" in line
+    assert _parser().parse_args(["regress", "x.csv", "--activation", "ReLU"]).activation == "ReLU"
 
 
 def test_given_options_are_told_from_defaults():
@@ -1395,3 +1431,97 @@ def test_truth_of_one_network_is_refused_by_name(tmp_path, capsys):
     data = _write(tmp_path, "a,b,y\n" + "".join(f"{a},{b},{t}\n" for a, b, t in _csv_rows(20)))
     line = _one_error_line(capsys, main(["regress", data, "--truth", "1", "--quiet"]))
     assert "--truth" in line and ">= 2 (or 0: off)" in line
+
+
+def _fake_compare(split, make_net, **kwargs):
+    """``compare``'s rows and info without the computation: a baseline without a time, like the real one's."""
+    rows = [Row("baseline (training mean)", 1.0, -1.0), Row("GP (infinite width)", 0.5, -0.5, -3.0, 0.0, time_s=0.1),
+            Row("finite width n=4", 0.4, -0.4, -3.1, 0.1, time_s=0.2)]
+    return rows, {"n_test": split.Xte.shape[0], "method": "exact", "prior_s": 1.5, "cut": None}
+
+
+def test_regress_one_test_row_is_said_in_the_singular(tmp_path, capsys, monkeypatch):
+    from ngp.cli import _regress
+
+    monkeypatch.setattr(_regress, "compare", _fake_compare)
+    data = _write(tmp_path, "a,b,y\n" + "".join(f"{a},{b},{t}\n" for a, b, t in _csv_rows(5)))
+    assert main(["regress", data, "--n-train", "4", "--fixed", "--width", "4", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "split (seed 0): 1 test row (20%, the same for every --n-train), 4-row training pool" in out
+    assert "* only 1 test row: the test metrics are noisy" in out and "1 test rows" not in out
+
+
+def test_regress_folds_table_and_note_say_what_they_sum(tmp_path, capsys, monkeypatch):
+    """With --folds the baseline's time read "0.0" (one split: "-"), and the note said "share one computation of
+    K1, V" beside the sum of the folds' computations."""
+    from ngp.cli import _regress
+
+    monkeypatch.setattr(_regress, "compare", _fake_compare)
+    data = _write(tmp_path, "a,b,y\n" + "".join(f"{a},{b},{t}\n" for a, b, t in _csv_rows(12)))
+    assert main(["regress", data, "--folds", "3", "--n-train", "4", "--fixed", "--width", "4", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    rows = {ln[:24].strip(): ln.split()[-1] for ln in out.splitlines() if ln.startswith(("baseline", "GP", "finite"))}
+    assert rows == {"baseline (training mean)": "-", "GP (infinite width)": "0.3", "finite width n=4": "0.6"}, out
+    assert ("* each fold's finite-width rows share one computation of K1, V and the predictions: 4.5 s in all 3 "
+            "folds (not in the rows' times)") in out
+    assert notes([], [], 1.5)[0] == ("the finite-width rows share one computation of K1, V and the predictions: "
+                                     "1.5 s (not in the rows' times)")  # one split: as before
+
+
+def test_demo_sizes_the_expansion_on_the_test_points_only():
+    """``ngp demo``'s "1/n size" (and flags) covered the plotting grid's points too (0.25 instead of 0.22 at width 8
+    with --quick --no-nuts): the grid is now predicted apart, after the test points."""
+    import ngp
+    from ngp.cli._common import Progress
+    from ngp.cli._compare import Split, compare
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 2))
+    y = np.sin(X[:, :1]) + 0.5 * X[:, 1:]
+    split = Split(X[:4], y[:4], X[4:], y[4:], 1.0, 0.0)
+    grid = 0.01 * rng.normal(size=(3, 2))  # near 0 (C_b = 0): a larger expansion parameter than the test points'
+
+    def make(w):
+        return ngp.MLP(3, w, activation="tanh", C_W=1.0, C_b=0.0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows, info = compare(split, make, widths=[4], noise=0.1, progress=Progress(quiet=True), extra_test=grid)
+        alone, _ = compare(split, make, widths=[4], noise=0.1, progress=Progress(quiet=True))
+        cond = ngp.condition(make(4), split.Xtr, split.ytr, noise=0.1)
+        joint = cond.predict(np.concatenate([split.Xte, grid])).expansion_parameter
+        on_grid = cond.predict(grid)
+    assert rows[-1].expansion == pytest.approx(alone[-1].expansion, rel=1e-12) and joint > 1.05 * rows[-1].expansion
+    assert info["posteriors"][4].mean.shape == (2, 1)
+    np.testing.assert_allclose(info["grid"]["finite"][4].mean, on_grid.mean, rtol=1e-12)
+    np.testing.assert_allclose(info["grid"]["gp"].mean, on_grid.gp.mean, rtol=1e-12)
+
+
+def test_demo_says_the_scale_of_its_noise_and_one_test_point(tmp_path, capsys, monkeypatch):
+    """"noise is a variance in units of the prior's output variance" was loose: the targets are scaled to the
+    initial prior's mean output variance on the training points (0.333 at the defaults), and the fit changes the
+    prior. Also "1 test points" and "the other 1 are test points"."""
+    from ngp.cli import _demo
+    from ngp.cli._hyper import Hyperparameters
+
+    seen = {}
+
+    def compare(split, make_net, **kwargs):
+        seen["split"] = split
+        return [Row("GP (infinite width)")], {"prior_s": None}
+
+    monkeypatch.setattr(_demo, "fit_hyperparameters", lambda *a, **k: Hyperparameters(1.0, 0.1, 0.1, "given", "-"))
+    monkeypatch.setattr(_demo, "compare", compare)
+    monkeypatch.setattr(_demo, "_figure", lambda *a, **k: None)
+    for argv, n_test in (([], 8), (["--n-train", "25"], 1)):
+        assert main(["demo", "--quiet", "--no-nuts", "--out", str(tmp_path), *argv]) == 0
+        out = capsys.readouterr().out
+        variance = float(np.var(seen["split"].ytr))
+        assert (f"noise is a variance of the targets scaled to variance {variance:.3g} on the training points (the "
+                "prior's mean output variance there before the fit, at C_W=1, C_b=0.1)") in out
+        assert "units of the prior's output variance" not in out
+    assert f"{np.var(seen['split'].ytr):.3g}" == "0.33"  # 25 training points (18: 0.333, the default's)
+    assert "25 training points, 1 test point\n" in out and "(--n-train); the other is a test point\n" in out
+    help_text = " ".join(next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+                         .choices["demo"].format_help().split())
+    assert "units of the prior's output variance" not in help_text and "0.333 at the defaults" in help_text

@@ -20,8 +20,8 @@ import numpy as np
 
 from ngp import MatrixFreeConditioned as _MF
 
-from ._common import (CLIError, Parser, finite_float, given_options, int_at_least, int_list, memory_size, name_list,
-                      output_dir, output_file)
+from ._common import (CLIError, Parser, activation_name, finite_float, given_options, int_at_least, int_list,
+                      memory_size, name_list, output_dir, output_file)
 
 __all__ = ["main", "CLIError"]
 
@@ -68,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="test points (default: every point that is not a training point)")
     d.add_argument("--depth", type=int_at_least(2), default=3, help="weight layers of the tanh MLP (default: 3)")
     d.add_argument("--noise", type=finite_float(minimum=0.0, strict=True), default=0.1, metavar="VAR",
-                   help="observation-noise variance, in units of the prior's output variance; the fit's start unless "
-                        "--fixed (default: 0.1)")
+                   help="observation-noise variance of the targets, which are scaled to the prior's mean output "
+                        "variance on the training points before the fit (C_W=1, C_b=0.1; 0.333 at the defaults, "
+                        "printed); the fit's start unless --fixed (default: 0.1)")
     d.add_argument("--seed", type=int_at_least(0, maximum=2**63 - 1), default=0,
                    help="seed of the split, the sampling and NUTS (default: 0)")
     d.add_argument("--quick", action="store_true",
@@ -101,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: 32)")
     g.add_argument("--depth", type=int_at_least(2), default=3,
                    help="weight layers; depth-1 hidden layers (default: 3)")
-    g.add_argument("--activation", default="tanh", metavar="NAME",
+    g.add_argument("--activation", type=activation_name, default="tanh", metavar="NAME",
                    help=f"one of {', '.join(sorted(ngp.ACTIVATIONS))} (default: tanh)")
     g.add_argument("--c-w", type=finite_float(minimum=0.0, strict=True), default=1.0, metavar="C_W",
                    help="weight variance times fan-in, Var(W) = C_W / fan_in; the fit's start unless --fixed (default: 1.0)")

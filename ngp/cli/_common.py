@@ -20,6 +20,7 @@ __all__ = [
     "Parser",
     "finite_float",
     "int_at_least",
+    "activation_name",
     "memory_size",
     "int_list",
     "name_list",
@@ -27,6 +28,7 @@ __all__ = [
     "output_dir",
     "given_options",
     "fmt_above",
+    "plural",
     "table",
     "fmt",
     "Progress",
@@ -44,6 +46,23 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """``argparse``'s, but an argument nobody knows is reported by the subcommand given (``ngp regress: error:
+        unrecognized arguments: --bogus (see 'ngp regress --help')``), whose options it was meant for."""
+        args, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self._chosen(args).error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
+
+    def _chosen(self, args) -> argparse.ArgumentParser:
+        """The parser of the subcommand that ``args`` ran (``self`` without one)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                sub = action.choices.get(getattr(args, action.dest, None))
+                if sub is not None:
+                    return sub._chosen(args) if isinstance(sub, Parser) else sub
+        return self
 
 
 # ----------------------------------------------------------------------------- argument types
@@ -87,6 +106,15 @@ def int_at_least(minimum: int, *, off: int | None = None, maximum: int | None = 
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3,
           "T": 1024**4, "TB": 1024**4}
+
+
+def activation_name(text: str) -> str:
+    """An argparse type: a name from ``ngp.ACTIVATIONS`` (in any case, as the library reads it)."""
+    from ngp import ACTIVATIONS
+
+    if text.strip().lower() not in ACTIVATIONS:
+        raise argparse.ArgumentTypeError(f"unknown activation {text!r}; expected one of {', '.join(ACTIVATIONS)}")
+    return text
 
 
 def memory_size(text: str) -> int:
@@ -176,6 +204,11 @@ def fmt(value, spec: str = ".4g") -> str:
     if value is None:
         return "-"
     return format(value, spec)
+
+
+def plural(n: int, noun: str) -> str:
+    """``n`` and the noun, plural unless ``n`` is 1: ``1 test row``, ``2 test rows``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def fmt_above(value: float, limit: float, digits: int = 2) -> str:

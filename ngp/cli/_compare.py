@@ -142,7 +142,7 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
         options: options for :func:`ngp.condition` (``method``; the exact path's ``max_memory``,
             ``four_point_order``; the matrix-free path's ``samples``, ``seed``).
         extra_test: ``(G, n0)`` extra inputs (a plotting grid) whose GP and finite-width posteriors are
-            returned (not scored).
+            returned (predicted apart from the test rows: neither scored nor in a row's 1/n size, flags or time).
         deadline: a ``time.perf_counter()`` value by which the finite-width predictions should end (not with
             ``extra_test``): they go in batches (:data:`DEADLINE_BATCHES`) and stop before a batch projected to end
             later (:func:`deadline_stop`; the first batch always runs); every row is then scored on the test rows
@@ -153,7 +153,8 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
     Returns:
         ``(rows, info)``; ``info`` holds ``method`` (the finite-width path), ``prior_s`` (the shared finite-width
         work), ``posteriors``
-        (``{width: FiniteWidthPosterior}`` on the test rows, and ``"grid"`` on ``extra_test``), ``failed``,
+        (``{width: FiniteWidthPosterior}`` on the test rows, and ``"grid"`` on ``extra_test``: ``{"gp": GPPosterior,
+        "finite": {width: FiniteWidthPosterior}}``), ``failed``,
         ``n_test`` (the test rows scored) and ``cut`` (why fewer than given, else ``None``).
     """
     if deadline is not None and extra_test is not None:
@@ -182,7 +183,6 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
     mf = cond.method == "matrix_free"
     what = (f"K1, the evidence (its vertex terms by Monte Carlo, {cond.samples} samples per layer)" if mf
             else "K1, V and evidence")
-    XB = split.Xte if extra_test is None else np.concatenate([split.Xte, extra_test])
     M = split.Xte.shape[0]
     batched = {}  # with a deadline: batches of test rows, the first width stopping at the deadline
     if deadline is not None:
@@ -200,13 +200,13 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
             # input) costs about as much, its training side being most of the work (docs/cli.md, "Hundreds of rows")
             both = [est[k] for k in ("training", "predict") if est.get(k) is not None]
             post0, info["prior_s"] = progress.run(
-                f"finite width: {what} and predictions at {XB.shape[0]} test inputs, on {split.Xtr.shape[0]} "
-                "training rows", lambda: cond.predict(XB, **first()), estimate=sum(both) if both else None)
+                f"finite width: {what} and predictions at {M} test inputs, on {split.Xtr.shape[0]} training rows",
+                lambda: cond.predict(split.Xte, **first()), estimate=sum(both) if both else None)
         else:
             _, t_train = progress.run(f"finite width: {what} on {split.Xtr.shape[0]} training rows",
                                       lambda: cond.log_evidence, estimate=est.get("training"))
-            post0, t_pred = progress.run(f"finite width: predictions at {XB.shape[0]} test inputs",
-                                         lambda: cond.predict(XB, **first()), estimate=est.get("predict"))
+            post0, t_pred = progress.run(f"finite width: predictions at {M} test inputs",
+                                         lambda: cond.predict(split.Xte, **first()), estimate=est.get("predict"))
             info["prior_s"] = t_train + t_pred
     except MemoryError as exc:
         raise CLIError(f"{exc} (raise --max-memory or use fewer training rows)".replace("\n", " ")) from None
@@ -232,7 +232,7 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
             rows.append(row)
             continue
         try:
-            post = post0 if w == widths[0] else cond.with_width(w).predict(XB, **batched)
+            post = post0 if w == widths[0] else cond.with_width(w).predict(split.Xte, **batched)
         except np.linalg.LinAlgError as exc:
             info["failed"][w] = str(exc)
             row.flags.append(f"failed: {exc}")
@@ -302,7 +302,11 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
                 row.flags.append("reference unreliable")
         rows.append(row)
     if extra_test is not None:
-        info["grid"] = {"gp": cond.gp.predict(extra_test), "finite": {w: p for w, p in info["posteriors"].items()}}
+        # after every width's test rows (their joint prior computed once), apart from them: a row's 1/n size and
+        # flags are its test rows', and the grid's predictions (for a figure) are in no row's time
+        finite, _ = progress.run(f"finite width: predictions at {extra_test.shape[0]} grid inputs", lambda: {
+            w: (cond if w == widths[0] else cond.with_width(w)).predict(extra_test) for w in info["posteriors"]})
+        info["grid"] = {"gp": cond.gp.predict(extra_test), "finite": finite}
     return rows, info
 
 
@@ -363,20 +367,26 @@ _SAME = (("1/n expansion parameter", "expansion parameter"),
          ("untrusted: ", "outside its validated regime"))
 
 
-def notes(rows, messages, prior_s, *, method: str = "exact") -> list[str]:
+def notes(rows, messages, prior_s, *, method: str = "exact", folds: int = 1) -> list[str]:
     """The lines printed under the table: shared time, each row's flags, then the library's other warnings.
 
     Args:
         rows: the :class:`Row` objects (of every fold).
         messages: warning messages recorded while fitting.
-        prior_s: seconds of the shared finite-width computation (``None`` if none).
+        prior_s: seconds of the shared finite-width computation (``None`` if none), summed over the folds.
         method: the finite-width path (``"exact"`` or ``"matrix_free"``).
+        folds: how many folds' computations ``prior_s`` sums (each fold has its own).
     """
     out = []
     if prior_s:
         what = ("one matrix-free run (K1 exact, the vertex terms by Monte Carlo)" if method == "matrix_free" else
                 "one computation of K1, V")
-        out.append(f"the finite-width rows share {what} and the predictions: {prior_s:.1f} s (not in the rows' times)")
+        if folds > 1:
+            out.append(f"each fold's finite-width rows share {what} and the predictions: {prior_s:.1f} s in all "
+                       f"{folds} folds (not in the rows' times)")
+        else:
+            out.append(f"the finite-width rows share {what} and the predictions: {prior_s:.1f} s (not in the rows' "
+                       "times)")
     flags = []
     for r in rows:
         for f in r.flags:

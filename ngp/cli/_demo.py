@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from ._common import CLIError, Progress, collect_warnings, enable_x64, table
+from ._common import CLIError, Progress, collect_warnings, enable_x64, plural, table
 from ._compare import Split, cells, compare, notes
 from ._hyper import fit_hyperparameters
 
@@ -55,8 +55,10 @@ def _why(args, n: int, n_train: int, n_test: int) -> str:
                 f"finite-width posterior takes under half a minute even on {n - 1} points, so no time budget limits "
                 "them (docs/cli.md)")
     else:
-        line = f"{n_train} training points (--n-train); the other {n - n_train} are test points"
-    if args.n_test is not None:
+        k = n - n_train
+        line = f"{n_train} training points (--n-train); " + ("the other is a test point" if k == 1 else
+                                                            f"the other {k} are test points")
+    if args.n_test is not None and n - n_train > 1:
         line += f", {n_test} of them used (--n-test)"
     return line
 
@@ -114,10 +116,11 @@ def run(args) -> int:
                              truth_samples=samples, nuts_steps=nuts, seed=args.seed,
                              extra_test=((grid_km - x_mu) / x_sd)[:, None])
     print(f"Terrain elevation profile (Jacksboro fault DEM, USGS; latitude {lat:.4f}, {dist[-1]:.0f} km east-west, "
-          f"{n} points): {len(tr)} training points, {len(te)} test points")
+          f"{n} points): {len(tr)} training points, {plural(len(te), 'test point')}")
     print(f"  {_why(args, n, len(tr), len(te))}")
-    print(f"  tanh MLP depth {depth}; hyperparameters: {hyper.describe()} ({hyper.note}); noise is a variance in "
-          "units of the prior's output variance")
+    print(f"  tanh MLP depth {depth}; hyperparameters: {hyper.describe()} ({hyper.note}); noise is a variance of the "
+          f"targets scaled to variance {k_scale**2:.3g} on the training points (the prior's mean output variance "
+          "there before the fit, at C_W=1, C_b=0.1)")
     print(f"  RMSE and |mean-IS| in metres; 'IS' = importance sampling over {samples} actual random networks "
           "(± its standard error)\n")
     cols = ["model", "test RMSE", "test log-lik", "log evidence", "1/n size", "|mean-IS|", "|GP mean-IS|", "time [s]"]
@@ -139,7 +142,6 @@ def _figure(args, dist, elev, tr, te, grid_km, info, width, scale, y_mu, lat):
         return None
     grid = info["grid"]
     fw = grid["finite"].get(width)
-    M = len(te)
     gp_m = grid["gp"].mean[:, 0] * scale + y_mu
     gp_s = np.sqrt(np.clip(grid["gp"].var[:, 0], 0, None)) * scale
     fig = Figure(figsize=(13, 3.8))
@@ -147,8 +149,8 @@ def _figure(args, dist, elev, tr, te, grid_km, info, width, scale, y_mu, lat):
     axes = fig.subplots(1, 3, sharex=True)
     panels = [(axes[0], "GP (infinite width)", gp_m, gp_s, "C0")]
     if fw is not None:
-        fw_m = fw.mean[M:, 0] * scale + y_mu
-        fw_s = np.sqrt(np.clip(fw.var[M:, 0], 0, None)) * scale
+        fw_m = fw.mean[:, 0] * scale + y_mu
+        fw_s = np.sqrt(np.clip(fw.var[:, 0], 0, None)) * scale
         panels.append((axes[1], f"finite width n={width} (1/n)", fw_m, fw_s, "C3"))
     for ax, title, m, s, color in panels:
         ax.plot(dist, elev, color="0.6", lw=1, label="profile (all points)")

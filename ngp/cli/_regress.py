@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 
 from . import _budget
-from ._common import CLIError, Progress, collect_warnings, enable_x64, fmt, table
+from ._common import CLIError, Progress, collect_warnings, enable_x64, fmt, plural, table
 from ._compare import ESS_MIN, Split, cells, compare, expansion_cell, notes
 from ._csv import read_table
 from ._hyper import fit_hyperparameters
@@ -301,7 +301,8 @@ def _aggregate(fold_rows: list[list], truth: bool) -> list[dict]:
         exps = [r.expansion for r in rows if r.expansion is not None]
         if exps:
             c["1/n size"] = expansion_cell(max(exps))
-        c["time [s]"] = fmt(sum(r.time_s or 0.0 for r in rows), ".1f")
+        times = [r.time_s for r in rows if r.time_s is not None]
+        c["time [s]"] = fmt(sum(times) if times else None, ".1f")  # "-" where no fold has one, as in one split
         if truth:
             ess = [r.truth_ess for r in rows if r.truth_ess is not None]
             if ess and min(ess) < ESS_MIN:
@@ -365,26 +366,38 @@ def _describe_data(args, data, splits, pool: int) -> None:
               f"training pools of {pool}+ rows")
     else:
         t = len(splits[0][1])
-        print(f"  split (seed {args.seed}): {t} test rows ({100 * t / n:.0f}%, the same for every --n-train), "
-              f"{pool}-row training pool")
+        print(f"  split (seed {args.seed}): {plural(t, 'test row')} ({100 * t / n:.0f}%, the same for every "
+              f"--n-train), {pool}-row training pool")
     if max(len(t) for _, t in splits) > args.n_test:
         print(f"  test rows: the first {args.n_test} of each test set (--n-test; seeded, fixed)")
 
 
-def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float):
-    """``(n_train, why, model, n_test, path)``: the training rows used and why (``--n-train``, the whole small pool,
-    or the timed probe's :class:`ngp.cli._budget.CostModel` within ``--time-budget``; then ``--max-memory``),
-    the test rows per split (fewer when even the minimum of training rows would not fit the budget) and the
-    finite-width path (:func:`_path`; the matrix-free one takes every row asked for, without a probe)."""
-    args, progress = fits.args, fits.progress
-    model, explicit = None, args.n_train is not None
+def _refuse_early(fits: _Fits, splits, pool: int, n_test: list) -> str:
+    """The finite-width path (:func:`_path`), after the refusals that need the data's rows, before any output or
+    work: ``--n-train`` above the training pool, a test row far outside its training rows (every split's,
+    :func:`check_extreme`), the options of the other path (:func:`_refuse_path_options`), ``--n-train`` rows that
+    need more than ``--max-memory`` (:func:`_fit_memory`)."""
+    args = fits.args
+    explicit = args.n_train is not None
     if explicit and args.n_train > pool:
         raise CLIError(f"--n-train {args.n_train} exceeds the {pool}-row training pool "
                        "(lower --test-fraction or --folds to enlarge it)")
     path = _path(args, args.n_train if explicit else min(pool, args.max_train))
-    rows = [fits.rows(p, t) for p, t in splits]  # every split's rows checked (check_extreme) before any work
-    Xp, yp, Xt, _, _ = rows[0]  # the first training pool, standardised: the probe, the memory check
+    rows = [fits.rows(p, t) for p, t in splits]
     _refuse_path_options(args, path)
+    if explicit:  # without --n-train the rows are reduced to what fits (_training_rows)
+        _fit_memory(args.n_train, rows[0][0], rows[0][1], args, True, path=path, n_test=max(n_test))
+    return path
+
+
+def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float, path: str):
+    """``(n_train, why, model, n_test)``: the training rows used and why (``--n-train``, the whole small pool,
+    or the timed probe's :class:`ngp.cli._budget.CostModel` within ``--time-budget``; then ``--max-memory``) and
+    the test rows per split (fewer when even the minimum of training rows would not fit the budget), on the
+    finite-width ``path`` (:func:`_refuse_early`; the matrix-free one takes every row asked for, without a probe)."""
+    args, progress = fits.args, fits.progress
+    model, explicit = None, args.n_train is not None
+    Xp, yp, Xt, _, _ = fits.rows(*splits[0])  # the first training pool, standardised: the probe, the memory check
     if path == "matrix_free":  # every row asked for: its cost grows like N_train^2, not N_train^4 (no probe)
         n_train = args.n_train if explicit else min(pool, args.max_train)
         why = "--n-train" if explicit else ("every row of the training pool" if n_train == pool else "--max-train")
@@ -413,18 +426,19 @@ def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float)
                                 minimum=MIN_TRAIN, folds=len(splits), spent_s=spent)
         n_train, why = choice.n_train, choice.reason
         pr = model.probe
-        print(f"  probe: {pr.n_train} training + {pr.n_test} test rows took {pr.train_s + pr.test_s:.1f} s "
-              f"({pr.wall_s:.0f} s with the warm-up, {pr.compile_s:.0f} s of it compiling); cost ~ N_train^4 + "
-              "test rows x N_train^3, weighted by the rows' variances")
+        print(f"  probe: {pr.n_train} training + {plural(pr.n_test, 'test row')} took "
+              f"{pr.train_s + pr.test_s:.1f} s ({pr.wall_s:.0f} s with the warm-up, {pr.compile_s:.0f} s of it "
+              "compiling); cost ~ N_train^4 + test rows x N_train^3, weighted by the rows' variances")
         if fit_line:
             print(fit_line)
         if choice.n_test < max(n_test):
             n_test = [min(m, choice.n_test) for m in n_test]
             print(f"  test rows: the first {choice.n_test} of each test set (the time budget; seeded, fixed)")
-    n_train, mem_note = _fit_memory(n_train, Xp, yp, args, explicit, path=path, n_test=max(n_test))
+    n_train, mem_note = ((n_train, None) if explicit else  # --n-train: checked by _refuse_early
+                         _fit_memory(n_train, Xp, yp, args, False, path=path, n_test=max(n_test)))
     print(f"  training rows: {n_train} of {pool} ({why})" + (f"; {mem_note}" if mem_note else ""))
     print(f"  {_describe_path(args, path)}")
-    return n_train, why, model, n_test, path
+    return n_train, why, model, n_test
 
 
 def _deadline(model, n_train: int, n_test: list, k: int, t_end: float) -> float:
@@ -492,12 +506,13 @@ def _report(args, data, fold_rows, results, messages, n_test: list):
     print(table(body, cols))
     prior_s = [r["finite_width_s"] for r in results if r["finite_width_s"] is not None]
     lines = notes([r for rows in fold_rows for r in rows], messages, sum(prior_s) if prior_s else None,
-                  method=results[0]["method"])
+                  method=results[0]["method"], folds=len(prior_s))
     for r in results:
         if r["cut"]:
             lines.append((f"fold {r['fold']}: " if r["fold"] else "") + r["cut"])
     if min(n_test) < 20 and not args.folds:
-        lines.append(f"only {min(n_test)} test rows: the test metrics are noisy; --folds 5 tests every row once")
+        lines.append(f"only {plural(min(n_test), 'test row')}: the test metrics are noisy; --folds 5 tests every row "
+                     "once")
     for line in lines:
         print(f"  * {line}")
     return body, lines
@@ -508,18 +523,22 @@ def run(args) -> int:
     progress = Progress(quiet=args.quiet)
     data = read_table(args.data, target=args.target, features=args.features, ignore=args.ignore or ())
     enable_x64()
-    try:  # the network's and the prior options' checks (four_point_order's memory) before any work (on a zero input:
-        # the data are not standardised yet)
+    try:  # the network's (every width's) and the prior options' checks (four_point_order's memory) before any work
+        # (on a zero input: the data are not standardised yet)
+        for w in args.width:
+            _make_net(args)(w)
         _make_net(args)(args.width[0]).prior(np.zeros((1, data.X.shape[1])), **_options(args))
     except (ValueError, TypeError, MemoryError) as exc:
-        raise CLIError(str(exc)) from None
+        msg = str(exc)
+        raise CLIError("--" + msg if msg.startswith("width: ") else msg) from None  # the option as typed
     n = data.y.shape[0]
     splits = _splits(n, args)
     pool = min(len(p) for p, _ in splits)
-    _describe_data(args, data, splits, pool)
     fits = _Fits(args, data, progress)
-    n_train, why, model, n_test, path = _training_rows(fits, splits, pool,
-                                                       [min(len(t), args.n_test) for _, t in splits], t_start)
+    n_test = [min(len(t), args.n_test) for _, t in splits]
+    path = _refuse_early(fits, splits, pool, n_test)
+    _describe_data(args, data, splits, pool)
+    n_train, why, model, n_test = _training_rows(fits, splits, pool, n_test, t_start, path)
     # --n-train: no budget to keep; the matrix-free path is not held to it (a prediction in batches resamples the
     # training side for each batch)
     t_end = None if args.n_train is not None or path == "matrix_free" else t_start + args.time_budget
