@@ -237,9 +237,14 @@ def _closed_stats(act: Activation, K, name: str):
     kd = np.diag(K)
     a, b = np.meshgrid(np.arange(N), np.arange(N), indexing="ij")
     off = a != b
+    if np.any(kd <= 0):  # (an input x = 0 with C_b = 0): relu'(0) is the delta function's edge, undefined
+        raise ValueError(
+            f"ntk: {int(np.sum(kd <= 0))} input(s) have zero pre-activation variance (an input x = 0 with "
+            "C_b = 0); the relu family's finite-width NTK statistics need non-zero variances (their derivatives are "
+            "steps and delta functions at 0): drop those inputs or give the biases a variance (C_b > 0)")
     if np.any(off):
         rho = K[off] / np.sqrt(kd[a[off]] * kd[b[off]])
-        if np.any(np.abs(rho) > 1 - 1e-10) or np.any(kd <= 0):
+        if np.any(np.abs(rho) > 1 - 1e-10):
             raise ValueError(
                 "ntk: the relu-family finite-width statistics need distinct, non-collinear inputs with non-zero "
                 "variance (their derivatives are delta functions that diverge for collinear inputs); merge duplicated inputs"

@@ -227,13 +227,24 @@ class NTKMixin:
 
     @functools.cached_property
     def ntk_layers(self) -> tuple:
-        """Per-layer :class:`NTKLayer` with the 1/n statistics ``Theta1, A, B, D, F`` (and ``K1, V``)."""
-        return tuple(NTKLayer(i + 1, s, self._ntk_expand) for i, s in enumerate(self._ntk_fin))
+        """Per-layer :class:`NTKLayer` with the 1/n statistics ``Theta1, A, B, D, F`` (and ``K1, V``). Warns, as
+        ``K1`` does, when the expansion parameter ``max|V|/(n K^2)`` exceeds 0.3 (prior option ``warn``)."""
+        out = tuple(NTKLayer(i + 1, s, self._ntk_expand) for i, s in enumerate(self._ntk_fin))
+        self._ntk_check_expansion()
+        return out
 
     @functools.cached_property
     def ntk_layers_dntk(self) -> tuple:
         """As :attr:`ntk_layers`, with the dNTK correlators ``P, Q`` (smooth activations)."""
-        return tuple(NTKLayer(i + 1, s, self._ntk_expand) for i, s in enumerate(self._ntk_dntk))
+        out = tuple(NTKLayer(i + 1, s, self._ntk_expand) for i, s in enumerate(self._ntk_dntk))
+        self._ntk_check_expansion()
+        return out
+
+    def _ntk_check_expansion(self) -> None:
+        """The prior's own check of its 1/n expansion (:attr:`layers`: once per prior), for the NTK's 1/n statistics,
+        which are of the same order (they said nothing at width 1, where ``K1`` warned)."""
+        if self.options.get("warn", True) and self.n is not None:
+            self.layers
 
     Theta1 = output_property("ntk_layers", "Theta1",
                              "``(N, N)``: ``E[Theta_hat] = Theta + Theta1 / n`` with ``n = net.n_last``.")

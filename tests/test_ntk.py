@@ -138,6 +138,19 @@ def test_derivative_tables_at_an_input_of_zero_variance(name):
     np.testing.assert_allclose(lin.cov, inf.cov, rtol=1e-10)
 
 
+def test_relu_statistics_name_an_input_of_zero_variance():
+    # relu with C_b = 0 and an input x = 0: the statistics said "need distinct, non-collinear inputs" (the inputs are
+    # distinct) after a RuntimeWarning of a division by zero
+    import warnings
+
+    X = np.vstack([np.random.default_rng(0).normal(size=(2, 3)), np.zeros((1, 3))])
+    p = ngp.MLP(3, 8, activation="relu", C_b=0.0).prior(X, warn=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="1 input.s. have zero pre-activation variance .an input x = 0 with C_b"):
+            p.Theta1
+
+
 def test_deep_linear_exact():
     """Linear networks: Theta^(l+1) = lambda_b + lambda_W K + C_W Theta, and the NTK mean has no 1/n shift."""
     X = X3
