@@ -216,7 +216,9 @@ def test_nuts_agrees_with_importance_sampling():
     rng = np.random.default_rng(1)
     XA, XB, Y = rng.normal(size=(3, 2)), rng.normal(size=(2, 2)), rng.normal(size=(3, 2))
     ref = importance_posterior(net, XA, Y, XB, noise=0.1, num_samples=50_000, seed=0)
-    post = nuts_posterior(net, XA, Y, XB, noise=0.1, num_warmup=300, num_samples=300, num_chains=4, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ngp.SamplingWarning)  # mixed chains: no warning
+        post = nuts_posterior(net, XA, Y, XB, noise=0.1, num_warmup=300, num_samples=300, num_chains=4, seed=0)
     assert post.samples.shape == (1200, 2, 2) and post.num_samples == 1200
     assert post.cov.shape == (2, 2, 2, 2) and post.rhat.shape == post.ess.shape == (2, 2)
     assert np.all(post.rhat < 1.05) and np.all(post.ess > 200)
@@ -229,6 +231,17 @@ def test_nuts_agrees_with_importance_sampling():
     # the draws follow the reported moments
     np.testing.assert_allclose(post.samples.mean(0), post.mean, atol=5 * post.std.max() / math.sqrt(post.ess.min()))
     np.testing.assert_allclose(post.var, np.einsum("aiai->ai", post.cov))
+
+
+def test_nuts_warns_of_few_effective_draws():
+    # short chains (4 x 25 draws): effective sample sizes of 35-91 and split R-hat up to 1.11 said nothing (only a
+    # non-positive ESS warned), where importance_posterior warns below ESS_WARN = 100 (a prober, stop 90)
+    net = ngp.MLP(2, 4, activation="tanh", C_W=1.5, C_b=0.1)
+    XA, Y, XB = np.array([[-1.0], [0.0], [1.0]]), np.array([0.8, -0.3, 0.6]), np.array([[0.5], [2.0]])
+    with pytest.warns(ngp.SamplingWarning, match="effective sample size .* the chains may not have mixed") as seen:
+        post = nuts_posterior(net, XA, Y, XB, noise=0.1, num_warmup=50, num_samples=25, num_chains=4, seed=0)
+    assert len(seen) == 1
+    assert np.nanmin(post.ess) < ngp.reference.ESS_WARN or np.max(post.rhat) > ngp.reference.RHAT_WARN
 
 
 def test_nuts_bad_inputs(data):

@@ -14,7 +14,7 @@ Results carry the field names of :class:`ngp.GPPosterior` (``mean``, ``var``, ``
 """
 
 from ._importance import ESS_WARN, ImportancePosterior, importance_posterior, log_likelihood
-from ._nuts import NUTSPosterior, nuts_posterior
+from ._nuts import RHAT_WARN, NUTSPosterior, nuts_posterior
 
 __all__ = [
     "ImportancePosterior",
@@ -23,4 +23,5 @@ __all__ = [
     "NUTSPosterior",
     "nuts_posterior",
     "ESS_WARN",
+    "RHAT_WARN",
 ]

@@ -21,7 +21,10 @@ from .._linalg import psd_sqrt
 from .._sampling import SAMPLING_MEMORY
 from .._validate import check_seed, count, flag, float64, memory_bytes, nonneg_float, positive_float, train_test, warn
 from .._warnings import SamplingWarning
-from ._importance import gaussian_conditional
+from ._importance import ESS_WARN, gaussian_conditional
+
+#: Largest split R-hat (of the test outputs' per-draw values) without a :class:`ngp.SamplingWarning`.
+RHAT_WARN = 1.05
 
 __all__ = ["NUTSPosterior", "nuts_posterior"]
 
@@ -51,7 +54,9 @@ class NUTSPosterior:
         rhat: ``(N_test, out_dim)`` split Gelman-Rubin R-hat of the per-draw ``f_s``.
         ess: ``(N_test, out_dim)`` effective sample size of the per-draw ``f_s`` (all chains); NaN where the
             estimate is not positive (chains too short), and there ``mean_se`` (likewise ``var_se`` where its own
-            ESS is not positive) is NaN, with an :class:`ngp.SamplingWarning`.
+            ESS is not positive) is NaN, with an :class:`ngp.SamplingWarning`; another warns when an effective
+            sample size is below ``ESS_WARN`` (100, as :func:`importance_posterior`) or a split R-hat above
+            :data:`RHAT_WARN` (1.05).
         num_samples: total number of posterior draws (``num_chains * num_samples``).
         num_divergences: number of divergent NUTS transitions after warm-up.
         integrate_readout: whether the last layer was integrated analytically.
@@ -281,10 +286,17 @@ def nuts_posterior(net, X_train, Y_train, X_test, *, noise: float, num_warmup: i
     ess_phi = _ess(effective_sample_size, by_chain(phi))
     var_se = phi.std(axis=0, ddof=1) / np.sqrt(ess_phi)
     undefined = int(np.sum(np.isnan(mean_se) | np.isnan(var_se)))
+    low = float(np.min(np.concatenate([ess.ravel(), ess_phi.ravel()]), initial=np.inf))
+    worst = float(np.max(np.where(np.isfinite(rhat), rhat, -np.inf), initial=-np.inf))
     if undefined:
         warn(f"nuts_posterior: the effective sample size is not positive for {undefined} of {mean.size} test "
              f"outputs (chains too short for its autocorrelation estimate: {num_chains} chains x {num_samples} "
              "draws); their standard errors are NaN. Increase num_samples (and num_warmup).", SamplingWarning)
+    elif low < ESS_WARN or worst > RHAT_WARN:  # as importance_posterior below ESS_WARN effective draws
+        warn(f"nuts_posterior: effective sample size {low:.0f} (of {num_chains} chains x {num_samples} draws; warns "
+             f"below {ESS_WARN:g}), largest split R-hat {worst:.3f} (warns above {RHAT_WARN:g}): the chains may not "
+             "have mixed, and the estimates and their standard errors are unreliable. Increase num_samples and "
+             "num_warmup.", SamplingWarning)
     return NUTSPosterior(
         mean=mean,
         var=var,
