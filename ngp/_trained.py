@@ -148,7 +148,11 @@ def trained_ensemble(net, X_train, Y_train, X_test, *, t: float | None = None, e
     At convergence, ``finite_width`` adds the ``O(1/n)`` ensemble mean ``mean_nlo``:
 
     * ``"linearised"`` (default): the mean NTK shift and the NTK's fluctuations. Complete at ``O(1/n)``
-      for the linearised network (NTK frozen at its random initial value) and for last-layer training.
+      for the linearised network (NTK frozen at its random initial value) and for last-layer training. For
+      networks with every layer trained it is *not* their ``1/n`` mean: actual trained networks differ from the
+      linearised ones at the same order (``docs/theory-ntk.md``, "fully trained network"), and in that page's
+      example ``mean_nlo`` was farther from them (``n x (2.9, 2.6)``) than the infinite-width ``mean``
+      (``n x (1.85, 1.96)``).
     * ``"first_order_dntk"``: adds the first-order term of the NTK's motion during training (smooth
       activations). **Warning**: for fully trained networks the second-order terms of the NTK's motion,
       not computed, are of the same order and measured larger (trained minus linearised ``n x (-2.9, 2.9)``
