@@ -31,7 +31,7 @@ from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
 from ._validate import (as_inputs, as_targets, check_seed, count, device, flag, float64, nonneg_float,
                         per_layer, positive_float, real, warn)
-from ._validity import EVIDENCE_MAX, evidence_validity, untrusted_message
+from ._validity import EVIDENCE_MAX, EXPANSION_WARN, evidence_validity, untrusted_message
 from ._warnings import ConvergenceWarning, CostWarning, ExpansionWarning
 
 __all__ = ["log_evidence", "fit_hyperparameters", "HyperFit", "with_hyperparameters"]
@@ -90,8 +90,9 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
             float32 at a reciprocal condition number of ``1.2e-6``).
 
     Warns:
-        ExpansionWarning: (concrete values, finite width) the first-order correction is not trusted, as
-            :attr:`ngp.Conditioned.log_evidence` (``docs/validity.md``); the option ``warn=False`` silences it.
+        ExpansionWarning: (concrete values, finite width) the first-order correction is not trusted, or the
+            expansion parameter ``max|V|/(n K^2)`` exceeds 0.3, as :attr:`ngp.Conditioned.log_evidence`
+            (``docs/validity.md``); the option ``warn=False`` silences it.
 
     Note:
         Under ``jax.jit`` or a derivative the four-point term runs the fixed rule (``four_point_order``),
@@ -147,7 +148,22 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
         if not validity.trusted:
             warn(untrusted_message("log_evidence", validity, cumulants[3]) + " (warn=False silences this)",
                  ExpansionWarning)
+        eps = expansion_parameter(cumulants[0], cumulants[2], cumulants[3])
+        if eps > EXPANSION_WARN:  # as the prior (and ngp.condition) warns
+            warn(f"log_evidence: the 1/n expansion parameter max|V|/(n K^2) = {eps:.3g} exceeds {EXPANSION_WARN} "
+                 f"(n_(L-1) = {cumulants[3]}); first-order perturbation theory in 1/n is not reliable here "
+                 "(warn=False silences this)", ExpansionWarning)
     return value
+
+
+def expansion_parameter(K, V, n) -> float:
+    """``max_ab |V_(ab)(ab)| / (n K_aa K_bb)`` over inputs of non-zero variance (the prior's
+    :attr:`ngp.Prior.expansion_parameter`) from a dense ``K`` ``(N, N)`` and ``V`` ``(N,) * 4``."""
+    d = np.clip(np.diag(np.asarray(K, dtype=float)), 0.0, None)
+    s2 = np.outer(d, d)
+    vd = np.abs(np.einsum("abab->ab", np.asarray(V, dtype=float)))
+    ok = s2 > 0
+    return float(np.max(vd[ok] / s2[ok], initial=0.0)) / float(n)
 
 
 def _evidence_options(options: dict) -> dict:
@@ -455,6 +471,14 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
     cw, cb, nz = (np.asarray(v, dtype=float) for v in unpack(device(theta)))
     fitted = with_hyperparameters(net, cw, cb)
     gp_value = float(log_evidence(fitted, XA, Y, noise=float(nz), finite_width=False, **options))
+    if finite_stage:  # the prior's own check at the fitted values (ngp.condition there warned; the fit did not)
+        K, _, V, n = _cumulants(fitted, XA, cw, cb, True, options)
+        eps = expansion_parameter(K, V, n)
+        if eps > EXPANSION_WARN:
+            warn(f"fit_hyperparameters: at the fitted values the 1/n expansion parameter max|V|/(n K^2) = {eps:.3g} "
+                 f"exceeds {EXPANSION_WARN}: first-order perturbation theory in 1/n is not reliable there "
+                 "(docs/validity.md); compare with the GP fit (finite_width=False) or widen the network",
+                 ExpansionWarning)
     if finite_stage and not abs(value - gp_value) <= EVIDENCE_MAX:
         warn(f"fit_hyperparameters: at the fitted values the finite-width log evidence differs from the GP's by "
              f"{abs(value - gp_value):.3g} nats (> {EVIDENCE_MAX:g}): the 1/n expansion is not trusted there "

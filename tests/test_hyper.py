@@ -340,3 +340,35 @@ def test_runaway_finite_width_fit_is_warned_about():
     assert (ngp.ConvergenceWarning, "fit_hyperparameters: C_W") in said  # the bound warnings, as before
     assert any(c is ngp.ExpansionWarning and "differs from the GP's by" in m for c, m in said), said
     assert abs(fit.log_evidence - fit.log_evidence_gp) > ngp.Validity.EVIDENCE_MAX
+
+
+def test_evidence_and_fit_warn_of_a_large_expansion_parameter():
+    """ngp.condition warned at an expansion parameter of 0.312 (> 0.3) where log_evidence at the same values and the
+    fit that found them were silent (a prober, stop 90): both warn now, as the prior does; warn=False silences
+    log_evidence."""
+    rng = np.random.default_rng(2)
+    rng.normal(size=(5, 2)), rng.normal(size=(5, 1))  # the prober's draws before the data
+    X = rng.normal(size=(6, 2))
+    Y = np.tanh(X.sum(1, keepdims=True)) + 0.2 * rng.normal(size=(6, 1))
+    net = ngp.MLP(2, 16, activation="relu", C_W=1.0, C_b=0.1)
+
+    def said(fn):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+        return [str(w.message) for w in caught if issubclass(w.category, ngp.ExpansionWarning)
+                and "expansion parameter" in str(w.message)]
+
+    fit = None
+
+    def run_fit():
+        nonlocal fit
+        fit = ngp.fit_hyperparameters(net, X, Y, num_starts=2)
+
+    assert any(m.startswith("fit_hyperparameters: at the fitted values the 1/n expansion") for m in said(run_fit))
+    eps = fit.net.prior(X, warn=False).expansion_parameter
+    assert eps > 0.3
+    (m,) = said(lambda: ngp.log_evidence(fit.net, X, Y, noise=fit.noise))
+    assert m.startswith(f"log_evidence: the 1/n expansion parameter max|V|/(n K^2) = {eps:.3g}")
+    assert not said(lambda: ngp.log_evidence(fit.net, X, Y, noise=fit.noise, warn=False))
+    assert not said(lambda: ngp.log_evidence(ngp.MLP(2, 64, activation="relu", C_W=1.0, C_b=0.1), X, Y, noise=0.1))
