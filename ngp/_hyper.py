@@ -31,7 +31,7 @@ from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
 from ._validate import (as_inputs, as_targets, check_seed, count, device, flag, float64, nonneg_float,
                         per_layer, positive_float, real, warn)
-from ._validity import EVIDENCE_MAX, EXPANSION_WARN, evidence_validity, untrusted_message
+from ._validity import EVIDENCE_MAX, EXPANSION_WARN, evidence_validity, expansion_parameter, untrusted_message
 from ._warnings import ConvergenceWarning, CostWarning, ExpansionWarning
 
 __all__ = ["log_evidence", "fit_hyperparameters", "HyperFit", "with_hyperparameters"]
@@ -154,16 +154,6 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
                  f"(n_(L-1) = {cumulants[3]}); first-order perturbation theory in 1/n is not reliable here "
                  "(warn=False silences this)", ExpansionWarning)
     return value
-
-
-def expansion_parameter(K, V, n) -> float:
-    """``max_ab |V_(ab)(ab)| / (n K_aa K_bb)`` over inputs of non-zero variance (the prior's
-    :attr:`ngp.Prior.expansion_parameter`) from a dense ``K`` ``(N, N)`` and ``V`` ``(N,) * 4``."""
-    d = np.clip(np.diag(np.asarray(K, dtype=float)), 0.0, None)
-    s2 = np.outer(d, d)
-    vd = np.abs(np.einsum("abab->ab", np.asarray(V, dtype=float)))
-    ok = s2 > 0
-    return float(np.max(vd[ok] / s2[ok], initial=0.0)) / float(n)
 
 
 def _evidence_options(options: dict) -> dict:

@@ -19,6 +19,7 @@ import numpy as np
 from . import _ntk
 from ._steps import IDENTITY, Dense, Elementwise, Residual, Scale, Serial, Step, compose
 from ._validate import device, float64, nonneg_float, per_layer
+from ._validity import expansion_parameter
 
 __all__ = ["ntk_states", "NTKLayer", "NTKMixin", "learning_rates", "output_property"]
 
@@ -230,21 +231,22 @@ class NTKMixin:
         """Per-layer :class:`NTKLayer` with the 1/n statistics ``Theta1, A, B, D, F`` (and ``K1, V``). Warns, as
         ``K1`` does, when the expansion parameter ``max|V|/(n K^2)`` exceeds 0.3 (prior option ``warn``)."""
         out = tuple(NTKLayer(i + 1, s, self._ntk_expand) for i, s in enumerate(self._ntk_fin))
-        self._ntk_check_expansion()
+        self._ntk_check_expansion(self._ntk_fin[-1])
         return out
 
     @functools.cached_property
     def ntk_layers_dntk(self) -> tuple:
         """As :attr:`ntk_layers`, with the dNTK correlators ``P, Q`` (smooth activations)."""
         out = tuple(NTKLayer(i + 1, s, self._ntk_expand) for i, s in enumerate(self._ntk_dntk))
-        self._ntk_check_expansion()
+        self._ntk_check_expansion(self._ntk_dntk[-1])
         return out
 
-    def _ntk_check_expansion(self) -> None:
-        """The prior's own check of its 1/n expansion (:attr:`layers`: once per prior), for the NTK's 1/n statistics,
-        which are of the same order (they said nothing at width 1, where ``K1`` warned)."""
-        if self.options.get("warn", True) and self.n is not None:
-            self.layers
+    def _ntk_check_expansion(self, last) -> None:
+        """The prior's check of its 1/n expansion (:meth:`_check_expansion`), on the NTK run's own output ``K`` and
+        ``V`` (not the prior's four-point engine), for the NTK's 1/n statistics, which are of the same order (they
+        said nothing at width 1, where ``K1`` warned)."""
+        if self.options.get("warn", True) and last.n is not None and last.V is not None:
+            self._check_expansion(expansion_parameter(last.K, last.V, last.n))
 
     Theta1 = output_property("ntk_layers", "Theta1",
                              "``(N, N)``: ``E[Theta_hat] = Theta + Theta1 / n`` with ``n = net.n_last``.")

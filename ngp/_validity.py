@@ -43,6 +43,7 @@ __all__ = [
     "NUMERICAL_NEGLIGIBLE",
     "clip_rounding",
     "predictive_variance",
+    "expansion_parameter",
 ]
 
 #: Largest trusted mean shift, in GP predictive standard deviations.
@@ -64,6 +65,16 @@ VAR_FLOOR = 1e-8
 #: (``sqrt(gp.var + noise)``, floored as in :func:`posterior_validity`) is not warned about, however small the
 #: 1/n correction it is compared with (a correction that vanishes by symmetry, say).
 NUMERICAL_NEGLIGIBLE = 1e-6
+
+
+def expansion_parameter(K, V, n) -> float:
+    """``max_ab |V_(ab)(ab)| / (n K_aa K_bb)`` over inputs of non-zero variance (the prior's
+    :attr:`ngp.Prior.expansion_parameter`) from a dense ``K`` ``(N, N)`` and ``V`` ``(N,) * 4``."""
+    d = np.clip(np.diag(np.asarray(K, dtype=float)), 0.0, None)
+    s2 = np.outer(d, d)
+    vd = np.abs(np.einsum("abab->ab", np.asarray(V, dtype=float)))
+    ok = s2 > 0
+    return float(np.max(vd[ok] / s2[ok], initial=0.0)) / float(n)
 
 
 def predictive_variance(gp_var, noise: float, prior_var) -> np.ndarray:

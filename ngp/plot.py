@@ -346,13 +346,26 @@ def _bands(post, index: int, n: int, output: int) -> tuple[np.ndarray, np.ndarra
     return mean[:, output], var[:, output]
 
 
+def _curve(a, name: str) -> np.ndarray:
+    """A reference curve's coordinate, ``(M,)`` or ``(M, 1)`` real numbers, as ``(M,)`` floats; NaN allowed (a gap
+    in the drawn curve, as matplotlib draws it)."""
+    try:
+        arr = np.asarray(a, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected real numbers, got {type(a).__name__}") from None
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected shape (M,) or (M, 1), got {arr.shape}")
+    return arr
+
+
 def _truth(truth) -> tuple[np.ndarray, np.ndarray]:
-    """``plot_posterior``'s reference curve ``(x, y)``: two finite arrays of one length, sorted by ``x``."""
+    """``plot_posterior``'s reference curve ``(x, y)``: two arrays of one length (NaN: a gap), sorted by ``x``."""
     if isinstance(truth, (str, bytes)) or not hasattr(truth, "__len__") or len(truth) != 2:
         raise ValueError(f"truth: expected a pair (x, y) of a reference curve, got {type(truth).__name__}"
                          + (f" of {len(truth)}" if hasattr(truth, "__len__") else ""))
-    tx = _x_axis(truth[0], "truth[0]")
-    ty = _x_axis(truth[1], "truth[1]")
+    tx, ty = (_curve(a, f"truth[{i}]") for i, a in enumerate(truth))
     if tx.size != ty.size:
         raise ValueError(f"truth: expected x and y of one length, got shapes {np.shape(truth[0])} and "
                          f"{np.shape(truth[1])}")
@@ -373,8 +386,8 @@ def plot_posterior(X_test, posteriors, *, labels: str | Sequence[str] | None = N
         X_train: training inputs to overlay, ``(N_train, 1)`` or ``(N_train,)`` (with ``Y_train``).
         Y_train: training targets to overlay, ``(N_train, out_dim)``, or ``(N_train,)`` / ``(N_train, 1)``: those of
             the output drawn (with ``X_train``).
-        truth: optional ``(x, y)`` of a reference curve (e.g. importance-sampling means): finite ``(M,)`` or
-            ``(M, 1)`` arrays of one length, drawn in the order of ``x``.
+        truth: optional ``(x, y)`` of a reference curve (e.g. importance-sampling means): ``(M,)`` or ``(M, 1)``
+            arrays of one length, drawn in the order of ``x`` (NaN: a gap).
         ax: an existing Axes.
         figsize: ``(width, height)`` in inches of a new figure.
 

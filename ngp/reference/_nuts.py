@@ -286,17 +286,18 @@ def nuts_posterior(net, X_train, Y_train, X_test, *, noise: float, num_warmup: i
     ess_phi = _ess(effective_sample_size, by_chain(phi))
     var_se = phi.std(axis=0, ddof=1) / np.sqrt(ess_phi)
     undefined = int(np.sum(np.isnan(mean_se) | np.isnan(var_se)))
-    low = float(np.min(np.concatenate([ess.ravel(), ess_phi.ravel()]), initial=np.inf))
+    low_m = float(np.min(ess, initial=np.inf))  # (not NaN here: NaN warns as undefined above)
+    low_v = float(np.min(ess_phi, initial=np.inf))  # that of the variances' influence function (var_se's)
     worst = float(np.max(np.where(np.isfinite(rhat), rhat, -np.inf), initial=-np.inf))
     if undefined:
         warn(f"nuts_posterior: the effective sample size is not positive for {undefined} of {mean.size} test "
              f"outputs (chains too short for its autocorrelation estimate: {num_chains} chains x {num_samples} "
              "draws); their standard errors are NaN. Increase num_samples (and num_warmup).", SamplingWarning)
-    elif low < ESS_WARN or worst > RHAT_WARN:  # as importance_posterior below ESS_WARN effective draws
-        warn(f"nuts_posterior: effective sample size {low:.0f} (of {num_chains} chains x {num_samples} draws; warns "
-             f"below {ESS_WARN:g}), largest split R-hat {worst:.3f} (warns above {RHAT_WARN:g}): the chains may not "
-             "have mixed, and the estimates and their standard errors are unreliable. Increase num_samples and "
-             "num_warmup.", SamplingWarning)
+    elif min(low_m, low_v) < ESS_WARN or worst > RHAT_WARN:  # as importance_posterior below ESS_WARN draws
+        warn(f"nuts_posterior: effective sample size {low_m:.0f} (min of .ess; {low_v:.0f} for the variances' "
+             f"estimator) of {num_chains} chains x {num_samples} draws (warns below {ESS_WARN:g}), largest split "
+             f"R-hat {worst:.3f} (warns above {RHAT_WARN:g}): the chains may not have mixed, and the estimates and "
+             "their standard errors are unreliable. Increase num_samples and num_warmup.", SamplingWarning)
     return NUTSPosterior(
         mean=mean,
         var=var,
