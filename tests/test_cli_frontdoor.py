@@ -407,13 +407,8 @@ def test_split_is_fixed_by_the_seed_and_independent_of_n_train():
         assert not set(pool) & set(test) and len(pool) + len(test) == 23
 
 
-@pytest.mark.parametrize("argv, n_train, n_test, why", [
-    ([], 18, 8, "18 training points: every point but 8 held out (seeded) as test points"),
-    (["--n-train", "8"], 8, 18, "8 training points (--n-train); the other 18 are test points"),
-    (["--n-train", "8", "--n-test", "5"], 8, 5, "the other 18 are test points, 5 of them used (--n-test)"),
-])
-def test_demo_trains_on_every_point_but_the_held_out_test_points(argv, n_train, n_test, why, monkeypatch, capsys,
-                                                                  tmp_path):
+def _stub_demo(monkeypatch) -> dict:
+    """``ngp demo`` without its fit, finite-width comparison and figure: returns the dict that receives its split."""
     from ngp.cli import _demo
     from ngp.cli._hyper import Hyperparameters
 
@@ -426,6 +421,19 @@ def test_demo_trains_on_every_point_but_the_held_out_test_points(argv, n_train, 
     monkeypatch.setattr(_demo, "fit_hyperparameters", lambda *a, **k: Hyperparameters(1.0, 0.1, 0.1, "given", "-"))
     monkeypatch.setattr(_demo, "compare", compare)
     monkeypatch.setattr(_demo, "_figure", lambda *a, **k: None)
+    return seen
+
+
+@pytest.mark.parametrize("argv, n_train, n_test, why", [
+    ([], 18, 8, "18 training points: every point but 8 held out (seeded) as test points"),
+    (["--n-train", "8"], 8, 18, "8 training points (--n-train); the other 18 are test points"),
+    (["--n-train", "8", "--n-test", "5"], 8, 5, "the other 18 are test points, 5 of them used (--n-test)"),
+])
+def test_demo_trains_on_every_point_but_the_held_out_test_points(argv, n_train, n_test, why, monkeypatch, capsys,
+                                                                  tmp_path):
+    from ngp.cli import _demo
+
+    seen = _stub_demo(monkeypatch)
     assert main(["demo", "--quiet", "--no-nuts", "--out", str(tmp_path), *argv]) == 0
     out = capsys.readouterr().out
     assert f"26 points): {n_train} training points, {n_test} test points" in out and why in out
@@ -1501,18 +1509,7 @@ def test_demo_says_the_scale_of_its_noise_and_one_test_point(tmp_path, capsys, m
     """"noise is a variance in units of the prior's output variance" was loose: the targets are scaled to the
     initial prior's mean output variance on the training points (0.333 at the defaults), and the fit changes the
     prior. Also "1 test points" and "the other 1 are test points"."""
-    from ngp.cli import _demo
-    from ngp.cli._hyper import Hyperparameters
-
-    seen = {}
-
-    def compare(split, make_net, **kwargs):
-        seen["split"] = split
-        return [Row("GP (infinite width)")], {"prior_s": None}
-
-    monkeypatch.setattr(_demo, "fit_hyperparameters", lambda *a, **k: Hyperparameters(1.0, 0.1, 0.1, "given", "-"))
-    monkeypatch.setattr(_demo, "compare", compare)
-    monkeypatch.setattr(_demo, "_figure", lambda *a, **k: None)
+    seen = _stub_demo(monkeypatch)
     for argv, n_test in (([], 8), (["--n-train", "25"], 1)):
         assert main(["demo", "--quiet", "--no-nuts", "--out", str(tmp_path), *argv]) == 0
         out = capsys.readouterr().out
