@@ -150,8 +150,8 @@ def evidence_grid(X_train, Y_train, *, widths: Sequence[int], depths: Sequence[i
                 eps = math.nan
             validity = evidence_validity(logz, cw_.gp.log_evidence)
             # the matrix-free path (more than 64 training inputs by default) judges itself by eps and eta too
-            own = cw_.validity if isinstance(cw_, MatrixFreeConditioned) and math.isfinite(logz) else None
-            se = float(cw_.log_evidence_se) if isinstance(cw_, MatrixFreeConditioned) and math.isfinite(logz) else 0.0
+            mf = isinstance(cw_, MatrixFreeConditioned) and math.isfinite(logz)
+            own, se = (cw_.validity, float(cw_.log_evidence_se)) if mf else (None, 0.0)
             rows.append(dict(depth=depth, width=w, C_W=float(cw), C_b=float(cb), log_evidence=float(logz),
                              log_evidence_se=se, log_evidence_gp=cw_.gp.log_evidence, expansion_parameter=eps,
                              evidence_correction=validity.evidence_correction,

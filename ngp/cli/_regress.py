@@ -372,8 +372,9 @@ def _describe_data(args, data, splits, pool: int) -> None:
         print(f"  test rows: the first {args.n_test} of each test set (--n-test; seeded, fixed)")
 
 
-def _refuse_early(fits: _Fits, splits, pool: int, n_test: list) -> str:
-    """The finite-width path (:func:`_path`), after the refusals that need the data's rows, before any output or
+def _refuse_early(fits: _Fits, splits, pool: int, n_test: list):
+    """``(path, rows)``: the finite-width path (:func:`_path`) and the first split's standardised rows
+    (:meth:`_Fits.rows`), after the refusals that need the data's rows, before any output or
     work: ``--n-train`` above the training pool, a test row far outside its training rows (every split's,
     :func:`check_extreme`), the options of the other path (:func:`_refuse_path_options`), ``--n-train`` rows that
     need more than ``--max-memory`` (:func:`_fit_memory`)."""
@@ -387,17 +388,18 @@ def _refuse_early(fits: _Fits, splits, pool: int, n_test: list) -> str:
     _refuse_path_options(args, path)
     if explicit:  # without --n-train the rows are reduced to what fits (_training_rows)
         _fit_memory(args.n_train, rows[0][0], rows[0][1], args, True, path=path, n_test=max(n_test))
-    return path
+    return path, rows[0]
 
 
-def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float, path: str):
+def _training_rows(fits: _Fits, splits, pool: int, n_test: list, t_start: float, path: str, first):
     """``(n_train, why, model, n_test)``: the training rows used and why (``--n-train``, the whole small pool,
     or the timed probe's :class:`ngp.cli._budget.CostModel` within ``--time-budget``; then ``--max-memory``) and
     the test rows per split (fewer when even the minimum of training rows would not fit the budget), on the
-    finite-width ``path`` (:func:`_refuse_early`; the matrix-free one takes every row asked for, without a probe)."""
+    finite-width ``path`` (:func:`_refuse_early`; the matrix-free one takes every row asked for, without a probe);
+    ``first``: the first split's standardised rows (its training pool: the probe, the memory check)."""
     args, progress = fits.args, fits.progress
     model, explicit = None, args.n_train is not None
-    Xp, yp, Xt, _, _ = fits.rows(*splits[0])  # the first training pool, standardised: the probe, the memory check
+    Xp, yp, Xt, _, _ = first
     if path == "matrix_free":  # every row asked for: its cost grows like N_train^2, not N_train^4 (no probe)
         n_train = args.n_train if explicit else min(pool, args.max_train)
         why = "--n-train" if explicit else ("every row of the training pool" if n_train == pool else "--max-train")
@@ -536,9 +538,9 @@ def run(args) -> int:
     pool = min(len(p) for p, _ in splits)
     fits = _Fits(args, data, progress)
     n_test = [min(len(t), args.n_test) for _, t in splits]
-    path = _refuse_early(fits, splits, pool, n_test)
+    path, first = _refuse_early(fits, splits, pool, n_test)
     _describe_data(args, data, splits, pool)
-    n_train, why, model, n_test = _training_rows(fits, splits, pool, n_test, t_start, path)
+    n_train, why, model, n_test = _training_rows(fits, splits, pool, n_test, t_start, path, first)
     # --n-train: no budget to keep; the matrix-free path is not held to it (a prediction in batches resamples the
     # training side for each batch)
     t_end = None if args.n_train is not None or path == "matrix_free" else t_start + args.time_budget
