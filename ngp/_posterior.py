@@ -270,11 +270,14 @@ class Conditioned:
     @property
     def validity(self) -> Validity:
         """Size of the first-order evidence correction against the GP's (``docs/validity.md``)."""
-        return evidence_validity(self._log_evidence, self.gp.log_evidence)
+        return evidence_validity(self._log_evidence, self.gp.log_evidence, eps=self.expansion_parameter)
 
     def _warn_validity(self, validity: Validity, what: str) -> None:
-        if not validity.trusted and self.options.get("warn", True):
-            warn(untrusted_message(what, validity, self.n), ExpansionWarning)
+        # a large expansion parameter alone is the prior's own warning (Prior._check_expansion): not said twice
+        others = [r for r in validity.reasons if not r.startswith("eps = ")]
+        if others and self.options.get("warn", True):
+            warn(untrusted_message(what, dataclasses.replace(validity, reasons=tuple(others)), self.n),
+                 ExpansionWarning)
 
     @property
     @float64
@@ -449,7 +452,8 @@ class Conditioned:
         eps = eps * (prior.n / n)
         logz = self._log_evidence
         validity = posterior_validity(mean=mean, var=var, gp_mean=gp.mean, gp_var=gp.var, noise=self.noise,
-                                      prior_var=prior_var, log_evidence=logz, gp_log_evidence=gp.log_evidence)
+                                      prior_var=prior_var, log_evidence=logz, gp_log_evidence=gp.log_evidence,
+                                      eps=eps)
         self._warn_validity(validity, "posterior")
         scale = np.sqrt(predictive_variance(gp.var, self.noise, prior_var))
         # a test input equal to a training input observed without noise has no 1/n correction to resolve (its mean

@@ -109,7 +109,9 @@ class Validity:
         negative_variance: whether a first-order posterior variance is negative.
         trusted: every measure within its threshold, all finite, no negative variance.
         reasons: why the result is not trusted (empty when trusted).
-        eps: matrix-free results: ``max |V| / (n K^2)`` over pairs of training inputs (else ``None``).
+        eps: ``max |V| / (n K^2)`` over pairs of inputs (training inputs on the matrix-free path; training and
+            predicted test inputs on the exact path), at most ``EXPANSION_WARN`` when trusted (``None`` where not
+            judged: ``log_evidence``'s and ``evidence_grid``'s rows, which check it separately).
         eta: matrix-free results: prior variance of ``log p(y | network)`` at first order (else ``None``).
         eta_se: Monte-Carlo standard error of ``eta`` (else ``None``).
         message: ``"; ".join(reasons)`` (empty when trusted).
@@ -152,11 +154,7 @@ def _judge(mean_shift, var_change, evidence, negative_variance, checks=None, **f
     first-order measures against their thresholds) must be finite and at most its limit."""
     reasons = []
     if checks is None:
-        checks = (
-            ("mean shift", mean_shift, MEAN_SHIFT_MAX, "GP predictive standard deviations"),
-            ("relative variance change", var_change, VAR_CHANGE_MAX, ""),
-            ("evidence correction", evidence, EVIDENCE_MAX, "nats"),
-        )
+        checks = _first_order_checks(mean_shift, var_change, evidence)
     for name, value, limit, unit in checks:
         if value is None:
             continue
@@ -176,8 +174,19 @@ def _evidence_correction(log_evidence, gp_log_evidence) -> float | None:
     return abs(diff) if math.isfinite(diff) else math.inf
 
 
+def _expansion_check(eps) -> tuple:
+    """The exact path's check of the expansion parameter (as the matrix-free path's), when it is known."""
+    return () if eps is None else (("eps = max|V|/(nK^2)", float(eps), EXPANSION_WARN, ""),)
+
+
+def _first_order_checks(mean_shift, var_change, evidence) -> tuple:
+    return (("mean shift", mean_shift, MEAN_SHIFT_MAX, "GP predictive standard deviations"),
+            ("relative variance change", var_change, VAR_CHANGE_MAX, ""),
+            ("evidence correction", evidence, EVIDENCE_MAX, "nats"))
+
+
 def posterior_validity(*, mean, var, gp_mean, gp_var, noise: float, prior_var, log_evidence=None,
-                       gp_log_evidence=None) -> Validity:
+                       gp_log_evidence=None, eps=None) -> Validity:
     """Validity of a finite-width posterior at test points.
 
     Args:
@@ -187,6 +196,9 @@ def posterior_validity(*, mean, var, gp_mean, gp_var, noise: float, prior_var, l
         prior_var: ``(N_test,)`` prior variance ``K_bb`` at the test points (sets the variance floor
             :data:`VAR_FLOOR` ``* K_bb``).
         log_evidence, gp_log_evidence: finite-width and GP log evidence (optional).
+        eps: the expansion parameter ``max |V| / (n K^2)`` (optional): when given, also at most
+            :data:`EXPANSION_WARN` (stop 91: a result with ``eps = 1.0`` was trusted, and further from importance
+            sampling than the GP's).
     """
     mean, var, gp_mean, gp_var = (np.asarray(a, dtype=float) for a in (mean, var, gp_mean, gp_var))
     denom = predictive_variance(gp_var, noise, prior_var)
@@ -197,12 +209,17 @@ def posterior_validity(*, mean, var, gp_mean, gp_var, noise: float, prior_var, l
         shift = float(np.max(np.abs(mean - gp_mean) / np.sqrt(denom), initial=0.0))
         change = float(np.max(np.abs(var - gp_var) / denom, initial=0.0))
     negative = bool(np.any(var < 0))
-    return _judge(shift, change, _evidence_correction(log_evidence, gp_log_evidence), negative)
+    evidence = _evidence_correction(log_evidence, gp_log_evidence)
+    return _judge(shift, change, evidence, negative, _first_order_checks(shift, change, evidence)
+                  + _expansion_check(eps), eps=None if eps is None else float(eps))
 
 
-def evidence_validity(log_evidence, gp_log_evidence) -> Validity:
-    """Validity of a finite-width log evidence (no test points): the evidence correction only."""
-    return _judge(None, None, _evidence_correction(log_evidence, gp_log_evidence), False)
+def evidence_validity(log_evidence, gp_log_evidence, eps=None) -> Validity:
+    """Validity of a finite-width log evidence (no test points): the evidence correction, and the expansion
+    parameter ``eps`` when given (as :func:`posterior_validity`)."""
+    evidence = _evidence_correction(log_evidence, gp_log_evidence)
+    return _judge(None, None, evidence, False, _first_order_checks(None, None, evidence) + _expansion_check(eps),
+                  eps=None if eps is None else float(eps))
 
 
 def expansion_validity(eps: float, eta: float, eta_se: float = 0.0, *, eps_max: float, eta_max: float,

@@ -390,6 +390,30 @@ def test_matrix_free_validity_is_a_validity():
     assert not neg.trusted and neg.negative_variance and "negative" in neg.message
 
 
+def test_the_exact_paths_verdict_judges_the_expansion_parameter():
+    """The exact path's ``trusted`` ignored ``eps`` (the matrix-free path's does not): a prober's gelu ``ResMLP`` at
+    width 8 had ``eps = 1.0``, every first-order measure under its threshold, ``trusted``, and mean, variance and
+    evidence further from importance sampling than the GP's. Here relu depth 3 at width 8 (``eps = 1.25``, the
+    first-order measures 0.04, 0.06 and 0.54, all under): not trusted for ``eps`` alone, on both paths, with the
+    prior's expansion warnings only (no second warning for the same reason); at width 64 (``eps = 0.16``) trusted."""
+    rng = np.random.default_rng(0)
+    X, XB = rng.normal(size=(4, 2)), rng.normal(size=(2, 2))
+    Y = np.sin(X[:, 0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cond = ngp.condition(ngp.MLP(3, 8, activation="relu"), X, Y, noise=0.1)
+        post = cond.predict(XB)
+        mf = ngp.condition(ngp.MLP(3, 8, activation="relu"), X, Y, noise=0.1, method="matrix_free", samples=256)
+    for v in (post.validity, cond.validity, mf.validity):
+        assert not v.trusted and v.eps > 1.2 and [r for r in v.reasons if r.startswith("eps")], v
+    assert post.validity.reasons == ("eps = max|V|/(nK^2) 1.25 > 0.3",)
+    assert max(post.validity.mean_shift, post.validity.var_change) < ngp.Validity.VAR_CHANGE_MAX
+    said = {str(w.message) for w in caught if issubclass(w.category, ngp.ExpansionWarning)}
+    assert said and all("expansion parameter" in m or "validated regime" in m for m in said), said
+    wide = ngp.condition(ngp.MLP(3, 64, activation="relu"), X, Y, noise=0.1).predict(XB)
+    assert wide.validity.trusted and wide.validity.eps < 0.2
+
+
 def test_evidence_grid_flags_and_skips_untrusted_rows():
     """The first-order evidence correction is ``c / n`` (here ``c = 3.06e4`` nats, also from the equation
     of ``docs/theory.md`` "Evidence" evaluated by hand on ``prior.K, K1, V``): 7662 nats at width 4, 59.9
