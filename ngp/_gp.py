@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
@@ -12,11 +11,12 @@ from ._linalg import solve_train
 from ._validate import train_test, warn
 from ._validity import clip_rounding
 from ._warnings import AccuracyWarning
+from ._results import result
 
 __all__ = ["GPPosterior", "gp_posterior", "gp_from_kernel", "gp_log_evidence"]
 
 
-@dataclasses.dataclass(frozen=True)
+@result
 class GPPosterior:
     """Posterior of the latent outputs at the test inputs (infinite-width prior).
 

@@ -33,6 +33,7 @@ from ._validate import (as_inputs, as_targets, check_seed, count, device, flag, 
                         per_layer, positive_float, real, warn)
 from ._validity import EVIDENCE_MAX, EXPANSION_WARN, evidence_validity, expansion_parameter, untrusted_message
 from ._warnings import ConvergenceWarning, CostWarning, ExpansionWarning
+from ._results import result
 
 __all__ = ["log_evidence", "fit_hyperparameters", "HyperFit", "with_hyperparameters"]
 
@@ -247,7 +248,7 @@ def with_hyperparameters(net, C_W, C_b):
     return Network(*steps, in_dim=net.in_dim)
 
 
-@dataclasses.dataclass(frozen=True)
+@result
 class HyperFit:
     """Result of :func:`ngp.fit_hyperparameters`.
 

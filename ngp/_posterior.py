@@ -39,13 +39,14 @@ from ._warnings import AccuracyWarning, ExpansionWarning
 from ._validity import (NUMERICAL_NEGLIGIBLE, NUMERICAL_WARN, Validity, clip_rounding, evidence_validity,
                         posterior_validity, predictive_variance, untrusted_message)
 from ._vertex_error import component_errors, k1_error_packed
+from ._results import result
 
 __all__ = [
     "FiniteWidthPosterior", "Conditioned", "GPConditioned", "finite_width_log_evidence", "predict_bytes_per_point",
 ]
 
 
-@dataclasses.dataclass(frozen=True)
+@result
 class FiniteWidthPosterior:
     """Posterior of the latent outputs at the test inputs, to first order in ``1/n``.
 

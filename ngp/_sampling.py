@@ -14,13 +14,13 @@ Two exact samplers of the same distribution, both defined by the network's layer
 from __future__ import annotations
 
 import collections
-import dataclasses
 import threading
 
 import jax
 import numpy as np
 
 from ._validate import as_inputs, check_seed, count, device, memory_bytes, pad_to
+from ._results import result
 
 __all__ = ["NetworkSamples", "sample_networks", "SAMPLING_MEMORY", "check_sampling_memory", "network_keys"]
 
@@ -28,7 +28,7 @@ __all__ = ["NetworkSamples", "sample_networks", "SAMPLING_MEMORY", "check_sampli
 SAMPLING_MEMORY = 4 * 1024**3
 
 
-@dataclasses.dataclass(frozen=True)
+@result
 class NetworkSamples:
     """Samples of random networks evaluated on the same inputs.
 

@@ -17,6 +17,7 @@ from ._prior import MAX_MEMORY, check_options
 from ._training_theory import finite_width_mean, infinite_width
 from ._validate import RCOND_MIN, count, float64, nonneg_float, positive_float, train_test, warn
 from ._warnings import ConvergenceWarning, ExpansionWarning
+from ._results import result
 
 __all__ = ["TrainedEnsemble", "trained_ensemble", "FINITE_WIDTH"]
 
@@ -47,7 +48,7 @@ _NO_HIDDEN = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
+@result
 class TrainedEnsemble:
     """The ensemble of randomly initialised networks trained by full-batch gradient descent on the squared error.
 

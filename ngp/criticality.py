@@ -57,6 +57,7 @@ from ._activations import Activation, activation as _make_activation
 from ._gaussian import gauss_hermite
 from ._validate import count, device, float64, multiplier, nonneg_float, positive_float, real, warn
 from ._warnings import AccuracyWarning
+from ._results import result
 
 __all__ = [
     "CLASSES",
@@ -466,7 +467,10 @@ def residual_susceptibilities(activation, K, *, C_W: float = 1.0, C_b: float = 0
     (:func:`critical_point`) with ``gamma^2 + xi^2 = 1`` and ``C_b = 0``.
 
     Args:
-        activation, K, C_W, C_b: as in :func:`susceptibilities`.
+        activation: as in :func:`susceptibilities`.
+        K: as in :func:`susceptibilities`.
+        C_W: as in :func:`susceptibilities`.
+        C_b: as in :func:`susceptibilities`.
         gamma: skip-connection weight (real).
         xi: block weight (real).
 
@@ -769,7 +773,7 @@ def critical_point(activation, *, K_range: tuple[float, float] = K_SEARCH) -> Cr
 
 
 # ----------------------------------------------------------------------------- depth flow
-@dataclasses.dataclass(frozen=True)
+@result
 class DepthFlow:
     """Single-input, equal-width leading-order flow through depth (``docs/theory.md``, "Finite-width recursions", "Criticality").
 
@@ -926,7 +930,7 @@ def _flow_quadrature(act, C_W, C_b, K0, depth):
 
 
 # ----------------------------------------------------------------------------- asymptotic laws
-@dataclasses.dataclass(frozen=True)
+@result
 class AsymptoticLaw:
     """Large-depth law of a universality class, evaluated at the given layers.
 
@@ -949,7 +953,7 @@ _PHASE_NODES = 400
 _PHASE_K_MAX = 100.0
 
 
-@dataclasses.dataclass(frozen=True)
+@result
 class PhaseDiagram:
     """Result of :func:`phase_diagram`: arrays shaped like the broadcast of ``C_b`` and ``C_W``.
 
@@ -1141,7 +1145,7 @@ def residual_critical_point(activation, *, gamma: float, xi: float,
         C_b=scale * mlp.C_b, C_W=scale * mlp.C_W, K_star=mlp.K_star, scale=scale, mlp=mlp)
 
 
-@dataclasses.dataclass(frozen=True)
+@result
 class ResidualDepthFlow(DepthFlow):
     """Single-input finite-width flow of a residual network (docs/theory.md, residual networks).
 

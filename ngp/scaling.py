@@ -33,6 +33,7 @@ import numpy as np
 from ._validate import (MAX_WIDTH, as_inputs, as_targets, check_seed, count, device, nonneg_float, per_layer,
                         positive_float, real, warn)
 from ._warnings import ConvergenceWarning
+from ._results import result
 
 __all__ = [
     "Parameterization",
@@ -230,7 +231,7 @@ def predicted_exponents(spec, *, depth: int) -> Exponents:
 
 
 # ----------------------------------------------------------------------------- coordinate check
-@dataclasses.dataclass(frozen=True)
+@result
 class CoordinateCheck:
     """Measured scalings of actual networks (means over seeds) and fitted width exponents.
 

@@ -12,7 +12,6 @@ neurons. Each draw is weighted by its exact likelihood ``p(y | G_hat)`` (``docs/
 from __future__ import annotations
 
 import collections
-import dataclasses
 import math
 
 import jax
@@ -24,6 +23,7 @@ from .._linalg import SAMPLER_JITTER
 from .._validate import RCOND_MIN as _RCOND_GP
 from .._validate import as_targets, check_seed, count, device, float64, memory_bytes, nonneg_float, train_test, warn
 from .._warnings import SamplingWarning
+from .._results import result
 
 __all__ = ["ImportancePosterior", "importance_posterior", "log_likelihood", "gaussian_conditional", "RCOND_MIN"]
 
@@ -45,7 +45,7 @@ ESS_WARN = 100.0
 _BATCH_ELEMENTS = 8_000_000
 
 
-@dataclasses.dataclass(frozen=True)
+@result
 class ImportancePosterior:
     """Posterior of the latent outputs at the test inputs, by importance sampling the exact prior.
 

@@ -10,7 +10,6 @@ NumPyro is imported only when :func:`nuts_posterior` is called.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
@@ -21,6 +20,7 @@ from .._linalg import psd_sqrt
 from .._sampling import SAMPLING_MEMORY
 from .._validate import check_seed, count, flag, float64, memory_bytes, nonneg_float, positive_float, train_test, warn
 from .._warnings import SamplingWarning
+from .._results import result
 from ._importance import ESS_WARN, gaussian_conditional
 
 #: Largest split R-hat (of the test outputs' per-draw values) without a :class:`ngp.SamplingWarning`.
@@ -29,7 +29,7 @@ RHAT_WARN = 1.05
 __all__ = ["NUTSPosterior", "nuts_posterior"]
 
 
-@dataclasses.dataclass(frozen=True)
+@result
 class NUTSPosterior:
     """Posterior of the latent outputs at the test inputs, from NUTS on the network weights.
 
