@@ -393,7 +393,10 @@ def activation(spec: str | Callable | Activation, /, **params) -> Activation:
         spec: One of :data:`ACTIVATIONS` (e.g. ``"tanh"``, ``"relu"``,
             ``"leaky_relu"``), an :class:`Activation`, or any JAX-traceable
             elementwise callable. A callable is assumed smooth (its autodiff
-            derivatives are used); pass ``smooth=False`` for kinked callables.
+            derivatives are used); pass ``smooth=False`` for kinked callables. Each call makes a new object
+            (compiled kernels are cached on it, and a callable may read globals that change between calls), so
+            two networks given the same callable compare unequal and compile their kernels separately: build
+            ``act = ngp.activation(f)`` once and pass ``act`` to share them.
         **params: Parameters of named activations (``slope`` for ``leaky_relu``)
             or ``name=``/``smooth=`` for callables.
 

@@ -43,7 +43,7 @@ def standardize(train: np.ndarray, *others: np.ndarray):
 
     Overflow-safe: each column is first divided by its largest training magnitude, so values up
     to the float64 limit (``1e300``) are standardised, not turned into ``0`` or ``nan``. A constant
-    column is only centred.
+    column (one whose spread is at the rounding level of its values) is only centred (``std`` 1).
 
     Returns the transformed ``train`` followed by the transformed ``others``, and the
     ``(mean, std)`` used (``x_std = (x - mean) / std``).
@@ -57,7 +57,7 @@ def standardize(train: np.ndarray, *others: np.ndarray):
     columns = lambda b: b.shape[1] if b.ndim == 2 else 1  # noqa: E731  ((n,) and (n, 1) mix, as before)
     for name, a in [("train", train)] + [(f"others[{i}]", o) for i, o in enumerate(others)]:
         try:
-            if np.iscomplexobj(a) or isinstance(a, (str, bytes)):
+            if a is None or np.iscomplexobj(a) or isinstance(a, (str, bytes)):
                 raise TypeError
             a = np.asarray(a, dtype=float)
         except (TypeError, ValueError):
@@ -77,6 +77,13 @@ def standardize(train: np.ndarray, *others: np.ndarray):
     t = train / mag
     mu = t.mean(axis=0)
     sd = t.std(axis=0)
-    sd = np.where(sd > 0, sd, 1.0 / mag)  # constant column: std 1 in the original units
-    out = [(t - mu) / sd] + [(np.asarray(o, dtype=float) / mag - mu) / sd for o in others]
-    return (*out, (mu * mag, sd * mag))
+    # constant: a spread at rounding level of the scaled column (|t| <= 1); only centred (std 1 in the original
+    # units). Dividing by it blew a one-ulp difference up to unit size, and 1 / mag overflowed below 5.6e-309.
+    const = sd <= 8 * np.finfo(float).eps
+    sd = np.where(const, 1.0, sd)
+
+    def scaled(a):
+        return np.where(const, (a - mu) * mag, (a - mu) / sd)
+
+    out = [scaled(t)] + [scaled(np.asarray(o, dtype=float) / mag) for o in others]
+    return (*out, (mu * mag, np.where(const, 1.0, sd * mag)))

@@ -124,3 +124,23 @@ def test_activations_pickle_as_what_made_them():
     net = ngp.serial(ngp.Dense(8), ngp.Elementwise("tanh"), ngp.Elementwise(own), ngp.Dense(1))
     assert pickle.loads(pickle.dumps(ngp.MLP(3, 16, activation="gelu"))) == ngp.MLP(3, 16, activation="gelu")
     assert repr(pickle.loads(pickle.dumps(net))) == repr(net)
+
+
+
+def _shifted_tanh(x):
+    return jnp.tanh(x) + 0.1 * x
+
+
+def test_one_activation_object_shares_its_kernels_and_equality():
+    """A callable gives a new object per ``ngp.activation`` call (it may read globals that change between calls:
+    ``tests/test_criticality.py``), so networks given the callable itself compare unequal; the documented way to
+    share is one object (a pickled or copied network gets a new one, with the same function)."""
+    import copy
+    import pickle
+
+    a = ngp.activation(_shifted_tanh)
+    assert ngp.activation(_shifted_tanh) is not a and ngp.MLP(2, 8, activation=_shifted_tanh) != ngp.MLP(
+        2, 8, activation=_shifted_tanh)
+    net = ngp.MLP(2, 8, activation=a)
+    assert net == ngp.MLP(2, 8, activation=a) and net.activation is a
+    assert pickle.loads(pickle.dumps(net)).activation.fn is _shifted_tanh is copy.deepcopy(net).activation.fn

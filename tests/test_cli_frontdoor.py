@@ -643,6 +643,22 @@ def test_standardize_is_overflow_safe():
     assert np.allclose((X - mu) / sd, Z)
 
 
+def test_standardize_treats_a_spread_at_rounding_level_as_constant():
+    """A column varying by one ulp became [-1, 1, -1] (mean -1/3: not centred, rounding blown up to unit size); a
+    constant column below 5.6e-309 got std inf (1 / its magnitude overflowed, with a RuntimeWarning); ``None`` among
+    ``others`` gave a ValueError about shape (), where the docstring promises a TypeError."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Z, (mu, sd) = standardize(np.array([1.0, 1.0 + 2.2e-16, 1.0]))
+        assert np.max(np.abs(Z)) < 1e-15 and sd == 1.0 and mu == 1.0
+        Z, Zo, (mu, sd) = standardize(np.array([[3e-309], [3e-309]]), np.array([[4e-309]]))
+        assert np.all(Z == 0) and sd[0] == 1.0 and Zo[0, 0] == 4e-309 - 3e-309
+        Z, _ = standardize(np.array([1.0, 1.0 + 1e-12, 1.0]))  # a real spread (4500 ulp) is still scaled
+        np.testing.assert_allclose(Z.std(), 1.0, rtol=1e-3)
+    with pytest.raises(TypeError, match=r"others\[0\]: expected an array of real numbers"):
+        standardize(np.ones(3), None)
+
+
 def test_extreme_test_input_is_refused_with_its_column_and_line():
     with pytest.raises(CLIError, match=r"column 'b' on line 7 lies 1e\+300"):
         check_extreme(np.array([[0.1, 0.2], [0.3, 1e300]]), np.array([5, 7]), ("a", "b"))
