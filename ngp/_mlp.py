@@ -21,6 +21,17 @@ def hidden_widths(width, n_hidden: int, depth: int) -> tuple:
     return per_layer(width, n_hidden, "width", count, what=f"hidden layer at depth={depth}")
 
 
+def _spec(par) -> str:
+    """What to pass as ``parameterization=`` for ``par``: a preset's name, a family's number, else ``par``."""
+    from . import scaling
+
+    if scaling.PRESETS.get(par.name) == par:
+        return repr(par.name)
+    if par == scaling.family(par.lam_W[0]):
+        return repr(par.lam_W[0])
+    return repr(par)
+
+
 class MLP(Network):
     """A fully connected network prior: ``depth`` weight layers, Gaussian weights and biases.
 
@@ -77,6 +88,8 @@ class MLP(Network):
         lb = per_layer(lambda_b, depth, "lambda_b", nonneg_float)
         par = None
         base_width = positive_float(base_width, "base_width")  # checked either way (a bad value was ignored silently)
+        given = (cw, cb, lw, lb, base_width)  # the base values: the repr shows them (the multiplied ones, pasted
+        # back with the parameterization, multiplied them twice)
         if parameterization is not None:
             from . import scaling
 
@@ -98,6 +111,7 @@ class MLP(Network):
         object.__setattr__(self, "lambda_W", lw)
         object.__setattr__(self, "lambda_b", lb)
         object.__setattr__(self, "parameterization", par)
+        object.__setattr__(self, "_given", given)
 
     def __eq__(self, other):
         return super().__eq__(other) and (self.lambda_W, self.lambda_b) == (other.lambda_W, other.lambda_b)
@@ -110,13 +124,18 @@ class MLP(Network):
             return t[0] if len(set(t)) == 1 else list(t)
 
         w = short(self.widths) if self.widths else None
-        extra = "".join(f", {name}={short(v)}" for name, v in (("lambda_W", self.lambda_W), ("lambda_b", self.lambda_b))
+        # with a parameterization, the arguments given (base values): the constructor multiplies them again
+        cw, cb, lw, lb, base = self._given if self.parameterization is not None else (
+            self.C_W, self.C_b, self.lambda_W, self.lambda_b, 1.0)
+        extra = "".join(f", {name}={short(v)}" for name, v in (("lambda_W", lw), ("lambda_b", lb))
                         if set(v) != {1.0})  # they change the NTK and training: shown when not the default
         if self.parameterization is not None:
-            extra += f", parameterization={self.parameterization.name!r}"
+            extra += f", parameterization={_spec(self.parameterization)}"
+            if base != 1.0:
+                extra += f", base_width={base:g}"
         if self.in_dim is not None:
             extra += f", in_dim={self.in_dim}"
         return (
             f"MLP(depth={self.depth}, width={w}, activation={self.activation.name!r}, "
-            f"C_W={short(self.C_W)}, C_b={short(self.C_b)}, out_dim={self.out_dim}{extra})"
+            f"C_W={short(cw)}, C_b={short(cb)}, out_dim={self.out_dim}{extra})"
         )

@@ -108,9 +108,10 @@ class ResMLP(Network):
         def short(t):
             return (t[0] if len(set(t)) == 1 else list(t)) if t else None
 
+        blocks = f", gamma={short(self.gamma)}, xi={short(self.xi)}" if self.gamma else ""  # none without blocks
+        in_dim = f", in_dim={self.in_dim}" if self.in_dim is not None else ""
         return (
             f"ResMLP(depth={self.depth}, width={self.width}, activation={self.activation.name!r}, "
-            f"C_W={short(self.C_W)}, C_b={short(self.C_b)}, gamma={short(self.gamma)}, xi={short(self.xi)}, "
-            f"out_dim={self.out_dim})"
+            f"C_W={short(self.C_W)}, C_b={short(self.C_b)}{blocks}, out_dim={self.out_dim}{in_dim})"
         )
 

@@ -106,3 +106,19 @@ def test_networks_that_compare_unequal_have_different_reprs():
     steps = (ngp.Dense(4), ngp.Elementwise("tanh"), ngp.Dense(1))
     with_dim = repr(ngp.serial(*steps, in_dim=2))
     assert with_dim != repr(ngp.serial(*steps)) and "in_dim=2" in with_dim
+
+
+def test_a_networks_repr_rebuilds_it():
+    """With a parameterization the repr showed the multiplied ``C_W``/``lambda_W`` beside ``parameterization='mup'``
+    and no ``base_width``: pasted back, the multipliers applied twice (another network); a family's name
+    ``'family(0.5)'`` was not a valid argument; ``ResMLP`` left ``in_dim`` out and printed ``gamma=None, xi=None``
+    (refused by its constructor) without blocks."""
+    nets = [ngp.MLP(3, 16, parameterization="mup", base_width=4), ngp.MLP(3, 16, parameterization=1 / 3,
+                                                                          C_W=[1.5, 1.2, 1.0]),
+            ngp.MLP(3, 16, C_W=1.5, lambda_W=2.0, in_dim=2), ngp.ResMLP(3, 8, in_dim=2), ngp.ResMLP(2, 8),
+            ngp.ResMLP(4, 8, gamma=[0.9, 0.8])]
+    for net in nets:
+        back = eval("ngp." + repr(net), {"ngp": ngp})
+        assert back == net and repr(back) == repr(net), repr(net)
+        if isinstance(net, ngp.MLP):
+            assert back.C_W == net.C_W and back.lambda_W == net.lambda_W
