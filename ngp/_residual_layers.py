@@ -31,10 +31,17 @@ from ._cumulants import LayerCumulants, RefusedLayer, ScaledLayer, remember
 from ._fourpoint import RTOL
 from ._residual_cumulants import (CHAIN_OPTIONS, PairSet, chain_start, companion_options, layer_cumulants, readout,
                                   residual_step)
-from ._validate import MAX_MEMORY
+from ._validate import MAX_MEMORY, warn
+from ._warnings import CostWarning
 from ._vertex_error import component_errors, k1_error, k1_error_packed, packed_vertex_error
 
 __all__ = ["ResidualChainLayer", "ResidualReadoutLayer", "residual_layer", "readout_layer"]
+
+#: Seconds per cross-layer expectation of a dense chain (``ResMLP(4, 16)``, tanh, 10 inputs of 2 features: 36.3 s for
+#: the 3 P^2 = 9075 expectations of its two chain layers, compilation included, 2 cores; a lower bound kept below
+#: that 4 ms), and the estimate beyond which the dense ``V`` gives a :class:`ngp.CostWarning` before it starts.
+_DENSE_SECONDS = 2e-3
+_DENSE_WARN = 60.0
 
 _UNSUPPORTED = (
     "{step}: finite-width cumulants ({{what}}) of this residual pattern are not implemented: {reason} "
@@ -259,6 +266,7 @@ class ResidualChainLayer(_ChainDerived):
                 "over input pairs (P^2 per pair of layers). K1 and the predictions of ngp.condition compute only the "
                 "entries they read, within max_memory; for V itself use fewer inputs, or raise max_memory."
             )
+        self._warn_dense_cost()
         p = self.prev
         if isinstance(p, ResidualChainLayer):
             state = p.chain
@@ -271,6 +279,27 @@ class ResidualChainLayer(_ChainDerived):
             state = chain_start(self.act, np.asarray(p.K), n=self.width, V=V, K1=K1, n_prev=p.n, **self.options)
         return residual_step(state, C_W=float(self.C_W), C_b=float(self.C_b), gamma=float(self.gamma),
                              xi=float(self.xi), branch=self.branch)
+
+    def _warn_dense_cost(self) -> None:
+        """A :class:`ngp.CostWarning` when the dense chain still to compute (this layer and the earlier ones not yet
+        computed: ``(k - 1) P^2`` expectations for the layer of chain depth ``k``) would take more than
+        :data:`_DENSE_WARN` seconds at :data:`_DENSE_SECONDS` each; said once, by the last layer asked."""
+        todo, layer = [], self
+        while isinstance(layer, ResidualChainLayer) and "chain" not in layer.__dict__:
+            todo.append(layer)
+            layer = layer.prev
+        if getattr(self, "_cost_said", False):
+            return
+        for layer in todo:
+            layer._cost_said = True
+        P = self.pairs.P
+        seconds = sum(layer.chain_depth - 1 for layer in todo) * P**2 * _DENSE_SECONDS
+        if seconds > _DENSE_WARN:
+            warn(f"residual chain: the dense V on {self.N} distinct inputs ({P} pairs) is {P**2:.3g} cross-layer "
+                 f"expectations per earlier chain layer, about {_duration(seconds)} or more here (at ~"
+                 f"{_DENSE_SECONDS * 1e3:g} ms each; as the number of inputs to the fourth power). The evidence's "
+                 "training block needs it; predictions and K1 alone read only their entries (docs/theory-residual.md, "
+                 "\"Cost\"): use fewer training inputs for a residual network.", CostWarning)
 
     def chain_on(self, pair_set: PairSet):
         """The :class:`ngp._residual_cumulants.ChainState` after this step on ``pair_set``."""
@@ -408,3 +437,11 @@ def readout_layer(step, f, K, C_W, C_b):
         refusal = _UNSUPPORTED.format(step=repr(step), reason=reason)
         return RefusedLayer(K, n=prev.width, width=step.width, refusal=refusal)
     return ResidualReadoutLayer(K, chain_layer=prev, C_W=C_W, C_b=C_b, width=step.width)
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` in the largest whole unit (minutes, hours, days)."""
+    for unit, size in (("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"

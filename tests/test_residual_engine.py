@@ -7,6 +7,7 @@ from the same steps, the posterior against importance sampling, and the refusals
 """
 
 import math
+import warnings
 
 import jax
 import numpy as np
@@ -510,3 +511,24 @@ def test_relu_residual_error_estimates_come_from_half_the_nodes(monkeypatch):
     assert np.all(np.isfinite(EV)) and np.all(np.isfinite(EK1))
     assert np.max(np.abs(V - np.asarray(ref.V))) <= np.max(EV) <= 1e-3 * np.max(np.abs(V))
     assert np.max(np.abs(np.asarray(prior.K1) - np.asarray(ref.K1))) <= np.max(EK1)
+
+
+def test_a_long_dense_chain_says_so_before_it_starts(monkeypatch):
+    """``ResMLP`` with 70 training rows started a dense chain of about 10 hours (``3 P^2`` = 1.9e7 cross-layer
+    expectations, P = 2485 pairs) without a word. The estimate (``(k - 1) P^2`` expectations per chain layer of depth
+    ``k`` at ``_DENSE_SECONDS`` each) gives one ``CostWarning`` per dense chain; here its per-expectation time is set
+    so that 5 inputs cross the limit (the 70-row case itself is not run), and at the real one 5 inputs stay quiet."""
+    from ngp import _residual_layers as rl
+
+    X = np.random.default_rng(0).normal(size=(5, 2))
+    net = ngp.ResMLP(4, 8, activation="tanh")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ngp.CostWarning)
+        net.prior(X, warn=False).V
+    monkeypatch.setattr(rl, "_DENSE_SECONDS", 0.5)  # 3 x 15^2 expectations: 338 s
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net.prior(X, warn=False).V
+    said = [str(w.message) for w in caught if issubclass(w.category, ngp.CostWarning)]
+    assert len(said) == 1 and "on 5 distinct inputs (15 pairs)" in said[0] and "6 minutes" in said[0], said
+    assert rl._duration(36000.0) == "10 hours" and rl._duration(90.0) == "90 s"
