@@ -313,7 +313,8 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
             extrapolates to more than ten minutes for five steps, an :class:`ngp.CostWarning` says so.
         per_layer: one ``(C_W, C_b)`` per dense step, or (default) one shared by all dense steps.
         bounds: ``{"C_W": (lo, hi), "C_b": (lo, hi), "noise": (lo, hi)}`` (defaults
-            ``(0.05, 10)``, ``(1e-6, 5)``, ``(1e-6 min(Var(Y), 1), 10 Var(Y))``).
+            ``(0.05, 10)``, ``(1e-6, 5)``, ``(1e-6 min(Var(Y), 1), 10 Var(Y))``), for fitted names only
+            (a bound for one that ``fit`` leaves fixed is refused).
         num_starts: number of starts (``>= 1``).
         seed: non-negative integer seed of the random starts.
         max_iter: L-BFGS-B iterations per start.
@@ -362,6 +363,9 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
     for k, v in (bounds or {}).items():
         if k not in b:
             raise ValueError(f"bounds: unknown hyperparameter {k!r}")
+        if k not in fit:  # it was ignored without a word
+            raise ValueError(f"bounds: {k!r} is not fitted (fit={tuple(fit)}): its bound would have no effect; add "
+                             f"{k!r} to fit, or leave its bound out")
         if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) != 2:
             raise TypeError(f"bounds[{k!r}]: expected a pair (lo, hi), got {v!r}")
         lo, hi = real(v[0], f"bounds[{k!r}][0]"), real(v[1], f"bounds[{k!r}][1]")

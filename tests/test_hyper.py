@@ -388,3 +388,12 @@ def test_the_traced_evidence_warns_on_one_feature():
     said = [str(w.message) for w in caught if issubclass(w.category, ngp.AccuracyWarning)]
     assert len(said) == 1 and "under a JAX trace" in said[0], said
     assert abs(traced - concrete.log_evidence) > 10 * concrete.log_evidence_error, (traced, concrete)
+
+
+def test_a_bound_for_a_fixed_hyperparameter_is_refused():
+    """``bounds={"noise": ...}`` with the noise fixed was ignored without a word."""
+    X = np.linspace(-1, 1, 4)[:, None]
+    with pytest.raises(ValueError, match=r"bounds: 'noise' is not fitted \(fit=\('C_W', 'C_b'\)\)"):
+        ngp.fit_hyperparameters(ngp.MLP(2, 16), X, X[:, 0], noise=0.1, fit=("C_W", "C_b"), bounds={"noise": (1e-3, 1)})
+    with pytest.raises(ValueError, match="bounds: 'C_b' is not fitted"):
+        ngp.fit_hyperparameters(ngp.MLP(2, 16), X, X[:, 0], fit="C_W", bounds={"C_b": (1e-3, 1)})
