@@ -395,7 +395,8 @@ def plot_posterior(X_test, posteriors, *, labels: str | Sequence[str] | None = N
         The matplotlib Figure.
 
     A negative variance (the first-order expansion broke down, ``docs/validity.md``) is drawn as a band of zero
-    width, with an :class:`ngp.ExpansionWarning` naming the posterior.
+    width, with an :class:`ngp.ExpansionWarning` naming the posterior; a non-finite mean or variance as a gap, with
+    an :class:`ngp.NgpWarning`.
     """
     x = _x_axis(X_test, "X_test")
     output = count(output, "output", minimum=0, what="a non-negative integer (an output neuron)")
@@ -420,6 +421,10 @@ def plot_posterior(X_test, posteriors, *, labels: str | Sequence[str] | None = N
     fig, (axis,) = _axes(ax, 1, figsize=figsize)
     order = np.argsort(x)
     for i, (mean, var) in enumerate(bands):
+        bad = ~(np.isfinite(mean) & np.isfinite(var))
+        if np.any(bad):  # matplotlib leaves gaps there without a word
+            warn(f"plot_posterior: posteriors[{i}] has a non-finite mean or variance at {int(bad.sum())} of {bad.size} "
+                 "test inputs, drawn as gaps in its line and band")
         if np.any(var < 0):
             warn(f"plot_posterior: posteriors[{i}] has a negative variance at {int(np.sum(var < 0))} of {var.size} "
                  f"test inputs (min {float(np.min(var)):.3g}), drawn as a band of zero width there (a first-order "

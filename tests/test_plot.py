@@ -276,6 +276,17 @@ def test_plot_posterior_warns_of_negative_variances():
     plt.close("all")
 
 
+def test_plot_posterior_warns_of_non_finite_means():
+    """A NaN mean or variance was drawn as a gap without a word."""
+    import matplotlib.pyplot as plt
+
+    post = _Post(4)
+    post.mean[2, 0] = np.nan
+    with pytest.warns(ngp.NgpWarning, match=r"posteriors\[0\] has a non-finite mean or variance at 1 of 4 test inputs"):
+        plot.plot_posterior(np.arange(4.0), post, labels="a")
+    plt.close("all")
+
+
 def test_plot_posterior_draws_truth_in_the_order_of_x():
     """The reference curve is sorted by x like the means (it was drawn in the order given: a zigzag)."""
     import matplotlib.pyplot as plt
