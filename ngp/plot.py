@@ -22,7 +22,7 @@ import numpy as np
 
 from ._activations import activation as _make_activation
 from ._validate import as_inputs, as_targets, count, per_layer, positive_float, warn
-from ._warnings import ExpansionWarning
+from ._warnings import AccuracyWarning, ExpansionWarning
 
 __all__ = ["plot_flow", "plot_phase_diagram", "plot_posterior", "show"]
 
@@ -396,7 +396,7 @@ def plot_posterior(X_test, posteriors, *, labels: str | Sequence[str] | None = N
 
     A negative variance (the first-order expansion broke down, ``docs/validity.md``) is drawn as a band of zero
     width, with an :class:`ngp.ExpansionWarning` naming the posterior; a non-finite mean or variance as a gap, with
-    an :class:`ngp.NgpWarning`.
+    an :class:`ngp.AccuracyWarning`.
     """
     x = _x_axis(X_test, "X_test")
     output = count(output, "output", minimum=0, what="a non-negative integer (an output neuron)")
@@ -424,7 +424,7 @@ def plot_posterior(X_test, posteriors, *, labels: str | Sequence[str] | None = N
         bad = ~(np.isfinite(mean) & np.isfinite(var))
         if np.any(bad):  # matplotlib leaves gaps there without a word
             warn(f"plot_posterior: posteriors[{i}] has a non-finite mean or variance at {int(bad.sum())} of {bad.size} "
-                 "test inputs, drawn as gaps in its line and band")
+                 "test inputs, drawn as gaps in its line and band", AccuracyWarning)
         if np.any(var < 0):
             warn(f"plot_posterior: posteriors[{i}] has a negative variance at {int(np.sum(var < 0))} of {var.size} "
                  f"test inputs (min {float(np.min(var)):.3g}), drawn as a band of zero width there (a first-order "

@@ -282,7 +282,7 @@ def test_plot_posterior_warns_of_non_finite_means():
 
     post = _Post(4)
     post.mean[2, 0] = np.nan
-    with pytest.warns(ngp.NgpWarning, match=r"posteriors\[0\] has a non-finite mean or variance at 1 of 4 test inputs"):
+    with pytest.warns(ngp.AccuracyWarning, match=r"posteriors\[0\] has a non-finite mean or variance at 1 of 4 test inputs"):
         plot.plot_posterior(np.arange(4.0), post, labels="a")
     plt.close("all")
 
