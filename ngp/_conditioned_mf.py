@@ -17,7 +17,7 @@ from . import _matrix_free as mf
 from ._gp import GPPosterior
 from ._linalg import check_conditioning, refuse_duplicates, solve_train
 from ._prior import check_options
-from ._posterior import Conditioned, FiniteWidthPosterior, GPConditioned
+from ._posterior import Conditioned, FiniteWidthPosterior, GPConditioned, check_width_free
 from ._steps import Dense, Elementwise, Serial
 from ._validate import (MAX_WIDTH, as_inputs, check_seed, check_stop, count, flag, float64, memory_bytes, pad_to,
                         stop_requested, train_test, warn)
@@ -229,11 +229,10 @@ class MatrixFreeConditioned(Conditioned):
         return float(self.validity.eps)
 
     def with_width(self, n: int) -> "MatrixFreeConditioned":
-        """The same conditioning at hidden width ``n`` (``n_{L-1} = n``; the network's hidden widths must be equal,
-        else ``ValueError``), the samples reused."""
+        """The same conditioning at hidden width ``n`` (``n_{L-1} = n``; the network's hidden widths must be equal and
+        its ``C_W``, ``C_b`` free of the width, else ``ValueError``), the samples reused."""
         n = count(n, "n", maximum=MAX_WIDTH)
-        if len(set(self.net.widths)) > 1:
-            raise ValueError(f"n: with_width needs equal hidden widths, the network has {list(self.net.widths)}")
+        check_width_free(self.net)
         new = self._sharing(("log_evidence", "log_evidence_se"))
         new.n, new._scale = n, n
         return new

@@ -395,3 +395,32 @@ def test_conditioned_objects_say_what_they_hold(data):
     assert "jitter=0.001" in repr(ngp.condition(net, data["XA"], data["Y2"], noise=0.1, jitter=1e-3))
     m = ngp.condition(net, data["XA"], data["Y2"], noise=0.1, method="matrix_free", samples=64)
     assert repr(m).startswith("MatrixFreeConditioned(") and "method='matrix_free'" in repr(m)
+
+
+def test_with_width_batch_size_and_gp_features_edges(monkeypatch):
+    """Found by a prober: ``with_width`` kept a muP network's width-scaled output ``C_W``, ``C_b`` (GP variances
+    0.036 / 0.055 against a fresh condition's 0.026 / 0.038 at width 64): refused on both paths, while a
+    parameterization that scales only learning rates (``"standard"``) is width-free and agrees with a fresh condition;
+    an explicit ``batch_size`` above the number of test points was charged for points it cannot hold (a false
+    ``MemoryError``); ``cond.gp.predict`` with the wrong number of features raised NumPy's concatenate error."""
+    import ngp._posterior as post_mod
+
+    rng = np.random.default_rng(0)
+    XA, XB = rng.normal(size=(4, 2)), rng.normal(size=(2, 2))
+    Y = np.sin(XA[:, 0])
+    mup = ngp.MLP(3, 32, C_W=1.5, C_b=0.1, parameterization="mup", base_width=8)
+    for method in ("exact", "matrix_free"):
+        with pytest.raises(ValueError, match="n: with_width keeps the network's C_W and C_b, but its parameterization"):
+            ngp.condition(mup, XA, Y, noise=0.05, method=method, samples=64).with_width(64)
+    std = dict(C_W=1.5, C_b=0.1, parameterization="standard")
+    moved = ngp.condition(ngp.MLP(3, 32, **std), XA, Y, noise=0.05).with_width(64).predict(XB)
+    fresh = ngp.condition(ngp.MLP(3, 64, **std), XA, Y, noise=0.05).predict(XB)
+    np.testing.assert_allclose(moved.mean, fresh.mean, rtol=1e-10)
+    np.testing.assert_allclose(moved.var, fresh.var, rtol=1e-10)
+    cond = ngp.condition(ngp.MLP(3, 32), XA, Y, noise=0.05, max_memory=2**30)
+    monkeypatch.setattr(post_mod, "predict_bytes_per_point", lambda *a: 2**30 // 3)
+    np.testing.assert_array_equal(cond.predict(XB, batch_size=5).mean, cond.predict(XB, batch_size=2).mean)
+    with pytest.raises(MemoryError, match="batch_size=4"):  # four points in one batch: more than max_memory
+        cond.predict(np.concatenate([XB, XB]), batch_size=9)
+    with pytest.raises(ValueError, match="X_test: expected 2 features like X_train, got 3"):
+        cond.gp.predict(np.ones((1, 3)))
