@@ -28,15 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
-from ._fourpoint import RTOL, fixed_rule_relative, fixed_rule_split, multiset_expectations, split_multisets
+from ._fourpoint import RTOL, fixed_rule_split, multiset_expectations, split_multisets
 from ._gaussian import (auto_orders, check_hand_orders, concrete_max, integer_power, kernel_bucket, pad_rows,
                         padded_rule, pair_matrices, probe_inputs, pruned_tensor_rule)
 from ._kernel import KERNEL_OPTIONS, two_point_matrix
 from ._pairs import Pairs, array_module, is_concrete, multiset_code, multiset_rows
 from ._progress import check_progress, task
 from ._threads import THREADS, thread_map
-from ._validate import MAX_MEMORY, device, device_if, pad_to, silenced, warn
-from ._warnings import AccuracyWarning
+from ._validate import MAX_MEMORY, device, device_if, pad_to
 
 __all__ = [
     "jacobian_hessian",
@@ -356,41 +355,7 @@ def four_point_values(act: Activation, K, ms: np.ndarray, *, method: str = "auto
         orders[4] = int(four_point_order)
         orders[3] = int(np.ceil(1.6 * int(four_point_order)))  # same ratio as the defaults (64 / 40)
     vals = _product_expectations(act, K, ms, orders)
-    if act.smooth and act.relu_slopes is None and not silenced(AccuracyWarning):
-        check = functools.partial(_fixed_rule_check, act, ms, orders, isinstance(K, jax.core.Tracer))
-        if isinstance(K, jax.core.Tracer):
-            jax.debug.callback(check, K)  # on the concrete kernel, when the traced program runs
-        else:
-            check(K)
     return (vals, np.full(ms.shape[0], np.nan)) if errors else vals
-
-
-#: The fixed rule (under a JAX trace, or with ``four_point_order``) has no error estimate of its own: an
-#: :class:`AccuracyWarning` when its calibrated error (:func:`ngp._fourpoint.fixed_rule_relative`) exceeds this
-#: fraction of a value's Hölder scale on some multiset (docs/four-point.md, "The traced gradient's error").
-FIXED_RULE_WARN = 1e-4
-
-
-def _fixed_rule_check(act: Activation, ms: np.ndarray, orders: dict, traced: bool, K) -> None:
-    """Warn when the fixed rule's calibrated relative error exceeds :data:`FIXED_RULE_WARN` on some row of ``ms``
-    (M, 4); ``K`` concrete, ``(N, N)`` or a batch ``(..., N, N)`` (a ``jax.vmap``). Host work: one eigen
-    decomposition per multiset."""
-    K = np.asarray(K, dtype=float)
-    parts = split_multisets(ms).items()
-    worst = 0.0
-    for Kb in K.reshape((-1,) + K.shape[-2:]):
-        for pattern, (_, idx) in parts:
-            C = Kb[idx[:, :, None], idx[:, None, :]]
-            if np.all(np.isfinite(C)):
-                worst = max(worst, float(np.max(fixed_rule_relative(act, C, pattern, orders[len(pattern)]))))
-    if worst > FIXED_RULE_WARN:
-        where = "under a JAX trace (jax.grad, jax.jit)" if traced else "with four_point_order"
-        size = f"about {worst:.0e}" if np.isfinite(worst) else "unknown (a direction's scale beyond the calibrated 90)"
-        warn(f"four-point values: the fixed rule that runs {where} ({orders[4]} nodes per direction) has an "
-             f"estimated error (its calibration) of {size} of a value's scale on these inputs (the "
-             f"error-controlled rule's tolerance is {RTOL:.0e}; first-layer variances above ~1 on one or two features "
-             "are the usual cause): the value, and more so its gradient (Price's theorem), can be far off; compare "
-             "with the concrete call or raise four_point_order (docs/four-point.md)", AccuracyWarning)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))

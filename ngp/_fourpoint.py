@@ -46,8 +46,8 @@ from ._gaussian import gauss_hermite
 from ._validate import device, device_if
 
 __all__ = ["product_expectations", "multiset_expectations", "split_multisets", "fixed_rule_split",
-           "fixed_rule_errors", "fixed_rule_relative", "calibrated_orders", "tensor_rule", "tensor_rule_size",
-           "rule_tiles", "bucket4", "LADDER", "PATTERNS", "RTOL"]
+           "fixed_rule_errors", "calibrated_orders", "tensor_rule", "tensor_rule_size", "rule_tiles", "bucket4",
+           "LADDER", "PATTERNS", "RTOL"]
 
 #: The multiplicity patterns of a sorted four-input multiset ``a <= b <= c <= d``.
 PATTERNS = ((1, 1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (3, 1), (1, 3), (2, 2), (4,))
@@ -1392,12 +1392,11 @@ def fixed_rule_errors(act: Activation, C, pattern, order: int) -> np.ndarray:
     C = _as_blocks(C, len(pattern))
     if act.relu_slopes is not None or not act.smooth:
         return np.full(C.shape[0], np.inf)
-    return fixed_rule_relative(act, C, pattern, order) * _holder_scale(act, C, pattern)
+    return _fixed_rule_relative(act, C, pattern, order) * _holder_scale(act, C, pattern)
 
 
-def fixed_rule_relative(act: Activation, C: np.ndarray, pattern: tuple, order: int) -> np.ndarray:
-    """:func:`fixed_rule_errors` relative to the Hölder scale ``prod_j E[sigma(z_j)^4]^{p_j/4}`` (a smooth
-    activation without ``relu_slopes``, blocks ``C`` (b, u, u))."""
+def _fixed_rule_relative(act: Activation, C: np.ndarray, pattern: tuple, order: int) -> np.ndarray:
+    """:func:`fixed_rule_errors` relative to the Hölder scale (a smooth activation, blocks ``C`` (b, u, u))."""
     R, _, _ = _eig_sqrt(C)
     s = _direction_scale(R)  # (b, d)
     li = max(0, int(np.searchsorted(np.asarray(LADDER), int(order), side="right")) - 1)
@@ -1428,7 +1427,7 @@ def fixed_rule_split(act: Activation, K, ms, orders: dict, *, rtol: float = RTOL
             continue
         C = K[idx[:, :, None], idx[:, None, :]]
         scale = _holder_scale(act, C, pattern)
-        e = fixed_rule_relative(act, C, pattern, orders[len(pattern)]) * scale  # fixed_rule_errors
+        e = _fixed_rule_relative(act, C, pattern, orders[len(pattern)]) * scale  # fixed_rule_errors
         est[rows] = e
         ok[rows] = e <= FIXED_MARGIN * rtol * scale
     return ok, est

@@ -33,7 +33,6 @@ from ._validate import (as_inputs, as_targets, check_seed, count, device, flag, 
                         per_layer, positive_float, real, warn)
 from ._validity import EVIDENCE_MAX, EXPANSION_WARN, evidence_validity, expansion_parameter, untrusted_message
 from ._warnings import ConvergenceWarning, CostWarning, ExpansionWarning
-from ._results import result
 
 __all__ = ["log_evidence", "fit_hyperparameters", "HyperFit", "with_hyperparameters"]
 
@@ -99,13 +98,12 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
         Under ``jax.jit`` or a derivative the four-point term runs the fixed rule (``four_point_order``),
         and its gradient is Price's theorem on that rule's nodes: not the derivative of the traced value,
         and less accurate than it (tanh, default order: about 3e-4 relative against 2e-6 for the value;
-        ``docs/four-point.md``, "The traced gradient's error"); where the rule's calibration puts its error above
-        1e-4 of a value's scale (typically one or two input features), an ``AccuracyWarning`` says so when the
-        traced program runs (its gradient can be off where the value is not). Second derivatives (``jax.hessian``)
-        are right on generic inputs but NaN where a block of three or four distinct inputs is singular (inputs with
-        one or two features): Price's rule is not applied again inside the batches' ``lax.map``, and the eigen
-        square root has no derivative there (``docs/four-point.md``). Its batches run one after another, so a
-        jitted gradient holds one batch's values at a time. The traced kernel is the capped Mehler series
+        ``docs/four-point.md``, "The traced gradient's error"; with one input feature the jitted value can be off
+        by most of the 1/n correction, and its gradient by more than 100%, without a warning). Second derivatives
+        (``jax.hessian``) are right on generic inputs but NaN where a block of three or four distinct inputs is
+        singular (inputs with one or two features): Price's rule is not applied again inside the batches'
+        ``lax.map``, and the eigen square root has no derivative there (``docs/four-point.md``). Its batches run
+        one after another, so a jitted gradient holds one batch's values at a time. The traced kernel is the capped Mehler series
         throughout, where the concrete call computes inputs of first-layer variance beyond ``K ~ 36`` by adaptive
         quadrature: there the traced value loses digits without a warning (tanh, ``C_W = 1.5``, ten inputs of
         first-layer variances 33-690: ``K`` 1.1e-4 relative, the evidence 2.6e-4 nats off); evaluate the concrete
@@ -248,7 +246,7 @@ def with_hyperparameters(net, C_W, C_b):
     return Network(*steps, in_dim=net.in_dim)
 
 
-@result
+@dataclasses.dataclass(frozen=True)
 class HyperFit:
     """Result of :func:`ngp.fit_hyperparameters`.
 

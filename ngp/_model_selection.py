@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import numbers
@@ -17,12 +18,11 @@ from ._validity import EXPANSION_WARN
 from ._validate import as_inputs, as_targets, count, nonneg_float, positive_float, warn
 from ._warnings import ExpansionWarning
 from ._validity import EVIDENCE_MAX, evidence_validity
-from ._results import result
 
 __all__ = ["EvidenceGrid", "evidence_grid"]
 
 
-@result
+@dataclasses.dataclass(frozen=True)
 class EvidenceGrid:
     """Log evidence over a grid of architectures.
 

@@ -288,8 +288,10 @@ class Conditioned:
         return evidence_validity(self._log_evidence, self.gp.log_evidence, eps=self.expansion_parameter)
 
     def _warn_validity(self, validity: Validity, what: str) -> None:
-        # a large expansion parameter alone is the prior's own warning (Prior._check_expansion): not said twice
-        others = [r for r in validity.reasons if not r.startswith("eps = ")]
+        # a large expansion parameter is the prior's own warning (Prior._check_expansion) at the prior's width: not
+        # said twice there; at another width (with_width) the prior has not judged it
+        said = self.n == self._prior.n
+        others = [r for r in validity.reasons if not (said and r.startswith("eps = "))]
         if others and self.options.get("warn", True):
             warn(untrusted_message(what, dataclasses.replace(validity, reasons=tuple(others)), self.n),
                  ExpansionWarning)

@@ -81,11 +81,6 @@ def warn(message: str, category=NgpWarning) -> None:
 _QUIET = contextvars.ContextVar("ngp_quiet", default=())
 
 
-def silenced(category) -> bool:
-    """Whether :func:`quiet` drops ``category`` here (read at trace time by checks that run later, in a callback)."""
-    return any(issubclass(category, c) for c in _QUIET.get())
-
-
 @contextlib.contextmanager
 def quiet(*categories):
     """Within the block, drop the warnings of ``categories`` that ngp raises (:func:`warn`) on this thread and in

@@ -43,7 +43,7 @@ def standardize(train: np.ndarray, *others: np.ndarray):
 
     Overflow-safe: each column is first divided by its largest training magnitude, so values up
     to the float64 limit (``1e300``) are standardised, not turned into ``0`` or ``nan``. A constant
-    column (one whose spread is at the rounding level of its values) is only centred (``std`` 1).
+    column (one whose spread is one or two units in the last place of its values) is only centred (``std`` 1).
 
     Returns the transformed ``train`` followed by the transformed ``others``, and the
     ``(mean, std)`` used (``x_std = (x - mean) / std``).
@@ -79,7 +79,7 @@ def standardize(train: np.ndarray, *others: np.ndarray):
     sd = t.std(axis=0)
     # constant: a spread at rounding level of the scaled column (|t| <= 1); only centred (std 1 in the original
     # units). Dividing by it blew a one-ulp difference up to unit size, and 1 / mag overflowed below 5.6e-309.
-    const = sd <= 8 * np.finfo(float).eps
+    const = sd <= 2 * np.finfo(float).eps  # one or two ulps (timestamps of 1.7e18 + 1000 k are ~8 eps: scaled)
     sd = np.where(const, 1.0, sd)
 
     def scaled(a):

@@ -655,6 +655,8 @@ def test_standardize_treats_a_spread_at_rounding_level_as_constant():
         assert np.all(Z == 0) and sd[0] == 1.0 and Zo[0, 0] == 4e-309 - 3e-309
         Z, _ = standardize(np.array([1.0, 1.0 + 1e-12, 1.0]))  # a real spread (4500 ulp) is still scaled
         np.testing.assert_allclose(Z.std(), 1.0, rtol=1e-3)
+        Z, _ = standardize(1.7e18 + 1000.0 * np.arange(6))  # timestamps in ns: ~8 ulp of spread, still scaled
+        np.testing.assert_allclose(Z.std(), 1.0, rtol=1e-2)
     with pytest.raises(TypeError, match=r"others\[0\]: expected an array of real numbers"):
         standardize(np.ones(3), None)
 

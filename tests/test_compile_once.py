@@ -16,7 +16,6 @@ import ngp
 from ngp._activations import activation
 from ngp._finite import _diag_derivatives, _product_block, four_point_values
 from ngp._gaussian import _pair_matrix_jit, bucket, expect_1d, kernel_bucket, padded_rule, pair_gh, pair_matrix
-from ngp._validate import quiet
 
 
 #: multisets of two equality patterns, (1, 1, 1, 1) and (2, 2) (few compilations)
@@ -79,9 +78,8 @@ def test_four_point_values_concrete_equals_traced():
     act = activation("tanh")
     K = _kernel(5)
     ms = _MS
-    with quiet(ngp.AccuracyWarning):  # order 8 is loose (its warning: tests/test_finite.py)
-        concrete = np.asarray(four_point_values(act, K, ms, four_point_order=8))
-        traced = np.asarray(jax.jit(lambda K: four_point_values(act, K, ms, four_point_order=8))(jnp.asarray(K)))
+    concrete = np.asarray(four_point_values(act, K, ms, four_point_order=8))
+    traced = np.asarray(jax.jit(lambda K: four_point_values(act, K, ms, four_point_order=8))(jnp.asarray(K)))
     np.testing.assert_allclose(concrete, traced, rtol=0, atol=1e-14)
     # independent check of one entry: <tanh(z_a)^2 tanh(z_b)^2> by the 2-D rule
     a, b = 1, 3
@@ -94,11 +92,10 @@ def test_four_point_values_concrete_equals_traced():
 def test_four_point_batches_do_not_depend_on_the_number_of_inputs():
     act = activation("tanh")
     ms = _MS
-    with quiet(ngp.AccuracyWarning):  # order 8 is loose (its warning: tests/test_finite.py)
-        four_point_values(act, _kernel(5), ms, four_point_order=8)
-        before = _product_block._cache_size()
-        assert before >= 1
-        four_point_values(act, _kernel(11, seed=1), ms, four_point_order=8)  # same index sets, a larger kernel
+    four_point_values(act, _kernel(5), ms, four_point_order=8)
+    before = _product_block._cache_size()
+    assert before >= 1
+    four_point_values(act, _kernel(11, seed=1), ms, four_point_order=8)  # same index sets, a larger kernel
     assert _product_block._cache_size() == before
 
 

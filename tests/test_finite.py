@@ -2,13 +2,12 @@
 
 import warnings
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import ngp
-from ngp._finite import FIXED_RULE_WARN, FOUR_POINT_ORDERS, _product_expectations, four_point_values, multisets
+from ngp._finite import FOUR_POINT_ORDERS, _product_expectations, four_point_values, multisets
 from ngp._gaussian import pruned_tensor_rule
 
 from ._mc import metric_cumulants
@@ -698,49 +697,3 @@ def test_jitted_gradient_of_the_traced_rule_holds_one_batch_at_a_time():
     g = np.asarray(compiled(K))
     assert np.allclose(g, np.asarray(jax.grad(total)(K)), rtol=1e-12, atol=1e-14)
     assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
-
-
-def test_the_fixed_rule_warns_where_its_calibration_says_it_is_off():
-    """``four_point_order`` and the rule under a JAX trace have no error estimate of their own: an
-    ``AccuracyWarning`` where the fixed rule's calibrated error exceeds ``FIXED_RULE_WARN`` of a value's Hölder
-    scale. Against the error-controlled rule at rtol 1e-12 (independent of the fixed rule): a one-feature kernel
-    (rank 2, variances up to 4.1) is off by more than that at every order tried and warns, concrete and traced; six
-    features at variances below 0.7 are within 1e-6 at orders 24 and 40 and stay quiet."""
-    from ngp._activations import activation
-    from ngp._validate import quiet
-
-    from ._fourpoint_blocks import holder
-
-    act = activation("tanh")
-    ms = multisets(5)
-    x = np.linspace(-2.0, 2.0, 5)[:, None]
-    X6 = np.random.default_rng(0).normal(size=(5, 6))
-    kernels = {"one feature": 0.1 + x @ x.T, "six features": 0.1 + 0.6 * X6 @ X6.T / 6}
-    for name, K in kernels.items():
-        ref = four_point_values(act, K, ms, four_point_rtol=1e-12)
-        scale = np.array([holder(act, K[np.ix_(r, r)], (1, 1, 1, 1)) for r in ms])
-        for order in (16, 24, 40):
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                fixed = four_point_values(act, K, ms, four_point_order=order)
-            actual = np.max(np.abs(fixed - ref) / scale)
-            said = [str(w.message) for w in caught if issubclass(w.category, ngp.AccuracyWarning)]
-            if name == "one feature":
-                assert actual > FIXED_RULE_WARN and len(said) == 1, (order, actual)
-                assert "with four_point_order" in said[0]
-            elif order >= 24:
-                assert actual < 1e-6 and not said, (order, actual, said)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            traced = np.asarray(jax.jit(lambda K: four_point_values(act, K, ms))(jnp.asarray(K)))
-        said = [str(w.message) for w in caught if issubclass(w.category, ngp.AccuracyWarning)]
-        actual = np.max(np.abs(traced - ref) / scale)
-        if name == "one feature":
-            assert actual > FIXED_RULE_WARN and len(said) == 1 and "under a JAX trace" in said[0], actual
-        else:
-            assert actual < 1e-8 and not said, (actual, said)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with quiet(ngp.AccuracyWarning):
-            four_point_values(act, kernels["one feature"], ms, four_point_order=16)
-            jax.jit(lambda K: four_point_values(act, K, ms))(jnp.asarray(kernels["one feature"])).block_until_ready()

@@ -380,11 +380,9 @@ def test_engine_vertex_error_covers_actual_error():
     assert np.all(err <= est + 1e-3 * tight.V_error.max() + 1e-15)
     assert np.max(est) <= 1e-8 * np.max(np.abs(tight.V))
     assert np.max(est) <= 1e3 * max(np.max(err), 1e-12 * np.max(np.abs(tight.V)))
-    # the explicit fixed-order rule carries no estimate (only the calibration's warning: tests/test_finite.py)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ngp.AccuracyWarning)
-        fixed = net.prior(X, warn=False, four_point_order=24)
-        assert np.all(np.isnan(fixed.V_error[0, 1, 2, 3]))  # V is computed here (lazily)
+    # the explicit fixed-order rule carries no estimate
+    fixed = net.prior(X, warn=False, four_point_order=24)
+    assert np.all(np.isnan(fixed.V_error[0, 1, 2, 3]))
     with pytest.raises(ValueError, match="four_point_rtol"):
         net.prior(X, four_point_rtol=2.0)
 

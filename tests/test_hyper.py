@@ -374,22 +374,6 @@ def test_evidence_and_fit_warn_of_a_large_expansion_parameter():
     assert not said(lambda: ngp.log_evidence(ngp.MLP(2, 64, activation="relu", C_W=1.0, C_b=0.1), X, Y, noise=0.1))
 
 
-def test_the_traced_evidence_warns_on_one_feature():
-    """A user's ``jax.jit`` of the finite-width evidence on one feature (first-layer variances up to 3.9) runs the
-    fixed rule beyond its accuracy: it says so (an ``AccuracyWarning`` from the fixed rule's calibration), and the
-    traced value is indeed off the error-controlled concrete call, by more than ten times the latter's error bound."""
-    x = np.linspace(-1.6, 1.6, 6)[:, None]
-    y = np.sin(2 * x[:, 0])
-    net = ngp.MLP(2, 16, activation="tanh", in_dim=1, C_W=1.3, C_b=0.2)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        concrete = ngp.posterior(net, x, y, x[:1], noise=0.1, warn=False)
-        traced = float(jax.jit(lambda c: ngp.log_evidence(net, x, y, noise=0.1, C_W=c, C_b=0.2, warn=False))(1.3))
-    said = [str(w.message) for w in caught if issubclass(w.category, ngp.AccuracyWarning)]
-    assert len(said) == 1 and "under a JAX trace" in said[0], said
-    assert abs(traced - concrete.log_evidence) > 10 * concrete.log_evidence_error, (traced, concrete)
-
-
 def test_a_bound_for_a_fixed_hyperparameter_is_refused():
     """``bounds={"noise": ...}`` with the noise fixed was ignored without a word."""
     X = np.linspace(-1, 1, 4)[:, None]

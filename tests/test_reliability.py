@@ -410,8 +410,13 @@ def test_the_exact_paths_verdict_judges_the_expansion_parameter():
     assert max(post.validity.mean_shift, post.validity.var_change) < ngp.Validity.VAR_CHANGE_MAX
     said = {str(w.message) for w in caught if issubclass(w.category, ngp.ExpansionWarning)}
     assert said and all("expansion parameter" in m or "validated regime" in m for m in said), said
-    wide = ngp.condition(ngp.MLP(3, 64, activation="relu"), X, Y, noise=0.1).predict(XB)
+    wide_cond = ngp.condition(ngp.MLP(3, 64, activation="relu"), X, Y, noise=0.1)
+    wide = wide_cond.predict(XB)
     assert wide.validity.trusted and wide.validity.eps < 0.2
+    # at another width (with_width) the prior has not judged eps: the verdict's warning says it (it was silent)
+    with pytest.warns(ngp.ExpansionWarning, match=r"posterior: .*eps = max\|V\|/\(nK\^2\) 1\.25 > 0\.3"):
+        narrow = wide_cond.with_width(8).predict(XB)
+    assert not narrow.validity.trusted
 
 
 def test_evidence_grid_flags_and_skips_untrusted_rows():

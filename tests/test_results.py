@@ -16,8 +16,8 @@ import ngp.reference as ref
 import ngp.scaling as sc
 from ngp._results import SHOWN, result, short_repr
 
-#: every public record that holds arrays
-RECORDS = (ngp.GPPosterior, ngp.FiniteWidthPosterior, ngp.HyperFit, ngp.EvidenceGrid, ngp.TrainedEnsemble,
+#: every public record that holds arrays (``HyperFit`` and ``EvidenceGrid`` hold none: they compare by value)
+RECORDS = (ngp.GPPosterior, ngp.FiniteWidthPosterior, ngp.TrainedEnsemble,
            ngp.NetworkSamples, ref.ImportancePosterior, ref.NUTSPosterior, cr.DepthFlow, cr.ResidualDepthFlow,
            cr.AsymptoticLaw, cr.PhaseDiagram, sc.CoordinateCheck)
 
