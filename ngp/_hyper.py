@@ -103,11 +103,11 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
         (``jax.hessian``) are right on generic inputs but NaN where a block of three or four distinct inputs is
         singular (inputs with one or two features): Price's rule is not applied again inside the batches'
         ``lax.map``, and the eigen square root has no derivative there (``docs/four-point.md``). Its batches run
-        one after another, so a jitted gradient holds one batch's values at a time. The traced kernel is the capped Mehler series
-        throughout, where the concrete call computes inputs of first-layer variance beyond ``K ~ 36`` by adaptive
-        quadrature: there the traced value loses digits without a warning (tanh, ``C_W = 1.5``, ten inputs of
-        first-layer variances 33-690: ``K`` 1.1e-4 relative, the evidence 2.6e-4 nats off); evaluate the concrete
-        call at the result to check it.
+        one after another, so a jitted gradient holds one batch's values at a time. The traced kernel is the capped
+        Mehler series throughout, where the concrete call computes inputs of first-layer variance beyond ``K ~ 36``
+        by adaptive quadrature: there the traced value loses digits without a warning (tanh, ``C_W = 1.5``, ten
+        inputs of first-layer variances 33-690: ``K`` 1.1e-4 relative, the evidence 2.6e-4 nats off); evaluate the
+        concrete call at the result to check it.
     """
     warn_untrusted = flag(options.get("warn", True), "warn")
     options = _evidence_options(options)

@@ -80,10 +80,10 @@ def standardize(train: np.ndarray, *others: np.ndarray):
     # constant: a spread at rounding level of the scaled column (|t| <= 1); only centred (std 1 in the original
     # units). Dividing by it blew a one-ulp difference up to unit size, and 1 / mag overflowed below 5.6e-309.
     const = sd <= 2 * np.finfo(float).eps  # one or two ulps (timestamps of 1.7e18 + 1000 k are ~8 eps: scaled)
-    sd = np.where(const, 1.0, sd)
+    sd, unit = np.where(const, 1.0, sd), np.where(const, mag, 1.0)  # unit: no overflow in the unused branch
 
     def scaled(a):
-        return np.where(const, (a - mu) * mag, (a - mu) / sd)
+        return np.where(const, (a - mu) * unit, (a - mu) / sd)
 
     out = [scaled(t)] + [scaled(np.asarray(o, dtype=float) / mag) for o in others]
     return (*out, (mu * mag, np.where(const, 1.0, sd * mag)))

@@ -657,6 +657,8 @@ def test_standardize_treats_a_spread_at_rounding_level_as_constant():
         np.testing.assert_allclose(Z.std(), 1.0, rtol=1e-3)
         Z, _ = standardize(1.7e18 + 1000.0 * np.arange(6))  # timestamps in ns: ~8 ulp of spread, still scaled
         np.testing.assert_allclose(Z.std(), 1.0, rtol=1e-2)
+        Z, _ = standardize(np.array([[1.7e308, 1.0], [-1.7e308, 1.0], [1e308, 1.0]]))  # no overflow beside a constant
+        assert np.all(np.isfinite(Z)) and np.all(Z[:, 1] == 0)
     with pytest.raises(TypeError, match=r"others\[0\]: expected an array of real numbers"):
         standardize(np.ones(3), None)
 
