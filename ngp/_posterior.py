@@ -37,7 +37,7 @@ from ._validate import (MAX_WIDTH, as_inputs, check_stop, count, device, flag, f
                         warn)
 from ._warnings import AccuracyWarning, ExpansionWarning
 from ._validity import (NUMERICAL_NEGLIGIBLE, NUMERICAL_WARN, Validity, clip_rounding, evidence_validity,
-                        posterior_validity, predictive_variance, untrusted_message)
+                        posterior_validity, predictive_variance, untrusted_message, without_eps)
 from ._vertex_error import component_errors, k1_error_packed
 from ._results import result
 
@@ -291,7 +291,7 @@ class Conditioned:
         # a large expansion parameter is the prior's own warning (Prior._check_expansion) at the prior's width: not
         # said twice there; at another width (with_width) the prior has not judged it
         said = self.n == self._prior.n
-        others = [r for r in validity.reasons if not (said and r.startswith("eps = "))]
+        others = without_eps(validity.reasons) if said else list(validity.reasons)
         if others and self.options.get("warn", True):
             warn(untrusted_message(what, dataclasses.replace(validity, reasons=tuple(others)), self.n),
                  ExpansionWarning)

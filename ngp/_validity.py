@@ -31,6 +31,8 @@ import numpy as np
 __all__ = [
     "Validity",
     "posterior_validity",
+    "without_eps",
+    "EPS_CHECK",
     "evidence_validity",
     "expansion_validity",
     "untrusted_message",
@@ -174,9 +176,18 @@ def _evidence_correction(log_evidence, gp_log_evidence) -> float | None:
     return abs(diff) if math.isfinite(diff) else math.inf
 
 
+#: The name of the expansion parameter's check in a verdict's reasons (both paths).
+EPS_CHECK = "eps = max|V|/(nK^2)"
+
+
+def without_eps(reasons) -> list:
+    """``reasons`` without the expansion parameter's (for callers that say it in their own words)."""
+    return [r for r in reasons if not r.startswith(EPS_CHECK)]
+
+
 def _expansion_check(eps) -> tuple:
     """The exact path's check of the expansion parameter (as the matrix-free path's), when it is known."""
-    return () if eps is None else (("eps = max|V|/(nK^2)", float(eps), EXPANSION_WARN, ""),)
+    return () if eps is None else ((EPS_CHECK, float(eps), EXPANSION_WARN, ""),)
 
 
 def _first_order_checks(mean_shift, var_change, evidence) -> tuple:
@@ -236,7 +247,7 @@ def expansion_validity(eps: float, eta: float, eta_se: float = 0.0, *, eps_max: 
     ``mean_shift``, ``var_change`` and ``evidence_correction`` are ``None``.
     """
     eps, eta, eta_se = float(eps), float(eta), float(eta_se)
-    checks = (("eps = max|V|/(nK^2)", eps, eps_max, ""),
+    checks = ((EPS_CHECK, eps, eps_max, ""),
               ("eta = Var[log p(y | network)]", eta, eta_max, f"(+- {eta_se:.2g})"))
     return _judge(None, None, None, negative_variance, checks, eps=eps, eta=eta, eta_se=eta_se)
 

@@ -15,6 +15,7 @@ import numpy as np
 from ngp import Validity
 from ngp.reference import ESS_WARN
 
+from .._validity import without_eps
 from ._common import CLIError, fmt, fmt_above
 
 __all__ = ["Split", "Row", "compare", "metrics", "cells", "expansion_cell", "notes", "numerical_flag", "deadline_stop",
@@ -262,7 +263,7 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
         if validity is not None and not validity.trusted:
             # the first-order terms are not small against the GP's (docs/validity.md); a large expansion parameter
             # has its own flag above
-            reasons = [r for r in validity.reasons if not (row.expansion > EXPANSION_WARN and r.startswith("eps = "))]
+            reasons = without_eps(validity.reasons) if row.expansion > EXPANSION_WARN else list(validity.reasons)
             if reasons:
                 row.flags.append("untrusted: " + "; ".join(reasons) + " (docs/validity.md)")
         info["posteriors"][w] = post
