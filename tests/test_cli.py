@@ -32,14 +32,18 @@ def csv_file(tmp_path):
 
 
 def test_regress_table_and_json(csv_file, tmp_path, capsys):
+    """Width 4 (expansion parameter 0.88 on these rows, above EXPANSION_WARN = 0.3) is flagged once, by its own
+    line: the posterior's untrusted-reasons line leaves the expansion parameter out."""
     out_json = tmp_path / "res.json"
-    rc = main(["regress", str(csv_file), "--target", "target", "--width", "16", "--n-train", "6", "--n-test", "3",
+    rc = main(["regress", str(csv_file), "--target", "target", "--width", "16,4", "--n-train", "6", "--n-test", "3",
                "--no-truth", "--fixed", "--json", str(out_json)])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "finite width n=16" in out and "test RMSE" in out
+    assert "finite width n=16" in out and "finite width n=4" in out and "test RMSE" in out
+    assert out.count("1/n expansion parameter") == 1 and "n=4: unreliable: 1/n expansion parameter" in out
+    assert "eps = max" not in out
     res = json.loads(out_json.read_text())
-    assert res["target"] == "target" and res["features"] == ["a", "b"] and len(res["table"]) == 3
+    assert res["target"] == "target" and res["features"] == ["a", "b"] and len(res["table"]) == 4
 
 
 @pytest.mark.parametrize(
