@@ -72,6 +72,9 @@ def check_options(options: dict, where: str = "net.prior") -> dict:
             out[name] = nonneg_float(v, name)
     if "method" in out and out["method"] not in DERIVATIVE_METHODS:
         raise ValueError(f"method: expected one of {DERIVATIVE_METHODS}, got {out['method']!r}")
+    if out.get("quad_nodes") is not None and out.get("method", "auto") != "quadrature":  # it was ignored silently
+        raise ValueError(f"quad_nodes: read only by method='quadrature' (the 2-D Gauss-Hermite rule), got method="
+                         f"{out.get('method', 'auto')!r}")
     return out
 
 

@@ -292,6 +292,9 @@ def test_memory_guard_and_bad_options(inputs):
         p.V
     with pytest.raises(TypeError, match="unknown option"):
         net.prior(X, bogus=1)
+    for given in ({}, {"method": "mehler"}):  # quad_nodes without the 2-D rule was ignored without a word
+        with pytest.raises(ValueError, match="quad_nodes: read only by method='quadrature'"):
+            net.prior(X, quad_nodes=10, **given)
     kinked = ngp.MLP(3, 16, activation=ngp.activation(lambda x: jnp.maximum(x, 0), smooth=False))
     with pytest.raises(ValueError, match="non-smooth"):
         kinked.prior(X[:3], warn=False).V
