@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 from ._activations import Activation, activation as make_activation
 from ._network import Network
 from ._steps import Dense, Elementwise
-from ._validate import count, nonneg_float, per_layer, positive_float
+from ._validate import count, learning_rate, nonneg_float, per_layer, positive_float
 
 __all__ = ["MLP", "hidden_widths"]
 
@@ -27,7 +27,7 @@ def _spec(par) -> str:
 
     if scaling.PRESETS.get(par.name) == par:
         return repr(par.name)
-    if par == scaling.family(par.lam_W[0]):
+    if 0 <= par.lam_W[0] <= 1 and par == scaling.family(par.lam_W[0]):  # family() refuses other numbers
         return repr(par.lam_W[0])
     return repr(par)
 
@@ -84,8 +84,8 @@ class MLP(Network):
         act = make_activation(activation)
         cw = per_layer(C_W, depth, "C_W", positive_float)
         cb = per_layer(C_b, depth, "C_b", nonneg_float)
-        lw = per_layer(lambda_W, depth, "lambda_W", nonneg_float)
-        lb = per_layer(lambda_b, depth, "lambda_b", nonneg_float)
+        lw = per_layer(lambda_W, depth, "lambda_W", learning_rate)
+        lb = per_layer(lambda_b, depth, "lambda_b", learning_rate)
         par = None
         base_width = positive_float(base_width, "base_width")  # checked either way (a bad value was ignored silently)
         given = (cw, cb, lw, lb, base_width)  # the base values: the repr shows them (the multiplied ones, pasted

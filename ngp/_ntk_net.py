@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _ntk
 from ._steps import IDENTITY, Dense, Elementwise, Residual, Scale, Serial, Step, compose
-from ._validate import device, float64, nonneg_float, per_layer
+from ._validate import device, float64, learning_rate, per_layer
 from ._validity import expansion_parameter
 
 __all__ = ["ntk_states", "NTKLayer", "NTKMixin", "learning_rates", "output_property"]
@@ -126,7 +126,7 @@ def learning_rates(net, lambda_W=None, lambda_b=None) -> tuple:
     for name, v in (("lambda_W", lambda_W), ("lambda_b", lambda_b)):
         if v is None:
             v = getattr(net, name, 1.0)
-        out.append(per_layer(v, depth, name, nonneg_float))
+        out.append(per_layer(v, depth, name, learning_rate))
     return tuple(out)
 
 

@@ -18,7 +18,7 @@ from ._ntk_net import NTKMixin, learning_rates, output_property
 from ._pairs import Pairs
 from ._progress import check_progress
 from ._steps import IDENTITY, Flow
-from ._validate import MAX_MEMORY, as_inputs, count, flag, float64, memory_bytes, nonneg_float, positive_float, warn
+from ._validate import MAX_MEMORY, as_inputs, count, flag, float64, learning_rate, memory_bytes, positive_float, warn
 from ._warnings import AccuracyWarning, ExpansionWarning
 from ._validity import EXPANSION_WARN
 from ._vertex_error import k1_error, packed_vertex_error
@@ -67,9 +67,9 @@ def check_options(options: dict, where: str = "net.prior") -> dict:
     for name in ("lambda_W", "lambda_b"):  # the count per dense step is checked where the network is known
         v = out.get(name)
         if isinstance(v, (list, tuple)) or (isinstance(v, np.ndarray) and v.ndim == 1):
-            out[name] = tuple(nonneg_float(x, f"{name}[{i}]") for i, x in enumerate(v))
+            out[name] = tuple(learning_rate(x, f"{name}[{i}]") for i, x in enumerate(v))
         elif v is not None:
-            out[name] = nonneg_float(v, name)
+            out[name] = learning_rate(v, name)
     if "method" in out and out["method"] not in DERIVATIVE_METHODS:
         raise ValueError(f"method: expected one of {DERIVATIVE_METHODS}, got {out['method']!r}")
     if out.get("quad_nodes") is not None and out.get("method", "auto") != "quadrature":  # it was ignored silently

@@ -142,6 +142,16 @@ def nonneg_float(value, name: str) -> float:
     return value
 
 
+def learning_rate(value, name: str) -> float:
+    """A learning-rate factor (``lambda_W``, ``lambda_b``): a finite real number ``>= 0`` at most
+    :data:`MAX_MULTIPLIER` (the NTK's statistics take its powers: a bare ``OverflowError`` at ``1e200``)."""
+    value = nonneg_float(value, name)
+    if value > MAX_MULTIPLIER:
+        raise ValueError(f"{name}: {value:g} is too large: the NTK's 1/n statistics use its powers, which overflow "
+                         f"float64; at most {MAX_MULTIPLIER:g}")
+    return value
+
+
 def _scalar_array(value, kinds: str) -> bool:
     """Whether ``value`` is a concrete (not traced) 0-d NumPy or JAX array of a dtype kind in ``kinds``."""
     return (not isinstance(value, jax.core.Tracer) and getattr(value, "ndim", None) == 0

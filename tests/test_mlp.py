@@ -116,9 +116,12 @@ def test_a_networks_repr_rebuilds_it():
     nets = [ngp.MLP(3, 16, parameterization="mup", base_width=4), ngp.MLP(3, 16, parameterization=1 / 3,
                                                                           C_W=[1.5, 1.2, 1.0]),
             ngp.MLP(3, 16, C_W=1.5, lambda_W=2.0, in_dim=2), ngp.ResMLP(3, 8, in_dim=2), ngp.ResMLP(2, 8),
-            ngp.ResMLP(4, 8, gamma=[0.9, 0.8])]
+            ngp.ResMLP(4, 8, gamma=[0.9, 0.8]),
+            # a custom parameterization whose first exponent is outside the family's [0, 1]: repr raised family()'s
+            # ValueError
+            ngp.MLP(3, 16, parameterization=ngp.scaling.Parameterization("x", lam_W=(2, 2, 0)), base_width=4)]
     for net in nets:
-        back = eval("ngp." + repr(net), {"ngp": ngp})
+        back = eval("ngp." + repr(net), {"ngp": ngp, "Parameterization": ngp.scaling.Parameterization})
         assert back == net and repr(back) == repr(net), repr(net)
         if isinstance(net, ngp.MLP):
             assert back.C_W == net.C_W and back.lambda_W == net.lambda_W

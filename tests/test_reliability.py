@@ -795,6 +795,16 @@ def test_fuzzed_arguments_are_named():
         with pytest.raises(ValueError, match=f"^{name}: .* is too large: the finite-width cumulants use its fourth"):
             make()
     assert ngp.MLP(2, 8, C_W=1e70).C_W == (1e70, 1e70)
+    # learning-rate factors (a prober, stop 92): lambda_W = 1e200 was a bare OverflowError from the NTK's A, and
+    # lambda_b = 1e200 an A of inf without a word
+    net = ngp.MLP(3, 8)
+    for make, name in ((lambda: ngp.MLP(3, 8, lambda_W=1e200), "lambda_W"),
+                       (lambda: ngp.MLP(3, 8, lambda_b=[1.0, 1e200, 1.0]), r"lambda_b\[1\]"),
+                       (lambda: net.prior(X, lambda_b=1e200), "lambda_b"),
+                       (lambda: ngp.trained_ensemble(net, X, Y, X[:1], lambda_W=1e200), "lambda_W")):
+        with pytest.raises(ValueError, match=f"^{name}: .* is too large: the NTK's 1/n statistics use its powers"):
+            make()
+    assert ngp.MLP(3, 8, lambda_W=1e70).lambda_W == (1e70,) * 3
     for fn in (lambda x: x > 0, lambda x: (x > 0).astype(int), lambda x: x + 1j):
         with pytest.raises(TypeError, match="^activation: .* must return real floating-point values"):
             ngp.MLP(3, 8, activation=fn)
