@@ -105,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--activation", type=activation_name, default="tanh", metavar="NAME",
                    help=f"one of {', '.join(sorted(ngp.ACTIVATIONS))} (default: tanh)")
     g.add_argument("--c-w", type=finite_float(minimum=0.0, strict=True), default=1.0, metavar="C_W",
-                   help="weight variance times fan-in, Var(W) = C_W / fan_in; the fit's start unless --fixed (default: 1.0)")
+                   help="weight variance times fan-in, Var(W) = C_W / fan_in; the fit's start unless --fixed "
+                        "(default: 1.0)")
     g.add_argument("--C_W", dest="c_w", type=finite_float(minimum=0.0, strict=True), default=argparse.SUPPRESS,
                    help=argparse.SUPPRESS)
     g.add_argument("--c-b", type=finite_float(minimum=0.0), default=0.0, metavar="C_B",
@@ -136,8 +137,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="most training rows the budget may choose; the GP-evidence fit of the hyperparameters "
                         "uses this many rows of the training pool (default: 64)")
     g.add_argument("--time-budget", type=finite_float(minimum=0.0, strict=True), default=120.0, metavar="SECONDS",
-                   help="wall time for the finite-width computation, probe included; predictions that would run past it "
-                        "stop, and every model is scored on the test rows done (default: 120)")
+                   help="wall time for the finite-width computation, probe included; predictions that would run past "
+                        "it stop, and every model is scored on the test rows done (default: 120)")
     g.add_argument("--test-fraction", type=finite_float(minimum=0.0, strict=True, maximum=0.9), default=0.2,
                    metavar="F", help="share of the rows held out as test rows (default: 0.2)")
     g.add_argument("--n-test", type=int_at_least(1), default=100, metavar="M",
@@ -157,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
                         "100000; default: 0 = off); rows with an effective sample size below 100 are marked "
                         "unreliable")
     g.add_argument("--no-truth", dest="truth", action="store_const", const=0, help=argparse.SUPPRESS)
-    g.add_argument("--seed", type=int_at_least(0, maximum=2**63 - 1), default=0, help="seed of the split and the sampling (default: 0)")
+    g.add_argument("--seed", type=int_at_least(0, maximum=2**63 - 1), default=0,
+                   help="seed of the split and the sampling (default: 0)")
     g.add_argument("--json", type=output_file, metavar="FILE", help="also write the results to this JSON file")
     g.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     r.set_defaults(run="regress")
@@ -173,6 +175,8 @@ _INAPPLICABLE = (
      "--fixed keeps the given hyperparameters, nothing is fitted; leave one of them out"),
     ("--ignore", "ignore", lambda a: a.features is None,
      "--features lists the feature columns; leave --ignore out"),
+    ("--time-budget", "time_budget", lambda a: a.n_train is None,
+     "--n-train fixes the training rows and no time budget applies to them; leave one of them out"),
 )
 
 
@@ -181,6 +185,20 @@ def _refuse_inapplicable(args, given: set) -> None:
     for option, dest, applies, why in _INAPPLICABLE:
         if dest in given and not applies(args):
             raise CLIError(f"{option}: {why}")
+
+
+def _refuse_json_over_data(args) -> None:
+    """Refuse ``--json`` naming the data file itself (the results would overwrite the data), before any work."""
+    if args.json is None or not (os.path.exists(args.json) and os.path.exists(args.data)):
+        return
+    try:
+        same = os.path.samefile(args.json, args.data)
+    except OSError:  # cannot be compared (stat refused): the write itself will say what is wrong
+        return
+    if same:
+        also = "" if args.json == args.data else f" ({args.data!r})"
+        raise CLIError(f"--json: {args.json!r} is the data file itself{also}; the results would overwrite the data, "
+                       "give another file name")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.run == "regress":
             _refuse_inapplicable(args, given_options(_parser(), argv))
+            _refuse_json_over_data(args)
         if args.run == "demo":
             from ._demo import run
         else:
@@ -207,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):  # no file descriptor (a captured stdout)
             pass
         return 141  # as a process ended by SIGPIPE
-    except (ValueError, MemoryError, np.linalg.LinAlgError, OSError, FloatingPointError, OverflowError) as exc:  # the library's refusals of an input
+    # the library's refusals of an input
+    except (ValueError, MemoryError, np.linalg.LinAlgError, OSError, FloatingPointError, OverflowError) as exc:
         if os.environ.get("NGP_DEBUG"):
             raise
         msg = " ".join(str(exc).split())

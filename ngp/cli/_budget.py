@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import time
 
 import numpy as np
 
 __all__ = ["compile_seconds", "Probe", "FitProbe", "Work", "CostModel", "Choice", "choose", "probe", "probe_step",
-           "multisets_growth"]
+           "multisets_growth", "seconds"]
 
 _COMPILE_EVENTS = (
     "/jax/core/compile/jaxpr_trace_duration",
@@ -202,36 +203,60 @@ class Choice:
     reason: str
 
 
+def _sig(value: float, digits: int) -> str:
+    """``value`` (seconds) to ``digits`` significant digits, without an exponent or trailing zeros."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    text = f"{value:.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def seconds(*values: float, digits: int = 3) -> list[str]:
+    """``values`` (seconds) with ``digits`` significant digits, more where two unequal values would print alike, so
+    that a reason's comparison reads as it was made ("2.61 s, more than the 2.5 s left", not "3 s, ... 3 s left")."""
+    for d in range(digits, 18):
+        texts = [_sig(v, d) for v in values]
+        if all(float(a) != float(b) for (v, a), (w, b) in itertools.combinations(zip(values, texts), 2) if v != w):
+            break
+    return texts
+
+
 def choose(model: CostModel, *, pool: int, n_test: int, budget_s: float, cap: int, minimum: int,
            min_test: int = 20, folds: int = 1, spent_s: float = 0.0) -> Choice:
     """The largest ``N_train <= min(cap, pool)`` whose estimated time fits ``budget_s - spent_s``.
 
     With all ``n_test`` test rows if possible. If even ``min(minimum, pool)`` training rows do not fit,
     that many are used with the most test rows (at least ``min(min_test, n_test)``) that fit; if
-    nothing fits, the minimum of both, and the reason says the budget will be exceeded.
+    nothing fits, the minimum of both, and the reason says the budget will be exceeded. The reason's seconds
+    carry the digits that show its comparisons (:func:`seconds`); the budget is printed as given.
     """
     top = min(cap, pool)
     low = min(minimum, top)
     left = budget_s - spent_s
+    budget = f"--time-budget {budget_s:g} s"
     for n in range(top, low - 1, -1):
         est = model.estimate(n, n_test, folds)
         if est <= left:
             if n == top:
                 why = f"all {pool} training-pool rows" if top == pool else f"the cap of {cap} rows (--max-train)"
-                return Choice(n, n_test, est, f"{why} fit the time budget (estimated {est:.0f} s of {left:.0f} s left)")
+                e, lt = seconds(est, left)
+                return Choice(n, n_test, est, f"{why} fit the time budget (estimated {e} s of {lt} s left)")
             nxt = model.estimate(n + 1, n_test, folds)
-            return Choice(n, n_test, est, f"time budget: {n} rows take an estimated {est:.0f} s, {n + 1} rows "
-                                          f"{nxt:.0f} s, {left:.0f} s left of --time-budget {budget_s:.0f} s")
+            e, x, lt = seconds(est, nxt, left)
+            return Choice(n, n_test, est, f"time budget: {n} rows take an estimated {e} s, {n + 1} rows "
+                                          f"{x} s, {lt} s left of {budget}")
     floor = min(min_test, n_test)
     for m in range(n_test - 1, floor - 1, -1):
         est = model.estimate(low, m, folds)
         if est <= left:
+            e, lt = seconds(est, left)
             return Choice(low, m, est, f"time budget: the minimum of {low} training rows with {m} of the {n_test} "
-                                       f"test rows take an estimated {est:.0f} s of {left:.0f} s left of "
-                                       f"--time-budget {budget_s:.0f} s")
+                                       f"test rows take an estimated {e} s of {lt} s left of {budget}")
     est = model.estimate(low, floor, folds)
-    return Choice(low, floor, est, f"the minimum of {low} training rows and {floor} test rows; estimated {est:.0f} s, "
-                                   f"more than the {max(left, 0):.0f} s left of --time-budget {budget_s:.0f} s")
+    e, lt = seconds(est, max(left, 0.0))
+    return Choice(low, floor, est, f"the minimum of {low} training rows and {floor} test rows; estimated {e} s, "
+                                   f"more than the {lt} s left of {budget}")
 
 
 def probe(run, n_train: int, n_test: int, *, warmup: tuple[int, int] | None = None) -> Probe:

@@ -10,7 +10,9 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -49,8 +51,11 @@ class Parser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         """``argparse``'s, but an argument nobody knows is reported by the subcommand given (``ngp regress: error:
-        unrecognized arguments: --bogus (see 'ngp regress --help')``), whose options it was meant for."""
-        args, extra = self.parse_known_args(args, namespace)
+        unrecognized arguments: --bogus (see 'ngp regress --help')``), whose options it was meant for; and a value
+        that looks like a negative number or size (``--max-memory -4G``, ``--noise -1e-3``) is the option's value,
+        checked by its type, not an unknown option ("expected one argument")."""
+        args = sys.argv[1:] if args is None else list(args)
+        args, extra = self.parse_known_args(_negative_values(self, args), namespace)
         if extra:
             self._chosen(args).error(f"unrecognized arguments: {' '.join(extra)}")
         return args
@@ -63,6 +68,38 @@ class Parser(argparse.ArgumentParser):
                 if sub is not None:
                     return sub._chosen(args) if isinstance(sub, Parser) else sub
         return self
+
+
+def _value_options(parser: argparse.ArgumentParser) -> set[str]:
+    """The option strings of ``parser`` and its subcommands that take one value."""
+    out, parsers = set(), [parser]
+    while parsers:
+        p = parsers.pop()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.option_strings and action.nargs is None:
+                out.update(action.option_strings)
+    return out
+
+
+_NEGATIVE = re.compile(r"-\.?[0-9][0-9A-Za-z.+-]*")
+
+
+def _negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with ``--option -4G`` joined to ``--option=-4G`` where ``--option`` takes a value and ``-4G`` looks
+    like a number or size (argparse reads ``-4G`` and ``-1e-3``, unlike ``-4``, as an option)."""
+    options, out = _value_options(parser), []
+    it = iter(range(len(argv)))
+    for i in it:
+        if argv[i] == "--":
+            return out + argv[i:]
+        if argv[i] in options and i + 1 < len(argv) and _NEGATIVE.fullmatch(argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            next(it)
+        else:
+            out.append(argv[i])
+    return out
 
 
 # ----------------------------------------------------------------------------- argument types
@@ -126,6 +163,8 @@ def memory_size(text: str) -> int:
         value = float(num) * _UNITS[unit]
     except (ValueError, KeyError):
         raise argparse.ArgumentTypeError(f"expected a size such as 4G, 512M or 2.5GB, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size such as 4G, 512M or 2.5GB, got {text!r}")
     if not math.isfinite(value) or value < 1024**2:
         raise argparse.ArgumentTypeError(f"expected a size of at least 1M, got {text!r}")
     return int(value)
@@ -156,31 +195,57 @@ def name_list(text: str) -> list[str]:
     return _items(text, "column names", str)
 
 
-def _writable(text: str, *paths: str) -> None:
-    """Refuse the option's value ``text`` if one of ``paths`` exists and cannot be written."""
-    if any(os.path.exists(p) and not os.access(p, os.W_OK) for p in paths):
-        raise argparse.ArgumentTypeError(f"{text!r} cannot be written (permission denied)")
+def _try_write_file(text: str, path: str) -> None:
+    """Refuse the option's value ``text`` unless the file ``path`` can be opened for writing: tried (opened for
+    appending and closed, so an existing file is left as it is; one made by the try is removed again), since
+    ``os.access`` says yes to root for files that cannot be made (``/proc/x.json``)."""
+    existed = os.path.lexists(path)
+    if existed and os.path.exists(path) and not os.path.isfile(path):  # a pipe or device: opening one may block
+        if not os.access(path, os.W_OK):
+            raise argparse.ArgumentTypeError(f"{text!r} cannot be written (permission denied)")
+        return
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be written ({exc.strerror or exc})") from None
+    if not existed:
+        with contextlib.suppress(OSError):
+            os.remove(path)
 
 
 def output_file(text: str) -> str:
-    """An argparse type: a file path that can be written (checked before any work starts)."""
+    """An argparse type: a file path that can be written (tried before any work starts: :func:`_try_write_file`)."""
     path = os.path.abspath(os.path.expanduser(text))
     if os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name")
     if not os.path.isdir(os.path.dirname(path)):
         raise argparse.ArgumentTypeError(f"the folder of {text!r} does not exist")
-    _writable(text, os.path.dirname(path), path)
+    _try_write_file(text, path)
     return text
 
 
 def output_dir(text: str) -> str:
-    """An argparse type: a folder that exists or can be made, and written (checked before any work starts)."""
+    """An argparse type: a folder that exists or can be made, and written (checked before any work starts).
+
+    Tried, not asked of ``os.access`` (which says yes to root for ``/proc``): a temporary file is made and removed
+    in an existing folder, and a temporary folder in the nearest existing one above a new folder (the command makes
+    the new folders only when it writes the figure, so nothing is left behind by a run refused later)."""
     path = os.path.abspath(os.path.expanduser(text))
     while not os.path.exists(path):  # the nearest existing folder is where the new ones are made
         path = os.path.dirname(path)
     if not os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{text!r} is not a folder ({path} is a file); give a folder name")
-    _writable(text, path)
+    new = path != os.path.abspath(os.path.expanduser(text))
+    try:
+        if new:
+            os.rmdir(tempfile.mkdtemp(prefix=".ngp-write-test-", dir=path))
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=".ngp-write-test-", dir=path)
+            os.close(fd)
+            os.remove(tmp)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be written ({exc.strerror or exc})") from None
     return text
 
 

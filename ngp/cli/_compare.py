@@ -284,7 +284,8 @@ def compare(split: Split, make_net, *, widths, noise: float, progress, estimates
             _truth(row, ref, row.mean, split)
             row.gp_truth_gap = float(np.max(np.abs(gp.mean - ref.mean))) * split.scale
             if row.truth_ess < ESS_MIN:
-                row.flags.append(f"reference unreliable: importance-sampling ESS {row.truth_ess:.0f} of {truth_samples}")
+                row.flags.append(f"reference unreliable: importance-sampling ESS {row.truth_ess:.0f} of "
+                                 f"{truth_samples}")
             info.setdefault("references", {})[w] = ref
 
     if nuts_steps:

@@ -2,14 +2,18 @@
 
 * UTF-8 text (a byte-order mark is fine); anything else is refused with the offending byte.
 * The delimiter is detected: ``,``, ``;``, tab or ``|`` (the one that splits the header and the
-  first rows into the same number of fields); with ``;``, tab or ``|`` decimal commas (``1,5``)
-  are read as decimal points.
+  first rows into the same number of fields); only with ``;`` are decimal commas (``1,5``) read as
+  decimal points (said in the notes); elsewhere a comma in a number (``1,234``: a thousands
+  separator?) is a non-numeric value, refused.
 * Quoted fields and headers (as R and Excel write them); a first column without a name (row
   labels, as R's ``write.csv`` and pandas write them) is ignored.
 * Missing cells (empty, ``NA``, ``NaN``, ``N/A``, ``null``, ``None``, ``?``, ``#N/A``) drop their
   row; the count and the first line numbers are reported.
-* Lines starting with ``#`` and blank lines are skipped.
-* Every error names the file, the line and the column.
+* Lines starting with ``#`` (comments) and blank lines between records are skipped; the comment lines are
+  counted in the notes. A first line whose every cell is a number is refused (data, not a header: a header
+  written as ``# x1,x2,y``, as ``numpy.savetxt`` writes it, is a comment).
+* Every error names the file, the line and the column; line numbers are the file's, also after a quoted
+  field that spans several lines.
 """
 
 from __future__ import annotations
@@ -57,6 +61,11 @@ class Table:
 def _decode(path: str) -> str:
     with open(path, "rb") as fh:
         raw = fh.read()
+    for bom, name in ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+                      (b"\xfe\xff", "UTF-16")):
+        if raw.startswith(bom):
+            raise CLIError(f"DATA: {path} is {name} text (byte-order mark 0x{bom.hex()}), not UTF-8; re-save it as "
+                           f"UTF-8, e.g. iconv -f {name.lower()} -t utf-8 in.csv > out.csv")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -68,18 +77,46 @@ def _decode(path: str) -> str:
         ) from None
 
 
-def _records(text: str):
-    """``(line_number, line)`` of the non-blank, non-comment lines."""
-    for i, line in enumerate(text.splitlines(), start=1):
-        s = line.strip()
-        if s and not s.startswith("#"):
-            yield i, line
+def _skipped(line: str) -> bool:
+    """A blank line or a comment (its first non-blank character ``#``), skipped between records."""
+    s = line.strip()
+    return not s or s.startswith("#")
 
 
-def _sniff(records: list) -> str:
+def _records(lines: list, delimiter: str, comments: list) -> list:
+    """``[(line_number, fields)]``: the CSV records of ``lines`` (the file's physical lines), each with the number of
+    the line it starts on (1-based; a quoted field may span several lines). Blank and comment lines between
+    records are skipped, the comments' ``(line_number, line)`` appended to ``comments``; inside a quoted field they
+    are the field's text."""
+    state = {"start": True, "line": 0}
+
+    def feed():
+        for i, line in enumerate(lines, start=1):
+            if state["start"]:
+                if _skipped(line):
+                    if line.strip():
+                        comments.append((i, line))
+                    continue
+                state["start"], state["line"] = False, i
+            yield line
+
+    reader = csv.reader(feed(), delimiter=delimiter)
+    out = []
+    while True:
+        state["start"] = True
+        try:
+            row = next(reader)
+        except StopIteration:
+            return out
+        out.append((state["line"], row))
+
+
+def _sniff(lines: list) -> str:
     """The delimiter that splits the header and the first rows into one consistent number (> 1) of fields;
     failing that (a ragged file), the one that splits the header into most fields (comma on ties)."""
-    sample = [line for _, line in records[:20]]
+    sample = [line for line in lines if not _skipped(line)][:20]
+    if not sample:
+        return ","
 
     def score(d):
         counts = [len(r) for r in csv.reader(sample, delimiter=d)]
@@ -103,6 +140,18 @@ def _number(cell: str, decimal_comma: bool) -> float | None:
         raise
 
 
+def _all_numbers(cells: list, decimal_comma: bool) -> bool:
+    """Whether every one of ``cells`` (at least one) is a finite number: a line of data, not of column names."""
+    def finite(cell):
+        try:
+            v = _number(cell, decimal_comma)
+        except ValueError:
+            return False
+        return v is not None and math.isfinite(v)
+
+    return bool(cells) and all(finite(c) for c in cells)
+
+
 def read_table(path: str, *, target: str | None = None, features=None, ignore=()) -> Table:
     """Read a numeric regression table (see the module docstring).
 
@@ -124,24 +173,40 @@ def read_table(path: str, *, target: str | None = None, features=None, ignore=()
         text = _decode(path)
     except OSError as exc:
         raise CLIError(f"DATA: cannot read {path}: {exc.strerror or exc}") from None
-    records = list(_records(text))
-    if len(records) < 2:
-        raise CLIError(f"DATA: {path} needs a header line and at least one data row")
-    delim = _sniff(records)
-    decimal_comma = delim != ","
+    lines = text.splitlines()
+    delim = _sniff(lines)
+    decimal_comma = delim == ";"
+    comments = []
     try:
-        parsed = [(num, row) for (num, _), row in zip(records, csv.reader([r for _, r in records], delimiter=delim))]
+        parsed = _records(lines, delim, comments)
     except csv.Error as exc:
         raise CLIError(f"DATA: {path} is not valid CSV: {exc}") from None
+    if len(parsed) < 2:
+        raise CLIError(f"DATA: {path} needs a header line and at least one data row")
     header_line, header = parsed[0]
     header = [h.strip() for h in header]
     notes = []
     if delim != ",":
         notes.append(f"delimiter {'tab' if delim == chr(9) else repr(delim)} detected")
+    if comments:
+        nums = [n for n, _ in comments]
+        shown = ", ".join(map(str, nums[:5])) + (", ..." if len(nums) > 5 else "")
+        notes.append(f"{len(nums)} comment line{'s' if len(nums) > 1 else ''} (starting with #) skipped: "
+                     f"line{'s' if len(nums) > 1 else ''} {shown}")
     skip = set()
     if header and header[0] == "" and len(header) > 1:
         skip.add(0)  # row labels (R's write.csv, pandas' index)
         notes.append("first column has no name (row labels): ignored")
+    cells = [h for k, h in enumerate(header) if k not in skip]
+    if cells == [str(k) for k in range(len(cells))]:  # pandas' default column labels, 0, 1, ...
+        notes.append(f"the column names are the numbers {', '.join(cells)} (pandas' default labels): read as names; "
+                     f"if line {header_line} is data, add a header line")
+    elif _all_numbers(cells, decimal_comma):
+        before = [(n, line) for n, line in comments if n < header_line]
+        also = ("" if not before else f" (line {before[-1][0]}, {before[-1][1].strip()[:60]!r}, starts with # and is "
+                "skipped as a comment: remove the # if it names the columns)")
+        raise CLIError(f"DATA: line {header_line} of {path}, read as the header, looks like data (every cell a "
+                       f"number); the first line must name the columns{also}")
     named = [h for k, h in enumerate(header) if k not in skip]
     if any(h == "" for h in named):
         k = header.index("", 1 if 0 in skip else 0)
@@ -176,7 +241,7 @@ def read_table(path: str, *, target: str | None = None, features=None, ignore=()
         raise CLIError("DATA: needs at least one feature column besides the target")
     cols = [header.index(h) for h in features] + [header.index(target)]
 
-    values, lines, dropped = [], [], []
+    values, lines, dropped, commas = [], [], [], []
     for num, row in parsed[1:]:
         if len(row) != len(header):
             raise CLIError(f"DATA: line {num} has {len(row)} fields, the header (line {header_line}) has {len(header)}")
@@ -186,10 +251,16 @@ def read_table(path: str, *, target: str | None = None, features=None, ignore=()
                 v = _number(row[k], decimal_comma)
             except ValueError:
                 hint = "; choose the feature columns with --features or --ignore" if auto else ""
+                if "," in row[k] and not decimal_comma and _all_numbers([row[k].replace(",", "")], False):
+                    hint = (f"; a comma in a number is read as a decimal comma only in ;-delimited files (this one's "
+                            f"delimiter: {'tab' if delim == chr(9) else repr(delim)}), and thousands separators are "
+                            "not read") + hint
                 raise CLIError(f"DATA: column {header[k]!r} has a non-numeric value {row[k].strip()!r} on line {num}"
                                f"{hint}") from None
             if v is not None and not math.isfinite(v):
                 raise CLIError(f"DATA: column {header[k]!r} has the non-finite value {row[k].strip()!r} on line {num}")
+            if decimal_comma and v is not None and "," in row[k] and not commas:
+                commas.append((num, row[k].strip()))
             out.append(v)
         if any(v is None for v in out):
             dropped.append(num)
@@ -197,6 +268,9 @@ def read_table(path: str, *, target: str | None = None, features=None, ignore=()
         values.append(out)
         lines.append(num)
     rows_read = len(parsed) - 1
+    if commas:
+        notes.append(f"decimal commas read as decimal points (a ;-delimited file; first on line {commas[0][0]}: "
+                     f"{commas[0][1]!r})")
     if dropped:
         shown = ", ".join(map(str, dropped[:5])) + (", ..." if len(dropped) > 5 else "")
         notes.append(f"{len(dropped)} of {rows_read} rows dropped for missing values (lines {shown})")

@@ -128,8 +128,8 @@ def run(args) -> int:
     for line in notes(rows, messages, info["prior_s"]):
         print(f"  * {line}")
     path = _figure(args, dist, elev, tr, te, grid_km, info, widths[0], scale, y_mu, lat)
-    print(f"\n{'figure written to ' + path if path else 'matplotlib is not installed: pip install ngp[plots] for the figure'}"
-          f"   (total {time.perf_counter() - t_start:.0f} s)")
+    said = f"figure written to {path}" if path else "matplotlib is not installed: pip install ngp[plots] for the figure"
+    print(f"\n{said}   (total {time.perf_counter() - t_start:.0f} s)")
     return 0
 
 

@@ -512,6 +512,9 @@ def _report(args, data, fold_rows, results, messages, n_test: list):
     for r in results:
         if r["cut"]:
             lines.append((f"fold {r['fold']}: " if r["fold"] else "") + r["cut"])
+    if args.folds:
+        lines.append(f"the table shows the mean ± standard error over the {args.folds} folds, but the \"1/n size\" "
+                     "column is the largest over the folds and the times are their sums")
     if min(n_test) < 20 and not args.folds:
         lines.append(f"only {plural(min(n_test), 'test row')}: the test metrics are noisy; --folds 5 tests every row "
                      "once")
