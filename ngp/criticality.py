@@ -483,6 +483,7 @@ def residual_susceptibilities(activation, K, *, C_W: float = 1.0, C_b: float = 0
             _scalar_or_array(gamma**2 + xi**2 * np.asarray(cq)))
 
 
+@float64
 def residual_vertex_growth(*, gamma: float, xi: float, C_W: float = 1.0) -> float:
     """Per-block growth of ``V / K^2`` for **linear** residual blocks, one input, ``C_b = 0``.
 
@@ -1108,6 +1109,7 @@ class ResidualCriticalPoint:
     mlp: CriticalPoint | None = None
 
 
+@float64
 def residual_critical_point(activation, *, gamma: float, xi: float,
                             K_range: tuple[float, float] = K_SEARCH) -> ResidualCriticalPoint:
     """The critical ``(C_b, C_W)`` of residual blocks with skip weight ``gamma`` and branch weight ``xi``.
@@ -1165,6 +1167,7 @@ class ResidualDepthFlow(DepthFlow):
     hidden_K: np.ndarray | None = None
 
 
+@float64
 def residual_depth_flow(activation, *, C_W: float, C_b: float, gamma: float, xi: float, K0: float,
                         depth: int, **options) -> ResidualDepthFlow:
     """Finite-width ``K``, ``K1``, ``V`` of single-input residual networks of depth ``1 .. depth``.

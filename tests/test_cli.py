@@ -33,10 +33,19 @@ def csv_file(tmp_path):
 
 def test_regress_table_and_json(csv_file, tmp_path, capsys):
     """Width 4 (expansion parameter 0.88 on these rows, above EXPANSION_WARN = 0.3) is flagged once, by its own
-    line: the posterior's untrusted-reasons line leaves the expansion parameter out."""
+    line: the posterior's untrusted-reasons line leaves the expansion parameter out. Called from Python, the
+    command leaves JAX's x64 flag as it found it."""
+    import jax
+
     out_json = tmp_path / "res.json"
-    rc = main(["regress", str(csv_file), "--target", "target", "--width", "16,4", "--n-train", "6", "--n-test", "3",
-               "--no-truth", "--fixed", "--json", str(out_json)])
+    x64 = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)  # the run sets it, and gives the caller's value back (it kept it set)
+    try:
+        rc = main(["regress", str(csv_file), "--target", "target", "--width", "16,4", "--n-train", "6", "--n-test",
+                   "3", "--no-truth", "--fixed", "--json", str(out_json)])
+        assert jax.config.jax_enable_x64 is False
+    finally:
+        jax.config.update("jax_enable_x64", x64)
     out = capsys.readouterr().out
     assert rc == 0
     assert "finite width n=16" in out and "finite width n=4" in out and "test RMSE" in out

@@ -94,7 +94,7 @@ def test_phase_diagram_against_adaptive_quadrature(name):
         cr.phase_diagram("tanh", C_b=0.1, C_W=[1.0 + 1.0j], depth=3)
 
 
-def test_phase_diagram_computes_in_float64_in_a_float32_session():
+def test_phase_diagram_and_residual_flows_compute_in_float64_in_a_float32_session():
     """Like every public numerical entry point, ``phase_diagram`` runs in float64 whatever the session's flag
     (``ngp._validate.float64``): the same values with x64 off as on (float32 differs at ~1e-7)."""
     grid = {"C_b": [0.0, 0.3], "C_W": [[1.0], [1.9]], "depth": 4}
@@ -104,6 +104,19 @@ def test_phase_diagram_computes_in_float64_in_a_float32_session():
     assert low.K.dtype == np.float64
     np.testing.assert_array_equal(low.K, ref.K)
     np.testing.assert_array_equal(low.chi_perp, ref.chi_perp)
+    # residual_depth_flow (and its two siblings) were not wrapped: V with x64 off was 4e-7 relative off, labelled
+    # float64, and the warning named only residual_susceptibilities (a prober, stop 92)
+    flow = {"C_W": 1.0, "C_b": 0.1, "gamma": 0.8, "xi": 0.6, "K0": 1.0, "depth": 5}
+    with jax.enable_x64(False), pytest.warns(ngp.AccuracyWarning, match="residual_depth_flow"):
+        low = cr.residual_depth_flow("tanh", **flow)
+    ref = cr.residual_depth_flow("tanh", **flow)
+    np.testing.assert_array_equal(low.K, ref.K)
+    np.testing.assert_array_equal(low.V, ref.V)
+    for fn, kw in ((cr.residual_critical_point, {"gamma": 0.8, "xi": 0.6}),
+                   (cr.residual_vertex_growth, {"gamma": 0.8, "xi": 0.6})):
+        with jax.enable_x64(False), pytest.warns(ngp.AccuracyWarning, match=fn.__name__):
+            low = fn(*(("tanh",) if fn is cr.residual_critical_point else ()), **kw)
+        assert low == fn(*(("tanh",) if fn is cr.residual_critical_point else ()), **kw)
 
 
 def test_phase_diagram_and_root_search_leave_the_warning_filters_alone():

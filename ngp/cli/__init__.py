@@ -202,7 +202,21 @@ def _refuse_json_over_data(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
+
+    The commands compute in float64: called from Python, JAX's ``jax_enable_x64`` is set for the run and restored
+    to the caller's value afterwards."""
+    import jax
+
+    x64 = bool(jax.config.jax_enable_x64)
+    try:
+        return _main(argv)
+    finally:
+        if bool(jax.config.jax_enable_x64) != x64:
+            jax.config.update("jax_enable_x64", x64)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = _parser().parse_args(argv)
