@@ -19,7 +19,7 @@ from ._linalg import check_conditioning, refuse_duplicates, solve_train
 from ._prior import check_options
 from ._posterior import Conditioned, FiniteWidthPosterior, GPConditioned, check_width_free
 from ._steps import Dense, Elementwise, Serial
-from ._validate import (MAX_WIDTH, as_inputs, check_seed, check_stop, count, flag, float64, memory_bytes, pad_to,
+from ._validate import (MAX_WIDTH, as_inputs, check_seed, check_stop, count, flag, float64, pad_to,
                         stop_requested, train_test, warn)
 from ._warnings import ExpansionWarning
 from ._validity import Validity
@@ -121,9 +121,8 @@ class MatrixFreeConditioned(Conditioned):
                 f"activation (Dense, Elementwise, ..., Dense), got {net!r}; use method='exact'"
             )
         self.net, self.X_train, self.Y_train, self.noise, self.jitter = net, XA, Y, noise, jitter
-        self.options = check_options(options, "condition")  # unknown names refused; only max_memory is read
-        if self.options.get("max_memory") is not None:  # bounds this path's arrays only when given (no default)
-            self.options["max_memory"] = memory_bytes(self.options["max_memory"], "max_memory")
+        # unknown names refused; only max_memory is read, and bounds this path's arrays only when given (no default)
+        self.options = check_options(options, "condition")
         self.samples = mf.DEFAULT_SAMPLES if samples is None else count(samples, "samples", minimum=2)
         self.seed = check_seed(seed)
         self._spec = spec

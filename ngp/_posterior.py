@@ -32,7 +32,7 @@ from ._finite import TABLE_CHUNK, multisets
 from ._gaussian import K_ACCURATE
 from ._gp import GPPosterior, gp_from_kernel, gp_log_evidence
 from ._linalg import refuse_duplicates, solve_train
-from ._prior import MAX_MEMORY, reuse_four_point, reuse_jacobians
+from ._prior import MAX_MEMORY, check_options, reuse_four_point, reuse_jacobians
 from ._validate import (MAX_WIDTH, as_inputs, check_stop, count, device, flag, float64, stop_requested, train_test,
                         warn)
 from ._warnings import AccuracyWarning, ExpansionWarning
@@ -206,8 +206,8 @@ class Conditioned:
         XA, _, Y, noise, jitter = train_test(net, X_train, Y_train, None, noise, jitter)
         refuse_duplicates(XA, noise, jitter, "exact conditioning on two values of the same function")
         self.net, self.X_train, self.Y_train, self.noise, self.jitter = net, XA, Y, noise, jitter
-        self.options = dict(options)
-        self._prior = net.prior(XA, **options)
+        self.options = check_options(options, "condition")  # checked once (None for max_memory: the default)
+        self._prior = net.prior(XA, **self.options)
         self._solve = solve_train(np.asarray(self._prior.K), Y, noise, jitter)
         self._joint = {}  # last test set -> joint prior (shared with with_width copies)
         self.n = self._prior.n
@@ -543,8 +543,8 @@ class Conditioned:
         need = _full_cov_dense_bytes(NA, NB) + 2 * NB * NA * NA * _component_bytes(prior)
         if need > limit:
             raise MemoryError(
-                f"predict: full_cov for {NB} test and {NA} training points needs about {need / 1024**3:.2f} GiB "
-                f"(> max_memory={limit / 1024**3:.2f} GiB); use full_cov=False (marginal variances) or fewer test points"
+                f"predict: full_cov for {NB} test and {NA} training points needs about {need / 1024**3:.3g} GiB "
+                f"(> max_memory={limit / 1024**3:.3g} GiB); use full_cov=False (marginal variances) or fewer test points"
             )
 
     def _full_cov_rows(self, NA, NB, prior) -> int:

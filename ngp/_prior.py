@@ -41,6 +41,8 @@ def check_options(options: dict, where: str = "net.prior") -> dict:
     if unknown:
         raise TypeError(f"{where}: unknown option(s) {sorted(unknown)}; expected some of {PRIOR_OPTIONS}")
     out = dict(options)
+    if out.get("max_memory", 0) is None:  # None: the default bound (as leaving it out)
+        del out["max_memory"]
     if "max_memory" in out:
         out["max_memory"] = memory_bytes(out["max_memory"], "max_memory")
     if "progress" in out:
@@ -302,7 +304,7 @@ class Prior(NTKMixin):
         if need > limit:
             raise MemoryError(
                 f"net.prior: V for {self.N} inputs ({self._Xu.shape[0]} distinct) and {len(self._cumulants)} layers "
-                f"needs about {need / 1024**3:.2f} GiB (> max_memory={limit / 1024**3:.2f} GiB). V has N^4 entries: "
+                f"needs about {need / 1024**3:.3g} GiB (> max_memory={limit / 1024**3:.3g} GiB). V has N^4 entries: "
                 "use fewer inputs, or raise max_memory if the machine has the memory (ngp.condition computes "
                 "only the components a posterior needs)."
             )

@@ -262,7 +262,7 @@ class ResidualChainLayer(_ChainDerived):
         if need > limit:
             raise MemoryError(
                 f"residual chain: the dense V of a chain of {self.chain_depth} layers on {self.N} distinct inputs "
-                f"needs about {need / 1024**3:.2f} GiB (> max_memory={limit / 1024**3:.2f} GiB): its state is dense "
+                f"needs about {need / 1024**3:.3g} GiB (> max_memory={limit / 1024**3:.3g} GiB): its state is dense "
                 "over input pairs (P^2 per pair of layers). K1 and the predictions of ngp.condition compute only the "
                 "entries they read, within max_memory; for V itself use fewer inputs, or raise max_memory."
             )

@@ -111,20 +111,22 @@ def sample_networks(net, X, num_samples: int, *, seed: int = 0, method: str = "w
     Xa = device(Xn)
     batched = _batched_sampler(net, Xa.shape[1], method)
     keys = network_keys(seed, S)
-    outs, mets = [], []
+    outputs = metric = None  # filled batch by batch (collecting batches and joining them held the results twice)
+    bad = 0
     for start in range(0, S, bs):
         k = keys[start:start + bs]
         got = k.shape[0]
         if got < bs:  # pad the last batch: one compiled shape
             k = pad_to(k, bs)
-        z, G = batched(k, Xa)
-        outs.append(np.asarray(z)[:got])
-        mets.append(np.asarray(G)[:got])
-    outputs, metric = np.concatenate(outs), np.concatenate(mets)
-    bad = ~(np.all(np.isfinite(outputs), axis=(1, 2)) & np.all(np.isfinite(metric), axis=(1, 2)))
-    if np.any(bad):
+        z, G = (np.asarray(a)[:got] for a in batched(k, Xa))
+        if outputs is None:
+            outputs = np.empty((S,) + z.shape[1:], dtype=z.dtype)
+            metric = np.empty((S,) + G.shape[1:], dtype=G.dtype)
+        outputs[start:start + got], metric[start:start + got] = z, G
+        bad += int(np.sum(~(np.all(np.isfinite(z), axis=(1, 2)) & np.all(np.isfinite(G), axis=(1, 2)))))
+    if bad:
         raise ValueError(
-            f"X: {int(bad.sum())} of {S} sampled networks have non-finite outputs or metrics (the pre-activations "
+            f"X: {bad} of {S} sampled networks have non-finite outputs or metrics (the pre-activations "
             f"overflow; largest |X| = {np.max(np.abs(Xn)):.3g}): rescale X (e.g. ngp.datasets.standardize) or use "
             "smaller C_W, C_b"
         )

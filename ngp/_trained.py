@@ -128,7 +128,7 @@ def _check_memory(net, N, limit):
     if need > limit:
         raise MemoryError(
             f"trained_ensemble: the finite-width NTK statistics of {N} inputs (training + test) and {depth} dense "
-            f"steps need about {need / 1024**3:.2f} GiB (> max_memory={limit / 1024**3:.2f} GiB; they have N^4 "
+            f"steps need about {need / 1024**3:.3g} GiB (> max_memory={limit / 1024**3:.3g} GiB; they have N^4 "
             "entries): use fewer inputs, finite_width=False, or raise max_memory if the machine has the memory"
         )
 

@@ -359,8 +359,11 @@ def float64(fn):
 
 
 def memory_bytes(value, name: str = "max_memory") -> int:
-    """A memory budget in bytes (a positive number)."""
-    return int(positive_float(value, name))
+    """A memory budget in bytes (a number ``>= 1``; a fraction is rounded down: 0.5 became 0 bytes silently)."""
+    value = positive_float(value, name)
+    if value < 1:
+        raise ValueError(f"{name}: a number of bytes, at least 1, got {value!r}")
+    return int(value)
 
 
 def pad_to(x, rows: int) -> np.ndarray:

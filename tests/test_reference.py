@@ -159,6 +159,13 @@ def test_batches_and_singular_draws_match_a_direct_computation(data):
     assert post.ess == pytest.approx(ref["ess"], rel=1e-10)
     ll = log_likelihood(metric[:, :2, :2], Y, noise=0.0)
     np.testing.assert_allclose(ll, ref["loglik"], rtol=1e-10)
+    # without a batch_size the default batch is cut to what max_memory holds (the default batch, all 2000 draws
+    # here, was refused with a MemoryError that advised a smaller batch_size): 450 draws, the same batches as above
+    N = XA.shape[0] + XB.shape[0]
+    per = 2 * net.memory_per_network(XA.shape[1], N, "conditional") + 8 * N * (N + net.out_dim)
+    cut = importance_posterior(net, XA, Y, XB, noise=0.0, num_samples=S, seed=11, max_memory=450.5 * per)
+    assert (cut.log_evidence, cut.ess) == (post.log_evidence, post.ess)
+    np.testing.assert_array_equal(cut.mean, post.mean)
 
 
 def test_wide_network_approaches_the_gp(data):

@@ -745,6 +745,15 @@ def test_condition_checks_net_options_and_flags_by_name():
         cond = ngp.condition(net, X, y, noise=0.1, method=method, **({"samples": 64} if method != "exact" else {}))
         with pytest.raises(TypeError, match="full_cov: expected True or False"):
             cond.predict(X[:1], full_cov="no")
+        # a fraction of a byte was rounded down to 0 (the exact path then refused everything, the matrix-free path
+        # said "must be > 0, got 0.0"); None, the matrix-free path's documented "no bound", was a TypeError
+        with pytest.raises(ValueError, match=r"^max_memory: a number of bytes, at least 1, got 0\.5"):
+            ngp.condition(net, X, y, noise=0.1, method=method, max_memory=0.5)
+        none = ngp.condition(net, X, y, noise=0.1, method=method, max_memory=None,
+                             **({"samples": 64} if method != "exact" else {})).predict(X[:1])
+        np.testing.assert_array_equal(none.mean, cond.predict(X[:1]).mean)
+    with pytest.raises(ValueError, match=r"^max_memory: a number of bytes, at least 1, got 0\.5"):
+        ngp.sample_networks(net, X, 2, max_memory=0.5)
 
 
 def test_zero_dimensional_arrays_count_as_numbers_and_flags():

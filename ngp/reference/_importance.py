@@ -252,7 +252,7 @@ def importance_posterior(net, X_train, Y_train, X_test, *, noise: float, num_sam
         num_samples: number of prior draws ``S >= 2`` (the standard errors need two).
         seed: non-negative integer seed (results are reproducible).
         batch_size: draws per vectorised batch; default keeps about 64 MB of hidden
-            activations per batch.
+            activations per batch, fewer draws where ``max_memory`` holds fewer.
         max_memory: bytes allowed for one batch (default 4 GiB); above it a ``MemoryError`` gives
             the estimate before any work starts.
 
@@ -270,10 +270,15 @@ def importance_posterior(net, X_train, Y_train, X_test, *, noise: float, num_sam
     S = count(num_samples, "num_samples", minimum=2, what="an integer >= 2 (standard errors need two draws)")
     seed = check_seed(seed)
     X = np.concatenate([XA, XB])
-    B = _default_batch_size(net, X.shape[0]) if batch_size is None else count(batch_size, "batch_size")
+    limit = memory_bytes(max_memory)
+    if batch_size is None:  # the default batch, cut to what max_memory holds (it was refused, naming batch_size)
+        per = 2 * net.memory_per_network(X.shape[1], X.shape[0], "conditional") + 8 * X.shape[0] * (
+            X.shape[0] + net.out_dim)  # check_sampling_memory's estimate per draw of a batch
+        B = max(1, min(_default_batch_size(net, X.shape[0]), int(limit // per)))
+    else:
+        B = count(batch_size, "batch_size")
     B = min(B, S)
-    check_sampling_memory(net, X.shape[1], X.shape[0], "conditional", B, B, memory_bytes(max_memory),
-                          "importance_posterior")
+    check_sampling_memory(net, X.shape[1], X.shape[0], "conditional", B, B, limit, "importance_posterior")
     Xj = device(X)
     stats = _cached_stats(net, X.shape[1], XA.shape[0])
     keys = network_keys(seed, S)
