@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 from ._activations import Activation, activation as make_activation
 from ._network import Network
 from ._steps import Dense, Elementwise
-from ._validate import count, learning_rate, nonneg_float, per_layer, positive_float
+from ._validate import MAX_MULTIPLIER, count, learning_rate, nonneg_float, per_layer, positive_float
 
 __all__ = ["MLP", "hidden_widths"]
 
@@ -97,6 +97,13 @@ class MLP(Network):
             hp = scaling.multipliers(par, width=widths, depth=depth, base_width=base_width,
                                      C_W=cw, C_b=cb, lam_W=lw, lam_b=lb)
             cw, cb, lw, lb = hp["C_W"], hp["C_b"], hp["lam_W"], hp["lam_b"]
+            for name, values in (("lambda_W", lw), ("lambda_b", lb)):  # said here, not at prior.Theta
+                for i, v in enumerate(values):
+                    if v > MAX_MULTIPLIER:
+                        raise ValueError(
+                            f"{name}: layer {i + 1}'s value times the {par.name!r} parameterization's multiplier at "
+                            f"width {widths} (base_width {base_width:g}) is {v:g}, above {MAX_MULTIPLIER:g} (the NTK's "
+                            "1/n statistics use its powers); use a smaller base value or width")
         out_dim = count(out_dim, "out_dim")
         sizes = widths + (out_dim,)
         steps = []

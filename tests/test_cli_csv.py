@@ -68,9 +68,14 @@ def test_a_first_line_of_numbers_is_refused_as_data(tmp_path):
         read_table(_write(tmp_path, "1;2,5;3\n4;5;6\n7;8;10\n2;1;0\n"))
     t = read_table(_write(tmp_path, "1,2,y\n" + _body()))  # names that are partly numbers stay names
     assert t.features == ("1", "2") and t.rows_read == 6
-    t = read_table(_write(tmp_path, "0,1,2\n" + _body()))  # pandas' default labels: names, said in the notes
-    assert t.target == "2" and t.rows_read == 6
-    assert any("the column names are the numbers 0, 1, 2 (pandas' default labels)" in n for n in t.notes)
+    # names that are numbers (the reviewer): integers (pandas' labels, years, wavelengths), quoted (R's write.csv),
+    # or naming the --target; read as names, said in the notes
+    for head, target in (("0,1,2", None), ("400,500,600", None), ('"2019","2020","2021.5"', None),
+                         ("0.5,1.5,2.5", "2.5")):
+        t = read_table(_write(tmp_path, head + "\n" + _body()), target=target)
+        assert t.rows_read == 6 and t.target == head.split(",")[-1].strip('"'), head
+        assert any(n.startswith("the column names are numbers (") and "read as names; if line 1 is data, add a "
+                   "header line" in n for n in t.notes), t.notes
 
 
 def test_a_headerless_file_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
@@ -83,21 +88,30 @@ def test_a_headerless_file_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
 
 # ----------------------------------------------------------------------------- decimal commas
 @pytest.mark.parametrize("delim,name", [("\t", "tab"), ("|", "'|'")])
-def test_decimal_commas_only_in_semicolon_files(tmp_path, delim, name):
-    """docs/cli.md promises decimal commas in semicolon files; tab and | files read them too, so an English TSV's
-    thousands separator (1,234) was read as 1.234."""
-    text = delim.join(["price", "area", "rooms"]) + "\n" + "".join(
-        delim.join(r) + "\n" for r in [("999", "120", "3"), ("1,234", "163", "5"), ("870", "99", "2")])
-    with pytest.raises(CLIError, match=(r"column 'price' has a non-numeric value '1,234' on line 3; a comma in a "
-                                        r"number is read as a decimal comma only in ;-delimited files \(this one's "
-                                        rf"delimiter: {re.escape(name)}\)")):
-        read_table(_write(tmp_path, text), target="price")
+def test_decimal_commas_in_tab_files_only_where_unambiguous(tmp_path, delim, name):
+    """Tab and | files read every comma as a decimal comma, so an English TSV's thousands separator (1,234) was
+    read as 1.234; a German spreadsheet's tab export (1,5) is read (the reviewer: refusing every comma there broke
+    it), and said in the notes."""
+    def table(rows):
+        return delim.join(["price", "area", "rooms"]) + "\n" + "".join(delim.join(r) + "\n" for r in rows)
+
+    for rows in ([("999", "120", "3"), ("1,234", "163", "5"), ("870", "99", "2")],  # thousands or 1.234?
+                 [("999,5", "120", "3"), ("1,25", "16.3", "5"), ("870", "99", "2")]):  # commas and a point
+        with pytest.raises(CLIError, match=(r"column 'price' has a non-numeric value '[0-9,]+' on line [23]; a comma "
+                                            r"in a number is read as a decimal comma in ;-delimited files, and in tab "
+                                            r"or \| files whose numbers all use one .* this file's delimiter: "
+                                            rf"{re.escape(name)}\)")):
+            read_table(_write(tmp_path, table(rows)), target="price")
+    t = read_table(_write(tmp_path, table([("999,5", "120", "3"), ("1234,25", "163", "5"), ("870", "99,125", "2")])),
+                   target="price")
+    assert np.allclose(t.y, [999.5, 1234.25, 870]) and np.allclose(t.X[:, 0], [120, 163, 99.125])
+    assert f"decimal commas read as decimal points (delimiter {name}; first on line 2: '999,5')" in t.notes
 
 
 def test_decimal_commas_in_a_semicolon_file_are_said(tmp_path):
     t = read_table(_write(tmp_path, "x;y\n1;2\n2,5;3\n3;4,25\n"))
     assert np.allclose(t.X[:, 0], [1, 2.5, 3]) and np.allclose(t.y, [2, 3, 4.25])
-    assert "decimal commas read as decimal points (a ;-delimited file; first on line 3: '2,5')" in t.notes
+    assert "decimal commas read as decimal points (delimiter ';'; first on line 3: '2,5')" in t.notes
     assert not any("decimal" in n for n in read_table(_write(tmp_path, "x;y\n1;2\n2.5;3\n3;4\n")).notes)
 
 
@@ -185,7 +199,10 @@ def test_unwritable_json_and_out_are_refused_before_any_work(tmp_path, capsys, n
     assert output_file(str(existing)) == str(existing) and existing.read_text() == "keep"
     assert output_file(str(tmp_path / "new.json")) and not (tmp_path / "new.json").exists()
     assert output_dir(str(tmp_path)) == str(tmp_path) and output_dir(str(tmp_path / "a" / "b"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "old.json"]
+    # a dangling link: the try made its target and left it (the reviewer)
+    os.symlink(tmp_path / "target.json", tmp_path / "link.json")
+    assert output_file(str(tmp_path / "link.json")) and not (tmp_path / "target.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "link.json", "old.json"]
 
 
 def test_a_refused_write_is_refused_even_where_os_access_says_yes(tmp_path, monkeypatch):

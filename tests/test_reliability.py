@@ -814,6 +814,10 @@ def test_fuzzed_arguments_are_named():
         with pytest.raises(ValueError, match=f"^{name}: .* is too large: the NTK's 1/n statistics use its powers"):
             make()
     assert ngp.MLP(3, 8, lambda_W=1e70).lambda_W == (1e70,) * 3
+    # a parameterization's multiplied value: said when the network is built, not at prior.Theta (the reviewer)
+    with pytest.raises(ValueError, match=r"^lambda_W: layer 1's value times the 'mup' parameterization's multiplier "
+                                         r"at width \(1000, 1000\) \(base_width 1\) is 1e\+77"):
+        ngp.MLP(3, 1000, lambda_W=1e74, parameterization="mup")
     for fn in (lambda x: x > 0, lambda x: (x > 0).astype(int), lambda x: x + 1j):
         with pytest.raises(TypeError, match="^activation: .* must return real floating-point values"):
             ngp.MLP(3, 8, activation=fn)

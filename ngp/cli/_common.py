@@ -199,19 +199,20 @@ def _try_write_file(text: str, path: str) -> None:
     """Refuse the option's value ``text`` unless the file ``path`` can be opened for writing: tried (opened for
     appending and closed, so an existing file is left as it is; one made by the try is removed again), since
     ``os.access`` says yes to root for files that cannot be made (``/proc/x.json``)."""
-    existed = os.path.lexists(path)
-    if existed and os.path.exists(path) and not os.path.isfile(path):  # a pipe or device: opening one may block
-        if not os.access(path, os.W_OK):
+    target = os.path.realpath(path)  # a symbolic link's target (a dangling link's too: the try would make it)
+    existed = os.path.exists(target)
+    if existed and not os.path.isfile(target):  # a pipe or device: opening one may block
+        if not os.access(target, os.W_OK):
             raise argparse.ArgumentTypeError(f"{text!r} cannot be written (permission denied)")
         return
     try:
-        with open(path, "a", encoding="utf-8"):
+        with open(target, "a", encoding="utf-8"):
             pass
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} cannot be written ({exc.strerror or exc})") from None
     if not existed:
         with contextlib.suppress(OSError):
-            os.remove(path)
+            os.remove(target)
 
 
 def output_file(text: str) -> str:

@@ -2,9 +2,10 @@
 
 * UTF-8 text (a byte-order mark is fine); anything else is refused with the offending byte.
 * The delimiter is detected: ``,``, ``;``, tab or ``|`` (the one that splits the header and the
-  first rows into the same number of fields); only with ``;`` are decimal commas (``1,5``) read as
-  decimal points (said in the notes); elsewhere a comma in a number (``1,234``: a thousands
-  separator?) is a non-numeric value, refused.
+  first rows into the same number of fields). Decimal commas (``1,5``) are read as decimal points
+  (said in the notes) with ``;``, and with tab or ``|`` where the file's numbers use them unambiguously
+  (one comma each, no decimal point, not all of them ``1,234``-shaped); elsewhere a comma in a number
+  (``1,234``: a thousands separator, or 1.234?) is a non-numeric value, refused.
 * Quoted fields and headers (as R and Excel write them); a first column without a name (row
   labels, as R's ``write.csv`` and pandas write them) is ignored.
 * Missing cells (empty, ``NA``, ``NaN``, ``N/A``, ``null``, ``None``, ``?``, ``#N/A``) drop their
@@ -22,6 +23,7 @@ import csv
 import dataclasses
 import math
 import os
+import re
 
 import numpy as np
 
@@ -152,6 +154,29 @@ def _all_numbers(cells: list, decimal_comma: bool) -> bool:
     return bool(cells) and all(finite(c) for c in cells)
 
 
+_COMMA_NUMBER = re.compile(r"[+-]?[0-9][0-9,]*,[0-9]+([eE][+-]?[0-9]+)?")  # 1,5  1,234,567  -0,5e3
+_ONE_COMMA = re.compile(r"[+-]?[0-9]+,[0-9]+([eE][+-]?[0-9]+)?")
+_THOUSANDS = re.compile(r"[+-]?[0-9]{1,3}(,[0-9]{3})+")
+_DOT_NUMBER = re.compile(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def _decimal_commas(rows: list) -> bool:
+    """Whether the data cells of a tab- or ``|``-delimited file (``rows``, lists of cells) use decimal commas:
+    some number has a comma, every such number has exactly one, no number has a decimal point, and not every
+    comma is followed by exactly three digits (``1,234``: a thousands separator, or 1.234?)."""
+    cells = [c.strip() for row in rows for c in row]
+    commas = [c for c in cells if _COMMA_NUMBER.fullmatch(c)]
+    return (bool(commas) and all(_ONE_COMMA.fullmatch(c) for c in commas)
+            and not all(_THOUSANDS.fullmatch(c) for c in commas) and not any(_DOT_NUMBER.fullmatch(c) for c in cells))
+
+
+def _integer(cell: str) -> bool:
+    try:
+        return float(cell).is_integer()
+    except ValueError:
+        return False
+
+
 def read_table(path: str, *, target: str | None = None, features=None, ignore=()) -> Table:
     """Read a numeric regression table (see the module docstring).
 
@@ -175,7 +200,6 @@ def read_table(path: str, *, target: str | None = None, features=None, ignore=()
         raise CLIError(f"DATA: cannot read {path}: {exc.strerror or exc}") from None
     lines = text.splitlines()
     delim = _sniff(lines)
-    decimal_comma = delim == ";"
     comments = []
     try:
         parsed = _records(lines, delim, comments)
@@ -183,6 +207,9 @@ def read_table(path: str, *, target: str | None = None, features=None, ignore=()
         raise CLIError(f"DATA: {path} is not valid CSV: {exc}") from None
     if len(parsed) < 2:
         raise CLIError(f"DATA: {path} needs a header line and at least one data row")
+    # decimal commas: always in ;-files; in tab and | files where the numbers use them unambiguously (a German
+    # spreadsheet's tab export), never in ,-files
+    decimal_comma = delim == ";" or (delim in ("\t", "|") and _decimal_commas([r for _, r in parsed[1:]]))
     header_line, header = parsed[0]
     header = [h.strip() for h in header]
     notes = []
@@ -198,9 +225,12 @@ def read_table(path: str, *, target: str | None = None, features=None, ignore=()
         skip.add(0)  # row labels (R's write.csv, pandas' index)
         notes.append("first column has no name (row labels): ignored")
     cells = [h for k, h in enumerate(header) if k not in skip]
-    if cells == [str(k) for k in range(len(cells))]:  # pandas' default column labels, 0, 1, ...
-        notes.append(f"the column names are the numbers {', '.join(cells)} (pandas' default labels): read as names; "
-                     f"if line {header_line} is data, add a header line")
+    quoted = '"' in lines[header_line - 1]  # R's write.csv quotes its names: "2019","2020"
+    if _all_numbers(cells, decimal_comma) and (quoted or target in cells or all(_integer(c) for c in cells)):
+        # names that are numbers: quoted, one of them the --target, or integers (years, wavelengths, pandas'
+        # labels 0, 1, ...); a first line of data (decimals, unquoted) is refused below
+        notes.append(f"the column names are numbers ({', '.join(cells[:6])}{', ...' if len(cells) > 6 else ''}): "
+                     f"read as names; if line {header_line} is data, add a header line")
     elif _all_numbers(cells, decimal_comma):
         before = [(n, line) for n, line in comments if n < header_line]
         also = ("" if not before else f" (line {before[-1][0]}, {before[-1][1].strip()[:60]!r}, starts with # and is "
@@ -252,9 +282,10 @@ def read_table(path: str, *, target: str | None = None, features=None, ignore=()
             except ValueError:
                 hint = "; choose the feature columns with --features or --ignore" if auto else ""
                 if "," in row[k] and not decimal_comma and _all_numbers([row[k].replace(",", "")], False):
-                    hint = (f"; a comma in a number is read as a decimal comma only in ;-delimited files (this one's "
-                            f"delimiter: {'tab' if delim == chr(9) else repr(delim)}), and thousands separators are "
-                            "not read") + hint
+                    hint = (f"; a comma in a number is read as a decimal comma in ;-delimited files, and in tab or "
+                            "| files whose numbers all use one (no decimal points, not all 1,234-shaped: thousands "
+                            f"separators are not read; this file's delimiter: "
+                            f"{'tab' if delim == chr(9) else repr(delim)})") + hint
                 raise CLIError(f"DATA: column {header[k]!r} has a non-numeric value {row[k].strip()!r} on line {num}"
                                f"{hint}") from None
             if v is not None and not math.isfinite(v):
@@ -269,8 +300,8 @@ def read_table(path: str, *, target: str | None = None, features=None, ignore=()
         lines.append(num)
     rows_read = len(parsed) - 1
     if commas:
-        notes.append(f"decimal commas read as decimal points (a ;-delimited file; first on line {commas[0][0]}: "
-                     f"{commas[0][1]!r})")
+        notes.append(f"decimal commas read as decimal points (delimiter {'tab' if delim == chr(9) else repr(delim)}; "
+                     f"first on line {commas[0][0]}: {commas[0][1]!r})")
     if dropped:
         shown = ", ".join(map(str, dropped[:5])) + (", ..." if len(dropped) > 5 else "")
         notes.append(f"{len(dropped)} of {rows_read} rows dropped for missing values (lines {shown})")
