@@ -223,8 +223,9 @@ def trained_ensemble(net, X_train, Y_train, X_test, *, t: float | None = None, e
     if not h[0] > RCOND_MIN * h[-1]:
         raise ValueError(
             f"X_train: the training NTK block is singular or nearly so (reciprocal condition "
-            f"{max(h[0], 0.0) / h[-1]:.2e} <= {RCOND_MIN:g}); remove nearly duplicated training inputs, or use fewer training inputs than the "
-            "NTK's rank (a depth-1, linear network's is at most n0 + 1)"
+            f"{max(h[0], 0.0) / h[-1]:.2e} <= {RCOND_MIN:g}); remove nearly duplicated training inputs, or use fewer "
+            "training inputs than the NTK's rank (a depth-1, linear network's is at most n0 + 1; a network that maps "
+            "the inputs to nearly the same features, e.g. through a Scale(0) step, has rank 1 or 2)"
             + ("" if lambda_W is None and lambda_b is None else
                ", or give more parameters a positive learning-rate factor (lambda_W, lambda_b: with zero factors "
                "too few parameters move to fit every training point)")

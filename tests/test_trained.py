@@ -182,6 +182,12 @@ def test_array_errors_name_the_argument(data, erf_net):
     with pytest.raises(ValueError, match="^X_train: the training NTK block is singular"):
         near = np.vstack([XA, XA[:1] + 1e-9])
         ngp.trained_ensemble(erf_net, near, np.vstack([Y, Y[:1]]), XB, finite_width=False)
+    # distinct inputs mapped to one feature by a Scale(0) step: the message blamed the inputs alone (a prober)
+    zero = ngp.serial(ngp.Dense(8), ngp.Scale(0.0), ngp.Elementwise("erf"), ngp.Dense(8, C_b=0.1),
+                      ngp.Elementwise("erf"), ngp.Dense(Y.shape[1]))
+    with pytest.raises(ValueError, match=r"^X_train: the training NTK block is singular .* e\.g\. through a "
+                                         r"Scale\(0\) step"):
+        ngp.trained_ensemble(zero, XA, Y, XB, finite_width=False)
 
 
 def test_memory_limit_is_checked_before_computing(data, erf_net):
