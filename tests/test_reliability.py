@@ -485,7 +485,8 @@ def test_relu_evidence_gradient_finite_with_zero_input_and_duplicates():
     val, g = jax.value_and_grad(f)(2.0)
     assert np.isfinite(float(val)) and np.isfinite(float(g))
     h = 1e-4
-    fd = (float(f(2.0 + h)) - float(f(2.0 - h))) / (2 * h)
+    with pytest.warns(ngp.ExpansionWarning, match="expansion parameter"):  # 0.31 on these rows, above 0.3
+        fd = (float(f(2.0 + h)) - float(f(2.0 - h))) / (2 * h)
     assert float(g) == pytest.approx(fd, rel=3e-3, abs=1e-3 * abs(fd))
 
 
