@@ -22,7 +22,8 @@ import numpy as np
 from ._validate import as_inputs, check_seed, count, device, memory_bytes, pad_to
 from ._results import result
 
-__all__ = ["NetworkSamples", "sample_networks", "SAMPLING_MEMORY", "check_sampling_memory", "network_keys"]
+__all__ = ["NetworkSamples", "sample_networks", "SAMPLING_MEMORY", "check_sampling_memory", "sampling_bytes",
+           "network_keys"]
 
 #: Default memory budget (bytes) of one sampling batch plus the returned arrays.
 SAMPLING_MEMORY = 4 * 1024**3
@@ -56,10 +57,17 @@ def network_keys(seed: int, S: int) -> np.ndarray:
     return np.asarray(jax.random.split(key, 1 << max(0, (S - 1).bit_length())))[:S]
 
 
+def sampling_bytes(net, n0: int, N: int, method: str, batch: int, total: int) -> int:
+    """Estimated bytes of a sampling batch of ``batch`` networks on ``N`` inputs (twice their normals) plus
+    ``total`` networks' results (outputs and metrics, float64)."""
+    return 2 * net.memory_per_network(n0, N, method) * batch + 8 * total * N * (N + net.out_dim)
+
+
 def check_sampling_memory(net, n0: int, N: int, method: str, batch: int, total: int, limit: int, what: str):
-    """``MemoryError`` with the estimate when a sampling batch plus the results would exceed ``limit``."""
+    """``MemoryError`` with the estimate (:func:`sampling_bytes`) when a sampling batch plus the results would
+    exceed ``limit``."""
     per = net.memory_per_network(n0, N, method)
-    need = 2 * per * batch + 8 * total * N * (N + net.out_dim)
+    need = sampling_bytes(net, n0, N, method, batch, total)
     if need > limit:
         raise MemoryError(
             f"{what}: {total} networks of widths {list(net.widths) or '-'} on {N} inputs need about "

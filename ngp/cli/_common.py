@@ -70,17 +70,19 @@ class Parser(argparse.ArgumentParser):
         return self
 
 
-def _value_options(parser: argparse.ArgumentParser) -> set[str]:
-    """The option strings of ``parser`` and its subcommands that take one value."""
-    out, parsers = set(), [parser]
+def _parsers(parser: argparse.ArgumentParser):
+    """``parser`` and its subcommands' parsers, at every depth."""
+    parsers = [parser]
     while parsers:
         p = parsers.pop()
-        for action in p._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                parsers.extend(action.choices.values())
-            elif action.option_strings and action.nargs is None:
-                out.update(action.option_strings)
-    return out
+        yield p
+        parsers.extend(c for a in p._actions if isinstance(a, argparse._SubParsersAction) for c in a.choices.values())
+
+
+def _value_options(parser: argparse.ArgumentParser) -> set[str]:
+    """The option strings of ``parser`` and its subcommands that take one value."""
+    return {s for p in _parsers(parser) for a in p._actions if a.option_strings and a.nargs is None
+            for s in a.option_strings}
 
 
 _NEGATIVE = re.compile(r"-\.?[0-9][0-9A-Za-z.+-]*")
@@ -253,14 +255,10 @@ def output_dir(text: str) -> str:
 def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     """The destinations of the options given in ``argv`` (not filled in by defaults): ``parser`` is parsed again
     with every default suppressed (``parser`` is changed: build a fresh one)."""
-    parsers = [parser]
-    while parsers:
-        p = parsers.pop()
+    for p in _parsers(parser):
         p._defaults.clear()
         for action in p._actions:
             action.default = argparse.SUPPRESS
-            if isinstance(action, argparse._SubParsersAction):
-                parsers.extend(action.choices.values())
     return set(vars(parser.parse_args(argv)))
 
 

@@ -198,11 +198,11 @@ def read_table(path: str, *, target: str | None = None, features=None, ignore=()
         text = _decode(path)
     except OSError as exc:
         raise CLIError(f"DATA: cannot read {path}: {exc.strerror or exc}") from None
-    lines = text.splitlines()
-    delim = _sniff(lines)
+    physical = text.splitlines()
+    delim = _sniff(physical)
     comments = []
     try:
-        parsed = _records(lines, delim, comments)
+        parsed = _records(physical, delim, comments)
     except csv.Error as exc:
         raise CLIError(f"DATA: {path} is not valid CSV: {exc}") from None
     if len(parsed) < 2:
@@ -213,8 +213,9 @@ def read_table(path: str, *, target: str | None = None, features=None, ignore=()
     header_line, header = parsed[0]
     header = [h.strip() for h in header]
     notes = []
+    delim_name = "tab" if delim == "\t" else repr(delim)
     if delim != ",":
-        notes.append(f"delimiter {'tab' if delim == chr(9) else repr(delim)} detected")
+        notes.append(f"delimiter {delim_name} detected")
     if comments:
         nums = [n for n, _ in comments]
         shown = ", ".join(map(str, nums[:5])) + (", ..." if len(nums) > 5 else "")
@@ -224,20 +225,20 @@ def read_table(path: str, *, target: str | None = None, features=None, ignore=()
     if header and header[0] == "" and len(header) > 1:
         skip.add(0)  # row labels (R's write.csv, pandas' index)
         notes.append("first column has no name (row labels): ignored")
-    cells = [h for k, h in enumerate(header) if k not in skip]
-    quoted = '"' in lines[header_line - 1]  # R's write.csv quotes its names: "2019","2020"
-    if _all_numbers(cells, decimal_comma) and (quoted or target in cells or all(_integer(c) for c in cells)):
+    named = [h for k, h in enumerate(header) if k not in skip]
+    quoted = '"' in physical[header_line - 1]  # R's write.csv quotes its names: "2019","2020"
+    numbers = _all_numbers(named, decimal_comma)
+    if numbers and (quoted or target in named or all(_integer(c) for c in named)):
         # names that are numbers: quoted, one of them the --target, or integers (years, wavelengths, pandas'
         # labels 0, 1, ...); a first line of data (decimals, unquoted) is refused below
-        notes.append(f"the column names are numbers ({', '.join(cells[:6])}{', ...' if len(cells) > 6 else ''}): "
+        notes.append(f"the column names are numbers ({', '.join(named[:6])}{', ...' if len(named) > 6 else ''}): "
                      f"read as names; if line {header_line} is data, add a header line")
-    elif _all_numbers(cells, decimal_comma):
+    elif numbers:
         before = [(n, line) for n, line in comments if n < header_line]
         also = ("" if not before else f" (line {before[-1][0]}, {before[-1][1].strip()[:60]!r}, starts with # and is "
                 "skipped as a comment: remove the # if it names the columns)")
         raise CLIError(f"DATA: line {header_line} of {path}, read as the header, looks like data (every cell a "
                        f"number); the first line must name the columns{also}")
-    named = [h for k, h in enumerate(header) if k not in skip]
     if any(h == "" for h in named):
         k = header.index("", 1 if 0 in skip else 0)
         raise CLIError(f"DATA: column {k + 1} of the header (line {header_line}) has no name")
@@ -282,10 +283,9 @@ def read_table(path: str, *, target: str | None = None, features=None, ignore=()
             except ValueError:
                 hint = "; choose the feature columns with --features or --ignore" if auto else ""
                 if "," in row[k] and not decimal_comma and _all_numbers([row[k].replace(",", "")], False):
-                    hint = (f"; a comma in a number is read as a decimal comma in ;-delimited files, and in tab or "
+                    hint = ("; a comma in a number is read as a decimal comma in ;-delimited files, and in tab or "
                             "| files whose numbers all use one (no decimal points, not all 1,234-shaped: thousands "
-                            f"separators are not read; this file's delimiter: "
-                            f"{'tab' if delim == chr(9) else repr(delim)})") + hint
+                            f"separators are not read; this file's delimiter: {delim_name})") + hint
                 raise CLIError(f"DATA: column {header[k]!r} has a non-numeric value {row[k].strip()!r} on line {num}"
                                f"{hint}") from None
             if v is not None and not math.isfinite(v):
@@ -300,7 +300,7 @@ def read_table(path: str, *, target: str | None = None, features=None, ignore=()
         lines.append(num)
     rows_read = len(parsed) - 1
     if commas:
-        notes.append(f"decimal commas read as decimal points (delimiter {'tab' if delim == chr(9) else repr(delim)}; "
+        notes.append(f"decimal commas read as decimal points (delimiter {delim_name}; "
                      f"first on line {commas[0][0]}: {commas[0][1]!r})")
     if dropped:
         shown = ", ".join(map(str, dropped[:5])) + (", ..." if len(dropped) > 5 else "")

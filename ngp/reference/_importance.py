@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._sampling import SAMPLING_MEMORY, cached_per_network, check_sampling_memory, network_keys
+from .._sampling import SAMPLING_MEMORY, cached_per_network, check_sampling_memory, network_keys, sampling_bytes
 from .._linalg import SAMPLER_JITTER
 from .._validate import RCOND_MIN as _RCOND_GP
 from .._validate import as_targets, check_seed, count, device, float64, memory_bytes, nonneg_float, train_test, warn
@@ -272,8 +272,7 @@ def importance_posterior(net, X_train, Y_train, X_test, *, noise: float, num_sam
     X = np.concatenate([XA, XB])
     limit = memory_bytes(max_memory)
     if batch_size is None:  # the default batch, cut to what max_memory holds (it was refused, naming batch_size)
-        per = 2 * net.memory_per_network(X.shape[1], X.shape[0], "conditional") + 8 * X.shape[0] * (
-            X.shape[0] + net.out_dim)  # check_sampling_memory's estimate per draw of a batch
+        per = sampling_bytes(net, X.shape[1], X.shape[0], "conditional", 1, 1)  # per draw of a batch
         B = max(1, min(_default_batch_size(net, X.shape[0]), int(limit // per)))
     else:
         B = count(batch_size, "batch_size")
