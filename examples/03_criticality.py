@@ -81,7 +81,7 @@ def fmt(v, spec=".6g"):
 print(f"{'activation':>10} {'class':>16} {'C_b':>10} {'C_W':>10} {'K*':>10} {'chi_par':>8} {'chi_perp':>8} "
       f"{'V/K^2 slope':>11}")
 for a, p in points.items():
-    print(f"{a:>10} {p.universality_class:>16} {fmt(p.C_b)} {fmt(p.C_W):>10} {fmt(p.K_star):>10} "
+    print(f"{a:>10} {p.universality_class:>16} {fmt(p.C_b):>10} {fmt(p.C_W):>10} {fmt(p.K_star):>10} "
           f"{fmt(p.chi_parallel, '.4f'):>8} {fmt(p.chi_perp, '.4f'):>8} {fmt(p.vertex_slope, '.4f'):>11}")
 print()
 for a, p in points.items():

@@ -271,8 +271,8 @@ ngp.plot.show(fig, os.path.join(FIGDIR, "05_fdr_scheduler.png"), dpi=110)
 # still shrinking $|\theta|^2$), falls towards 1 as SGD equilibrates, and the learning rate is cut
 # the first time it is within 1%; after a cut the averages restart. The weight decay sets how long
 # equilibration takes (about $(1-\mu)/(\eta(1-d)\lambda)$ steps along the flat directions it alone confines),
-# so with a very small $\lambda$ the scheduler waits a long time: see the [training tools](../training.md)
-# page for the derivation and the benchmark numbers.
+# so with a very small $\lambda$ the scheduler waits a long time: see the training-tools page,
+# docs/training.md, for the derivation and the benchmark numbers.
 
 # %%
 print(f"figures written to {FIGDIR}/ ({time.perf_counter() - T0:.0f} s in total)")
