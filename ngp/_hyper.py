@@ -26,12 +26,13 @@ from ._resmlp import ResMLP
 from ._sampling import cached_per_network
 from ._posterior import finite_width_log_evidence
 from ._gaussian import switch_tables, traced_mehler_tables
-from ._linalg import check_conditioning, gaussian_log_evidence, refuse_duplicates, well_conditioned
+from ._linalg import check_conditioning, gaussian_log_evidence, refuse_duplicates, solve_train, well_conditioned
 from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
 from ._validate import (as_inputs, as_targets, check_seed, count, device, flag, float64, nonneg_float,
                         per_layer, positive_float, real, warn)
-from ._validity import EVIDENCE_MAX, EXPANSION_WARN, evidence_validity, expansion_parameter, untrusted_message
+from ._validity import (EVIDENCE_MAX, EXPANSION_WARN, evidence_validity, expansion_parameter, first_order_eta,
+                        untrusted_message)
 from ._warnings import ConvergenceWarning, CostWarning, ExpansionWarning
 
 __all__ = ["log_evidence", "fit_hyperparameters", "HyperFit", "with_hyperparameters"]
@@ -147,8 +148,12 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
         raise ValueError(f"Y_train: the log evidence overflows (largest |Y_train| = {np.max(np.abs(Y)):.3g}); "
                          "rescale the targets (e.g. ngp.datasets.standardize)")
     if warn_untrusted and finite_width and cumulants[1] is not None:
+        K, V = (np.asarray(c, dtype=float) for c in (cumulants[0], cumulants[2]))
+        sol = solve_train(K, np.asarray(Y, dtype=float), noise, jitter, what="X_train")
+        W = sol.ytilde @ sol.ytilde.T - Y.shape[1] * sol.Kinv
         validity = evidence_validity(float(value), float(_evidence(cumulants[:1] + (None, None, None), Y, noise,
-                                                                   jitter)))
+                                                                   jitter)),
+                                     eta=first_order_eta(W, np.einsum("klxy,xy->kl", V, W), cumulants[3]))
         if not validity.trusted:
             warn(untrusted_message("log_evidence", validity, cumulants[3]) + " (warn=False silences this)",
                  ExpansionWarning)

@@ -49,7 +49,7 @@ from ._linalg import check_conditioning, gaussian_log_evidence
 from ._gaussian import auto_orders, expect_1d, gauss_hermite, hermite_coefficients, hermite_tables, mehler_series
 from ._validate import MAX_WIDTH, RCOND_MIN, check_x64, count, device
 from ._warnings import ExpansionWarning
-from ._validity import Validity, expansion_validity
+from ._validity import ETA_WARN, Validity, expansion_validity
 
 __all__ = [
     "MatrixFreePosterior",
@@ -1020,7 +1020,7 @@ def _assemble(parts, n, *, warn, base=None):
 #: Largest ``eps = max |V| / (n K^2)`` (pairs of training inputs) of the validated regime.
 EPS_MAX = 0.3
 #: Largest ``eta`` (variance of the log-likelihood over the prior's networks) of the validated regime.
-ETA_MAX = 1.0
+ETA_MAX = ETA_WARN
 
 
 def _eps(KAA, V2):

@@ -31,12 +31,12 @@ class EvidenceGrid:
             ``log_evidence`` (finite width, O(1/n)), ``log_evidence_gp`` (infinite width) and
             ``expansion_parameter`` (``max|V|/(n K^2)``), ``evidence_correction``
             (``|log_evidence - log_evidence_gp|``, nats), ``log_evidence_se`` (the Monte-Carlo standard error of
-            a matrix-free evidence, ``docs/matrix-free.md``; 0 on the exact path), ``eta`` (the matrix-free
-            path's ``Var[log p(y | network)]``; ``None`` on the exact path) and ``trusted``: the expansion
-            parameter is at most 0.3, the first-order evidence correction at most 1 nat
-            (``ngp._validity.EVIDENCE_MAX``; the neglected second-order terms grow like its square;
-            ``docs/validity.md``) and, on the matrix-free path, its own verdict (``eta`` at most 1,
-            :attr:`ngp.MatrixFreeConditioned.validity`) is trusted too.
+            a matrix-free evidence, ``docs/matrix-free.md``; 0 on the exact path), ``eta`` (``Var[log p(y |
+            network)]`` at first order: exact on the exact path, estimated on the matrix-free one; ``None`` where
+            the evidence is not finite) and ``trusted``: the expansion parameter is at most 0.3, the first-order
+            evidence correction at most 1 nat (``ngp._validity.EVIDENCE_MAX``; the neglected second-order terms grow
+            like its square; ``docs/validity.md``) and the path's own verdict (``eta`` at most
+            ``ngp.Validity.ETA_WARN`` = 1, :attr:`ngp.Conditioned.validity`) is trusted too.
     """
 
     rows: tuple
@@ -149,13 +149,15 @@ def evidence_grid(X_train, Y_train, *, widths: Sequence[int], depths: Sequence[i
             except np.linalg.LinAlgError:
                 eps = math.nan
             validity = evidence_validity(logz, cw_.gp.log_evidence)
-            # the matrix-free path (more than 64 training inputs by default) judges itself by eps and eta too
-            mf = isinstance(cw_, MatrixFreeConditioned) and math.isfinite(logz)
-            own, se = (cw_.validity, float(cw_.log_evidence_se)) if mf else (None, 0.0)
+            # each path's own verdict: eps and eta on both (exact on the exact path), the evidence correction on the
+            # exact path
+            own = cw_.validity if math.isfinite(logz) else None
+            mf = isinstance(cw_, MatrixFreeConditioned) and own is not None
+            se = float(cw_.log_evidence_se) if mf else 0.0
             rows.append(dict(depth=depth, width=w, C_W=float(cw), C_b=float(cb), log_evidence=float(logz),
                              log_evidence_se=se, log_evidence_gp=cw_.gp.log_evidence, expansion_parameter=eps,
                              evidence_correction=validity.evidence_correction,
-                             eta=None if own is None else float(own.eta),
+                             eta=None if own is None or own.eta is None else float(own.eta),
                              trusted=bool(validity.trusted and eps <= EXPANSION_WARN and (own is None or own.trusted))))
     untrusted = sum(not r["trusted"] for r in rows)
     if untrusted and options.get("warn", True):

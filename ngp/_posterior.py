@@ -37,7 +37,7 @@ from ._validate import (MAX_WIDTH, as_inputs, check_stop, count, device, flag, f
                         warn)
 from ._warnings import AccuracyWarning, ExpansionWarning
 from ._validity import (NUMERICAL_NEGLIGIBLE, NUMERICAL_WARN, Validity, clip_rounding, evidence_validity,
-                        posterior_validity, predictive_variance, untrusted_message, without_eps)
+                        first_order_eta, posterior_validity, predictive_variance, untrusted_message, without_eps)
 from ._vertex_error import component_errors, k1_error_packed
 from ._results import result
 
@@ -285,7 +285,13 @@ class Conditioned:
     @property
     def validity(self) -> Validity:
         """Size of the first-order evidence correction against the GP's (``docs/validity.md``)."""
-        return evidence_validity(self._log_evidence, self.gp.log_evidence, eps=self.expansion_parameter)
+        return evidence_validity(self._log_evidence, self.gp.log_evidence, eps=self.expansion_parameter,
+                                 eta=self._eta)
+
+    @property
+    def _eta(self) -> float | None:
+        """``eta = Var[log p(y | network)]`` at first order (``docs/validity.md``), from the training contractions."""
+        return None if self.n is None else first_order_eta(self._train["W"], self._train["M_W"], self.n)
 
     def _warn_validity(self, validity: Validity, what: str) -> None:
         # a large expansion parameter is the prior's own warning (Prior._check_expansion) at the prior's width: not
@@ -470,7 +476,7 @@ class Conditioned:
         logz = self._log_evidence
         validity = posterior_validity(mean=mean, var=var, gp_mean=gp.mean, gp_var=gp.var, noise=self.noise,
                                       prior_var=prior_var, log_evidence=logz, gp_log_evidence=gp.log_evidence,
-                                      eps=eps)
+                                      eps=eps, eta=self._eta)
         self._warn_validity(validity, "posterior")
         scale = np.sqrt(predictive_variance(gp.var, self.noise, prior_var))
         # a test input equal to a training input observed without noise has no 1/n correction to resolve (its mean

@@ -11,9 +11,10 @@ on its own first-order terms (``docs/validity.md``):
 * ``var_change``: ``max |var - gp.var| / (gp.var + noise)`` (relative change of the predictive variance);
 * ``evidence_correction``: ``|log_evidence - gp.log_evidence|`` (nats).
 
-The matrix-free estimator (``docs/matrix-free.md``) judges its results with two other measures, kept
-on the same :class:`Validity` (:func:`expansion_validity`): ``eps = max |V| / (n K^2)`` over pairs of
-training inputs and ``eta``, the prior variance of the log-likelihood at first order.
+Two more measures judge every first-order result, on both paths: ``eps = max |V| / (n K^2)`` (depth over width)
+and ``eta``, the prior variance of the log-likelihood ``log p(y | network)`` at first order (training points over
+width; exact on the exact path, estimated on the matrix-free one, which judges by these two alone:
+:func:`expansion_validity`, ``docs/matrix-free.md``).
 
 A result is *trusted* when all three are at most :data:`MEAN_SHIFT_MAX`, :data:`VAR_CHANGE_MAX` and
 :data:`EVIDENCE_MAX`, every number is finite and no first-order variance is negative. The thresholds are
@@ -41,6 +42,9 @@ __all__ = [
     "EVIDENCE_MAX",
     "VAR_FLOOR",
     "EXPANSION_WARN",
+    "ETA_WARN",
+    "ETA_CHECK",
+    "first_order_eta",
     "NUMERICAL_WARN",
     "NUMERICAL_NEGLIGIBLE",
     "clip_rounding",
@@ -57,6 +61,9 @@ EVIDENCE_MAX = 1.0
 #: Expansion parameter ``max |V| / (n K^2)`` above which ngp warns that first-order perturbation theory is not
 #: reliable (``docs/validity.md``).
 EXPANSION_WARN = 0.3
+#: Largest trusted ``eta = Var[log p(y | network)]`` at first order, on both paths (``docs/validity.md``: measured
+#: against importance sampling, the first-order answer beats the GP up to ``eta`` of about 1-2.5 and fails near 5).
+ETA_WARN = 1.0
 #: ngp warns when the estimated numerical error bound of a finite-width mean exceeds this fraction of its largest
 #: 1/n correction (``docs/accuracy.md``).
 NUMERICAL_WARN = 0.1
@@ -114,8 +121,10 @@ class Validity:
         eps: ``max |V| / (n K^2)`` over pairs of inputs (training inputs on the matrix-free path; training and
             predicted test inputs on the exact path), at most ``EXPANSION_WARN`` when trusted (``None`` where not
             judged: ``log_evidence``'s and ``evidence_grid``'s rows, which check it separately).
-        eta: matrix-free results: prior variance of ``log p(y | network)`` at first order (else ``None``).
-        eta_se: Monte-Carlo standard error of ``eta`` (else ``None``).
+        eta: prior variance of ``log p(y | network)`` at first order, at most ``ETA_WARN`` when trusted (exact on the
+            exact path, estimated on the matrix-free path; ``None`` where not judged: the GP, ``log_evidence``'s
+            rows of ``evidence_grid``, which report it in their own column).
+        eta_se: Monte-Carlo standard error of ``eta`` (matrix-free results; else ``None``).
         message: ``"; ".join(reasons)`` (empty when trusted).
     """
 
@@ -134,6 +143,7 @@ class Validity:
     VAR_CHANGE_MAX: ClassVar[float] = VAR_CHANGE_MAX
     EVIDENCE_MAX: ClassVar[float] = EVIDENCE_MAX
     EXPANSION_WARN: ClassVar[float] = EXPANSION_WARN
+    ETA_WARN: ClassVar[float] = ETA_WARN
     NUMERICAL_WARN: ClassVar[float] = NUMERICAL_WARN
     NUMERICAL_NEGLIGIBLE: ClassVar[float] = NUMERICAL_NEGLIGIBLE
 
@@ -185,9 +195,22 @@ def without_eps(reasons) -> list:
     return [r for r in reasons if not r.startswith(EPS_CHECK)]
 
 
-def _expansion_check(eps) -> tuple:
-    """The exact path's check of the expansion parameter (as the matrix-free path's), when it is known."""
-    return () if eps is None else ((EPS_CHECK, float(eps), EXPANSION_WARN, ""),)
+#: The name of ``eta``'s check in a verdict's reasons (both paths).
+ETA_CHECK = "eta = Var[log p(y | network)]"
+
+
+def _expansion_check(eps, eta=None) -> tuple:
+    """The exact path's checks of the expansion parameter and of ``eta`` (as the matrix-free path's), when known."""
+    return ((() if eps is None else ((EPS_CHECK, float(eps), EXPANSION_WARN, ""),))
+            + (() if eta is None else ((ETA_CHECK, float(eta), ETA_WARN, ""),)))
+
+
+def first_order_eta(W, M_W, n) -> float:
+    """``eta = (1/4n) sum V_(ab)(cd) W_ab W_cd``, the prior variance of ``log p(y | network)`` at first order, from
+    ``W = Kt^-1 Y Y^T Kt^-1 - n_L Kt^-1`` ``(N, N)`` and its contraction ``M_W = sum_cd V_(ab)(cd) W_cd`` ``(N, N)``
+    with the training vertex (``log p`` moves by ``sum_ab W_ab dG_ab / 2`` when the network's kernel moves by
+    ``dG``, whose covariance is ``V / n``)."""
+    return float(np.sum(np.asarray(W) * np.asarray(M_W))) / (4.0 * float(n))
 
 
 def _first_order_checks(mean_shift, var_change, evidence) -> tuple:
@@ -197,7 +220,7 @@ def _first_order_checks(mean_shift, var_change, evidence) -> tuple:
 
 
 def posterior_validity(*, mean, var, gp_mean, gp_var, noise: float, prior_var, log_evidence=None,
-                       gp_log_evidence=None, eps=None) -> Validity:
+                       gp_log_evidence=None, eps=None, eta=None) -> Validity:
     """Validity of a finite-width posterior at test points.
 
     Args:
@@ -210,6 +233,9 @@ def posterior_validity(*, mean, var, gp_mean, gp_var, noise: float, prior_var, l
         eps: the expansion parameter ``max |V| / (n K^2)`` (optional): when given, also at most
             :data:`EXPANSION_WARN` (stop 91: a result with ``eps = 1.0`` was trusted, and further from importance
             sampling than the GP's).
+        eta: the prior variance of ``log p(y | network)`` at first order (optional): when given, also at most
+            :data:`ETA_WARN` (stop 93: at ``eta = 5.0`` an evidence correction of 0.83 nats was trusted and further
+            from importance sampling than the GP's, where the matrix-free path refused the same problem).
     """
     mean, var, gp_mean, gp_var = (np.asarray(a, dtype=float) for a in (mean, var, gp_mean, gp_var))
     denom = predictive_variance(gp_var, noise, prior_var)
@@ -222,15 +248,16 @@ def posterior_validity(*, mean, var, gp_mean, gp_var, noise: float, prior_var, l
     negative = bool(np.any(var < 0))
     evidence = _evidence_correction(log_evidence, gp_log_evidence)
     return _judge(shift, change, evidence, negative, _first_order_checks(shift, change, evidence)
-                  + _expansion_check(eps), eps=None if eps is None else float(eps))
+                  + _expansion_check(eps, eta), eps=None if eps is None else float(eps),
+                  eta=None if eta is None else float(eta))
 
 
-def evidence_validity(log_evidence, gp_log_evidence, eps=None) -> Validity:
+def evidence_validity(log_evidence, gp_log_evidence, eps=None, eta=None) -> Validity:
     """Validity of a finite-width log evidence (no test points): the evidence correction, and the expansion
-    parameter ``eps`` when given (as :func:`posterior_validity`)."""
+    parameter ``eps`` and ``eta`` when given (as :func:`posterior_validity`)."""
     evidence = _evidence_correction(log_evidence, gp_log_evidence)
-    return _judge(None, None, evidence, False, _first_order_checks(None, None, evidence) + _expansion_check(eps),
-                  eps=None if eps is None else float(eps))
+    return _judge(None, None, evidence, False, _first_order_checks(None, None, evidence) + _expansion_check(eps, eta),
+                  eps=None if eps is None else float(eps), eta=None if eta is None else float(eta))
 
 
 def expansion_validity(eps: float, eta: float, eta_se: float = 0.0, *, eps_max: float, eta_max: float,
@@ -248,7 +275,7 @@ def expansion_validity(eps: float, eta: float, eta_se: float = 0.0, *, eps_max: 
     """
     eps, eta, eta_se = float(eps), float(eta), float(eta_se)
     checks = ((EPS_CHECK, eps, eps_max, ""),
-              ("eta = Var[log p(y | network)]", eta, eta_max, f"(+- {eta_se:.2g})"))
+              (ETA_CHECK, eta, eta_max, f"(+- {eta_se:.2g})"))
     return _judge(None, None, None, negative_variance, checks, eps=eps, eta=eta, eta_se=eta_se)
 
 

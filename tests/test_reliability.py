@@ -394,23 +394,24 @@ def test_the_exact_paths_verdict_judges_the_expansion_parameter():
     """The exact path's ``trusted`` ignored ``eps`` (the matrix-free path's does not): a prober's gelu ``ResMLP`` at
     width 8 had ``eps = 1.0``, every first-order measure under its threshold, ``trusted``, and mean, variance and
     evidence further from importance sampling than the GP's. Here relu depth 3 at width 8 (``eps = 1.25``, the
-    first-order measures 0.04, 0.06 and 0.54, all under): not trusted for ``eps`` alone, on both paths, with the
+    first-order measures 0.010, 0.019 and 0.32 and ``eta`` 0.28, all under; at noise 0.1 ``eta`` is 1.02, over):
+    not trusted for ``eps`` alone, on both paths, with the
     prior's expansion warnings only (no second warning for the same reason); at width 64 (``eps = 0.16``) trusted."""
     rng = np.random.default_rng(0)
     X, XB = rng.normal(size=(4, 2)), rng.normal(size=(2, 2))
     Y = np.sin(X[:, 0])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cond = ngp.condition(ngp.MLP(3, 8, activation="relu"), X, Y, noise=0.1)
+        cond = ngp.condition(ngp.MLP(3, 8, activation="relu"), X, Y, noise=0.2)
         post = cond.predict(XB)
-        mf = ngp.condition(ngp.MLP(3, 8, activation="relu"), X, Y, noise=0.1, method="matrix_free", samples=256)
+        mf = ngp.condition(ngp.MLP(3, 8, activation="relu"), X, Y, noise=0.2, method="matrix_free", samples=256)
     for v in (post.validity, cond.validity, mf.validity):
         assert not v.trusted and v.eps > 1.2 and [r for r in v.reasons if r.startswith("eps")], v
     assert post.validity.reasons == ("eps = max|V|/(nK^2) 1.25 > 0.3",)
     assert max(post.validity.mean_shift, post.validity.var_change) < ngp.Validity.VAR_CHANGE_MAX
     said = {str(w.message) for w in caught if issubclass(w.category, ngp.ExpansionWarning)}
     assert said and all("expansion parameter" in m or "validated regime" in m for m in said), said
-    wide_cond = ngp.condition(ngp.MLP(3, 64, activation="relu"), X, Y, noise=0.1)
+    wide_cond = ngp.condition(ngp.MLP(3, 64, activation="relu"), X, Y, noise=0.2)
     wide = wide_cond.predict(XB)
     assert wide.validity.trusted and wide.validity.eps < 0.2
     # at another width (with_width) the prior has not judged eps: the verdict's warning says it (it was silent)
@@ -732,7 +733,7 @@ def test_condition_checks_net_options_and_flags_by_name():
     seed="x" (both paths check them now; the exact path does not read them); full_cov="no" counted as True."""
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(5, 2)), rng.normal(size=5)
-    net = ngp.MLP(2, 16)
+    net = ngp.MLP(2, 64)  # (width 16: eta 1.23 on these random targets, an ExpansionWarning)
     for bad in (None, "net", ngp.MLP):
         with pytest.raises(TypeError, match="net: expected a network"):
             ngp.condition(bad, X, y, noise=0.1)
