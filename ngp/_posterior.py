@@ -410,6 +410,8 @@ class Conditioned:
                 raise MemoryError(
                     f"predict: batch_size={batch_size} needs about {batch_size * per_point / 1024**3:.3g} GiB "
                     f"(> max_memory={limit / 1024**3:.3g} GiB): use a smaller batch_size or raise max_memory")
+        if full_cov:  # refused before any vertex work (the training vertex included)
+            self._check_full_cov(NA, NB, prior)
         # values: the coefficients and differences as they are; error bounds: the errors of V and K1, the
         # coefficients' absolute values and every difference a sum (docs/accuracy.md)
         trained = "_train" in self.__dict__
@@ -422,7 +424,6 @@ class Conditioned:
             reuse_four_point(prior, self._prior, np.arange(NA))
         P = K[NA:, :NA] @ s.Kinv  # (NB, NA)
         if full_cov:
-            self._check_full_cov(NA, NB, prior)
             K1, EK1 = np.asarray(prior.K1), np.asarray(prior.K1_error)
             K1_parts = (K1[NA:, :NA], K1[NA:, NA:].diagonal(), K1[NA:, NA:])
             EK1_parts = (EK1[NA:, :NA], EK1[NA:, NA:].diagonal(), EK1[NA:, NA:])

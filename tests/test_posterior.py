@@ -153,6 +153,17 @@ def test_eta_is_the_first_order_variance_of_the_log_likelihood_over_actual_netwo
     assert ratio - 2.0 > 4 * ratio_se, (ratio, ratio_se)
 
 
+def test_full_cov_is_refused_before_any_vertex_work():
+    """A ``full_cov`` prediction beyond ``max_memory`` was refused only after the training vertex and the four-point
+    values had been computed (a prober: 16 training and 400 test points, 3 s of work before the refusal)."""
+    rng = np.random.default_rng(0)
+    X, XB = rng.normal(size=(6, 2)), rng.normal(size=(60, 2))
+    cond = ngp.condition(ngp.MLP(2, 32), X, np.sin(X[:, :1]), noise=0.1, max_memory=4e6)
+    with pytest.raises(MemoryError, match="predict: full_cov for 60 test and 6 training points"):
+        cond.predict(XB, full_cov=True)
+    assert "_train" not in cond.__dict__  # no training vertex work either
+
+
 def test_exact_conditioning_matches_importance_sampling(data):
     net = ngp.MLP(3, 32, activation="tanh", C_W=1.2, C_b=0.05, out_dim=2)
     r = _errors(net, data, 0.0, 150_000, seed=3)

@@ -168,6 +168,21 @@ def test_batches_and_singular_draws_match_a_direct_computation(data):
     np.testing.assert_array_equal(cut.mean, post.mean)
 
 
+def test_sampling_memory_errors_advise_only_what_the_caller_can_change(data):
+    """``importance_posterior``'s ``MemoryError`` advised ``method='conditional'``, an argument it does not have (it
+    samples that way already); ``sample_networks`` with ``method="weights"`` still gets the advice."""
+    XA, XB, Y = data["batches"]
+    net = ngp.MLP(2, 64, out_dim=Y.shape[1])
+    with pytest.raises(MemoryError, match="batch_size") as caught:
+        importance_posterior(net, XA, Y, XB, noise=0.1, num_samples=100, batch_size=100, max_memory=1000)
+    assert "method" not in str(caught.value)
+    with pytest.raises(MemoryError, match="method='conditional'"):
+        ngp.sample_networks(net, XA, 100, max_memory=1000)
+    with pytest.raises(MemoryError) as caught:
+        ngp.sample_networks(net, XA, 100, max_memory=1000, method="conditional")
+    assert "method" not in str(caught.value)
+
+
 def test_wide_network_approaches_the_gp(data):
     n = 1024
     net = ngp.MLP(3, n, activation="tanh", C_W=1.2, C_b=0.05, out_dim=1)
