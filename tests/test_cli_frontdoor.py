@@ -575,6 +575,20 @@ def test_probe_separates_compilation_from_computation():
     assert p.wall_s >= p.train_s + p.test_s + p.compile_s - 1e-6
 
 
+def test_probe_compilation_is_at_most_its_wall_time(monkeypatch):
+    """Compile events in several threads add up beyond the wall time (a prober at load 10: 65.4 s of compilation in
+    a 63.3 s probe, then charged again in every estimate): the probe's compile_s is capped at its wall time."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def overlapping():
+        yield [30.0]  # as if three threads had compiled for 10 s each
+
+    monkeypatch.setattr(_budget, "compile_seconds", overlapping)
+    p = _budget.probe(lambda nt, mt, mark: (time.sleep(0.02), mark()), 8, 2)
+    assert 0.02 <= p.compile_s == p.wall_s < 1.0
+
+
 def test_probe_warm_up_is_paid_but_not_timed():
     """The warm-up's compilation counts in ``compile_s`` and its time in ``wall_s``; the timings are
     the timed run's alone (here 0.05 s + 0.1 s against a 0.3 s warm-up)."""

@@ -137,8 +137,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="most training rows the budget may choose; the GP-evidence fit of the hyperparameters "
                         "uses this many rows of the training pool (default: 64)")
     g.add_argument("--time-budget", type=finite_float(minimum=0.0, strict=True), default=120.0, metavar="SECONDS",
-                   help="wall time for the finite-width computation, probe included; predictions that would run past "
-                        "it stop, and every model is scored on the test rows done (default: 120)")
+                   help="wall time from the start of the run: the hyperparameter fit, the probe and the finite-width "
+                        "computation; predictions that would run past it stop, and every model is scored on the test "
+                        "rows done (default: 120)")
     g.add_argument("--test-fraction", type=finite_float(minimum=0.0, strict=True, maximum=0.9), default=0.2,
                    metavar="F", help="share of the rows held out as test rows (default: 0.2)")
     g.add_argument("--n-test", type=int_at_least(1), default=100, metavar="M",
