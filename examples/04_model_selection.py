@@ -24,9 +24,11 @@
 # If $c_L > 0$ the data are better explained by a non-Gaussian (finite-width) prior than by the
 # GP; the first-order formula then keeps favouring narrower networks until the expansion stops
 # being trustworthy. `ngp.evidence_grid` therefore marks each grid point as *trusted* (its
-# `"trusted"` entry) when the expansion parameter $\max|V|/(nK^2) \le 0.3$ and the correction
-# $|\log p - \log p_{\rm GP}|$ is at most 1 nat (docs/validity.md), and `grid.best()` returns the
-# best trusted architecture.
+# `"trusted"` entry) when the expansion parameter $\max|V|/(nK^2) \le 0.3$, the correction
+# $|\log p - \log p_{\rm GP}|$ is at most 1 nat and $\eta$, the prior variance of
+# $\log p(y \mid \text{network})$ at first order (it grows like the number of training points over
+# the width), is at most 1 (docs/validity.md), and `grid.best()` returns the best trusted
+# architecture.
 #
 # **Normalisations**: $\operatorname{Var} W = C_W/\text{fan-in}$, $\operatorname{Var} b = C_b$,
 # `depth` counts weight layers, all hidden layers have the same width $n$ and the expansion is in
@@ -90,12 +92,12 @@ print("y:", y_train.round(3))
 # %% [markdown]
 # ## The evidence grid
 #
-# In the full run `evidence_grid` below prints one `ExpansionWarning` ("9 of 28 grid points have
-# first-order terms that are not small"; the quick CI run's smaller grid has none). It counts the grid
-# points that fail the trust rule (here the narrowest networks, whose correction $c_L/n$ exceeds 1 nat;
-# `NO` in the `trusted` column). That is expected, the rule doing its job, not an error: their
-# first-order numbers are still printed, `best()` skips them, and the line "best without the trust cut"
-# shows what would be picked otherwise.
+# `evidence_grid` below prints one `ExpansionWarning` ("... of ... grid points have first-order terms
+# that are not small"). It counts the grid points that fail the trust rule (`NO` in the `trusted`
+# column): the narrower networks, whose $\eta$ exceeds 1 (the `eta` column) and, at the narrowest,
+# whose correction $c_L/n$ exceeds 1 nat. That is expected, the rule doing its job, not an error:
+# their first-order numbers are still printed, `best()` skips them, and the line "best without the
+# trust cut" shows what would be picked otherwise.
 
 # %%
 t = time.perf_counter()
@@ -121,7 +123,8 @@ print(f"best infinite-width depth:   {best_gp['depth']} (GP log Z = {best_gp['lo
 # wider one of the same depth.
 
 # %%
-check = [best] if QUICK else [best, next(r for r in grid.rows if r["depth"] == best["depth"] and r["width"] == 64)]
+wider = [r for r in grid.rows if r["depth"] == best["depth"] and r["width"] > best["width"]]
+check = [best] + ([] if QUICK or not wider else [min(wider, key=lambda r: r["width"])])
 exact = []
 print(f"{'depth':>5} {'width':>6} {'logZ GP':>9} {'logZ 1/n':>9} {'logZ exact (IS)':>17} {'ESS':>7}")
 for r in check:

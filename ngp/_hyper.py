@@ -31,8 +31,8 @@ from ._prior import check_options
 from ._steps import IDENTITY, Dense, Flow
 from ._validate import (as_inputs, as_targets, check_seed, count, device, flag, float64, nonneg_float,
                         per_layer, positive_float, real, warn)
-from ._validity import (EVIDENCE_MAX, EXPANSION_WARN, evidence_validity, expansion_parameter, first_order_eta,
-                        untrusted_message)
+from ._validity import (ETA_WARN, EVIDENCE_MAX, EXPANSION_WARN, evidence_validity, expansion_parameter,
+                        first_order_eta, untrusted_message)
 from ._warnings import ConvergenceWarning, CostWarning, ExpansionWarning
 
 __all__ = ["log_evidence", "fit_hyperparameters", "HyperFit", "with_hyperparameters"]
@@ -91,8 +91,9 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
             float32 at a reciprocal condition number of ``1.2e-6``).
 
     Warns:
-        ExpansionWarning: (concrete values, finite width) the first-order correction is not trusted, or the
-            expansion parameter ``max|V|/(n K^2)`` exceeds 0.3, as :attr:`ngp.Conditioned.log_evidence`
+        ExpansionWarning: (concrete values, finite width) the first-order correction is not trusted (including
+            ``eta = Var[log p(y | network)]`` above 1), or the expansion parameter ``max|V|/(n K^2)`` exceeds 0.3, as
+            :attr:`ngp.Conditioned.log_evidence`
             (``docs/validity.md``); the option ``warn=False`` silences it.
 
     Note:
@@ -148,12 +149,9 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
         raise ValueError(f"Y_train: the log evidence overflows (largest |Y_train| = {np.max(np.abs(Y)):.3g}); "
                          "rescale the targets (e.g. ngp.datasets.standardize)")
     if warn_untrusted and finite_width and cumulants[1] is not None:
-        K, V = (np.asarray(c, dtype=float) for c in (cumulants[0], cumulants[2]))
-        sol = solve_train(K, np.asarray(Y, dtype=float), noise, jitter, what="X_train")
-        W = sol.ytilde @ sol.ytilde.T - Y.shape[1] * sol.Kinv
         validity = evidence_validity(float(value), float(_evidence(cumulants[:1] + (None, None, None), Y, noise,
                                                                    jitter)),
-                                     eta=first_order_eta(W, np.einsum("klxy,xy->kl", V, W), cumulants[3]))
+                                     eta=_eta(cumulants[0], cumulants[2], cumulants[3], Y, noise, jitter))
         if not validity.trusted:
             warn(untrusted_message("log_evidence", validity, cumulants[3]) + " (warn=False silences this)",
                  ExpansionWarning)
@@ -163,6 +161,15 @@ def log_evidence(net, X_train, Y_train, *, noise, C_W=None, C_b=None, finite_wid
                  f"(n_(L-1) = {cumulants[3]}); first-order perturbation theory in 1/n is not reliable here "
                  "(warn=False silences this)", ExpansionWarning)
     return value
+
+
+def _eta(K, V, n, Y, noise: float, jitter: float) -> float:
+    """``eta = Var[log p(y | network)]`` at first order (:func:`ngp._validity.first_order_eta`) from the concrete
+    training ``K`` ``(N, N)`` and ``V`` ``(N,) * 4`` at width ``n``."""
+    K, V = (np.asarray(c, dtype=float) for c in (K, V))
+    sol = solve_train(K, np.asarray(Y, dtype=float), noise, jitter, what="X_train")
+    W = sol.ytilde @ sol.ytilde.T - Y.shape[1] * sol.Kinv
+    return first_order_eta(W, np.einsum("klxy,xy->kl", V, W), n)
 
 
 def _evidence_options(options: dict) -> dict:
@@ -482,6 +489,12 @@ def fit_hyperparameters(net, X_train, Y_train, *, noise: float | None = None, fi
                  f"exceeds {EXPANSION_WARN}: first-order perturbation theory in 1/n is not reliable there "
                  "(docs/validity.md); compare with the GP fit (finite_width=False) or widen the network",
                  ExpansionWarning)
+        eta = _eta(K, V, n, Y, float(nz), 0.0)
+        if eta > ETA_WARN:
+            warn(f"fit_hyperparameters: at the fitted values eta = Var[log p(y | network)] = {eta:.3g} exceeds "
+                 f"{ETA_WARN:g} (it grows with the training rows over the width): the 1/n expansion is not trusted "
+                 "there (docs/validity.md); compare with the GP fit (finite_width=False), widen the network or "
+                 "raise the noise", ExpansionWarning)
     if finite_stage and not abs(value - gp_value) <= EVIDENCE_MAX:
         warn(f"fit_hyperparameters: at the fitted values the finite-width log evidence differs from the GP's by "
              f"{abs(value - gp_value):.3g} nats (> {EVIDENCE_MAX:g}): the 1/n expansion is not trusted there "

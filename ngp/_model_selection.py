@@ -13,11 +13,10 @@ import numpy as np
 from ._mlp import MLP
 from ._condition import condition
 from ._conditioned_mf import MatrixFreeConditioned
-from ._matrix_free import ETA_MAX
 from ._validity import EXPANSION_WARN
 from ._validate import as_inputs, as_targets, count, nonneg_float, positive_float, warn
 from ._warnings import ExpansionWarning
-from ._validity import EVIDENCE_MAX, evidence_validity
+from ._validity import ETA_WARN, EVIDENCE_MAX, evidence_validity
 
 __all__ = ["EvidenceGrid", "evidence_grid"]
 
@@ -33,10 +32,10 @@ class EvidenceGrid:
             (``|log_evidence - log_evidence_gp|``, nats), ``log_evidence_se`` (the Monte-Carlo standard error of
             a matrix-free evidence, ``docs/matrix-free.md``; 0 on the exact path), ``eta`` (``Var[log p(y |
             network)]`` at first order: exact on the exact path, estimated on the matrix-free one; ``None`` where
-            the evidence is not finite) and ``trusted``: the expansion parameter is at most 0.3, the first-order
-            evidence correction at most 1 nat (``ngp._validity.EVIDENCE_MAX``; the neglected second-order terms grow
-            like its square; ``docs/validity.md``) and the path's own verdict (``eta`` at most
-            ``ngp.Validity.ETA_WARN`` = 1, :attr:`ngp.Conditioned.validity`) is trusted too.
+            the evidence is not finite or the network is Gaussian) and ``trusted``: the expansion parameter is at
+            most 0.3, the first-order evidence correction at most 1 nat (``ngp._validity.EVIDENCE_MAX``; the
+            neglected second-order terms grow like its square; ``docs/validity.md``) and the path's own verdict
+            (``eta`` at most ``ngp.Validity.ETA_WARN`` = 1, :attr:`ngp.Conditioned.validity`) is trusted too.
     """
 
     rows: tuple
@@ -44,14 +43,15 @@ class EvidenceGrid:
     def best(self, *, trusted_only: bool = True, threshold: float = EXPANSION_WARN,
              max_correction: float = EVIDENCE_MAX) -> dict:
         """The grid point with the largest finite-width evidence (by default among trusted ones: expansion
-        parameter at most ``threshold`` and evidence correction at most ``max_correction`` nats)."""
+        parameter at most ``threshold``, evidence correction at most ``max_correction`` nats and ``eta`` at most
+        ``ngp.Validity.ETA_WARN``)."""
         finite = [r for r in self.rows if math.isfinite(r["log_evidence"])]
         if not finite:
             raise ValueError("evidence_grid: no grid point has a finite log evidence (K + K1/n is not positive "
                              "definite at every one); widen the networks or add noise")
         rows = [r for r in finite if not trusted_only or (
             r["expansion_parameter"] <= threshold and r["evidence_correction"] <= max_correction
-            and (r.get("eta") is None or r["eta"] <= ETA_MAX))]
+            and (r.get("eta") is None or r["eta"] <= ETA_WARN))]
         if not rows:
             raise ValueError(
                 "evidence_grid: no grid point has a trustworthy 1/n expansion; widen the networks, add noise, "
@@ -61,8 +61,8 @@ class EvidenceGrid:
 
     def table(self) -> str:
         """A plain-text table of the grid (columns as wide as their widest entry); ``+-`` is the Monte-Carlo standard
-        error of a matrix-free evidence, ``corr`` the evidence correction (nats) and ``eps`` the expansion
-        parameter."""
+        error of a matrix-free evidence, ``corr`` the evidence correction (nats), ``eps`` the expansion
+        parameter and ``eta`` the first-order variance of ``log p(y | network)``."""
         mc = any(r.get("log_evidence_se") for r in self.rows)
         head = ["depth", "width", "C_W", "C_b", "logZ (1/n)"] + (["+-"] if mc else []) + [
             "logZ (GP)", "corr", "eps"] + (["eta"] if any(r.get("eta") is not None for r in self.rows) else []) + [

@@ -191,7 +191,8 @@ class Conditioned:
         log_evidence: finite-width log marginal likelihood of the targets.
         gp: the infinite-width conditioning (``.log_evidence``, ``.predict(X_test)``).
         expansion_parameter: ``max |V| / (n K^2)`` of the prior on the training inputs.
-        validity: :class:`ngp.Validity` of the log evidence (its first-order correction against the GP's).
+        validity: :class:`ngp.Validity` of the log evidence: its first-order correction against the GP's, ``eps``
+            and ``eta`` (``docs/validity.md``).
         method: ``"exact"`` (this class) or ``"matrix_free"`` (its matrix-free subclass).
         log_evidence_se: Monte-Carlo standard error of ``log_evidence`` (``None`` on the exact path).
         log_evidence_error: bound on the numerical error of ``log_evidence`` from the four-point
@@ -284,7 +285,8 @@ class Conditioned:
 
     @property
     def validity(self) -> Validity:
-        """Size of the first-order evidence correction against the GP's (``docs/validity.md``)."""
+        """The verdict on the log evidence: its first-order correction against the GP's, the expansion parameter
+        ``eps`` and ``eta = Var[log p(y | network)]`` at first order (``docs/validity.md``)."""
         return evidence_validity(self._log_evidence, self.gp.log_evidence, eps=self.expansion_parameter,
                                  eta=self._eta)
 

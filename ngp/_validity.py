@@ -17,7 +17,8 @@ width; exact on the exact path, estimated on the matrix-free one, which judges b
 :func:`expansion_validity`, ``docs/matrix-free.md``).
 
 A result is *trusted* when all three are at most :data:`MEAN_SHIFT_MAX`, :data:`VAR_CHANGE_MAX` and
-:data:`EVIDENCE_MAX`, every number is finite and no first-order variance is negative. The thresholds are
+:data:`EVIDENCE_MAX`, ``eps`` and ``eta`` at most :data:`EXPANSION_WARN` and :data:`ETA_WARN` (where computed), every
+number is finite and no first-order variance is negative. The thresholds are
 calibrated against importance sampling of actual networks (``benchmarks/validity_calibration.py``).
 """
 
@@ -122,8 +123,8 @@ class Validity:
             predicted test inputs on the exact path), at most ``EXPANSION_WARN`` when trusted (``None`` where not
             judged: ``log_evidence``'s and ``evidence_grid``'s rows, which check it separately).
         eta: prior variance of ``log p(y | network)`` at first order, at most ``ETA_WARN`` when trusted (exact on the
-            exact path, estimated on the matrix-free path; ``None`` where not judged: the GP, ``log_evidence``'s
-            rows of ``evidence_grid``, which report it in their own column).
+            exact path, estimated on the matrix-free path; ``None`` where not judged: a Gaussian network, and the
+            verdict of ``evidence_grid``'s rows, which report it in their own column).
         eta_se: Monte-Carlo standard error of ``eta`` (matrix-free results; else ``None``).
         message: ``"; ".join(reasons)`` (empty when trusted).
     """
@@ -281,6 +282,8 @@ def expansion_validity(eps: float, eta: float, eta_se: float = 0.0, *, eps_max: 
 
 def untrusted_message(what: str, validity: "Validity", n) -> str:
     """The warning text for a first-order result ``what`` that ``validity`` does not trust, at width ``n``."""
-    return (f"{what}: the first-order (1/n) terms are not small ({'; '.join(validity.reasons)}); the finite-width "
+    why = "; ".join(r + (" (eta grows with the training points over the width)" if r.startswith(ETA_CHECK) else "")
+                    for r in validity.reasons)
+    return (f"{what}: the first-order (1/n) terms are not small ({why}); the finite-width "
             f"result is not reliable at width {n} (docs/validity.md): widen the network, add noise, or standardise the "
             "targets to the prior's output scale")
