@@ -167,8 +167,7 @@ def _eta(K, V, n, Y, noise: float, jitter: float) -> float:
     """``eta = Var[log p(y | network)]`` at first order (:func:`ngp._validity.first_order_eta`) from the concrete
     training ``K`` ``(N, N)`` and ``V`` ``(N,) * 4`` at width ``n``."""
     K, V = (np.asarray(c, dtype=float) for c in (K, V))
-    sol = solve_train(K, np.asarray(Y, dtype=float), noise, jitter, what="X_train")
-    W = sol.ytilde @ sol.ytilde.T - Y.shape[1] * sol.Kinv
+    W = solve_train(K, np.asarray(Y, dtype=float), noise, jitter, what="X_train").weights
     return first_order_eta(W, np.einsum("klxy,xy->kl", V, W), n)
 
 

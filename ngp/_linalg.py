@@ -53,12 +53,18 @@ class TrainSolve:
         Kinv: ``Kt^{-1}`` (symmetrised).
         ytilde: ``Kt^{-1} Y``, shape ``(N_train, out_dim)``.
         logdet: ``log det Kt``.
+        weights: ``W = ytilde ytilde^T - n_L Kt^{-1}`` ``(N_train, N_train)`` (``n_L = out_dim``): twice the
+            derivative of ``log p(y)`` in the kernel, the coefficient of ``V`` in the evidence and in ``eta``.
     """
 
     chol: np.ndarray
     Kinv: np.ndarray
     ytilde: np.ndarray
     logdet: float
+
+    @property
+    def weights(self) -> np.ndarray:
+        return self.ytilde @ self.ytilde.T - self.ytilde.shape[1] * self.Kinv
 
 
 def has_duplicates(K: np.ndarray) -> bool:

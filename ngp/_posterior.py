@@ -240,7 +240,7 @@ class Conditioned:
         """Training cumulants, the exact coefficients of ``V`` and ``K1`` in the corrections, and every
         contraction of the training ``V`` with them that predictions reuse."""
         p = self._prior
-        coef = _coefficients(self._solve, self.Y_train.shape[1])
+        coef = _coefficients(self._solve)
         V = np.asarray(p.V)  # first: a layer that computes the dense V on all pairs then gives K1 from it as well
         return _TrainParts(p.layers[-1], "V", K1=np.asarray(p.K1), **coef, **_contractions(V, coef))
 
@@ -568,12 +568,12 @@ def _full_cov_dense_bytes(NA: int, NB: int) -> int:
     return 8 * NB * NB * NA * NA * 8
 
 
-def _coefficients(solve, nL: int) -> dict:
+def _coefficients(solve) -> dict:
     """The exact coefficients of the training cumulants in the corrections: ``yt``, ``Kinv``,
-    ``W = Y - n_L Kinv`` and ``T_i[x, y, z] = yt_i[x] W[y, z] - 2 Kinv[x, y] yt_i[z]`` (the mean's
+    ``W = yt yt^T - n_L Kinv`` (``solve.weights``) and ``T_i[x, y, z] = yt_i[x] W[y, z] - 2 Kinv[x, y] yt_i[z]`` (the mean's
     contraction of ``V_(b x)(y z)``)."""
     yt, Kinv = solve.ytilde, solve.Kinv
-    W = yt @ yt.T - nL * Kinv
+    W = solve.weights
     T = np.einsum("xi,yz->ixyz", yt, W) - 2.0 * np.einsum("xy,zi->ixyz", Kinv, yt)
     return dict(yt=yt, Kinv=Kinv, W=W, T=T)
 
@@ -701,7 +701,7 @@ def _log_evidence_error(K, K1, EK1, EV, Y, noise: float, n: int, solve) -> float
     gauss = np.sum(np.abs(0.5 * (a @ a.T - nL * Ginv)) * EK1) / n
     Kinv, yt = np.abs(solve.Kinv), solve.ytilde
     Ymat = yt @ yt.T
-    Q = np.abs(Ymat - nL * solve.Kinv)
+    Q = np.abs(solve.weights)
     corr = (np.einsum("abcd,ab,cd->", EV, Q, Q) + 4.0 * np.einsum("abcd,ac,bd->", EV, Kinv, np.abs(Ymat))
             + 2.0 * nL * np.einsum("abcd,ac,bd->", EV, Kinv, Kinv)) / (8.0 * n)
     return float(gauss + corr)
