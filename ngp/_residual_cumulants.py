@@ -120,6 +120,9 @@ CROSS_MAX_NODES = 2**24
 _CROSS_TILES = 1024
 _CROSS_TILES_SMALL = 128
 _CROSS_BANK_BLOCKS = 2**13
+#: Tiles per flush of a bank's calls (:func:`_bank_sums`): their indices and sums, ~84 bytes a tile, are held for
+#: one flush (22 MB), not for every (problem, tile) pair of the bank (1.7 GB at 24 inputs of a ``ResMLP(3, 64)``).
+_CROSS_FLUSH_TILES = 2**18
 #: Calibrated rules drop tensor nodes of weight below ``_CROSS_CUTOFF * four_point_rtol`` times the largest (as the
 #: four-point engine's rules).
 _CROSS_CUTOFF = 1e-5
@@ -633,19 +636,19 @@ def _smooth_calibrated(act: Activation, dL: int, dR: int, C: np.ndarray, rtol: f
     fn = _calibrated_kernel(act, dL, dR)
     sums = np.zeros((B, 9))
     uniq, inv = np.unique(orders[rest], axis=0, return_inverse=True)
-    rules = []  # (problems, tiles of the rule with its largest order last)
-    for g, o in enumerate(uniq):
-        rows = rest[inv.ravel() == g]
+    by_rule = np.argsort(inv.ravel(), kind="stable")
+    groups = np.split(rest[by_rule], np.cumsum(np.bincount(inv.ravel(), minlength=uniq.shape[0]))[:-1])
+    bank, blocks = [], 0  # (problems, tiles of the rule with its largest order last); the tiles of one bank held
+    for o, rows in zip(uniq, groups):
         perm = np.argsort(o, kind="stable")  # the largest order last: the tiles' long direction
         R[rows] = R[rows][:, :, perm]
         o = tuple(int(m) for m in o[perm])
-        rules.append((rows, o[-1], rule_tiles(o, cutoff, d)))
-    bank = []
-    for rule in rules:
-        if bank and 1 + sum(r[2][0].shape[0] for r in bank) + rule[2][0].shape[0] > _CROSS_BANK_BLOCKS:
+        tiles = rule_tiles(o, cutoff, d)
+        if bank and 1 + blocks + tiles[0].shape[0] > _CROSS_BANK_BLOCKS:
             _bank_sums(fn, R, bank, d, sums)
-            bank = []
-        bank.append(rule)
+            bank, blocks = [], 0
+        bank.append((rows, o[-1], tiles))
+        blocks += tiles[0].shape[0]
     _bank_sums(fn, R, bank, d, sums)
     out[rest] = sums[rest, :4] - sums[rest, 4:8] * sums[rest, 8:]
     return out, lowered
@@ -679,7 +682,9 @@ def _warn_cost(act: Activation, orders: np.ndarray, lam: np.ndarray, rtol: float
 def _bank_sums(fn, R, bank, d: int, sums) -> None:
     """Adds to ``sums`` (B, 9) the kernel's sums of every (problem, tile) pair of the rules in ``bank`` (``(problems,
     last order, tiles)`` each), their nodes uploaded once; calls of :data:`_CROSS_TILES` tiles (the rest in calls of
-    :data:`_CROSS_TILES_SMALL`), all dispatched before any is read. Padding tiles read block 0, of zero weights."""
+    :data:`_CROSS_TILES_SMALL`), dispatched in flushes of about :data:`_CROSS_FLUSH_TILES` tiles whose results are read
+    before the next flush is built (the tiles' indices and per-tile sums, 84 bytes per tile, are held for one flush, not
+    for the whole bank). Padding tiles read block 0, of zero weights."""
     nP = np.array([t[0].shape[0] for _, _, t in bank])
     pbase = 1 + np.cumsum(nP) - nP  # block 0: zero weights, for padding tiles
     last = {}
@@ -697,11 +702,29 @@ def _bank_sums(fn, R, bank, d: int, sums) -> None:
         XL[mstart[key]:mstart[key] + t[2].shape[0]], WL[mstart[key]:mstart[key] + t[2].shape[0]] = t[2], t[3]
     probs = np.concatenate([rows for rows, _, _ in bank])  # the bank's problems (each in one rule)
     first = np.cumsum([0] + [rows.size for rows, _, _ in bank])
-    tiles = np.concatenate([np.stack([np.tile(t[4] + p0, rows.size), np.tile(t[5] + mstart[m], rows.size),
-                                      np.repeat(np.arange(f0, f0 + rows.size), t[4].size)], axis=1)
-                            for (rows, m, t), p0, f0 in zip(bank, pbase, first)]).astype(np.int32)
-    RB = device(pad_to(R[probs], bucket4(probs.size, 1024)))
-    XP, PW, XL, WL = (device(a) for a in (XP, PW, XL, WL))
+    args = (device(pad_to(R[probs], bucket4(probs.size, 1024))),) + tuple(device(a) for a in (XP, PW, XL, WL))
+    local = np.zeros((probs.size, 9))
+    flush, count = [], 0  # (prefix blocks, last-direction blocks, first problem, problems) of the next flush
+    for (rows, m, t), p0, f0 in zip(bank, pbase, first):
+        per = max(1, _CROSS_FLUSH_TILES // t[4].size)  # problems of this rule per flush
+        for s in range(0, rows.size, per):
+            k = min(per, rows.size - s)
+            flush.append(((t[4] + p0).astype(np.int32), (t[5] + mstart[m]).astype(np.int32), f0 + s, k))
+            count += k * t[4].size
+            if count >= _CROSS_FLUSH_TILES:
+                _flush_tiles(fn, args, flush, local)
+                flush, count = [], 0
+    if flush:
+        _flush_tiles(fn, args, flush, local)
+    sums[probs] += local
+
+
+def _flush_tiles(fn, args, flush, local) -> None:
+    """Runs the tiles of ``flush`` (:func:`_bank_sums`) through ``fn`` (all calls dispatched before any is read) and
+    adds each tile's sums to its problem's row of ``local``."""
+    tiles = np.concatenate([np.stack([np.tile(pb, k), np.tile(mb, k),
+                                      np.repeat(np.arange(f, f + k, dtype=np.int32), pb.size)], axis=1)
+                            for pb, mb, f, k in flush])
     pending, st = [], 0
     while st < tiles.shape[0]:
         left = tiles.shape[0] - st
@@ -709,14 +732,11 @@ def _bank_sums(fn, R, bank, d: int, sums) -> None:
         part = tiles[st:st + T]
         idx = np.zeros((T, 3), np.int32)  # padding: block 0 of zero weights
         idx[:part.shape[0]] = part
-        pending.append((part[:, 2], fn(RB, XP, PW, XL, WL, device(idx))))
+        pending.append((part.shape[0], fn(*args, device(idx))))
         st += T
-    local = np.zeros((probs.size, 9))
-    for prob, res in zip([p for p, _ in pending], jax.device_get([r for _, r in pending])):
-        res = np.asarray(res)[:prob.size]
-        for k in range(9):
-            local[:, k] += np.bincount(prob, weights=res[:, k], minlength=probs.size)
-    sums[probs] += local
+    res = np.concatenate([np.asarray(r)[:n] for (n, _), r in zip(pending, jax.device_get([r for _, r in pending]))])
+    for k in range(9):
+        local[:, k] += np.bincount(tiles[:, 2], weights=res[:, k], minlength=local.shape[0])
 
 
 def _cross_layers(act, S_k, earlier, pairs, options):

@@ -635,3 +635,38 @@ def test_large_variance_cross_layer_batches_warn_of_their_cost_before_they_run(m
     with pytest.warns(ngp.CostWarning, match="variances up to ~500"):
         vals, _ = rc._smooth_calibrated(act, 2, 2, C[None], rc.RTOL)
     assert np.all(np.isfinite(vals))
+
+
+def test_calibrated_rules_hold_one_bank_and_one_flush_at_a_time(monkeypatch):
+    """The calibrated cross-layer rules of a batch are built, run and dropped bank by bank, and a bank's (problem, tile)
+    sums are read flush by flush: a dense ResMLP V on 16 inputs held every rule's tiles at once (~0.4 GB above its
+    cache) and at 24 inputs peaked 1.7 GB above the process with max_memory=1e8. Here the rules are built uncached and
+    the bank and flush sizes made small: the peak of the NumPy memory must stay well below the tiles of all the rules,
+    which the code before held together, and the values must not depend on how the work is split."""
+    import tracemalloc
+
+    from ngp import _fourpoint as fp
+    act = activation("tanh")
+    rng = np.random.default_rng(0)
+    B = 1500  # 4-variable problems whose directions' variances span 1e-6 .. 1.5: ~500 distinct calibrated rules
+    Q = np.linalg.qr(rng.normal(size=(B, 4, 4)))[0]
+    C = np.einsum("bij,bj,bkj->bik", Q, np.exp(rng.uniform(np.log(1e-6), np.log(1.5), size=(B, 4))), Q)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ngp.CostWarning)
+        ref, _ = rc._smooth_calibrated(act, 2, 2, C, 1e-9)
+        monkeypatch.setattr(rc, "rule_tiles", fp.rule_tiles.__wrapped__)
+        monkeypatch.setattr(rc, "_CROSS_BANK_BLOCKS", 512)
+        monkeypatch.setattr(rc, "_CROSS_FLUSH_TILES", 4096)
+        lam = np.clip(np.linalg.eigvalsh(C)[:, ::-1], 0.0, None)
+        orders = np.unique(np.sort(rc._calibrated_orders(act, np.sqrt(lam), 1e-9)[0], axis=1), axis=0)
+        every = sum(a.nbytes for o in orders
+                    for a in fp.rule_tiles.__wrapped__(tuple(map(int, o)), rc._CROSS_CUTOFF * 1e-9, 4)[:4])
+        assert orders.shape[0] > 300 and every > 8e6
+        tracemalloc.start()
+        try:
+            out, _ = rc._smooth_calibrated(act, 2, 2, C, 1e-9)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < every / 2, (peak, every)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-15)
