@@ -121,7 +121,7 @@ _CROSS_TILES = 1024
 _CROSS_TILES_SMALL = 128
 _CROSS_BANK_BLOCKS = 2**13
 #: Tiles per flush of a bank's calls (:func:`_bank_sums`): their indices and sums, ~84 bytes a tile, are held for
-#: one flush (22 MB), not for every (problem, tile) pair of the bank (1.7 GB at 24 inputs of a ``ResMLP(3, 64)``).
+#: one flush (22 MB), not for every (problem, tile) pair of the bank (docs/posterior.md, "What max_memory bounds").
 _CROSS_FLUSH_TILES = 2**18
 #: Calibrated rules drop tensor nodes of weight below ``_CROSS_CUTOFF * four_point_rtol`` times the largest (as the
 #: four-point engine's rules).
