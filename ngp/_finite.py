@@ -28,14 +28,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
-from ._fourpoint import RTOL, fixed_rule_split, multiset_expectations, split_multisets
+from ._fourpoint import (NODE_SECONDS, RTOL, fixed_rule_split, max_rule_nodes, multiset_expectations,
+                         rule_nodes, split_multisets)
 from ._gaussian import (auto_orders, check_hand_orders, concrete_max, integer_power, kernel_bucket, pad_rows,
                         padded_rule, pair_matrices, probe_inputs, pruned_tensor_rule)
 from ._kernel import KERNEL_OPTIONS, two_point_matrix
 from ._pairs import Pairs, array_module, is_concrete, multiset_code, multiset_rows
 from ._progress import check_progress, task
 from ._threads import THREADS, thread_map
-from ._validate import MAX_MEMORY, device, device_if, pad_to
+from ._validate import MAX_MEMORY, device, device_if, pad_to, warn
+from ._warnings import CostWarning, duration
 
 __all__ = [
     "jacobian_hessian",
@@ -384,6 +386,44 @@ def table_chunk(max_memory=None) -> int:
     return int(min(TABLE_CHUNK, max(256, limit // (8 * TABLE_ROW_BYTES))))
 
 
+#: Estimated seconds (:func:`warn_four_point_cost`) of one call's new four-point values beyond which a
+#: :class:`ngp.CostWarning` comes before it.
+FOUR_POINT_COST_WARN = 60.0
+#: A :func:`warn_four_point_cost` estimate says why when the rules have at least this many times the nodes they would
+#: have at variances up to 1.
+VARIANCE_COST_RATIO = 3.0
+
+
+def warn_four_point_cost(act: Activation, K, ms: np.ndarray, options: dict, inputs: str) -> None:
+    """A :class:`ngp.CostWarning` before the four-point values of the sorted multiset rows ``ms`` (M, 4) of the
+    concrete kernel ``K`` (``options``: a table's, :data:`TABLE_OPTIONS`; ``inputs``: their inputs, in words) when
+    the adaptive smooth rule would take more than :data:`FOUR_POINT_COST_WARN` seconds by
+    :func:`ngp._fourpoint.rule_nodes` at :data:`ngp._fourpoint.NODE_SECONDS` per node; it says whether large
+    variances are the cause (the rules :data:`VARIANCE_COST_RATIO` times or more those at variances up to 1).
+    Closed forms, the relu family and the fixed rule (``four_point_order``) are not estimated. The costly part, a
+    sample's eigen-decompositions, runs only where a bound on every multiset's rule exceeds the limit."""
+    if (options.get("four_point_order") is not None or act.relu_slopes is not None or not act.smooth
+            or (act.four_point is not None and options.get("method", "auto") in ("auto", "closed"))):
+        return
+    M = ms.shape[0]
+    rtol = RTOL if options.get("four_point_rtol") is None else float(options["four_point_rtol"])
+    K = np.asarray(K, dtype=float)
+    used = np.unique(ms)
+    variance = float(np.max(np.diag(K)[used]))
+    if M * max_rule_nodes(act, variance, rtol=rtol) * NODE_SECONDS <= FOUR_POINT_COST_WARN:
+        return
+    nodes, low = rule_nodes(act, K, ms, rtol=rtol)
+    seconds = M * nodes * NODE_SECONDS
+    if seconds <= FOUR_POINT_COST_WARN:
+        return
+    why = (f"; variances this large make the rules ~{nodes / low:.0f}x those at variances up to 1: standardised "
+           "inputs or smaller C_W, C_b cut the cost most" if nodes >= VARIANCE_COST_RATIO * low else "")
+    warn(f"ngp: the four-point values of {M} new multisets of {inputs} ({act.name!r}, pre-activation "
+         f"variances up to {variance:.2g}) take about {duration(seconds)} or more here (~{nodes:.2g} quadrature nodes "
+         f"each at ~{1 / NODE_SECONDS:.0g} nodes/s on 2 cores{why}). A prior computes such values for every hidden "
+         "layer; progress=True shows them as they run (docs/four-point.md, \"Cost\").", CostWarning)
+
+
 class FourPointTable:
     """``<s_a s_b s_c s_d>_K`` for multisets of one kernel, each computed once and remembered.
 
@@ -422,6 +462,7 @@ class FourPointTable:
                 errs[known] = self._errs[pos[known]]
             if new.size:  # in chunks: the quadrature's working memory grows with the rows of one call
                 rows = ms_sorted[first[new]]
+                warn_four_point_cost(self.act, self.K, rows, self.options, f"{self.N} inputs")
                 size = self.chunk if self.progress is None else min(self.chunk, max(PROGRESS_CHUNK, -(-new.size // 16)))
                 parts = self._computed([rows[i:i + size] for i in range(0, rows.shape[0], size)])
                 fresh = np.concatenate([np.asarray(v) for v, _ in parts])
@@ -555,6 +596,8 @@ def fill_tables(tables, rows) -> int:
         for (t, _), o, n in zip(g, off, sizes):
             Kb[o:o + n, o:o + n] = np.asarray(t.K, dtype=float)
         ms = np.concatenate([new + o for (_, new), o in zip(g, off)])
+        inputs = (f"{sizes[0]} inputs" if len(set(sizes)) == 1 else f"{min(sizes)}-{max(sizes)} inputs")
+        warn_four_point_cost(g[0][0].act, Kb, ms, g[0][0].options, f"{inputs} in {len(g)} tables (layers)")
         # one chunk per thread once each holds FILL_SPLIT multisets (the two threads overlap one chunk's host work
         # with the other's kernels), at most a table's chunk
         size = min(min(t.chunk for t, _ in g), max(FILL_SPLIT, -(-ms.shape[0] // THREADS)))

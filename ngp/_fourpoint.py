@@ -1373,6 +1373,46 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 7, st
 #: Default relative tolerance (relative to ``prod_j E[sigma(z_j)^4]^{p_j/4}``).
 RTOL = 1e-9
 
+#: Seconds per node of the first round's rules (:func:`rule_nodes`) as a smooth activation's four-point values run,
+#: their companions, refinement rounds, tables and host work included: 4.5-7.5 ns for tanh tables of 7752 to 3.8e6
+#: multisets, warm, 2 cores (``benchmarks/four_point_cost.py``); the low end, so that an estimate reads "about this or
+#: more" (erf and gelu cost more per node).
+NODE_SECONDS = 5e-9
+#: Multisets (evenly spaced rows) over which :func:`rule_nodes` averages: within 1.3% of the mean over every row at 12
+#: and 24 inputs (128 rows: up to 23%), in ~7 ms.
+COST_SAMPLE = 512
+
+
+def rule_nodes(act: Activation, K, ms, *, rtol: float = RTOL, sample: int | None = COST_SAMPLE):
+    """Mean node count of the first round's calibrated rules (no companion, no refinement) of the smooth rule over the
+    sorted multiset rows ``ms`` (M, 4) of the kernel ``K`` (N, N) (over ``sample`` evenly spaced rows; ``None``: all),
+    and the same with each multiset's block divided by its largest variance where that exceeds 1: ``(nodes, nodes at
+    variances up to 1)``. For smooth activations integrated by quadrature (``docs/four-point.md``, "Cost")."""
+    K = np.asarray(K, dtype=float)
+    ms = np.asarray(ms).reshape(-1, 4)
+    if sample is not None and ms.shape[0] > sample:
+        ms = ms[np.linspace(0, ms.shape[0] - 1, sample).astype(int)]
+    cutoff = _CUTOFF * rtol
+    total = np.zeros(2)
+    for pattern, (_, idx) in split_multisets(ms).items():
+        C = K[idx[:, :, None], idx[:, None, :]]
+        top = np.max(np.diagonal(C, axis1=1, axis2=2), axis=1)
+        for k, block in enumerate((C, C / np.maximum(top, 1.0)[:, None, None])):
+            R, beta, _, head, closed = _smooth_setup(act, block, pattern)
+            lad = _affordable(_orders(act, _direction_scale(R, beta if closed else None), rtol, _cal_powers(head)))
+            rules, count = np.unique(lad, axis=0, return_counts=True)
+            total[k] += sum(tensor_rule_size(tuple(LADDER[j] for j in r), cutoff) * int(c)
+                            for r, c in zip(rules.tolist(), count))
+    return float(total[0] / ms.shape[0]), float(total[1] / ms.shape[0])
+
+
+def max_rule_nodes(act: Activation, variance: float, *, rtol: float = RTOL) -> int:
+    """At least the node count of any first-round rule (:func:`rule_nodes`) of a multiset whose inputs have variances up
+    to ``variance``: the isotropic three-direction rule at the scale ``sqrt(variance)`` calibrated on powers 1 to 4 (a
+    rule has at most three directions, and a direction's scale is at most the largest standard deviation)."""
+    orders = _orders(act, np.full((1, 3), math.sqrt(max(float(variance), 0.0))), rtol, (1, 2, 3, 4))
+    return tensor_rule_size(tuple(LADDER[j] for j in _affordable(orders)[0]), _CUTOFF * rtol)
+
 #: The fixed rule is used for an entry only when its calibrated error is this factor below the tolerance.
 FIXED_MARGIN = 0.1
 #: Relative error floor of the fixed rule (rounding in its high-order nodes and weights, pruning;

@@ -32,7 +32,7 @@ from ._fourpoint import RTOL
 from ._residual_cumulants import (CHAIN_OPTIONS, PairSet, chain_start, companion_options, layer_cumulants, readout,
                                   residual_step)
 from ._validate import MAX_MEMORY, warn
-from ._warnings import CostWarning
+from ._warnings import CostWarning, duration
 from ._vertex_error import component_errors, k1_error, k1_error_packed, packed_vertex_error
 
 __all__ = ["ResidualChainLayer", "ResidualReadoutLayer", "residual_layer", "readout_layer"]
@@ -296,7 +296,7 @@ class ResidualChainLayer(_ChainDerived):
         seconds = sum(layer.chain_depth - 1 for layer in todo) * P**2 * _DENSE_SECONDS
         if seconds > _DENSE_WARN:
             warn(f"residual chain: the dense V on {self.N} distinct inputs ({P} pairs) is {P**2:.3g} cross-layer "
-                 f"expectations per earlier chain layer, about {_duration(seconds)} or more here (at ~"
+                 f"expectations per earlier chain layer, about {duration(seconds)} or more here (at ~"
                  f"{_DENSE_SECONDS * 1e3:g} ms each; as the number of inputs to the fourth power). The evidence's "
                  "training block needs it; predictions and K1 alone read only their entries (docs/theory-residual.md, "
                  "\"Cost\"): use fewer training inputs for a residual network.", CostWarning)
@@ -437,11 +437,3 @@ def readout_layer(step, f, K, C_W, C_b):
         refusal = _UNSUPPORTED.format(step=repr(step), reason=reason)
         return RefusedLayer(K, n=prev.width, width=step.width, refusal=refusal)
     return ResidualReadoutLayer(K, chain_layer=prev, C_W=C_W, C_b=C_b, width=step.width)
-
-
-def _duration(seconds: float) -> str:
-    """``seconds`` in the largest whole unit (minutes, hours, days)."""
-    for unit, size in (("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0)):
-        if seconds >= 2 * size:
-            return f"{seconds / size:.0f} {unit}"
-    return f"{seconds:.0f} s"

@@ -8,7 +8,7 @@ Every warning the library raises is an :class:`NgpWarning`, itself a ``RuntimeWa
 from __future__ import annotations
 
 __all__ = ["NgpWarning", "ExpansionWarning", "AccuracyWarning", "SamplingWarning", "ConvergenceWarning",
-           "CostWarning"]
+           "CostWarning", "duration"]
 
 
 class NgpWarning(RuntimeWarning):
@@ -40,3 +40,11 @@ class ConvergenceWarning(NgpWarning):
 class CostWarning(NgpWarning):
     """A computation asked for will take long (many minutes): the warning gives the measured time it is
     extrapolated from and a cheaper way to the same kind of answer."""
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` in the largest whole unit (minutes, hours, days) for a :class:`CostWarning`'s text."""
+    for unit, size in (("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"

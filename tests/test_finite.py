@@ -700,3 +700,36 @@ def test_jitted_gradient_of_the_traced_rule_holds_one_batch_at_a_time():
     g = np.asarray(compiled(K))
     assert np.allclose(g, np.asarray(jax.grad(total)(K)), rtol=1e-12, atol=1e-14)
     assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
+
+
+class _Stop(Exception):
+    """Raised by a patched four_point_values: no quadrature ran."""
+
+
+def _refuse(*args, **kwargs):
+    raise _Stop
+
+
+@pytest.mark.parametrize("N, C_W, seconds, said", [
+    (12, 10.0, 1e-6, "2730 new multisets of 12 inputs in 2 tables (layers)"),  # every layer in one call
+    (12, 1.0, 1e-5, "2730 new multisets of 12 inputs in 2 tables (layers)"),
+    (17, 10.0, 1e-6, "4845 new multisets of 17 inputs ("),  # past one call: each layer's table on its own
+])
+def test_a_long_four_point_call_is_a_cost_warning_before_it_starts(monkeypatch, N, C_W, seconds, said):
+    # the estimate is the first round's rule nodes (tests/test_fourpoint.py checks them against the nodes run) times
+    # NODE_SECONDS, raised here so that a small problem passes the 60 s limit; the warning comes before any
+    # quadrature, and names large variances as the cause only where they make the rules several times larger
+    import ngp._finite as fin
+    X = np.random.default_rng(0).normal(size=(N, 2))
+    net = ngp.MLP(3, 64, activation="tanh", C_W=C_W, C_b=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ngp.CostWarning)
+        assert net.prior(X[:6], warn=False).V.shape == (6,) * 4  # at the measured speed: no warning
+    monkeypatch.setattr(fin, "NODE_SECONDS", seconds)
+    monkeypatch.setattr(fin, "four_point_values", _refuse)
+    with pytest.warns(ngp.CostWarning) as caught, pytest.raises(_Stop):
+        net.prior(X, warn=False).V
+    text = str(caught[0].message)
+    assert said in text and "'tanh'" in text and "minutes or more" in text, text
+    assert ("variances this large make the rules" in text) == (C_W == 10.0), text
+    assert caught[0].filename == __file__

@@ -17,6 +17,7 @@ import ngp
 from ngp import _residual_cumulants as rc
 from ngp._activations import activation
 from ngp._pairs import Pairs
+from ngp._warnings import duration
 
 from ._residual_posterior_reference import residual_importance_posterior
 from ._residual_reference import branch_network
@@ -531,4 +532,4 @@ def test_a_long_dense_chain_says_so_before_it_starts(monkeypatch):
         net.prior(X, warn=False).V
     said = [str(w.message) for w in caught if issubclass(w.category, ngp.CostWarning)]
     assert len(said) == 1 and "on 5 distinct inputs (15 pairs)" in said[0] and "6 minutes" in said[0], said
-    assert rl._duration(36000.0) == "10 hours" and rl._duration(90.0) == "90 s"
+    assert duration(36000.0) == "10 hours" and duration(90.0) == "90 s"

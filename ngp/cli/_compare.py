@@ -15,7 +15,9 @@ import numpy as np
 from ngp import Validity
 from ngp.reference import ESS_WARN
 
+from .._validate import quiet
 from .._validity import without_eps
+from .._warnings import CostWarning
 from ._common import CLIError, fmt, fmt_above
 
 __all__ = ["Split", "Row", "compare", "metrics", "cells", "expansion_cell", "notes", "numerical_flag", "deadline_stop",
@@ -126,9 +128,16 @@ def deadline_stop(deadline: float, batch: int, estimate=None, *, total: int | No
     return stop
 
 
-def compare(split: Split, make_net, *, widths, noise: float, progress, estimates=None, truth_samples: int = 0,
-            nuts_steps: int = 0, seed: int = 0, options: dict | None = None, extra_test=None, deadline=None,
-            row_seconds=None):
+def compare(split: Split, make_net, **kwargs):
+    """:func:`compare_rows` without the library's :class:`ngp.CostWarning`: the CLI prices its work itself and says
+    what it chose and why (:mod:`ngp.cli._budget`)."""
+    with quiet(CostWarning):
+        return compare_rows(split, make_net, **kwargs)
+
+
+def compare_rows(split: Split, make_net, *, widths, noise: float, progress, estimates=None, truth_samples: int = 0,
+                 nuts_steps: int = 0, seed: int = 0, options: dict | None = None, extra_test=None, deadline=None,
+                 row_seconds=None):
     """Baseline, GP and finite-width rows (and optional references) for one split.
 
     Args:
