@@ -419,7 +419,7 @@ def warn_four_point_cost(act: Activation, K, ms: np.ndarray, options: dict, inpu
     why = (f"; variances this large make the rules ~{nodes / low:.0f}x those at variances up to 1: standardised "
            "inputs or smaller C_W, C_b cut the cost most" if nodes >= VARIANCE_COST_RATIO * low else "")
     warn(f"ngp: the four-point values of {M} new multisets of {inputs} ({act.name!r}, pre-activation "
-         f"variances up to {variance:.2g}) take about {duration(seconds)} or more here (~{nodes:.2g} quadrature nodes "
+         f"variances up to {variance:.2g}) take about {duration(seconds)} here (~{nodes:.2g} quadrature nodes "
          f"each at ~{1 / NODE_SECONDS:.0g} nodes/s on 2 cores{why}). A prior computes such values for every hidden "
          "layer; progress=True shows them as they run (docs/four-point.md, \"Cost\").", CostWarning)
 

@@ -1374,9 +1374,9 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 7, st
 RTOL = 1e-9
 
 #: Seconds per node of the first round's rules (:func:`rule_nodes`) as a smooth activation's four-point values run,
-#: their companions, refinement rounds, tables and host work included: 4.5-7.5 ns for tanh tables of 7752 to 3.8e6
-#: multisets, warm, 2 cores (``benchmarks/four_point_cost.py``); the low end, so that an estimate reads "about this or
-#: more" (erf and gelu cost more per node).
+#: their companions, refinement rounds, tables and host work included: 4.4-7.6 ns for tanh priors of 16-64 inputs at
+#: depths 3-6, warm, 2 cores (``benchmarks/four_point_cost.py``, ``docs/four-point.md``, "Cost"; erf and gelu cost
+#: more per node, small calls more per node for their fixed cost).
 NODE_SECONDS = 5e-9
 #: Multisets (evenly spaced rows) over which :func:`rule_nodes` averages: within 1.3% of the mean over every row at 12
 #: and 24 inputs (128 rows: up to 23%), in ~7 ms.

@@ -730,6 +730,6 @@ def test_a_long_four_point_call_is_a_cost_warning_before_it_starts(monkeypatch, 
     with pytest.warns(ngp.CostWarning) as caught, pytest.raises(_Stop):
         net.prior(X, warn=False).V
     text = str(caught[0].message)
-    assert said in text and "'tanh'" in text and "minutes or more" in text, text
+    assert said in text and "'tanh'" in text and " minutes here" in text, text
     assert ("variances this large make the rules" in text) == (C_W == 10.0), text
     assert caught[0].filename == __file__
