@@ -83,3 +83,21 @@ def test_python_dash_m_entry_point():
 
     r = subprocess.run([sys.executable, "-m", "ngp", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "demo" in r.stdout and "regress" in r.stdout
+
+
+def test_regress_drops_the_librarys_cost_warning(csv_file, monkeypatch, capsys):
+    """The command prices its own work against --time-budget and says what it chose: the library's CostWarning before
+    a long four-point call (docs/four-point.md, "Cost") is not printed. At one second per node every call of the
+    quadrature is estimated at hours: the same posterior from Python warns."""
+    import ngp
+    import ngp._finite as fin
+
+    monkeypatch.setattr(fin, "NODE_SECONDS", 1.0)
+    rc = main(["regress", str(csv_file), "--target", "target", "--width", "16", "--n-train", "6", "--n-test", "3",
+               "--no-truth", "--fixed"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "finite width n=16" in captured.out
+    assert "four-point values of" not in captured.out + captured.err
+    X = np.random.default_rng(0).normal(size=(7, 2))
+    with pytest.warns(ngp.CostWarning, match="four-point values of"):
+        ngp.posterior(ngp.MLP(3, 16, activation="tanh"), X[:6], np.sin(X[:6, :1]), X[6:], noise=0.1)
