@@ -1413,6 +1413,7 @@ def max_rule_nodes(act: Activation, variance: float, *, rtol: float = RTOL) -> i
     orders = _orders(act, np.full((1, 3), math.sqrt(max(float(variance), 0.0))), rtol, (1, 2, 3, 4))
     return tensor_rule_size(tuple(LADDER[j] for j in _affordable(orders)[0]), _CUTOFF * rtol)
 
+
 #: The fixed rule is used for an entry only when its calibrated error is this factor below the tolerance.
 FIXED_MARGIN = 0.1
 #: Relative error floor of the fixed rule (rounding in its high-order nodes and weights, pruning;
