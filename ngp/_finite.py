@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -389,39 +390,62 @@ def table_chunk(max_memory=None) -> int:
 #: Estimated seconds (:func:`warn_four_point_cost`) of one call's new four-point values beyond which a
 #: :class:`ngp.CostWarning` comes before it.
 FOUR_POINT_COST_WARN = 60.0
-#: A :func:`warn_four_point_cost` estimate says why when the rules have at least this many times the nodes they would
-#: have at variances up to 1.
+#: A :func:`warn_four_point_cost` estimate names large variances as the cause when the rules have at least this many
+#: times the nodes they would have at variances up to 1.
 VARIANCE_COST_RATIO = 3.0
+#: Where the rules have :data:`VARIANCE_WARN_RATIO` times or more those nodes, a call estimated beyond
+#: :data:`VARIANCE_COST_WARN` seconds warns already (as a residual chain's cross-layer expectations do): a prior and
+#: its predictions run several such calls (``ngp.posterior`` on 18 terrain rows and 8 test rows, depth 3, ``C_W = 10``:
+#: 8 calls of 0.3-33 s, 77-82 s in all, against 9.9 s at ``C_W = 1``; docs/four-point.md, "Cost").
+VARIANCE_WARN_RATIO = 10.0
+VARIANCE_COST_WARN = 5.0
 
 
 def warn_four_point_cost(act: Activation, K, ms: np.ndarray, options: dict, inputs: str) -> None:
     """A :class:`ngp.CostWarning` before the four-point values of the sorted multiset rows ``ms`` (M, 4) of the
     concrete kernel ``K`` (``options``: a table's, :data:`TABLE_OPTIONS`; ``inputs``: their inputs, in words) when
     the adaptive smooth rule would take more than :data:`FOUR_POINT_COST_WARN` seconds by
-    :func:`ngp._fourpoint.rule_nodes` at :data:`ngp._fourpoint.NODE_SECONDS` per node; it says whether large
-    variances are the cause (the rules :data:`VARIANCE_COST_RATIO` times or more those at variances up to 1).
-    Closed forms, the relu family and the fixed rule (``four_point_order``) are not estimated. The costly part, a
-    sample's eigen-decompositions, runs only where a bound on every multiset's rule exceeds the limit."""
+    :func:`ngp._fourpoint.rule_nodes` at :data:`ngp._fourpoint.NODE_SECONDS` per node (it says whether large
+    variances are the cause: rules :data:`VARIANCE_COST_RATIO` times or more those at variances up to 1), or more than
+    :data:`VARIANCE_COST_WARN` seconds where large variances make the rules :data:`VARIANCE_WARN_RATIO` times or more
+    (a text that depends on the activation, the largest variance and the ratio, each to one digit, so that Python's
+    filter shows it once for the calls of one prior). Closed forms, the relu family and the fixed rule
+    (``four_point_order``) are not estimated. The costly part, a sample's eigen-decompositions, runs only where a bound
+    on every multiset's rule exceeds the smaller limit."""
     if (options.get("four_point_order") is not None or act.relu_slopes is not None or not act.smooth
             or (act.four_point is not None and options.get("method", "auto") in ("auto", "closed"))):
         return
     M = ms.shape[0]
     rtol = RTOL if options.get("four_point_rtol") is None else float(options["four_point_rtol"])
     K = np.asarray(K, dtype=float)
-    used = np.unique(ms)
-    variance = float(np.max(np.diag(K)[used]))
-    if M * max_rule_nodes(act, variance, rtol=rtol) * NODE_SECONDS <= FOUR_POINT_COST_WARN:
+    variance = float(np.max(np.diag(K)[np.unique(ms)]))
+    limit = min(FOUR_POINT_COST_WARN, VARIANCE_COST_WARN)
+    if M * max_rule_nodes(act, variance, rtol=rtol) * NODE_SECONDS <= limit:
         return
     nodes, low = rule_nodes(act, K, ms, rtol=rtol)
     seconds = M * nodes * NODE_SECONDS
-    if seconds <= FOUR_POINT_COST_WARN:
-        return
-    why = (f"; variances this large make the rules ~{nodes / low:.0f}x those at variances up to 1: standardised "
-           "inputs or smaller C_W, C_b cut the cost most" if nodes >= VARIANCE_COST_RATIO * low else "")
-    warn(f"ngp: the four-point values of {M} new multisets of {inputs} ({act.name!r}, pre-activation "
-         f"variances up to {variance:.2g}) take about {duration(seconds)} here (~{nodes:.2g} quadrature nodes "
-         f"each at ~{1 / NODE_SECONDS:.0g} nodes/s on 2 cores{why}). A prior computes such values for every hidden "
-         "layer; progress=True shows them as they run (docs/four-point.md, \"Cost\").", CostWarning)
+    cure = "standardised inputs or smaller C_W, C_b cut the cost most"
+    if seconds > FOUR_POINT_COST_WARN:
+        why = (f"; variances this large make the rules ~{nodes / low:.0f}x those at variances up to 1: {cure}"
+               if nodes >= VARIANCE_COST_RATIO * low else "")
+        warn(f"ngp: the four-point values of {M} new multisets of {inputs} ({act.name!r}, pre-activation "
+             f"variances up to {variance:.2g}) take about {duration(seconds)} here (~{nodes:.2g} quadrature nodes "
+             f"each at ~{1 / NODE_SECONDS:.0g} nodes/s on 2 cores{why}). A prior computes such values for every "
+             "hidden layer; progress=True shows them as they run (docs/four-point.md, \"Cost\").", CostWarning)
+    elif seconds > VARIANCE_COST_WARN and nodes >= VARIANCE_WARN_RATIO * low:
+        times = "tens" if nodes < 100 * low else "hundreds" if nodes < 1000 * low else "thousands"
+        warn(f"ngp: pre-activation variances above {_step_below(variance):g} make the four-point quadrature of "
+             f"{act.name!r} {times} of times costlier per multiset than at variances up to 1 (a call here: "
+             f"{duration(VARIANCE_COST_WARN)} or more), and V, K1 and predictions run many such calls: {cure} "
+             "(docs/four-point.md, \"Cost\").", CostWarning)
+
+
+def _step_below(x: float) -> float:
+    """The largest of ..., 1, 2, 5, 10, 20, ... at most ``x > 0``: a coarse value for a warning's text (the calls of
+    one layer, on its training and joint priors, then say the same, which Python's filter shows once)."""
+    e = math.floor(math.log10(x))
+    m = x / 10.0**e
+    return max(k for k in (1, 2, 5, 10) if k <= m * (1 + 1e-12)) * 10.0**e
 
 
 class FourPointTable:
