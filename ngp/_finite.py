@@ -408,8 +408,8 @@ def warn_four_point_cost(act: Activation, K, ms: np.ndarray, options: dict, inpu
     :func:`ngp._fourpoint.rule_nodes` at :data:`ngp._fourpoint.NODE_SECONDS` per node (it says whether large
     variances are the cause: rules :data:`VARIANCE_COST_RATIO` times or more those at variances up to 1), or more than
     :data:`VARIANCE_COST_WARN` seconds where large variances make the rules :data:`VARIANCE_WARN_RATIO` times or more
-    (a text that depends on the activation, the largest variance and the ratio, each to one digit, so that Python's
-    filter shows it once for the calls of one prior). Closed forms, the relu family and the fixed rule
+    (a text that depends only on the activation, the largest variance rounded down to 1, 2, 5, 10, ... and the ratio in
+    words, so that Python's filter shows it about once per layer). Closed forms, the relu family and the fixed rule
     (``four_point_order``) are not estimated. The costly part, a sample's eigen-decompositions, runs only where a bound
     on every multiset's rule exceeds the smaller limit."""
     if (options.get("four_point_order") is not None or act.relu_slopes is not None or not act.smooth
