@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import Activation
-from ._fourpoint import (NODE_SECONDS, RTOL, fixed_rule_split, max_rule_nodes, multiset_expectations,
-                         rule_nodes, split_multisets)
+from ._fourpoint import (NODE_SECONDS, RTOL, SMOOTHED_NODE_SECONDS, fixed_rule_split, max_rule_nodes,
+                         multiset_expectations, rule_nodes, split_multisets)
 from ._gaussian import (auto_orders, check_hand_orders, concrete_max, integer_power, kernel_bucket, pad_rows,
                         padded_rule, pair_matrices, probe_inputs, pruned_tensor_rule)
 from ._kernel import KERNEL_OPTIONS, two_point_matrix
@@ -405,7 +405,8 @@ def warn_four_point_cost(act: Activation, K, ms: np.ndarray, options: dict, inpu
     """A :class:`ngp.CostWarning` before the four-point values of the sorted multiset rows ``ms`` (M, 4) of the
     concrete kernel ``K`` (``options``: a table's, :data:`TABLE_OPTIONS`; ``inputs``: their inputs, in words) when
     the adaptive smooth rule would take more than :data:`FOUR_POINT_COST_WARN` seconds by
-    :func:`ngp._fourpoint.rule_nodes` at :data:`ngp._fourpoint.NODE_SECONDS` per node (it says whether large
+    :func:`ngp._fourpoint.rule_nodes` at :data:`ngp._fourpoint.NODE_SECONDS` per node (``SMOOTHED_NODE_SECONDS`` for
+    activations with a closed-form ``smoothed``; it says whether large
     variances are the cause: rules :data:`VARIANCE_COST_RATIO` times or more those at variances up to 1), or more than
     :data:`VARIANCE_COST_WARN` seconds where large variances make the rules :data:`VARIANCE_WARN_RATIO` times or more
     (a text that depends only on the activation, the largest variance rounded down to 1, 2, 5, 10, ... and the ratio in
@@ -420,17 +421,18 @@ def warn_four_point_cost(act: Activation, K, ms: np.ndarray, options: dict, inpu
     K = np.asarray(K, dtype=float)
     variance = float(np.max(np.diag(K)[np.unique(ms)]))
     limit = min(FOUR_POINT_COST_WARN, VARIANCE_COST_WARN)
-    if M * max_rule_nodes(act, variance, rtol=rtol) * NODE_SECONDS <= limit:
+    rate = NODE_SECONDS if act.smoothed is None else SMOOTHED_NODE_SECONDS
+    if M * max_rule_nodes(act, variance, rtol=rtol) * rate <= limit:
         return
     nodes, low = rule_nodes(act, K, ms, rtol=rtol)
-    seconds = M * nodes * NODE_SECONDS
+    seconds = M * nodes * rate
     cure = "standardised inputs or smaller C_W, C_b cut the cost most"
     if seconds > FOUR_POINT_COST_WARN:
         why = (f"; variances this large make the rules ~{nodes / low:.0f}x those at variances up to 1: {cure}"
                if nodes >= VARIANCE_COST_RATIO * low else "")
         warn(f"ngp: the four-point values of {M} new multisets of {inputs} ({act.name!r}, pre-activation "
              f"variances up to {variance:.2g}) take about {duration(seconds)} here (~{nodes:.2g} quadrature nodes "
-             f"each at ~{1 / NODE_SECONDS:.0g} nodes/s on 2 cores{why}). A prior computes such values for every "
+             f"each at ~{1 / rate:.0g} nodes/s on 2 cores{why}). A prior computes such values for every "
              "hidden layer; progress=True shows them as they run (docs/four-point.md, \"Cost\").", CostWarning)
     elif seconds > VARIANCE_COST_WARN and nodes >= VARIANCE_WARN_RATIO * low:
         times = "tens" if nodes < 100 * low else "hundreds" if nodes < 1000 * low else "thousands"

@@ -1374,10 +1374,14 @@ def _smooth(act: Activation, C, pattern, *, rtol: float, max_rounds: int = 7, st
 RTOL = 1e-9
 
 #: Seconds per node of the first round's rules (:func:`rule_nodes`) as a smooth activation's four-point values run,
-#: their companions, refinement rounds, tables and host work included: 4.4-7.6 ns for tanh priors of 16-64 inputs at
-#: depths 3-6, warm, 2 cores (``benchmarks/four_point_cost.py``, ``docs/four-point.md``, "Cost"; erf and gelu cost
-#: more per node, small calls more per node for their fixed cost).
+#: their companions, refinement rounds, tables and host work included, for activations whose split input is tabulated
+#: (tanh, swish, sigmoid, user callables): 4.4-7.6 ns for tanh priors of 16-64 inputs at depths 3-6, warm, 2 cores
+#: (``benchmarks/four_point_cost.py``, ``docs/four-point.md``, "Cost"; small calls cost more per node, their fixed
+#: cost).
 NODE_SECONDS = 5e-9
+#: The same for activations whose split input has a closed form (``Activation.smoothed``: erf, gelu): 38-93 ns for erf,
+#: 194 ns for gelu (32 and 24 inputs, depth 3); a middle value, so that their estimates are within ~2.5x.
+SMOOTHED_NODE_SECONDS = 8e-8
 #: Multisets (evenly spaced rows) over which :func:`rule_nodes` averages: within 1.3% of the mean over every row at 12
 #: and 24 inputs (128 rows: up to 23%), in ~7 ms.
 COST_SAMPLE = 512

@@ -716,6 +716,7 @@ def _refuse(*args, **kwargs):
     (17, 10.0, 1e-6, "4845 new multisets of 17 inputs ("),  # past one call: each layer's table on its own
     (12, 10.0, 2e-8, "variances above 20 make the four-point quadrature of 'tanh' tens of times costlier"),  # ~10 s
     (12, 1.0, 5e-7, None),  # ~8 s at variances below 3 (rules 1.5-1.8x): no warning
+    (-12, 1.0, 1e-4, "2730 new multisets of 12 inputs in 2 tables (layers) ('erf'"),  # erf: its own rate
 ])
 def test_a_long_four_point_call_is_a_cost_warning_before_it_starts(monkeypatch, N, C_W, seconds, said):
     # the estimate is the first round's rule nodes (tests/test_fourpoint.py checks them against the nodes run) times
@@ -723,12 +724,14 @@ def test_a_long_four_point_call_is_a_cost_warning_before_it_starts(monkeypatch, 
     # 10x those at variances up to 1); the warning comes before any quadrature, and names large variances as the
     # cause only where they make the rules several times larger
     import ngp._finite as fin
+    act = "erf" if N < 0 else "tanh"  # erf (a closed-form smoothed input) reads SMOOTHED_NODE_SECONDS
+    N = abs(N)
     X = np.random.default_rng(0).normal(size=(N, 2))
-    net = ngp.MLP(3, 64, activation="tanh", C_W=C_W, C_b=0.1)
+    net = ngp.MLP(3, 64, activation=act, C_W=C_W, C_b=0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ngp.CostWarning)
         assert net.prior(X[:6], warn=False).V.shape == (6,) * 4  # at the measured speed: no warning
-    monkeypatch.setattr(fin, "NODE_SECONDS", seconds)
+    monkeypatch.setattr(fin, "SMOOTHED_NODE_SECONDS" if act == "erf" else "NODE_SECONDS", seconds)
     monkeypatch.setattr(fin, "four_point_values", _refuse)
     with warnings.catch_warnings(record=True) as caught, pytest.raises(_Stop):
         warnings.simplefilter("always")
@@ -738,7 +741,7 @@ def test_a_long_four_point_call_is_a_cost_warning_before_it_starts(monkeypatch, 
         assert not said_here, [str(w.message) for w in said_here]
         return
     text = str(said_here[0].message)
-    assert said in text and "'tanh'" in text and ("standardised inputs" in text) == (C_W == 10.0), text
+    assert said in text and f"'{act}'" in text and ("standardised inputs" in text) == (C_W == 10.0), text
     if seconds > 2e-8:
         assert " minutes here" in text, text
         assert ("variances this large make the rules" in text) == (C_W == 10.0), text
