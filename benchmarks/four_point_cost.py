@@ -3,7 +3,8 @@
 Usage: python benchmarks/four_point_cost.py [--cases D:N:CW:DIM[:ACT],...] [--out four_point_cost]. Writes
 benchmarks/results/<--out>.json.
 
-Each case (depth D, N standard Gaussian inputs of dimension DIM, activation ACT (default tanh), width 64, C_W = CW, C_b = 0.1) times
+Each case (depth D, N standard Gaussian inputs of dimension DIM, activation ACT (default tanh), width 64, C_W = CW,
+C_b = 0.1) times
 ``net.prior(X, warn=False).V_packed`` in a fresh process after a warm-up prior on 6 of the inputs (the kernels'
 compilations mostly paid), and sums over the hidden layers the estimate behind the warning: the multisets times
 ``ngp._fourpoint.rule_nodes`` (the first round's rule nodes, a sample of 512 rows). Their ratio, seconds per estimated

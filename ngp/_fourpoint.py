@@ -1379,8 +1379,8 @@ RTOL = 1e-9
 #: (``benchmarks/four_point_cost.py``, ``docs/four-point.md``, "Cost"; small calls cost more per node, their fixed
 #: cost).
 NODE_SECONDS = 5e-9
-#: The same for activations whose split input has a closed form (``Activation.smoothed``: erf, gelu): 38-93 ns for erf,
-#: 194 ns for gelu (32 and 24 inputs, depth 3); a middle value, so that their estimates are within ~2.5x.
+#: The same for activations whose split input has a closed form (``Activation.smoothed``: erf, gelu): 39-94 ns for erf,
+#: 195 ns for gelu (32 and 24 inputs, depth 3); a middle value: their estimates were 0.41-2.1 of the time.
 SMOOTHED_NODE_SECONDS = 8e-8
 #: Multisets (evenly spaced rows) over which :func:`rule_nodes` averages: within 1.3% of the mean over every row at 12
 #: and 24 inputs (128 rows: up to 23%), in ~7 ms.
