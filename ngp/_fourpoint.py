@@ -1185,6 +1185,14 @@ _SPLIT_SHARE = 0.1
 _RATIO_EXP = 690.0
 
 
+def _first_orders(act: Activation, R: np.ndarray, beta, head_pattern, rtol: float):
+    """The first round's rule of the smooth rule's rows (:func:`_smooth_setup`'s ridge rows ``R`` (b, u_h, d), ``beta``
+    (b, d) where an input is split off, else ``None``): per-direction scales ``s`` and ladder indices ``lad``, (b, d)
+    each (also what :func:`rule_nodes` counts)."""
+    s = _direction_scale(R, beta)
+    return s, _affordable(_orders(act, s, rtol, _cal_powers(head_pattern)))
+
+
 class _SmoothRows:
     """The smooth rule for one pattern's blocks ``C`` (b, u, u) (``m4``: :func:`_fourth_moments`): coordinates,
     per-entry ladder indices and results, refined round by round. A round asks for rule sums
@@ -1211,9 +1219,8 @@ class _SmoothRows:
             self.split_err = np.where(self.split_ok, err * self.scale, 0.0)
             if act.exp_ratio is not None:
                 self.ratio_ok = self.split_ok & (reach @ np.asarray(self.head_pattern, dtype=float) <= _RATIO_EXP)
-        s = _direction_scale(R, beta if closed else None)  # (b, d)
         self.cal = _cal_powers(self.head_pattern)
-        lad = _affordable(_orders(act, s, rtol, self.cal))  # (b, d) ladder indices
+        s, lad = _first_orders(act, R, beta if closed else None, self.head_pattern, rtol)  # (b, d) each
         table = closed and act.smoothed is None
         if table:  # beta's direction (the first) last: the smoothed input is tabulated along it
             perm = np.concatenate([1 + np.argsort(-lad[:, 1:], axis=1, kind="stable"),
@@ -1403,7 +1410,7 @@ def rule_nodes(act: Activation, K, ms, *, rtol: float = RTOL, sample: int | None
         top = np.max(np.diagonal(C, axis1=1, axis2=2), axis=1)
         for k, block in enumerate((C, C / np.maximum(top, 1.0)[:, None, None])):
             R, beta, _, head, closed = _smooth_setup(act, block, pattern)
-            lad = _affordable(_orders(act, _direction_scale(R, beta if closed else None), rtol, _cal_powers(head)))
+            _, lad = _first_orders(act, R, beta if closed else None, head, rtol)
             rules, count = np.unique(lad, axis=0, return_counts=True)
             total[k] += sum(tensor_rule_size(tuple(LADDER[j] for j in r), cutoff) * int(c)
                             for r, c in zip(rules.tolist(), count))
