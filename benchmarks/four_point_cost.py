@@ -8,7 +8,7 @@ C_b = 0.1) times
 ``net.prior(X, warn=False).V_packed`` in a fresh process after a warm-up prior on 6 of the inputs (the kernels'
 compilations mostly paid), and sums over the hidden layers the estimate behind the warning: the multisets times
 ``ngp._fourpoint.rule_nodes`` (the first round's rule nodes, a sample of 512 rows). Their ratio, seconds per estimated
-node, is what ``NODE_SECONDS`` (5 ns) and ``SMOOTHED_NODE_SECONDS`` (80 ns, erf and gelu) stand for; the script also
+node, is what ``NODE_SECONDS`` (5 ns) and ``SMOOTHED_NODE_SECONDS`` (15 ns, erf and gelu) stand for; the script also
 prints the warning's estimate beside the time measured.
 """
 

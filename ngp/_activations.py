@@ -30,13 +30,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erf as _erf
-from jax.scipy.special import ndtr as _ndtr
+from jax.scipy.special import erfc as _erfc
 
 from ._validate import device, flag, real
 
 __all__ = ["Activation", "activation", "ACTIVATIONS", "made_by"]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_HALF = math.sqrt(0.5)
+
+
+def _ndtr(x):
+    """The standard normal CDF as ``erfc(-x / sqrt 2) / 2``: as accurate as ``jax.scipy.special.ndtr`` (the same
+    values to 2e-15 relative above -37, where both underflow alike) and 4.6x cheaper on XLA:CPU in float64, where
+    ``ndtr`` evaluates both ``erf`` and ``erfc`` (11.5 against 2.5 ns an element, measured at stop 96)."""
+    return 0.5 * _erfc(-x * _SQRT_HALF)
 
 
 def _npdf(x):

@@ -767,64 +767,74 @@ _JOB_CHUNK = 4096
 _STAB_BLOCKS = 4 * 4096
 
 
+#: Activations (by name) whose kernel sums its products in their own fusion (``fused_sum`` of :func:`_tile_kernel`):
+#: XLA:CPU (jax 0.10) ran erf's three factors 2.8x faster so (4.9 against 13.4 ns a node), and every other activation
+#: measured as fast or faster by the contraction (tanh's ratio form 1.4 against 2.6 ns, gelu 6.3 against 23.7 ns, sin
+#: 16.5 against 24.5, softplus 16.5 against 26.6, swish equal; ``benchmarks/tile_kernel.py``,
+#: ``results/tile_kernel.json``).
+_FUSED_SUM = frozenset({"erf"})
+
 #: ``smoothed`` value of :func:`_tile_kernel` and :func:`_evaluate_rules` for a numerically tabulated
 #: ``E[sigma(mu + s w)]`` (activations without a closed form; :func:`_smoothed_table`).
 TABLE = "table"
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _tile_kernel(fn, smoothed, split, active, XP, PW, XL, WL, R, beta, sigma, stab, idx):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _tile_kernel(fn, smoothed, split, factors, fused_sum, XP, PW, XL, WL, R, beta, sigma, stab, idx):
     """Rule sums by tiles. Tile ``t`` pairs block ``pb[t]`` of ``_TP`` partial nodes (coordinates ``XP``
     (nP, D-1, _TP) in the leading directions, weights ``PW`` (nP, _TP), 0 on padding) with block
     ``mb[t]`` of ``_TM`` nodes of the last direction (``XL``, ``WL`` (nM, _TM)), for job ``g[t]``: ridge
-    rows ``R`` (J, n_rows, D), one factor ``fn(R_j . x)`` per row with ``active[j] != 0`` (an input of power
-    ``p`` is ``p`` equal rows: a select per factor is cheaper than a power chosen at run time), closed-form
-    data ``beta`` (J, D), ``sigma`` (J,); with ``split = (kappa, h)`` a factor is ``h(exp(kappa a) exp(kappa b))``
-    (``a``, ``b``: the leading directions' and the last direction's terms of ``R_j . x``, one exponential
-    per partial node and per last-direction node), with ``split = (kappa, h, n, d)`` (``h = n / d``) a node's
-    factors are the product of their numerators over that of their denominators (one division); with
-    ``smoothed == TABLE`` the smoothed input's values at the last direction's nodes are ``stab[sb[t]]``
-    (., _TM), or ``fn(beta_last x)`` where ``sigma`` is 0. ``idx`` (T, 4): ``(pb, mb, sb, g)`` per tile (one
-    array: one transfer per call). Returns ``sum_{p, m} PW_p WL_m f(p, m)`` per tile (T,). The ``_TP x _TM``
-    products are formed by broadcasting (no gather per node, which costs XLA:CPU more than the activation);
-    padded nodes cost work, not accuracy."""
+    rows ``R`` (J, n_rows, D), one factor ``fn(R_j . x)`` for each of the first ``factors`` rows (static; an
+    input of power ``p`` is ``p`` equal rows: a factor per row is cheaper than a power chosen at run time),
+    closed-form data ``beta`` (J, D), ``sigma`` (J,); with ``split = (kappa, h)`` a factor is
+    ``h(exp(kappa a) exp(kappa b))`` (``a``, ``b``: the leading directions' and the last direction's terms of
+    ``R_j . x``, one exponential per partial node and per last-direction node), with ``split = (kappa, h, n, d)``
+    (``h = n / d``) a node's factors are the product of their numerators over that of their denominators (one
+    division); the smoothed input (its mean ``beta`` along the last direction) is a factor of the last direction's
+    weights: with ``smoothed == TABLE`` its values at those nodes are ``stab[sb[t]]`` (., _TM), or ``fn(beta_last x)``
+    where ``sigma`` is 0; with a closed form ``smoothed(beta_last x, sigma)``. ``idx`` (T, 4): ``(pb, mb, sb, g)``
+    per tile (one array: one transfer per call). Returns ``sum_{p, m} PW_p WL_m f(p, m)`` per tile (T,), by a
+    contraction (``einsum``), or with ``fused_sum`` (static) by a sum over the products that XLA:CPU fuses with
+    them: which is faster depends on how XLA compiles the activation (:data:`_FUSED_SUM`). The ``_TP x _TM``
+    products are formed by broadcasting (no gather per node, which costs XLA:CPU more than the activation); padded
+    nodes cost work, not accuracy."""
     D = R.shape[-1]
-    T = idx.shape[0]
     pb, mb, sb, g = (idx[:, k] for k in range(4))
     X, P = XP[pb], PW[pb]  # (T, D-1, TP), (T, TP)
     xl, wl = XL[mb], WL[mb]  # (T, TM)
     Rg = R[g]  # (T, n_rows, D)
 
-    def parts(c):  # sum_k c_k x_k for coefficients c (T, D): leading directions (T, TP), last direction (T, TM)
-        return sum(c[:, k, None] * X[:, k] for k in range(D - 1)), c[:, D - 1, None] * xl
+    def parts(c):  # sum_k c_k x_k for coefficients c (T, D): leading directions (T, TP, 1), last direction (T, 1, TM)
+        return (sum(c[:, k, None] * X[:, k] for k in range(D - 1))[:, :, None],
+                (c[:, D - 1, None] * xl)[:, None, :])
 
-    def along(c):  # sum_k c_k x_k at the tile's nodes, (T * TP * TM,)
+    def along(c):  # sum_k c_k x_k at the tile's nodes, (T, TP, TM)
         part, last = parts(c)
-        return (part[:, :, None] + last[:, None, :]).reshape(-1)
+        return part + last
 
     def exps(c):  # exp(kappa sum_k c_k x_k) at the tile's nodes: one exponential per partial and per last node
         part, last = parts(c)
-        return (jnp.exp(split[0] * part)[:, :, None] * jnp.exp(split[0] * last)[:, None, :]).reshape(-1)
+        return jnp.exp(split[0] * part) * jnp.exp(split[0] * last)
 
     if split is not None and len(split) == 4:  # h = n / d: numerators and denominators multiplied, one division
         n, d = split[2:]
         num = den = 1.0
-        for j in range(R.shape[1]):
+        for j in range(factors):
             y = exps(Rg[:, j])
-            num = num * jnp.where(active[j] != 0, n(y), 1.0)
-            den = den * jnp.where(active[j] != 0, d(y), 1.0)
+            num, den = num * n(y), den * d(y)
         vals = num / den
     else:
         vals = 1.0
-        for j in range(R.shape[1]):
-            f = fn(along(Rg[:, j])) if split is None else split[1](exps(Rg[:, j]))
-            vals = vals * jnp.where(active[j] != 0, f, 1.0)
+        for j in range(factors):
+            vals = vals * (fn(along(Rg[:, j])) if split is None else split[1](exps(Rg[:, j])))
     if smoothed == TABLE:  # tabulated values, or where the row's sigma is 0 the split input's own values
         direct = fn(beta[g][:, D - 1, None] * xl)
         wl = wl * jnp.where(sigma[g][:, None] == 0, direct, stab[sb])
-    elif smoothed is not None:
-        vals = vals * smoothed(along(beta[g]), jnp.repeat(sigma[g], _TP * _TM))
-    return jnp.einsum("tpm,tp,tm->t", vals.reshape(T, _TP, _TM), P, wl)
+    elif smoothed is not None:  # the closed form at the last direction's nodes, along which beta lies
+        wl = wl * smoothed(beta[g][:, D - 1, None] * xl, sigma[g][:, None])
+    if fused_sum:
+        return jnp.sum(vals * P[:, :, None] * wl[:, None, :], axis=(1, 2))
+    return jnp.einsum("tpm,tp,tm->t", vals, P, wl)
 
 
 @byte_lru(64 * 2**20)
@@ -918,7 +928,8 @@ def _kernel_rows(head_pattern, R, beta, D: int):
 
 
 def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutoff: float, stol=None,
-                    bounds=None, split=None, split_ok=None, ratio=None, ratio_ok=None, flat: bool = False):
+                    bounds=None, split=None, split_ok=None, ratio=None, ratio_ok=None, flat: bool = False,
+                    fused_sum: bool = False):
     """Sums of several rules, each for its own entries: ``jobs`` maps ``orders`` (per direction, ``d <= D``
     of them: the last ``d`` directions) to row indices (k,) into the factor rows ``Rk`` (b, n_rows, D),
     ``active`` (n_rows,), ``beta`` (b, D) (:func:`_kernel_rows`; rows of several patterns with the same
@@ -932,8 +943,12 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
     jobs whose rows have ``split_ok`` (b,); in its ratio form (``ratio``, the activation's ``exp_ratio``) by
     those that also have ``ratio_ok`` (b,). A job is one rule for one row; the jobs' tiles (:func:`rule_tiles`)
     share kernel calls (those of one kernel form), dispatched before their results are read back. ``flat``: the same
-    five as (G,) arrays over the jobs in the order of ``jobs`` (nodes per job), and ``{orders: first job}``."""
+    five as (G,) arrays over the jobs in the order of ``jobs`` (nodes per job), and ``{orders: first job}``.
+    ``fused_sum``: the kernel's form of its sums (:data:`_FUSED_SUM`)."""
     b, _, D = Rk.shape
+    factors = int(np.count_nonzero(active))  # the factor rows come first (_kernel_rows)
+    if not np.all(np.asarray(active)[:factors]):
+        raise ValueError("the factor rows of Rk must come first")
     offs = np.cumsum([0] + [rows.size for rows in jobs.values()])
     rows = np.concatenate(list(jobs.values())).astype(int)  # job g: row rows[g]
     G = rows.size
@@ -969,6 +984,8 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
     tmb = np.concatenate([r[5] + m0 for r, m0 in zip(rules, mbase)])
     tstart = np.cumsum(nt) - nt
     rule_of_job = np.repeat(np.arange(len(rules)), np.diff(offs))
+    if smoothed is not None and smoothed != TABLE:  # the closed form: once per tile and last-direction node
+        st_evals = (nt * _TM)[rule_of_job].astype(float)
     Rp, bp, sg = Rk[rows], beta[rows], sigma[rows]
     out = np.zeros(G)
     pending = []
@@ -1013,8 +1030,9 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
             while st < grp.shape[0]:  # calls of three shapes; padding: tile 0, zero weight
                 rest = grp.shape[0] - st
                 T = _TILES_LARGE if rest >= _TILES_LARGE * 3 // 4 else _TILES if rest > _TILES // 2 else _TILES_SMALL
-                pending.append(((g0, grp[st:st + T, 3]), _tile_kernel(act_fn, smoothed, kernels[f], active, XP, PW,
-                                                                      XL, WL, *per_job, _pad_rows(grp[st:st + T], T))))
+                call = _tile_kernel(act_fn, smoothed, kernels[f], factors, fused_sum, XP, PW, XL, WL, *per_job,
+                                    _pad_rows(grp[st:st + T], T))
+                pending.append(((g0, grp[st:st + T, 3]), call))
                 st += T
         if len(pending) > 64:
             collect()
@@ -1058,8 +1076,8 @@ def _smooth_setup(act: Activation, C: np.ndarray, pattern: tuple):
 
     An input of power 1 is split into its regression on the others, ``beta . x``, plus an independent
     residual of std ``sigma``, which is integrated in closed form (``act.smoothed``) or, without one,
-    from a table along one direction: the coordinates are then rotated so that ``beta`` lies along the
-    first direction (the others span its orthogonal complement, ordered by the head's variance)."""
+    from a table; either is needed along one direction only: the coordinates are rotated so that ``beta`` lies
+    along the first direction (the others span its orthogonal complement, ordered by the head's variance)."""
     u = len(pattern)
     ones = [j for j, p in enumerate(pattern) if p == 1]
     if u >= 2 and ones:
@@ -1073,8 +1091,7 @@ def _smooth_setup(act: Activation, C: np.ndarray, pattern: tuple):
         beta = np.einsum("bj,bjk->bk", c_lh, U) * inv_sqrt
         res = C[:, last, last] - np.sum(beta * beta, axis=1)  # the residual variance, up to rounding
         sigma = np.sqrt(np.where(res > _RESIDUAL_ZERO * _EPS * C[:, last, last], res, 0.0))
-        if act.smoothed is None:
-            R, beta = _rotate_to_beta(R, beta)
+        R, beta = _rotate_to_beta(R, beta)
         return R, beta, sigma, tuple(pattern[j] for j in head), True
     R, _, _ = _eig_sqrt(C)
     b, d = R.shape[0], R.shape[2]
@@ -1222,7 +1239,7 @@ class _SmoothRows:
         self.cal = _cal_powers(self.head_pattern)
         s, lad = _first_orders(act, R, beta if closed else None, self.head_pattern, rtol)  # (b, d) each
         table = closed and act.smoothed is None
-        if table:  # beta's direction (the first) last: the smoothed input is tabulated along it
+        if closed:  # beta's direction (the first) last: the smoothed input is evaluated (or tabulated) along it
             perm = np.concatenate([1 + np.argsort(-lad[:, 1:], axis=1, kind="stable"),
                                    np.zeros((b, 1), dtype=int)], axis=1)
         else:  # the largest order last: it fills the kernel's tiles along the last direction
@@ -1246,7 +1263,7 @@ class _SmoothRows:
         self.val = np.zeros(b)
         self.err = np.full(b, np.inf)
         self.nodes_used = np.zeros(b)
-        self.table_evals = np.zeros(b)
+        self.smooth_evals = np.zeros(b)
         self.todo = np.arange(b)
         # a refined row whose rule rose one ladder step in every direction has its previous rule as companion:
         # that value (``prev``) is reused instead of evaluating the companion again
@@ -1306,7 +1323,7 @@ class _SmoothRows:
         self.prev[rows] = q
         lr, sr = lad[rows], s[rows]
         e = np.abs(q - qc) * _tail_factor(act, lr, sr, cal) + 64 * _EPS * mag + serr + self.split_err[rows]
-        self.table_evals[rows] += sev + sev_c
+        self.smooth_evals[rows] += sev + sev_c
         nxt = _raised(lr)
         stuck = nxt == lr  # directions that cannot refine
         # a direction cannot refine (no convergence to trust), or runs the 255-node rule, whose truncation at 8 its
@@ -1328,8 +1345,7 @@ class _SmoothRows:
     def stats(self) -> dict:
         """Per entry: ``"nodes"`` (rule and companion nodes) and ``"evaluations"`` (activation calls)."""
         return {"nodes": self.nodes_used,
-                "evaluations": self.nodes_used * (len(self.head_pattern) + int(self.closed and not self.table))
-                + self.table_evals}
+                "evaluations": self.nodes_used * len(self.head_pattern) + self.smooth_evals}
 
 
 def _smooth_joint(act: Activation, items, *, rtol: float, max_rounds: int = 7):
@@ -1361,7 +1377,7 @@ def _smooth_joint(act: Activation, items, *, rtol: float, max_rounds: int = 7):
         flat, first = _evaluate_rules(act.fn, parts[0].smoothed, Rk, rows[0][1], bk, sigma,
                                       {o: np.concatenate(r) for o, r in jobs.items()}, _CUTOFF * rtol, stol,
                                       (scale, head_scale), act.exp_split, split_ok, act.exp_ratio, ratio_ok,
-                                      flat=True)
+                                      flat=True, fused_sum=act.name in _FUSED_SUM)
         for p, ask in zip(parts, asks):  # each pattern's rows follow the earlier patterns' in every rule
             if ask:
                 p.receive(flat, {o: first[o] for o in ask})
@@ -1386,9 +1402,9 @@ RTOL = 1e-9
 #: (``benchmarks/four_point_cost.py``, ``docs/four-point.md``, "Cost"; small calls cost more per node, their fixed
 #: cost).
 NODE_SECONDS = 5e-9
-#: The same for activations whose split input has a closed form (``Activation.smoothed``: erf, gelu): 39-94 ns for erf,
-#: 195 ns for gelu (32 and 24 inputs, depth 3); a middle value: their estimates were 0.41-2.1 of the time.
-SMOOTHED_NODE_SECONDS = 8e-8
+#: The same for activations whose split input has a closed form (``Activation.smoothed``: erf, gelu, sin): 9.7-18.9 ns
+#: for erf, 25.8 ns for gelu (24 and 32 inputs, depth 3); a middle value: their estimates were 0.58-1.54 of the time.
+SMOOTHED_NODE_SECONDS = 1.5e-8
 #: Multisets (evenly spaced rows) over which :func:`rule_nodes` averages: within 1.3% of the mean over every row at 12
 #: and 24 inputs (128 rows: up to 23%), in ~7 ms.
 COST_SAMPLE = 512

@@ -659,21 +659,25 @@ def test_exp_split_kernel_equals_direct_sums(rng, monkeypatch, name, pattern):
     Rk, active, bk = fp._kernel_rows(pattern, R, np.zeros((30, 3)), 3)
     args = (act.fn, None, Rk, active, bk, np.zeros(30), jobs, 1e-14)
     direct = fp._evaluate_rules(*args)
-    split = fp._evaluate_rules(*args, split=act.exp_split, split_ok=np.ones(30, bool))
     absf = fp._evaluate_rules(lambda x: jnp.abs(act.fn(x)), *args[1:])  # sum w |f| per row
-    ones = np.ones(30, bool)
-    ratio = fp._evaluate_rules(*args, split=act.exp_split, split_ok=ones, ratio=act.exp_ratio, ratio_ok=ones)
-    for o in jobs:
-        for res in (split, ratio):
-            assert not np.array_equal(res[o][0], direct[o][0])  # the split was used
-            assert np.all(np.abs(res[o][0] - direct[o][0]) <= 16 * fp._EPS * absf[o][0]), (o, res[o][0] - direct[o][0])
-        assert not np.array_equal(ratio[o][0], split[o][0])  # its ratio form was used
-    # one row (in one chunk with the others) not split_ok, or not ratio_ok: the kernel form of each call's tiles
-    bad = jobs[(7, 20)][0]
+    # the kernel form of each call's tiles, and the rows they serve
     job_rows = np.concatenate(list(jobs.values()))  # the row of each job, in the order of the jobs
     kernel, forms = fp._tile_kernel, []
     monkeypatch.setattr(fp, "_tile_kernel", lambda *a: forms.append(
         (a[2], set(job_rows[np.asarray(a[-1])[np.asarray(a[-1])[:, 0] > 0, 3]].tolist()))) or kernel(*a))
+    split = fp._evaluate_rules(*args, split=act.exp_split, split_ok=np.ones(30, bool))
+    assert {len(f) for f, _ in forms} == {2}  # the split was used, in every call
+    forms.clear()
+    ones = np.ones(30, bool)
+    ratio = fp._evaluate_rules(*args, split=act.exp_split, split_ok=ones, ratio=act.exp_ratio, ratio_ok=ones)
+    assert {len(f) for f, _ in forms} == {4}  # its ratio form was used, in every call
+    forms.clear()
+    for o in jobs:
+        for res in (split, ratio):
+            assert not np.array_equal(res[o][0], direct[o][0])  # the split was used
+            assert np.all(np.abs(res[o][0] - direct[o][0]) <= 16 * fp._EPS * absf[o][0]), (o, res[o][0] - direct[o][0])
+    # one row (in one chunk with the others) not split_ok, or not ratio_ok: each call's tiles keep their form
+    bad = jobs[(7, 20)][0]
     not_ok = fp._evaluate_rules(*args, split=act.exp_split, split_ok=np.arange(30) != bad, ratio=act.exp_ratio,
                                 ratio_ok=ones)
     assert {(f if f is None else len(f), frozenset(r) == {bad}) for f, r in forms} == {(None, True), (4, False)}
