@@ -10,11 +10,12 @@ threads: each job computes exactly what it computes alone, and the results come 
 from __future__ import annotations
 
 import concurrent.futures
-import contextvars
 import os
 import threading
 
 import jax
+
+from ._validate import job_context
 
 __all__ = ["thread_map", "in_background", "THREADS"]
 
@@ -57,8 +58,9 @@ def thread_map(fn, items) -> list:
         finally:
             _WORKER.inside = False
 
-    # each job in a copy of the caller's context (e.g. warnings it silenced: ngp._validate.quiet)
-    jobs = [(contextvars.copy_context(), item) for item in items]
+    # each job in a copy of the caller's context (e.g. warnings it silenced: ngp._validate.quiet; where its warnings
+    # point: ngp._validate.job_context)
+    jobs = [(job_context(), item) for item in items]
     return list(_pool().map(lambda job: job[0].run(run, job[1]), jobs))
 
 
@@ -81,6 +83,6 @@ def in_background(fn, *args) -> concurrent.futures.Future:
     if _here():
         run()
     else:  # in a copy of the caller's context, as thread_map's jobs
-        threading.Thread(target=contextvars.copy_context().run, args=(run,), name="ngp-background",
+        threading.Thread(target=job_context().run, args=(run,), name="ngp-background",
                          daemon=True).start()
     return fut

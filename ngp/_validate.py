@@ -67,18 +67,46 @@ def warn(message: str, category=NgpWarning) -> None:
     """
     if any(issubclass(category, c) for c in _QUIET.get()):
         return
-    level = 2  # stacklevel 2 is warn()'s caller
-    frame = sys._getframe(1)
+    site = _SITE.get()
+    if site is not None:  # on one of ngp's threads: the user's line that handed the job over
+        filename, lineno, globs = site
+        warnings.warn_explicit(message, category, filename, lineno, module=globs.get("__name__", "<string>"),
+                               registry=globs.setdefault("__warningregistry__", {}), module_globals=globs)
+        return
+    _, up = _user_frame(sys._getframe(1))
+    warnings.warn(message, category, stacklevel=2 + up)  # stacklevel 2 is warn()'s caller
+
+
+def _user_frame(frame):
+    """The first frame at or above ``frame`` outside the ``ngp`` package (``None`` if none), and how many frames up
+    it is."""
+    up = 0
     while frame is not None and (
         os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR)
         or frame.f_globals.get("__name__") == "functools"  # cached_property between ngp frames
     ):
         frame = frame.f_back
-        level += 1
-    warnings.warn(message, category, stacklevel=level)
+        up += 1
+    return frame, up
+
+
+def job_context() -> contextvars.Context:
+    """A copy of the caller's context for a job that ngp hands to another thread (:mod:`ngp._threads`), in which
+    :func:`warn` points at the user's line that handed it over: that thread's stack holds no frame of the user's, so
+    Python would attribute the warning to the thread machinery (and its filter, once per location, show it again
+    for each new location)."""
+    ctx = contextvars.copy_context()
+    if _SITE.get() is None:  # else the caller is itself such a job: its site holds
+        frame, _ = _user_frame(sys._getframe(1))
+        if frame is not None:
+            ctx.run(_SITE.set, (frame.f_code.co_filename, frame.f_lineno, frame.f_globals))
+    return ctx
 
 
 _QUIET = contextvars.ContextVar("ngp_quiet", default=())
+#: ``(filename, lineno, module globals)`` of the user's line, in the context of a job on one of ngp's threads
+#: (:func:`job_context`); ``None`` elsewhere.
+_SITE = contextvars.ContextVar("ngp_warning_site", default=None)
 
 
 @contextlib.contextmanager

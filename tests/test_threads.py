@@ -42,6 +42,39 @@ def test_the_first_failing_job_raises(two_threads):
         thread_map(job, range(8))
 
 
+def test_warnings_of_jobs_on_ngps_threads_point_at_the_callers_line(two_threads):
+    """A warning that ngp raises in a job on one of its threads (a pool job, nested or not, or the background
+    thread) points at the user's line that started the work, as on the caller's thread: the thread's own stack
+    has no frame of the user's (before, Python attributed it to concurrent.futures, and its filter showed the
+    same text again for that new location). Jobs that ngp runs on the caller's thread walk the stack as before."""
+    import functools
+    import inspect
+    import warnings
+
+    from ngp._validate import warn
+
+    job = functools.partial(warn, category=ngp.CostWarning)  # a job without a frame of its own outside ngp
+    nested = functools.partial(thread_map, job)
+    m = "from a job"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1
+        thread_map(job, [m] * 3)
+        thread_map(nested, [[m, m], [m]])
+        _threads.in_background(job, m).result()
+        with pytest.MonkeyPatch.context() as one:
+            one.setattr(_threads, "THREADS", 1)
+            thread_map(job, [m] * 2)
+    assert [(w.filename, w.lineno - line) for w in caught] == [(__file__, 0)] * 3 + [(__file__, 1)] * 3 + [
+        (__file__, 2), (__file__, 5), (__file__, 5)]
+    assert all(w.category is ngp.CostWarning and str(w.message) == m for w in caught)
+    with warnings.catch_warnings(record=True) as caught:  # Python's filter: once per location, as for one thread
+        warnings.simplefilter("default")
+        for _ in range(3):
+            thread_map(job, [m] * 4)
+    assert len(caught) == 1
+
+
 def test_nested_calls_do_not_wait_on_the_pool(two_threads):
     """A job that maps jobs itself runs them in its own thread (the pool's threads are all busy)."""
     out = thread_map(lambda i: thread_map(lambda j: 10 * i + j, range(3)), range(4))
