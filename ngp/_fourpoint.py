@@ -1238,7 +1238,6 @@ class _SmoothRows:
                 self.ratio_ok = self.split_ok & (reach @ np.asarray(self.head_pattern, dtype=float) <= _RATIO_EXP)
         self.cal = _cal_powers(self.head_pattern)
         s, lad = _first_orders(act, R, beta if closed else None, self.head_pattern, rtol)  # (b, d) each
-        table = closed and act.smoothed is None
         if closed:  # beta's direction (the first) last: the smoothed input is evaluated (or tabulated) along it
             perm = np.concatenate([1 + np.argsort(-lad[:, 1:], axis=1, kind="stable"),
                                    np.zeros((b, 1), dtype=int)], axis=1)
@@ -1249,8 +1248,7 @@ class _SmoothRows:
         self.beta = np.take_along_axis(beta, perm, axis=1)
         self.s = np.take_along_axis(s, perm, axis=1)
         self.sigma = sigma
-        self.closed, self.table = closed, table
-        self.smoothed = (TABLE if table else act.smoothed) if closed else None
+        self.smoothed = (act.smoothed or TABLE) if closed else None
         # the table's error bound times sum w |f_h| (~ the other inputs' Hoelder factor) stays below
         # _TABLE_TOL * rtol * scale
         split = [j for j, p in enumerate(pattern) if p == 1][-1] if closed else 0
@@ -1402,7 +1400,7 @@ RTOL = 1e-9
 #: (``benchmarks/four_point_cost.py``, ``docs/four-point.md``, "Cost"; small calls cost more per node, their fixed
 #: cost).
 NODE_SECONDS = 5e-9
-#: The same for activations whose split input has a closed form (``Activation.smoothed``: erf, gelu, sin): 9.7-18.9 ns
+#: The same for activations whose split input has a closed form (``Activation.smoothed``: erf, gelu): 9.7-18.9 ns
 #: for erf, 25.8 ns for gelu (24 and 32 inputs, depth 3); a middle value: their estimates were 0.58-1.54 of the time.
 SMOOTHED_NODE_SECONDS = 1.5e-8
 #: Multisets (evenly spaced rows) over which :func:`rule_nodes` averages: within 1.3% of the mean over every row at 12
