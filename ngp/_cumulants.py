@@ -30,8 +30,8 @@ import functools
 import numpy as np
 
 from ._activations import Activation
-from ._finite import (TABLE_OPTIONS, FourPointTable, fill_tables, fresh_components, fresh_covariance, jacobian_hessian,
-                      multisets, propagate)
+from ._finite import (TABLE_OPTIONS, FourPointTable, fill_tables, four_point_seconds, fresh_components,
+                      fresh_covariance, jacobian_hessian, multisets, propagate)
 from ._gaussian import K_ACCURATE, auto_orders
 from ._pairs import Pairs, array_module, is_concrete
 from ._threads import in_background
@@ -509,6 +509,17 @@ def prefill_four_point(layers, rows=None) -> bool:
         return False
     fill_tables([c.map.table for c in dense], new)
     return True
+
+
+def new_four_point_seconds(layers, rows) -> float:
+    """Estimated seconds of the four-point values that the dense layers among ``layers`` (on the same inputs) do not
+    know yet on the sorted multiset rows ``rows`` (M, 4) (:func:`ngp._finite.four_point_seconds`, per layer)."""
+    total = 0.0
+    for c in layers:
+        if isinstance(c, DenseLayer) and c.refusal is None and is_concrete(c.map.K_in):
+            table = c.map.table
+            total += four_point_seconds(table.act, table.K, table.unknown(rows), table.options)
+    return total
 
 
 def local_quads(pairs: Pairs, sel=None) -> np.ndarray:

@@ -413,8 +413,7 @@ def warn_four_point_cost(act: Activation, K, ms: np.ndarray, options: dict, inpu
     words, so that Python's filter shows it about once per layer). Closed forms, the relu family and the fixed rule
     (``four_point_order``) are not estimated. The costly part, a sample's eigen-decompositions, runs only where a bound
     on every multiset's rule exceeds the smaller limit."""
-    if (options.get("four_point_order") is not None or act.relu_slopes is not None or not act.smooth
-            or (act.four_point is not None and options.get("method", "auto") in ("auto", "closed"))):
+    if not _estimated(act, options):
         return
     M = ms.shape[0]
     rtol = RTOL if options.get("four_point_rtol") is None else float(options["four_point_rtol"])
@@ -440,6 +439,25 @@ def warn_four_point_cost(act: Activation, K, ms: np.ndarray, options: dict, inpu
              f"{act.name!r} {times} of times costlier per multiset than at variances up to 1 (a call here: "
              f"{duration(VARIANCE_COST_WARN)} or more), and V, K1 and predictions run many such calls: {cure} "
              "(docs/four-point.md, \"Cost\").", CostWarning)
+
+
+def _estimated(act: Activation, options: dict) -> bool:
+    """Whether a table's four-point values run by the adaptive smooth rule, whose cost is estimated: not a closed
+    form, the relu family or the fixed rule (``four_point_order``)."""
+    return not (options.get("four_point_order") is not None or act.relu_slopes is not None or not act.smooth
+                or (act.four_point is not None and options.get("method", "auto") in ("auto", "closed")))
+
+
+def four_point_seconds(act: Activation, K, ms: np.ndarray, options: dict) -> float:
+    """Estimated seconds of the four-point values of the sorted multiset rows ``ms`` (M, 4) of the concrete kernel
+    ``K`` (``options``: a table's): ``M`` times the first round's rule nodes (:func:`ngp._fourpoint.rule_nodes`, a
+    sample of the rows) times the rate per node, as :func:`warn_four_point_cost` estimates; 0 where the values are
+    not estimated (closed forms, the relu family, the fixed rule)."""
+    if not _estimated(act, options) or not ms.shape[0]:
+        return 0.0
+    rtol = RTOL if options.get("four_point_rtol") is None else float(options["four_point_rtol"])
+    nodes, _ = rule_nodes(act, np.asarray(K, dtype=float), ms, rtol=rtol)
+    return ms.shape[0] * nodes * (NODE_SECONDS if act.smoothed is None else SMOOTHED_NODE_SECONDS)
 
 
 def _step_below(x: float) -> float:

@@ -21,21 +21,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._cumulants import canonical_quads
-from ._finite import TABLE_CHUNK, multisets
+from ._cumulants import canonical_quads, new_four_point_seconds
+from ._finite import FOUR_POINT_COST_WARN, TABLE_CHUNK, multisets
 from ._gaussian import K_ACCURATE
 from ._gp import GPPosterior, gp_from_kernel, gp_log_evidence
 from ._linalg import refuse_duplicates, solve_train
 from ._prior import MAX_MEMORY, check_options, reuse_four_point, reuse_jacobians
 from ._validate import (MAX_WIDTH, as_inputs, check_stop, count, device, flag, float64, stop_requested, train_test,
                         warn)
-from ._warnings import AccuracyWarning, ExpansionWarning
+from ._warnings import AccuracyWarning, CostWarning, ExpansionWarning, duration
 from ._validity import (NUMERICAL_NEGLIGIBLE, NUMERICAL_WARN, Validity, clip_rounding, evidence_validity,
                         first_order_eta, posterior_validity, predictive_variance, untrusted_message, without_eps)
 from ._vertex_error import component_errors, k1_error_packed
@@ -174,6 +175,11 @@ def _finite_width_log_evidence(K_AA, K1_AA, V_AAAA, Y, noise, n, jitter, given):
         + 2.0 * nL * jnp.einsum("abcd,ac,bd->", V_AAAA, Kinv, Kinv)
     ) / (8.0 * n)
     return gauss + corr, jnp.all(jnp.isfinite(LG))
+
+
+#: Multisets per test point that :meth:`Conditioned.predict`'s cost estimate enumerates at most (beyond: that many
+#: drawn at random).
+COST_SAMPLE_ROWS = 4096
 
 
 class Conditioned:
@@ -421,6 +427,8 @@ class Conditioned:
             reuse_four_point(prior, self._prior, np.arange(NA))
         if stop is None:  # a small prediction: its four-point values (and the training's) in shared calls
             self._prefill(prior, NA, full_cov)
+        if not full_cov:
+            self._warn_cost(prior, NA, batch_size)
         train = self._train
         if not trained:  # the values the training prior has computed just now
             reuse_four_point(prior, self._prior, np.arange(NA))
@@ -515,6 +523,34 @@ class Conditioned:
             back = np.where(np.arange(prior.N) < NA, np.arange(prior.N), -1)
             reuse_four_point(self._prior, prior, back)
             reuse_jacobians(self._prior, prior, back)
+
+    def _warn_cost(self, prior, NA: int, batch_size: int) -> None:
+        """A :class:`ngp.CostWarning` before a marginal prediction whose four-point values, in all its batches and
+        layers, are estimated beyond :data:`ngp._finite.FOUR_POINT_COST_WARN` seconds: each call of new values
+        warns only of itself (:func:`ngp._finite.warn_four_point_cost`), and a prediction of many test points makes
+        many calls. The estimate: the values not known yet of the multisets of the training inputs and one test
+        point (all of them, or :data:`COST_SAMPLE_ROWS` drawn at random where there are more), for up to four test
+        points spread over the new ones, scaled to all of them."""
+        inv = prior._inverse
+        train = np.unique(inv[:NA])
+        test = np.setdiff1d(inv[NA:], train)
+        if not test.size:
+            return
+        per_point = math.comb(train.size + 3, 3)  # multisets with the test point and three of train + itself
+        if per_point <= COST_SAMPLE_ROWS:
+            three = np.array(list(itertools.combinations_with_replacement(range(train.size + 1), 3)))
+        else:  # sorted draws (the distinct rows are counted below)
+            three = np.random.default_rng(0).integers(0, train.size + 1, size=(COST_SAMPLE_ROWS, 3))
+        pick = np.unique(test[np.linspace(0, test.size - 1, min(4, test.size)).astype(int)])
+        rows = np.unique(np.concatenate([np.sort(np.concatenate(
+            [np.append(train, b)[three], np.full((three.shape[0], 1), b)], axis=1), axis=1) for b in pick]), axis=0)
+        seconds = new_four_point_seconds(prior._cumulants, rows) * test.size * per_point / rows.shape[0]
+        if seconds > FOUR_POINT_COST_WARN:
+            warn(f"ngp: the four-point values of this prediction, {test.size} new test points with {train.size} "
+                 f"training inputs ({per_point} multisets per test point and hidden layer, in batches of "
+                 f"{batch_size} test points), take about {duration(seconds)} here; stop= ends a prediction at a "
+                 "deadline with the test points done so far (docs/posterior.md, \"Predicting against a deadline\").",
+                 CostWarning)
 
     def _joint_prior(self, XB):
         """The prior on ``[X_train; X_test]`` (its lazy cumulants remember their four-point values, so

@@ -290,6 +290,47 @@ def test_predict_stops_before_a_batch_when_asked(data, method, monkeypatch):
             cond.predict(XC, full_cov=True, stop=lambda done: True)
 
 
+class _Refused(Exception):
+    pass
+
+
+@pytest.mark.parametrize("seconds, warned", [(2e-5, True), (2e-6, False)])
+def test_a_long_prediction_is_a_cost_warning_before_its_batches(monkeypatch, seconds, warned):
+    """A prediction of many test points runs many calls of four-point values, each of which warns only of itself
+    (``ngp._finite.warn_four_point_cost``, a minute): ``predict`` estimates them all first (the multisets of the
+    training inputs and each new test point, 84 per test point and layer for 6 training inputs, on two hidden
+    layers; a sample of four test points, scaled) and warns where the whole would take over a minute. The
+    rate per node is raised here so that 12 test points cross it (~140 s in all at 2e-5 s a node, ~23 s per call
+    of one batch of 4 and one layer: no call warns on its own; ~14 s in all at 2e-6: no warning); the warning comes
+    before any quadrature of a test point and points at the test's line."""
+    import ngp._finite as fin
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(18, 2))
+    net = ngp.MLP(3, 64, activation="tanh", C_W=1.0, C_b=0.1)
+    cond = ngp.condition(net, X[:6], np.sin(X[:6, :1]), noise=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ngp.CostWarning)
+        cond.predict(X[6:8])  # at the measured speed: no warning
+    monkeypatch.setattr(fin, "NODE_SECONDS", seconds)
+
+    def refuse(*args, **kwargs):
+        raise _Refused
+
+    monkeypatch.setattr(fin, "four_point_values", refuse)
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(_Refused):
+        warnings.simplefilter("always")
+        cond.predict(X[6:], batch_size=4, stop=lambda done: False)  # with stop: batches, no shared call first
+    said = [w for w in caught if issubclass(w.category, ngp.CostWarning)]
+    if not warned:
+        assert not said, [str(w.message) for w in said]
+        return
+    assert len(said) == 1 and said[0].filename == __file__, [str(w.message) for w in said]
+    text = str(said[0].message)
+    assert "12 new test points with 6 training inputs (84 multisets per test point" in text and "batches of 4" in text
+    assert " minutes here" in text and "stop=" in text, text
+
+
 # ----------------------------------------------------------------------------- numerical error bounds
 @pytest.fixture(scope="module")
 def moderate():
