@@ -416,11 +416,10 @@ def warn_four_point_cost(act: Activation, K, ms: np.ndarray, options: dict, inpu
     if not _estimated(act, options):
         return
     M = ms.shape[0]
-    rtol = RTOL if options.get("four_point_rtol") is None else float(options["four_point_rtol"])
+    rtol, rate = _rtol(options), _node_seconds(act)
     K = np.asarray(K, dtype=float)
     variance = float(np.max(np.diag(K)[np.unique(ms)]))
     limit = min(FOUR_POINT_COST_WARN, VARIANCE_COST_WARN)
-    rate = NODE_SECONDS if act.smoothed is None else SMOOTHED_NODE_SECONDS
     if M * max_rule_nodes(act, variance, rtol=rtol) * rate <= limit:
         return
     nodes, low = rule_nodes(act, K, ms, rtol=rtol)
@@ -448,6 +447,16 @@ def _estimated(act: Activation, options: dict) -> bool:
                 or (act.four_point is not None and options.get("method", "auto") in ("auto", "closed")))
 
 
+def _rtol(options: dict) -> float:
+    return RTOL if options.get("four_point_rtol") is None else float(options["four_point_rtol"])
+
+
+def _node_seconds(act: Activation) -> float:
+    """Seconds per first-round rule node (:data:`ngp._fourpoint.NODE_SECONDS`; ``SMOOTHED_NODE_SECONDS`` where the
+    split input has a closed form)."""
+    return NODE_SECONDS if act.smoothed is None else SMOOTHED_NODE_SECONDS
+
+
 def four_point_seconds(act: Activation, K, ms: np.ndarray, options: dict) -> float:
     """Estimated seconds of the four-point values of the sorted multiset rows ``ms`` (M, 4) of the concrete kernel
     ``K`` (``options``: a table's): ``M`` times the first round's rule nodes (:func:`ngp._fourpoint.rule_nodes`, a
@@ -455,9 +464,8 @@ def four_point_seconds(act: Activation, K, ms: np.ndarray, options: dict) -> flo
     not estimated (closed forms, the relu family, the fixed rule)."""
     if not _estimated(act, options) or not ms.shape[0]:
         return 0.0
-    rtol = RTOL if options.get("four_point_rtol") is None else float(options["four_point_rtol"])
-    nodes, _ = rule_nodes(act, np.asarray(K, dtype=float), ms, rtol=rtol)
-    return ms.shape[0] * nodes * (NODE_SECONDS if act.smoothed is None else SMOOTHED_NODE_SECONDS)
+    nodes, _ = rule_nodes(act, np.asarray(K, dtype=float), ms, rtol=_rtol(options))
+    return ms.shape[0] * nodes * _node_seconds(act)
 
 
 def _step_below(x: float) -> float:

@@ -913,26 +913,23 @@ def bucket4(n: int, least: int = 4096) -> int:
 def _kernel_rows(head_pattern, R, beta, D: int):
     """The factor rows of :func:`_tile_kernel` for ridge rows ``R`` (b, u_h, d) of inputs of multiplicities
     ``head_pattern`` and closed-form means ``beta`` (b, d), ``d <= D``: ``Rk`` (b, n_rows, D) (an input of
-    power ``p`` is ``p`` equal rows; real directions last, padded leading directions 0), ``active`` (n_rows,)
-    (1 on the factor rows, ``n_rows = max(D, sum(head_pattern))``), ``bk`` (b, D)."""
+    power ``p`` is ``p`` equal rows, first; real directions last, padded leading directions 0; ``n_rows =
+    max(D, sum(head_pattern))``), the number of factor rows ``sum(head_pattern)``, ``bk`` (b, D)."""
     b, _, d = R.shape
     rep = np.repeat(np.arange(len(head_pattern)), head_pattern)  # the rows of R, one per factor
-    n_rows = max(D, rep.size)
-    active = np.zeros(n_rows, np.int32)
-    active[:rep.size] = 1
-    Rk = np.zeros((b, n_rows, D))
+    Rk = np.zeros((b, max(D, rep.size), D))
     Rk[:, :rep.size, D - d:] = R[:, rep]
     bk = np.zeros((b, D))
     bk[:, D - d:] = beta
-    return Rk, active, bk
+    return Rk, rep.size, bk
 
 
-def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutoff: float, stol=None,
+def _evaluate_rules(act_fn, smoothed, Rk, factors: int, beta, sigma, jobs: dict, cutoff: float, stol=None,
                     bounds=None, split=None, split_ok=None, ratio=None, ratio_ok=None, flat: bool = False,
                     fused_sum: bool = False):
     """Sums of several rules, each for its own entries: ``jobs`` maps ``orders`` (per direction, ``d <= D``
-    of them: the last ``d`` directions) to row indices (k,) into the factor rows ``Rk`` (b, n_rows, D),
-    ``active`` (n_rows,), ``beta`` (b, D) (:func:`_kernel_rows`; rows of several patterns with the same
+    of them: the last ``d`` directions) to row indices (k,) into the rows ``Rk`` (b, n_rows, D), the first
+    ``factors`` of them factors, ``beta`` (b, D) (:func:`_kernel_rows`; rows of several patterns with the same
     number of factors may share a call), ``sigma`` (b,). Returns
     ``{orders: (sum w f (k,), bound on sum w |f| (k,), nodes evaluated, smoothing error (k,),
     smoothing evaluations (k,))}``. ``bounds`` (two (b,) arrays, default ones): Hölder bounds of
@@ -946,9 +943,6 @@ def _evaluate_rules(act_fn, smoothed, Rk, active, beta, sigma, jobs: dict, cutof
     five as (G,) arrays over the jobs in the order of ``jobs`` (nodes per job), and ``{orders: first job}``.
     ``fused_sum``: the kernel's form of its sums (:data:`_FUSED_SUM`)."""
     b, _, D = Rk.shape
-    factors = int(np.count_nonzero(active))  # the factor rows come first (_kernel_rows)
-    if not np.all(np.asarray(active)[:factors]):
-        raise ValueError("the factor rows of Rk must come first")
     offs = np.cumsum([0] + [rows.size for rows in jobs.values()])
     rows = np.concatenate(list(jobs.values())).astype(int)  # job g: row rows[g]
     G = rows.size

@@ -506,19 +506,13 @@ class Conditioned:
         for every layer")."""
         rows = None
         if not full_cov:
-            inv = prior._inverse
-            train = np.unique(inv[:NA])
-            test = np.setdiff1d(inv[NA:], train)
+            train, test = _distinct_inputs(prior, NA)
             nu = train.size
             layers = len(prior._cumulants)
             if layers * (test.size * math.comb(nu + 3, 3) + math.comb(nu + 3, 4)) > TABLE_CHUNK:
                 return
             ms = multisets(nu + 1)  # input nu: a test point
-            with_test = ms[ms[:, 3] == nu]
-            parts = [train[ms[ms[:, 3] < nu]]]
-            for b in test:
-                parts.append(np.sort(np.concatenate([train, [b]])[with_test], axis=1))
-            rows = np.concatenate(parts)
+            rows = np.concatenate([train[ms[ms[:, 3] < nu]], _with_test_point(train, test, ms[ms[:, 3] == nu, :3])])
         if prior._prefill_four_point(rows) and "_train" not in self.__dict__:
             back = np.where(np.arange(prior.N) < NA, np.arange(prior.N), -1)
             reuse_four_point(self._prior, prior, back)
@@ -531,9 +525,7 @@ class Conditioned:
         many calls. The estimate: the values not known yet of the multisets of the training inputs and one test
         point (all of them, or :data:`COST_SAMPLE_ROWS` drawn at random where there are more), for up to four test
         points spread over the new ones, scaled to all of them."""
-        inv = prior._inverse
-        train = np.unique(inv[:NA])
-        test = np.setdiff1d(inv[NA:], train)
+        train, test = _distinct_inputs(prior, NA)
         if not test.size:
             return
         per_point = math.comb(train.size + 3, 3)  # multisets with the test point and three of train + itself
@@ -542,8 +534,7 @@ class Conditioned:
         else:  # sorted draws (the distinct rows are counted below)
             three = np.random.default_rng(0).integers(0, train.size + 1, size=(COST_SAMPLE_ROWS, 3))
         pick = np.unique(test[np.linspace(0, test.size - 1, min(4, test.size)).astype(int)])
-        rows = np.unique(np.concatenate([np.sort(np.concatenate(
-            [np.append(train, b)[three], np.full((three.shape[0], 1), b)], axis=1), axis=1) for b in pick]), axis=0)
+        rows = np.unique(_with_test_point(train, pick, three), axis=0)
         seconds = new_four_point_seconds(prior._cumulants, rows) * test.size * per_point / rows.shape[0]
         if seconds > FOUR_POINT_COST_WARN:
             warn(f"ngp: the four-point values of this prediction, {test.size} new test points with {train.size} "
@@ -617,6 +608,20 @@ def _coefficients(solve) -> dict:
 #: What :meth:`Conditioned.with_targets` leaves behind: the targets, and what was computed from them.
 _TARGET_DEPENDENT = ("Y_train", "_solve", "_train", "_train_error", "_log_evidence", "log_evidence_error",
                      "_evidence_checked")
+
+
+def _distinct_inputs(prior, NA: int):
+    """The joint ``prior``'s distinct inputs (indices of its four-point tables) of the first ``NA`` (training) inputs,
+    and those of the others that are not among them (new test inputs)."""
+    train = np.unique(prior._inverse[:NA])
+    return train, np.setdiff1d(prior._inverse[NA:], train)
+
+
+def _with_test_point(train, points, three) -> np.ndarray:
+    """Sorted multiset rows of each distinct input ``b`` of ``points`` with three of ``train`` and ``b``: ``three``
+    (R, 3) indices into ``[train, b]`` (index ``train.size``: ``b``); ``(points.size * R, 4)``."""
+    return np.concatenate([np.zeros((0, 4), np.int64)] + [np.sort(np.concatenate(
+        [np.append(train, b)[three], np.full((len(three), 1), b)], axis=1), axis=1) for b in points])
 
 
 class _TrainParts(dict):
