@@ -511,14 +511,15 @@ def prefill_four_point(layers, rows=None) -> bool:
     return True
 
 
-def new_four_point_seconds(layers, rows) -> float:
+def new_four_point_seconds(layers, rows, *, bound: bool = False) -> float:
     """Estimated seconds of the four-point values that the dense layers among ``layers`` (on the same inputs) do not
-    know yet on the sorted multiset rows ``rows`` (M, 4) (:func:`ngp._finite.four_point_seconds`, per layer)."""
+    know yet on the sorted multiset rows ``rows`` (M, 4) (:func:`ngp._finite.four_point_seconds`, per layer;
+    ``bound=True``: its cheap upper bound)."""
     total = 0.0
     for c in layers:
         if isinstance(c, DenseLayer) and c.refusal is None and is_concrete(c.map.K_in):
             table = c.map.table
-            total += four_point_seconds(table.act, table.K, table.unknown(rows), table.options)
+            total += four_point_seconds(table.act, table.K, table.unknown(rows), table.options, bound=bound)
     return total
 
 

@@ -457,14 +457,19 @@ def _node_seconds(act: Activation) -> float:
     return NODE_SECONDS if act.smoothed is None else SMOOTHED_NODE_SECONDS
 
 
-def four_point_seconds(act: Activation, K, ms: np.ndarray, options: dict) -> float:
+def four_point_seconds(act: Activation, K, ms: np.ndarray, options: dict, *, bound: bool = False) -> float:
     """Estimated seconds of the four-point values of the sorted multiset rows ``ms`` (M, 4) of the concrete kernel
     ``K`` (``options``: a table's): ``M`` times the first round's rule nodes (:func:`ngp._fourpoint.rule_nodes`, a
     sample of the rows) times the rate per node, as :func:`warn_four_point_cost` estimates; 0 where the values are
-    not estimated (closed forms, the relu family, the fixed rule)."""
+    not estimated (closed forms, the relu family, the fixed rule). ``bound=True``: an upper bound on that estimate
+    from the largest variance of the rows' inputs (:func:`ngp._fourpoint.max_rule_nodes`, no eigen-decompositions)."""
     if not _estimated(act, options) or not ms.shape[0]:
         return 0.0
-    nodes, _ = rule_nodes(act, np.asarray(K, dtype=float), ms, rtol=_rtol(options))
+    K = np.asarray(K, dtype=float)
+    if bound:
+        nodes = max_rule_nodes(act, float(np.max(np.diag(K)[np.unique(ms)])), rtol=_rtol(options))
+    else:
+        nodes, _ = rule_nodes(act, K, ms, rtol=_rtol(options))
     return ms.shape[0] * nodes * _node_seconds(act)
 
 

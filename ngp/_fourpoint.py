@@ -1427,10 +1427,16 @@ def rule_nodes(act: Activation, K, ms, *, rtol: float = RTOL, sample: int | None
 
 def max_rule_nodes(act: Activation, variance: float, *, rtol: float = RTOL) -> int:
     """At least the node count of any first-round rule (:func:`rule_nodes`) of a multiset whose inputs have variances up
-    to ``variance``: the isotropic three-direction rule at the scale ``sqrt(variance)`` calibrated on powers 1 to 4 (a
-    rule has at most three directions, and a direction's scale is at most the largest standard deviation)."""
-    orders = _orders(act, np.full((1, 3), math.sqrt(max(float(variance), 0.0))), rtol, (1, 2, 3, 4))
-    return tensor_rule_size(tuple(LADDER[j] for j in _affordable(orders)[0]), _CUTOFF * rtol)
+    to ``variance``: a direction's scale is at most the largest standard deviation, and a rule has three directions
+    with powers up to 2 (four distinct inputs, one split off: :func:`_smooth_setup`), at most two (patterns
+    ``(2, 1, 1)``, ``(2, 2)``, ...) or one direction with powers up to 4 (``(3, 1)``, ``(4,)``); the larger of the
+    isotropic three-direction rule at the scale ``sqrt(variance)`` calibrated on powers 1 and 2 and the one-direction
+    rule calibrated on powers 1 to 4 (at variance 2.8, tanh: 2.2e5 nodes, where one rule for every direction and
+    power gave 4.2e6 against 2.9e3 on average)."""
+    s = math.sqrt(max(float(variance), 0.0))
+    three = _affordable(_orders(act, np.full((1, 3), s), rtol, (1, 2)))[0]
+    one = _orders(act, np.full((1, 1), s), rtol, (1, 2, 3, 4))[0, 0]
+    return max(tensor_rule_size(tuple(LADDER[j] for j in three), _CUTOFF * rtol), LADDER[one])
 
 
 #: The fixed rule is used for an entry only when its calibrated error is this factor below the tolerance.

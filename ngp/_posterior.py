@@ -524,7 +524,9 @@ class Conditioned:
         warns only of itself (:func:`ngp._finite.warn_four_point_cost`), and a prediction of many test points makes
         many calls. The estimate: the values not known yet of the multisets of the training inputs and one test
         point (all of them, or :data:`COST_SAMPLE_ROWS` drawn at random where there are more), for up to four test
-        points spread over the new ones, scaled to all of them."""
+        points spread over the new ones, scaled to all of them (first bounded from the largest variance of their inputs,
+        :func:`ngp._fourpoint.max_rule_nodes`: the sample's eigen-decompositions run only where that bound is beyond
+        the limit)."""
         train, test = _distinct_inputs(prior, NA)
         if not test.size:
             return
@@ -535,7 +537,10 @@ class Conditioned:
             three = np.random.default_rng(0).integers(0, train.size + 1, size=(COST_SAMPLE_ROWS, 3))
         pick = np.unique(test[np.linspace(0, test.size - 1, min(4, test.size)).astype(int)])
         rows = np.unique(_with_test_point(train, pick, three), axis=0)
-        seconds = new_four_point_seconds(prior._cumulants, rows) * test.size * per_point / rows.shape[0]
+        scale = test.size * per_point / rows.shape[0]
+        if new_four_point_seconds(prior._cumulants, rows, bound=True) * scale <= FOUR_POINT_COST_WARN:
+            return  # the cheap bound: no eigen-decompositions for a prediction that cannot take a minute
+        seconds = new_four_point_seconds(prior._cumulants, rows) * scale
         if seconds > FOUR_POINT_COST_WARN:
             warn(f"ngp: the four-point values of this prediction, {test.size} new test points with {train.size} "
                  f"training inputs ({per_point} multisets per test point and hidden layer, in batches of "

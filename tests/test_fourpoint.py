@@ -872,6 +872,24 @@ def test_patterns_share_rule_passes_with_unchanged_values(rng, monkeypatch, name
     assert joint == max(closed) + max(rounds[(2, 2)], rounds[(4,)])
 
 
+@pytest.mark.parametrize("name", ["tanh", "swish", "gelu", "user"])
+def test_max_rule_nodes_bounds_every_multisets_first_rule(name):
+    # the cost checks' cheap bound (ngp._finite.warn_four_point_cost, the prediction's check) against the first-round
+    # rule of every multiset of two kernels: generic correlations at variances up to ~30, and independent inputs of
+    # equal variance (the isotropic rule the bound assumes); every pattern occurs, and the bound is reached there
+    from ngp._fourpoint import max_rule_nodes, rule_nodes
+    act = (ngp.activation(lambda x: jnp.tanh(x) + 0.1 * x**2, name="tanh_plus_square") if name == "user"
+           else ngp.activation(name))
+    X = np.random.default_rng(1).normal(size=(7, 2))
+    ms = multisets(7)
+    for K, tight in ((0.1 + 10.0 * X @ X.T / 2, False), (2.5 * np.eye(7), True)):
+        bound = max_rule_nodes(act, np.max(np.diag(K)))
+        nodes = np.array([rule_nodes(act, K, m[None])[0] for m in ms])
+        assert nodes.max() <= bound, (nodes.max(), bound)
+        if tight:
+            assert nodes.max() == bound
+
+
 @pytest.mark.parametrize("C_W", [1.0, 10.0])
 def test_rule_nodes_are_the_first_rounds_rules_of_the_nodes_run(C_W):
     # rule_nodes (the cost warning's estimate) against the nodes the rule reports running on the same multisets: the

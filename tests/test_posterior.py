@@ -331,6 +331,39 @@ def test_a_long_prediction_is_a_cost_warning_before_its_batches(monkeypatch, sec
     assert " minutes here" in text and "stop=" in text, text
 
 
+def test_a_short_prediction_checks_its_cost_from_the_variance_bound_alone(monkeypatch):
+    """The cost check before a marginal prediction first bounds every multiset's rule by the largest variance of its
+    inputs (``ngp._fourpoint.max_rule_nodes``); where that bound stays under a minute, the sample's
+    eigen-decompositions (``rule_nodes``, ~7 ms a layer) do not run, nor in each call's own check
+    (``ngp._finite.warn_four_point_cost``, whose bound is the same). The bound is at least the estimate it stands
+    for (on the joint prior, multisets of the training inputs and two test points; tanh and swish, variances up to
+    ~1 and ~11)."""
+    import ngp._finite as fin
+    from ngp._cumulants import new_four_point_seconds
+    from ngp._finite import multisets
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(10, 2))
+    for activation, C_W in (("tanh", 1.0), ("swish", 1.0), ("tanh", 10.0)):
+        net = ngp.MLP(3, 64, activation=activation, C_W=C_W, C_b=0.1)
+        layers = net.prior(X, warn=False)._cumulants
+        ms = multisets(10)
+        rows = ms[(ms >= 8).any(axis=1)]  # with a test point (8 or 9)
+        est = new_four_point_seconds(layers, rows)
+        assert 0 < est <= new_four_point_seconds(layers, rows, bound=True), (activation, C_W)
+    cond = ngp.condition(ngp.MLP(3, 64, activation="tanh", C_W=1.0, C_b=0.1), X[:6], np.sin(X[:6, :1]),
+                         noise=0.1)
+    calls = []
+    sample = fin.rule_nodes
+    monkeypatch.setattr(fin, "rule_nodes", lambda *a, **k: calls.append(1) or sample(*a, **k))
+    cond.predict(X[6:8], batch_size=1, stop=lambda done: False)  # the prediction's check, then each call's
+    assert not calls
+    monkeypatch.setattr(fin, "NODE_SECONDS", 1e-4)  # the bound now beyond a minute: the estimate runs
+    with pytest.warns(ngp.CostWarning, match="of this prediction"):
+        cond.predict(X[8:], batch_size=1, stop=lambda done: False)  # batches: the prediction's own check
+    assert calls
+
+
 # ----------------------------------------------------------------------------- numerical error bounds
 @pytest.fixture(scope="module")
 def moderate():
