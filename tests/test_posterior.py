@@ -336,8 +336,8 @@ def test_a_short_prediction_checks_its_cost_from_the_variance_bound_alone(monkey
     inputs (``ngp._fourpoint.max_rule_nodes``); where that bound stays under a minute, the sample's
     eigen-decompositions (``rule_nodes``, ~7 ms a layer) do not run, nor in each call's own check
     (``ngp._finite.warn_four_point_cost``, whose bound is the same). The bound is at least the estimate it stands
-    for (on the joint prior, multisets of the training inputs and two test points; tanh and swish, variances up to
-    ~1 and ~11)."""
+    for (on the joint prior, multisets of the training inputs and two test points; tanh and swish with pre-activation
+    variances up to 2.8, tanh up to 27)."""
     import ngp._finite as fin
     from ngp._cumulants import new_four_point_seconds
     from ngp._finite import multisets
