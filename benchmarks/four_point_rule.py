@@ -78,14 +78,29 @@ def old_rule_time(act, C, order, copies=8):
     return dt / copies
 
 
-def smooth_section(quick):
-    acts = {
+def smooth_activations() -> dict:
+    """The smooth activations both sections measure: tanh, erf, gelu, swish and a user callable."""
+    return {
         "tanh": ngp.activation("tanh"),
         "erf": ngp.activation("erf"),
         "gelu": ngp.activation("gelu"),
         "swish": ngp.activation("swish"),
         "tanh_plus_square": ngp.activation(lambda x: jnp.tanh(x) + 0.1 * x**2, name="tanh_plus_square"),
     }
+
+
+def old_order(act, blocks, refs, scales, target, orders):
+    """The first of ``orders`` at which the old rule (order per dimension, cutoff 1e-15) errs by at most ``target``
+    (relative to ``scales``) on every block, and its node count: ``(order, nodes)``, or ``None``."""
+    for m in orders:
+        o = [dense(act.fn, C, (1, 1, 1, 1), m, cutoff=1e-15) for C in blocks]
+        if max(abs(v[0] - r) / sc for v, r, sc in zip(o, refs, scales)) <= target:
+            return m, o[0][1]
+    return None
+
+
+def smooth_section(quick):
+    acts = smooth_activations()
     ref_m = {0.3: 56, 1.0: 80, 2.0: 110, 5.0: 128}
     rows = []
     rng = np.random.default_rng(7)
@@ -117,14 +132,7 @@ def smooth_section(quick):
                     row["old40_ms_per_multiset"] = 1e3 * old_rule_time(act, blocks[0], 40)
                     # the old rule's order at equal accuracy (error <= the new rule's, or <= 1e-9)
                     target = max(max(err), 1e-9 if K <= 2 else max(err))
-                    need = None
-                    for m in (40, 56, 80):
-                        if m >= ref_m[K]:
-                            break
-                        o = [dense(act.fn, C, pattern, m, cutoff=1e-15) for C in blocks]
-                        if max(abs(v[0] - r) / s for v, r, s in zip(o, refs, scales)) <= target:
-                            need = (m, o[0][1])
-                            break
+                    need = old_order(act, blocks, refs, scales, target, [m for m in (40, 56, 80) if m < ref_m[K]])
                     row["old_order_equal_accuracy"] = need[0] if need else f">={ref_m[K]}"
                     row["old_nodes_equal_accuracy"] = need[1] if need else None
                     if need:
@@ -139,13 +147,7 @@ def shared_section():
     """Activation evaluations per multiset on the same 64 random blocks (K = 1, three seeds) for every smooth
     activation, against the engine's rule at the order that matches 1e-9 on the first 4 blocks of each set (the
     smooth section draws its 16 timing blocks anew per activation: its ratios differ by the sample)."""
-    acts = {
-        "tanh": ngp.activation("tanh"),
-        "erf": ngp.activation("erf"),
-        "gelu": ngp.activation("gelu"),
-        "swish": ngp.activation("swish"),
-        "tanh_plus_square": ngp.activation(lambda x: jnp.tanh(x) + 0.1 * x**2, name="tanh_plus_square"),
-    }
+    acts = smooth_activations()
     pattern, rows = (1, 1, 1, 1), []
     for seed in (7, 8, 9):
         rng = np.random.default_rng(seed)
@@ -155,12 +157,7 @@ def shared_section():
             product_expectations(act, blocks, pattern, stats=st)
             refs = [dense(act.fn, C, pattern, 80)[0] for C in blocks[:4]]
             scales = [holder(act, C, pattern) for C in blocks[:4]]
-            need = None
-            for m in (40, 56):
-                o = [dense(act.fn, C, pattern, m, cutoff=1e-15) for C in blocks[:4]]
-                if max(abs(v[0] - r) / sc for v, r, sc in zip(o, refs, scales)) <= 1e-9:
-                    need = (m, o[0][1])
-                    break
+            need = old_order(act, blocks[:4], refs, scales, 1e-9, (40, 56))
             row = dict(seed=seed, activation=name, blocks=64, evaluations=float(np.mean(st["evaluations"])),
                        old_order_equal_accuracy=need[0] if need else ">56")
             if need:

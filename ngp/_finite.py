@@ -420,7 +420,7 @@ def warn_four_point_cost(act: Activation, K, ms: np.ndarray, options: dict, inpu
     K = np.asarray(K, dtype=float)
     variance = float(np.max(np.diag(K)[np.unique(ms)]))
     limit = min(FOUR_POINT_COST_WARN, VARIANCE_COST_WARN)
-    if M * max_rule_nodes(act, variance, rtol=rtol) * rate <= limit:
+    if four_point_seconds(act, K, ms, options, bound=True) <= limit:
         return
     nodes, low = rule_nodes(act, K, ms, rtol=rtol)
     seconds = M * nodes * rate
