@@ -36,17 +36,20 @@ def capture(rows: int) -> dict:
     XA, XB = rng.normal(size=(16, 2)), rng.normal(size=(100, 2))
     YA = np.sin(1.3 * XA[:, :1]) + 0.3 * XA[:, 1:]
     net = ngp.MLP(3, 64, activation="tanh")
-    saved, original = {}, fp.product_expectations
+    saved, original = {}, fp._smooth_joint
 
-    def spy(act, C, pattern, **kw):
-        saved.setdefault(tuple(int(p) for p in pattern), []).append(np.asarray(C))
-        return original(act, C, pattern, **kw)
+    def spy(act, items, **kw):  # every smooth rule's blocks pass here (multiset tables and single patterns alike)
+        for C, pattern in items:
+            saved.setdefault(tuple(int(p) for p in pattern), []).append(np.asarray(C))
+        return original(act, items, **kw)
 
-    fp.product_expectations = spy
+    fp._smooth_joint = spy
     try:
         np.asarray(ngp.condition(net, XA, YA, noise=0.1, warn=False, method="exact").predict(XB).mean)
     finally:
-        fp.product_expectations = original
+        fp._smooth_joint = original
+    if not saved:
+        raise RuntimeError("no four-point blocks captured: the smooth rule's entry point has moved")
     pick = np.random.default_rng(1)
     out = {}
     for pattern, blocks in saved.items():
