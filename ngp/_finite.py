@@ -418,10 +418,10 @@ def warn_four_point_cost(act: Activation, K, ms: np.ndarray, options: dict, inpu
     M = ms.shape[0]
     rtol, rate = _rtol(options), _node_seconds(act)
     K = np.asarray(K, dtype=float)
-    variance = float(np.max(np.diag(K)[np.unique(ms)]))
     limit = min(FOUR_POINT_COST_WARN, VARIANCE_COST_WARN)
     if four_point_seconds(act, K, ms, options, bound=True) <= limit:
         return
+    variance = float(np.max(np.diag(K)[np.unique(ms)]))  # for the text (the bound read it too; only past it again)
     nodes, low = rule_nodes(act, K, ms, rtol=rtol)
     seconds = M * nodes * rate
     cure = "standardised inputs or smaller C_W, C_b cut the cost most"
