@@ -261,17 +261,20 @@ def test_predict_stops_before_a_batch_when_asked(data, method, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         got = cond.predict(XC, batch_size=3, stop=lambda done: asked.append(done) or done >= 3)
-        # the same path (with ``stop``, no shared call ahead of the batches: the error estimates, differences of rule
-        # sums, would differ by the sums' rounding, ~1e-8 of themselves)
+        # the same path (with ``stop``); the shifted kernel K1 of the joint prior and its error estimate are computed
+        # for every test point before the batches, so the two predictions read them from rule calls over different
+        # rows: values agree to rounding, error bounds (differences of rule sums, e.g. |Q_k - Q_(k-1)|) to the
+        # rounding of those differences, measured up to 7.8e-9 of themselves under another tile grouping
         want = cond.predict(XC[:3], batch_size=3, stop=lambda done: False)
     assert asked == [3] and got.mean.shape == (3, 2)
     if method == "exact":  # one batch of 3 for the values and one for their error bounds, in each prediction
         assert computed == [3, 3, 3, 3]
-    for name in ("mean", "var", "mean_error", "var_error", "mean_se", "var_se"):
+    for name, rtol in (("mean", 1e-12), ("var", 1e-12), ("mean_error", 1e-6), ("var_error", 1e-6),
+                       ("mean_se", 1e-12), ("var_se", 1e-12)):
         a, b = getattr(got, name), getattr(want, name)
         assert (a is None) == (b is None), name
         if a is not None:
-            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300, err_msg=name)
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-300, err_msg=name)
     assert got.expansion_parameter == want.expansion_parameter and got.validity == want.validity
     for name in ("mean", "var", "cov_test"):
         a, b = getattr(got.gp, name), getattr(want.gp, name)
