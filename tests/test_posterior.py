@@ -264,7 +264,7 @@ def test_predict_stops_before_a_batch_when_asked(data, method, monkeypatch):
         # the same path (with ``stop``); the shifted kernel K1 of the joint prior and its error estimate are computed
         # for every test point before the batches, so the two predictions read them from rule calls over different
         # rows: values agree to rounding, error bounds (differences of rule sums, e.g. |Q_k - Q_(k-1)|) to the
-        # rounding of those differences, measured up to 7.8e-9 of themselves under another tile grouping
+        # rounding of those differences (7.8e-9 of themselves measured with another calibration grid)
         want = cond.predict(XC[:3], batch_size=3, stop=lambda done: False)
     assert asked == [3] and got.mean.shape == (3, 2)
     if method == "exact":  # one batch of 3 for the values and one for their error bounds, in each prediction
