@@ -12,7 +12,7 @@ rtol 1e-13. Reports per activation and K the rule's error, the estimate, how man
 how much, and the companion's difference, all relative to the Hölder scale.
 
 Usage: python benchmarks/four_point_spectral_estimate.py [--activations tanh,erf,gelu,swish] [--out NAME]
-(~5 min). Writes benchmarks/results/four_point_spectral_estimate.json (or NAME.json).
+(~2-3 min). Writes benchmarks/results/four_point_spectral_estimate.json (or NAME.json).
 """
 
 from __future__ import annotations
